@@ -1,0 +1,231 @@
+//! The configuration file (TOML), named by `P11DERIVE_CONF`, by the
+//! `pReserved` argument of `C_Initialize`, or found at the default path.
+//! The reference for every key is in README.md ("Configuration").
+
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::log::Level;
+
+/// Where the config is looked for when nothing names it.
+pub const DEFAULT_PATH: &str = "/etc/p11derive/p11derive.toml";
+/// The environment variable that names the config file.
+pub const ENV_VAR: &str = "P11DERIVE_CONF";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub token: TokenSection,
+    pub backend: BackendSection,
+    #[serde(default)]
+    pub store: StoreSection,
+    #[serde(default)]
+    pub log: LogSection,
+    /// The file this was read from, for messages.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSection {
+    /// The label of the token p11derive shows (at most 32 bytes).
+    #[serde(default = "default_token_label")]
+    pub label: String,
+}
+
+impl Default for TokenSection {
+    fn default() -> Self {
+        TokenSection {
+            label: default_token_label(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    /// Path of the backing HSM's PKCS#11 module.
+    pub module: PathBuf,
+    /// Label of the backing token that holds the root.
+    pub token_label: String,
+    /// Label of the root secret on the backing token.
+    #[serde(default = "default_root_label")]
+    pub root_label: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// The SQLite file holding assets and counters.
+    #[serde(default = "default_store_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            path: default_store_path(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// Log file; stderr when absent.
+    pub file: Option<PathBuf>,
+    /// One of error, warn, info, debug.
+    #[serde(default)]
+    pub level: Option<String>,
+}
+
+fn default_token_label() -> String {
+    "p11derive".into()
+}
+fn default_root_label() -> String {
+    "p11derive-root".into()
+}
+fn default_store_path() -> PathBuf {
+    PathBuf::from("/var/lib/p11derive/state.db")
+}
+
+/// Picks the config file: an explicit path first, then `P11DERIVE_CONF`,
+/// then [`DEFAULT_PATH`].
+pub fn locate(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    match std::env::var_os(ENV_VAR) {
+        Some(v) if !v.is_empty() => PathBuf::from(v),
+        _ => PathBuf::from(DEFAULT_PATH),
+    }
+}
+
+impl Config {
+    /// Reads and checks the config. The error names the file, the key and the fix.
+    pub fn load(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!(
+                "cannot read config file {}: {e}; create it (see README.md, \"Configuration\") \
+                 or point {ENV_VAR} at the right file",
+                path.display()
+            )
+        })?;
+        Self::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            format!(
+                "config file {} is invalid: {}; fix that key (the keys are listed in README.md, \
+                 \"Configuration\")",
+                path.display(),
+                e.to_string().trim().replace('\n', " ")
+            )
+        })?;
+        config.source = path.to_path_buf();
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let file = self.source.display();
+        let label = &self.token.label;
+        if label.is_empty() || label.len() > 32 {
+            return Err(format!(
+                "config file {file}: [token] label = {label:?} must be 1 to 32 bytes long"
+            ));
+        }
+        for (key, value) in [
+            ("token_label", &self.backend.token_label),
+            ("root_label", &self.backend.root_label),
+        ] {
+            if value.is_empty() {
+                return Err(format!(
+                    "config file {file}: [backend] {key} is empty; set it to the label used on \
+                     the backing HSM"
+                ));
+            }
+        }
+        if self.backend.module.as_os_str().is_empty() {
+            return Err(format!(
+                "config file {file}: [backend] module is empty; set it to the path of the \
+                 backing HSM's PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so)"
+            ));
+        }
+        self.log_level()?;
+        Ok(())
+    }
+
+    pub fn log_level(&self) -> Result<Level, String> {
+        match self.log.level.as_deref() {
+            None => Ok(Level::Info),
+            Some(s) => Level::parse(s).ok_or_else(|| {
+                format!(
+                    "config file {}: [log] level = {s:?} is not one of error, warn, info, debug",
+                    self.source.display()
+                )
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[token]
+label = "p11derive"
+[backend]
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token_label = "custody-root"
+root_label = "p11derive-root"
+[store]
+path = "/var/lib/p11derive/state.db"
+"#;
+
+    #[test]
+    fn parses_the_design_example() {
+        let c = Config::parse(GOOD, Path::new("/x.toml")).unwrap();
+        assert_eq!(c.backend.token_label, "custody-root");
+        assert_eq!(c.store.path, PathBuf::from("/var/lib/p11derive/state.db"));
+        assert_eq!(c.log_level().unwrap(), Level::Info);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_the_file() {
+        let text = GOOD.replace("root_label", "root_lable");
+        let e = Config::parse(&text, Path::new("/etc/x.toml")).unwrap_err();
+        assert!(e.contains("/etc/x.toml"), "{e}");
+        assert!(e.contains("root_lable"), "{e}");
+    }
+
+    #[test]
+    fn missing_backend_is_named() {
+        let e = Config::parse("[token]\nlabel = \"t\"\n", Path::new("/c.toml")).unwrap_err();
+        assert!(e.contains("backend"), "{e}");
+    }
+
+    #[test]
+    fn long_token_label_is_refused() {
+        let text = GOOD.replace(
+            "label = \"p11derive\"",
+            &format!("label = \"{}\"", "x".repeat(33)),
+        );
+        let e = Config::parse(&text, Path::new("/c.toml")).unwrap_err();
+        assert!(e.contains("[token] label"), "{e}");
+    }
+
+    #[test]
+    fn bad_log_level_is_named() {
+        let text = format!("{GOOD}\n[log]\nlevel = \"loud\"\n");
+        let e = Config::parse(&text, Path::new("/c.toml")).unwrap_err();
+        assert!(e.contains("[log] level"), "{e}");
+    }
+}

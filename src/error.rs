@@ -1,0 +1,132 @@
+//! The error every PKCS#11 entry point returns: a return code for the caller
+//! and, where a person must act, a message for the log.
+
+use std::fmt;
+
+use crate::ck::*;
+
+/// A failed PKCS#11 operation.
+///
+/// `rv` is what the caller receives. `message`, when present, is logged at the
+/// C boundary: it names the file, key, object or value involved and the fix.
+/// Messages never contain key material, PRF outputs or PINs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub rv: CK_RV,
+    pub message: Option<String>,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// A return code that speaks for itself (a short buffer, a bad handle).
+    pub const fn rv(rv: CK_RV) -> Self {
+        Error { rv, message: None }
+    }
+
+    /// A return code together with a message for the person reading the log.
+    pub fn with(rv: CK_RV, message: impl Into<String>) -> Self {
+        Error {
+            rv,
+            message: Some(message.into()),
+        }
+    }
+}
+
+impl From<CK_RV> for Error {
+    fn from(rv: CK_RV) -> Self {
+        Error::rv(rv)
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.message {
+            Some(m) => write!(f, "{} ({})", m, rv_name(self.rv)),
+            None => f.write_str(rv_name(self.rv)),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// The name of a return code, for logs and command-line messages.
+pub fn rv_name(rv: CK_RV) -> &'static str {
+    macro_rules! names {
+        ($($n:ident),* $(,)?) => {
+            $(if rv == $n { return stringify!($n); })*
+        };
+    }
+    names!(
+        CKR_OK,
+        CKR_CANCEL,
+        CKR_HOST_MEMORY,
+        CKR_SLOT_ID_INVALID,
+        CKR_GENERAL_ERROR,
+        CKR_FUNCTION_FAILED,
+        CKR_ARGUMENTS_BAD,
+        CKR_NO_EVENT,
+        CKR_NEED_TO_CREATE_THREADS,
+        CKR_CANT_LOCK,
+        CKR_ATTRIBUTE_READ_ONLY,
+        CKR_ATTRIBUTE_SENSITIVE,
+        CKR_ATTRIBUTE_TYPE_INVALID,
+        CKR_ATTRIBUTE_VALUE_INVALID,
+        CKR_ACTION_PROHIBITED,
+        CKR_DATA_INVALID,
+        CKR_DATA_LEN_RANGE,
+        CKR_DEVICE_ERROR,
+        CKR_DEVICE_MEMORY,
+        CKR_DEVICE_REMOVED,
+        CKR_ENCRYPTED_DATA_INVALID,
+        CKR_ENCRYPTED_DATA_LEN_RANGE,
+        CKR_FUNCTION_CANCELED,
+        CKR_FUNCTION_NOT_PARALLEL,
+        CKR_FUNCTION_NOT_SUPPORTED,
+        CKR_KEY_HANDLE_INVALID,
+        CKR_KEY_SIZE_RANGE,
+        CKR_KEY_TYPE_INCONSISTENT,
+        CKR_KEY_FUNCTION_NOT_PERMITTED,
+        CKR_MECHANISM_INVALID,
+        CKR_MECHANISM_PARAM_INVALID,
+        CKR_OBJECT_HANDLE_INVALID,
+        CKR_OPERATION_ACTIVE,
+        CKR_OPERATION_NOT_INITIALIZED,
+        CKR_PIN_INCORRECT,
+        CKR_PIN_INVALID,
+        CKR_PIN_LEN_RANGE,
+        CKR_PIN_EXPIRED,
+        CKR_PIN_LOCKED,
+        CKR_SESSION_CLOSED,
+        CKR_SESSION_COUNT,
+        CKR_SESSION_HANDLE_INVALID,
+        CKR_SESSION_PARALLEL_NOT_SUPPORTED,
+        CKR_SESSION_READ_ONLY,
+        CKR_SESSION_EXISTS,
+        CKR_SESSION_READ_ONLY_EXISTS,
+        CKR_SESSION_READ_WRITE_SO_EXISTS,
+        CKR_SIGNATURE_INVALID,
+        CKR_SIGNATURE_LEN_RANGE,
+        CKR_TEMPLATE_INCOMPLETE,
+        CKR_TEMPLATE_INCONSISTENT,
+        CKR_TOKEN_NOT_PRESENT,
+        CKR_TOKEN_NOT_RECOGNIZED,
+        CKR_TOKEN_WRITE_PROTECTED,
+        CKR_USER_ALREADY_LOGGED_IN,
+        CKR_USER_NOT_LOGGED_IN,
+        CKR_USER_PIN_NOT_INITIALIZED,
+        CKR_USER_TYPE_INVALID,
+        CKR_USER_ANOTHER_ALREADY_LOGGED_IN,
+        CKR_USER_TOO_MANY_TYPES,
+        CKR_DOMAIN_PARAMS_INVALID,
+        CKR_CURVE_NOT_SUPPORTED,
+        CKR_BUFFER_TOO_SMALL,
+        CKR_RANDOM_SEED_NOT_SUPPORTED,
+        CKR_RANDOM_NO_RNG,
+        CKR_CRYPTOKI_NOT_INITIALIZED,
+        CKR_CRYPTOKI_ALREADY_INITIALIZED,
+        CKR_FUNCTION_REJECTED,
+        CKR_OPERATION_CANCEL_FAILED,
+    );
+    "CKR_(unnamed)"
+}

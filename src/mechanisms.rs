@@ -1,0 +1,238 @@
+//! Mechanisms: ECDSA (raw and with SHA-1/SHA-2) and message digests, with the
+//! state of multi-part operations. This layer knows key bytes and key types,
+//! never assets.
+
+#![forbid(unsafe_code)]
+
+use sha1::Sha1;
+use sha2::{Digest, Sha224, Sha256, Sha384, Sha512};
+
+use crate::ck::*;
+use crate::derive::{KeyType, Secret32};
+use crate::error::{Error, Result};
+
+/// Length of an ECDSA signature `r || s` on the 256-bit curves.
+pub const ECDSA_SIG_LEN: usize = 64;
+
+/// A running hash for the digest and hash-then-sign mechanisms.
+#[derive(Clone)]
+pub enum Hasher {
+    Sha1(Sha1),
+    Sha224(Sha224),
+    Sha256(Sha256),
+    Sha384(Sha384),
+    Sha512(Sha512),
+}
+
+impl Hasher {
+    /// The hash of a digest mechanism (`CKM_SHA256`…).
+    pub fn for_digest(mech: CK_MECHANISM_TYPE) -> Option<Hasher> {
+        Some(match mech {
+            CKM_SHA_1 => Hasher::Sha1(Sha1::new()),
+            CKM_SHA224 => Hasher::Sha224(Sha224::new()),
+            CKM_SHA256 => Hasher::Sha256(Sha256::new()),
+            CKM_SHA384 => Hasher::Sha384(Sha384::new()),
+            CKM_SHA512 => Hasher::Sha512(Sha512::new()),
+            _ => return None,
+        })
+    }
+
+    pub fn output_len(&self) -> usize {
+        match self {
+            Hasher::Sha1(_) => 20,
+            Hasher::Sha224(_) => 28,
+            Hasher::Sha256(_) => 32,
+            Hasher::Sha384(_) => 48,
+            Hasher::Sha512(_) => 64,
+        }
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        match self {
+            Hasher::Sha1(h) => h.update(data),
+            Hasher::Sha224(h) => h.update(data),
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha384(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
+        }
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        match self {
+            Hasher::Sha1(h) => h.finalize().to_vec(),
+            Hasher::Sha224(h) => h.finalize().to_vec(),
+            Hasher::Sha256(h) => h.finalize().to_vec(),
+            Hasher::Sha384(h) => h.finalize().to_vec(),
+            Hasher::Sha512(h) => h.finalize().to_vec(),
+        }
+    }
+}
+
+/// The ECDSA mechanisms: `None` hasher for raw `CKM_ECDSA`.
+pub fn ecdsa_hasher(mech: CK_MECHANISM_TYPE) -> Result<Option<Hasher>> {
+    let digest = match mech {
+        CKM_ECDSA => return Ok(None),
+        CKM_ECDSA_SHA1 => CKM_SHA_1,
+        CKM_ECDSA_SHA224 => CKM_SHA224,
+        CKM_ECDSA_SHA256 => CKM_SHA256,
+        CKM_ECDSA_SHA384 => CKM_SHA384,
+        CKM_ECDSA_SHA512 => CKM_SHA512,
+        _ => return Err(Error::rv(CKR_MECHANISM_INVALID)),
+    };
+    Ok(Hasher::for_digest(digest))
+}
+
+/// The digest as ECDSA uses it on a 256-bit order: the leftmost 256 bits of a
+/// longer input, or a shorter input read as a big-endian integer (X9.62).
+fn field_digest(input: &[u8]) -> [u8; 32] {
+    let mut z = [0u8; 32];
+    if input.len() >= 32 {
+        z.copy_from_slice(&input[..32]);
+    } else {
+        z[32 - input.len()..].copy_from_slice(input);
+    }
+    z
+}
+
+/// Signs a digest with an EC scalar: RFC 6979 nonce, raw `r || s`, low-S on
+/// secp256k1 (its convention; P-256 signatures are left as computed).
+pub fn ecdsa_sign(kt: KeyType, scalar: &Secret32, digest: &[u8]) -> Result<[u8; ECDSA_SIG_LEN]> {
+    use k256::ecdsa::signature::hazmat::PrehashSigner;
+    let z = field_digest(digest);
+    let bad_key = || Error::with(CKR_GENERAL_ERROR, "derived scalar out of range");
+    let mut out = [0u8; ECDSA_SIG_LEN];
+    match kt {
+        KeyType::Secp256k1 => {
+            let key = k256::ecdsa::SigningKey::from_slice(&scalar[..]).map_err(|_| bad_key())?;
+            let sig: k256::ecdsa::Signature = key.sign_prehash(&z).map_err(|_| bad_key())?;
+            out.copy_from_slice(&sig.to_bytes());
+        }
+        KeyType::P256 => {
+            let key = p256::ecdsa::SigningKey::from_slice(&scalar[..]).map_err(|_| bad_key())?;
+            let sig: p256::ecdsa::Signature = key.sign_prehash(&z).map_err(|_| bad_key())?;
+            out.copy_from_slice(&sig.to_bytes());
+        }
+        _ => return Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),
+    }
+    Ok(out)
+}
+
+/// Verifies `r || s` over a digest against an uncompressed public point.
+/// Any valid signature verifies, high-S ones on secp256k1 included.
+pub fn ecdsa_verify(kt: KeyType, point: &[u8], digest: &[u8], sig: &[u8]) -> Result<()> {
+    use k256::ecdsa::signature::hazmat::PrehashVerifier;
+    if sig.len() != ECDSA_SIG_LEN {
+        return Err(Error::rv(CKR_SIGNATURE_LEN_RANGE));
+    }
+    let z = field_digest(digest);
+    let invalid = || Error::rv(CKR_SIGNATURE_INVALID);
+    let bad_point = || {
+        Error::with(
+            CKR_GENERAL_ERROR,
+            "recorded public point is not on the curve",
+        )
+    };
+    match kt {
+        KeyType::Secp256k1 => {
+            let key = k256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad_point())?;
+            let sig = k256::ecdsa::Signature::from_slice(sig).map_err(|_| invalid())?;
+            // k256 accepts only low-S; a high-S signature is valid iff its
+            // normalized twin is.
+            let sig = sig.normalize_s();
+            key.verify_prehash(&z, &sig).map_err(|_| invalid())
+        }
+        KeyType::P256 => {
+            let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad_point())?;
+            let sig = p256::ecdsa::Signature::from_slice(sig).map_err(|_| invalid())?;
+            key.verify_prehash(&z, &sig).map_err(|_| invalid())
+        }
+        _ => Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),
+    }
+}
+
+/// What `C_GetMechanismInfo` says of each mechanism p11derive implements.
+pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
+    let ec_flags = CKF_EC_F_P | CKF_EC_OID | CKF_EC_UNCOMPRESS;
+    let ec = |flags| CK_MECHANISM_INFO {
+        ulMinKeySize: 256,
+        ulMaxKeySize: 256,
+        flags: flags | ec_flags,
+    };
+    let digest = CK_MECHANISM_INFO {
+        ulMinKeySize: 0,
+        ulMaxKeySize: 0,
+        flags: CKF_DIGEST,
+    };
+    let sv = CKF_SIGN | CKF_VERIFY;
+    vec![
+        (CKM_EC_KEY_PAIR_GEN, ec(CKF_GENERATE_KEY_PAIR)),
+        (CKM_ECDSA, ec(sv)),
+        (CKM_ECDSA_SHA1, ec(sv)),
+        (CKM_ECDSA_SHA224, ec(sv)),
+        (CKM_ECDSA_SHA256, ec(sv)),
+        (CKM_ECDSA_SHA384, ec(sv)),
+        (CKM_ECDSA_SHA512, ec(sv)),
+        (CKM_SHA_1, digest),
+        (CKM_SHA224, digest),
+        (CKM_SHA256, digest),
+        (CKM_SHA384, digest),
+        (CKM_SHA512, digest),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zeroize::Zeroizing;
+
+    #[test]
+    fn short_and_long_digests_follow_x962() {
+        assert_eq!(field_digest(&[1, 2])[30..], [1, 2]);
+        assert!(field_digest(&[1, 2])[..30].iter().all(|&b| b == 0));
+        let long: Vec<u8> = (0..64).collect();
+        assert_eq!(field_digest(&long)[..], long[..32]);
+    }
+
+    #[test]
+    fn signatures_verify_and_secp256k1_is_low_s() {
+        let scalar = Zeroizing::new([7u8; 32]);
+        for kt in [KeyType::Secp256k1, KeyType::P256] {
+            let point = crate::derive::public_point(kt, &scalar).unwrap();
+            for len in [1usize, 20, 32, 64] {
+                let digest = vec![0xa5; len];
+                let sig = ecdsa_sign(kt, &scalar, &digest).unwrap();
+                ecdsa_verify(kt, &point, &digest, &sig).unwrap();
+                let mut other = digest.clone();
+                other[0] ^= 1;
+                assert_eq!(
+                    ecdsa_verify(kt, &point, &other, &sig).unwrap_err().rv,
+                    CKR_SIGNATURE_INVALID
+                );
+            }
+        }
+        let sig = ecdsa_sign(KeyType::Secp256k1, &scalar, &[9; 32]).unwrap();
+        let s = k256::ecdsa::Signature::from_slice(&sig).unwrap();
+        assert!(s.normalize_s() == s, "secp256k1 signatures must be low-S");
+    }
+
+    #[test]
+    fn high_s_secp256k1_signatures_still_verify() {
+        let scalar = Zeroizing::new([3u8; 32]);
+        let point = crate::derive::public_point(KeyType::Secp256k1, &scalar).unwrap();
+        let sig = ecdsa_sign(KeyType::Secp256k1, &scalar, &[1; 32]).unwrap();
+        // s' = n - s is the high-S twin of the same signature.
+        let (r, s) = k256::ecdsa::Signature::from_slice(&sig)
+            .unwrap()
+            .split_scalars();
+        let high = k256::ecdsa::Signature::from_scalars(r.to_bytes(), (-*s).to_bytes()).unwrap();
+        ecdsa_verify(KeyType::Secp256k1, &point, &[1; 32], &high.to_bytes()).unwrap();
+    }
+
+    #[test]
+    fn wrong_signature_length_is_len_range() {
+        let scalar = Zeroizing::new([7u8; 32]);
+        let point = crate::derive::public_point(KeyType::P256, &scalar).unwrap();
+        let e = ecdsa_verify(KeyType::P256, &point, &[0; 32], &[0; 63]).unwrap_err();
+        assert_eq!(e.rv, CKR_SIGNATURE_LEN_RANGE);
+    }
+}

@@ -1,0 +1,389 @@
+//! How an asset version looks as PKCS#11 objects (design §3). Nothing here is
+//! stored: every attribute is computed from the asset's record.
+//!
+//! EC assets show, for the alias (label = asset id, the current version) and
+//! for each usable version N (label `asset@vN`), a private and a public key.
+//! Attribute behaviour is declared in [`ATTRIBUTES`]: which classes have an
+//! attribute, and how its value is computed.
+
+#![forbid(unsafe_code)]
+
+use crate::ck::*;
+use crate::derive::{version_object_id, KeyType};
+use crate::store::{Asset, AssetState};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Class {
+    Private,
+    Public,
+}
+
+/// Which object of an asset: its alias or one exact version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Which {
+    Alias,
+    Version(u32),
+}
+
+/// The identity of an object for the life of the process: asset row id,
+/// alias or version, class. Handles map one-to-one onto these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ObjectKey {
+    pub asset: i64,
+    pub which: Which,
+    pub class: Class,
+}
+
+/// An object resolved against the asset's current record.
+pub struct View<'a> {
+    pub asset: &'a Asset,
+    pub which: Which,
+    pub class: Class,
+    /// The version this object uses to sign (the alias: the current one).
+    pub version: u32,
+}
+
+/// A computed attribute value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    Bool(bool),
+    Ulong(CK_ULONG),
+    Bytes(Vec<u8>),
+    /// The attribute exists but is never revealed (`CKR_ATTRIBUTE_SENSITIVE`).
+    Sensitive,
+}
+
+impl Value {
+    /// The bytes a caller receives (CK_BBOOL, native CK_ULONG, raw bytes).
+    pub fn to_bytes(&self) -> Option<Vec<u8>> {
+        match self {
+            Value::Bool(b) => Some(vec![if *b { CK_TRUE as u8 } else { CK_FALSE as u8 }]),
+            Value::Ulong(u) => Some(u.to_ne_bytes().to_vec()),
+            Value::Bytes(b) => Some(b.clone()),
+            Value::Sensitive => None,
+        }
+    }
+}
+
+/// The mechanisms an EC key of p11derive may be used with.
+pub const EC_MECHANISMS: [CK_MECHANISM_TYPE; 6] = [
+    CKM_ECDSA,
+    CKM_ECDSA_SHA1,
+    CKM_ECDSA_SHA224,
+    CKM_ECDSA_SHA256,
+    CKM_ECDSA_SHA384,
+    CKM_ECDSA_SHA512,
+];
+
+const DER_OID_SECP256K1: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
+const DER_OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const DER_OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+
+/// `CKA_EC_PARAMS` of a curve: the DER of its named-curve OID.
+pub fn ec_params(kt: KeyType) -> Option<&'static [u8]> {
+    match kt {
+        KeyType::Secp256k1 => Some(DER_OID_SECP256K1),
+        KeyType::P256 => Some(DER_OID_P256),
+        _ => None,
+    }
+}
+
+/// The curve named by a `CKA_EC_PARAMS` value; `None` for anything else
+/// (explicit parameters, other curves).
+pub fn curve_from_params(params: &[u8]) -> Option<KeyType> {
+    [KeyType::Secp256k1, KeyType::P256]
+        .into_iter()
+        .find(|&kt| ec_params(kt) == Some(params))
+}
+
+/// DER length octets for lengths below 65536.
+fn der_len(len: usize, out: &mut Vec<u8>) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else if len < 0x100 {
+        out.extend_from_slice(&[0x81, len as u8]);
+    } else {
+        out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]);
+    }
+}
+
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    der_len(content.len(), &mut out);
+    out.extend_from_slice(content);
+    out
+}
+
+/// `CKA_EC_POINT`: the uncompressed point wrapped in a DER OCTET STRING.
+pub fn ec_point_der(point: &[u8]) -> Vec<u8> {
+    der(0x04, point)
+}
+
+/// `CKA_PUBLIC_KEY_INFO`: the DER SubjectPublicKeyInfo of an EC public point.
+pub fn spki(kt: KeyType, point: &[u8]) -> Option<Vec<u8>> {
+    let mut alg = DER_OID_EC_PUBLIC_KEY.to_vec();
+    alg.extend_from_slice(ec_params(kt)?);
+    let mut bits = vec![0x00];
+    bits.extend_from_slice(point);
+    let mut body = der(0x30, &alg);
+    body.extend_from_slice(&der(0x03, &bits));
+    Some(der(0x30, &body))
+}
+
+impl<'a> View<'a> {
+    /// Resolves `key` against `asset`; `None` when the object no longer exists
+    /// (retired asset, trimmed or unknown version).
+    pub fn resolve(asset: &'a Asset, key: &ObjectKey) -> Option<View<'a>> {
+        if asset.state == AssetState::Retired || !asset.key_type.is_ec() {
+            return None;
+        }
+        let version = match key.which {
+            Which::Alias => asset.current,
+            Which::Version(n) => n,
+        };
+        asset.version(version)?;
+        Some(View {
+            asset,
+            which: key.which,
+            class: key.class,
+            version,
+        })
+    }
+
+    /// Every object an asset shows.
+    pub fn keys_of(asset: &Asset) -> Vec<ObjectKey> {
+        if asset.state == AssetState::Retired || !asset.key_type.is_ec() {
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(2 + 2 * asset.versions.len());
+        let whiches = std::iter::once(Which::Alias)
+            .chain(asset.versions.iter().map(|v| Which::Version(v.version)));
+        for which in whiches {
+            for class in [Class::Private, Class::Public] {
+                out.push(ObjectKey {
+                    asset: asset.rowid,
+                    which,
+                    class,
+                });
+            }
+        }
+        out
+    }
+
+    pub fn label(&self) -> String {
+        match self.which {
+            Which::Alias => self.asset.id.to_string(),
+            Which::Version(n) => format!("{}@v{n}", self.asset.id),
+        }
+    }
+
+    pub fn object_id(&self) -> Vec<u8> {
+        match self.which {
+            Which::Alias => self.asset.object_id.clone(),
+            Which::Version(n) => version_object_id(&self.asset.object_id, n),
+        }
+    }
+
+    /// Whether this object's version may sign now: the current version while
+    /// ACTIVE; during ROTATING also the previous one (the grace window).
+    pub fn may_sign(&self) -> bool {
+        let a = self.asset;
+        match a.state {
+            AssetState::Active => self.version == a.current,
+            AssetState::Rotating => self.version + 1 >= a.current,
+            AssetState::Suspended | AssetState::Retired => false,
+        }
+    }
+
+    /// Whether signatures may be verified with this object now.
+    pub fn may_verify(&self) -> bool {
+        matches!(self.asset.state, AssetState::Active | AssetState::Rotating)
+    }
+
+    /// The recorded public point of this object's version.
+    pub fn public_point(&self) -> Option<&'a [u8]> {
+        self.asset.version(self.version)?.public_key.as_deref()
+    }
+
+    /// The public points a verification through this object may use, newest
+    /// first: the alias accepts every usable version, a version object its own.
+    pub fn verify_points(&self) -> Vec<&'a [u8]> {
+        match self.which {
+            Which::Alias => self
+                .asset
+                .versions
+                .iter()
+                .filter_map(|v| v.public_key.as_deref())
+                .collect(),
+            Which::Version(_) => self.public_point().into_iter().collect(),
+        }
+    }
+
+    fn state_code(&self) -> CK_ULONG {
+        match self.asset.state {
+            AssetState::Active => CKP11D_STATE_ACTIVE,
+            AssetState::Rotating => CKP11D_STATE_ROTATING,
+            AssetState::Suspended => CKP11D_STATE_SUSPENDED,
+            AssetState::Retired => CKP11D_STATE_RETIRED,
+        }
+    }
+
+    /// The value of attribute `ty`; `None` when this object has no such
+    /// attribute (`CKR_ATTRIBUTE_TYPE_INVALID`).
+    pub fn attribute(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<Value> {
+        let want = match self.class {
+            Class::Private => PRIV,
+            Class::Public => PUB,
+        };
+        ATTRIBUTES
+            .iter()
+            .find(|a| a.ty == ty && a.classes & want != 0)
+            .and_then(|a| (a.get)(self))
+    }
+
+    /// Whether every attribute of `template` is present with exactly that value.
+    pub fn matches(&self, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> bool {
+        template.iter().all(|(ty, want)| {
+            self.attribute(*ty)
+                .and_then(|v| v.to_bytes())
+                .is_some_and(|have| &have == want)
+        })
+    }
+}
+
+const PRIV: u8 = 1;
+const PUB: u8 = 2;
+const BOTH: u8 = PRIV | PUB;
+
+/// One attribute: its type, the classes that have it, and how it is computed.
+struct Attribute {
+    ty: CK_ATTRIBUTE_TYPE,
+    classes: u8,
+    get: fn(&View) -> Option<Value>,
+}
+
+const fn attr(ty: CK_ATTRIBUTE_TYPE, classes: u8, get: fn(&View) -> Option<Value>) -> Attribute {
+    Attribute { ty, classes, get }
+}
+
+fn yes(_: &View) -> Option<Value> {
+    Some(Value::Bool(true))
+}
+fn no(_: &View) -> Option<Value> {
+    Some(Value::Bool(false))
+}
+fn empty(_: &View) -> Option<Value> {
+    Some(Value::Bytes(Vec::new()))
+}
+fn is_private(v: &View) -> Option<Value> {
+    Some(Value::Bool(v.class == Class::Private))
+}
+fn mechanisms(_: &View) -> Option<Value> {
+    let mut b = Vec::with_capacity(EC_MECHANISMS.len() * 8);
+    for m in EC_MECHANISMS {
+        b.extend_from_slice(&m.to_ne_bytes());
+    }
+    Some(Value::Bytes(b))
+}
+
+/// The attribute table. Order does not matter; each (type, class) appears once.
+static ATTRIBUTES: &[Attribute] = &[
+    // Common object attributes.
+    attr(CKA_CLASS, BOTH, |v| {
+        Some(Value::Ulong(match v.class {
+            Class::Private => CKO_PRIVATE_KEY,
+            Class::Public => CKO_PUBLIC_KEY,
+        }))
+    }),
+    attr(CKA_TOKEN, BOTH, yes),
+    attr(CKA_PRIVATE, BOTH, is_private),
+    attr(CKA_MODIFIABLE, BOTH, no),
+    attr(CKA_COPYABLE, BOTH, no),
+    attr(CKA_DESTROYABLE, BOTH, no),
+    attr(CKA_LABEL, BOTH, |v| {
+        Some(Value::Bytes(v.label().into_bytes()))
+    }),
+    attr(CKA_UNIQUE_ID, BOTH, |v| {
+        let class = match v.class {
+            Class::Private => "private",
+            Class::Public => "public",
+        };
+        Some(Value::Bytes(
+            format!("{}/{}", v.label(), class).into_bytes(),
+        ))
+    }),
+    // Common key attributes.
+    attr(CKA_KEY_TYPE, BOTH, |_| Some(Value::Ulong(CKK_EC))),
+    attr(CKA_ID, BOTH, |v| Some(Value::Bytes(v.object_id()))),
+    attr(CKA_START_DATE, BOTH, empty),
+    attr(CKA_END_DATE, BOTH, empty),
+    attr(CKA_DERIVE, BOTH, no),
+    attr(CKA_LOCAL, BOTH, yes),
+    attr(CKA_KEY_GEN_MECHANISM, BOTH, |_| {
+        Some(Value::Ulong(CKM_EC_KEY_PAIR_GEN))
+    }),
+    attr(CKA_ALLOWED_MECHANISMS, BOTH, mechanisms),
+    attr(CKA_SUBJECT, BOTH, empty),
+    attr(CKA_PUBLIC_KEY_INFO, BOTH, |v| {
+        spki(v.asset.key_type, v.public_point()?).map(Value::Bytes)
+    }),
+    // EC domain parameters on both keys: libp11 reads them from the private key.
+    attr(CKA_EC_PARAMS, BOTH, |v| {
+        ec_params(v.asset.key_type).map(|p| Value::Bytes(p.to_vec()))
+    }),
+    // Public key attributes.
+    attr(CKA_EC_POINT, PUB, |v| {
+        Some(Value::Bytes(ec_point_der(v.public_point()?)))
+    }),
+    attr(CKA_ENCRYPT, PUB, no),
+    attr(CKA_VERIFY, PUB, |v| Some(Value::Bool(v.may_verify()))),
+    attr(CKA_VERIFY_RECOVER, PUB, no),
+    attr(CKA_WRAP, PUB, no),
+    attr(CKA_TRUSTED, PUB, no),
+    // Private key attributes.
+    attr(CKA_VALUE, PRIV, |_| Some(Value::Sensitive)),
+    attr(CKA_SENSITIVE, PRIV, yes),
+    attr(CKA_ALWAYS_SENSITIVE, PRIV, yes),
+    attr(CKA_EXTRACTABLE, PRIV, no),
+    attr(CKA_NEVER_EXTRACTABLE, PRIV, yes),
+    attr(CKA_DECRYPT, PRIV, no),
+    attr(CKA_SIGN, PRIV, |v| Some(Value::Bool(v.may_sign()))),
+    attr(CKA_SIGN_RECOVER, PRIV, no),
+    attr(CKA_UNWRAP, PRIV, no),
+    attr(CKA_WRAP_WITH_TRUSTED, PRIV, no),
+    attr(CKA_ALWAYS_AUTHENTICATE, PRIV, no),
+    // p11derive vendor attributes (pkcs11-headers/p11derive.h).
+    attr(CKA_P11DERIVE_ASSET_ID, BOTH, |v| {
+        Some(Value::Bytes(v.asset.id.as_str().as_bytes().to_vec()))
+    }),
+    attr(CKA_P11DERIVE_VERSION, BOTH, |v| {
+        Some(Value::Ulong(v.version as CK_ULONG))
+    }),
+    attr(CKA_P11DERIVE_STATE, BOTH, |v| {
+        Some(Value::Ulong(v.state_code()))
+    }),
+    attr(CKA_P11DERIVE_IS_ALIAS, BOTH, |v| {
+        Some(Value::Bool(v.which == Which::Alias))
+    }),
+    attr(CKA_P11DERIVE_CURRENT, BOTH, |v| {
+        Some(Value::Ulong(v.asset.current as CK_ULONG))
+    }),
+    attr(CKA_P11DERIVE_MIN_USABLE, BOTH, |v| {
+        Some(Value::Ulong(v.asset.min_usable as CK_ULONG))
+    }),
+    attr(CKA_P11DERIVE_KEY_TYPE, BOTH, |v| {
+        Some(Value::Bytes(v.asset.key_type.name().as_bytes().to_vec()))
+    }),
+];
+
+/// The attribute types an object of `class` has, for templates that must be
+/// checked against what p11derive creates.
+pub fn has_attribute(class: Class, ty: CK_ATTRIBUTE_TYPE) -> bool {
+    let want = match class {
+        Class::Private => PRIV,
+        Class::Public => PUB,
+    };
+    ATTRIBUTES
+        .iter()
+        .any(|a| a.ty == ty && a.classes & want != 0)
+}

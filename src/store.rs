@@ -1,0 +1,454 @@
+//! Counter state in SQLite: one file shared by every process on the host that
+//! loads the library, and by the command-line tool.
+//!
+//! The file is marked with an application id and a schema version. A file that
+//! is not a p11derive store, is from a newer p11derive, or is corrupt is
+//! refused with a clear error and never modified.
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use crate::derive::{AssetId, KeyType};
+
+/// `PRAGMA application_id` of a p11derive store ("P1DR").
+pub const APPLICATION_ID: i32 = 0x5031_4452;
+/// The schema this build writes. Older stores are migrated forward.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Each entry upgrades the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: the initial schema.
+    "CREATE TABLE assets (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        key_type    TEXT NOT NULL,
+        object_id   BLOB NOT NULL UNIQUE,
+        current     INTEGER NOT NULL CHECK (current >= 1),
+        min_usable  INTEGER NOT NULL CHECK (min_usable >= 1 AND min_usable <= current),
+        state       TEXT NOT NULL CHECK (state IN ('ACTIVE','ROTATING','SUSPENDED','RETIRED')),
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE versions (
+        asset       INTEGER NOT NULL REFERENCES assets(id),
+        version     INTEGER NOT NULL CHECK (version >= 1),
+        public_key  BLOB,
+        created_at  INTEGER NOT NULL,
+        PRIMARY KEY (asset, version)
+    );",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssetState {
+    Active,
+    Rotating,
+    Suspended,
+    Retired,
+}
+
+impl AssetState {
+    pub fn name(self) -> &'static str {
+        match self {
+            AssetState::Active => "ACTIVE",
+            AssetState::Rotating => "ROTATING",
+            AssetState::Suspended => "SUSPENDED",
+            AssetState::Retired => "RETIRED",
+        }
+    }
+
+    fn parse(s: &str) -> Option<AssetState> {
+        [
+            AssetState::Active,
+            AssetState::Rotating,
+            AssetState::Suspended,
+            AssetState::Retired,
+        ]
+        .into_iter()
+        .find(|st| st.name() == s)
+    }
+}
+
+/// One version of an asset as recorded: its counter and (EC) public point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionRecord {
+    pub version: u32,
+    pub public_key: Option<Vec<u8>>,
+}
+
+/// An asset as recorded in the store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asset {
+    /// The row id: stable for the life of the store, used for object handles.
+    pub rowid: i64,
+    pub id: AssetId,
+    pub key_type: KeyType,
+    /// `CKA_ID` of the alias (the creator's, or the default object id).
+    pub object_id: Vec<u8>,
+    pub current: u32,
+    pub min_usable: u32,
+    pub state: AssetState,
+    pub created_at: i64,
+    /// Usable versions, newest first.
+    pub versions: Vec<VersionRecord>,
+}
+
+impl Asset {
+    pub fn version(&self, n: u32) -> Option<&VersionRecord> {
+        self.versions.iter().find(|v| v.version == n)
+    }
+}
+
+/// A new asset with its first version.
+pub struct NewAsset<'a> {
+    pub id: &'a AssetId,
+    pub key_type: KeyType,
+    pub object_id: &'a [u8],
+    pub public_key: Option<&'a [u8]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    Missing(PathBuf),
+    Exists(PathBuf),
+    Foreign(PathBuf),
+    Newer(PathBuf, i32),
+    Corrupt(PathBuf, String),
+    ReadOnly(PathBuf),
+    /// A name or object id that is already taken (`what` says which).
+    Duplicate(String),
+    Io(PathBuf, String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Missing(p) => write!(
+                f,
+                "store {} does not exist; create it with `p11derive init` (or fix [store] path)",
+                p.display()
+            ),
+            StoreError::Exists(p) => write!(f, "store {} already exists", p.display()),
+            StoreError::Foreign(p) => write!(
+                f,
+                "{} is not a p11derive store (another program's file?); it was not modified: \
+                 fix [store] path",
+                p.display()
+            ),
+            StoreError::Newer(p, v) => write!(
+                f,
+                "store {} has schema version {v}, newer than this p11derive understands \
+                 ({SCHEMA_VERSION}); it was not modified: upgrade p11derive",
+                p.display()
+            ),
+            StoreError::Corrupt(p, e) => write!(
+                f,
+                "store {} is unreadable or corrupt ({e}); it was not modified: restore it from \
+                 a backup",
+                p.display()
+            ),
+            StoreError::ReadOnly(p) => write!(
+                f,
+                "store {} is read-only; give this process write access to the file and its \
+                 directory",
+                p.display()
+            ),
+            StoreError::Duplicate(what) => write!(f, "{what}"),
+            StoreError::Io(p, e) => write!(f, "store {}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Creates a new store (the file must not exist yet).
+    pub fn create(path: &Path) -> Result<Store, StoreError> {
+        if path.exists() {
+            return Err(StoreError::Exists(path.to_path_buf()));
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Io(dir.to_path_buf(), e.to_string()))?;
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| classify(path, e))?;
+        conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID};"))
+            .map_err(|e| classify(path, e))?;
+        let store = Store::configure(path, conn)?;
+        store.migrate(0)?;
+        Ok(store)
+    }
+
+    /// Opens an existing store, migrating an older schema forward.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Missing(path.to_path_buf()));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| classify(path, e))?;
+        // Identify the file before anything could write to it.
+        let app: i32 = conn
+            .query_row("PRAGMA application_id", [], |r| r.get(0))
+            .map_err(|e| classify(path, e))?;
+        let version: i32 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| classify(path, e))?;
+        if app != APPLICATION_ID {
+            return Err(StoreError::Foreign(path.to_path_buf()));
+        }
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Newer(path.to_path_buf(), version));
+        }
+        let store = Store::configure(path, conn)?;
+        store.migrate(version)?;
+        Ok(store)
+    }
+
+    fn configure(path: &Path, conn: Connection) -> Result<Store, StoreError> {
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(|e| classify(path, e))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA foreign_keys = ON;
+             PRAGMA secure_delete = ON;",
+        )
+        .map_err(|e| classify(path, e))?;
+        Ok(Store {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn migrate(&self, from: i32) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| self.err(e))?;
+            // Another process may have migrated while we waited for the lock.
+            let seen: i32 = tx
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .map_err(|e| self.err(e))?;
+            if seen > i as i32 {
+                continue;
+            }
+            tx.execute_batch(sql).map_err(|e| self.err(e))?;
+            tx.execute_batch(&format!("PRAGMA user_version = {};", i + 1))
+                .map_err(|e| self.err(e))?;
+            tx.commit().map_err(|e| self.err(e))?;
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn err(&self, e: rusqlite::Error) -> StoreError {
+        classify(&self.path, e)
+    }
+
+    /// Every asset that is not retired, in creation order.
+    pub fn list_assets(&self) -> Result<Vec<Asset>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, name, key_type, object_id, current, min_usable, state, created_at
+                 FROM assets WHERE state != 'RETIRED' ORDER BY id",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], read_asset_row)
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        drop(stmt);
+        let mut assets = Vec::with_capacity(rows.len());
+        for row in rows {
+            assets.push(self.finish_asset(&conn, row?)?);
+        }
+        Ok(assets)
+    }
+
+    /// One asset by row id (retired ones included: the caller decides).
+    pub fn asset(&self, rowid: i64) -> Result<Option<Asset>, StoreError> {
+        let conn = self.lock();
+        let row = conn
+            .query_row(
+                "SELECT id, name, key_type, object_id, current, min_usable, state, created_at
+                 FROM assets WHERE id = ?1",
+                [rowid],
+                read_asset_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some(self.finish_asset(&conn, row?)?)),
+        }
+    }
+
+    fn finish_asset(&self, conn: &Connection, mut a: Asset) -> Result<Asset, StoreError> {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT version, public_key FROM versions
+                 WHERE asset = ?1 AND version BETWEEN ?2 AND ?3 ORDER BY version DESC",
+            )
+            .map_err(|e| self.err(e))?;
+        a.versions = stmt
+            .query_map(params![a.rowid, a.min_usable, a.current], |r| {
+                Ok(VersionRecord {
+                    version: r.get(0)?,
+                    public_key: r.get(1)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(a)
+    }
+
+    /// Registers a new asset and its version 1, atomically. The name and the
+    /// object id must be new: a retired asset's name is never reused.
+    pub fn create_asset(&self, new: &NewAsset<'_>) -> Result<Asset, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let taken: Option<String> = tx
+            .query_row(
+                "SELECT state FROM assets WHERE name = ?1",
+                [new.id.as_str()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if let Some(state) = taken {
+            return Err(StoreError::Duplicate(format!(
+                "asset {:?} already exists (state {state}); asset ids are unique forever: choose \
+                 another label",
+                new.id.as_str()
+            )));
+        }
+        let id_owner: Option<String> = tx
+            .query_row(
+                "SELECT name FROM assets WHERE object_id = ?1",
+                [new.object_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        if let Some(owner) = id_owner {
+            return Err(StoreError::Duplicate(format!(
+                "CKA_ID {} is already the id of asset {owner:?}; give the new key another CKA_ID \
+                 (or none, to use its default id)",
+                hex(new.object_id)
+            )));
+        }
+        let t = now();
+        tx.execute(
+            "INSERT INTO assets (name, key_type, object_id, current, min_usable, state, created_at)
+             VALUES (?1, ?2, ?3, 1, 1, 'ACTIVE', ?4)",
+            params![new.id.as_str(), new.key_type.name(), new.object_id, t],
+        )
+        .map_err(|e| self.err(e))?;
+        let rowid = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO versions (asset, version, public_key, created_at) VALUES (?1, 1, ?2, ?3)",
+            params![rowid, new.public_key, t],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(Asset {
+            rowid,
+            id: new.id.clone(),
+            key_type: new.key_type,
+            object_id: new.object_id.to_vec(),
+            current: 1,
+            min_usable: 1,
+            state: AssetState::Active,
+            created_at: t,
+            versions: vec![VersionRecord {
+                version: 1,
+                public_key: new.public_key.map(<[u8]>::to_vec),
+            }],
+        })
+    }
+}
+
+type RowResult = Result<Asset, StoreError>;
+
+fn read_asset_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
+    let name: String = r.get(1)?;
+    let kt: String = r.get(2)?;
+    let state: String = r.get(6)?;
+    let bad = |what: String| Err(StoreError::Corrupt(PathBuf::new(), what));
+    let Ok(id) = AssetId::new(&name) else {
+        return Ok(bad(format!("invalid asset id {name:?}")));
+    };
+    let Some(key_type) = KeyType::from_name(&kt) else {
+        return Ok(bad(format!("asset {name:?} has unknown key type {kt:?}")));
+    };
+    let Some(state) = AssetState::parse(&state) else {
+        return Ok(bad(format!("asset {name:?} has unknown state {state:?}")));
+    };
+    Ok(Ok(Asset {
+        rowid: r.get(0)?,
+        id,
+        key_type,
+        object_id: r.get(3)?,
+        current: r.get(4)?,
+        min_usable: r.get(5)?,
+        state,
+        created_at: r.get(7)?,
+        versions: Vec::new(),
+    }))
+}
+
+fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
+    let p = path.to_path_buf();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase) | Some(ErrorCode::DatabaseCorrupt) => {
+            StoreError::Corrupt(p, e.to_string())
+        }
+        Some(ErrorCode::ReadOnly) => StoreError::ReadOnly(p),
+        Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {
+            StoreError::Io(p, e.to_string())
+        }
+        _ => StoreError::Io(p, e.to_string()),
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

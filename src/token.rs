@@ -1,0 +1,996 @@
+//! The one slot and token p11derive shows: sessions, login state, stable
+//! object handles, object search, asset creation and the operations that run
+//! in a session. Everything here works on Rust types; [`crate::abi`] does the
+//! pointer work.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use crate::backend::Backend;
+use crate::ck::*;
+use crate::config::Config;
+use crate::derive::{self, AssetId, KeyType, Secret32};
+use crate::error::{Error, Result};
+use crate::log;
+use crate::mechanisms::{self, Hasher, ECDSA_SIG_LEN};
+use crate::objects::{self, Class, ObjectKey, Value, View, Which};
+use crate::store::{Asset, NewAsset, Store, StoreError};
+
+/// The only slot.
+pub const SLOT_ID: CK_SLOT_ID = 1;
+
+/// A mechanism as the caller gave it.
+pub struct Mechanism {
+    pub ty: CK_MECHANISM_TYPE,
+    pub param: Vec<u8>,
+}
+
+/// An attribute of a caller's template: its type and value bytes.
+pub type TemplateAttr = (CK_ATTRIBUTE_TYPE, Vec<u8>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Login {
+    None = 0,
+    User = 1,
+    So = 2,
+}
+
+impl Login {
+    fn from_u8(v: u8) -> Login {
+        match v {
+            1 => Login::User,
+            2 => Login::So,
+            _ => Login::None,
+        }
+    }
+}
+
+struct SignOp {
+    kt: KeyType,
+    key: Secret32,
+    hasher: Option<Hasher>,
+    /// C_SignUpdate was called: only C_SignFinal may finish.
+    multi: bool,
+}
+
+struct VerifyOp {
+    kt: KeyType,
+    points: Vec<Vec<u8>>,
+    hasher: Option<Hasher>,
+    multi: bool,
+}
+
+struct DigestOp {
+    hasher: Hasher,
+    multi: bool,
+}
+
+struct FindOp {
+    handles: Vec<CK_OBJECT_HANDLE>,
+    next: usize,
+}
+
+/// One session's state. Its lock is per session: sessions never wait for
+/// each other here.
+pub struct Session {
+    rw: bool,
+    find: Option<FindOp>,
+    sign: Option<SignOp>,
+    verify: Option<VerifyOp>,
+    digest: Option<DigestOp>,
+}
+
+/// Handles are assigned on first sight and never reused, so a handle found in
+/// one session works in every other for the life of the process.
+#[derive(Default)]
+struct Handles {
+    by_key: HashMap<ObjectKey, CK_OBJECT_HANDLE>,
+    by_handle: HashMap<CK_OBJECT_HANDLE, ObjectKey>,
+}
+
+pub struct Provider {
+    pub config: Config,
+    pub backend: Backend,
+    pub store: Store,
+    sessions: RwLock<HashMap<CK_SESSION_HANDLE, Arc<Mutex<Session>>>>,
+    next_session: AtomicU64,
+    login: AtomicU8,
+    /// Serializes login and logout with each other (never held by signing).
+    login_change: Mutex<()>,
+    handles: Mutex<Handles>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn store_error(e: StoreError) -> Error {
+    Error::with(CKR_DEVICE_ERROR, e.to_string())
+}
+
+impl Provider {
+    /// Reads the config, opens the store and the backing HSM.
+    pub fn open(config: Config) -> Result<Provider> {
+        let store = Store::open(&config.store.path).map_err(|e| {
+            Error::with(
+                CKR_FUNCTION_FAILED,
+                format!("{e} (config file {})", config.source.display()),
+            )
+        })?;
+        let backend = Backend::open(&config.backend, &config.source)?;
+        Ok(Provider {
+            config,
+            backend,
+            store,
+            sessions: RwLock::new(HashMap::new()),
+            next_session: AtomicU64::new(1),
+            login: AtomicU8::new(Login::None as u8),
+            login_change: Mutex::new(()),
+            handles: Mutex::new(Handles::default()),
+        })
+    }
+
+    /// Ends every session and releases the backing HSM.
+    pub fn finalize(&self) {
+        self.sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.backend.finalize();
+    }
+
+    pub fn login_state(&self) -> Login {
+        Login::from_u8(self.login.load(Ordering::Acquire))
+    }
+
+    pub fn check_slot(&self, slot: CK_SLOT_ID) -> Result<()> {
+        if slot == SLOT_ID {
+            Ok(())
+        } else {
+            Err(Error::rv(CKR_SLOT_ID_INVALID))
+        }
+    }
+
+    // ---- sessions ---------------------------------------------------------
+
+    pub fn open_session(&self, slot: CK_SLOT_ID, flags: CK_FLAGS) -> Result<CK_SESSION_HANDLE> {
+        self.check_slot(slot)?;
+        if flags & CKF_SERIAL_SESSION == 0 {
+            return Err(Error::rv(CKR_SESSION_PARALLEL_NOT_SUPPORTED));
+        }
+        let rw = flags & CKF_RW_SESSION != 0;
+        if !rw && self.login_state() == Login::So {
+            return Err(Error::rv(CKR_SESSION_READ_WRITE_SO_EXISTS));
+        }
+        let h = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let session = Session {
+            rw,
+            find: None,
+            sign: None,
+            verify: None,
+            digest: None,
+        };
+        self.sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(h, Arc::new(Mutex::new(session)));
+        Ok(h)
+    }
+
+    pub fn session(&self, h: CK_SESSION_HANDLE) -> Result<Arc<Mutex<Session>>> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&h)
+            .cloned()
+            .ok_or(Error::rv(CKR_SESSION_HANDLE_INVALID))
+    }
+
+    pub fn close_session(&self, h: CK_SESSION_HANDLE) -> Result<()> {
+        let last = {
+            let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
+            sessions
+                .remove(&h)
+                .ok_or(Error::rv(CKR_SESSION_HANDLE_INVALID))?;
+            sessions.is_empty()
+        };
+        if last {
+            self.end_login();
+        }
+        Ok(())
+    }
+
+    pub fn close_all_sessions(&self, slot: CK_SLOT_ID) -> Result<()> {
+        self.check_slot(slot)?;
+        self.sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.end_login();
+        Ok(())
+    }
+
+    pub fn session_count(&self) -> (usize, usize) {
+        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        let rw = sessions.values().filter(|s| lock(s).rw).count();
+        (sessions.len(), rw)
+    }
+
+    pub fn session_info(&self, h: CK_SESSION_HANDLE) -> Result<CK_SESSION_INFO> {
+        let session = self.session(h)?;
+        let rw = lock(&session).rw;
+        let state = match (self.login_state(), rw) {
+            (Login::None, false) => CKS_RO_PUBLIC_SESSION,
+            (Login::None, true) => CKS_RW_PUBLIC_SESSION,
+            (Login::User, false) => CKS_RO_USER_FUNCTIONS,
+            (Login::User, true) => CKS_RW_USER_FUNCTIONS,
+            (Login::So, _) => CKS_RW_SO_FUNCTIONS,
+        };
+        let mut flags = CKF_SERIAL_SESSION;
+        if rw {
+            flags |= CKF_RW_SESSION;
+        }
+        Ok(CK_SESSION_INFO {
+            slotID: SLOT_ID,
+            state,
+            flags,
+            ulDeviceError: 0,
+        })
+    }
+
+    // ---- login ------------------------------------------------------------
+
+    pub fn login(&self, h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()> {
+        self.session(h)?;
+        let _serial = lock(&self.login_change);
+        let wanted = match user {
+            CKU_USER => Login::User,
+            CKU_SO => Login::So,
+            CKU_CONTEXT_SPECIFIC => return Err(Error::rv(CKR_OPERATION_NOT_INITIALIZED)),
+            _ => return Err(Error::rv(CKR_USER_TYPE_INVALID)),
+        };
+        match self.login_state() {
+            Login::None => {}
+            s if s == wanted => return Err(Error::rv(CKR_USER_ALREADY_LOGGED_IN)),
+            _ => return Err(Error::rv(CKR_USER_ANOTHER_ALREADY_LOGGED_IN)),
+        }
+        if wanted == Login::So {
+            let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+            if sessions.values().any(|s| !lock(s).rw) {
+                return Err(Error::rv(CKR_SESSION_READ_ONLY_EXISTS));
+            }
+        }
+        let who = if wanted == Login::User {
+            "user"
+        } else {
+            "security officer"
+        };
+        match self.backend.login(user, pin) {
+            Ok(()) => {
+                self.login.store(wanted as u8, Ordering::Release);
+                log::info(&format!(
+                    "login: {who} logged in to backing token {:?}",
+                    self.backend.token_label()
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                log::warn(&format!(
+                    "login: {who} login to backing token {:?} failed: {e}",
+                    self.backend.token_label()
+                ));
+                Err(e)
+            }
+        }
+    }
+
+    pub fn logout(&self, h: CK_SESSION_HANDLE) -> Result<()> {
+        self.session(h)?;
+        if self.login_state() == Login::None {
+            return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        self.end_login();
+        Ok(())
+    }
+
+    /// Forgets the login and every key held by an operation of any session.
+    fn end_login(&self) {
+        let _serial = lock(&self.login_change);
+        if self.login_state() == Login::None {
+            return;
+        }
+        for s in self
+            .sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            let mut s = lock(s);
+            s.sign = None;
+            s.find = None;
+        }
+        if let Err(e) = self.backend.logout() {
+            log::warn(&format!("logout: {e}"));
+        }
+        self.login.store(Login::None as u8, Ordering::Release);
+    }
+
+    // ---- objects ----------------------------------------------------------
+
+    fn handle_for(&self, key: ObjectKey) -> CK_OBJECT_HANDLE {
+        let mut t = lock(&self.handles);
+        if let Some(h) = t.by_key.get(&key) {
+            return *h;
+        }
+        let h = t.by_key.len() as CK_OBJECT_HANDLE + 1;
+        t.by_key.insert(key, h);
+        t.by_handle.insert(h, key);
+        h
+    }
+
+    fn key_of(&self, h: CK_OBJECT_HANDLE) -> Option<ObjectKey> {
+        lock(&self.handles).by_handle.get(&h).copied()
+    }
+
+    /// The current record of the asset behind a handle, checked for
+    /// visibility: private objects need a user login.
+    fn object(&self, h: CK_OBJECT_HANDLE, invalid: CK_RV) -> Result<(ObjectKey, Asset)> {
+        let key = self.key_of(h).ok_or(Error::rv(invalid))?;
+        if key.class == Class::Private && self.login_state() != Login::User {
+            return Err(Error::rv(invalid));
+        }
+        let asset = self
+            .store
+            .asset(key.asset)
+            .map_err(store_error)?
+            .ok_or(Error::rv(invalid))?;
+        View::resolve(&asset, &key).ok_or(Error::rv(invalid))?;
+        Ok((key, asset))
+    }
+
+    /// Attribute values of an object, in the order asked; `None` where the
+    /// object has no such attribute.
+    pub fn attribute_values(
+        &self,
+        h: CK_SESSION_HANDLE,
+        object: CK_OBJECT_HANDLE,
+        types: &[CK_ATTRIBUTE_TYPE],
+    ) -> Result<Vec<Option<Value>>> {
+        self.session(h)?;
+        let (key, asset) = self.object(object, CKR_OBJECT_HANDLE_INVALID)?;
+        let view = View::resolve(&asset, &key).ok_or(Error::rv(CKR_OBJECT_HANDLE_INVALID))?;
+        Ok(types.iter().map(|&t| view.attribute(t)).collect())
+    }
+
+    pub fn object_size(&self, h: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> Result<CK_ULONG> {
+        self.session(h)?;
+        self.object(object, CKR_OBJECT_HANDLE_INVALID)?;
+        Ok(CK_UNAVAILABLE_INFORMATION)
+    }
+
+    pub fn find_init(&self, h: CK_SESSION_HANDLE, template: &[TemplateAttr]) -> Result<()> {
+        let session = self.session(h)?;
+        let mut s = lock(&session);
+        if s.find.is_some() {
+            return Err(Error::rv(CKR_OPERATION_ACTIVE));
+        }
+        let logged_in = self.login_state() == Login::User;
+        let assets = self.store.list_assets().map_err(store_error)?;
+        let mut handles = Vec::new();
+        for asset in &assets {
+            for key in View::keys_of(asset) {
+                if key.class == Class::Private && !logged_in {
+                    continue;
+                }
+                let Some(view) = View::resolve(asset, &key) else {
+                    continue;
+                };
+                if view.matches(template) {
+                    handles.push(self.handle_for(key));
+                }
+            }
+        }
+        s.find = Some(FindOp { handles, next: 0 });
+        Ok(())
+    }
+
+    pub fn find_next(&self, h: CK_SESSION_HANDLE, max: usize) -> Result<Vec<CK_OBJECT_HANDLE>> {
+        let session = self.session(h)?;
+        let mut s = lock(&session);
+        let find = s
+            .find
+            .as_mut()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        let end = (find.next + max).min(find.handles.len());
+        let out = find.handles[find.next..end].to_vec();
+        find.next = end;
+        Ok(out)
+    }
+
+    pub fn find_final(&self, h: CK_SESSION_HANDLE) -> Result<()> {
+        let session = self.session(h)?;
+        let mut s = lock(&session);
+        s.find
+            .take()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        Ok(())
+    }
+
+    // ---- asset creation ---------------------------------------------------
+
+    /// `C_GenerateKeyPair(CKM_EC_KEY_PAIR_GEN)` with `CKA_TOKEN=true`: registers
+    /// a new asset named by `CKA_LABEL` and returns its alias (public, private).
+    pub fn generate_key_pair(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &Mechanism,
+        public: &[TemplateAttr],
+        private: &[TemplateAttr],
+    ) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
+        let session = self.session(h)?;
+        if mech.ty != CKM_EC_KEY_PAIR_GEN {
+            return Err(Error::rv(CKR_MECHANISM_INVALID));
+        }
+        if !mech.param.is_empty() {
+            return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
+        }
+        let spec = KeyPairSpec::from_templates(public, private)?;
+        if !lock(&session).rw {
+            return Err(Error::rv(CKR_SESSION_READ_ONLY));
+        }
+        if self.login_state() != Login::User {
+            return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        let object_id = spec
+            .object_id
+            .clone()
+            .unwrap_or_else(|| derive::default_object_id(&spec.asset).to_vec());
+        let scalar = derive::derive_key(&self.backend, &spec.asset, 1, spec.key_type)?;
+        let point = derive::public_point(spec.key_type, &scalar)
+            .ok_or_else(|| Error::with(CKR_GENERAL_ERROR, "derived scalar out of range"))?;
+        drop(scalar);
+        let asset = self
+            .store
+            .create_asset(&NewAsset {
+                id: &spec.asset,
+                key_type: spec.key_type,
+                object_id: &object_id,
+                public_key: Some(&point),
+            })
+            .map_err(|e| match e {
+                StoreError::Duplicate(m) => Error::with(CKR_ATTRIBUTE_VALUE_INVALID, m),
+                e => store_error(e),
+            })?;
+        log::info(&format!(
+            "asset {:?} created: type {}, CKA_ID {}, version 1",
+            asset.id.as_str(),
+            asset.key_type,
+            crate::store::hex(&asset.object_id)
+        ));
+        let key = |class| ObjectKey {
+            asset: asset.rowid,
+            which: Which::Alias,
+            class,
+        };
+        Ok((
+            self.handle_for(key(Class::Public)),
+            self.handle_for(key(Class::Private)),
+        ))
+    }
+
+    // ---- signing and verification -----------------------------------------
+
+    /// Derives the scalar of an asset version and checks it against the
+    /// recorded public key, so a store paired with the wrong root can never
+    /// sign with keys nobody registered.
+    fn signing_key(&self, view: &View) -> Result<Secret32> {
+        let kt = view.asset.key_type;
+        let scalar = derive::derive_key(&self.backend, &view.asset.id, view.version, kt)?;
+        let derived = derive::public_point(kt, &scalar);
+        if derived.as_deref() != view.public_point() {
+            return Err(Error::with(
+                CKR_DEVICE_ERROR,
+                format!(
+                    "asset {:?} version {}: the key derived from the backing HSM's root does not \
+                     match the public key recorded in store {}; the store belongs to another \
+                     root: check [backend] root_label and [store] path",
+                    view.asset.id.as_str(),
+                    view.version,
+                    self.store.path().display()
+                ),
+            ));
+        }
+        Ok(scalar)
+    }
+
+    pub fn sign_init(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &Mechanism,
+        key: CK_OBJECT_HANDLE,
+    ) -> Result<()> {
+        let session = self.session(h)?;
+        if lock(&session).sign.is_some() {
+            return Err(Error::rv(CKR_OPERATION_ACTIVE));
+        }
+        if self.login_state() != Login::User {
+            return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        let hasher = mechanisms::ecdsa_hasher(mech.ty)?;
+        if !mech.param.is_empty() {
+            return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
+        }
+        let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
+        let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+        if okey.class != Class::Private || !view.may_sign() {
+            return Err(Error::with(
+                CKR_KEY_FUNCTION_NOT_PERMITTED,
+                format!(
+                    "object {:?} may not sign (asset state {})",
+                    view.label(),
+                    asset.state.name()
+                ),
+            ));
+        }
+        let key = self.signing_key(&view)?;
+        let mut s = lock(&session);
+        if s.sign.is_some() {
+            return Err(Error::rv(CKR_OPERATION_ACTIVE));
+        }
+        s.sign = Some(SignOp {
+            kt: asset.key_type,
+            key,
+            hasher,
+            multi: false,
+        });
+        Ok(())
+    }
+
+    /// `C_Sign`. `out` is `None` for a length query. Returns the signature
+    /// length; `CKR_BUFFER_TOO_SMALL` and length queries keep the operation.
+    pub fn sign(&self, h: CK_SESSION_HANDLE, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
+        let session = self.session(h)?;
+        let mut s = lock(&session);
+        let op = s
+            .sign
+            .as_ref()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        if op.multi {
+            s.sign = None;
+            return Err(Error::rv(CKR_OPERATION_ACTIVE));
+        }
+        let Some(out) = out else {
+            return Ok(ECDSA_SIG_LEN);
+        };
+        if out.len() < ECDSA_SIG_LEN {
+            return Err(Error::rv(CKR_BUFFER_TOO_SMALL));
+        }
+        let op = s
+            .sign
+            .take()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        let digest = match op.hasher {
+            Some(mut hasher) => {
+                hasher.update(data);
+                hasher.finish()
+            }
+            None => data.to_vec(),
+        };
+        let sig = mechanisms::ecdsa_sign(op.kt, &op.key, &digest)?;
+        out[..ECDSA_SIG_LEN].copy_from_slice(&sig);
+        Ok(ECDSA_SIG_LEN)
+    }
+
+    pub fn sign_update(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> Result<()> {
+        let session = self.session(h)?;
+        let mut s = lock(&session);
+        let op = s
+            .sign
+            .as_mut()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        match op.hasher.as_mut() {
+            Some(hasher) => {
+                hasher.update(data);
+                op.multi = true;
+                Ok(())
+            }
+            None => {
+                // Raw CKM_ECDSA signs a digest in one call (single-part only).
+                s.sign = None;
+                Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED))
+            }
+        }
+    }
+
+    pub fn sign_final(&self, h: CK_SESSION_HANDLE, out: Option<&mut [u8]>) -> Result<usize> {
+        let session = self.session(h)?;
+        let mut s = lock(&session);
+        let op = s
+            .sign
+            .as_ref()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        if op.hasher.is_none() {
+            s.sign = None;
+            return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
+        }
+        let Some(out) = out else {
+            return Ok(ECDSA_SIG_LEN);
+        };
+        if out.len() < ECDSA_SIG_LEN {
+            return Err(Error::rv(CKR_BUFFER_TOO_SMALL));
+        }
+        let op = s
+            .sign
+            .take()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        let digest = op.hasher.map(Hasher::finish).unwrap_or_default();
+        let sig = mechanisms::ecdsa_sign(op.kt, &op.key, &digest)?;
+        out[..ECDSA_SIG_LEN].copy_from_slice(&sig);
+        Ok(ECDSA_SIG_LEN)
+    }
+
+    pub fn verify_init(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &Mechanism,
+        key: CK_OBJECT_HANDLE,
+    ) -> Result<()> {
+        let session = self.session(h)?;
+        if lock(&session).verify.is_some() {
+            return Err(Error::rv(CKR_OPERATION_ACTIVE));
+        }
+        let hasher = mechanisms::ecdsa_hasher(mech.ty)?;
+        if !mech.param.is_empty() {
+            return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
+        }
+        let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
+        let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+        if okey.class != Class::Public || !view.may_verify() {
+            return Err(Error::rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
+        }
+        let points = view
+            .verify_points()
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect();
+        let mut s = lock(&session);
+        if s.verify.is_some() {
+            return Err(Error::rv(CKR_OPERATION_ACTIVE));
+        }
+        s.verify = Some(VerifyOp {
+            kt: asset.key_type,
+            points,
+            hasher,
+            multi: false,
+        });
+        Ok(())
+    }
+
+    pub fn verify(&self, h: CK_SESSION_HANDLE, data: &[u8], sig: &[u8]) -> Result<()> {
+        let session = self.session(h)?;
+        let op = lock(&session)
+            .verify
+            .take()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        if op.multi {
+            return Err(Error::rv(CKR_OPERATION_ACTIVE));
+        }
+        let digest = match op.hasher.clone() {
+            Some(mut hasher) => {
+                hasher.update(data);
+                hasher.finish()
+            }
+            None => data.to_vec(),
+        };
+        verify_any(&op, &digest, sig)
+    }
+
+    pub fn verify_update(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> Result<()> {
+        let session = self.session(h)?;
+        let mut s = lock(&session);
+        let op = s
+            .verify
+            .as_mut()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        match op.hasher.as_mut() {
+            Some(hasher) => {
+                hasher.update(data);
+                op.multi = true;
+                Ok(())
+            }
+            None => {
+                s.verify = None;
+                Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED))
+            }
+        }
+    }
+
+    pub fn verify_final(&self, h: CK_SESSION_HANDLE, sig: &[u8]) -> Result<()> {
+        let session = self.session(h)?;
+        let op = lock(&session)
+            .verify
+            .take()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        let Some(hasher) = op.hasher.clone() else {
+            return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
+        };
+        verify_any(&op, &hasher.finish(), sig)
+    }
+
+    // ---- digests ----------------------------------------------------------
+
+    pub fn digest_init(&self, h: CK_SESSION_HANDLE, mech: &Mechanism) -> Result<()> {
+        let session = self.session(h)?;
+        let mut s = lock(&session);
+        if s.digest.is_some() {
+            return Err(Error::rv(CKR_OPERATION_ACTIVE));
+        }
+        let hasher = Hasher::for_digest(mech.ty).ok_or(Error::rv(CKR_MECHANISM_INVALID))?;
+        if !mech.param.is_empty() {
+            return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
+        }
+        s.digest = Some(DigestOp {
+            hasher,
+            multi: false,
+        });
+        Ok(())
+    }
+
+    pub fn digest(
+        &self,
+        h: CK_SESSION_HANDLE,
+        data: &[u8],
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        let session = self.session(h)?;
+        let mut s = lock(&session);
+        let op = s
+            .digest
+            .as_ref()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        if op.multi {
+            s.digest = None;
+            return Err(Error::rv(CKR_OPERATION_ACTIVE));
+        }
+        let len = op.hasher.output_len();
+        let Some(out) = out else { return Ok(len) };
+        if out.len() < len {
+            return Err(Error::rv(CKR_BUFFER_TOO_SMALL));
+        }
+        let mut op = s
+            .digest
+            .take()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        op.hasher.update(data);
+        out[..len].copy_from_slice(&op.hasher.finish());
+        Ok(len)
+    }
+
+    pub fn digest_update(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> Result<()> {
+        let session = self.session(h)?;
+        let mut s = lock(&session);
+        let op = s
+            .digest
+            .as_mut()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        op.hasher.update(data);
+        op.multi = true;
+        Ok(())
+    }
+
+    pub fn digest_final(&self, h: CK_SESSION_HANDLE, out: Option<&mut [u8]>) -> Result<usize> {
+        let session = self.session(h)?;
+        let mut s = lock(&session);
+        let op = s
+            .digest
+            .as_ref()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        let len = op.hasher.output_len();
+        let Some(out) = out else { return Ok(len) };
+        if out.len() < len {
+            return Err(Error::rv(CKR_BUFFER_TOO_SMALL));
+        }
+        let op = s
+            .digest
+            .take()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        out[..len].copy_from_slice(&op.hasher.finish());
+        Ok(len)
+    }
+
+    pub fn random(&self, h: CK_SESSION_HANDLE, out: &mut [u8]) -> Result<()> {
+        self.session(h)?;
+        self.backend.random(out)
+    }
+}
+
+/// Tries each usable version's public point, newest first.
+fn verify_any(op: &VerifyOp, digest: &[u8], sig: &[u8]) -> Result<()> {
+    let mut last = Error::rv(CKR_SIGNATURE_INVALID);
+    for point in &op.points {
+        match mechanisms::ecdsa_verify(op.kt, point, digest, sig) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.rv == CKR_SIGNATURE_INVALID => last = e,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last)
+}
+
+/// What a `C_GenerateKeyPair` template pair asks for.
+struct KeyPairSpec {
+    asset: AssetId,
+    key_type: KeyType,
+    object_id: Option<Vec<u8>>,
+}
+
+fn find<'a>(t: &'a [TemplateAttr], ty: CK_ATTRIBUTE_TYPE) -> Option<&'a [u8]> {
+    t.iter().find(|(a, _)| *a == ty).map(|(_, v)| v.as_slice())
+}
+
+/// The value given for `ty` in either template; both must agree.
+fn agreed<'a>(
+    public: &'a [TemplateAttr],
+    private: &'a [TemplateAttr],
+    ty: CK_ATTRIBUTE_TYPE,
+    name: &str,
+) -> Result<Option<&'a [u8]>> {
+    match (find(public, ty), find(private, ty)) {
+        (Some(a), Some(b)) if a != b => Err(Error::with(
+            CKR_TEMPLATE_INCONSISTENT,
+            format!("key pair generation: the public and private templates give different {name}"),
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+fn ulong(v: &[u8]) -> Option<CK_ULONG> {
+    Some(CK_ULONG::from_ne_bytes(v.try_into().ok()?))
+}
+
+impl KeyPairSpec {
+    fn from_templates(public: &[TemplateAttr], private: &[TemplateAttr]) -> Result<KeyPairSpec> {
+        let label = agreed(public, private, CKA_LABEL, "CKA_LABEL")?.ok_or_else(|| {
+            Error::with(
+                CKR_TEMPLATE_INCOMPLETE,
+                "key pair generation: no CKA_LABEL; the label names the new asset (1 to 64 \
+                 characters of A-Z a-z 0-9 . _ -)",
+            )
+        })?;
+        let label = std::str::from_utf8(label)
+            .map_err(|_| Error::with(CKR_ATTRIBUTE_VALUE_INVALID, "CKA_LABEL is not UTF-8"))?;
+        let asset = AssetId::new(label)
+            .map_err(|m| Error::with(CKR_ATTRIBUTE_VALUE_INVALID, format!("CKA_LABEL: {m}")))?;
+        let params = agreed(public, private, CKA_EC_PARAMS, "CKA_EC_PARAMS")?.ok_or_else(|| {
+            Error::with(
+                CKR_TEMPLATE_INCOMPLETE,
+                format!("key pair generation for {label:?}: no CKA_EC_PARAMS; name the curve (secp256k1 or P-256)"),
+            )
+        })?;
+        let key_type = objects::curve_from_params(params).ok_or_else(|| {
+            Error::with(
+                CKR_CURVE_NOT_SUPPORTED,
+                format!(
+                    "key pair generation for {label:?}: CKA_EC_PARAMS {} is not a supported curve; \
+                     use the named curve secp256k1 or P-256 (prime256v1)",
+                    crate::store::hex(params)
+                ),
+            )
+        })?;
+        let object_id = agreed(public, private, CKA_ID, "CKA_ID")?.map(<[u8]>::to_vec);
+        if object_id
+            .as_ref()
+            .is_some_and(|id| id.is_empty() || id.len() > 64)
+        {
+            return Err(Error::with(
+                CKR_ATTRIBUTE_VALUE_INVALID,
+                format!("key pair generation for {label:?}: CKA_ID must be 1 to 64 bytes"),
+            ));
+        }
+        let token = agreed(public, private, CKA_TOKEN, "CKA_TOKEN")?;
+        if token != Some(&[CK_TRUE as u8][..]) {
+            return Err(Error::with(
+                CKR_TEMPLATE_INCONSISTENT,
+                format!(
+                    "key pair generation for {label:?}: session keys (CKA_TOKEN=false, the \
+                     default) are not supported yet; set CKA_TOKEN=true to register a derived asset"
+                ),
+            ));
+        }
+        for (class, template) in [(Class::Public, public), (Class::Private, private)] {
+            check_template(class, template, label, key_type)?;
+        }
+        Ok(KeyPairSpec {
+            asset,
+            key_type,
+            object_id,
+        })
+    }
+}
+
+/// Every other attribute a template gives must be one the new object has,
+/// with the value it will have: p11derive keys are never extractable, never
+/// modifiable, sign/verify only.
+fn check_template(class: Class, template: &[TemplateAttr], label: &str, kt: KeyType) -> Result<()> {
+    let expect_class = match class {
+        Class::Private => CKO_PRIVATE_KEY,
+        Class::Public => CKO_PUBLIC_KEY,
+    };
+    for (ty, value) in template {
+        let ok =
+            match *ty {
+                CKA_LABEL | CKA_ID | CKA_EC_PARAMS | CKA_TOKEN => true,
+                CKA_CLASS => ulong(value) == Some(expect_class),
+                CKA_KEY_TYPE => ulong(value) == Some(CKK_EC),
+                ty if objects::has_attribute(class, ty) => expected_on_creation(class, ty)
+                    .is_some_and(|want| want.to_bytes().as_deref() == Some(value)),
+                _ => {
+                    return Err(Error::with(
+                        CKR_ATTRIBUTE_TYPE_INVALID,
+                        format!(
+                        "key pair generation for {label:?} ({kt}): attribute 0x{ty:x} does not \
+                         apply to a {} key",
+                        if class == Class::Private { "private" } else { "public" }
+                    ),
+                    ))
+                }
+            };
+        if !ok {
+            return Err(Error::with(
+                CKR_TEMPLATE_INCONSISTENT,
+                format!(
+                    "key pair generation for {label:?}: the {} template asks attribute 0x{ty:x} \
+                     to be a value p11derive keys cannot have (derived keys are token objects, \
+                     sensitive, never extractable, not modifiable, and sign/verify only)",
+                    if class == Class::Private {
+                        "private"
+                    } else {
+                        "public"
+                    }
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// What a new asset's objects say for the attributes a creator may set.
+fn expected_on_creation(class: Class, ty: CK_ATTRIBUTE_TYPE) -> Option<Value> {
+    let b = |v| Some(Value::Bool(v));
+    match (class, ty) {
+        (_, CKA_PRIVATE) => b(class == Class::Private),
+        (_, CKA_MODIFIABLE | CKA_COPYABLE | CKA_DESTROYABLE | CKA_DERIVE) => b(false),
+        (Class::Public, CKA_VERIFY) => b(true),
+        (Class::Public, CKA_ENCRYPT | CKA_VERIFY_RECOVER | CKA_WRAP | CKA_TRUSTED) => b(false),
+        (Class::Private, CKA_SIGN | CKA_SENSITIVE) => b(true),
+        (Class::Private, CKA_EXTRACTABLE | CKA_DECRYPT | CKA_SIGN_RECOVER | CKA_UNWRAP) => b(false),
+        (Class::Private, CKA_WRAP_WITH_TRUSTED | CKA_ALWAYS_AUTHENTICATE) => b(false),
+        (_, CKA_SUBJECT | CKA_START_DATE | CKA_END_DATE) => Some(Value::Bytes(Vec::new())),
+        _ => None,
+    }
+}
+
+impl Provider {
+    /// `C_SessionCancel`: ends the operations named by `flags`.
+    pub fn cancel(&self, h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> Result<()> {
+        let session = self.session(h)?;
+        let mut s = lock(&session);
+        if flags & CKF_SIGN != 0 {
+            s.sign = None;
+        }
+        if flags & CKF_VERIFY != 0 {
+            s.verify = None;
+        }
+        if flags & CKF_DIGEST != 0 {
+            s.digest = None;
+        }
+        if flags & CKF_FIND_OBJECTS != 0 {
+            s.find = None;
+        }
+        Ok(())
+    }
+}
