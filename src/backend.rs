@@ -277,6 +277,10 @@ impl Backend {
     /// Logs in to the backing token (`user_type` is CKU_USER or CKU_SO) and,
     /// for a user, finds the root. The PIN is passed through and not kept.
     pub fn login(&self, user_type: sys::CK_USER_TYPE, pin: &[u8]) -> Result<()> {
+        self.login_as(user_type, pin, true)
+    }
+
+    fn login_as(&self, user_type: sys::CK_USER_TYPE, pin: &[u8], need_root: bool) -> Result<()> {
         let mut anchor = self.login_session.lock().unwrap_or_else(|e| e.into_inner());
         let h = match *anchor {
             Some(h) => h,
@@ -307,7 +311,7 @@ impl Backend {
             | sys::CKR_SESSION_READ_ONLY_EXISTS => return Err(Error::rv(rv)),
             rv => return Err(device("C_Login", rv)),
         }
-        if user_type == sys::CKU_USER {
+        if user_type == sys::CKU_USER && need_root {
             match self.find_root(h) {
                 Ok(root) => *self.root.lock().unwrap_or_else(|e| e.into_inner()) = Some(root),
                 Err(e) => {
@@ -317,6 +321,12 @@ impl Backend {
             }
         }
         Ok(())
+    }
+
+    /// Logs a user in for administration (`p11derive init`): the root may
+    /// not exist yet, so it is not looked up.
+    pub fn login_admin(&self, pin: &[u8]) -> Result<()> {
+        self.login_as(sys::CKU_USER, pin, false)
     }
 
     pub fn logout(&self) -> Result<()> {

@@ -162,9 +162,12 @@ impl Config {
         Ok(())
     }
 
+    /// The configured level; by default `info` into a log file and `warn` on
+    /// stderr, which is usually the client program's own terminal.
     pub fn log_level(&self) -> Result<Level, String> {
         match self.log.level.as_deref() {
-            None => Ok(Level::Info),
+            None if self.log.file.is_some() => Ok(Level::Info),
+            None => Ok(Level::Warn),
             Some(s) => Level::parse(s).ok_or_else(|| {
                 format!(
                     "config file {}: [log] level = {s:?} is not one of error, warn, info, debug",
@@ -195,7 +198,7 @@ path = "/var/lib/p11derive/state.db"
         let c = Config::parse(GOOD, Path::new("/x.toml")).unwrap();
         assert_eq!(c.backend.token_label, "custody-root");
         assert_eq!(c.store.path, PathBuf::from("/var/lib/p11derive/state.db"));
-        assert_eq!(c.log_level().unwrap(), Level::Info);
+        assert_eq!(c.log_level().unwrap(), Level::Warn);
     }
 
     #[test]

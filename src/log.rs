@@ -69,8 +69,8 @@ pub fn write(level: Level, message: &str) {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let line = format!(
-        "{}.{:03} p11derive[{}] {}: {}\n",
-        now.as_secs(),
+        "{}.{:03}Z p11derive[{}] {}: {}\n",
+        utc(now.as_secs()),
         now.subsec_millis(),
         std::process::id(),
         level.name(),
@@ -93,4 +93,35 @@ pub fn info(message: &str) {
 }
 pub fn debug(message: &str) {
     write(Level::Debug, message)
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` in UTC (civil-from-days, proleptic Gregorian).
+fn utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01T00:00:00");
+        assert_eq!(super::utc(951_782_400), "2000-02-29T00:00:00");
+        assert_eq!(super::utc(1_795_290_212), "2026-11-21T19:43:32");
+    }
 }

@@ -912,45 +912,56 @@ impl KeyPairSpec {
     }
 }
 
-/// Every other attribute a template gives must be one the new object has,
-/// with the value it will have: p11derive keys are never extractable, never
-/// modifiable, sign/verify only.
+/// Checks the other attributes of a template against what a derived key is.
+///
+/// Requests that would weaken the key (extractable, not sensitive, a private
+/// key visible without login, a key that may not sign or verify) are refused.
+/// Capabilities a derived key never has (derive, encrypt, wrap, modify…) are
+/// ignored with a log line: clients such as pkcs11-tool ask for them by
+/// default, and the new objects' attributes tell the truth about them.
 fn check_template(class: Class, template: &[TemplateAttr], label: &str, kt: KeyType) -> Result<()> {
-    let expect_class = match class {
-        Class::Private => CKO_PRIVATE_KEY,
-        Class::Public => CKO_PUBLIC_KEY,
+    let which = if class == Class::Private {
+        "private"
+    } else {
+        "public"
     };
     for (ty, value) in template {
-        let ok =
-            match *ty {
-                CKA_LABEL | CKA_ID | CKA_EC_PARAMS | CKA_TOKEN => true,
-                CKA_CLASS => ulong(value) == Some(expect_class),
-                CKA_KEY_TYPE => ulong(value) == Some(CKK_EC),
-                ty if objects::has_attribute(class, ty) => expected_on_creation(class, ty)
-                    .is_some_and(|want| want.to_bytes().as_deref() == Some(value)),
-                _ => {
-                    return Err(Error::with(
-                        CKR_ATTRIBUTE_TYPE_INVALID,
-                        format!(
-                        "key pair generation for {label:?} ({kt}): attribute 0x{ty:x} does not \
-                         apply to a {} key",
-                        if class == Class::Private { "private" } else { "public" }
-                    ),
-                    ))
+        let ty = *ty;
+        let is_true = value.first().is_some_and(|&b| b != 0);
+        let weakening = match (class, ty) {
+            (_, CKA_LABEL | CKA_ID | CKA_EC_PARAMS | CKA_TOKEN) => false,
+            (Class::Private, CKA_CLASS) => ulong(value) != Some(CKO_PRIVATE_KEY),
+            (Class::Public, CKA_CLASS) => ulong(value) != Some(CKO_PUBLIC_KEY),
+            (_, CKA_KEY_TYPE) => ulong(value) != Some(CKK_EC),
+            (Class::Private, CKA_SENSITIVE | CKA_PRIVATE | CKA_SIGN) => !is_true,
+            (Class::Private, CKA_EXTRACTABLE) => is_true,
+            (Class::Public, CKA_VERIFY) => !is_true,
+            (_, ty) if objects::has_attribute(class, ty) || IGNORABLE.contains(&ty) => {
+                if is_true || ty == CKA_SUBJECT {
+                    log::info(&format!(
+                        "key pair generation for {label:?}: {which} attribute 0x{ty:x} ignored; \
+                         derived {kt} keys are sign/verify only and not modifiable"
+                    ));
                 }
-            };
-        if !ok {
+                false
+            }
+            _ => {
+                return Err(Error::with(
+                    CKR_ATTRIBUTE_TYPE_INVALID,
+                    format!(
+                        "key pair generation for {label:?} ({kt}): attribute 0x{ty:x} does not \
+                         apply to a {which} EC key"
+                    ),
+                ))
+            }
+        };
+        if weakening {
             return Err(Error::with(
                 CKR_TEMPLATE_INCONSISTENT,
                 format!(
-                    "key pair generation for {label:?}: the {} template asks attribute 0x{ty:x} \
-                     to be a value p11derive keys cannot have (derived keys are token objects, \
-                     sensitive, never extractable, not modifiable, and sign/verify only)",
-                    if class == Class::Private {
-                        "private"
-                    } else {
-                        "public"
-                    }
+                    "key pair generation for {label:?}: the {which} template sets attribute \
+                     0x{ty:x} to a value a derived key cannot have (private keys are private, \
+                     sensitive, never extractable and sign; public keys verify)"
                 ),
             ));
         }
@@ -958,21 +969,26 @@ fn check_template(class: Class, template: &[TemplateAttr], label: &str, kt: KeyT
     Ok(())
 }
 
-/// What a new asset's objects say for the attributes a creator may set.
-fn expected_on_creation(class: Class, ty: CK_ATTRIBUTE_TYPE) -> Option<Value> {
-    let b = |v| Some(Value::Bool(v));
-    match (class, ty) {
-        (_, CKA_PRIVATE) => b(class == Class::Private),
-        (_, CKA_MODIFIABLE | CKA_COPYABLE | CKA_DESTROYABLE | CKA_DERIVE) => b(false),
-        (Class::Public, CKA_VERIFY) => b(true),
-        (Class::Public, CKA_ENCRYPT | CKA_VERIFY_RECOVER | CKA_WRAP | CKA_TRUSTED) => b(false),
-        (Class::Private, CKA_SIGN | CKA_SENSITIVE) => b(true),
-        (Class::Private, CKA_EXTRACTABLE | CKA_DECRYPT | CKA_SIGN_RECOVER | CKA_UNWRAP) => b(false),
-        (Class::Private, CKA_WRAP_WITH_TRUSTED | CKA_ALWAYS_AUTHENTICATE) => b(false),
-        (_, CKA_SUBJECT | CKA_START_DATE | CKA_END_DATE) => Some(Value::Bytes(Vec::new())),
-        _ => None,
-    }
-}
+/// Attributes a creator may give that the objects answer for themselves.
+const IGNORABLE: &[CK_ATTRIBUTE_TYPE] = &[
+    CKA_DERIVE,
+    CKA_ENCRYPT,
+    CKA_DECRYPT,
+    CKA_WRAP,
+    CKA_UNWRAP,
+    CKA_SIGN_RECOVER,
+    CKA_VERIFY_RECOVER,
+    CKA_MODIFIABLE,
+    CKA_COPYABLE,
+    CKA_DESTROYABLE,
+    CKA_TRUSTED,
+    CKA_WRAP_WITH_TRUSTED,
+    CKA_ALWAYS_AUTHENTICATE,
+    CKA_SUBJECT,
+    CKA_START_DATE,
+    CKA_END_DATE,
+    CKA_PRIVATE,
+];
 
 impl Provider {
     /// `C_SessionCancel`: ends the operations named by `flags`.
