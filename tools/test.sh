@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The whole test suite, from nothing: install what is missing, check format and
+# lints, run the Rust tests (unit and integration, against SoftHSM), then the
+# conformance run with programs no one here wrote.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash tools/setup.sh
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy -D warnings"
+cargo clippy --release --all-targets --quiet -- -D warnings
+echo "== cargo test (release; integration tests load target/release/libp11derive.so)"
+cargo test --release
+echo "== conformance"
+bash conformance/run.sh
