@@ -25,6 +25,9 @@ impl ParseCallbacks for CkUlongMacros {
 
 fn main() {
     println!("cargo:rerun-if-changed=pkcs11-headers");
+    // Never unloaded: the pthread_atfork handler registered at C_Initialize
+    // must not outlive the code it points to when a client dlcloses us.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
     let bindings = bindgen::Builder::default()
         .header("pkcs11-headers/wrapper.h")
         .parse_callbacks(Box::new(CkUlongMacros))

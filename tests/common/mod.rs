@@ -1,0 +1,221 @@
+//! Shared set-up for the integration tests: real SoftHSM tokens as the
+//! backing HSM, a root imported through the `p11derive` CLI, a config file,
+//! and the built provider loaded through a real client library.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+
+pub const PIN: &str = "123456";
+pub const SO_PIN: &str = "87654321";
+pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
+
+/// The provider keeps one state per process: tests that load it take turns.
+static TURN: Mutex<()> = Mutex::new(());
+
+pub fn turn() -> MutexGuard<'static, ()> {
+    TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The built provider, next to this test executable's directory.
+pub fn module_path() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let so = dir.join("libp11derive.so");
+    assert!(so.exists(), "{} not built", so.display());
+    so
+}
+
+pub fn cli_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_p11derive"))
+}
+
+/// One SoftHSM token directory per test binary; SOFTHSM2_CONF points at it
+/// before SoftHSM is first loaded.
+pub fn softhsm_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        assert!(
+            Path::new(SOFTHSM).exists(),
+            "SoftHSM missing: run tools/setup.sh"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("p11derive-test-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        std::fs::create_dir_all(dir.join("tokens")).unwrap();
+        std::fs::write(
+            dir.join("softhsm2.conf"),
+            format!(
+                "directories.tokendir = {}/tokens\nobjectstore.backend = file\nlog.level = ERROR\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        std::env::set_var("SOFTHSM2_CONF", dir.join("softhsm2.conf"));
+        dir
+    })
+}
+
+/// A backing token with a root, a store and a config that points at both.
+pub struct Setup {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub store: PathBuf,
+    pub token_label: String,
+}
+
+static SERIAL: AtomicUsize = AtomicUsize::new(0);
+
+/// A fresh backing token; `root` is imported through `p11derive init
+/// --import-root`, or generated inside SoftHSM when `None`. `init` false
+/// leaves the token without root and store.
+pub fn setup_with(root: Option<&[u8; 32]>, init: bool) -> Setup {
+    let base = softhsm_dir();
+    let n = SERIAL.fetch_add(1, Ordering::SeqCst);
+    let token_label = format!("backing-{}-{n}", std::process::id() % 100_000);
+    let dir = base.join(format!("setup-{n}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = Command::new("softhsm2-util")
+        .args([
+            "--init-token",
+            "--free",
+            "--label",
+            &token_label,
+            "--pin",
+            PIN,
+            "--so-pin",
+            SO_PIN,
+        ])
+        .output()
+        .expect("softhsm2-util runs");
+    assert!(
+        out.status.success(),
+        "softhsm2-util: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = dir.join("state.db");
+    let config = dir.join("p11derive.toml");
+    std::fs::write(
+        &config,
+        config_text(&token_label, &store, &dir.join("p11derive.log")),
+    )
+    .unwrap();
+    let setup = Setup {
+        dir,
+        config,
+        store,
+        token_label,
+    };
+    if init {
+        let mut cmd = setup.cli();
+        cmd.arg("init");
+        if let Some(root) = root {
+            let hex: String = root.iter().map(|b| format!("{b:02x}")).collect();
+            let file = setup.dir.join("root.hex");
+            std::fs::write(&file, hex).unwrap();
+            cmd.arg("--import-root").arg(&file);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "p11derive init: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    setup
+}
+
+pub fn setup(root: Option<&[u8; 32]>) -> Setup {
+    setup_with(root, true)
+}
+
+pub fn config_text(token_label: &str, store: &Path, log: &Path) -> String {
+    format!(
+        "[token]\nlabel = \"p11derive\"\n\n[backend]\nmodule = \"{SOFTHSM}\"\n\
+         token_label = \"{token_label}\"\nroot_label = \"p11derive-root\"\n\n\
+         [store]\npath = \"{}\"\n\n[log]\nfile = \"{}\"\nlevel = \"debug\"\n",
+        store.display(),
+        log.display()
+    )
+}
+
+impl Setup {
+    /// The CLI with this setup's config and PIN.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(cli_path());
+        cmd.env("P11DERIVE_CONF", &self.config)
+            .env("P11DERIVE_PIN", PIN)
+            .env("SOFTHSM2_CONF", softhsm_dir().join("softhsm2.conf"));
+        cmd
+    }
+
+    /// Loads and initializes the provider with this setup's config.
+    pub fn load(&self) -> Provider {
+        std::env::set_var("P11DERIVE_CONF", &self.config);
+        let ctx = Pkcs11::new(module_path()).expect("load libp11derive.so");
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .expect("C_Initialize");
+        let slot = ctx.get_slots_with_token().expect("slots")[0];
+        Provider { ctx, slot }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("p11derive.log")).unwrap_or_default()
+    }
+}
+
+pub struct Provider {
+    pub ctx: Pkcs11,
+    pub slot: Slot,
+}
+
+impl Provider {
+    pub fn session(&self) -> Session {
+        self.ctx.open_rw_session(self.slot).expect("C_OpenSession")
+    }
+
+    pub fn user_session(&self) -> Session {
+        let s = self.session();
+        s.login(UserType::User, Some(&AuthPin::from(PIN)))
+            .expect("C_Login");
+        s
+    }
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        // cryptoki does not finalize on drop; the next test initializes afresh.
+        let _ = self.ctx.clone().finalize();
+    }
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+pub fn unhex(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The return code of a failed cryptoki call.
+pub fn rv_of<T: std::fmt::Debug>(r: cryptoki::error::Result<T>) -> cryptoki::error::RvError {
+    match r {
+        Err(cryptoki::error::Error::Pkcs11(rv, _)) => rv,
+        other => panic!("expected a PKCS#11 error, got {other:?}"),
+    }
+}
