@@ -316,8 +316,11 @@ fn library_version() -> CK_VERSION {
 }
 
 /// PKCS#11 3.0 §5.4: C_GetFunctionList (the 2.40 table).
+///
+/// # Safety
+/// `pp_function_list` must be null or valid for one pointer-sized write.
 #[no_mangle]
-pub extern "C" fn C_GetFunctionList(pp_function_list: CK_FUNCTION_LIST_PTR_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_GetFunctionList(pp_function_list: CK_FUNCTION_LIST_PTR_PTR) -> CK_RV {
     entry("C_GetFunctionList", || {
         // SAFETY: out-parameter from the caller.
         let slot = unsafe { out(pp_function_list) }?;
@@ -348,8 +351,15 @@ fn interfaces() -> [&'static CK_INTERFACE; 2] {
 }
 
 /// PKCS#11 3.0 §5.4: C_GetInterfaceList.
+///
+/// # Safety
+/// `pul_count` must be null or writable; `p_list`, if not null, must hold
+/// `*pul_count` writable entries.
 #[no_mangle]
-pub extern "C" fn C_GetInterfaceList(p_list: CK_INTERFACE_PTR, pul_count: CK_ULONG_PTR) -> CK_RV {
+pub unsafe extern "C" fn C_GetInterfaceList(
+    p_list: CK_INTERFACE_PTR,
+    pul_count: CK_ULONG_PTR,
+) -> CK_RV {
     entry("C_GetInterfaceList", || {
         // SAFETY: out-parameter from the caller.
         let count = unsafe { out(pul_count) }?;
@@ -372,8 +382,12 @@ pub extern "C" fn C_GetInterfaceList(p_list: CK_INTERFACE_PTR, pul_count: CK_ULO
 }
 
 /// PKCS#11 3.0 §5.4: C_GetInterface.
+///
+/// # Safety
+/// `p_name`, if not null, must be NUL-terminated; `p_version`, if not null,
+/// readable; `pp_interface` null or writable.
 #[no_mangle]
-pub extern "C" fn C_GetInterface(
+pub unsafe extern "C" fn C_GetInterface(
     p_name: CK_UTF8CHAR_PTR,
     p_version: CK_VERSION_PTR,
     pp_interface: CK_INTERFACE_PTR_PTR,

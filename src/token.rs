@@ -828,7 +828,7 @@ struct KeyPairSpec {
     object_id: Option<Vec<u8>>,
 }
 
-fn find<'a>(t: &'a [TemplateAttr], ty: CK_ATTRIBUTE_TYPE) -> Option<&'a [u8]> {
+fn find(t: &[TemplateAttr], ty: CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
     t.iter().find(|(a, _)| *a == ty).map(|(_, v)| v.as_slice())
 }
 

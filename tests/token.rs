@@ -439,7 +439,8 @@ fn foreign_newer_and_corrupt_stores_are_refused_untouched() {
     let _turn = turn();
     let s = setup(None);
     let original = std::fs::read(&s.store).unwrap();
-    let cases: Vec<(&str, Box<dyn Fn(&std::path::Path)>, &str)> = vec![
+    type Spoil = Box<dyn Fn(&std::path::Path)>;
+    let cases: Vec<(&str, Spoil, &str)> = vec![
         (
             "foreign",
             Box::new(|p| {
