@@ -464,14 +464,12 @@ extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, p_info: CK_TOKEN_INFO_PTR) -> CK_
             | CKF_SO_PIN_LOCKED
             | CKF_SO_PIN_TO_BE_CHANGED;
         let (sessions, rw) = p.session_count();
-        let serial = crate::store::hex(&crate::derive::default_object_id(
-            &crate::derive::AssetId::new("token").map_err(|m| Error::with(CKR_GENERAL_ERROR, m))?,
-        ));
         *info = CK_TOKEN_INFO {
             label: pad(&p.config.token.label),
             manufacturerID: pad("p11derive"),
             model: pad("derived keys"),
-            serialNumber: pad(&serial[..16]),
+            // The backing token's serial: the token p11derive stands for.
+            serialNumber: pad(&backing.serial),
             flags: CKF_RNG
                 | CKF_LOGIN_REQUIRED
                 | CKF_USER_PIN_INITIALIZED

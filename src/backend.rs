@@ -70,6 +70,7 @@ macro_rules! hsm {
 /// What the backing token says of itself, for the provider's token info.
 #[derive(Debug, Clone)]
 pub struct BackingTokenInfo {
+    pub serial: String,
     pub min_pin_len: u64,
     pub max_pin_len: u64,
     pub flags: u64,
@@ -233,6 +234,7 @@ impl Backend {
             return Err(device("C_GetTokenInfo", rv));
         }
         Ok(BackingTokenInfo {
+            serial: ck::unpad(&info.serialNumber),
             min_pin_len: info.ulMinPinLen,
             max_pin_len: info.ulMaxPinLen,
             flags: info.flags,

@@ -130,3 +130,50 @@ pub fn rv_name(rv: CK_RV) -> &'static str {
     );
     "CKR_(unnamed)"
 }
+
+/// The name of an attribute type, for messages (hex when unnamed here).
+pub fn attr_name(ty: CK_ATTRIBUTE_TYPE) -> String {
+    macro_rules! names {
+        ($($n:ident),* $(,)?) => {
+            $(if ty == $n { return stringify!($n).to_string(); })*
+        };
+    }
+    names!(
+        CKA_CLASS,
+        CKA_TOKEN,
+        CKA_PRIVATE,
+        CKA_LABEL,
+        CKA_VALUE,
+        CKA_KEY_TYPE,
+        CKA_SUBJECT,
+        CKA_ID,
+        CKA_SENSITIVE,
+        CKA_ENCRYPT,
+        CKA_DECRYPT,
+        CKA_WRAP,
+        CKA_UNWRAP,
+        CKA_SIGN,
+        CKA_SIGN_RECOVER,
+        CKA_VERIFY,
+        CKA_VERIFY_RECOVER,
+        CKA_DERIVE,
+        CKA_START_DATE,
+        CKA_END_DATE,
+        CKA_EC_PARAMS,
+        CKA_EC_POINT,
+        CKA_EXTRACTABLE,
+        CKA_LOCAL,
+        CKA_NEVER_EXTRACTABLE,
+        CKA_ALWAYS_SENSITIVE,
+        CKA_MODIFIABLE,
+        CKA_COPYABLE,
+        CKA_DESTROYABLE,
+        CKA_TRUSTED,
+        CKA_WRAP_WITH_TRUSTED,
+        CKA_ALWAYS_AUTHENTICATE,
+        CKA_VALUE_LEN,
+        CKA_PUBLIC_KEY_INFO,
+        CKA_ALLOWED_MECHANISMS,
+    );
+    format!("0x{ty:x}")
+}

@@ -274,6 +274,14 @@ impl Store {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A row-level error found before the path was known.
+    fn at_path(&self, e: StoreError) -> StoreError {
+        match e {
+            StoreError::Corrupt(_, m) => StoreError::Corrupt(self.path.clone(), m),
+            e => e,
+        }
+    }
+
     fn err(&self, e: rusqlite::Error) -> StoreError {
         classify(&self.path, e)
     }
@@ -295,7 +303,7 @@ impl Store {
         drop(stmt);
         let mut assets = Vec::with_capacity(rows.len());
         for row in rows {
-            assets.push(self.finish_asset(&conn, row?)?);
+            assets.push(self.finish_asset(&conn, row.map_err(|e| self.at_path(e))?)?);
         }
         Ok(assets)
     }
@@ -314,7 +322,9 @@ impl Store {
             .map_err(|e| self.err(e))?;
         match row {
             None => Ok(None),
-            Some(row) => Ok(Some(self.finish_asset(&conn, row?)?)),
+            Some(row) => Ok(Some(
+                self.finish_asset(&conn, row.map_err(|e| self.at_path(e))?)?,
+            )),
         }
     }
 

@@ -13,7 +13,7 @@ use crate::backend::Backend;
 use crate::ck::*;
 use crate::config::Config;
 use crate::derive::{self, AssetId, KeyType, Secret32};
-use crate::error::{Error, Result};
+use crate::error::{attr_name, Error, Result};
 use crate::log;
 use crate::mechanisms::{self, Hasher, ECDSA_SIG_LEN};
 use crate::objects::{self, Class, ObjectKey, Value, View, Which};
@@ -939,8 +939,9 @@ fn check_template(class: Class, template: &[TemplateAttr], label: &str, kt: KeyT
             (_, ty) if objects::has_attribute(class, ty) || IGNORABLE.contains(&ty) => {
                 if is_true || ty == CKA_SUBJECT {
                     log::info(&format!(
-                        "key pair generation for {label:?}: {which} attribute 0x{ty:x} ignored; \
-                         derived {kt} keys are sign/verify only and not modifiable"
+                        "key pair generation for {label:?}: {which} attribute {} ignored; \
+                         derived {kt} keys are sign/verify only and not modifiable",
+                        attr_name(ty)
                     ));
                 }
                 false
@@ -949,8 +950,9 @@ fn check_template(class: Class, template: &[TemplateAttr], label: &str, kt: KeyT
                 return Err(Error::with(
                     CKR_ATTRIBUTE_TYPE_INVALID,
                     format!(
-                        "key pair generation for {label:?} ({kt}): attribute 0x{ty:x} does not \
-                         apply to a {which} EC key"
+                        "key pair generation for {label:?} ({kt}): attribute {} does not \
+                         apply to a {which} EC key",
+                        attr_name(ty)
                     ),
                 ))
             }
@@ -959,9 +961,10 @@ fn check_template(class: Class, template: &[TemplateAttr], label: &str, kt: KeyT
             return Err(Error::with(
                 CKR_TEMPLATE_INCONSISTENT,
                 format!(
-                    "key pair generation for {label:?}: the {which} template sets attribute \
-                     0x{ty:x} to a value a derived key cannot have (private keys are private, \
-                     sensitive, never extractable and sign; public keys verify)"
+                    "key pair generation for {label:?}: the {which} template sets {} to a \
+                     value a derived key cannot have (private keys are private, sensitive, never \
+                     extractable and sign; public keys verify)",
+                    attr_name(ty)
                 ),
             ));
         }
