@@ -1201,3 +1201,46 @@ tables!(
         C_MessageVerifyFinal,
     ]
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_general_error() {
+        let rv = entry("C_Test", || panic!("boom"));
+        assert_eq!(rv, CKR_GENERAL_ERROR);
+        let rv = entry("C_Test", || Err(Error::rv(CKR_BUFFER_TOO_SMALL)));
+        assert_eq!(rv, CKR_BUFFER_TOO_SMALL);
+        assert_eq!(entry("C_Test", || Ok(())), CKR_OK);
+    }
+
+    #[test]
+    fn output_follows_the_length_conventions() {
+        let mut len: CK_ULONG = 0;
+        // SAFETY: valid pointers for the duration of each call.
+        unsafe {
+            output(ptr::null_mut(), &mut len, || Ok(5), |_| unreachable!()).unwrap();
+            assert_eq!(len, 5);
+            let mut buf = [0u8; 3];
+            len = 3;
+            let e = output(buf.as_mut_ptr(), &mut len, || Ok(5), |_| unreachable!()).unwrap_err();
+            assert_eq!((e.rv, len), (CKR_BUFFER_TOO_SMALL, 5));
+            let mut buf = [0u8; 8];
+            len = 8;
+            output(
+                buf.as_mut_ptr(),
+                &mut len,
+                || Ok(5),
+                |o| {
+                    o[..5].copy_from_slice(b"hello");
+                    Ok(5)
+                },
+            )
+            .unwrap();
+            assert_eq!((len, &buf[..5]), (5, &b"hello"[..]));
+            let e = output(buf.as_mut_ptr(), ptr::null_mut(), || Ok(5), |_| Ok(5)).unwrap_err();
+            assert_eq!(e.rv, CKR_ARGUMENTS_BAD);
+        }
+    }
+}

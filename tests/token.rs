@@ -572,3 +572,32 @@ fn cli_lists_assets_and_init_keeps_an_existing_root() {
     assert_eq!(no_pin.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&no_pin.stderr).contains("P11DERIVE_PIN"));
 }
+
+#[test]
+fn sessions_sign_concurrently_and_every_signature_verifies() {
+    let _turn = turn();
+    let s = setup(None);
+    let p = s.load();
+    let admin = p.user_session();
+    let (public, private) = templates("parallel", &SECP256K1);
+    let (pub_h, priv_h) = generate(&admin, &public, &private).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..8u8 {
+            let p = &p;
+            scope.spawn(move || {
+                let session = p.session();
+                for i in 0..40u8 {
+                    let msg = [t, i];
+                    let sig = session.sign(&Mechanism::EcdsaSha256, priv_h, &msg).unwrap();
+                    session
+                        .verify(&Mechanism::EcdsaSha256, pub_h, &msg, &sig)
+                        .unwrap();
+                    if i % 10 == 0 {
+                        // Sessions open and close beside the signers.
+                        drop(p.session());
+                    }
+                }
+            });
+        }
+    });
+}
