@@ -24,15 +24,16 @@ pub fn turn() -> MutexGuard<'static, ()> {
     TURN.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The built provider, next to this test executable's directory.
+/// The provider built for this test run: cargo writes the library's cdylib
+/// beside the test executables (target/<profile>/deps); only `cargo build`
+/// copies it up to target/<profile>, where it may be absent or stale.
 pub fn module_path() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
+    let so = exe
         .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let so = dir.join("libp11derive.so");
-    assert!(so.exists(), "{} not built", so.display());
+        .expect("target/<profile>/deps")
+        .join("libp11derive.so");
+    assert!(so.exists(), "{} not built by this test run", so.display());
     so
 }
 
