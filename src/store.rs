@@ -370,19 +370,31 @@ impl Store {
                 new.id.as_str()
             )));
         }
-        let id_owner: Option<String> = tx
-            .query_row(
-                "SELECT name FROM assets WHERE object_id = ?1",
-                [new.object_id],
-                |r| r.get(0),
-            )
-            .optional()
+        // Object ids must stay unambiguous: a new id may equal neither another
+        // asset's id nor one of its version ids (id || u32be(N)), and none of
+        // the new asset's version ids may equal another asset's id.
+        let mut stmt = tx
+            .prepare("SELECT name, object_id FROM assets")
             .map_err(|e| self.err(e))?;
-        if let Some(owner) = id_owner {
+        let owners = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        drop(stmt);
+        let new_id = new.object_id;
+        let clash = |a: &[u8], b: &[u8]| a == b || (a.len() == b.len() + 4 && a.starts_with(b));
+        if let Some((owner, _)) = owners
+            .iter()
+            .find(|(_, id)| clash(new_id, id) || clash(id, new_id))
+        {
             return Err(StoreError::Duplicate(format!(
-                "CKA_ID {} is already the id of asset {owner:?}; give the new key another CKA_ID \
-                 (or none, to use its default id)",
-                hex(new.object_id)
+                "CKA_ID {} would clash with the object ids of asset {owner:?} (its id, or its \
+                 version ids: id followed by a 4-byte counter); give the new key another \
+                 CKA_ID (or none, to use its default id)",
+                hex(new_id)
             )));
         }
         let t = now();

@@ -6,8 +6,9 @@
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
 
 use crate::backend::Backend;
 use crate::ck::*;
@@ -84,12 +85,29 @@ pub struct Session {
     digest: Option<DigestOp>,
 }
 
-/// Handles are assigned on first sight and never reused, so a handle found in
-/// one session works in every other for the life of the process.
+/// Object handles for the life of the process: assigned on first sight,
+/// never reused, and kept across C_Finalize/C_Initialize, so a handle found in
+/// one session (or one initialization) names the same object in every other.
+/// Objects are told apart by their store as well, in case a later
+/// initialization names another store.
 #[derive(Default)]
 struct Handles {
-    by_key: HashMap<ObjectKey, CK_OBJECT_HANDLE>,
-    by_handle: HashMap<CK_OBJECT_HANDLE, ObjectKey>,
+    stores: Vec<PathBuf>,
+    by_key: HashMap<(usize, ObjectKey), CK_OBJECT_HANDLE>,
+    by_handle: HashMap<CK_OBJECT_HANDLE, (usize, ObjectKey)>,
+}
+
+static HANDLES: LazyLock<Mutex<Handles>> = LazyLock::new(|| Mutex::new(Handles::default()));
+
+/// The index of a store in the handle table (by its canonical path).
+fn store_index(path: &Path) -> usize {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mut t = lock(&HANDLES);
+    if let Some(i) = t.stores.iter().position(|p| *p == path) {
+        return i;
+    }
+    t.stores.push(path);
+    t.stores.len() - 1
 }
 
 pub struct Provider {
@@ -101,7 +119,8 @@ pub struct Provider {
     login: AtomicU8,
     /// Serializes login and logout with each other (never held by signing).
     login_change: Mutex<()>,
-    handles: Mutex<Handles>,
+    /// This provider's store in the process-wide handle table.
+    store_index: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -122,6 +141,7 @@ impl Provider {
             )
         })?;
         let backend = Backend::open(&config.backend, &config.source)?;
+        let store_index = store_index(store.path());
         Ok(Provider {
             config,
             backend,
@@ -130,7 +150,7 @@ impl Provider {
             next_session: AtomicU64::new(1),
             login: AtomicU8::new(Login::None as u8),
             login_change: Mutex::new(()),
-            handles: Mutex::new(Handles::default()),
+            store_index,
         })
     }
 
@@ -322,18 +342,23 @@ impl Provider {
     // ---- objects ----------------------------------------------------------
 
     fn handle_for(&self, key: ObjectKey) -> CK_OBJECT_HANDLE {
-        let mut t = lock(&self.handles);
-        if let Some(h) = t.by_key.get(&key) {
+        let mut t = lock(&HANDLES);
+        let full = (self.store_index, key);
+        if let Some(h) = t.by_key.get(&full) {
             return *h;
         }
         let h = t.by_key.len() as CK_OBJECT_HANDLE + 1;
-        t.by_key.insert(key, h);
-        t.by_handle.insert(h, key);
+        t.by_key.insert(full, h);
+        t.by_handle.insert(h, full);
         h
     }
 
+    /// The object behind a handle, if it belongs to this provider's store.
     fn key_of(&self, h: CK_OBJECT_HANDLE) -> Option<ObjectKey> {
-        lock(&self.handles).by_handle.get(&h).copied()
+        match lock(&HANDLES).by_handle.get(&h) {
+            Some((store, key)) if *store == self.store_index => Some(*key),
+            _ => None,
+        }
     }
 
     /// The current record of the asset behind a handle, checked for
@@ -914,12 +939,22 @@ impl KeyPairSpec {
 
 /// Checks the other attributes of a template against what a derived key is.
 ///
-/// Requests that would weaken the key (extractable, not sensitive, a private
-/// key visible without login, a key that may not sign or verify) are refused.
-/// Capabilities a derived key never has (derive, encrypt, wrap, modify…) are
-/// ignored with a log line: clients such as pkcs11-tool ask for them by
-/// default, and the new objects' attributes tell the truth about them.
+/// Refused: key material or values the token computes (`CKA_VALUE`,
+/// `CKA_EC_POINT`, `CKA_LOCAL`…: `CKR_ATTRIBUTE_READ_ONLY`), and requests a
+/// derived key cannot honour — weaker ones (extractable, not sensitive, a
+/// private key visible without login, no signing) and stricter ones it cannot
+/// enforce (`CKA_ALWAYS_AUTHENTICATE`, a narrower `CKA_ALLOWED_MECHANISMS`):
+/// `CKR_TEMPLATE_INCONSISTENT`. Capabilities a derived key never has (derive,
+/// encrypt, wrap, modify…) are ignored with a log line: clients such as
+/// pkcs11-tool ask for them by default, and the new objects' attributes tell
+/// the truth about them.
 fn check_template(class: Class, template: &[TemplateAttr], label: &str, kt: KeyType) -> Result<()> {
+    enum Verdict {
+        Fine,
+        Ignored,
+        Computed,
+        Cannot,
+    }
     let which = if class == Class::Private {
         "private"
     } else {
@@ -928,23 +963,47 @@ fn check_template(class: Class, template: &[TemplateAttr], label: &str, kt: KeyT
     for (ty, value) in template {
         let ty = *ty;
         let is_true = value.first().is_some_and(|&b| b != 0);
-        let weakening = match (class, ty) {
-            (_, CKA_LABEL | CKA_ID | CKA_EC_PARAMS | CKA_TOKEN) => false,
-            (Class::Private, CKA_CLASS) => ulong(value) != Some(CKO_PRIVATE_KEY),
-            (Class::Public, CKA_CLASS) => ulong(value) != Some(CKO_PUBLIC_KEY),
-            (_, CKA_KEY_TYPE) => ulong(value) != Some(CKK_EC),
-            (Class::Private, CKA_SENSITIVE | CKA_PRIVATE | CKA_SIGN) => !is_true,
-            (Class::Private, CKA_EXTRACTABLE) => is_true,
-            (Class::Public, CKA_VERIFY) => !is_true,
+        let verdict = match (class, ty) {
+            (_, CKA_LABEL | CKA_ID | CKA_EC_PARAMS | CKA_TOKEN) => Verdict::Fine,
+            (Class::Private, CKA_CLASS) if ulong(value) == Some(CKO_PRIVATE_KEY) => Verdict::Fine,
+            (Class::Public, CKA_CLASS) if ulong(value) == Some(CKO_PUBLIC_KEY) => Verdict::Fine,
+            (_, CKA_KEY_TYPE) if ulong(value) == Some(CKK_EC) => Verdict::Fine,
+            (_, CKA_CLASS | CKA_KEY_TYPE) => Verdict::Cannot,
+            (Class::Private, CKA_SENSITIVE | CKA_PRIVATE | CKA_SIGN) if !is_true => Verdict::Cannot,
+            (Class::Private, CKA_EXTRACTABLE | CKA_ALWAYS_AUTHENTICATE) if is_true => {
+                Verdict::Cannot
+            }
+            (Class::Public, CKA_VERIFY) if !is_true => Verdict::Cannot,
+            (_, CKA_ALLOWED_MECHANISMS) => {
+                let given: Vec<CK_ULONG> = value
+                    .chunks(std::mem::size_of::<CK_ULONG>())
+                    .filter_map(ulong)
+                    .collect();
+                if objects::EC_MECHANISMS.iter().all(|m| given.contains(m)) {
+                    Verdict::Fine
+                } else {
+                    Verdict::Cannot
+                }
+            }
+            (Class::Private, CKA_VALUE) | (Class::Public, CKA_EC_POINT) => Verdict::Computed,
+            (
+                _,
+                CKA_LOCAL
+                | CKA_KEY_GEN_MECHANISM
+                | CKA_ALWAYS_SENSITIVE
+                | CKA_NEVER_EXTRACTABLE
+                | CKA_PUBLIC_KEY_INFO
+                | CKA_UNIQUE_ID,
+            ) => Verdict::Computed,
+            (_, ty) if ty & CKA_VENDOR_DEFINED != 0 && objects::has_attribute(class, ty) => {
+                Verdict::Computed
+            }
             (_, ty) if objects::has_attribute(class, ty) || IGNORABLE.contains(&ty) => {
                 if is_true || ty == CKA_SUBJECT {
-                    log::info(&format!(
-                        "key pair generation for {label:?}: {which} attribute {} ignored; \
-                         derived {kt} keys are sign/verify only and not modifiable",
-                        attr_name(ty)
-                    ));
+                    Verdict::Ignored
+                } else {
+                    Verdict::Fine
                 }
-                false
             }
             _ => {
                 return Err(Error::with(
@@ -957,16 +1016,35 @@ fn check_template(class: Class, template: &[TemplateAttr], label: &str, kt: KeyT
                 ))
             }
         };
-        if weakening {
-            return Err(Error::with(
-                CKR_TEMPLATE_INCONSISTENT,
-                format!(
-                    "key pair generation for {label:?}: the {which} template sets {} to a \
-                     value a derived key cannot have (private keys are private, sensitive, never \
-                     extractable and sign; public keys verify)",
-                    attr_name(ty)
-                ),
-            ));
+        match verdict {
+            Verdict::Fine => {}
+            Verdict::Ignored => log::info(&format!(
+                "key pair generation for {label:?}: {which} attribute {} ignored; derived {kt} \
+                 keys are sign/verify only and not modifiable",
+                attr_name(ty)
+            )),
+            Verdict::Computed => {
+                return Err(Error::with(
+                    CKR_ATTRIBUTE_READ_ONLY,
+                    format!(
+                        "key pair generation for {label:?}: the {which} template sets {}, which \
+                         p11derive computes (key material is derived, never supplied); remove it",
+                        attr_name(ty)
+                    ),
+                ))
+            }
+            Verdict::Cannot => {
+                return Err(Error::with(
+                    CKR_TEMPLATE_INCONSISTENT,
+                    format!(
+                        "key pair generation for {label:?}: the {which} template sets {} to a \
+                         value a derived key cannot have (private keys are private, sensitive, \
+                         never extractable, sign with ECDSA and need no per-use login; public \
+                         keys verify)",
+                        attr_name(ty)
+                    ),
+                ))
+            }
         }
     }
     Ok(())
@@ -986,7 +1064,6 @@ const IGNORABLE: &[CK_ATTRIBUTE_TYPE] = &[
     CKA_DESTROYABLE,
     CKA_TRUSTED,
     CKA_WRAP_WITH_TRUSTED,
-    CKA_ALWAYS_AUTHENTICATE,
     CKA_SUBJECT,
     CKA_START_DATE,
     CKA_END_DATE,

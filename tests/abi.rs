@@ -272,6 +272,31 @@ fn initialize_honours_its_arguments() {
 }
 
 #[test]
+fn handles_stay_valid_across_reinitialization() {
+    let _turn = turn();
+    let s = setup(None);
+    let (public, private) = {
+        let p = s.load();
+        keypair(&p.user_session(), "kept-handle")
+    };
+    let p = s.load();
+    let session = p.user_session();
+    let found = session
+        .find_objects(&[Attribute::Label(b"kept-handle".to_vec())])
+        .unwrap();
+    assert!(
+        found.contains(&public) && found.contains(&private),
+        "{found:?}"
+    );
+    let sig = session
+        .sign(&Mechanism::EcdsaSha256, private, b"same key")
+        .unwrap();
+    session
+        .verify(&Mechanism::EcdsaSha256, public, b"same key", &sig)
+        .unwrap();
+}
+
+#[test]
 fn survives_many_initialize_finalize_cycles() {
     let _turn = turn();
     let s = setup(None);

@@ -128,6 +128,33 @@ fn bad_key_pair_templates_are_refused_and_change_nothing() {
             )
         },
         {
+            let (a, mut b) = templates("supplied-key", &SECP256K1);
+            b.push(Attribute::Value(vec![1; 32]));
+            ("key material supplied", a, b, RvError::AttributeReadOnly)
+        },
+        {
+            let (a, mut b) = templates("per-use-login", &SECP256K1);
+            b.push(Attribute::AlwaysAuthenticate(true));
+            (
+                "CKA_ALWAYS_AUTHENTICATE=true",
+                a,
+                b,
+                RvError::TemplateInconsistent,
+            )
+        },
+        {
+            let (a, mut b) = templates("narrow-mechs", &SECP256K1);
+            b.push(Attribute::AllowedMechanisms(vec![
+                cryptoki::mechanism::MechanismType::ECDSA,
+            ]));
+            (
+                "narrower CKA_ALLOWED_MECHANISMS",
+                a,
+                b,
+                RvError::TemplateInconsistent,
+            )
+        },
+        {
             let (a, mut b) = templates("label-mismatch", &SECP256K1);
             b.retain(|x| x.attribute_type() != AttributeType::Label);
             b.push(Attribute::Label(b"other".to_vec()));

@@ -80,6 +80,15 @@ fn check_vector(prf: &dyn Prf, vec: &Value) {
         let point = derive::public_point(kt, &key).unwrap();
         assert_eq!(hex(&point), vec["public_point"], "{what}: public point");
     }
+    if kt == KeyType::HmacSha256 {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&key[..]).unwrap();
+        mac.update(&unhex(vec["mac"]["message"].as_str().unwrap()));
+        assert_eq!(
+            hex(&mac.finalize().into_bytes()),
+            vec["mac"]["mac"],
+            "{what}: MAC"
+        );
+    }
 }
 
 #[test]
