@@ -11,39 +11,33 @@ use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::ptr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Once, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::ck::*;
 use crate::config::{self, Config};
 use crate::error::{Error, Result};
 use crate::log;
 use crate::mechanisms;
+use crate::process::{self, PerProcess};
 use crate::token::{Mechanism, Provider, TemplateAttr, SLOT_ID};
 
 // ---- library state --------------------------------------------------------
 
-/// The initialized provider, with the fork generation it was created in.
-static PROVIDER: RwLock<Option<(u64, Arc<Provider>)>> = RwLock::new(None);
+/// The initialized provider of this process. A forked child starts with none
+/// (see [`crate::process`]) and must call C_Initialize again.
+static PROVIDER: PerProcess<RwLock<Option<Arc<Provider>>>> = PerProcess::new(|| RwLock::new(None));
 /// Serializes C_Initialize and C_Finalize.
-static INIT: Mutex<()> = Mutex::new(());
-/// Incremented in every child after fork(): a provider of an older generation
-/// belongs to the parent, and the child must call C_Initialize again.
-static FORKS: AtomicU64 = AtomicU64::new(0);
-static ATFORK: Once = Once::new();
+static INIT: PerProcess<Mutex<()>> = PerProcess::new(|| Mutex::new(()));
 
-extern "C" fn after_fork_in_child() {
-    FORKS.fetch_add(1, Ordering::SeqCst);
-}
-
-/// The provider, if this process initialized it. The global lock is held only
-/// to clone the handle, never while a function works.
+/// The provider, if this process initialized it. The lock is held only to
+/// clone the handle, never while a function works.
 fn provider() -> Result<Arc<Provider>> {
-    let guard = PROVIDER.read().unwrap_or_else(|e| e.into_inner());
-    match &*guard {
-        Some((gen, p)) if *gen == FORKS.load(Ordering::SeqCst) => Ok(p.clone()),
-        _ => Err(Error::rv(CKR_CRYPTOKI_NOT_INITIALIZED)),
-    }
+    PROVIDER
+        .get()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+        .ok_or(Error::rv(CKR_CRYPTOKI_NOT_INITIALIZED))
 }
 
 /// Runs an entry point: catches panics, logs messages meant for a person.
@@ -224,23 +218,15 @@ extern "C" fn C_Initialize(p_init_args: CK_VOID_PTR) -> CK_RV {
 }
 
 fn initialize(explicit_config: Option<PathBuf>) -> Result<()> {
-    let _serial = INIT.lock().unwrap_or_else(|e| e.into_inner());
-    ATFORK.call_once(|| {
-        // SAFETY: registers a handler that only bumps an atomic counter.
-        unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
-    });
+    process::watch_forks();
+    let _serial = INIT.get().lock().unwrap_or_else(|e| e.into_inner());
+    if PROVIDER
+        .get()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .is_some()
     {
-        let mut guard = PROVIDER.write().unwrap_or_else(|e| e.into_inner());
-        match guard.take() {
-            Some((gen, p)) if gen == FORKS.load(Ordering::SeqCst) => {
-                *guard = Some((gen, p));
-                return Err(Error::rv(CKR_CRYPTOKI_ALREADY_INITIALIZED));
-            }
-            // The parent's provider, inherited through fork(): its sessions and
-            // locks are the parent's. Leave it untouched and start afresh.
-            Some(stale) => std::mem::forget(stale),
-            None => {}
-        }
+        return Err(Error::rv(CKR_CRYPTOKI_ALREADY_INITIALIZED));
     }
     let path = config::locate(explicit_config.as_deref());
     let config = Config::load(&path).map_err(|m| Error::with(CKR_FUNCTION_FAILED, m))?;
@@ -270,8 +256,7 @@ fn initialize(explicit_config: Option<PathBuf>) -> Result<()> {
         provider.backend.module_path().display(),
         provider.store.path().display()
     ));
-    let gen = FORKS.load(Ordering::SeqCst);
-    *PROVIDER.write().unwrap_or_else(|e| e.into_inner()) = Some((gen, Arc::new(provider)));
+    *PROVIDER.get().write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(provider));
     Ok(())
 }
 
@@ -281,12 +266,15 @@ extern "C" fn C_Finalize(p_reserved: CK_VOID_PTR) -> CK_RV {
         if !p_reserved.is_null() {
             return Err(Error::rv(CKR_ARGUMENTS_BAD));
         }
-        let _serial = INIT.lock().unwrap_or_else(|e| e.into_inner());
-        provider()?;
-        let taken = PROVIDER.write().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some((_, p)) = taken {
-            p.finalize();
-        }
+        let _serial = INIT.get().lock().unwrap_or_else(|e| e.into_inner());
+        let taken = PROVIDER
+            .get()
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        taken
+            .ok_or(Error::rv(CKR_CRYPTOKI_NOT_INITIALIZED))?
+            .finalize();
         Ok(())
     })
 }

@@ -19,6 +19,7 @@ use crate::ck;
 use crate::config::BackendSection;
 use crate::derive::{Prf, Secret32};
 use crate::error::{rv_name, Error, Result};
+use crate::process::PerProcess;
 
 /// A loaded module's function table. Modules are never unloaded: many PKCS#11
 /// modules (SoftHSM among them) do not survive `dlclose` and a later reload,
@@ -26,11 +27,11 @@ use crate::error::{rv_name, Error, Result};
 #[derive(Clone, Copy)]
 struct Module(&'static sys::CK_FUNCTION_LIST);
 
-static MODULES: Mutex<Option<HashMap<PathBuf, Module>>> = Mutex::new(None);
+static MODULES: PerProcess<Mutex<HashMap<PathBuf, Module>>> =
+    PerProcess::new(|| Mutex::new(HashMap::new()));
 
 fn load_module(path: &Path) -> std::result::Result<Module, String> {
-    let mut guard = MODULES.lock().unwrap_or_else(|e| e.into_inner());
-    let map = guard.get_or_insert_with(HashMap::new);
+    let mut map = MODULES.get().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(m) = map.get(path) {
         return Ok(*m);
     }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod log;
 pub mod mechanisms;
 pub mod objects;
+pub mod process;
 pub mod store;
 pub mod token;
 

@@ -6,6 +6,8 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
+
+use crate::process::PerProcess;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -42,9 +44,11 @@ struct Sink {
     level: Level,
 }
 
-static SINK: Mutex<Sink> = Mutex::new(Sink {
-    file: None,
-    level: Level::Info,
+static SINK: PerProcess<Mutex<Sink>> = PerProcess::new(|| {
+    Mutex::new(Sink {
+        file: None,
+        level: Level::Warn,
+    })
 });
 
 /// Sends further lines to `file` (stderr when `None`) at `level` and above.
@@ -53,7 +57,7 @@ pub fn configure(file: Option<&Path>, level: Level) -> std::io::Result<()> {
         Some(p) => Some(OpenOptions::new().create(true).append(true).open(p)?),
         None => None,
     };
-    let mut sink = SINK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sink = SINK.get().lock().unwrap_or_else(|e| e.into_inner());
     sink.file = file;
     sink.level = level;
     Ok(())
@@ -61,7 +65,7 @@ pub fn configure(file: Option<&Path>, level: Level) -> std::io::Result<()> {
 
 /// Writes one line. A poisoned lock or a failed write never stops the caller.
 pub fn write(level: Level, message: &str) {
-    let mut sink = SINK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut sink = SINK.get().lock().unwrap_or_else(|e| e.into_inner());
     if level > sink.level {
         return;
     }

@@ -210,9 +210,12 @@ mod tests {
                 );
             }
         }
-        let sig = ecdsa_sign(KeyType::Secp256k1, &scalar, &[9; 32]).unwrap();
-        let s = k256::ecdsa::Signature::from_slice(&sig).unwrap();
-        assert!(s.normalize_s() == s, "secp256k1 signatures must be low-S");
+        // About half of raw signatures would be high-S; all must come out low.
+        for i in 0..64u8 {
+            let sig = ecdsa_sign(KeyType::Secp256k1, &scalar, &[i; 32]).unwrap();
+            let s = k256::ecdsa::Signature::from_slice(&sig).unwrap();
+            assert!(s.normalize_s() == s, "secp256k1 signature {i} is high-S");
+        }
     }
 
     #[test]

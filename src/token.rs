@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use crate::backend::Backend;
 use crate::ck::*;
@@ -18,6 +18,7 @@ use crate::error::{attr_name, Error, Result};
 use crate::log;
 use crate::mechanisms::{self, Hasher, ECDSA_SIG_LEN};
 use crate::objects::{self, Class, ObjectKey, Value, View, Which};
+use crate::process::PerProcess;
 use crate::store::{Asset, NewAsset, Store, StoreError};
 
 /// The only slot.
@@ -51,6 +52,8 @@ impl Login {
 }
 
 struct SignOp {
+    /// The login epoch this operation began in.
+    epoch: u64,
     kt: KeyType,
     key: Secret32,
     hasher: Option<Hasher>,
@@ -71,7 +74,8 @@ struct DigestOp {
 }
 
 struct FindOp {
-    handles: Vec<CK_OBJECT_HANDLE>,
+    /// Each result with whether it is a private object.
+    handles: Vec<(CK_OBJECT_HANDLE, bool)>,
     next: usize,
 }
 
@@ -97,12 +101,12 @@ struct Handles {
     by_handle: HashMap<CK_OBJECT_HANDLE, (usize, ObjectKey)>,
 }
 
-static HANDLES: LazyLock<Mutex<Handles>> = LazyLock::new(|| Mutex::new(Handles::default()));
+static HANDLES: PerProcess<Mutex<Handles>> = PerProcess::new(|| Mutex::new(Handles::default()));
 
 /// The index of a store in the handle table (by its canonical path).
 fn store_index(path: &Path) -> usize {
     let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-    let mut t = lock(&HANDLES);
+    let mut t = lock(HANDLES.get());
     if let Some(i) = t.stores.iter().position(|p| *p == path) {
         return i;
     }
@@ -117,6 +121,9 @@ pub struct Provider {
     sessions: RwLock<HashMap<CK_SESSION_HANDLE, Arc<Mutex<Session>>>>,
     next_session: AtomicU64,
     login: AtomicU8,
+    /// Incremented at every logout; operations remember the epoch they began in.
+    login_epoch: AtomicU64,
+
     /// Serializes login and logout with each other (never held by signing).
     login_change: Mutex<()>,
     /// This provider's store in the process-wide handle table.
@@ -149,6 +156,8 @@ impl Provider {
             sessions: RwLock::new(HashMap::new()),
             next_session: AtomicU64::new(1),
             login: AtomicU8::new(Login::None as u8),
+            login_epoch: AtomicU64::new(0),
+
             login_change: Mutex::new(()),
             store_index,
         })
@@ -164,7 +173,12 @@ impl Provider {
     }
 
     pub fn login_state(&self) -> Login {
-        Login::from_u8(self.login.load(Ordering::Acquire))
+        Login::from_u8(self.login.load(Ordering::SeqCst))
+    }
+
+    /// Whether a signing operation started in login `epoch` may still run.
+    fn still_logged_in(&self, epoch: u64) -> bool {
+        self.login_state() == Login::User && self.login_epoch.load(Ordering::SeqCst) == epoch
     }
 
     pub fn check_slot(&self, slot: CK_SLOT_ID) -> Result<()> {
@@ -183,9 +197,6 @@ impl Provider {
             return Err(Error::rv(CKR_SESSION_PARALLEL_NOT_SUPPORTED));
         }
         let rw = flags & CKF_RW_SESSION != 0;
-        if !rw && self.login_state() == Login::So {
-            return Err(Error::rv(CKR_SESSION_READ_WRITE_SO_EXISTS));
-        }
         let h = self.next_session.fetch_add(1, Ordering::Relaxed);
         let session = Session {
             rw,
@@ -198,6 +209,15 @@ impl Provider {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(h, Arc::new(Mutex::new(session)));
+        // Checked after the session is visible: an SO login that raced with
+        // us either sees this session and refuses, or we see it and back out.
+        if !rw && self.login_state() == Login::So {
+            self.sessions
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&h);
+            return Err(Error::rv(CKR_SESSION_READ_WRITE_SO_EXISTS));
+        }
         Ok(h)
     }
 
@@ -211,16 +231,12 @@ impl Provider {
     }
 
     pub fn close_session(&self, h: CK_SESSION_HANDLE) -> Result<()> {
-        let last = {
-            let mut sessions = self.sessions.write().unwrap_or_else(|e| e.into_inner());
-            sessions
-                .remove(&h)
-                .ok_or(Error::rv(CKR_SESSION_HANDLE_INVALID))?;
-            sessions.is_empty()
-        };
-        if last {
-            self.end_login();
-        }
+        self.sessions
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&h)
+            .ok_or(Error::rv(CKR_SESSION_HANDLE_INVALID))?;
+        self.end_login_if_idle();
         Ok(())
     }
 
@@ -230,7 +246,7 @@ impl Provider {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
-        self.end_login();
+        self.end_login_if_idle();
         Ok(())
     }
 
@@ -278,11 +294,8 @@ impl Provider {
             s if s == wanted => return Err(Error::rv(CKR_USER_ALREADY_LOGGED_IN)),
             _ => return Err(Error::rv(CKR_USER_ANOTHER_ALREADY_LOGGED_IN)),
         }
-        if wanted == Login::So {
-            let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
-            if sessions.values().any(|s| !lock(s).rw) {
-                return Err(Error::rv(CKR_SESSION_READ_ONLY_EXISTS));
-            }
+        if wanted == Login::So && self.read_only_sessions_exist() {
+            return Err(Error::rv(CKR_SESSION_READ_ONLY_EXISTS));
         }
         let who = if wanted == Login::User {
             "user"
@@ -291,7 +304,12 @@ impl Provider {
         };
         match self.backend.login(user, pin) {
             Ok(()) => {
-                self.login.store(wanted as u8, Ordering::Release);
+                self.login.store(wanted as u8, Ordering::SeqCst);
+                if wanted == Login::So && self.read_only_sessions_exist() {
+                    // A read-only session opened while the HSM checked the PIN.
+                    self.end_login_locked();
+                    return Err(Error::rv(CKR_SESSION_READ_ONLY_EXISTS));
+                }
                 log::info(&format!(
                     "login: {who} logged in to backing token {:?}",
                     self.backend.token_label()
@@ -317,32 +335,57 @@ impl Provider {
         Ok(())
     }
 
+    fn read_only_sessions_exist(&self) -> bool {
+        let sessions = self.sessions.read().unwrap_or_else(|e| e.into_inner());
+        sessions.values().any(|s| !lock(s).rw)
+    }
+
     /// Forgets the login and every key held by an operation of any session.
     fn end_login(&self) {
         let _serial = lock(&self.login_change);
+        self.end_login_locked();
+    }
+
+    /// PKCS#11 logs out when the application's last session closes; decided
+    /// under the login lock so a concurrent open-and-login is not undone.
+    fn end_login_if_idle(&self) {
+        let _serial = lock(&self.login_change);
+        if self
+            .sessions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+        {
+            self.end_login_locked();
+        }
+    }
+
+    /// The logout itself; the caller holds `login_change`. The state flips and
+    /// the epoch moves *before* keys are wiped, so an operation initialized
+    /// concurrently either sees the logout or is wiped here (see `sign_init`).
+    fn end_login_locked(&self) {
         if self.login_state() == Login::None {
             return;
         }
+        self.login.store(Login::None as u8, Ordering::SeqCst);
+        self.login_epoch.fetch_add(1, Ordering::SeqCst);
         for s in self
             .sessions
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .values()
         {
-            let mut s = lock(s);
-            s.sign = None;
-            s.find = None;
+            lock(s).sign = None;
         }
         if let Err(e) = self.backend.logout() {
             log::warn(&format!("logout: {e}"));
         }
-        self.login.store(Login::None as u8, Ordering::Release);
     }
 
     // ---- objects ----------------------------------------------------------
 
     fn handle_for(&self, key: ObjectKey) -> CK_OBJECT_HANDLE {
-        let mut t = lock(&HANDLES);
+        let mut t = lock(HANDLES.get());
         let full = (self.store_index, key);
         if let Some(h) = t.by_key.get(&full) {
             return *h;
@@ -355,7 +398,7 @@ impl Provider {
 
     /// The object behind a handle, if it belongs to this provider's store.
     fn key_of(&self, h: CK_OBJECT_HANDLE) -> Option<ObjectKey> {
-        match lock(&HANDLES).by_handle.get(&h) {
+        match lock(HANDLES.get()).by_handle.get(&h) {
             Some((store, key)) if *store == self.store_index => Some(*key),
             _ => None,
         }
@@ -415,7 +458,7 @@ impl Provider {
                     continue;
                 };
                 if view.matches(template) {
-                    handles.push(self.handle_for(key));
+                    handles.push((self.handle_for(key), key.class == Class::Private));
                 }
             }
         }
@@ -430,9 +473,16 @@ impl Provider {
             .find
             .as_mut()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
-        let end = (find.next + max).min(find.handles.len());
-        let out = find.handles[find.next..end].to_vec();
-        find.next = end;
+        // A logout since C_FindObjectsInit hides the private results that remain.
+        let logged_in = self.login_state() == Login::User;
+        let mut out = Vec::with_capacity(max.min(find.handles.len()));
+        while out.len() < max && find.next < find.handles.len() {
+            let (h, private) = find.handles[find.next];
+            find.next += 1;
+            if logged_in || !private {
+                out.push(h);
+            }
+        }
         Ok(out)
     }
 
@@ -542,7 +592,8 @@ impl Provider {
         if lock(&session).sign.is_some() {
             return Err(Error::rv(CKR_OPERATION_ACTIVE));
         }
-        if self.login_state() != Login::User {
+        let epoch = self.login_epoch.load(Ordering::SeqCst);
+        if !self.still_logged_in(epoch) {
             return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
         }
         let hasher = mechanisms::ecdsa_hasher(mech.ty)?;
@@ -566,7 +617,13 @@ impl Provider {
         if s.sign.is_some() {
             return Err(Error::rv(CKR_OPERATION_ACTIVE));
         }
+        // A logout that happened while the key was derived wins: the key is
+        // wiped (dropped) here instead of being kept past the logout.
+        if !self.still_logged_in(epoch) {
+            return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
+        }
         s.sign = Some(SignOp {
+            epoch,
             kt: asset.key_type,
             key,
             hasher,
@@ -580,10 +637,7 @@ impl Provider {
     pub fn sign(&self, h: CK_SESSION_HANDLE, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
         let session = self.session(h)?;
         let mut s = lock(&session);
-        let op = s
-            .sign
-            .as_ref()
-            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        let op = self.live_sign_op(&mut s)?;
         if op.multi {
             s.sign = None;
             return Err(Error::rv(CKR_OPERATION_ACTIVE));
@@ -613,6 +667,7 @@ impl Provider {
     pub fn sign_update(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> Result<()> {
         let session = self.session(h)?;
         let mut s = lock(&session);
+        self.live_sign_op(&mut s)?;
         let op = s
             .sign
             .as_mut()
@@ -634,10 +689,7 @@ impl Provider {
     pub fn sign_final(&self, h: CK_SESSION_HANDLE, out: Option<&mut [u8]>) -> Result<usize> {
         let session = self.session(h)?;
         let mut s = lock(&session);
-        let op = s
-            .sign
-            .as_ref()
-            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        let op = self.live_sign_op(&mut s)?;
         if op.hasher.is_none() {
             s.sign = None;
             return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
@@ -656,6 +708,23 @@ impl Provider {
         let sig = mechanisms::ecdsa_sign(op.kt, &op.key, &digest)?;
         out[..ECDSA_SIG_LEN].copy_from_slice(&sig);
         Ok(ECDSA_SIG_LEN)
+    }
+
+    /// The session's signing operation, if its login is still the current one;
+    /// otherwise the operation (and its key) is dropped.
+    fn live_sign_op<'s>(&self, s: &'s mut Session) -> Result<&'s SignOp> {
+        let epoch = s
+            .sign
+            .as_ref()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?
+            .epoch;
+        if !self.still_logged_in(epoch) {
+            s.sign = None;
+            return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        s.sign
+            .as_ref()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))
     }
 
     pub fn verify_init(

@@ -218,7 +218,12 @@ fn login_passes_through_and_controls_visibility() {
     let session = p.session();
     let wrong = session.login(UserType::User, Some(&AuthPin::from("000000")));
     assert_eq!(rv_of(wrong), RvError::PinIncorrect);
-    assert!(!s.log().contains("000000"), "a PIN reached the log");
+    let log = s.log();
+    assert!(
+        log.contains("login to backing token") && log.contains("CKR_PIN_INCORRECT"),
+        "{log}"
+    );
+    assert!(!log.contains("000000"), "a PIN reached the log");
     assert_eq!(rv_of(session.logout()), RvError::UserNotLoggedIn);
     session
         .login(UserType::User, Some(&AuthPin::from(PIN)))
@@ -627,4 +632,69 @@ fn sessions_sign_concurrently_and_every_signature_verifies() {
             });
         }
     });
+}
+
+#[test]
+fn no_signature_is_made_across_a_logout() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let _turn = turn();
+    let s = setup(None);
+    let p = s.load();
+    let admin = p.user_session();
+    let (public, private) = templates("logout-race", &SECP256K1);
+    let (_, priv_h) = generate(&admin, &public, &private).unwrap();
+
+    // Plainly: an operation initialized before a logout cannot finish after it.
+    let signer = p.session();
+    signer.sign_init(&Mechanism::EcdsaSha256, priv_h).unwrap();
+    admin.logout().unwrap();
+    assert!(signer.sign_final().is_err(), "signed after C_Logout");
+    admin
+        .login(UserType::User, Some(&AuthPin::from(PIN)))
+        .unwrap();
+
+    // Racing: `phase` is odd while logged out (set after C_Logout returned,
+    // cleared before C_Login starts). A signature whose whole call happened
+    // inside one logged-out phase must not exist.
+    let phase = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    let (mut made, mut violations) = (0u32, 0u32);
+    let (phase, done) = (&phase, &done);
+    std::thread::scope(|scope| {
+        scope.spawn(move || {
+            for _ in 0..200 {
+                admin.logout().unwrap();
+                phase.fetch_add(1, Ordering::SeqCst);
+                std::thread::sleep(std::time::Duration::from_millis(2));
+                phase.fetch_add(1, Ordering::SeqCst);
+                admin
+                    .login(UserType::User, Some(&AuthPin::from(PIN)))
+                    .unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            done.store(true, Ordering::SeqCst);
+        });
+        while !done.load(Ordering::SeqCst) {
+            // C_SignInit may race the logout; then C_SignFinal must not
+            // succeed while wholly inside a logged-out window.
+            if signer.sign_init(&Mechanism::EcdsaSha256, priv_h).is_err() {
+                continue;
+            }
+            let _ = signer.sign_update(b"race");
+            let before = phase.load(Ordering::SeqCst);
+            let result = signer.sign_final();
+            let after = phase.load(Ordering::SeqCst);
+            if result.is_ok() {
+                made += 1;
+                if before == after && before % 2 == 1 {
+                    violations += 1;
+                }
+            }
+        }
+    });
+    assert_eq!(
+        violations, 0,
+        "{violations} of {made} signatures were made while logged out"
+    );
+    assert!(made > 0, "the signer never got a signature in");
 }
