@@ -11,7 +11,7 @@ use std::fmt;
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::Result;
 
@@ -147,9 +147,13 @@ pub fn expand(prk: &[u8; 32], info: &[u8]) -> Secret32 {
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(prk).expect("HMAC takes any key length");
     mac.update(info);
-    mac.update(&[0x01]);
+        mac.update(&[0x01]);
     let mut out = Zeroizing::new([0u8; 32]);
-    out.copy_from_slice(&mac.finalize().into_bytes());
+    // The HMAC state is wiped on drop (the `zeroize` feature); the returned
+    // tag is a plain array, so it is wiped here after the copy.
+    let mut tag = mac.finalize().into_bytes();
+    out.copy_from_slice(&tag);
+    tag.as_mut_slice().zeroize();
     out
 }
 
