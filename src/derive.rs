@@ -147,7 +147,7 @@ pub fn expand(prk: &[u8; 32], info: &[u8]) -> Secret32 {
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(prk).expect("HMAC takes any key length");
     mac.update(info);
-        mac.update(&[0x01]);
+    mac.update(&[0x01]);
     let mut out = Zeroizing::new([0u8; 32]);
     // The HMAC state is wiped on drop (the `zeroize` feature); the returned
     // tag is a plain array, so it is wiped here after the copy.
