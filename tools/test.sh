@@ -11,7 +11,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --release --all-targets --quiet -- -D warnings
-echo "== cargo test (release; integration tests load target/release/libp11derive.so)"
+echo "== cargo test (release; integration tests load the libp11derive.so this build produced)"
 cargo test --release
 echo "== conformance"
 bash conformance/run.sh
