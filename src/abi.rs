@@ -696,14 +696,7 @@ extern "C" fn C_SetAttributeValue(
 }
 
 extern "C" fn C_DestroyObject(h: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> CK_RV {
-    entry("C_DestroyObject", || {
-        let p = provider()?;
-        p.attribute_values(h, object, &[])?;
-        Err(Error::with(
-            CKR_ACTION_PROHIBITED,
-            format!("object handle {object} is a derived key and is not destroyable; retire its asset with the p11derive command-line tool"),
-        ))
-    })
+    entry("C_DestroyObject", || provider()?.destroy_object(h, object))
 }
 
 extern "C" fn C_GetObjectSize(

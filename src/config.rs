@@ -25,6 +25,8 @@ pub struct Config {
     pub store: StoreSection,
     #[serde(default)]
     pub log: LogSection,
+    #[serde(default)]
+    pub policy: PolicySection,
     /// The file this was read from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -72,6 +74,15 @@ impl Default for StoreSection {
             path: default_store_path(),
         }
     }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// Whether `C_DestroyObject` on an asset's alias retires the asset
+    /// (for good: its id can never be registered again). Default: refused.
+    #[serde(default)]
+    pub destroy_retires: bool,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -13,6 +13,7 @@ pub mod ck;
 pub mod config;
 pub mod derive;
 pub mod error;
+pub mod lifecycle;
 pub mod log;
 pub mod mechanisms;
 pub mod objects;

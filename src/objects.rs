@@ -41,6 +41,8 @@ pub struct View<'a> {
     pub class: Class,
     /// The version this object uses to sign (the alias: the current one).
     pub version: u32,
+    /// Whether `C_DestroyObject` on the alias retires the asset (config).
+    pub destroy_retires: bool,
 }
 
 /// A computed attribute value.
@@ -147,6 +149,7 @@ impl<'a> View<'a> {
             which: key.which,
             class: key.class,
             version,
+            destroy_retires: false,
         })
     }
 
@@ -187,17 +190,12 @@ impl<'a> View<'a> {
     /// Whether this object's version may sign now: the current version while
     /// ACTIVE; during ROTATING also the previous one (the grace window).
     pub fn may_sign(&self) -> bool {
-        let a = self.asset;
-        match a.state {
-            AssetState::Active => self.version == a.current,
-            AssetState::Rotating => self.version + 1 >= a.current,
-            AssetState::Suspended | AssetState::Retired => false,
-        }
+        self.asset.may_sign(self.version)
     }
 
     /// Whether signatures may be verified with this object now.
     pub fn may_verify(&self) -> bool {
-        matches!(self.asset.state, AssetState::Active | AssetState::Rotating)
+        self.asset.may_verify(self.version)
     }
 
     /// The recorded public point of this object's version.
@@ -205,18 +203,16 @@ impl<'a> View<'a> {
         self.asset.version(self.version)?.public_key.as_deref()
     }
 
-    /// The public points a verification through this object may use, newest
-    /// first: the alias accepts every usable version, a version object its own.
-    pub fn verify_points(&self) -> Vec<&'a [u8]> {
-        match self.which {
-            Which::Alias => self
-                .asset
-                .versions
-                .iter()
-                .filter_map(|v| v.public_key.as_deref())
-                .collect(),
-            Which::Version(_) => self.public_point().into_iter().collect(),
-        }
+    /// The versions (and public points) a verification through this object
+    /// may use, newest first: the alias accepts every usable version, a
+    /// version object its own.
+    pub fn verify_points(&self) -> Vec<(u32, &'a [u8])> {
+        self.asset
+            .versions
+            .iter()
+            .filter(|v| self.which == Which::Alias || v.version == self.version)
+            .filter_map(|v| Some((v.version, v.public_key.as_deref()?)))
+            .collect()
     }
 
     fn state_code(&self) -> CK_ULONG {
@@ -299,7 +295,9 @@ static ATTRIBUTES: &[Attribute] = &[
     attr(CKA_PRIVATE, BOTH, is_private),
     attr(CKA_MODIFIABLE, BOTH, no),
     attr(CKA_COPYABLE, BOTH, no),
-    attr(CKA_DESTROYABLE, BOTH, no),
+    attr(CKA_DESTROYABLE, BOTH, |v| {
+        Some(Value::Bool(v.destroy_retires && v.which == Which::Alias))
+    }),
     attr(CKA_LABEL, BOTH, |v| {
         Some(Value::Bytes(v.label().into_bytes()))
     }),

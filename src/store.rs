@@ -19,7 +19,7 @@ use crate::derive::{AssetId, KeyType};
 /// `PRAGMA application_id` of a p11derive store ("P1DR").
 pub const APPLICATION_ID: i32 = 0x5031_4452;
 /// The schema this build writes. Older stores are migrated forward.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Each entry upgrades the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -39,9 +39,16 @@ const MIGRATIONS: &[&str] = &[
         version     INTEGER NOT NULL CHECK (version >= 1),
         public_key  BLOB,
         created_at  INTEGER NOT NULL,
-        PRIMARY KEY (asset, version)
+                PRIMARY KEY (asset, version)
     );",
+    // 1 -> 2: what `resume` returns a SUSPENDED asset to (its state before suspend).
+    "ALTER TABLE assets ADD COLUMN resume_state TEXT
+        CHECK (resume_state IS NULL OR resume_state IN ('ACTIVE','ROTATING'));",
 ];
+
+/// The columns of an asset row, in the order [`read_asset_row`] reads them.
+const ASSET_COLUMNS: &str =
+    "id, name, key_type, object_id, current, min_usable, state, created_at, resume_state";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AssetState {
@@ -93,13 +100,78 @@ pub struct Asset {
     pub min_usable: u32,
     pub state: AssetState,
     pub created_at: i64,
-    /// Usable versions, newest first.
+    /// For a SUSPENDED asset, the state `resume` returns it to.
+    pub resumes_to: AssetState,
+    /// Usable versions (`min_usable..=current`), newest first.
     pub versions: Vec<VersionRecord>,
 }
 
 impl Asset {
     pub fn version(&self, n: u32) -> Option<&VersionRecord> {
         self.versions.iter().find(|v| v.version == n)
+    }
+
+    /// Whether version `n` exists for callers: not trimmed, not retired.
+    pub fn is_usable(&self, n: u32) -> bool {
+        self.state != AssetState::Retired && (self.min_usable..=self.current).contains(&n)
+    }
+
+    /// Whether version `n` may sign (or encrypt) now: the current version
+    /// while ACTIVE; during ROTATING the previous one too (the grace window).
+    pub fn may_sign(&self, n: u32) -> bool {
+        if !self.is_usable(n) {
+            return false;
+        }
+        match self.state {
+            AssetState::Active => n == self.current,
+            AssetState::Rotating => n + 1 >= self.current,
+            AssetState::Suspended | AssetState::Retired => false,
+        }
+    }
+
+    /// Whether version `n` may verify (or decrypt) now: any usable version,
+    /// unless the asset is suspended.
+    pub fn may_verify(&self, n: u32) -> bool {
+        self.is_usable(n) && matches!(self.state, AssetState::Active | AssetState::Rotating)
+    }
+
+    /// The newest version that may still sign during a grace window, i.e.
+    /// the previous one while ROTATING (or suspended from ROTATING).
+    fn grace_version(&self) -> Option<u32> {
+        let rotating = self.state == AssetState::Rotating
+            || (self.state == AssetState::Suspended && self.resumes_to == AssetState::Rotating);
+        rotating.then(|| self.current.saturating_sub(1))
+    }
+}
+
+/// A lifecycle transition (design §3). Anything not allowed from the asset's
+/// state is refused with an error that names the asset, state and transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    /// current + 1; with `grace` the asset goes ROTATING and the previous
+    /// version may still sign until `Finish`.
+    Rotate {
+        grace: bool,
+    },
+    Finish,
+    /// Raise `min_usable` to N.
+    Trim(u32),
+    Suspend,
+    Resume,
+    Retire,
+}
+
+impl Transition {
+    pub fn name(&self) -> String {
+        match self {
+            Transition::Rotate { grace: false } => "rotate".into(),
+            Transition::Rotate { grace: true } => "rotate --grace".into(),
+            Transition::Finish => "finish".into(),
+            Transition::Trim(n) => format!("trim {n}"),
+            Transition::Suspend => "suspend".into(),
+            Transition::Resume => "resume".into(),
+            Transition::Retire => "retire".into(),
+        }
     }
 }
 
@@ -121,6 +193,12 @@ pub enum StoreError {
     ReadOnly(PathBuf),
     /// A name or object id that is already taken (`what` says which).
     Duplicate(String),
+    /// No asset of that name.
+    NotFound(String),
+    /// A transition the asset's state does not allow (the message says why).
+    Refused(String),
+    /// The asset changed between reading it and committing (retry).
+    Conflict(String),
     Io(PathBuf, String),
 }
 
@@ -158,6 +236,11 @@ impl fmt::Display for StoreError {
                 p.display()
             ),
             StoreError::Duplicate(what) => write!(f, "{what}"),
+            StoreError::NotFound(name) => {
+                write!(f, "no asset named {name:?} (see `p11derive asset list`)")
+            }
+            StoreError::Refused(why) => write!(f, "{why}"),
+            StoreError::Conflict(why) => write!(f, "{why}"),
             StoreError::Io(p, e) => write!(f, "store {}: {e}", p.display()),
         }
     }
@@ -290,10 +373,9 @@ impl Store {
     pub fn list_assets(&self) -> Result<Vec<Asset>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, name, key_type, object_id, current, min_usable, state, created_at
-                 FROM assets WHERE state != 'RETIRED' ORDER BY id",
-            )
+            .prepare_cached(&format!(
+                "SELECT {ASSET_COLUMNS} FROM assets WHERE state != 'RETIRED' ORDER BY id"
+            ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], read_asset_row)
@@ -313,8 +395,7 @@ impl Store {
         let conn = self.lock();
         let row = conn
             .query_row(
-                "SELECT id, name, key_type, object_id, current, min_usable, state, created_at
-                 FROM assets WHERE id = ?1",
+                &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE id = ?1"),
                 [rowid],
                 read_asset_row,
             )
@@ -420,11 +501,202 @@ impl Store {
             min_usable: 1,
             state: AssetState::Active,
             created_at: t,
+            resumes_to: AssetState::Active,
             versions: vec![VersionRecord {
                 version: 1,
                 public_key: new.public_key.map(<[u8]>::to_vec),
             }],
         })
+    }
+}
+
+impl Store {
+    /// One asset by name, retired ones included.
+    pub fn asset_by_name(&self, name: &AssetId) -> Result<Option<Asset>, StoreError> {
+        let conn = self.lock();
+        self.asset_by_name_in(&conn, name)
+    }
+
+    fn asset_by_name_in(
+        &self,
+        conn: &Connection,
+        name: &AssetId,
+    ) -> Result<Option<Asset>, StoreError> {
+        let row = conn
+            .query_row(
+                &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE name = ?1"),
+                [name.as_str()],
+                read_asset_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some(
+                self.finish_asset(conn, row.map_err(|e| self.at_path(e))?)?,
+            )),
+        }
+    }
+
+    /// Every recorded version of an asset, trimmed ones included, newest first.
+    pub fn history(&self, rowid: i64) -> Result<Vec<VersionRecord>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT version, public_key FROM versions WHERE asset = ?1 ORDER BY version DESC",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([rowid], |r| {
+                Ok(VersionRecord {
+                    version: r.get(0)?,
+                    public_key: r.get(1)?,
+                })
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Applies a transition atomically (`BEGIN IMMEDIATE`: one writer at a
+    /// time across processes). A rotation brings the new version's public key,
+    /// computed for `current + 1` as the caller last read it; if another
+    /// process rotated meanwhile, the result is `Conflict` and nothing changes.
+    pub fn transition(
+        &self,
+        name: &AssetId,
+        t: Transition,
+        next: Option<(u32, Option<&[u8]>)>,
+    ) -> Result<Asset, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let a = self
+            .asset_by_name_in(&tx, name)?
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        let refuse = |why: String| {
+            Err(StoreError::Refused(format!(
+                "asset {:?} is {}: {} refused: {why}",
+                name.as_str(),
+                a.state.name(),
+                t.name()
+            )))
+        };
+        use AssetState::*;
+        let update = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<(), StoreError> {
+            tx.execute(sql, p).map(|_| ()).map_err(|e| self.err(e))
+        };
+        match (t, a.state) {
+            (_, Retired) => return refuse("a retired asset is final".into()),
+            (Transition::Rotate { grace }, Active) => {
+                let Some(new) = a.current.checked_add(1) else {
+                    return refuse("the counter is at its maximum (4294967295)".into());
+                };
+                let Some((version, public_key)) = next.filter(|(v, _)| *v == new) else {
+                    return Err(StoreError::Conflict(format!(
+                        "asset {:?} changed while its new version was derived (now at version \
+                         {}); try again",
+                        name.as_str(),
+                        a.current
+                    )));
+                };
+                let state = if grace { Rotating } else { Active };
+                update(
+                    "UPDATE assets SET current = ?1, state = ?2 WHERE id = ?3",
+                    &[&version, &state.name(), &a.rowid],
+                )?;
+                update(
+                    "INSERT INTO versions (asset, version, public_key, created_at) VALUES (?1, ?2, ?3, ?4)",
+                    &[&a.rowid, &version, &public_key, &now()],
+                )?;
+            }
+            (Transition::Rotate { .. }, Rotating) => {
+                return refuse(format!(
+                "version {} is still in its grace window; run `p11derive asset finish {}` first",
+                a.current - 1,
+                name.as_str()
+            ))
+            }
+            (Transition::Rotate { .. }, Suspended) => {
+                return refuse(format!(
+                    "resume it first (`p11derive asset resume {}`)",
+                    name.as_str()
+                ))
+            }
+            (Transition::Finish, Rotating) => {
+                update(
+                    "UPDATE assets SET state = 'ACTIVE' WHERE id = ?1",
+                    &[&a.rowid],
+                )?;
+            }
+            (Transition::Finish, _) => return refuse("only a ROTATING asset can finish".into()),
+            (Transition::Trim(n), _) => {
+                if n <= a.min_usable {
+                    return refuse(format!(
+                        "versions below {} are already trimmed; trim only raises min_usable",
+                        a.min_usable
+                    ));
+                }
+                if n > a.current {
+                    return refuse(format!(
+                        "the current version is {}; trim cannot go above it",
+                        a.current
+                    ));
+                }
+                if let Some(grace) = a.grace_version().filter(|g| n > *g) {
+                    return refuse(format!(
+                        "version {grace} is still in its grace window; finish the rotation first"
+                    ));
+                }
+                update(
+                    "UPDATE assets SET min_usable = ?1 WHERE id = ?2",
+                    &[&n, &a.rowid],
+                )?;
+            }
+            (Transition::Suspend, Active | Rotating) => {
+                update(
+                    "UPDATE assets SET state = 'SUSPENDED', resume_state = ?1 WHERE id = ?2",
+                    &[&a.state.name(), &a.rowid],
+                )?;
+            }
+            (Transition::Suspend, _) => return refuse("it is already suspended".into()),
+            (Transition::Resume, Suspended) => {
+                update(
+                    "UPDATE assets SET state = ?1, resume_state = NULL WHERE id = ?2",
+                    &[&a.resumes_to.name(), &a.rowid],
+                )?;
+            }
+            (Transition::Resume, _) => return refuse("only a SUSPENDED asset can resume".into()),
+            (Transition::Retire, _) => {
+                update(
+                    "UPDATE assets SET state = 'RETIRED', resume_state = NULL WHERE id = ?1",
+                    &[&a.rowid],
+                )?;
+            }
+        }
+        let after = self
+            .asset_by_name_in(&tx, name)?
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(after)
+    }
+
+    /// An asset's row read afresh (without its versions): the last check
+    /// before an operation's result leaves, so a transition committed by any
+    /// process before this read is honoured.
+    pub fn fresh_state(&self, rowid: i64) -> Result<Option<Asset>, StoreError> {
+        let conn = self.lock();
+        let row = conn
+            .query_row(
+                &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE id = ?1"),
+                [rowid],
+                read_asset_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        row.map(|a| a.map_err(|e| self.at_path(e))).transpose()
     }
 }
 
@@ -444,7 +716,12 @@ fn read_asset_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
     let Some(state) = AssetState::parse(&state) else {
         return Ok(bad(format!("asset {name:?} has unknown state {state:?}")));
     };
+    let resumes_to = match r.get::<_, Option<String>>(8)?.as_deref() {
+        Some("ROTATING") => AssetState::Rotating,
+        _ => AssetState::Active,
+    };
     Ok(Ok(Asset {
+        resumes_to,
         rowid: r.get(0)?,
         id,
         key_type,

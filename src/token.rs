@@ -15,11 +15,12 @@ use crate::ck::*;
 use crate::config::Config;
 use crate::derive::{self, AssetId, KeyType, Secret32};
 use crate::error::{attr_name, Error, Result};
+use crate::lifecycle;
 use crate::log;
 use crate::mechanisms::{self, Hasher, ECDSA_SIG_LEN};
 use crate::objects::{self, Class, ObjectKey, Value, View, Which};
 use crate::process::PerProcess;
-use crate::store::{Asset, NewAsset, Store, StoreError};
+use crate::store::{Asset, Store, StoreError, Transition};
 
 /// The only slot.
 pub const SLOT_ID: CK_SLOT_ID = 1;
@@ -54,6 +55,10 @@ impl Login {
 struct SignOp {
     /// The login epoch this operation began in.
     epoch: u64,
+    /// The asset (row id) and version whose key this is: re-checked against
+    /// the store before the signature leaves.
+    asset: i64,
+    version: u32,
     kt: KeyType,
     key: Secret32,
     hasher: Option<Hasher>,
@@ -62,8 +67,11 @@ struct SignOp {
 }
 
 struct VerifyOp {
+    asset: i64,
     kt: KeyType,
-    points: Vec<Vec<u8>>,
+    /// The versions this verification may use and their public points,
+    /// newest first.
+    points: Vec<(u32, Vec<u8>)>,
     hasher: Option<Hasher>,
     multi: bool,
 }
@@ -430,8 +438,46 @@ impl Provider {
     ) -> Result<Vec<Option<Value>>> {
         self.session(h)?;
         let (key, asset) = self.object(object, CKR_OBJECT_HANDLE_INVALID)?;
-        let view = View::resolve(&asset, &key).ok_or(Error::rv(CKR_OBJECT_HANDLE_INVALID))?;
+        let mut view = View::resolve(&asset, &key).ok_or(Error::rv(CKR_OBJECT_HANDLE_INVALID))?;
+        view.destroy_retires = self.config.policy.destroy_retires;
         Ok(types.iter().map(|&t| view.attribute(t)).collect())
+    }
+
+    /// `C_DestroyObject`: on an asset's alias, retires the asset where the
+    /// config allows it; everything else is refused.
+    pub fn destroy_object(&self, h: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> Result<()> {
+        let session = self.session(h)?;
+        let (key, asset) = self.object(object, CKR_OBJECT_HANDLE_INVALID)?;
+        let label = asset.id.as_str();
+        if key.which != Which::Alias || !self.config.policy.destroy_retires {
+            return Err(Error::with(
+                CKR_ACTION_PROHIBITED,
+                format!(
+                    "object {label:?}{} is a derived key and is not destroyable (CKA_DESTROYABLE \
+                     is false); retire the asset with `p11derive asset retire {label} --yes`{}",
+                    if key.which == Which::Alias {
+                        ""
+                    } else {
+                        " (a version object)"
+                    },
+                    if key.which == Which::Alias {
+                        ", or set [policy] destroy_retires = true"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
+        if !lock(&session).rw {
+            return Err(Error::rv(CKR_SESSION_READ_ONLY));
+        }
+        if self.login_state() != Login::User {
+            return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        lifecycle::transition(None, &self.store, &asset.id, Transition::Retire)
+            .map_err(|e| e.to_pkcs11())?;
+        log::info(&format!("asset {label:?} retired through C_DestroyObject"));
+        Ok(())
     }
 
     pub fn object_size(&self, h: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> Result<CK_ULONG> {
@@ -454,9 +500,10 @@ impl Provider {
                 if key.class == Class::Private && !logged_in {
                     continue;
                 }
-                let Some(view) = View::resolve(asset, &key) else {
+                let Some(mut view) = View::resolve(asset, &key) else {
                     continue;
                 };
+                view.destroy_retires = self.config.policy.destroy_retires;
                 if view.matches(template) {
                     handles.push((self.handle_for(key), key.class == Class::Private));
                 }
@@ -520,26 +567,14 @@ impl Provider {
         if self.login_state() != Login::User {
             return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
         }
-        let object_id = spec
-            .object_id
-            .clone()
-            .unwrap_or_else(|| derive::default_object_id(&spec.asset).to_vec());
-        let scalar = derive::derive_key(&self.backend, &spec.asset, 1, spec.key_type)?;
-        let point = derive::public_point(spec.key_type, &scalar)
-            .ok_or_else(|| Error::with(CKR_GENERAL_ERROR, "derived scalar out of range"))?;
-        drop(scalar);
-        let asset = self
-            .store
-            .create_asset(&NewAsset {
-                id: &spec.asset,
-                key_type: spec.key_type,
-                object_id: &object_id,
-                public_key: Some(&point),
-            })
-            .map_err(|e| match e {
-                StoreError::Duplicate(m) => Error::with(CKR_ATTRIBUTE_VALUE_INVALID, m),
-                e => store_error(e),
-            })?;
+        let asset = lifecycle::create(
+            &self.backend,
+            &self.store,
+            &spec.asset,
+            spec.key_type,
+            spec.object_id.clone(),
+        )
+        .map_err(|e| e.to_pkcs11())?;
         log::info(&format!(
             "asset {:?} created: type {}, CKA_ID {}, version 1",
             asset.id.as_str(),
@@ -624,6 +659,8 @@ impl Provider {
         }
         s.sign = Some(SignOp {
             epoch,
+            asset: asset.rowid,
+            version: view.version,
             kt: asset.key_type,
             key,
             hasher,
@@ -652,7 +689,7 @@ impl Provider {
             .sign
             .take()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
-        let digest = match op.hasher {
+        let digest = match op.hasher.clone() {
             Some(mut hasher) => {
                 hasher.update(data);
                 hasher.finish()
@@ -660,6 +697,7 @@ impl Provider {
             None => data.to_vec(),
         };
         let sig = mechanisms::ecdsa_sign(op.kt, &op.key, &digest)?;
+        self.confirm_sign(&op)?;
         out[..ECDSA_SIG_LEN].copy_from_slice(&sig);
         Ok(ECDSA_SIG_LEN)
     }
@@ -704,8 +742,14 @@ impl Provider {
             .sign
             .take()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
-        let digest = op.hasher.map(Hasher::finish).unwrap_or_default();
+        let digest = op
+            .hasher
+            .as_ref()
+            .cloned()
+            .map(Hasher::finish)
+            .unwrap_or_default();
         let sig = mechanisms::ecdsa_sign(op.kt, &op.key, &digest)?;
+        self.confirm_sign(&op)?;
         out[..ECDSA_SIG_LEN].copy_from_slice(&sig);
         Ok(ECDSA_SIG_LEN)
     }
@@ -749,13 +793,14 @@ impl Provider {
         let points = view
             .verify_points()
             .into_iter()
-            .map(<[u8]>::to_vec)
+            .map(|(v, p)| (v, p.to_vec()))
             .collect();
         let mut s = lock(&session);
         if s.verify.is_some() {
             return Err(Error::rv(CKR_OPERATION_ACTIVE));
         }
         s.verify = Some(VerifyOp {
+            asset: asset.rowid,
             kt: asset.key_type,
             points,
             hasher,
@@ -780,7 +825,7 @@ impl Provider {
             }
             None => data.to_vec(),
         };
-        verify_any(&op, &digest, sig)
+        self.verify_any(&op, &digest, sig)
     }
 
     pub fn verify_update(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> Result<()> {
@@ -812,7 +857,7 @@ impl Provider {
         let Some(hasher) = op.hasher.clone() else {
             return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
         };
-        verify_any(&op, &hasher.finish(), sig)
+        self.verify_any(&op, &hasher.finish(), sig)
     }
 
     // ---- digests ----------------------------------------------------------
@@ -903,16 +948,62 @@ impl Provider {
 }
 
 /// Tries each usable version's public point, newest first.
-fn verify_any(op: &VerifyOp, digest: &[u8], sig: &[u8]) -> Result<()> {
-    let mut last = Error::rv(CKR_SIGNATURE_INVALID);
-    for point in &op.points {
-        match mechanisms::ecdsa_verify(op.kt, point, digest, sig) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.rv == CKR_SIGNATURE_INVALID => last = e,
-            Err(e) => return Err(e),
+impl Provider {
+    /// Tries each version that may still verify, newest first. The asset's
+    /// state is read afresh, so a suspension or trim committed by any process
+    /// since C_VerifyInit is honoured.
+    fn verify_any(&self, op: &VerifyOp, digest: &[u8], sig: &[u8]) -> Result<()> {
+        let fresh = self.store.fresh_state(op.asset).map_err(store_error)?;
+        let Some(asset) = fresh else {
+            return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
+        };
+        let usable: Vec<&(u32, Vec<u8>)> = op
+            .points
+            .iter()
+            .filter(|(v, _)| asset.may_verify(*v))
+            .collect();
+        if usable.is_empty() {
+            return Err(Error::with(
+                CKR_KEY_FUNCTION_NOT_PERMITTED,
+                format!(
+                    "asset {:?} is {}: its key may not verify now",
+                    asset.id.as_str(),
+                    asset.state.name()
+                ),
+            ));
+        }
+        let mut last = Error::rv(CKR_SIGNATURE_INVALID);
+        for (_, point) in usable {
+            match mechanisms::ecdsa_verify(op.kt, point, digest, sig) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.rv == CKR_SIGNATURE_INVALID => last = e,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    /// The last check before a signature leaves: the version must still be
+    /// allowed to sign in the store as it is now (any process may have
+    /// rotated, suspended, trimmed or retired the asset meanwhile).
+    fn confirm_sign(&self, op: &SignOp) -> Result<()> {
+        let fresh = self.store.fresh_state(op.asset).map_err(store_error)?;
+        match fresh {
+            Some(a) if a.may_sign(op.version) => Ok(()),
+            Some(a) => Err(Error::with(
+                CKR_KEY_FUNCTION_NOT_PERMITTED,
+                format!(
+                    "asset {:?} is {} at version {}: version {} may no longer sign (signature \
+                     discarded)",
+                    a.id.as_str(),
+                    a.state.name(),
+                    a.current,
+                    op.version
+                ),
+            )),
+            None => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
         }
     }
-    Err(last)
 }
 
 /// What a `C_GenerateKeyPair` template pair asks for.

@@ -1,0 +1,133 @@
+//! Asset lifecycle shared by the provider and the command-line tool:
+//! creation (version 1) and the transitions of design §3. New versions' public
+//! keys are derived through the backing HSM and recorded with the transition,
+//! so verification and public-key reads never need the root.
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+use crate::ck::*;
+use crate::derive::{self, AssetId, KeyType, Prf};
+use crate::error::Error;
+use crate::store::{Asset, NewAsset, Store, StoreError, Transition};
+
+/// Why a lifecycle step failed.
+#[derive(Debug)]
+pub enum LifecycleError {
+    Store(StoreError),
+    /// Deriving through the backing HSM failed (or needs a login).
+    Derive(Error),
+}
+
+impl fmt::Display for LifecycleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LifecycleError::Store(e) => write!(f, "{e}"),
+            LifecycleError::Derive(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl From<StoreError> for LifecycleError {
+    fn from(e: StoreError) -> Self {
+        LifecycleError::Store(e)
+    }
+}
+
+impl From<Error> for LifecycleError {
+    fn from(e: Error) -> Self {
+        LifecycleError::Derive(e)
+    }
+}
+
+impl LifecycleError {
+    /// The return code a PKCS#11 caller gets for this failure.
+    pub fn to_pkcs11(&self) -> Error {
+        match self {
+            LifecycleError::Store(e @ StoreError::Duplicate(_)) => {
+                Error::with(CKR_ATTRIBUTE_VALUE_INVALID, e.to_string())
+            }
+            LifecycleError::Store(e @ (StoreError::Refused(_) | StoreError::Conflict(_))) => {
+                Error::with(CKR_ACTION_PROHIBITED, e.to_string())
+            }
+            LifecycleError::Store(e) => Error::with(CKR_DEVICE_ERROR, e.to_string()),
+            LifecycleError::Derive(e) => e.clone(),
+        }
+    }
+}
+
+/// The recorded public key of version `n` (EC types; `None` for secret keys).
+fn public_key(prf: &dyn Prf, id: &AssetId, kt: KeyType, n: u32) -> Result<Option<Vec<u8>>, Error> {
+    if !kt.is_ec() {
+        return Ok(None);
+    }
+    let scalar = derive::derive_key(prf, id, n, kt)?;
+    derive::public_point(kt, &scalar)
+        .map(Some)
+        .ok_or_else(|| Error::with(CKR_GENERAL_ERROR, "derived scalar out of range"))
+}
+
+/// Registers a new asset at version 1. `object_id` is the creator's `CKA_ID`,
+/// or `None` for the default id.
+pub fn create(
+    prf: &dyn Prf,
+    store: &Store,
+    id: &AssetId,
+    kt: KeyType,
+    object_id: Option<Vec<u8>>,
+) -> Result<Asset, LifecycleError> {
+    let object_id = object_id.unwrap_or_else(|| derive::default_object_id(id).to_vec());
+    let public_key = public_key(prf, id, kt, 1)?;
+    Ok(store.create_asset(&NewAsset {
+        id,
+        key_type: kt,
+        object_id: &object_id,
+        public_key: public_key.as_deref(),
+    })?)
+}
+
+/// Applies a transition. A rotation needs the PRF (to record the new
+/// version's public key); the others do not and take `None`.
+pub fn transition(
+    prf: Option<&dyn Prf>,
+    store: &Store,
+    id: &AssetId,
+    t: Transition,
+) -> Result<Asset, LifecycleError> {
+    let Transition::Rotate { .. } = t else {
+        return Ok(store.transition(id, t, None)?);
+    };
+    // Another process may rotate between our read and our commit; the store
+    // then refuses with Conflict and we derive for the new counter.
+    let mut last = None;
+    for _ in 0..5 {
+        let asset = store
+            .asset_by_name(id)?
+            .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+        let next = asset.current.checked_add(1);
+        let active = asset.state == crate::store::AssetState::Active;
+        let pk = match (next, prf) {
+            (Some(n), Some(prf)) if active => public_key(prf, id, asset.key_type, n)?,
+            (Some(_), None) if active && asset.key_type.is_ec() => {
+                return Err(LifecycleError::Derive(Error::with(
+                    CKR_USER_NOT_LOGGED_IN,
+                    format!(
+                        "rotating {:?} derives its new version's public key through the backing \
+                         HSM: a user login (PIN) is needed",
+                        id.as_str()
+                    ),
+                )))
+            }
+            // Let the store refuse with the precise reason.
+            _ => None,
+        };
+        match store.transition(id, t, next.map(|n| (n, pk.as_deref()))) {
+            Err(e @ StoreError::Conflict(_)) => last = Some(e),
+            other => return Ok(other?),
+        }
+    }
+    Err(last
+        .unwrap_or_else(|| StoreError::Conflict("rotation kept conflicting".into()))
+        .into())
+}
