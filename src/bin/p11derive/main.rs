@@ -10,27 +10,62 @@ use std::process::ExitCode;
 
 use p11derive::backend::Backend;
 use p11derive::config::{self, Config};
-use p11derive::store::{hex, Store, StoreError};
+use p11derive::derive::{AssetId, KeyType};
+use p11derive::lifecycle::{self, LifecycleError};
+use p11derive::store::{hex, Asset, AssetState, Store, StoreError, Transition, VersionRecord};
 use zeroize::Zeroizing;
 
 const USAGE: &str = "\
 usage: p11derive [--config FILE] COMMAND
 
 commands:
-  init [--import-root FILE] [--pin-file FILE]
+  init [--import-root FILE]
         create the root secret inside the backing HSM (non-extractable) and the
         store; --import-root imports a given 32-byte root instead (hex text or
         raw bytes), for test vectors and recovery ceremonies
-  asset list [--json]
-        list the assets of the store
+  asset create NAME --type secp256k1|p256 [--id HEX]
+        register a new asset at version 1 (HEX: its CKA_ID; default derived)
+  asset list [--json]               the assets that are not retired
+  asset show NAME [--json]          versions, state, what each version may do,
+                                    public keys
+  asset rotate NAME [--grace]       current + 1; with --grace the previous version
+                                    may still sign until `asset finish`
+  asset finish NAME                 end a rotation's grace window
+  asset trim NAME N                 make versions below N unusable, for good
+  asset suspend NAME                refuse every operation until `asset resume`
+  asset resume NAME
+  asset retire NAME --yes           end the asset for good; its name is never reused
 
 The config file is --config, else $P11DERIVE_CONF, else /etc/p11derive/p11derive.toml.
-The backing token's user PIN is read from --pin-file, else $P11DERIVE_PIN.
-Exit codes: 0 success, 1 failure, 2 usage error.";
+Commands that derive keys (init, create, rotate) log in to the backing token with
+the user PIN from --pin-file FILE, else $P11DERIVE_PIN.
+Exit codes: 0 success; 1 failure (config, store, HSM); 2 usage error;
+3 refused (the asset's state does not allow it, or the name/id is taken);
+4 no such asset.";
 
 enum Failure {
     Usage(String),
     Failed(String),
+    Refused(String),
+    NotFound(String),
+}
+
+impl From<LifecycleError> for Failure {
+    fn from(e: LifecycleError) -> Self {
+        match e {
+            LifecycleError::Store(
+                e @ (StoreError::Refused(_) | StoreError::Conflict(_) | StoreError::Duplicate(_)),
+            ) => Failure::Refused(e.to_string()),
+            LifecycleError::Store(e @ StoreError::NotFound(_)) => Failure::NotFound(e.to_string()),
+            e => Failure::Failed(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        LifecycleError::Store(e).into()
+    }
 }
 
 fn main() -> ExitCode {
@@ -45,6 +80,14 @@ fn main() -> ExitCode {
             eprintln!("p11derive: {m}");
             ExitCode::from(1)
         }
+        Err(Failure::Refused(m)) => {
+            eprintln!("p11derive: {m}");
+            ExitCode::from(3)
+        }
+        Err(Failure::NotFound(m)) => {
+            eprintln!("p11derive: {m}");
+            ExitCode::from(4)
+        }
     }
 }
 
@@ -54,8 +97,8 @@ struct Args {
     options: Vec<(String, Option<String>)>,
 }
 
-const VALUED: &[&str] = &["--config", "--import-root", "--pin-file"];
-const SWITCHES: &[&str] = &["--json", "--help"];
+const VALUED: &[&str] = &["--config", "--import-root", "--pin-file", "--type", "--id"];
+const SWITCHES: &[&str] = &["--json", "--help", "--grace", "--yes"];
 
 fn parse(args: &[String]) -> Result<Args, Failure> {
     let mut out = Args {
@@ -103,6 +146,39 @@ fn run(raw: &[String]) -> Result<(), Failure> {
     match words.as_slice() {
         ["init"] => init(&args),
         ["asset", "list"] => asset_list(&args),
+        ["asset", "show", name] => asset_show(&args, name),
+        ["asset", "create", name] => asset_create(&args, name),
+        ["asset", "rotate", name] => {
+            let grace = args.flag("--grace");
+            let what = if grace { "rotate --grace" } else { "rotate" };
+            with_hsm(&args, what, |store, backend| {
+                let id = asset_id(name)?;
+                Ok(lifecycle::transition(
+                    Some(backend),
+                    store,
+                    &id,
+                    Transition::Rotate { grace },
+                )?)
+            })
+        }
+        ["asset", "finish", name] => change(&args, name, Transition::Finish),
+        ["asset", "trim", name, n] => {
+            let n = n.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                Failure::Usage(format!("trim needs a version number >= 1, not {n:?}"))
+            })?;
+            change(&args, name, Transition::Trim(n))
+        }
+        ["asset", "suspend", name] => change(&args, name, Transition::Suspend),
+        ["asset", "resume", name] => change(&args, name, Transition::Resume),
+        ["asset", "retire", name] => {
+            if !args.flag("--yes") {
+                return Err(Failure::Usage(format!(
+                    "retiring {name:?} ends it for good (its keys stop working and its name can \
+                     never be used again); confirm with --yes"
+                )));
+            }
+            change(&args, name, Transition::Retire)
+        }
         [] => Err(Failure::Usage("no command given".into())),
         other => Err(Failure::Usage(format!(
             "unknown command {:?}",
@@ -217,34 +293,206 @@ fn init_with(
     Ok(())
 }
 
+fn asset_id(name: &str) -> Result<AssetId, Failure> {
+    AssetId::new(name).map_err(Failure::Usage)
+}
+
+fn open_store(config: &Config) -> Result<Store, Failure> {
+    Ok(Store::open(&config.store.path)?)
+}
+
+/// A transition that needs no key derivation.
+fn change(args: &Args, name: &str, t: Transition) -> Result<(), Failure> {
+    let config = load_config(args)?;
+    let store = open_store(&config)?;
+    let id = asset_id(name)?;
+    let asset = lifecycle::transition(None, &store, &id, t)?;
+    report(args, &store, &asset, &t.name())
+}
+
+/// Runs `f` with the store and a backing HSM logged in as user.
+fn with_hsm(
+    args: &Args,
+    what: &str,
+    f: impl FnOnce(&Store, &Backend) -> Result<Asset, Failure>,
+) -> Result<(), Failure> {
+    let config = load_config(args)?;
+    let store = open_store(&config)?;
+    let pin = read_pin(args)?;
+    let backend = Backend::open(&config.backend, &config.source)
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    let result = backend
+        .login(cryptoki_sys::CKU_USER, pin.as_bytes())
+        .map_err(|e| Failure::Failed(format!("backing token login: {e}")))
+        .and_then(|()| f(&store, &backend));
+    let _ = backend.logout();
+    backend.finalize();
+    report(args, &store, &result?, what)
+}
+
+fn asset_create(args: &Args, name: &str) -> Result<(), Failure> {
+    let kt = match args.value("--type") {
+        Some(t @ ("secp256k1" | "p256")) => {
+            KeyType::from_name(t).ok_or_else(|| Failure::Usage(t.into()))?
+        }
+        Some(other) => {
+            return Err(Failure::Usage(format!(
+                "--type {other:?} is not supported here; use secp256k1 or p256"
+            )))
+        }
+        None => {
+            return Err(Failure::Usage(
+                "asset create needs --type secp256k1|p256".into(),
+            ))
+        }
+    };
+    let object_id = match args.value("--id") {
+        None => None,
+        Some(h) => Some(
+            unhex(h)
+                .filter(|b| !b.is_empty() && b.len() <= 64)
+                .ok_or_else(|| {
+                    Failure::Usage(format!("--id {h:?} must be 1 to 64 bytes of hex"))
+                })?,
+        ),
+    };
+    let id = asset_id(name)?;
+    with_hsm(args, "create", |store, backend| {
+        Ok(lifecycle::create(backend, store, &id, kt, object_id)?)
+    })
+}
+
+fn unhex(h: &str) -> Option<Vec<u8>> {
+    if h.len() % 2 != 0 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// What the asset looks like after a command: a line for people, JSON for scripts.
+fn report(args: &Args, store: &Store, asset: &Asset, what: &str) -> Result<(), Failure> {
+    if args.flag("--json") {
+        let history = store.history(asset.rowid)?;
+        println!("{}", pretty(&asset_json(asset, Some(&history)))?);
+    } else {
+        println!(
+            "{what}: asset {:?} is {} at version {} (versions {}..={} usable)",
+            asset.id.as_str(),
+            asset.state.name(),
+            asset.current,
+            asset.min_usable,
+            asset.current
+        );
+    }
+    Ok(())
+}
+
+fn pretty(v: &serde_json::Value) -> Result<String, Failure> {
+    serde_json::to_string_pretty(v).map_err(|e| Failure::Failed(e.to_string()))
+}
+
+/// The status of version `n` in words.
+fn version_status(a: &Asset, n: u32) -> &'static str {
+    if a.state == AssetState::Retired {
+        "retired"
+    } else if n < a.min_usable {
+        "trimmed"
+    } else if n == a.current {
+        "current"
+    } else if a.may_sign(n) {
+        "grace"
+    } else {
+        "verify-only"
+    }
+}
+
+fn asset_json(a: &Asset, history: Option<&[VersionRecord]>) -> serde_json::Value {
+    let versions = history.unwrap_or(&a.versions);
+    serde_json::json!({
+        "asset_id": a.id.as_str(),
+        "key_type": a.key_type.name(),
+        "state": a.state.name(),
+        "current": a.current,
+        "min_usable": a.min_usable,
+        "object_id": hex(&a.object_id),
+        "created_at": a.created_at,
+        "versions": versions.iter().map(|v| serde_json::json!({
+            "version": v.version,
+            "label": format!("{}@v{}", a.id, v.version),
+            "object_id": hex(&p11derive::derive::version_object_id(&a.object_id, v.version)),
+            "status": version_status(a, v.version),
+            "may_sign": a.may_sign(v.version),
+            "may_verify": a.may_verify(v.version),
+            "public_key": v.public_key.as_deref().map(hex),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn asset_show(args: &Args, name: &str) -> Result<(), Failure> {
+    let config = load_config(args)?;
+    let store = open_store(&config)?;
+    let id = asset_id(name)?;
+    let a = store
+        .asset_by_name(&id)?
+        .ok_or_else(|| Failure::NotFound(StoreError::NotFound(name.into()).to_string()))?;
+    let history = store.history(a.rowid)?;
+    if args.flag("--json") {
+        println!("{}", pretty(&asset_json(&a, Some(&history)))?);
+        return Ok(());
+    }
+    println!("asset       {}", a.id);
+    println!("type        {}", a.key_type);
+    let note = match a.state {
+        AssetState::Rotating => format!(
+            " (version {} may still sign until `p11derive asset finish {}`)",
+            a.current - 1,
+            a.id
+        ),
+        AssetState::Suspended => format!(
+            " (every operation refused; resumes to {})",
+            a.resumes_to.name()
+        ),
+        AssetState::Retired => " (final: no object, no operation)".into(),
+        AssetState::Active => String::new(),
+    };
+    println!("state       {}{note}", a.state.name());
+    println!("current     {}", a.current);
+    println!("min_usable  {}", a.min_usable);
+    println!("CKA_ID      {}", hex(&a.object_id));
+    println!();
+    let lw = a.id.as_str().len() + 12;
+    println!(
+        "{:>7}  {:lw$}  {:11}  {:4}  {:6}  PUBLIC KEY",
+        "VERSION", "LABEL", "STATUS", "SIGN", "VERIFY"
+    );
+    let yes = |b: bool| if b { "yes" } else { "no" };
+    for v in &history {
+        println!(
+            "{:>7}  {:lw$}  {:11}  {:4}  {:6}  {}",
+            v.version,
+            format!("{}@v{}", a.id, v.version),
+            version_status(&a, v.version),
+            yes(a.may_sign(v.version)),
+            yes(a.may_verify(v.version)),
+            v.public_key
+                .as_deref()
+                .map(hex)
+                .unwrap_or_else(|| "-".into())
+        );
+    }
+    Ok(())
+}
+
 fn asset_list(args: &Args) -> Result<(), Failure> {
     let config = load_config(args)?;
-    let store = Store::open(&config.store.path).map_err(|e| Failure::Failed(e.to_string()))?;
-    let assets = store
-        .list_assets()
-        .map_err(|e| Failure::Failed(e.to_string()))?;
+    let store = open_store(&config)?;
+    let assets = store.list_assets()?;
     if args.flag("--json") {
-        let list: Vec<serde_json::Value> = assets
-            .iter()
-            .map(|a| {
-                serde_json::json!({
-                    "asset_id": a.id.as_str(),
-                    "key_type": a.key_type.name(),
-                    "state": a.state.name(),
-                    "current": a.current,
-                    "min_usable": a.min_usable,
-                    "object_id": hex(&a.object_id),
-                    "created_at": a.created_at,
-                    "versions": a.versions.iter().map(|v| serde_json::json!({
-                        "version": v.version,
-                        "public_key": v.public_key.as_deref().map(hex),
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        let text =
-            serde_json::to_string_pretty(&list).map_err(|e| Failure::Failed(e.to_string()))?;
-        println!("{text}");
+        let list: Vec<serde_json::Value> = assets.iter().map(|a| asset_json(a, None)).collect();
+        println!("{}", pretty(&serde_json::Value::Array(list))?);
         return Ok(());
     }
     if assets.is_empty() {
