@@ -1,0 +1,383 @@
+//! The asset lifecycle (design §3): every transition from every state, objects
+//! that follow the state at once, several processes signing while the CLI
+//! changes the asset, and the state seen again after a restart.
+
+mod common;
+
+use std::process::Output;
+
+use cryptoki::error::RvError;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use p11derive::backend::Backend;
+use p11derive::config::Config;
+use p11derive::derive::{AssetId, KeyType};
+use p11derive::lifecycle::{self, LifecycleError};
+use p11derive::store::{AssetState, Store, StoreError, Transition};
+
+use common::*;
+
+fn cli(s: &Setup, args: &[&str]) -> Output {
+    s.cli().args(args).output().expect("p11derive runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Applies `t` with the backing HSM as PRF (rotations derive public keys).
+fn apply(
+    backend: &Backend,
+    store: &Store,
+    id: &AssetId,
+    t: Transition,
+) -> Result<(AssetState, u32, u32), LifecycleError> {
+    let a = lifecycle::transition(Some(backend), store, id, t)?;
+    Ok((a.state, a.current, a.min_usable))
+}
+
+#[test]
+fn every_transition_from_every_state() {
+    use AssetState::*;
+    use Transition::*;
+    let _turn = turn();
+    let s = setup(None);
+    let config = Config::load(&s.config).unwrap();
+    let store = Store::open(&s.store).unwrap();
+    let backend = Backend::open(&config.backend, &config.source).unwrap();
+    backend
+        .login(cryptoki_sys::CKU_USER, PIN.as_bytes())
+        .unwrap();
+
+    // Each start state is reached from a fresh asset at version 1 by these steps.
+    let starts: [(&str, &[Transition]); 5] = [
+        ("active", &[Rotate { grace: false }]), // ACTIVE, current 2, min 1
+        ("rotating", &[Rotate { grace: true }]), // ROTATING, current 2, min 1
+        ("suspended", &[Rotate { grace: false }, Suspend]), // SUSPENDED (from ACTIVE)
+        ("suspended-rot", &[Rotate { grace: true }, Suspend]), // SUSPENDED (from ROTATING)
+        ("retired", &[Rotate { grace: false }, Retire]),
+    ];
+    // Expected result of each transition from each start: Some(state, current, min) or refused.
+    type Want = Option<(AssetState, u32, u32)>;
+    let transitions: [(Transition, [Want; 5]); 11] = [
+        (
+            Rotate { grace: false },
+            [Some((Active, 3, 1)), None, None, None, None],
+        ),
+        (
+            Rotate { grace: true },
+            [Some((Rotating, 3, 1)), None, None, None, None],
+        ),
+        (Finish, [None, Some((Active, 2, 1)), None, None, None]),
+        (Trim(1), [None, None, None, None, None]),
+        (
+            Trim(2),
+            [
+                Some((Active, 2, 2)),
+                None,
+                Some((Suspended, 2, 2)),
+                None,
+                None,
+            ],
+        ),
+        (Trim(3), [None, None, None, None, None]),
+        (
+            Suspend,
+            [
+                Some((Suspended, 2, 1)),
+                Some((Suspended, 2, 1)),
+                None,
+                None,
+                None,
+            ],
+        ),
+        (
+            Resume,
+            [
+                None,
+                None,
+                Some((Active, 2, 1)),
+                Some((Rotating, 2, 1)),
+                None,
+            ],
+        ),
+        (
+            Retire,
+            [
+                Some((Retired, 2, 1)),
+                Some((Retired, 2, 1)),
+                Some((Retired, 2, 1)),
+                Some((Retired, 2, 1)),
+                None,
+            ],
+        ),
+        // A second suspend, and finish outside a rotation.
+        (
+            Suspend,
+            [
+                Some((Suspended, 2, 1)),
+                Some((Suspended, 2, 1)),
+                None,
+                None,
+                None,
+            ],
+        ),
+        (Finish, [None, Some((Active, 2, 1)), None, None, None]),
+    ];
+    let mut n = 0;
+    for (t, wants) in transitions {
+        for ((start, steps), want) in starts.iter().zip(wants) {
+            n += 1;
+            let id = AssetId::new(&format!("m{n}-{start}")).unwrap();
+            lifecycle::create(&backend, &store, &id, KeyType::Secp256k1, None).unwrap();
+            for step in *steps {
+                apply(&backend, &store, &id, *step).unwrap();
+            }
+            let before = store.asset_by_name(&id).unwrap().unwrap();
+            let got = apply(&backend, &store, &id, t);
+            match (want, got) {
+                (Some(w), Ok(g)) => assert_eq!(g, w, "{start} --{}-->", t.name()),
+                (None, Err(LifecycleError::Store(StoreError::Refused(m)))) => {
+                    assert!(m.contains(id.as_str()), "{m}");
+                    assert!(m.contains(before.state.name()), "{m}");
+                    assert!(m.contains(&t.name()), "{m}");
+                    let after = store.asset_by_name(&id).unwrap().unwrap();
+                    assert_eq!(after, before, "a refused {} changed {start}", t.name());
+                }
+                (w, g) => panic!("{start} --{}--> wanted {w:?}, got {g:?}", t.name()),
+            }
+        }
+    }
+    // The counter never decreases, and a retired id can never be registered again.
+    let id = AssetId::new("m1-active").unwrap();
+    let again = lifecycle::create(&backend, &store, &id, KeyType::P256, None);
+    assert!(matches!(
+        again,
+        Err(LifecycleError::Store(StoreError::Duplicate(_)))
+    ));
+    let retired = AssetId::new("m5-retired").unwrap();
+    let again = lifecycle::create(&backend, &store, &retired, KeyType::Secp256k1, None);
+    assert!(
+        matches!(again, Err(LifecycleError::Store(StoreError::Duplicate(_)))),
+        "{again:?}"
+    );
+    // Each rotation recorded its version's public key, and old ones stay.
+    let a = store
+        .asset_by_name(&AssetId::new("m1-active").unwrap())
+        .unwrap()
+        .unwrap();
+    let history = store.history(a.rowid).unwrap();
+    assert_eq!(
+        history.iter().map(|v| v.version).collect::<Vec<_>>(),
+        [3, 2, 1]
+    );
+    assert!(history
+        .iter()
+        .all(|v| v.public_key.as_ref().is_some_and(|p| p.len() == 65)));
+    backend.finalize();
+}
+
+fn find_one(session: &Session, label: &str, class: ObjectClass) -> Option<ObjectHandle> {
+    let found = session
+        .find_objects(&[
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Class(class),
+        ])
+        .unwrap();
+    assert!(found.len() <= 1, "{label}: {found:?}");
+    found.first().copied()
+}
+
+fn bool_attr(session: &Session, h: ObjectHandle, ty: AttributeType) -> bool {
+    match session.get_attributes(h, &[ty]).unwrap().first() {
+        Some(Attribute::Sign(b) | Attribute::Verify(b) | Attribute::Destroyable(b)) => *b,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn ec_point(session: &Session, h: ObjectHandle) -> Vec<u8> {
+    match session
+        .get_attributes(h, &[AttributeType::EcPoint])
+        .unwrap()
+        .first()
+    {
+        Some(Attribute::EcPoint(p)) => p.clone(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn objects_follow_the_state_at_once() {
+    let _turn = turn();
+    let s = setup(None);
+    assert!(cli(&s, &["asset", "create", "obj", "--type", "secp256k1"])
+        .status
+        .success());
+    let p = s.load();
+    let session = p.user_session();
+    let priv_v = |n: u32| find_one(&session, &format!("obj@v{n}"), ObjectClass::PRIVATE_KEY);
+    let pub_v = |n: u32| find_one(&session, &format!("obj@v{n}"), ObjectClass::PUBLIC_KEY);
+    let alias_priv = find_one(&session, "obj", ObjectClass::PRIVATE_KEY).unwrap();
+    let alias_pub = find_one(&session, "obj", ObjectClass::PUBLIC_KEY).unwrap();
+    let digest = [0x42u8; 32];
+    let sig1 = session
+        .sign(&Mechanism::Ecdsa, alias_priv, &digest)
+        .unwrap();
+    let point1 = ec_point(&session, alias_pub);
+    let v1_priv = priv_v(1).unwrap();
+    let v1_pub = pub_v(1).unwrap();
+
+    // Rotation by another process: the alias is version 2 at the next call.
+    assert!(cli(&s, &["asset", "rotate", "obj"]).status.success());
+    assert_ne!(
+        ec_point(&session, alias_pub),
+        point1,
+        "the alias now shows version 2"
+    );
+    let v2_pub = pub_v(2).unwrap();
+    assert_eq!(ec_point(&session, alias_pub), ec_point(&session, v2_pub));
+    let sig2 = session
+        .sign(&Mechanism::Ecdsa, alias_priv, &digest)
+        .unwrap();
+    session
+        .verify(&Mechanism::Ecdsa, v2_pub, &digest, &sig2)
+        .unwrap();
+    assert_eq!(
+        p_rv(session.verify(&Mechanism::Ecdsa, v1_pub, &digest, &sig2)),
+        RvError::SignatureInvalid
+    );
+    // Version 1 verifies but may not sign; the alias verifies both, newest first.
+    assert!(!bool_attr(&session, v1_priv, AttributeType::Sign));
+    assert_eq!(
+        p_rv(session.sign(&Mechanism::Ecdsa, v1_priv, &digest)),
+        RvError::KeyFunctionNotPermitted
+    );
+    session
+        .verify(&Mechanism::Ecdsa, v1_pub, &digest, &sig1)
+        .unwrap();
+    session
+        .verify(&Mechanism::Ecdsa, alias_pub, &digest, &sig1)
+        .unwrap();
+    session
+        .verify(&Mechanism::Ecdsa, alias_pub, &digest, &sig2)
+        .unwrap();
+
+    // A grace window: the previous version signs until finish.
+    assert!(cli(&s, &["asset", "rotate", "obj", "--grace"])
+        .status
+        .success());
+    let v2_priv = priv_v(2).unwrap();
+    assert!(bool_attr(&session, v2_priv, AttributeType::Sign));
+    session.sign(&Mechanism::Ecdsa, v2_priv, &digest).unwrap();
+    assert!(cli(&s, &["asset", "finish", "obj"]).status.success());
+    assert!(!bool_attr(&session, v2_priv, AttributeType::Sign));
+    assert_eq!(
+        p_rv(session.sign(&Mechanism::Ecdsa, v2_priv, &digest)),
+        RvError::KeyFunctionNotPermitted
+    );
+
+    // An operation begun before a rotation cannot complete with the old version.
+    session
+        .sign_init(&Mechanism::EcdsaSha256, alias_priv)
+        .unwrap();
+    session.sign_update(b"begun at version 3").unwrap();
+    assert!(cli(&s, &["asset", "rotate", "obj"]).status.success());
+    assert_eq!(p_rv(session.sign_final()), RvError::KeyFunctionNotPermitted);
+    assert_eq!(
+        p_rv(session.sign_final()),
+        RvError::OperationNotInitialized,
+        "the operation ended"
+    );
+
+    // Suspended: every operation is refused, the objects remain.
+    assert!(cli(&s, &["asset", "suspend", "obj"]).status.success());
+    assert_eq!(
+        p_rv(session.sign(&Mechanism::Ecdsa, alias_priv, &digest)),
+        RvError::KeyFunctionNotPermitted
+    );
+    assert_eq!(
+        p_rv(session.verify(&Mechanism::Ecdsa, alias_pub, &digest, &sig2)),
+        RvError::KeyFunctionNotPermitted
+    );
+    assert!(!bool_attr(&session, alias_priv, AttributeType::Sign));
+    assert!(cli(&s, &["asset", "resume", "obj"]).status.success());
+    session
+        .sign(&Mechanism::Ecdsa, alias_priv, &digest)
+        .unwrap();
+
+    // Trimmed versions vanish; their handles are gone.
+    assert!(cli(&s, &["asset", "trim", "obj", "3"]).status.success());
+    assert!(priv_v(1).is_none() && pub_v(2).is_none() && priv_v(3).is_some());
+    let attr = session.get_attributes(v1_pub, &[AttributeType::Label]);
+    assert_eq!(p_rv(attr), RvError::ObjectHandleInvalid);
+    assert_eq!(
+        p_rv(session.verify(&Mechanism::Ecdsa, v1_pub, &digest, &sig1)),
+        RvError::KeyHandleInvalid
+    );
+    assert_eq!(
+        p_rv(session.sign(&Mechanism::Ecdsa, v2_priv, &digest)),
+        RvError::KeyHandleInvalid
+    );
+    assert_eq!(
+        p_rv(session.verify(&Mechanism::Ecdsa, alias_pub, &digest, &sig1)),
+        RvError::SignatureInvalid
+    );
+
+    // C_DestroyObject is refused by default, and CKA_DESTROYABLE says so.
+    assert!(!bool_attr(&session, alias_priv, AttributeType::Destroyable));
+    assert_eq!(
+        p_rv(session.destroy_object(alias_priv)),
+        RvError::ActionProhibited
+    );
+
+    // Retired: the objects vanish.
+    assert!(cli(&s, &["asset", "retire", "obj", "--yes"])
+        .status
+        .success());
+    assert!(find_one(&session, "obj", ObjectClass::PRIVATE_KEY).is_none());
+    assert_eq!(
+        p_rv(session.sign(&Mechanism::Ecdsa, alias_priv, &digest)),
+        RvError::KeyHandleInvalid
+    );
+    assert!(s.log().contains("may no longer sign"), "{}", s.log());
+}
+
+/// The return code of a failed call (the session API's error type).
+fn p_rv<T: std::fmt::Debug>(r: cryptoki::error::Result<T>) -> RvError {
+    rv_of(r)
+}
+
+#[test]
+fn destroying_an_alias_retires_only_where_the_config_allows() {
+    let _turn = turn();
+    let s = setup(None);
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("{text}\n[policy]\ndestroy_retires = true\n"),
+    )
+    .unwrap();
+    assert!(cli(&s, &["asset", "create", "gone", "--type", "p256"])
+        .status
+        .success());
+    let p = s.load();
+    let session = p.user_session();
+    let alias = find_one(&session, "gone", ObjectClass::PRIVATE_KEY).unwrap();
+    let version = find_one(&session, "gone@v1", ObjectClass::PRIVATE_KEY).unwrap();
+    assert!(bool_attr(&session, alias, AttributeType::Destroyable));
+    assert!(!bool_attr(&session, version, AttributeType::Destroyable));
+    assert_eq!(
+        p_rv(session.destroy_object(version)),
+        RvError::ActionProhibited
+    );
+    let ro = p.ctx.open_ro_session(p.slot).unwrap();
+    assert_eq!(p_rv(ro.destroy_object(alias)), RvError::SessionReadOnly);
+    session.destroy_object(alias).unwrap();
+    assert!(find_one(&session, "gone", ObjectClass::PRIVATE_KEY).is_none());
+    let show = cli(&s, &["asset", "show", "gone", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(v["state"], "RETIRED");
+    let again = cli(&s, &["asset", "create", "gone", "--type", "p256"]);
+    assert_eq!(again.status.code(), Some(3), "{}", stderr(&again));
+}
