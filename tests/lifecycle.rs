@@ -381,3 +381,206 @@ fn destroying_an_alias_retires_only_where_the_config_allows() {
     let again = cli(&s, &["asset", "create", "gone", "--type", "p256"]);
     assert_eq!(again.status.code(), Some(3), "{}", stderr(&again));
 }
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// A forked signer: its own C_Initialize, then alias signatures until
+/// `deadline`, one line each: `t0 t1 digest ok sig` or `t0 t1 digest rv`.
+fn signer(worker: u8, out: &std::path::Path, deadline: u128) -> i32 {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    use std::io::Write;
+    let run = || -> Result<(), String> {
+        let ctx = Pkcs11::new(module_path()).map_err(|e| e.to_string())?;
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .map_err(|e| e.to_string())?;
+        let slot = ctx.get_slots_with_token().map_err(|e| e.to_string())?[0];
+        let session = ctx.open_rw_session(slot).map_err(|e| e.to_string())?;
+        session
+            .login(UserType::User, Some(&AuthPin::from(PIN)))
+            .map_err(|e| e.to_string())?;
+        let key = find_one(&session, "mp", ObjectClass::PRIVATE_KEY).ok_or("no alias")?;
+        let mut lines = String::new();
+        let mut i: u32 = 0;
+        while now_ns() < deadline {
+            i += 1;
+            let mut digest = [worker; 32];
+            digest[..4].copy_from_slice(&i.to_be_bytes());
+            let t0 = now_ns();
+            let r = session.sign(&Mechanism::Ecdsa, key, &digest);
+            let t1 = now_ns();
+            let outcome = match r {
+                Ok(sig) => format!("ok {}", hex(&sig)),
+                Err(e) => format!("{:?}", rv_of::<()>(Err(e))),
+            };
+            lines.push_str(&format!("{t0} {t1} {} {outcome}\n", hex(&digest)));
+        }
+        let mut f = std::fs::File::create(out).map_err(|e| e.to_string())?;
+        f.write_all(lines.as_bytes()).map_err(|e| e.to_string())?;
+        ctx.finalize().map_err(|e| e.to_string())
+    };
+    match run() {
+        Ok(()) => 0,
+        Err(e) => {
+            let _ = std::fs::write(out, format!("error {e}\n"));
+            1
+        }
+    }
+}
+
+/// Whether version `v` may sign in a state snapshot (the CLI's JSON).
+fn allowed(state: &serde_json::Value, v: u64) -> bool {
+    let (cur, min) = (
+        state["current"].as_u64().unwrap(),
+        state["min_usable"].as_u64().unwrap(),
+    );
+    match state["state"].as_str().unwrap() {
+        "ACTIVE" => v == cur,
+        "ROTATING" => v >= min && v + 1 >= cur && v <= cur,
+        _ => false,
+    }
+}
+
+#[test]
+fn processes_sign_while_the_cli_changes_the_asset() {
+    let _turn = turn();
+    let s = setup(None);
+    let created = cli(
+        &s,
+        &["asset", "create", "mp", "--type", "secp256k1", "--json"],
+    );
+    assert!(created.status.success(), "{}", stderr(&created));
+    let initial: serde_json::Value = serde_json::from_slice(&created.stdout).unwrap();
+    std::env::set_var("P11DERIVE_CONF", &s.config);
+    let steps: [&[&str]; 8] = [
+        &["rotate", "mp"],
+        &["rotate", "mp", "--grace"],
+        &["finish", "mp"],
+        &["suspend", "mp"],
+        &["resume", "mp"],
+        &["trim", "mp", "3"],
+        &["rotate", "mp", "--grace"],
+        &["rotate", "mp"], // refused: still ROTATING (exit 3), the state stays
+    ];
+    let gap = std::time::Duration::from_millis(250);
+    let deadline = now_ns() + (gap * (steps.len() as u32 + 2)).as_nanos();
+    let mut children = Vec::new();
+    for worker in 0..3u8 {
+        let out = s.dir.join(format!("signer-{worker}.txt"));
+        // SAFETY: the child runs only the provider and its own code, then _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = signer(worker, &out, deadline);
+            // SAFETY: leave the child without the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        children.push((pid, out));
+    }
+    // (earliest start, latest end) of each state: it may have been in effect
+    // from just before its command ran until the next command finished.
+    let mut timeline: Vec<(u128, u128, serde_json::Value)> = vec![(0, 0, initial)];
+    for step in steps {
+        std::thread::sleep(gap);
+        let mut args = vec!["asset"];
+        args.extend_from_slice(step);
+        args.push("--json");
+        let before = now_ns();
+        let out = cli(&s, &args);
+        let after = now_ns();
+        if out.status.success() {
+            let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            timeline.last_mut().unwrap().1 = after;
+            timeline.push((before, 0, state));
+        } else {
+            assert_eq!(out.status.code(), Some(3), "{step:?}: {}", stderr(&out));
+        }
+    }
+    timeline.last_mut().unwrap().1 = u128::MAX;
+    for (pid, _) in &children {
+        let mut status = 0;
+        // SAFETY: waiting for our own children.
+        assert_eq!(unsafe { libc::waitpid(*pid, &mut status, 0) }, *pid);
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "a signer failed"
+        );
+    }
+
+    let show = cli(&s, &["asset", "show", "mp", "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    let keys: Vec<(u64, Vec<u8>)> = shown["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap(),
+                unhex(v["public_key"].as_str().unwrap()),
+            )
+        })
+        .collect();
+    let (mut made, mut refused) = (0, 0);
+    for (_, out) in &children {
+        for line in std::fs::read_to_string(out).unwrap().lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            assert!(f[0] != "error", "{line}");
+            let (t0, t1): (u128, u128) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+            if f[3] != "ok" {
+                assert_eq!(f[3], "KeyFunctionNotPermitted", "{line}");
+                refused += 1;
+                continue;
+            }
+            made += 1;
+            let digest = unhex(f[2]);
+            let sig = unhex(f[4]);
+            let version = keys
+                .iter()
+                .find(|(_, point)| {
+                    p11derive::mechanisms::ecdsa_verify(KeyType::Secp256k1, point, &digest, &sig)
+                        .is_ok()
+                })
+                .map(|(v, _)| *v)
+                .unwrap_or_else(|| panic!("a signature verifies under no version: {line}"));
+            let ok = timeline
+                .iter()
+                .any(|(start, end, state)| *start <= t1 && *end >= t0 && allowed(state, version));
+            assert!(
+                ok,
+                "version {version} signed in [{t0}, {t1}] when it was not allowed: {timeline:?}"
+            );
+        }
+    }
+    assert!(made > 100, "only {made} signatures");
+    assert!(
+        refused > 0,
+        "no operation was refused while the asset was suspended"
+    );
+
+    // A process started now sees the same state: version 4 current, 3 in its
+    // grace window, 1 and 2 trimmed.
+    let p = s.load();
+    let session = p.user_session();
+    let alias_pub = find_one(&session, "mp", ObjectClass::PUBLIC_KEY).unwrap();
+    let v4 = keys.iter().find(|(v, _)| *v == 4).unwrap();
+    let mut want = vec![0x04, 0x41];
+    want.extend_from_slice(&v4.1);
+    assert_eq!(ec_point(&session, alias_pub), want);
+    assert_eq!(shown["current"], 4);
+    for n in 1..=4u32 {
+        let present = find_one(&session, &format!("mp@v{n}"), ObjectClass::PRIVATE_KEY);
+        assert_eq!(present.is_some(), n >= 3, "mp@v{n}");
+    }
+    let v3 = find_one(&session, "mp@v3", ObjectClass::PRIVATE_KEY).unwrap();
+    assert!(
+        bool_attr(&session, v3, AttributeType::Sign),
+        "v3 is in its grace window"
+    );
+    assert_eq!(shown["state"], "ROTATING");
+}
