@@ -75,6 +75,34 @@ for curve in secp256k1 prime256v1; do
         openssl dgst -sha256 -verify "$W/$curve.pub.pem" -signature "$W/$curve.alias.sig" "$W/msg.tampered"
 done
 
+# Rotation (design §3): the alias signs with the new version, the previous
+# version object still verifies but no longer signs.
+label=conf-rotation
+check "rotation: asset create (CLI)" "$P11DERIVE_BIN" asset create "$label" --type secp256k1
+id=$("$P11DERIVE_BIN" asset show "$label" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["object_id"])')
+check "rotation: --sign with the alias at version 1" \
+    tool --login --pin "$PIN" --sign -m ECDSA-SHA256 --id "$id" --signature-format openssl -i "$W/msg" -o "$W/rot.v1.sig"
+check "rotation: p11derive asset rotate" "$P11DERIVE_BIN" asset rotate "$label"
+check "rotation: --sign with the alias at version 2" \
+    tool --login --pin "$PIN" --sign -m ECDSA-SHA256 --id "$id" --signature-format openssl -i "$W/msg" -o "$W/rot.v2.sig"
+for n in 1 2; do
+    tool --read-object --type pubkey --id "${id}0000000$n" -o "$W/rot.v$n.der" >/dev/null 2>&1
+    openssl pkey -pubin -inform DER -in "$W/rot.v$n.der" -out "$W/rot.v$n.pem" 2>/dev/null
+done
+check "rotation: the two versions have different public keys" bash -c "! cmp -s '$W/rot.v1.pem' '$W/rot.v2.pem'"
+check "rotation: openssl verifies the first signature under version 1" \
+    openssl dgst -sha256 -verify "$W/rot.v1.pem" -signature "$W/rot.v1.sig" "$W/msg"
+check "rotation: openssl verifies the second signature under version 2" \
+    openssl dgst -sha256 -verify "$W/rot.v2.pem" -signature "$W/rot.v2.sig" "$W/msg"
+refuse "rotation: the second signature does not verify under version 1" "Verification failure" \
+    openssl dgst -sha256 -verify "$W/rot.v1.pem" -signature "$W/rot.v2.sig" "$W/msg"
+check "rotation: --verify with the version-1 object still accepts its signature" \
+    tool --verify -m ECDSA-SHA256 --id "${id}00000001" --signature-format openssl -i "$W/msg" --signature-file "$W/rot.v1.sig"
+check "rotation: --verify with the alias accepts the version-1 signature (any usable version)" \
+    tool --verify -m ECDSA-SHA256 --id "$id" --signature-format openssl -i "$W/msg" --signature-file "$W/rot.v1.sig"
+refuse "rotation: the version-1 object refuses to sign" "CKR_KEY_FUNCTION_NOT_PERMITTED" \
+    tool --login --pin "$PIN" --sign -m ECDSA-SHA256 --id "${id}00000001" -i "$W/msg" -o "$W/rot.refused.sig"
+
 echo
 echo "conformance: OpenSC $(dpkg-query -W -f='${Version}' opensc 2>/dev/null), $(openssl version | cut -d' ' -f1-2)"
 echo "$passed passed, $failed failed"
