@@ -307,6 +307,11 @@ impl Store {
         if version > SCHEMA_VERSION {
             return Err(StoreError::Newer(path.to_path_buf(), version));
         }
+        // SQLite falls back to read-only when the file is not writable; the
+        // store must be, and nothing is attempted on it otherwise.
+        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+            return Err(StoreError::ReadOnly(path.to_path_buf()));
+        }
         let store = Store::configure(path, conn)?;
         store.migrate(version)?;
         Ok(store)

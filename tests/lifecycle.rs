@@ -584,3 +584,89 @@ fn processes_sign_while_the_cli_changes_the_asset() {
     );
     assert_eq!(shown["state"], "ROTATING");
 }
+
+#[test]
+fn a_version_1_store_is_migrated_with_its_data() {
+    let _turn = turn();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    {
+        // The schema p11derive 0.1 wrote (store schema version 1).
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(&format!(
+            "PRAGMA application_id = {};
+             CREATE TABLE assets (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE,
+                 key_type TEXT NOT NULL, object_id BLOB NOT NULL UNIQUE,
+                 current INTEGER NOT NULL CHECK (current >= 1),
+                 min_usable INTEGER NOT NULL CHECK (min_usable >= 1 AND min_usable <= current),
+                 state TEXT NOT NULL CHECK (state IN ('ACTIVE','ROTATING','SUSPENDED','RETIRED')),
+                 created_at INTEGER NOT NULL);
+             CREATE TABLE versions (asset INTEGER NOT NULL REFERENCES assets(id),
+                 version INTEGER NOT NULL CHECK (version >= 1), public_key BLOB,
+                 created_at INTEGER NOT NULL, PRIMARY KEY (asset, version));
+             INSERT INTO assets VALUES (1, 'old-1', 'p256', x'0a0b', 2, 1, 'ROTATING', 1700000000);
+             INSERT INTO versions VALUES (1, 1, x'04aa', 1700000000), (1, 2, x'04bb', 1700000001);
+             PRAGMA user_version = 1;",
+            p11derive::store::APPLICATION_ID
+        ))
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    let id = AssetId::new("old-1").unwrap();
+    let a = store.asset_by_name(&id).unwrap().unwrap();
+    assert_eq!(
+        (a.state, a.current, a.min_usable),
+        (AssetState::Rotating, 2, 1)
+    );
+    assert_eq!(a.versions.len(), 2);
+    assert_eq!(a.object_id, vec![0x0a, 0x0b]);
+    // The new column works: suspend remembers ROTATING and resume returns to it.
+    store.transition(&id, Transition::Suspend, None).unwrap();
+    let back = store.transition(&id, Transition::Resume, None).unwrap();
+    assert_eq!(back.state, AssetState::Rotating);
+    drop(store);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let v: i32 = c
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, p11derive::store::SCHEMA_VERSION);
+}
+
+#[test]
+fn a_read_only_store_is_refused_untouched() {
+    use std::os::unix::fs::PermissionsExt;
+    let _turn = turn();
+    let s = setup(None);
+    assert!(cli(&s, &["asset", "create", "ro", "--type", "p256"])
+        .status
+        .success());
+    // Root may write anywhere, so the CLI runs as nobody against root's files.
+    for d in [softhsm_dir(), s.dir.as_path()] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let before = std::fs::read(&s.store).unwrap();
+    for args in [&["asset", "list"][..], &["asset", "suspend", "ro"][..]] {
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+            .arg(cli_path())
+            .arg("--config")
+            .arg(&s.config)
+            .args(args)
+            .output()
+            .expect("setpriv (util-linux) runs");
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", stderr(&out));
+        let msg = stderr(&out);
+        assert!(
+            msg.contains("is read-only") && msg.contains("state.db"),
+            "{msg}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&s.store).unwrap(),
+        before,
+        "the read-only store was modified"
+    );
+    let show = cli(&s, &["asset", "show", "ro", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(v["state"], "ACTIVE");
+}
