@@ -99,6 +99,22 @@ pub struct Backend {
 unsafe impl Send for Backend {}
 unsafe impl Sync for Backend {}
 
+/// `C_Initialize` of the backing module, letting it use OS locking.
+fn initialize_module(module: Module) -> sys::CK_RV {
+    let mut args = sys::CK_C_INITIALIZE_ARGS {
+        CreateMutex: None,
+        DestroyMutex: None,
+        LockMutex: None,
+        UnlockMutex: None,
+        flags: sys::CKF_OS_LOCKING_OK,
+        pReserved: ptr::null_mut(),
+    };
+    hsm!(
+        module,
+        C_Initialize(&mut args as *mut _ as sys::CK_VOID_PTR)
+    )
+}
+
 fn device(op: &str, rv: sys::CK_RV) -> Error {
     Error::with(
         ck::CKR_DEVICE_ERROR,
@@ -122,18 +138,7 @@ impl Backend {
                 ),
             )
         })?;
-        let mut args = sys::CK_C_INITIALIZE_ARGS {
-            CreateMutex: None,
-            DestroyMutex: None,
-            LockMutex: None,
-            UnlockMutex: None,
-            flags: sys::CKF_OS_LOCKING_OK,
-            pReserved: ptr::null_mut(),
-        };
-        let rv = hsm!(
-            module,
-            C_Initialize(&mut args as *mut _ as sys::CK_VOID_PTR)
-        );
+        let rv = initialize_module(module);
         let owns_init = match rv {
             sys::CKR_OK => true,
             // The application (or our parent before a fork) initialized it; use
@@ -162,7 +167,7 @@ impl Backend {
             login_session: Mutex::new(None),
             root: Mutex::new(None),
         };
-        match backend.find_slot() {
+        match backend.find_slot_patiently() {
             Ok(slot) => backend.slot = slot,
             Err(seen) => {
                 let e =
@@ -184,6 +189,38 @@ impl Backend {
             }
         }
         Ok(backend)
+    }
+
+    /// Finds the backing token, retrying for about a second: a file-backed
+    /// token (SoftHSM) that another process is rewriting at this moment can be
+    /// missing from one scan. Where p11derive initialized the module, each
+    /// retry re-initializes it so the module scans its tokens afresh.
+    fn find_slot_patiently(&self) -> std::result::Result<sys::CK_SLOT_ID, Vec<String>> {
+        let mut last = Vec::new();
+        for attempt in 0..10 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if self.owns_init {
+                    let _ = hsm!(self.module, C_Finalize(ptr::null_mut()));
+                    let _ = initialize_module(self.module);
+                }
+            }
+            match self.find_slot() {
+                Ok(slot) => {
+                    if attempt > 0 {
+                        crate::log::info(&format!(
+                            "backing token {:?} found at scan {} (it was being rewritten by \
+                             another process)",
+                            self.token_label,
+                            attempt + 1
+                        ));
+                    }
+                    return Ok(slot);
+                }
+                Err(seen) => last = seen,
+            }
+        }
+        Err(last)
     }
 
     /// The slot of the token labelled `token_label`, or the labels seen.

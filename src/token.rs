@@ -647,7 +647,14 @@ impl Provider {
                 ),
             ));
         }
-        let key = self.signing_key(&view)?;
+        let key = match self.signing_key(&view) {
+            Ok(key) => key,
+            // The backing login ended under us: say so, not "device error".
+            Err(_) if !self.still_logged_in(epoch) => {
+                return Err(Error::rv(CKR_USER_NOT_LOGGED_IN))
+            }
+            Err(e) => return Err(e),
+        };
         let mut s = lock(&session);
         if s.sign.is_some() {
             return Err(Error::rv(CKR_OPERATION_ACTIVE));

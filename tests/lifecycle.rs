@@ -425,7 +425,9 @@ fn signer(worker: u8, out: &std::path::Path, deadline: u128) -> i32 {
         f.write_all(lines.as_bytes()).map_err(|e| e.to_string())?;
         ctx.finalize().map_err(|e| e.to_string())
     };
-    match run() {
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .unwrap_or_else(|p| Err(format!("panic: {:?}", p.downcast_ref::<String>())));
+    match outcome {
         Ok(()) => 0,
         Err(e) => {
             let _ = std::fs::write(out, format!("error {e}\n"));
@@ -503,13 +505,15 @@ fn processes_sign_while_the_cli_changes_the_asset() {
         }
     }
     timeline.last_mut().unwrap().1 = u128::MAX;
-    for (pid, _) in &children {
+    for (pid, out) in &children {
         let mut status = 0;
         // SAFETY: waiting for our own children.
         assert_eq!(unsafe { libc::waitpid(*pid, &mut status, 0) }, *pid);
+        let said = std::fs::read_to_string(out).unwrap_or_default();
         assert!(
             libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "a signer failed"
+            "signer {pid} failed (status {status}): {}",
+            said.lines().next().unwrap_or("no output")
         );
     }
 
