@@ -44,7 +44,26 @@ openssl pkey -pubin -in "$P11DERIVE_WORK/pub.pem" -noout -text | head -3
 step "openssl verifies the signature (no PKCS#11 involved)"
 openssl dgst -sha256 -verify "$P11DERIVE_WORK/pub.pem" -signature "$P11DERIVE_WORK/message.sig" "$P11DERIVE_WORK/message.txt"
 
+step "rotation: version 2 of hot-wallet-1, by counter increment (no key copied or stored)"
+"$P11DERIVE_BIN" asset rotate hot-wallet-1
+tool --login --pin "$P11DERIVE_PIN" --sign -m ECDSA-SHA256 --id "$ID" --signature-format openssl \
+    -i "$P11DERIVE_WORK/message.txt" -o "$P11DERIVE_WORK/message.v2.sig"
+tool --read-object --type pubkey --id "${ID}00000002" -o "$P11DERIVE_WORK/pub.v2.der"
+openssl pkey -pubin -inform DER -in "$P11DERIVE_WORK/pub.v2.der" -out "$P11DERIVE_WORK/pub.v2.pem"
+echo "the alias now signs with version 2; openssl, with version 2's public key:"
+openssl dgst -sha256 -verify "$P11DERIVE_WORK/pub.v2.pem" -signature "$P11DERIVE_WORK/message.v2.sig" "$P11DERIVE_WORK/message.txt"
+echo "the first signature still verifies under version 1:"
+openssl dgst -sha256 -verify "$P11DERIVE_WORK/pub.pem" -signature "$P11DERIVE_WORK/message.sig" "$P11DERIVE_WORK/message.txt"
+echo "version 1 (hot-wallet-1@v1) may verify but no longer sign:"
+refusal=$(tool --login --pin "$P11DERIVE_PIN" --sign -m ECDSA-SHA256 --id "${ID}00000001" \
+    -i "$P11DERIVE_WORK/message.txt" -o "$P11DERIVE_WORK/refused.sig" 2>&1 || true)
+if ! grep -o "CKR_KEY_FUNCTION_NOT_PERMITTED" <<<"$refusal"; then
+    echo "demo: version 1 was not refused: $refusal" >&2
+    exit 1
+fi
+"$P11DERIVE_BIN" asset show hot-wallet-1
+
 step "the provider's log"
 cat "$P11DERIVE_WORK/p11derive.log"
 echo
-echo "demo: OK - a key derived from the HSM-held root signed, and openssl verified it"
+echo "demo: OK - a key derived from the HSM-held root signed, openssl verified it, and a rotation moved signing to version 2"
