@@ -86,8 +86,10 @@ check "rotation: p11derive asset rotate" "$P11DERIVE_BIN" asset rotate "$label"
 check "rotation: --sign with the alias at version 2" \
     tool --login --pin "$PIN" --sign -m ECDSA-SHA256 --id "$id" --signature-format openssl -i "$W/msg" -o "$W/rot.v2.sig"
 for n in 1 2; do
-    tool --read-object --type pubkey --id "${id}0000000$n" -o "$W/rot.v$n.der" >/dev/null 2>&1
-    openssl pkey -pubin -inform DER -in "$W/rot.v$n.der" -out "$W/rot.v$n.pem" 2>/dev/null
+    check "rotation: --read-object the public key of version $n" \
+        tool --read-object --type pubkey --id "${id}0000000$n" -o "$W/rot.v$n.der"
+    check "rotation: openssl reads version $n's public key" \
+        openssl pkey -pubin -inform DER -in "$W/rot.v$n.der" -out "$W/rot.v$n.pem"
 done
 check "rotation: the two versions have different public keys" bash -c "! cmp -s '$W/rot.v1.pem' '$W/rot.v2.pem'"
 check "rotation: openssl verifies the first signature under version 1" \

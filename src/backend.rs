@@ -330,15 +330,30 @@ impl Backend {
                 h
             }
         };
-        let rv = hsm!(
-            self.module,
-            C_Login(
-                h,
-                user_type,
-                pin.as_ptr() as *mut _,
-                pin.len() as sys::CK_ULONG
-            )
-        );
+        // A file-backed token being rewritten by another process can fail a
+        // login transiently; those codes are retried, PIN errors never are
+        // (a retry could count against the PIN).
+        let mut rv = sys::CKR_GENERAL_ERROR;
+        for attempt in 0..4 {
+            if attempt > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(50 * attempt));
+            }
+            rv = hsm!(
+                self.module,
+                C_Login(
+                    h,
+                    user_type,
+                    pin.as_ptr() as *mut _,
+                    pin.len() as sys::CK_ULONG
+                )
+            );
+            if !matches!(
+                rv,
+                sys::CKR_GENERAL_ERROR | sys::CKR_DEVICE_ERROR | sys::CKR_FUNCTION_FAILED
+            ) {
+                break;
+            }
+        }
         match rv {
             sys::CKR_OK | sys::CKR_USER_ALREADY_LOGGED_IN => {}
             sys::CKR_PIN_INCORRECT

@@ -106,9 +106,12 @@ pub fn transition(
             .asset_by_name(id)?
             .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
         let next = asset.current.checked_add(1);
+        // Derive whatever state was read: another process may resume or
+        // finish the asset before our transaction, and the store refuses an
+        // EC rotation without its public key.
         let active = asset.state == crate::store::AssetState::Active;
         let pk = match (next, prf) {
-            (Some(n), Some(prf)) if active => public_key(prf, id, asset.key_type, n)?,
+            (Some(n), Some(prf)) => public_key(prf, id, asset.key_type, n)?,
             (Some(_), None) if active && asset.key_type.is_ec() => {
                 return Err(LifecycleError::Derive(Error::with(
                     CKR_USER_NOT_LOGGED_IN,

@@ -309,7 +309,12 @@ impl Store {
         }
         // SQLite falls back to read-only when the file is not writable; the
         // store must be, and nothing is attempted on it otherwise.
-        if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+        // A file without write permission is read-only even for root, who
+        // could write it anyway: its owner meant it not to change.
+        let no_write_bits = std::fs::metadata(path)
+            .map(|m| m.permissions().readonly())
+            .unwrap_or(false);
+        if no_write_bits || conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
             return Err(StoreError::ReadOnly(path.to_path_buf()));
         }
         let store = Store::configure(path, conn)?;
@@ -343,6 +348,10 @@ impl Store {
             let seen: i32 = tx
                 .query_row("PRAGMA user_version", [], |r| r.get(0))
                 .map_err(|e| self.err(e))?;
+            if seen > SCHEMA_VERSION {
+                // A newer p11derive migrated it while we waited: hands off.
+                return Err(StoreError::Newer(self.path.clone(), seen));
+            }
             if seen > i as i32 {
                 continue;
             }
@@ -599,7 +608,13 @@ impl Store {
                 let Some(new) = a.current.checked_add(1) else {
                     return refuse("the counter is at its maximum (4294967295)".into());
                 };
-                let Some((version, public_key)) = next.filter(|(v, _)| *v == new) else {
+                // An EC version without its public key could never be verified
+                // (or signed: the derived key is checked against it); the
+                // caller derives again for the state it reads next.
+                let ready = |(v, pk): &(u32, Option<&[u8]>)| {
+                    *v == new && (pk.is_some() || !a.key_type.is_ec())
+                };
+                let Some((version, public_key)) = next.filter(ready) else {
                     return Err(StoreError::Conflict(format!(
                         "asset {:?} changed while its new version was derived (now at version \
                          {}); try again",

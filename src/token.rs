@@ -964,6 +964,10 @@ impl Provider {
         let Some(asset) = fresh else {
             return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
         };
+        // Trimmed or retired since C_VerifyInit: the key is gone.
+        if !op.points.iter().any(|(v, _)| asset.is_usable(*v)) {
+            return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
+        }
         let usable: Vec<&(u32, Vec<u8>)> = op
             .points
             .iter()
@@ -997,6 +1001,8 @@ impl Provider {
         let fresh = self.store.fresh_state(op.asset).map_err(store_error)?;
         match fresh {
             Some(a) if a.may_sign(op.version) => Ok(()),
+            // Trimmed or retired since C_SignInit: the key is gone.
+            Some(a) if !a.is_usable(op.version) => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
             Some(a) => Err(Error::with(
                 CKR_KEY_FUNCTION_NOT_PERMITTED,
                 format!(

@@ -178,6 +178,54 @@ fn every_transition_from_every_state() {
     backend.finalize();
 }
 
+#[test]
+fn a_rotation_racing_a_resume_never_records_a_version_without_its_key() {
+    let _turn = turn();
+    let s = setup(None);
+    let config = Config::load(&s.config).unwrap();
+    let store = Store::open(&s.store).unwrap();
+    let backend = Backend::open(&config.backend, &config.source).unwrap();
+    backend
+        .login(cryptoki_sys::CKU_USER, PIN.as_bytes())
+        .unwrap();
+    let id = AssetId::new("race").unwrap();
+    lifecycle::create(&backend, &store, &id, KeyType::P256, None).unwrap();
+    store.transition(&id, Transition::Suspend, None).unwrap();
+    // A rotation that read SUSPENDED (so derived nothing) commits after
+    // another process resumed: the store must not take a key-less version.
+    store.transition(&id, Transition::Resume, None).unwrap();
+    let raced = store.transition(&id, Transition::Rotate { grace: false }, Some((2, None)));
+    assert!(matches!(raced, Err(StoreError::Conflict(_))), "{raced:?}");
+    assert_eq!(
+        store.asset_by_name(&id).unwrap().unwrap().current,
+        1,
+        "nothing changed"
+    );
+    // The lifecycle layer derives and succeeds; every version has its key.
+    lifecycle::transition(
+        Some(&backend),
+        &store,
+        &id,
+        Transition::Rotate { grace: false },
+    )
+    .unwrap();
+    let a = store.asset_by_name(&id).unwrap().unwrap();
+    assert_eq!(a.current, 2);
+    assert!(store
+        .history(a.rowid)
+        .unwrap()
+        .iter()
+        .all(|v| v.public_key.is_some()));
+    // A stale read (counter moved on) is a conflict too, not a wrong version.
+    let stale = store.transition(
+        &id,
+        Transition::Rotate { grace: false },
+        Some((2, Some(&[4u8; 65][..]))),
+    );
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    backend.finalize();
+}
+
 fn find_one(session: &Session, label: &str, class: ObjectClass) -> Option<ObjectHandle> {
     let found = session
         .find_objects(&[
@@ -389,8 +437,12 @@ fn now_ns() -> u128 {
         .as_nanos()
 }
 
-/// A forked signer: its own C_Initialize, then alias signatures until
-/// `deadline`, one line each: `t0 t1 digest ok sig` or `t0 t1 digest rv`.
+/// A forked signer: its own C_Initialize, then signatures until `deadline`,
+/// one line each: `t0 t1 version digest ok sig` or `t0 t1 version digest rv`
+/// (`version` 0: through the alias). Worker 0 signs with the alias in one
+/// call; worker 1 with the alias, multi-part, pausing between the parts so
+/// operations span the CLI's changes; worker 2 with every version object it
+/// finds (`mp@v1`..), allowed to sign or not.
 fn signer(worker: u8, out: &std::path::Path, deadline: u128) -> i32 {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::session::UserType;
@@ -405,21 +457,45 @@ fn signer(worker: u8, out: &std::path::Path, deadline: u128) -> i32 {
         session
             .login(UserType::User, Some(&AuthPin::from(PIN)))
             .map_err(|e| e.to_string())?;
-        let key = find_one(&session, "mp", ObjectClass::PRIVATE_KEY).ok_or("no alias")?;
+        let alias = find_one(&session, "mp", ObjectClass::PRIVATE_KEY).ok_or("no alias")?;
         let mut lines = String::new();
         let mut i: u32 = 0;
         while now_ns() < deadline {
             i += 1;
-            let mut digest = [worker; 32];
-            digest[..4].copy_from_slice(&i.to_be_bytes());
-            let t0 = now_ns();
-            let r = session.sign(&Mechanism::Ecdsa, key, &digest);
-            let t1 = now_ns();
-            let outcome = match r {
-                Ok(sig) => format!("ok {}", hex(&sig)),
-                Err(e) => format!("{:?}", rv_of::<()>(Err(e))),
-            };
-            lines.push_str(&format!("{t0} {t1} {} {outcome}\n", hex(&digest)));
+            let mut data = [worker; 32];
+            data[..4].copy_from_slice(&i.to_be_bytes());
+            let mut targets = vec![(0u32, alias)];
+            if worker == 2 {
+                targets = (1..=8u32)
+                    .filter_map(|n| {
+                        find_one(&session, &format!("mp@v{n}"), ObjectClass::PRIVATE_KEY)
+                            .map(|h| (n, h))
+                    })
+                    .collect();
+            }
+            for (version, key) in targets {
+                let t0 = now_ns();
+                let (digest, r) = if worker == 1 {
+                    use sha2::Digest;
+                    let r = session
+                        .sign_init(&Mechanism::EcdsaSha256, key)
+                        .and_then(|()| session.sign_update(&data[..16]))
+                        .and_then(|()| {
+                            std::thread::sleep(std::time::Duration::from_millis(15));
+                            session.sign_update(&data[16..])
+                        })
+                        .and_then(|()| session.sign_final());
+                    (sha2::Sha256::digest(data).to_vec(), r)
+                } else {
+                    (data.to_vec(), session.sign(&Mechanism::Ecdsa, key, &data))
+                };
+                let t1 = now_ns();
+                let outcome = match r {
+                    Ok(sig) => format!("ok {}", hex(&sig)),
+                    Err(e) => format!("{:?}", rv_of::<()>(Err(e))),
+                };
+                lines.push_str(&format!("{t0} {t1} {version} {} {outcome}\n", hex(&digest)));
+            }
         }
         let mut f = std::fs::File::create(out).map_err(|e| e.to_string())?;
         f.write_all(lines.as_bytes()).map_err(|e| e.to_string())?;
@@ -536,14 +612,19 @@ fn processes_sign_while_the_cli_changes_the_asset() {
             let f: Vec<&str> = line.split(' ').collect();
             assert!(f[0] != "error", "{line}");
             let (t0, t1): (u128, u128) = (f[0].parse().unwrap(), f[1].parse().unwrap());
-            if f[3] != "ok" {
-                assert_eq!(f[3], "KeyFunctionNotPermitted", "{line}");
+            let claimed: u64 = f[2].parse().unwrap();
+            if f[4] != "ok" {
+                // Refused by state, or a version object trimmed since it was found.
+                assert!(
+                    ["KeyFunctionNotPermitted", "KeyHandleInvalid"].contains(&f[4]),
+                    "{line}"
+                );
                 refused += 1;
                 continue;
             }
             made += 1;
-            let digest = unhex(f[2]);
-            let sig = unhex(f[4]);
+            let digest = unhex(f[3]);
+            let sig = unhex(f[5]);
             let version = keys
                 .iter()
                 .find(|(_, point)| {
@@ -552,6 +633,10 @@ fn processes_sign_while_the_cli_changes_the_asset() {
                 })
                 .map(|(v, _)| *v)
                 .unwrap_or_else(|| panic!("a signature verifies under no version: {line}"));
+            assert!(
+                claimed == 0 || claimed == version,
+                "object @v{claimed} signed with v{version}: {line}"
+            );
             let ok = timeline
                 .iter()
                 .any(|(start, end, state)| *start <= t1 && *end >= t0 && allowed(state, version));

@@ -1,7 +1,8 @@
 //! `p11derive`: the command-line tool beside the provider.
 //!
-//! Exit codes: 0 success, 1 the operation failed (the message says why),
-//! 2 the command line is wrong.
+//! Exit codes: 0 success; 1 the operation failed (the message says why);
+//! 2 the command line is wrong; 3 refused (the asset's state does not allow
+//! it, or the name or id is taken); 4 no such asset.
 
 #![forbid(unsafe_code)]
 
@@ -53,9 +54,9 @@ enum Failure {
 impl From<LifecycleError> for Failure {
     fn from(e: LifecycleError) -> Self {
         match e {
-            LifecycleError::Store(
-                e @ (StoreError::Refused(_) | StoreError::Conflict(_) | StoreError::Duplicate(_)),
-            ) => Failure::Refused(e.to_string()),
+            LifecycleError::Store(e @ (StoreError::Refused(_) | StoreError::Duplicate(_))) => {
+                Failure::Refused(e.to_string())
+            }
             LifecycleError::Store(e @ StoreError::NotFound(_)) => Failure::NotFound(e.to_string()),
             e => Failure::Failed(e.to_string()),
         }
@@ -143,6 +144,25 @@ fn run(raw: &[String]) -> Result<(), Failure> {
         return Ok(());
     }
     let words: Vec<&str> = args.words.iter().map(String::as_str).collect();
+    // Options each command takes (besides --config and --help).
+    let allowed: &[&str] = match words.as_slice() {
+        ["init"] => &["--import-root", "--pin-file"],
+        ["asset", "list"] | ["asset", "show", _] => &["--json"],
+        ["asset", "create", _] => &["--type", "--id", "--pin-file", "--json"],
+        ["asset", "rotate", _] => &["--grace", "--pin-file", "--json"],
+        ["asset", "retire", _] => &["--yes", "--json"],
+        _ => &["--json"],
+    };
+    if let Some((bad, _)) = args
+        .options
+        .iter()
+        .find(|(o, _)| o != "--config" && !allowed.contains(&o.as_str()))
+    {
+        return Err(Failure::Usage(format!(
+            "{bad} does not apply to `{}`",
+            words.join(" ")
+        )));
+    }
     match words.as_slice() {
         ["init"] => init(&args),
         ["asset", "list"] => asset_list(&args),
@@ -378,13 +398,20 @@ fn report(args: &Args, store: &Store, asset: &Asset, what: &str) -> Result<(), F
         let history = store.history(asset.rowid)?;
         println!("{}", pretty(&asset_json(asset, Some(&history)))?);
     } else {
+        let id = asset.id.as_str();
+        let (cur, min) = (asset.current, asset.min_usable);
+        let how = match asset.state {
+            AssetState::Active => format!("version {cur} signs; versions {min}..={cur} verify"),
+            AssetState::Rotating => format!(
+                "versions {}..={cur} sign until `p11derive asset finish {id}`; versions {min}..={cur} verify",
+                cur - 1
+            ),
+            AssetState::Suspended => format!("every operation refused until `p11derive asset resume {id}`"),
+            AssetState::Retired => "final: no object, no operation, the name is never reused".into(),
+        };
         println!(
-            "{what}: asset {:?} is {} at version {} (versions {}..={} usable)",
-            asset.id.as_str(),
-            asset.state.name(),
-            asset.current,
-            asset.min_usable,
-            asset.current
+            "{what}: asset {id:?} is {} at version {cur} ({how})",
+            asset.state.name()
         );
     }
     Ok(())
@@ -400,6 +427,8 @@ fn version_status(a: &Asset, n: u32) -> &'static str {
         "retired"
     } else if n < a.min_usable {
         "trimmed"
+    } else if a.state == AssetState::Suspended {
+        "suspended"
     } else if n == a.current {
         "current"
     } else if a.may_sign(n) {
