@@ -755,6 +755,17 @@ fn a_read_only_store_is_refused_untouched() {
         before,
         "the read-only store was modified"
     );
+    // Root could write a file without write bits anyway; it is refused all the same.
+    std::fs::set_permissions(&s.store, std::fs::Permissions::from_mode(0o444)).unwrap();
+    let out = cli(&s, &["asset", "suspend", "ro"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is read-only"), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read(&s.store).unwrap(),
+        before,
+        "root modified a 0444 store"
+    );
+    std::fs::set_permissions(&s.store, std::fs::Permissions::from_mode(0o644)).unwrap();
     let show = cli(&s, &["asset", "show", "ro", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
     assert_eq!(v["state"], "ACTIVE");
