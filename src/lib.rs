@@ -8,6 +8,7 @@
 //! [`store`] (assets and counters in SQLite) serves beside that path.
 
 pub mod abi;
+pub mod audit;
 pub mod backend;
 pub mod ck;
 pub mod config;

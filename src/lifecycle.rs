@@ -7,8 +7,9 @@
 
 use std::fmt;
 
+use crate::audit::{Event, Record};
 use crate::ck::*;
-use crate::derive::{self, AssetId, KeyType, Prf};
+use crate::derive::{self, AssetId, KeyType, Prf, Secret32};
 use crate::error::Error;
 use crate::store::{Asset, NewAsset, Store, StoreError, Transition};
 
@@ -57,6 +58,23 @@ impl LifecycleError {
     }
 }
 
+/// Who acts, for the audit records of a lifecycle step: the audit key (from
+/// the backing HSM) and the PKCS#11 session, if any.
+pub struct Audit<'a> {
+    pub ak: &'a Secret32,
+    pub session: Option<u64>,
+}
+
+impl Audit<'_> {
+    fn base(&self) -> Record {
+        let r = Record::new(Event::Transition, CKR_OK);
+        match self.session {
+            Some(h) => r.session(h),
+            None => r,
+        }
+    }
+}
+
 /// The recorded public key of version `n` (EC types; `None` for secret keys).
 fn public_key(prf: &dyn Prf, id: &AssetId, kt: KeyType, n: u32) -> Result<Option<Vec<u8>>, Error> {
     if !kt.is_ec() {
@@ -73,18 +91,23 @@ fn public_key(prf: &dyn Prf, id: &AssetId, kt: KeyType, n: u32) -> Result<Option
 pub fn create(
     prf: &dyn Prf,
     store: &Store,
+    audit: &Audit<'_>,
     id: &AssetId,
     kt: KeyType,
     object_id: Option<Vec<u8>>,
 ) -> Result<Asset, LifecycleError> {
     let object_id = object_id.unwrap_or_else(|| derive::default_object_id(id).to_vec());
     let public_key = public_key(prf, id, kt, 1)?;
-    Ok(store.create_asset(&NewAsset {
-        id,
-        key_type: kt,
-        object_id: &object_id,
-        public_key: public_key.as_deref(),
-    })?)
+    Ok(store.create_asset(
+        &NewAsset {
+            id,
+            key_type: kt,
+            object_id: &object_id,
+            public_key: public_key.as_deref(),
+        },
+        audit.ak,
+        audit.base(),
+    )?)
 }
 
 /// Applies a transition. A rotation needs the PRF (to record the new
@@ -92,11 +115,12 @@ pub fn create(
 pub fn transition(
     prf: Option<&dyn Prf>,
     store: &Store,
+    audit: &Audit<'_>,
     id: &AssetId,
     t: Transition,
 ) -> Result<Asset, LifecycleError> {
     let Transition::Rotate { .. } = t else {
-        return Ok(store.transition(id, t, None)?);
+        return Ok(store.transition(id, t, None, audit.ak, audit.base())?);
     };
     // Another process may rotate between our read and our commit; the store
     // then refuses with Conflict and we derive for the new counter.
@@ -125,7 +149,13 @@ pub fn transition(
             // Let the store refuse with the precise reason.
             _ => None,
         };
-        match store.transition(id, t, next.map(|n| (n, pk.as_deref()))) {
+        match store.transition(
+            id,
+            t,
+            next.map(|n| (n, pk.as_deref())),
+            audit.ak,
+            audit.base(),
+        ) {
             Err(e @ StoreError::Conflict(_)) => last = Some(e),
             other => return Ok(other?),
         }

@@ -14,12 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use crate::derive::{AssetId, KeyType};
+use crate::audit::{Event, Record, GENESIS};
+use crate::derive::{AssetId, KeyType, Secret32};
 
 /// `PRAGMA application_id` of a p11derive store ("P1DR").
 pub const APPLICATION_ID: i32 = 0x5031_4452;
 /// The schema this build writes. Older stores are migrated forward.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Each entry upgrades the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -44,6 +45,35 @@ const MIGRATIONS: &[&str] = &[
     // 1 -> 2: what `resume` returns a SUSPENDED asset to (its state before suspend).
     "ALTER TABLE assets ADD COLUMN resume_state TEXT
         CHECK (resume_state IS NULL OR resume_state IN ('ACTIVE','ROTATING'));",
+    // 2 -> 3: the audit log (design §4): a MAC chain, and records made by
+    // processes without the audit key, waiting to be sealed into it.
+    "CREATE TABLE audit (
+        seq          INTEGER PRIMARY KEY,
+        time_ns      INTEGER NOT NULL,
+        pid          INTEGER NOT NULL,
+        session      INTEGER,
+        event        TEXT NOT NULL,
+        asset        TEXT,
+        version      INTEGER,
+        mechanism    INTEGER,
+        input_sha256 BLOB,
+        rv           INTEGER NOT NULL,
+        detail       TEXT NOT NULL,
+        mac          BLOB NOT NULL
+    );
+    CREATE TABLE audit_pending (
+        id           INTEGER PRIMARY KEY,
+        time_ns      INTEGER NOT NULL,
+        pid          INTEGER NOT NULL,
+        session      INTEGER,
+        event        TEXT NOT NULL,
+        asset        TEXT,
+        version      INTEGER,
+        mechanism    INTEGER,
+        input_sha256 BLOB,
+        rv           INTEGER NOT NULL,
+        detail       TEXT NOT NULL
+    );",
 ];
 
 /// The columns of an asset row, in the order [`read_asset_row`] reads them.
@@ -445,7 +475,12 @@ impl Store {
 
     /// Registers a new asset and its version 1, atomically. The name and the
     /// object id must be new: a retired asset's name is never reused.
-    pub fn create_asset(&self, new: &NewAsset<'_>) -> Result<Asset, StoreError> {
+    pub fn create_asset(
+        &self,
+        new: &NewAsset<'_>,
+        ak: &Secret32,
+        base: Record,
+    ) -> Result<Asset, StoreError> {
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -505,6 +540,16 @@ impl Store {
             params![rowid, new.public_key, t],
         )
         .map_err(|e| self.err(e))?;
+        let mut rec = base;
+        rec.event = Event::Create;
+        rec.asset = Some(new.id.to_string());
+        rec.version = Some(1);
+        rec.detail = format!(
+            "create {} id={} -> ACTIVE current=1 min_usable=1",
+            new.key_type.name(),
+            hex(new.object_id)
+        );
+        self.append_in(&tx, ak, std::slice::from_mut(&mut rec))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(Asset {
             rowid,
@@ -582,6 +627,29 @@ impl Store {
         name: &AssetId,
         t: Transition,
         next: Option<(u32, Option<&[u8]>)>,
+        ak: &Secret32,
+        base: Record,
+    ) -> Result<Asset, StoreError> {
+        let result = self.transition_in(name, t, next, ak, base.clone());
+        if let Err(StoreError::Refused(why)) = &result {
+            // The refusal itself is audited (the transition rolled back).
+            let mut rec = base;
+            rec.event = Event::Refused;
+            rec.asset = Some(name.to_string());
+            rec.rv = crate::ck::CKR_ACTION_PROHIBITED;
+            rec.detail = why.clone();
+            self.record(Some(ak), rec)?;
+        }
+        result
+    }
+
+    fn transition_in(
+        &self,
+        name: &AssetId,
+        t: Transition,
+        next: Option<(u32, Option<&[u8]>)>,
+        ak: &Secret32,
+        base: Record,
     ) -> Result<Asset, StoreError> {
         let mut conn = self.lock();
         let tx = conn
@@ -699,6 +767,12 @@ impl Store {
         let after = self
             .asset_by_name_in(&tx, name)?
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        let mut rec = base;
+        rec.event = Event::Transition;
+        rec.asset = Some(name.to_string());
+        rec.version = Some(after.current);
+        rec.detail = transition_detail(&t.name(), &after);
+        self.append_in(&tx, ak, std::slice::from_mut(&mut rec))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(after)
     }
@@ -717,6 +791,256 @@ impl Store {
             .optional()
             .map_err(|e| self.err(e))?;
         row.map(|a| a.map_err(|e| self.at_path(e))).transpose()
+    }
+}
+
+/// A transition record's detail: what was done and the state it left, in a
+/// form `audit verify` parses to reconcile the assets table with the log.
+pub fn transition_detail(what: &str, after: &Asset) -> String {
+    format!(
+        "{what} -> {} current={} min_usable={}",
+        after.state.name(),
+        after.current,
+        after.min_usable
+    )
+}
+
+/// The state a create or transition record says it left: (state, current, min_usable).
+pub fn parse_transition_detail(detail: &str) -> Option<(AssetState, u32, u32)> {
+    let (_, after) = detail.rsplit_once(" -> ")?;
+    let mut parts = after.split(' ');
+    let state = AssetState::parse(parts.next()?)?;
+    let current = parts.next()?.strip_prefix("current=")?.parse().ok()?;
+    let min = parts.next()?.strip_prefix("min_usable=")?.parse().ok()?;
+    Some((state, current, min))
+}
+
+/// The columns of an audit row before its MAC, in [`Record`] order.
+const AUDIT_COLUMNS: &str =
+    "time_ns, pid, session, event, asset, version, mechanism, input_sha256, rv, detail";
+
+fn read_record(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Record> {
+    let event: String = r.get(first + 3)?;
+    let hash: Option<Vec<u8>> = r.get(first + 7)?;
+    Ok(Record {
+        seq: 0,
+        time_ns: r.get::<_, i64>(first)? as u64,
+        pid: r.get(first + 1)?,
+        session: r.get::<_, Option<i64>>(first + 2)?.map(|v| v as u64),
+        // Unknown event names and malformed hashes make the MAC check fail.
+        event: Event::parse(&event).unwrap_or(Event::Refused),
+        asset: r.get(first + 4)?,
+        version: r.get(first + 5)?,
+        mechanism: r.get::<_, Option<i64>>(first + 6)?.map(|v| v as u64),
+        input_sha256: hash.and_then(|h| h.try_into().ok()),
+        rv: r.get::<_, i64>(first + 8)? as u64,
+        detail: r.get(first + 9)?,
+    })
+}
+
+fn record_params(r: &Record) -> [Box<dyn rusqlite::ToSql + '_>; 10] {
+    [
+        Box::new(r.time_ns as i64),
+        Box::new(r.pid),
+        Box::new(r.session.map(|v| v as i64)),
+        Box::new(r.event.name()),
+        Box::new(r.asset.as_deref()),
+        Box::new(r.version),
+        Box::new(r.mechanism.map(|v| v as i64)),
+        Box::new(r.input_sha256.map(|h| h.to_vec())),
+        Box::new(r.rv as i64),
+        Box::new(r.detail.as_str()),
+    ]
+}
+
+/// One audit row as stored: the record and its MAC (as found, any length).
+pub type AuditRow = (Record, Vec<u8>);
+
+impl Store {
+    /// Appends records to the chain inside the caller's write transaction,
+    /// first sealing records that processes without the audit key left pending.
+    fn append_in(
+        &self,
+        tx: &Connection,
+        ak: &Secret32,
+        records: &mut [Record],
+    ) -> Result<(), StoreError> {
+        let head: Option<(i64, Vec<u8>)> = tx
+            .query_row(
+                "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let (mut seq, mut prev) = match head {
+            None => (0u64, GENESIS),
+            Some((seq, mac)) => (seq as u64, mac.try_into().unwrap_or([0xffu8; 32])),
+        };
+        let pending: Vec<(i64, Record)> = {
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT id, {AUDIT_COLUMNS} FROM audit_pending ORDER BY id"
+                ))
+                .map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get(0)?, read_record(r, 1)?)))
+                .map_err(|e| self.err(e))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| self.err(e))?;
+            rows
+        };
+        if !pending.is_empty() {
+            tx.execute("DELETE FROM audit_pending", [])
+                .map_err(|e| self.err(e))?;
+        }
+        let mut insert = tx
+            .prepare_cached(&format!(
+                "INSERT INTO audit (seq, {AUDIT_COLUMNS}, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+            ))
+            .map_err(|e| self.err(e))?;
+        let mut put = |r: &mut Record| -> Result<(), StoreError> {
+            seq += 1;
+            r.seq = seq;
+            let mac = r.mac(ak, &prev);
+            let p = record_params(r);
+            let seq_i = seq as i64;
+            let mut all: Vec<&dyn rusqlite::ToSql> = vec![&seq_i];
+            all.extend(p.iter().map(|b| b.as_ref()));
+            let mac_v = mac.to_vec();
+            all.push(&mac_v);
+            insert.execute(all.as_slice()).map_err(|e| self.err(e))?;
+            prev = mac;
+            Ok(())
+        };
+        for (_, mut r) in pending {
+            put(&mut r)?;
+        }
+        for r in records.iter_mut() {
+            put(r)?;
+        }
+        Ok(())
+    }
+
+    fn pend_in(&self, tx: &Connection, r: &Record) -> Result<(), StoreError> {
+        let p = record_params(r);
+        let all: Vec<&dyn rusqlite::ToSql> = p.iter().map(|b| b.as_ref()).collect();
+        tx.execute(
+            &format!("INSERT INTO audit_pending ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+            all.as_slice(),
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Writes one record durably: into the chain when the audit key is at
+    /// hand, else into the pending table for the next key holder to seal.
+    pub fn record(&self, ak: Option<&Secret32>, mut r: Record) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        match ak {
+            Some(ak) => self.append_in(&tx, ak, std::slice::from_mut(&mut r))?,
+            None => self.pend_in(&tx, &r)?,
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The commit of a signature: in one write transaction, re-reads the
+    /// asset and either appends the signature's record (`Ok(Ok)`) or, when the
+    /// version may no longer sign, a refusal record (`Ok(Err(asset))`). The
+    /// caller returns the signature only after `Ok(Ok)`, i.e. after the
+    /// record is committed (`synchronous = FULL`: fsynced).
+    pub fn commit_sign(
+        &self,
+        ak: &Secret32,
+        rowid: i64,
+        version: u32,
+        mut r: Record,
+    ) -> Result<Result<(), Option<Asset>>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let row = tx
+            .query_row(
+                &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE id = ?1"),
+                [rowid],
+                read_asset_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let asset = row.map(|a| a.map_err(|e| self.at_path(e))).transpose()?;
+        let allowed = asset.as_ref().is_some_and(|a| a.may_sign(version));
+        if !allowed {
+            r.event = Event::Refused;
+            r.rv = crate::ck::CKR_KEY_FUNCTION_NOT_PERMITTED;
+            r.detail = match &asset {
+                Some(a) => format!(
+                    "sign refused at commit: asset is {} at version {} (min_usable {})",
+                    a.state.name(),
+                    a.current,
+                    a.min_usable
+                ),
+                None => "sign refused at commit: asset gone".into(),
+            };
+        }
+        self.append_in(&tx, ak, std::slice::from_mut(&mut r))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(if allowed { Ok(()) } else { Err(asset) })
+    }
+
+    /// The chain in order, from `since_seq` on.
+    pub fn audit_rows(&self, since_seq: u64) -> Result<Vec<AuditRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT seq, {AUDIT_COLUMNS}, mac FROM audit WHERE seq >= ?1 ORDER BY rowid"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([since_seq as i64], |r| {
+                let mut rec = read_record(r, 1)?;
+                rec.seq = r.get::<_, i64>(0)? as u64;
+                Ok((rec, r.get::<_, Vec<u8>>(11)?))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Records waiting to be sealed into the chain.
+    pub fn pending_rows(&self) -> Result<Vec<Record>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {AUDIT_COLUMNS} FROM audit_pending ORDER BY id"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| read_record(r, 0))
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
+    }
+
+    /// Every asset, retired ones included (for reconciliation).
+    pub fn all_assets(&self) -> Result<Vec<Asset>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!("SELECT {ASSET_COLUMNS} FROM assets ORDER BY id"))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], read_asset_row)
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e))?;
+        rows.into_iter()
+            .map(|a| a.map_err(|e| self.at_path(e)))
+            .collect()
     }
 }
 

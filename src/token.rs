@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
+use crate::audit::{Event, Record};
 use crate::backend::Backend;
 use crate::ck::*;
 use crate::config::Config;
@@ -21,6 +22,7 @@ use crate::mechanisms::{self, Hasher, ECDSA_SIG_LEN};
 use crate::objects::{self, Class, ObjectKey, Value, View, Which};
 use crate::process::PerProcess;
 use crate::store::{Asset, Store, StoreError, Transition};
+use sha2::{Digest, Sha256};
 
 /// The only slot.
 pub const SLOT_ID: CK_SLOT_ID = 1;
@@ -64,6 +66,28 @@ struct SignOp {
     hasher: Option<Hasher>,
     /// C_SignUpdate was called: only C_SignFinal may finish.
     multi: bool,
+    /// For the audit record: what signs, how, for which session, and the
+    /// SHA-256 of everything given to sign.
+    audit: OpAudit,
+}
+
+/// What an operation's audit record says besides its result.
+struct OpAudit {
+    session: CK_SESSION_HANDLE,
+    asset: String,
+    mech: CK_MECHANISM_TYPE,
+    input: Sha256,
+}
+
+impl OpAudit {
+    fn record(&self, event: Event, rv: CK_RV, version: Option<u32>) -> Record {
+        let mut r = Record::new(event, rv)
+            .asset(&self.asset, version)
+            .session(self.session);
+        r.mechanism = Some(self.mech);
+        r.input_sha256 = Some(self.input.clone().finalize().into());
+        r
+    }
 }
 
 struct VerifyOp {
@@ -74,6 +98,7 @@ struct VerifyOp {
     points: Vec<(u32, Vec<u8>)>,
     hasher: Option<Hasher>,
     multi: bool,
+    audit: OpAudit,
 }
 
 struct DigestOp {
@@ -136,6 +161,10 @@ pub struct Provider {
     login_change: Mutex<()>,
     /// This provider's store in the process-wide handle table.
     store_index: usize,
+    /// The audit MAC key, derived through the backing HSM at the first user
+    /// login and kept until C_Finalize so that later records (public
+    /// verifications included) can be chained.
+    audit_key: Mutex<Option<Secret32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -168,6 +197,7 @@ impl Provider {
 
             login_change: Mutex::new(()),
             store_index,
+            audit_key: Mutex::new(None),
         })
     }
 
@@ -318,6 +348,14 @@ impl Provider {
                     self.end_login_locked();
                     return Err(Error::rv(CKR_SESSION_READ_ONLY_EXISTS));
                 }
+                // A login is complete only once audited.
+                let audited = self.ensure_audit_key(wanted).and_then(|()| {
+                    self.audit(Record::new(Event::Login, CKR_OK).session(h).detail(who))
+                });
+                if let Err(e) = audited {
+                    self.end_login_locked();
+                    return Err(e);
+                }
                 log::info(&format!(
                     "login: {who} logged in to backing token {:?}",
                     self.backend.token_label()
@@ -329,6 +367,12 @@ impl Provider {
                     "login: {who} login to backing token {:?} failed: {e}",
                     self.backend.token_label()
                 ));
+                let rec = Record::new(Event::LoginFailed, e.rv).session(h).detail(who);
+                if let Err(audit) = self.audit(rec) {
+                    log::error(&format!(
+                        "login: the failed login could not be audited: {audit}"
+                    ));
+                }
                 Err(e)
             }
         }
@@ -341,6 +385,43 @@ impl Provider {
         }
         self.end_login();
         Ok(())
+    }
+
+    /// Derives the audit key at a user login if this process has none yet.
+    fn ensure_audit_key(&self, who: Login) -> Result<()> {
+        let mut ak = lock(&self.audit_key);
+        if ak.is_none() && who == Login::User {
+            *ak = Some(derive::audit_key(&self.backend)?);
+        }
+        Ok(())
+    }
+
+    fn audit_key(&self) -> Option<Secret32> {
+        lock(&self.audit_key).clone()
+    }
+
+    /// Writes an audit record durably (sealed into the chain when this
+    /// process has the audit key, else pending). Fails closed.
+    fn audit(&self, rec: Record) -> Result<()> {
+        let ak = self.audit_key();
+        self.store
+            .record(ak.as_ref(), rec)
+            .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("audit record not written: {e}")))
+    }
+
+    /// The audit context for lifecycle steps, which need the key.
+    fn with_audit<T>(
+        &self,
+        session: CK_SESSION_HANDLE,
+        f: impl FnOnce(&lifecycle::Audit) -> Result<T>,
+    ) -> Result<T> {
+        let ak = self.audit_key().ok_or_else(|| {
+            Error::with(CKR_USER_NOT_LOGGED_IN, "no audit key: log in as user first")
+        })?;
+        f(&lifecycle::Audit {
+            ak: &ak,
+            session: Some(session),
+        })
     }
 
     fn read_only_sessions_exist(&self) -> bool {
@@ -474,8 +555,10 @@ impl Provider {
         if self.login_state() != Login::User {
             return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
         }
-        lifecycle::transition(None, &self.store, &asset.id, Transition::Retire)
-            .map_err(|e| e.to_pkcs11())?;
+        self.with_audit(h, |audit| {
+            lifecycle::transition(None, &self.store, audit, &asset.id, Transition::Retire)
+                .map_err(|e| e.to_pkcs11())
+        })?;
         log::info(&format!("asset {label:?} retired through C_DestroyObject"));
         Ok(())
     }
@@ -567,14 +650,17 @@ impl Provider {
         if self.login_state() != Login::User {
             return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
         }
-        let asset = lifecycle::create(
-            &self.backend,
-            &self.store,
-            &spec.asset,
-            spec.key_type,
-            spec.object_id.clone(),
-        )
-        .map_err(|e| e.to_pkcs11())?;
+        let asset = self.with_audit(h, |audit| {
+            lifecycle::create(
+                &self.backend,
+                &self.store,
+                audit,
+                &spec.asset,
+                spec.key_type,
+                spec.object_id.clone(),
+            )
+            .map_err(|e| e.to_pkcs11())
+        })?;
         log::info(&format!(
             "asset {:?} created: type {}, CKA_ID {}, version 1",
             asset.id.as_str(),
@@ -638,14 +724,20 @@ impl Provider {
         let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
         let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
         if okey.class != Class::Private || !view.may_sign() {
-            return Err(Error::with(
-                CKR_KEY_FUNCTION_NOT_PERMITTED,
-                format!(
-                    "object {:?} may not sign (asset state {})",
-                    view.label(),
-                    asset.state.name()
-                ),
-            ));
+            let why = format!(
+                "object {:?} may not sign (asset state {})",
+                view.label(),
+                asset.state.name()
+            );
+            if okey.class == Class::Private {
+                let mut rec = Record::new(Event::Refused, CKR_KEY_FUNCTION_NOT_PERMITTED)
+                    .asset(asset.id.as_str(), Some(view.version))
+                    .session(h)
+                    .detail(format!("sign refused: {why}"));
+                rec.mechanism = Some(mech.ty);
+                self.audit(rec)?;
+            }
+            return Err(Error::with(CKR_KEY_FUNCTION_NOT_PERMITTED, why));
         }
         let key = match self.signing_key(&view) {
             Ok(key) => key,
@@ -672,6 +764,12 @@ impl Provider {
             key,
             hasher,
             multi: false,
+            audit: OpAudit {
+                session: h,
+                asset: asset.id.to_string(),
+                mech: mech.ty,
+                input: Sha256::new(),
+            },
         });
         Ok(())
     }
@@ -692,10 +790,11 @@ impl Provider {
         if out.len() < ECDSA_SIG_LEN {
             return Err(Error::rv(CKR_BUFFER_TOO_SMALL));
         }
-        let op = s
+        let mut op = s
             .sign
             .take()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
+        op.audit.input.update(data);
         let digest = match op.hasher.clone() {
             Some(mut hasher) => {
                 hasher.update(data);
@@ -720,6 +819,7 @@ impl Provider {
         match op.hasher.as_mut() {
             Some(hasher) => {
                 hasher.update(data);
+                op.audit.input.update(data);
                 op.multi = true;
                 Ok(())
             }
@@ -812,19 +912,26 @@ impl Provider {
             points,
             hasher,
             multi: false,
+            audit: OpAudit {
+                session: h,
+                asset: asset.id.to_string(),
+                mech: mech.ty,
+                input: Sha256::new(),
+            },
         });
         Ok(())
     }
 
     pub fn verify(&self, h: CK_SESSION_HANDLE, data: &[u8], sig: &[u8]) -> Result<()> {
         let session = self.session(h)?;
-        let op = lock(&session)
+        let mut op = lock(&session)
             .verify
             .take()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
         if op.multi {
             return Err(Error::rv(CKR_OPERATION_ACTIVE));
         }
+        op.audit.input.update(data);
         let digest = match op.hasher.clone() {
             Some(mut hasher) => {
                 hasher.update(data);
@@ -832,7 +939,22 @@ impl Provider {
             }
             None => data.to_vec(),
         };
-        self.verify_any(&op, &digest, sig)
+        self.verify_audited(&op, &digest, sig)
+    }
+
+    /// Verifies and records the outcome before the caller learns it.
+    fn verify_audited(&self, op: &VerifyOp, digest: &[u8], sig: &[u8]) -> Result<()> {
+        let result = self.verify_any(op, digest, sig);
+        let rec = match &result {
+            Ok(v) => op.audit.record(Event::Verify, CKR_OK, Some(*v)),
+            Err(e) if e.rv == CKR_KEY_FUNCTION_NOT_PERMITTED => op
+                .audit
+                .record(Event::Refused, e.rv, None)
+                .detail("verify refused by state"),
+            Err(e) => op.audit.record(Event::Verify, e.rv, None),
+        };
+        self.audit(rec)?;
+        result.map(|_| ())
     }
 
     pub fn verify_update(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> Result<()> {
@@ -845,6 +967,7 @@ impl Provider {
         match op.hasher.as_mut() {
             Some(hasher) => {
                 hasher.update(data);
+                op.audit.input.update(data);
                 op.multi = true;
                 Ok(())
             }
@@ -864,7 +987,7 @@ impl Provider {
         let Some(hasher) = op.hasher.clone() else {
             return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
         };
-        self.verify_any(&op, &hasher.finish(), sig)
+        self.verify_audited(&op, &hasher.finish(), sig)
     }
 
     // ---- digests ----------------------------------------------------------
@@ -959,7 +1082,7 @@ impl Provider {
     /// Tries each version that may still verify, newest first. The asset's
     /// state is read afresh, so a suspension or trim committed by any process
     /// since C_VerifyInit is honoured.
-    fn verify_any(&self, op: &VerifyOp, digest: &[u8], sig: &[u8]) -> Result<()> {
+    fn verify_any(&self, op: &VerifyOp, digest: &[u8], sig: &[u8]) -> Result<u32> {
         let fresh = self.store.fresh_state(op.asset).map_err(store_error)?;
         let Some(asset) = fresh else {
             return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
@@ -984,9 +1107,9 @@ impl Provider {
             ));
         }
         let mut last = Error::rv(CKR_SIGNATURE_INVALID);
-        for (_, point) in usable {
+        for (version, point) in usable {
             match mechanisms::ecdsa_verify(op.kt, point, digest, sig) {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(*version),
                 Err(e) if e.rv == CKR_SIGNATURE_INVALID => last = e,
                 Err(e) => return Err(e),
             }
@@ -994,16 +1117,30 @@ impl Provider {
         Err(last)
     }
 
-    /// The last check before a signature leaves: the version must still be
-    /// allowed to sign in the store as it is now (any process may have
-    /// rotated, suspended, trimmed or retired the asset meanwhile).
+    /// The commit of a signature (design §4 "Order of an operation"): one
+    /// store transaction re-reads the asset and appends the signature's audit
+    /// record, or a refusal record when the version may no longer sign (any
+    /// process may have rotated, suspended, trimmed or retired the asset).
+    /// The signature is released only after this returns Ok: its record is
+    /// then committed and fsynced.
     fn confirm_sign(&self, op: &SignOp) -> Result<()> {
-        let fresh = self.store.fresh_state(op.asset).map_err(store_error)?;
-        match fresh {
-            Some(a) if a.may_sign(op.version) => Ok(()),
-            // Trimmed or retired since C_SignInit: the key is gone.
-            Some(a) if !a.is_usable(op.version) => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
-            Some(a) => Err(Error::with(
+        let ak = self
+            .audit_key()
+            .ok_or_else(|| Error::with(CKR_USER_NOT_LOGGED_IN, "no audit key in this process"))?;
+        let rec = op.audit.record(Event::Sign, CKR_OK, Some(op.version));
+        let committed = self
+            .store
+            .commit_sign(&ak, op.asset, op.version, rec)
+            .map_err(|e| {
+                Error::with(
+                    CKR_DEVICE_ERROR,
+                    format!("signature discarded: its audit record was not written: {e}"),
+                )
+            })?;
+        match committed {
+            Ok(()) => Ok(()),
+            Err(Some(a)) if !a.is_usable(op.version) => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
+            Err(Some(a)) => Err(Error::with(
                 CKR_KEY_FUNCTION_NOT_PERMITTED,
                 format!(
                     "asset {:?} is {} at version {}: version {} may no longer sign (signature \
@@ -1014,7 +1151,7 @@ impl Provider {
                     op.version
                 ),
             )),
-            None => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
+            Err(None) => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
         }
     }
 }

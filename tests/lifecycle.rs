@@ -10,13 +10,22 @@ use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
+use p11derive::audit::{Event, Record};
 use p11derive::backend::Backend;
 use p11derive::config::Config;
-use p11derive::derive::{AssetId, KeyType};
+use p11derive::derive::{AssetId, KeyType, Secret32};
 use p11derive::lifecycle::{self, LifecycleError};
 use p11derive::store::{AssetState, Store, StoreError, Transition};
 
 use common::*;
+
+fn audit(ak: &Secret32) -> lifecycle::Audit<'_> {
+    lifecycle::Audit { ak, session: None }
+}
+
+fn base() -> Record {
+    Record::new(Event::Transition, 0)
+}
 
 fn cli(s: &Setup, args: &[&str]) -> Output {
     s.cli().args(args).output().expect("p11derive runs")
@@ -30,10 +39,11 @@ fn stderr(o: &Output) -> String {
 fn apply(
     backend: &Backend,
     store: &Store,
+    ak: &Secret32,
     id: &AssetId,
     t: Transition,
 ) -> Result<(AssetState, u32, u32), LifecycleError> {
-    let a = lifecycle::transition(Some(backend), store, id, t)?;
+    let a = lifecycle::transition(Some(backend), store, &audit(ak), id, t)?;
     Ok((a.state, a.current, a.min_usable))
 }
 
@@ -49,6 +59,7 @@ fn every_transition_from_every_state() {
     backend
         .login(cryptoki_sys::CKU_USER, PIN.as_bytes())
         .unwrap();
+    let ak = p11derive::derive::audit_key(&backend).unwrap();
 
     // Each start state is reached from a fresh asset at version 1 by these steps.
     let starts: [(&str, &[Transition]); 5] = [
@@ -130,12 +141,13 @@ fn every_transition_from_every_state() {
         for ((start, steps), want) in starts.iter().zip(wants) {
             n += 1;
             let id = AssetId::new(&format!("m{n}-{start}")).unwrap();
-            lifecycle::create(&backend, &store, &id, KeyType::Secp256k1, None).unwrap();
+            lifecycle::create(&backend, &store, &audit(&ak), &id, KeyType::Secp256k1, None)
+                .unwrap();
             for step in *steps {
-                apply(&backend, &store, &id, *step).unwrap();
+                apply(&backend, &store, &ak, &id, *step).unwrap();
             }
             let before = store.asset_by_name(&id).unwrap().unwrap();
-            let got = apply(&backend, &store, &id, t);
+            let got = apply(&backend, &store, &ak, &id, t);
             match (want, got) {
                 (Some(w), Ok(g)) => assert_eq!(g, w, "{start} --{}-->", t.name()),
                 (None, Err(LifecycleError::Store(StoreError::Refused(m)))) => {
@@ -151,13 +163,20 @@ fn every_transition_from_every_state() {
     }
     // The counter never decreases, and a retired id can never be registered again.
     let id = AssetId::new("m1-active").unwrap();
-    let again = lifecycle::create(&backend, &store, &id, KeyType::P256, None);
+    let again = lifecycle::create(&backend, &store, &audit(&ak), &id, KeyType::P256, None);
     assert!(matches!(
         again,
         Err(LifecycleError::Store(StoreError::Duplicate(_)))
     ));
     let retired = AssetId::new("m5-retired").unwrap();
-    let again = lifecycle::create(&backend, &store, &retired, KeyType::Secp256k1, None);
+    let again = lifecycle::create(
+        &backend,
+        &store,
+        &audit(&ak),
+        &retired,
+        KeyType::Secp256k1,
+        None,
+    );
     assert!(
         matches!(again, Err(LifecycleError::Store(StoreError::Duplicate(_)))),
         "{again:?}"
@@ -188,13 +207,24 @@ fn a_rotation_racing_a_resume_never_records_a_version_without_its_key() {
     backend
         .login(cryptoki_sys::CKU_USER, PIN.as_bytes())
         .unwrap();
+    let ak = p11derive::derive::audit_key(&backend).unwrap();
     let id = AssetId::new("race").unwrap();
-    lifecycle::create(&backend, &store, &id, KeyType::P256, None).unwrap();
-    store.transition(&id, Transition::Suspend, None).unwrap();
+    lifecycle::create(&backend, &store, &audit(&ak), &id, KeyType::P256, None).unwrap();
+    store
+        .transition(&id, Transition::Suspend, None, &ak, base())
+        .unwrap();
     // A rotation that read SUSPENDED (so derived nothing) commits after
     // another process resumed: the store must not take a key-less version.
-    store.transition(&id, Transition::Resume, None).unwrap();
-    let raced = store.transition(&id, Transition::Rotate { grace: false }, Some((2, None)));
+    store
+        .transition(&id, Transition::Resume, None, &ak, base())
+        .unwrap();
+    let raced = store.transition(
+        &id,
+        Transition::Rotate { grace: false },
+        Some((2, None)),
+        &ak,
+        base(),
+    );
     assert!(matches!(raced, Err(StoreError::Conflict(_))), "{raced:?}");
     assert_eq!(
         store.asset_by_name(&id).unwrap().unwrap().current,
@@ -205,6 +235,7 @@ fn a_rotation_racing_a_resume_never_records_a_version_without_its_key() {
     lifecycle::transition(
         Some(&backend),
         &store,
+        &audit(&ak),
         &id,
         Transition::Rotate { grace: false },
     )
@@ -221,6 +252,8 @@ fn a_rotation_racing_a_resume_never_records_a_version_without_its_key() {
         &id,
         Transition::Rotate { grace: false },
         Some((2, Some(&[4u8; 65][..]))),
+        &ak,
+        base(),
     );
     assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
     backend.finalize();
@@ -701,6 +734,8 @@ fn a_version_1_store_is_migrated_with_its_data() {
         .unwrap();
     }
     let store = Store::open(&path).unwrap();
+    // Any audit key serves this store-level check.
+    let ak: Secret32 = zeroize::Zeroizing::new([7u8; 32]);
     let id = AssetId::new("old-1").unwrap();
     let a = store.asset_by_name(&id).unwrap().unwrap();
     assert_eq!(
@@ -710,8 +745,12 @@ fn a_version_1_store_is_migrated_with_its_data() {
     assert_eq!(a.versions.len(), 2);
     assert_eq!(a.object_id, vec![0x0a, 0x0b]);
     // The new column works: suspend remembers ROTATING and resume returns to it.
-    store.transition(&id, Transition::Suspend, None).unwrap();
-    let back = store.transition(&id, Transition::Resume, None).unwrap();
+    store
+        .transition(&id, Transition::Suspend, None, &ak, base())
+        .unwrap();
+    let back = store
+        .transition(&id, Transition::Resume, None, &ak, base())
+        .unwrap();
     assert_eq!(back.state, AssetState::Rotating);
     drop(store);
     let c = rusqlite::Connection::open(&path).unwrap();

@@ -11,8 +11,9 @@ use std::process::ExitCode;
 
 use p11derive::backend::Backend;
 use p11derive::config::{self, Config};
+use p11derive::derive;
 use p11derive::derive::{AssetId, KeyType};
-use p11derive::lifecycle::{self, LifecycleError};
+use p11derive::lifecycle::{self, Audit, LifecycleError};
 use p11derive::store::{hex, Asset, AssetState, Store, StoreError, Transition, VersionRecord};
 use zeroize::Zeroizing;
 
@@ -38,8 +39,9 @@ commands:
   asset retire NAME --yes           end the asset for good; its name is never reused
 
 The config file is --config, else $P11DERIVE_CONF, else /etc/p11derive/p11derive.toml.
-Commands that derive keys (init, create, rotate) log in to the backing token with
-the user PIN from --pin-file FILE, else $P11DERIVE_PIN.
+Commands that change anything (init, create and every transition) log in to the
+backing token, to derive keys and the audit key, with the user PIN from
+--pin-file FILE, else $P11DERIVE_PIN.
 Exit codes: 0 success; 1 failure (config, store, HSM); 2 usage error;
 3 refused (the asset's state does not allow it, or the name/id is taken);
 4 no such asset.";
@@ -150,8 +152,8 @@ fn run(raw: &[String]) -> Result<(), Failure> {
         ["asset", "list"] | ["asset", "show", _] => &["--json"],
         ["asset", "create", _] => &["--type", "--id", "--pin-file", "--json"],
         ["asset", "rotate", _] => &["--grace", "--pin-file", "--json"],
-        ["asset", "retire", _] => &["--yes", "--json"],
-        _ => &["--json"],
+        ["asset", "retire", _] => &["--yes", "--pin-file", "--json"],
+        _ => &["--pin-file", "--json"],
     };
     if let Some((bad, _)) = args
         .options
@@ -171,11 +173,12 @@ fn run(raw: &[String]) -> Result<(), Failure> {
         ["asset", "rotate", name] => {
             let grace = args.flag("--grace");
             let what = if grace { "rotate --grace" } else { "rotate" };
-            with_hsm(&args, what, |store, backend| {
+            with_hsm(&args, what, |store, backend, audit| {
                 let id = asset_id(name)?;
                 Ok(lifecycle::transition(
                     Some(backend),
                     store,
+                    audit,
                     &id,
                     Transition::Rotate { grace },
                 )?)
@@ -321,20 +324,21 @@ fn open_store(config: &Config) -> Result<Store, Failure> {
     Ok(Store::open(&config.store.path)?)
 }
 
-/// A transition that needs no key derivation.
+/// A transition that derives no key (it is still audited, so it logs in).
 fn change(args: &Args, name: &str, t: Transition) -> Result<(), Failure> {
-    let config = load_config(args)?;
-    let store = open_store(&config)?;
     let id = asset_id(name)?;
-    let asset = lifecycle::transition(None, &store, &id, t)?;
-    report(args, &store, &asset, &t.name())
+    with_hsm(args, &t.name(), |store, _, audit| {
+        Ok(lifecycle::transition(None, store, audit, &id, t)?)
+    })
 }
 
 /// Runs `f` with the store and a backing HSM logged in as user.
+/// Runs `f` with the store and a backing HSM logged in as user, and the
+/// audit key derived through it (every change is audited).
 fn with_hsm(
     args: &Args,
     what: &str,
-    f: impl FnOnce(&Store, &Backend) -> Result<Asset, Failure>,
+    f: impl FnOnce(&Store, &Backend, &Audit) -> Result<Asset, Failure>,
 ) -> Result<(), Failure> {
     let config = load_config(args)?;
     let store = open_store(&config)?;
@@ -344,7 +348,17 @@ fn with_hsm(
     let result = backend
         .login(cryptoki_sys::CKU_USER, pin.as_bytes())
         .map_err(|e| Failure::Failed(format!("backing token login: {e}")))
-        .and_then(|()| f(&store, &backend));
+        .and_then(|()| {
+            let ak = derive::audit_key(&backend).map_err(|e| Failure::Failed(e.to_string()))?;
+            f(
+                &store,
+                &backend,
+                &Audit {
+                    ak: &ak,
+                    session: None,
+                },
+            )
+        });
     let _ = backend.logout();
     backend.finalize();
     report(args, &store, &result?, what)
@@ -377,8 +391,10 @@ fn asset_create(args: &Args, name: &str) -> Result<(), Failure> {
         ),
     };
     let id = asset_id(name)?;
-    with_hsm(args, "create", |store, backend| {
-        Ok(lifecycle::create(backend, store, &id, kt, object_id)?)
+    with_hsm(args, "create", |store, backend, audit| {
+        Ok(lifecycle::create(
+            backend, store, audit, &id, kt, object_id,
+        )?)
     })
 }
 
