@@ -24,6 +24,8 @@ pub enum Event {
     Verify,
     /// An operation refused by the asset's state or by policy.
     Refused,
+    /// The rollback anchor was moved by an operator (`audit reanchor`).
+    Anchor,
 }
 
 impl Event {
@@ -36,6 +38,7 @@ impl Event {
             Event::Sign => "sign",
             Event::Verify => "verify",
             Event::Refused => "refused",
+            Event::Anchor => "anchor",
         }
     }
 
@@ -48,6 +51,7 @@ impl Event {
             Event::Sign,
             Event::Verify,
             Event::Refused,
+            Event::Anchor,
         ]
         .into_iter()
         .find(|e| e.name() == s)

@@ -596,6 +596,138 @@ impl Backend {
         })
     }
 
+    /// The label of the rollback anchor (design §4): a private data object
+    /// beside the root holding the sequence number and MAC of the newest
+    /// audit record at the last anchoring.
+    fn anchor_label(&self) -> String {
+        format!("{}/anchor", self.root_label)
+    }
+
+    fn find_data(
+        &self,
+        h: sys::CK_SESSION_HANDLE,
+        label: &str,
+    ) -> Result<Vec<sys::CK_OBJECT_HANDLE>> {
+        let mut class = sys::CKO_DATA;
+        let mut template = [
+            sys::CK_ATTRIBUTE {
+                type_: sys::CKA_CLASS,
+                pValue: &mut class as *mut _ as sys::CK_VOID_PTR,
+                ulValueLen: std::mem::size_of::<sys::CK_OBJECT_CLASS>() as sys::CK_ULONG,
+            },
+            sys::CK_ATTRIBUTE {
+                type_: sys::CKA_LABEL,
+                pValue: label.as_ptr() as sys::CK_VOID_PTR,
+                ulValueLen: label.len() as sys::CK_ULONG,
+            },
+        ];
+        if hsm!(self.module, C_FindObjectsInit(h, template.as_mut_ptr(), 2)) != sys::CKR_OK {
+            return Err(device("C_FindObjectsInit (anchor)", sys::CKR_GENERAL_ERROR));
+        }
+        let mut found = [0 as sys::CK_OBJECT_HANDLE; 8];
+        let mut n: sys::CK_ULONG = 0;
+        let rv = hsm!(self.module, C_FindObjects(h, found.as_mut_ptr(), 8, &mut n));
+        let _ = hsm!(self.module, C_FindObjectsFinal(h));
+        if rv != sys::CKR_OK {
+            return Err(device("C_FindObjects (anchor)", rv));
+        }
+        Ok(found[..n as usize].to_vec())
+    }
+
+    /// Each anchor object found with its (seq, mac).
+    fn anchors(
+        &self,
+        h: sys::CK_SESSION_HANDLE,
+    ) -> Result<Vec<(sys::CK_OBJECT_HANDLE, u64, [u8; 32])>> {
+        let mut out = Vec::new();
+        for obj in self.find_data(h, &self.anchor_label())? {
+            let mut value = [0u8; 40];
+            let mut attr = sys::CK_ATTRIBUTE {
+                type_: sys::CKA_VALUE,
+                pValue: value.as_mut_ptr() as sys::CK_VOID_PTR,
+                ulValueLen: 40,
+            };
+            let rv = hsm!(self.module, C_GetAttributeValue(h, obj, &mut attr, 1));
+            if rv != sys::CKR_OK || attr.ulValueLen != 40 {
+                return Err(Error::with(
+                    ck::CKR_DEVICE_ERROR,
+                    format!(
+                        "the rollback anchor {:?} on backing token {:?} is unreadable ({})",
+                        self.anchor_label(),
+                        self.token_label,
+                        rv_name(rv)
+                    ),
+                ));
+            }
+            let seq = u64::from_be_bytes(value[..8].try_into().unwrap_or([0; 8]));
+            let mut mac = [0u8; 32];
+            mac.copy_from_slice(&value[8..]);
+            out.push((obj, seq, mac));
+        }
+        Ok(out)
+    }
+
+    /// The anchor's (sequence number, MAC), if one was written. Needs a user
+    /// login: the anchor is a private object. Should two exist (a crash
+    /// between writing the new one and removing the old), the newest counts.
+    pub fn read_anchor(&self) -> Result<Option<(u64, [u8; 32])>> {
+        self.with_session(|h| {
+            Ok(self
+                .anchors(h)?
+                .into_iter()
+                .max_by_key(|(_, seq, _)| *seq)
+                .map(|(_, seq, mac)| (seq, mac)))
+        })
+    }
+
+    /// Moves the anchor to (seq, mac): a new object is written first, then
+    /// the older ones are removed (tokens may not allow changing a data
+    /// object's value). Only forward, unless `reset` (an operator knowingly
+    /// re-anchoring a restored store).
+    pub fn write_anchor(&self, seq: u64, mac: &[u8; 32], reset: bool) -> Result<()> {
+        let label = self.anchor_label();
+        self.with_session(|h| {
+            let old = self.anchors(h)?;
+            if !reset && old.iter().any(|(_, held, _)| *held >= seq) {
+                return Ok(());
+            }
+            let mut value = [0u8; 40];
+            value[..8].copy_from_slice(&seq.to_be_bytes());
+            value[8..].copy_from_slice(mac);
+            let mut class = sys::CKO_DATA;
+            let mut yes = sys::CK_TRUE;
+            let app = b"p11derive";
+            let b = std::mem::size_of::<sys::CK_BBOOL>() as sys::CK_ULONG;
+            let attr = |t: sys::CK_ATTRIBUTE_TYPE, p: sys::CK_VOID_PTR, l: sys::CK_ULONG| {
+                sys::CK_ATTRIBUTE {
+                    type_: t,
+                    pValue: p,
+                    ulValueLen: l,
+                }
+            };
+            let mut template = [
+                attr(sys::CKA_CLASS, &mut class as *mut _ as _, 8),
+                attr(sys::CKA_TOKEN, &mut yes as *mut _ as _, b),
+                attr(sys::CKA_PRIVATE, &mut yes as *mut _ as _, b),
+                attr(sys::CKA_LABEL, label.as_ptr() as _, label.len() as _),
+                attr(sys::CKA_APPLICATION, app.as_ptr() as _, app.len() as _),
+                attr(sys::CKA_VALUE, value.as_mut_ptr() as _, 40),
+            ];
+            let mut obj: sys::CK_OBJECT_HANDLE = 0;
+            let rv = hsm!(
+                self.module,
+                C_CreateObject(h, template.as_mut_ptr(), template.len() as _, &mut obj)
+            );
+            if rv != sys::CKR_OK {
+                return Err(device("C_CreateObject (anchor)", rv));
+            }
+            for (stale, _, _) in old {
+                let _ = hsm!(self.module, C_DestroyObject(h, stale));
+            }
+            Ok(())
+        })
+    }
+
     /// Closes every session and, if p11derive initialized the module,
     /// finalizes it.
     pub fn finalize(&self) {

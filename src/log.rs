@@ -99,6 +99,11 @@ pub fn debug(message: &str) {
     write(Level::Debug, message)
 }
 
+/// `YYYY-MM-DDTHH:MM:SS` in UTC, for people reading records.
+pub fn utc_secs(secs: u64) -> String {
+    utc(secs)
+}
+
 /// `YYYY-MM-DDTHH:MM:SS` in UTC (civil-from-days, proleptic Gregorian).
 fn utc(secs: u64) -> String {
     let days = (secs / 86_400) as i64;

@@ -1011,6 +1011,32 @@ impl Store {
         Ok(rows)
     }
 
+    /// The newest record of the chain: (seq, mac).
+    pub fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let conn = self.lock();
+        let head: Option<(i64, Vec<u8>)> = conn
+            .query_row(
+                "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(head.map(|(s, m)| (s as u64, m.try_into().unwrap_or([0u8; 32]))))
+    }
+
+    /// Whether the chain holds record `seq` with exactly this MAC.
+    pub fn holds_record(&self, seq: u64, mac: &[u8; 32]) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let found: Option<Vec<u8>> = conn
+            .query_row("SELECT mac FROM audit WHERE seq = ?1", [seq as i64], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(found.as_deref() == Some(&mac[..]))
+    }
+
     /// Records waiting to be sealed into the chain.
     pub fn pending_rows(&self) -> Result<Vec<Record>, StoreError> {
         let conn = self.lock();

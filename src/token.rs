@@ -203,6 +203,9 @@ impl Provider {
 
     /// Ends every session and releases the backing HSM.
     pub fn finalize(&self) {
+        if self.login_state() == Login::User {
+            self.advance_anchor();
+        }
         self.sessions
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -348,10 +351,14 @@ impl Provider {
                     self.end_login_locked();
                     return Err(Error::rv(CKR_SESSION_READ_ONLY_EXISTS));
                 }
-                // A login is complete only once audited.
-                let audited = self.ensure_audit_key(wanted).and_then(|()| {
-                    self.audit(Record::new(Event::Login, CKR_OK).session(h).detail(who))
-                });
+                // A login is complete only once the store is known not to be
+                // older than the HSM's anchor, and the login is audited.
+                let audited = self
+                    .ensure_audit_key(wanted)
+                    .and_then(|()| self.check_anchor(wanted))
+                    .and_then(|()| {
+                        self.audit(Record::new(Event::Login, CKR_OK).session(h).detail(who))
+                    });
                 if let Err(e) = audited {
                     self.end_login_locked();
                     return Err(e);
@@ -394,6 +401,45 @@ impl Provider {
             *ak = Some(derive::audit_key(&self.backend)?);
         }
         Ok(())
+    }
+
+    /// Refuses a store older than the rollback anchor in the backing HSM.
+    fn check_anchor(&self, who: Login) -> Result<()> {
+        if who != Login::User {
+            return Ok(());
+        }
+        let Some((seq, mac)) = self.backend.read_anchor()? else {
+            return Ok(());
+        };
+        let held = self.store.holds_record(seq, &mac).map_err(store_error)?;
+        if held {
+            return Ok(());
+        }
+        Err(Error::with(
+            CKR_DEVICE_ERROR,
+            format!(
+                "store {} is older than the rollback anchor in backing token {:?} (the anchor \
+                 holds audit record {seq}, which this store lacks or has with another MAC): an \
+                 older copy of the store was restored, or records were deleted. p11derive \
+                 refuses to run on it. If a backup was restored knowingly, check it with \
+                 `p11derive audit verify` and re-anchor with `p11derive audit reanchor --yes`",
+                self.store.path().display(),
+                self.backend.token_label()
+            ),
+        ))
+    }
+
+    /// Moves the HSM anchor to the newest record (needs the user login).
+    /// A failure is logged, not fatal: the anchor then lags, never leads.
+    fn advance_anchor(&self) {
+        let head = match self.store.audit_head() {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(e) => return log::warn(&format!("anchor: {e}")),
+        };
+        if let Err(e) = self.backend.write_anchor(head.0, &head.1, false) {
+            log::warn(&format!("anchor: not advanced to record {}: {e}", head.0));
+        }
     }
 
     fn audit_key(&self) -> Option<Secret32> {
@@ -455,6 +501,9 @@ impl Provider {
     fn end_login_locked(&self) {
         if self.login_state() == Login::None {
             return;
+        }
+        if self.login_state() == Login::User {
+            self.advance_anchor();
         }
         self.login.store(Login::None as u8, Ordering::SeqCst);
         self.login_epoch.fetch_add(1, Ordering::SeqCst);
@@ -559,6 +608,7 @@ impl Provider {
             lifecycle::transition(None, &self.store, audit, &asset.id, Transition::Retire)
                 .map_err(|e| e.to_pkcs11())
         })?;
+        self.advance_anchor();
         log::info(&format!("asset {label:?} retired through C_DestroyObject"));
         Ok(())
     }
@@ -661,6 +711,7 @@ impl Provider {
             )
             .map_err(|e| e.to_pkcs11())
         })?;
+        self.advance_anchor();
         log::info(&format!(
             "asset {:?} created: type {}, CKA_ID {}, version 1",
             asset.id.as_str(),

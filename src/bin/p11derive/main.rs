@@ -6,6 +6,8 @@
 
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -36,7 +38,18 @@ commands:
   asset trim NAME N                 make versions below N unusable, for good
   asset suspend NAME                refuse every operation until `asset resume`
   asset resume NAME
-  asset retire NAME --yes           end the asset for good; its name is never reused
+    asset retire NAME --yes           end the asset for good; its name is never reused
+  audit verify                      check the audit chain (MACs under the HSM-derived
+                                    audit key), the HSM anchor, and that every asset's
+                                    state matches its recorded transitions
+  audit export [--since SEQ] [--asset NAME]
+                                    the records as JSON lines
+    audit tail [-n N]                 the newest records, one line each
+  audit reanchor --yes              after knowingly restoring a backup of the store:
+                                    move the HSM's rollback anchor to the store's newest
+                                    record (audited)
+
+
 
 The config file is --config, else $P11DERIVE_CONF, else /etc/p11derive/p11derive.toml.
 Commands that change anything (init, create and every transition) log in to the
@@ -100,7 +113,16 @@ struct Args {
     options: Vec<(String, Option<String>)>,
 }
 
-const VALUED: &[&str] = &["--config", "--import-root", "--pin-file", "--type", "--id"];
+const VALUED: &[&str] = &[
+    "--config",
+    "--import-root",
+    "--pin-file",
+    "--type",
+    "--id",
+    "--since",
+    "--asset",
+    "-n",
+];
 const SWITCHES: &[&str] = &["--json", "--help", "--grace", "--yes"];
 
 fn parse(args: &[String]) -> Result<Args, Failure> {
@@ -153,6 +175,10 @@ fn run(raw: &[String]) -> Result<(), Failure> {
         ["asset", "create", _] => &["--type", "--id", "--pin-file", "--json"],
         ["asset", "rotate", _] => &["--grace", "--pin-file", "--json"],
         ["asset", "retire", _] => &["--yes", "--pin-file", "--json"],
+        ["audit", "verify"] => &["--pin-file"],
+        ["audit", "export"] => &["--since", "--asset"],
+        ["audit", "tail"] => &["-n"],
+        ["audit", "reanchor"] => &["--yes", "--pin-file"],
         _ => &["--pin-file", "--json"],
     };
     if let Some((bad, _)) = args
@@ -191,6 +217,10 @@ fn run(raw: &[String]) -> Result<(), Failure> {
             })?;
             change(&args, name, Transition::Trim(n))
         }
+        ["audit", "verify"] => audit_cmd::verify(&args),
+        ["audit", "export"] => audit_cmd::export(&args),
+        ["audit", "tail"] => audit_cmd::tail(&args),
+        ["audit", "reanchor"] => audit_cmd::reanchor(&args),
         ["asset", "suspend", name] => change(&args, name, Transition::Suspend),
         ["asset", "resume", name] => change(&args, name, Transition::Resume),
         ["asset", "retire", name] => {
@@ -350,14 +380,22 @@ fn with_hsm(
         .map_err(|e| Failure::Failed(format!("backing token login: {e}")))
         .and_then(|()| {
             let ak = derive::audit_key(&backend).map_err(|e| Failure::Failed(e.to_string()))?;
-            f(
+            let done = f(
                 &store,
                 &backend,
                 &Audit {
                     ak: &ak,
                     session: None,
                 },
-            )
+            );
+            // The change (or its refusal) is recorded; move the HSM anchor to
+            // the newest record.
+            if let Ok(Some((seq, mac))) = store.audit_head() {
+                if let Err(e) = backend.write_anchor(seq, &mac, false) {
+                    eprintln!("p11derive: warning: rollback anchor not advanced: {e}");
+                }
+            }
+            done
         });
     let _ = backend.logout();
     backend.finalize();

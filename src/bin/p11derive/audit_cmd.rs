@@ -1,0 +1,241 @@
+//! `p11derive audit verify | export | tail`.
+
+use p11derive::audit::{verify_chain, ChainFault, Event, Record};
+use p11derive::backend::Backend;
+use p11derive::derive;
+use p11derive::store::{hex, parse_transition_detail, AssetState, AuditRow, Store};
+use std::collections::BTreeMap;
+
+use super::{load_config, open_store, read_pin, Args, Failure};
+
+fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
+    serde_json::json!({
+        "seq": r.seq,
+        "time_ns": r.time_ns,
+        "pid": r.pid,
+        "session": r.session,
+        "event": r.event.name(),
+        "asset": r.asset,
+        "version": r.version,
+        "mechanism": r.mechanism,
+        "input_sha256": r.input_sha256.map(|h| hex(&h)),
+        "rv": r.rv,
+        "detail": r.detail,
+        "mac": mac.map(hex),
+    })
+}
+
+/// The rows from `--since`, of `--asset` if given.
+fn selected(args: &Args, store: &Store) -> Result<Vec<AuditRow>, Failure> {
+    let since = match args.value("--since") {
+        None => 1,
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| Failure::Usage(format!("--since takes a record number, not {v:?}")))?,
+    };
+    let asset = args.value("--asset");
+    let rows = store.audit_rows(since)?;
+    Ok(rows
+        .into_iter()
+        .filter(|(r, _)| asset.is_none() || r.asset.as_deref() == asset)
+        .collect())
+}
+
+pub fn export(args: &Args) -> Result<(), Failure> {
+    let config = load_config(args)?;
+    let store = open_store(&config)?;
+    for (r, mac) in selected(args, &store)? {
+        println!("{}", record_json(&r, Some(&mac)));
+    }
+    Ok(())
+}
+
+pub fn tail(args: &Args) -> Result<(), Failure> {
+    let n: usize = match args.value("-n") {
+        None => 20,
+        Some(v) => v
+            .parse()
+            .map_err(|_| Failure::Usage(format!("-n takes a count, not {v:?}")))?,
+    };
+    let config = load_config(args)?;
+    let store = open_store(&config)?;
+    let rows = store.audit_rows(1)?;
+    for (r, _) in rows.iter().skip(rows.len().saturating_sub(n)) {
+        println!(
+            "{:>8}  {}  pid {:<7} {:<12} {:<24} rv 0x{:x}  {}",
+            r.seq,
+            p11derive::log::utc_secs(r.time_ns / 1_000_000_000),
+            r.pid,
+            r.event.name(),
+            match (&r.asset, r.version) {
+                (Some(a), Some(v)) => format!("{a}@v{v}"),
+                (Some(a), None) => a.clone(),
+                _ => "-".into(),
+            },
+            r.rv,
+            r.detail
+        );
+    }
+    Ok(())
+}
+
+/// Replays creation and transition records: the state each asset must have.
+fn replay(rows: &[AuditRow]) -> BTreeMap<String, (u64, AssetState, u32, u32)> {
+    let mut expected = BTreeMap::new();
+    for (r, _) in rows {
+        if matches!(r.event, Event::Create | Event::Transition) {
+            if let (Some(asset), Some(s)) = (&r.asset, parse_transition_detail(&r.detail)) {
+                expected.insert(asset.clone(), (r.seq, s.0, s.1, s.2));
+            }
+        }
+    }
+    expected
+}
+
+/// Logs in to the backing HSM and runs `f` with it and the audit key.
+fn with_key<T>(
+    args: &Args,
+    f: impl FnOnce(&Store, &Backend, &derive::Secret32) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    let config = load_config(args)?;
+    let store = open_store(&config)?;
+    let pin = read_pin(args)?;
+    let backend = Backend::open(&config.backend, &config.source)
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    let result = backend
+        .login(cryptoki_sys::CKU_USER, pin.as_bytes())
+        .map_err(|e| Failure::Failed(format!("backing token login: {e}")))
+        .and_then(|()| {
+            let ak = derive::audit_key(&backend).map_err(|e| Failure::Failed(e.to_string()))?;
+            f(&store, &backend, &ak)
+        });
+    let _ = backend.logout();
+    backend.finalize();
+    result
+}
+
+pub fn reanchor(args: &Args) -> Result<(), Failure> {
+    if !args.flag("--yes") {
+        return Err(Failure::Usage(
+            "re-anchoring accepts the store as it is, even if it is older than the anchor; run \
+             `p11derive audit verify` first and confirm with --yes"
+                .into(),
+        ));
+    }
+    with_key(args, |store, backend, ak| {
+        let before = backend
+            .read_anchor()
+            .map_err(|e| Failure::Failed(e.to_string()))?;
+        let detail = match before {
+            Some((seq, _)) => format!("re-anchored by an operator; the anchor held record {seq}"),
+            None => "anchored by an operator; there was no anchor".into(),
+        };
+        store.record(Some(ak), Record::new(Event::Anchor, 0).detail(detail))?;
+        let (seq, mac) = store
+            .audit_head()?
+            .ok_or_else(|| Failure::Failed("the audit log is empty".into()))?;
+        backend
+            .write_anchor(seq, &mac, true)
+            .map_err(|e| Failure::Failed(e.to_string()))?;
+        println!("audit reanchor: the rollback anchor now holds record {seq}");
+        Ok(())
+    })
+}
+
+pub fn verify(args: &Args) -> Result<(), Failure> {
+    with_key(args, |store, backend, ak| {
+        let anchor = backend
+            .read_anchor()
+            .map_err(|e| Failure::Failed(e.to_string()))?;
+        check(store, ak, anchor)
+    })
+}
+
+/// The first fault, as a message naming the record.
+fn check(
+    store: &Store,
+    ak: &derive::Secret32,
+    anchor: Option<(u64, [u8; 32])>,
+) -> Result<(), Failure> {
+    let bad = |m: String| Failure::Failed(format!("audit verify: FAILED: {m}"));
+    let rows = store.audit_rows(1)?;
+    let macs: Vec<[u8; 32]> = rows
+        .iter()
+        .map(|(_, m)| m.as_slice().try_into().unwrap_or([0u8; 32]))
+        .collect();
+    let (last_mac, count) = verify_chain(ak, rows.iter().map(|(r, _)| r).zip(macs.iter()))
+        .map_err(|f| match f {
+            ChainFault::Gap { expected, found } => bad(format!(
+                "record {expected} is missing (the next record is {found}): records were deleted \
+                 or inserted"
+            )),
+            ChainFault::BadMac { seq } => bad(format!(
+                "record {seq} does not carry a valid MAC: it was changed, forged, reordered, or a \
+                 record before it was removed"
+            )),
+        })?;
+    if let Some((seq, mac)) = anchor {
+        let held = rows.iter().zip(&macs).find(|((r, _), _)| r.seq == seq);
+        match held {
+            Some((_, m)) if *m == mac => {}
+            Some(_) => {
+                return Err(bad(format!(
+                    "record {seq}, anchored in the backing HSM, has another MAC in the store: the \
+                     store is not the one the anchor was taken from"
+                )))
+            }
+            None => {
+                return Err(bad(format!(
+                    "the store ends at record {count}, but the backing HSM's anchor holds record \
+                     {seq}: records were deleted, or an older copy of the store was restored. If a \
+                     backup was restored knowingly, re-anchor with `p11derive audit reanchor --yes`"
+                )))
+            }
+        }
+    }
+    let expected = replay(&rows);
+    for a in store.all_assets()? {
+        let name = a.id.as_str();
+        match expected.get(name) {
+            None => {
+                return Err(bad(format!(
+                    "asset {name:?} is in the store but no record created it (a forged asset?)"
+                )))
+            }
+            Some((seq, state, current, min))
+                if (a.state, a.current, a.min_usable) != (*state, *current, *min) =>
+            {
+                return Err(bad(format!(
+                    "asset {name:?} is {} at version {} (min_usable {}) in the store, but its last \
+                     recorded transition (record {seq}) left it {} at version {current} \
+                     (min_usable {min}): the assets table was changed outside p11derive",
+                    a.state.name(),
+                    a.current,
+                    a.min_usable,
+                    state.name()
+                )))
+            }
+            Some(_) => {}
+        }
+    }
+    let pending = store.pending_rows()?.len();
+    println!(
+        "audit verify: OK: {count} records chained under the HSM-derived audit key (last MAC {}), \
+         {} assets reconciled{}{}",
+        &hex(&last_mac)[..16],
+        expected.len(),
+        match anchor {
+            Some((seq, _)) => format!(", anchor at record {seq} present"),
+            None => ", no anchor in the backing HSM yet".into(),
+        },
+        if pending > 0 {
+            format!(
+                "; {pending} records of processes without a login are pending, sealed at the next \
+                 logged-in operation"
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
