@@ -1,0 +1,247 @@
+//! The audit log (design §4): every use of a key leaves a MAC-chained record
+//! before its result is returned; plain `sqlite3` tampering of every kind is
+//! caught and named by `p11derive audit verify` (or, for an older copy of the
+//! store, by the module at its next login); processes killed under load leave
+//! a record for every signature a client received.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use cryptoki::error::RvError;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+
+use common::*;
+
+const SECP256K1: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
+
+fn cli(s: &Setup, args: &[&str]) -> Output {
+    s.cli().args(args).output().expect("p11derive runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn sqlite(db: &Path, sql: &str) {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 runs");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A consistent copy of the store (its WAL folded in first).
+fn snapshot(store: &Path, to: &Path) {
+    sqlite(store, "PRAGMA wal_checkpoint(TRUNCATE);");
+    std::fs::copy(store, to).unwrap();
+}
+
+fn restore(from: &Path, store: &Path) {
+    for ext in ["db-wal", "db-shm"] {
+        let _ = std::fs::remove_file(store.with_extension(ext));
+    }
+    std::fs::copy(from, store).unwrap();
+}
+
+fn verify_ok(s: &Setup) -> String {
+    let out = cli(s, &["audit", "verify"]);
+    assert!(out.status.success(), "audit verify: {}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Activity through the module: a key created, signatures, a verification.
+fn activity(s: &Setup, label: &str, signs: usize) {
+    let p = s.load();
+    let session = p.user_session();
+    let (public, private) = session
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::EcParams(SECP256K1.to_vec()),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ],
+            &[
+                Attribute::Token(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ],
+        )
+        .unwrap();
+    for i in 0..signs {
+        let sig = session
+            .sign(&Mechanism::EcdsaSha256, private, &[i as u8; 10])
+            .unwrap();
+        session
+            .verify(&Mechanism::EcdsaSha256, public, &[i as u8; 10], &sig)
+            .unwrap();
+    }
+}
+
+#[test]
+fn every_use_is_recorded_and_the_chain_verifies() {
+    let _turn = turn();
+    let s = setup(None);
+    activity(&s, "rec", 2);
+    assert!(cli(&s, &["asset", "rotate", "rec"]).status.success());
+    let said = verify_ok(&s);
+    assert!(said.contains("1 assets reconciled"), "{said}");
+    let export = cli(&s, &["audit", "export", "--asset", "rec"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        ["create", "sign", "verify", "sign", "verify", "transition"],
+        "{lines:?}"
+    );
+    let sign = &lines[1];
+    // CKM_ECDSA_SHA256, the SHA-256 of the input, the result and the session.
+    assert_eq!(sign["mechanism"], 0x1044);
+    assert_eq!(sign["version"], 1);
+    assert_eq!(sign["rv"], 0);
+    assert!(sign["session"].as_u64().is_some() && sign["pid"].as_u64().is_some());
+    use sha2::Digest;
+    assert_eq!(sign["input_sha256"], hex(&sha2::Sha256::digest([0u8; 10])));
+    let all = cli(&s, &["audit", "export"]);
+    let text = String::from_utf8_lossy(&all.stdout);
+    assert!(text.contains("\"event\":\"login\""), "{text}");
+    assert!(!text.contains(PIN), "a PIN reached the audit log");
+    let tail = cli(&s, &["audit", "tail", "-n", "2"]);
+    assert_eq!(String::from_utf8_lossy(&tail.stdout).lines().count(), 2);
+}
+
+#[test]
+fn tampering_with_sqlite3_is_caught_and_named() {
+    let _turn = turn();
+    let s = setup(None);
+    activity(&s, "t", 3);
+    let older = s.dir.join("older.db");
+    snapshot(&s.store, &older);
+    assert!(cli(&s, &["asset", "rotate", "t"]).status.success());
+    verify_ok(&s);
+    let good = s.dir.join("good.db");
+    snapshot(&s.store, &good);
+    let head: u64 = {
+        let out = Command::new("sqlite3")
+            .arg(&s.store)
+            .arg("SELECT max(seq) FROM audit")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    assert!(head >= 9, "{head} records");
+    let cases: Vec<(&str, String, String)> = vec![
+        ("change a field", "UPDATE audit SET rv = 5 WHERE seq = 4".into(), "record 4 does not carry a valid MAC".into()),
+        ("delete a record in the middle", "DELETE FROM audit WHERE seq = 5".into(), "record 5 is missing".into()),
+        (
+            "delete the newest records",
+            format!("DELETE FROM audit WHERE seq >= {}", head - 1),
+            format!("the store ends at record {}, but the backing HSM's anchor holds record {head}", head - 2),
+        ),
+        (
+            "swap two records",
+            "UPDATE audit SET seq = -1 WHERE seq = 4; UPDATE audit SET seq = 4 WHERE seq = 5; \
+             UPDATE audit SET seq = 5 WHERE seq = -1;"
+                .into(),
+            "record 4 does not carry a valid MAC".into(),
+        ),
+        (
+            "insert a forged record",
+            format!(
+                "INSERT INTO audit VALUES ({}, 1, 1, NULL, 'sign', 't', 2, 4164, NULL, 0, '', randomblob(32))",
+                head + 1
+            ),
+            format!("record {} does not carry a valid MAC", head + 1),
+        ),
+        (
+            "forge the state of an asset",
+            "UPDATE assets SET current = 1".into(),
+            "\"t\" is ACTIVE at version 1 (min_usable 1) in the store, but its last recorded transition".into(),
+        ),
+    ];
+    for (what, sql, needle) in cases {
+        restore(&good, &s.store);
+        sqlite(&s.store, &sql);
+        let out = cli(&s, &["audit", "verify"]);
+        assert_eq!(out.status.code(), Some(1), "{what}: audit verify passed");
+        assert!(stderr(&out).contains(&needle), "{what}: {}", stderr(&out));
+    }
+
+    // An older copy of the whole store: audit verify names it, and the module
+    // refuses to run on it at its next login.
+    restore(&older, &s.store);
+    let out = cli(&s, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("an older copy of the store was restored"),
+        "{}",
+        stderr(&out)
+    );
+    {
+        let p = s.load();
+        let session = p.session();
+        let rv = rv_of(session.login(UserType::User, Some(&AuthPin::from(PIN))));
+        assert_eq!(rv, RvError::DeviceError);
+    }
+    assert!(
+        s.log().contains("is older than the rollback anchor"),
+        "{}",
+        s.log()
+    );
+    assert!(s.log().contains("p11derive audit reanchor --yes"));
+    // An operator who restored it knowingly re-anchors; then all holds again.
+    assert!(cli(&s, &["audit", "reanchor", "--yes"]).status.success());
+    verify_ok(&s);
+    let p = s.load();
+    p.user_session();
+}
+
+#[test]
+fn records_of_processes_without_a_login_are_sealed_later() {
+    let _turn = turn();
+    let s = setup(None);
+    activity(&s, "pub", 1);
+    {
+        // A verifier that never logs in: its record waits, durable, unsealed.
+        let p = s.load();
+        let session = p.session();
+        let public = session
+            .find_objects(&[
+                Attribute::Label(b"pub".to_vec()),
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+            ])
+            .unwrap()[0];
+        let bad = session.verify(&Mechanism::EcdsaSha256, public, b"x", &[1u8; 64]);
+        assert_eq!(rv_of(bad), RvError::SignatureInvalid);
+    }
+    let said = verify_ok(&s);
+    assert!(
+        said.contains("1 records of processes without a login are pending"),
+        "{said}"
+    );
+    // The next logged-in process seals it into the chain.
+    {
+        let p = s.load();
+        p.user_session();
+    }
+    let said = verify_ok(&s);
+    assert!(!said.contains("pending"), "{said}");
+    let export = cli(&s, &["audit", "export"]);
+    let text = String::from_utf8_lossy(&export.stdout);
+    assert!(
+        text.contains(&format!("\"rv\":{}", 0xc0)),
+        "the failed verification is recorded: {text}"
+    );
+}
