@@ -245,3 +245,122 @@ fn records_of_processes_without_a_login_are_sealed_later() {
         "the failed verification is recorded: {text}"
     );
 }
+
+/// A forked signer that never stops: every signature it receives is appended
+/// to `out` (data, signature) right after C_Sign returns.
+fn endless_signer(out: &Path) -> ! {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use std::io::Write;
+    let run = || -> Option<()> {
+        let ctx = Pkcs11::new(module_path()).ok()?;
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .ok()?;
+        let slot = *ctx.get_slots_with_token().ok()?.first()?;
+        let session = ctx.open_rw_session(slot).ok()?;
+        session
+            .login(UserType::User, Some(&AuthPin::from(PIN)))
+            .ok()?;
+        let key = *session
+            .find_objects(&[
+                Attribute::Label(b"kill".to_vec()),
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+            ])
+            .ok()?
+            .first()?;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .ok()?;
+        let pid = std::process::id();
+        for i in 0u32.. {
+            let mut data = [0u8; 32];
+            data[..4].copy_from_slice(&pid.to_be_bytes());
+            data[4..8].copy_from_slice(&i.to_be_bytes());
+            let sig = session.sign(&Mechanism::Ecdsa, key, &data).ok()?;
+            // The client has the signature now; note it for the check.
+            file.write_all(format!("{} {}\n", hex(&data), hex(&sig)).as_bytes())
+                .ok()?;
+        }
+        Some(())
+    };
+    let _ = run();
+    // SAFETY: leave the forked child at once.
+    unsafe { libc::_exit(1) }
+}
+
+#[test]
+fn every_signature_received_before_a_sigkill_has_its_record() {
+    use sha2::Digest;
+    let _turn = turn();
+    let s = setup(None);
+    let created = cli(&s, &["asset", "create", "kill", "--type", "secp256k1"]);
+    assert!(created.status.success(), "{}", stderr(&created));
+    std::env::set_var("P11DERIVE_CONF", &s.config);
+    let mut files = Vec::new();
+    for round in 0..4u64 {
+        let mut pids = Vec::new();
+        for w in 0..2 {
+            let out = s.dir.join(format!("received-{round}-{w}.txt"));
+            // SAFETY: the child runs only the provider and _exits or is killed.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                endless_signer(&out);
+            }
+            pids.push(pid);
+            files.push(out);
+        }
+        // Kill at a moment that varies from round to round.
+        let jitter = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos() as u64
+            % 300;
+        std::thread::sleep(std::time::Duration::from_millis(150 + jitter + 50 * round));
+        for pid in &pids {
+            // SAFETY: our own children.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        for pid in pids {
+            let mut status = 0;
+            // SAFETY: waiting for our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            assert!(
+                libc::WIFSIGNALED(status),
+                "a signer stopped before it was killed"
+            );
+        }
+    }
+    // After the crashes the store opens, the chain verifies, and every
+    // signature a client received has its record.
+    verify_ok(&s);
+    let export = cli(&s, &["audit", "export", "--asset", "kill"]);
+    let recorded: std::collections::HashSet<String> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "sign" && r["rv"] == 0)
+        .filter_map(|r| r["input_sha256"].as_str().map(str::to_string))
+        .collect();
+    let mut received = 0;
+    for f in &files {
+        for line in std::fs::read_to_string(f).unwrap_or_default().lines() {
+            let Some((data, sig)) = line.split_once(' ') else {
+                continue;
+            };
+            if sig.len() != 128 {
+                continue; // a line cut short by the kill: that client did not finish reading it
+            }
+            received += 1;
+            let digest = hex(&sha2::Sha256::digest(unhex(data)));
+            assert!(
+                recorded.contains(&digest),
+                "signature over {data} has no audit record"
+            );
+        }
+    }
+    assert!(
+        received > 20,
+        "only {received} signatures were received before the kills"
+    );
+}
