@@ -31,6 +31,9 @@ tool() { pkcs11-tool --module "$MODULE" "$@"; }
 has() { local pattern=$1; shift; "$@" >"$W/has" 2>&1 && grep -q -- "$pattern" "$W/has"; }
 
 check "pkcs11-tool -L shows the p11derive token" has "token label *: p11derive" tool -L
+check "pkcs11-tool -L through OpenSC's pkcs11-spy (which rewrites the returned CK_INTERFACE)" \
+    has "token label *: p11derive" env PKCS11SPY="$MODULE" PKCS11SPY_OUTPUT="$W/spy.log" \
+    pkcs11-tool --module /usr/lib/x86_64-linux-gnu/pkcs11-spy.so -L
 check "pkcs11-tool -M lists ECDSA-SHA256" has "ECDSA-SHA256, keySize={256,256}, sign, verify" tool -M
 check "pkcs11-tool -M lists EC key pair generation" has "ECDSA-KEY-PAIR-GEN" tool -M
 refuse "pkcs11-tool --init-token is refused" "C_InitToken failed" tool --init-token --label x --so-pin 87654321

@@ -400,7 +400,11 @@ pub unsafe extern "C" fn C_GetInterface(
             version_ok && (i.flags & flags) == flags
         });
         let iface = found.ok_or(Error::rv(CKR_ARGUMENTS_BAD))?;
-        *slot = iface as *const CK_INTERFACE as CK_INTERFACE_PTR;
+        // Each caller gets its own writable copy: some clients (OpenSC's
+        // pkcs11-spy) write into the returned interface to put their own
+        // function table in it, which faults on read-only static memory.
+        let copy: &'static mut CK_INTERFACE = Box::leak(Box::new(CK_INTERFACE { ..*iface }));
+        *slot = copy;
         Ok(())
     })
 }

@@ -281,6 +281,32 @@ impl std::error::Error for StoreError {}
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Signatures waiting for their commit (group commit, see `commit_sign`).
+    group: Mutex<Group>,
+    group_done: std::sync::Condvar,
+    /// Commits of signatures so far, and the records they carried.
+    batches: std::sync::atomic::AtomicU64,
+    batched_records: std::sync::atomic::AtomicU64,
+}
+
+/// One signature waiting to commit.
+struct Job {
+    id: u64,
+    rowid: i64,
+    version: u32,
+    record: Record,
+}
+
+/// What a job's commit decided: committed, refused (with the asset as it
+/// was), or failed.
+type JobResult = Result<Result<(), Option<Asset>>, StoreError>;
+
+#[derive(Default)]
+struct Group {
+    queue: Vec<Job>,
+    leader: bool,
+    next_id: u64,
+    done: std::collections::HashMap<u64, JobResult>,
 }
 
 fn now() -> i64 {
@@ -365,6 +391,10 @@ impl Store {
         Ok(Store {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            group: Mutex::new(Group::default()),
+            group_done: std::sync::Condvar::new(),
+            batches: std::sync::atomic::AtomicU64::new(0),
+            batched_records: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -947,48 +977,113 @@ impl Store {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    /// The commit of a signature: in one write transaction, re-reads the
-    /// asset and either appends the signature's record (`Ok(Ok)`) or, when the
-    /// version may no longer sign, a refusal record (`Ok(Err(asset))`). The
-    /// caller returns the signature only after `Ok(Ok)`, i.e. after the
-    /// record is committed (`synchronous = FULL`: fsynced).
+    /// The commit of a signature: re-reads the asset and appends either the
+    /// signature's record (`Ok(Ok)`) or, when the version may no longer sign,
+    /// a refusal record (`Ok(Err(asset))`), in a write transaction that is
+    /// committed (`synchronous = FULL`: fsynced) before this returns. The
+    /// caller releases the signature only after `Ok(Ok)`.
+    ///
+    /// Group commit: concurrent callers queue their jobs; one of them leads,
+    /// taking every queued job into one transaction and one fsync, while the
+    /// others wait for their result. Durability no longer serializes
+    /// throughput: the more threads sign, the more records share a commit.
     pub fn commit_sign(
         &self,
         ak: &Secret32,
         rowid: i64,
         version: u32,
-        mut r: Record,
+        record: Record,
     ) -> Result<Result<(), Option<Asset>>, StoreError> {
-        let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        let row = tx
-            .query_row(
-                &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE id = ?1"),
-                [rowid],
-                read_asset_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        let asset = row.map(|a| a.map_err(|e| self.at_path(e))).transpose()?;
-        let allowed = asset.as_ref().is_some_and(|a| a.may_sign(version));
-        if !allowed {
-            r.event = Event::Refused;
-            r.rv = crate::ck::CKR_KEY_FUNCTION_NOT_PERMITTED;
-            r.detail = match &asset {
-                Some(a) => format!(
-                    "sign refused at commit: asset is {} at version {} (min_usable {})",
-                    a.state.name(),
-                    a.current,
-                    a.min_usable
-                ),
-                None => "sign refused at commit: asset gone".into(),
-            };
+        let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
+        let id = g.next_id;
+        g.next_id += 1;
+        g.queue.push(Job {
+            id,
+            rowid,
+            version,
+            record,
+        });
+        loop {
+            if let Some(done) = g.done.remove(&id) {
+                return done;
+            }
+            if !g.leader {
+                g.leader = true;
+                let batch = std::mem::take(&mut g.queue);
+                drop(g);
+                let results = self.commit_batch(ak, batch);
+                g = self.group.lock().unwrap_or_else(|e| e.into_inner());
+                g.done.extend(results);
+                g.leader = false;
+                self.group_done.notify_all();
+                continue;
+            }
+            g = self.group_done.wait(g).unwrap_or_else(|e| e.into_inner());
         }
-        self.append_in(&tx, ak, std::slice::from_mut(&mut r))?;
-        tx.commit().map_err(|e| self.err(e))?;
-        Ok(if allowed { Ok(()) } else { Err(asset) })
+    }
+
+    /// One transaction for a batch of signatures: each job's asset is read
+    /// in it, each record appended, one commit.
+    fn commit_batch(&self, ak: &Secret32, mut batch: Vec<Job>) -> Vec<(u64, JobResult)> {
+        let outcome = (|| -> Result<Vec<Result<(), Option<Asset>>>, StoreError> {
+            let mut conn = self.lock();
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(|e| self.err(e))?;
+            let mut decisions = Vec::with_capacity(batch.len());
+            let mut records = Vec::with_capacity(batch.len());
+            for job in batch.iter_mut() {
+                let row = tx
+                    .query_row(
+                        &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE id = ?1"),
+                        [job.rowid],
+                        read_asset_row,
+                    )
+                    .optional()
+                    .map_err(|e| self.err(e))?;
+                let asset = row.map(|a| a.map_err(|e| self.at_path(e))).transpose()?;
+                let allowed = asset.as_ref().is_some_and(|a| a.may_sign(job.version));
+                let mut r = job.record.clone();
+                if !allowed {
+                    r.event = Event::Refused;
+                    r.rv = crate::ck::CKR_KEY_FUNCTION_NOT_PERMITTED;
+                    r.detail = match &asset {
+                        Some(a) => format!(
+                            "sign refused at commit: asset is {} at version {} (min_usable {})",
+                            a.state.name(),
+                            a.current,
+                            a.min_usable
+                        ),
+                        None => "sign refused at commit: asset gone".into(),
+                    };
+                }
+                records.push(r);
+                decisions.push(if allowed { Ok(()) } else { Err(asset) });
+            }
+            self.append_in(&tx, ak, &mut records)?;
+            tx.commit().map_err(|e| self.err(e))?;
+            Ok(decisions)
+        })();
+        use std::sync::atomic::Ordering::Relaxed;
+        self.batches.fetch_add(1, Relaxed);
+        self.batched_records.fetch_add(batch.len() as u64, Relaxed);
+        match outcome {
+            Ok(decisions) => batch
+                .iter()
+                .map(|j| j.id)
+                .zip(decisions.into_iter().map(Ok))
+                .collect(),
+            Err(e) => batch.iter().map(|j| (j.id, Err(e.clone()))).collect(),
+        }
+    }
+
+    /// (commits, records) of signatures so far: records per fsync.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.batches.load(Relaxed),
+            self.batched_records.load(Relaxed),
+        )
     }
 
     /// The chain in order, from `since_seq` on.

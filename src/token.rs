@@ -203,6 +203,13 @@ impl Provider {
 
     /// Ends every session and releases the backing HSM.
     pub fn finalize(&self) {
+        let (commits, records) = self.store.commit_stats();
+        if commits > 0 {
+            log::info(&format!(
+                "audit: {records} signature records in {commits} commits ({:.2} per fsync)",
+                records as f64 / commits as f64
+            ));
+        }
         if self.login_state() == Login::User {
             self.advance_anchor();
         }
