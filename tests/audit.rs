@@ -364,3 +364,44 @@ fn every_signature_received_before_a_sigkill_has_its_record() {
         "only {received} signatures were received before the kills"
     );
 }
+
+#[test]
+fn concurrent_signatures_share_commits_without_losing_a_record() {
+    let _turn = turn();
+    let s = setup(None);
+    activity(&s, "group", 0);
+    {
+        let p = s.load();
+        let admin = p.user_session();
+        let key = admin
+            .find_objects(&[
+                Attribute::Label(b"group".to_vec()),
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+            ])
+            .unwrap()[0];
+        std::thread::scope(|scope| {
+            for t in 0..8u8 {
+                let p = &p;
+                scope.spawn(move || {
+                    let session = p.session();
+                    for i in 0..30u8 {
+                        session.sign(&Mechanism::Ecdsa, key, &[t, i, 0, 0]).unwrap();
+                    }
+                });
+            }
+        });
+    }
+    verify_ok(&s);
+    let export = cli(&s, &["audit", "export", "--asset", "group"]);
+    let mut inputs: Vec<String> = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["event"] == "sign")
+        .map(|r| r["input_sha256"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(inputs.len(), 240, "one record per signature");
+    inputs.sort();
+    inputs.dedup();
+    assert_eq!(inputs.len(), 240, "each signature recorded once");
+    assert!(s.log().contains("per fsync"), "{}", s.log());
+}
