@@ -19,6 +19,7 @@ pub mod log;
 pub mod mechanisms;
 pub mod objects;
 pub mod process;
+pub mod secure;
 pub mod store;
 pub mod token;
 

@@ -21,6 +21,7 @@ use crate::log;
 use crate::mechanisms::{self, Hasher, ECDSA_SIG_LEN};
 use crate::objects::{self, Class, ObjectKey, Value, View, Which};
 use crate::process::PerProcess;
+use crate::secure::LockedKey;
 use crate::store::{Asset, Store, StoreError, Transition};
 use sha2::{Digest, Sha256};
 
@@ -164,7 +165,7 @@ pub struct Provider {
     /// The audit MAC key, derived through the backing HSM at the first user
     /// login and kept until C_Finalize so that later records (public
     /// verifications included) can be chained.
-    audit_key: Mutex<Option<Secret32>>,
+    audit_key: Mutex<Option<Arc<LockedKey>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -401,11 +402,14 @@ impl Provider {
         Ok(())
     }
 
-    /// Derives the audit key at a user login if this process has none yet.
+    /// Derives the audit key at a user login if this process has none yet,
+    /// straight into a locked, non-dumpable page.
     fn ensure_audit_key(&self, who: Login) -> Result<()> {
         let mut ak = lock(&self.audit_key);
         if ak.is_none() && who == Login::User {
-            *ak = Some(derive::audit_key(&self.backend)?);
+            let key = derive::audit_key(&self.backend)?;
+            let locked = LockedKey::new(key).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
+            *ak = Some(Arc::new(locked));
         }
         Ok(())
     }
@@ -449,7 +453,7 @@ impl Provider {
         }
     }
 
-    fn audit_key(&self) -> Option<Secret32> {
+    fn audit_key(&self) -> Option<Arc<LockedKey>> {
         lock(&self.audit_key).clone()
     }
 
@@ -458,7 +462,7 @@ impl Provider {
     fn audit(&self, rec: Record) -> Result<()> {
         let ak = self.audit_key();
         self.store
-            .record(ak.as_ref(), rec)
+            .record(ak.as_deref().map(LockedKey::get), rec)
             .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("audit record not written: {e}")))
     }
 
@@ -472,7 +476,7 @@ impl Provider {
             Error::with(CKR_USER_NOT_LOGGED_IN, "no audit key: log in as user first")
         })?;
         f(&lifecycle::Audit {
-            ak: &ak,
+            ak: ak.get(),
             session: Some(session),
         })
     }
@@ -1188,7 +1192,7 @@ impl Provider {
         let rec = op.audit.record(Event::Sign, CKR_OK, Some(op.version));
         let committed = self
             .store
-            .commit_sign(&ak, op.asset, op.version, rec)
+            .commit_sign(ak.get(), op.asset, op.version, rec)
             .map_err(|e| {
                 Error::with(
                     CKR_DEVICE_ERROR,

@@ -3,6 +3,7 @@
 use p11derive::audit::{verify_chain, ChainFault, Event, Record};
 use p11derive::backend::Backend;
 use p11derive::derive;
+use p11derive::secure::LockedKey;
 use p11derive::store::{hex, parse_transition_detail, AssetState, AuditRow, Store};
 use std::collections::BTreeMap;
 
@@ -107,7 +108,8 @@ fn with_key<T>(
         .map_err(|e| Failure::Failed(format!("backing token login: {e}")))
         .and_then(|()| {
             let ak = derive::audit_key(&backend).map_err(|e| Failure::Failed(e.to_string()))?;
-            f(&store, &backend, &ak)
+            let ak = LockedKey::new(ak).map_err(Failure::Failed)?;
+            f(&store, &backend, ak.get())
         });
     let _ = backend.logout();
     backend.finalize();

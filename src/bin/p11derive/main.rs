@@ -16,6 +16,7 @@ use p11derive::config::{self, Config};
 use p11derive::derive;
 use p11derive::derive::{AssetId, KeyType};
 use p11derive::lifecycle::{self, Audit, LifecycleError};
+use p11derive::secure::LockedKey;
 use p11derive::store::{hex, Asset, AssetState, Store, StoreError, Transition, VersionRecord};
 use zeroize::Zeroizing;
 
@@ -380,14 +381,9 @@ fn with_hsm(
         .map_err(|e| Failure::Failed(format!("backing token login: {e}")))
         .and_then(|()| {
             let ak = derive::audit_key(&backend).map_err(|e| Failure::Failed(e.to_string()))?;
-            let done = f(
-                &store,
-                &backend,
-                &Audit {
-                    ak: &ak,
-                    session: None,
-                },
-            );
+            let ak = LockedKey::new(ak).map_err(Failure::Failed)?;
+            let ak = ak.get();
+            let done = f(&store, &backend, &Audit { ak, session: None });
             // The change (or its refusal) is recorded; move the HSM anchor to
             // the newest record.
             if let Ok(Some((seq, mac))) = store.audit_head() {

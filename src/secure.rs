@@ -1,0 +1,155 @@
+//! Locked memory for secrets (design §4 "Memory").
+//!
+//! A [`LockedKey`] lives alone on a page mapped for it: the page is locked
+//! into RAM (`mlock`, never swapped), excluded from core dumps
+//! (`MADV_DONTDUMP`), and fenced by inaccessible guard pages; it is wiped
+//! and unmapped on drop. Today it holds the audit key; issue 5 builds the
+//! general arena and key cache on the same primitives.
+
+use std::ptr;
+
+use crate::derive::Secret32;
+
+pub struct LockedKey {
+    /// The first of three pages: guard, secret, guard.
+    base: *mut libc::c_void,
+    page: usize,
+}
+
+// SAFETY: the page is owned by this value alone and only read through &self.
+unsafe impl Send for LockedKey {}
+unsafe impl Sync for LockedKey {}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
+
+impl LockedKey {
+    /// Moves `key` into a locked, non-dumpable page. Fails (and wipes `key`
+    /// on drop) when the page cannot be locked: the message names the limit.
+    pub fn new(key: Secret32) -> Result<LockedKey, String> {
+        let page = page_size();
+        // SAFETY: an anonymous private mapping of three pages; checked below.
+        let base = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                3 * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err("cannot map a page for secrets (mmap failed)".into());
+        }
+        let locked = LockedKey { base, page };
+        let data = locked.data();
+        // SAFETY: all three pages belong to this fresh mapping.
+        unsafe {
+            if libc::mprotect(base, page, libc::PROT_NONE) != 0
+                || libc::mprotect(data.add(page) as *mut _, page, libc::PROT_NONE) != 0
+            {
+                return Err("cannot set guard pages around secrets (mprotect failed)".into());
+            }
+            if libc::mlock(data as *const _, page) != 0 {
+                return Err(format!(
+                    "cannot lock a page of memory for secrets ({}); raise RLIMIT_MEMLOCK \
+                     (ulimit -l, or LimitMEMLOCK= for a systemd service) by at least {} KiB",
+                    std::io::Error::last_os_error(),
+                    page / 1024
+                ));
+            }
+            if libc::madvise(data as *mut _, page, libc::MADV_DONTDUMP) != 0 {
+                return Err("cannot exclude secrets from core dumps (madvise failed)".into());
+            }
+            ptr::write(data as *mut Secret32, key);
+        }
+        Ok(locked)
+    }
+
+    fn data(&self) -> *mut u8 {
+        // SAFETY: the secret page is the second of the three mapped pages.
+        unsafe { (self.base as *mut u8).add(self.page) }
+    }
+
+    /// The key, read in place.
+    pub fn get(&self) -> &Secret32 {
+        // SAFETY: `new` wrote a Secret32 at the start of the data page, which
+        // stays mapped, readable and unchanged until drop.
+        unsafe { &*(self.data() as *const Secret32) }
+    }
+
+    /// Where the secret lives, for tests that inspect the mapping.
+    pub fn address(&self) -> usize {
+        self.data() as usize
+    }
+}
+
+impl Drop for LockedKey {
+    fn drop(&mut self) {
+        // SAFETY: the data page holds the Secret32 written by `new` (if `new`
+        // got that far; otherwise it is zeroed memory, and dropping a zeroed
+        // Zeroizing<[u8; 32]> only writes zeros). Unmapping the region we own.
+        unsafe {
+            ptr::drop_in_place(self.data() as *mut Secret32);
+            libc::munlock(self.data() as *const _, self.page);
+            libc::munmap(self.base, 3 * self.page);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zeroize::Zeroizing;
+
+    #[test]
+    fn the_key_page_is_locked_and_excluded_from_dumps() {
+        let k = LockedKey::new(Zeroizing::new([0x5a; 32])).unwrap();
+        assert_eq!(k.get()[..], [0x5a; 32]);
+        let addr = k.address();
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut in_region = false;
+        let (mut locked_kb, mut flags) = (None, None);
+        for line in smaps.lines() {
+            if let Some((range, _)) = line.split_once(' ') {
+                if let Some((a, b)) = range.split_once('-') {
+                    if let (Ok(a), Ok(b)) =
+                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                    {
+                        in_region = (a..b).contains(&addr);
+                        continue;
+                    }
+                }
+            }
+            if in_region {
+                if let Some(v) = line.strip_prefix("Locked:") {
+                    locked_kb = v.trim().trim_end_matches(" kB").parse::<usize>().ok();
+                }
+                if let Some(v) = line.strip_prefix("VmFlags:") {
+                    flags = Some(v.to_string());
+                }
+            }
+        }
+        assert!(
+            locked_kb.unwrap_or(0) >= page_size() / 1024,
+            "not locked: {locked_kb:?}"
+        );
+        let flags = flags.expect("VmFlags of the key's page");
+        assert!(
+            flags.split_whitespace().any(|f| f == "dd"),
+            "not excluded from dumps: {flags}"
+        );
+        assert!(
+            flags.split_whitespace().any(|f| f == "lo"),
+            "not locked: {flags}"
+        );
+    }
+}
