@@ -166,6 +166,19 @@ pub struct Provider {
     /// login and kept until C_Finalize so that later records (public
     /// verifications included) can be chained.
     audit_key: Mutex<Option<Arc<LockedKey>>>,
+    /// When the rollback anchor was last advanced (ms since the epoch).
+    anchored_at_ms: AtomicU64,
+}
+
+/// How stale the anchor may get while signatures are committed: at most one
+/// anchor write (one backing HSM call) per this interval.
+const ANCHOR_INTERVAL_MS: u64 = 1000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -199,6 +212,7 @@ impl Provider {
             login_change: Mutex::new(()),
             store_index,
             audit_key: Mutex::new(None),
+            anchored_at_ms: AtomicU64::new(0),
         })
     }
 
@@ -443,6 +457,7 @@ impl Provider {
     /// Moves the HSM anchor to the newest record (needs the user login).
     /// A failure is logged, not fatal: the anchor then lags, never leads.
     fn advance_anchor(&self) {
+        self.anchored_at_ms.store(now_ms(), Ordering::Relaxed);
         let head = match self.store.audit_head() {
             Ok(Some(head)) => head,
             Ok(None) => return,
@@ -450,6 +465,25 @@ impl Provider {
         };
         if let Err(e) = self.backend.write_anchor(head.0, &head.1, false) {
             log::warn(&format!("anchor: not advanced to record {}: {e}", head.0));
+        }
+    }
+
+    /// After a commit: advances the anchor if it is older than
+    /// ANCHOR_INTERVAL_MS, so that a long-running signer's newest records
+    /// cannot be cut from the log unnoticed for longer than that. One caller
+    /// per interval wins the race and pays for the HSM write.
+    fn anchor_if_stale(&self) {
+        let last = self.anchored_at_ms.load(Ordering::Relaxed);
+        let now = now_ms();
+        if now.saturating_sub(last) < ANCHOR_INTERVAL_MS {
+            return;
+        }
+        if self
+            .anchored_at_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.advance_anchor();
         }
     }
 
@@ -1199,6 +1233,7 @@ impl Provider {
                     format!("signature discarded: its audit record was not written: {e}"),
                 )
             })?;
+        self.anchor_if_stale();
         match committed {
             Ok(()) => Ok(()),
             Err(Some(a)) if !a.is_usable(op.version) => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),

@@ -405,3 +405,49 @@ fn concurrent_signatures_share_commits_without_losing_a_record() {
     assert_eq!(inputs.len(), 240, "each signature recorded once");
     assert!(s.log().contains("per fsync"), "{}", s.log());
 }
+
+#[test]
+fn a_long_running_signer_keeps_the_anchor_close_behind() {
+    let _turn = turn();
+    let s = setup(None);
+    activity(&s, "long", 0);
+    let p = s.load();
+    let session = p.user_session();
+    let key = session
+        .find_objects(&[
+            Attribute::Label(b"long".to_vec()),
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+        ])
+        .unwrap()[0];
+    for i in 0..3u8 {
+        session.sign(&Mechanism::Ecdsa, key, &[i; 32]).unwrap();
+    }
+    // More than the anchor interval later, still logged in, one more signature.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    session.sign(&Mechanism::Ecdsa, key, &[9; 32]).unwrap();
+    // The signer is still running; cutting its newest records is noticed.
+    let head: u64 = {
+        let out = Command::new("sqlite3")
+            .arg(&s.store)
+            .arg("SELECT max(seq) FROM audit")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    };
+    sqlite(
+        &s.store,
+        &format!("DELETE FROM audit WHERE seq >= {}", head - 1),
+    );
+    let out = cli(&s, &["audit", "verify"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr(&out).contains("but the backing HSM's anchor holds record"),
+        "{}",
+        stderr(&out)
+    );
+}
