@@ -575,9 +575,10 @@ impl Store {
         rec.asset = Some(new.id.to_string());
         rec.version = Some(1);
         rec.detail = format!(
-            "create {} id={} -> ACTIVE current=1 min_usable=1",
+            "create {} id={} pk={} -> ACTIVE current=1 min_usable=1",
             new.key_type.name(),
-            hex(new.object_id)
+            hex(new.object_id),
+            key_digest(new.public_key)
         );
         self.append_in(&tx, ak, std::slice::from_mut(&mut rec))?;
         tx.commit().map_err(|e| self.err(e))?;
@@ -801,7 +802,17 @@ impl Store {
         rec.event = Event::Transition;
         rec.asset = Some(name.to_string());
         rec.version = Some(after.current);
-        rec.detail = transition_detail(&t.name(), &after);
+        rec.detail = match t {
+            // A rotation records its new version's public key (by digest), so
+            // `audit verify` can tell a key swapped in the versions table.
+            Transition::Rotate { .. } => {
+                let pk = after
+                    .version(after.current)
+                    .and_then(|v| v.public_key.as_deref());
+                transition_detail(&format!("{} pk={}", t.name(), key_digest(pk)), &after)
+            }
+            _ => transition_detail(&t.name(), &after),
+        };
         self.append_in(&tx, ak, std::slice::from_mut(&mut rec))?;
         tx.commit().map_err(|e| self.err(e))?;
         Ok(after)
@@ -822,6 +833,16 @@ impl Store {
             .map_err(|e| self.err(e))?;
         row.map(|a| a.map_err(|e| self.at_path(e))).transpose()
     }
+}
+
+/// The mark a record sealed from the pending table carries in its detail.
+pub const PENDING_MARK: &str = "[written without the audit key, sealed later] ";
+
+/// SHA-256 of a recorded public key, as creation and rotation records carry it
+/// ("-" for a key type without one).
+pub fn key_digest(public_key: Option<&[u8]>) -> String {
+    use sha2::{Digest, Sha256};
+    public_key.map_or_else(|| "-".into(), |pk| hex(&Sha256::digest(pk)))
 }
 
 /// A transition record's detail: what was done and the state it left, in a
@@ -944,6 +965,10 @@ impl Store {
             Ok(())
         };
         for (_, mut r) in pending {
+            // Written without the audit key: whoever wrote it is unproven.
+            // Sealed with a mark, so it can never pass for an authenticated
+            // record, and never counts towards an asset's state.
+            r.detail = format!("{PENDING_MARK}{}", r.detail);
             put(&mut r)?;
         }
         for r in records.iter_mut() {

@@ -165,6 +165,18 @@ fn tampering_with_sqlite3_is_caught_and_named() {
             ),
             format!("record {} does not carry a valid MAC", head + 1),
         ),
+                (
+            "swap a version's public key",
+            "UPDATE versions SET public_key = (SELECT public_key FROM versions WHERE version = 1) \
+             WHERE version = 2"
+                .into(),
+            "version 2: the public key in the store is not the one record".into(),
+        ),
+        (
+            "change an asset's CKA_ID",
+            "UPDATE assets SET object_id = x'00'".into(),
+            "its CKA_ID or key type in the store differs from its creation record".into(),
+        ),
         (
             "forge the state of an asset",
             "UPDATE assets SET current = 1".into(),
@@ -244,6 +256,34 @@ fn records_of_processes_without_a_login_are_sealed_later() {
         text.contains(&format!("\"rv\":{}", 0xc0)),
         "the failed verification is recorded: {text}"
     );
+    assert!(
+        text.contains(p11derive::store::PENDING_MARK),
+        "sealed pending records are marked: {text}"
+    );
+
+    // A record planted in the pending table by someone with only the file is
+    // sealed with the mark, and never counts for an asset's state.
+    sqlite(
+        &s.store,
+        "INSERT INTO audit_pending (time_ns, pid, session, event, asset, version, mechanism, \
+         input_sha256, rv, detail) VALUES (1, 1, NULL, 'transition', 'pub', 9, NULL, NULL, 0, \
+         'rotate -> ACTIVE current=9 min_usable=1')",
+    );
+    {
+        let p = s.load();
+        p.user_session();
+    }
+    verify_ok(&s);
+    let export = cli(&s, &["audit", "export", "--asset", "pub"]);
+    let planted = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["version"] == 9)
+        .expect("the planted record was sealed");
+    assert!(planted["detail"]
+        .as_str()
+        .unwrap()
+        .starts_with(p11derive::store::PENDING_MARK));
 }
 
 /// A forked signer that never stops: every signature it receives is appended

@@ -4,7 +4,9 @@ use p11derive::audit::{verify_chain, ChainFault, Event, Record};
 use p11derive::backend::Backend;
 use p11derive::derive;
 use p11derive::secure::LockedKey;
-use p11derive::store::{hex, parse_transition_detail, AssetState, AuditRow, Store};
+use p11derive::store::{
+    hex, key_digest, parse_transition_detail, AssetState, AuditRow, Store, PENDING_MARK,
+};
 use std::collections::BTreeMap;
 
 use super::{load_config, open_store, read_pin, Args, Failure};
@@ -81,10 +83,13 @@ pub fn tail(args: &Args) -> Result<(), Failure> {
 }
 
 /// Replays creation and transition records: the state each asset must have.
+/// Records sealed from the pending table are never trusted for state.
 fn replay(rows: &[AuditRow]) -> BTreeMap<String, (u64, AssetState, u32, u32)> {
     let mut expected = BTreeMap::new();
     for (r, _) in rows {
-        if matches!(r.event, Event::Create | Event::Transition) {
+        if matches!(r.event, Event::Create | Event::Transition)
+            && !r.detail.starts_with(PENDING_MARK)
+        {
             if let (Some(asset), Some(s)) = (&r.asset, parse_transition_detail(&r.detail)) {
                 expected.insert(asset.clone(), (r.seq, s.0, s.1, s.2));
             }
@@ -196,6 +201,17 @@ fn check(
         }
     }
     let expected = replay(&rows);
+    // Each asset's own authenticated records, indexed once.
+    let mut by_asset: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
+    for (r, _) in &rows {
+        if let Some(asset) = r
+            .asset
+            .as_deref()
+            .filter(|_| !r.detail.starts_with(PENDING_MARK))
+        {
+            by_asset.entry(asset).or_default().push(r);
+        }
+    }
     for a in store.all_assets()? {
         let name = a.id.as_str();
         match expected.get(name) {
@@ -218,6 +234,48 @@ fn check(
                 )))
             }
             Some(_) => {}
+        }
+        // What the creation and rotation records say of the asset's identity
+        // and keys must be what the store holds.
+        let history = store.history(a.rowid)?;
+        for r in by_asset.get(name).into_iter().flatten() {
+            let field = |key: &str| {
+                r.detail
+                    .split(' ')
+                    .find_map(|w| w.strip_prefix(key))
+                    .map(str::to_string)
+            };
+            let recorded_pk = field("pk=");
+            let version = match r.event {
+                Event::Create => Some(1),
+                Event::Transition if r.detail.starts_with("rotate") => r.version,
+                _ => None,
+            };
+            if let (Some(v), Some(pk)) = (version, recorded_pk) {
+                let held = history
+                    .iter()
+                    .find(|h| h.version == v)
+                    .and_then(|h| h.public_key.as_deref());
+                if key_digest(held) != pk {
+                    return Err(bad(format!(
+                        "asset {name:?} version {v}: the public key in the store is not the one \
+                         record {} registered (the versions table was changed)",
+                        r.seq
+                    )));
+                }
+            }
+            if r.event == Event::Create {
+                let kt = r.detail.split(' ').nth(1).unwrap_or("");
+                if field("id=").as_deref() != Some(hex(&a.object_id).as_str())
+                    || kt != a.key_type.name()
+                {
+                    return Err(bad(format!(
+                        "asset {name:?}: its CKA_ID or key type in the store differs from its \
+                         creation record {} (the assets table was changed)",
+                        r.seq
+                    )));
+                }
+            }
         }
     }
     let pending = store.pending_rows()?.len();
