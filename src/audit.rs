@@ -103,13 +103,22 @@ impl Record {
         out.extend_from_slice(&self.pid.to_be_bytes());
         put_opt_u64(&mut out, self.session);
         put_bytes(&mut out, self.event.name().as_bytes());
-        put_bytes(&mut out, self.asset.as_deref().unwrap_or("").as_bytes());
+        match &self.asset {
+            None => out.push(0),
+            Some(a) => {
+                out.push(1);
+                put_bytes(&mut out, a.as_bytes());
+            }
+        }
         put_opt_u64(&mut out, self.version.map(u64::from));
         put_opt_u64(&mut out, self.mechanism);
-        put_bytes(
-            &mut out,
-            self.input_sha256.as_ref().map_or(&[][..], |h| &h[..]),
-        );
+        match &self.input_sha256 {
+            None => out.push(0),
+            Some(h) => {
+                out.push(1);
+                out.extend_from_slice(h);
+            }
+        }
         out.extend_from_slice(&self.rv.to_be_bytes());
         put_bytes(&mut out, self.detail.as_bytes());
         out

@@ -34,6 +34,8 @@ impl LockedKey {
     /// Moves `key` into a locked, non-dumpable page. Fails (and wipes `key`
     /// on drop) when the page cannot be locked: the message names the limit.
     pub fn new(key: Secret32) -> Result<LockedKey, String> {
+        // `key` is copied into the page below and wiped when it drops here;
+        // it is never moved (a move would leave its bytes on the stack).
         let page = page_size();
         // SAFETY: an anonymous private mapping of three pages; checked below.
         let base = unsafe {
@@ -69,7 +71,10 @@ impl LockedKey {
             if libc::madvise(data as *mut _, page, libc::MADV_DONTDUMP) != 0 {
                 return Err("cannot exclude secrets from core dumps (madvise failed)".into());
             }
-            ptr::write(data as *mut Secret32, key);
+            // The page is zeroed (fresh anonymous memory): a valid Secret32 of
+            // zeros, filled in place.
+            let slot = &mut *(data as *mut Secret32);
+            slot.copy_from_slice(&key[..]);
         }
         Ok(locked)
     }

@@ -523,6 +523,23 @@ impl Store {
             )
             .optional()
             .map_err(|e| self.err(e))?;
+        // A name stays taken by its creation record even if someone deleted
+        // its row: a retired asset's keys must never come back.
+        let recorded: bool = tx
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM audit WHERE event = 'create' AND asset = ?1)",
+                [new.id.as_str()],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        if taken.is_none() && recorded {
+            return Err(StoreError::Duplicate(format!(
+                "asset {:?} was created before (its creation is in the audit log) and is missing \
+                 from the store; asset ids are unique forever: choose another label, and run \
+                 `p11derive audit verify`",
+                new.id.as_str()
+            )));
+        }
         if let Some(state) = taken {
             return Err(StoreError::Duplicate(format!(
                 "asset {:?} already exists (state {state}); asset ids are unique forever: choose \
@@ -870,20 +887,34 @@ pub fn parse_transition_detail(detail: &str) -> Option<(AssetState, u32, u32)> {
 const AUDIT_COLUMNS: &str =
     "time_ns, pid, session, event, asset, version, mechanism, input_sha256, rv, detail";
 
+/// Reads an audit row. A value no genuine record can hold (an unknown
+/// event, a hash that is not 32 bytes) is an error naming the row, never
+/// normalised into something the MAC check might accept.
 fn read_record(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Record> {
     let event: String = r.get(first + 3)?;
     let hash: Option<Vec<u8>> = r.get(first + 7)?;
+    let malformed = |what: String| {
+        rusqlite::Error::FromSqlConversionFailure(first, rusqlite::types::Type::Blob, what.into())
+    };
+    let event =
+        Event::parse(&event).ok_or_else(|| malformed(format!("unknown event {event:?}")))?;
+    let input_sha256 = match hash {
+        None => None,
+        Some(h) => Some(
+            <[u8; 32]>::try_from(h.as_slice())
+                .map_err(|_| malformed(format!("an input hash of {} bytes", h.len())))?,
+        ),
+    };
     Ok(Record {
         seq: 0,
         time_ns: r.get::<_, i64>(first)? as u64,
         pid: r.get(first + 1)?,
         session: r.get::<_, Option<i64>>(first + 2)?.map(|v| v as u64),
-        // Unknown event names and malformed hashes make the MAC check fail.
-        event: Event::parse(&event).unwrap_or(Event::Refused),
+        event,
         asset: r.get(first + 4)?,
         version: r.get(first + 5)?,
         mechanism: r.get::<_, Option<i64>>(first + 6)?.map(|v| v as u64),
-        input_sha256: hash.and_then(|h| h.try_into().ok()),
+        input_sha256,
         rv: r.get::<_, i64>(first + 8)? as u64,
         detail: r.get(first + 9)?,
     })
@@ -1112,7 +1143,8 @@ impl Store {
     }
 
     /// The chain in order, from `since_seq` on.
-    pub fn audit_rows(&self, since_seq: u64) -> Result<Vec<AuditRow>, StoreError> {
+    /// Every row from `since_seq` on (`i64::MIN`: all rows, whatever their seq).
+    pub fn audit_rows(&self, since_seq: i64) -> Result<Vec<AuditRow>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(&format!(
@@ -1120,9 +1152,17 @@ impl Store {
             ))
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([since_seq as i64], |r| {
+            .query_map([since_seq], |r| {
                 let mut rec = read_record(r, 1)?;
-                rec.seq = r.get::<_, i64>(0)? as u64;
+                let seq: i64 = r.get(0)?;
+                if seq < 1 {
+                    return Err(rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Integer,
+                        format!("a record numbered {seq} (records start at 1)").into(),
+                    ));
+                }
+                rec.seq = seq as u64;
                 Ok((rec, r.get::<_, Vec<u8>>(11)?))
             })
             .map_err(|e| self.err(e))?

@@ -454,7 +454,9 @@ impl Provider {
         ))
     }
 
-    /// Moves the HSM anchor to the newest record (needs the user login).
+    /// Moves the HSM anchor to the newest record (needs the user login),
+    /// only while the store still holds the anchored record: a store swapped
+    /// for an older copy underneath a running process must not be anchored.
     /// A failure is logged, not fatal: the anchor then lags, never leads.
     fn advance_anchor(&self) {
         self.anchored_at_ms.store(now_ms(), Ordering::Relaxed);
@@ -463,6 +465,17 @@ impl Provider {
             Ok(None) => return,
             Err(e) => return log::warn(&format!("anchor: {e}")),
         };
+        match self.backend.read_anchor() {
+            Ok(Some((seq, mac))) if !self.store.holds_record(seq, &mac).unwrap_or(false) => {
+                return log::error(&format!(
+                    "anchor: store {} no longer holds anchored record {seq}; not advancing (run \
+                     `p11derive audit verify`)",
+                    self.store.path().display()
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return log::warn(&format!("anchor: {e}")),
+        }
         if let Err(e) = self.backend.write_anchor(head.0, &head.1, false) {
             log::warn(&format!("anchor: not advanced to record {}: {e}", head.0));
         }
@@ -497,7 +510,11 @@ impl Provider {
         let ak = self.audit_key();
         self.store
             .record(ak.as_deref().map(LockedKey::get), rec)
-            .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("audit record not written: {e}")))
+            .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("audit record not written: {e}")))?;
+        if ak.is_some() && self.login_state() == Login::User {
+            self.anchor_if_stale();
+        }
+        Ok(())
     }
 
     /// The audit context for lifecycle steps, which need the key.

@@ -130,6 +130,12 @@ fn tampering_with_sqlite3_is_caught_and_named() {
     let older = s.dir.join("older.db");
     snapshot(&s.store, &older);
     assert!(cli(&s, &["asset", "rotate", "t"]).status.success());
+    assert!(cli(&s, &["asset", "create", "gone", "--type", "p256"])
+        .status
+        .success());
+    assert!(cli(&s, &["asset", "retire", "gone", "--yes"])
+        .status
+        .success());
     verify_ok(&s);
     let good = s.dir.join("good.db");
     snapshot(&s.store, &good);
@@ -174,12 +180,29 @@ fn tampering_with_sqlite3_is_caught_and_named() {
         ),
         (
             "change an asset's CKA_ID",
-            "UPDATE assets SET object_id = x'00'".into(),
+            "UPDATE assets SET object_id = x'00' WHERE name = 't'".into(),
             "its CKA_ID or key type in the store differs from its creation record".into(),
+        ),
+                (
+            "delete a retired asset's rows",
+            "DELETE FROM versions WHERE asset = (SELECT id FROM assets WHERE name = 'gone'); \
+             DELETE FROM assets WHERE name = 'gone';"
+                .into(),
+            "asset \"gone\", created by record".into(),
+        ),
+        (
+            "insert a row numbered below 1",
+            "INSERT INTO audit VALUES (-5, 1, 1, NULL, 'sign', 't', 1, 4164, NULL, 0, '', randomblob(32))".into(),
+            "a record numbered -5".into(),
+        ),
+        (
+            "give a record a malformed input hash",
+            "UPDATE audit SET input_sha256 = x'deadbeef' WHERE event = 'sign'".into(),
+            "an audit row is malformed".into(),
         ),
         (
             "forge the state of an asset",
-            "UPDATE assets SET current = 1".into(),
+            "UPDATE assets SET current = 1 WHERE name = 't'".into(),
             "\"t\" is ACTIVE at version 1 (min_usable 1) in the store, but its last recorded transition".into(),
         ),
     ];
@@ -191,9 +214,32 @@ fn tampering_with_sqlite3_is_caught_and_named() {
         assert!(stderr(&out).contains(&needle), "{what}: {}", stderr(&out));
     }
 
-    // An older copy of the whole store: audit verify names it, and the module
-    // refuses to run on it at its next login.
+    // A retired asset whose rows were deleted cannot be created again.
+    restore(&good, &s.store);
+    sqlite(
+        &s.store,
+        "DELETE FROM versions WHERE asset = (SELECT id FROM assets WHERE name = 'gone'); \
+         DELETE FROM assets WHERE name = 'gone';",
+    );
+    let again = cli(&s, &["asset", "create", "gone", "--type", "p256"]);
+    assert_eq!(again.status.code(), Some(3), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("was created before"),
+        "{}",
+        stderr(&again)
+    );
+
+    // An older copy of the whole store: audit verify names it, the CLI refuses
+    // to change it (so the anchor is never moved onto the older chain), and
+    // the module refuses to run on it at its next login.
     restore(&older, &s.store);
+    let change = cli(&s, &["asset", "create", "fork", "--type", "p256"]);
+    assert_eq!(change.status.code(), Some(1), "{}", stderr(&change));
+    assert!(
+        stderr(&change).contains("older than the rollback anchor"),
+        "{}",
+        stderr(&change)
+    );
     let out = cli(&s, &["audit", "verify"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(

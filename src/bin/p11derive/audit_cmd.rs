@@ -31,9 +31,9 @@ fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
 /// The rows from `--since`, of `--asset` if given.
 fn selected(args: &Args, store: &Store) -> Result<Vec<AuditRow>, Failure> {
     let since = match args.value("--since") {
-        None => 1,
+        None => i64::MIN,
         Some(v) => v
-            .parse::<u64>()
+            .parse::<i64>()
             .map_err(|_| Failure::Usage(format!("--since takes a record number, not {v:?}")))?,
     };
     let asset = args.value("--asset");
@@ -47,8 +47,13 @@ fn selected(args: &Args, store: &Store) -> Result<Vec<AuditRow>, Failure> {
 pub fn export(args: &Args) -> Result<(), Failure> {
     let config = load_config(args)?;
     let store = open_store(&config)?;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
     for (r, mac) in selected(args, &store)? {
-        println!("{}", record_json(&r, Some(&mac)));
+        // A closed pipe (`| head`) ends the export quietly.
+        if writeln!(out, "{}", record_json(&r, Some(&mac))).is_err() {
+            break;
+        }
     }
     Ok(())
 }
@@ -62,7 +67,7 @@ pub fn tail(args: &Args) -> Result<(), Failure> {
     };
     let config = load_config(args)?;
     let store = open_store(&config)?;
-    let rows = store.audit_rows(1)?;
+    let rows = store.audit_rows(i64::MIN)?;
     for (r, _) in rows.iter().skip(rows.len().saturating_sub(n)) {
         println!(
             "{:>8}  {}  pid {:<7} {:<12} {:<24} rv 0x{:x}  {}",
@@ -165,7 +170,10 @@ fn check(
     anchor: Option<(u64, [u8; 32])>,
 ) -> Result<(), Failure> {
     let bad = |m: String| Failure::Failed(format!("audit verify: FAILED: {m}"));
-    let rows = store.audit_rows(1)?;
+    // Every row, whatever its seq: a row numbered 0 or below is a gap too.
+    let rows = store
+        .audit_rows(i64::MIN)
+        .map_err(|e| bad(format!("an audit row is malformed: {e}")))?;
     let macs: Vec<[u8; 32]> = rows
         .iter()
         .map(|(_, m)| m.as_slice().try_into().unwrap_or([0u8; 32]))
@@ -212,7 +220,16 @@ fn check(
             by_asset.entry(asset).or_default().push(r);
         }
     }
-    for a in store.all_assets()? {
+    let assets = store.all_assets()?;
+    for (name, (seq, ..)) in &expected {
+        if !assets.iter().any(|a| a.id.as_str() == name) {
+            return Err(bad(format!(
+                "asset {name:?}, created by record {seq}, is missing from the store (its rows were \
+                 deleted; a retired asset's name would come back)"
+            )));
+        }
+    }
+    for a in assets {
         let name = a.id.as_str();
         match expected.get(name) {
             None => {

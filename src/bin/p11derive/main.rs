@@ -364,6 +364,24 @@ fn change(args: &Args, name: &str, t: Transition) -> Result<(), Failure> {
 }
 
 /// Runs `f` with the store and a backing HSM logged in as user.
+/// Refuses to change a store older than the HSM's rollback anchor (and so
+/// never moves the anchor onto a restored, forked chain).
+fn refuse_rolled_back(store: &Store, backend: &Backend) -> Result<(), Failure> {
+    let anchor = backend
+        .read_anchor()
+        .map_err(|e| Failure::Failed(e.to_string()))?;
+    match anchor {
+        Some((seq, mac)) if !store.holds_record(seq, &mac)? => Err(Failure::Failed(format!(
+            "store {} is older than the rollback anchor in the backing HSM (it lacks audit record \
+             {seq}, or holds it with another MAC): an older copy was restored, or records were \
+             deleted. Nothing was changed. Check with `p11derive audit verify`; if the restore was \
+             intended, re-anchor with `p11derive audit reanchor --yes`",
+            store.path().display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Runs `f` with the store and a backing HSM logged in as user, and the
 /// audit key derived through it (every change is audited).
 fn with_hsm(
@@ -383,6 +401,7 @@ fn with_hsm(
             let ak = derive::audit_key(&backend).map_err(|e| Failure::Failed(e.to_string()))?;
             let ak = LockedKey::new(ak).map_err(Failure::Failed)?;
             let ak = ak.get();
+            refuse_rolled_back(&store, &backend)?;
             let done = f(&store, &backend, &Audit { ak, session: None });
             // The change (or its refusal) is recorded; move the HSM anchor to
             // the newest record.
