@@ -14,13 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
 
-use crate::audit::{Event, Record, GENESIS};
+use crate::audit::{public_key_mac, Event, Record, GENESIS};
 use crate::derive::{AssetId, KeyType, Secret32};
 
 /// `PRAGMA application_id` of a p11derive store ("P1DR").
 pub const APPLICATION_ID: i32 = 0x5031_4452;
 /// The schema this build writes. Older stores are migrated forward.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Each entry upgrades the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -72,8 +72,11 @@ const MIGRATIONS: &[&str] = &[
         mechanism    INTEGER,
         input_sha256 BLOB,
         rv           INTEGER NOT NULL,
-        detail       TEXT NOT NULL
+                detail       TEXT NOT NULL
     );",
+    // 3 -> 4: each version's public key carries a MAC under the audit key, so
+    // a process holding the key can tell a key swapped in this table.
+    "ALTER TABLE versions ADD COLUMN pk_mac BLOB;",
 ];
 
 /// The columns of an asset row, in the order [`read_asset_row`] reads them.
@@ -115,6 +118,8 @@ impl AssetState {
 pub struct VersionRecord {
     pub version: u32,
     pub public_key: Option<Vec<u8>>,
+    /// `audit::public_key_mac` of the public key, as recorded.
+    pub pk_mac: Option<Vec<u8>>,
 }
 
 /// An asset as recorded in the store.
@@ -486,7 +491,7 @@ impl Store {
     fn finish_asset(&self, conn: &Connection, mut a: Asset) -> Result<Asset, StoreError> {
         let mut stmt = conn
             .prepare_cached(
-                "SELECT version, public_key FROM versions
+                "SELECT version, public_key, pk_mac FROM versions
                  WHERE asset = ?1 AND version BETWEEN ?2 AND ?3 ORDER BY version DESC",
             )
             .map_err(|e| self.err(e))?;
@@ -495,6 +500,7 @@ impl Store {
                 Ok(VersionRecord {
                     version: r.get(0)?,
                     public_key: r.get(1)?,
+                    pk_mac: r.get(2)?,
                 })
             })
             .map_err(|e| self.err(e))?
@@ -583,8 +589,15 @@ impl Store {
         .map_err(|e| self.err(e))?;
         let rowid = tx.last_insert_rowid();
         tx.execute(
-            "INSERT INTO versions (asset, version, public_key, created_at) VALUES (?1, 1, ?2, ?3)",
-            params![rowid, new.public_key, t],
+            "INSERT INTO versions (asset, version, public_key, created_at, pk_mac)
+             VALUES (?1, 1, ?2, ?3, ?4)",
+            params![
+                rowid,
+                new.public_key,
+                t,
+                new.public_key
+                    .map(|pk| public_key_mac(ak, new.id.as_str(), 1, pk).to_vec())
+            ],
         )
         .map_err(|e| self.err(e))?;
         let mut rec = base;
@@ -612,6 +625,9 @@ impl Store {
             versions: vec![VersionRecord {
                 version: 1,
                 public_key: new.public_key.map(<[u8]>::to_vec),
+                pk_mac: new
+                    .public_key
+                    .map(|pk| public_key_mac(ak, new.id.as_str(), 1, pk).to_vec()),
             }],
         })
     }
@@ -650,7 +666,7 @@ impl Store {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(
-                "SELECT version, public_key FROM versions WHERE asset = ?1 ORDER BY version DESC",
+                "SELECT version, public_key, pk_mac FROM versions WHERE asset = ?1 ORDER BY version DESC",
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
@@ -658,6 +674,7 @@ impl Store {
                 Ok(VersionRecord {
                     version: r.get(0)?,
                     public_key: r.get(1)?,
+                    pk_mac: r.get(2)?,
                 })
             })
             .map_err(|e| self.err(e))?
@@ -744,8 +761,16 @@ impl Store {
                     &[&version, &state.name(), &a.rowid],
                 )?;
                 update(
-                    "INSERT INTO versions (asset, version, public_key, created_at) VALUES (?1, ?2, ?3, ?4)",
-                    &[&a.rowid, &version, &public_key, &now()],
+                    "INSERT INTO versions (asset, version, public_key, created_at, pk_mac)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    &[
+                        &a.rowid,
+                        &version,
+                        &public_key,
+                        &now(),
+                        &public_key
+                            .map(|pk| public_key_mac(ak, name.as_str(), version, pk).to_vec()),
+                    ],
                 )?;
             }
             (Transition::Rotate { .. }, Rotating) => {

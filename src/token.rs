@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
-use crate::audit::{Event, Record};
+use crate::audit::{public_key_mac, Event, Record};
 use crate::backend::Backend;
 use crate::ck::*;
 use crate::config::Config;
@@ -605,7 +605,8 @@ impl Provider {
     }
 
     /// The current record of the asset behind a handle, checked for
-    /// visibility: private objects need a user login.
+    /// visibility (private objects need a user login) and, in a process that
+    /// holds the audit key, for public keys swapped in the store.
     fn object(&self, h: CK_OBJECT_HANDLE, invalid: CK_RV) -> Result<(ObjectKey, Asset)> {
         let key = self.key_of(h).ok_or(Error::rv(invalid))?;
         if key.class == Class::Private && self.login_state() != Login::User {
@@ -617,7 +618,35 @@ impl Provider {
             .map_err(store_error)?
             .ok_or(Error::rv(invalid))?;
         View::resolve(&asset, &key).ok_or(Error::rv(invalid))?;
+        self.check_public_keys(&asset)?;
         Ok((key, asset))
+    }
+
+    /// Every usable version's public key must carry its MAC under the audit
+    /// key; a key changed in the store is refused, never served or used. A
+    /// process that never logged in has no audit key and must trust the store.
+    fn check_public_keys(&self, asset: &Asset) -> Result<()> {
+        let Some(ak) = self.audit_key() else {
+            return Ok(());
+        };
+        for v in &asset.versions {
+            let Some(pk) = &v.public_key else { continue };
+            let want = public_key_mac(ak.get(), asset.id.as_str(), v.version, pk);
+            if v.pk_mac.as_deref() != Some(&want[..]) {
+                return Err(Error::with(
+                    CKR_DEVICE_ERROR,
+                    format!(
+                        "asset {:?} version {}: its public key in store {} carries no valid MAC \
+                         under the audit key (the versions table was changed outside p11derive); \
+                         refusing to use it: run `p11derive audit verify`",
+                        asset.id.as_str(),
+                        v.version,
+                        self.store.path().display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Attribute values of an object, in the order asked; `None` where the

@@ -176,7 +176,7 @@ fn tampering_with_sqlite3_is_caught_and_named() {
             "UPDATE versions SET public_key = (SELECT public_key FROM versions WHERE version = 1) \
              WHERE version = 2"
                 .into(),
-            "version 2: the public key in the store is not the one record".into(),
+            "version 2: its public key carries no valid MAC".into(),
         ),
         (
             "change an asset's CKA_ID",
@@ -533,6 +533,60 @@ fn a_long_running_signer_keeps_the_anchor_close_behind() {
     );
     assert!(
         stderr(&out).contains("but the backing HSM's anchor holds record"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_logged_in_process_refuses_a_public_key_swapped_in_the_store() {
+    let _turn = turn();
+    let s = setup(None);
+    activity(&s, "victim", 1);
+    activity(&s, "attacker", 0);
+    // Someone with the file gives "victim" the attacker's public key.
+    sqlite(
+        &s.store,
+        "UPDATE versions SET public_key = (SELECT v.public_key FROM versions v JOIN assets a \
+         ON v.asset = a.id WHERE a.name = 'attacker') WHERE asset = (SELECT id FROM assets \
+         WHERE name = 'victim')",
+    );
+    let p = s.load();
+    let session = p.user_session();
+    let attacker = session
+        .find_objects(&[
+            Attribute::Label(b"attacker".to_vec()),
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+        ])
+        .unwrap()[0];
+    let forged = session
+        .sign(&Mechanism::EcdsaSha256, attacker, b"pay the attacker")
+        .unwrap();
+    let victim = session
+        .find_objects(&[
+            Attribute::Label(b"victim".to_vec()),
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+        ])
+        .unwrap()[0];
+    // The forged signature is not declared valid, and the key is not served.
+    let rv = rv_of(session.verify(
+        &Mechanism::EcdsaSha256,
+        victim,
+        b"pay the attacker",
+        &forged,
+    ));
+    assert_eq!(rv, RvError::DeviceError);
+    let rv = rv_of(session.get_attributes(victim, &[cryptoki::object::AttributeType::EcPoint]));
+    assert_eq!(rv, RvError::DeviceError);
+    assert!(
+        s.log().contains("carries no valid MAC under the audit key"),
+        "{}",
+        s.log()
+    );
+    let out = cli(&s, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("\"victim\" version 1: its public key carries no valid MAC"),
         "{}",
         stderr(&out)
     );
