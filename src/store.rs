@@ -101,7 +101,7 @@ impl AssetState {
         }
     }
 
-    fn parse(s: &str) -> Option<AssetState> {
+    pub fn parse(s: &str) -> Option<AssetState> {
         [
             AssetState::Active,
             AssetState::Rotating,
@@ -890,12 +890,25 @@ pub fn key_digest(public_key: Option<&[u8]>) -> String {
 /// A transition record's detail: what was done and the state it left, in a
 /// form `audit verify` parses to reconcile the assets table with the log.
 pub fn transition_detail(what: &str, after: &Asset) -> String {
+    let resumes = match after.state {
+        AssetState::Suspended => format!(" resumes={}", after.resumes_to.name()),
+        _ => String::new(),
+    };
     format!(
-        "{what} -> {} current={} min_usable={}",
+        "{what} -> {} current={} min_usable={}{resumes}",
         after.state.name(),
         after.current,
         after.min_usable
     )
+}
+
+/// What a suspension record says `resume` returns to (`None` when not suspended).
+pub fn parse_resumes_to(detail: &str) -> Option<AssetState> {
+    let (_, after) = detail.rsplit_once(" -> ")?;
+    after
+        .split(' ')
+        .find_map(|w| w.strip_prefix("resumes="))
+        .and_then(AssetState::parse)
 }
 
 /// The state a create or transition record says it left: (state, current, min_usable).
@@ -1092,7 +1105,17 @@ impl Store {
                 g.leader = true;
                 let batch = std::mem::take(&mut g.queue);
                 drop(g);
-                let results = self.commit_batch(ak, batch);
+                let ids: Vec<u64> = batch.iter().map(|j| j.id).collect();
+                // A panic must not leave the leader's seat taken (every later
+                // signer would wait forever): its batch gets an error instead.
+                let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.commit_batch(ak, batch)
+                }))
+                .unwrap_or_else(|_| {
+                    let e =
+                        StoreError::Io(self.path.clone(), "internal error while committing".into());
+                    ids.into_iter().map(|id| (id, Err(e.clone()))).collect()
+                });
                 g = self.group.lock().unwrap_or_else(|e| e.into_inner());
                 g.done.extend(results);
                 g.leader = false;

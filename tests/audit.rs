@@ -136,6 +136,10 @@ fn tampering_with_sqlite3_is_caught_and_named() {
     assert!(cli(&s, &["asset", "retire", "gone", "--yes"])
         .status
         .success());
+    assert!(cli(&s, &["asset", "create", "paused", "--type", "p256"])
+        .status
+        .success());
+    assert!(cli(&s, &["asset", "suspend", "paused"]).status.success());
     verify_ok(&s);
     let good = s.dir.join("good.db");
     snapshot(&s.store, &good);
@@ -199,6 +203,11 @@ fn tampering_with_sqlite3_is_caught_and_named() {
             "give a record a malformed input hash",
             "UPDATE audit SET input_sha256 = x'deadbeef' WHERE event = 'sign'".into(),
             "an audit row is malformed".into(),
+        ),
+                (
+            "reopen a grace window through resume_state",
+            "UPDATE assets SET resume_state = 'ROTATING' WHERE name = 'paused'".into(),
+            "\"paused\" would resume to ROTATING but its suspension recorded ACTIVE".into(),
         ),
         (
             "forge the state of an asset",

@@ -5,7 +5,8 @@ use p11derive::backend::Backend;
 use p11derive::derive;
 use p11derive::secure::LockedKey;
 use p11derive::store::{
-    hex, key_digest, parse_transition_detail, AssetState, AuditRow, Store, PENDING_MARK,
+    hex, key_digest, parse_resumes_to, parse_transition_detail, AssetState, AuditRow, Store,
+    PENDING_MARK,
 };
 use std::collections::BTreeMap;
 
@@ -251,6 +252,25 @@ fn check(
                 )))
             }
             Some(_) => {}
+        }
+        // A suspended asset resumes to what its suspension recorded.
+        if a.state == AssetState::Suspended {
+            let recorded = by_asset
+                .get(name)
+                .and_then(|rs| {
+                    rs.iter()
+                        .rev()
+                        .find(|r| matches!(r.event, Event::Transition))
+                })
+                .and_then(|r| parse_resumes_to(&r.detail));
+            if recorded != Some(a.resumes_to) {
+                return Err(bad(format!(
+                    "asset {name:?} would resume to {} but its suspension recorded {} (the \
+                     assets table was changed)",
+                    a.resumes_to.name(),
+                    recorded.map_or("nothing", AssetState::name)
+                )));
+            }
         }
         // What the creation and rotation records say of the asset's identity
         // and keys must be what the store holds.
