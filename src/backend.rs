@@ -427,7 +427,17 @@ impl Backend {
         h: sys::CK_SESSION_HANDLE,
         label: &str,
     ) -> Result<Vec<sys::CK_OBJECT_HANDLE>> {
-        let mut class = sys::CKO_SECRET_KEY;
+        self.find_by_label(h, sys::CKO_SECRET_KEY, label)
+    }
+
+    /// Every object of `class` labelled `label` on the backing token.
+    fn find_by_label(
+        &self,
+        h: sys::CK_SESSION_HANDLE,
+        class: sys::CK_OBJECT_CLASS,
+        label: &str,
+    ) -> Result<Vec<sys::CK_OBJECT_HANDLE>> {
+        let mut class = class;
         let mut template = [
             sys::CK_ATTRIBUTE {
                 type_: sys::CKA_CLASS,
@@ -608,30 +618,7 @@ impl Backend {
         h: sys::CK_SESSION_HANDLE,
         label: &str,
     ) -> Result<Vec<sys::CK_OBJECT_HANDLE>> {
-        let mut class = sys::CKO_DATA;
-        let mut template = [
-            sys::CK_ATTRIBUTE {
-                type_: sys::CKA_CLASS,
-                pValue: &mut class as *mut _ as sys::CK_VOID_PTR,
-                ulValueLen: std::mem::size_of::<sys::CK_OBJECT_CLASS>() as sys::CK_ULONG,
-            },
-            sys::CK_ATTRIBUTE {
-                type_: sys::CKA_LABEL,
-                pValue: label.as_ptr() as sys::CK_VOID_PTR,
-                ulValueLen: label.len() as sys::CK_ULONG,
-            },
-        ];
-        if hsm!(self.module, C_FindObjectsInit(h, template.as_mut_ptr(), 2)) != sys::CKR_OK {
-            return Err(device("C_FindObjectsInit (anchor)", sys::CKR_GENERAL_ERROR));
-        }
-        let mut found = [0 as sys::CK_OBJECT_HANDLE; 8];
-        let mut n: sys::CK_ULONG = 0;
-        let rv = hsm!(self.module, C_FindObjects(h, found.as_mut_ptr(), 8, &mut n));
-        let _ = hsm!(self.module, C_FindObjectsFinal(h));
-        if rv != sys::CKR_OK {
-            return Err(device("C_FindObjects (anchor)", rv));
-        }
-        Ok(found[..n as usize].to_vec())
+        self.find_by_label(h, sys::CKO_DATA, label)
     }
 
     /// Each anchor object found with its (seq, mac).

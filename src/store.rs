@@ -496,13 +496,7 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         a.versions = stmt
-            .query_map(params![a.rowid, a.min_usable, a.current], |r| {
-                Ok(VersionRecord {
-                    version: r.get(0)?,
-                    public_key: r.get(1)?,
-                    pk_mac: r.get(2)?,
-                })
-            })
+            .query_map(params![a.rowid, a.min_usable, a.current], read_version_row)
             .map_err(|e| self.err(e))?
             .collect::<Result<_, _>>()
             .map_err(|e| self.err(e))?;
@@ -670,13 +664,7 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([rowid], |r| {
-                Ok(VersionRecord {
-                    version: r.get(0)?,
-                    public_key: r.get(1)?,
-                    pk_mac: r.get(2)?,
-                })
-            })
+            .query_map([rowid], read_version_row)
             .map_err(|e| self.err(e))?
             .collect::<Result<_, _>>()
             .map_err(|e| self.err(e))?;
@@ -919,6 +907,15 @@ pub fn parse_transition_detail(detail: &str) -> Option<(AssetState, u32, u32)> {
     let current = parts.next()?.strip_prefix("current=")?.parse().ok()?;
     let min = parts.next()?.strip_prefix("min_usable=")?.parse().ok()?;
     Some((state, current, min))
+}
+
+/// A `SELECT version, public_key, pk_mac` row.
+fn read_version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
+    Ok(VersionRecord {
+        version: r.get(0)?,
+        public_key: r.get(1)?,
+        pk_mac: r.get(2)?,
+    })
 }
 
 /// The columns of an audit row before its MAC, in [`Record`] order.

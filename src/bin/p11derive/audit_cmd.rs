@@ -1,16 +1,14 @@
 //! `p11derive audit verify | export | tail`.
 
 use p11derive::audit::{public_key_mac, verify_chain, ChainFault, Event, Record};
-use p11derive::backend::Backend;
 use p11derive::derive;
-use p11derive::secure::LockedKey;
 use p11derive::store::{
     hex, key_digest, parse_resumes_to, parse_transition_detail, AssetState, AuditRow, Store,
     PENDING_MARK,
 };
 use std::collections::BTreeMap;
 
-use super::{load_config, open_store, read_pin, Args, Failure};
+use super::{load_config, open_store, with_key, Args, Failure};
 
 fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
     serde_json::json!({
@@ -102,29 +100,6 @@ fn replay(rows: &[AuditRow]) -> BTreeMap<String, (u64, AssetState, u32, u32)> {
         }
     }
     expected
-}
-
-/// Logs in to the backing HSM and runs `f` with it and the audit key.
-fn with_key<T>(
-    args: &Args,
-    f: impl FnOnce(&Store, &Backend, &derive::Secret32) -> Result<T, Failure>,
-) -> Result<T, Failure> {
-    let config = load_config(args)?;
-    let store = open_store(&config)?;
-    let pin = read_pin(args)?;
-    let backend = Backend::open(&config.backend, &config.source)
-        .map_err(|e| Failure::Failed(e.to_string()))?;
-    let result = backend
-        .login(cryptoki_sys::CKU_USER, pin.as_bytes())
-        .map_err(|e| Failure::Failed(format!("backing token login: {e}")))
-        .and_then(|()| {
-            let ak = derive::audit_key(&backend).map_err(|e| Failure::Failed(e.to_string()))?;
-            let ak = LockedKey::new(ak).map_err(Failure::Failed)?;
-            f(&store, &backend, ak.get())
-        });
-    let _ = backend.logout();
-    backend.finalize();
-    result
 }
 
 pub fn reanchor(args: &Args) -> Result<(), Failure> {

@@ -382,13 +382,12 @@ fn refuse_rolled_back(store: &Store, backend: &Backend) -> Result<(), Failure> {
     }
 }
 
-/// Runs `f` with the store and a backing HSM logged in as user, and the
-/// audit key derived through it (every change is audited).
-fn with_hsm(
+/// Logs in to the backing HSM (user PIN) and runs `f` with the store, the
+/// HSM and the audit key, derived through it into a locked page.
+pub(crate) fn with_key<T>(
     args: &Args,
-    what: &str,
-    f: impl FnOnce(&Store, &Backend, &Audit) -> Result<Asset, Failure>,
-) -> Result<(), Failure> {
+    f: impl FnOnce(&Store, &Backend, &derive::Secret32) -> Result<T, Failure>,
+) -> Result<T, Failure> {
     let config = load_config(args)?;
     let store = open_store(&config)?;
     let pin = read_pin(args)?;
@@ -400,21 +399,30 @@ fn with_hsm(
         .and_then(|()| {
             let ak = derive::audit_key(&backend).map_err(|e| Failure::Failed(e.to_string()))?;
             let ak = LockedKey::new(ak).map_err(Failure::Failed)?;
-            let ak = ak.get();
-            refuse_rolled_back(&store, &backend)?;
-            let done = f(&store, &backend, &Audit { ak, session: None });
-            // The change (or its refusal) is recorded; move the HSM anchor to
-            // the newest record.
-            if let Ok(Some((seq, mac))) = store.audit_head() {
-                if let Err(e) = backend.write_anchor(seq, &mac, false) {
-                    eprintln!("p11derive: warning: rollback anchor not advanced: {e}");
-                }
-            }
-            done
+            f(&store, &backend, ak.get())
         });
     let _ = backend.logout();
     backend.finalize();
-    report(args, &store, &result?, what)
+    result
+}
+
+/// A change: refused on a rolled-back store, audited, then the HSM anchor is
+/// moved to its record (or to the refusal's record).
+fn with_hsm(
+    args: &Args,
+    what: &str,
+    f: impl FnOnce(&Store, &Backend, &Audit) -> Result<Asset, Failure>,
+) -> Result<(), Failure> {
+    with_key(args, |store, backend, ak| {
+        refuse_rolled_back(store, backend)?;
+        let done = f(store, backend, &Audit { ak, session: None });
+        if let Ok(Some((seq, mac))) = store.audit_head() {
+            if let Err(e) = backend.write_anchor(seq, &mac, false) {
+                eprintln!("p11derive: warning: rollback anchor not advanced: {e}");
+            }
+        }
+        report(args, store, &done?, what)
+    })
 }
 
 fn asset_create(args: &Args, name: &str) -> Result<(), Failure> {
