@@ -472,19 +472,9 @@ impl Store {
     /// One asset by row id (retired ones included: the caller decides).
     pub fn asset(&self, rowid: i64) -> Result<Option<Asset>, StoreError> {
         let conn = self.lock();
-        let row = conn
-            .query_row(
-                &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE id = ?1"),
-                [rowid],
-                read_asset_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        match row {
+        match self.asset_row(&conn, rowid)? {
             None => Ok(None),
-            Some(row) => Ok(Some(
-                self.finish_asset(&conn, row.map_err(|e| self.at_path(e))?)?,
-            )),
+            Some(a) => Ok(Some(self.finish_asset(&conn, a)?)),
         }
     }
 
@@ -853,6 +843,11 @@ impl Store {
     /// process before this read is honoured.
     pub fn fresh_state(&self, rowid: i64) -> Result<Option<Asset>, StoreError> {
         let conn = self.lock();
+        self.asset_row(&conn, rowid)
+    }
+
+    /// The asset row `rowid` (its versions not loaded).
+    fn asset_row(&self, conn: &Connection, rowid: i64) -> Result<Option<Asset>, StoreError> {
         let row = conn
             .query_row(
                 &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE id = ?1"),
@@ -1134,15 +1129,7 @@ impl Store {
             let mut decisions = Vec::with_capacity(batch.len());
             let mut records = Vec::with_capacity(batch.len());
             for job in batch.iter_mut() {
-                let row = tx
-                    .query_row(
-                        &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE id = ?1"),
-                        [job.rowid],
-                        read_asset_row,
-                    )
-                    .optional()
-                    .map_err(|e| self.err(e))?;
-                let asset = row.map(|a| a.map_err(|e| self.at_path(e))).transpose()?;
+                let asset = self.asset_row(&tx, job.rowid)?;
                 let allowed = asset.as_ref().is_some_and(|a| a.may_sign(job.version));
                 let mut r = job.record.clone();
                 if !allowed {
