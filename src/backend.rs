@@ -347,9 +347,14 @@ impl Backend {
                     pin.len() as sys::CK_ULONG
                 )
             );
+            // USER_PIN_NOT_INITIALIZED too: a file token read mid-rewrite
+            // can look uninitialized; no PIN was checked, so nothing counts.
             if !matches!(
                 rv,
-                sys::CKR_GENERAL_ERROR | sys::CKR_DEVICE_ERROR | sys::CKR_FUNCTION_FAILED
+                sys::CKR_GENERAL_ERROR
+                    | sys::CKR_DEVICE_ERROR
+                    | sys::CKR_FUNCTION_FAILED
+                    | sys::CKR_USER_PIN_NOT_INITIALIZED
             ) {
                 break;
             }
@@ -635,6 +640,10 @@ impl Backend {
                 ulValueLen: 40,
             };
             let rv = hsm!(self.module, C_GetAttributeValue(h, obj, &mut attr, 1));
+            // Another process replaced the anchor between our find and read.
+            if rv == sys::CKR_OBJECT_HANDLE_INVALID {
+                continue;
+            }
             if rv != sys::CKR_OK || attr.ulValueLen != 40 {
                 return Err(Error::with(
                     ck::CKR_DEVICE_ERROR,
@@ -657,13 +666,29 @@ impl Backend {
     /// The anchor's (sequence number, MAC), if one was written. Needs a user
     /// login: the anchor is a private object. Should two exist (a crash
     /// between writing the new one and removing the old), the newest counts.
+    /// Another process may replace the anchor while we read it: an anchor
+    /// that vanished between find and read is looked for again.
     pub fn read_anchor(&self) -> Result<Option<(u64, [u8; 32])>> {
         self.with_session(|h| {
-            Ok(self
-                .anchors(h)?
-                .into_iter()
-                .max_by_key(|(_, seq, _)| *seq)
-                .map(|(_, seq, mac)| (seq, mac)))
+            for _ in 0..5 {
+                let found = self.find_data(h, &self.anchor_label())?.len();
+                let anchors = self.anchors(h)?;
+                if found > 0 && anchors.is_empty() {
+                    continue;
+                }
+                return Ok(anchors
+                    .into_iter()
+                    .max_by_key(|(_, seq, _)| *seq)
+                    .map(|(_, seq, mac)| (seq, mac)));
+            }
+            Err(Error::with(
+                ck::CKR_DEVICE_ERROR,
+                format!(
+                    "the rollback anchor {:?} on backing token {:?} kept changing while read",
+                    self.anchor_label(),
+                    self.token_label
+                ),
+            ))
         })
     }
 

@@ -27,6 +27,8 @@ pub struct Config {
     pub log: LogSection,
     #[serde(default)]
     pub policy: PolicySection,
+    #[serde(default)]
+    pub cache: CacheSection,
     /// The file this was read from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -74,6 +76,27 @@ impl Default for StoreSection {
             path: default_store_path(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// How long a derived key stays cached (in locked memory) after its
+    /// derivation through the backing HSM; 0 derives for every C_SignInit.
+    #[serde(default = "default_ttl")]
+    pub ttl_seconds: u64,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        CacheSection {
+            ttl_seconds: default_ttl(),
+        }
+    }
+}
+
+fn default_ttl() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -14,7 +14,7 @@ use crate::audit::{public_key_mac, Event, Record};
 use crate::backend::Backend;
 use crate::ck::*;
 use crate::config::Config;
-use crate::derive::{self, AssetId, KeyType, Secret32};
+use crate::derive::{self, AssetId, KeyType};
 use crate::error::{attr_name, Error, Result};
 use crate::lifecycle;
 use crate::log;
@@ -63,7 +63,8 @@ struct SignOp {
     asset: i64,
     version: u32,
     kt: KeyType,
-    key: Secret32,
+    /// The key, in a locked page shared with the key cache.
+    key: Arc<LockedKey>,
     hasher: Option<Hasher>,
     /// C_SignUpdate was called: only C_SignFinal may finish.
     multi: bool,
@@ -168,7 +169,15 @@ pub struct Provider {
     audit_key: Mutex<Option<Arc<LockedKey>>>,
     /// When the rollback anchor was last advanced (ms since the epoch).
     anchored_at_ms: AtomicU64,
+    /// Derived keys by (asset row id, version), each in its own locked page,
+    /// with the moment it was derived; see `signing_key`.
+    key_cache: Mutex<HashMap<(i64, u32), CachedKey>>,
+    /// Keys derived through the backing HSM so far (each one a PRF call).
+    derivations: AtomicU64,
 }
+
+/// A cached key and when it was derived.
+type CachedKey = (Arc<LockedKey>, std::time::Instant);
 
 /// How stale the anchor may get while signatures are committed: at most one
 /// anchor write (one backing HSM call) per this interval.
@@ -213,11 +222,18 @@ impl Provider {
             store_index,
             audit_key: Mutex::new(None),
             anchored_at_ms: AtomicU64::new(0),
+            key_cache: Mutex::new(HashMap::new()),
+            derivations: AtomicU64::new(0),
         })
     }
 
     /// Ends every session and releases the backing HSM.
     pub fn finalize(&self) {
+        lock(&self.key_cache).clear();
+        log::info(&format!(
+            "keys derived through the backing HSM: {}",
+            self.derivations.load(Ordering::Relaxed)
+        ));
         let (commits, records) = self.store.commit_stats();
         if commits > 0 {
             log::info(&format!(
@@ -577,6 +593,8 @@ impl Provider {
         {
             lock(s).sign = None;
         }
+        // Every derived key is wiped with the login.
+        lock(&self.key_cache).clear();
         if let Err(e) = self.backend.logout() {
             log::warn(&format!("logout: {e}"));
         }
@@ -822,12 +840,25 @@ impl Provider {
 
     // ---- signing and verification -----------------------------------------
 
-    /// Derives the scalar of an asset version and checks it against the
-    /// recorded public key, so a store paired with the wrong root can never
-    /// sign with keys nobody registered.
-    fn signing_key(&self, view: &View) -> Result<Secret32> {
+    /// The key of an asset version: from the cache while its entry is fresh
+    /// (no backing HSM call), otherwise derived through the HSM, checked
+    /// against the recorded public key (a store paired with the wrong root
+    /// can never sign with keys nobody registered), and cached for
+    /// `[cache] ttl_seconds`.
+    fn signing_key(&self, view: &View, epoch: u64) -> Result<Arc<LockedKey>> {
+        let slot = (view.asset.rowid, view.version);
+        let ttl = std::time::Duration::from_secs(self.config.cache.ttl_seconds);
+        {
+            let mut cache = lock(&self.key_cache);
+            // Expired entries are dropped (and so wiped) whenever the cache is used.
+            cache.retain(|_, (_, at)| at.elapsed() < ttl);
+            if let Some((key, _)) = cache.get(&slot) {
+                return Ok(key.clone());
+            }
+        }
         let kt = view.asset.key_type;
         let scalar = derive::derive_key(&self.backend, &view.asset.id, view.version, kt)?;
+        self.derivations.fetch_add(1, Ordering::Relaxed);
         let derived = derive::public_point(kt, &scalar);
         if derived.as_deref() != view.public_point() {
             return Err(Error::with(
@@ -842,7 +873,24 @@ impl Provider {
                 ),
             ));
         }
-        Ok(scalar)
+        let key = Arc::new(LockedKey::new(scalar).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?);
+        if !ttl.is_zero() {
+            // Only while the login the key was derived under is still current:
+            // a logout flips the state before it clears the cache, so a key
+            // derived across a logout is never cached past it.
+            let mut cache = lock(&self.key_cache);
+            if self.still_logged_in(epoch) {
+                cache.insert(slot, (key.clone(), std::time::Instant::now()));
+            }
+        }
+        Ok(key)
+    }
+
+    /// Drops (wipes) the cached keys of an asset's versions that may no
+    /// longer sign: after a rotation, suspension, trim or retirement seen in
+    /// the store, whichever process made it.
+    fn prune_keys(&self, asset: &Asset) {
+        lock(&self.key_cache).retain(|(rowid, v), _| *rowid != asset.rowid || asset.may_sign(*v));
     }
 
     pub fn sign_init(
@@ -865,6 +913,7 @@ impl Provider {
         }
         let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
         let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+        self.prune_keys(&asset);
         if okey.class != Class::Private || !view.may_sign() {
             let why = format!(
                 "object {:?} may not sign (asset state {})",
@@ -881,7 +930,7 @@ impl Provider {
             }
             return Err(Error::with(CKR_KEY_FUNCTION_NOT_PERMITTED, why));
         }
-        let key = match self.signing_key(&view) {
+        let key = match self.signing_key(&view, epoch) {
             Ok(key) => key,
             // The backing login ended under us: say so, not "device error".
             Err(_) if !self.still_logged_in(epoch) => {
@@ -944,7 +993,7 @@ impl Provider {
             }
             None => data.to_vec(),
         };
-        let sig = mechanisms::ecdsa_sign(op.kt, &op.key, &digest)?;
+        let sig = mechanisms::ecdsa_sign(op.kt, op.key.get(), &digest)?;
         self.confirm_sign(&op)?;
         out[..ECDSA_SIG_LEN].copy_from_slice(&sig);
         Ok(ECDSA_SIG_LEN)
@@ -997,7 +1046,7 @@ impl Provider {
             .cloned()
             .map(Hasher::finish)
             .unwrap_or_default();
-        let sig = mechanisms::ecdsa_sign(op.kt, &op.key, &digest)?;
+        let sig = mechanisms::ecdsa_sign(op.kt, op.key.get(), &digest)?;
         self.confirm_sign(&op)?;
         out[..ECDSA_SIG_LEN].copy_from_slice(&sig);
         Ok(ECDSA_SIG_LEN)
@@ -1280,6 +1329,9 @@ impl Provider {
                 )
             })?;
         self.anchor_if_stale();
+        if let Err(Some(a)) = &committed {
+            self.prune_keys(a);
+        }
         match committed {
             Ok(()) => Ok(()),
             Err(Some(a)) if !a.is_usable(op.version) => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
