@@ -1,0 +1,152 @@
+//! The derived-key cache: the backing HSM is asked once per key and TTL, not
+//! once per signature; entries go with expiry, logout, and any change of
+//! their asset's state. Counts come from the provider's own finalize line.
+
+mod common;
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+
+use common::*;
+
+/// Keys derived through the HSM by the provider that just finalized.
+fn derivations(s: &Setup) -> u64 {
+    let log = s.log();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("keys derived through the backing HSM: "))
+        .expect("finalize logs its derivations");
+    line.rsplit(": ").next().unwrap().trim().parse().unwrap()
+}
+
+fn with_ttl(s: &Setup, seconds: u64) {
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("{text}\n[cache]\nttl_seconds = {seconds}\n"),
+    )
+    .unwrap();
+}
+
+fn key(session: &Session) -> ObjectHandle {
+    session
+        .find_objects(&[
+            Attribute::Label(b"c".to_vec()),
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+        ])
+        .unwrap()[0]
+}
+
+fn sign(session: &Session, key: ObjectHandle, n: usize) {
+    for i in 0..n {
+        session
+            .sign(&Mechanism::Ecdsa, key, &[i as u8; 32])
+            .unwrap();
+    }
+}
+
+fn created(ttl: Option<u64>) -> Setup {
+    let s = setup(None);
+    if let Some(t) = ttl {
+        with_ttl(&s, t);
+    }
+    let out = s
+        .cli()
+        .args(["asset", "create", "c", "--type", "secp256k1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s
+}
+
+#[test]
+fn fifty_signatures_derive_the_key_once() {
+    let _turn = turn();
+    let s = created(None);
+    {
+        let p = s.load();
+        let session = p.user_session();
+        sign(&session, key(&session), 50);
+    }
+    assert_eq!(derivations(&s), 1);
+}
+
+#[test]
+fn an_expired_entry_is_derived_again() {
+    let _turn = turn();
+    let s = created(Some(1));
+    {
+        let p = s.load();
+        let session = p.user_session();
+        let k = key(&session);
+        sign(&session, k, 3);
+        std::thread::sleep(std::time::Duration::from_millis(1200));
+        sign(&session, k, 3);
+    }
+    assert_eq!(derivations(&s), 2);
+}
+
+#[test]
+fn a_logout_wipes_the_cache() {
+    let _turn = turn();
+    let s = created(None);
+    {
+        let p = s.load();
+        let session = p.user_session();
+        let k = key(&session);
+        sign(&session, k, 3);
+        session.logout().unwrap();
+        session
+            .login(UserType::User, Some(&AuthPin::from(PIN)))
+            .unwrap();
+        sign(&session, k, 3);
+    }
+    assert_eq!(derivations(&s), 2);
+}
+
+#[test]
+fn a_rotation_moves_the_alias_to_a_freshly_derived_key() {
+    let _turn = turn();
+    let s = created(None);
+    {
+        let p = s.load();
+        let session = p.user_session();
+        let k = key(&session);
+        sign(&session, k, 3);
+        let out = s.cli().args(["asset", "rotate", "c"]).output().unwrap();
+        assert!(out.status.success());
+        // The alias is version 2 now: its key is derived, version 1's is no
+        // longer used (and was pruned when the rotation was seen).
+        sign(&session, k, 3);
+        let v1 = session
+            .find_objects(&[
+                Attribute::Label(b"c@v1".to_vec()),
+                Attribute::Class(ObjectClass::PRIVATE_KEY),
+            ])
+            .unwrap()[0];
+        assert!(
+            session.sign(&Mechanism::Ecdsa, v1, &[0; 32]).is_err(),
+            "v1 may not sign"
+        );
+    }
+    assert_eq!(derivations(&s), 2);
+}
+
+#[test]
+fn a_zero_ttl_derives_for_every_signature() {
+    let _turn = turn();
+    let s = created(Some(0));
+    {
+        let p = s.load();
+        let session = p.user_session();
+        sign(&session, key(&session), 5);
+    }
+    assert_eq!(derivations(&s), 5);
+}
