@@ -248,6 +248,24 @@ fn initialize(explicit_config: Option<PathBuf>) -> Result<()> {
             ),
         )
     })?;
+    // Secrets need locked memory: check the budget before anything else.
+    let memory = &config.memory;
+    match crate::secure::probe(memory.locked_kib, memory.allow_unlocked) {
+        Ok(true) => {}
+        Ok(false) => log::error(&format!(
+            "DEGRADED: memory for secrets cannot be locked ({} KiB requested) and [memory] \
+             allow_unlocked = true in {}: derived keys and the audit key may be swapped to disk. \
+             Raise RLIMIT_MEMLOCK and remove allow_unlocked to fix this",
+            memory.locked_kib,
+            path.display()
+        )),
+        Err(m) => {
+            return Err(Error::with(
+                CKR_HOST_MEMORY,
+                format!("{m} (config file {})", path.display()),
+            ))
+        }
+    }
     let provider = Provider::open(config)?;
     log::info(&format!(
         "initialized: config {}, backing token {:?} in {}, store {}",

@@ -29,6 +29,8 @@ pub struct Config {
     pub policy: PolicySection,
     #[serde(default)]
     pub cache: CacheSection,
+    #[serde(default)]
+    pub memory: MemorySection,
     /// The file this was read from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -76,6 +78,33 @@ impl Default for StoreSection {
             path: default_store_path(),
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySection {
+    /// Locked memory p11derive may use for secrets, in KiB: one 4 KiB page
+    /// per secret (the audit key, each cached key). Checked at C_Initialize
+    /// against RLIMIT_MEMLOCK; it also bounds the key cache.
+    #[serde(default = "default_locked_kib")]
+    pub locked_kib: u64,
+    /// Run even when memory cannot be locked (secrets could be swapped to
+    /// disk); p11derive then says so loudly, once. Default: fail closed.
+    #[serde(default)]
+    pub allow_unlocked: bool,
+}
+
+impl Default for MemorySection {
+    fn default() -> Self {
+        MemorySection {
+            locked_kib: default_locked_kib(),
+            allow_unlocked: false,
+        }
+    }
+}
+
+fn default_locked_kib() -> u64 {
+    1024
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -10,6 +10,66 @@ use std::ptr;
 
 use crate::derive::Secret32;
 
+/// Set when the operator allowed running without locked memory and locking
+/// failed: pages are then used unlocked (still guarded and non-dumpable).
+static UNLOCKED_ALLOWED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Checks at start that `kib` of memory can be locked, by locking (and
+/// releasing) that much. Without it: an error naming the limit and the fix,
+/// or, when `allow_unlocked`, degraded mode (the caller warns loudly).
+pub fn probe(kib: u64, allow_unlocked: bool) -> Result<bool, String> {
+    let len = (kib as usize).max(4) * 1024;
+    // SAFETY: an anonymous private mapping, unmapped below.
+    let base = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(format!("cannot map {kib} KiB for secrets"));
+    }
+    // SAFETY: locking and unmapping the region just mapped.
+    let locked = unsafe {
+        let ok = libc::mlock(base as *const _, len) == 0;
+        let err = std::io::Error::last_os_error();
+        if ok {
+            libc::munlock(base as *const _, len);
+        }
+        libc::munmap(base, len);
+        ok.then_some(()).ok_or(err)
+    };
+    match locked {
+        Ok(()) => {
+            UNLOCKED_ALLOWED.store(false, std::sync::atomic::Ordering::SeqCst);
+            Ok(true)
+        }
+        Err(_) if allow_unlocked => {
+            UNLOCKED_ALLOWED.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(false)
+        }
+        Err(e) => {
+            let mut limit = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: getrlimit writes into `limit`.
+            unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+            Err(format!(
+                "cannot lock {kib} KiB of memory for secrets ({e}; RLIMIT_MEMLOCK is {} KiB): \
+                 raise RLIMIT_MEMLOCK to at least {kib} KiB (ulimit -l, LimitMEMLOCK= for a systemd \
+                 service), lower [memory] locked_kib, or set [memory] allow_unlocked = true to run \
+                 degraded (secrets could then be swapped to disk)",
+                limit.rlim_cur / 1024
+            ))
+        }
+    }
+}
+
 pub struct LockedKey {
     /// The first of three pages: guard, secret, guard.
     base: *mut libc::c_void,
@@ -60,7 +120,9 @@ impl LockedKey {
             {
                 return Err("cannot set guard pages around secrets (mprotect failed)".into());
             }
-            if libc::mlock(data as *const _, page) != 0 {
+            if libc::mlock(data as *const _, page) != 0
+                && !UNLOCKED_ALLOWED.load(std::sync::atomic::Ordering::SeqCst)
+            {
                 return Err(format!(
                     "cannot lock a page of memory for secrets ({}); raise RLIMIT_MEMLOCK \
                      (ulimit -l, or LimitMEMLOCK= for a systemd service) by at least {} KiB",

@@ -880,6 +880,17 @@ impl Provider {
             // derived across a logout is never cached past it.
             let mut cache = lock(&self.key_cache);
             if self.still_logged_in(epoch) {
+                // One locked page per key: the locked-memory budget, less a
+                // page for the audit key, bounds the cache; the oldest goes.
+                let capacity =
+                    (self.config.memory.locked_kib / 4).saturating_sub(1).max(1) as usize;
+                while cache.len() >= capacity {
+                    let oldest = cache.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| *k);
+                    match oldest {
+                        Some(k) => cache.remove(&k),
+                        None => break,
+                    };
+                }
                 cache.insert(slot, (key.clone(), std::time::Instant::now()));
             }
         }

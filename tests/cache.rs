@@ -150,3 +150,60 @@ fn a_zero_ttl_derives_for_every_signature() {
     }
     assert_eq!(derivations(&s), 5);
 }
+
+/// pkcs11-tool -L as root without CAP_IPC_LOCK and with RLIMIT_MEMLOCK 0, so
+/// that locking memory really fails.
+fn list_without_memlock(s: &Setup) -> (bool, String) {
+    let out = std::process::Command::new("prlimit")
+        .args([
+            "--memlock=0:0",
+            "setpriv",
+            "--bounding-set",
+            "-ipc_lock",
+            "pkcs11-tool",
+            "--module",
+        ])
+        .arg(module_path())
+        .arg("-L")
+        .env("P11DERIVE_CONF", &s.config)
+        .env("SOFTHSM2_CONF", softhsm_dir().join("softhsm2.conf"))
+        .output()
+        .expect("prlimit and setpriv (util-linux) run");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn too_little_locked_memory_fails_closed_unless_degraded_mode_is_chosen() {
+    let _turn = turn();
+    let s = setup(None);
+    let (ok, _) = list_without_memlock(&s);
+    assert!(!ok, "C_Initialize succeeded without lockable memory");
+    let log = s.log();
+    assert!(
+        log.contains("cannot lock 1024 KiB of memory for secrets"),
+        "{log}"
+    );
+    assert!(
+        log.contains("raise RLIMIT_MEMLOCK to at least 1024 KiB"),
+        "{log}"
+    );
+    assert!(log.contains("CKR_HOST_MEMORY"), "{log}");
+    // Degraded mode is an explicit choice, and it says so.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("{text}\n[memory]\nallow_unlocked = true\n"),
+    )
+    .unwrap();
+    let (ok, listed) = list_without_memlock(&s);
+    assert!(ok && listed.contains("p11derive"), "{listed}");
+    assert!(
+        s.log()
+            .contains("DEGRADED: memory for secrets cannot be locked"),
+        "{}",
+        s.log()
+    );
+}
