@@ -91,11 +91,11 @@ fn page_size() -> usize {
 }
 
 impl LockedKey {
-    /// Moves `key` into a locked, non-dumpable page. Fails (and wipes `key`
-    /// on drop) when the page cannot be locked: the message names the limit.
-    pub fn new(key: Secret32) -> Result<LockedKey, String> {
-        // `key` is copied into the page below and wiped when it drops here;
-        // it is never moved (a move would leave its bytes on the stack).
+    /// Copies `key` into a locked, non-dumpable page. The caller keeps (and
+    /// wipes, on drop) its own copy: taking the key by value would move it,
+    /// leaving its bytes in the caller's stack frame unwiped. Fails when the
+    /// page cannot be locked: the message names the limit.
+    pub fn new(key: &Secret32) -> Result<LockedKey, String> {
         let page = page_size();
         // SAFETY: an anonymous private mapping of three pages; checked below.
         let base = unsafe {
@@ -179,7 +179,7 @@ mod tests {
 
     #[test]
     fn the_key_page_is_locked_and_excluded_from_dumps() {
-        let k = LockedKey::new(Zeroizing::new([0x5a; 32])).unwrap();
+        let k = LockedKey::new(&Zeroizing::new([0x5a; 32])).unwrap();
         assert_eq!(k.get()[..], [0x5a; 32]);
         let addr = k.address();
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();

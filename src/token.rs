@@ -438,7 +438,7 @@ impl Provider {
         let mut ak = lock(&self.audit_key);
         if ak.is_none() && who == Login::User {
             let key = derive::audit_key(&self.backend)?;
-            let locked = LockedKey::new(key).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
+            let locked = LockedKey::new(&key).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
             *ak = Some(Arc::new(locked));
         }
         Ok(())
@@ -873,7 +873,8 @@ impl Provider {
                 ),
             ));
         }
-        let key = Arc::new(LockedKey::new(scalar).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?);
+        let key = Arc::new(LockedKey::new(&scalar).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?);
+        drop(scalar); // the unlocked copy is wiped as soon as the locked one exists
         if !ttl.is_zero() {
             // Only while the login the key was derived under is still current:
             // a logout flips the state before it clears the cache, so a key

@@ -397,8 +397,10 @@ pub(crate) fn with_key<T>(
         .login(cryptoki_sys::CKU_USER, pin.as_bytes())
         .map_err(|e| Failure::Failed(format!("backing token login: {e}")))
         .and_then(|()| {
-            let ak = derive::audit_key(&backend).map_err(|e| Failure::Failed(e.to_string()))?;
-            let ak = LockedKey::new(ak).map_err(Failure::Failed)?;
+            let derived =
+                derive::audit_key(&backend).map_err(|e| Failure::Failed(e.to_string()))?;
+            let ak = LockedKey::new(&derived).map_err(Failure::Failed)?;
+            drop(derived); // wiped now, not at the end of the command
             f(&store, &backend, ak.get())
         });
     let _ = backend.logout();
