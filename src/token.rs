@@ -635,19 +635,27 @@ impl Provider {
             .asset(key.asset)
             .map_err(store_error)?
             .ok_or(Error::rv(invalid))?;
-        View::resolve(&asset, &key).ok_or(Error::rv(invalid))?;
-        self.check_public_keys(&asset)?;
+        let version = View::resolve(&asset, &key)
+            .ok_or(Error::rv(invalid))?
+            .version;
+        self.check_public_keys(&asset, [version])?;
         Ok((key, asset))
     }
 
-    /// Every usable version's public key must carry its MAC under the audit
-    /// key; a key changed in the store is refused, never served or used. A
+    /// The public keys of `versions` must carry their MAC under the audit
+    /// key: a key changed in the store is refused, never served or used. Only
+    /// the versions an operation touches are checked (one HMAC each). A
     /// process that never logged in has no audit key and must trust the store.
-    fn check_public_keys(&self, asset: &Asset) -> Result<()> {
+    fn check_public_keys(
+        &self,
+        asset: &Asset,
+        versions: impl IntoIterator<Item = u32>,
+    ) -> Result<()> {
         let Some(ak) = self.audit_key() else {
             return Ok(());
         };
-        for v in &asset.versions {
+        for n in versions {
+            let Some(v) = asset.version(n) else { continue };
             let Some(pk) = &v.public_key else { continue };
             let want = public_key_mac(ak.get(), asset.id.as_str(), v.version, pk);
             if v.pk_mac.as_deref() != Some(&want[..]) {
@@ -850,8 +858,12 @@ impl Provider {
         let ttl = std::time::Duration::from_secs(self.config.cache.ttl_seconds);
         {
             let mut cache = lock(&self.key_cache);
-            // Expired entries are dropped (and so wiped) whenever the cache is used.
-            cache.retain(|_, (_, at)| at.elapsed() < ttl);
+            // One pass drops (wipes) expired entries and, for this asset as the
+            // store shows it now, versions that may no longer sign.
+            let asset = view.asset;
+            cache.retain(|(rowid, v), (_, at)| {
+                at.elapsed() < ttl && (*rowid != asset.rowid || asset.may_sign(*v))
+            });
             if let Some((key, _)) = cache.get(&slot) {
                 return Ok(key.clone());
             }
@@ -925,8 +937,8 @@ impl Provider {
         }
         let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
         let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
-        self.prune_keys(&asset);
         if okey.class != Class::Private || !view.may_sign() {
+            self.prune_keys(&asset);
             let why = format!(
                 "object {:?} may not sign (asset state {})",
                 view.label(),
@@ -1100,11 +1112,13 @@ impl Provider {
         if okey.class != Class::Public || !view.may_verify() {
             return Err(Error::rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
         }
-        let points = view
+        let points: Vec<(u32, Vec<u8>)> = view
             .verify_points()
             .into_iter()
             .map(|(v, p)| (v, p.to_vec()))
             .collect();
+        // The alias verifies with every usable version, not only its own.
+        self.check_public_keys(&asset, points.iter().map(|(v, _)| *v))?;
         let mut s = lock(&session);
         if s.verify.is_some() {
             return Err(Error::rv(CKR_OPERATION_ACTIVE));
