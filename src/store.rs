@@ -234,6 +234,11 @@ pub enum StoreError {
     Refused(String),
     /// The asset changed between reading it and committing (retry).
     Conflict(String),
+    /// The backing HSM's root is not the one the store's audit chain was
+    /// written with.
+    OtherRoot(PathBuf),
+    /// The chain's newest record (this seq) does not verify under the right key.
+    Tampered(PathBuf, u64),
     Io(PathBuf, String),
 }
 
@@ -276,6 +281,19 @@ impl fmt::Display for StoreError {
             }
             StoreError::Refused(why) => write!(f, "{why}"),
             StoreError::Conflict(why) => write!(f, "{why}"),
+            StoreError::OtherRoot(p) => write!(
+                f,
+                "the audit key derived from the backing HSM's root does not verify the newest \
+                 record of store {}: the store belongs to another root. Nothing was written; check \
+                                 [backend] token_label and root_label, and [store] path",
+                p.display()
+            ),
+            StoreError::Tampered(p, seq) => write!(
+                f,
+                "the newest audit record of store {} (record {seq}) does not verify: the store was \
+                 changed outside p11derive. Nothing was written; run `p11derive audit verify`",
+                p.display()
+            ),
             StoreError::Io(p, e) => write!(f, "store {}: {e}", p.display()),
         }
     }
@@ -1215,6 +1233,52 @@ impl Store {
             .optional()
             .map_err(|e| self.err(e))?;
         Ok(head.map(|(s, m)| (s as u64, m.try_into().unwrap_or([0u8; 32]))))
+    }
+
+    /// Before a process writes with a freshly derived audit key: the chain's
+    /// newest record must verify under it. When it does not, the first record
+    /// tells why: under the same key it still verifies (the store was changed:
+    /// `Tampered`), under another root's key it does not (`OtherRoot`).
+    /// Appending in either case would chain onto something unproven.
+    pub fn check_root(&self, ak: &Secret32) -> Result<(), StoreError> {
+        let head = self.chain_rows("ORDER BY seq DESC LIMIT 2")?;
+        let Some((last, mac)) = head.first() else {
+            return Ok(());
+        };
+        let prev = match head.get(1) {
+            Some((_, m)) => m.as_slice().try_into().unwrap_or([0xffu8; 32]),
+            None => GENESIS,
+        };
+        if last.mac(ak, &prev)[..] == mac[..] {
+            return Ok(());
+        }
+        let first = self.chain_rows("ORDER BY seq LIMIT 1")?;
+        match first.first() {
+            Some((r, m)) if r.mac(ak, &GENESIS)[..] == m[..] => {
+                Err(StoreError::Tampered(self.path.clone(), last.seq))
+            }
+            _ => Err(StoreError::OtherRoot(self.path.clone())),
+        }
+    }
+
+    /// Chain rows in the order `tail` gives (`ORDER BY … LIMIT …`).
+    fn chain_rows(&self, tail: &str) -> Result<Vec<AuditRow>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT seq, {AUDIT_COLUMNS}, mac FROM audit {tail}"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let mut rec = read_record(r, 1)?;
+                rec.seq = r.get::<_, i64>(0)? as u64;
+                Ok((rec, r.get::<_, Vec<u8>>(11)?))
+            })
+            .map_err(|e| self.err(e))?
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.err(e))?;
+        Ok(rows)
     }
 
     /// Whether the chain holds record `seq` with exactly this MAC.

@@ -393,6 +393,7 @@ impl Provider {
                 // older than the HSM's anchor, and the login is audited.
                 let audited = self
                     .ensure_audit_key(wanted)
+                    .and_then(|()| self.check_root(wanted))
                     .and_then(|()| self.check_anchor(wanted))
                     .and_then(|()| {
                         self.audit(Record::new(Event::Login, CKR_OK).session(h).detail(who))
@@ -442,6 +443,15 @@ impl Provider {
             *ak = Some(Arc::new(locked));
         }
         Ok(())
+    }
+
+    /// Refuses a store whose audit chain another root wrote, before this
+    /// process writes anything with its audit key.
+    fn check_root(&self, who: Login) -> Result<()> {
+        match (who, self.audit_key()) {
+            (Login::User, Some(ak)) => self.store.check_root(ak.get()).map_err(store_error),
+            _ => Ok(()),
+        }
     }
 
     /// Refuses a store older than the rollback anchor in the backing HSM.
@@ -697,6 +707,15 @@ impl Provider {
         let (key, asset) = self.object(object, CKR_OBJECT_HANDLE_INVALID)?;
         let label = asset.id.as_str();
         if key.which != Which::Alias || !self.config.policy.destroy_retires {
+            self.audit(
+                Record::new(Event::Refused, CKR_ACTION_PROHIBITED)
+                    .asset(
+                        label,
+                        Some(View::resolve(&asset, &key).map_or(0, |v| v.version)),
+                    )
+                    .session(h)
+                    .detail("C_DestroyObject refused by policy"),
+            )?;
             return Err(Error::with(
                 CKR_ACTION_PROHIBITED,
                 format!(
@@ -1110,6 +1129,17 @@ impl Provider {
         let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
         let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
         if okey.class != Class::Public || !view.may_verify() {
+            if okey.class == Class::Public {
+                let mut rec = Record::new(Event::Refused, CKR_KEY_FUNCTION_NOT_PERMITTED)
+                    .asset(asset.id.as_str(), Some(view.version))
+                    .session(h)
+                    .detail(format!(
+                        "verify refused: asset state {}",
+                        asset.state.name()
+                    ));
+                rec.mechanism = Some(mech.ty);
+                self.audit(rec)?;
+            }
             return Err(Error::rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
         }
         let points: Vec<(u32, Vec<u8>)> = view

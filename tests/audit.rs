@@ -600,3 +600,68 @@ fn a_logged_in_process_refuses_a_public_key_swapped_in_the_store() {
         stderr(&out)
     );
 }
+
+#[test]
+fn another_root_is_refused_before_it_writes_anything() {
+    let _turn = turn();
+    let s = setup(None);
+    activity(&s, "mine", 1);
+    verify_ok(&s);
+    // A second backing token with its own root; point the config at it.
+    let other = setup(None);
+    let good = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, good.replace(&s.token_label, &other.token_label)).unwrap();
+    {
+        let p = s.load();
+        let session = p.session();
+        let rv = rv_of(session.login(UserType::User, Some(&AuthPin::from(PIN))));
+        assert_eq!(rv, RvError::DeviceError);
+    }
+    assert!(
+        s.log().contains("the store belongs to another root"),
+        "{}",
+        s.log()
+    );
+    let change = cli(&s, &["asset", "suspend", "mine"]);
+    assert_eq!(change.status.code(), Some(1));
+    assert!(
+        stderr(&change).contains("belongs to another root"),
+        "{}",
+        stderr(&change)
+    );
+    // Nothing was written under the wrong key: with the right root all holds.
+    std::fs::write(&s.config, good).unwrap();
+    verify_ok(&s);
+}
+
+#[test]
+fn refusals_by_state_and_policy_are_recorded() {
+    let _turn = turn();
+    let s = setup(None);
+    activity(&s, "ref", 1);
+    assert!(cli(&s, &["asset", "suspend", "ref"]).status.success());
+    {
+        let p = s.load();
+        let session = p.user_session();
+        let public = session
+            .find_objects(&[
+                Attribute::Label(b"ref".to_vec()),
+                Attribute::Class(ObjectClass::PUBLIC_KEY),
+            ])
+            .unwrap()[0];
+        let rv = rv_of(session.verify(&Mechanism::EcdsaSha256, public, b"x", &[1u8; 64]));
+        assert_eq!(rv, RvError::KeyFunctionNotPermitted);
+        assert_eq!(
+            rv_of(session.destroy_object(public)),
+            RvError::ActionProhibited
+        );
+    }
+    verify_ok(&s);
+    let export = cli(&s, &["audit", "export", "--asset", "ref"]);
+    let text = String::from_utf8_lossy(&export.stdout);
+    assert!(
+        text.contains("verify refused: asset state SUSPENDED"),
+        "{text}"
+    );
+    assert!(text.contains("C_DestroyObject refused by policy"), "{text}");
+}

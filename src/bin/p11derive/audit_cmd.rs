@@ -111,6 +111,7 @@ pub fn reanchor(args: &Args) -> Result<(), Failure> {
         ));
     }
     with_key(args, |store, backend, ak| {
+        store.check_root(ak)?;
         let before = backend
             .read_anchor()
             .map_err(|e| Failure::Failed(e.to_string()))?;

@@ -391,6 +391,9 @@ pub(crate) fn with_key<T>(
     let config = load_config(args)?;
     let store = open_store(&config)?;
     let pin = read_pin(args)?;
+    // The audit key goes into a locked page, under the same [memory] rules
+    // as the provider (a page is all the CLI needs).
+    p11derive::secure::probe(4, config.memory.allow_unlocked).map_err(Failure::Failed)?;
     let backend = Backend::open(&config.backend, &config.source)
         .map_err(|e| Failure::Failed(e.to_string()))?;
     let result = backend
@@ -416,6 +419,7 @@ fn with_hsm(
     f: impl FnOnce(&Store, &Backend, &Audit) -> Result<Asset, Failure>,
 ) -> Result<(), Failure> {
     with_key(args, |store, backend, ak| {
+        store.check_root(ak)?;
         refuse_rolled_back(store, backend)?;
         let done = f(store, backend, &Audit { ak, session: None });
         if let Ok(Some((seq, mac))) = store.audit_head() {
