@@ -28,6 +28,9 @@ refuse() {
     else fail "$name (no '$pattern')" "$W/out"; fi
 }
 tool() { pkcs11-tool --module "$MODULE" "$@"; }
+# pkcs11-tool --verify exits 0 even when it reports an invalid signature, so
+# a verification passes only on its explicit verdict.
+verifies() { has "Signature is valid" tool --verify "$@"; }
 has() { local pattern=$1; shift; "$@" >"$W/has" 2>&1 && grep -q -- "$pattern" "$W/has"; }
 
 check "pkcs11-tool -L shows the p11derive token" has "token label *: p11derive" tool -L
@@ -36,7 +39,7 @@ check "pkcs11-tool -L through OpenSC's pkcs11-spy (which rewrites the returned C
     pkcs11-tool --module /usr/lib/x86_64-linux-gnu/pkcs11-spy.so -L
 check "pkcs11-tool -M lists ECDSA-SHA256" has "ECDSA-SHA256, keySize={256,256}, sign, verify" tool -M
 check "pkcs11-tool -M lists EC key pair generation" has "ECDSA-KEY-PAIR-GEN" tool -M
-refuse "pkcs11-tool --init-token is refused" "C_InitToken failed" tool --init-token --label x --so-pin 87654321
+refuse "pkcs11-tool --init-token is refused" "C_InitToken failed: rv = CKR_FUNCTION_NOT_SUPPORTED" tool --init-token --label x --so-pin 87654321
 refuse "wrong PIN gives CKR_PIN_INCORRECT" "CKR_PIN_INCORRECT" tool --login --pin 999999 -O
 
 echo "p11derive conformance message $(date +%s)" > "$W/msg"
@@ -48,8 +51,9 @@ for curve in secp256k1 prime256v1; do
         tool --login --pin "$PIN" --keypairgen --key-type "EC:$curve" --label "$label"
     id=$("$P11DERIVE_BIN" asset list --json | python3 -c "import json,sys; print([a['object_id'] for a in json.load(sys.stdin) if a['asset_id']=='$label'][0])" 2>/dev/null)
     [ -n "$id" ] || { fail "$curve: asset list shows $label"; continue; }
-    check "$curve: -O shows the alias and $label@v1" has "$label@v1" tool --login --pin "$PIN" -O
-    refuse "$curve: a second --keypairgen with the same label is refused" "C_GenerateKeyPair failed" \
+        check "$curve: -O shows the alias" has "label: *$label\$" tool --login --pin "$PIN" -O
+    check "$curve: -O shows the version object $label@v1" has "label: *$label@v1\$" tool --login --pin "$PIN" -O
+        refuse "$curve: a second --keypairgen with the same label is refused" "CKR_ATTRIBUTE_VALUE_INVALID" \
         tool --login --pin "$PIN" --keypairgen --key-type "EC:$curve" --label "$label"
     check "$curve: --read-object --type pubkey (SPKI DER)" \
         tool --read-object --type pubkey --id "$id" -o "$W/$curve.pub.der"
@@ -64,7 +68,7 @@ for curve in secp256k1 prime256v1; do
         check "$curve/$obj: openssl dgst -verify accepts the ECDSA-SHA256 signature" \
             openssl dgst -sha256 -verify "$W/$curve.pub.pem" -signature "$W/$curve.$obj.sig" "$W/msg"
         check "$curve/$obj: --verify -m ECDSA-SHA256" \
-            tool --verify -m ECDSA-SHA256 --id "$oid" --signature-format openssl -i "$W/msg" \
+            verifies -m ECDSA-SHA256 --id "$oid" --signature-format openssl -i "$W/msg" \
             --signature-file "$W/$curve.$obj.sig"
         check "$curve/$obj: --sign -m ECDSA over a SHA-256 digest" \
             tool --login --pin "$PIN" --sign -m ECDSA --id "$oid" --signature-format openssl \
@@ -76,6 +80,9 @@ for curve in secp256k1 prime256v1; do
     cp "$W/msg" "$W/msg.tampered"; echo x >> "$W/msg.tampered"
     refuse "$curve: openssl rejects the signature over a changed message" "Verification failure" \
         openssl dgst -sha256 -verify "$W/$curve.pub.pem" -signature "$W/$curve.alias.sig" "$W/msg.tampered"
+    check "$curve: --verify through the module reports the changed message's signature invalid" \
+        has "Invalid signature" tool --verify -m ECDSA-SHA256 --id "$id" --signature-format openssl \
+        -i "$W/msg.tampered" --signature-file "$W/$curve.alias.sig"
 done
 
 # Rotation (design §3): the alias signs with the new version, the previous
@@ -102,9 +109,9 @@ check "rotation: openssl verifies the second signature under version 2" \
 refuse "rotation: the second signature does not verify under version 1" "Verification failure" \
     openssl dgst -sha256 -verify "$W/rot.v1.pem" -signature "$W/rot.v2.sig" "$W/msg"
 check "rotation: --verify with the version-1 object still accepts its signature" \
-    tool --verify -m ECDSA-SHA256 --id "${id}00000001" --signature-format openssl -i "$W/msg" --signature-file "$W/rot.v1.sig"
+    verifies -m ECDSA-SHA256 --id "${id}00000001" --signature-format openssl -i "$W/msg" --signature-file "$W/rot.v1.sig"
 check "rotation: --verify with the alias accepts the version-1 signature (any usable version)" \
-    tool --verify -m ECDSA-SHA256 --id "$id" --signature-format openssl -i "$W/msg" --signature-file "$W/rot.v1.sig"
+    verifies -m ECDSA-SHA256 --id "$id" --signature-format openssl -i "$W/msg" --signature-file "$W/rot.v1.sig"
 refuse "rotation: the version-1 object refuses to sign" "CKR_KEY_FUNCTION_NOT_PERMITTED" \
     tool --login --pin "$PIN" --sign -m ECDSA-SHA256 --id "${id}00000001" -i "$W/msg" -o "$W/rot.refused.sig"
 

@@ -1,6 +1,7 @@
 //! The derived-key cache: the backing HSM is asked once per key and TTL, not
-//! once per signature; entries go with expiry, logout, and any change of
-//! their asset's state. Counts come from the provider's own finalize line.
+//! once per signature; entries go with expiry, logout, a rotation and a
+//! suspension of their asset. Counts come from the provider's own finalize
+//! line.
 
 mod common;
 
@@ -122,8 +123,7 @@ fn a_rotation_moves_the_alias_to_a_freshly_derived_key() {
         sign(&session, k, 3);
         let out = s.cli().args(["asset", "rotate", "c"]).output().unwrap();
         assert!(out.status.success());
-        // The alias is version 2 now: its key is derived, version 1's is no
-        // longer used (and was pruned when the rotation was seen).
+        // The alias is version 2 now: its key is derived afresh.
         sign(&session, k, 3);
         let v1 = session
             .find_objects(&[
@@ -206,4 +206,37 @@ fn too_little_locked_memory_fails_closed_unless_degraded_mode_is_chosen() {
         "{}",
         s.log()
     );
+}
+
+#[test]
+fn a_suspension_drops_the_cached_key() {
+    let _turn = turn();
+    let s = created(None);
+    {
+        let p = s.load();
+        let session = p.user_session();
+        let k = key(&session);
+        sign(&session, k, 3);
+        assert!(s
+            .cli()
+            .args(["asset", "suspend", "c"])
+            .output()
+            .unwrap()
+            .status
+            .success());
+        assert!(
+            session.sign(&Mechanism::Ecdsa, k, &[0; 32]).is_err(),
+            "suspended"
+        );
+        assert!(s
+            .cli()
+            .args(["asset", "resume", "c"])
+            .output()
+            .unwrap()
+            .status
+            .success());
+        // The refusal dropped the cached key: after the resume it is derived again.
+        sign(&session, k, 3);
+    }
+    assert_eq!(derivations(&s), 2);
 }
