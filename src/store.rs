@@ -497,18 +497,30 @@ impl Store {
     }
 
     fn finish_asset(&self, conn: &Connection, mut a: Asset) -> Result<Asset, StoreError> {
+        a.versions = self.versions_in(conn, a.rowid, a.min_usable, a.current)?;
+        Ok(a)
+    }
+
+    /// Versions `from..=to` of an asset, newest first.
+    fn versions_in(
+        &self,
+        conn: &Connection,
+        rowid: i64,
+        from: u32,
+        to: u32,
+    ) -> Result<Vec<VersionRecord>, StoreError> {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT version, public_key, pk_mac FROM versions
                  WHERE asset = ?1 AND version BETWEEN ?2 AND ?3 ORDER BY version DESC",
             )
             .map_err(|e| self.err(e))?;
-        a.versions = stmt
-            .query_map(params![a.rowid, a.min_usable, a.current], read_version_row)
+        let rows = stmt
+            .query_map(params![rowid, from, to], read_version_row)
             .map_err(|e| self.err(e))?
             .collect::<Result<_, _>>()
             .map_err(|e| self.err(e))?;
-        Ok(a)
+        Ok(rows)
     }
 
     /// Registers a new asset and its version 1, atomically. The name and the
@@ -666,17 +678,7 @@ impl Store {
     /// Every recorded version of an asset, trimmed ones included, newest first.
     pub fn history(&self, rowid: i64) -> Result<Vec<VersionRecord>, StoreError> {
         let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT version, public_key, pk_mac FROM versions WHERE asset = ?1 ORDER BY version DESC",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([rowid], read_version_row)
-            .map_err(|e| self.err(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.versions_in(&conn, rowid, 1, u32::MAX)
     }
 
     /// Applies a transition atomically (`BEGIN IMMEDIATE`: one writer at a
@@ -995,18 +997,7 @@ impl Store {
         ak: &Secret32,
         records: &mut [Record],
     ) -> Result<(), StoreError> {
-        let head: Option<(i64, Vec<u8>)> = tx
-            .query_row(
-                "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        let (mut seq, mut prev) = match head {
-            None => (0u64, GENESIS),
-            Some((seq, mac)) => (seq as u64, mac.try_into().unwrap_or([0xffu8; 32])),
-        };
+        let (mut seq, mut prev) = self.head_in(tx)?.unwrap_or((0, GENESIS));
         let pending: Vec<(i64, Record)> = {
             let mut stmt = tx
                 .prepare_cached(&format!(
@@ -1192,38 +1183,21 @@ impl Store {
         )
     }
 
-    /// The chain in order, from `since_seq` on.
     /// Every row from `since_seq` on (`i64::MIN`: all rows, whatever their seq).
     pub fn audit_rows(&self, since_seq: i64) -> Result<Vec<AuditRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT seq, {AUDIT_COLUMNS}, mac FROM audit WHERE seq >= ?1 ORDER BY rowid"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([since_seq], |r| {
-                let mut rec = read_record(r, 1)?;
-                let seq: i64 = r.get(0)?;
-                if seq < 1 {
-                    return Err(rusqlite::Error::FromSqlConversionFailure(
-                        0,
-                        rusqlite::types::Type::Integer,
-                        format!("a record numbered {seq} (records start at 1)").into(),
-                    ));
-                }
-                rec.seq = seq as u64;
-                Ok((rec, r.get::<_, Vec<u8>>(11)?))
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.chain_rows("WHERE seq >= ?1 ORDER BY seq", since_seq)
     }
 
     /// The newest record of the chain: (seq, mac).
     pub fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         let conn = self.lock();
+        self.head_in(&conn)
+    }
+
+    /// The newest (seq, mac) as seen by `conn`. A MAC of the wrong length
+    /// reads as all 0xff: whatever chains from it, or is anchored to it,
+    /// fails verification at that record.
+    fn head_in(&self, conn: &Connection) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         let head: Option<(i64, Vec<u8>)> = conn
             .query_row(
                 "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1",
@@ -1232,7 +1206,7 @@ impl Store {
             )
             .optional()
             .map_err(|e| self.err(e))?;
-        Ok(head.map(|(s, m)| (s as u64, m.try_into().unwrap_or([0u8; 32]))))
+        Ok(head.map(|(s, m)| (s as u64, m.try_into().unwrap_or([0xffu8; 32]))))
     }
 
     /// Before a process writes with a freshly derived audit key: the chain's
@@ -1241,7 +1215,7 @@ impl Store {
     /// `Tampered`), under another root's key it does not (`OtherRoot`).
     /// Appending in either case would chain onto something unproven.
     pub fn check_root(&self, ak: &Secret32) -> Result<(), StoreError> {
-        let head = self.chain_rows("ORDER BY seq DESC LIMIT 2")?;
+        let head = self.chain_rows("ORDER BY seq DESC LIMIT 2", 0)?;
         let Some((last, mac)) = head.first() else {
             return Ok(());
         };
@@ -1252,7 +1226,7 @@ impl Store {
         if last.mac(ak, &prev)[..] == mac[..] {
             return Ok(());
         }
-        let first = self.chain_rows("ORDER BY seq LIMIT 1")?;
+        let first = self.chain_rows("ORDER BY seq LIMIT 1", 0)?;
         match first.first() {
             Some((r, m)) if r.mac(ak, &GENESIS)[..] == m[..] => {
                 Err(StoreError::Tampered(self.path.clone(), last.seq))
@@ -1261,18 +1235,31 @@ impl Store {
         }
     }
 
-    /// Chain rows in the order `tail` gives (`ORDER BY … LIMIT …`).
-    fn chain_rows(&self, tail: &str) -> Result<Vec<AuditRow>, StoreError> {
+    /// Chain rows selected by `tail` (which may use `?1` = `param`). A row
+    /// numbered below 1 is an error naming it: no genuine record has one.
+    fn chain_rows(&self, tail: &str, param: i64) -> Result<Vec<AuditRow>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare(&format!(
                 "SELECT seq, {AUDIT_COLUMNS}, mac FROM audit {tail}"
             ))
             .map_err(|e| self.err(e))?;
+        let mut params: Vec<&dyn rusqlite::ToSql> = Vec::new();
+        if tail.contains("?1") {
+            params.push(&param);
+        }
         let rows = stmt
-            .query_map([], |r| {
+            .query_map(params.as_slice(), |r| {
                 let mut rec = read_record(r, 1)?;
-                rec.seq = r.get::<_, i64>(0)? as u64;
+                let seq: i64 = r.get(0)?;
+                if seq < 1 {
+                    return Err(rusqlite::Error::FromSqlConversionFailure(
+                        0,
+                        rusqlite::types::Type::Integer,
+                        format!("a record numbered {seq} (records start at 1)").into(),
+                    ));
+                }
+                rec.seq = seq as u64;
                 Ok((rec, r.get::<_, Vec<u8>>(11)?))
             })
             .map_err(|e| self.err(e))?

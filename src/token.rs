@@ -217,7 +217,6 @@ impl Provider {
             next_session: AtomicU64::new(1),
             login: AtomicU8::new(Login::None as u8),
             login_epoch: AtomicU64::new(0),
-
             login_change: Mutex::new(()),
             store_index,
             audit_key: Mutex::new(None),
@@ -1036,8 +1035,13 @@ impl Provider {
             }
             None => data.to_vec(),
         };
-        let sig = mechanisms::ecdsa_sign(op.kt, op.key.get(), &digest)?;
-        self.confirm_sign(&op)?;
+        self.complete_sign(&op, &digest, out)
+    }
+
+    /// Signs, commits the signature's record, and only then copies it out.
+    fn complete_sign(&self, op: &SignOp, digest: &[u8], out: &mut [u8]) -> Result<usize> {
+        let sig = mechanisms::ecdsa_sign(op.kt, op.key.get(), digest)?;
+        self.confirm_sign(op)?;
         out[..ECDSA_SIG_LEN].copy_from_slice(&sig);
         Ok(ECDSA_SIG_LEN)
     }
@@ -1089,10 +1093,7 @@ impl Provider {
             .cloned()
             .map(Hasher::finish)
             .unwrap_or_default();
-        let sig = mechanisms::ecdsa_sign(op.kt, op.key.get(), &digest)?;
-        self.confirm_sign(&op)?;
-        out[..ECDSA_SIG_LEN].copy_from_slice(&sig);
-        Ok(ECDSA_SIG_LEN)
+        self.complete_sign(&op, &digest, out)
     }
 
     /// The session's signing operation, if its login is still the current one;
@@ -1324,7 +1325,6 @@ impl Provider {
     }
 }
 
-/// Tries each usable version's public point, newest first.
 impl Provider {
     /// Tries each version that may still verify, newest first. The asset's
     /// state is read afresh, so a suspension or trim committed by any process

@@ -8,7 +8,7 @@
 
 mod audit_cmd;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 use p11derive::backend::Backend;
@@ -338,10 +338,10 @@ fn init_with(
     match Store::create(path) {
         Ok(_) => println!("store {} created", path.display()),
         Err(StoreError::Exists(_)) => {
-            Store::open(path).map_err(|e| Failure::Failed(e.to_string()))?;
+            Store::open(path)?;
             println!("store {} already exists; kept", path.display());
         }
-        Err(e) => return Err(Failure::Failed(e.to_string())),
+        Err(e) => return Err(e.into()),
     }
     let _ = backend.logout();
     Ok(())
@@ -608,7 +608,7 @@ fn asset_list(args: &Args) -> Result<(), Failure> {
         return Ok(());
     }
     if assets.is_empty() {
-        println!("no assets in {}", display(&config.store.path));
+        println!("no assets in {}", config.store.path.display());
         return Ok(());
     }
     let width = assets
@@ -633,8 +633,4 @@ fn asset_list(args: &Args) -> Result<(), Failure> {
         );
     }
     Ok(())
-}
-
-fn display(p: &Path) -> String {
-    PathBuf::from(p).display().to_string()
 }
