@@ -284,12 +284,7 @@ fn records_of_processes_without_a_login_are_sealed_later() {
         // A verifier that never logs in: its record waits, durable, unsealed.
         let p = s.load();
         let session = p.session();
-        let public = session
-            .find_objects(&[
-                Attribute::Label(b"pub".to_vec()),
-                Attribute::Class(ObjectClass::PUBLIC_KEY),
-            ])
-            .unwrap()[0];
+        let public = find_one(&session, "pub", ObjectClass::PUBLIC_KEY).unwrap();
         let bad = session.verify(&Mechanism::EcdsaSha256, public, b"x", &[1u8; 64]);
         assert_eq!(rv_of(bad), RvError::SignatureInvalid);
     }
@@ -468,12 +463,7 @@ fn concurrent_signatures_share_commits_without_losing_a_record() {
     {
         let p = s.load();
         let admin = p.user_session();
-        let key = admin
-            .find_objects(&[
-                Attribute::Label(b"group".to_vec()),
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-            ])
-            .unwrap()[0];
+        let key = find_one(&admin, "group", ObjectClass::PRIVATE_KEY).unwrap();
         std::thread::scope(|scope| {
             for t in 0..8u8 {
                 let p = &p;
@@ -524,12 +514,7 @@ fn a_long_running_signer_keeps_the_anchor_close_behind() {
     activity(&s, "long", 0);
     let p = s.load();
     let session = p.user_session();
-    let key = session
-        .find_objects(&[
-            Attribute::Label(b"long".to_vec()),
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-        ])
-        .unwrap()[0];
+    let key = find_one(&session, "long", ObjectClass::PRIVATE_KEY).unwrap();
     for i in 0..3u8 {
         session.sign(&Mechanism::Ecdsa, key, &[i; 32]).unwrap();
     }
@@ -578,21 +563,11 @@ fn a_logged_in_process_refuses_a_public_key_swapped_in_the_store() {
     );
     let p = s.load();
     let session = p.user_session();
-    let attacker = session
-        .find_objects(&[
-            Attribute::Label(b"attacker".to_vec()),
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-        ])
-        .unwrap()[0];
+    let attacker = find_one(&session, "attacker", ObjectClass::PRIVATE_KEY).unwrap();
     let forged = session
         .sign(&Mechanism::EcdsaSha256, attacker, b"pay the attacker")
         .unwrap();
-    let victim = session
-        .find_objects(&[
-            Attribute::Label(b"victim".to_vec()),
-            Attribute::Class(ObjectClass::PUBLIC_KEY),
-        ])
-        .unwrap()[0];
+    let victim = find_one(&session, "victim", ObjectClass::PUBLIC_KEY).unwrap();
     // The forged signature is not declared valid, and the key is not served.
     let rv = rv_of(session.verify(
         &Mechanism::EcdsaSha256,
@@ -659,12 +634,7 @@ fn refusals_by_state_and_policy_are_recorded() {
     {
         let p = s.load();
         let session = p.user_session();
-        let public = session
-            .find_objects(&[
-                Attribute::Label(b"ref".to_vec()),
-                Attribute::Class(ObjectClass::PUBLIC_KEY),
-            ])
-            .unwrap()[0];
+        let public = find_one(&session, "ref", ObjectClass::PUBLIC_KEY).unwrap();
         let rv = rv_of(session.verify(&Mechanism::EcdsaSha256, public, b"x", &[1u8; 64]));
         assert_eq!(rv, RvError::KeyFunctionNotPermitted);
         assert_eq!(

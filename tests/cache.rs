@@ -6,7 +6,7 @@
 mod common;
 
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
+use cryptoki::object::{ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::AuthPin;
 
@@ -33,12 +33,7 @@ fn with_ttl(s: &Setup, seconds: u64) {
 }
 
 fn key(session: &Session) -> ObjectHandle {
-    session
-        .find_objects(&[
-            Attribute::Label(b"c".to_vec()),
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-        ])
-        .unwrap()[0]
+    find_one(session, "c", ObjectClass::PRIVATE_KEY).unwrap()
 }
 
 fn sign(session: &Session, key: ObjectHandle, n: usize) {
@@ -125,12 +120,7 @@ fn a_rotation_moves_the_alias_to_a_freshly_derived_key() {
         assert!(out.status.success());
         // The alias is version 2 now: its key is derived afresh.
         sign(&session, k, 3);
-        let v1 = session
-            .find_objects(&[
-                Attribute::Label(b"c@v1".to_vec()),
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-            ])
-            .unwrap()[0];
+        let v1 = find_one(&session, "c@v1", ObjectClass::PRIVATE_KEY).unwrap();
         assert!(
             session.sign(&Mechanism::Ecdsa, v1, &[0; 32]).is_err(),
             "v1 may not sign"

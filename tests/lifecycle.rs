@@ -259,17 +259,6 @@ fn a_rotation_racing_a_resume_never_records_a_version_without_its_key() {
     backend.finalize();
 }
 
-fn find_one(session: &Session, label: &str, class: ObjectClass) -> Option<ObjectHandle> {
-    let found = session
-        .find_objects(&[
-            Attribute::Label(label.as_bytes().to_vec()),
-            Attribute::Class(class),
-        ])
-        .unwrap();
-    assert!(found.len() <= 1, "{label}: {found:?}");
-    found.first().copied()
-}
-
 fn bool_attr(session: &Session, h: ObjectHandle, ty: AttributeType) -> bool {
     match session.get_attributes(h, &[ty]).unwrap().first() {
         Some(Attribute::Sign(b) | Attribute::Verify(b) | Attribute::Destroyable(b)) => *b,

@@ -202,6 +202,23 @@ impl Drop for Provider {
     }
 }
 
+/// The one object with this label and class, if any.
+pub fn find_one(
+    session: &Session,
+    label: &str,
+    class: cryptoki::object::ObjectClass,
+) -> Option<cryptoki::object::ObjectHandle> {
+    use cryptoki::object::Attribute;
+    let found = session
+        .find_objects(&[
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Class(class),
+        ])
+        .expect("C_FindObjects");
+    assert!(found.len() <= 1, "{label}: {found:?}");
+    found.first().copied()
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
