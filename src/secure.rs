@@ -3,8 +3,8 @@
 //! A [`LockedKey`] lives alone on a page mapped for it: the page is locked
 //! into RAM (`mlock`, never swapped), excluded from core dumps
 //! (`MADV_DONTDUMP`), and fenced by inaccessible guard pages; it is wiped
-//! and unmapped on drop. Today it holds the audit key; issue 5 builds the
-//! general arena and key cache on the same primitives.
+//! and unmapped on drop. It holds the audit key and each cached derived key;
+//! packing many secrets into one arena is still to come (issue 5).
 
 use std::ptr;
 

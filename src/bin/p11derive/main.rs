@@ -53,9 +53,9 @@ commands:
 
 
 The config file is --config, else $P11DERIVE_CONF, else /etc/p11derive/p11derive.toml.
-Commands that change anything (init, create and every transition) log in to the
-backing token, to derive keys and the audit key, with the user PIN from
---pin-file FILE, else $P11DERIVE_PIN.
+Commands that change anything (init, create, every transition, audit reanchor) and
+audit verify log in to the backing token, to derive keys and the audit key, with
+the user PIN from --pin-file FILE, else $P11DERIVE_PIN.
 Exit codes: 0 success; 1 failure (config, store, HSM); 2 usage error;
 3 refused (the asset's state does not allow it, or the name/id is taken);
 4 no such asset.";
