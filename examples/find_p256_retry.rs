@@ -26,7 +26,7 @@ fn main() {
             let mut mac = keyed.clone();
             mac.update(&prk_input(&asset, counter));
             let prk: [u8; 32] = mac.finalize().into_bytes().into();
-            let k = expand(&prk, info);
+            let k = expand(&prk, info).expect("locked memory for the candidate");
             if k[..4] == [0xff; 4] && k[..] >= P256_N[..] {
                 let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
                 println!("asset {asset} counter {counter}: attempt 0 = {hex} >= n");

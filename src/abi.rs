@@ -250,7 +250,7 @@ fn initialize(explicit_config: Option<PathBuf>) -> Result<()> {
     })?;
     // Secrets need locked memory: check the budget before anything else.
     let memory = &config.memory;
-    match crate::secure::probe(memory.locked_kib, memory.allow_unlocked) {
+    match crate::secure::configure(memory.locked_kib, memory.allow_unlocked) {
         Ok(true) => {}
         Ok(false) => log::error(&format!(
             "DEGRADED: memory for secrets cannot be locked ({} KiB requested) and [memory] \

@@ -228,7 +228,7 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zeroize::Zeroizing;
+    use crate::derive::Secret32;
 
     fn chain(ak: &Secret32, n: u64) -> Vec<(Record, [u8; 32])> {
         let mut prev = GENESIS;
@@ -247,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_chain_verifies_and_each_kind_of_tampering_is_named() {
-        let ak = Zeroizing::new([9u8; 32]);
+        let ak = Secret32::copy_of(&[9u8; 32]).unwrap();
         let good = chain(&ak, 5);
         let view =
             |c: &[(Record, [u8; 32])]| c.iter().map(|(r, m)| (r.clone(), *m)).collect::<Vec<_>>();
@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(check(&renumbered), Err(ChainFault::BadMac { seq: 3 }));
         // A forged record with a MAC under another key.
         let mut forged = view(&good);
-        let other = Zeroizing::new([1u8; 32]);
+        let other = Secret32::copy_of(&[1u8; 32]).unwrap();
         let mut f = Record::new(Event::Sign, 0);
         f.seq = 6;
         let m = f.mac(&other, &good[4].1);

@@ -13,7 +13,6 @@ use std::ptr;
 use std::sync::Mutex;
 
 use cryptoki_sys as sys;
-use zeroize::Zeroizing;
 
 use crate::ck;
 use crate::config::BackendSection;
@@ -565,8 +564,8 @@ impl Backend {
             attr(sys::CKA_DERIVE, no_p, b),
             attr(sys::CKA_MODIFIABLE, no_p, b),
         ];
-        // The imported value is copied into a wiped buffer the HSM reads from.
-        let mut secret = Zeroizing::new([0u8; 32]);
+        // The imported value is copied into the locked arena the HSM reads from.
+        let mut secret = crate::secure::secret::<32>()?;
         self.with_session(|h| {
             let mut handle: sys::CK_OBJECT_HANDLE = 0;
             let rv = match value {
@@ -764,8 +763,8 @@ impl Backend {
 }
 
 impl Prf for Backend {
-    /// `HMAC-SHA256(root, input)` computed inside the HSM. The output goes
-    /// straight into a buffer that is wiped on drop.
+    /// `HMAC-SHA256(root, input)` computed inside the HSM. The HSM writes the
+    /// output straight into the locked arena.
     fn prf(&self, input: &[u8]) -> Result<Secret32> {
         let root = self.root_handle()?;
         self.with_session(|h| {
@@ -778,7 +777,7 @@ impl Prf for Backend {
             if rv != sys::CKR_OK {
                 return Err(device("C_SignInit(CKM_SHA256_HMAC, root)", rv));
             }
-            let mut out = Zeroizing::new([0u8; 32]);
+            let mut out = crate::secure::secret::<32>()?;
             let mut len: sys::CK_ULONG = 32;
             let rv = hsm!(
                 self.module,

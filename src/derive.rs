@@ -9,16 +9,17 @@
 
 use std::fmt;
 
+use hmac::digest::FixedOutput;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::{Digest, Sha256};
-use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::Result;
+use crate::secure;
 
 pub const SCHEME: &str = "p11derive-v1";
 
-/// 32 secret bytes that are wiped when dropped.
-pub type Secret32 = Zeroizing<[u8; 32]>;
+/// 32 secret bytes in the locked arena, wiped when dropped.
+pub type Secret32 = secure::Secret<32>;
 
 /// The keyed pseudo-random function of the scheme. Production computes it in
 /// the backing HSM ([`crate::backend`]); it must never be computed from a root
@@ -143,18 +144,16 @@ pub fn prk_input(asset: &AssetId, counter: u32) -> Vec<u8> {
 }
 
 /// HKDF-Expand-SHA256 (RFC 5869) with L = 32: a single block `T(1)`.
-pub fn expand(prk: &[u8; 32], info: &[u8]) -> Secret32 {
+/// The output is written straight into the locked arena; the HMAC state on
+/// the stack is wiped on drop (the `zeroize` feature of hmac and sha2).
+pub fn expand(prk: &[u8; 32], info: &[u8]) -> Result<Secret32> {
     let mut mac =
         <Hmac<Sha256> as KeyInit>::new_from_slice(prk).expect("HMAC takes any key length");
     mac.update(info);
     mac.update(&[0x01]);
-    let mut out = Zeroizing::new([0u8; 32]);
-    // The HMAC state is wiped on drop (the `zeroize` feature); the returned
-    // tag is a plain array, so it is wiped here after the copy.
-    let mut tag = mac.finalize().into_bytes();
-    out.copy_from_slice(&tag);
-    tag.as_mut_slice().zeroize();
-    out
+    let mut out = secure::secret::<32>()?;
+    mac.finalize_into((&mut *out).into());
+    Ok(out)
 }
 
 /// `"p11derive-v1 key " || key_type || u8(attempt)`
@@ -169,16 +168,16 @@ fn key_info(kt: KeyType, attempt: u8) -> Vec<u8> {
 
 /// Key bytes from an asset version's PRK: the scalar of an EC type (the first
 /// attempt in `[1, n-1]`), or the secret key of a symmetric type.
-pub fn key_from_prk(prk: &[u8; 32], kt: KeyType) -> Secret32 {
+pub fn key_from_prk(prk: &[u8; 32], kt: KeyType) -> Result<Secret32> {
     let Some(n) = kt.order() else {
         return expand(prk, &key_info(kt, 0));
     };
     let mut attempt: u8 = 0;
     loop {
-        let k = expand(prk, &key_info(kt, attempt));
+        let k = expand(prk, &key_info(kt, attempt))?;
         // Big-endian byte order is numeric order for equal-length arrays.
         if k.iter().any(|&b| b != 0) && &*k < n {
-            return k;
+            return Ok(k);
         }
         // Each attempt fails with probability below 2^-32 (P-256) or 2^-127
         // (secp256k1); 256 failures in a row cannot happen with HMAC.
@@ -191,7 +190,7 @@ pub fn key_from_prk(prk: &[u8; 32], kt: KeyType) -> Secret32 {
 /// Derives the key bytes of (asset, counter, type) with the given PRF.
 pub fn derive_key(prf: &dyn Prf, asset: &AssetId, counter: u32, kt: KeyType) -> Result<Secret32> {
     let prk = prf.prf(&prk_input(asset, counter))?;
-    Ok(key_from_prk(&prk, kt))
+    key_from_prk(&prk, kt)
 }
 
 /// `ASSET_ID = SHA-256("p11derive-v1 id" || 0x00 || str(asset_id))[0..16]`
@@ -227,7 +226,7 @@ pub fn audit_prk_input() -> Vec<u8> {
 /// `AK = Expand(PRF("p11derive-v1" || 0x01 || "audit"), "p11derive-v1 audit mac")`
 pub fn audit_key(prf: &dyn Prf) -> Result<Secret32> {
     let prk = prf.prf(&audit_prk_input())?;
-    Ok(expand(&prk, b"p11derive-v1 audit mac"))
+    expand(&prk, b"p11derive-v1 audit mac")
 }
 
 /// The uncompressed SEC1 public point (65 bytes) of an EC scalar.

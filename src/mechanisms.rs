@@ -183,7 +183,7 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zeroize::Zeroizing;
+    use crate::derive::Secret32;
 
     #[test]
     fn short_and_long_digests_follow_x962() {
@@ -195,7 +195,7 @@ mod tests {
 
     #[test]
     fn signatures_verify_and_secp256k1_is_low_s() {
-        let scalar = Zeroizing::new([7u8; 32]);
+        let scalar = Secret32::copy_of(&[7u8; 32]).unwrap();
         for kt in [KeyType::Secp256k1, KeyType::P256] {
             let point = crate::derive::public_point(kt, &scalar).unwrap();
             for len in [1usize, 20, 32, 64] {
@@ -220,7 +220,7 @@ mod tests {
 
     #[test]
     fn high_s_secp256k1_signatures_still_verify() {
-        let scalar = Zeroizing::new([3u8; 32]);
+        let scalar = Secret32::copy_of(&[3u8; 32]).unwrap();
         let point = crate::derive::public_point(KeyType::Secp256k1, &scalar).unwrap();
         let sig = ecdsa_sign(KeyType::Secp256k1, &scalar, &[1; 32]).unwrap();
         // s' = n - s is the high-S twin of the same signature.
@@ -233,7 +233,7 @@ mod tests {
 
     #[test]
     fn wrong_signature_length_is_len_range() {
-        let scalar = Zeroizing::new([7u8; 32]);
+        let scalar = Secret32::copy_of(&[7u8; 32]).unwrap();
         let point = crate::derive::public_point(KeyType::P256, &scalar).unwrap();
         let e = ecdsa_verify(KeyType::P256, &point, &[0; 32], &[0; 63]).unwrap_err();
         assert_eq!(e.rv, CKR_SIGNATURE_LEN_RANGE);

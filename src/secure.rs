@@ -1,84 +1,59 @@
 //! Locked memory for secrets (design §4 "Memory").
 //!
-//! A [`LockedKey`] lives alone on a page mapped for it: the page is locked
-//! into RAM (`mlock`, never swapped), excluded from core dumps
-//! (`MADV_DONTDUMP`), and fenced by inaccessible guard pages; it is wiped
-//! and unmapped on drop. It holds the audit key and each cached derived key;
-//! packing many secrets into one arena is still to come (issue 5).
+//! Every secret the provider holds — PRF outputs from the backing HSM, derived
+//! scalars and secret keys, the audit key, PINs the CLI reads — lives in one
+//! arena per process: a single anonymous mapping of `[memory] locked_kib`,
+//! locked into RAM (`mlock`: never swapped), excluded from core dumps
+//! (`MADV_DONTDUMP`), wiped in a forked child (`MADV_WIPEONFORK`) and fenced
+//! by an inaccessible guard page on each side. It is carved into 32-byte
+//! chunks; a [`Secret`] or [`SecretBytes`] owns a run of chunks and wipes
+//! them (volatile writes) before giving them back when dropped.
+//!
+//! The arena is mapped at `C_Initialize` ([`configure`]) and kept for the
+//! life of the process (it is empty between `C_Finalize` and the next
+//! `C_Initialize`). Code that allocates before any configuration (the unit
+//! tests, the vector tests) gets an arena of the default size, locked.
 
-use std::ptr;
+use std::ptr::{self, NonNull};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 
-use crate::derive::Secret32;
+use zeroize::Zeroize;
+
+use crate::process::{self, PerProcess};
+
+/// The allocation unit: one 32-byte key per chunk.
+pub const CHUNK: usize = 32;
+/// The arena's size when nothing configured it (the config's default).
+pub const DEFAULT_KIB: u64 = 1024;
 
 /// Set when the operator allowed running without locked memory and locking
-/// failed: pages are then used unlocked (still guarded and non-dumpable).
-static UNLOCKED_ALLOWED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// failed: the arena is then used unlocked (still guarded and non-dumpable).
+static DEGRADED: AtomicBool = AtomicBool::new(false);
 
-/// Checks at start that `kib` of memory can be locked, by locking (and
-/// releasing) that much. Without it: an error naming the limit and the fix,
-/// or, when `allow_unlocked`, degraded mode (the caller warns loudly).
-pub fn probe(kib: u64, allow_unlocked: bool) -> Result<bool, String> {
-    let len = (kib as usize).max(4) * 1024;
-    // SAFETY: an anonymous private mapping, unmapped below.
-    let base = unsafe {
-        libc::mmap(
-            ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return Err(format!("cannot map {kib} KiB for secrets"));
-    }
-    // SAFETY: locking and unmapping the region just mapped.
-    let locked = unsafe {
-        let ok = libc::mlock(base as *const _, len) == 0;
-        let err = std::io::Error::last_os_error();
-        if ok {
-            libc::munlock(base as *const _, len);
-        }
-        libc::munmap(base, len);
-        ok.then_some(()).ok_or(err)
-    };
-    match locked {
-        Ok(()) => {
-            UNLOCKED_ALLOWED.store(false, std::sync::atomic::Ordering::SeqCst);
-            Ok(true)
-        }
-        Err(_) if allow_unlocked => {
-            UNLOCKED_ALLOWED.store(true, std::sync::atomic::Ordering::SeqCst);
-            Ok(false)
-        }
-        Err(e) => {
-            let mut limit = libc::rlimit {
-                rlim_cur: 0,
-                rlim_max: 0,
-            };
-            // SAFETY: getrlimit writes into `limit`.
-            unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
-            Err(format!(
-                "cannot lock {kib} KiB of memory for secrets ({e}; RLIMIT_MEMLOCK is {} KiB): \
-                 raise RLIMIT_MEMLOCK to at least {kib} KiB (ulimit -l, LimitMEMLOCK= for a systemd \
-                 service), lower [memory] locked_kib, or set [memory] allow_unlocked = true to run \
-                 degraded (secrets could then be swapped to disk)",
-                limit.rlim_cur / 1024
-            ))
-        }
-    }
-}
-
-pub struct LockedKey {
-    /// The first of three pages: guard, secret, guard.
-    base: *mut libc::c_void,
+struct Arena {
+    /// First usable byte, one guard page after the mapping's start.
+    data: *mut u8,
+    /// Usable bytes (a whole number of pages).
+    len: usize,
     page: usize,
+    locked: bool,
+    /// One bit per chunk, set while allocated (not secret: ordinary heap).
+    used: Vec<u64>,
+    in_use: usize,
+    /// Where the next search for free chunks starts.
+    hint: usize,
 }
 
-// SAFETY: the page is owned by this value alone and only read through &self.
-unsafe impl Send for LockedKey {}
-unsafe impl Sync for LockedKey {}
+// SAFETY: the mapping is owned by the arena; access is serialized by the
+// mutex around it (allocation bookkeeping) or by ownership of a chunk run.
+unsafe impl Send for Arena {}
+
+static ARENA: PerProcess<Mutex<Option<Arena>>> = PerProcess::new(|| Mutex::new(None));
+
+fn arena() -> std::sync::MutexGuard<'static, Option<Arena>> {
+    ARENA.get().lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn page_size() -> usize {
     // SAFETY: sysconf has no preconditions.
@@ -90,18 +65,25 @@ fn page_size() -> usize {
     }
 }
 
-impl LockedKey {
-    /// Copies `key` into a locked, non-dumpable page. The caller keeps (and
-    /// wipes, on drop) its own copy: taking the key by value would move it,
-    /// leaving its bytes in the caller's stack frame unwiped. Fails when the
-    /// page cannot be locked: the message names the limit.
-    pub fn new(key: &Secret32) -> Result<LockedKey, String> {
+fn memlock_limit_kib() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into `limit`.
+    unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
+    limit.rlim_cur / 1024
+}
+
+impl Arena {
+    fn map(kib: u64, allow_unlocked: bool) -> Result<Arena, String> {
         let page = page_size();
-        // SAFETY: an anonymous private mapping of three pages; checked below.
+        let len = ((kib as usize * 1024).div_ceil(page)).max(1) * page;
+        // SAFETY: a fresh anonymous private mapping; checked below.
         let base = unsafe {
             libc::mmap(
                 ptr::null_mut(),
-                3 * page,
+                len + 2 * page,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -109,114 +91,480 @@ impl LockedKey {
             )
         };
         if base == libc::MAP_FAILED {
-            return Err("cannot map a page for secrets (mmap failed)".into());
+            return Err(format!(
+                "cannot map {kib} KiB for secrets ({}): lower [memory] locked_kib",
+                std::io::Error::last_os_error()
+            ));
         }
-        let locked = LockedKey { base, page };
-        let data = locked.data();
-        // SAFETY: all three pages belong to this fresh mapping.
+        // SAFETY: every address below lies inside the mapping just made.
+        let data = unsafe { (base as *mut u8).add(page) };
+        let unmap = || unsafe {
+            libc::munmap(base, len + 2 * page);
+        };
+        let fail = |what: &str| {
+            let e = std::io::Error::last_os_error();
+            unmap();
+            Err(format!("cannot {what} for the secrets arena ({e})"))
+        };
+        // SAFETY: guard pages and the data region belong to this mapping.
         unsafe {
             if libc::mprotect(base, page, libc::PROT_NONE) != 0
-                || libc::mprotect(data.add(page) as *mut _, page, libc::PROT_NONE) != 0
+                || libc::mprotect(data.add(len) as *mut _, page, libc::PROT_NONE) != 0
             {
-                return Err("cannot set guard pages around secrets (mprotect failed)".into());
+                return fail("set guard pages");
             }
-            if libc::mlock(data as *const _, page) != 0
-                && !UNLOCKED_ALLOWED.load(std::sync::atomic::Ordering::SeqCst)
-            {
-                return Err(format!(
-                    "cannot lock a page of memory for secrets ({}); raise RLIMIT_MEMLOCK \
-                     (ulimit -l, or LimitMEMLOCK= for a systemd service) by at least {} KiB",
-                    std::io::Error::last_os_error(),
-                    page / 1024
-                ));
+            if libc::madvise(data as *mut _, len, libc::MADV_DONTDUMP) != 0 {
+                return fail("exclude memory from core dumps");
             }
-            if libc::madvise(data as *mut _, page, libc::MADV_DONTDUMP) != 0 {
-                return Err("cannot exclude secrets from core dumps (madvise failed)".into());
-            }
-            // The page is zeroed (fresh anonymous memory): a valid Secret32 of
-            // zeros, filled in place.
-            let slot = &mut *(data as *mut Secret32);
-            slot.copy_from_slice(&key[..]);
+            // A forked child sees zeros here, never its parent's keys. Linux
+            // before 4.14 lacks it; the child re-initializes regardless.
+            libc::madvise(data as *mut _, len, libc::MADV_WIPEONFORK);
         }
-        Ok(locked)
+        // SAFETY: locking the data region of this mapping.
+        let locked = unsafe { libc::mlock(data as *const _, len) } == 0;
+        if !locked && !allow_unlocked {
+            let e = std::io::Error::last_os_error();
+            unmap();
+            return Err(format!(
+                "cannot lock {kib} KiB of memory for secrets ({e}; RLIMIT_MEMLOCK is {} KiB): \
+                 raise RLIMIT_MEMLOCK to at least {kib} KiB (ulimit -l, LimitMEMLOCK= for a \
+                 systemd service), lower [memory] locked_kib, or set [memory] allow_unlocked = \
+                 true to run degraded (secrets could then be swapped to disk)",
+                memlock_limit_kib()
+            ));
+        }
+        let chunks = len / CHUNK;
+        Ok(Arena {
+            data,
+            len,
+            page,
+            locked,
+            used: vec![0; chunks.div_ceil(64)],
+            in_use: 0,
+            hint: 0,
+        })
     }
 
-    fn data(&self) -> *mut u8 {
-        // SAFETY: the secret page is the second of the three mapped pages.
-        unsafe { (self.base as *mut u8).add(self.page) }
+    fn chunks(&self) -> usize {
+        self.len / CHUNK
     }
 
-    /// The key, read in place.
-    pub fn get(&self) -> &Secret32 {
-        // SAFETY: `new` wrote a Secret32 at the start of the data page, which
-        // stays mapped, readable and unchanged until drop.
-        unsafe { &*(self.data() as *const Secret32) }
+    fn is_free(&self, i: usize) -> bool {
+        self.used[i / 64] & (1 << (i % 64)) == 0
+    }
+
+    fn mark(&mut self, start: usize, n: usize, used: bool) {
+        for i in start..start + n {
+            if used {
+                self.used[i / 64] |= 1 << (i % 64);
+            } else {
+                self.used[i / 64] &= !(1 << (i % 64));
+            }
+        }
+        if used {
+            self.in_use += n;
+        } else {
+            self.in_use -= n;
+        }
+    }
+
+    /// First fit for `n` contiguous chunks, from the hint round to it.
+    fn take(&mut self, n: usize) -> Option<usize> {
+        let total = self.chunks();
+        if n == 0 || n > total - self.in_use {
+            return None;
+        }
+        let mut start = if self.hint + n <= total { self.hint } else { 0 };
+        let mut wrapped = false;
+        loop {
+            if start + n > total {
+                if wrapped {
+                    return None;
+                }
+                wrapped = true;
+                start = 0;
+            }
+            if wrapped && start >= self.hint {
+                return None;
+            }
+            match (start..start + n).find(|&i| !self.is_free(i)) {
+                None => {
+                    self.mark(start, n, true);
+                    self.hint = start + n;
+                    return Some(start);
+                }
+                Some(busy) => start = busy + 1,
+            }
+        }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: wiping, unlocking and unmapping the region this arena owns;
+        // it is only dropped when no chunk is in use.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.data, self.len).zeroize();
+            libc::munlock(self.data as *const _, self.len);
+            libc::munmap(self.data.sub(self.page) as *mut _, self.len + 2 * self.page);
+        }
+    }
+}
+
+/// Maps (or keeps) this process's arena of `kib` KiB. `Ok(true)`: locked.
+/// `Ok(false)`: locking failed and `allow_unlocked` let it run degraded (the
+/// caller says so loudly). `Err`: a message naming the limit and the fix.
+///
+/// An arena still holding secrets is kept as it is: its size changes at the
+/// next configuration that finds it empty.
+pub fn configure(kib: u64, allow_unlocked: bool) -> Result<bool, String> {
+    let mut slot = arena();
+    let page = page_size();
+    let want = ((kib as usize * 1024).div_ceil(page)).max(1) * page;
+    if let Some(a) = slot.as_ref() {
+        if a.in_use > 0 || (a.len == want && (a.locked || allow_unlocked)) {
+            DEGRADED.store(!a.locked, Ordering::SeqCst);
+            return Ok(a.locked);
+        }
+    }
+    *slot = None;
+    let a = Arena::map(kib, allow_unlocked)?;
+    let locked = a.locked;
+    DEGRADED.store(!locked, Ordering::SeqCst);
+    *slot = Some(a);
+    Ok(locked)
+}
+
+/// Whether the arena runs unlocked because the config allowed it.
+pub fn degraded() -> bool {
+    DEGRADED.load(Ordering::SeqCst)
+}
+
+/// The arena's capacity in 32-byte secrets (0 before it is mapped).
+pub fn capacity() -> usize {
+    arena().as_ref().map_or(0, Arena::chunks)
+}
+
+/// Chunks allocated now (for tests and diagnostics).
+pub fn in_use() -> usize {
+    arena().as_ref().map_or(0, |a| a.in_use)
+}
+
+/// The arena's data range, `(start, len)`, for tests that inspect it.
+pub fn region() -> Option<(usize, usize)> {
+    arena().as_ref().map(|a| (a.data as usize, a.len))
+}
+
+/// A run of zeroed chunks in the arena, owned until dropped.
+struct Run {
+    ptr: NonNull<u8>,
+    start: usize,
+    chunks: usize,
+    /// The process generation that allocated it: a forked child neither
+    /// wipes nor frees its parent's runs (its copy is already zeros).
+    generation: u64,
+}
+
+// SAFETY: a run is exclusively owned memory inside the arena.
+unsafe impl Send for Run {}
+unsafe impl Sync for Run {}
+
+impl Run {
+    fn new(bytes: usize) -> Result<Run, String> {
+        let n = bytes.div_ceil(CHUNK).max(1);
+        let mut slot = arena();
+        if slot.is_none() {
+            *slot = Some(Arena::map(DEFAULT_KIB, false)?);
+        }
+        let a = slot.as_mut().expect("mapped above");
+        let start = a.take(n).ok_or_else(|| {
+            format!(
+                "the locked memory for secrets is full ({} KiB, {} of {} chunks in use): raise \
+                 [memory] locked_kib",
+                a.len / 1024,
+                a.in_use,
+                a.chunks()
+            )
+        })?;
+        // SAFETY: `take` returned chunks inside the data region.
+        let p = unsafe { a.data.add(start * CHUNK) };
+        Ok(Run {
+            ptr: NonNull::new(p).expect("inside a mapping"),
+            start,
+            chunks: n,
+            generation: process::generation(),
+        })
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if self.generation != process::generation() {
+            return;
+        }
+        // SAFETY: this run owns `chunks` chunks at `ptr`, mapped until the
+        // arena is dropped, which only happens when no run is alive.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.chunks * CHUNK) }.zeroize();
+        if let Some(a) = arena().as_mut() {
+            a.mark(self.start, self.chunks, false);
+        }
+    }
+}
+
+/// `N` secret bytes in the arena: zeroed when made, wiped when dropped.
+pub struct Secret<const N: usize>(Run);
+
+/// A zeroed secret for code that reports PKCS#11 errors: a full or
+/// unlockable arena is `CKR_HOST_MEMORY` with the message saying what to raise.
+pub fn secret<const N: usize>() -> crate::error::Result<Secret<N>> {
+    Secret::new().map_err(|m| crate::error::Error::with(crate::ck::CKR_HOST_MEMORY, m))
+}
+
+impl<const N: usize> Secret<N> {
+    /// Zeroed bytes in the arena; fails when it is full or cannot be mapped
+    /// (the message says what to raise).
+    pub fn new() -> Result<Self, String> {
+        Run::new(N).map(Secret)
+    }
+
+    /// A copy of `bytes` in the arena (tests, known values).
+    pub fn copy_of(bytes: &[u8; N]) -> Result<Self, String> {
+        let mut s = Self::new()?;
+        s.copy_from_slice(bytes);
+        Ok(s)
     }
 
     /// Where the secret lives, for tests that inspect the mapping.
     pub fn address(&self) -> usize {
-        self.data() as usize
+        self.0.ptr.as_ptr() as usize
     }
 }
 
-impl Drop for LockedKey {
-    fn drop(&mut self) {
-        // SAFETY: the data page holds the Secret32 written by `new` (if `new`
-        // got that far; otherwise it is zeroed memory, and dropping a zeroed
-        // Zeroizing<[u8; 32]> only writes zeros). Unmapping the region we own.
+impl<const N: usize> std::ops::Deref for Secret<N> {
+    type Target = [u8; N];
+    fn deref(&self) -> &[u8; N] {
+        // SAFETY: the run holds at least N bytes, zero-initialized, aligned
+        // to 1; only this value refers to it.
+        unsafe { &*(self.0.ptr.as_ptr() as *const [u8; N]) }
+    }
+}
+
+impl<const N: usize> std::ops::DerefMut for Secret<N> {
+    fn deref_mut(&mut self) -> &mut [u8; N] {
+        // SAFETY: as in `deref`, with `&mut self` for exclusive access.
+        unsafe { &mut *(self.0.ptr.as_ptr() as *mut [u8; N]) }
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for Secret<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret<{N}>(..)")
+    }
+}
+
+/// Up to `capacity` secret bytes in the arena (PINs, secrets of variable
+/// length), wiped when dropped. The length grows with [`SecretBytes::push`].
+pub struct SecretBytes {
+    run: Run,
+    len: usize,
+}
+
+impl SecretBytes {
+    pub fn with_capacity(capacity: usize) -> Result<Self, String> {
+        Ok(SecretBytes {
+            run: Run::new(capacity)?,
+            len: 0,
+        })
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.run.chunks * CHUNK
+    }
+
+    /// Appends bytes; `false` (nothing appended) when they do not fit.
+    pub fn push(&mut self, bytes: &[u8]) -> bool {
+        if bytes.len() > self.capacity() - self.len {
+            return false;
+        }
+        // SAFETY: the range lies inside the run (checked just above).
         unsafe {
-            ptr::drop_in_place(self.data() as *mut Secret32);
-            libc::munlock(self.data() as *const _, self.page);
-            libc::munmap(self.base, 3 * self.page);
+            ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.run.ptr.as_ptr().add(self.len),
+                bytes.len(),
+            )
+        };
+        self.len += bytes.len();
+        true
+    }
+
+    /// The unused tail, to read into in place; then [`SecretBytes::grow`].
+    pub fn spare(&mut self) -> &mut [u8] {
+        let cap = self.capacity();
+        // SAFETY: inside the run, exclusively borrowed.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.run.ptr.as_ptr().add(self.len), cap - self.len)
         }
     }
+
+    /// Counts `n` bytes written into [`SecretBytes::spare`] as content.
+    pub fn grow(&mut self, n: usize) {
+        self.len = (self.len + n).min(self.capacity());
+    }
+
+    /// Keeps the first `len` bytes, wiping the rest.
+    pub fn truncate(&mut self, len: usize) {
+        if len < self.len {
+            let tail = self.len - len;
+            self.len = len;
+            self.spare()[..tail].zeroize();
+        }
+    }
+}
+
+impl std::ops::Deref for SecretBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        // SAFETY: the first `len` bytes of the run are initialized.
+        unsafe { std::slice::from_raw_parts(self.run.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::ops::DerefMut for SecretBytes {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `deref`, exclusively borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.run.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretBytes({} bytes)", self.len)
+    }
+}
+
+/// Copies an environment variable into the arena, read in place from the
+/// environment block (`std::env::var` would copy it into a heap `String`).
+/// `Ok(None)` when it is unset.
+pub fn from_env(name: &str) -> Result<Option<SecretBytes>, String> {
+    let name = std::ffi::CString::new(name).map_err(|_| "a variable name with NUL")?;
+    // SAFETY: getenv returns a pointer into the environment or null; the
+    // bytes are copied at once (callers read their secrets before starting
+    // threads that could change the environment).
+    let value = unsafe { libc::getenv(name.as_ptr()) };
+    if value.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: a NUL-terminated string from getenv.
+    let bytes = unsafe { std::ffi::CStr::from_ptr(value) }.to_bytes();
+    let mut out = SecretBytes::with_capacity(bytes.len())?;
+    out.push(bytes);
+    Ok(Some(out))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use zeroize::Zeroizing;
 
-    #[test]
-    fn the_key_page_is_locked_and_excluded_from_dumps() {
-        let k = LockedKey::new(&Zeroizing::new([0x5a; 32])).unwrap();
-        assert_eq!(k.get()[..], [0x5a; 32]);
-        let addr = k.address();
+    /// Flags and locked size of the mapping holding `addr`, from smaps.
+    fn mapping_of(addr: usize) -> (usize, usize, String) {
         let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut in_region = false;
-        let (mut locked_kb, mut flags) = (None, None);
+        let mut current = None;
+        let (mut locked_kb, mut size) = (0, 0);
         for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ') {
-                if let Some((a, b)) = range.split_once('-') {
-                    if let (Ok(a), Ok(b)) =
-                        (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
-                    {
-                        in_region = (a..b).contains(&addr);
-                        continue;
+            let range = line.split_once(' ').and_then(|(r, _)| r.split_once('-'));
+            if let Some((a, b)) = range {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                {
+                    current = Some((a..b).contains(&addr));
+                    if current == Some(true) {
+                        size = b - a;
                     }
+                    continue;
                 }
             }
-            if in_region {
+            if current == Some(true) {
                 if let Some(v) = line.strip_prefix("Locked:") {
-                    locked_kb = v.trim().trim_end_matches(" kB").parse::<usize>().ok();
+                    locked_kb = v.trim().trim_end_matches(" kB").parse().unwrap();
                 }
                 if let Some(v) = line.strip_prefix("VmFlags:") {
-                    flags = Some(v.to_string());
+                    return (size, locked_kb, v.to_string());
                 }
             }
         }
-        assert!(
-            locked_kb.unwrap_or(0) >= page_size() / 1024,
-            "not locked: {locked_kb:?}"
-        );
-        let flags = flags.expect("VmFlags of the key's page");
-        assert!(
-            flags.split_whitespace().any(|f| f == "dd"),
-            "not excluded from dumps: {flags}"
-        );
-        assert!(
-            flags.split_whitespace().any(|f| f == "lo"),
-            "not locked: {flags}"
-        );
+        panic!("no mapping holds {addr:#x}");
+    }
+
+    #[test]
+    fn secrets_share_one_locked_guarded_arena_excluded_from_dumps() {
+        let a = Secret::<32>::copy_of(&[0x5a; 32]).unwrap();
+        let b = Secret::<32>::copy_of(&[0xa5; 32]).unwrap();
+        assert_eq!(*a, [0x5a; 32]);
+        assert_eq!(*b, [0xa5; 32]);
+        let (start, len) = region().unwrap();
+        for s in [a.address(), b.address()] {
+            assert!(
+                (start..start + len).contains(&s),
+                "{s:#x} outside the arena"
+            );
+        }
+        let (size, locked_kb, flags) = mapping_of(a.address());
+        assert_eq!(size, len, "the arena is one mapping");
+        assert_eq!(locked_kb * 1024, len, "all of it locked");
+        for flag in ["lo", "dd", "wf"] {
+            assert!(
+                flags.split_whitespace().any(|f| f == flag),
+                "flag {flag} missing: {flags}"
+            );
+        }
+        // The pages on either side are guards without any access.
+        let (_, _, before) = mapping_of(start - 1);
+        let (_, _, after) = mapping_of(start + len);
+        for f in [before, after] {
+            assert!(!f.contains("rd") && !f.contains("wr"), "guard flags: {f}");
+        }
+    }
+
+    #[test]
+    fn a_dropped_secret_is_wiped_and_its_chunk_reused() {
+        let s = Secret::<32>::copy_of(&[0x77; 32]).unwrap();
+        let at = s.address();
+        drop(s);
+        // SAFETY: the arena stays mapped; reading a freed chunk's bytes.
+        let after = unsafe { std::slice::from_raw_parts(at as *const u8, 32) };
+        assert_eq!(after, &[0u8; 32]);
+        let big = SecretBytes::with_capacity(100).unwrap();
+        assert_eq!(big.capacity(), 128, "whole chunks");
+    }
+
+    #[test]
+    fn secret_bytes_grow_truncate_and_refuse_overflow() {
+        let mut s = SecretBytes::with_capacity(40).unwrap();
+        assert!(s.push(b"1234"));
+        s.spare()[..2].copy_from_slice(b"56");
+        s.grow(2);
+        assert_eq!(&s[..], b"123456");
+        s.truncate(3);
+        assert_eq!(&s[..], b"123");
+        assert_eq!(s.spare()[..3], [0, 0, 0], "the cut tail is wiped");
+        assert!(!s.push(&[1; 62]));
+        assert!(s.push(&[1; 61]));
+    }
+
+    #[test]
+    fn the_allocator_fits_runs_first_fit_and_wraps_round() {
+        // A private arena of one page (128 chunks), not the shared one.
+        let mut a = Arena::map(4, false).unwrap();
+        let total = a.chunks();
+        assert_eq!(a.take(total / 2), Some(0));
+        assert_eq!(a.take(total / 2), Some(total / 2));
+        assert_eq!(a.take(1), None, "full");
+        a.mark(3, 2, false);
+        assert_eq!(a.take(3), None, "two free chunks do not hold three");
+        assert_eq!(a.take(2), Some(3), "found by wrapping round");
+        a.mark(0, total, false);
+        assert_eq!(a.in_use, 0);
+        assert_eq!(a.take(total + 1), None);
+        assert_eq!(a.take(total), Some(0));
     }
 }

@@ -14,14 +14,13 @@ use crate::audit::{public_key_mac, Event, Record};
 use crate::backend::Backend;
 use crate::ck::*;
 use crate::config::Config;
-use crate::derive::{self, AssetId, KeyType};
+use crate::derive::{self, AssetId, KeyType, Secret32};
 use crate::error::{attr_name, Error, Result};
 use crate::lifecycle;
 use crate::log;
 use crate::mechanisms::{self, Hasher, ECDSA_SIG_LEN};
 use crate::objects::{self, Class, ObjectKey, Value, View, Which};
 use crate::process::PerProcess;
-use crate::secure::LockedKey;
 use crate::store::{Asset, Store, StoreError, Transition};
 use sha2::{Digest, Sha256};
 
@@ -63,8 +62,8 @@ struct SignOp {
     asset: i64,
     version: u32,
     kt: KeyType,
-    /// The key, in a locked page shared with the key cache.
-    key: Arc<LockedKey>,
+    /// The key, in the locked arena, shared with the key cache.
+    key: Arc<Secret32>,
     hasher: Option<Hasher>,
     /// C_SignUpdate was called: only C_SignFinal may finish.
     multi: bool,
@@ -166,10 +165,10 @@ pub struct Provider {
     /// The audit MAC key, derived through the backing HSM at the first user
     /// login and kept until C_Finalize so that later records (public
     /// verifications included) can be chained.
-    audit_key: Mutex<Option<Arc<LockedKey>>>,
+    audit_key: Mutex<Option<Arc<Secret32>>>,
     /// When the rollback anchor was last advanced (ms since the epoch).
     anchored_at_ms: AtomicU64,
-    /// Derived keys by (asset row id, version), each in its own locked page,
+    /// Derived keys by (asset row id, version), in the locked arena,
     /// with the moment it was derived; see `signing_key`.
     key_cache: Mutex<HashMap<(i64, u32), CachedKey>>,
     /// Keys derived through the backing HSM so far (each one a PRF call).
@@ -177,7 +176,7 @@ pub struct Provider {
 }
 
 /// A cached key and when it was derived.
-type CachedKey = (Arc<LockedKey>, std::time::Instant);
+type CachedKey = (Arc<Secret32>, std::time::Instant);
 
 /// How stale the anchor may get while signatures are committed: at most one
 /// anchor write (one backing HSM call) per this interval.
@@ -437,9 +436,7 @@ impl Provider {
     fn ensure_audit_key(&self, who: Login) -> Result<()> {
         let mut ak = lock(&self.audit_key);
         if ak.is_none() && who == Login::User {
-            let key = derive::audit_key(&self.backend)?;
-            let locked = LockedKey::new(&key).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
-            *ak = Some(Arc::new(locked));
+            *ak = Some(Arc::new(derive::audit_key(&self.backend)?));
         }
         Ok(())
     }
@@ -448,7 +445,7 @@ impl Provider {
     /// process writes anything with its audit key.
     fn check_root(&self, who: Login) -> Result<()> {
         match (who, self.audit_key()) {
-            (Login::User, Some(ak)) => self.store.check_root(ak.get()).map_err(store_error),
+            (Login::User, Some(ak)) => self.store.check_root(&ak).map_err(store_error),
             _ => Ok(()),
         }
     }
@@ -525,7 +522,7 @@ impl Provider {
         }
     }
 
-    fn audit_key(&self) -> Option<Arc<LockedKey>> {
+    fn audit_key(&self) -> Option<Arc<Secret32>> {
         lock(&self.audit_key).clone()
     }
 
@@ -534,7 +531,7 @@ impl Provider {
     fn audit(&self, rec: Record) -> Result<()> {
         let ak = self.audit_key();
         self.store
-            .record(ak.as_deref().map(LockedKey::get), rec)
+            .record(ak.as_deref(), rec)
             .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("audit record not written: {e}")))?;
         if ak.is_some() && self.login_state() == Login::User {
             self.anchor_if_stale();
@@ -552,7 +549,7 @@ impl Provider {
             Error::with(CKR_USER_NOT_LOGGED_IN, "no audit key: log in as user first")
         })?;
         f(&lifecycle::Audit {
-            ak: ak.get(),
+            ak: &ak,
             session: Some(session),
         })
     }
@@ -666,7 +663,7 @@ impl Provider {
         for n in versions {
             let Some(v) = asset.version(n) else { continue };
             let Some(pk) = &v.public_key else { continue };
-            let want = public_key_mac(ak.get(), asset.id.as_str(), v.version, pk);
+            let want = public_key_mac(&ak, asset.id.as_str(), v.version, pk);
             if v.pk_mac.as_deref() != Some(&want[..]) {
                 return Err(Error::with(
                     CKR_DEVICE_ERROR,
@@ -871,7 +868,7 @@ impl Provider {
     /// against the recorded public key (a store paired with the wrong root
     /// can never sign with keys nobody registered), and cached for
     /// `[cache] ttl_seconds`.
-    fn signing_key(&self, view: &View, epoch: u64) -> Result<Arc<LockedKey>> {
+    fn signing_key(&self, view: &View, epoch: u64) -> Result<Arc<Secret32>> {
         let slot = (view.asset.rowid, view.version);
         let ttl = std::time::Duration::from_secs(self.config.cache.ttl_seconds);
         {
@@ -903,18 +900,17 @@ impl Provider {
                 ),
             ));
         }
-        let key = Arc::new(LockedKey::new(&scalar).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?);
-        drop(scalar); // the unlocked copy is wiped as soon as the locked one exists
+        let key = Arc::new(scalar);
         if !ttl.is_zero() {
             // Only while the login the key was derived under is still current:
             // a logout flips the state before it clears the cache, so a key
             // derived across a logout is never cached past it.
             let mut cache = lock(&self.key_cache);
             if self.still_logged_in(epoch) {
-                // One locked page per key: the locked-memory budget, less a
-                // page for the audit key, bounds the cache; the oldest goes.
-                let capacity =
-                    (self.config.memory.locked_kib / 4).saturating_sub(1).max(1) as usize;
+                // Cached keys may fill half the locked arena; the other half
+                // stays free for keys in flight (PRF outputs, derivations,
+                // the audit key). When it is full the oldest entry goes.
+                let capacity = (crate::secure::capacity() / 2).max(1);
                 while cache.len() >= capacity {
                     let oldest = cache.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| *k);
                     match oldest {
@@ -1040,7 +1036,7 @@ impl Provider {
 
     /// Signs, commits the signature's record, and only then copies it out.
     fn complete_sign(&self, op: &SignOp, digest: &[u8], out: &mut [u8]) -> Result<usize> {
-        let sig = mechanisms::ecdsa_sign(op.kt, op.key.get(), digest)?;
+        let sig = mechanisms::ecdsa_sign(op.kt, &op.key, digest)?;
         self.confirm_sign(op)?;
         out[..ECDSA_SIG_LEN].copy_from_slice(&sig);
         Ok(ECDSA_SIG_LEN)
@@ -1377,7 +1373,7 @@ impl Provider {
         let rec = op.audit.record(Event::Sign, CKR_OK, Some(op.version));
         let committed = self
             .store
-            .commit_sign(ak.get(), op.asset, op.version, rec)
+            .commit_sign(&ak, op.asset, op.version, rec)
             .map_err(|e| {
                 Error::with(
                     CKR_DEVICE_ERROR,

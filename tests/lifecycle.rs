@@ -731,7 +731,7 @@ fn a_version_1_store_is_migrated_with_its_data() {
     }
     let store = Store::open(&path).unwrap();
     // Any audit key serves this store-level check.
-    let ak: Secret32 = zeroize::Zeroizing::new([7u8; 32]);
+    let ak = Secret32::copy_of(&[7u8; 32]).unwrap();
     let id = AssetId::new("old-1").unwrap();
     let a = store.asset_by_name(&id).unwrap().unwrap();
     assert_eq!(

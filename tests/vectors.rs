@@ -17,7 +17,6 @@ use p11derive::config::Config;
 use p11derive::derive::{self, AssetId, KeyType, Prf, Secret32};
 use serde_json::Value;
 use sha2::Sha256;
-use zeroize::Zeroizing;
 
 use common::*;
 
@@ -43,7 +42,7 @@ impl Prf for SoftwarePrf {
     fn prf(&self, input: &[u8]) -> p11derive::Result<Secret32> {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).unwrap();
         mac.update(input);
-        let mut out = Zeroizing::new([0u8; 32]);
+        let mut out = p11derive::secure::secret::<32>()?;
         out.copy_from_slice(&mac.finalize().into_bytes());
         Ok(out)
     }

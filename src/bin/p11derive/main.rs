@@ -13,12 +13,10 @@ use std::process::ExitCode;
 
 use p11derive::backend::Backend;
 use p11derive::config::{self, Config};
-use p11derive::derive;
-use p11derive::derive::{AssetId, KeyType};
+use p11derive::derive::{self, AssetId, KeyType, Secret32};
 use p11derive::lifecycle::{self, Audit, LifecycleError};
-use p11derive::secure::LockedKey;
+use p11derive::secure::SecretBytes;
 use p11derive::store::{hex, Asset, AssetState, Store, StoreError, Transition, VersionRecord};
-use zeroize::Zeroizing;
 
 const USAGE: &str = "\
 usage: p11derive [--config FILE] COMMAND
@@ -246,60 +244,116 @@ fn load_config(args: &Args) -> Result<Config, Failure> {
     Config::load(&path).map_err(Failure::Failed)
 }
 
-/// The backing token's user PIN, kept in a buffer that is wiped on drop.
-fn read_pin(args: &Args) -> Result<Zeroizing<String>, Failure> {
-    if let Some(file) = args.value("--pin-file") {
-        let text = Zeroizing::new(
-            std::fs::read_to_string(file)
-                .map_err(|e| Failure::Failed(format!("cannot read PIN file {file}: {e}")))?,
-        );
-        return Ok(Zeroizing::new(
-            text.trim_end_matches(['\n', '\r']).to_string(),
-        ));
-    }
-    match std::env::var("P11DERIVE_PIN") {
-        Ok(pin) if !pin.is_empty() => Ok(Zeroizing::new(pin)),
-        _ => Err(Failure::Failed(
-            "no PIN for the backing token: set P11DERIVE_PIN or pass --pin-file FILE".into(),
-        )),
+/// Maps the locked arena for the secrets a command handles (PIN, root,
+/// audit key) under the same `[memory]` rules as the provider.
+fn lock_memory(config: &Config) -> Result<(), Failure> {
+    let memory = &config.memory;
+    match p11derive::secure::configure(memory.locked_kib, memory.allow_unlocked) {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            eprintln!(
+                "p11derive: DEGRADED: memory for secrets cannot be locked and [memory] \
+                 allow_unlocked = true in {}: the PIN and keys may be swapped to disk",
+                config.source.display()
+            );
+            Ok(())
+        }
+        Err(m) => Err(Failure::Failed(format!(
+            "{m} (config file {})",
+            config.source.display()
+        ))),
     }
 }
 
-/// Reads a root to import: 64 hex digits (whitespace ignored) or 32 raw bytes.
-fn read_root(path: &str) -> Result<Zeroizing<[u8; 32]>, Failure> {
-    let raw = Zeroizing::new(
-        std::fs::read(path)
-            .map_err(|e| Failure::Failed(format!("cannot read root file {path}: {e}")))?,
-    );
-    let mut root = Zeroizing::new([0u8; 32]);
-    let hex_digits: Zeroizing<Vec<u8>> = Zeroizing::new(
-        raw.iter()
-            .copied()
-            .filter(|b| !b.is_ascii_whitespace())
-            .collect(),
-    );
-    if hex_digits.len() == 64 && hex_digits.iter().all(u8::is_ascii_hexdigit) {
-        for (i, pair) in hex_digits.chunks(2).enumerate() {
-            let nib = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
-            root[i] = (nib(pair[0]) << 4) | nib(pair[1]);
+/// The longest PIN (or PIN file) accepted, in bytes.
+const MAX_PIN: usize = 1024;
+
+/// Reads a whole small file straight into locked memory (never through a
+/// heap buffer); `None` when it holds more than `capacity` bytes.
+fn read_secret_file(path: &str, capacity: usize) -> std::io::Result<Option<SecretBytes>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = SecretBytes::with_capacity(capacity + 1).map_err(std::io::Error::other)?;
+    loop {
+        let n = file.read(buf.spare())?;
+        if n == 0 {
+            break;
+        }
+        buf.grow(n);
+        if buf.len() > capacity {
+            return Ok(None);
+        }
+    }
+    Ok(Some(buf))
+}
+
+/// The backing token's user PIN, in locked memory wiped on drop.
+fn read_pin(args: &Args) -> Result<SecretBytes, Failure> {
+    if let Some(file) = args.value("--pin-file") {
+        let mut pin = read_secret_file(file, MAX_PIN)
+            .map_err(|e| Failure::Failed(format!("cannot read PIN file {file}: {e}")))?
+            .ok_or_else(|| {
+                Failure::Failed(format!(
+                    "PIN file {file} is longer than {MAX_PIN} bytes: it must hold the PIN only"
+                ))
+            })?;
+        let len = pin.len()
+            - pin
+                .iter()
+                .rev()
+                .take_while(|&&b| b == b'\n' || b == b'\r')
+                .count();
+        pin.truncate(len);
+        return Ok(pin);
+    }
+    let missing = || {
+        Failure::Failed(
+            "no PIN for the backing token: set P11DERIVE_PIN or pass --pin-file FILE".into(),
+        )
+    };
+    match p11derive::secure::from_env("P11DERIVE_PIN") {
+        Ok(Some(pin)) if !pin.is_empty() => Ok(pin),
+        Ok(_) => Err(missing()),
+        Err(m) => Err(Failure::Failed(m)),
+    }
+}
+
+/// Reads a root to import: 64 hex digits (whitespace ignored) or 32 raw bytes,
+/// into locked memory.
+fn read_root(path: &str) -> Result<Secret32, Failure> {
+    let too_long = || {
+        Failure::Failed(format!(
+            "root file {path} must hold exactly 32 bytes, raw or as 64 hex digits"
+        ))
+    };
+    let raw = read_secret_file(path, 4096)
+        .map_err(|e| Failure::Failed(format!("cannot read root file {path}: {e}")))?
+        .ok_or_else(too_long)?;
+    let mut root = Secret32::new().map_err(Failure::Failed)?;
+    let digits = raw.iter().filter(|b| !b.is_ascii_whitespace());
+    if digits.clone().count() == 64 && digits.clone().all(u8::is_ascii_hexdigit) {
+        let nib = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+        let mut it = digits.copied();
+        for byte in root.iter_mut() {
+            let (hi, lo) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+            *byte = (nib(hi) << 4) | nib(lo);
         }
     } else if raw.len() == 32 {
         root.copy_from_slice(&raw);
     } else {
-        return Err(Failure::Failed(format!(
-            "root file {path} must hold exactly 32 bytes, raw or as 64 hex digits"
-        )));
+        return Err(too_long());
     }
     Ok(root)
 }
 
 fn init(args: &Args) -> Result<(), Failure> {
     let config = load_config(args)?;
+    lock_memory(&config)?;
     let import = args.value("--import-root").map(read_root).transpose()?;
     let pin = read_pin(args)?;
     let backend = Backend::open(&config.backend, &config.source)
         .map_err(|e| Failure::Failed(e.to_string()))?;
-    let result = init_with(&config, &backend, import.as_deref(), pin.as_bytes());
+    let result = init_with(&config, &backend, import.as_deref(), &pin);
     backend.finalize();
     result
 }
@@ -383,28 +437,23 @@ fn refuse_rolled_back(store: &Store, backend: &Backend) -> Result<(), Failure> {
 }
 
 /// Logs in to the backing HSM (user PIN) and runs `f` with the store, the
-/// HSM and the audit key, derived through it into a locked page.
+/// HSM and the audit key, derived through it into the locked arena.
 pub(crate) fn with_key<T>(
     args: &Args,
     f: impl FnOnce(&Store, &Backend, &derive::Secret32) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
     let config = load_config(args)?;
     let store = open_store(&config)?;
+    lock_memory(&config)?;
     let pin = read_pin(args)?;
-    // The audit key goes into a locked page, under the same [memory] rules
-    // as the provider (a page is all the CLI needs).
-    p11derive::secure::probe(4, config.memory.allow_unlocked).map_err(Failure::Failed)?;
     let backend = Backend::open(&config.backend, &config.source)
         .map_err(|e| Failure::Failed(e.to_string()))?;
     let result = backend
-        .login(cryptoki_sys::CKU_USER, pin.as_bytes())
+        .login(cryptoki_sys::CKU_USER, &pin)
         .map_err(|e| Failure::Failed(format!("backing token login: {e}")))
         .and_then(|()| {
-            let derived =
-                derive::audit_key(&backend).map_err(|e| Failure::Failed(e.to_string()))?;
-            let ak = LockedKey::new(&derived).map_err(Failure::Failed)?;
-            drop(derived); // wiped now, not at the end of the command
-            f(&store, &backend, ak.get())
+            let ak = derive::audit_key(&backend).map_err(|e| Failure::Failed(e.to_string()))?;
+            f(&store, &backend, &ak)
         });
     let _ = backend.logout();
     backend.finalize();
