@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::log;
 use crate::mechanisms;
 use crate::process::{self, PerProcess};
+use crate::symmetric::GcmParams;
 use crate::token::{Mechanism, Provider, TemplateAttr, SLOT_ID};
 
 // ---- library state --------------------------------------------------------
@@ -124,11 +125,67 @@ unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Vec<TemplateAt
 unsafe fn mechanism(p: *const CK_MECHANISM) -> Result<Mechanism> {
     // SAFETY: the caller promises a readable mechanism behind a non-null pointer.
     let m = unsafe { p.as_ref() }.ok_or(Error::rv(CKR_ARGUMENTS_BAD))?;
+    // SAFETY: the parameter is readable for ulParameterLen bytes.
+    let param = unsafe { bytes(m.pParameter as *const u8, m.ulParameterLen) }?.to_vec();
+    let gcm = match m.mechanism {
+        // SAFETY: the parameter block was just read; its pointers are the caller's.
+        CKM_AES_GCM => Some(unsafe { gcm_params(m.pParameter, m.ulParameterLen) }?),
+        _ => None,
+    };
     Ok(Mechanism {
         ty: m.mechanism,
-        // SAFETY: the parameter is readable for ulParameterLen bytes.
-        param: unsafe { bytes(m.pParameter as *const u8, m.ulParameterLen) }?.to_vec(),
+        param,
+        gcm,
     })
+}
+
+/// The 2.40 header before its errata had no `ulIvBits`; some clients still
+/// pass that shorter structure. Its layout, to tell the two apart by size.
+#[repr(C)]
+struct GcmParamsNoIvBits {
+    p_iv: CK_BYTE_PTR,
+    ul_iv_len: CK_ULONG,
+    p_aad: CK_BYTE_PTR,
+    ul_aad_len: CK_ULONG,
+    ul_tag_bits: CK_ULONG,
+}
+
+/// Reads a caller's `CK_GCM_PARAMS` (either layout, told apart by length).
+///
+/// # Safety
+/// `p` must be readable for `len` bytes, and the IV and AAD pointers in it
+/// readable for their lengths.
+unsafe fn gcm_params(p: CK_VOID_PTR, len: CK_ULONG) -> Result<GcmParams> {
+    let bad = |why: &str| Error::with(CKR_MECHANISM_PARAM_INVALID, format!("CKM_AES_GCM: {why}"));
+    if p.is_null() {
+        return Err(bad("no CK_GCM_PARAMS"));
+    }
+    // SAFETY: the caller's structure, read by the layout its length names;
+    // then the IV and AAD it points to, for their lengths.
+    unsafe {
+        if len as usize == std::mem::size_of::<CK_GCM_PARAMS>() {
+            let g = &*(p as *const CK_GCM_PARAMS);
+            GcmParams::new(
+                bytes(g.pIv, g.ulIvLen)?.to_vec(),
+                Some(g.ulIvBits),
+                bytes(g.pAAD, g.ulAADLen)?.to_vec(),
+                g.ulTagBits,
+            )
+        } else if len as usize == std::mem::size_of::<GcmParamsNoIvBits>() {
+            let g = &*(p as *const GcmParamsNoIvBits);
+            GcmParams::new(
+                bytes(g.p_iv, g.ul_iv_len)?.to_vec(),
+                None,
+                bytes(g.p_aad, g.ul_aad_len)?.to_vec(),
+                g.ul_tag_bits,
+            )
+        } else {
+            Err(bad(&format!(
+                "ulParameterLen {len} is not the size of CK_GCM_PARAMS ({})",
+                std::mem::size_of::<CK_GCM_PARAMS>()
+            )))
+        }
+    }
 }
 
 /// The PKCS#11 output convention for variable-length results: a null buffer
@@ -1026,6 +1083,212 @@ extern "C" fn C_CancelFunction(h: CK_SESSION_HANDLE) -> CK_RV {
 
 // ---- functions p11derive does not implement --------------------------------
 
+// ---- secret keys: generation, encryption, decryption -----------------------
+
+extern "C" fn C_GenerateKey(
+    h: CK_SESSION_HANDLE,
+    p_mechanism: CK_MECHANISM_PTR,
+    p_template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+    ph_key: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    entry("C_GenerateKey", || {
+        let p = provider()?;
+        // SAFETY: caller's mechanism, template and out-parameter.
+        let (mech, template, out_key) = unsafe {
+            (
+                mechanism(p_mechanism)?,
+                template(p_template, count)?,
+                out(ph_key)?,
+            )
+        };
+        *out_key = p.generate_key(h, &mech, &template)?;
+        Ok(())
+    })
+}
+
+extern "C" fn C_EncryptInit(
+    h: CK_SESSION_HANDLE,
+    p_mechanism: CK_MECHANISM_PTR,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    entry("C_EncryptInit", || {
+        let p = provider()?;
+        // SAFETY: caller's mechanism.
+        let mech = unsafe { mechanism(p_mechanism) }?;
+        p.encrypt_init(h, &mech, key)
+    })
+}
+
+extern "C" fn C_DecryptInit(
+    h: CK_SESSION_HANDLE,
+    p_mechanism: CK_MECHANISM_PTR,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    entry("C_DecryptInit", || {
+        let p = provider()?;
+        // SAFETY: caller's mechanism.
+        let mech = unsafe { mechanism(p_mechanism) }?;
+        p.decrypt_init(h, &mech, key)
+    })
+}
+
+/// A provider call with input and a variable-length output (`None`: the
+/// length only).
+type CryptFn = fn(&Provider, CK_SESSION_HANDLE, &[u8], Option<&mut [u8]>) -> Result<usize>;
+
+/// `C_Encrypt`, `C_Decrypt`: input in, variable-length output out.
+fn crypt_call(
+    name: &'static str,
+    h: CK_SESSION_HANDLE,
+    p_in: CK_BYTE_PTR,
+    in_len: CK_ULONG,
+    p_out: CK_BYTE_PTR,
+    pul_out: CK_ULONG_PTR,
+    f: CryptFn,
+) -> CK_RV {
+    entry(name, || {
+        let p = provider()?;
+        // SAFETY: caller's input and output buffers.
+        unsafe {
+            let input = bytes(p_in, in_len)?;
+            output(
+                p_out,
+                pul_out,
+                || f(&p, h, input, None),
+                |o| f(&p, h, input, Some(o)),
+            )
+        }
+    })
+}
+
+/// `C_EncryptFinal`, `C_DecryptFinal`: variable-length output only.
+fn crypt_final(
+    name: &'static str,
+    h: CK_SESSION_HANDLE,
+    p_out: CK_BYTE_PTR,
+    pul_out: CK_ULONG_PTR,
+    f: fn(&Provider, CK_SESSION_HANDLE, Option<&mut [u8]>) -> Result<usize>,
+) -> CK_RV {
+    entry(name, || {
+        let p = provider()?;
+        // SAFETY: caller's output buffer.
+        unsafe { output(p_out, pul_out, || f(&p, h, None), |o| f(&p, h, Some(o))) }
+    })
+}
+
+/// `C_EncryptUpdate`, `C_DecryptUpdate`: GCM keeps the parts and returns no
+/// output until the final call. A null output buffer is a length query
+/// (zero), which leaves the input unconsumed, as for every other call.
+fn crypt_update(
+    name: &'static str,
+    h: CK_SESSION_HANDLE,
+    p_in: CK_BYTE_PTR,
+    in_len: CK_ULONG,
+    p_out: CK_BYTE_PTR,
+    pul_out: CK_ULONG_PTR,
+    f: fn(&Provider, CK_SESSION_HANDLE, &[u8], bool) -> Result<usize>,
+) -> CK_RV {
+    entry(name, || {
+        let p = provider()?;
+        // SAFETY: caller's input buffer and output length.
+        unsafe {
+            let input = bytes(p_in, in_len)?;
+            let out_len = out(pul_out)?;
+            *out_len = f(&p, h, input, !p_out.is_null())? as CK_ULONG;
+        }
+        Ok(())
+    })
+}
+
+extern "C" fn C_Encrypt(
+    h: CK_SESSION_HANDLE,
+    p_data: CK_BYTE_PTR,
+    data_len: CK_ULONG,
+    p_out: CK_BYTE_PTR,
+    pul_out: CK_ULONG_PTR,
+) -> CK_RV {
+    crypt_call(
+        "C_Encrypt",
+        h,
+        p_data,
+        data_len,
+        p_out,
+        pul_out,
+        Provider::encrypt,
+    )
+}
+
+extern "C" fn C_Decrypt(
+    h: CK_SESSION_HANDLE,
+    p_data: CK_BYTE_PTR,
+    data_len: CK_ULONG,
+    p_out: CK_BYTE_PTR,
+    pul_out: CK_ULONG_PTR,
+) -> CK_RV {
+    crypt_call(
+        "C_Decrypt",
+        h,
+        p_data,
+        data_len,
+        p_out,
+        pul_out,
+        Provider::decrypt,
+    )
+}
+
+extern "C" fn C_EncryptUpdate(
+    h: CK_SESSION_HANDLE,
+    p_part: CK_BYTE_PTR,
+    part_len: CK_ULONG,
+    p_out: CK_BYTE_PTR,
+    pul_out: CK_ULONG_PTR,
+) -> CK_RV {
+    crypt_update(
+        "C_EncryptUpdate",
+        h,
+        p_part,
+        part_len,
+        p_out,
+        pul_out,
+        Provider::encrypt_update,
+    )
+}
+
+extern "C" fn C_DecryptUpdate(
+    h: CK_SESSION_HANDLE,
+    p_part: CK_BYTE_PTR,
+    part_len: CK_ULONG,
+    p_out: CK_BYTE_PTR,
+    pul_out: CK_ULONG_PTR,
+) -> CK_RV {
+    crypt_update(
+        "C_DecryptUpdate",
+        h,
+        p_part,
+        part_len,
+        p_out,
+        pul_out,
+        Provider::decrypt_update,
+    )
+}
+
+extern "C" fn C_EncryptFinal(
+    h: CK_SESSION_HANDLE,
+    p_out: CK_BYTE_PTR,
+    pul_out: CK_ULONG_PTR,
+) -> CK_RV {
+    crypt_final("C_EncryptFinal", h, p_out, pul_out, Provider::encrypt_final)
+}
+
+extern "C" fn C_DecryptFinal(
+    h: CK_SESSION_HANDLE,
+    p_out: CK_BYTE_PTR,
+    pul_out: CK_ULONG_PTR,
+) -> CK_RV {
+    crypt_final("C_DecryptFinal", h, p_out, pul_out, Provider::decrypt_final)
+}
+
 macro_rules! not_supported {
     ($($name:ident($($ty:ty),*);)*) => {$(
         extern "C" fn $name($(_: $ty),*) -> CK_RV {
@@ -1044,14 +1307,6 @@ not_supported! {
     C_SetOperationState(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE);
     C_CreateObject(CK_SESSION_HANDLE, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR);
     C_CopyObject(CK_SESSION_HANDLE, CK_OBJECT_HANDLE, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR);
-    C_EncryptInit(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
-    C_Encrypt(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
-    C_EncryptUpdate(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
-    C_EncryptFinal(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG_PTR);
-    C_DecryptInit(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
-    C_Decrypt(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
-    C_DecryptUpdate(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
-    C_DecryptFinal(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG_PTR);
     C_DigestKey(CK_SESSION_HANDLE, CK_OBJECT_HANDLE);
     C_SignRecoverInit(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);
     C_SignRecover(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
@@ -1061,7 +1316,6 @@ not_supported! {
     C_DecryptDigestUpdate(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
     C_SignEncryptUpdate(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
     C_DecryptVerifyUpdate(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
-    C_GenerateKey(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR);
     C_WrapKey(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE, CK_BYTE_PTR, CK_ULONG_PTR);
     C_UnwrapKey(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR);
     C_DeriveKey(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR);

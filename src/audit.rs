@@ -22,6 +22,8 @@ pub enum Event {
     Transition,
     Sign,
     Verify,
+    Encrypt,
+    Decrypt,
     /// An operation refused by the asset's state or by policy.
     Refused,
     /// The rollback anchor was moved by an operator (`audit reanchor`).
@@ -37,6 +39,8 @@ impl Event {
             Event::Transition => "transition",
             Event::Sign => "sign",
             Event::Verify => "verify",
+            Event::Encrypt => "encrypt",
+            Event::Decrypt => "decrypt",
             Event::Refused => "refused",
             Event::Anchor => "anchor",
         }
@@ -50,6 +54,8 @@ impl Event {
             Event::Transition,
             Event::Sign,
             Event::Verify,
+            Event::Encrypt,
+            Event::Decrypt,
             Event::Refused,
             Event::Anchor,
         ]

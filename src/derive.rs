@@ -229,6 +229,18 @@ pub fn audit_key(prf: &dyn Prf) -> Result<Secret32> {
     expand(&prk, b"p11derive-v1 audit mac")
 }
 
+/// What identifies a key without revealing it: the public point of an EC
+/// scalar, the `CKA_CHECK_VALUE` (3 bytes, PKCS#11) of a secret key.
+pub fn fingerprint(kt: KeyType, key: &Secret32) -> Option<Vec<u8>> {
+    match kt {
+        KeyType::Secp256k1 | KeyType::P256 => public_point(kt, key),
+        KeyType::Aes256 => crate::symmetric::aes_check_value(&key[..])
+            .ok()
+            .map(|c| c.to_vec()),
+        KeyType::HmacSha256 => Some(crate::symmetric::generic_check_value(&key[..]).to_vec()),
+    }
+}
+
 /// The uncompressed SEC1 public point (65 bytes) of an EC scalar.
 pub fn public_point(kt: KeyType, scalar: &[u8; 32]) -> Option<Vec<u8>> {
     use k256::elliptic_curve::sec1::ToSec1Point;

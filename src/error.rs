@@ -174,6 +174,32 @@ pub fn attr_name(ty: CK_ATTRIBUTE_TYPE) -> String {
         CKA_VALUE_LEN,
         CKA_PUBLIC_KEY_INFO,
         CKA_ALLOWED_MECHANISMS,
+        CKA_CHECK_VALUE,
     );
     format!("0x{ty:x}")
+}
+
+/// The name of a mechanism, for messages (hex when unnamed here).
+pub fn mech_name(m: CK_MECHANISM_TYPE) -> String {
+    macro_rules! names {
+        ($($n:ident),* $(,)?) => {
+            $(if m == $n { return stringify!($n).to_string(); })*
+        };
+    }
+    names!(
+        CKM_EC_KEY_PAIR_GEN,
+        CKM_ECDSA,
+        CKM_ECDSA_SHA1,
+        CKM_ECDSA_SHA224,
+        CKM_ECDSA_SHA256,
+        CKM_ECDSA_SHA384,
+        CKM_ECDSA_SHA512,
+        CKM_AES_KEY_GEN,
+        CKM_AES_GCM,
+        CKM_GENERIC_SECRET_KEY_GEN,
+        CKM_SHA256_HMAC,
+        CKM_SHA384_HMAC,
+        CKM_SHA512_HMAC,
+    );
+    format!("0x{m:x}")
 }

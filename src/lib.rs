@@ -21,6 +21,7 @@ pub mod objects;
 pub mod process;
 pub mod secure;
 pub mod store;
+pub mod symmetric;
 pub mod token;
 
 pub use error::{Error, Result};

@@ -75,13 +75,12 @@ impl Audit<'_> {
     }
 }
 
-/// The recorded public key of version `n` (EC types; `None` for secret keys).
+/// What the store records of version `n`'s key: the public point of an EC
+/// key, the `CKA_CHECK_VALUE` of a secret key. Either lets a process check a
+/// key it derives against the store, and lets public reads need no login.
 fn public_key(prf: &dyn Prf, id: &AssetId, kt: KeyType, n: u32) -> Result<Option<Vec<u8>>, Error> {
-    if !kt.is_ec() {
-        return Ok(None);
-    }
-    let scalar = derive::derive_key(prf, id, n, kt)?;
-    derive::public_point(kt, &scalar)
+    let key = derive::derive_key(prf, id, n, kt)?;
+    derive::fingerprint(kt, &key)
         .map(Some)
         .ok_or_else(|| Error::with(CKR_GENERAL_ERROR, "derived scalar out of range"))
 }
@@ -132,16 +131,17 @@ pub fn transition(
         let next = asset.current.checked_add(1);
         // Derive whatever state was read: another process may resume or
         // finish the asset before our transaction, and the store refuses an
-        // EC rotation without its public key.
+        // EC rotation without its public key (secret keys record their check
+        // value the same way).
         let active = asset.state == crate::store::AssetState::Active;
         let pk = match (next, prf) {
             (Some(n), Some(prf)) => public_key(prf, id, asset.key_type, n)?,
-            (Some(_), None) if active && asset.key_type.is_ec() => {
+            (Some(_), None) if active => {
                 return Err(LifecycleError::Derive(Error::with(
                     CKR_USER_NOT_LOGGED_IN,
                     format!(
-                        "rotating {:?} derives its new version's public key through the backing \
-                         HSM: a user login (PIN) is needed",
+                        "rotating {:?} derives its new version's public key (or check value) \
+                         through the backing HSM: a user login (PIN) is needed",
                         id.as_str()
                     ),
                 )))

@@ -164,6 +164,12 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
         flags: CKF_DIGEST,
     };
     let sv = CKF_SIGN | CKF_VERIFY;
+    // Key sizes: bytes for AES, bits for generic secrets (PKCS#11 convention).
+    let hmac = CK_MECHANISM_INFO {
+        ulMinKeySize: 256,
+        ulMaxKeySize: 256,
+        flags: sv,
+    };
     vec![
         (CKM_EC_KEY_PAIR_GEN, ec(CKF_GENERATE_KEY_PAIR)),
         (CKM_ECDSA, ec(sv)),
@@ -177,6 +183,33 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
         (CKM_SHA256, digest),
         (CKM_SHA384, digest),
         (CKM_SHA512, digest),
+        (
+            CKM_AES_KEY_GEN,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 32,
+                ulMaxKeySize: 32,
+                flags: CKF_GENERATE,
+            },
+        ),
+        (
+            CKM_AES_GCM,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 32,
+                ulMaxKeySize: 32,
+                flags: CKF_ENCRYPT | CKF_DECRYPT,
+            },
+        ),
+        (
+            CKM_GENERIC_SECRET_KEY_GEN,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 256,
+                ulMaxKeySize: 256,
+                flags: CKF_GENERATE,
+            },
+        ),
+        (CKM_SHA256_HMAC, hmac),
+        (CKM_SHA384_HMAC, hmac),
+        (CKM_SHA512_HMAC, hmac),
     ]
 }
 

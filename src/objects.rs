@@ -1,8 +1,9 @@
 //! How an asset version looks as PKCS#11 objects (design §3). Nothing here is
 //! stored: every attribute is computed from the asset's record.
 //!
-//! EC assets show, for the alias (label = asset id, the current version) and
-//! for each usable version N (label `asset@vN`), a private and a public key.
+//! For the alias (label = asset id, the current version) and for each usable
+//! version N (label `asset@vN`), EC assets show a private and a public key,
+//! secret-key assets (AES-256, HMAC-SHA256) one secret key.
 //! Attribute behaviour is declared in [`ATTRIBUTES`]: which classes have an
 //! attribute, and how its value is computed.
 
@@ -16,6 +17,39 @@ use crate::store::{Asset, AssetState};
 pub enum Class {
     Private,
     Public,
+    Secret,
+}
+
+impl Class {
+    /// The object classes an asset of type `kt` shows.
+    pub fn of(kt: KeyType) -> &'static [Class] {
+        if kt.is_ec() {
+            &[Class::Private, Class::Public]
+        } else {
+            &[Class::Secret]
+        }
+    }
+
+    /// Whether objects of this class need a user login to be seen or used.
+    pub fn is_private(self) -> bool {
+        self != Class::Public
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Class::Private => PRIV,
+            Class::Public => PUB,
+            Class::Secret => SEC,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Class::Private => "private",
+            Class::Public => "public",
+            Class::Secret => "secret",
+        }
+    }
 }
 
 /// Which object of an asset: its alias or one exact version.
@@ -64,6 +98,22 @@ impl Value {
             Value::Bytes(b) => Some(b.clone()),
             Value::Sensitive => None,
         }
+    }
+}
+
+/// The mechanisms an AES key of p11derive may be used with.
+pub const AES_MECHANISMS: [CK_MECHANISM_TYPE; 1] = [CKM_AES_GCM];
+
+/// The mechanisms an HMAC key of p11derive may be used with.
+pub const HMAC_MECHANISMS: [CK_MECHANISM_TYPE; 3] =
+    [CKM_SHA256_HMAC, CKM_SHA384_HMAC, CKM_SHA512_HMAC];
+
+/// The mechanisms a key of type `kt` may be used with.
+pub fn mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
+    match kt {
+        KeyType::Secp256k1 | KeyType::P256 => &EC_MECHANISMS,
+        KeyType::Aes256 => &AES_MECHANISMS,
+        KeyType::HmacSha256 => &HMAC_MECHANISMS,
     }
 }
 
@@ -136,7 +186,7 @@ impl<'a> View<'a> {
     /// Resolves `key` against `asset`; `None` when the object no longer exists
     /// (retired asset, trimmed or unknown version).
     pub fn resolve(asset: &'a Asset, key: &ObjectKey) -> Option<View<'a>> {
-        if asset.state == AssetState::Retired || !asset.key_type.is_ec() {
+        if asset.state == AssetState::Retired || !Class::of(asset.key_type).contains(&key.class) {
             return None;
         }
         let version = match key.which {
@@ -155,14 +205,14 @@ impl<'a> View<'a> {
 
     /// Every object an asset shows.
     pub fn keys_of(asset: &Asset) -> Vec<ObjectKey> {
-        if asset.state == AssetState::Retired || !asset.key_type.is_ec() {
+        if asset.state == AssetState::Retired {
             return Vec::new();
         }
         let mut out = Vec::with_capacity(2 + 2 * asset.versions.len());
         let whiches = std::iter::once(Which::Alias)
             .chain(asset.versions.iter().map(|v| Which::Version(v.version)));
         for which in whiches {
-            for class in [Class::Private, Class::Public] {
+            for &class in Class::of(asset.key_type) {
                 out.push(ObjectKey {
                     asset: asset.rowid,
                     which,
@@ -198,9 +248,29 @@ impl<'a> View<'a> {
         self.asset.may_verify(self.version)
     }
 
-    /// The recorded public point of this object's version.
+    /// The recorded public point of this object's version (EC assets).
     pub fn public_point(&self) -> Option<&'a [u8]> {
+        if !self.asset.key_type.is_ec() {
+            return None;
+        }
         self.asset.version(self.version)?.public_key.as_deref()
+    }
+
+    /// The recorded `CKA_CHECK_VALUE` of this object's version (secret-key
+    /// assets keep it where EC assets keep their public point).
+    pub fn check_value(&self) -> Option<&'a [u8]> {
+        if self.asset.key_type.is_ec() {
+            return None;
+        }
+        self.asset.version(self.version)?.public_key.as_deref()
+    }
+
+    fn is_aes(&self) -> bool {
+        self.asset.key_type == KeyType::Aes256
+    }
+
+    fn is_hmac(&self) -> bool {
+        self.asset.key_type == KeyType::HmacSha256
     }
 
     /// The versions (and public points) a verification through this object
@@ -227,10 +297,7 @@ impl<'a> View<'a> {
     /// The value of attribute `ty`; `None` when this object has no such
     /// attribute (`CKR_ATTRIBUTE_TYPE_INVALID`).
     pub fn attribute(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<Value> {
-        let want = match self.class {
-            Class::Private => PRIV,
-            Class::Public => PUB,
-        };
+        let want = self.class.bit();
         ATTRIBUTES
             .iter()
             .find(|a| a.ty == ty && a.classes & want != 0)
@@ -249,7 +316,10 @@ impl<'a> View<'a> {
 
 const PRIV: u8 = 1;
 const PUB: u8 = 2;
+const SEC: u8 = 4;
+/// EC keys, private and public.
 const BOTH: u8 = PRIV | PUB;
+const ALL: u8 = PRIV | PUB | SEC;
 
 /// One attribute: its type, the classes that have it, and how it is computed.
 struct Attribute {
@@ -272,11 +342,12 @@ fn empty(_: &View) -> Option<Value> {
     Some(Value::Bytes(Vec::new()))
 }
 fn is_private(v: &View) -> Option<Value> {
-    Some(Value::Bool(v.class == Class::Private))
+    Some(Value::Bool(v.class.is_private()))
 }
-fn mechanisms(_: &View) -> Option<Value> {
-    let mut b = Vec::with_capacity(EC_MECHANISMS.len() * 8);
-    for m in EC_MECHANISMS {
+fn mechanisms(v: &View) -> Option<Value> {
+    let list = mechanisms_of(v.asset.key_type);
+    let mut b = Vec::with_capacity(list.len() * 8);
+    for m in list {
         b.extend_from_slice(&m.to_ne_bytes());
     }
     Some(Value::Bytes(b))
@@ -285,42 +356,49 @@ fn mechanisms(_: &View) -> Option<Value> {
 /// The attribute table. Order does not matter; each (type, class) appears once.
 static ATTRIBUTES: &[Attribute] = &[
     // Common object attributes.
-    attr(CKA_CLASS, BOTH, |v| {
+    attr(CKA_CLASS, ALL, |v| {
         Some(Value::Ulong(match v.class {
             Class::Private => CKO_PRIVATE_KEY,
             Class::Public => CKO_PUBLIC_KEY,
+            Class::Secret => CKO_SECRET_KEY,
         }))
     }),
-    attr(CKA_TOKEN, BOTH, yes),
-    attr(CKA_PRIVATE, BOTH, is_private),
-    attr(CKA_MODIFIABLE, BOTH, no),
-    attr(CKA_COPYABLE, BOTH, no),
-    attr(CKA_DESTROYABLE, BOTH, |v| {
+    attr(CKA_TOKEN, ALL, yes),
+    attr(CKA_PRIVATE, ALL, is_private),
+    attr(CKA_MODIFIABLE, ALL, no),
+    attr(CKA_COPYABLE, ALL, no),
+    attr(CKA_DESTROYABLE, ALL, |v| {
         Some(Value::Bool(v.destroy_retires && v.which == Which::Alias))
     }),
-    attr(CKA_LABEL, BOTH, |v| {
+    attr(CKA_LABEL, ALL, |v| {
         Some(Value::Bytes(v.label().into_bytes()))
     }),
-    attr(CKA_UNIQUE_ID, BOTH, |v| {
-        let class = match v.class {
-            Class::Private => "private",
-            Class::Public => "public",
-        };
+    attr(CKA_UNIQUE_ID, ALL, |v| {
         Some(Value::Bytes(
-            format!("{}/{}", v.label(), class).into_bytes(),
+            format!("{}/{}", v.label(), v.class.name()).into_bytes(),
         ))
     }),
     // Common key attributes.
-    attr(CKA_KEY_TYPE, BOTH, |_| Some(Value::Ulong(CKK_EC))),
-    attr(CKA_ID, BOTH, |v| Some(Value::Bytes(v.object_id()))),
-    attr(CKA_START_DATE, BOTH, empty),
-    attr(CKA_END_DATE, BOTH, empty),
-    attr(CKA_DERIVE, BOTH, no),
-    attr(CKA_LOCAL, BOTH, yes),
-    attr(CKA_KEY_GEN_MECHANISM, BOTH, |_| {
-        Some(Value::Ulong(CKM_EC_KEY_PAIR_GEN))
+    attr(CKA_KEY_TYPE, ALL, |v| {
+        Some(Value::Ulong(match v.asset.key_type {
+            KeyType::Secp256k1 | KeyType::P256 => CKK_EC,
+            KeyType::Aes256 => CKK_AES,
+            KeyType::HmacSha256 => CKK_GENERIC_SECRET,
+        }))
     }),
-    attr(CKA_ALLOWED_MECHANISMS, BOTH, mechanisms),
+    attr(CKA_ID, ALL, |v| Some(Value::Bytes(v.object_id()))),
+    attr(CKA_START_DATE, ALL, empty),
+    attr(CKA_END_DATE, ALL, empty),
+    attr(CKA_DERIVE, ALL, no),
+    attr(CKA_LOCAL, ALL, yes),
+    attr(CKA_KEY_GEN_MECHANISM, ALL, |v| {
+        Some(Value::Ulong(match v.asset.key_type {
+            KeyType::Secp256k1 | KeyType::P256 => CKM_EC_KEY_PAIR_GEN,
+            KeyType::Aes256 => CKM_AES_KEY_GEN,
+            KeyType::HmacSha256 => CKM_GENERIC_SECRET_KEY_GEN,
+        }))
+    }),
+    attr(CKA_ALLOWED_MECHANISMS, ALL, mechanisms),
     attr(CKA_SUBJECT, BOTH, empty),
     attr(CKA_PUBLIC_KEY_INFO, BOTH, |v| {
         spki(v.asset.key_type, v.public_point()?).map(Value::Bytes)
@@ -350,26 +428,54 @@ static ATTRIBUTES: &[Attribute] = &[
     attr(CKA_UNWRAP, PRIV, no),
     attr(CKA_WRAP_WITH_TRUSTED, PRIV, no),
     attr(CKA_ALWAYS_AUTHENTICATE, PRIV, no),
+    // Secret key attributes: AES keys encrypt and decrypt, HMAC keys sign and
+    // verify; a version that may no longer encrypt (sign) still decrypts
+    // (verifies) while usable.
+    attr(CKA_VALUE, SEC, |_| Some(Value::Sensitive)),
+    attr(CKA_VALUE_LEN, SEC, |_| Some(Value::Ulong(32))),
+    attr(CKA_CHECK_VALUE, SEC, |v| {
+        Some(Value::Bytes(v.check_value()?.to_vec()))
+    }),
+    attr(CKA_SENSITIVE, SEC, yes),
+    attr(CKA_ALWAYS_SENSITIVE, SEC, yes),
+    attr(CKA_EXTRACTABLE, SEC, no),
+    attr(CKA_NEVER_EXTRACTABLE, SEC, yes),
+    attr(CKA_ENCRYPT, SEC, |v| {
+        Some(Value::Bool(v.is_aes() && v.may_sign()))
+    }),
+    attr(CKA_DECRYPT, SEC, |v| {
+        Some(Value::Bool(v.is_aes() && v.may_verify()))
+    }),
+    attr(CKA_SIGN, SEC, |v| {
+        Some(Value::Bool(v.is_hmac() && v.may_sign()))
+    }),
+    attr(CKA_VERIFY, SEC, |v| {
+        Some(Value::Bool(v.is_hmac() && v.may_verify()))
+    }),
+    attr(CKA_WRAP, SEC, no),
+    attr(CKA_UNWRAP, SEC, no),
+    attr(CKA_TRUSTED, SEC, no),
+    attr(CKA_WRAP_WITH_TRUSTED, SEC, no),
     // p11derive vendor attributes (pkcs11-headers/p11derive.h).
-    attr(CKA_P11DERIVE_ASSET_ID, BOTH, |v| {
+    attr(CKA_P11DERIVE_ASSET_ID, ALL, |v| {
         Some(Value::Bytes(v.asset.id.as_str().as_bytes().to_vec()))
     }),
-    attr(CKA_P11DERIVE_VERSION, BOTH, |v| {
+    attr(CKA_P11DERIVE_VERSION, ALL, |v| {
         Some(Value::Ulong(v.version as CK_ULONG))
     }),
-    attr(CKA_P11DERIVE_STATE, BOTH, |v| {
+    attr(CKA_P11DERIVE_STATE, ALL, |v| {
         Some(Value::Ulong(v.state_code()))
     }),
-    attr(CKA_P11DERIVE_IS_ALIAS, BOTH, |v| {
+    attr(CKA_P11DERIVE_IS_ALIAS, ALL, |v| {
         Some(Value::Bool(v.which == Which::Alias))
     }),
-    attr(CKA_P11DERIVE_CURRENT, BOTH, |v| {
+    attr(CKA_P11DERIVE_CURRENT, ALL, |v| {
         Some(Value::Ulong(v.asset.current as CK_ULONG))
     }),
-    attr(CKA_P11DERIVE_MIN_USABLE, BOTH, |v| {
+    attr(CKA_P11DERIVE_MIN_USABLE, ALL, |v| {
         Some(Value::Ulong(v.asset.min_usable as CK_ULONG))
     }),
-    attr(CKA_P11DERIVE_KEY_TYPE, BOTH, |v| {
+    attr(CKA_P11DERIVE_KEY_TYPE, ALL, |v| {
         Some(Value::Bytes(v.asset.key_type.name().as_bytes().to_vec()))
     }),
 ];
@@ -377,10 +483,7 @@ static ATTRIBUTES: &[Attribute] = &[
 /// The attribute types an object of `class` has, for templates that must be
 /// checked against what p11derive creates.
 pub fn has_attribute(class: Class, ty: CK_ATTRIBUTE_TYPE) -> bool {
-    let want = match class {
-        Class::Private => PRIV,
-        Class::Public => PUB,
-    };
+    let want = class.bit();
     ATTRIBUTES
         .iter()
         .any(|a| a.ty == ty && a.classes & want != 0)

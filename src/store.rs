@@ -170,6 +170,13 @@ impl Asset {
         self.is_usable(n) && matches!(self.state, AssetState::Active | AssetState::Rotating)
     }
 
+    /// Whether a derived key of version `n` may stay cached: EC keys only
+    /// while they may sign, secret keys while they may still decrypt or
+    /// verify too.
+    pub fn may_hold_key(&self, n: u32) -> bool {
+        self.may_sign(n) || (!self.key_type.is_ec() && self.may_verify(n))
+    }
+
     /// The newest version that may still sign during a grace window, i.e.
     /// the previous one while ROTATING (or suspended from ROTATING).
     fn grace_version(&self) -> Option<u32> {
@@ -304,7 +311,7 @@ impl std::error::Error for StoreError {}
 pub struct Store {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// Signatures waiting for their commit (group commit, see `commit_sign`).
+    /// Operations waiting for their commit (group commit, see `commit_use`).
     group: Mutex<Group>,
     group_done: std::sync::Condvar,
     /// Commits of signatures so far, and the records they carried.
@@ -317,7 +324,19 @@ struct Job {
     id: u64,
     rowid: i64,
     version: u32,
+    /// What the version must still be allowed to do at commit.
+    need: Use,
     record: Record,
+}
+
+/// What an operation does with a version, re-checked at its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Sign or encrypt: the current version (or the previous one in a grace
+    /// window).
+    Produce,
+    /// Verify or decrypt: any usable version of an asset not suspended.
+    Open,
 }
 
 /// What a job's commit decided: committed, refused (with the asset as it
@@ -1082,11 +1101,12 @@ impl Store {
     /// taking every queued job into one transaction and one fsync, while the
     /// others wait for their result. Durability no longer serializes
     /// throughput: the more threads sign, the more records share a commit.
-    pub fn commit_sign(
+    pub fn commit_use(
         &self,
         ak: &Secret32,
         rowid: i64,
         version: u32,
+        need: Use,
         record: Record,
     ) -> Result<Result<(), Option<Asset>>, StoreError> {
         let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
@@ -1096,6 +1116,7 @@ impl Store {
             id,
             rowid,
             version,
+            need,
             record,
         });
         loop {
@@ -1139,19 +1160,23 @@ impl Store {
             let mut records = Vec::with_capacity(batch.len());
             for job in batch.iter_mut() {
                 let asset = self.asset_row(&tx, job.rowid)?;
-                let allowed = asset.as_ref().is_some_and(|a| a.may_sign(job.version));
+                let allowed = asset.as_ref().is_some_and(|a| match job.need {
+                    Use::Produce => a.may_sign(job.version),
+                    Use::Open => a.may_verify(job.version),
+                });
                 let mut r = job.record.clone();
                 if !allowed {
+                    let what = r.event.name();
                     r.event = Event::Refused;
                     r.rv = crate::ck::CKR_KEY_FUNCTION_NOT_PERMITTED;
                     r.detail = match &asset {
                         Some(a) => format!(
-                            "sign refused at commit: asset is {} at version {} (min_usable {})",
+                            "{what} refused at commit: asset is {} at version {} (min_usable {})",
                             a.state.name(),
                             a.current,
                             a.min_usable
                         ),
-                        None => "sign refused at commit: asset gone".into(),
+                        None => format!("{what} refused at commit: asset gone"),
                     };
                 }
                 records.push(r);

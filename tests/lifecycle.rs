@@ -569,7 +569,9 @@ fn processes_sign_while_the_cli_changes_the_asset() {
         &["rotate", "mp"], // refused: still ROTATING (exit 3), the state stays
     ];
     let gap = std::time::Duration::from_millis(250);
-    let deadline = now_ns() + (gap * (steps.len() as u32 + 2)).as_nanos();
+    // The suspension lasts three gaps, so that some alias signature surely
+    // falls in it even on a loaded machine.
+    let deadline = now_ns() + (gap * (steps.len() as u32 + 4)).as_nanos();
     let mut children = Vec::new();
     for worker in 0..3u8 {
         let out = s.dir.join(format!("signer-{worker}.txt"));
@@ -587,7 +589,7 @@ fn processes_sign_while_the_cli_changes_the_asset() {
     // from just before its command ran until the next command finished.
     let mut timeline: Vec<(u128, u128, serde_json::Value)> = vec![(0, 0, initial)];
     for step in steps {
-        std::thread::sleep(gap);
+        std::thread::sleep(if step[0] == "resume" { gap * 3 } else { gap });
         let mut args = vec!["asset"];
         args.extend_from_slice(step);
         args.push("--json");

@@ -237,3 +237,46 @@ pub fn rv_of<T: std::fmt::Debug>(r: cryptoki::error::Result<T>) -> cryptoki::err
         other => panic!("expected a PKCS#11 error, got {other:?}"),
     }
 }
+
+/// The provider's 3.0 function table, found through C_GetInterface.
+pub struct Raw {
+    _lib: libloading::Library,
+    pub f: &'static cryptoki_sys::CK_FUNCTION_LIST_3_0,
+}
+
+pub fn raw() -> Raw {
+    use cryptoki_sys::*;
+    use std::ptr;
+    // SAFETY: loading the provider under test.
+    let lib = unsafe { libloading::Library::new(module_path()) }.unwrap();
+    let f = {
+        // SAFETY: C_GetInterface has this signature (PKCS#11 3.0).
+        let get: libloading::Symbol<
+            unsafe extern "C" fn(
+                *mut CK_UTF8CHAR,
+                *mut CK_VERSION,
+                *mut *mut CK_INTERFACE,
+                CK_FLAGS,
+            ) -> CK_RV,
+        > = unsafe { lib.get(b"C_GetInterface\0") }.unwrap();
+        let mut iface: *mut CK_INTERFACE = ptr::null_mut();
+        // SAFETY: valid out-pointer.
+        assert_eq!(
+            unsafe { get(ptr::null_mut(), ptr::null_mut(), &mut iface, 0) },
+            CKR_OK
+        );
+        // SAFETY: the default interface is the 3.0 table, which lives as long as the library.
+        unsafe { &*((*iface).pFunctionList as *const CK_FUNCTION_LIST_3_0) }
+    };
+    Raw { _lib: lib, f }
+}
+
+#[allow(unused_macros)]
+macro_rules! call {
+    ($raw:expr, $f:ident ( $($a:expr),* $(,)? )) => {
+        // SAFETY: the test passes arguments valid for the call.
+        unsafe { ($raw.f.$f.expect(stringify!($f)))($($a),*) }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use call;

@@ -26,7 +26,7 @@ commands:
         create the root secret inside the backing HSM (non-extractable) and the
         store; --import-root imports a given 32-byte root instead (hex text or
         raw bytes), for test vectors and recovery ceremonies
-  asset create NAME --type secp256k1|p256 [--id HEX]
+  asset create NAME --type secp256k1|p256|aes256|hmac-sha256 [--id HEX]
         register a new asset at version 1 (HEX: its CKA_ID; default derived)
   asset list [--json]               the assets that are not retired
   asset show NAME [--json]          versions, state, what each version may do,
@@ -481,19 +481,15 @@ fn with_hsm(
 }
 
 fn asset_create(args: &Args, name: &str) -> Result<(), Failure> {
+    let types = "secp256k1, p256, aes256 or hmac-sha256";
     let kt = match args.value("--type") {
-        Some(t @ ("secp256k1" | "p256")) => {
-            KeyType::from_name(t).ok_or_else(|| Failure::Usage(t.into()))?
-        }
-        Some(other) => {
-            return Err(Failure::Usage(format!(
-                "--type {other:?} is not supported here; use secp256k1 or p256"
-            )))
-        }
+        Some(t) => KeyType::from_name(t).ok_or_else(|| {
+            Failure::Usage(format!("--type {t:?} is not a key type; use {types}"))
+        })?,
         None => {
-            return Err(Failure::Usage(
-                "asset create needs --type secp256k1|p256".into(),
-            ))
+            return Err(Failure::Usage(format!(
+                "asset create needs --type ({types})"
+            )))
         }
     };
     let object_id = match args.value("--id") {

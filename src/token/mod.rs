@@ -21,8 +21,12 @@ use crate::log;
 use crate::mechanisms::{self, Hasher, ECDSA_SIG_LEN};
 use crate::objects::{self, Class, ObjectKey, Value, View, Which};
 use crate::process::PerProcess;
-use crate::store::{Asset, Store, StoreError, Transition};
+use crate::store::{Asset, Store, StoreError, Transition, Use};
+use crate::symmetric::{self, GcmParams};
 use sha2::{Digest, Sha256};
+
+mod crypt;
+use crypt::check_key_type;
 
 /// The only slot.
 pub const SLOT_ID: CK_SLOT_ID = 1;
@@ -31,6 +35,8 @@ pub const SLOT_ID: CK_SLOT_ID = 1;
 pub struct Mechanism {
     pub ty: CK_MECHANISM_TYPE,
     pub param: Vec<u8>,
+    /// `CKM_AES_GCM`'s parameters, read from the caller's `CK_GCM_PARAMS`.
+    pub gcm: Option<GcmParams>,
 }
 
 /// An attribute of a caller's template: its type and value bytes.
@@ -65,6 +71,10 @@ struct SignOp {
     /// The key, in the locked arena, shared with the key cache.
     key: Arc<Secret32>,
     hasher: Option<Hasher>,
+    /// An HMAC mechanism (secret keys) instead of ECDSA.
+    hmac: Option<CK_MECHANISM_TYPE>,
+    /// The parts given to an HMAC so far (not secret: the caller's data).
+    data: Vec<u8>,
     /// C_SignUpdate was called: only C_SignFinal may finish.
     multi: bool,
     /// For the audit record: what signs, how, for which session, and the
@@ -91,6 +101,9 @@ impl OpAudit {
     }
 }
 
+/// Derived keys of an asset's versions, newest first.
+type VersionKeys = Vec<(u32, Arc<Secret32>)>;
+
 struct VerifyOp {
     asset: i64,
     kt: KeyType,
@@ -98,8 +111,20 @@ struct VerifyOp {
     /// newest first.
     points: Vec<(u32, Vec<u8>)>,
     hasher: Option<Hasher>,
+    /// HMAC verification (secret keys): the mechanism, the login epoch and
+    /// the derived keys of the versions it may use, newest first.
+    hmac: Option<(CK_MECHANISM_TYPE, u64, VersionKeys)>,
+    data: Vec<u8>,
     multi: bool,
     audit: OpAudit,
+}
+
+impl SignOp {
+    fn out_len(&self) -> usize {
+        self.hmac
+            .and_then(symmetric::hmac_len)
+            .unwrap_or(ECDSA_SIG_LEN)
+    }
 }
 
 struct DigestOp {
@@ -121,6 +146,8 @@ pub struct Session {
     sign: Option<SignOp>,
     verify: Option<VerifyOp>,
     digest: Option<DigestOp>,
+    encrypt: Option<crypt::CryptOp>,
+    decrypt: Option<crypt::CryptOp>,
 }
 
 /// Object handles for the life of the process: assigned on first sight,
@@ -281,6 +308,8 @@ impl Provider {
             sign: None,
             verify: None,
             digest: None,
+            encrypt: None,
+            decrypt: None,
         };
         self.sessions
             .write()
@@ -597,7 +626,13 @@ impl Provider {
             .unwrap_or_else(|e| e.into_inner())
             .values()
         {
-            lock(s).sign = None;
+            let mut s = lock(s);
+            s.sign = None;
+            s.encrypt = None;
+            s.decrypt = None;
+            if s.verify.as_ref().is_some_and(|v| v.hmac.is_some()) {
+                s.verify = None;
+            }
         }
         // Every derived key is wiped with the login.
         lock(&self.key_cache).clear();
@@ -633,7 +668,7 @@ impl Provider {
     /// holds the audit key, for public keys swapped in the store.
     fn object(&self, h: CK_OBJECT_HANDLE, invalid: CK_RV) -> Result<(ObjectKey, Asset)> {
         let key = self.key_of(h).ok_or(Error::rv(invalid))?;
-        if key.class == Class::Private && self.login_state() != Login::User {
+        if key.class.is_private() && self.login_state() != Login::User {
             return Err(Error::rv(invalid));
         }
         let asset = self
@@ -762,7 +797,7 @@ impl Provider {
         let mut handles = Vec::new();
         for asset in &assets {
             for key in View::keys_of(asset) {
-                if key.class == Class::Private && !logged_in {
+                if key.class.is_private() && !logged_in {
                     continue;
                 }
                 let Some(mut view) = View::resolve(asset, &key) else {
@@ -770,7 +805,7 @@ impl Provider {
                 };
                 view.destroy_retires = self.config.policy.destroy_retires;
                 if view.matches(template) {
-                    handles.push((self.handle_for(key), key.class == Class::Private));
+                    handles.push((self.handle_for(key), key.class.is_private()));
                 }
             }
         }
@@ -826,30 +861,7 @@ impl Provider {
             return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
         }
         let spec = KeyPairSpec::from_templates(public, private)?;
-        if !lock(&session).rw {
-            return Err(Error::rv(CKR_SESSION_READ_ONLY));
-        }
-        if self.login_state() != Login::User {
-            return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
-        }
-        let asset = self.with_audit(h, |audit| {
-            lifecycle::create(
-                &self.backend,
-                &self.store,
-                audit,
-                &spec.asset,
-                spec.key_type,
-                spec.object_id.clone(),
-            )
-            .map_err(|e| e.to_pkcs11())
-        })?;
-        self.advance_anchor();
-        log::info(&format!(
-            "asset {:?} created: type {}, CKA_ID {}, version 1",
-            asset.id.as_str(),
-            asset.key_type,
-            crate::store::hex(&asset.object_id)
-        ));
+        let asset = self.register(h, &session, &spec.asset, spec.key_type, spec.object_id)?;
         let key = |class| ObjectKey {
             asset: asset.rowid,
             which: Which::Alias,
@@ -861,6 +873,37 @@ impl Provider {
         ))
     }
 
+    /// Registers a new asset for `C_GenerateKeyPair` / `C_GenerateKey` once
+    /// its template is checked: needs a read-write session and a user login;
+    /// audited, anchored and logged.
+    fn register(
+        &self,
+        h: CK_SESSION_HANDLE,
+        session: &Mutex<Session>,
+        id: &AssetId,
+        kt: KeyType,
+        object_id: Option<Vec<u8>>,
+    ) -> Result<Asset> {
+        if !lock(session).rw {
+            return Err(Error::rv(CKR_SESSION_READ_ONLY));
+        }
+        if self.login_state() != Login::User {
+            return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        let asset = self.with_audit(h, |audit| {
+            lifecycle::create(&self.backend, &self.store, audit, id, kt, object_id.clone())
+                .map_err(|e| e.to_pkcs11())
+        })?;
+        self.advance_anchor();
+        log::info(&format!(
+            "asset {:?} created: type {}, CKA_ID {}, version 1",
+            asset.id.as_str(),
+            asset.key_type,
+            crate::store::hex(&asset.object_id)
+        ));
+        Ok(asset)
+    }
+
     // ---- signing and verification -----------------------------------------
 
     /// The key of an asset version: from the cache while its entry is fresh
@@ -868,7 +911,7 @@ impl Provider {
     /// against the recorded public key (a store paired with the wrong root
     /// can never sign with keys nobody registered), and cached for
     /// `[cache] ttl_seconds`.
-    fn signing_key(&self, view: &View, epoch: u64) -> Result<Arc<Secret32>> {
+    fn asset_key(&self, view: &View, epoch: u64) -> Result<Arc<Secret32>> {
         let slot = (view.asset.rowid, view.version);
         let ttl = std::time::Duration::from_secs(self.config.cache.ttl_seconds);
         {
@@ -877,7 +920,7 @@ impl Provider {
             // store shows it now, versions that may no longer sign.
             let asset = view.asset;
             cache.retain(|(rowid, v), (_, at)| {
-                at.elapsed() < ttl && (*rowid != asset.rowid || asset.may_sign(*v))
+                at.elapsed() < ttl && (*rowid != asset.rowid || asset.may_hold_key(*v))
             });
             if let Some((key, _)) = cache.get(&slot) {
                 return Ok(key.clone());
@@ -886,14 +929,18 @@ impl Provider {
         let kt = view.asset.key_type;
         let scalar = derive::derive_key(&self.backend, &view.asset.id, view.version, kt)?;
         self.derivations.fetch_add(1, Ordering::Relaxed);
-        let derived = derive::public_point(kt, &scalar);
-        if derived.as_deref() != view.public_point() {
+        let derived = derive::fingerprint(kt, &scalar);
+        let recorded = view
+            .asset
+            .version(view.version)
+            .and_then(|v| v.public_key.as_deref());
+        if derived.as_deref() != recorded {
             return Err(Error::with(
                 CKR_DEVICE_ERROR,
                 format!(
                     "asset {:?} version {}: the key derived from the backing HSM's root does not \
-                     match the public key recorded in store {}; the store belongs to another \
-                     root: check [backend] root_label and [store] path",
+                     match the public key (or check value) recorded in store {}; the store \
+                     belongs to another root: check [backend] root_label and [store] path",
                     view.asset.id.as_str(),
                     view.version,
                     self.store.path().display()
@@ -928,7 +975,30 @@ impl Provider {
     /// longer sign: after a rotation, suspension, trim or retirement seen in
     /// the store, whichever process made it.
     fn prune_keys(&self, asset: &Asset) {
-        lock(&self.key_cache).retain(|(rowid, v), _| *rowid != asset.rowid || asset.may_sign(*v));
+        lock(&self.key_cache)
+            .retain(|(rowid, v), _| *rowid != asset.rowid || asset.may_hold_key(*v));
+    }
+
+    /// What `C_SignInit`/`C_VerifyInit` use: the HMAC mechanism (secret keys)
+    /// or the ECDSA hasher, and the key's object, checked to fit the mechanism.
+    #[allow(clippy::type_complexity)]
+    fn signature_key(
+        &self,
+        mech: &Mechanism,
+        key: CK_OBJECT_HANDLE,
+    ) -> Result<(Option<CK_MECHANISM_TYPE>, Option<Hasher>, ObjectKey, Asset)> {
+        let hmac = symmetric::hmac_len(mech.ty).map(|_| mech.ty);
+        let hasher = match hmac {
+            Some(_) => None,
+            None => mechanisms::ecdsa_hasher(mech.ty)?,
+        };
+        if !mech.param.is_empty() {
+            return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
+        }
+        let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
+        let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+        check_key_type(&view, mech.ty)?;
+        Ok((hmac, hasher, okey, asset))
     }
 
     pub fn sign_init(
@@ -945,20 +1015,21 @@ impl Provider {
         if !self.still_logged_in(epoch) {
             return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
         }
-        let hasher = mechanisms::ecdsa_hasher(mech.ty)?;
-        if !mech.param.is_empty() {
-            return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
-        }
-        let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
+        let (hmac, hasher, okey, asset) = self.signature_key(mech, key)?;
         let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
-        if okey.class != Class::Private || !view.may_sign() {
+        let signer = if hmac.is_some() {
+            Class::Secret
+        } else {
+            Class::Private
+        };
+        if okey.class != signer || !view.may_sign() {
             self.prune_keys(&asset);
             let why = format!(
                 "object {:?} may not sign (asset state {})",
                 view.label(),
                 asset.state.name()
             );
-            if okey.class == Class::Private {
+            if okey.class == signer {
                 let mut rec = Record::new(Event::Refused, CKR_KEY_FUNCTION_NOT_PERMITTED)
                     .asset(asset.id.as_str(), Some(view.version))
                     .session(h)
@@ -968,7 +1039,7 @@ impl Provider {
             }
             return Err(Error::with(CKR_KEY_FUNCTION_NOT_PERMITTED, why));
         }
-        let key = match self.signing_key(&view, epoch) {
+        let key = match self.asset_key(&view, epoch) {
             Ok(key) => key,
             // The backing login ended under us: say so, not "device error".
             Err(_) if !self.still_logged_in(epoch) => {
@@ -992,6 +1063,8 @@ impl Provider {
             kt: asset.key_type,
             key,
             hasher,
+            hmac,
+            data: Vec::new(),
             multi: false,
             audit: OpAudit {
                 session: h,
@@ -1013,10 +1086,11 @@ impl Provider {
             s.sign = None;
             return Err(Error::rv(CKR_OPERATION_ACTIVE));
         }
+        let len = op.out_len();
         let Some(out) = out else {
-            return Ok(ECDSA_SIG_LEN);
+            return Ok(len);
         };
-        if out.len() < ECDSA_SIG_LEN {
+        if out.len() < len {
             return Err(Error::rv(CKR_BUFFER_TOO_SMALL));
         }
         let mut op = s
@@ -1035,11 +1109,16 @@ impl Provider {
     }
 
     /// Signs, commits the signature's record, and only then copies it out.
+    /// For HMAC, `digest` is the whole message.
     fn complete_sign(&self, op: &SignOp, digest: &[u8], out: &mut [u8]) -> Result<usize> {
-        let sig = mechanisms::ecdsa_sign(op.kt, &op.key, digest)?;
-        self.confirm_sign(op)?;
-        out[..ECDSA_SIG_LEN].copy_from_slice(&sig);
-        Ok(ECDSA_SIG_LEN)
+        let sig = match op.hmac {
+            Some(m) => symmetric::hmac(m, &op.key[..], digest)?,
+            None => mechanisms::ecdsa_sign(op.kt, &op.key, digest)?.to_vec(),
+        };
+        let rec = op.audit.record(Event::Sign, CKR_OK, Some(op.version));
+        self.confirm(op.asset, op.version, Use::Produce, rec)?;
+        out[..sig.len()].copy_from_slice(&sig);
+        Ok(sig.len())
     }
 
     pub fn sign_update(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> Result<()> {
@@ -1050,45 +1129,43 @@ impl Provider {
             .sign
             .as_mut()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
-        match op.hasher.as_mut() {
-            Some(hasher) => {
-                hasher.update(data);
-                op.audit.input.update(data);
-                op.multi = true;
-                Ok(())
-            }
-            None => {
-                // Raw CKM_ECDSA signs a digest in one call (single-part only).
-                s.sign = None;
-                Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED))
-            }
+        if let Some(hasher) = op.hasher.as_mut() {
+            hasher.update(data);
+        } else if op.hmac.is_some() {
+            op.data.extend_from_slice(data);
+        } else {
+            // Raw CKM_ECDSA signs a digest in one call (single-part only).
+            s.sign = None;
+            return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
         }
+        op.audit.input.update(data);
+        op.multi = true;
+        Ok(())
     }
 
     pub fn sign_final(&self, h: CK_SESSION_HANDLE, out: Option<&mut [u8]>) -> Result<usize> {
         let session = self.session(h)?;
         let mut s = lock(&session);
         let op = self.live_sign_op(&mut s)?;
-        if op.hasher.is_none() {
+        if op.hasher.is_none() && op.hmac.is_none() {
             s.sign = None;
             return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
         }
+        let len = op.out_len();
         let Some(out) = out else {
-            return Ok(ECDSA_SIG_LEN);
+            return Ok(len);
         };
-        if out.len() < ECDSA_SIG_LEN {
+        if out.len() < len {
             return Err(Error::rv(CKR_BUFFER_TOO_SMALL));
         }
         let op = s
             .sign
             .take()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
-        let digest = op
-            .hasher
-            .as_ref()
-            .cloned()
-            .map(Hasher::finish)
-            .unwrap_or_default();
+        let digest = match op.hasher.as_ref() {
+            Some(h) => h.clone().finish(),
+            None => op.data.clone(),
+        };
         self.complete_sign(&op, &digest, out)
     }
 
@@ -1119,14 +1196,15 @@ impl Provider {
         if lock(&session).verify.is_some() {
             return Err(Error::rv(CKR_OPERATION_ACTIVE));
         }
-        let hasher = mechanisms::ecdsa_hasher(mech.ty)?;
-        if !mech.param.is_empty() {
-            return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
-        }
-        let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
+        let (hmac, hasher, okey, asset) = self.signature_key(mech, key)?;
         let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
-        if okey.class != Class::Public || !view.may_verify() {
-            if okey.class == Class::Public {
+        let verifier = if hmac.is_some() {
+            Class::Secret
+        } else {
+            Class::Public
+        };
+        if okey.class != verifier || !view.may_verify() {
+            if okey.class == verifier {
                 let mut rec = Record::new(Event::Refused, CKR_KEY_FUNCTION_NOT_PERMITTED)
                     .asset(asset.id.as_str(), Some(view.version))
                     .session(h)
@@ -1146,6 +1224,13 @@ impl Provider {
             .collect();
         // The alias verifies with every usable version, not only its own.
         self.check_public_keys(&asset, points.iter().map(|(v, _)| *v))?;
+        let hmac = match hmac {
+            Some(m) => {
+                let epoch = self.login_epoch.load(Ordering::SeqCst);
+                Some((m, epoch, self.opening_keys(&view, epoch)?))
+            }
+            None => None,
+        };
         let mut s = lock(&session);
         if s.verify.is_some() {
             return Err(Error::rv(CKR_OPERATION_ACTIVE));
@@ -1155,6 +1240,8 @@ impl Provider {
             kt: asset.key_type,
             points,
             hasher,
+            hmac,
+            data: Vec::new(),
             multi: false,
             audit: OpAudit {
                 session: h,
@@ -1208,18 +1295,17 @@ impl Provider {
             .verify
             .as_mut()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
-        match op.hasher.as_mut() {
-            Some(hasher) => {
-                hasher.update(data);
-                op.audit.input.update(data);
-                op.multi = true;
-                Ok(())
-            }
-            None => {
-                s.verify = None;
-                Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED))
-            }
+        if let Some(hasher) = op.hasher.as_mut() {
+            hasher.update(data);
+        } else if op.hmac.is_some() {
+            op.data.extend_from_slice(data);
+        } else {
+            s.verify = None;
+            return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
         }
+        op.audit.input.update(data);
+        op.multi = true;
+        Ok(())
     }
 
     pub fn verify_final(&self, h: CK_SESSION_HANDLE, sig: &[u8]) -> Result<()> {
@@ -1228,10 +1314,12 @@ impl Provider {
             .verify
             .take()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
-        let Some(hasher) = op.hasher.clone() else {
-            return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
+        let digest = match (op.hasher.clone(), op.hmac.is_some()) {
+            (Some(hasher), _) => hasher.finish(),
+            (None, true) => op.data.clone(),
+            (None, false) => return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED)),
         };
-        self.verify_audited(&op, &hasher.finish(), sig)
+        self.verify_audited(&op, &digest, sig)
     }
 
     // ---- digests ----------------------------------------------------------
@@ -1334,30 +1422,17 @@ impl Provider {
         if !op.points.iter().any(|(v, _)| asset.is_usable(*v)) {
             return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
         }
-        let usable: Vec<&(u32, Vec<u8>)> = op
-            .points
-            .iter()
-            .filter(|(v, _)| asset.may_verify(*v))
-            .collect();
-        if usable.is_empty() {
-            return Err(Error::with(
-                CKR_KEY_FUNCTION_NOT_PERMITTED,
-                format!(
-                    "asset {:?} is {}: its key may not verify now",
-                    asset.id.as_str(),
-                    asset.state.name()
-                ),
-            ));
-        }
-        let mut last = Error::rv(CKR_SIGNATURE_INVALID);
-        for (version, point) in usable {
-            match mechanisms::ecdsa_verify(op.kt, point, digest, sig) {
-                Ok(()) => return Ok(*version),
-                Err(e) if e.rv == CKR_SIGNATURE_INVALID => last = e,
-                Err(e) => return Err(e),
+        if let Some((mech, epoch, keys)) = &op.hmac {
+            if !self.still_logged_in(*epoch) {
+                return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
             }
+            return self.open_with(&asset, keys, |key| {
+                symmetric::hmac_verify(*mech, &key[..], digest, sig)
+            });
         }
-        Err(last)
+        self.open_with(&asset, &op.points, |point| {
+            mechanisms::ecdsa_verify(op.kt, point, digest, sig)
+        })
     }
 
     /// The commit of a signature (design §4 "Order of an operation"): one
@@ -1366,18 +1441,18 @@ impl Provider {
     /// process may have rotated, suspended, trimmed or retired the asset).
     /// The signature is released only after this returns Ok: its record is
     /// then committed and fsynced.
-    fn confirm_sign(&self, op: &SignOp) -> Result<()> {
+    fn confirm(&self, asset: i64, version: u32, need: Use, rec: Record) -> Result<()> {
         let ak = self
             .audit_key()
             .ok_or_else(|| Error::with(CKR_USER_NOT_LOGGED_IN, "no audit key in this process"))?;
-        let rec = op.audit.record(Event::Sign, CKR_OK, Some(op.version));
+        let what = rec.event.name();
         let committed = self
             .store
-            .commit_sign(&ak, op.asset, op.version, rec)
+            .commit_use(&ak, asset, version, need, rec)
             .map_err(|e| {
                 Error::with(
                     CKR_DEVICE_ERROR,
-                    format!("signature discarded: its audit record was not written: {e}"),
+                    format!("{what} result discarded: its audit record was not written: {e}"),
                 )
             })?;
         self.anchor_if_stale();
@@ -1386,16 +1461,15 @@ impl Provider {
         }
         match committed {
             Ok(()) => Ok(()),
-            Err(Some(a)) if !a.is_usable(op.version) => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
+            Err(Some(a)) if !a.is_usable(version) => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
             Err(Some(a)) => Err(Error::with(
                 CKR_KEY_FUNCTION_NOT_PERMITTED,
                 format!(
-                    "asset {:?} is {} at version {}: version {} may no longer sign (signature \
-                     discarded)",
+                    "asset {:?} is {} at version {}: version {version} may no longer {what} \
+                     (result discarded)",
                     a.id.as_str(),
                     a.state.name(),
                     a.current,
-                    op.version
                 ),
             )),
             Err(None) => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
@@ -1436,17 +1510,9 @@ fn ulong(v: &[u8]) -> Option<CK_ULONG> {
 
 impl KeyPairSpec {
     fn from_templates(public: &[TemplateAttr], private: &[TemplateAttr]) -> Result<KeyPairSpec> {
-        let label = agreed(public, private, CKA_LABEL, "CKA_LABEL")?.ok_or_else(|| {
-            Error::with(
-                CKR_TEMPLATE_INCOMPLETE,
-                "key pair generation: no CKA_LABEL; the label names the new asset (1 to 64 \
-                 characters of A-Z a-z 0-9 . _ -)",
-            )
-        })?;
-        let label = std::str::from_utf8(label)
-            .map_err(|_| Error::with(CKR_ATTRIBUTE_VALUE_INVALID, "CKA_LABEL is not UTF-8"))?;
-        let asset = AssetId::new(label)
-            .map_err(|m| Error::with(CKR_ATTRIBUTE_VALUE_INVALID, format!("CKA_LABEL: {m}")))?;
+        let what = "key pair generation";
+        let asset = asset_named(what, agreed(public, private, CKA_LABEL, "CKA_LABEL")?)?;
+        let label = asset.as_str();
         let params = agreed(public, private, CKA_EC_PARAMS, "CKA_EC_PARAMS")?.ok_or_else(|| {
             Error::with(
                 CKR_TEMPLATE_INCOMPLETE,
@@ -1463,16 +1529,7 @@ impl KeyPairSpec {
                 ),
             )
         })?;
-        let object_id = agreed(public, private, CKA_ID, "CKA_ID")?.map(<[u8]>::to_vec);
-        if object_id
-            .as_ref()
-            .is_some_and(|id| id.is_empty() || id.len() > 64)
-        {
-            return Err(Error::with(
-                CKR_ATTRIBUTE_VALUE_INVALID,
-                format!("key pair generation for {label:?}: CKA_ID must be 1 to 64 bytes"),
-            ));
-        }
+        let object_id = object_id(what, label, agreed(public, private, CKA_ID, "CKA_ID")?)?;
         let token = agreed(public, private, CKA_TOKEN, "CKA_TOKEN")?;
         if token != Some(&[CK_TRUE as u8][..]) {
             return Err(Error::with(
@@ -1486,11 +1543,40 @@ impl KeyPairSpec {
         for (class, template) in [(Class::Public, public), (Class::Private, private)] {
             check_template(class, template, label, key_type)?;
         }
+        let asset = asset.clone();
         Ok(KeyPairSpec {
             asset,
             key_type,
             object_id,
         })
+    }
+}
+
+/// The asset a creation template names by its `CKA_LABEL`.
+fn asset_named(what: &str, label: Option<&[u8]>) -> Result<AssetId> {
+    let label = label.ok_or_else(|| {
+        Error::with(
+            CKR_TEMPLATE_INCOMPLETE,
+            format!(
+                "{what}: no CKA_LABEL; the label names the new asset (1 to 64 characters of \
+                 A-Z a-z 0-9 . _ -)"
+            ),
+        )
+    })?;
+    let label = std::str::from_utf8(label)
+        .map_err(|_| Error::with(CKR_ATTRIBUTE_VALUE_INVALID, "CKA_LABEL is not UTF-8"))?;
+    AssetId::new(label)
+        .map_err(|m| Error::with(CKR_ATTRIBUTE_VALUE_INVALID, format!("CKA_LABEL: {m}")))
+}
+
+/// The creator's `CKA_ID`, if given: 1 to 64 bytes.
+fn object_id(what: &str, label: &str, id: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
+    match id {
+        Some(id) if id.is_empty() || id.len() > 64 => Err(Error::with(
+            CKR_ATTRIBUTE_VALUE_INVALID,
+            format!("{what} for {label:?}: CKA_ID must be 1 to 64 bytes"),
+        )),
+        id => Ok(id.map(<[u8]>::to_vec)),
     }
 }
 
@@ -1640,6 +1726,12 @@ impl Provider {
         }
         if flags & CKF_DIGEST != 0 {
             s.digest = None;
+        }
+        if flags & CKF_ENCRYPT != 0 {
+            s.encrypt = None;
+        }
+        if flags & CKF_DECRYPT != 0 {
+            s.decrypt = None;
         }
         if flags & CKF_FIND_OBJECTS != 0 {
             s.find = None;
