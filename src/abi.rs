@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::log;
 use crate::mechanisms;
 use crate::process::{self, PerProcess};
+use crate::secure::SecretBytes;
 use crate::symmetric::GcmParams;
 use crate::token::{Mechanism, Provider, TemplateAttr, SLOT_ID};
 
@@ -110,12 +111,35 @@ unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Vec<TemplateAt
         .iter()
         // SAFETY: each attribute's value is readable for ulValueLen bytes.
         .map(|a| {
-            Ok((
-                a.type_,
-                unsafe { bytes(a.pValue as *const u8, a.ulValueLen) }?.to_vec(),
-            ))
+            let value = unsafe { bytes(a.pValue as *const u8, a.ulValueLen) }?;
+            // Key material never goes to the heap: CKA_VALUE is kept as a
+            // mark of its presence; `secret_value` reads it where it is needed.
+            let value = if a.type_ == CKA_VALUE { &[][..] } else { value };
+            Ok((a.type_, value.to_vec()))
         })
         .collect()
+}
+
+/// The `CKA_VALUE` of a caller's template, copied straight into the locked
+/// arena.
+///
+/// # Safety
+/// As for [`template`].
+unsafe fn secret_value(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Option<SecretBytes>> {
+    if p.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-null, and the caller promises `n` attributes.
+    let attrs = unsafe { std::slice::from_raw_parts(p, n as usize) };
+    let Some(a) = attrs.iter().find(|a| a.type_ == CKA_VALUE) else {
+        return Ok(None);
+    };
+    // SAFETY: the value is readable for ulValueLen bytes.
+    let value = unsafe { bytes(a.pValue as *const u8, a.ulValueLen) }?;
+    let mut out = SecretBytes::with_capacity(value.len().max(1))
+        .map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
+    out.push(value);
+    Ok(Some(out))
 }
 
 /// A caller's mechanism, copied.
@@ -1085,6 +1109,27 @@ extern "C" fn C_CancelFunction(h: CK_SESSION_HANDLE) -> CK_RV {
 
 // ---- secret keys: generation, encryption, decryption -----------------------
 
+extern "C" fn C_CreateObject(
+    h: CK_SESSION_HANDLE,
+    p_template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+    ph_object: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    entry("C_CreateObject", || {
+        let p = provider()?;
+        // SAFETY: caller's template and out-parameter.
+        let (template, value, out_obj) = unsafe {
+            (
+                template(p_template, count)?,
+                secret_value(p_template, count)?,
+                out(ph_object)?,
+            )
+        };
+        *out_obj = p.create_object(h, &template, value)?;
+        Ok(())
+    })
+}
+
 extern "C" fn C_GenerateKey(
     h: CK_SESSION_HANDLE,
     p_mechanism: CK_MECHANISM_PTR,
@@ -1305,7 +1350,6 @@ not_supported! {
     C_SetPIN(CK_SESSION_HANDLE, CK_UTF8CHAR_PTR, CK_ULONG, CK_UTF8CHAR_PTR, CK_ULONG);
     C_GetOperationState(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG_PTR);
     C_SetOperationState(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE);
-    C_CreateObject(CK_SESSION_HANDLE, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR);
     C_CopyObject(CK_SESSION_HANDLE, CK_OBJECT_HANDLE, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR);
     C_DigestKey(CK_SESSION_HANDLE, CK_OBJECT_HANDLE);
     C_SignRecoverInit(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);

@@ -8,7 +8,7 @@ use sha1::Sha1;
 use sha2::{Digest, Sha224, Sha256, Sha384, Sha512};
 
 use crate::ck::*;
-use crate::derive::{KeyType, Secret32};
+use crate::derive::KeyType;
 use crate::error::{Error, Result};
 
 /// Length of an ECDSA signature `r || s` on the 256-bit curves.
@@ -96,19 +96,19 @@ fn field_digest(input: &[u8]) -> [u8; 32] {
 
 /// Signs a digest with an EC scalar: RFC 6979 nonce, raw `r || s`, low-S on
 /// secp256k1 (its convention; P-256 signatures are left as computed).
-pub fn ecdsa_sign(kt: KeyType, scalar: &Secret32, digest: &[u8]) -> Result<[u8; ECDSA_SIG_LEN]> {
+pub fn ecdsa_sign(kt: KeyType, scalar: &[u8], digest: &[u8]) -> Result<[u8; ECDSA_SIG_LEN]> {
     use k256::ecdsa::signature::hazmat::PrehashSigner;
     let z = field_digest(digest);
     let bad_key = || Error::with(CKR_GENERAL_ERROR, "derived scalar out of range");
     let mut out = [0u8; ECDSA_SIG_LEN];
     match kt {
         KeyType::Secp256k1 => {
-            let key = k256::ecdsa::SigningKey::from_slice(&scalar[..]).map_err(|_| bad_key())?;
+            let key = k256::ecdsa::SigningKey::from_slice(scalar).map_err(|_| bad_key())?;
             let sig: k256::ecdsa::Signature = key.sign_prehash(&z).map_err(|_| bad_key())?;
             out.copy_from_slice(&sig.to_bytes());
         }
         KeyType::P256 => {
-            let key = p256::ecdsa::SigningKey::from_slice(&scalar[..]).map_err(|_| bad_key())?;
+            let key = p256::ecdsa::SigningKey::from_slice(scalar).map_err(|_| bad_key())?;
             let sig: p256::ecdsa::Signature = key.sign_prehash(&z).map_err(|_| bad_key())?;
             out.copy_from_slice(&sig.to_bytes());
         }
@@ -233,7 +233,7 @@ mod tests {
             let point = crate::derive::public_point(kt, &scalar).unwrap();
             for len in [1usize, 20, 32, 64] {
                 let digest = vec![0xa5; len];
-                let sig = ecdsa_sign(kt, &scalar, &digest).unwrap();
+                let sig = ecdsa_sign(kt, &scalar[..], &digest).unwrap();
                 ecdsa_verify(kt, &point, &digest, &sig).unwrap();
                 let mut other = digest.clone();
                 other[0] ^= 1;
@@ -245,7 +245,7 @@ mod tests {
         }
         // About half of raw signatures would be high-S; all must come out low.
         for i in 0..64u8 {
-            let sig = ecdsa_sign(KeyType::Secp256k1, &scalar, &[i; 32]).unwrap();
+            let sig = ecdsa_sign(KeyType::Secp256k1, &scalar[..], &[i; 32]).unwrap();
             let s = k256::ecdsa::Signature::from_slice(&sig).unwrap();
             assert!(s.normalize_s() == s, "secp256k1 signature {i} is high-S");
         }
@@ -255,7 +255,7 @@ mod tests {
     fn high_s_secp256k1_signatures_still_verify() {
         let scalar = Secret32::copy_of(&[3u8; 32]).unwrap();
         let point = crate::derive::public_point(KeyType::Secp256k1, &scalar).unwrap();
-        let sig = ecdsa_sign(KeyType::Secp256k1, &scalar, &[1; 32]).unwrap();
+        let sig = ecdsa_sign(KeyType::Secp256k1, &scalar[..], &[1; 32]).unwrap();
         // s' = n - s is the high-S twin of the same signature.
         let (r, s) = k256::ecdsa::Signature::from_slice(&sig)
             .unwrap()

@@ -676,12 +676,6 @@ fn refusals_say_what_is_wrong() {
             RvError::AttributeReadOnly,
             "CKA_VALUE",
         ),
-        (
-            Mechanism::AesKeyGen,
-            vec![Attribute::Token(false)],
-            RvError::TemplateInconsistent,
-            "CKA_TOKEN=false",
-        ),
     ];
     for (i, (mech, extra, want, named)) in cases.into_iter().enumerate() {
         let label = format!("bad-{i}");
@@ -802,5 +796,325 @@ fn refusals_say_what_is_wrong() {
     assert_eq!(
         rv_of(session.encrypt(&gcm(&mut iv, &[], 128), aes, b"x")),
         RvError::KeyHandleInvalid
+    );
+}
+
+// ---- session keys -------------------------------------------------------------
+
+/// A session secret key with the given value, through C_CreateObject.
+fn create(session: &Session, kt: KeyType, value: &[u8], label: &str) -> ObjectHandle {
+    session
+        .create_object(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(kt),
+            Attribute::Value(value.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .unwrap()
+}
+
+/// GCM specification test cases 3 (AES-128), 9 (AES-192) and 15 (AES-256),
+/// each through a session key made from the given value.
+#[test]
+fn session_keys_pass_the_gcm_and_hmac_known_answers() {
+    let _turn = turn();
+    let s = setup(None);
+    let p = s.load();
+    let session = p.user_session();
+    let plain = unhex(
+        "d9313225f88406e5a55909c5aff5269a86a7a9531534f7da2e4c303d8a318a72\
+         1c3c0c95956809532fcf0e2449a6b525b16aedf5aa0de657ba637b391aafd255",
+    );
+    let cases = [
+        (
+            "feffe9928665731c6d6a8f9467308308",
+            "42831ec2217774244b7221b784d0d49ce3aa212f2c02a4e035c17e2329aca12e\
+             21d514b25466931c7d8f6a5aac84aa051ba30b396a0aac973d58e091473f5985",
+            "4d5c2af327cd64a62cf35abd2ba6fab4",
+        ),
+        (
+            "feffe9928665731c6d6a8f9467308308feffe9928665731c",
+            "3980ca0b3c00e841eb06fac4872a2757859e1ceaa6efd984628593b40ca1e19c\
+             7d773d00c144c525ac619d18c84a3f4718e2448b2fe324d9ccda2710acade256",
+            "9924a7c8587336bfb118024db8674a14",
+        ),
+        (
+            "feffe9928665731c6d6a8f9467308308feffe9928665731c6d6a8f9467308308",
+            "522dc1f099567d07f47f37a32a84427d643a8cdcbfe5c0c97598a2bd2555d1aa\
+             8cb08e48590dbb3da7b08b1056828838c5f61e6393ba7a0abcc9f662898015ad",
+            "b094dac5d93471bdec1a502270e3cc6c",
+        ),
+    ];
+    for (key, c, t) in cases {
+        let key = unhex(key);
+        let h = create(&session, KeyType::AES, &key, "nist");
+        let mut iv = unhex("cafebabefacedbaddecaf888");
+        let sealed = session.encrypt(&gcm(&mut iv, &[], 128), h, &plain).unwrap();
+        let mut want = unhex(c);
+        want.extend(unhex(t));
+        assert_eq!(sealed, want, "AES-{}", key.len() * 8);
+        assert_eq!(
+            session
+                .decrypt(&gcm(&mut iv, &[], 128), h, &sealed)
+                .unwrap(),
+            plain
+        );
+        assert_eq!(check_value(&session, h)[..], aes_kcv_any(&key)[..]);
+    }
+    // RFC 4231 test case 2 through a session generic secret.
+    let h = create(&session, KeyType::GENERIC_SECRET, b"Jefe", "jefe");
+    let mac = session
+        .sign(&Mechanism::Sha256Hmac, h, b"what do ya want for nothing?")
+        .unwrap();
+    assert_eq!(
+        hex(&mac),
+        "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+    );
+    session
+        .verify(
+            &Mechanism::Sha256Hmac,
+            h,
+            b"what do ya want for nothing?",
+            &mac,
+        )
+        .unwrap();
+    // The uses are audited (the key by its label, never its value).
+    let out = cli(&s, &["audit", "export"]);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("session key \\\"jefe\\\""), "{log}");
+}
+
+/// AES(key, 0^128)[0..3] for any AES key length.
+fn aes_kcv_any(key: &[u8]) -> Vec<u8> {
+    use aes::cipher::{BlockEncrypt, KeyInit};
+    let mut b = aes::Block::default();
+    match key.len() {
+        16 => aes::Aes128::new_from_slice(key)
+            .unwrap()
+            .encrypt_block(&mut b),
+        24 => aes::Aes192::new_from_slice(key)
+            .unwrap()
+            .encrypt_block(&mut b),
+        _ => aes::Aes256::new_from_slice(key)
+            .unwrap()
+            .encrypt_block(&mut b),
+    }
+    b[..3].to_vec()
+}
+
+#[test]
+fn session_keys_are_generated_used_and_gone_with_their_session() {
+    let _turn = turn();
+    let s = setup(None);
+    let p = s.load();
+    let session = p.user_session();
+    let other = p.session();
+
+    // Generated secret keys: random from the HSM, usable at once.
+    let aes = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::ValueLen(16.into()),
+                Attribute::Label(b"tmp-aes".to_vec()),
+            ],
+        )
+        .unwrap();
+    let mut iv = [5u8; 12];
+    let sealed = session
+        .encrypt(&gcm(&mut iv, b"a", 96), aes, b"hello")
+        .unwrap();
+    assert_eq!(sealed.len(), 5 + 12);
+    assert_eq!(
+        session
+            .decrypt(&gcm(&mut iv, b"a", 96), aes, &sealed)
+            .unwrap(),
+        b"hello"
+    );
+    let attrs = session
+        .get_attributes(
+            aes,
+            &[
+                AttributeType::Token,
+                AttributeType::ValueLen,
+                AttributeType::Local,
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        attrs,
+        vec![
+            Attribute::Token(false),
+            Attribute::ValueLen(16.into()),
+            Attribute::Local(true)
+        ]
+    );
+    let r = raw();
+    let mut buf = [0u8; 64];
+    let mut value = [bytes_attr(CKA_VALUE, &buf)];
+    value[0].pValue = buf.as_mut_ptr() as *mut _;
+    assert_eq!(
+        call!(
+            r,
+            C_GetAttributeValue(session.handle(), aes.handle(), value.as_mut_ptr(), 1)
+        ),
+        CKR_ATTRIBUTE_SENSITIVE
+    );
+    assert_eq!(value[0].ulValueLen, CK_UNAVAILABLE_INFORMATION);
+    let hmac = session
+        .generate_key(
+            &Mechanism::GenericSecretKeyGen,
+            &[Attribute::ValueLen(48.into())],
+        )
+        .unwrap();
+    let mac = session.sign(&Mechanism::Sha384Hmac, hmac, b"m").unwrap();
+    assert_eq!(mac.len(), 48);
+    session
+        .verify(&Mechanism::Sha384Hmac, hmac, b"m", &mac)
+        .unwrap();
+
+    // A session EC key pair signs; its public key verifies, here and outside.
+    let params = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    let (pubk, privk) = session
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[Attribute::EcParams(params), Attribute::Verify(true)],
+            &[Attribute::Sign(true), Attribute::Label(b"tmp-ec".to_vec())],
+        )
+        .unwrap();
+    let sig = session
+        .sign(&Mechanism::EcdsaSha256, privk, b"msg")
+        .unwrap();
+    session
+        .verify(&Mechanism::EcdsaSha256, pubk, b"msg", &sig)
+        .unwrap();
+    let point = match &session
+        .get_attributes(pubk, &[AttributeType::EcPoint])
+        .unwrap()[..]
+    {
+        [Attribute::EcPoint(p)] => p[2..].to_vec(),
+        other => panic!("{other:?}"),
+    };
+    let digest: [u8; 32] = {
+        use sha2::Digest;
+        sha2::Sha256::digest(b"msg").into()
+    };
+    p11derive::mechanisms::ecdsa_verify(p11derive::derive::KeyType::P256, &point, &digest, &sig)
+        .unwrap();
+
+    // Every session sees them; a search finds them; closing the session
+    // that made them destroys them.
+    assert!(other.get_attributes(aes, &[AttributeType::Label]).is_ok());
+    assert_eq!(
+        find_one(&other, "tmp-ec", ObjectClass::PRIVATE_KEY),
+        Some(privk)
+    );
+    let maker = session.handle();
+    drop(other);
+    assert_eq!(call!(r, C_CloseSession(maker)), CKR_OK);
+    std::mem::forget(session);
+    let again = p.user_session();
+    for h in [aes, hmac, pubk, privk] {
+        assert_eq!(
+            rv_of(again.get_attributes(h, &[AttributeType::Label])),
+            RvError::ObjectHandleInvalid
+        );
+    }
+    assert!(find_one(&again, "tmp-ec", ObjectClass::PRIVATE_KEY).is_none());
+}
+
+#[test]
+fn session_key_refusals_name_the_problem() {
+    let _turn = turn();
+    let s = setup(None);
+    let p = s.load();
+    let session = p.user_session();
+    let base = |kt: KeyType, value: Vec<u8>| {
+        vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(kt),
+            Attribute::Value(value),
+        ]
+    };
+    let with = |mut t: Vec<Attribute>, extra: Attribute| {
+        t.push(extra);
+        t
+    };
+    let cases: Vec<(&str, Vec<Attribute>, RvError, &str)> = vec![
+        (
+            "a token object",
+            with(base(KeyType::AES, vec![1; 32]), Attribute::Token(true)),
+            RvError::TemplateInconsistent,
+            "CKA_TOKEN=true",
+        ),
+        (
+            "a 20-byte AES key",
+            base(KeyType::AES, vec![1; 20]),
+            RvError::AttributeValueInvalid,
+            "16, 24 or 32 bytes",
+        ),
+        (
+            "no value",
+            vec![
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+            ],
+            RvError::TemplateIncomplete,
+            "no CKA_VALUE",
+        ),
+        (
+            "not sensitive",
+            with(base(KeyType::AES, vec![1; 16]), Attribute::Sensitive(false)),
+            RvError::TemplateInconsistent,
+            "CKA_SENSITIVE=false",
+        ),
+        (
+            "a data object",
+            vec![
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Value(vec![1]),
+            ],
+            RvError::TemplateInconsistent,
+            "only session secret keys",
+        ),
+        (
+            "an AES key that signs",
+            with(base(KeyType::AES, vec![1; 16]), Attribute::Sign(true)),
+            RvError::TemplateInconsistent,
+            "CKA_SIGN asked",
+        ),
+        (
+            "a wrong length",
+            with(
+                base(KeyType::AES, vec![1; 16]),
+                Attribute::ValueLen(32.into()),
+            ),
+            RvError::TemplateInconsistent,
+            "CKA_VALUE_LEN differs",
+        ),
+    ];
+    for (what, t, want, named) in cases {
+        assert_eq!(rv_of(session.create_object(&t)), want, "{what}");
+        assert!(s.log().contains(named), "{what}: the log says {named:?}");
+    }
+    assert_eq!(
+        rv_of(session.generate_key(&Mechanism::AesKeyGen, &[Attribute::Label(b"x".to_vec())])),
+        RvError::TemplateIncomplete,
+        "no CKA_VALUE_LEN"
+    );
+    // A key made for decryption only does not encrypt.
+    let t = with(base(KeyType::AES, vec![2; 16]), Attribute::Encrypt(false));
+    let dec_only = session.create_object(&t).unwrap();
+    let mut iv = [0u8; 12];
+    assert_eq!(
+        rv_of(session.encrypt(&gcm(&mut iv, &[], 128), dec_only, b"x")),
+        RvError::KeyFunctionNotPermitted
+    );
+    // Secret session keys need a login to be made.
+    let public = p.session();
+    session.logout().unwrap();
+    assert_eq!(
+        rv_of(public.create_object(&base(KeyType::AES, vec![1; 16]))),
+        RvError::UserNotLoggedIn
     );
 }

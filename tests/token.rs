@@ -101,23 +101,6 @@ fn bad_key_pair_templates_are_refused_and_change_nothing() {
             ("no curve", a, b, RvError::TemplateIncomplete)
         },
         {
-            let (mut a, mut b) = templates("session-key", &SECP256K1);
-            a[0] = Attribute::Token(false);
-            b[0] = Attribute::Token(false);
-            ("CKA_TOKEN=false", a, b, RvError::TemplateInconsistent)
-        },
-        {
-            let (mut a, mut b) = templates("no-token-attr", &SECP256K1);
-            a.remove(0);
-            b.remove(0);
-            (
-                "CKA_TOKEN absent (false by default)",
-                a,
-                b,
-                RvError::TemplateInconsistent,
-            )
-        },
-        {
             let (a, mut b) = templates("extractable", &SECP256K1);
             b.push(Attribute::Extractable(true));
             (
@@ -199,7 +182,6 @@ fn bad_key_pair_templates_are_refused_and_change_nothing() {
     assert!(log.contains("no CKA_LABEL"), "{log}");
     assert!(log.contains("\"kept\" already exists"), "{log}");
     assert!(log.contains("not a supported curve"), "{log}");
-    assert!(log.contains("CKA_TOKEN=true"), "{log}");
 
     // Read-only sessions and public sessions cannot create token objects.
     let ro = p.ctx.open_ro_session(p.slot).unwrap();

@@ -10,9 +10,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::sync::Arc;
-
-use sha2::{Digest, Sha256};
+use sha2::Digest;
 use zeroize::Zeroizing;
 
 use super::*;
@@ -20,10 +18,11 @@ use super::*;
 /// An encryption or decryption in progress.
 pub(super) struct CryptOp {
     epoch: u64,
-    asset: i64,
+    /// `None`: a session key.
+    asset: Option<i64>,
     /// The keys it may use, newest first: one to encrypt; to decrypt, every
-    /// version the object may open.
-    keys: Vec<(u32, Arc<Secret32>)>,
+    /// version the object may open (a session key: itself, as version 0).
+    keys: VersionKeys,
     params: GcmParams,
     /// Parts given to C_EncryptUpdate/C_DecryptUpdate: GCM releases nothing
     /// before the tag is checked, so everything is processed at the end.
@@ -52,11 +51,7 @@ impl Provider {
     /// The derived keys a decryption or verification through `view` may use,
     /// newest first: through the alias every version that may open now,
     /// through a version object its own.
-    pub(super) fn opening_keys(
-        &self,
-        view: &View,
-        epoch: u64,
-    ) -> Result<Vec<(u32, Arc<Secret32>)>> {
+    pub(super) fn opening_keys(&self, view: &View, epoch: u64) -> Result<VersionKeys> {
         if !self.still_logged_in(epoch) {
             return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
         }
@@ -79,7 +74,7 @@ impl Provider {
                 version: n,
                 destroy_retires: false,
             };
-            keys.push((n, self.asset_key(&one, epoch)?));
+            keys.push((n, KeyRef::Derived(self.asset_key(&one, epoch)?)));
         }
         Ok(keys)
     }
@@ -138,6 +133,9 @@ impl Provider {
         if !mech.param.is_empty() {
             return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
         }
+        if find(template, CKA_TOKEN) != Some(&[CK_TRUE as u8][..]) {
+            return self.generate_session_key(h, mech, template);
+        }
         let spec = SecretKeySpec::from_template(template, key_type)?;
         let asset = self.register(h, &session, &spec.asset, key_type, spec.object_id)?;
         Ok(self.handle_for(ObjectKey {
@@ -175,6 +173,21 @@ impl Provider {
             .clone()
             .ok_or(Error::rv(CKR_MECHANISM_PARAM_INVALID))?;
         let epoch = self.login_epoch.load(Ordering::SeqCst);
+        let what = if encrypting { "encrypt" } else { "decrypt" };
+        if let Some(obj) = self.session_object(key) {
+            let allowed = if encrypting { obj.encrypt } else { obj.decrypt };
+            self.session_key_use(&obj, mech.ty, Class::Secret, allowed, what)?;
+            let op = CryptOp {
+                epoch,
+                asset: None,
+                keys: vec![(0, obj.key_ref()?)],
+                params,
+                data: Zeroizing::new(Vec::new()),
+                multi: false,
+                audit: OpAudit::new(h, obj.name(), true, mech.ty),
+            };
+            return self.start_crypt(&session, op, encrypting);
+        }
         let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
         let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
         check_key_type(&view, mech.ty)?;
@@ -183,7 +196,6 @@ impl Provider {
         } else {
             view.may_verify()
         };
-        let what = if encrypting { "encrypt" } else { "decrypt" };
         if !allowed {
             self.prune_keys(&asset);
             let why = format!(
@@ -204,36 +216,36 @@ impl Provider {
             if !self.still_logged_in(epoch) {
                 return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
             }
-            vec![(view.version, self.asset_key(&view, epoch)?)]
+            vec![(view.version, KeyRef::Derived(self.asset_key(&view, epoch)?))]
         } else {
             self.opening_keys(&view, epoch)?
         };
-        let mut s = lock(&session);
-        if busy(&s) {
-            return Err(Error::rv(CKR_OPERATION_ACTIVE));
-        }
-        if !self.still_logged_in(epoch) {
-            return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
-        }
         let op = CryptOp {
             epoch,
-            asset: asset.rowid,
+            asset: Some(asset.rowid),
             keys,
             params,
             data: Zeroizing::new(Vec::new()),
             multi: false,
-            audit: OpAudit {
-                session: h,
-                asset: asset.id.to_string(),
-                mech: mech.ty,
-                input: Sha256::new(),
-            },
+            audit: OpAudit::new(h, asset.id.to_string(), false, mech.ty),
         };
-        if encrypting {
-            s.encrypt = Some(op);
+        self.start_crypt(&session, op, encrypting)
+    }
+
+    fn start_crypt(&self, session: &Mutex<Session>, op: CryptOp, encrypting: bool) -> Result<()> {
+        let mut s = lock(session);
+        let slot = if encrypting {
+            &mut s.encrypt
         } else {
-            s.decrypt = Some(op);
+            &mut s.decrypt
+        };
+        if slot.is_some() {
+            return Err(Error::rv(CKR_OPERATION_ACTIVE));
         }
+        if !self.still_logged_in(op.epoch) {
+            return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        *slot = Some(op);
         Ok(())
     }
 
@@ -343,7 +355,7 @@ impl Provider {
     /// Seals, commits the record (the version must still encrypt), copies.
     fn complete_encrypt(&self, op: &CryptOp, out: &mut [u8]) -> Result<usize> {
         let (version, key) = &op.keys[0];
-        let sealed = symmetric::gcm_seal(&key[..], &op.params, &op.data)?;
+        let sealed = symmetric::gcm_seal(key.bytes(), &op.params, &op.data)?;
         let rec = op.audit.record(Event::Encrypt, CKR_OK, Some(*version));
         self.confirm(op.asset, *version, Use::Produce, rec)?;
         out[..sealed.len()].copy_from_slice(&sealed);
@@ -354,7 +366,16 @@ impl Provider {
     /// version must still decrypt), and only then copies the plaintext out.
     /// A failure is recorded too.
     fn complete_decrypt(&self, op: &CryptOp, out: &mut [u8]) -> Result<usize> {
-        let fresh = self.store.fresh_state(op.asset).map_err(store_error)?;
+        let Some(rowid) = op.asset else {
+            // A session key: no asset state; the outcome is recorded either way.
+            let opened = symmetric::gcm_open(op.keys[0].1.bytes(), &op.params, &op.data);
+            let rv = opened.as_ref().map_or_else(|e| e.rv, |_| CKR_OK);
+            self.audit(op.audit.record(Event::Decrypt, rv, None))?;
+            let plain = opened?;
+            out[..plain.len()].copy_from_slice(&plain);
+            return Ok(plain.len());
+        };
+        let fresh = self.store.fresh_state(rowid).map_err(store_error)?;
         let Some(asset) = fresh else {
             return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
         };
@@ -363,7 +384,7 @@ impl Provider {
         }
         let mut plain = None;
         let opened = self.open_with(&asset, &op.keys, |key| {
-            plain = Some(symmetric::gcm_open(&key[..], &op.params, &op.data)?);
+            plain = Some(symmetric::gcm_open(key.bytes(), &op.params, &op.data)?);
             Ok(())
         });
         match (opened, plain) {
@@ -468,15 +489,6 @@ impl SecretKeySpec {
         let asset = asset_named(&what, find(t, CKA_LABEL))?;
         let label = asset.as_str();
         let object_id = object_id(&what, label, find(t, CKA_ID))?;
-        if find(t, CKA_TOKEN) != Some(&[CK_TRUE as u8][..]) {
-            return Err(Error::with(
-                CKR_TEMPLATE_INCONSISTENT,
-                format!(
-                    "{what} for {label:?}: session keys (CKA_TOKEN=false, the default) are not \
-                     supported yet; set CKA_TOKEN=true to register a derived asset"
-                ),
-            ));
-        }
         let (uses, other): (&[CK_ATTRIBUTE_TYPE], &[CK_ATTRIBUTE_TYPE]) = match kt {
             KeyType::Aes256 => (&[CKA_ENCRYPT, CKA_DECRYPT], &[CKA_SIGN, CKA_VERIFY]),
             _ => (&[CKA_SIGN, CKA_VERIFY], &[CKA_ENCRYPT, CKA_DECRYPT]),

@@ -26,7 +26,9 @@ use crate::symmetric::{self, GcmParams};
 use sha2::{Digest, Sha256};
 
 mod crypt;
+mod session;
 use crypt::check_key_type;
+use session::{KeyRef, SessionObject};
 
 /// The only slot.
 pub const SLOT_ID: CK_SLOT_ID = 1;
@@ -64,12 +66,12 @@ struct SignOp {
     /// The login epoch this operation began in.
     epoch: u64,
     /// The asset (row id) and version whose key this is: re-checked against
-    /// the store before the signature leaves.
-    asset: i64,
+    /// the store before the signature leaves. `None`: a session key.
+    asset: Option<i64>,
     version: u32,
     kt: KeyType,
-    /// The key, in the locked arena, shared with the key cache.
-    key: Arc<Secret32>,
+    /// The key, in the locked arena (a derived one shared with the cache).
+    key: KeyRef,
     hasher: Option<Hasher>,
     /// An HMAC mechanism (secret keys) instead of ECDSA.
     hmac: Option<CK_MECHANISM_TYPE>,
@@ -85,16 +87,37 @@ struct SignOp {
 /// What an operation's audit record says besides its result.
 struct OpAudit {
     session: CK_SESSION_HANDLE,
+    /// The asset id, or for a session key its description (no asset).
     asset: String,
+    session_key: bool,
     mech: CK_MECHANISM_TYPE,
     input: Sha256,
 }
 
 impl OpAudit {
+    fn new(
+        session: CK_SESSION_HANDLE,
+        asset: String,
+        session_key: bool,
+        mech: CK_MECHANISM_TYPE,
+    ) -> OpAudit {
+        OpAudit {
+            session,
+            asset,
+            session_key,
+            mech,
+            input: Sha256::new(),
+        }
+    }
+
     fn record(&self, event: Event, rv: CK_RV, version: Option<u32>) -> Record {
-        let mut r = Record::new(event, rv)
-            .asset(&self.asset, version)
-            .session(self.session);
+        let r = Record::new(event, rv);
+        let mut r = if self.session_key {
+            r.detail(self.asset.clone())
+        } else {
+            r.asset(&self.asset, version)
+        }
+        .session(self.session);
         r.mechanism = Some(self.mech);
         r.input_sha256 = Some(self.input.clone().finalize().into());
         r
@@ -102,10 +125,11 @@ impl OpAudit {
 }
 
 /// Derived keys of an asset's versions, newest first.
-type VersionKeys = Vec<(u32, Arc<Secret32>)>;
+type VersionKeys = Vec<(u32, KeyRef)>;
 
 struct VerifyOp {
-    asset: i64,
+    /// `None`: a session key.
+    asset: Option<i64>,
     kt: KeyType,
     /// The versions this verification may use and their public points,
     /// newest first.
@@ -200,6 +224,9 @@ pub struct Provider {
     key_cache: Mutex<HashMap<(i64, u32), CachedKey>>,
     /// Keys derived through the backing HSM so far (each one a PRF call).
     derivations: AtomicU64,
+    /// Session keys (`CKA_TOKEN=false`) by handle; see `session.rs`.
+    session_objects: RwLock<HashMap<CK_OBJECT_HANDLE, Arc<SessionObject>>>,
+    next_object: AtomicU64,
 }
 
 /// A cached key and when it was derived.
@@ -249,12 +276,15 @@ impl Provider {
             anchored_at_ms: AtomicU64::new(0),
             key_cache: Mutex::new(HashMap::new()),
             derivations: AtomicU64::new(0),
+            session_objects: RwLock::new(HashMap::new()),
+            next_object: AtomicU64::new(1),
         })
     }
 
     /// Ends every session and releases the backing HSM.
     pub fn finalize(&self) {
         lock(&self.key_cache).clear();
+        self.drop_session_objects(None);
         log::info(&format!(
             "keys derived through the backing HSM: {}",
             self.derivations.load(Ordering::Relaxed)
@@ -342,6 +372,7 @@ impl Provider {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&h)
             .ok_or(Error::rv(CKR_SESSION_HANDLE_INVALID))?;
+        self.drop_session_objects(Some(h));
         self.end_login_if_idle();
         Ok(())
     }
@@ -352,6 +383,7 @@ impl Provider {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .clear();
+        self.drop_session_objects(None);
         self.end_login_if_idle();
         Ok(())
     }
@@ -725,6 +757,9 @@ impl Provider {
         types: &[CK_ATTRIBUTE_TYPE],
     ) -> Result<Vec<Option<Value>>> {
         self.session(h)?;
+        if let Some(obj) = self.session_object(object) {
+            return Ok(types.iter().map(|&t| obj.attribute(t)).collect());
+        }
         let (key, asset) = self.object(object, CKR_OBJECT_HANDLE_INVALID)?;
         let mut view = View::resolve(&asset, &key).ok_or(Error::rv(CKR_OBJECT_HANDLE_INVALID))?;
         view.destroy_retires = self.config.policy.destroy_retires;
@@ -734,6 +769,9 @@ impl Provider {
     /// `C_DestroyObject`: on an asset's alias, retires the asset where the
     /// config allows it; everything else is refused.
     pub fn destroy_object(&self, h: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> Result<()> {
+        if object & session::SESSION_BIT != 0 {
+            return self.destroy_session_object(h, object);
+        }
         let session = self.session(h)?;
         let (key, asset) = self.object(object, CKR_OBJECT_HANDLE_INVALID)?;
         let label = asset.id.as_str();
@@ -782,7 +820,9 @@ impl Provider {
 
     pub fn object_size(&self, h: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> Result<CK_ULONG> {
         self.session(h)?;
-        self.object(object, CKR_OBJECT_HANDLE_INVALID)?;
+        if self.session_object(object).is_none() {
+            self.object(object, CKR_OBJECT_HANDLE_INVALID)?;
+        }
         Ok(CK_UNAVAILABLE_INFORMATION)
     }
 
@@ -809,6 +849,7 @@ impl Provider {
                 }
             }
         }
+        handles.extend(self.find_session_objects(template));
         s.find = Some(FindOp { handles, next: 0 });
         Ok(())
     }
@@ -859,6 +900,9 @@ impl Provider {
         }
         if !mech.param.is_empty() {
             return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
+        }
+        if agreed(public, private, CKA_TOKEN, "CKA_TOKEN")? != Some(&[CK_TRUE as u8][..]) {
+            return self.generate_session_pair(h, public, private);
         }
         let spec = KeyPairSpec::from_templates(public, private)?;
         let asset = self.register(h, &session, &spec.asset, spec.key_type, spec.object_id)?;
@@ -981,12 +1025,9 @@ impl Provider {
 
     /// What `C_SignInit`/`C_VerifyInit` use: the HMAC mechanism (secret keys)
     /// or the ECDSA hasher, and the key's object, checked to fit the mechanism.
-    #[allow(clippy::type_complexity)]
-    fn signature_key(
-        &self,
+    fn signature_mechanism(
         mech: &Mechanism,
-        key: CK_OBJECT_HANDLE,
-    ) -> Result<(Option<CK_MECHANISM_TYPE>, Option<Hasher>, ObjectKey, Asset)> {
+    ) -> Result<(Option<CK_MECHANISM_TYPE>, Option<Hasher>)> {
         let hmac = symmetric::hmac_len(mech.ty).map(|_| mech.ty);
         let hasher = match hmac {
             Some(_) => None,
@@ -995,10 +1036,15 @@ impl Provider {
         if !mech.param.is_empty() {
             return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
         }
+        Ok((hmac, hasher))
+    }
+
+    /// The asset object behind `key`, checked to fit the mechanism.
+    fn signature_key(&self, mech: &Mechanism, key: CK_OBJECT_HANDLE) -> Result<(ObjectKey, Asset)> {
         let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
         let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
         check_key_type(&view, mech.ty)?;
-        Ok((hmac, hasher, okey, asset))
+        Ok((okey, asset))
     }
 
     pub fn sign_init(
@@ -1015,13 +1061,30 @@ impl Provider {
         if !self.still_logged_in(epoch) {
             return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
         }
-        let (hmac, hasher, okey, asset) = self.signature_key(mech, key)?;
-        let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+        let (hmac, hasher) = Self::signature_mechanism(mech)?;
         let signer = if hmac.is_some() {
             Class::Secret
         } else {
             Class::Private
         };
+        if let Some(obj) = self.session_object(key) {
+            self.session_key_use(&obj, mech.ty, signer, obj.sign, "sign")?;
+            let op = SignOp {
+                epoch,
+                asset: None,
+                version: 0,
+                kt: obj.curve(),
+                key: obj.key_ref()?,
+                hasher,
+                hmac,
+                data: Vec::new(),
+                multi: false,
+                audit: OpAudit::new(h, obj.name(), true, mech.ty),
+            };
+            return self.start_sign(&session, epoch, op);
+        }
+        let (okey, asset) = self.signature_key(mech, key)?;
+        let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
         if okey.class != signer || !view.may_sign() {
             self.prune_keys(&asset);
             let why = format!(
@@ -1047,7 +1110,23 @@ impl Provider {
             }
             Err(e) => return Err(e),
         };
-        let mut s = lock(&session);
+        let op = SignOp {
+            epoch,
+            asset: Some(asset.rowid),
+            version: view.version,
+            kt: asset.key_type,
+            key: KeyRef::Derived(key),
+            hasher,
+            hmac,
+            data: Vec::new(),
+            multi: false,
+            audit: OpAudit::new(h, asset.id.to_string(), false, mech.ty),
+        };
+        self.start_sign(&session, epoch, op)
+    }
+
+    fn start_sign(&self, session: &Mutex<Session>, epoch: u64, op: SignOp) -> Result<()> {
+        let mut s = lock(session);
         if s.sign.is_some() {
             return Err(Error::rv(CKR_OPERATION_ACTIVE));
         }
@@ -1056,23 +1135,7 @@ impl Provider {
         if !self.still_logged_in(epoch) {
             return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
         }
-        s.sign = Some(SignOp {
-            epoch,
-            asset: asset.rowid,
-            version: view.version,
-            kt: asset.key_type,
-            key,
-            hasher,
-            hmac,
-            data: Vec::new(),
-            multi: false,
-            audit: OpAudit {
-                session: h,
-                asset: asset.id.to_string(),
-                mech: mech.ty,
-                input: Sha256::new(),
-            },
-        });
+        s.sign = Some(op);
         Ok(())
     }
 
@@ -1112,8 +1175,8 @@ impl Provider {
     /// For HMAC, `digest` is the whole message.
     fn complete_sign(&self, op: &SignOp, digest: &[u8], out: &mut [u8]) -> Result<usize> {
         let sig = match op.hmac {
-            Some(m) => symmetric::hmac(m, &op.key[..], digest)?,
-            None => mechanisms::ecdsa_sign(op.kt, &op.key, digest)?.to_vec(),
+            Some(m) => symmetric::hmac(m, op.key.bytes(), digest)?,
+            None => mechanisms::ecdsa_sign(op.kt, op.key.bytes(), digest)?.to_vec(),
         };
         let rec = op.audit.record(Event::Sign, CKR_OK, Some(op.version));
         self.confirm(op.asset, op.version, Use::Produce, rec)?;
@@ -1196,13 +1259,32 @@ impl Provider {
         if lock(&session).verify.is_some() {
             return Err(Error::rv(CKR_OPERATION_ACTIVE));
         }
-        let (hmac, hasher, okey, asset) = self.signature_key(mech, key)?;
-        let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+        let (hmac, hasher) = Self::signature_mechanism(mech)?;
         let verifier = if hmac.is_some() {
             Class::Secret
         } else {
             Class::Public
         };
+        if let Some(obj) = self.session_object(key) {
+            self.session_key_use(&obj, mech.ty, verifier, obj.verify, "verify")?;
+            let epoch = self.login_epoch.load(Ordering::SeqCst);
+            let op = VerifyOp {
+                asset: None,
+                kt: obj.curve(),
+                points: obj.point.iter().map(|p| (0, p.clone())).collect(),
+                hasher,
+                hmac: match hmac {
+                    Some(m) => Some((m, epoch, vec![(0, obj.key_ref()?)])),
+                    None => None,
+                },
+                data: Vec::new(),
+                multi: false,
+                audit: OpAudit::new(h, obj.name(), true, mech.ty),
+            };
+            return Self::start_verify(&session, op);
+        }
+        let (okey, asset) = self.signature_key(mech, key)?;
+        let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
         if okey.class != verifier || !view.may_verify() {
             if okey.class == verifier {
                 let mut rec = Record::new(Event::Refused, CKR_KEY_FUNCTION_NOT_PERMITTED)
@@ -1231,25 +1313,25 @@ impl Provider {
             }
             None => None,
         };
-        let mut s = lock(&session);
-        if s.verify.is_some() {
-            return Err(Error::rv(CKR_OPERATION_ACTIVE));
-        }
-        s.verify = Some(VerifyOp {
-            asset: asset.rowid,
+        let op = VerifyOp {
+            asset: Some(asset.rowid),
             kt: asset.key_type,
             points,
             hasher,
             hmac,
             data: Vec::new(),
             multi: false,
-            audit: OpAudit {
-                session: h,
-                asset: asset.id.to_string(),
-                mech: mech.ty,
-                input: Sha256::new(),
-            },
-        });
+            audit: OpAudit::new(h, asset.id.to_string(), false, mech.ty),
+        };
+        Self::start_verify(&session, op)
+    }
+
+    fn start_verify(session: &Mutex<Session>, op: VerifyOp) -> Result<()> {
+        let mut s = lock(session);
+        if s.verify.is_some() {
+            return Err(Error::rv(CKR_OPERATION_ACTIVE));
+        }
+        s.verify = Some(op);
         Ok(())
     }
 
@@ -1414,7 +1496,19 @@ impl Provider {
     /// state is read afresh, so a suspension or trim committed by any process
     /// since C_VerifyInit is honoured.
     fn verify_any(&self, op: &VerifyOp, digest: &[u8], sig: &[u8]) -> Result<u32> {
-        let fresh = self.store.fresh_state(op.asset).map_err(store_error)?;
+        let Some(rowid) = op.asset else {
+            // A session key: no asset state to honour.
+            return match &op.hmac {
+                Some((mech, epoch, keys)) => {
+                    if !self.still_logged_in(*epoch) {
+                        return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
+                    }
+                    symmetric::hmac_verify(*mech, keys[0].1.bytes(), digest, sig).map(|_| 0)
+                }
+                None => mechanisms::ecdsa_verify(op.kt, &op.points[0].1, digest, sig).map(|_| 0),
+            };
+        };
+        let fresh = self.store.fresh_state(rowid).map_err(store_error)?;
         let Some(asset) = fresh else {
             return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
         };
@@ -1427,7 +1521,7 @@ impl Provider {
                 return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
             }
             return self.open_with(&asset, keys, |key| {
-                symmetric::hmac_verify(*mech, &key[..], digest, sig)
+                symmetric::hmac_verify(*mech, key.bytes(), digest, sig)
             });
         }
         self.open_with(&asset, &op.points, |point| {
@@ -1441,7 +1535,12 @@ impl Provider {
     /// process may have rotated, suspended, trimmed or retired the asset).
     /// The signature is released only after this returns Ok: its record is
     /// then committed and fsynced.
-    fn confirm(&self, asset: i64, version: u32, need: Use, rec: Record) -> Result<()> {
+    fn confirm(&self, asset: Option<i64>, version: u32, need: Use, rec: Record) -> Result<()> {
+        // A session key has no asset state to re-check: its record is
+        // written (durably) before the result leaves, like any other.
+        let Some(asset) = asset else {
+            return self.audit(rec);
+        };
         let ak = self
             .audit_key()
             .ok_or_else(|| Error::with(CKR_USER_NOT_LOGGED_IN, "no audit key in this process"))?;
@@ -1530,16 +1629,6 @@ impl KeyPairSpec {
             )
         })?;
         let object_id = object_id(what, label, agreed(public, private, CKA_ID, "CKA_ID")?)?;
-        let token = agreed(public, private, CKA_TOKEN, "CKA_TOKEN")?;
-        if token != Some(&[CK_TRUE as u8][..]) {
-            return Err(Error::with(
-                CKR_TEMPLATE_INCONSISTENT,
-                format!(
-                    "key pair generation for {label:?}: session keys (CKA_TOKEN=false, the \
-                     default) are not supported yet; set CKA_TOKEN=true to register a derived asset"
-                ),
-            ));
-        }
         for (class, template) in [(Class::Public, public), (Class::Private, private)] {
             check_template(class, template, label, key_type)?;
         }

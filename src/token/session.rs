@@ -1,0 +1,617 @@
+//! Session keys (`CKA_TOKEN=false`): AES and generic secret keys from
+//! `C_GenerateKey` (random from the backing HSM's RNG) or `C_CreateObject`
+//! (a given value), and EC key pairs from `C_GenerateKeyPair`. Their key
+//! material lives only in the locked arena; they are not assets (no counter,
+//! no derivation) and die with the session that made them. Every use is
+//! audited like an asset's, naming the key by its label.
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use crate::secure::SecretBytes;
+
+use super::*;
+
+/// Session object handles carry this bit, so they never meet the handles
+/// of derived objects (which count up from 1).
+pub(super) const SESSION_BIT: CK_OBJECT_HANDLE = 1 << 31;
+
+/// The longest generic secret accepted, in bytes.
+const MAX_SECRET: usize = 512;
+
+/// What kind of key a session object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    Aes,
+    Generic,
+    /// An EC key of this curve.
+    Ec(KeyType),
+}
+
+/// One session object: a secret key, or one half of an EC key pair.
+pub(super) struct SessionObject {
+    pub owner: CK_SESSION_HANDLE,
+    pub class: Class,
+    pub kind: Kind,
+    /// The secret value, or the EC private scalar; `None` for a public key.
+    pub key: Option<Arc<SecretBytes>>,
+    /// The uncompressed EC point (both halves of a pair).
+    pub point: Option<Vec<u8>>,
+    pub label: Vec<u8>,
+    pub id: Vec<u8>,
+    pub private: bool,
+    pub extractable: bool,
+    pub encrypt: bool,
+    pub decrypt: bool,
+    pub sign: bool,
+    pub verify: bool,
+    /// Made by the token (`C_GenerateKey*`), not given (`C_CreateObject`).
+    pub local: bool,
+    /// `CKA_CHECK_VALUE` of a secret key.
+    pub check: Option<[u8; 3]>,
+}
+
+/// A key an operation holds: a derived asset key (shared with the cache)
+/// or a session key.
+#[derive(Clone)]
+pub(super) enum KeyRef {
+    Derived(Arc<Secret32>),
+    Session(Arc<SecretBytes>),
+}
+
+impl KeyRef {
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            KeyRef::Derived(k) => &k[..],
+            KeyRef::Session(k) => k,
+        }
+    }
+}
+
+impl SessionObject {
+    /// For audit records and messages: the key's label, never its value.
+    pub fn name(&self) -> String {
+        format!("session key {:?}", String::from_utf8_lossy(&self.label))
+    }
+
+    /// The curve of an EC key (HMAC keys answer their scheme's type; it is
+    /// not used for them).
+    pub fn curve(&self) -> KeyType {
+        match self.kind {
+            Kind::Ec(kt) => kt,
+            Kind::Aes => KeyType::Aes256,
+            Kind::Generic => KeyType::HmacSha256,
+        }
+    }
+
+    /// The key material, for an operation to hold.
+    pub fn key_ref(&self) -> Result<KeyRef> {
+        self.key
+            .clone()
+            .map(KeyRef::Session)
+            .ok_or(Error::rv(CKR_KEY_TYPE_INCONSISTENT))
+    }
+
+    pub fn mechanisms(&self) -> &'static [CK_MECHANISM_TYPE] {
+        match self.kind {
+            Kind::Aes => &objects::AES_MECHANISMS,
+            Kind::Generic => &objects::HMAC_MECHANISMS,
+            Kind::Ec(_) => &objects::EC_MECHANISMS,
+        }
+    }
+
+    /// The value of attribute `ty`; `None` when the object has no such one.
+    pub fn attribute(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<Value> {
+        let b = |v: bool| Some(Value::Bool(v));
+        let secret = self.class == Class::Secret;
+        let private = self.class == Class::Private;
+        let public = self.class == Class::Public;
+        let ec = matches!(self.kind, Kind::Ec(_));
+        match ty {
+            CKA_CLASS => Some(Value::Ulong(match self.class {
+                Class::Private => CKO_PRIVATE_KEY,
+                Class::Public => CKO_PUBLIC_KEY,
+                Class::Secret => CKO_SECRET_KEY,
+            })),
+            CKA_TOKEN | CKA_MODIFIABLE | CKA_COPYABLE | CKA_DERIVE => b(false),
+            CKA_DESTROYABLE => b(true),
+            CKA_PRIVATE => b(self.private),
+            CKA_LABEL => Some(Value::Bytes(self.label.clone())),
+            CKA_ID => Some(Value::Bytes(self.id.clone())),
+            CKA_START_DATE | CKA_END_DATE => Some(Value::Bytes(Vec::new())),
+            CKA_KEY_TYPE => Some(Value::Ulong(match self.kind {
+                Kind::Aes => CKK_AES,
+                Kind::Generic => CKK_GENERIC_SECRET,
+                Kind::Ec(_) => CKK_EC,
+            })),
+            CKA_LOCAL => b(self.local),
+            CKA_KEY_GEN_MECHANISM => Some(Value::Ulong(match (self.local, self.kind) {
+                (false, _) => CK_UNAVAILABLE_INFORMATION,
+                (true, Kind::Aes) => CKM_AES_KEY_GEN,
+                (true, Kind::Generic) => CKM_GENERIC_SECRET_KEY_GEN,
+                (true, Kind::Ec(_)) => CKM_EC_KEY_PAIR_GEN,
+            })),
+            CKA_ALLOWED_MECHANISMS => {
+                let mut v = Vec::new();
+                for m in self.mechanisms() {
+                    v.extend_from_slice(&m.to_ne_bytes());
+                }
+                Some(Value::Bytes(v))
+            }
+            CKA_VALUE if !public => Some(Value::Sensitive),
+            CKA_SENSITIVE | CKA_ALWAYS_SENSITIVE if !public => b(true),
+            CKA_EXTRACTABLE if !public => b(self.extractable),
+            CKA_NEVER_EXTRACTABLE if !public => b(!self.extractable),
+            CKA_VALUE_LEN if secret => Some(Value::Ulong(
+                self.key.as_ref().map_or(0, |k| k.len()) as CK_ULONG
+            )),
+            CKA_CHECK_VALUE if secret => Some(Value::Bytes(self.check?.to_vec())),
+            CKA_ENCRYPT if !private => b(self.encrypt),
+            CKA_DECRYPT if !public => b(self.decrypt),
+            CKA_SIGN if !public => b(self.sign),
+            CKA_VERIFY if !private => b(self.verify),
+            CKA_WRAP | CKA_TRUSTED if !private => b(false),
+            CKA_UNWRAP | CKA_WRAP_WITH_TRUSTED if !public => b(false),
+            CKA_SIGN_RECOVER | CKA_ALWAYS_AUTHENTICATE if private => b(false),
+            CKA_VERIFY_RECOVER if public => b(false),
+            CKA_SUBJECT if ec => Some(Value::Bytes(Vec::new())),
+            CKA_EC_PARAMS => match self.kind {
+                Kind::Ec(kt) => objects::ec_params(kt).map(|p| Value::Bytes(p.to_vec())),
+                _ => None,
+            },
+            CKA_EC_POINT if public => {
+                Some(Value::Bytes(objects::ec_point_der(self.point.as_deref()?)))
+            }
+            CKA_PUBLIC_KEY_INFO if ec => match self.kind {
+                Kind::Ec(kt) => objects::spki(kt, self.point.as_deref()?).map(Value::Bytes),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    pub fn matches(&self, template: &[TemplateAttr]) -> bool {
+        template.iter().all(|(ty, want)| {
+            self.attribute(*ty)
+                .and_then(|v| v.to_bytes())
+                .is_some_and(|have| &have == want)
+        })
+    }
+}
+
+/// What a session key's template asks for, beyond its kind.
+struct Wish {
+    label: Vec<u8>,
+    id: Vec<u8>,
+    private: bool,
+    extractable: bool,
+    encrypt: bool,
+    decrypt: bool,
+    sign: bool,
+    verify: bool,
+    value_len: Option<usize>,
+}
+
+fn flag(t: &[TemplateAttr], ty: CK_ATTRIBUTE_TYPE, default: bool) -> bool {
+    find(t, ty).map_or(default, |v| v.first().is_some_and(|&b| b != 0))
+}
+
+/// Reads a session key's template: `class` and `kind` are what the call
+/// makes. Refuses what cannot be honoured: a token object (derived keys are
+/// assets: `CKA_TOKEN=true` through `C_GenerateKey*` only), a key that is
+/// not sensitive (session keys stay in locked memory, never revealed),
+/// another class or key type, unknown attributes.
+fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> Result<Wish> {
+    let inconsistent = |why: String| {
+        Err(Error::with(
+            CKR_TEMPLATE_INCONSISTENT,
+            format!("{what}: {why}"),
+        ))
+    };
+    let secret = class == Class::Secret;
+    for (ty, value) in t {
+        let is_true = value.first().is_some_and(|&b| b != 0);
+        match *ty {
+            CKA_TOKEN if is_true => {
+                return inconsistent("CKA_TOKEN=true makes a derived asset, which takes no supplied value; use C_GenerateKey or C_GenerateKeyPair".into())
+            }
+            CKA_SENSITIVE if !is_true && class != Class::Public => {
+                return inconsistent(
+                    "CKA_SENSITIVE=false: session keys live in locked memory and are never revealed".into(),
+                )
+            }
+            CKA_CLASS => {
+                let want = match class {
+                    Class::Secret => CKO_SECRET_KEY,
+                    Class::Private => CKO_PRIVATE_KEY,
+                    Class::Public => CKO_PUBLIC_KEY,
+                };
+                if ulong(value) != Some(want) {
+                    return inconsistent("CKA_CLASS does not match the key made".into());
+                }
+            }
+            CKA_KEY_TYPE => {
+                let ok = match kind {
+                    Kind::Aes => ulong(value) == Some(CKK_AES),
+                    Kind::Generic => matches!(
+                        ulong(value),
+                        Some(CKK_GENERIC_SECRET | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC)
+                    ),
+                    Kind::Ec(_) => ulong(value) == Some(CKK_EC),
+                };
+                if !ok {
+                    return inconsistent("CKA_KEY_TYPE does not match the mechanism".into());
+                }
+            }
+            CKA_TOKEN | CKA_SENSITIVE | CKA_LABEL | CKA_ID | CKA_PRIVATE | CKA_EXTRACTABLE
+            | CKA_ENCRYPT | CKA_DECRYPT | CKA_SIGN | CKA_VERIFY | CKA_WRAP | CKA_UNWRAP
+            | CKA_DERIVE | CKA_MODIFIABLE | CKA_COPYABLE | CKA_DESTROYABLE | CKA_START_DATE
+            | CKA_END_DATE | CKA_SUBJECT | CKA_SIGN_RECOVER | CKA_VERIFY_RECOVER
+            | CKA_ALLOWED_MECHANISMS | CKA_TRUSTED | CKA_WRAP_WITH_TRUSTED | CKA_EC_PARAMS => {}
+            CKA_VALUE_LEN if secret => {}
+            CKA_VALUE if secret => {}
+            ty => {
+                return Err(Error::with(
+                    CKR_ATTRIBUTE_TYPE_INVALID,
+                    format!("{what}: attribute {} does not apply here", attr_name(ty)),
+                ))
+            }
+        }
+    }
+    let uses_default = |ty| match (kind, ty) {
+        (Kind::Aes, CKA_ENCRYPT | CKA_DECRYPT) => true,
+        (Kind::Generic, CKA_SIGN | CKA_VERIFY) => true,
+        (Kind::Ec(_), CKA_SIGN) => class == Class::Private,
+        (Kind::Ec(_), CKA_VERIFY) => class == Class::Public,
+        _ => false,
+    };
+    let w = Wish {
+        label: find(t, CKA_LABEL).unwrap_or_default().to_vec(),
+        id: find(t, CKA_ID).unwrap_or_default().to_vec(),
+        private: flag(t, CKA_PRIVATE, class != Class::Public),
+        extractable: flag(t, CKA_EXTRACTABLE, false),
+        encrypt: flag(t, CKA_ENCRYPT, uses_default(CKA_ENCRYPT)),
+        decrypt: flag(t, CKA_DECRYPT, uses_default(CKA_DECRYPT)),
+        sign: flag(t, CKA_SIGN, uses_default(CKA_SIGN)),
+        verify: flag(t, CKA_VERIFY, uses_default(CKA_VERIFY)),
+        value_len: find(t, CKA_VALUE_LEN).and_then(ulong).map(|n| n as usize),
+    };
+    // The uses a key of this kind can have.
+    let can = |ty| match kind {
+        Kind::Aes => matches!(ty, CKA_ENCRYPT | CKA_DECRYPT),
+        Kind::Generic => matches!(ty, CKA_SIGN | CKA_VERIFY),
+        Kind::Ec(_) => {
+            ty == if class == Class::Private {
+                CKA_SIGN
+            } else {
+                CKA_VERIFY
+            }
+        }
+    };
+    for (ty, on) in [
+        (CKA_ENCRYPT, w.encrypt),
+        (CKA_DECRYPT, w.decrypt),
+        (CKA_SIGN, w.sign),
+        (CKA_VERIFY, w.verify),
+    ] {
+        if on && !can(ty) {
+            return inconsistent(format!(
+                "{} asked of a key that cannot do it",
+                attr_name(ty)
+            ));
+        }
+    }
+    Ok(w)
+}
+
+/// A valid AES key length, or a generic secret of 1 to MAX_SECRET bytes.
+fn check_len(kind: Kind, len: usize, what: &str) -> Result<()> {
+    let ok = match kind {
+        Kind::Aes => matches!(len, 16 | 24 | 32),
+        _ => (1..=MAX_SECRET).contains(&len),
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(Error::with(
+        CKR_ATTRIBUTE_VALUE_INVALID,
+        format!(
+            "{what}: a key of {len} bytes; {}",
+            if kind == Kind::Aes {
+                "AES keys are 16, 24 or 32 bytes".to_string()
+            } else {
+                format!("generic secrets are 1 to {MAX_SECRET} bytes")
+            }
+        ),
+    ))
+}
+
+impl Provider {
+    /// Checks a session key for an operation: the mechanism fits its type
+    /// (`CKR_KEY_TYPE_INCONSISTENT`), it is of the class the operation
+    /// needs and its attribute allows the use (`CKR_KEY_FUNCTION_NOT_PERMITTED`).
+    pub(super) fn session_key_use(
+        &self,
+        obj: &SessionObject,
+        mech: CK_MECHANISM_TYPE,
+        class: Class,
+        allowed: bool,
+        what: &str,
+    ) -> Result<()> {
+        if !obj.mechanisms().contains(&mech) {
+            return Err(Error::with(
+                CKR_KEY_TYPE_INCONSISTENT,
+                format!(
+                    "{}: mechanism {} does not apply to it",
+                    obj.name(),
+                    crate::error::mech_name(mech)
+                ),
+            ));
+        }
+        if obj.class != class || !allowed {
+            return Err(Error::with(
+                CKR_KEY_FUNCTION_NOT_PERMITTED,
+                format!("{}: its attributes do not allow it to {what}", obj.name()),
+            ));
+        }
+        Ok(())
+    }
+
+    fn next_object(&self) -> CK_OBJECT_HANDLE {
+        SESSION_BIT | self.next_object.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The session object behind a handle, if visible now: private ones
+    /// need a user login.
+    pub(super) fn session_object(&self, h: CK_OBJECT_HANDLE) -> Option<Arc<SessionObject>> {
+        if h & SESSION_BIT == 0 {
+            return None;
+        }
+        let obj = self
+            .session_objects
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&h)
+            .cloned()?;
+        (!obj.private || self.login_state() == Login::User).then_some(obj)
+    }
+
+    /// The visible session objects matching a template.
+    pub(super) fn find_session_objects(
+        &self,
+        template: &[TemplateAttr],
+    ) -> Vec<(CK_OBJECT_HANDLE, bool)> {
+        let logged_in = self.login_state() == Login::User;
+        let mut out: Vec<(CK_OBJECT_HANDLE, bool)> = self
+            .session_objects
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, o)| (logged_in || !o.private) && o.matches(template))
+            .map(|(h, o)| (*h, o.private))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Drops (wipes) the session objects of one session, or of all.
+    pub(super) fn drop_session_objects(&self, owner: Option<CK_SESSION_HANDLE>) {
+        self.session_objects
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, o| owner.is_some_and(|s| s != o.owner));
+    }
+
+    pub(super) fn destroy_session_object(
+        &self,
+        h: CK_SESSION_HANDLE,
+        object: CK_OBJECT_HANDLE,
+    ) -> Result<()> {
+        self.session(h)?;
+        self.session_object(object)
+            .ok_or(Error::rv(CKR_OBJECT_HANDLE_INVALID))?;
+        self.session_objects
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&object);
+        Ok(())
+    }
+
+    fn insert(&self, obj: SessionObject) -> CK_OBJECT_HANDLE {
+        let h = self.next_object();
+        self.session_objects
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(h, Arc::new(obj));
+        h
+    }
+
+    /// Private and secret session keys need a user login to be made.
+    fn may_make(&self, h: CK_SESSION_HANDLE, private: bool) -> Result<()> {
+        self.session(h)?;
+        if private && self.login_state() != Login::User {
+            return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        Ok(())
+    }
+
+    fn secret_object(
+        h: CK_SESSION_HANDLE,
+        kind: Kind,
+        key: SecretBytes,
+        w: Wish,
+        local: bool,
+    ) -> Result<SessionObject> {
+        let check = match kind {
+            Kind::Aes => Some(symmetric::aes_check_value(&key)?),
+            _ => Some(symmetric::generic_check_value(&key)),
+        };
+        Ok(SessionObject {
+            owner: h,
+            class: Class::Secret,
+            kind,
+            key: Some(Arc::new(key)),
+            point: None,
+            label: w.label,
+            id: w.id,
+            private: w.private,
+            extractable: w.extractable,
+            encrypt: w.encrypt,
+            decrypt: w.decrypt,
+            sign: w.sign,
+            verify: w.verify,
+            local,
+            check,
+        })
+    }
+
+    /// `C_GenerateKey` of a session key: random bytes from the backing HSM,
+    /// written straight into the locked arena.
+    pub(super) fn generate_session_key(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &Mechanism,
+        template: &[TemplateAttr],
+    ) -> Result<CK_OBJECT_HANDLE> {
+        let kind = match mech.ty {
+            CKM_AES_KEY_GEN => Kind::Aes,
+            CKM_GENERIC_SECRET_KEY_GEN => Kind::Generic,
+            _ => return Err(Error::rv(CKR_MECHANISM_INVALID)),
+        };
+        let what = "session key generation";
+        let w = wish(template, Class::Secret, kind, what)?;
+        if find(template, CKA_VALUE).is_some() {
+            return Err(Error::with(
+                CKR_ATTRIBUTE_READ_ONLY,
+                format!("{what}: CKA_VALUE is generated; use C_CreateObject to give a value"),
+            ));
+        }
+        let len = w.value_len.ok_or_else(|| {
+            Error::with(
+                CKR_TEMPLATE_INCOMPLETE,
+                format!("{what}: CKA_VALUE_LEN is required"),
+            )
+        })?;
+        check_len(kind, len, what)?;
+        self.may_make(h, w.private)?;
+        let mut key =
+            SecretBytes::with_capacity(len).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
+        self.backend.random(&mut key.spare()[..len])?;
+        key.grow(len);
+        let obj = Self::secret_object(h, kind, key, w, true)?;
+        Ok(self.insert(obj))
+    }
+
+    /// `C_CreateObject` of a session secret key with the given value (read
+    /// by the caller straight into locked memory).
+    pub fn create_object(
+        &self,
+        h: CK_SESSION_HANDLE,
+        template: &[TemplateAttr],
+        value: Option<SecretBytes>,
+    ) -> Result<CK_OBJECT_HANDLE> {
+        let what = "C_CreateObject";
+        match find(template, CKA_CLASS).and_then(ulong) {
+            Some(CKO_SECRET_KEY) => {}
+            Some(_) => {
+                return Err(Error::with(
+                    CKR_TEMPLATE_INCONSISTENT,
+                    format!("{what}: only session secret keys (CKO_SECRET_KEY) can be created; other objects are derived"),
+                ))
+            }
+            None => {
+                return Err(Error::with(CKR_TEMPLATE_INCOMPLETE, format!("{what}: no CKA_CLASS")))
+            }
+        }
+        let kind = match find(template, CKA_KEY_TYPE).and_then(ulong) {
+            Some(CKK_AES) => Kind::Aes,
+            Some(CKK_GENERIC_SECRET | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC) => {
+                Kind::Generic
+            }
+            Some(_) => {
+                return Err(Error::with(
+                    CKR_ATTRIBUTE_VALUE_INVALID,
+                    format!("{what}: CKA_KEY_TYPE must be CKK_AES or CKK_GENERIC_SECRET"),
+                ))
+            }
+            None => {
+                return Err(Error::with(
+                    CKR_TEMPLATE_INCOMPLETE,
+                    format!("{what}: no CKA_KEY_TYPE"),
+                ))
+            }
+        };
+        let w = wish(template, Class::Secret, kind, what)?;
+        let key = value
+            .ok_or_else(|| Error::with(CKR_TEMPLATE_INCOMPLETE, format!("{what}: no CKA_VALUE")))?;
+        check_len(kind, key.len(), what)?;
+        if w.value_len.is_some_and(|n| n != key.len()) {
+            return Err(Error::with(
+                CKR_TEMPLATE_INCONSISTENT,
+                format!("{what}: CKA_VALUE_LEN differs from the length of CKA_VALUE"),
+            ));
+        }
+        self.may_make(h, w.private)?;
+        let obj = Self::secret_object(h, kind, key, w, false)?;
+        Ok(self.insert(obj))
+    }
+
+    /// `C_GenerateKeyPair` of a session EC key pair: a scalar from the
+    /// backing HSM's RNG (drawn again while out of range), in locked memory.
+    pub(super) fn generate_session_pair(
+        &self,
+        h: CK_SESSION_HANDLE,
+        public: &[TemplateAttr],
+        private: &[TemplateAttr],
+    ) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
+        let what = "session key pair generation";
+        let params = find(public, CKA_EC_PARAMS)
+            .or_else(|| find(private, CKA_EC_PARAMS))
+            .ok_or_else(|| {
+                Error::with(CKR_TEMPLATE_INCOMPLETE, format!("{what}: no CKA_EC_PARAMS"))
+            })?;
+        let kt = objects::curve_from_params(params).ok_or_else(|| {
+            Error::with(
+                CKR_CURVE_NOT_SUPPORTED,
+                format!("{what}: CKA_EC_PARAMS names no supported curve (secp256k1, P-256)"),
+            )
+        })?;
+        let wp = wish(public, Class::Public, Kind::Ec(kt), what)?;
+        let ws = wish(private, Class::Private, Kind::Ec(kt), what)?;
+        self.may_make(h, ws.private)?;
+        let mut scalar =
+            SecretBytes::with_capacity(32).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
+        let point = loop {
+            scalar.truncate(0);
+            self.backend.random(&mut scalar.spare()[..32])?;
+            scalar.grow(32);
+            let mut k = crate::secure::secret::<32>()?;
+            k.copy_from_slice(&scalar);
+            if let Some(p) = derive::public_point(kt, &k) {
+                break p;
+            }
+        };
+        let key = Arc::new(scalar);
+        let half = |class, w: Wish, key: Option<Arc<SecretBytes>>| SessionObject {
+            owner: h,
+            class,
+            kind: Kind::Ec(kt),
+            key,
+            point: Some(point.clone()),
+            label: w.label,
+            id: w.id,
+            private: w.private,
+            extractable: w.extractable,
+            encrypt: false,
+            decrypt: false,
+            sign: w.sign,
+            verify: w.verify,
+            local: true,
+            check: None,
+        };
+        let pub_h = self.insert(half(Class::Public, wp, None));
+        let priv_h = self.insert(half(Class::Private, ws, Some(key)));
+        Ok((pub_h, priv_h))
+    }
+}
