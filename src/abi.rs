@@ -1152,6 +1152,56 @@ extern "C" fn C_GenerateKey(
     })
 }
 
+extern "C" fn C_WrapKey(
+    h: CK_SESSION_HANDLE,
+    p_mechanism: CK_MECHANISM_PTR,
+    wrapping: CK_OBJECT_HANDLE,
+    key: CK_OBJECT_HANDLE,
+    p_out: CK_BYTE_PTR,
+    pul_out: CK_ULONG_PTR,
+) -> CK_RV {
+    entry("C_WrapKey", || {
+        let p = provider()?;
+        // SAFETY: caller's mechanism and output buffer.
+        unsafe {
+            let mech = mechanism(p_mechanism)?;
+            output(
+                p_out,
+                pul_out,
+                || p.wrap_key(h, &mech, wrapping, key, None),
+                |o| p.wrap_key(h, &mech, wrapping, key, Some(o)),
+            )
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+extern "C" fn C_UnwrapKey(
+    h: CK_SESSION_HANDLE,
+    p_mechanism: CK_MECHANISM_PTR,
+    unwrapping: CK_OBJECT_HANDLE,
+    p_wrapped: CK_BYTE_PTR,
+    wrapped_len: CK_ULONG,
+    p_template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+    ph_key: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    entry("C_UnwrapKey", || {
+        let p = provider()?;
+        // SAFETY: caller's mechanism, input, template and out-parameter.
+        let (mech, wrapped, template, out_key) = unsafe {
+            (
+                mechanism(p_mechanism)?,
+                bytes(p_wrapped, wrapped_len)?,
+                template(p_template, count)?,
+                out(ph_key)?,
+            )
+        };
+        *out_key = p.unwrap_key(h, &mech, unwrapping, wrapped, &template)?;
+        Ok(())
+    })
+}
+
 extern "C" fn C_EncryptInit(
     h: CK_SESSION_HANDLE,
     p_mechanism: CK_MECHANISM_PTR,
@@ -1360,8 +1410,6 @@ not_supported! {
     C_DecryptDigestUpdate(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
     C_SignEncryptUpdate(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
     C_DecryptVerifyUpdate(CK_SESSION_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_BYTE_PTR, CK_ULONG_PTR);
-    C_WrapKey(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE, CK_OBJECT_HANDLE, CK_BYTE_PTR, CK_ULONG_PTR);
-    C_UnwrapKey(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE, CK_BYTE_PTR, CK_ULONG, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR);
     C_DeriveKey(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE, CK_ATTRIBUTE_PTR, CK_ULONG, CK_OBJECT_HANDLE_PTR);
     C_WaitForSlotEvent(CK_FLAGS, CK_SLOT_ID_PTR, CK_VOID_PTR);
     C_MessageEncryptInit(CK_SESSION_HANDLE, CK_MECHANISM_PTR, CK_OBJECT_HANDLE);

@@ -132,23 +132,27 @@ impl Record {
 
     /// `HMAC(AK, encode(self) || prev_mac)`
     pub fn mac(&self, ak: &Secret32, prev_mac: &[u8; 32]) -> [u8; 32] {
-        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&ak[..]).expect("any key length");
-        m.update(&self.encode());
-        m.update(prev_mac);
-        m.finalize().into_bytes().into()
+        crate::secure::confined(|| {
+            let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&ak[..]).expect("any key length");
+            m.update(&self.encode());
+            m.update(prev_mac);
+            m.finalize().into_bytes().into()
+        })
     }
 }
 
 /// The MAC a version's recorded public key carries:
 /// `HMAC(AK, "p11derive-v1 public key" || 0x00 || str(asset) || u32be(version) || pk)`.
 pub fn public_key_mac(ak: &Secret32, asset: &str, version: u32, pk: &[u8]) -> [u8; 32] {
-    let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&ak[..]).expect("any key length");
-    m.update(b"p11derive-v1 public key\0");
-    m.update(&(asset.len() as u16).to_be_bytes());
-    m.update(asset.as_bytes());
-    m.update(&version.to_be_bytes());
-    m.update(pk);
-    m.finalize().into_bytes().into()
+    crate::secure::confined(|| {
+        let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&ak[..]).expect("any key length");
+        m.update(b"p11derive-v1 public key\0");
+        m.update(&(asset.len() as u16).to_be_bytes());
+        m.update(asset.as_bytes());
+        m.update(&version.to_be_bytes());
+        m.update(pk);
+        m.finalize().into_bytes().into()
+    })
 }
 
 /// The MAC the first record chains from.

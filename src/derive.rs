@@ -147,13 +147,15 @@ pub fn prk_input(asset: &AssetId, counter: u32) -> Vec<u8> {
 /// The output is written straight into the locked arena; the HMAC state on
 /// the stack is wiped on drop (the `zeroize` feature of hmac and sha2).
 pub fn expand(prk: &[u8; 32], info: &[u8]) -> Result<Secret32> {
-    let mut mac =
-        <Hmac<Sha256> as KeyInit>::new_from_slice(prk).expect("HMAC takes any key length");
-    mac.update(info);
-    mac.update(&[0x01]);
-    let mut out = secure::secret::<32>()?;
-    mac.finalize_into((&mut *out).into());
-    Ok(out)
+    secure::confined(|| {
+        let mut mac =
+            <Hmac<Sha256> as KeyInit>::new_from_slice(prk).expect("HMAC takes any key length");
+        mac.update(info);
+        mac.update(&[0x01]);
+        let mut out = secure::secret::<32>()?;
+        mac.finalize_into((&mut *out).into());
+        Ok(out)
+    })
 }
 
 /// `"p11derive-v1 key " || key_type || u8(attempt)`
@@ -169,22 +171,24 @@ fn key_info(kt: KeyType, attempt: u8) -> Vec<u8> {
 /// Key bytes from an asset version's PRK: the scalar of an EC type (the first
 /// attempt in `[1, n-1]`), or the secret key of a symmetric type.
 pub fn key_from_prk(prk: &[u8; 32], kt: KeyType) -> Result<Secret32> {
-    let Some(n) = kt.order() else {
-        return expand(prk, &key_info(kt, 0));
-    };
-    let mut attempt: u8 = 0;
-    loop {
-        let k = expand(prk, &key_info(kt, attempt))?;
-        // Big-endian byte order is numeric order for equal-length arrays.
-        if k.iter().any(|&b| b != 0) && &*k < n {
-            return Ok(k);
+    secure::confined(|| {
+        let Some(n) = kt.order() else {
+            return expand(prk, &key_info(kt, 0));
+        };
+        let mut attempt: u8 = 0;
+        loop {
+            let k = expand(prk, &key_info(kt, attempt))?;
+            // Big-endian byte order is numeric order for equal-length arrays.
+            if k.iter().any(|&b| b != 0) && &*k < n {
+                return Ok(k);
+            }
+            // Each attempt fails with probability below 2^-32 (P-256) or 2^-127
+            // (secp256k1); 256 failures in a row cannot happen with HMAC.
+            attempt = attempt
+                .checked_add(1)
+                .expect("HKDF produced 256 out-of-range scalars in a row");
         }
-        // Each attempt fails with probability below 2^-32 (P-256) or 2^-127
-        // (secp256k1); 256 failures in a row cannot happen with HMAC.
-        attempt = attempt
-            .checked_add(1)
-            .expect("HKDF produced 256 out-of-range scalars in a row");
-    }
+    })
 }
 
 /// Derives the key bytes of (asset, counter, type) with the given PRF.
@@ -243,16 +247,18 @@ pub fn fingerprint(kt: KeyType, key: &Secret32) -> Option<Vec<u8>> {
 
 /// The uncompressed SEC1 public point (65 bytes) of an EC scalar.
 pub fn public_point(kt: KeyType, scalar: &[u8; 32]) -> Option<Vec<u8>> {
-    use k256::elliptic_curve::sec1::ToSec1Point;
-    match kt {
-        KeyType::Secp256k1 => {
-            let pk = k256::SecretKey::from_slice(scalar).ok()?.public_key();
-            Some(pk.to_sec1_point(false).as_bytes().to_vec())
+    secure::confined_at(secure::Depth::Deep, || {
+        use k256::elliptic_curve::sec1::ToSec1Point;
+        match kt {
+            KeyType::Secp256k1 => {
+                let pk = k256::SecretKey::from_slice(scalar).ok()?.public_key();
+                Some(pk.to_sec1_point(false).as_bytes().to_vec())
+            }
+            KeyType::P256 => {
+                let pk = p256::SecretKey::from_slice(scalar).ok()?.public_key();
+                Some(pk.to_sec1_point(false).as_bytes().to_vec())
+            }
+            _ => None,
         }
-        KeyType::P256 => {
-            let pk = p256::SecretKey::from_slice(scalar).ok()?.public_key();
-            Some(pk.to_sec1_point(false).as_bytes().to_vec())
-        }
-        _ => None,
-    }
+    })
 }

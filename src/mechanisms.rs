@@ -97,24 +97,26 @@ fn field_digest(input: &[u8]) -> [u8; 32] {
 /// Signs a digest with an EC scalar: RFC 6979 nonce, raw `r || s`, low-S on
 /// secp256k1 (its convention; P-256 signatures are left as computed).
 pub fn ecdsa_sign(kt: KeyType, scalar: &[u8], digest: &[u8]) -> Result<[u8; ECDSA_SIG_LEN]> {
-    use k256::ecdsa::signature::hazmat::PrehashSigner;
-    let z = field_digest(digest);
-    let bad_key = || Error::with(CKR_GENERAL_ERROR, "derived scalar out of range");
-    let mut out = [0u8; ECDSA_SIG_LEN];
-    match kt {
-        KeyType::Secp256k1 => {
-            let key = k256::ecdsa::SigningKey::from_slice(scalar).map_err(|_| bad_key())?;
-            let sig: k256::ecdsa::Signature = key.sign_prehash(&z).map_err(|_| bad_key())?;
-            out.copy_from_slice(&sig.to_bytes());
+    crate::secure::confined_at(crate::secure::Depth::Deep, || {
+        use k256::ecdsa::signature::hazmat::PrehashSigner;
+        let z = field_digest(digest);
+        let bad_key = || Error::with(CKR_GENERAL_ERROR, "derived scalar out of range");
+        let mut out = [0u8; ECDSA_SIG_LEN];
+        match kt {
+            KeyType::Secp256k1 => {
+                let key = k256::ecdsa::SigningKey::from_slice(scalar).map_err(|_| bad_key())?;
+                let sig: k256::ecdsa::Signature = key.sign_prehash(&z).map_err(|_| bad_key())?;
+                out.copy_from_slice(&sig.to_bytes());
+            }
+            KeyType::P256 => {
+                let key = p256::ecdsa::SigningKey::from_slice(scalar).map_err(|_| bad_key())?;
+                let sig: p256::ecdsa::Signature = key.sign_prehash(&z).map_err(|_| bad_key())?;
+                out.copy_from_slice(&sig.to_bytes());
+            }
+            _ => return Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),
         }
-        KeyType::P256 => {
-            let key = p256::ecdsa::SigningKey::from_slice(scalar).map_err(|_| bad_key())?;
-            let sig: p256::ecdsa::Signature = key.sign_prehash(&z).map_err(|_| bad_key())?;
-            out.copy_from_slice(&sig.to_bytes());
-        }
-        _ => return Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),
-    }
-    Ok(out)
+        Ok(out)
+    })
 }
 
 /// Verifies `r || s` over a digest against an uncompressed public point.
@@ -166,8 +168,8 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
     let sv = CKF_SIGN | CKF_VERIFY;
     // Key sizes: bytes for AES, bits for generic secrets (PKCS#11 convention).
     let hmac = CK_MECHANISM_INFO {
-        ulMinKeySize: 256,
-        ulMaxKeySize: 256,
+        ulMinKeySize: 8,
+        ulMaxKeySize: 4096,
         flags: sv,
     };
     vec![
@@ -186,7 +188,7 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
         (
             CKM_AES_KEY_GEN,
             CK_MECHANISM_INFO {
-                ulMinKeySize: 32,
+                ulMinKeySize: 16,
                 ulMaxKeySize: 32,
                 flags: CKF_GENERATE,
             },
@@ -194,7 +196,7 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
         (
             CKM_AES_GCM,
             CK_MECHANISM_INFO {
-                ulMinKeySize: 32,
+                ulMinKeySize: 16,
                 ulMaxKeySize: 32,
                 flags: CKF_ENCRYPT | CKF_DECRYPT,
             },
@@ -202,9 +204,25 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
         (
             CKM_GENERIC_SECRET_KEY_GEN,
             CK_MECHANISM_INFO {
-                ulMinKeySize: 256,
-                ulMaxKeySize: 256,
+                ulMinKeySize: 8,
+                ulMaxKeySize: 4096,
                 flags: CKF_GENERATE,
+            },
+        ),
+        (
+            CKM_AES_KEY_WRAP,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 16,
+                ulMaxKeySize: 32,
+                flags: CKF_WRAP | CKF_UNWRAP,
+            },
+        ),
+        (
+            CKM_AES_KEY_WRAP_KWP,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 16,
+                ulMaxKeySize: 32,
+                flags: CKF_WRAP | CKF_UNWRAP,
             },
         ),
         (CKM_SHA256_HMAC, hmac),

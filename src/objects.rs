@@ -102,7 +102,8 @@ impl Value {
 }
 
 /// The mechanisms an AES key of p11derive may be used with.
-pub const AES_MECHANISMS: [CK_MECHANISM_TYPE; 1] = [CKM_AES_GCM];
+pub const AES_MECHANISMS: [CK_MECHANISM_TYPE; 3] =
+    [CKM_AES_GCM, CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_KWP];
 
 /// The mechanisms an HMAC key of p11derive may be used with.
 pub const HMAC_MECHANISMS: [CK_MECHANISM_TYPE; 3] =
@@ -452,8 +453,12 @@ static ATTRIBUTES: &[Attribute] = &[
     attr(CKA_VERIFY, SEC, |v| {
         Some(Value::Bool(v.is_hmac() && v.may_verify()))
     }),
-    attr(CKA_WRAP, SEC, no),
-    attr(CKA_UNWRAP, SEC, no),
+    attr(CKA_WRAP, SEC, |v| {
+        Some(Value::Bool(v.is_aes() && v.may_sign()))
+    }),
+    attr(CKA_UNWRAP, SEC, |v| {
+        Some(Value::Bool(v.is_aes() && v.may_verify()))
+    }),
     attr(CKA_TRUSTED, SEC, no),
     attr(CKA_WRAP_WITH_TRUSTED, SEC, no),
     // p11derive vendor attributes (pkcs11-headers/p11derive.h).

@@ -6,7 +6,7 @@
 
 #![forbid(unsafe_code)]
 
-use aes::cipher::{BlockEncrypt, KeyInit as _};
+use aes::cipher::{BlockDecrypt, BlockEncrypt, KeyInit as _};
 use aes::{Aes128, Aes192, Aes256, Block};
 use ghash::universal_hash::UniversalHash;
 use ghash::GHash;
@@ -16,6 +16,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::ck::*;
 use crate::error::{Error, Result};
+use crate::secure::SecretBytes;
 
 /// AES with a key of 16, 24 or 32 bytes.
 enum Aes {
@@ -42,6 +43,153 @@ impl Aes {
             Aes::A256(c) => c.encrypt_block(block),
         }
     }
+
+    fn decrypt(&self, block: &mut Block) {
+        match self {
+            Aes::A128(c) => c.decrypt_block(block),
+            Aes::A192(c) => c.decrypt_block(block),
+            Aes::A256(c) => c.decrypt_block(block),
+        }
+    }
+}
+
+/// The RFC 3394 initial value.
+const KW_IV: [u8; 8] = [0xa6; 8];
+/// The RFC 5649 alternative initial value's constant half.
+const KWP_AIV: [u8; 4] = [0xa6, 0x59, 0x59, 0xa6];
+
+fn arena(len: usize) -> Result<SecretBytes> {
+    let mut b = SecretBytes::with_capacity(len).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
+    b.grow(len);
+    Ok(b)
+}
+
+/// The RFC 3394 wrapping process W over `r` (n ≥ 2 blocks of 8 bytes) with
+/// initial value `a`; `a` ends as the first output block.
+fn kw_forward(aes: &Aes, a: &mut [u8; 8], r: &mut [u8]) {
+    let n = r.len() / 8;
+    let mut b = Block::default();
+    for j in 0..6u64 {
+        for i in 0..n {
+            b[..8].copy_from_slice(a);
+            b[8..].copy_from_slice(&r[8 * i..8 * i + 8]);
+            aes.encrypt(&mut b);
+            let t = (n as u64) * j + i as u64 + 1;
+            for (k, x) in t.to_be_bytes().iter().enumerate() {
+                a[k] = b[k] ^ x;
+            }
+            r[8 * i..8 * i + 8].copy_from_slice(&b[8..]);
+        }
+    }
+    b.zeroize();
+}
+
+/// The inverse W⁻¹: from `a` (the first wrapped block) and `r`, recovers the
+/// initial value into `a` and the plaintext into `r`.
+fn kw_backward(aes: &Aes, a: &mut [u8; 8], r: &mut [u8]) {
+    let n = r.len() / 8;
+    let mut b = Block::default();
+    for j in (0..6u64).rev() {
+        for i in (0..n).rev() {
+            let t = (n as u64) * j + i as u64 + 1;
+            for (k, x) in t.to_be_bytes().iter().enumerate() {
+                b[k] = a[k] ^ x;
+            }
+            b[8..].copy_from_slice(&r[8 * i..8 * i + 8]);
+            aes.decrypt(&mut b);
+            a.copy_from_slice(&b[..8]);
+            r[8 * i..8 * i + 8].copy_from_slice(&b[8..]);
+        }
+    }
+    b.zeroize();
+}
+
+/// Wraps key material: `CKM_AES_KEY_WRAP` (RFC 3394: a multiple of 8 bytes,
+/// at least 16) or, `padded`, `CKM_AES_KEY_WRAP_KWP` (RFC 5649: 1 byte or
+/// more). The plaintext is worked on in the locked arena.
+pub fn key_wrap(kek: &[u8], key: &[u8], padded: bool) -> Result<Vec<u8>> {
+    crate::secure::confined(|| {
+        let aes = Aes::new(kek)?;
+        if !padded && (key.len() % 8 != 0 || key.len() < 16) {
+            return Err(Error::with(
+                CKR_KEY_SIZE_RANGE,
+                format!(
+                    "CKM_AES_KEY_WRAP wraps keys of a multiple of 8 bytes, at least 16 (this one has \
+                     {}); use CKM_AES_KEY_WRAP_KWP",
+                    key.len()
+                ),
+            ));
+        }
+        if key.is_empty() || key.len() > u32::MAX as usize {
+            return Err(Error::rv(CKR_KEY_SIZE_RANGE));
+        }
+        let mut a = KW_IV;
+        if padded {
+            a[..4].copy_from_slice(&KWP_AIV);
+            a[4..].copy_from_slice(&(key.len() as u32).to_be_bytes());
+        }
+        let mut r = arena(key.len().div_ceil(8) * 8)?;
+        r[..key.len()].copy_from_slice(key);
+        let mut out = Vec::with_capacity(8 + r.len());
+        if r.len() == 8 {
+            // RFC 5649 §4.1: a single block is encrypted directly.
+            let mut b = Block::default();
+            b[..8].copy_from_slice(&a);
+            b[8..].copy_from_slice(&r);
+            aes.encrypt(&mut b);
+            out.extend_from_slice(&b);
+            return Ok(out);
+        }
+        kw_forward(&aes, &mut a, &mut r);
+        out.extend_from_slice(&a);
+        out.extend_from_slice(&r);
+        Ok(out)
+    })
+}
+
+/// Unwraps into the locked arena; `CKR_WRAPPED_KEY_INVALID` when the
+/// integrity check fails (nothing is released), `CKR_WRAPPED_KEY_LEN_RANGE`
+/// for a length no wrapping produces.
+pub fn key_unwrap(kek: &[u8], wrapped: &[u8], padded: bool) -> Result<SecretBytes> {
+    crate::secure::confined(|| {
+        let aes = Aes::new(kek)?;
+        let min = if padded { 16 } else { 24 };
+        if wrapped.len() % 8 != 0 || wrapped.len() < min {
+            return Err(Error::rv(CKR_WRAPPED_KEY_LEN_RANGE));
+        }
+        let mut a = [0u8; 8];
+        let mut r = arena(wrapped.len() - 8)?;
+        if wrapped.len() == 16 {
+            let mut b = Block::default();
+            b.copy_from_slice(wrapped);
+            aes.decrypt(&mut b);
+            a.copy_from_slice(&b[..8]);
+            r.copy_from_slice(&b[8..]);
+            b.zeroize();
+        } else {
+            a.copy_from_slice(&wrapped[..8]);
+            r.copy_from_slice(&wrapped[8..]);
+            kw_backward(&aes, &mut a, &mut r);
+        }
+        let len = if padded {
+            let mli = u32::from_be_bytes([a[4], a[5], a[6], a[7]]) as usize;
+            let ok = a[..4] == KWP_AIV
+                && mli <= r.len()
+                && mli + 8 > r.len()
+                && r[mli..].iter().all(|&b| b == 0);
+            if !ok {
+                return Err(Error::rv(CKR_WRAPPED_KEY_INVALID));
+            }
+            mli
+        } else {
+            if !bool::from(a.ct_eq(&KW_IV)) {
+                return Err(Error::rv(CKR_WRAPPED_KEY_INVALID));
+            }
+            r.len()
+        };
+        r.truncate(len);
+        Ok(r)
+    })
 }
 
 /// The parameters of one `CKM_AES_GCM` operation.
@@ -107,49 +255,51 @@ fn lengths_block(a_bytes: usize, c_bytes: usize) -> ghash::Block {
 /// 16-byte tag over `aad` and the ciphertext (after encryption when
 /// `encrypting`, before decryption otherwise).
 fn gcm(key: &[u8], p: &GcmParams, data: &mut [u8], encrypting: bool) -> Result<[u8; 16]> {
-    let aes = Aes::new(key)?;
-    let mut h = Block::default();
-    aes.encrypt(&mut h);
-    let hash_key = ghash::Key::from_slice(&h);
-    let mut j0 = if p.iv.len() == 12 {
-        let mut j = block_of(&p.iv);
-        j[15] = 1;
-        j
-    } else {
-        let mut g = GHash::new(hash_key);
-        g.update_padded(&p.iv);
-        g.update(&[lengths_block(0, p.iv.len())]);
-        let out = g.finalize();
-        block_of(&out)
-    };
-    let mut auth = GHash::new(hash_key);
-    h.zeroize();
-    auth.update_padded(&p.aad);
-    if !encrypting {
-        auth.update_padded(data);
-    }
-    let mut counter = u32::from_be_bytes([j0[12], j0[13], j0[14], j0[15]]);
-    for chunk in data.chunks_mut(16) {
-        counter = counter.wrapping_add(1);
-        let mut ks = j0;
-        ks[12..].copy_from_slice(&counter.to_be_bytes());
-        aes.encrypt(&mut ks);
-        for (d, k) in chunk.iter_mut().zip(ks.iter()) {
-            *d ^= k;
+    crate::secure::confined(|| {
+        let aes = Aes::new(key)?;
+        let mut h = Block::default();
+        aes.encrypt(&mut h);
+        let hash_key = ghash::Key::from_slice(&h);
+        let mut j0 = if p.iv.len() == 12 {
+            let mut j = block_of(&p.iv);
+            j[15] = 1;
+            j
+        } else {
+            let mut g = GHash::new(hash_key);
+            g.update_padded(&p.iv);
+            g.update(&[lengths_block(0, p.iv.len())]);
+            let out = g.finalize();
+            block_of(&out)
+        };
+        let mut auth = GHash::new(hash_key);
+        h.zeroize();
+        auth.update_padded(&p.aad);
+        if !encrypting {
+            auth.update_padded(data);
         }
-        ks.zeroize();
-    }
-    if encrypting {
-        auth.update_padded(data);
-    }
-    auth.update(&[lengths_block(p.aad.len(), data.len())]);
-    let s = auth.finalize();
-    aes.encrypt(&mut j0);
-    let mut tag = [0u8; 16];
-    for (t, (a, b)) in tag.iter_mut().zip(j0.iter().zip(s.iter())) {
-        *t = a ^ b;
-    }
-    Ok(tag)
+        let mut counter = u32::from_be_bytes([j0[12], j0[13], j0[14], j0[15]]);
+        for chunk in data.chunks_mut(16) {
+            counter = counter.wrapping_add(1);
+            let mut ks = j0;
+            ks[12..].copy_from_slice(&counter.to_be_bytes());
+            aes.encrypt(&mut ks);
+            for (d, k) in chunk.iter_mut().zip(ks.iter()) {
+                *d ^= k;
+            }
+            ks.zeroize();
+        }
+        if encrypting {
+            auth.update_padded(data);
+        }
+        auth.update(&[lengths_block(p.aad.len(), data.len())]);
+        let s = auth.finalize();
+        aes.encrypt(&mut j0);
+        let mut tag = [0u8; 16];
+        for (t, (a, b)) in tag.iter_mut().zip(j0.iter().zip(s.iter())) {
+            *t = a ^ b;
+        }
+        Ok(tag)
+    })
 }
 
 /// AES-GCM encryption: ciphertext ‖ tag.
@@ -189,16 +339,18 @@ pub fn hmac_len(mech: CK_MECHANISM_TYPE) -> Option<usize> {
 
 /// HMAC of `data` under `key` with the mechanism's hash.
 pub fn hmac(mech: CK_MECHANISM_TYPE, key: &[u8], data: &[u8]) -> Result<Vec<u8>> {
-    fn run<M: Mac + KeyInit>(key: &[u8], data: &[u8]) -> Vec<u8> {
-        let mut m = <M as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
-        m.update(data);
-        m.finalize().into_bytes().to_vec()
-    }
-    Ok(match mech {
-        CKM_SHA256_HMAC => run::<Hmac<sha2::Sha256>>(key, data),
-        CKM_SHA384_HMAC => run::<Hmac<sha2::Sha384>>(key, data),
-        CKM_SHA512_HMAC => run::<Hmac<sha2::Sha512>>(key, data),
-        _ => return Err(Error::rv(CKR_MECHANISM_INVALID)),
+    crate::secure::confined(|| {
+        fn run<M: Mac + KeyInit>(key: &[u8], data: &[u8]) -> Vec<u8> {
+            let mut m = <M as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+            m.update(data);
+            m.finalize().into_bytes().to_vec()
+        }
+        Ok(match mech {
+            CKM_SHA256_HMAC => run::<Hmac<sha2::Sha256>>(key, data),
+            CKM_SHA384_HMAC => run::<Hmac<sha2::Sha384>>(key, data),
+            CKM_SHA512_HMAC => run::<Hmac<sha2::Sha512>>(key, data),
+            _ => return Err(Error::rv(CKR_MECHANISM_INVALID)),
+        })
     })
 }
 
@@ -217,16 +369,20 @@ pub fn hmac_verify(mech: CK_MECHANISM_TYPE, key: &[u8], data: &[u8], mac: &[u8])
 
 /// `CKA_CHECK_VALUE` of an AES key: the first 3 bytes of AES-ECB(key, 0^128).
 pub fn aes_check_value(key: &[u8]) -> Result<[u8; 3]> {
-    let mut b = Block::default();
-    Aes::new(key)?.encrypt(&mut b);
-    Ok([b[0], b[1], b[2]])
+    crate::secure::confined(|| {
+        let mut b = Block::default();
+        Aes::new(key)?.encrypt(&mut b);
+        Ok([b[0], b[1], b[2]])
+    })
 }
 
 /// `CKA_CHECK_VALUE` of a generic secret: the first 3 bytes of SHA-1(key).
 pub fn generic_check_value(key: &[u8]) -> [u8; 3] {
-    use sha1::Digest;
-    let d = sha1::Sha1::digest(key);
-    [d[0], d[1], d[2]]
+    crate::secure::confined(|| {
+        use sha1::Digest;
+        let d = sha1::Sha1::digest(key);
+        [d[0], d[1], d[2]]
+    })
 }
 
 #[cfg(test)]
@@ -389,6 +545,51 @@ mod tests {
                 CKR_SIGNATURE_LEN_RANGE
             );
         }
+    }
+
+    /// RFC 3394 §4.6 (256-bit key data, 256-bit KEK) and the two RFC 5649
+    /// §6 examples (20 and 7 bytes under a 192-bit KEK).
+    #[test]
+    fn key_wrap_matches_rfc_3394_and_5649() {
+        let kek: Vec<u8> = (0..32).collect();
+        let data = unhex("00112233445566778899aabbccddeeff000102030405060708090a0b0c0d0e0f");
+        let want = unhex(
+            "28c9f404c4b810f4cbccb35cfb87f8263f5786e2d80ed326cbc7f0e71a99f43bfb988b9b7a02dd21",
+        );
+        assert_eq!(key_wrap(&kek, &data, false).unwrap(), want);
+        assert_eq!(&key_unwrap(&kek, &want, false).unwrap()[..], &data[..]);
+        let kek = unhex("5840df6e29b02af1ab493b705bf16ea1ae8338f4dcc176a8");
+        for (data, want) in [
+            (
+                "c37b7e6492584340bed12207808941155068f738",
+                "138bdeaa9b8fa7fc61f97742e72248ee5ae6ae5360d1ae6a5f54f373fa543b6a",
+            ),
+            ("466f7250617369", "afbeb0f07dfbf5419200f2ccb50bb24f"),
+        ] {
+            let (data, want) = (unhex(data), unhex(want));
+            assert_eq!(key_wrap(&kek, &data, true).unwrap(), want);
+            assert_eq!(&key_unwrap(&kek, &want, true).unwrap()[..], &data[..]);
+            let mut bad = want.clone();
+            bad[3] ^= 1;
+            assert_eq!(
+                key_unwrap(&kek, &bad, true).unwrap_err().rv,
+                CKR_WRAPPED_KEY_INVALID
+            );
+        }
+        let mut bad = key_wrap(&[1; 16], &[2; 24], false).unwrap();
+        bad[10] ^= 1;
+        assert_eq!(
+            key_unwrap(&[1; 16], &bad, false).unwrap_err().rv,
+            CKR_WRAPPED_KEY_INVALID
+        );
+        assert_eq!(
+            key_wrap(&[1; 16], &[2; 20], false).unwrap_err().rv,
+            CKR_KEY_SIZE_RANGE
+        );
+        assert_eq!(
+            key_unwrap(&[1; 16], &[0; 20], false).unwrap_err().rv,
+            CKR_WRAPPED_KEY_LEN_RANGE
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Where secrets live in memory (issue 5): the test scans the whole memory of
 //! its own process (`/proc/self/maps` + `/proc/self/mem`), with the provider
 //! and SoftHSM loaded in it, for a derived scalar, the PRF output it came
-//! from, the audit key and the backing PIN.
+//! from, the audit key and the backing PIN. "Locked memory" is the arena
+//! (told apart by its configured size) and the secret stacks computations
+//! on keys run on; both must be locked in full, `dd`, and guarded.
 //!
 //! The test must not hold those secrets itself, or it would find its own
 //! copies. So the root and the PIN are generated at run time by a Python
@@ -205,22 +207,33 @@ fn has_flag(m: &Mapping, flag: &str) -> bool {
     m.flags.split_whitespace().any(|f| f == flag)
 }
 
-/// The provider's arena: the one mapping of the configured size, which must
-/// be locked in full, excluded from dumps and fenced by inaccessible pages.
-fn arena() -> Range<usize> {
-    let maps = mappings();
-    let sized: Vec<usize> = (0..maps.len())
-        .filter(|&i| maps[i].range.len() == ARENA_KIB * 1024 && has_flag(&maps[i], "dd"))
-        .collect();
-    assert_eq!(sized.len(), 1, "one {ARENA_KIB} KiB non-dumpable mapping");
-    let i = sized[0];
+/// Locked memory for secrets: the arena, and the secret stacks that
+/// computations on keys run on.
+struct Locked {
+    arena: Range<usize>,
+    stacks: Vec<Range<usize>>,
+}
+
+impl Locked {
+    fn contains(&self, a: &usize) -> bool {
+        self.arena.contains(a) || self.stacks.iter().any(|s| s.contains(a))
+    }
+}
+
+/// A mapping of `kib` KiB, excluded from dumps, locked in full, with an
+/// inaccessible guard page below it (and above it, when `both_sides`).
+fn guarded(maps: &[Mapping], i: usize, both_sides: bool) {
     let m = &maps[i];
-    assert!(has_flag(m, "lo"), "arena not locked: {}", m.flags);
-    assert_eq!(m.locked_kib, ARENA_KIB, "arena not locked in full");
-    for guard in [&maps[i - 1], &maps[i + 1]] {
+    assert!(has_flag(m, "lo"), "not locked: {}", m.flags);
+    assert_eq!(m.locked_kib * 1024, m.range.len(), "not locked in full");
+    let mut neighbours = vec![&maps[i - 1]];
+    if both_sides {
+        neighbours.push(&maps[i + 1]);
+    }
+    for guard in neighbours {
         assert!(
             guard.range.end == m.range.start || guard.range.start == m.range.end,
-            "arena without an adjacent guard page"
+            "no adjacent guard page"
         );
         assert!(
             !has_flag(guard, "rd") && !has_flag(guard, "wr"),
@@ -228,7 +241,35 @@ fn arena() -> Range<usize> {
             guard.flags
         );
     }
-    m.range.clone()
+}
+
+/// The provider's arena (the one mapping of the configured size) and its
+/// secret stacks (of both depths), all locked, non-dumpable and guarded.
+fn locked() -> Locked {
+    let maps = mappings();
+    let sized = |kib: usize| -> Vec<usize> {
+        (0..maps.len())
+            .filter(|&i| maps[i].range.len() == kib * 1024 && has_flag(&maps[i], "dd"))
+            .collect()
+    };
+    let arena = sized(ARENA_KIB);
+    assert_eq!(arena.len(), 1, "one {ARENA_KIB} KiB non-dumpable mapping");
+    guarded(&maps, arena[0], true);
+    use p11derive::secure::Depth;
+    let small = sized(Depth::Small.kib());
+    let deep = sized(Depth::Deep.kib());
+    assert!(
+        small.len() >= 2 && deep.len() >= 2,
+        "the secret stacks mapped at C_Initialize"
+    );
+    let stacks: Vec<usize> = small.into_iter().chain(deep).collect();
+    for &i in &stacks {
+        guarded(&maps, i, false);
+    }
+    Locked {
+        arena: maps[arena[0]].range.clone(),
+        stacks: stacks.iter().map(|&i| maps[i].range.clone()).collect(),
+    }
 }
 
 /// Where each needle occurs in this process's memory (every mapping, any
@@ -284,9 +325,29 @@ fn scan(needles: &[Needle], mask: &[u8]) -> Vec<Hits> {
     hits
 }
 
-fn outside<'a>(hits: &'a [Hits], name: &str, arena: &Range<usize>) -> Vec<&'a usize> {
+/// The /proc/self/maps lines of the mappings holding `addrs`, for messages.
+fn where_(addrs: &[&usize]) -> String {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let mut out = String::new();
+    for line in maps.lines() {
+        let Some((a, b)) = line.split_once(' ').and_then(|(r, _)| r.split_once('-')) else {
+            continue;
+        };
+        let (a, b) = (
+            usize::from_str_radix(a, 16).unwrap(),
+            usize::from_str_radix(b, 16).unwrap(),
+        );
+        if addrs.iter().any(|&&x| (a..b).contains(&x)) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn outside<'a>(hits: &'a [Hits], name: &str, locked: &Locked) -> Vec<&'a usize> {
     let h = hits.iter().find(|h| h.name == name).unwrap();
-    h.at.iter().filter(|a| !arena.contains(a)).collect()
+    h.at.iter().filter(|a| !locked.contains(a)).collect()
 }
 
 fn count(hits: &[Hits], name: &str) -> usize {
@@ -348,15 +409,18 @@ fn life(dir: &Path, config: &Path, ttl: u64, needles: &[Needle], mask: &[u8]) {
     while signed.load(Ordering::SeqCst) < 10 {
         std::thread::yield_now();
     }
-    let arena = arena();
+    let arena = locked();
     for round in 0..2 {
         let hits = scan(needles, mask);
         for name in ["scalar", "prf-output", "audit-key", "pin"] {
             assert!(
                 outside(&hits, name, &arena).is_empty(),
-                "ttl {ttl}, round {round}: the {name} found outside the arena at {:x?} \
-                 (arena {arena:x?})",
-                outside(&hits, name, &arena)
+                "ttl {ttl}, round {round}: the {name} found outside locked memory at {:x?} \
+                 (arena {:x?}, stacks {:x?}), in\n{}",
+                outside(&hits, name, &arena),
+                arena.arena,
+                arena.stacks,
+                where_(&outside(&hits, name, &arena))
             );
         }
         if ttl > 0 {

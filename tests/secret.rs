@@ -1118,3 +1118,170 @@ fn session_key_refusals_name_the_problem() {
         RvError::UserNotLoggedIn
     );
 }
+
+// ---- key wrapping ---------------------------------------------------------------
+
+/// C_WrapKey with CKM_AES_KEY_WRAP_KWP (cryptoki has no name for it).
+fn wrap_kwp(session: &Session, kek: ObjectHandle, key: ObjectHandle) -> Result<Vec<u8>, CK_RV> {
+    let r = raw();
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_AES_KEY_WRAP_KWP,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let (h, kek, key) = (session.handle(), kek.handle(), key.handle());
+    let mut len: CK_ULONG = 0;
+    let rv = call!(
+        r,
+        C_WrapKey(h, &mut mech, kek, key, ptr::null_mut(), &mut len)
+    );
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    let mut out = vec![0u8; len as usize];
+    let rv = call!(
+        r,
+        C_WrapKey(h, &mut mech, kek, key, out.as_mut_ptr(), &mut len)
+    );
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    out.truncate(len as usize);
+    Ok(out)
+}
+
+fn extractable(session: &Session, kt: KeyType, value: &[u8]) -> ObjectHandle {
+    session
+        .create_object(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(kt),
+            Attribute::Value(value.to_vec()),
+            Attribute::Extractable(true),
+        ])
+        .unwrap()
+}
+
+#[test]
+fn key_wrap_matches_the_rfcs_and_follows_rotation() {
+    let _turn = turn();
+    let s = setup(None);
+    let p = s.load();
+    let session = p.user_session();
+
+    // RFC 3394 §4.6 and RFC 5649 §6 through session keys.
+    let kek = create(
+        &session,
+        KeyType::AES,
+        &(0..32).collect::<Vec<u8>>(),
+        "kek-3394",
+    );
+    let key = extractable(
+        &session,
+        KeyType::AES,
+        &unhex("00112233445566778899aabbccddeeff000102030405060708090a0b0c0d0e0f"),
+    );
+    assert_eq!(
+        hex(&session.wrap_key(&Mechanism::AesKeyWrap, kek, key).unwrap()),
+        "28c9f404c4b810f4cbccb35cfb87f8263f5786e2d80ed326cbc7f0e71a99f43bfb988b9b7a02dd21"
+    );
+    let kek = create(
+        &session,
+        KeyType::AES,
+        &unhex("5840df6e29b02af1ab493b705bf16ea1ae8338f4dcc176a8"),
+        "kek-5649",
+    );
+    let key = extractable(
+        &session,
+        KeyType::GENERIC_SECRET,
+        &unhex("c37b7e6492584340bed12207808941155068f738"),
+    );
+    assert_eq!(
+        hex(&wrap_kwp(&session, kek, key).unwrap()),
+        "138bdeaa9b8fa7fc61f97742e72248ee5ae6ae5360d1ae6a5f54f373fa543b6a"
+    );
+
+    // A derived AES asset wraps a session key and unwraps it back, also
+    // after a rotation through the alias and the old version object.
+    let asset = generate(&session, "kek", false);
+    let data_key = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[Attribute::ValueLen(32.into()), Attribute::Extractable(true)],
+        )
+        .unwrap();
+    let wrapped = session
+        .wrap_key(&Mechanism::AesKeyWrap, asset, data_key)
+        .unwrap();
+    assert_eq!(wrapped.len(), 40);
+    let template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Label(b"unwrapped".to_vec()),
+    ];
+    let out = cli(&s, &["asset", "rotate", "kek"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v1 = find_one(&session, "kek@v1", ObjectClass::SECRET_KEY).unwrap();
+    for through in [asset, v1] {
+        let back = session
+            .unwrap_key(&Mechanism::AesKeyWrap, through, &wrapped, &template)
+            .unwrap();
+        assert_eq!(check_value(&session, back), check_value(&session, data_key));
+        let mut iv = [1u8; 12];
+        let sealed = session
+            .encrypt(&gcm(&mut iv, &[], 128), data_key, b"x")
+            .unwrap();
+        assert_eq!(
+            session
+                .decrypt(&gcm(&mut iv, &[], 128), back, &sealed)
+                .unwrap(),
+            b"x"
+        );
+    }
+    // The old version no longer wraps; the new one does, and v1 cannot open it.
+    assert_eq!(
+        rv_of(session.wrap_key(&Mechanism::AesKeyWrap, v1, data_key)),
+        RvError::KeyFunctionNotPermitted
+    );
+    let wrapped2 = session
+        .wrap_key(&Mechanism::AesKeyWrap, asset, data_key)
+        .unwrap();
+    assert_eq!(
+        rv_of(session.unwrap_key(&Mechanism::AesKeyWrap, v1, &wrapped2, &template)),
+        RvError::WrappedKeyInvalid
+    );
+
+    // Refusals.
+    let hmac_asset = generate(&session, "not-a-kek", true);
+    assert_eq!(
+        rv_of(session.wrap_key(&Mechanism::AesKeyWrap, asset, asset)),
+        RvError::KeyUnextractable,
+        "derived keys never leave"
+    );
+    let fixed = create(&session, KeyType::AES, &[7; 16], "fixed");
+    assert_eq!(
+        rv_of(session.wrap_key(&Mechanism::AesKeyWrap, asset, fixed)),
+        RvError::KeyUnextractable
+    );
+    assert_eq!(
+        rv_of(session.wrap_key(&Mechanism::AesKeyWrap, hmac_asset, data_key)),
+        RvError::WrappingKeyTypeInconsistent
+    );
+    let mut bad = wrapped2.clone();
+    bad[9] ^= 1;
+    assert_eq!(
+        rv_of(session.unwrap_key(&Mechanism::AesKeyWrap, asset, &bad, &template)),
+        RvError::WrappedKeyInvalid
+    );
+    assert_eq!(
+        rv_of(session.unwrap_key(&Mechanism::AesKeyWrap, asset, &bad[..20], &template)),
+        RvError::WrappedKeyLenRange
+    );
+    let out = cli(&s, &["audit", "export", "--asset", "kek"]);
+    let log = String::from_utf8_lossy(&out.stdout);
+    assert!(log.contains("C_WrapKey of session key"), "{log}");
+    assert!(log.contains("C_UnwrapKey into session key"), "{log}");
+}

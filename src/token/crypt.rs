@@ -31,6 +31,15 @@ pub(super) struct CryptOp {
     audit: OpAudit,
 }
 
+/// The AES keys an operation may use, and whose they are.
+struct AesKeys {
+    /// `None`: a session key.
+    asset: Option<i64>,
+    keys: VersionKeys,
+    /// The asset id, or the session key's description.
+    name: String,
+}
+
 /// The mechanism must be one the object's key type supports.
 pub(super) fn check_key_type(view: &View, mech: CK_MECHANISM_TYPE) -> Result<()> {
     if objects::mechanisms_of(view.asset.key_type).contains(&mech) {
@@ -147,6 +156,78 @@ impl Provider {
 
     // ---- encryption and decryption ------------------------------------------
 
+    /// The AES key(s) behind `key` for `mech`: a session key (its use
+    /// allowed by its attributes), or a derived asset object whose version
+    /// may encrypt (`producing`: encrypt, wrap) or decrypt (unwrap): one key
+    /// to produce with; every key the object may open with, newest first.
+    /// A refusal by the asset's state is audited.
+    fn aes_keys(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: CK_MECHANISM_TYPE,
+        key: CK_OBJECT_HANDLE,
+        producing: bool,
+        epoch: u64,
+    ) -> Result<AesKeys> {
+        let what = match (mech, producing) {
+            (CKM_AES_GCM, true) => "encrypt",
+            (CKM_AES_GCM, false) => "decrypt",
+            (_, true) => "wrap",
+            (_, false) => "unwrap",
+        };
+        if let Some(obj) = self.session_object(key) {
+            let allowed = match what {
+                "encrypt" => obj.encrypt,
+                "decrypt" => obj.decrypt,
+                "wrap" => obj.wrap,
+                _ => obj.unwrap,
+            };
+            self.session_key_use(&obj, mech, Class::Secret, allowed, what)?;
+            return Ok(AesKeys {
+                asset: None,
+                keys: vec![(0, obj.key_ref()?)],
+                name: obj.name(),
+            });
+        }
+        let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
+        let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+        check_key_type(&view, mech)?;
+        let allowed = if producing {
+            view.may_sign()
+        } else {
+            view.may_verify()
+        };
+        if !allowed {
+            self.prune_keys(&asset);
+            let why = format!(
+                "object {:?} may not {what} (asset state {}, current version {})",
+                view.label(),
+                asset.state.name(),
+                asset.current
+            );
+            let mut rec = Record::new(Event::Refused, CKR_KEY_FUNCTION_NOT_PERMITTED)
+                .asset(asset.id.as_str(), Some(view.version))
+                .session(h)
+                .detail(format!("{what} refused: {why}"));
+            rec.mechanism = Some(mech);
+            self.audit(rec)?;
+            return Err(Error::with(CKR_KEY_FUNCTION_NOT_PERMITTED, why));
+        }
+        let keys = if producing {
+            if !self.still_logged_in(epoch) {
+                return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
+            }
+            vec![(view.version, KeyRef::Derived(self.asset_key(&view, epoch)?))]
+        } else {
+            self.opening_keys(&view, epoch)?
+        };
+        Ok(AesKeys {
+            asset: Some(asset.rowid),
+            keys,
+            name: asset.id.to_string(),
+        })
+    }
+
     fn crypt_init(
         &self,
         h: CK_SESSION_HANDLE,
@@ -173,61 +254,15 @@ impl Provider {
             .clone()
             .ok_or(Error::rv(CKR_MECHANISM_PARAM_INVALID))?;
         let epoch = self.login_epoch.load(Ordering::SeqCst);
-        let what = if encrypting { "encrypt" } else { "decrypt" };
-        if let Some(obj) = self.session_object(key) {
-            let allowed = if encrypting { obj.encrypt } else { obj.decrypt };
-            self.session_key_use(&obj, mech.ty, Class::Secret, allowed, what)?;
-            let op = CryptOp {
-                epoch,
-                asset: None,
-                keys: vec![(0, obj.key_ref()?)],
-                params,
-                data: Zeroizing::new(Vec::new()),
-                multi: false,
-                audit: OpAudit::new(h, obj.name(), true, mech.ty),
-            };
-            return self.start_crypt(&session, op, encrypting);
-        }
-        let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
-        let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
-        check_key_type(&view, mech.ty)?;
-        let allowed = if encrypting {
-            view.may_sign()
-        } else {
-            view.may_verify()
-        };
-        if !allowed {
-            self.prune_keys(&asset);
-            let why = format!(
-                "object {:?} may not {what} (asset state {}, current version {})",
-                view.label(),
-                asset.state.name(),
-                asset.current
-            );
-            let mut rec = Record::new(Event::Refused, CKR_KEY_FUNCTION_NOT_PERMITTED)
-                .asset(asset.id.as_str(), Some(view.version))
-                .session(h)
-                .detail(format!("{what} refused: {why}"));
-            rec.mechanism = Some(mech.ty);
-            self.audit(rec)?;
-            return Err(Error::with(CKR_KEY_FUNCTION_NOT_PERMITTED, why));
-        }
-        let keys = if encrypting {
-            if !self.still_logged_in(epoch) {
-                return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
-            }
-            vec![(view.version, KeyRef::Derived(self.asset_key(&view, epoch)?))]
-        } else {
-            self.opening_keys(&view, epoch)?
-        };
+        let k = self.aes_keys(h, mech.ty, key, encrypting, epoch)?;
         let op = CryptOp {
             epoch,
-            asset: Some(asset.rowid),
-            keys,
+            asset: k.asset,
+            keys: k.keys,
             params,
             data: Zeroizing::new(Vec::new()),
             multi: false,
-            audit: OpAudit::new(h, asset.id.to_string(), false, mech.ty),
+            audit: OpAudit::new(h, k.name, k.asset.is_none(), mech.ty),
         };
         self.start_crypt(&session, op, encrypting)
     }
@@ -475,6 +510,198 @@ impl Provider {
     pub fn decrypt_final(&self, h: CK_SESSION_HANDLE, out: Option<&mut [u8]>) -> Result<usize> {
         self.crypt_finish(h, &[], out, false, false)
     }
+}
+
+impl Provider {
+    // ---- key wrapping -------------------------------------------------------
+
+    fn wrap_mechanism(mech: &Mechanism) -> Result<bool> {
+        let padded = match mech.ty {
+            CKM_AES_KEY_WRAP => false,
+            CKM_AES_KEY_WRAP_KWP => true,
+            _ => return Err(Error::rv(CKR_MECHANISM_INVALID)),
+        };
+        if !mech.param.is_empty() {
+            return Err(Error::with(
+                CKR_MECHANISM_PARAM_INVALID,
+                format!(
+                    "{}: only the default initial value is supported (no parameter)",
+                    crate::error::mech_name(mech.ty)
+                ),
+            ));
+        }
+        Ok(padded)
+    }
+
+    /// `C_WrapKey` (`CKM_AES_KEY_WRAP`, `CKM_AES_KEY_WRAP_KWP`): wraps an
+    /// extractable session secret key under an AES key (a derived asset
+    /// version that may encrypt, or a session key allowed to wrap). Derived
+    /// keys are never extractable. `out` `None` asks for the length.
+    pub fn wrap_key(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &Mechanism,
+        wrapping: CK_OBJECT_HANDLE,
+        key: CK_OBJECT_HANDLE,
+        out: Option<&mut [u8]>,
+    ) -> Result<usize> {
+        self.session(h)?;
+        let padded = Self::wrap_mechanism(mech)?;
+        let target = match self.session_object(key) {
+            Some(obj) => obj,
+            None => {
+                self.object(key, CKR_KEY_HANDLE_INVALID)?;
+                return Err(Error::with(
+                    CKR_KEY_UNEXTRACTABLE,
+                    "derived keys never leave p11derive (CKA_EXTRACTABLE is false)",
+                ));
+            }
+        };
+        if target.class != Class::Secret {
+            return Err(Error::rv(CKR_KEY_NOT_WRAPPABLE));
+        }
+        if !target.extractable {
+            return Err(Error::with(
+                CKR_KEY_UNEXTRACTABLE,
+                format!(
+                    "{} is not extractable (CKA_EXTRACTABLE false)",
+                    target.name()
+                ),
+            ));
+        }
+        let secret = target.key_ref()?;
+        let len = secret.bytes().len();
+        let wrapped_len = if padded {
+            len.div_ceil(8) * 8 + 8
+        } else {
+            len + 8
+        };
+        let Some(out) = out else {
+            return Ok(wrapped_len);
+        };
+        if out.len() < wrapped_len {
+            return Err(Error::rv(CKR_BUFFER_TOO_SMALL));
+        }
+        let epoch = self.login_epoch.load(Ordering::SeqCst);
+        let k = self
+            .aes_keys(h, mech.ty, wrapping, true, epoch)
+            .map_err(|e| wrapping_error(e, true))?;
+        let (version, kek) = &k.keys[0];
+        let wrapped = symmetric::key_wrap(kek.bytes(), secret.bytes(), padded)?;
+        let rec = OpAudit::new(h, k.name, k.asset.is_none(), mech.ty)
+            .record(Event::Encrypt, CKR_OK, Some(*version))
+            .detail(format!("C_WrapKey of {}", target.name()));
+        self.confirm(k.asset, *version, Use::Produce, rec)?;
+        out[..wrapped.len()].copy_from_slice(&wrapped);
+        Ok(wrapped.len())
+    }
+
+    /// `C_UnwrapKey`: unwraps under an AES key (a derived asset object opens
+    /// with every version it may decrypt with, newest first, as decryption
+    /// does) into a new session secret key described by `template`.
+    pub fn unwrap_key(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &Mechanism,
+        unwrapping: CK_OBJECT_HANDLE,
+        wrapped: &[u8],
+        template: &[TemplateAttr],
+    ) -> Result<CK_OBJECT_HANDLE> {
+        self.session(h)?;
+        let padded = Self::wrap_mechanism(mech)?;
+        let what = "C_UnwrapKey";
+        if find(template, CKA_CLASS).and_then(ulong) != Some(CKO_SECRET_KEY) {
+            return Err(Error::with(
+                CKR_TEMPLATE_INCONSISTENT,
+                format!("{what}: the template must make a secret key (CKA_CLASS CKO_SECRET_KEY)"),
+            ));
+        }
+        let kind = match find(template, CKA_KEY_TYPE).and_then(ulong) {
+            Some(CKK_AES) => session::Kind::Aes,
+            Some(CKK_GENERIC_SECRET | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC) => {
+                session::Kind::Generic
+            }
+            _ => {
+                return Err(Error::with(
+                    CKR_TEMPLATE_INCOMPLETE,
+                    format!("{what}: CKA_KEY_TYPE must be CKK_AES or CKK_GENERIC_SECRET"),
+                ))
+            }
+        };
+        let w = session::wish(template, Class::Secret, kind, what)?;
+        self.may_make(h, w.private)?;
+        let epoch = self.login_epoch.load(Ordering::SeqCst);
+        let k = self
+            .aes_keys(h, mech.ty, unwrapping, false, epoch)
+            .map_err(|e| wrapping_error(e, false))?;
+        let audit = OpAudit::new(h, k.name.clone(), k.asset.is_none(), mech.ty);
+        let mut audit = audit;
+        audit.input.update(wrapped);
+        let mut key = None;
+        let opened = match k.asset {
+            Some(rowid) => {
+                let asset = self
+                    .store
+                    .fresh_state(rowid)
+                    .map_err(store_error)?
+                    .ok_or(Error::rv(CKR_UNWRAPPING_KEY_HANDLE_INVALID))?;
+                self.open_with(&asset, &k.keys, |kek| {
+                    key = Some(symmetric::key_unwrap(kek.bytes(), wrapped, padded).map_err(
+                        |e| match e.rv {
+                            CKR_WRAPPED_KEY_INVALID => Error::rv(CKR_ENCRYPTED_DATA_INVALID),
+                            _ => e,
+                        },
+                    )?);
+                    Ok(())
+                })
+                .map_err(|e| match e.rv {
+                    CKR_ENCRYPTED_DATA_INVALID => Error::rv(CKR_WRAPPED_KEY_INVALID),
+                    _ => e,
+                })
+            }
+            None => symmetric::key_unwrap(k.keys[0].1.bytes(), wrapped, padded).map(|s| {
+                key = Some(s);
+                0
+            }),
+        };
+        let version = match opened {
+            Ok(v) => v,
+            Err(e) => {
+                self.audit(
+                    audit
+                        .record(Event::Decrypt, e.rv, None)
+                        .detail("C_UnwrapKey failed"),
+                )?;
+                return Err(e);
+            }
+        };
+        let key = key.ok_or(Error::rv(CKR_GENERAL_ERROR))?;
+        session::check_len(kind, key.len(), what)?;
+        if w.value_len.is_some_and(|n| n != key.len()) {
+            return Err(Error::with(
+                CKR_TEMPLATE_INCONSISTENT,
+                format!("{what}: CKA_VALUE_LEN differs from the unwrapped key's length"),
+            ));
+        }
+        let obj = Self::secret_object(h, kind, key, w, false)?;
+        let rec = audit
+            .record(Event::Decrypt, CKR_OK, Some(version))
+            .detail(format!("C_UnwrapKey into {}", obj.name()));
+        self.confirm(k.asset, version, Use::Open, rec)?;
+        Ok(self.insert(obj))
+    }
+}
+
+/// The wrapping key's own problems get the wrapping-key codes.
+fn wrapping_error(e: Error, wrapping: bool) -> Error {
+    let rv = match (e.rv, wrapping) {
+        (CKR_KEY_HANDLE_INVALID, true) => CKR_WRAPPING_KEY_HANDLE_INVALID,
+        (CKR_KEY_HANDLE_INVALID, false) => CKR_UNWRAPPING_KEY_HANDLE_INVALID,
+        (CKR_KEY_TYPE_INCONSISTENT, true) => CKR_WRAPPING_KEY_TYPE_INCONSISTENT,
+        (CKR_KEY_TYPE_INCONSISTENT, false) => CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT,
+        (rv, _) => rv,
+    };
+    Error { rv, ..e }
 }
 
 /// What a `C_GenerateKey` template asks for.

@@ -46,6 +46,8 @@ pub(super) struct SessionObject {
     pub decrypt: bool,
     pub sign: bool,
     pub verify: bool,
+    pub wrap: bool,
+    pub unwrap: bool,
     /// Made by the token (`C_GenerateKey*`), not given (`C_CreateObject`).
     pub local: bool,
     /// `CKA_CHECK_VALUE` of a secret key.
@@ -151,8 +153,10 @@ impl SessionObject {
             CKA_DECRYPT if !public => b(self.decrypt),
             CKA_SIGN if !public => b(self.sign),
             CKA_VERIFY if !private => b(self.verify),
-            CKA_WRAP | CKA_TRUSTED if !private => b(false),
-            CKA_UNWRAP | CKA_WRAP_WITH_TRUSTED if !public => b(false),
+            CKA_WRAP if !private => b(self.wrap),
+            CKA_UNWRAP if !public => b(self.unwrap),
+            CKA_TRUSTED if !private => b(false),
+            CKA_WRAP_WITH_TRUSTED if !public => b(false),
             CKA_SIGN_RECOVER | CKA_ALWAYS_AUTHENTICATE if private => b(false),
             CKA_VERIFY_RECOVER if public => b(false),
             CKA_SUBJECT if ec => Some(Value::Bytes(Vec::new())),
@@ -181,16 +185,18 @@ impl SessionObject {
 }
 
 /// What a session key's template asks for, beyond its kind.
-struct Wish {
+pub(super) struct Wish {
     label: Vec<u8>,
     id: Vec<u8>,
-    private: bool,
+    pub private: bool,
     extractable: bool,
     encrypt: bool,
     decrypt: bool,
     sign: bool,
     verify: bool,
-    value_len: Option<usize>,
+    wrap: bool,
+    unwrap: bool,
+    pub value_len: Option<usize>,
 }
 
 fn flag(t: &[TemplateAttr], ty: CK_ATTRIBUTE_TYPE, default: bool) -> bool {
@@ -202,7 +208,7 @@ fn flag(t: &[TemplateAttr], ty: CK_ATTRIBUTE_TYPE, default: bool) -> bool {
 /// assets: `CKA_TOKEN=true` through `C_GenerateKey*` only), a key that is
 /// not sensitive (session keys stay in locked memory, never revealed),
 /// another class or key type, unknown attributes.
-fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> Result<Wish> {
+pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> Result<Wish> {
     let inconsistent = |why: String| {
         Err(Error::with(
             CKR_TEMPLATE_INCONSISTENT,
@@ -260,7 +266,7 @@ fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> Result<Wish
         }
     }
     let uses_default = |ty| match (kind, ty) {
-        (Kind::Aes, CKA_ENCRYPT | CKA_DECRYPT) => true,
+        (Kind::Aes, CKA_ENCRYPT | CKA_DECRYPT | CKA_WRAP | CKA_UNWRAP) => true,
         (Kind::Generic, CKA_SIGN | CKA_VERIFY) => true,
         (Kind::Ec(_), CKA_SIGN) => class == Class::Private,
         (Kind::Ec(_), CKA_VERIFY) => class == Class::Public,
@@ -275,11 +281,13 @@ fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> Result<Wish
         decrypt: flag(t, CKA_DECRYPT, uses_default(CKA_DECRYPT)),
         sign: flag(t, CKA_SIGN, uses_default(CKA_SIGN)),
         verify: flag(t, CKA_VERIFY, uses_default(CKA_VERIFY)),
+        wrap: flag(t, CKA_WRAP, uses_default(CKA_WRAP)),
+        unwrap: flag(t, CKA_UNWRAP, uses_default(CKA_UNWRAP)),
         value_len: find(t, CKA_VALUE_LEN).and_then(ulong).map(|n| n as usize),
     };
     // The uses a key of this kind can have.
     let can = |ty| match kind {
-        Kind::Aes => matches!(ty, CKA_ENCRYPT | CKA_DECRYPT),
+        Kind::Aes => matches!(ty, CKA_ENCRYPT | CKA_DECRYPT | CKA_WRAP | CKA_UNWRAP),
         Kind::Generic => matches!(ty, CKA_SIGN | CKA_VERIFY),
         Kind::Ec(_) => {
             ty == if class == Class::Private {
@@ -294,6 +302,8 @@ fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> Result<Wish
         (CKA_DECRYPT, w.decrypt),
         (CKA_SIGN, w.sign),
         (CKA_VERIFY, w.verify),
+        (CKA_WRAP, w.wrap),
+        (CKA_UNWRAP, w.unwrap),
     ] {
         if on && !can(ty) {
             return inconsistent(format!(
@@ -306,7 +316,7 @@ fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> Result<Wish
 }
 
 /// A valid AES key length, or a generic secret of 1 to MAX_SECRET bytes.
-fn check_len(kind: Kind, len: usize, what: &str) -> Result<()> {
+pub(super) fn check_len(kind: Kind, len: usize, what: &str) -> Result<()> {
     let ok = match kind {
         Kind::Aes => matches!(len, 16 | 24 | 32),
         _ => (1..=MAX_SECRET).contains(&len),
@@ -418,7 +428,7 @@ impl Provider {
         Ok(())
     }
 
-    fn insert(&self, obj: SessionObject) -> CK_OBJECT_HANDLE {
+    pub(super) fn insert(&self, obj: SessionObject) -> CK_OBJECT_HANDLE {
         let h = self.next_object();
         self.session_objects
             .write()
@@ -428,7 +438,7 @@ impl Provider {
     }
 
     /// Private and secret session keys need a user login to be made.
-    fn may_make(&self, h: CK_SESSION_HANDLE, private: bool) -> Result<()> {
+    pub(super) fn may_make(&self, h: CK_SESSION_HANDLE, private: bool) -> Result<()> {
         self.session(h)?;
         if private && self.login_state() != Login::User {
             return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
@@ -436,7 +446,7 @@ impl Provider {
         Ok(())
     }
 
-    fn secret_object(
+    pub(super) fn secret_object(
         h: CK_SESSION_HANDLE,
         kind: Kind,
         key: SecretBytes,
@@ -461,6 +471,8 @@ impl Provider {
             decrypt: w.decrypt,
             sign: w.sign,
             verify: w.verify,
+            wrap: w.wrap,
+            unwrap: w.unwrap,
             local,
             check,
         })
@@ -607,6 +619,8 @@ impl Provider {
             decrypt: false,
             sign: w.sign,
             verify: w.verify,
+            wrap: false,
+            unwrap: false,
             local: true,
             check: None,
         };
