@@ -1,121 +1,353 @@
 #!/usr/bin/env bash
-# Conformance: programs no one here wrote (OpenSC pkcs11-tool, OpenSSL) against
-# the built provider, with SoftHSM as the backing HSM. One PASS/FAIL line per
-# check, then the tally; exits non-zero when any check fails.
+# Conformance: programs no one here wrote (OpenSC pkcs11-tool, OpenSSL with
+# libp11, p11-kit, GnuTLS p11tool, Java SunPKCS11) against the built provider,
+# with SoftHSM as the backing HSM. One PASS/FAIL/SKIP line per check, then the
+# tally; writes conformance/REPORT.md (client x operation x key type) from the
+# results of this run; exits non-zero when any check fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --quiet || { echo "FAIL build"; echo "0 passed, 1 failed"; exit 1; }
 export P11DERIVE_BIN="$PWD/target/release/p11derive"
 MODULE="$PWD/target/release/libp11derive.so"
+REPORT="$PWD/conformance/REPORT.md"
 # shellcheck source=tools/softhsm-env.sh
 source tools/softhsm-env.sh >/dev/null
-trap 'rm -rf "$P11DERIVE_WORK"' EXIT
+P11KIT_MODULE=/etc/pkcs11/modules/p11derive-conformance.module
+cleanup() { rm -rf "$P11DERIVE_WORK"; rm -f "$P11KIT_MODULE"; }
+trap cleanup EXIT
 W=$P11DERIVE_WORK
 PIN=$P11DERIVE_PIN
+ROWS="$W/rows.tsv"
+: > "$ROWS"
 
 passed=0
 failed=0
-pass() { echo "PASS $1"; passed=$((passed + 1)); }
-fail() { echo "FAIL $1"; [ -n "${2:-}" ] && sed 's/^/     | /' "$2" | tail -n 8; failed=$((failed + 1)); }
-# check NAME COMMAND...: passes when the command succeeds.
-check() { local name=$1; shift; if "$@" >"$W/out" 2>&1; then pass "$name"; else fail "$name" "$W/out"; fi; }
-# refuse NAME PATTERN COMMAND...: passes when the command fails and prints PATTERN.
-refuse() {
-    local name=$1 pattern=$2; shift 2
-    if "$@" >"$W/out" 2>&1; then fail "$name (unexpectedly succeeded)" "$W/out";
-    elif grep -q -- "$pattern" "$W/out"; then pass "$name";
-    else fail "$name (no '$pattern')" "$W/out"; fi
+skipped=0
+# Every check names its client, its operation and its key type ("-" when
+# none applies); REPORT.md is built from these rows.
+row() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >> "$ROWS"; }
+title() { if [ "$3" = - ]; then echo "$1: $2"; else echo "$1: $2 [$3]"; fi; }
+pass() { echo "PASS $(title "$@")"; row "$1" "$2" "$3" PASS; passed=$((passed + 1)); }
+fail() {
+    echo "FAIL $(title "$1" "$2" "$3")${5:+ ($5)}"
+    [ -n "${4:-}" ] && sed 's/^/     | /' "$4" | tail -n 8
+    row "$1" "$2" "$3" FAIL
+    failed=$((failed + 1))
 }
+skip() { echo "SKIP $(title "$1" "$2" "$3") ($4)"; row "$1" "$2" "$3" "SKIP: $4"; skipped=$((skipped + 1)); }
+# check CLIENT OPERATION KEYTYPE COMMAND...: passes when the command succeeds.
+check() {
+    local c=$1 o=$2 k=$3; shift 3
+    if "$@" >"$W/out" 2>&1; then pass "$c" "$o" "$k"; else fail "$c" "$o" "$k" "$W/out"; fi
+}
+# refuse CLIENT OPERATION KEYTYPE PATTERN COMMAND...: passes when the command
+# fails and prints PATTERN.
+refuse() {
+    local c=$1 o=$2 k=$3 pattern=$4; shift 4
+    if "$@" >"$W/out" 2>&1; then fail "$c" "$o" "$k" "$W/out" "unexpectedly succeeded"
+    elif grep -q -- "$pattern" "$W/out"; then pass "$c" "$o" "$k"
+    else fail "$c" "$o" "$k" "$W/out" "no '$pattern'"; fi
+}
+has() { local pattern=$1; shift; "$@" >"$W/has" 2>&1 && grep -q -- "$pattern" "$W/has"; }
+lacks() { local pattern=$1; shift; "$@" >"$W/has" 2>&1 && ! grep -q -- "$pattern" "$W/has"; }
 tool() { pkcs11-tool --module "$MODULE" "$@"; }
 # pkcs11-tool --verify exits 0 even when it reports an invalid signature, so
 # a verification passes only on its explicit verdict.
 verifies() { has "Signature is valid" tool --verify "$@"; }
-has() { local pattern=$1; shift; "$@" >"$W/has" 2>&1 && grep -q -- "$pattern" "$W/has"; }
-
-check "pkcs11-tool -L shows the p11derive token" has "token label *: p11derive" tool -L
-check "pkcs11-tool -L through OpenSC's pkcs11-spy (which rewrites the returned CK_INTERFACE)" \
-    has "token label *: p11derive" env PKCS11SPY="$MODULE" PKCS11SPY_OUTPUT="$W/spy.log" \
-    pkcs11-tool --module /usr/lib/x86_64-linux-gnu/pkcs11-spy.so -L
-check "pkcs11-tool -M lists ECDSA-SHA256" has "ECDSA-SHA256, keySize={256,256}, sign, verify" tool -M
-check "pkcs11-tool -M lists EC key pair generation" has "ECDSA-KEY-PAIR-GEN" tool -M
-refuse "pkcs11-tool --init-token is refused" "C_InitToken failed: rv = CKR_FUNCTION_NOT_SUPPORTED" tool --init-token --label x --so-pin 87654321
-refuse "wrong PIN gives CKR_PIN_INCORRECT" "CKR_PIN_INCORRECT" tool --login --pin 999999 -O
+kt_name() { case $1 in secp256k1) echo secp256k1 ;; prime256v1) echo P-256 ;; esac; }
+object_id() {
+    "$P11DERIVE_BIN" asset show "$1" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["object_id"])'
+}
 
 echo "p11derive conformance message $(date +%s)" > "$W/msg"
 openssl dgst -sha256 -binary "$W/msg" > "$W/msg.sha256"
+cp "$W/msg" "$W/msg.tampered"; echo x >> "$W/msg.tampered"
+
+# ---- OpenSC pkcs11-tool -------------------------------------------------------
+T=pkcs11-tool
+check $T "-L shows the token" - has "token label *: p11derive" tool -L
+check $T "-L shows the token flags (rng on)" - has "token flags *: login required, rng" tool -L
+check $T "-L through OpenSC's pkcs11-spy (rewrites CK_INTERFACE)" - \
+    has "token label *: p11derive" env PKCS11SPY="$MODULE" PKCS11SPY_OUTPUT="$W/spy.log" \
+    pkcs11-tool --module /usr/lib/x86_64-linux-gnu/pkcs11-spy.so -L
+check $T "-M lists ECDSA-SHA256 (sign, verify)" - has "ECDSA-SHA256, keySize={256,256}, sign, verify" tool -M
+check $T "-M lists EC key pair generation" - has "ECDSA-KEY-PAIR-GEN" tool -M
+check $T "-M lists AES-GCM (encrypt, decrypt)" - has "AES-GCM, keySize={16,32}, encrypt, decrypt" tool -M
+check $T "-M lists SHA256-HMAC (sign, verify)" - has "SHA256-HMAC, keySize={8,4096}, sign, verify" tool -M
+check $T "-M claims no hardware mechanism (CKF_HW off)" - lacks ", hw" tool -M
+refuse $T "--init-token is refused" - "C_InitToken failed: rv = CKR_FUNCTION_NOT_SUPPORTED" \
+    tool --init-token --label x --so-pin 87654321
+refuse $T "a wrong PIN gives CKR_PIN_INCORRECT" - "CKR_PIN_INCORRECT" tool --login --pin 999999 -O
+check $T "-O shows the baseline-provider profile object" - has "profile_id: *CKP_BASELINE_PROVIDER" tool -O
+check $T "-O shows the public-certificates-token profile object" - \
+    has "profile_id: *CKP_PUBLIC_CERTIFICATES_TOKEN" tool -O
+check $T "--test (RNG, digests)" - has "No errors" tool --login --pin "$PIN" --test
+check $T "--test-threads (2 threads: initialize, info, slots, token)" - \
+    has "all threads have ended with CKR_OK" tool --test-threads ILGISLT0 --test-threads ILGISLT0 -L
+check $T "--test-fork (the child initializes again)" - \
+    has "Using slot 0 with a present token" tool --login --pin "$PIN" --test-fork
 
 for curve in secp256k1 prime256v1; do
+    K=$(kt_name $curve)
     label="conf-$curve"
-    check "$curve: --keypairgen creates asset $label" \
+    check $T "--keypairgen registers an asset" "$K" \
         tool --login --pin "$PIN" --keypairgen --key-type "EC:$curve" --label "$label"
-    id=$("$P11DERIVE_BIN" asset list --json | python3 -c "import json,sys; print([a['object_id'] for a in json.load(sys.stdin) if a['asset_id']=='$label'][0])" 2>/dev/null)
-    [ -n "$id" ] || { fail "$curve: asset list shows $label"; continue; }
-        check "$curve: -O shows the alias" has "label: *$label\$" tool --login --pin "$PIN" -O
-    check "$curve: -O shows the version object $label@v1" has "label: *$label@v1\$" tool --login --pin "$PIN" -O
-        refuse "$curve: a second --keypairgen with the same label is refused" "CKR_ATTRIBUTE_VALUE_INVALID" \
+    id=$(object_id "$label" 2>/dev/null)
+    [ -n "$id" ] || { fail $T "asset show finds the new asset" "$K"; continue; }
+    check $T "-O shows the alias" "$K" has "label: *$label\$" tool --login --pin "$PIN" -O
+    check $T "-O shows the version object @v1" "$K" has "label: *$label@v1\$" tool --login --pin "$PIN" -O
+    refuse $T "a second --keypairgen with the same label is refused" "$K" "CKR_ATTRIBUTE_VALUE_INVALID" \
         tool --login --pin "$PIN" --keypairgen --key-type "EC:$curve" --label "$label"
-    check "$curve: --read-object --type pubkey (SPKI DER)" \
+    check $T "--read-object --type pubkey (SPKI DER)" "$K" \
         tool --read-object --type pubkey --id "$id" -o "$W/$curve.pub.der"
-    check "$curve: openssl reads the public key" \
+    check openssl "reads the exported public key" "$K" \
         openssl pkey -pubin -inform DER -in "$W/$curve.pub.der" -out "$W/$curve.pub.pem"
     for obj in alias version; do
         oid=$id
         [ "$obj" = version ] && oid="${id}00000001"
-        check "$curve/$obj: --sign -m ECDSA-SHA256" \
+        check $T "--sign -m ECDSA-SHA256 by --id ($obj)" "$K" \
             tool --login --pin "$PIN" --sign -m ECDSA-SHA256 --id "$oid" --signature-format openssl \
             -i "$W/msg" -o "$W/$curve.$obj.sig"
-        check "$curve/$obj: openssl dgst -verify accepts the ECDSA-SHA256 signature" \
+        check openssl "dgst -verify accepts pkcs11-tool's ECDSA-SHA256 signature ($obj)" "$K" \
             openssl dgst -sha256 -verify "$W/$curve.pub.pem" -signature "$W/$curve.$obj.sig" "$W/msg"
-        check "$curve/$obj: --verify -m ECDSA-SHA256" \
+        check $T "--verify -m ECDSA-SHA256 ($obj)" "$K" \
             verifies -m ECDSA-SHA256 --id "$oid" --signature-format openssl -i "$W/msg" \
             --signature-file "$W/$curve.$obj.sig"
-        check "$curve/$obj: --sign -m ECDSA over a SHA-256 digest" \
+        check $T "--sign -m ECDSA over a SHA-256 digest ($obj)" "$K" \
             tool --login --pin "$PIN" --sign -m ECDSA --id "$oid" --signature-format openssl \
             -i "$W/msg.sha256" -o "$W/$curve.$obj.raw.sig"
-        check "$curve/$obj: openssl pkeyutl -verify accepts the raw ECDSA signature" \
+        check openssl "pkeyutl -verify accepts pkcs11-tool's raw ECDSA signature ($obj)" "$K" \
             openssl pkeyutl -verify -pubin -inkey "$W/$curve.pub.pem" -in "$W/msg.sha256" \
             -sigfile "$W/$curve.$obj.raw.sig"
+        check $T "--verify -m ECDSA ($obj)" "$K" \
+            verifies -m ECDSA --id "$oid" --signature-format openssl -i "$W/msg.sha256" \
+            --signature-file "$W/$curve.$obj.raw.sig"
     done
-    cp "$W/msg" "$W/msg.tampered"; echo x >> "$W/msg.tampered"
-    refuse "$curve: openssl rejects the signature over a changed message" "Verification failure" \
+    refuse openssl "rejects the signature over a changed message" "$K" "Verification failure" \
         openssl dgst -sha256 -verify "$W/$curve.pub.pem" -signature "$W/$curve.alias.sig" "$W/msg.tampered"
-    check "$curve: --verify through the module reports the changed message's signature invalid" \
+    check $T "--verify reports a changed message's signature invalid" "$K" \
         has "Invalid signature" tool --verify -m ECDSA-SHA256 --id "$id" --signature-format openssl \
         -i "$W/msg.tampered" --signature-file "$W/$curve.alias.sig"
 done
 
 # Rotation (design §3): the alias signs with the new version, the previous
 # version object still verifies but no longer signs.
+K=secp256k1
 label=conf-rotation
-check "rotation: asset create (CLI)" "$P11DERIVE_BIN" asset create "$label" --type secp256k1
-id=$("$P11DERIVE_BIN" asset show "$label" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["object_id"])')
-check "rotation: --sign with the alias at version 1" \
+check p11derive "asset create (CLI)" $K "$P11DERIVE_BIN" asset create "$label" --type secp256k1
+id=$(object_id "$label")
+check $T "rotation: --sign with the alias at version 1" $K \
     tool --login --pin "$PIN" --sign -m ECDSA-SHA256 --id "$id" --signature-format openssl -i "$W/msg" -o "$W/rot.v1.sig"
-check "rotation: p11derive asset rotate" "$P11DERIVE_BIN" asset rotate "$label"
-check "rotation: --sign with the alias at version 2" \
+check p11derive "asset rotate (CLI)" $K "$P11DERIVE_BIN" asset rotate "$label"
+check $T "rotation: --sign with the alias at version 2" $K \
     tool --login --pin "$PIN" --sign -m ECDSA-SHA256 --id "$id" --signature-format openssl -i "$W/msg" -o "$W/rot.v2.sig"
 for n in 1 2; do
-    check "rotation: --read-object the public key of version $n" \
+    check $T "rotation: --read-object the public key of version $n" $K \
         tool --read-object --type pubkey --id "${id}0000000$n" -o "$W/rot.v$n.der"
-    check "rotation: openssl reads version $n's public key" \
+    check openssl "rotation: reads version $n's public key" $K \
         openssl pkey -pubin -inform DER -in "$W/rot.v$n.der" -out "$W/rot.v$n.pem"
 done
-check "rotation: the two versions have different public keys" bash -c "! cmp -s '$W/rot.v1.pem' '$W/rot.v2.pem'"
-check "rotation: openssl verifies the first signature under version 1" \
+check openssl "rotation: the two versions have different public keys" $K bash -c "! cmp -s '$W/rot.v1.pem' '$W/rot.v2.pem'"
+check openssl "rotation: verifies the first signature under version 1" $K \
     openssl dgst -sha256 -verify "$W/rot.v1.pem" -signature "$W/rot.v1.sig" "$W/msg"
-check "rotation: openssl verifies the second signature under version 2" \
+check openssl "rotation: verifies the second signature under version 2" $K \
     openssl dgst -sha256 -verify "$W/rot.v2.pem" -signature "$W/rot.v2.sig" "$W/msg"
-refuse "rotation: the second signature does not verify under version 1" "Verification failure" \
+refuse openssl "rotation: the second signature does not verify under version 1" $K "Verification failure" \
     openssl dgst -sha256 -verify "$W/rot.v1.pem" -signature "$W/rot.v2.sig" "$W/msg"
-check "rotation: --verify with the version-1 object still accepts its signature" \
+check $T "rotation: --verify with the version-1 object accepts its signature" $K \
     verifies -m ECDSA-SHA256 --id "${id}00000001" --signature-format openssl -i "$W/msg" --signature-file "$W/rot.v1.sig"
-check "rotation: --verify with the alias accepts the version-1 signature (any usable version)" \
+check $T "rotation: --verify with the alias accepts the version-1 signature" $K \
     verifies -m ECDSA-SHA256 --id "$id" --signature-format openssl -i "$W/msg" --signature-file "$W/rot.v1.sig"
-refuse "rotation: the version-1 object refuses to sign" "CKR_KEY_FUNCTION_NOT_PERMITTED" \
+refuse $T "rotation: the version-1 object refuses to sign" $K "CKR_KEY_FUNCTION_NOT_PERMITTED" \
     tool --login --pin "$PIN" --sign -m ECDSA-SHA256 --id "${id}00000001" -i "$W/msg" -o "$W/rot.refused.sig"
 
+# Secret keys through pkcs11-tool (0.23 has no GCM parameters, so AES is
+# exercised for generation and attributes; HMAC signs and verifies). Derived
+# keys are always sensitive and private: --keygen needs --sensitive --private.
+refuse $T "--keygen of a non-sensitive key is refused" AES-256 "CKR_TEMPLATE_INCONSISTENT" \
+    tool --login --pin "$PIN" --keygen --key-type AES:32 --label conf-aes-plain
+check $T "--keygen --sensitive --private registers an AES-256 asset" AES-256 \
+    tool --login --pin "$PIN" --keygen --key-type AES:32 --label conf-aes --sensitive --private
+check $T "-O shows the AES key's uses and access" AES-256 \
+    has "Access: *sensitive, always sensitive, never extractable, local" \
+    tool --login --pin "$PIN" -O --label conf-aes --type secrkey
+check $T "--keygen --sensitive --private registers an HMAC asset" HMAC \
+    tool --login --pin "$PIN" --keygen --key-type GENERIC:32 --label conf-hmac --sensitive --private
+hid=$(object_id conf-hmac)
+check $T "--sign -m SHA256-HMAC" HMAC \
+    tool --login --pin "$PIN" --sign -m SHA256-HMAC --id "$hid" -i "$W/msg" -o "$W/hmac.sig"
+check $T "--verify -m SHA256-HMAC" HMAC \
+    has "Signature is valid" tool --login --pin "$PIN" --verify -m SHA256-HMAC --id "$hid" -i "$W/msg" \
+    --signature-file "$W/hmac.sig"
+check $T "--verify -m SHA256-HMAC reports a changed message invalid" HMAC \
+    has "Invalid signature" tool --login --pin "$PIN" --verify -m SHA256-HMAC --id "$hid" -i "$W/msg.tampered" \
+    --signature-file "$W/hmac.sig"
+
+# ---- OpenSSL 3 through Debian's libp11 engine ---------------------------------
+ENGINE=/usr/lib/x86_64-linux-gnu/engines-3/pkcs11.so
+cat > "$W/openssl.cnf" <<CONF
+openssl_conf = openssl_init
+[openssl_init]
+engines = engine_section
+[engine_section]
+pkcs11 = pkcs11_section
+[pkcs11_section]
+engine_id = pkcs11
+dynamic_path = $ENGINE
+MODULE_PATH = $MODULE
+init = 0
+[req]
+distinguished_name = dn
+[dn]
+CONF
+eng() { OPENSSL_CONF="$W/openssl.cnf" openssl "$@" </dev/null; }
+E="openssl+libp11"
+for curve in secp256k1 prime256v1; do
+    K=$(kt_name $curve)
+    label="conf-$curve"
+    for obj in "$label" "$label@v1"; do
+        what=alias; [ "$obj" = "$label" ] || what="version object"
+        uri="pkcs11:token=p11derive;object=$obj;type=private;pin-value=$PIN"
+        pre="$W/eng.$curve.$what"; pre=${pre// /-}
+        if [ ! -f "$ENGINE" ]; then skip "$E" "engine" "$K" "libengine-pkcs11-openssl missing"; continue; fi
+        check "$E" "req -x509: a self-signed certificate ($what)" "$K" \
+            eng req -new -x509 -engine pkcs11 -keyform engine -key "$uri" -subj "/CN=$obj" -days 30 -out "$pre.crt"
+        check openssl "verify accepts the engine's self-signed certificate ($what)" "$K" \
+            has ": OK" openssl verify -CAfile "$pre.crt" "$pre.crt"
+        openssl x509 -in "$pre.crt" -pubkey -noout > "$pre.certpub.pem" 2>/dev/null
+        check openssl "the certificate's key is the token's public key ($what)" "$K" \
+            cmp "$pre.certpub.pem" "$W/$curve.pub.pem"
+        check "$E" "dgst -sha256 -sign ($what)" "$K" \
+            eng dgst -sha256 -engine pkcs11 -keyform engine -sign "$uri" -out "$pre.dgst.sig" "$W/msg"
+        check openssl "dgst -verify accepts the engine's signature ($what)" "$K" \
+            openssl dgst -sha256 -verify "$W/$curve.pub.pem" -signature "$pre.dgst.sig" "$W/msg"
+        check "$E" "pkeyutl -sign ($what)" "$K" \
+            eng pkeyutl -sign -engine pkcs11 -keyform engine -inkey "$uri" -in "$W/msg.sha256" -out "$pre.pkeyutl.sig"
+        check openssl "pkeyutl -verify accepts the engine's signature ($what)" "$K" \
+            openssl pkeyutl -verify -pubin -inkey "$W/$curve.pub.pem" -in "$W/msg.sha256" -sigfile "$pre.pkeyutl.sig"
+        check "$E" "public key export ($what)" "$K" \
+            eng pkey -engine pkcs11 -inform engine -in "${uri/type=private/type=public}" -pubout -out "$pre.export.pem"
+        check openssl "the exported public key is the token's ($what)" "$K" cmp "$pre.export.pem" "$W/$curve.pub.pem"
+    done
+done
+
+# ---- Certificates and data objects on the token --------------------------------
+K=P-256
+cid=$(object_id conf-prime256v1)
+openssl x509 -in "$W/eng.prime256v1.alias.crt" -outform DER -out "$W/p256.crt.der" 2>/dev/null
+check $T "--write-object --type cert (CKA_ID of the key)" $K \
+    tool --login --pin "$PIN" --write-object "$W/p256.crt.der" --type cert --id "$cid" --label conf-prime256v1
+check $T "-O shows the certificate without login" $K has "Certificate Object; type = X.509 cert" tool -O --type cert
+check $T "--read-object --type cert returns it unchanged" $K \
+    bash -c "pkcs11-tool --module '$MODULE' --read-object --type cert --id '$cid' -o '$W/back.der' && cmp '$W/back.der' '$W/p256.crt.der'"
+echo "p11derive data object" > "$W/data.txt"
+check $T "--write-object --type data" - \
+    tool --login --pin "$PIN" --write-object "$W/data.txt" --type data --label conf-data --application-label conformance
+check $T "--read-object --type data returns it unchanged" - \
+    bash -c "pkcs11-tool --module '$MODULE' --read-object --type data --label conf-data -o '$W/data.back' && cmp '$W/data.back' '$W/data.txt'"
+check $T "--delete-object --type data" - tool --login --pin "$PIN" --delete-object --type data --label conf-data
+check $T "the deleted data object is gone" - lacks "conf-data" tool -O --type data
+
+# ---- p11-kit ---------------------------------------------------------------------
+P=p11-kit
+PROXY=/usr/lib/x86_64-linux-gnu/p11-kit-proxy.so
+if [ "$(id -u)" != 0 ]; then
+    skip $P "module registration" - "needs root: p11-kit ignores per-user module files for root, and /etc/pkcs11/modules needs root"
+elif ! command -v p11-kit >/dev/null || [ ! -f "$PROXY" ]; then
+    skip $P "module registration" - "p11-kit missing"
+else
+    mkdir -p /etc/pkcs11/modules
+    printf 'module: %s\ncritical: yes\ntrust-policy: no\n' "$MODULE" > "$P11KIT_MODULE"
+    check $P "list-modules shows the provider and its token" - \
+        has "token: p11derive" p11-kit list-modules
+    check $P "the proxy lists the token" - has "token label *: p11derive" pkcs11-tool --module "$PROXY" -L
+    for curve in secp256k1 prime256v1; do
+        K=$(kt_name $curve)
+        id=$(object_id "conf-$curve")
+        check $P "--sign -m ECDSA-SHA256 through p11-kit-proxy.so" "$K" \
+            pkcs11-tool --module "$PROXY" --token-label p11derive --login --pin "$PIN" --sign -m ECDSA-SHA256 \
+            --id "$id" --signature-format openssl -i "$W/msg" -o "$W/proxy.$curve.sig"
+        check openssl "verifies the signature made through the proxy" "$K" \
+            openssl dgst -sha256 -verify "$W/$curve.pub.pem" -signature "$W/proxy.$curve.sig" "$W/msg"
+    done
+fi
+
+# ---- GnuTLS p11tool -----------------------------------------------------------------
+G="gnutls p11tool"
+if ! command -v p11tool >/dev/null; then
+    skip "$G" "p11tool" - "gnutls-bin missing"
+else
+    check "$G" "--list-tokens" - has "Label: p11derive" p11tool --provider "$MODULE" --list-tokens
+    check "$G" "--list-all (logged in)" - \
+        has "object=conf-prime256v1;type=private" env GNUTLS_PIN="$PIN" p11tool --provider "$MODULE" --login --list-all "pkcs11:token=p11derive"
+    check "$G" "--test-sign" P-256 \
+        has "Verifying against public key in the token... ok" env GNUTLS_PIN="$PIN" p11tool --provider "$MODULE" \
+        --login --test-sign "pkcs11:token=p11derive;object=conf-prime256v1;type=private"
+    skip "$G" "--test-sign" secp256k1 "GnuTLS 3.7 does not support secp256k1"
+fi
+
+# ---- Java SunPKCS11 --------------------------------------------------------------------
+J="java SunPKCS11"
+if ! command -v java >/dev/null || ! command -v keytool >/dev/null; then
+    skip "$J" "keystore" - "no JDK (openjdk-17-jdk-headless)"
+else
+    printf 'name = p11derive\nlibrary = %s\nslotListIndex = 0\n' "$MODULE" > "$W/java.cfg"
+    check "$J" "keytool -list shows the key whose certificate is on the token" P-256 \
+        has "conf-prime256v1, PrivateKeyEntry" keytool -list -keystore NONE -storetype PKCS11 \
+        -providerClass sun.security.pkcs11.SunPKCS11 -providerArg "$W/java.cfg" -storepass "$PIN"
+    check "$J" "SHA256withECDSA on the token, verified by SunEC" P-256 \
+        has "SunEC verifies: true; changed message verifies: false" \
+        java conformance/java/SignCheck.java "$W/java.cfg" "$PIN" conf-prime256v1
+    skip "$J" "SHA256withECDSA" secp256k1 "the JDK 17 SunEC provider has no secp256k1 to verify with"
+fi
+
 echo
-echo "conformance: OpenSC $(dpkg-query -W -f='${Version}' opensc 2>/dev/null), $(openssl version | cut -d' ' -f1-2)"
-echo "$passed passed, $failed failed"
+clients="OpenSC $(dpkg-query -W -f='${Version}' opensc 2>/dev/null), $(openssl version | cut -d' ' -f1-2), libp11 $(dpkg-query -W -f='${Version}' libengine-pkcs11-openssl 2>/dev/null), p11-kit $(dpkg-query -W -f='${Version}' p11-kit 2>/dev/null), GnuTLS $(dpkg-query -W -f='${Version}' gnutls-bin 2>/dev/null), $(java -version 2>&1 | head -1)"
+echo "conformance: $clients"
+echo "$passed passed, $failed failed, $skipped skipped"
+python3 - "$ROWS" "$REPORT" "$clients" "$passed" "$failed" "$skipped" <<'PY'
+import sys, datetime
+rows_path, out, clients, passed, failed, skipped = sys.argv[1:]
+rows = [l.rstrip("\n").split("\t") for l in open(rows_path) if l.strip()]
+kinds = ["-", "secp256k1", "P-256", "AES-256", "HMAC"]
+order, cells = [], {}
+for client, op, kt, result in rows:
+    if client not in order:
+        order.append(client)
+    cell = cells.setdefault((client, op), {})
+    prev = cell.get(kt)
+    # A cell shows FAIL if any of its checks failed, else PASS, else SKIP.
+    rank = lambda r: 2 if r == "FAIL" else (1 if r == "PASS" else 0)
+    if prev is None or rank(result) > rank(prev):
+        cell[kt] = result
+def show(r):
+    if r is None:
+        return ""
+    if r.startswith("SKIP"):
+        return "SKIP (" + r[6:] + ")"
+    return r
+lines = [
+    "# Conformance report",
+    "",
+    "Written by `conformance/run.sh` on " + datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    + "; do not edit. Clients: " + clients + ".",
+    "",
+    f"**{passed} passed, {failed} failed, {skipped} skipped.** A cell is FAIL if any check behind it failed;",
+    "`-` is a check without a key type. The run prints every check by name.",
+    "",
+]
+for client in order:
+    ops = [op for (c, op) in cells if c == client]
+    used = [k for k in kinds if any(k in cells[(client, op)] for op in ops)]
+    lines.append(f"## {client}")
+    lines.append("")
+    lines.append("| operation | " + " | ".join("any" if k == "-" else k for k in used) + " |")
+    lines.append("|---|" + "---|" * len(used))
+    for op in ops:
+        lines.append("| " + op.replace("|", "\\|") + " | " + " | ".join(show(cells[(client, op)].get(k)) for k in used) + " |")
+    lines.append("")
+open(out, "w").write("\n".join(lines))
+PY
+echo "report: conformance/REPORT.md"
 [ "$failed" -eq 0 ]

@@ -107,14 +107,29 @@ unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Vec<TemplateAt
     }
     // SAFETY: non-null, and the caller promises `n` attributes.
     let attrs = unsafe { std::slice::from_raw_parts(p, n as usize) };
+    let read = |a: &CK_ATTRIBUTE| {
+        // SAFETY: each attribute's value is readable for ulValueLen bytes.
+        unsafe { bytes(a.pValue as *const u8, a.ulValueLen) }
+    };
+    // Key material never goes to the heap: the CKA_VALUE of anything but a
+    // public object (certificate, data) is kept as a mark of its presence;
+    // `secret_value` reads it where it is needed.
+    let public = attrs.iter().any(|a| {
+        a.type_ == CKA_CLASS
+            && read(a).is_ok_and(|v| {
+                let class = v.try_into().map(CK_ULONG::from_ne_bytes);
+                matches!(class, Ok(CKO_CERTIFICATE | CKO_DATA))
+            })
+    });
     attrs
         .iter()
-        // SAFETY: each attribute's value is readable for ulValueLen bytes.
         .map(|a| {
-            let value = unsafe { bytes(a.pValue as *const u8, a.ulValueLen) }?;
-            // Key material never goes to the heap: CKA_VALUE is kept as a
-            // mark of its presence; `secret_value` reads it where it is needed.
-            let value = if a.type_ == CKA_VALUE { &[][..] } else { value };
+            let value = read(a)?;
+            let value = if a.type_ == CKA_VALUE && !public {
+                &[][..]
+            } else {
+                value
+            };
             Ok((a.type_, value.to_vec()))
         })
         .collect()

@@ -24,6 +24,9 @@ pub enum Event {
     Verify,
     Encrypt,
     Decrypt,
+    /// A public token object (certificate, data) stored or destroyed.
+    ObjectCreate,
+    ObjectDestroy,
     /// An operation refused by the asset's state or by policy.
     Refused,
     /// The rollback anchor was moved by an operator (`audit reanchor`).
@@ -41,6 +44,8 @@ impl Event {
             Event::Verify => "verify",
             Event::Encrypt => "encrypt",
             Event::Decrypt => "decrypt",
+            Event::ObjectCreate => "object-create",
+            Event::ObjectDestroy => "object-destroy",
             Event::Refused => "refused",
             Event::Anchor => "anchor",
         }
@@ -56,6 +61,8 @@ impl Event {
             Event::Verify,
             Event::Encrypt,
             Event::Decrypt,
+            Event::ObjectCreate,
+            Event::ObjectDestroy,
             Event::Refused,
             Event::Anchor,
         ]

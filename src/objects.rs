@@ -307,12 +307,21 @@ impl<'a> View<'a> {
 
     /// Whether every attribute of `template` is present with exactly that value.
     pub fn matches(&self, template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> bool {
-        template.iter().all(|(ty, want)| {
-            self.attribute(*ty)
-                .and_then(|v| v.to_bytes())
-                .is_some_and(|have| &have == want)
-        })
+        matches(template, |ty| self.attribute(ty))
     }
+}
+
+/// Whether an object whose attributes `attribute` answers has every
+/// attribute of `template` with exactly that value (C_FindObjects).
+pub fn matches(
+    template: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)],
+    attribute: impl Fn(CK_ATTRIBUTE_TYPE) -> Option<Value>,
+) -> bool {
+    template.iter().all(|(ty, want)| {
+        attribute(*ty)
+            .and_then(|v| v.to_bytes())
+            .is_some_and(|have| &have == want)
+    })
 }
 
 const PRIV: u8 = 1;
@@ -492,4 +501,79 @@ pub fn has_attribute(class: Class, ty: CK_ATTRIBUTE_TYPE) -> bool {
     ATTRIBUTES
         .iter()
         .any(|a| a.ty == ty && a.classes & want != 0)
+}
+
+/// One DER element: its tag, its content, the whole encoding, what follows.
+type DerElement<'a> = (u8, &'a [u8], &'a [u8], &'a [u8]);
+
+fn der_element(input: &[u8]) -> Option<DerElement<'_>> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    let header = input.len() - rest.len();
+    Some((tag, &rest[..len], &input[..header + len], &rest[len..]))
+}
+
+/// What a token shows of an X.509 certificate besides its value: the DER
+/// of its serial number, issuer, subject and SubjectPublicKeyInfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct X509Fields {
+    pub serial: Vec<u8>,
+    pub issuer: Vec<u8>,
+    pub subject: Vec<u8>,
+    pub spki: Vec<u8>,
+}
+
+/// Reads the fields of a DER X.509 certificate; `None` when it is not one.
+pub fn x509_fields(der: &[u8]) -> Option<X509Fields> {
+    let (0x30, cert, whole, rest) = der_element(der)? else {
+        return None;
+    };
+    if !rest.is_empty() || whole.len() != der.len() {
+        return None;
+    }
+    let (0x30, tbs, _, _) = der_element(cert)? else {
+        return None;
+    };
+    let mut at = tbs;
+    // [0] EXPLICIT version, when present.
+    if at.first() == Some(&0xa0) {
+        at = der_element(at)?.3;
+    }
+    let (0x02, _, serial, at) = der_element(at)? else {
+        return None;
+    };
+    let (0x30, _, _, at) = der_element(at)? else {
+        return None;
+    };
+    let (0x30, _, issuer, at) = der_element(at)? else {
+        return None;
+    };
+    let (0x30, _, _, at) = der_element(at)? else {
+        return None;
+    };
+    let (0x30, _, subject, at) = der_element(at)? else {
+        return None;
+    };
+    let (0x30, _, spki, _) = der_element(at)? else {
+        return None;
+    };
+    Some(X509Fields {
+        serial: serial.to_vec(),
+        issuer: issuer.to_vec(),
+        subject: subject.to_vec(),
+        spki: spki.to_vec(),
+    })
 }

@@ -20,7 +20,7 @@ use crate::derive::{AssetId, KeyType, Secret32};
 /// `PRAGMA application_id` of a p11derive store ("P1DR").
 pub const APPLICATION_ID: i32 = 0x5031_4452;
 /// The schema this build writes. Older stores are migrated forward.
-pub const SCHEMA_VERSION: i32 = 4;
+pub const SCHEMA_VERSION: i32 = 5;
 
 /// Each entry upgrades the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -77,7 +77,49 @@ const MIGRATIONS: &[&str] = &[
     // 3 -> 4: each version's public key carries a MAC under the audit key, so
     // a process holding the key can tell a key swapped in this table.
     "ALTER TABLE versions ADD COLUMN pk_mac BLOB;",
+    // 4 -> 5: public token objects a client stores beside the derived keys:
+    // X.509 certificates (tied to an asset by CKA_ID) and data objects.
+    "CREATE TABLE objects (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        class       INTEGER NOT NULL,
+        label       BLOB NOT NULL,
+        object_id   BLOB NOT NULL,
+        value       BLOB NOT NULL,
+        application BLOB,
+        oid         BLOB,
+        created_at  INTEGER NOT NULL
+    );",
 ];
+
+/// A public token object as stored: a certificate or a data object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredObject {
+    /// The row id: never reused (AUTOINCREMENT), so handles stay unique.
+    pub rowid: i64,
+    /// `CKO_CERTIFICATE` or `CKO_DATA`.
+    pub class: crate::ck::CK_OBJECT_CLASS,
+    pub label: Vec<u8>,
+    /// `CKA_ID` (certificates; empty for data objects).
+    pub object_id: Vec<u8>,
+    pub value: Vec<u8>,
+    /// `CKA_APPLICATION` and `CKA_OBJECT_ID` of a data object.
+    pub application: Option<Vec<u8>>,
+    pub oid: Option<Vec<u8>>,
+}
+
+const OBJECT_COLUMNS: &str = "id, class, label, object_id, value, application, oid";
+
+fn read_object_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredObject> {
+    Ok(StoredObject {
+        rowid: r.get(0)?,
+        class: r.get::<_, i64>(1)? as crate::ck::CK_OBJECT_CLASS,
+        label: r.get(2)?,
+        object_id: r.get(3)?,
+        value: r.get(4)?,
+        application: r.get(5)?,
+        oid: r.get(6)?,
+    })
+}
 
 /// The columns of an asset row, in the order [`read_asset_row`] reads them.
 const ASSET_COLUMNS: &str =
@@ -1089,6 +1131,90 @@ impl Store {
             None => self.pend_in(&tx, &r)?,
         }
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Stores a public token object and appends its record, atomically.
+    pub fn create_object(
+        &self,
+        new: &StoredObject,
+        ak: &Secret32,
+        mut record: Record,
+    ) -> Result<StoredObject, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO objects (class, label, object_id, value, application, oid, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            rusqlite::params![
+                new.class as i64,
+                new.label,
+                new.object_id,
+                new.value,
+                new.application,
+                new.oid,
+                now()
+            ],
+        )
+        .map_err(|e| self.err(e))?;
+        let rowid = tx.last_insert_rowid();
+        record.detail = format!("{} (object {rowid})", record.detail);
+        self.append_in(&tx, ak, std::slice::from_mut(&mut record))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(StoredObject {
+            rowid,
+            ..new.clone()
+        })
+    }
+
+    /// Deletes a stored object and appends its record, atomically; `false`
+    /// when it no longer exists.
+    pub fn destroy_object(
+        &self,
+        rowid: i64,
+        ak: &Secret32,
+        mut record: Record,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.err(e))?;
+        let gone = tx
+            .execute("DELETE FROM objects WHERE id = ?1", [rowid])
+            .map_err(|e| self.err(e))?;
+        if gone == 0 {
+            return Ok(false);
+        }
+        self.append_in(&tx, ak, std::slice::from_mut(&mut record))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(true)
+    }
+
+    /// One stored object.
+    pub fn stored_object(&self, rowid: i64) -> Result<Option<StoredObject>, StoreError> {
+        let conn = self.lock();
+        conn.query_row(
+            &format!("SELECT {OBJECT_COLUMNS} FROM objects WHERE id = ?1"),
+            [rowid],
+            read_object_row,
+        )
+        .optional()
+        .map_err(|e| self.err(e))
+    }
+
+    /// Every stored object, oldest first.
+    pub fn stored_objects(&self) -> Result<Vec<StoredObject>, StoreError> {
+        let conn = self.lock();
+        let mut st = conn
+            .prepare(&format!("SELECT {OBJECT_COLUMNS} FROM objects ORDER BY id"))
+            .map_err(|e| self.err(e))?;
+        let rows = st
+            .query_map([], read_object_row)
+            .map_err(|e| self.err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(e));
+        rows
     }
 
     /// The commit of a signature: re-reads the asset and appends either the

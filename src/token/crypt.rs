@@ -755,10 +755,21 @@ impl SecretKeySpec {
                     return cannot("to a length other than 32")
                 }
                 CKA_VALUE_LEN => {}
-                CKA_SENSITIVE | CKA_PRIVATE if !is_true => return cannot("to false"),
+                CKA_SENSITIVE | CKA_PRIVATE if !is_true => {
+                    return cannot("to false (pkcs11-tool: add --sensitive --private)")
+                }
                 CKA_EXTRACTABLE if is_true => return cannot("to true"),
                 _ if uses.contains(&ty) && !is_true => return cannot("to false"),
-                _ if other.contains(&ty) && is_true => return cannot("to true"),
+                _ if other.contains(&ty) => {
+                    // A use this kind of key never has (pkcs11-tool asks
+                    // encrypt of generic secrets): the object says false.
+                    if is_true {
+                        log::info(&format!(
+                            "{what} for {label:?}: {} ignored; a {kt} key cannot do that",
+                            attr_name(ty)
+                        ));
+                    }
+                }
                 CKA_ALLOWED_MECHANISMS => {
                     let given: Vec<CK_ULONG> = value
                         .chunks(std::mem::size_of::<CK_ULONG>())

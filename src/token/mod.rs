@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 
 mod crypt;
 mod session;
+mod stored;
 use crypt::check_key_type;
 use session::{KeyRef, SessionObject};
 
@@ -760,6 +761,12 @@ impl Provider {
         if let Some(obj) = self.session_object(object) {
             return Ok(types.iter().map(|&t| obj.attribute(t)).collect());
         }
+        if Self::is_plain_handle(object) {
+            let plain = self
+                .plain_object(object)?
+                .ok_or(Error::rv(CKR_OBJECT_HANDLE_INVALID))?;
+            return Ok(types.iter().map(|&t| plain.attribute(t)).collect());
+        }
         let (key, asset) = self.object(object, CKR_OBJECT_HANDLE_INVALID)?;
         let mut view = View::resolve(&asset, &key).ok_or(Error::rv(CKR_OBJECT_HANDLE_INVALID))?;
         view.destroy_retires = self.config.policy.destroy_retires;
@@ -771,6 +778,9 @@ impl Provider {
     pub fn destroy_object(&self, h: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> Result<()> {
         if object & session::SESSION_BIT != 0 {
             return self.destroy_session_object(h, object);
+        }
+        if Self::is_plain_handle(object) {
+            return self.destroy_plain(h, object);
         }
         let session = self.session(h)?;
         let (key, asset) = self.object(object, CKR_OBJECT_HANDLE_INVALID)?;
@@ -820,7 +830,10 @@ impl Provider {
 
     pub fn object_size(&self, h: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> Result<CK_ULONG> {
         self.session(h)?;
-        if self.session_object(object).is_none() {
+        if Self::is_plain_handle(object) {
+            self.plain_object(object)?
+                .ok_or(Error::rv(CKR_OBJECT_HANDLE_INVALID))?;
+        } else if self.session_object(object).is_none() {
             self.object(object, CKR_OBJECT_HANDLE_INVALID)?;
         }
         Ok(CK_UNAVAILABLE_INFORMATION)
@@ -849,6 +862,7 @@ impl Provider {
                 }
             }
         }
+        handles.extend(self.find_plain(template)?);
         handles.extend(self.find_session_objects(template));
         s.find = Some(FindOp { handles, next: 0 });
         Ok(())

@@ -176,11 +176,7 @@ impl SessionObject {
     }
 
     pub fn matches(&self, template: &[TemplateAttr]) -> bool {
-        template.iter().all(|(ty, want)| {
-            self.attribute(*ty)
-                .and_then(|v| v.to_bytes())
-                .is_some_and(|have| &have == want)
-        })
+        objects::matches(template, |ty| self.attribute(ty))
     }
 }
 
@@ -306,12 +302,21 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
         (CKA_UNWRAP, w.unwrap),
     ] {
         if on && !can(ty) {
-            return inconsistent(format!(
-                "{} asked of a key that cannot do it",
+            // A use this kind of key never has (pkcs11-tool asks encrypt of
+            // generic secrets): ignored, and the object says false.
+            crate::log::info(&format!(
+                "{what}: {} ignored; this kind of key cannot do that",
                 attr_name(ty)
             ));
         }
     }
+    let mut w = w;
+    w.encrypt &= can(CKA_ENCRYPT);
+    w.decrypt &= can(CKA_DECRYPT);
+    w.sign &= can(CKA_SIGN);
+    w.verify &= can(CKA_VERIFY);
+    w.wrap &= can(CKA_WRAP);
+    w.unwrap &= can(CKA_UNWRAP);
     Ok(w)
 }
 
@@ -526,14 +531,23 @@ impl Provider {
         let what = "C_CreateObject";
         match find(template, CKA_CLASS).and_then(ulong) {
             Some(CKO_SECRET_KEY) => {}
+            Some(class @ (CKO_CERTIFICATE | CKO_DATA)) => {
+                return self.create_plain(h, template, value, class)
+            }
             Some(_) => {
                 return Err(Error::with(
                     CKR_TEMPLATE_INCONSISTENT,
-                    format!("{what}: only session secret keys (CKO_SECRET_KEY) can be created; other objects are derived"),
+                    format!(
+                        "{what}: only session secret keys, certificates and data objects can be \
+                         created; keys on the token are derived (C_GenerateKey, C_GenerateKeyPair)"
+                    ),
                 ))
             }
             None => {
-                return Err(Error::with(CKR_TEMPLATE_INCOMPLETE, format!("{what}: no CKA_CLASS")))
+                return Err(Error::with(
+                    CKR_TEMPLATE_INCOMPLETE,
+                    format!("{what}: no CKA_CLASS"),
+                ))
             }
         }
         let kind = match find(template, CKA_KEY_TYPE).and_then(ulong) {
