@@ -302,6 +302,11 @@ else
     skip "$J" "SHA256withECDSA" secp256k1 "the JDK 17 SunEC provider has no secp256k1 to verify with"
 fi
 
+# The certificate goes last: the Java checks above use it.
+check $T "--delete-object --type cert" P-256 \
+    tool --login --pin "$PIN" --delete-object --type cert --id "$cid"
+check $T "the deleted certificate is gone" P-256 lacks "Certificate Object" tool -O --type cert
+
 echo
 clients="OpenSC $(dpkg-query -W -f='${Version}' opensc 2>/dev/null), $(openssl version | cut -d' ' -f1-2), libp11 $(dpkg-query -W -f='${Version}' libengine-pkcs11-openssl 2>/dev/null), p11-kit $(dpkg-query -W -f='${Version}' p11-kit 2>/dev/null), GnuTLS $(dpkg-query -W -f='${Version}' gnutls-bin 2>/dev/null), $(java -version 2>&1 | head -1)"
 echo "conformance: $clients"
