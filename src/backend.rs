@@ -56,12 +56,19 @@ fn load_module(path: &Path) -> std::result::Result<Module, String> {
 
 /// Calls a function of the module's table; a missing entry is
 /// `CKR_FUNCTION_NOT_SUPPORTED` rather than a crash.
+/// Calls made into the backing module by this process (for the statistics
+/// the provider logs at C_Finalize).
+pub static HSM_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 macro_rules! hsm {
     ($m:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
         match $m.0.$f {
             // SAFETY: the pointer comes from the module's own function table and
             // every argument is valid for the duration of the call (see callers).
-            Some(f) => unsafe { f($($arg),*) },
+            Some(f) => {
+                HSM_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                unsafe { f($($arg),*) }
+            }
             None => sys::CKR_FUNCTION_NOT_SUPPORTED,
         }
     };

@@ -247,6 +247,7 @@ pub fn fingerprint(kt: KeyType, key: &Secret32) -> Option<Vec<u8>> {
 
 /// The uncompressed SEC1 public point (65 bytes) of an EC scalar.
 pub fn public_point(kt: KeyType, scalar: &[u8; 32]) -> Option<Vec<u8>> {
+    crate::mechanisms::warm_up();
     secure::confined_at(secure::Depth::Deep, || {
         use k256::elliptic_curve::sec1::ToSec1Point;
         match kt {

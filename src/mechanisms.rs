@@ -94,23 +94,51 @@ fn field_digest(input: &[u8]) -> [u8; 32] {
     z
 }
 
+/// Builds the curves' precomputed tables (public data) on an ordinary stack,
+/// so the first signature does not build them on a secret stack: that made
+/// the deepest secret-stack use (68 KiB) and would size every wipe.
+/// Called before every computation that uses them; only the first call works.
+pub fn warm_up() {
+    static TABLES: std::sync::Once = std::sync::Once::new();
+    TABLES.call_once(|| {
+        let one = [[0u8; 31].as_slice(), &[1u8]].concat();
+        if let Ok(k) = k256::SecretKey::from_slice(&one) {
+            let _ = k.public_key();
+        }
+        if let Ok(k) = p256::SecretKey::from_slice(&one) {
+            let _ = k.public_key();
+        }
+    });
+}
+
 /// Signs a digest with an EC scalar: RFC 6979 nonce, raw `r || s`, low-S on
 /// secp256k1 (its convention; P-256 signatures are left as computed).
 pub fn ecdsa_sign(kt: KeyType, scalar: &[u8], digest: &[u8]) -> Result<[u8; ECDSA_SIG_LEN]> {
+    warm_up();
     crate::secure::confined_at(crate::secure::Depth::Deep, || {
-        use k256::ecdsa::signature::hazmat::PrehashSigner;
+        // The RFC 6979 signing of k256's and p256's `SigningKey`, without
+        // building a `SigningKey`: that computes the public key, a second
+        // scalar multiplication per signature.
+        use ecdsa::hazmat::sign_prehashed_rfc6979;
         let z = field_digest(digest);
         let bad_key = || Error::with(CKR_GENERAL_ERROR, "derived scalar out of range");
+        if scalar.len() != 32 {
+            return Err(bad_key());
+        }
         let mut out = [0u8; ECDSA_SIG_LEN];
         match kt {
             KeyType::Secp256k1 => {
-                let key = k256::ecdsa::SigningKey::from_slice(scalar).map_err(|_| bad_key())?;
-                let sig: k256::ecdsa::Signature = key.sign_prehash(&z).map_err(|_| bad_key())?;
+                let repr = k256::FieldBytes::try_from(scalar).map_err(|_| bad_key())?;
+                let d = Option::<k256::NonZeroScalar>::from(k256::NonZeroScalar::from_repr(repr))
+                    .ok_or_else(bad_key)?;
+                let (sig, _) = sign_prehashed_rfc6979::<k256::Secp256k1, sha2::Sha256>(&d, &z, &[]);
                 out.copy_from_slice(&sig.to_bytes());
             }
             KeyType::P256 => {
-                let key = p256::ecdsa::SigningKey::from_slice(scalar).map_err(|_| bad_key())?;
-                let sig: p256::ecdsa::Signature = key.sign_prehash(&z).map_err(|_| bad_key())?;
+                let repr = p256::FieldBytes::try_from(scalar).map_err(|_| bad_key())?;
+                let d = Option::<p256::NonZeroScalar>::from(p256::NonZeroScalar::from_repr(repr))
+                    .ok_or_else(bad_key)?;
+                let (sig, _) = sign_prehashed_rfc6979::<p256::NistP256, sha2::Sha256>(&d, &z, &[]);
                 out.copy_from_slice(&sig.to_bytes());
             }
             _ => return Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),

@@ -355,10 +355,21 @@ pub struct Store {
     conn: Mutex<Connection>,
     /// Operations waiting for their commit (group commit, see `commit_use`).
     group: Mutex<Group>,
-    group_done: std::sync::Condvar,
     /// Commits of signatures so far, and the records they carried.
     batches: std::sync::atomic::AtomicU64,
     batched_records: std::sync::atomic::AtomicU64,
+    /// Write transactions committed (each one an fsync: synchronous=FULL).
+    commits: std::sync::atomic::AtomicU64,
+    /// Assets read, valid while `PRAGMA data_version` (which moves when
+    /// another connection commits) is unchanged and this connection changed
+    /// no asset: signing reads an asset at every C_SignInit.
+    asset_cache: Mutex<AssetCache>,
+}
+
+#[derive(Default)]
+struct AssetCache {
+    data_version: i64,
+    assets: std::collections::HashMap<i64, Asset>,
 }
 
 /// One signature waiting to commit.
@@ -369,6 +380,8 @@ struct Job {
     /// What the version must still be allowed to do at commit.
     need: Use,
     record: Record,
+    /// The thread waiting for this job's result.
+    waiter: std::thread::Thread,
 }
 
 /// What an operation does with a version, re-checked at its commit.
@@ -476,9 +489,10 @@ impl Store {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             group: Mutex::new(Group::default()),
-            group_done: std::sync::Condvar::new(),
             batches: std::sync::atomic::AtomicU64::new(0),
             batched_records: std::sync::atomic::AtomicU64::new(0),
+            commits: std::sync::atomic::AtomicU64::new(0),
+            asset_cache: Mutex::new(AssetCache::default()),
         })
     }
 
@@ -502,7 +516,7 @@ impl Store {
             tx.execute_batch(sql).map_err(|e| self.err(e))?;
             tx.execute_batch(&format!("PRAGMA user_version = {};", i + 1))
                 .map_err(|e| self.err(e))?;
-            tx.commit().map_err(|e| self.err(e))?;
+            self.commit(tx)?;
         }
         Ok(())
     }
@@ -549,12 +563,37 @@ impl Store {
     }
 
     /// One asset by row id (retired ones included: the caller decides).
+    /// Served from the cache while no connection changed the store.
     pub fn asset(&self, rowid: i64) -> Result<Option<Asset>, StoreError> {
         let conn = self.lock();
-        match self.asset_row(&conn, rowid)? {
-            None => Ok(None),
-            Some(a) => Ok(Some(self.finish_asset(&conn, a)?)),
+        let version: i64 = conn
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut st| st.query_row([], |r| r.get(0)))
+            .map_err(|e| self.err(e))?;
+        let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.data_version != version {
+            cache.assets.clear();
+            cache.data_version = version;
         }
+        if let Some(a) = cache.assets.get(&rowid) {
+            return Ok(Some(a.clone()));
+        }
+        let asset = match self.asset_row(&conn, rowid)? {
+            None => return Ok(None),
+            Some(a) => self.finish_asset(&conn, a)?,
+        };
+        cache.assets.insert(rowid, asset.clone());
+        Ok(Some(asset))
+    }
+
+    /// Drops the cached assets: this connection changed one (other
+    /// connections' changes move `data_version`).
+    fn forget_assets(&self) {
+        self.asset_cache
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .assets
+            .clear();
     }
 
     fn finish_asset(&self, conn: &Connection, mut a: Asset) -> Result<Asset, StoreError> {
@@ -686,7 +725,8 @@ impl Store {
             key_digest(new.public_key)
         );
         self.append_in(&tx, ak, std::slice::from_mut(&mut rec))?;
-        tx.commit().map_err(|e| self.err(e))?;
+        self.commit(tx)?;
+        self.forget_assets();
         Ok(Asset {
             rowid,
             id: new.id.clone(),
@@ -915,7 +955,8 @@ impl Store {
             _ => transition_detail(&t.name(), &after),
         };
         self.append_in(&tx, ak, std::slice::from_mut(&mut rec))?;
-        tx.commit().map_err(|e| self.err(e))?;
+        self.commit(tx)?;
+        self.forget_assets();
         Ok(after)
     }
 
@@ -930,12 +971,8 @@ impl Store {
     /// The asset row `rowid` (its versions not loaded).
     fn asset_row(&self, conn: &Connection, rowid: i64) -> Result<Option<Asset>, StoreError> {
         let row = conn
-            .query_row(
-                &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE id = ?1"),
-                [rowid],
-                read_asset_row,
-            )
-            .optional()
+            .prepare_cached(&format!("SELECT {ASSET_COLUMNS} FROM assets WHERE id = ?1"))
+            .and_then(|mut st| st.query_row([rowid], read_asset_row).optional())
             .map_err(|e| self.err(e))?;
         row.map(|a| a.map_err(|e| self.at_path(e))).transpose()
     }
@@ -1130,7 +1167,7 @@ impl Store {
             Some(ak) => self.append_in(&tx, ak, std::slice::from_mut(&mut r))?,
             None => self.pend_in(&tx, &r)?,
         }
-        tx.commit().map_err(|e| self.err(e))
+        self.commit(tx)
     }
 
     /// Stores a public token object and appends its record, atomically.
@@ -1161,7 +1198,7 @@ impl Store {
         let rowid = tx.last_insert_rowid();
         record.detail = format!("{} (object {rowid})", record.detail);
         self.append_in(&tx, ak, std::slice::from_mut(&mut record))?;
-        tx.commit().map_err(|e| self.err(e))?;
+        self.commit(tx)?;
         Ok(StoredObject {
             rowid,
             ..new.clone()
@@ -1187,7 +1224,7 @@ impl Store {
             return Ok(false);
         }
         self.append_in(&tx, ak, std::slice::from_mut(&mut record))?;
-        tx.commit().map_err(|e| self.err(e))?;
+        self.commit(tx)?;
         Ok(true)
     }
 
@@ -1244,6 +1281,7 @@ impl Store {
             version,
             need,
             record,
+            waiter: std::thread::current(),
         });
         loop {
             if let Some(done) = g.done.remove(&id) {
@@ -1254,6 +1292,8 @@ impl Store {
                 let batch = std::mem::take(&mut g.queue);
                 drop(g);
                 let ids: Vec<u64> = batch.iter().map(|j| j.id).collect();
+                let waiters: Vec<std::thread::Thread> =
+                    batch.iter().map(|j| j.waiter.clone()).collect();
                 // A panic must not leave the leader's seat taken (every later
                 // signer would wait forever): its batch gets an error instead.
                 let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -1267,10 +1307,24 @@ impl Store {
                 g = self.group.lock().unwrap_or_else(|e| e.into_inner());
                 g.done.extend(results);
                 g.leader = false;
-                self.group_done.notify_all();
+                // Wake exactly the threads whose records were committed, and
+                // the first one queued meanwhile, to lead the next batch (a
+                // broadcast would wake every waiter at every commit).
+                let next = g.queue.first().map(|j| j.waiter.clone());
+                drop(g);
+                for w in waiters.iter().chain(next.iter()) {
+                    if w.id() != std::thread::current().id() {
+                        w.unpark();
+                    }
+                }
+                g = self.group.lock().unwrap_or_else(|e| e.into_inner());
                 continue;
             }
-            g = self.group_done.wait(g).unwrap_or_else(|e| e.into_inner());
+            drop(g);
+            // Woken by the leader that committed this job, or to lead; a
+            // spurious wake-up just checks again.
+            std::thread::park();
+            g = self.group.lock().unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -1309,7 +1363,7 @@ impl Store {
                 decisions.push(if allowed { Ok(()) } else { Err(asset) });
             }
             self.append_in(&tx, ak, &mut records)?;
-            tx.commit().map_err(|e| self.err(e))?;
+            self.commit(tx)?;
             Ok(decisions)
         })();
         use std::sync::atomic::Ordering::Relaxed;
@@ -1326,6 +1380,19 @@ impl Store {
     }
 
     /// (commits, records) of signatures so far: records per fsync.
+    /// Commits a write transaction, counting it.
+    fn commit(&self, tx: rusqlite::Transaction<'_>) -> Result<(), StoreError> {
+        tx.commit().map_err(|e| self.err(e))?;
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Write transactions (fsyncs) committed by this process so far.
+    pub fn fsyncs(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn commit_stats(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (
@@ -1350,12 +1417,8 @@ impl Store {
     /// fails verification at that record.
     fn head_in(&self, conn: &Connection) -> Result<Option<(u64, [u8; 32])>, StoreError> {
         let head: Option<(i64, Vec<u8>)> = conn
-            .query_row(
-                "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()
+            .prepare_cached("SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1")
+            .and_then(|mut st| st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
             .map_err(|e| self.err(e))?;
         Ok(head.map(|(s, m)| (s as u64, m.try_into().unwrap_or([0xffu8; 32]))))
     }

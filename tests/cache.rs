@@ -20,7 +20,11 @@ fn derivations(s: &Setup) -> u64 {
         .rev()
         .find(|l| l.contains("keys derived through the backing HSM: "))
         .expect("finalize logs its derivations");
-    line.rsplit(": ").next().unwrap().trim().parse().unwrap()
+    let after = line
+        .split("keys derived through the backing HSM: ")
+        .nth(1)
+        .unwrap();
+    after.split(';').next().unwrap().trim().parse().unwrap()
 }
 
 fn with_ttl(s: &Setup, seconds: u64) {

@@ -228,7 +228,15 @@ pub struct Provider {
     /// Session keys (`CKA_TOKEN=false`) by handle; see `session.rs`.
     session_objects: RwLock<HashMap<CK_OBJECT_HANDLE, Arc<SessionObject>>>,
     next_object: AtomicU64,
+    /// The process's backing HSM call count when this provider opened.
+    hsm_calls_at_open: u64,
+    /// Public keys (asset, version, key, MAC) whose MAC verified under the
+    /// audit key; see `check_public_keys`.
+    verified_keys: Mutex<std::collections::HashSet<VerifiedKey>>,
 }
+
+/// A recorded public key (or check value) and its MAC, verified.
+type VerifiedKey = (String, u32, Vec<u8>, Option<Vec<u8>>);
 
 /// A cached key and when it was derived.
 type CachedKey = (Arc<Secret32>, std::time::Instant);
@@ -263,6 +271,7 @@ impl Provider {
         })?;
         let backend = Backend::open(&config.backend, &config.source)?;
         let store_index = store_index(store.path());
+        mechanisms::warm_up();
         Ok(Provider {
             config,
             backend,
@@ -279,6 +288,8 @@ impl Provider {
             derivations: AtomicU64::new(0),
             session_objects: RwLock::new(HashMap::new()),
             next_object: AtomicU64::new(1),
+            hsm_calls_at_open: crate::backend::HSM_CALLS.load(Ordering::Relaxed),
+            verified_keys: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -287,8 +298,10 @@ impl Provider {
         lock(&self.key_cache).clear();
         self.drop_session_objects(None);
         log::info(&format!(
-            "keys derived through the backing HSM: {}",
-            self.derivations.load(Ordering::Relaxed)
+            "keys derived through the backing HSM: {}; backing HSM calls: {}; audit fsyncs: {}",
+            self.derivations.load(Ordering::Relaxed),
+            crate::backend::HSM_CALLS.load(Ordering::Relaxed) - self.hsm_calls_at_open,
+            self.store.fsyncs()
         ));
         let (commits, records) = self.store.commit_stats();
         if commits > 0 {
@@ -731,8 +744,21 @@ impl Provider {
         for n in versions {
             let Some(v) = asset.version(n) else { continue };
             let Some(pk) = &v.public_key else { continue };
+            // A (key, MAC) pair verified once needs no second HMAC: the MAC
+            // covers the asset id, the version and the key.
+            let seen = (
+                asset.id.to_string(),
+                v.version,
+                pk.clone(),
+                v.pk_mac.clone(),
+            );
+            if lock(&self.verified_keys).contains(&seen) {
+                continue;
+            }
             let want = public_key_mac(&ak, asset.id.as_str(), v.version, pk);
-            if v.pk_mac.as_deref() != Some(&want[..]) {
+            if v.pk_mac.as_deref() == Some(&want[..]) {
+                lock(&self.verified_keys).insert(seen);
+            } else {
                 return Err(Error::with(
                     CKR_DEVICE_ERROR,
                     format!(

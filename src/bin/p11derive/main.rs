@@ -247,6 +247,7 @@ fn load_config(args: &Args) -> Result<Config, Failure> {
 /// Maps the locked arena for the secrets a command handles (PIN, root,
 /// audit key) under the same `[memory]` rules as the provider.
 fn lock_memory(config: &Config) -> Result<(), Failure> {
+    p11derive::mechanisms::warm_up();
     let memory = &config.memory;
     match p11derive::secure::configure(memory.locked_kib, memory.allow_unlocked) {
         Ok(true) => Ok(()),

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# The benchmark (issue 8): the same scenarios against p11derive (SoftHSM
+# behind it, audit durable) and against SoftHSM itself with stored keys of
+# the same types, interleaved in one run, with the ratios.
+#
+#   bash tools/bench.sh [--seconds S] [--write]
+#
+# --write puts the table into docs/benchmarks.md with the machine and date.
+# Each run is one process of tools/bench (p11bench): warm-up 0.5 s, then S
+# seconds measured (default 3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_EACH=3
+WRITE=0
+while [ $# -gt 0 ]; do
+    case $1 in
+        --seconds) SECONDS_EACH=$2; shift 2 ;;
+        --write) WRITE=1; shift ;;
+        *) echo "usage: bash tools/bench.sh [--seconds S] [--write]" >&2; exit 2 ;;
+    esac
+done
+bash tools/setup.sh >/dev/null
+[ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+cargo build --release --quiet
+export P11DERIVE_BIN="$PWD/target/release/p11derive"
+BENCH="$PWD/target/release/p11bench"
+P11DERIVE="$PWD/target/release/libp11derive.so"
+SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
+# shellcheck source=tools/softhsm-env.sh
+source tools/softhsm-env.sh >/dev/null
+trap 'rm -rf "$P11DERIVE_WORK"' EXIT
+W=$P11DERIVE_WORK
+printf '%s' "$P11DERIVE_PIN" > "$W/pin"
+LOG="$W/p11derive.log"
+
+# The keys: derived assets in p11derive, stored keys of the same types in
+# SoftHSM (on the backing token itself).
+for t in secp256k1 p256 aes256 hmac-sha256; do
+    "$P11DERIVE_BIN" asset create "bench-$t" --type "$t" >/dev/null
+done
+sh() { pkcs11-tool --module "$SOFTHSM" --token-label custody-root --login --pin "$P11DERIVE_PIN" "$@" >/dev/null; }
+sh --keypairgen --key-type EC:secp256k1 --label bench-secp256k1
+sh --keypairgen --key-type EC:prime256v1 --label bench-p256
+sh --keygen --key-type AES:32 --label bench-aes256
+"$BENCH" --module "$SOFTHSM" --token custody-root --key bench-hmac-sha256 --op make-hmac-key \
+    --pin-file "$W/pin" >/dev/null
+# Cold first use: with the cache off, every operation derives its key.
+sed 's/^\[log\]/[cache]\nttl_seconds = 0\n\n[log]/' "$P11DERIVE_CONF" > "$W/cold.toml"
+
+run() { # MODULE TOKEN KEY OP THREADS [CONF]
+    local conf=${6:-$P11DERIVE_CONF} stats=()
+    [ "$1" = "$P11DERIVE" ] && stats=(--stats-log "$LOG")
+    P11DERIVE_CONF=$conf "$BENCH" --module "$1" --token "$2" --key "$3" --op "$4" --threads "$5" \
+        --seconds "$SECONDS_EACH" --pin-file "$W/pin" "${stats[@]}"
+}
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
+
+rows=()
+row() { # SCENARIO KEY THREADS P11DERIVE_LINE SOFTHSM_LINE
+    local d=$4 s=$5 ratio
+    ratio=$(python3 -c "print(f'{$(field ops_per_s "$d") / max($(field ops_per_s "$s"), 1):.2f}')")
+    rows+=("| $1 | $2 | $3 | $(field ops_per_s "$d") | $(field p50_us "$d") / $(field p99_us "$d") / $(field p999_us "$d") | $(field ops_per_s "$s") | $(field p50_us "$s") / $(field p99_us "$s") / $(field p999_us "$s") | **${ratio}×** | $(field hsm_calls_per_1k "$d") | $(field fsyncs_per_1k "$d") | $(field peak_rss_kib "$d") / $(field peak_rss_kib "$s") |")
+    echo "${rows[-1]}"
+}
+
+echo "| scenario | key | threads | p11derive ops/s | p11derive p50/p99/p99.9 µs | SoftHSM ops/s | SoftHSM p50/p99/p99.9 µs | ratio | HSM calls /1k | fsyncs /1k | peak RSS KiB (p11derive / SoftHSM) |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|"
+for kt in secp256k1 p256; do
+    for threads in 1 2 8 32; do
+        d=$(run "$P11DERIVE" p11derive "bench-$kt" sign "$threads")
+        s=$(run "$SOFTHSM" custody-root "bench-$kt" sign "$threads")
+        row "warm sign" "$kt" "$threads" "$d" "$s"
+    done
+    d=$(run "$P11DERIVE" p11derive "bench-$kt" cold-sign 1 "$W/cold.toml")
+    s=$(run "$SOFTHSM" custody-root "bench-$kt" cold-sign 1)
+    row "cold sign (session, find, sign; p11derive derives each time)" "$kt" 1 "$d" "$s"
+done
+for threads in 1 8; do
+    d=$(run "$P11DERIVE" p11derive bench-aes256 gcm "$threads")
+    s=$(run "$SOFTHSM" custody-root bench-aes256 gcm "$threads")
+    row "AES-GCM encrypt 4 KiB" aes256 "$threads" "$d" "$s"
+    d=$(run "$P11DERIVE" p11derive bench-hmac-sha256 hmac "$threads")
+    s=$(run "$SOFTHSM" custody-root bench-hmac-sha256 hmac "$threads")
+    row "HMAC-SHA256 4 KiB" hmac-sha256 "$threads" "$d" "$s"
+done
+
+if [ "$WRITE" = 1 ]; then
+    {
+        echo "# Benchmarks"
+        echo
+        echo "p11derive (SoftHSM as its backing HSM, audit durable: every result's record fsynced before it"
+        echo "is returned) against SoftHSM itself with stored keys of the same types, measured in one run,"
+        echo "each scenario run for both back to back. Written by \`bash tools/bench.sh --write\`; rerun it to"
+        echo "reproduce. Figures from a shared, noisy machine: compare ratios within a run, not across runs."
+        echo
+        echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+        echo "- Machine: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
+        echo "- p11derive $(git rev-parse --short HEAD 2>/dev/null || echo unknown), SoftHSM $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null), ${SECONDS_EACH} s per measurement after 0.5 s of warm-up"
+        echo
+        echo "| scenario | key | threads | p11derive ops/s | p11derive p50/p99/p99.9 µs | SoftHSM ops/s | SoftHSM p50/p99/p99.9 µs | ratio | HSM calls /1k | fsyncs /1k | peak RSS KiB (p11derive / SoftHSM) |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|"
+        printf '%s\n' "${rows[@]}"
+        echo
+        echo "HSM calls and fsyncs per 1000 operations are p11derive's own (from its C_Finalize log line),"
+        echo "counted over the whole run, warm-up included."
+    } > docs/benchmarks.md
+    echo "written: docs/benchmarks.md"
+fi

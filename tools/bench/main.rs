@@ -1,0 +1,454 @@
+//! `p11bench`: a PKCS#11 load generator. Loads any module, logs in, finds a
+//! key by label, and runs one scenario for a number of client threads,
+//! printing one line: throughput, latency percentiles and peak RSS (and,
+//! given the provider's log, its backing HSM calls and audit fsyncs).
+//!
+//! ```text
+//! p11bench --module M --token LABEL --key LABEL --op sign|cold-sign|gcm|hmac
+//!          [--threads N] [--seconds S] [--pin-file F] [--stats-log FILE]
+//! ```
+//!
+//! - `sign`: each thread opens a session, then loops `C_SignInit(CKM_ECDSA)`
+//!   + `C_Sign` over a 32-byte digest (warm signing).
+//! - `cold-sign`: each operation opens a session, finds the key, signs and
+//!   closes the session (with p11derive run with `[cache] ttl_seconds = 0`,
+//!   every operation derives its key through the backing HSM).
+//! - `gcm`: `C_EncryptInit(CKM_AES_GCM, 12-byte IV, 128-bit tag)` +
+//!   `C_Encrypt` of 4 KiB.
+//! - `hmac`: `C_SignInit(CKM_SHA256_HMAC)` + `C_Sign` of 4 KiB.
+//!
+//! The PIN comes from `--pin-file` or `$P11BENCH_PIN`.
+
+use std::ptr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cryptoki_sys::*;
+
+struct Module {
+    _lib: libloading::Library,
+    f: &'static CK_FUNCTION_LIST,
+}
+
+macro_rules! call {
+    ($m:expr, $f:ident ( $($a:expr),* $(,)? )) => {
+        // SAFETY: arguments are valid for the call (see each caller).
+        unsafe { ($m.f.$f.expect(stringify!($f)))($($a),*) }
+    };
+}
+
+fn ok(rv: CK_RV, what: &str) {
+    if rv != CKR_OK {
+        eprintln!("p11bench: {what} failed: rv 0x{rv:x}");
+        std::process::exit(1);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Op {
+    Sign,
+    ColdSign,
+    Gcm,
+    Hmac,
+    /// Creates a token HMAC key (generic secret, sign/verify) labelled
+    /// `--key`: pkcs11-tool 0.23 cannot make one that signs.
+    MakeHmacKey,
+}
+
+struct Args {
+    module: String,
+    token: String,
+    key: String,
+    op: Op,
+    threads: usize,
+    seconds: f64,
+    pin: Vec<u8>,
+    stats_log: Option<String>,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: p11bench --module M --token LABEL --key LABEL --op sign|cold-sign|gcm|hmac \
+         [--threads N] [--seconds S] [--pin-file F] [--stats-log FILE]"
+    );
+    std::process::exit(2)
+}
+
+fn parse() -> Args {
+    let a: Vec<String> = std::env::args().skip(1).collect();
+    let get = |name: &str| {
+        a.iter()
+            .position(|x| x == name)
+            .and_then(|i| a.get(i + 1))
+            .cloned()
+    };
+    let op = match get("--op").as_deref() {
+        Some("sign") => Op::Sign,
+        Some("cold-sign") => Op::ColdSign,
+        Some("gcm") => Op::Gcm,
+        Some("hmac") => Op::Hmac,
+        Some("make-hmac-key") => Op::MakeHmacKey,
+        _ => usage(),
+    };
+    let pin = match get("--pin-file") {
+        Some(f) => std::fs::read(f).unwrap_or_else(|e| {
+            eprintln!("p11bench: cannot read the PIN file: {e}");
+            std::process::exit(2)
+        }),
+        None => std::env::var("P11BENCH_PIN")
+            .unwrap_or_default()
+            .into_bytes(),
+    };
+    let pin = pin
+        .into_iter()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    Args {
+        module: get("--module").unwrap_or_else(|| usage()),
+        token: get("--token").unwrap_or_else(|| usage()),
+        key: get("--key").unwrap_or_else(|| usage()),
+        op,
+        threads: get("--threads").and_then(|t| t.parse().ok()).unwrap_or(1),
+        seconds: get("--seconds").and_then(|t| t.parse().ok()).unwrap_or(5.0),
+        pin,
+        stats_log: get("--stats-log"),
+    }
+}
+
+fn load(path: &str) -> Module {
+    // SAFETY: loading the module under test.
+    let lib = unsafe { libloading::Library::new(path) }.unwrap_or_else(|e| {
+        eprintln!("p11bench: cannot load {path}: {e}");
+        std::process::exit(1)
+    });
+    let f = {
+        // SAFETY: C_GetFunctionList has this signature in every PKCS#11 module.
+        let get: libloading::Symbol<unsafe extern "C" fn(*mut CK_FUNCTION_LIST_PTR) -> CK_RV> =
+            unsafe { lib.get(b"C_GetFunctionList\0") }.expect("C_GetFunctionList");
+        let mut list: CK_FUNCTION_LIST_PTR = ptr::null_mut();
+        // SAFETY: a valid out-pointer.
+        ok(unsafe { get(&mut list) }, "C_GetFunctionList");
+        // SAFETY: the table lives as long as the library, which is never unloaded here.
+        unsafe { &*list }
+    };
+    Module { _lib: lib, f }
+}
+
+fn slot_of(m: &Module, token: &str) -> CK_SLOT_ID {
+    let mut n: CK_ULONG = 0;
+    ok(
+        call!(m, C_GetSlotList(CK_TRUE, ptr::null_mut(), &mut n)),
+        "C_GetSlotList",
+    );
+    let mut slots = vec![0; n as usize];
+    ok(
+        call!(m, C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut n)),
+        "C_GetSlotList",
+    );
+    for slot in slots {
+        // SAFETY: plain data filled by the call.
+        let mut info: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
+        if call!(m, C_GetTokenInfo(slot, &mut info)) == CKR_OK
+            && String::from_utf8_lossy(&info.label).trim_end() == token
+        {
+            return slot;
+        }
+    }
+    eprintln!("p11bench: no token labelled {token:?}");
+    std::process::exit(1)
+}
+
+fn open(m: &Module, slot: CK_SLOT_ID) -> CK_SESSION_HANDLE {
+    let mut h = 0;
+    let flags = CKF_SERIAL_SESSION | CKF_RW_SESSION;
+    ok(
+        call!(m, C_OpenSession(slot, flags, ptr::null_mut(), None, &mut h)),
+        "C_OpenSession",
+    );
+    h
+}
+
+fn find(m: &Module, h: CK_SESSION_HANDLE, label: &str, class: CK_OBJECT_CLASS) -> CK_OBJECT_HANDLE {
+    let mut class = class;
+    let mut t = [
+        CK_ATTRIBUTE {
+            type_: CKA_CLASS,
+            pValue: &mut class as *mut _ as *mut _,
+            ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as _,
+        },
+        CK_ATTRIBUTE {
+            type_: CKA_LABEL,
+            pValue: label.as_ptr() as *mut _,
+            ulValueLen: label.len() as _,
+        },
+    ];
+    ok(
+        call!(m, C_FindObjectsInit(h, t.as_mut_ptr(), 2)),
+        "C_FindObjectsInit",
+    );
+    let mut found = [0; 1];
+    let mut n = 0;
+    ok(
+        call!(m, C_FindObjects(h, found.as_mut_ptr(), 1, &mut n)),
+        "C_FindObjects",
+    );
+    ok(call!(m, C_FindObjectsFinal(h)), "C_FindObjectsFinal");
+    if n != 1 {
+        eprintln!("p11bench: no key labelled {label:?}");
+        std::process::exit(1);
+    }
+    found[0]
+}
+
+/// One operation; the IV counter makes each GCM IV unique.
+fn once(m: &Module, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE, op: Op, n: u64, data: &mut [u8]) {
+    let mut out = [0u8; 4096 + 64];
+    let mut len = out.len() as CK_ULONG;
+    match op {
+        Op::Sign | Op::ColdSign => {
+            let mut mech = CK_MECHANISM {
+                mechanism: CKM_ECDSA,
+                pParameter: ptr::null_mut(),
+                ulParameterLen: 0,
+            };
+            data[..8].copy_from_slice(&n.to_be_bytes());
+            ok(call!(m, C_SignInit(h, &mut mech, key)), "C_SignInit");
+            ok(
+                call!(
+                    m,
+                    C_Sign(h, data.as_mut_ptr(), 32, out.as_mut_ptr(), &mut len)
+                ),
+                "C_Sign",
+            );
+        }
+        Op::Hmac => {
+            let mut mech = CK_MECHANISM {
+                mechanism: CKM_SHA256_HMAC,
+                pParameter: ptr::null_mut(),
+                ulParameterLen: 0,
+            };
+            ok(call!(m, C_SignInit(h, &mut mech, key)), "C_SignInit(HMAC)");
+            let rv = call!(
+                m,
+                C_Sign(h, data.as_mut_ptr(), 4096, out.as_mut_ptr(), &mut len)
+            );
+            ok(rv, "C_Sign(HMAC)");
+        }
+        Op::MakeHmacKey => {}
+        Op::Gcm => {
+            let mut iv = [0u8; 12];
+            iv[4..].copy_from_slice(&n.to_be_bytes());
+            let mut params = CK_GCM_PARAMS {
+                pIv: iv.as_mut_ptr(),
+                ulIvLen: 12,
+                ulIvBits: 96,
+                pAAD: ptr::null_mut(),
+                ulAADLen: 0,
+                ulTagBits: 128,
+            };
+            let mut mech = CK_MECHANISM {
+                mechanism: CKM_AES_GCM,
+                pParameter: &mut params as *mut _ as *mut _,
+                ulParameterLen: std::mem::size_of::<CK_GCM_PARAMS>() as _,
+            };
+            ok(call!(m, C_EncryptInit(h, &mut mech, key)), "C_EncryptInit");
+            let rv = call!(
+                m,
+                C_Encrypt(h, data.as_mut_ptr(), 4096, out.as_mut_ptr(), &mut len)
+            );
+            ok(rv, "C_Encrypt");
+        }
+    }
+}
+
+fn make_hmac_key(m: &Module, h: CK_SESSION_HANDLE, label: &str) {
+    let (mut t, mut class, mut kt, mut len) =
+        (CK_TRUE, CKO_SECRET_KEY, CKK_GENERIC_SECRET, 32 as CK_ULONG);
+    let u = std::mem::size_of::<CK_ULONG>() as CK_ULONG;
+    let attr = |ty, p: *mut std::ffi::c_void, l| CK_ATTRIBUTE {
+        type_: ty,
+        pValue: p,
+        ulValueLen: l,
+    };
+    let tp = &mut t as *mut _ as *mut _;
+    let mut template = [
+        attr(CKA_CLASS, &mut class as *mut _ as *mut _, u),
+        attr(CKA_KEY_TYPE, &mut kt as *mut _ as *mut _, u),
+        attr(CKA_VALUE_LEN, &mut len as *mut _ as *mut _, u),
+        attr(CKA_LABEL, label.as_ptr() as *mut _, label.len() as _),
+        attr(CKA_TOKEN, tp, 1),
+        attr(CKA_PRIVATE, tp, 1),
+        attr(CKA_SENSITIVE, tp, 1),
+        attr(CKA_SIGN, tp, 1),
+        attr(CKA_VERIFY, tp, 1),
+    ];
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_GENERIC_SECRET_KEY_GEN,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let mut key = 0;
+    let n = template.len() as CK_ULONG;
+    ok(
+        call!(
+            m,
+            C_GenerateKey(h, &mut mech, template.as_mut_ptr(), n, &mut key)
+        ),
+        "C_GenerateKey",
+    );
+    println!("created HMAC key {label:?}");
+}
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// `(backing HSM calls, audit fsyncs)` from the provider's finalize line.
+fn provider_stats(log: &str) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("backing HSM calls: "))?;
+    let num = |key: &str| -> Option<u64> {
+        line.split(key)
+            .nth(1)?
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((num("backing HSM calls: ")?, num("audit fsyncs: ")?))
+}
+
+fn main() {
+    let a = parse();
+    let m = Arc::new(load(&a.module));
+    let mut init = CK_C_INITIALIZE_ARGS {
+        CreateMutex: None,
+        DestroyMutex: None,
+        LockMutex: None,
+        UnlockMutex: None,
+        flags: CKF_OS_LOCKING_OK,
+        pReserved: ptr::null_mut(),
+    };
+    ok(
+        call!(m, C_Initialize(&mut init as *mut _ as *mut _)),
+        "C_Initialize",
+    );
+    let slot = slot_of(&m, &a.token);
+    let main = open(&m, slot);
+    let rv = call!(
+        m,
+        C_Login(main, CKU_USER, a.pin.as_ptr() as *mut _, a.pin.len() as _)
+    );
+    ok(rv, "C_Login");
+    if a.op == Op::MakeHmacKey {
+        make_hmac_key(&m, main, &a.key);
+        ok(call!(m, C_Logout(main)), "C_Logout");
+        ok(call!(m, C_Finalize(ptr::null_mut())), "C_Finalize");
+        return;
+    }
+    let class = match a.op {
+        Op::Sign | Op::ColdSign => CKO_PRIVATE_KEY,
+        Op::Gcm | Op::Hmac | Op::MakeHmacKey => CKO_SECRET_KEY,
+    };
+    let key = find(&m, main, &a.key, class);
+
+    // A short warm-up (first derivation, caches, page faults), then the run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..a.threads)
+        .map(|t| {
+            let (m, stop, measuring) = (m.clone(), stop.clone(), measuring.clone());
+            let (op, label) = (a.op, a.key.clone());
+            std::thread::spawn(move || {
+                let mut data = vec![t as u8; 4096];
+                let mut lat: Vec<u32> = Vec::with_capacity(1 << 20);
+                let session = open(&m, slot);
+                let mut n: u64 = (t as u64) << 40;
+                let mut all: u64 = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let t0 = Instant::now();
+                    if op == Op::ColdSign {
+                        let h = open(&m, slot);
+                        let k = find(&m, h, &label, CKO_PRIVATE_KEY);
+                        once(&m, h, k, op, n, &mut data);
+                        ok(call!(m, C_CloseSession(h)), "C_CloseSession");
+                    } else {
+                        once(&m, session, key, op, n, &mut data);
+                    }
+                    if measuring.load(Ordering::Relaxed) {
+                        lat.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
+                    }
+                    all += 1;
+                }
+                ok(call!(m, C_CloseSession(session)), "C_CloseSession");
+                (lat, all)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    measuring.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(a.seconds));
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut lat: Vec<u32> = Vec::new();
+    let mut all_ops: u64 = 0;
+    for w in workers {
+        let (l, n) = w.join().expect("worker");
+        lat.extend(l);
+        all_ops += n;
+    }
+    ok(call!(m, C_Logout(main)), "C_Logout");
+    ok(call!(m, C_CloseSession(main)), "C_CloseSession");
+    ok(call!(m, C_Finalize(ptr::null_mut())), "C_Finalize");
+    lat.sort_unstable();
+    let ops = lat.len();
+    let pct = |p: f64| -> f64 {
+        if ops == 0 {
+            return 0.0;
+        }
+        lat[((ops as f64 * p) as usize).min(ops - 1)] as f64 / 1000.0
+    };
+    let mut line = format!(
+        "op={} threads={} ops={} ops_per_s={:.0} p50_us={:.0} p99_us={:.0} p999_us={:.0} peak_rss_kib={}",
+        match a.op {
+            Op::Sign => "sign",
+            Op::ColdSign => "cold-sign",
+            Op::Gcm => "gcm-4k",
+            Op::Hmac => "hmac-4k",
+            Op::MakeHmacKey => "make-hmac-key",
+        },
+        a.threads,
+        ops,
+        ops as f64 / elapsed,
+        pct(0.50),
+        pct(0.99),
+        pct(0.999),
+        peak_rss_kib()
+    );
+    if let Some(log) = &a.stats_log {
+        // The counts cover the whole run: warm-up operations count too.
+        if let Some((calls, fsyncs)) = provider_stats(log) {
+            let total = all_ops.max(1) as f64;
+            line.push_str(&format!(
+                " hsm_calls_per_1k={:.2} fsyncs_per_1k={:.1}",
+                calls as f64 * 1000.0 / total,
+                fsyncs as f64 * 1000.0 / total
+            ));
+        }
+    }
+    println!("{line}");
+}
