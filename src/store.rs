@@ -20,7 +20,7 @@ use crate::derive::{AssetId, KeyType, Secret32};
 /// `PRAGMA application_id` of a p11derive store ("P1DR").
 pub const APPLICATION_ID: i32 = 0x5031_4452;
 /// The schema this build writes. Older stores are migrated forward.
-pub const SCHEMA_VERSION: i32 = 5;
+pub const SCHEMA_VERSION: i32 = 6;
 
 /// Each entry upgrades the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
@@ -89,6 +89,26 @@ const MIGRATIONS: &[&str] = &[
         oid         BLOB,
         created_at  INTEGER NOT NULL
     );",
+    // 5 -> 6: a counter every change to assets or versions moves (by
+    // trigger, whoever writes), so a process can tell in one read whether
+    // its cached assets are still current.
+    "CREATE TABLE generation (
+        id     INTEGER PRIMARY KEY CHECK (id = 1),
+        assets INTEGER NOT NULL
+    );
+    INSERT INTO generation (id, assets) VALUES (1, 0);
+    CREATE TRIGGER assets_insert AFTER INSERT ON assets
+        BEGIN UPDATE generation SET assets = assets + 1; END;
+    CREATE TRIGGER assets_update AFTER UPDATE ON assets
+        BEGIN UPDATE generation SET assets = assets + 1; END;
+    CREATE TRIGGER assets_delete AFTER DELETE ON assets
+        BEGIN UPDATE generation SET assets = assets + 1; END;
+    CREATE TRIGGER versions_insert AFTER INSERT ON versions
+        BEGIN UPDATE generation SET assets = assets + 1; END;
+    CREATE TRIGGER versions_update AFTER UPDATE ON versions
+        BEGIN UPDATE generation SET assets = assets + 1; END;
+    CREATE TRIGGER versions_delete AFTER DELETE ON versions
+        BEGIN UPDATE generation SET assets = assets + 1; END;",
 ];
 
 /// A public token object as stored: a certificate or a data object.
@@ -360,15 +380,19 @@ pub struct Store {
     batched_records: std::sync::atomic::AtomicU64,
     /// Write transactions committed (each one an fsync: synchronous=FULL).
     commits: std::sync::atomic::AtomicU64,
-    /// Assets read, valid while `PRAGMA data_version` (which moves when
-    /// another connection commits) is unchanged and this connection changed
-    /// no asset: signing reads an asset at every C_SignInit.
+    /// A second connection for the reads every operation makes, so they
+    /// never wait behind a commit's fsync on `conn` (WAL: readers and the
+    /// writer do not block each other).
+    reader: Mutex<Connection>,
+    /// Assets read, valid while the store's asset generation (moved by
+    /// trigger at every change to assets or versions, by any process) is
+    /// unchanged: signing reads an asset at every C_SignInit.
     asset_cache: Mutex<AssetCache>,
 }
 
 #[derive(Default)]
 struct AssetCache {
-    data_version: i64,
+    generation: i64,
     assets: std::collections::HashMap<i64, Asset>,
 }
 
@@ -485,9 +509,21 @@ impl Store {
              PRAGMA secure_delete = ON;",
         )
         .map_err(|e| classify(path, e))?;
+        let reader = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| classify(path, e))?;
+        reader
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(|e| classify(path, e))?;
+        reader
+            .execute_batch("PRAGMA query_only = ON;")
+            .map_err(|e| classify(path, e))?;
         Ok(Store {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
             group: Mutex::new(Group::default()),
             batches: std::sync::atomic::AtomicU64::new(0),
             batched_records: std::sync::atomic::AtomicU64::new(0),
@@ -565,15 +601,17 @@ impl Store {
     /// One asset by row id (retired ones included: the caller decides).
     /// Served from the cache while no connection changed the store.
     pub fn asset(&self, rowid: i64) -> Result<Option<Asset>, StoreError> {
-        let conn = self.lock();
-        let version: i64 = conn
-            .prepare_cached("PRAGMA data_version")
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        // Read before the asset: a change committed in between is cached
+        // under the older generation and read again next time.
+        let generation: i64 = conn
+            .prepare_cached("SELECT assets FROM generation")
             .and_then(|mut st| st.query_row([], |r| r.get(0)))
             .map_err(|e| self.err(e))?;
         let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.data_version != version {
+        if cache.generation != generation {
             cache.assets.clear();
-            cache.data_version = version;
+            cache.generation = generation;
         }
         if let Some(a) = cache.assets.get(&rowid) {
             return Ok(Some(a.clone()));
@@ -586,8 +624,8 @@ impl Store {
         Ok(Some(asset))
     }
 
-    /// Drops the cached assets: this connection changed one (other
-    /// connections' changes move `data_version`).
+    /// Drops the cached assets after this process changed one (the
+    /// generation moves too; this only saves a read).
     fn forget_assets(&self) {
         self.asset_cache
             .lock()
@@ -964,7 +1002,7 @@ impl Store {
     /// before an operation's result leaves, so a transition committed by any
     /// process before this read is honoured.
     pub fn fresh_state(&self, rowid: i64) -> Result<Option<Asset>, StoreError> {
-        let conn = self.lock();
+        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         self.asset_row(&conn, rowid)
     }
 
