@@ -86,13 +86,7 @@ done
 
 if [ "$WRITE" = 1 ]; then
     {
-        echo "# Benchmarks"
-        echo
-        echo "p11derive (SoftHSM as its backing HSM, audit durable: every result's record fsynced before it"
-        echo "is returned) against SoftHSM itself with stored keys of the same types, measured in one run,"
-        echo "each scenario run for both back to back. Written by \`bash tools/bench.sh --write\`; rerun it to"
-        echo "reproduce. Figures from a shared, noisy machine: compare ratios within a run, not across runs."
-        echo
+        echo "<!-- bench:begin (written by tools/bench.sh --write; the text after bench:end is kept) -->"
         echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
         echo "- Machine: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
         echo "- p11derive $(git rev-parse --short HEAD 2>/dev/null || echo unknown), SoftHSM $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null), ${SECONDS_EACH} s per measurement after 0.5 s of warm-up"
@@ -102,7 +96,17 @@ if [ "$WRITE" = 1 ]; then
         printf '%s\n' "${rows[@]}"
         echo
         echo "HSM calls and fsyncs per 1000 operations are p11derive's own (from its C_Finalize log line),"
-        echo "counted over the whole run, warm-up included."
-    } > docs/benchmarks.md
+        echo "counted over the whole run, warm-up and login included."
+        echo "<!-- bench:end -->"
+    } > "$W/table.md"
+    python3 - "$W/table.md" docs/benchmarks.md <<'PY'
+import sys, os
+table = open(sys.argv[1]).read()
+path = sys.argv[2]
+text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n<!-- bench:begin -->\n<!-- bench:end -->\n"
+start = text.index("<!-- bench:begin")
+end = text.index("<!-- bench:end -->") + len("<!-- bench:end -->\n")
+open(path, "w").write(text[:start] + table + text[end:])
+PY
     echo "written: docs/benchmarks.md"
 fi
