@@ -135,8 +135,11 @@ unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Vec<TemplateAt
         .collect()
 }
 
-/// The `CKA_VALUE` of a caller's template, copied straight into the locked
-/// arena.
+/// The longest secret-key value `C_CreateObject` copies into locked memory.
+const MAX_SECRET_VALUE: usize = 4096;
+
+/// The `CKA_VALUE` of a caller's secret-key template, copied straight into
+/// the locked arena.
 ///
 /// # Safety
 /// As for [`template`].
@@ -146,9 +149,27 @@ unsafe fn secret_value(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Option<Sec
     }
     // SAFETY: non-null, and the caller promises `n` attributes.
     let attrs = unsafe { std::slice::from_raw_parts(p, n as usize) };
-    let Some(a) = attrs.iter().find(|a| a.type_ == CKA_VALUE) else {
+    // Only a secret key's value is key material (public objects keep theirs
+    // in the template); checked before anything is copied.
+    let secret_key = attrs.iter().any(|a| {
+        a.type_ == CKA_CLASS
+            // SAFETY: the value is readable for ulValueLen bytes.
+            && unsafe { bytes(a.pValue as *const u8, a.ulValueLen) }.is_ok_and(|v| {
+                v.try_into().map(CK_ULONG::from_ne_bytes).ok() == Some(CKO_SECRET_KEY)
+            })
+    });
+    let Some(a) = attrs.iter().find(|a| a.type_ == CKA_VALUE && secret_key) else {
         return Ok(None);
     };
+    if a.ulValueLen as usize > MAX_SECRET_VALUE {
+        return Err(Error::with(
+            CKR_ATTRIBUTE_VALUE_INVALID,
+            format!(
+                "C_CreateObject: a CKA_VALUE of {} bytes; secret keys are at most {MAX_SECRET_VALUE}",
+                a.ulValueLen
+            ),
+        ));
+    }
     // SAFETY: the value is readable for ulValueLen bytes.
     let value = unsafe { bytes(a.pValue as *const u8, a.ulValueLen) }?;
     let mut out = SecretBytes::with_capacity(value.len().max(1))
@@ -1262,6 +1283,20 @@ fn crypt_call(
         // SAFETY: caller's input and output buffers.
         unsafe {
             let input = bytes(p_in, in_len)?;
+            // PKCS#11 lets the output overwrite the input in place; a copy
+            // keeps the two slices from aliasing.
+            let out_start = p_out as usize;
+            let overlaps = !p_out.is_null()
+                && !pul_out.is_null()
+                && out_start < input.as_ptr() as usize + input.len()
+                && (input.as_ptr() as usize) < out_start + *pul_out as usize;
+            let copy;
+            let input = if overlaps {
+                copy = zeroize::Zeroizing::new(input.to_vec());
+                &copy[..]
+            } else {
+                input
+            };
             output(
                 p_out,
                 pul_out,

@@ -226,6 +226,14 @@ pub fn configure(kib: u64, allow_unlocked: bool) -> Result<bool, String> {
     let page = page_size();
     let want = ((kib as usize * 1024).div_ceil(page)).max(1) * page;
     if let Some(a) = slot.as_ref() {
+        if a.in_use > 0 && !a.locked && !allow_unlocked {
+            // Still holding secrets from a degraded run: this configuration
+            // forbids running unlocked, so it fails closed.
+            return Err(format!(
+                "the memory for secrets is not locked and still in use, and [memory] \
+                 allow_unlocked is false: raise RLIMIT_MEMLOCK to at least {kib} KiB and restart"
+            ));
+        }
         if a.in_use > 0 || (a.len == want && (a.locked || allow_unlocked)) {
             DEGRADED.store(!a.locked, Ordering::SeqCst);
             let locked = a.locked;
@@ -468,10 +476,14 @@ pub enum Depth {
 
 impl Depth {
     /// The stack size in KiB: twice the deepest use measured, or more.
+    /// Debug builds use several times the stack (measured: 32 KiB for GCM
+    /// on the small stack), so they get more room.
     pub const fn kib(self) -> usize {
-        match self {
-            Depth::Small => 32,
-            Depth::Deep => 96,
+        match (self, cfg!(debug_assertions)) {
+            (Depth::Small, false) => 32,
+            (Depth::Deep, false) => 96,
+            (Depth::Small, true) => 256,
+            (Depth::Deep, true) => 1024,
         }
     }
 

@@ -562,6 +562,16 @@ fn derived_secret_keys_are_the_vectors_keys() {
         p11derive::symmetric::GcmParams::new(vec![9; 12], None, b"aad".to_vec(), 128).unwrap();
     let opened = p11derive::symmetric::gcm_open(&k1, &params, &sealed).unwrap();
     assert_eq!(&opened[..], b"plaintext");
+    // The encryption's record carries the SHA-256 of the ciphertext, never
+    // of the plaintext.
+    let out = cli(&s, &["audit", "export", "--asset", "seal"]);
+    let log = String::from_utf8_lossy(&out.stdout);
+    let digest = |b: &[u8]| {
+        use sha2::Digest;
+        hex(&sha2::Sha256::digest(b))
+    };
+    assert!(log.contains(&digest(&sealed)), "{log}");
+    assert!(!log.contains(&digest(b"plaintext")), "{log}");
 
     // Version 2 after a rotation: the vector's counter-2 key.
     let out = cli(&s, &["asset", "rotate", "seal"]);
@@ -1109,6 +1119,12 @@ fn session_key_refusals_name_the_problem() {
         RvError::TemplateIncomplete,
         "no CKA_VALUE_LEN"
     );
+    // A value too long to be a key is refused before it is copied anywhere.
+    assert_eq!(
+        rv_of(session.create_object(&base(KeyType::GENERIC_SECRET, vec![1; 5000]))),
+        RvError::AttributeValueInvalid
+    );
+    assert!(s.log().contains("secret keys are at most 4096"));
     // A key made for decryption only does not encrypt.
     let t = with(base(KeyType::AES, vec![2; 16]), Attribute::Encrypt(false));
     let dec_only = session.create_object(&t).unwrap();
@@ -1261,7 +1277,13 @@ fn key_wrap_matches_the_rfcs_and_follows_rotation() {
         RvError::WrappedKeyInvalid
     );
 
-    // Refusals.
+    // Refusals. A key CKM_AES_KEY_WRAP cannot wrap is refused at the length
+    // query already (cryptoki asks for the length first).
+    let odd = extractable(&session, KeyType::GENERIC_SECRET, &[5; 20]);
+    assert_eq!(
+        rv_of(session.wrap_key(&Mechanism::AesKeyWrap, asset, odd)),
+        RvError::KeySizeRange
+    );
     let hmac_asset = generate(&session, "not-a-kek", true);
     assert_eq!(
         rv_of(session.wrap_key(&Mechanism::AesKeyWrap, asset, asset)),

@@ -31,6 +31,18 @@ pub(super) struct CryptOp {
     audit: OpAudit,
 }
 
+/// Appends to a buffer of caller data that may be secret (plaintext): when it
+/// must grow, the old allocation is wiped, never left behind in freed heap.
+fn append_wiped(buf: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
+    if buf.capacity() - buf.len() < data.len() {
+        let mut bigger = Vec::with_capacity((buf.len() + data.len()).max(2 * buf.capacity()));
+        bigger.extend_from_slice(buf);
+        // The old Vec is dropped by the assignment: Zeroizing wipes it.
+        *buf = Zeroizing::new(bigger);
+    }
+    buf.extend_from_slice(data);
+}
+
 /// The AES keys an operation may use, and whose they are.
 struct AesKeys {
     /// `None`: a session key.
@@ -378,7 +390,7 @@ impl Provider {
         }
         .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
         drop(s);
-        op.data.extend_from_slice(data);
+        append_wiped(&mut op.data, data);
         op.audit.input.update(data);
         if encrypting {
             self.complete_encrypt(&op, out)
@@ -391,7 +403,10 @@ impl Provider {
     fn complete_encrypt(&self, op: &CryptOp, out: &mut [u8]) -> Result<usize> {
         let (version, key) = &op.keys[0];
         let sealed = symmetric::gcm_seal(key.bytes(), &op.params, &op.data)?;
-        let rec = op.audit.record(Event::Encrypt, CKR_OK, Some(*version));
+        let mut rec = op.audit.record(Event::Encrypt, CKR_OK, Some(*version));
+        // The record ties the operation to its output: a hash of the
+        // plaintext would let whoever reads the store test guesses of it.
+        rec.input_sha256 = Some(Sha256::digest(&sealed).into());
         self.confirm(op.asset, *version, Use::Produce, rec)?;
         out[..sealed.len()].copy_from_slice(&sealed);
         Ok(sealed.len())
@@ -411,12 +426,20 @@ impl Provider {
             return Ok(plain.len());
         };
         let fresh = self.store.fresh_state(rowid).map_err(store_error)?;
-        let Some(asset) = fresh else {
-            return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
+        let gone = match &fresh {
+            None => true,
+            Some(asset) => !op.keys.iter().any(|(v, _)| asset.is_usable(*v)),
         };
-        if !op.keys.iter().any(|(v, _)| asset.is_usable(*v)) {
-            return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
-        }
+        let Some(asset) = fresh.filter(|_| !gone) else {
+            // Retired or trimmed since C_DecryptInit: the key is gone.
+            let rv = CKR_KEY_HANDLE_INVALID;
+            self.audit(
+                op.audit
+                    .record(Event::Decrypt, rv, None)
+                    .detail("decrypt: key gone"),
+            )?;
+            return Err(Error::rv(rv));
+        };
         let mut plain = None;
         let opened = self.open_with(&asset, &op.keys, |key| {
             plain = Some(symmetric::gcm_open(key.bytes(), &op.params, &op.data)?);
@@ -459,7 +482,7 @@ impl Provider {
         if !consume {
             return Ok(0);
         }
-        op.data.extend_from_slice(data);
+        append_wiped(&mut op.data, data);
         op.audit.input.update(data);
         op.multi = true;
         Ok(0)
@@ -571,6 +594,17 @@ impl Provider {
         }
         let secret = target.key_ref()?;
         let len = secret.bytes().len();
+        if !padded && (len % 8 != 0 || len < 16) {
+            // Answered before the length query too, so both calls agree.
+            return Err(Error::with(
+                CKR_KEY_SIZE_RANGE,
+                format!(
+                    "CKM_AES_KEY_WRAP wraps keys of a multiple of 8 bytes, at least 16 ({} has \
+                     {len}); use CKM_AES_KEY_WRAP_KWP",
+                    target.name()
+                ),
+            ));
+        }
         let wrapped_len = if padded {
             len.div_ceil(8) * 8 + 8
         } else {
@@ -588,9 +622,12 @@ impl Provider {
             .map_err(|e| wrapping_error(e, true))?;
         let (version, kek) = &k.keys[0];
         let wrapped = symmetric::key_wrap(kek.bytes(), secret.bytes(), padded)?;
-        let rec = OpAudit::new(h, k.name, k.asset.is_none(), mech.ty)
-            .record(Event::Encrypt, CKR_OK, Some(*version))
-            .detail(format!("C_WrapKey of {}", target.name()));
+        let rec = OpAudit::new(h, k.name, k.asset.is_none(), mech.ty).record(
+            Event::Encrypt,
+            CKR_OK,
+            Some(*version),
+        );
+        let rec = with_detail(rec, format!("C_WrapKey of {}", target.name()));
         self.confirm(k.asset, *version, Use::Produce, rec)?;
         out[..wrapped.len()].copy_from_slice(&wrapped);
         Ok(wrapped.len())
@@ -667,29 +704,48 @@ impl Provider {
         let version = match opened {
             Ok(v) => v,
             Err(e) => {
-                self.audit(
-                    audit
-                        .record(Event::Decrypt, e.rv, None)
-                        .detail("C_UnwrapKey failed"),
-                )?;
+                let rec = with_detail(
+                    audit.record(Event::Decrypt, e.rv, None),
+                    "C_UnwrapKey failed",
+                );
+                self.audit(rec)?;
                 return Err(e);
             }
         };
         let key = key.ok_or(Error::rv(CKR_GENERAL_ERROR))?;
-        session::check_len(kind, key.len(), what)?;
-        if w.value_len.is_some_and(|n| n != key.len()) {
-            return Err(Error::with(
-                CKR_TEMPLATE_INCONSISTENT,
-                format!("{what}: CKA_VALUE_LEN differs from the unwrapped key's length"),
-            ));
+        let fits = session::check_len(kind, key.len(), what).and_then(|()| {
+            if w.value_len.is_some_and(|n| n != key.len()) {
+                return Err(Error::with(
+                    CKR_TEMPLATE_INCONSISTENT,
+                    format!("{what}: CKA_VALUE_LEN differs from the unwrapped key's length"),
+                ));
+            }
+            Ok(())
+        });
+        if let Err(e) = fits {
+            let rec = audit.record(Event::Decrypt, e.rv, Some(version));
+            self.audit(with_detail(
+                rec,
+                "C_UnwrapKey: the key does not fit the template",
+            ))?;
+            return Err(e);
         }
         let obj = Self::secret_object(h, kind, key, w, false)?;
-        let rec = audit
-            .record(Event::Decrypt, CKR_OK, Some(version))
-            .detail(format!("C_UnwrapKey into {}", obj.name()));
+        let rec = audit.record(Event::Decrypt, CKR_OK, Some(version));
+        let rec = with_detail(rec, format!("C_UnwrapKey into {}", obj.name()));
         self.confirm(k.asset, version, Use::Open, rec)?;
         Ok(self.insert(obj))
     }
+}
+
+/// Adds to a record's detail (which, for a session key, already names it).
+fn with_detail(rec: Record, more: impl AsRef<str>) -> Record {
+    let detail = if rec.detail.is_empty() {
+        more.as_ref().to_string()
+    } else {
+        format!("{}; {}", rec.detail, more.as_ref())
+    };
+    rec.detail(detail)
 }
 
 /// The wrapping key's own problems get the wrapping-key codes.

@@ -532,7 +532,7 @@ impl Provider {
         match find(template, CKA_CLASS).and_then(ulong) {
             Some(CKO_SECRET_KEY) => {}
             Some(class @ (CKO_CERTIFICATE | CKO_DATA)) => {
-                return self.create_plain(h, template, value, class)
+                return self.create_plain(h, template, class)
             }
             Some(_) => {
                 return Err(Error::with(

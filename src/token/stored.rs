@@ -8,7 +8,6 @@
 
 use sha2::Digest;
 
-use crate::secure::SecretBytes;
 use crate::store::StoredObject;
 
 use super::*;
@@ -174,7 +173,6 @@ impl Provider {
         &self,
         h: CK_SESSION_HANDLE,
         template: &[TemplateAttr],
-        value: Option<SecretBytes>,
         class: CK_OBJECT_CLASS,
     ) -> Result<CK_OBJECT_HANDLE> {
         let session = self.session(h)?;
@@ -195,7 +193,8 @@ impl Provider {
                 "certificates and data objects are kept on the token: set CKA_TOKEN=true",
             );
         }
-        let value: Vec<u8> = value.map(|v| v.to_vec()).unwrap_or_default();
+        // A public object's value is in the template as given.
+        let value: Vec<u8> = find(template, CKA_VALUE).unwrap_or_default().to_vec();
         let fields = if cert {
             if find(template, CKA_CERTIFICATE_TYPE).and_then(ulong) != Some(CKC_X_509) {
                 return Err(Error::with(
