@@ -311,8 +311,9 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// `(backing HSM calls, audit fsyncs)` from the provider's finalize line.
-fn provider_stats(log: &str) -> Option<(u64, u64)> {
+/// `(derivations, backing HSM calls, audit fsyncs)` from the provider's
+/// finalize line.
+fn provider_stats(log: &str) -> Option<(u64, u64, u64)> {
     let text = std::fs::read_to_string(log).ok()?;
     let line = text
         .lines()
@@ -326,7 +327,11 @@ fn provider_stats(log: &str) -> Option<(u64, u64)> {
             .parse()
             .ok()
     };
-    Some((num("backing HSM calls: ")?, num("audit fsyncs: ")?))
+    Some((
+        num("keys derived through the backing HSM: ")?,
+        num("backing HSM calls: ")?,
+        num("audit fsyncs: ")?,
+    ))
 }
 
 fn main() {
@@ -441,10 +446,11 @@ fn main() {
     );
     if let Some(log) = &a.stats_log {
         // The counts cover the whole run: warm-up operations count too.
-        if let Some((calls, fsyncs)) = provider_stats(log) {
+        if let Some((derived, calls, fsyncs)) = provider_stats(log) {
             let total = all_ops.max(1) as f64;
             line.push_str(&format!(
-                " hsm_calls_per_1k={:.2} fsyncs_per_1k={:.1}",
+                " derivations_per_1k={:.2} hsm_calls_per_1k={:.2} fsyncs_per_1k={:.1}",
+                derived as f64 * 1000.0 / total,
                 calls as f64 * 1000.0 / total,
                 fsyncs as f64 * 1000.0 / total
             ));
