@@ -1,0 +1,151 @@
+//! Crash consistency of the group commit: processes signing on several
+//! threads are killed with SIGKILL at random moments, three times over. The
+//! store must still open, the audit chain verify, and every signature a
+//! process received (written to a file the moment C_Sign returned) must have
+//! its record in the log.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::Write;
+
+use common::*;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::ObjectClass;
+use sha2::{Digest, Sha256};
+
+/// A forked signer: 4 threads, each signing 32-byte inputs unique to it and
+/// appending `hex(input)` to its own file once C_Sign has returned.
+fn signer(dir: &std::path::Path, child: u32) -> ! {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let ctx = Pkcs11::new(module_path()).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx.get_slots_with_token().unwrap()[0];
+    let main = ctx.open_rw_session(slot).unwrap();
+    main.login(UserType::User, Some(&AuthPin::from(PIN)))
+        .unwrap();
+    let key = find_one(&main, "crash", ObjectClass::PRIVATE_KEY).unwrap();
+    let threads: Vec<_> = (0..4u32)
+        .map(|t| {
+            let ctx = ctx.clone();
+            let path = dir.join(format!("signed-{child}-{t}"));
+            std::thread::spawn(move || {
+                let s = ctx.open_rw_session(slot).unwrap();
+                let mut out = std::fs::File::create(path).unwrap();
+                for i in 0u32.. {
+                    let mut input = [0u8; 32];
+                    input[..4].copy_from_slice(&child.to_be_bytes());
+                    input[4..8].copy_from_slice(&t.to_be_bytes());
+                    input[8..12].copy_from_slice(&i.to_be_bytes());
+                    s.sign(&Mechanism::Ecdsa, key, &input).unwrap();
+                    // Straight to the file (no buffering): the parent reads
+                    // whatever was written when the process died.
+                    out.write_all(format!("{}\n", hex(&input)).as_bytes())
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+    // SAFETY: leave the child without the parent's destructors.
+    unsafe { libc::_exit(0) }
+}
+
+#[test]
+fn sigkill_during_group_commits_loses_no_returned_signature_and_breaks_no_chain() {
+    let _turn = turn();
+    let s = setup(None);
+    let out = s
+        .cli()
+        .args(["asset", "create", "crash", "--type", "secp256k1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::env::set_var("P11DERIVE_CONF", &s.config);
+    let mut seed = std::process::id() as u64;
+    for round in 0..3u32 {
+        let mut children = Vec::new();
+        for c in 0..2u32 {
+            // SAFETY: the child runs only the provider and its own code, then _exits.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                signer(&s.dir, round * 10 + c);
+            }
+            children.push(pid);
+        }
+        // Let them get going (login, first derivation), then kill at a
+        // pseudo-random moment.
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        std::thread::sleep(std::time::Duration::from_millis(700 + (seed >> 33) % 600));
+        for pid in &children {
+            // SAFETY: signalling and reaping our own children.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+                let mut status = 0;
+                libc::waitpid(*pid, &mut status, 0);
+            }
+        }
+    }
+
+    // The store opens and the chain verifies.
+    let out = s.cli().args(["audit", "verify"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "audit verify after SIGKILLs: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every signature a process received has its record.
+    let out = s
+        .cli()
+        .args(["audit", "export", "--asset", "crash"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let recorded: HashSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["event"] == "sign" && r["rv"] == 0)
+        .filter_map(|r| r["input_sha256"].as_str().map(str::to_string))
+        .collect();
+    let mut returned = 0;
+    for entry in std::fs::read_dir(&s.dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("signed-")
+        {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            // A line cut by the kill is not a whole input: skip it.
+            if line.len() != 64 {
+                continue;
+            }
+            returned += 1;
+            let digest = hex(&Sha256::digest(unhex(line)));
+            assert!(
+                recorded.contains(&digest),
+                "a signature was returned without its record: input {line}"
+            );
+        }
+    }
+    assert!(
+        returned > 100,
+        "only {returned} signatures returned in three rounds"
+    );
+}
