@@ -15,8 +15,16 @@ use cryptoki::object::ObjectClass;
 use sha2::{Digest, Sha256};
 
 /// A forked signer: 4 threads, each signing 32-byte inputs unique to it and
-/// appending `hex(input)` to its own file once C_Sign has returned.
+/// appending `hex(input)` to its own file once C_Sign has returned. Exits 1
+/// on any failure (only SIGKILL may end it otherwise).
 fn signer(dir: &std::path::Path, child: u32) -> ! {
+    let run = std::panic::catch_unwind(|| sign_forever(dir, child));
+    let code = if run.is_ok() { 0 } else { 1 };
+    // SAFETY: leave the child without the parent's destructors.
+    unsafe { libc::_exit(code) }
+}
+
+fn sign_forever(dir: &std::path::Path, child: u32) {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
@@ -50,10 +58,8 @@ fn signer(dir: &std::path::Path, child: u32) -> ! {
         })
         .collect();
     for t in threads {
-        let _ = t.join();
+        t.join().expect("a signing thread failed");
     }
-    // SAFETY: leave the child without the parent's destructors.
-    unsafe { libc::_exit(0) }
 }
 
 #[test]
@@ -83,19 +89,43 @@ fn sigkill_during_group_commits_loses_no_returned_signature_and_breaks_no_chain(
             }
             children.push(pid);
         }
-        // Let them get going (login, first derivation), then kill at a
-        // pseudo-random moment.
+        // Let every signer get going (login, first derivation, a signature
+        // returned), then kill them all at a pseudo-random moment.
+        let wrote = |c: usize| {
+            let child = round * 10 + c as u32;
+            (0..4).any(|t| {
+                std::fs::read_to_string(s.dir.join(format!("signed-{child}-{t}")))
+                    .is_ok_and(|text| text.lines().any(|l| l.len() == 64))
+            })
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !(0..children.len()).all(wrote) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         seed = seed
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        std::thread::sleep(std::time::Duration::from_millis(700 + (seed >> 33) % 600));
+        std::thread::sleep(std::time::Duration::from_millis(100 + (seed >> 33) % 500));
+        let mut statuses = Vec::new();
         for pid in &children {
-            // SAFETY: signalling and reaping our own children.
-            unsafe {
-                libc::kill(*pid, libc::SIGKILL);
-                let mut status = 0;
-                libc::waitpid(*pid, &mut status, 0);
-            }
+            // SAFETY: signalling our own children, all of them before any check.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        for pid in &children {
+            let mut status = 0;
+            // SAFETY: reaping our own children.
+            unsafe { libc::waitpid(*pid, &mut status, 0) };
+            statuses.push(status);
+        }
+        for (c, status) in statuses.into_iter().enumerate() {
+            assert!(
+                libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+                "round {round}: signer {c} ended before the kill (status {status})"
+            );
+            assert!(
+                wrote(c),
+                "round {round}: signer {c} returned no signature within 60 s"
+            );
         }
     }
 

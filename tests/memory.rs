@@ -406,7 +406,12 @@ fn life(dir: &Path, config: &Path, ttl: u64, needles: &[Needle], mask: &[u8]) {
             })
         })
         .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while signed.load(Ordering::SeqCst) < 10 {
+        assert!(
+            std::time::Instant::now() < deadline && !workers.iter().any(|w| w.is_finished()),
+            "the signing loop did not start (or a signer failed)"
+        );
         std::thread::yield_now();
     }
     let arena = locked();
@@ -421,7 +426,12 @@ fn life(dir: &Path, config: &Path, ttl: u64, needles: &[Needle], mask: &[u8]) {
         &["scalar", "audit-key", "pin"]
     };
     for round in 0..2 {
+        let before = signed.load(Ordering::SeqCst);
         let hits = scan(needles, mask);
+        assert!(
+            signed.load(Ordering::SeqCst) > before,
+            "round {round}: no signature was made while the memory was scanned"
+        );
         for &name in watched {
             assert!(
                 outside(&hits, name, &arena).is_empty(),
@@ -444,12 +454,10 @@ fn life(dir: &Path, config: &Path, ttl: u64, needles: &[Needle], mask: &[u8]) {
             "the audit key is in the arena"
         );
     }
-    let before = signed.load(Ordering::SeqCst);
     stop.store(true, Ordering::SeqCst);
     for w in workers {
         w.join().unwrap();
     }
-    assert!(before > 10, "the loop kept signing while scanned");
 
     // After logout: no scalar, PRF output or PIN anywhere; the audit key
     // stays (records are chained until C_Finalize), in the arena only.

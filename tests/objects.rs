@@ -122,7 +122,8 @@ fn certificates_are_stored_public_audited_and_destroyable() {
         ]
     );
 
-    // Another process (a fresh initialization) sees it: it is in the store.
+    // A fresh initialization (same process) reads it back from the store,
+    // under the same handle (handles are stable for the process's life).
     drop((session, public));
     drop(p);
     let p = s.load();
@@ -133,7 +134,12 @@ fn certificates_are_stored_public_audited_and_destroyable() {
     assert_eq!(
         again,
         vec![h],
-        "the handle is the same in a new process life"
+        "the handle is the same after re-initialization"
+    );
+    assert_eq!(
+        bytes_of(&session, h, AttributeType::Value),
+        der,
+        "read back from the store"
     );
 
     // Destroyed (logged in, read-write); the audit log has both records.
@@ -262,8 +268,12 @@ fn bad_certificates_and_data_objects_are_refused_and_change_nothing() {
         ),
     ];
     for (what, t, want, named) in cases {
+        let from = s.log().len();
         assert_eq!(rv_of(session.create_object(&t)), want, "{what}");
-        assert!(s.log().contains(named), "{what}: the log says {named:?}");
+        assert!(
+            s.log_since(from).contains(named),
+            "{what}: the log says {named:?}"
+        );
     }
     let ro = p.ctx.open_ro_session(p.slot).unwrap();
     assert_eq!(rv_of(ro.create_object(&base)), RvError::SessionReadOnly);

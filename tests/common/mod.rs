@@ -175,6 +175,11 @@ impl Setup {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("p11derive.log")).unwrap_or_default()
     }
+
+    /// The log written since it was `from` bytes long (`log().len()`).
+    pub fn log_since(&self, from: usize) -> String {
+        self.log().get(from..).unwrap_or_default().to_string()
+    }
 }
 
 pub struct Provider {
