@@ -928,12 +928,7 @@ extern "C" fn C_SignInit(
     p_mechanism: CK_MECHANISM_PTR,
     key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    entry("C_SignInit", || {
-        let p = provider()?;
-        // SAFETY: caller's mechanism.
-        let mech = unsafe { mechanism(p_mechanism) }?;
-        p.sign_init(h, &mech, key)
-    })
+    init_call("C_SignInit", h, p_mechanism, key, Provider::sign_init)
 }
 
 extern "C" fn C_Sign(
@@ -943,19 +938,15 @@ extern "C" fn C_Sign(
     p_sig: CK_BYTE_PTR,
     pul_sig_len: CK_ULONG_PTR,
 ) -> CK_RV {
-    entry("C_Sign", || {
-        let p = provider()?;
-        // SAFETY: caller's input and output buffers.
-        unsafe {
-            let data = bytes(p_data, data_len)?;
-            output(
-                p_sig,
-                pul_sig_len,
-                || p.sign(h, data, None),
-                |o| p.sign(h, data, Some(o)),
-            )
-        }
-    })
+    in_out_call(
+        "C_Sign",
+        h,
+        p_data,
+        data_len,
+        p_sig,
+        pul_sig_len,
+        Provider::sign,
+    )
 }
 
 extern "C" fn C_SignUpdate(h: CK_SESSION_HANDLE, p_part: CK_BYTE_PTR, part_len: CK_ULONG) -> CK_RV {
@@ -972,18 +963,7 @@ extern "C" fn C_SignFinal(
     p_sig: CK_BYTE_PTR,
     pul_sig_len: CK_ULONG_PTR,
 ) -> CK_RV {
-    entry("C_SignFinal", || {
-        let p = provider()?;
-        // SAFETY: caller's output buffer.
-        unsafe {
-            output(
-                p_sig,
-                pul_sig_len,
-                || p.sign_final(h, None),
-                |o| p.sign_final(h, Some(o)),
-            )
-        }
-    })
+    out_call("C_SignFinal", h, p_sig, pul_sig_len, Provider::sign_final)
 }
 
 extern "C" fn C_VerifyInit(
@@ -991,12 +971,7 @@ extern "C" fn C_VerifyInit(
     p_mechanism: CK_MECHANISM_PTR,
     key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    entry("C_VerifyInit", || {
-        let p = provider()?;
-        // SAFETY: caller's mechanism.
-        let mech = unsafe { mechanism(p_mechanism) }?;
-        p.verify_init(h, &mech, key)
-    })
+    init_call("C_VerifyInit", h, p_mechanism, key, Provider::verify_init)
 }
 
 extern "C" fn C_Verify(
@@ -1052,19 +1027,15 @@ extern "C" fn C_Digest(
     p_digest: CK_BYTE_PTR,
     pul_len: CK_ULONG_PTR,
 ) -> CK_RV {
-    entry("C_Digest", || {
-        let p = provider()?;
-        // SAFETY: caller's input and output buffers.
-        unsafe {
-            let data = bytes(p_data, data_len)?;
-            output(
-                p_digest,
-                pul_len,
-                || p.digest(h, data, None),
-                |o| p.digest(h, data, Some(o)),
-            )
-        }
-    })
+    in_out_call(
+        "C_Digest",
+        h,
+        p_data,
+        data_len,
+        p_digest,
+        pul_len,
+        Provider::digest,
+    )
 }
 
 extern "C" fn C_DigestUpdate(
@@ -1085,18 +1056,13 @@ extern "C" fn C_DigestFinal(
     p_digest: CK_BYTE_PTR,
     pul_len: CK_ULONG_PTR,
 ) -> CK_RV {
-    entry("C_DigestFinal", || {
-        let p = provider()?;
-        // SAFETY: caller's output buffer.
-        unsafe {
-            output(
-                p_digest,
-                pul_len,
-                || p.digest_final(h, None),
-                |o| p.digest_final(h, Some(o)),
-            )
-        }
-    })
+    out_call(
+        "C_DigestFinal",
+        h,
+        p_digest,
+        pul_len,
+        Provider::digest_final,
+    )
 }
 
 extern "C" fn C_SeedRandom(h: CK_SESSION_HANDLE, p_seed: CK_BYTE_PTR, seed_len: CK_ULONG) -> CK_RV {
@@ -1243,12 +1209,7 @@ extern "C" fn C_EncryptInit(
     p_mechanism: CK_MECHANISM_PTR,
     key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    entry("C_EncryptInit", || {
-        let p = provider()?;
-        // SAFETY: caller's mechanism.
-        let mech = unsafe { mechanism(p_mechanism) }?;
-        p.encrypt_init(h, &mech, key)
-    })
+    init_call("C_EncryptInit", h, p_mechanism, key, Provider::encrypt_init)
 }
 
 extern "C" fn C_DecryptInit(
@@ -1256,11 +1217,23 @@ extern "C" fn C_DecryptInit(
     p_mechanism: CK_MECHANISM_PTR,
     key: CK_OBJECT_HANDLE,
 ) -> CK_RV {
-    entry("C_DecryptInit", || {
+    init_call("C_DecryptInit", h, p_mechanism, key, Provider::decrypt_init)
+}
+
+/// `C_SignInit`, `C_VerifyInit`, `C_EncryptInit`, `C_DecryptInit`: a
+/// mechanism and a key.
+fn init_call(
+    name: &'static str,
+    h: CK_SESSION_HANDLE,
+    p_mechanism: CK_MECHANISM_PTR,
+    key: CK_OBJECT_HANDLE,
+    f: fn(&Provider, CK_SESSION_HANDLE, &Mechanism, CK_OBJECT_HANDLE) -> Result<()>,
+) -> CK_RV {
+    entry(name, || {
         let p = provider()?;
         // SAFETY: caller's mechanism.
         let mech = unsafe { mechanism(p_mechanism) }?;
-        p.decrypt_init(h, &mech, key)
+        f(&p, h, &mech, key)
     })
 }
 
@@ -1268,8 +1241,9 @@ extern "C" fn C_DecryptInit(
 /// length only).
 type CryptFn = fn(&Provider, CK_SESSION_HANDLE, &[u8], Option<&mut [u8]>) -> Result<usize>;
 
-/// `C_Encrypt`, `C_Decrypt`: input in, variable-length output out.
-fn crypt_call(
+/// `C_Sign`, `C_Digest`, `C_Encrypt`, `C_Decrypt`: input in,
+/// variable-length output out.
+fn in_out_call(
     name: &'static str,
     h: CK_SESSION_HANDLE,
     p_in: CK_BYTE_PTR,
@@ -1307,8 +1281,9 @@ fn crypt_call(
     })
 }
 
-/// `C_EncryptFinal`, `C_DecryptFinal`: variable-length output only.
-fn crypt_final(
+/// `C_SignFinal`, `C_DigestFinal`, `C_EncryptFinal`, `C_DecryptFinal`:
+/// variable-length output only.
+fn out_call(
     name: &'static str,
     h: CK_SESSION_HANDLE,
     p_out: CK_BYTE_PTR,
@@ -1353,7 +1328,7 @@ extern "C" fn C_Encrypt(
     p_out: CK_BYTE_PTR,
     pul_out: CK_ULONG_PTR,
 ) -> CK_RV {
-    crypt_call(
+    in_out_call(
         "C_Encrypt",
         h,
         p_data,
@@ -1371,7 +1346,7 @@ extern "C" fn C_Decrypt(
     p_out: CK_BYTE_PTR,
     pul_out: CK_ULONG_PTR,
 ) -> CK_RV {
-    crypt_call(
+    in_out_call(
         "C_Decrypt",
         h,
         p_data,
@@ -1423,7 +1398,7 @@ extern "C" fn C_EncryptFinal(
     p_out: CK_BYTE_PTR,
     pul_out: CK_ULONG_PTR,
 ) -> CK_RV {
-    crypt_final("C_EncryptFinal", h, p_out, pul_out, Provider::encrypt_final)
+    out_call("C_EncryptFinal", h, p_out, pul_out, Provider::encrypt_final)
 }
 
 extern "C" fn C_DecryptFinal(
@@ -1431,7 +1406,7 @@ extern "C" fn C_DecryptFinal(
     p_out: CK_BYTE_PTR,
     pul_out: CK_ULONG_PTR,
 ) -> CK_RV {
-    crypt_final("C_DecryptFinal", h, p_out, pul_out, Provider::decrypt_final)
+    out_call("C_DecryptFinal", h, p_out, pul_out, Provider::decrypt_final)
 }
 
 macro_rules! not_supported {

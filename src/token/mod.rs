@@ -73,13 +73,9 @@ struct SignOp {
     kt: KeyType,
     /// The key, in the locked arena (a derived one shared with the cache).
     key: KeyRef,
-    hasher: Option<Hasher>,
     /// An HMAC mechanism (secret keys) instead of ECDSA.
     hmac: Option<CK_MECHANISM_TYPE>,
-    /// The parts given to an HMAC so far (not secret: the caller's data).
-    data: Vec<u8>,
-    /// C_SignUpdate was called: only C_SignFinal may finish.
-    multi: bool,
+    msg: Message,
     /// For the audit record: what signs, how, for which session, and the
     /// SHA-256 of everything given to sign.
     audit: OpAudit,
@@ -135,13 +131,63 @@ struct VerifyOp {
     /// The versions this verification may use and their public points,
     /// newest first.
     points: Vec<(u32, Vec<u8>)>,
-    hasher: Option<Hasher>,
     /// HMAC verification (secret keys): the mechanism, the login epoch and
     /// the derived keys of the versions it may use, newest first.
     hmac: Option<(CK_MECHANISM_TYPE, u64, VersionKeys)>,
-    data: Vec<u8>,
-    multi: bool,
+    msg: Message,
     audit: OpAudit,
+}
+
+/// What a signature or verification is computed over, as the parts arrive:
+/// a running hash (ECDSA with a hash), the parts themselves (HMAC, computed
+/// with the key at the end; the caller's data, not secret), or nothing
+/// (raw `CKM_ECDSA` signs one digest, single-part only).
+struct Message {
+    hasher: Option<Hasher>,
+    parts: Option<Vec<u8>>,
+    /// `C_*Update` was called: only `C_*Final` may finish.
+    multi: bool,
+}
+
+impl Message {
+    fn new(hasher: Option<Hasher>, hmac: bool) -> Message {
+        Message {
+            hasher,
+            parts: hmac.then(Vec::new),
+            multi: false,
+        }
+    }
+
+    /// Whether the mechanism takes its input in parts.
+    fn multi_part(&self) -> bool {
+        self.hasher.is_some() || self.parts.is_some()
+    }
+
+    /// A `C_*Update` part; `false` (nothing taken) when single-part only.
+    fn update(&mut self, data: &[u8]) -> bool {
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(data);
+        } else if let Some(p) = self.parts.as_mut() {
+            p.extend_from_slice(data);
+        } else {
+            return false;
+        }
+        self.multi = true;
+        true
+    }
+
+    /// The digest (for HMAC: the message) of everything given, `last` too.
+    fn with_last(&self, last: &[u8]) -> Vec<u8> {
+        match (&self.hasher, &self.parts) {
+            (Some(h), _) => {
+                let mut h = h.clone();
+                h.update(last);
+                h.finish()
+            }
+            (None, Some(p)) => [p.as_slice(), last].concat(),
+            (None, None) => last.to_vec(),
+        }
+    }
 }
 
 impl SignOp {
@@ -230,13 +276,13 @@ pub struct Provider {
     next_object: AtomicU64,
     /// The process's backing HSM call count when this provider opened.
     hsm_calls_at_open: u64,
-    /// Public keys (asset, version, key, MAC) whose MAC verified under the
-    /// audit key; see `check_public_keys`.
-    verified_keys: Mutex<std::collections::HashSet<VerifiedKey>>,
+    /// By (asset row, version): the public key (or check value) and MAC
+    /// that last verified under the audit key; see `check_public_keys`.
+    verified_keys: Mutex<HashMap<(i64, u32), VerifiedKey>>,
 }
 
 /// A recorded public key (or check value) and its MAC, verified.
-type VerifiedKey = (String, u32, Vec<u8>, Option<Vec<u8>>);
+type VerifiedKey = (Vec<u8>, Option<Vec<u8>>);
 
 /// A cached key and when it was derived.
 type CachedKey = (Arc<Secret32>, std::time::Instant);
@@ -289,7 +335,7 @@ impl Provider {
             session_objects: RwLock::new(HashMap::new()),
             next_object: AtomicU64::new(1),
             hsm_calls_at_open: crate::backend::HSM_CALLS.load(Ordering::Relaxed),
-            verified_keys: Mutex::new(std::collections::HashSet::new()),
+            verified_keys: Mutex::new(HashMap::new()),
         })
     }
 
@@ -744,20 +790,18 @@ impl Provider {
         for n in versions {
             let Some(v) = asset.version(n) else { continue };
             let Some(pk) = &v.public_key else { continue };
-            // A (key, MAC) pair verified once needs no second HMAC: the MAC
-            // covers the asset id, the version and the key.
-            let seen = (
-                asset.id.to_string(),
-                v.version,
-                pk.clone(),
-                v.pk_mac.clone(),
-            );
-            if lock(&self.verified_keys).contains(&seen) {
+            // A (key, MAC) pair verified once needs no second HMAC (the
+            // store's row is what is compared, without copying it).
+            let slot = (asset.rowid, v.version);
+            let known = lock(&self.verified_keys)
+                .get(&slot)
+                .is_some_and(|(k, m)| k == pk && *m == v.pk_mac);
+            if known {
                 continue;
             }
             let want = public_key_mac(&ak, asset.id.as_str(), v.version, pk);
             if v.pk_mac.as_deref() == Some(&want[..]) {
-                lock(&self.verified_keys).insert(seen);
+                lock(&self.verified_keys).insert(slot, (pk.clone(), v.pk_mac.clone()));
             } else {
                 return Err(Error::with(
                     CKR_DEVICE_ERROR,
@@ -1115,10 +1159,8 @@ impl Provider {
                 version: 0,
                 kt: obj.curve(),
                 key: obj.key_ref()?,
-                hasher,
+                msg: Message::new(hasher, hmac.is_some()),
                 hmac,
-                data: Vec::new(),
-                multi: false,
                 audit: OpAudit::new(h, obj.name(), true, mech.ty),
             };
             return self.start_sign(&session, epoch, op);
@@ -1156,10 +1198,8 @@ impl Provider {
             version: view.version,
             kt: asset.key_type,
             key: KeyRef::Derived(key),
-            hasher,
+            msg: Message::new(hasher, hmac.is_some()),
             hmac,
-            data: Vec::new(),
-            multi: false,
             audit: OpAudit::new(h, asset.id.to_string(), false, mech.ty),
         };
         self.start_sign(&session, epoch, op)
@@ -1185,7 +1225,7 @@ impl Provider {
         let session = self.session(h)?;
         let mut s = lock(&session);
         let op = self.live_sign_op(&mut s)?;
-        if op.multi {
+        if op.msg.multi {
             s.sign = None;
             return Err(Error::rv(CKR_OPERATION_ACTIVE));
         }
@@ -1201,13 +1241,7 @@ impl Provider {
             .take()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
         op.audit.input.update(data);
-        let digest = match op.hasher.clone() {
-            Some(mut hasher) => {
-                hasher.update(data);
-                hasher.finish()
-            }
-            None => data.to_vec(),
-        };
+        let digest = op.msg.with_last(data);
         self.complete_sign(&op, &digest, out)
     }
 
@@ -1232,17 +1266,12 @@ impl Provider {
             .sign
             .as_mut()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
-        if let Some(hasher) = op.hasher.as_mut() {
-            hasher.update(data);
-        } else if op.hmac.is_some() {
-            op.data.extend_from_slice(data);
-        } else {
+        if !op.msg.update(data) {
             // Raw CKM_ECDSA signs a digest in one call (single-part only).
             s.sign = None;
             return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
         }
         op.audit.input.update(data);
-        op.multi = true;
         Ok(())
     }
 
@@ -1250,7 +1279,7 @@ impl Provider {
         let session = self.session(h)?;
         let mut s = lock(&session);
         let op = self.live_sign_op(&mut s)?;
-        if op.hasher.is_none() && op.hmac.is_none() {
+        if !op.msg.multi_part() {
             s.sign = None;
             return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
         }
@@ -1265,10 +1294,7 @@ impl Provider {
             .sign
             .take()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
-        let digest = match op.hasher.as_ref() {
-            Some(h) => h.clone().finish(),
-            None => op.data.clone(),
-        };
+        let digest = op.msg.with_last(&[]);
         self.complete_sign(&op, &digest, out)
     }
 
@@ -1312,13 +1338,11 @@ impl Provider {
                 asset: None,
                 kt: obj.curve(),
                 points: obj.point.iter().map(|p| (0, p.clone())).collect(),
-                hasher,
+                msg: Message::new(hasher, hmac.is_some()),
                 hmac: match hmac {
                     Some(m) => Some((m, epoch, vec![(0, obj.key_ref()?)])),
                     None => None,
                 },
-                data: Vec::new(),
-                multi: false,
                 audit: OpAudit::new(h, obj.name(), true, mech.ty),
             };
             return Self::start_verify(&session, op);
@@ -1357,10 +1381,8 @@ impl Provider {
             asset: Some(asset.rowid),
             kt: asset.key_type,
             points,
-            hasher,
+            msg: Message::new(hasher, hmac.is_some()),
             hmac,
-            data: Vec::new(),
-            multi: false,
             audit: OpAudit::new(h, asset.id.to_string(), false, mech.ty),
         };
         Self::start_verify(&session, op)
@@ -1381,17 +1403,11 @@ impl Provider {
             .verify
             .take()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
-        if op.multi {
+        if op.msg.multi {
             return Err(Error::rv(CKR_OPERATION_ACTIVE));
         }
         op.audit.input.update(data);
-        let digest = match op.hasher.clone() {
-            Some(mut hasher) => {
-                hasher.update(data);
-                hasher.finish()
-            }
-            None => data.to_vec(),
-        };
+        let digest = op.msg.with_last(data);
         self.verify_audited(&op, &digest, sig)
     }
 
@@ -1417,16 +1433,11 @@ impl Provider {
             .verify
             .as_mut()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
-        if let Some(hasher) = op.hasher.as_mut() {
-            hasher.update(data);
-        } else if op.hmac.is_some() {
-            op.data.extend_from_slice(data);
-        } else {
+        if !op.msg.update(data) {
             s.verify = None;
             return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
         }
         op.audit.input.update(data);
-        op.multi = true;
         Ok(())
     }
 
@@ -1436,11 +1447,10 @@ impl Provider {
             .verify
             .take()
             .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))?;
-        let digest = match (op.hasher.clone(), op.hmac.is_some()) {
-            (Some(hasher), _) => hasher.finish(),
-            (None, true) => op.data.clone(),
-            (None, false) => return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED)),
-        };
+        if !op.msg.multi_part() {
+            return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
+        }
+        let digest = op.msg.with_last(&[]);
         self.verify_audited(&op, &digest, sig)
     }
 
