@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod log;
 pub mod mechanisms;
 pub mod objects;
+pub mod p256_base;
 pub mod process;
 pub mod secure;
 pub mod store;
