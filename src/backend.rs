@@ -59,6 +59,29 @@ fn load_module(path: &Path) -> std::result::Result<Module, String> {
 /// Calls made into the backing module by this process (for the statistics
 /// the provider logs at C_Finalize).
 pub static HSM_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Of those, the calls made while moving the rollback anchor.
+pub static ANCHOR_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// Set while this thread moves the rollback anchor (see `anchoring`).
+    static ANCHORING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with its backing HSM calls counted as the anchor's as well.
+pub fn anchoring<T>(f: impl FnOnce() -> T) -> T {
+    ANCHORING.with(|a| a.set(true));
+    let out = f();
+    ANCHORING.with(|a| a.set(false));
+    out
+}
+
+fn count_call() {
+    use std::sync::atomic::Ordering::Relaxed;
+    HSM_CALLS.fetch_add(1, Relaxed);
+    if ANCHORING.with(|a| a.get()) {
+        ANCHOR_CALLS.fetch_add(1, Relaxed);
+    }
+}
 
 macro_rules! hsm {
     ($m:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
@@ -66,7 +89,7 @@ macro_rules! hsm {
             // SAFETY: the pointer comes from the module's own function table and
             // every argument is valid for the duration of the call (see callers).
             Some(f) => {
-                HSM_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                count_call();
                 unsafe { f($($arg),*) }
             }
             None => sys::CKR_FUNCTION_NOT_SUPPORTED,

@@ -276,6 +276,7 @@ pub struct Provider {
     next_object: AtomicU64,
     /// The process's backing HSM call count when this provider opened.
     hsm_calls_at_open: u64,
+    anchor_calls_at_open: u64,
     /// By (asset row, version): the public key (or check value) and MAC
     /// that last verified under the audit key; see `check_public_keys`.
     verified_keys: Mutex<HashMap<(i64, u32), VerifiedKey>>,
@@ -335,6 +336,7 @@ impl Provider {
             session_objects: RwLock::new(HashMap::new()),
             next_object: AtomicU64::new(1),
             hsm_calls_at_open: crate::backend::HSM_CALLS.load(Ordering::Relaxed),
+            anchor_calls_at_open: crate::backend::ANCHOR_CALLS.load(Ordering::Relaxed),
             verified_keys: Mutex::new(HashMap::new()),
         })
     }
@@ -344,9 +346,11 @@ impl Provider {
         lock(&self.key_cache).clear();
         self.drop_session_objects(None);
         log::info(&format!(
-            "keys derived through the backing HSM: {}; backing HSM calls: {}; audit fsyncs: {}",
+            "keys derived through the backing HSM: {}; backing HSM calls: {} (rollback anchor: \
+             {}); audit fsyncs: {}",
             self.derivations.load(Ordering::Relaxed),
             crate::backend::HSM_CALLS.load(Ordering::Relaxed) - self.hsm_calls_at_open,
+            crate::backend::ANCHOR_CALLS.load(Ordering::Relaxed) - self.anchor_calls_at_open,
             self.store.fsyncs()
         ));
         let (commits, records) = self.store.commit_stats();
@@ -602,6 +606,10 @@ impl Provider {
     /// for an older copy underneath a running process must not be anchored.
     /// A failure is logged, not fatal: the anchor then lags, never leads.
     fn advance_anchor(&self) {
+        crate::backend::anchoring(|| self.move_anchor())
+    }
+
+    fn move_anchor(&self) {
         self.anchored_at_ms.store(now_ms(), Ordering::Relaxed);
         let head = match self.store.audit_head() {
             Ok(Some(head)) => head,

@@ -311,9 +311,9 @@ fn peak_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-/// `(derivations, backing HSM calls, audit fsyncs)` from the provider's
-/// finalize line.
-fn provider_stats(log: &str) -> Option<(u64, u64, u64)> {
+/// `(derivations, backing HSM calls, of which the anchor's, audit fsyncs)`
+/// from the provider's finalize line.
+fn provider_stats(log: &str) -> Option<(u64, u64, u64, u64)> {
     let text = std::fs::read_to_string(log).ok()?;
     let line = text
         .lines()
@@ -330,6 +330,7 @@ fn provider_stats(log: &str) -> Option<(u64, u64, u64)> {
     Some((
         num("keys derived through the backing HSM: ")?,
         num("backing HSM calls: ")?,
+        num("rollback anchor: ")?,
         num("audit fsyncs: ")?,
     ))
 }
@@ -446,12 +447,15 @@ fn main() {
     );
     if let Some(log) = &a.stats_log {
         // The counts cover the whole run: warm-up operations count too.
-        if let Some((derived, calls, fsyncs)) = provider_stats(log) {
+        if let Some((derived, calls, anchor, fsyncs)) = provider_stats(log) {
             let total = all_ops.max(1) as f64;
             line.push_str(&format!(
-                " derivations_per_1k={:.2} hsm_calls_per_1k={:.2} fsyncs_per_1k={:.1}",
+                " derivations_per_1k={:.2} hsm_calls_per_1k={:.2} anchor_calls_per_1k={:.2} \
+                 other_hsm_calls_per_1k={:.2} fsyncs_per_1k={:.1}",
                 derived as f64 * 1000.0 / total,
                 calls as f64 * 1000.0 / total,
+                anchor as f64 * 1000.0 / total,
+                (calls - anchor) as f64 * 1000.0 / total,
                 fsyncs as f64 * 1000.0 / total
             ));
         }
