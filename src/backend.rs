@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::ptr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use cryptoki_sys as sys;
 
@@ -65,6 +65,9 @@ pub static ANCHOR_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomi
 thread_local! {
     /// Set while this thread moves the rollback anchor (see `anchoring`).
     static ANCHORING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The last failing return code of a backing call on this thread, for
+    /// `Core::recover` to see what was lost.
+    static LAST_FAILURE: std::cell::Cell<sys::CK_RV> = const { std::cell::Cell::new(0) };
 }
 
 /// Runs `f` with its backing HSM calls counted as the anchor's as well.
@@ -90,7 +93,11 @@ macro_rules! hsm {
             // every argument is valid for the duration of the call (see callers).
             Some(f) => {
                 count_call();
-                unsafe { f($($arg),*) }
+                let rv = unsafe { f($($arg),*) };
+                if rv != sys::CKR_OK {
+                    LAST_FAILURE.with(|l| l.set(rv));
+                }
+                rv
             }
             None => sys::CKR_FUNCTION_NOT_SUPPORTED,
         }
@@ -106,7 +113,9 @@ pub struct BackingTokenInfo {
     pub flags: u64,
 }
 
-pub struct Backend {
+/// The backing module and token, called directly (on a worker thread of
+/// `Backend`, which adds the timeout and the backoff).
+struct Core {
     module: Module,
     path: PathBuf,
     slot: sys::CK_SLOT_ID,
@@ -120,13 +129,20 @@ pub struct Backend {
     login_session: Mutex<Option<sys::CK_SESSION_HANDLE>>,
     /// The root's handle; present only while a user is logged in.
     root: Mutex<Option<sys::CK_OBJECT_HANDLE>>,
+    /// The user PIN while logged in, in the locked arena, to log in again
+    /// when the HSM lost the login (a restart, sessions dropped).
+    pin: Mutex<Option<crate::secure::SecretBytes>>,
+    /// Recoveries done (sessions reopened, logged in again): a caller that
+    /// saw a failure before another thread recovered just retries.
+    recoveries: std::sync::atomic::AtomicU64,
+    recovering: Mutex<()>,
 }
 
 // SAFETY: the function table is immutable static data of a module that was
 // initialized with CKF_OS_LOCKING_OK, so it may be called from any thread;
 // every other field is Send + Sync.
-unsafe impl Send for Backend {}
-unsafe impl Sync for Backend {}
+unsafe impl Send for Core {}
+unsafe impl Sync for Core {}
 
 /// `C_Initialize` of the backing module, letting it use OS locking.
 fn initialize_module(module: Module) -> sys::CK_RV {
@@ -151,10 +167,10 @@ fn device(op: &str, rv: sys::CK_RV) -> Error {
     )
 }
 
-impl Backend {
+impl Core {
     /// Loads the module, initializes it and finds the backing token by label.
     /// `config_file` is only used in messages.
-    pub fn open(cfg: &BackendSection, config_file: &Path) -> Result<Backend> {
+    fn open(cfg: &BackendSection, config_file: &Path) -> Result<Core> {
         let module = load_module(&cfg.module).map_err(|e| {
             Error::with(
                 ck::CKR_FUNCTION_FAILED,
@@ -185,7 +201,7 @@ impl Backend {
                 ))
             }
         };
-        let mut backend = Backend {
+        let mut backend = Core {
             module,
             path: cfg.module.clone(),
             slot: 0,
@@ -195,6 +211,9 @@ impl Backend {
             idle: Mutex::new(Vec::new()),
             login_session: Mutex::new(None),
             root: Mutex::new(None),
+            pin: Mutex::new(None),
+            recoveries: std::sync::atomic::AtomicU64::new(0),
+            recovering: Mutex::new(()),
         };
         match backend.find_slot_patiently() {
             Ok(slot) => backend.slot = slot,
@@ -286,15 +305,7 @@ impl Backend {
         Err(seen)
     }
 
-    pub fn module_path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn token_label(&self) -> &str {
-        &self.token_label
-    }
-
-    pub fn token_info(&self) -> Result<BackingTokenInfo> {
+    fn token_info(&self) -> Result<BackingTokenInfo> {
         let mut info = sys::CK_TOKEN_INFO::default();
         let rv = hsm!(self.module, C_GetTokenInfo(self.slot, &mut info));
         if rv != sys::CKR_OK {
@@ -327,31 +338,168 @@ impl Backend {
 
     /// Runs `f` on a pooled session. A session is returned to the pool only
     /// when `f` succeeded, so a half-finished operation never leaks into the
-    /// next caller's session.
-    fn with_session<T>(&self, f: impl FnOnce(sys::CK_SESSION_HANDLE) -> Result<T>) -> Result<T> {
-        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let h = match pooled {
-            Some(h) => h,
-            None => self.open_session()?,
+    /// next caller's session. When the HSM lost the session, the login or
+    /// the root's handle (a restart, sessions dropped, a logout by someone
+    /// else), it recovers them (`recover`) and runs `f` once more.
+    fn with_session<T>(&self, mut f: impl FnMut(sys::CK_SESSION_HANDLE) -> Result<T>) -> Result<T> {
+        let mut retried = false;
+        loop {
+            let seen = self.recoveries.load(std::sync::atomic::Ordering::SeqCst);
+            LAST_FAILURE.with(|l| l.set(sys::CKR_OK));
+            let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let out = match pooled {
+                Some(h) => Ok(h),
+                None => self.open_session(),
+            }
+            .and_then(|h| {
+                let out = f(h);
+                if out.is_ok() {
+                    self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+                } else {
+                    self.close_session(h);
+                }
+                out
+            });
+            let failed = LAST_FAILURE.with(|l| l.get());
+            match out {
+                Err(e) if !retried && self.recover(failed, seen) => {
+                    crate::log::debug(&format!("backing HSM: retrying after recovery from {e}"));
+                    retried = true;
+                }
+                out => return out,
+            }
+        }
+    }
+
+    /// Repairs what a backing return code says was lost, and tells whether
+    /// the call is worth running again: stale sessions are closed, the login
+    /// redone with the PIN kept from `C_Login`, the root found again, the
+    /// module re-initialized. One thread recovers at a time; a thread that
+    /// failed before another recovered just retries.
+    fn recover(&self, rv: sys::CK_RV, seen: u64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let reinit = rv == sys::CKR_CRYPTOKI_NOT_INITIALIZED;
+        let sessions = reinit
+            || matches!(
+                rv,
+                sys::CKR_SESSION_HANDLE_INVALID
+                    | sys::CKR_SESSION_CLOSED
+                    | sys::CKR_USER_NOT_LOGGED_IN
+                    | sys::CKR_DEVICE_REMOVED
+                    | sys::CKR_TOKEN_NOT_PRESENT
+            );
+        let root = matches!(
+            rv,
+            sys::CKR_KEY_HANDLE_INVALID | sys::CKR_OBJECT_HANDLE_INVALID
+        );
+        if !sessions && !root {
+            return false;
+        }
+        let _one = self.recovering.lock().unwrap_or_else(|e| e.into_inner());
+        if self.recoveries.load(SeqCst) != seen {
+            return true;
+        }
+        let mut kept = self.pin.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(pin) = kept.as_ref() else {
+            return false;
         };
-        let out = f(h);
-        if out.is_ok() {
-            self.idle.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+        crate::log::warn(&format!(
+            "backing HSM: {} on token {:?}; reopening sessions and logging in again",
+            rv_name(rv),
+            self.token_label
+        ));
+        if reinit && self.owns_init {
+            let _ = initialize_module(self.module);
+        }
+        // A root handle refused may just be a lost login (private objects
+        // vanish when logged out): then log in again as for lost sessions.
+        let (again, how) = if sessions {
+            (self.reconnect(pin), "sessions reopened, logged in again")
         } else {
+            match self.refind_root() {
+                Ok(()) => (Ok(()), "root found again"),
+                Err(_) => (self.reconnect(pin), "sessions reopened, logged in again"),
+            }
+        };
+        self.recoveries.fetch_add(1, SeqCst);
+        match again {
+            Ok(()) => {
+                crate::log::info(&format!(
+                    "backing HSM: token {:?} usable again ({how})",
+                    self.token_label
+                ));
+                true
+            }
+            Err(e) => {
+                crate::log::warn(&format!("backing HSM: recovery failed: {e}"));
+                if matches!(
+                    e.rv,
+                    sys::CKR_PIN_INCORRECT | sys::CKR_PIN_LOCKED | sys::CKR_PIN_EXPIRED
+                ) {
+                    // Never try a PIN the HSM refused again: it counts.
+                    *kept = None;
+                }
+                false
+            }
+        }
+    }
+
+    /// Closes every session this process holds (stale or not), opens a new
+    /// one and logs in with the kept PIN, finding the root again.
+    fn reconnect(&self, pin: &[u8]) -> Result<()> {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in idle {
             self.close_session(h);
         }
-        out
+        if let Some(h) = self
+            .login_session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            self.close_session(h);
+        }
+        self.login_as(sys::CKU_USER, pin, true, false)
+    }
+
+    fn refind_root(&self) -> Result<()> {
+        let h = self
+            .login_session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ok_or(Error::rv(ck::CKR_USER_NOT_LOGGED_IN))?;
+        let root = self.find_root(h)?;
+        *self.root.lock().unwrap_or_else(|e| e.into_inner()) = Some(root);
+        Ok(())
+    }
+
+    fn keep_pin(&self, pin: &[u8]) {
+        let kept = crate::secure::SecretBytes::with_capacity(pin.len().max(1))
+            .ok()
+            .and_then(|mut b| b.push(pin).then_some(b));
+        *self.pin.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+    }
+
+    fn forget_pin(&self) {
+        *self.pin.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Logs in to the backing token (`user_type` is CKU_USER or CKU_SO) and,
     /// for a user, finds the root. The PIN is passed through and not kept.
-    pub fn login(&self, user_type: sys::CK_USER_TYPE, pin: &[u8]) -> Result<()> {
-        self.login_as(user_type, pin, true)
+    fn login(&self, user_type: sys::CK_USER_TYPE, pin: &[u8]) -> Result<()> {
+        self.login_as(user_type, pin, true, true)
     }
 
-    fn login_as(&self, user_type: sys::CK_USER_TYPE, pin: &[u8], need_root: bool) -> Result<()> {
+    /// `keep`: remember the PIN (in the arena) for logging in again.
+    fn login_as(
+        &self,
+        user_type: sys::CK_USER_TYPE,
+        pin: &[u8],
+        need_root: bool,
+        keep: bool,
+    ) -> Result<()> {
         let mut anchor = self.login_session.lock().unwrap_or_else(|e| e.into_inner());
-        let h = match *anchor {
+        let mut h = match *anchor {
             Some(h) => h,
             None => {
                 let h = self.open_session()?;
@@ -376,6 +524,17 @@ impl Backend {
                     pin.len() as sys::CK_ULONG
                 )
             );
+            // The HSM closed the session we kept (a restart, a
+            // C_CloseAllSessions): open another; no PIN was checked.
+            if matches!(
+                rv,
+                sys::CKR_SESSION_HANDLE_INVALID | sys::CKR_SESSION_CLOSED
+            ) {
+                self.close_session(h);
+                h = self.open_session()?;
+                *anchor = Some(h);
+                continue;
+            }
             // USER_PIN_NOT_INITIALIZED too: a file token read mid-rewrite
             // can look uninitialized; no PIN was checked, so nothing counts.
             if !matches!(
@@ -409,16 +568,20 @@ impl Backend {
                 }
             }
         }
+        if keep && user_type == sys::CKU_USER {
+            self.keep_pin(pin);
+        }
         Ok(())
     }
 
     /// Logs a user in for administration (`p11derive init`): the root may
     /// not exist yet, so it is not looked up.
-    pub fn login_admin(&self, pin: &[u8]) -> Result<()> {
-        self.login_as(sys::CKU_USER, pin, false)
+    fn login_admin(&self, pin: &[u8]) -> Result<()> {
+        self.login_as(sys::CKU_USER, pin, false, false)
     }
 
-    pub fn logout(&self) -> Result<()> {
+    fn logout(&self) -> Result<()> {
+        self.forget_pin();
         *self.root.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let anchor = *self.login_session.lock().unwrap_or_else(|e| e.into_inner());
         let Some(h) = anchor else {
@@ -426,6 +589,11 @@ impl Backend {
         };
         match hsm!(self.module, C_Logout(h)) {
             sys::CKR_OK | sys::CKR_USER_NOT_LOGGED_IN => Ok(()),
+            // The HSM already closed it, and with it the login.
+            sys::CKR_SESSION_HANDLE_INVALID | sys::CKR_SESSION_CLOSED => {
+                *self.login_session.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                Ok(())
+            }
             rv => Err(device("C_Logout", rv)),
         }
     }
@@ -512,15 +680,21 @@ impl Backend {
         Ok(found)
     }
 
-    /// Fills `out` from the backing HSM's random number generator.
-    pub fn random(&self, out: &mut [u8]) -> Result<()> {
+    /// `n` bytes from the backing HSM's random number generator, in the
+    /// locked arena (they may become key material).
+    fn random(&self, n: usize) -> Result<crate::secure::SecretBytes> {
         self.with_session(|h| {
+            let mut out = crate::secure::SecretBytes::with_capacity(n.max(1))
+                .map_err(|m| Error::with(ck::CKR_HOST_MEMORY, m))?;
             let rv = hsm!(
                 self.module,
-                C_GenerateRandom(h, out.as_mut_ptr(), out.len() as sys::CK_ULONG)
+                C_GenerateRandom(h, out.spare().as_mut_ptr(), n as sys::CK_ULONG)
             );
             match rv {
-                sys::CKR_OK => Ok(()),
+                sys::CKR_OK => {
+                    out.grow(n);
+                    Ok(out)
+                }
                 rv => Err(device("C_GenerateRandom", rv)),
             }
         })
@@ -536,18 +710,18 @@ impl Backend {
     /// Creates the root inside the HSM: a 256-bit generic secret that never
     /// leaves it (sensitive, not extractable), usable only for HMAC signing.
     /// Requires a user login. Refuses when a root with that label exists.
-    pub fn generate_root(&self) -> Result<()> {
+    fn generate_root(&self) -> Result<()> {
         self.create_root(None)
     }
 
     /// Imports a given root (test vectors, recovery ceremonies) with the same
     /// attributes as a generated one.
-    pub fn import_root(&self, value: &[u8; 32]) -> Result<()> {
+    fn import_root(&self, value: &[u8; 32]) -> Result<()> {
         self.create_root(Some(value))
     }
 
     /// Whether a root with the configured label exists (needs a user login).
-    pub fn root_exists(&self) -> Result<bool> {
+    fn root_exists(&self) -> Result<bool> {
         self.with_session(|h| Ok(!self.find_secret_keys(h, &self.root_label)?.is_empty()))
     }
 
@@ -697,7 +871,7 @@ impl Backend {
     /// between writing the new one and removing the old), the newest counts.
     /// Another process may replace the anchor while we read it: an anchor
     /// that vanished between find and read is looked for again.
-    pub fn read_anchor(&self) -> Result<Option<(u64, [u8; 32])>> {
+    fn read_anchor(&self) -> Result<Option<(u64, [u8; 32])>> {
         self.with_session(|h| {
             for _ in 0..5 {
                 let found = self.find_data(h, &self.anchor_label())?.len();
@@ -725,7 +899,7 @@ impl Backend {
     /// the older ones are removed (tokens may not allow changing a data
     /// object's value). Only forward, unless `reset` (an operator knowingly
     /// re-anchoring a restored store).
-    pub fn write_anchor(&self, seq: u64, mac: &[u8; 32], reset: bool) -> Result<()> {
+    fn write_anchor(&self, seq: u64, mac: &[u8; 32], reset: bool) -> Result<()> {
         let label = self.anchor_label();
         self.with_session(|h| {
             let old = self.anchors(h)?;
@@ -771,7 +945,8 @@ impl Backend {
 
     /// Closes every session and, if p11derive initialized the module,
     /// finalizes it.
-    pub fn finalize(&self) {
+    fn finalize(&self) {
+        self.forget_pin();
         *self.root.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
         for h in idle {
@@ -792,12 +967,12 @@ impl Backend {
     }
 }
 
-impl Prf for Backend {
+impl Core {
     /// `HMAC-SHA256(root, input)` computed inside the HSM. The HSM writes the
     /// output straight into the locked arena.
     fn prf(&self, input: &[u8]) -> Result<Secret32> {
-        let root = self.root_handle()?;
         self.with_session(|h| {
+            let root = self.root_handle()?;
             let mut mech = sys::CK_MECHANISM {
                 mechanism: sys::CKM_SHA256_HMAC,
                 pParameter: ptr::null_mut(),
@@ -824,5 +999,317 @@ impl Prf for Backend {
             }
             Ok(out)
         })
+    }
+}
+
+/// A backing call to run on a worker.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Worker threads that make the backing calls, so a caller can stop waiting
+/// for one that hangs (`[backend] call_timeout_ms`). A worker stuck in the
+/// HSM stays with its call; the next callers get other workers.
+#[derive(Default)]
+struct Workers {
+    state: Mutex<Queue>,
+    wake: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: std::collections::VecDeque<Job>,
+    idle: usize,
+    closed: bool,
+}
+
+impl Workers {
+    fn run(self: &Arc<Self>, job: Job) -> std::io::Result<()> {
+        let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        q.jobs.push_back(job);
+        if q.idle >= q.jobs.len() {
+            self.wake.notify_one();
+            return Ok(());
+        }
+        drop(q);
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("p11derive-hsm".into())
+            .spawn(move || me.serve());
+        if spawned.is_err() {
+            // Take the job back: nobody will run it.
+            self.state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .jobs
+                .pop_back();
+        }
+        spawned.map(|_| ())
+    }
+
+    fn serve(&self) {
+        let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(job) = q.jobs.pop_front() {
+                drop(q);
+                job();
+                q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            if q.closed {
+                return;
+            }
+            q.idle += 1;
+            q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            q.idle -= 1;
+        }
+    }
+
+    /// Idle workers end; busy ones end after their call.
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        self.wake.notify_all();
+    }
+}
+
+/// Whether the backing HSM is answering: after a failure that says it is
+/// not (a timeout, `CKR_DEVICE_ERROR` and the like), calls fail at once
+/// until a backoff delay has passed; then one call tries it, and the delay
+/// doubles (up to `[backend] backoff_max_ms`) while it keeps failing.
+#[derive(Default)]
+struct Health {
+    failures: u32,
+    retry_at: Option<std::time::Instant>,
+    probing: bool,
+    last_error: String,
+}
+
+const BACKOFF_FIRST_MS: u64 = 100;
+
+/// The backing HSM, reached through a second PKCS#11 module: every call
+/// runs on a worker thread and is waited for at most `call_timeout_ms`;
+/// while the HSM fails, calls fail at once with `CKR_DEVICE_ERROR` (backoff);
+/// lost sessions and logins are recovered (see `Core::recover`).
+pub struct Backend {
+    core: Arc<Core>,
+    workers: Arc<Workers>,
+    health: Mutex<Health>,
+    timeout: std::time::Duration,
+    backoff_max: std::time::Duration,
+}
+
+impl Backend {
+    /// Loads the module, initializes it and finds the backing token by label.
+    /// `config_file` is only used in messages.
+    pub fn open(cfg: &BackendSection, config_file: &Path) -> Result<Backend> {
+        Ok(Backend {
+            core: Arc::new(Core::open(cfg, config_file)?),
+            workers: Arc::new(Workers::default()),
+            health: Mutex::new(Health::default()),
+            timeout: std::time::Duration::from_millis(cfg.call_timeout_ms),
+            backoff_max: std::time::Duration::from_millis(cfg.backoff_max_ms),
+        })
+    }
+
+    pub fn module_path(&self) -> &Path {
+        &self.core.path
+    }
+
+    pub fn token_label(&self) -> &str {
+        &self.core.token_label
+    }
+
+    /// Runs `f` on a worker, waiting at most the call timeout, unless the
+    /// HSM is in its backoff delay.
+    fn call<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Core) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        {
+            let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(at) = h.retry_at {
+                let now = std::time::Instant::now();
+                if now < at || h.probing {
+                    return Err(Error::with(
+                        ck::CKR_DEVICE_ERROR,
+                        format!(
+                            "backing HSM (token {:?}) unavailable: {}; {what} not attempted, \
+                             next attempt in {} ms",
+                            self.core.token_label,
+                            h.last_error,
+                            at.saturating_duration_since(now).as_millis()
+                        ),
+                    ));
+                }
+                h.probing = true;
+            }
+        }
+        let out = self.call_now(what, f);
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.probing = false;
+        match &out {
+            Err(e) if e.rv == ck::CKR_DEVICE_ERROR => {
+                h.failures = h.failures.saturating_add(1);
+                let delay = std::time::Duration::from_millis(
+                    BACKOFF_FIRST_MS.saturating_mul(1 << (h.failures - 1).min(16)),
+                )
+                .min(self.backoff_max);
+                h.retry_at = Some(std::time::Instant::now() + delay);
+                h.last_error = e.message.clone().unwrap_or_else(|| rv_name(e.rv).into());
+                crate::log::warn(&format!(
+                    "backing HSM: {what} failed ({}); failure {} in a row, next attempt in {} ms",
+                    h.last_error,
+                    h.failures,
+                    delay.as_millis()
+                ));
+            }
+            _ => {
+                if h.failures > 0 {
+                    crate::log::info(&format!(
+                        "backing HSM: answering again after {} failed attempts",
+                        h.failures
+                    ));
+                }
+                *h = Health::default();
+            }
+        }
+        out
+    }
+
+    /// Runs `f` on a worker and waits for it at most the call timeout.
+    fn call_now<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Core) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let core = self.core.clone();
+        let anchoring = ANCHORING.with(|a| a.get());
+        self.workers
+            .run(Box::new(move || {
+                ANCHORING.with(|a| a.set(anchoring));
+                let out = f(&core);
+                ANCHORING.with(|a| a.set(false));
+                // A caller that gave up is gone: the result (secrets
+                // included) is dropped, and wiped, here.
+                let _ = tx.send(out);
+            }))
+            .map_err(|e| {
+                Error::with(
+                    ck::CKR_HOST_MEMORY,
+                    format!("cannot start a thread for backing HSM calls: {e}"),
+                )
+            })?;
+        match rx.recv_timeout(self.timeout) {
+            Ok(out) => out,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(Error::with(
+                ck::CKR_DEVICE_ERROR,
+                format!(
+                    "backing HSM (token {:?}, module {}) did not answer {what} within {} ms \
+                     ([backend] call_timeout_ms)",
+                    self.core.token_label,
+                    self.core.path.display(),
+                    self.timeout.as_millis()
+                ),
+            )),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Error::with(
+                ck::CKR_GENERAL_ERROR,
+                format!("backing HSM call {what} ended without a result"),
+            )),
+        }
+    }
+
+    pub fn token_info(&self) -> Result<BackingTokenInfo> {
+        self.call("C_GetTokenInfo", |c| c.token_info())
+    }
+
+    /// Logs in to the backing token (`user_type` is CKU_USER or CKU_SO) and,
+    /// for a user, finds the root. The PIN is kept in the locked arena while
+    /// logged in, to log in again should the HSM lose the login.
+    pub fn login(&self, user_type: sys::CK_USER_TYPE, pin: &[u8]) -> Result<()> {
+        let pin = arena_copy(pin)?;
+        self.call("C_Login", move |c| c.login(user_type, &pin))
+    }
+
+    /// Logs a user in for administration (`p11derive init`): the root may
+    /// not exist yet, so it is not looked up.
+    pub fn login_admin(&self, pin: &[u8]) -> Result<()> {
+        let pin = arena_copy(pin)?;
+        self.call("C_Login", move |c| c.login_admin(&pin))
+    }
+
+    pub fn logout(&self) -> Result<()> {
+        self.core.forget_pin();
+        self.call("C_Logout", |c| c.logout())
+    }
+
+    /// Fills `out` from the backing HSM's random number generator.
+    pub fn random(&self, out: &mut [u8]) -> Result<()> {
+        for chunk in out.chunks_mut(4096) {
+            let n = chunk.len();
+            let bytes = self.call("C_GenerateRandom", move |c| c.random(n))?;
+            chunk.copy_from_slice(&bytes[..n]);
+        }
+        Ok(())
+    }
+
+    pub fn generate_root(&self) -> Result<()> {
+        self.call("C_GenerateKey (root)", |c| c.generate_root())
+    }
+
+    pub fn import_root(&self, value: &[u8; 32]) -> Result<()> {
+        let mut v = crate::secure::secret::<32>()?;
+        v.copy_from_slice(value);
+        self.call("C_CreateObject (root)", move |c| c.import_root(&v))
+    }
+
+    pub fn root_exists(&self) -> Result<bool> {
+        self.call("C_FindObjects (root)", |c| c.root_exists())
+    }
+
+    pub fn read_anchor(&self) -> Result<Option<(u64, [u8; 32])>> {
+        self.call("reading the rollback anchor", |c| c.read_anchor())
+    }
+
+    pub fn write_anchor(&self, seq: u64, mac: &[u8; 32], reset: bool) -> Result<()> {
+        let mac = *mac;
+        self.call("writing the rollback anchor", move |c| {
+            c.write_anchor(seq, &mac, reset)
+        })
+    }
+
+    /// Closes every session and, if p11derive initialized the module,
+    /// finalizes it; a hung HSM is left to its worker after the timeout.
+    pub fn finalize(&self) {
+        self.core.forget_pin();
+        if let Err(e) = self.call_now("C_Finalize", |c| {
+            c.finalize();
+            Ok(())
+        }) {
+            crate::log::warn(&format!("backing HSM: {e}"));
+        }
+        self.workers.close();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.workers.close();
+    }
+}
+
+/// A copy of a PIN in the locked arena, to hand to a worker.
+fn arena_copy(pin: &[u8]) -> Result<crate::secure::SecretBytes> {
+    let mut b = crate::secure::SecretBytes::with_capacity(pin.len().max(1))
+        .map_err(|m| Error::with(ck::CKR_HOST_MEMORY, m))?;
+    b.push(pin);
+    Ok(b)
+}
+
+impl Prf for Backend {
+    /// `HMAC-SHA256(root, input)` computed inside the HSM, written straight
+    /// into the locked arena.
+    fn prf(&self, input: &[u8]) -> Result<Secret32> {
+        let input = input.to_vec();
+        self.call("the PRF (C_Sign under the root)", move |c| c.prf(&input))
     }
 }

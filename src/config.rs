@@ -62,6 +62,22 @@ pub struct BackendSection {
     /// Label of the root secret on the backing token.
     #[serde(default = "default_root_label")]
     pub root_label: String,
+    /// How long a call into the backing HSM may take before the operation
+    /// fails with CKR_DEVICE_ERROR (milliseconds).
+    #[serde(default = "default_call_timeout_ms")]
+    pub call_timeout_ms: u64,
+    /// The longest wait between attempts while the backing HSM keeps
+    /// failing (milliseconds); the first wait is 100 ms, doubling.
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+fn default_call_timeout_ms() -> u64 {
+    10_000
+}
+
+fn default_backoff_max_ms() -> u64 {
+    5_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +237,18 @@ impl Config {
                  backing HSM's PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so)"
             ));
         }
+        for (key, value, least) in [
+            ("call_timeout_ms", self.backend.call_timeout_ms, 1),
+            ("backoff_max_ms", self.backend.backoff_max_ms, 0),
+        ] {
+            if value < least || value > 3_600_000 {
+                return Err(format!(
+                    "config file {file}: [backend] {key} = {value} is out of range; use {least} \
+                     to 3600000 milliseconds (defaults: call_timeout_ms = 10000, \
+                     backoff_max_ms = 5000)"
+                ));
+            }
+        }
         self.log_level()?;
         Ok(())
     }
@@ -270,6 +298,24 @@ path = "/var/lib/p11derive/state.db"
         let e = Config::parse(&text, Path::new("/etc/x.toml")).unwrap_err();
         assert!(e.contains("/etc/x.toml"), "{e}");
         assert!(e.contains("root_lable"), "{e}");
+    }
+
+    #[test]
+    fn backend_timeouts_have_defaults_and_a_zero_timeout_is_refused() {
+        let c = Config::parse(GOOD, Path::new("/x.toml")).unwrap();
+        assert_eq!(
+            (c.backend.call_timeout_ms, c.backend.backoff_max_ms),
+            (10_000, 5_000)
+        );
+        let text = GOOD.replace(
+            "root_label = \"p11derive-root\"",
+            "root_label = \"p11derive-root\"\ncall_timeout_ms = 0",
+        );
+        let e = Config::parse(&text, Path::new("/c.toml")).unwrap_err();
+        assert!(
+            e.contains("/c.toml") && e.contains("call_timeout_ms = 0"),
+            "{e}"
+        );
     }
 
     #[test]

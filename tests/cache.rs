@@ -53,16 +53,7 @@ fn created(ttl: Option<u64>) -> Setup {
     if let Some(t) = ttl {
         with_ttl(&s, t);
     }
-    let out = s
-        .cli()
-        .args(["asset", "create", "c", "--type", "secp256k1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.create_asset("c", "secp256k1");
     s
 }
 

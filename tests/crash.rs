@@ -66,16 +66,7 @@ fn sign_forever(dir: &std::path::Path, child: u32) {
 fn sigkill_during_group_commits_loses_no_returned_signature_and_breaks_no_chain() {
     let _turn = turn();
     let s = setup(None);
-    let out = s
-        .cli()
-        .args(["asset", "create", "crash", "--type", "secp256k1"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    s.create_asset("crash", "secp256k1");
     std::env::set_var("P11DERIVE_CONF", &s.config);
     let mut seed = std::process::id() as u64;
     for round in 0..3u32 {

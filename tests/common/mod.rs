@@ -172,6 +172,20 @@ impl Setup {
         Provider { ctx, slot }
     }
 
+    /// Creates an asset through the CLI (`p11derive asset create ID --type KT`).
+    pub fn create_asset(&self, id: &str, key_type: &str) {
+        let out = self
+            .cli()
+            .args(["asset", "create", id, "--type", key_type])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "asset create {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("p11derive.log")).unwrap_or_default()
     }

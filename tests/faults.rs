@@ -1,0 +1,390 @@
+//! The backing HSM misbehaving, through `libfaultshim.so` (tools/faultshim.rs:
+//! a PKCS#11 module that forwards to SoftHSM and, on command, fails every
+//! call, stalls, drops the sessions or logs out). The provider must answer
+//! at once with `CKR_DEVICE_ERROR` (a call timeout, not a hang), stop
+//! hammering a dead HSM (backoff), keep signing with cached keys until their
+//! TTL, reopen sessions and log in again when the HSM returns, and leave a
+//! store whose audit chain verifies.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cryptoki::error::RvError;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+
+use common::*;
+
+const TIMEOUT_MS: u64 = 300;
+const BACKOFF_MAX_MS: u64 = 400;
+
+/// The shim `cargo test` built beside this test (target/<profile>/examples).
+fn shim_path() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let so = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/libfaultshim.so");
+    assert!(
+        so.exists(),
+        "{} not built (cargo test builds examples)",
+        so.display()
+    );
+    so
+}
+
+/// The shim's controls, in the instance the provider loaded (dlopen of the
+/// same file returns it).
+struct Shim {
+    lib: libloading::Library,
+}
+
+impl Shim {
+    fn open() -> Shim {
+        // SAFETY: the test's own shim module.
+        Shim {
+            lib: unsafe { libloading::Library::new(shim_path()) }.unwrap(),
+        }
+    }
+
+    fn f0(&self, name: &[u8]) {
+        // SAFETY: the shim exports these as extern "C" fn().
+        unsafe { self.lib.get::<unsafe extern "C" fn()>(name).unwrap()() }
+    }
+
+    fn count(&self, name: &[u8]) -> u64 {
+        // SAFETY: extern "C" fn() -> u64.
+        unsafe { self.lib.get::<unsafe extern "C" fn() -> u64>(name).unwrap()() }
+    }
+
+    fn fail(&self, rv: u64) {
+        // SAFETY: extern "C" fn(u64).
+        unsafe {
+            self.lib
+                .get::<unsafe extern "C" fn(u64)>(b"faultshim_fail\0")
+                .unwrap()(rv)
+        }
+    }
+
+    fn stall(&self) {
+        self.f0(b"faultshim_stall\0")
+    }
+
+    fn heal(&self) {
+        self.f0(b"faultshim_heal\0")
+    }
+
+    fn calls(&self) -> u64 {
+        self.count(b"faultshim_calls\0")
+    }
+
+    fn stalled(&self) -> u64 {
+        self.count(b"faultshim_stalled\0")
+    }
+
+    fn fail_login(&self, rv: u64) {
+        // SAFETY: extern "C" fn(u64).
+        unsafe {
+            self.lib
+                .get::<unsafe extern "C" fn(u64)>(b"faultshim_fail_login\0")
+                .unwrap()(rv)
+        }
+    }
+
+    fn logins(&self) -> u64 {
+        self.count(b"faultshim_logins\0")
+    }
+
+    fn drop_sessions(&self) {
+        assert_eq!(self.count(b"faultshim_drop_sessions\0"), 0);
+    }
+
+    fn logout(&self) {
+        assert_eq!(self.count(b"faultshim_logout\0"), 0);
+    }
+}
+
+impl Drop for Shim {
+    fn drop(&mut self) {
+        self.heal();
+    }
+}
+
+/// A setup whose provider reaches SoftHSM through the shim, with short
+/// timeouts, and the given assets (secp256k1).
+fn shimmed(assets: &[&str], ttl_seconds: u64) -> Setup {
+    let s = setup(None);
+    for a in assets {
+        s.create_asset(a, "secp256k1");
+    }
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace(SOFTHSM, shim_path().to_str().unwrap())
+        .replace(
+            "root_label = \"p11derive-root\"\n",
+            &format!(
+                "root_label = \"p11derive-root\"\ncall_timeout_ms = {TIMEOUT_MS}\n\
+                 backoff_max_ms = {BACKOFF_MAX_MS}\n"
+            ),
+        );
+    assert!(text.contains("libfaultshim.so") && text.contains("call_timeout_ms"));
+    std::fs::write(
+        &s.config,
+        format!("{text}\n[cache]\nttl_seconds = {ttl_seconds}\n"),
+    )
+    .unwrap();
+    s
+}
+
+fn key(session: &Session, label: &str) -> ObjectHandle {
+    find_one(session, label, ObjectClass::PRIVATE_KEY).unwrap_or_else(|| panic!("no key {label}"))
+}
+
+fn sign(session: &Session, label: &str) -> cryptoki::error::Result<Vec<u8>> {
+    session.sign(&Mechanism::Ecdsa, key(session, label), &[7u8; 32])
+}
+
+/// Signs and checks the signature with the provider's public key object.
+fn sign_ok(session: &Session, label: &str) {
+    let sig = sign(session, label).unwrap_or_else(|e| panic!("signing with {label}: {e}"));
+    let public = find_one(session, label, ObjectClass::PUBLIC_KEY).unwrap();
+    session
+        .verify(&Mechanism::Ecdsa, public, &[7u8; 32], &sig)
+        .unwrap_or_else(|e| panic!("signature by {label} does not verify: {e}"));
+}
+
+fn audit_verifies(s: &Setup) {
+    let out = s.cli().args(["audit", "verify"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "audit verify: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Waits until the backoff delay has surely passed.
+fn after_backoff() {
+    std::thread::sleep(Duration::from_millis(BACKOFF_MAX_MS + 150));
+}
+
+#[test]
+fn a_dead_hsm_fails_at_once_with_backoff_while_cached_keys_sign_until_their_ttl() {
+    let _turn = turn();
+    let s = shimmed(&["warm", "cold"], 3);
+    let shim = Shim::open();
+    {
+        let p = s.load();
+        let session = p.user_session();
+        sign_ok(&session, "warm"); // derived now, cached for 3 s
+        let cached_at = Instant::now();
+
+        shim.fail(0x30); // CKR_DEVICE_ERROR on every backing call
+        let from = s.log().len();
+        sign_ok(&session, "warm");
+
+        let t = Instant::now();
+        assert_eq!(rv_of(sign(&session, "cold")), RvError::DeviceError);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+        let log = s.log_since(from);
+        assert!(log.contains("backing HSM"), "{log}");
+
+        // Backoff: a burst of attempts reaches the HSM a few times at most.
+        let calls = shim.calls();
+        let t = Instant::now();
+        let mut refused = 0;
+        while t.elapsed() < Duration::from_millis(300) {
+            assert_eq!(rv_of(sign(&session, "cold")), RvError::DeviceError);
+            refused += 1;
+        }
+        let reached = shim.calls() - calls;
+        assert!(refused >= 20, "only {refused} attempts in 300 ms");
+        assert!(
+            reached <= 6,
+            "{reached} backing calls for {refused} attempts: no backoff"
+        );
+        assert!(
+            s.log_since(from).contains("unavailable"),
+            "{}",
+            s.log_since(from)
+        );
+
+        // The cached key signs on until its TTL, then needs the HSM too.
+        sign_ok(&session, "warm");
+        std::thread::sleep(
+            Duration::from_secs(3).saturating_sub(cached_at.elapsed()) + Duration::from_millis(300),
+        );
+        assert_eq!(rv_of(sign(&session, "warm")), RvError::DeviceError);
+
+        // The HSM returns: after the backoff delay both keys sign again,
+        // with no new login by the application.
+        shim.heal();
+        after_backoff();
+        sign_ok(&session, "cold");
+        sign_ok(&session, "warm");
+        assert!(
+            s.log_since(from).contains("answering again"),
+            "{}",
+            s.log_since(from)
+        );
+    }
+    audit_verifies(&s);
+}
+
+#[test]
+fn a_hung_hsm_times_out_and_the_provider_recovers_when_it_answers() {
+    let _turn = turn();
+    let s = shimmed(&["warm", "cold", "later"], 300);
+    let shim = Shim::open();
+    {
+        let p = s.load();
+        let session = p.user_session();
+        sign_ok(&session, "warm");
+
+        shim.stall();
+        let from = s.log().len();
+        let t = Instant::now();
+        assert_eq!(rv_of(sign(&session, "cold")), RvError::DeviceError);
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(TIMEOUT_MS - 20)
+                && waited < Duration::from_millis(TIMEOUT_MS + 700),
+            "a stalled call returned after {waited:?} (timeout {TIMEOUT_MS} ms)"
+        );
+        assert!(shim.stalled() >= 1, "no call is stuck in the shim");
+        let log = s.log_since(from);
+        assert!(
+            log.contains("did not answer") && log.contains("call_timeout_ms"),
+            "{log}"
+        );
+
+        // While it hangs: no new caller waits for the timeout again.
+        let t = Instant::now();
+        assert_eq!(rv_of(sign(&session, "later")), RvError::DeviceError);
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        // The cached key keeps signing meanwhile.
+        for _ in 0..20 {
+            sign_ok(&session, "warm");
+        }
+
+        shim.heal();
+        let t = Instant::now();
+        while shim.stalled() > 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "stuck calls never ended"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        after_backoff();
+        sign_ok(&session, "cold");
+        sign_ok(&session, "later");
+    }
+    audit_verifies(&s);
+}
+
+#[test]
+fn lost_sessions_and_a_lost_login_are_recovered_without_the_application() {
+    let _turn = turn();
+    let s = shimmed(&["first", "second", "third"], 300);
+    let shim = Shim::open();
+    {
+        let p = s.load();
+        let session = p.user_session();
+        sign_ok(&session, "first");
+
+        // The HSM drops every session (as a restart does): the login goes too.
+        let from = s.log().len();
+        shim.drop_sessions();
+        sign_ok(&session, "second");
+        let log = s.log_since(from);
+        assert!(
+            log.contains("logging in again") && log.contains("usable again"),
+            "{log}"
+        );
+
+        // Someone logs the process out of the HSM.
+        let from = s.log().len();
+        shim.logout();
+        sign_ok(&session, "third");
+        let log = s.log_since(from);
+        // SoftHSM answers for the root, now invisible, with
+        // CKR_OBJECT_HANDLE_INVALID; the provider logs in again.
+        assert!(
+            log.contains("usable again (sessions reopened, logged in again)"),
+            "{log}"
+        );
+    }
+    audit_verifies(&s);
+}
+
+#[test]
+fn after_a_logout_the_provider_never_logs_in_by_itself_and_a_new_login_works() {
+    let _turn = turn();
+    let s = shimmed(&["first", "second"], 300);
+    let shim = Shim::open();
+    let p = s.load();
+    let session = p.user_session();
+    sign_ok(&session, "first");
+    let second = key(&session, "second");
+    session.logout().unwrap();
+    let from = s.log().len();
+    shim.drop_sessions();
+    // Logged out: refused, and no login to the HSM with a PIN the provider
+    // must no longer hold.
+    assert!(session.sign(&Mechanism::Ecdsa, second, &[7u8; 32]).is_err());
+    assert!(
+        !s.log_since(from).contains("logging in again"),
+        "{}",
+        s.log_since(from)
+    );
+    // The application logs in again (the HSM's kept session is gone: the
+    // provider opens another).
+    let other = p.user_session();
+    sign_ok(&other, "second");
+}
+
+#[test]
+fn a_pin_the_hsm_refuses_when_logging_in_again_is_tried_once_and_forgotten() {
+    let _turn = turn();
+    let s = shimmed(&["first", "second", "third"], 300);
+    let shim = Shim::open();
+    let p = s.load();
+    let session = p.user_session();
+    sign_ok(&session, "first");
+    // The HSM restarts with another PIN (the login is refused from now on).
+    shim.fail_login(0xa0); // CKR_PIN_INCORRECT
+    shim.drop_sessions();
+    let from = s.log().len();
+    let logins = shim.logins();
+    assert_eq!(rv_of(sign(&session, "second")), RvError::DeviceError);
+    assert_eq!(
+        shim.logins() - logins,
+        1,
+        "the refused PIN was tried more than once"
+    );
+    let log = s.log_since(from);
+    assert!(
+        log.contains("recovery failed") && log.contains("CKR_PIN_INCORRECT"),
+        "{log}"
+    );
+    // Even once the HSM would accept it again, the forgotten PIN is not
+    // tried: the application must log in.
+    shim.heal();
+    after_backoff();
+    let logins = shim.logins();
+    assert!(sign(&session, "third").is_err());
+    assert_eq!(shim.logins(), logins, "a forgotten PIN was used");
+}
