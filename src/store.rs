@@ -1606,6 +1606,16 @@ fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
             StoreError::Corrupt(p, e.to_string())
         }
         Some(ErrorCode::ReadOnly) => StoreError::ReadOnly(p),
+        // SQLite's own text ("database or disk is full") says neither which
+        // nor what to do. The failed write is rolled back (every writer runs
+        // in a transaction), and the connection stays usable.
+        Some(ErrorCode::DiskFull) => StoreError::Io(
+            p,
+            format!(
+                "the file system holding it (and its -wal file) is full ({e}); the write was \
+                 rolled back: free space there, and p11derive carries on without a restart"
+            ),
+        ),
         Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {
             StoreError::Io(p, e.to_string())
         }

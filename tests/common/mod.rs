@@ -299,3 +299,171 @@ macro_rules! call {
 }
 #[allow(unused_imports)]
 pub(crate) use call;
+
+/// A watchdog for tests that could hang: threads announce each step they
+/// take (`Watched::step`), and when one step lasts longer than the limit the
+/// watchdog prints every watched thread's current step and, where gdb is
+/// installed, every thread's stack, then aborts the process. Its report goes
+/// straight to the process's stderr, past the test harness's capture, which
+/// an abort would lose.
+pub struct Watchdog {
+    state: std::sync::Arc<WatchState>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+struct WatchState {
+    slots: Mutex<Vec<WatchSlot>>,
+    done: std::sync::atomic::AtomicBool,
+}
+
+struct WatchSlot {
+    name: String,
+    doing: Option<(String, std::time::Instant)>,
+    steps: u64,
+}
+
+/// One watched thread.
+#[derive(Clone)]
+pub struct Watched {
+    state: std::sync::Arc<WatchState>,
+    index: usize,
+}
+
+impl Watchdog {
+    pub fn start(limit: std::time::Duration) -> Watchdog {
+        let state = std::sync::Arc::new(WatchState {
+            slots: Mutex::new(Vec::new()),
+            done: std::sync::atomic::AtomicBool::new(false),
+        });
+        let watched = state.clone();
+        let thread = std::thread::spawn(move || {
+            while !watched.done.load(Ordering::SeqCst) {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                let report = {
+                    let slots = watched.slots.lock().unwrap_or_else(|e| e.into_inner());
+                    let stuck = slots.iter().any(|s| {
+                        s.doing
+                            .as_ref()
+                            .is_some_and(|(_, since)| since.elapsed() > limit)
+                    });
+                    stuck.then(|| {
+                        let mut r = format!(
+                            "\nWATCHDOG: a step has lasted longer than {limit:?}; every watched \
+                             thread:\n"
+                        );
+                        for s in slots.iter() {
+                            match &s.doing {
+                                Some((what, since)) => r.push_str(&format!(
+                                    "  {:<24} in {what} for {:?} (after {} steps)\n",
+                                    s.name,
+                                    since.elapsed(),
+                                    s.steps
+                                )),
+                                None => r.push_str(&format!(
+                                    "  {:<24} between steps (after {} steps)\n",
+                                    s.name, s.steps
+                                )),
+                            }
+                        }
+                        r
+                    })
+                };
+                if let Some(report) = report {
+                    watchdog_abort(&report);
+                }
+            }
+        });
+        Watchdog {
+            state,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn watch(&self, name: impl Into<String>) -> Watched {
+        let mut slots = self.state.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots.push(WatchSlot {
+            name: name.into(),
+            doing: None,
+            steps: 0,
+        });
+        Watched {
+            state: self.state.clone(),
+            index: slots.len() - 1,
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.state.done.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Watched {
+    /// Runs `f` as the step `what` of this thread.
+    pub fn step<T>(&self, what: impl Into<String>, f: impl FnOnce() -> T) -> T {
+        self.set(Some((what.into(), std::time::Instant::now())));
+        let out = f();
+        self.set(None);
+        out
+    }
+
+    fn set(&self, doing: Option<(String, std::time::Instant)>) {
+        let mut slots = self.state.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = &mut slots[self.index];
+        if doing.is_none() {
+            slot.steps += 1;
+        }
+        slot.doing = doing;
+    }
+}
+
+/// Prints `report` and every thread's stack (gdb, when installed), then
+/// aborts: a hung test must end, and say where it hung.
+fn watchdog_abort(report: &str) -> ! {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(report.as_bytes());
+    let gdb = Command::new("gdb")
+        .args(["-p", &std::process::id().to_string(), "-batch", "-nx"])
+        .args(["-ex", "thread apply all bt 30"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::inherit())
+        .stderr(std::process::Stdio::inherit())
+        .spawn();
+    match gdb {
+        Ok(mut child) => {
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = child.kill();
+        }
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "WATCHDOG: no stacks (gdb: {e})");
+        }
+    }
+    let _ = writeln!(std::io::stderr(), "WATCHDOG: aborting the test process");
+    std::process::abort()
+}
+
+/// The return code of a failed cryptoki call, or what else went wrong.
+pub fn rv_code(e: &cryptoki::error::Error) -> Result<cryptoki::error::RvError, String> {
+    match e {
+        cryptoki::error::Error::Pkcs11(rv, _) => Ok(*rv),
+        other => Err(other.to_string()),
+    }
+}
+
+/// Whether `text` holds the PIN as a value of its own (not inside a longer
+/// run of digits or hex, such as a hash or a count).
+pub fn mentions_pin(text: &str) -> bool {
+    text.match_indices(PIN).any(|(at, _)| {
+        let before = text[..at].chars().next_back();
+        let after = text[at + PIN.len()..].chars().next();
+        !before.is_some_and(|c| c.is_ascii_alphanumeric())
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+    })
+}
