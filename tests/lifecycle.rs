@@ -465,7 +465,7 @@ fn now_ns() -> u128 {
 /// call; worker 1 with the alias, multi-part, pausing between the parts so
 /// operations span the CLI's changes; worker 2 with every version object it
 /// finds (`mp@v1`..), allowed to sign or not.
-fn signer(worker: u8, out: &std::path::Path, deadline: u128) -> i32 {
+fn signer(worker: u8, out: &std::path::Path, stop: &std::path::Path, deadline: u128) -> i32 {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
@@ -482,7 +482,9 @@ fn signer(worker: u8, out: &std::path::Path, deadline: u128) -> i32 {
         let alias = find_one(&session, "mp", ObjectClass::PRIVATE_KEY).ok_or("no alias")?;
         let mut lines = String::new();
         let mut i: u32 = 0;
-        while now_ns() < deadline {
+        // Until the parent has run every CLI step (however slow the
+        // machine), with a hard limit in case the parent died.
+        while !stop.exists() && now_ns() < deadline {
             i += 1;
             let mut data = [worker; 32];
             data[..4].copy_from_slice(&i.to_be_bytes());
@@ -571,7 +573,8 @@ fn processes_sign_while_the_cli_changes_the_asset() {
     let gap = std::time::Duration::from_millis(250);
     // The suspension lasts three gaps, so that some alias signature surely
     // falls in it even on a loaded machine.
-    let deadline = now_ns() + (gap * (steps.len() as u32 + 4)).as_nanos();
+    let stop = s.dir.join("signers-stop");
+    let deadline = now_ns() + std::time::Duration::from_secs(120).as_nanos();
     let mut children = Vec::new();
     for worker in 0..3u8 {
         let out = s.dir.join(format!("signer-{worker}.txt"));
@@ -579,7 +582,7 @@ fn processes_sign_while_the_cli_changes_the_asset() {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            let code = signer(worker, &out, deadline);
+            let code = signer(worker, &out, &stop, deadline);
             // SAFETY: leave the child without the parent's destructors.
             unsafe { libc::_exit(code) };
         }
@@ -605,6 +608,9 @@ fn processes_sign_while_the_cli_changes_the_asset() {
         }
     }
     timeline.last_mut().unwrap().1 = u128::MAX;
+    // One more gap of signing in the final state, then stop the signers.
+    std::thread::sleep(gap);
+    std::fs::write(&stop, b"").unwrap();
     for (pid, out) in &children {
         let mut status = 0;
         // SAFETY: waiting for our own children.
