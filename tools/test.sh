@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, from nothing: install what is missing, check format and
-# lints, run the Rust tests (unit and integration, against SoftHSM), then the
-# conformance run with programs no one here wrote.
+# lints, run the Rust tests (unit and integration, against SoftHSM), the
+# conformance run with programs no one here wrote, then the sanitizers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tools/setup.sh
@@ -15,3 +15,5 @@ echo "== cargo test (release; integration tests load the libp11derive.so this bu
 cargo test --release
 echo "== conformance"
 bash conformance/run.sh
+echo "== sanitizers (AddressSanitizer over the C ABI, ThreadSanitizer over the concurrency tests)"
+bash tools/sanitize.sh all
