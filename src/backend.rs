@@ -1143,11 +1143,11 @@ impl Backend {
                 h.probing = true;
             }
         }
-        let out = self.call_now(what, f);
+        let (out, down) = self.call_now(what, f);
         let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
         h.probing = false;
         match &out {
-            Err(e) if e.rv == ck::CKR_DEVICE_ERROR => {
+            Err(e) if down => {
                 h.failures = h.failures.saturating_add(1);
                 let delay = std::time::Duration::from_millis(
                     BACKOFF_FIRST_MS.saturating_mul(1 << (h.failures - 1).min(16)),
@@ -1176,45 +1176,71 @@ impl Backend {
     }
 
     /// Runs `f` on a worker and waits for it at most the call timeout.
+    /// Also says whether the outcome shows the HSM down: a timeout, or a
+    /// backing return code of a device that does not answer (a refused
+    /// operation, such as a token-object write SoftHSM fails while another
+    /// process writes its files, is an answer).
     fn call_now<T: Send + 'static>(
         &self,
         what: &'static str,
         f: impl FnOnce(&Core) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    ) -> (Result<T>, bool) {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         let core = self.core.clone();
         let anchoring = ANCHORING.with(|a| a.get());
-        self.workers
-            .run(Box::new(move || {
-                ANCHORING.with(|a| a.set(anchoring));
-                let out = f(&core);
-                ANCHORING.with(|a| a.set(false));
-                // A caller that gave up is gone: the result (secrets
-                // included) is dropped, and wiped, here.
-                let _ = tx.send(out);
-            }))
-            .map_err(|e| {
-                Error::with(
+        let started = self.workers.run(Box::new(move || {
+            ANCHORING.with(|a| a.set(anchoring));
+            LAST_FAILURE.with(|l| l.set(sys::CKR_OK));
+            let out = f(&core);
+            let last = LAST_FAILURE.with(|l| l.get());
+            ANCHORING.with(|a| a.set(false));
+            // A caller that gave up is gone: the result (secrets included)
+            // is dropped, and wiped, here.
+            let _ = tx.send((out, last));
+        }));
+        if let Err(e) = started {
+            return (
+                Err(Error::with(
                     ck::CKR_HOST_MEMORY,
                     format!("cannot start a thread for backing HSM calls: {e}"),
-                )
-            })?;
+                )),
+                false,
+            );
+        }
         match rx.recv_timeout(self.timeout) {
-            Ok(out) => out,
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Err(Error::with(
-                ck::CKR_DEVICE_ERROR,
-                format!(
-                    "backing HSM (token {:?}, module {}) did not answer {what} within {} ms \
+            Ok((out, last)) => {
+                let down = out.is_err()
+                    && matches!(
+                        last,
+                        sys::CKR_DEVICE_ERROR
+                            | sys::CKR_DEVICE_REMOVED
+                            | sys::CKR_DEVICE_MEMORY
+                            | sys::CKR_TOKEN_NOT_PRESENT
+                            | sys::CKR_TOKEN_NOT_RECOGNIZED
+                            | sys::CKR_CRYPTOKI_NOT_INITIALIZED
+                    );
+                (out, down)
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => (
+                Err(Error::with(
+                    ck::CKR_DEVICE_ERROR,
+                    format!(
+                        "backing HSM (token {:?}, module {}) did not answer {what} within {} ms \
                      ([backend] call_timeout_ms)",
-                    self.core.token_label,
-                    self.core.path.display(),
-                    self.timeout.as_millis()
-                ),
-            )),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(Error::with(
-                ck::CKR_GENERAL_ERROR,
-                format!("backing HSM call {what} ended without a result"),
-            )),
+                        self.core.token_label,
+                        self.core.path.display(),
+                        self.timeout.as_millis()
+                    ),
+                )),
+                true,
+            ),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => (
+                Err(Error::with(
+                    ck::CKR_GENERAL_ERROR,
+                    format!("backing HSM call {what} ended without a result"),
+                )),
+                false,
+            ),
         }
     }
 
@@ -1237,9 +1263,10 @@ impl Backend {
         self.call("C_Login", move |c| c.login_admin(&pin))
     }
 
+    /// Logs out (tried even during the backoff delay: the login must end).
     pub fn logout(&self) -> Result<()> {
         self.core.forget_pin();
-        self.call("C_Logout", |c| c.logout())
+        self.call_now("C_Logout", |c| c.logout()).0
     }
 
     /// Fills `out` from the backing HSM's random number generator.
@@ -1281,10 +1308,13 @@ impl Backend {
     /// finalizes it; a hung HSM is left to its worker after the timeout.
     pub fn finalize(&self) {
         self.core.forget_pin();
-        if let Err(e) = self.call_now("C_Finalize", |c| {
-            c.finalize();
-            Ok(())
-        }) {
+        if let Err(e) = self
+            .call_now("C_Finalize", |c| {
+                c.finalize();
+                Ok(())
+            })
+            .0
+        {
             crate::log::warn(&format!("backing HSM: {e}"));
         }
         self.workers.close();
