@@ -568,6 +568,8 @@ impl Core {
                 }
             }
         }
+        // Not under the session lock: `recover` takes the PIN's lock first.
+        drop(anchor);
         if keep && user_type == sys::CKU_USER {
             self.keep_pin(pin);
         }
