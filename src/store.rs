@@ -913,7 +913,7 @@ impl Store {
             (Transition::Rotate { .. }, Rotating) => {
                 return refuse(format!(
                 "version {} is still in its grace window; run `p11derive asset finish {}` first",
-                a.current - 1,
+                a.current.saturating_sub(1),
                 name.as_str()
             ))
             }
