@@ -125,6 +125,8 @@ struct World {
 }
 
 static WORLD: Mutex<Option<World>> = Mutex::new(None);
+/// The interfaces programs got from C_GetInterface.
+static INTERFACES: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 fn functions() -> (Functions, usize) {
     let mut iface: *mut CK_INTERFACE = ptr::null_mut();
@@ -338,7 +340,7 @@ impl World {
         };
         let rv = initialize(w.f, &w.config);
         assert_eq!(rv, CKR_OK, "C_Initialize (log: {})", w.log_path().display());
-        w.restore().unwrap_or_else(|e| panic!("fixtures: {e}"));
+        w.restore(&[]).unwrap_or_else(|e| panic!("fixtures: {e}"));
         w
     }
 
@@ -357,13 +359,13 @@ impl World {
         self.keeper = 0;
         self.dirty = true;
         self.created_assets = 0;
-        self.restore()
+        self.restore(&[])
             .unwrap_or_else(|e| panic!("fixtures after a reset: {e}"));
     }
 
     /// The provider initialized, the keeper open and logged in as user, the
-    /// fixtures present.
-    fn restore(&mut self) -> Result<(), String> {
+    /// stored objects in `leftovers` destroyed, the fixtures present.
+    fn restore(&mut self, leftovers: &[CK_OBJECT_HANDLE]) -> Result<(), String> {
         let f = self.f;
         let mut info: CK_INFO = zeroed();
         if call!(f, C_GetInfo(&mut info)) == CKR_CRYPTOKI_NOT_INITIALIZED {
@@ -408,6 +410,9 @@ impl World {
             if rv != CKR_OK {
                 return Err(format!("C_Login: {rv:#x}"));
             }
+        }
+        for &h in leftovers {
+            call!(f, C_DestroyObject(self.keeper, h));
         }
         if self.dirty {
             self.make_fixtures()?;
@@ -508,7 +513,21 @@ impl World {
                 return Err(format!("session secret: {rv:#x}"));
             }
         }
-        if missing("fz-session-ec") {
+        // A program may have destroyed one half of the pair: both go.
+        let half_gone = |class: CK_OBJECT_CLASS| {
+            find_all(
+                f,
+                k,
+                &mut Template::new()
+                    .with(CKA_LABEL, b"fz-session-ec")
+                    .ulong(CKA_CLASS, class),
+            )
+            .is_empty()
+        };
+        if half_gone(CKO_PRIVATE_KEY) || half_gone(CKO_PUBLIC_KEY) {
+            for h in find_all(f, k, &mut Template::new().with(CKA_LABEL, b"fz-session-ec")) {
+                call!(f, C_DestroyObject(k, h));
+            }
             let mut public = Template::new()
                 .bool(CKA_TOKEN, false)
                 .with(CKA_LABEL, b"fz-session-ec")
@@ -1398,7 +1417,7 @@ impl<'w> Program<'w> {
     fn info(&mut self) {
         let f = self.f();
         let slot = self.slot();
-        match self.r.u8() % 8 {
+        match self.r.u8() % 11 {
             0 => {
                 let mut info: CK_INFO = zeroed();
                 let p = self.maybe(&mut info);
@@ -1446,7 +1465,7 @@ impl<'w> Program<'w> {
                 call!(f, C_GetFunctionStatus(h));
                 call!(f, C_CancelFunction(h));
             }
-            _ => {
+            7 => {
                 let mut pin = PIN.to_vec();
                 let mut label = [b' '; 32];
                 call!(
@@ -1458,6 +1477,71 @@ impl<'w> Program<'w> {
                         label.as_mut_ptr()
                     )
                 );
+            }
+            8 => {
+                let mut list: [CK_INTERFACE; 4] = zeroed();
+                let mut count = self.r.u8() as CK_ULONG % 5;
+                let p = if self.r.bool() {
+                    list.as_mut_ptr()
+                } else {
+                    ptr::null_mut()
+                };
+                let pc = self.maybe(&mut count);
+                // SAFETY: `list` holds 4 entries and `count` is at most 4.
+                unsafe { p11derive::abi::C_GetInterfaceList(p, pc) };
+            }
+            9 => {
+                // A NUL-terminated name, or none.
+                let mut name = match self.r.u8() % 4 {
+                    0 => None,
+                    1 => Some(b"PKCS 11".to_vec()),
+                    _ => Some(self.r.blob(16).to_vec()),
+                };
+                if let Some(n) = &mut name {
+                    n.push(0);
+                }
+                let np = name.as_mut().map_or(ptr::null_mut(), |n| n.as_mut_ptr());
+                let mut version = match self.r.u8() % 4 {
+                    0 => CK_VERSION { major: 3, minor: 0 },
+                    1 => CK_VERSION {
+                        major: 2,
+                        minor: 40,
+                    },
+                    _ => CK_VERSION {
+                        major: self.r.u8(),
+                        minor: self.r.u8(),
+                    },
+                };
+                let vp = if self.r.bool() {
+                    &mut version as *mut CK_VERSION
+                } else {
+                    ptr::null_mut()
+                };
+                let mut iface: *mut CK_INTERFACE = ptr::null_mut();
+                let ip = self.maybe(&mut iface);
+                let flags = match self.r.u8() % 3 {
+                    0 => 0,
+                    1 => CKF_INTERFACE_FORK_SAFE,
+                    _ => self.r.u64(),
+                };
+                // SAFETY: a NUL-terminated name or null, a CK_VERSION or
+                // null, an out-pointer or null.
+                unsafe { p11derive::abi::C_GetInterface(np, vp, ip, flags) };
+                // The provider allocates a copy per call, which the caller
+                // keeps (and can never free): kept reachable, as a caller
+                // holding it would, so the exit leak check passes.
+                if !iface.is_null() {
+                    INTERFACES
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(iface as usize);
+                }
+            }
+            _ => {
+                let mut list: *mut CK_FUNCTION_LIST = ptr::null_mut();
+                let p = self.maybe(&mut list);
+                // SAFETY: an out-pointer or null.
+                unsafe { p11derive::abi::C_GetFunctionList(p) };
             }
         }
     }
@@ -1560,15 +1644,14 @@ fn run(w: &mut World, data: &[u8]) {
     }
     w.dirty |= destroyed;
     w.created_assets += assets;
-    if let Err(e) = w.restore() {
+    // Stored objects outlive sessions: the program's go now.
+    let stored: Vec<CK_OBJECT_HANDLE> = created
+        .into_iter()
+        .filter(|h| h & (1 << 30) != 0 && h & (1 << 31) == 0)
+        .collect();
+    if let Err(e) = w.restore(&stored) {
         w.reset(&e);
         return;
-    }
-    // Stored objects outlive sessions: the program's go now.
-    for h in created {
-        if h & (1 << 30) != 0 && h & (1 << 31) == 0 {
-            call!(f, C_DestroyObject(w.keeper, h));
-        }
     }
     if w.created_assets > MAX_CREATED_ASSETS {
         w.reset("many assets created");

@@ -54,7 +54,7 @@ fn fixture() -> &'static Fixture {
             populate(&path, &prf, &ak);
             read_db(&path)
         };
-        // The templates, for building seed inputs (see corpus/README.md).
+        // The templates, for building seed inputs (see fuzz/README.md).
         if let Some(out) = std::env::var_os("P11DERIVE_FUZZ_DUMP_TEMPLATES") {
             let out = PathBuf::from(out);
             std::fs::write(out.join("empty.db"), &empty).expect("dump the empty template");
