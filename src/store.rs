@@ -221,7 +221,7 @@ impl Asset {
         }
         match self.state {
             AssetState::Active => n == self.current,
-            AssetState::Rotating => n + 1 >= self.current,
+            AssetState::Rotating => n.saturating_add(1) >= self.current,
             AssetState::Suspended | AssetState::Retired => false,
         }
     }

@@ -57,3 +57,27 @@ fn rotating_an_asset_whose_counter_was_set_to_zero_is_refused_cleanly() {
     };
     assert!(!message.contains("4294967295"), "{message}");
 }
+
+/// store_open, `crash-rotating-counter-max`: in a grace window, "may version
+/// n sign" computed `n + 1 >= current`, which overflows for the version
+/// 4294967295 (a panic with overflow checks; without them it wrapped to 0
+/// and the current version was refused). The CHECK constraints allow such a
+/// row, and so does the schema's u32 counter.
+#[test]
+fn the_last_possible_version_may_sign_in_a_grace_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _ak, id) = store_with_asset(dir.path(), KeyType::P256);
+    tamper(
+        &store,
+        "UPDATE assets SET current = 4294967295, state = 'ROTATING';
+         UPDATE versions SET version = 4294967295;",
+    );
+    let asset = store.asset_by_name(&id).unwrap().unwrap();
+    assert_eq!(asset.versions.len(), 1);
+    assert!(asset.may_sign(u32::MAX), "the current version");
+    assert!(
+        asset.may_sign(u32::MAX - 1),
+        "the previous one, in its grace window"
+    );
+    assert!(!asset.may_sign(u32::MAX - 2));
+}
