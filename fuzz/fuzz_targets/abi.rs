@@ -847,7 +847,7 @@ impl<'w> Program<'w> {
     /// The buffer's address, or now and then null (with whatever length
     /// was declared: the provider must refuse it).
     fn pointer(&mut self, buf: &mut [u8]) -> *mut u8 {
-        if self.r.u8() % 8 == 0 {
+        if self.r.u8().is_multiple_of(8) {
             ptr::null_mut()
         } else {
             buf.as_mut_ptr()
@@ -1079,7 +1079,7 @@ impl<'w> Program<'w> {
                     1 => (ptr::null_mut(), 1 + self.r.u8() as CK_ULONG),
                     _ => (buf.as_mut_ptr(), self.r.u8() as CK_ULONG % 17),
                 };
-                let pc = if self.r.u8() % 8 == 0 {
+                let pc = if self.r.u8().is_multiple_of(8) {
                     ptr::null_mut()
                 } else {
                     &mut count as *mut CK_ULONG
@@ -1314,7 +1314,7 @@ impl<'w> Program<'w> {
 
     /// A valid out-pointer, or now and then null.
     fn maybe<T>(&mut self, v: &mut T) -> *mut T {
-        if self.r.u8() % 16 == 0 {
+        if self.r.u8().is_multiple_of(16) {
             ptr::null_mut()
         } else {
             v
@@ -1403,7 +1403,7 @@ impl<'w> Program<'w> {
         };
         let len = self.declared(pin.len());
         let p = self.pointer(&mut pin);
-        if self.r.u8() % 4 == 0 {
+        if self.r.u8().is_multiple_of(4) {
             let mut name = self.r.blob(16).to_vec();
             let nl = self.declared(name.len());
             let np = self.pointer(&mut name);
@@ -1593,7 +1593,7 @@ impl<'w> Program<'w> {
                 if which & 8 != 0 {
                     args.UnlockMutex = Some(mutex_op);
                 }
-                let p = if self.r.u8() % 4 == 0 {
+                let p = if self.r.u8().is_multiple_of(4) {
                     ptr::null_mut()
                 } else {
                     &mut args as *mut _ as CK_VOID_PTR
