@@ -221,7 +221,7 @@ impl Asset {
         }
         match self.state {
             AssetState::Active => n == self.current,
-            AssetState::Rotating => n + 1 >= self.current,
+            AssetState::Rotating => n.saturating_add(1) >= self.current,
             AssetState::Suspended | AssetState::Retired => false,
         }
     }
@@ -913,7 +913,7 @@ impl Store {
             (Transition::Rotate { .. }, Rotating) => {
                 return refuse(format!(
                 "version {} is still in its grace window; run `p11derive asset finish {}` first",
-                a.current - 1,
+                a.current.saturating_sub(1),
                 name.as_str()
             ))
             }
