@@ -13,6 +13,8 @@ echo "== cargo clippy -D warnings"
 cargo clippy --release --all-targets --quiet -- -D warnings
 echo "== cargo test (release; integration tests load the libp11derive.so this build produced)"
 cargo test --release
+echo "== fuzz (bounded, 20 s per target)"
+bash tools/fuzz.sh 20
 echo "== conformance"
 bash conformance/run.sh
 echo "== sanitizers (AddressSanitizer over the C ABI, ThreadSanitizer over the concurrency tests)"

@@ -606,7 +606,7 @@ fn asset_show(args: &Args, name: &str) -> Result<(), Failure> {
     let note = match a.state {
         AssetState::Rotating => format!(
             " (version {} may still sign until `p11derive asset finish {}`)",
-            a.current - 1,
+            a.current.saturating_sub(1),
             a.id
         ),
         AssetState::Suspended => format!(
