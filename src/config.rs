@@ -86,12 +86,23 @@ pub struct StoreSection {
     /// The SQLite file holding assets and counters.
     #[serde(default = "default_store_path")]
     pub path: PathBuf,
+    /// At most how often (milliseconds) a process that commits records
+    /// moves the rollback anchor in the backing HSM to its newest record:
+    /// the longest stretch of the log's tail that could be cut unnoticed,
+    /// and one token-object write in the HSM each time.
+    #[serde(default = "default_anchor_interval_ms")]
+    pub anchor_interval_ms: u64,
+}
+
+fn default_anchor_interval_ms() -> u64 {
+    1000
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
             path: default_store_path(),
+            anchor_interval_ms: default_anchor_interval_ms(),
         }
     }
 }
@@ -237,15 +248,30 @@ impl Config {
                  backing HSM's PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so)"
             ));
         }
-        for (key, value, least) in [
-            ("call_timeout_ms", self.backend.call_timeout_ms, 1),
-            ("backoff_max_ms", self.backend.backoff_max_ms, 0),
+        for (key, value, least, default) in [
+            (
+                "[backend] call_timeout_ms",
+                self.backend.call_timeout_ms,
+                1,
+                10_000,
+            ),
+            (
+                "[backend] backoff_max_ms",
+                self.backend.backoff_max_ms,
+                0,
+                5_000,
+            ),
+            (
+                "[store] anchor_interval_ms",
+                self.store.anchor_interval_ms,
+                1,
+                1_000,
+            ),
         ] {
             if value < least || value > 3_600_000 {
                 return Err(format!(
-                    "config file {file}: [backend] {key} = {value} is out of range; use {least} \
-                     to 3600000 milliseconds (defaults: call_timeout_ms = 10000, \
-                     backoff_max_ms = 5000)"
+                    "config file {file}: {key} = {value} is out of range; use {least} to \
+                     3600000 milliseconds (default {default})"
                 ));
             }
         }

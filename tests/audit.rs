@@ -651,3 +651,53 @@ fn refusals_by_state_and_policy_are_recorded() {
     );
     assert!(text.contains("C_DestroyObject refused by policy"), "{text}");
 }
+
+/// Backing HSM calls the provider that just finalized made to move the anchor.
+fn anchor_calls(s: &Setup) -> u64 {
+    let log = s.log();
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("(rollback anchor: "))
+        .expect("finalize logs its anchor calls");
+    line.split("(rollback anchor: ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn the_anchor_moves_at_most_once_per_configured_interval() {
+    let _turn = turn();
+    let mut calls = Vec::new();
+    for interval_ms in [60_000u64, 50] {
+        let s = setup(None);
+        s.create_asset("anchored", "secp256k1");
+        let text = std::fs::read_to_string(&s.config).unwrap();
+        let text = text.replace(
+            "[store]\n",
+            &format!("[store]\nanchor_interval_ms = {interval_ms}\n"),
+        );
+        std::fs::write(&s.config, text).unwrap();
+        {
+            let p = s.load();
+            let session = p.user_session();
+            let key = find_one(&session, "anchored", ObjectClass::PRIVATE_KEY).unwrap();
+            let until = std::time::Instant::now() + std::time::Duration::from_millis(1200);
+            while std::time::Instant::now() < until {
+                session.sign(&Mechanism::Ecdsa, key, &[5u8; 32]).unwrap();
+            }
+        }
+        calls.push(anchor_calls(&s));
+    }
+    // 1.2 s of signing: with a 50 ms interval the anchor moves a dozen
+    // times or more (a few calls each); with 60 s only at the login.
+    assert!(
+        calls[1] >= calls[0] + 20,
+        "anchor calls with 60 s / 50 ms: {calls:?}"
+    );
+}

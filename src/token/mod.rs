@@ -288,10 +288,6 @@ type VerifiedKey = (Vec<u8>, Option<Vec<u8>>);
 /// A cached key and when it was derived.
 type CachedKey = (Arc<Secret32>, std::time::Instant);
 
-/// How stale the anchor may get while signatures are committed: at most one
-/// anchor write (one backing HSM call) per this interval.
-const ANCHOR_INTERVAL_MS: u64 = 1000;
-
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -633,13 +629,13 @@ impl Provider {
     }
 
     /// After a commit: advances the anchor if it is older than
-    /// ANCHOR_INTERVAL_MS, so that a long-running signer's newest records
+    /// `[store] anchor_interval_ms`, so that a long-running signer's newest records
     /// cannot be cut from the log unnoticed for longer than that. One caller
     /// per interval wins the race and pays for the HSM write.
     fn anchor_if_stale(&self) {
         let last = self.anchored_at_ms.load(Ordering::Relaxed);
         let now = now_ms();
-        if now.saturating_sub(last) < ANCHOR_INTERVAL_MS {
+        if now.saturating_sub(last) < self.config.store.anchor_interval_ms {
             return;
         }
         if self
