@@ -391,9 +391,7 @@ fn initialize(explicit_config: Option<PathBuf>) -> Result<()> {
         provider.backend.module_path().display(),
         provider.store.path().display()
     ));
-    let provider = Arc::new(provider);
-    provider.start_anchorer();
-    *PROVIDER.get().write().unwrap_or_else(|e| e.into_inner()) = Some(provider);
+    *PROVIDER.get().write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(provider));
     Ok(())
 }
 

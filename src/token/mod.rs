@@ -266,10 +266,6 @@ pub struct Provider {
     audit_key: Mutex<Option<Arc<Secret32>>>,
     /// When the rollback anchor was last advanced (ms since the epoch).
     anchored_at_ms: AtomicU64,
-    /// The background thread that moves the anchor, so no operation waits
-    /// for the HSM write (see `start_anchorer`).
-    anchorer: Mutex<Anchorer>,
-    anchorer_wake: std::sync::Condvar,
     /// Derived keys by (asset row id, version), in the locked arena,
     /// with the moment it was derived; see `signing_key`.
     key_cache: Mutex<HashMap<(i64, u32), CachedKey>>,
@@ -291,14 +287,6 @@ type VerifiedKey = (Vec<u8>, Option<Vec<u8>>);
 
 /// A cached key and when it was derived.
 type CachedKey = (Arc<Secret32>, std::time::Instant);
-
-/// The anchor thread's mailbox: whether a move is wanted, whether to stop.
-#[derive(Default)]
-struct Anchorer {
-    thread: Option<std::thread::JoinHandle<()>>,
-    wanted: bool,
-    stop: bool,
-}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -339,8 +327,6 @@ impl Provider {
             store_index,
             audit_key: Mutex::new(None),
             anchored_at_ms: AtomicU64::new(0),
-            anchorer: Mutex::new(Anchorer::default()),
-            anchorer_wake: std::sync::Condvar::new(),
             key_cache: Mutex::new(HashMap::new()),
             derivations: AtomicU64::new(0),
             session_objects: RwLock::new(HashMap::new()),
@@ -370,7 +356,6 @@ impl Provider {
                 records as f64 / commits as f64
             ));
         }
-        self.stop_anchorer();
         if self.login_state() == Login::User {
             self.advance_anchor();
         }
@@ -379,51 +364,6 @@ impl Provider {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.backend.finalize();
-    }
-
-    /// Starts the thread that moves the rollback anchor when a commit finds
-    /// it stale, so signing threads never wait for the HSM's write. It holds
-    /// the provider only while it works, and ends at `finalize`.
-    pub fn start_anchorer(self: &Arc<Self>) {
-        let weak = Arc::downgrade(self);
-        let spawned = std::thread::Builder::new()
-            .name("p11derive-anchor".into())
-            .spawn(move || loop {
-                let Some(p) = weak.upgrade() else { return };
-                let mut a = lock(&p.anchorer);
-                while !a.wanted && !a.stop {
-                    a = p.anchorer_wake.wait(a).unwrap_or_else(|e| e.into_inner());
-                }
-                if a.stop {
-                    return;
-                }
-                a.wanted = false;
-                drop(a);
-                if p.login_state() == Login::User {
-                    p.advance_anchor();
-                }
-            });
-        match spawned {
-            Ok(t) => lock(&self.anchorer).thread = Some(t),
-            // Without it, committing threads move the anchor themselves.
-            Err(e) => log::warn(&format!(
-                "anchor thread not started ({e}); anchoring inline"
-            )),
-        }
-    }
-
-    fn stop_anchorer(&self) {
-        let thread = {
-            let mut a = lock(&self.anchorer);
-            a.stop = true;
-            a.thread.take()
-        };
-        self.anchorer_wake.notify_all();
-        if let Some(t) = thread {
-            if t.thread().id() != std::thread::current().id() {
-                let _ = t.join();
-            }
-        }
     }
 
     pub fn login_state(&self) -> Login {
@@ -691,8 +631,7 @@ impl Provider {
     /// After a commit: advances the anchor if it is older than
     /// `[store] anchor_interval_ms`, so that a long-running signer's newest records
     /// cannot be cut from the log unnoticed for longer than that. One caller
-    /// per interval wins the race and hands the HSM write to the anchor
-    /// thread (or does it itself when there is none).
+    /// per interval wins the race and pays for the HSM write.
     fn anchor_if_stale(&self) {
         let last = self.anchored_at_ms.load(Ordering::Relaxed);
         let now = now_ms();
@@ -704,15 +643,7 @@ impl Provider {
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
-            let mut a = lock(&self.anchorer);
-            if a.thread.is_some() && !a.stop {
-                a.wanted = true;
-                drop(a);
-                self.anchorer_wake.notify_one();
-            } else {
-                drop(a);
-                self.advance_anchor();
-            }
+            self.advance_anchor();
         }
     }
 
