@@ -1021,6 +1021,8 @@ struct Queue {
     jobs: std::collections::VecDeque<Job>,
     idle: usize,
     closed: bool,
+    /// Every worker started, to join at `close`.
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Workers {
@@ -1031,20 +1033,21 @@ impl Workers {
             self.wake.notify_one();
             return Ok(());
         }
-        drop(q);
         let me = self.clone();
         let spawned = std::thread::Builder::new()
             .name("p11derive-hsm".into())
             .spawn(move || me.serve());
-        if spawned.is_err() {
-            // Take the job back: nobody will run it.
-            self.state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .jobs
-                .pop_back();
+        match spawned {
+            Ok(t) => {
+                q.threads.push(t);
+                Ok(())
+            }
+            Err(e) => {
+                // Take the job back: nobody will run it.
+                q.jobs.pop_back();
+                Err(e)
+            }
         }
-        spawned.map(|_| ())
     }
 
     fn serve(&self) {
@@ -1065,10 +1068,31 @@ impl Workers {
         }
     }
 
-    /// Idle workers end; busy ones end after their call.
-    fn close(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+    /// Ends the workers and waits for them: the application may unload the
+    /// library right after `C_Finalize`, and no thread may still be running
+    /// its code then. A worker stuck in a hung HSM for longer than `grace`
+    /// is left behind (it cannot be stopped).
+    fn close(&self, grace: std::time::Duration) {
+        let threads = {
+            let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            q.closed = true;
+            std::mem::take(&mut q.threads)
+        };
         self.wake.notify_all();
+        let deadline = std::time::Instant::now() + grace;
+        for t in threads {
+            if t.thread().id() == std::thread::current().id() {
+                continue;
+            }
+            while !t.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                crate::log::warn("backing HSM: a call still has not returned; its thread is left");
+            }
+        }
     }
 }
 
@@ -1319,13 +1343,13 @@ impl Backend {
         {
             crate::log::warn(&format!("backing HSM: {e}"));
         }
-        self.workers.close();
+        self.workers.close(self.timeout);
     }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.workers.close();
+        self.workers.close(std::time::Duration::from_millis(200));
     }
 }
 
