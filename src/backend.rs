@@ -19,6 +19,7 @@ use crate::config::BackendSection;
 use crate::derive::{Prf, Secret32};
 use crate::error::{rv_name, Error, Result};
 use crate::process::PerProcess;
+use crate::secure::SecretBytes;
 
 /// A loaded module's function table. Modules are never unloaded: many PKCS#11
 /// modules (SoftHSM among them) do not survive `dlclose` and a later reload,
@@ -54,8 +55,6 @@ fn load_module(path: &Path) -> std::result::Result<Module, String> {
     Ok(module)
 }
 
-/// Calls a function of the module's table; a missing entry is
-/// `CKR_FUNCTION_NOT_SUPPORTED` rather than a crash.
 /// Calls made into the backing module by this process (for the statistics
 /// the provider logs at C_Finalize).
 pub static HSM_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -86,6 +85,9 @@ fn count_call() {
     }
 }
 
+/// Calls a function of the module's table; a missing entry is
+/// `CKR_FUNCTION_NOT_SUPPORTED` rather than a crash. A failure is noted in
+/// `LAST_FAILURE`.
 macro_rules! hsm {
     ($m:expr, $f:ident ( $($arg:expr),* $(,)? )) => {
         match $m.0.$f {
@@ -131,7 +133,7 @@ struct Core {
     root: Mutex<Option<sys::CK_OBJECT_HANDLE>>,
     /// The user PIN while logged in, in the locked arena, to log in again
     /// when the HSM lost the login (a restart, sessions dropped).
-    pin: Mutex<Option<crate::secure::SecretBytes>>,
+    pin: Mutex<Option<SecretBytes>>,
     /// Recoveries done (sessions reopened, logged in again): a caller that
     /// saw a failure before another thread recovered just retries.
     recoveries: std::sync::atomic::AtomicU64,
@@ -332,8 +334,32 @@ impl Core {
         Ok(h)
     }
 
+    /// Best effort: a session that will not close is not the failure to
+    /// recover from, so `LAST_FAILURE` keeps what the caller's call said.
     fn close_session(&self, h: sys::CK_SESSION_HANDLE) {
+        let last = LAST_FAILURE.with(|l| l.get());
         let _ = hsm!(self.module, C_CloseSession(h));
+        LAST_FAILURE.with(|l| l.set(last));
+    }
+
+    /// Closes every session this process holds on the backing token (the
+    /// login session last, logged out first when `logout`).
+    fn close_sessions(&self, logout: bool) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in idle {
+            self.close_session(h);
+        }
+        let login = self
+            .login_session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(h) = login {
+            if logout {
+                let _ = hsm!(self.module, C_Logout(h));
+            }
+            self.close_session(h);
+        }
     }
 
     /// Runs `f` on a pooled session. A session is returned to the pool only
@@ -447,19 +473,8 @@ impl Core {
     /// Closes every session this process holds (stale or not), opens a new
     /// one and logs in with the kept PIN, finding the root again.
     fn reconnect(&self, pin: &[u8]) -> Result<()> {
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
-        for h in idle {
-            self.close_session(h);
-        }
-        if let Some(h) = self
-            .login_session
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            self.close_session(h);
-        }
-        self.login_as(sys::CKU_USER, pin, true, false)
+        self.close_sessions(false);
+        self.login_as(sys::CKU_USER, pin, true)
     }
 
     fn refind_root(&self) -> Result<()> {
@@ -473,31 +488,22 @@ impl Core {
         Ok(())
     }
 
-    fn keep_pin(&self, pin: &[u8]) {
-        let kept = crate::secure::SecretBytes::with_capacity(pin.len().max(1))
-            .ok()
-            .and_then(|mut b| b.push(pin).then_some(b));
-        *self.pin.lock().unwrap_or_else(|e| e.into_inner()) = kept;
-    }
-
     fn forget_pin(&self) {
         *self.pin.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// Logs in to the backing token (`user_type` is CKU_USER or CKU_SO) and,
-    /// for a user, finds the root. The PIN is passed through and not kept.
-    fn login(&self, user_type: sys::CK_USER_TYPE, pin: &[u8]) -> Result<()> {
-        self.login_as(user_type, pin, true, true)
+    /// for a user, finds the root and keeps the PIN (already in the locked
+    /// arena) for logging in again (`recover`).
+    fn login(&self, user_type: sys::CK_USER_TYPE, pin: SecretBytes) -> Result<()> {
+        self.login_as(user_type, &pin, true)?;
+        if user_type == sys::CKU_USER {
+            *self.pin.lock().unwrap_or_else(|e| e.into_inner()) = Some(pin);
+        }
+        Ok(())
     }
 
-    /// `keep`: remember the PIN (in the arena) for logging in again.
-    fn login_as(
-        &self,
-        user_type: sys::CK_USER_TYPE,
-        pin: &[u8],
-        need_root: bool,
-        keep: bool,
-    ) -> Result<()> {
+    fn login_as(&self, user_type: sys::CK_USER_TYPE, pin: &[u8], need_root: bool) -> Result<()> {
         let mut anchor = self.login_session.lock().unwrap_or_else(|e| e.into_inner());
         let mut h = match *anchor {
             Some(h) => h,
@@ -568,22 +574,17 @@ impl Core {
                 }
             }
         }
-        // Not under the session lock: `recover` takes the PIN's lock first.
-        drop(anchor);
-        if keep && user_type == sys::CKU_USER {
-            self.keep_pin(pin);
-        }
         Ok(())
     }
 
     /// Logs a user in for administration (`p11derive init`): the root may
     /// not exist yet, so it is not looked up.
     fn login_admin(&self, pin: &[u8]) -> Result<()> {
-        self.login_as(sys::CKU_USER, pin, false, false)
+        self.login_as(sys::CKU_USER, pin, false)
     }
 
+    /// (`Backend::logout` forgets the PIN first, even if this call hangs.)
     fn logout(&self) -> Result<()> {
-        self.forget_pin();
         *self.root.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let anchor = *self.login_session.lock().unwrap_or_else(|e| e.into_inner());
         let Some(h) = anchor else {
@@ -684,9 +685,9 @@ impl Core {
 
     /// `n` bytes from the backing HSM's random number generator, in the
     /// locked arena (they may become key material).
-    fn random(&self, n: usize) -> Result<crate::secure::SecretBytes> {
+    fn random(&self, n: usize) -> Result<SecretBytes> {
         self.with_session(|h| {
-            let mut out = crate::secure::SecretBytes::with_capacity(n.max(1))
+            let mut out = SecretBytes::with_capacity(n.max(1))
                 .map_err(|m| Error::with(ck::CKR_HOST_MEMORY, m))?;
             let rv = hsm!(
                 self.module,
@@ -947,22 +948,10 @@ impl Core {
 
     /// Closes every session and, if p11derive initialized the module,
     /// finalizes it.
+    /// (`Backend::finalize` forgets the PIN first, even if this call hangs.)
     fn finalize(&self) {
-        self.forget_pin();
         *self.root.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
-        for h in idle {
-            self.close_session(h);
-        }
-        if let Some(h) = self
-            .login_session
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            let _ = hsm!(self.module, C_Logout(h));
-            self.close_session(h);
-        }
+        self.close_sessions(true);
         if self.owns_init {
             let _ = hsm!(self.module, C_Finalize(ptr::null_mut()));
         }
@@ -1279,7 +1268,7 @@ impl Backend {
     /// logged in, to log in again should the HSM lose the login.
     pub fn login(&self, user_type: sys::CK_USER_TYPE, pin: &[u8]) -> Result<()> {
         let pin = arena_copy(pin)?;
-        self.call("C_Login", move |c| c.login(user_type, &pin))
+        self.call("C_Login", move |c| c.login(user_type, pin))
     }
 
     /// Logs a user in for administration (`p11derive init`): the root may
@@ -1354,8 +1343,8 @@ impl Drop for Backend {
 }
 
 /// A copy of a PIN in the locked arena, to hand to a worker.
-fn arena_copy(pin: &[u8]) -> Result<crate::secure::SecretBytes> {
-    let mut b = crate::secure::SecretBytes::with_capacity(pin.len().max(1))
+fn arena_copy(pin: &[u8]) -> Result<SecretBytes> {
+    let mut b = SecretBytes::with_capacity(pin.len().max(1))
         .map_err(|m| Error::with(ck::CKR_HOST_MEMORY, m))?;
     b.push(pin);
     Ok(b)
