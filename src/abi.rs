@@ -158,7 +158,11 @@ unsafe fn secret_value(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Option<Sec
                 v.try_into().map(CK_ULONG::from_ne_bytes).ok() == Some(CKO_SECRET_KEY)
             })
     });
-    let Some(a) = attrs.iter().find(|a| a.type_ == CKA_VALUE && secret_key) else {
+    let Some(a) = attrs
+        .iter()
+        .find(|a| a.type_ == CKA_VALUE)
+        .filter(|_| secret_key)
+    else {
         return Ok(None);
     };
     if a.ulValueLen as usize > MAX_SECRET_VALUE {

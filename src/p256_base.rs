@@ -76,6 +76,13 @@ fn mask(bit: u64) -> u64 {
     black_box(0u64.wrapping_sub(bit))
 }
 
+/// All ones where `a == b`, else zero, without a branch.
+#[inline(always)]
+fn eq_mask(a: u64, b: u64) -> u64 {
+    let d = a ^ b;
+    mask(((d | d.wrapping_neg()) >> 63) ^ 1)
+}
+
 #[inline(always)]
 fn select(a: &Fe, b: &Fe, m: u64) -> Fe {
     // b where m is all ones, a where it is zero.
@@ -275,12 +282,12 @@ fn base_mul_x(k: &p256::Scalar) -> [u8; 32] {
         carry = 8u64.wrapping_sub(v) >> 63; // v > 8
         let digit = v.wrapping_sub(carry << 4) as i64; // −7..=8
         let negative = mask((digit as u64) >> 63);
-        let magnitude = ((digit as u64) ^ negative).wrapping_sub(negative); // 0..=8
-                                                                            // Read every entry; keep the one whose index matches.
+        // 0..=8
+        let magnitude = ((digit as u64) ^ negative).wrapping_sub(negative);
+        // Read every entry; keep the one whose index matches.
         let mut q = Affine::default();
         for (j, entry) in window.iter().enumerate() {
-            let diff = magnitude ^ (j as u64 + 1);
-            let eq = mask(((diff | diff.wrapping_neg()) >> 63) ^ 1);
+            let eq = eq_mask(magnitude, j as u64 + 1);
             q.x = select(&q.x, &entry.x, eq);
             q.y = select(&q.y, &entry.y, eq);
         }
@@ -299,14 +306,10 @@ fn base_mul_x(k: &p256::Scalar) -> [u8; 32] {
         let y3 = r.mul(&v.sub(&x3)).sub(&y.mul(&j).double());
         let z3 = z.add(&h).square().sub(&z1z1).sub(&hh);
         // digit 0: keep the accumulator; accumulator at infinity: take q.
-        let zero = {
-            let d = magnitude;
-            mask(((d | d.wrapping_neg()) >> 63) ^ 1)
-        };
-        let (mut nx, mut ny, mut nz) = (x3, y3, z3);
-        nx = select(&nx, &q.x, at_infinity);
-        ny = select(&ny, &q.y, at_infinity);
-        nz = select(&nz, &ONE, at_infinity);
+        let zero = eq_mask(magnitude, 0);
+        let nx = select(&x3, &q.x, at_infinity);
+        let ny = select(&y3, &q.y, at_infinity);
+        let nz = select(&z3, &ONE, at_infinity);
         x = select(&nx, &x, zero);
         y = select(&ny, &y, zero);
         z = select(&nz, &z, zero);
