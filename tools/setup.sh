@@ -3,7 +3,7 @@
 # Run as root (or with sudo available). Safe to run again.
 set -euo pipefail
 
-pkgs=(softhsm2 opensc openssl libclang-dev libengine-pkcs11-openssl p11-kit gnutls-bin openjdk-17-jdk-headless sqlite3 ca-certificates binutils gcc g++ python3)
+pkgs=(softhsm2 opensc openssl libclang-dev libengine-pkcs11-openssl p11-kit gnutls-bin openjdk-17-jdk-headless sqlite3 ca-certificates binutils gcc g++ python3)  # g++: libFuzzer, for tools/fuzz.sh
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -29,10 +29,5 @@ if command -v rustup >/dev/null 2>&1; then
     for c in rustfmt clippy; do
         rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null 2>&1 || true
     done
-fi
-# tools/fuzz.sh runs cargo-fuzz (libFuzzer, built with g++ above).
-if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "setup: installing cargo-fuzz"
-    cargo install cargo-fuzz --locked --quiet
 fi
 echo "setup: ready ($(cargo --version), $(softhsm2-util --version 2>/dev/null | head -1 | sed 's/^/softhsm /'))"
