@@ -7,7 +7,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
@@ -18,14 +18,6 @@ use cryptoki::types::AuthPin;
 use common::*;
 
 const SECP256K1: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
-
-fn cli(s: &Setup, args: &[&str]) -> Output {
-    s.cli().args(args).output().expect("p11derive runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn sqlite(db: &Path, sql: &str) {
     let out = Command::new("sqlite3")
@@ -40,6 +32,16 @@ fn sqlite(db: &Path, sql: &str) {
     );
 }
 
+/// The sequence number of the store's newest audit record.
+fn newest_record(store: &Path) -> u64 {
+    let out = Command::new("sqlite3")
+        .arg(store)
+        .arg("SELECT max(seq) FROM audit")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
 /// A consistent copy of the store (its WAL folded in first).
 fn snapshot(store: &Path, to: &Path) {
     sqlite(store, "PRAGMA wal_checkpoint(TRUNCATE);");
@@ -51,12 +53,6 @@ fn restore(from: &Path, store: &Path) {
         let _ = std::fs::remove_file(store.with_extension(ext));
     }
     std::fs::copy(from, store).unwrap();
-}
-
-fn verify_ok(s: &Setup) -> String {
-    let out = cli(s, &["audit", "verify"]);
-    assert!(out.status.success(), "audit verify: {}", stderr(&out));
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Activity through the module: a key created, signatures, a verification.
@@ -93,13 +89,9 @@ fn every_use_is_recorded_and_the_chain_verifies() {
     let s = setup(None);
     activity(&s, "rec", 2);
     assert!(cli(&s, &["asset", "rotate", "rec"]).status.success());
-    let said = verify_ok(&s);
+    let said = s.audit_verifies();
     assert!(said.contains("1 assets reconciled"), "{said}");
-    let export = cli(&s, &["audit", "export", "--asset", "rec"]);
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&export.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = s.audit_records(&["--asset", "rec"]);
     let events: Vec<&str> = lines.iter().map(|l| l["event"].as_str().unwrap()).collect();
     assert_eq!(
         events,
@@ -112,8 +104,7 @@ fn every_use_is_recorded_and_the_chain_verifies() {
     assert_eq!(sign["version"], 1);
     assert_eq!(sign["rv"], 0);
     assert!(sign["session"].as_u64().is_some() && sign["pid"].as_u64().is_some());
-    use sha2::Digest;
-    assert_eq!(sign["input_sha256"], hex(&sha2::Sha256::digest([0u8; 10])));
+    assert_eq!(sign["input_sha256"], sha256_hex(&[0u8; 10]));
     let all = cli(&s, &["audit", "export"]);
     let text = String::from_utf8_lossy(&all.stdout);
     assert!(text.contains("\"event\":\"login\""), "{text}");
@@ -140,17 +131,10 @@ fn tampering_with_sqlite3_is_caught_and_named() {
         .status
         .success());
     assert!(cli(&s, &["asset", "suspend", "paused"]).status.success());
-    verify_ok(&s);
+    s.audit_verifies();
     let good = s.dir.join("good.db");
     snapshot(&s.store, &good);
-    let head: u64 = {
-        let out = Command::new("sqlite3")
-            .arg(&s.store)
-            .arg("SELECT max(seq) FROM audit")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
+    let head = newest_record(&s.store);
     assert!(head >= 9, "{head} records");
     let cases: Vec<(&str, String, String)> = vec![
         ("change a field", "UPDATE audit SET rv = 5 WHERE seq = 4".into(), "record 4 does not carry a valid MAC".into()),
@@ -270,7 +254,7 @@ fn tampering_with_sqlite3_is_caught_and_named() {
     assert!(s.log().contains("p11derive audit reanchor --yes"));
     // An operator who restored it knowingly re-anchors; then all holds again.
     assert!(cli(&s, &["audit", "reanchor", "--yes"]).status.success());
-    verify_ok(&s);
+    s.audit_verifies();
     let p = s.load();
     p.user_session();
 }
@@ -288,7 +272,7 @@ fn records_of_processes_without_a_login_are_sealed_later() {
         let bad = session.verify(&Mechanism::EcdsaSha256, public, b"x", &[1u8; 64]);
         assert_eq!(rv_of(bad), RvError::SignatureInvalid);
     }
-    let said = verify_ok(&s);
+    let said = s.audit_verifies();
     assert!(
         said.contains("1 records of processes without a login are pending"),
         "{said}"
@@ -298,7 +282,7 @@ fn records_of_processes_without_a_login_are_sealed_later() {
         let p = s.load();
         p.user_session();
     }
-    let said = verify_ok(&s);
+    let said = s.audit_verifies();
     assert!(!said.contains("pending"), "{said}");
     let export = cli(&s, &["audit", "export"]);
     let text = String::from_utf8_lossy(&export.stdout);
@@ -323,11 +307,10 @@ fn records_of_processes_without_a_login_are_sealed_later() {
         let p = s.load();
         p.user_session();
     }
-    verify_ok(&s);
-    let export = cli(&s, &["audit", "export", "--asset", "pub"]);
-    let planted = String::from_utf8_lossy(&export.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    s.audit_verifies();
+    let planted = s
+        .audit_records(&["--asset", "pub"])
+        .into_iter()
         .find(|r| r["version"] == 9)
         .expect("the planted record was sealed");
     assert!(planted["detail"]
@@ -381,11 +364,9 @@ fn endless_signer(out: &Path) -> ! {
 
 #[test]
 fn every_signature_received_before_a_sigkill_has_its_record() {
-    use sha2::Digest;
     let _turn = turn();
     let s = setup(None);
-    let created = cli(&s, &["asset", "create", "kill", "--type", "secp256k1"]);
-    assert!(created.status.success(), "{}", stderr(&created));
+    s.create_asset("kill", "secp256k1");
     std::env::set_var("P11DERIVE_CONF", &s.config);
     let mut files = Vec::new();
     for round in 0..4u64 {
@@ -424,14 +405,8 @@ fn every_signature_received_before_a_sigkill_has_its_record() {
     }
     // After the crashes the store opens, the chain verifies, and every
     // signature a client received has its record.
-    verify_ok(&s);
-    let export = cli(&s, &["audit", "export", "--asset", "kill"]);
-    let recorded: std::collections::HashSet<String> = String::from_utf8_lossy(&export.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|r| r["event"] == "sign" && r["rv"] == 0)
-        .filter_map(|r| r["input_sha256"].as_str().map(str::to_string))
-        .collect();
+    s.audit_verifies();
+    let recorded = s.signed_inputs(&["--asset", "kill"]);
     let mut received = 0;
     for f in &files {
         for line in std::fs::read_to_string(f).unwrap_or_default().lines() {
@@ -442,9 +417,8 @@ fn every_signature_received_before_a_sigkill_has_its_record() {
                 continue; // a line cut short by the kill: that client did not finish reading it
             }
             received += 1;
-            let digest = hex(&sha2::Sha256::digest(unhex(data)));
             assert!(
-                recorded.contains(&digest),
+                recorded.contains(&sha256_hex(&unhex(data))),
                 "signature over {data} has no audit record"
             );
         }
@@ -476,11 +450,10 @@ fn concurrent_signatures_share_commits_without_losing_a_record() {
             }
         });
     }
-    verify_ok(&s);
-    let export = cli(&s, &["audit", "export", "--asset", "group"]);
-    let mut inputs: Vec<String> = String::from_utf8_lossy(&export.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+    s.audit_verifies();
+    let mut inputs: Vec<String> = s
+        .audit_records(&["--asset", "group"])
+        .iter()
         .filter(|r| r["event"] == "sign")
         .map(|r| r["input_sha256"].as_str().unwrap().to_string())
         .collect();
@@ -522,14 +495,7 @@ fn a_long_running_signer_keeps_the_anchor_close_behind() {
     std::thread::sleep(std::time::Duration::from_millis(1100));
     session.sign(&Mechanism::Ecdsa, key, &[9; 32]).unwrap();
     // The signer is still running; cutting its newest records is noticed.
-    let head: u64 = {
-        let out = Command::new("sqlite3")
-            .arg(&s.store)
-            .arg("SELECT max(seq) FROM audit")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
+    let head = newest_record(&s.store);
     sqlite(
         &s.store,
         &format!("DELETE FROM audit WHERE seq >= {}", head - 1),
@@ -597,7 +563,7 @@ fn another_root_is_refused_before_it_writes_anything() {
     let _turn = turn();
     let s = setup(None);
     activity(&s, "mine", 1);
-    verify_ok(&s);
+    s.audit_verifies();
     // A second backing token with its own root; point the config at it.
     let other = setup(None);
     let good = std::fs::read_to_string(&s.config).unwrap();
@@ -622,7 +588,7 @@ fn another_root_is_refused_before_it_writes_anything() {
     );
     // Nothing was written under the wrong key: with the right root all holds.
     std::fs::write(&s.config, good).unwrap();
-    verify_ok(&s);
+    s.audit_verifies();
 }
 
 #[test]
@@ -642,7 +608,7 @@ fn refusals_by_state_and_policy_are_recorded() {
             RvError::ActionProhibited
         );
     }
-    verify_ok(&s);
+    s.audit_verifies();
     let export = cli(&s, &["audit", "export", "--asset", "ref"]);
     let text = String::from_utf8_lossy(&export.stdout);
     assert!(
@@ -654,20 +620,7 @@ fn refusals_by_state_and_policy_are_recorded() {
 
 /// Backing HSM calls the provider that just finalized made to move the anchor.
 fn anchor_calls(s: &Setup) -> u64 {
-    let log = s.log();
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("(rollback anchor: "))
-        .expect("finalize logs its anchor calls");
-    line.split("(rollback anchor: ")
-        .nth(1)
-        .unwrap()
-        .split(')')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
+    s.last_logged_count("(rollback anchor: ")
 }
 
 #[test]

@@ -14,17 +14,7 @@ use common::*;
 
 /// Keys derived through the HSM by the provider that just finalized.
 fn derivations(s: &Setup) -> u64 {
-    let log = s.log();
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("keys derived through the backing HSM: "))
-        .expect("finalize logs its derivations");
-    let after = line
-        .split("keys derived through the backing HSM: ")
-        .nth(1)
-        .unwrap();
-    after.split(';').next().unwrap().trim().parse().unwrap()
+    s.last_logged_count("keys derived through the backing HSM: ")
 }
 
 fn with_ttl(s: &Setup, seconds: u64) {

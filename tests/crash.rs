@@ -6,13 +6,11 @@
 
 mod common;
 
-use std::collections::HashSet;
 use std::io::Write;
 
 use common::*;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
-use sha2::{Digest, Sha256};
 
 /// A forked signer: 4 threads, each signing 32-byte inputs unique to it and
 /// appending `hex(input)` to its own file once C_Sign has returned. Exits 1
@@ -120,27 +118,10 @@ fn sigkill_during_group_commits_loses_no_returned_signature_and_breaks_no_chain(
         }
     }
 
-    // The store opens and the chain verifies.
-    let out = s.cli().args(["audit", "verify"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "audit verify after SIGKILLs: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // After the SIGKILLs the store opens and the chain verifies.
+    s.audit_verifies();
     // Every signature a process received has its record.
-    let out = s
-        .cli()
-        .args(["audit", "export", "--asset", "crash"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let recorded: HashSet<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|r| r["event"] == "sign" && r["rv"] == 0)
-        .filter_map(|r| r["input_sha256"].as_str().map(str::to_string))
-        .collect();
+    let recorded = s.signed_inputs(&["--asset", "crash"]);
     let mut returned = 0;
     for entry in std::fs::read_dir(&s.dir).unwrap() {
         let path = entry.unwrap().path();
@@ -158,9 +139,8 @@ fn sigkill_during_group_commits_loses_no_returned_signature_and_breaks_no_chain(
                 continue;
             }
             returned += 1;
-            let digest = hex(&Sha256::digest(unhex(line)));
             assert!(
-                recorded.contains(&digest),
+                recorded.contains(&sha256_hex(&unhex(line))),
                 "a signature was returned without its record: input {line}"
             );
         }

@@ -14,15 +14,13 @@ mod common;
 use std::ffi::CString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::*;
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{ObjectClass, ObjectHandle};
+use cryptoki::object::ObjectHandle;
 use cryptoki::session::Session;
-use sha2::{Digest, Sha256};
 
 /// A tmpfs mounted for the test, unmounted when dropped (also on a failed
 /// assertion: declare it before anything that opens files in it).
@@ -125,25 +123,6 @@ fn top_up(path: &Path) {
     while f.write_all(&chunk[..1]).is_ok() {}
 }
 
-fn cli(s: &Setup, args: &[&str]) -> Output {
-    s.cli().args(args).output().expect("p11derive runs")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn show(s: &Setup, name: &str) -> serde_json::Value {
-    let out = cli(s, &["asset", "show", name, "--json"]);
-    assert!(out.status.success(), "asset show {name}: {}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 const ASSETS: [(&str, &str); 2] = [("disk-k1", "secp256k1"), ("disk-p256", "p256")];
 
 /// A signature a caller received.
@@ -162,10 +141,6 @@ struct Outcome {
     /// Anything else (must stay empty).
     unexpected: Vec<String>,
     slowest: Duration,
-}
-
-fn alias(session: &Session, label: &str) -> ObjectHandle {
-    find_one(session, label, ObjectClass::PRIVATE_KEY).unwrap_or_else(|| panic!("no key {label}"))
 }
 
 /// The input of signature `i` of thread `t` in phase `phase`: unique.
@@ -216,23 +191,6 @@ fn sign_until_full(
     out
 }
 
-fn verifies(kt: &str, point: &[u8], digest: &[u8; 32], sig: &[u8]) -> bool {
-    use k256::ecdsa::signature::hazmat::PrehashVerifier;
-    match kt {
-        "secp256k1" => {
-            let key = k256::ecdsa::VerifyingKey::from_sec1_bytes(point).unwrap();
-            k256::ecdsa::Signature::from_slice(sig)
-                .is_ok_and(|s| key.verify_prehash(digest, &s.normalize_s()).is_ok())
-        }
-        "p256" => {
-            let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point).unwrap();
-            p256::ecdsa::Signature::from_slice(sig)
-                .is_ok_and(|s| key.verify_prehash(digest, &s).is_ok())
-        }
-        other => panic!("{other}"),
-    }
-}
-
 #[test]
 fn a_full_disk_fails_operations_cleanly_and_signing_resumes_once_space_is_freed() {
     let _turn = turn();
@@ -259,11 +217,11 @@ fn a_full_disk_fails_operations_cleanly_and_signing_resumes_once_space_is_freed(
         &["asset", "create", "disk-rot", "--type", "p256"],
     ] {
         let out = main.step(format!("p11derive {args:?}"), || cli(&s, args));
-        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        assert!(out.status.success(), "{args:?}: {}", output_text(&out));
     }
     let p = main.step("C_Initialize", || s.load());
     let login = p.user_session();
-    let keys = ASSETS.map(|(name, _)| alias(&login, name));
+    let keys = ASSETS.map(|(name, _)| private_key(&login, name));
     // Every key derived and cached while there is room.
     for key in keys {
         login.sign(&Mechanism::Ecdsa, key, &[1u8; 32]).unwrap();
@@ -343,7 +301,7 @@ fn a_full_disk_fails_operations_cleanly_and_signing_resumes_once_space_is_freed(
         top_up(&filler);
         if round == 0 {
             // The CLI on the full disk: rotate fails cleanly, changes nothing.
-            let before = show(&s, "disk-rot");
+            let before = s.asset_show("disk-rot");
             let out = main.step("p11derive asset rotate (full)", || {
                 cli(&s, &["asset", "rotate", "disk-rot"])
             });
@@ -351,7 +309,7 @@ fn a_full_disk_fails_operations_cleanly_and_signing_resumes_once_space_is_freed(
                 out.status.code(),
                 Some(1),
                 "rotate on a full disk: {}",
-                text(&out)
+                output_text(&out)
             );
             let said = String::from_utf8_lossy(&out.stderr);
             assert!(
@@ -363,7 +321,7 @@ fn a_full_disk_fails_operations_cleanly_and_signing_resumes_once_space_is_freed(
             );
             assert!(!said.contains("panicked"), "{said}");
             assert_eq!(
-                show(&s, "disk-rot"),
+                s.asset_show("disk-rot"),
                 before,
                 "a failed rotation changed the asset"
             );
@@ -371,7 +329,7 @@ fn a_full_disk_fails_operations_cleanly_and_signing_resumes_once_space_is_freed(
             assert!(
                 list.status.success(),
                 "asset list on a full disk: {}",
-                text(&list)
+                output_text(&list)
             );
             let row = String::from_utf8_lossy(&list.stdout)
                 .lines()
@@ -437,26 +395,20 @@ fn a_full_disk_fails_operations_cleanly_and_signing_resumes_once_space_is_freed(
     let out = main.step("p11derive asset rotate (space)", || {
         cli(&s, &["asset", "rotate", "disk-rot"])
     });
-    assert!(out.status.success(), "rotate after freeing: {}", text(&out));
-    assert_eq!(show(&s, "disk-rot")["current"], 2);
+    assert!(
+        out.status.success(),
+        "rotate after freeing: {}",
+        output_text(&out)
+    );
+    assert_eq!(s.asset_show("disk-rot")["current"], 2);
     drop(login);
     drop(p);
 
     // A fresh process opens the store, and the chain verifies.
-    let out = main.step("p11derive audit verify", || cli(&s, &["audit", "verify"]));
-    assert!(out.status.success(), "audit verify: {}", text(&out));
-    let out = cli(&s, &["audit", "export"]);
-    assert!(out.status.success(), "audit export: {}", text(&out));
-    let mut recorded = std::collections::HashSet::new();
-    for r in String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|r| r["event"] == "sign" && r["rv"] == 0)
-    {
-        recorded.insert(r["input_sha256"].as_str().unwrap().to_string());
-    }
+    main.step("p11derive audit verify", || s.audit_verifies());
+    let recorded = s.signed_inputs(&[]);
     let points = ASSETS.map(|(name, _)| {
-        let v = show(&s, name);
+        let v = s.asset_show(name);
         assert_eq!(v["current"], 1);
         unhex(v["versions"][0]["public_key"].as_str().unwrap())
     });
@@ -468,12 +420,12 @@ fn a_full_disk_fails_operations_cleanly_and_signing_resumes_once_space_is_freed(
     for sig in &returned {
         let (name, kt) = ASSETS[sig.asset];
         assert!(
-            recorded.contains(&hex(&Sha256::digest(sig.input))),
+            recorded.contains(&sha256_hex(&sig.input)),
             "a signature with {name} was returned without its record: input {}",
             hex(&sig.input)
         );
         assert!(
-            verifies(kt, &points[sig.asset], &sig.input, &sig.sig),
+            ecdsa_verifies(kt, &points[sig.asset], &sig.input, &sig.sig),
             "a returned {name} signature does not verify: input {}",
             hex(&sig.input)
         );
@@ -482,7 +434,7 @@ fn a_full_disk_fails_operations_cleanly_and_signing_resumes_once_space_is_freed(
     let failed: Vec<&[u8; 32]> = outcomes.iter().flat_map(|o| &o.failed).collect();
     for data in &failed {
         assert!(
-            !recorded.contains(&hex(&Sha256::digest(data))),
+            !recorded.contains(&sha256_hex(*data)),
             "C_Sign failed but its signature is recorded as made: input {}",
             hex(*data)
         );

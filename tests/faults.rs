@@ -8,11 +8,12 @@
 
 mod common;
 
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{ObjectClass, ObjectHandle};
+use cryptoki::object::ObjectClass;
 use cryptoki::session::Session;
 
 use common::*;
@@ -61,13 +62,13 @@ impl Shim {
         unsafe { self.lib.get::<unsafe extern "C" fn() -> u64>(name).unwrap()() }
     }
 
-    fn fail(&self, rv: u64) {
+    fn set(&self, name: &[u8], rv: u64) {
         // SAFETY: extern "C" fn(u64).
-        unsafe {
-            self.lib
-                .get::<unsafe extern "C" fn(u64)>(b"faultshim_fail\0")
-                .unwrap()(rv)
-        }
+        unsafe { self.lib.get::<unsafe extern "C" fn(u64)>(name).unwrap()(rv) }
+    }
+
+    fn fail(&self, rv: u64) {
+        self.set(b"faultshim_fail\0", rv)
     }
 
     fn stall(&self) {
@@ -87,12 +88,7 @@ impl Shim {
     }
 
     fn fail_login(&self, rv: u64) {
-        // SAFETY: extern "C" fn(u64).
-        unsafe {
-            self.lib
-                .get::<unsafe extern "C" fn(u64)>(b"faultshim_fail_login\0")
-                .unwrap()(rv)
-        }
+        self.set(b"faultshim_fail_login\0", rv)
     }
 
     fn logins(&self) -> u64 {
@@ -140,12 +136,8 @@ fn shimmed(assets: &[&str], ttl_seconds: u64) -> Setup {
     s
 }
 
-fn key(session: &Session, label: &str) -> ObjectHandle {
-    find_one(session, label, ObjectClass::PRIVATE_KEY).unwrap_or_else(|| panic!("no key {label}"))
-}
-
 fn sign(session: &Session, label: &str) -> cryptoki::error::Result<Vec<u8>> {
-    session.sign(&Mechanism::Ecdsa, key(session, label), &[7u8; 32])
+    session.sign(&Mechanism::Ecdsa, private_key(session, label), &[7u8; 32])
 }
 
 /// Signs and checks the signature with the provider's public key object.
@@ -157,14 +149,22 @@ fn sign_ok(session: &Session, label: &str) {
         .unwrap_or_else(|e| panic!("signature by {label} does not verify: {e}"));
 }
 
-fn audit_verifies(s: &Setup) {
-    let out = s.cli().args(["audit", "verify"]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "audit verify: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// What every test here starts with: takes the turn, loads the provider
+/// on a setup with `assets` (`shimmed`), logs in, and signs with the first
+/// asset (its key now derived and cached). Bound in this order, they drop
+/// in reverse: the session, the provider (C_Finalize), the shim (healed),
+/// the turn.
+fn start(
+    assets: &[&str],
+    ttl_seconds: u64,
+) -> (MutexGuard<'static, ()>, Setup, Shim, Provider, Session) {
+    let turn = turn();
+    let s = shimmed(assets, ttl_seconds);
+    let shim = Shim::open();
+    let p = s.load();
+    let session = p.user_session();
+    sign_ok(&session, assets[0]);
+    (turn, s, shim, p, session)
 }
 
 /// Waits until the backoff delay has surely passed.
@@ -174,171 +174,149 @@ fn after_backoff() {
 
 #[test]
 fn a_dead_hsm_fails_at_once_with_backoff_while_cached_keys_sign_until_their_ttl() {
-    let _turn = turn();
-    let s = shimmed(&["warm", "cold"], 3);
-    let shim = Shim::open();
-    {
-        let p = s.load();
-        let session = p.user_session();
-        sign_ok(&session, "warm"); // derived now, cached for 3 s
-        let cached_at = Instant::now();
+    // "warm" signs in start(): derived now, cached for 3 s.
+    let (_turn, s, shim, p, session) = start(&["warm", "cold"], 3);
+    let cached_at = Instant::now();
 
-        shim.fail(0x30); // CKR_DEVICE_ERROR on every backing call
-        let from = s.log().len();
-        sign_ok(&session, "warm");
+    shim.fail(0x30); // CKR_DEVICE_ERROR on every backing call
+    let from = s.log().len();
+    sign_ok(&session, "warm");
 
-        let t = Instant::now();
+    let t = Instant::now();
+    assert_eq!(rv_of(sign(&session, "cold")), RvError::DeviceError);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+    let log = s.log_since(from);
+    assert!(log.contains("backing HSM"), "{log}");
+
+    // Backoff: a burst of attempts reaches the HSM a few times at most.
+    let calls = shim.calls();
+    let t = Instant::now();
+    let mut refused = 0;
+    while t.elapsed() < Duration::from_millis(300) {
         assert_eq!(rv_of(sign(&session, "cold")), RvError::DeviceError);
-        assert!(
-            t.elapsed() < Duration::from_millis(500),
-            "{:?}",
-            t.elapsed()
-        );
-        let log = s.log_since(from);
-        assert!(log.contains("backing HSM"), "{log}");
-
-        // Backoff: a burst of attempts reaches the HSM a few times at most.
-        let calls = shim.calls();
-        let t = Instant::now();
-        let mut refused = 0;
-        while t.elapsed() < Duration::from_millis(300) {
-            assert_eq!(rv_of(sign(&session, "cold")), RvError::DeviceError);
-            refused += 1;
-        }
-        let reached = shim.calls() - calls;
-        assert!(refused >= 20, "only {refused} attempts in 300 ms");
-        assert!(
-            reached <= 6,
-            "{reached} backing calls for {refused} attempts: no backoff"
-        );
-        assert!(
-            s.log_since(from).contains("unavailable"),
-            "{}",
-            s.log_since(from)
-        );
-
-        // The cached key signs on until its TTL, then needs the HSM too.
-        sign_ok(&session, "warm");
-        std::thread::sleep(
-            Duration::from_secs(3).saturating_sub(cached_at.elapsed()) + Duration::from_millis(300),
-        );
-        assert_eq!(rv_of(sign(&session, "warm")), RvError::DeviceError);
-
-        // The HSM returns: after the backoff delay both keys sign again,
-        // with no new login by the application.
-        shim.heal();
-        after_backoff();
-        sign_ok(&session, "cold");
-        sign_ok(&session, "warm");
-        assert!(
-            s.log_since(from).contains("answering again"),
-            "{}",
-            s.log_since(from)
-        );
+        refused += 1;
     }
-    audit_verifies(&s);
+    let reached = shim.calls() - calls;
+    assert!(refused >= 20, "only {refused} attempts in 300 ms");
+    assert!(
+        reached <= 6,
+        "{reached} backing calls for {refused} attempts: no backoff"
+    );
+    assert!(
+        s.log_since(from).contains("unavailable"),
+        "{}",
+        s.log_since(from)
+    );
+
+    // The cached key signs on until its TTL, then needs the HSM too.
+    sign_ok(&session, "warm");
+    std::thread::sleep(
+        Duration::from_secs(3).saturating_sub(cached_at.elapsed()) + Duration::from_millis(300),
+    );
+    assert_eq!(rv_of(sign(&session, "warm")), RvError::DeviceError);
+
+    // The HSM returns: after the backoff delay both keys sign again,
+    // with no new login by the application.
+    shim.heal();
+    after_backoff();
+    sign_ok(&session, "cold");
+    sign_ok(&session, "warm");
+    assert!(
+        s.log_since(from).contains("answering again"),
+        "{}",
+        s.log_since(from)
+    );
+    drop((session, p)); // C_Finalize
+    s.audit_verifies();
 }
 
 #[test]
 fn a_hung_hsm_times_out_and_the_provider_recovers_when_it_answers() {
-    let _turn = turn();
-    let s = shimmed(&["warm", "cold", "later"], 300);
-    let shim = Shim::open();
-    {
-        let p = s.load();
-        let session = p.user_session();
+    let (_turn, s, shim, p, session) = start(&["warm", "cold", "later"], 300);
+
+    shim.stall();
+    let from = s.log().len();
+    let t = Instant::now();
+    assert_eq!(rv_of(sign(&session, "cold")), RvError::DeviceError);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(TIMEOUT_MS - 20)
+            && waited < Duration::from_millis(TIMEOUT_MS + 700),
+        "a stalled call returned after {waited:?} (timeout {TIMEOUT_MS} ms)"
+    );
+    assert!(shim.stalled() >= 1, "no call is stuck in the shim");
+    let log = s.log_since(from);
+    assert!(
+        log.contains("did not answer") && log.contains("call_timeout_ms"),
+        "{log}"
+    );
+
+    // While it hangs: no new caller waits for the timeout again.
+    let t = Instant::now();
+    assert_eq!(rv_of(sign(&session, "later")), RvError::DeviceError);
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
+    );
+    // The cached key keeps signing meanwhile.
+    for _ in 0..20 {
         sign_ok(&session, "warm");
-
-        shim.stall();
-        let from = s.log().len();
-        let t = Instant::now();
-        assert_eq!(rv_of(sign(&session, "cold")), RvError::DeviceError);
-        let waited = t.elapsed();
-        assert!(
-            waited >= Duration::from_millis(TIMEOUT_MS - 20)
-                && waited < Duration::from_millis(TIMEOUT_MS + 700),
-            "a stalled call returned after {waited:?} (timeout {TIMEOUT_MS} ms)"
-        );
-        assert!(shim.stalled() >= 1, "no call is stuck in the shim");
-        let log = s.log_since(from);
-        assert!(
-            log.contains("did not answer") && log.contains("call_timeout_ms"),
-            "{log}"
-        );
-
-        // While it hangs: no new caller waits for the timeout again.
-        let t = Instant::now();
-        assert_eq!(rv_of(sign(&session, "later")), RvError::DeviceError);
-        assert!(
-            t.elapsed() < Duration::from_millis(100),
-            "{:?}",
-            t.elapsed()
-        );
-        // The cached key keeps signing meanwhile.
-        for _ in 0..20 {
-            sign_ok(&session, "warm");
-        }
-
-        shim.heal();
-        let t = Instant::now();
-        while shim.stalled() > 0 {
-            assert!(
-                t.elapsed() < Duration::from_secs(2),
-                "stuck calls never ended"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        after_backoff();
-        sign_ok(&session, "cold");
-        sign_ok(&session, "later");
     }
-    audit_verifies(&s);
+
+    shim.heal();
+    let t = Instant::now();
+    while shim.stalled() > 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(2),
+            "stuck calls never ended"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    after_backoff();
+    sign_ok(&session, "cold");
+    sign_ok(&session, "later");
+    drop((session, p)); // C_Finalize
+    s.audit_verifies();
 }
 
 #[test]
 fn lost_sessions_and_a_lost_login_are_recovered_without_the_application() {
-    let _turn = turn();
-    let s = shimmed(&["first", "second", "third"], 300);
-    let shim = Shim::open();
-    {
-        let p = s.load();
-        let session = p.user_session();
-        sign_ok(&session, "first");
+    let (_turn, s, shim, p, session) = start(&["first", "second", "third"], 300);
 
-        // The HSM drops every session (as a restart does): the login goes too.
-        let from = s.log().len();
-        shim.drop_sessions();
-        sign_ok(&session, "second");
-        let log = s.log_since(from);
-        assert!(
-            log.contains("logging in again") && log.contains("usable again"),
-            "{log}"
-        );
+    // The HSM drops every session (as a restart does): the login goes too.
+    let from = s.log().len();
+    shim.drop_sessions();
+    sign_ok(&session, "second");
+    let log = s.log_since(from);
+    assert!(
+        log.contains("logging in again") && log.contains("usable again"),
+        "{log}"
+    );
 
-        // Someone logs the process out of the HSM.
-        let from = s.log().len();
-        shim.logout();
-        sign_ok(&session, "third");
-        let log = s.log_since(from);
-        // SoftHSM answers for the root, now invisible, with
-        // CKR_OBJECT_HANDLE_INVALID; the provider logs in again.
-        assert!(
-            log.contains("usable again (sessions reopened, logged in again)"),
-            "{log}"
-        );
-    }
-    audit_verifies(&s);
+    // Someone logs the process out of the HSM.
+    let from = s.log().len();
+    shim.logout();
+    sign_ok(&session, "third");
+    let log = s.log_since(from);
+    // SoftHSM answers for the root, now invisible, with
+    // CKR_OBJECT_HANDLE_INVALID; the provider logs in again.
+    assert!(
+        log.contains("usable again (sessions reopened, logged in again)"),
+        "{log}"
+    );
+    drop((session, p)); // C_Finalize
+    s.audit_verifies();
 }
 
 #[test]
 fn after_a_logout_the_provider_never_logs_in_by_itself_and_a_new_login_works() {
-    let _turn = turn();
-    let s = shimmed(&["first", "second"], 300);
-    let shim = Shim::open();
-    let p = s.load();
-    let session = p.user_session();
-    sign_ok(&session, "first");
-    let second = key(&session, "second");
+    let (_turn, s, shim, p, session) = start(&["first", "second"], 300);
+    let second = private_key(&session, "second");
     session.logout().unwrap();
     let from = s.log().len();
     shim.drop_sessions();
@@ -358,12 +336,7 @@ fn after_a_logout_the_provider_never_logs_in_by_itself_and_a_new_login_works() {
 
 #[test]
 fn a_pin_the_hsm_refuses_when_logging_in_again_is_tried_once_and_forgotten() {
-    let _turn = turn();
-    let s = shimmed(&["first", "second", "third"], 300);
-    let shim = Shim::open();
-    let p = s.load();
-    let session = p.user_session();
-    sign_ok(&session, "first");
+    let (_turn, s, shim, _p, session) = start(&["first", "second", "third"], 300);
     // The HSM restarts with another PIN (the login is refused from now on).
     shim.fail_login(0xa0); // CKR_PIN_INCORRECT
     shim.drop_sessions();

@@ -4,8 +4,6 @@
 
 mod common;
 
-use std::process::Output;
-
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
@@ -25,14 +23,6 @@ fn audit(ak: &Secret32) -> lifecycle::Audit<'_> {
 
 fn base() -> Record {
     Record::new(Event::Transition, 0)
-}
-
-fn cli(s: &Setup, args: &[&str]) -> Output {
-    s.cli().args(args).output().expect("p11derive runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Applies `t` with the backing HSM as PRF (rotations derive public keys).
@@ -314,13 +304,13 @@ fn objects_follow_the_state_at_once() {
         .verify(&Mechanism::Ecdsa, v2_pub, &digest, &sig2)
         .unwrap();
     assert_eq!(
-        p_rv(session.verify(&Mechanism::Ecdsa, v1_pub, &digest, &sig2)),
+        rv_of(session.verify(&Mechanism::Ecdsa, v1_pub, &digest, &sig2)),
         RvError::SignatureInvalid
     );
     // Version 1 verifies but may not sign; the alias verifies both, newest first.
     assert!(!bool_attr(&session, v1_priv, AttributeType::Sign));
     assert_eq!(
-        p_rv(session.sign(&Mechanism::Ecdsa, v1_priv, &digest)),
+        rv_of(session.sign(&Mechanism::Ecdsa, v1_priv, &digest)),
         RvError::KeyFunctionNotPermitted
     );
     session
@@ -343,7 +333,7 @@ fn objects_follow_the_state_at_once() {
     assert!(cli(&s, &["asset", "finish", "obj"]).status.success());
     assert!(!bool_attr(&session, v2_priv, AttributeType::Sign));
     assert_eq!(
-        p_rv(session.sign(&Mechanism::Ecdsa, v2_priv, &digest)),
+        rv_of(session.sign(&Mechanism::Ecdsa, v2_priv, &digest)),
         RvError::KeyFunctionNotPermitted
     );
 
@@ -353,9 +343,12 @@ fn objects_follow_the_state_at_once() {
         .unwrap();
     session.sign_update(b"begun at version 3").unwrap();
     assert!(cli(&s, &["asset", "rotate", "obj"]).status.success());
-    assert_eq!(p_rv(session.sign_final()), RvError::KeyFunctionNotPermitted);
     assert_eq!(
-        p_rv(session.sign_final()),
+        rv_of(session.sign_final()),
+        RvError::KeyFunctionNotPermitted
+    );
+    assert_eq!(
+        rv_of(session.sign_final()),
         RvError::OperationNotInitialized,
         "the operation ended"
     );
@@ -363,11 +356,11 @@ fn objects_follow_the_state_at_once() {
     // Suspended: every operation is refused, the objects remain.
     assert!(cli(&s, &["asset", "suspend", "obj"]).status.success());
     assert_eq!(
-        p_rv(session.sign(&Mechanism::Ecdsa, alias_priv, &digest)),
+        rv_of(session.sign(&Mechanism::Ecdsa, alias_priv, &digest)),
         RvError::KeyFunctionNotPermitted
     );
     assert_eq!(
-        p_rv(session.verify(&Mechanism::Ecdsa, alias_pub, &digest, &sig2)),
+        rv_of(session.verify(&Mechanism::Ecdsa, alias_pub, &digest, &sig2)),
         RvError::KeyFunctionNotPermitted
     );
     assert!(!bool_attr(&session, alias_priv, AttributeType::Sign));
@@ -380,24 +373,24 @@ fn objects_follow_the_state_at_once() {
     assert!(cli(&s, &["asset", "trim", "obj", "3"]).status.success());
     assert!(priv_v(1).is_none() && pub_v(2).is_none() && priv_v(3).is_some());
     let attr = session.get_attributes(v1_pub, &[AttributeType::Label]);
-    assert_eq!(p_rv(attr), RvError::ObjectHandleInvalid);
+    assert_eq!(rv_of(attr), RvError::ObjectHandleInvalid);
     assert_eq!(
-        p_rv(session.verify(&Mechanism::Ecdsa, v1_pub, &digest, &sig1)),
+        rv_of(session.verify(&Mechanism::Ecdsa, v1_pub, &digest, &sig1)),
         RvError::KeyHandleInvalid
     );
     assert_eq!(
-        p_rv(session.sign(&Mechanism::Ecdsa, v2_priv, &digest)),
+        rv_of(session.sign(&Mechanism::Ecdsa, v2_priv, &digest)),
         RvError::KeyHandleInvalid
     );
     assert_eq!(
-        p_rv(session.verify(&Mechanism::Ecdsa, alias_pub, &digest, &sig1)),
+        rv_of(session.verify(&Mechanism::Ecdsa, alias_pub, &digest, &sig1)),
         RvError::SignatureInvalid
     );
 
     // C_DestroyObject is refused by default, and CKA_DESTROYABLE says so.
     assert!(!bool_attr(&session, alias_priv, AttributeType::Destroyable));
     assert_eq!(
-        p_rv(session.destroy_object(alias_priv)),
+        rv_of(session.destroy_object(alias_priv)),
         RvError::ActionProhibited
     );
 
@@ -407,15 +400,10 @@ fn objects_follow_the_state_at_once() {
         .success());
     assert!(find_one(&session, "obj", ObjectClass::PRIVATE_KEY).is_none());
     assert_eq!(
-        p_rv(session.sign(&Mechanism::Ecdsa, alias_priv, &digest)),
+        rv_of(session.sign(&Mechanism::Ecdsa, alias_priv, &digest)),
         RvError::KeyHandleInvalid
     );
     assert!(s.log().contains("may no longer sign"), "{}", s.log());
-}
-
-/// The return code of a failed call (the session API's error type).
-fn p_rv<T: std::fmt::Debug>(r: cryptoki::error::Result<T>) -> RvError {
-    rv_of(r)
 }
 
 #[test]
@@ -438,16 +426,14 @@ fn destroying_an_alias_retires_only_where_the_config_allows() {
     assert!(bool_attr(&session, alias, AttributeType::Destroyable));
     assert!(!bool_attr(&session, version, AttributeType::Destroyable));
     assert_eq!(
-        p_rv(session.destroy_object(version)),
+        rv_of(session.destroy_object(version)),
         RvError::ActionProhibited
     );
     let ro = p.ctx.open_ro_session(p.slot).unwrap();
-    assert_eq!(p_rv(ro.destroy_object(alias)), RvError::SessionReadOnly);
+    assert_eq!(rv_of(ro.destroy_object(alias)), RvError::SessionReadOnly);
     session.destroy_object(alias).unwrap();
     assert!(find_one(&session, "gone", ObjectClass::PRIVATE_KEY).is_none());
-    let show = cli(&s, &["asset", "show", "gone", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
-    assert_eq!(v["state"], "RETIRED");
+    assert_eq!(s.asset_show("gone")["state"], "RETIRED");
     let again = cli(&s, &["asset", "create", "gone", "--type", "p256"]);
     assert_eq!(again.status.code(), Some(3), "{}", stderr(&again));
 }
@@ -459,13 +445,22 @@ fn now_ns() -> u128 {
         .as_nanos()
 }
 
-/// A forked signer: its own C_Initialize, then signatures until `deadline`,
-/// one line each: `t0 t1 version digest ok sig` or `t0 t1 version digest rv`
+/// A forked signer: its own C_Initialize, then signatures until the file
+/// `stop` exists (or, should the parent die, until `deadline`), one line
+/// each: `t0 t1 version digest ok sig` or `t0 t1 version digest rv`
 /// (`version` 0: through the alias). Worker 0 signs with the alias in one
 /// call; worker 1 with the alias, multi-part, pausing between the parts so
 /// operations span the CLI's changes; worker 2 with every version object it
-/// finds (`mp@v1`..), allowed to sign or not.
-fn signer(worker: u8, out: &std::path::Path, stop: &std::path::Path, deadline: u128) -> i32 {
+/// finds (`mp@v1`..), allowed to sign or not. The first alias signature
+/// refused (only a suspension refuses the alias) creates the file `refused`,
+/// which the parent waits for before it resumes the asset.
+fn signer(
+    worker: u8,
+    out: &std::path::Path,
+    stop: &std::path::Path,
+    refused: &std::path::Path,
+    deadline: u128,
+) -> i32 {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
@@ -516,7 +511,13 @@ fn signer(worker: u8, out: &std::path::Path, stop: &std::path::Path, deadline: u
                 let t1 = now_ns();
                 let outcome = match r {
                     Ok(sig) => format!("ok {}", hex(&sig)),
-                    Err(e) => format!("{:?}", rv_of::<()>(Err(e))),
+                    Err(e) => {
+                        let rv = rv_of::<()>(Err(e));
+                        if version == 0 && rv == RvError::KeyFunctionNotPermitted {
+                            let _ = std::fs::write(refused, b"");
+                        }
+                        format!("{rv:?}")
+                    }
                 };
                 lines.push_str(&format!("{t0} {t1} {version} {} {outcome}\n", hex(&digest)));
             }
@@ -571,9 +572,8 @@ fn processes_sign_while_the_cli_changes_the_asset() {
         &["rotate", "mp"], // refused: still ROTATING (exit 3), the state stays
     ];
     let gap = std::time::Duration::from_millis(250);
-    // The suspension lasts three gaps, so that some alias signature surely
-    // falls in it even on a loaded machine.
     let stop = s.dir.join("signers-stop");
+    let refused = s.dir.join("alias-refused");
     let deadline = now_ns() + std::time::Duration::from_secs(120).as_nanos();
     let mut children = Vec::new();
     for worker in 0..3u8 {
@@ -582,7 +582,7 @@ fn processes_sign_while_the_cli_changes_the_asset() {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0);
         if pid == 0 {
-            let code = signer(worker, &out, &stop, deadline);
+            let code = signer(worker, &out, &stop, &refused, deadline);
             // SAFETY: leave the child without the parent's destructors.
             unsafe { libc::_exit(code) };
         }
@@ -592,7 +592,16 @@ fn processes_sign_while_the_cli_changes_the_asset() {
     // from just before its command ran until the next command finished.
     let mut timeline: Vec<(u128, u128, serde_json::Value)> = vec![(0, 0, initial)];
     for step in steps {
-        std::thread::sleep(if step[0] == "resume" { gap * 3 } else { gap });
+        std::thread::sleep(gap);
+        if step[0] == "resume" {
+            // The suspension lasts until a signer has seen an alias
+            // signature refused: on a loaded machine one signature can
+            // stall for longer than any fixed wait (one took 1.5 s).
+            let limit = now_ns() + std::time::Duration::from_secs(60).as_nanos();
+            while !refused.exists() && now_ns() < limit {
+                std::thread::sleep(gap / 10);
+            }
+        }
         let mut args = vec!["asset"];
         args.extend_from_slice(step);
         args.push("--json");
@@ -623,19 +632,8 @@ fn processes_sign_while_the_cli_changes_the_asset() {
         );
     }
 
-    let show = cli(&s, &["asset", "show", "mp", "--json"]);
-    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
-    let keys: Vec<(u64, Vec<u8>)> = shown["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| {
-            (
-                v["version"].as_u64().unwrap(),
-                unhex(v["public_key"].as_str().unwrap()),
-            )
-        })
-        .collect();
+    let shown = s.asset_show("mp");
+    let keys = version_keys(&shown);
     let (mut made, mut refused_while_suspended) = (0, 0);
     for (_, out) in &children {
         for line in std::fs::read_to_string(out).unwrap().lines() {
@@ -828,7 +826,5 @@ fn a_read_only_store_is_refused_untouched() {
         "root modified a 0444 store"
     );
     std::fs::set_permissions(&s.store, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let show = cli(&s, &["asset", "show", "ro", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
-    assert_eq!(v["state"], "ACTIVE");
+    assert_eq!(s.asset_show("ro")["state"], "ACTIVE");
 }

@@ -39,10 +39,6 @@ fn vector(asset: &str, counter: u64) -> Value {
         .clone()
 }
 
-fn cli(s: &Setup, args: &[&str]) -> std::process::Output {
-    s.cli().args(args).output().unwrap()
-}
-
 // ---- Vault's seal, replayed with raw PKCS#11 calls ------------------------
 
 /// The client side of Vault's (OpenBao's) PKCS#11 seal: exactly the calls

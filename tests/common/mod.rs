@@ -3,12 +3,14 @@
 //! and the built provider loaded through a real client library.
 #![allow(dead_code)]
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::object::{ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -123,9 +125,8 @@ pub fn setup_with(root: Option<&[u8; 32]>, init: bool) -> Setup {
         let mut cmd = setup.cli();
         cmd.arg("init");
         if let Some(root) = root {
-            let hex: String = root.iter().map(|b| format!("{b:02x}")).collect();
             let file = setup.dir.join("root.hex");
-            std::fs::write(&file, hex).unwrap();
+            std::fs::write(&file, hex(root)).unwrap();
             cmd.arg("--import-root").arg(&file);
         }
         let out = cmd.output().unwrap();
@@ -194,6 +195,106 @@ impl Setup {
     pub fn log_since(&self, from: usize) -> String {
         self.log().get(from..).unwrap_or_default().to_string()
     }
+
+    /// The count logged right after `label` in the newest log line that has
+    /// it, such as the counts of the provider's finalize line ("keys derived
+    /// through the backing HSM: ", "(rollback anchor: ").
+    pub fn last_logged_count(&self, label: &str) -> u64 {
+        let log = self.log();
+        let line = log
+            .lines()
+            .rev()
+            .find(|l| l.contains(label))
+            .unwrap_or_else(|| panic!("no log line has {label:?}"));
+        let after = line.split(label).nth(1).unwrap();
+        let digits = after.split(|c: char| !c.is_ascii_digit()).next().unwrap();
+        digits
+            .parse()
+            .unwrap_or_else(|e| panic!("no count after {label:?} ({e}): {line}"))
+    }
+
+    /// `p11derive asset show NAME --json`, which must succeed.
+    pub fn asset_show(&self, name: &str) -> serde_json::Value {
+        let out = cli(self, &["asset", "show", name, "--json"]);
+        assert!(
+            out.status.success(),
+            "asset show {name}: {}",
+            output_text(&out)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `p11derive audit verify`, which must pass; what it printed.
+    pub fn audit_verifies(&self) -> String {
+        let out = cli(self, &["audit", "verify"]);
+        assert!(out.status.success(), "audit verify: {}", output_text(&out));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Every record `p11derive audit export ARGS` prints (a JSON object a line).
+    pub fn audit_records(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let out = self
+            .cli()
+            .args(["audit", "export"])
+            .args(args)
+            .output()
+            .expect("p11derive runs");
+        assert!(out.status.success(), "audit export: {}", output_text(&out));
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// The `input_sha256` (`sha256_hex` of the data passed to C_Sign) of
+    /// every signature the audit log records as made (`audit export ARGS`).
+    pub fn signed_inputs(&self, args: &[&str]) -> HashSet<String> {
+        self.audit_records(args)
+            .iter()
+            .filter(|r| r["event"] == "sign" && r["rv"] == 0)
+            .map(|r| {
+                r["input_sha256"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("a sign record without input_sha256: {r}"))
+                    .to_string()
+            })
+            .collect()
+    }
+}
+
+/// Runs the CLI with this setup's config and PIN.
+pub fn cli(s: &Setup, args: &[&str]) -> Output {
+    s.cli().args(args).output().expect("p11derive runs")
+}
+
+/// What a CLI run wrote to stderr.
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A CLI run's exit code and output, for a failure message.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// (version, public key point) of each version in `asset show --json` output.
+pub fn version_keys(shown: &serde_json::Value) -> Vec<(u64, Vec<u8>)> {
+    shown["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["version"].as_u64().unwrap(),
+                unhex(v["public_key"].as_str().unwrap()),
+            )
+        })
+        .collect()
 }
 
 pub struct Provider {
@@ -222,11 +323,7 @@ impl Drop for Provider {
 }
 
 /// The one object with this label and class, if any.
-pub fn find_one(
-    session: &Session,
-    label: &str,
-    class: cryptoki::object::ObjectClass,
-) -> Option<cryptoki::object::ObjectHandle> {
+pub fn find_one(session: &Session, label: &str, class: ObjectClass) -> Option<ObjectHandle> {
     use cryptoki::object::Attribute;
     let found = session
         .find_objects(&[
@@ -236,6 +333,38 @@ pub fn find_one(
         .expect("C_FindObjects");
     assert!(found.len() <= 1, "{label}: {found:?}");
     found.first().copied()
+}
+
+/// The private key with this label, which must exist.
+pub fn private_key(session: &Session, label: &str) -> ObjectHandle {
+    find_one(session, label, ObjectClass::PRIVATE_KEY).unwrap_or_else(|| panic!("no key {label}"))
+}
+
+/// Whether `sig` (r || s) is an ECDSA signature of `digest` by the public
+/// key `point` (SEC1) of type `key_type` ("secp256k1" or "p256"), checked
+/// with the k256 and p256 crates, not the provider's code; a secp256k1
+/// signature may have a high s.
+pub fn ecdsa_verifies(key_type: &str, point: &[u8], digest: &[u8; 32], sig: &[u8]) -> bool {
+    use k256::ecdsa::signature::hazmat::PrehashVerifier;
+    match key_type {
+        "secp256k1" => {
+            let key = k256::ecdsa::VerifyingKey::from_sec1_bytes(point).unwrap();
+            k256::ecdsa::Signature::from_slice(sig)
+                .is_ok_and(|s| key.verify_prehash(digest, &s.normalize_s()).is_ok())
+        }
+        "p256" => {
+            let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point).unwrap();
+            p256::ecdsa::Signature::from_slice(sig)
+                .is_ok_and(|s| key.verify_prehash(digest, &s).is_ok())
+        }
+        other => panic!("{other}"),
+    }
+}
+
+/// The SHA-256 of `data`, in hex (as the audit records' `input_sha256`).
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex(&sha2::Sha256::digest(data))
 }
 
 pub fn hex(b: &[u8]) -> String {
