@@ -25,7 +25,7 @@
 
 #![no_main]
 
-use std::ffi::{c_void, CString};
+use std::ffi::{c_char, c_void, CString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::ptr;
@@ -33,12 +33,12 @@ use std::sync::Mutex;
 
 use libfuzzer_sys::fuzz_target;
 use p11derive::ck::*;
-use p11derive_fuzz::{scratch_dir, Reader};
+use p11derive_fuzz::{certificate, remove_db, scratch_dir, Reader};
 
 const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// The throwaway backing token's PINs. Never printed or logged.
-const PIN: &[u8] = b"fuzz-user-pin-1";
-const SO_PIN: &[u8] = b"fuzz-so-pin-2";
+const PIN: &str = "fuzz-user-pin-1";
+const SO_PIN: &str = "fuzz-so-pin-2";
 const BACKING_LABEL: &str = "p11derive-fuzz";
 const ROOT_LABEL: &str = "fuzz-root";
 /// The root imported into the backing token: a fixed fuzzing value.
@@ -158,10 +158,7 @@ fn prepare_backing(dir: &Path) -> CString {
     std::env::set_var("SOFTHSM2_CONF", &softhsm_conf);
     let out = Command::new("softhsm2-util")
         .args(["--init-token", "--free", "--label", BACKING_LABEL])
-        .arg("--pin")
-        .arg(std::str::from_utf8(PIN).unwrap())
-        .arg("--so-pin")
-        .arg(std::str::from_utf8(SO_PIN).unwrap())
+        .args(["--pin", PIN, "--so-pin", SO_PIN])
         .output()
         .expect("softhsm2-util runs (tools/setup.sh installs softhsm2)");
     assert!(
@@ -170,7 +167,7 @@ fn prepare_backing(dir: &Path) -> CString {
         String::from_utf8_lossy(&out.stderr)
     );
     let store = dir.join("state.db");
-    p11derive_fuzz::remove_db(&store);
+    remove_db(&store);
     let config = dir.join("p11derive.toml");
     std::fs::write(
         &config,
@@ -189,7 +186,7 @@ fn prepare_backing(dir: &Path) -> CString {
     let backend = p11derive::backend::Backend::open(&cfg.backend, &cfg.source)
         .unwrap_or_else(|e| panic!("backing token: {e}"));
     backend
-        .login_admin(PIN)
+        .login_admin(PIN.as_bytes())
         .unwrap_or_else(|e| panic!("backing login: {e}"));
     backend
         .import_root(&ROOT)
@@ -200,16 +197,32 @@ fn prepare_backing(dir: &Path) -> CString {
     CString::new(config.into_os_string().into_encoded_bytes()).expect("config path")
 }
 
-fn initialize(f: Functions, config: &CString) -> CK_RV {
-    let mut args = CK_C_INITIALIZE_ARGS {
+/// Initialize arguments without mutex callbacks; p11derive reads a config
+/// path from `pReserved`.
+fn init_args(flags: CK_FLAGS, reserved: *const c_char) -> CK_C_INITIALIZE_ARGS {
+    CK_C_INITIALIZE_ARGS {
         CreateMutex: None,
         DestroyMutex: None,
         LockMutex: None,
         UnlockMutex: None,
-        flags: CKF_OS_LOCKING_OK,
-        pReserved: config.as_ptr() as *mut c_void,
-    };
+        flags,
+        pReserved: reserved as *mut c_void,
+    }
+}
+
+fn initialize(f: Functions, config: &CString) -> CK_RV {
+    let mut args = init_args(CKF_OS_LOCKING_OK, config.as_ptr());
     call!(f, C_Initialize(&mut args as *mut _ as CK_VOID_PTR))
+}
+
+/// `Err` naming the call and its return code unless it returned CKR_OK.
+fn check(rv: CK_RV, what: &str) -> Result<(), String> {
+    if rv == CKR_OK {
+        Ok(())
+    } else {
+        let name = p11derive::error::rv_name(rv);
+        Err(format!("{what}: {name} ({rv:#x})"))
+    }
 }
 
 /// An owned attribute list: the values live as long as the list.
@@ -290,36 +303,56 @@ fn find_all(f: Functions, h: CK_SESSION_HANDLE, t: &mut Template) -> Vec<CK_OBJE
     all
 }
 
-/// The shape of an X.509 certificate, enough for the provider's DER walk.
-fn certificate() -> Vec<u8> {
-    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-        let mut out = vec![tag, content.len() as u8];
-        out.extend_from_slice(content);
-        out
-    }
-    let name = der(
-        0x30,
-        &der(0x31, &der(0x30, b"\x06\x03\x55\x04\x03\x0c\x04fuzz")),
+/// An EC key pair on the curve `oid`, both halves labelled `label`.
+fn ec_pair(
+    f: Functions,
+    h: CK_SESSION_HANDLE,
+    token: bool,
+    label: &str,
+    oid: &[u8],
+) -> Result<(), String> {
+    let mut public = Template::new()
+        .bool(CKA_TOKEN, token)
+        .with(CKA_LABEL, label.as_bytes())
+        .with(CKA_EC_PARAMS, oid);
+    let mut private = Template::new()
+        .bool(CKA_TOKEN, token)
+        .with(CKA_LABEL, label.as_bytes());
+    let (pp, pn) = public.build();
+    let (sp, sn) = private.build();
+    let mut m = mechanism(CKM_EC_KEY_PAIR_GEN);
+    let (mut hp, mut hs) = (0, 0);
+    let rv = call!(
+        f,
+        C_GenerateKeyPair(h, &mut m, pp, pn, sp, sn, &mut hp, &mut hs)
     );
-    let alg = der(0x30, b"\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x02");
-    let spki = der(
-        0x30,
-        &[der(0x30, b"\x06\x01\x00"), der(0x03, &[0; 5])].concat(),
-    );
-    let tbs = der(
-        0x30,
-        &[
-            der(0xa0, &der(0x02, &[2])),
-            der(0x02, &[1]),
-            alg.clone(),
-            name.clone(),
-            der(0x30, b""),
-            name,
-            spki,
-        ]
-        .concat(),
-    );
-    der(0x30, &[tbs, alg, der(0x03, &[0; 9])].concat())
+    check(rv, &format!("C_GenerateKeyPair {label}"))
+}
+
+fn generate_key(
+    f: Functions,
+    h: CK_SESSION_HANDLE,
+    mech: CK_MECHANISM_TYPE,
+    mut t: Template,
+    label: &str,
+) -> Result<(), String> {
+    let (p, n) = t.build();
+    let mut m = mechanism(mech);
+    let mut key = 0;
+    let rv = call!(f, C_GenerateKey(h, &mut m, p, n, &mut key));
+    check(rv, &format!("C_GenerateKey {label}"))
+}
+
+fn create_object(
+    f: Functions,
+    h: CK_SESSION_HANDLE,
+    mut t: Template,
+    label: &str,
+) -> Result<(), String> {
+    let (p, n) = t.build();
+    let mut object = 0;
+    let rv = call!(f, C_CreateObject(h, p, n, &mut object));
+    check(rv, &format!("C_CreateObject {label}"))
 }
 
 impl World {
@@ -369,10 +402,7 @@ impl World {
         let f = self.f;
         let mut info: CK_INFO = zeroed();
         if call!(f, C_GetInfo(&mut info)) == CKR_CRYPTOKI_NOT_INITIALIZED {
-            let rv = initialize(f, &self.config);
-            if rv != CKR_OK {
-                return Err(format!("C_Initialize: {rv:#x}"));
-            }
+            check(initialize(f, &self.config), "C_Initialize")?;
             self.keeper = 0;
         }
         let mut si: CK_SESSION_INFO = zeroed();
@@ -388,9 +418,7 @@ impl World {
                     &mut h
                 )
             );
-            if rv != CKR_OK {
-                return Err(format!("C_OpenSession: {rv:#x}"));
-            }
+            check(rv, "C_OpenSession")?;
             self.keeper = h;
             // Session keys died with the old keeper.
             self.dirty = true;
@@ -407,9 +435,7 @@ impl World {
                     PIN.len() as CK_ULONG
                 )
             );
-            if rv != CKR_OK {
-                return Err(format!("C_Login: {rv:#x}"));
-            }
+            check(rv, "C_Login")?;
         }
         for &h in leftovers {
             call!(f, C_DestroyObject(self.keeper, h));
@@ -429,24 +455,7 @@ impl World {
         };
         for (label, oid) in [("fz-ec", OID_SECP256K1), ("fz-p256", OID_P256)] {
             if missing(label) {
-                let mut public = Template::new()
-                    .bool(CKA_TOKEN, true)
-                    .with(CKA_LABEL, label.as_bytes())
-                    .with(CKA_EC_PARAMS, oid);
-                let mut private = Template::new()
-                    .bool(CKA_TOKEN, true)
-                    .with(CKA_LABEL, label.as_bytes());
-                let (pp, pn) = public.build();
-                let (sp, sn) = private.build();
-                let mut m = mechanism(CKM_EC_KEY_PAIR_GEN);
-                let (mut hp, mut hs) = (0, 0);
-                let rv = call!(
-                    f,
-                    C_GenerateKeyPair(k, &mut m, pp, pn, sp, sn, &mut hp, &mut hs)
-                );
-                if rv != CKR_OK {
-                    return Err(format!("C_GenerateKeyPair {label}: {rv:#x}"));
-                }
+                ec_pair(f, k, true, label, oid)?;
             }
         }
         for (label, mech) in [
@@ -454,64 +463,42 @@ impl World {
             ("fz-hmac", CKM_GENERIC_SECRET_KEY_GEN),
         ] {
             if missing(label) {
-                let mut t = Template::new()
+                let t = Template::new()
                     .bool(CKA_TOKEN, true)
                     .with(CKA_LABEL, label.as_bytes());
-                let (p, n) = t.build();
-                let mut m = mechanism(mech);
-                let mut h = 0;
-                let rv = call!(f, C_GenerateKey(k, &mut m, p, n, &mut h));
-                if rv != CKR_OK {
-                    return Err(format!("C_GenerateKey {label}: {rv:#x}"));
-                }
+                generate_key(f, k, mech, t, label)?;
             }
         }
         if missing("fz-cert") {
-            let mut t = Template::new()
+            let t = Template::new()
                 .ulong(CKA_CLASS, CKO_CERTIFICATE)
                 .ulong(CKA_CERTIFICATE_TYPE, CKC_X_509)
                 .bool(CKA_TOKEN, true)
                 .with(CKA_LABEL, b"fz-cert")
                 .with(CKA_ID, &[1, 2, 3])
                 .with(CKA_VALUE, &certificate());
-            let (p, n) = t.build();
-            let mut h = 0;
-            let rv = call!(f, C_CreateObject(k, p, n, &mut h));
-            if rv != CKR_OK {
-                return Err(format!("C_CreateObject certificate: {rv:#x}"));
-            }
+            create_object(f, k, t, "fz-cert")?;
         }
         // Session keys, owned by the keeper.
         if missing("fz-session-aes") {
-            let mut t = Template::new()
+            let t = Template::new()
                 .bool(CKA_TOKEN, false)
                 .with(CKA_LABEL, b"fz-session-aes")
                 .ulong(CKA_VALUE_LEN, 32)
                 .bool(CKA_EXTRACTABLE, true)
                 .bool(CKA_WRAP, true)
                 .bool(CKA_UNWRAP, true);
-            let (p, n) = t.build();
-            let mut m = mechanism(CKM_AES_KEY_GEN);
-            let mut h = 0;
-            let rv = call!(f, C_GenerateKey(k, &mut m, p, n, &mut h));
-            if rv != CKR_OK {
-                return Err(format!("session AES key: {rv:#x}"));
-            }
+            generate_key(f, k, CKM_AES_KEY_GEN, t, "fz-session-aes")?;
         }
         if missing("fz-session-secret") {
-            let mut t = Template::new()
+            let t = Template::new()
                 .ulong(CKA_CLASS, CKO_SECRET_KEY)
                 .ulong(CKA_KEY_TYPE, CKK_GENERIC_SECRET)
                 .bool(CKA_TOKEN, false)
                 .with(CKA_LABEL, b"fz-session-secret")
                 .bool(CKA_EXTRACTABLE, true)
                 .with(CKA_VALUE, &[0x33; 32]);
-            let (p, n) = t.build();
-            let mut h = 0;
-            let rv = call!(f, C_CreateObject(k, p, n, &mut h));
-            if rv != CKR_OK {
-                return Err(format!("session secret: {rv:#x}"));
-            }
+            create_object(f, k, t, "fz-session-secret")?;
         }
         // A program may have destroyed one half of the pair: both go.
         let half_gone = |class: CK_OBJECT_CLASS| {
@@ -528,24 +515,7 @@ impl World {
             for h in find_all(f, k, &mut Template::new().with(CKA_LABEL, b"fz-session-ec")) {
                 call!(f, C_DestroyObject(k, h));
             }
-            let mut public = Template::new()
-                .bool(CKA_TOKEN, false)
-                .with(CKA_LABEL, b"fz-session-ec")
-                .with(CKA_EC_PARAMS, OID_P256);
-            let mut private = Template::new()
-                .bool(CKA_TOKEN, false)
-                .with(CKA_LABEL, b"fz-session-ec");
-            let (pp, pn) = public.build();
-            let (sp, sn) = private.build();
-            let mut m = mechanism(CKM_EC_KEY_PAIR_GEN);
-            let (mut hp, mut hs) = (0, 0);
-            let rv = call!(
-                f,
-                C_GenerateKeyPair(k, &mut m, pp, pn, sp, sn, &mut hp, &mut hs)
-            );
-            if rv != CKR_OK {
-                return Err(format!("session EC pair: {rv:#x}"));
-            }
+            ec_pair(f, k, false, "fz-session-ec", OID_P256)?;
         }
         self.fixtures = find_all(f, k, &mut Template::new());
         self.fixtures.sort_unstable();
@@ -844,14 +814,24 @@ impl<'w> Program<'w> {
         }
     }
 
+    /// Null when the next byte is a multiple of `one_in`, else `p`.
+    fn null_or<T>(&mut self, one_in: u8, p: *mut T) -> *mut T {
+        if self.r.u8().is_multiple_of(one_in) {
+            ptr::null_mut()
+        } else {
+            p
+        }
+    }
+
+    /// A valid out-pointer, or now and then null.
+    fn maybe<T>(&mut self, v: &mut T) -> *mut T {
+        self.null_or(16, v)
+    }
+
     /// The buffer's address, or now and then null (with whatever length
     /// was declared: the provider must refuse it).
     fn pointer(&mut self, buf: &mut [u8]) -> *mut u8 {
-        if self.r.u8().is_multiple_of(8) {
-            ptr::null_mut()
-        } else {
-            buf.as_mut_ptr()
-        }
+        self.null_or(8, buf.as_mut_ptr())
     }
 
     fn attribute_type(&mut self) -> CK_ATTRIBUTE_TYPE {
@@ -1079,11 +1059,7 @@ impl<'w> Program<'w> {
                     1 => (ptr::null_mut(), 1 + self.r.u8() as CK_ULONG),
                     _ => (buf.as_mut_ptr(), self.r.u8() as CK_ULONG % 17),
                 };
-                let pc = if self.r.u8().is_multiple_of(8) {
-                    ptr::null_mut()
-                } else {
-                    &mut count as *mut CK_ULONG
-                };
+                let pc = self.null_or(8, &mut count);
                 let rv = call!(f, C_FindObjects(h, p, max, pc));
                 if rv == CKR_OK && !p.is_null() {
                     assert!(count <= max, "C_FindObjects: {count} handles into {max}");
@@ -1113,7 +1089,7 @@ impl<'w> Program<'w> {
                 let (p, n) = t.build();
                 let mut obj = 0;
                 let out = self.maybe(&mut obj);
-                let mp = self.mech_ptr(&mut m);
+                let mp = self.maybe(&mut m);
                 let rv = call!(f, C_GenerateKey(h, mp, p, n, out));
                 self.track_created(rv, &[obj]);
             }
@@ -1130,7 +1106,7 @@ impl<'w> Program<'w> {
                 let (mut hp, mut hs) = (0, 0);
                 let op = self.maybe(&mut hp);
                 let os = self.maybe(&mut hs);
-                let mp = self.mech_ptr(&mut m);
+                let mp = self.maybe(&mut m);
                 let rv = call!(f, C_GenerateKeyPair(h, mp, pp, pn, sp, sn, op, os));
                 self.track_created(rv, &[hp, hs]);
             }
@@ -1164,7 +1140,7 @@ impl<'w> Program<'w> {
                 let h = self.session();
                 let mut store = Vec::new();
                 let mut m = self.mechanism(&mut store);
-                let mp = self.mech_ptr(&mut m);
+                let mp = self.maybe(&mut m);
                 let key = self.object();
                 match op {
                     10 => call!(f, C_SignInit(h, mp, key)),
@@ -1228,7 +1204,7 @@ impl<'w> Program<'w> {
                 let h = self.session();
                 let mut store = Vec::new();
                 let mut m = self.mechanism(&mut store);
-                let mp = self.mech_ptr(&mut m);
+                let mp = self.maybe(&mut m);
                 let (wrapping, key) = (self.object(), self.object());
                 let mode = self.r.u8();
                 self.with_output(mode, |o, ol| {
@@ -1246,7 +1222,7 @@ impl<'w> Program<'w> {
                 let (p, n) = t.build();
                 let mut obj = 0;
                 let out = self.maybe(&mut obj);
-                let mp = self.mech_ptr(&mut m);
+                let mp = self.maybe(&mut m);
                 let rv = call!(f, C_UnwrapKey(h, mp, unwrapping, wp, wl, p, n, out));
                 self.track_created(rv, &[obj]);
             }
@@ -1310,19 +1286,6 @@ impl<'w> Program<'w> {
             _ => self.reinitialize(),
         }
         true
-    }
-
-    /// A valid out-pointer, or now and then null.
-    fn maybe<T>(&mut self, v: &mut T) -> *mut T {
-        if self.r.u8().is_multiple_of(16) {
-            ptr::null_mut()
-        } else {
-            v
-        }
-    }
-
-    fn mech_ptr(&mut self, m: &mut CK_MECHANISM) -> *mut CK_MECHANISM {
-        self.maybe(m)
     }
 
     fn slot(&mut self) -> CK_SLOT_ID {
@@ -1397,8 +1360,8 @@ impl<'w> Program<'w> {
             _ => self.r.u64(),
         };
         let mut pin = match self.r.u8() % 6 {
-            0..=2 => PIN.to_vec(),
-            3 => SO_PIN.to_vec(),
+            0..=2 => PIN.as_bytes().to_vec(),
+            3 => SO_PIN.as_bytes().to_vec(),
             _ => self.r.blob(32).to_vec(),
         };
         let len = self.declared(pin.len());
@@ -1436,11 +1399,7 @@ impl<'w> Program<'w> {
             3 => {
                 let mut list = [0 as CK_ULONG; 64];
                 let mut count = self.r.u8() as CK_ULONG % 65;
-                let p = if self.r.bool() {
-                    list.as_mut_ptr()
-                } else {
-                    ptr::null_mut()
-                };
+                let p = self.null_or(2, list.as_mut_ptr());
                 let pc = self.maybe(&mut count);
                 if self.r.bool() {
                     call!(f, C_GetMechanismList(slot, p, pc));
@@ -1466,7 +1425,7 @@ impl<'w> Program<'w> {
                 call!(f, C_CancelFunction(h));
             }
             7 => {
-                let mut pin = PIN.to_vec();
+                let mut pin = PIN.as_bytes().to_vec();
                 let mut label = [b' '; 32];
                 call!(
                     f,
@@ -1481,11 +1440,7 @@ impl<'w> Program<'w> {
             8 => {
                 let mut list: [CK_INTERFACE; 4] = zeroed();
                 let mut count = self.r.u8() as CK_ULONG % 5;
-                let p = if self.r.bool() {
-                    list.as_mut_ptr()
-                } else {
-                    ptr::null_mut()
-                };
+                let p = self.null_or(2, list.as_mut_ptr());
                 let pc = self.maybe(&mut count);
                 // SAFETY: `list` holds 4 entries and `count` is at most 4.
                 unsafe { p11derive::abi::C_GetInterfaceList(p, pc) };
@@ -1512,11 +1467,7 @@ impl<'w> Program<'w> {
                         minor: self.r.u8(),
                     },
                 };
-                let vp = if self.r.bool() {
-                    &mut version as *mut CK_VERSION
-                } else {
-                    ptr::null_mut()
-                };
+                let vp = self.null_or(2, &mut version);
                 let mut iface: *mut CK_INTERFACE = ptr::null_mut();
                 let ip = self.maybe(&mut iface);
                 let flags = match self.r.u8() % 3 {
@@ -1552,32 +1503,21 @@ impl<'w> Program<'w> {
         match self.r.u8() % 4 {
             0 => {
                 let mut junk = [0u8; 8];
-                let p = if self.r.bool() {
-                    junk.as_mut_ptr() as *mut c_void
-                } else {
-                    ptr::null_mut()
-                };
-                call!(f, C_Finalize(p));
+                let p = self.null_or(2, junk.as_mut_ptr());
+                call!(f, C_Finalize(p as CK_VOID_PTR));
             }
             _ => {
                 if self.r.bool() {
                     call!(f, C_Finalize(ptr::null_mut()));
                 }
-                let bogus = CString::new("/nonexistent/p11derive.toml").unwrap();
-                let mut args = CK_C_INITIALIZE_ARGS {
-                    CreateMutex: None,
-                    DestroyMutex: None,
-                    LockMutex: None,
-                    UnlockMutex: None,
-                    flags: self
-                        .r
-                        .pick(&[CKF_OS_LOCKING_OK, 0, CKF_LIBRARY_CANT_CREATE_OS_THREADS]),
-                    pReserved: match self.r.u8() % 3 {
-                        0 => ptr::null_mut(),
-                        1 => bogus.as_ptr() as *mut c_void,
-                        _ => self.w.config.as_ptr() as *mut c_void,
-                    },
+                let flags = [CKF_OS_LOCKING_OK, 0, CKF_LIBRARY_CANT_CREATE_OS_THREADS];
+                let flags = self.r.pick(&flags);
+                let reserved = match self.r.u8() % 3 {
+                    0 => ptr::null(),
+                    1 => c"/nonexistent/p11derive.toml".as_ptr(),
+                    _ => self.w.config.as_ptr(),
                 };
+                let mut args = init_args(flags, reserved);
                 // The mutex callbacks: all, some or none (never called by a
                 // provider that locks with the OS's primitives).
                 let which = self.r.u8();
@@ -1593,12 +1533,8 @@ impl<'w> Program<'w> {
                 if which & 8 != 0 {
                     args.UnlockMutex = Some(mutex_op);
                 }
-                let p = if self.r.u8().is_multiple_of(4) {
-                    ptr::null_mut()
-                } else {
-                    &mut args as *mut _ as CK_VOID_PTR
-                };
-                call!(f, C_Initialize(p));
+                let p = self.null_or(4, &mut args);
+                call!(f, C_Initialize(p as CK_VOID_PTR));
             }
         }
     }

@@ -5,13 +5,14 @@
 //!
 //! Input: the first byte picks a mode.
 //! - 0: the rest is the whole file.
-//! - 1: a valid store (empty or populated) with the rest as patches
-//!   (`u32 offset, u8 length, bytes`) at byte offsets: past SQLite's header
-//!   checks, into its pages.
-//! - 2: the populated store with the rest as row changes made through SQL
-//!   (values of any SQLite type in any column, rows deleted, the schema
-//!   version and application id changed), with SQLite's CHECK constraints
-//!   off: rows no p11derive would write, in a file SQLite accepts.
+//! - 1: a valid store (empty or populated) with the rest as up to 16
+//!   patches (`u32 offset, u8 length-1 (mod 16), bytes`) at byte offsets:
+//!   past SQLite's header checks, into its pages.
+//! - 2: the populated store with the rest as up to 8 row changes made
+//!   through SQL (values of any SQLite type in any column, rows deleted or
+//!   copied, the schema version and application id changed), with SQLite's
+//!   CHECK constraints off: rows no p11derive would write, in a file SQLite
+//!   accepts.
 //!
 //! After the changes, the reads take a few parameters from the input's tail.
 
@@ -27,7 +28,7 @@ use p11derive::derive::{self, AssetId, KeyType, Secret32};
 use p11derive::lifecycle::{self, Audit};
 use p11derive::objects::{self, View};
 use p11derive::store::{self, Store, StoredObject, Transition};
-use p11derive_fuzz::{remove_db, scratch_dir, Reader, SoftPrf};
+use p11derive_fuzz::{certificate, remove_db, scratch_dir, Reader, SoftPrf};
 use rusqlite::types::Value as Sql;
 
 struct Fixture {
@@ -149,45 +150,29 @@ fn populate(path: &Path, prf: &SoftPrf, ak: &Secret32) {
     }
 }
 
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    if content.len() < 0x80 {
-        out.push(content.len() as u8);
-    } else {
-        out.push(0x82);
-        out.extend_from_slice(&(content.len() as u16).to_be_bytes());
-    }
-    out.extend_from_slice(content);
-    out
-}
-
-/// The shape of an X.509 certificate, enough for `objects::x509_fields`.
-fn certificate() -> Vec<u8> {
-    let name = der(
-        0x30,
-        &der(0x31, &der(0x30, b"\x06\x03\x55\x04\x03\x0c\x04fuzz")),
-    );
-    let alg = der(0x30, b"\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x02");
-    let spki = der(
-        0x30,
-        &[der(0x30, b"\x06\x01\x00"), der(0x03, &[0; 5])].concat(),
-    );
-    let tbs = der(
-        0x30,
+/// The columns `audit` and `audit_pending` share (a pending record is a
+/// chained one without its sequence number and MAC), between the key and,
+/// for `audit`, the MAC.
+macro_rules! record_columns {
+    ($key:literal $(, $last:literal)?) => {
         &[
-            der(0xa0, &der(0x02, &[2])),
-            der(0x02, &[1]),
-            alg.clone(),
-            name.clone(),
-            der(0x30, b""),
-            name,
-            spki,
+            $key,
+            "time_ns",
+            "pid",
+            "session",
+            "event",
+            "asset",
+            "version",
+            "mechanism",
+            "input_sha256",
+            "rv",
+            "detail",
+            $($last,)?
         ]
-        .concat(),
-    );
-    der(0x30, &[tbs, alg, der(0x03, &[0; 9])].concat())
+    };
 }
 
+/// (table, key column, columns), in the order a change picks them.
 const TABLES: &[(&str, &str, &[&str])] = &[
     (
         "assets",
@@ -209,41 +194,8 @@ const TABLES: &[(&str, &str, &[&str])] = &[
         "rowid",
         &["asset", "version", "public_key", "created_at", "pk_mac"],
     ),
-    (
-        "audit",
-        "seq",
-        &[
-            "seq",
-            "time_ns",
-            "pid",
-            "session",
-            "event",
-            "asset",
-            "version",
-            "mechanism",
-            "input_sha256",
-            "rv",
-            "detail",
-            "mac",
-        ],
-    ),
-    (
-        "audit_pending",
-        "id",
-        &[
-            "id",
-            "time_ns",
-            "pid",
-            "session",
-            "event",
-            "asset",
-            "version",
-            "mechanism",
-            "input_sha256",
-            "rv",
-            "detail",
-        ],
-    ),
+    ("audit", "seq", record_columns!("seq", "mac")),
+    ("audit_pending", "id", record_columns!("id")),
     (
         "objects",
         "id",

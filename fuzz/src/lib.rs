@@ -1,7 +1,7 @@
 //! Helpers shared by the fuzz targets: a reader that turns fuzz input into
 //! values (never failing: an exhausted input reads as zeros), a software PRF
-//! for building realistic stores without an HSM, and a scratch directory on
-//! tmpfs so the store's fsyncs stay cheap.
+//! for building realistic stores without an HSM, a certificate-shaped value,
+//! and a scratch directory on tmpfs so the store's fsyncs stay cheap.
 
 use std::path::{Path, PathBuf};
 
@@ -99,6 +99,47 @@ impl Prf for SoftPrf {
         out.copy_from_slice(&mac);
         Ok(out)
     }
+}
+
+/// One DER element (definite length, short or two-byte long form).
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    if content.len() < 0x80 {
+        out.push(content.len() as u8);
+    } else {
+        out.push(0x82);
+        out.extend_from_slice(&(content.len() as u16).to_be_bytes());
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// The shape of an X.509 certificate (97 bytes, signed by nobody): enough for
+/// `objects::x509_fields` and the provider's DER walk.
+pub fn certificate() -> Vec<u8> {
+    let name = der(
+        0x30,
+        &der(0x31, &der(0x30, b"\x06\x03\x55\x04\x03\x0c\x04fuzz")),
+    );
+    let alg = der(0x30, b"\x06\x08\x2a\x86\x48\xce\x3d\x04\x03\x02");
+    let spki = der(
+        0x30,
+        &[der(0x30, b"\x06\x01\x00"), der(0x03, &[0; 5])].concat(),
+    );
+    let tbs = der(
+        0x30,
+        &[
+            der(0xa0, &der(0x02, &[2])),
+            der(0x02, &[1]),
+            alg.clone(),
+            name.clone(),
+            der(0x30, b""),
+            name,
+            spki,
+        ]
+        .concat(),
+    );
+    der(0x30, &[tbs, alg, der(0x03, &[0; 9])].concat())
 }
 
 /// A fresh directory for this process's scratch files, named after the
