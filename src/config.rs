@@ -92,6 +92,18 @@ pub struct StoreSection {
     /// and one token-object write in the HSM each time.
     #[serde(default = "default_anchor_interval_ms")]
     pub anchor_interval_ms: u64,
+    /// A PostgreSQL store shared by several hosts (`postgres://…`); when
+    /// set, `path` is not used.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// How long (milliseconds) a connection to PostgreSQL may take to open,
+    /// and an unanswered call may wait, before it fails.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    5000
 }
 
 fn default_anchor_interval_ms() -> u64 {
@@ -103,6 +115,8 @@ impl Default for StoreSection {
         StoreSection {
             path: default_store_path(),
             anchor_interval_ms: default_anchor_interval_ms(),
+            url: None,
+            connect_timeout_ms: default_connect_timeout_ms(),
         }
     }
 }
@@ -267,11 +281,27 @@ impl Config {
                 1,
                 1_000,
             ),
+            (
+                "[store] connect_timeout_ms",
+                self.store.connect_timeout_ms,
+                1,
+                5_000,
+            ),
         ] {
             if value < least || value > 3_600_000 {
                 return Err(format!(
                     "config file {file}: {key} = {value} is out of range; use {least} to \
                      3600000 milliseconds (default {default})"
+                ));
+            }
+        }
+        if let Some(url) = &self.store.url {
+            if !crate::store::pg::is_url(url) {
+                return Err(format!(
+                    "config file {file}: [store] url = {:?} is not a PostgreSQL URL; write \
+                     postgres://USER:PASSWORD@HOST:PORT/DATABASE (or remove url to use the SQLite \
+                     file at [store] path)",
+                    crate::store::pg::redact(url)
                 ));
             }
         }

@@ -461,19 +461,9 @@ fn signer(
     refused: &std::path::Path,
     deadline: u128,
 ) -> i32 {
-    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-    use cryptoki::session::UserType;
-    use cryptoki::types::AuthPin;
     use std::io::Write;
     let run = || -> Result<(), String> {
-        let ctx = Pkcs11::new(module_path()).map_err(|e| e.to_string())?;
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .map_err(|e| e.to_string())?;
-        let slot = ctx.get_slots_with_token().map_err(|e| e.to_string())?[0];
-        let session = ctx.open_rw_session(slot).map_err(|e| e.to_string())?;
-        session
-            .login(UserType::User, Some(&AuthPin::from(PIN)))
-            .map_err(|e| e.to_string())?;
+        let (ctx, session) = child_session()?;
         let alias = find_one(&session, "mp", ObjectClass::PRIVATE_KEY).ok_or("no alias")?;
         let mut lines = String::new();
         let mut i: u32 = 0;

@@ -3,19 +3,24 @@
 # behind it, audit durable) and against SoftHSM itself with stored keys of
 # the same types, interleaved in one run, with the ratios.
 #
-#   bash tools/bench.sh [--seconds S] [--write]
+#   bash tools/bench.sh [--seconds S] [--write] [--pg-only]
 #
-# --write puts the table into docs/benchmarks.md with the machine and date.
+# --write puts the tables into docs/benchmarks.md with the machine and date.
+# The second table runs warm signing with the store on PostgreSQL (a server
+# tools/pg.sh starts on loopback) beside the SQLite store; --pg-only runs
+# just that one.
 # Each run is one process of tools/bench (p11bench): warm-up 0.5 s, then S
 # seconds measured (default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=3
 WRITE=0
+PG_ONLY=0
 while [ $# -gt 0 ]; do
     case $1 in
         --seconds) SECONDS_EACH=$2; shift 2 ;;
         --write) WRITE=1; shift ;;
+        --pg-only) PG_ONLY=1; shift ;;
         *) echo "usage: bash tools/bench.sh [--seconds S] [--write]" >&2; exit 2 ;;
     esac
 done
@@ -49,7 +54,7 @@ sed 's/^\[log\]/[cache]\nttl_seconds = 0\n\n[log]/' "$P11DERIVE_CONF" > "$W/cold
 
 run() { # MODULE TOKEN KEY OP THREADS [CONF]
     local conf=${6:-$P11DERIVE_CONF} stats=()
-    [ "$1" = "$P11DERIVE" ] && stats=(--stats-log "$LOG")
+    [ "$1" = "$P11DERIVE" ] && stats=(--stats-log "${STATS_LOG:-$LOG}")
     P11DERIVE_CONF=$conf "$BENCH" --module "$1" --token "$2" --key "$3" --op "$4" --threads "$5" \
         --seconds "$SECONDS_EACH" --pin-file "$W/pin" "${stats[@]}"
 }
@@ -62,6 +67,67 @@ row() { # SCENARIO KEY THREADS P11DERIVE_LINE SOFTHSM_LINE
     rows+=("| $1 | $2 | $3 | $(field ops_per_s "$d") | $(field p50_us "$d") / $(field p99_us "$d") / $(field p999_us "$d") | $(field ops_per_s "$s") | $(field p50_us "$s") / $(field p99_us "$s") / $(field p999_us "$s") | **${ratio}×** | $(field derivations_per_1k "$d") / $(field anchor_calls_per_1k "$d") / $(field other_hsm_calls_per_1k "$d") | $(field fsyncs_per_1k "$d") | $(field peak_rss_kib "$d") / $(field peak_rss_kib "$s") |")
     echo "${rows[-1]}"
 }
+
+# The PostgreSQL store: the same provider and backing token, a config whose
+# [store] url names a fresh database on the loopback server.
+PG_ADMIN=$(bash tools/pg.sh start)
+python3 - "$PG_ADMIN" <<'PY'
+import subprocess, sys
+admin = sys.argv[1]
+sql = """DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'p11derive') THEN
+CREATE ROLE p11derive LOGIN PASSWORD 'p11derive-test'; END IF; END $$;"""
+for stmt in [sql, "DROP DATABASE IF EXISTS p11derive_bench WITH (FORCE)",
+             "CREATE DATABASE p11derive_bench OWNER p11derive"]:
+    subprocess.run(["psql", "-q", admin, "-c", stmt], check=True, stdout=subprocess.DEVNULL)
+PY
+PG_URL="postgres://p11derive:p11derive-test@${PG_ADMIN#*@}"
+PG_URL="${PG_URL%/postgres}/p11derive_bench"
+# Its own root on the backing token: the rollback anchor belongs to one
+# root's chain, and this is another store.
+sed -e "s|^\[store\]|[store]\nurl = \"$PG_URL\"|" \
+    -e 's|^root_label = .*|root_label = "p11derive-bench-pg"|' "$P11DERIVE_CONF" > "$W/pg.toml"
+grep -q '^root_label = "p11derive-bench-pg"' "$W/pg.toml" \
+    || sed -i 's|^\[backend\]|[backend]\nroot_label = "p11derive-bench-pg"|' "$W/pg.toml"
+P11DERIVE_CONF="$W/pg.toml" "$P11DERIVE_BIN" init >/dev/null
+for t in secp256k1 p256; do
+    P11DERIVE_CONF="$W/pg.toml" "$P11DERIVE_BIN" asset create "bench-$t" --type "$t" >/dev/null
+done
+pgrows=()
+pgrow() { # KEY THREADS SQLITE_LINE PG_LINE SOFTHSM_LINE
+    local q=$3 p=$4 s=$5 ratio
+    ratio=$(python3 -c "print(f'{$(field ops_per_s "$p") / max($(field ops_per_s "$s"), 1):.2f}')")
+    pgrows+=("| $1 | $2 | $(field ops_per_s "$q") | $(field p50_us "$q") / $(field p99_us "$q") | $(field ops_per_s "$p") | $(field p50_us "$p") / $(field p99_us "$p") / $(field p999_us "$p") | $(field ops_per_s "$s") | **${ratio}×** | $(field fsyncs_per_1k "$p") | $(field pg_round_trips_per_1k "$p") |")
+    echo "${pgrows[-1]}"
+}
+PG_HEADER="| key | threads | SQLite store ops/s | SQLite p50/p99 µs | PostgreSQL store ops/s | PostgreSQL p50/p99/p99.9 µs | SoftHSM ops/s | PostgreSQL / SoftHSM | commits /1k | PostgreSQL round trips /1k |"
+echo "$PG_HEADER"
+echo "|---|---|---|---|---|---|---|---|---|---|"
+for kt in secp256k1 p256; do
+    for threads in 1 8 32; do
+        q=$(run "$P11DERIVE" p11derive "bench-$kt" sign "$threads")
+        p=$(run "$P11DERIVE" p11derive "bench-$kt" sign "$threads" "$W/pg.toml")
+        s=$(run "$SOFTHSM" custody-root "bench-$kt" sign "$threads")
+        pgrow "$kt" "$threads" "$q" "$p" "$s"
+    done
+done
+# Two hosts at once: two provider processes (each its own config and log),
+# 8 threads each, on the one PostgreSQL store and chain.
+sed "s|^file = .*|file = \"$W/host2.log\"|" "$W/pg.toml" > "$W/pg2.toml"
+HOSTS_HEADER="| key | host | ops/s | p50/p99/p99.9 µs | commits /1k | PostgreSQL round trips /1k |"
+hostrows=()
+echo "$HOSTS_HEADER"
+echo "|---|---|---|---|---|---|"
+for kt in secp256k1 p256; do
+    run "$P11DERIVE" p11derive "bench-$kt" sign 8 "$W/pg.toml" > "$W/h1" &
+    STATS_LOG="$W/host2.log" run "$P11DERIVE" p11derive "bench-$kt" sign 8 "$W/pg2.toml" > "$W/h2"
+    wait
+    for h in 1 2; do
+        l=$(cat "$W/h$h")
+        hostrows+=("| $kt | $h of 2 | $(field ops_per_s "$l") | $(field p50_us "$l") / $(field p99_us "$l") / $(field p999_us "$l") | $(field fsyncs_per_1k "$l") | $(field pg_round_trips_per_1k "$l") |")
+        echo "${hostrows[-1]}"
+    done
+done
+[ "$PG_ONLY" = 1 ] && exit 0
 
 echo "| scenario | key | threads | p11derive ops/s | p11derive p50/p99/p99.9 µs | SoftHSM ops/s | SoftHSM p50/p99/p99.9 µs | ratio | derivations / anchor / other HSM calls per 1k | fsyncs /1k | peak RSS KiB (p11derive / SoftHSM) |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|"
@@ -99,6 +165,24 @@ if [ "$WRITE" = 1 ]; then
         echo "anchor, all other backing HSM calls and the fsyncs, per 1000 operations, are p11derive's own"
         echo "(from its C_Finalize log line), counted over the whole run, warm-up and login included: a"
         echo "warm run derives once, at its first operation, and logs in once."
+        echo
+        echo "### The store on PostgreSQL (issue 10)"
+        echo
+        echo "Warm signing with the same provider and backing token, the store on SQLite and on PostgreSQL"
+        echo "15 (Debian's, on loopback, default settings: synchronous_commit on), measured one after the other."
+        echo "Commits and round trips are per 1000 operations, over the whole run."
+        echo
+        echo "$PG_HEADER"
+        echo "|---|---|---|---|---|---|---|---|---|---|"
+        printf '%s\n' "${pgrows[@]}"
+        echo
+        echo "Two hosts at once: two provider processes, 8 signing threads each, one PostgreSQL store"
+        echo "and one audit chain (a round trip count above the commit count is a batch that found"
+        echo "the other host's records first and was MACed again)."
+        echo
+        echo "$HOSTS_HEADER"
+        echo "|---|---|---|---|---|---|"
+        printf '%s\n' "${hostrows[@]}"
         echo "<!-- bench:end -->"
     } > "$W/table.md"
     python3 - "$W/table.md" docs/benchmarks.md <<'PY'

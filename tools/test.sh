@@ -12,6 +12,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --release --all-targets --quiet -- -D warnings
 echo "== cargo test (release; integration tests load the libp11derive.so this build produced)"
+# tests/postgres.rs starts its PostgreSQL servers (tools/pg.sh); stop them whatever happens.
+trap 'bash tools/pg.sh stop; P11DERIVE_PG_PORT=55433 bash tools/pg.sh stop' EXIT
 cargo test --release
 echo "== fuzz (bounded, 20 s per target)"
 bash tools/fuzz.sh 20

@@ -306,7 +306,7 @@ fn store_error(e: StoreError) -> Error {
 impl Provider {
     /// Reads the config, opens the store and the backing HSM.
     pub fn open(config: Config) -> Result<Provider> {
-        let store = Store::open(&config.store.path).map_err(|e| {
+        let store = Store::open_config(&config.store).map_err(|e| {
             Error::with(
                 CKR_FUNCTION_FAILED,
                 format!("{e} (config file {})", config.source.display()),
@@ -351,8 +351,15 @@ impl Provider {
         ));
         let (commits, records) = self.store.commit_stats();
         if commits > 0 {
+            let trips = match self.store.is_shared() {
+                true => format!(
+                    "; PostgreSQL round trips: {}",
+                    self.store.commit_round_trips()
+                ),
+                false => String::new(),
+            };
             log::info(&format!(
-                "audit: {records} signature records in {commits} commits ({:.2} per fsync)",
+                "audit: {records} signature records in {commits} commits ({:.2} per fsync{trips})",
                 records as f64 / commits as f64
             ));
         }

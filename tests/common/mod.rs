@@ -596,3 +596,101 @@ pub fn mentions_pin(text: &str) -> bool {
             && !after.is_some_and(|c| c.is_ascii_alphanumeric())
     })
 }
+
+/// In a forked child: the provider loaded and initialized afresh (with
+/// `$P11DERIVE_CONF`), and a user session; errors as text for the parent.
+pub fn child_session() -> Result<(Pkcs11, Session), String> {
+    let ctx = Pkcs11::new(module_path()).map_err(|e| e.to_string())?;
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .map_err(|e| e.to_string())?;
+    let slot = ctx.get_slots_with_token().map_err(|e| e.to_string())?[0];
+    let session = ctx.open_rw_session(slot).map_err(|e| e.to_string())?;
+    session
+        .login(UserType::User, Some(&AuthPin::from(PIN)))
+        .map_err(|e| e.to_string())?;
+    Ok((ctx, session))
+}
+
+/// The test PostgreSQL server's admin URL: `$P11DERIVE_TEST_PG`, else the
+/// private server `tools/pg.sh` starts (or finds running) on loopback.
+pub fn pg_admin_url() -> String {
+    static URL: OnceLock<String> = OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("P11DERIVE_TEST_PG") {
+            return url;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/pg.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .output()
+            .expect("tools/pg.sh runs");
+        assert!(
+            out.status.success(),
+            "tools/pg.sh start (PostgreSQL for the tests): {}",
+            output_text(&out)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    })
+    .clone()
+}
+
+/// A new, empty database on the test server, owned by the unprivileged role
+/// `p11derive`; its URL (password included).
+pub fn pg_database(admin: &str, name: &str) -> String {
+    let mut c = postgres::Client::connect(admin, postgres::NoTls).expect("connect as admin");
+    c.batch_execute(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'p11derive') THEN
+             CREATE ROLE p11derive LOGIN PASSWORD 'p11derive-test';
+           END IF;
+         END $$;",
+    )
+    .expect("role p11derive");
+    c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .expect("drop the test database");
+    c.batch_execute(&format!("CREATE DATABASE {name} OWNER p11derive"))
+        .expect("create the test database");
+    let (_, rest) = admin.split_once('@').expect("admin URL with a password");
+    let host = rest.split('/').next().unwrap();
+    format!("postgres://p11derive:p11derive-test@{host}/{name}")
+}
+
+impl Setup {
+    /// Points this setup's config at a PostgreSQL store (`[store] url`).
+    pub fn use_pg(&self, url: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let text = text.replacen("[store]\n", &format!("[store]\nurl = \"{url}\"\n"), 1);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// `p11derive init` with a generated root, which must succeed.
+    pub fn init(&self) {
+        let out = cli(self, &["init"]);
+        assert!(
+            out.status.success(),
+            "p11derive init: {}",
+            output_text(&out)
+        );
+    }
+
+    /// A second config for the same backing token and store, with its own
+    /// log: another host.
+    pub fn another_host(&self, name: &str) -> Setup {
+        let config = self.dir.join(format!("{name}.toml"));
+        let log = self.dir.join(format!("{name}.log"));
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let old_log = self.dir.join("p11derive.log");
+        let text = text.replace(
+            &format!("file = \"{}\"", old_log.display()),
+            &format!("file = \"{}\"", log.display()),
+        );
+        std::fs::write(&config, text).unwrap();
+        Setup {
+            dir: self.dir.clone(),
+            config,
+            store: self.store.clone(),
+            token_label: self.token_label.clone(),
+        }
+    }
+}

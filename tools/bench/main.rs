@@ -459,6 +459,24 @@ fn main() {
                 fsyncs as f64 * 1000.0 / total
             ));
         }
+        // A PostgreSQL store: round trips of the signature commits.
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let trips = text
+            .lines()
+            .rev()
+            .find_map(|l| l.split("PostgreSQL round trips: ").nth(1))
+            .and_then(|t| {
+                t.split(|c: char| !c.is_ascii_digit())
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            });
+        if let Some(trips) = trips {
+            line.push_str(&format!(
+                " pg_round_trips_per_1k={:.1}",
+                trips as f64 * 1000.0 / all_ops.max(1) as f64
+            ));
+        }
     }
     println!("{line}");
 }

@@ -47,6 +47,9 @@ commands:
   audit reanchor --yes              after knowingly restoring a backup of the store:
                                     move the HSM's rollback anchor to the store's newest
                                     record (audited)
+  store migrate --from sqlite:PATH --to postgres://USER:PASSWORD@HOST:PORT/DB
+                                    copy a SQLite store, every record, into a new
+                                    PostgreSQL store (then set [store] url to it)
 
 
 
@@ -120,6 +123,8 @@ const VALUED: &[&str] = &[
     "--id",
     "--since",
     "--asset",
+    "--from",
+    "--to",
     "-n",
 ];
 const SWITCHES: &[&str] = &["--json", "--help", "--grace", "--yes"];
@@ -178,6 +183,7 @@ fn run(raw: &[String]) -> Result<(), Failure> {
         ["audit", "export"] => &["--since", "--asset"],
         ["audit", "tail"] => &["-n"],
         ["audit", "reanchor"] => &["--yes", "--pin-file"],
+        ["store", "migrate"] => &["--from", "--to"],
         _ => &["--pin-file", "--json"],
     };
     if let Some((bad, _)) = args
@@ -220,6 +226,7 @@ fn run(raw: &[String]) -> Result<(), Failure> {
         ["audit", "export"] => audit_cmd::export(&args),
         ["audit", "tail"] => audit_cmd::tail(&args),
         ["audit", "reanchor"] => audit_cmd::reanchor(&args),
+        ["store", "migrate"] => store_migrate(&args),
         ["asset", "suspend", name] => change(&args, name, Transition::Suspend),
         ["asset", "resume", name] => change(&args, name, Transition::Resume),
         ["asset", "retire", name] => {
@@ -389,16 +396,55 @@ fn init_with(
             println!("root {label:?} generated inside backing token {token:?} (sensitive, not extractable)");
         }
     }
-    let path = &config.store.path;
-    match Store::create(path) {
-        Ok(_) => println!("store {} created", path.display()),
+    match Store::create_config(&config.store) {
+        Ok(s) => println!("store {} created", s.path().display()),
         Err(StoreError::Exists(_)) => {
-            Store::open(path)?;
-            println!("store {} already exists; kept", path.display());
+            let s = Store::open_config(&config.store)?;
+            println!("store {} already exists; kept", s.path().display());
         }
         Err(e) => return Err(e.into()),
     }
     let _ = backend.logout();
+    Ok(())
+}
+
+/// `store migrate`: a SQLite store into a new PostgreSQL one, every row.
+fn store_migrate(args: &Args) -> Result<(), Failure> {
+    let from = args.value("--from").ok_or_else(|| {
+        Failure::Usage("store migrate needs --from sqlite:PATH (the store to copy)".into())
+    })?;
+    let to = args.value("--to").ok_or_else(|| {
+        Failure::Usage("store migrate needs --to postgres://USER:PASSWORD@HOST:PORT/DB".into())
+    })?;
+    let Some(path) = from.strip_prefix("sqlite:") else {
+        return Err(Failure::Usage(format!(
+            "--from {from:?}: write sqlite:PATH (the SQLite file to copy)"
+        )));
+    };
+    if !p11derive::store::pg::is_url(to) {
+        return Err(Failure::Usage(format!(
+            "--to {:?}: write postgres://USER:PASSWORD@HOST:PORT/DB",
+            p11derive::store::pg::redact(to)
+        )));
+    }
+    let source = Store::open(std::path::Path::new(path))?;
+    let timeout = std::time::Duration::from_secs(10);
+    let dest = match Store::create_pg(to, timeout) {
+        Ok(s) => s,
+        // An existing but empty p11derive schema is fine (migrate_into checks).
+        Err(StoreError::Exists(_)) => Store::open_pg(to, timeout)?,
+        Err(e) => return Err(e.into()),
+    };
+    let moved = source.migrate_into(&dest)?;
+    let counts: Vec<String> = moved.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    println!(
+        "store {} copied into {}: {}; the audit chain's newest record is the same in both. \
+         Set [store] url = \"{}\" in the config (password included) to use it",
+        source.path().display(),
+        dest.path().display(),
+        counts.join(", "),
+        dest.path().display()
+    );
     Ok(())
 }
 
@@ -407,7 +453,7 @@ fn asset_id(name: &str) -> Result<AssetId, Failure> {
 }
 
 fn open_store(config: &Config) -> Result<Store, Failure> {
-    Ok(Store::open(&config.store.path)?)
+    Ok(Store::open_config(&config.store)?)
 }
 
 /// A transition that derives no key (it is still audited, so it logs in).
@@ -654,7 +700,7 @@ fn asset_list(args: &Args) -> Result<(), Failure> {
         return Ok(());
     }
     if assets.is_empty() {
-        println!("no assets in {}", config.store.path.display());
+        println!("no assets in {}", store.path().display());
         return Ok(());
     }
     let width = assets

@@ -1,5 +1,6 @@
-//! Counter state in SQLite: one file shared by every process on the host that
-//! loads the library, and by the command-line tool.
+//! Counter state and the audit chain: in SQLite (one file shared by every
+//! process on the host that loads the library, and by the command-line tool)
+//! or in PostgreSQL (shared by several hosts; see `pg`).
 //!
 //! The file is marked with an application id and a schema version. A file that
 //! is not a p11derive store, is from a newer p11derive, or is corrupt is
@@ -12,7 +13,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+
+mod db;
+pub mod pg;
+
+use db::{Db, Row, Sqlite, Tx, Val};
 
 use crate::audit::{public_key_mac, Event, Record, GENESIS};
 use crate::derive::{AssetId, KeyType, Secret32};
@@ -129,15 +135,15 @@ pub struct StoredObject {
 
 const OBJECT_COLUMNS: &str = "id, class, label, object_id, value, application, oid";
 
-fn read_object_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredObject> {
+fn read_object_row(r: &Row) -> Result<StoredObject, String> {
     Ok(StoredObject {
-        rowid: r.get(0)?,
-        class: r.get::<_, i64>(1)? as crate::ck::CK_OBJECT_CLASS,
-        label: r.get(2)?,
-        object_id: r.get(3)?,
-        value: r.get(4)?,
-        application: r.get(5)?,
-        oid: r.get(6)?,
+        rowid: r.int(0)?,
+        class: r.int(1)? as crate::ck::CK_OBJECT_CLASS,
+        label: r.blob(2)?,
+        object_id: r.blob(3)?,
+        value: r.blob(4)?,
+        application: r.opt_blob(5)?,
+        oid: r.opt_blob(6)?,
     })
 }
 
@@ -372,7 +378,7 @@ impl std::error::Error for StoreError {}
 
 pub struct Store {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    conn: Mutex<Box<dyn Db>>,
     /// Operations waiting for their commit (group commit, see `commit_use`).
     group: Mutex<Group>,
     /// Commits of signatures so far, and the records they carried.
@@ -383,7 +389,14 @@ pub struct Store {
     /// A second connection for the reads every operation makes, so they
     /// never wait behind a commit's fsync on `conn` (WAL: readers and the
     /// writer do not block each other).
-    reader: Mutex<Connection>,
+    reader: Mutex<Box<dyn Db>>,
+    /// PostgreSQL: the connection that LISTENs for asset changes by any host.
+    listener: Option<Mutex<pg::Pg>>,
+    /// PostgreSQL: the chain's head (seq, mac) and the asset generation as
+    /// the last commit saw them (see `commit_batch_pg`).
+    believed: Mutex<Option<(u64, [u8; 32], i64)>>,
+    /// PostgreSQL: round trips made by signature commits.
+    round_trips: std::sync::atomic::AtomicU64,
     /// Assets read, valid while the store's asset generation (moved by
     /// trigger at every change to assets or versions, by any process) is
     /// unchanged: signing reads an asset at every C_SignInit.
@@ -438,7 +451,7 @@ fn now() -> i64 {
 }
 
 impl Store {
-    /// Creates a new store (the file must not exist yet).
+    /// Creates a new SQLite store (the file must not exist yet).
     pub fn create(path: &Path) -> Result<Store, StoreError> {
         if path.exists() {
             return Err(StoreError::Exists(path.to_path_buf()));
@@ -456,12 +469,10 @@ impl Store {
         .map_err(|e| classify(path, e))?;
         conn.execute_batch(&format!("PRAGMA application_id = {APPLICATION_ID};"))
             .map_err(|e| classify(path, e))?;
-        let store = Store::configure(path, conn)?;
-        store.migrate(0)?;
-        Ok(store)
+        Store::configure(path, conn, 0)
     }
 
-    /// Opens an existing store, migrating an older schema forward.
+    /// Opens an existing SQLite store, migrating an older schema forward.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         if !path.exists() {
             return Err(StoreError::Missing(path.to_path_buf()));
@@ -494,12 +505,105 @@ impl Store {
         if no_write_bits || conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
             return Err(StoreError::ReadOnly(path.to_path_buf()));
         }
-        let store = Store::configure(path, conn)?;
-        store.migrate(version)?;
-        Ok(store)
+        Store::configure(path, conn, version)
     }
 
-    fn configure(path: &Path, conn: Connection) -> Result<Store, StoreError> {
+    /// The store a config names: PostgreSQL when `[store] url` is set, else
+    /// the SQLite file at `[store] path`.
+    pub fn open_config(c: &crate::config::StoreSection) -> Result<Store, StoreError> {
+        match &c.url {
+            Some(url) => Store::open_pg(url, Duration::from_millis(c.connect_timeout_ms)),
+            None => Store::open(&c.path),
+        }
+    }
+
+    /// Creates the store a config names (`p11derive init`).
+    pub fn create_config(c: &crate::config::StoreSection) -> Result<Store, StoreError> {
+        match &c.url {
+            Some(url) => Store::create_pg(url, Duration::from_millis(c.connect_timeout_ms)),
+            None => Store::create(&c.path),
+        }
+    }
+
+    /// Creates the p11derive schema in an empty PostgreSQL database.
+    pub fn create_pg(url: &str, timeout: Duration) -> Result<Store, StoreError> {
+        let mut db = pg::Pg::new(url, timeout)?;
+        let loc = db.location().to_path_buf();
+        db.batch("BEGIN")?;
+        let found = db.query("SELECT to_regclass('p11derive_meta') IS NOT NULL", &[])?;
+        if found.first().and_then(|r| r.int(0).ok()) == Some(1) {
+            db.batch("ROLLBACK")?;
+            return Err(StoreError::Exists(loc));
+        }
+        db.batch(pg::SCHEMA)?;
+        db.execute(
+            "INSERT INTO p11derive_meta (id, application, schema_version) VALUES (1, ?1, ?2)",
+            &[
+                Val::Int(APPLICATION_ID.into()),
+                Val::Int(SCHEMA_VERSION.into()),
+            ],
+        )?;
+        db.batch("COMMIT")?;
+        drop(db);
+        Store::open_pg(url, timeout)
+    }
+
+    /// Opens a PostgreSQL store (three connections: writes, reads, and one
+    /// that listens for asset changes made by any host).
+    pub fn open_pg(url: &str, timeout: Duration) -> Result<Store, StoreError> {
+        let mut db = pg::Pg::new(url, timeout)?;
+        let loc = db.location().to_path_buf();
+        let exists = db.query("SELECT to_regclass('p11derive_meta') IS NOT NULL", &[])?;
+        if exists.first().and_then(|r| r.int(0).ok()) != Some(1) {
+            return Err(StoreError::Missing(loc));
+        }
+        let meta = db.query(
+            "SELECT application, schema_version FROM p11derive_meta",
+            &[],
+        )?;
+        let (app, version) = meta
+            .first()
+            .and_then(|r| Some((r.int(0).ok()?, r.int(1).ok()?)))
+            .ok_or_else(|| StoreError::Corrupt(loc.clone(), "p11derive_meta is empty".into()))?;
+        if app != i64::from(APPLICATION_ID) {
+            return Err(StoreError::Foreign(loc));
+        }
+        if version > i64::from(SCHEMA_VERSION) {
+            return Err(StoreError::Newer(loc, version as i32));
+        }
+        let reader = pg::Pg::new(url, timeout)?;
+        let mut listener = pg::Pg::new(url, timeout)?;
+        listener.listen("p11derive_assets")?;
+        Ok(Store::assemble(
+            loc,
+            Box::new(db),
+            Box::new(reader),
+            Some(listener),
+        ))
+    }
+
+    fn assemble(
+        path: PathBuf,
+        conn: Box<dyn Db>,
+        reader: Box<dyn Db>,
+        listener: Option<pg::Pg>,
+    ) -> Store {
+        Store {
+            path,
+            conn: Mutex::new(conn),
+            reader: Mutex::new(reader),
+            listener: listener.map(Mutex::new),
+            believed: Mutex::new(None),
+            group: Mutex::new(Group::default()),
+            batches: std::sync::atomic::AtomicU64::new(0),
+            batched_records: std::sync::atomic::AtomicU64::new(0),
+            commits: std::sync::atomic::AtomicU64::new(0),
+            round_trips: std::sync::atomic::AtomicU64::new(0),
+            asset_cache: Mutex::new(AssetCache::default()),
+        }
+    }
+
+    fn configure(path: &Path, mut conn: Connection, version: i32) -> Result<Store, StoreError> {
         conn.busy_timeout(Duration::from_secs(10))
             .map_err(|e| classify(path, e))?;
         conn.execute_batch(
@@ -509,6 +613,7 @@ impl Store {
              PRAGMA secure_delete = ON;",
         )
         .map_err(|e| classify(path, e))?;
+        migrate(path, &mut conn, version)?;
         let reader = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -520,108 +625,118 @@ impl Store {
         reader
             .execute_batch("PRAGMA query_only = ON;")
             .map_err(|e| classify(path, e))?;
-        Ok(Store {
-            path: path.to_path_buf(),
-            conn: Mutex::new(conn),
-            reader: Mutex::new(reader),
-            group: Mutex::new(Group::default()),
-            batches: std::sync::atomic::AtomicU64::new(0),
-            batched_records: std::sync::atomic::AtomicU64::new(0),
-            commits: std::sync::atomic::AtomicU64::new(0),
-            asset_cache: Mutex::new(AssetCache::default()),
-        })
+        Ok(Store::assemble(
+            path.to_path_buf(),
+            Box::new(Sqlite::new(path, conn)),
+            Box::new(Sqlite::new(path, reader)),
+            None,
+        ))
     }
 
-    fn migrate(&self, from: i32) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.err(e))?;
-            // Another process may have migrated while we waited for the lock.
-            let seen: i32 = tx
-                .query_row("PRAGMA user_version", [], |r| r.get(0))
-                .map_err(|e| self.err(e))?;
-            if seen > SCHEMA_VERSION {
-                // A newer p11derive migrated it while we waited: hands off.
-                return Err(StoreError::Newer(self.path.clone(), seen));
-            }
-            if seen > i as i32 {
-                continue;
-            }
-            tx.execute_batch(sql).map_err(|e| self.err(e))?;
-            tx.execute_batch(&format!("PRAGMA user_version = {};", i + 1))
-                .map_err(|e| self.err(e))?;
-            self.commit(tx)?;
-        }
-        Ok(())
-    }
-
+    /// Where the store is: the SQLite file, or the PostgreSQL URL without
+    /// its password.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+    /// Whether the store is on PostgreSQL.
+    pub fn is_shared(&self) -> bool {
+        self.listener.is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Db>> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A row-level error found before the path was known.
-    fn at_path(&self, e: StoreError) -> StoreError {
-        match e {
-            StoreError::Corrupt(_, m) => StoreError::Corrupt(self.path.clone(), m),
-            e => e,
-        }
+    fn read_lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Db>> {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn err(&self, e: rusqlite::Error) -> StoreError {
-        classify(&self.path, e)
+    /// The rows of a query, each read by `f`; a row `f` cannot read is
+    /// corruption, named with the store.
+    fn rows<T>(
+        &self,
+        db: &mut dyn Db,
+        sql: &str,
+        params: &[Val],
+        f: impl Fn(&Row) -> Result<T, String>,
+    ) -> Result<Vec<T>, StoreError> {
+        db.query(sql, params)?
+            .iter()
+            .map(|r| f(r).map_err(|m| StoreError::Corrupt(self.path.clone(), m)))
+            .collect()
+    }
+
+    /// The first row of a query, read by `f`.
+    fn row<T>(
+        &self,
+        db: &mut dyn Db,
+        sql: &str,
+        params: &[Val],
+        f: impl Fn(&Row) -> Result<T, String>,
+    ) -> Result<Option<T>, StoreError> {
+        Ok(self.rows(db, sql, params, f)?.into_iter().next())
     }
 
     /// Every asset that is not retired, in creation order.
     pub fn list_assets(&self) -> Result<Vec<Asset>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(&format!(
-                "SELECT {ASSET_COLUMNS} FROM assets WHERE state != 'RETIRED' ORDER BY id"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], read_asset_row)
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        drop(stmt);
-        let mut assets = Vec::with_capacity(rows.len());
-        for row in rows {
-            assets.push(self.finish_asset(&conn, row.map_err(|e| self.at_path(e))?)?);
-        }
-        Ok(assets)
+        let mut conn = self.lock();
+        let rows = self.rows(
+            &mut **conn,
+            &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE state != 'RETIRED' ORDER BY id"),
+            &[],
+            read_asset_row,
+        )?;
+        rows.into_iter()
+            .map(|a| self.finish_asset(&mut **conn, a))
+            .collect()
     }
 
     /// One asset by row id (retired ones included: the caller decides).
-    /// Served from the cache while no connection changed the store.
+    /// Served from the cache while no connection changed the store: SQLite
+    /// reads the generation (one cheap read); PostgreSQL is told of every
+    /// change by a notification, and the commit re-checks the generation.
     pub fn asset(&self, rowid: i64) -> Result<Option<Asset>, StoreError> {
-        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        // Read before the asset: a change committed in between is cached
-        // under the older generation and read again next time.
-        let generation: i64 = conn
-            .prepare_cached("SELECT assets FROM generation")
-            .and_then(|mut st| st.query_row([], |r| r.get(0)))
-            .map_err(|e| self.err(e))?;
+        let mut conn = self.read_lock();
+        let generation = match &self.listener {
+            None => Some(self.generation(&mut **conn)?),
+            Some(l) => {
+                let mut l = l.lock().unwrap_or_else(|e| e.into_inner());
+                // Without the listener, nothing cached can be trusted.
+                if l.notified().unwrap_or(true) {
+                    self.forget_assets();
+                }
+                None
+            }
+        };
         let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
-        if cache.generation != generation {
+        if let Some(g) = generation.filter(|g| *g != cache.generation) {
             cache.assets.clear();
-            cache.generation = generation;
+            cache.generation = g;
         }
-        if let Some(a) = cache.assets.get(&rowid) {
+        // PostgreSQL: a notification takes a moment to arrive; an asset in a
+        // refusing state is read again rather than refused from the cache
+        // (a resume on another host is honoured at once; a suspension or a
+        // rotation there is enforced at the commit whatever the cache says).
+        let trusted = |a: &Asset| {
+            generation.is_some() || matches!(a.state, AssetState::Active | AssetState::Rotating)
+        };
+        if let Some(a) = cache.assets.get(&rowid).filter(|a| trusted(a)) {
             return Ok(Some(a.clone()));
         }
-        let asset = match self.asset_row(&conn, rowid)? {
+        let asset = match self.asset_row(&mut **conn, rowid)? {
             None => return Ok(None),
-            Some(a) => self.finish_asset(&conn, a)?,
+            Some(a) => self.finish_asset(&mut **conn, a)?,
         };
         cache.assets.insert(rowid, asset.clone());
         Ok(Some(asset))
+    }
+
+    /// The store's asset generation (moved by every change to assets or
+    /// versions, by any process).
+    fn generation(&self, db: &mut dyn Db) -> Result<i64, StoreError> {
+        self.row(db, "SELECT assets FROM generation", &[], |r| r.int(0))?
+            .ok_or_else(|| StoreError::Corrupt(self.path.clone(), "no generation row".into()))
     }
 
     /// Drops the cached assets after this process changed one (the
@@ -634,31 +749,26 @@ impl Store {
             .clear();
     }
 
-    fn finish_asset(&self, conn: &Connection, mut a: Asset) -> Result<Asset, StoreError> {
-        a.versions = self.versions_in(conn, a.rowid, a.min_usable, a.current)?;
+    fn finish_asset(&self, db: &mut dyn Db, mut a: Asset) -> Result<Asset, StoreError> {
+        a.versions = self.versions_in(db, a.rowid, a.min_usable, a.current)?;
         Ok(a)
     }
 
     /// Versions `from..=to` of an asset, newest first.
     fn versions_in(
         &self,
-        conn: &Connection,
+        db: &mut dyn Db,
         rowid: i64,
         from: u32,
         to: u32,
     ) -> Result<Vec<VersionRecord>, StoreError> {
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT version, public_key, pk_mac FROM versions
-                 WHERE asset = ?1 AND version BETWEEN ?2 AND ?3 ORDER BY version DESC",
-            )
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map(params![rowid, from, to], read_version_row)
-            .map_err(|e| self.err(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        self.rows(
+            db,
+            "SELECT version, public_key, pk_mac FROM versions
+             WHERE asset = ?1 AND version BETWEEN ?2 AND ?3 ORDER BY version DESC",
+            &[rowid.into(), from.into(), to.into()],
+            read_version_row,
+        )
     }
 
     /// Registers a new asset and its version 1, atomically. The name and the
@@ -670,26 +780,25 @@ impl Store {
         base: Record,
     ) -> Result<Asset, StoreError> {
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        let taken: Option<String> = tx
-            .query_row(
-                "SELECT state FROM assets WHERE name = ?1",
-                [new.id.as_str()],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
+        let mut tx = Tx::begin(&mut **conn)?;
+        let name: Val = new.id.as_str().into();
+        let taken = self.row(
+            &mut *tx,
+            "SELECT state FROM assets WHERE name = ?1",
+            std::slice::from_ref(&name),
+            |r| r.text(0),
+        )?;
         // A name stays taken by its creation record even if someone deleted
         // its row: a retired asset's keys must never come back.
-        let recorded: bool = tx
-            .query_row(
-                "SELECT EXISTS (SELECT 1 FROM audit WHERE event = 'create' AND asset = ?1)",
-                [new.id.as_str()],
-                |r| r.get(0),
-            )
-            .map_err(|e| self.err(e))?;
+        let recorded = self
+            .row(
+                &mut *tx,
+                "SELECT COUNT(*) FROM audit WHERE event = 'create' AND asset = ?1",
+                std::slice::from_ref(&name),
+                |r| r.int(0),
+            )?
+            .unwrap_or(0)
+            > 0;
         if taken.is_none() && recorded {
             return Err(StoreError::Duplicate(format!(
                 "asset {:?} was created before (its creation is in the audit log) and is missing \
@@ -708,17 +817,9 @@ impl Store {
         // Object ids must stay unambiguous: a new id may equal neither another
         // asset's id nor one of its version ids (id || u32be(N)), and none of
         // the new asset's version ids may equal another asset's id.
-        let mut stmt = tx
-            .prepare("SELECT name, object_id FROM assets")
-            .map_err(|e| self.err(e))?;
-        let owners = stmt
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        drop(stmt);
+        let owners = self.rows(&mut *tx, "SELECT name, object_id FROM assets", &[], |r| {
+            Ok((r.text(0)?, r.blob(1)?))
+        })?;
         let new_id = new.object_id;
         let clash = |a: &[u8], b: &[u8]| a == b || (a.len() == b.len() + 4 && a.starts_with(b));
         if let Some((owner, _)) = owners
@@ -733,25 +834,33 @@ impl Store {
             )));
         }
         let t = now();
-        tx.execute(
-            "INSERT INTO assets (name, key_type, object_id, current, min_usable, state, created_at)
-             VALUES (?1, ?2, ?3, 1, 1, 'ACTIVE', ?4)",
-            params![new.id.as_str(), new.key_type.name(), new.object_id, t],
-        )
-        .map_err(|e| self.err(e))?;
-        let rowid = tx.last_insert_rowid();
+        let rowid = self
+            .row(
+                &mut *tx,
+                "INSERT INTO assets (name, key_type, object_id, current, min_usable, state, created_at)
+                 VALUES (?1, ?2, ?3, 1, 1, 'ACTIVE', ?4) RETURNING id",
+                &[
+                    name.clone(),
+                    new.key_type.name().into(),
+                    new.object_id.into(),
+                    t.into(),
+                ],
+                |r| r.int(0),
+            )?
+            .ok_or_else(|| StoreError::Io(self.path.clone(), "no id for the new asset".into()))?;
+        let pk_mac = new
+            .public_key
+            .map(|pk| public_key_mac(ak, new.id.as_str(), 1, pk).to_vec());
         tx.execute(
             "INSERT INTO versions (asset, version, public_key, created_at, pk_mac)
              VALUES (?1, 1, ?2, ?3, ?4)",
-            params![
-                rowid,
-                new.public_key,
-                t,
-                new.public_key
-                    .map(|pk| public_key_mac(ak, new.id.as_str(), 1, pk).to_vec())
+            &[
+                rowid.into(),
+                new.public_key.into(),
+                t.into(),
+                pk_mac.clone().into(),
             ],
-        )
-        .map_err(|e| self.err(e))?;
+        )?;
         let mut rec = base;
         rec.event = Event::Create;
         rec.asset = Some(new.id.to_string());
@@ -762,7 +871,7 @@ impl Store {
             hex(new.object_id),
             key_digest(new.public_key)
         );
-        self.append_in(&tx, ak, std::slice::from_mut(&mut rec))?;
+        self.append_in(&mut *tx, ak, std::slice::from_mut(&mut rec))?;
         self.commit(tx)?;
         self.forget_assets();
         Ok(Asset {
@@ -778,46 +887,62 @@ impl Store {
             versions: vec![VersionRecord {
                 version: 1,
                 public_key: new.public_key.map(<[u8]>::to_vec),
-                pk_mac: new
-                    .public_key
-                    .map(|pk| public_key_mac(ak, new.id.as_str(), 1, pk).to_vec()),
+                pk_mac,
             }],
         })
     }
 }
 
+/// Upgrades a SQLite store's schema from `from` to `SCHEMA_VERSION`.
+fn migrate(path: &Path, conn: &mut Connection, from: i32) -> Result<(), StoreError> {
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| classify(path, e))?;
+        // Another process may have migrated while we waited for the lock.
+        let seen: i32 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| classify(path, e))?;
+        if seen > SCHEMA_VERSION {
+            // A newer p11derive migrated it while we waited: hands off.
+            return Err(StoreError::Newer(path.to_path_buf(), seen));
+        }
+        if seen > i as i32 {
+            continue;
+        }
+        tx.execute_batch(sql).map_err(|e| classify(path, e))?;
+        tx.execute_batch(&format!("PRAGMA user_version = {};", i + 1))
+            .map_err(|e| classify(path, e))?;
+        tx.commit().map_err(|e| classify(path, e))?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// One asset by name, retired ones included.
     pub fn asset_by_name(&self, name: &AssetId) -> Result<Option<Asset>, StoreError> {
-        let conn = self.lock();
-        self.asset_by_name_in(&conn, name)
+        let mut conn = self.lock();
+        self.asset_by_name_in(&mut **conn, name)
     }
 
     fn asset_by_name_in(
         &self,
-        conn: &Connection,
+        db: &mut dyn Db,
         name: &AssetId,
     ) -> Result<Option<Asset>, StoreError> {
-        let row = conn
-            .query_row(
-                &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE name = ?1"),
-                [name.as_str()],
-                read_asset_row,
-            )
-            .optional()
-            .map_err(|e| self.err(e))?;
-        match row {
-            None => Ok(None),
-            Some(row) => Ok(Some(
-                self.finish_asset(conn, row.map_err(|e| self.at_path(e))?)?,
-            )),
-        }
+        let row = self.row(
+            db,
+            &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE name = ?1"),
+            &[name.as_str().into()],
+            read_asset_row,
+        )?;
+        row.map(|a| self.finish_asset(db, a)).transpose()
     }
 
     /// Every recorded version of an asset, trimmed ones included, newest first.
     pub fn history(&self, rowid: i64) -> Result<Vec<VersionRecord>, StoreError> {
-        let conn = self.lock();
-        self.versions_in(&conn, rowid, 1, u32::MAX)
+        let mut conn = self.lock();
+        self.versions_in(&mut **conn, rowid, 1, u32::MAX)
     }
 
     /// Applies a transition atomically (`BEGIN IMMEDIATE`: one writer at a
@@ -854,11 +979,9 @@ impl Store {
         base: Record,
     ) -> Result<Asset, StoreError> {
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let mut tx = Tx::begin(&mut **conn)?;
         let a = self
-            .asset_by_name_in(&tx, name)?
+            .asset_by_name_in(&mut *tx, name)?
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
         let refuse = |why: String| {
             Err(StoreError::Refused(format!(
@@ -869,9 +992,8 @@ impl Store {
             )))
         };
         use AssetState::*;
-        let update = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<(), StoreError> {
-            tx.execute(sql, p).map(|_| ()).map_err(|e| self.err(e))
-        };
+        let mut update =
+            |sql: &str, p: &[Val]| -> Result<(), StoreError> { tx.execute(sql, p).map(|_| ()) };
         match (t, a.state) {
             (_, Retired) => return refuse("a retired asset is final".into()),
             (Transition::Rotate { grace }, Active) => {
@@ -895,18 +1017,19 @@ impl Store {
                 let state = if grace { Rotating } else { Active };
                 update(
                     "UPDATE assets SET current = ?1, state = ?2 WHERE id = ?3",
-                    &[&version, &state.name(), &a.rowid],
+                    &[version.into(), state.name().into(), a.rowid.into()],
                 )?;
                 update(
                     "INSERT INTO versions (asset, version, public_key, created_at, pk_mac)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                     &[
-                        &a.rowid,
-                        &version,
-                        &public_key,
-                        &now(),
-                        &public_key
-                            .map(|pk| public_key_mac(ak, name.as_str(), version, pk).to_vec()),
+                        a.rowid.into(),
+                        version.into(),
+                        public_key.into(),
+                        now().into(),
+                        public_key
+                            .map(|pk| public_key_mac(ak, name.as_str(), version, pk).to_vec())
+                            .into(),
                     ],
                 )?;
             }
@@ -926,7 +1049,7 @@ impl Store {
             (Transition::Finish, Rotating) => {
                 update(
                     "UPDATE assets SET state = 'ACTIVE' WHERE id = ?1",
-                    &[&a.rowid],
+                    &[a.rowid.into()],
                 )?;
             }
             (Transition::Finish, _) => return refuse("only a ROTATING asset can finish".into()),
@@ -950,32 +1073,32 @@ impl Store {
                 }
                 update(
                     "UPDATE assets SET min_usable = ?1 WHERE id = ?2",
-                    &[&n, &a.rowid],
+                    &[n.into(), a.rowid.into()],
                 )?;
             }
             (Transition::Suspend, Active | Rotating) => {
                 update(
                     "UPDATE assets SET state = 'SUSPENDED', resume_state = ?1 WHERE id = ?2",
-                    &[&a.state.name(), &a.rowid],
+                    &[a.state.name().into(), a.rowid.into()],
                 )?;
             }
             (Transition::Suspend, _) => return refuse("it is already suspended".into()),
             (Transition::Resume, Suspended) => {
                 update(
                     "UPDATE assets SET state = ?1, resume_state = NULL WHERE id = ?2",
-                    &[&a.resumes_to.name(), &a.rowid],
+                    &[a.resumes_to.name().into(), a.rowid.into()],
                 )?;
             }
             (Transition::Resume, _) => return refuse("only a SUSPENDED asset can resume".into()),
             (Transition::Retire, _) => {
                 update(
                     "UPDATE assets SET state = 'RETIRED', resume_state = NULL WHERE id = ?1",
-                    &[&a.rowid],
+                    &[a.rowid.into()],
                 )?;
             }
         }
         let after = self
-            .asset_by_name_in(&tx, name)?
+            .asset_by_name_in(&mut *tx, name)?
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
         let mut rec = base;
         rec.event = Event::Transition;
@@ -992,7 +1115,7 @@ impl Store {
             }
             _ => transition_detail(&t.name(), &after),
         };
-        self.append_in(&tx, ak, std::slice::from_mut(&mut rec))?;
+        self.append_in(&mut *tx, ak, std::slice::from_mut(&mut rec))?;
         self.commit(tx)?;
         self.forget_assets();
         Ok(after)
@@ -1002,17 +1125,18 @@ impl Store {
     /// before an operation's result leaves, so a transition committed by any
     /// process before this read is honoured.
     pub fn fresh_state(&self, rowid: i64) -> Result<Option<Asset>, StoreError> {
-        let conn = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        self.asset_row(&conn, rowid)
+        let mut conn = self.read_lock();
+        self.asset_row(&mut **conn, rowid)
     }
 
     /// The asset row `rowid` (its versions not loaded).
-    fn asset_row(&self, conn: &Connection, rowid: i64) -> Result<Option<Asset>, StoreError> {
-        let row = conn
-            .prepare_cached(&format!("SELECT {ASSET_COLUMNS} FROM assets WHERE id = ?1"))
-            .and_then(|mut st| st.query_row([rowid], read_asset_row).optional())
-            .map_err(|e| self.err(e))?;
-        row.map(|a| a.map_err(|e| self.at_path(e))).transpose()
+    fn asset_row(&self, db: &mut dyn Db, rowid: i64) -> Result<Option<Asset>, StoreError> {
+        self.row(
+            db,
+            &format!("SELECT {ASSET_COLUMNS} FROM assets WHERE id = ?1"),
+            &[rowid.into()],
+            read_asset_row,
+        )
     }
 }
 
@@ -1061,11 +1185,11 @@ pub fn parse_transition_detail(detail: &str) -> Option<(AssetState, u32, u32)> {
 }
 
 /// A `SELECT version, public_key, pk_mac` row.
-fn read_version_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRecord> {
+fn read_version_row(r: &Row) -> Result<VersionRecord, String> {
     Ok(VersionRecord {
-        version: r.get(0)?,
-        public_key: r.get(1)?,
-        pk_mac: r.get(2)?,
+        version: r.u32(0)?,
+        public_key: r.opt_blob(1)?,
+        pk_mac: r.opt_blob(2)?,
     })
 }
 
@@ -1076,48 +1200,43 @@ const AUDIT_COLUMNS: &str =
 /// Reads an audit row. A value no genuine record can hold (an unknown
 /// event, a hash that is not 32 bytes) is an error naming the row, never
 /// normalised into something the MAC check might accept.
-fn read_record(r: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Record> {
-    let event: String = r.get(first + 3)?;
-    let hash: Option<Vec<u8>> = r.get(first + 7)?;
-    let malformed = |what: String| {
-        rusqlite::Error::FromSqlConversionFailure(first, rusqlite::types::Type::Blob, what.into())
-    };
-    let event =
-        Event::parse(&event).ok_or_else(|| malformed(format!("unknown event {event:?}")))?;
-    let input_sha256 = match hash {
+fn read_record(r: &Row, first: usize) -> Result<Record, String> {
+    let event = r.text(first + 3)?;
+    let event = Event::parse(&event).ok_or_else(|| format!("unknown event {event:?}"))?;
+    let input_sha256 = match r.opt_blob(first + 7)? {
         None => None,
         Some(h) => Some(
             <[u8; 32]>::try_from(h.as_slice())
-                .map_err(|_| malformed(format!("an input hash of {} bytes", h.len())))?,
+                .map_err(|_| format!("an input hash of {} bytes", h.len()))?,
         ),
     };
     Ok(Record {
         seq: 0,
-        time_ns: r.get::<_, i64>(first)? as u64,
-        pid: r.get(first + 1)?,
-        session: r.get::<_, Option<i64>>(first + 2)?.map(|v| v as u64),
+        time_ns: r.int(first)? as u64,
+        pid: r.u32(first + 1)?,
+        session: r.opt_int(first + 2)?.map(|v| v as u64),
         event,
-        asset: r.get(first + 4)?,
-        version: r.get(first + 5)?,
-        mechanism: r.get::<_, Option<i64>>(first + 6)?.map(|v| v as u64),
+        asset: r.opt_text(first + 4)?,
+        version: r.opt_u32(first + 5)?,
+        mechanism: r.opt_int(first + 6)?.map(|v| v as u64),
         input_sha256,
-        rv: r.get::<_, i64>(first + 8)? as u64,
-        detail: r.get(first + 9)?,
+        rv: r.int(first + 8)? as u64,
+        detail: r.text(first + 9)?,
     })
 }
 
-fn record_params(r: &Record) -> [Box<dyn rusqlite::ToSql + '_>; 10] {
-    [
-        Box::new(r.time_ns as i64),
-        Box::new(r.pid),
-        Box::new(r.session.map(|v| v as i64)),
-        Box::new(r.event.name()),
-        Box::new(r.asset.as_deref()),
-        Box::new(r.version),
-        Box::new(r.mechanism.map(|v| v as i64)),
-        Box::new(r.input_sha256.map(|h| h.to_vec())),
-        Box::new(r.rv as i64),
-        Box::new(r.detail.as_str()),
+fn record_params(r: &Record) -> Vec<Val> {
+    vec![
+        Val::Int(r.time_ns as i64),
+        r.pid.into(),
+        r.session.map(|v| v as i64).into(),
+        r.event.name().into(),
+        r.asset.as_deref().into(),
+        r.version.into(),
+        r.mechanism.map(|v| v as i64).into(),
+        r.input_sha256.map(|h| h.to_vec()).into(),
+        Val::Int(r.rv as i64),
+        r.detail.as_str().into(),
     ]
 }
 
@@ -1129,48 +1248,36 @@ impl Store {
     /// first sealing records that processes without the audit key left pending.
     fn append_in(
         &self,
-        tx: &Connection,
+        tx: &mut dyn Db,
         ak: &Secret32,
         records: &mut [Record],
     ) -> Result<(), StoreError> {
         let (mut seq, mut prev) = self.head_in(tx)?.unwrap_or((0, GENESIS));
-        let pending: Vec<(i64, Record)> = {
-            let mut stmt = tx
-                .prepare_cached(&format!(
-                    "SELECT id, {AUDIT_COLUMNS} FROM audit_pending ORDER BY id"
-                ))
-                .map_err(|e| self.err(e))?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get(0)?, read_record(r, 1)?)))
-                .map_err(|e| self.err(e))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| self.err(e))?;
-            rows
-        };
+        let pending = self.rows(
+            tx,
+            &format!("SELECT id, {AUDIT_COLUMNS} FROM audit_pending ORDER BY id"),
+            &[],
+            |r| read_record(r, 1),
+        )?;
         if !pending.is_empty() {
-            tx.execute("DELETE FROM audit_pending", [])
-                .map_err(|e| self.err(e))?;
+            tx.execute("DELETE FROM audit_pending", &[])?;
         }
-        let mut insert = tx
-            .prepare_cached(&format!(
-                "INSERT INTO audit (seq, {AUDIT_COLUMNS}, mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
-            ))
-            .map_err(|e| self.err(e))?;
+        let insert = format!(
+            "INSERT INTO audit (seq, {AUDIT_COLUMNS}, mac) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+        );
         let mut put = |r: &mut Record| -> Result<(), StoreError> {
             seq += 1;
             r.seq = seq;
             let mac = r.mac(ak, &prev);
-            let p = record_params(r);
-            let seq_i = seq as i64;
-            let mut all: Vec<&dyn rusqlite::ToSql> = vec![&seq_i];
-            all.extend(p.iter().map(|b| b.as_ref()));
-            let mac_v = mac.to_vec();
-            all.push(&mac_v);
-            insert.execute(all.as_slice()).map_err(|e| self.err(e))?;
+            let mut all = vec![Val::Int(seq as i64)];
+            all.extend(record_params(r));
+            all.push(mac.to_vec().into());
+            tx.execute(&insert, &all)?;
             prev = mac;
             Ok(())
         };
-        for (_, mut r) in pending {
+        for mut r in pending {
             // Written without the audit key: whoever wrote it is unproven.
             // Sealed with a mark, so it can never pass for an authenticated
             // record, and never counts towards an asset's state.
@@ -1183,27 +1290,22 @@ impl Store {
         Ok(())
     }
 
-    fn pend_in(&self, tx: &Connection, r: &Record) -> Result<(), StoreError> {
-        let p = record_params(r);
-        let all: Vec<&dyn rusqlite::ToSql> = p.iter().map(|b| b.as_ref()).collect();
-        tx.execute(
-            &format!("INSERT INTO audit_pending ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
-            all.as_slice(),
-        )
-        .map_err(|e| self.err(e))?;
-        Ok(())
-    }
-
     /// Writes one record durably: into the chain when the audit key is at
     /// hand, else into the pending table for the next key holder to seal.
     pub fn record(&self, ak: Option<&Secret32>, mut r: Record) -> Result<(), StoreError> {
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
+        let mut tx = Tx::begin(&mut **conn)?;
         match ak {
-            Some(ak) => self.append_in(&tx, ak, std::slice::from_mut(&mut r))?,
-            None => self.pend_in(&tx, &r)?,
+            Some(ak) => self.append_in(&mut *tx, ak, std::slice::from_mut(&mut r))?,
+            None => {
+                tx.execute(
+                    &format!(
+                        "INSERT INTO audit_pending ({AUDIT_COLUMNS}) \
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                    ),
+                    &record_params(&r),
+                )?;
+            }
         }
         self.commit(tx)
     }
@@ -1216,26 +1318,26 @@ impl Store {
         mut record: Record,
     ) -> Result<StoredObject, StoreError> {
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        tx.execute(
-            "INSERT INTO objects (class, label, object_id, value, application, oid, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            rusqlite::params![
-                new.class as i64,
-                new.label,
-                new.object_id,
-                new.value,
-                new.application,
-                new.oid,
-                now()
-            ],
-        )
-        .map_err(|e| self.err(e))?;
-        let rowid = tx.last_insert_rowid();
+        let mut tx = Tx::begin(&mut **conn)?;
+        let rowid = self
+            .row(
+                &mut *tx,
+                "INSERT INTO objects (class, label, object_id, value, application, oid, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
+                &[
+                    Val::Int(new.class as i64),
+                    new.label.as_slice().into(),
+                    new.object_id.as_slice().into(),
+                    new.value.as_slice().into(),
+                    new.application.clone().into(),
+                    new.oid.clone().into(),
+                    now().into(),
+                ],
+                |r| r.int(0),
+            )?
+            .ok_or_else(|| StoreError::Io(self.path.clone(), "no id for the new object".into()))?;
         record.detail = format!("{} (object {rowid})", record.detail);
-        self.append_in(&tx, ak, std::slice::from_mut(&mut record))?;
+        self.append_in(&mut *tx, ak, std::slice::from_mut(&mut record))?;
         self.commit(tx)?;
         Ok(StoredObject {
             rowid,
@@ -1252,51 +1354,43 @@ impl Store {
         mut record: Record,
     ) -> Result<bool, StoreError> {
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(|e| self.err(e))?;
-        let gone = tx
-            .execute("DELETE FROM objects WHERE id = ?1", [rowid])
-            .map_err(|e| self.err(e))?;
+        let mut tx = Tx::begin(&mut **conn)?;
+        let gone = tx.execute("DELETE FROM objects WHERE id = ?1", &[rowid.into()])?;
         if gone == 0 {
             return Ok(false);
         }
-        self.append_in(&tx, ak, std::slice::from_mut(&mut record))?;
+        self.append_in(&mut *tx, ak, std::slice::from_mut(&mut record))?;
         self.commit(tx)?;
         Ok(true)
     }
 
     /// One stored object.
     pub fn stored_object(&self, rowid: i64) -> Result<Option<StoredObject>, StoreError> {
-        let conn = self.lock();
-        conn.query_row(
+        let mut conn = self.lock();
+        self.row(
+            &mut **conn,
             &format!("SELECT {OBJECT_COLUMNS} FROM objects WHERE id = ?1"),
-            [rowid],
+            &[rowid.into()],
             read_object_row,
         )
-        .optional()
-        .map_err(|e| self.err(e))
     }
 
     /// Every stored object, oldest first.
     pub fn stored_objects(&self) -> Result<Vec<StoredObject>, StoreError> {
-        let conn = self.lock();
-        let mut st = conn
-            .prepare(&format!("SELECT {OBJECT_COLUMNS} FROM objects ORDER BY id"))
-            .map_err(|e| self.err(e))?;
-        let rows = st
-            .query_map([], read_object_row)
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e));
-        rows
+        let mut conn = self.lock();
+        self.rows(
+            &mut **conn,
+            &format!("SELECT {OBJECT_COLUMNS} FROM objects ORDER BY id"),
+            &[],
+            read_object_row,
+        )
     }
 
     /// The commit of a signature: re-reads the asset and appends either the
     /// signature's record (`Ok(Ok)`) or, when the version may no longer sign,
     /// a refusal record (`Ok(Err(asset))`), in a write transaction that is
-    /// committed (`synchronous = FULL`: fsynced) before this returns. The
-    /// caller releases the signature only after `Ok(Ok)`.
+    /// committed (durably) before this returns. The caller releases the
+    /// signature only after `Ok(Ok)`.
     ///
     /// Group commit: concurrent callers queue their jobs; one of them leads,
     /// taking every queued job into one transaction and one fsync, while the
@@ -1366,44 +1460,40 @@ impl Store {
         }
     }
 
+    /// Each job's decision on its asset as `asset` reads it (`None`: gone),
+    /// and the record to append: the job's own, or a refusal.
+    fn decide(job: &Job, asset: Option<Asset>) -> (Result<(), Option<Asset>>, Record) {
+        let allowed = asset.as_ref().is_some_and(|a| match job.need {
+            Use::Produce => a.may_sign(job.version),
+            Use::Open => a.may_verify(job.version),
+        });
+        let mut r = job.record.clone();
+        if allowed {
+            return (Ok(()), r);
+        }
+        let what = r.event.name();
+        r.event = Event::Refused;
+        r.rv = crate::ck::CKR_KEY_FUNCTION_NOT_PERMITTED;
+        r.detail = match &asset {
+            Some(a) => format!(
+                "{what} refused at commit: asset is {} at version {} (min_usable {})",
+                a.state.name(),
+                a.current,
+                a.min_usable
+            ),
+            None => format!("{what} refused at commit: asset gone"),
+        };
+        (Err(asset), r)
+    }
+
     /// One transaction for a batch of signatures: each job's asset is read
     /// in it, each record appended, one commit.
-    fn commit_batch(&self, ak: &Secret32, mut batch: Vec<Job>) -> Vec<(u64, JobResult)> {
-        let outcome = (|| -> Result<Vec<Result<(), Option<Asset>>>, StoreError> {
-            let mut conn = self.lock();
-            let tx = conn
-                .transaction_with_behavior(TransactionBehavior::Immediate)
-                .map_err(|e| self.err(e))?;
-            let mut decisions = Vec::with_capacity(batch.len());
-            let mut records = Vec::with_capacity(batch.len());
-            for job in batch.iter_mut() {
-                let asset = self.asset_row(&tx, job.rowid)?;
-                let allowed = asset.as_ref().is_some_and(|a| match job.need {
-                    Use::Produce => a.may_sign(job.version),
-                    Use::Open => a.may_verify(job.version),
-                });
-                let mut r = job.record.clone();
-                if !allowed {
-                    let what = r.event.name();
-                    r.event = Event::Refused;
-                    r.rv = crate::ck::CKR_KEY_FUNCTION_NOT_PERMITTED;
-                    r.detail = match &asset {
-                        Some(a) => format!(
-                            "{what} refused at commit: asset is {} at version {} (min_usable {})",
-                            a.state.name(),
-                            a.current,
-                            a.min_usable
-                        ),
-                        None => format!("{what} refused at commit: asset gone"),
-                    };
-                }
-                records.push(r);
-                decisions.push(if allowed { Ok(()) } else { Err(asset) });
-            }
-            self.append_in(&tx, ak, &mut records)?;
-            self.commit(tx)?;
-            Ok(decisions)
-        })();
+    fn commit_batch(&self, ak: &Secret32, batch: Vec<Job>) -> Vec<(u64, JobResult)> {
+        let outcome = if self.is_shared() {
+            self.commit_batch_pg(ak, &batch)
+        } else {
+            self.commit_batch_tx(ak, &batch)
+        };
         use std::sync::atomic::Ordering::Relaxed;
         self.batches.fetch_add(1, Relaxed);
         self.batched_records.fetch_add(batch.len() as u64, Relaxed);
@@ -1417,10 +1507,169 @@ impl Store {
         }
     }
 
-    /// (commits, records) of signatures so far: records per fsync.
+    /// A batch's commit on PostgreSQL: one statement (`p11derive_append`),
+    /// one round trip, while the head and generation this process believes
+    /// current are: the records are MACed onto that head and each job decided
+    /// on assets read at that generation. When another host wrote meanwhile,
+    /// the statement writes nothing and returns the true head and generation:
+    /// decide and MAC again (a second round trip). Records waiting in the
+    /// pending table are sealed by the ordinary transaction instead.
+    fn commit_batch_pg(
+        &self,
+        ak: &Secret32,
+        batch: &[Job],
+    ) -> Result<Vec<Result<(), Option<Asset>>>, StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut believed = self.believed.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..8 {
+            let (seq, mac, generation) = match *believed {
+                Some(b) => b,
+                None => {
+                    let mut conn = self.lock();
+                    let head = self.head_in(&mut **conn)?;
+                    let g = self.generation(&mut **conn)?;
+                    self.round_trips.fetch_add(2, Relaxed);
+                    let (s, m) = head.unwrap_or((0, GENESIS));
+                    (s, m, g)
+                }
+            };
+            // Assets as of `generation` (entries read after it was learnt
+            // are at least as new; the statement confirms nothing moved).
+            // Lock order as in `asset`: the reader before the cache, never
+            // the other way round.
+            let mut assets: Vec<Option<Option<Asset>>> = {
+                let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.generation != generation {
+                    cache.assets.clear();
+                    cache.generation = generation;
+                }
+                batch
+                    .iter()
+                    .map(|j| cache.assets.get(&j.rowid).map(|a| Some(a.clone())))
+                    .collect()
+            };
+            for (job, slot) in batch.iter().zip(assets.iter_mut()) {
+                if slot.is_some() {
+                    continue;
+                }
+                let mut conn = self.read_lock();
+                self.round_trips.fetch_add(2, Relaxed);
+                let a = match self.asset_row(&mut **conn, job.rowid)? {
+                    Some(a) => Some(self.finish_asset(&mut **conn, a)?),
+                    None => None,
+                };
+                let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
+                if let (Some(a), true) = (&a, cache.generation == generation) {
+                    cache.assets.insert(job.rowid, a.clone());
+                }
+                *slot = Some(a);
+            }
+            let assets = assets.into_iter().map(|a| a.unwrap_or(None));
+            let mut decisions = Vec::with_capacity(batch.len());
+            let mut cols = PgColumns::default();
+            let mut prev = mac;
+            for (i, (job, asset)) in batch.iter().zip(assets).enumerate() {
+                let (decision, mut r) = Store::decide(job, asset);
+                r.seq = seq + 1 + i as u64;
+                let m = r.mac(ak, &prev);
+                cols.push(&r, &m);
+                prev = m;
+                decisions.push(decision);
+            }
+            let head_mac: Option<Vec<u8>> = (seq > 0).then(|| mac.to_vec());
+            let outcome = {
+                let mut conn = self.lock();
+                let pg = conn.as_pg().expect("a PostgreSQL store");
+                self.round_trips.fetch_add(1, Relaxed);
+                let seq_i = seq as i64;
+                let rows = pg.query_with(
+                    "SELECT r_ok, r_seq, r_mac, r_gen, r_pending FROM p11derive_append(\
+                     ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    &[
+                        &seq_i,
+                        &head_mac,
+                        &generation,
+                        &cols.time_ns,
+                        &cols.pid,
+                        &cols.session,
+                        &cols.event,
+                        &cols.asset,
+                        &cols.version,
+                        &cols.mechanism,
+                        &cols.input,
+                        &cols.rv,
+                        &cols.detail,
+                        &cols.mac,
+                    ],
+                );
+                match rows {
+                    Err(e) => {
+                        // Whether it committed is unknown: learn the head again.
+                        *believed = None;
+                        return Err(e);
+                    }
+                    Ok(rows) => rows,
+                }
+            };
+            let r = outcome.first().ok_or_else(|| {
+                StoreError::Io(self.path.clone(), "p11derive_append returned no row".into())
+            })?;
+            let bad = |e: postgres::Error| {
+                StoreError::Io(self.path.clone(), format!("p11derive_append: {e}"))
+            };
+            let ok: bool = r.try_get(0).map_err(bad)?;
+            let s: i64 = r.try_get(1).map_err(bad)?;
+            let m: Option<Vec<u8>> = r.try_get(2).map_err(bad)?;
+            let g: i64 = r.try_get(3).map_err(bad)?;
+            let pending: bool = r.try_get(4).map_err(bad)?;
+            let m: [u8; 32] = match m {
+                None => GENESIS,
+                Some(m) => m.try_into().unwrap_or([0xffu8; 32]),
+            };
+            *believed = Some((s as u64, m, g));
+            if ok {
+                self.commits.fetch_add(1, Relaxed);
+                return Ok(decisions);
+            }
+            if pending {
+                // Records from a process without the audit key: seal them
+                // with the ordinary transaction, then carry on.
+                *believed = None;
+                drop(believed);
+                let decisions = self.commit_batch_tx(ak, batch);
+                return decisions;
+            }
+        }
+        // Other hosts kept winning the race: take the writers' lock instead.
+        *believed = None;
+        drop(believed);
+        self.commit_batch_tx(ak, batch)
+    }
+
+    /// A batch in an ordinary write transaction (holding the writers' lock).
+    fn commit_batch_tx(
+        &self,
+        ak: &Secret32,
+        batch: &[Job],
+    ) -> Result<Vec<Result<(), Option<Asset>>>, StoreError> {
+        let mut conn = self.lock();
+        let mut tx = Tx::begin(&mut **conn)?;
+        let mut decisions = Vec::with_capacity(batch.len());
+        let mut records = Vec::with_capacity(batch.len());
+        for job in batch {
+            let asset = self.asset_row(&mut *tx, job.rowid)?;
+            let (decision, record) = Store::decide(job, asset);
+            records.push(record);
+            decisions.push(decision);
+        }
+        self.append_in(&mut *tx, ak, &mut records)?;
+        self.commit(tx)?;
+        Ok(decisions)
+    }
+
     /// Commits a write transaction, counting it.
-    fn commit(&self, tx: rusqlite::Transaction<'_>) -> Result<(), StoreError> {
-        tx.commit().map_err(|e| self.err(e))?;
+    fn commit(&self, tx: Tx<'_>) -> Result<(), StoreError> {
+        tx.commit()?;
         self.commits
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
@@ -1431,12 +1680,18 @@ impl Store {
         self.commits.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// (commits, records) of signatures so far: records per fsync.
     pub fn commit_stats(&self) -> (u64, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         (
             self.batches.load(Relaxed),
             self.batched_records.load(Relaxed),
         )
+    }
+
+    /// Round trips to PostgreSQL made by signature commits so far.
+    pub fn commit_round_trips(&self) -> u64 {
+        self.round_trips.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Every row from `since_seq` on (`i64::MIN`: all rows, whatever their seq).
@@ -1446,19 +1701,23 @@ impl Store {
 
     /// The newest record of the chain: (seq, mac).
     pub fn audit_head(&self) -> Result<Option<(u64, [u8; 32])>, StoreError> {
-        let conn = self.lock();
-        self.head_in(&conn)
+        let mut conn = self.lock();
+        self.head_in(&mut **conn)
     }
 
-    /// The newest (seq, mac) as seen by `conn`. A MAC of the wrong length
+    /// The newest (seq, mac) as seen by `db`. A MAC of the wrong length
     /// reads as all 0xff: whatever chains from it, or is anchored to it,
     /// fails verification at that record.
-    fn head_in(&self, conn: &Connection) -> Result<Option<(u64, [u8; 32])>, StoreError> {
-        let head: Option<(i64, Vec<u8>)> = conn
-            .prepare_cached("SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1")
-            .and_then(|mut st| st.query_row([], |r| Ok((r.get(0)?, r.get(1)?))).optional())
-            .map_err(|e| self.err(e))?;
-        Ok(head.map(|(s, m)| (s as u64, m.try_into().unwrap_or([0xffu8; 32]))))
+    fn head_in(&self, db: &mut dyn Db) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        self.row(
+            db,
+            "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1",
+            &[],
+            |r| {
+                let mac = r.blob(1)?;
+                Ok((r.int(0)? as u64, mac.try_into().unwrap_or([0xffu8; 32])))
+            },
+        )
     }
 
     /// Before a process writes with a freshly derived audit key: the chain's
@@ -1490,113 +1749,120 @@ impl Store {
     /// Chain rows selected by `tail` (which may use `?1` = `param`). A row
     /// numbered below 1 is an error naming it: no genuine record has one.
     fn chain_rows(&self, tail: &str, param: i64) -> Result<Vec<AuditRow>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT seq, {AUDIT_COLUMNS}, mac FROM audit {tail}"
-            ))
-            .map_err(|e| self.err(e))?;
-        let mut params: Vec<&dyn rusqlite::ToSql> = Vec::new();
-        if tail.contains("?1") {
-            params.push(&param);
-        }
-        let rows = stmt
-            .query_map(params.as_slice(), |r| {
+        let mut conn = self.lock();
+        let params: &[Val] = if tail.contains("?1") {
+            &[Val::Int(param)]
+        } else {
+            &[]
+        };
+        self.rows(
+            &mut **conn,
+            &format!("SELECT seq, {AUDIT_COLUMNS}, mac FROM audit {tail}"),
+            params,
+            |r| {
                 let mut rec = read_record(r, 1)?;
-                let seq: i64 = r.get(0)?;
+                let seq = r.int(0)?;
                 if seq < 1 {
-                    return Err(rusqlite::Error::FromSqlConversionFailure(
-                        0,
-                        rusqlite::types::Type::Integer,
-                        format!("a record numbered {seq} (records start at 1)").into(),
-                    ));
+                    return Err(format!("a record numbered {seq} (records start at 1)"));
                 }
                 rec.seq = seq as u64;
-                Ok((rec, r.get::<_, Vec<u8>>(11)?))
-            })
-            .map_err(|e| self.err(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+                Ok((rec, r.blob(11)?))
+            },
+        )
     }
 
     /// Whether the chain holds record `seq` with exactly this MAC.
     pub fn holds_record(&self, seq: u64, mac: &[u8; 32]) -> Result<bool, StoreError> {
-        let conn = self.lock();
-        let found: Option<Vec<u8>> = conn
-            .query_row("SELECT mac FROM audit WHERE seq = ?1", [seq as i64], |r| {
-                r.get(0)
-            })
-            .optional()
-            .map_err(|e| self.err(e))?;
+        let mut conn = self.lock();
+        let found = self.row(
+            &mut **conn,
+            "SELECT mac FROM audit WHERE seq = ?1",
+            &[Val::Int(seq as i64)],
+            |r| r.blob(0),
+        )?;
         Ok(found.as_deref() == Some(&mac[..]))
     }
 
     /// Records waiting to be sealed into the chain.
     pub fn pending_rows(&self) -> Result<Vec<Record>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {AUDIT_COLUMNS} FROM audit_pending ORDER BY id"
-            ))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| read_record(r, 0))
-            .map_err(|e| self.err(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.err(e))?;
-        Ok(rows)
+        let mut conn = self.lock();
+        self.rows(
+            &mut **conn,
+            &format!("SELECT {AUDIT_COLUMNS} FROM audit_pending ORDER BY id"),
+            &[],
+            |r| read_record(r, 0),
+        )
     }
 
     /// Every asset, retired ones included (for reconciliation).
     pub fn all_assets(&self) -> Result<Vec<Asset>, StoreError> {
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare(&format!("SELECT {ASSET_COLUMNS} FROM assets ORDER BY id"))
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], read_asset_row)
-            .map_err(|e| self.err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.err(e))?;
-        rows.into_iter()
-            .map(|a| a.map_err(|e| self.at_path(e)))
-            .collect()
+        let mut conn = self.lock();
+        self.rows(
+            &mut **conn,
+            &format!("SELECT {ASSET_COLUMNS} FROM assets ORDER BY id"),
+            &[],
+            read_asset_row,
+        )
     }
 }
 
-type RowResult = Result<Asset, StoreError>;
+/// A batch's records as the commit function's arrays.
+#[derive(Default)]
+struct PgColumns {
+    time_ns: Vec<i64>,
+    pid: Vec<i64>,
+    session: Vec<Option<i64>>,
+    event: Vec<String>,
+    asset: Vec<Option<String>>,
+    version: Vec<Option<i64>>,
+    mechanism: Vec<Option<i64>>,
+    input: Vec<Option<Vec<u8>>>,
+    rv: Vec<i64>,
+    detail: Vec<String>,
+    mac: Vec<Vec<u8>>,
+}
 
-fn read_asset_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RowResult> {
-    let name: String = r.get(1)?;
-    let kt: String = r.get(2)?;
-    let state: String = r.get(6)?;
-    let bad = |what: String| Err(StoreError::Corrupt(PathBuf::new(), what));
-    let Ok(id) = AssetId::new(&name) else {
-        return Ok(bad(format!("invalid asset id {name:?}")));
-    };
-    let Some(key_type) = KeyType::from_name(&kt) else {
-        return Ok(bad(format!("asset {name:?} has unknown key type {kt:?}")));
-    };
-    let Some(state) = AssetState::parse(&state) else {
-        return Ok(bad(format!("asset {name:?} has unknown state {state:?}")));
-    };
-    let resumes_to = match r.get::<_, Option<String>>(8)?.as_deref() {
+impl PgColumns {
+    fn push(&mut self, r: &Record, mac: &[u8; 32]) {
+        self.time_ns.push(r.time_ns as i64);
+        self.pid.push(r.pid.into());
+        self.session.push(r.session.map(|v| v as i64));
+        self.event.push(r.event.name().to_string());
+        self.asset.push(r.asset.clone());
+        self.version.push(r.version.map(i64::from));
+        self.mechanism.push(r.mechanism.map(|v| v as i64));
+        self.input.push(r.input_sha256.map(|h| h.to_vec()));
+        self.rv.push(r.rv as i64);
+        self.detail.push(r.detail.clone());
+        self.mac.push(mac.to_vec());
+    }
+}
+
+fn read_asset_row(r: &Row) -> Result<Asset, String> {
+    let name = r.text(1)?;
+    let kt = r.text(2)?;
+    let state = r.text(6)?;
+    let id = AssetId::new(&name).map_err(|_| format!("invalid asset id {name:?}"))?;
+    let key_type = KeyType::from_name(&kt)
+        .ok_or_else(|| format!("asset {name:?} has unknown key type {kt:?}"))?;
+    let state = AssetState::parse(&state)
+        .ok_or_else(|| format!("asset {name:?} has unknown state {state:?}"))?;
+    let resumes_to = match r.opt_text(8)?.as_deref() {
         Some("ROTATING") => AssetState::Rotating,
         _ => AssetState::Active,
     };
-    Ok(Ok(Asset {
+    Ok(Asset {
         resumes_to,
-        rowid: r.get(0)?,
+        rowid: r.int(0)?,
         id,
         key_type,
-        object_id: r.get(3)?,
-        current: r.get(4)?,
-        min_usable: r.get(5)?,
+        object_id: r.blob(3)?,
+        current: r.u32(4)?,
+        min_usable: r.u32(5)?,
         state,
-        created_at: r.get(7)?,
+        created_at: r.int(7)?,
         versions: Vec::new(),
-    }))
+    })
 }
 
 fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
@@ -1625,4 +1891,111 @@ fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
 
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The tables a migration copies, in an order that satisfies their
+/// references, with their columns.
+const TABLES: &[(&str, &str)] = &[
+    ("assets", ASSET_COLUMNS),
+    (
+        "versions",
+        "asset, version, public_key, created_at, pk_mac",
+    ),
+    ("objects", "id, class, label, object_id, value, application, oid, created_at"),
+    (
+        "audit",
+        "seq, time_ns, pid, session, event, asset, version, mechanism, input_sha256, rv, detail, mac",
+    ),
+    (
+        "audit_pending",
+        "id, time_ns, pid, session, event, asset, version, mechanism, input_sha256, rv, detail",
+    ),
+];
+
+/// What a migration moved: rows per table.
+pub type Moved = Vec<(&'static str, u64)>;
+
+impl Store {
+    /// Copies this store, row for row, into `dest`, which must be empty:
+    /// asset ids, object ids and audit records (their MACs untouched, so the
+    /// chain and the HSM's rollback anchor still verify) stay as they are.
+    /// The source is held under its writers' lock for the whole copy (no
+    /// process writes to it meanwhile) and the destination is written in one
+    /// transaction: it has every row or none. Both are counted afterwards.
+    pub fn migrate_into(&self, dest: &Store) -> Result<Moved, StoreError> {
+        let mut src_conn = self.lock();
+        let mut src = Tx::begin(&mut **src_conn)?;
+        let mut out_conn = dest.lock();
+        let mut out = Tx::begin(&mut **out_conn)?;
+        for (table, _) in TABLES {
+            let n = dest
+                .row(
+                    &mut *out,
+                    &format!("SELECT COUNT(*) FROM {table}"),
+                    &[],
+                    |r| r.int(0),
+                )?
+                .unwrap_or(0);
+            if n > 0 {
+                return Err(StoreError::Exists(dest.path.join(format!(
+                    "(its {table} table holds {n} rows: migrate only into a new, empty store)"
+                ))));
+            }
+        }
+        let mut moved = Vec::new();
+        for (table, columns) in TABLES {
+            let rows = src.query(&format!("SELECT {columns} FROM {table} ORDER BY 1"), &[])?;
+            let marks: Vec<String> = (1..=columns.split(',').count())
+                .map(|i| format!("?{i}"))
+                .collect();
+            let insert = format!(
+                "INSERT INTO {table} ({columns}) VALUES ({})",
+                marks.join(", ")
+            );
+            for row in &rows {
+                out.execute(&insert, &row.0)?;
+            }
+            moved.push((*table, rows.len() as u64));
+        }
+        if dest.is_shared() {
+            // Serial ids carry on after the copied ones.
+            for table in ["assets", "objects", "audit_pending"] {
+                out.query(
+                    &format!(
+                        "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
+                         (SELECT COALESCE(MAX(id), 0) + 1 FROM {table}), false)"
+                    ),
+                    &[],
+                )?;
+            }
+        }
+        dest.commit(out)?;
+        drop(src);
+        drop((src_conn, out_conn));
+        dest.forget_assets();
+        for (table, n) in &moved {
+            let mut conn = dest.lock();
+            let found = dest
+                .row(
+                    &mut **conn,
+                    &format!("SELECT COUNT(*) FROM {table}"),
+                    &[],
+                    |r| r.int(0),
+                )?
+                .unwrap_or(0);
+            if found as u64 != *n {
+                return Err(StoreError::Io(
+                    dest.path.clone(),
+                    format!("after the migration its {table} table holds {found} rows, not {n}"),
+                ));
+            }
+        }
+        if dest.audit_head()? != self.audit_head()? {
+            return Err(StoreError::Io(
+                dest.path.clone(),
+                "after the migration its newest audit record differs from the source's".into(),
+            ));
+        }
+        Ok(moved)
+    }
 }

@@ -1,0 +1,267 @@
+//! The two engines under the store: SQLite (one file, the default) and
+//! PostgreSQL (many hosts). The store's logic is written once, over [`Db`]:
+//! statements in the SQL both engines accept, with `?N` placeholders, values
+//! as [`Val`], rows as [`Row`].
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::types::{ToSqlOutput, ValueRef};
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// A value bound to a statement or read from a row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Val {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl From<i64> for Val {
+    fn from(v: i64) -> Val {
+        Val::Int(v)
+    }
+}
+
+impl From<u32> for Val {
+    fn from(v: u32) -> Val {
+        Val::Int(v.into())
+    }
+}
+
+impl From<&str> for Val {
+    fn from(v: &str) -> Val {
+        Val::Text(v.to_string())
+    }
+}
+
+impl From<&[u8]> for Val {
+    fn from(v: &[u8]) -> Val {
+        Val::Blob(v.to_vec())
+    }
+}
+
+impl From<Vec<u8>> for Val {
+    fn from(v: Vec<u8>) -> Val {
+        Val::Blob(v)
+    }
+}
+
+impl<T: Into<Val>> From<Option<T>> for Val {
+    fn from(v: Option<T>) -> Val {
+        v.map_or(Val::Null, Into::into)
+    }
+}
+
+/// One row read. A value of the wrong kind is an error naming the column:
+/// never coerced into something a check might accept.
+#[derive(Debug)]
+pub struct Row(pub Vec<Val>);
+
+type Cell<T> = Result<T, String>;
+
+impl Row {
+    fn at(&self, i: usize) -> Cell<&Val> {
+        self.0
+            .get(i)
+            .ok_or_else(|| format!("a row without column {i}"))
+    }
+
+    pub fn opt_int(&self, i: usize) -> Cell<Option<i64>> {
+        match self.at(i)? {
+            Val::Null => Ok(None),
+            Val::Int(v) => Ok(Some(*v)),
+            v => Err(format!("column {i} holds {v:?} where a number belongs")),
+        }
+    }
+
+    pub fn int(&self, i: usize) -> Cell<i64> {
+        self.opt_int(i)?
+            .ok_or_else(|| format!("column {i} is NULL where a number belongs"))
+    }
+
+    pub fn opt_u32(&self, i: usize) -> Cell<Option<u32>> {
+        self.opt_int(i)?
+            .map(|v| u32::try_from(v).map_err(|_| format!("column {i} holds {v}, out of range")))
+            .transpose()
+    }
+
+    pub fn u32(&self, i: usize) -> Cell<u32> {
+        self.opt_u32(i)?
+            .ok_or_else(|| format!("column {i} is NULL where a number belongs"))
+    }
+
+    pub fn opt_text(&self, i: usize) -> Cell<Option<String>> {
+        match self.at(i)? {
+            Val::Null => Ok(None),
+            Val::Text(v) => Ok(Some(v.clone())),
+            v => Err(format!("column {i} holds {v:?} where text belongs")),
+        }
+    }
+
+    pub fn text(&self, i: usize) -> Cell<String> {
+        self.opt_text(i)?
+            .ok_or_else(|| format!("column {i} is NULL where text belongs"))
+    }
+
+    pub fn opt_blob(&self, i: usize) -> Cell<Option<Vec<u8>>> {
+        match self.at(i)? {
+            Val::Null => Ok(None),
+            Val::Blob(v) => Ok(Some(v.clone())),
+            v => Err(format!("column {i} holds {v:?} where bytes belong")),
+        }
+    }
+
+    pub fn blob(&self, i: usize) -> Cell<Vec<u8>> {
+        self.opt_blob(i)?
+            .ok_or_else(|| format!("column {i} is NULL where bytes belong"))
+    }
+}
+
+/// A connection to the store's database.
+pub trait Db: Send {
+    /// The rows of a query.
+    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError>;
+    /// Runs a statement; the rows it changed.
+    fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError>;
+    /// Starts a write transaction: one writer at a time, across processes
+    /// (and, on PostgreSQL, hosts).
+    fn begin_write(&mut self) -> Result<(), StoreError>;
+    fn commit(&mut self) -> Result<(), StoreError>;
+    /// Abandons the transaction (nothing of it is kept).
+    fn rollback(&mut self);
+    /// The PostgreSQL connection, for its one-round-trip commit.
+    fn as_pg(&mut self) -> Option<&mut super::pg::Pg> {
+        None
+    }
+}
+
+/// A write transaction: rolled back unless committed.
+pub struct Tx<'a> {
+    db: &'a mut (dyn Db + 'static),
+    open: bool,
+}
+
+impl<'a> Tx<'a> {
+    pub fn begin(db: &'a mut (dyn Db + 'static)) -> Result<Tx<'a>, StoreError> {
+        db.begin_write()?;
+        Ok(Tx { db, open: true })
+    }
+
+    pub fn commit(mut self) -> Result<(), StoreError> {
+        self.open = false;
+        self.db.commit()
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.db.rollback();
+        }
+    }
+}
+
+impl std::ops::Deref for Tx<'_> {
+    type Target = dyn Db + 'static;
+    fn deref(&self) -> &Self::Target {
+        self.db
+    }
+}
+
+impl std::ops::DerefMut for Tx<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.db
+    }
+}
+
+/// SQLite: one file, WAL, `BEGIN IMMEDIATE` for writers.
+pub struct Sqlite {
+    pub conn: Connection,
+    path: PathBuf,
+}
+
+impl Sqlite {
+    pub fn new(path: &Path, conn: Connection) -> Sqlite {
+        Sqlite {
+            conn,
+            path: path.to_path_buf(),
+        }
+    }
+
+    fn err(&self, e: rusqlite::Error) -> StoreError {
+        super::classify(&self.path, e)
+    }
+}
+
+impl rusqlite::ToSql for Val {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            Val::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Val::Int(v) => ToSqlOutput::Borrowed(ValueRef::Integer(*v)),
+            Val::Text(v) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
+            Val::Blob(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
+        })
+    }
+}
+
+fn sqlite_row(r: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<Row> {
+    (0..n)
+        .map(|i| {
+            Ok(match r.get_ref(i)? {
+                ValueRef::Null => Val::Null,
+                ValueRef::Integer(v) => Val::Int(v),
+                // No column of a store holds a float: keep it as text, so
+                // reading it fails with the value named.
+                ValueRef::Real(v) => Val::Text(v.to_string()),
+                ValueRef::Text(v) => Val::Text(String::from_utf8_lossy(v).into_owned()),
+                ValueRef::Blob(v) => Val::Blob(v.to_vec()),
+            })
+        })
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map(Row)
+}
+
+impl Db for Sqlite {
+    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
+        let run = || -> rusqlite::Result<Vec<Row>> {
+            let mut st = self.conn.prepare_cached(sql)?;
+            let n = st.column_count();
+            let rows = st.query_map(rusqlite::params_from_iter(params), |r| sqlite_row(r, n))?;
+            rows.collect()
+        };
+        run().map_err(|e| self.err(e))
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        let run = || -> rusqlite::Result<usize> {
+            self.conn
+                .prepare_cached(sql)?
+                .execute(rusqlite::params_from_iter(params))
+        };
+        run().map(|n| n as u64).map_err(|e| self.err(e))
+    }
+
+    fn begin_write(&mut self) -> Result<(), StoreError> {
+        self.conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| self.err(e))
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        let done = self.conn.execute_batch("COMMIT").map_err(|e| self.err(e));
+        if done.is_err() {
+            // A failed COMMIT (disk full, say) leaves the transaction open.
+            self.rollback();
+        }
+        done
+    }
+
+    fn rollback(&mut self) {
+        if !self.conn.is_autocommit() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}

@@ -1,0 +1,448 @@
+//! The PostgreSQL engine: several hosts share one counter state and one
+//! audit chain (`[store] url = "postgres://…"`).
+//!
+//! Writers serialize on one row (`p11derive_meta`, locked `FOR UPDATE` at the
+//! start of every write transaction, held only for the transaction's time on
+//! the server): the chain stays a single chain, each record MACed onto the
+//! one before, whichever host wrote it. The commit of a batch of signatures
+//! is one statement, one round trip (see `p11derive_append` below).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fallible_iterator::FallibleIterator;
+use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use postgres::{Client, NoTls, Statement};
+
+use super::db::{Db, Row, Val};
+use super::StoreError;
+
+/// The schema a new PostgreSQL store gets (the SQLite schema at version
+/// `SCHEMA_VERSION`, in PostgreSQL's types), and the commit function.
+pub const SCHEMA: &str = r#"
+CREATE TABLE p11derive_meta (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    application    BIGINT NOT NULL,
+    schema_version BIGINT NOT NULL
+);
+CREATE TABLE assets (
+    id           BIGSERIAL PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    key_type     TEXT NOT NULL,
+    object_id    BYTEA NOT NULL UNIQUE,
+    current      BIGINT NOT NULL CHECK (current >= 1),
+    min_usable   BIGINT NOT NULL CHECK (min_usable >= 1 AND min_usable <= current),
+    state        TEXT NOT NULL CHECK (state IN ('ACTIVE','ROTATING','SUSPENDED','RETIRED')),
+    created_at   BIGINT NOT NULL,
+    resume_state TEXT CHECK (resume_state IS NULL OR resume_state IN ('ACTIVE','ROTATING'))
+);
+CREATE TABLE versions (
+    asset       BIGINT NOT NULL REFERENCES assets(id),
+    version     BIGINT NOT NULL CHECK (version >= 1),
+    public_key  BYTEA,
+    created_at  BIGINT NOT NULL,
+    pk_mac      BYTEA,
+    PRIMARY KEY (asset, version)
+);
+CREATE TABLE audit (
+    seq          BIGINT PRIMARY KEY,
+    time_ns      BIGINT NOT NULL,
+    pid          BIGINT NOT NULL,
+    session      BIGINT,
+    event        TEXT NOT NULL,
+    asset        TEXT,
+    version      BIGINT,
+    mechanism    BIGINT,
+    input_sha256 BYTEA,
+    rv           BIGINT NOT NULL,
+    detail       TEXT NOT NULL,
+    mac          BYTEA NOT NULL
+);
+CREATE TABLE audit_pending (
+    id           BIGSERIAL PRIMARY KEY,
+    time_ns      BIGINT NOT NULL,
+    pid          BIGINT NOT NULL,
+    session      BIGINT,
+    event        TEXT NOT NULL,
+    asset        TEXT,
+    version      BIGINT,
+    mechanism    BIGINT,
+    input_sha256 BYTEA,
+    rv           BIGINT NOT NULL,
+    detail       TEXT NOT NULL
+);
+CREATE TABLE objects (
+    id          BIGSERIAL PRIMARY KEY,
+    class       BIGINT NOT NULL,
+    label       BYTEA NOT NULL,
+    object_id   BYTEA NOT NULL,
+    value       BYTEA NOT NULL,
+    application BYTEA,
+    oid         BYTEA,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE generation (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    assets BIGINT NOT NULL
+);
+INSERT INTO generation (id, assets) VALUES (1, 0);
+
+-- Every change to assets or versions, by whoever writes, moves the
+-- generation and tells listening hosts to drop their cached assets.
+CREATE FUNCTION p11derive_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE generation SET assets = assets + 1;
+    PERFORM pg_notify('p11derive_assets', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER assets_moved AFTER INSERT OR UPDATE OR DELETE ON assets
+    FOR EACH STATEMENT EXECUTE FUNCTION p11derive_moved();
+CREATE TRIGGER versions_moved AFTER INSERT OR UPDATE OR DELETE ON versions
+    FOR EACH STATEMENT EXECUTE FUNCTION p11derive_moved();
+
+-- The commit of a batch, in one statement: the client MACed the records
+-- onto the head it believes current and decided each operation on the
+-- assets as of generation `gen`. Under the writers' lock, if the head, the
+-- generation and the pending table are as the client believed, the
+-- records are appended (ok = true); otherwise nothing is written and the
+-- client learns the true head and generation, to decide and MAC again.
+CREATE FUNCTION p11derive_append(
+    p_seq BIGINT, p_head BYTEA, p_gen BIGINT,
+    p_time_ns BIGINT[], p_pid BIGINT[], p_session BIGINT[], p_event TEXT[], p_asset TEXT[],
+    p_version BIGINT[], p_mechanism BIGINT[], p_input BYTEA[], p_rv BIGINT[],
+    p_detail TEXT[], p_mac BYTEA[])
+RETURNS TABLE (r_ok BOOLEAN, r_seq BIGINT, r_mac BYTEA, r_gen BIGINT, r_pending BOOLEAN)
+LANGUAGE plpgsql AS $$
+DECLARE
+    s BIGINT; m BYTEA; g BIGINT; p BOOLEAN;
+BEGIN
+    PERFORM 1 FROM p11derive_meta WHERE id = 1 FOR UPDATE;
+    SELECT a.seq, a.mac INTO s, m FROM audit a ORDER BY a.seq DESC LIMIT 1;
+    SELECT x.assets INTO g FROM generation x;
+    SELECT EXISTS (SELECT 1 FROM audit_pending) INTO p;
+    IF coalesce(s, 0) <> p_seq OR m IS DISTINCT FROM p_head OR g <> p_gen OR p THEN
+        RETURN QUERY SELECT false, coalesce(s, 0), m, g, p;
+        RETURN;
+    END IF;
+    INSERT INTO audit (seq, time_ns, pid, session, event, asset, version, mechanism,
+                       input_sha256, rv, detail, mac)
+        SELECT p_seq + u.n, u.t, u.pi, u.se, u.e, u.a, u.v, u.me, u.i, u.r, u.d, u.c
+        FROM unnest(p_time_ns, p_pid, p_session, p_event, p_asset, p_version, p_mechanism,
+                    p_input, p_rv, p_detail, p_mac)
+             WITH ORDINALITY AS u(t, pi, se, e, a, v, me, i, r, d, c, n);
+    RETURN QUERY SELECT true, p_seq + cardinality(p_time_ns), p_mac[cardinality(p_mac)], g, false;
+END $$;
+"#;
+
+/// Whether `[store] url` names a PostgreSQL store.
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, rest),
+    };
+    match auth {
+        Some(a) => {
+            let user = a.split_once(':').map_or(a, |(u, _)| u);
+            format!("{scheme}://{user}@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+/// One connection, opened on first use and again after it was lost.
+pub struct Pg {
+    config: postgres::Config,
+    location: PathBuf,
+    client: Option<Client>,
+    statements: HashMap<String, Statement>,
+    /// A transaction is open on `client`.
+    in_tx: bool,
+    /// The connection was lost inside a transaction: every statement fails
+    /// until the caller rolls back (a fresh connection must not carry on
+    /// what the lost one had begun).
+    lost_in_tx: bool,
+    /// Channels to LISTEN on at every (re)connection.
+    listen: Vec<&'static str>,
+    /// A listening connection was (re)opened: what was notified while it
+    /// was down is unknown, so the next `notified` says yes.
+    fresh: bool,
+}
+
+impl Pg {
+    pub fn new(url: &str, timeout: Duration) -> Result<Pg, StoreError> {
+        let location = PathBuf::from(redact(url));
+        let mut config: postgres::Config = url.parse().map_err(|e| {
+            StoreError::Io(
+                location.clone(),
+                format!("not a valid PostgreSQL URL ({e}); fix [store] url"),
+            )
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(timeout);
+        }
+        // A server that stops answering (a partition, a failed host) fails
+        // the call after this long instead of hanging it.
+        config
+            .tcp_user_timeout(timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(5))
+            .application_name("p11derive");
+        Ok(Pg {
+            config,
+            location,
+            client: None,
+            statements: HashMap::new(),
+            in_tx: false,
+            lost_in_tx: false,
+            listen: Vec::new(),
+            fresh: false,
+        })
+    }
+
+    pub fn location(&self) -> &std::path::Path {
+        &self.location
+    }
+
+    /// LISTENs on `channel`, now and at every reconnection.
+    pub fn listen(&mut self, channel: &'static str) -> Result<(), StoreError> {
+        self.listen.push(channel);
+        self.client()?;
+        Ok(())
+    }
+
+    /// Whether a notification arrived (without waiting for one); an error
+    /// when the connection is lost (it is opened again at the next call).
+    pub fn notified(&mut self) -> Result<bool, StoreError> {
+        self.client()?;
+        let mut any = std::mem::take(&mut self.fresh);
+        let client = self.client.as_mut().expect("connected above");
+        let mut n = client.notifications();
+        let mut it = n.iter();
+        loop {
+            match it.next() {
+                Ok(Some(_)) => any = true,
+                Ok(None) => break,
+                Err(e) => {
+                    drop(it);
+                    drop(n);
+                    return Err(self.fail(e));
+                }
+            }
+        }
+        Ok(any)
+    }
+
+    fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.lost_in_tx {
+            return Err(self.lost("the connection was lost inside a transaction"));
+        }
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
+        if self.client.is_none() {
+            let mut client = self.config.connect(NoTls).map_err(|e| {
+                StoreError::Io(
+                    self.location.clone(),
+                    format!(
+                        "cannot connect to PostgreSQL ({e}); check that the server runs and \
+                         [store] url; p11derive connects again at the next operation"
+                    ),
+                )
+            })?;
+            for ch in &self.listen {
+                client
+                    .batch_execute(&format!("LISTEN {ch}"))
+                    .map_err(|e| StoreError::Io(self.location.clone(), e.to_string()))?;
+            }
+            self.statements.clear();
+            self.fresh = !self.listen.is_empty();
+            self.client = Some(client);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    fn lost(&self, what: &str) -> StoreError {
+        StoreError::Io(
+            self.location.clone(),
+            format!(
+                "{what}; nothing of the operation was kept unless its audit record was \
+                 committed. p11derive connects again at the next operation"
+            ),
+        )
+    }
+
+    /// A failed call: a lost connection is dropped (and, inside a
+    /// transaction, poisons it until rolled back).
+    fn fail(&mut self, e: postgres::Error) -> StoreError {
+        let closed = e.is_closed() || self.client.as_ref().is_none_or(Client::is_closed);
+        if closed {
+            self.client = None;
+            if self.in_tx {
+                self.lost_in_tx = true;
+            }
+            return self.lost(&format!("lost the connection to PostgreSQL ({e})"));
+        }
+        let detail = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        };
+        StoreError::Io(self.location.clone(), format!("PostgreSQL: {detail}"))
+    }
+
+    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        if let Some(st) = self.statements.get(sql) {
+            return Ok(st.clone());
+        }
+        let text = placeholders(sql);
+        let prepared = self.client()?.prepare(&text);
+        let st = prepared.map_err(|e| self.fail(e))?;
+        self.statements.insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+
+    /// Runs a statement with typed parameters (the commit function's arrays).
+    pub fn query_with(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<postgres::Row>, StoreError> {
+        let st = self.statement(sql)?;
+        let rows = self.client()?.query(&st, params);
+        rows.map_err(|e| self.fail(e))
+    }
+
+    /// Simple statements (schema, transaction control).
+    pub fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
+        let done = self.client()?.batch_execute(sql);
+        done.map_err(|e| self.fail(e))
+    }
+}
+
+/// `?N` (both engines' shared SQL) as PostgreSQL's `$N`.
+fn placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+impl ToSql for Val {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut postgres::types::private::BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            Val::Null => Ok(IsNull::Yes),
+            Val::Int(v) => match *ty {
+                Type::INT4 => i32::try_from(*v)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*v)?.to_sql(ty, out),
+                Type::BOOL => (*v != 0).to_sql(ty, out),
+                _ => v.to_sql(ty, out),
+            },
+            Val::Text(v) => v.as_str().to_sql(ty, out),
+            Val::Blob(v) => v.as_slice().to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    to_sql_checked!();
+}
+
+fn pg_row(r: &postgres::Row) -> Result<Row, postgres::Error> {
+    let mut vals = Vec::with_capacity(r.len());
+    for (i, col) in r.columns().iter().enumerate() {
+        let v = match *col.type_() {
+            Type::INT8 => r.try_get::<_, Option<i64>>(i)?.map(Val::Int),
+            Type::INT4 => r.try_get::<_, Option<i32>>(i)?.map(|v| Val::Int(v.into())),
+            Type::INT2 => r.try_get::<_, Option<i16>>(i)?.map(|v| Val::Int(v.into())),
+            Type::BOOL => r.try_get::<_, Option<bool>>(i)?.map(|v| Val::Int(v.into())),
+            Type::BYTEA => r.try_get::<_, Option<Vec<u8>>>(i)?.map(Val::Blob),
+            _ => r.try_get::<_, Option<String>>(i)?.map(Val::Text),
+        };
+        vals.push(v.unwrap_or(Val::Null));
+    }
+    Ok(Row(vals))
+}
+
+impl Db for Pg {
+    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
+        let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as _).collect();
+        let rows = self.query_with(sql, &p)?;
+        rows.iter()
+            .map(pg_row)
+            .collect::<Result<_, _>>()
+            .map_err(|e| self.fail(e))
+    }
+
+    fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
+        let st = self.statement(sql)?;
+        let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as _).collect();
+        let n = self.client()?.execute(&st, &p);
+        n.map_err(|e| self.fail(e))
+    }
+
+    fn begin_write(&mut self) -> Result<(), StoreError> {
+        self.batch("BEGIN; SELECT 1 FROM p11derive_meta WHERE id = 1 FOR UPDATE")?;
+        self.in_tx = true;
+        Ok(())
+    }
+
+    fn commit(&mut self) -> Result<(), StoreError> {
+        let done = self.batch("COMMIT");
+        if done.is_err() {
+            self.rollback();
+        }
+        self.in_tx = false;
+        done
+    }
+
+    fn rollback(&mut self) {
+        if self.in_tx && !self.lost_in_tx {
+            let _ = self.batch("ROLLBACK");
+        }
+        self.in_tx = false;
+        self.lost_in_tx = false;
+    }
+
+    fn as_pg(&mut self) -> Option<&mut Pg> {
+        Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_and_redaction() {
+        assert_eq!(
+            placeholders("SELECT a FROM t WHERE b = ?1 AND c = ?12 AND d = '?'"),
+            "SELECT a FROM t WHERE b = $1 AND c = $12 AND d = '?'"
+        );
+        assert_eq!(
+            redact("postgres://u:secret@127.0.0.1:5432/db"),
+            "postgres://u@127.0.0.1:5432/db"
+        );
+        assert_eq!(redact("postgresql://h/db"), "postgresql://h/db");
+        assert!(is_url("postgresql://h/db") && !is_url("/var/lib/x.db"));
+    }
+}

@@ -1,0 +1,356 @@
+//! The PostgreSQL store: a real server on loopback (tools/pg.sh), two
+//! provider processes as two hosts sharing counters and one audit chain,
+//! `store migrate` from SQLite, and a server that stops and comes back.
+
+mod common;
+
+use cryptoki::error::RvError;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::ObjectClass;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// A forked host: its own provider with `config`, signing with the alias
+/// `shared` until `stop` exists (120 s at most), one line per call into
+/// `out`: `t0 t1 digest ok sig` or `t0 t1 digest rv`. It creates `refused`
+/// at its first refusal, and `signed` at its first signature made after
+/// `after` exists.
+fn host(config: &Path, out: &Path, stop: &Path, after: &Path, tag: u8) -> i32 {
+    let dir = out.parent().unwrap();
+    let name = out.file_stem().unwrap().to_string_lossy().into_owned();
+    let run = || -> Result<String, String> {
+        std::env::set_var("P11DERIVE_CONF", config);
+        let (ctx, session) = child_session()?;
+        let key = find_one(&session, "shared", ObjectClass::PRIVATE_KEY).ok_or("no alias")?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut lines = String::new();
+        let mut i: u32 = 0;
+        while !stop.exists() && Instant::now() < deadline {
+            i += 1;
+            let mut digest = [tag; 32];
+            digest[..4].copy_from_slice(&i.to_be_bytes());
+            let late = after.exists();
+            let t0 = now_ns();
+            let r = session.sign(&Mechanism::Ecdsa, key, &digest);
+            let t1 = now_ns();
+            let outcome = match r {
+                Ok(sig) => {
+                    if late {
+                        let _ = std::fs::write(dir.join(format!("{name}.signed")), b"");
+                    }
+                    format!("ok {}", hex(&sig))
+                }
+                Err(e) => {
+                    let _ = std::fs::write(dir.join(format!("{name}.refused")), b"");
+                    format!("{:?}", rv_of::<()>(Err(e)))
+                }
+            };
+            lines.push_str(&format!("{t0} {t1} {} {outcome}\n", hex(&digest)));
+        }
+        ctx.finalize().map_err(|e| e.to_string())?;
+        Ok(lines)
+    };
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .unwrap_or_else(|p| Err(format!("panic: {:?}", p.downcast_ref::<String>())));
+    match outcome {
+        Ok(lines) => {
+            std::fs::write(out, lines).unwrap();
+            0
+        }
+        Err(e) => {
+            let _ = std::fs::write(out, format!("error {e}\n"));
+            1
+        }
+    }
+}
+
+/// Waits until `file` exists (60 s at most).
+fn wait_for(file: &Path) {
+    let limit = Instant::now() + Duration::from_secs(60);
+    while !file.exists() {
+        assert!(Instant::now() < limit, "{} never appeared", file.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn two_hosts_share_the_counters_and_one_audit_chain() {
+    let _turn = turn();
+    let url = pg_database(&pg_admin_url(), "p11derive_two_hosts");
+    let a = setup_with(None, false);
+    a.use_pg(&url);
+    a.init();
+    let b = a.another_host("host-b");
+    a.create_asset("shared", "secp256k1");
+    let v1 = version_keys(&a.asset_show("shared"));
+
+    let stop = a.dir.join("stop");
+    let rotated = a.dir.join("rotated");
+    let mut children = Vec::new();
+    for (tag, s) in [(1u8, &a), (2u8, &b)] {
+        let out = a.dir.join(format!("host-{tag}.txt"));
+        // SAFETY: the child runs only the provider and its own code, then _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let code = host(&s.config, &out, &stop, &rotated, tag);
+            // SAFETY: leave the child without the parent's destructors.
+            unsafe { libc::_exit(code) };
+        }
+        children.push((pid, out, tag));
+    }
+    std::thread::sleep(Duration::from_millis(400));
+
+    // A rotation made on host A binds host B at its next operation.
+    let before_rotate = now_ns();
+    let out = cli(&a, &["asset", "rotate", "shared"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let rotated_at = now_ns();
+    std::fs::write(&rotated, b"").unwrap();
+    for (_, out, _) in &children {
+        wait_for(&out.with_extension("signed"));
+    }
+    // A suspension made on host B stops host A.
+    let suspend_start = now_ns();
+    let out = cli(&b, &["asset", "suspend", "shared"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    for (_, out, _) in &children {
+        wait_for(&out.with_extension("refused"));
+    }
+    let out = cli(&a, &["asset", "resume", "shared"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let resume_end = now_ns();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&stop, b"").unwrap();
+
+    let v2 = version_keys(&a.asset_show("shared"));
+    let key = |keys: &[(u64, Vec<u8>)], v: u64| keys.iter().find(|k| k.0 == v).unwrap().1.clone();
+    let (k1, k2) = (key(&v1, 1), key(&v2, 2));
+    let mut made = 0;
+    let mut inputs = std::collections::HashSet::new();
+    for (pid, out, tag) in &children {
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        assert_eq!(unsafe { libc::waitpid(*pid, &mut status, 0) }, *pid);
+        let text = std::fs::read_to_string(out).unwrap_or_default();
+        assert!(
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+            "host {tag}: {}",
+            text.lines().next().unwrap_or("no output")
+        );
+        let (mut new_key, mut refused) = (0, 0);
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let (t0, t1): (u128, u128) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+            let digest: [u8; 32] = unhex(f[2]).try_into().unwrap();
+            if f[3] != "ok" {
+                assert_eq!(f[3], "KeyFunctionNotPermitted", "host {tag}: {line}");
+                // Refused: while suspended, or begun under version 1 before
+                // this host heard of the rotation (a notification, within
+                // moments) and committed after it: never signed under it.
+                let overlaps = |from: u128, to: u128| t1 >= from && t0 <= to;
+                let heard = rotated_at + Duration::from_millis(250).as_nanos();
+                assert!(
+                    overlaps(suspend_start, resume_end) || overlaps(before_rotate, heard),
+                    "host {tag} refused outside the suspension: {line} (rotation {before_rotate}..{rotated_at}, suspension {suspend_start}..{resume_end})"
+                );
+                refused += 1;
+                continue;
+            }
+            made += 1;
+            inputs.insert(sha256_hex(&digest));
+            let sig = unhex(f[4]);
+            let by1 = ecdsa_verifies("secp256k1", &k1, &digest, &sig);
+            let by2 = ecdsa_verifies("secp256k1", &k2, &digest, &sig);
+            if t0 > rotated_at {
+                assert!(
+                    by2 && !by1,
+                    "host {tag} signed with version 1 after the rotation"
+                );
+                new_key += 1;
+            } else if t1 < before_rotate {
+                assert!(by1, "host {tag} signed with version 2 before the rotation");
+            } else {
+                assert!(by1 || by2, "host {tag}: a signature under neither version");
+            }
+        }
+        assert!(
+            new_key > 0 && refused > 0,
+            "host {tag}: {new_key} {refused}"
+        );
+    }
+    assert!(made > 20, "only {made} signatures");
+
+    // One chain holds both hosts' records, and verifies.
+    b.audit_verifies();
+    let records = a.audit_records(&["--asset", "shared"]);
+    let signed = a.signed_inputs(&["--asset", "shared"]);
+    assert_eq!(signed, inputs, "the records of the signatures, exactly");
+    let pids: std::collections::HashSet<i64> = records
+        .iter()
+        .filter(|r| r["event"] == "sign")
+        .map(|r| r["pid"].as_i64().unwrap())
+        .collect();
+    let forked: std::collections::HashSet<i64> =
+        children.iter().map(|(p, _, _)| i64::from(*p)).collect();
+    assert_eq!(pids, forked, "each host's signatures are in the one chain");
+    let refusals = records.iter().filter(|r| r["event"] == "refused").count();
+    assert!(refusals >= 2, "{refusals} refusals recorded");
+}
+
+#[test]
+fn a_sqlite_store_migrates_with_every_record() {
+    let _turn = turn();
+    let url = pg_database(&pg_admin_url(), "p11derive_migrate");
+    let s = setup(None);
+    s.create_asset("moved", "p256");
+    s.create_asset("kept", "secp256k1");
+    assert!(cli(&s, &["asset", "rotate", "moved", "--grace"])
+        .status
+        .success());
+    let digest = [7u8; 32];
+    let sig = {
+        let p = s.load();
+        let session = p.user_session();
+        let key = private_key(&session, "moved");
+        session.sign(&Mechanism::Ecdsa, key, &digest).unwrap()
+    };
+    let before = s.audit_records(&[]);
+    let shown = s.asset_show("moved");
+
+    let from = format!("sqlite:{}", s.store.display());
+    let out = cli(&s, &["store", "migrate", "--from", &from, "--to", &url]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("audit 5") && !said.contains(":p11derive-test@"),
+        "{said}"
+    );
+    // A second run is refused: the destination is no longer empty.
+    let again = cli(&s, &["store", "migrate", "--from", &from, "--to", &url]);
+    assert_eq!(again.status.code(), Some(1), "{}", output_text(&again));
+    assert!(stderr(&again).contains("empty"), "{}", stderr(&again));
+
+    s.use_pg(&url);
+    assert_eq!(s.audit_records(&[]), before, "every record, unchanged");
+    assert_eq!(s.asset_show("moved"), shown);
+    let verified = s.audit_verifies();
+    assert!(!verified.is_empty());
+    // The provider carries on from the PostgreSQL store: same keys, new
+    // records chained onto the copied ones.
+    let p = s.load();
+    let session = p.user_session();
+    let key = private_key(&session, "moved");
+    let sig2 = session.sign(&Mechanism::Ecdsa, key, &digest).unwrap();
+    let point = version_keys(&shown)
+        .into_iter()
+        .find(|(v, _)| *v == 2)
+        .unwrap()
+        .1;
+    assert!(ecdsa_verifies("p256", &point, &digest, &sig2));
+    assert!(ecdsa_verifies("p256", &point, &digest, &sig));
+    drop(session);
+    drop(p);
+    s.audit_verifies();
+    assert_eq!(
+        s.audit_records(&[]).len(),
+        before.len() + 2,
+        "login and sign"
+    );
+    // The new records continue the copied numbering.
+    let last = s.audit_records(&[]).last().unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(last, before.last().unwrap()["seq"].as_u64().unwrap() + 2);
+}
+
+/// tools/pg.sh for a server of this test's own (stopping it must not
+/// disturb the others).
+fn own_server(cmd: &str) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/pg.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg(cmd)
+        .env("P11DERIVE_PG_PORT", "55433")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg.sh {cmd}: {}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn a_stopped_server_fails_operations_cleanly_and_its_return_is_picked_up() {
+    let _turn = turn();
+    let admin = own_server("start");
+    let url = pg_database(&admin, "p11derive_outage");
+    let s = setup_with(None, false);
+    s.use_pg(&url);
+    s.init();
+    s.create_asset("out", "secp256k1");
+    let p = s.load();
+    let session = p.user_session();
+    let key = private_key(&session, "out");
+    let mut digest = [1u8; 32];
+    session.sign(&Mechanism::Ecdsa, key, &digest).unwrap();
+
+    own_server("stop");
+    let logged = s.log().len();
+    digest[0] = 2;
+    let started = Instant::now();
+    assert_eq!(
+        rv_of(session.sign(&Mechanism::Ecdsa, key, &digest)),
+        RvError::DeviceError,
+        "no signature without its record"
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let log = s.log_since(logged);
+    assert!(
+        log.contains("127.0.0.1:55433/p11derive_outage") && !log.contains(":p11derive-test@"),
+        "the log names the store, never its password: {log}"
+    );
+    assert!(log.contains("connect"), "{log}");
+    digest[0] = 3;
+    assert_eq!(
+        rv_of(session.sign(&Mechanism::Ecdsa, key, &digest)),
+        RvError::DeviceError
+    );
+
+    own_server("start");
+    digest[0] = 4;
+    let limit = Instant::now() + Duration::from_secs(30);
+    loop {
+        match session.sign(&Mechanism::Ecdsa, key, &digest) {
+            Ok(_) => break,
+            Err(e) => {
+                assert_eq!(rv_of::<()>(Err(e)), RvError::DeviceError);
+                assert!(Instant::now() < limit, "no reconnection");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+    drop(session);
+    drop(p);
+    s.audit_verifies();
+    let signed = s.signed_inputs(&["--asset", "out"]);
+    assert!(signed.contains(&sha256_hex(&[1u8; 32])));
+    let mut d = [1u8; 32];
+    for b in [2u8, 3] {
+        d[0] = b;
+        assert!(
+            !signed.contains(&sha256_hex(&d)),
+            "a failed call recorded as signed"
+        );
+    }
+    d[0] = 4;
+    assert!(signed.contains(&sha256_hex(&d)));
+    own_server("stop");
+}
