@@ -391,6 +391,18 @@ path = "/var/lib/p11derive/state.db"
     }
 
     #[test]
+    fn a_store_url_must_be_postgres_and_its_password_is_never_shown() {
+        let c = Config::parse(GOOD, Path::new("/x.toml")).unwrap();
+        assert_eq!((c.store.url, c.store.connect_timeout_ms), (None, 5_000));
+        let with = |url: &str| GOOD.replace("[store]\n", &format!("[store]\nurl = \"{url}\"\n"));
+        let c = Config::parse(&with("postgres://u:pw@db:5432/p"), Path::new("/x.toml")).unwrap();
+        assert_eq!(c.store.url.as_deref(), Some("postgres://u:pw@db:5432/p"));
+        let e = Config::parse(&with("mysql://u:s3cret@db/p"), Path::new("/c.toml")).unwrap_err();
+        assert!(e.contains("[store] url") && e.contains("/c.toml"), "{e}");
+        assert!(e.contains("mysql://u@db/p") && !e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
     fn bad_log_level_is_named() {
         let text = format!("{GOOD}\n[log]\nlevel = \"loud\"\n");
         let e = Config::parse(&text, Path::new("/c.toml")).unwrap_err();
