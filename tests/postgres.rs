@@ -354,3 +354,97 @@ fn a_stopped_server_fails_operations_cleanly_and_its_return_is_picked_up() {
     assert!(signed.contains(&sha256_hex(&d)));
     own_server("stop");
 }
+
+#[test]
+fn cut_connections_are_opened_again_without_failing_operations() {
+    let _turn = turn();
+    let admin = pg_admin_url();
+    let url = pg_database(&admin, "p11derive_cut");
+    let s = setup_with(None, false);
+    s.use_pg(&url);
+    s.init();
+    s.create_asset("cut", "p256");
+    let mut db = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
+    let mut cut = move || -> usize {
+        db.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = 'p11derive_cut' AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap()
+        .len()
+    };
+    let p = s.load();
+    let session = p.user_session();
+    let key = private_key(&session, "cut");
+    // Idle connections cut (a server restart, a failover behind one
+    // address): the next operation opens new ones and succeeds.
+    let mut inputs = std::collections::HashSet::new();
+    for i in 0..4u8 {
+        let digest = [i; 32];
+        session.sign(&Mechanism::Ecdsa, key, &digest).unwrap();
+        inputs.insert(sha256_hex(&digest));
+        // At least the connection that committed the signature.
+        assert!(cut() >= 1, "no connection of the provider to cut");
+    }
+    // Cut again and again while four threads sign: a commit whose
+    // connection closes under it learns whether it landed.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (made, failed) = std::thread::scope(|sc| {
+        let workers: Vec<_> = (0..4u8)
+            .map(|t| {
+                let (p, stop) = (&p, &stop);
+                sc.spawn(move || {
+                    // Logged in already: the login is the token's.
+                    let session = p.session();
+                    let key = private_key(&session, "cut");
+                    let (mut made, mut failed) = (Vec::new(), 0);
+                    let mut i: u32 = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        i += 1;
+                        let mut digest = [0x80 | t; 32];
+                        digest[..4].copy_from_slice(&i.to_be_bytes());
+                        match session.sign(&Mechanism::Ecdsa, key, &digest) {
+                            Ok(_) => made.push(sha256_hex(&digest)),
+                            Err(e) => {
+                                assert_eq!(rv_of::<()>(Err(e)), RvError::DeviceError);
+                                failed += 1;
+                            }
+                        }
+                    }
+                    (made, failed)
+                })
+            })
+            .collect();
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(100));
+            cut();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        workers.into_iter().map(|w| w.join().unwrap()).fold(
+            (Vec::new(), 0),
+            |(mut m, f), (m2, f2)| {
+                m.extend(m2);
+                (m, f + f2)
+            },
+        )
+    });
+    eprintln!("20 cuts: {} signatures, {failed} failed", made.len());
+    assert!(made.len() > 100, "{} signatures", made.len());
+    // A cut inside a multi-statement write transaction (a fallback the
+    // signing path rarely takes) cannot be retried; every other is absorbed.
+    assert!(
+        failed <= 2,
+        "{failed} failures against {} signatures: cuts should be absorbed",
+        made.len()
+    );
+    inputs.extend(made);
+    drop(session);
+    drop(p);
+    s.audit_verifies();
+    assert_eq!(
+        s.signed_inputs(&["--asset", "cut"]),
+        inputs,
+        "every signature returned is recorded, and only those"
+    );
+}

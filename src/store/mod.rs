@@ -529,10 +529,10 @@ impl Store {
     pub fn create_pg(url: &str, timeout: Duration) -> Result<Store, StoreError> {
         let mut db = pg::Pg::new(url, timeout)?;
         let loc = db.location().to_path_buf();
-        db.batch("BEGIN")?;
+        db.begin_plain()?;
         let found = db.query("SELECT to_regclass('p11derive_meta') IS NOT NULL", &[])?;
         if found.first().and_then(|r| r.int(0).ok()) == Some(1) {
-            db.batch("ROLLBACK")?;
+            db.rollback();
             return Err(StoreError::Exists(loc));
         }
         db.batch(pg::SCHEMA)?;
@@ -543,7 +543,7 @@ impl Store {
                 Val::Int(SCHEMA_VERSION.into()),
             ],
         )?;
-        db.batch("COMMIT")?;
+        db.commit()?;
         drop(db);
         Store::open_pg(url, timeout)
     }
@@ -1604,9 +1604,29 @@ impl Store {
                 );
                 match rows {
                     Err(e) => {
-                        // Whether it committed is unknown: learn the head again.
                         *believed = None;
-                        return Err(e);
+                        if !pg.take_dropped() {
+                            return Err(e);
+                        }
+                        // The connection closed under the statement: whether
+                        // it committed is learnt, not guessed. Our last
+                        // record's MAC is in the chain exactly when it did.
+                        let last = seq + batch.len() as u64;
+                        let found = self.row(
+                            &mut **conn,
+                            "SELECT mac FROM audit WHERE seq = ?1",
+                            &[Val::Int(last as i64)],
+                            |r| r.blob(0),
+                        );
+                        match found {
+                            Ok(Some(m)) if m[..] == prev[..] => {
+                                self.commits.fetch_add(1, Relaxed);
+                                return Ok(decisions);
+                            }
+                            // Not committed: decide and MAC afresh.
+                            Ok(_) => continue,
+                            Err(_) => return Err(e),
+                        }
                     }
                     Ok(rows) => rows,
                 }

@@ -175,6 +175,8 @@ pub struct Pg {
     /// A listening connection was (re)opened: what was notified while it
     /// was down is unknown, so the next `notified` says yes.
     fresh: bool,
+    /// The last call found the connection closed (it was dropped).
+    dropped: bool,
 }
 
 impl Pg {
@@ -205,6 +207,7 @@ impl Pg {
             lost_in_tx: false,
             listen: Vec::new(),
             fresh: false,
+            dropped: false,
         })
     }
 
@@ -283,9 +286,17 @@ impl Pg {
     /// A failed call: a lost connection is dropped (and, inside a
     /// transaction, poisons it until rolled back).
     fn fail(&mut self, e: postgres::Error) -> StoreError {
-        let closed = e.is_closed() || self.client.as_ref().is_none_or(Client::is_closed);
+        // The server ending the session (57P01 administrator shutdown, 57P02
+        // crash, 57P03 starting up) or a connection exception (08xxx) may
+        // arrive before the client sees the socket close.
+        let ending = e
+            .code()
+            .is_some_and(|c| c.code().starts_with("57P") || c.code().starts_with("08"));
+        let closed = ending || e.is_closed() || self.client.as_ref().is_none_or(Client::is_closed);
         if closed {
             self.client = None;
+            self.statements.clear();
+            self.dropped = true;
             if self.in_tx {
                 self.lost_in_tx = true;
             }
@@ -298,7 +309,38 @@ impl Pg {
         StoreError::Io(self.location.clone(), format!("PostgreSQL: {detail}"))
     }
 
+    /// Whether the last failed call found the connection closed (and so
+    /// dropped it); cleared by asking.
+    pub fn take_dropped(&mut self) -> bool {
+        std::mem::take(&mut self.dropped)
+    }
+
+    /// Runs `f`, and once more on a new connection when it failed because
+    /// the connection had been closed (a server restart, a failover, an idle
+    /// connection cut) while no transaction was open: `f` must be a read or
+    /// the start of a transaction, so that nothing of the failed attempt can
+    /// have been kept.
+    fn again<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Pg) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.dropped = false;
+        match f(self) {
+            Err(_) if !self.in_tx && self.take_dropped() => f(self),
+            done => done,
+        }
+    }
+
+    /// Starts a transaction without the writers' lock (creating the schema).
+    pub fn begin_plain(&mut self) -> Result<(), StoreError> {
+        self.again(|pg| pg.batch("BEGIN"))?;
+        self.in_tx = true;
+        Ok(())
+    }
+
     fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        // Connect first: prepared statements belong to their connection.
+        self.client()?;
         if let Some(st) = self.statements.get(sql) {
             return Ok(st.clone());
         }
@@ -384,9 +426,11 @@ fn pg_row(r: &postgres::Row) -> Result<Row, postgres::Error> {
 }
 
 impl Db for Pg {
+    /// Outside a transaction every query the store makes is a read, tried
+    /// again on a new connection when the old one turns out closed.
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
         let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as _).collect();
-        let rows = self.query_with(sql, &p)?;
+        let rows = self.again(|pg| pg.query_with(sql, &p))?;
         rows.iter()
             .map(pg_row)
             .collect::<Result<_, _>>()
@@ -401,7 +445,15 @@ impl Db for Pg {
     }
 
     fn begin_write(&mut self) -> Result<(), StoreError> {
-        self.batch("BEGIN; SELECT 1 FROM p11derive_meta WHERE id = 1 FOR UPDATE")?;
+        let begun = self.again(|pg| {
+            let done = pg.batch("BEGIN; SELECT 1 FROM p11derive_meta WHERE id = 1 FOR UPDATE");
+            if done.is_err() && pg.client.is_some() {
+                // BEGIN may have run before the lock failed.
+                let _ = pg.batch("ROLLBACK");
+            }
+            done
+        });
+        begun?;
         self.in_tx = true;
         Ok(())
     }
