@@ -179,7 +179,7 @@ impl std::ops::DerefMut for Tx<'_> {
 
 /// SQLite: one file, WAL, `BEGIN IMMEDIATE` for writers.
 pub struct Sqlite {
-    pub conn: Connection,
+    conn: Connection,
     path: PathBuf,
 }
 

@@ -322,14 +322,14 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Missing(p) => write!(
                 f,
-                "store {} does not exist; create it with `p11derive init` (or fix [store] path)",
+                "store {} does not exist; create it with `p11derive init` (or fix [store] path, or url)",
                 p.display()
             ),
             StoreError::Exists(p) => write!(f, "store {} already exists", p.display()),
             StoreError::Foreign(p) => write!(
                 f,
                 "{} is not a p11derive store (another program's file?); it was not modified: \
-                 fix [store] path",
+                 fix [store] path (or url)",
                 p.display()
             ),
             StoreError::Newer(p, v) => write!(
@@ -360,7 +360,7 @@ impl fmt::Display for StoreError {
                 f,
                 "the audit key derived from the backing HSM's root does not verify the newest \
                  record of store {}: the store belongs to another root. Nothing was written; check \
-                                 [backend] token_label and root_label, and [store] path",
+                                 [backend] token_label and root_label, and [store] path (or url)",
                 p.display()
             ),
             StoreError::Tampered(p, seq) => write!(
@@ -530,8 +530,7 @@ impl Store {
         let mut db = pg::Pg::new(url, timeout)?;
         let loc = db.location().to_path_buf();
         db.begin_plain()?;
-        let found = db.query("SELECT to_regclass('p11derive_meta') IS NOT NULL", &[])?;
-        if found.first().and_then(|r| r.int(0).ok()) == Some(1) {
+        if pg::has_schema(&mut db)? {
             db.rollback();
             return Err(StoreError::Exists(loc));
         }
@@ -553,8 +552,7 @@ impl Store {
     pub fn open_pg(url: &str, timeout: Duration) -> Result<Store, StoreError> {
         let mut db = pg::Pg::new(url, timeout)?;
         let loc = db.location().to_path_buf();
-        let exists = db.query("SELECT to_regclass('p11derive_meta') IS NOT NULL", &[])?;
-        if exists.first().and_then(|r| r.int(0).ok()) != Some(1) {
+        if !pg::has_schema(&mut db)? {
             return Err(StoreError::Missing(loc));
         }
         let meta = db.query(
@@ -1513,7 +1511,8 @@ impl Store {
     /// on assets read at that generation. When another host wrote meanwhile,
     /// the statement writes nothing and returns the true head and generation:
     /// decide and MAC again (a second round trip). Records waiting in the
-    /// pending table are sealed by the ordinary transaction instead.
+    /// pending table are sealed by the ordinary transaction instead, as is a
+    /// batch that keeps losing the race to other hosts.
     fn commit_batch_pg(
         &self,
         ak: &Secret32,
@@ -1522,52 +1521,14 @@ impl Store {
         use std::sync::atomic::Ordering::Relaxed;
         let mut believed = self.believed.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..8 {
-            let (seq, mac, generation) = match *believed {
+            let (seq, head, generation) = match *believed {
                 Some(b) => b,
-                None => {
-                    let mut conn = self.lock();
-                    let head = self.head_in(&mut **conn)?;
-                    let g = self.generation(&mut **conn)?;
-                    self.round_trips.fetch_add(2, Relaxed);
-                    let (s, m) = head.unwrap_or((0, GENESIS));
-                    (s, m, g)
-                }
+                None => self.learn_head()?,
             };
-            // Assets as of `generation` (entries read after it was learnt
-            // are at least as new; the statement confirms nothing moved).
-            // Lock order as in `asset`: the reader before the cache, never
-            // the other way round.
-            let mut assets: Vec<Option<Option<Asset>>> = {
-                let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
-                if cache.generation != generation {
-                    cache.assets.clear();
-                    cache.generation = generation;
-                }
-                batch
-                    .iter()
-                    .map(|j| cache.assets.get(&j.rowid).map(|a| Some(a.clone())))
-                    .collect()
-            };
-            for (job, slot) in batch.iter().zip(assets.iter_mut()) {
-                if slot.is_some() {
-                    continue;
-                }
-                let mut conn = self.read_lock();
-                self.round_trips.fetch_add(2, Relaxed);
-                let a = match self.asset_row(&mut **conn, job.rowid)? {
-                    Some(a) => Some(self.finish_asset(&mut **conn, a)?),
-                    None => None,
-                };
-                let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
-                if let (Some(a), true) = (&a, cache.generation == generation) {
-                    cache.assets.insert(job.rowid, a.clone());
-                }
-                *slot = Some(a);
-            }
-            let assets = assets.into_iter().map(|a| a.unwrap_or(None));
             let mut decisions = Vec::with_capacity(batch.len());
             let mut cols = PgColumns::default();
-            let mut prev = mac;
+            let mut prev = head;
+            let assets = self.assets_at(generation, batch)?;
             for (i, (job, asset)) in batch.iter().zip(assets).enumerate() {
                 let (decision, mut r) = Store::decide(job, asset);
                 r.seq = seq + 1 + i as u64;
@@ -1576,94 +1537,152 @@ impl Store {
                 prev = m;
                 decisions.push(decision);
             }
-            let head_mac: Option<Vec<u8>> = (seq > 0).then(|| mac.to_vec());
-            let outcome = {
-                let mut conn = self.lock();
-                let pg = conn.as_pg().expect("a PostgreSQL store");
-                self.round_trips.fetch_add(1, Relaxed);
-                let seq_i = seq as i64;
-                let rows = pg.query_with(
-                    "SELECT r_ok, r_seq, r_mac, r_gen, r_pending FROM p11derive_append(\
-                     ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                    &[
-                        &seq_i,
-                        &head_mac,
-                        &generation,
-                        &cols.time_ns,
-                        &cols.pid,
-                        &cols.session,
-                        &cols.event,
-                        &cols.asset,
-                        &cols.version,
-                        &cols.mechanism,
-                        &cols.input,
-                        &cols.rv,
-                        &cols.detail,
-                        &cols.mac,
-                    ],
-                );
-                match rows {
-                    Err(e) => {
-                        *believed = None;
-                        if !pg.take_dropped() {
-                            return Err(e);
-                        }
-                        // The connection closed under the statement: whether
-                        // it committed is learnt, not guessed. Our last
-                        // record's MAC is in the chain exactly when it did.
-                        let last = seq + batch.len() as u64;
-                        let found = self.row(
-                            &mut **conn,
-                            "SELECT mac FROM audit WHERE seq = ?1",
-                            &[Val::Int(last as i64)],
-                            |r| r.blob(0),
-                        );
-                        match found {
-                            Ok(Some(m)) if m[..] == prev[..] => {
-                                self.commits.fetch_add(1, Relaxed);
-                                return Ok(decisions);
-                            }
-                            // Not committed: decide and MAC afresh.
-                            Ok(_) => continue,
-                            Err(_) => return Err(e),
-                        }
-                    }
-                    Ok(rows) => rows,
+            // Whatever the outcome, the next batch starts from what it says.
+            *believed = None;
+            match self.append_pg(seq, &head, generation, &cols, &prev)? {
+                Appended::Done => {
+                    *believed = Some((seq + batch.len() as u64, prev, generation));
+                    self.commits.fetch_add(1, Relaxed);
+                    return Ok(decisions);
                 }
-            };
-            let r = outcome.first().ok_or_else(|| {
-                StoreError::Io(self.path.clone(), "p11derive_append returned no row".into())
-            })?;
-            let bad = |e: postgres::Error| {
-                StoreError::Io(self.path.clone(), format!("p11derive_append: {e}"))
-            };
-            let ok: bool = r.try_get(0).map_err(bad)?;
-            let s: i64 = r.try_get(1).map_err(bad)?;
-            let m: Option<Vec<u8>> = r.try_get(2).map_err(bad)?;
-            let g: i64 = r.try_get(3).map_err(bad)?;
-            let pending: bool = r.try_get(4).map_err(bad)?;
-            let m: [u8; 32] = match m {
-                None => GENESIS,
-                Some(m) => m.try_into().unwrap_or([0xffu8; 32]),
-            };
-            *believed = Some((s as u64, m, g));
-            if ok {
-                self.commits.fetch_add(1, Relaxed);
-                return Ok(decisions);
-            }
-            if pending {
-                // Records from a process without the audit key: seal them
-                // with the ordinary transaction, then carry on.
-                *believed = None;
-                drop(believed);
-                let decisions = self.commit_batch_tx(ak, batch);
-                return decisions;
+                Appended::Stale(now) => *believed = Some(now),
+                Appended::Unknown => {}
+                Appended::Pending => break,
             }
         }
-        // Other hosts kept winning the race: take the writers' lock instead.
+        // Records to seal, or other hosts kept winning the race: take the
+        // writers' lock.
         *believed = None;
         drop(believed);
         self.commit_batch_tx(ak, batch)
+    }
+
+    /// The chain's head and the asset generation, read afresh.
+    fn learn_head(&self) -> Result<(u64, [u8; 32], i64), StoreError> {
+        let mut conn = self.lock();
+        let head = self.head_in(&mut **conn)?;
+        let generation = self.generation(&mut **conn)?;
+        self.round_trips
+            .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        let (seq, mac) = head.unwrap_or((0, GENESIS));
+        Ok((seq, mac, generation))
+    }
+
+    /// The batch's assets as of `generation`: from the cache, else read
+    /// (entries read after the generation was learnt are at least as new;
+    /// the commit statement confirms nothing moved). Lock order as in
+    /// `asset`: the reader before the cache, never the other way round.
+    fn assets_at(&self, generation: i64, batch: &[Job]) -> Result<Vec<Option<Asset>>, StoreError> {
+        let cached: Vec<Option<Asset>> = {
+            let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.generation != generation {
+                cache.assets.clear();
+                cache.generation = generation;
+            }
+            batch
+                .iter()
+                .map(|j| cache.assets.get(&j.rowid).cloned())
+                .collect()
+        };
+        let mut assets = Vec::with_capacity(batch.len());
+        for (job, hit) in batch.iter().zip(cached) {
+            if hit.is_some() {
+                assets.push(hit);
+                continue;
+            }
+            let mut conn = self.read_lock();
+            self.round_trips
+                .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+            let a = match self.asset_row(&mut **conn, job.rowid)? {
+                Some(a) => Some(self.finish_asset(&mut **conn, a)?),
+                None => None,
+            };
+            let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let (Some(a), true) = (&a, cache.generation == generation) {
+                cache.assets.insert(job.rowid, a.clone());
+            }
+            assets.push(a);
+        }
+        Ok(assets)
+    }
+
+    /// Sends a batch's records (MACed onto `head`, at `seq`; the last MAC
+    /// `last`) to `p11derive_append`.
+    fn append_pg(
+        &self,
+        seq: u64,
+        head: &[u8; 32],
+        generation: i64,
+        cols: &PgColumns,
+        last: &[u8; 32],
+    ) -> Result<Appended, StoreError> {
+        let mut conn = self.lock();
+        let pg = conn.as_pg().expect("a PostgreSQL store");
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let head_mac: Option<Vec<u8>> = (seq > 0).then(|| head.to_vec());
+        let rows = pg.query_with(
+            "SELECT r_ok, r_seq, r_mac, r_gen, r_pending FROM p11derive_append(\
+             ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            &[
+                &(seq as i64),
+                &head_mac,
+                &generation,
+                &cols.time_ns,
+                &cols.pid,
+                &cols.session,
+                &cols.event,
+                &cols.asset,
+                &cols.version,
+                &cols.mechanism,
+                &cols.input,
+                &cols.rv,
+                &cols.detail,
+                &cols.mac,
+            ],
+        );
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) if !pg.take_dropped() => return Err(e),
+            Err(e) => {
+                // The connection closed under the statement: whether it
+                // committed is learnt, not guessed. The batch's last MAC is
+                // in the chain at its number exactly when it did.
+                let n = seq + cols.mac.len() as u64;
+                let found = self.row(
+                    &mut **conn,
+                    "SELECT mac FROM audit WHERE seq = ?1",
+                    &[Val::Int(n as i64)],
+                    |r| r.blob(0),
+                );
+                return match found {
+                    Ok(Some(m)) if m[..] == last[..] => Ok(Appended::Done),
+                    Ok(_) => Ok(Appended::Unknown),
+                    Err(_) => Err(e),
+                };
+            }
+        };
+        let read = || -> Result<_, String> {
+            let r = rows.first().ok_or("no row")?;
+            let col = |e: postgres::Error| e.to_string();
+            let ok: bool = r.try_get(0).map_err(col)?;
+            let s: i64 = r.try_get(1).map_err(col)?;
+            let m: Option<Vec<u8>> = r.try_get(2).map_err(col)?;
+            let g: i64 = r.try_get(3).map_err(col)?;
+            let pending: bool = r.try_get(4).map_err(col)?;
+            Ok((ok, s, m, g, pending))
+        };
+        let (ok, s, m, g, pending) = read()
+            .map_err(|e| StoreError::Io(self.path.clone(), format!("p11derive_append: {e}")))?;
+        let m: [u8; 32] = match m {
+            None => GENESIS,
+            Some(m) => m.try_into().unwrap_or([0xffu8; 32]),
+        };
+        Ok(match (ok, pending) {
+            (true, _) => Appended::Done,
+            (false, true) => Appended::Pending,
+            (false, false) => Appended::Stale((s as u64, m, g)),
+        })
     }
 
     /// A batch in an ordinary write transaction (holding the writers' lock).
@@ -1824,6 +1843,19 @@ impl Store {
             read_asset_row,
         )
     }
+}
+
+/// What `p11derive_append` did with a batch.
+enum Appended {
+    /// Committed.
+    Done,
+    /// Nothing written: the chain's head and the generation are these.
+    Stale((u64, [u8; 32], i64)),
+    /// The connection was lost under the statement, and the batch is not
+    /// in the chain: nothing written.
+    Unknown,
+    /// Nothing written: records without the audit key wait to be sealed.
+    Pending,
 }
 
 /// A batch's records as the commit function's arrays.

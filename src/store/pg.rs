@@ -158,6 +158,12 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Whether the database holds a p11derive schema.
+pub fn has_schema(db: &mut Pg) -> Result<bool, StoreError> {
+    let found = db.query("SELECT to_regclass('p11derive_meta') IS NOT NULL", &[])?;
+    Ok(found.first().and_then(|r| r.int(0).ok()) == Some(1))
+}
+
 /// One connection, opened on first use and again after it was lost.
 pub struct Pg {
     config: postgres::Config,
