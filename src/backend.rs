@@ -492,15 +492,10 @@ impl Core {
         *self.pin.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
-    /// Logs in to the backing token (`user_type` is CKU_USER or CKU_SO) and,
-    /// for a user, finds the root and keeps the PIN (already in the locked
-    /// arena) for logging in again (`recover`).
-    fn login(&self, user_type: sys::CK_USER_TYPE, pin: SecretBytes) -> Result<()> {
-        self.login_as(user_type, &pin, true)?;
-        if user_type == sys::CKU_USER {
-            *self.pin.lock().unwrap_or_else(|e| e.into_inner()) = Some(pin);
-        }
-        Ok(())
+    /// Keeps the user's PIN (in the locked arena) for logging in again
+    /// (`recover`), until `forget_pin`.
+    fn keep_pin(&self, pin: SecretBytes) {
+        *self.pin.lock().unwrap_or_else(|e| e.into_inner()) = Some(pin);
     }
 
     fn login_as(&self, user_type: sys::CK_USER_TYPE, pin: &[u8], need_root: bool) -> Result<()> {
@@ -771,21 +766,27 @@ impl Core {
             attr(sys::CKA_DERIVE, no_p, b),
             attr(sys::CKA_MODIFIABLE, no_p, b),
         ];
-        // The imported value is copied into the locked arena the HSM reads from.
+        // The imported value is copied into the locked arena the HSM reads
+        // from. The template is complete before the first attempt: after a
+        // recovery `with_session` runs the closure again, with the same one.
         let mut secret = crate::secure::secret::<32>()?;
+        match value {
+            Some(v) => {
+                secret.copy_from_slice(v);
+                template.push(attr(sys::CKA_VALUE, secret.as_mut_ptr() as _, 32));
+            }
+            None => template.push(attr(sys::CKA_VALUE_LEN, &mut value_len as *mut _ as _, u)),
+        }
         self.with_session(|h| {
             let mut handle: sys::CK_OBJECT_HANDLE = 0;
             let rv = match value {
-                Some(v) => {
-                    secret.copy_from_slice(v);
-                    template.push(attr(sys::CKA_VALUE, secret.as_mut_ptr() as _, 32));
+                Some(_) => {
                     hsm!(
                         self.module,
                         C_CreateObject(h, template.as_mut_ptr(), template.len() as _, &mut handle)
                     )
                 }
                 None => {
-                    template.push(attr(sys::CKA_VALUE_LEN, &mut value_len as *mut _ as _, u));
                     let mut mech = sys::CK_MECHANISM {
                         mechanism: sys::CKM_GENERIC_SECRET_KEY_GEN,
                         pParameter: ptr::null_mut(),
@@ -1100,7 +1101,9 @@ struct Health {
 const BACKOFF_FIRST_MS: u64 = 100;
 
 /// The backing HSM, reached through a second PKCS#11 module: every call
-/// runs on a worker thread and is waited for at most `call_timeout_ms`;
+/// after `open` runs on a worker thread and is waited for at most
+/// `call_timeout_ms` (`open` itself — loading the module, `C_Initialize`,
+/// finding the token — runs on the caller's thread, without that limit);
 /// while the HSM fails, calls fail at once with `CKR_DEVICE_ERROR` (backoff);
 /// lost sessions and logins are recovered (see `Core::recover`).
 pub struct Backend {
@@ -1265,10 +1268,19 @@ impl Backend {
 
     /// Logs in to the backing token (`user_type` is CKU_USER or CKU_SO) and,
     /// for a user, finds the root. The PIN is kept in the locked arena while
-    /// logged in, to log in again should the HSM lose the login.
+    /// logged in, to log in again should the HSM lose the login. The PIN
+    /// comes back from the worker only with its success, and is
+    /// kept then: a login that timed out here and succeeded late leaves no
+    /// PIN behind (it is wiped with the worker's unread result).
     pub fn login(&self, user_type: sys::CK_USER_TYPE, pin: &[u8]) -> Result<()> {
         let pin = arena_copy(pin)?;
-        self.call("C_Login", move |c| c.login(user_type, pin))
+        let pin = self.call("C_Login", move |c| {
+            c.login_as(user_type, &pin, true).map(|()| pin)
+        })?;
+        if user_type == sys::CKU_USER {
+            self.core.keep_pin(pin);
+        }
+        Ok(())
     }
 
     /// Logs a user in for administration (`p11derive init`): the root may

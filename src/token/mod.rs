@@ -351,12 +351,13 @@ impl Provider {
         ));
         let (commits, records) = self.store.commit_stats();
         if commits > 0 {
-            let trips = match self.store.is_shared() {
-                true => format!(
+            let trips = if self.store.is_shared() {
+                format!(
                     "; PostgreSQL round trips: {}",
                     self.store.commit_round_trips()
-                ),
-                false => String::new(),
+                )
+            } else {
+                String::new()
             };
             log::info(&format!(
                 "audit: {records} signature records in {commits} commits ({:.2} per fsync{trips})",
