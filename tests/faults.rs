@@ -322,7 +322,9 @@ fn after_a_logout_the_provider_never_logs_in_by_itself_and_a_new_login_works() {
     shim.drop_sessions();
     // Logged out: refused, and no login to the HSM with a PIN the provider
     // must no longer hold.
+    let logins = shim.logins();
     assert!(session.sign(&Mechanism::Ecdsa, second, &[7u8; 32]).is_err());
+    assert_eq!(shim.logins(), logins, "a login behind the application");
     assert!(
         !s.log_since(from).contains("logging in again"),
         "{}",
@@ -332,11 +334,13 @@ fn after_a_logout_the_provider_never_logs_in_by_itself_and_a_new_login_works() {
     // provider opens another).
     let other = p.user_session();
     sign_ok(&other, "second");
+    drop((other, session, p)); // C_Finalize
+    s.audit_verifies();
 }
 
 #[test]
 fn a_pin_the_hsm_refuses_when_logging_in_again_is_tried_once_and_forgotten() {
-    let (_turn, s, shim, _p, session) = start(&["first", "second", "third"], 300);
+    let (_turn, s, shim, p, session) = start(&["first", "second", "third"], 300);
     // The HSM restarts with another PIN (the login is refused from now on).
     shim.fail_login(0xa0); // CKR_PIN_INCORRECT
     shim.drop_sessions();
@@ -360,4 +364,6 @@ fn a_pin_the_hsm_refuses_when_logging_in_again_is_tried_once_and_forgotten() {
     let logins = shim.logins();
     assert!(sign(&session, "third").is_err());
     assert_eq!(shim.logins(), logins, "a forgotten PIN was used");
+    drop((session, p)); // C_Finalize
+    s.audit_verifies();
 }

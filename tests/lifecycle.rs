@@ -451,18 +451,16 @@ fn now_ns() -> u128 {
 /// (`version` 0: through the alias). Worker 0 signs with the alias in one
 /// call; worker 1 with the alias, multi-part, pausing between the parts so
 /// operations span the CLI's changes; worker 2 with every version object it
-/// finds (`mp@v1`..), allowed to sign or not. The first alias signature
-/// refused (only a suspension refuses the alias) creates the file `refused`,
-/// which the parent waits for before it resumes the asset.
+/// finds (`mp@v1`..), allowed to sign or not. An alias signature refused
+/// creates the file `refused` (the parent removes it once the asset is
+/// suspended, and waits for it again before resuming).
 fn signer(
     worker: u8,
-    out: &std::path::Path,
     stop: &std::path::Path,
     refused: &std::path::Path,
     deadline: u128,
-) -> i32 {
-    use std::io::Write;
-    let run = || -> Result<(), String> {
+) -> Result<String, String> {
+    {
         let (ctx, session) = child_session()?;
         let alias = find_one(&session, "mp", ObjectClass::PRIVATE_KEY).ok_or("no alias")?;
         let mut lines = String::new();
@@ -512,18 +510,8 @@ fn signer(
                 lines.push_str(&format!("{t0} {t1} {version} {} {outcome}\n", hex(&digest)));
             }
         }
-        let mut f = std::fs::File::create(out).map_err(|e| e.to_string())?;
-        f.write_all(lines.as_bytes()).map_err(|e| e.to_string())?;
-        ctx.finalize().map_err(|e| e.to_string())
-    };
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
-        .unwrap_or_else(|p| Err(format!("panic: {:?}", p.downcast_ref::<String>())));
-    match outcome {
-        Ok(()) => 0,
-        Err(e) => {
-            let _ = std::fs::write(out, format!("error {e}\n"));
-            1
-        }
+        ctx.finalize().map_err(|e| e.to_string())?;
+        Ok(lines)
     }
 }
 
@@ -568,14 +556,7 @@ fn processes_sign_while_the_cli_changes_the_asset() {
     let mut children = Vec::new();
     for worker in 0..3u8 {
         let out = s.dir.join(format!("signer-{worker}.txt"));
-        // SAFETY: the child runs only the provider and its own code, then _exits.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0);
-        if pid == 0 {
-            let code = signer(worker, &out, &stop, &refused, deadline);
-            // SAFETY: leave the child without the parent's destructors.
-            unsafe { libc::_exit(code) };
-        }
+        let pid = fork_child(&out, || signer(worker, &stop, &refused, deadline));
         children.push((pid, out));
     }
     // (earliest start, latest end) of each state: it may have been in effect
@@ -600,6 +581,12 @@ fn processes_sign_while_the_cli_changes_the_asset() {
         let after = now_ns();
         if out.status.success() {
             let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            if step[0] == "suspend" {
+                // Alias refusals before now were rotations caught mid-way
+                // (a multi-part signature spanning one): wait for one
+                // made by the suspension.
+                let _ = std::fs::remove_file(&refused);
+            }
             timeline.last_mut().unwrap().1 = after;
             timeline.push((before, 0, state));
         } else {
@@ -611,15 +598,7 @@ fn processes_sign_while_the_cli_changes_the_asset() {
     std::thread::sleep(gap);
     std::fs::write(&stop, b"").unwrap();
     for (pid, out) in &children {
-        let mut status = 0;
-        // SAFETY: waiting for our own children.
-        assert_eq!(unsafe { libc::waitpid(*pid, &mut status, 0) }, *pid);
-        let said = std::fs::read_to_string(out).unwrap_or_default();
-        assert!(
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-            "signer {pid} failed (status {status}): {}",
-            said.lines().next().unwrap_or("no output")
-        );
+        reap(*pid, out, "signer");
     }
 
     let shown = s.asset_show("mp");

@@ -21,9 +21,13 @@ while [ $# -gt 0 ]; do
         --seconds) SECONDS_EACH=$2; shift 2 ;;
         --write) WRITE=1; shift ;;
         --pg-only) PG_ONLY=1; shift ;;
-        *) echo "usage: bash tools/bench.sh [--seconds S] [--write]" >&2; exit 2 ;;
+        *) echo "usage: bash tools/bench.sh [--seconds S] [--write] [--pg-only]" >&2; exit 2 ;;
     esac
 done
+if [ "$WRITE" = 1 ] && [ "$PG_ONLY" = 1 ]; then
+    echo "bench.sh: --write needs the whole run (it rewrites every table); drop --pg-only" >&2
+    exit 2
+fi
 bash tools/setup.sh >/dev/null
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --quiet
@@ -33,7 +37,7 @@ P11DERIVE="$PWD/target/release/libp11derive.so"
 SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
 # shellcheck source=tools/softhsm-env.sh
 source tools/softhsm-env.sh >/dev/null
-trap 'rm -rf "$P11DERIVE_WORK"' EXIT
+trap 'rm -rf "$P11DERIVE_WORK"; bash tools/pg.sh stop' EXIT
 W=$P11DERIVE_WORK
 printf '%s' "$P11DERIVE_PIN" > "$W/pin"
 LOG="$W/p11derive.log"

@@ -246,6 +246,15 @@ impl Setup {
             .collect()
     }
 
+    /// How many signatures `audit export ARGS` records as made (a record
+    /// written twice counts twice, where `signed_inputs` would not tell).
+    pub fn signed_count(&self, args: &[&str]) -> usize {
+        self.audit_records(args)
+            .iter()
+            .filter(|r| r["event"] == "sign" && r["rv"] == 0)
+            .count()
+    }
+
     /// The `input_sha256` (`sha256_hex` of the data passed to C_Sign) of
     /// every signature the audit log records as made (`audit export ARGS`).
     pub fn signed_inputs(&self, args: &[&str]) -> HashSet<String> {
@@ -609,6 +618,43 @@ pub fn child_session() -> Result<(Pkcs11, Session), String> {
         .login(UserType::User, Some(&AuthPin::from(PIN)))
         .map_err(|e| e.to_string())?;
     Ok((ctx, session))
+}
+
+/// Forks a child that runs `run` (typically its own provider, through
+/// `child_session`), writes what it returns — or `error …`, also for a panic
+/// — to `out`, and `_exit`s 0 (or 1) without the parent's destructors.
+pub fn fork_child(out: &Path, run: impl FnOnce() -> Result<String, String>) -> libc::pid_t {
+    // SAFETY: the child runs only the provider and its own code, then _exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid > 0 {
+        return pid;
+    }
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run))
+        .unwrap_or_else(|p| Err(format!("panic: {:?}", p.downcast_ref::<String>())));
+    let code = match outcome {
+        Ok(text) => i32::from(std::fs::write(out, text).is_err()),
+        Err(e) => {
+            let _ = std::fs::write(out, format!("error {e}\n"));
+            1
+        }
+    };
+    // SAFETY: leave the child without the parent's destructors.
+    unsafe { libc::_exit(code) }
+}
+
+/// Waits for a `fork_child`, which must have exited 0; what it wrote.
+pub fn reap(pid: libc::pid_t, out: &Path, who: &str) -> String {
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{who} (pid {pid}) failed (status {status}): {}",
+        text.lines().next().unwrap_or("no output")
+    );
+    text
 }
 
 /// The test PostgreSQL server's admin URL: `$P11DERIVE_TEST_PG`, else the
