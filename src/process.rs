@@ -37,10 +37,24 @@ struct Slot<T> {
 }
 
 /// A lazily created value, created again in each forked child.
+///
+/// Shared between threads only when the value may be: a `static` of a type
+/// that is not `Send + Sync` does not compile.
+///
+/// ```compile_fail
+/// static LOST: p11derive::process::PerProcess<std::cell::Cell<u32>> =
+///     p11derive::process::PerProcess::new(|| std::cell::Cell::new(0));
+/// ```
 pub struct PerProcess<T: 'static> {
     slot: AtomicPtr<Slot<T>>,
     init: fn() -> T,
 }
+
+// SAFETY: the cell hands out `&'static T` to every thread (so `T: Sync`) and
+// its value may be created on one thread and used on another (`T: Send`).
+// This impl replaces the automatic one, which `AtomicPtr` would grant for any
+// `T`.
+unsafe impl<T: Send + Sync> Sync for PerProcess<T> {}
 
 impl<T: 'static> PerProcess<T> {
     pub const fn new(init: fn() -> T) -> Self {

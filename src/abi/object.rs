@@ -1,0 +1,243 @@
+//! Object management (§5.7) and key management (§5.14): attributes, find, create, generate, wrap, unwrap.
+
+use crate::ck::*;
+use crate::error::Error;
+
+use super::convert::*;
+use super::{entry, provider};
+
+pub(super) extern "C" fn C_GetAttributeValue(
+    h: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    p_template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+) -> CK_RV {
+    entry("C_GetAttributeValue", || {
+        let p = provider()?;
+        // SAFETY: the caller promises `count` attributes.
+        let attrs = unsafe { slice_of_mut(p_template, count) }?;
+        let types: Vec<CK_ATTRIBUTE_TYPE> = attrs.iter().map(|a| a.type_).collect();
+        let values = p.attribute_values(h, object, &types)?;
+        // Every attribute is answered, whatever happens to the others
+        // (PKCS#11 3.0 §5.7, C_GetAttributeValue rules 1-5).
+        let (mut sensitive, mut invalid, mut small) = (false, false, false);
+        for (a, v) in attrs.iter_mut().zip(values) {
+            let value = match v {
+                None => {
+                    invalid = true;
+                    a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                    continue;
+                }
+                Some(v) => v.to_bytes(),
+            };
+            let Some(value) = value else {
+                sensitive = true;
+                a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                continue;
+            };
+            // SAFETY: each pValue is writable for its ulValueLen bytes.
+            if !unsafe { answer_attribute(a, &value) }? {
+                small = true;
+            }
+        }
+        match (sensitive, invalid, small) {
+            (true, _, _) => Err(Error::rv(CKR_ATTRIBUTE_SENSITIVE)),
+            (_, true, _) => Err(Error::rv(CKR_ATTRIBUTE_TYPE_INVALID)),
+            (_, _, true) => Err(Error::rv(CKR_BUFFER_TOO_SMALL)),
+            _ => Ok(()),
+        }
+    })
+}
+
+pub(super) extern "C" fn C_SetAttributeValue(
+    h: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    p_template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+) -> CK_RV {
+    entry("C_SetAttributeValue", || {
+        let p = provider()?;
+        // SAFETY: caller's template.
+        unsafe { template(p_template, count) }?;
+        p.attribute_values(h, object, &[])?;
+        Err(Error::rv(CKR_ACTION_PROHIBITED))
+    })
+}
+
+pub(super) extern "C" fn C_DestroyObject(h: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> CK_RV {
+    entry("C_DestroyObject", || provider()?.destroy_object(h, object))
+}
+
+pub(super) extern "C" fn C_GetObjectSize(
+    h: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    pul_size: CK_ULONG_PTR,
+) -> CK_RV {
+    entry("C_GetObjectSize", || {
+        let p = provider()?;
+        // SAFETY: out-parameter from the caller.
+        let size = unsafe { out(pul_size) }?;
+        *size = p.object_size(h, object)?;
+        Ok(())
+    })
+}
+
+pub(super) extern "C" fn C_FindObjectsInit(
+    h: CK_SESSION_HANDLE,
+    p_template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+) -> CK_RV {
+    entry("C_FindObjectsInit", || {
+        let p = provider()?;
+        // SAFETY: caller's template.
+        let t = unsafe { template(p_template, count) }?;
+        p.find_init(h, &t)
+    })
+}
+
+pub(super) extern "C" fn C_FindObjects(
+    h: CK_SESSION_HANDLE,
+    ph_object: CK_OBJECT_HANDLE_PTR,
+    max: CK_ULONG,
+    pul_count: CK_ULONG_PTR,
+) -> CK_RV {
+    entry("C_FindObjects", || {
+        let p = provider()?;
+        // SAFETY: out-parameter from the caller.
+        let count = unsafe { out(pul_count) }?;
+        if ph_object.is_null() && max > 0 {
+            return Err(Error::rv(CKR_ARGUMENTS_BAD));
+        }
+        let found = p.find_next(h, max as usize)?;
+        // SAFETY: the caller's array holds `max` >= found.len() handles.
+        unsafe { write_items(ph_object, max, &found) }?;
+        *count = found.len() as CK_ULONG;
+        Ok(())
+    })
+}
+
+pub(super) extern "C" fn C_FindObjectsFinal(h: CK_SESSION_HANDLE) -> CK_RV {
+    entry("C_FindObjectsFinal", || provider()?.find_final(h))
+}
+
+pub(super) extern "C" fn C_GenerateKeyPair(
+    h: CK_SESSION_HANDLE,
+    p_mechanism: CK_MECHANISM_PTR,
+    p_public: CK_ATTRIBUTE_PTR,
+    public_count: CK_ULONG,
+    p_private: CK_ATTRIBUTE_PTR,
+    private_count: CK_ULONG,
+    ph_public: CK_OBJECT_HANDLE_PTR,
+    ph_private: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    entry("C_GenerateKeyPair", || {
+        let p = provider()?;
+        // SAFETY: caller's mechanism, templates and out-parameters.
+        let (mech, public, private, out_pub, out_priv) = unsafe {
+            (
+                mechanism(p_mechanism)?,
+                template(p_public, public_count)?,
+                template(p_private, private_count)?,
+                out(ph_public)?,
+                out(ph_private)?,
+            )
+        };
+        let (pub_h, priv_h) = p.generate_key_pair(h, &mech, &public, &private)?;
+        *out_pub = pub_h;
+        *out_priv = priv_h;
+        Ok(())
+    })
+}
+
+pub(super) extern "C" fn C_CreateObject(
+    h: CK_SESSION_HANDLE,
+    p_template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+    ph_object: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    entry("C_CreateObject", || {
+        let p = provider()?;
+        // SAFETY: caller's template and out-parameter.
+        let (template, value, out_obj) = unsafe {
+            (
+                template(p_template, count)?,
+                secret_value(p_template, count)?,
+                out(ph_object)?,
+            )
+        };
+        *out_obj = p.create_object(h, &template, value)?;
+        Ok(())
+    })
+}
+
+pub(super) extern "C" fn C_GenerateKey(
+    h: CK_SESSION_HANDLE,
+    p_mechanism: CK_MECHANISM_PTR,
+    p_template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+    ph_key: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    entry("C_GenerateKey", || {
+        let p = provider()?;
+        // SAFETY: caller's mechanism, template and out-parameter.
+        let (mech, template, out_key) = unsafe {
+            (
+                mechanism(p_mechanism)?,
+                template(p_template, count)?,
+                out(ph_key)?,
+            )
+        };
+        *out_key = p.generate_key(h, &mech, &template)?;
+        Ok(())
+    })
+}
+
+pub(super) extern "C" fn C_WrapKey(
+    h: CK_SESSION_HANDLE,
+    p_mechanism: CK_MECHANISM_PTR,
+    wrapping: CK_OBJECT_HANDLE,
+    key: CK_OBJECT_HANDLE,
+    p_out: CK_BYTE_PTR,
+    pul_out: CK_ULONG_PTR,
+) -> CK_RV {
+    entry("C_WrapKey", || {
+        let p = provider()?;
+        // SAFETY: caller's mechanism and output buffer.
+        unsafe {
+            let mech = mechanism(p_mechanism)?;
+            output(
+                p_out,
+                pul_out,
+                || p.wrap_key(h, &mech, wrapping, key, None),
+                |o| p.wrap_key(h, &mech, wrapping, key, Some(o)),
+            )
+        }
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) extern "C" fn C_UnwrapKey(
+    h: CK_SESSION_HANDLE,
+    p_mechanism: CK_MECHANISM_PTR,
+    unwrapping: CK_OBJECT_HANDLE,
+    p_wrapped: CK_BYTE_PTR,
+    wrapped_len: CK_ULONG,
+    p_template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+    ph_key: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    entry("C_UnwrapKey", || {
+        let p = provider()?;
+        // SAFETY: caller's mechanism, input, template and out-parameter.
+        let (mech, wrapped, template, out_key) = unsafe {
+            (
+                mechanism(p_mechanism)?,
+                bytes(p_wrapped, wrapped_len)?,
+                template(p_template, count)?,
+                out(ph_key)?,
+            )
+        };
+        *out_key = p.unwrap_key(h, &mech, unwrapping, wrapped, &template)?;
+        Ok(())
+    })
+}

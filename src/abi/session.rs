@@ -1,0 +1,97 @@
+//! Session management (PKCS#11 3.0 §5.6): sessions, login, logout.
+
+use crate::ck::*;
+use crate::error::Error;
+
+use super::convert::*;
+use super::{entry, provider};
+
+pub(super) extern "C" fn C_OpenSession(
+    slot: CK_SLOT_ID,
+    flags: CK_FLAGS,
+    _app: CK_VOID_PTR,
+    _notify: CK_NOTIFY,
+    ph_session: CK_SESSION_HANDLE_PTR,
+) -> CK_RV {
+    entry("C_OpenSession", || {
+        let p = provider()?;
+        // SAFETY: out-parameter from the caller.
+        let h = unsafe { out(ph_session) }?;
+        *h = p.open_session(slot, flags)?;
+        Ok(())
+    })
+}
+
+pub(super) extern "C" fn C_CloseSession(h: CK_SESSION_HANDLE) -> CK_RV {
+    entry("C_CloseSession", || provider()?.close_session(h))
+}
+
+pub(super) extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
+    entry("C_CloseAllSessions", || {
+        provider()?.close_all_sessions(slot)
+    })
+}
+
+pub(super) extern "C" fn C_GetSessionInfo(
+    h: CK_SESSION_HANDLE,
+    p_info: CK_SESSION_INFO_PTR,
+) -> CK_RV {
+    entry("C_GetSessionInfo", || {
+        let p = provider()?;
+        // SAFETY: out-parameter from the caller.
+        let info = unsafe { out(p_info) }?;
+        *info = p.session_info(h)?;
+        Ok(())
+    })
+}
+
+pub(super) extern "C" fn C_Login(
+    h: CK_SESSION_HANDLE,
+    user: CK_USER_TYPE,
+    p_pin: CK_UTF8CHAR_PTR,
+    len: CK_ULONG,
+) -> CK_RV {
+    entry("C_Login", || {
+        let p = provider()?;
+        if p_pin.is_null() {
+            return Err(Error::rv(CKR_ARGUMENTS_BAD));
+        }
+        // SAFETY: the PIN buffer is readable for `len` bytes.
+        let pin = unsafe { bytes(p_pin, len) }?;
+        p.login(h, user, pin)
+    })
+}
+
+pub(super) extern "C" fn C_LoginUser(
+    h: CK_SESSION_HANDLE,
+    user: CK_USER_TYPE,
+    p_pin: CK_UTF8CHAR_PTR,
+    len: CK_ULONG,
+    p_username: CK_UTF8CHAR_PTR,
+    username_len: CK_ULONG,
+) -> CK_RV {
+    entry("C_LoginUser", || {
+        let p = provider()?;
+        // SAFETY: the user name buffer is readable for `username_len` bytes.
+        if !unsafe { bytes(p_username, username_len) }?.is_empty() {
+            return Err(Error::with(
+                CKR_FUNCTION_NOT_SUPPORTED,
+                "C_LoginUser with a user name: the backing token has no named users; use C_Login",
+            ));
+        }
+        if p_pin.is_null() {
+            return Err(Error::rv(CKR_ARGUMENTS_BAD));
+        }
+        // SAFETY: the PIN buffer is readable for `len` bytes.
+        let pin = unsafe { bytes(p_pin, len) }?;
+        p.login(h, user, pin)
+    })
+}
+
+pub(super) extern "C" fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
+    entry("C_Logout", || provider()?.logout(h))
+}
+
+pub(super) extern "C" fn C_SessionCancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
+    entry("C_SessionCancel", || provider()?.cancel(h, flags))
+}

@@ -1,0 +1,133 @@
+//! Slot and token management (PKCS#11 3.0 §5.5): slots, token info, mechanisms.
+
+use crate::ck::*;
+use crate::error::Error;
+use crate::mechanisms;
+use crate::token::SLOT_ID;
+
+use super::convert::*;
+use super::{entry, library_version, provider};
+
+pub(super) extern "C" fn C_GetSlotList(
+    _present: CK_BBOOL,
+    p_list: CK_SLOT_ID_PTR,
+    pul_count: CK_ULONG_PTR,
+) -> CK_RV {
+    entry("C_GetSlotList", || {
+        provider()?;
+        // SAFETY: caller's list and count.
+        unsafe { output_list(p_list, pul_count, &[SLOT_ID]) }
+    })
+}
+
+pub(super) extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, p_info: CK_SLOT_INFO_PTR) -> CK_RV {
+    entry("C_GetSlotInfo", || {
+        let p = provider()?;
+        p.check_slot(slot)?;
+        // SAFETY: out-parameter from the caller.
+        let info = unsafe { out(p_info) }?;
+        *info = CK_SLOT_INFO {
+            slotDescription: pad(&format!("p11derive over {}", p.backend.token_label())),
+            manufacturerID: pad("p11derive"),
+            flags: CKF_TOKEN_PRESENT,
+            hardwareVersion: CK_VERSION { major: 0, minor: 0 },
+            firmwareVersion: library_version(),
+        };
+        Ok(())
+    })
+}
+
+pub(super) extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, p_info: CK_TOKEN_INFO_PTR) -> CK_RV {
+    entry("C_GetTokenInfo", || {
+        let p = provider()?;
+        p.check_slot(slot)?;
+        // SAFETY: out-parameter from the caller.
+        let info = unsafe { out(p_info) }?;
+        let backing = p.backend.token_info()?;
+        let pin_flags = CKF_USER_PIN_COUNT_LOW
+            | CKF_USER_PIN_FINAL_TRY
+            | CKF_USER_PIN_LOCKED
+            | CKF_USER_PIN_TO_BE_CHANGED
+            | CKF_SO_PIN_COUNT_LOW
+            | CKF_SO_PIN_FINAL_TRY
+            | CKF_SO_PIN_LOCKED
+            | CKF_SO_PIN_TO_BE_CHANGED;
+        let (sessions, rw) = p.session_count();
+        *info = CK_TOKEN_INFO {
+            label: pad(&p.config.token.label),
+            manufacturerID: pad("p11derive"),
+            model: pad("derived keys"),
+            // The backing token's serial: the token p11derive stands for.
+            serialNumber: pad(&backing.serial),
+            flags: CKF_RNG
+                | CKF_LOGIN_REQUIRED
+                | CKF_USER_PIN_INITIALIZED
+                | CKF_TOKEN_INITIALIZED
+                | (backing.flags & pin_flags),
+            ulMaxSessionCount: CK_EFFECTIVELY_INFINITE,
+            ulSessionCount: sessions as CK_ULONG,
+            ulMaxRwSessionCount: CK_EFFECTIVELY_INFINITE,
+            ulRwSessionCount: rw as CK_ULONG,
+            ulMaxPinLen: backing.max_pin_len,
+            ulMinPinLen: backing.min_pin_len,
+            ulTotalPublicMemory: CK_UNAVAILABLE_INFORMATION,
+            ulFreePublicMemory: CK_UNAVAILABLE_INFORMATION,
+            ulTotalPrivateMemory: CK_UNAVAILABLE_INFORMATION,
+            ulFreePrivateMemory: CK_UNAVAILABLE_INFORMATION,
+            hardwareVersion: CK_VERSION { major: 0, minor: 0 },
+            firmwareVersion: library_version(),
+            utcTime: [b' '; 16],
+        };
+        Ok(())
+    })
+}
+
+pub(super) extern "C" fn C_GetMechanismList(
+    slot: CK_SLOT_ID,
+    p_list: CK_MECHANISM_TYPE_PTR,
+    pul_count: CK_ULONG_PTR,
+) -> CK_RV {
+    entry("C_GetMechanismList", || {
+        provider()?.check_slot(slot)?;
+        let list: Vec<CK_ULONG> = mechanisms::mechanism_list()
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
+        // SAFETY: caller's list and count.
+        unsafe { output_list(p_list, pul_count, &list) }
+    })
+}
+
+pub(super) extern "C" fn C_GetMechanismInfo(
+    slot: CK_SLOT_ID,
+    ty: CK_MECHANISM_TYPE,
+    p_info: CK_MECHANISM_INFO_PTR,
+) -> CK_RV {
+    entry("C_GetMechanismInfo", || {
+        provider()?.check_slot(slot)?;
+        // SAFETY: out-parameter from the caller.
+        let info = unsafe { out(p_info) }?;
+        let found = mechanisms::mechanism_list()
+            .into_iter()
+            .find(|(m, _)| *m == ty);
+        *info = found.ok_or(Error::rv(CKR_MECHANISM_INVALID))?.1;
+        Ok(())
+    })
+}
+
+pub(super) extern "C" fn C_InitToken(
+    slot: CK_SLOT_ID,
+    _pin: CK_UTF8CHAR_PTR,
+    _len: CK_ULONG,
+    _label: CK_UTF8CHAR_PTR,
+) -> CK_RV {
+    entry("C_InitToken", || {
+        provider()?.check_slot(slot)?;
+        // Initializing would wipe the backing token and its root: never forwarded.
+        Err(Error::with(
+            CKR_FUNCTION_NOT_SUPPORTED,
+            "refused: p11derive never initializes its backing token (that would destroy the root); \
+             set up the backing HSM with its own tools and run `p11derive init`",
+        ))
+    })
+}
