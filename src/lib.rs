@@ -34,5 +34,6 @@ pub mod secure;
 pub mod store;
 pub mod symmetric;
 pub mod token;
+pub mod types;
 
 pub use error::{Error, Result};

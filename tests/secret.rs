@@ -510,7 +510,7 @@ fn check_value(session: &Session, key: ObjectHandle) -> Vec<u8> {
 
 /// AES-256(key, 0^128)[0..3], computed here with the aes crate.
 fn aes_kcv(key: &[u8]) -> Vec<u8> {
-    use aes::cipher::{BlockEncrypt, KeyInit};
+    use aes::cipher::{BlockCipherEncrypt, KeyInit};
     let mut block = aes::Block::default();
     aes::Aes256::new_from_slice(key)
         .unwrap()
@@ -917,7 +917,7 @@ fn session_keys_pass_the_gcm_and_hmac_known_answers() {
 
 /// AES(key, 0^128)[0..3] for any AES key length.
 fn aes_kcv_any(key: &[u8]) -> Vec<u8> {
-    use aes::cipher::{BlockEncrypt, KeyInit};
+    use aes::cipher::{BlockCipherEncrypt, KeyInit};
     let mut b = aes::Block::default();
     match key.len() {
         16 => aes::Aes128::new_from_slice(key)

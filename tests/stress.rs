@@ -135,7 +135,7 @@ fn signer(world: &World, w: &Watched, t: u32) -> Vec<Signed> {
     let asset = t as usize % 2;
     let (label, _) = ASSETS[asset];
     // Raw ECDSA of a 32-byte digest, or ECDSA-SHA256 of a message.
-    let raw = t % 3 != 0;
+    let raw = !t.is_multiple_of(3);
     // Half find the key every round, half keep the handle they found.
     let find_each_round = t < SIGNERS / 2;
     let mut signed = Vec::new();
@@ -199,7 +199,7 @@ fn signer(world: &World, w: &Watched, t: u32) -> Vec<Signed> {
         // Every other ECDSA-SHA256 signature in parts, pausing between
         // them: a logout, C_CloseAllSessions or rotation then lands inside
         // the operation more often.
-        let in_parts = !raw && i % 2 == 0;
+        let in_parts = !raw && i.is_multiple_of(2);
         let result = if in_parts {
             w.step("C_SignInit/Update/Final", || {
                 s.sign_init(&mech, k)?;
@@ -261,7 +261,7 @@ fn churner(world: &World, w: &Watched) {
     while world.running() {
         n += 1;
         let opened = w.step("C_OpenSession", || {
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 world.ctx.open_rw_session(world.slot)
             } else {
                 world.ctx.open_ro_session(world.slot)

@@ -1,72 +1,17 @@
-//! Mechanisms: ECDSA (raw and with SHA-1/SHA-2) and message digests, with the
-//! state of multi-part operations. This layer knows key bytes and key types,
-//! never assets.
+//! ECDSA over secp256k1 and P-256: RFC 6979 signing (low-S on secp256k1), verification, X9.62 digest truncation, public points.
 
 #![forbid(unsafe_code)]
 
-use sha1::Sha1;
-use sha2::{Digest, Sha224, Sha256, Sha384, Sha512};
-
 use crate::ck::*;
-use crate::derive::KeyType;
 use crate::error::{Error, Result};
+use crate::secure;
+use crate::types::KeyType;
+
+use super::digest::Hasher;
+use super::warm_up;
 
 /// Length of an ECDSA signature `r || s` on the 256-bit curves.
 pub const ECDSA_SIG_LEN: usize = 64;
-
-/// A running hash for the digest and hash-then-sign mechanisms.
-#[derive(Clone)]
-pub enum Hasher {
-    Sha1(Sha1),
-    Sha224(Sha224),
-    Sha256(Sha256),
-    Sha384(Sha384),
-    Sha512(Sha512),
-}
-
-impl Hasher {
-    /// The hash of a digest mechanism (`CKM_SHA256`…).
-    pub fn for_digest(mech: CK_MECHANISM_TYPE) -> Option<Hasher> {
-        Some(match mech {
-            CKM_SHA_1 => Hasher::Sha1(Sha1::new()),
-            CKM_SHA224 => Hasher::Sha224(Sha224::new()),
-            CKM_SHA256 => Hasher::Sha256(Sha256::new()),
-            CKM_SHA384 => Hasher::Sha384(Sha384::new()),
-            CKM_SHA512 => Hasher::Sha512(Sha512::new()),
-            _ => return None,
-        })
-    }
-
-    pub fn output_len(&self) -> usize {
-        match self {
-            Hasher::Sha1(_) => 20,
-            Hasher::Sha224(_) => 28,
-            Hasher::Sha256(_) => 32,
-            Hasher::Sha384(_) => 48,
-            Hasher::Sha512(_) => 64,
-        }
-    }
-
-    pub fn update(&mut self, data: &[u8]) {
-        match self {
-            Hasher::Sha1(h) => h.update(data),
-            Hasher::Sha224(h) => h.update(data),
-            Hasher::Sha256(h) => h.update(data),
-            Hasher::Sha384(h) => h.update(data),
-            Hasher::Sha512(h) => h.update(data),
-        }
-    }
-
-    pub fn finish(self) -> Vec<u8> {
-        match self {
-            Hasher::Sha1(h) => h.finalize().to_vec(),
-            Hasher::Sha224(h) => h.finalize().to_vec(),
-            Hasher::Sha256(h) => h.finalize().to_vec(),
-            Hasher::Sha384(h) => h.finalize().to_vec(),
-            Hasher::Sha512(h) => h.finalize().to_vec(),
-        }
-    }
-}
 
 /// The ECDSA mechanisms: `None` hasher for raw `CKM_ECDSA`.
 pub fn ecdsa_hasher(mech: CK_MECHANISM_TYPE) -> Result<Option<Hasher>> {
@@ -94,29 +39,11 @@ fn field_digest(input: &[u8]) -> [u8; 32] {
     z
 }
 
-/// Builds the curves' precomputed tables (public data) on an ordinary stack,
-/// so the first signature does not build them on a secret stack: that made
-/// the deepest secret-stack use (68 KiB) and would size every wipe.
-/// Called before every computation that uses them; only the first call works.
-pub fn warm_up() {
-    static TABLES: std::sync::Once = std::sync::Once::new();
-    TABLES.call_once(|| {
-        let one = [[0u8; 31].as_slice(), &[1u8]].concat();
-        if let Ok(k) = k256::SecretKey::from_slice(&one) {
-            let _ = k.public_key();
-        }
-        if let Ok(k) = p256::SecretKey::from_slice(&one) {
-            let _ = k.public_key();
-        }
-        crate::p256_base::warm_up();
-    });
-}
-
 /// Signs a digest with an EC scalar: RFC 6979 nonce, raw `r || s`, low-S on
 /// secp256k1 (its convention; P-256 signatures are left as computed).
 pub fn ecdsa_sign(kt: KeyType, scalar: &[u8], digest: &[u8]) -> Result<[u8; ECDSA_SIG_LEN]> {
     warm_up();
-    crate::secure::confined_at(crate::secure::Depth::Deep, || {
+    secure::confined_at(secure::Depth::Deep, || {
         // The RFC 6979 signing of k256's and p256's `SigningKey`, without
         // building a `SigningKey`: that computes the public key, a second
         // scalar multiplication per signature.
@@ -181,89 +108,29 @@ pub fn ecdsa_verify(kt: KeyType, point: &[u8], digest: &[u8], sig: &[u8]) -> Res
     }
 }
 
-/// What `C_GetMechanismInfo` says of each mechanism p11derive implements.
-pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
-    let ec_flags = CKF_EC_F_P | CKF_EC_OID | CKF_EC_UNCOMPRESS;
-    let ec = |flags| CK_MECHANISM_INFO {
-        ulMinKeySize: 256,
-        ulMaxKeySize: 256,
-        flags: flags | ec_flags,
-    };
-    let digest = CK_MECHANISM_INFO {
-        ulMinKeySize: 0,
-        ulMaxKeySize: 0,
-        flags: CKF_DIGEST,
-    };
-    let sv = CKF_SIGN | CKF_VERIFY;
-    // Key sizes: bytes for AES, bits for generic secrets (PKCS#11 convention).
-    let hmac = CK_MECHANISM_INFO {
-        ulMinKeySize: 8,
-        ulMaxKeySize: 4096,
-        flags: sv,
-    };
-    vec![
-        (CKM_EC_KEY_PAIR_GEN, ec(CKF_GENERATE_KEY_PAIR)),
-        (CKM_ECDSA, ec(sv)),
-        (CKM_ECDSA_SHA1, ec(sv)),
-        (CKM_ECDSA_SHA224, ec(sv)),
-        (CKM_ECDSA_SHA256, ec(sv)),
-        (CKM_ECDSA_SHA384, ec(sv)),
-        (CKM_ECDSA_SHA512, ec(sv)),
-        (CKM_SHA_1, digest),
-        (CKM_SHA224, digest),
-        (CKM_SHA256, digest),
-        (CKM_SHA384, digest),
-        (CKM_SHA512, digest),
-        (
-            CKM_AES_KEY_GEN,
-            CK_MECHANISM_INFO {
-                ulMinKeySize: 16,
-                ulMaxKeySize: 32,
-                flags: CKF_GENERATE,
-            },
-        ),
-        (
-            CKM_AES_GCM,
-            CK_MECHANISM_INFO {
-                ulMinKeySize: 16,
-                ulMaxKeySize: 32,
-                flags: CKF_ENCRYPT | CKF_DECRYPT,
-            },
-        ),
-        (
-            CKM_GENERIC_SECRET_KEY_GEN,
-            CK_MECHANISM_INFO {
-                ulMinKeySize: 8,
-                ulMaxKeySize: 4096,
-                flags: CKF_GENERATE,
-            },
-        ),
-        (
-            CKM_AES_KEY_WRAP,
-            CK_MECHANISM_INFO {
-                ulMinKeySize: 16,
-                ulMaxKeySize: 32,
-                flags: CKF_WRAP | CKF_UNWRAP,
-            },
-        ),
-        (
-            CKM_AES_KEY_WRAP_KWP,
-            CK_MECHANISM_INFO {
-                ulMinKeySize: 16,
-                ulMaxKeySize: 32,
-                flags: CKF_WRAP | CKF_UNWRAP,
-            },
-        ),
-        (CKM_SHA256_HMAC, hmac),
-        (CKM_SHA384_HMAC, hmac),
-        (CKM_SHA512_HMAC, hmac),
-    ]
+/// The uncompressed SEC1 public point (65 bytes) of an EC scalar.
+pub fn public_point(kt: KeyType, scalar: &[u8; 32]) -> Option<Vec<u8>> {
+    super::warm_up();
+    secure::confined_at(secure::Depth::Deep, || {
+        use k256::elliptic_curve::sec1::ToSec1Point;
+        match kt {
+            KeyType::Secp256k1 => {
+                let pk = k256::SecretKey::from_slice(scalar).ok()?.public_key();
+                Some(pk.to_sec1_point(false).as_bytes().to_vec())
+            }
+            KeyType::P256 => {
+                let pk = p256::SecretKey::from_slice(scalar).ok()?.public_key();
+                Some(pk.to_sec1_point(false).as_bytes().to_vec())
+            }
+            _ => None,
+        }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::derive::Secret32;
+    use crate::types::Secret32;
 
     #[test]
     fn short_and_long_digests_follow_x962() {
@@ -277,7 +144,7 @@ mod tests {
     fn signatures_verify_and_secp256k1_is_low_s() {
         let scalar = Secret32::copy_of(&[7u8; 32]).unwrap();
         for kt in [KeyType::Secp256k1, KeyType::P256] {
-            let point = crate::derive::public_point(kt, &scalar).unwrap();
+            let point = public_point(kt, &scalar).unwrap();
             for len in [1usize, 20, 32, 64] {
                 let digest = vec![0xa5; len];
                 let sig = ecdsa_sign(kt, &scalar[..], &digest).unwrap();
@@ -301,7 +168,7 @@ mod tests {
     #[test]
     fn high_s_secp256k1_signatures_still_verify() {
         let scalar = Secret32::copy_of(&[3u8; 32]).unwrap();
-        let point = crate::derive::public_point(KeyType::Secp256k1, &scalar).unwrap();
+        let point = public_point(KeyType::Secp256k1, &scalar).unwrap();
         let sig = ecdsa_sign(KeyType::Secp256k1, &scalar[..], &[1; 32]).unwrap();
         // s' = n - s is the high-S twin of the same signature.
         let (r, s) = k256::ecdsa::Signature::from_slice(&sig)
@@ -314,7 +181,7 @@ mod tests {
     #[test]
     fn wrong_signature_length_is_len_range() {
         let scalar = Secret32::copy_of(&[7u8; 32]).unwrap();
-        let point = crate::derive::public_point(KeyType::P256, &scalar).unwrap();
+        let point = public_point(KeyType::P256, &scalar).unwrap();
         let e = ecdsa_verify(KeyType::P256, &point, &[0; 32], &[0; 63]).unwrap_err();
         assert_eq!(e.rv, CKR_SIGNATURE_LEN_RANGE);
     }

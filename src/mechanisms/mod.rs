@@ -1,0 +1,131 @@
+//! The mechanisms p11derive implements: one registry of what `C_GetMechanismList`/`C_GetMechanismInfo` report, and the algorithms, which know key bytes and key types, never assets.
+//!
+//! - [`ecdsa`]: ECDSA over secp256k1 and P-256 (P-256 signing through
+//!   [`crate::p256_base`]'s constant-time fixed-base multiplication);
+//! - [`digest`]: SHA-1 and SHA-2 digests;
+//! - [`gcm`]: AES-GCM; [`hmac`]: HMAC-SHA-2; [`keywrap`]: AES key wrap;
+//! - [`checkvalue`]: `CKA_CHECK_VALUE` of secret keys.
+
+#![forbid(unsafe_code)]
+
+pub mod checkvalue;
+pub mod digest;
+pub mod ecdsa;
+pub mod gcm;
+pub mod hmac;
+pub mod keywrap;
+
+pub use digest::Hasher;
+pub use ecdsa::{ecdsa_hasher, ecdsa_sign, ecdsa_verify, public_point, ECDSA_SIG_LEN};
+
+use crate::ck::*;
+use crate::types::{KeyType, Secret32};
+
+/// Builds the curves' precomputed tables (public data) on an ordinary stack,
+/// so the first signature does not build them on a secret stack: that made
+/// the deepest secret-stack use (68 KiB) and would size every wipe.
+/// Called before every computation that uses them; only the first call works.
+pub fn warm_up() {
+    static TABLES: std::sync::Once = std::sync::Once::new();
+    TABLES.call_once(|| {
+        let one = [[0u8; 31].as_slice(), &[1u8]].concat();
+        if let Ok(k) = k256::SecretKey::from_slice(&one) {
+            let _ = k.public_key();
+        }
+        if let Ok(k) = p256::SecretKey::from_slice(&one) {
+            let _ = k.public_key();
+        }
+        crate::p256_base::warm_up();
+    });
+}
+
+/// What identifies a key without revealing it: the public point of an EC
+/// scalar, the `CKA_CHECK_VALUE` (3 bytes, PKCS#11) of a secret key.
+pub fn fingerprint(kt: KeyType, key: &Secret32) -> Option<Vec<u8>> {
+    match kt {
+        KeyType::Secp256k1 | KeyType::P256 => public_point(kt, key),
+        KeyType::Aes256 => checkvalue::aes_check_value(&key[..])
+            .ok()
+            .map(|c| c.to_vec()),
+        KeyType::HmacSha256 => Some(checkvalue::generic_check_value(&key[..]).to_vec()),
+    }
+}
+
+/// What `C_GetMechanismInfo` says of each mechanism p11derive implements.
+pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
+    let ec_flags = CKF_EC_F_P | CKF_EC_OID | CKF_EC_UNCOMPRESS;
+    let ec = |flags| CK_MECHANISM_INFO {
+        ulMinKeySize: 256,
+        ulMaxKeySize: 256,
+        flags: flags | ec_flags,
+    };
+    let digest = CK_MECHANISM_INFO {
+        ulMinKeySize: 0,
+        ulMaxKeySize: 0,
+        flags: CKF_DIGEST,
+    };
+    let sv = CKF_SIGN | CKF_VERIFY;
+    // Key sizes: bytes for AES, bits for generic secrets (PKCS#11 convention).
+    let hmac = CK_MECHANISM_INFO {
+        ulMinKeySize: 8,
+        ulMaxKeySize: 4096,
+        flags: sv,
+    };
+    vec![
+        (CKM_EC_KEY_PAIR_GEN, ec(CKF_GENERATE_KEY_PAIR)),
+        (CKM_ECDSA, ec(sv)),
+        (CKM_ECDSA_SHA1, ec(sv)),
+        (CKM_ECDSA_SHA224, ec(sv)),
+        (CKM_ECDSA_SHA256, ec(sv)),
+        (CKM_ECDSA_SHA384, ec(sv)),
+        (CKM_ECDSA_SHA512, ec(sv)),
+        (CKM_SHA_1, digest),
+        (CKM_SHA224, digest),
+        (CKM_SHA256, digest),
+        (CKM_SHA384, digest),
+        (CKM_SHA512, digest),
+        (
+            CKM_AES_KEY_GEN,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 16,
+                ulMaxKeySize: 32,
+                flags: CKF_GENERATE,
+            },
+        ),
+        (
+            CKM_AES_GCM,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 16,
+                ulMaxKeySize: 32,
+                flags: CKF_ENCRYPT | CKF_DECRYPT,
+            },
+        ),
+        (
+            CKM_GENERIC_SECRET_KEY_GEN,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 8,
+                ulMaxKeySize: 4096,
+                flags: CKF_GENERATE,
+            },
+        ),
+        (
+            CKM_AES_KEY_WRAP,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 16,
+                ulMaxKeySize: 32,
+                flags: CKF_WRAP | CKF_UNWRAP,
+            },
+        ),
+        (
+            CKM_AES_KEY_WRAP_KWP,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 16,
+                ulMaxKeySize: 32,
+                flags: CKF_WRAP | CKF_UNWRAP,
+            },
+        ),
+        (CKM_SHA256_HMAC, hmac),
+        (CKM_SHA384_HMAC, hmac),
+        (CKM_SHA512_HMAC, hmac),
+    ]
+}
