@@ -1,0 +1,316 @@
+//! The backing HSM as p11derive uses it: `Backend`, whose calls run on workers under a timeout and a backoff.
+//!
+//! The backing HSM is a second PKCS#11 module, loaded from the config, that
+//! holds the root secret. p11derive asks it for exactly two things on the hot
+//! path: the PRF (`CKM_SHA256_HMAC` under the root) and random bytes. Logins
+//! pass through to it, so authentication is the HSM's own.
+//!
+//! No lock is held while the HSM works: sessions come from a small pool taken
+//! and returned under a short lock, and the HSM module itself is initialized
+//! with `CKF_OS_LOCKING_OK`, so it serializes what it must.
+//!
+//! `module` loads the module and wraps each backing call (all of the
+//! backend's `unsafe` is there); `core` holds the token's sessions, login and
+//! recovery; `root` the root, the rollback anchor and the PRF; `workers` the
+//! timeout threads and the backoff, which know nothing of PKCS#11.
+
+mod core;
+mod module;
+mod root;
+mod workers;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use cryptoki_sys as sys;
+
+use self::core::Core;
+use self::module::{last_failure, set_last_failure};
+use self::workers::{Backoff, Waited, Workers};
+use crate::ck;
+use crate::config::BackendSection;
+use crate::derive::{Prf, Secret32};
+use crate::error::{rv_name, Error, Result};
+use crate::secure::SecretBytes;
+
+/// Calls made into the backing module by this process (for the statistics
+/// the provider logs at C_Finalize).
+pub static HSM_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Of those, the calls made while moving the rollback anchor.
+pub static ANCHOR_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    /// Set while this thread moves the rollback anchor (see `anchoring`).
+    static ANCHORING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with its backing HSM calls counted as the anchor's as well.
+pub fn anchoring<T>(f: impl FnOnce() -> T) -> T {
+    ANCHORING.with(|a| a.set(true));
+    let out = f();
+    ANCHORING.with(|a| a.set(false));
+    out
+}
+
+/// What the backing token says of itself, for the provider's token info.
+#[derive(Debug, Clone)]
+pub struct BackingTokenInfo {
+    pub serial: String,
+    pub min_pin_len: u64,
+    pub max_pin_len: u64,
+    pub flags: u64,
+}
+
+/// Whether a backing call's failure shows the HSM not answering (a refused
+/// operation, such as a token-object write SoftHSM fails while another
+/// process writes its files, is an answer).
+fn not_answering(rv: sys::CK_RV) -> bool {
+    matches!(
+        rv,
+        sys::CKR_DEVICE_ERROR
+            | sys::CKR_DEVICE_REMOVED
+            | sys::CKR_DEVICE_MEMORY
+            | sys::CKR_TOKEN_NOT_PRESENT
+            | sys::CKR_TOKEN_NOT_RECOGNIZED
+            | sys::CKR_CRYPTOKI_NOT_INITIALIZED
+    )
+}
+
+/// The backing HSM, reached through a second PKCS#11 module: every call
+/// after `open` runs on a worker thread and is waited for at most
+/// `call_timeout_ms` (`open` itself — loading the module, `C_Initialize`,
+/// finding the token — runs on the caller's thread, without that limit);
+/// while the HSM fails, calls fail at once with `CKR_DEVICE_ERROR` (backoff);
+/// lost sessions and logins are recovered (see `Core::recover`).
+pub struct Backend {
+    core: Arc<Core>,
+    workers: Arc<Workers>,
+    backoff: Backoff,
+    timeout: std::time::Duration,
+}
+
+impl Backend {
+    /// Loads the module, initializes it and finds the backing token by label.
+    /// `config_file` is only used in messages.
+    pub fn open(cfg: &BackendSection, config_file: &Path) -> Result<Backend> {
+        Ok(Backend {
+            core: Arc::new(Core::open(cfg, config_file)?),
+            workers: Arc::new(Workers::default()),
+            backoff: Backoff::new(std::time::Duration::from_millis(cfg.backoff_max_ms)),
+            timeout: std::time::Duration::from_millis(cfg.call_timeout_ms),
+        })
+    }
+
+    pub fn module_path(&self) -> &Path {
+        &self.core.path
+    }
+
+    pub fn token_label(&self) -> &str {
+        &self.core.token_label
+    }
+
+    /// Runs `f` on a worker, waiting at most the call timeout, unless the
+    /// HSM is in its backoff delay.
+    fn call<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Core) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if let Err(refused) = self.backoff.admit() {
+            return Err(Error::with(
+                ck::CKR_DEVICE_ERROR,
+                format!(
+                    "backing HSM (token {:?}) unavailable: {}; {what} not attempted, next \
+                     attempt in {} ms",
+                    self.core.token_label,
+                    refused.last_error,
+                    refused.wait.as_millis()
+                ),
+            ));
+        }
+        let (out, down) = self.call_now(what, f);
+        match &out {
+            Err(e) if down => {
+                let last_error = e.message.clone().unwrap_or_else(|| rv_name(e.rv).into());
+                let failure = self.backoff.failed(last_error.clone());
+                crate::log::warn(&format!(
+                    "backing HSM: {what} failed ({last_error}); failure {} in a row, next \
+                     attempt in {} ms",
+                    failure.in_a_row,
+                    failure.delay.as_millis()
+                ));
+            }
+            _ => {
+                let failures = self.backoff.answered();
+                if failures > 0 {
+                    crate::log::info(&format!(
+                        "backing HSM: answering again after {failures} failed attempts"
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// Runs `f` on a worker and waits for it at most the call timeout.
+    /// Also says whether the outcome shows the HSM down: a timeout, or a
+    /// backing return code of a device that does not answer
+    /// (`not_answering`).
+    fn call_now<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Core) -> Result<T> + Send + 'static,
+    ) -> (Result<T>, bool) {
+        let core = self.core.clone();
+        let anchoring = ANCHORING.with(|a| a.get());
+        let waited = self.workers.call(self.timeout, move || {
+            ANCHORING.with(|a| a.set(anchoring));
+            set_last_failure(sys::CKR_OK);
+            let out = f(&core);
+            let last = last_failure();
+            ANCHORING.with(|a| a.set(false));
+            (out, last)
+        });
+        match waited {
+            Waited::Done((out, last)) => {
+                let down = out.is_err() && not_answering(last);
+                (out, down)
+            }
+            Waited::NotStarted(e) => (
+                Err(Error::with(
+                    ck::CKR_HOST_MEMORY,
+                    format!("cannot start a thread for backing HSM calls: {e}"),
+                )),
+                false,
+            ),
+            Waited::TimedOut => (
+                Err(Error::with(
+                    ck::CKR_DEVICE_ERROR,
+                    format!(
+                        "backing HSM (token {:?}, module {}) did not answer {what} within {} ms \
+                     ([backend] call_timeout_ms)",
+                        self.core.token_label,
+                        self.core.path.display(),
+                        self.timeout.as_millis()
+                    ),
+                )),
+                true,
+            ),
+            Waited::Lost => (
+                Err(Error::with(
+                    ck::CKR_GENERAL_ERROR,
+                    format!("backing HSM call {what} ended without a result"),
+                )),
+                false,
+            ),
+        }
+    }
+
+    pub fn token_info(&self) -> Result<BackingTokenInfo> {
+        self.call("C_GetTokenInfo", |c| c.token_info())
+    }
+
+    /// Logs in to the backing token (`user_type` is CKU_USER or CKU_SO) and,
+    /// for a user, finds the root. The PIN is kept in the locked arena while
+    /// logged in, to log in again should the HSM lose the login. The PIN
+    /// comes back from the worker only with its success, and is
+    /// kept then: a login that timed out here and succeeded late leaves no
+    /// PIN behind (it is wiped with the worker's unread result).
+    pub fn login(&self, user_type: sys::CK_USER_TYPE, pin: &[u8]) -> Result<()> {
+        let pin = arena_copy(pin)?;
+        let pin = self.call("C_Login", move |c| {
+            c.login_as(user_type, &pin, true).map(|()| pin)
+        })?;
+        if user_type == sys::CKU_USER {
+            self.core.keep_pin(pin);
+        }
+        Ok(())
+    }
+
+    /// Logs a user in for administration (`p11derive init`): the root may
+    /// not exist yet, so it is not looked up.
+    pub fn login_admin(&self, pin: &[u8]) -> Result<()> {
+        let pin = arena_copy(pin)?;
+        self.call("C_Login", move |c| c.login_admin(&pin))
+    }
+
+    /// Logs out (tried even during the backoff delay: the login must end).
+    pub fn logout(&self) -> Result<()> {
+        self.core.forget_pin();
+        self.call_now("C_Logout", |c| c.logout()).0
+    }
+
+    /// Fills `out` from the backing HSM's random number generator.
+    pub fn random(&self, out: &mut [u8]) -> Result<()> {
+        for chunk in out.chunks_mut(4096) {
+            let n = chunk.len();
+            let bytes = self.call("C_GenerateRandom", move |c| c.random(n))?;
+            chunk.copy_from_slice(&bytes[..n]);
+        }
+        Ok(())
+    }
+
+    pub fn generate_root(&self) -> Result<()> {
+        self.call("C_GenerateKey (root)", |c| c.generate_root())
+    }
+
+    pub fn import_root(&self, value: &[u8; 32]) -> Result<()> {
+        let mut v = crate::secure::secret::<32>()?;
+        v.copy_from_slice(value);
+        self.call("C_CreateObject (root)", move |c| c.import_root(&v))
+    }
+
+    pub fn root_exists(&self) -> Result<bool> {
+        self.call("C_FindObjects (root)", |c| c.root_exists())
+    }
+
+    pub fn read_anchor(&self) -> Result<Option<(u64, [u8; 32])>> {
+        self.call("reading the rollback anchor", |c| c.read_anchor())
+    }
+
+    pub fn write_anchor(&self, seq: u64, mac: &[u8; 32], reset: bool) -> Result<()> {
+        let mac = *mac;
+        self.call("writing the rollback anchor", move |c| {
+            c.write_anchor(seq, &mac, reset)
+        })
+    }
+
+    /// Closes every session and, if p11derive initialized the module,
+    /// finalizes it; a hung HSM is left to its worker after the timeout.
+    pub fn finalize(&self) {
+        self.core.forget_pin();
+        if let Err(e) = self
+            .call_now("C_Finalize", |c| {
+                c.finalize();
+                Ok(())
+            })
+            .0
+        {
+            crate::log::warn(&format!("backing HSM: {e}"));
+        }
+        self.workers.close(self.timeout);
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.workers.close(std::time::Duration::from_millis(200));
+    }
+}
+
+/// A copy of a PIN in the locked arena, to hand to a worker.
+fn arena_copy(pin: &[u8]) -> Result<SecretBytes> {
+    let mut b = SecretBytes::with_capacity(pin.len().max(1))
+        .map_err(|m| Error::with(ck::CKR_HOST_MEMORY, m))?;
+    b.push(pin);
+    Ok(b)
+}
+
+impl Prf for Backend {
+    /// `HMAC-SHA256(root, input)` computed inside the HSM, written straight
+    /// into the locked arena.
+    fn prf(&self, input: &[u8]) -> Result<Secret32> {
+        let input = input.to_vec();
+        self.call("the PRF (C_Sign under the root)", move |c| c.prf(&input))
+    }
+}

@@ -1,0 +1,299 @@
+//! The root secret in the backing token (find, generate, import), the rollback anchor beside it, and the PRF under it.
+
+use cryptoki_sys as sys;
+
+use super::core::{device, Core};
+use super::module::Template;
+use crate::ck;
+use crate::derive::Secret32;
+use crate::error::{rv_name, Error, Result};
+
+impl Core {
+    /// Finds the one secret key labelled `root_label`.
+    pub(super) fn find_root(&self, h: sys::CK_SESSION_HANDLE) -> Result<sys::CK_OBJECT_HANDLE> {
+        let found = self.find_secret_keys(h, &self.root_label)?;
+        match found.as_slice() {
+            [root] => Ok(*root),
+            [] => Err(Error::with(
+                ck::CKR_DEVICE_ERROR,
+                format!(
+                    "backing token {:?} has no root secret labelled {:?}; create it with \
+                     `p11derive init` (or fix [backend] root_label)",
+                    self.token_label, self.root_label
+                ),
+            )),
+            many => Err(Error::with(
+                ck::CKR_DEVICE_ERROR,
+                format!(
+                    "backing token {:?} holds {} secret keys labelled {:?}; the root must be \
+                     unique: remove the extra ones with the HSM's own tools",
+                    self.token_label,
+                    many.len(),
+                    self.root_label
+                ),
+            )),
+        }
+    }
+
+    fn find_secret_keys(
+        &self,
+        h: sys::CK_SESSION_HANDLE,
+        label: &str,
+    ) -> Result<Vec<sys::CK_OBJECT_HANDLE>> {
+        self.find_by_label(h, sys::CKO_SECRET_KEY, label)
+    }
+
+    /// Every object of `class` labelled `label` on the backing token.
+    fn find_by_label(
+        &self,
+        h: sys::CK_SESSION_HANDLE,
+        class: sys::CK_OBJECT_CLASS,
+        label: &str,
+    ) -> Result<Vec<sys::CK_OBJECT_HANDLE>> {
+        let mut template = Template::new();
+        template
+            .ulong(sys::CKA_CLASS, &class)
+            .bytes(sys::CKA_LABEL, label.as_bytes());
+        let rv = self.module.find_objects_init(h, &mut template);
+        if rv != sys::CKR_OK {
+            return Err(device("C_FindObjectsInit", rv));
+        }
+        let mut found = Vec::new();
+        loop {
+            let mut batch = [0 as sys::CK_OBJECT_HANDLE; 16];
+            let (rv, n) = self.module.find_objects(h, &mut batch);
+            if rv != sys::CKR_OK {
+                let _ = self.module.find_objects_final(h);
+                return Err(device("C_FindObjects", rv));
+            }
+            found.extend_from_slice(&batch[..n as usize]);
+            if (n as usize) < batch.len() {
+                break;
+            }
+        }
+        let _ = self.module.find_objects_final(h);
+        Ok(found)
+    }
+
+    fn root_handle(&self) -> Result<sys::CK_OBJECT_HANDLE> {
+        self.root
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .ok_or(Error::rv(ck::CKR_USER_NOT_LOGGED_IN))
+    }
+
+    /// Creates the root inside the HSM: a 256-bit generic secret that never
+    /// leaves it (sensitive, not extractable), usable only for HMAC signing.
+    /// Requires a user login. Refuses when a root with that label exists.
+    pub(super) fn generate_root(&self) -> Result<()> {
+        self.create_root(None)
+    }
+
+    /// Imports a given root (test vectors, recovery ceremonies) with the same
+    /// attributes as a generated one.
+    pub(super) fn import_root(&self, value: &[u8; 32]) -> Result<()> {
+        self.create_root(Some(value))
+    }
+
+    /// Whether a root with the configured label exists (needs a user login).
+    pub(super) fn root_exists(&self) -> Result<bool> {
+        self.with_session(|h| Ok(!self.find_secret_keys(h, &self.root_label)?.is_empty()))
+    }
+
+    fn create_root(&self, value: Option<&[u8; 32]>) -> Result<()> {
+        if self.root_exists()? {
+            return Err(Error::with(
+                ck::CKR_ATTRIBUTE_VALUE_INVALID,
+                format!(
+                    "backing token {:?} already holds a root labelled {:?}; refusing to create \
+                     another",
+                    self.token_label, self.root_label
+                ),
+            ));
+        }
+        let class = sys::CKO_SECRET_KEY;
+        let key_type = sys::CKK_GENERIC_SECRET;
+        let value_len: sys::CK_ULONG = 32;
+        let yes = sys::CK_TRUE;
+        let no = sys::CK_FALSE;
+        // The imported value is copied into the locked arena the HSM reads
+        // from. The template is complete before the first attempt: after a
+        // recovery `with_session` runs the closure again, with the same one.
+        let mut secret = crate::secure::secret::<32>()?;
+        if let Some(v) = value {
+            secret.copy_from_slice(v);
+        }
+        let mut template = Template::new();
+        template
+            .ulong(sys::CKA_CLASS, &class)
+            .ulong(sys::CKA_KEY_TYPE, &key_type)
+            .bytes(sys::CKA_LABEL, self.root_label.as_bytes())
+            .bool(sys::CKA_TOKEN, &yes)
+            .bool(sys::CKA_PRIVATE, &yes)
+            .bool(sys::CKA_SENSITIVE, &yes)
+            .bool(sys::CKA_EXTRACTABLE, &no)
+            .bool(sys::CKA_SIGN, &yes)
+            .bool(sys::CKA_VERIFY, &no)
+            .bool(sys::CKA_ENCRYPT, &no)
+            .bool(sys::CKA_DECRYPT, &no)
+            .bool(sys::CKA_WRAP, &no)
+            .bool(sys::CKA_UNWRAP, &no)
+            .bool(sys::CKA_DERIVE, &no)
+            .bool(sys::CKA_MODIFIABLE, &no);
+        match value {
+            Some(_) => template.bytes(sys::CKA_VALUE, &secret[..]),
+            None => template.ulong(sys::CKA_VALUE_LEN, &value_len),
+        };
+        self.with_session(|h| {
+            let (rv, _) = match value {
+                Some(_) => self.module.create_object(h, &mut template),
+                None => self
+                    .module
+                    .generate_key(h, sys::CKM_GENERIC_SECRET_KEY_GEN, &mut template),
+            };
+            match rv {
+                sys::CKR_OK => Ok(()),
+                rv => Err(device(
+                    if value.is_some() {
+                        "C_CreateObject (root)"
+                    } else {
+                        "C_GenerateKey (root)"
+                    },
+                    rv,
+                )),
+            }
+        })
+    }
+
+    /// The label of the rollback anchor (design §4): a private data object
+    /// beside the root holding the sequence number and MAC of the newest
+    /// audit record at the last anchoring.
+    fn anchor_label(&self) -> String {
+        format!("{}/anchor", self.root_label)
+    }
+
+    fn find_data(
+        &self,
+        h: sys::CK_SESSION_HANDLE,
+        label: &str,
+    ) -> Result<Vec<sys::CK_OBJECT_HANDLE>> {
+        self.find_by_label(h, sys::CKO_DATA, label)
+    }
+
+    /// Each anchor object found with its (seq, mac).
+    fn anchors(
+        &self,
+        h: sys::CK_SESSION_HANDLE,
+    ) -> Result<Vec<(sys::CK_OBJECT_HANDLE, u64, [u8; 32])>> {
+        let mut out = Vec::new();
+        for obj in self.find_data(h, &self.anchor_label())? {
+            let mut value = [0u8; 40];
+            let (rv, len) = self
+                .module
+                .get_attribute_value(h, obj, sys::CKA_VALUE, &mut value);
+            // Another process replaced the anchor between our find and read.
+            if rv == sys::CKR_OBJECT_HANDLE_INVALID {
+                continue;
+            }
+            if rv != sys::CKR_OK || len != 40 {
+                return Err(Error::with(
+                    ck::CKR_DEVICE_ERROR,
+                    format!(
+                        "the rollback anchor {:?} on backing token {:?} is unreadable ({})",
+                        self.anchor_label(),
+                        self.token_label,
+                        rv_name(rv)
+                    ),
+                ));
+            }
+            let seq = u64::from_be_bytes(value[..8].try_into().unwrap_or([0; 8]));
+            let mut mac = [0u8; 32];
+            mac.copy_from_slice(&value[8..]);
+            out.push((obj, seq, mac));
+        }
+        Ok(out)
+    }
+
+    /// The anchor's (sequence number, MAC), if one was written. Needs a user
+    /// login: the anchor is a private object. Should two exist (a crash
+    /// between writing the new one and removing the old), the newest counts.
+    /// Another process may replace the anchor while we read it: an anchor
+    /// that vanished between find and read is looked for again.
+    pub(super) fn read_anchor(&self) -> Result<Option<(u64, [u8; 32])>> {
+        self.with_session(|h| {
+            for _ in 0..5 {
+                let found = self.find_data(h, &self.anchor_label())?.len();
+                let anchors = self.anchors(h)?;
+                if found > 0 && anchors.is_empty() {
+                    continue;
+                }
+                return Ok(anchors
+                    .into_iter()
+                    .max_by_key(|(_, seq, _)| *seq)
+                    .map(|(_, seq, mac)| (seq, mac)));
+            }
+            Err(Error::with(
+                ck::CKR_DEVICE_ERROR,
+                format!(
+                    "the rollback anchor {:?} on backing token {:?} kept changing while read",
+                    self.anchor_label(),
+                    self.token_label
+                ),
+            ))
+        })
+    }
+
+    /// Moves the anchor to (seq, mac): a new object is written first, then
+    /// the older ones are removed (tokens may not allow changing a data
+    /// object's value). Only forward, unless `reset` (an operator knowingly
+    /// re-anchoring a restored store).
+    pub(super) fn write_anchor(&self, seq: u64, mac: &[u8; 32], reset: bool) -> Result<()> {
+        let label = self.anchor_label();
+        self.with_session(|h| {
+            let old = self.anchors(h)?;
+            if !reset && old.iter().any(|(_, held, _)| *held >= seq) {
+                return Ok(());
+            }
+            let mut value = [0u8; 40];
+            value[..8].copy_from_slice(&seq.to_be_bytes());
+            value[8..].copy_from_slice(mac);
+            let class = sys::CKO_DATA;
+            let yes = sys::CK_TRUE;
+            let app = b"p11derive";
+            let mut template = Template::new();
+            template
+                .ulong(sys::CKA_CLASS, &class)
+                .bool(sys::CKA_TOKEN, &yes)
+                .bool(sys::CKA_PRIVATE, &yes)
+                .bytes(sys::CKA_LABEL, label.as_bytes())
+                .bytes(sys::CKA_APPLICATION, app)
+                .bytes(sys::CKA_VALUE, &value);
+            let (rv, _) = self.module.create_object(h, &mut template);
+            if rv != sys::CKR_OK {
+                return Err(device("C_CreateObject (anchor)", rv));
+            }
+            for (stale, _, _) in old {
+                let _ = self.module.destroy_object(h, stale);
+            }
+            Ok(())
+        })
+    }
+
+    /// `HMAC-SHA256(root, input)` computed inside the HSM. The HSM writes the
+    /// output straight into the locked arena.
+    pub(super) fn prf(&self, input: &[u8]) -> Result<Secret32> {
+        self.with_session(|h| {
+            let root = self.root_handle()?;
+            let rv = self.module.sign_init(h, sys::CKM_SHA256_HMAC, root);
+            if rv != sys::CKR_OK {
+                return Err(device("C_SignInit(CKM_SHA256_HMAC, root)", rv));
+            }
+            let mut out = crate::secure::secret::<32>()?;
+            let (rv, len) = self.module.sign(h, input, &mut out[..]);
+            if rv != sys::CKR_OK || len != 32 {
+                return Err(device("C_Sign(CKM_SHA256_HMAC)", rv));
+            }
+            Ok(out)
+        })
+    }
+}

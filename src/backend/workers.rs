@@ -1,0 +1,224 @@
+//! Worker threads that run calls under a timeout, and the backoff that stops calling a service that does not answer.
+//!
+//! Nothing here knows PKCS#11: a job is any closure, a failure any message.
+//! Which outcomes mean "not answering" is the caller's to say.
+
+use std::sync::mpsc::{sync_channel, RecvTimeoutError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// A call to run on a worker.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Worker threads that make the calls, so a caller can stop waiting for one
+/// that hangs (`[backend] call_timeout_ms`). A worker stuck in a call stays
+/// with it; the next callers get other workers.
+#[derive(Default)]
+pub(super) struct Workers {
+    state: Mutex<Queue>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: std::collections::VecDeque<Job>,
+    idle: usize,
+    closed: bool,
+    /// Every worker started, to join at `close`.
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// How a call handed to the workers ended for the caller.
+pub(super) enum Waited<T> {
+    Done(T),
+    /// No worker could be started for it: it never ran.
+    NotStarted(std::io::Error),
+    /// Not done within the timeout: its worker keeps it, and drops its result.
+    TimedOut,
+    /// It ended without a result (it panicked).
+    Lost,
+}
+
+impl Workers {
+    /// Runs `job` on a worker and waits for its result at most `timeout`.
+    pub(super) fn call<T: Send + 'static>(
+        self: &Arc<Self>,
+        timeout: Duration,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Waited<T> {
+        let (tx, rx) = sync_channel(1);
+        let started = self.run(Box::new(move || {
+            // A caller that gave up is gone: the result (secrets included)
+            // is dropped, and wiped, here.
+            let _ = tx.send(job());
+        }));
+        if let Err(e) = started {
+            return Waited::NotStarted(e);
+        }
+        match rx.recv_timeout(timeout) {
+            Ok(out) => Waited::Done(out),
+            Err(RecvTimeoutError::Timeout) => Waited::TimedOut,
+            Err(RecvTimeoutError::Disconnected) => Waited::Lost,
+        }
+    }
+
+    fn run(self: &Arc<Self>, job: Job) -> std::io::Result<()> {
+        let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        q.jobs.push_back(job);
+        if q.idle >= q.jobs.len() {
+            self.wake.notify_one();
+            return Ok(());
+        }
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("p11derive-hsm".into())
+            .spawn(move || me.serve());
+        match spawned {
+            Ok(t) => {
+                q.threads.push(t);
+                Ok(())
+            }
+            Err(e) => {
+                // Take the job back: nobody will run it.
+                q.jobs.pop_back();
+                Err(e)
+            }
+        }
+    }
+
+    fn serve(&self) {
+        let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(job) = q.jobs.pop_front() {
+                drop(q);
+                job();
+                q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            if q.closed {
+                return;
+            }
+            q.idle += 1;
+            q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            q.idle -= 1;
+        }
+    }
+
+    /// Ends the workers and waits for them: the application may unload the
+    /// library right after `C_Finalize`, and no thread may still be running
+    /// its code then. A worker stuck in a hung call for longer than `grace`
+    /// is left behind (it cannot be stopped).
+    pub(super) fn close(&self, grace: Duration) {
+        let threads = {
+            let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            q.closed = true;
+            std::mem::take(&mut q.threads)
+        };
+        self.wake.notify_all();
+        let deadline = Instant::now() + grace;
+        for t in threads {
+            if t.thread().id() == std::thread::current().id() {
+                continue;
+            }
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                crate::log::warn("backing HSM: a call still has not returned; its thread is left");
+            }
+        }
+    }
+}
+
+/// Whether the service is answering: after a failure that says it is not
+/// (a timeout, a device error and the like), calls fail at once until a
+/// backoff delay has passed; then one call tries it, and the delay doubles
+/// (up to a maximum) while it keeps failing.
+#[derive(Default)]
+struct Health {
+    failures: u32,
+    retry_at: Option<Instant>,
+    probing: bool,
+    last_error: String,
+}
+
+const BACKOFF_FIRST_MS: u64 = 100;
+
+/// The backoff state of one service, shared by its callers.
+pub(super) struct Backoff {
+    health: Mutex<Health>,
+    max: Duration,
+}
+
+/// A call not let through during the backoff delay.
+pub(super) struct Refused {
+    /// The failure that started or continued the backoff.
+    pub(super) last_error: String,
+    /// Until the next call may try.
+    pub(super) wait: Duration,
+}
+
+/// A failure counted by `Backoff::failed`.
+pub(super) struct Failure {
+    /// Failures in a row, this one included.
+    pub(super) in_a_row: u32,
+    /// Until the next call may try.
+    pub(super) delay: Duration,
+}
+
+impl Backoff {
+    /// Delays start at 100 ms and double up to `max`.
+    pub(super) fn new(max: Duration) -> Self {
+        Backoff {
+            health: Mutex::new(Health::default()),
+            max,
+        }
+    }
+
+    /// Lets a call through, unless the delay has not passed or another call
+    /// is already trying the service; once the delay has passed, the call let
+    /// through is that one try. Each call let through ends with `failed` or
+    /// `answered`.
+    pub(super) fn admit(&self) -> Result<(), Refused> {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(at) = h.retry_at {
+            let now = Instant::now();
+            if now < at || h.probing {
+                return Err(Refused {
+                    last_error: h.last_error.clone(),
+                    wait: at.saturating_duration_since(now),
+                });
+            }
+            h.probing = true;
+        }
+        Ok(())
+    }
+
+    /// The call let through found the service not answering (`error` says
+    /// how): the next calls wait for a delay doubled with each failure.
+    pub(super) fn failed(&self, error: String) -> Failure {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        h.probing = false;
+        h.failures = h.failures.saturating_add(1);
+        let delay =
+            Duration::from_millis(BACKOFF_FIRST_MS.saturating_mul(1 << (h.failures - 1).min(16)))
+                .min(self.max);
+        h.retry_at = Some(Instant::now() + delay);
+        h.last_error = error;
+        Failure {
+            in_a_row: h.failures,
+            delay,
+        }
+    }
+
+    /// The call let through got an answer (success or refusal): the backoff
+    /// ends. Returns how many failures in a row it ends (0: none).
+    pub(super) fn answered(&self) -> u32 {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let failures = h.failures;
+        *h = Health::default();
+        failures
+    }
+}
