@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
-use cryptoki_sys as sys;
+use crate::ck as sys;
 
 use super::module::{last_failure, load_module, set_last_failure, Module};
 use super::BackingTokenInfo;

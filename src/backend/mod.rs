@@ -15,6 +15,8 @@
 //! timeout threads and the backoff, which know nothing of PKCS#11.
 
 mod core;
+// The one file of the backend that calls into the backing module.
+#[allow(unsafe_code)]
 mod module;
 mod root;
 mod workers;
@@ -22,7 +24,7 @@ mod workers;
 use std::path::Path;
 use std::sync::Arc;
 
-use cryptoki_sys as sys;
+use crate::ck as sys;
 
 use self::core::Core;
 use self::module::{last_failure, set_last_failure};

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::ptr;
 use std::sync::Mutex;
 
-use cryptoki_sys as sys;
+use crate::ck as sys;
 
 use crate::error::rv_name;
 use crate::process::PerProcess;
@@ -198,7 +198,7 @@ impl Module {
             // SAFETY: `list` is null (a count query) or points to a live,
             // exclusively borrowed buffer of `count` slot ids; `count` is a
             // local out-value.
-            unsafe { f(sys::CK_TRUE, list, &mut count) }
+            unsafe { f(sys::CK_TRUE as sys::CK_BBOOL, list, &mut count) }
         });
         (rv, count)
     }

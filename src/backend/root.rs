@@ -1,6 +1,6 @@
 //! The root secret in the backing token (find, generate, import), the rollback anchor beside it, and the PRF under it.
 
-use cryptoki_sys as sys;
+use crate::ck as sys;
 
 use super::core::{device, Core};
 use super::module::Template;
@@ -114,8 +114,8 @@ impl Core {
         let class = sys::CKO_SECRET_KEY;
         let key_type = sys::CKK_GENERIC_SECRET;
         let value_len: sys::CK_ULONG = 32;
-        let yes = sys::CK_TRUE;
-        let no = sys::CK_FALSE;
+        let yes = sys::CK_TRUE as sys::CK_BBOOL;
+        let no = sys::CK_FALSE as sys::CK_BBOOL;
         // The imported value is copied into the locked arena the HSM reads
         // from. The template is complete before the first attempt: after a
         // recovery `with_session` runs the closure again, with the same one.
@@ -258,7 +258,7 @@ impl Core {
             value[..8].copy_from_slice(&seq.to_be_bytes());
             value[8..].copy_from_slice(mac);
             let class = sys::CKO_DATA;
-            let yes = sys::CK_TRUE;
+            let yes = sys::CK_TRUE as sys::CK_BBOOL;
             let app = b"p11derive";
             let mut template = Template::new();
             template

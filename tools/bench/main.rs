@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cryptoki_sys::*;
+use p11derive::ck::*;
 
 struct Module {
     _lib: libloading::Library,
@@ -138,12 +138,18 @@ fn load(path: &str) -> Module {
 fn slot_of(m: &Module, token: &str) -> CK_SLOT_ID {
     let mut n: CK_ULONG = 0;
     ok(
-        call!(m, C_GetSlotList(CK_TRUE, ptr::null_mut(), &mut n)),
+        call!(
+            m,
+            C_GetSlotList(CK_TRUE as CK_BBOOL, ptr::null_mut(), &mut n)
+        ),
         "C_GetSlotList",
     );
     let mut slots = vec![0; n as usize];
     ok(
-        call!(m, C_GetSlotList(CK_TRUE, slots.as_mut_ptr(), &mut n)),
+        call!(
+            m,
+            C_GetSlotList(CK_TRUE as CK_BBOOL, slots.as_mut_ptr(), &mut n)
+        ),
         "C_GetSlotList",
     );
     for slot in slots {

@@ -496,7 +496,7 @@ pub(crate) fn with_key<T>(
     let backend = Backend::open(&config.backend, &config.source)
         .map_err(|e| Failure::Failed(e.to_string()))?;
     let result = backend
-        .login(cryptoki_sys::CKU_USER, &pin)
+        .login(p11derive::ck::CKU_USER, &pin)
         .map_err(|e| Failure::Failed(format!("backing token login: {e}")))
         .and_then(|()| {
             let ak = derive::audit_key(&backend).map_err(|e| Failure::Failed(e.to_string()))?;
