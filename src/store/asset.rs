@@ -1,5 +1,4 @@
-//! The asset lifecycle as a state machine: what each version may do in each
-//! state, and what a transition changes (pure: no database).
+//! The asset lifecycle state machine: what each version may do, what a transition changes (pure).
 
 use crate::derive::{AssetId, KeyType};
 

@@ -1,5 +1,4 @@
-//! Assets as stored: reads (and the cache in front of them), creation,
-//! transitions applied in a write transaction, and version history.
+//! Assets as stored: reads and their cache, creation, transitions, version history.
 
 use crate::audit::{public_key_mac, Event, Record};
 use crate::derive::{AssetId, KeyType, Secret32};

@@ -1,6 +1,7 @@
-//! The audit chain as stored: appending (and sealing pending records), the
-//! head, the readers `audit verify` and `export` use, and the row encoding.
-//! The record format and the MAC chain are `crate::audit`'s.
+//! The audit chain as stored: append (sealing pending records), head, readers, row encoding.
+//!
+//! The record format and the MAC chain are `crate::audit`'s; this module only
+//! stores and reads them.
 
 use crate::audit::{Event, Head, Record, GENESIS};
 use crate::derive::Secret32;

@@ -1,7 +1,7 @@
-//! Group commit: each signature's record is committed (durably) before the
-//! signature leaves, many signatures sharing one transaction; on PostgreSQL
-//! in one round trip. Whether a version may still be used is decided here,
-//! at commit, by the pure [`decide`].
+//! Group commit: signatures' records share one durable transaction (one PostgreSQL round trip).
+//!
+//! Each record is committed before its signature leaves; whether the version
+//! may still be used is decided at the commit, by the pure [`decide`].
 
 use crate::audit::{Event, Head, Record, GENESIS};
 use crate::derive::Secret32;

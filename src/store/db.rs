@@ -1,7 +1,7 @@
-//! The interface the store's logic is written over, once for both engines
-//! (`sqlite`: one file, the default; `pg`: many hosts): statements in the SQL
-//! both engines accept, with `?N` placeholders, values as [`Val`], rows as
-//! [`Row`].
+//! The engine interface the store's logic is written over once: [`Db`], [`Tx`], [`Val`], [`Row`].
+//!
+//! Statements are in the SQL both engines (`sqlite`: one file, the default;
+//! `pg`: many hosts) accept, with `?N` placeholders.
 
 use super::StoreError;
 

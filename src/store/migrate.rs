@@ -1,5 +1,4 @@
-//! `p11derive store migrate`: a store copied row for row into a new, empty
-//! one (SQLite to PostgreSQL or back), its audit chain untouched.
+//! `p11derive store migrate`: a store copied row for row into a new, empty one, chain untouched.
 
 use super::assets::ASSET_COLUMNS;
 use super::db::{Db, Tx};

@@ -1,6 +1,8 @@
-//! The `Store` facade: counter state and the audit chain, in SQLite (one file
-//! shared by every process on the host that loads the library, and by the
-//! command-line tool) or in PostgreSQL (shared by several hosts; see `pg`).
+//! The `Store` facade: counter state and the audit chain, in SQLite or PostgreSQL.
+//!
+//! SQLite: one file shared by every process on the host that loads the
+//! library, and by the command-line tool; PostgreSQL: shared by several hosts
+//! (see `pg`).
 //!
 //! The file is marked with an application id and a schema version. A file that
 //! is not a p11derive store, is from a newer p11derive, or is corrupt is

@@ -1,5 +1,4 @@
-//! Public token objects a client stores beside the derived keys:
-//! certificates and data objects (create, destroy, list).
+//! Public token objects stored beside the derived keys: certificates and data objects.
 
 use crate::audit::Record;
 use crate::derive::Secret32;

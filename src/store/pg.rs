@@ -1,11 +1,11 @@
-//! The PostgreSQL engine: several hosts share one counter state and one
-//! audit chain (`[store] url = "postgres://…"`).
+//! The PostgreSQL engine: several hosts share one counter state and one audit chain.
 //!
-//! Writers serialize on one row (`p11derive_meta`, locked `FOR UPDATE` at the
-//! start of every write transaction, held only for the transaction's time on
-//! the server): the chain stays a single chain, each record MACed onto the
-//! one before, whichever host wrote it. The commit of a batch of signatures
-//! is one statement, one round trip (see `p11derive_append` in `schema`).
+//! `[store] url = "postgres://…"`. Writers serialize on one row
+//! (`p11derive_meta`, locked `FOR UPDATE` at the start of every write
+//! transaction, held only for the transaction's time on the server): the
+//! chain stays a single chain, each record MACed onto the one before,
+//! whichever host wrote it. The commit of a batch of signatures is one
+//! statement, one round trip (see `p11derive_append` in `schema`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;

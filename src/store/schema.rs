@@ -1,6 +1,7 @@
-//! The store's schema in both engines: its identity (application id, version),
-//! SQLite's migrations and PostgreSQL's schema, and the checks that a database
-//! is a p11derive store this build understands before anything writes to it.
+//! The store's schema in both engines, and the identity checks made before anything writes.
+//!
+//! Identity: application id and schema version. SQLite's schema grows by
+//! migrations; PostgreSQL's is created at the current version.
 
 use std::path::Path;
 
