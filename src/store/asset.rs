@@ -256,24 +256,27 @@ impl Asset {
     }
 }
 
+/// An asset named "a" with no versions loaded, for tests.
+#[cfg(test)]
+pub(super) fn sample(key_type: KeyType, state: AssetState, min_usable: u32, current: u32) -> Asset {
+    Asset {
+        rowid: 1,
+        id: AssetId::new("a").expect("a valid id"),
+        key_type,
+        object_id: b"a".to_vec(),
+        current,
+        min_usable,
+        state,
+        created_at: 0,
+        resumes_to: AssetState::Active,
+        versions: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::sample as asset;
     use super::*;
-
-    fn asset(key_type: KeyType, state: AssetState, min_usable: u32, current: u32) -> Asset {
-        Asset {
-            rowid: 1,
-            id: AssetId::new("a").unwrap(),
-            key_type,
-            object_id: b"a".to_vec(),
-            current,
-            min_usable,
-            state,
-            created_at: 0,
-            resumes_to: AssetState::Active,
-            versions: Vec::new(),
-        }
-    }
 
     #[test]
     fn each_state_allows_what_it_should() {

@@ -288,17 +288,16 @@ impl Store {
         let a = self
             .asset_by_name_in(&mut *tx, name)?
             .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
-        let refuse = |why: String| {
-            Err(StoreError::Refused(format!(
-                "asset {:?} is {}: {} refused: {why}",
-                name.as_str(),
-                a.state.name(),
-                t.name()
-            )))
-        };
         let change = match a.plan(t, next) {
             Ok(change) => change,
-            Err(Denied::Refused(why)) => return refuse(why),
+            Err(Denied::Refused(why)) => {
+                return Err(StoreError::Refused(format!(
+                    "asset {:?} is {}: {} refused: {why}",
+                    name.as_str(),
+                    a.state.name(),
+                    t.name()
+                )))
+            }
             Err(Denied::Stale) => {
                 return Err(StoreError::Conflict(format!(
                     "asset {:?} changed while its new version was derived (now at version \

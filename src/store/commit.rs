@@ -428,27 +428,16 @@ impl PgColumns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::derive::{AssetId, KeyType};
+    use crate::derive::KeyType;
     use crate::store::AssetState;
 
     fn asset(state: AssetState, min_usable: u32, current: u32) -> Asset {
-        Asset {
-            rowid: 7,
-            id: AssetId::new("k").unwrap(),
-            key_type: KeyType::P256,
-            object_id: b"k".to_vec(),
-            current,
-            min_usable,
-            state,
-            created_at: 0,
-            resumes_to: AssetState::Active,
-            versions: Vec::new(),
-        }
+        crate::store::asset::sample(KeyType::P256, state, min_usable, current)
     }
 
     fn signed(version: u32) -> Record {
         let mut r = Record::new(Event::Sign, 0)
-            .asset("k", Some(version))
+            .asset("a", Some(version))
             .session(3)
             .detail("sig");
         r.input_sha256 = Some([5u8; 32]);
