@@ -198,6 +198,25 @@ pub fn verify_chain<'a>(
     Ok((prev, expected - 1))
 }
 
+/// Where the next record joins a chain: the newest record's number and MAC
+/// (`seq` 0 and [`GENESIS`] for an empty chain).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    pub seq: u64,
+    pub mac: [u8; 32],
+}
+
+impl Head {
+    /// Numbers `r` as the next record and MACs it onto the head, which then
+    /// is `r`; returns `r`'s MAC.
+    pub fn append(&mut self, ak: &Secret32, r: &mut Record) -> [u8; 32] {
+        self.seq += 1;
+        r.seq = self.seq;
+        self.mac = r.mac(ak, &self.mac);
+        self.mac
+    }
+}
+
 /// When a record is made: now, this process.
 pub fn now_ns() -> u64 {
     std::time::SystemTime::now()

@@ -296,12 +296,12 @@ impl Config {
             }
         }
         if let Some(url) = &self.store.url {
-            if !crate::store::pg::is_url(url) {
+            if !is_url(url) {
                 return Err(format!(
                     "config file {file}: [store] url = {:?} is not a PostgreSQL URL; write \
                      postgres://USER:PASSWORD@HOST:PORT/DATABASE (or remove url to use the SQLite \
                      file at [store] path)",
-                    crate::store::pg::redact(url)
+                    redact(url)
                 ));
             }
         }
@@ -322,6 +322,29 @@ impl Config {
                 )
             }),
         }
+    }
+}
+
+/// Whether `[store] url` names a PostgreSQL store.
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some((a, h)) => (Some(a), h),
+        None => (None, rest),
+    };
+    match auth {
+        Some(a) => {
+            let user = a.split_once(':').map_or(a, |(u, _)| u);
+            format!("{scheme}://{user}@{host}")
+        }
+        None => url.to_string(),
     }
 }
 

@@ -1,12 +1,7 @@
-//! The two engines under the store: SQLite (one file, the default) and
-//! PostgreSQL (many hosts). The store's logic is written once, over [`Db`]:
-//! statements in the SQL both engines accept, with `?N` placeholders, values
-//! as [`Val`], rows as [`Row`].
-
-use std::path::{Path, PathBuf};
-
-use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::Connection;
+//! The engine interface the store's logic is written over once: [`Db`], [`Tx`], [`Val`], [`Row`].
+//!
+//! Statements are in the SQL both engines (`sqlite`: one file, the default;
+//! `pg`: many hosts) accept, with `?N` placeholders.
 
 use super::StoreError;
 
@@ -174,94 +169,5 @@ impl std::ops::Deref for Tx<'_> {
 impl std::ops::DerefMut for Tx<'_> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         self.db
-    }
-}
-
-/// SQLite: one file, WAL, `BEGIN IMMEDIATE` for writers.
-pub struct Sqlite {
-    conn: Connection,
-    path: PathBuf,
-}
-
-impl Sqlite {
-    pub fn new(path: &Path, conn: Connection) -> Sqlite {
-        Sqlite {
-            conn,
-            path: path.to_path_buf(),
-        }
-    }
-
-    fn err(&self, e: rusqlite::Error) -> StoreError {
-        super::classify(&self.path, e)
-    }
-}
-
-impl rusqlite::ToSql for Val {
-    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
-        Ok(match self {
-            Val::Null => ToSqlOutput::Borrowed(ValueRef::Null),
-            Val::Int(v) => ToSqlOutput::Borrowed(ValueRef::Integer(*v)),
-            Val::Text(v) => ToSqlOutput::Borrowed(ValueRef::Text(v.as_bytes())),
-            Val::Blob(v) => ToSqlOutput::Borrowed(ValueRef::Blob(v)),
-        })
-    }
-}
-
-fn sqlite_row(r: &rusqlite::Row<'_>, n: usize) -> rusqlite::Result<Row> {
-    (0..n)
-        .map(|i| {
-            Ok(match r.get_ref(i)? {
-                ValueRef::Null => Val::Null,
-                ValueRef::Integer(v) => Val::Int(v),
-                // No column of a store holds a float: keep it as text, so
-                // reading it fails with the value named.
-                ValueRef::Real(v) => Val::Text(v.to_string()),
-                ValueRef::Text(v) => Val::Text(String::from_utf8_lossy(v).into_owned()),
-                ValueRef::Blob(v) => Val::Blob(v.to_vec()),
-            })
-        })
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map(Row)
-}
-
-impl Db for Sqlite {
-    fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
-        let run = || -> rusqlite::Result<Vec<Row>> {
-            let mut st = self.conn.prepare_cached(sql)?;
-            let n = st.column_count();
-            let rows = st.query_map(rusqlite::params_from_iter(params), |r| sqlite_row(r, n))?;
-            rows.collect()
-        };
-        run().map_err(|e| self.err(e))
-    }
-
-    fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
-        let run = || -> rusqlite::Result<usize> {
-            self.conn
-                .prepare_cached(sql)?
-                .execute(rusqlite::params_from_iter(params))
-        };
-        run().map(|n| n as u64).map_err(|e| self.err(e))
-    }
-
-    fn begin_write(&mut self) -> Result<(), StoreError> {
-        self.conn
-            .execute_batch("BEGIN IMMEDIATE")
-            .map_err(|e| self.err(e))
-    }
-
-    fn commit(&mut self) -> Result<(), StoreError> {
-        let done = self.conn.execute_batch("COMMIT").map_err(|e| self.err(e));
-        if done.is_err() {
-            // A failed COMMIT (disk full, say) leaves the transaction open.
-            self.rollback();
-        }
-        done
-    }
-
-    fn rollback(&mut self) {
-        if !self.conn.is_autocommit() {
-            let _ = self.conn.execute_batch("ROLLBACK");
-        }
     }
 }

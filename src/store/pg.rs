@@ -1,11 +1,11 @@
-//! The PostgreSQL engine: several hosts share one counter state and one
-//! audit chain (`[store] url = "postgres://…"`).
+//! The PostgreSQL engine: several hosts share one counter state and one audit chain.
 //!
-//! Writers serialize on one row (`p11derive_meta`, locked `FOR UPDATE` at the
-//! start of every write transaction, held only for the transaction's time on
-//! the server): the chain stays a single chain, each record MACed onto the
-//! one before, whichever host wrote it. The commit of a batch of signatures
-//! is one statement, one round trip (see `p11derive_append` below).
+//! `[store] url = "postgres://…"`. Writers serialize on one row
+//! (`p11derive_meta`, locked `FOR UPDATE` at the start of every write
+//! transaction, held only for the transaction's time on the server): the
+//! chain stays a single chain, each record MACed onto the one before,
+//! whichever host wrote it. The commit of a batch of signatures is one
+//! statement, one round trip (see `p11derive_append` in `schema`).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,145 +18,9 @@ use postgres::{Client, NoTls, Statement};
 use super::db::{Db, Row, Val};
 use super::StoreError;
 
-/// The schema a new PostgreSQL store gets (the SQLite schema at version
-/// `SCHEMA_VERSION`, in PostgreSQL's types), and the commit function.
-pub const SCHEMA: &str = r#"
-CREATE TABLE p11derive_meta (
-    id             INTEGER PRIMARY KEY CHECK (id = 1),
-    application    BIGINT NOT NULL,
-    schema_version BIGINT NOT NULL
-);
-CREATE TABLE assets (
-    id           BIGSERIAL PRIMARY KEY,
-    name         TEXT NOT NULL UNIQUE,
-    key_type     TEXT NOT NULL,
-    object_id    BYTEA NOT NULL UNIQUE,
-    current      BIGINT NOT NULL CHECK (current >= 1),
-    min_usable   BIGINT NOT NULL CHECK (min_usable >= 1 AND min_usable <= current),
-    state        TEXT NOT NULL CHECK (state IN ('ACTIVE','ROTATING','SUSPENDED','RETIRED')),
-    created_at   BIGINT NOT NULL,
-    resume_state TEXT CHECK (resume_state IS NULL OR resume_state IN ('ACTIVE','ROTATING'))
-);
-CREATE TABLE versions (
-    asset       BIGINT NOT NULL REFERENCES assets(id),
-    version     BIGINT NOT NULL CHECK (version >= 1),
-    public_key  BYTEA,
-    created_at  BIGINT NOT NULL,
-    pk_mac      BYTEA,
-    PRIMARY KEY (asset, version)
-);
-CREATE TABLE audit (
-    seq          BIGINT PRIMARY KEY,
-    time_ns      BIGINT NOT NULL,
-    pid          BIGINT NOT NULL,
-    session      BIGINT,
-    event        TEXT NOT NULL,
-    asset        TEXT,
-    version      BIGINT,
-    mechanism    BIGINT,
-    input_sha256 BYTEA,
-    rv           BIGINT NOT NULL,
-    detail       TEXT NOT NULL,
-    mac          BYTEA NOT NULL
-);
-CREATE TABLE audit_pending (
-    id           BIGSERIAL PRIMARY KEY,
-    time_ns      BIGINT NOT NULL,
-    pid          BIGINT NOT NULL,
-    session      BIGINT,
-    event        TEXT NOT NULL,
-    asset        TEXT,
-    version      BIGINT,
-    mechanism    BIGINT,
-    input_sha256 BYTEA,
-    rv           BIGINT NOT NULL,
-    detail       TEXT NOT NULL
-);
-CREATE TABLE objects (
-    id          BIGSERIAL PRIMARY KEY,
-    class       BIGINT NOT NULL,
-    label       BYTEA NOT NULL,
-    object_id   BYTEA NOT NULL,
-    value       BYTEA NOT NULL,
-    application BYTEA,
-    oid         BYTEA,
-    created_at  BIGINT NOT NULL
-);
-CREATE TABLE generation (
-    id     INTEGER PRIMARY KEY CHECK (id = 1),
-    assets BIGINT NOT NULL
-);
-INSERT INTO generation (id, assets) VALUES (1, 0);
-
--- Every change to assets or versions, by whoever writes, moves the
--- generation and tells listening hosts to drop their cached assets.
-CREATE FUNCTION p11derive_moved() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE generation SET assets = assets + 1;
-    PERFORM pg_notify('p11derive_assets', '');
-    RETURN NULL;
-END $$;
-CREATE TRIGGER assets_moved AFTER INSERT OR UPDATE OR DELETE ON assets
-    FOR EACH STATEMENT EXECUTE FUNCTION p11derive_moved();
-CREATE TRIGGER versions_moved AFTER INSERT OR UPDATE OR DELETE ON versions
-    FOR EACH STATEMENT EXECUTE FUNCTION p11derive_moved();
-
--- The commit of a batch, in one statement: the client MACed the records
--- onto the head it believes current and decided each operation on the
--- assets as of generation `gen`. Under the writers' lock, if the head, the
--- generation and the pending table are as the client believed, the
--- records are appended (ok = true); otherwise nothing is written and the
--- client learns the true head and generation, to decide and MAC again.
-CREATE FUNCTION p11derive_append(
-    p_seq BIGINT, p_head BYTEA, p_gen BIGINT,
-    p_time_ns BIGINT[], p_pid BIGINT[], p_session BIGINT[], p_event TEXT[], p_asset TEXT[],
-    p_version BIGINT[], p_mechanism BIGINT[], p_input BYTEA[], p_rv BIGINT[],
-    p_detail TEXT[], p_mac BYTEA[])
-RETURNS TABLE (r_ok BOOLEAN, r_seq BIGINT, r_mac BYTEA, r_gen BIGINT, r_pending BOOLEAN)
-LANGUAGE plpgsql AS $$
-DECLARE
-    s BIGINT; m BYTEA; g BIGINT; p BOOLEAN;
-BEGIN
-    PERFORM 1 FROM p11derive_meta WHERE id = 1 FOR UPDATE;
-    SELECT a.seq, a.mac INTO s, m FROM audit a ORDER BY a.seq DESC LIMIT 1;
-    SELECT x.assets INTO g FROM generation x;
-    SELECT EXISTS (SELECT 1 FROM audit_pending) INTO p;
-    IF coalesce(s, 0) <> p_seq OR m IS DISTINCT FROM p_head OR g <> p_gen OR p THEN
-        RETURN QUERY SELECT false, coalesce(s, 0), m, g, p;
-        RETURN;
-    END IF;
-    INSERT INTO audit (seq, time_ns, pid, session, event, asset, version, mechanism,
-                       input_sha256, rv, detail, mac)
-        SELECT p_seq + u.n, u.t, u.pi, u.se, u.e, u.a, u.v, u.me, u.i, u.r, u.d, u.c
-        FROM unnest(p_time_ns, p_pid, p_session, p_event, p_asset, p_version, p_mechanism,
-                    p_input, p_rv, p_detail, p_mac)
-             WITH ORDINALITY AS u(t, pi, se, e, a, v, me, i, r, d, c, n);
-    RETURN QUERY SELECT true, p_seq + cardinality(p_time_ns), p_mac[cardinality(p_mac)], g, false;
-END $$;
-"#;
-
-/// Whether `[store] url` names a PostgreSQL store.
-pub fn is_url(s: &str) -> bool {
-    s.starts_with("postgres://") || s.starts_with("postgresql://")
-}
-
-/// The URL without its password, for messages.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some((a, h)) => (Some(a), h),
-        None => (None, rest),
-    };
-    match auth {
-        Some(a) => {
-            let user = a.split_once(':').map_or(a, |(u, _)| u);
-            format!("{scheme}://{user}@{host}")
-        }
-        None => url.to_string(),
-    }
-}
+// Config owns the meaning of `[store] url`; re-exported for the paths that
+// name them here.
+pub use crate::config::{is_url, redact};
 
 /// Whether the database holds a p11derive schema.
 pub fn has_schema(db: &mut Pg) -> Result<bool, StoreError> {

@@ -1,0 +1,554 @@
+//! Group commit: signatures' records share one durable transaction (one PostgreSQL round trip).
+//!
+//! Each record is committed before its signature leaves; whether the version
+//! may still be used is decided at the commit, by the pure [`decide`].
+
+use crate::audit::{Event, Head, Record, GENESIS};
+use crate::derive::Secret32;
+
+use super::audit::stored_mac;
+use super::db::Tx;
+use super::{Asset, Store, StoreError};
+
+/// One signature waiting to commit.
+struct Job {
+    id: u64,
+    rowid: i64,
+    version: u32,
+    /// What the version must still be allowed to do at commit.
+    need: Use,
+    record: Record,
+    /// The thread waiting for this job's result.
+    waiter: std::thread::Thread,
+}
+
+/// What an operation does with a version, re-checked at its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// Sign or encrypt: the current version (or the previous one in a grace
+    /// window).
+    Produce,
+    /// Verify or decrypt: any usable version of an asset not suspended.
+    Open,
+}
+
+/// What a job's commit decided: committed, refused (with the asset as it
+/// was), or failed.
+type JobResult = Result<Result<(), Option<Asset>>, StoreError>;
+
+#[derive(Default)]
+pub(super) struct Group {
+    queue: Vec<Job>,
+    leader: bool,
+    next_id: u64,
+    done: std::collections::HashMap<u64, JobResult>,
+}
+
+impl Store {
+    /// The commit of a signature: re-reads the asset and appends either the
+    /// signature's record (`Ok(Ok)`) or, when the version may no longer sign,
+    /// a refusal record (`Ok(Err(asset))`), in a write transaction that is
+    /// committed (durably) before this returns. The caller releases the
+    /// signature only after `Ok(Ok)`.
+    ///
+    /// Group commit: concurrent callers queue their jobs; one of them leads,
+    /// taking every queued job into one transaction and one fsync, while the
+    /// others wait for their result. Durability no longer serializes
+    /// throughput: the more threads sign, the more records share a commit.
+    pub fn commit_use(
+        &self,
+        ak: &Secret32,
+        rowid: i64,
+        version: u32,
+        need: Use,
+        record: Record,
+    ) -> Result<Result<(), Option<Asset>>, StoreError> {
+        let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
+        let id = g.next_id;
+        g.next_id += 1;
+        g.queue.push(Job {
+            id,
+            rowid,
+            version,
+            need,
+            record,
+            waiter: std::thread::current(),
+        });
+        loop {
+            if let Some(done) = g.done.remove(&id) {
+                return done;
+            }
+            if !g.leader {
+                g.leader = true;
+                let batch = std::mem::take(&mut g.queue);
+                drop(g);
+                let ids: Vec<u64> = batch.iter().map(|j| j.id).collect();
+                let waiters: Vec<std::thread::Thread> =
+                    batch.iter().map(|j| j.waiter.clone()).collect();
+                // A panic must not leave the leader's seat taken (every later
+                // signer would wait forever): its batch gets an error instead.
+                let results = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    self.commit_batch(ak, batch)
+                }))
+                .unwrap_or_else(|_| {
+                    let e =
+                        StoreError::Io(self.path.clone(), "internal error while committing".into());
+                    ids.into_iter().map(|id| (id, Err(e.clone()))).collect()
+                });
+                g = self.group.lock().unwrap_or_else(|e| e.into_inner());
+                g.done.extend(results);
+                g.leader = false;
+                // Wake exactly the threads whose records were committed, and
+                // the first one queued meanwhile, to lead the next batch (a
+                // broadcast would wake every waiter at every commit).
+                let next = g.queue.first().map(|j| j.waiter.clone());
+                drop(g);
+                for w in waiters.iter().chain(next.iter()) {
+                    if w.id() != std::thread::current().id() {
+                        w.unpark();
+                    }
+                }
+                g = self.group.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            drop(g);
+            // Woken by the leader that committed this job, or to lead; a
+            // spurious wake-up just checks again.
+            std::thread::park();
+            g = self.group.lock().unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// One transaction for a batch of signatures: each job's asset is read
+    /// in it, each record appended, one commit.
+    fn commit_batch(&self, ak: &Secret32, batch: Vec<Job>) -> Vec<(u64, JobResult)> {
+        let outcome = if self.is_shared() {
+            self.commit_batch_pg(ak, &batch)
+        } else {
+            self.commit_batch_tx(ak, &batch)
+        };
+        use std::sync::atomic::Ordering::Relaxed;
+        self.batches.fetch_add(1, Relaxed);
+        self.batched_records.fetch_add(batch.len() as u64, Relaxed);
+        match outcome {
+            Ok(decisions) => batch
+                .iter()
+                .map(|j| j.id)
+                .zip(decisions.into_iter().map(Ok))
+                .collect(),
+            Err(e) => batch.iter().map(|j| (j.id, Err(e.clone()))).collect(),
+        }
+    }
+
+    /// A batch's commit on PostgreSQL: one statement (`p11derive_append`),
+    /// one round trip, while the head and generation this process believes
+    /// current are: the records are MACed onto that head and each job decided
+    /// on assets read at that generation. When another host wrote meanwhile,
+    /// the statement writes nothing and returns the true head and generation:
+    /// decide and MAC again (a second round trip). Records waiting in the
+    /// pending table are sealed by the ordinary transaction instead, as is a
+    /// batch that keeps losing the race to other hosts.
+    fn commit_batch_pg(
+        &self,
+        ak: &Secret32,
+        batch: &[Job],
+    ) -> Result<Vec<Result<(), Option<Asset>>>, StoreError> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut believed = self.believed.lock().unwrap_or_else(|e| e.into_inner());
+        for _ in 0..8 {
+            let (seq, head, generation) = match *believed {
+                Some(b) => b,
+                None => self.learn_head()?,
+            };
+            let mut decisions = Vec::with_capacity(batch.len());
+            let mut cols = PgColumns::default();
+            let mut chain = Head { seq, mac: head };
+            let assets = self.assets_at(generation, batch)?;
+            for (job, asset) in batch.iter().zip(assets) {
+                let (decision, mut r) = decide(job.need, job.version, &job.record, asset);
+                let m = chain.append(ak, &mut r);
+                cols.push(&r, &m);
+                decisions.push(decision);
+            }
+            let prev = chain.mac;
+            // Whatever the outcome, the next batch starts from what it says.
+            *believed = None;
+            match self.append_pg(seq, &head, generation, &cols, &prev)? {
+                Appended::Done => {
+                    *believed = Some((seq + batch.len() as u64, prev, generation));
+                    self.commits.fetch_add(1, Relaxed);
+                    return Ok(decisions);
+                }
+                Appended::Stale(now) => *believed = Some(now),
+                Appended::Unknown => {}
+                Appended::Pending => break,
+            }
+        }
+        // Records to seal, or other hosts kept winning the race: take the
+        // writers' lock.
+        *believed = None;
+        drop(believed);
+        self.commit_batch_tx(ak, batch)
+    }
+
+    /// The chain's head and the asset generation, read afresh.
+    fn learn_head(&self) -> Result<(u64, [u8; 32], i64), StoreError> {
+        let mut conn = self.lock();
+        let head = self.head_in(&mut **conn)?;
+        let generation = self.generation(&mut **conn)?;
+        self.round_trips
+            .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+        let (seq, mac) = head.unwrap_or((0, GENESIS));
+        Ok((seq, mac, generation))
+    }
+
+    /// The batch's assets as of `generation`: from the cache, else read
+    /// (entries read after the generation was learnt are at least as new;
+    /// the commit statement confirms nothing moved). Lock order as in
+    /// `asset`: the reader before the cache, never the other way round.
+    fn assets_at(&self, generation: i64, batch: &[Job]) -> Result<Vec<Option<Asset>>, StoreError> {
+        let cached: Vec<Option<Asset>> = {
+            let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if cache.generation != generation {
+                cache.assets.clear();
+                cache.generation = generation;
+            }
+            batch
+                .iter()
+                .map(|j| cache.assets.get(&j.rowid).cloned())
+                .collect()
+        };
+        let mut assets = Vec::with_capacity(batch.len());
+        for (job, hit) in batch.iter().zip(cached) {
+            if hit.is_some() {
+                assets.push(hit);
+                continue;
+            }
+            let mut conn = self.read_lock();
+            self.round_trips
+                .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
+            let a = match self.asset_row(&mut **conn, job.rowid)? {
+                Some(a) => Some(self.finish_asset(&mut **conn, a)?),
+                None => None,
+            };
+            let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if let (Some(a), true) = (&a, cache.generation == generation) {
+                cache.assets.insert(job.rowid, a.clone());
+            }
+            assets.push(a);
+        }
+        Ok(assets)
+    }
+
+    /// Sends a batch's records (MACed onto `head`, at `seq`; the last MAC
+    /// `last`) to `p11derive_append`.
+    fn append_pg(
+        &self,
+        seq: u64,
+        head: &[u8; 32],
+        generation: i64,
+        cols: &PgColumns,
+        last: &[u8; 32],
+    ) -> Result<Appended, StoreError> {
+        let mut conn = self.lock();
+        let pg = conn.as_pg().expect("a PostgreSQL store");
+        self.round_trips
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let head_mac: Option<Vec<u8>> = (seq > 0).then(|| head.to_vec());
+        let rows = pg.query_with(
+            "SELECT r_ok, r_seq, r_mac, r_gen, r_pending FROM p11derive_append(\
+             ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            &[
+                &(seq as i64),
+                &head_mac,
+                &generation,
+                &cols.time_ns,
+                &cols.pid,
+                &cols.session,
+                &cols.event,
+                &cols.asset,
+                &cols.version,
+                &cols.mechanism,
+                &cols.input,
+                &cols.rv,
+                &cols.detail,
+                &cols.mac,
+            ],
+        );
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) if !pg.take_dropped() => return Err(e),
+            Err(e) => {
+                // The connection closed under the statement: whether it
+                // committed is learnt, not guessed. The batch's last MAC is
+                // in the chain at its number exactly when it did.
+                let n = seq + cols.mac.len() as u64;
+                let found = self.mac_at(&mut **conn, n);
+                return match found {
+                    Ok(Some(m)) if m[..] == last[..] => Ok(Appended::Done),
+                    Ok(_) => Ok(Appended::Unknown),
+                    Err(_) => Err(e),
+                };
+            }
+        };
+        type Outcome = (bool, i64, Option<Vec<u8>>, i64, bool);
+        let read = || -> Result<Outcome, String> {
+            let r = rows.first().ok_or("no row")?;
+            let col = |e: postgres::Error| e.to_string();
+            let ok: bool = r.try_get(0).map_err(col)?;
+            let s: i64 = r.try_get(1).map_err(col)?;
+            let m: Option<Vec<u8>> = r.try_get(2).map_err(col)?;
+            let g: i64 = r.try_get(3).map_err(col)?;
+            let pending: bool = r.try_get(4).map_err(col)?;
+            Ok((ok, s, m, g, pending))
+        };
+        let (ok, s, m, g, pending) = read()
+            .map_err(|e| StoreError::Io(self.path.clone(), format!("p11derive_append: {e}")))?;
+        let m = m.as_deref().map_or(GENESIS, stored_mac);
+        Ok(match (ok, pending) {
+            (true, _) => Appended::Done,
+            (false, true) => Appended::Pending,
+            (false, false) => Appended::Stale((s as u64, m, g)),
+        })
+    }
+
+    /// A batch in an ordinary write transaction (holding the writers' lock).
+    fn commit_batch_tx(
+        &self,
+        ak: &Secret32,
+        batch: &[Job],
+    ) -> Result<Vec<Result<(), Option<Asset>>>, StoreError> {
+        let mut conn = self.lock();
+        let mut tx = Tx::begin(&mut **conn)?;
+        let mut decisions = Vec::with_capacity(batch.len());
+        let mut records = Vec::with_capacity(batch.len());
+        for job in batch {
+            let asset = self.asset_row(&mut *tx, job.rowid)?;
+            let (decision, record) = decide(job.need, job.version, &job.record, asset);
+            records.push(record);
+            decisions.push(decision);
+        }
+        self.append_in(&mut *tx, ak, &mut records)?;
+        self.commit(tx)?;
+        Ok(decisions)
+    }
+
+    /// (commits, records) of signatures so far: records per fsync.
+    pub fn commit_stats(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.batches.load(Relaxed),
+            self.batched_records.load(Relaxed),
+        )
+    }
+
+    /// Round trips to PostgreSQL made by signature commits so far.
+    pub fn commit_round_trips(&self) -> u64 {
+        self.round_trips.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// An operation's decision at its commit on its asset as read there (`None`:
+/// gone): whether `version` may still be used as `need` says, and the record
+/// to append: the operation's own, or a refusal naming the asset's state.
+pub(super) fn decide(
+    need: Use,
+    version: u32,
+    record: &Record,
+    asset: Option<Asset>,
+) -> (Result<(), Option<Asset>>, Record) {
+    let allowed = asset.as_ref().is_some_and(|a| match need {
+        Use::Produce => a.may_sign(version),
+        Use::Open => a.may_verify(version),
+    });
+    let mut r = record.clone();
+    if allowed {
+        return (Ok(()), r);
+    }
+    let what = r.event.name();
+    r.event = Event::Refused;
+    r.rv = crate::ck::CKR_KEY_FUNCTION_NOT_PERMITTED;
+    r.detail = match &asset {
+        Some(a) => format!(
+            "{what} refused at commit: asset is {} at version {} (min_usable {})",
+            a.state.name(),
+            a.current,
+            a.min_usable
+        ),
+        None => format!("{what} refused at commit: asset gone"),
+    };
+    (Err(asset), r)
+}
+
+/// What `p11derive_append` did with a batch.
+enum Appended {
+    /// Committed.
+    Done,
+    /// Nothing written: the chain's head and the generation are these.
+    Stale((u64, [u8; 32], i64)),
+    /// The connection was lost under the statement, and the batch is not
+    /// in the chain: nothing written.
+    Unknown,
+    /// Nothing written: records without the audit key wait to be sealed.
+    Pending,
+}
+
+/// A batch's records as the commit function's arrays.
+#[derive(Default)]
+struct PgColumns {
+    time_ns: Vec<i64>,
+    pid: Vec<i64>,
+    session: Vec<Option<i64>>,
+    event: Vec<String>,
+    asset: Vec<Option<String>>,
+    version: Vec<Option<i64>>,
+    mechanism: Vec<Option<i64>>,
+    input: Vec<Option<Vec<u8>>>,
+    rv: Vec<i64>,
+    detail: Vec<String>,
+    mac: Vec<Vec<u8>>,
+}
+
+impl PgColumns {
+    fn push(&mut self, r: &Record, mac: &[u8; 32]) {
+        self.time_ns.push(r.time_ns as i64);
+        self.pid.push(r.pid.into());
+        self.session.push(r.session.map(|v| v as i64));
+        self.event.push(r.event.name().to_string());
+        self.asset.push(r.asset.clone());
+        self.version.push(r.version.map(i64::from));
+        self.mechanism.push(r.mechanism.map(|v| v as i64));
+        self.input.push(r.input_sha256.map(|h| h.to_vec()));
+        self.rv.push(r.rv as i64);
+        self.detail.push(r.detail.clone());
+        self.mac.push(mac.to_vec());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::derive::KeyType;
+    use crate::store::AssetState;
+
+    fn asset(state: AssetState, min_usable: u32, current: u32) -> Asset {
+        crate::store::asset::sample(KeyType::P256, state, min_usable, current)
+    }
+
+    fn signed(version: u32) -> Record {
+        let mut r = Record::new(Event::Sign, 0)
+            .asset("a", Some(version))
+            .session(3)
+            .detail("sig");
+        r.input_sha256 = Some([5u8; 32]);
+        r
+    }
+
+    #[test]
+    fn an_allowed_use_commits_its_own_record() {
+        let r = signed(2);
+        for (need, a) in [
+            (Use::Produce, asset(AssetState::Active, 1, 2)),
+            (Use::Produce, asset(AssetState::Rotating, 1, 3)),
+            (Use::Open, asset(AssetState::Active, 2, 5)),
+            (Use::Open, asset(AssetState::Rotating, 1, 9)),
+        ] {
+            let (decision, rec) = decide(need, 2, &r, Some(a.clone()));
+            assert_eq!(decision, Ok(()), "{need:?} on {a:?}");
+            assert_eq!(rec, r);
+        }
+    }
+
+    #[test]
+    fn a_use_no_longer_allowed_commits_a_refusal_instead() {
+        let r = signed(2);
+        for (need, a) in [
+            // Rotated past it without a grace window.
+            (Use::Produce, asset(AssetState::Active, 1, 3)),
+            // Outside the grace window.
+            (Use::Produce, asset(AssetState::Rotating, 1, 4)),
+            (Use::Produce, asset(AssetState::Suspended, 1, 2)),
+            (Use::Open, asset(AssetState::Suspended, 1, 2)),
+            (Use::Open, asset(AssetState::Retired, 1, 2)),
+            // Trimmed.
+            (Use::Open, asset(AssetState::Active, 3, 4)),
+        ] {
+            let (decision, rec) = decide(need, 2, &r, Some(a.clone()));
+            assert_eq!(decision, Err(Some(a.clone())));
+            assert_eq!(rec.event, Event::Refused);
+            assert_eq!(rec.rv, crate::ck::CKR_KEY_FUNCTION_NOT_PERMITTED);
+            assert_eq!(
+                rec.detail,
+                format!(
+                    "sign refused at commit: asset is {} at version {} (min_usable {})",
+                    a.state.name(),
+                    a.current,
+                    a.min_usable
+                )
+            );
+            // Everything else is the operation's own record.
+            let mut same = rec.clone();
+            same.event = r.event;
+            same.rv = r.rv;
+            same.detail = r.detail.clone();
+            assert_eq!(same, r);
+        }
+    }
+
+    #[test]
+    fn a_use_of_a_gone_asset_is_refused() {
+        let mut r = signed(1);
+        r.event = Event::Decrypt;
+        let (decision, rec) = decide(Use::Open, 1, &r, None);
+        assert_eq!(decision, Err(None));
+        assert_eq!(rec.event, Event::Refused);
+        assert_eq!(rec.detail, "decrypt refused at commit: asset gone");
+    }
+
+    #[test]
+    fn the_decision_is_on_the_version_asked_not_the_record() {
+        // The record names version 1, but the use is of version 2.
+        let r = signed(1);
+        let a = asset(AssetState::Active, 1, 2);
+        assert_eq!(decide(Use::Produce, 2, &r, Some(a.clone())).0, Ok(()));
+        assert!(decide(Use::Produce, 1, &r, Some(a)).0.is_err());
+    }
+
+    #[test]
+    fn a_counter_at_its_maximum_still_decides() {
+        let a = asset(AssetState::Rotating, 1, u32::MAX);
+        let r = signed(u32::MAX);
+        assert_eq!(
+            decide(Use::Produce, u32::MAX, &r, Some(a.clone())).0,
+            Ok(())
+        );
+        assert_eq!(
+            decide(Use::Produce, u32::MAX - 1, &r, Some(a.clone())).0,
+            Ok(())
+        );
+        assert!(decide(Use::Produce, u32::MAX - 2, &r, Some(a)).0.is_err());
+    }
+
+    #[test]
+    fn a_batch_chains_its_records_onto_the_head() {
+        // What `commit_batch_pg` sends: each record numbered after the head
+        // and MACed onto the one before, verifiable as one chain.
+        let ak = Secret32::copy_of(&[4u8; 32]).unwrap();
+        let mut chain = Head {
+            seq: 0,
+            mac: GENESIS,
+        };
+        let a = asset(AssetState::Active, 1, 2);
+        let mut stored = Vec::new();
+        for v in [2, 1, 2] {
+            let (_, mut r) = decide(Use::Produce, v, &signed(v), Some(a.clone()));
+            let mac = chain.append(&ak, &mut r);
+            stored.push((r, mac));
+        }
+        assert_eq!(chain.seq, 3);
+        assert_eq!(stored[1].0.event, Event::Refused);
+        let (last, n) =
+            crate::audit::verify_chain(&ak, stored.iter().map(|(r, m)| (r, m))).expect("a chain");
+        assert_eq!((last, n), (chain.mac, 3));
+    }
+}

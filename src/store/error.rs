@@ -1,0 +1,89 @@
+//! What can go wrong with a store, and the message each failure tells the operator.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use super::schema::SCHEMA_VERSION;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    Missing(PathBuf),
+    Exists(PathBuf),
+    Foreign(PathBuf),
+    Newer(PathBuf, i32),
+    Corrupt(PathBuf, String),
+    ReadOnly(PathBuf),
+    /// A name or object id that is already taken (`what` says which).
+    Duplicate(String),
+    /// No asset of that name.
+    NotFound(String),
+    /// A transition the asset's state does not allow (the message says why).
+    Refused(String),
+    /// The asset changed between reading it and committing (retry).
+    Conflict(String),
+    /// The backing HSM's root is not the one the store's audit chain was
+    /// written with.
+    OtherRoot(PathBuf),
+    /// The chain's newest record (this seq) does not verify under the right key.
+    Tampered(PathBuf, u64),
+    Io(PathBuf, String),
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Missing(p) => write!(
+                f,
+                "store {} does not exist; create it with `p11derive init` (or fix [store] path, or url)",
+                p.display()
+            ),
+            StoreError::Exists(p) => write!(f, "store {} already exists", p.display()),
+            StoreError::Foreign(p) => write!(
+                f,
+                "{} is not a p11derive store (another program's file?); it was not modified: \
+                 fix [store] path (or url)",
+                p.display()
+            ),
+            StoreError::Newer(p, v) => write!(
+                f,
+                "store {} has schema version {v}, newer than this p11derive understands \
+                 ({SCHEMA_VERSION}); it was not modified: upgrade p11derive",
+                p.display()
+            ),
+            StoreError::Corrupt(p, e) => write!(
+                f,
+                "store {} is unreadable or corrupt ({e}); it was not modified: restore it from \
+                 a backup",
+                p.display()
+            ),
+            StoreError::ReadOnly(p) => write!(
+                f,
+                "store {} is read-only; give this process write access to the file and its \
+                 directory",
+                p.display()
+            ),
+            StoreError::Duplicate(what) => write!(f, "{what}"),
+            StoreError::NotFound(name) => {
+                write!(f, "no asset named {name:?} (see `p11derive asset list`)")
+            }
+            StoreError::Refused(why) => write!(f, "{why}"),
+            StoreError::Conflict(why) => write!(f, "{why}"),
+            StoreError::OtherRoot(p) => write!(
+                f,
+                "the audit key derived from the backing HSM's root does not verify the newest \
+                 record of store {}: the store belongs to another root. Nothing was written; check \
+                                 [backend] token_label and root_label, and [store] path (or url)",
+                p.display()
+            ),
+            StoreError::Tampered(p, seq) => write!(
+                f,
+                "the newest audit record of store {} (record {seq}) does not verify: the store was \
+                 changed outside p11derive. Nothing was written; run `p11derive audit verify`",
+                p.display()
+            ),
+            StoreError::Io(p, e) => write!(f, "store {}: {e}", p.display()),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}

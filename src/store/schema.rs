@@ -1,0 +1,298 @@
+//! The store's schema in both engines, and the identity checks made before anything writes.
+//!
+//! Identity: application id and schema version. SQLite's schema grows by
+//! migrations; PostgreSQL's is created at the current version.
+
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::db::{Db, Val};
+use super::pg::{self, Pg};
+use super::sqlite::classify;
+use super::StoreError;
+
+/// `PRAGMA application_id` of a p11derive store ("P1DR").
+pub const APPLICATION_ID: i32 = 0x5031_4452;
+/// The schema this build writes. Older stores are migrated forward.
+pub const SCHEMA_VERSION: i32 = 6;
+
+/// Each entry upgrades the schema from version `i` to `i + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 0 -> 1: the initial schema.
+    "CREATE TABLE assets (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        key_type    TEXT NOT NULL,
+        object_id   BLOB NOT NULL UNIQUE,
+        current     INTEGER NOT NULL CHECK (current >= 1),
+        min_usable  INTEGER NOT NULL CHECK (min_usable >= 1 AND min_usable <= current),
+        state       TEXT NOT NULL CHECK (state IN ('ACTIVE','ROTATING','SUSPENDED','RETIRED')),
+        created_at  INTEGER NOT NULL
+    );
+    CREATE TABLE versions (
+        asset       INTEGER NOT NULL REFERENCES assets(id),
+        version     INTEGER NOT NULL CHECK (version >= 1),
+        public_key  BLOB,
+        created_at  INTEGER NOT NULL,
+                PRIMARY KEY (asset, version)
+    );",
+    // 1 -> 2: what `resume` returns a SUSPENDED asset to (its state before suspend).
+    "ALTER TABLE assets ADD COLUMN resume_state TEXT
+        CHECK (resume_state IS NULL OR resume_state IN ('ACTIVE','ROTATING'));",
+    // 2 -> 3: the audit log (design §4): a MAC chain, and records made by
+    // processes without the audit key, waiting to be sealed into it.
+    "CREATE TABLE audit (
+        seq          INTEGER PRIMARY KEY,
+        time_ns      INTEGER NOT NULL,
+        pid          INTEGER NOT NULL,
+        session      INTEGER,
+        event        TEXT NOT NULL,
+        asset        TEXT,
+        version      INTEGER,
+        mechanism    INTEGER,
+        input_sha256 BLOB,
+        rv           INTEGER NOT NULL,
+        detail       TEXT NOT NULL,
+        mac          BLOB NOT NULL
+    );
+    CREATE TABLE audit_pending (
+        id           INTEGER PRIMARY KEY,
+        time_ns      INTEGER NOT NULL,
+        pid          INTEGER NOT NULL,
+        session      INTEGER,
+        event        TEXT NOT NULL,
+        asset        TEXT,
+        version      INTEGER,
+        mechanism    INTEGER,
+        input_sha256 BLOB,
+        rv           INTEGER NOT NULL,
+                detail       TEXT NOT NULL
+    );",
+    // 3 -> 4: each version's public key carries a MAC under the audit key, so
+    // a process holding the key can tell a key swapped in this table.
+    "ALTER TABLE versions ADD COLUMN pk_mac BLOB;",
+    // 4 -> 5: public token objects a client stores beside the derived keys:
+    // X.509 certificates (tied to an asset by CKA_ID) and data objects.
+    "CREATE TABLE objects (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        class       INTEGER NOT NULL,
+        label       BLOB NOT NULL,
+        object_id   BLOB NOT NULL,
+        value       BLOB NOT NULL,
+        application BLOB,
+        oid         BLOB,
+        created_at  INTEGER NOT NULL
+    );",
+    // 5 -> 6: a counter every change to assets or versions moves (by
+    // trigger, whoever writes), so a process can tell in one read whether
+    // its cached assets are still current.
+    "CREATE TABLE generation (
+        id     INTEGER PRIMARY KEY CHECK (id = 1),
+        assets INTEGER NOT NULL
+    );
+    INSERT INTO generation (id, assets) VALUES (1, 0);
+    CREATE TRIGGER assets_insert AFTER INSERT ON assets
+        BEGIN UPDATE generation SET assets = assets + 1; END;
+    CREATE TRIGGER assets_update AFTER UPDATE ON assets
+        BEGIN UPDATE generation SET assets = assets + 1; END;
+    CREATE TRIGGER assets_delete AFTER DELETE ON assets
+        BEGIN UPDATE generation SET assets = assets + 1; END;
+    CREATE TRIGGER versions_insert AFTER INSERT ON versions
+        BEGIN UPDATE generation SET assets = assets + 1; END;
+    CREATE TRIGGER versions_update AFTER UPDATE ON versions
+        BEGIN UPDATE generation SET assets = assets + 1; END;
+    CREATE TRIGGER versions_delete AFTER DELETE ON versions
+        BEGIN UPDATE generation SET assets = assets + 1; END;",
+];
+
+/// Upgrades a SQLite store's schema from `from` to `SCHEMA_VERSION`.
+pub(super) fn migrate(path: &Path, conn: &mut Connection, from: i32) -> Result<(), StoreError> {
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| classify(path, e))?;
+        // Another process may have migrated while we waited for the lock.
+        let seen: i32 = tx
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| classify(path, e))?;
+        if seen > SCHEMA_VERSION {
+            // A newer p11derive migrated it while we waited: hands off.
+            return Err(StoreError::Newer(path.to_path_buf(), seen));
+        }
+        if seen > i as i32 {
+            continue;
+        }
+        tx.execute_batch(sql).map_err(|e| classify(path, e))?;
+        tx.execute_batch(&format!("PRAGMA user_version = {};", i + 1))
+            .map_err(|e| classify(path, e))?;
+        tx.commit().map_err(|e| classify(path, e))?;
+    }
+    Ok(())
+}
+
+/// A store's identity as read from it (application id, schema version):
+/// another program's database, or one from a newer p11derive, is refused.
+pub(super) fn identify(location: &Path, app: i64, version: i64) -> Result<(), StoreError> {
+    if app != i64::from(APPLICATION_ID) {
+        return Err(StoreError::Foreign(location.to_path_buf()));
+    }
+    if version > i64::from(SCHEMA_VERSION) {
+        return Err(StoreError::Newer(location.to_path_buf(), version as i32));
+    }
+    Ok(())
+}
+
+/// The schema a new PostgreSQL store gets (the SQLite schema at version
+/// `SCHEMA_VERSION`, in PostgreSQL's types), and the commit function.
+pub(super) const PG_SCHEMA: &str = r#"
+CREATE TABLE p11derive_meta (
+    id             INTEGER PRIMARY KEY CHECK (id = 1),
+    application    BIGINT NOT NULL,
+    schema_version BIGINT NOT NULL
+);
+CREATE TABLE assets (
+    id           BIGSERIAL PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    key_type     TEXT NOT NULL,
+    object_id    BYTEA NOT NULL UNIQUE,
+    current      BIGINT NOT NULL CHECK (current >= 1),
+    min_usable   BIGINT NOT NULL CHECK (min_usable >= 1 AND min_usable <= current),
+    state        TEXT NOT NULL CHECK (state IN ('ACTIVE','ROTATING','SUSPENDED','RETIRED')),
+    created_at   BIGINT NOT NULL,
+    resume_state TEXT CHECK (resume_state IS NULL OR resume_state IN ('ACTIVE','ROTATING'))
+);
+CREATE TABLE versions (
+    asset       BIGINT NOT NULL REFERENCES assets(id),
+    version     BIGINT NOT NULL CHECK (version >= 1),
+    public_key  BYTEA,
+    created_at  BIGINT NOT NULL,
+    pk_mac      BYTEA,
+    PRIMARY KEY (asset, version)
+);
+CREATE TABLE audit (
+    seq          BIGINT PRIMARY KEY,
+    time_ns      BIGINT NOT NULL,
+    pid          BIGINT NOT NULL,
+    session      BIGINT,
+    event        TEXT NOT NULL,
+    asset        TEXT,
+    version      BIGINT,
+    mechanism    BIGINT,
+    input_sha256 BYTEA,
+    rv           BIGINT NOT NULL,
+    detail       TEXT NOT NULL,
+    mac          BYTEA NOT NULL
+);
+CREATE TABLE audit_pending (
+    id           BIGSERIAL PRIMARY KEY,
+    time_ns      BIGINT NOT NULL,
+    pid          BIGINT NOT NULL,
+    session      BIGINT,
+    event        TEXT NOT NULL,
+    asset        TEXT,
+    version      BIGINT,
+    mechanism    BIGINT,
+    input_sha256 BYTEA,
+    rv           BIGINT NOT NULL,
+    detail       TEXT NOT NULL
+);
+CREATE TABLE objects (
+    id          BIGSERIAL PRIMARY KEY,
+    class       BIGINT NOT NULL,
+    label       BYTEA NOT NULL,
+    object_id   BYTEA NOT NULL,
+    value       BYTEA NOT NULL,
+    application BYTEA,
+    oid         BYTEA,
+    created_at  BIGINT NOT NULL
+);
+CREATE TABLE generation (
+    id     INTEGER PRIMARY KEY CHECK (id = 1),
+    assets BIGINT NOT NULL
+);
+INSERT INTO generation (id, assets) VALUES (1, 0);
+
+-- Every change to assets or versions, by whoever writes, moves the
+-- generation and tells listening hosts to drop their cached assets.
+CREATE FUNCTION p11derive_moved() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE generation SET assets = assets + 1;
+    PERFORM pg_notify('p11derive_assets', '');
+    RETURN NULL;
+END $$;
+CREATE TRIGGER assets_moved AFTER INSERT OR UPDATE OR DELETE ON assets
+    FOR EACH STATEMENT EXECUTE FUNCTION p11derive_moved();
+CREATE TRIGGER versions_moved AFTER INSERT OR UPDATE OR DELETE ON versions
+    FOR EACH STATEMENT EXECUTE FUNCTION p11derive_moved();
+
+-- The commit of a batch, in one statement: the client MACed the records
+-- onto the head it believes current and decided each operation on the
+-- assets as of generation `gen`. Under the writers' lock, if the head, the
+-- generation and the pending table are as the client believed, the
+-- records are appended (ok = true); otherwise nothing is written and the
+-- client learns the true head and generation, to decide and MAC again.
+CREATE FUNCTION p11derive_append(
+    p_seq BIGINT, p_head BYTEA, p_gen BIGINT,
+    p_time_ns BIGINT[], p_pid BIGINT[], p_session BIGINT[], p_event TEXT[], p_asset TEXT[],
+    p_version BIGINT[], p_mechanism BIGINT[], p_input BYTEA[], p_rv BIGINT[],
+    p_detail TEXT[], p_mac BYTEA[])
+RETURNS TABLE (r_ok BOOLEAN, r_seq BIGINT, r_mac BYTEA, r_gen BIGINT, r_pending BOOLEAN)
+LANGUAGE plpgsql AS $$
+DECLARE
+    s BIGINT; m BYTEA; g BIGINT; p BOOLEAN;
+BEGIN
+    PERFORM 1 FROM p11derive_meta WHERE id = 1 FOR UPDATE;
+    SELECT a.seq, a.mac INTO s, m FROM audit a ORDER BY a.seq DESC LIMIT 1;
+    SELECT x.assets INTO g FROM generation x;
+    SELECT EXISTS (SELECT 1 FROM audit_pending) INTO p;
+    IF coalesce(s, 0) <> p_seq OR m IS DISTINCT FROM p_head OR g <> p_gen OR p THEN
+        RETURN QUERY SELECT false, coalesce(s, 0), m, g, p;
+        RETURN;
+    END IF;
+    INSERT INTO audit (seq, time_ns, pid, session, event, asset, version, mechanism,
+                       input_sha256, rv, detail, mac)
+        SELECT p_seq + u.n, u.t, u.pi, u.se, u.e, u.a, u.v, u.me, u.i, u.r, u.d, u.c
+        FROM unnest(p_time_ns, p_pid, p_session, p_event, p_asset, p_version, p_mechanism,
+                    p_input, p_rv, p_detail, p_mac)
+             WITH ORDINALITY AS u(t, pi, se, e, a, v, me, i, r, d, c, n);
+    RETURN QUERY SELECT true, p_seq + cardinality(p_time_ns), p_mac[cardinality(p_mac)], g, false;
+END $$;
+"#;
+
+/// Creates the schema in an empty PostgreSQL database, in one transaction.
+pub(super) fn create_pg(db: &mut Pg) -> Result<(), StoreError> {
+    let loc = db.location().to_path_buf();
+    db.begin_plain()?;
+    if pg::has_schema(db)? {
+        db.rollback();
+        return Err(StoreError::Exists(loc));
+    }
+    db.batch(PG_SCHEMA)?;
+    db.execute(
+        "INSERT INTO p11derive_meta (id, application, schema_version) VALUES (1, ?1, ?2)",
+        &[
+            Val::Int(APPLICATION_ID.into()),
+            Val::Int(SCHEMA_VERSION.into()),
+        ],
+    )?;
+    db.commit()
+}
+
+/// Checks that a PostgreSQL database holds a p11derive schema this build
+/// understands.
+pub(super) fn identify_pg(db: &mut Pg) -> Result<(), StoreError> {
+    let loc = db.location().to_path_buf();
+    if !pg::has_schema(db)? {
+        return Err(StoreError::Missing(loc));
+    }
+    let meta = db.query(
+        "SELECT application, schema_version FROM p11derive_meta",
+        &[],
+    )?;
+    let (app, version) = meta
+        .first()
+        .and_then(|r| Some((r.int(0).ok()?, r.int(1).ok()?)))
+        .ok_or_else(|| StoreError::Corrupt(loc.clone(), "p11derive_meta is empty".into()))?;
+    identify(&loc, app, version)
+}
