@@ -47,9 +47,8 @@ struct Shim {
 impl Shim {
     fn open() -> Shim {
         // SAFETY: the test's own shim module.
-        Shim {
-            lib: unsafe { libloading::Library::new(shim_path()) }.unwrap(),
-        }
+        let lib = unsafe { libloading::Library::new(shim_path()) }.unwrap();
+        Shim { lib }
     }
 
     fn f0(&self, name: &[u8]) {

@@ -37,6 +37,7 @@ static LOGINS: AtomicU64 = AtomicU64::new(0);
 struct Table(sys::CK_FUNCTION_LIST);
 // SAFETY: the table is written once, then only read.
 unsafe impl Sync for Table {}
+// SAFETY: as above: nothing writes it after it is built.
 unsafe impl Send for Table {}
 
 fn real() -> &'static sys::CK_FUNCTION_LIST {

@@ -85,6 +85,7 @@ impl Arena {
         }
         // SAFETY: every address below lies inside the mapping just made.
         let data = unsafe { (base as *mut u8).add(page) };
+        // SAFETY: unmaps exactly the mapping just made, used by nothing yet.
         let unmap = || unsafe {
             libc::munmap(base, len + 2 * page);
         };
@@ -267,6 +268,7 @@ struct Run {
 
 // SAFETY: a run is exclusively owned memory inside the arena.
 unsafe impl Send for Run {}
+// SAFETY: shared access only reads the run's bytes; writes need `&mut`.
 unsafe impl Sync for Run {}
 
 impl Run {

@@ -418,10 +418,8 @@ pub fn raw() -> Raw {
         > = unsafe { lib.get(b"C_GetInterface\0") }.unwrap();
         let mut iface: *mut CK_INTERFACE = ptr::null_mut();
         // SAFETY: valid out-pointer.
-        assert_eq!(
-            unsafe { get(ptr::null_mut(), ptr::null_mut(), &mut iface, 0) },
-            CKR_OK
-        );
+        let rv = unsafe { get(ptr::null_mut(), ptr::null_mut(), &mut iface, 0) };
+        assert_eq!(rv, CKR_OK);
         // SAFETY: the default interface is the 3.0 table, which lives as long as the library.
         unsafe { &*((*iface).pFunctionList as *const CK_FUNCTION_LIST_3_0) }
     };
