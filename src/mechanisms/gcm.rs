@@ -288,13 +288,7 @@ fn lengths(a_bytes: usize, c_bytes: usize) -> ghash::Block {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::mechanisms::unhex;
 
     /// The AES-256 cases of the GCM specification (McGrew and Viega, test
     /// cases 13 to 18): empty and one-block inputs, 96-bit, 64-bit and

@@ -51,13 +51,7 @@ pub fn hmac_verify(mech: CK_MECHANISM_TYPE, key: &[u8], data: &[u8], mac: &[u8])
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::mechanisms::unhex;
 
     /// RFC 4231 test case 2 ("Jefe"), all three hashes.
     #[test]

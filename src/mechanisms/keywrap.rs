@@ -110,13 +110,7 @@ pub fn key_unwrap(kek: &[u8], wrapped: &[u8], padded: bool) -> Result<SecretByte
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn unhex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::mechanisms::unhex;
 
     /// RFC 3394 §4.6 (256-bit key data, 256-bit KEK) and the two RFC 5649
     /// §6 examples (20 and 7 bytes under a 192-bit KEK).
