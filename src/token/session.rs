@@ -127,6 +127,10 @@ impl SessionObject {
 
     /// The value of attribute `ty`; `None` when the object has no such one.
     pub fn attribute(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<Value> {
+        // Key material, as the attribute table says: never revealed.
+        if objects::is_sensitive(self.class, ty) {
+            return Some(Value::Sensitive);
+        }
         let b = |v: bool| Some(Value::Bool(v));
         let secret = self.class == Class::Secret;
         let private = self.class == Class::Private;
@@ -163,7 +167,6 @@ impl SessionObject {
                 }
                 Some(Value::Bytes(v))
             }
-            CKA_VALUE if !public => Some(Value::Sensitive),
             CKA_SENSITIVE | CKA_ALWAYS_SENSITIVE if !public => b(true),
             CKA_EXTRACTABLE if !public => b(self.extractable),
             CKA_NEVER_EXTRACTABLE if !public => b(!self.extractable),

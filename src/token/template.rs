@@ -2,6 +2,8 @@
 
 #![forbid(unsafe_code)]
 
+use crate::objects::OnCreate;
+
 use super::*;
 
 impl Provider {
@@ -165,7 +167,105 @@ pub(super) fn object_id(what: &str, label: &str, id: Option<&[u8]>) -> Result<Op
     }
 }
 
-/// Checks the other attributes of a template against what a derived key is.
+/// Why a template asks what a derived key cannot be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cannot {
+    Class,
+    KeyType,
+    Length,
+    /// The value every derived key has for it is this one.
+    Fixed(bool),
+    /// A use the key has, asked false.
+    Use,
+    Mechanisms,
+}
+
+/// What the attribute table says of one attribute of a creation template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Fine,
+    /// Accepted, logged: the object answers for itself.
+    Ignored,
+    /// A use only keys of another type have: accepted, logged.
+    OtherUse,
+    /// Computed by p11derive: `CKR_ATTRIBUTE_READ_ONLY`.
+    Computed,
+    /// Cannot be honoured: `CKR_TEMPLATE_INCONSISTENT`.
+    Cannot(Cannot),
+    /// Does not apply to the class: `CKR_ATTRIBUTE_TYPE_INVALID`.
+    Invalid,
+}
+
+/// Whether an attribute that says what the object is agrees with a `kt`
+/// key of `class`.
+fn identity(class: Class, kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> Verdict {
+    let given = ulong(value);
+    let (fits, why) = match ty {
+        CKA_CLASS => {
+            let want = match class {
+                Class::Private => CKO_PRIVATE_KEY,
+                Class::Public => CKO_PUBLIC_KEY,
+                Class::Secret => CKO_SECRET_KEY,
+            };
+            (given == Some(want), Cannot::Class)
+        }
+        CKA_KEY_TYPE => {
+            let fits = match kt {
+                KeyType::Secp256k1 | KeyType::P256 => given == Some(CKK_EC),
+                KeyType::Aes256 => given == Some(CKK_AES),
+                KeyType::HmacSha256 => matches!(given, Some(CKK_GENERIC_SECRET | CKK_SHA256_HMAC)),
+            };
+            (fits, Cannot::KeyType)
+        }
+        // Derived secret keys are 32 bytes.
+        _ => (given == Some(32), Cannot::Length),
+    };
+    if fits {
+        Verdict::Fine
+    } else {
+        Verdict::Cannot(why)
+    }
+}
+
+/// The attribute table's verdict on `ty` = `value` in the template of a
+/// derived `kt` key of `class`.
+fn verdict(class: Class, kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> Verdict {
+    let is_true = value.first().is_some_and(|&b| b != 0);
+    let asked = if is_true {
+        Verdict::Ignored
+    } else {
+        Verdict::Fine
+    };
+    let Some(rule) = objects::on_create(class, ty) else {
+        return Verdict::Invalid;
+    };
+    match rule {
+        OnCreate::Given => Verdict::Fine,
+        OnCreate::Identity => identity(class, kt, ty, value),
+        OnCreate::Fixed(v) if is_true != v => Verdict::Cannot(Cannot::Fixed(v)),
+        OnCreate::Fixed(_) | OnCreate::Ignored => asked,
+        OnCreate::Use(k) if k == kt && !is_true => Verdict::Cannot(Cannot::Use),
+        OnCreate::Use(k) if k == kt => asked,
+        OnCreate::Use(_) if is_true => Verdict::OtherUse,
+        OnCreate::Use(_) => Verdict::Fine,
+        OnCreate::Mechanisms => {
+            let given: Vec<CK_ULONG> = value
+                .chunks(std::mem::size_of::<CK_ULONG>())
+                .filter_map(ulong)
+                .collect();
+            if objects::mechanisms_of(kt).iter().all(|m| given.contains(m)) {
+                Verdict::Fine
+            } else {
+                Verdict::Cannot(Cannot::Mechanisms)
+            }
+        }
+        OnCreate::Vendor if class == Class::Secret => asked,
+        OnCreate::Computed | OnCreate::Vendor => Verdict::Computed,
+    }
+}
+
+/// Checks the other attributes of a key pair template against what a
+/// derived key is, as the attribute table ([`objects::OnCreate`]) says.
 ///
 /// Refused: key material or values the token computes (`CKA_VALUE`,
 /// `CKA_EC_POINT`, `CKA_LOCAL`…: `CKR_ATTRIBUTE_READ_ONLY`), and requests a
@@ -177,12 +277,6 @@ pub(super) fn object_id(what: &str, label: &str, id: Option<&[u8]>) -> Result<Op
 /// pkcs11-tool ask for them by default, and the new objects' attributes tell
 /// the truth about them.
 fn check_template(class: Class, template: &[TemplateAttr], label: &str, kt: KeyType) -> Result<()> {
-    enum Verdict {
-        Fine,
-        Ignored,
-        Computed,
-        Cannot,
-    }
     let which = if class == Class::Private {
         "private"
     } else {
@@ -190,63 +284,10 @@ fn check_template(class: Class, template: &[TemplateAttr], label: &str, kt: KeyT
     };
     for (ty, value) in template {
         let ty = *ty;
-        let is_true = value.first().is_some_and(|&b| b != 0);
-        let verdict = match (class, ty) {
-            (_, CKA_LABEL | CKA_ID | CKA_EC_PARAMS | CKA_TOKEN) => Verdict::Fine,
-            (Class::Private, CKA_CLASS) if ulong(value) == Some(CKO_PRIVATE_KEY) => Verdict::Fine,
-            (Class::Public, CKA_CLASS) if ulong(value) == Some(CKO_PUBLIC_KEY) => Verdict::Fine,
-            (_, CKA_KEY_TYPE) if ulong(value) == Some(CKK_EC) => Verdict::Fine,
-            (_, CKA_CLASS | CKA_KEY_TYPE) => Verdict::Cannot,
-            (Class::Private, CKA_SENSITIVE | CKA_PRIVATE | CKA_SIGN) if !is_true => Verdict::Cannot,
-            (Class::Private, CKA_EXTRACTABLE | CKA_ALWAYS_AUTHENTICATE) if is_true => {
-                Verdict::Cannot
-            }
-            (Class::Public, CKA_VERIFY) if !is_true => Verdict::Cannot,
-            (_, CKA_ALLOWED_MECHANISMS) => {
-                let given: Vec<CK_ULONG> = value
-                    .chunks(std::mem::size_of::<CK_ULONG>())
-                    .filter_map(ulong)
-                    .collect();
-                if objects::EC_MECHANISMS.iter().all(|m| given.contains(m)) {
-                    Verdict::Fine
-                } else {
-                    Verdict::Cannot
-                }
-            }
-            (Class::Private, CKA_VALUE) | (Class::Public, CKA_EC_POINT) => Verdict::Computed,
-            (
-                _,
-                CKA_LOCAL
-                | CKA_KEY_GEN_MECHANISM
-                | CKA_ALWAYS_SENSITIVE
-                | CKA_NEVER_EXTRACTABLE
-                | CKA_PUBLIC_KEY_INFO
-                | CKA_UNIQUE_ID,
-            ) => Verdict::Computed,
-            (_, ty) if ty & CKA_VENDOR_DEFINED != 0 && objects::has_attribute(class, ty) => {
-                Verdict::Computed
-            }
-            (_, ty) if objects::has_attribute(class, ty) || IGNORABLE.contains(&ty) => {
-                if is_true || ty == CKA_SUBJECT {
-                    Verdict::Ignored
-                } else {
-                    Verdict::Fine
-                }
-            }
-            _ => {
-                return Err(Error::with(
-                    CKR_ATTRIBUTE_TYPE_INVALID,
-                    format!(
-                        "key pair generation for {label:?} ({kt}): attribute {} does not \
-                         apply to a {which} EC key",
-                        attr_name(ty)
-                    ),
-                ))
-            }
-        };
-        match verdict {
-            Verdict::Fine => {}
-            Verdict::Ignored => log::info(&format!(
+        match verdict(class, kt, ty, value) {
+            // A subject is logged whatever it says.
+            Verdict::Fine if ty != CKA_SUBJECT => {}
+            Verdict::Fine | Verdict::Ignored | Verdict::OtherUse => log::info(&format!(
                 "key pair generation for {label:?}: {which} attribute {} ignored; derived {kt} \
                  keys are sign/verify only and not modifiable",
                 attr_name(ty)
@@ -261,7 +302,7 @@ fn check_template(class: Class, template: &[TemplateAttr], label: &str, kt: KeyT
                     ),
                 ))
             }
-            Verdict::Cannot => {
+            Verdict::Cannot(_) => {
                 return Err(Error::with(
                     CKR_TEMPLATE_INCONSISTENT,
                     format!(
@@ -273,30 +314,20 @@ fn check_template(class: Class, template: &[TemplateAttr], label: &str, kt: KeyT
                     ),
                 ))
             }
+            Verdict::Invalid => {
+                return Err(Error::with(
+                    CKR_ATTRIBUTE_TYPE_INVALID,
+                    format!(
+                        "key pair generation for {label:?} ({kt}): attribute {} does not \
+                         apply to a {which} EC key",
+                        attr_name(ty)
+                    ),
+                ))
+            }
         }
     }
     Ok(())
 }
-
-/// Attributes a creator may give that the objects answer for themselves.
-const IGNORABLE: &[CK_ATTRIBUTE_TYPE] = &[
-    CKA_DERIVE,
-    CKA_ENCRYPT,
-    CKA_DECRYPT,
-    CKA_WRAP,
-    CKA_UNWRAP,
-    CKA_SIGN_RECOVER,
-    CKA_VERIFY_RECOVER,
-    CKA_MODIFIABLE,
-    CKA_COPYABLE,
-    CKA_DESTROYABLE,
-    CKA_TRUSTED,
-    CKA_WRAP_WITH_TRUSTED,
-    CKA_SUBJECT,
-    CKA_START_DATE,
-    CKA_END_DATE,
-    CKA_PRIVATE,
-];
 
 /// What a `C_GenerateKey` template asks for.
 pub(super) struct SecretKeySpec {
@@ -305,81 +336,35 @@ pub(super) struct SecretKeySpec {
 }
 
 impl SecretKeySpec {
+    /// Reads a secret key template, checked against the attribute table
+    /// as [`check_template`] checks key pairs.
     pub(super) fn from_template(t: &[TemplateAttr], kt: KeyType) -> Result<SecretKeySpec> {
         let what = format!("{kt} key generation");
         let asset = asset_named(&what, find(t, CKA_LABEL))?;
         let label = asset.as_str();
         let object_id = object_id(&what, label, find(t, CKA_ID))?;
-        let (uses, other): (&[CK_ATTRIBUTE_TYPE], &[CK_ATTRIBUTE_TYPE]) = match kt {
-            KeyType::Aes256 => (&[CKA_ENCRYPT, CKA_DECRYPT], &[CKA_SIGN, CKA_VERIFY]),
-            _ => (&[CKA_SIGN, CKA_VERIFY], &[CKA_ENCRYPT, CKA_DECRYPT]),
-        };
         for (ty, value) in t {
             let ty = *ty;
-            let is_true = value.first().is_some_and(|&b| b != 0);
-            let cannot = |why: &str| {
-                Err(Error::with(
-                    CKR_TEMPLATE_INCONSISTENT,
-                    format!(
-                        "{what} for {label:?}: the template sets {} {why} (derived secret keys \
-                         are private, sensitive, never extractable, 32 bytes, and {})",
-                        attr_name(ty),
-                        if kt == KeyType::Aes256 {
-                            "encrypt/decrypt with AES-GCM"
-                        } else {
-                            "sign/verify with HMAC"
-                        }
-                    ),
-                ))
-            };
-            match ty {
-                CKA_LABEL | CKA_ID | CKA_TOKEN => {}
-                CKA_CLASS if ulong(value) == Some(CKO_SECRET_KEY) => {}
-                CKA_KEY_TYPE => {
-                    let ok = match kt {
-                        KeyType::Aes256 => ulong(value) == Some(CKK_AES),
-                        _ => matches!(ulong(value), Some(CKK_GENERIC_SECRET | CKK_SHA256_HMAC)),
-                    };
-                    if !ok {
-                        return cannot("to another key type");
-                    }
+            let why = match verdict(Class::Secret, kt, ty, value) {
+                Verdict::Fine => continue,
+                Verdict::Ignored => {
+                    log::info(&format!(
+                        "{what} for {label:?}: attribute {} ignored; derived keys are not \
+                         modifiable, wrappable or derivable",
+                        attr_name(ty)
+                    ));
+                    continue;
                 }
-                CKA_CLASS => return cannot("to another class"),
-                CKA_VALUE_LEN if ulong(value) != Some(32) => {
-                    return cannot("to a length other than 32")
+                // A use this kind of key never has (pkcs11-tool asks
+                // encrypt of generic secrets): the object says false.
+                Verdict::OtherUse => {
+                    log::info(&format!(
+                        "{what} for {label:?}: {} ignored; a {kt} key cannot do that",
+                        attr_name(ty)
+                    ));
+                    continue;
                 }
-                CKA_VALUE_LEN => {}
-                CKA_SENSITIVE | CKA_PRIVATE if !is_true => {
-                    return cannot("to false (pkcs11-tool: add --sensitive --private)")
-                }
-                CKA_EXTRACTABLE if is_true => return cannot("to true"),
-                _ if uses.contains(&ty) && !is_true => return cannot("to false"),
-                _ if other.contains(&ty) => {
-                    // A use this kind of key never has (pkcs11-tool asks
-                    // encrypt of generic secrets): the object says false.
-                    if is_true {
-                        log::info(&format!(
-                            "{what} for {label:?}: {} ignored; a {kt} key cannot do that",
-                            attr_name(ty)
-                        ));
-                    }
-                }
-                CKA_ALLOWED_MECHANISMS => {
-                    let given: Vec<CK_ULONG> = value
-                        .chunks(std::mem::size_of::<CK_ULONG>())
-                        .filter_map(ulong)
-                        .collect();
-                    if !objects::mechanisms_of(kt).iter().all(|m| given.contains(m)) {
-                        return cannot("to a list narrower than the key's mechanisms");
-                    }
-                }
-                CKA_VALUE
-                | CKA_CHECK_VALUE
-                | CKA_LOCAL
-                | CKA_KEY_GEN_MECHANISM
-                | CKA_ALWAYS_SENSITIVE
-                | CKA_NEVER_EXTRACTABLE
-                | CKA_UNIQUE_ID => {
+                Verdict::Computed => {
                     return Err(Error::with(
                         CKR_ATTRIBUTE_READ_ONLY,
                         format!(
@@ -389,16 +374,7 @@ impl SecretKeySpec {
                         ),
                     ))
                 }
-                _ if objects::has_attribute(Class::Secret, ty) || IGNORABLE.contains(&ty) => {
-                    if is_true {
-                        log::info(&format!(
-                            "{what} for {label:?}: attribute {} ignored; derived keys are not \
-                             modifiable, wrappable or derivable",
-                            attr_name(ty)
-                        ));
-                    }
-                }
-                _ => {
+                Verdict::Invalid => {
                     return Err(Error::with(
                         CKR_ATTRIBUTE_TYPE_INVALID,
                         format!(
@@ -407,11 +383,261 @@ impl SecretKeySpec {
                         ),
                     ))
                 }
-            }
+                Verdict::Cannot(why) => why,
+            };
+            let why = match why {
+                Cannot::Class => "to another class",
+                Cannot::KeyType => "to another key type",
+                Cannot::Length => "to a length other than 32",
+                Cannot::Fixed(true) => "to false (pkcs11-tool: add --sensitive --private)",
+                Cannot::Fixed(false) => "to true",
+                Cannot::Use => "to false",
+                Cannot::Mechanisms => "to a list narrower than the key's mechanisms",
+            };
+            return Err(Error::with(
+                CKR_TEMPLATE_INCONSISTENT,
+                format!(
+                    "{what} for {label:?}: the template sets {} {why} (derived secret keys \
+                     are private, sensitive, never extractable, 32 bytes, and {})",
+                    attr_name(ty),
+                    if kt == KeyType::Aes256 {
+                        "encrypt/decrypt with AES-GCM"
+                    } else {
+                        "sign/verify with HMAC"
+                    }
+                ),
+            ));
         }
         Ok(SecretKeySpec {
             asset: asset.clone(),
             object_id,
         })
+    }
+}
+
+#[cfg(test)]
+mod oracle {
+    use super::*;
+    #[derive(Debug, PartialEq)]
+    enum V {
+        Fine,
+        Ignored,
+        Other,
+        Computed,
+        Cannot(&'static str),
+        Invalid,
+    }
+    const IGNORABLE: &[CK_ATTRIBUTE_TYPE] = &[
+        CKA_DERIVE,
+        CKA_ENCRYPT,
+        CKA_DECRYPT,
+        CKA_WRAP,
+        CKA_UNWRAP,
+        CKA_SIGN_RECOVER,
+        CKA_VERIFY_RECOVER,
+        CKA_MODIFIABLE,
+        CKA_COPYABLE,
+        CKA_DESTROYABLE,
+        CKA_TRUSTED,
+        CKA_WRAP_WITH_TRUSTED,
+        CKA_SUBJECT,
+        CKA_START_DATE,
+        CKA_END_DATE,
+        CKA_PRIVATE,
+    ];
+    fn old_ec(class: Class, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> V {
+        let is_true = value.first().is_some_and(|&b| b != 0);
+        match (class, ty) {
+            (_, CKA_LABEL | CKA_ID | CKA_EC_PARAMS | CKA_TOKEN) => V::Fine,
+            (Class::Private, CKA_CLASS) if ulong(value) == Some(CKO_PRIVATE_KEY) => V::Fine,
+            (Class::Public, CKA_CLASS) if ulong(value) == Some(CKO_PUBLIC_KEY) => V::Fine,
+            (_, CKA_KEY_TYPE) if ulong(value) == Some(CKK_EC) => V::Fine,
+            (_, CKA_CLASS | CKA_KEY_TYPE) => V::Cannot(""),
+            (Class::Private, CKA_SENSITIVE | CKA_PRIVATE | CKA_SIGN) if !is_true => V::Cannot(""),
+            (Class::Private, CKA_EXTRACTABLE | CKA_ALWAYS_AUTHENTICATE) if is_true => V::Cannot(""),
+            (Class::Public, CKA_VERIFY) if !is_true => V::Cannot(""),
+            (_, CKA_ALLOWED_MECHANISMS) => {
+                let given: Vec<CK_ULONG> = value
+                    .chunks(std::mem::size_of::<CK_ULONG>())
+                    .filter_map(ulong)
+                    .collect();
+                if objects::EC_MECHANISMS.iter().all(|m| given.contains(m)) {
+                    V::Fine
+                } else {
+                    V::Cannot("")
+                }
+            }
+            (Class::Private, CKA_VALUE) | (Class::Public, CKA_EC_POINT) => V::Computed,
+            (
+                _,
+                CKA_LOCAL
+                | CKA_KEY_GEN_MECHANISM
+                | CKA_ALWAYS_SENSITIVE
+                | CKA_NEVER_EXTRACTABLE
+                | CKA_PUBLIC_KEY_INFO
+                | CKA_UNIQUE_ID,
+            ) => V::Computed,
+            (_, ty) if ty & CKA_VENDOR_DEFINED != 0 && objects::has_attribute(class, ty) => {
+                V::Computed
+            }
+            (_, ty) if objects::has_attribute(class, ty) || IGNORABLE.contains(&ty) => {
+                if is_true || ty == CKA_SUBJECT {
+                    V::Ignored
+                } else {
+                    V::Fine
+                }
+            }
+            _ => V::Invalid,
+        }
+    }
+    fn new_ec(class: Class, kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> V {
+        match verdict(class, kt, ty, value) {
+            Verdict::Fine if ty != CKA_SUBJECT => V::Fine,
+            Verdict::Fine | Verdict::Ignored | Verdict::OtherUse => V::Ignored,
+            Verdict::Computed => V::Computed,
+            Verdict::Cannot(_) => V::Cannot(""),
+            Verdict::Invalid => V::Invalid,
+        }
+    }
+    fn old_sec(kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> V {
+        let (uses, other): (&[CK_ATTRIBUTE_TYPE], &[CK_ATTRIBUTE_TYPE]) = match kt {
+            KeyType::Aes256 => (&[CKA_ENCRYPT, CKA_DECRYPT], &[CKA_SIGN, CKA_VERIFY]),
+            _ => (&[CKA_SIGN, CKA_VERIFY], &[CKA_ENCRYPT, CKA_DECRYPT]),
+        };
+        let is_true = value.first().is_some_and(|&b| b != 0);
+        match ty {
+            CKA_LABEL | CKA_ID | CKA_TOKEN => V::Fine,
+            CKA_CLASS if ulong(value) == Some(CKO_SECRET_KEY) => V::Fine,
+            CKA_KEY_TYPE => {
+                let ok = match kt {
+                    KeyType::Aes256 => ulong(value) == Some(CKK_AES),
+                    _ => matches!(ulong(value), Some(CKK_GENERIC_SECRET | CKK_SHA256_HMAC)),
+                };
+                if !ok {
+                    V::Cannot("to another key type")
+                } else {
+                    V::Fine
+                }
+            }
+            CKA_CLASS => V::Cannot("to another class"),
+            CKA_VALUE_LEN if ulong(value) != Some(32) => V::Cannot("to a length other than 32"),
+            CKA_VALUE_LEN => V::Fine,
+            CKA_SENSITIVE | CKA_PRIVATE if !is_true => {
+                V::Cannot("to false (pkcs11-tool: add --sensitive --private)")
+            }
+            CKA_EXTRACTABLE if is_true => V::Cannot("to true"),
+            _ if uses.contains(&ty) && !is_true => V::Cannot("to false"),
+            _ if other.contains(&ty) => {
+                if is_true {
+                    V::Other
+                } else {
+                    V::Fine
+                }
+            }
+            CKA_ALLOWED_MECHANISMS => {
+                let given: Vec<CK_ULONG> = value
+                    .chunks(std::mem::size_of::<CK_ULONG>())
+                    .filter_map(ulong)
+                    .collect();
+                if !objects::mechanisms_of(kt).iter().all(|m| given.contains(m)) {
+                    V::Cannot("to a list narrower than the key's mechanisms")
+                } else {
+                    V::Fine
+                }
+            }
+            CKA_VALUE
+            | CKA_CHECK_VALUE
+            | CKA_LOCAL
+            | CKA_KEY_GEN_MECHANISM
+            | CKA_ALWAYS_SENSITIVE
+            | CKA_NEVER_EXTRACTABLE
+            | CKA_UNIQUE_ID => V::Computed,
+            _ if objects::has_attribute(Class::Secret, ty) || IGNORABLE.contains(&ty) => {
+                if is_true {
+                    V::Ignored
+                } else {
+                    V::Fine
+                }
+            }
+            _ => V::Invalid,
+        }
+    }
+    fn new_sec(kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> V {
+        match verdict(Class::Secret, kt, ty, value) {
+            Verdict::Fine => V::Fine,
+            Verdict::Ignored => V::Ignored,
+            Verdict::OtherUse => V::Other,
+            Verdict::Computed => V::Computed,
+            Verdict::Invalid => V::Invalid,
+            Verdict::Cannot(why) => V::Cannot(match why {
+                Cannot::Class => "to another class",
+                Cannot::KeyType => "to another key type",
+                Cannot::Length => "to a length other than 32",
+                Cannot::Fixed(true) => "to false (pkcs11-tool: add --sensitive --private)",
+                Cannot::Fixed(false) => "to true",
+                Cannot::Use => "to false",
+                Cannot::Mechanisms => "to a list narrower than the key's mechanisms",
+            }),
+        }
+    }
+    #[test]
+    fn table_agrees_with_the_old_matches() {
+        let mut values: Vec<Vec<u8>> = vec![vec![], vec![0], vec![1], vec![2, 0]];
+        for u in [
+            0,
+            1,
+            2,
+            3,
+            4,
+            16,
+            32,
+            CKO_PRIVATE_KEY,
+            CKO_PUBLIC_KEY,
+            CKO_SECRET_KEY,
+            CKK_EC,
+            CKK_AES,
+            CKK_GENERIC_SECRET,
+            CKK_SHA256_HMAC,
+            CKK_SHA384_HMAC,
+        ] {
+            values.push((u as CK_ULONG).to_ne_bytes().to_vec());
+        }
+        for list in [
+            &objects::EC_MECHANISMS[..],
+            &objects::AES_MECHANISMS[..],
+            &objects::HMAC_MECHANISMS[..],
+            &objects::EC_MECHANISMS[1..],
+        ] {
+            values.push(list.iter().flat_map(|m| m.to_ne_bytes()).collect());
+        }
+        let mut types: Vec<CK_ATTRIBUTE_TYPE> = (0..0x700).collect();
+        types.extend(0x40000000..0x40000300);
+        types.extend(CKA_VENDOR_DEFINED..CKA_VENDOR_DEFINED + 0x2000);
+        types.extend(CKA_P11DERIVE_ASSET_ID - 0x10..CKA_P11DERIVE_ASSET_ID + 0x100);
+        assert!(types.contains(&CKA_P11DERIVE_KEY_TYPE));
+        let mut n = 0;
+        for &ty in &types {
+            for v in &values {
+                for kt in [KeyType::Secp256k1, KeyType::P256] {
+                    for class in [Class::Private, Class::Public] {
+                        assert_eq!(
+                            old_ec(class, ty, v),
+                            new_ec(class, kt, ty, v),
+                            "{class:?} {ty:#x} {v:?}"
+                        );
+                        n += 1;
+                    }
+                }
+                for kt in [KeyType::Aes256, KeyType::HmacSha256] {
+                    assert_eq!(
+                        old_sec(kt, ty, v),
+                        new_sec(kt, ty, v),
+                        "{kt:?} {ty:#x} {v:?}"
+                    );
+                    n += 1;
+                }
+            }
+        }
+        eprintln!("{n} cases agree");
     }
 }
