@@ -1,5 +1,6 @@
-//! How an asset version looks as PKCS#11 objects (design §3). Nothing here is
-//! stored: every attribute is computed from the asset's record.
+//! How an asset version looks as PKCS#11 objects (design §3), and the attribute table behind them.
+//!
+//! Nothing here is stored: every attribute is computed from the asset's record.
 //!
 //! For the alias (label = asset id, the current version) and for each usable
 //! version N (label `asset@vN`), EC assets show a private and a public key,

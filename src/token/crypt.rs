@@ -1,6 +1,7 @@
-//! Secret-key assets in a session: `C_GenerateKey` of AES-256 and HMAC
-//! assets, AES-GCM encryption and decryption (single- and multi-part), and
-//! the helpers HMAC signing and verification share with them.
+//! Secret-key assets: `C_GenerateKey` of AES-256 and HMAC assets, and AES-GCM encryption and decryption.
+//!
+//! Single- and multi-part, with the helpers HMAC signing and verification
+//! and key wrapping share with them.
 //!
 //! Rotation (design §3): a version that may no longer encrypt still
 //! decrypts while usable; the alias encrypts with the current version and
@@ -224,12 +225,7 @@ impl Provider {
                 asset.state.name(),
                 asset.current
             );
-            let mut rec = Record::new(Event::Refused, CKR_KEY_FUNCTION_NOT_PERMITTED)
-                .asset(asset.id.as_str(), Some(view.version))
-                .session(h)
-                .detail(format!("{what} refused: {why}"));
-            rec.mechanism = Some(mech);
-            self.audit(rec)?;
+            self.audit_refusal(h, mech, &view, format!("{what} refused: {why}"))?;
             return Err(Error::with(CKR_KEY_FUNCTION_NOT_PERMITTED, why));
         }
         let keys = if producing {

@@ -296,25 +296,14 @@ impl Provider {
 
     /// `C_SessionCancel`: ends the operations named by `flags`.
     pub fn cancel(&self, h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> Result<()> {
+        let named = |flag: CK_FLAGS| flags & flag != 0;
         self.in_session(h, |s| {
-            if flags & CKF_SIGN != 0 {
-                s.sign.end();
-            }
-            if flags & CKF_VERIFY != 0 {
-                s.verify.end();
-            }
-            if flags & CKF_DIGEST != 0 {
-                s.digest.end();
-            }
-            if flags & CKF_ENCRYPT != 0 {
-                s.encrypt.end();
-            }
-            if flags & CKF_DECRYPT != 0 {
-                s.decrypt.end();
-            }
-            if flags & CKF_FIND_OBJECTS != 0 {
-                s.find.end();
-            }
+            s.sign.end_if(|_| named(CKF_SIGN));
+            s.verify.end_if(|_| named(CKF_VERIFY));
+            s.digest.end_if(|_| named(CKF_DIGEST));
+            s.encrypt.end_if(|_| named(CKF_ENCRYPT));
+            s.decrypt.end_if(|_| named(CKF_DECRYPT));
+            s.find.end_if(|_| named(CKF_FIND_OBJECTS));
             Ok(())
         })
     }

@@ -1,4 +1,6 @@
-//! Session keys (`CKA_TOKEN=false`): AES and generic secret keys from
+//! Session keys (`CKA_TOKEN=false`): made, found, used and dropped with their session.
+//!
+//! AES and generic secret keys from
 //! `C_GenerateKey` (random from the backing HSM's RNG) or `C_CreateObject`
 //! (a given value), and EC key pairs from `C_GenerateKeyPair`. Their key
 //! material lives only in the locked arena; they are not assets (no counter,

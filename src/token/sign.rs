@@ -172,9 +172,12 @@ impl Provider {
 
     /// What `C_SignInit`/`C_VerifyInit` use: the HMAC mechanism (secret keys)
     /// or the ECDSA hasher, and the key's object, checked to fit the mechanism.
+    /// `ecdsa` is the class of the EC key that does the job; the class of
+    /// the key the mechanism needs comes with it.
     fn signature_mechanism(
         mech: &Mechanism,
-    ) -> Result<(Option<CK_MECHANISM_TYPE>, Option<Hasher>)> {
+        ecdsa: Class,
+    ) -> Result<(Option<CK_MECHANISM_TYPE>, Option<Hasher>, Class)> {
         let hmac = symmetric::hmac_len(mech.ty).map(|_| mech.ty);
         let hasher = match hmac {
             Some(_) => None,
@@ -183,7 +186,24 @@ impl Provider {
         if !mech.param.is_empty() {
             return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
         }
-        Ok((hmac, hasher))
+        let class = if hmac.is_some() { Class::Secret } else { ecdsa };
+        Ok((hmac, hasher, class))
+    }
+
+    /// Audits a use the asset's state refuses (before the caller learns it).
+    pub(super) fn audit_refusal(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: CK_MECHANISM_TYPE,
+        view: &View,
+        detail: String,
+    ) -> Result<()> {
+        let mut rec = Record::new(Event::Refused, CKR_KEY_FUNCTION_NOT_PERMITTED)
+            .asset(view.asset.id.as_str(), Some(view.version))
+            .session(h)
+            .detail(detail);
+        rec.mechanism = Some(mech);
+        self.audit(rec)
     }
 
     /// The asset object behind `key`, checked to fit the mechanism.
@@ -204,12 +224,7 @@ impl Provider {
         lock(&session).sign.ensure_idle()?;
         let epoch = self.login.epoch();
         self.live(epoch)?;
-        let (hmac, hasher) = Self::signature_mechanism(mech)?;
-        let signer = if hmac.is_some() {
-            Class::Secret
-        } else {
-            Class::Private
-        };
+        let (hmac, hasher, signer) = Self::signature_mechanism(mech, Class::Private)?;
         if let Some(obj) = self.session_object(key) {
             self.session_key_use(&obj, mech.ty, signer, obj.sign, "sign")?;
             let op = SignOp {
@@ -234,12 +249,7 @@ impl Provider {
                 asset.state.name()
             );
             if okey.class == signer {
-                let mut rec = Record::new(Event::Refused, CKR_KEY_FUNCTION_NOT_PERMITTED)
-                    .asset(asset.id.as_str(), Some(view.version))
-                    .session(h)
-                    .detail(format!("sign refused: {why}"));
-                rec.mechanism = Some(mech.ty);
-                self.audit(rec)?;
+                self.audit_refusal(h, mech.ty, &view, format!("sign refused: {why}"))?;
             }
             return Err(Error::with(CKR_KEY_FUNCTION_NOT_PERMITTED, why));
         }
@@ -345,12 +355,7 @@ impl Provider {
     ) -> Result<()> {
         let session = self.session(h)?;
         lock(&session).verify.ensure_idle()?;
-        let (hmac, hasher) = Self::signature_mechanism(mech)?;
-        let verifier = if hmac.is_some() {
-            Class::Secret
-        } else {
-            Class::Public
-        };
+        let (hmac, hasher, verifier) = Self::signature_mechanism(mech, Class::Public)?;
         if let Some(obj) = self.session_object(key) {
             self.session_key_use(&obj, mech.ty, verifier, obj.verify, "verify")?;
             let epoch = self.login.epoch();
@@ -372,15 +377,8 @@ impl Provider {
         let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
         if okey.class != verifier || !view.may_verify() {
             if okey.class == verifier {
-                let mut rec = Record::new(Event::Refused, CKR_KEY_FUNCTION_NOT_PERMITTED)
-                    .asset(asset.id.as_str(), Some(view.version))
-                    .session(h)
-                    .detail(format!(
-                        "verify refused: asset state {}",
-                        asset.state.name()
-                    ));
-                rec.mechanism = Some(mech.ty);
-                self.audit(rec)?;
+                let why = format!("verify refused: asset state {}", asset.state.name());
+                self.audit_refusal(h, mech.ty, &view, why)?;
             }
             return Err(Error::rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
         }
