@@ -187,3 +187,48 @@ impl Message {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rv<T>(r: Result<T>) -> CK_RV {
+        r.map_or_else(|e| e.rv, |_| CKR_OK)
+    }
+
+    #[test]
+    fn a_slot_answers_the_operation_codes() {
+        let mut slot = OpSlot::<u32>::default();
+        assert_eq!(rv(slot.take()), CKR_OPERATION_NOT_INITIALIZED);
+        assert_eq!(rv(slot.with(|_| Ok(()))), CKR_OPERATION_NOT_INITIALIZED);
+        assert_eq!(rv(slot.start(1)), CKR_OK);
+        assert_eq!(rv(slot.start(2)), CKR_OPERATION_ACTIVE);
+        assert_eq!(rv(slot.ensure_idle()), CKR_OPERATION_ACTIVE);
+        // A length query and a short buffer keep the operation.
+        assert!(matches!(
+            slot.finish(None, |_| Ok(4)),
+            Ok(Output::Length(4))
+        ));
+        let mut short = [0u8; 3];
+        assert_eq!(
+            rv(slot.finish(Some(&mut short), |_| Ok(4))),
+            CKR_BUFFER_TOO_SMALL
+        );
+        let mut out = [0u8; 4];
+        assert!(matches!(
+            slot.finish(Some(&mut out), |_| Ok(4)),
+            Ok(Output::Ready(1, _))
+        ));
+        assert_eq!(rv(slot.take()), CKR_OPERATION_NOT_INITIALIZED);
+        // An error from the operation's check ends it.
+        slot.start(3).unwrap();
+        let failed = slot.finish(None, |_| Err(Error::rv(CKR_OPERATION_ACTIVE)));
+        assert_eq!(rv(failed), CKR_OPERATION_ACTIVE);
+        assert_eq!(rv(slot.ensure_idle()), CKR_OK);
+        slot.start(4).unwrap();
+        slot.end_if(|&n| n == 5);
+        assert_eq!(rv(slot.ensure_idle()), CKR_OPERATION_ACTIVE);
+        slot.end();
+        assert_eq!(rv(slot.ensure_idle()), CKR_OK);
+    }
+}
