@@ -1,11 +1,13 @@
-//! How an asset version looks as PKCS#11 objects (design §3). Nothing here is
-//! stored: every attribute is computed from the asset's record.
+//! How an asset version looks as PKCS#11 objects (design §3), and the attribute table behind them.
+//!
+//! Nothing here is stored: every attribute is computed from the asset's record.
 //!
 //! For the alias (label = asset id, the current version) and for each usable
 //! version N (label `asset@vN`), EC assets show a private and a public key,
 //! secret-key assets (AES-256, HMAC-SHA256) one secret key.
 //! Attribute behaviour is declared in [`ATTRIBUTES`]: which classes have an
-//! attribute, and how its value is computed.
+//! attribute, what a creation template may say about it, whether it is
+//! sensitive, and how its value is computed.
 
 #![forbid(unsafe_code)]
 
@@ -298,11 +300,11 @@ impl<'a> View<'a> {
     /// The value of attribute `ty`; `None` when this object has no such
     /// attribute (`CKR_ATTRIBUTE_TYPE_INVALID`).
     pub fn attribute(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<Value> {
-        let want = self.class.bit();
-        ATTRIBUTES
-            .iter()
-            .find(|a| a.ty == ty && a.classes & want != 0)
-            .and_then(|a| (a.get)(self))
+        let a = entry(self.class, ty)?;
+        if a.sensitive {
+            return Some(Value::Sensitive);
+        }
+        (a.get?)(self)
     }
 
     /// Whether every attribute of `template` is present with exactly that value.
@@ -331,15 +333,85 @@ const SEC: u8 = 4;
 const BOTH: u8 = PRIV | PUB;
 const ALL: u8 = PRIV | PUB | SEC;
 
-/// One attribute: its type, the classes that have it, and how it is computed.
+/// What a creation template (`C_GenerateKeyPair`, or `C_GenerateKey` with
+/// `CKA_TOKEN=true`) may say about an attribute of the derived key it makes.
+/// A type the table does not list for the class is `CKR_ATTRIBUTE_TYPE_INVALID`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnCreate {
+    /// Names or places the new asset (label, id, token, curve): the creator
+    /// reads it.
+    Given,
+    /// Says what the object is (class, key type, value length): it must
+    /// agree with the key made (`CKR_TEMPLATE_INCONSISTENT`).
+    Identity,
+    /// A property every derived key has: only this value may be asked
+    /// (another is `CKR_TEMPLATE_INCONSISTENT`); asked true, it is logged as
+    /// ignored, like [`OnCreate::Ignored`].
+    Fixed(bool),
+    /// A use keys of this type have (settable on create only to true), a use
+    /// keys of other types never have (accepted; logged when asked).
+    Use(KeyType),
+    /// At least the key's own mechanisms (a narrower list is inconsistent).
+    Mechanisms,
+    /// Computed by p11derive, never settable: `CKR_ATTRIBUTE_READ_ONLY`.
+    Computed,
+    /// Answered by the object itself: accepted, and logged as ignored when
+    /// asked true.
+    Ignored,
+    /// p11derive's own attributes: computed (as [`OnCreate::Computed`]) in
+    /// an EC key pair's template, ignored in a secret key's (as each has
+    /// been since it was written).
+    Vendor,
+}
+
+/// One attribute of one or more classes: what a creation template may say
+/// about it, whether its value is sensitive (never revealed:
+/// `CKR_ATTRIBUTE_SENSITIVE`), and how it is computed (its value, which no
+/// template changes: derived keys are not modifiable). No getter: the class
+/// does not show the attribute, but a creation template may name it.
 struct Attribute {
     ty: CK_ATTRIBUTE_TYPE,
     classes: u8,
-    get: fn(&View) -> Option<Value>,
+    create: OnCreate,
+    sensitive: bool,
+    get: Option<fn(&View) -> Option<Value>>,
 }
 
-const fn attr(ty: CK_ATTRIBUTE_TYPE, classes: u8, get: fn(&View) -> Option<Value>) -> Attribute {
-    Attribute { ty, classes, get }
+const fn attr(
+    ty: CK_ATTRIBUTE_TYPE,
+    classes: u8,
+    create: OnCreate,
+    get: fn(&View) -> Option<Value>,
+) -> Attribute {
+    Attribute {
+        ty,
+        classes,
+        create,
+        sensitive: false,
+        get: Some(get),
+    }
+}
+
+/// An attribute the class does not show that a creation template may name.
+const fn named(ty: CK_ATTRIBUTE_TYPE, classes: u8, create: OnCreate) -> Attribute {
+    Attribute {
+        ty,
+        classes,
+        create,
+        sensitive: false,
+        get: None,
+    }
+}
+
+/// Key material: never revealed, never supplied.
+const fn sensitive(ty: CK_ATTRIBUTE_TYPE, classes: u8) -> Attribute {
+    Attribute {
+        ty,
+        classes,
+        create: Computed,
+        sensitive: true,
+        get: None,
+    }
 }
 
 fn yes(_: &View) -> Option<Value> {
@@ -351,9 +423,6 @@ fn no(_: &View) -> Option<Value> {
 fn empty(_: &View) -> Option<Value> {
     Some(Value::Bytes(Vec::new()))
 }
-fn is_private(v: &View) -> Option<Value> {
-    Some(Value::Bool(v.class.is_private()))
-}
 fn mechanisms(v: &View) -> Option<Value> {
     let list = mechanisms_of(v.asset.key_type);
     let mut b = Vec::with_capacity(list.len() * 8);
@@ -363,144 +432,182 @@ fn mechanisms(v: &View) -> Option<Value> {
     Some(Value::Bytes(b))
 }
 
+use OnCreate::{Computed, Fixed, Given, Identity, Ignored, Mechanisms, Use, Vendor};
+
 /// The attribute table. Order does not matter; each (type, class) appears once.
 static ATTRIBUTES: &[Attribute] = &[
     // Common object attributes.
-    attr(CKA_CLASS, ALL, |v| {
+    attr(CKA_CLASS, ALL, Identity, |v| {
         Some(Value::Ulong(match v.class {
             Class::Private => CKO_PRIVATE_KEY,
             Class::Public => CKO_PUBLIC_KEY,
             Class::Secret => CKO_SECRET_KEY,
         }))
     }),
-    attr(CKA_TOKEN, ALL, yes),
-    attr(CKA_PRIVATE, ALL, is_private),
-    attr(CKA_MODIFIABLE, ALL, no),
-    attr(CKA_COPYABLE, ALL, no),
-    attr(CKA_DESTROYABLE, ALL, |v| {
+    attr(CKA_TOKEN, ALL, Given, yes),
+    attr(CKA_PRIVATE, PRIV | SEC, Fixed(true), yes),
+    attr(CKA_PRIVATE, PUB, Ignored, no),
+    attr(CKA_MODIFIABLE, ALL, Ignored, no),
+    attr(CKA_COPYABLE, ALL, Ignored, no),
+    attr(CKA_DESTROYABLE, ALL, Ignored, |v| {
         Some(Value::Bool(v.destroy_retires && v.which == Which::Alias))
     }),
-    attr(CKA_LABEL, ALL, |v| {
+    attr(CKA_LABEL, ALL, Given, |v| {
         Some(Value::Bytes(v.label().into_bytes()))
     }),
-    attr(CKA_UNIQUE_ID, ALL, |v| {
+    attr(CKA_UNIQUE_ID, ALL, Computed, |v| {
         Some(Value::Bytes(
             format!("{}/{}", v.label(), v.class.name()).into_bytes(),
         ))
     }),
     // Common key attributes.
-    attr(CKA_KEY_TYPE, ALL, |v| {
+    attr(CKA_KEY_TYPE, ALL, Identity, |v| {
         Some(Value::Ulong(match v.asset.key_type {
             KeyType::Secp256k1 | KeyType::P256 => CKK_EC,
             KeyType::Aes256 => CKK_AES,
             KeyType::HmacSha256 => CKK_GENERIC_SECRET,
         }))
     }),
-    attr(CKA_ID, ALL, |v| Some(Value::Bytes(v.object_id()))),
-    attr(CKA_START_DATE, ALL, empty),
-    attr(CKA_END_DATE, ALL, empty),
-    attr(CKA_DERIVE, ALL, no),
-    attr(CKA_LOCAL, ALL, yes),
-    attr(CKA_KEY_GEN_MECHANISM, ALL, |v| {
+    attr(CKA_ID, ALL, Given, |v| Some(Value::Bytes(v.object_id()))),
+    attr(CKA_START_DATE, ALL, Ignored, empty),
+    attr(CKA_END_DATE, ALL, Ignored, empty),
+    attr(CKA_DERIVE, ALL, Ignored, no),
+    attr(CKA_LOCAL, ALL, Computed, yes),
+    attr(CKA_KEY_GEN_MECHANISM, ALL, Computed, |v| {
         Some(Value::Ulong(match v.asset.key_type {
             KeyType::Secp256k1 | KeyType::P256 => CKM_EC_KEY_PAIR_GEN,
             KeyType::Aes256 => CKM_AES_KEY_GEN,
             KeyType::HmacSha256 => CKM_GENERIC_SECRET_KEY_GEN,
         }))
     }),
-    attr(CKA_ALLOWED_MECHANISMS, ALL, mechanisms),
-    attr(CKA_SUBJECT, BOTH, empty),
-    attr(CKA_PUBLIC_KEY_INFO, BOTH, |v| {
+    attr(CKA_ALLOWED_MECHANISMS, ALL, Mechanisms, mechanisms),
+    attr(CKA_SUBJECT, BOTH, Ignored, empty),
+    named(CKA_SUBJECT, SEC, Ignored),
+    attr(CKA_PUBLIC_KEY_INFO, BOTH, Computed, |v| {
         spki(v.asset.key_type, v.public_point()?).map(Value::Bytes)
     }),
     // EC domain parameters on both keys: libp11 reads them from the private key.
-    attr(CKA_EC_PARAMS, BOTH, |v| {
+    attr(CKA_EC_PARAMS, BOTH, Given, |v| {
         ec_params(v.asset.key_type).map(|p| Value::Bytes(p.to_vec()))
     }),
     // Public key attributes.
-    attr(CKA_EC_POINT, PUB, |v| {
+    attr(CKA_EC_POINT, PUB, Computed, |v| {
         Some(Value::Bytes(ec_point_der(v.public_point()?)))
     }),
-    attr(CKA_ENCRYPT, PUB, no),
-    attr(CKA_VERIFY, PUB, |v| Some(Value::Bool(v.may_verify()))),
-    attr(CKA_VERIFY_RECOVER, PUB, no),
-    attr(CKA_WRAP, PUB, no),
-    attr(CKA_TRUSTED, PUB, no),
+    attr(CKA_ENCRYPT, PUB, Ignored, no),
+    attr(CKA_VERIFY, PUB, Fixed(true), |v| {
+        Some(Value::Bool(v.may_verify()))
+    }),
+    attr(CKA_VERIFY_RECOVER, PUB, Ignored, no),
+    attr(CKA_WRAP, PUB, Ignored, no),
+    attr(CKA_TRUSTED, PUB, Ignored, no),
+    // What a public key's template may name though the key does not show it.
+    named(CKA_DECRYPT, PUB, Ignored),
+    named(CKA_UNWRAP, PUB, Ignored),
+    named(CKA_SIGN_RECOVER, PUB | SEC, Ignored),
+    named(CKA_WRAP_WITH_TRUSTED, PUB, Ignored),
+    named(CKA_ALWAYS_SENSITIVE, PUB, Computed),
+    named(CKA_NEVER_EXTRACTABLE, PUB, Computed),
     // Private key attributes.
-    attr(CKA_VALUE, PRIV, |_| Some(Value::Sensitive)),
-    attr(CKA_SENSITIVE, PRIV, yes),
-    attr(CKA_ALWAYS_SENSITIVE, PRIV, yes),
-    attr(CKA_EXTRACTABLE, PRIV, no),
-    attr(CKA_NEVER_EXTRACTABLE, PRIV, yes),
-    attr(CKA_DECRYPT, PRIV, no),
-    attr(CKA_SIGN, PRIV, |v| Some(Value::Bool(v.may_sign()))),
-    attr(CKA_SIGN_RECOVER, PRIV, no),
-    attr(CKA_UNWRAP, PRIV, no),
-    attr(CKA_WRAP_WITH_TRUSTED, PRIV, no),
-    attr(CKA_ALWAYS_AUTHENTICATE, PRIV, no),
+    sensitive(CKA_VALUE, PRIV),
+    attr(CKA_SENSITIVE, PRIV, Fixed(true), yes),
+    attr(CKA_ALWAYS_SENSITIVE, PRIV, Computed, yes),
+    attr(CKA_EXTRACTABLE, PRIV, Fixed(false), no),
+    attr(CKA_NEVER_EXTRACTABLE, PRIV, Computed, yes),
+    attr(CKA_DECRYPT, PRIV, Ignored, no),
+    attr(CKA_SIGN, PRIV, Fixed(true), |v| {
+        Some(Value::Bool(v.may_sign()))
+    }),
+    attr(CKA_SIGN_RECOVER, PRIV, Ignored, no),
+    attr(CKA_UNWRAP, PRIV, Ignored, no),
+    attr(CKA_WRAP_WITH_TRUSTED, PRIV, Ignored, no),
+    attr(CKA_ALWAYS_AUTHENTICATE, PRIV, Fixed(false), no),
+    // What a private key's template may name though the key does not show it.
+    named(CKA_ENCRYPT, PRIV, Ignored),
+    named(CKA_WRAP, PRIV, Ignored),
+    named(CKA_VERIFY_RECOVER, PRIV | SEC, Ignored),
+    named(CKA_TRUSTED, PRIV, Ignored),
     // Secret key attributes: AES keys encrypt and decrypt, HMAC keys sign and
     // verify; a version that may no longer encrypt (sign) still decrypts
     // (verifies) while usable.
-    attr(CKA_VALUE, SEC, |_| Some(Value::Sensitive)),
-    attr(CKA_VALUE_LEN, SEC, |_| Some(Value::Ulong(32))),
-    attr(CKA_CHECK_VALUE, SEC, |v| {
+    sensitive(CKA_VALUE, SEC),
+    attr(CKA_VALUE_LEN, SEC, Identity, |_| Some(Value::Ulong(32))),
+    attr(CKA_CHECK_VALUE, SEC, Computed, |v| {
         Some(Value::Bytes(v.check_value()?.to_vec()))
     }),
-    attr(CKA_SENSITIVE, SEC, yes),
-    attr(CKA_ALWAYS_SENSITIVE, SEC, yes),
-    attr(CKA_EXTRACTABLE, SEC, no),
-    attr(CKA_NEVER_EXTRACTABLE, SEC, yes),
-    attr(CKA_ENCRYPT, SEC, |v| {
+    attr(CKA_SENSITIVE, SEC, Fixed(true), yes),
+    attr(CKA_ALWAYS_SENSITIVE, SEC, Computed, yes),
+    attr(CKA_EXTRACTABLE, SEC, Fixed(false), no),
+    attr(CKA_NEVER_EXTRACTABLE, SEC, Computed, yes),
+    attr(CKA_ENCRYPT, SEC, Use(KeyType::Aes256), |v| {
         Some(Value::Bool(v.is_aes() && v.may_sign()))
     }),
-    attr(CKA_DECRYPT, SEC, |v| {
+    attr(CKA_DECRYPT, SEC, Use(KeyType::Aes256), |v| {
         Some(Value::Bool(v.is_aes() && v.may_verify()))
     }),
-    attr(CKA_SIGN, SEC, |v| {
+    attr(CKA_SIGN, SEC, Use(KeyType::HmacSha256), |v| {
         Some(Value::Bool(v.is_hmac() && v.may_sign()))
     }),
-    attr(CKA_VERIFY, SEC, |v| {
+    attr(CKA_VERIFY, SEC, Use(KeyType::HmacSha256), |v| {
         Some(Value::Bool(v.is_hmac() && v.may_verify()))
     }),
-    attr(CKA_WRAP, SEC, |v| {
+    attr(CKA_WRAP, SEC, Ignored, |v| {
         Some(Value::Bool(v.is_aes() && v.may_sign()))
     }),
-    attr(CKA_UNWRAP, SEC, |v| {
+    attr(CKA_UNWRAP, SEC, Ignored, |v| {
         Some(Value::Bool(v.is_aes() && v.may_verify()))
     }),
-    attr(CKA_TRUSTED, SEC, no),
-    attr(CKA_WRAP_WITH_TRUSTED, SEC, no),
+    attr(CKA_TRUSTED, SEC, Ignored, no),
+    attr(CKA_WRAP_WITH_TRUSTED, SEC, Ignored, no),
     // p11derive vendor attributes (pkcs11-headers/p11derive.h).
-    attr(CKA_P11DERIVE_ASSET_ID, ALL, |v| {
+    attr(CKA_P11DERIVE_ASSET_ID, ALL, Vendor, |v| {
         Some(Value::Bytes(v.asset.id.as_str().as_bytes().to_vec()))
     }),
-    attr(CKA_P11DERIVE_VERSION, ALL, |v| {
+    attr(CKA_P11DERIVE_VERSION, ALL, Vendor, |v| {
         Some(Value::Ulong(v.version as CK_ULONG))
     }),
-    attr(CKA_P11DERIVE_STATE, ALL, |v| {
+    attr(CKA_P11DERIVE_STATE, ALL, Vendor, |v| {
         Some(Value::Ulong(v.state_code()))
     }),
-    attr(CKA_P11DERIVE_IS_ALIAS, ALL, |v| {
+    attr(CKA_P11DERIVE_IS_ALIAS, ALL, Vendor, |v| {
         Some(Value::Bool(v.which == Which::Alias))
     }),
-    attr(CKA_P11DERIVE_CURRENT, ALL, |v| {
+    attr(CKA_P11DERIVE_CURRENT, ALL, Vendor, |v| {
         Some(Value::Ulong(v.asset.current as CK_ULONG))
     }),
-    attr(CKA_P11DERIVE_MIN_USABLE, ALL, |v| {
+    attr(CKA_P11DERIVE_MIN_USABLE, ALL, Vendor, |v| {
         Some(Value::Ulong(v.asset.min_usable as CK_ULONG))
     }),
-    attr(CKA_P11DERIVE_KEY_TYPE, ALL, |v| {
+    attr(CKA_P11DERIVE_KEY_TYPE, ALL, Vendor, |v| {
         Some(Value::Bytes(v.asset.key_type.name().as_bytes().to_vec()))
     }),
 ];
 
-/// The attribute types an object of `class` has, for templates that must be
-/// checked against what p11derive creates.
-pub fn has_attribute(class: Class, ty: CK_ATTRIBUTE_TYPE) -> bool {
+/// The table's entry for (class, type), if any.
+fn entry(class: Class, ty: CK_ATTRIBUTE_TYPE) -> Option<&'static Attribute> {
     let want = class.bit();
     ATTRIBUTES
         .iter()
-        .any(|a| a.ty == ty && a.classes & want != 0)
+        .find(|a| a.ty == ty && a.classes & want != 0)
+}
+
+/// The attribute types an object of `class` has, for templates that must be
+/// checked against what p11derive creates.
+pub fn has_attribute(class: Class, ty: CK_ATTRIBUTE_TYPE) -> bool {
+    entry(class, ty).is_some_and(|a| a.get.is_some() || a.sensitive)
+}
+
+/// What a creation template may say about attribute `ty` of a derived key
+/// of `class`; `None`: the type does not apply to it.
+pub fn on_create(class: Class, ty: CK_ATTRIBUTE_TYPE) -> Option<OnCreate> {
+    entry(class, ty).map(|a| a.create)
+}
+
+/// Whether attribute `ty` of an object of `class` is sensitive: it exists
+/// but is never revealed (`CKR_ATTRIBUTE_SENSITIVE`). The same for derived
+/// keys and session keys.
+pub fn is_sensitive(class: Class, ty: CK_ATTRIBUTE_TYPE) -> bool {
+    entry(class, ty).is_some_and(|a| a.sensitive)
 }
 
 /// One DER element: its tag, its content, the whole encoding, what follows.

@@ -1,4 +1,6 @@
-//! Session keys (`CKA_TOKEN=false`): AES and generic secret keys from
+//! Session keys (`CKA_TOKEN=false`): made, found, used and dropped with their session.
+//!
+//! AES and generic secret keys from
 //! `C_GenerateKey` (random from the backing HSM's RNG) or `C_CreateObject`
 //! (a given value), and EC key pairs from `C_GenerateKeyPair`. Their key
 //! material lives only in the locked arena; they are not assets (no counter,
@@ -54,6 +56,28 @@ pub(super) struct SessionObject {
     pub check: Option<[u8; 3]>,
 }
 
+/// The session objects by handle.
+#[derive(Default)]
+pub(super) struct SessionObjects {
+    table: RwLock<HashMap<CK_OBJECT_HANDLE, Arc<SessionObject>>>,
+    next: AtomicU64,
+}
+
+impl SessionObjects {
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<CK_OBJECT_HANDLE, Arc<SessionObject>>> {
+        self.table.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<CK_OBJECT_HANDLE, Arc<SessionObject>>> {
+        self.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new handle (session object handles count up from 1 too).
+    fn next_handle(&self) -> CK_OBJECT_HANDLE {
+        SESSION_BIT | (1 + self.next.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
 /// A key an operation holds: a derived asset key (shared with the cache)
 /// or a session key.
 #[derive(Clone)]
@@ -105,6 +129,10 @@ impl SessionObject {
 
     /// The value of attribute `ty`; `None` when the object has no such one.
     pub fn attribute(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<Value> {
+        // Key material, as the attribute table says: never revealed.
+        if objects::is_sensitive(self.class, ty) {
+            return Some(Value::Sensitive);
+        }
         let b = |v: bool| Some(Value::Bool(v));
         let secret = self.class == Class::Secret;
         let private = self.class == Class::Private;
@@ -141,7 +169,6 @@ impl SessionObject {
                 }
                 Some(Value::Bytes(v))
             }
-            CKA_VALUE if !public => Some(Value::Sensitive),
             CKA_SENSITIVE | CKA_ALWAYS_SENSITIVE if !public => b(true),
             CKA_EXTRACTABLE if !public => b(self.extractable),
             CKA_NEVER_EXTRACTABLE if !public => b(!self.extractable),
@@ -373,22 +400,13 @@ impl Provider {
         Ok(())
     }
 
-    fn next_object(&self) -> CK_OBJECT_HANDLE {
-        SESSION_BIT | self.next_object.fetch_add(1, Ordering::Relaxed)
-    }
-
     /// The session object behind a handle, if visible now: private ones
     /// need a user login.
     pub(super) fn session_object(&self, h: CK_OBJECT_HANDLE) -> Option<Arc<SessionObject>> {
         if h & SESSION_BIT == 0 {
             return None;
         }
-        let obj = self
-            .session_objects
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&h)
-            .cloned()?;
+        let obj = self.session_objects.read().get(&h).cloned()?;
         (!obj.private || self.login_state() == Login::User).then_some(obj)
     }
 
@@ -401,7 +419,6 @@ impl Provider {
         let mut out: Vec<(CK_OBJECT_HANDLE, bool)> = self
             .session_objects
             .read()
-            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|(_, o)| (logged_in || !o.private) && o.matches(template))
             .map(|(h, o)| (*h, o.private))
@@ -414,7 +431,6 @@ impl Provider {
     pub(super) fn drop_session_objects(&self, owner: Option<CK_SESSION_HANDLE>) {
         self.session_objects
             .write()
-            .unwrap_or_else(|e| e.into_inner())
             .retain(|_, o| owner.is_some_and(|s| s != o.owner));
     }
 
@@ -426,19 +442,13 @@ impl Provider {
         self.session(h)?;
         self.session_object(object)
             .ok_or(Error::rv(CKR_OBJECT_HANDLE_INVALID))?;
-        self.session_objects
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&object);
+        self.session_objects.write().remove(&object);
         Ok(())
     }
 
     pub(super) fn insert(&self, obj: SessionObject) -> CK_OBJECT_HANDLE {
-        let h = self.next_object();
-        self.session_objects
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(h, Arc::new(obj));
+        let h = self.session_objects.next_handle();
+        self.session_objects.write().insert(h, Arc::new(obj));
         h
     }
 

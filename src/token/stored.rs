@@ -1,3 +1,5 @@
+//! Certificates, data objects and profile objects: the token objects that are not derived keys.
+//!
 //! Public token objects: X.509 certificates and data objects a client
 //! stores beside the derived keys (kept in the store, audited, destroyable),
 //! and the `CKO_PROFILE` objects announcing the profiles p11derive

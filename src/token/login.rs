@@ -1,0 +1,340 @@
+//! Login and logout, the audit key a user login derives, audit records, and the root and rollback-anchor checks that guard the store.
+
+#![forbid(unsafe_code)]
+
+use std::sync::atomic::AtomicU8;
+
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Login {
+    None = 0,
+    User = 1,
+    So = 2,
+}
+
+impl Login {
+    fn from_u8(v: u8) -> Login {
+        match v {
+            1 => Login::User,
+            2 => Login::So,
+            _ => Login::None,
+        }
+    }
+}
+
+/// Who is logged in.
+pub(super) struct LoginState {
+    who: AtomicU8,
+    /// Incremented at every logout; operations remember the epoch they began in.
+    epoch: AtomicU64,
+    /// Serializes login and logout with each other (never held by signing).
+    change: Mutex<()>,
+}
+
+impl Default for LoginState {
+    fn default() -> Self {
+        LoginState {
+            who: AtomicU8::new(Login::None as u8),
+            epoch: AtomicU64::new(0),
+            change: Mutex::new(()),
+        }
+    }
+}
+
+impl LoginState {
+    pub fn who(&self) -> Login {
+        Login::from_u8(self.who.load(Ordering::SeqCst))
+    }
+
+    /// The current login epoch, for an operation to remember.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::SeqCst)
+    }
+}
+
+/// The audit key and when the rollback anchor last moved.
+#[derive(Default)]
+pub(super) struct AuditState {
+    /// The audit MAC key, derived through the backing HSM at the first user
+    /// login and kept until C_Finalize so that later records (public
+    /// verifications included) can be chained.
+    key: Mutex<Option<Arc<Secret32>>>,
+    /// When the rollback anchor was last advanced (ms since the epoch).
+    anchored_at_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Provider {
+    pub fn login_state(&self) -> Login {
+        self.login.who()
+    }
+
+    /// Whether a signing operation started in login `epoch` may still run.
+    pub(super) fn still_logged_in(&self, epoch: u64) -> bool {
+        self.login_state() == Login::User && self.login.epoch() == epoch
+    }
+
+    /// `CKR_USER_NOT_LOGGED_IN` once the login of `epoch` has ended.
+    pub(super) fn live(&self, epoch: u64) -> Result<()> {
+        if !self.still_logged_in(epoch) {
+            return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        Ok(())
+    }
+
+    pub fn login(&self, h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()> {
+        self.session(h)?;
+        let _serial = lock(&self.login.change);
+        let wanted = match user {
+            CKU_USER => Login::User,
+            CKU_SO => Login::So,
+            CKU_CONTEXT_SPECIFIC => return Err(Error::rv(CKR_OPERATION_NOT_INITIALIZED)),
+            _ => return Err(Error::rv(CKR_USER_TYPE_INVALID)),
+        };
+        match self.login_state() {
+            Login::None => {}
+            s if s == wanted => return Err(Error::rv(CKR_USER_ALREADY_LOGGED_IN)),
+            _ => return Err(Error::rv(CKR_USER_ANOTHER_ALREADY_LOGGED_IN)),
+        }
+        if wanted == Login::So && self.read_only_sessions_exist() {
+            return Err(Error::rv(CKR_SESSION_READ_ONLY_EXISTS));
+        }
+        let who = if wanted == Login::User {
+            "user"
+        } else {
+            "security officer"
+        };
+        match self.backend.login(user, pin) {
+            Ok(()) => {
+                self.login.who.store(wanted as u8, Ordering::SeqCst);
+                if wanted == Login::So && self.read_only_sessions_exist() {
+                    // A read-only session opened while the HSM checked the PIN.
+                    self.end_login_locked();
+                    return Err(Error::rv(CKR_SESSION_READ_ONLY_EXISTS));
+                }
+                // A login is complete only once the store is known not to be
+                // older than the HSM's anchor, and the login is audited.
+                let audited = self
+                    .ensure_audit_key(wanted)
+                    .and_then(|()| self.check_root(wanted))
+                    .and_then(|()| self.check_anchor(wanted))
+                    .and_then(|()| {
+                        self.audit(Record::new(Event::Login, CKR_OK).session(h).detail(who))
+                    });
+                if let Err(e) = audited {
+                    self.end_login_locked();
+                    return Err(e);
+                }
+                log::info(&format!(
+                    "login: {who} logged in to backing token {:?}",
+                    self.backend.token_label()
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                log::warn(&format!(
+                    "login: {who} login to backing token {:?} failed: {e}",
+                    self.backend.token_label()
+                ));
+                let rec = Record::new(Event::LoginFailed, e.rv).session(h).detail(who);
+                if let Err(audit) = self.audit(rec) {
+                    log::error(&format!(
+                        "login: the failed login could not be audited: {audit}"
+                    ));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    pub fn logout(&self, h: CK_SESSION_HANDLE) -> Result<()> {
+        self.session(h)?;
+        if self.login_state() == Login::None {
+            return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        self.end_login();
+        Ok(())
+    }
+
+    /// Derives the audit key at a user login if this process has none yet,
+    /// straight into a locked, non-dumpable page.
+    fn ensure_audit_key(&self, who: Login) -> Result<()> {
+        let mut ak = lock(&self.audit.key);
+        if ak.is_none() && who == Login::User {
+            *ak = Some(Arc::new(derive::audit_key(&self.backend)?));
+        }
+        Ok(())
+    }
+
+    /// Refuses a store whose audit chain another root wrote, before this
+    /// process writes anything with its audit key.
+    fn check_root(&self, who: Login) -> Result<()> {
+        match (who, self.audit_key()) {
+            (Login::User, Some(ak)) => self.store.check_root(&ak).map_err(store_error),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a store older than the rollback anchor in the backing HSM.
+    fn check_anchor(&self, who: Login) -> Result<()> {
+        if who != Login::User {
+            return Ok(());
+        }
+        let Some((seq, mac)) = self.backend.read_anchor()? else {
+            return Ok(());
+        };
+        let held = self.store.holds_record(seq, &mac).map_err(store_error)?;
+        if held {
+            return Ok(());
+        }
+        Err(Error::with(
+            CKR_DEVICE_ERROR,
+            format!(
+                "store {} is older than the rollback anchor in backing token {:?} (the anchor \
+                 holds audit record {seq}, which this store lacks or has with another MAC): an \
+                 older copy of the store was restored, or records were deleted. p11derive \
+                 refuses to run on it. If a backup was restored knowingly, check it with \
+                 `p11derive audit verify` and re-anchor with `p11derive audit reanchor --yes`",
+                self.store.path().display(),
+                self.backend.token_label()
+            ),
+        ))
+    }
+
+    /// Moves the HSM anchor to the newest record (needs the user login),
+    /// only while the store still holds the anchored record: a store swapped
+    /// for an older copy underneath a running process must not be anchored.
+    /// A failure is logged, not fatal: the anchor then lags, never leads.
+    pub(super) fn advance_anchor(&self) {
+        crate::backend::anchoring(|| self.move_anchor())
+    }
+
+    fn move_anchor(&self) {
+        self.audit.anchored_at_ms.store(now_ms(), Ordering::Relaxed);
+        let head = match self.store.audit_head() {
+            Ok(Some(head)) => head,
+            Ok(None) => return,
+            Err(e) => return log::warn(&format!("anchor: {e}")),
+        };
+        match self.backend.read_anchor() {
+            Ok(Some((seq, mac))) if !self.store.holds_record(seq, &mac).unwrap_or(false) => {
+                return log::error(&format!(
+                    "anchor: store {} no longer holds anchored record {seq}; not advancing (run \
+                     `p11derive audit verify`)",
+                    self.store.path().display()
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return log::warn(&format!("anchor: {e}")),
+        }
+        if let Err(e) = self.backend.write_anchor(head.0, &head.1, false) {
+            log::warn(&format!("anchor: not advanced to record {}: {e}", head.0));
+        }
+    }
+
+    /// After a commit: advances the anchor if it is older than
+    /// `[store] anchor_interval_ms`, so that a long-running signer's newest records
+    /// cannot be cut from the log unnoticed for longer than that. One caller
+    /// per interval wins the race and pays for the HSM write.
+    pub(super) fn anchor_if_stale(&self) {
+        let last = self.audit.anchored_at_ms.load(Ordering::Relaxed);
+        let now = now_ms();
+        if now.saturating_sub(last) < self.config.store.anchor_interval_ms {
+            return;
+        }
+        if self
+            .audit
+            .anchored_at_ms
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.advance_anchor();
+        }
+    }
+
+    pub(super) fn audit_key(&self) -> Option<Arc<Secret32>> {
+        lock(&self.audit.key).clone()
+    }
+
+    /// Writes an audit record durably (sealed into the chain when this
+    /// process has the audit key, else pending). Fails closed.
+    pub(super) fn audit(&self, rec: Record) -> Result<()> {
+        let ak = self.audit_key();
+        self.store
+            .record(ak.as_deref(), rec)
+            .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("audit record not written: {e}")))?;
+        if ak.is_some() && self.login_state() == Login::User {
+            self.anchor_if_stale();
+        }
+        Ok(())
+    }
+
+    /// The audit context for lifecycle steps, which need the key.
+    pub(super) fn with_audit<T>(
+        &self,
+        session: CK_SESSION_HANDLE,
+        f: impl FnOnce(&lifecycle::Audit) -> Result<T>,
+    ) -> Result<T> {
+        let ak = self.audit_key().ok_or_else(|| {
+            Error::with(CKR_USER_NOT_LOGGED_IN, "no audit key: log in as user first")
+        })?;
+        f(&lifecycle::Audit {
+            ak: &ak,
+            session: Some(session),
+        })
+    }
+
+    fn read_only_sessions_exist(&self) -> bool {
+        let sessions = self.sessions.read();
+        sessions.values().any(|s| !lock(s).rw)
+    }
+
+    /// Forgets the login and every key held by an operation of any session.
+    fn end_login(&self) {
+        let _serial = lock(&self.login.change);
+        self.end_login_locked();
+    }
+
+    /// PKCS#11 logs out when the application's last session closes; decided
+    /// under the login lock so a concurrent open-and-login is not undone.
+    pub(super) fn end_login_if_idle(&self) {
+        let _serial = lock(&self.login.change);
+        if self.sessions.read().is_empty() {
+            self.end_login_locked();
+        }
+    }
+
+    /// The logout itself; the caller holds `login.change`. The state flips and
+    /// the epoch moves *before* keys are wiped, so an operation initialized
+    /// concurrently either sees the logout or is wiped here (see `sign_init`).
+    fn end_login_locked(&self) {
+        if self.login_state() == Login::None {
+            return;
+        }
+        if self.login_state() == Login::User {
+            self.advance_anchor();
+        }
+        self.login.who.store(Login::None as u8, Ordering::SeqCst);
+        self.login.epoch.fetch_add(1, Ordering::SeqCst);
+        for s in self.sessions.read().values() {
+            let mut s = lock(s);
+            s.sign.end();
+            s.encrypt.end();
+            s.decrypt.end();
+            s.verify.end_if(|v| v.hmac.is_some());
+        }
+        // Every derived key is wiped with the login.
+        self.keys.clear();
+        if let Err(e) = self.backend.logout() {
+            log::warn(&format!("logout: {e}"));
+        }
+    }
+}

@@ -1,0 +1,543 @@
+//! Signing and verification (ECDSA, HMAC; single- and multi-part), the derived-key cache they draw on, and the commit of every result.
+
+#![forbid(unsafe_code)]
+
+use super::*;
+
+pub(super) struct SignOp {
+    /// The login epoch this operation began in.
+    epoch: u64,
+    /// The asset (row id) and version whose key this is: re-checked against
+    /// the store before the signature leaves. `None`: a session key.
+    asset: Option<i64>,
+    version: u32,
+    kt: KeyType,
+    /// The key, in the locked arena (a derived one shared with the cache).
+    key: KeyRef,
+    /// An HMAC mechanism (secret keys) instead of ECDSA.
+    hmac: Option<CK_MECHANISM_TYPE>,
+    msg: Message,
+    /// For the audit record: what signs, how, for which session, and the
+    /// SHA-256 of everything given to sign.
+    audit: OpAudit,
+}
+
+impl SignOp {
+    fn out_len(&self) -> usize {
+        self.hmac
+            .and_then(symmetric::hmac_len)
+            .unwrap_or(ECDSA_SIG_LEN)
+    }
+}
+
+/// Derived keys of an asset's versions, newest first.
+pub(super) type VersionKeys = Vec<(u32, KeyRef)>;
+
+pub(super) struct VerifyOp {
+    /// `None`: a session key.
+    asset: Option<i64>,
+    kt: KeyType,
+    /// The versions this verification may use and their public points,
+    /// newest first.
+    points: Vec<(u32, Vec<u8>)>,
+    /// HMAC verification (secret keys): the mechanism, the login epoch and
+    /// the derived keys of the versions it may use, newest first.
+    pub hmac: Option<(CK_MECHANISM_TYPE, u64, VersionKeys)>,
+    msg: Message,
+    audit: OpAudit,
+}
+
+/// A recorded public key (or check value) and its MAC, verified.
+type VerifiedKey = (Vec<u8>, Option<Vec<u8>>);
+
+/// A cached key and when it was derived.
+type CachedKey = (Arc<Secret32>, std::time::Instant);
+
+/// Derived keys kept between operations, and the public keys already
+/// checked against their MAC.
+#[derive(Default)]
+pub(super) struct KeyCache {
+    /// Derived keys by (asset row id, version), in the locked arena,
+    /// with the moment it was derived; see `asset_key`.
+    cache: Mutex<HashMap<(i64, u32), CachedKey>>,
+    /// Keys derived through the backing HSM so far (each one a PRF call).
+    derivations: AtomicU64,
+    /// By (asset row, version): the public key (or check value) and MAC
+    /// that last verified under the audit key; see `check_public_keys`.
+    verified: Mutex<HashMap<(i64, u32), VerifiedKey>>,
+}
+
+impl KeyCache {
+    /// Drops (wipes) every cached key.
+    pub fn clear(&self) {
+        lock(&self.cache).clear();
+    }
+
+    pub fn derivations(&self) -> u64 {
+        self.derivations.load(Ordering::Relaxed)
+    }
+
+    /// Whether this (key, MAC) pair of an asset version was verified before.
+    pub fn verified(&self, slot: (i64, u32), key: &[u8], mac: &Option<Vec<u8>>) -> bool {
+        lock(&self.verified)
+            .get(&slot)
+            .is_some_and(|(k, m)| k == key && m == mac)
+    }
+
+    pub fn mark_verified(&self, slot: (i64, u32), key: Vec<u8>, mac: Option<Vec<u8>>) {
+        lock(&self.verified).insert(slot, (key, mac));
+    }
+
+    /// Drops (wipes) the cached keys of an asset's versions that may no
+    /// longer sign.
+    fn prune(&self, asset: &Asset) {
+        lock(&self.cache).retain(|(rowid, v), _| *rowid != asset.rowid || asset.may_hold_key(*v));
+    }
+}
+
+impl Provider {
+    // ---- signing and verification -----------------------------------------
+
+    /// The key of an asset version: from the cache while its entry is fresh
+    /// (no backing HSM call), otherwise derived through the HSM, checked
+    /// against the recorded public key (a store paired with the wrong root
+    /// can never sign with keys nobody registered), and cached for
+    /// `[cache] ttl_seconds`.
+    pub(super) fn asset_key(&self, view: &View, epoch: u64) -> Result<Arc<Secret32>> {
+        let slot = (view.asset.rowid, view.version);
+        let ttl = std::time::Duration::from_secs(self.config.cache.ttl_seconds);
+        {
+            let mut cache = lock(&self.keys.cache);
+            // One pass drops (wipes) expired entries and, for this asset as the
+            // store shows it now, versions that may no longer sign.
+            let asset = view.asset;
+            cache.retain(|(rowid, v), (_, at)| {
+                at.elapsed() < ttl && (*rowid != asset.rowid || asset.may_hold_key(*v))
+            });
+            if let Some((key, _)) = cache.get(&slot) {
+                return Ok(key.clone());
+            }
+        }
+        let kt = view.asset.key_type;
+        let scalar = derive::derive_key(&self.backend, &view.asset.id, view.version, kt)?;
+        self.keys.derivations.fetch_add(1, Ordering::Relaxed);
+        let derived = derive::fingerprint(kt, &scalar);
+        let recorded = view
+            .asset
+            .version(view.version)
+            .and_then(|v| v.public_key.as_deref());
+        if derived.as_deref() != recorded {
+            return Err(Error::with(
+                CKR_DEVICE_ERROR,
+                format!(
+                    "asset {:?} version {}: the key derived from the backing HSM's root does not \
+                     match the public key (or check value) recorded in store {}; the store \
+                     belongs to another root: check [backend] root_label and [store] path",
+                    view.asset.id.as_str(),
+                    view.version,
+                    self.store.path().display()
+                ),
+            ));
+        }
+        let key = Arc::new(scalar);
+        if !ttl.is_zero() {
+            // Only while the login the key was derived under is still current:
+            // a logout flips the state before it clears the cache, so a key
+            // derived across a logout is never cached past it.
+            let mut cache = lock(&self.keys.cache);
+            if self.still_logged_in(epoch) {
+                // Cached keys may fill half the locked arena; the other half
+                // stays free for keys in flight (PRF outputs, derivations,
+                // the audit key). When it is full the oldest entry goes.
+                let capacity = (crate::secure::capacity() / 2).max(1);
+                while cache.len() >= capacity {
+                    let oldest = cache.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| *k);
+                    match oldest {
+                        Some(k) => cache.remove(&k),
+                        None => break,
+                    };
+                }
+                cache.insert(slot, (key.clone(), std::time::Instant::now()));
+            }
+        }
+        Ok(key)
+    }
+
+    /// Drops (wipes) the cached keys of an asset's versions that may no
+    /// longer sign: after a rotation, suspension, trim or retirement seen in
+    /// the store, whichever process made it.
+    pub(super) fn prune_keys(&self, asset: &Asset) {
+        self.keys.prune(asset);
+    }
+
+    /// What `C_SignInit`/`C_VerifyInit` use: the HMAC mechanism (secret keys)
+    /// or the ECDSA hasher, and the key's object, checked to fit the mechanism.
+    /// `ecdsa` is the class of the EC key that does the job; the class of
+    /// the key the mechanism needs comes with it.
+    fn signature_mechanism(
+        mech: &Mechanism,
+        ecdsa: Class,
+    ) -> Result<(Option<CK_MECHANISM_TYPE>, Option<Hasher>, Class)> {
+        let hmac = symmetric::hmac_len(mech.ty).map(|_| mech.ty);
+        let hasher = match hmac {
+            Some(_) => None,
+            None => mechanisms::ecdsa_hasher(mech.ty)?,
+        };
+        if !mech.param.is_empty() {
+            return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
+        }
+        let class = if hmac.is_some() { Class::Secret } else { ecdsa };
+        Ok((hmac, hasher, class))
+    }
+
+    /// Audits a use the asset's state refuses (before the caller learns it).
+    pub(super) fn audit_refusal(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: CK_MECHANISM_TYPE,
+        view: &View,
+        detail: String,
+    ) -> Result<()> {
+        let mut rec = Record::new(Event::Refused, CKR_KEY_FUNCTION_NOT_PERMITTED)
+            .asset(view.asset.id.as_str(), Some(view.version))
+            .session(h)
+            .detail(detail);
+        rec.mechanism = Some(mech);
+        self.audit(rec)
+    }
+
+    /// The asset object behind `key`, checked to fit the mechanism.
+    fn signature_key(&self, mech: &Mechanism, key: CK_OBJECT_HANDLE) -> Result<(ObjectKey, Asset)> {
+        let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
+        let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+        check_key_type(&view, mech.ty)?;
+        Ok((okey, asset))
+    }
+
+    pub fn sign_init(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &Mechanism,
+        key: CK_OBJECT_HANDLE,
+    ) -> Result<()> {
+        let session = self.session(h)?;
+        lock(&session).sign.ensure_idle()?;
+        let epoch = self.login.epoch();
+        self.live(epoch)?;
+        let (hmac, hasher, signer) = Self::signature_mechanism(mech, Class::Private)?;
+        if let Some(obj) = self.session_object(key) {
+            self.session_key_use(&obj, mech.ty, signer, obj.sign, "sign")?;
+            let op = SignOp {
+                epoch,
+                asset: None,
+                version: 0,
+                kt: obj.curve(),
+                key: obj.key_ref()?,
+                msg: Message::new(hasher, hmac.is_some()),
+                hmac,
+                audit: OpAudit::new(h, obj.name(), true, mech.ty),
+            };
+            return self.start_sign(&session, epoch, op);
+        }
+        let (okey, asset) = self.signature_key(mech, key)?;
+        let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+        if okey.class != signer || !view.may_sign() {
+            self.prune_keys(&asset);
+            let why = format!(
+                "object {:?} may not sign (asset state {})",
+                view.label(),
+                asset.state.name()
+            );
+            if okey.class == signer {
+                self.audit_refusal(h, mech.ty, &view, format!("sign refused: {why}"))?;
+            }
+            return Err(Error::with(CKR_KEY_FUNCTION_NOT_PERMITTED, why));
+        }
+        let key = match self.asset_key(&view, epoch) {
+            Ok(key) => key,
+            // The backing login ended under us: say so, not "device error".
+            Err(_) if !self.still_logged_in(epoch) => {
+                return Err(Error::rv(CKR_USER_NOT_LOGGED_IN))
+            }
+            Err(e) => return Err(e),
+        };
+        let op = SignOp {
+            epoch,
+            asset: Some(asset.rowid),
+            version: view.version,
+            kt: asset.key_type,
+            key: KeyRef::Derived(key),
+            msg: Message::new(hasher, hmac.is_some()),
+            hmac,
+            audit: OpAudit::new(h, asset.id.to_string(), false, mech.ty),
+        };
+        self.start_sign(&session, epoch, op)
+    }
+
+    fn start_sign(&self, session: &Mutex<Session>, epoch: u64, op: SignOp) -> Result<()> {
+        let mut s = lock(session);
+        s.sign.ensure_idle()?;
+        // A logout that happened while the key was derived wins: the key is
+        // wiped (dropped) here instead of being kept past the logout.
+        self.live(epoch)?;
+        s.sign.start(op)
+    }
+
+    /// `C_Sign`. `out` is `None` for a length query. Returns the signature
+    /// length; `CKR_BUFFER_TOO_SMALL` and length queries keep the operation.
+    pub fn sign(&self, h: CK_SESSION_HANDLE, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
+        self.in_session(h, |s| {
+            let (mut op, out) = match s.sign.finish(out, |op| {
+                self.live(op.epoch)?;
+                if op.msg.multi {
+                    return Err(Error::rv(CKR_OPERATION_ACTIVE));
+                }
+                Ok(op.out_len())
+            })? {
+                Output::Length(len) => return Ok(len),
+                Output::Ready(op, out) => (op, out),
+            };
+            op.audit.input.update(data);
+            let digest = op.msg.with_last(data);
+            self.complete_sign(&op, &digest, out)
+        })
+    }
+
+    /// Signs, commits the signature's record, and only then copies it out.
+    /// For HMAC, `digest` is the whole message.
+    fn complete_sign(&self, op: &SignOp, digest: &[u8], out: &mut [u8]) -> Result<usize> {
+        let sig = match op.hmac {
+            Some(m) => symmetric::hmac(m, op.key.bytes(), digest)?,
+            None => mechanisms::ecdsa_sign(op.kt, op.key.bytes(), digest)?.to_vec(),
+        };
+        let rec = op.audit.record(Event::Sign, CKR_OK, Some(op.version));
+        self.confirm(op.asset, op.version, Use::Produce, rec)?;
+        out[..sig.len()].copy_from_slice(&sig);
+        Ok(sig.len())
+    }
+
+    pub fn sign_update(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> Result<()> {
+        self.in_session(h, |s| {
+            s.sign.with(|op| {
+                self.live(op.epoch)?;
+                if !op.msg.update(data) {
+                    // Raw CKM_ECDSA signs a digest in one call (single-part only).
+                    return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
+                }
+                op.audit.input.update(data);
+                Ok(())
+            })
+        })
+    }
+
+    pub fn sign_final(&self, h: CK_SESSION_HANDLE, out: Option<&mut [u8]>) -> Result<usize> {
+        self.in_session(h, |s| {
+            let (op, out) = match s.sign.finish(out, |op| {
+                self.live(op.epoch)?;
+                if !op.msg.multi_part() {
+                    return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
+                }
+                Ok(op.out_len())
+            })? {
+                Output::Length(len) => return Ok(len),
+                Output::Ready(op, out) => (op, out),
+            };
+            let digest = op.msg.with_last(&[]);
+            self.complete_sign(&op, &digest, out)
+        })
+    }
+
+    pub fn verify_init(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &Mechanism,
+        key: CK_OBJECT_HANDLE,
+    ) -> Result<()> {
+        let session = self.session(h)?;
+        lock(&session).verify.ensure_idle()?;
+        let (hmac, hasher, verifier) = Self::signature_mechanism(mech, Class::Public)?;
+        if let Some(obj) = self.session_object(key) {
+            self.session_key_use(&obj, mech.ty, verifier, obj.verify, "verify")?;
+            let epoch = self.login.epoch();
+            let op = VerifyOp {
+                asset: None,
+                kt: obj.curve(),
+                points: obj.point.iter().map(|p| (0, p.clone())).collect(),
+                msg: Message::new(hasher, hmac.is_some()),
+                hmac: match hmac {
+                    Some(m) => Some((m, epoch, vec![(0, obj.key_ref()?)])),
+                    None => None,
+                },
+                audit: OpAudit::new(h, obj.name(), true, mech.ty),
+            };
+            let mut s = lock(&session);
+            return s.verify.start(op);
+        }
+        let (okey, asset) = self.signature_key(mech, key)?;
+        let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+        if okey.class != verifier || !view.may_verify() {
+            if okey.class == verifier {
+                let why = format!("verify refused: asset state {}", asset.state.name());
+                self.audit_refusal(h, mech.ty, &view, why)?;
+            }
+            return Err(Error::rv(CKR_KEY_FUNCTION_NOT_PERMITTED));
+        }
+        let points: Vec<(u32, Vec<u8>)> = view
+            .verify_points()
+            .into_iter()
+            .map(|(v, p)| (v, p.to_vec()))
+            .collect();
+        // The alias verifies with every usable version, not only its own.
+        self.check_public_keys(&asset, points.iter().map(|(v, _)| *v))?;
+        let hmac = match hmac {
+            Some(m) => {
+                let epoch = self.login.epoch();
+                Some((m, epoch, self.opening_keys(&view, epoch)?))
+            }
+            None => None,
+        };
+        let op = VerifyOp {
+            asset: Some(asset.rowid),
+            kt: asset.key_type,
+            points,
+            msg: Message::new(hasher, hmac.is_some()),
+            hmac,
+            audit: OpAudit::new(h, asset.id.to_string(), false, mech.ty),
+        };
+        let mut s = lock(&session);
+        s.verify.start(op)
+    }
+
+    pub fn verify(&self, h: CK_SESSION_HANDLE, data: &[u8], sig: &[u8]) -> Result<()> {
+        let mut op = self.in_session(h, |s| s.verify.take())?;
+        if op.msg.multi {
+            return Err(Error::rv(CKR_OPERATION_ACTIVE));
+        }
+        op.audit.input.update(data);
+        let digest = op.msg.with_last(data);
+        self.verify_audited(&op, &digest, sig)
+    }
+
+    /// Verifies and records the outcome before the caller learns it.
+    fn verify_audited(&self, op: &VerifyOp, digest: &[u8], sig: &[u8]) -> Result<()> {
+        let result = self.verify_any(op, digest, sig);
+        let rec = match &result {
+            Ok(v) => op.audit.record(Event::Verify, CKR_OK, Some(*v)),
+            Err(e) if e.rv == CKR_KEY_FUNCTION_NOT_PERMITTED => op
+                .audit
+                .record(Event::Refused, e.rv, None)
+                .detail("verify refused by state"),
+            Err(e) => op.audit.record(Event::Verify, e.rv, None),
+        };
+        self.audit(rec)?;
+        result.map(|_| ())
+    }
+
+    pub fn verify_update(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> Result<()> {
+        self.in_session(h, |s| {
+            s.verify.with(|op| {
+                if !op.msg.update(data) {
+                    return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
+                }
+                op.audit.input.update(data);
+                Ok(())
+            })
+        })
+    }
+
+    pub fn verify_final(&self, h: CK_SESSION_HANDLE, sig: &[u8]) -> Result<()> {
+        let op = self.in_session(h, |s| s.verify.take())?;
+        if !op.msg.multi_part() {
+            return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
+        }
+        let digest = op.msg.with_last(&[]);
+        self.verify_audited(&op, &digest, sig)
+    }
+}
+
+impl Provider {
+    /// Tries each version that may still verify, newest first. The asset's
+    /// state is read afresh, so a suspension or trim committed by any process
+    /// since C_VerifyInit is honoured.
+    fn verify_any(&self, op: &VerifyOp, digest: &[u8], sig: &[u8]) -> Result<u32> {
+        let Some(rowid) = op.asset else {
+            // A session key: no asset state to honour.
+            return match &op.hmac {
+                Some((mech, epoch, keys)) => {
+                    self.live(*epoch)?;
+                    symmetric::hmac_verify(*mech, keys[0].1.bytes(), digest, sig).map(|_| 0)
+                }
+                None => mechanisms::ecdsa_verify(op.kt, &op.points[0].1, digest, sig).map(|_| 0),
+            };
+        };
+        let fresh = self.store.fresh_state(rowid).map_err(store_error)?;
+        let Some(asset) = fresh else {
+            return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
+        };
+        // Trimmed or retired since C_VerifyInit: the key is gone.
+        if !op.points.iter().any(|(v, _)| asset.is_usable(*v)) {
+            return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
+        }
+        if let Some((mech, epoch, keys)) = &op.hmac {
+            self.live(*epoch)?;
+            return self.open_with(&asset, keys, |key| {
+                symmetric::hmac_verify(*mech, key.bytes(), digest, sig)
+            });
+        }
+        self.open_with(&asset, &op.points, |point| {
+            mechanisms::ecdsa_verify(op.kt, point, digest, sig)
+        })
+    }
+
+    /// The commit of a signature (design §4 "Order of an operation"): one
+    /// store transaction re-reads the asset and appends the signature's audit
+    /// record, or a refusal record when the version may no longer sign (any
+    /// process may have rotated, suspended, trimmed or retired the asset).
+    /// The signature is released only after this returns Ok: its record is
+    /// then committed and fsynced.
+    pub(super) fn confirm(
+        &self,
+        asset: Option<i64>,
+        version: u32,
+        need: Use,
+        rec: Record,
+    ) -> Result<()> {
+        // A session key has no asset state to re-check: its record is
+        // written (durably) before the result leaves, like any other.
+        let Some(asset) = asset else {
+            return self.audit(rec);
+        };
+        let ak = self
+            .audit_key()
+            .ok_or_else(|| Error::with(CKR_USER_NOT_LOGGED_IN, "no audit key in this process"))?;
+        let what = rec.event.name();
+        let committed = self
+            .store
+            .commit_use(&ak, asset, version, need, rec)
+            .map_err(|e| {
+                Error::with(
+                    CKR_DEVICE_ERROR,
+                    format!("{what} result discarded: its audit record was not written: {e}"),
+                )
+            })?;
+        self.anchor_if_stale();
+        if let Err(Some(a)) = &committed {
+            self.prune_keys(a);
+        }
+        match committed {
+            Ok(()) => Ok(()),
+            Err(Some(a)) if !a.is_usable(version) => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
+            Err(Some(a)) => Err(Error::with(
+                CKR_KEY_FUNCTION_NOT_PERMITTED,
+                format!(
+                    "asset {:?} is {} at version {}: version {version} may no longer {what} \
+                     (result discarded)",
+                    a.id.as_str(),
+                    a.state.name(),
+                    a.current,
+                ),
+            )),
+            Err(None) => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! Creation templates of token keys (`C_GenerateKeyPair`, `C_GenerateKey` with `CKA_TOKEN=true`), checked against the attribute table, and the asset they register.
+
+#![forbid(unsafe_code)]
+
+use crate::objects::OnCreate;
+
+use super::*;
+
+impl Provider {
+    /// `C_GenerateKeyPair(CKM_EC_KEY_PAIR_GEN)` with `CKA_TOKEN=true`: registers
+    /// a new asset named by `CKA_LABEL` and returns its alias (public, private).
+    pub fn generate_key_pair(
+        &self,
+        h: CK_SESSION_HANDLE,
+        mech: &Mechanism,
+        public: &[TemplateAttr],
+        private: &[TemplateAttr],
+    ) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
+        let session = self.session(h)?;
+        if mech.ty != CKM_EC_KEY_PAIR_GEN {
+            return Err(Error::rv(CKR_MECHANISM_INVALID));
+        }
+        if !mech.param.is_empty() {
+            return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
+        }
+        if agreed(public, private, CKA_TOKEN, "CKA_TOKEN")? != Some(&[CK_TRUE as u8][..]) {
+            return self.generate_session_pair(h, public, private);
+        }
+        let spec = KeyPairSpec::from_templates(public, private)?;
+        let asset = self.register(h, &session, &spec.asset, spec.key_type, spec.object_id)?;
+        let key = |class| ObjectKey {
+            asset: asset.rowid,
+            which: Which::Alias,
+            class,
+        };
+        Ok((
+            self.handle_for(key(Class::Public)),
+            self.handle_for(key(Class::Private)),
+        ))
+    }
+
+    /// Registers a new asset for `C_GenerateKeyPair` / `C_GenerateKey` once
+    /// its template is checked: needs a read-write session and a user login;
+    /// audited, anchored and logged.
+    pub(super) fn register(
+        &self,
+        h: CK_SESSION_HANDLE,
+        session: &Mutex<Session>,
+        id: &AssetId,
+        kt: KeyType,
+        object_id: Option<Vec<u8>>,
+    ) -> Result<Asset> {
+        if !lock(session).rw {
+            return Err(Error::rv(CKR_SESSION_READ_ONLY));
+        }
+        if self.login_state() != Login::User {
+            return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
+        }
+        let asset = self.with_audit(h, |audit| {
+            lifecycle::create(&self.backend, &self.store, audit, id, kt, object_id.clone())
+                .map_err(|e| e.to_pkcs11())
+        })?;
+        self.advance_anchor();
+        log::info(&format!(
+            "asset {:?} created: type {}, CKA_ID {}, version 1",
+            asset.id.as_str(),
+            asset.key_type,
+            crate::store::hex(&asset.object_id)
+        ));
+        Ok(asset)
+    }
+}
+
+/// What a `C_GenerateKeyPair` template pair asks for.
+pub(super) struct KeyPairSpec {
+    pub(super) asset: AssetId,
+    pub(super) key_type: KeyType,
+    pub(super) object_id: Option<Vec<u8>>,
+}
+
+pub(super) fn find(t: &[TemplateAttr], ty: CK_ATTRIBUTE_TYPE) -> Option<&[u8]> {
+    t.iter().find(|(a, _)| *a == ty).map(|(_, v)| v.as_slice())
+}
+
+/// The value given for `ty` in either template; both must agree.
+pub(super) fn agreed<'a>(
+    public: &'a [TemplateAttr],
+    private: &'a [TemplateAttr],
+    ty: CK_ATTRIBUTE_TYPE,
+    name: &str,
+) -> Result<Option<&'a [u8]>> {
+    match (find(public, ty), find(private, ty)) {
+        (Some(a), Some(b)) if a != b => Err(Error::with(
+            CKR_TEMPLATE_INCONSISTENT,
+            format!("key pair generation: the public and private templates give different {name}"),
+        )),
+        (a, b) => Ok(a.or(b)),
+    }
+}
+
+pub(super) fn ulong(v: &[u8]) -> Option<CK_ULONG> {
+    Some(CK_ULONG::from_ne_bytes(v.try_into().ok()?))
+}
+
+impl KeyPairSpec {
+    pub(super) fn from_templates(
+        public: &[TemplateAttr],
+        private: &[TemplateAttr],
+    ) -> Result<KeyPairSpec> {
+        let what = "key pair generation";
+        let asset = asset_named(what, agreed(public, private, CKA_LABEL, "CKA_LABEL")?)?;
+        let label = asset.as_str();
+        let params = agreed(public, private, CKA_EC_PARAMS, "CKA_EC_PARAMS")?.ok_or_else(|| {
+            Error::with(
+                CKR_TEMPLATE_INCOMPLETE,
+                format!("key pair generation for {label:?}: no CKA_EC_PARAMS; name the curve (secp256k1 or P-256)"),
+            )
+        })?;
+        let key_type = objects::curve_from_params(params).ok_or_else(|| {
+            Error::with(
+                CKR_CURVE_NOT_SUPPORTED,
+                format!(
+                    "key pair generation for {label:?}: CKA_EC_PARAMS {} is not a supported curve; \
+                     use the named curve secp256k1 or P-256 (prime256v1)",
+                    crate::store::hex(params)
+                ),
+            )
+        })?;
+        let object_id = object_id(what, label, agreed(public, private, CKA_ID, "CKA_ID")?)?;
+        for (class, template) in [(Class::Public, public), (Class::Private, private)] {
+            check_template(class, template, label, key_type)?;
+        }
+        let asset = asset.clone();
+        Ok(KeyPairSpec {
+            asset,
+            key_type,
+            object_id,
+        })
+    }
+}
+
+/// The asset a creation template names by its `CKA_LABEL`.
+pub(super) fn asset_named(what: &str, label: Option<&[u8]>) -> Result<AssetId> {
+    let label = label.ok_or_else(|| {
+        Error::with(
+            CKR_TEMPLATE_INCOMPLETE,
+            format!(
+                "{what}: no CKA_LABEL; the label names the new asset (1 to 64 characters of \
+                 A-Z a-z 0-9 . _ -)"
+            ),
+        )
+    })?;
+    let label = std::str::from_utf8(label)
+        .map_err(|_| Error::with(CKR_ATTRIBUTE_VALUE_INVALID, "CKA_LABEL is not UTF-8"))?;
+    AssetId::new(label)
+        .map_err(|m| Error::with(CKR_ATTRIBUTE_VALUE_INVALID, format!("CKA_LABEL: {m}")))
+}
+
+/// The creator's `CKA_ID`, if given: 1 to 64 bytes.
+pub(super) fn object_id(what: &str, label: &str, id: Option<&[u8]>) -> Result<Option<Vec<u8>>> {
+    match id {
+        Some(id) if id.is_empty() || id.len() > 64 => Err(Error::with(
+            CKR_ATTRIBUTE_VALUE_INVALID,
+            format!("{what} for {label:?}: CKA_ID must be 1 to 64 bytes"),
+        )),
+        id => Ok(id.map(<[u8]>::to_vec)),
+    }
+}
+
+/// Why a template asks what a derived key cannot be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cannot {
+    Class,
+    KeyType,
+    Length,
+    /// The value every derived key has for it is this one.
+    Fixed(bool),
+    /// A use the key has, asked false.
+    Use,
+    Mechanisms,
+}
+
+/// What the attribute table says of one attribute of a creation template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Fine,
+    /// Accepted, logged: the object answers for itself.
+    Ignored,
+    /// A use only keys of another type have: accepted, logged.
+    OtherUse,
+    /// Computed by p11derive: `CKR_ATTRIBUTE_READ_ONLY`.
+    Computed,
+    /// Cannot be honoured: `CKR_TEMPLATE_INCONSISTENT`.
+    Cannot(Cannot),
+    /// Does not apply to the class: `CKR_ATTRIBUTE_TYPE_INVALID`.
+    Invalid,
+}
+
+/// Whether an attribute that says what the object is agrees with a `kt`
+/// key of `class`.
+fn identity(class: Class, kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> Verdict {
+    let given = ulong(value);
+    let (fits, why) = match ty {
+        CKA_CLASS => {
+            let want = match class {
+                Class::Private => CKO_PRIVATE_KEY,
+                Class::Public => CKO_PUBLIC_KEY,
+                Class::Secret => CKO_SECRET_KEY,
+            };
+            (given == Some(want), Cannot::Class)
+        }
+        CKA_KEY_TYPE => {
+            let fits = match kt {
+                KeyType::Secp256k1 | KeyType::P256 => given == Some(CKK_EC),
+                KeyType::Aes256 => given == Some(CKK_AES),
+                KeyType::HmacSha256 => matches!(given, Some(CKK_GENERIC_SECRET | CKK_SHA256_HMAC)),
+            };
+            (fits, Cannot::KeyType)
+        }
+        // Derived secret keys are 32 bytes.
+        _ => (given == Some(32), Cannot::Length),
+    };
+    if fits {
+        Verdict::Fine
+    } else {
+        Verdict::Cannot(why)
+    }
+}
+
+/// The attribute table's verdict on `ty` = `value` in the template of a
+/// derived `kt` key of `class`.
+fn verdict(class: Class, kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> Verdict {
+    let is_true = value.first().is_some_and(|&b| b != 0);
+    let asked = if is_true {
+        Verdict::Ignored
+    } else {
+        Verdict::Fine
+    };
+    let Some(rule) = objects::on_create(class, ty) else {
+        return Verdict::Invalid;
+    };
+    match rule {
+        OnCreate::Given => Verdict::Fine,
+        OnCreate::Identity => identity(class, kt, ty, value),
+        OnCreate::Fixed(v) if is_true != v => Verdict::Cannot(Cannot::Fixed(v)),
+        OnCreate::Fixed(_) | OnCreate::Ignored => asked,
+        OnCreate::Use(k) if k == kt && !is_true => Verdict::Cannot(Cannot::Use),
+        OnCreate::Use(k) if k == kt => asked,
+        OnCreate::Use(_) if is_true => Verdict::OtherUse,
+        OnCreate::Use(_) => Verdict::Fine,
+        OnCreate::Mechanisms => {
+            let given: Vec<CK_ULONG> = value
+                .chunks(std::mem::size_of::<CK_ULONG>())
+                .filter_map(ulong)
+                .collect();
+            if objects::mechanisms_of(kt).iter().all(|m| given.contains(m)) {
+                Verdict::Fine
+            } else {
+                Verdict::Cannot(Cannot::Mechanisms)
+            }
+        }
+        OnCreate::Vendor if class == Class::Secret => asked,
+        OnCreate::Computed | OnCreate::Vendor => Verdict::Computed,
+    }
+}
+
+/// Checks the other attributes of a key pair template against what a
+/// derived key is, as the attribute table ([`objects::OnCreate`]) says.
+///
+/// Refused: key material or values the token computes (`CKA_VALUE`,
+/// `CKA_EC_POINT`, `CKA_LOCAL`…: `CKR_ATTRIBUTE_READ_ONLY`), and requests a
+/// derived key cannot honour — weaker ones (extractable, not sensitive, a
+/// private key visible without login, no signing) and stricter ones it cannot
+/// enforce (`CKA_ALWAYS_AUTHENTICATE`, a narrower `CKA_ALLOWED_MECHANISMS`):
+/// `CKR_TEMPLATE_INCONSISTENT`. Capabilities a derived key never has (derive,
+/// encrypt, wrap, modify…) are ignored with a log line: clients such as
+/// pkcs11-tool ask for them by default, and the new objects' attributes tell
+/// the truth about them.
+fn check_template(class: Class, template: &[TemplateAttr], label: &str, kt: KeyType) -> Result<()> {
+    let which = if class == Class::Private {
+        "private"
+    } else {
+        "public"
+    };
+    for (ty, value) in template {
+        let ty = *ty;
+        match verdict(class, kt, ty, value) {
+            // A subject is logged whatever it says.
+            Verdict::Fine if ty != CKA_SUBJECT => {}
+            Verdict::Fine | Verdict::Ignored | Verdict::OtherUse => log::info(&format!(
+                "key pair generation for {label:?}: {which} attribute {} ignored; derived {kt} \
+                 keys are sign/verify only and not modifiable",
+                attr_name(ty)
+            )),
+            Verdict::Computed => {
+                return Err(Error::with(
+                    CKR_ATTRIBUTE_READ_ONLY,
+                    format!(
+                        "key pair generation for {label:?}: the {which} template sets {}, which \
+                         p11derive computes (key material is derived, never supplied); remove it",
+                        attr_name(ty)
+                    ),
+                ))
+            }
+            Verdict::Cannot(_) => {
+                return Err(Error::with(
+                    CKR_TEMPLATE_INCONSISTENT,
+                    format!(
+                        "key pair generation for {label:?}: the {which} template sets {} to a \
+                         value a derived key cannot have (private keys are private, sensitive, \
+                         never extractable, sign with ECDSA and need no per-use login; public \
+                         keys verify)",
+                        attr_name(ty)
+                    ),
+                ))
+            }
+            Verdict::Invalid => {
+                return Err(Error::with(
+                    CKR_ATTRIBUTE_TYPE_INVALID,
+                    format!(
+                        "key pair generation for {label:?} ({kt}): attribute {} does not \
+                         apply to a {which} EC key",
+                        attr_name(ty)
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What a `C_GenerateKey` template asks for.
+pub(super) struct SecretKeySpec {
+    pub(super) asset: AssetId,
+    pub(super) object_id: Option<Vec<u8>>,
+}
+
+impl SecretKeySpec {
+    /// Reads a secret key template, checked against the attribute table
+    /// as [`check_template`] checks key pairs.
+    pub(super) fn from_template(t: &[TemplateAttr], kt: KeyType) -> Result<SecretKeySpec> {
+        let what = format!("{kt} key generation");
+        let asset = asset_named(&what, find(t, CKA_LABEL))?;
+        let label = asset.as_str();
+        let object_id = object_id(&what, label, find(t, CKA_ID))?;
+        for (ty, value) in t {
+            let ty = *ty;
+            let why = match verdict(Class::Secret, kt, ty, value) {
+                Verdict::Fine => continue,
+                Verdict::Ignored => {
+                    log::info(&format!(
+                        "{what} for {label:?}: attribute {} ignored; derived keys are not \
+                         modifiable, wrappable or derivable",
+                        attr_name(ty)
+                    ));
+                    continue;
+                }
+                // A use this kind of key never has (pkcs11-tool asks
+                // encrypt of generic secrets): the object says false.
+                Verdict::OtherUse => {
+                    log::info(&format!(
+                        "{what} for {label:?}: {} ignored; a {kt} key cannot do that",
+                        attr_name(ty)
+                    ));
+                    continue;
+                }
+                Verdict::Computed => {
+                    return Err(Error::with(
+                        CKR_ATTRIBUTE_READ_ONLY,
+                        format!(
+                            "{what} for {label:?}: the template sets {}, which p11derive computes \
+                             (key material is derived, never supplied); remove it",
+                            attr_name(ty)
+                        ),
+                    ))
+                }
+                Verdict::Invalid => {
+                    return Err(Error::with(
+                        CKR_ATTRIBUTE_TYPE_INVALID,
+                        format!(
+                            "{what} for {label:?}: attribute {} does not apply to a secret key",
+                            attr_name(ty)
+                        ),
+                    ))
+                }
+                Verdict::Cannot(why) => why,
+            };
+            let why = match why {
+                Cannot::Class => "to another class",
+                Cannot::KeyType => "to another key type",
+                Cannot::Length => "to a length other than 32",
+                Cannot::Fixed(true) => "to false (pkcs11-tool: add --sensitive --private)",
+                Cannot::Fixed(false) => "to true",
+                Cannot::Use => "to false",
+                Cannot::Mechanisms => "to a list narrower than the key's mechanisms",
+            };
+            return Err(Error::with(
+                CKR_TEMPLATE_INCONSISTENT,
+                format!(
+                    "{what} for {label:?}: the template sets {} {why} (derived secret keys \
+                     are private, sensitive, never extractable, 32 bytes, and {})",
+                    attr_name(ty),
+                    if kt == KeyType::Aes256 {
+                        "encrypt/decrypt with AES-GCM"
+                    } else {
+                        "sign/verify with HMAC"
+                    }
+                ),
+            ));
+        }
+        Ok(SecretKeySpec {
+            asset: asset.clone(),
+            object_id,
+        })
+    }
+}
