@@ -142,6 +142,3 @@ pub fn audit_key(prf: &dyn Prf) -> Result<Secret32> {
     let prk = prf.prf(&audit_prk_input())?;
     expand(&prk, b"p11derive-v1 audit mac")
 }
-
-// Transitional: the callers move to `crate::mechanisms`.
-pub use crate::mechanisms::{fingerprint, public_point};

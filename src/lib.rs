@@ -31,7 +31,6 @@ pub mod process;
 #[allow(unsafe_code)]
 pub mod secure;
 pub mod store;
-pub mod symmetric;
 pub mod token;
 pub mod types;
 

@@ -80,7 +80,7 @@ impl Audit<'_> {
 /// key it derives against the store, and lets public reads need no login.
 fn public_key(prf: &dyn Prf, id: &AssetId, kt: KeyType, n: u32) -> Result<Option<Vec<u8>>, Error> {
     let key = derive::derive_key(prf, id, n, kt)?;
-    derive::fingerprint(kt, &key)
+    crate::mechanisms::fingerprint(kt, &key)
         .map(Some)
         .ok_or_else(|| Error::with(CKR_GENERAL_ERROR, "derived scalar out of range"))
 }

@@ -552,7 +552,7 @@ fn derived_secret_keys_are_the_vectors_keys() {
     let mac512 = session.sign(&Mechanism::Sha512Hmac, hmac, &msg).unwrap();
     assert_eq!(
         mac512,
-        p11derive::symmetric::hmac(CKM_SHA512_HMAC, &key, &msg).unwrap()
+        p11derive::mechanisms::hmac::hmac(CKM_SHA512_HMAC, &key, &msg).unwrap()
     );
 
     // AES-256: the check value, and a ciphertext the vector's key opens.
@@ -563,8 +563,9 @@ fn derived_secret_keys_are_the_vectors_keys() {
         .encrypt(&gcm(&mut iv, b"aad", 128), seal, b"plaintext")
         .unwrap();
     let params =
-        p11derive::symmetric::GcmParams::new(vec![9; 12], None, b"aad".to_vec(), 128).unwrap();
-    let opened = p11derive::symmetric::gcm_open(&k1, &params, &sealed).unwrap();
+        p11derive::mechanisms::gcm::GcmParams::new(vec![9; 12], None, b"aad".to_vec(), 128)
+            .unwrap();
+    let opened = p11derive::mechanisms::gcm::gcm_open(&k1, &params, &sealed).unwrap();
     assert_eq!(&opened[..], b"plaintext");
     // The encryption's record carries the SHA-256 of the ciphertext, never
     // of the plaintext.
@@ -590,7 +591,7 @@ fn derived_secret_keys_are_the_vectors_keys() {
     let sealed2 = session
         .encrypt(&gcm(&mut iv, b"aad", 128), seal, b"plaintext")
         .unwrap();
-    let opened = p11derive::symmetric::gcm_open(&k2, &params, &sealed2).unwrap();
+    let opened = p11derive::mechanisms::gcm::gcm_open(&k2, &params, &sealed2).unwrap();
     assert_eq!(
         &opened[..],
         b"plaintext",

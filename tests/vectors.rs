@@ -76,7 +76,7 @@ fn check_vector(prf: &dyn Prf, vec: &Value) {
     let vid = derive::version_object_id(&derive::default_object_id(&asset), counter);
     assert_eq!(hex(&vid), vec["version_id"], "{what}: version id");
     if kt.is_ec() {
-        let point = derive::public_point(kt, &key).unwrap();
+        let point = p11derive::mechanisms::public_point(kt, &key).unwrap();
         assert_eq!(hex(&point), vec["public_point"], "{what}: public point");
     }
     if kt == KeyType::HmacSha256 {

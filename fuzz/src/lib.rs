@@ -94,7 +94,7 @@ pub struct SoftPrf(pub [u8; 32]);
 
 impl Prf for SoftPrf {
     fn prf(&self, input: &[u8]) -> p11derive::Result<Secret32> {
-        let mac = p11derive::symmetric::hmac(CKM_SHA256_HMAC, &self.0, input)?;
+        let mac = p11derive::mechanisms::hmac::hmac(CKM_SHA256_HMAC, &self.0, input)?;
         let mut out = p11derive::secure::secret::<32>()?;
         out.copy_from_slice(&mac);
         Ok(out)

@@ -4,8 +4,8 @@ use std::ptr;
 
 use crate::ck::*;
 use crate::error::{Error, Result};
+use crate::mechanisms::gcm::GcmParams;
 use crate::secure::SecretBytes;
-use crate::symmetric::GcmParams;
 use crate::token::{Mechanism, TemplateAttr};
 
 /// A caller's array of `n` elements. Null is allowed only with `n` 0; an

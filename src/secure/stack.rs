@@ -256,9 +256,12 @@ mod tests {
     /// there (not on the caller's stack), and leaves it wiped.
     #[test]
     fn secret_computations_fit_their_stacks_and_leave_them_wiped() {
-        use crate::derive::{public_point, KeyType};
         use crate::mechanisms::ecdsa_sign;
-        use crate::symmetric::{gcm_seal, hmac, key_unwrap, key_wrap, GcmParams};
+        use crate::mechanisms::gcm::{gcm_seal, GcmParams};
+        use crate::mechanisms::hmac::hmac;
+        use crate::mechanisms::keywrap::{key_unwrap, key_wrap};
+        use crate::mechanisms::public_point;
+        use crate::types::KeyType;
         let key = Secret::<32>::copy_of(&[3; 32]).unwrap();
         crate::mechanisms::warm_up();
         for kt in [KeyType::Secp256k1, KeyType::P256] {

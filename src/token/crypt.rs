@@ -341,7 +341,7 @@ impl Provider {
     /// Seals, commits the record (the version must still encrypt), copies.
     fn complete_encrypt(&self, op: &CryptOp, out: &mut [u8]) -> Result<usize> {
         let (version, key) = &op.keys[0];
-        let sealed = symmetric::gcm_seal(key.bytes(), &op.params, &op.data)?;
+        let sealed = gcm::gcm_seal(key.bytes(), &op.params, &op.data)?;
         let mut rec = op.audit.record(Event::Encrypt, CKR_OK, Some(*version));
         // The record ties the operation to its output: a hash of the
         // plaintext would let whoever reads the store test guesses of it.
@@ -357,7 +357,7 @@ impl Provider {
     fn complete_decrypt(&self, op: &CryptOp, out: &mut [u8]) -> Result<usize> {
         let Some(rowid) = op.asset else {
             // A session key: no asset state; the outcome is recorded either way.
-            let opened = symmetric::gcm_open(op.keys[0].1.bytes(), &op.params, &op.data);
+            let opened = gcm::gcm_open(op.keys[0].1.bytes(), &op.params, &op.data);
             let rv = opened.as_ref().map_or_else(|e| e.rv, |_| CKR_OK);
             self.audit(op.audit.record(Event::Decrypt, rv, None))?;
             let plain = opened?;
@@ -381,7 +381,7 @@ impl Provider {
         };
         let mut plain = None;
         let opened = self.open_with(&asset, &op.keys, |key| {
-            plain = Some(symmetric::gcm_open(key.bytes(), &op.params, &op.data)?);
+            plain = Some(gcm::gcm_open(key.bytes(), &op.params, &op.data)?);
             Ok(())
         });
         match (opened, plain) {
@@ -419,6 +419,13 @@ impl Provider {
             crypt_slot(s, encrypting).with(|op| {
                 self.live(op.epoch)?;
                 if consume {
+                    // The parts are kept until the final call: refuse, before
+                    // keeping them, more than one GCM operation may process
+                    // (its 32-bit counter would wrap; the tag follows the
+                    // ciphertext when decrypting).
+                    let kept = op.data.len().saturating_add(data.len());
+                    let tag = if encrypting { 0 } else { op.params.tag_len };
+                    gcm::check_data_len(kept.saturating_sub(tag), encrypting)?;
                     append_wiped(&mut op.data, data);
                     op.audit.input.update(data);
                     op.multi = true;

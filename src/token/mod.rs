@@ -25,10 +25,11 @@ use crate::derive::{self, AssetId, KeyType, Secret32};
 use crate::error::{attr_name, Error, Result};
 use crate::lifecycle;
 use crate::log;
+use crate::mechanisms::gcm::{self, GcmParams};
 use crate::mechanisms::{self, Hasher, ECDSA_SIG_LEN};
+use crate::mechanisms::{checkvalue, hmac, keywrap};
 use crate::objects::{self, Class, ObjectKey, Value, View, Which};
 use crate::store::{Asset, Store, StoreError, Transition, Use};
-use crate::symmetric::{self, GcmParams};
 use sha2::{Digest, Sha256};
 
 mod crypt;

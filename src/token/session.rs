@@ -469,8 +469,8 @@ impl Provider {
         local: bool,
     ) -> Result<SessionObject> {
         let check = match kind {
-            Kind::Aes => Some(symmetric::aes_check_value(&key)?),
-            _ => Some(symmetric::generic_check_value(&key)),
+            Kind::Aes => Some(checkvalue::aes_check_value(&key)?),
+            _ => Some(checkvalue::generic_check_value(&key)),
         };
         Ok(SessionObject {
             owner: h,
@@ -624,7 +624,7 @@ impl Provider {
             scalar.grow(32);
             let mut k = crate::secure::secret::<32>()?;
             k.copy_from_slice(&scalar);
-            if let Some(p) = derive::public_point(kt, &k) {
+            if let Some(p) = mechanisms::public_point(kt, &k) {
                 break p;
             }
         };

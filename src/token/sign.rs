@@ -24,9 +24,7 @@ pub(super) struct SignOp {
 
 impl SignOp {
     fn out_len(&self) -> usize {
-        self.hmac
-            .and_then(symmetric::hmac_len)
-            .unwrap_or(ECDSA_SIG_LEN)
+        self.hmac.and_then(hmac::hmac_len).unwrap_or(ECDSA_SIG_LEN)
     }
 }
 
@@ -121,7 +119,7 @@ impl Provider {
         let kt = view.asset.key_type;
         let scalar = derive::derive_key(&self.backend, &view.asset.id, view.version, kt)?;
         self.keys.derivations.fetch_add(1, Ordering::Relaxed);
-        let derived = derive::fingerprint(kt, &scalar);
+        let derived = mechanisms::fingerprint(kt, &scalar);
         let recorded = view
             .asset
             .version(view.version)
@@ -178,7 +176,7 @@ impl Provider {
         mech: &Mechanism,
         ecdsa: Class,
     ) -> Result<(Option<CK_MECHANISM_TYPE>, Option<Hasher>, Class)> {
-        let hmac = symmetric::hmac_len(mech.ty).map(|_| mech.ty);
+        let hmac = hmac::hmac_len(mech.ty).map(|_| mech.ty);
         let hasher = match hmac {
             Some(_) => None,
             None => mechanisms::ecdsa_hasher(mech.ty)?,
@@ -307,7 +305,7 @@ impl Provider {
     /// For HMAC, `digest` is the whole message.
     fn complete_sign(&self, op: &SignOp, digest: &[u8], out: &mut [u8]) -> Result<usize> {
         let sig = match op.hmac {
-            Some(m) => symmetric::hmac(m, op.key.bytes(), digest)?,
+            Some(m) => hmac::hmac(m, op.key.bytes(), digest)?,
             None => mechanisms::ecdsa_sign(op.kt, op.key.bytes(), digest)?.to_vec(),
         };
         let rec = op.audit.record(Event::Sign, CKR_OK, Some(op.version));
@@ -465,7 +463,7 @@ impl Provider {
             return match &op.hmac {
                 Some((mech, epoch, keys)) => {
                     self.live(*epoch)?;
-                    symmetric::hmac_verify(*mech, keys[0].1.bytes(), digest, sig).map(|_| 0)
+                    hmac::hmac_verify(*mech, keys[0].1.bytes(), digest, sig).map(|_| 0)
                 }
                 None => mechanisms::ecdsa_verify(op.kt, &op.points[0].1, digest, sig).map(|_| 0),
             };
@@ -481,7 +479,7 @@ impl Provider {
         if let Some((mech, epoch, keys)) = &op.hmac {
             self.live(*epoch)?;
             return self.open_with(&asset, keys, |key| {
-                symmetric::hmac_verify(*mech, key.bytes(), digest, sig)
+                hmac::hmac_verify(*mech, key.bytes(), digest, sig)
             });
         }
         self.open_with(&asset, &op.points, |point| {

@@ -90,7 +90,7 @@ impl Provider {
             .aes_keys(h, mech.ty, wrapping, true, epoch)
             .map_err(|e| wrapping_error(e, true))?;
         let (version, kek) = &k.keys[0];
-        let wrapped = symmetric::key_wrap(kek.bytes(), secret.bytes(), padded)?;
+        let wrapped = keywrap::key_wrap(kek.bytes(), secret.bytes(), padded)?;
         let rec = OpAudit::new(h, k.name, k.asset.is_none(), mech.ty).record(
             Event::Encrypt,
             CKR_OK,
@@ -144,32 +144,33 @@ impl Provider {
         let mut audit = audit;
         audit.input.update(wrapped);
         let mut key = None;
-        let opened = match k.asset {
-            Some(rowid) => {
-                let asset = self
-                    .store
-                    .fresh_state(rowid)
-                    .map_err(store_error)?
-                    .ok_or(Error::rv(CKR_UNWRAPPING_KEY_HANDLE_INVALID))?;
-                self.open_with(&asset, &k.keys, |kek| {
-                    key = Some(symmetric::key_unwrap(kek.bytes(), wrapped, padded).map_err(
-                        |e| match e.rv {
-                            CKR_WRAPPED_KEY_INVALID => Error::rv(CKR_ENCRYPTED_DATA_INVALID),
-                            _ => e,
-                        },
-                    )?);
-                    Ok(())
-                })
-                .map_err(|e| match e.rv {
-                    CKR_ENCRYPTED_DATA_INVALID => Error::rv(CKR_WRAPPED_KEY_INVALID),
-                    _ => e,
-                })
-            }
-            None => symmetric::key_unwrap(k.keys[0].1.bytes(), wrapped, padded).map(|s| {
-                key = Some(s);
-                0
-            }),
-        };
+        let opened =
+            match k.asset {
+                Some(rowid) => {
+                    let asset = self
+                        .store
+                        .fresh_state(rowid)
+                        .map_err(store_error)?
+                        .ok_or(Error::rv(CKR_UNWRAPPING_KEY_HANDLE_INVALID))?;
+                    self.open_with(&asset, &k.keys, |kek| {
+                        key = Some(keywrap::key_unwrap(kek.bytes(), wrapped, padded).map_err(
+                            |e| match e.rv {
+                                CKR_WRAPPED_KEY_INVALID => Error::rv(CKR_ENCRYPTED_DATA_INVALID),
+                                _ => e,
+                            },
+                        )?);
+                        Ok(())
+                    })
+                    .map_err(|e| match e.rv {
+                        CKR_ENCRYPTED_DATA_INVALID => Error::rv(CKR_WRAPPED_KEY_INVALID),
+                        _ => e,
+                    })
+                }
+                None => keywrap::key_unwrap(k.keys[0].1.bytes(), wrapped, padded).map(|s| {
+                    key = Some(s);
+                    0
+                }),
+            };
         let version = match opened {
             Ok(v) => v,
             Err(e) => {
