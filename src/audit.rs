@@ -11,7 +11,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::derive::Secret32;
+use crate::types::Secret32;
 
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,7 +264,7 @@ impl Record {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::derive::Secret32;
+    use crate::types::Secret32;
 
     fn chain(ak: &Secret32, n: u64) -> Vec<(Record, [u8; 32])> {
         let mut prev = GENESIS;

@@ -11,9 +11,10 @@
 
 #![forbid(unsafe_code)]
 
+use crate::asset::{Asset, AssetState};
 use crate::ck::*;
-use crate::derive::{version_object_id, KeyType};
-use crate::store::{Asset, AssetState};
+use crate::derive::version_object_id;
+use crate::types::KeyType;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Class {

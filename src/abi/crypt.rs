@@ -1,4 +1,4 @@
-//! Encryption (§5.8) and decryption (§5.9), and the shared shapes of the crypto calls (init, in-out, out-only, update).
+//! Encryption (PKCS#11 3.0 §5.8) and decryption (§5.10), and the shared shapes of the crypto calls (init, in-out, out-only, update).
 
 use crate::ck::*;
 use crate::error::Result;
@@ -7,6 +7,7 @@ use crate::token::{Mechanism, Provider};
 use super::convert::*;
 use super::{entry, provider};
 
+/// PKCS#11 3.0 §5.8: C_EncryptInit.
 pub(super) extern "C" fn C_EncryptInit(
     h: CK_SESSION_HANDLE,
     p_mechanism: CK_MECHANISM_PTR,
@@ -15,6 +16,7 @@ pub(super) extern "C" fn C_EncryptInit(
     init_call("C_EncryptInit", h, p_mechanism, key, Provider::encrypt_init)
 }
 
+/// PKCS#11 3.0 §5.10: C_DecryptInit.
 pub(super) extern "C" fn C_DecryptInit(
     h: CK_SESSION_HANDLE,
     p_mechanism: CK_MECHANISM_PTR,
@@ -73,6 +75,23 @@ pub(super) fn in_out_call(
     })
 }
 
+/// `C_SignUpdate`, `C_VerifyUpdate`, `C_VerifyFinal`, `C_DigestUpdate`: one
+/// input buffer, no output.
+pub(super) fn in_call(
+    name: &'static str,
+    h: CK_SESSION_HANDLE,
+    p_in: CK_BYTE_PTR,
+    in_len: CK_ULONG,
+    f: fn(&Provider, CK_SESSION_HANDLE, &[u8]) -> Result<()>,
+) -> CK_RV {
+    entry(name, || {
+        let p = provider()?;
+        // SAFETY: the caller's input buffer.
+        let input = unsafe { bytes(p_in, in_len) }?;
+        f(&p, h, input)
+    })
+}
+
 /// `C_SignFinal`, `C_DigestFinal`, `C_EncryptFinal`, `C_DecryptFinal`:
 /// variable-length output only.
 pub(super) fn out_call(
@@ -113,6 +132,7 @@ pub(super) fn crypt_update(
     })
 }
 
+/// PKCS#11 3.0 §5.8: C_Encrypt.
 pub(super) extern "C" fn C_Encrypt(
     h: CK_SESSION_HANDLE,
     p_data: CK_BYTE_PTR,
@@ -131,6 +151,7 @@ pub(super) extern "C" fn C_Encrypt(
     )
 }
 
+/// PKCS#11 3.0 §5.10: C_Decrypt.
 pub(super) extern "C" fn C_Decrypt(
     h: CK_SESSION_HANDLE,
     p_data: CK_BYTE_PTR,
@@ -149,6 +170,7 @@ pub(super) extern "C" fn C_Decrypt(
     )
 }
 
+/// PKCS#11 3.0 §5.8: C_EncryptUpdate.
 pub(super) extern "C" fn C_EncryptUpdate(
     h: CK_SESSION_HANDLE,
     p_part: CK_BYTE_PTR,
@@ -167,6 +189,7 @@ pub(super) extern "C" fn C_EncryptUpdate(
     )
 }
 
+/// PKCS#11 3.0 §5.10: C_DecryptUpdate.
 pub(super) extern "C" fn C_DecryptUpdate(
     h: CK_SESSION_HANDLE,
     p_part: CK_BYTE_PTR,
@@ -185,6 +208,7 @@ pub(super) extern "C" fn C_DecryptUpdate(
     )
 }
 
+/// PKCS#11 3.0 §5.8: C_EncryptFinal.
 pub(super) extern "C" fn C_EncryptFinal(
     h: CK_SESSION_HANDLE,
     p_out: CK_BYTE_PTR,
@@ -193,6 +217,7 @@ pub(super) extern "C" fn C_EncryptFinal(
     out_call("C_EncryptFinal", h, p_out, pul_out, Provider::encrypt_final)
 }
 
+/// PKCS#11 3.0 §5.10: C_DecryptFinal.
 pub(super) extern "C" fn C_DecryptFinal(
     h: CK_SESSION_HANDLE,
     p_out: CK_BYTE_PTR,

@@ -5,8 +5,9 @@
 //! templates become Rust values), call [`crate::token`], turn the result into
 //! a CK_RV. No panic crosses this boundary. The entry points are grouped by
 //! the chapter of PKCS#11 3.0 they implement: general purpose (§5.4, here),
-//! [`slot`] (§5.5), [`session`] (§5.6), [`object`] (§5.7, §5.14),
-//! [`crypt`] (§5.8, §5.9), [`sign`] (§5.10 to §5.16).
+//! [`slot`] (§5.5), [`session`] (§5.6), [`object`] (§5.7, §5.18),
+//! [`crypt`] (§5.8, §5.10), [`sign`] (§5.12, §5.13, §5.15, §5.19, §5.20).
+//! Functions p11derive does not implement answer `CKR_FUNCTION_NOT_SUPPORTED`.
 
 #![allow(non_snake_case)]
 

@@ -1,4 +1,4 @@
-//! Object management (§5.7) and key management (§5.14): attributes, find, create, generate, wrap, unwrap.
+//! Object management (PKCS#11 3.0 §5.7) and key management (§5.18): attributes, find, create, generate, wrap, unwrap.
 
 use crate::ck::*;
 use crate::error::Error;
@@ -6,6 +6,7 @@ use crate::error::Error;
 use super::convert::*;
 use super::{entry, provider};
 
+/// PKCS#11 3.0 §5.7: C_GetAttributeValue.
 pub(super) extern "C" fn C_GetAttributeValue(
     h: CK_SESSION_HANDLE,
     object: CK_OBJECT_HANDLE,
@@ -49,6 +50,7 @@ pub(super) extern "C" fn C_GetAttributeValue(
     })
 }
 
+/// PKCS#11 3.0 §5.7: C_SetAttributeValue.
 pub(super) extern "C" fn C_SetAttributeValue(
     h: CK_SESSION_HANDLE,
     object: CK_OBJECT_HANDLE,
@@ -64,10 +66,12 @@ pub(super) extern "C" fn C_SetAttributeValue(
     })
 }
 
+/// PKCS#11 3.0 §5.7: C_DestroyObject.
 pub(super) extern "C" fn C_DestroyObject(h: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> CK_RV {
     entry("C_DestroyObject", || provider()?.destroy_object(h, object))
 }
 
+/// PKCS#11 3.0 §5.7: C_GetObjectSize.
 pub(super) extern "C" fn C_GetObjectSize(
     h: CK_SESSION_HANDLE,
     object: CK_OBJECT_HANDLE,
@@ -82,6 +86,7 @@ pub(super) extern "C" fn C_GetObjectSize(
     })
 }
 
+/// PKCS#11 3.0 §5.7: C_FindObjectsInit.
 pub(super) extern "C" fn C_FindObjectsInit(
     h: CK_SESSION_HANDLE,
     p_template: CK_ATTRIBUTE_PTR,
@@ -95,6 +100,7 @@ pub(super) extern "C" fn C_FindObjectsInit(
     })
 }
 
+/// PKCS#11 3.0 §5.7: C_FindObjects.
 pub(super) extern "C" fn C_FindObjects(
     h: CK_SESSION_HANDLE,
     ph_object: CK_OBJECT_HANDLE_PTR,
@@ -116,10 +122,12 @@ pub(super) extern "C" fn C_FindObjects(
     })
 }
 
+/// PKCS#11 3.0 §5.7: C_FindObjectsFinal.
 pub(super) extern "C" fn C_FindObjectsFinal(h: CK_SESSION_HANDLE) -> CK_RV {
     entry("C_FindObjectsFinal", || provider()?.find_final(h))
 }
 
+/// PKCS#11 3.0 §5.18: C_GenerateKeyPair.
 pub(super) extern "C" fn C_GenerateKeyPair(
     h: CK_SESSION_HANDLE,
     p_mechanism: CK_MECHANISM_PTR,
@@ -149,6 +157,7 @@ pub(super) extern "C" fn C_GenerateKeyPair(
     })
 }
 
+/// PKCS#11 3.0 §5.7: C_CreateObject.
 pub(super) extern "C" fn C_CreateObject(
     h: CK_SESSION_HANDLE,
     p_template: CK_ATTRIBUTE_PTR,
@@ -170,6 +179,7 @@ pub(super) extern "C" fn C_CreateObject(
     })
 }
 
+/// PKCS#11 3.0 §5.18: C_GenerateKey.
 pub(super) extern "C" fn C_GenerateKey(
     h: CK_SESSION_HANDLE,
     p_mechanism: CK_MECHANISM_PTR,
@@ -192,6 +202,7 @@ pub(super) extern "C" fn C_GenerateKey(
     })
 }
 
+/// PKCS#11 3.0 §5.18: C_WrapKey.
 pub(super) extern "C" fn C_WrapKey(
     h: CK_SESSION_HANDLE,
     p_mechanism: CK_MECHANISM_PTR,
@@ -215,6 +226,7 @@ pub(super) extern "C" fn C_WrapKey(
     })
 }
 
+/// PKCS#11 3.0 §5.18: C_UnwrapKey.
 #[allow(clippy::too_many_arguments)]
 pub(super) extern "C" fn C_UnwrapKey(
     h: CK_SESSION_HANDLE,

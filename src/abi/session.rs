@@ -6,6 +6,7 @@ use crate::error::Error;
 use super::convert::*;
 use super::{entry, provider};
 
+/// PKCS#11 3.0 §5.6: C_OpenSession.
 pub(super) extern "C" fn C_OpenSession(
     slot: CK_SLOT_ID,
     flags: CK_FLAGS,
@@ -22,16 +23,19 @@ pub(super) extern "C" fn C_OpenSession(
     })
 }
 
+/// PKCS#11 3.0 §5.6: C_CloseSession.
 pub(super) extern "C" fn C_CloseSession(h: CK_SESSION_HANDLE) -> CK_RV {
     entry("C_CloseSession", || provider()?.close_session(h))
 }
 
+/// PKCS#11 3.0 §5.6: C_CloseAllSessions.
 pub(super) extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
     entry("C_CloseAllSessions", || {
         provider()?.close_all_sessions(slot)
     })
 }
 
+/// PKCS#11 3.0 §5.6: C_GetSessionInfo.
 pub(super) extern "C" fn C_GetSessionInfo(
     h: CK_SESSION_HANDLE,
     p_info: CK_SESSION_INFO_PTR,
@@ -45,6 +49,7 @@ pub(super) extern "C" fn C_GetSessionInfo(
     })
 }
 
+/// PKCS#11 3.0 §5.6: C_Login.
 pub(super) extern "C" fn C_Login(
     h: CK_SESSION_HANDLE,
     user: CK_USER_TYPE,
@@ -62,6 +67,7 @@ pub(super) extern "C" fn C_Login(
     })
 }
 
+/// PKCS#11 3.0 §5.6: C_LoginUser.
 pub(super) extern "C" fn C_LoginUser(
     h: CK_SESSION_HANDLE,
     user: CK_USER_TYPE,
@@ -88,10 +94,12 @@ pub(super) extern "C" fn C_LoginUser(
     })
 }
 
+/// PKCS#11 3.0 §5.6: C_Logout.
 pub(super) extern "C" fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
     entry("C_Logout", || provider()?.logout(h))
 }
 
+/// PKCS#11 3.0 §5.6: C_SessionCancel.
 pub(super) extern "C" fn C_SessionCancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
     entry("C_SessionCancel", || provider()?.cancel(h, flags))
 }

@@ -1,13 +1,14 @@
-//! Signing and MACing (§5.11), verification (§5.13), message digesting (§5.10), random numbers (§5.15), parallel-function stubs (§5.16).
+//! Message digesting (PKCS#11 3.0 §5.12), signing and MACing (§5.13), verification (§5.15), random numbers (§5.19), parallel-function stubs (§5.20).
 
 use crate::ck::*;
 use crate::error::Error;
 use crate::token::Provider;
 
 use super::convert::*;
-use super::crypt::{in_out_call, init_call, out_call};
+use super::crypt::{in_call, in_out_call, init_call, out_call};
 use super::{entry, provider};
 
+/// PKCS#11 3.0 §5.13: C_SignInit.
 pub(super) extern "C" fn C_SignInit(
     h: CK_SESSION_HANDLE,
     p_mechanism: CK_MECHANISM_PTR,
@@ -16,6 +17,7 @@ pub(super) extern "C" fn C_SignInit(
     init_call("C_SignInit", h, p_mechanism, key, Provider::sign_init)
 }
 
+/// PKCS#11 3.0 §5.13: C_Sign.
 pub(super) extern "C" fn C_Sign(
     h: CK_SESSION_HANDLE,
     p_data: CK_BYTE_PTR,
@@ -34,19 +36,16 @@ pub(super) extern "C" fn C_Sign(
     )
 }
 
+/// PKCS#11 3.0 §5.13: C_SignUpdate.
 pub(super) extern "C" fn C_SignUpdate(
     h: CK_SESSION_HANDLE,
     p_part: CK_BYTE_PTR,
     part_len: CK_ULONG,
 ) -> CK_RV {
-    entry("C_SignUpdate", || {
-        let p = provider()?;
-        // SAFETY: caller's input buffer.
-        let part = unsafe { bytes(p_part, part_len) }?;
-        p.sign_update(h, part)
-    })
+    in_call("C_SignUpdate", h, p_part, part_len, Provider::sign_update)
 }
 
+/// PKCS#11 3.0 §5.13: C_SignFinal.
 pub(super) extern "C" fn C_SignFinal(
     h: CK_SESSION_HANDLE,
     p_sig: CK_BYTE_PTR,
@@ -55,6 +54,7 @@ pub(super) extern "C" fn C_SignFinal(
     out_call("C_SignFinal", h, p_sig, pul_sig_len, Provider::sign_final)
 }
 
+/// PKCS#11 3.0 §5.15: C_VerifyInit.
 pub(super) extern "C" fn C_VerifyInit(
     h: CK_SESSION_HANDLE,
     p_mechanism: CK_MECHANISM_PTR,
@@ -63,6 +63,7 @@ pub(super) extern "C" fn C_VerifyInit(
     init_call("C_VerifyInit", h, p_mechanism, key, Provider::verify_init)
 }
 
+/// PKCS#11 3.0 §5.15: C_Verify.
 pub(super) extern "C" fn C_Verify(
     h: CK_SESSION_HANDLE,
     p_data: CK_BYTE_PTR,
@@ -78,32 +79,31 @@ pub(super) extern "C" fn C_Verify(
     })
 }
 
+/// PKCS#11 3.0 §5.15: C_VerifyUpdate.
 pub(super) extern "C" fn C_VerifyUpdate(
     h: CK_SESSION_HANDLE,
     p_part: CK_BYTE_PTR,
     part_len: CK_ULONG,
 ) -> CK_RV {
-    entry("C_VerifyUpdate", || {
-        let p = provider()?;
-        // SAFETY: caller's input buffer.
-        let part = unsafe { bytes(p_part, part_len) }?;
-        p.verify_update(h, part)
-    })
+    in_call(
+        "C_VerifyUpdate",
+        h,
+        p_part,
+        part_len,
+        Provider::verify_update,
+    )
 }
 
+/// PKCS#11 3.0 §5.15: C_VerifyFinal.
 pub(super) extern "C" fn C_VerifyFinal(
     h: CK_SESSION_HANDLE,
     p_sig: CK_BYTE_PTR,
     sig_len: CK_ULONG,
 ) -> CK_RV {
-    entry("C_VerifyFinal", || {
-        let p = provider()?;
-        // SAFETY: caller's input buffer.
-        let sig = unsafe { bytes(p_sig, sig_len) }?;
-        p.verify_final(h, sig)
-    })
+    in_call("C_VerifyFinal", h, p_sig, sig_len, Provider::verify_final)
 }
 
+/// PKCS#11 3.0 §5.12: C_DigestInit.
 pub(super) extern "C" fn C_DigestInit(
     h: CK_SESSION_HANDLE,
     p_mechanism: CK_MECHANISM_PTR,
@@ -116,6 +116,7 @@ pub(super) extern "C" fn C_DigestInit(
     })
 }
 
+/// PKCS#11 3.0 §5.12: C_Digest.
 pub(super) extern "C" fn C_Digest(
     h: CK_SESSION_HANDLE,
     p_data: CK_BYTE_PTR,
@@ -134,19 +135,22 @@ pub(super) extern "C" fn C_Digest(
     )
 }
 
+/// PKCS#11 3.0 §5.12: C_DigestUpdate.
 pub(super) extern "C" fn C_DigestUpdate(
     h: CK_SESSION_HANDLE,
     p_part: CK_BYTE_PTR,
     part_len: CK_ULONG,
 ) -> CK_RV {
-    entry("C_DigestUpdate", || {
-        let p = provider()?;
-        // SAFETY: caller's input buffer.
-        let part = unsafe { bytes(p_part, part_len) }?;
-        p.digest_update(h, part)
-    })
+    in_call(
+        "C_DigestUpdate",
+        h,
+        p_part,
+        part_len,
+        Provider::digest_update,
+    )
 }
 
+/// PKCS#11 3.0 §5.12: C_DigestFinal.
 pub(super) extern "C" fn C_DigestFinal(
     h: CK_SESSION_HANDLE,
     p_digest: CK_BYTE_PTR,
@@ -161,6 +165,7 @@ pub(super) extern "C" fn C_DigestFinal(
     )
 }
 
+/// PKCS#11 3.0 §5.19: C_SeedRandom.
 pub(super) extern "C" fn C_SeedRandom(
     h: CK_SESSION_HANDLE,
     p_seed: CK_BYTE_PTR,
@@ -176,6 +181,7 @@ pub(super) extern "C" fn C_SeedRandom(
     })
 }
 
+/// PKCS#11 3.0 §5.19: C_GenerateRandom.
 pub(super) extern "C" fn C_GenerateRandom(
     h: CK_SESSION_HANDLE,
     p_out: CK_BYTE_PTR,
@@ -196,7 +202,8 @@ pub(super) extern "C" fn C_GenerateRandom(
     })
 }
 
-/// Legacy parallel-function calls: PKCS#11 fixes their answer.
+/// PKCS#11 3.0 §5.20: C_GetFunctionStatus, a legacy parallel-function
+/// call whose answer PKCS#11 fixes.
 pub(super) extern "C" fn C_GetFunctionStatus(h: CK_SESSION_HANDLE) -> CK_RV {
     entry("C_GetFunctionStatus", || {
         provider()?.session(h)?;
@@ -204,6 +211,7 @@ pub(super) extern "C" fn C_GetFunctionStatus(h: CK_SESSION_HANDLE) -> CK_RV {
     })
 }
 
+/// PKCS#11 3.0 §5.20: C_CancelFunction.
 pub(super) extern "C" fn C_CancelFunction(h: CK_SESSION_HANDLE) -> CK_RV {
     entry("C_CancelFunction", || {
         provider()?.session(h)?;

@@ -8,6 +8,7 @@ use crate::token::SLOT_ID;
 use super::convert::*;
 use super::{entry, library_version, provider};
 
+/// PKCS#11 3.0 §5.5: C_GetSlotList.
 pub(super) extern "C" fn C_GetSlotList(
     _present: CK_BBOOL,
     p_list: CK_SLOT_ID_PTR,
@@ -20,6 +21,7 @@ pub(super) extern "C" fn C_GetSlotList(
     })
 }
 
+/// PKCS#11 3.0 §5.5: C_GetSlotInfo.
 pub(super) extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, p_info: CK_SLOT_INFO_PTR) -> CK_RV {
     entry("C_GetSlotInfo", || {
         let p = provider()?;
@@ -37,6 +39,7 @@ pub(super) extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, p_info: CK_SLOT_INFO_PT
     })
 }
 
+/// PKCS#11 3.0 §5.5: C_GetTokenInfo.
 pub(super) extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, p_info: CK_TOKEN_INFO_PTR) -> CK_RV {
     entry("C_GetTokenInfo", || {
         let p = provider()?;
@@ -82,6 +85,7 @@ pub(super) extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, p_info: CK_TOKEN_INFO_
     })
 }
 
+/// PKCS#11 3.0 §5.5: C_GetMechanismList.
 pub(super) extern "C" fn C_GetMechanismList(
     slot: CK_SLOT_ID,
     p_list: CK_MECHANISM_TYPE_PTR,
@@ -98,6 +102,7 @@ pub(super) extern "C" fn C_GetMechanismList(
     })
 }
 
+/// PKCS#11 3.0 §5.5: C_GetMechanismInfo.
 pub(super) extern "C" fn C_GetMechanismInfo(
     slot: CK_SLOT_ID,
     ty: CK_MECHANISM_TYPE,
@@ -115,6 +120,7 @@ pub(super) extern "C" fn C_GetMechanismInfo(
     })
 }
 
+/// PKCS#11 3.0 §5.5: C_InitToken.
 pub(super) extern "C" fn C_InitToken(
     slot: CK_SLOT_ID,
     _pin: CK_UTF8CHAR_PTR,

@@ -3,12 +3,12 @@
 use crate::audit::{public_key_mac, Event, Record};
 use crate::derive::{AssetId, KeyType, Secret32};
 
-use super::asset::{Change, Denied};
 use super::audit::{key_digest, transition_detail};
 use super::db::{Db, Row, Tx, Val};
 use super::{
     hex, now, Asset, AssetState, NewAsset, Store, StoreError, Stored, Transition, VersionRecord,
 };
+use crate::asset::{Change, Denied};
 
 /// The columns of an asset row, in the order `Asset::read` takes them.
 pub(super) const ASSET_COLUMNS: &str =

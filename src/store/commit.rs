@@ -432,7 +432,7 @@ mod tests {
     use crate::store::AssetState;
 
     fn asset(state: AssetState, min_usable: u32, current: u32) -> Asset {
-        crate::store::asset::sample(KeyType::P256, state, min_usable, current)
+        crate::asset::sample(KeyType::P256, state, min_usable, current)
     }
 
     fn signed(version: u32) -> Record {

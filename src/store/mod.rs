@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-mod asset;
 mod assets;
 mod audit;
 mod commit;
@@ -32,7 +31,7 @@ pub mod pg;
 mod schema;
 mod sqlite;
 
-pub use asset::{Asset, AssetState, Change, Denied, NewAsset, Transition, VersionRecord};
+pub use crate::asset::{Asset, AssetState, Change, Denied, NewAsset, Transition, VersionRecord};
 pub use audit::{
     key_digest, parse_resumes_to, parse_transition_detail, transition_detail, AuditRow,
     PENDING_MARK,

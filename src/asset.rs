@@ -1,6 +1,6 @@
 //! The asset lifecycle state machine: what each version may do, what a transition changes (pure).
 
-use crate::derive::{AssetId, KeyType};
+use crate::types::{AssetId, KeyType};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AssetState {
