@@ -5,6 +5,7 @@
 
 mod common;
 
+use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
@@ -106,8 +107,9 @@ fn a_rotation_moves_the_alias_to_a_freshly_derived_key() {
         // The alias is version 2 now: its key is derived afresh.
         sign(&session, k, 3);
         let v1 = find_one(&session, "c@v1", ObjectClass::PRIVATE_KEY).unwrap();
-        assert!(
-            session.sign(&Mechanism::Ecdsa, v1, &[0; 32]).is_err(),
+        assert_eq!(
+            rv_of(session.sign(&Mechanism::Ecdsa, v1, &[0; 32])),
+            RvError::KeyFunctionNotPermitted,
             "v1 may not sign"
         );
     }
@@ -199,8 +201,9 @@ fn a_suspension_drops_the_cached_key() {
             .unwrap()
             .status
             .success());
-        assert!(
-            session.sign(&Mechanism::Ecdsa, k, &[0; 32]).is_err(),
+        assert_eq!(
+            rv_of(session.sign(&Mechanism::Ecdsa, k, &[0; 32])),
+            RvError::KeyFunctionNotPermitted,
             "suspended"
         );
         assert!(s
