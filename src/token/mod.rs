@@ -1053,7 +1053,7 @@ impl Provider {
     /// `[cache] ttl_seconds`.
     fn asset_key(&self, view: &View, epoch: u64) -> Result<Arc<Secret32>> {
         let slot = (view.asset.rowid, view.version);
-        let ttl = std::time::Duration::from_secs(self.config.cache.ttl_seconds);
+        let ttl = self.config.cache.ttl();
         {
             let mut cache = lock(&self.key_cache);
             // One pass drops (wipes) expired entries and, for this asset as the
