@@ -44,15 +44,21 @@ def named(i):
 
 CREATED0 = b(4, 0)  # the first object this program created
 
-# Indexes into MECHANISMS (abi.rs).
-ECDSA, ECDSA_SHA256, SHA256_HMAC, AES_GCM, KEY_WRAP, EC_GEN, AES_GEN, SHA256 = (
-    0, 3, 6, 9, 11, 13, 14, 18)
+# Mechanisms and attribute types go by value (selector 255, then the u64),
+# not by index: the lists abi.rs picks from come from the library, whose
+# order is its own. The values are pkcs11-headers/pkcs11.h's.
+ECDSA, ECDSA_SHA256, SHA256_HMAC, AES_GCM = 0x1041, 0x1044, 0x251, 0x1087
+KEY_WRAP, EC_GEN, AES_GEN, SHA256 = 0x2109, 0x1040, 0x1080, 0x250
 NO_PARAM = b(0)
 PTR = b(1)  # maybe(): a valid pointer
 
 
-def mech(i, param=NO_PARAM):
-    return b(0, i) + param
+def by_value(v):
+    return b(255) + u64(v)
+
+
+def mech(ty, param=NO_PARAM):
+    return by_value(ty) + param
 
 
 def gcm(iv=b"\x01" * 12, aad=b"", short=False):
@@ -62,9 +68,11 @@ def gcm(iv=b"\x01" * 12, aad=b"", short=False):
             + b(0) + b(0) + b(1 if short else 0))
 
 
-# Indexes into ATTRIBUTE_TYPES, ULONGS, LABELS, EC_PARAMS (abi.rs).
-CLASS, TOKEN, LABEL, APPLICATION, VALUE, KEY_TYPE, ID = 0, 1, 3, 4, 5, 10, 12
-EXTRACTABLE, VALUE_LEN, EC_PARAMS = 24, 29, 30
+# Attribute types (by value, as above).
+CLASS, TOKEN, LABEL, APPLICATION, VALUE, KEY_TYPE, ID = 0, 1, 3, 0x10, 0x11, 0x100, 0x102
+EXTRACTABLE, VALUE_LEN, EC_PARAMS, EC_POINT = 0x162, 0x161, 0x180, 0x181
+PUBLIC_KEY_INFO, ISSUER, SERIAL_NUMBER, SUBJECT = 0x129, 0x81, 0x82, 0x101
+# Indexes into ULONGS, LABELS, EC_PARAMS (abi.rs).
 U_32, U_DATA, U_SECRET, U_GENERIC = 4, 8, 12, 16
 L_NEW0 = 5
 P_SECP256K1, P_P256 = 0, 1
@@ -72,23 +80,23 @@ FULL = b(2)  # the declared length is the value's
 
 
 def a_ulong(ty, idx):
-    return b(0, ty) + b(2, 1, idx) + FULL
+    return by_value(ty) + b(2, 1, idx) + FULL
 
 
 def a_bool(ty, v):
-    return b(0, ty) + b(4, 2 if v else 0) + FULL
+    return by_value(ty) + b(4, 2 if v else 0) + FULL
 
 
 def a_bytes(ty, data):
-    return b(0, ty) + b(6, len(data)) + data + FULL
+    return by_value(ty) + b(6, len(data)) + data + FULL
 
 
 def a_label(idx):
-    return b(0, LABEL) + b(7, idx) + FULL
+    return by_value(LABEL) + b(7, idx) + FULL
 
 
 def a_params(idx):
-    return b(0, EC_PARAMS) + b(8, idx) + FULL
+    return by_value(EC_PARAMS) + b(8, idx) + FULL
 
 
 def template(*attrs):
@@ -119,19 +127,19 @@ def find_all():
 
 
 def get_attrs(obj, *types):
-    attrs = b"".join(b(0, t) + b(2, 1) + u16(300) + b(0) for t in types)
+    attrs = b"".join(by_value(t) + b(2, 1) + u16(300) + b(0) for t in types)
     return op(6, RW, obj, b(len(types)), attrs, b(2))
 
 
 def length_queries(obj, *types):
-    attrs = b"".join(b(0, t) + b(0) + u64(0) for t in types)
+    attrs = b"".join(by_value(t) + b(0) + u64(0) for t in types)
     return op(6, RW, obj, b(len(types)), attrs, b(2))
 
 
 SEEDS = {
     "find-and-read": find_all()
-    + get_attrs(named(EC_PUB), LABEL, ID, EC_PARAMS, 31, 35)
-    + length_queries(named(CERT), VALUE, 8, 9, 11),
+    + get_attrs(named(EC_PUB), LABEL, ID, EC_PARAMS, EC_POINT, PUBLIC_KEY_INFO)
+    + length_queries(named(CERT), VALUE, ISSUER, SERIAL_NUMBER, SUBJECT),
     "ecdsa-sign-verify": op(10, RW, mech(ECDSA_SHA256), PTR, named(EC_PRIV))
     + op(11, RW, blob(b"hello"), out_len_query())
     + op(11, RW, blob(b"hello"), out_buf(100))
@@ -174,7 +182,7 @@ SEEDS = {
                                 a_params(P_SECP256K1)),
                        template(a_bool(TOKEN, True), a_label(L_NEW0)),
                        PTR, PTR, PTR)
-    + get_attrs(CREATED0, LABEL, ID, 31),
+    + get_attrs(CREATED0, LABEL, ID, EC_POINT),
     "session-keys": op(4, RW, mech(AES_GEN),
                        template(a_ulong(VALUE_LEN, U_32), a_bytes(LABEL, b"tmp"),
                                 a_bool(EXTRACTABLE, True)),

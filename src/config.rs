@@ -148,25 +148,26 @@ fn default_locked_kib() -> u64 {
     1024
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSection {
     /// How long a derived key stays cached (in locked memory) after its
     /// derivation through the backing HSM; 0 derives for every C_SignInit.
-    #[serde(default = "default_ttl")]
-    pub ttl_seconds: u64,
+    /// Default 300 (unless `ttl_ms` is set).
+    pub ttl_seconds: Option<u64>,
+    /// The same in milliseconds, for a TTL under a second; one of the two.
+    pub ttl_ms: Option<u64>,
 }
 
-impl Default for CacheSection {
-    fn default() -> Self {
-        CacheSection {
-            ttl_seconds: default_ttl(),
+impl CacheSection {
+    /// The TTL either key sets, by default 300 seconds.
+    pub fn ttl(&self) -> std::time::Duration {
+        match (self.ttl_ms, self.ttl_seconds) {
+            (Some(ms), _) => std::time::Duration::from_millis(ms),
+            (None, Some(s)) => std::time::Duration::from_secs(s),
+            (None, None) => std::time::Duration::from_secs(300),
         }
     }
-}
-
-fn default_ttl() -> u64 {
-    300
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -294,6 +295,21 @@ impl Config {
                      3600000 milliseconds (default {default})"
                 ));
             }
+        }
+        match (self.cache.ttl_seconds, self.cache.ttl_ms) {
+            (Some(s), Some(ms)) => {
+                return Err(format!(
+                    "config file {file}: [cache] ttl_seconds = {s} and ttl_ms = {ms} are both \
+                     set; keep one of them"
+                ));
+            }
+            (_, Some(ms)) if ms > 3_600_000 => {
+                return Err(format!(
+                    "config file {file}: [cache] ttl_ms = {ms} is out of range; use 0 to 3600000 \
+                     milliseconds, or ttl_seconds for a longer TTL"
+                ));
+            }
+            _ => {}
         }
         if let Some(url) = &self.store.url {
             if !is_url(url) {
@@ -423,6 +439,31 @@ path = "/var/lib/p11derive/state.db"
         let e = Config::parse(&with("mysql://u:s3cret@db/p"), Path::new("/c.toml")).unwrap_err();
         assert!(e.contains("[store] url") && e.contains("/c.toml"), "{e}");
         assert!(e.contains("mysql://u@db/p") && !e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
+    fn the_cache_ttl_is_set_in_seconds_or_milliseconds_not_both() {
+        use std::time::Duration;
+        let ttl = |cache: &str| {
+            Config::parse(&format!("{GOOD}\n[cache]\n{cache}\n"), Path::new("/c.toml"))
+                .map(|c| c.cache.ttl())
+        };
+        let c = Config::parse(GOOD, Path::new("/x.toml")).unwrap();
+        assert_eq!(c.cache.ttl(), Duration::from_secs(300));
+        assert_eq!(ttl("ttl_seconds = 0"), Ok(Duration::ZERO));
+        assert_eq!(ttl("ttl_seconds = 7"), Ok(Duration::from_secs(7)));
+        assert_eq!(ttl("ttl_ms = 0"), Ok(Duration::ZERO));
+        assert_eq!(ttl("ttl_ms = 250"), Ok(Duration::from_millis(250)));
+        assert_eq!(ttl("ttl_ms = 3600000"), Ok(Duration::from_secs(3600)));
+        let e = ttl("ttl_seconds = 1\nttl_ms = 250").unwrap_err();
+        assert!(
+            e.contains("/c.toml") && e.contains("ttl_seconds = 1") && e.contains("ttl_ms = 250"),
+            "{e}"
+        );
+        let e = ttl("ttl_ms = 3600001").unwrap_err();
+        assert!(e.contains("/c.toml") && e.contains("[cache] ttl_ms"), "{e}");
+        let e = ttl("ttl_ms = -1").unwrap_err();
+        assert!(e.contains("ttl_ms"), "{e}");
     }
 
     #[test]

@@ -685,3 +685,15 @@ pub fn x509_fields(der: &[u8]) -> Option<X509Fields> {
         spki: spki.to_vec(),
     })
 }
+
+/// Every attribute type an asset object has, each once, in the order of the
+/// attribute table: for tools that must name them all (the ABI fuzz target).
+pub fn attribute_types() -> Vec<CK_ATTRIBUTE_TYPE> {
+    let mut types: Vec<CK_ATTRIBUTE_TYPE> = Vec::with_capacity(ATTRIBUTES.len());
+    for a in ATTRIBUTES {
+        if !types.contains(&a.ty) {
+            types.push(a.ty);
+        }
+    }
+    types
+}

@@ -322,7 +322,10 @@ fn after_a_logout_the_provider_never_logs_in_by_itself_and_a_new_login_works() {
     // Logged out: refused, and no login to the HSM with a PIN the provider
     // must no longer hold.
     let logins = shim.logins();
-    assert!(session.sign(&Mechanism::Ecdsa, second, &[7u8; 32]).is_err());
+    assert_eq!(
+        rv_of(session.sign(&Mechanism::Ecdsa, second, &[7u8; 32])),
+        RvError::UserNotLoggedIn
+    );
     assert_eq!(shim.logins(), logins, "a login behind the application");
     assert!(
         !s.log_since(from).contains("logging in again"),
@@ -361,7 +364,9 @@ fn a_pin_the_hsm_refuses_when_logging_in_again_is_tried_once_and_forgotten() {
     shim.heal();
     after_backoff();
     let logins = shim.logins();
-    assert!(sign(&session, "third").is_err());
+    // The application's login stands; the backing HSM's is gone and cannot
+    // be made again without the PIN: a device error.
+    assert_eq!(rv_of(sign(&session, "third")), RvError::DeviceError);
     assert_eq!(shim.logins(), logins, "a forgotten PIN was used");
     drop((session, p)); // C_Finalize
     s.audit_verifies();

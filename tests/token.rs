@@ -614,6 +614,14 @@ fn sessions_sign_concurrently_and_every_signature_verifies() {
             });
         }
     });
+    drop((admin, p)); // C_Finalize
+                      // Every signature has its own record: 320, each message once.
+    let made: std::collections::HashSet<String> = (0..8u8)
+        .flat_map(|t| (0..40u8).map(move |i| sha256_hex(&[t, i])))
+        .collect();
+    assert_eq!(s.signed_count(&["--asset", "parallel"]), 8 * 40);
+    assert_eq!(s.signed_inputs(&["--asset", "parallel"]), made);
+    s.audit_verifies();
 }
 
 #[test]
@@ -630,7 +638,12 @@ fn no_signature_is_made_across_a_logout() {
     let signer = p.session();
     signer.sign_init(&Mechanism::EcdsaSha256, priv_h).unwrap();
     admin.logout().unwrap();
-    assert!(signer.sign_final().is_err(), "signed after C_Logout");
+    // C_Logout ended every session's operation (and wiped its key).
+    assert_eq!(
+        rv_of(signer.sign_final()),
+        RvError::OperationNotInitialized,
+        "signed after C_Logout"
+    );
     admin
         .login(UserType::User, Some(&AuthPin::from(PIN)))
         .unwrap();

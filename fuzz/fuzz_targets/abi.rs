@@ -29,7 +29,7 @@ use std::ffi::{c_char, c_void, CString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::ptr;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use p11derive::ck::*;
@@ -554,82 +554,53 @@ struct Program<'w> {
     created_assets: u32,
 }
 
-const ATTRIBUTE_TYPES: &[CK_ATTRIBUTE_TYPE] = &[
-    CKA_CLASS,
-    CKA_TOKEN,
-    CKA_PRIVATE,
-    CKA_LABEL,
+/// Attribute types beyond an asset object's: certificates' and data
+/// objects', the profile object's, and one the provider has no use for.
+const OTHER_ATTRIBUTE_TYPES: &[CK_ATTRIBUTE_TYPE] = &[
     CKA_APPLICATION,
-    CKA_VALUE,
     CKA_OBJECT_ID,
     CKA_CERTIFICATE_TYPE,
     CKA_ISSUER,
     CKA_SERIAL_NUMBER,
-    CKA_KEY_TYPE,
-    CKA_SUBJECT,
-    CKA_ID,
-    CKA_SENSITIVE,
-    CKA_ENCRYPT,
-    CKA_DECRYPT,
-    CKA_WRAP,
-    CKA_UNWRAP,
-    CKA_SIGN,
-    CKA_VERIFY,
-    CKA_DERIVE,
-    CKA_MODIFIABLE,
-    CKA_COPYABLE,
-    CKA_DESTROYABLE,
-    CKA_EXTRACTABLE,
-    CKA_LOCAL,
-    CKA_NEVER_EXTRACTABLE,
-    CKA_ALWAYS_SENSITIVE,
-    CKA_KEY_GEN_MECHANISM,
-    CKA_VALUE_LEN,
-    CKA_EC_PARAMS,
-    CKA_EC_POINT,
-    CKA_ALLOWED_MECHANISMS,
-    CKA_ALWAYS_AUTHENTICATE,
-    CKA_CHECK_VALUE,
-    CKA_PUBLIC_KEY_INFO,
-    CKA_UNIQUE_ID,
-    CKA_START_DATE,
     CKA_PROFILE_ID,
-    CKA_TRUSTED,
     CKA_WRAP_TEMPLATE,
-    CKA_P11DERIVE_ASSET_ID,
-    CKA_P11DERIVE_VERSION,
-    CKA_P11DERIVE_STATE,
-    CKA_P11DERIVE_IS_ALIAS,
-    CKA_P11DERIVE_CURRENT,
-    CKA_P11DERIVE_MIN_USABLE,
-    CKA_P11DERIVE_KEY_TYPE,
 ];
 
-const MECHANISMS: &[CK_MECHANISM_TYPE] = &[
-    CKM_ECDSA,
-    CKM_ECDSA_SHA1,
-    CKM_ECDSA_SHA224,
-    CKM_ECDSA_SHA256,
-    CKM_ECDSA_SHA384,
-    CKM_ECDSA_SHA512,
-    CKM_SHA256_HMAC,
-    CKM_SHA384_HMAC,
-    CKM_SHA512_HMAC,
-    CKM_AES_GCM,
-    CKM_AES_GCM,
-    CKM_AES_KEY_WRAP,
-    CKM_AES_KEY_WRAP_KWP,
-    CKM_EC_KEY_PAIR_GEN,
-    CKM_AES_KEY_GEN,
-    CKM_GENERIC_SECRET_KEY_GEN,
-    CKM_SHA_1,
-    CKM_SHA224,
-    CKM_SHA256,
-    CKM_SHA384,
-    CKM_SHA512,
-    CKM_RSA_PKCS,
-    CKM_AES_CBC,
-];
+/// Mechanisms the provider does not implement.
+const OTHER_MECHANISMS: &[CK_MECHANISM_TYPE] = &[CKM_RSA_PKCS, CKM_AES_CBC];
+
+/// The attribute types a program picks from: every one an asset object has
+/// (the library's attribute table), then [`OTHER_ATTRIBUTE_TYPES`].
+fn attribute_types() -> &'static [CK_ATTRIBUTE_TYPE] {
+    static TYPES: OnceLock<Vec<CK_ATTRIBUTE_TYPE>> = OnceLock::new();
+    TYPES.get_or_init(|| {
+        let mut types = p11derive::objects::attribute_types();
+        let other: Vec<_> = OTHER_ATTRIBUTE_TYPES
+            .iter()
+            .filter(|t| !types.contains(t))
+            .collect();
+        types.extend(other);
+        types
+    })
+}
+
+/// The mechanisms a program picks from: every one the provider lists
+/// (`C_GetMechanismList`), then [`OTHER_MECHANISMS`].
+fn mechanisms() -> &'static [CK_MECHANISM_TYPE] {
+    static TYPES: OnceLock<Vec<CK_MECHANISM_TYPE>> = OnceLock::new();
+    TYPES.get_or_init(|| {
+        let mut types: Vec<CK_MECHANISM_TYPE> = p11derive::mechanisms::mechanism_list()
+            .into_iter()
+            .map(|(ty, _)| ty)
+            .collect();
+        let other: Vec<_> = OTHER_MECHANISMS
+            .iter()
+            .filter(|t| !types.contains(t))
+            .collect();
+        types.extend(other);
+        types
+    })
+}
 
 /// CK_ULONG values that mean something in some attribute.
 const ULONGS: &[CK_ULONG] = &[
@@ -730,7 +701,7 @@ impl<'w> Program<'w> {
 
     fn mechanism_type(&mut self) -> CK_MECHANISM_TYPE {
         match self.r.u8() {
-            0..=239 => self.r.pick(MECHANISMS),
+            0..=239 => self.r.pick(mechanisms()),
             240..=247 => CKM_VENDOR_DEFINED | self.r.u8() as CK_ULONG,
             _ => self.r.u64(),
         }
@@ -836,7 +807,7 @@ impl<'w> Program<'w> {
 
     fn attribute_type(&mut self) -> CK_ATTRIBUTE_TYPE {
         match self.r.u8() {
-            0..=243 => self.r.pick(ATTRIBUTE_TYPES),
+            0..=243 => self.r.pick(attribute_types()),
             244..=249 => CKA_VENDOR_DEFINED | self.r.u32() as CK_ULONG,
             _ => self.r.u64(),
         }
@@ -893,7 +864,7 @@ impl<'w> Program<'w> {
                 _ => {
                     let n = self.r.u8() % 8;
                     let v: Vec<u8> = (0..n)
-                        .flat_map(|_| self.r.pick(MECHANISMS).to_ne_bytes())
+                        .flat_map(|_| self.r.pick(mechanisms()).to_ne_bytes())
                         .collect();
                     let n = v.len() as CK_ULONG;
                     (Some(v), n)

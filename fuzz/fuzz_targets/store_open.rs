@@ -326,40 +326,10 @@ fn mutate(path: &Path, r: &mut Reader) -> rusqlite::Result<()> {
     Ok(())
 }
 
-const ATTRIBUTES: &[CK_ATTRIBUTE_TYPE] = &[
-    CKA_CLASS,
-    CKA_TOKEN,
-    CKA_PRIVATE,
-    CKA_LABEL,
-    CKA_UNIQUE_ID,
-    CKA_KEY_TYPE,
-    CKA_ID,
-    CKA_DESTROYABLE,
-    CKA_ALLOWED_MECHANISMS,
-    CKA_PUBLIC_KEY_INFO,
-    CKA_EC_PARAMS,
-    CKA_EC_POINT,
-    CKA_VERIFY,
-    CKA_SIGN,
-    CKA_ENCRYPT,
-    CKA_DECRYPT,
-    CKA_WRAP,
-    CKA_UNWRAP,
-    CKA_VALUE,
-    CKA_VALUE_LEN,
-    CKA_CHECK_VALUE,
-    CKA_P11DERIVE_ASSET_ID,
-    CKA_P11DERIVE_VERSION,
-    CKA_P11DERIVE_STATE,
-    CKA_P11DERIVE_IS_ALIAS,
-    CKA_P11DERIVE_CURRENT,
-    CKA_P11DERIVE_MIN_USABLE,
-    CKA_P11DERIVE_KEY_TYPE,
-];
-
 /// What the provider, `asset show` and `audit verify` read from a store.
 fn exercise(store: &Store, f: &Fixture, r: &mut Reader) {
     let ak = &f.ak;
+    let attribute_types = objects::attribute_types();
     let Ok(assets) = store.all_assets() else {
         return;
     };
@@ -387,7 +357,7 @@ fn exercise(store: &Store, f: &Fixture, r: &mut Reader) {
             };
             let _ = (view.label(), view.object_id(), view.verify_points());
             let _ = (view.may_sign(), view.may_verify());
-            for &ty in ATTRIBUTES {
+            for &ty in &attribute_types {
                 if let Some(v) = view.attribute(ty) {
                     let _ = v.to_bytes();
                 }

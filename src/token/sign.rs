@@ -100,10 +100,10 @@ impl Provider {
     /// (no backing HSM call), otherwise derived through the HSM, checked
     /// against the recorded public key (a store paired with the wrong root
     /// can never sign with keys nobody registered), and cached for
-    /// `[cache] ttl_seconds`.
+    /// `[cache] ttl_seconds` (or `ttl_ms`).
     pub(super) fn asset_key(&self, view: &View, epoch: u64) -> Result<Arc<Secret32>> {
         let slot = (view.asset.rowid, view.version);
-        let ttl = std::time::Duration::from_secs(self.config.cache.ttl_seconds);
+        let ttl = self.config.cache.ttl();
         {
             let mut cache = lock(&self.keys.cache);
             // One pass drops (wipes) expired entries and, for this asset as the
