@@ -11,6 +11,10 @@
 
 #![forbid(unsafe_code)]
 
+use der::asn1::{AnyRef, BitStringRef, ObjectIdentifier, OctetStringRef};
+use der::Encode;
+use spki::{AlgorithmIdentifierRef, SubjectPublicKeyInfoRef};
+
 use crate::asset::{Asset, AssetState};
 use crate::ck::*;
 use crate::derive::version_object_id;
@@ -131,9 +135,25 @@ pub const EC_MECHANISMS: [CK_MECHANISM_TYPE; 6] = [
     CKM_ECDSA_SHA512,
 ];
 
+/// The named curves' OIDs (SEC 2 secp256k1, X9.62 prime256v1) and
+/// id-ecPublicKey (RFC 5480).
+const OID_SECP256K1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.10");
+const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+
+/// `CKA_EC_PARAMS` of each curve, the DER of its named-curve OID: a constant
+/// (objects are compared with it byte for byte), checked against the `der`
+/// crate's encoding of the OID by a unit test.
 const DER_OID_SECP256K1: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
 const DER_OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-const DER_OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+
+fn curve_oid(kt: KeyType) -> Option<ObjectIdentifier> {
+    match kt {
+        KeyType::Secp256k1 => Some(OID_SECP256K1),
+        KeyType::P256 => Some(OID_P256),
+        _ => None,
+    }
+}
 
 /// `CKA_EC_PARAMS` of a curve: the DER of its named-curve OID.
 pub fn ec_params(kt: KeyType) -> Option<&'static [u8]> {
@@ -152,38 +172,26 @@ pub fn curve_from_params(params: &[u8]) -> Option<KeyType> {
         .find(|&kt| ec_params(kt) == Some(params))
 }
 
-/// DER length octets for lengths below 65536.
-fn der_len(len: usize, out: &mut Vec<u8>) {
-    if len < 0x80 {
-        out.push(len as u8);
-    } else if len < 0x100 {
-        out.extend_from_slice(&[0x81, len as u8]);
-    } else {
-        out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]);
-    }
-}
-
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    der_len(content.len(), &mut out);
-    out.extend_from_slice(content);
-    out
-}
-
 /// `CKA_EC_POINT`: the uncompressed point wrapped in a DER OCTET STRING.
 pub fn ec_point_der(point: &[u8]) -> Vec<u8> {
-    der(0x04, point)
+    // A point is at most 65 bytes: always a valid OCTET STRING.
+    OctetStringRef::new(point)
+        .and_then(|o| o.to_der())
+        .unwrap_or_default()
 }
 
-/// `CKA_PUBLIC_KEY_INFO`: the DER SubjectPublicKeyInfo of an EC public point.
+/// `CKA_PUBLIC_KEY_INFO`: the DER SubjectPublicKeyInfo (RFC 5480) of an EC
+/// public point, by the `spki` crate.
 pub fn spki(kt: KeyType, point: &[u8]) -> Option<Vec<u8>> {
-    let mut alg = DER_OID_EC_PUBLIC_KEY.to_vec();
-    alg.extend_from_slice(ec_params(kt)?);
-    let mut bits = vec![0x00];
-    bits.extend_from_slice(point);
-    let mut body = der(0x30, &alg);
-    body.extend_from_slice(&der(0x03, &bits));
-    Some(der(0x30, &body))
+    let curve = curve_oid(kt)?;
+    let info = SubjectPublicKeyInfoRef {
+        algorithm: AlgorithmIdentifierRef {
+            oid: OID_EC_PUBLIC_KEY,
+            parameters: Some(AnyRef::from(&curve)),
+        },
+        subject_public_key: BitStringRef::from_bytes(point).ok()?,
+    };
+    info.to_der().ok()
 }
 
 impl<'a> View<'a> {
@@ -696,4 +704,41 @@ pub fn attribute_types() -> Vec<CK_ATTRIBUTE_TYPE> {
         }
     }
     types
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The encodings the crates give are the ones p11derive has always
+    /// served (the bytes clients such as OpenSSL compare and parse).
+    #[test]
+    fn der_encodings_match_the_standard_bytes() {
+        assert_eq!(OID_SECP256K1.to_der().unwrap(), DER_OID_SECP256K1);
+        assert_eq!(OID_P256.to_der().unwrap(), DER_OID_P256);
+        let point: Vec<u8> = std::iter::once(4).chain(1..=64).collect();
+        let mut want = vec![0x04, 65];
+        want.extend_from_slice(&point);
+        assert_eq!(ec_point_der(&point), want);
+        for (kt, oid) in [
+            (KeyType::Secp256k1, DER_OID_SECP256K1),
+            (KeyType::P256, DER_OID_P256),
+        ] {
+            // SEQUENCE { SEQUENCE { id-ecPublicKey, curve }, BIT STRING 0 || point }
+            let alg: Vec<u8> = [
+                &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01][..],
+                oid,
+            ]
+            .concat();
+            let mut body = vec![0x30, alg.len() as u8];
+            body.extend_from_slice(&alg);
+            body.extend_from_slice(&[0x03, 66, 0x00]);
+            body.extend_from_slice(&point);
+            let mut want = vec![0x30, body.len() as u8];
+            want.extend_from_slice(&body);
+            assert_eq!(spki(kt, &point).unwrap(), want, "{kt}");
+            assert_eq!(curve_from_params(oid), Some(kt));
+        }
+        assert_eq!(spki(KeyType::Aes256, &point), None);
+    }
 }
