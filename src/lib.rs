@@ -1,5 +1,4 @@
-//! p11derive: a PKCS#11 provider whose keys are derived on demand from one
-//! root secret held in a backing HSM.
+//! p11derive: a PKCS#11 provider whose keys are derived on demand from one root secret held in a backing HSM.
 //!
 //! Data flows one way: [`abi`] (the exported C surface; raw memory only in
 //! `abi::convert`) → [`token`] (slot, sessions, login, handles, operations)

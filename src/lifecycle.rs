@@ -1,5 +1,6 @@
-//! Asset lifecycle shared by the provider and the command-line tool:
-//! creation (version 1) and the transitions of design §3. New versions' public
+//! Asset creation and transitions as the provider and the CLI run them: the new version derived, its public key recorded.
+//!
+//! Creation (version 1) and the transitions of design §3. New versions' public
 //! keys are derived through the backing HSM and recorded with the transition,
 //! so verification and public-key reads never need the root.
 

@@ -1,5 +1,6 @@
-//! The provider's log: one line per event, to the file the config names or to
-//! stderr. Nothing secret is ever passed here: callers log names, labels,
+//! The provider's log: one line per event, to the file the config names or to stderr.
+//!
+//! Nothing secret is ever passed here: callers log names, labels,
 //! paths and return codes, never key bytes, PRF outputs or PINs.
 
 use std::fs::{File, OpenOptions};
