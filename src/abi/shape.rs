@@ -50,6 +50,19 @@ pub(super) fn with_provider(name: &str, f: impl FnOnce(&Provider) -> Result<()>)
     entry(name, || f(&*provider()?))
 }
 
+/// Runs an entry point about `slot`: [`with_provider`], the slot checked
+/// first (`CKR_SLOT_ID_INVALID`).
+pub(super) fn with_slot(
+    name: &str,
+    slot: CK_SLOT_ID,
+    f: impl FnOnce(&Provider) -> Result<()>,
+) -> CK_RV {
+    with_provider(name, |p| {
+        p.check_slot(slot)?;
+        f(p)
+    })
+}
+
 /// `C_OpenSession`, `C_GetSessionInfo`, `C_GetObjectSize`: one value for the
 /// caller's out-parameter (checked before `f` runs).
 pub(super) fn value_call<T>(

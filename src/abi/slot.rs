@@ -7,7 +7,7 @@ use crate::token::SLOT_ID;
 
 use super::convert::*;
 use super::library_version;
-use super::shape::with_provider;
+use super::shape::{with_provider, with_slot};
 
 /// PKCS#11 3.0 §5.5: C_GetSlotList.
 pub(super) extern "C" fn C_GetSlotList(
@@ -23,8 +23,7 @@ pub(super) extern "C" fn C_GetSlotList(
 
 /// PKCS#11 3.0 §5.5: C_GetSlotInfo.
 pub(super) extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, p_info: CK_SLOT_INFO_PTR) -> CK_RV {
-    with_provider("C_GetSlotInfo", |p| {
-        p.check_slot(slot)?;
+    with_slot("C_GetSlotInfo", slot, |p| {
         // SAFETY: out-parameter from the caller.
         let info = unsafe { out(p_info) }?;
         *info = CK_SLOT_INFO {
@@ -40,8 +39,7 @@ pub(super) extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, p_info: CK_SLOT_INFO_PT
 
 /// PKCS#11 3.0 §5.5: C_GetTokenInfo.
 pub(super) extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, p_info: CK_TOKEN_INFO_PTR) -> CK_RV {
-    with_provider("C_GetTokenInfo", |p| {
-        p.check_slot(slot)?;
+    with_slot("C_GetTokenInfo", slot, |p| {
         // SAFETY: out-parameter from the caller.
         let info = unsafe { out(p_info) }?;
         let backing = p.backend.token_info()?;
@@ -89,8 +87,7 @@ pub(super) extern "C" fn C_GetMechanismList(
     p_list: CK_MECHANISM_TYPE_PTR,
     pul_count: CK_ULONG_PTR,
 ) -> CK_RV {
-    with_provider("C_GetMechanismList", |p| {
-        p.check_slot(slot)?;
+    with_slot("C_GetMechanismList", slot, |_| {
         let list: Vec<CK_ULONG> = mechanisms::mechanism_list()
             .into_iter()
             .map(|(m, _)| m)
@@ -106,8 +103,7 @@ pub(super) extern "C" fn C_GetMechanismInfo(
     ty: CK_MECHANISM_TYPE,
     p_info: CK_MECHANISM_INFO_PTR,
 ) -> CK_RV {
-    with_provider("C_GetMechanismInfo", |p| {
-        p.check_slot(slot)?;
+    with_slot("C_GetMechanismInfo", slot, |_| {
         // SAFETY: out-parameter from the caller.
         let info = unsafe { out(p_info) }?;
         let found = mechanisms::mechanism_list()
@@ -125,8 +121,7 @@ pub(super) extern "C" fn C_InitToken(
     _len: CK_ULONG,
     _label: CK_UTF8CHAR_PTR,
 ) -> CK_RV {
-    with_provider("C_InitToken", |p| {
-        p.check_slot(slot)?;
+    with_slot("C_InitToken", slot, |_| {
         // Initializing would wipe the backing token and its root: never forwarded.
         Err(Error::with(
             CKR_FUNCTION_NOT_SUPPORTED,
