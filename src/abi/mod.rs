@@ -7,11 +7,15 @@
 //! the chapter of PKCS#11 3.0 they implement: general purpose (§5.4, here),
 //! [`slot`] (§5.5), [`session`] (§5.6), [`object`] (§5.7, §5.18),
 //! [`crypt`] (§5.8, §5.10), [`sign`] (§5.12, §5.13, §5.15, §5.19, §5.20).
+//! The entry points that are nothing but one shape of argument conversion
+//! and one provider call are defined by `entry_points!` ([`shape`]).
 //! Functions p11derive does not implement answer `CKR_FUNCTION_NOT_SUPPORTED`.
 
 #![allow(non_snake_case)]
 
 mod convert;
+#[macro_use]
+mod shape;
 mod crypt;
 mod object;
 mod session;
@@ -22,6 +26,7 @@ use convert::out;
 use crypt::*;
 use object::*;
 use session::*;
+use shape::with_provider;
 use sign::*;
 use slot::*;
 
@@ -198,8 +203,7 @@ extern "C" fn C_Finalize(p_reserved: CK_VOID_PTR) -> CK_RV {
 
 /// PKCS#11 3.0 §5.4: C_GetInfo.
 extern "C" fn C_GetInfo(p_info: CK_INFO_PTR) -> CK_RV {
-    entry("C_GetInfo", || {
-        provider()?;
+    with_provider("C_GetInfo", |_| {
         // SAFETY: out-parameter from the caller.
         let info = unsafe { out(p_info) }?;
         *info = CK_INFO {
@@ -313,10 +317,7 @@ pub unsafe extern "C" fn C_GetInterface(
 macro_rules! not_supported {
     ($($name:ident($($ty:ty),*);)*) => {$(
         extern "C" fn $name($(_: $ty),*) -> CK_RV {
-            entry(stringify!($name), || {
-                provider()?;
-                Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED))
-            })
+            with_provider(stringify!($name), |_| Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED)))
         }
     )*};
 }

@@ -4,7 +4,7 @@ use crate::ck::*;
 use crate::error::Error;
 
 use super::convert::*;
-use super::{entry, provider};
+use super::shape::{value_call, with_provider};
 
 /// PKCS#11 3.0 §5.7: C_GetAttributeValue.
 pub(super) extern "C" fn C_GetAttributeValue(
@@ -13,8 +13,7 @@ pub(super) extern "C" fn C_GetAttributeValue(
     p_template: CK_ATTRIBUTE_PTR,
     count: CK_ULONG,
 ) -> CK_RV {
-    entry("C_GetAttributeValue", || {
-        let p = provider()?;
+    with_provider("C_GetAttributeValue", |p| {
         // SAFETY: the caller promises `count` attributes.
         let attrs = unsafe { slice_of_mut(p_template, count) }?;
         let types: Vec<CK_ATTRIBUTE_TYPE> = attrs.iter().map(|a| a.type_).collect();
@@ -57,8 +56,7 @@ pub(super) extern "C" fn C_SetAttributeValue(
     p_template: CK_ATTRIBUTE_PTR,
     count: CK_ULONG,
 ) -> CK_RV {
-    entry("C_SetAttributeValue", || {
-        let p = provider()?;
+    with_provider("C_SetAttributeValue", |p| {
         // SAFETY: caller's template.
         unsafe { template(p_template, count) }?;
         p.attribute_values(h, object, &[])?;
@@ -68,7 +66,7 @@ pub(super) extern "C" fn C_SetAttributeValue(
 
 /// PKCS#11 3.0 §5.7: C_DestroyObject.
 pub(super) extern "C" fn C_DestroyObject(h: CK_SESSION_HANDLE, object: CK_OBJECT_HANDLE) -> CK_RV {
-    entry("C_DestroyObject", || provider()?.destroy_object(h, object))
+    with_provider("C_DestroyObject", |p| p.destroy_object(h, object))
 }
 
 /// PKCS#11 3.0 §5.7: C_GetObjectSize.
@@ -77,13 +75,7 @@ pub(super) extern "C" fn C_GetObjectSize(
     object: CK_OBJECT_HANDLE,
     pul_size: CK_ULONG_PTR,
 ) -> CK_RV {
-    entry("C_GetObjectSize", || {
-        let p = provider()?;
-        // SAFETY: out-parameter from the caller.
-        let size = unsafe { out(pul_size) }?;
-        *size = p.object_size(h, object)?;
-        Ok(())
-    })
+    value_call("C_GetObjectSize", pul_size, |p| p.object_size(h, object))
 }
 
 /// PKCS#11 3.0 §5.7: C_FindObjectsInit.
@@ -92,8 +84,7 @@ pub(super) extern "C" fn C_FindObjectsInit(
     p_template: CK_ATTRIBUTE_PTR,
     count: CK_ULONG,
 ) -> CK_RV {
-    entry("C_FindObjectsInit", || {
-        let p = provider()?;
+    with_provider("C_FindObjectsInit", |p| {
         // SAFETY: caller's template.
         let t = unsafe { template(p_template, count) }?;
         p.find_init(h, &t)
@@ -107,8 +98,7 @@ pub(super) extern "C" fn C_FindObjects(
     max: CK_ULONG,
     pul_count: CK_ULONG_PTR,
 ) -> CK_RV {
-    entry("C_FindObjects", || {
-        let p = provider()?;
+    with_provider("C_FindObjects", |p| {
         // SAFETY: out-parameter from the caller.
         let count = unsafe { out(pul_count) }?;
         if ph_object.is_null() && max > 0 {
@@ -124,7 +114,7 @@ pub(super) extern "C" fn C_FindObjects(
 
 /// PKCS#11 3.0 §5.7: C_FindObjectsFinal.
 pub(super) extern "C" fn C_FindObjectsFinal(h: CK_SESSION_HANDLE) -> CK_RV {
-    entry("C_FindObjectsFinal", || provider()?.find_final(h))
+    with_provider("C_FindObjectsFinal", |p| p.find_final(h))
 }
 
 /// PKCS#11 3.0 §5.18: C_GenerateKeyPair.
@@ -138,8 +128,7 @@ pub(super) extern "C" fn C_GenerateKeyPair(
     ph_public: CK_OBJECT_HANDLE_PTR,
     ph_private: CK_OBJECT_HANDLE_PTR,
 ) -> CK_RV {
-    entry("C_GenerateKeyPair", || {
-        let p = provider()?;
+    with_provider("C_GenerateKeyPair", |p| {
         // SAFETY: caller's mechanism, templates and out-parameters.
         let (mech, public, private, out_pub, out_priv) = unsafe {
             (
@@ -164,8 +153,7 @@ pub(super) extern "C" fn C_CreateObject(
     count: CK_ULONG,
     ph_object: CK_OBJECT_HANDLE_PTR,
 ) -> CK_RV {
-    entry("C_CreateObject", || {
-        let p = provider()?;
+    with_provider("C_CreateObject", |p| {
         // SAFETY: caller's template and out-parameter.
         let (template, value, out_obj) = unsafe {
             (
@@ -187,8 +175,7 @@ pub(super) extern "C" fn C_GenerateKey(
     count: CK_ULONG,
     ph_key: CK_OBJECT_HANDLE_PTR,
 ) -> CK_RV {
-    entry("C_GenerateKey", || {
-        let p = provider()?;
+    with_provider("C_GenerateKey", |p| {
         // SAFETY: caller's mechanism, template and out-parameter.
         let (mech, template, out_key) = unsafe {
             (
@@ -211,8 +198,7 @@ pub(super) extern "C" fn C_WrapKey(
     p_out: CK_BYTE_PTR,
     pul_out: CK_ULONG_PTR,
 ) -> CK_RV {
-    entry("C_WrapKey", || {
-        let p = provider()?;
+    with_provider("C_WrapKey", |p| {
         // SAFETY: caller's mechanism and output buffer.
         unsafe {
             let mech = mechanism(p_mechanism)?;
@@ -238,8 +224,7 @@ pub(super) extern "C" fn C_UnwrapKey(
     count: CK_ULONG,
     ph_key: CK_OBJECT_HANDLE_PTR,
 ) -> CK_RV {
-    entry("C_UnwrapKey", || {
-        let p = provider()?;
+    with_provider("C_UnwrapKey", |p| {
         // SAFETY: caller's mechanism, input, template and out-parameter.
         let (mech, wrapped, template, out_key) = unsafe {
             (

@@ -4,7 +4,7 @@ use crate::ck::*;
 use crate::error::Error;
 
 use super::convert::*;
-use super::{entry, provider};
+use super::shape::{value_call, with_provider};
 
 /// PKCS#11 3.0 §5.6: C_OpenSession.
 pub(super) extern "C" fn C_OpenSession(
@@ -14,25 +14,17 @@ pub(super) extern "C" fn C_OpenSession(
     _notify: CK_NOTIFY,
     ph_session: CK_SESSION_HANDLE_PTR,
 ) -> CK_RV {
-    entry("C_OpenSession", || {
-        let p = provider()?;
-        // SAFETY: out-parameter from the caller.
-        let h = unsafe { out(ph_session) }?;
-        *h = p.open_session(slot, flags)?;
-        Ok(())
-    })
+    value_call("C_OpenSession", ph_session, |p| p.open_session(slot, flags))
 }
 
 /// PKCS#11 3.0 §5.6: C_CloseSession.
 pub(super) extern "C" fn C_CloseSession(h: CK_SESSION_HANDLE) -> CK_RV {
-    entry("C_CloseSession", || provider()?.close_session(h))
+    with_provider("C_CloseSession", |p| p.close_session(h))
 }
 
 /// PKCS#11 3.0 §5.6: C_CloseAllSessions.
 pub(super) extern "C" fn C_CloseAllSessions(slot: CK_SLOT_ID) -> CK_RV {
-    entry("C_CloseAllSessions", || {
-        provider()?.close_all_sessions(slot)
-    })
+    with_provider("C_CloseAllSessions", |p| p.close_all_sessions(slot))
 }
 
 /// PKCS#11 3.0 §5.6: C_GetSessionInfo.
@@ -40,13 +32,7 @@ pub(super) extern "C" fn C_GetSessionInfo(
     h: CK_SESSION_HANDLE,
     p_info: CK_SESSION_INFO_PTR,
 ) -> CK_RV {
-    entry("C_GetSessionInfo", || {
-        let p = provider()?;
-        // SAFETY: out-parameter from the caller.
-        let info = unsafe { out(p_info) }?;
-        *info = p.session_info(h)?;
-        Ok(())
-    })
+    value_call("C_GetSessionInfo", p_info, |p| p.session_info(h))
 }
 
 /// PKCS#11 3.0 §5.6: C_Login.
@@ -56,8 +42,7 @@ pub(super) extern "C" fn C_Login(
     p_pin: CK_UTF8CHAR_PTR,
     len: CK_ULONG,
 ) -> CK_RV {
-    entry("C_Login", || {
-        let p = provider()?;
+    with_provider("C_Login", |p| {
         if p_pin.is_null() {
             return Err(Error::rv(CKR_ARGUMENTS_BAD));
         }
@@ -76,8 +61,7 @@ pub(super) extern "C" fn C_LoginUser(
     p_username: CK_UTF8CHAR_PTR,
     username_len: CK_ULONG,
 ) -> CK_RV {
-    entry("C_LoginUser", || {
-        let p = provider()?;
+    with_provider("C_LoginUser", |p| {
         // SAFETY: the user name buffer is readable for `username_len` bytes.
         if !unsafe { bytes(p_username, username_len) }?.is_empty() {
             return Err(Error::with(
@@ -96,10 +80,10 @@ pub(super) extern "C" fn C_LoginUser(
 
 /// PKCS#11 3.0 §5.6: C_Logout.
 pub(super) extern "C" fn C_Logout(h: CK_SESSION_HANDLE) -> CK_RV {
-    entry("C_Logout", || provider()?.logout(h))
+    with_provider("C_Logout", |p| p.logout(h))
 }
 
 /// PKCS#11 3.0 §5.6: C_SessionCancel.
 pub(super) extern "C" fn C_SessionCancel(h: CK_SESSION_HANDLE, flags: CK_FLAGS) -> CK_RV {
-    entry("C_SessionCancel", || provider()?.cancel(h, flags))
+    with_provider("C_SessionCancel", |p| p.cancel(h, flags))
 }

@@ -6,7 +6,8 @@ use crate::mechanisms;
 use crate::token::SLOT_ID;
 
 use super::convert::*;
-use super::{entry, library_version, provider};
+use super::library_version;
+use super::shape::{with_provider, with_slot};
 
 /// PKCS#11 3.0 §5.5: C_GetSlotList.
 pub(super) extern "C" fn C_GetSlotList(
@@ -14,8 +15,7 @@ pub(super) extern "C" fn C_GetSlotList(
     p_list: CK_SLOT_ID_PTR,
     pul_count: CK_ULONG_PTR,
 ) -> CK_RV {
-    entry("C_GetSlotList", || {
-        provider()?;
+    with_provider("C_GetSlotList", |_| {
         // SAFETY: caller's list and count.
         unsafe { output_list(p_list, pul_count, &[SLOT_ID]) }
     })
@@ -23,9 +23,7 @@ pub(super) extern "C" fn C_GetSlotList(
 
 /// PKCS#11 3.0 §5.5: C_GetSlotInfo.
 pub(super) extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, p_info: CK_SLOT_INFO_PTR) -> CK_RV {
-    entry("C_GetSlotInfo", || {
-        let p = provider()?;
-        p.check_slot(slot)?;
+    with_slot("C_GetSlotInfo", slot, |p| {
         // SAFETY: out-parameter from the caller.
         let info = unsafe { out(p_info) }?;
         *info = CK_SLOT_INFO {
@@ -41,9 +39,7 @@ pub(super) extern "C" fn C_GetSlotInfo(slot: CK_SLOT_ID, p_info: CK_SLOT_INFO_PT
 
 /// PKCS#11 3.0 §5.5: C_GetTokenInfo.
 pub(super) extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, p_info: CK_TOKEN_INFO_PTR) -> CK_RV {
-    entry("C_GetTokenInfo", || {
-        let p = provider()?;
-        p.check_slot(slot)?;
+    with_slot("C_GetTokenInfo", slot, |p| {
         // SAFETY: out-parameter from the caller.
         let info = unsafe { out(p_info) }?;
         let backing = p.backend.token_info()?;
@@ -91,8 +87,7 @@ pub(super) extern "C" fn C_GetMechanismList(
     p_list: CK_MECHANISM_TYPE_PTR,
     pul_count: CK_ULONG_PTR,
 ) -> CK_RV {
-    entry("C_GetMechanismList", || {
-        provider()?.check_slot(slot)?;
+    with_slot("C_GetMechanismList", slot, |_| {
         let list: Vec<CK_ULONG> = mechanisms::mechanism_list()
             .into_iter()
             .map(|(m, _)| m)
@@ -108,8 +103,7 @@ pub(super) extern "C" fn C_GetMechanismInfo(
     ty: CK_MECHANISM_TYPE,
     p_info: CK_MECHANISM_INFO_PTR,
 ) -> CK_RV {
-    entry("C_GetMechanismInfo", || {
-        provider()?.check_slot(slot)?;
+    with_slot("C_GetMechanismInfo", slot, |_| {
         // SAFETY: out-parameter from the caller.
         let info = unsafe { out(p_info) }?;
         let found = mechanisms::mechanism_list()
@@ -127,8 +121,7 @@ pub(super) extern "C" fn C_InitToken(
     _len: CK_ULONG,
     _label: CK_UTF8CHAR_PTR,
 ) -> CK_RV {
-    entry("C_InitToken", || {
-        provider()?.check_slot(slot)?;
+    with_slot("C_InitToken", slot, |_| {
         // Initializing would wipe the backing token and its root: never forwarded.
         Err(Error::with(
             CKR_FUNCTION_NOT_SUPPORTED,

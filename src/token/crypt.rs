@@ -248,8 +248,7 @@ impl Provider {
         key: CK_OBJECT_HANDLE,
         encrypting: bool,
     ) -> Result<()> {
-        let session = self.session(h)?;
-        crypt_slot(&mut lock(&session), encrypting).ensure_idle()?;
+        let session = self.idle_session(h, |s| crypt_slot(s, encrypting))?;
         if mech.ty != CKM_AES_GCM {
             return Err(Error::rv(CKR_MECHANISM_INVALID));
         }

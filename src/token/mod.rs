@@ -249,6 +249,18 @@ impl Provider {
         f(&mut s)
     }
 
+    /// The session `h`, whose operation `slot` (sign, verify, encrypt or
+    /// decrypt) is idle: the first checks of every `C_*Init` with a key.
+    fn idle_session<T>(
+        &self,
+        h: CK_SESSION_HANDLE,
+        slot: impl FnOnce(&mut Session) -> &mut OpSlot<T>,
+    ) -> Result<Arc<Mutex<Session>>> {
+        let session = self.session(h)?;
+        slot(&mut lock(&session)).ensure_idle()?;
+        Ok(session)
+    }
+
     pub fn close_session(&self, h: CK_SESSION_HANDLE) -> Result<()> {
         self.sessions
             .write()

@@ -218,8 +218,7 @@ impl Provider {
         mech: &Mechanism,
         key: CK_OBJECT_HANDLE,
     ) -> Result<()> {
-        let session = self.session(h)?;
-        lock(&session).sign.ensure_idle()?;
+        let session = self.idle_session(h, |s| &mut s.sign)?;
         let epoch = self.login.epoch();
         self.live(epoch)?;
         let (hmac, hasher, signer) = Self::signature_mechanism(mech, Class::Private)?;
@@ -351,8 +350,7 @@ impl Provider {
         mech: &Mechanism,
         key: CK_OBJECT_HANDLE,
     ) -> Result<()> {
-        let session = self.session(h)?;
-        lock(&session).verify.ensure_idle()?;
+        let session = self.idle_session(h, |s| &mut s.verify)?;
         let (hmac, hasher, verifier) = Self::signature_mechanism(mech, Class::Public)?;
         if let Some(obj) = self.session_object(key) {
             self.session_key_use(&obj, mech.ty, verifier, obj.verify, "verify")?;
