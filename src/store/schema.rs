@@ -296,3 +296,30 @@ pub(super) fn identify_pg(db: &mut Pg) -> Result<(), StoreError> {
         .ok_or_else(|| StoreError::Corrupt(loc.clone(), "p11derive_meta is empty".into()))?;
     identify(&loc, app, version)
 }
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    /// SQLite keeps each `CREATE` statement's text in the store: the
+    /// migrations' SQL must stay byte for byte what stores were made with.
+    #[test]
+    fn migrations_are_unchanged() {
+        let want = [
+            "7e826cfc560d894afc776eaa389205ccb4bae393fa48c3475f202d3a2cfa51ac",
+            "67de9c80014cae7f9d91785bcf6f15637f8c57df638141b6998994017974ef69",
+            "42d21fc81e058ce9fc9f1ad731d2a4f24d640aec5b9f509c1e0236c133a7503c",
+            "293b4494e8a5a33da40c318cc92b02258b504e2ca052aab16a8581c3452ac719",
+            "9a6f58b98c77deb92925f0c226c194d58f2c7cf92ca977a15d056d866754f484",
+            "fceed6485bca40ff153678db5940dc4d033a0650c67b10a4bf5c4f16016a7438",
+        ];
+        assert_eq!(super::MIGRATIONS.len(), want.len());
+        for (i, (sql, want)) in super::MIGRATIONS.iter().zip(want).enumerate() {
+            assert_eq!(
+                super::super::hex(&Sha256::digest(sql)),
+                want,
+                "migration {i}"
+            );
+        }
+    }
+}
