@@ -36,18 +36,18 @@ pub struct Config {
     pub source: PathBuf,
 }
 
+/// A field left out takes its value from `Default`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct TokenSection {
     /// The label of the token p11derive shows (at most 32 bytes).
-    #[serde(default = "default_token_label")]
     pub label: String,
 }
 
 impl Default for TokenSection {
     fn default() -> Self {
         TokenSection {
-            label: default_token_label(),
+            label: "p11derive".into(),
         }
     }
 }
@@ -80,76 +80,61 @@ fn default_backoff_max_ms() -> u64 {
     5_000
 }
 
+/// A field left out takes its value from `Default`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct StoreSection {
     /// The SQLite file holding assets and counters.
-    #[serde(default = "default_store_path")]
     pub path: PathBuf,
     /// At most how often (milliseconds) a process that commits records
     /// moves the rollback anchor in the backing HSM to its newest record:
     /// the longest stretch of the log's tail that could be cut unnoticed,
     /// and one token-object write in the HSM each time.
-    #[serde(default = "default_anchor_interval_ms")]
     pub anchor_interval_ms: u64,
     /// A PostgreSQL store shared by several hosts (`postgres://…`); when
     /// set, `path` is not used.
-    #[serde(default)]
     pub url: Option<String>,
     /// How long (milliseconds) a connection to PostgreSQL may take to open,
     /// and an unanswered call may wait, before it fails.
-    #[serde(default = "default_connect_timeout_ms")]
     pub connect_timeout_ms: u64,
-}
-
-fn default_connect_timeout_ms() -> u64 {
-    5000
-}
-
-fn default_anchor_interval_ms() -> u64 {
-    1000
 }
 
 impl Default for StoreSection {
     fn default() -> Self {
         StoreSection {
-            path: default_store_path(),
-            anchor_interval_ms: default_anchor_interval_ms(),
+            path: PathBuf::from("/var/lib/p11derive/state.db"),
+            anchor_interval_ms: 1000,
             url: None,
-            connect_timeout_ms: default_connect_timeout_ms(),
+            connect_timeout_ms: 5000,
         }
     }
 }
 
+/// A field left out takes its value from `Default`.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct MemorySection {
     /// Locked memory p11derive may use for secrets, in KiB: one 4 KiB page
     /// per secret (the audit key, each cached key). Checked at C_Initialize
     /// against RLIMIT_MEMLOCK; it also bounds the key cache.
-    #[serde(default = "default_locked_kib")]
     pub locked_kib: u64,
     /// Run even when memory cannot be locked (secrets could be swapped to
     /// disk); p11derive then says so loudly, once. Default: fail closed.
-    #[serde(default)]
     pub allow_unlocked: bool,
 }
 
 impl Default for MemorySection {
     fn default() -> Self {
         MemorySection {
-            locked_kib: default_locked_kib(),
+            locked_kib: 1024,
             allow_unlocked: false,
         }
     }
 }
 
-fn default_locked_kib() -> u64 {
-    1024
-}
-
+/// Both fields optional: the TTL is `ttl_ms`, else `ttl_seconds`, else 300 s.
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct CacheSection {
     /// How long a derived key stays cached (in locked memory) after its
     /// derivation through the backing HSM; 0 derives for every C_SignInit.
@@ -189,14 +174,8 @@ pub struct LogSection {
     pub level: Option<String>,
 }
 
-fn default_token_label() -> String {
-    "p11derive".into()
-}
 fn default_root_label() -> String {
     "p11derive-root".into()
-}
-fn default_store_path() -> PathBuf {
-    PathBuf::from("/var/lib/p11derive/state.db")
 }
 
 /// Picks the config file: an explicit path first, then `P11DERIVE_CONF`,
@@ -385,6 +364,31 @@ path = "/var/lib/p11derive/state.db"
         assert_eq!(c.backend.token_label, "custody-root");
         assert_eq!(c.store.path, PathBuf::from("/var/lib/p11derive/state.db"));
         assert_eq!(c.log_level().unwrap(), Level::Warn);
+    }
+
+    /// A section given in part takes the rest from its defaults.
+    #[test]
+    fn sections_given_in_part_take_the_defaults() {
+        let text = format!("{GOOD}anchor_interval_ms = 7\n[memory]\n[cache]\n");
+        let c = Config::parse(
+            &text.replace("label = \"p11derive\"\n", ""),
+            Path::new("/x.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.token.label, "p11derive");
+        assert_eq!(
+            (
+                c.store.anchor_interval_ms,
+                c.store.connect_timeout_ms,
+                c.store.url
+            ),
+            (7, 5000, None)
+        );
+        assert_eq!(
+            (c.memory.locked_kib, c.memory.allow_unlocked),
+            (1024, false)
+        );
+        assert_eq!(c.cache.ttl(), std::time::Duration::from_secs(300));
     }
 
     #[test]

@@ -18,6 +18,7 @@ use spki::{AlgorithmIdentifierRef, SubjectPublicKeyInfoRef};
 use crate::asset::{Asset, AssetState};
 use crate::ck::*;
 use crate::derive::version_object_id;
+use crate::error::{values, ECDSA_NAMES, HMAC_NAMES};
 use crate::types::KeyType;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -113,8 +114,7 @@ pub const AES_MECHANISMS: [CK_MECHANISM_TYPE; 3] =
     [CKM_AES_GCM, CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_KWP];
 
 /// The mechanisms an HMAC key of p11derive may be used with.
-pub const HMAC_MECHANISMS: [CK_MECHANISM_TYPE; 3] =
-    [CKM_SHA256_HMAC, CKM_SHA384_HMAC, CKM_SHA512_HMAC];
+pub const HMAC_MECHANISMS: [CK_MECHANISM_TYPE; 3] = values(HMAC_NAMES);
 
 /// The mechanisms a key of type `kt` may be used with.
 pub fn mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
@@ -126,14 +126,7 @@ pub fn mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
 }
 
 /// The mechanisms an EC key of p11derive may be used with.
-pub const EC_MECHANISMS: [CK_MECHANISM_TYPE; 6] = [
-    CKM_ECDSA,
-    CKM_ECDSA_SHA1,
-    CKM_ECDSA_SHA224,
-    CKM_ECDSA_SHA256,
-    CKM_ECDSA_SHA384,
-    CKM_ECDSA_SHA512,
-];
+pub const EC_MECHANISMS: [CK_MECHANISM_TYPE; 6] = values(ECDSA_NAMES);
 
 /// The named curves' OIDs (SEC 2 secp256k1, X9.62 prime256v1) and
 /// id-ecPublicKey (RFC 5480).
@@ -652,40 +645,32 @@ pub struct X509Fields {
     pub spki: Vec<u8>,
 }
 
+/// The next DER element of `input` when its tag is `tag`: its content, the
+/// whole encoding, what follows.
+fn der_tagged(tag: u8, input: &[u8]) -> Option<(&[u8], &[u8], &[u8])> {
+    let (t, content, whole, rest) = der_element(input)?;
+    (t == tag).then_some((content, whole, rest))
+}
+
 /// Reads the fields of a DER X.509 certificate; `None` when it is not one.
 pub fn x509_fields(der: &[u8]) -> Option<X509Fields> {
-    let (0x30, cert, whole, rest) = der_element(der)? else {
-        return None;
-    };
+    const SEQUENCE: u8 = 0x30;
+    let (cert, whole, rest) = der_tagged(SEQUENCE, der)?;
     if !rest.is_empty() || whole.len() != der.len() {
         return None;
     }
-    let (0x30, tbs, _, _) = der_element(cert)? else {
-        return None;
-    };
+    let (tbs, _, _) = der_tagged(SEQUENCE, cert)?;
     let mut at = tbs;
     // [0] EXPLICIT version, when present.
     if at.first() == Some(&0xa0) {
         at = der_element(at)?.3;
     }
-    let (0x02, _, serial, at) = der_element(at)? else {
-        return None;
-    };
-    let (0x30, _, _, at) = der_element(at)? else {
-        return None;
-    };
-    let (0x30, _, issuer, at) = der_element(at)? else {
-        return None;
-    };
-    let (0x30, _, _, at) = der_element(at)? else {
-        return None;
-    };
-    let (0x30, _, subject, at) = der_element(at)? else {
-        return None;
-    };
-    let (0x30, _, spki, _) = der_element(at)? else {
-        return None;
-    };
+    let (_, serial, at) = der_tagged(0x02, at)?;
+    let (_, _, at) = der_tagged(SEQUENCE, at)?; // signature algorithm
+    let (_, issuer, at) = der_tagged(SEQUENCE, at)?;
+    let (_, _, at) = der_tagged(SEQUENCE, at)?; // validity
+    let (_, subject, at) = der_tagged(SEQUENCE, at)?;
+    let (_, spki, _) = der_tagged(SEQUENCE, at)?;
     Some(X509Fields {
         serial: serial.to_vec(),
         issuer: issuer.to_vec(),

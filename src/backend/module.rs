@@ -100,6 +100,18 @@ fn invoke<F>(f: Option<F>, call: impl FnOnce(F) -> sys::CK_RV) -> sys::CK_RV {
     }
 }
 
+/// A backing function whose one argument is a session handle.
+type SessionFn = unsafe extern "C" fn(sys::CK_SESSION_HANDLE) -> sys::CK_RV;
+
+/// Calls a function whose one argument is a session handle
+/// (`C_CloseSession`, `C_Logout`, `C_FindObjectsFinal`), through `invoke`.
+fn invoke_on(f: Option<SessionFn>, h: sys::CK_SESSION_HANDLE) -> sys::CK_RV {
+    invoke(f, |f| {
+        // SAFETY: a handle passed by value; no pointers.
+        unsafe { f(h) }
+    })
+}
+
 /// An input template (`C_FindObjectsInit`, `C_CreateObject`,
 /// `C_GenerateKey`) whose values are borrowed for `'a`: every `pValue` in it
 /// points into a live value of the length it states while the template
@@ -230,10 +242,7 @@ impl Module {
 
     /// `C_CloseSession(h)`.
     pub(super) fn close_session(&self, h: sys::CK_SESSION_HANDLE) -> sys::CK_RV {
-        invoke(self.0.C_CloseSession, |f| {
-            // SAFETY: a handle passed by value; no pointers.
-            unsafe { f(h) }
-        })
+        invoke_on(self.0.C_CloseSession, h)
     }
 
     /// `C_Login(h, user_type, pin)`.
@@ -259,10 +268,7 @@ impl Module {
 
     /// `C_Logout(h)`.
     pub(super) fn logout(&self, h: sys::CK_SESSION_HANDLE) -> sys::CK_RV {
-        invoke(self.0.C_Logout, |f| {
-            // SAFETY: a handle passed by value; no pointers.
-            unsafe { f(h) }
-        })
+        invoke_on(self.0.C_Logout, h)
     }
 
     /// `C_FindObjectsInit(h, template)`.
@@ -297,10 +303,7 @@ impl Module {
 
     /// `C_FindObjectsFinal(h)`.
     pub(super) fn find_objects_final(&self, h: sys::CK_SESSION_HANDLE) -> sys::CK_RV {
-        invoke(self.0.C_FindObjectsFinal, |f| {
-            // SAFETY: a handle passed by value; no pointers.
-            unsafe { f(h) }
-        })
+        invoke_on(self.0.C_FindObjectsFinal, h)
     }
 
     /// `C_SignInit(h, mechanism without parameters, key)`.

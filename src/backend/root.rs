@@ -11,7 +11,7 @@ use crate::error::{rv_name, Error, Result};
 impl Core {
     /// Finds the one secret key labelled `root_label`.
     pub(super) fn find_root(&self, h: sys::CK_SESSION_HANDLE) -> Result<sys::CK_OBJECT_HANDLE> {
-        let found = self.find_secret_keys(h, &self.root_label)?;
+        let found = self.find_by_label(h, sys::CKO_SECRET_KEY, &self.root_label)?;
         match found.as_slice() {
             [root] => Ok(*root),
             [] => Err(Error::with(
@@ -33,14 +33,6 @@ impl Core {
                 ),
             )),
         }
-    }
-
-    fn find_secret_keys(
-        &self,
-        h: sys::CK_SESSION_HANDLE,
-        label: &str,
-    ) -> Result<Vec<sys::CK_OBJECT_HANDLE>> {
-        self.find_by_label(h, sys::CKO_SECRET_KEY, label)
     }
 
     /// Every object of `class` labelled `label` on the backing token.
@@ -97,7 +89,11 @@ impl Core {
 
     /// Whether a root with the configured label exists (needs a user login).
     pub(super) fn root_exists(&self) -> Result<bool> {
-        self.with_session(|h| Ok(!self.find_secret_keys(h, &self.root_label)?.is_empty()))
+        self.with_session(|h| {
+            Ok(!self
+                .find_by_label(h, sys::CKO_SECRET_KEY, &self.root_label)?
+                .is_empty())
+        })
     }
 
     fn create_root(&self, value: Option<&[u8; 32]>) -> Result<()> {
@@ -172,21 +168,13 @@ impl Core {
         format!("{}/anchor", self.root_label)
     }
 
-    fn find_data(
-        &self,
-        h: sys::CK_SESSION_HANDLE,
-        label: &str,
-    ) -> Result<Vec<sys::CK_OBJECT_HANDLE>> {
-        self.find_by_label(h, sys::CKO_DATA, label)
-    }
-
     /// Each anchor object found with its (seq, mac).
     fn anchors(
         &self,
         h: sys::CK_SESSION_HANDLE,
     ) -> Result<Vec<(sys::CK_OBJECT_HANDLE, u64, [u8; 32])>> {
         let mut out = Vec::new();
-        for obj in self.find_data(h, &self.anchor_label())? {
+        for obj in self.find_by_label(h, sys::CKO_DATA, &self.anchor_label())? {
             let mut value = [0u8; 40];
             let (rv, len) = self
                 .module
@@ -222,7 +210,9 @@ impl Core {
     pub(super) fn read_anchor(&self) -> Result<Option<(u64, [u8; 32])>> {
         self.with_session(|h| {
             for _ in 0..5 {
-                let found = self.find_data(h, &self.anchor_label())?.len();
+                let found = self
+                    .find_by_label(h, sys::CKO_DATA, &self.anchor_label())?
+                    .len();
                 let anchors = self.anchors(h)?;
                 if found > 0 && anchors.is_empty() {
                     continue;

@@ -2,7 +2,10 @@
 
 #![forbid(unsafe_code)]
 
-use aes_kw::{KeyInit, KwAes128, KwAes192, KwAes256, KwpAes128, KwpAes192, KwpAes256};
+use aes_kw::cipher::{consts::U16, BlockCipherDecrypt, BlockCipherEncrypt};
+use aes_kw::{
+    AesKw, AesKwp, KeyInit, KwAes128, KwAes192, KwAes256, KwpAes128, KwpAes192, KwpAes256,
+};
 
 use crate::ck::*;
 use crate::error::{Error, Result};
@@ -14,37 +17,51 @@ fn arena(len: usize) -> Result<SecretBytes> {
     Ok(b)
 }
 
-/// Runs `$call` on the `aes-kw` wrapper for the KEK's size (KW or KWP).
-macro_rules! with_kek {
-    ($kek:expr, $padded:expr, |$w:ident| $call:expr) => {
-        match ($kek.len(), $padded) {
-            (16, false) => {
-                let $w = KwAes128::new_from_slice($kek).map_err(|_| bad_kek())?;
-                $call
+type KwResult<'a> = std::result::Result<&'a [u8], aes_kw::Error>;
+
+/// The two `aes-kw` wrappers (KW and KWP) as one: what `with_kek` hands its
+/// caller, whatever the KEK's size. `wrap`: wraps `input`, else unwraps it.
+trait Wrapper {
+    fn apply<'a>(&self, wrap: bool, input: &[u8], buf: &'a mut [u8]) -> KwResult<'a>;
+}
+
+/// One body for both wrapper types (their methods are inherent, not a trait's).
+macro_rules! wrapper {
+    ($($t:ident),*) => {$(
+        impl<C: BlockCipherEncrypt<BlockSize = U16> + BlockCipherDecrypt<BlockSize = U16>> Wrapper
+            for $t<C>
+        {
+            fn apply<'a>(&self, wrap: bool, input: &[u8], buf: &'a mut [u8]) -> KwResult<'a> {
+                if wrap {
+                    self.wrap_key(input, buf)
+                } else {
+                    self.unwrap_key(input, buf)
+                }
             }
-            (24, false) => {
-                let $w = KwAes192::new_from_slice($kek).map_err(|_| bad_kek())?;
-                $call
-            }
-            (32, false) => {
-                let $w = KwAes256::new_from_slice($kek).map_err(|_| bad_kek())?;
-                $call
-            }
-            (16, true) => {
-                let $w = KwpAes128::new_from_slice($kek).map_err(|_| bad_kek())?;
-                $call
-            }
-            (24, true) => {
-                let $w = KwpAes192::new_from_slice($kek).map_err(|_| bad_kek())?;
-                $call
-            }
-            (32, true) => {
-                let $w = KwpAes256::new_from_slice($kek).map_err(|_| bad_kek())?;
-                $call
-            }
-            _ => return Err(bad_kek()),
         }
-    };
+    )*};
+}
+wrapper!(AesKw, AesKwp);
+
+/// Runs `f` on the `aes-kw` wrapper for the KEK's size (KW or KWP), kept on
+/// the caller's (confined) stack.
+fn with_kek<R>(kek: &[u8], padded: bool, f: impl FnOnce(&dyn Wrapper) -> Result<R>) -> Result<R> {
+    fn keyed<W: Wrapper + KeyInit, R>(
+        kek: &[u8],
+        f: impl FnOnce(&dyn Wrapper) -> Result<R>,
+    ) -> Result<R> {
+        let w = W::new_from_slice(kek).map_err(|_| bad_kek())?;
+        f(&w)
+    }
+    match (kek.len(), padded) {
+        (16, false) => keyed::<KwAes128, R>(kek, f),
+        (24, false) => keyed::<KwAes192, R>(kek, f),
+        (32, false) => keyed::<KwAes256, R>(kek, f),
+        (16, true) => keyed::<KwpAes128, R>(kek, f),
+        (24, true) => keyed::<KwpAes192, R>(kek, f),
+        (32, true) => keyed::<KwpAes256, R>(kek, f),
+        _ => Err(bad_kek()),
+    }
 }
 
 fn bad_kek() -> Error {
@@ -74,10 +91,11 @@ pub fn key_wrap(kek: &[u8], key: &[u8], padded: bool) -> Result<Vec<u8>> {
         }
         // The wrapping runs in place over a copy of the key: in the arena.
         let mut work = arena(key.len().div_ceil(8) * 8 + 8)?;
-        let wrapped = with_kek!(kek, padded, |w| w
-            .wrap_key(key, &mut work)
-            .map(|c| c.to_vec())
-            .map_err(|_| Error::rv(CKR_KEY_SIZE_RANGE)))?;
+        let wrapped = with_kek(kek, padded, |w| {
+            w.apply(true, key, &mut work)
+                .map(|c| c.to_vec())
+                .map_err(|_| Error::rv(CKR_KEY_SIZE_RANGE))
+        })?;
         Ok(wrapped)
     })
 }
@@ -95,13 +113,14 @@ pub fn key_unwrap(kek: &[u8], wrapped: &[u8], padded: bool) -> Result<SecretByte
             return Err(Error::rv(CKR_WRAPPED_KEY_LEN_RANGE));
         }
         let mut r = arena(wrapped.len() - 8)?;
-        let len = with_kek!(kek, padded, |w| w
-            .unwrap_key(wrapped, &mut r)
-            .map(|k| k.len())
-            .map_err(|e| match e {
-                aes_kw::Error::IntegrityCheckFailed => Error::rv(CKR_WRAPPED_KEY_INVALID),
-                _ => Error::rv(CKR_WRAPPED_KEY_LEN_RANGE),
-            }))?;
+        let len = with_kek(kek, padded, |w| {
+            w.apply(false, wrapped, &mut r)
+                .map(|k| k.len())
+                .map_err(|e| match e {
+                    aes_kw::Error::IntegrityCheckFailed => Error::rv(CKR_WRAPPED_KEY_INVALID),
+                    _ => Error::rv(CKR_WRAPPED_KEY_LEN_RANGE),
+                })
+        })?;
         r.truncate(len);
         Ok(r)
     })

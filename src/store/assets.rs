@@ -6,7 +6,8 @@ use crate::derive::{AssetId, KeyType, Secret32};
 use super::audit::{key_digest, transition_detail};
 use super::db::{Db, Row, Tx, Val};
 use super::{
-    hex, now, Asset, AssetState, NewAsset, Store, StoreError, Stored, Transition, VersionRecord,
+    first, hex, now, Asset, AssetState, NewAsset, Store, StoreError, Stored, Transition,
+    VersionRecord,
 };
 use crate::asset::{Change, Denied};
 
@@ -74,7 +75,8 @@ impl Store {
     /// The store's asset generation (moved by every change to assets or
     /// versions, by any process).
     pub(super) fn generation(&self, db: &mut dyn Db) -> Result<i64, StoreError> {
-        self.row(db, "SELECT assets FROM generation", &[], |r| r.int(0))?
+        self.rows(db, "SELECT assets FROM generation", &[], |r| r.int(0))
+            .map(first)?
             .ok_or_else(|| StoreError::Corrupt(self.path.clone(), "no generation row".into()))
     }
 
@@ -119,24 +121,15 @@ impl Store {
         let mut conn = self.lock();
         let mut tx = Tx::begin(&mut **conn)?;
         let name: Val = new.id.as_str().into();
-        let taken = self.row(
-            &mut *tx,
-            "SELECT state FROM assets WHERE name = ?1",
-            std::slice::from_ref(&name),
-            |r| r.text(0),
-        )?;
+        let by_name = std::slice::from_ref(&name);
+        let sql = "SELECT state FROM assets WHERE name = ?1";
+        let taken = self.rows(&mut *tx, sql, by_name, |r| r.text(0))?;
         // A name stays taken by its creation record even if someone deleted
         // its row: a retired asset's keys must never come back.
-        let recorded = self
-            .row(
-                &mut *tx,
-                "SELECT COUNT(*) FROM audit WHERE event = 'create' AND asset = ?1",
-                std::slice::from_ref(&name),
-                |r| r.int(0),
-            )?
-            .unwrap_or(0)
-            > 0;
-        if taken.is_none() && recorded {
+        let sql = "SELECT COUNT(*) FROM audit WHERE event = 'create' AND asset = ?1";
+        let recorded = self.rows(&mut *tx, sql, by_name, |r| r.int(0)).map(first)?;
+        let recorded = recorded.unwrap_or(0) > 0;
+        if taken.is_empty() && recorded {
             return Err(StoreError::Duplicate(format!(
                 "asset {:?} was created before (its creation is in the audit log) and is missing \
                  from the store; asset ids are unique forever: choose another label, and run \
@@ -144,7 +137,7 @@ impl Store {
                 new.id.as_str()
             )));
         }
-        if let Some(state) = taken {
+        if let Some(state) = taken.first() {
             return Err(StoreError::Duplicate(format!(
                 "asset {:?} already exists (state {state}); asset ids are unique forever: choose \
                  another label",
@@ -172,7 +165,7 @@ impl Store {
         }
         let t = now();
         let rowid = self
-            .row(
+            .rows(
                 &mut *tx,
                 "INSERT INTO assets (name, key_type, object_id, current, min_usable, state, created_at)
                  VALUES (?1, ?2, ?3, 1, 1, 'ACTIVE', ?4) RETURNING id",
@@ -183,7 +176,7 @@ impl Store {
                     t.into(),
                 ],
                 |r| r.int(0),
-            )?
+            ).map(first)?
             .ok_or_else(|| StoreError::Io(self.path.clone(), "no id for the new asset".into()))?;
         let pk_mac = new
             .public_key
@@ -240,7 +233,9 @@ impl Store {
         db: &mut dyn Db,
         name: &AssetId,
     ) -> Result<Option<Asset>, StoreError> {
-        let row: Option<Asset> = self.select_one(db, "WHERE name = ?1", &[name.as_str().into()])?;
+        let row: Option<Asset> = self
+            .select(db, "WHERE name = ?1", &[name.as_str().into()])
+            .map(first)?;
         row.map(|a| self.finish_asset(db, a)).transpose()
     }
 
@@ -262,27 +257,6 @@ impl Store {
         ak: &Secret32,
         base: Record,
     ) -> Result<Asset, StoreError> {
-        let result = self.transition_in(name, t, next, ak, base.clone());
-        if let Err(StoreError::Refused(why)) = &result {
-            // The refusal itself is audited (the transition rolled back).
-            let mut rec = base;
-            rec.event = Event::Refused;
-            rec.asset = Some(name.to_string());
-            rec.rv = crate::ck::CKR_ACTION_PROHIBITED;
-            rec.detail = why.clone();
-            self.record(Some(ak), rec)?;
-        }
-        result
-    }
-
-    fn transition_in(
-        &self,
-        name: &AssetId,
-        t: Transition,
-        next: Option<(u32, Option<&[u8]>)>,
-        ak: &Secret32,
-        base: Record,
-    ) -> Result<Asset, StoreError> {
         let mut conn = self.lock();
         let mut tx = Tx::begin(&mut **conn)?;
         let a = self
@@ -291,12 +265,22 @@ impl Store {
         let change = match a.plan(t, next) {
             Ok(change) => change,
             Err(Denied::Refused(why)) => {
-                return Err(StoreError::Refused(format!(
+                let why = format!(
                     "asset {:?} is {}: {} refused: {why}",
                     name.as_str(),
                     a.state.name(),
                     t.name()
-                )))
+                );
+                // The transition rolls back; the refusal itself is audited.
+                drop(tx);
+                drop(conn);
+                let mut rec = base;
+                rec.event = Event::Refused;
+                rec.asset = Some(name.to_string());
+                rec.rv = crate::ck::CKR_ACTION_PROHIBITED;
+                rec.detail = why.clone();
+                self.record(Some(ak), rec)?;
+                return Err(StoreError::Refused(why));
             }
             Err(Denied::Stale) => {
                 return Err(StoreError::Conflict(format!(
@@ -402,7 +386,7 @@ impl Store {
         db: &mut dyn Db,
         rowid: i64,
     ) -> Result<Option<Asset>, StoreError> {
-        self.select_one(db, "WHERE id = ?1", &[rowid.into()])
+        self.select(db, "WHERE id = ?1", &[rowid.into()]).map(first)
     }
 
     /// Every asset, retired ones included (for reconciliation).

@@ -7,7 +7,7 @@ use crate::audit::{Event, Head, Record, GENESIS};
 use crate::derive::Secret32;
 
 use super::db::{Db, Row, Tx, Val};
-use super::{hex, Asset, AssetState, Store, StoreError};
+use super::{first, hex, Asset, AssetState, Store, StoreError};
 
 /// The mark a record sealed from the pending table carries in its detail.
 pub const PENDING_MARK: &str = "[written without the audit key, sealed later] ";
@@ -184,7 +184,7 @@ impl Store {
     /// reads as all 0xff: whatever chains from it, or is anchored to it,
     /// fails verification at that record.
     pub(super) fn head_in(&self, db: &mut dyn Db) -> Result<Option<(u64, [u8; 32])>, StoreError> {
-        self.row(
+        self.rows(
             db,
             "SELECT seq, mac FROM audit ORDER BY seq DESC LIMIT 1",
             &[],
@@ -193,6 +193,7 @@ impl Store {
                 Ok((r.int(0)? as u64, stored_mac(&mac)))
             },
         )
+        .map(first)
     }
 
     /// Before a process writes with a freshly derived audit key: the chain's
@@ -255,12 +256,13 @@ impl Store {
 
     /// The MAC of record `seq` as `db` sees it (as found, any length).
     pub(super) fn mac_at(&self, db: &mut dyn Db, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
-        self.row(
+        self.rows(
             db,
             "SELECT mac FROM audit WHERE seq = ?1",
             &[Val::Int(seq as i64)],
             |r| r.blob(0),
         )
+        .map(first)
     }
 
     /// Records waiting to be sealed into the chain.

@@ -2,7 +2,7 @@
 
 use super::assets::ASSET_COLUMNS;
 use super::db::{Db, Tx};
-use super::{Store, StoreError};
+use super::{first, Store, StoreError};
 
 /// The tables a migration copies, in an order that satisfies their
 /// references, with their columns.
@@ -98,9 +98,11 @@ impl Store {
 
     /// The rows in `table`.
     fn count(&self, db: &mut dyn Db, table: &str) -> Result<i64, StoreError> {
-        let n = self.row(db, &format!("SELECT COUNT(*) FROM {table}"), &[], |r| {
-            r.int(0)
-        })?;
+        let n = self
+            .rows(db, &format!("SELECT COUNT(*) FROM {table}"), &[], |r| {
+                r.int(0)
+            })
+            .map(first)?;
         Ok(n.unwrap_or(0))
     }
 }

@@ -81,6 +81,11 @@ trait Stored: Sized {
     fn read(r: &Row) -> Result<Self, String>;
 }
 
+/// The first of a query's rows (after `Store::rows`), if any.
+fn first<T>(rows: Vec<T>) -> Option<T> {
+    rows.into_iter().next()
+}
+
 /// Now, in seconds since the epoch (as assets, versions and objects record it).
 fn now() -> i64 {
     SystemTime::now()
@@ -198,7 +203,7 @@ impl Store {
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The rows of a query, each read by `f`; a row `f` cannot read is
+    /// The rows of a query, each read by `f` (`.map(first)`: the first row); a row `f` cannot read is
     /// corruption, named with the store.
     fn rows<T>(
         &self,
@@ -223,27 +228,6 @@ impl Store {
     ) -> Result<Vec<T>, StoreError> {
         let sql = format!("SELECT {} FROM {} {tail}", T::COLUMNS, T::TABLE);
         self.rows(db, &sql, params, T::read)
-    }
-
-    /// The first row `select` finds.
-    fn select_one<T: Stored>(
-        &self,
-        db: &mut dyn Db,
-        tail: &str,
-        params: &[Val],
-    ) -> Result<Option<T>, StoreError> {
-        Ok(self.select(db, tail, params)?.into_iter().next())
-    }
-
-    /// The first row of a query, read by `f`.
-    fn row<T>(
-        &self,
-        db: &mut dyn Db,
-        sql: &str,
-        params: &[Val],
-        f: impl Fn(&Row) -> Result<T, String>,
-    ) -> Result<Option<T>, StoreError> {
-        Ok(self.rows(db, sql, params, f)?.into_iter().next())
     }
 
     /// Commits a write transaction, counting it.

@@ -4,7 +4,7 @@ use crate::audit::Record;
 use crate::derive::Secret32;
 
 use super::db::{Row, Tx, Val};
-use super::{now, Store, StoreError, Stored};
+use super::{first, now, Store, StoreError, Stored};
 
 /// A public token object as stored: a certificate or a data object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +50,7 @@ impl Store {
         let mut conn = self.lock();
         let mut tx = Tx::begin(&mut **conn)?;
         let rowid = self
-            .row(
+            .rows(
                 &mut *tx,
                 "INSERT INTO objects (class, label, object_id, value, application, oid, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) RETURNING id",
@@ -64,7 +64,8 @@ impl Store {
                     now().into(),
                 ],
                 |r| r.int(0),
-            )?
+            )
+            .map(first)?
             .ok_or_else(|| StoreError::Io(self.path.clone(), "no id for the new object".into()))?;
         record.detail = format!("{} (object {rowid})", record.detail);
         self.append_in(&mut *tx, ak, std::slice::from_mut(&mut record))?;
@@ -97,7 +98,8 @@ impl Store {
     /// One stored object.
     pub fn stored_object(&self, rowid: i64) -> Result<Option<StoredObject>, StoreError> {
         let mut conn = self.lock();
-        self.select_one(&mut **conn, "WHERE id = ?1", &[rowid.into()])
+        self.select(&mut **conn, "WHERE id = ?1", &[rowid.into()])
+            .map(first)
     }
 
     /// Every stored object, oldest first.

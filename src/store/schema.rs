@@ -17,6 +17,24 @@ pub const APPLICATION_ID: i32 = 0x5031_4452;
 /// The schema this build writes. Older stores are migrated forward.
 pub const SCHEMA_VERSION: i32 = 6;
 
+/// The columns `audit` and `audit_pending` share (migration 2 -> 3), after
+/// their keys and up to `detail`: a macro, so each migration stays one
+/// literal text (`tests::migrations_are_unchanged` pins it).
+macro_rules! audit_record_columns {
+    () => {
+        "        time_ns      INTEGER NOT NULL,
+        pid          INTEGER NOT NULL,
+        session      INTEGER,
+        event        TEXT NOT NULL,
+        asset        TEXT,
+        version      INTEGER,
+        mechanism    INTEGER,
+        input_sha256 BLOB,
+        rv           INTEGER NOT NULL,
+"
+    };
+}
+
 /// Each entry upgrades the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1: the initial schema.
@@ -42,33 +60,21 @@ const MIGRATIONS: &[&str] = &[
         CHECK (resume_state IS NULL OR resume_state IN ('ACTIVE','ROTATING'));",
     // 2 -> 3: the audit log (design §4): a MAC chain, and records made by
     // processes without the audit key, waiting to be sealed into it.
-    "CREATE TABLE audit (
+    concat!(
+        "CREATE TABLE audit (
         seq          INTEGER PRIMARY KEY,
-        time_ns      INTEGER NOT NULL,
-        pid          INTEGER NOT NULL,
-        session      INTEGER,
-        event        TEXT NOT NULL,
-        asset        TEXT,
-        version      INTEGER,
-        mechanism    INTEGER,
-        input_sha256 BLOB,
-        rv           INTEGER NOT NULL,
-        detail       TEXT NOT NULL,
+",
+        audit_record_columns!(),
+        "        detail       TEXT NOT NULL,
         mac          BLOB NOT NULL
     );
     CREATE TABLE audit_pending (
         id           INTEGER PRIMARY KEY,
-        time_ns      INTEGER NOT NULL,
-        pid          INTEGER NOT NULL,
-        session      INTEGER,
-        event        TEXT NOT NULL,
-        asset        TEXT,
-        version      INTEGER,
-        mechanism    INTEGER,
-        input_sha256 BLOB,
-        rv           INTEGER NOT NULL,
-                detail       TEXT NOT NULL
-    );",
+",
+        audit_record_columns!(),
+        "                detail       TEXT NOT NULL
+    );"
+    ),
     // 3 -> 4: each version's public key carries a MAC under the audit key, so
     // a process holding the key can tell a key swapped in this table.
     "ALTER TABLE versions ADD COLUMN pk_mac BLOB;",
@@ -143,9 +149,26 @@ pub(super) fn identify(location: &Path, app: i64, version: i64) -> Result<(), St
     Ok(())
 }
 
+/// `audit_record_columns` in PostgreSQL's types, `detail` included.
+macro_rules! pg_audit_record_columns {
+    () => {
+        "    time_ns      BIGINT NOT NULL,
+    pid          BIGINT NOT NULL,
+    session      BIGINT,
+    event        TEXT NOT NULL,
+    asset        TEXT,
+    version      BIGINT,
+    mechanism    BIGINT,
+    input_sha256 BYTEA,
+    rv           BIGINT NOT NULL,
+    detail       TEXT NOT NULL"
+    };
+}
+
 /// The schema a new PostgreSQL store gets (the SQLite schema at version
 /// `SCHEMA_VERSION`, in PostgreSQL's types), and the commit function.
-pub(super) const PG_SCHEMA: &str = r#"
+pub(super) const PG_SCHEMA: &str = concat!(
+    r#"
 CREATE TABLE p11derive_meta (
     id             INTEGER PRIMARY KEY CHECK (id = 1),
     application    BIGINT NOT NULL,
@@ -172,30 +195,16 @@ CREATE TABLE versions (
 );
 CREATE TABLE audit (
     seq          BIGINT PRIMARY KEY,
-    time_ns      BIGINT NOT NULL,
-    pid          BIGINT NOT NULL,
-    session      BIGINT,
-    event        TEXT NOT NULL,
-    asset        TEXT,
-    version      BIGINT,
-    mechanism    BIGINT,
-    input_sha256 BYTEA,
-    rv           BIGINT NOT NULL,
-    detail       TEXT NOT NULL,
+"#,
+    pg_audit_record_columns!(),
+    r#",
     mac          BYTEA NOT NULL
 );
 CREATE TABLE audit_pending (
     id           BIGSERIAL PRIMARY KEY,
-    time_ns      BIGINT NOT NULL,
-    pid          BIGINT NOT NULL,
-    session      BIGINT,
-    event        TEXT NOT NULL,
-    asset        TEXT,
-    version      BIGINT,
-    mechanism    BIGINT,
-    input_sha256 BYTEA,
-    rv           BIGINT NOT NULL,
-    detail       TEXT NOT NULL
+"#,
+    pg_audit_record_columns!(),
+    r#"
 );
 CREATE TABLE objects (
     id          BIGSERIAL PRIMARY KEY,
@@ -258,7 +267,8 @@ BEGIN
              WITH ORDINALITY AS u(t, pi, se, e, a, v, me, i, r, d, c, n);
     RETURN QUERY SELECT true, p_seq + cardinality(p_time_ns), p_mac[cardinality(p_mac)], g, false;
 END $$;
-"#;
+"#
+);
 
 /// Creates the schema in an empty PostgreSQL database, in one transaction.
 pub(super) fn create_pg(db: &mut Pg) -> Result<(), StoreError> {
@@ -295,4 +305,36 @@ pub(super) fn identify_pg(db: &mut Pg) -> Result<(), StoreError> {
         .and_then(|r| Some((r.int(0).ok()?, r.int(1).ok()?)))
         .ok_or_else(|| StoreError::Corrupt(loc.clone(), "p11derive_meta is empty".into()))?;
     identify(&loc, app, version)
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    /// SQLite keeps each `CREATE` statement's text in the store: the
+    /// migrations' SQL (and PostgreSQL's schema, to be sure) must stay byte
+    /// for byte what stores were made with.
+    #[test]
+    fn migrations_are_unchanged() {
+        assert_eq!(
+            super::super::hex(&Sha256::digest(super::PG_SCHEMA)),
+            "d4de4839c09b7dd8f2a8d781dfc80870052293606fff46aefba41dfbcf6d5de6"
+        );
+        let want = [
+            "7e826cfc560d894afc776eaa389205ccb4bae393fa48c3475f202d3a2cfa51ac",
+            "67de9c80014cae7f9d91785bcf6f15637f8c57df638141b6998994017974ef69",
+            "42d21fc81e058ce9fc9f1ad731d2a4f24d640aec5b9f509c1e0236c133a7503c",
+            "293b4494e8a5a33da40c318cc92b02258b504e2ca052aab16a8581c3452ac719",
+            "9a6f58b98c77deb92925f0c226c194d58f2c7cf92ca977a15d056d866754f484",
+            "fceed6485bca40ff153678db5940dc4d033a0650c67b10a4bf5c4f16016a7438",
+        ];
+        assert_eq!(super::MIGRATIONS.len(), want.len());
+        for (i, (sql, want)) in super::MIGRATIONS.iter().zip(want).enumerate() {
+            assert_eq!(
+                super::super::hex(&Sha256::digest(sql)),
+                want,
+                "migration {i}"
+            );
+        }
+    }
 }

@@ -90,21 +90,15 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Usage(m)) => {
-            eprintln!("p11derive: {m}\n\n{USAGE}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Failed(m)) => {
+        Err(failure) => {
+            let (code, m) = match failure {
+                Failure::Usage(m) => (2, format!("{m}\n\n{USAGE}")),
+                Failure::Failed(m) => (1, m),
+                Failure::Refused(m) => (3, m),
+                Failure::NotFound(m) => (4, m),
+            };
             eprintln!("p11derive: {m}");
-            ExitCode::from(1)
-        }
-        Err(Failure::Refused(m)) => {
-            eprintln!("p11derive: {m}");
-            ExitCode::from(3)
-        }
-        Err(Failure::NotFound(m)) => {
-            eprintln!("p11derive: {m}");
-            ExitCode::from(4)
+            ExitCode::from(code)
         }
     }
 }
