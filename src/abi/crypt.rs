@@ -1,22 +1,20 @@
 //! Encryption (PKCS#11 3.0 §5.8) and decryption (§5.10): each entry point is one shape of [`super::shape`].
 
-use crate::token::Provider;
-
 entry_points! {
     /// PKCS#11 3.0 §5.8: C_EncryptInit.
-    init C_EncryptInit => Provider::encrypt_init;
+    init C_EncryptInit => |p, h, mech, key| p.crypt_init(h, mech, key, true);
     /// PKCS#11 3.0 §5.8: C_Encrypt.
-    in_out C_Encrypt => Provider::encrypt;
+    in_out C_Encrypt => |p, h, data, out| p.crypt(h, true, data, out);
     /// PKCS#11 3.0 §5.8: C_EncryptUpdate.
-    update C_EncryptUpdate => Provider::encrypt_update;
+    update C_EncryptUpdate => |p, h, data, consume| p.crypt_part(h, true, data, consume);
     /// PKCS#11 3.0 §5.8: C_EncryptFinal.
-    output C_EncryptFinal => Provider::encrypt_final;
+    output C_EncryptFinal => |p, h, out| p.crypt_final(h, true, out);
     /// PKCS#11 3.0 §5.10: C_DecryptInit.
-    init C_DecryptInit => Provider::decrypt_init;
+    init C_DecryptInit => |p, h, mech, key| p.crypt_init(h, mech, key, false);
     /// PKCS#11 3.0 §5.10: C_Decrypt.
-    in_out C_Decrypt => Provider::decrypt;
+    in_out C_Decrypt => |p, h, data, out| p.crypt(h, false, data, out);
     /// PKCS#11 3.0 §5.10: C_DecryptUpdate.
-    update C_DecryptUpdate => Provider::decrypt_update;
+    update C_DecryptUpdate => |p, h, data, consume| p.crypt_part(h, false, data, consume);
     /// PKCS#11 3.0 §5.10: C_DecryptFinal.
-    output C_DecryptFinal => Provider::decrypt_final;
+    output C_DecryptFinal => |p, h, out| p.crypt_final(h, false, out);
 }

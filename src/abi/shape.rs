@@ -12,7 +12,7 @@ use super::{entry, provider};
 /// (naming the PKCS#11 3.0 section), the shape, the function's name and the
 /// provider method; the function's name is the name it logs.
 macro_rules! entry_points {
-    ($($(#[$doc:meta])+ $shape:ident $name:ident => $method:path;)*) => {$(
+    ($($(#[$doc:meta])+ $shape:ident $name:ident => $method:expr;)*) => {$(
         entry_points!(@$shape [$(#[$doc])+] $name $method);
     )*};
     // Each shape: its C parameters and the function below that converts them.
@@ -36,7 +36,7 @@ macro_rules! entry_points {
         entry_points!(@fn out_call(h: CK_SESSION_HANDLE, p_out: CK_BYTE_PTR,
             pul_out: CK_ULONG_PTR) $($item)+);
     };
-    (@fn $call:ident($($arg:ident: $ty:ident),+) [$($doc:tt)+] $name:ident $method:path) => {
+    (@fn $call:ident($($arg:ident: $ty:ident),+) [$($doc:tt)+] $name:ident $method:expr) => {
         $($doc)+
         pub(super) extern "C" fn $name($($arg: $crate::ck::$ty),+) -> $crate::ck::CK_RV {
             $crate::abi::shape::$call(stringify!($name), $($arg,)+ $method)

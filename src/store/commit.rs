@@ -444,36 +444,33 @@ mod tests {
         r
     }
 
+    /// An allowed use commits the operation's own record; a use no longer
+    /// allowed commits a refusal instead, the rest of the record unchanged.
     #[test]
-    fn an_allowed_use_commits_its_own_record() {
+    fn a_use_commits_its_record_or_a_refusal() {
+        use AssetState::{Active, Retired, Rotating, Suspended};
         let r = signed(2);
-        for (need, a) in [
-            (Use::Produce, asset(AssetState::Active, 1, 2)),
-            (Use::Produce, asset(AssetState::Rotating, 1, 3)),
-            (Use::Open, asset(AssetState::Active, 2, 5)),
-            (Use::Open, asset(AssetState::Rotating, 1, 9)),
-        ] {
-            let (decision, rec) = decide(need, 2, &r, Some(a.clone()));
-            assert_eq!(decision, Ok(()), "{need:?} on {a:?}");
-            assert_eq!(rec, r);
-        }
-    }
-
-    #[test]
-    fn a_use_no_longer_allowed_commits_a_refusal_instead() {
-        let r = signed(2);
-        for (need, a) in [
+        for (need, a, allowed) in [
+            (Use::Produce, asset(Active, 1, 2), true),
+            (Use::Produce, asset(Rotating, 1, 3), true),
+            (Use::Open, asset(Active, 2, 5), true),
+            (Use::Open, asset(Rotating, 1, 9), true),
             // Rotated past it without a grace window.
-            (Use::Produce, asset(AssetState::Active, 1, 3)),
+            (Use::Produce, asset(Active, 1, 3), false),
             // Outside the grace window.
-            (Use::Produce, asset(AssetState::Rotating, 1, 4)),
-            (Use::Produce, asset(AssetState::Suspended, 1, 2)),
-            (Use::Open, asset(AssetState::Suspended, 1, 2)),
-            (Use::Open, asset(AssetState::Retired, 1, 2)),
+            (Use::Produce, asset(Rotating, 1, 4), false),
+            (Use::Produce, asset(Suspended, 1, 2), false),
+            (Use::Open, asset(Suspended, 1, 2), false),
+            (Use::Open, asset(Retired, 1, 2), false),
             // Trimmed.
-            (Use::Open, asset(AssetState::Active, 3, 4)),
+            (Use::Open, asset(Active, 3, 4), false),
         ] {
             let (decision, rec) = decide(need, 2, &r, Some(a.clone()));
+            if allowed {
+                assert_eq!(decision, Ok(()), "{need:?} on {a:?}");
+                assert_eq!(rec, r);
+                continue;
+            }
             assert_eq!(decision, Err(Some(a.clone())));
             assert_eq!(rec.event, Event::Refused);
             assert_eq!(rec.rv, crate::ck::CKR_KEY_FUNCTION_NOT_PERMITTED);

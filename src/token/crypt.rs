@@ -241,7 +241,8 @@ impl Provider {
         })
     }
 
-    fn crypt_init(
+    /// `C_EncryptInit` (`encrypting`) or `C_DecryptInit`.
+    pub fn crypt_init(
         &self,
         h: CK_SESSION_HANDLE,
         mech: &Mechanism,
@@ -272,24 +273,6 @@ impl Provider {
         slot.ensure_idle()?;
         self.live(op.epoch)?;
         slot.start(op)
-    }
-
-    pub fn encrypt_init(
-        &self,
-        h: CK_SESSION_HANDLE,
-        mech: &Mechanism,
-        key: CK_OBJECT_HANDLE,
-    ) -> Result<()> {
-        self.crypt_init(h, mech, key, true)
-    }
-
-    pub fn decrypt_init(
-        &self,
-        h: CK_SESSION_HANDLE,
-        mech: &Mechanism,
-        key: CK_OBJECT_HANDLE,
-    ) -> Result<()> {
-        self.crypt_init(h, mech, key, false)
     }
 
     /// The output length of finishing with `more` further bytes of input.
@@ -434,49 +417,37 @@ impl Provider {
         })
     }
 
-    pub fn encrypt(
+    /// `C_Encrypt` (`encrypting`) or `C_Decrypt`: the whole input in one call.
+    pub fn crypt(
         &self,
         h: CK_SESSION_HANDLE,
+        encrypting: bool,
         data: &[u8],
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
-        self.crypt_finish(h, data, out, true, true)
+        self.crypt_finish(h, data, out, encrypting, true)
     }
 
-    /// `C_EncryptUpdate`: the parts are kept; all output comes at the end.
-    pub fn encrypt_update(
+    /// `C_EncryptUpdate` (`encrypting`) or `C_DecryptUpdate`: the parts are
+    /// kept, all output comes at the end (a decryption releases nothing
+    /// before the tag is checked).
+    pub fn crypt_part(
         &self,
         h: CK_SESSION_HANDLE,
+        encrypting: bool,
         data: &[u8],
         consume: bool,
     ) -> Result<usize> {
-        self.crypt_update(h, data, true, consume)
+        self.crypt_update(h, data, encrypting, consume)
     }
 
-    pub fn encrypt_final(&self, h: CK_SESSION_HANDLE, out: Option<&mut [u8]>) -> Result<usize> {
-        self.crypt_finish(h, &[], out, true, false)
-    }
-
-    pub fn decrypt(
+    /// `C_EncryptFinal` (`encrypting`) or `C_DecryptFinal`.
+    pub fn crypt_final(
         &self,
         h: CK_SESSION_HANDLE,
-        data: &[u8],
+        encrypting: bool,
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
-        self.crypt_finish(h, data, out, false, true)
-    }
-
-    /// `C_DecryptUpdate`: nothing is released before the tag is checked.
-    pub fn decrypt_update(
-        &self,
-        h: CK_SESSION_HANDLE,
-        data: &[u8],
-        consume: bool,
-    ) -> Result<usize> {
-        self.crypt_update(h, data, false, consume)
-    }
-
-    pub fn decrypt_final(&self, h: CK_SESSION_HANDLE, out: Option<&mut [u8]>) -> Result<usize> {
-        self.crypt_finish(h, &[], out, false, false)
+        self.crypt_finish(h, &[], out, encrypting, false)
     }
 }
