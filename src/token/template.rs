@@ -414,3 +414,235 @@ impl SecretKeySpec {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ulong_attr(ty: CK_ATTRIBUTE_TYPE, v: CK_ULONG) -> TemplateAttr {
+        (ty, v.to_ne_bytes().to_vec())
+    }
+
+    fn flag(ty: CK_ATTRIBUTE_TYPE, v: bool) -> TemplateAttr {
+        (ty, vec![u8::from(v)])
+    }
+
+    /// What pkcs11-tool sends for `--keypairgen --key-type EC:secp256k1`.
+    fn pair() -> (Vec<TemplateAttr>, Vec<TemplateAttr>) {
+        let curve = objects::ec_params(KeyType::Secp256k1).unwrap().to_vec();
+        let public = vec![
+            (CKA_LABEL, b"hot-1".to_vec()),
+            (CKA_EC_PARAMS, curve),
+            flag(CKA_TOKEN, true),
+            flag(CKA_VERIFY, true),
+        ];
+        let private = vec![
+            (CKA_LABEL, b"hot-1".to_vec()),
+            flag(CKA_TOKEN, true),
+            flag(CKA_PRIVATE, true),
+            flag(CKA_SENSITIVE, true),
+            flag(CKA_SIGN, true),
+            flag(CKA_DERIVE, true),
+        ];
+        (public, private)
+    }
+
+    fn pair_with(
+        public: Option<TemplateAttr>,
+        private: Option<TemplateAttr>,
+    ) -> Result<KeyPairSpec> {
+        let (mut pu, mut pr) = pair();
+        pu.extend(public);
+        pr.extend(private);
+        KeyPairSpec::from_templates(&pu, &pr)
+    }
+
+    fn rv(r: Result<impl Sized>) -> CK_RV {
+        r.err().map_or(CKR_OK, |e| e.rv)
+    }
+
+    #[test]
+    fn key_pair_templates_follow_the_attribute_table() {
+        let spec = pair_with(None, None).unwrap();
+        assert_eq!(
+            (spec.asset.as_str(), spec.key_type),
+            ("hot-1", KeyType::Secp256k1)
+        );
+        assert_eq!(spec.object_id, None);
+        for (public, private, want) in [
+            // Key material and computed values: read-only.
+            (
+                None,
+                Some((CKA_VALUE, vec![1; 32])),
+                CKR_ATTRIBUTE_READ_ONLY,
+            ),
+            (
+                Some((CKA_EC_POINT, vec![4; 65])),
+                None,
+                CKR_ATTRIBUTE_READ_ONLY,
+            ),
+            (None, Some(flag(CKA_LOCAL, true)), CKR_ATTRIBUTE_READ_ONLY),
+            // Weaker or stricter than a derived key: inconsistent.
+            (
+                None,
+                Some(flag(CKA_SENSITIVE, false)),
+                CKR_TEMPLATE_INCONSISTENT,
+            ),
+            (
+                None,
+                Some(flag(CKA_EXTRACTABLE, true)),
+                CKR_TEMPLATE_INCONSISTENT,
+            ),
+            (
+                None,
+                Some(flag(CKA_PRIVATE, false)),
+                CKR_TEMPLATE_INCONSISTENT,
+            ),
+            (None, Some(flag(CKA_SIGN, false)), CKR_TEMPLATE_INCONSISTENT),
+            (
+                None,
+                Some(flag(CKA_ALWAYS_AUTHENTICATE, true)),
+                CKR_TEMPLATE_INCONSISTENT,
+            ),
+            (
+                None,
+                Some(ulong_attr(CKA_CLASS, CKO_SECRET_KEY)),
+                CKR_TEMPLATE_INCONSISTENT,
+            ),
+            (
+                Some(ulong_attr(CKA_KEY_TYPE, CKK_AES)),
+                None,
+                CKR_TEMPLATE_INCONSISTENT,
+            ),
+            (
+                Some(flag(CKA_VERIFY, false)),
+                None,
+                CKR_TEMPLATE_INCONSISTENT,
+            ),
+            (
+                None,
+                Some((CKA_ALLOWED_MECHANISMS, CKM_ECDSA.to_ne_bytes().to_vec())),
+                CKR_TEMPLATE_INCONSISTENT,
+            ),
+            // Foreign to the class.
+            (
+                None,
+                Some(ulong_attr(CKA_VALUE_LEN, 32)),
+                CKR_ATTRIBUTE_TYPE_INVALID,
+            ),
+            // Capabilities a derived key never has: ignored.
+            (None, Some(flag(CKA_DECRYPT, true)), CKR_OK),
+            (Some(flag(CKA_ENCRYPT, true)), None, CKR_OK),
+            (None, Some(ulong_attr(CKA_KEY_TYPE, CKK_EC)), CKR_OK),
+            (None, Some((CKA_ID, vec![7; 16])), CKR_OK),
+            // Identity that does not fit the label or id rules.
+            (None, Some((CKA_ID, vec![])), CKR_ATTRIBUTE_VALUE_INVALID),
+        ] {
+            let what = format!("{public:?} / {private:?}");
+            assert_eq!(rv(pair_with(public, private)), want, "{what}");
+        }
+        let all: Vec<u8> = objects::mechanisms_of(KeyType::Secp256k1)
+            .iter()
+            .flat_map(|m| m.to_ne_bytes())
+            .collect();
+        pair_with(None, Some((CKA_ALLOWED_MECHANISMS, all))).unwrap();
+    }
+
+    #[test]
+    fn key_pair_templates_name_a_curve_and_agree() {
+        let (mut public, private) = pair();
+        public.retain(|(t, _)| *t != CKA_EC_PARAMS);
+        let rv_of =
+            |pu: &[TemplateAttr], pr: &[TemplateAttr]| rv(KeyPairSpec::from_templates(pu, pr));
+        assert_eq!(rv_of(&public, &private), CKR_TEMPLATE_INCOMPLETE);
+        public.push((CKA_EC_PARAMS, vec![0x06, 0x03, 0x2b, 0x65, 0x70]));
+        assert_eq!(rv_of(&public, &private), CKR_CURVE_NOT_SUPPORTED);
+        let (public, mut private) = pair();
+        private[0].1 = b"hot-2".to_vec();
+        assert_eq!(rv_of(&public, &private), CKR_TEMPLATE_INCONSISTENT);
+        for label in [&b""[..], b"no spaces", &[0xff]] {
+            let (mut public, mut private) = pair();
+            public[0].1 = label.to_vec();
+            private[0].1 = label.to_vec();
+            assert_eq!(rv_of(&public, &private), CKR_ATTRIBUTE_VALUE_INVALID);
+        }
+        let (mut public, mut private) = pair();
+        public.remove(0);
+        private.remove(0);
+        assert_eq!(rv_of(&public, &private), CKR_TEMPLATE_INCOMPLETE);
+    }
+
+    #[test]
+    fn secret_key_templates_follow_the_attribute_table() {
+        let base = |kt: KeyType| {
+            let key_type = if kt == KeyType::Aes256 {
+                CKK_AES
+            } else {
+                CKK_GENERIC_SECRET
+            };
+            vec![
+                (CKA_LABEL, b"seal".to_vec()),
+                ulong_attr(CKA_CLASS, CKO_SECRET_KEY),
+                ulong_attr(CKA_KEY_TYPE, key_type),
+                ulong_attr(CKA_VALUE_LEN, 32),
+                flag(CKA_TOKEN, true),
+                flag(CKA_SENSITIVE, true),
+            ]
+        };
+        for (kt, extra, want) in [
+            (KeyType::Aes256, None, CKR_OK),
+            (KeyType::HmacSha256, None, CKR_OK),
+            // Vault's seal asks for wrap/unwrap: ignored.
+            (KeyType::Aes256, Some(flag(CKA_WRAP, true)), CKR_OK),
+            (KeyType::Aes256, Some(flag(CKA_ENCRYPT, true)), CKR_OK),
+            // A use the key has, asked false.
+            (
+                KeyType::Aes256,
+                Some(flag(CKA_DECRYPT, false)),
+                CKR_TEMPLATE_INCONSISTENT,
+            ),
+            (
+                KeyType::HmacSha256,
+                Some(flag(CKA_SIGN, false)),
+                CKR_TEMPLATE_INCONSISTENT,
+            ),
+            // A use of the other kind: ignored (pkcs11-tool asks it).
+            (KeyType::HmacSha256, Some(flag(CKA_ENCRYPT, true)), CKR_OK),
+            (
+                KeyType::Aes256,
+                Some(ulong_attr(CKA_VALUE_LEN, 16)),
+                CKR_TEMPLATE_INCONSISTENT,
+            ),
+            (
+                KeyType::HmacSha256,
+                Some(ulong_attr(CKA_KEY_TYPE, CKK_AES)),
+                CKR_TEMPLATE_INCONSISTENT,
+            ),
+            (
+                KeyType::Aes256,
+                Some(flag(CKA_EXTRACTABLE, true)),
+                CKR_TEMPLATE_INCONSISTENT,
+            ),
+            (
+                KeyType::Aes256,
+                Some((CKA_VALUE, vec![0; 32])),
+                CKR_ATTRIBUTE_READ_ONLY,
+            ),
+            (
+                KeyType::Aes256,
+                Some((CKA_CHECK_VALUE, vec![0; 3])),
+                CKR_ATTRIBUTE_READ_ONLY,
+            ),
+            (
+                KeyType::Aes256,
+                Some(ulong_attr(CKA_MODULUS_BITS, 2048)),
+                CKR_ATTRIBUTE_TYPE_INVALID,
+            ),
+        ] {
+            let mut t = base(kt);
+            t.extend(extra.clone());
+            let got = rv(SecretKeySpec::from_template(&t, kt));
+            assert_eq!(got, want, "{kt}: {extra:?}");
+        }
+    }
+}
