@@ -14,7 +14,7 @@ pub type Secret32 = secure::Secret<32>;
 pub struct AssetId(String);
 
 impl AssetId {
-    pub fn new(s: &str) -> std::result::Result<AssetId, String> {
+    pub fn new(s: &str) -> Result<AssetId, String> {
         let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
         if s.is_empty() || s.len() > 64 || !s.chars().all(ok_char) {
             return Err(format!(

@@ -60,7 +60,7 @@ fn ulong_attr(ty: CK_ATTRIBUTE_TYPE, v: &mut CK_ULONG) -> CK_ATTRIBUTE {
     CK_ATTRIBUTE {
         type_: ty,
         pValue: v as *mut _ as *mut _,
-        ulValueLen: std::mem::size_of::<CK_ULONG>() as _,
+        ulValueLen: size_of::<CK_ULONG>() as _,
     }
 }
 
@@ -270,7 +270,7 @@ impl Vault {
         let mut mech = CK_MECHANISM {
             mechanism: CKM_AES_GCM,
             pParameter: &mut params as *mut _ as *mut _,
-            ulParameterLen: std::mem::size_of::<CK_GCM_PARAMS>() as _,
+            ulParameterLen: size_of::<CK_GCM_PARAMS>() as _,
         };
         let ok = |rv| if rv == CKR_OK { Ok(()) } else { Err(rv) };
         let f = self.r.f;
@@ -448,7 +448,7 @@ fn vaults_seal_works_call_for_call_and_across_a_rotation() {
     // Every use is in the audit log.
     let out = cli(&s, &["audit", "export", "--asset", "seal"]);
     let log = String::from_utf8_lossy(&out.stdout);
-    let records: Vec<serde_json::Value> = log
+    let records: Vec<Value> = log
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
@@ -759,7 +759,7 @@ fn refusals_say_what_is_wrong() {
         let mut mech = CK_MECHANISM {
             mechanism: CKM_AES_GCM,
             pParameter: &mut params as *mut _ as *mut _,
-            ulParameterLen: std::mem::size_of::<CK_GCM_PARAMS>() as _,
+            ulParameterLen: size_of::<CK_GCM_PARAMS>() as _,
         };
         assert_eq!(
             call!(r, C_EncryptInit(h, &mut mech, aes.handle())),

@@ -52,7 +52,7 @@ fn checked_len<T>(n: CK_ULONG) -> Result<usize> {
     usize::try_from(n)
         .ok()
         .filter(|&n| {
-            n.checked_mul(std::mem::size_of::<T>().max(1))
+            n.checked_mul(size_of::<T>().max(1))
                 .is_some_and(|b| b <= isize::MAX as usize)
         })
         .ok_or(Error::rv(CKR_ARGUMENTS_BAD))
@@ -223,13 +223,13 @@ pub(super) unsafe fn gcm_params(p: CK_VOID_PTR, len: CK_ULONG) -> Result<GcmPara
     }
     // The structure is copied out with an unaligned read: a caller's
     // parameter block need not be aligned for CK_ULONG.
-    if len as usize == std::mem::size_of::<CK_GCM_PARAMS>() {
+    if len as usize == size_of::<CK_GCM_PARAMS>() {
         // SAFETY: readable for `len` bytes, the size of the structure read.
         let g = unsafe { ptr::read_unaligned(p as *const CK_GCM_PARAMS) };
         // SAFETY: the IV and AAD the caller's structure points to, for their lengths.
         let (iv, aad) = unsafe { (bytes(g.pIv, g.ulIvLen)?, bytes(g.pAAD, g.ulAADLen)?) };
         GcmParams::new(iv.to_vec(), Some(g.ulIvBits), aad.to_vec(), g.ulTagBits)
-    } else if len as usize == std::mem::size_of::<GcmParamsNoIvBits>() {
+    } else if len as usize == size_of::<GcmParamsNoIvBits>() {
         // SAFETY: readable for `len` bytes, the size of the structure read.
         let g = unsafe { ptr::read_unaligned(p as *const GcmParamsNoIvBits) };
         // SAFETY: the IV and AAD the caller's structure points to, for their lengths.
@@ -238,7 +238,7 @@ pub(super) unsafe fn gcm_params(p: CK_VOID_PTR, len: CK_ULONG) -> Result<GcmPara
     } else {
         Err(bad(&format!(
             "ulParameterLen {len} is not the size of CK_GCM_PARAMS ({})",
-            std::mem::size_of::<CK_GCM_PARAMS>()
+            size_of::<CK_GCM_PARAMS>()
         )))
     }
 }
@@ -427,7 +427,7 @@ mod tests {
             assert_eq!(e.rv, CKR_ARGUMENTS_BAD);
             let e = slice_of(ptr::null::<CK_ATTRIBUTE>(), 3).err().unwrap();
             assert_eq!(e.rv, CKR_ARGUMENTS_BAD);
-            let huge = (isize::MAX as usize / std::mem::size_of::<CK_ATTRIBUTE>() + 1) as CK_ULONG;
+            let huge = (isize::MAX as usize / size_of::<CK_ATTRIBUTE>() + 1) as CK_ULONG;
             let attr = CK_ATTRIBUTE::default();
             assert_eq!(slice_of(&attr, huge).err().unwrap().rv, CKR_ARGUMENTS_BAD);
             assert!(slice_of(ptr::null::<u8>(), 0).unwrap().is_empty());
@@ -468,7 +468,7 @@ mod tests {
             ulAADLen: 0,
             ulTagBits: 128,
         };
-        let size = std::mem::size_of::<CK_GCM_PARAMS>();
+        let size = size_of::<CK_GCM_PARAMS>();
         let mut block = vec![0u8; size + 1];
         // SAFETY: `block` has room for the structure at offset 1.
         unsafe {

@@ -146,7 +146,7 @@ fn initialize(explicit_config: Option<PathBuf>) -> Result<()> {
                     .log
                     .file
                     .as_deref()
-                    .unwrap_or(std::path::Path::new(""))
+                    .unwrap_or_else(|| std::path::Path::new(""))
                     .display(),
                 path.display()
             ),

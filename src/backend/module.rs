@@ -34,7 +34,7 @@ static MODULES: PerProcess<Mutex<HashMap<PathBuf, Module>>> =
     PerProcess::new(|| Mutex::new(HashMap::new()));
 
 /// Loads the module at `path`, or returns the one this process loaded before.
-pub(super) fn load_module(path: &Path) -> std::result::Result<Module, String> {
+pub(super) fn load_module(path: &Path) -> Result<Module, String> {
     let mut map = MODULES.get().lock().unwrap_or_else(|e| e.into_inner());
     if let Some(m) = map.get(path) {
         return Ok(*m);
@@ -142,16 +142,12 @@ impl<'a> Template<'a> {
     /// A `CK_ULONG` attribute (a class, a key type, a length).
     pub(super) fn ulong(&mut self, t: sys::CK_ATTRIBUTE_TYPE, v: &'a sys::CK_ULONG) -> &mut Self {
         let p = v as *const sys::CK_ULONG as *const u8;
-        self.push(t, p, std::mem::size_of::<sys::CK_ULONG>())
+        self.push(t, p, size_of::<sys::CK_ULONG>())
     }
 
     /// A `CK_BBOOL` attribute.
     pub(super) fn bool(&mut self, t: sys::CK_ATTRIBUTE_TYPE, v: &'a sys::CK_BBOOL) -> &mut Self {
-        self.push(
-            t,
-            v as *const sys::CK_BBOOL,
-            std::mem::size_of::<sys::CK_BBOOL>(),
-        )
+        self.push(t, v as *const sys::CK_BBOOL, size_of::<sys::CK_BBOOL>())
     }
 
     /// A byte-string attribute (a label, a value).

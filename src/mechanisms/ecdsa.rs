@@ -110,7 +110,7 @@ pub fn ecdsa_verify(kt: KeyType, point: &[u8], digest: &[u8], sig: &[u8]) -> Res
 
 /// The uncompressed SEC1 public point (65 bytes) of an EC scalar.
 pub fn public_point(kt: KeyType, scalar: &[u8; 32]) -> Option<Vec<u8>> {
-    super::warm_up();
+    warm_up();
     secure::confined_at(secure::Depth::Deep, || {
         use k256::elliptic_curve::sec1::ToSec1Point;
         match kt {

@@ -64,7 +64,7 @@ impl Provider {
     /// visibility (private objects need a user login) and, in a process that
     /// holds the audit key, for public keys swapped in the store.
     pub(super) fn object(&self, h: CK_OBJECT_HANDLE, invalid: CK_RV) -> Result<(ObjectKey, Asset)> {
-        let key = self.key_of(h).ok_or(Error::rv(invalid))?;
+        let key = self.key_of(h).ok_or_else(|| Error::rv(invalid))?;
         if key.class.is_private() && self.login_state() != Login::User {
             return Err(Error::rv(invalid));
         }
@@ -72,9 +72,9 @@ impl Provider {
             .store
             .asset(key.asset)
             .map_err(store_error)?
-            .ok_or(Error::rv(invalid))?;
+            .ok_or_else(|| Error::rv(invalid))?;
         let version = View::resolve(&asset, &key)
-            .ok_or(Error::rv(invalid))?
+            .ok_or_else(|| Error::rv(invalid))?
             .version;
         self.check_public_keys(&asset, [version])?;
         Ok((key, asset))

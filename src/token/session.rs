@@ -331,7 +331,7 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
         if on && !can(ty) {
             // A use this kind of key never has (pkcs11-tool asks encrypt of
             // generic secrets): ignored, and the object says false.
-            crate::log::info(&format!(
+            log::info(&format!(
                 "{what}: {} ignored; this kind of key cannot do that",
                 attr_name(ty)
             ));

@@ -270,7 +270,7 @@ impl Provider {
                 Plain::Stored(new.clone()).name(),
                 crate::store::hex(&new.object_id)
             ));
-        rec.input_sha256 = Some(sha2::Sha256::digest(&new.value).into());
+        rec.input_sha256 = Some(Sha256::digest(&new.value).into());
         let stored = self
             .store
             .create_object(&new, &ak, rec)

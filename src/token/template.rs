@@ -250,7 +250,7 @@ fn verdict(class: Class, kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> Ve
         OnCreate::Use(_) => Verdict::Fine,
         OnCreate::Mechanisms => {
             let given: Vec<CK_ULONG> = value
-                .chunks(std::mem::size_of::<CK_ULONG>())
+                .chunks(size_of::<CK_ULONG>())
                 .filter_map(ulong)
                 .collect();
             if objects::mechanisms_of(kt).iter().all(|m| given.contains(m)) {

@@ -181,7 +181,7 @@ fn find(m: &Module, h: CK_SESSION_HANDLE, label: &str, class: CK_OBJECT_CLASS) -
         CK_ATTRIBUTE {
             type_: CKA_CLASS,
             pValue: &mut class as *mut _ as *mut _,
-            ulValueLen: std::mem::size_of::<CK_OBJECT_CLASS>() as _,
+            ulValueLen: size_of::<CK_OBJECT_CLASS>() as _,
         },
         CK_ATTRIBUTE {
             type_: CKA_LABEL,
@@ -256,7 +256,7 @@ fn once(m: &Module, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE, op: Op, n: u64,
             let mut mech = CK_MECHANISM {
                 mechanism: CKM_AES_GCM,
                 pParameter: &mut params as *mut _ as *mut _,
-                ulParameterLen: std::mem::size_of::<CK_GCM_PARAMS>() as _,
+                ulParameterLen: size_of::<CK_GCM_PARAMS>() as _,
             };
             ok(call!(m, C_EncryptInit(h, &mut mech, key)), "C_EncryptInit");
             let rv = call!(
@@ -271,7 +271,7 @@ fn once(m: &Module, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE, op: Op, n: u64,
 fn make_hmac_key(m: &Module, h: CK_SESSION_HANDLE, label: &str) {
     let (mut t, mut class, mut kt, mut len) =
         (CK_TRUE, CKO_SECRET_KEY, CKK_GENERIC_SECRET, 32 as CK_ULONG);
-    let u = std::mem::size_of::<CK_ULONG>() as CK_ULONG;
+    let u = size_of::<CK_ULONG>() as CK_ULONG;
     let attr = |ty, p: *mut std::ffi::c_void, l| CK_ATTRIBUTE {
         type_: ty,
         pValue: p,

@@ -421,7 +421,7 @@ fn store_migrate(args: &Args) -> Result<(), Failure> {
             p11derive::store::pg::redact(to)
         )));
     }
-    let source = Store::open(std::path::Path::new(path))?;
+    let source = Store::open(Path::new(path))?;
     let timeout = std::time::Duration::from_secs(10);
     let dest = match Store::create_pg(to, timeout) {
         Ok(s) => s,
@@ -481,7 +481,7 @@ fn refuse_rolled_back(store: &Store, backend: &Backend) -> Result<(), Failure> {
 /// HSM and the audit key, derived through it into the locked arena.
 pub(crate) fn with_key<T>(
     args: &Args,
-    f: impl FnOnce(&Store, &Backend, &derive::Secret32) -> Result<T, Failure>,
+    f: impl FnOnce(&Store, &Backend, &Secret32) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
     let config = load_config(args)?;
     let store = open_store(&config)?;
@@ -620,7 +620,7 @@ fn asset_json(a: &Asset, history: Option<&[VersionRecord]>) -> serde_json::Value
         "versions": versions.iter().map(|v| serde_json::json!({
             "version": v.version,
             "label": format!("{}@v{}", a.id, v.version),
-            "object_id": hex(&p11derive::derive::version_object_id(&a.object_id, v.version)),
+            "object_id": hex(&derive::version_object_id(&a.object_id, v.version)),
             "status": version_status(a, v.version),
             "may_sign": a.may_sign(v.version),
             "may_verify": a.may_verify(v.version),
