@@ -424,25 +424,52 @@ mod tests {
         assert_eq!(sign(&d, &z).unwrap().as_slice(), want.to_bytes().as_slice());
     }
 
+    /// Medians over rounds of the time per signature (ours, RustCrypto's
+    /// `sign_prehashed_rfc6979`) and per `k·G`, batches interleaved so
+    /// the machine's load hits both alike:
+    /// `cargo test --release --lib p256_base::tests::speed -- --ignored --nocapture`
     #[test]
     #[ignore = "timing; run with --ignored --nocapture in release"]
     fn speed() {
+        use std::time::{Duration, Instant};
         let d = p256::NonZeroScalar::new(scalar([9; 32])).unwrap();
         let z = [0x42; 32];
+        let k = scalar([0x5c; 32]);
         warm_up();
-        let n = 2000;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            black_box(sign(&d, &z).unwrap());
+        let (n, rounds) = (500u32, 15);
+        let (mut ours, mut theirs, mut kg, mut ratio) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            for _ in 0..n {
+                black_box(sign(black_box(&d), black_box(&z)).unwrap());
+            }
+            let a = t.elapsed() / n;
+            let t = Instant::now();
+            for _ in 0..n {
+                black_box(ecdsa::hazmat::sign_prehashed_rfc6979::<
+                    p256::NistP256,
+                    sha2::Sha256,
+                >(black_box(&d), black_box(&z), &[]));
+            }
+            let b = t.elapsed() / n;
+            let t = Instant::now();
+            for _ in 0..n {
+                black_box(base_mul_x(black_box(&k)));
+            }
+            kg.push(t.elapsed() / n);
+            ours.push(a);
+            theirs.push(b);
+            ratio.push(a.as_secs_f64() / b.as_secs_f64());
         }
-        let ours = t.elapsed() / n;
-        let t = std::time::Instant::now();
-        for _ in 0..n {
-            black_box(ecdsa::hazmat::sign_prehashed_rfc6979::<
-                p256::NistP256,
-                sha2::Sha256,
-            >(&d, &z, &[]));
+        fn median<T: PartialOrd + Copy>(v: &mut [T]) -> T {
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+            v[v.len() / 2]
         }
-        println!("p256_base::sign {ours:?}, RustCrypto {:?}", t.elapsed() / n);
+        let (a, b, c): (Duration, Duration, Duration) =
+            (median(&mut ours), median(&mut theirs), median(&mut kg));
+        println!(
+            "p256_base::sign {a:?}, RustCrypto {b:?}, ratio {:.3}, base_mul_x {c:?} (medians of {rounds} x {n})",
+            median(&mut ratio)
+        );
     }
 }
