@@ -24,10 +24,15 @@
 //! - This file: the RFC 6979 loop (the `rfc6979` crate) and `r`, `s` on
 //!   `p256::Scalar`, as RustCrypto computes them.
 //!
-//! Evidence beyond review: a differential test against RustCrypto on edge
-//! and random nonces, keys and digests; the `p256_diff` fuzz target; a
-//! statistical constant-time test (Welch's t-test on the timings of a fixed
-//! against random nonces, dudect's method) in `cargo test --release`.
+//! Evidence beyond review (`tests.rs`): differential tests against
+//! RustCrypto on edge and random nonces, keys and digests (a million random
+//! nonces in an ignored test); the `p256_diff` fuzz target; a statistical
+//! constant-time test (Welch's t-test on the timings of a fixed against
+//! random nonces, dudect's method) in `cargo test --release`.
+//!
+//! Speed (`tests::speed`): `k·G` in 23.3 µs where the hand-written field
+//! arithmetic with 4-bit windows it replaced took 23.0 µs; a signature in
+//! 0.46 of the time of RustCrypto's.
 //!
 //! Cargo feature `p256-hazmat`: `sign` uses RustCrypto's generic
 //! `ecdsa::hazmat::sign_prehashed_rfc6979` (about twice as slow, the same

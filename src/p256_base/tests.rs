@@ -119,6 +119,25 @@ fn base_multiplication_matches_p256() {
     }
 }
 
+/// A million random nonces (`P256_DIFF_CASES=N` for another count), `k·G`
+/// against RustCrypto's, in about two minutes:
+/// `cargo test --release --lib p256_base::tests::many -- --ignored --nocapture`
+#[test]
+#[ignore = "long: a million scalars"]
+fn many_base_multiplications_match_p256() {
+    let count: u64 = std::env::var("P256_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let mut stream = Stream(0, 4);
+    for _ in 0..count {
+        for k in random_scalars(&mut stream, 1) {
+            assert_eq!(base_mul_x(&k), reference_x(&k), "k = {:x?}", k.to_repr());
+        }
+    }
+    println!("{count} random nonces: k·G equal to RustCrypto's");
+}
+
 /// With a given nonce: `ecdsa::hazmat::sign_prehashed`'s signature.
 #[test]
 fn signatures_with_edge_nonces_equal_rustcrypto() {
