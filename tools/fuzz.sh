@@ -28,7 +28,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 
-targets=(config store_open abi)
+targets=(config store_open abi p256_diff)
 # Per-target libFuzzer flags. abi: the provider keeps state between inputs
 # (sessions, caches, handle tables), so most inputs end with more
 # allocations than frees and LeakSanitizer would scan the whole heap after
