@@ -29,7 +29,6 @@ pub mod lifecycle;
 pub mod log;
 pub mod mechanisms;
 pub mod objects;
-pub mod p256_base;
 #[allow(unsafe_code)]
 pub mod process;
 #[allow(unsafe_code)]

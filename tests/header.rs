@@ -69,6 +69,7 @@ fn every_constant_the_crate_uses_has_the_value_of_an_independent_binding() {
         CKA_LABEL,
         CKA_LOCAL,
         CKA_MODIFIABLE,
+        CKA_MODULUS_BITS,
         CKA_NAME_HASH_ALGORITHM,
         CKA_NEVER_EXTRACTABLE,
         CKA_OBJECT_ID,

@@ -37,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         .to_sec1_point(false);
     let want_x = want.x().expect("k·G of a non-zero k is finite");
     assert_eq!(
-        p11derive::p256_base::base_mul_x(&k).as_slice(),
+        p11derive::mechanisms::p256_base::base_mul_x(&k).as_slice(),
         want_x.as_slice(),
         "x(k·G) differs for k = {:x?}",
         bytes
@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
 
     let key = p256::ecdsa::SigningKey::from(k);
     let want: p256::ecdsa::Signature = key.sign_prehash(&digest).expect("RFC 6979 signs");
-    let got = p11derive::p256_base::sign(&k, &digest).expect("p256_base signs");
+    let got = p11derive::mechanisms::p256_base::sign(&k, &digest).expect("p256_base signs");
     assert_eq!(
         got.as_slice(),
         want.to_bytes().as_slice(),

@@ -67,7 +67,7 @@ pub fn ecdsa_sign(kt: KeyType, scalar: &[u8], digest: &[u8]) -> Result<[u8; ECDS
                 let d = Option::<p256::NonZeroScalar>::from(p256::NonZeroScalar::from_repr(repr))
                     .ok_or_else(bad_key)?;
                 // Same signature as RustCrypto's, with a faster k·G.
-                out = crate::p256_base::sign(&d, &z)?;
+                out = super::p256_base::sign(&d, &z)?;
             }
             _ => return Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),
         }
