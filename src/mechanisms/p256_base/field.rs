@@ -34,32 +34,40 @@ impl Fe {
         Fe(one)
     };
 
+    /// `f(self, o)` by one of fiat's two-operand functions.
+    #[inline(always)]
+    fn with(&self, o: &Fe, f: fn(&mut Mont, &Mont, &Mont)) -> Fe {
+        let mut r = Mont([0; 4]);
+        f(&mut r, &self.0, &o.0);
+        Fe(r)
+    }
+
     #[inline(always)]
     pub(super) fn mul(&self, o: &Fe) -> Fe {
+        self.with(o, fiat::fiat_p256_mul)
+    }
+
+    /// `f(self)` by one of fiat's one-operand functions.
+    #[inline(always)]
+    fn by(&self, f: fn(&mut Mont, &Mont)) -> Fe {
         let mut r = Mont([0; 4]);
-        fiat::fiat_p256_mul(&mut r, &self.0, &o.0);
+        f(&mut r, &self.0);
         Fe(r)
     }
 
     #[inline(always)]
     pub(super) fn square(&self) -> Fe {
-        let mut r = Mont([0; 4]);
-        fiat::fiat_p256_square(&mut r, &self.0);
-        Fe(r)
+        self.by(fiat::fiat_p256_square)
     }
 
     #[inline(always)]
     pub(super) fn add(&self, o: &Fe) -> Fe {
-        let mut r = Mont([0; 4]);
-        fiat::fiat_p256_add(&mut r, &self.0, &o.0);
-        Fe(r)
+        self.with(o, fiat::fiat_p256_add)
     }
 
     #[inline(always)]
     pub(super) fn sub(&self, o: &Fe) -> Fe {
-        let mut r = Mont([0; 4]);
-        fiat::fiat_p256_sub(&mut r, &self.0, &o.0);
-        Fe(r)
+        self.with(o, fiat::fiat_p256_sub)
     }
 
     #[inline(always)]
@@ -70,9 +78,7 @@ impl Fe {
     /// `−self`.
     #[inline(always)]
     pub(super) fn neg(&self) -> Fe {
-        let mut r = Mont([0; 4]);
-        fiat::fiat_p256_opp(&mut r, &self.0);
-        Fe(r)
+        self.by(fiat::fiat_p256_opp)
     }
 
     /// `b` where `bit` is 1, `a` where it is 0, without a branch. The bit
