@@ -1,5 +1,7 @@
-//! The configuration file (TOML), named by `P11DERIVE_CONF`, by the
-//! `pReserved` argument of `C_Initialize`, or found at the default path.
+//! The configuration file (TOML): its sections, their defaults and their validation.
+//!
+//! The file is named by `P11DERIVE_CONF`, by the `pReserved` argument of
+//! `C_Initialize`, or found at the default path.
 //! The reference for every key is in README.md ("Configuration").
 
 #![forbid(unsafe_code)]

@@ -1,5 +1,4 @@
-//! The error every PKCS#11 entry point returns: a return code for the caller
-//! and, where a person must act, a message for the log.
+//! The error every PKCS#11 entry point returns: a return code for the caller and, where a person must act, a message for the log.
 
 use std::fmt;
 
