@@ -327,22 +327,35 @@ pub fn is_url(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://")
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password, for messages: neither the one in the
+/// user part (`USER:PASSWORD@`) nor a `password=` parameter of the query
+/// (libpq accepts both).
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (auth, host) = match rest.rsplit_once('@') {
-        Some((a, h)) => (Some(a), h),
-        None => (None, rest),
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
     };
-    match auth {
-        Some(a) => {
-            let user = a.split_once(':').map_or(a, |(u, _)| u);
+    let mut out = match rest.rsplit_once('@') {
+        Some((auth, host)) => {
+            let user = auth.split_once(':').map_or(auth, |(u, _)| u);
             format!("{scheme}://{user}@{host}")
         }
-        None => url.to_string(),
+        None => format!("{scheme}://{rest}"),
+    };
+    if let Some(query) = query {
+        let kept: Vec<&str> = query
+            .split('&')
+            .filter(|p| p.split('=').next() != Some("password"))
+            .collect();
+        if !kept.is_empty() {
+            out.push('?');
+            out.push_str(&kept.join("&"));
+        }
     }
+    out
 }
 
 #[cfg(test)]
@@ -371,12 +384,11 @@ path = "/var/lib/p11derive/state.db"
     /// A section given in part takes the rest from its defaults.
     #[test]
     fn sections_given_in_part_take_the_defaults() {
-        let text = format!("{GOOD}anchor_interval_ms = 7\n[memory]\n[cache]\n");
-        let c = Config::parse(
-            &text.replace("label = \"p11derive\"\n", ""),
-            Path::new("/x.toml"),
-        )
-        .unwrap();
+        let text = format!("{GOOD}anchor_interval_ms = 7\n[memory]\n[cache]\n")
+            .replace("label = \"p11derive\"\n", "");
+        // The token label comes from the default, not from the text.
+        assert!(!text.contains("label = \"p11derive\""), "{text}");
+        let c = Config::parse(&text, Path::new("/x.toml")).unwrap();
         assert_eq!(c.token.label, "p11derive");
         assert_eq!(
             (
@@ -445,6 +457,32 @@ path = "/var/lib/p11derive/state.db"
         let e = Config::parse(&with("mysql://u:s3cret@db/p"), Path::new("/c.toml")).unwrap_err();
         assert!(e.contains("[store] url") && e.contains("/c.toml"), "{e}");
         assert!(e.contains("mysql://u@db/p") && !e.contains("s3cret"), "{e}");
+    }
+
+    /// libpq takes a password in the user part or as a query parameter:
+    /// neither reaches a message (the store's location in every log line
+    /// and error is the redacted URL).
+    #[test]
+    fn redaction_drops_every_password_of_a_url() {
+        for (url, shown) in [
+            (
+                "postgres://u:secret@127.0.0.1:5432/db",
+                "postgres://u@127.0.0.1:5432/db",
+            ),
+            ("postgresql://h/db", "postgresql://h/db"),
+            ("postgres://u@h/db?password=secret", "postgres://u@h/db"),
+            (
+                "postgres://h/db?sslmode=require&password=secret&connect_timeout=5",
+                "postgres://h/db?sslmode=require&connect_timeout=5",
+            ),
+            (
+                "postgres://u:secret@h/db?application_name=x",
+                "postgres://u@h/db?application_name=x",
+            ),
+        ] {
+            assert_eq!(redact(url), shown);
+        }
+        assert!(is_url("postgresql://h/db") && !is_url("/var/lib/x.db"));
     }
 
     #[test]

@@ -210,6 +210,9 @@ const MECH_NAMES: [(CK_MECHANISM_TYPE, &str); 4] = named!(
 );
 
 /// The ECDSA mechanisms by name: the list [`crate::objects::EC_MECHANISMS`] takes.
+/// More than names: what EC keys allow (`CKA_ALLOWED_MECHANISMS`, template
+/// checks) — a mechanism added here is allowed on them (a test in `objects`
+/// pins both lists).
 pub const ECDSA_NAMES: [(CK_MECHANISM_TYPE, &str); 6] = named!(
     CKM_ECDSA,
     CKM_ECDSA_SHA1,
@@ -219,7 +222,8 @@ pub const ECDSA_NAMES: [(CK_MECHANISM_TYPE, &str); 6] = named!(
     CKM_ECDSA_SHA512,
 );
 
-/// The HMAC mechanisms by name: the list [`crate::objects::HMAC_MECHANISMS`] takes.
+/// The HMAC mechanisms by name: the list [`crate::objects::HMAC_MECHANISMS`] takes,
+/// which HMAC keys allow (pinned by a test in `objects`).
 pub const HMAC_NAMES: [(CK_MECHANISM_TYPE, &str); 3] =
     named!(CKM_SHA256_HMAC, CKM_SHA384_HMAC, CKM_SHA512_HMAC);
 

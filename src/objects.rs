@@ -697,6 +697,31 @@ mod tests {
 
     /// The encodings the crates give are the ones p11derive has always
     /// served (the bytes clients such as OpenSSL compare and parse).
+    /// The mechanisms each key type allows are policy: they come from the
+    /// name lists in `error.rs`, so a name added there must not widen them
+    /// unnoticed.
+    #[test]
+    fn each_key_type_allows_exactly_its_mechanisms() {
+        let ecdsa = [
+            CKM_ECDSA,
+            CKM_ECDSA_SHA1,
+            CKM_ECDSA_SHA224,
+            CKM_ECDSA_SHA256,
+            CKM_ECDSA_SHA384,
+            CKM_ECDSA_SHA512,
+        ];
+        assert_eq!(mechanisms_of(KeyType::Secp256k1), ecdsa);
+        assert_eq!(mechanisms_of(KeyType::P256), ecdsa);
+        assert_eq!(
+            mechanisms_of(KeyType::Aes256),
+            [CKM_AES_GCM, CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_KWP]
+        );
+        assert_eq!(
+            mechanisms_of(KeyType::HmacSha256),
+            [CKM_SHA256_HMAC, CKM_SHA384_HMAC, CKM_SHA512_HMAC]
+        );
+    }
+
     #[test]
     fn der_encodings_match_the_standard_bytes() {
         assert_eq!(OID_SECP256K1.to_der().unwrap(), DER_OID_SECP256K1);

@@ -8,7 +8,6 @@ use crate::ck as sys;
 
 use super::module::{last_failure, load_module, set_last_failure, Module};
 use super::BackingTokenInfo;
-use crate::ck;
 use crate::config::BackendSection;
 use crate::error::{rv_name, Error, Result};
 use crate::secure::SecretBytes;
@@ -48,7 +47,7 @@ const _: () = {
 /// A backing call that failed, as p11derive reports it.
 pub(super) fn device(op: &str, rv: sys::CK_RV) -> Error {
     Error::with(
-        ck::CKR_DEVICE_ERROR,
+        sys::CKR_DEVICE_ERROR,
         format!("backing HSM: {op} returned {}", rv_name(rv)),
     )
 }
@@ -59,7 +58,7 @@ impl Core {
     pub(super) fn open(cfg: &BackendSection, config_file: &Path) -> Result<Core> {
         let module = load_module(&cfg.module).map_err(|e| {
             Error::with(
-                ck::CKR_FUNCTION_FAILED,
+                sys::CKR_FUNCTION_FAILED,
                 format!(
                     "cannot load the backing PKCS#11 module {} ({e}); fix [backend] module in {} \
                      (for SoftHSM: apt-get install softhsm2, module = \
@@ -77,7 +76,7 @@ impl Core {
             sys::CKR_CRYPTOKI_ALREADY_INITIALIZED => false,
             rv => {
                 return Err(Error::with(
-                    ck::CKR_FUNCTION_FAILED,
+                    sys::CKR_FUNCTION_FAILED,
                     format!(
                         "backing module {}: C_Initialize returned {}; check the module's own \
                          configuration (for SoftHSM: SOFTHSM2_CONF and its tokendir)",
@@ -106,7 +105,7 @@ impl Core {
             Err(seen) => {
                 let e =
                     Error::with(
-                        ck::CKR_FUNCTION_FAILED,
+                        sys::CKR_FUNCTION_FAILED,
                         format!(
                         "backing token {:?} not found in module {} (tokens present: {}); create \
                          it (SoftHSM: softhsm2-util --init-token --free --label {:?}) or fix \
@@ -175,7 +174,7 @@ impl Core {
             if rv != sys::CKR_OK {
                 continue;
             }
-            let label = ck::unpad(&info.label);
+            let label = sys::unpad(&info.label);
             if label == self.token_label {
                 return Ok(slot);
             }
@@ -190,7 +189,7 @@ impl Core {
             return Err(device("C_GetTokenInfo", rv));
         }
         Ok(BackingTokenInfo {
-            serial: ck::unpad(&info.serialNumber),
+            serial: sys::unpad(&info.serialNumber),
             min_pin_len: info.ulMinPinLen,
             max_pin_len: info.ulMaxPinLen,
             flags: info.flags,
@@ -357,7 +356,7 @@ impl Core {
             .login_session
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .ok_or(Error::rv(ck::CKR_USER_NOT_LOGGED_IN))?;
+            .ok_or(Error::rv(sys::CKR_USER_NOT_LOGGED_IN))?;
         let root = self.find_root(h)?;
         *self.root.lock().unwrap_or_else(|e| e.into_inner()) = Some(root);
         Ok(())
@@ -473,7 +472,7 @@ impl Core {
     pub(super) fn random(&self, n: usize) -> Result<SecretBytes> {
         self.with_session(|h| {
             let mut out = SecretBytes::with_capacity(n.max(1))
-                .map_err(|m| Error::with(ck::CKR_HOST_MEMORY, m))?;
+                .map_err(|m| Error::with(sys::CKR_HOST_MEMORY, m))?;
             let rv = self.module.generate_random(h, &mut out.spare()[..n]);
             match rv {
                 sys::CKR_OK => {

@@ -29,7 +29,6 @@ use crate::ck as sys;
 use self::core::Core;
 use self::module::{last_failure, set_last_failure};
 use self::workers::{Backoff, Waited, Workers};
-use crate::ck;
 use crate::config::BackendSection;
 use crate::derive::{Prf, Secret32};
 use crate::error::{rv_name, Error, Result};
@@ -120,7 +119,7 @@ impl Backend {
     ) -> Result<T> {
         if let Err(refused) = self.backoff.admit() {
             return Err(Error::with(
-                ck::CKR_DEVICE_ERROR,
+                sys::CKR_DEVICE_ERROR,
                 format!(
                     "backing HSM (token {:?}) unavailable: {}; {what} not attempted, next \
                      attempt in {} ms",
@@ -180,14 +179,14 @@ impl Backend {
             }
             Waited::NotStarted(e) => (
                 Err(Error::with(
-                    ck::CKR_HOST_MEMORY,
+                    sys::CKR_HOST_MEMORY,
                     format!("cannot start a thread for backing HSM calls: {e}"),
                 )),
                 false,
             ),
             Waited::TimedOut => (
                 Err(Error::with(
-                    ck::CKR_DEVICE_ERROR,
+                    sys::CKR_DEVICE_ERROR,
                     format!(
                         "backing HSM (token {:?}, module {}) did not answer {what} within {} ms \
                      ([backend] call_timeout_ms)",
@@ -200,7 +199,7 @@ impl Backend {
             ),
             Waited::Lost => (
                 Err(Error::with(
-                    ck::CKR_GENERAL_ERROR,
+                    sys::CKR_GENERAL_ERROR,
                     format!("backing HSM call {what} ended without a result"),
                 )),
                 false,
@@ -303,7 +302,7 @@ impl Drop for Backend {
 /// A copy of a PIN in the locked arena, to hand to a worker.
 fn arena_copy(pin: &[u8]) -> Result<SecretBytes> {
     let mut b = SecretBytes::with_capacity(pin.len().max(1))
-        .map_err(|m| Error::with(ck::CKR_HOST_MEMORY, m))?;
+        .map_err(|m| Error::with(sys::CKR_HOST_MEMORY, m))?;
     b.push(pin);
     Ok(b)
 }

@@ -4,7 +4,6 @@ use crate::ck as sys;
 
 use super::core::{device, Core};
 use super::module::Template;
-use crate::ck;
 use crate::derive::Secret32;
 use crate::error::{rv_name, Error, Result};
 
@@ -15,7 +14,7 @@ impl Core {
         match found.as_slice() {
             [root] => Ok(*root),
             [] => Err(Error::with(
-                ck::CKR_DEVICE_ERROR,
+                sys::CKR_DEVICE_ERROR,
                 format!(
                     "backing token {:?} has no root secret labelled {:?}; create it with \
                      `p11derive init` (or fix [backend] root_label)",
@@ -23,7 +22,7 @@ impl Core {
                 ),
             )),
             many => Err(Error::with(
-                ck::CKR_DEVICE_ERROR,
+                sys::CKR_DEVICE_ERROR,
                 format!(
                     "backing token {:?} holds {} secret keys labelled {:?}; the root must be \
                      unique: remove the extra ones with the HSM's own tools",
@@ -71,7 +70,7 @@ impl Core {
         self.root
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .ok_or(Error::rv(ck::CKR_USER_NOT_LOGGED_IN))
+            .ok_or(Error::rv(sys::CKR_USER_NOT_LOGGED_IN))
     }
 
     /// Creates the root inside the HSM: a 256-bit generic secret that never
@@ -99,7 +98,7 @@ impl Core {
     fn create_root(&self, value: Option<&[u8; 32]>) -> Result<()> {
         if self.root_exists()? {
             return Err(Error::with(
-                ck::CKR_ATTRIBUTE_VALUE_INVALID,
+                sys::CKR_ATTRIBUTE_VALUE_INVALID,
                 format!(
                     "backing token {:?} already holds a root labelled {:?}; refusing to create \
                      another",
@@ -185,7 +184,7 @@ impl Core {
             }
             if rv != sys::CKR_OK || len != 40 {
                 return Err(Error::with(
-                    ck::CKR_DEVICE_ERROR,
+                    sys::CKR_DEVICE_ERROR,
                     format!(
                         "the rollback anchor {:?} on backing token {:?} is unreadable ({})",
                         self.anchor_label(),
@@ -223,7 +222,7 @@ impl Core {
                     .map(|(_, seq, mac)| (seq, mac)));
             }
             Err(Error::with(
-                ck::CKR_DEVICE_ERROR,
+                sys::CKR_DEVICE_ERROR,
                 format!(
                     "the rollback anchor {:?} on backing token {:?} kept changing while read",
                     self.anchor_label(),

@@ -1,7 +1,8 @@
 //! Worker threads that run calls under a timeout, and the backoff that stops calling a service that does not answer.
 //!
-//! Nothing here knows PKCS#11: a job is any closure, a failure any message.
-//! Which outcomes mean "not answering" is the caller's to say.
+//! Nothing here calls PKCS#11: a job is any closure, a failure any message.
+//! Which outcomes mean "not answering" is the caller's to say (only the log
+//! lines name the backing HSM, the one service these workers serve).
 
 use std::sync::mpsc::{sync_channel, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex};

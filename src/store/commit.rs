@@ -528,8 +528,10 @@ mod tests {
 
     #[test]
     fn a_batch_chains_its_records_onto_the_head() {
-        // What `commit_batch_pg` sends: each record numbered after the head
-        // and MACed onto the one before, verifiable as one chain.
+        // The chaining both commit paths do (`Head::append` over the decided
+        // records, as `commit_batch_tx` and `commit_batch_pg` call it): each
+        // record numbered after the head and MACed onto the one before,
+        // refusals included, verifiable as one chain.
         let ak = Secret32::copy_of(&[4u8; 32]).unwrap();
         let mut chain = Head {
             seq: 0,

@@ -8,7 +8,7 @@
 //! is not a p11derive store, is from a newer p11derive, or is corrupt is
 //! refused with a clear error and never modified.
 //!
-//! Rooms: `asset` (the lifecycle state machine, pure), `assets` (asset reads,
+//! Rooms (the state machine they apply is `crate::asset`): `assets` (asset reads,
 //! cache, creation, transitions), `audit` (the chain as stored), `commit`
 //! (group commit of signatures), `objects` (certificates, data objects),
 //! `schema` (both engines' schema and identity checks), `migrate` (store to
@@ -31,7 +31,7 @@ pub mod pg;
 mod schema;
 mod sqlite;
 
-pub use crate::asset::{Asset, AssetState, Change, Denied, NewAsset, Transition, VersionRecord};
+pub use crate::asset::{Asset, AssetState, NewAsset, Transition, VersionRecord};
 pub use audit::{
     key_digest, parse_resumes_to, parse_transition_detail, transition_detail, AuditRow,
     PENDING_MARK,

@@ -415,10 +415,10 @@ fn store_migrate(args: &Args) -> Result<(), Failure> {
             "--from {from:?}: write sqlite:PATH (the SQLite file to copy)"
         )));
     };
-    if !p11derive::store::pg::is_url(to) {
+    if !config::is_url(to) {
         return Err(Failure::Usage(format!(
             "--to {:?}: write postgres://USER:PASSWORD@HOST:PORT/DB",
-            p11derive::store::pg::redact(to)
+            config::redact(to)
         )));
     }
     let source = Store::open(Path::new(path))?;
