@@ -60,32 +60,43 @@ fn fifty_signatures_derive_the_key_once() {
 #[test]
 fn an_expired_entry_is_derived_again() {
     use std::time::{Duration, Instant};
-    // A burst of three signatures takes a few milliseconds (30 under load):
-    // each stays well inside the TTL, and the wait is one TTL.
-    const TTL: Duration = Duration::from_millis(250);
     let _turn = turn();
-    let s = created(Some(&format!("ttl_ms = {}", TTL.as_millis())));
-    let mut bursts = Vec::new();
-    {
-        let p = s.load();
-        let session = p.user_session();
-        let k = key(&session);
-        for burst in 0..2 {
-            if burst > 0 {
-                // The entry dates from within the last burst: one TTL after
-                // it, the entry has expired.
-                std::thread::sleep(TTL);
+    // Two bursts of three signatures, one TTL apart: one derivation a burst.
+    // A burst takes a few milliseconds; on a loaded machine one slow fsync
+    // can stretch it past a short TTL (the entry expiring inside it), so a
+    // run whose bursts took more than half the TTL proves nothing and is
+    // made again, the last time with a TTL no burst comes near.
+    let ttls = [250, 250, 2000].map(Duration::from_millis);
+    for (attempt, ttl) in ttls.iter().copied().enumerate() {
+        let s = created(Some(&format!("ttl_ms = {}", ttl.as_millis())));
+        let mut bursts = Vec::new();
+        {
+            let p = s.load();
+            let session = p.user_session();
+            let k = key(&session);
+            for burst in 0..2 {
+                if burst > 0 {
+                    // The entry dates from within the last burst: one TTL
+                    // after it, the entry has expired.
+                    std::thread::sleep(ttl);
+                }
+                let start = Instant::now();
+                sign(&session, k, 3);
+                bursts.push(start.elapsed());
             }
-            let start = Instant::now();
-            sign(&session, k, 3);
-            bursts.push(start.elapsed());
         }
+        let conclusive = bursts.iter().all(|b| *b < ttl / 2);
+        if !conclusive && attempt + 1 < ttls.len() {
+            eprintln!("bursts took {bursts:?} against a TTL of {ttl:?}: measuring again");
+            continue;
+        }
+        assert_eq!(
+            derivations(&s),
+            2,
+            "one derivation a burst (bursts took {bursts:?}, TTL {ttl:?})"
+        );
+        return;
     }
-    assert_eq!(
-        derivations(&s),
-        2,
-        "one derivation a burst (bursts took {bursts:?}, TTL {TTL:?})"
-    );
 }
 
 #[test]
