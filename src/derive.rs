@@ -16,14 +16,7 @@ use crate::secure;
 
 pub const SCHEME: &str = "p11derive-v1";
 
-pub use crate::types::{AssetId, KeyType, Secret32};
-
-/// The keyed pseudo-random function of the scheme. Production computes it in
-/// the backing HSM ([`crate::backend`]); it must never be computed from a root
-/// held in host memory.
-pub trait Prf {
-    fn prf(&self, input: &[u8]) -> Result<Secret32>;
-}
+pub use crate::types::{AssetId, KeyType, Prf, Secret32};
 
 /// `str(s) = u16be(len(s)) || s`
 fn put_str(out: &mut Vec<u8>, s: &str) {

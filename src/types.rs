@@ -9,6 +9,14 @@ use crate::secure;
 /// 32 secret bytes in the locked arena, wiped when dropped.
 pub type Secret32 = secure::Secret<32>;
 
+/// The keyed pseudo-random function of the derivation scheme
+/// ([`crate::derive`]). Production computes it in the backing HSM
+/// ([`crate::backend`] implements it); it must never be computed from a root
+/// held in host memory.
+pub trait Prf {
+    fn prf(&self, input: &[u8]) -> crate::error::Result<Secret32>;
+}
+
 /// A valid asset id: 1-64 characters of `A-Z a-z 0-9 . _ -`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AssetId(String);

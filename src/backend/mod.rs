@@ -30,9 +30,9 @@ use self::core::Core;
 use self::module::{last_failure, set_last_failure};
 use self::workers::{Backoff, Waited, Workers};
 use crate::config::BackendSection;
-use crate::derive::{Prf, Secret32};
 use crate::error::{rv_name, Error, Result};
 use crate::secure::SecretBytes;
+use crate::types::{Prf, Secret32};
 
 /// Calls made into the backing module by this process (for the statistics
 /// the provider logs at C_Finalize).

@@ -4,8 +4,8 @@ use crate::ck as sys;
 
 use super::core::{device, Core};
 use super::module::Template;
-use crate::derive::Secret32;
 use crate::error::{rv_name, Error, Result};
+use crate::types::Secret32;
 
 impl Core {
     /// Finds the one secret key labelled `root_label`.

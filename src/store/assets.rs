@@ -1,7 +1,7 @@
 //! Assets as stored: reads and their cache, creation, transitions, version history.
 
 use crate::audit::{public_key_mac, Event, Record};
-use crate::derive::{AssetId, KeyType, Secret32};
+use crate::types::{AssetId, KeyType, Secret32};
 
 use super::audit::{key_digest, transition_detail};
 use super::db::{Db, Row, Tx, Val};

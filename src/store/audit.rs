@@ -4,7 +4,7 @@
 //! stores and reads them.
 
 use crate::audit::{Event, Head, Record, GENESIS};
-use crate::derive::Secret32;
+use crate::types::Secret32;
 
 use super::db::{Db, Row, Tx, Val};
 use super::{first, hex, Asset, AssetState, Store, StoreError};

@@ -4,7 +4,7 @@
 //! may still be used is decided at the commit, by the pure [`decide`].
 
 use crate::audit::{Event, Head, Record, GENESIS};
-use crate::derive::Secret32;
+use crate::types::Secret32;
 
 use super::audit::stored_mac;
 use super::db::Tx;
@@ -428,8 +428,8 @@ impl PgColumns {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::derive::KeyType;
     use crate::store::AssetState;
+    use crate::types::KeyType;
 
     fn asset(state: AssetState, min_usable: u32, current: u32) -> Asset {
         crate::asset::sample(KeyType::P256, state, min_usable, current)

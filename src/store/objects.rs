@@ -1,7 +1,7 @@
 //! Public token objects stored beside the derived keys: certificates and data objects.
 
 use crate::audit::Record;
-use crate::derive::Secret32;
+use crate::types::Secret32;
 
 use super::db::{Row, Tx, Val};
 use super::{first, now, Store, StoreError, Stored};
