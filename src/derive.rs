@@ -35,9 +35,10 @@ pub fn prk_input(asset: &AssetId, counter: u32) -> Vec<u8> {
     x
 }
 
-/// HKDF-Expand-SHA256 (RFC 5869) with L = 32, by the `hkdf` crate. The
-/// output is written straight into the locked arena; the HMAC state lives on
-/// a secret stack (`secure::confined`), wiped when the computation returns.
+/// HKDF-Expand-SHA256 (RFC 5869) with L = 32, by the `hkdf` crate, into the
+/// locked arena. The crate's HMAC state and the block it copies the output
+/// from live on a secret stack (`secure::confined`), wiped when the
+/// computation returns.
 pub fn expand(prk: &[u8; 32], info: &[u8]) -> Result<Secret32> {
     secure::confined(|| {
         let failed = |what: &str| Error::with(CKR_GENERAL_ERROR, format!("HKDF-Expand: {what}"));

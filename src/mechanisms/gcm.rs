@@ -115,6 +115,14 @@ fn key_size() -> Error {
     Error::rv(CKR_KEY_SIZE_RANGE)
 }
 
+/// The 96-bit path was taken with another IV length: a bug, not the caller's.
+fn iv_not_96() -> Error {
+    Error::with(
+        CKR_GENERAL_ERROR,
+        "CKM_AES_GCM: the 96-bit path got another IV length",
+    )
+}
+
 /// AES-GCM encryption: ciphertext ‖ tag.
 pub fn gcm_seal(key: &[u8], p: &GcmParams, plaintext: &[u8]) -> Result<Vec<u8>> {
     check_data_len(plaintext.len(), true)?;
@@ -147,7 +155,7 @@ pub fn gcm_open(key: &[u8], p: &GcmParams, input: &[u8]) -> Result<Zeroizing<Vec
         } else {
             let want = composed(key, p, &mut out, false)?;
             if !bool::from(want[..p.tag_len].ct_eq(tag)) {
-                out.zeroize();
+                // `out` (Zeroizing) is wiped as it is dropped.
                 return Err(Error::rv(CKR_ENCRYPTED_DATA_INVALID));
             }
         }
@@ -190,7 +198,7 @@ fn seal_96(key: &[u8], p: &GcmParams, data: &mut [u8]) -> Result<Vec<u8>> {
         data: &mut [u8],
     ) -> Result<Vec<u8>> {
         let cipher = C::new_from_slice(key).map_err(|_| key_size())?;
-        let nonce = <&aes_gcm::Nonce<U12>>::try_from(&p.iv[..]).map_err(|_| key_size())?;
+        let nonce = <&aes_gcm::Nonce<U12>>::try_from(&p.iv[..]).map_err(|_| iv_not_96())?;
         let tag = cipher
             .encrypt_inout_detached(nonce, &p.aad, data.into())
             .map_err(|_| Error::rv(CKR_DATA_LEN_RANGE))?;
@@ -209,7 +217,7 @@ fn open_96(key: &[u8], p: &GcmParams, data: &mut [u8], tag: &[u8]) -> Result<()>
         tag: &[u8],
     ) -> Result<()> {
         let cipher = C::new_from_slice(key).map_err(|_| key_size())?;
-        let nonce = <&aes_gcm::Nonce<U12>>::try_from(&p.iv[..]).map_err(|_| key_size())?;
+        let nonce = <&aes_gcm::Nonce<U12>>::try_from(&p.iv[..]).map_err(|_| iv_not_96())?;
         let tag = <&aes_gcm::aead::Tag<C>>::try_from(tag)
             .map_err(|_| Error::rv(CKR_ENCRYPTED_DATA_LEN_RANGE))?;
         cipher

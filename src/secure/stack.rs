@@ -257,7 +257,7 @@ mod tests {
     #[test]
     fn secret_computations_fit_their_stacks_and_leave_them_wiped() {
         use crate::mechanisms::ecdsa_sign;
-        use crate::mechanisms::gcm::{gcm_seal, GcmParams};
+        use crate::mechanisms::gcm::{gcm_open, gcm_seal, GcmParams};
         use crate::mechanisms::hmac::hmac;
         use crate::mechanisms::keywrap::{key_unwrap, key_wrap};
         use crate::mechanisms::public_point;
@@ -268,13 +268,19 @@ mod tests {
             ecdsa_sign(kt, &key[..], &[1; 32]).unwrap();
             public_point(kt, &key).unwrap();
         }
-        let p = GcmParams::new(vec![1; 60], None, vec![2; 40], 128).unwrap();
-        gcm_seal(&key[..], &p, &[0; 1000]).unwrap();
+        // Both GCM paths: aes-gcm (96-bit IV) and the composed one.
+        for iv_len in [12, 60] {
+            let p = GcmParams::new(vec![1; iv_len], None, vec![2; 40], 128).unwrap();
+            let sealed = gcm_seal(&key[..], &p, &[0; 1000]).unwrap();
+            gcm_open(&key[..], &p, &sealed).unwrap();
+        }
         for m in [crate::ck::CKM_SHA256_HMAC, crate::ck::CKM_SHA512_HMAC] {
             hmac(m, &key[..], &[0; 1000]).unwrap();
         }
-        let wrapped = key_wrap(&key[..], &[4; 40], true).unwrap();
-        key_unwrap(&key[..], &wrapped, true).unwrap();
+        for padded in [true, false] {
+            let wrapped = key_wrap(&key[..], &[4; 40], padded).unwrap();
+            key_unwrap(&key[..], &wrapped, padded).unwrap();
+        }
         crate::derive::key_from_prk(&key, KeyType::P256).unwrap();
         for depth in [Depth::Small, Depth::Deep] {
             let used = MOST_USED[depth as usize].load(std::sync::atomic::Ordering::SeqCst);

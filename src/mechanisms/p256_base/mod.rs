@@ -62,20 +62,26 @@ pub fn warm_up() {
 
 /// The x coordinate (big-endian) of `k·G`, constant-time in `k`, as this
 /// module computes it for a signature (public for the `p256_diff` fuzz
-/// target). `k` must not be zero.
+/// target), on a secret stack like every computation on a secret.
 pub fn base_mul_x(k: &p256::NonZeroScalar) -> [u8; 32] {
-    table::base_mul_x(k.as_ref())
+    warm_up();
+    crate::secure::confined_at(crate::secure::Depth::Deep, || table::base_mul_x(k.as_ref()))
 }
 
 /// ECDSA over P-256 of a 32-byte digest with RFC 6979 nonces: the same
 /// signature `ecdsa::hazmat::sign_prehashed_rfc6979::<NistP256, Sha256>`
-/// gives, as `r || s`.
+/// gives, as `r || s`. It runs on a secret stack (at once where the caller,
+/// `mechanisms::ecdsa_sign`, is on one already), so the key, the nonce and
+/// their temporaries never reach an ordinary stack, whoever calls it.
 pub fn sign(d: &p256::NonZeroScalar, z: &[u8; 32]) -> Result<[u8; 64]> {
-    if HAZMAT {
-        Ok(sign_hazmat(d, z))
-    } else {
-        sign_fast(d, z)
-    }
+    warm_up();
+    crate::secure::confined_at(crate::secure::Depth::Deep, || {
+        if HAZMAT {
+            Ok(sign_hazmat(d, z))
+        } else {
+            sign_fast(d, z)
+        }
+    })
 }
 
 /// RustCrypto's signature, through its generic `k·G`.
