@@ -369,8 +369,9 @@ pub enum OnCreate {
 /// One attribute of one or more classes: what a creation template may say
 /// about it, whether its value is sensitive (never revealed:
 /// `CKR_ATTRIBUTE_SENSITIVE`), and how it is computed (its value, which no
-/// template changes: derived keys are not modifiable). No getter: the class
-/// does not show the attribute, but a creation template may name it.
+/// template changes: derived keys are not modifiable). No getter and not
+/// sensitive: the class does not show the attribute, but a creation template
+/// may name it.
 struct Attribute {
     ty: CK_ATTRIBUTE_TYPE,
     classes: u8,
@@ -591,12 +592,6 @@ fn entry(class: Class, ty: CK_ATTRIBUTE_TYPE) -> Option<&'static Attribute> {
     ATTRIBUTES
         .iter()
         .find(|a| a.ty == ty && a.classes & want != 0)
-}
-
-/// The attribute types an object of `class` has, for templates that must be
-/// checked against what p11derive creates.
-pub fn has_attribute(class: Class, ty: CK_ATTRIBUTE_TYPE) -> bool {
-    entry(class, ty).is_some_and(|a| a.get.is_some() || a.sensitive)
 }
 
 /// What a creation template may say about attribute `ty` of a derived key

@@ -277,14 +277,22 @@ impl Provider {
 
     /// The output length of finishing with `more` further bytes of input.
     fn crypt_len(op: &CryptOp, more: usize, encrypting: bool) -> Result<usize> {
-        let total = op.data.len() + more;
-        if encrypting {
-            Ok(total + op.params.tag_len)
+        let total = op.data.len().saturating_add(more);
+        // The data one GCM operation may process (a length query and the
+        // call itself answer alike).
+        let data = if encrypting {
+            total
         } else {
             total
                 .checked_sub(op.params.tag_len)
-                .ok_or(Error::rv(CKR_ENCRYPTED_DATA_LEN_RANGE))
-        }
+                .ok_or(Error::rv(CKR_ENCRYPTED_DATA_LEN_RANGE))?
+        };
+        gcm::check_data_len(data, encrypting)?;
+        Ok(if encrypting {
+            data + op.params.tag_len
+        } else {
+            data
+        })
     }
 
     /// `C_Encrypt` / `C_Decrypt` (single part: `data`, `single` true) and

@@ -314,7 +314,8 @@ impl Provider {
 
     /// The logout itself; the caller holds `login.change`. The state flips and
     /// the epoch moves *before* keys are wiped, so an operation initialized
-    /// concurrently either sees the logout or is wiped here (see `sign_init`).
+    /// concurrently either sees the logout or is wiped here (see `start_sign`
+    /// and `crypt_init`).
     fn end_login_locked(&self) {
         if self.login_state() == Login::None {
             return;

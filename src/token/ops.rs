@@ -11,7 +11,8 @@ use crate::mechanisms::Hasher;
 
 /// One kind of operation in a session (sign, verify, digest, find…): the one
 /// place that answers `CKR_OPERATION_NOT_INITIALIZED` when none runs and
-/// `CKR_OPERATION_ACTIVE` when one already does.
+/// `CKR_OPERATION_ACTIVE` when an init finds one running (a single-part call
+/// after `C_*Update` is refused by the operation itself).
 pub(super) struct OpSlot<T>(Option<T>);
 
 impl<T> Default for OpSlot<T> {

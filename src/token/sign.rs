@@ -169,9 +169,8 @@ impl Provider {
     }
 
     /// What `C_SignInit`/`C_VerifyInit` use: the HMAC mechanism (secret keys)
-    /// or the ECDSA hasher, and the key's object, checked to fit the mechanism.
-    /// `ecdsa` is the class of the EC key that does the job; the class of
-    /// the key the mechanism needs comes with it.
+    /// or the ECDSA hasher, and the class of key the mechanism needs (`ecdsa`
+    /// is the class an EC key must have for this job).
     fn signature_mechanism(
         mech: &Mechanism,
         ecdsa: Class,
