@@ -12,8 +12,9 @@
 
 #![deny(unsafe_code)]
 
-// Raw memory is the job of exactly these modules (docs/architecture.md,
-// "unsafe"); every other module is checked by the deny above.
+// Raw memory is the job of exactly these modules, and of backend::module
+// (allowed in backend/mod.rs) (docs/architecture.md, "unsafe"); every other
+// module is checked by the deny above.
 #[allow(unsafe_code)]
 pub mod abi;
 pub mod asset;

@@ -614,8 +614,9 @@ fn sessions_sign_concurrently_and_every_signature_verifies() {
             });
         }
     });
-    drop((admin, p)); // C_Finalize
-                      // Every signature has its own record: 320, each message once.
+    // C_Finalize; then every signature has its own record: 320, each message
+    // once.
+    drop((admin, p));
     let made: std::collections::HashSet<String> = (0..8u8)
         .flat_map(|t| (0..40u8).map(move |i| sha256_hex(&[t, i])))
         .collect();

@@ -16,7 +16,7 @@
 //!   encoding) is `fiat_crypto::p256_64`, generated with a machine-checked
 //!   proof of functional correctness by the fiat-crypto project; the
 //!   inversion is crypto-bigint's constant-time one. Ours: a thin wrapper.
-//! - `table`: ours. The signed radix-2^6 digits, the 88 KiB affine table of
+//! - `table`: ours. The signed radix-2^6 digits, the 86 KiB affine table of
 //!   multiples of G (built with RustCrypto's `p256`), the masked reads of
 //!   every entry of a window and the mixed additions (madd-2007-bl). No
 //!   branch and no memory index depends on the nonce; everything runs on
@@ -30,8 +30,9 @@
 //! constant-time test (Welch's t-test on the timings of a fixed against
 //! random nonces, dudect's method) in `cargo test --release`.
 //!
-//! Speed (`tests::speed`): `k·G` in 23.3 µs where the hand-written field
-//! arithmetic with 4-bit windows it replaced took 23.0 µs; a signature in
+//! Speed (`tests::speed`): `k·G` in 23.4–23.6 µs where the hand-written field
+//! arithmetic with 4-bit windows it replaced took 22.9–23.0 µs (measured side
+//! by side in one process); a signature in
 //! 0.46 of the time of RustCrypto's.
 //!
 //! Cargo feature `p256-hazmat`: `sign` uses RustCrypto's generic

@@ -3,7 +3,7 @@
 //! Ours, on `field`'s verified arithmetic. Signed radix-2^6 digits of `k`
 //! (or of `n − k`, whichever is below n/2: both have the same x), 43
 //! windows, a table of `j·2^(6i)·G` for `j = 1..=32` in affine coordinates
-//! (88 KiB, public, built once with RustCrypto's `p256` in about 12 ms),
+//! (86 KiB, public, built once with RustCrypto's `p256` in about 12 ms),
 //! every entry of a window read and selected by mask, one mixed addition per
 //! window; the accumulator starts at infinity, which a mask handles. No
 //! branch and no memory index depends on `k`.
