@@ -260,9 +260,19 @@ impl Asset {
 #[cfg(test)]
 pub(super) fn sample(key_type: KeyType, state: AssetState, min_usable: u32, current: u32) -> Asset {
     Asset {
+        key_type,
+        ..as_recorded(state, current, min_usable)
+    }
+}
+
+/// An asset with only the state a state-change record leaves (state,
+/// current, min_usable): enough for `may_sign` and `may_verify`, as `audit
+/// verify` replays the chain.
+pub fn as_recorded(state: AssetState, current: u32, min_usable: u32) -> Asset {
+    Asset {
         rowid: 1,
         id: AssetId::new("a").expect("a valid id"),
-        key_type,
+        key_type: KeyType::P256,
         object_id: b"a".to_vec(),
         current,
         min_usable,

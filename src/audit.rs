@@ -31,6 +31,9 @@ pub enum Event {
     Refused,
     /// The rollback anchor was moved by an operator (`audit reanchor`).
     Anchor,
+    /// The store was created (`p11derive init`): the first record of its
+    /// lineage, whose MAC names the store in the HSM's anchor.
+    Init,
 }
 
 impl Event {
@@ -48,6 +51,7 @@ impl Event {
             Event::ObjectDestroy => "object-destroy",
             Event::Refused => "refused",
             Event::Anchor => "anchor",
+            Event::Init => "init",
         }
     }
 
@@ -65,6 +69,7 @@ impl Event {
             Event::ObjectDestroy,
             Event::Refused,
             Event::Anchor,
+            Event::Init,
         ]
         .into_iter()
         .find(|e| e.name() == s)
@@ -164,6 +169,107 @@ pub fn public_key_mac(ak: &Secret32, asset: &str, version: u32, pk: &[u8]) -> [u
 
 /// The MAC the first record chains from.
 pub const GENESIS: [u8; 32] = [0u8; 32];
+
+/// The word a state-change record (create, transition) ends its detail with:
+/// the number of the state change before it (0 for none), so the changes form
+/// a chain of their own inside the audit chain and none can be removed
+/// without the next one naming it.
+pub const PREV_CHANGE: &str = "prev_change=";
+
+/// The `prev_change=N` a state-change record names (`None` in records
+/// written before it existed).
+pub fn prev_change(detail: &str) -> Option<u64> {
+    detail
+        .rsplit(' ')
+        .next()
+        .and_then(|w| w.strip_prefix(PREV_CHANGE))
+        .and_then(|n| n.parse().ok())
+}
+
+/// The rollback anchor kept in the backing HSM (design §4, §6.5): which
+/// store lineage the root belongs to, the newest record and the newest state
+/// change an anchoring saw, and how many times an operator re-anchored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Anchor {
+    /// The first 16 bytes of the MAC of the store's first record (`None`
+    /// in an anchor written before lineages were recorded).
+    pub store: Option<[u8; 16]>,
+    /// The root fingerprint (design §6.2), zero when not known.
+    pub root: [u8; 16],
+    /// The newest record at the anchoring: (seq, mac).
+    pub head: (u64, [u8; 32]),
+    /// The newest state change at the anchoring: (seq, mac), seq 0 for none.
+    pub change: (u64, [u8; 32]),
+    /// Re-anchorings by an operator so far: a process that found its store
+    /// rolled back resumes only after the next one.
+    pub epoch: u32,
+    /// Where the store was (a path, or a URL without its password).
+    pub location: String,
+}
+
+const ANCHOR_MAGIC: &[u8; 4] = b"P1A2";
+
+impl Anchor {
+    /// The bytes kept as the data object's `CKA_VALUE`:
+    /// `"P1A2" || store(16) || root(16) || u64 seq || mac || u64 change_seq ||
+    /// change_mac || u32 epoch || u16 len || location`.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut v = ANCHOR_MAGIC.to_vec();
+        v.extend_from_slice(&self.store.unwrap_or([0; 16]));
+        v.extend_from_slice(&self.root);
+        v.extend_from_slice(&self.head.0.to_be_bytes());
+        v.extend_from_slice(&self.head.1);
+        v.extend_from_slice(&self.change.0.to_be_bytes());
+        v.extend_from_slice(&self.change.1);
+        v.extend_from_slice(&self.epoch.to_be_bytes());
+        let loc = &self.location.as_bytes()[..self.location.len().min(1024)];
+        v.extend_from_slice(&(loc.len() as u16).to_be_bytes());
+        v.extend_from_slice(loc);
+        v
+    }
+
+    /// Reads an anchor: this format, or the first one (`u64 seq || mac`,
+    /// 40 bytes, which named no store).
+    pub fn decode(v: &[u8]) -> Option<Anchor> {
+        let u64_at = |i: usize| Some(u64::from_be_bytes(v.get(i..i + 8)?.try_into().ok()?));
+        let mac_at = |i: usize| -> Option<[u8; 32]> { v.get(i..i + 32)?.try_into().ok() };
+        if v.len() == 40 {
+            return Some(Anchor {
+                store: None,
+                root: [0; 16],
+                head: (u64_at(0)?, mac_at(8)?),
+                change: (0, GENESIS),
+                epoch: 0,
+                location: String::new(),
+            });
+        }
+        if v.get(..4)? != ANCHOR_MAGIC {
+            return None;
+        }
+        let store: [u8; 16] = v.get(4..20)?.try_into().ok()?;
+        let epoch = u32::from_be_bytes(v.get(116..120)?.try_into().ok()?);
+        let len = u16::from_be_bytes(v.get(120..122)?.try_into().ok()?) as usize;
+        let location = String::from_utf8(v.get(122..122 + len)?.to_vec()).ok()?;
+        if v.len() != 122 + len {
+            return None;
+        }
+        Some(Anchor {
+            store: (store != [0; 16]).then_some(store),
+            root: v.get(20..36)?.try_into().ok()?,
+            head: (u64_at(36)?, mac_at(44)?),
+            change: (u64_at(76)?, mac_at(84)?),
+            epoch,
+            location,
+        })
+    }
+}
+
+/// The store id a chain's first record gives it: its MAC's first 16 bytes.
+pub fn store_id(first_mac: &[u8; 32]) -> [u8; 16] {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&first_mac[..16]);
+    id
+}
 
 /// The first place a chain does not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -279,6 +385,34 @@ mod tests {
                 (r, mac)
             })
             .collect()
+    }
+
+    #[test]
+    fn an_anchor_reads_back_and_the_first_format_still_reads() {
+        let a = Anchor {
+            store: Some([7; 16]),
+            root: [8; 16],
+            head: (41, [1; 32]),
+            change: (40, [2; 32]),
+            epoch: 3,
+            location: "/var/lib/p11derive/store.db".into(),
+        };
+        assert_eq!(Anchor::decode(&a.encode()), Some(a.clone()));
+        let mut old = 9u64.to_be_bytes().to_vec();
+        old.extend_from_slice(&[5; 32]);
+        let v1 = Anchor::decode(&old).expect("the first format");
+        assert_eq!((v1.store, v1.head, v1.change.0), (None, (9, [5; 32]), 0));
+        // A truncated or lengthened value is no anchor.
+        let bytes = a.encode();
+        assert_eq!(Anchor::decode(&bytes[..bytes.len() - 1]), None);
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(Anchor::decode(&longer), None);
+        assert_eq!(
+            prev_change("rotate -> ACTIVE current=2 min_usable=1 prev_change=17"),
+            Some(17)
+        );
+        assert_eq!(prev_change("rotate -> ACTIVE current=2 min_usable=1"), None);
     }
 
     #[test]

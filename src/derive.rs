@@ -131,6 +131,18 @@ pub fn audit_prk_input() -> Vec<u8> {
     x
 }
 
+/// The root fingerprint (design §6.2):
+/// `FP = PRF("p11derive-v1" || 0x02 || "root fingerprint")[0..16]`.
+pub fn root_fingerprint(prf: &dyn Prf) -> Result<[u8; 16]> {
+    let mut x = SCHEME.as_bytes().to_vec();
+    x.push(0x02);
+    x.extend_from_slice(b"root fingerprint");
+    let out = prf.prf(&x)?;
+    let mut fp = [0u8; 16];
+    fp.copy_from_slice(&out[..16]);
+    Ok(fp)
+}
+
 /// `AK = Expand(PRF("p11derive-v1" || 0x01 || "audit"), "p11derive-v1 audit mac")`
 pub fn audit_key(prf: &dyn Prf) -> Result<Secret32> {
     let prk = prf.prf(&audit_prk_input())?;

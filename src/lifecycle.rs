@@ -165,3 +165,43 @@ pub fn transition(
         .unwrap_or_else(|| StoreError::Conflict("rotation kept conflicting".into()))
         .into())
 }
+
+/// Moves the backing HSM's rollback anchor to the store's newest record and
+/// newest verified state change (design §4, §6.5), keeping its lineage,
+/// root fingerprint and epoch. Never onto a store that lacks what the
+/// anchor holds: such a store is refused from then on in this process
+/// (`Store::refuse_from_now`) and the error says why. Needs a user login,
+/// and `Store::authenticate` done.
+pub fn advance_anchor(store: &Store, backend: &crate::backend::Backend) -> Result<(), Error> {
+    let fail = |e: StoreError| Error::with(CKR_DEVICE_ERROR, e.to_string());
+    let Some(head) = store.audit_head().map_err(fail)? else {
+        return Ok(());
+    };
+    let old = backend.read_anchor()?;
+    if let Some(a) = &old {
+        if let Err(e) = store.check_anchor(a) {
+            return Err(fail(store.refuse_from_now(e.to_string(), a.epoch)));
+        }
+    }
+    let root = match old.as_ref().map(|a| a.root).filter(|r| *r != [0; 16]) {
+        Some(r) => r,
+        None => derive::root_fingerprint(backend)?,
+    };
+    let ours = store
+        .latest_change()
+        .map_err(fail)?
+        .unwrap_or((0, crate::audit::GENESIS));
+    let change = match &old {
+        Some(a) if a.change.0 > ours.0 => a.change,
+        _ => ours,
+    };
+    let next = crate::audit::Anchor {
+        store: store.store_id().map_err(fail)?,
+        root,
+        head,
+        change,
+        epoch: old.as_ref().map_or(0, |a| a.epoch),
+        location: store.path().display().to_string(),
+    };
+    backend.write_anchor(&next, false)
+}

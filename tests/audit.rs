@@ -19,19 +19,6 @@ use common::*;
 
 const SECP256K1: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
 
-fn sqlite(db: &Path, sql: &str) {
-    let out = Command::new("sqlite3")
-        .arg(db)
-        .arg(sql)
-        .output()
-        .expect("sqlite3 runs");
-    assert!(
-        out.status.success(),
-        "sqlite3 {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The sequence number of the store's newest audit record.
 fn newest_record(store: &Path) -> u64 {
     let out = Command::new("sqlite3")
@@ -251,9 +238,29 @@ fn tampering_with_sqlite3_is_caught_and_named() {
         "{}",
         s.log()
     );
-    assert!(s.log().contains("p11derive audit reanchor --yes"));
-    // An operator who restored it knowingly re-anchors; then all holds again.
-    assert!(cli(&s, &["audit", "reanchor", "--yes"]).status.success());
+    assert!(
+        s.log().contains("Put back the newest copy of the store"),
+        "{}",
+        s.log()
+    );
+    // Re-anchoring the older copy would undo the state changes made since
+    // (a rotation, a retirement): refused, nothing changed.
+    let re = cli(&s, &["audit", "reanchor", "--yes"]);
+    assert_eq!(re.status.code(), Some(1), "{}", stderr(&re));
+    assert!(
+        stderr(&re).contains("would undo the state changes"),
+        "{}",
+        stderr(&re)
+    );
+    // The newest copy, which holds every state change the anchor knows, is
+    // accepted; then all holds again.
+    restore(&good, &s.store);
+    let re = cli(&s, &["audit", "reanchor", "--yes"]);
+    assert!(re.status.success(), "{}", stderr(&re));
+    assert!(
+        String::from_utf8_lossy(&re.stdout).contains("lost:"),
+        "reanchor says what it gives up"
+    );
     s.audit_verifies();
     let p = s.load();
     p.user_session();

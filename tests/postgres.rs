@@ -210,7 +210,7 @@ fn a_sqlite_store_migrates_with_every_record() {
     assert!(out.status.success(), "{}", output_text(&out));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        said.contains("audit 5") && !said.contains(":p11derive-test@"),
+        said.contains("audit 6") && !said.contains(":p11derive-test@"),
         "{said}"
     );
     // A second run is refused: the destination is no longer empty.

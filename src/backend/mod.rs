@@ -29,6 +29,7 @@ use crate::ck as sys;
 use self::core::Core;
 use self::module::{last_failure, set_last_failure};
 use self::workers::{Backoff, Waited, Workers};
+use crate::audit::Anchor;
 use crate::config::BackendSection;
 use crate::error::{rv_name, Error, Result};
 use crate::secure::SecretBytes;
@@ -84,9 +85,16 @@ fn not_answering(rv: sys::CK_RV) -> bool {
 /// while the HSM fails, calls fail at once with `CKR_DEVICE_ERROR` (backoff);
 /// lost sessions and logins are recovered (see `Core::recover`).
 pub struct Backend {
+    calls: Calls,
+}
+
+/// How calls reach the backing HSM: its module, the workers, the backoff
+/// and the call timeout (shared by the backend and its `AnchorWatch`).
+#[derive(Clone)]
+struct Calls {
     core: Arc<Core>,
     workers: Arc<Workers>,
-    backoff: Backoff,
+    backoff: Arc<Backoff>,
     timeout: std::time::Duration,
 }
 
@@ -94,22 +102,151 @@ impl Backend {
     /// Loads the module, initializes it and finds the backing token by label.
     /// `config_file` is only used in messages.
     pub fn open(cfg: &BackendSection, config_file: &Path) -> Result<Backend> {
-        Ok(Backend {
+        let calls = Calls {
             core: Arc::new(Core::open(cfg, config_file)?),
             workers: Arc::new(Workers::default()),
-            backoff: Backoff::new(std::time::Duration::from_millis(cfg.backoff_max_ms)),
+            backoff: Arc::new(Backoff::new(std::time::Duration::from_millis(
+                cfg.backoff_max_ms,
+            ))),
             timeout: std::time::Duration::from_millis(cfg.call_timeout_ms),
-        })
+        };
+        Ok(Backend { calls })
+    }
+
+    /// A handle that reads the rollback anchor, for the store to check at
+    /// every commit (`Store::watch_anchor`).
+    pub fn anchor_watch(&self) -> AnchorWatch {
+        AnchorWatch {
+            calls: self.calls.clone(),
+        }
     }
 
     pub fn module_path(&self) -> &Path {
-        &self.core.path
+        &self.calls.core.path
     }
 
     pub fn token_label(&self) -> &str {
-        &self.core.token_label
+        &self.calls.core.token_label
     }
 
+    fn call<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Core) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.calls.call(what, f)
+    }
+
+    fn call_now<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Core) -> Result<T> + Send + 'static,
+    ) -> (Result<T>, bool) {
+        self.calls.call_now(what, f)
+    }
+
+    pub fn token_info(&self) -> Result<BackingTokenInfo> {
+        self.call("C_GetTokenInfo", |c| c.token_info())
+    }
+
+    /// Logs in to the backing token (`user_type` is CKU_USER or CKU_SO) and,
+    /// for a user, finds the root. The PIN is kept in the locked arena while
+    /// logged in, to log in again should the HSM lose the login. The PIN
+    /// comes back from the worker only with its success, and is
+    /// kept then: a login that timed out here and succeeded late leaves no
+    /// PIN behind (it is wiped with the worker's unread result).
+    pub fn login(&self, user_type: sys::CK_USER_TYPE, pin: &[u8]) -> Result<()> {
+        let pin = arena_copy(pin)?;
+        let pin = self.call("C_Login", move |c| {
+            c.login_as(user_type, &pin, true).map(|()| pin)
+        })?;
+        if user_type == sys::CKU_USER {
+            self.calls.core.keep_pin(pin);
+        }
+        Ok(())
+    }
+
+    /// Logs a user in for administration (`p11derive init`): the root may
+    /// not exist yet, so it is not looked up.
+    pub fn login_admin(&self, pin: &[u8]) -> Result<()> {
+        let pin = arena_copy(pin)?;
+        self.call("C_Login", move |c| c.login_admin(&pin))
+    }
+
+    /// Logs out (tried even during the backoff delay: the login must end).
+    pub fn logout(&self) -> Result<()> {
+        self.calls.core.forget_pin();
+        self.call_now("C_Logout", |c| c.logout()).0
+    }
+
+    /// Fills `out` from the backing HSM's random number generator.
+    pub fn random(&self, out: &mut [u8]) -> Result<()> {
+        for chunk in out.chunks_mut(4096) {
+            let n = chunk.len();
+            let bytes = self.call("C_GenerateRandom", move |c| c.random(n))?;
+            chunk.copy_from_slice(&bytes[..n]);
+        }
+        Ok(())
+    }
+
+    pub fn generate_root(&self) -> Result<()> {
+        self.call("C_GenerateKey (root)", |c| c.generate_root())
+    }
+
+    pub fn import_root(&self, value: &[u8; 32]) -> Result<()> {
+        let mut v = crate::secure::secret::<32>()?;
+        v.copy_from_slice(value);
+        self.call("C_CreateObject (root)", move |c| c.import_root(&v))
+    }
+
+    pub fn root_exists(&self) -> Result<bool> {
+        self.call("C_FindObjects (root)", |c| c.root_exists())
+    }
+
+    pub fn read_anchor(&self) -> Result<Option<Anchor>> {
+        self.call("reading the rollback anchor", |c| c.read_anchor())
+    }
+
+    pub fn write_anchor(&self, anchor: &Anchor, reset: bool) -> Result<()> {
+        let anchor = anchor.clone();
+        self.call("writing the rollback anchor", move |c| {
+            c.write_anchor(&anchor, reset)
+        })
+    }
+
+    /// Closes every session and, if p11derive initialized the module,
+    /// finalizes it; a hung HSM is left to its worker after the timeout.
+    pub fn finalize(&self) {
+        self.calls.core.forget_pin();
+        if let Err(e) = self
+            .call_now("C_Finalize", |c| {
+                c.finalize();
+                Ok(())
+            })
+            .0
+        {
+            crate::log::warn(&format!("backing HSM: {e}"));
+        }
+        self.calls.workers.close(self.calls.timeout);
+    }
+}
+
+/// Reads the rollback anchor on the backend's workers, within its call
+/// timeout and not during its backoff delay; owns no worker (the backend
+/// closes them).
+pub struct AnchorWatch {
+    calls: Calls,
+}
+
+impl AnchorWatch {
+    /// The anchor as the backing HSM holds it now.
+    pub fn read(&self) -> Result<Option<Anchor>> {
+        self.calls
+            .call("reading the rollback anchor", |c| c.read_anchor())
+    }
+}
+
+impl Calls {
     /// Runs `f` on a worker, waiting at most the call timeout, unless the
     /// HSM is in its backoff delay.
     fn call<T: Send + 'static>(
@@ -206,96 +343,13 @@ impl Backend {
             ),
         }
     }
-
-    pub fn token_info(&self) -> Result<BackingTokenInfo> {
-        self.call("C_GetTokenInfo", |c| c.token_info())
-    }
-
-    /// Logs in to the backing token (`user_type` is CKU_USER or CKU_SO) and,
-    /// for a user, finds the root. The PIN is kept in the locked arena while
-    /// logged in, to log in again should the HSM lose the login. The PIN
-    /// comes back from the worker only with its success, and is
-    /// kept then: a login that timed out here and succeeded late leaves no
-    /// PIN behind (it is wiped with the worker's unread result).
-    pub fn login(&self, user_type: sys::CK_USER_TYPE, pin: &[u8]) -> Result<()> {
-        let pin = arena_copy(pin)?;
-        let pin = self.call("C_Login", move |c| {
-            c.login_as(user_type, &pin, true).map(|()| pin)
-        })?;
-        if user_type == sys::CKU_USER {
-            self.core.keep_pin(pin);
-        }
-        Ok(())
-    }
-
-    /// Logs a user in for administration (`p11derive init`): the root may
-    /// not exist yet, so it is not looked up.
-    pub fn login_admin(&self, pin: &[u8]) -> Result<()> {
-        let pin = arena_copy(pin)?;
-        self.call("C_Login", move |c| c.login_admin(&pin))
-    }
-
-    /// Logs out (tried even during the backoff delay: the login must end).
-    pub fn logout(&self) -> Result<()> {
-        self.core.forget_pin();
-        self.call_now("C_Logout", |c| c.logout()).0
-    }
-
-    /// Fills `out` from the backing HSM's random number generator.
-    pub fn random(&self, out: &mut [u8]) -> Result<()> {
-        for chunk in out.chunks_mut(4096) {
-            let n = chunk.len();
-            let bytes = self.call("C_GenerateRandom", move |c| c.random(n))?;
-            chunk.copy_from_slice(&bytes[..n]);
-        }
-        Ok(())
-    }
-
-    pub fn generate_root(&self) -> Result<()> {
-        self.call("C_GenerateKey (root)", |c| c.generate_root())
-    }
-
-    pub fn import_root(&self, value: &[u8; 32]) -> Result<()> {
-        let mut v = crate::secure::secret::<32>()?;
-        v.copy_from_slice(value);
-        self.call("C_CreateObject (root)", move |c| c.import_root(&v))
-    }
-
-    pub fn root_exists(&self) -> Result<bool> {
-        self.call("C_FindObjects (root)", |c| c.root_exists())
-    }
-
-    pub fn read_anchor(&self) -> Result<Option<(u64, [u8; 32])>> {
-        self.call("reading the rollback anchor", |c| c.read_anchor())
-    }
-
-    pub fn write_anchor(&self, seq: u64, mac: &[u8; 32], reset: bool) -> Result<()> {
-        let mac = *mac;
-        self.call("writing the rollback anchor", move |c| {
-            c.write_anchor(seq, &mac, reset)
-        })
-    }
-
-    /// Closes every session and, if p11derive initialized the module,
-    /// finalizes it; a hung HSM is left to its worker after the timeout.
-    pub fn finalize(&self) {
-        self.core.forget_pin();
-        if let Err(e) = self
-            .call_now("C_Finalize", |c| {
-                c.finalize();
-                Ok(())
-            })
-            .0
-        {
-            crate::log::warn(&format!("backing HSM: {e}"));
-        }
-        self.workers.close(self.timeout);
-    }
 }
 
 impl Drop for Backend {
     fn drop(&mut self) {
-        self.workers.close(std::time::Duration::from_millis(200));
+        self.calls
+            .workers
+            .close(std::time::Duration::from_millis(200));
     }
 }
 

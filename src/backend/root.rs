@@ -4,6 +4,7 @@ use crate::ck as sys;
 
 use super::core::{device, Core};
 use super::module::Template;
+use crate::audit::Anchor;
 use crate::error::{rv_name, Error, Result};
 use crate::types::Secret32;
 
@@ -161,20 +162,17 @@ impl Core {
     }
 
     /// The label of the rollback anchor (design §4): a private data object
-    /// beside the root holding the sequence number and MAC of the newest
-    /// audit record at the last anchoring.
+    /// beside the root holding a [`Anchor`]: the store lineage, the newest
+    /// record and state change at the last anchoring.
     fn anchor_label(&self) -> String {
         format!("{}/anchor", self.root_label)
     }
 
-    /// Each anchor object found with its (seq, mac).
-    fn anchors(
-        &self,
-        h: sys::CK_SESSION_HANDLE,
-    ) -> Result<Vec<(sys::CK_OBJECT_HANDLE, u64, [u8; 32])>> {
+    /// Each anchor object found, read.
+    fn anchors(&self, h: sys::CK_SESSION_HANDLE) -> Result<Vec<(sys::CK_OBJECT_HANDLE, Anchor)>> {
         let mut out = Vec::new();
         for obj in self.find_by_label(h, sys::CKO_DATA, &self.anchor_label())? {
-            let mut value = [0u8; 40];
+            let mut value = [0u8; 1200];
             let (rv, len) = self
                 .module
                 .get_attribute_value(h, obj, sys::CKA_VALUE, &mut value);
@@ -182,31 +180,32 @@ impl Core {
             if rv == sys::CKR_OBJECT_HANDLE_INVALID {
                 continue;
             }
-            if rv != sys::CKR_OK || len != 40 {
+            let anchor = (rv == sys::CKR_OK)
+                .then(|| value.get(..len as usize).and_then(Anchor::decode))
+                .flatten();
+            let Some(anchor) = anchor else {
                 return Err(Error::with(
                     sys::CKR_DEVICE_ERROR,
                     format!(
-                        "the rollback anchor {:?} on backing token {:?} is unreadable ({})",
+                        "the rollback anchor {:?} on backing token {:?} is unreadable ({}, {len} \
+                         bytes)",
                         self.anchor_label(),
                         self.token_label,
                         rv_name(rv)
                     ),
                 ));
-            }
-            let seq = u64::from_be_bytes(value[..8].try_into().unwrap_or([0; 8]));
-            let mut mac = [0u8; 32];
-            mac.copy_from_slice(&value[8..]);
-            out.push((obj, seq, mac));
+            };
+            out.push((obj, anchor));
         }
         Ok(out)
     }
 
-    /// The anchor's (sequence number, MAC), if one was written. Needs a user
-    /// login: the anchor is a private object. Should two exist (a crash
-    /// between writing the new one and removing the old), the newest counts.
-    /// Another process may replace the anchor while we read it: an anchor
-    /// that vanished between find and read is looked for again.
-    pub(super) fn read_anchor(&self) -> Result<Option<(u64, [u8; 32])>> {
+    /// The anchor, if one was written. Needs a user login: the anchor is a
+    /// private object. Should two exist (a crash between writing the new one
+    /// and removing the old), the newest counts. Another process may replace
+    /// the anchor while we read it: an anchor that vanished between find and
+    /// read is looked for again.
+    pub(super) fn read_anchor(&self) -> Result<Option<Anchor>> {
         self.with_session(|h| {
             for _ in 0..5 {
                 let found = self
@@ -218,8 +217,8 @@ impl Core {
                 }
                 return Ok(anchors
                     .into_iter()
-                    .max_by_key(|(_, seq, _)| *seq)
-                    .map(|(_, seq, mac)| (seq, mac)));
+                    .max_by_key(|(_, a)| (a.epoch, a.head.0))
+                    .map(|(_, a)| a));
             }
             Err(Error::with(
                 sys::CKR_DEVICE_ERROR,
@@ -232,20 +231,23 @@ impl Core {
         })
     }
 
-    /// Moves the anchor to (seq, mac): a new object is written first, then
-    /// the older ones are removed (tokens may not allow changing a data
-    /// object's value). Only forward, unless `reset` (an operator knowingly
-    /// re-anchoring a restored store).
-    pub(super) fn write_anchor(&self, seq: u64, mac: &[u8; 32], reset: bool) -> Result<()> {
+    /// Moves the anchor: a new object is written first, then the older ones
+    /// are removed (tokens may not allow changing a data object's value).
+    /// Only forward (a newer record, or a newer state change), unless `reset`
+    /// (an operator knowingly re-anchoring a repaired store).
+    pub(super) fn write_anchor(&self, anchor: &Anchor, reset: bool) -> Result<()> {
         let label = self.anchor_label();
         self.with_session(|h| {
             let old = self.anchors(h)?;
-            if !reset && old.iter().any(|(_, held, _)| *held >= seq) {
+            let behind = |held: &Anchor| {
+                (held.epoch, held.head.0, held.change.0)
+                    >= (anchor.epoch, anchor.head.0, anchor.change.0)
+                    && held.store.is_some() >= anchor.store.is_some()
+            };
+            if !reset && old.iter().any(|(_, held)| behind(held)) {
                 return Ok(());
             }
-            let mut value = [0u8; 40];
-            value[..8].copy_from_slice(&seq.to_be_bytes());
-            value[8..].copy_from_slice(mac);
+            let value = anchor.encode();
             let class = sys::CKO_DATA;
             let yes = sys::CK_TRUE as sys::CK_BBOOL;
             let app = b"p11derive";
@@ -261,7 +263,7 @@ impl Core {
             if rv != sys::CKR_OK {
                 return Err(device("C_CreateObject (anchor)", rv));
             }
-            for (stale, _, _) in old {
+            for (stale, _) in old {
                 let _ = self.module.destroy_object(h, stale);
             }
             Ok(())

@@ -5,15 +5,22 @@ use crate::types::{AssetId, KeyType, Secret32};
 
 use super::audit::{key_digest, transition_detail};
 use super::db::{Db, Row, Tx, Val};
+use super::state::SealedRow;
 use super::{
     first, hex, now, Asset, AssetState, NewAsset, Store, StoreError, Stored, Transition,
     VersionRecord,
 };
 use crate::asset::{Change, Denied};
+use crate::audit::PREV_CHANGE;
 
 /// The columns of an asset row, in the order `Asset::read` takes them.
 pub(super) const ASSET_COLUMNS: &str =
     "id, name, key_type, object_id, current, min_usable, state, created_at, resume_state";
+
+/// Every column of an asset row, its seal included (as `store migrate`
+/// copies it).
+pub(super) const ASSET_ROW_COLUMNS: &str = "id, name, key_type, object_id, current, min_usable, \
+     state, created_at, resume_state, change_seq, state_mac";
 
 #[derive(Default)]
 pub(super) struct AssetCache {
@@ -25,11 +32,22 @@ impl Store {
     /// Every asset that is not retired, in creation order.
     pub fn list_assets(&self) -> Result<Vec<Asset>, StoreError> {
         let mut conn = self.lock();
-        let rows: Vec<Asset> =
-            self.select(&mut **conn, "WHERE state != 'RETIRED' ORDER BY id", &[])?;
-        rows.into_iter()
-            .map(|a| self.finish_asset(&mut **conn, a))
-            .collect()
+        let rows: Vec<SealedRow> = self.select(
+            &mut **conn,
+            "WHERE state != 'RETIRED' ORDER BY assets.id",
+            &[],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            // A row that does not verify is left out (and logged, naming
+            // it); the others are listed.
+            match self.check_row(&mut **conn, row) {
+                Ok(a) => out.push(self.finish_asset(&mut **conn, a)?),
+                Err(StoreError::StateTampered(..)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
     }
 
     /// One asset by row id (retired ones included: the caller decides).
@@ -49,6 +67,7 @@ impl Store {
                 None
             }
         };
+        self.refused()?;
         let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(g) = generation.filter(|g| *g != cache.generation) {
             cache.assets.clear();
@@ -68,7 +87,11 @@ impl Store {
             None => return Ok(None),
             Some(a) => self.finish_asset(&mut **conn, a)?,
         };
-        cache.assets.insert(rowid, asset.clone());
+        // Only verified rows are kept: a row read before the login gave the
+        // state key is read again after it.
+        if self.authenticated() {
+            cache.assets.insert(rowid, asset.clone());
+        }
         Ok(Some(asset))
     }
 
@@ -196,13 +219,15 @@ impl Store {
         rec.asset = Some(new.id.to_string());
         rec.version = Some(1);
         rec.detail = format!(
-            "create {} id={} pk={} -> ACTIVE current=1 min_usable=1",
+            "create {} id={} pk={} -> ACTIVE current=1 min_usable=1 {PREV_CHANGE}{}",
             new.key_type.name(),
             hex(new.object_id),
-            key_digest(new.public_key)
+            key_digest(new.public_key),
+            self.newest_change(&mut *tx)?
         );
-        self.append_in(&mut *tx, ak, std::slice::from_mut(&mut rec))?;
-        self.commit(tx)?;
+        let head = self.append_in(&mut *tx, ak, std::slice::from_mut(&mut rec))?;
+        self.seal_row(&mut *tx, ak, rowid, (head.seq, head.mac))?;
+        self.commit_at(tx, head)?;
         self.forget_assets();
         Ok(Asset {
             rowid,
@@ -228,15 +253,30 @@ impl Store {
         self.asset_by_name_in(&mut **conn, name)
     }
 
+    /// One asset by name, its row verified (see `check_row`).
     fn asset_by_name_in(
         &self,
         db: &mut dyn Db,
         name: &AssetId,
     ) -> Result<Option<Asset>, StoreError> {
+        let row: Option<SealedRow> = self
+            .select(db, "WHERE name = ?1", &[name.as_str().into()])
+            .map(first)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let a = self.check_row(db, row)?;
+        self.finish_asset(db, a).map(Some)
+    }
+
+    /// One asset by name as the row holds it, unverified: a transition's
+    /// result, read before it is sealed.
+    fn asset_as_written(&self, db: &mut dyn Db, name: &AssetId) -> Result<Asset, StoreError> {
         let row: Option<Asset> = self
             .select(db, "WHERE name = ?1", &[name.as_str().into()])
             .map(first)?;
-        row.map(|a| self.finish_asset(db, a)).transpose()
+        let a = row.ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        self.finish_asset(db, a)
     }
 
     /// Every recorded version of an asset, trimmed ones included, newest first.
@@ -348,9 +388,8 @@ impl Store {
                 )?;
             }
         }
-        let after = self
-            .asset_by_name_in(&mut *tx, name)?
-            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        let after = self.asset_as_written(&mut *tx, name)?;
+        let prev = self.newest_change(&mut *tx)?;
         let mut rec = base;
         rec.event = Event::Transition;
         rec.asset = Some(name.to_string());
@@ -366,8 +405,10 @@ impl Store {
             }
             _ => transition_detail(&t.name(), &after),
         };
-        self.append_in(&mut *tx, ak, std::slice::from_mut(&mut rec))?;
-        self.commit(tx)?;
+        rec.detail = format!("{} {PREV_CHANGE}{prev}", rec.detail);
+        let head = self.append_in(&mut *tx, ak, std::slice::from_mut(&mut rec))?;
+        self.seal_row(&mut *tx, ak, a.rowid, (head.seq, head.mac))?;
+        self.commit_at(tx, head)?;
         self.forget_assets();
         Ok(after)
     }
@@ -386,7 +427,10 @@ impl Store {
         db: &mut dyn Db,
         rowid: i64,
     ) -> Result<Option<Asset>, StoreError> {
-        self.select(db, "WHERE id = ?1", &[rowid.into()]).map(first)
+        let row: Option<SealedRow> = self
+            .select(db, "WHERE assets.id = ?1", &[rowid.into()])
+            .map(first)?;
+        row.map(|r| self.check_row(db, r)).transpose()
     }
 
     /// Every asset, retired ones included (for reconciliation).

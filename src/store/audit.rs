@@ -60,7 +60,7 @@ const AUDIT_COLUMNS: &str =
 /// Reads an audit row. A value no genuine record can hold (an unknown
 /// event, a hash that is not 32 bytes) is an error naming the row, never
 /// normalised into something the MAC check might accept.
-fn read_record(r: &Row, first: usize) -> Result<Record, String> {
+pub(super) fn read_record(r: &Row, first: usize) -> Result<Record, String> {
     let event = r.text(first + 3)?;
     let event = Event::parse(&event).ok_or_else(|| format!("unknown event {event:?}"))?;
     let input_sha256 = match r.opt_blob(first + 7)? {
@@ -111,14 +111,20 @@ pub type AuditRow = (Record, Vec<u8>);
 
 impl Store {
     /// Appends records to the chain inside the caller's write transaction,
-    /// first sealing records that processes without the audit key left pending.
+    /// first sealing records that processes without the audit key left
+    /// pending. Refused when the chain no longer holds the newest record
+    /// this process saw (`check_position`). Returns the new head, for the
+    /// caller to pass to [`Store::commit_at`].
     pub(super) fn append_in(
         &self,
         tx: &mut dyn Db,
         ak: &Secret32,
         records: &mut [Record],
-    ) -> Result<(), StoreError> {
-        let (seq, mac) = self.head_in(tx)?.unwrap_or((0, GENESIS));
+    ) -> Result<Head, StoreError> {
+        let found = self.head_in(tx)?;
+        self.check_position(tx, found)?;
+        self.check_before_append(tx)?;
+        let (seq, mac) = found.unwrap_or((0, GENESIS));
         let mut head = Head { seq, mac };
         let pending = self.pending_in(tx)?;
         if !pending.is_empty() {
@@ -146,7 +152,7 @@ impl Store {
         for r in records.iter_mut() {
             put(r)?;
         }
-        Ok(())
+        Ok(head)
     }
 
     /// Writes one record durably: into the chain when the audit key is at
@@ -155,8 +161,12 @@ impl Store {
         let mut conn = self.lock();
         let mut tx = Tx::begin(&mut **conn)?;
         match ak {
-            Some(ak) => self.append_in(&mut *tx, ak, std::slice::from_mut(&mut r))?,
+            Some(ak) => {
+                let head = self.append_in(&mut *tx, ak, std::slice::from_mut(&mut r))?;
+                return self.commit_at(tx, head);
+            }
             None => {
+                self.refused()?;
                 tx.execute(
                     &format!(
                         "INSERT INTO audit_pending ({AUDIT_COLUMNS}) \

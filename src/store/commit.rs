@@ -154,6 +154,13 @@ impl Store {
         batch: &[Job],
     ) -> Result<Vec<Result<(), Option<Asset>>>, StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
+        self.refused()?;
+        // What the chain must still hold: the newest record this process
+        // saw, and the HSM anchor's newest record and state change.
+        let mut held: Vec<(u64, [u8; 32])> = self.seen().into_iter().collect();
+        if let Some(a) = self.watched_anchor()? {
+            held.extend([a.head, a.change].into_iter().filter(|h| h.0 > 0));
+        }
         let mut believed = self.believed.lock().unwrap_or_else(|e| e.into_inner());
         for _ in 0..8 {
             let (seq, head, generation) = match *believed {
@@ -173,15 +180,18 @@ impl Store {
             let prev = chain.mac;
             // Whatever the outcome, the next batch starts from what it says.
             *believed = None;
-            match self.append_pg(seq, &head, generation, &cols, &prev)? {
+            match self.append_pg(seq, &head, generation, &cols, &prev, &held)? {
                 Appended::Done => {
                     *believed = Some((seq + batch.len() as u64, prev, generation));
+                    self.saw((seq + batch.len() as u64, prev));
                     self.commits.fetch_add(1, Relaxed);
                     return Ok(decisions);
                 }
                 Appended::Stale(now) => *believed = Some(now),
                 Appended::Unknown => {}
-                Appended::Pending => break,
+                // Records to seal; or the chain lost the newest record this
+                // process saw, which the ordinary path names and refuses.
+                Appended::Pending | Appended::Lost => break,
             }
         }
         // Records to seal, or other hosts kept winning the race: take the
@@ -249,15 +259,20 @@ impl Store {
         generation: i64,
         cols: &PgColumns,
         last: &[u8; 32],
+        held: &[(u64, [u8; 32])],
     ) -> Result<Appended, StoreError> {
         let mut conn = self.lock();
         let pg = conn.as_pg().expect("a PostgreSQL store");
         self.round_trips
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let head_mac: Option<Vec<u8>> = (seq > 0).then(|| head.to_vec());
+        let (hold, hold_mac): (Vec<i64>, Vec<Vec<u8>>) =
+            held.iter().map(|(s, m)| (*s as i64, m.to_vec())).unzip();
+        let change = self.verified_change().map_or(0, |c| c.0 as i64);
         let rows = pg.query_with(
-            "SELECT r_ok, r_seq, r_mac, r_gen, r_pending FROM p11derive_append(\
-             ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+            "SELECT r_ok, r_seq, r_mac, r_gen, r_pending, r_lost, r_change FROM \
+             p11derive_append(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
+             ?16, ?17)",
             &[
                 &(seq as i64),
                 &head_mac,
@@ -273,6 +288,9 @@ impl Store {
                 &cols.rv,
                 &cols.detail,
                 &cols.mac,
+                &hold,
+                &hold_mac,
+                &change,
             ],
         );
         let rows = match rows {
@@ -291,7 +309,7 @@ impl Store {
                 };
             }
         };
-        type Outcome = (bool, i64, Option<Vec<u8>>, i64, bool);
+        type Outcome = (bool, i64, Option<Vec<u8>>, i64, bool, bool, i64);
         let read = || -> Result<Outcome, String> {
             let r = rows.first().ok_or("no row")?;
             let col = |e: postgres::Error| e.to_string();
@@ -300,15 +318,21 @@ impl Store {
             let m: Option<Vec<u8>> = r.try_get(2).map_err(col)?;
             let g: i64 = r.try_get(3).map_err(col)?;
             let pending: bool = r.try_get(4).map_err(col)?;
-            Ok((ok, s, m, g, pending))
+            let lost: bool = r.try_get(5).map_err(col)?;
+            let change: i64 = r.try_get(6).map_err(col)?;
+            Ok((ok, s, m, g, pending, lost, change))
         };
-        let (ok, s, m, g, pending) = read()
+        let (ok, s, m, g, pending, lost, change) = read()
             .map_err(|e| StoreError::Io(self.path.clone(), format!("p11derive_append: {e}")))?;
         let m = m.as_deref().map_or(GENESIS, stored_mac);
-        Ok(match (ok, pending) {
-            (true, _) => Appended::Done,
-            (false, true) => Appended::Pending,
-            (false, false) => Appended::Stale((s as u64, m, g)),
+        let newer_change = change > self.verified_change().map_or(0, |c| c.0 as i64);
+        Ok(match (ok, pending, lost || newer_change) {
+            (true, ..) => Appended::Done,
+            // The ordinary path verifies the new state changes (or names
+            // what was lost) under the writers' lock.
+            (false, _, true) => Appended::Lost,
+            (false, true, _) => Appended::Pending,
+            (false, false, false) => Appended::Stale((s as u64, m, g)),
         })
     }
 
@@ -320,16 +344,23 @@ impl Store {
     ) -> Result<Vec<Result<(), Option<Asset>>>, StoreError> {
         let mut conn = self.lock();
         let mut tx = Tx::begin(&mut **conn)?;
+        // Every state change in the store is known before a row is judged
+        // (a row put back to an older sealed copy is then stale).
+        self.refresh(&mut *tx)?;
         let mut decisions = Vec::with_capacity(batch.len());
         let mut records = Vec::with_capacity(batch.len());
         for job in batch {
-            let asset = self.asset_row(&mut *tx, job.rowid)?;
-            let (decision, record) = decide(job.need, job.version, &job.record, asset);
+            let (decision, record) = match self.asset_row(&mut *tx, job.rowid) {
+                Ok(asset) => decide(job.need, job.version, &job.record, asset),
+                // A row that does not verify refuses its own job only.
+                Err(StoreError::StateTampered(_, why)) => refuse_unverified(&job.record, &why),
+                Err(e) => return Err(e),
+            };
             records.push(record);
             decisions.push(decision);
         }
-        self.append_in(&mut *tx, ak, &mut records)?;
-        self.commit(tx)?;
+        let head = self.append_in(&mut *tx, ak, &mut records)?;
+        self.commit_at(tx, head)?;
         Ok(decisions)
     }
 
@@ -380,6 +411,16 @@ pub(super) fn decide(
     (Err(asset), r)
 }
 
+/// The refusal of an operation whose asset row does not verify.
+fn refuse_unverified(record: &Record, why: &str) -> (Result<(), Option<Asset>>, Record) {
+    let mut r = record.clone();
+    let what = r.event.name();
+    r.event = Event::Refused;
+    r.rv = crate::ck::CKR_DEVICE_ERROR;
+    r.detail = format!("{what} refused at commit: {why}");
+    (Err(None), r)
+}
+
 /// What `p11derive_append` did with a batch.
 enum Appended {
     /// Committed.
@@ -391,6 +432,9 @@ enum Appended {
     Unknown,
     /// Nothing written: records without the audit key wait to be sealed.
     Pending,
+    /// Nothing written: the chain no longer holds the newest record this
+    /// process saw.
+    Lost,
 }
 
 /// A batch's records as the commit function's arrays.

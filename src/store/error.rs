@@ -26,6 +26,16 @@ pub enum StoreError {
     OtherRoot(PathBuf),
     /// The chain's newest record (this seq) does not verify under the right key.
     Tampered(PathBuf, u64),
+    /// A row that decides whether a key may be used does not verify (the
+    /// message names it).
+    StateTampered(PathBuf, String),
+    /// The chain went back or changed under this process: every operation
+    /// is refused until an operator re-anchors.
+    RolledBack(PathBuf, String),
+    /// The backing HSM's anchor is ahead of the store (the message says how).
+    BehindAnchor(PathBuf, String),
+    /// The store is not the one the root's anchor names.
+    Lineage(PathBuf, String),
     Io(PathBuf, String),
 }
 
@@ -79,6 +89,37 @@ impl fmt::Display for StoreError {
                 f,
                 "the newest audit record of store {} (record {seq}) does not verify: the store was \
                  changed outside p11derive. Nothing was written; run `p11derive audit verify`",
+                p.display()
+            ),
+            StoreError::StateTampered(p, why) => write!(
+                f,
+                "store {}: {why}. p11derive refuses to use it; run `p11derive audit verify` to \
+                 list every such row, and restore the store from a backup taken after the \
+                 asset's last change (see the README, \"Backup, restore, start over\")",
+                p.display()
+            ),
+            StoreError::RolledBack(p, why) => write!(
+                f,
+                "store {}: {why}. Every operation is refused until the store is repaired: restore \
+                 the newest backup, check it with `p11derive audit verify`, then `p11derive audit \
+                 reanchor --yes` (see the README, \"Backup, restore, start over\")",
+                p.display()
+            ),
+            StoreError::BehindAnchor(p, why) => write!(
+                f,
+                "store {} is older than the rollback anchor in the backing HSM: {why}. An older \
+                 copy of the store was restored, or records were deleted; p11derive refuses to \
+                 run on it and nothing was written. Put back the newest copy of the store; \
+                 `p11derive audit verify` says what a copy lacks (see the README, \"Backup, \
+                 restore, start over\")",
+                p.display()
+            ),
+            StoreError::Lineage(p, why) => write!(
+                f,
+                "store {} is not the store of this root: {why}. A root has one store: a retired \
+                 asset id is refused only within it, so a second store would bring its keys \
+                 back. Point [store] at the root's store (restore it from its backup), or start \
+                 over with a new root (see the README, \"Backup, restore, start over\")",
                 p.display()
             ),
             StoreError::Io(p, e) => write!(f, "store {}: {e}", p.display()),

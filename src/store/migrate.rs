@@ -1,13 +1,13 @@
 //! `p11derive store migrate`: a store copied row for row into a new, empty one, chain untouched.
 
-use super::assets::ASSET_COLUMNS;
+use super::assets::ASSET_ROW_COLUMNS;
 use super::db::{Db, Tx};
 use super::{first, Store, StoreError};
 
 /// The tables a migration copies, in an order that satisfies their
 /// references, with their columns.
 const TABLES: &[(&str, &str)] = &[
-    ("assets", ASSET_COLUMNS),
+    ("assets", ASSET_ROW_COLUMNS),
     (
         "versions",
         "asset, version, public_key, created_at, pk_mac",

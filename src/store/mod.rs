@@ -9,7 +9,8 @@
 //! refused with a clear error and never modified.
 //!
 //! Rooms (the state machine they apply is `crate::asset`): `assets` (asset reads,
-//! cache, creation, transitions), `audit` (the chain as stored), `commit`
+//! cache, creation, transitions), `state` (rows sealed under the state key, the
+//! verified state changes, rollback caught while running), `audit` (the chain as stored), `commit`
 //! (group commit of signatures), `objects` (certificates, data objects),
 //! `schema` (both engines' schema and identity checks), `migrate` (store to
 //! store), `error`; under them `db` (the engine interface), `sqlite`, `pg`.
@@ -30,6 +31,7 @@ mod objects;
 pub mod pg;
 mod schema;
 mod sqlite;
+mod state;
 
 pub use crate::asset::{Asset, AssetState, NewAsset, Transition, VersionRecord};
 pub use audit::{
@@ -41,6 +43,7 @@ pub use error::StoreError;
 pub use migrate::Moved;
 pub use objects::StoredObject;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+pub use state::{row_mac, state_key, STATE_KEY_INFO};
 
 use assets::AssetCache;
 use commit::Group;
@@ -71,6 +74,9 @@ pub struct Store {
     /// trigger at every change to assets or versions, by any process) is
     /// unchanged: signing reads an asset at every C_SignInit.
     asset_cache: Mutex<AssetCache>,
+    /// The state key, the verified state changes and the newest record
+    /// seen (see `state`).
+    state: Mutex<state::Guard>,
 }
 
 /// A row type kept in one table: the columns a `SELECT` names, in the order
@@ -181,6 +187,7 @@ impl Store {
             commits: std::sync::atomic::AtomicU64::new(0),
             round_trips: std::sync::atomic::AtomicU64::new(0),
             asset_cache: Mutex::new(AssetCache::default()),
+            state: Mutex::new(state::Guard::default()),
         }
     }
 
@@ -228,6 +235,14 @@ impl Store {
     ) -> Result<Vec<T>, StoreError> {
         let sql = format!("SELECT {} FROM {} {tail}", T::COLUMNS, T::TABLE);
         self.rows(db, &sql, params, T::read)
+    }
+
+    /// Commits a write transaction that appended up to `head`, which this
+    /// process has then seen.
+    fn commit_at(&self, tx: Tx<'_>, head: crate::audit::Head) -> Result<(), StoreError> {
+        self.commit(tx)?;
+        self.saw((head.seq, head.mac));
+        Ok(())
     }
 
     /// Commits a write transaction, counting it.

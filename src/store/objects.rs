@@ -68,8 +68,8 @@ impl Store {
             .map(first)?
             .ok_or_else(|| StoreError::Io(self.path.clone(), "no id for the new object".into()))?;
         record.detail = format!("{} (object {rowid})", record.detail);
-        self.append_in(&mut *tx, ak, std::slice::from_mut(&mut record))?;
-        self.commit(tx)?;
+        let head = self.append_in(&mut *tx, ak, std::slice::from_mut(&mut record))?;
+        self.commit_at(tx, head)?;
         Ok(StoredObject {
             rowid,
             ..new.clone()
@@ -90,8 +90,8 @@ impl Store {
         if gone == 0 {
             return Ok(false);
         }
-        self.append_in(&mut *tx, ak, std::slice::from_mut(&mut record))?;
-        self.commit(tx)?;
+        let head = self.append_in(&mut *tx, ak, std::slice::from_mut(&mut record))?;
+        self.commit_at(tx, head)?;
         Ok(true)
     }
 

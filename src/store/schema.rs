@@ -15,7 +15,7 @@ use super::StoreError;
 /// `PRAGMA application_id` of a p11derive store ("P1DR").
 pub const APPLICATION_ID: i32 = 0x5031_4452;
 /// The schema this build writes. Older stores are migrated forward.
-pub const SCHEMA_VERSION: i32 = 6;
+pub const SCHEMA_VERSION: i32 = 7;
 
 /// The columns `audit` and `audit_pending` share (migration 2 -> 3), after
 /// their keys and up to `detail`: a macro, so each migration stays one
@@ -110,6 +110,12 @@ const MIGRATIONS: &[&str] = &[
         BEGIN UPDATE generation SET assets = assets + 1; END;
     CREATE TRIGGER versions_delete AFTER DELETE ON versions
         BEGIN UPDATE generation SET assets = assets + 1; END;",
+    // 6 -> 7: each asset row is sealed under the state key to the audit
+    // record of its latest change (`state.rs`); state changes are found by
+    // index (`prev_change` links, the ledger).
+    "ALTER TABLE assets ADD COLUMN change_seq INTEGER;
+    ALTER TABLE assets ADD COLUMN state_mac BLOB;
+    CREATE INDEX audit_changes ON audit (seq) WHERE event IN ('create', 'transition');",
 ];
 
 /// Upgrades a SQLite store's schema from `from` to `SCHEMA_VERSION`.
@@ -183,7 +189,9 @@ CREATE TABLE assets (
     min_usable   BIGINT NOT NULL CHECK (min_usable >= 1 AND min_usable <= current),
     state        TEXT NOT NULL CHECK (state IN ('ACTIVE','ROTATING','SUSPENDED','RETIRED')),
     created_at   BIGINT NOT NULL,
-    resume_state TEXT CHECK (resume_state IS NULL OR resume_state IN ('ACTIVE','ROTATING'))
+    resume_state TEXT CHECK (resume_state IS NULL OR resume_state IN ('ACTIVE','ROTATING')),
+    change_seq   BIGINT,
+    state_mac    BYTEA
 );
 CREATE TABLE versions (
     asset       BIGINT NOT NULL REFERENCES assets(id),
@@ -235,28 +243,46 @@ CREATE TRIGGER assets_moved AFTER INSERT OR UPDATE OR DELETE ON assets
 CREATE TRIGGER versions_moved AFTER INSERT OR UPDATE OR DELETE ON versions
     FOR EACH STATEMENT EXECUTE FUNCTION p11derive_moved();
 
+CREATE INDEX audit_changes ON audit (seq) WHERE event IN ('create', 'transition');
+"#
+);
+
+/// The batch commit function of a PostgreSQL store (schema version 7).
+pub(super) const PG_APPEND: &str = r#"
 -- The commit of a batch, in one statement: the client MACed the records
 -- onto the head it believes current and decided each operation on the
 -- assets as of generation `gen`. Under the writers' lock, if the head, the
 -- generation and the pending table are as the client believed, the
 -- records are appended (ok = true); otherwise nothing is written and the
 -- client learns the true head and generation, to decide and MAC again.
+-- `p_hold` are records the client knows (the newest it has seen, the
+-- HSM anchor's newest record and state change): when the chain no longer
+-- holds one of them with its MAC (`lost`), nothing is written either.
+-- `p_change` is the newest state change the client has verified: a newer
+-- one (`r_change`) is verified first, then the batch decided again.
 CREATE FUNCTION p11derive_append(
     p_seq BIGINT, p_head BYTEA, p_gen BIGINT,
     p_time_ns BIGINT[], p_pid BIGINT[], p_session BIGINT[], p_event TEXT[], p_asset TEXT[],
     p_version BIGINT[], p_mechanism BIGINT[], p_input BYTEA[], p_rv BIGINT[],
-    p_detail TEXT[], p_mac BYTEA[])
-RETURNS TABLE (r_ok BOOLEAN, r_seq BIGINT, r_mac BYTEA, r_gen BIGINT, r_pending BOOLEAN)
+    p_detail TEXT[], p_mac BYTEA[], p_hold BIGINT[], p_hold_mac BYTEA[], p_change BIGINT)
+RETURNS TABLE (r_ok BOOLEAN, r_seq BIGINT, r_mac BYTEA, r_gen BIGINT, r_pending BOOLEAN,
+               r_lost BOOLEAN, r_change BIGINT)
 LANGUAGE plpgsql AS $$
 DECLARE
-    s BIGINT; m BYTEA; g BIGINT; p BOOLEAN;
+    s BIGINT; m BYTEA; g BIGINT; p BOOLEAN; l BOOLEAN; c BIGINT;
 BEGIN
     PERFORM 1 FROM p11derive_meta WHERE id = 1 FOR UPDATE;
     SELECT a.seq, a.mac INTO s, m FROM audit a ORDER BY a.seq DESC LIMIT 1;
     SELECT x.assets INTO g FROM generation x;
     SELECT EXISTS (SELECT 1 FROM audit_pending) INTO p;
-    IF coalesce(s, 0) <> p_seq OR m IS DISTINCT FROM p_head OR g <> p_gen OR p THEN
-        RETURN QUERY SELECT false, coalesce(s, 0), m, g, p;
+    SELECT EXISTS (
+        SELECT 1 FROM unnest(p_hold, p_hold_mac) AS h(seq, mac)
+        WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.seq = h.seq AND a.mac = h.mac)
+    ) INTO l;
+    SELECT max(a.seq) INTO c FROM audit a WHERE a.event IN ('create', 'transition');
+    IF coalesce(s, 0) <> p_seq OR m IS DISTINCT FROM p_head OR g <> p_gen OR p OR l
+       OR coalesce(c, 0) > p_change THEN
+        RETURN QUERY SELECT false, coalesce(s, 0), m, g, p, l, coalesce(c, 0);
         RETURN;
     END IF;
     INSERT INTO audit (seq, time_ns, pid, session, event, asset, version, mechanism,
@@ -265,10 +291,20 @@ BEGIN
         FROM unnest(p_time_ns, p_pid, p_session, p_event, p_asset, p_version, p_mechanism,
                     p_input, p_rv, p_detail, p_mac)
              WITH ORDINALITY AS u(t, pi, se, e, a, v, me, i, r, d, c, n);
-    RETURN QUERY SELECT true, p_seq + cardinality(p_time_ns), p_mac[cardinality(p_mac)], g, false;
+    RETURN QUERY SELECT true, p_seq + cardinality(p_time_ns), p_mac[cardinality(p_mac)], g,
+        false, false, coalesce(c, 0);
 END $$;
-"#
-);
+"#;
+
+/// Upgrades a PostgreSQL store of schema version 6 to 7, in one transaction:
+/// the seal columns, the state-change index and the commit function that
+/// checks the client's newest seen record.
+const PG_UPGRADE_7: &str = r#"
+ALTER TABLE assets ADD COLUMN change_seq BIGINT, ADD COLUMN state_mac BYTEA;
+CREATE INDEX audit_changes ON audit (seq) WHERE event IN ('create', 'transition');
+DROP FUNCTION p11derive_append(BIGINT, BYTEA, BIGINT, BIGINT[], BIGINT[], BIGINT[], TEXT[],
+    TEXT[], BIGINT[], BIGINT[], BYTEA[], BIGINT[], TEXT[], BYTEA[]);
+"#;
 
 /// Creates the schema in an empty PostgreSQL database, in one transaction.
 pub(super) fn create_pg(db: &mut Pg) -> Result<(), StoreError> {
@@ -279,6 +315,7 @@ pub(super) fn create_pg(db: &mut Pg) -> Result<(), StoreError> {
         return Err(StoreError::Exists(loc));
     }
     db.batch(PG_SCHEMA)?;
+    db.batch(PG_APPEND)?;
     db.execute(
         "INSERT INTO p11derive_meta (id, application, schema_version) VALUES (1, ?1, ?2)",
         &[
@@ -304,7 +341,30 @@ pub(super) fn identify_pg(db: &mut Pg) -> Result<(), StoreError> {
         .first()
         .and_then(|r| Some((r.int(0).ok()?, r.int(1).ok()?)))
         .ok_or_else(|| StoreError::Corrupt(loc.clone(), "p11derive_meta is empty".into()))?;
-    identify(&loc, app, version)
+    identify(&loc, app, version)?;
+    if version < 7 {
+        upgrade_pg(db)?;
+    }
+    Ok(())
+}
+
+/// Brings a PostgreSQL store from schema version 6 to this build's, under
+/// the writers' lock (another host may be upgrading at the same moment).
+fn upgrade_pg(db: &mut Pg) -> Result<(), StoreError> {
+    db.begin_plain()?;
+    let seen = db.query(
+        "SELECT schema_version FROM p11derive_meta WHERE id = 1 FOR UPDATE",
+        &[],
+    )?;
+    if seen.first().and_then(|r| r.int(0).ok()) == Some(6) {
+        db.batch(PG_UPGRADE_7)?;
+        db.batch(PG_APPEND)?;
+        db.execute(
+            "UPDATE p11derive_meta SET schema_version = ?1 WHERE id = 1",
+            &[Val::Int(SCHEMA_VERSION.into())],
+        )?;
+    }
+    db.commit()
 }
 
 #[cfg(test)]
@@ -318,7 +378,11 @@ mod tests {
     fn migrations_are_unchanged() {
         assert_eq!(
             super::super::hex(&Sha256::digest(super::PG_SCHEMA)),
-            "d4de4839c09b7dd8f2a8d781dfc80870052293606fff46aefba41dfbcf6d5de6"
+            "b4f762f5a0ab090a09f48f26ea17d1d7ed65d0ac7e6e14667772a9704336828c"
+        );
+        assert_eq!(
+            super::super::hex(&Sha256::digest(super::PG_APPEND)),
+            "2982573c0e9e8f1c47550c55ee96764cc806e0f1d979d985e5eaa1e8d37e7bde"
         );
         let want = [
             "7e826cfc560d894afc776eaa389205ccb4bae393fa48c3475f202d3a2cfa51ac",
@@ -327,6 +391,7 @@ mod tests {
             "293b4494e8a5a33da40c318cc92b02258b504e2ca052aab16a8581c3452ac719",
             "9a6f58b98c77deb92925f0c226c194d58f2c7cf92ca977a15d056d866754f484",
             "fceed6485bca40ff153678db5940dc4d033a0650c67b10a4bf5c4f16016a7438",
+            "e7c870d281690194b2ceec063a1d783f0b65180fe0a5aed772b783164dde3ea6",
         ];
         assert_eq!(super::MIGRATIONS.len(), want.len());
         for (i, (sql, want)) in super::MIGRATIONS.iter().zip(want).enumerate() {

@@ -183,60 +183,44 @@ impl Provider {
         }
     }
 
-    /// Refuses a store older than the rollback anchor in the backing HSM.
+    /// Refuses a store that is not the root's (another lineage) or is older
+    /// than the rollback anchor in the backing HSM, then verifies the
+    /// store's state changes under the audit key (`Store::authenticate`):
+    /// from here on every asset row this process reads is checked.
     fn check_anchor(&self, who: Login) -> Result<()> {
-        if who != Login::User {
-            return Ok(());
-        }
-        let Some((seq, mac)) = self.backend.read_anchor()? else {
+        let Some(ak) = self.audit_key().filter(|_| who == Login::User) else {
             return Ok(());
         };
-        let held = self.store.holds_record(seq, &mac).map_err(store_error)?;
-        if held {
-            return Ok(());
+        let anchor = self.backend.read_anchor()?;
+        if let Some(a) = &anchor {
+            self.store.check_anchor(a).map_err(store_error)?;
         }
-        Err(Error::with(
-            CKR_DEVICE_ERROR,
-            format!(
-                "store {} is older than the rollback anchor in backing token {:?} (the anchor \
-                 holds audit record {seq}, which this store lacks or has with another MAC): an \
-                 older copy of the store was restored, or records were deleted. p11derive \
-                 refuses to run on it. If a backup was restored knowingly, check it with \
-                 `p11derive audit verify` and re-anchor with `p11derive audit reanchor --yes`",
-                self.store.path().display(),
-                self.backend.token_label()
-            ),
-        ))
+        let epoch = anchor.as_ref().map_or(0, |a| a.epoch);
+        self.store.authenticate(&ak, epoch).map_err(store_error)?;
+        // Every commit from now on checks the store against the anchor.
+        let watch = self.backend.anchor_watch();
+        self.store
+            .watch_anchor(Arc::new(move || watch.read().map_err(|e| e.to_string())));
+        Ok(())
     }
 
-    /// Moves the HSM anchor to the newest record (needs the user login),
-    /// only while the store still holds the anchored record: a store swapped
-    /// for an older copy underneath a running process must not be anchored.
-    /// A failure is logged, not fatal: the anchor then lags, never leads.
+    /// Moves the HSM anchor to the newest record and state change (needs
+    /// the user login), only while the store still holds what the anchor
+    /// holds: a store found older than the anchor underneath a running
+    /// process is refused from then on (fail closed), never anchored. A
+    /// failure to write is logged, not fatal: the anchor then lags, never
+    /// leads.
     pub(super) fn advance_anchor(&self) {
         crate::backend::anchoring(|| self.move_anchor())
     }
 
     fn move_anchor(&self) {
         self.audit.anchored_at_ms.store(now_ms(), Ordering::Relaxed);
-        let head = match self.store.audit_head() {
-            Ok(Some(head)) => head,
-            Ok(None) => return,
-            Err(e) => return log::warn(&format!("anchor: {e}")),
-        };
-        match self.backend.read_anchor() {
-            Ok(Some((seq, mac))) if !self.store.holds_record(seq, &mac).unwrap_or(false) => {
-                return log::error(&format!(
-                    "anchor: store {} no longer holds anchored record {seq}; not advancing (run \
-                     `p11derive audit verify`)",
-                    self.store.path().display()
-                ))
-            }
-            Ok(_) => {}
-            Err(e) => return log::warn(&format!("anchor: {e}")),
+        if !self.store.authenticated() {
+            return;
         }
-        if let Err(e) = self.backend.write_anchor(head.0, &head.1, false) {
-            log::warn(&format!("anchor: not advanced to record {}: {e}", head.0));
+        if let Err(e) = lifecycle::advance_anchor(&self.store, &self.backend) {
+            log::warn(&format!("anchor: {e}"));
         }
     }
 

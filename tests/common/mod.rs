@@ -271,6 +271,21 @@ impl Setup {
     }
 }
 
+/// Runs `sql` on a SQLite store with the `sqlite3` shell, as someone with
+/// only the file would; it must succeed.
+pub fn sqlite(db: &Path, sql: &str) {
+    let out = Command::new("sqlite3")
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 runs");
+    assert!(
+        out.status.success(),
+        "sqlite3 {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs the CLI with this setup's config and PIN.
 pub fn cli(s: &Setup, args: &[&str]) -> Output {
     s.cli().args(args).output().expect("p11derive runs")

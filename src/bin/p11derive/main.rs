@@ -11,6 +11,7 @@ mod audit_cmd;
 use std::path::Path;
 use std::process::ExitCode;
 
+use p11derive::audit::{Event, Record};
 use p11derive::backend::Backend;
 use p11derive::config::{self, Config};
 use p11derive::derive::{self, AssetId, KeyType, Secret32};
@@ -390,16 +391,79 @@ fn init_with(
             println!("root {label:?} generated inside backing token {token:?} (sensitive, not extractable)");
         }
     }
-    match Store::create_config(&config.store) {
-        Ok(s) => println!("store {} created", s.path().display()),
-        Err(StoreError::Exists(_)) => {
-            let s = Store::open_config(&config.store)?;
+    // Log in again, now finding the root, to derive through it.
+    let _ = backend.logout();
+    let result = backend
+        .login(p11derive::ck::CKU_USER, pin)
+        .map_err(fail)
+        .and_then(|()| init_store(config, backend));
+    let _ = backend.logout();
+    result
+}
+
+/// The store of `init`: kept when it exists and is this root's; created
+/// (with its first record, which names its lineage, and the HSM's anchor)
+/// only when the root has no store yet.
+fn init_store(config: &Config, backend: &Backend) -> Result<(), Failure> {
+    let fail = |e: p11derive::Error| Failure::Failed(e.to_string());
+    let ak = derive::audit_key(backend).map_err(fail)?;
+    let anchor = backend.read_anchor().map_err(fail)?;
+    let store = match Store::open_config(&config.store) {
+        Ok(s) => {
+            s.check_root(&ak)?;
+            if let Some(a) = &anchor {
+                s.check_anchor(a)?;
+            }
             println!("store {} already exists; kept", s.path().display());
+            s
+        }
+        Err(StoreError::Missing(_)) => {
+            if let Some(a) = &anchor {
+                return Err(Failure::Failed(second_store(config, a)));
+            }
+            let s = Store::create_config(&config.store)?;
+            let fp = derive::root_fingerprint(backend).map_err(fail)?;
+            let rec = Record::new(Event::Init, 0).detail(format!(
+                "store created at {} for root {} (fingerprint {})",
+                s.path().display(),
+                config.backend.root_label,
+                hex(&fp)
+            ));
+            s.record(Some(&ak), rec)?;
+            println!(
+                "store {} created for root {:?} (fingerprint {})",
+                s.path().display(),
+                config.backend.root_label,
+                hex(&fp)
+            );
+            s
         }
         Err(e) => return Err(e.into()),
-    }
-    let _ = backend.logout();
-    Ok(())
+    };
+    store.authenticate(&ak, anchor.as_ref().map_or(0, |a| a.epoch))?;
+    lifecycle::advance_anchor(&store, backend).map_err(fail)
+}
+
+/// Why `init` refuses a new store for a root that already has one.
+fn second_store(config: &Config, a: &p11derive::audit::Anchor) -> String {
+    let label = &config.backend.root_label;
+    let token = &config.backend.token_label;
+    let location = if a.location.is_empty() {
+        "at a location the anchor does not record".to_string()
+    } else {
+        format!("last at {}", a.location)
+    };
+    let id = a.store.map_or_else(|| "(unnamed)".into(), |id| hex(&id));
+    format!(
+        "root {label:?} on backing token {token:?} already has a store (store {id}, {location}, \
+         anchored at audit record {}); refusing to create a second one: asset ids are unique \
+         within a root's store, so in a new store a retired asset's id would be free again and \
+         its keys would come back. To recover, put the root's store (or its newest backup) where \
+         [store] points and run `p11derive audit verify`. To start over without it, create a \
+         new root: set [backend] root_label to a new label and run `p11derive init` (every key \
+         of the old root is then out of use). See the README, \"Backup, restore, start over\"",
+        a.head.0
+    )
 }
 
 /// `store migrate`: a SQLite store into a new PostgreSQL one, every row.
@@ -458,23 +522,19 @@ fn change(args: &Args, name: &str, t: Transition) -> Result<(), Failure> {
     })
 }
 
-/// Runs `f` with the store and a backing HSM logged in as user.
-/// Refuses to change a store older than the HSM's rollback anchor (and so
-/// never moves the anchor onto a restored, forked chain).
-fn refuse_rolled_back(store: &Store, backend: &Backend) -> Result<(), Failure> {
+/// Before a change: the store must be this root's (lineage) and hold what
+/// the HSM's rollback anchor holds; then its state changes are verified
+/// under the audit key and every asset row read after is checked (and never
+/// is the anchor moved onto a restored, forked chain).
+fn refuse_rolled_back(store: &Store, backend: &Backend, ak: &Secret32) -> Result<(), Failure> {
     let anchor = backend
         .read_anchor()
         .map_err(|e| Failure::Failed(e.to_string()))?;
-    match anchor {
-        Some((seq, mac)) if !store.holds_record(seq, &mac)? => Err(Failure::Failed(format!(
-            "store {} is older than the rollback anchor in the backing HSM (it lacks audit record \
-             {seq}, or holds it with another MAC): an older copy was restored, or records were \
-             deleted. Nothing was changed. Check with `p11derive audit verify`; if the restore was \
-             intended, re-anchor with `p11derive audit reanchor --yes`",
-            store.path().display()
-        ))),
-        _ => Ok(()),
+    if let Some(a) = &anchor {
+        store.check_anchor(a)?;
     }
+    store.authenticate(ak, anchor.map_or(0, |a| a.epoch))?;
+    Ok(())
 }
 
 /// Logs in to the backing HSM (user PIN) and runs `f` with the store, the
@@ -510,12 +570,10 @@ fn with_hsm(
 ) -> Result<(), Failure> {
     with_key(args, |store, backend, ak| {
         store.check_root(ak)?;
-        refuse_rolled_back(store, backend)?;
+        refuse_rolled_back(store, backend, ak)?;
         let done = f(store, backend, &Audit { ak, session: None });
-        if let Ok(Some((seq, mac))) = store.audit_head() {
-            if let Err(e) = backend.write_anchor(seq, &mac, false) {
-                eprintln!("p11derive: warning: rollback anchor not advanced: {e}");
-            }
+        if let Err(e) = lifecycle::advance_anchor(store, backend) {
+            eprintln!("p11derive: warning: rollback anchor not advanced: {e}");
         }
         report(args, store, &done?, what)
     })
