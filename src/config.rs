@@ -1,7 +1,8 @@
 //! The configuration file (TOML): its sections, their defaults and their validation.
 //!
-//! The file is named by `P11DERIVE_CONF`, by the `pReserved` argument of
-//! `C_Initialize`, or found at the default path.
+//! The provider reads the file `P11DERIVE_CONF` names, else the default path
+//! (`C_Initialize`'s `pReserved` must be NULL, as PKCS#11 says); the CLI's
+//! `--config` comes first for the CLI.
 //! The reference for every key is in README.md ("Configuration").
 
 #![forbid(unsafe_code)]
