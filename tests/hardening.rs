@@ -127,3 +127,156 @@ fn wrong_pins_wait_longer_each_time_until_a_right_one() {
         .count();
     assert_eq!(failed, 8);
 }
+
+/// The mode bits and group id of a file.
+fn mode_and_gid(path: &std::path::Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (m.mode() & 0o7777, m.gid())
+}
+
+/// The store's -wal and -shm files.
+fn sidecars(store: &std::path::Path) -> [std::path::PathBuf; 2] {
+    ["-wal", "-shm"].map(|suffix| {
+        let mut p = store.as_os_str().to_owned();
+        p.push(suffix);
+        p.into()
+    })
+}
+
+/// With the process's umask at 022 (which made them 0644 before), the store
+/// `p11derive init` creates, its -wal and -shm while a provider runs, and the
+/// log file are 0600. A store, -wal, -shm or log file that other users can
+/// read is reported at open, by the provider (log) and the CLI (stderr),
+/// naming the file, its mode and the fix.
+#[test]
+fn the_store_and_the_log_are_private_and_loose_modes_are_reported() {
+    let _turn = turn();
+    // SAFETY: umask only swaps the process's file mode mask.
+    let umask = unsafe { libc::umask(0o022) };
+    let s = setup(None);
+    let log_file = s.dir.join("p11derive.log");
+    assert_eq!(mode_and_gid(&s.store).0, 0o600, "store after init");
+    {
+        let p = s.load();
+        let _session = p.user_session();
+        for f in sidecars(&s.store).iter().chain([&log_file]) {
+            assert_eq!(mode_and_gid(f).0, 0o600, "{} while loaded", f.display());
+        }
+    }
+    assert!(!s.log().contains("has mode"), "{}", s.log());
+
+    // Made readable by others: reported at the next start, for each file.
+    use std::os::unix::fs::PermissionsExt;
+    let loosen = |p: &std::path::Path| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap()
+    };
+    loosen(&s.store);
+    loosen(&log_file);
+    let from = s.log().len();
+    {
+        let p = s.load();
+        let _session = p.user_session();
+    }
+    let log = s.log_since(from);
+    let store = s.store.display().to_string();
+    for (what, path) in [
+        ("store file", store.clone()),
+        ("store file", format!("{store}-wal")),
+        ("store file", format!("{store}-shm")),
+        ("log file", log_file.display().to_string()),
+    ] {
+        assert!(
+            log.lines().any(|l| l.contains("WARN")
+                && l.contains(&format!("{what} {path} has mode 0644"))
+                && l.contains("every user of this host can read it")
+                && l.contains(&format!("chmod 600 {path}"))),
+            "no warning for {path}:\n{log}"
+        );
+    }
+    let out = cli(&s, &["asset", "list"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("store file {store} has mode 0644"))
+            && err.contains(&format!("chmod 600 {store}"))
+            && err.contains(&format!("log file {} has mode 0644", log_file.display())),
+        "{err}"
+    );
+    // SAFETY: as above.
+    unsafe { libc::umask(umask) };
+}
+
+/// A group the test may give files to without root: the caller's primary
+/// group, or, for root (whose files get group 0 anyway), another one, so that
+/// giving them to it is shown.
+fn a_group() -> (String, u32) {
+    // SAFETY: geteuid has no preconditions.
+    let name = if unsafe { libc::geteuid() } == 0 {
+        "daemon".to_string()
+    } else {
+        let out = std::process::Command::new("id")
+            .arg("-gn")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let out = std::process::Command::new("getent")
+        .args(["group", &name])
+        .output()
+        .unwrap();
+    let line = String::from_utf8(out.stdout).unwrap();
+    let gid = line.split(':').nth(2).unwrap().trim().parse().unwrap();
+    (name, gid)
+}
+
+/// With `[store] group`, the store's new directory is 02770, and the store,
+/// its -wal and -shm and the log file are 0660, all owned by the group, whatever
+/// the umask (022 would make 0660 into 0640). A group the host does not know
+/// fails `init` with the key named.
+#[test]
+fn with_a_group_the_files_are_0660_and_the_groups() {
+    let _turn = turn();
+    // SAFETY: umask only swaps the process's file mode mask.
+    let umask = unsafe { libc::umask(0o022) };
+    let (group, gid) = a_group();
+    let s = setup_with(None, false);
+    let dir = s.dir.join("shared");
+    let store = dir.join("state.db");
+    let log_file = s.dir.join("p11derive.log");
+    let with_group = |g: &str| {
+        config_text(&s.token_label, &store, &log_file)
+            .replace("[store]\n", &format!("[store]\ngroup = \"{g}\"\n"))
+    };
+    std::fs::write(&s.config, with_group("no-such-group-p11derive")).unwrap();
+    let out = s.cli().arg("init").output().unwrap();
+    assert!(!out.status.success(), "{}", output_text(&out));
+    assert!(
+        stderr(&out).contains("[store] group = \"no-such-group-p11derive\" is not a group"),
+        "{}",
+        output_text(&out)
+    );
+    assert!(!store.exists());
+
+    std::fs::write(&s.config, with_group(&group)).unwrap();
+    let out = s.cli().arg("init").output().unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(mode_and_gid(&dir), (0o2770, gid), "store directory");
+    assert_eq!(mode_and_gid(&store), (0o660, gid), "store after init");
+    {
+        let p = s.load();
+        let _session = p.user_session();
+        for f in sidecars(&store).iter().chain([&log_file]) {
+            assert_eq!(
+                mode_and_gid(f),
+                (0o660, gid),
+                "{} while loaded",
+                f.display()
+            );
+        }
+    }
+    let log = std::fs::read_to_string(&log_file).unwrap();
+    assert!(!log.contains("has mode"), "{log}");
+    // SAFETY: as above.
+    unsafe { libc::umask(umask) };
+}

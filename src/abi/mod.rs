@@ -138,7 +138,13 @@ fn initialize() -> Result<()> {
     let level = config
         .log_level()
         .map_err(|m| Error::with(CKR_FUNCTION_FAILED, m))?;
-    log::configure(config.log.file.as_deref(), level).map_err(|e| {
+    let access = crate::files::Access::of(config.store.group.as_deref()).map_err(|m| {
+        Error::with(
+            CKR_FUNCTION_FAILED,
+            format!("{m} (config file {})", path.display()),
+        )
+    })?;
+    log::configure(config.log.file.as_deref(), level, &access).map_err(|e| {
         Error::with(
             CKR_FUNCTION_FAILED,
             format!(
@@ -153,6 +159,9 @@ fn initialize() -> Result<()> {
             ),
         )
     })?;
+    if let Some(file) = &config.log.file {
+        crate::files::report(&[("log file", file.clone())], &access);
+    }
     // Secrets need locked memory: check the budget before anything else.
     let memory = &config.memory;
     match crate::secure::configure(memory.locked_kib, memory.allow_unlocked) {
