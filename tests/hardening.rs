@@ -44,7 +44,9 @@ fn wrong_pins_wait_longer_each_time_until_a_right_one() {
     let guess = |session: &cryptoki::session::Session| {
         let t = Instant::now();
         let rv = rv_of(session.login(UserType::User, Some(&wrong)));
-        (rv, t.elapsed())
+        let took = t.elapsed();
+        eprintln!("a wrong PIN answered after {took:?}");
+        (rv, took)
     };
 
     // Failures 1 and 2, one after the other.
