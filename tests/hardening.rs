@@ -213,22 +213,26 @@ fn the_store_and_the_log_are_private_and_loose_modes_are_reported() {
 /// group, or, for root (whose files get group 0 anyway), another one, so that
 /// giving them to it is shown.
 fn a_group() -> (String, u32) {
-    // SAFETY: geteuid has no preconditions.
-    let name = if unsafe { libc::geteuid() } == 0 {
-        "daemon".to_string()
-    } else {
-        let out = std::process::Command::new("id")
-            .arg("-gn")
+    let lookup = |name: &str| -> Option<u32> {
+        let out = std::process::Command::new("getent")
+            .args(["group", name])
             .output()
-            .unwrap();
-        String::from_utf8(out.stdout).unwrap().trim().to_string()
+            .expect("getent runs");
+        let line = String::from_utf8(out.stdout).ok()?;
+        line.split(':').nth(2)?.trim().parse().ok()
     };
-    let out = std::process::Command::new("getent")
-        .args(["group", &name])
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        if let Some(gid) = lookup("daemon") {
+            return ("daemon".into(), gid);
+        }
+    }
+    let out = std::process::Command::new("id")
+        .arg("-gn")
         .output()
         .unwrap();
-    let line = String::from_utf8(out.stdout).unwrap();
-    let gid = line.split(':').nth(2).unwrap().trim().parse().unwrap();
+    let name = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let gid = lookup(&name).unwrap_or_else(|| panic!("no group {name:?}"));
     (name, gid)
 }
 
