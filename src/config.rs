@@ -1,7 +1,8 @@
 //! The configuration file (TOML): its sections, their defaults and their validation.
 //!
-//! The file is named by `P11DERIVE_CONF`, by the `pReserved` argument of
-//! `C_Initialize`, or found at the default path.
+//! The provider reads the file `P11DERIVE_CONF` names, else the default path
+//! (`C_Initialize`'s `pReserved` must be NULL, as PKCS#11 says); the CLI's
+//! `--config` comes first for the CLI.
 //! The reference for every key is in README.md ("Configuration").
 
 #![forbid(unsafe_code)]
@@ -99,6 +100,10 @@ pub struct StoreSection {
     /// How long (milliseconds) a connection to PostgreSQL may take to open,
     /// and an unanswered call may wait, before it fails.
     pub connect_timeout_ms: u64,
+    /// A group that shares the SQLite store and the log file with the user
+    /// p11derive runs as (an operator's CLI): files are then created 0660
+    /// and owned by it; without it, 0600.
+    pub group: Option<String>,
 }
 
 impl Default for StoreSection {
@@ -108,6 +113,7 @@ impl Default for StoreSection {
             anchor_interval_ms: 1000,
             url: None,
             connect_timeout_ms: 5000,
+            group: None,
         }
     }
 }
@@ -291,6 +297,15 @@ impl Config {
                 ));
             }
             _ => {}
+        }
+        if let Some(group) = &self.store.group {
+            if group.is_empty() || group.contains(['\0', ':', '\n']) {
+                return Err(format!(
+                    "config file {file}: [store] group = {group:?} is not a group name; name the \
+                     group that shares the store and the log (README, \"Sharing the store\"), or \
+                     remove the key"
+                ));
+            }
         }
         if let Some(url) = &self.store.url {
             if !is_url(url) {
@@ -508,6 +523,19 @@ path = "/var/lib/p11derive/state.db"
         assert!(e.contains("/c.toml") && e.contains("[cache] ttl_ms"), "{e}");
         let e = ttl("ttl_ms = -1").unwrap_err();
         assert!(e.contains("ttl_ms"), "{e}");
+    }
+
+    #[test]
+    fn a_store_group_is_a_name() {
+        let c = Config::parse(GOOD, Path::new("/x.toml")).unwrap();
+        assert_eq!(c.store.group, None);
+        let with = |g: &str| GOOD.replace("[store]\n", &format!("[store]\ngroup = {g:?}\n"));
+        let c = Config::parse(&with("p11derive"), Path::new("/x.toml")).unwrap();
+        assert_eq!(c.store.group.as_deref(), Some("p11derive"));
+        for bad in ["", "a:b"] {
+            let e = Config::parse(&with(bad), Path::new("/c.toml")).unwrap_err();
+            assert!(e.contains("/c.toml") && e.contains("[store] group"), "{e}");
+        }
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub mod ck;
 pub mod config;
 pub mod derive;
 pub mod error;
+// getgrnam_r, for `[store] group` (and the umask in its unit test).
+#[allow(unsafe_code)]
+pub mod files;
 pub mod lifecycle;
 pub mod log;
 pub mod mechanisms;

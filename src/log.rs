@@ -3,11 +3,12 @@
 //! Nothing secret is ever passed here: callers log names, labels,
 //! paths and return codes, never key bytes, PRF outputs or PINs.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
+use crate::files::Access;
 use crate::process::PerProcess;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -52,10 +53,12 @@ static SINK: PerProcess<Mutex<Sink>> = PerProcess::new(|| {
     })
 });
 
-/// Sends further lines to `file` (stderr when `None`) at `level` and above.
-pub fn configure(file: Option<&Path>, level: Level) -> std::io::Result<()> {
+/// Sends further lines to `file` (stderr when `None`) at `level` and above;
+/// a file created here gets `access`'s mode and group (0600, or 0660 and
+/// `[store] group`).
+pub fn configure(file: Option<&Path>, level: Level, access: &Access) -> std::io::Result<()> {
     let file = match file {
-        Some(p) => Some(OpenOptions::new().create(true).append(true).open(p)?),
+        Some(p) => Some(crate::files::open_append(p, access)?),
         None => None,
     };
     let mut sink = SINK.get().lock().unwrap_or_else(|e| e.into_inner());

@@ -1,6 +1,6 @@
 //! The C surface as a raw client sees it, through `cryptoki-sys`'s view of the
 //! PKCS#11 ABI (independent of the project's own header): exported symbols,
-//! interface tables, C_Initialize arguments, initialize/finalize cycles,
+//! interface tables, C_Initialize arguments (pReserved must be NULL), initialize/finalize cycles,
 //! C_GetAttributeValue's per-attribute rules, null pointers, length queries
 //! and fork().
 
@@ -34,6 +34,17 @@ fn init_args(
         flags,
         pReserved: reserved,
     }
+}
+
+/// C_Initialize with `args` succeeds, and the provider then shows its one slot.
+fn initialize_shows_one_slot(r: &Raw, args: &mut CK_C_INITIALIZE_ARGS) {
+    assert_eq!(call!(r, C_Initialize(args as *mut _ as *mut _)), CKR_OK);
+    let mut count: CK_ULONG = 0;
+    assert_eq!(
+        call!(r, C_GetSlotList(CK_TRUE, ptr::null_mut(), &mut count)),
+        CKR_OK
+    );
+    assert_eq!(count, 1);
 }
 
 #[test]
@@ -221,22 +232,14 @@ fn initialize_honours_its_arguments() {
         CKR_CANT_LOCK
     );
 
-    // pReserved names the config file.
-    let path = CString::new(s.config.to_str().unwrap()).unwrap();
-    let mut args = init_args(CKF_OS_LOCKING_OK, true, path.as_ptr() as *mut _);
-    assert_eq!(
-        call!(r, C_Initialize(&mut args as *mut _ as *mut _)),
-        CKR_OK
-    );
+    // The config comes from P11DERIVE_CONF (pReserved must be NULL).
+    std::env::set_var("P11DERIVE_CONF", &s.config);
+    let mut args = init_args(CKF_OS_LOCKING_OK, true, ptr::null_mut());
+    initialize_shows_one_slot(&r, &mut args);
     assert_eq!(
         call!(r, C_Initialize(&mut args as *mut _ as *mut _)),
         CKR_CRYPTOKI_ALREADY_INITIALIZED
     );
-    assert_eq!(
-        call!(r, C_GetSlotList(CK_TRUE, ptr::null_mut(), &mut count)),
-        CKR_OK
-    );
-    assert_eq!(count, 1);
     let mut junk = 0u8;
     assert_eq!(
         call!(r, C_Finalize(&mut junk as *mut u8 as *mut _)),
@@ -246,8 +249,8 @@ fn initialize_honours_its_arguments() {
 
     // A config path that does not exist fails (its message, naming the file,
     // goes to stderr: no log file is configured yet; tests/token.rs reads it).
-    let missing = CString::new(s.dir.join("nope.toml").to_str().unwrap()).unwrap();
-    let mut args = init_args(CKF_OS_LOCKING_OK, false, missing.as_ptr() as *mut _);
+    std::env::set_var("P11DERIVE_CONF", s.dir.join("nope.toml"));
+    let mut args = init_args(CKF_OS_LOCKING_OK, false, ptr::null_mut());
     assert_eq!(
         call!(r, C_Initialize(&mut args as *mut _ as *mut _)),
         CKR_FUNCTION_FAILED
@@ -256,6 +259,57 @@ fn initialize_honours_its_arguments() {
         call!(r, C_GetSlotList(CK_TRUE, ptr::null_mut(), &mut count)),
         CKR_CRYPTOKI_NOT_INITIALIZED
     );
+}
+
+/// PKCS#11 3.0 §5.4: `pReserved` must be NULL. A non-NULL one is
+/// `CKR_ARGUMENTS_BAD` and never read: here it points at a page mapped
+/// PROT_NONE, so a single read of it would kill the test process (SIGSEGV,
+/// google/pkcs11test's Init.InitArgsBadReserved). A pointer to a config
+/// path, which older releases read, is refused too. The library initializes
+/// afterwards with NULL.
+#[test]
+fn a_non_null_p_reserved_is_refused_without_reading_it() {
+    let _turn = turn();
+    let s = setup(None);
+    std::env::set_var("P11DERIVE_CONF", &s.config);
+    let r = raw();
+    // SAFETY: a fresh anonymous mapping of one page, never made accessible.
+    let page = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            4096,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED, "mmap");
+    let path = CString::new(s.config.to_str().unwrap()).unwrap();
+    let mut count: CK_ULONG = 0;
+    for (what, reserved) in [
+        ("a PROT_NONE page", page),
+        ("a config path", path.as_ptr() as *mut std::ffi::c_void),
+    ] {
+        for mutexes in [false, true] {
+            let mut args = init_args(CKF_OS_LOCKING_OK, mutexes, reserved);
+            assert_eq!(
+                call!(r, C_Initialize(&mut args as *mut _ as *mut _)),
+                CKR_ARGUMENTS_BAD,
+                "pReserved = {what}"
+            );
+            assert_eq!(
+                call!(r, C_GetSlotList(CK_TRUE, ptr::null_mut(), &mut count)),
+                CKR_CRYPTOKI_NOT_INITIALIZED,
+                "pReserved = {what}"
+            );
+        }
+    }
+    let mut args = init_args(CKF_OS_LOCKING_OK, false, ptr::null_mut());
+    initialize_shows_one_slot(&r, &mut args);
+    assert_eq!(call!(r, C_Finalize(ptr::null_mut())), CKR_OK);
+    // SAFETY: the page mapped above, no longer referenced.
+    assert_eq!(unsafe { libc::munmap(page, 4096) }, 0);
 }
 
 #[test]
@@ -588,7 +642,6 @@ fn a_forked_child_must_initialize_again() {
     let session = p.user_session();
     let (_, private) = keypair(&session, "forked");
     let r = raw();
-    let config = CString::new(s.config.to_str().unwrap()).unwrap();
     // SAFETY: the child only calls the provider and then _exits.
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork");
@@ -600,7 +653,8 @@ fn a_forked_child_must_initialize_again() {
             {
                 return 10;
             }
-            let mut args = init_args(CKF_OS_LOCKING_OK, false, config.as_ptr() as *mut _);
+            // The child inherits P11DERIVE_CONF, which `load` set.
+            let mut args = init_args(CKF_OS_LOCKING_OK, false, ptr::null_mut());
             if call!(r, C_Initialize(&mut args as *mut _ as *mut _)) != CKR_OK {
                 return 11;
             }

@@ -762,6 +762,8 @@ fn a_read_only_store_is_refused_untouched() {
     for d in [softhsm_dir(), s.dir.as_path()] {
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
     }
+    // The store is created 0600; readable but not writable for nobody here.
+    std::fs::set_permissions(&s.store, std::fs::Permissions::from_mode(0o644)).unwrap();
     let before = std::fs::read(&s.store).unwrap();
     for args in [&["asset", "list"][..], &["asset", "suspend", "ro"][..]] {
         let out = std::process::Command::new("setpriv")

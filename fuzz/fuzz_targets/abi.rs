@@ -197,8 +197,8 @@ fn prepare_backing(dir: &Path) -> CString {
     CString::new(config.into_os_string().into_encoded_bytes()).expect("config path")
 }
 
-/// Initialize arguments without mutex callbacks; p11derive reads a config
-/// path from `pReserved`.
+/// Initialize arguments without mutex callbacks; `pReserved` must be NULL
+/// (anything else is refused unread); the config comes from P11DERIVE_CONF.
 fn init_args(flags: CK_FLAGS, reserved: *const c_char) -> CK_C_INITIALIZE_ARGS {
     CK_C_INITIALIZE_ARGS {
         CreateMutex: None,
@@ -210,8 +210,18 @@ fn init_args(flags: CK_FLAGS, reserved: *const c_char) -> CK_C_INITIALIZE_ARGS {
     }
 }
 
+/// Points P11DERIVE_CONF, where the provider reads its config, at `config`.
+fn use_config(config: &CString) {
+    use std::os::unix::ffi::OsStrExt;
+    std::env::set_var(
+        "P11DERIVE_CONF",
+        std::ffi::OsStr::from_bytes(config.to_bytes()),
+    );
+}
+
 fn initialize(f: Functions, config: &CString) -> CK_RV {
-    let mut args = init_args(CKF_OS_LOCKING_OK, config.as_ptr());
+    use_config(config);
+    let mut args = init_args(CKF_OS_LOCKING_OK, ptr::null());
     call!(f, C_Initialize(&mut args as *mut _ as CK_VOID_PTR))
 }
 
@@ -1483,10 +1493,22 @@ impl<'w> Program<'w> {
                 }
                 let flags = [CKF_OS_LOCKING_OK, 0, CKF_LIBRARY_CANT_CREATE_OS_THREADS];
                 let flags = self.r.pick(&flags);
+                // pReserved: NULL with the config, NULL with a config
+                // file that does not exist, or a non-NULL pointer (refused
+                // unread: CKR_ARGUMENTS_BAD).
                 let reserved = match self.r.u8() % 3 {
-                    0 => ptr::null(),
-                    1 => c"/nonexistent/p11derive.toml".as_ptr(),
-                    _ => self.w.config.as_ptr(),
+                    0 => {
+                        use_config(&self.w.config);
+                        ptr::null()
+                    }
+                    1 => {
+                        use_config(&CString::from(c"/nonexistent/p11derive.toml"));
+                        ptr::null()
+                    }
+                    _ => {
+                        use_config(&self.w.config);
+                        self.w.config.as_ptr()
+                    }
                 };
                 let mut args = init_args(flags, reserved);
                 // The mutex callbacks: all, some or none (never called by a

@@ -30,10 +30,7 @@ use shape::with_provider;
 use sign::*;
 use slot::*;
 
-use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::ck::*;
@@ -93,8 +90,16 @@ extern "C" fn C_Initialize(p_init_args: CK_VOID_PTR) -> CK_RV {
     entry("C_Initialize", || {
         // SAFETY: a non-null argument points to CK_C_INITIALIZE_ARGS.
         let args = unsafe { convert::optional(p_init_args as *const CK_C_INITIALIZE_ARGS) };
-        let mut explicit_config = None;
         if let Some(a) = args {
+            // PKCS#11 3.0 §5.4: pReserved must be NULL; it is never read. The
+            // config comes from P11DERIVE_CONF or the default path.
+            if !a.pReserved.is_null() {
+                return Err(Error::with(
+                    CKR_ARGUMENTS_BAD,
+                    "CK_C_INITIALIZE_ARGS.pReserved must be NULL (PKCS#11); p11derive reads its \
+                     config file from $P11DERIVE_CONF, else /etc/p11derive/p11derive.toml",
+                ));
+            }
             let given = [
                 a.CreateMutex.is_some(),
                 a.DestroyMutex.is_some(),
@@ -112,16 +117,12 @@ extern "C" fn C_Initialize(p_init_args: CK_VOID_PTR) -> CK_RV {
                      CKF_OS_LOCKING_OK",
                 ));
             }
-            // SAFETY: p11derive documents pReserved as a NUL-terminated path.
-            if let Some(path) = unsafe { convert::c_str(a.pReserved) } {
-                explicit_config = Some(PathBuf::from(OsStr::from_bytes(path.to_bytes())));
-            }
         }
-        initialize(explicit_config)
+        initialize()
     })
 }
 
-fn initialize(explicit_config: Option<PathBuf>) -> Result<()> {
+fn initialize() -> Result<()> {
     process::watch_forks();
     let _serial = INIT.get().lock().unwrap_or_else(|e| e.into_inner());
     if PROVIDER
@@ -132,12 +133,18 @@ fn initialize(explicit_config: Option<PathBuf>) -> Result<()> {
     {
         return Err(Error::rv(CKR_CRYPTOKI_ALREADY_INITIALIZED));
     }
-    let path = config::locate(explicit_config.as_deref());
+    let path = config::locate(None);
     let config = Config::load(&path).map_err(|m| Error::with(CKR_FUNCTION_FAILED, m))?;
     let level = config
         .log_level()
         .map_err(|m| Error::with(CKR_FUNCTION_FAILED, m))?;
-    log::configure(config.log.file.as_deref(), level).map_err(|e| {
+    let access = crate::files::Access::of(config.store.group.as_deref()).map_err(|m| {
+        Error::with(
+            CKR_FUNCTION_FAILED,
+            format!("{m} (config file {})", path.display()),
+        )
+    })?;
+    log::configure(config.log.file.as_deref(), level, &access).map_err(|e| {
         Error::with(
             CKR_FUNCTION_FAILED,
             format!(
@@ -152,6 +159,9 @@ fn initialize(explicit_config: Option<PathBuf>) -> Result<()> {
             ),
         )
     })?;
+    if let Some(file) = &config.log.file {
+        crate::files::report(&[("log file", file.clone())], &access);
+    }
     // Secrets need locked memory: check the budget before anything else.
     let memory = &config.memory;
     match crate::secure::configure(memory.locked_kib, memory.allow_unlocked) {

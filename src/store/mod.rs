@@ -45,6 +45,7 @@ pub use objects::StoredObject;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use state::{row_mac, state_key, STATE_KEY_INFO};
 
+use crate::files::{self, Access};
 use assets::AssetCache;
 use commit::Group;
 use db::{Db, Row, Tx, Val};
@@ -101,10 +102,18 @@ fn now() -> i64 {
 }
 
 impl Store {
-    /// Creates a new SQLite store (the file must not exist yet).
+    /// Creates a new SQLite store (the file must not exist yet), private to
+    /// its owner (0600).
     pub fn create(path: &Path) -> Result<Store, StoreError> {
-        let conn = sqlite::create_file(path)?;
-        Store::configure(path, conn, 0)
+        Store::create_with(path, &Access::Owner)
+    }
+
+    /// Creates a new SQLite store with `access`'s mode and group.
+    pub fn create_with(path: &Path, access: &Access) -> Result<Store, StoreError> {
+        let conn = sqlite::create_file(path, access)?;
+        let store = Store::configure(path, conn, 0)?;
+        files::settle_store(path, access);
+        Ok(store)
     }
 
     /// Opens an existing SQLite store, migrating an older schema forward.
@@ -115,19 +124,33 @@ impl Store {
 
     /// The store a config names: PostgreSQL when `[store] url` is set, else
     /// the SQLite file at `[store] path`.
+    /// A SQLite store file, its `-wal` or `-shm` that other users may read
+    /// or write (or that is not `[store] group`'s) is logged as a warning
+    /// naming the file, its mode and the fix.
     pub fn open_config(c: &crate::config::StoreSection) -> Result<Store, StoreError> {
         match &c.url {
             Some(url) => Store::open_pg(url, Duration::from_millis(c.connect_timeout_ms)),
-            None => Store::open(&c.path),
+            None => {
+                let access = Store::access(c)?;
+                let store = Store::open(&c.path)?;
+                files::settle_store(&c.path, &access);
+                Ok(store)
+            }
         }
     }
 
-    /// Creates the store a config names (`p11derive init`).
+    /// Creates the store a config names (`p11derive init`): a SQLite file
+    /// 0600, or 0660 and owned by `[store] group`.
     pub fn create_config(c: &crate::config::StoreSection) -> Result<Store, StoreError> {
         match &c.url {
             Some(url) => Store::create_pg(url, Duration::from_millis(c.connect_timeout_ms)),
-            None => Store::create(&c.path),
+            None => Store::create_with(&c.path, &Store::access(c)?),
         }
+    }
+
+    /// Who may use the SQLite files, as `[store] group` says.
+    fn access(c: &crate::config::StoreSection) -> Result<Access, StoreError> {
+        Access::of(c.group.as_deref()).map_err(|m| StoreError::Io(c.path.clone(), m))
     }
 
     /// Creates the p11derive schema in an empty PostgreSQL database.

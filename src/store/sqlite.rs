@@ -9,16 +9,24 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 use super::db::{Db, Row, Val};
 use super::schema::{identify, migrate, APPLICATION_ID};
 use super::StoreError;
+use crate::files::{self, Access};
 
-/// Creates a new store file (it must not exist yet), marked as p11derive's.
-pub(super) fn create_file(path: &Path) -> Result<Connection, StoreError> {
+/// Creates a new store file (it must not exist yet), marked as p11derive's,
+/// with `access`'s mode and group (SQLite gives its `-wal` and `-shm` files
+/// the same mode), in directories created with them too.
+pub(super) fn create_file(path: &Path, access: &Access) -> Result<Connection, StoreError> {
     if path.exists() {
         return Err(StoreError::Exists(path.to_path_buf()));
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
+        files::create_dirs(dir, access)
             .map_err(|e| StoreError::Io(dir.to_path_buf(), e.to_string()))?;
     }
+    // The file exists, empty, with its mode before SQLite opens it.
+    files::create_new(path, access).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => StoreError::Exists(path.to_path_buf()),
+        _ => StoreError::Io(path.to_path_buf(), e.to_string()),
+    })?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE

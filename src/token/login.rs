@@ -92,7 +92,9 @@ impl Provider {
 
     pub fn login(&self, h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()> {
         self.session(h)?;
-        let _serial = lock(&self.login.change);
+        // One attempt at a time; a failure sleeps in it (see throttle.rs).
+        let attempt = throttle::attempt();
+        let serial = lock(&self.login.change);
         let wanted = match user {
             CKU_USER => Login::User,
             CKU_SO => Login::So,
@@ -114,6 +116,7 @@ impl Provider {
         };
         match self.backend.login(user, pin) {
             Ok(()) => {
+                attempt.succeeded();
                 self.login.who.store(wanted as u8, Ordering::SeqCst);
                 if wanted == Login::So && self.read_only_sessions_exist() {
                     // A read-only session opened while the HSM checked the PIN.
@@ -150,6 +153,9 @@ impl Provider {
                         "login: the failed login could not be audited: {audit}"
                     ));
                 }
+                // The delay is slept without the login lock.
+                drop(serial);
+                attempt.failed(who);
                 Err(e)
             }
         }

@@ -8,7 +8,8 @@
 //! templates), `sign.rs` (signing, verification, the key cache),
 //! `digest.rs`, `crypt.rs` (secret keys, AES-GCM), `wrap.rs` (key wrapping),
 //! `session.rs` (session keys), `stored.rs` (certificates, data objects),
-//! `ops.rs` (the operation slot every operation runs in).
+//! `ops.rs` (the operation slot every operation runs in), `throttle.rs`
+//! (the growing delay after failed logins).
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +42,7 @@ mod session;
 mod sign;
 mod stored;
 mod template;
+mod throttle;
 mod wrap;
 
 use crypt::check_key_type;

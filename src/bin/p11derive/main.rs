@@ -15,6 +15,7 @@ use p11derive::audit::{Event, Record};
 use p11derive::backend::Backend;
 use p11derive::config::{self, Config};
 use p11derive::derive::{self, AssetId, KeyType, Secret32};
+use p11derive::files::Access;
 use p11derive::lifecycle::{self, Audit, LifecycleError};
 use p11derive::secure::SecretBytes;
 use p11derive::store::{hex, Asset, AssetState, Store, StoreError, Transition, VersionRecord};
@@ -241,9 +242,16 @@ fn run(raw: &[String]) -> Result<(), Failure> {
     }
 }
 
+/// The config; a log file it names that other users can read is reported
+/// (the store's files are, when the store opens).
 fn load_config(args: &Args) -> Result<Config, Failure> {
     let path = config::locate(args.value("--config").map(Path::new));
-    Config::load(&path).map_err(Failure::Failed)
+    let config = Config::load(&path).map_err(Failure::Failed)?;
+    if let (Some(file), Ok(access)) = (&config.log.file, Access::of(config.store.group.as_deref()))
+    {
+        p11derive::files::report(&[("log file", file.clone())], &access);
+    }
+    Ok(config)
 }
 
 /// Maps the locked arena for the secrets a command handles (PIN, root,
