@@ -175,8 +175,9 @@ impl Provider {
                 // Cached keys may fill half the locked arena; the other half
                 // stays free for keys in flight (PRF outputs, derivations,
                 // the audit key). When it is full the oldest entry goes.
-                let capacity = (crate::secure::capacity() / 2).max(2);
-                while cache.len() + 2 > capacity {
+                let capacity = (crate::secure::capacity() / 2).max(1);
+                let adding = 1 + usize::from(wrap.is_some());
+                while !cache.is_empty() && cache.len() + adding > capacity {
                     let oldest = cache.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| *k);
                     match oldest {
                         Some(k) => cache.remove(&k),
