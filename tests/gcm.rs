@@ -197,7 +197,7 @@ fn a_repeated_gcm_iv_is_refused_across_hosts_on_postgresql() {
     a.init();
     let b = a.another_host("host-b");
     let p = a.load();
-    let session = a_user_session(&p);
+    let session = p.user_session();
     repeated_iv_is_refused(&a, &b, &session, "pg-victim");
     drop(session);
     drop(p);
@@ -207,7 +207,7 @@ fn a_repeated_gcm_iv_is_refused_across_hosts_on_postgresql() {
     c.batch_execute("DROP TABLE gcm_ivs; UPDATE p11derive_meta SET schema_version = 6")
         .unwrap();
     let p = a.load();
-    let session = a_user_session(&p);
+    let session = p.user_session();
     let key = find_one(&session, "pg-victim", ObjectClass::SECRET_KEY).unwrap();
     let mut iv = *b"after-upgr-1";
     session.encrypt(&gcm(&mut iv, b"", 128), key, b"x").unwrap();
@@ -222,8 +222,48 @@ fn a_repeated_gcm_iv_is_refused_across_hosts_on_postgresql() {
     assert_eq!(v, i64::from(p11derive::store::SCHEMA_VERSION));
 }
 
-fn a_user_session(p: &Provider) -> Session {
-    p.user_session()
+/// Eight threads, each with its own session, encrypt under one IV at the
+/// same moment, three times over (so their commits share batches): exactly
+/// one of each eight gets a ciphertext.
+#[test]
+fn concurrent_encryptions_under_one_iv_give_one_ciphertext() {
+    let _turn = turn();
+    let s = setup(None);
+    let p = s.load();
+    let first = p.user_session();
+    let key = aes_asset(&first, "race");
+    for round in 0..3u8 {
+        let barrier = std::sync::Barrier::new(8);
+        let outcomes: Vec<Result<Vec<u8>, RvError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    let (p, barrier) = (&p, &barrier);
+                    scope.spawn(move || {
+                        let session = p.session();
+                        let mut iv = [round; 12];
+                        barrier.wait();
+                        session
+                            .encrypt(&gcm(&mut iv, b"", 128), key, b"same iv")
+                            .map_err(|e| rv_of::<()>(Err(e)))
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        let made = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(made, 1, "round {round}: {outcomes:?}");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| o.is_ok() || o == &Err(RvError::MechanismParamInvalid)),
+            "{outcomes:?}"
+        );
+        let recs = records_with_iv(&s, &[round; 12]);
+        let events: Vec<&str> = recs.iter().map(|r| r["event"].as_str().unwrap()).collect();
+        assert_eq!(events.iter().filter(|e| **e == "encrypt").count(), 1);
+        assert_eq!(events.iter().filter(|e| **e == "refused").count(), 7);
+    }
+    s.audit_verifies();
 }
 
 #[test]
