@@ -186,6 +186,22 @@ fn a_repeated_gcm_iv_is_refused_in_every_process_and_audited() {
         log.contains("was already used under asset \"victim\" version 2"),
         "{log}"
     );
+
+    // Every IV is recorded, so one encryption's IV is at most 128 bytes;
+    // decryption takes any length.
+    let mut long = vec![1u8; 128];
+    session
+        .encrypt(&gcm(&mut long, b"", 128), key, b"long iv")
+        .unwrap();
+    let mut longer = vec![1u8; 129];
+    assert_eq!(
+        rv_of(session.encrypt_init(&gcm(&mut longer, b"", 128), key)),
+        RvError::MechanismParamInvalid
+    );
+    session
+        .decrypt_init(&gcm(&mut longer, b"", 128), key)
+        .unwrap();
+    assert!(s.log().contains("IVs of at most 128 bytes"));
 }
 
 #[test]
