@@ -34,6 +34,8 @@ pub struct Config {
     pub cache: CacheSection,
     #[serde(default)]
     pub memory: MemorySection,
+    #[serde(default)]
+    pub gcm: GcmSection,
     /// The file this was read from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -170,6 +172,46 @@ pub struct PolicySection {
     /// (for good: its id can never be registered again). Default: refused.
     #[serde(default)]
     pub destroy_retires: bool,
+}
+
+/// AES-GCM policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GcmSection {
+    /// Executable names (a process's `/proc/self/comm`, or the file name of
+    /// its `argv[0]`) allowed GCM tags of 64 or 32 bits, which SP 800-38D
+    /// (Appendix C) permits only for special applications. Everyone else
+    /// is held to 96 bits or more.
+    pub short_tag_clients: Vec<String>,
+}
+
+impl GcmSection {
+    /// The name this process is matched by when one is listed in
+    /// `short_tag_clients`; `None` when it is not listed.
+    pub fn short_tags_allowed_for(&self) -> Option<String> {
+        if self.short_tag_clients.is_empty() {
+            return None;
+        }
+        process_names()
+            .into_iter()
+            .find(|n| self.short_tag_clients.iter().any(|c| c == n))
+    }
+}
+
+/// The names this process goes by: its `comm` (at most 15 bytes, as the
+/// kernel keeps it) and the file name of its `argv[0]`.
+pub fn process_names() -> Vec<String> {
+    let mut names = Vec::new();
+    if let Ok(comm) = std::fs::read_to_string("/proc/self/comm") {
+        names.push(comm.trim_end_matches('\n').to_string());
+    }
+    if let Some(arg0) = std::env::args_os().next() {
+        if let Some(file) = Path::new(&arg0).file_name() {
+            names.push(file.to_string_lossy().into_owned());
+        }
+    }
+    names.retain(|n| !n.is_empty());
+    names
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -314,6 +356,14 @@ impl Config {
                      postgres://USER:PASSWORD@HOST:PORT/DATABASE (or remove url to use the SQLite \
                      file at [store] path)",
                     redact(url)
+                ));
+            }
+        }
+        for name in &self.gcm.short_tag_clients {
+            if name.is_empty() || name.contains('/') {
+                return Err(format!(
+                    "config file {file}: [gcm] short_tag_clients holds {name:?}; list executable \
+                     names (as in /proc/PID/comm or the file name of argv[0]), not paths"
                 ));
             }
         }
@@ -536,6 +586,29 @@ path = "/var/lib/p11derive/state.db"
             let e = Config::parse(&with(bad), Path::new("/c.toml")).unwrap_err();
             assert!(e.contains("/c.toml") && e.contains("[store] group"), "{e}");
         }
+    }
+
+    #[test]
+    fn short_tag_clients_are_names_and_match_this_process() {
+        let c = Config::parse(GOOD, Path::new("/x.toml")).unwrap();
+        assert_eq!(c.gcm.short_tags_allowed_for(), None);
+        let me = process_names();
+        assert!(!me.is_empty());
+        let with = |list: &str| {
+            Config::parse(
+                &format!("{GOOD}\n[gcm]\nshort_tag_clients = {list}\n"),
+                Path::new("/c.toml"),
+            )
+        };
+        let c = with(&format!("[\"other\", {:?}]", me[0])).unwrap();
+        assert_eq!(c.gcm.short_tags_allowed_for(), Some(me[0].clone()));
+        let c = with("[\"surely-not-this-test\"]").unwrap();
+        assert_eq!(c.gcm.short_tags_allowed_for(), None);
+        let e = with("[\"/usr/bin/app\"]").unwrap_err();
+        assert!(
+            e.contains("/c.toml") && e.contains("[gcm] short_tag_clients"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -101,6 +101,36 @@ pub fn derive_key(prf: &dyn Prf, asset: &AssetId, counter: u32, kt: KeyType) -> 
     key_from_prk(&prk, kt)
 }
 
+/// The HKDF info of an AES asset version's key-wrap subkey (the project's
+/// own, not part of design §2): the prefix `"p11derive-v1 wrap "` can never
+/// equal the normative `"p11derive-v1 key "`, so `W` and `K` are independent
+/// outputs of the same PRK.
+pub const WRAP_INFO: &[u8] = b"p11derive-v1 wrap aes256";
+
+/// `W = HKDF-Expand-SHA256(PRK, "p11derive-v1 wrap aes256", 32)`: the key
+/// `CKM_AES_KEY_WRAP` and `CKM_AES_KEY_WRAP_KWP` use for an AES asset
+/// version, so that key wrap and AES-GCM (under `K`) never share key bytes.
+pub fn wrap_key_from_prk(prk: &[u8; 32]) -> Result<Secret32> {
+    expand(prk, WRAP_INFO)
+}
+
+/// Derives an asset version's key, and for an AES asset also its key-wrap
+/// subkey, from one PRF call.
+pub fn derive_keys(
+    prf: &dyn Prf,
+    asset: &AssetId,
+    counter: u32,
+    kt: KeyType,
+) -> Result<(Secret32, Option<Secret32>)> {
+    let prk = prf.prf(&prk_input(asset, counter))?;
+    let key = key_from_prk(&prk, kt)?;
+    let wrap = match kt {
+        KeyType::Aes256 => Some(wrap_key_from_prk(&prk)?),
+        _ => None,
+    };
+    Ok((key, wrap))
+}
+
 /// `ASSET_ID = SHA-256("p11derive-v1 id" || 0x00 || str(asset_id))[0..16]`
 pub fn default_object_id(asset: &AssetId) -> [u8; 16] {
     let mut h = Sha256::new();

@@ -603,24 +603,36 @@ fn derived_secret_keys_are_the_vectors_keys() {
 fn gcm_in_parts_with_every_tag_length_matches_one_call() {
     let _turn = turn();
     let s = setup(None);
+    // 32- and 64-bit tags are for named legacy clients only: this test is one.
+    s.allow_short_tags(&[&own_name()]);
     let p = s.load();
     let session = p.user_session();
     let key = generate(&session, "parts", false);
     let data: Vec<u8> = (0..100u8).collect();
     for tag_bits in [32, 64, 96, 104, 112, 120, 128] {
         for iv_len in [1usize, 12, 16, 60] {
-            let mut iv = vec![iv_len as u8; iv_len];
+            // An IV never repeats under a key: one for the single call, one
+            // for the parts; each ciphertext opens both ways.
+            let mut iv = vec![tag_bits as u8; iv_len];
+            let mut iv2 = vec![!(tag_bits as u8); iv_len];
             let one = session
                 .encrypt(&gcm(&mut iv, b"header", tag_bits), key, &data)
                 .unwrap();
             assert_eq!(one.len(), data.len() + tag_bits as usize / 8);
             session
-                .encrypt_init(&gcm(&mut iv, b"header", tag_bits), key)
+                .encrypt_init(&gcm(&mut iv2, b"header", tag_bits), key)
                 .unwrap();
             let mut parts = session.encrypt_update(&data[..33]).unwrap();
             parts.extend(session.encrypt_update(&data[33..]).unwrap());
             parts.extend(session.encrypt_final().unwrap());
-            assert_eq!(parts, one, "tag {tag_bits}, iv {iv_len}");
+            assert_eq!(parts.len(), one.len(), "tag {tag_bits}, iv {iv_len}");
+            assert_eq!(
+                session
+                    .decrypt(&gcm(&mut iv2, b"header", tag_bits), key, &parts)
+                    .unwrap(),
+                data,
+                "tag {tag_bits}, iv {iv_len}"
+            );
             session
                 .decrypt_init(&gcm(&mut iv, b"header", tag_bits), key)
                 .unwrap();
@@ -1261,12 +1273,12 @@ fn key_wrap_matches_the_rfcs_and_follows_rotation() {
         String::from_utf8_lossy(&out.stderr)
     );
     let v1 = find_one(&session, "kek@v1", ObjectClass::SECRET_KEY).unwrap();
-    for through in [asset, v1] {
+    for (n, through) in [asset, v1].into_iter().enumerate() {
         let back = session
             .unwrap_key(&Mechanism::AesKeyWrap, through, &wrapped, &template)
             .unwrap();
         assert_eq!(check_value(&session, back), check_value(&session, data_key));
-        let mut iv = [1u8; 12];
+        let mut iv = [n as u8; 12];
         let sealed = session
             .encrypt(&gcm(&mut iv, &[], 128), data_key, b"x")
             .unwrap();

@@ -252,3 +252,43 @@ fn provider_shows_the_vector_keys_and_signs_deterministically() {
         assert!(seen >= 2, "root {name}: {seen} EC vectors at counter 1");
     }
 }
+
+/// The key-wrap subkey of an AES version (the project's own derivation,
+/// not design §2's): `W = HKDF-Expand(PRK, "p11derive-v1 wrap aes256", 32)`,
+/// pinned to values Python's `hmac` computed from the vectors' PRKs, and
+/// never the version's key `K`.
+#[test]
+fn wrap_subkeys_are_pinned() {
+    let v = vectors();
+    let prf = SoftwarePrf(root(&v, "A"));
+    assert_eq!(derive::WRAP_INFO, b"p11derive-v1 wrap aes256");
+    for (counter, w) in [
+        (
+            1,
+            "0d34a45b92158aab9e66d5cda34c66463228df69427e87a225c74c5995a20358",
+        ),
+        (
+            2,
+            "5cfc9db188dcdb55a94cba3ed255f773cb56876ea361b33bb8f87297a6c6e8ee",
+        ),
+    ] {
+        let asset = AssetId::new("seal").unwrap();
+        let (k, wrap) = derive::derive_keys(&prf, &asset, counter, KeyType::Aes256).unwrap();
+        let vec = v["vectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["root"] == "A" && x["asset_id"] == "seal" && x["counter"] == counter)
+            .unwrap();
+        assert_eq!(hex(&k[..]), vec["key"], "K of seal/{counter}");
+        let wrap = wrap.expect("an AES version has a wrap subkey");
+        assert_eq!(hex(&wrap[..]), w, "W of seal/{counter}");
+        assert_ne!(&wrap[..], &k[..]);
+        let prk: [u8; 32] = unhex(vec["prk"].as_str().unwrap()).try_into().unwrap();
+        assert_eq!(hex(&derive::wrap_key_from_prk(&prk).unwrap()[..]), w);
+    }
+    // Other key types have none.
+    let asset = AssetId::new("seal-hmac").unwrap();
+    let (_, none) = derive::derive_keys(&prf, &asset, 1, KeyType::HmacSha256).unwrap();
+    assert!(none.is_none());
+}

@@ -3,12 +3,13 @@
 # behind it, audit durable) and against SoftHSM itself with stored keys of
 # the same types, interleaved in one run, with the ratios.
 #
-#   bash tools/bench.sh [--seconds S] [--write] [--pg-only]
+#   bash tools/bench.sh [--seconds S] [--write] [--pg-only | --gcm-only]
 #
 # --write puts the tables into docs/benchmarks.md with the machine and date.
 # The second table runs warm signing with the store on PostgreSQL (a server
 # tools/pg.sh starts on loopback) beside the SQLite store; --pg-only runs
-# just that one.
+# just that one; --gcm-only runs just the AES-GCM rows (issue 17: the cost
+# of refusing repeated IVs).
 # Each run is one process of tools/bench (p11bench): warm-up 0.5 s, then S
 # seconds measured (default 3).
 set -euo pipefail
@@ -16,16 +17,18 @@ cd "$(dirname "$0")/.."
 SECONDS_EACH=3
 WRITE=0
 PG_ONLY=0
+GCM_ONLY=0
 while [ $# -gt 0 ]; do
     case $1 in
         --seconds) SECONDS_EACH=$2; shift 2 ;;
         --write) WRITE=1; shift ;;
         --pg-only) PG_ONLY=1; shift ;;
-        *) echo "usage: bash tools/bench.sh [--seconds S] [--write] [--pg-only]" >&2; exit 2 ;;
+        --gcm-only) GCM_ONLY=1; shift ;;
+        *) echo "usage: bash tools/bench.sh [--seconds S] [--write] [--pg-only | --gcm-only]" >&2; exit 2 ;;
     esac
 done
-if [ "$WRITE" = 1 ] && [ "$PG_ONLY" = 1 ]; then
-    echo "bench.sh: --write needs the whole run (it rewrites every table); drop --pg-only" >&2
+if [ "$WRITE" = 1 ] && [ "$PG_ONLY$GCM_ONLY" != 00 ]; then
+    echo "bench.sh: --write needs the whole run (it rewrites every table); drop --pg-only / --gcm-only" >&2
     exit 2
 fi
 bash tools/setup.sh >/dev/null
@@ -37,7 +40,8 @@ P11DERIVE="$PWD/target/release/libp11derive.so"
 SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
 # shellcheck source=tools/softhsm-env.sh
 source tools/softhsm-env.sh >/dev/null
-trap 'rm -rf "$P11DERIVE_WORK"; bash tools/pg.sh stop' EXIT
+PG_STARTED=0
+trap 'rm -rf "$P11DERIVE_WORK"; if [ "$PG_STARTED" = 1 ]; then bash tools/pg.sh stop; fi' EXIT
 W=$P11DERIVE_WORK
 printf '%s' "$P11DERIVE_PIN" > "$W/pin"
 LOG="$W/p11derive.log"
@@ -72,8 +76,18 @@ row() { # SCENARIO KEY THREADS P11DERIVE_LINE SOFTHSM_LINE
     echo "${rows[-1]}"
 }
 
+if [ "$GCM_ONLY" = 1 ]; then
+    for threads in 1 8; do
+        d=$(run "$P11DERIVE" p11derive bench-aes256 gcm "$threads")
+        s=$(run "$SOFTHSM" custody-root bench-aes256 gcm "$threads")
+        row "AES-GCM encrypt 4 KiB" aes256 "$threads" "$d" "$s"
+    done
+    exit 0
+fi
+
 # The PostgreSQL store: the same provider and backing token, a config whose
 # [store] url names a fresh database on the loopback server.
+PG_STARTED=1
 PG_ADMIN=$(bash tools/pg.sh start)
 python3 - "$PG_ADMIN" <<'PY'
 import subprocess, sys

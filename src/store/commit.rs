@@ -17,6 +17,9 @@ struct Job {
     version: u32,
     /// What the version must still be allowed to do at commit.
     need: Use,
+    /// An AES-GCM encryption's IV: committed only if the version never
+    /// used it before (`gcm_ivs`).
+    iv: Option<Vec<u8>>,
     record: Record,
     /// The thread waiting for this job's result.
     waiter: std::thread::Thread,
@@ -32,9 +35,19 @@ pub enum Use {
     Open,
 }
 
-/// What a job's commit decided: committed, refused (with the asset as it
-/// was), or failed.
-type JobResult = Result<Result<(), Option<Asset>>, StoreError>;
+/// Why a use was refused at its commit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// The asset's state (as it was; `None`: gone) no longer allows it.
+    State(Option<Asset>),
+    /// The encryption's GCM IV was used before under that asset version.
+    IvReused,
+    /// The asset's row does not verify (the message names it).
+    Unverified(String),
+}
+
+/// What a job's commit decided: committed, refused, or failed.
+pub type JobResult = Result<Result<(), Refusal>, StoreError>;
 
 #[derive(Default)]
 pub(super) struct Group {
@@ -46,8 +59,9 @@ pub(super) struct Group {
 
 impl Store {
     /// The commit of a signature: re-reads the asset and appends either the
-    /// signature's record (`Ok(Ok)`) or, when the version may no longer sign,
-    /// a refusal record (`Ok(Err(asset))`), in a write transaction that is
+    /// signature's record (`Ok(Ok)`) or, when the version may no longer sign
+    /// (or its row does not verify), a refusal record (`Ok(Err(why))`), in a
+    /// write transaction that is
     /// committed (durably) before this returns. The caller releases the
     /// signature only after `Ok(Ok)`.
     ///
@@ -62,7 +76,35 @@ impl Store {
         version: u32,
         need: Use,
         record: Record,
-    ) -> Result<Result<(), Option<Asset>>, StoreError> {
+    ) -> JobResult {
+        self.commit_job(ak, rowid, version, need, None, record)
+    }
+
+    /// The commit of an AES-GCM encryption under IV `iv`, as `commit_use`
+    /// with `Use::Produce`; besides, `iv` is recorded for (asset, version)
+    /// in the same transaction, and an IV recorded before refuses the
+    /// encryption (`Refusal::IvReused`: a refusal record is appended instead).
+    pub fn commit_seal(
+        &self,
+        ak: &Secret32,
+        rowid: i64,
+        version: u32,
+        iv: &[u8],
+        record: Record,
+    ) -> JobResult {
+        self.commit_job(ak, rowid, version, Use::Produce, Some(iv.to_vec()), record)
+    }
+
+    /// Queues one job for the group commit and waits for its outcome.
+    fn commit_job(
+        &self,
+        ak: &Secret32,
+        rowid: i64,
+        version: u32,
+        need: Use,
+        iv: Option<Vec<u8>>,
+        record: Record,
+    ) -> JobResult {
         let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
         let id = g.next_id;
         g.next_id += 1;
@@ -71,6 +113,7 @@ impl Store {
             rowid,
             version,
             need,
+            iv,
             record,
             waiter: std::thread::current(),
         });
@@ -122,8 +165,15 @@ impl Store {
     /// One transaction for a batch of signatures: each job's asset is read
     /// in it, each record appended, one commit.
     fn commit_batch(&self, ak: &Secret32, batch: Vec<Job>) -> Vec<(u64, JobResult)> {
-        let outcome = if self.is_shared() {
+        // A batch with GCM IVs takes the ordinary transaction on PostgreSQL
+        // too: the IVs are inserted under the writers' lock, each refused
+        // one decided on its own (see docs/security-notes-gcm.md).
+        let ivs = batch.iter().any(|j| j.iv.is_some());
+        let outcome = if self.is_shared() && !ivs {
             self.commit_batch_pg(ak, &batch)
+        } else if self.is_shared() {
+            *self.believed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            self.commit_batch_tx(ak, &batch)
         } else {
             self.commit_batch_tx(ak, &batch)
         };
@@ -152,7 +202,7 @@ impl Store {
         &self,
         ak: &Secret32,
         batch: &[Job],
-    ) -> Result<Vec<Result<(), Option<Asset>>>, StoreError> {
+    ) -> Result<Vec<Result<(), Refusal>>, StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
         self.refused()?;
         // What the chain must still hold: the newest record this process
@@ -175,7 +225,7 @@ impl Store {
                 let (decision, mut r) = decide(job.need, job.version, &job.record, asset);
                 let m = chain.append(ak, &mut r);
                 cols.push(&r, &m);
-                decisions.push(decision);
+                decisions.push(decision.map_err(Refusal::State));
             }
             let prev = chain.mac;
             // Whatever the outcome, the next batch starts from what it says.
@@ -341,7 +391,7 @@ impl Store {
         &self,
         ak: &Secret32,
         batch: &[Job],
-    ) -> Result<Vec<Result<(), Option<Asset>>>, StoreError> {
+    ) -> Result<Vec<Result<(), Refusal>>, StoreError> {
         let mut conn = self.lock();
         let mut tx = Tx::begin(&mut **conn)?;
         // Every state change in the store is known before a row is judged
@@ -350,12 +400,29 @@ impl Store {
         let mut decisions = Vec::with_capacity(batch.len());
         let mut records = Vec::with_capacity(batch.len());
         for job in batch {
-            let (decision, record) = match self.asset_row(&mut *tx, job.rowid) {
-                Ok(asset) => decide(job.need, job.version, &job.record, asset),
+            let (decision, mut record) = match self.asset_row(&mut *tx, job.rowid) {
+                Ok(asset) => {
+                    let (d, r) = decide(job.need, job.version, &job.record, asset);
+                    (d.map_err(Refusal::State), r)
+                }
                 // A row that does not verify refuses its own job only.
                 Err(StoreError::StateTampered(_, why)) => refuse_unverified(&job.record, &why),
                 Err(e) => return Err(e),
             };
+            let mut decision = decision;
+            if let (Ok(()), Some(iv)) = (&decision, &job.iv) {
+                // The primary key (asset, version, iv) answers in one index
+                // probe: nothing inserted means the IV was used before.
+                let fresh = tx.execute(
+                    "INSERT INTO gcm_ivs (asset, version, iv) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT DO NOTHING",
+                    &[job.rowid.into(), job.version.into(), iv.as_slice().into()],
+                )?;
+                if fresh == 0 {
+                    record = iv_refusal(&record, iv);
+                    decision = Err(Refusal::IvReused);
+                }
+            }
             records.push(record);
             decisions.push(decision);
         }
@@ -412,13 +479,26 @@ pub(super) fn decide(
 }
 
 /// The refusal of an operation whose asset row does not verify.
-fn refuse_unverified(record: &Record, why: &str) -> (Result<(), Option<Asset>>, Record) {
+fn refuse_unverified(record: &Record, why: &str) -> (Result<(), Refusal>, Record) {
     let mut r = record.clone();
     let what = r.event.name();
     r.event = Event::Refused;
     r.rv = crate::ck::CKR_DEVICE_ERROR;
     r.detail = format!("{what} refused at commit: {why}");
-    (Err(None), r)
+    (Err(Refusal::Unverified(why.to_string())), r)
+}
+
+/// The record of an encryption refused because its IV was used before
+/// under that key: the rest of the record is the operation's own.
+pub(super) fn iv_refusal(record: &Record, iv: &[u8]) -> Record {
+    let mut r = record.clone();
+    r.event = Event::Refused;
+    r.rv = crate::ck::CKR_MECHANISM_PARAM_INVALID;
+    r.detail = format!(
+        "encrypt refused at commit: GCM IV already used under this key version; iv={}",
+        super::hex(iv)
+    );
+    r
 }
 
 /// What `p11derive_append` did with a batch.

@@ -17,6 +17,7 @@ const TABLES: &[(&str, &str)] = &[
         "audit",
         "seq, time_ns, pid, session, event, asset, version, mechanism, input_sha256, rv, detail, mac",
     ),
+    ("gcm_ivs", "asset, version, iv"),
     (
         "audit_pending",
         "id, time_ns, pid, session, event, asset, version, mechanism, input_sha256, rv, detail",

@@ -38,7 +38,7 @@ pub use audit::{
     key_digest, parse_resumes_to, parse_transition_detail, transition_detail, AuditRow,
     PENDING_MARK,
 };
-pub use commit::Use;
+pub use commit::{Refusal, Use};
 pub use error::StoreError;
 pub use migrate::Moved;
 pub use objects::StoredObject;

@@ -15,7 +15,7 @@ use super::StoreError;
 /// `PRAGMA application_id` of a p11derive store ("P1DR").
 pub const APPLICATION_ID: i32 = 0x5031_4452;
 /// The schema this build writes. Older stores are migrated forward.
-pub const SCHEMA_VERSION: i32 = 7;
+pub const SCHEMA_VERSION: i32 = 8;
 
 /// The columns `audit` and `audit_pending` share (migration 2 -> 3), after
 /// their keys and up to `detail`: a macro, so each migration stays one
@@ -116,6 +116,15 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE assets ADD COLUMN change_seq INTEGER;
     ALTER TABLE assets ADD COLUMN state_mac BLOB;
     CREATE INDEX audit_changes ON audit (seq) WHERE event IN ('create', 'transition');",
+    // 7 -> 8: every AES-GCM IV an asset version has encrypted under, filled
+    // in the transaction that commits the encryption's audit record: its
+    // primary key refuses a repeat, exactly, whichever process writes.
+    "CREATE TABLE gcm_ivs (
+        asset   INTEGER NOT NULL REFERENCES assets(id),
+        version INTEGER NOT NULL,
+        iv      BLOB NOT NULL,
+        PRIMARY KEY (asset, version, iv)
+    ) WITHOUT ROWID;",
 ];
 
 /// Upgrades a SQLite store's schema from `from` to `SCHEMA_VERSION`.
@@ -170,6 +179,27 @@ macro_rules! pg_audit_record_columns {
     detail       TEXT NOT NULL"
     };
 }
+
+/// PostgreSQL's `gcm_ivs` (SQLite migration 7 -> 8): one text for new
+/// stores and for the upgrade of older ones.
+macro_rules! pg_gcm_ivs {
+    () => {
+        "CREATE TABLE gcm_ivs (
+    asset   BIGINT NOT NULL REFERENCES assets(id),
+    version BIGINT NOT NULL,
+    iv      BYTEA NOT NULL,
+    PRIMARY KEY (asset, version, iv)
+);
+"
+    };
+}
+
+/// Upgrades of an existing PostgreSQL store (created at its version, never
+/// older than 6): each entry (from, sql) brings a store at schema `from` to
+/// `from + 1`.
+/// The upgrades of an older PostgreSQL store: from each version, the
+/// statements that bring it to the next.
+const PG_UPGRADES: &[(i64, &[&str])] = &[(6, &[PG_UPGRADE_7, PG_APPEND]), (7, &[pg_gcm_ivs!()])];
 
 /// The schema a new PostgreSQL store gets (the SQLite schema at version
 /// `SCHEMA_VERSION`, in PostgreSQL's types), and the commit function.
@@ -229,7 +259,9 @@ CREATE TABLE generation (
     assets BIGINT NOT NULL
 );
 INSERT INTO generation (id, assets) VALUES (1, 0);
-
+"#,
+    pg_gcm_ivs!(),
+    r#"
 -- Every change to assets or versions, by whoever writes, moves the
 -- generation and tells listening hosts to drop their cached assets.
 CREATE FUNCTION p11derive_moved() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -342,29 +374,51 @@ pub(super) fn identify_pg(db: &mut Pg) -> Result<(), StoreError> {
         .and_then(|r| Some((r.int(0).ok()?, r.int(1).ok()?)))
         .ok_or_else(|| StoreError::Corrupt(loc.clone(), "p11derive_meta is empty".into()))?;
     identify(&loc, app, version)?;
-    if version < 7 {
+    if version < i64::from(SCHEMA_VERSION) {
         upgrade_pg(db)?;
     }
     Ok(())
 }
 
-/// Brings a PostgreSQL store from schema version 6 to this build's, under
-/// the writers' lock (another host may be upgrading at the same moment).
+/// Brings an older PostgreSQL store to `SCHEMA_VERSION`, in one transaction
+/// under the writers' lock (another host may be upgrading it meanwhile:
+/// the version is read again under the lock).
 fn upgrade_pg(db: &mut Pg) -> Result<(), StoreError> {
-    db.begin_plain()?;
-    let seen = db.query(
-        "SELECT schema_version FROM p11derive_meta WHERE id = 1 FOR UPDATE",
-        &[],
-    )?;
-    if seen.first().and_then(|r| r.int(0).ok()) == Some(6) {
-        db.batch(PG_UPGRADE_7)?;
-        db.batch(PG_APPEND)?;
+    let loc = db.location().to_path_buf();
+    db.begin_write()?;
+    let upgraded = (|| {
+        let rows = db.query("SELECT schema_version FROM p11derive_meta", &[])?;
+        let mut version = rows
+            .first()
+            .and_then(|r| r.int(0).ok())
+            .ok_or_else(|| StoreError::Corrupt(loc.clone(), "p11derive_meta is empty".into()))?;
+        for (from, sql) in PG_UPGRADES {
+            if *from == version {
+                for sql in *sql {
+                    db.batch(sql)?;
+                }
+                version += 1;
+            }
+        }
+        if version != i64::from(SCHEMA_VERSION) {
+            return Err(StoreError::Corrupt(
+                loc.clone(),
+                format!("schema version {version}: no upgrade from it to {SCHEMA_VERSION}"),
+            ));
+        }
         db.execute(
-            "UPDATE p11derive_meta SET schema_version = ?1 WHERE id = 1",
-            &[Val::Int(SCHEMA_VERSION.into())],
+            "UPDATE p11derive_meta SET schema_version = ?1",
+            &[Val::Int(version)],
         )?;
+        Ok(())
+    })();
+    match upgraded {
+        Ok(()) => db.commit(),
+        Err(e) => {
+            db.rollback();
+            Err(e)
+        }
     }
-    db.commit()
 }
 
 #[cfg(test)]
@@ -378,7 +432,7 @@ mod tests {
     fn migrations_are_unchanged() {
         assert_eq!(
             super::super::hex(&Sha256::digest(super::PG_SCHEMA)),
-            "b4f762f5a0ab090a09f48f26ea17d1d7ed65d0ac7e6e14667772a9704336828c"
+            "49989a139e7cb0411c6d79bdc69b367f699445ad2ad6be30cc346783b842b323"
         );
         assert_eq!(
             super::super::hex(&Sha256::digest(super::PG_APPEND)),
@@ -392,6 +446,7 @@ mod tests {
             "9a6f58b98c77deb92925f0c226c194d58f2c7cf92ca977a15d056d866754f484",
             "fceed6485bca40ff153678db5940dc4d033a0650c67b10a4bf5c4f16016a7438",
             "e7c870d281690194b2ceec063a1d783f0b65180fe0a5aed772b783164dde3ea6",
+            "aad44d39327ec5f2ff2e621317584be0a33c21622d2934b59f729143e9b15b34",
         ];
         assert_eq!(super::MIGRATIONS.len(), want.len());
         for (i, (sql, want)) in super::MIGRATIONS.iter().zip(want).enumerate() {

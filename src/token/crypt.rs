@@ -25,12 +25,19 @@ pub(super) struct CryptOp {
     /// version the object may open (a session key: itself, as version 0).
     keys: VersionKeys,
     params: GcmParams,
+    /// A session key's used IVs (`None`: a derived key; the store keeps
+    /// those).
+    ivs: Option<session::UsedIvs>,
     /// Parts given to C_EncryptUpdate/C_DecryptUpdate: GCM releases nothing
     /// before the tag is checked, so everything is processed at the end.
     data: Zeroizing<Vec<u8>>,
     multi: bool,
     audit: OpAudit,
 }
+
+/// The longest IV an encryption may use: each one is recorded (in its
+/// audit record and, under a derived key, in the store's `gcm_ivs`).
+const MAX_RECORDED_IV: usize = 128;
 
 /// Appends to a buffer of caller data that may be secret (plaintext): when it
 /// must grow, the old allocation is wiped, never left behind in freed heap.
@@ -60,6 +67,8 @@ pub(super) struct AesKeys {
     pub(super) keys: VersionKeys,
     /// The asset id, or the session key's description.
     pub(super) name: String,
+    /// A session key's used GCM IVs.
+    pub(super) ivs: Option<session::UsedIvs>,
 }
 
 /// The mechanism must be one the object's key type supports.
@@ -82,7 +91,12 @@ impl Provider {
     /// The derived keys a decryption or verification through `view` may use,
     /// newest first: through the alias every version that may open now,
     /// through a version object its own.
-    pub(super) fn opening_keys(&self, view: &View, epoch: u64) -> Result<VersionKeys> {
+    pub(super) fn opening_keys(
+        &self,
+        view: &View,
+        epoch: u64,
+        purpose: Purpose,
+    ) -> Result<VersionKeys> {
         self.live(epoch)?;
         let asset = view.asset;
         let versions: Vec<u32> = match view.which {
@@ -103,7 +117,7 @@ impl Provider {
                 version: n,
                 destroy_retires: false,
             };
-            keys.push((n, KeyRef::Derived(self.asset_key(&one, epoch)?)));
+            keys.push((n, KeyRef::Derived(self.purpose_key(&one, epoch, purpose)?)));
         }
         Ok(keys)
     }
@@ -207,6 +221,7 @@ impl Provider {
                 asset: None,
                 keys: vec![(0, obj.key_ref()?)],
                 name: obj.name(),
+                ivs: Some(obj.ivs.clone()),
             });
         }
         let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
@@ -228,17 +243,52 @@ impl Provider {
             self.audit_refusal(h, mech, &view, format!("{what} refused: {why}"))?;
             return Err(Error::with(CKR_KEY_FUNCTION_NOT_PERMITTED, why));
         }
+        // Key wrap uses the version's wrap subkey, never the GCM key K.
+        let purpose = if mech == CKM_AES_GCM {
+            Purpose::Key
+        } else {
+            Purpose::Wrap
+        };
         let keys = if producing {
             self.live(epoch)?;
-            vec![(view.version, KeyRef::Derived(self.asset_key(&view, epoch)?))]
+            let key = self.purpose_key(&view, epoch, purpose)?;
+            vec![(view.version, KeyRef::Derived(key))]
         } else {
-            self.opening_keys(&view, epoch)?
+            self.opening_keys(&view, epoch, purpose)?
         };
         Ok(AesKeys {
             asset: Some(asset.rowid),
             keys,
             name: asset.id.to_string(),
+            ivs: None,
         })
+    }
+
+    /// Tags under 96 bits only for a client `[gcm] short_tag_clients` names
+    /// (SP 800-38D, Appendix C: 32- and 64-bit tags are for special
+    /// applications, with limits a generic token cannot check).
+    fn check_tag_len(&self, params: &GcmParams) -> Result<()> {
+        if params.tag_len >= 12 {
+            return Ok(());
+        }
+        if let Some(name) = self.config.gcm.short_tags_allowed_for() {
+            log::debug(&format!(
+                "CKM_AES_GCM: a {}-bit tag for {name:?}, allowed by [gcm] short_tag_clients",
+                params.tag_len * 8
+            ));
+            return Ok(());
+        }
+        Err(Error::with(
+            CKR_MECHANISM_PARAM_INVALID,
+            format!(
+                "CKM_AES_GCM: ulTagBits {} is under 96; this process ({}) is not listed in [gcm] \
+                 short_tag_clients of config file {}: use a tag of 96 to 128 bits, or list the \
+                 legacy client there",
+                params.tag_len * 8,
+                crate::config::process_names().join(" / "),
+                self.config.source.display()
+            ),
+        ))
     }
 
     /// `C_EncryptInit` (`encrypting`) or `C_DecryptInit`.
@@ -257,6 +307,18 @@ impl Provider {
             .gcm
             .clone()
             .ok_or(Error::rv(CKR_MECHANISM_PARAM_INVALID))?;
+        self.check_tag_len(&params)?;
+        if encrypting && params.iv.len() > MAX_RECORDED_IV {
+            return Err(Error::with(
+                CKR_MECHANISM_PARAM_INVALID,
+                format!(
+                    "CKM_AES_GCM: a {}-byte IV; every encryption's IV is recorded to refuse \
+                     repeats, so p11derive encrypts under IVs of at most {MAX_RECORDED_IV} bytes \
+                     (12 is what SP 800-38D recommends)",
+                    params.iv.len()
+                ),
+            ));
+        }
         let epoch = self.login.epoch();
         let k = self.aes_keys(h, mech.ty, key, encrypting, epoch)?;
         let op = CryptOp {
@@ -264,6 +326,7 @@ impl Provider {
             asset: k.asset,
             keys: k.keys,
             params,
+            ivs: k.ivs,
             data: Zeroizing::new(Vec::new()),
             multi: false,
             audit: OpAudit::new(h, k.name, k.asset.is_none(), mech.ty),
@@ -328,15 +391,47 @@ impl Provider {
         }
     }
 
-    /// Seals, commits the record (the version must still encrypt), copies.
+    /// Seals, commits the record (the version must still encrypt, and never
+    /// used this IV), copies.
     fn complete_encrypt(&self, op: &CryptOp, out: &mut [u8]) -> Result<usize> {
         let (version, key) = &op.keys[0];
+        let iv = &op.params.iv;
+        if let Some(ivs) = &op.ivs {
+            // A session key: its used IVs are in memory, with it.
+            if !lock(ivs).insert(iv.clone()) {
+                let rec = op
+                    .audit
+                    .record(Event::Refused, CKR_MECHANISM_PARAM_INVALID, None);
+                let detail = format!(
+                    "{}; encrypt refused: GCM IV already used under this key; iv={}",
+                    rec.detail,
+                    crate::store::hex(iv)
+                );
+                self.audit(rec.detail(detail))?;
+                return Err(Error::with(
+                    CKR_MECHANISM_PARAM_INVALID,
+                    format!(
+                        "CKM_AES_GCM: IV {} was already used under {}; a GCM IV may never repeat \
+                         under one key: give each encryption a fresh IV",
+                        crate::store::hex(iv),
+                        op.audit.name()
+                    ),
+                ));
+            }
+        }
         let sealed = gcm::gcm_seal(key.bytes(), &op.params, &op.data)?;
-        let mut rec = op.audit.record(Event::Encrypt, CKR_OK, Some(*version));
+        let rec = op.audit.record(Event::Encrypt, CKR_OK, Some(*version));
+        // The IV goes in the record: the store refuses its repeat, and an
+        // auditor sees which IV each ciphertext used.
+        let detail = match rec.detail.as_str() {
+            "" => format!("iv={}", crate::store::hex(iv)),
+            d => format!("{d}; iv={}", crate::store::hex(iv)),
+        };
+        let mut rec = rec.detail(detail);
         // The record ties the operation to its output: a hash of the
         // plaintext would let whoever reads the store test guesses of it.
         rec.input_sha256 = Some(Sha256::digest(&sealed).into());
-        self.confirm(op.asset, *version, Use::Produce, rec)?;
+        self.confirm_seal(op.asset, *version, iv, rec)?;
         out[..sealed.len()].copy_from_slice(&sealed);
         Ok(sealed.len())
     }

@@ -30,7 +30,7 @@ use crate::mechanisms::gcm::{self, GcmParams};
 use crate::mechanisms::{self, Hasher, ECDSA_SIG_LEN};
 use crate::mechanisms::{checkvalue, hmac, keywrap};
 use crate::objects::{self, Class, ObjectKey, Value, View, Which};
-use crate::store::{Asset, Store, StoreError, Transition, Use};
+use crate::store::{Asset, Refusal, Store, StoreError, Transition, Use};
 use sha2::{Digest, Sha256};
 
 mod crypt;
@@ -51,7 +51,7 @@ pub use login::Login;
 use login::{AuditState, LoginState};
 use ops::{Message, OpAudit, OpSlot, Output};
 use session::{KeyRef, SessionObjects};
-use sign::{KeyCache, SignOp, VerifyOp, VersionKeys};
+use sign::{KeyCache, Purpose, SignOp, VerifyOp, VersionKeys};
 use template::{find, ulong, SecretKeySpec};
 
 /// The only slot.

@@ -123,6 +123,11 @@ impl OpAudit {
         }
     }
 
+    /// The asset id, or the session key's description.
+    pub fn name(&self) -> &str {
+        &self.asset
+    }
+
     pub fn record(&self, event: Event, rv: CK_RV, version: Option<u32>) -> Record {
         let r = Record::new(event, rv);
         let mut r = if self.session_key {

@@ -54,7 +54,13 @@ pub(super) struct SessionObject {
     pub local: bool,
     /// `CKA_CHECK_VALUE` of a secret key.
     pub check: Option<[u8; 3]>,
+    /// The AES-GCM IVs this key has encrypted under: a repeat is refused
+    /// (the store's `gcm_ivs` rule, in memory); dropped with the key.
+    pub ivs: UsedIvs,
 }
+
+/// The GCM IVs a session key has used.
+pub(super) type UsedIvs = Arc<Mutex<std::collections::HashSet<Vec<u8>>>>;
 
 /// The session objects by handle.
 #[derive(Default)]
@@ -490,6 +496,7 @@ impl Provider {
             unwrap: w.unwrap,
             local,
             check,
+            ivs: UsedIvs::default(),
         })
     }
 
@@ -647,6 +654,7 @@ impl Provider {
             unwrap: false,
             local: true,
             check: None,
+            ivs: UsedIvs::default(),
         };
         let pub_h = self.insert(half(Class::Public, wp, None));
         let priv_h = self.insert(half(Class::Private, ws, Some(key)));

@@ -51,13 +51,22 @@ type VerifiedKey = (Vec<u8>, Option<Vec<u8>>);
 /// A cached key and when it was derived.
 type CachedKey = (Arc<Secret32>, std::time::Instant);
 
+/// Which key of an asset version: its key `K` (design §2), or the AES key
+/// wrap subkey `W` derived beside it (`derive::WRAP_INFO`), so that key wrap
+/// and AES-GCM never share key bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Purpose {
+    Key,
+    Wrap,
+}
+
 /// Derived keys kept between operations, and the public keys already
 /// checked against their MAC.
 #[derive(Default)]
 pub(super) struct KeyCache {
-    /// Derived keys by (asset row id, version), in the locked arena,
-    /// with the moment it was derived; see `asset_key`.
-    cache: Mutex<HashMap<(i64, u32), CachedKey>>,
+    /// Derived keys by (asset row id, version, purpose), in the locked
+    /// arena, with the moment it was derived; see `asset_key`.
+    cache: Mutex<HashMap<(i64, u32, Purpose), CachedKey>>,
     /// Keys derived through the backing HSM so far (each one a PRF call).
     derivations: AtomicU64,
     /// By (asset row, version): the public key (or check value) and MAC
@@ -89,7 +98,8 @@ impl KeyCache {
     /// Drops (wipes) the cached keys of an asset's versions that may no
     /// longer sign.
     fn prune(&self, asset: &Asset) {
-        lock(&self.cache).retain(|(rowid, v), _| *rowid != asset.rowid || asset.may_hold_key(*v));
+        lock(&self.cache)
+            .retain(|(rowid, v, _), _| *rowid != asset.rowid || asset.may_hold_key(*v));
     }
 }
 
@@ -102,14 +112,26 @@ impl Provider {
     /// can never sign with keys nobody registered), and cached for
     /// `[cache] ttl_seconds` (or `ttl_ms`).
     pub(super) fn asset_key(&self, view: &View, epoch: u64) -> Result<Arc<Secret32>> {
-        let slot = (view.asset.rowid, view.version);
+        self.purpose_key(view, epoch, Purpose::Key)
+    }
+
+    /// The key of an asset version for `purpose`, as `asset_key` does: an
+    /// AES version's derivation (one PRF call) yields `K` and its wrap
+    /// subkey `W` together, and caches both.
+    pub(super) fn purpose_key(
+        &self,
+        view: &View,
+        epoch: u64,
+        purpose: Purpose,
+    ) -> Result<Arc<Secret32>> {
+        let slot = (view.asset.rowid, view.version, purpose);
         let ttl = self.config.cache.ttl();
         {
             let mut cache = lock(&self.keys.cache);
             // One pass drops (wipes) expired entries and, for this asset as the
             // store shows it now, versions that may no longer sign.
             let asset = view.asset;
-            cache.retain(|(rowid, v), (_, at)| {
+            cache.retain(|(rowid, v, _), (_, at)| {
                 at.elapsed() < ttl && (*rowid != asset.rowid || asset.may_hold_key(*v))
             });
             if let Some((key, _)) = cache.get(&slot) {
@@ -117,7 +139,7 @@ impl Provider {
             }
         }
         let kt = view.asset.key_type;
-        let scalar = derive::derive_key(&self.backend, &view.asset.id, view.version, kt)?;
+        let (scalar, wrap) = derive::derive_keys(&self.backend, &view.asset.id, view.version, kt)?;
         self.keys.derivations.fetch_add(1, Ordering::Relaxed);
         let derived = mechanisms::fingerprint(kt, &scalar);
         let recorded = view
@@ -138,6 +160,12 @@ impl Provider {
             ));
         }
         let key = Arc::new(scalar);
+        let wrap = wrap.map(Arc::new);
+        let wanted = match (purpose, &wrap) {
+            (Purpose::Key, _) => key.clone(),
+            (Purpose::Wrap, Some(w)) => w.clone(),
+            (Purpose::Wrap, None) => return Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),
+        };
         if !ttl.is_zero() {
             // Only while the login the key was derived under is still current:
             // a logout flips the state before it clears the cache, so a key
@@ -148,17 +176,23 @@ impl Provider {
                 // stays free for keys in flight (PRF outputs, derivations,
                 // the audit key). When it is full the oldest entry goes.
                 let capacity = (crate::secure::capacity() / 2).max(1);
-                while cache.len() >= capacity {
+                let adding = 1 + usize::from(wrap.is_some());
+                while !cache.is_empty() && cache.len() + adding > capacity {
                     let oldest = cache.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| *k);
                     match oldest {
                         Some(k) => cache.remove(&k),
                         None => break,
                     };
                 }
-                cache.insert(slot, (key.clone(), std::time::Instant::now()));
+                let now = std::time::Instant::now();
+                let (rowid, version, _) = slot;
+                cache.insert((rowid, version, Purpose::Key), (key, now));
+                if let Some(w) = wrap {
+                    cache.insert((rowid, version, Purpose::Wrap), (w, now));
+                }
             }
         }
-        Ok(key)
+        Ok(wanted)
     }
 
     /// Drops (wipes) the cached keys of an asset's versions that may no
@@ -387,7 +421,7 @@ impl Provider {
         let hmac = match hmac {
             Some(m) => {
                 let epoch = self.login.epoch();
-                Some((m, epoch, self.opening_keys(&view, epoch)?))
+                Some((m, epoch, self.opening_keys(&view, epoch, Purpose::Key)?))
             }
             None => None,
         };
@@ -497,6 +531,30 @@ impl Provider {
         need: Use,
         rec: Record,
     ) -> Result<()> {
+        self.confirm_job(asset, version, need, None, rec)
+    }
+
+    /// `confirm` for an AES-GCM encryption under `iv`: the commit also
+    /// records the IV for the asset version, and refuses (and audits) one
+    /// used before: `CKR_MECHANISM_PARAM_INVALID`, nothing released.
+    pub(super) fn confirm_seal(
+        &self,
+        asset: Option<i64>,
+        version: u32,
+        iv: &[u8],
+        rec: Record,
+    ) -> Result<()> {
+        self.confirm_job(asset, version, Use::Produce, Some(iv), rec)
+    }
+
+    fn confirm_job(
+        &self,
+        asset: Option<i64>,
+        version: u32,
+        need: Use,
+        iv: Option<&[u8]>,
+        rec: Record,
+    ) -> Result<()> {
         // A session key has no asset state to re-check: its record is
         // written (durably) before the result leaves, like any other.
         let Some(asset) = asset else {
@@ -506,23 +564,36 @@ impl Provider {
             .audit_key()
             .ok_or_else(|| Error::with(CKR_USER_NOT_LOGGED_IN, "no audit key in this process"))?;
         let what = rec.event.name();
-        let committed = self
-            .store
-            .commit_use(&ak, asset, version, need, rec)
-            .map_err(|e| {
-                Error::with(
-                    CKR_DEVICE_ERROR,
-                    format!("{what} result discarded: its audit record was not written: {e}"),
-                )
-            })?;
+        let name = rec.asset.clone().unwrap_or_default();
+        let committed = match iv {
+            Some(iv) => self.store.commit_seal(&ak, asset, version, iv, rec),
+            None => self.store.commit_use(&ak, asset, version, need, rec),
+        }
+        .map_err(|e| {
+            Error::with(
+                CKR_DEVICE_ERROR,
+                format!("{what} result discarded: its audit record was not written: {e}"),
+            )
+        })?;
         self.anchor_if_stale();
-        if let Err(Some(a)) = &committed {
+        if let Err(Refusal::State(Some(a))) = &committed {
             self.prune_keys(a);
         }
         match committed {
             Ok(()) => Ok(()),
-            Err(Some(a)) if !a.is_usable(version) => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
-            Err(Some(a)) => Err(Error::with(
+            Err(Refusal::IvReused) => Err(Error::with(
+                CKR_MECHANISM_PARAM_INVALID,
+                format!(
+                    "CKM_AES_GCM: IV {} was already used under asset {name:?} version {version}; \
+                     a GCM IV may never repeat under one key (the repeat is recorded as \
+                     refused, nothing was released): give each encryption a fresh IV",
+                    crate::store::hex(iv.unwrap_or_default())
+                ),
+            )),
+            Err(Refusal::State(Some(a))) if !a.is_usable(version) => {
+                Err(Error::rv(CKR_KEY_HANDLE_INVALID))
+            }
+            Err(Refusal::State(Some(a))) => Err(Error::with(
                 CKR_KEY_FUNCTION_NOT_PERMITTED,
                 format!(
                     "asset {:?} is {} at version {}: version {version} may no longer {what} \
@@ -532,7 +603,11 @@ impl Provider {
                     a.current,
                 ),
             )),
-            Err(None) => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
+            Err(Refusal::State(None)) => Err(Error::rv(CKR_KEY_HANDLE_INVALID)),
+            Err(Refusal::Unverified(why)) => Err(Error::with(
+                CKR_DEVICE_ERROR,
+                format!("{what} result discarded: {why}"),
+            )),
         }
     }
 }

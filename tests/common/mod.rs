@@ -391,6 +391,17 @@ pub fn sha256_hex(data: &[u8]) -> String {
     hex(&sha2::Sha256::digest(data))
 }
 
+/// This test executable's file name: what `[gcm] short_tag_clients`
+/// matches (with `/proc/self/comm`).
+pub fn own_name() -> String {
+    std::env::current_exe()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -720,6 +731,18 @@ impl Setup {
     pub fn use_pg(&self, url: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();
         let text = text.replacen("[store]\n", &format!("[store]\nurl = \"{url}\"\n"), 1);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// Lists `names` in `[gcm] short_tag_clients` (executables allowed GCM
+    /// tags under 96 bits).
+    pub fn allow_short_tags(&self, names: &[&str]) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        let quoted: Vec<String> = names.iter().map(|n| format!("{n:?}")).collect();
+        text.push_str(&format!(
+            "\n[gcm]\nshort_tag_clients = [{}]\n",
+            quoted.join(", ")
+        ));
         std::fs::write(&self.config, text).unwrap();
     }
 

@@ -243,7 +243,10 @@ fn once(m: &Module, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE, op: Op, n: u64,
         }
         Op::MakeHmacKey => {}
         Op::Gcm => {
+            // p11derive refuses an IV used before under the key, in any run:
+            // this run's id, then the thread's counter.
             let mut iv = [0u8; 12];
+            iv[..4].copy_from_slice(&run_id().to_be_bytes());
             iv[4..].copy_from_slice(&n.to_be_bytes());
             let mut params = CK_GCM_PARAMS {
                 pIv: iv.as_mut_ptr(),
@@ -266,6 +269,18 @@ fn once(m: &Module, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE, op: Op, n: u64,
             ok(rv, "C_Encrypt");
         }
     }
+}
+
+/// An id for this run, different from earlier runs' (the clock and the
+/// process id), for GCM IVs.
+fn run_id() -> u32 {
+    static ID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ID.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        (now.as_secs() as u32).wrapping_mul(1_000_003) ^ now.subsec_nanos() ^ std::process::id()
+    })
 }
 
 fn make_hmac_key(m: &Module, h: CK_SESSION_HANDLE, label: &str) {
