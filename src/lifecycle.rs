@@ -174,10 +174,23 @@ pub fn transition(
 /// and `Store::authenticate` done.
 pub fn advance_anchor(store: &Store, backend: &crate::backend::Backend) -> Result<(), Error> {
     let fail = |e: StoreError| Error::with(CKR_DEVICE_ERROR, e.to_string());
+    let old = backend.read_anchor()?;
+    let epoch = old.as_ref().map_or(0, |a| a.epoch);
+    if let Some((seen, change)) = store.lost_position(epoch) {
+        // The store went back under this process: the anchor keeps what
+        // this process saw, so new processes and `audit verify` refuse the
+        // store too (forward only; never onto the store as it now is).
+        let Some(a) = old else { return Ok(()) };
+        let change = change.filter(|c| c.0 > a.change.0).unwrap_or(a.change);
+        if seen.0 <= a.head.0 && change == a.change {
+            return Ok(());
+        }
+        let head = if seen.0 > a.head.0 { seen } else { a.head };
+        return backend.write_anchor(&crate::audit::Anchor { head, change, ..a }, false);
+    }
     let Some(head) = store.audit_head().map_err(fail)? else {
         return Ok(());
     };
-    let old = backend.read_anchor()?;
     if let Some(a) = &old {
         if let Err(e) = store.check_anchor(a) {
             return Err(fail(store.refuse_from_now(e.to_string(), a.epoch)));

@@ -218,9 +218,9 @@ fn a_repeated_gcm_iv_is_refused_across_hosts_on_postgresql() {
     drop(session);
     drop(p);
 
-    // A store made before schema 7 (no gcm_ivs) is upgraded when opened.
+    // A store made before schema 8 (no gcm_ivs) is upgraded when opened.
     let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    c.batch_execute("DROP TABLE gcm_ivs; UPDATE p11derive_meta SET schema_version = 6")
+    c.batch_execute("DROP TABLE gcm_ivs; UPDATE p11derive_meta SET schema_version = 7")
         .unwrap();
     let p = a.load();
     let session = p.user_session();

@@ -442,3 +442,209 @@ fn cut_connections_are_opened_again_without_failing_operations() {
         "none recorded twice (a commit cut under its statement is not resent once it landed)"
     );
 }
+
+/// Two forked hosts (A's setup and another host's) signing with `shared`
+/// until `stop` exists; their pids and output files.
+fn start_hosts(a: &Setup, b: &Setup, stop: &Path) -> Vec<(libc::pid_t, std::path::PathBuf, u8)> {
+    let never = a.dir.join("never");
+    let mut children = Vec::new();
+    for (tag, s) in [(1u8, a), (2u8, b)] {
+        let out = a.dir.join(format!("host-{tag}.txt"));
+        let pid = fork_child(&out, || host(&s.config, &out, stop, &never, tag));
+        children.push((pid, out, tag));
+    }
+    children
+}
+
+/// Stops the hosts; each one's lines as (t0, t1, ok).
+fn stop_hosts(
+    stop: &Path,
+    children: Vec<(libc::pid_t, std::path::PathBuf, u8)>,
+) -> Vec<Vec<(u128, u128, bool)>> {
+    std::fs::write(stop, b"").unwrap();
+    children
+        .into_iter()
+        .map(|(pid, out, tag)| {
+            reap(pid, &out, &format!("host {tag}"))
+                .lines()
+                .map(|l| {
+                    let f: Vec<&str> = l.split(' ').collect();
+                    (f[0].parse().unwrap(), f[1].parse().unwrap(), f[3] == "ok")
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A new PostgreSQL store (database `name`) with the asset `shared`, and
+/// two hosts' setups for it: (the store's URL, host A, host B).
+fn two_hosts(name: &str) -> (String, Setup, Setup) {
+    let url = pg_database(&pg_admin_url(), name);
+    let a = setup_with(None, false);
+    a.use_pg(&url);
+    a.init();
+    let b = a.another_host("host-b");
+    a.create_asset("shared", "secp256k1");
+    (url, a, b)
+}
+
+/// The administrator's URL of the test database at `url`.
+fn admin_url_of(url: &str) -> String {
+    let admin = pg_admin_url();
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    format!("{base}/{}", url.rsplit('/').next().unwrap())
+}
+
+/// A database administrator's connection (SQL, no HSM, no PIN).
+fn dba(url: &str) -> postgres::Client {
+    postgres::Client::connect(&admin_url_of(url), postgres::NoTls).expect("DBA connects")
+}
+
+#[test]
+fn a_dba_without_the_hsm_brings_no_key_back_on_running_hosts() {
+    let _turn = turn();
+    let (url, a, b) = two_hosts("p11derive_dba_edit");
+    for args in [
+        &["asset", "rotate", "shared"][..],
+        &["asset", "rotate", "shared"],
+        &["asset", "trim", "shared", "3"],
+        &["asset", "suspend", "shared"],
+    ] {
+        let out = cli(&a, args);
+        assert!(out.status.success(), "{args:?}: {}", output_text(&out));
+    }
+    let stop = a.dir.join("stop");
+    let children = start_hosts(&a, &b, &stop);
+    for (_, out, _) in &children {
+        wait_for(&out.with_extension("refused"));
+    }
+    let mut db = dba(&url);
+    let row = db
+        .query_one(
+            "SELECT state, resume_state, current, min_usable FROM assets WHERE name = 'shared'",
+            &[],
+        )
+        .unwrap();
+    let (state, resume, current, min): (String, Option<String>, i64, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    // Each edit stays a while under the signing hosts, then is reverted.
+    for edit in [
+        "UPDATE assets SET state = 'ACTIVE', resume_state = NULL WHERE name = 'shared'",
+        "UPDATE assets SET state = 'ACTIVE', resume_state = NULL, current = 1, min_usable = 1 \
+         WHERE name = 'shared'",
+        "UPDATE assets SET state = 'ROTATING', resume_state = NULL, min_usable = 2 \
+         WHERE name = 'shared'",
+    ] {
+        db.batch_execute(edit).unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        db.execute(
+            "UPDATE assets SET state = $1, resume_state = $2, current = $3, min_usable = $4 \
+             WHERE name = 'shared'",
+            &[&state, &resume, &current, &min],
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let lines = stop_hosts(&stop, children);
+    for (i, host) in lines.iter().enumerate() {
+        assert!(
+            host.len() > 10,
+            "host {}: only {} attempts",
+            i + 1,
+            host.len()
+        );
+        assert!(
+            host.iter().all(|l| !l.2),
+            "host {} signed while the DBA's edit was in place",
+            i + 1
+        );
+    }
+    // Reverted, the store verifies; it records no use the state forbade.
+    a.audit_verifies();
+    let log = std::fs::read_to_string(a.dir.join("p11derive.log")).unwrap();
+    assert!(log.contains("asset \"shared\""), "the log names the asset");
+}
+
+#[test]
+fn records_deleted_from_the_end_under_the_writers_lock_stop_the_hosts() {
+    let _turn = turn();
+    let (url, a, b) = two_hosts("p11derive_dba_tail");
+    let stop = a.dir.join("stop");
+    let children = start_hosts(&a, &b, &stop);
+    std::thread::sleep(Duration::from_millis(800));
+    let mut db = dba(&url);
+    let mut tx = db.transaction().unwrap();
+    tx.batch_execute(
+        "SELECT 1 FROM p11derive_meta WHERE id = 1 FOR UPDATE;
+         DELETE FROM audit WHERE seq > (SELECT max(seq) FROM audit) - 4;",
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let cut = now_ns();
+    for (_, out, _) in &children {
+        wait_for(&out.with_extension("refused"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = stop_hosts(&stop, children);
+    for (i, host) in lines.iter().enumerate() {
+        assert!(host.iter().any(|l| l.2), "host {} never signed", i + 1);
+        assert!(
+            host.iter().all(|l| !l.2 || l.0 < cut),
+            "host {} signed after records were cut from the chain",
+            i + 1
+        );
+    }
+    // The hosts left the anchor at what they saw: the cut store is refused.
+    let out = cli(&a, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let out = cli(&a, &["asset", "create", "x", "--type", "p256"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+}
+
+#[test]
+fn a_pg_dump_restored_under_running_hosts_stops_them() {
+    let _turn = turn();
+    let (url, a, b) = two_hosts("p11derive_dba_dump");
+    let stop = a.dir.join("stop");
+    let children = start_hosts(&a, &b, &stop);
+    std::thread::sleep(Duration::from_millis(500));
+    let bin = std::fs::read_dir("/usr/lib/postgresql")
+        .unwrap()
+        .map(|e| e.unwrap().path().join("bin"))
+        .max()
+        .unwrap();
+    let admin_db = admin_url_of(&url);
+    let dump = a.dir.join("before-suspend.dump");
+    let out = std::process::Command::new(bin.join("pg_dump"))
+        .args(["-Fc", "-f"])
+        .arg(&dump)
+        .arg(&admin_db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_dump: {}", output_text(&out));
+    let out = cli(&a, &["asset", "suspend", "shared"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let suspended = now_ns();
+    for (_, out, _) in &children {
+        wait_for(&out.with_extension("refused"));
+    }
+    // The dump, taken while `shared` was ACTIVE, goes back under the hosts.
+    let out = std::process::Command::new(bin.join("pg_restore"))
+        .args(["--clean", "--if-exists", "-d", &admin_db])
+        .arg(&dump)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pg_restore: {}", output_text(&out));
+    std::thread::sleep(Duration::from_millis(1500));
+    let lines = stop_hosts(&stop, children);
+    let heard = suspended + Duration::from_millis(250).as_nanos();
+    for (i, host) in lines.iter().enumerate() {
+        assert!(
+            host.iter().all(|l| !l.2 || l.0 < heard),
+            "host {} signed with the suspended asset after the restore",
+            i + 1
+        );
+    }
+    let out = cli(&a, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+}

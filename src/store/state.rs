@@ -119,6 +119,9 @@ pub(super) struct Guard {
     store_id: Option<[u8; 16]>,
 }
 
+/// A place in the chain: a record's number and MAC.
+pub type Position = (u64, [u8; 32]);
+
 /// Reads the backing HSM's rollback anchor now.
 pub type AnchorReader = Arc<dyn Fn() -> Result<Option<Anchor>, String> + Send + Sync>;
 
@@ -386,6 +389,18 @@ impl Store {
     /// the store, say), with the anchor epoch at the time.
     pub fn refuse_from_now(&self, why: String, epoch: u32) -> StoreError {
         self.break_store(why, epoch)
+    }
+
+    /// When the store was found rolled back: the newest record and the
+    /// newest state change this process had seen (for the anchor to keep).
+    /// `None` once an operator re-anchored after that (a newer `epoch`).
+    pub fn lost_position(&self, epoch: u32) -> Option<(Position, Option<Position>)> {
+        let g = self.guard();
+        let (_, at) = g.broken.as_ref()?;
+        if epoch > *at {
+            return None;
+        }
+        Some((g.seen?, g.upto))
     }
 
     /// The refusal, if the store was found rolled back.

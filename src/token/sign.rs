@@ -570,6 +570,10 @@ impl Provider {
             None => self.store.commit_use(&ak, asset, version, need, rec),
         }
         .map_err(|e| {
+            if matches!(e, StoreError::RolledBack(..)) {
+                // Keep the anchor at what this process saw.
+                self.advance_anchor();
+            }
             Error::with(
                 CKR_DEVICE_ERROR,
                 format!("{what} result discarded: its audit record was not written: {e}"),
