@@ -586,11 +586,28 @@ fn records_deleted_from_the_end_under_the_writers_lock_stop_the_hosts() {
     }
     std::thread::sleep(Duration::from_millis(300));
     let lines = stop_hosts(&stop, children);
+    // The host whose records were cut stops at its next commit, and moves
+    // the anchor to what it saw; the other host (which never saw them)
+    // stops at its next commit after that. Each stays stopped.
+    let first_refusal = |host: &[(u128, u128, bool)]| {
+        host.iter().find(|l| !l.2 && l.0 >= cut).map(|l| l.1)
+    };
+    let stopped: Vec<u128> = lines
+        .iter()
+        .map(|h| first_refusal(h).expect("every host is refused after the cut"))
+        .collect();
+    let first = *stopped.iter().min().unwrap();
     for (i, host) in lines.iter().enumerate() {
         assert!(host.iter().any(|l| l.2), "host {} never signed", i + 1);
         assert!(
-            host.iter().all(|l| !l.2 || l.0 < cut),
-            "host {} signed after records were cut from the chain",
+            host.iter().all(|l| !l.2 || l.0 < stopped[i]),
+            "host {} signed again after it was refused",
+            i + 1
+        );
+        assert!(
+            host.iter()
+                .all(|l| !l.2 || l.0 < first + Duration::from_millis(200).as_nanos()),
+            "host {} signed long after the other host found the cut",
             i + 1
         );
     }

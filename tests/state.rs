@@ -375,3 +375,35 @@ fn a_root_has_one_store() {
     let create = cli(&a, &["asset", "create", "x", "--type", "p256"]);
     assert_eq!(create.status.code(), Some(1), "{}", output_text(&create));
 }
+
+#[test]
+fn a_failed_login_is_sealed_at_once_where_the_process_holds_the_audit_key() {
+    let _turn = turn();
+    let s = setup(None);
+    {
+        let p = s.load();
+        let session = p.user_session();
+        session.logout().unwrap();
+        // The process keeps the audit key until C_Finalize: the failure's
+        // record is MACed into the chain now, not left pending.
+        let bad = session.login(UserType::User, Some(&AuthPin::from("not-the-pin")));
+        assert_eq!(
+            bad.map_err(|e| rv_code(&e).unwrap()),
+            Err(RvError::PinIncorrect)
+        );
+    }
+    let said = s.audit_verifies();
+    assert!(!said.contains("pending"), "{said}");
+    let failed: Vec<serde_json::Value> = s
+        .audit_records(&[])
+        .into_iter()
+        .filter(|r| r["event"] == "login-failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    let detail = failed[0]["detail"].as_str().unwrap();
+    assert!(
+        !detail.starts_with(p11derive::store::PENDING_MARK),
+        "{detail}"
+    );
+    assert!(!detail.contains("not-the-pin"), "the PIN reached the log");
+}

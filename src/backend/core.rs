@@ -28,6 +28,10 @@ pub(super) struct Core {
     pub(super) login_session: Mutex<Option<sys::CK_SESSION_HANDLE>>,
     /// The root's handle; present only while a user is logged in.
     pub(super) root: Mutex<Option<sys::CK_OBJECT_HANDLE>>,
+    /// The newest anchor object found or written, and when the anchor was
+    /// last looked for: read again with one `C_GetAttributeValue` for a
+    /// moment (see `Core::watch_anchor`).
+    pub(super) anchor_object: Mutex<Option<(sys::CK_OBJECT_HANDLE, std::time::Instant)>>,
     /// The user PIN while logged in, in the locked arena, to log in again
     /// when the HSM lost the login (a restart, sessions dropped).
     pin: Mutex<Option<SecretBytes>>,
@@ -96,6 +100,7 @@ impl Core {
             idle: Mutex::new(Vec::new()),
             login_session: Mutex::new(None),
             root: Mutex::new(None),
+            anchor_object: Mutex::new(None),
             pin: Mutex::new(None),
             recoveries: AtomicU64::new(0),
             recovering: Mutex::new(()),

@@ -241,8 +241,10 @@ pub struct AnchorWatch {
 impl AnchorWatch {
     /// The anchor as the backing HSM holds it now.
     pub fn read(&self) -> Result<Option<Anchor>> {
-        self.calls
-            .call("reading the rollback anchor", |c| c.read_anchor())
+        anchoring(|| {
+            self.calls
+                .call("reading the rollback anchor", |c| c.watch_anchor())
+        })
     }
 }
 

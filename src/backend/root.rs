@@ -168,10 +168,15 @@ impl Core {
         format!("{}/anchor", self.root_label)
     }
 
-    /// Each anchor object found, read.
-    fn anchors(&self, h: sys::CK_SESSION_HANDLE) -> Result<Vec<(sys::CK_OBJECT_HANDLE, Anchor)>> {
+    /// Each anchor object found, read, and how many were found (one that
+    /// another process removed between the find and the read is left out).
+    fn anchors(
+        &self,
+        h: sys::CK_SESSION_HANDLE,
+    ) -> Result<(usize, Vec<(sys::CK_OBJECT_HANDLE, Anchor)>)> {
+        let found = self.find_by_label(h, sys::CKO_DATA, &self.anchor_label())?;
         let mut out = Vec::new();
-        for obj in self.find_by_label(h, sys::CKO_DATA, &self.anchor_label())? {
+        for &obj in &found {
             let mut value = [0u8; 1200];
             let (rv, len) = self
                 .module
@@ -197,7 +202,7 @@ impl Core {
             };
             out.push((obj, anchor));
         }
-        Ok(out)
+        Ok((found.len(), out))
     }
 
     /// The anchor, if one was written. Needs a user login: the anchor is a
@@ -208,17 +213,15 @@ impl Core {
     pub(super) fn read_anchor(&self) -> Result<Option<Anchor>> {
         self.with_session(|h| {
             for _ in 0..5 {
-                let found = self
-                    .find_by_label(h, sys::CKO_DATA, &self.anchor_label())?
-                    .len();
-                let anchors = self.anchors(h)?;
+                let (found, anchors) = self.anchors(h)?;
                 if found > 0 && anchors.is_empty() {
                     continue;
                 }
-                return Ok(anchors
-                    .into_iter()
-                    .max_by_key(|(_, a)| (a.epoch, a.head.0))
-                    .map(|(_, a)| a));
+                let newest = anchors.into_iter().max_by_key(|(_, a)| (a.epoch, a.head.0));
+                *self.anchor_object.lock().unwrap_or_else(|e| e.into_inner()) = newest
+                    .as_ref()
+                    .map(|(obj, _)| (*obj, std::time::Instant::now()));
+                return Ok(newest.map(|(_, a)| a));
             }
             Err(Error::with(
                 sys::CKR_DEVICE_ERROR,
@@ -231,6 +234,31 @@ impl Core {
         })
     }
 
+    /// The anchor as the HSM holds it now, at every commit: the object last
+    /// found or written is read again (one call) until it is gone — another
+    /// process replaced it — and the anchor is looked for afresh at least
+    /// every `ANCHOR_LOOK_AGAIN` (should another process have failed to
+    /// remove the object it replaced, the newer one is found then).
+    pub(super) fn watch_anchor(&self) -> Result<Option<Anchor>> {
+        const ANCHOR_LOOK_AGAIN: std::time::Duration = std::time::Duration::from_millis(200);
+        let cached = *self.anchor_object.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((obj, _)) = cached.filter(|(_, at)| at.elapsed() < ANCHOR_LOOK_AGAIN) {
+            let fresh = self.with_session(|h| {
+                let mut value = [0u8; 1200];
+                let (rv, len) = self
+                    .module
+                    .get_attribute_value(h, obj, sys::CKA_VALUE, &mut value);
+                Ok((rv == sys::CKR_OK)
+                    .then(|| value.get(..len as usize).and_then(Anchor::decode))
+                    .flatten())
+            })?;
+            if fresh.is_some() {
+                return Ok(fresh);
+            }
+        }
+        self.read_anchor()
+    }
+
     /// Moves the anchor: a new object is written first, then the older ones
     /// are removed (tokens may not allow changing a data object's value).
     /// Only forward (a newer record, or a newer state change), unless `reset`
@@ -238,7 +266,7 @@ impl Core {
     pub(super) fn write_anchor(&self, anchor: &Anchor, reset: bool) -> Result<()> {
         let label = self.anchor_label();
         self.with_session(|h| {
-            let old = self.anchors(h)?;
+            let (_, old) = self.anchors(h)?;
             let behind = |held: &Anchor| {
                 (held.epoch, held.head.0, held.change.0)
                     >= (anchor.epoch, anchor.head.0, anchor.change.0)
@@ -259,10 +287,12 @@ impl Core {
                 .bytes(sys::CKA_LABEL, label.as_bytes())
                 .bytes(sys::CKA_APPLICATION, app)
                 .bytes(sys::CKA_VALUE, &value);
-            let (rv, _) = self.module.create_object(h, &mut template);
+            let (rv, created) = self.module.create_object(h, &mut template);
             if rv != sys::CKR_OK {
                 return Err(device("C_CreateObject (anchor)", rv));
             }
+            *self.anchor_object.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((created, std::time::Instant::now()));
             for (stale, _) in old {
                 let _ = self.module.destroy_object(h, stale);
             }

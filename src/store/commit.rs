@@ -167,7 +167,7 @@ impl Store {
     fn commit_batch(&self, ak: &Secret32, batch: Vec<Job>) -> Vec<(u64, JobResult)> {
         // A batch with GCM IVs takes the ordinary transaction on PostgreSQL
         // too: the IVs are inserted under the writers' lock, each refused
-        // one decided on its own (see docs/security-notes-gcm.md).
+        // one decided on its own (see docs/security.md, "AES-GCM").
         let ivs = batch.iter().any(|j| j.iv.is_some());
         let outcome = if self.is_shared() && !ivs {
             self.commit_batch_pg(ak, &batch)

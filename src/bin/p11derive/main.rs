@@ -27,7 +27,8 @@ commands:
   init [--import-root FILE]
         create the root secret inside the backing HSM (non-extractable) and the
         store; --import-root imports a given 32-byte root instead (hex text or
-        raw bytes), for test vectors and recovery ceremonies
+        raw bytes), for test vectors and recovery ceremonies; refuses to create
+        a second store for a root that already has one
   asset create NAME --type secp256k1|p256|aes256|hmac-sha256 [--id HEX]
         register a new asset at version 1 (HEX: its CKA_ID; default derived)
   asset list [--json]               the assets that are not retired
@@ -46,9 +47,10 @@ commands:
   audit export [--since SEQ] [--asset NAME]
                                     the records as JSON lines
     audit tail [-n N]                 the newest records, one line each
-  audit reanchor --yes              after knowingly restoring a backup of the store:
-                                    move the HSM's rollback anchor to the store's newest
-                                    record (audited)
+  audit reanchor --yes              after restoring a copy of this root's store: verify
+                                    it and move the HSM's rollback anchor to its newest
+                                    record (audited); refused for another store or a copy
+                                    lacking a state change the anchor knows
   store migrate --from sqlite:PATH --to postgres://USER:PASSWORD@HOST:PORT/DB
                                     copy a SQLite store, every record, into a new
                                     PostgreSQL store (then set [store] url to it)
