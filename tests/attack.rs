@@ -1,0 +1,142 @@
+//! Independent review of issue 17's authenticated state: attacks by someone who can write the store but holds neither a PIN nor the HSM.
+
+mod common;
+
+use std::path::Path;
+
+use cryptoki::error::RvError;
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+
+use common::*;
+
+fn backup(store: &Path, to: &Path) {
+    let _ = std::fs::remove_file(to);
+    sqlite(store, &format!(".backup '{}'", to.display()));
+}
+
+fn restore_live(from: &Path, store: &Path) {
+    sqlite(store, &format!(".restore '{}'", from.display()));
+}
+
+fn ok(s: &Setup, args: &[&str]) {
+    let out = cli(s, args);
+    assert!(out.status.success(), "{args:?}: {}", output_text(&out));
+}
+
+/// Signs with the private key labelled `label`: the signature, or the
+/// refusal's code (`KeyHandleInvalid` when the key is not listed).
+fn try_sign(session: &Session, label: &str) -> Result<Vec<u8>, RvError> {
+    let rv = |e: cryptoki::error::Error| rv_code(&e).unwrap_or(RvError::GeneralError);
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .map_err(rv)?;
+    let Some(key) = found.first() else {
+        return Err(RvError::KeyHandleInvalid);
+    };
+    session
+        .sign(&Mechanism::Ecdsa, *key, &[7u8; 32])
+        .map_err(rv)
+}
+
+/// A brand-new process logs in (if it can) and tries `key`: the outcome.
+fn new_process_signs(s: &Setup, key: &str) -> Result<(), String> {
+    let p = s.load();
+    let session = p.session();
+    session
+        .login(UserType::User, Some(&AuthPin::from(PIN)))
+        .map_err(|e| format!("login refused: {e}"))?;
+    try_sign(&session, key)
+        .map(|_| ())
+        .map_err(|e| format!("sign refused: {e:?}"))
+}
+
+/// `act` active, `ret` retired (its retirement the newest state change);
+/// returns a backup taken while `ret` was still ACTIVE.
+fn retired(s: &Setup) -> std::path::PathBuf {
+    s.create_asset("act", "p256");
+    s.create_asset("ret", "p256");
+    let older = s.dir.join("before-retire.db");
+    backup(&s.store, &older);
+    ok(s, &["asset", "retire", "ret", "--yes"]);
+    s.audit_verifies();
+    assert!(new_process_signs(s, "ret").is_err(), "retired key signed");
+    older
+}
+
+/// The retirement's record is hidden from the ledger without touching its
+/// MAC column (so the anchor's "newest state change" MAC still matches):
+/// its `event` column turned into `sign`, or its detail given the pending
+/// mark (the ledger skips such records before checking their MAC). The
+/// retired row then goes back to its sealed copy from before the
+/// retirement, or every seal is removed so that login "upgrades" the store
+/// and seals the row to the create record.
+#[test]
+fn hiding_a_state_change_record_from_the_ledger_does_not_free_a_retired_key() {
+    let _turn = turn();
+    let pending = "[written without the audit key, sealed later] ";
+    let hide_event =
+        "UPDATE audit SET event = 'sign' WHERE event = 'transition' AND asset = 'ret';";
+    let hide_mark = format!(
+        "UPDATE audit SET detail = '{pending}' || detail \
+         WHERE event = 'transition' AND asset = 'ret';"
+    );
+    let unseal_all = "UPDATE assets SET state = 'ACTIVE', resume_state = NULL, \
+                      change_seq = NULL WHERE name = 'ret'; \
+                      UPDATE assets SET state_mac = NULL, change_seq = NULL;";
+    let mut freed = Vec::new();
+    for (what, hide, row) in [
+        ("event column + old row", hide_event.to_string(), "old"),
+        ("pending mark + old row", hide_mark.clone(), "old"),
+        (
+            "event column + every seal removed",
+            hide_event.to_string(),
+            "unseal",
+        ),
+        (
+            "pending mark + every seal removed",
+            hide_mark.clone(),
+            "unseal",
+        ),
+    ] {
+        let s = setup(None);
+        let from = s.log().len();
+        let older = retired(&s);
+        let row_sql = match row {
+            "old" => {
+                let column =
+                    |c: &str| format!("{c} = (SELECT {c} FROM o.assets WHERE name = 'ret')");
+                format!(
+                    "ATTACH '{}' AS o; UPDATE assets SET {} WHERE name = 'ret';",
+                    older.display(),
+                    ["state", "resume_state", "change_seq", "state_mac"]
+                        .map(column)
+                        .join(", ")
+                )
+            }
+            _ => unseal_all.to_string(),
+        };
+        sqlite(&s.store, &format!("{hide} {row_sql}"));
+        let got = new_process_signs(&s, "ret");
+        let out = cli(&s, &["audit", "verify"]);
+        eprintln!(
+            "{what}: ret -> {got:?}; audit verify -> {:?}; log: {}",
+            out.status.code(),
+            s.log_since(from)
+                .lines()
+                .filter(|l| l.contains("ERROR") || l.contains("sealed"))
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        if got.is_ok() {
+            freed.push(what);
+        }
+        assert_eq!(out.status.code(), Some(1), "{what}: audit verify passed");
+    }
+    assert!(freed.is_empty(), "the retired key signed after: {freed:?}");
+}
