@@ -140,3 +140,86 @@ fn hiding_a_state_change_record_from_the_ledger_does_not_free_a_retired_key() {
     }
     assert!(freed.is_empty(), "the retired key signed after: {freed:?}");
 }
+
+/// Every seal removed, so that a login "upgrades" the store and seals the
+/// rows whose state agrees with their latest change: the key type or the
+/// CKA_ID edited meanwhile must not be sealed in (the create record names
+/// both).
+#[test]
+fn removing_every_seal_does_not_get_an_edited_key_type_or_id_sealed() {
+    let _turn = turn();
+    let mut sealed_in = Vec::new();
+    for (what, edit, column, value) in [
+        (
+            "key type",
+            "UPDATE assets SET key_type = 'secp256k1' WHERE name = 'act';",
+            "key_type",
+            "secp256k1",
+        ),
+        (
+            "CKA_ID",
+            "UPDATE assets SET object_id = x'00112233' WHERE name = 'act';",
+            "hex(object_id)",
+            "00112233",
+        ),
+    ] {
+        let s = setup(None);
+        s.create_asset("act", "p256");
+        s.create_asset("other", "p256");
+        sqlite(
+            &s.store,
+            &format!("{edit} UPDATE assets SET state_mac = NULL, change_seq = NULL;"),
+        );
+        let got = new_process_signs(&s, "act");
+        let row = std::process::Command::new("sqlite3")
+            .arg(&s.store)
+            .arg(format!(
+                "SELECT {column}, state_mac IS NOT NULL FROM assets WHERE name = 'act'"
+            ))
+            .output()
+            .unwrap();
+        let row = String::from_utf8_lossy(&row.stdout).trim().to_string();
+        eprintln!("{what}: act signs -> {got:?}; row now {row:?}");
+        if row == format!("{value}|1") {
+            sealed_in.push(what);
+        }
+    }
+    assert!(sealed_in.is_empty(), "login sealed an edited {sealed_in:?}");
+}
+
+/// A process signs three times and dies without `C_Finalize` (a crash, a
+/// SIGKILL, a service restart that skips it) within the anchor interval:
+/// the records of those returned signatures are deleted. The anchor must
+/// still show them missing (to a new login, or to `audit verify`).
+#[test]
+fn records_of_a_crashed_signer_cannot_be_deleted_unnoticed() {
+    let _turn = turn();
+    let s = setup(None);
+    s.create_asset("a", "p256");
+    std::env::set_var("P11DERIVE_CONF", &s.config);
+    let out = s.dir.join("child.txt");
+    let pid = fork_child(&out, || {
+        let (_ctx, session) = child_session()?;
+        let mut n = 0;
+        for _ in 0..3 {
+            try_sign(&session, "a").map_err(|e| format!("{e:?}"))?;
+            n += 1;
+        }
+        Ok(format!("{n}"))
+    });
+    assert_eq!(reap(pid, &out, "the signer"), "3");
+    let signed = s.signed_count(&[]);
+    assert_eq!(signed, 3, "three sign records");
+    sqlite(&s.store, "DELETE FROM audit WHERE event = 'sign';");
+    let verify = cli(&s, &["audit", "verify"]);
+    let login = new_process_signs(&s, "a");
+    eprintln!(
+        "after deleting 3 returned signatures' records: audit verify -> {:?} {}; new process -> {login:?}",
+        verify.status.code(),
+        stderr(&verify).lines().last().unwrap_or("")
+    );
+    assert!(
+        verify.status.code() == Some(1) || login.is_err(),
+        "three returned signatures lost their records unnoticed"
+    );
+}
