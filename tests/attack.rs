@@ -223,3 +223,62 @@ fn records_of_a_crashed_signer_cannot_be_deleted_unnoticed() {
         "three returned signatures lost their records unnoticed"
     );
 }
+
+/// Under a running process that has not yet seen a retirement made by the
+/// CLI: the retirement's record is hidden (its `event` column, or the
+/// pending mark) and the row put back to its sealed copy from before. The
+/// anchor's newest state change still has its MAC, so the watch passes.
+#[test]
+fn a_retirement_hidden_under_a_running_process_does_not_free_the_key() {
+    let _turn = turn();
+    let pending = "[written without the audit key, sealed later] ";
+    let mut freed = Vec::new();
+    for (what, hide) in [
+        (
+            "event column",
+            "UPDATE audit SET event = 'sign' WHERE event = 'transition' AND asset = 'ret';"
+                .to_string(),
+        ),
+        (
+            "pending mark",
+            format!(
+                "UPDATE audit SET detail = '{pending}' || detail \
+                 WHERE event = 'transition' AND asset = 'ret';"
+            ),
+        ),
+    ] {
+        let s = setup(None);
+        s.create_asset("ret", "p256");
+        let p = s.load();
+        let session = p.user_session();
+        try_sign(&session, "ret").expect("ret signs");
+        let older = s.dir.join("before-retire.db");
+        backup(&s.store, &older);
+        ok(&s, &["asset", "retire", "ret", "--yes"]);
+        let column = |c: &str| format!("{c} = (SELECT {c} FROM o.assets WHERE name = 'ret')");
+        sqlite(
+            &s.store,
+            &format!(
+                "{hide} ATTACH '{}' AS o; UPDATE assets SET {} WHERE name = 'ret';",
+                older.display(),
+                ["state", "resume_state", "change_seq", "state_mac"]
+                    .map(column)
+                    .join(", ")
+            ),
+        );
+        let mut signed = 0;
+        for _ in 0..3 {
+            if try_sign(&session, "ret").is_ok() {
+                signed += 1;
+            }
+        }
+        eprintln!("{what}: the running process signed {signed} times with the retired key");
+        if signed > 0 {
+            freed.push(what);
+        }
+    }
+    assert!(
+        freed.is_empty(),
+        "a running process signed with a retired key: {freed:?}"
+    );
+}
