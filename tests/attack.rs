@@ -282,3 +282,62 @@ fn a_retirement_hidden_under_a_running_process_does_not_free_the_key() {
         "a running process signed with a retired key: {freed:?}"
     );
 }
+
+/// PostgreSQL, a DBA without the HSM: the same hiding under a running host
+/// (which has the asset cached) and for a host that starts afterwards.
+#[test]
+fn a_dba_hiding_a_retirement_frees_no_key_on_postgresql() {
+    let _turn = turn();
+    let url = pg_database(&pg_admin_url(), "p11derive_attack_hide");
+    let s = setup_with(None, false);
+    s.use_pg(&url);
+    s.init();
+    s.create_asset("ret", "p256");
+    let p = s.load();
+    let session = p.user_session();
+    try_sign(&session, "ret").expect("ret signs");
+    let admin = {
+        let admin = pg_admin_url();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        format!("{base}/p11derive_attack_hide")
+    };
+    let mut db = postgres::Client::connect(&admin, postgres::NoTls).expect("DBA connects");
+    let old = db
+        .query_one(
+            "SELECT change_seq, state_mac FROM assets WHERE name = 'ret'",
+            &[],
+        )
+        .unwrap();
+    let (seq, mac): (Option<i64>, Option<Vec<u8>>) = (old.get(0), old.get(1));
+    ok(&s, &["asset", "retire", "ret", "--yes"]);
+    db.batch_execute(
+        "UPDATE audit SET event = 'sign' WHERE event = 'transition' AND asset = 'ret'",
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE assets SET state = 'ACTIVE', resume_state = NULL, change_seq = $1, \
+         state_mac = $2 WHERE name = 'ret'",
+        &[&seq, &mac],
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let mut running = 0;
+    for _ in 0..3 {
+        if try_sign(&session, "ret").is_ok() {
+            running += 1;
+        }
+    }
+    std::env::set_var("P11DERIVE_CONF", &s.config);
+    let out = s.dir.join("new-host.txt");
+    let pid = fork_child(&out, || {
+        let (_ctx, session) = child_session()?;
+        Ok(format!("{:?}", try_sign(&session, "ret").map(|_| ())))
+    });
+    let fresh = reap(pid, &out, "a new host");
+    eprintln!("PostgreSQL: running host signed {running}/3; a new host: {fresh}");
+    assert_eq!(running, 0, "a running host signed with the retired key");
+    assert!(
+        fresh.starts_with("Err"),
+        "a new host signed with the retired key"
+    );
+}
