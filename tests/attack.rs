@@ -341,3 +341,124 @@ fn a_dba_hiding_a_retirement_frees_no_key_on_postgresql() {
         "a new host signed with the retired key"
     );
 }
+
+/// Regression: a store upgraded from before seals (every row unsealed, as
+/// migration 7 leaves it) is sealed at the first login, whatever state
+/// each asset reached, and then works as before.
+#[test]
+fn an_upgraded_store_is_sealed_at_first_login_in_every_state() {
+    let _turn = turn();
+    let s = setup(None);
+    for a in ["act", "sus", "rot", "ret"] {
+        s.create_asset(a, "p256");
+    }
+    ok(&s, &["asset", "rotate", "sus", "--grace"]);
+    ok(&s, &["asset", "suspend", "sus"]);
+    ok(&s, &["asset", "rotate", "rot"]);
+    ok(&s, &["asset", "rotate", "rot"]);
+    ok(&s, &["asset", "trim", "rot", "3"]);
+    ok(&s, &["asset", "retire", "ret", "--yes"]);
+    sqlite(
+        &s.store,
+        "UPDATE assets SET state_mac = NULL, change_seq = NULL;",
+    );
+    {
+        let p = s.load();
+        let session = p.user_session();
+        try_sign(&session, "act").expect("act signs after the upgrade");
+        try_sign(&session, "rot").expect("rot signs after the upgrade");
+        for k in ["sus", "ret", "rot@v1", "rot@v2"] {
+            assert!(
+                try_sign(&session, k).is_err(),
+                "{k} signed after the upgrade"
+            );
+        }
+    }
+    ok(&s, &["asset", "resume", "sus"]);
+    ok(&s, &["asset", "finish", "sus"]);
+    s.audit_verifies();
+}
+
+/// Regression: CLI changes made while two provider processes run are
+/// honoured by both at once, and neither refuses the store for them.
+#[test]
+fn cli_changes_under_two_running_processes_are_honoured_by_both() {
+    let _turn = turn();
+    let s = setup(None);
+    s.create_asset("a", "p256");
+    s.create_asset("b", "p256");
+    let p = s.load();
+    let session = p.user_session();
+    std::env::set_var("P11DERIVE_CONF", &s.config);
+    let go = s.dir.join("go");
+    let out = s.dir.join("other.txt");
+    // The other process signs with `a` and `b` at each step the parent
+    // announces by writing `go-N`, and reports what it got.
+    let steps = 4;
+    let pid = {
+        let go = go.clone();
+        let out2 = s.dir.join("other-steps.txt");
+        fork_child(&out, move || {
+            let (_ctx, session) = child_session()?;
+            let mut said = String::new();
+            for n in 0..steps {
+                let flag = go.with_extension(n.to_string());
+                let t = std::time::Instant::now();
+                while !flag.exists() {
+                    if t.elapsed().as_secs() > 60 {
+                        return Err("no go".into());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                let a = try_sign(&session, "a").is_ok();
+                let b = try_sign(&session, "b").is_ok();
+                said.push_str(&format!("{n}:{a}:{b} "));
+                std::fs::write(&out2, &said).map_err(|e| e.to_string())?;
+            }
+            Ok(said)
+        })
+    };
+    let other = s.dir.join("other-steps.txt");
+    let wait_step = |n: usize| {
+        let t = std::time::Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&other).unwrap_or_default();
+            if text.contains(&format!("{n}:")) {
+                return text;
+            }
+            assert!(
+                t.elapsed().as_secs() < 60,
+                "the other process is stuck: {text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    // (CLI change, whether a then b may sign)
+    let plan: [(&[&str], bool, bool); 4] = [
+        (&["asset", "rotate", "a"], true, true),
+        (&["asset", "suspend", "b"], true, false),
+        (&["asset", "rotate", "a"], true, false),
+        (&["asset", "resume", "b"], true, true),
+    ];
+    let mut mine = Vec::new();
+    for (n, (args, a, b)) in plan.iter().enumerate() {
+        ok(&s, args);
+        mine.push((
+            try_sign(&session, "a").is_ok() == *a,
+            try_sign(&session, "b").is_ok() == *b,
+        ));
+        std::fs::write(go.with_extension(n.to_string()), b"").unwrap();
+        wait_step(n);
+    }
+    let theirs = reap(pid, &out, "the other process");
+    let want: String = plan
+        .iter()
+        .enumerate()
+        .map(|(n, (_, a, b))| format!("{n}:{a}:{b} "))
+        .collect();
+    assert!(mine.iter().all(|(a, b)| *a && *b), "this process: {mine:?}");
+    assert_eq!(theirs, want, "the other process");
+    drop(session);
+    drop(p);
+    s.audit_verifies();
+}
