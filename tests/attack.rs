@@ -137,6 +137,12 @@ fn hiding_a_state_change_record_from_the_ledger_does_not_free_a_retired_key() {
             freed.push(what);
         }
         assert_eq!(out.status.code(), Some(1), "{what}: audit verify passed");
+        let re = cli(&s, &["audit", "reanchor", "--yes"]);
+        assert_eq!(
+            re.status.code(),
+            Some(1),
+            "{what}: reanchor accepted the store"
+        );
     }
     assert!(freed.is_empty(), "the retired key signed after: {freed:?}");
 }
@@ -461,4 +467,37 @@ fn cli_changes_under_two_running_processes_are_honoured_by_both() {
     drop(session);
     drop(p);
     s.audit_verifies();
+}
+
+/// Under a running signer, the record of one signature it returned is
+/// deleted from the middle of the chain (not the tail, which the process's
+/// position catches): the process's next commit must notice, and `audit
+/// verify` must name the gap.
+#[test]
+fn a_returned_signature_record_deleted_mid_chain_is_noticed() {
+    let _turn = turn();
+    let s = setup(None);
+    s.create_asset("a", "p256");
+    let p = s.load();
+    let session = p.user_session();
+    for _ in 0..5 {
+        try_sign(&session, "a").expect("a signs");
+    }
+    sqlite(
+        &s.store,
+        "DELETE FROM audit WHERE seq = (SELECT seq FROM audit WHERE event = 'sign' \
+         ORDER BY seq LIMIT 1 OFFSET 1);",
+    );
+    let next = try_sign(&session, "a").map(|_| ());
+    let verify = cli(&s, &["audit", "verify"]);
+    eprintln!(
+        "mid-chain deletion: next signature -> {next:?}; audit verify -> {:?}",
+        verify.status.code()
+    );
+    assert_eq!(
+        verify.status.code(),
+        Some(1),
+        "audit verify passed over the gap"
+    );
+    assert!(next.is_err(), "the running process signed on over the gap");
 }
