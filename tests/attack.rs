@@ -501,3 +501,30 @@ fn a_returned_signature_record_deleted_mid_chain_is_noticed() {
     );
     assert!(next.is_err(), "the running process signed on over the gap");
 }
+
+/// Control: the same hiding when a later state change links to the hidden
+/// one (`prev_change=N`) is caught; only the newest state change can be
+/// hidden, because nothing checks that the anchor's newest state change is
+/// one the ledger verified.
+#[test]
+fn a_hidden_state_change_with_a_later_one_linking_to_it_is_caught() {
+    let _turn = turn();
+    let s = setup(None);
+    let older = retired(&s);
+    s.create_asset("later", "p256");
+    let column = |c: &str| format!("{c} = (SELECT {c} FROM o.assets WHERE name = 'ret')");
+    sqlite(
+        &s.store,
+        &format!(
+            "UPDATE audit SET event = 'sign' WHERE event = 'transition' AND asset = 'ret'; \
+             ATTACH '{}' AS o; UPDATE assets SET {} WHERE name = 'ret';",
+            older.display(),
+            ["state", "resume_state", "change_seq", "state_mac"]
+                .map(column)
+                .join(", ")
+        ),
+    );
+    let got = new_process_signs(&s, "ret");
+    eprintln!("hidden with a later link: {got:?}");
+    assert!(got.is_err(), "the retired key signed");
+}
