@@ -17,10 +17,6 @@ fn backup(store: &Path, to: &Path) {
     sqlite(store, &format!(".backup '{}'", to.display()));
 }
 
-fn restore_live(from: &Path, store: &Path) {
-    sqlite(store, &format!(".restore '{}'", from.display()));
-}
-
 fn ok(s: &Setup, args: &[&str]) {
     let out = cli(s, args);
     assert!(out.status.success(), "{args:?}: {}", output_text(&out));
@@ -46,8 +42,13 @@ fn try_sign(session: &Session, label: &str) -> Result<Vec<u8>, RvError> {
 
 /// A brand-new process logs in (if it can) and tries `key`: the outcome.
 fn new_process_signs(s: &Setup, key: &str) -> Result<(), String> {
-    let p = s.load();
-    let session = p.session();
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    std::env::set_var("P11DERIVE_CONF", &s.config);
+    let ctx = Pkcs11::new(module_path()).map_err(|e| e.to_string())?;
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .map_err(|e| format!("C_Initialize refused: {e}"))?;
+    let slot = ctx.get_slots_with_token().map_err(|e| e.to_string())?[0];
+    let session = ctx.open_rw_session(slot).map_err(|e| e.to_string())?;
     session
         .login(UserType::User, Some(&AuthPin::from(PIN)))
         .map_err(|e| format!("login refused: {e}"))?;
@@ -527,4 +528,42 @@ fn a_hidden_state_change_with_a_later_one_linking_to_it_is_caught() {
     let got = new_process_signs(&s, "ret");
     eprintln!("hidden with a later link: {got:?}");
     assert!(got.is_err(), "the retired key signed");
+}
+
+/// The store file deleted (or emptied) by someone without the PIN: neither
+/// `init` nor `audit reanchor` accepts a new store for the root, and no
+/// message advises a command that would lose the old one's state.
+#[test]
+fn a_deleted_store_is_not_replaced_by_init_or_reanchor() {
+    let _turn = turn();
+    let s = setup(None);
+    s.create_asset("cold-1", "p256");
+    ok(&s, &["asset", "retire", "cold-1", "--yes"]);
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", s.store.display()));
+    }
+    let login = new_process_signs(&s, "cold-1");
+    assert!(login.is_err());
+    let re = cli(&s, &["audit", "reanchor", "--yes"]);
+    let init = cli(&s, &["init"]);
+    let create = cli(&s, &["asset", "create", "cold-1", "--type", "p256"]);
+    eprintln!(
+        "deleted store: login {login:?}\nreanchor {:?}: {}\ninit {:?}: {}\ncreate {:?}: {}\nlog: {}",
+        re.status.code(),
+        stderr(&re),
+        init.status.code(),
+        stderr(&init),
+        create.status.code(),
+        stderr(&create),
+        s.log().lines().rev().take(3).collect::<Vec<_>>().join(" | ")
+    );
+    assert_ne!(re.status.code(), Some(0), "reanchor accepted a new store");
+    assert_ne!(init.status.code(), Some(0), "init made a second store");
+    assert_ne!(create.status.code(), Some(0), "cold-1 registered again");
+    for said in [stderr(&re), stderr(&init), stderr(&create), s.log()] {
+        assert!(
+            !said.contains("reanchor --yes") || said.contains("REFUSED"),
+            "advises reanchor: {said}"
+        );
+    }
 }
