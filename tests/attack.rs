@@ -48,10 +48,12 @@ fn new_process_signs(s: &Setup, key: &str) -> Result<(), String> {
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .map_err(|e| format!("C_Initialize refused: {e}"))?;
     let slot = ctx.get_slots_with_token().map_err(|e| e.to_string())?[0];
-    let session = ctx.open_rw_session(slot).map_err(|e| e.to_string())?;
+    // Finalized whatever happens (cryptoki does not on drop).
+    let p = Provider { ctx, slot };
+    let session = p.session();
     session
         .login(UserType::User, Some(&AuthPin::from(PIN)))
-        .map_err(|e| format!("login refused: {e}"))?;
+        .map_err(|e| format!("login refused: {:?}", rv_of::<()>(Err(e))))?;
     try_sign(&session, key)
         .map(|_| ())
         .map_err(|e| format!("sign refused: {e:?}"))
@@ -566,4 +568,136 @@ fn a_deleted_store_is_not_replaced_by_init_or_reanchor() {
             "advises reanchor: {said}"
         );
     }
+}
+
+/// The race between a CLI state change's commit and its anchor advance: as
+/// soon as the retirement's record lands, it is cut from the tail and the
+/// row put back to its sealed copy from before. The CLI's anchor advance
+/// then finds the change it verified gone and writes nothing, so the
+/// anchor never holds the retirement, and a new process must still not
+/// sign with the key. (Tried up to 15 times; each try the attacker either
+/// wins the race or finds the anchor already advanced.)
+#[test]
+fn a_retirement_cut_before_the_cli_anchors_it_does_not_free_the_key() {
+    let _turn = turn();
+    let mut won = 0;
+    let mut freed = Vec::new();
+    for n in 0..15 {
+        let s = setup(None);
+        let name = format!("ret-{n}");
+        s.create_asset(&name, "p256");
+        let db = rusqlite::Connection::open(&s.store).unwrap();
+        db.busy_timeout(std::time::Duration::from_secs(5)).unwrap();
+        let (seq, mac): (i64, Vec<u8>) = db
+            .query_row(
+                "SELECT change_seq, state_mac FROM assets WHERE name = ?1",
+                [&name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let mut child = s
+            .cli()
+            .args(["asset", "retire", &name, "--yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        let cut = loop {
+            let r: Option<i64> = db
+                .query_row(
+                    "SELECT seq FROM audit WHERE event = 'transition' AND asset = ?1",
+                    [&name],
+                    |r| r.get(0),
+                )
+                .ok();
+            if let Some(r) = r {
+                let tx = db.unchecked_transaction().unwrap();
+                tx.execute("DELETE FROM audit WHERE seq >= ?1", [r])
+                    .unwrap();
+                tx.execute(
+                    "UPDATE assets SET state = 'ACTIVE', resume_state = NULL, change_seq = ?1, \
+                     state_mac = ?2 WHERE name = ?3",
+                    rusqlite::params![seq, mac, name],
+                )
+                .unwrap();
+                tx.commit().unwrap();
+                break true;
+            }
+            if t.elapsed().as_secs() > 20 {
+                break false;
+            }
+        };
+        let out = child.wait_with_output().unwrap();
+        drop(db);
+        assert!(cut, "the retirement never landed");
+        let said = stderr(&out);
+        if said.contains("rollback anchor not advanced") {
+            won += 1;
+        }
+        let got = new_process_signs(&s, &name);
+        eprintln!(
+            "try {n}: cli {:?} {}; new process {got:?}",
+            out.status.code(),
+            said.trim()
+        );
+        if got.is_ok() {
+            freed.push(name.clone());
+        }
+        if !freed.is_empty() {
+            break;
+        }
+    }
+    eprintln!("races won: {won}");
+    assert!(freed.is_empty(), "retired keys signed again: {freed:?}");
+}
+
+/// A store re-anchored once (anchor epoch 1), then records of returned
+/// signatures cut from the tail under the running signer. The process's
+/// own check finds it (and marks the store refused "at epoch 0"); the
+/// refusal must hold: the anchor must not be moved onto the cut chain, a
+/// new process and `audit verify` must see the loss, and a fresh login of
+/// the same process must not clear the refusal without a re-anchor.
+#[test]
+fn a_tail_cut_after_a_reanchor_is_not_forgotten() {
+    let _turn = turn();
+    let s = setup(None);
+    s.create_asset("a", "p256");
+    ok(&s, &["audit", "reanchor", "--yes"]);
+    let p = s.load();
+    let session = p.user_session();
+    try_sign(&session, "a").expect("a signs");
+    let before = s.dir.join("before.db");
+    backup(&s.store, &before);
+    for _ in 0..3 {
+        try_sign(&session, "a").expect("a signs");
+    }
+    sqlite(
+        &s.store,
+        &format!(
+            "ATTACH '{}' AS o; DELETE FROM audit WHERE seq > (SELECT max(seq) FROM o.audit);",
+            before.display()
+        ),
+    );
+    let next = try_sign(&session, "a").map(|_| ());
+    session.logout().unwrap();
+    let relogin = session
+        .login(UserType::User, Some(&AuthPin::from(PIN)))
+        .map_err(|e| rv_of::<()>(Err(e)));
+    let after_relogin = try_sign(&session, "a").map(|_| ());
+    drop(session);
+    drop(p);
+    let verify = cli(&s, &["audit", "verify"]);
+    let fresh = new_process_signs(&s, "a");
+    eprintln!(
+        "tail cut at epoch 1: next sign {next:?}; re-login {relogin:?} then sign \
+         {after_relogin:?}; audit verify {:?}; new process {fresh:?}",
+        verify.status.code()
+    );
+    assert!(next.is_err(), "signed on the cut chain");
+    assert!(after_relogin.is_err(), "a re-login cleared the refusal");
+    assert!(
+        verify.status.code() == Some(1) || fresh.is_err(),
+        "three returned signatures lost their records unnoticed"
+    );
 }
