@@ -595,7 +595,7 @@ fn a_retirement_cut_before_the_cli_anchors_it_does_not_free_the_key() {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        let mut child = s
+        let child = s
             .cli()
             .args(["asset", "retire", &name, "--yes"])
             .stdout(std::process::Stdio::null())
