@@ -701,3 +701,42 @@ fn a_tail_cut_after_a_reanchor_is_not_forgotten() {
         "three returned signatures lost their records unnoticed"
     );
 }
+
+/// A signer returns three signatures; their records are cut from the tail
+/// before it logs out (or finalizes), which advances the anchor. The
+/// process must not anchor the cut chain: it committed those records, so
+/// its logout sees them gone, and a new process or `audit verify` must see
+/// the loss.
+#[test]
+fn a_signer_does_not_anchor_a_chain_cut_before_its_logout() {
+    let _turn = turn();
+    let s = setup(None);
+    s.create_asset("a", "p256");
+    let p = s.load();
+    let session = p.user_session();
+    let before = s.dir.join("before.db");
+    backup(&s.store, &before);
+    for _ in 0..3 {
+        try_sign(&session, "a").expect("a signs");
+    }
+    sqlite(
+        &s.store,
+        &format!(
+            "ATTACH '{}' AS o; DELETE FROM audit WHERE seq > (SELECT max(seq) FROM o.audit);",
+            before.display()
+        ),
+    );
+    session.logout().unwrap();
+    drop(session);
+    drop(p);
+    let verify = cli(&s, &["audit", "verify"]);
+    let fresh = new_process_signs(&s, "a");
+    eprintln!(
+        "cut before logout: audit verify {:?}; new process {fresh:?}",
+        verify.status.code()
+    );
+    assert!(
+        verify.status.code() == Some(1) || fresh.is_err(),
+        "three returned signatures lost their records unnoticed"
+    );
+}
