@@ -176,6 +176,13 @@ pub fn advance_anchor(store: &Store, backend: &crate::backend::Backend) -> Resul
     let fail = |e: StoreError| Error::with(CKR_DEVICE_ERROR, e.to_string());
     let old = backend.read_anchor()?;
     let epoch = old.as_ref().map_or(0, |a| a.epoch);
+    // Never onto a chain that lost what this process saw, or a record
+    // appended since the anchor last moved (either refuses the store from
+    // now on, and the anchor keeps what this process saw, below).
+    let _ = store.check_seen().and_then(|()| match &old {
+        Some(a) if a.store.is_some() => store.check_continuity(a.head.0),
+        _ => Ok(()),
+    });
     if let Some((seen, change)) = store.lost_position(epoch) {
         // The store went back under this process: the anchor keeps what
         // this process saw, so new processes and `audit verify` refuse the

@@ -589,9 +589,8 @@ fn records_deleted_from_the_end_under_the_writers_lock_stop_the_hosts() {
     // The host whose records were cut stops at its next commit, and moves
     // the anchor to what it saw; the other host (which never saw them)
     // stops at its next commit after that. Each stays stopped.
-    let first_refusal = |host: &[(u128, u128, bool)]| {
-        host.iter().find(|l| !l.2 && l.0 >= cut).map(|l| l.1)
-    };
+    let first_refusal =
+        |host: &[(u128, u128, bool)]| host.iter().find(|l| !l.2 && l.0 >= cut).map(|l| l.1);
     let stopped: Vec<u128> = lines
         .iter()
         .map(|h| first_refusal(h).expect("every host is refused after the cut"))

@@ -9,46 +9,15 @@ mod common;
 use std::path::Path;
 
 use cryptoki::error::RvError;
-use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectClass};
-use cryptoki::session::{Session, UserType};
+
+use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 
 use common::*;
 
-/// A consistent copy of the store, as a backup tool would take it.
-fn backup(store: &Path, to: &Path) {
-    let _ = std::fs::remove_file(to);
-    sqlite(store, &format!(".backup '{}'", to.display()));
-}
-
 /// Restores `from` into the live store file, under whoever has it open.
 fn restore_live(from: &Path, store: &Path) {
     sqlite(store, &format!(".restore '{}'", from.display()));
-}
-
-fn ok(s: &Setup, args: &[&str]) {
-    let out = cli(s, args);
-    assert!(out.status.success(), "{args:?}: {}", output_text(&out));
-}
-
-/// Signs with the private key labelled `label`: the signature, or the code
-/// of the refusal (a key that is not even listed reads as
-/// `KeyHandleInvalid`).
-fn try_sign(session: &Session, label: &str) -> Result<Vec<u8>, RvError> {
-    let rv = |e: cryptoki::error::Error| rv_code(&e).unwrap_or(RvError::GeneralError);
-    let found = session
-        .find_objects(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::Label(label.as_bytes().to_vec()),
-        ])
-        .map_err(rv)?;
-    let Some(key) = found.first() else {
-        return Err(RvError::KeyHandleInvalid);
-    };
-    session
-        .sign(&Mechanism::Ecdsa, *key, &[7u8; 32])
-        .map_err(rv)
 }
 
 /// Assets in every state, each state reached through the CLI:

@@ -209,6 +209,12 @@ impl Store {
         // saw, and the HSM anchor's newest record and state change.
         let mut held: Vec<(u64, [u8; 32])> = self.seen().into_iter().collect();
         if let Some(a) = self.watched_anchor()? {
+            // A state change the anchor knows and this process has not
+            // verified: the ordinary transaction verifies it first (or
+            // finds it hidden, and refuses the store).
+            if a.change.0 > self.verified_change().map_or(0, |c| c.0) {
+                return self.commit_batch_tx(ak, batch);
+            }
             held.extend([a.head, a.change].into_iter().filter(|h| h.0 > 0));
         }
         let mut believed = self.believed.lock().unwrap_or_else(|e| e.into_inner());

@@ -117,6 +117,9 @@ pub(super) struct Guard {
     watch_failing: bool,
     /// The store's id, once read.
     store_id: Option<[u8; 16]>,
+    /// The anchor's epoch at the login: a store found rolled back is
+    /// refused until a newer one.
+    epoch: u32,
 }
 
 /// A place in the chain: a record's number and MAC.
@@ -138,13 +141,15 @@ impl Store {
         self.guard().key.is_some()
     }
 
-    /// Called with the audit key at a login (and by the command-line tool):
-    /// derives the state key, seals rows a store from before seals existed
-    /// left unsealed (only where the chain's records agree with them), and
-    /// verifies every state change of the chain into the ledger. `epoch` is
-    /// the HSM anchor's: a store this process found rolled back stays
-    /// refused until an operator re-anchored (a newer epoch).
-    pub fn authenticate(&self, ak: &Secret32, epoch: u32) -> Result<(), StoreError> {
+    /// Called with the audit key at a login (and by the command-line tool),
+    /// with the backing HSM's anchor: verifies every state change of the
+    /// chain into the ledger (each MAC, each link) and that the anchor's
+    /// newest state change is among them, then seals rows a store from
+    /// before seals left unsealed (only where the verified chain agrees with
+    /// them). A store this process found rolled back stays refused until an
+    /// operator re-anchored (a newer epoch).
+    pub fn authenticate(&self, ak: &Secret32, anchor: Option<&Anchor>) -> Result<(), StoreError> {
+        let epoch = anchor.map_or(0, |a| a.epoch);
         {
             let mut g = self.guard();
             if let Some((why, at)) = &g.broken {
@@ -160,21 +165,91 @@ impl Store {
         let own = Secret32::copy_of(&bytes);
         zeroize::Zeroize::zeroize(&mut bytes);
         let own = own.map_err(|e| StoreError::Io(self.path.clone(), format!("audit key: {e}")))?;
-        self.seal_unsealed(ak, &sk)?;
-        let mut conn = self.lock();
-        let head = self.head_in(&mut **conn)?;
+        // The ledger is built aside and taken only once it holds.
+        let mut fresh = Guard::default();
+        let head = {
+            let mut conn = self.lock();
+            self.refresh_ledger(&mut **conn, ak, &mut fresh)?;
+            if let Some(a) = anchor {
+                self.require_change(&fresh, a)?;
+            }
+            self.head_in(&mut **conn)?
+        };
+        self.seal_unsealed(ak, &sk, &fresh.latest)?;
         let mut g = self.guard();
         g.key = Some(sk);
         g.ak = Some(Arc::new(own));
-        g.upto = None;
-        g.latest.clear();
-        self.refresh_ledger(&mut **conn, ak, &mut g)?;
+        g.upto = fresh.upto;
+        g.latest = fresh.latest;
+        g.epoch = epoch;
         if g.seen.is_none() {
             g.seen = head;
         }
         drop(g);
-        drop(conn);
         self.forget_assets();
+        Ok(())
+    }
+
+    /// The anchor's newest state change must be one the ledger verified: a
+    /// newest change hidden from it (its event or detail edited, which its
+    /// MAC no longer covers) leaves the ledger behind the anchor.
+    fn require_change(&self, g: &Guard, a: &Anchor) -> Result<(), StoreError> {
+        let verified = g.upto.map_or(0, |u| u.0);
+        if a.change.0 > verified {
+            return Err(StoreError::StateTampered(
+                self.path.clone(),
+                format!(
+                    "the backing HSM's anchor names state change record {}, but the newest state \
+                     change that verifies is record {verified}: a state change was hidden or \
+                     removed",
+                    a.change.0
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Before the anchor moves: the chain must still hold the newest record
+    /// this process saw (else the store is refused from now on).
+    pub fn check_seen(&self) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let head = self.head_in(&mut **conn)?;
+        self.check_position(&mut **conn, head)
+    }
+
+    /// Every record from `from` (exclusive) to the newest is there: one
+    /// indexed count, made when the anchor moves, over what was appended
+    /// since it last moved; a record deleted from that stretch refuses the
+    /// store from now on.
+    pub fn check_continuity(&self, from: u64) -> Result<(), StoreError> {
+        let mut conn = self.lock();
+        let Some((head, _)) = self.head_in(&mut **conn)? else {
+            return Ok(());
+        };
+        if head <= from {
+            return Ok(());
+        }
+        let n = self
+            .rows(
+                &mut **conn,
+                "SELECT COUNT(*) FROM audit WHERE seq > ?1 AND seq <= ?2",
+                &[Val::Int(from as i64), Val::Int(head as i64)],
+                |r| r.int(0),
+            )
+            .map(first)?
+            .unwrap_or(0);
+        if n as u64 != head - from {
+            drop(conn);
+            return Err(self.break_store(
+                format!(
+                    "{} of the audit records {}..={head} are missing: records were deleted from \
+                     the log",
+                    (head - from).saturating_sub(n as u64),
+                    from + 1
+                ),
+                0,
+            ));
+        }
         Ok(())
     }
 
@@ -235,8 +310,9 @@ impl Store {
     /// anchor holds (else it is refused for good), and the ledger must know
     /// every state change in it.
     pub(super) fn check_before_append(&self, db: &mut dyn Db) -> Result<(), StoreError> {
-        if let Some(a) = self.watched_anchor()? {
-            if let Err(e) = self.check_anchor_in(db, &a) {
+        let anchor = self.watched_anchor()?;
+        if let Some(a) = &anchor {
+            if let Err(e) = self.check_anchor_in(db, a) {
                 return Err(match e {
                     StoreError::BehindAnchor(..) | StoreError::Lineage(..) => {
                         self.break_store(e.to_string(), a.epoch)
@@ -245,7 +321,14 @@ impl Store {
                 });
             }
         }
-        self.refresh(db)
+        self.refresh(db)?;
+        if let Some(a) = &anchor {
+            let behind = self.require_change(&self.guard(), a);
+            if let Err(e) = behind {
+                return Err(self.break_store(e.to_string(), a.epoch));
+            }
+        }
+        Ok(())
     }
 
     /// Verifies the state changes after the ledger's newest (one indexed
@@ -377,7 +460,8 @@ impl Store {
                 "store {}: {why}. p11derive refuses every operation on it from now on",
                 self.path.display()
             ));
-            g.broken = Some((why.clone(), epoch));
+            let at = epoch.max(g.epoch);
+            g.broken = Some((why.clone(), at));
         }
         StoreError::RolledBack(
             self.path.clone(),
@@ -477,7 +561,7 @@ impl Store {
                     "state change record {seq}, which this process verified, is gone or holds \
                      another MAC: the store was rolled back or rewritten under it"
                 );
-                g.broken = Some((why.clone(), 0));
+                g.broken = Some((why.clone(), g.epoch));
                 crate::log::error(&format!("store {}: {why}", self.path.display()));
                 return Err(StoreError::RolledBack(self.path.clone(), why));
             }
@@ -496,9 +580,6 @@ impl Store {
             },
         )?;
         for (rec, mac, prev) in rows {
-            if rec.detail.starts_with(PENDING_MARK) {
-                continue;
-            }
             let tampered = |why: &str| {
                 StoreError::StateTampered(
                     self.path.clone(),
@@ -524,6 +605,11 @@ impl Store {
                     "does not verify under the audit key: it was changed, forged, or a record \
                      before it removed",
                 ));
+            }
+            // Written without the audit key and sealed later (planted in the
+            // pending table): never a state change.
+            if rec.detail.starts_with(PENDING_MARK) {
+                continue;
             }
             let linked = g.upto.map_or(0, |u| u.0);
             match prev_change(&rec.detail) {
@@ -637,19 +723,54 @@ impl Store {
         Ok(n.unwrap_or(0).max(0) as u64)
     }
 
+    /// A chain record read and verified against the record before it
+    /// (`None` when it is missing or does not verify).
+    fn verified_record(
+        &self,
+        db: &mut dyn Db,
+        ak: &Secret32,
+        seq: u64,
+    ) -> Result<Option<(Record, [u8; 32])>, StoreError> {
+        let sql = "SELECT a.seq, a.time_ns, a.pid, a.session, a.event, a.asset, a.version, \
+                   a.mechanism, a.input_sha256, a.rv, a.detail, a.mac, p.mac \
+                   FROM audit a LEFT JOIN audit p ON p.seq = a.seq - 1 WHERE a.seq = ?1";
+        let row: Option<ChangeRow> = self
+            .rows(db, sql, &[Val::Int(seq as i64)], |r| {
+                let mut rec = super::audit::read_record(r, 1)?;
+                rec.seq = r.int(0)?.max(0) as u64;
+                Ok((rec, r.blob(11)?, r.opt_blob(12)?))
+            })
+            .map(first)?;
+        let Some((rec, mac, prev)) = row else {
+            return Ok(None);
+        };
+        let prev = match (rec.seq, prev) {
+            (1, _) => GENESIS,
+            (_, Some(p)) => stored_mac(&p),
+            (_, None) => return Ok(None),
+        };
+        let mac = stored_mac(&mac);
+        Ok((rec.mac(ak, &prev) == mac).then_some((rec, mac)))
+    }
+
     /// Rows a store from before seals left unsealed are sealed to their
-    /// asset's latest state change, where that change's record verifies
-    /// and says what the row holds; any other row stays unsealed (and is
-    /// refused, naming it).
-    fn seal_unsealed(&self, ak: &Secret32, sk: &Secret32) -> Result<(), StoreError> {
+    /// asset's latest state change as the verified ledger (`latest`) names
+    /// it, where that record says what the row holds (state, counters, the
+    /// state a suspension resumes to) and the asset's creation record says
+    /// its key type and `CKA_ID`; any other row stays unsealed (and is
+    /// refused, naming it). In a store where any row is sealed, nothing is.
+    fn seal_unsealed(
+        &self,
+        ak: &Secret32,
+        sk: &Secret32,
+        latest: &HashMap<String, u64>,
+    ) -> Result<(), StoreError> {
         let mut conn = self.lock();
         let unsealed: Vec<Asset> =
             self.select(&mut **conn, "WHERE state_mac IS NULL ORDER BY id", &[])?;
         if unsealed.is_empty() {
             return Ok(());
         }
-        // Only a store upgraded from before seals (no row sealed yet) is
-        // sealed here; in a sealed store, a row without a seal was edited.
         let sealed = self
             .rows(
                 &mut **conn,
@@ -665,52 +786,57 @@ impl Store {
         let mut tx = super::db::Tx::begin(&mut **conn)?;
         for a in unsealed {
             let name = a.id.as_str();
-            let sql = "SELECT a.seq, a.time_ns, a.pid, a.session, a.event, a.asset, a.version, \
-                       a.mechanism, a.input_sha256, a.rv, a.detail, a.mac, p.mac \
-                       FROM audit a LEFT JOIN audit p ON p.seq = a.seq - 1 \
-                       WHERE a.event IN ('create', 'transition') AND a.asset = ?1 \
-                       ORDER BY a.seq DESC LIMIT 1";
-            let last: Option<ChangeRow> = self
-                .rows(&mut *tx, sql, &[name.into()], |r| {
-                    let mut rec = super::audit::read_record(r, 1)?;
-                    rec.seq = r.int(0)?.max(0) as u64;
-                    Ok((rec, r.blob(11)?, r.opt_blob(12)?))
-                })
-                .map(first)?;
-            let Some((rec, mac, prev)) = last else {
+            let refuse = |why: &str| {
                 crate::log::error(&format!(
-                    "asset {name:?}: no audit record created it; its row is left unsealed and \
-                     refused (run `p11derive audit verify`)"
-                ));
+                    "asset {name:?}: {why}; its row is left unsealed and refused (run `p11derive \
+                     audit verify`)"
+                ))
+            };
+            let Some(seq) = latest.get(name).copied() else {
+                refuse("no verified state change of it is in the audit log");
                 continue;
             };
-            let prev = if rec.seq == 1 {
-                GENESIS
-            } else {
-                prev.as_deref().map_or([0xff; 32], stored_mac)
+            let Some((rec, mac)) = self.verified_record(&mut *tx, ak, seq)? else {
+                refuse(&format!("its latest change, record {seq}, does not verify"));
+                continue;
             };
-            let agrees = rec.mac(ak, &prev)[..] == mac[..]
-                && !rec.detail.starts_with(PENDING_MARK)
+            let creation = self.rows(
+                &mut *tx,
+                "SELECT seq FROM audit WHERE event = 'create' AND asset = ?1 ORDER BY seq LIMIT 1",
+                &[name.into()],
+                |r| r.int(0),
+            )?;
+            let created = match creation.first() {
+                Some(c) => self.verified_record(&mut *tx, ak, *c as u64)?,
+                None => None,
+            };
+            let field = |r: &Record, key: &str| {
+                r.detail
+                    .split(' ')
+                    .find_map(|w| w.strip_prefix(key))
+                    .map(str::to_string)
+            };
+            let identity = created.as_ref().is_some_and(|(c, _)| {
+                c.detail.split(' ').nth(1) == Some(a.key_type.name())
+                    && field(c, "id=").as_deref() == Some(hex(&a.object_id).as_str())
+            });
+            let agrees = identity
                 && parse_transition_detail(&rec.detail) == Some((a.state, a.current, a.min_usable))
                 && (a.state != AssetState::Suspended
                     || parse_resumes_to(&rec.detail) == Some(a.resumes_to));
             if !agrees {
-                crate::log::error(&format!(
-                    "asset {name:?}: its row disagrees with its latest recorded change (record \
-                     {}); it is left unsealed and refused (run `p11derive audit verify`)",
-                    rec.seq
+                refuse(&format!(
+                    "its row disagrees with its creation record or its latest change (record {seq})"
                 ));
                 continue;
             }
-            let m = row_mac(sk, &a, rec.seq, &stored_mac(&mac));
+            let m = row_mac(sk, &a, seq, &mac);
             tx.execute(
                 "UPDATE assets SET change_seq = ?1, state_mac = ?2 WHERE id = ?3",
-                &[Val::Int(rec.seq as i64), m.to_vec().into(), a.rowid.into()],
+                &[Val::Int(seq as i64), m.to_vec().into(), a.rowid.into()],
             )?;
             crate::log::info(&format!(
-                "asset {name:?}: row sealed to its latest change, record {} ({})",
-                rec.seq,
-                hex(&mac[..8.min(mac.len())])
+                "asset {name:?}: row sealed to its latest change, record {seq}"
             ));
         }
         self.commit(tx)

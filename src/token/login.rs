@@ -201,8 +201,9 @@ impl Provider {
         if let Some(a) = &anchor {
             self.store.check_anchor(a).map_err(store_error)?;
         }
-        let epoch = anchor.as_ref().map_or(0, |a| a.epoch);
-        self.store.authenticate(&ak, epoch).map_err(store_error)?;
+        self.store
+            .authenticate(&ak, anchor.as_ref())
+            .map_err(store_error)?;
         // Every commit from now on checks the store against the anchor.
         let watch = self.backend.anchor_watch();
         self.store

@@ -286,6 +286,39 @@ pub fn sqlite(db: &Path, sql: &str) {
     );
 }
 
+/// A consistent copy of the store, as a backup tool would take it.
+pub fn backup(store: &Path, to: &Path) {
+    let _ = std::fs::remove_file(to);
+    sqlite(store, &format!(".backup '{}'", to.display()));
+}
+
+/// Runs the CLI, which must succeed.
+pub fn ok(s: &Setup, args: &[&str]) {
+    let out = cli(s, args);
+    assert!(out.status.success(), "{args:?}: {}", output_text(&out));
+}
+
+/// Signs 32 bytes with the private key labelled `label` (CKM_ECDSA): the
+/// signature, or the refusal's code (`KeyHandleInvalid` when the key is not
+/// listed, or a listing refused).
+pub fn try_sign(session: &Session, label: &str) -> Result<Vec<u8>, cryptoki::error::RvError> {
+    use cryptoki::error::RvError;
+    use cryptoki::object::Attribute;
+    let rv = |e: cryptoki::error::Error| rv_code(&e).unwrap_or(RvError::GeneralError);
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .map_err(rv)?;
+    let Some(key) = found.first() else {
+        return Err(RvError::KeyHandleInvalid);
+    };
+    session
+        .sign(&cryptoki::mechanism::Mechanism::Ecdsa, *key, &[7u8; 32])
+        .map_err(rv)
+}
+
 /// Runs the CLI with this setup's config and PIN.
 pub fn cli(s: &Setup, args: &[&str]) -> Output {
     s.cli().args(args).output().expect("p11derive runs")

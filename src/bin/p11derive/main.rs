@@ -450,7 +450,7 @@ fn init_store(config: &Config, backend: &Backend) -> Result<(), Failure> {
         }
         Err(e) => return Err(e.into()),
     };
-    store.authenticate(&ak, anchor.as_ref().map_or(0, |a| a.epoch))?;
+    store.authenticate(&ak, anchor.as_ref())?;
     lifecycle::advance_anchor(&store, backend).map_err(fail)
 }
 
@@ -543,7 +543,7 @@ fn refuse_rolled_back(store: &Store, backend: &Backend, ak: &Secret32) -> Result
     if let Some(a) = &anchor {
         store.check_anchor(a)?;
     }
-    store.authenticate(ak, anchor.map_or(0, |a| a.epoch))?;
+    store.authenticate(ak, anchor.as_ref())?;
     Ok(())
 }
 
