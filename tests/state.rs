@@ -164,7 +164,10 @@ fn every_decisive_column_edited_with_sql_is_refused_and_named() {
                 || log.contains("audit record of store"),
             "{what}: the log does not name {asset}: {log}"
         );
-        // The CLI refuses to change it, and audit verify names it.
+        // The CLI refuses to show it as valid (with the PIN, rows are
+        // verified), refuses to change it, and audit verify names it.
+        let show = cli(&s, &["asset", "show", asset]);
+        assert!(!show.status.success(), "{what}: asset show {asset} passed");
         let resume = cli(&s, &["asset", "resume", asset]);
         assert!(!resume.status.success(), "{what}: resume {asset} passed");
         let out = cli(&s, &["audit", "verify"]);
@@ -175,10 +178,23 @@ fn every_decisive_column_edited_with_sql_is_refused_and_named() {
             stderr(&out)
         );
     }
-    // The untouched store works as before.
+    // The untouched store works as before; without a PIN the CLI shows rows
+    // as stored and says they are not verified.
     restore_live(&good, &s.store);
     ok(&s, &["audit", "reanchor", "--yes"]);
     s.audit_verifies();
+    let shown = s
+        .cli()
+        .env_remove("P11DERIVE_PIN")
+        .args(["asset", "show", "act"])
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{}", output_text(&shown));
+    assert!(
+        stderr(&shown).contains("not verified"),
+        "{}",
+        stderr(&shown)
+    );
     let p = s.load();
     let session = p.user_session();
     try_sign(&session, "act").expect("the good store still signs");

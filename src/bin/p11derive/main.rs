@@ -33,7 +33,8 @@ commands:
         register a new asset at version 1 (HEX: its CKA_ID; default derived)
   asset list [--json]               the assets that are not retired
   asset show NAME [--json]          versions, state, what each version may do,
-                                    public keys
+                                    public keys (with the PIN, each row is verified
+                                    under the HSM-derived state key first)
   asset rotate NAME [--grace]       current + 1; with --grace the previous version
                                     may still sign until `asset finish`
   asset finish NAME                 end a rotation's grace window
@@ -173,7 +174,7 @@ fn run(raw: &[String]) -> Result<(), Failure> {
     // Options each command takes (besides --config and --help).
     let allowed: &[&str] = match words.as_slice() {
         ["init"] => &["--import-root", "--pin-file"],
-        ["asset", "list"] | ["asset", "show", _] => &["--json"],
+        ["asset", "list"] | ["asset", "show", _] => &["--json", "--pin-file"],
         ["asset", "create", _] => &["--type", "--id", "--pin-file", "--json"],
         ["asset", "rotate", _] => &["--grace", "--pin-file", "--json"],
         ["asset", "retire", _] => &["--yes", "--pin-file", "--json"],
@@ -697,9 +698,32 @@ fn asset_json(a: &Asset, history: Option<&[VersionRecord]>) -> serde_json::Value
     })
 }
 
-fn asset_show(args: &Args, name: &str) -> Result<(), Failure> {
+/// The store for a command that only reads: with a PIN at hand
+/// (`--pin-file`, `$P11DERIVE_PIN`) its rows are verified under the state
+/// key as they are read (the HSM's anchor and the store's state changes
+/// checked first); without one they are shown as stored, and stderr says so.
+fn readable_store(args: &Args) -> Result<Store, Failure> {
+    let pin_given = args.value("--pin-file").is_some()
+        || std::env::var_os("P11DERIVE_PIN").is_some_and(|p| !p.is_empty());
+    if !pin_given {
+        let config = load_config(args)?;
+        eprintln!(
+            "p11derive: note: asset rows are shown as stored, not verified under the HSM-derived \
+             state key; give the PIN (--pin-file FILE or $P11DERIVE_PIN) to verify them"
+        );
+        return open_store(&config);
+    }
     let config = load_config(args)?;
     let store = open_store(&config)?;
+    with_key(args, |_, backend, ak| {
+        store.check_root(ak)?;
+        refuse_rolled_back(&store, backend, ak)
+    })?;
+    Ok(store)
+}
+
+fn asset_show(args: &Args, name: &str) -> Result<(), Failure> {
+    let store = readable_store(args)?;
     let id = asset_id(name)?;
     let a = store
         .asset_by_name(&id)?
@@ -753,8 +777,7 @@ fn asset_show(args: &Args, name: &str) -> Result<(), Failure> {
 }
 
 fn asset_list(args: &Args) -> Result<(), Failure> {
-    let config = load_config(args)?;
-    let store = open_store(&config)?;
+    let store = readable_store(args)?;
     let assets = store.list_assets()?;
     if args.flag("--json") {
         let list: Vec<serde_json::Value> = assets.iter().map(|a| asset_json(a, None)).collect();
