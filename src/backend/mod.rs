@@ -28,7 +28,7 @@ use crate::ck as sys;
 
 use self::core::Core;
 use self::module::{last_failure, set_last_failure};
-use self::workers::{Backoff, Waited, Workers};
+use self::workers::{Backoff, Pending, Waited, Workers};
 use crate::audit::Anchor;
 use crate::config::BackendSection;
 use crate::error::{rv_name, Error, Result};
@@ -241,10 +241,37 @@ pub struct AnchorWatch {
 impl AnchorWatch {
     /// The anchor as the backing HSM holds it now.
     pub fn read(&self) -> Result<Option<Anchor>> {
-        anchoring(|| {
-            self.calls
-                .call("reading the rollback anchor", |c| c.watch_anchor())
-        })
+        self.start().wait()
+    }
+
+    /// Starts reading the anchor on a worker and returns at once: a commit
+    /// reads it while its transaction is written and fsynced.
+    pub fn start(&self) -> AnchorRead {
+        const WHAT: &str = "reading the rollback anchor";
+        let pending = self
+            .calls
+            .admit(WHAT)
+            .map(|()| anchoring(|| self.calls.start_now(|c| c.watch_anchor())));
+        AnchorRead {
+            calls: self.calls.clone(),
+            pending,
+        }
+    }
+}
+
+/// A read of the anchor under way (`AnchorWatch::start`).
+pub struct AnchorRead {
+    calls: Calls,
+    pending: Result<Pending<(Result<Option<Anchor>>, sys::CK_RV)>>,
+}
+
+impl AnchorRead {
+    /// The anchor read, waited for at most the call timeout after it began.
+    pub fn wait(self) -> Result<Option<Anchor>> {
+        const WHAT: &str = "reading the rollback anchor";
+        let pending = self.pending?;
+        let done = self.calls.finish_now(WHAT, pending);
+        self.calls.account(WHAT, done)
     }
 }
 
@@ -256,6 +283,13 @@ impl Calls {
         what: &'static str,
         f: impl FnOnce(&Core) -> Result<T> + Send + 'static,
     ) -> Result<T> {
+        self.admit(what)?;
+        let done = self.call_now(what, f);
+        self.account(what, done)
+    }
+
+    /// Refuses a call during the backoff delay.
+    fn admit(&self, what: &'static str) -> Result<()> {
         if let Err(refused) = self.backoff.admit() {
             return Err(Error::with(
                 sys::CKR_DEVICE_ERROR,
@@ -268,7 +302,12 @@ impl Calls {
                 ),
             ));
         }
-        let (out, down) = self.call_now(what, f);
+        Ok(())
+    }
+
+    /// A call's outcome, counted by the backoff (a failure showing the HSM
+    /// down starts or lengthens it; an answer ends it).
+    fn account<T>(&self, what: &'static str, (out, down): (Result<T>, bool)) -> Result<T> {
         match &out {
             Err(e) if down => {
                 let last_error = e.message.clone().unwrap_or_else(|| rv_name(e.rv).into());
@@ -301,16 +340,36 @@ impl Calls {
         what: &'static str,
         f: impl FnOnce(&Core) -> Result<T> + Send + 'static,
     ) -> (Result<T>, bool) {
+        let pending = self.start_now(f);
+        self.finish_now(what, pending)
+    }
+
+    /// Hands `f` to a worker (its calls counted as the caller's: anchoring
+    /// or not) and returns at once.
+    fn start_now<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Core) -> Result<T> + Send + 'static,
+    ) -> Pending<(Result<T>, sys::CK_RV)> {
         let core = self.core.clone();
         let anchoring = ANCHORING.with(|a| a.get());
-        let waited = self.workers.call(self.timeout, move || {
+        self.workers.start(move || {
             ANCHORING.with(|a| a.set(anchoring));
             set_last_failure(sys::CKR_OK);
             let out = f(&core);
             let last = last_failure();
             ANCHORING.with(|a| a.set(false));
             (out, last)
-        });
+        })
+    }
+
+    /// Waits for a call `start_now` began, at most the call timeout after
+    /// it began; says whether the outcome shows the HSM down.
+    fn finish_now<T: Send + 'static>(
+        &self,
+        what: &'static str,
+        pending: Pending<(Result<T>, sys::CK_RV)>,
+    ) -> (Result<T>, bool) {
+        let waited = pending.wait(self.timeout);
         match waited {
             Waited::Done((out, last)) => {
                 let down = out.is_err() && not_answering(last);

@@ -40,26 +40,45 @@ pub(super) enum Waited<T> {
     Lost,
 }
 
+/// A job handed to a worker, its result not yet waited for.
+pub(super) struct Pending<T> {
+    rx: std::sync::mpsc::Receiver<T>,
+    started: std::io::Result<()>,
+    since: Instant,
+}
+
+impl<T> Pending<T> {
+    /// Waits for the result until `timeout` after the job was handed over.
+    pub(super) fn wait(self, timeout: Duration) -> Waited<T> {
+        if let Err(e) = self.started {
+            return Waited::NotStarted(e);
+        }
+        let left = timeout.saturating_sub(self.since.elapsed());
+        match self.rx.recv_timeout(left) {
+            Ok(out) => Waited::Done(out),
+            Err(RecvTimeoutError::Timeout) => Waited::TimedOut,
+            Err(RecvTimeoutError::Disconnected) => Waited::Lost,
+        }
+    }
+}
+
 impl Workers {
-    /// Runs `job` on a worker and waits for its result at most `timeout`.
-    pub(super) fn call<T: Send + 'static>(
+    /// Hands `job` to a worker and returns at once: its result is waited
+    /// for with [`Pending::wait`] (the caller does other work meanwhile).
+    pub(super) fn start<T: Send + 'static>(
         self: &Arc<Self>,
-        timeout: Duration,
         job: impl FnOnce() -> T + Send + 'static,
-    ) -> Waited<T> {
+    ) -> Pending<T> {
         let (tx, rx) = sync_channel(1);
         let started = self.run(Box::new(move || {
             // A caller that gave up is gone: the result (secrets included)
             // is dropped, and wiped, here.
             let _ = tx.send(job());
         }));
-        if let Err(e) = started {
-            return Waited::NotStarted(e);
-        }
-        match rx.recv_timeout(timeout) {
-            Ok(out) => Waited::Done(out),
-            Err(RecvTimeoutError::Timeout) => Waited::TimedOut,
-            Err(RecvTimeoutError::Disconnected) => Waited::Lost,
+        Pending {
+            rx,
+            started,
+            since: Instant::now(),
         }
     }
 

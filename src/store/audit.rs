@@ -121,9 +121,20 @@ impl Store {
         ak: &Secret32,
         records: &mut [Record],
     ) -> Result<Head, StoreError> {
+        self.check_before_append(tx)?;
+        self.append_unwatched(tx, ak, records)
+    }
+
+    /// `append_in` without reading the HSM's anchor: for a commit that
+    /// checks the anchor itself (`commit_batch_tx`, while its fsync runs).
+    pub(super) fn append_unwatched(
+        &self,
+        tx: &mut dyn Db,
+        ak: &Secret32,
+        records: &mut [Record],
+    ) -> Result<Head, StoreError> {
         let found = self.head_in(tx)?;
         self.check_position(tx, found)?;
-        self.check_before_append(tx)?;
         let (seq, mac) = found.unwrap_or((0, GENESIS));
         let mut head = Head { seq, mac };
         let pending = self.pending_in(tx)?;

@@ -398,6 +398,11 @@ impl Store {
         ak: &Secret32,
         batch: &[Job],
     ) -> Result<Vec<Result<(), Refusal>>, StoreError> {
+        // The HSM's anchor is read while the batch is decided, written and
+        // fsynced, and checked before any of its results is released: a store
+        // restored or rewritten under this process refuses them (their records
+        // stay on the refused store).
+        let anchor_read = self.start_anchor_read();
         let mut conn = self.lock();
         let mut tx = Tx::begin(&mut **conn)?;
         // Every state change in the store is known before a row is judged
@@ -432,8 +437,12 @@ impl Store {
             records.push(record);
             decisions.push(decision);
         }
-        let head = self.append_in(&mut *tx, ak, &mut records)?;
+        let head = self.append_unwatched(&mut *tx, ak, &mut records)?;
         self.commit_at(tx, head)?;
+        if let Some(join) = anchor_read {
+            let anchor = self.joined_anchor(join)?;
+            self.check_against(&mut **conn, anchor.as_ref())?;
+        }
         Ok(decisions)
     }
 

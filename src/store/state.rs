@@ -125,8 +125,12 @@ pub(super) struct Guard {
 /// A place in the chain: a record's number and MAC.
 pub type Position = (u64, [u8; 32]);
 
-/// Reads the backing HSM's rollback anchor now.
-pub type AnchorReader = Arc<dyn Fn() -> Result<Option<Anchor>, String> + Send + Sync>;
+/// Starts reading the backing HSM's rollback anchor; the closure it returns
+/// waits for the read.
+pub type AnchorReader = Arc<dyn Fn() -> AnchorJoin + Send + Sync>;
+
+/// Waits for an anchor read begun by an [`AnchorReader`].
+pub type AnchorJoin = Box<dyn FnOnce() -> Result<Option<Anchor>, String> + Send>;
 
 /// The rows a ledger reads: a state change with the MAC of the record before it.
 type ChangeRow = (Record, Vec<u8>, Option<Vec<u8>>);
@@ -280,10 +284,22 @@ impl Store {
     /// The anchor as the watch reads it now (`None` without a watch, or
     /// while the HSM does not answer).
     pub(super) fn watched_anchor(&self) -> Result<Option<Anchor>, StoreError> {
-        let Some(watch) = self.guard().watch.clone() else {
-            return Ok(None);
-        };
-        let read = watch();
+        match self.start_anchor_read() {
+            Some(join) => self.joined_anchor(join),
+            None => Ok(None),
+        }
+    }
+
+    /// Starts reading the anchor (`None` without a watch).
+    pub(super) fn start_anchor_read(&self) -> Option<AnchorJoin> {
+        let watch = self.guard().watch.clone()?;
+        Some(watch())
+    }
+
+    /// The anchor a read begun by `start_anchor_read` found (`None` while
+    /// the HSM does not answer, logged once).
+    pub(super) fn joined_anchor(&self, join: AnchorJoin) -> Result<Option<Anchor>, StoreError> {
+        let read = join();
         let mut g = self.guard();
         match read {
             Ok(a) => {
@@ -311,7 +327,18 @@ impl Store {
     /// every state change in it.
     pub(super) fn check_before_append(&self, db: &mut dyn Db) -> Result<(), StoreError> {
         let anchor = self.watched_anchor()?;
-        if let Some(a) = &anchor {
+        self.check_against(db, anchor.as_ref())
+    }
+
+    /// The store as `db` sees it against `anchor`: it holds the anchor's
+    /// newest record and state change, and the ledger, brought up to date,
+    /// reaches that change. A store that does not is refused from now on.
+    pub(super) fn check_against(
+        &self,
+        db: &mut dyn Db,
+        anchor: Option<&Anchor>,
+    ) -> Result<(), StoreError> {
+        if let Some(a) = anchor {
             if let Err(e) = self.check_anchor_in(db, a) {
                 return Err(match e {
                     StoreError::BehindAnchor(..) | StoreError::Lineage(..) => {
@@ -322,7 +349,7 @@ impl Store {
             }
         }
         self.refresh(db)?;
-        if let Some(a) = &anchor {
+        if let Some(a) = anchor {
             let behind = self.require_change(&self.guard(), a);
             if let Err(e) = behind {
                 return Err(self.break_store(e.to_string(), a.epoch));

@@ -206,8 +206,10 @@ impl Provider {
             .map_err(store_error)?;
         // Every commit from now on checks the store against the anchor.
         let watch = self.backend.anchor_watch();
-        self.store
-            .watch_anchor(Arc::new(move || watch.read().map_err(|e| e.to_string())));
+        self.store.watch_anchor(Arc::new(move || {
+            let read = watch.start();
+            Box::new(move || read.wait().map_err(|e| e.to_string()))
+        }));
         Ok(())
     }
 
