@@ -410,8 +410,19 @@ impl Store {
         self.refresh(&mut *tx)?;
         let mut decisions = Vec::with_capacity(batch.len());
         let mut records = Vec::with_capacity(batch.len());
+        // Each asset of the batch is read (and its row verified) once.
+        let mut rows: std::collections::HashMap<i64, Result<Option<Asset>, StoreError>> =
+            std::collections::HashMap::new();
         for job in batch {
-            let (decision, mut record) = match self.asset_row(&mut *tx, job.rowid) {
+            let read = match rows.get(&job.rowid) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = self.asset_row(&mut *tx, job.rowid);
+                    rows.insert(job.rowid, r.clone());
+                    r
+                }
+            };
+            let (decision, mut record) = match read {
                 Ok(asset) => {
                     let (d, r) = decide(job.need, job.version, &job.record, asset);
                     (d.map_err(Refusal::State), r)
