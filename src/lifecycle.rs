@@ -188,6 +188,12 @@ pub fn advance_anchor(store: &Store, backend: &crate::backend::Backend) -> Resul
         // this process saw, so new processes and `audit verify` refuse the
         // store too (forward only; never onto the store as it now is).
         let Some(a) = old else { return Ok(()) };
+        // What this process saw is still in the store (it wrote onto a chain
+        // that another process found cut): anchoring it would bless that
+        // fork, and the anchor as it is already refuses the store.
+        if store.holds_record(seen.0, &seen.1).map_err(fail)? {
+            return Ok(());
+        }
         let change = change.filter(|c| c.0 > a.change.0).unwrap_or(a.change);
         if seen.0 <= a.head.0 && change == a.change {
             return Ok(());
