@@ -170,7 +170,7 @@ pub fn transition(
 /// newest verified state change (design §4, §6.5), keeping its lineage,
 /// root fingerprint and epoch. Never onto a store that lacks what the
 /// anchor holds: such a store is refused from then on in this process
-/// (`Store::refuse_from_now`) and the error says why. Needs a user login,
+/// (`Store::break_store`) and the error says why. Needs a user login,
 /// and `Store::authenticate` done.
 pub fn advance_anchor(store: &Store, backend: &crate::backend::Backend) -> Result<(), Error> {
     let fail = |e: StoreError| Error::with(CKR_DEVICE_ERROR, e.to_string());
@@ -206,13 +206,10 @@ pub fn advance_anchor(store: &Store, backend: &crate::backend::Backend) -> Resul
     };
     if let Some(a) = &old {
         if let Err(e) = store.check_anchor(a) {
-            return Err(fail(store.refuse_from_now(e.to_string(), a.epoch)));
+            return Err(fail(store.break_store(e.to_string(), a.epoch)));
         }
     }
-    let root = match old.as_ref().map(|a| a.root).filter(|r| *r != [0; 16]) {
-        Some(r) => r,
-        None => derive::root_fingerprint(backend)?,
-    };
+    let root = anchored_root(old.as_ref(), backend)?;
     let ours = store
         .latest_change()
         .map_err(fail)?
@@ -230,4 +227,13 @@ pub fn advance_anchor(store: &Store, backend: &crate::backend::Backend) -> Resul
         location: store.path().display().to_string(),
     };
     backend.write_anchor(&next, false)
+}
+
+/// The root fingerprint an anchor keeps: the one `old` holds, else (an
+/// anchor of the first format, or none yet) derived now (one HSM call).
+pub fn anchored_root(old: Option<&crate::audit::Anchor>, prf: &dyn Prf) -> Result<[u8; 16], Error> {
+    match old.map(|a| a.root).filter(|r| *r != [0; 16]) {
+        Some(r) => Ok(r),
+        None => derive::root_fingerprint(prf),
+    }
 }

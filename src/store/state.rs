@@ -38,11 +38,8 @@ pub const STATE_KEY_INFO: &[u8] = b"p11derive-v1 state mac";
 
 /// `SK = HKDF-Expand(AK, "p11derive-v1 state mac", 32)`.
 pub fn state_key(ak: &Secret32) -> Result<Secret32, StoreError> {
-    let mut ak32 = [0u8; 32];
-    ak32.copy_from_slice(&ak[..]);
-    let sk = crate::derive::expand(&ak32, STATE_KEY_INFO);
-    zeroize::Zeroize::zeroize(&mut ak32);
-    sk.map_err(|e| StoreError::Io(Default::default(), format!("state key: {e}")))
+    crate::derive::expand(ak, STATE_KEY_INFO)
+        .map_err(|e| StoreError::Io(Default::default(), format!("state key: {e}")))
 }
 
 /// The MAC an asset row carries: `HMAC(SK, "p11derive-v1 asset state" || 0x00
@@ -167,11 +164,9 @@ impl Store {
             }
         }
         let sk = Arc::new(state_key(ak)?);
-        let mut bytes = [0u8; 32];
-        bytes.copy_from_slice(&ak[..]);
-        let own = Secret32::copy_of(&bytes);
-        zeroize::Zeroize::zeroize(&mut bytes);
-        let own = own.map_err(|e| StoreError::Io(self.path.clone(), format!("audit key: {e}")))?;
+        // The process's own copy, arena to arena.
+        let own = Secret32::copy_of(ak)
+            .map_err(|e| StoreError::Io(self.path.clone(), format!("audit key: {e}")))?;
         // The ledger is built aside and taken only once it holds.
         let mut fresh = Guard::default();
         let head = {
@@ -484,7 +479,7 @@ impl Store {
 
     /// Refuses everything from now on (fail closed): the chain went back or
     /// changed under this process. Logged once.
-    pub(super) fn break_store(&self, why: String, epoch: u32) -> StoreError {
+    pub fn break_store(&self, why: String, epoch: u32) -> StoreError {
         let mut g = self.guard();
         if g.broken.is_none() {
             crate::log::error(&format!(
@@ -498,12 +493,6 @@ impl Store {
             self.path.clone(),
             g.broken.as_ref().map_or(why, |b| b.0.clone()),
         )
-    }
-
-    /// Marks the store rolled back as the caller found it (an anchor ahead of
-    /// the store, say), with the anchor epoch at the time.
-    pub fn refuse_from_now(&self, why: String, epoch: u32) -> StoreError {
-        self.break_store(why, epoch)
     }
 
     /// When the store was found rolled back: the newest record and the
@@ -597,18 +586,10 @@ impl Store {
                 return Err(StoreError::RolledBack(self.path.clone(), why));
             }
         }
-        let rows: Vec<ChangeRow> = self.rows(
+        let rows = self.change_rows(
             db,
-            "SELECT a.seq, a.time_ns, a.pid, a.session, a.event, a.asset, a.version, \
-             a.mechanism, a.input_sha256, a.rv, a.detail, a.mac, p.mac \
-             FROM audit a LEFT JOIN audit p ON p.seq = a.seq - 1 \
-             WHERE a.event IN ('create', 'transition') AND a.seq > ?1 ORDER BY a.seq",
-            &[Val::Int(from as i64)],
-            |r| {
-                let mut rec = super::audit::read_record(r, 1)?;
-                rec.seq = r.int(0)?.max(0) as u64;
-                Ok((rec, r.blob(11)?, r.opt_blob(12)?))
-            },
+            "WHERE a.event IN ('create', 'transition') AND a.seq > ?1 ORDER BY a.seq",
+            from,
         )?;
         for (rec, mac, prev) in rows {
             let tampered = |why: &str| {
@@ -773,6 +754,26 @@ impl Store {
         Ok(n.unwrap_or(0).max(0) as u64)
     }
 
+    /// Chain records selected by `tail` (on `a`, with `?1` = `param`), each
+    /// with the MAC of the record before it (`None` when that one is gone).
+    fn change_rows(
+        &self,
+        db: &mut dyn Db,
+        tail: &str,
+        param: u64,
+    ) -> Result<Vec<ChangeRow>, StoreError> {
+        let sql = format!(
+            "SELECT a.seq, a.time_ns, a.pid, a.session, a.event, a.asset, a.version, \
+             a.mechanism, a.input_sha256, a.rv, a.detail, a.mac, p.mac \
+             FROM audit a LEFT JOIN audit p ON p.seq = a.seq - 1 {tail}"
+        );
+        self.rows(db, &sql, &[Val::Int(param as i64)], |r| {
+            let mut rec = super::audit::read_record(r, 1)?;
+            rec.seq = r.int(0)?.max(0) as u64;
+            Ok((rec, r.blob(11)?, r.opt_blob(12)?))
+        })
+    }
+
     /// A chain record read and verified against the record before it
     /// (`None` when it is missing or does not verify).
     fn verified_record(
@@ -781,16 +782,7 @@ impl Store {
         ak: &Secret32,
         seq: u64,
     ) -> Result<Option<(Record, [u8; 32])>, StoreError> {
-        let sql = "SELECT a.seq, a.time_ns, a.pid, a.session, a.event, a.asset, a.version, \
-                   a.mechanism, a.input_sha256, a.rv, a.detail, a.mac, p.mac \
-                   FROM audit a LEFT JOIN audit p ON p.seq = a.seq - 1 WHERE a.seq = ?1";
-        let row: Option<ChangeRow> = self
-            .rows(db, sql, &[Val::Int(seq as i64)], |r| {
-                let mut rec = super::audit::read_record(r, 1)?;
-                rec.seq = r.int(0)?.max(0) as u64;
-                Ok((rec, r.blob(11)?, r.opt_blob(12)?))
-            })
-            .map(first)?;
+        let row = self.change_rows(db, "WHERE a.seq = ?1", seq).map(first)?;
         let Some((rec, mac, prev)) = row else {
             return Ok(None);
         };

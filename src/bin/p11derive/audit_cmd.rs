@@ -232,12 +232,8 @@ pub fn reanchor(args: &Args) -> Result<(), Failure> {
             .ok_or_else(|| Failure::Failed("the audit log is empty".into()))?;
         let next = Anchor {
             store: store.store_id()?,
-            root: match before.as_ref().map(|a| a.root).filter(|r| *r != [0; 16]) {
-                Some(r) => r,
-                None => {
-                    derive::root_fingerprint(backend).map_err(|e| Failure::Failed(e.to_string()))?
-                }
-            },
+            root: p11derive::lifecycle::anchored_root(before.as_ref(), backend)
+                .map_err(|e| Failure::Failed(e.to_string()))?,
             head: (seq, mac),
             change: store.latest_change()?.unwrap_or((0, [0; 32])),
             epoch,
