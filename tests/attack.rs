@@ -42,10 +42,11 @@ fn retired(s: &Setup) -> std::path::PathBuf {
 /// The retirement's record is hidden from the ledger without touching its
 /// MAC column (so the anchor's "newest state change" MAC still matches):
 /// its `event` column turned into `sign`, or its detail given the pending
-/// mark (the ledger skips such records before checking their MAC). The
-/// retired row then goes back to its sealed copy from before the
+/// mark. The retired row then goes back to its sealed copy from before the
 /// retirement, or every seal is removed so that login "upgrades" the store
-/// and seals the row to the create record.
+/// and seals the row to the create record. Refused because the anchor's
+/// newest state change must be one the ledger verified, and a marked
+/// record's MAC is checked too.
 #[test]
 fn hiding_a_state_change_record_from_the_ledger_does_not_free_a_retired_key() {
     let _turn = turn();
@@ -203,7 +204,8 @@ fn records_of_a_crashed_signer_cannot_be_deleted_unnoticed() {
 /// Under a running process that has not yet seen a retirement made by the
 /// CLI: the retirement's record is hidden (its `event` column, or the
 /// pending mark) and the row put back to its sealed copy from before. The
-/// anchor's newest state change still has its MAC, so the watch passes.
+/// anchor's newest state change still has its MAC, but the ledger does not
+/// reach it: the commit refuses.
 #[test]
 fn a_retirement_hidden_under_a_running_process_does_not_free_the_key() {
     let _turn = turn();
@@ -445,8 +447,9 @@ fn cli_changes_under_two_running_processes_are_honoured_by_both() {
 
 /// Under a running signer, the record of one signature it returned is
 /// deleted from the middle of the chain (not the tail, which the process's
-/// position catches): the process's next commit must notice, and `audit
-/// verify` must name the gap.
+/// position catches): the process notices when it next moves the anchor
+/// (it counts the records appended since the last move), and `audit
+/// verify` names the gap.
 #[test]
 fn a_returned_signature_record_deleted_mid_chain_is_noticed() {
     let _turn = turn();
@@ -488,9 +491,8 @@ fn a_returned_signature_record_deleted_mid_chain_is_noticed() {
 }
 
 /// Control: the same hiding when a later state change links to the hidden
-/// one (`prev_change=N`) is caught; only the newest state change can be
-/// hidden, because nothing checks that the anchor's newest state change is
-/// one the ledger verified.
+/// one (`prev_change=N`) is caught by that link (the newest one, which no
+/// later change names, by the anchor).
 #[test]
 fn a_hidden_state_change_with_a_later_one_linking_to_it_is_caught() {
     let _turn = turn();
@@ -555,10 +557,10 @@ fn a_deleted_store_is_not_replaced_by_init_or_reanchor() {
 /// The race between a CLI state change's commit and its anchor advance: as
 /// soon as the retirement's record lands, it is cut from the tail and the
 /// row put back to its sealed copy from before. When the cut lands before
-/// the CLI reads the head for its anchor advance, the CLI anchors the cut
-/// store (its ledger never verified its own new change) and says nothing;
-/// a new process must still not sign with the key. (Up to 40 tries; the
-/// attacker wins about one in ten on a loaded machine.)
+/// the CLI reads the head for its anchor advance, the CLI must not anchor
+/// the cut store (it checks that the newest record it saw is still there
+/// first); a new process must not sign with the key. (Up to 40 tries; the
+/// cut landed in time about one in ten on a loaded machine.)
 #[test]
 fn a_retirement_cut_before_the_cli_anchors_it_does_not_free_the_key() {
     let _turn = turn();
@@ -636,8 +638,8 @@ fn a_retirement_cut_before_the_cli_anchors_it_does_not_free_the_key() {
 
 /// A store re-anchored once (anchor epoch 1), then records of returned
 /// signatures cut from the tail under the running signer. The process's
-/// own check finds it (and marks the store refused "at epoch 0"); the
-/// refusal must hold: the anchor must not be moved onto the cut chain, a
+/// own check finds it (the refusal is kept at the login's epoch, 1); it
+/// must hold: the anchor must not be moved onto the cut chain, a
 /// new process and `audit verify` must see the loss, and a fresh login of
 /// the same process must not clear the refusal without a re-anchor.
 #[test]
