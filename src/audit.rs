@@ -34,6 +34,9 @@ pub enum Event {
     /// The store was created (`p11derive init`): the first record of its
     /// lineage, whose MAC names the store in the HSM's anchor.
     Init,
+    /// The heads of the writers' lanes (PostgreSQL), written into the
+    /// chain when the anchor moves, so that the anchor covers every lane.
+    Lanes,
 }
 
 impl Event {
@@ -52,6 +55,7 @@ impl Event {
             Event::Refused => "refused",
             Event::Anchor => "anchor",
             Event::Init => "init",
+            Event::Lanes => "lanes",
         }
     }
 
@@ -70,6 +74,7 @@ impl Event {
             Event::Refused,
             Event::Anchor,
             Event::Init,
+            Event::Lanes,
         ]
         .into_iter()
         .find(|e| e.name() == s)
@@ -117,19 +122,39 @@ impl Record {
         let mut out = Vec::with_capacity(160);
         out.extend_from_slice(b"p11derive-v1 audit record\0");
         out.extend_from_slice(&self.seq.to_be_bytes());
+        self.encode_fields(&mut out);
+        out
+    }
+
+    /// The bytes a record in a writer's lane is MACed over: its lane, its
+    /// position there and the state change it was decided under, then the
+    /// same fields as [`Record::encode`] (`seq` is not covered: a lane
+    /// record's place is its lane and position).
+    pub fn encode_in_lane(&self, at: &LanePlace) -> Vec<u8> {
+        let mut out = Vec::with_capacity(176);
+        out.extend_from_slice(b"p11derive-v1 lane record\0");
+        out.extend_from_slice(&at.lane.to_be_bytes());
+        out.extend_from_slice(&at.pos.to_be_bytes());
+        out.extend_from_slice(&at.change.to_be_bytes());
+        self.encode_fields(&mut out);
+        out
+    }
+
+    /// Every field after the record's place, length-prefixed, in a fixed order.
+    fn encode_fields(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.time_ns.to_be_bytes());
         out.extend_from_slice(&self.pid.to_be_bytes());
-        put_opt_u64(&mut out, self.session);
-        put_bytes(&mut out, self.event.name().as_bytes());
+        put_opt_u64(out, self.session);
+        put_bytes(out, self.event.name().as_bytes());
         match &self.asset {
             None => out.push(0),
             Some(a) => {
                 out.push(1);
-                put_bytes(&mut out, a.as_bytes());
+                put_bytes(out, a.as_bytes());
             }
         }
-        put_opt_u64(&mut out, self.version.map(u64::from));
-        put_opt_u64(&mut out, self.mechanism);
+        put_opt_u64(out, self.version.map(u64::from));
+        put_opt_u64(out, self.mechanism);
         match &self.input_sha256 {
             None => out.push(0),
             Some(h) => {
@@ -138,8 +163,7 @@ impl Record {
             }
         }
         out.extend_from_slice(&self.rv.to_be_bytes());
-        put_bytes(&mut out, self.detail.as_bytes());
-        out
+        put_bytes(out, self.detail.as_bytes());
     }
 
     /// `HMAC(AK, encode(self) || prev_mac)`
@@ -151,6 +175,56 @@ impl Record {
             m.finalize().into_bytes().into()
         })
     }
+
+    /// `HMAC(AK, encode_in_lane(self, at) || prev_mac)`: the MAC of a record
+    /// at `at`, chained onto the lane's record before it ([`GENESIS`] for
+    /// the lane's first).
+    pub fn lane_mac(&self, ak: &Secret32, at: &LanePlace, prev_mac: &[u8; 32]) -> [u8; 32] {
+        crate::secure::confined(|| {
+            let mut m = <Hmac<Sha256> as KeyInit>::new_from_slice(&ak[..]).expect("any key length");
+            m.update(&self.encode_in_lane(at));
+            m.update(prev_mac);
+            m.finalize().into_bytes().into()
+        })
+    }
+}
+
+/// Where a record of a writer's lane is (PostgreSQL): each writer process
+/// chains its own records, so hosts never wait for one another's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LanePlace {
+    /// The lane: one per writer process, never reused.
+    pub lane: u64,
+    /// The record's position in its lane, from 1.
+    pub pos: u64,
+    /// The newest state change (record number in the main chain) when the
+    /// record was committed: the state its operation was decided under.
+    pub change: u64,
+}
+
+/// Checks one lane's records in position order, from its first; returns
+/// its last MAC and position. A fault names the position.
+pub fn verify_lane<'a>(
+    ak: &Secret32,
+    lane: u64,
+    records: impl IntoIterator<Item = (&'a LanePlace, &'a Record, &'a [u8; 32])>,
+) -> Result<([u8; 32], u64), ChainFault> {
+    let mut prev = GENESIS;
+    let mut expected = 1u64;
+    for (at, r, mac) in records {
+        if at.lane != lane || at.pos != expected {
+            return Err(ChainFault::Gap {
+                expected,
+                found: at.pos,
+            });
+        }
+        if r.lane_mac(ak, at, &prev) != *mac {
+            return Err(ChainFault::BadMac { seq: at.pos });
+        }
+        prev = *mac;
+        expected += 1;
+    }
+    Ok((prev, expected - 1))
 }
 
 /// The MAC a version's recorded public key carries:

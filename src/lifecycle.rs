@@ -171,8 +171,15 @@ pub fn transition(
 /// root fingerprint and epoch. Never onto a store that lacks what the
 /// anchor holds: such a store is refused from then on in this process
 /// (`Store::break_store`) and the error says why. Needs a user login,
-/// and `Store::authenticate` done.
-pub fn advance_anchor(store: &Store, backend: &crate::backend::Backend) -> Result<(), Error> {
+/// and `Store::authenticate` done. `periodic` (a running process's move
+/// every `anchor_interval_ms`): the lanes of a PostgreSQL store are covered
+/// by another host's recent `lanes` record when there is one
+/// (`Store::cover_lanes`).
+pub fn advance_anchor(
+    store: &Store,
+    backend: &crate::backend::Backend,
+    periodic: bool,
+) -> Result<(), Error> {
     let fail = |e: StoreError| Error::with(CKR_DEVICE_ERROR, e.to_string());
     let old = backend.read_anchor()?;
     let epoch = old.as_ref().map_or(0, |a| a.epoch);
@@ -201,6 +208,9 @@ pub fn advance_anchor(store: &Store, backend: &crate::backend::Backend) -> Resul
         let head = if seen.0 > a.head.0 { seen } else { a.head };
         return backend.write_anchor(&crate::audit::Anchor { head, change, ..a }, false);
     }
+    // PostgreSQL: the heads of the writers' lanes join the main chain
+    // first, so the anchor covers them too.
+    store.cover_lanes(periodic).map_err(fail)?;
     let Some(head) = store.audit_head().map_err(fail)? else {
         return Ok(());
     };

@@ -212,16 +212,21 @@ fn a_repeated_gcm_iv_is_refused_across_hosts_on_postgresql() {
     a.use_pg(&url);
     a.init();
     let b = a.another_host("host-b");
+    // A store made before schema 8 (no gcm_ivs, nor the lanes of schema 9)
+    // is upgraded when opened.
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    c.batch_execute(
+        "DROP TABLE gcm_ivs; DROP TABLE audit_lane; DROP SEQUENCE p11derive_lane_ids; \
+         DROP INDEX audit_covers; DROP FUNCTION p11derive_lane_append; \
+         UPDATE p11derive_meta SET schema_version = 7",
+    )
+    .unwrap();
     let p = a.load();
     let session = p.user_session();
     repeated_iv_is_refused(&a, &b, &session, "pg-victim");
     drop(session);
     drop(p);
 
-    // A store made before schema 8 (no gcm_ivs) is upgraded when opened.
-    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
-    c.batch_execute("DROP TABLE gcm_ivs; UPDATE p11derive_meta SET schema_version = 7")
-        .unwrap();
     let p = a.load();
     let session = p.user_session();
     let key = find_one(&session, "pg-victim", ObjectClass::SECRET_KEY).unwrap();

@@ -3,11 +3,15 @@
 //! Each record is committed before its signature leaves; whether the version
 //! may still be used is decided at the commit, by the pure [`decide`].
 
-use crate::audit::{Event, Head, Record, GENESIS};
+#[cfg(test)]
+use crate::audit::Head;
+use crate::audit::{Event, LanePlace, Record, GENESIS};
 use crate::types::Secret32;
 
 use super::audit::stored_mac;
 use super::db::Tx;
+use super::first;
+use super::lanes::LaneHead;
 use super::{Asset, Store, StoreError};
 
 /// One signature waiting to commit.
@@ -171,9 +175,6 @@ impl Store {
         let ivs = batch.iter().any(|j| j.iv.is_some());
         let outcome = if self.is_shared() && !ivs {
             self.commit_batch_pg(ak, &batch)
-        } else if self.is_shared() {
-            *self.believed.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            self.commit_batch_tx(ak, &batch)
         } else {
             self.commit_batch_tx(ak, &batch)
         };
@@ -190,14 +191,17 @@ impl Store {
         }
     }
 
-    /// A batch's commit on PostgreSQL: one statement (`p11derive_append`),
-    /// one round trip, while the head and generation this process believes
-    /// current are: the records are MACed onto that head and each job decided
-    /// on assets read at that generation. When another host wrote meanwhile,
-    /// the statement writes nothing and returns the true head and generation:
-    /// decide and MAC again (a second round trip). Records waiting in the
-    /// pending table are sealed by the ordinary transaction instead, as is a
-    /// batch that keeps losing the race to other hosts.
+    /// A batch's commit on PostgreSQL: one statement
+    /// (`p11derive_lane_append`), one round trip, into this process's own
+    /// lane: the records are MACed onto the lane's head, and each job
+    /// decided on assets read at the generation this process believes
+    /// current, under the newest state change it has verified. No other
+    /// host's head is involved, so hosts never race. When the generation
+    /// moved (an asset changed), the statement writes nothing and returns
+    /// the new one: read the assets again, decide and MAC again (a second
+    /// round trip). A newer state change, records waiting in the pending
+    /// table, or a chain that lost a record this process knows take the
+    /// ordinary transaction instead, which verifies, seals or refuses.
     fn commit_batch_pg(
         &self,
         ak: &Secret32,
@@ -205,8 +209,8 @@ impl Store {
     ) -> Result<Vec<Result<(), Refusal>>, StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
         self.refused()?;
-        // What the chain must still hold: the newest record this process
-        // saw, and the HSM anchor's newest record and state change.
+        // What the main chain must still hold: the newest record this
+        // process saw, and the HSM anchor's newest record and state change.
         let mut held: Vec<(u64, [u8; 32])> = self.seen().into_iter().collect();
         if let Some(a) = self.watched_anchor()? {
             // A state change the anchor knows and this process has not
@@ -217,55 +221,91 @@ impl Store {
             }
             held.extend([a.head, a.change].into_iter().filter(|h| h.0 > 0));
         }
-        let mut believed = self.believed.lock().unwrap_or_else(|e| e.into_inner());
+        let change = self.verified_change().map_or(0, |c| c.0);
+        let mut lane = self.lane.lock().unwrap_or_else(|e| e.into_inner());
+        if lane.id.is_none() {
+            *lane = self.open_lane()?;
+        }
+        let id = lane.id.expect("opened above");
         for _ in 0..8 {
-            let (seq, head, generation) = match *believed {
-                Some(b) => b,
-                None => self.learn_head()?,
+            let generation = match lane.generation {
+                Some(g) => g,
+                None => self.learn_generation()?,
             };
             let mut decisions = Vec::with_capacity(batch.len());
             let mut cols = PgColumns::default();
-            let mut chain = Head { seq, mac: head };
+            let mut mac = lane.mac;
             let assets = self.assets_at(generation, batch)?;
-            for (job, asset) in batch.iter().zip(assets) {
-                let (decision, mut r) = decide(job.need, job.version, &job.record, asset);
-                let m = chain.append(ak, &mut r);
-                cols.push(&r, &m);
+            for (i, (job, asset)) in batch.iter().zip(assets).enumerate() {
+                let (decision, r) = decide(job.need, job.version, &job.record, asset);
+                let at = LanePlace {
+                    lane: id,
+                    pos: lane.pos + 1 + i as u64,
+                    change,
+                };
+                mac = r.lane_mac(ak, &at, &mac);
+                cols.push(&r, &mac);
                 decisions.push(decision.map_err(Refusal::State));
             }
-            let prev = chain.mac;
-            // Whatever the outcome, the next batch starts from what it says.
-            *believed = None;
-            match self.append_pg(seq, &head, generation, &cols, &prev, &held)? {
-                Appended::Done => {
-                    *believed = Some((seq + batch.len() as u64, prev, generation));
-                    self.saw((seq + batch.len() as u64, prev));
+            lane.generation = None;
+            match self.append_pg(&lane, generation, change, &cols, &mac, &held)? {
+                Appended::Done(g) => {
+                    lane.pos += batch.len() as u64;
+                    lane.mac = mac;
+                    lane.generation = Some(g);
                     self.commits.fetch_add(1, Relaxed);
                     return Ok(decisions);
                 }
-                Appended::Stale(now) => *believed = Some(now),
+                Appended::Stale(g) => lane.generation = Some(g),
                 Appended::Unknown => {}
-                // Records to seal; or the chain lost the newest record this
-                // process saw, which the ordinary path names and refuses.
+                Appended::LaneCut(pos) => {
+                    let why = format!(
+                        "this process's audit lane {id} ends at record {pos}, but it committed \
+                         up to record {} there: records were deleted from the log, or an older \
+                         copy of the store was restored under it",
+                        lane.pos
+                    );
+                    return Err(self.break_store(why, 0));
+                }
+                // Records to seal; a newer state change to verify; or the
+                // chain lost a record this process knows, which the
+                // ordinary path names and refuses.
                 Appended::Pending | Appended::Lost => break,
             }
         }
-        // Records to seal, or other hosts kept winning the race: take the
-        // writers' lock.
-        *believed = None;
-        drop(believed);
+        // Records to seal, a state change to verify, or the generation kept
+        // moving: take the writers' lock.
+        drop(lane);
         self.commit_batch_tx(ak, batch)
     }
 
-    /// The chain's head and the asset generation, read afresh.
-    fn learn_head(&self) -> Result<(u64, [u8; 32], i64), StoreError> {
+    /// A new lane for this process (one round trip, at its first commit):
+    /// never used before by any process, so no one else writes there.
+    fn open_lane(&self) -> Result<LaneHead, StoreError> {
         let mut conn = self.lock();
-        let head = self.head_in(&mut **conn)?;
-        let generation = self.generation(&mut **conn)?;
+        let id = self
+            .rows(
+                &mut **conn,
+                "SELECT nextval('p11derive_lane_ids')",
+                &[],
+                |r| r.int(0),
+            )
+            .map(first)?
+            .ok_or_else(|| StoreError::Io(self.path.clone(), "no lane id".into()))?;
+        Ok(LaneHead {
+            id: Some(id as u64),
+            pos: 0,
+            mac: GENESIS,
+            generation: None,
+        })
+    }
+
+    /// The asset generation, read afresh.
+    fn learn_generation(&self) -> Result<i64, StoreError> {
+        let mut conn = self.lock();
         self.round_trips
-            .fetch_add(2, std::sync::atomic::Ordering::Relaxed);
-        let (seq, mac) = head.unwrap_or((0, GENESIS));
-        Ok((seq, mac, generation))
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.generation(&mut **conn)
     }
 
     /// The batch's assets as of `generation`: from the cache, else read
@@ -306,33 +346,35 @@ impl Store {
         Ok(assets)
     }
 
-    /// Sends a batch's records (MACed onto `head`, at `seq`; the last MAC
-    /// `last`) to `p11derive_append`.
+    /// Sends a batch's records (MACed onto `lane`'s head, under state change
+    /// `change`; the last MAC `last`) to `p11derive_lane_append`.
     fn append_pg(
         &self,
-        seq: u64,
-        head: &[u8; 32],
+        lane: &LaneHead,
         generation: i64,
+        change: u64,
         cols: &PgColumns,
         last: &[u8; 32],
         held: &[(u64, [u8; 32])],
     ) -> Result<Appended, StoreError> {
+        let id = lane.id.unwrap_or(0) as i64;
         let mut conn = self.lock();
         let pg = conn.as_pg().expect("a PostgreSQL store");
         self.round_trips
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let head_mac: Option<Vec<u8>> = (seq > 0).then(|| head.to_vec());
+        let head_mac: Option<Vec<u8>> = (lane.pos > 0).then(|| lane.mac.to_vec());
         let (hold, hold_mac): (Vec<i64>, Vec<Vec<u8>>) =
             held.iter().map(|(s, m)| (*s as i64, m.to_vec())).unzip();
-        let change = self.verified_change().map_or(0, |c| c.0 as i64);
         let rows = pg.query_with(
-            "SELECT r_ok, r_seq, r_mac, r_gen, r_pending, r_lost, r_change FROM \
-             p11derive_append(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
-             ?16, ?17)",
+            "SELECT r_ok, r_pos, r_mac, r_gen, r_pending, r_lost, r_change FROM \
+             p11derive_lane_append(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+             ?15, ?16, ?17, ?18)",
             &[
-                &(seq as i64),
+                &id,
+                &(lane.pos as i64),
                 &head_mac,
                 &generation,
+                &(change as i64),
                 &cols.time_ns,
                 &cols.pid,
                 &cols.session,
@@ -346,7 +388,6 @@ impl Store {
                 &cols.mac,
                 &hold,
                 &hold_mac,
-                &change,
             ],
         );
         let rows = match rows {
@@ -355,11 +396,11 @@ impl Store {
             Err(e) => {
                 // The connection closed under the statement: whether it
                 // committed is learnt, not guessed. The batch's last MAC is
-                // in the chain at its number exactly when it did.
-                let n = seq + cols.mac.len() as u64;
-                let found = self.mac_at(&mut **conn, n);
+                // in the lane at its position exactly when it did.
+                let n = lane.pos + cols.mac.len() as u64;
+                let found = self.lane_mac_at(&mut **conn, lane.id.unwrap_or(0), n);
                 return match found {
-                    Ok(Some(m)) if m[..] == last[..] => Ok(Appended::Done),
+                    Ok(Some(m)) if m[..] == last[..] => Ok(Appended::Done(generation)),
                     Ok(_) => Ok(Appended::Unknown),
                     Err(_) => Err(e),
                 };
@@ -378,17 +419,24 @@ impl Store {
             let change: i64 = r.try_get(6).map_err(col)?;
             Ok((ok, s, m, g, pending, lost, change))
         };
-        let (ok, s, m, g, pending, lost, change) = read()
-            .map_err(|e| StoreError::Io(self.path.clone(), format!("p11derive_append: {e}")))?;
-        let m = m.as_deref().map_or(GENESIS, stored_mac);
-        let newer_change = change > self.verified_change().map_or(0, |c| c.0 as i64);
-        Ok(match (ok, pending, lost || newer_change) {
-            (true, ..) => Appended::Done,
+        let (ok, pos, mac, g, pending, lost, now) = read().map_err(|e| {
+            StoreError::Io(self.path.clone(), format!("p11derive_lane_append: {e}"))
+        })?;
+        if ok {
+            return Ok(Appended::Done(g));
+        }
+        // Only this process writes its lane: another head there means
+        // records of it were deleted (or the store replaced).
+        let head = mac.as_deref().map_or(GENESIS, stored_mac);
+        if pos as u64 != lane.pos || head != lane.mac {
+            return Ok(Appended::LaneCut(pos.max(0) as u64));
+        }
+        Ok(match (pending, lost || now as u64 != change) {
             // The ordinary path verifies the new state changes (or names
             // what was lost) under the writers' lock.
-            (false, _, true) => Appended::Lost,
-            (false, true, _) => Appended::Pending,
-            (false, false, false) => Appended::Stale((s as u64, m, g)),
+            (_, true) => Appended::Lost,
+            (true, _) => Appended::Pending,
+            (false, false) => Appended::Stale(g),
         })
     }
 
@@ -527,19 +575,22 @@ pub(super) fn iv_refusal(record: &Record, iv: &[u8]) -> Record {
     r
 }
 
-/// What `p11derive_append` did with a batch.
+/// What `p11derive_lane_append` did with a batch.
 enum Appended {
-    /// Committed.
-    Done,
-    /// Nothing written: the chain's head and the generation are these.
-    Stale((u64, [u8; 32], i64)),
+    /// Committed, at this generation.
+    Done(i64),
+    /// Nothing written: the asset generation moved to this.
+    Stale(i64),
+    /// Nothing written: this process's lane ends at this position, not
+    /// where it committed last.
+    LaneCut(u64),
     /// The connection was lost under the statement, and the batch is not
     /// in the chain: nothing written.
     Unknown,
     /// Nothing written: records without the audit key wait to be sealed.
     Pending,
-    /// Nothing written: the chain no longer holds the newest record this
-    /// process saw.
+    /// Nothing written: the chain no longer holds a record this process
+    /// knows, or a state change this process has not verified is there.
     Lost,
 }
 

@@ -19,6 +19,11 @@ const TABLES: &[(&str, &str)] = &[
     ),
     ("gcm_ivs", "asset, version, iv"),
     (
+        "audit_lane",
+        "lane, pos, change, id, time_ns, pid, session, event, asset, version, mechanism, \
+         input_sha256, rv, detail, mac",
+    ),
+    (
         "audit_pending",
         "id, time_ns, pid, session, event, asset, version, mechanism, input_sha256, rv, detail",
     ),
@@ -64,7 +69,7 @@ impl Store {
         }
         if dest.is_shared() {
             // Serial ids carry on after the copied ones.
-            for table in ["assets", "objects", "audit_pending"] {
+            for table in ["assets", "objects", "audit_pending", "audit_lane"] {
                 out.query(
                     &format!(
                         "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
@@ -73,6 +78,12 @@ impl Store {
                     &[],
                 )?;
             }
+            // New lanes after every copied one.
+            out.query(
+                "SELECT setval('p11derive_lane_ids', \
+                 (SELECT COALESCE(MAX(lane), 0) + 1 FROM audit_lane), false)",
+                &[],
+            )?;
         }
         dest.commit(out)?;
         drop(src);

@@ -26,6 +26,7 @@ mod audit;
 mod commit;
 mod db;
 mod error;
+mod lanes;
 mod migrate;
 mod objects;
 pub mod pg;
@@ -40,6 +41,7 @@ pub use audit::{
 };
 pub use commit::{Refusal, Use};
 pub use error::StoreError;
+pub use lanes::{parse_lanes_detail, LaneRow};
 pub use migrate::Moved;
 pub use objects::StoredObject;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
@@ -66,9 +68,9 @@ pub struct Store {
     reader: Mutex<Box<dyn Db>>,
     /// PostgreSQL: the connection that LISTENs for asset changes by any host.
     listener: Option<Mutex<pg::Pg>>,
-    /// PostgreSQL: the chain's head (seq, mac) and the asset generation as
-    /// the last commit saw them (see `commit_batch_pg`).
-    believed: Mutex<Option<(u64, [u8; 32], i64)>>,
+    /// PostgreSQL: this process's lane (its head) and the asset generation
+    /// as the last commit saw them (see `commit_batch_pg`).
+    lane: Mutex<lanes::LaneHead>,
     /// PostgreSQL: round trips made by signature commits.
     round_trips: std::sync::atomic::AtomicU64,
     /// Assets read, valid while the store's asset generation (moved by
@@ -203,7 +205,7 @@ impl Store {
             conn: Mutex::new(conn),
             reader: Mutex::new(reader),
             listener: listener.map(Mutex::new),
-            believed: Mutex::new(None),
+            lane: Mutex::new(lanes::LaneHead::default()),
             group: Mutex::new(Group::default()),
             batches: std::sync::atomic::AtomicU64::new(0),
             batched_records: std::sync::atomic::AtomicU64::new(0),

@@ -316,7 +316,13 @@ impl Db for Pg {
 
     fn begin_write(&mut self) -> Result<(), StoreError> {
         let begun = self.again(|pg| {
-            let done = pg.batch("BEGIN; SELECT 1 FROM p11derive_meta WHERE id = 1 FOR UPDATE");
+            // Exclusive: every lane commit takes this lock shared
+            // (`schema::PG_WRITERS_LOCK`), so none is in flight meanwhile.
+            let done = pg.batch(&format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({}); \
+                 SELECT 1 FROM p11derive_meta WHERE id = 1 FOR UPDATE",
+                super::schema::PG_WRITERS_LOCK
+            ));
             if done.is_err() && pg.client.is_some() {
                 // BEGIN may have run before the lock failed.
                 let _ = pg.batch("ROLLBACK");

@@ -15,7 +15,7 @@ use super::StoreError;
 /// `PRAGMA application_id` of a p11derive store ("P1DR").
 pub const APPLICATION_ID: i32 = 0x5031_4452;
 /// The schema this build writes. Older stores are migrated forward.
-pub const SCHEMA_VERSION: i32 = 8;
+pub const SCHEMA_VERSION: i32 = 9;
 
 /// The columns `audit` and `audit_pending` share (migration 2 -> 3), after
 /// their keys and up to `detail`: a macro, so each migration stays one
@@ -125,6 +125,23 @@ const MIGRATIONS: &[&str] = &[
         iv      BLOB NOT NULL,
         PRIMARY KEY (asset, version, iv)
     ) WITHOUT ROWID;",
+    // 8 -> 9: the writers' lanes of a PostgreSQL store (each writer process
+    // chains its own records; `lanes.rs`). A SQLite store keeps its single
+    // chain: the table stays empty, so both engines read the same tables.
+    concat!(
+        "CREATE TABLE audit_lane (
+        lane         INTEGER NOT NULL,
+        pos          INTEGER NOT NULL CHECK (pos >= 1),
+        change       INTEGER NOT NULL,
+        id           INTEGER NOT NULL UNIQUE,
+",
+        audit_record_columns!(),
+        "        detail       TEXT NOT NULL,
+        mac          BLOB NOT NULL,
+        PRIMARY KEY (lane, pos)
+    );
+    CREATE INDEX audit_covers ON audit (seq) WHERE event = 'lanes';"
+    ),
 ];
 
 /// Upgrades a SQLite store's schema from `from` to `SCHEMA_VERSION`.
@@ -199,7 +216,90 @@ macro_rules! pg_gcm_ivs {
 /// `from + 1`.
 /// The upgrades of an older PostgreSQL store: from each version, the
 /// statements that bring it to the next.
-const PG_UPGRADES: &[(i64, &[&str])] = &[(6, &[PG_UPGRADE_7, PG_APPEND]), (7, &[pg_gcm_ivs!()])];
+const PG_UPGRADES: &[(i64, &[&str])] = &[
+    (6, &[PG_UPGRADE_7, PG_APPEND]),
+    (7, &[pg_gcm_ivs!()]),
+    (8, &[PG_LANES]),
+];
+
+/// The schema version `PG_SCHEMA` and `PG_APPEND` create; a new store is
+/// then brought to `SCHEMA_VERSION` by the same upgrades older stores take.
+const PG_BASE_VERSION: i64 = 8;
+
+/// The lock every lane commit takes shared and every other write
+/// transaction exclusive (`pg_advisory_xact_lock`): commits of all hosts'
+/// lanes run side by side, and a state change waits until none is in
+/// flight (and holds the next ones back), so each commit's state check is
+/// exact. Its key is the store's application id.
+pub const PG_WRITERS_LOCK: i64 = APPLICATION_ID as i64;
+
+/// PostgreSQL schema 8 -> 9: the writers' lanes (`lanes.rs`), and their
+/// commit function, which replaces the single chain's `p11derive_append`.
+const PG_LANES: &str = concat!(
+    r#"
+CREATE SEQUENCE p11derive_lane_ids;
+CREATE TABLE audit_lane (
+    lane         BIGINT NOT NULL,
+    pos          BIGINT NOT NULL CHECK (pos >= 1),
+    change       BIGINT NOT NULL,
+    id           BIGSERIAL NOT NULL UNIQUE,
+"#,
+    pg_audit_record_columns!(),
+    r#",
+    mac          BYTEA NOT NULL,
+    PRIMARY KEY (lane, pos)
+);
+CREATE INDEX audit_covers ON audit (seq) WHERE event = 'lanes';
+DROP FUNCTION IF EXISTS p11derive_append(BIGINT, BYTEA, BIGINT, BIGINT[], BIGINT[], BIGINT[],
+    TEXT[], TEXT[], BIGINT[], BIGINT[], BYTEA[], BIGINT[], TEXT[], BYTEA[], BIGINT[], BYTEA[],
+    BIGINT);
+-- The commit of a batch into the writer's own lane, in one statement. The
+-- client MACed the records onto its lane's head (p_pos, p_head) and decided
+-- each operation on the assets as of generation p_gen, under state change
+-- p_change (the newest it has verified). Holding the writers' lock shared
+-- (so no state change is in flight), if the lane's head, the generation and
+-- the newest state change are as the client believed, the pending table is
+-- empty and the main chain still holds every record of p_hold with its MAC,
+-- the records are appended (r_ok); otherwise nothing is written and the
+-- client learns what differs. No other writer's head is read or waited for.
+CREATE FUNCTION p11derive_lane_append(
+    p_lane BIGINT, p_pos BIGINT, p_head BYTEA, p_gen BIGINT, p_change BIGINT,
+    p_time_ns BIGINT[], p_pid BIGINT[], p_session BIGINT[], p_event TEXT[], p_asset TEXT[],
+    p_version BIGINT[], p_mechanism BIGINT[], p_input BYTEA[], p_rv BIGINT[],
+    p_detail TEXT[], p_mac BYTEA[], p_hold BIGINT[], p_hold_mac BYTEA[])
+RETURNS TABLE (r_ok BOOLEAN, r_pos BIGINT, r_mac BYTEA, r_gen BIGINT, r_pending BOOLEAN,
+               r_lost BOOLEAN, r_change BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    s BIGINT; m BYTEA; g BIGINT; p BOOLEAN; l BOOLEAN; c BIGINT;
+BEGIN
+    PERFORM pg_advisory_xact_lock_shared(1345406034);
+    SELECT a.pos, a.mac INTO s, m FROM audit_lane a WHERE a.lane = p_lane
+        ORDER BY a.pos DESC LIMIT 1;
+    SELECT x.assets INTO g FROM generation x;
+    SELECT EXISTS (SELECT 1 FROM audit_pending) INTO p;
+    SELECT EXISTS (
+        SELECT 1 FROM unnest(p_hold, p_hold_mac) AS h(seq, mac)
+        WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.seq = h.seq AND a.mac = h.mac)
+    ) INTO l;
+    SELECT max(a.seq) INTO c FROM audit a WHERE a.event IN ('create', 'transition');
+    IF coalesce(s, 0) <> p_pos OR m IS DISTINCT FROM p_head OR g <> p_gen OR p OR l
+       OR coalesce(c, 0) <> p_change THEN
+        RETURN QUERY SELECT false, coalesce(s, 0), m, g, p, l, coalesce(c, 0);
+        RETURN;
+    END IF;
+    INSERT INTO audit_lane (lane, pos, change, time_ns, pid, session, event, asset, version,
+                            mechanism, input_sha256, rv, detail, mac)
+        SELECT p_lane, p_pos + u.n, p_change, u.t, u.pi, u.se, u.e, u.a, u.v, u.me, u.i, u.r,
+               u.d, u.c
+        FROM unnest(p_time_ns, p_pid, p_session, p_event, p_asset, p_version, p_mechanism,
+                    p_input, p_rv, p_detail, p_mac)
+             WITH ORDINALITY AS u(t, pi, se, e, a, v, me, i, r, d, c, n);
+    RETURN QUERY SELECT true, p_pos + cardinality(p_time_ns), p_mac[cardinality(p_mac)], g,
+        false, false, coalesce(c, 0);
+END $$;
+"#
+);
 
 /// The schema a new PostgreSQL store gets (the SQLite schema at version
 /// `SCHEMA_VERSION`, in PostgreSQL's types), and the commit function.
@@ -350,12 +450,15 @@ pub(super) fn create_pg(db: &mut Pg) -> Result<(), StoreError> {
     db.batch(PG_APPEND)?;
     db.execute(
         "INSERT INTO p11derive_meta (id, application, schema_version) VALUES (1, ?1, ?2)",
-        &[
-            Val::Int(APPLICATION_ID.into()),
-            Val::Int(SCHEMA_VERSION.into()),
-        ],
+        &[Val::Int(APPLICATION_ID.into()), Val::Int(PG_BASE_VERSION)],
     )?;
-    db.commit()
+    match apply_pg_upgrades(db) {
+        Ok(()) => db.commit(),
+        Err(e) => {
+            db.rollback();
+            Err(e)
+        }
+    }
 }
 
 /// Checks that a PostgreSQL database holds a p11derive schema this build
@@ -384,41 +487,45 @@ pub(super) fn identify_pg(db: &mut Pg) -> Result<(), StoreError> {
 /// under the writers' lock (another host may be upgrading it meanwhile:
 /// the version is read again under the lock).
 fn upgrade_pg(db: &mut Pg) -> Result<(), StoreError> {
-    let loc = db.location().to_path_buf();
     db.begin_write()?;
-    let upgraded = (|| {
-        let rows = db.query("SELECT schema_version FROM p11derive_meta", &[])?;
-        let mut version = rows
-            .first()
-            .and_then(|r| r.int(0).ok())
-            .ok_or_else(|| StoreError::Corrupt(loc.clone(), "p11derive_meta is empty".into()))?;
-        for (from, sql) in PG_UPGRADES {
-            if *from == version {
-                for sql in *sql {
-                    db.batch(sql)?;
-                }
-                version += 1;
-            }
-        }
-        if version != i64::from(SCHEMA_VERSION) {
-            return Err(StoreError::Corrupt(
-                loc.clone(),
-                format!("schema version {version}: no upgrade from it to {SCHEMA_VERSION}"),
-            ));
-        }
-        db.execute(
-            "UPDATE p11derive_meta SET schema_version = ?1",
-            &[Val::Int(version)],
-        )?;
-        Ok(())
-    })();
-    match upgraded {
+    match apply_pg_upgrades(db) {
         Ok(()) => db.commit(),
         Err(e) => {
             db.rollback();
             Err(e)
         }
     }
+}
+
+/// Inside the caller's transaction: the upgrades from the version the store
+/// records (read again: another host may have upgraded it meanwhile) to
+/// `SCHEMA_VERSION`.
+fn apply_pg_upgrades(db: &mut Pg) -> Result<(), StoreError> {
+    let loc = db.location().to_path_buf();
+    let rows = db.query("SELECT schema_version FROM p11derive_meta", &[])?;
+    let mut version = rows
+        .first()
+        .and_then(|r| r.int(0).ok())
+        .ok_or_else(|| StoreError::Corrupt(loc.clone(), "p11derive_meta is empty".into()))?;
+    for (from, sql) in PG_UPGRADES {
+        if *from == version {
+            for sql in *sql {
+                db.batch(sql)?;
+            }
+            version += 1;
+        }
+    }
+    if version != i64::from(SCHEMA_VERSION) {
+        return Err(StoreError::Corrupt(
+            loc.clone(),
+            format!("schema version {version}: no upgrade from it to {SCHEMA_VERSION}"),
+        ));
+    }
+    db.execute(
+        "UPDATE p11derive_meta SET schema_version = ?1",
+        &[Val::Int(version)],
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -428,6 +535,14 @@ mod tests {
     /// SQLite keeps each `CREATE` statement's text in the store: the
     /// migrations' SQL (and PostgreSQL's schema, to be sure) must stay byte
     /// for byte what stores were made with.
+    /// The lock key the lane commit function takes shared is the one every
+    /// other write transaction takes exclusive.
+    #[test]
+    fn lane_commits_and_write_transactions_share_one_lock() {
+        let shared = format!("pg_advisory_xact_lock_shared({})", super::PG_WRITERS_LOCK);
+        assert!(super::PG_LANES.contains(&shared));
+    }
+
     #[test]
     fn migrations_are_unchanged() {
         assert_eq!(
@@ -447,6 +562,7 @@ mod tests {
             "fceed6485bca40ff153678db5940dc4d033a0650c67b10a4bf5c4f16016a7438",
             "e7c870d281690194b2ceec063a1d783f0b65180fe0a5aed772b783164dde3ea6",
             "aad44d39327ec5f2ff2e621317584be0a33c21622d2934b59f729143e9b15b34",
+            "7f80520651bd951951e2d928e98d8c3df6e752e4acb4d7966c7df0a594d9325d",
         ];
         assert_eq!(super::MIGRATIONS.len(), want.len());
         for (i, (sql, want)) in super::MIGRATIONS.iter().zip(want).enumerate() {

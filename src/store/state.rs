@@ -99,7 +99,7 @@ pub(super) struct Guard {
     /// The state key, once a login gave the audit key.
     key: Option<Arc<Secret32>>,
     /// The audit key, to verify state changes as they come.
-    ak: Option<Arc<Secret32>>,
+    pub(super) ak: Option<Arc<Secret32>>,
     /// The newest state change verified: (seq, mac).
     upto: Option<(u64, [u8; 32])>,
     /// Each asset's latest state change, by name.
@@ -120,6 +120,9 @@ pub(super) struct Guard {
     /// The last row of each asset whose seal verified, by row id: a row
     /// read again exactly as it was needs no new MAC.
     verified: HashMap<i64, (Asset, u64, Vec<u8>, Vec<u8>)>,
+    /// The anchored record whose lane heads were last found in place
+    /// (`lanes::check_anchored_cover`).
+    pub(super) cover_checked: Option<Position>,
 }
 
 /// A place in the chain: a record's number and MAC.
@@ -136,7 +139,7 @@ pub type AnchorJoin = Box<dyn FnOnce() -> Result<Option<Anchor>, String> + Send>
 type ChangeRow = (Record, Vec<u8>, Option<Vec<u8>>);
 
 impl Store {
-    fn guard(&self) -> std::sync::MutexGuard<'_, Guard> {
+    pub(super) fn guard(&self) -> std::sync::MutexGuard<'_, Guard> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -188,8 +191,13 @@ impl Store {
         if g.seen.is_none() {
             g.seen = head;
         }
+        g.cover_checked = None;
         drop(g);
         self.forget_assets();
+        if let Some(a) = anchor {
+            let mut conn = self.lock();
+            self.check_anchored_cover(&mut **conn, a)?;
+        }
         Ok(())
     }
 
@@ -353,6 +361,7 @@ impl Store {
             if let Err(e) = behind {
                 return Err(self.break_store(e.to_string(), a.epoch));
             }
+            self.check_anchored_cover(db, a)?;
         }
         Ok(())
     }
@@ -776,7 +785,7 @@ impl Store {
 
     /// A chain record read and verified against the record before it
     /// (`None` when it is missing or does not verify).
-    fn verified_record(
+    pub(super) fn verified_record(
         &self,
         db: &mut dyn Db,
         ak: &Secret32,

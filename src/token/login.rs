@@ -220,15 +220,15 @@ impl Provider {
     /// failure to write is logged, not fatal: the anchor then lags, never
     /// leads.
     pub(super) fn advance_anchor(&self) {
-        crate::backend::anchoring(|| self.move_anchor())
+        crate::backend::anchoring(|| self.move_anchor(false))
     }
 
-    fn move_anchor(&self) {
+    fn move_anchor(&self, periodic: bool) {
         self.audit.anchored_at_ms.store(now_ms(), Ordering::Relaxed);
         if !self.store.authenticated() {
             return;
         }
-        if let Err(e) = lifecycle::advance_anchor(&self.store, &self.backend) {
+        if let Err(e) = lifecycle::advance_anchor(&self.store, &self.backend, periodic) {
             log::warn(&format!("anchor: {e}"));
         }
     }
@@ -249,7 +249,7 @@ impl Provider {
             .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
             .is_ok()
         {
-            self.advance_anchor();
+            crate::backend::anchoring(|| self.move_anchor(true));
         }
     }
 

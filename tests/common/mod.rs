@@ -19,6 +19,10 @@ pub const PIN: &str = "123456";
 pub const SO_PIN: &str = "87654321";
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
+mod hosts;
+#[allow(unused_imports)]
+pub use hosts::*;
+
 /// The provider keeps one state per process: tests that load it take turns.
 static TURN: Mutex<()> = Mutex::new(());
 

@@ -1,10 +1,10 @@
 //! `p11derive audit verify | export | tail`.
 
-use p11derive::audit::{public_key_mac, verify_chain, ChainFault, Event, Record};
+use p11derive::audit::{public_key_mac, verify_chain, verify_lane, ChainFault, Event, Record};
 use p11derive::derive;
 use p11derive::store::{
-    hex, key_digest, parse_resumes_to, parse_transition_detail, AssetState, AuditRow, Store,
-    PENDING_MARK,
+    hex, key_digest, parse_lanes_detail, parse_resumes_to, parse_transition_detail, AssetState,
+    AuditRow, LaneRow, Store, PENDING_MARK,
 };
 use std::collections::BTreeMap;
 
@@ -30,8 +30,47 @@ fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
     })
 }
 
-/// The rows from `--since`, of `--asset` if given.
-fn selected(args: &Args, store: &Store) -> Result<Vec<AuditRow>, Failure> {
+/// A record of the main chain or of a writer's lane, as listed.
+enum Listed {
+    Main(Record, Vec<u8>),
+    Lane(LaneRow),
+}
+
+impl Listed {
+    fn record(&self) -> &Record {
+        match self {
+            Listed::Main(r, _) => r,
+            Listed::Lane(l) => &l.record,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        match self {
+            Listed::Main(r, mac) => record_json(r, Some(mac)),
+            Listed::Lane(l) => {
+                let mut v = record_json(&l.record, Some(&l.mac));
+                v["seq"] = serde_json::Value::Null;
+                v["lane"] = l.at.lane.into();
+                v["pos"] = l.at.pos.into();
+                v["change"] = l.at.change.into();
+                v
+            }
+        }
+    }
+
+    /// Where it is: `N` in the main chain, `L.P` in lane L.
+    fn place(&self) -> String {
+        match self {
+            Listed::Main(r, _) => r.seq.to_string(),
+            Listed::Lane(l) => format!("{}.{}", l.at.lane, l.at.pos),
+        }
+    }
+}
+
+/// The records from `--since` (a main-chain record number: lane records
+/// from that record's time on), of `--asset` if given: the main chain's
+/// and every lane's, merged by time (the lanes of a PostgreSQL store).
+fn selected(args: &Args, store: &Store) -> Result<Vec<Listed>, Failure> {
     let since = match args.value("--since") {
         None => i64::MIN,
         Some(v) => v
@@ -40,10 +79,46 @@ fn selected(args: &Args, store: &Store) -> Result<Vec<AuditRow>, Failure> {
     };
     let asset = args.value("--asset");
     let rows = store.audit_rows(since)?;
-    Ok(rows
+    let from_ns = match since {
+        i64::MIN => 0,
+        _ => rows.first().map_or(u64::MAX, |(r, _)| r.time_ns),
+    };
+    let mut all: Vec<Listed> = rows.into_iter().map(|(r, m)| Listed::Main(r, m)).collect();
+    let mut lanes: Vec<Listed> = store
+        .lane_rows()?
         .into_iter()
-        .filter(|(r, _)| asset.is_none() || r.asset.as_deref() == asset)
+        .filter(|l| l.record.time_ns >= from_ns)
+        .map(Listed::Lane)
+        .collect();
+    if !lanes.is_empty() {
+        lanes.sort_by_key(|l| match l {
+            Listed::Lane(l) => (l.record.time_ns, l.id),
+            Listed::Main(..) => (0, 0),
+        });
+        all = merge_by_time(all, lanes);
+    }
+    Ok(all
+        .into_iter()
+        .filter(|l| asset.is_none() || l.record().asset.as_deref() == asset)
         .collect())
+}
+
+/// Two lists each in time order, merged in time order (the first list's
+/// record first at equal times).
+fn merge_by_time(a: Vec<Listed>, b: Vec<Listed>) -> Vec<Listed> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut b = b.into_iter().peekable();
+    for x in a {
+        while b
+            .peek()
+            .is_some_and(|y| y.record().time_ns < x.record().time_ns)
+        {
+            out.extend(b.next());
+        }
+        out.push(x);
+    }
+    out.extend(b);
+    out
 }
 
 pub fn export(args: &Args) -> Result<(), Failure> {
@@ -51,9 +126,9 @@ pub fn export(args: &Args) -> Result<(), Failure> {
     let store = open_store(&config)?;
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    for (r, mac) in selected(args, &store)? {
+    for l in selected(args, &store)? {
         // A closed pipe (`| head`) ends the export quietly.
-        if writeln!(out, "{}", record_json(&r, Some(&mac))).is_err() {
+        if writeln!(out, "{}", l.json()).is_err() {
             break;
         }
     }
@@ -69,11 +144,12 @@ pub fn tail(args: &Args) -> Result<(), Failure> {
     };
     let config = load_config(args)?;
     let store = open_store(&config)?;
-    let rows = store.audit_rows(i64::MIN)?;
-    for (r, _) in rows.iter().skip(rows.len().saturating_sub(n)) {
+    let rows = selected(args, &store)?;
+    for l in rows.iter().skip(rows.len().saturating_sub(n)) {
+        let r = l.record();
         println!(
             "{:>8}  {}  pid {:<7} {:<12} {:<24} rv 0x{:x}  {}",
-            r.seq,
+            l.place(),
             p11derive::log::utc_secs(r.time_ns / 1_000_000_000),
             r.pid,
             r.event.name(),
@@ -110,10 +186,23 @@ fn replay(rows: &[AuditRow]) -> BTreeMap<String, (u64, AssetState, u32, u32)> {
 /// decryption by one that could not open, replayed from the state changes
 /// before it (so a row edited and put back between two verifies still shows
 /// as the operations it let through).
-fn replay_uses(rows: &[AuditRow]) -> Vec<String> {
+fn replay_uses(rows: &[AuditRow], lanes: &[LaneRow]) -> Vec<String> {
     let mut state: BTreeMap<&str, p11derive::store::Asset> = BTreeMap::new();
     let mut faults = Vec::new();
-    for (r, _) in rows {
+    // A lane record right after the state change it was decided under (the
+    // newest when it committed: no state change was in flight).
+    let mut order: Vec<(u64, u8, String, &Record)> = rows
+        .iter()
+        .map(|(r, _)| (r.seq, 0, format!("record {}", r.seq), r))
+        .chain(lanes.iter().map(|l| {
+            let place = format!("lane {} record {}", l.at.lane, l.at.pos);
+            (l.at.change, 1, place, &l.record)
+        }))
+        .collect();
+    if !lanes.is_empty() {
+        order.sort_by_key(|o| (o.0, o.1));
+    }
+    for (_, _, place, r) in order {
         if r.detail.starts_with(PENDING_MARK) {
             continue;
         }
@@ -148,10 +237,9 @@ fn replay_uses(rows: &[AuditRow]) -> Vec<String> {
                         },
                     );
                     faults.push(format!(
-                        "record {}: {} by {name:?} version {v} while the asset was {was}: the \
+                        "{place}: {} by {name:?} version {v} while the asset was {was}: the \
                          state that let it through was not the recorded one (a row changed \
                          outside p11derive)",
-                        r.seq,
                         r.event.name()
                     ));
                 }
@@ -446,6 +534,10 @@ fn check(store: &Store, ak: &derive::Secret32, anchor: Option<Anchor>) -> Result
             )));
         }
     }
+    let lanes = store
+        .lane_rows()
+        .map_err(|e| bad(format!("an audit lane row is malformed: {e}")))?;
+    let lane_count = check_lanes(ak, &rows, &lanes).map_err(bad)?;
     let expected = replay(&rows);
 
     // Every fault found: the first disagreement between the tables and the
@@ -455,7 +547,7 @@ fn check(store: &Store, ak: &derive::Secret32, anchor: Option<Anchor>) -> Result
         all.push(m);
     }
     all.extend(store.seal_faults(ak, &expected)?);
-    all.extend(replay_uses(&rows));
+    all.extend(replay_uses(&rows, &lanes));
     match all.len() {
         0 => {}
         1 => return Err(bad(all.remove(0))),
@@ -463,9 +555,13 @@ fn check(store: &Store, ak: &derive::Secret32, anchor: Option<Anchor>) -> Result
     }
     let pending = store.pending_rows()?.len();
     println!(
-        "audit verify: OK: {count} records chained under the HSM-derived audit key (last MAC {}), \
+        "audit verify: OK: {count} records chained under the HSM-derived audit key (last MAC {}){}, \
          {} assets reconciled{}{}",
         &hex(&last_mac)[..16],
+        match lane_count {
+            (0, _) => String::new(),
+            (n, k) => format!(", and {n} in {k} writers' lanes, each covered by the chain"),
+        },
         expected.len(),
         match anchor.as_ref().map(|a| (a.head, a.change)) {
             Some(((0, _), (c, _))) =>
@@ -483,4 +579,61 @@ fn check(store: &Store, ak: &derive::Secret32, anchor: Option<Anchor>) -> Result
         }
     );
     Ok(())
+}
+
+/// Every writer's lane (PostgreSQL) chains from its first record to its
+/// newest, and every lane head a `lanes` record of the (verified) main chain
+/// names is still there with its MAC. Returns (lane records, lanes).
+fn check_lanes(
+    ak: &derive::Secret32,
+    rows: &[AuditRow],
+    lanes: &[LaneRow],
+) -> Result<(usize, usize), String> {
+    let mut heads: BTreeMap<(u64, u64), [u8; 32]> = BTreeMap::new();
+    let mut n_lanes = 0;
+    for lane in lanes.chunk_by(|a, b| a.at.lane == b.at.lane) {
+        let id = lane[0].at.lane;
+        n_lanes += 1;
+        let macs: Vec<[u8; 32]> = lane
+            .iter()
+            .map(|l| l.mac.as_slice().try_into().unwrap_or([0u8; 32]))
+            .collect();
+        verify_lane(
+            ak,
+            id,
+            lane.iter().zip(&macs).map(|(l, m)| (&l.at, &l.record, m)),
+        )
+        .map_err(|f| match f {
+            ChainFault::Gap { expected, found } => format!(
+                "record {expected} of audit lane {id} is missing (the next one there is {found}): \
+                 records were deleted from the lane"
+            ),
+            ChainFault::BadMac { seq } => format!(
+                "record {seq} of audit lane {id} does not carry a valid MAC: it was changed, \
+                 forged, moved, or a record before it in the lane was removed"
+            ),
+        })?;
+        for (l, m) in lane.iter().zip(macs) {
+            heads.insert((id, l.at.pos), m);
+        }
+    }
+    for (r, _) in rows {
+        if r.event != Event::Lanes {
+            continue;
+        }
+        let Some((_, named)) = parse_lanes_detail(&r.detail) else {
+            continue;
+        };
+        for (lane, pos, mac) in named {
+            if heads.get(&(lane, pos)) != Some(&mac) {
+                return Err(format!(
+                    "record {} names record {pos} of audit lane {lane} as that lane's head, but the \
+                     store lacks it (or holds it with another MAC): records were deleted from the \
+                     lane, or an older copy of the store was restored",
+                    r.seq
+                ));
+            }
+        }
+    }
+    Ok((lanes.len(), n_lanes))
 }

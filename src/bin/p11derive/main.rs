@@ -452,7 +452,7 @@ fn init_store(config: &Config, backend: &Backend) -> Result<(), Failure> {
         Err(e) => return Err(e.into()),
     };
     store.authenticate(&ak, anchor.as_ref())?;
-    lifecycle::advance_anchor(&store, backend).map_err(fail)
+    lifecycle::advance_anchor(&store, backend, false).map_err(fail)
 }
 
 /// Why `init` refuses a new store for a root that already has one.
@@ -583,7 +583,7 @@ fn with_hsm(
         store.check_root(ak)?;
         refuse_rolled_back(store, backend, ak)?;
         let done = f(store, backend, &Audit { ak, session: None });
-        if let Err(e) = lifecycle::advance_anchor(store, backend) {
+        if let Err(e) = lifecycle::advance_anchor(store, backend, false) {
             eprintln!("p11derive: warning: rollback anchor not advanced: {e}");
         }
         report(args, store, &done?, what)

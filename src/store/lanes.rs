@@ -1,0 +1,354 @@
+//! Writers' lanes (PostgreSQL): each writer process chains its own records; the main chain covers every lane's head.
+//!
+//! A lane record is MACed over its lane, its position and the state change
+//! it was decided under (`audit::LanePlace`), chained onto the lane's record
+//! before it; only its writer appends to a lane, in one statement under the
+//! writers' lock held shared (`schema::PG_LANES`), so hosts never wait for
+//! one another's head. State changes, the records of processes without the
+//! audit key and everything else written under the writers' lock held
+//! exclusive stay in the main chain (`audit`), as on SQLite, where every
+//! record is in the main chain and `audit_lane` stays empty.
+//!
+//! Coverage: when the anchor moves, the mover writes a `lanes` record into
+//! the main chain naming every lane that moved since the last one (its
+//! head: position and MAC) and the newest lane row it covers (`upto`), and
+//! the anchor then holds that record. So the HSM's anchor covers every
+//! lane's head: a lane cut below a covered head, or a covered record
+//! changed, is caught by the next mover, by a login against the anchor and
+//! by `audit verify`; a gap in what moved since the last coverage, by the
+//! next mover.
+
+use crate::audit::{Event, LanePlace, Record, GENESIS};
+use crate::types::Secret32;
+
+use super::audit::{read_record, stored_mac};
+use super::db::{Db, Tx, Val};
+use super::{first, hex, Store, StoreError};
+
+/// This process's lane: its id (once it has one) and head, and the asset
+/// generation its last commit saw.
+#[derive(Default)]
+pub(super) struct LaneHead {
+    pub(super) id: Option<u64>,
+    pub(super) pos: u64,
+    pub(super) mac: [u8; 32],
+    pub(super) generation: Option<i64>,
+}
+
+/// One lane record as stored: its place, its insertion number (`id`: the
+/// order the database committed lane rows in, not covered by a MAC), the
+/// record and its MAC (as found, any length).
+#[derive(Debug, Clone)]
+pub struct LaneRow {
+    pub at: LanePlace,
+    pub id: i64,
+    pub record: Record,
+    pub mac: Vec<u8>,
+}
+
+/// A lane head a `lanes` record names: (lane, position, MAC).
+pub type LaneMark = (u64, u64, [u8; 32]);
+
+/// A `lanes` record younger than this (by its time) makes another one
+/// unneeded: the anchor takes it.
+const COVER_FRESH_NS: i64 = 500_000_000;
+
+/// The word a `lanes` record's detail starts with.
+const LANES_PREFIX: &str = "lanes upto=";
+
+/// A `lanes` record's detail: `lanes upto=ID LANE:POS:MAC …` (MAC in hex).
+fn lanes_detail(upto: i64, heads: &[LaneMark]) -> String {
+    let mut d = format!("{LANES_PREFIX}{upto}");
+    for (lane, pos, mac) in heads {
+        d.push_str(&format!(" {lane}:{pos}:{}", hex(mac)));
+    }
+    d
+}
+
+/// What a `lanes` record's detail names: the newest lane row it covers and
+/// the heads of the lanes that moved since the one before (`None`: not a
+/// `lanes` detail, e.g. a record sealed from the pending table).
+pub fn parse_lanes_detail(detail: &str) -> Option<(i64, Vec<LaneMark>)> {
+    let rest = detail.strip_prefix(LANES_PREFIX)?;
+    let mut words = rest.split(' ');
+    let upto = words.next()?.parse().ok()?;
+    let mut heads = Vec::new();
+    for w in words {
+        let mut parts = w.split(':');
+        let lane = parts.next()?.parse().ok()?;
+        let pos = parts.next()?.parse().ok()?;
+        let mac = unhex32(parts.next()?)?;
+        if parts.next().is_some() {
+            return None;
+        }
+        heads.push((lane, pos, mac));
+    }
+    Some((upto, heads))
+}
+
+fn unhex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The lane columns before the record's, in `LaneRow` order.
+const LANE_COLUMNS: &str = "lane, pos, change, id, time_ns, pid, session, event, asset, version, \
+     mechanism, input_sha256, rv, detail, mac";
+
+impl Store {
+    /// Every lane record, lane by lane in position order.
+    pub fn lane_rows(&self) -> Result<Vec<LaneRow>, StoreError> {
+        let mut conn = self.lock();
+        self.rows(
+            &mut **conn,
+            &format!("SELECT {LANE_COLUMNS} FROM audit_lane ORDER BY lane, pos"),
+            &[],
+            |r| {
+                let at = LanePlace {
+                    lane: r.int(0)?.max(0) as u64,
+                    pos: r.int(1)?.max(0) as u64,
+                    change: r.int(2)?.max(0) as u64,
+                };
+                Ok(LaneRow {
+                    at,
+                    id: r.int(3)?,
+                    record: read_record(r, 4)?,
+                    mac: r.blob(14)?,
+                })
+            },
+        )
+    }
+
+    /// The MAC of lane `lane`'s record at `pos` as `db` sees it.
+    pub(super) fn lane_mac_at(
+        &self,
+        db: &mut dyn Db,
+        lane: u64,
+        pos: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.rows(
+            db,
+            "SELECT mac FROM audit_lane WHERE lane = ?1 AND pos = ?2",
+            &[Val::Int(lane as i64), Val::Int(pos as i64)],
+            |r| r.blob(0),
+        )
+        .map(first)
+    }
+
+    /// The newest `lanes` record of the main chain, verified under the
+    /// audit key: its number and what it names (`None`: there is none).
+    fn newest_cover(
+        &self,
+        db: &mut dyn Db,
+        ak: &Secret32,
+    ) -> Result<Option<(u64, i64, Vec<LaneMark>)>, StoreError> {
+        let seq = self
+            .rows(
+                db,
+                "SELECT seq FROM audit WHERE event = 'lanes' AND detail LIKE 'lanes upto=%' \
+                 ORDER BY seq DESC LIMIT 1",
+                &[],
+                |r| r.int(0),
+            )
+            .map(first)?;
+        let Some(seq) = seq else { return Ok(None) };
+        self.cover_at(db, ak, seq.max(0) as u64).map(Some)
+    }
+
+    /// The `lanes` record `seq` of the main chain, verified: what it names.
+    fn cover_at(
+        &self,
+        db: &mut dyn Db,
+        ak: &Secret32,
+        seq: u64,
+    ) -> Result<(u64, i64, Vec<LaneMark>), StoreError> {
+        let bad = |why: &str| {
+            StoreError::StateTampered(
+                self.path.clone(),
+                format!("lanes record {seq} {why}; run `p11derive audit verify`"),
+            )
+        };
+        let (rec, _) = self.verified_record(db, ak, seq)?.ok_or_else(|| {
+            bad("does not verify under the audit key (changed, or a record before it removed)")
+        })?;
+        if rec.event != Event::Lanes {
+            return Err(bad("is not a lanes record"));
+        }
+        let (upto, heads) =
+            parse_lanes_detail(&rec.detail).ok_or_else(|| bad("names no lane heads"))?;
+        Ok((seq, upto, heads))
+    }
+
+    /// Every lane head `cover` (a verified `lanes` record) names is still
+    /// in its lane with its MAC; else the store is refused from now on.
+    fn check_marks(
+        &self,
+        db: &mut dyn Db,
+        cover: u64,
+        heads: &[LaneMark],
+        epoch: u32,
+    ) -> Result<(), StoreError> {
+        for (lane, pos, mac) in heads {
+            if self.lane_mac_at(db, *lane, *pos)?.as_deref() != Some(&mac[..]) {
+                return Err(self.break_store(
+                    format!(
+                        "record {pos} of audit lane {lane}, covered by lanes record {cover}, is \
+                         gone or holds another MAC: records were deleted from the log, or an \
+                         older copy of the store was restored"
+                    ),
+                    epoch,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// When the anchor holds a `lanes` record: that record verifies and
+    /// every lane head it names is still there (checked once per anchored
+    /// record). Needs the audit key (a login); without it, nothing to check.
+    pub(super) fn check_anchored_cover(
+        &self,
+        db: &mut dyn Db,
+        anchor: &crate::audit::Anchor,
+    ) -> Result<(), StoreError> {
+        let (ak, checked) = {
+            let g = self.guard();
+            (g.ak.clone(), g.cover_checked)
+        };
+        let Some(ak) = ak else { return Ok(()) };
+        let (seq, _) = anchor.head;
+        if seq == 0 || checked == Some(anchor.head) {
+            return Ok(());
+        }
+        let event = self
+            .rows(
+                db,
+                "SELECT event FROM audit WHERE seq = ?1",
+                &[Val::Int(seq as i64)],
+                |r| r.text(0),
+            )
+            .map(first)?;
+        if event.as_deref() == Some(Event::Lanes.name()) {
+            let (_, _, heads) = self.cover_at(db, &ak, seq)?;
+            self.check_marks(db, seq, &heads, anchor.epoch)?;
+        }
+        self.guard().cover_checked = Some(anchor.head);
+        Ok(())
+    }
+
+    /// Before the anchor moves (PostgreSQL): writes a `lanes` record into
+    /// the main chain naming the head of every lane that moved since the
+    /// last one, after checking under the writers' lock that the lanes
+    /// still hold what the last one named and that what was appended since
+    /// has no gap. Nothing is written when no lane moved. A store that
+    /// fails is refused from now on. Needs the audit key (a login).
+    /// `periodic`: nothing is written either when another `lanes` record is
+    /// under half a second old (the anchor then takes that one).
+    pub fn cover_lanes(&self, periodic: bool) -> Result<(), StoreError> {
+        if !self.is_shared() {
+            return Ok(());
+        }
+        let Some(ak) = self.guard().ak.clone() else {
+            return Ok(());
+        };
+        let mut conn = self.lock();
+        // Periodic: another host covered the lanes a moment ago: the anchor takes its
+        // record (one read, no lock), and each host does not hold every
+        // other's commits back once a second.
+        let newest = self
+            .rows(
+                &mut **conn,
+                "SELECT time_ns FROM audit WHERE event = 'lanes' ORDER BY seq DESC LIMIT 1",
+                &[],
+                |r| r.int(0),
+            )
+            .map(first)?;
+        let age_ns = (crate::audit::now_ns() as i64).saturating_sub(newest.unwrap_or(0));
+        if periodic && (0..COVER_FRESH_NS).contains(&age_ns) {
+            return Ok(());
+        }
+        let mut tx = Tx::begin(&mut **conn)?;
+        let (cover, upto, before) = self.newest_cover(&mut *tx, &ak)?.unwrap_or((0, 0, vec![]));
+        self.check_marks(&mut *tx, cover, &before, 0)?;
+        let moved = self.rows(
+            &mut *tx,
+            "SELECT lane, MIN(pos), MAX(pos), COUNT(*), MAX(id) FROM audit_lane WHERE id > ?1 \
+             GROUP BY lane ORDER BY lane",
+            &[Val::Int(upto)],
+            |r| {
+                Ok((
+                    r.int(0)?.max(0) as u64,
+                    r.int(1)?.max(0) as u64,
+                    r.int(2)?.max(0) as u64,
+                    r.int(3)?.max(0) as u64,
+                    r.int(4)?,
+                ))
+            },
+        )?;
+        if moved.is_empty() {
+            return Ok(());
+        }
+        let mut heads = Vec::with_capacity(moved.len());
+        let mut newest = upto;
+        for (lane, min, max, n, id) in moved {
+            // Where this stretch must start: right after the head the last
+            // `lanes` record named, else after a record still there.
+            let named = before.iter().find(|h| h.0 == lane).map(|h| h.1);
+            let joins = match named {
+                Some(p) => min == p + 1,
+                None => min == 1 || self.lane_mac_at(&mut *tx, lane, min - 1)?.is_some(),
+            };
+            if n != max - min + 1 || !joins {
+                drop(tx);
+                drop(conn);
+                return Err(self.break_store(
+                    format!(
+                        "audit lane {lane} has {n} records at positions {min}..={max} since lanes \
+                         record {cover}{}: records were deleted from the log",
+                        named
+                            .map_or_else(String::new, |p| format!(" (which named its record {p})"))
+                    ),
+                    0,
+                ));
+            }
+            let mac = self
+                .lane_mac_at(&mut *tx, lane, max)?
+                .map_or(GENESIS, |m| stored_mac(&m));
+            heads.push((lane, max, mac));
+            newest = newest.max(id);
+        }
+        let mut rec = [Record::new(Event::Lanes, 0).detail(lanes_detail(newest, &heads))];
+        let head = self.append_in(&mut *tx, &ak, &mut rec)?;
+        self.commit_at(tx, head)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lanes_detail_reads_back_and_nothing_else_does() {
+        let heads = vec![(3, 17, [0xabu8; 32]), (9, 1, [0u8; 32])];
+        let d = lanes_detail(412, &heads);
+        assert!(d.starts_with("lanes upto=412 3:17:abab"));
+        assert_eq!(parse_lanes_detail(&d), Some((412, heads)));
+        assert_eq!(parse_lanes_detail("lanes upto=5"), Some((5, vec![])));
+        for bad in [
+            "",
+            "lanes upto=x",
+            "lanes upto=1 3:4",
+            "lanes upto=1 3:4:00",
+            "lanes upto=1 3:4:zz:1",
+            "[written without the audit key, sealed later] lanes upto=1",
+        ] {
+            assert_eq!(parse_lanes_detail(bad), None, "{bad:?}");
+        }
+    }
+}
