@@ -328,3 +328,52 @@ fn a_store_of_schema_8_gets_lanes_when_a_host_of_this_build_opens_it() {
     assert_eq!(lanes_of(&a).values().map(Vec::len).sum::<usize>(), 3);
     a.audit_verifies();
 }
+
+/// The database's owner freezes the asset generation (its triggers
+/// disabled), so no host learns of a change from it; a rotation still binds
+/// every lane at its next commit, because a lane commits only under the
+/// newest state change, and re-reads its assets when that moves.
+#[test]
+fn a_rotation_binds_every_lane_even_with_the_generation_frozen() {
+    let _turn = turn();
+    let (url, a, b) = two_hosts("p11derive_lanes_frozen_generation");
+    let v1 = version_keys(&a.asset_show("shared"));
+    let mut db = dba(&url);
+    db.batch_execute(
+        "ALTER TABLE assets DISABLE TRIGGER USER; ALTER TABLE versions DISABLE TRIGGER USER",
+    )
+    .unwrap();
+    let stop = a.dir.join("stop");
+    let children = start_hosts(&a, &b, &stop);
+    let outs: Vec<std::path::PathBuf> = children.iter().map(|c| c.1.clone()).collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let out = cli(&a, &["asset", "rotate", "shared"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let rotated_at = now_ns();
+    std::thread::sleep(Duration::from_millis(1200));
+    stop_hosts(&stop, children);
+    let v2 = version_keys(&a.asset_show("shared"));
+    let key = |keys: &[(u64, Vec<u8>)], v: u64| keys.iter().find(|k| k.0 == v).unwrap().1.clone();
+    let (k1, k2) = (key(&v1, 1), key(&v2, 2));
+    for (i, out) in outs.iter().enumerate() {
+        let mut after = 0;
+        for line in std::fs::read_to_string(out).unwrap().lines() {
+            let f: Vec<&str> = line.split(' ').collect();
+            let t0: u128 = f[0].parse().unwrap();
+            if f[3] != "ok" || t0 <= rotated_at {
+                continue;
+            }
+            let digest: [u8; 32] = unhex(f[2]).try_into().unwrap();
+            let sig = unhex(f[4]);
+            assert!(
+                !ecdsa_verifies("secp256k1", &k1, &digest, &sig),
+                "host {} signed under version 1 after the rotation",
+                i + 1
+            );
+            assert!(ecdsa_verifies("secp256k1", &k2, &digest, &sig));
+            after += 1;
+        }
+        assert!(after > 0, "host {} signed again under version 2", i + 1);
+    }
+    a.audit_verifies();
+}

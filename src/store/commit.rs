@@ -181,6 +181,17 @@ impl Store {
         use std::sync::atomic::Ordering::Relaxed;
         self.batches.fetch_add(1, Relaxed);
         self.batched_records.fetch_add(batch.len() as u64, Relaxed);
+        if let Ok(decisions) = &outcome {
+            // A use refused by the asset's state: what `C_SignInit` reads
+            // from the cache is out of date (the state changed), read it
+            // again next time.
+            if decisions
+                .iter()
+                .any(|d| matches!(d, Err(Refusal::State(_))))
+            {
+                self.forget_assets();
+            }
+        }
         match outcome {
             Ok(decisions) => batch
                 .iter()
@@ -235,7 +246,7 @@ impl Store {
             let mut decisions = Vec::with_capacity(batch.len());
             let mut cols = PgColumns::default();
             let mut mac = lane.mac;
-            let assets = self.assets_at(generation, batch)?;
+            let assets = self.assets_at(&mut lane, generation, change, batch)?;
             for (i, (job, asset)) in batch.iter().zip(assets).enumerate() {
                 let (decision, r) = decide(job.need, job.version, &job.record, asset);
                 let at = LanePlace {
@@ -294,9 +305,8 @@ impl Store {
             .ok_or_else(|| StoreError::Io(self.path.clone(), "no lane id".into()))?;
         Ok(LaneHead {
             id: Some(id as u64),
-            pos: 0,
             mac: GENESIS,
-            generation: None,
+            ..LaneHead::default()
         })
     }
 
@@ -308,26 +318,28 @@ impl Store {
         self.generation(&mut **conn)
     }
 
-    /// The batch's assets as of `generation`: from the cache, else read
-    /// (entries read after the generation was learnt are at least as new;
-    /// the commit statement confirms nothing moved). Lock order as in
-    /// `asset`: the reader before the cache, never the other way round.
-    fn assets_at(&self, generation: i64, batch: &[Job]) -> Result<Vec<Option<Asset>>, StoreError> {
-        let cached: Vec<Option<Asset>> = {
-            let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.generation != generation {
-                cache.assets.clear();
-                cache.generation = generation;
-            }
-            batch
-                .iter()
-                .map(|j| cache.assets.get(&j.rowid).cloned())
-                .collect()
-        };
+    /// The batch's assets as of `generation` and state change `change`:
+    /// from this lane's own cache while both are unchanged, else read and
+    /// verified (the commit statement confirms nothing moved). The cache is
+    /// the lane's, not the one `C_SignInit` reads: what decides a commit is
+    /// only ever what a commit read, and a new state change empties it even
+    /// if the generation did not move (its triggers disabled by the
+    /// database's owner).
+    fn assets_at(
+        &self,
+        lane: &mut LaneHead,
+        generation: i64,
+        change: u64,
+        batch: &[Job],
+    ) -> Result<Vec<Option<Asset>>, StoreError> {
+        if lane.cached_at != Some((generation, change)) {
+            lane.assets.clear();
+            lane.cached_at = Some((generation, change));
+        }
         let mut assets = Vec::with_capacity(batch.len());
-        for (job, hit) in batch.iter().zip(cached) {
-            if hit.is_some() {
-                assets.push(hit);
+        for job in batch {
+            if let Some(a) = lane.assets.get(&job.rowid) {
+                assets.push(Some(a.clone()));
                 continue;
             }
             let mut conn = self.read_lock();
@@ -337,9 +349,8 @@ impl Store {
                 Some(a) => Some(self.finish_asset(&mut **conn, a)?),
                 None => None,
             };
-            let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
-            if let (Some(a), true) = (&a, cache.generation == generation) {
-                cache.assets.insert(job.rowid, a.clone());
+            if let Some(a) = &a {
+                lane.assets.insert(job.rowid, a.clone());
             }
             assets.push(a);
         }

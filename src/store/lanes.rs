@@ -25,14 +25,17 @@ use super::audit::{read_record, stored_mac};
 use super::db::{Db, Tx, Val};
 use super::{first, hex, Store, StoreError};
 
-/// This process's lane: its id (once it has one) and head, and the asset
-/// generation its last commit saw.
+/// This process's lane: its id (once it has one) and head, the asset
+/// generation its last commit saw, and the assets its commits read (valid
+/// at `cached_at`: a generation and a state change).
 #[derive(Default)]
 pub(super) struct LaneHead {
     pub(super) id: Option<u64>,
     pub(super) pos: u64,
     pub(super) mac: [u8; 32],
     pub(super) generation: Option<i64>,
+    pub(super) assets: std::collections::HashMap<i64, crate::asset::Asset>,
+    pub(super) cached_at: Option<(i64, u64)>,
 }
 
 /// One lane record as stored: its place, its insertion number (`id`: the
