@@ -377,3 +377,51 @@ fn a_rotation_binds_every_lane_even_with_the_generation_frozen() {
     }
     a.audit_verifies();
 }
+
+/// A store writer plants a state change in the pending table (sealed,
+/// marked, by the next logged-in write): it is never a state change, so
+/// lane commits carry on in their lanes and the next real state change
+/// links to the last real one.
+#[test]
+fn a_planted_pending_state_change_stops_neither_lanes_nor_state_changes() {
+    let _turn = turn();
+    let (url, a, _b) = two_hosts("p11derive_lanes_planted");
+    dba(&url)
+        .batch_execute(
+            "INSERT INTO audit_pending (time_ns, pid, event, asset, version, rv, detail) \
+             VALUES (1, 1, 'create', 'shared', 1, 0, \
+             'create secp256k1 id=00 pk=- -> ACTIVE current=1 min_usable=1 prev_change=0')",
+        )
+        .unwrap();
+    let p = a.load();
+    let s = p.user_session();
+    for _ in 0..20 {
+        try_sign(&s, "shared").expect("signs");
+    }
+    let out = cli(&a, &["asset", "rotate", "shared"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    // The first signature may still start under version 1 (the provider
+    // hears of the rotation within moments) and is refused at its commit,
+    // which drops the cached asset (docs/postgres.md).
+    std::thread::sleep(Duration::from_millis(300));
+    let refused = usize::from(try_sign(&s, "shared").is_err());
+    for _ in 0..20 {
+        if let Err(e) = try_sign(&s, "shared") {
+            panic!("signs after the rotation: {e:?}\n{}", a.log());
+        }
+    }
+    drop(s);
+    drop(p);
+    let in_lanes: usize = lanes_of(&a).values().map(Vec::len).sum();
+    assert_eq!(
+        in_lanes, 41,
+        "every use committed in the lane ({refused} refused)"
+    );
+    let planted = a
+        .audit_records(&[])
+        .into_iter()
+        .filter(|r| r["event"] == "create" && r["detail"].as_str().unwrap().starts_with('['))
+        .count();
+    assert_eq!(planted, 1, "sealed, marked");
+    a.audit_verifies();
+}

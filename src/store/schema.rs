@@ -282,7 +282,11 @@ BEGIN
         SELECT 1 FROM unnest(p_hold, p_hold_mac) AS h(seq, mac)
         WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.seq = h.seq AND a.mac = h.mac)
     ) INTO l;
-    SELECT max(a.seq) INTO c FROM audit a WHERE a.event IN ('create', 'transition');
+    -- The newest state change, as the client's ledger counts them: a record
+    -- sealed from the pending table never is one.
+    SELECT a.seq INTO c FROM audit a WHERE a.event IN ('create', 'transition')
+        AND a.detail NOT LIKE '[written without the audit key, sealed later] %'
+        ORDER BY a.seq DESC LIMIT 1;
     IF coalesce(s, 0) <> p_pos OR m IS DISTINCT FROM p_head OR g <> p_gen OR p OR l
        OR coalesce(c, 0) <> p_change THEN
         RETURN QUERY SELECT false, coalesce(s, 0), m, g, p, l, coalesce(c, 0);

@@ -749,12 +749,17 @@ impl Store {
     }
 
     /// The number of the newest state change in the chain (0 for none), for
-    /// the next one's `prev_change`.
+    /// the next one's `prev_change`. A record sealed from the pending table
+    /// is never a state change (the ledger skips it), so it is not one here
+    /// either: else one planted there would break the next change's link.
     pub(super) fn newest_change(&self, db: &mut dyn Db) -> Result<u64, StoreError> {
         let n = self
             .rows(
                 db,
-                "SELECT MAX(seq) FROM audit WHERE event IN ('create', 'transition')",
+                &format!(
+                    "SELECT MAX(seq) FROM audit WHERE event IN ('create', 'transition') \
+                     AND detail NOT LIKE '{PENDING_MARK}%'"
+                ),
                 &[],
                 |r| r.opt_int(0),
             )
