@@ -43,7 +43,13 @@ multi() { # MODULE CONFIG PROCESSES THREADS NET: one line, the run's sums
         pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p" || failed=1; done
-    [ "$failed" = 0 ] || { echo "bench.sh: a provider process failed (its log: $W/multi-*.log)" >&2; exit 1; }
+    if [ "$failed" = 1 ]; then
+        for ((h = 1; h <= $3; h++)); do
+            echo "bench.sh: process $h of $3 ($1), the end of its log:" >&2
+            tail -5 "$W/multi-$h.log" >&2 || true
+        done
+        exit 1
+    fi
     python3 tools/bench/hosts.py run $(for ((h = 1; h <= $3; h++)); do echo "$W/multi-$h.out"; done)
 }
 

@@ -149,7 +149,36 @@ fn load(path: &str) -> Module {
     Module { _lib: lib, f }
 }
 
+/// The slot of the token labelled `token`. A module whose `C_GetTokenInfo`
+/// fails is asked again a few times: SoftHSM's file store answers
+/// `CKR_GENERAL_ERROR` now and then while another process writes the token
+/// (p11derive's rollback anchor, moved by the other "hosts" of the
+/// multi-host benchmark), and p11derive passes that on as
+/// `CKR_DEVICE_ERROR`. Each retry is said on stderr.
 fn slot_of(m: &Module, token: &str) -> CK_SLOT_ID {
+    for attempt in 1..=10 {
+        match find_slot(m, token) {
+            Ok(slot) => return slot,
+            Err(Some(rv)) if attempt < 10 => {
+                eprintln!(
+                    "p11bench: C_GetTokenInfo failed (rv 0x{rv:x}), asking again ({attempt} of 9)"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(Some(rv)) => {
+                eprintln!("p11bench: C_GetTokenInfo failed (rv 0x{rv:x}) 10 times");
+                std::process::exit(1)
+            }
+            Err(None) => break,
+        }
+    }
+    eprintln!("p11bench: no token labelled {token:?}");
+    std::process::exit(1)
+}
+
+/// `Err(Some(rv))`: a slot's `C_GetTokenInfo` failed; `Err(None)`: no slot
+/// has the token.
+fn find_slot(m: &Module, token: &str) -> Result<CK_SLOT_ID, Option<CK_RV>> {
     let mut n: CK_ULONG = 0;
     ok(
         call!(
@@ -166,17 +195,17 @@ fn slot_of(m: &Module, token: &str) -> CK_SLOT_ID {
         ),
         "C_GetSlotList",
     );
+    let mut failed = None;
     for slot in slots {
         // SAFETY: plain data filled by the call.
         let mut info: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
-        if call!(m, C_GetTokenInfo(slot, &mut info)) == CKR_OK
-            && String::from_utf8_lossy(&info.label).trim_end() == token
-        {
-            return slot;
+        match call!(m, C_GetTokenInfo(slot, &mut info)) {
+            CKR_OK if String::from_utf8_lossy(&info.label).trim_end() == token => return Ok(slot),
+            CKR_OK | CKR_TOKEN_NOT_PRESENT => {}
+            rv => failed = Some(rv),
         }
     }
-    eprintln!("p11bench: no token labelled {token:?}");
-    std::process::exit(1)
+    Err(failed)
 }
 
 fn open(m: &Module, slot: CK_SLOT_ID) -> CK_SESSION_HANDLE {
