@@ -27,6 +27,20 @@ start_proxies() { # N: one delaying proxy a host, in front of the server
 }
 
 multi() { # MODULE CONFIG PROCESSES THREADS NET: one line, the run's sums
+    # SoftHSM's file store, shared by every "host" here, now and then fails
+    # a process's C_Login or C_GetTokenInfo with CKR_GENERAL_ERROR while
+    # another process rewrites the token (the rollback anchor's moves): such
+    # a run is run again, at most twice, and counted in the table's header.
+    local attempt
+    for attempt in 1 2 3; do
+        if multi_once "$@"; then return 0; fi
+        echo "bench.sh: a provider process failed (attempt $attempt of 3; the ends of the logs above)" >&2
+        echo retry >> "$W/hosts.retries"
+    done
+    exit 1
+}
+
+multi_once() {
     local start h pids=() c log failed=0
     start=$(( $(date +%s%3N) + HOSTS_LEAD_MS ))
     for ((h = 1; h <= $3; h++)); do
@@ -48,7 +62,7 @@ multi() { # MODULE CONFIG PROCESSES THREADS NET: one line, the run's sums
             echo "bench.sh: process $h of $3 ($1), the end of its log:" >&2
             tail -5 "$W/multi-$h.log" >&2 || true
         done
-        exit 1
+        return 1
     fi
     python3 tools/bench/hosts.py run $(for ((h = 1; h <= $3; h++)); do echo "$W/multi-$h.out"; done)
 }
@@ -57,6 +71,7 @@ hosts_section() {
     local results="$W/hosts.results" rep net layout n threads build so c line
     local builds=(new)
     : > "$results"
+    : > "$W/hosts.retries"
     if [ -n "$BASE_SO" ]; then
         pg_store p11derive_bench_base p11derive-bench-base "$BASE_BIN" "$W/base.toml"
         builds+=(base)
@@ -79,12 +94,13 @@ hosts_section() {
         echo "<!-- bench-hosts:begin (written by tools/bench.sh --write or --hosts-only --write) -->"
         echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
         echo "- Machine: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr); PostgreSQL $(psql -V | awk '{print $3}') on the same cores"
-        echo "- This build: p11derive $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+        echo "- This build: p11derive $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes to src/)')"
         if [ -n "$BASE_SO" ]; then
             echo "- Baseline: \`$BASE_SO\` (its own database), run after this build in every scenario and repetition"
         else
             echo "- No baseline (run without --baseline-so)"
         fi
+        echo "- Runs repeated because a provider process failed (SoftHSM's shared file token, see below): $(wc -l < "$W/hosts.retries")"
         echo "- Warm secp256k1 signing, ${SECONDS_EACH} s measured, the same interval in every process (p11bench --start-at), after at least 0.5 s of warm-up"
         echo
         python3 tools/bench/hosts.py table "$results" "$DELAY_MS"
