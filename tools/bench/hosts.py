@@ -71,6 +71,13 @@ def table(path, delay_ms):
         cols = zip(*[[float(x) for x in d["hosts"].split("/")] for d in rs])
         return " / ".join(f"{statistics.median(c):,.0f}" for c in cols)
 
+    def pair_ratio(net, layout):
+        # Each repetition's two runs ran back to back: the median of their ratios.
+        new = {d["rep"]: float(d["total"]) for d in runs.get((net, layout, "new"), [])}
+        old = {d["rep"]: float(d["total"]) for d in runs.get((net, layout, "base"), [])}
+        ratios = [new[r] / old[r] for r in new if old.get(r)]
+        return statistics.median(ratios) if ratios else float("nan")
+
     def fmt(v, spec):
         return "—" if v != v else format(v, spec)
 
@@ -78,7 +85,7 @@ def table(path, delay_ms):
     head = "| processes × threads | total ops/s | per process ops/s | p50 / p99 ms (worst process) | records per commit | round trips per commit | second round trips per commit |"
     rule = "|---|---|---|---|---|---|---|"
     if base:
-        head += " baseline total ops/s | baseline per process | baseline p50 / p99 ms | baseline round trips per commit | this build / baseline |"
+        head += " baseline total ops/s | baseline per process | baseline p50 / p99 ms | baseline round trips per commit | this build / baseline (median of the runs' ratios) |"
         rule += "---|---|---|---|---|"
     out = []
     for net in NETS:
@@ -95,7 +102,7 @@ def table(path, delay_ms):
                 f"| {fmt(m('second_per_commit'), '.2f')} |"
             )
             if base:
-                ratio = m("total") / m("total", "base") if m("total", "base") else float("nan")
+                ratio = pair_ratio(net, layout)
                 row += (
                     f" {fmt(m('total', 'base'), ',.0f')} | {per_host(net, layout, 'base')} "
                     f"| {fmt(m('p50_us', 'base') / 1000, '.1f')} / {fmt(m('p99_us', 'base') / 1000, '.1f')} "

@@ -68,7 +68,7 @@ multi_once() {
 }
 
 hosts_section() {
-    local results="$W/hosts.results" rep net layout n threads build so c line
+    local results="$W/hosts.results" rep net layout n threads build so c line order
     local builds=(new)
     : > "$results"
     : > "$W/hosts.retries"
@@ -82,7 +82,10 @@ hosts_section() {
         for net in loopback delay; do
             for layout in 1x16 2x8 4x4; do
                 n=${layout%x*} threads=${layout#*x}
-                for build in "${builds[@]}"; do
+                # Which build goes first alternates from one repetition to the next.
+                order=("${builds[@]}")
+                if [ $((rep % 2)) = 0 ] && [ ${#builds[@]} = 2 ]; then order=(base new); fi
+                for build in "${order[@]}"; do
                     if [ "$build" = new ]; then so=$P11DERIVE c=$W/pg.toml; else so=$BASE_SO c=$W/base.toml; fi
                     line=$(multi "$so" "$c" "$n" "$threads" "$net")
                     echo "net=$net layout=$layout build=$build rep=$rep $line" | tee -a "$results"
@@ -96,7 +99,7 @@ hosts_section() {
         echo "- Machine: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr); PostgreSQL $(psql -V | awk '{print $3}') on the same cores"
         echo "- This build: p11derive $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || echo ' (with uncommitted changes to src/)')"
         if [ -n "$BASE_SO" ]; then
-            echo "- Baseline: \`$BASE_SO\` (its own database), run after this build in every scenario and repetition"
+            echo "- Baseline: \`$BASE_SO\` (its own database); in every scenario and repetition the two builds run back to back, which goes first alternating"
         else
             echo "- No baseline (run without --baseline-so)"
         fi
