@@ -3,45 +3,76 @@
 # behind it, audit durable) and against SoftHSM itself with stored keys of
 # the same types, interleaved in one run, with the ratios.
 #
-#   bash tools/bench.sh [--seconds S] [--write] [--pg-only | --gcm-only]
+#   bash tools/bench.sh [--seconds S] [--write] [--pg-only | --gcm-only | --hosts-only]
+#                       [--reps N] [--delay-ms MS] [--baseline-so PATH [--baseline-bin PATH]]
 #
 # --write puts the tables into docs/benchmarks.md with the machine and date.
 # The second table runs warm signing with the store on PostgreSQL (a server
 # tools/pg.sh starts on loopback) beside the SQLite store; --pg-only runs
-# just that one; --gcm-only runs just the AES-GCM rows (issue 17: the cost
-# of refusing repeated IVs).
+# just that one and the multi-host scenarios; --gcm-only runs just the
+# AES-GCM rows (issue 17: the cost of refusing repeated IVs).
 # Each run is one process of tools/bench (p11bench): warm-up 0.5 s, then S
 # seconds measured (default 3).
+#
+# The multi-host scenarios (issue 18; tools/bench/hosts.sh): 1 × 16, 2 × 8
+# and 4 × 4 provider processes × signing threads on one PostgreSQL store,
+# on loopback and through an emulated network (tools/netdelay.rs, --delay-ms
+# each way, default 1), each the median of --reps runs (default 3).
+# --hosts-only runs just those (with --write it rewrites just their tables).
+# --baseline-so runs them also with another build's provider (its CLI from
+# --baseline-bin, default p11derive beside the .so) on a database of its
+# own, interleaved, and puts it beside (docs/benchmarks.md says how to build
+# one from an older commit).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECONDS_EACH=3
 WRITE=0
 PG_ONLY=0
 GCM_ONLY=0
+HOSTS_ONLY=0
+REPS=3
+DELAY_MS=1
+BASE_SO=
+BASE_BIN=
+USAGE="usage: bash tools/bench.sh [--seconds S] [--write] [--pg-only | --gcm-only | --hosts-only] [--reps N] [--delay-ms MS] [--baseline-so PATH [--baseline-bin PATH]]"
 while [ $# -gt 0 ]; do
     case $1 in
         --seconds) SECONDS_EACH=$2; shift 2 ;;
         --write) WRITE=1; shift ;;
         --pg-only) PG_ONLY=1; shift ;;
         --gcm-only) GCM_ONLY=1; shift ;;
-        *) echo "usage: bash tools/bench.sh [--seconds S] [--write] [--pg-only | --gcm-only]" >&2; exit 2 ;;
+        --hosts-only) HOSTS_ONLY=1; shift ;;
+        --reps) REPS=$2; shift 2 ;;
+        --delay-ms) DELAY_MS=$2; shift 2 ;;
+        --baseline-so) BASE_SO=$(realpath "$2"); shift 2 ;;
+        --baseline-bin) BASE_BIN=$(realpath "$2"); shift 2 ;;
+        *) echo "$USAGE" >&2; exit 2 ;;
     esac
 done
 if [ "$WRITE" = 1 ] && [ "$PG_ONLY$GCM_ONLY" != 00 ]; then
-    echo "bench.sh: --write needs the whole run (it rewrites every table); drop --pg-only / --gcm-only" >&2
+    echo "bench.sh: --write needs the whole run (it rewrites every table) or --hosts-only (its tables); drop --pg-only / --gcm-only" >&2
     exit 2
+fi
+if [ -n "$BASE_SO" ]; then
+    BASE_BIN=${BASE_BIN:-$(dirname "$BASE_SO")/p11derive}
+    for f in "$BASE_SO" "$BASE_BIN"; do
+        [ -f "$f" ] || { echo "bench.sh: the baseline build has no $f; build it as docs/benchmarks.md says (\"The baseline\")" >&2; exit 2; }
+    done
 fi
 bash tools/setup.sh >/dev/null
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --quiet
-export P11DERIVE_BIN="$PWD/target/release/p11derive"
-BENCH="$PWD/target/release/p11bench"
-P11DERIVE="$PWD/target/release/libp11derive.so"
+OUT=$(realpath "${CARGO_TARGET_DIR:-target}")/release
+export P11DERIVE_BIN="$OUT/p11derive"
+BENCH="$OUT/p11bench"
+NETDELAY="$OUT/p11netdelay"
+P11DERIVE="$OUT/libp11derive.so"
 SOFTHSM=/usr/lib/softhsm/libsofthsm2.so
 # shellcheck source=tools/softhsm-env.sh
 source tools/softhsm-env.sh >/dev/null
 PG_STARTED=0
-trap 'rm -rf "$P11DERIVE_WORK"; if [ "$PG_STARTED" = 1 ]; then bash tools/pg.sh stop; fi' EXIT
+PROXY_PIDS=()
+trap 'for p in "${PROXY_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$P11DERIVE_WORK"; if [ "$PG_STARTED" = 1 ]; then bash tools/pg.sh stop; fi' EXIT
 W=$P11DERIVE_WORK
 printf '%s' "$P11DERIVE_PIN" > "$W/pin"
 LOG="$W/p11derive.log"
@@ -89,27 +120,36 @@ fi
 # [store] url names a fresh database on the loopback server.
 PG_STARTED=1
 PG_ADMIN=$(bash tools/pg.sh start)
-python3 - "$PG_ADMIN" <<'PY'
+PG_HOSTPORT=${PG_ADMIN#*@}
+PG_HOSTPORT=${PG_HOSTPORT%%/*}
+pg_store() { # DATABASE ROOT_LABEL CLI CONFIG_OUT: a fresh database, a config naming it, init, the keys
+    python3 - "$PG_ADMIN" "$1" <<'PY'
 import subprocess, sys
-admin = sys.argv[1]
+admin, db = sys.argv[1], sys.argv[2]
 sql = """DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'p11derive') THEN
 CREATE ROLE p11derive LOGIN PASSWORD 'p11derive-test'; END IF; END $$;"""
-for stmt in [sql, "DROP DATABASE IF EXISTS p11derive_bench WITH (FORCE)",
-             "CREATE DATABASE p11derive_bench OWNER p11derive"]:
+for stmt in [sql, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)", f"CREATE DATABASE {db} OWNER p11derive"]:
     subprocess.run(["psql", "-q", admin, "-c", stmt], check=True, stdout=subprocess.DEVNULL)
 PY
-PG_URL="postgres://p11derive:p11derive-test@${PG_ADMIN#*@}"
-PG_URL="${PG_URL%/postgres}/p11derive_bench"
-# Its own root on the backing token: the rollback anchor belongs to one
-# root's chain, and this is another store.
-sed -e "s|^\[store\]|[store]\nurl = \"$PG_URL\"|" \
-    -e 's|^root_label = .*|root_label = "p11derive-bench-pg"|' "$P11DERIVE_CONF" > "$W/pg.toml"
-grep -q '^root_label = "p11derive-bench-pg"' "$W/pg.toml" \
-    || sed -i 's|^\[backend\]|[backend]\nroot_label = "p11derive-bench-pg"|' "$W/pg.toml"
-P11DERIVE_CONF="$W/pg.toml" "$P11DERIVE_BIN" init >/dev/null
-for t in secp256k1 p256; do
-    P11DERIVE_CONF="$W/pg.toml" "$P11DERIVE_BIN" asset create "bench-$t" --type "$t" >/dev/null
-done
+    local url="postgres://p11derive:p11derive-test@$PG_HOSTPORT/$1"
+    # Its own root on the backing token: the rollback anchor belongs to one
+    # root's chain, and this is another store.
+    sed -e "s|^\[store\]|[store]\nurl = \"$url\"|" \
+        -e "s|^root_label = .*|root_label = \"$2\"|" "$P11DERIVE_CONF" > "$4"
+    grep -q "^root_label = \"$2\"" "$4" || sed -i "s|^\[backend\]|[backend]\nroot_label = \"$2\"|" "$4"
+    P11DERIVE_CONF="$4" "$3" init >/dev/null
+    for t in secp256k1 p256; do
+        P11DERIVE_CONF="$4" "$3" asset create "bench-$t" --type "$t" >/dev/null
+    done
+}
+pg_store p11derive_bench p11derive-bench-pg "$P11DERIVE_BIN" "$W/pg.toml"
+# shellcheck source=tools/bench/hosts.sh
+source tools/bench/hosts.sh
+if [ "$HOSTS_ONLY" = 1 ]; then
+    hosts_section
+    [ "$WRITE" = 1 ] && write_block bench-hosts "$W/hosts-block.md"
+    exit 0
+fi
 pgrows=()
 pgrow() { # KEY THREADS SQLITE_LINE PG_LINE SOFTHSM_LINE
     local q=$3 p=$4 s=$5 ratio
@@ -128,23 +168,7 @@ for kt in secp256k1 p256; do
         pgrow "$kt" "$threads" "$q" "$p" "$s"
     done
 done
-# Two hosts at once: two provider processes (each its own config and log),
-# 8 threads each, on the one PostgreSQL store and chain.
-sed "s|^file = .*|file = \"$W/host2.log\"|" "$W/pg.toml" > "$W/pg2.toml"
-HOSTS_HEADER="| key | host | ops/s | p50/p99/p99.9 µs | commits /1k | PostgreSQL round trips /1k |"
-hostrows=()
-echo "$HOSTS_HEADER"
-echo "|---|---|---|---|---|---|"
-for kt in secp256k1 p256; do
-    run "$P11DERIVE" p11derive "bench-$kt" sign 8 "$W/pg.toml" > "$W/h1" &
-    STATS_LOG="$W/host2.log" run "$P11DERIVE" p11derive "bench-$kt" sign 8 "$W/pg2.toml" > "$W/h2"
-    wait
-    for h in 1 2; do
-        l=$(cat "$W/h$h")
-        hostrows+=("| $kt | $h of 2 | $(field ops_per_s "$l") | $(field p50_us "$l") / $(field p99_us "$l") / $(field p999_us "$l") | $(field fsyncs_per_1k "$l") | $(field pg_round_trips_per_1k "$l") |")
-        echo "${hostrows[-1]}"
-    done
-done
+hosts_section
 [ "$PG_ONLY" = 1 ] && exit 0
 
 echo "| scenario | key | threads | p11derive ops/s | p11derive p50/p99/p99.9 µs | SoftHSM ops/s | SoftHSM p50/p99/p99.9 µs | ratio | derivations / anchor / other HSM calls per 1k | fsyncs /1k | peak RSS KiB (p11derive / SoftHSM) |"
@@ -193,24 +217,8 @@ if [ "$WRITE" = 1 ]; then
         echo "$PG_HEADER"
         echo "|---|---|---|---|---|---|---|---|---|---|"
         printf '%s\n' "${pgrows[@]}"
-        echo
-        echo "Two hosts at once: two provider processes, 8 signing threads each, one PostgreSQL store"
-        echo "and one audit chain (a round trip count above the commit count is a batch that found"
-        echo "the other host's records first and was MACed again)."
-        echo
-        echo "$HOSTS_HEADER"
-        echo "|---|---|---|---|---|---|"
-        printf '%s\n' "${hostrows[@]}"
         echo "<!-- bench:end -->"
     } > "$W/table.md"
-    python3 - "$W/table.md" docs/benchmarks.md <<'PY'
-import sys, os
-table = open(sys.argv[1]).read()
-path = sys.argv[2]
-text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n<!-- bench:begin -->\n<!-- bench:end -->\n"
-start = text.index("<!-- bench:begin")
-end = text.index("<!-- bench:end -->") + len("<!-- bench:end -->\n")
-open(path, "w").write(text[:start] + table + text[end:])
-PY
-    echo "written: docs/benchmarks.md"
+    write_block bench "$W/table.md"
+    write_block bench-hosts "$W/hosts-block.md"
 fi

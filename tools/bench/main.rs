@@ -6,6 +6,7 @@
 //! ```text
 //! p11bench --module M --token LABEL --key LABEL --op sign|cold-sign|gcm|hmac
 //!          [--threads N] [--seconds S] [--pin-file F] [--stats-log FILE]
+//!          [--start-at UNIX_MS]
 //! ```
 //!
 //! - `sign`: each thread opens a session, then loops `C_SignInit(CKM_ECDSA)`
@@ -18,6 +19,17 @@
 //! - `hmac`: `C_SignInit(CKM_SHA256_HMAC)` + `C_Sign` of 4 KiB.
 //!
 //! The PIN comes from `--pin-file` or `$P11BENCH_PIN`.
+//!
+//! `--start-at` starts the measured interval at that wall-clock time (Unix
+//! milliseconds) instead of 0.5 s after the threads start, so processes
+//! started together measure the same interval (tools/bench.sh's multi-host
+//! scenarios); the threads run from their start, the time before it is
+//! warm-up.
+//!
+//! From the provider's log (`--stats-log`) it adds per-1000-operation counts
+//! and, for a PostgreSQL store, the signature commits and the round trips the
+//! provider counted for them (`sig_commits`, `pg_round_trips`, both over the
+//! whole run, warm-up included).
 
 use std::ptr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -65,12 +77,13 @@ struct Args {
     seconds: f64,
     pin: Vec<u8>,
     stats_log: Option<String>,
+    start_at: Option<u64>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: p11bench --module M --token LABEL --key LABEL --op sign|cold-sign|gcm|hmac \
-         [--threads N] [--seconds S] [--pin-file F] [--stats-log FILE]"
+         [--threads N] [--seconds S] [--pin-file F] [--stats-log FILE] [--start-at UNIX_MS]"
     );
     std::process::exit(2)
 }
@@ -113,6 +126,7 @@ fn parse() -> Args {
         seconds: get("--seconds").and_then(|t| t.parse().ok()).unwrap_or(5.0),
         pin,
         stats_log: get("--stats-log"),
+        start_at: get("--start-at").map(|t| t.parse().unwrap_or_else(|_| usage())),
     }
 }
 
@@ -135,7 +149,36 @@ fn load(path: &str) -> Module {
     Module { _lib: lib, f }
 }
 
+/// The slot of the token labelled `token`. A module whose `C_GetTokenInfo`
+/// fails is asked again a few times: SoftHSM's file store answers
+/// `CKR_GENERAL_ERROR` now and then while another process writes the token
+/// (p11derive's rollback anchor, moved by the other "hosts" of the
+/// multi-host benchmark), and p11derive passes that on as
+/// `CKR_DEVICE_ERROR`. Each retry is said on stderr.
 fn slot_of(m: &Module, token: &str) -> CK_SLOT_ID {
+    for attempt in 1..=10 {
+        match find_slot(m, token) {
+            Ok(slot) => return slot,
+            Err(Some(rv)) if attempt < 10 => {
+                eprintln!(
+                    "p11bench: C_GetTokenInfo failed (rv 0x{rv:x}), asking again ({attempt} of 9)"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(Some(rv)) => {
+                eprintln!("p11bench: C_GetTokenInfo failed (rv 0x{rv:x}) 10 times");
+                std::process::exit(1)
+            }
+            Err(None) => break,
+        }
+    }
+    eprintln!("p11bench: no token labelled {token:?}");
+    std::process::exit(1)
+}
+
+/// `Err(Some(rv))`: a slot's `C_GetTokenInfo` failed; `Err(None)`: no slot
+/// has the token.
+fn find_slot(m: &Module, token: &str) -> Result<CK_SLOT_ID, Option<CK_RV>> {
     let mut n: CK_ULONG = 0;
     ok(
         call!(
@@ -152,17 +195,17 @@ fn slot_of(m: &Module, token: &str) -> CK_SLOT_ID {
         ),
         "C_GetSlotList",
     );
+    let mut failed = None;
     for slot in slots {
         // SAFETY: plain data filled by the call.
         let mut info: CK_TOKEN_INFO = unsafe { std::mem::zeroed() };
-        if call!(m, C_GetTokenInfo(slot, &mut info)) == CKR_OK
-            && String::from_utf8_lossy(&info.label).trim_end() == token
-        {
-            return slot;
+        match call!(m, C_GetTokenInfo(slot, &mut info)) {
+            CKR_OK if String::from_utf8_lossy(&info.label).trim_end() == token => return Ok(slot),
+            CKR_OK | CKR_TOKEN_NOT_PRESENT => {}
+            rv => failed = Some(rv),
         }
     }
-    eprintln!("p11bench: no token labelled {token:?}");
-    std::process::exit(1)
+    Err(failed)
 }
 
 fn open(m: &Module, slot: CK_SLOT_ID) -> CK_SESSION_HANDLE {
@@ -356,6 +399,20 @@ fn provider_stats(log: &str) -> Option<(u64, u64, u64, u64)> {
     ))
 }
 
+/// `(records, commits)` from the provider's last line
+/// `audit: R signature records in C commits (...)`.
+fn signature_commits(log: &str) -> Option<(u64, u64)> {
+    let rest = log.lines().rev().find_map(|l| {
+        l.split("audit: ")
+            .nth(1)
+            .filter(|r| r.contains(" signature records in "))
+    })?;
+    let mut words = rest.split_whitespace();
+    let records = words.next()?.parse().ok()?;
+    let commits = words.nth(3)?.parse().ok()?;
+    Some((records, commits))
+}
+
 fn main() {
     let a = parse();
     let m = Arc::new(load(&a.module));
@@ -424,7 +481,22 @@ fn main() {
             })
         })
         .collect();
-    std::thread::sleep(Duration::from_millis(500));
+    match a.start_at {
+        None => std::thread::sleep(Duration::from_millis(500)),
+        Some(at) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            match Duration::from_millis(at).checked_sub(now) {
+                Some(wait) => std::thread::sleep(wait),
+                None => eprintln!(
+                    "p11bench: --start-at {at} passed {} ms before the threads started: measuring \
+                     from now (start the processes earlier)",
+                    now.as_millis().saturating_sub(at as u128)
+                ),
+            }
+        }
+    }
     measuring.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(a.seconds));
@@ -482,6 +554,9 @@ fn main() {
         }
         // A PostgreSQL store: round trips of the signature commits.
         let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some((records, commits)) = signature_commits(&text) {
+            line.push_str(&format!(" sig_records={records} sig_commits={commits}"));
+        }
         let trips = text
             .lines()
             .rev()
@@ -494,7 +569,7 @@ fn main() {
             });
         if let Some(trips) = trips {
             line.push_str(&format!(
-                " pg_round_trips_per_1k={:.1}",
+                " pg_round_trips_per_1k={:.1} pg_round_trips={trips}",
                 trips as f64 * 1000.0 / all_ops.max(1) as f64
             ));
         }
