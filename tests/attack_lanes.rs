@@ -1,0 +1,281 @@
+//! An independent attack on the writers' lanes (PostgreSQL) by the database's owner without the HSM or a PIN, kept as regression tests.
+
+mod common;
+
+use common::*;
+
+/// The tables a DBA's stale copy of the store holds (what `pg_dump` of a
+/// p11derive database restores).
+const TABLES: &[&str] = &[
+    "assets",
+    "versions",
+    "audit",
+    "audit_pending",
+    "audit_lane",
+    "objects",
+    "generation",
+    "gcm_ivs",
+    "p11derive_meta",
+];
+
+/// The DBA copies every table (a backup taken now).
+fn snapshot(db: &mut postgres::Client) {
+    for t in TABLES {
+        db.batch_execute(&format!("CREATE TABLE snap_{t} AS SELECT * FROM {t}"))
+            .unwrap();
+    }
+}
+
+/// The DBA puts the copy back in place of every table's rows (triggers and
+/// foreign keys off while it does, as `pg_restore --disable-triggers` does).
+fn restore(db: &mut postgres::Client) {
+    db.batch_execute("SET session_replication_role = replica")
+        .unwrap();
+    for t in TABLES {
+        db.batch_execute(&format!(
+            "DELETE FROM {t}; INSERT INTO {t} SELECT * FROM snap_{t}"
+        ))
+        .unwrap();
+    }
+    db.batch_execute("SET session_replication_role = DEFAULT")
+        .unwrap();
+}
+
+/// The database owner's constraint that makes the store refuse every
+/// `lanes` record (it changes no row; `NOT VALID`: the rows there stay).
+const REFUSE_COVERS: &str =
+    "ALTER TABLE audit ADD CONSTRAINT no_covers CHECK (event <> 'lanes') NOT VALID";
+
+/// `n` signatures by `shared`, each of which must be made.
+fn sign_n(s: &cryptoki::session::Session, n: usize) {
+    for _ in 0..n {
+        try_sign(s, "shared").expect("signs");
+    }
+}
+
+/// A login of a brand-new process, and a signature by `shared` if it logs in.
+fn new_login_signs(s: &Setup) -> Result<(), String> {
+    let p = s.load();
+    let session = p.session();
+    session
+        .login(
+            cryptoki::session::UserType::User,
+            Some(&cryptoki::types::AuthPin::from(PIN)),
+        )
+        .map_err(|e| format!("login refused: {e}"))?;
+    try_sign(&session, "shared").map_err(|e| format!("sign refused: {e:?}"))?;
+    Ok(())
+}
+
+/// The database's owner makes the store refuse every `lanes` record (one
+/// `CHECK` constraint, which changes no row), so that no anchor move can
+/// cover the lanes: the anchor must still take every state change, or a
+/// suspension rolled back with a stale copy of the store is accepted by
+/// every new process (and by `audit verify`).
+#[test]
+fn a_store_that_refuses_lanes_records_does_not_hold_the_anchor_back() {
+    let _turn = turn();
+    let (url, a, _b) = two_hosts("p11derive_attack18_no_covers");
+    let mut db = dba(&url);
+    {
+        let p = a.load();
+        let s = p.user_session();
+        sign_n(&s, 3);
+        db.batch_execute(REFUSE_COVERS).unwrap();
+        // A lane record no cover can name from now on.
+        try_sign(&s, "shared").expect("signs");
+    }
+    // The backup, taken before the suspension.
+    snapshot(&mut db);
+    let out = cli(&a, &["asset", "suspend", "shared"]);
+    let said = output_text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("were not covered"), "{said}");
+    assert_eq!(a.asset_show("shared")["state"], "SUSPENDED");
+    // The suspension rolled back: the copy from before it put back.
+    restore(&mut db);
+    let signed = new_login_signs(&a);
+    let refused =
+        signed.expect_err("a new process signed with a suspended asset: the anchor never took it");
+    assert!(refused.starts_with("login refused"), "{refused}");
+    let out = cli(&a, &["audit", "verify"]);
+    let text = output_text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "audit verify accepts the rolled-back store: {text}"
+    );
+    assert!(text.contains("anchor holds record"), "{text}");
+}
+
+/// The database's owner restarts the sequence that numbers lane rows far
+/// below the numbers already used (`audit_lane.id` is covered by no MAC): a
+/// cover finds new lane rows by that number, so no later `lanes` record
+/// names the lane of a process that then signs and exits, although an
+/// asset is created after it (a state change, and the anchor moves onto
+/// it). Its whole lane is then deleted: `audit verify` must name it.
+#[test]
+fn a_lane_hidden_from_the_covers_by_its_row_numbers_is_still_covered() {
+    let _turn = turn();
+    let (url, a, _b) = two_hosts("p11derive_attack18_ids");
+    {
+        let p = a.load();
+        let s = p.user_session();
+        sign_n(&s, 3);
+    }
+    let mut db = dba(&url);
+    db.batch_execute(
+        "ALTER SEQUENCE audit_lane_id_seq MINVALUE -9000000000000000000 \
+         RESTART WITH -9000000000000000000",
+    )
+    .unwrap();
+    {
+        let p = a.load();
+        let s = p.user_session();
+        sign_n(&s, 5);
+    }
+    // A state change after the lane's records: the anchor moves onto it.
+    a.create_asset("later", "p256");
+    let lane: i64 = db
+        .query_one("SELECT lane FROM audit_lane WHERE id < 0 LIMIT 1", &[])
+        .unwrap()
+        .get(0);
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM audit_lane WHERE lane = $1", &[&lane])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 5, "the second process's lane");
+    // The anchor moved after the lane's records (onto the creation).
+    let lane_last: i64 = db
+        .query_one(
+            "SELECT max(time_ns) FROM audit_lane WHERE lane = $1",
+            &[&lane],
+        )
+        .unwrap()
+        .get(0);
+    let main_last: i64 = db
+        .query_one("SELECT max(time_ns) FROM audit", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        main_last > lane_last,
+        "the main chain went on after the lane"
+    );
+    a.audit_verifies();
+    db.execute("DELETE FROM audit_lane WHERE lane = $1", &[&lane])
+        .unwrap();
+    let out = cli(&a, &["audit", "verify"]);
+    let text = output_text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "five signatures deleted with their whole lane, and audit verify passes: {text}"
+    );
+    assert!(text.contains(&format!("audit lane {lane}")), "{text}");
+}
+
+/// The database's owner replaces the lane commit function by one that
+/// answers "committed" and writes nothing: the signatures leave with no
+/// record. The process must find its own lane without them at its next
+/// anchor move (within an anchor interval), refuse from then on, and name
+/// its lane in the log.
+#[test]
+fn a_commit_function_that_writes_nothing_is_caught_at_the_next_anchor_move() {
+    let _turn = turn();
+    let (url, a, _b) = two_hosts("p11derive_attack18_lying_function");
+    let mut db = dba(&url);
+    let p = a.load();
+    let s = p.user_session();
+    sign_n(&s, 3);
+    db.batch_execute(
+        "CREATE OR REPLACE FUNCTION p11derive_lane_append(
+            p_lane BIGINT, p_pos BIGINT, p_head BYTEA, p_gen BIGINT, p_change BIGINT,
+            p_time_ns BIGINT[], p_pid BIGINT[], p_session BIGINT[], p_event TEXT[],
+            p_asset TEXT[], p_version BIGINT[], p_mechanism BIGINT[], p_input BYTEA[],
+            p_rv BIGINT[], p_detail TEXT[], p_mac BYTEA[], p_hold BIGINT[],
+            p_hold_mac BYTEA[])
+         RETURNS TABLE (r_ok BOOLEAN, r_pos BIGINT, r_mac BYTEA, r_gen BIGINT,
+                        r_pending BOOLEAN, r_lost BOOLEAN, r_change BIGINT)
+         LANGUAGE plpgsql AS $$
+         BEGIN
+             RETURN QUERY SELECT true, p_pos + cardinality(p_time_ns),
+                 p_mac[cardinality(p_mac)], (SELECT x.assets FROM generation x), false,
+                 false, p_change;
+         END $$",
+    )
+    .unwrap();
+    let from = a.log().len();
+    let start = std::time::Instant::now();
+    let (mut made, mut refused_at) = (0u32, None);
+    while start.elapsed() < std::time::Duration::from_millis(3000) {
+        match try_sign(&s, "shared") {
+            Ok(_) => {
+                assert!(
+                    refused_at.is_none(),
+                    "signed again after the store was refused"
+                );
+                made += 1;
+            }
+            Err(_) => {
+                refused_at.get_or_insert_with(|| start.elapsed());
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let refused_at = refused_at.unwrap_or_else(|| {
+        panic!("{made} signatures left with no record, and the process never noticed")
+    });
+    assert!(
+        refused_at < std::time::Duration::from_millis(2500),
+        "refused only after {refused_at:?}"
+    );
+    let lane: i64 = db
+        .query_one("SELECT lane FROM audit_lane LIMIT 1", &[])
+        .unwrap()
+        .get(0);
+    let said = a.log_since(from);
+    assert!(said.contains(&format!("audit lane {lane}")), "{said}");
+    drop(s);
+    drop(p);
+}
+
+/// The same refusal of every `lanes` record under a process that keeps
+/// signing: from its first failed cover on (within an anchor interval), its
+/// records go into the main chain, which the anchor takes, not into a lane
+/// no cover can name.
+#[test]
+fn a_host_whose_covers_fail_commits_into_the_main_chain() {
+    let _turn = turn();
+    let (url, a, _b) = two_hosts("p11derive_attack18_no_covers_running");
+    let mut db = dba(&url);
+    let p = a.load();
+    let s = p.user_session();
+    try_sign(&s, "shared").expect("signs");
+    db.batch_execute(REFUSE_COVERS).unwrap();
+    let refused_from = now_ns() as i64;
+    let start = std::time::Instant::now();
+    while start.elapsed() < std::time::Duration::from_millis(3000) {
+        try_sign(&s, "shared").expect("signs: the main chain takes its records");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let late = refused_from + 1_500_000_000;
+    let in_lanes: i64 = db
+        .query_one(
+            "SELECT count(*) FROM audit_lane WHERE time_ns > $1",
+            &[&late],
+        )
+        .unwrap()
+        .get(0);
+    let in_main: i64 = db
+        .query_one(
+            "SELECT count(*) FROM audit WHERE event = 'sign' AND time_ns > $1",
+            &[&late],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(in_lanes, 0, "lane records no cover can name");
+    assert!(in_main > 10, "{in_main} signatures in the main chain");
+    drop(s);
+    drop(p);
+    a.audit_verifies();
+}
