@@ -53,6 +53,23 @@ fn sign_n(s: &cryptoki::session::Session, n: usize) {
     }
 }
 
+/// The DBA's query's one value.
+fn one<T: for<'a> postgres::types::FromSql<'a>>(
+    db: &mut postgres::Client,
+    sql: &str,
+    params: &[&(dyn postgres::types::ToSql + Sync)],
+) -> T {
+    db.query_one(sql, params).unwrap().get(0)
+}
+
+/// A process logs in, makes `n` signatures and exits (its `C_Finalize`
+/// moves the anchor).
+fn process_signs(a: &Setup, n: usize) {
+    let p = a.load();
+    let s = p.user_session();
+    sign_n(&s, n);
+}
+
 /// A login of a brand-new process, and a signature by `shared` if it logs in.
 fn new_login_signs(s: &Setup) -> Result<(), String> {
     let p = s.load();
@@ -118,45 +135,34 @@ fn a_store_that_refuses_lanes_records_does_not_hold_the_anchor_back() {
 fn a_lane_hidden_from_the_covers_by_its_row_numbers_is_still_covered() {
     let _turn = turn();
     let (url, a, _b) = two_hosts("p11derive_attack18_ids");
-    {
-        let p = a.load();
-        let s = p.user_session();
-        sign_n(&s, 3);
-    }
+    process_signs(&a, 3);
     let mut db = dba(&url);
     db.batch_execute(
         "ALTER SEQUENCE audit_lane_id_seq MINVALUE -9000000000000000000 \
          RESTART WITH -9000000000000000000",
     )
     .unwrap();
-    {
-        let p = a.load();
-        let s = p.user_session();
-        sign_n(&s, 5);
-    }
+    process_signs(&a, 5);
     // A state change after the lane's records: the anchor moves onto it.
     a.create_asset("later", "p256");
-    let lane: i64 = db
-        .query_one("SELECT lane FROM audit_lane WHERE id < 0 LIMIT 1", &[])
-        .unwrap()
-        .get(0);
-    let n: i64 = db
-        .query_one("SELECT count(*) FROM audit_lane WHERE lane = $1", &[&lane])
-        .unwrap()
-        .get(0);
+    let lane: i64 = one(
+        &mut db,
+        "SELECT lane FROM audit_lane WHERE id < 0 LIMIT 1",
+        &[],
+    );
+    let n: i64 = one(
+        &mut db,
+        "SELECT count(*) FROM audit_lane WHERE lane = $1",
+        &[&lane],
+    );
     assert_eq!(n, 5, "the second process's lane");
     // The anchor moved after the lane's records (onto the creation).
-    let lane_last: i64 = db
-        .query_one(
-            "SELECT max(time_ns) FROM audit_lane WHERE lane = $1",
-            &[&lane],
-        )
-        .unwrap()
-        .get(0);
-    let main_last: i64 = db
-        .query_one("SELECT max(time_ns) FROM audit", &[])
-        .unwrap()
-        .get(0);
+    let lane_last: i64 = one(
+        &mut db,
+        "SELECT max(time_ns) FROM audit_lane WHERE lane = $1",
+        &[&lane],
+    );
+    let main_last: i64 = one(&mut db, "SELECT max(time_ns) FROM audit", &[]);
     assert!(
         main_last > lane_last,
         "the main chain went on after the lane"
@@ -229,10 +235,7 @@ fn a_commit_function_that_writes_nothing_is_caught_at_the_next_anchor_move() {
         refused_at < std::time::Duration::from_millis(2500),
         "refused only after {refused_at:?}"
     );
-    let lane: i64 = db
-        .query_one("SELECT lane FROM audit_lane LIMIT 1", &[])
-        .unwrap()
-        .get(0);
+    let lane: i64 = one(&mut db, "SELECT lane FROM audit_lane LIMIT 1", &[]);
     let said = a.log_since(from);
     assert!(said.contains(&format!("audit lane {lane}")), "{said}");
     drop(s);
@@ -259,23 +262,56 @@ fn a_host_whose_covers_fail_commits_into_the_main_chain() {
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
     let late = refused_from + 1_500_000_000;
-    let in_lanes: i64 = db
-        .query_one(
-            "SELECT count(*) FROM audit_lane WHERE time_ns > $1",
-            &[&late],
-        )
-        .unwrap()
-        .get(0);
-    let in_main: i64 = db
-        .query_one(
-            "SELECT count(*) FROM audit WHERE event = 'sign' AND time_ns > $1",
-            &[&late],
-        )
-        .unwrap()
-        .get(0);
+    let in_lanes: i64 = one(
+        &mut db,
+        "SELECT count(*) FROM audit_lane WHERE time_ns > $1",
+        &[&late],
+    );
+    let in_main: i64 = one(
+        &mut db,
+        "SELECT count(*) FROM audit WHERE event = 'sign' AND time_ns > $1",
+        &[&late],
+    );
     assert_eq!(in_lanes, 0, "lane records no cover can name");
     assert!(in_main > 10, "{in_main} signatures in the main chain");
     drop(s);
     drop(p);
     a.audit_verifies();
+}
+
+/// A process signs and exits (its finalize covers its lane, and the anchor
+/// holds that `lanes` record); an asset is created after (the anchor then
+/// holds the creation, not a `lanes` record); the DBA cuts the lane's
+/// covered tail. A new process must refuse the store at its login, not
+/// only `audit verify`.
+#[test]
+fn a_covered_lane_cut_behind_a_later_anchored_record_is_refused_at_login() {
+    let _turn = turn();
+    let (url, a, _b) = two_hosts("p11derive_attack18_cut_behind");
+    process_signs(&a, 5);
+    a.create_asset("later", "p256");
+    let mut db = dba(&url);
+    let lane: i64 = one(&mut db, "SELECT lane FROM audit_lane LIMIT 1", &[]);
+    let last: String = one(
+        &mut db,
+        "SELECT event FROM audit ORDER BY seq DESC LIMIT 1",
+        &[],
+    );
+    assert_ne!(last, "lanes", "the newest record is the creation");
+    a.audit_verifies();
+    let cut = db
+        .execute(
+            "DELETE FROM audit_lane WHERE lane = $1 AND pos >= 4",
+            &[&lane],
+        )
+        .unwrap();
+    assert_eq!(cut, 2);
+    let from = a.log().len();
+    let signed = new_login_signs(&a);
+    let refused = signed.expect_err("a new process logged in and signed onto a cut lane");
+    assert!(refused.starts_with("login refused"), "{refused}");
+    let said = a.log_since(from);
+    assert!(said.contains(&format!("audit lane {lane}")), "{said}");
+    let out = cli(&a, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
 }

@@ -218,9 +218,11 @@ impl Store {
         Ok(())
     }
 
-    /// When the anchor holds a `lanes` record: that record verifies and
-    /// every lane head it names is still there (checked once per anchored
-    /// record). Needs the audit key (a login); without it, nothing to check.
+    /// The newest `lanes` record at or before the anchored one (the
+    /// anchored record itself, or one a later record followed): that record
+    /// verifies and every lane head it names is still there (checked once
+    /// per anchored record). Needs the audit key (a login); without it,
+    /// nothing to check.
     pub(super) fn check_anchored_cover(
         &self,
         db: &mut dyn Db,
@@ -235,17 +237,18 @@ impl Store {
         if seq == 0 || checked == Some(anchor.head) {
             return Ok(());
         }
-        let event = self
+        let cover = self
             .rows(
                 db,
-                "SELECT event FROM audit WHERE seq = ?1",
+                "SELECT seq FROM audit WHERE event = 'lanes' AND detail LIKE 'lanes upto=%' \
+                 AND seq <= ?1 ORDER BY seq DESC LIMIT 1",
                 &[Val::Int(seq as i64)],
-                |r| r.text(0),
+                |r| r.int(0),
             )
             .map(first)?;
-        if event.as_deref() == Some(Event::Lanes.name()) {
-            let (_, _, heads) = self.cover_at(db, &ak, seq)?;
-            self.check_marks(db, seq, &heads, anchor.epoch)?;
+        if let Some(cover) = cover {
+            let (_, _, heads) = self.cover_at(db, &ak, cover.max(0) as u64)?;
+            self.check_marks(db, cover.max(0) as u64, &heads, anchor.epoch)?;
         }
         self.guard().cover_checked = Some(anchor.head);
         Ok(())
@@ -309,8 +312,8 @@ impl Store {
         let newest = self
             .rows(
                 &mut **conn,
-                "SELECT time_ns, detail FROM audit WHERE event = 'lanes' ORDER BY seq DESC \
-                 LIMIT 1",
+                "SELECT time_ns, detail FROM audit WHERE event = 'lanes' \
+                 AND detail LIKE 'lanes upto=%' ORDER BY seq DESC LIMIT 1",
                 &[],
                 |r| Ok((r.int(0)?, r.text(1)?)),
             )
