@@ -70,6 +70,34 @@ fn process_signs(a: &Setup, n: usize) {
     sign_n(&s, n);
 }
 
+/// A store (database `name`) where a process made `n` signatures and
+/// exited: its setup, a DBA's connection, and the process's lane.
+fn one_lane(name: &str, n: usize) -> (Setup, postgres::Client, i64) {
+    let (url, a, _b) = two_hosts(name);
+    process_signs(&a, n);
+    let mut db = dba(&url);
+    let lane = one(&mut db, "SELECT lane FROM audit_lane LIMIT 1", &[]);
+    (a, db, lane)
+}
+
+/// A brand-new process is refused at `step` ("login" or "sign"), and the
+/// log says `names` (`why`: what it would have been let do).
+fn refused_naming(a: &Setup, step: &str, why: &str, names: &str) {
+    let from = a.log().len();
+    let refused = new_login_signs(a).expect_err(why);
+    assert!(refused.starts_with(&format!("{step} refused")), "{refused}");
+    let said = a.log_since(from);
+    assert!(said.contains(names), "{said}");
+}
+
+/// `audit verify` fails (exit 1) and says `what`.
+fn verify_fails(s: &Setup, what: &str) {
+    let out = cli(s, &["audit", "verify"]);
+    let text = output_text(&out);
+    assert_eq!(out.status.code(), Some(1), "audit verify passes: {text}");
+    assert!(text.contains(what), "verify should say {what:?}: {text}");
+}
+
 /// A login of a brand-new process, and a signature by `shared` if it logs in.
 fn new_login_signs(s: &Setup) -> Result<(), String> {
     let p = s.load();
@@ -115,14 +143,7 @@ fn a_store_that_refuses_lanes_records_does_not_hold_the_anchor_back() {
     let refused =
         signed.expect_err("a new process signed with a suspended asset: the anchor never took it");
     assert!(refused.starts_with("login refused"), "{refused}");
-    let out = cli(&a, &["audit", "verify"]);
-    let text = output_text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "audit verify accepts the rolled-back store: {text}"
-    );
-    assert!(text.contains("anchor holds record"), "{text}");
+    verify_fails(&a, "anchor holds record");
 }
 
 /// The database's owner restarts the sequence that numbers lane rows far
@@ -170,14 +191,8 @@ fn a_lane_hidden_from_the_covers_by_its_row_numbers_is_still_covered() {
     a.audit_verifies();
     db.execute("DELETE FROM audit_lane WHERE lane = $1", &[&lane])
         .unwrap();
-    let out = cli(&a, &["audit", "verify"]);
-    let text = output_text(&out);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "five signatures deleted with their whole lane, and audit verify passes: {text}"
-    );
-    assert!(text.contains(&format!("audit lane {lane}")), "{text}");
+    // Five signatures deleted with their whole lane.
+    verify_fails(&a, &format!("audit lane {lane}"));
 }
 
 /// The database's owner replaces the lane commit function by one that
@@ -306,12 +321,119 @@ fn a_covered_lane_cut_behind_a_later_anchored_record_is_refused_at_login() {
         )
         .unwrap();
     assert_eq!(cut, 2);
-    let from = a.log().len();
-    let signed = new_login_signs(&a);
-    let refused = signed.expect_err("a new process logged in and signed onto a cut lane");
-    assert!(refused.starts_with("login refused"), "{refused}");
-    let said = a.log_since(from);
-    assert!(said.contains(&format!("audit lane {lane}")), "{said}");
-    let out = cli(&a, &["audit", "verify"]);
-    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    refused_naming(
+        &a,
+        "login",
+        "a new process logged in and signed onto a cut lane",
+        &format!("audit lane {lane}"),
+    );
+    verify_fails(&a, &format!("audit lane {lane}"));
+}
+
+/// The DBA takes a store with lanes back to schema 8 (its lanes dropped
+/// with every lane record; the next host of this build makes them again,
+/// empty): the `lanes` records of the main chain still name the lost heads.
+/// A new login refuses the store, and `audit verify` names the lane.
+#[test]
+fn lanes_dropped_by_a_downgrade_to_schema_8_are_refused() {
+    let _turn = turn();
+    let (a, mut db, lane) = one_lane("p11derive_attack18_downgrade", 4);
+    db.batch_execute(
+        "DROP TABLE audit_lane; DROP SEQUENCE p11derive_lane_ids; DROP INDEX audit_covers; \
+         DROP FUNCTION p11derive_lane_append; UPDATE p11derive_meta SET schema_version = 8",
+    )
+    .unwrap();
+    refused_naming(
+        &a,
+        "login",
+        "a login onto a store without its lanes",
+        &format!("audit lane {lane}"),
+    );
+    verify_fails(&a, &format!("of audit lane {lane}"));
+}
+
+/// The DBA cuts a covered lane and hides the `lanes` record that named its
+/// head by editing that record's event (so the covers and logins read the
+/// `lanes` record before it, whose heads are all there). The edit breaks
+/// the record's MAC: a new login refuses the store while the anchor holds
+/// that record (the newest record is verified at login), and `audit
+/// verify` names the record. (With a later record after it, only `audit
+/// verify` finds the edit: see docs/security.md.)
+#[test]
+fn a_lanes_record_hidden_by_editing_its_event_is_refused() {
+    let _turn = turn();
+    let (url, a, _b) = two_hosts("p11derive_attack18_hidden_cover");
+    {
+        let p = a.load();
+        let s = p.user_session();
+        sign_n(&s, 2);
+        // C_Logout moves the anchor: a first cover names the lane at 2.
+        s.logout().unwrap();
+        s.login(
+            cryptoki::session::UserType::User,
+            Some(&cryptoki::types::AuthPin::from(PIN)),
+        )
+        .unwrap();
+        sign_n(&s, 3);
+    }
+    let mut db = dba(&url);
+    let covers: i64 = one(
+        &mut db,
+        "SELECT count(*) FROM audit WHERE event = 'lanes'",
+        &[],
+    );
+    assert!(covers >= 2, "{covers} lanes records");
+    let (seq, lane): (i64, i64) = {
+        let r = db
+            .query_one(
+                "SELECT a.seq, l.lane FROM audit a, audit_lane l WHERE a.event = 'lanes' \
+                 AND l.pos = 5 ORDER BY a.seq DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let newest: i64 = one(&mut db, "SELECT max(seq) FROM audit", &[]);
+    assert_eq!(newest, seq, "the anchor holds the newest cover");
+    db.execute(
+        "DELETE FROM audit_lane WHERE lane = $1 AND pos >= 3",
+        &[&lane],
+    )
+    .unwrap();
+    db.execute("UPDATE audit SET event = 'anchor' WHERE seq = $1", &[&seq])
+        .unwrap();
+    refused_naming(
+        &a,
+        "login",
+        "a login onto a hidden cover",
+        &format!("(record {seq}) does not verify"),
+    );
+    verify_fails(&a, &format!("record {seq} does not carry a valid MAC"));
+}
+
+/// The DBA restarts the sequence that hands out lane ids, so that a new
+/// process gets a lane another process wrote: its first commit finds a
+/// head there that is not its own, and it refuses (naming the lane) rather
+/// than chain onto or beside another writer's records.
+#[test]
+fn a_lane_id_handed_out_again_is_refused() {
+    let _turn = turn();
+    let (a, mut db, lane) = one_lane("p11derive_attack18_lane_reuse", 3);
+    db.batch_execute(&format!(
+        "ALTER SEQUENCE p11derive_lane_ids RESTART WITH {lane}"
+    ))
+    .unwrap();
+    refused_naming(
+        &a,
+        "sign",
+        "a second writer in one lane",
+        &format!("audit lane {lane}"),
+    );
+    let n: i64 = one(
+        &mut db,
+        "SELECT count(*) FROM audit_lane WHERE lane = $1",
+        &[&lane],
+    );
+    assert_eq!(n, 3, "nothing written into another's lane");
+    a.audit_verifies();
 }
