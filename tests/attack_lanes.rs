@@ -437,3 +437,23 @@ fn a_lane_id_handed_out_again_is_refused() {
     assert_eq!(n, 3, "nothing written into another's lane");
     a.audit_verifies();
 }
+
+/// Two processes sign one after the other and exit; the DBA deletes the
+/// whole lane of the first, which only the older `lanes` record names (the
+/// newest names the second's). Hosts and logins check the newest cover
+/// only; `audit verify` checks every cover's heads and names the lane.
+#[test]
+fn a_lane_named_only_by_an_older_cover_deleted_is_caught_by_verify() {
+    let _turn = turn();
+    let (a, mut db, lane) = one_lane("p11derive_attack18_older_cover", 3);
+    process_signs(&a, 2);
+    let lanes: i64 = one(&mut db, "SELECT count(DISTINCT lane) FROM audit_lane", &[]);
+    assert_eq!(lanes, 2);
+    a.audit_verifies();
+    db.execute("DELETE FROM audit_lane WHERE lane = $1", &[&lane])
+        .unwrap();
+    verify_fails(
+        &a,
+        &format!("record 3 of audit lane {lane} as that lane's head"),
+    );
+}

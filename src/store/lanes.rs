@@ -13,10 +13,12 @@
 //! the main chain naming every lane that moved since the last one (its
 //! head: position and MAC) and the newest lane row it covers (`upto`), and
 //! the anchor then holds that record. So the HSM's anchor covers every
-//! lane's head: a lane cut below a covered head, or a covered record
-//! changed, is caught by the next mover, by a login against the anchor and
-//! by `audit verify`; a gap in what moved since the last coverage, by the
-//! next mover.
+//! lane's head: a lane cut below a head the newest `lanes` record names,
+//! or such a record changed, is caught by the next mover and by a login
+//! against the anchor; below a head any `lanes` record names, by `audit
+//! verify`; a gap in what moved since the last coverage, by the next
+//! mover. Each mover names its own lane from its head in memory, so a lane
+//! is covered whatever its rows' unauthenticated `id`.
 
 use crate::audit::{Event, LanePlace, Record, GENESIS};
 use crate::types::Secret32;
