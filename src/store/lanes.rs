@@ -267,8 +267,8 @@ impl Store {
     /// Nothing is written when no lane moved. A store that fails is refused
     /// from now on. Needs the audit key (a login). `periodic`: nothing is
     /// written either when another `lanes` record is under half a second
-    /// old and names this process's head or a newer one since its last
-    /// cover (the anchor then takes that one). Until a cover succeeds after
+    /// old and names this process's lane past where it was last named (the
+    /// anchor then takes that one). Until a cover succeeds after
     /// one failed, this process commits into the main chain, not its lane
     /// (`LaneHead::uncovered`): a store that refuses `lanes` records gets no
     /// lane records the anchor cannot cover.
@@ -280,12 +280,14 @@ impl Store {
             return Ok(());
         };
         // This process's lane head not yet named by a cover it wrote.
-        let own = {
+        let (own, was) = {
             let l = self.lane.lock().unwrap_or_else(|e| e.into_inner());
-            l.id.filter(|_| l.pos > l.covered)
-                .map(|id| (id, l.pos, l.mac))
+            let own =
+                l.id.filter(|_| l.pos > l.covered)
+                    .map(|id| (id, l.pos, l.mac));
+            (own, l.covered)
         };
-        let covered = self.cover_once(&ak, periodic, own);
+        let covered = self.cover_once(&ak, periodic, own, was);
         let mut l = self.lane.lock().unwrap_or_else(|e| e.into_inner());
         match &covered {
             Ok(Some(pos)) => {
@@ -299,18 +301,22 @@ impl Store {
     }
 
     /// `cover_lanes` once: the position of this process's lane now named
-    /// (`Some(0)`: nothing of it to name), `None` when skipped.
+    /// (`Some(0)`: nothing of it to name), `None` when skipped. `own`: this
+    /// process's head when a cover has yet to name it; `was`: the position
+    /// of its lane last named.
     fn cover_once(
         &self,
         ak: &Secret32,
         periodic: bool,
         own: Option<LaneMark>,
+        was: u64,
     ) -> Result<Option<u64>, StoreError> {
         let mut conn = self.lock();
         // Periodic: another host covered the lanes a moment ago, this
-        // process's head included: the anchor takes its record (one read,
-        // no lock), and each host does not hold every other's commits back
-        // once a second.
+        // process's lane included past where it was last named: the anchor
+        // takes its record (one read, no lock), and each host does not hold
+        // every other's commits back once a second. (A lane no other host
+        // names, its rows renumbered, is named by its own writer.)
         let newest = self
             .rows(
                 &mut **conn,
@@ -324,9 +330,9 @@ impl Store {
             let age_ns = (crate::audit::now_ns() as i64).saturating_sub(*time_ns);
             // What it names of this process's lane is checked when a cover
             // reads it verified; a forged one only defers this cover.
-            let names_own = |(id, pos, _): LaneMark| {
+            let names_own = |(id, _, _): LaneMark| {
                 parse_lanes_detail(detail).and_then(|(_, heads)| {
-                    heads.iter().find(|h| h.0 == id && h.1 >= pos).map(|h| h.1)
+                    heads.iter().find(|h| h.0 == id && h.1 > was).map(|h| h.1)
                 })
             };
             if (0..COVER_FRESH_NS).contains(&age_ns) {
