@@ -209,8 +209,20 @@ pub fn advance_anchor(
         return backend.write_anchor(&crate::audit::Anchor { head, change, ..a }, false);
     }
     // PostgreSQL: the heads of the writers' lanes join the main chain
-    // first, so the anchor covers them too.
-    store.cover_lanes(periodic).map_err(fail)?;
+    // first, so the anchor covers them too. A cover that fails on a store
+    // not refused (the database refused the `lanes` record, or the
+    // connection dropped) does not hold the anchor back from the main
+    // chain's newest record and state change: this process then commits
+    // into the main chain until a cover succeeds.
+    match store.cover_lanes(periodic) {
+        Err(e @ StoreError::RolledBack(..)) => return Err(fail(e)),
+        Err(e) => crate::log::warn(&format!(
+            "anchor: the writers' lanes of store {} were not covered ({e}); the anchor moves \
+             onto the main chain, and this process commits there until a cover succeeds",
+            store.path().display()
+        )),
+        Ok(()) => {}
+    }
     let Some(head) = store.audit_head().map_err(fail)? else {
         return Ok(());
     };

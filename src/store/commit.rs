@@ -234,6 +234,11 @@ impl Store {
         }
         let change = self.verified_change().map_or(0, |c| c.0);
         let mut lane = self.lane.lock().unwrap_or_else(|e| e.into_inner());
+        // The last cover failed: no lane records the anchor cannot cover.
+        if lane.uncovered {
+            drop(lane);
+            return self.commit_batch_tx(ak, batch);
+        }
         if lane.id.is_none() {
             *lane = self.open_lane()?;
         }

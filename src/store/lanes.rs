@@ -13,10 +13,12 @@
 //! the main chain naming every lane that moved since the last one (its
 //! head: position and MAC) and the newest lane row it covers (`upto`), and
 //! the anchor then holds that record. So the HSM's anchor covers every
-//! lane's head: a lane cut below a covered head, or a covered record
-//! changed, is caught by the next mover, by a login against the anchor and
-//! by `audit verify`; a gap in what moved since the last coverage, by the
-//! next mover.
+//! lane's head: a lane cut below a head the newest `lanes` record names,
+//! or such a record changed, is caught by the next mover and by a login
+//! against the anchor; below a head any `lanes` record names, by `audit
+//! verify`; a gap in what moved since the last coverage, by the next
+//! mover. Each mover names its own lane from its head in memory, so a lane
+//! is covered whatever its rows' unauthenticated `id`.
 
 use crate::audit::{Event, LanePlace, Record, GENESIS};
 use crate::types::Secret32;
@@ -26,8 +28,8 @@ use super::db::{Db, Tx, Val};
 use super::{first, hex, Store, StoreError};
 
 /// This process's lane: its id (once it has one) and head, the asset
-/// generation its last commit saw, and the assets its commits read (valid
-/// at `cached_at`: a generation and a state change).
+/// generation its last commit saw, the assets its commits read (valid at
+/// `cached_at`: a generation and a state change), and its coverage.
 #[derive(Default)]
 pub(super) struct LaneHead {
     pub(super) id: Option<u64>,
@@ -36,6 +38,12 @@ pub(super) struct LaneHead {
     pub(super) generation: Option<i64>,
     pub(super) assets: std::collections::HashMap<i64, crate::asset::Asset>,
     pub(super) cached_at: Option<(i64, u64)>,
+    /// The newest position of this lane a `lanes` record this process
+    /// wrote names (or a fresh one it found naming it).
+    pub(super) covered: u64,
+    /// The last cover failed: commit into the main chain until one
+    /// succeeds (`Store::cover_lanes`).
+    pub(super) uncovered: bool,
 }
 
 /// One lane record as stored: its place, its insertion number (`id`: the
@@ -212,9 +220,11 @@ impl Store {
         Ok(())
     }
 
-    /// When the anchor holds a `lanes` record: that record verifies and
-    /// every lane head it names is still there (checked once per anchored
-    /// record). Needs the audit key (a login); without it, nothing to check.
+    /// The newest `lanes` record at or before the anchored one (the
+    /// anchored record itself, or one a later record followed): that record
+    /// verifies and every lane head it names is still there (checked once
+    /// per anchored record). Needs the audit key (a login); without it,
+    /// nothing to check.
     pub(super) fn check_anchored_cover(
         &self,
         db: &mut dyn Db,
@@ -229,17 +239,18 @@ impl Store {
         if seq == 0 || checked == Some(anchor.head) {
             return Ok(());
         }
-        let event = self
+        let cover = self
             .rows(
                 db,
-                "SELECT event FROM audit WHERE seq = ?1",
+                "SELECT seq FROM audit WHERE event = 'lanes' AND detail LIKE 'lanes upto=%' \
+                 AND seq <= ?1 ORDER BY seq DESC LIMIT 1",
                 &[Val::Int(seq as i64)],
-                |r| r.text(0),
+                |r| r.int(0),
             )
             .map(first)?;
-        if event.as_deref() == Some(Event::Lanes.name()) {
-            let (_, _, heads) = self.cover_at(db, &ak, seq)?;
-            self.check_marks(db, seq, &heads, anchor.epoch)?;
+        if let Some(cover) = cover {
+            let (_, _, heads) = self.cover_at(db, &ak, cover.max(0) as u64)?;
+            self.check_marks(db, cover.max(0) as u64, &heads, anchor.epoch)?;
         }
         self.guard().cover_checked = Some(anchor.head);
         Ok(())
@@ -249,10 +260,18 @@ impl Store {
     /// the main chain naming the head of every lane that moved since the
     /// last one, after checking under the writers' lock that the lanes
     /// still hold what the last one named and that what was appended since
-    /// has no gap. Nothing is written when no lane moved. A store that
-    /// fails is refused from now on. Needs the audit key (a login).
-    /// `periodic`: nothing is written either when another `lanes` record is
-    /// under half a second old (the anchor then takes that one).
+    /// has no gap. This process's own lane is named from its head in memory
+    /// (not found by the rows' unauthenticated `id`), after checking the
+    /// lane holds it: a lane whose rows were renumbered, or a commit
+    /// function that answered "committed" and wrote nothing, is caught here.
+    /// Nothing is written when no lane moved. A store that fails is refused
+    /// from now on. Needs the audit key (a login). `periodic`: nothing is
+    /// written either when another `lanes` record is under half a second
+    /// old and names this process's lane past where it was last named (the
+    /// anchor then takes that one). Until a cover succeeds after
+    /// one failed, this process commits into the main chain, not its lane
+    /// (`LaneHead::uncovered`): a store that refuses `lanes` records gets no
+    /// lane records the anchor cannot cover.
     pub fn cover_lanes(&self, periodic: bool) -> Result<(), StoreError> {
         if !self.is_shared() {
             return Ok(());
@@ -260,24 +279,84 @@ impl Store {
         let Some(ak) = self.guard().ak.clone() else {
             return Ok(());
         };
+        // This process's lane head not yet named by a cover it wrote.
+        let (own, was) = {
+            let l = self.lane.lock().unwrap_or_else(|e| e.into_inner());
+            let own =
+                l.id.filter(|_| l.pos > l.covered)
+                    .map(|id| (id, l.pos, l.mac));
+            (own, l.covered)
+        };
+        let covered = self.cover_once(&ak, periodic, own, was);
+        let mut l = self.lane.lock().unwrap_or_else(|e| e.into_inner());
+        match &covered {
+            Ok(Some(pos)) => {
+                l.uncovered = false;
+                l.covered = l.covered.max(*pos);
+            }
+            Ok(None) => {}
+            Err(_) => l.uncovered = true,
+        }
+        covered.map(|_| ())
+    }
+
+    /// `cover_lanes` once: the position of this process's lane now named
+    /// (`Some(0)`: nothing of it to name), `None` when skipped. `own`: this
+    /// process's head when a cover has yet to name it; `was`: the position
+    /// of its lane last named.
+    fn cover_once(
+        &self,
+        ak: &Secret32,
+        periodic: bool,
+        own: Option<LaneMark>,
+        was: u64,
+    ) -> Result<Option<u64>, StoreError> {
         let mut conn = self.lock();
-        // Periodic: another host covered the lanes a moment ago: the anchor takes its
-        // record (one read, no lock), and each host does not hold every
-        // other's commits back once a second.
+        // Periodic: another host covered the lanes a moment ago, this
+        // process's lane included past where it was last named: the anchor
+        // takes its record (one read, no lock), and each host does not hold
+        // every other's commits back once a second. (A lane no other host
+        // names, its rows renumbered, is named by its own writer.)
         let newest = self
             .rows(
                 &mut **conn,
-                "SELECT time_ns FROM audit WHERE event = 'lanes' ORDER BY seq DESC LIMIT 1",
+                "SELECT time_ns, detail FROM audit WHERE event = 'lanes' \
+                 AND detail LIKE 'lanes upto=%' ORDER BY seq DESC LIMIT 1",
                 &[],
-                |r| r.int(0),
+                |r| Ok((r.int(0)?, r.text(1)?)),
             )
             .map(first)?;
-        let age_ns = (crate::audit::now_ns() as i64).saturating_sub(newest.unwrap_or(0));
-        if periodic && (0..COVER_FRESH_NS).contains(&age_ns) {
-            return Ok(());
+        if let (true, Some((time_ns, detail))) = (periodic, &newest) {
+            let age_ns = (crate::audit::now_ns() as i64).saturating_sub(*time_ns);
+            // What it names of this process's lane is checked when a cover
+            // reads it verified; a forged one only defers this cover.
+            let names_own = |(id, _, _): LaneMark| {
+                parse_lanes_detail(detail).and_then(|(_, heads)| {
+                    heads.iter().find(|h| h.0 == id && h.1 > was).map(|h| h.1)
+                })
+            };
+            if (0..COVER_FRESH_NS).contains(&age_ns) {
+                match own {
+                    None => return Ok(None),
+                    Some(o) => {
+                        if let Some(p) = names_own(o) {
+                            return Ok(Some(p));
+                        }
+                    }
+                }
+            }
         }
         let mut tx = Tx::begin(&mut **conn)?;
-        let (cover, upto, before) = self.newest_cover(&mut *tx, &ak)?.unwrap_or((0, 0, vec![]));
+        let (cover, upto, before) = match self.newest_cover(&mut *tx, ak) {
+            Ok(c) => c.unwrap_or((0, 0, vec![])),
+            // The newest `lanes` record changed: never anchored past.
+            Err(StoreError::StateTampered(_, why)) => {
+                drop(tx);
+                drop(conn);
+                return Err(self.break_store(why, 0));
+            }
+            Err(e) => return Err(e),
+        };
         self.check_marks(&mut *tx, cover, &before, 0)?;
         let moved = self.rows(
             &mut *tx,
@@ -294,10 +373,7 @@ impl Store {
                 ))
             },
         )?;
-        if moved.is_empty() {
-            return Ok(());
-        }
-        let mut heads = Vec::with_capacity(moved.len());
+        let mut heads = Vec::with_capacity(moved.len() + 1);
         let mut newest = upto;
         for (lane, min, max, n, id) in moved {
             // Where this stretch must start: right after the head the last
@@ -326,9 +402,34 @@ impl Store {
             heads.push((lane, max, mac));
             newest = newest.max(id);
         }
+        let mut own_named = 0;
+        if let Some((id, pos, mac)) = own {
+            // This process's own head, as it committed it.
+            if self.lane_mac_at(&mut *tx, id, pos)?.as_deref() != Some(&mac[..]) {
+                drop(tx);
+                drop(conn);
+                return Err(self.break_store(
+                    format!(
+                        "this process's audit lane {id} lacks its record {pos} (or holds it with \
+                         another MAC), which this process committed: records were deleted from \
+                         the log, or the store did not write what it reported written"
+                    ),
+                    0,
+                ));
+            }
+            heads.retain(|h| h.0 != id || h.1 > pos);
+            if !heads.iter().any(|h| h.0 == id) {
+                heads.push((id, pos, mac));
+            }
+            own_named = pos;
+        }
+        if heads.is_empty() {
+            return Ok(Some(own_named));
+        }
         let mut rec = [Record::new(Event::Lanes, 0).detail(lanes_detail(newest, &heads))];
-        let head = self.append_in(&mut *tx, &ak, &mut rec)?;
-        self.commit_at(tx, head)
+        let head = self.append_in(&mut *tx, ak, &mut rec)?;
+        self.commit_at(tx, head)?;
+        Ok(Some(own_named))
     }
 }
 
