@@ -3,6 +3,8 @@
 //! and the built provider loaded through a real client library.
 #![allow(dead_code)]
 
+pub mod hosts;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -742,6 +744,13 @@ pub fn pg_admin_url() -> String {
 /// `p11derive`; its URL (password included).
 pub fn pg_database(admin: &str, name: &str) -> String {
     let mut c = postgres::Client::connect(admin, postgres::NoTls).expect("connect as admin");
+    let (_, rest) = admin.split_once('@').expect("admin URL with a password");
+    pg_database_with(&mut c, rest.split('/').next().unwrap(), name)
+}
+
+/// `pg_database` over an administrator's connection `c` to the server at
+/// `host` (HOST:PORT, as the URL returned names it).
+pub fn pg_database_with(c: &mut postgres::Client, host: &str, name: &str) -> String {
     c.batch_execute(
         "DO $$ BEGIN
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'p11derive') THEN
@@ -754,8 +763,6 @@ pub fn pg_database(admin: &str, name: &str) -> String {
         .expect("drop the test database");
     c.batch_execute(&format!("CREATE DATABASE {name} OWNER p11derive"))
         .expect("create the test database");
-    let (_, rest) = admin.split_once('@').expect("admin URL with a password");
-    let host = rest.split('/').next().unwrap();
     format!("postgres://p11derive:p11derive-test@{host}/{name}")
 }
 
