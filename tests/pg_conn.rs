@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
+use cryptoki::object::ObjectHandle;
+use cryptoki::session::Session;
 
 use common::hosts::*;
 use common::*;
@@ -355,26 +357,34 @@ fn signal_server(port: u16, sig: libc::c_int) -> usize {
     pids.len()
 }
 
+/// A provider on the store at `url` with `connect_timeout_ms = timeout_ms`,
+/// logged in, its asset `name` made and one signature (over `[1; 32]`)
+/// made: the setup, the provider, its session and the key.
+fn signer(url: &str, timeout_ms: u64, name: &str) -> (Setup, Provider, Session, ObjectHandle) {
+    let s = setup_with(None, false);
+    s.use_pg(url);
+    let text = std::fs::read_to_string(&s.config).unwrap().replacen(
+        "[store]\n",
+        &format!("[store]\nconnect_timeout_ms = {timeout_ms}\n"),
+        1,
+    );
+    std::fs::write(&s.config, text).unwrap();
+    s.init();
+    s.create_asset(name, "secp256k1");
+    let p = s.load();
+    let session = p.user_session();
+    let key = private_key(&session, name);
+    session.sign(&Mechanism::Ecdsa, key, &[1u8; 32]).unwrap();
+    (s, p, session, key)
+}
+
 #[test]
 fn a_frozen_server_fails_calls_within_the_timeout_and_its_return_works() {
     let _turn = turn();
     pg_sh(PLAIN_PORT, &[], &["start"]);
     let _stop = Stop(PLAIN_PORT);
     let url = database(PLAIN_PORT, "p11derive_frozen");
-    let s = setup_with(None, false);
-    s.use_pg(&url);
-    let text = std::fs::read_to_string(&s.config).unwrap().replacen(
-        "[store]\n",
-        "[store]\nconnect_timeout_ms = 3000\n",
-        1,
-    );
-    std::fs::write(&s.config, text).unwrap();
-    s.init();
-    s.create_asset("frozen", "secp256k1");
-    let p = s.load();
-    let session = p.user_session();
-    let key = private_key(&session, "frozen");
-    session.sign(&Mechanism::Ecdsa, key, &[1u8; 32]).unwrap();
+    let (s, p, session, key) = signer(&url, 3000, "frozen");
 
     let frozen = signal_server(PLAIN_PORT, libc::SIGSTOP);
     assert!(frozen >= 3, "the server's processes: {frozen}");
@@ -488,5 +498,51 @@ fn two_hosts_sign_through_pgbouncer_in_transaction_mode_and_both_honour_a_rotati
         )),
         "{}",
         a.log()
+    );
+}
+
+#[test]
+fn a_commit_stuck_behind_a_lock_fails_in_time_and_commits_nothing() {
+    let _turn = turn();
+    let admin = pg_admin_url();
+    let url = pg_database(&admin, "p11derive_conn_lock");
+    let (s, p, session, key) = signer(&url, 2000, "locked");
+
+    // A DBA's session holds the audit table: every commit waits on it.
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    let mut dba =
+        postgres::Client::connect(&format!("{base}/p11derive_conn_lock"), postgres::NoTls).unwrap();
+    let mut held = dba.transaction().unwrap();
+    held.batch_execute("LOCK TABLE audit IN ACCESS EXCLUSIVE MODE")
+        .unwrap();
+    let logged = s.log().len();
+    let started = Instant::now();
+    let r = session.sign(&Mechanism::Ecdsa, key, &[2u8; 32]);
+    let took = started.elapsed();
+    assert_eq!(rv_of(r), RvError::DeviceError);
+    assert!(
+        took >= Duration::from_millis(1_500) && took < Duration::from_millis(3_000),
+        "failed after {took:?}, not within connect_timeout_ms (2 s)"
+    );
+    let log = s.log_since(logged);
+    assert!(
+        log.contains("55P03") && log.contains("lock timeout"),
+        "{log}"
+    );
+    // The server ended the waiting statement itself: once the lock is
+    // released, nothing of the failed call is committed.
+    std::thread::sleep(Duration::from_millis(500));
+    held.commit().unwrap();
+    session
+        .sign(&Mechanism::Ecdsa, key, &[3u8; 32])
+        .expect("the next call, the lock released");
+    drop(session);
+    drop(p);
+    s.audit_verifies();
+    let signed = s.signed_inputs(&["--asset", "locked"]);
+    assert!(signed.contains(&sha256_hex(&[1u8; 32])) && signed.contains(&sha256_hex(&[3u8; 32])));
+    assert!(
+        !signed.contains(&sha256_hex(&[2u8; 32])),
+        "the failed call's record was committed after it failed"
     );
 }

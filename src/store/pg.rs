@@ -342,9 +342,14 @@ impl Pg {
     /// it, so a pooled server connection carries nothing to the next
     /// client): a statement or a lock wait the client has given up on is
     /// ended by the server too.
+    /// They are 90% (statements) and 80% (lock waits) of the client's
+    /// deadline, so that the server's own error (its words: "canceling
+    /// statement due to lock timeout") usually arrives before the client
+    /// gives up.
     fn limits(&self) -> String {
         let ms = self.timeout.as_millis();
-        format!("SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}")
+        let (statement, lock) = ((ms * 9 / 10).max(1), (ms * 8 / 10).max(1));
+        format!("SET LOCAL statement_timeout = {statement}; SET LOCAL lock_timeout = {lock}")
     }
 
     /// Starts a transaction without the writers' lock (creating the schema).
@@ -371,7 +376,31 @@ impl Pg {
             })?;
             typed.push((*p, ty));
         }
-        self.run(sql, &typed)
+        if self.in_tx {
+            return self.run(sql, &typed);
+        }
+        // Alone, the statement runs in a transaction of its own that carries
+        // the server-side limits: sent in one flight with it (pipelined: one
+        // round trip, as the bare statement), so that a statement that waits
+        // on a lock the client gave up on ends there too, and commits nothing.
+        let text = placeholders(sql);
+        let begin = format!("BEGIN; {}", self.limits());
+        let deadline = self.deadline();
+        let (rt, client) = self.connect(deadline)?;
+        let all = async {
+            let (begun, rows, committed) = futures_util::future::join3(
+                client.batch_execute(&begin),
+                client.query_typed(&text, &typed),
+                client.batch_execute("COMMIT"),
+            )
+            .await;
+            begun?;
+            let rows = rows?;
+            committed?;
+            Ok(rows)
+        };
+        let done = Pg::wait(rt, deadline, all);
+        self.settle(done)
     }
 
     /// One unnamed statement: its rows.
