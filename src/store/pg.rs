@@ -6,6 +6,11 @@
 //! chain stays a single chain, each record MACed onto the one before,
 //! whichever host wrote it. The commit of a batch of signatures is one
 //! statement, one round trip (see `p11derive_append` in `schema`).
+//!
+//! Each connection is driven here (tokio-postgres on a current-thread
+//! runtime of its own): a deadline on every call, unnamed statements only
+//! (PgBouncer's transaction pooling carries them), TLS as `[store] sslmode`
+//! says (`pg_tls`), errors in the server's words.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
