@@ -102,10 +102,105 @@ pub struct StoreSection {
     /// How long (milliseconds) a connection to PostgreSQL may take to open,
     /// and an unanswered call may wait, before it fails.
     pub connect_timeout_ms: u64,
+    /// TLS to PostgreSQL: `disable`, `prefer` (the default: TLS when the
+    /// server offers it, the mode negotiated logged at every connection),
+    /// `require`, `verify-ca`, `verify-full` (see [`SslMode`]).
+    pub sslmode: Option<String>,
+    /// The CA certificate(s) (PEM) that the PostgreSQL server's
+    /// certificate must chain to (`verify-ca`, `verify-full`; with
+    /// `require` too when given, as libpq does).
+    pub ca_file: Option<PathBuf>,
     /// A group that shares the SQLite store and the log file with the user
     /// p11derive runs as (an operator's CLI): files are then created 0660
     /// and owned by it; without it, 0600.
     pub group: Option<String>,
+}
+
+/// How the connection to PostgreSQL is encrypted (`[store] sslmode`), with
+/// libpq's meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// TLS when the server offers it, else unencrypted (logged as such).
+    Prefer,
+    /// TLS or no connection; the certificate is checked only when
+    /// `ca_file` is given (as `verify-ca`).
+    Require,
+    /// TLS, the server's certificate chaining to `ca_file`.
+    VerifyCa,
+    /// As `verify-ca`, and the certificate names the host of the URL.
+    VerifyFull,
+}
+
+impl SslMode {
+    pub const NAMES: &'static str = "disable, prefer, require, verify-ca or verify-full";
+
+    pub fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Whether the server's certificate is checked against `ca_file`.
+    pub fn verifies(self) -> bool {
+        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
+    }
+}
+
+impl StoreSection {
+    /// `[store] sslmode` (default `prefer`), checked with `ca_file`: a
+    /// message naming the key and the fix when they do not fit together.
+    pub fn ssl_mode(&self) -> Result<SslMode, String> {
+        let from_url = self.url.as_deref().and_then(|u| url_param(u, "sslmode"));
+        let (key, given) = match (&self.sslmode, from_url) {
+            (Some(_), Some(_)) => {
+                return Err(
+                    "[store] sslmode is set and [store] url names an sslmode too; keep \
+                     only the [store] sslmode key"
+                        .into(),
+                )
+            }
+            (Some(s), None) => ("[store] sslmode", Some(s.as_str())),
+            (None, u) => ("the sslmode of [store] url", u),
+        };
+        let mode = match given {
+            None => SslMode::Prefer,
+            Some(s) => SslMode::parse(s)
+                .ok_or_else(|| format!("{key} = {s:?} is not a mode; use {}", SslMode::NAMES))?,
+        };
+        if mode.verifies() && self.ca_file.is_none() {
+            return Err(format!(
+                "[store] sslmode = \"{}\" checks the server's certificate against a CA, but \
+                 [store] ca_file is not set; set it to the CA certificate (PEM) that signed the \
+                 server's certificate",
+                mode.name()
+            ));
+        }
+        if mode == SslMode::Disable && self.ca_file.is_some() {
+            return Err(
+                "[store] ca_file is set but [store] sslmode = \"disable\" never uses it; remove \
+                 one of them"
+                    .into(),
+            );
+        }
+        Ok(mode)
+    }
 }
 
 impl Default for StoreSection {
@@ -115,6 +210,8 @@ impl Default for StoreSection {
             anchor_interval_ms: 1000,
             url: None,
             connect_timeout_ms: 5000,
+            sslmode: None,
+            ca_file: None,
             group: None,
         }
     }
@@ -325,6 +422,9 @@ impl Config {
                 ));
             }
         }
+        self.store
+            .ssl_mode()
+            .map_err(|e| format!("config file {file}: {e}"))?;
         match (self.cache.ttl_seconds, self.cache.ttl_ms) {
             (Some(s), Some(ms)) => {
                 return Err(format!(
@@ -390,6 +490,30 @@ impl Config {
 /// Whether `[store] url` names a PostgreSQL store.
 pub fn is_url(s: &str) -> bool {
     s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// The value of a `?name=value` parameter of a URL.
+pub fn url_param<'a>(url: &'a str, name: &str) -> Option<&'a str> {
+    let (_, query) = url.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|p| p.strip_prefix(name)?.strip_prefix('='))
+}
+
+/// A URL without its `?name=value` parameter.
+pub fn without_param(url: &str, name: &str) -> String {
+    let Some((base, query)) = url.split_once('?') else {
+        return url.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| p.split('=').next() != Some(name))
+        .collect();
+    if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    }
 }
 
 /// The URL without its password, for messages: neither the one in the
@@ -527,6 +651,43 @@ path = "/var/lib/p11derive/state.db"
     /// libpq takes a password in the user part or as a query parameter:
     /// neither reaches a message (the store's location in every log line
     /// and error is the redacted URL).
+    #[test]
+    fn sslmode_and_ca_file_are_checked_together_naming_the_keys() {
+        let with = |extra: &str| {
+            let text = format!("{GOOD}url = \"postgres://u:pw@h/db\"\n{extra}");
+            Config::parse(&text, Path::new("/c.toml")).map(|c| c.store.ssl_mode())
+        };
+        assert_eq!(with("").unwrap(), Ok(SslMode::Prefer));
+        assert_eq!(with("sslmode = \"require\"").unwrap(), Ok(SslMode::Require));
+        let e = with("sslmode = \"verify-full\"").unwrap_err();
+        assert!(
+            e.contains("/c.toml") && e.contains("[store] ca_file is not set"),
+            "{e}"
+        );
+        let e = with("sslmode = \"strict\"").unwrap_err();
+        assert!(
+            e.contains("[store] sslmode = \"strict\"") && e.contains("verify-ca"),
+            "{e}"
+        );
+        let e = with("sslmode = \"disable\"\nca_file = \"/ca.pem\"").unwrap_err();
+        assert!(e.contains("never uses it"), "{e}");
+        let c = StoreSection {
+            url: Some("postgres://h/db?sslmode=verify-ca&x=1".into()),
+            ca_file: Some("/ca.pem".into()),
+            ..StoreSection::default()
+        };
+        assert_eq!(c.ssl_mode(), Ok(SslMode::VerifyCa));
+        assert_eq!(
+            without_param("postgres://h/db?sslmode=verify-ca&x=1", "sslmode"),
+            "postgres://h/db?x=1"
+        );
+        assert_eq!(
+            without_param("postgres://h/db?sslmode=a", "sslmode"),
+            "postgres://h/db"
+        );
+        assert_eq!(url_param("postgres://h/db?x=1", "sslmode"), None);
+    }
+
     #[test]
     fn redaction_drops_every_password_of_a_url() {
         for (url, shown) in [

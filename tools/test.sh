@@ -12,8 +12,10 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --release --all-targets --quiet -- -D warnings
 echo "== cargo test (release; integration tests load the libp11derive.so this build produced)"
-# tests/postgres.rs starts its PostgreSQL servers (tools/pg.sh); stop them whatever happens.
-trap 'bash tools/pg.sh stop; P11DERIVE_PG_PORT=55433 bash tools/pg.sh stop' EXIT
+# tests/postgres.rs and tests/pg_conn.rs start their PostgreSQL servers and a PgBouncer
+# (tools/pg.sh); stop them whatever happens.
+trap 'bash tools/pg.sh stop; bash tools/pg.sh bouncer-stop 55436
+      for p in 55433 55434 55435; do P11DERIVE_PG_PORT=$p bash tools/pg.sh stop; done' EXIT
 cargo test --release
 echo "== fuzz (bounded, 20 s per target)"
 bash tools/fuzz.sh 20

@@ -22,10 +22,20 @@ pub(super) const ASSET_COLUMNS: &str =
 pub(super) const ASSET_ROW_COLUMNS: &str = "id, name, key_type, object_id, current, min_usable, \
      state, created_at, resume_state, change_seq, state_mac";
 
+/// PostgreSQL: how long the cache serves assets before the generation is
+/// read again. A change by another host is seen within this (its commit
+/// checks the generation anyway, so nothing is signed under a superseded
+/// state); a read of one row per this interval per process, not per
+/// operation.
+pub(super) const POLL: std::time::Duration = std::time::Duration::from_millis(200);
+
 #[derive(Default)]
 pub(super) struct AssetCache {
     pub(super) generation: i64,
     pub(super) assets: std::collections::HashMap<i64, Asset>,
+    /// PostgreSQL: when the generation was last read (the start of the
+    /// read), `None` until it is.
+    pub(super) checked: Option<std::time::Instant>,
 }
 
 impl Store {
@@ -52,33 +62,41 @@ impl Store {
 
     /// One asset by row id (retired ones included: the caller decides).
     /// Served from the cache while no connection changed the store: SQLite
-    /// reads the generation (one cheap read); PostgreSQL is told of every
-    /// change by a notification, and the commit re-checks the generation.
+    /// reads the generation (one cheap read) every time; PostgreSQL when the
+    /// last read is older than `POLL`, and the commit re-checks the
+    /// generation.
     pub fn asset(&self, rowid: i64) -> Result<Option<Asset>, StoreError> {
         let mut conn = self.read_lock();
-        let generation = match &self.listener {
-            None => Some(self.generation(&mut **conn)?),
-            Some(l) => {
-                let mut l = l.lock().unwrap_or_else(|e| e.into_inner());
-                // Without the listener, nothing cached can be trusted.
-                if l.notified().unwrap_or(true) {
-                    self.forget_assets();
-                }
-                None
-            }
+        let now = std::time::Instant::now();
+        let due = !self.shared
+            || self
+                .asset_cache
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .checked
+                .is_none_or(|t| now.duration_since(t) >= POLL);
+        let generation = match due {
+            true => Some(self.generation(&mut **conn)?),
+            false => None,
         };
         self.refused()?;
         let mut cache = self.asset_cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(g) = generation.filter(|g| *g != cache.generation) {
-            cache.assets.clear();
-            cache.generation = g;
+        if let Some(g) = generation {
+            if g != cache.generation {
+                cache.assets.clear();
+                cache.generation = g;
+            }
+            if self.shared {
+                cache.checked = Some(now);
+            }
         }
-        // PostgreSQL: a notification takes a moment to arrive; an asset in a
-        // refusing state is read again rather than refused from the cache
-        // (a resume on another host is honoured at once; a suspension or a
-        // rotation there is enforced at the commit whatever the cache says).
+        // PostgreSQL: another host's change is seen within `POLL`; an asset
+        // in a refusing state is read again rather than refused from the
+        // cache (a resume on another host is honoured at once; a suspension
+        // or a rotation there is enforced at the commit whatever the cache
+        // says).
         let trusted = |a: &Asset| {
-            generation.is_some() || matches!(a.state, AssetState::Active | AssetState::Rotating)
+            !self.shared || matches!(a.state, AssetState::Active | AssetState::Rotating)
         };
         if let Some(a) = cache.assets.get(&rowid).filter(|a| trusted(a)) {
             return Ok(Some(a.clone()));

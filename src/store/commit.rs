@@ -275,10 +275,26 @@ impl Store {
                 Appended::Stale(g) => lane.generation = Some(g),
                 Appended::Unknown => {}
                 Appended::LaneCut(pos) => {
+                    // A batch of this process's that it took for failed
+                    // may have landed after all: carry on after it.
+                    if pos > lane.pos {
+                        if let Some((p, m)) = self.catch_up_lane(ak, &lane)? {
+                            crate::log::warn(&format!(
+                                "store {}: audit lane {id} holds records {}..={p} of a commit \
+                                 this process had reported failed (its answer never came): \
+                                 their operations' results were never returned",
+                                self.path.display(),
+                                lane.pos + 1
+                            ));
+                            (lane.pos, lane.mac) = (p, m);
+                            continue;
+                        }
+                    }
                     let why = format!(
-                        "this process's audit lane {id} ends at record {pos}, but it committed \
-                         up to record {} there: records were deleted from the log, or an older \
-                         copy of the store was restored under it",
+                        "this process's audit lane {id} ends at record {pos}, not at the record \
+                         {} it committed last there (or records after it do not verify): \
+                         records were deleted or rewritten, or an older copy of the store was \
+                         restored under it",
                         lane.pos
                     );
                     return Err(self.break_store(why, 0));

@@ -116,10 +116,63 @@ impl Store {
     /// Every lane record, lane by lane in position order.
     pub fn lane_rows(&self) -> Result<Vec<LaneRow>, StoreError> {
         let mut conn = self.lock();
-        self.rows(
+        self.lane_rows_in(&mut **conn, "ORDER BY lane, pos", &[])
+    }
+
+    /// When this process's lane is found longer than it knew (a commit
+    /// whose answer it never got — the call's deadline passed, the
+    /// connection dropped — landed after all): the lane must still hold its
+    /// known head, and the records after it must chain from there under the
+    /// audit key, in this lane, made by this process; then they are its
+    /// own, and their head (position, MAC) is returned. `None`: the lane was
+    /// cut or rewritten, or it is not this process's.
+    pub(super) fn catch_up_lane(
+        &self,
+        ak: &Secret32,
+        lane: &LaneHead,
+    ) -> Result<Option<(u64, [u8; 32])>, StoreError> {
+        let id = lane.id.unwrap_or(0);
+        // A lane this process has not written yet holds nothing of its own
+        // (its id was handed out before: the sequence was turned back).
+        if lane.pos == 0 {
+            return Ok(None);
+        }
+        let mut conn = self.lock();
+        if self.lane_mac_at(&mut **conn, id, lane.pos)?.as_deref() != Some(&lane.mac[..]) {
+            return Ok(None);
+        }
+        let after = self.lane_rows_in(
             &mut **conn,
-            &format!("SELECT {LANE_COLUMNS} FROM audit_lane ORDER BY lane, pos"),
-            &[],
+            "WHERE lane = ?1 AND pos > ?2 ORDER BY pos",
+            &[Val::Int(id as i64), Val::Int(lane.pos as i64)],
+        )?;
+        let (mut pos, mut mac) = (lane.pos, lane.mac);
+        for row in &after {
+            let at = LanePlace {
+                lane: id,
+                pos: pos + 1,
+                change: row.at.change,
+            };
+            let ours = row.record.pid == std::process::id();
+            if row.at != at || !ours || row.record.lane_mac(ak, &at, &mac)[..] != row.mac[..] {
+                return Ok(None);
+            }
+            (pos, mac) = (at.pos, stored_mac(&row.mac));
+        }
+        Ok((pos > lane.pos).then_some((pos, mac)))
+    }
+
+    /// Lane records selected by `tail`.
+    fn lane_rows_in(
+        &self,
+        db: &mut dyn Db,
+        tail: &str,
+        params: &[Val],
+    ) -> Result<Vec<LaneRow>, StoreError> {
+        self.rows(
+            db,
+            &format!("SELECT {LANE_COLUMNS} FROM audit_lane {tail}"),
+            params,
             |r| {
                 let at = LanePlace {
                     lane: r.int(0)?.max(0) as u64,

@@ -19,7 +19,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 mod assets;
 mod audit;
@@ -30,6 +30,7 @@ mod lanes;
 mod migrate;
 mod objects;
 pub mod pg;
+mod pg_tls;
 mod schema;
 mod sqlite;
 mod state;
@@ -66,8 +67,10 @@ pub struct Store {
     /// never wait behind a commit's fsync on `conn` (WAL: readers and the
     /// writer do not block each other).
     reader: Mutex<Box<dyn Db>>,
-    /// PostgreSQL: the connection that LISTENs for asset changes by any host.
-    listener: Option<Mutex<pg::Pg>>,
+    /// On PostgreSQL (shared by several hosts): cached assets are checked
+    /// against the generation every `assets::POLL` (no LISTEN: PgBouncer's
+    /// transaction pooling would not carry it).
+    shared: bool,
     /// PostgreSQL: this process's lane (its head) and the asset generation
     /// as the last commit saw them (see `commit_batch_pg`).
     lane: Mutex<lanes::LaneHead>,
@@ -131,7 +134,7 @@ impl Store {
     /// naming the file, its mode and the fix.
     pub fn open_config(c: &crate::config::StoreSection) -> Result<Store, StoreError> {
         match &c.url {
-            Some(url) => Store::open_pg(url, Duration::from_millis(c.connect_timeout_ms)),
+            Some(_) => Store::open_pg(&pg::Target::of(c)?),
             None => {
                 let access = Store::access(c)?;
                 let store = Store::open(&c.path)?;
@@ -145,7 +148,7 @@ impl Store {
     /// 0600, or 0660 and owned by `[store] group`.
     pub fn create_config(c: &crate::config::StoreSection) -> Result<Store, StoreError> {
         match &c.url {
-            Some(url) => Store::create_pg(url, Duration::from_millis(c.connect_timeout_ms)),
+            Some(_) => Store::create_pg(&pg::Target::of(c)?),
             None => Store::create_with(&c.path, &Store::access(c)?),
         }
     }
@@ -156,28 +159,20 @@ impl Store {
     }
 
     /// Creates the p11derive schema in an empty PostgreSQL database.
-    pub fn create_pg(url: &str, timeout: Duration) -> Result<Store, StoreError> {
-        let mut db = pg::Pg::new(url, timeout)?;
+    pub fn create_pg(target: &pg::Target) -> Result<Store, StoreError> {
+        let mut db = pg::Pg::new(target)?;
         schema::create_pg(&mut db)?;
         drop(db);
-        Store::open_pg(url, timeout)
+        Store::open_pg(target)
     }
 
-    /// Opens a PostgreSQL store (three connections: writes, reads, and one
-    /// that listens for asset changes made by any host).
-    pub fn open_pg(url: &str, timeout: Duration) -> Result<Store, StoreError> {
-        let mut db = pg::Pg::new(url, timeout)?;
+    /// Opens a PostgreSQL store (two connections: writes, and reads).
+    pub fn open_pg(target: &pg::Target) -> Result<Store, StoreError> {
+        let mut db = pg::Pg::new(target)?;
         let loc = db.location().to_path_buf();
         schema::identify_pg(&mut db)?;
-        let reader = pg::Pg::new(url, timeout)?;
-        let mut listener = pg::Pg::new(url, timeout)?;
-        listener.listen("p11derive_assets")?;
-        Ok(Store::assemble(
-            loc,
-            Box::new(db),
-            Box::new(reader),
-            Some(listener),
-        ))
+        let reader = pg::Pg::new(target)?;
+        Ok(Store::assemble(loc, Box::new(db), Box::new(reader), true))
     }
 
     fn configure(
@@ -190,21 +185,16 @@ impl Store {
             path.to_path_buf(),
             Box::new(conn),
             Box::new(reader),
-            None,
+            false,
         ))
     }
 
-    fn assemble(
-        path: PathBuf,
-        conn: Box<dyn Db>,
-        reader: Box<dyn Db>,
-        listener: Option<pg::Pg>,
-    ) -> Store {
+    fn assemble(path: PathBuf, conn: Box<dyn Db>, reader: Box<dyn Db>, shared: bool) -> Store {
         Store {
             path,
             conn: Mutex::new(conn),
             reader: Mutex::new(reader),
-            listener: listener.map(Mutex::new),
+            shared,
             lane: Mutex::new(lanes::LaneHead::default()),
             group: Mutex::new(Group::default()),
             batches: std::sync::atomic::AtomicU64::new(0),
@@ -224,7 +214,7 @@ impl Store {
 
     /// Whether the store is on PostgreSQL.
     pub fn is_shared(&self) -> bool {
-        self.listener.is_some()
+        self.shared
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Box<dyn Db>> {

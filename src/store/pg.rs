@@ -6,21 +6,27 @@
 //! chain stays a single chain, each record MACed onto the one before,
 //! whichever host wrote it. The commit of a batch of signatures is one
 //! statement, one round trip (see `p11derive_append` in `schema`).
+//!
+//! Each connection is driven here (tokio-postgres on a current-thread
+//! runtime of its own): a deadline on every call, unnamed statements only
+//! (PgBouncer's transaction pooling carries them), TLS as `[store] sslmode`
+//! says (`pg_tls`), errors in the server's words.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::time::Duration;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
-use fallible_iterator::FallibleIterator;
-use postgres::types::{to_sql_checked, IsNull, ToSql, Type};
-use postgres::{Client, NoTls, Statement};
+use futures_util::TryStreamExt;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::Client;
 
 use super::db::{Db, Row, Val};
+use super::pg_tls::{connect_fix, describe, Tls};
 use super::StoreError;
 
 // Config owns the meaning of `[store] url`; re-exported for the paths that
 // name them here.
-use crate::config::redact;
+use crate::config::{redact, without_param, StoreSection};
 
 /// Whether the database holds a p11derive schema.
 pub fn has_schema(db: &mut Pg) -> Result<bool, StoreError> {
@@ -28,159 +34,295 @@ pub fn has_schema(db: &mut Pg) -> Result<bool, StoreError> {
     Ok(found.first().and_then(|r| r.int(0).ok()) == Some(1))
 }
 
-/// One connection, opened on first use and again after it was lost.
+/// What a PostgreSQL store is opened with: `[store] url`, `sslmode`,
+/// `ca_file` and `connect_timeout_ms`.
+#[derive(Clone)]
+pub struct Target {
+    url: String,
+    timeout: Duration,
+    tls: Tls,
+}
+
+impl Target {
+    /// The target `[store]` names (its `url` must be set); a bad `sslmode`
+    /// or `ca_file` is an error naming the key.
+    pub fn of(c: &StoreSection) -> Result<Target, StoreError> {
+        let url = c.url.clone().unwrap_or_default();
+        let bad = |m: String| StoreError::Io(PathBuf::from(redact(&url)), m);
+        let mode = c.ssl_mode().map_err(bad)?;
+        let tls = Tls::new(mode, c.ca_file.as_deref()).map_err(bad)?;
+        Ok(Target {
+            timeout: Duration::from_millis(c.connect_timeout_ms),
+            tls,
+            url,
+        })
+    }
+
+    /// `url` with `[store]`'s other keys as in `c` (`store migrate --to`).
+    pub fn with_url(c: &StoreSection, url: &str) -> Result<Target, StoreError> {
+        let mut c = c.clone();
+        c.url = Some(url.to_string());
+        Target::of(&c)
+    }
+}
+
+/// One live connection: the client, and the task that drives its socket
+/// (on the `Pg`'s runtime, while a call waits).
+struct Conn {
+    client: Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// One connection, opened on first use and again after it was lost. Every
+/// call has a deadline (`connect_timeout_ms`): a server that does not
+/// answer in time (stopped, partitioned) fails the call, and its connection
+/// is closed, never used again. Statements are unnamed (parsed, bound and
+/// run in one message; nothing is kept on the connection between
+/// transactions), so PgBouncer's transaction pooling carries them.
 pub struct Pg {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
+    tls: Tls,
     location: PathBuf,
-    client: Option<Client>,
-    statements: HashMap<String, Statement>,
-    /// A transaction is open on `client`.
+    timeout: Duration,
+    /// Drives this connection's calls, on the calling thread.
+    rt: tokio::runtime::Runtime,
+    conn: Option<Conn>,
+    /// A transaction is open on `conn`.
     in_tx: bool,
     /// The connection was lost inside a transaction: every statement fails
     /// until the caller rolls back (a fresh connection must not carry on
     /// what the lost one had begun).
     lost_in_tx: bool,
-    /// Channels to LISTEN on at every (re)connection.
-    listen: Vec<&'static str>,
-    /// A listening connection was (re)opened: what was notified while it
-    /// was down is unknown, so the next `notified` says yes.
-    fresh: bool,
     /// The last call found the connection closed (it was dropped).
     dropped: bool,
 }
 
+/// The type a parameter is sent as, from what it accepts: the commit
+/// function's typed arrays, numbers, bytes and text.
+const PARAM_TYPES: [Type; 14] = [
+    Type::INT8,
+    Type::BYTEA,
+    Type::TEXT,
+    Type::INT8_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::INT4,
+    Type::INT2,
+    Type::BOOL,
+    Type::INT4_ARRAY,
+    Type::INT2_ARRAY,
+    Type::BOOL_ARRAY,
+    Type::FLOAT8,
+    Type::FLOAT8_ARRAY,
+];
+
+fn param_type(p: &(dyn ToSql + Sync)) -> Option<Type> {
+    let mut buf = tokio_postgres::types::private::BytesMut::new();
+    PARAM_TYPES.into_iter().find(|t| {
+        buf.clear();
+        p.to_sql_checked(t, &mut buf).is_ok()
+    })
+}
+
+/// A stored value's type: NULL's is left to the server to infer.
+fn val_type(v: &Val) -> Type {
+    match v {
+        Val::Null => Type::UNKNOWN,
+        Val::Int(_) => Type::INT8,
+        Val::Text(_) => Type::TEXT,
+        Val::Blob(_) => Type::BYTEA,
+    }
+}
+
 impl Pg {
-    pub fn new(url: &str, timeout: Duration) -> Result<Pg, StoreError> {
+    pub fn new(target: &Target) -> Result<Pg, StoreError> {
+        let url = &target.url;
         let location = PathBuf::from(redact(url));
-        let mut config: postgres::Config = url.parse().map_err(|e| {
-            StoreError::Io(
-                location.clone(),
-                format!("not a valid PostgreSQL URL ({e}); fix [store] url"),
-            )
-        })?;
+        // The sslmode (libpq's names, verify-* included) is the connector's.
+        let mut config: tokio_postgres::Config =
+            without_param(url, "sslmode").parse().map_err(|e| {
+                StoreError::Io(
+                    location.clone(),
+                    format!("not a valid PostgreSQL URL ({e}); fix [store] url"),
+                )
+            })?;
+        let timeout = target.timeout;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(timeout);
         }
-        // A server that stops answering (a partition, a failed host) fails
-        // the call after this long instead of hanging it.
+        // Beside the calls' deadline: the kernel gives up on a peer that
+        // stopped acknowledging.
         config
             .tcp_user_timeout(timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(5))
-            .application_name("p11derive");
+            .application_name("p11derive")
+            .ssl_mode(target.tls.negotiation());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| {
+                StoreError::Io(
+                    location.clone(),
+                    format!("cannot start its I/O driver ({e})"),
+                )
+            })?;
         Ok(Pg {
             config,
+            tls: target.tls.clone(),
             location,
-            client: None,
-            statements: HashMap::new(),
+            timeout,
+            rt,
+            conn: None,
             in_tx: false,
             lost_in_tx: false,
-            listen: Vec::new(),
-            fresh: false,
             dropped: false,
         })
     }
 
-    pub fn location(&self) -> &std::path::Path {
+    pub fn location(&self) -> &Path {
         &self.location
     }
 
-    /// LISTENs on `channel`, now and at every reconnection.
-    pub fn listen(&mut self, channel: &'static str) -> Result<(), StoreError> {
-        self.listen.push(channel);
-        self.client()?;
-        Ok(())
-    }
-
-    /// Whether a notification arrived (without waiting for one); an error
-    /// when the connection is lost (it is opened again at the next call).
-    pub fn notified(&mut self) -> Result<bool, StoreError> {
-        self.client()?;
-        let mut any = std::mem::take(&mut self.fresh);
-        let client = self.client.as_mut().expect("connected above");
-        let mut n = client.notifications();
-        let mut it = n.iter();
-        loop {
-            match it.next() {
-                Ok(Some(_)) => any = true,
-                Ok(None) => break,
-                Err(e) => {
-                    drop(it);
-                    drop(n);
-                    return Err(self.fail(e));
-                }
-            }
+    /// A message never carries the password, even should a server or a
+    /// library quote it.
+    fn scrub(&self, mut text: String) -> String {
+        if let Some(pw) = self.config.get_password().filter(|p| p.len() >= 3) {
+            let pw = String::from_utf8_lossy(pw).into_owned();
+            text = text.replace(&pw, "***");
         }
-        Ok(any)
+        text
     }
 
-    fn client(&mut self) -> Result<&mut Client, StoreError> {
+    fn io(&self, text: String) -> StoreError {
+        StoreError::Io(self.location.clone(), self.scrub(text))
+    }
+
+    /// Runs `f` on this connection's runtime until `deadline`; `None` when
+    /// the deadline passed first.
+    fn wait<F: Future>(rt: &tokio::runtime::Runtime, deadline: Instant, f: F) -> Option<F::Output> {
+        // The timer is made inside the runtime (it needs its driver).
+        rt.block_on(async { tokio::time::timeout_at(deadline.into(), f).await })
+            .ok()
+    }
+
+    /// The open connection (and the runtime to drive it), opened now if
+    /// there is none (within `deadline`).
+    fn connect(
+        &mut self,
+        deadline: Instant,
+    ) -> Result<(&tokio::runtime::Runtime, &Client), StoreError> {
         if self.lost_in_tx {
             return Err(self.lost("the connection was lost inside a transaction"));
         }
-        if self.client.as_ref().is_some_and(Client::is_closed) {
-            self.client = None;
+        if self.conn.as_ref().is_some_and(|c| c.client.is_closed()) {
+            self.conn = None;
         }
-        if self.client.is_none() {
-            let mut client = self.config.connect(NoTls).map_err(|e| {
-                StoreError::Io(
-                    self.location.clone(),
-                    format!(
-                        "cannot connect to PostgreSQL ({e}); check that the server runs and \
-                         [store] url; p11derive connects again at the next operation"
-                    ),
-                )
-            })?;
-            for ch in &self.listen {
-                client
-                    .batch_execute(&format!("LISTEN {ch}"))
-                    .map_err(|e| StoreError::Io(self.location.clone(), e.to_string()))?;
+        if self.conn.is_none() {
+            self.tls.reset();
+            let opened = Pg::wait(&self.rt, deadline, self.config.connect(self.tls.clone()));
+            let (client, connection) = match opened {
+                Some(Ok(c)) => c,
+                Some(Err(e)) => {
+                    return Err(self.io(format!(
+                        "cannot connect to PostgreSQL ({}); {}; p11derive connects again at the \
+                         next operation",
+                        describe(&e),
+                        connect_fix(&e)
+                    )))
+                }
+                None => {
+                    return Err(self.io(format!(
+                        "cannot connect to PostgreSQL: no answer within {} ms ([store] \
+                         connect_timeout_ms); check that the server runs and is reachable; \
+                         p11derive connects again at the next operation",
+                        self.timeout.as_millis()
+                    )))
+                }
+            };
+            let task = self.rt.spawn(async move {
+                let _ = connection.await;
+            });
+            let (how, warn) = self.tls.negotiated();
+            let line = format!("store {}: connected {how}", self.location.display());
+            if warn {
+                crate::log::warn(&line);
+            } else {
+                crate::log::info(&line);
             }
-            self.statements.clear();
-            self.fresh = !self.listen.is_empty();
-            self.client = Some(client);
+            self.conn = Some(Conn { client, task });
         }
-        Ok(self.client.as_mut().expect("connected above"))
+        match &self.conn {
+            Some(c) => Ok((&self.rt, &c.client)),
+            None => Err(self.lost("no connection")),
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
     }
 
     fn lost(&self, what: &str) -> StoreError {
-        StoreError::Io(
-            self.location.clone(),
-            format!(
-                "{what}; nothing of the operation was kept unless its audit record was \
-                 committed. p11derive connects again at the next operation"
-            ),
-        )
+        self.io(format!(
+            "{what}; nothing of the operation was kept unless its audit record was \
+             committed. p11derive connects again at the next operation"
+        ))
+    }
+
+    /// The outcome of a call made under a deadline.
+    fn settle<T>(&mut self, r: Option<Result<T, tokio_postgres::Error>>) -> Result<T, StoreError> {
+        match r {
+            Some(Ok(v)) => Ok(v),
+            Some(Err(e)) => Err(self.fail(e)),
+            None => Err(self.timed_out()),
+        }
+    }
+
+    /// The deadline passed: the connection, interrupted mid-call, is closed
+    /// (the server rolls back whatever it had begun of a transaction) and
+    /// never used again. Not tried again: the caller fails at once.
+    fn timed_out(&mut self) -> StoreError {
+        if let Some(c) = self.conn.take() {
+            c.task.abort();
+        }
+        if self.in_tx {
+            self.lost_in_tx = true;
+        }
+        self.lost(&format!(
+            "PostgreSQL did not answer within {} ms ([store] connect_timeout_ms): the call \
+             failed and its connection was closed",
+            self.timeout.as_millis()
+        ))
     }
 
     /// A failed call: a lost connection is dropped (and, inside a
     /// transaction, poisons it until rolled back).
-    fn fail(&mut self, e: postgres::Error) -> StoreError {
+    fn fail(&mut self, e: tokio_postgres::Error) -> StoreError {
         // The server ending the session (57P01 administrator shutdown, 57P02
         // crash, 57P03 starting up) or a connection exception (08xxx) may
         // arrive before the client sees the socket close.
         let ending = e
             .code()
             .is_some_and(|c| c.code().starts_with("57P") || c.code().starts_with("08"));
-        let closed = ending || e.is_closed() || self.client.as_ref().is_none_or(Client::is_closed);
+        let closed =
+            ending || e.is_closed() || self.conn.as_ref().is_none_or(|c| c.client.is_closed());
         if closed {
-            self.client = None;
-            self.statements.clear();
+            self.conn = None;
             self.dropped = true;
             if self.in_tx {
                 self.lost_in_tx = true;
             }
-            return self.lost(&format!("lost the connection to PostgreSQL ({e})"));
+            return self.lost(&format!(
+                "lost the connection to PostgreSQL ({})",
+                describe(&e)
+            ));
         }
-        let detail = match e.as_db_error() {
-            Some(db) => format!("{}: {}", db.code().code(), db.message()),
-            None => e.to_string(),
-        };
-        StoreError::Io(self.location.clone(), format!("PostgreSQL: {detail}"))
+        self.io(format!("PostgreSQL: {}", describe(&e)))
     }
 
     /// Whether the last failed call found the connection closed (and so
-    /// dropped it); cleared by asking.
+    /// dropped it); cleared by asking. A call that timed out is not one:
+    /// the server may still be stopped, and the caller fails at once.
     pub fn take_dropped(&mut self) -> bool {
         std::mem::take(&mut self.dropped)
     }
@@ -201,24 +343,26 @@ impl Pg {
         }
     }
 
-    /// Starts a transaction without the writers' lock (creating the schema).
-    pub fn begin_plain(&mut self) -> Result<(), StoreError> {
-        self.again(|pg| pg.batch("BEGIN"))?;
-        self.in_tx = true;
-        Ok(())
+    /// The server-side limits of a transaction (`SET LOCAL`: they end with
+    /// it, so a pooled server connection carries nothing to the next
+    /// client): a statement or a lock wait the client has given up on is
+    /// ended by the server too.
+    /// They are 90% (statements) and 80% (lock waits) of the client's
+    /// deadline, so that the server's own error (its words: "canceling
+    /// statement due to lock timeout") usually arrives before the client
+    /// gives up.
+    fn limits(&self) -> String {
+        let ms = self.timeout.as_millis();
+        let (statement, lock) = ((ms * 9 / 10).max(1), (ms * 8 / 10).max(1));
+        format!("SET LOCAL statement_timeout = {statement}; SET LOCAL lock_timeout = {lock}")
     }
 
-    fn statement(&mut self, sql: &str) -> Result<Statement, StoreError> {
-        // Connect first: prepared statements belong to their connection.
-        self.client()?;
-        if let Some(st) = self.statements.get(sql) {
-            return Ok(st.clone());
-        }
-        let text = placeholders(sql);
-        let prepared = self.client()?.prepare(&text);
-        let st = prepared.map_err(|e| self.fail(e))?;
-        self.statements.insert(sql.to_string(), st.clone());
-        Ok(st)
+    /// Starts a transaction without the writers' lock (creating the schema).
+    pub fn begin_plain(&mut self) -> Result<(), StoreError> {
+        let sql = format!("BEGIN; {}", self.limits());
+        self.again(|pg| pg.batch(&sql))?;
+        self.in_tx = true;
+        Ok(())
     }
 
     /// Runs a statement with typed parameters (the commit function's arrays).
@@ -226,16 +370,96 @@ impl Pg {
         &mut self,
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<postgres::Row>, StoreError> {
-        let st = self.statement(sql)?;
-        let rows = self.client()?.query(&st, params);
-        rows.map_err(|e| self.fail(e))
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let mut typed = Vec::with_capacity(params.len());
+        for (i, p) in params.iter().enumerate() {
+            let ty = param_type(*p).ok_or_else(|| {
+                self.io(format!(
+                    "parameter {} of a statement has no PostgreSQL type",
+                    i + 1
+                ))
+            })?;
+            typed.push((*p, ty));
+        }
+        if self.in_tx {
+            return self.run(sql, &typed);
+        }
+        // Alone, the statement runs in a transaction of its own that carries
+        // the server-side limits: sent in one flight with it (pipelined: one
+        // round trip, as the bare statement), so that a statement that waits
+        // on a lock the client gave up on ends there too, and commits nothing.
+        let text = placeholders(sql);
+        let begin = format!("BEGIN; {}", self.limits());
+        let deadline = self.deadline();
+        let (rt, client) = self.connect(deadline)?;
+        let all = async {
+            let (begun, rows, committed) = futures_util::future::join3(
+                client.batch_execute(&begin),
+                client.query_typed(&text, &typed),
+                client.batch_execute("COMMIT"),
+            )
+            .await;
+            begun?;
+            let rows = rows?;
+            committed?;
+            Ok(rows)
+        };
+        let done = Pg::wait(rt, deadline, all);
+        self.settle(done)
+    }
+
+    /// One unnamed statement: its rows.
+    fn run(
+        &mut self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let text = placeholders(sql);
+        let deadline = self.deadline();
+        let (rt, client) = self.connect(deadline)?;
+        let done = Pg::wait(rt, deadline, client.query_typed(&text, params));
+        self.settle(done)
+    }
+
+    /// One unnamed statement: the rows it changed.
+    fn run_count(
+        &mut self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<u64, StoreError> {
+        let text = placeholders(sql);
+        let deadline = self.deadline();
+        let (rt, client) = self.connect(deadline)?;
+        let counted = async {
+            let rows = client
+                .query_typed_raw(&text, params.iter().map(|(p, t)| (*p, t.clone())))
+                .await?;
+            let mut rows = std::pin::pin!(rows);
+            while rows.try_next().await?.is_some() {}
+            Ok(rows.rows_affected().unwrap_or(0))
+        };
+        let done = Pg::wait(rt, deadline, counted);
+        self.settle(done)
     }
 
     /// Simple statements (schema, transaction control).
     pub fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        let done = self.client()?.batch_execute(sql);
-        done.map_err(|e| self.fail(e))
+        let deadline = self.deadline();
+        let (rt, client) = self.connect(deadline)?;
+        let done = Pg::wait(rt, deadline, client.batch_execute(sql));
+        self.settle(done)
+    }
+}
+
+impl Drop for Pg {
+    /// Ends the session in good order (the server logs no lost client):
+    /// the client's goodbye flushed, 100 ms at most.
+    fn drop(&mut self) {
+        if let Some(Conn { client, task }) = self.conn.take() {
+            drop(client);
+            let bye = async { tokio::time::timeout(Duration::from_millis(100), task).await };
+            let _ = self.rt.block_on(bye);
+        }
     }
 }
 
@@ -257,7 +481,7 @@ impl ToSql for Val {
     fn to_sql(
         &self,
         ty: &Type,
-        out: &mut postgres::types::private::BytesMut,
+        out: &mut tokio_postgres::types::private::BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
         match self {
             Val::Null => Ok(IsNull::Yes),
@@ -279,7 +503,7 @@ impl ToSql for Val {
     to_sql_checked!();
 }
 
-fn pg_row(r: &postgres::Row) -> Result<Row, postgres::Error> {
+fn pg_row(r: &tokio_postgres::Row) -> Result<Row, tokio_postgres::Error> {
     let mut vals = Vec::with_capacity(r.len());
     for (i, col) in r.columns().iter().enumerate() {
         let v = match *col.type_() {
@@ -295,12 +519,17 @@ fn pg_row(r: &postgres::Row) -> Result<Row, postgres::Error> {
     Ok(Row(vals))
 }
 
+/// Stored values with their types.
+fn typed(params: &[Val]) -> Vec<(&(dyn ToSql + Sync), Type)> {
+    params.iter().map(|v| (v as _, val_type(v))).collect()
+}
+
 impl Db for Pg {
     /// Outside a transaction every query the store makes is a read, tried
     /// again on a new connection when the old one turns out closed.
     fn query(&mut self, sql: &str, params: &[Val]) -> Result<Vec<Row>, StoreError> {
-        let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as _).collect();
-        let rows = self.again(|pg| pg.query_with(sql, &p))?;
+        let p = typed(params);
+        let rows = self.again(|pg| pg.run(sql, &p))?;
         rows.iter()
             .map(pg_row)
             .collect::<Result<_, _>>()
@@ -308,22 +537,21 @@ impl Db for Pg {
     }
 
     fn execute(&mut self, sql: &str, params: &[Val]) -> Result<u64, StoreError> {
-        let st = self.statement(sql)?;
-        let p: Vec<&(dyn ToSql + Sync)> = params.iter().map(|v| v as _).collect();
-        let n = self.client()?.execute(&st, &p);
-        n.map_err(|e| self.fail(e))
+        self.run_count(sql, &typed(params))
     }
 
     fn begin_write(&mut self) -> Result<(), StoreError> {
         let begun = self.again(|pg| {
             // Exclusive: every lane commit takes this lock shared
             // (`schema::PG_WRITERS_LOCK`), so none is in flight meanwhile.
-            let done = pg.batch(&format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({}); \
+            let sql = format!(
+                "BEGIN; {}; SELECT pg_advisory_xact_lock({}); \
                  SELECT 1 FROM p11derive_meta WHERE id = 1 FOR UPDATE",
+                pg.limits(),
                 super::schema::PG_WRITERS_LOCK
-            ));
-            if done.is_err() && pg.client.is_some() {
+            );
+            let done = pg.batch(&sql);
+            if done.is_err() && pg.conn.is_some() {
                 // BEGIN may have run before the lock failed.
                 let _ = pg.batch("ROLLBACK");
             }

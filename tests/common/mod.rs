@@ -3,6 +3,8 @@
 //! and the built provider loaded through a real client library.
 #![allow(dead_code)]
 
+pub mod hosts;
+
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -19,7 +21,6 @@ pub const PIN: &str = "123456";
 pub const SO_PIN: &str = "87654321";
 pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
-mod hosts;
 #[allow(unused_imports)]
 pub use hosts::*;
 
@@ -746,6 +747,13 @@ pub fn pg_admin_url() -> String {
 /// `p11derive`; its URL (password included).
 pub fn pg_database(admin: &str, name: &str) -> String {
     let mut c = postgres::Client::connect(admin, postgres::NoTls).expect("connect as admin");
+    let (_, rest) = admin.split_once('@').expect("admin URL with a password");
+    pg_database_with(&mut c, rest.split('/').next().unwrap(), name)
+}
+
+/// `pg_database` over an administrator's connection `c` to the server at
+/// `host` (HOST:PORT, as the URL returned names it).
+pub fn pg_database_with(c: &mut postgres::Client, host: &str, name: &str) -> String {
     c.batch_execute(
         "DO $$ BEGIN
            IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'p11derive') THEN
@@ -758,8 +766,6 @@ pub fn pg_database(admin: &str, name: &str) -> String {
         .expect("drop the test database");
     c.batch_execute(&format!("CREATE DATABASE {name} OWNER p11derive"))
         .expect("create the test database");
-    let (_, rest) = admin.split_once('@').expect("admin URL with a password");
-    let host = rest.split('/').next().unwrap();
     format!("postgres://p11derive:p11derive-test@{host}/{name}")
 }
 

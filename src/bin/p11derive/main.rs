@@ -497,11 +497,16 @@ fn store_migrate(args: &Args) -> Result<(), Failure> {
         )));
     }
     let source = Store::open(Path::new(path))?;
-    let timeout = std::time::Duration::from_secs(10);
-    let dest = match Store::create_pg(to, timeout) {
+    // TLS as the config's [store] says, when there is a config.
+    let mut keys = Config::load(&config::locate(args.value("--config").map(Path::new)))
+        .map(|c| c.store)
+        .unwrap_or_default();
+    keys.connect_timeout_ms = 10_000;
+    let target = p11derive::store::pg::Target::with_url(&keys, to)?;
+    let dest = match Store::create_pg(&target) {
         Ok(s) => s,
         // An existing but empty p11derive schema is fine (migrate_into checks).
-        Err(StoreError::Exists(_)) => Store::open_pg(to, timeout)?,
+        Err(StoreError::Exists(_)) => Store::open_pg(&target)?,
         Err(e) => return Err(e.into()),
     };
     let moved = source.migrate_into(&dest)?;
