@@ -210,7 +210,7 @@ fn a_commit_function_that_writes_nothing_is_caught_at_the_next_anchor_move() {
     sign_n(&s, 3);
     db.batch_execute(
         "CREATE OR REPLACE FUNCTION p11derive_lane_append(
-            p_lane BIGINT, p_pos BIGINT, p_head BYTEA, p_gen BIGINT, p_change BIGINT,
+            p_lock_ms BIGINT, p_lane BIGINT, p_pos BIGINT, p_head BYTEA, p_gen BIGINT, p_change BIGINT,
             p_time_ns BIGINT[], p_pid BIGINT[], p_session BIGINT[], p_event TEXT[],
             p_asset TEXT[], p_version BIGINT[], p_mechanism BIGINT[], p_input BYTEA[],
             p_rv BIGINT[], p_detail TEXT[], p_mac BYTEA[], p_hold BIGINT[],

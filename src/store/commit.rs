@@ -397,11 +397,13 @@ impl Store {
         let head_mac: Option<Vec<u8>> = (lane.pos > 0).then(|| lane.mac.to_vec());
         let (hold, hold_mac): (Vec<i64>, Vec<Vec<u8>>) =
             held.iter().map(|(s, m)| (*s as i64, m.to_vec())).unzip();
-        let rows = pg.query_with(
+        let lock_ms = pg.lock_timeout_ms();
+        let rows = pg.query_alone(
             "SELECT r_ok, r_pos, r_mac, r_gen, r_pending, r_lost, r_change FROM \
              p11derive_lane_append(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-             ?15, ?16, ?17, ?18)",
+             ?15, ?16, ?17, ?18, ?19)",
             &[
+                &lock_ms,
                 &id,
                 &(lane.pos as i64),
                 &head_mac,

@@ -409,6 +409,34 @@ impl Pg {
     }
 
     /// One unnamed statement: its rows.
+    /// One statement, sent alone in its own implicit transaction without
+    /// the per-transaction limits `query_with` sends with it (one statement
+    /// instead of four on the server: the lane commit, whose function sets
+    /// its own lock timeout, `lock_timeout_ms`).
+    pub fn query_alone(
+        &mut self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        let mut typed = Vec::with_capacity(params.len());
+        for (i, p) in params.iter().enumerate() {
+            let ty = param_type(*p).ok_or_else(|| {
+                self.io(format!(
+                    "parameter {} of a statement has no PostgreSQL type",
+                    i + 1
+                ))
+            })?;
+            typed.push((*p, ty));
+        }
+        self.run(sql, &typed)
+    }
+
+    /// The lock timeout a statement sets for itself: as `limits` sets it
+    /// for a transaction, inside the call's deadline.
+    pub fn lock_timeout_ms(&self) -> i64 {
+        (self.timeout.as_millis() * 8 / 10).max(1) as i64
+    }
+
     fn run(
         &mut self,
         sql: &str,

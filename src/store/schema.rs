@@ -263,7 +263,7 @@ DROP FUNCTION IF EXISTS p11derive_append(BIGINT, BYTEA, BIGINT, BIGINT[], BIGINT
 -- the records are appended (r_ok); otherwise nothing is written and the
 -- client learns what differs. No other writer's head is read or waited for.
 CREATE FUNCTION p11derive_lane_append(
-    p_lane BIGINT, p_pos BIGINT, p_head BYTEA, p_gen BIGINT, p_change BIGINT,
+    p_lock_ms BIGINT, p_lane BIGINT, p_pos BIGINT, p_head BYTEA, p_gen BIGINT, p_change BIGINT,
     p_time_ns BIGINT[], p_pid BIGINT[], p_session BIGINT[], p_event TEXT[], p_asset TEXT[],
     p_version BIGINT[], p_mechanism BIGINT[], p_input BYTEA[], p_rv BIGINT[],
     p_detail TEXT[], p_mac BYTEA[], p_hold BIGINT[], p_hold_mac BYTEA[])
@@ -273,6 +273,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
     s BIGINT; m BYTEA; g BIGINT; p BOOLEAN; l BOOLEAN; c BIGINT;
 BEGIN
+    -- The statement runs alone (one round trip, its own transaction): a
+    -- lock it waits for longer than the client's deadline ends it here,
+    -- with nothing written (SET LOCAL: for this transaction only).
+    PERFORM set_config('lock_timeout', p_lock_ms || 'ms', true);
     PERFORM pg_advisory_xact_lock_shared(1345406034);
     SELECT a.pos, a.mac INTO s, m FROM audit_lane a WHERE a.lane = p_lane
         ORDER BY a.pos DESC LIMIT 1;
