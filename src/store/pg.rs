@@ -352,8 +352,8 @@ impl Pg {
     /// statement due to lock timeout") usually arrives before the client
     /// gives up.
     fn limits(&self) -> String {
-        let ms = self.timeout.as_millis();
-        let (statement, lock) = ((ms * 9 / 10).max(1), (ms * 8 / 10).max(1));
+        let statement = (self.timeout.as_millis() * 9 / 10).max(1);
+        let lock = self.lock_timeout_ms();
         format!("SET LOCAL statement_timeout = {statement}; SET LOCAL lock_timeout = {lock}")
     }
 
@@ -365,54 +365,10 @@ impl Pg {
         Ok(())
     }
 
-    /// Runs a statement with typed parameters (the commit function's arrays).
-    pub fn query_with(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
-        let mut typed = Vec::with_capacity(params.len());
-        for (i, p) in params.iter().enumerate() {
-            let ty = param_type(*p).ok_or_else(|| {
-                self.io(format!(
-                    "parameter {} of a statement has no PostgreSQL type",
-                    i + 1
-                ))
-            })?;
-            typed.push((*p, ty));
-        }
-        if self.in_tx {
-            return self.run(sql, &typed);
-        }
-        // Alone, the statement runs in a transaction of its own that carries
-        // the server-side limits: sent in one flight with it (pipelined: one
-        // round trip, as the bare statement), so that a statement that waits
-        // on a lock the client gave up on ends there too, and commits nothing.
-        let text = placeholders(sql);
-        let begin = format!("BEGIN; {}", self.limits());
-        let deadline = self.deadline();
-        let (rt, client) = self.connect(deadline)?;
-        let all = async {
-            let (begun, rows, committed) = futures_util::future::join3(
-                client.batch_execute(&begin),
-                client.query_typed(&text, &typed),
-                client.batch_execute("COMMIT"),
-            )
-            .await;
-            begun?;
-            let rows = rows?;
-            committed?;
-            Ok(rows)
-        };
-        let done = Pg::wait(rt, deadline, all);
-        self.settle(done)
-    }
-
-    /// One unnamed statement: its rows.
-    /// One statement, sent alone in its own implicit transaction without
-    /// the per-transaction limits `query_with` sends with it (one statement
-    /// instead of four on the server: the lane commit, whose function sets
-    /// its own lock timeout, `lock_timeout_ms`).
+    /// One statement with typed parameters (the lane commit's arrays), sent
+    /// alone in its own implicit transaction: one statement on the server,
+    /// one round trip. It carries no `SET LOCAL` limits: the lane commit's
+    /// function sets its own lock timeout (`lock_timeout_ms`).
     pub fn query_alone(
         &mut self,
         sql: &str,
@@ -437,6 +393,7 @@ impl Pg {
         (self.timeout.as_millis() * 8 / 10).max(1) as i64
     }
 
+    /// One unnamed statement: its rows.
     fn run(
         &mut self,
         sql: &str,
