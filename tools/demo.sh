@@ -11,6 +11,9 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "build (release)"
 cargo build --release --quiet
+
+step "install: the CLI, the provider, man pages and shell completions under /usr/local"
+bash tools/install.sh
 export P11DERIVE_BIN="$PWD/target/release/p11derive"
 MODULE="$PWD/target/release/libp11derive.so"
 

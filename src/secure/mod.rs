@@ -19,11 +19,13 @@
 //! tests, the vector tests) gets an arena of the default size, locked.
 
 mod arena;
+mod prompt;
 mod stack;
 
 pub use arena::{
     capacity, configure, degraded, in_use, region, secret, Secret, SecretBytes, CHUNK, DEFAULT_KIB,
 };
+pub use prompt::{prompt_secret, read_line_secret};
 pub use stack::{confined, confined_at, Depth};
 
 /// Copies an environment variable into the arena, read in place from the

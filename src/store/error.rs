@@ -44,7 +44,10 @@ impl fmt::Display for StoreError {
         match self {
             StoreError::Missing(p) => write!(
                 f,
-                "store {} does not exist; create it with `p11derive init` (or fix [store] path, or url)",
+                "store {} does not exist: if [store] path (or url) points to the wrong place, fix \
+                 it; if this root had a store, put it (or its newest backup) back there (README, \
+                 \"Backup, restore, start over\"); `p11derive init` creates a store only for a \
+                 root that never had one",
                 p.display()
             ),
             StoreError::Exists(p) => write!(f, "store {} already exists", p.display()),

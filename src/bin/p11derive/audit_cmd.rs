@@ -11,11 +11,13 @@ use std::collections::BTreeMap;
 use p11derive::audit::Anchor;
 use p11derive::store::StoreError;
 
-use super::{load_config, open_store, with_key, Args, Failure};
+use crate::args::Cli;
+use crate::common::{failed, load_config, open_store, open_store_read_only, with_key, Failure};
 
 fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
     serde_json::json!({
         "seq": r.seq,
+        "time": rfc3339(r.time_ns),
         "time_ns": r.time_ns,
         "pid": r.pid,
         "session": r.session,
@@ -23,8 +25,10 @@ fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
         "asset": r.asset,
         "version": r.version,
         "mechanism": r.mechanism,
+        "mechanism_name": r.mechanism.map(p11derive::error::mech_name),
         "input_sha256": r.input_sha256.map(|h| hex(&h)),
         "rv": r.rv,
+        "rv_name": p11derive::error::rv_name(r.rv),
         "detail": r.detail,
         "mac": mac.map(hex),
     })
@@ -70,14 +74,15 @@ impl Listed {
 /// The records from `--since` (a main-chain record number: lane records
 /// from that record's time on), of `--asset` if given: the main chain's
 /// and every lane's, merged by time (the lanes of a PostgreSQL store).
-fn selected(args: &Args, store: &Store) -> Result<Vec<Listed>, Failure> {
-    let since = match args.value("--since") {
-        None => i64::MIN,
-        Some(v) => v
-            .parse::<i64>()
-            .map_err(|_| Failure::Usage(format!("--since takes a record number, not {v:?}")))?,
-    };
-    let asset = args.value("--asset");
+fn selected(
+    store: &Store,
+    since: Option<u64>,
+    asset: Option<&str>,
+) -> Result<Vec<Listed>, Failure> {
+    if let Some(name) = asset {
+        known_asset(store, name)?;
+    }
+    let since = since.map_or(i64::MIN, |s| i64::try_from(s).unwrap_or(i64::MAX));
     let rows = store.audit_rows(since)?;
     let from_ns = match since {
         i64::MIN => 0,
@@ -121,34 +126,51 @@ fn merge_by_time(a: Vec<Listed>, b: Vec<Listed>) -> Vec<Listed> {
     out
 }
 
-pub fn export(args: &Args) -> Result<(), Failure> {
-    let config = load_config(args)?;
-    let store = open_store(&config)?;
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    for l in selected(args, &store)? {
+/// `--asset NAME` must name an asset of the store (retired ones included)
+/// or one its records name; otherwise exit 4, not an empty listing.
+fn known_asset(store: &Store, name: &str) -> Result<(), Failure> {
+    if store.all_assets()?.iter().any(|a| a.id.as_str() == name) {
+        return Ok(());
+    }
+    Err(Failure::NotFound(
+        StoreError::NotFound(name.into()).to_string(),
+    ))
+}
+
+/// RFC 3339, UTC, with the record's nanoseconds.
+fn rfc3339(time_ns: u64) -> String {
+    format!(
+        "{}.{:09}Z",
+        p11derive::log::utc_secs(time_ns / 1_000_000_000),
+        time_ns % 1_000_000_000
+    )
+}
+
+pub fn export(cli: &Cli, since: Option<u64>, asset: Option<&str>) -> Result<(), Failure> {
+    let config = load_config(cli)?;
+    let store = open_store_read_only(&config)?;
+    for l in selected(&store, since, asset)? {
         // A closed pipe (`| head`) ends the export quietly.
-        if writeln!(out, "{}", l.json()).is_err() {
-            break;
-        }
+        outln!("{}", l.json());
     }
     Ok(())
 }
 
-pub fn tail(args: &Args) -> Result<(), Failure> {
-    let n: usize = match args.value("-n") {
-        None => 20,
-        Some(v) => v
-            .parse()
-            .map_err(|_| Failure::Usage(format!("-n takes a count, not {v:?}")))?,
-    };
-    let config = load_config(args)?;
-    let store = open_store(&config)?;
-    let rows = selected(args, &store)?;
-    for l in rows.iter().skip(rows.len().saturating_sub(n)) {
+pub fn tail(cli: &Cli, n: usize, asset: Option<&str>) -> Result<(), Failure> {
+    let config = load_config(cli)?;
+    let store = open_store_read_only(&config)?;
+    let rows = selected(&store, None, asset)?;
+    let newest = rows.iter().skip(rows.len().saturating_sub(n));
+    if cli.json {
+        for l in newest {
+            outln!("{}", l.json());
+        }
+        return Ok(());
+    }
+    for l in newest {
         let r = l.record();
-        println!(
-            "{:>8}  {}  pid {:<7} {:<12} {:<24} rv 0x{:x}  {}",
+        let line = format!(
+            "{:>8}  {}Z  pid {:<7} {:<12} {:<24} {:<22} {}{}",
             l.place(),
             p11derive::log::utc_secs(r.time_ns / 1_000_000_000),
             r.pid,
@@ -158,9 +180,13 @@ pub fn tail(args: &Args) -> Result<(), Failure> {
                 (Some(a), None) => a.clone(),
                 _ => "-".into(),
             },
-            r.rv,
+            p11derive::error::rv_name(r.rv),
+            r.mechanism
+                .map(|m| format!("{} ", p11derive::error::mech_name(m)))
+                .unwrap_or_default(),
             r.detail
         );
+        outln!("{}", line.trim_end());
     }
     Ok(())
 }
@@ -250,8 +276,8 @@ fn replay_uses(rows: &[AuditRow], lanes: &[LaneRow]) -> Vec<String> {
     faults
 }
 
-pub fn reanchor(args: &Args) -> Result<(), Failure> {
-    if !args.flag("--yes") {
+pub fn reanchor(cli: &Cli, yes: bool) -> Result<(), Failure> {
+    if !yes {
         return Err(Failure::Usage(
             "re-anchoring accepts this store as the root's, even if it lacks the newest records \
              the anchor holds; it refuses a store of another lineage or one that lacks a state \
@@ -259,11 +285,11 @@ pub fn reanchor(args: &Args) -> Result<(), Failure> {
                 .into(),
         ));
     }
-    with_key(args, |store, backend, ak| {
+    let config = load_config(cli)?;
+    let store = open_store(&config)?;
+    with_key(cli, &store, &config, |store, backend, ak| {
         store.check_root(ak)?;
-        let before = backend
-            .read_anchor()
-            .map_err(|e| Failure::Failed(e.to_string()))?;
+        let before = backend.read_anchor().map_err(failed)?;
         let refuse = |m: String| Failure::Failed(format!("audit reanchor: REFUSED: {m}"));
         if let Some(a) = &before {
             // Only the same store (a repaired copy of it), never another.
@@ -320,17 +346,21 @@ pub fn reanchor(args: &Args) -> Result<(), Failure> {
             .ok_or_else(|| Failure::Failed("the audit log is empty".into()))?;
         let next = Anchor {
             store: store.store_id()?,
-            root: p11derive::lifecycle::anchored_root(before.as_ref(), backend)
-                .map_err(|e| Failure::Failed(e.to_string()))?,
+            root: p11derive::lifecycle::anchored_root(before.as_ref(), backend).map_err(failed)?,
             head: (seq, mac),
             change: store.latest_change()?.unwrap_or((0, [0; 32])),
             epoch,
             location: store.path().display().to_string(),
         };
-        backend
-            .write_anchor(&next, true)
-            .map_err(|e| Failure::Failed(e.to_string()))?;
-        println!(
+        backend.write_anchor(&next, true).map_err(failed)?;
+        if cli.json {
+            return crate::common::print_json(&serde_json::json!({
+                "anchor_record": seq,
+                "epoch": epoch,
+                "lost": lost,
+            }));
+        }
+        outln!(
             "audit reanchor: the rollback anchor now holds record {seq} (epoch {epoch}); lost: \
              {lost}. Running processes that refused the store resume at their next login"
         );
@@ -338,12 +368,17 @@ pub fn reanchor(args: &Args) -> Result<(), Failure> {
     })
 }
 
-pub fn verify(args: &Args) -> Result<(), Failure> {
-    with_key(args, |store, backend, ak| {
-        let anchor = backend
-            .read_anchor()
-            .map_err(|e| Failure::Failed(e.to_string()))?;
-        check(store, ak, anchor)
+pub fn verify(cli: &Cli) -> Result<(), Failure> {
+    let config = load_config(cli)?;
+    let store = open_store_read_only(&config)?;
+    with_key(cli, &store, &config, |store, backend, ak| {
+        let anchor = backend.read_anchor().map_err(failed)?;
+        let v = check(store, ak, anchor)?;
+        if cli.json {
+            return crate::common::print_json(&v.json());
+        }
+        outln!("audit verify: OK: {}", v.text());
+        Ok(())
     })
 }
 
@@ -477,7 +512,11 @@ fn reconcile(
 }
 
 /// The first fault, as a message naming the record.
-fn check(store: &Store, ak: &derive::Secret32, anchor: Option<Anchor>) -> Result<(), Failure> {
+pub fn check(
+    store: &Store,
+    ak: &derive::Secret32,
+    anchor: Option<Anchor>,
+) -> Result<Verified, Failure> {
     let bad = |m: String| Failure::Failed(format!("audit verify: FAILED: {m}"));
     if let Some(a) = &anchor {
         if let Err(e @ StoreError::Lineage(..)) = store.check_anchor(a) {
@@ -553,32 +592,69 @@ fn check(store: &Store, ak: &derive::Secret32, anchor: Option<Anchor>) -> Result
         1 => return Err(bad(all.remove(0))),
         n => return Err(bad(format!("{n} faults:\n  {}", all.join("\n  ")))),
     }
-    let pending = store.pending_rows()?.len();
-    println!(
-        "audit verify: OK: {count} records chained under the HSM-derived audit key (last MAC {}){}, \
-         {} assets reconciled{}{}",
-        &hex(&last_mac)[..16],
-        match lane_count {
-            (0, _) => String::new(),
-            (n, k) => format!(", and {n} in {k} writers' lanes, each covered by the chain"),
-        },
-        expected.len(),
-        match anchor.as_ref().map(|a| (a.head, a.change)) {
-            Some(((0, _), (c, _))) =>
-                format!(", the anchor's newest state change (record {c}) present"),
-            Some(((seq, _), _)) => format!(", anchor at record {seq} present"),
-            None => ", no anchor in the backing HSM yet".into(),
-        },
-        if pending > 0 {
-            format!(
-                "; {pending} records of processes without a login are pending, sealed at the next \
-                 logged-in operation"
-            )
-        } else {
-            String::new()
-        }
-    );
-    Ok(())
+    Ok(Verified {
+        records: count,
+        last_mac: hex(&last_mac),
+        lane_records: lane_count.0,
+        lanes: lane_count.1,
+        assets: expected.len(),
+        anchor: anchor.map(|a| (a.head.0, a.change.0)),
+        pending: store.pending_rows()?.len(),
+    })
+}
+
+/// What `audit verify` found, all of it good.
+pub struct Verified {
+    pub records: u64,
+    pub last_mac: String,
+    pub lane_records: usize,
+    pub lanes: usize,
+    pub assets: usize,
+    /// The anchor's (head record, newest state change record), if any.
+    pub anchor: Option<(u64, u64)>,
+    pub pending: usize,
+}
+
+impl Verified {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "ok": true,
+            "records": self.records,
+            "last_mac": self.last_mac,
+            "lane_records": self.lane_records,
+            "lanes": self.lanes,
+            "assets_reconciled": self.assets,
+            "anchor_record": self.anchor.map(|a| a.0),
+            "anchor_change": self.anchor.map(|a| a.1),
+            "pending": self.pending,
+        })
+    }
+
+    pub fn text(&self) -> String {
+        format!(
+            "{} records chained under the HSM-derived audit key (last MAC {}){}, {} assets \
+             reconciled{}{}",
+            self.records,
+            &self.last_mac[..16],
+            match (self.lane_records, self.lanes) {
+                (0, _) => String::new(),
+                (n, k) => format!(", and {n} in {k} writers' lanes, each covered by the chain"),
+            },
+            self.assets,
+            match self.anchor {
+                Some((0, c)) => format!(", the anchor's newest state change (record {c}) present"),
+                Some((seq, _)) => format!(", anchor at record {seq} present"),
+                None => ", no anchor in the backing HSM yet".into(),
+            },
+            match self.pending {
+                0 => String::new(),
+                n => format!(
+                    "; {n} records of processes without a login are pending, sealed at the next \
+                     logged-in operation"
+                ),
+            }
+        )
+    }
 }
 
 /// Every writer's lane (PostgreSQL) chains from its first record to its

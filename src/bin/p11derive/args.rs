@@ -1,0 +1,433 @@
+//! The command line, declared once: parsing, per-command help, man pages and completions come from it.
+
+use std::path::PathBuf;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use p11derive::derive::KeyType;
+
+/// Exit codes, documented here once (the help, the man page and the README
+/// quote this list).
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  the operation failed (config, store, backing HSM, a signature no version verifies);
+     the message says why and what to do
+  2  the command line is wrong (the message names the argument)
+  3  refused: the asset's state does not allow it, the name or id is taken, or the
+     key type has no such operation
+  4  no such asset";
+
+const ABOUT: &str = "Derived keys from an HSM-held root: the CLI beside the PKCS#11 provider";
+
+const LONG_ABOUT: &str = "\
+p11derive manages the keys that libp11derive.so (the PKCS#11 provider) derives from one
+root held in a backing HSM: it creates the root and the store, creates and rotates assets,
+and verifies and exports the audit log.
+
+The config file is --config FILE, else $P11DERIVE_CONF, else /etc/p11derive/p11derive.toml.
+
+Commands that change anything, and `audit verify`, log in to the backing token with its user
+PIN: from --pin-file FILE (`--pin-file -` reads standard input), else $P11DERIVE_PIN, else a
+prompt on the terminal (no echo). Read-only commands use the PIN only when one is given, to
+verify what they show under the HSM-derived keys.";
+
+#[derive(Parser)]
+#[command(
+    name = "p11derive",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = "Run `p11derive help COMMAND` (or `p11derive COMMAND --help`) for a command's options and examples.",
+    after_long_help = EXIT_CODES,
+    arg_required_else_help = true,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// The config file [default: $P11DERIVE_CONF, else /etc/p11derive/p11derive.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Read the backing token's user PIN from FILE (`-`: standard input) [else
+    /// $P11DERIVE_PIN, else a prompt on the terminal]
+    #[arg(long, global = true, value_name = "FILE|-")]
+    pub pin_file: Option<String>,
+
+    /// Print JSON (for scripts) instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Create the root inside the backing HSM (non-extractable) and the store
+    #[command(after_help = "\
+Examples:
+  p11derive init                       generate the root inside the HSM, create the store
+  p11derive init --import-root FILE    import a given root (test vectors, recovery ceremonies)
+
+An existing root and store are kept. `init` refuses to import a second root, and refuses a
+new store for a root that already has one (restore that store instead).")]
+    Init {
+        /// Import this 32-byte root (64 hex digits, whitespace ignored, or 32 raw bytes)
+        /// instead of generating one inside the HSM
+        #[arg(long, value_name = "FILE")]
+        import_root: Option<PathBuf>,
+    },
+
+    /// What p11derive finds (config, store, backing token, root, anchor, assets) and what is
+    /// wrong, each problem with its fix
+    #[command(
+        visible_alias = "doctor",
+        after_help = "\
+Exit status 0 when nothing is wrong, 1 otherwise. With the PIN (--pin-file, $P11DERIVE_PIN,
+or the prompt on a terminal) it also checks the root's fingerprint, the HSM's rollback anchor
+and the store's state under the HSM-derived keys.
+
+Examples:
+  p11derive status
+  p11derive --config /etc/p11derive/p11derive.toml doctor --json"
+    )]
+    Status,
+
+    /// Create, list, show, rotate and end assets (each a key with versions)
+    #[command(subcommand, arg_required_else_help = true)]
+    Asset(AssetCommand),
+
+    /// Say which version of an EC asset made a signature
+    #[command(after_help = "\
+The signature may be DER (OpenSSL, `pkcs11-tool --signature-format openssl`) or raw r||s.
+Every version that still verifies is tried; the one that verifies is printed.
+Exit status 0 when a version verifies, 1 when none does.
+
+Examples:
+  p11derive verify --asset hot-wallet-1 --signature msg.sig --message msg.txt
+  p11derive verify --asset hot-wallet-1 --signature msg.sig --digest 9f86d0...0a08 --json")]
+    Verify(VerifyArgs),
+
+    /// Verify, export and follow the audit log
+    #[command(subcommand, arg_required_else_help = true)]
+    Audit(AuditCommand),
+
+    /// Move a store (SQLite to PostgreSQL)
+    #[command(subcommand, arg_required_else_help = true)]
+    Store(StoreCommand),
+
+    /// Print a shell completion script
+    #[command(after_help = "\
+Examples:
+  p11derive completions bash > /usr/share/bash-completion/completions/p11derive
+  p11derive completions zsh > \"${fpath[1]}/_p11derive\"")]
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+
+    /// Write the man pages (p11derive.1, p11derive-asset-create.1, ...) into DIR
+    #[command(after_help = "Example:\n  p11derive man /usr/local/share/man/man1")]
+    Man {
+        /// Where to write them
+        dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum AssetCommand {
+    /// Register a new asset at version 1
+    #[command(after_help = "\
+Key types (case does not matter):
+  secp256k1    (k256)                          ECDSA, as Bitcoin and Ethereum use it
+  p256         (P-256, prime256v1, secp256r1)  ECDSA on NIST P-256
+  aes256       (AES-256, aes)                  AES-256 secret key: GCM, key wrap
+  hmac-sha256  (hmac)                          HMAC secret key
+
+Examples:
+  p11derive asset create hot-wallet-1 --type secp256k1
+  p11derive asset create tls-edge --type P-256 --id 0a0b0c
+  p11derive asset create backup-kek --type aes256")]
+    Create {
+        /// The asset's name (its CKA_LABEL; never reused once retired)
+        name: String,
+        /// The key type
+        #[arg(long = "type", value_name = "TYPE", ignore_case = true)]
+        key_type: TypeArg,
+        /// The objects' CKA_ID, in hex (1 to 64 bytes) [default: derived from the name]
+        #[arg(long, value_name = "HEX", value_parser = parse_object_id)]
+        id: Option<Vec<u8>>,
+    },
+
+    /// The assets that are not retired
+    #[command(after_help = "Examples:\n  p11derive asset list\n  p11derive asset list --json")]
+    List,
+
+    /// An asset's versions, state, and what each version may do
+    #[command(after_help = "\
+With the PIN, every row is verified under the HSM-derived state key before it is shown.
+
+Examples:
+  p11derive asset show hot-wallet-1
+  p11derive --pin-file pin.txt asset show hot-wallet-1 --json")]
+    Show {
+        /// The asset
+        name: String,
+    },
+
+    /// Print an EC asset's public key (default: the current version, PEM)
+    #[command(
+        group(ArgGroup::new("format").args(["pem", "der", "hex"])),
+        after_help = "\
+Examples:
+  p11derive asset pubkey hot-wallet-1 > pub.pem
+  p11derive asset pubkey hot-wallet-1 --version 1 --der > v1.der
+  p11derive asset pubkey hot-wallet-1 --hex        (the uncompressed point, 04||x||y)"
+    )]
+    Pubkey {
+        /// The asset
+        name: String,
+        /// Which version [default: the current one]
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        version: Option<u32>,
+        /// SubjectPublicKeyInfo, PEM (the default)
+        #[arg(long)]
+        pem: bool,
+        /// SubjectPublicKeyInfo, DER (binary: redirect it to a file)
+        #[arg(long)]
+        der: bool,
+        /// The uncompressed point 04||x||y, in hex
+        #[arg(long)]
+        hex: bool,
+    },
+
+    /// Make version current+1 the one that signs (or encrypts)
+    #[command(after_help = "\
+Without --grace the previous version stops signing at once (it still verifies, or decrypts).
+With --grace it may still sign until `p11derive asset finish NAME`.
+
+Examples:
+  p11derive asset rotate hot-wallet-1
+  p11derive asset rotate tls-edge --grace")]
+    Rotate {
+        /// The asset
+        name: String,
+        /// Let the previous version keep signing until `asset finish`
+        #[arg(long)]
+        grace: bool,
+    },
+
+    /// End a rotation's grace window (the previous version stops signing)
+    #[command(after_help = "Example:\n  p11derive asset finish tls-edge")]
+    Finish {
+        /// The asset
+        name: String,
+    },
+
+    /// Make every version below N unusable, for good
+    #[command(after_help = "\
+Trimming to the version already trimmed to is a no-op (exit 0). N may not exceed the current
+version.
+
+Example:
+  p11derive asset trim hot-wallet-1 3")]
+    Trim {
+        /// The asset
+        name: String,
+        /// The lowest version that stays usable
+        #[arg(value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        below: u32,
+    },
+
+    /// Refuse every operation with the asset until `asset resume`
+    #[command(after_help = "Example:\n  p11derive asset suspend hot-wallet-1")]
+    Suspend {
+        /// The asset
+        name: String,
+    },
+
+    /// Undo `asset suspend`: the asset is again what it was before
+    #[command(after_help = "Example:\n  p11derive asset resume hot-wallet-1")]
+    Resume {
+        /// The asset
+        name: String,
+    },
+
+    /// End the asset for good: no object, no operation, its name never used again
+    #[command(after_help = "Example:\n  p11derive asset retire old-wallet --yes")]
+    Retire {
+        /// The asset
+        name: String,
+        /// Confirm: retiring cannot be undone
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Args)]
+#[command(group(ArgGroup::new("data").args(["message", "digest"]).required(true)))]
+pub struct VerifyArgs {
+    /// The asset
+    #[arg(long, value_name = "NAME")]
+    pub asset: String,
+    /// The signature file (DER or raw r||s)
+    #[arg(long, value_name = "FILE")]
+    pub signature: PathBuf,
+    /// The signed message (hashed with --hash)
+    #[arg(long, value_name = "FILE")]
+    pub message: Option<PathBuf>,
+    /// The signed digest, in hex (CKM_ECDSA over a digest made elsewhere)
+    #[arg(long, value_name = "HEX")]
+    pub digest: Option<String>,
+    /// The hash of --message (CKM_ECDSA_SHA256 is sha256)
+    #[arg(long, value_enum, default_value = "sha256")]
+    pub hash: HashArg,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Check the whole log: every MAC, the HSM anchor, every asset's state against its records
+    #[command(after_help = "\
+Needs the PIN (it derives the audit key inside the HSM). Exit status 1 names the first record
+that fails, or lists every fault found.
+
+Example:
+  p11derive audit verify")]
+    Verify,
+
+    /// The records as JSON lines (times RFC 3339 UTC, mechanisms and return codes named)
+    #[command(after_help = "\
+Examples:
+  p11derive audit export > audit.jsonl
+  p11derive audit export --asset hot-wallet-1 --since 100 | jq .")]
+    Export {
+        /// From this record of the main chain on (and the lanes' records from its time on)
+        #[arg(long, value_name = "SEQ", allow_negative_numbers = true)]
+        since: Option<u64>,
+        /// Only this asset's records
+        #[arg(long, value_name = "NAME")]
+        asset: Option<String>,
+    },
+
+    /// The newest records, one line each
+    #[command(after_help = "\
+Examples:
+  p11derive audit tail
+  p11derive audit tail -n 5 --asset hot-wallet-1")]
+    Tail {
+        /// How many
+        #[arg(short = 'n', value_name = "N", default_value_t = 20)]
+        count: usize,
+        /// Only this asset's records
+        #[arg(long, value_name = "NAME")]
+        asset: Option<String>,
+    },
+
+    /// After restoring a copy of this root's store: verify it and move the HSM's rollback
+    /// anchor to its newest record (audited)
+    #[command(after_help = "\
+Refused for another store, or for a copy that lacks a state change the anchor knows.
+Run `p11derive audit verify` first.
+
+Example:
+  p11derive audit reanchor --yes")]
+    Reanchor {
+        /// Confirm: the records the copy lacks are lost from the log
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Copy a SQLite store, every record, into a new PostgreSQL store
+    #[command(after_help = "\
+Then set [store] url to the new store in the config.
+
+Example:
+  p11derive store migrate --from sqlite:/var/lib/p11derive/store.db \\
+      --to postgres://p11derive:PASSWORD@db.internal:5432/p11derive")]
+    Migrate {
+        /// The store to copy: sqlite:PATH
+        #[arg(long, value_name = "sqlite:PATH")]
+        from: String,
+        /// The new store: postgres://USER:PASSWORD@HOST:PORT/DB
+        #[arg(long, value_name = "URL")]
+        to: String,
+    },
+}
+
+/// `--type`: the names pkcs11-tool, OpenSSL and the design use.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum TypeArg {
+    #[value(name = "secp256k1", alias = "k256")]
+    Secp256k1,
+    #[value(name = "p256", aliases = ["p-256", "prime256v1", "secp256r1"])]
+    P256,
+    #[value(name = "aes256", aliases = ["aes-256", "aes"])]
+    Aes256,
+    #[value(name = "hmac-sha256", alias = "hmac")]
+    HmacSha256,
+}
+
+impl TypeArg {
+    pub fn key_type(self) -> KeyType {
+        match self {
+            TypeArg::Secp256k1 => KeyType::Secp256k1,
+            TypeArg::P256 => KeyType::P256,
+            TypeArg::Aes256 => KeyType::Aes256,
+            TypeArg::HmacSha256 => KeyType::HmacSha256,
+        }
+    }
+}
+
+/// `verify --hash`.
+#[derive(Clone, Copy, ValueEnum)]
+pub enum HashArg {
+    Sha1,
+    Sha224,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+fn parse_object_id(h: &str) -> Result<Vec<u8>, String> {
+    crate::common::unhex(h)
+        .filter(|b| !b.is_empty() && b.len() <= 64)
+        .ok_or_else(|| format!("{h:?} is not 1 to 64 bytes of hex (e.g. 0a0b0c)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn key_type_names_of_other_tools() {
+        for (given, want) in [
+            ("P-256", KeyType::P256),
+            ("prime256v1", KeyType::P256),
+            ("secp256r1", KeyType::P256),
+            ("SECP256K1", KeyType::Secp256k1),
+            ("AES-256", KeyType::Aes256),
+            ("hmac-sha256", KeyType::HmacSha256),
+        ] {
+            let cli = Cli::try_parse_from(["p11derive", "asset", "create", "a", "--type", given])
+                .unwrap_or_else(|e| panic!("{given}: {e}"));
+            match cli.command {
+                Command::Asset(AssetCommand::Create { key_type, .. }) => {
+                    assert_eq!(key_type.key_type(), want, "{given}")
+                }
+                _ => panic!("parsed as another command"),
+            }
+        }
+        assert!(
+            Cli::try_parse_from(["p11derive", "asset", "create", "a", "--type", "rsa"]).is_err()
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! What every command shares: failures and exit codes, output, the config, locked memory, the PIN, the store and the HSM login.
+
+use std::io::{IsTerminal, Write};
+use std::path::Path;
+
+use p11derive::backend::Backend;
+use p11derive::config::{self, Config};
+use p11derive::derive::Secret32;
+use p11derive::files::Access;
+use p11derive::lifecycle::LifecycleError;
+use p11derive::secure::SecretBytes;
+use p11derive::store::{Store, StoreError};
+
+use crate::args::Cli;
+
+/// Why a command failed, and so its exit code.
+pub enum Failure {
+    /// 2: the command line is wrong; the message, and the command whose
+    /// `--help` explains it.
+    Usage(String),
+    /// 1: the operation failed.
+    Failed(String),
+    /// 3: refused by the asset's state, a taken name or id, or the key type.
+    Refused(String),
+    /// 4: no such asset.
+    NotFound(String),
+}
+
+impl Failure {
+    pub fn code(&self) -> u8 {
+        match self {
+            Failure::Failed(_) => 1,
+            Failure::Usage(_) => 2,
+            Failure::Refused(_) => 3,
+            Failure::NotFound(_) => 4,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Failure::Usage(m) | Failure::Failed(m) | Failure::Refused(m) | Failure::NotFound(m) => {
+                m
+            }
+        }
+    }
+}
+
+impl From<LifecycleError> for Failure {
+    fn from(e: LifecycleError) -> Self {
+        match e {
+            LifecycleError::Store(e @ (StoreError::Refused(_) | StoreError::Duplicate(_))) => {
+                Failure::Refused(e.to_string())
+            }
+            LifecycleError::Store(e @ StoreError::NotFound(_)) => Failure::NotFound(e.to_string()),
+            e => Failure::Failed(e.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        LifecycleError::Store(e).into()
+    }
+}
+
+pub fn failed(e: impl std::fmt::Display) -> Failure {
+    Failure::Failed(e.to_string())
+}
+
+/// Writes a line to standard output. A reader that went away (`| head`)
+/// ends the command quietly with success; any other write error fails it.
+pub fn emit(line: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("p11derive: cannot write the output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `println!` that ends quietly on a closed pipe (see [`emit`]).
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::common::emit(format_args!(""))
+    };
+    ($($t:tt)*) => {
+        $crate::common::emit(format_args!($($t)*))
+    };
+}
+
+/// Prints JSON, pretty.
+pub fn print_json(v: &serde_json::Value) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(v).map_err(failed)?;
+    outln!("{text}");
+    Ok(())
+}
+
+/// The config; a log file it names that other users can read is reported
+/// (the store's files are, when the store opens).
+pub fn load_config(cli: &Cli) -> Result<Config, Failure> {
+    let path = config::locate(cli.config.as_deref());
+    let config = Config::load(&path).map_err(Failure::Failed)?;
+    if let (Some(file), Ok(access)) = (&config.log.file, Access::of(config.store.group.as_deref()))
+    {
+        p11derive::files::report(&[("log file", file.clone())], &access);
+    }
+    Ok(config)
+}
+
+/// Maps the locked arena for the secrets a command handles (PIN, root,
+/// audit key) under the same `[memory]` rules as the provider.
+pub fn lock_memory(config: &Config) -> Result<(), Failure> {
+    p11derive::mechanisms::warm_up();
+    let memory = &config.memory;
+    match p11derive::secure::configure(memory.locked_kib, memory.allow_unlocked) {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            eprintln!(
+                "p11derive: DEGRADED: memory for secrets cannot be locked and [memory] \
+                 allow_unlocked = true in {}: the PIN and keys may be swapped to disk",
+                config.source.display()
+            );
+            Ok(())
+        }
+        Err(m) => Err(Failure::Failed(format!(
+            "{m} (config file {})",
+            config.source.display()
+        ))),
+    }
+}
+
+/// The longest PIN (or PIN file) accepted, in bytes.
+const MAX_PIN: usize = 1024;
+
+/// Reads a whole small file straight into locked memory (never through a
+/// heap buffer); `None` when it holds more than `capacity` bytes.
+pub fn read_secret_file(path: &Path, capacity: usize) -> std::io::Result<Option<SecretBytes>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = SecretBytes::with_capacity(capacity + 1).map_err(std::io::Error::other)?;
+    loop {
+        let n = file.read(buf.spare())?;
+        if n == 0 {
+            break;
+        }
+        buf.grow(n);
+        if buf.len() > capacity {
+            return Ok(None);
+        }
+    }
+    Ok(Some(buf))
+}
+
+/// Whether the PIN was given without asking (`--pin-file`, `$P11DERIVE_PIN`).
+pub fn pin_given(cli: &Cli) -> bool {
+    cli.pin_file.is_some() || std::env::var_os("P11DERIVE_PIN").is_some_and(|p| !p.is_empty())
+}
+
+/// Whether a PIN can be asked for: standard input is a terminal.
+pub fn can_ask() -> bool {
+    std::io::stdin().is_terminal()
+}
+
+/// The backing token's user PIN, in locked memory wiped on drop: from
+/// `--pin-file FILE` (`-`: standard input, its first line), else
+/// `$P11DERIVE_PIN`, else asked on the terminal without echo.
+pub fn read_pin(cli: &Cli, config: &Config) -> Result<SecretBytes, Failure> {
+    let token = &config.backend.token_label;
+    match cli.pin_file.as_deref() {
+        Some("-") => {
+            // Unbuffered: no copy of the PIN in the standard input's buffer.
+            let fd = std::os::fd::AsFd::as_fd(&std::io::stdin())
+                .try_clone_to_owned()
+                .map_err(|e| failed(format!("cannot read the PIN from standard input: {e}")))?;
+            let pin = p11derive::secure::read_line_secret(&mut std::fs::File::from(fd), MAX_PIN)
+                .map_err(|e| failed(format!("the PIN on standard input (--pin-file -) is {e}")))?;
+            return nonempty(pin, "standard input (--pin-file -)");
+        }
+        Some(file) => {
+            let mut pin = read_secret_file(Path::new(file), MAX_PIN)
+                .map_err(|e| failed(format!("cannot read PIN file {file}: {e}")))?
+                .ok_or_else(|| {
+                    failed(format!(
+                        "PIN file {file} is longer than {MAX_PIN} bytes: it must hold the PIN only"
+                    ))
+                })?;
+            let len = pin.len()
+                - pin
+                    .iter()
+                    .rev()
+                    .take_while(|&&b| b == b'\n' || b == b'\r')
+                    .count();
+            pin.truncate(len);
+            return nonempty(pin, &format!("PIN file {file}"));
+        }
+        None => {}
+    }
+    match p11derive::secure::from_env("P11DERIVE_PIN") {
+        Ok(Some(pin)) if !pin.is_empty() => return Ok(pin),
+        Ok(_) => {}
+        Err(m) => return Err(Failure::Failed(m)),
+    }
+    if !can_ask() {
+        return Err(failed(format!(
+            "no PIN for backing token {token:?}: pass --pin-file FILE (or `--pin-file -` to read \
+             it from standard input), set P11DERIVE_PIN, or run on a terminal to be asked"
+        )));
+    }
+    let pin = p11derive::secure::prompt_secret(
+        &format!("User PIN of backing token {token:?}: "),
+        MAX_PIN,
+    )
+    .map_err(|e| failed(format!("cannot ask for the PIN: {e}")))?;
+    nonempty(pin, "the prompt")
+}
+
+fn nonempty(pin: SecretBytes, from: &str) -> Result<SecretBytes, Failure> {
+    if pin.is_empty() {
+        return Err(failed(format!("the PIN from {from} is empty")));
+    }
+    Ok(pin)
+}
+
+/// Opens the store for a command that changes it.
+pub fn open_store(config: &Config) -> Result<Store, Failure> {
+    Ok(Store::open_config(&config.store)?)
+}
+
+/// Opens the store for a command that only reads it (an auditor may only
+/// read the file).
+pub fn open_store_read_only(config: &Config) -> Result<Store, Failure> {
+    Ok(Store::open_config(&config.store)?)
+}
+
+/// Opens the backing module and finds the token.
+pub fn open_backend(config: &Config) -> Result<Backend, Failure> {
+    Backend::open(&config.backend, &config.source).map_err(failed)
+}
+
+/// Before a change: the store must be this root's (lineage) and hold what
+/// the HSM's rollback anchor holds; then its state changes are verified
+/// under the audit key and every asset row read after is checked (and never
+/// is the anchor moved onto a restored, forked chain).
+pub fn refuse_rolled_back(store: &Store, backend: &Backend, ak: &Secret32) -> Result<(), Failure> {
+    let anchor = backend.read_anchor().map_err(failed)?;
+    if let Some(a) = &anchor {
+        store.check_anchor(a)?;
+    }
+    store.authenticate(ak, anchor.as_ref())?;
+    Ok(())
+}
+
+/// Logs in to the backing HSM (user PIN) and runs `f` with the store, the
+/// HSM and the audit key, derived through it into the locked arena.
+pub fn with_key<T>(
+    cli: &Cli,
+    store: &Store,
+    config: &Config,
+    f: impl FnOnce(&Store, &Backend, &Secret32) -> Result<T, Failure>,
+) -> Result<T, Failure> {
+    lock_memory(config)?;
+    let pin = read_pin(cli, config)?;
+    let backend = open_backend(config)?;
+    let result = login(&backend, &pin).and_then(|()| {
+        let ak = p11derive::derive::audit_key(&backend).map_err(failed)?;
+        f(store, &backend, &ak)
+    });
+    let _ = backend.logout();
+    backend.finalize();
+    result
+}
+
+/// The user login at the backing token.
+pub fn login(backend: &Backend, pin: &[u8]) -> Result<(), Failure> {
+    backend
+        .login(p11derive::ck::CKU_USER, pin)
+        .map_err(|e| failed(format!("backing token login: {e}")))
+}
+
+/// The store for a command that only reads: with a PIN given
+/// (`--pin-file`, `$P11DERIVE_PIN`) its rows are verified under the state
+/// key as they are read (the HSM's anchor and the store's state changes
+/// checked first); without one they are shown as stored, and stderr says so.
+pub fn readable_store(cli: &Cli) -> Result<Store, Failure> {
+    let config = load_config(cli)?;
+    let store = open_store_read_only(&config)?;
+    if !pin_given(cli) {
+        eprintln!(
+            "p11derive: note: asset rows are shown as stored, not verified under the HSM-derived \
+             state key; give the PIN (--pin-file FILE, --pin-file -, or $P11DERIVE_PIN) to verify \
+             them"
+        );
+        return Ok(store);
+    }
+    with_key(cli, &store, &config, |store, backend, ak| {
+        store.check_root(ak)?;
+        refuse_rolled_back(store, backend, ak)
+    })?;
+    Ok(store)
+}
+
+pub fn unhex(h: &str) -> Option<Vec<u8>> {
+    if !h.len().is_multiple_of(2) || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
+        .collect()
+}

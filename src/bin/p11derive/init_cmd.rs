@@ -1,0 +1,249 @@
+//! `p11derive init` (the root and the store) and `p11derive store migrate`.
+
+use std::path::Path;
+
+use p11derive::audit::{Event, Record};
+use p11derive::backend::Backend;
+use p11derive::config::{self, Config};
+use p11derive::derive::{self, Secret32};
+use p11derive::lifecycle;
+use p11derive::store::{hex, Store, StoreError};
+
+use crate::args::Cli;
+use crate::common::{load_config, lock_memory, print_json, read_pin, read_secret_file, Failure};
+
+/// Reads a root to import: 64 hex digits (whitespace ignored) or 32 raw bytes,
+/// into locked memory.
+fn read_root(path: &Path) -> Result<Secret32, Failure> {
+    let shown = path.display();
+    let too_long = || {
+        Failure::Failed(format!(
+            "root file {shown} must hold exactly 32 bytes, raw or as 64 hex digits"
+        ))
+    };
+    let raw = read_secret_file(path, 4096)
+        .map_err(|e| Failure::Failed(format!("cannot read root file {shown}: {e}")))?
+        .ok_or_else(too_long)?;
+    let mut root = Secret32::new().map_err(Failure::Failed)?;
+    let digits = raw.iter().filter(|b| !b.is_ascii_whitespace());
+    if digits.clone().count() == 64 && digits.clone().all(u8::is_ascii_hexdigit) {
+        let nib = |c: u8| (c as char).to_digit(16).unwrap_or(0) as u8;
+        let mut it = digits.copied();
+        for byte in root.iter_mut() {
+            let (hi, lo) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+            *byte = (nib(hi) << 4) | nib(lo);
+        }
+    } else if raw.len() == 32 {
+        root.copy_from_slice(&raw);
+    } else {
+        return Err(too_long());
+    }
+    Ok(root)
+}
+
+pub fn init(cli: &Cli, import_root: Option<&Path>) -> Result<(), Failure> {
+    let config = load_config(cli)?;
+    lock_memory(&config)?;
+    let import = import_root.map(read_root).transpose()?;
+    let pin = read_pin(cli, &config)?;
+    let backend = crate::common::open_backend(&config)?;
+    let mut done = Done::default();
+    let result = init_with(&config, &backend, import.as_deref(), &pin, &mut done);
+    backend.finalize();
+    result?;
+    if cli.json {
+        return print_json(&serde_json::json!({
+            "root_label": config.backend.root_label,
+            "token_label": config.backend.token_label,
+            "root": done.root,
+            "store": done.store,
+            "store_created": done.created,
+            "root_fingerprint": done.fingerprint,
+        }));
+    }
+    for line in &done.lines {
+        outln!("{line}");
+    }
+    Ok(())
+}
+
+/// What `init` did, for its report.
+#[derive(Default)]
+struct Done {
+    /// "generated", "imported" or "kept".
+    root: &'static str,
+    store: String,
+    created: bool,
+    fingerprint: Option<String>,
+    lines: Vec<String>,
+}
+
+fn init_with(
+    config: &Config,
+    backend: &Backend,
+    import: Option<&[u8; 32]>,
+    pin: &[u8],
+    done: &mut Done,
+) -> Result<(), Failure> {
+    let fail = |e: p11derive::Error| Failure::Failed(e.to_string());
+    // Log in without requiring the root: it may not exist yet.
+    backend.login_admin(pin).map_err(fail)?;
+    let label = &config.backend.root_label;
+    let token = &config.backend.token_label;
+    match (backend.root_exists().map_err(fail)?, import) {
+        (true, Some(_)) => {
+            return Err(Failure::Failed(format!(
+                "backing token {token:?} already holds a root labelled {label:?}; refusing to \
+                 import another (a second root would derive different keys)"
+            )))
+        }
+        (true, None) => {
+            done.root = "kept";
+            done.lines.push(format!(
+                "root {label:?} already exists on backing token {token:?}; kept"
+            ));
+        }
+        (false, Some(root)) => {
+            backend.import_root(root).map_err(fail)?;
+            done.root = "imported";
+            done.lines.push(format!(
+                "root {label:?} imported into backing token {token:?} (sensitive, not extractable)"
+            ));
+        }
+        (false, None) => {
+            backend.generate_root().map_err(fail)?;
+            done.root = "generated";
+            done.lines.push(format!(
+                "root {label:?} generated inside backing token {token:?} (sensitive, not \
+                 extractable)"
+            ));
+        }
+    }
+    // Log in again, now finding the root, to derive through it.
+    let _ = backend.logout();
+    let result = backend
+        .login(p11derive::ck::CKU_USER, pin)
+        .map_err(fail)
+        .and_then(|()| init_store(config, backend, done));
+    let _ = backend.logout();
+    result
+}
+
+/// The store of `init`: kept when it exists and is this root's; created
+/// (with its first record, which names its lineage, and the HSM's anchor)
+/// only when the root has no store yet.
+fn init_store(config: &Config, backend: &Backend, done: &mut Done) -> Result<(), Failure> {
+    let fail = |e: p11derive::Error| Failure::Failed(e.to_string());
+    let ak = derive::audit_key(backend).map_err(fail)?;
+    let anchor = backend.read_anchor().map_err(fail)?;
+    let store = match Store::open_config(&config.store) {
+        Ok(s) => {
+            s.check_root(&ak)?;
+            if let Some(a) = &anchor {
+                s.check_anchor(a)?;
+            }
+            done.lines
+                .push(format!("store {} already exists; kept", s.path().display()));
+            s
+        }
+        Err(StoreError::Missing(_)) => {
+            if let Some(a) = &anchor {
+                return Err(Failure::Failed(second_store(config, a)));
+            }
+            let s = Store::create_config(&config.store)?;
+            let fp = derive::root_fingerprint(backend).map_err(fail)?;
+            let rec = Record::new(Event::Init, 0).detail(format!(
+                "store created at {} for root {} (fingerprint {})",
+                s.path().display(),
+                config.backend.root_label,
+                hex(&fp)
+            ));
+            s.record(Some(&ak), rec)?;
+            done.created = true;
+            done.lines.push(format!(
+                "store {} created for root {:?} (fingerprint {})",
+                s.path().display(),
+                config.backend.root_label,
+                hex(&fp)
+            ));
+            s
+        }
+        Err(e) => return Err(e.into()),
+    };
+    done.store = store.path().display().to_string();
+    done.fingerprint = Some(hex(&derive::root_fingerprint(backend).map_err(fail)?));
+    store.authenticate(&ak, anchor.as_ref())?;
+    lifecycle::advance_anchor(&store, backend, false).map_err(fail)
+}
+
+/// Why `init` refuses a new store for a root that already has one.
+fn second_store(config: &Config, a: &p11derive::audit::Anchor) -> String {
+    let label = &config.backend.root_label;
+    let token = &config.backend.token_label;
+    let location = if a.location.is_empty() {
+        "at a location the anchor does not record".to_string()
+    } else {
+        format!("last at {}", a.location)
+    };
+    let id = a.store.map_or_else(|| "(unnamed)".into(), |id| hex(&id));
+    format!(
+        "root {label:?} on backing token {token:?} already has a store (store {id}, {location}, \
+         anchored at audit record {}); refusing to create a second one: asset ids are unique \
+         within a root's store, so in a new store a retired asset's id would be free again and \
+         its keys would come back. To recover, put the root's store (or its newest backup) where \
+         [store] points and run `p11derive audit verify`. To start over without it, create a \
+         new root: set [backend] root_label to a new label and run `p11derive init` (every key \
+         of the old root is then out of use). See the README, \"Backup, restore, start over\"",
+        a.head.0
+    )
+}
+
+/// `store migrate`: a SQLite store into a new PostgreSQL one, every row.
+pub fn store_migrate(cli: &Cli, from: &str, to: &str) -> Result<(), Failure> {
+    let Some(path) = from.strip_prefix("sqlite:") else {
+        return Err(Failure::Usage(format!(
+            "--from {from:?}: write sqlite:PATH (the SQLite file to copy)"
+        )));
+    };
+    if !config::is_url(to) {
+        return Err(Failure::Usage(format!(
+            "--to {:?}: write postgres://USER:PASSWORD@HOST:PORT/DB",
+            config::redact(to)
+        )));
+    }
+    let source = Store::open(Path::new(path))?;
+    // TLS as the config's [store] says, when there is a config.
+    let mut keys = Config::load(&config::locate(cli.config.as_deref()))
+        .map(|c| c.store)
+        .unwrap_or_default();
+    keys.connect_timeout_ms = 10_000;
+    let target = p11derive::store::pg::Target::with_url(&keys, to)?;
+    let dest = match Store::create_pg(&target) {
+        Ok(s) => s,
+        // An existing but empty p11derive schema is fine (migrate_into checks).
+        Err(StoreError::Exists(_)) => Store::open_pg(&target)?,
+        Err(e) => return Err(e.into()),
+    };
+    let moved = source.migrate_into(&dest)?;
+    if cli.json {
+        let copied: serde_json::Map<String, serde_json::Value> = moved
+            .iter()
+            .map(|(t, n)| (t.to_string(), (*n).into()))
+            .collect();
+        return print_json(&serde_json::json!({
+            "from": source.path().display().to_string(),
+            "to": dest.path().display().to_string(),
+            "copied": copied,
+        }));
+    }
+    let counts: Vec<String> = moved.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    outln!(
+        "store {} copied into {}: {}; the audit chain's newest record is the same in both. \
+         Set [store] url = \"{}\" in the config (password included) to use it",
+        source.path().display(),
+        dest.path().display(),
+        counts.join(", "),
+        dest.path().display()
+    );
+    Ok(())
+}

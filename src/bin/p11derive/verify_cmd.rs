@@ -1,0 +1,121 @@
+//! `p11derive verify`: which version of an EC asset made a signature.
+
+use clap::ValueEnum;
+use p11derive::derive::KeyType;
+use p11derive::mechanisms::{ecdsa_verify, ECDSA_SIG_LEN};
+use p11derive::store::hex;
+use sha2::Digest;
+
+use crate::args::{Cli, HashArg, VerifyArgs};
+use crate::asset_cmd::{find, point_of, version_status};
+use crate::common::{failed, print_json, readable_store, unhex, Failure};
+
+/// A signature as raw `r || s`, from raw bytes or DER (`ECDSA-Sig-Value`).
+fn raw_signature(kt: KeyType, bytes: &[u8]) -> Option<Vec<u8>> {
+    if bytes.len() == ECDSA_SIG_LEN {
+        return Some(bytes.to_vec());
+    }
+    match kt {
+        KeyType::Secp256k1 => k256::ecdsa::Signature::from_der(bytes)
+            .ok()
+            .map(|s| s.to_bytes().to_vec()),
+        KeyType::P256 => p256::ecdsa::Signature::from_der(bytes)
+            .ok()
+            .map(|s| s.to_bytes().to_vec()),
+        _ => None,
+    }
+}
+
+fn hash(h: HashArg, data: &[u8]) -> Vec<u8> {
+    match h {
+        HashArg::Sha1 => sha1::Sha1::digest(data).to_vec(),
+        HashArg::Sha224 => sha2::Sha224::digest(data).to_vec(),
+        HashArg::Sha256 => sha2::Sha256::digest(data).to_vec(),
+        HashArg::Sha384 => sha2::Sha384::digest(data).to_vec(),
+        HashArg::Sha512 => sha2::Sha512::digest(data).to_vec(),
+    }
+}
+
+pub fn verify(cli: &Cli, v: &VerifyArgs) -> Result<(), Failure> {
+    let read = |p: &std::path::Path, what: &str| {
+        std::fs::read(p).map_err(|e| failed(format!("cannot read {what} {}: {e}", p.display())))
+    };
+    let sig_bytes = read(&v.signature, "signature file")?;
+    let digest = match (&v.message, &v.digest) {
+        (Some(m), _) => hash(v.hash, &read(m, "message file")?),
+        (None, Some(d)) => unhex(d)
+            .filter(|d| (16..=64).contains(&d.len()))
+            .ok_or_else(|| {
+                Failure::Usage(format!(
+                    "--digest {d:?}: give the digest in hex, 16 to 64 bytes (e.g. the 32 bytes of \
+                     a SHA-256)"
+                ))
+            })?,
+        (None, None) => return Err(Failure::Usage("give --message FILE or --digest HEX".into())),
+    };
+    let store = readable_store(cli)?;
+    let a = find(&store, &v.asset)?;
+    if a.key_type == KeyType::HmacSha256 || a.key_type == KeyType::Aes256 {
+        return Err(Failure::Refused(format!(
+            "asset {:?} is {}, a secret key: its tags are checked by the token itself (C_Verify \
+             with CKM_SHA256_HMAC, or AES-GCM's own tag at C_Decrypt), not from public data; \
+             `p11derive verify` checks ECDSA signatures of EC assets",
+            a.id.as_str(),
+            a.key_type
+        )));
+    }
+    let sig = raw_signature(a.key_type, &sig_bytes).ok_or_else(|| {
+        failed(format!(
+            "{} holds neither a DER ECDSA signature nor a raw r||s of {ECDSA_SIG_LEN} bytes \
+             ({} bytes)",
+            v.signature.display(),
+            sig_bytes.len()
+        ))
+    })?;
+    let history = store.history(a.rowid)?;
+    // Newest first: the version that made it is usually the current one.
+    let made_by = history.iter().rev().find(|h| {
+        point_of(&a, &history, h.version)
+            .is_ok_and(|p| ecdsa_verify(a.key_type, &p, &digest, &sig).is_ok())
+    });
+    let Some(h) = made_by else {
+        return Err(failed(format!(
+            "the signature in {} verifies under no version of {:?} (versions 1..={} tried, \
+             digest {}): another key, another message, or another hash than --hash {}",
+            v.signature.display(),
+            a.id.as_str(),
+            a.current,
+            hex(&digest),
+            v.hash
+                .to_possible_value()
+                .map_or_else(String::new, |p| p.get_name().to_string())
+        )));
+    };
+    let n = h.version;
+    let status = version_status(&a, n);
+    let usable = a.may_verify(n);
+    if cli.json {
+        print_json(&serde_json::json!({
+            "asset_id": a.id.as_str(),
+            "version": n,
+            "label": format!("{}@v{n}", a.id),
+            "status": status,
+            "may_verify": usable,
+            "verified": usable,
+        }))?;
+    } else if usable {
+        outln!(
+            "signature verifies under {}@v{n} (version {n} of {:?}, {status})",
+            a.id.as_str(),
+            a.id.as_str()
+        );
+    }
+    if !usable {
+        return Err(failed(format!(
+            "the signature was made by version {n} of {:?}, which is {status}: the token no \
+             longer verifies with it",
+            a.id.as_str()
+        )));
+    }
+    Ok(())
+}
