@@ -47,6 +47,20 @@ pub fn from_env(name: &str) -> Result<Option<SecretBytes>, String> {
     Ok(Some(out))
 }
 
+/// Whether an environment variable is set and not empty, without copying
+/// its value anywhere (`std::env::var_os` would copy a PIN to the heap).
+pub fn env_is_set(name: &str) -> bool {
+    let Ok(name) = std::ffi::CString::new(name) else {
+        return false;
+    };
+    // SAFETY: getenv returns a pointer into the environment or null; only
+    // its first byte is read, at once.
+    unsafe {
+        let value = libc::getenv(name.as_ptr());
+        !value.is_null() && *value != 0
+    }
+}
+
 /// Flags and locked size of the mapping holding `addr`, from smaps (tests).
 #[cfg(test)]
 pub(crate) fn mapping_of(addr: usize) -> (usize, usize, String) {

@@ -156,7 +156,7 @@ pub fn read_secret_file(path: &Path, capacity: usize) -> std::io::Result<Option<
 
 /// Whether the PIN was given without asking (`--pin-file`, `$P11DERIVE_PIN`).
 pub fn pin_given(cli: &Cli) -> bool {
-    cli.pin_file.is_some() || std::env::var_os("P11DERIVE_PIN").is_some_and(|p| !p.is_empty())
+    cli.pin_file.is_some() || p11derive::secure::env_is_set("P11DERIVE_PIN")
 }
 
 /// Whether a PIN can be asked for: standard input is a terminal.
