@@ -215,7 +215,7 @@ while b"PIN" not in seen and time.time() < deadline:
         seen += os.read(fd, 1024)
     except OSError:
         break
-os.write(fd, typed.encode() + b"\n")
+os.write(fd, typed.encode())
 while True:
     try:
         chunk = os.read(fd, 1024)
@@ -225,6 +225,12 @@ while True:
         break
     seen += chunk
 _, status = os.waitpid(pid, 0)
+try:
+    import termios
+    echo = termios.tcgetattr(fd)[3] & termios.ECHO
+    seen += b"\n[echo on]" if echo else b"\n[echo off]"
+except Exception:
+    pass
 sys.stdout.write(seen.decode(errors="replace"))
 sys.exit(os.waitstatus_to_exitcode(status))
 "#;
@@ -244,7 +250,11 @@ sys.exit(os.waitstatus_to_exitcode(status))
 #[test]
 fn the_pin_is_asked_on_a_terminal_without_echo() {
     let s = setup(None);
-    let (rc, shown) = on_terminal(&s, &["asset", "create", "asked", "--type", "p256"], PIN);
+    let (rc, shown) = on_terminal(
+        &s,
+        &["asset", "create", "asked", "--type", "p256"],
+        &format!("{PIN}\r"),
+    );
     assert_eq!(rc, 0, "{shown}");
     assert!(
         shown.contains(&format!("User PIN of backing token {:?}", s.token_label)),
@@ -252,6 +262,18 @@ fn the_pin_is_asked_on_a_terminal_without_echo() {
     );
     assert!(!shown.contains(PIN), "the PIN was echoed: {shown}");
     assert_eq!(s.asset_show("asked")["current"], 1);
+
+    // Ctrl-C at the prompt: cancelled, nothing changed, and the terminal
+    // has its echo back.
+    let (rc, shown) = on_terminal(
+        &s,
+        &["asset", "create", "cancelled", "--type", "p256"],
+        "12\x03",
+    );
+    assert_eq!(rc, 1, "{shown}");
+    assert!(shown.contains("cancelled"), "{shown}");
+    assert!(shown.contains("[echo on]"), "{shown}");
+    assert_eq!(code(&cli(&s, &["asset", "show", "cancelled"])), 4);
 }
 
 #[test]

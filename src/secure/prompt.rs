@@ -34,6 +34,36 @@ pub fn read_line_secret(source: &mut impl Read, max: usize) -> Result<SecretByte
     Ok(out)
 }
 
+/// What is typed until Enter, with the line editing a terminal gives in
+/// canonical mode done here: backspace, Ctrl-U (erase all), Ctrl-C
+/// (cancel), Ctrl-D (end; cancel on an empty line).
+fn read_typed(source: &mut impl Read, max: usize) -> Result<SecretBytes, String> {
+    let mut out = SecretBytes::with_capacity(max + 1)?;
+    let mut byte = [0u8; 1];
+    let result = loop {
+        match source.read(&mut byte) {
+            Ok(0) => break Ok(()),
+            Ok(_) => match byte[0] {
+                b'\n' | b'\r' => break Ok(()),
+                0x03 => break Err("cancelled (Ctrl-C)".to_string()),
+                0x04 if out.is_empty() => break Err("cancelled (Ctrl-D)".to_string()),
+                0x04 => break Ok(()),
+                0x7f | 0x08 => out.truncate(out.len().saturating_sub(1)),
+                0x15 => out.truncate(0),
+                _ => {
+                    if !out.push(&byte) || out.len() > max {
+                        break Err(format!("longer than {max} bytes"));
+                    }
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    byte.zeroize();
+    result.map(|()| out)
+}
+
 /// Asks for a secret on the controlling terminal (`/dev/tty`) with echo
 /// turned off, and restores the terminal however the read ends. Errors when
 /// the process has no terminal.
@@ -53,9 +83,12 @@ pub fn prompt_secret(prompt: &str, max: usize) -> Result<SecretBytes, String> {
             std::io::Error::last_os_error()
         ));
     }
+    // Byte at a time, no echo, and no signals: Ctrl-C arrives as a byte and
+    // cancels here, so the terminal is always given its echo back.
     let mut quiet = saved;
-    quiet.c_lflag &= !(libc::ECHO | libc::ECHONL);
-    quiet.c_lflag |= libc::ICANON;
+    quiet.c_lflag &= !(libc::ECHO | libc::ECHONL | libc::ICANON | libc::ISIG);
+    quiet.c_cc[libc::VMIN] = 1;
+    quiet.c_cc[libc::VTIME] = 0;
     // SAFETY: as above; `quiet` is a valid termios derived from the saved one.
     if unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &quiet) } != 0 {
         return Err(format!(
@@ -65,7 +98,7 @@ pub fn prompt_secret(prompt: &str, max: usize) -> Result<SecretBytes, String> {
     }
     let _ = tty.write_all(prompt.as_bytes());
     let _ = tty.flush();
-    let read = read_line_secret(&mut tty, max);
+    let read = read_typed(&mut tty, max);
     // SAFETY: restores the settings read above on the same descriptor.
     unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &saved) };
     let _ = tty.write_all(b"\n");
@@ -85,5 +118,16 @@ mod tests {
         assert!(read_line_secret(&mut &b"toolong"[..], 3)
             .unwrap_err()
             .contains("longer than 3"));
+    }
+
+    #[test]
+    fn typing_with_corrections_and_cancelling() {
+        let pin = read_typed(&mut &b"12x\x7f34\x15123456\r"[..], 64).unwrap();
+        assert_eq!(&pin[..], b"123456");
+        assert!(read_typed(&mut &b"12\x03"[..], 64)
+            .unwrap_err()
+            .contains("Ctrl-C"));
+        assert!(read_typed(&mut &b"\x04"[..], 64).is_err());
+        assert_eq!(&read_typed(&mut &b"ab\x04"[..], 64).unwrap()[..], b"ab");
     }
 }
