@@ -312,16 +312,10 @@ fn each_key_type_in_its_own_words() {
         stdout(&o)
     };
     let aes = create("kek", "aes256");
-    assert!(
-        aes.contains("version 1 encrypts; versions 1..=1 decrypt"),
-        "{aes}"
-    );
+    assert!(aes.contains("version 1 encrypts and decrypts"), "{aes}");
     assert!(!aes.contains("sign") && !aes.contains("verif"), "{aes}");
     let hmac = create("mac", "hmac-sha256");
-    assert!(
-        hmac.contains("version 1 signs; versions 1..=1 verify"),
-        "{hmac}"
-    );
+    assert!(hmac.contains("version 1 signs and verifies"), "{hmac}");
     let ec = create("ec", "secp256k1");
     assert!(ec.contains("version 1 signs"), "{ec}");
 

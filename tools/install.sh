@@ -3,13 +3,18 @@
 # (all generated from the CLI's one definition) under PREFIX (default
 # /usr/local): bin/p11derive, lib/libp11derive.so, share/man/man1/p11derive*.1,
 # share/bash-completion/completions/p11derive, share/zsh/site-functions/_p11derive,
-# share/fish/vendor_completions.d/p11derive.fish. Builds first when nothing is built.
+# share/fish/vendor_completions.d/p11derive.fish. Builds first (unless P11DERIVE_BUILD
+# names a build directory to install as it is).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 PREFIX=${PREFIX:-/usr/local}
-BIN=${P11DERIVE_BUILD:-target/release}
-if [ ! -x "$BIN/p11derive" ] || [ ! -f "$BIN/libp11derive.so" ]; then
+# The build to install: P11DERIVE_BUILD (as built), else this checkout's
+# release build, brought up to date first.
+if [ -n "${P11DERIVE_BUILD:-}" ]; then
+    BIN=$P11DERIVE_BUILD
+else
+    BIN=target/release
     cargo build --release --quiet
 fi
 install -D -m 0755 "$BIN/p11derive" "$PREFIX/bin/p11derive"

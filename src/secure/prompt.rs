@@ -34,28 +34,69 @@ pub fn read_line_secret(source: &mut impl Read, max: usize) -> Result<SecretByte
     Ok(out)
 }
 
+/// The terminal's editing keys (its `c_cc`), honoured while echo is off.
+#[derive(Clone, Copy)]
+struct Keys {
+    erase: u8,
+    kill: u8,
+    intr: u8,
+    quit: u8,
+    susp: u8,
+    eof: u8,
+}
+
+impl Keys {
+    /// The usual defaults: DEL, Ctrl-U, Ctrl-C, Ctrl-\\, Ctrl-Z, Ctrl-D.
+    const DEFAULT: Keys = Keys {
+        erase: 0x7f,
+        kill: 0x15,
+        intr: 0x03,
+        quit: 0x1c,
+        susp: 0x1a,
+        eof: 0x04,
+    };
+}
+
 /// What is typed until Enter, with the line editing a terminal gives in
-/// canonical mode done here: backspace, Ctrl-U (erase all), Ctrl-C
-/// (cancel), Ctrl-D (end; cancel on an empty line).
-fn read_typed(source: &mut impl Read, max: usize) -> Result<SecretBytes, String> {
+/// canonical mode done here: erase (and backspace), kill (erase all),
+/// interrupt, quit and suspend (cancel), end of file (end; cancel on an
+/// empty line). Other control bytes and escape sequences (arrow keys) are
+/// not part of a PIN and are dropped.
+fn read_typed(source: &mut impl Read, max: usize, keys: Keys) -> Result<SecretBytes, String> {
     let mut out = SecretBytes::with_capacity(max + 1)?;
     let mut byte = [0u8; 1];
+    let mut escape = false;
     let result = loop {
         match source.read(&mut byte) {
             Ok(0) => break Ok(()),
-            Ok(_) => match byte[0] {
-                b'\n' | b'\r' => break Ok(()),
-                0x03 => break Err("cancelled (Ctrl-C)".to_string()),
-                0x04 if out.is_empty() => break Err("cancelled (Ctrl-D)".to_string()),
-                0x04 => break Ok(()),
-                0x7f | 0x08 => out.truncate(out.len().saturating_sub(1)),
-                0x15 => out.truncate(0),
-                _ => {
-                    if !out.push(&byte) || out.len() > max {
-                        break Err(format!("longer than {max} bytes"));
+            Ok(_) => {
+                let b = byte[0];
+                if escape {
+                    // An escape sequence ends at its final byte (@ to ~),
+                    // after ESC [ or ESC O and their parameters.
+                    escape = !(b.is_ascii_alphabetic() || b == b'~') || b == b'O';
+                    continue;
+                }
+                match b {
+                    b'\n' | b'\r' => break Ok(()),
+                    _ if b == keys.intr || b == keys.quit || b == keys.susp => {
+                        break Err("cancelled".to_string())
+                    }
+                    _ if b == keys.eof && out.is_empty() => break Err("cancelled".to_string()),
+                    _ if b == keys.eof => break Ok(()),
+                    _ if b == keys.erase || b == 0x7f || b == 0x08 => {
+                        out.truncate(out.len().saturating_sub(1))
+                    }
+                    _ if b == keys.kill => out.truncate(0),
+                    0x1b => escape = true,
+                    _ if b < 0x20 => {}
+                    _ => {
+                        if !out.push(&byte) || out.len() > max {
+                            break Err(format!("longer than {max} bytes"));
+                        }
                     }
                 }
-            },
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => break Err(e.to_string()),
         }
@@ -98,7 +139,20 @@ pub fn prompt_secret(prompt: &str, max: usize) -> Result<SecretBytes, String> {
     }
     let _ = tty.write_all(prompt.as_bytes());
     let _ = tty.flush();
-    let read = read_typed(&mut tty, max);
+    let cc = |i: usize, default: u8| match saved.c_cc[i] {
+        0 => default,
+        key => key,
+    };
+    let d = Keys::DEFAULT;
+    let keys = Keys {
+        erase: cc(libc::VERASE, d.erase),
+        kill: cc(libc::VKILL, d.kill),
+        intr: cc(libc::VINTR, d.intr),
+        quit: cc(libc::VQUIT, d.quit),
+        susp: cc(libc::VSUSP, d.susp),
+        eof: cc(libc::VEOF, d.eof),
+    };
+    let read = read_typed(&mut tty, max, keys);
     // SAFETY: restores the settings read above on the same descriptor.
     unsafe { libc::tcsetattr(fd, libc::TCSAFLUSH, &saved) };
     let _ = tty.write_all(b"\n");
@@ -122,12 +176,27 @@ mod tests {
 
     #[test]
     fn typing_with_corrections_and_cancelling() {
-        let pin = read_typed(&mut &b"12x\x7f34\x15123456\r"[..], 64).unwrap();
+        let typed = |bytes: &[u8]| read_typed(&mut &bytes[..], 64, Keys::DEFAULT);
+        let pin = typed(b"12x\x7f34\x15123456\r").unwrap();
         assert_eq!(&pin[..], b"123456");
-        assert!(read_typed(&mut &b"12\x03"[..], 64)
-            .unwrap_err()
-            .contains("Ctrl-C"));
-        assert!(read_typed(&mut &b"\x04"[..], 64).is_err());
-        assert_eq!(&read_typed(&mut &b"ab\x04"[..], 64).unwrap()[..], b"ab");
+        for cancel in [&b"12\x03"[..], b"12\x1c", b"12\x1a", b"\x04"] {
+            assert!(
+                typed(cancel).unwrap_err().contains("cancelled"),
+                "{cancel:?}"
+            );
+        }
+        assert_eq!(&typed(b"ab\x04").unwrap()[..], b"ab");
+        // Arrow keys and other control bytes are not part of a PIN.
+        assert_eq!(
+            &typed(b"1\x1b[A2\x1bOB3\x1b[1;5C4\x07\n").unwrap()[..],
+            b"1234"
+        );
+        // The terminal's own erase key (here Ctrl-H's cousin, '#').
+        let keys = Keys {
+            erase: b'#',
+            ..Keys::DEFAULT
+        };
+        let pin = read_typed(&mut &b"12#3\n"[..], 64, keys).unwrap();
+        assert_eq!(&pin[..], b"13");
     }
 }

@@ -26,10 +26,10 @@ and verifies and exports the audit log.
 
 The config file is --config FILE, else $P11DERIVE_CONF, else /etc/p11derive/p11derive.toml.
 
-Commands that change anything, and `audit verify`, log in to the backing token with its user
-PIN: from --pin-file FILE (`--pin-file -` reads standard input), else $P11DERIVE_PIN, else a
-prompt on the terminal (no echo). Read-only commands use the PIN only when one is given, to
-verify what they show under the HSM-derived keys.";
+Commands that change anything, `audit verify` and `status` log in to the backing token with
+its user PIN: from --pin-file FILE (`--pin-file -` reads standard input), else $P11DERIVE_PIN,
+else a prompt on the terminal (no echo). The other read-only commands use the PIN only when it
+is given by file or environment, to verify what they show under the HSM-derived keys.";
 
 #[derive(Parser)]
 #[command(
@@ -138,11 +138,11 @@ Examples:
 pub enum AssetCommand {
     /// Register a new asset at version 1
     #[command(after_help = "\
-Key types (case does not matter):
-  secp256k1    (k256)                          ECDSA, as Bitcoin and Ethereum use it
-  p256         (P-256, prime256v1, secp256r1)  ECDSA on NIST P-256
-  aes256       (AES-256, aes)                  AES-256 secret key: GCM, key wrap
-  hmac-sha256  (hmac)                          HMAC secret key
+Key types (case does not matter; other names in parentheses):
+  secp256k1    ECDSA as Bitcoin and Ethereum use it (k256)
+  p256         ECDSA on NIST P-256 (P-256, prime256v1, secp256r1)
+  aes256       AES-256 secret key: GCM, key wrap (AES-256, aes)
+  hmac-sha256  HMAC secret key (hmac)
 
 Examples:
   p11derive asset create hot-wallet-1 --type secp256k1
@@ -156,7 +156,7 @@ Examples:
         key_type: TypeArg,
         /// The objects' CKA_ID, in hex (1 to 64 bytes) [default: derived from the name]
         #[arg(long, value_name = "HEX", value_parser = parse_object_id)]
-        id: Option<Vec<u8>>,
+        id: Option<ObjectId>,
     },
 
     /// The assets that are not retired
@@ -188,7 +188,7 @@ Examples:
         /// The asset
         name: String,
         /// Which version [default: the current one]
-        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, value_name = "N", value_parser = parse_version)]
         version: Option<u32>,
         /// SubjectPublicKeyInfo, PEM (the default)
         #[arg(long)]
@@ -235,7 +235,7 @@ Example:
         /// The asset
         name: String,
         /// The lowest version that stays usable
-        #[arg(value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(value_name = "N", value_parser = parse_version)]
         below: u32,
     },
 
@@ -302,7 +302,7 @@ Examples:
   p11derive audit export --asset hot-wallet-1 --since 100 | jq .")]
     Export {
         /// From this record of the main chain on (and the lanes' records from its time on)
-        #[arg(long, value_name = "SEQ", allow_negative_numbers = true)]
+        #[arg(long, value_name = "SEQ", allow_negative_numbers = true, value_parser = parse_record)]
         since: Option<u64>,
         /// Only this asset's records
         #[arg(long, value_name = "NAME")]
@@ -316,7 +316,7 @@ Examples:
   p11derive audit tail -n 5 --asset hot-wallet-1")]
     Tail {
         /// How many
-        #[arg(short = 'n', value_name = "N", default_value_t = 20)]
+        #[arg(short = 'n', long = "lines", value_name = "N", default_value_t = 20)]
         count: usize,
         /// Only this asset's records
         #[arg(long, value_name = "NAME")]
@@ -342,18 +342,21 @@ Example:
 pub enum StoreCommand {
     /// Copy a SQLite store, every record, into a new PostgreSQL store
     #[command(after_help = "\
-Then set [store] url to the new store in the config.
+Without --to, the store is copied into the one the config's [store] url names (set it first:
+the password then stays off the command line and out of the shell's history).
 
-Example:
+Examples:
+  p11derive store migrate --from sqlite:/var/lib/p11derive/store.db
   p11derive store migrate --from sqlite:/var/lib/p11derive/store.db \\
       --to postgres://p11derive:PASSWORD@db.internal:5432/p11derive")]
     Migrate {
         /// The store to copy: sqlite:PATH
         #[arg(long, value_name = "sqlite:PATH")]
         from: String,
-        /// The new store: postgres://USER:PASSWORD@HOST:PORT/DB
+        /// The new store: postgres://USER:PASSWORD@HOST:PORT/DB [default: the config's
+        /// [store] url, which keeps the password off the command line]
         #[arg(long, value_name = "URL")]
-        to: String,
+        to: Option<String>,
     },
 }
 
@@ -391,10 +394,29 @@ pub enum HashArg {
     Sha512,
 }
 
-fn parse_object_id(h: &str) -> Result<Vec<u8>, String> {
+/// `--id`: a CKA_ID (one value, not a list of bytes to clap).
+#[derive(Clone)]
+pub struct ObjectId(pub Vec<u8>);
+
+fn parse_object_id(h: &str) -> Result<ObjectId, String> {
     crate::common::unhex(h)
         .filter(|b| !b.is_empty() && b.len() <= 64)
+        .map(ObjectId)
         .ok_or_else(|| format!("{h:?} is not 1 to 64 bytes of hex (e.g. 0a0b0c)"))
+}
+
+/// A version number, 1 or more.
+fn parse_version(v: &str) -> Result<u32, String> {
+    v.parse::<u32>()
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| format!("{v:?} is not a version number (1, 2, ...)"))
+}
+
+/// A record number, 0 or more.
+fn parse_record(v: &str) -> Result<u64, String> {
+    v.parse::<u64>()
+        .map_err(|_| format!("{v:?} is not a record number (0, 1, ...)"))
 }
 
 #[cfg(test)]

@@ -20,14 +20,11 @@ pub fn run(cli: &Cli, c: &AssetCommand) -> Result<(), Failure> {
             let id_name = asset_id(name)?;
             let kt = key_type.key_type();
             with_hsm(cli, "create", |store, backend, audit| {
-                Ok(lifecycle::create(
-                    backend,
-                    store,
-                    audit,
-                    &id_name,
-                    kt,
-                    id.clone(),
-                )?)
+                let object_id = id.clone().map(|i| i.0);
+                Ok((
+                    lifecycle::create(backend, store, audit, &id_name, kt, object_id)?,
+                    true,
+                ))
             })
         }
         AssetCommand::List => list(cli),
@@ -44,13 +41,11 @@ pub fn run(cli: &Cli, c: &AssetCommand) -> Result<(), Failure> {
             let what = if grace { "rotate --grace" } else { "rotate" };
             let id = asset_id(name)?;
             with_hsm(cli, what, |store, backend, audit| {
-                Ok(lifecycle::transition(
-                    Some(backend),
-                    store,
-                    audit,
-                    &id,
-                    Transition::Rotate { grace },
-                )?)
+                let t = Transition::Rotate { grace };
+                Ok((
+                    lifecycle::transition(Some(backend), store, audit, &id, t)?,
+                    true,
+                ))
             })
         }
         AssetCommand::Finish { name } => change(cli, name, Transition::Finish),
@@ -112,7 +107,7 @@ fn field(word: &str) -> String {
 fn change(cli: &Cli, name: &str, t: Transition) -> Result<(), Failure> {
     let id = asset_id(name)?;
     with_hsm(cli, &t.name(), |store, _, audit| {
-        Ok(lifecycle::transition(None, store, audit, &id, t)?)
+        Ok((lifecycle::transition(None, store, audit, &id, t)?, true))
     })
 }
 
@@ -126,22 +121,21 @@ fn trim(cli: &Cli, name: &str, below: u32) -> Result<(), Failure> {
         if let Some(a) = store.asset_by_name(&id)? {
             if below <= a.min_usable && a.state != AssetState::Retired {
                 already.set(true);
-                return Ok(a);
+                return Ok((a, false));
             }
         }
-        Ok(lifecycle::transition(
-            None,
-            store,
-            audit,
-            &id,
-            Transition::Trim(below),
-        )?)
+        let t = Transition::Trim(below);
+        Ok((lifecycle::transition(None, store, audit, &id, t)?, true))
     })
     .map(|()| {
         if already.get() {
             eprintln!(
-                "p11derive: nothing changed: versions below {below} of {name:?} were already \
-                 unusable"
+                "p11derive: nothing changed: {}",
+                if below == 1 {
+                    "trimming below version 1 removes no version".to_string()
+                } else {
+                    format!("versions below {below} of {name:?} were already unusable")
+                }
             );
         }
     })
@@ -152,7 +146,7 @@ fn trim(cli: &Cli, name: &str, below: u32) -> Result<(), Failure> {
 fn with_hsm(
     cli: &Cli,
     what: &str,
-    f: impl FnOnce(&Store, &Backend, &Audit) -> Result<Asset, Failure>,
+    f: impl FnOnce(&Store, &Backend, &Audit) -> Result<(Asset, bool), Failure>,
 ) -> Result<(), Failure> {
     let config = load_config(cli)?;
     let store = open_store(&config)?;
@@ -163,27 +157,39 @@ fn with_hsm(
         if let Err(e) = lifecycle::advance_anchor(store, backend, false) {
             eprintln!("p11derive: warning: rollback anchor not advanced: {e}");
         }
-        report(cli, store, &done?, what)
+        let (asset, changed) = done?;
+        report(cli, store, &asset, what, changed)
     })
 }
 
 /// What the asset looks like after a command: a line for people, JSON for scripts.
-fn report(cli: &Cli, store: &Store, asset: &Asset, what: &str) -> Result<(), Failure> {
+fn report(
+    cli: &Cli,
+    store: &Store,
+    asset: &Asset,
+    what: &str,
+    changed: bool,
+) -> Result<(), Failure> {
     if cli.json {
         let history = store.history(asset.rowid)?;
-        return print_json(&asset_json(asset, Some(&history)));
+        let mut j = asset_json(asset, Some(&history));
+        j["changed"] = changed.into();
+        return print_json(&j);
     }
     let id = asset.id.as_str();
     let (cur, min) = (asset.current, asset.min_usable);
     let w = words(asset.key_type);
     let (produce, consume) = (w.produce, w.consume);
     let how = match asset.state {
+        AssetState::Active if min == cur => {
+            format!("version {cur} {produce}s and {consume}s")
+        }
         AssetState::Active => {
-            format!("version {cur} {produce}s; versions {min}..={cur} {consume}")
+            format!("version {cur} {produce}s; versions {min} to {cur} {consume}")
         }
         AssetState::Rotating => format!(
-            "versions {}..={cur} {produce} until `p11derive asset finish {id}`; versions \
-             {min}..={cur} {consume}",
+            "versions {} and {cur} {produce} until `p11derive asset finish {id}`; versions \
+             {min} to {cur} {consume}",
             cur - 1
         ),
         AssetState::Suspended => {
@@ -197,6 +203,20 @@ fn report(cli: &Cli, store: &Store, asset: &Asset, what: &str) -> Result<(), Fai
         asset.state.name()
     );
     Ok(())
+}
+
+/// Why version `n` of `a` does not verify now, in words.
+pub fn not_usable(a: &Asset, n: u32) -> String {
+    let name = a.id.as_str();
+    match version_status(a, n) {
+        "suspended" => format!(
+            "version {n} of {name:?} is suspended: the token refuses it until `p11derive asset \
+             resume {name}`"
+        ),
+        status => {
+            format!("version {n} of {name:?} is {status}: the token no longer verifies with it")
+        }
+    }
 }
 
 /// The status of version `n` in words.
@@ -254,9 +274,9 @@ pub fn find(store: &Store, name: &str) -> Result<Asset, Failure> {
 }
 
 fn show(cli: &Cli, name: &str) -> Result<(), Failure> {
-    let store = readable_store(cli)?;
-    let a = find(&store, name)?;
-    let history = store.history(a.rowid)?;
+    let r = readable_store(cli)?;
+    let a = find(&r.store, name)?;
+    let history = r.history(&a)?;
     if cli.json {
         return print_json(&asset_json(&a, Some(&history)));
     }
@@ -311,8 +331,12 @@ fn show(cli: &Cli, name: &str) -> Result<(), Failure> {
 }
 
 fn list(cli: &Cli) -> Result<(), Failure> {
-    let store = readable_store(cli)?;
-    let assets = store.list_assets()?;
+    let r = readable_store(cli)?;
+    let assets = r.store.list_assets()?;
+    for a in &assets {
+        r.checked(a, &a.versions)?;
+    }
+    let store = &r.store;
     if cli.json {
         let list: Vec<serde_json::Value> = assets.iter().map(|a| asset_json(a, None)).collect();
         return print_json(&serde_json::Value::Array(list));
@@ -363,7 +387,7 @@ pub fn point_of(a: &Asset, history: &[VersionRecord], n: u32) -> Result<Vec<u8>,
     }
     let v = history.iter().find(|v| v.version == n).ok_or_else(|| {
         Failure::Usage(format!(
-            "asset {:?} has no version {n} (its versions are 1..={})",
+            "asset {:?} has no version {n} (its versions are 1 to {})",
             a.id.as_str(),
             a.current
         ))
@@ -389,19 +413,16 @@ fn pubkey(
                 .into(),
         ));
     }
-    let store = readable_store(cli)?;
-    let a = find(&store, name)?;
-    let history = store.history(a.rowid)?;
+    let r = readable_store(cli)?;
+    let a = find(&r.store, name)?;
+    let history = r.history(&a)?;
     let n = version.unwrap_or(a.current);
     let point = point_of(&a, &history, n)?;
     let spki = p11derive::objects::spki(a.key_type, &point)
         .ok_or_else(|| failed(format!("asset {name:?} version {n}: malformed public key")))?;
     let status = version_status(&a, n);
     if !a.may_verify(n) {
-        eprintln!(
-            "p11derive: note: version {n} of {name:?} is {status}: the token no longer verifies \
-             with it"
-        );
+        eprintln!("p11derive: note: {}", not_usable(&a, n));
     }
     let pem = der::pem::encode_string("PUBLIC KEY", der::pem::LineEnding::LF, &spki)
         .map_err(|e| failed(format!("PEM encoding: {e}")))?;

@@ -9,7 +9,7 @@ use p11derive::derive::Secret32;
 use p11derive::files::Access;
 use p11derive::lifecycle::LifecycleError;
 use p11derive::secure::SecretBytes;
-use p11derive::store::{Store, StoreError};
+use p11derive::store::{Asset, Store, StoreError, VersionRecord};
 
 use crate::args::Cli;
 
@@ -67,13 +67,23 @@ pub fn failed(e: impl std::fmt::Display) -> Failure {
     Failure::Failed(e.to_string())
 }
 
-/// Writes a line to standard output. A reader that went away (`| head`)
-/// ends the command quietly with success; any other write error fails it.
+/// Set once the reader of standard output went away.
+static CLOSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Writes a line to standard output. Once the reader went away (`| head`)
+/// nothing more is written and nothing is said: the command ends as it
+/// would have (its exit code tells success or failure). Any other write
+/// error fails the command.
 pub fn emit(line: std::fmt::Arguments<'_>) {
+    use std::sync::atomic::Ordering;
+    if CLOSED.load(Ordering::Relaxed) {
+        return;
+    }
     let mut out = std::io::stdout().lock();
     if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
+            CLOSED.store(true, Ordering::Relaxed);
+            return;
         }
         eprintln!("p11derive: cannot write the output: {e}");
         std::process::exit(1);
@@ -170,6 +180,15 @@ pub fn can_ask() -> bool {
 pub fn read_pin(cli: &Cli, config: &Config) -> Result<SecretBytes, Failure> {
     let token = &config.backend.token_label;
     match cli.pin_file.as_deref() {
+        Some("-") if can_ask() => {
+            // Standard input is the terminal: never show what is typed.
+            let pin = p11derive::secure::prompt_secret(
+                &format!("User PIN of backing token {token:?}: "),
+                MAX_PIN,
+            )
+            .map_err(|e| failed(format!("cannot ask for the PIN: {e}")))?;
+            return nonempty(pin, "the prompt");
+        }
         Some("-") => {
             // Unbuffered: no copy of the PIN in the standard input's buffer.
             let fd = std::os::fd::AsFd::as_fd(&std::io::stdin())
@@ -180,6 +199,7 @@ pub fn read_pin(cli: &Cli, config: &Config) -> Result<SecretBytes, Failure> {
             return nonempty(pin, "standard input (--pin-file -)");
         }
         Some(file) => {
+            warn_if_shared(Path::new(file));
             let mut pin = read_secret_file(Path::new(file), MAX_PIN)
                 .map_err(|e| failed(format!("cannot read PIN file {file}: {e}")))?
                 .ok_or_else(|| {
@@ -217,6 +237,22 @@ pub fn read_pin(cli: &Cli, config: &Config) -> Result<SecretBytes, Failure> {
     nonempty(pin, "the prompt")
 }
 
+/// A PIN file others may read is reported (it is still used).
+fn warn_if_shared(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "p11derive: warning: PIN file {} has mode {mode:04o}: other users may read the \
+                 PIN; make it private with `chmod 600 {}`",
+                path.display(),
+                path.display()
+            );
+        }
+    }
+}
+
 fn nonempty(pin: SecretBytes, from: &str) -> Result<SecretBytes, Failure> {
     if pin.is_empty() {
         return Err(failed(format!("the PIN from {from} is empty")));
@@ -232,7 +268,12 @@ pub fn open_store(config: &Config) -> Result<Store, Failure> {
 /// Opens the store for a command that only reads it (an auditor may only
 /// read the file).
 pub fn open_store_read_only(config: &Config) -> Result<Store, Failure> {
-    Ok(Store::open_config(&config.store)?)
+    Ok(read_only(config)?)
+}
+
+/// [`open_store_read_only`], with the store's own error.
+pub fn read_only(config: &Config) -> Result<Store, StoreError> {
+    Store::open_config(&config.store)
 }
 
 /// Opens the backing module and finds the token.
@@ -280,26 +321,68 @@ pub fn login(backend: &Backend, pin: &[u8]) -> Result<(), Failure> {
         .map_err(|e| failed(format!("backing token login: {e}")))
 }
 
+/// A store opened by a command that only reads, with the audit key when
+/// the PIN was given.
+pub struct Readable {
+    pub store: Store,
+    ak: Option<Secret32>,
+}
+
+impl Readable {
+    /// Each version's public key or check value, checked against its MAC
+    /// under the HSM-derived audit key when the PIN was given: a key
+    /// swapped in the store is refused, never shown or used.
+    pub fn checked(&self, a: &Asset, versions: &[VersionRecord]) -> Result<(), Failure> {
+        let Some(ak) = &self.ak else { return Ok(()) };
+        for v in versions {
+            let Some(pk) = &v.public_key else { continue };
+            let want = p11derive::audit::public_key_mac(ak, a.id.as_str(), v.version, pk);
+            if v.pk_mac.as_deref() != Some(&want[..]) {
+                return Err(failed(format!(
+                    "asset {:?} version {}: the key data the store holds for it carries no valid \
+                     MAC under the HSM-derived audit key: the versions table was changed outside \
+                     p11derive, so nothing of it is shown or used. Run `p11derive audit verify`, \
+                     and restore the store from a backup (README, \"Backup, restore, start over\")",
+                    a.id.as_str(),
+                    v.version
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The versions of `a`, checked as [`Readable::checked`] says.
+    pub fn history(&self, a: &Asset) -> Result<Vec<VersionRecord>, Failure> {
+        let h = self.store.history(a.rowid)?;
+        self.checked(a, &h)?;
+        Ok(h)
+    }
+}
+
 /// The store for a command that only reads: with a PIN given
 /// (`--pin-file`, `$P11DERIVE_PIN`) its rows are verified under the state
 /// key as they are read (the HSM's anchor and the store's state changes
-/// checked first); without one they are shown as stored, and stderr says so.
-pub fn readable_store(cli: &Cli) -> Result<Store, Failure> {
+/// checked first) and each version's key data under the audit key; without
+/// one they are shown as stored, and stderr says so.
+pub fn readable_store(cli: &Cli) -> Result<Readable, Failure> {
     let config = load_config(cli)?;
     let store = open_store_read_only(&config)?;
     if !pin_given(cli) {
         eprintln!(
-            "p11derive: note: asset rows are shown as stored, not verified under the HSM-derived \
-             state key; give the PIN (--pin-file FILE, --pin-file -, or $P11DERIVE_PIN) to verify \
-             them"
+            "p11derive: note: shown as stored, not verified under the HSM-derived keys; give the \
+             PIN (--pin-file FILE, --pin-file -, or $P11DERIVE_PIN) to verify it"
         );
-        return Ok(store);
+        return Ok(Readable { store, ak: None });
     }
-    with_key(cli, &store, &config, |store, backend, ak| {
+    let ak = with_key(cli, &store, &config, |store, backend, ak| {
         store.check_root(ak)?;
-        refuse_rolled_back(store, backend, ak)
+        refuse_rolled_back(store, backend, ak)?;
+        Secret32::copy_of(ak).map_err(Failure::Failed)
     })?;
-    Ok(store)
+    Ok(Readable {
+        store,
+        ak: Some(ak),
+    })
 }
 
 pub fn unhex(h: &str) -> Option<Vec<u8>> {

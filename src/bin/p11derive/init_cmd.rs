@@ -92,7 +92,7 @@ fn init_with(
     let token = &config.backend.token_label;
     match (backend.root_exists().map_err(fail)?, import) {
         (true, Some(_)) => {
-            return Err(Failure::Failed(format!(
+            return Err(Failure::Refused(format!(
                 "backing token {token:?} already holds a root labelled {label:?}; refusing to \
                  import another (a second root would derive different keys)"
             )))
@@ -199,7 +199,30 @@ fn second_store(config: &Config, a: &p11derive::audit::Anchor) -> String {
 }
 
 /// `store migrate`: a SQLite store into a new PostgreSQL one, every row.
-pub fn store_migrate(cli: &Cli, from: &str, to: &str) -> Result<(), Failure> {
+pub fn store_migrate(cli: &Cli, from: &str, to: Option<&str>) -> Result<(), Failure> {
+    // The config gives TLS settings and, without --to, the destination (so
+    // the database password need not be on the command line). A config
+    // that exists but is broken is an error, not silently ignored.
+    let path = config::locate(cli.config.as_deref());
+    let config = if path.exists() || cli.config.is_some() {
+        Some(Config::load(&path).map_err(Failure::Failed)?)
+    } else {
+        None
+    };
+    let from_config = config.as_ref().and_then(|c| c.store.url.clone());
+    let to = match (to, &from_config) {
+        (Some(to), _) => to.to_string(),
+        (None, Some(url)) => url.clone(),
+        (None, None) => {
+            return Err(Failure::Usage(format!(
+                "store migrate needs the PostgreSQL store to copy into: set [store] url in {} (it \
+                 then keeps the password off the command line), or pass --to \
+                 postgres://USER:PASSWORD@HOST:PORT/DB",
+                path.display()
+            )))
+        }
+    };
+    let to = to.as_str();
     let Some(path) = from.strip_prefix("sqlite:") else {
         return Err(Failure::Usage(format!(
             "--from {from:?}: write sqlite:PATH (the SQLite file to copy)"
@@ -213,9 +236,7 @@ pub fn store_migrate(cli: &Cli, from: &str, to: &str) -> Result<(), Failure> {
     }
     let source = Store::open(Path::new(path))?;
     // TLS as the config's [store] says, when there is a config.
-    let mut keys = Config::load(&config::locate(cli.config.as_deref()))
-        .map(|c| c.store)
-        .unwrap_or_default();
+    let mut keys = config.map(|c| c.store).unwrap_or_default();
     keys.connect_timeout_ms = 10_000;
     let target = p11derive::store::pg::Target::with_url(&keys, to)?;
     let dest = match Store::create_pg(&target) {
@@ -237,13 +258,20 @@ pub fn store_migrate(cli: &Cli, from: &str, to: &str) -> Result<(), Failure> {
         }));
     }
     let counts: Vec<String> = moved.iter().map(|(t, n)| format!("{t} {n}")).collect();
+    let next = if from_config.as_deref() == Some(to) {
+        "The config's [store] url already names it: the provider and the CLI use it from now on"
+            .to_string()
+    } else {
+        format!(
+            "Set [store] url = \"{}\" in the config (password included) to use it",
+            dest.path().display()
+        )
+    };
     outln!(
-        "store {} copied into {}: {}; the audit chain's newest record is the same in both. \
-         Set [store] url = \"{}\" in the config (password included) to use it",
+        "store {} copied into {}: {}; the audit chain's newest record is the same in both. {next}",
         source.path().display(),
         dest.path().display(),
         counts.join(", "),
-        dest.path().display()
     );
     Ok(())
 }

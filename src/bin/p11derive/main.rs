@@ -93,7 +93,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             AuditCommand::Reanchor { yes } => audit_cmd::reanchor(cli, *yes),
         },
         Command::Store(StoreCommand::Migrate { from, to }) => {
-            init_cmd::store_migrate(cli, from, to)
+            init_cmd::store_migrate(cli, from, to.as_deref())
         }
         Command::Completions { shell } => {
             let mut out = Vec::new();
@@ -104,16 +104,39 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Man { dir } => {
             std::fs::create_dir_all(dir)
                 .map_err(|e| common::failed(format!("cannot create {}: {e}", dir.display())))?;
-            clap_mangen::generate_to(Cli::command(), dir).map_err(|e| {
+            // Built first, so each command's page has the global options too.
+            let mut all = Cli::command();
+            all.build();
+            let written = man_pages(all, "p11derive", dir).map_err(|e| {
                 common::failed(format!(
                     "cannot write man pages into {}: {e}",
                     dir.display()
                 ))
             })?;
-            if !cli.json {
-                outln!("man pages written into {}", dir.display());
-            }
+            outln!("{written} man pages written into {}", dir.display());
             Ok(())
         }
     }
+}
+
+/// Writes `NAME.1` for `cmd` and `NAME-SUB.1` for each of its commands (as
+/// `git-commit.1`), each titled and invoked by its whole name.
+fn man_pages(cmd: clap::Command, name: &str, dir: &std::path::Path) -> std::io::Result<usize> {
+    let mut written = 0;
+    for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+        let sub_name = format!("{name}-{}", sub.get_name());
+        written += man_pages(sub.clone(), &sub_name, dir)?;
+    }
+    let cmd = cmd
+        .name(name.to_string())
+        .bin_name(name.replace('-', " "))
+        .display_name(name.to_string());
+    let page = clap_mangen::Man::new(cmd)
+        .title(name.to_uppercase())
+        .source(format!("p11derive {}", env!("CARGO_PKG_VERSION")))
+        .manual("p11derive manual");
+    let mut out = Vec::new();
+    page.render(&mut out)?;
+    std::fs::write(dir.join(format!("{name}.1")), out)?;
+    Ok(written + 1)
 }

@@ -3,13 +3,13 @@
 use std::collections::BTreeMap;
 
 use p11derive::config::{self, Config};
-use p11derive::store::{hex, AssetState, Store};
+use p11derive::store::{hex, AssetState, Store, StoreError};
 use serde_json::{json, Value};
 
 use crate::args::Cli;
 use crate::common::{
-    can_ask, failed, lock_memory, login, open_backend, open_store_read_only, pin_given, print_json,
-    read_pin, Failure,
+    can_ask, failed, lock_memory, login, open_backend, pin_given, print_json, read_only, read_pin,
+    Failure,
 };
 
 /// What was found: sections in order (name → facts), and the problems.
@@ -37,7 +37,7 @@ pub fn status(cli: &Cli) -> Result<(), Failure> {
     if cli.json {
         let mut out = serde_json::Map::new();
         for (name, v) in &r.sections {
-            out.insert((*name).into(), v.clone());
+            out.insert(name.replace(' ', "_"), v.clone());
         }
         out.insert("ok".into(), r.problems.is_empty().into());
         out.insert(
@@ -76,7 +76,8 @@ pub fn status(cli: &Cli) -> Result<(), Failure> {
 }
 
 fn examine(cli: &Cli, r: &mut Report) {
-    let path = config::locate(cli.config.as_deref());
+    let given = config::locate(cli.config.as_deref());
+    let path = std::fs::canonicalize(&given).unwrap_or(given);
     let from = if cli.config.is_some() {
         "--config"
     } else if std::env::var_os("P11DERIVE_CONF").is_some_and(|v| !v.is_empty()) {
@@ -135,9 +136,9 @@ fn examine(cli: &Cli, r: &mut Report) {
 }
 
 fn examine_store(config: &Config, r: &mut Report) -> Option<Store> {
-    let store = match open_store_read_only(config) {
+    let store = match read_only(config) {
         Ok(s) => s,
-        Err(f) => {
+        Err(e) => {
             let location = config::redact(
                 &config
                     .store
@@ -150,7 +151,7 @@ fn examine_store(config: &Config, r: &mut Report) -> Option<Store> {
                 format!("{location}: cannot be opened"),
                 json!({"location": location, "opened": false}),
             );
-            r.problem(f.message(), "see the message; README, \"Troubleshooting\"");
+            r.problem(e.to_string(), store_fix(&e));
             return None;
         }
     };
@@ -245,10 +246,15 @@ fn examine_token(cli: &Cli, config: &Config, store: Option<&Store>, r: &mut Repo
                 format!("{token:?} via {module}: not reached"),
                 json!({"module": module, "label": token, "found": false}),
             );
-            r.problem(
-                f.message(),
-                "fix [backend] module and token_label in the config (README, \"Configuration\")",
-            );
+            let fix = if f.message().contains("token") {
+                "set [backend] token_label to the token's label as `pkcs11-tool --module MODULE \
+                 -L` lists it, and check that this user may read the token (for SoftHSM, its \
+                 token directory)"
+            } else {
+                "set [backend] module to the path of the HSM vendor's PKCS#11 library (for \
+                 SoftHSM, /usr/lib/softhsm/libsofthsm2.so)"
+            };
+            r.problem(f.message(), fix);
             return;
         }
     };
@@ -361,7 +367,9 @@ fn examine_root(
             Some(a) => store.check_anchor(a),
             None => Ok(()),
         })
-        .and_then(|()| store.authenticate(&ak, anchor.as_ref()));
+        .and_then(|()| store.authenticate(&ak, anchor.as_ref()))
+        .map_err(|e| e.to_string())
+        .and_then(|()| key_data_faults(store, &ak));
     match verdict {
         Ok(()) => r.fact(
             "state",
@@ -377,10 +385,59 @@ fn examine_root(
                 json!({"verified": false}),
             );
             r.problem(
-                e.to_string(),
+                e,
                 "run `p11derive audit verify` for every fault; README, \"Backup, restore, start \
                  over\"",
             );
+        }
+    }
+}
+
+/// Every version's public key or check value must carry its MAC under the
+/// audit key (a key swapped in the versions table is found here).
+fn key_data_faults(store: &Store, ak: &p11derive::derive::Secret32) -> Result<(), String> {
+    let e = |e: StoreError| e.to_string();
+    for a in store.all_assets().map_err(e)? {
+        for v in store.history(a.rowid).map_err(e)? {
+            let Some(pk) = &v.public_key else { continue };
+            let want = p11derive::audit::public_key_mac(ak, a.id.as_str(), v.version, pk);
+            if v.pk_mac.as_deref() != Some(&want[..]) {
+                return Err(format!(
+                    "asset {:?} version {}: the key data the store holds carries no valid MAC \
+                     under the HSM-derived audit key (the versions table was changed outside \
+                     p11derive)",
+                    a.id.as_str(),
+                    v.version
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What to do about a store that does not open.
+fn store_fix(e: &StoreError) -> &'static str {
+    match e {
+        StoreError::Missing(_) => {
+            "if [store] path (or url) is wrong, fix it; if this root had a store, put it (or its \
+             newest backup) back; `p11derive init` creates a store only for a root that never had \
+             one (README, \"Backup, restore, start over\")"
+        }
+        StoreError::Newer(..) => "use the p11derive release that wrote this store, or a newer one",
+        StoreError::ReadOnly(_) | StoreError::Io(..) => {
+            "give this user read access to the store file and its directory (write access for \
+             changes and the provider; README, \"Sharing the store\")"
+        }
+        StoreError::Foreign(_) | StoreError::Corrupt(..) => {
+            "point [store] path at the p11derive store, or restore it from a backup"
+        }
+        StoreError::OtherRoot(_) | StoreError::Lineage(..) => {
+            "point [store] at this root's store, or [backend] root_label at the root this store \
+             belongs to"
+        }
+        _ => {
+            "run `p11derive audit verify` for every fault; restore the newest backup and run \
+             `p11derive audit reanchor --yes` (README, \"Backup, restore, start over\")"
         }
     }
 }

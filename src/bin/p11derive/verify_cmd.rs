@@ -7,7 +7,7 @@ use p11derive::store::hex;
 use sha2::Digest;
 
 use crate::args::{Cli, HashArg, VerifyArgs};
-use crate::asset_cmd::{find, point_of, version_status};
+use crate::asset_cmd::{find, not_usable, point_of, version_status};
 use crate::common::{failed, print_json, readable_store, unhex, Failure};
 
 /// A signature as raw `r || s`, from raw bytes or DER (`ECDSA-Sig-Value`).
@@ -53,15 +53,22 @@ pub fn verify(cli: &Cli, v: &VerifyArgs) -> Result<(), Failure> {
             })?,
         (None, None) => return Err(Failure::Usage("give --message FILE or --digest HEX".into())),
     };
-    let store = readable_store(cli)?;
-    let a = find(&store, &v.asset)?;
-    if a.key_type == KeyType::HmacSha256 || a.key_type == KeyType::Aes256 {
+    let r = readable_store(cli)?;
+    let a = find(&r.store, &v.asset)?;
+    let secret = match a.key_type {
+        KeyType::HmacSha256 => Some(
+            "an HMAC key: its tags are checked by the token itself (C_Verify with \
+             CKM_SHA256_HMAC), each check audited",
+        ),
+        KeyType::Aes256 => {
+            Some("an AES key: it makes no signatures (AES-GCM's tag is checked by C_Decrypt)")
+        }
+        KeyType::Secp256k1 | KeyType::P256 => None,
+    };
+    if let Some(what) = secret {
         return Err(Failure::Refused(format!(
-            "asset {:?} is {}, a secret key: its tags are checked by the token itself (C_Verify \
-             with CKM_SHA256_HMAC, or AES-GCM's own tag at C_Decrypt), not from public data; \
-             `p11derive verify` checks ECDSA signatures of EC assets",
-            a.id.as_str(),
-            a.key_type
+            "asset {:?} is {what}; `p11derive verify` checks ECDSA signatures of EC assets",
+            a.id.as_str()
         )));
     }
     let sig = raw_signature(a.key_type, &sig_bytes).ok_or_else(|| {
@@ -72,13 +79,22 @@ pub fn verify(cli: &Cli, v: &VerifyArgs) -> Result<(), Failure> {
             sig_bytes.len()
         ))
     })?;
-    let history = store.history(a.rowid)?;
+    let history = r.history(&a)?;
     // Newest first: the version that made it is usually the current one.
     let made_by = history.iter().rev().find(|h| {
         point_of(&a, &history, h.version)
             .is_ok_and(|p| ecdsa_verify(a.key_type, &p, &digest, &sig).is_ok())
     });
     let Some(h) = made_by else {
+        if cli.json {
+            print_json(&serde_json::json!({
+                "asset_id": a.id.as_str(),
+                "verified": false,
+                "version": null,
+                "versions_tried": history.len(),
+                "digest": hex(&digest),
+            }))?;
+        }
         return Err(failed(format!(
             "the signature in {} verifies under no version of {:?} (versions 1..={} tried, \
              digest {}): another key, another message, or another hash than --hash {}",
@@ -112,9 +128,8 @@ pub fn verify(cli: &Cli, v: &VerifyArgs) -> Result<(), Failure> {
     }
     if !usable {
         return Err(failed(format!(
-            "the signature was made by version {n} of {:?}, which is {status}: the token no \
-             longer verifies with it",
-            a.id.as_str()
+            "the signature was made by {}",
+            not_usable(&a, n)
         )));
     }
     Ok(())
