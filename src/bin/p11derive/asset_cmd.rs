@@ -76,6 +76,8 @@ pub struct Words {
     pub consume: &'static str,
     /// What the store holds of each version: "public key" or "check value".
     pub held: &'static str,
+    /// `consume` after "version N": "verifies" or "decrypts".
+    pub consumes: &'static str,
 }
 
 pub fn words(kt: KeyType) -> Words {
@@ -84,16 +86,19 @@ pub fn words(kt: KeyType) -> Words {
             produce: "encrypt",
             consume: "decrypt",
             held: "check value",
+            consumes: "decrypts",
         },
         KeyType::HmacSha256 => Words {
             produce: "sign",
             consume: "verify",
             held: "check value",
+            consumes: "verifies",
         },
         KeyType::Secp256k1 | KeyType::P256 => Words {
             produce: "sign",
             consume: "verify",
             held: "public key",
+            consumes: "verifies",
         },
     }
 }
@@ -182,7 +187,7 @@ fn report(
     let (produce, consume) = (w.produce, w.consume);
     let how = match asset.state {
         AssetState::Active if min == cur => {
-            format!("version {cur} {produce}s and {consume}s")
+            format!("version {cur} {produce}s and {}", w.consumes)
         }
         AssetState::Active => {
             format!("version {cur} {produce}s; versions {min} to {cur} {consume}")
