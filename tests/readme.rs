@@ -123,6 +123,10 @@ fn the_readme_examples_run_as_written() {
         ("python3 seal.py", "opened: the backup's data key"),
         ("--label hot-wallet-1@v1", "CKR_KEY_FUNCTION_NOT_PERMITTED"),
         ("--label hot-wallet-1@v1", "version 1 may no longer sign"),
+        (
+            "asset pubkey web-1 --version 2 --der",
+            "the request names version 2",
+        ),
     ];
     for (command, shown) in expect {
         if script.contains(command) {
