@@ -120,7 +120,7 @@ fn the_readme_examples_run_as_written() {
     let expect: &[(&str, &str)] = &[
         ("--keypairgen --key-type EC:secp256k1", "Key pair generated"),
         ("asset list", "hot-wallet-1"),
-        ("python3 seal.py", "opened: the backup's data key"),
+        ("python3 gcm.py open", "the backup's data key"),
         ("--label hot-wallet-1@v1", "CKR_KEY_FUNCTION_NOT_PERMITTED"),
         ("--label hot-wallet-1@v1", "version 1 may no longer sign"),
         (
