@@ -42,17 +42,6 @@ fn runnable_blocks(text: &str) -> Vec<String> {
     blocks
 }
 
-/// Words that drop a block while developing against a CLI that lacks them
-/// (`P11DERIVE_README_SKIP="p11derive status,asset pubkey"`, comma-separated);
-/// unset in CI, so every block runs.
-fn skipped(block: &str) -> bool {
-    std::env::var("P11DERIVE_README_SKIP")
-        .unwrap_or_default()
-        .split(',')
-        .map(str::trim)
-        .any(|w| !w.is_empty() && block.contains(w))
-}
-
 /// The PATH the script gets: the built binaries first, then the system's
 /// own tools (Debian's python3, for python3-pykcs11, before any pyenv shim).
 fn script_path(bin_dir: &Path) -> String {
@@ -70,14 +59,7 @@ fn the_readme_examples_run_as_written() {
         "README.md has only {} runnable blocks",
         blocks.len()
     );
-    let kept: Vec<&String> = blocks.iter().filter(|b| !skipped(b)).collect();
-    let script = format!(
-        "set -euo pipefail\n{}\n",
-        kept.iter()
-            .map(|b| b.as_str())
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let script = format!("set -euo pipefail\n{}\n", blocks.join("\n"));
 
     let scratch = tempfile::tempdir().expect("scratch directory");
     let dir = scratch.path();
@@ -116,26 +98,44 @@ fn the_readme_examples_run_as_written() {
         out.status
     );
 
-    // What the examples must show, each checked when its command ran.
+    // What the examples must show (each command named must be in the README).
     let expect: &[(&str, &str)] = &[
+        ("p11derive --version", "p11derive "),
+        (
+            "--signature msg.sig --message msg.txt",
+            "signature verifies under hot-wallet-1@v1",
+        ),
+        (
+            "--signature msg.v2.sig --message msg.txt",
+            "signature verifies under hot-wallet-1@v2",
+        ),
         ("--keypairgen --key-type EC:secp256k1", "Key pair generated"),
         ("asset list", "hot-wallet-1"),
         ("python3 gcm.py open", "the backup's data key"),
-        ("--label hot-wallet-1@v1", "CKR_KEY_FUNCTION_NOT_PERMITTED"),
-        ("--label hot-wallet-1@v1", "version 1 may no longer sign"),
+        ("--id 0a0100000001", "CKR_KEY_FUNCTION_NOT_PERMITTED"),
+        ("--id 0a0100000001", "version 1 may no longer sign"),
         (
             "asset pubkey web-1 --version 2 --der",
             "the request names version 2",
         ),
     ];
     for (command, shown) in expect {
-        if script.contains(command) {
-            assert!(
-                all.contains(shown),
-                "the README's `{command}` did not show {shown:?}:\n{all}"
-            );
-        }
+        assert!(
+            script.contains(command),
+            "the README no longer runs `{command}`"
+        );
+        assert!(
+            all.contains(shown),
+            "the README's `{command}` did not show {shown:?}:\n{all}"
+        );
     }
+    // `p11derive status` found nothing wrong.
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("problems") && l.trim_end().ends_with("none")),
+        "p11derive status reported problems:\n{all}"
+    );
     // openssl verified both signatures: pkcs11-tool's and the engine's.
     let verified = all.matches("Verified OK").count();
     assert!(
@@ -143,41 +143,59 @@ fn the_readme_examples_run_as_written() {
         "openssl verified {verified} signatures, not 2:\n{all}"
     );
 
-    // The audit export of one asset: JSON lines, that asset only, with its signatures.
-    if script.contains("audit export --asset hot-wallet-1") {
-        let export =
-            std::fs::read_to_string(dir.join("hot-wallet-1.jsonl")).expect("hot-wallet-1.jsonl");
-        let records: Vec<serde_json::Value> = export
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("a JSON line"))
-            .collect();
+    audit_export_is_as_described(dir);
+    cli_files_are_written(dir);
+    pubkey_is_the_tokens(dir);
+}
+
+/// The audit export of one asset: JSON lines of that asset only, with the
+/// fields the README names (RFC 3339 UTC times, mechanism and code names).
+fn audit_export_is_as_described(dir: &Path) {
+    let export =
+        std::fs::read_to_string(dir.join("hot-wallet-1.jsonl")).expect("hot-wallet-1.jsonl");
+    let records: Vec<serde_json::Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert!(
+        records.iter().all(|r| r["asset"] == "hot-wallet-1"),
+        "{export}"
+    );
+    let signs: Vec<&serde_json::Value> = records.iter().filter(|r| r["event"] == "sign").collect();
+    // pkcs11-tool's two signatures and the engine's.
+    assert!(signs.len() >= 3, "the example's signatures:\n{export}");
+    for r in &signs {
+        let time = r["time"].as_str().unwrap_or_default();
+        assert!(time.ends_with('Z') && time.contains('T'), "{r}");
+        assert_eq!(r["rv_name"], "CKR_OK", "{r}");
+    }
+    // pkcs11-tool hashed inside the token; OpenSSL's engine hashed itself.
+    for mechanism in ["CKM_ECDSA_SHA256", "CKM_ECDSA"] {
         assert!(
-            records.iter().all(|r| r["asset"] == "hot-wallet-1"),
-            "{export}"
-        );
-        let signs = records.iter().filter(|r| r["event"] == "sign").count();
-        assert!(
-            signs >= 2,
-            "expected the example's signatures, found {signs}:\n{export}"
+            signs.iter().any(|r| r["mechanism_name"] == mechanism),
+            "no signature with {mechanism}:\n{export}"
         );
     }
-    if script.contains("p11derive man ./man") {
-        assert!(dir.join("man/p11derive.1").exists(), "no man page written");
-        let completion = std::fs::read_to_string(dir.join("p11derive.bash")).expect("completion");
-        assert!(completion.contains("p11derive"), "{completion}");
-    }
-    if script.contains("asset pubkey hot-wallet-1 >") {
-        let pem = std::fs::read_to_string(dir.join("hot-wallet-1.pem")).expect("pubkey PEM");
-        let spki = std::fs::read(dir.join("pub.der")).expect("pkcs11-tool's public key");
-        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
-        // The CLI's key (from the store) is the token's (from pkcs11-tool).
-        let der = Command::new("openssl")
-            .args(["pkey", "-pubin", "-outform", "DER", "-in"])
-            .arg(dir.join("hot-wallet-1.pem"))
-            .output()
-            .expect("openssl");
-        assert_eq!(der.stdout, spki, "asset pubkey and the token disagree");
-    }
+}
+
+/// `p11derive man` and `completions` wrote what the README says.
+fn cli_files_are_written(dir: &Path) {
+    assert!(dir.join("man/p11derive.1").exists(), "no man page written");
+    let completion = std::fs::read_to_string(dir.join("p11derive.bash")).expect("completion");
+    assert!(completion.contains("p11derive"), "{completion}");
+}
+
+/// The CLI's public key (from the store) is the token's (from pkcs11-tool).
+fn pubkey_is_the_tokens(dir: &Path) {
+    let pem = std::fs::read_to_string(dir.join("hot-wallet-1.pem")).expect("pubkey PEM");
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    let spki = std::fs::read(dir.join("pub.der")).expect("pkcs11-tool's public key");
+    let der = Command::new("openssl")
+        .args(["pkey", "-pubin", "-outform", "DER", "-in"])
+        .arg(dir.join("hot-wallet-1.pem"))
+        .output()
+        .expect("openssl");
+    assert_eq!(der.stdout, spki, "asset pubkey and the token disagree");
 }
 
 #[test]
