@@ -110,6 +110,7 @@ fn the_readme_examples_run_as_written() {
             "signature verifies under hot-wallet-1@v2",
         ),
         ("--keypairgen --key-type EC:secp256k1", "Key pair generated"),
+        ("PRAGMA integrity_check", "\nok\n"),
         ("asset list", "hot-wallet-1"),
         ("python3 gcm.py open", "the backup's data key"),
         ("--id 0a0100000001", "CKR_KEY_FUNCTION_NOT_PERMITTED"),
