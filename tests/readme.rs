@@ -181,7 +181,13 @@ fn audit_export_is_as_described(dir: &Path) {
 
 /// `p11derive man` and `completions` wrote what the README says.
 fn cli_files_are_written(dir: &Path) {
-    assert!(dir.join("man/p11derive.1").exists(), "no man page written");
+    for page in [
+        "p11derive.1",
+        "p11derive-asset-rotate.1",
+        "p11derive-verify.1",
+    ] {
+        assert!(dir.join("man").join(page).exists(), "no man page {page}");
+    }
     let completion = std::fs::read_to_string(dir.join("p11derive.bash")).expect("completion");
     assert!(completion.contains("p11derive"), "{completion}");
 }
