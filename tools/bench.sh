@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The benchmark (issue 8): the same scenarios against p11derive (SoftHSM
+# The benchmark: the same scenarios against p11derive (SoftHSM
 # behind it, audit durable) and against SoftHSM itself with stored keys of
 # the same types, interleaved in one run, with the ratios.
 #
@@ -10,11 +10,11 @@
 # The second table runs warm signing with the store on PostgreSQL (a server
 # tools/pg.sh starts on loopback) beside the SQLite store; --pg-only runs
 # just that one and the multi-host scenarios; --gcm-only runs just the
-# AES-GCM rows (issue 17: the cost of refusing repeated IVs).
+# AES-GCM rows (the cost of refusing repeated IVs).
 # Each run is one process of tools/bench (p11bench): warm-up 0.5 s, then S
 # seconds measured (default 3).
 #
-# The multi-host scenarios (issue 18; tools/bench/hosts.sh): 1 × 16, 2 × 8
+# The multi-host scenarios (tools/bench/hosts.sh): 1 × 16, 2 × 8
 # and 4 × 4 provider processes × signing threads on one PostgreSQL store,
 # on loopback and through an emulated network (tools/netdelay.rs, --delay-ms
 # each way, default 1), each the median of --reps runs (default 3).
@@ -208,7 +208,7 @@ if [ "$WRITE" = 1 ]; then
         echo "(from its C_Finalize log line), counted over the whole run, warm-up and login included: a"
         echo "warm run derives once, at its first operation, and logs in once."
         echo
-        echo "### The store on PostgreSQL (issue 10)"
+        echo "### The store on PostgreSQL"
         echo
         echo "Warm signing with the same provider and backing token, the store on SQLite and on PostgreSQL"
         echo "15 (Debian's, on loopback, default settings: synchronous_commit on), measured one after the other."

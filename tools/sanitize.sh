@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The provider under sanitizers (issue 9): AddressSanitizer over the C ABI
+# The provider under sanitizers: AddressSanitizer over the C ABI
 # tests (every entry point, null pointers, short buffers, fork, the faults),
 # ThreadSanitizer over the concurrency tests. Stable Rust with
 # RUSTC_BOOTSTRAP=1 for -Zsanitizer, and the standard library rebuilt with

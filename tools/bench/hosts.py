@@ -1,4 +1,4 @@
-"""Sums and tables for tools/bench.sh's multi-host scenarios (issue 18).
+"""Sums and tables for tools/bench.sh's multi-host scenarios.
 
   hosts.py run OUT...     one line for one scenario run, from each process's
                           p11bench line (one file a process)
@@ -111,8 +111,8 @@ def table(path, delay_ms):
             out.append(row)
         out.append("")
 
-    # The issue's targets, from the medians above.
-    out += ["Against issue 18's targets (from the medians above):", ""]
+    # The multi-host targets, from the medians above.
+    out += ["Against the multi-host targets (from the medians above):", ""]
     thead = "| target | network | this build |" + (" baseline |" if base else "")
     out += [thead, "|---|---|---|" + ("---|" if base else "")]
     targets = [

@@ -1,4 +1,4 @@
-# The multi-host scenarios of tools/bench.sh (issue 18), sourced by it after
+# The multi-host scenarios of tools/bench.sh, sourced by it after
 # the PostgreSQL store ($W/pg.toml) is made: several provider processes
 # ("hosts"), each with its own config and log, sign warm secp256k1 at once
 # on one PostgreSQL store, on loopback and through tools/netdelay.rs (one
