@@ -46,6 +46,12 @@ thread_local! {
     static ANCHORING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// Whether the process is running its exit handlers: backing calls are
+/// no longer made (the module may already be torn down).
+pub fn exiting() -> bool {
+    module::exiting()
+}
+
 /// Runs `f` with its backing HSM calls counted as the anchor's as well.
 pub fn anchoring<T>(f: impl FnOnce() -> T) -> T {
     ANCHORING.with(|a| a.set(true));

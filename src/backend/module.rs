@@ -56,7 +56,37 @@ pub(super) fn load_module(path: &Path) -> Result<Module, String> {
     // SAFETY: the table lives as long as the library, which is never unloaded.
     let module = Module(unsafe { &*fl });
     map.insert(path.to_path_buf(), module);
+    watch_exit();
     Ok(module)
+}
+
+/// Set once the process runs its exit handlers: backing calls are then
+/// not made (see [`watch_exit`]).
+static EXITING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(super) fn exiting() -> bool {
+    EXITING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+extern "C" fn mark_exiting() {
+    EXITING.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Registers, after a module was loaded, an exit handler that stops every
+/// backing call. Exit handlers run newest first, so it runs before the
+/// module's own teardown (SoftHSM destroys its state in C++ static
+/// destructors registered while it loaded). An application that closes its
+/// sessions from an exit handler registered earlier (OpenSSL's cleanup,
+/// through libp11) then gets its sessions closed without calls into a
+/// module that no longer exists, instead of a crash; the anchor's move at
+/// that close is skipped (the next logged-in process moves it).
+fn watch_exit() {
+    // SAFETY: `mark_exiting` takes nothing and only stores to an atomic; it
+    // stays mapped as long as this library is (glibc runs a library's exit
+    // handlers when it is unloaded).
+    unsafe {
+        libc::atexit(mark_exiting);
+    }
 }
 
 thread_local! {
@@ -85,8 +115,14 @@ fn count_call() {
 
 /// Makes one backing call through `f`, an entry of the module's table: a
 /// missing entry is `CKR_FUNCTION_NOT_SUPPORTED` (neither counted nor noted);
-/// otherwise the call is counted and a failure noted in `LAST_FAILURE`.
+/// otherwise the call is counted and a failure noted in `LAST_FAILURE`. Once
+/// the process is exiting, no call is made (`CKR_FUNCTION_FAILED`).
 fn invoke<F>(f: Option<F>, call: impl FnOnce(F) -> sys::CK_RV) -> sys::CK_RV {
+    if exiting() {
+        // An answer, not a silent HSM: no backoff, no recovery at exit.
+        set_last_failure(sys::CKR_FUNCTION_FAILED);
+        return sys::CKR_FUNCTION_FAILED;
+    }
     match f {
         Some(f) => {
             count_call();

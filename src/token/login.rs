@@ -228,6 +228,10 @@ impl Provider {
         if !self.store.authenticated() {
             return;
         }
+        if crate::backend::exiting() {
+            log::info("anchor: not moved: the process is exiting (the next login moves it)");
+            return;
+        }
         if let Err(e) = lifecycle::advance_anchor(&self.store, &self.backend, periodic) {
             log::warn(&format!("anchor: {e}"));
         }
@@ -327,7 +331,9 @@ impl Provider {
         }
         // Every derived key is wiped with the login.
         self.keys.clear();
-        if let Err(e) = self.backend.logout() {
+        if crate::backend::exiting() {
+            // The backing module's state goes with the process.
+        } else if let Err(e) = self.backend.logout() {
             log::warn(&format!("logout: {e}"));
         }
     }
