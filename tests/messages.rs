@@ -1,0 +1,375 @@
+//! What a user meets: a store read by a user who may only read it, permission errors naming path and user, config, backend and memory messages.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use p11derive::audit::{Event, Record};
+use p11derive::backend::Backend;
+use p11derive::config::Config;
+use p11derive::store::{parse_transition_detail, AssetState, Store, StoreError};
+
+use common::*;
+
+const NOBODY: u32 = 65534;
+const NOGROUP: u32 = 65534;
+
+/// Runs `f` on a thread of its own whose effective user and group are
+/// nobody's, without supplementary groups: Linux keeps credentials per
+/// thread, and the raw system calls (unlike libc's wrappers) change only the
+/// calling thread's. The thread ends with `f`, and its credentials with it.
+fn as_nobody<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    assert_eq!(
+        // SAFETY: geteuid has no preconditions.
+        unsafe { libc::geteuid() },
+        0,
+        "these tests change users: run them as root"
+    );
+    std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let keep = -1i64 as libc::c_long;
+            // SAFETY: raw credential calls with plain integer arguments (and
+            // a null list for no groups); they affect this thread alone.
+            let rc = unsafe {
+                (
+                    libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
+                    libc::syscall(libc::SYS_setresgid, keep, NOGROUP as libc::c_long, keep),
+                    libc::syscall(libc::SYS_setresuid, keep, NOBODY as libc::c_long, keep),
+                )
+            };
+            assert_eq!(rc, (0, 0, 0), "cannot become nobody");
+            f()
+        })
+        .join()
+        .expect("the thread run as nobody")
+    })
+}
+
+/// A directory under /tmp everyone may enter (the tests' SoftHSM directory
+/// is private to root).
+fn public_dir(name: &str) -> PathBuf {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("p11derive-{name}-"))
+        .tempdir()
+        .unwrap()
+        .keep();
+    chmod(&dir, 0o755);
+    dir
+}
+
+fn chmod(p: &Path, mode: u32) {
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn side(store: &Path, ext: &str) -> PathBuf {
+    let mut p = store.as_os_str().to_owned();
+    p.push(ext);
+    PathBuf::from(p)
+}
+
+/// Everything the read commands read from a store, as one comparable text;
+/// with the audit key, the checks they make too (root, anchor, seals).
+fn read_everything(store: &Store, key: Option<&(Backend, p11derive::types::Secret32)>) -> String {
+    let assets = store.list_assets().unwrap();
+    let mut out = String::new();
+    for a in &assets {
+        let again = store.asset_by_name(&a.id).unwrap().unwrap();
+        assert_eq!(again.rowid, a.rowid);
+        let history = store.history(a.rowid).unwrap();
+        out += &format!(
+            "{} {:?} {}..{} {:?} versions {}\n",
+            a.id.as_str(),
+            a.key_type,
+            a.min_usable,
+            a.current,
+            a.state,
+            history.len()
+        );
+    }
+    let rows = store.audit_rows(0).unwrap();
+    let head = store.audit_head().unwrap().unwrap();
+    assert_eq!(rows.last().unwrap().0.seq, head.0);
+    out += &format!(
+        "records {} head {} store {:?} lanes {} pending {}\n",
+        rows.len(),
+        head.0,
+        store.store_id().unwrap(),
+        store.lane_rows().unwrap().len(),
+        store.pending_rows().unwrap().len()
+    );
+    if let Some((backend, ak)) = key {
+        store.check_root(ak).unwrap();
+        let anchor = backend.read_anchor().unwrap();
+        store.authenticate(ak, anchor.as_ref()).unwrap();
+        if let Some(a) = &anchor {
+            store.check_anchor(a).unwrap();
+        }
+        // Each asset's latest state change, as `audit verify` expects it.
+        let mut latest = BTreeMap::new();
+        for (r, _) in &rows {
+            let Some(name) = &r.asset else { continue };
+            match r.event {
+                Event::Create => {
+                    latest.insert(name.clone(), (r.seq, AssetState::Active, 1, 1));
+                }
+                Event::Transition => {
+                    let (state, current, min) = parse_transition_detail(&r.detail).unwrap();
+                    latest.insert(name.clone(), (r.seq, state, current, min));
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(
+            store.seal_faults(ak, &latest).unwrap(),
+            Vec::<String>::new()
+        );
+        out += "checks pass\n";
+    }
+    out
+}
+
+fn keyed(s: &Setup) -> (Backend, p11derive::types::Secret32) {
+    let config = Config::load(&s.config).unwrap();
+    let backend = Backend::open(&config.backend, &config.source).unwrap();
+    backend
+        .login(cryptoki_sys::CKU_USER, PIN.as_bytes())
+        .unwrap();
+    let ak = p11derive::derive::audit_key(&backend).unwrap();
+    (backend, ak)
+}
+
+/// A fresh store with an EC and an AES asset and a rotation, copied into a
+/// directory everyone may enter (with no writer holding it: no -wal).
+fn populated(name: &str) -> (Setup, PathBuf) {
+    let s = setup(None);
+    s.create_asset("ec", "secp256k1");
+    s.create_asset("aes", "aes256");
+    ok(&s, &["asset", "rotate", "ec", "--grace"]);
+    assert!(!side(&s.store, "-wal").exists());
+    let dir = public_dir(name);
+    let store = dir.join("state.db");
+    std::fs::copy(&s.store, &store).unwrap();
+    chmod(&store, 0o644);
+    (s, store)
+}
+
+fn fingerprint(p: &Path) -> (Vec<u8>, std::time::SystemTime) {
+    (
+        std::fs::read(p).unwrap(),
+        std::fs::metadata(p).unwrap().modified().unwrap(),
+    )
+}
+
+#[test]
+fn a_read_only_store_is_read_whole_and_never_written() {
+    let _turn = turn();
+    let (s, store) = populated("ro");
+    let key = keyed(&s);
+    let expected = {
+        let rw = Store::open(&store).unwrap();
+        read_everything(&rw, Some(&key))
+    };
+    assert!(!side(&store, "-wal").exists(), "the writer left a -wal");
+    assert!(
+        expected.contains("ec Secp256k1 1..2 Rotating versions 2"),
+        "{expected}"
+    );
+    let dir = store.parent().unwrap().to_path_buf();
+    chmod(&store, 0o444);
+    chmod(&dir, 0o555);
+    let before = fingerprint(&store);
+    let seen = as_nobody(|| {
+        let ro = Store::open_read_only(&store).unwrap();
+        assert!(ro.is_read_only());
+        let seen = read_everything(&ro, Some(&key));
+        // A write is refused before SQLite is asked, naming the store.
+        let e = ro
+            .record(None, Record::new(Event::Login, 0).detail("test"))
+            .unwrap_err();
+        assert!(matches!(e, StoreError::OpenedReadOnly(_)), "{e}");
+        // Opening it to write says who may not, and that reading works.
+        let e = Store::open(&store).err().unwrap().to_string();
+        assert!(
+            e.contains(&format!("store {} is read-only for user nobody, uid 65534", store.display()))
+                && e.contains("read and write access to the file and write access to its directory")
+                && e.contains("read-only commands (asset list/show/pubkey, audit export/tail/verify, status, verify) still work"),
+            "{e}"
+        );
+        seen
+    });
+    assert_eq!(seen, expected);
+    assert_eq!(fingerprint(&store), before, "the store file changed");
+    for ext in ["-wal", "-shm", "-journal"] {
+        assert!(!side(&store, ext).exists(), "{ext} was created");
+    }
+    chmod(&dir, 0o755);
+}
+
+/// While a writer (another process) holds the store open, its newest
+/// changes are in the -wal: a reader who may not write the directory or the
+/// -shm still sees them.
+#[test]
+fn a_reader_sees_what_a_running_writer_committed() {
+    let _turn = turn();
+    let (_s, store) = populated("wal");
+    let dir = store.parent().unwrap().to_path_buf();
+    let ready = dir.join("ready");
+    let stop = dir.join("stop");
+    let mut writer = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "hold_the_store_open", "--ignored", "--nocapture"])
+        .env("P11DERIVE_TEST_HOLD", &store)
+        .spawn()
+        .unwrap();
+    let limit = Instant::now() + Duration::from_secs(60);
+    while !ready.exists() {
+        assert!(Instant::now() < limit, "the writer never got ready");
+        assert!(writer.try_wait().unwrap().is_none(), "the writer ended");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(std::fs::metadata(side(&store, "-wal")).unwrap().len() > 0);
+    for f in [store.clone(), side(&store, "-wal"), side(&store, "-shm")] {
+        chmod(&f, 0o644);
+    }
+    chmod(&dir, 0o555);
+    let pending = as_nobody(|| {
+        let ro = Store::open_read_only(&store).unwrap();
+        ro.pending_rows().unwrap()
+    });
+    chmod(&dir, 0o755);
+    std::fs::write(&stop, b"").unwrap();
+    assert!(writer.wait().unwrap().success());
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0].detail, "held open by a test");
+}
+
+/// Not a test of its own: the writer process `a_reader_sees_what_a_running_writer_committed`
+/// starts.
+#[test]
+#[ignore]
+fn hold_the_store_open() {
+    let Some(path) = std::env::var_os("P11DERIVE_TEST_HOLD") else {
+        return;
+    };
+    let path = PathBuf::from(path);
+    let store = Store::open(&path).unwrap();
+    store
+        .record(
+            None,
+            Record::new(Event::Login, 0).detail("held open by a test"),
+        )
+        .unwrap();
+    let dir = path.parent().unwrap();
+    std::fs::write(dir.join("ready"), b"").unwrap();
+    let limit = Instant::now() + Duration::from_secs(60);
+    while !dir.join("stop").exists() && Instant::now() < limit {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_store_the_user_may_not_read_says_permission_denied_and_who() {
+    let _turn = turn();
+    let (_s, store) = populated("denied");
+    chmod(&store, 0o600);
+    let (ro, rw) = as_nobody(|| {
+        (
+            Store::open_read_only(&store).err().unwrap().to_string(),
+            Store::open(&store).err().unwrap().to_string(),
+        )
+    });
+    let head = format!(
+        "permission denied: {} (user nobody, uid 65534)",
+        store.display()
+    );
+    assert!(
+        ro.starts_with(&head) && ro.contains("need read access to the store file"),
+        "{ro}"
+    );
+    assert!(
+        rw.starts_with(&head)
+            && rw.contains(
+                "need read and write access to the file and write access to its directory"
+            )
+            && rw.contains("need read access only"),
+        "{rw}"
+    );
+    assert!(!ro.contains("unable to open database file"), "{ro}");
+    // A directory the user may not enter hides the file: still denied, not "does not exist".
+    let dir = store.parent().unwrap().to_path_buf();
+    chmod(&store, 0o644);
+    chmod(&dir, 0o700);
+    let e = as_nobody(|| Store::open_read_only(&store).err().unwrap().to_string());
+    chmod(&dir, 0o755);
+    assert!(e.starts_with(&head), "{e}");
+}
+
+/// A config and store an auditor (nobody) may read, for the CLI.
+fn auditor_config(s: &Setup, store: &Path) -> PathBuf {
+    let dir = store.parent().unwrap();
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace(&s.store.display().to_string(), &store.display().to_string())
+        .replace(
+            &format!("file = \"{}\"\n", s.dir.join("p11derive.log").display()),
+            "",
+        );
+    let config = dir.join("p11derive.toml");
+    std::fs::write(&config, text).unwrap();
+    chmod(&config, 0o644);
+    config
+}
+
+fn as_auditor(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(cli_path())
+        .args(args)
+        .env("P11DERIVE_CONF", config)
+        .env_remove("P11DERIVE_PIN")
+        .output()
+        .unwrap()
+}
+
+/// Passes once the CLI opens the store with `Store::open_config_read_only`
+/// for its read commands.
+#[test]
+fn the_cli_lists_assets_of_a_store_its_user_may_only_read() {
+    let _turn = turn();
+    let (s, store) = populated("cli");
+    let config = auditor_config(&s, &store);
+    let dir = store.parent().unwrap().to_path_buf();
+    chmod(&store, 0o444);
+    chmod(&dir, 0o555);
+    let before = fingerprint(&store);
+    let list = as_auditor(&config, &["asset", "list", "--json"]);
+    let export = as_auditor(&config, &["audit", "export"]);
+    chmod(&dir, 0o755);
+    assert!(list.status.success(), "asset list: {}", stderr(&list));
+    let json: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(json.as_array().unwrap().len(), 2, "{json}");
+    assert!(export.status.success(), "audit export: {}", stderr(&export));
+    assert!(String::from_utf8_lossy(&export.stdout).lines().count() >= 4);
+    assert_eq!(fingerprint(&store), before, "the store file changed");
+}
+
+#[test]
+fn the_cli_says_permission_denied_with_the_user() {
+    let _turn = turn();
+    let (s, store) = populated("cli-denied");
+    let config = auditor_config(&s, &store);
+    chmod(&store, 0o600);
+    let out = as_auditor(&config, &["asset", "list"]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(
+        e.contains(&format!(
+            "permission denied: {} (user nobody, uid 65534)",
+            store.display()
+        )),
+        "{e}"
+    );
+}
