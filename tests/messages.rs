@@ -373,3 +373,71 @@ fn the_cli_says_permission_denied_with_the_user() {
         "{e}"
     );
 }
+
+/// The CLI with `args` and the environment given, no config of a setup.
+fn cli_with(env: &[(&str, &Path)], args: &[&str]) -> String {
+    let mut cmd = Command::new(cli_path());
+    cmd.env_remove("P11DERIVE_CONF").env_remove("P11DERIVE_PIN");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.args(args).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    stderr(&out)
+}
+
+#[test]
+fn config_errors_keep_tomls_caret_name_the_table_and_follow_the_path_given() {
+    let dir = public_dir("config");
+    let bad = dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[backend]\nmodule = \"/m.so\"\ntoken_label = \"t\nroot_label = 3\n",
+    )
+    .unwrap();
+    let e = cli_with(&[], &["--config", bad.to_str().unwrap(), "asset", "list"]);
+    let lines: Vec<&str> = e.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!("p11derive: config file {} is invalid:", bad.display()),
+        "{e}"
+    );
+    assert!(
+        lines[1].starts_with("TOML parse error at line 3, column "),
+        "{e}"
+    );
+    assert_eq!(lines[3], "3 | token_label = \"t", "{e}");
+    assert!(
+        lines[4].starts_with("  |") && lines[4].ends_with('^'),
+        "{e}"
+    );
+
+    let no_backend = dir.join("no-backend.toml");
+    std::fs::write(&no_backend, "[store]\npath = \"/tmp/x.db\"\n").unwrap();
+    let e = cli_with(
+        &[],
+        &["--config", no_backend.to_str().unwrap(), "asset", "list"],
+    );
+    assert!(e.contains("the [backend] table is missing"), "{e}");
+    assert!(
+        e.contains("\n[backend]\nmodule = ") && !e.contains("line 1, column 1"),
+        "{e}"
+    );
+
+    let absent = dir.join("absent.toml");
+    let e = cli_with(
+        &[],
+        &["--config", absent.to_str().unwrap(), "asset", "list"],
+    );
+    assert!(
+        e.contains("(given with --config)") && e.contains("fix the path given to --config"),
+        "{e}"
+    );
+    assert!(!e.contains("P11DERIVE_CONF"), "{e}");
+    let e = cli_with(&[("P11DERIVE_CONF", &absent)], &["asset", "list"]);
+    assert!(
+        e.contains("(named by P11DERIVE_CONF)")
+            && e.contains("point P11DERIVE_CONF at the right file"),
+        "{e}"
+    );
+}
