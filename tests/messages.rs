@@ -441,3 +441,116 @@ fn config_errors_keep_tomls_caret_name_the_table_and_follow_the_path_given() {
         "{e}"
     );
 }
+
+fn backend_config(module: &Path, token_label: &str) -> Config {
+    let text = format!(
+        "[backend]\nmodule = \"{}\"\ntoken_label = \"{token_label}\"\n",
+        module.display()
+    );
+    Config::parse(&text, Path::new("/etc/p11derive/test.toml")).unwrap()
+}
+
+fn backend_error(module: &Path, token_label: &str) -> String {
+    let c = backend_config(module, token_label);
+    Backend::open(&c.backend, &c.source)
+        .err()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_module_that_does_not_load_says_dlerrors_reason_and_the_fix() {
+    let dir = public_dir("module");
+    let absent = dir.join("libabsent.so");
+    let e = backend_error(&absent, "t");
+    assert!(
+        e.starts_with(&format!(
+            "cannot load the backing PKCS#11 module {}: cannot open shared object file: No such \
+             file or directory; no such file: install the module",
+            absent.display()
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains("[backend] module is set in /etc/p11derive/test.toml"),
+        "{e}"
+    );
+    // A 32-bit ELF header: the loader refuses it for its class.
+    let elf32 = dir.join("libelf32.so");
+    let mut header = vec![0u8; 64];
+    header[..7].copy_from_slice(b"\x7fELF\x01\x01\x01");
+    std::fs::write(&elf32, &header).unwrap();
+    let e = backend_error(&elf32, "t");
+    assert!(e.contains("wrong ELF class: ELFCLASS32"), "{e}");
+    assert!(e.contains("built for another word size"), "{e}");
+    let text = dir.join("libtext.so");
+    std::fs::write(&text, vec![b'x'; 100]).unwrap();
+    let e = backend_error(&text, "t");
+    assert!(
+        e.contains("invalid ELF header") && e.contains("not a shared library"),
+        "{e}"
+    );
+    assert!(!e.contains("dlopen failed"), "{e}");
+}
+
+#[test]
+fn token_not_found_lists_initialized_tokens_only() {
+    let _turn = turn();
+    // SoftHSM, loaded once per process, lists the tokens it found then.
+    let _s = setup_with(None, false);
+    let e = backend_error(Path::new(SOFTHSM), "no-such-token");
+    let listed = e
+        .split_once("(tokens present: ")
+        .and_then(|(_, rest)| rest.split_once(')'))
+        .map(|(list, _)| list.to_string())
+        .unwrap_or_else(|| panic!("{e}"));
+    assert!(listed.starts_with("\"backing-"), "{e}");
+    // SoftHSM always offers one free slot, whose token has an empty label.
+    assert!(!listed.contains("\"\""), "{e}");
+}
+
+#[test]
+fn a_wrong_pin_names_the_backing_token_and_warns_of_the_lock() {
+    let _turn = turn();
+    let s = setup(None);
+    let config = Config::load(&s.config).unwrap();
+    let backend = Backend::open(&config.backend, &config.source).unwrap();
+    let e = backend
+        .login(cryptoki_sys::CKU_USER, b"000000")
+        .unwrap_err();
+    assert_eq!(e.rv, cryptoki_sys::CKR_PIN_INCORRECT);
+    let m = e.to_string();
+    assert!(
+        m.starts_with(&format!(
+            "backing token {:?} (module {SOFTHSM}) refused the user PIN: wrong PIN; repeated \
+             wrong PINs may lock the token's user PIN (SoftHSM and most HSMs count failures)",
+            s.token_label
+        )) && m.ends_with("(CKR_PIN_INCORRECT)"),
+        "{m}"
+    );
+    backend
+        .login(cryptoki_sys::CKU_USER, PIN.as_bytes())
+        .unwrap();
+    // SoftHSM keeps one login per process: the provider must start without it.
+    backend.logout().unwrap();
+    drop(backend);
+
+    // Through the provider: the caller gets the code unchanged, the log the message.
+    let p = s.load();
+    let session = p.session();
+    let from = s.log().len();
+    let r = session.login(
+        cryptoki::session::UserType::User,
+        Some(&cryptoki::types::AuthPin::new("000000".into())),
+    );
+    assert_eq!(rv_of(r), cryptoki::error::RvError::PinIncorrect);
+    let log = s.log_since(from);
+    assert!(
+        log.contains(&format!(
+            "login: user login to backing token {:?} failed: backing token {:?} (module {SOFTHSM}) \
+             refused the user PIN: wrong PIN; repeated wrong PINs may lock",
+            s.token_label, s.token_label
+        )) && log.contains("(CKR_PIN_INCORRECT)"),
+        "{log}"
+    );
+}
