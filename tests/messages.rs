@@ -554,3 +554,47 @@ fn a_wrong_pin_names_the_backing_token_and_warns_of_the_lock() {
         "{log}"
     );
 }
+
+/// Whether C_Initialize succeeds with RLIMIT_MEMLOCK `kib`.
+fn initializes_with_memlock(s: &Setup, kib: u64) -> bool {
+    list_with_memlock(s, kib * 1024).status.success()
+}
+
+/// The size the message asks for is the size needed: the README's
+/// "`locked_kib` + 256 KiB" (release build, default 1024 KiB).
+#[test]
+fn the_memory_lock_message_asks_for_exactly_what_is_needed() {
+    let _turn = turn();
+    let s = setup(None);
+    let need = 1024 + 256;
+    let from = s.log().len();
+    assert!(
+        !initializes_with_memlock(&s, 0),
+        "C_Initialize succeeded without lockable memory"
+    );
+    let log = s.log_since(from);
+    assert!(
+        log.contains(&format!(
+            "raise RLIMIT_MEMLOCK to at least {need} KiB (1024 KiB for [memory] locked_kib plus \
+             256 KiB for the secret stacks"
+        )),
+        "{log}"
+    );
+    // One page short: the arena locks, the last stack does not, and the
+    // message asks for the same size.
+    let from = s.log().len();
+    assert!(
+        !initializes_with_memlock(&s, need - 4),
+        "C_Initialize succeeded one page short"
+    );
+    let log = s.log_since(from);
+    assert!(
+        log.contains("cannot lock a ") && log.contains(&format!("at least {need} KiB")),
+        "{log}"
+    );
+    assert!(
+        initializes_with_memlock(&s, need),
+        "C_Initialize failed with {need} KiB: {}",
+        s.log_since(from)
+    );
+}
