@@ -598,3 +598,55 @@ fn the_memory_lock_message_asks_for_exactly_what_is_needed() {
         s.log_since(from)
     );
 }
+
+/// On PostgreSQL, a read-only open reads with a role that may only SELECT,
+/// and refuses every write itself.
+#[test]
+fn a_postgres_store_is_read_with_a_select_only_role() {
+    let _turn = turn();
+    let admin = pg_admin_url();
+    let url = pg_database(&admin, "p11derive_read_only");
+    let s = setup_with(None, false);
+    s.use_pg(&url);
+    s.init();
+    s.create_asset("ec", "p256");
+    let expected = {
+        let c = Config::load(&s.config).unwrap();
+        read_everything(&Store::open_config(&c.store).unwrap(), None)
+    };
+    let (_, host_db) = url.split_once('@').unwrap();
+    let mut dba = postgres::Client::connect(
+        &format!(
+            "{}/{}",
+            admin.rsplit_once('/').unwrap().0,
+            "p11derive_read_only"
+        ),
+        postgres::NoTls,
+    )
+    .unwrap();
+    dba.batch_execute(
+        "DO $$ BEGIN
+           IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'p11derive_auditor') THEN
+             CREATE ROLE p11derive_auditor LOGIN PASSWORD 'auditor-test';
+           END IF;
+         END $$;
+         GRANT SELECT ON ALL TABLES IN SCHEMA public TO p11derive_auditor;",
+    )
+    .unwrap();
+    let mut c = Config::load(&s.config).unwrap();
+    c.store.url = Some(format!(
+        "postgres://p11derive_auditor:auditor-test@{host_db}"
+    ));
+    let ro = Store::open_config_read_only(&c.store).unwrap();
+    assert!(ro.is_read_only());
+    assert_eq!(read_everything(&ro, None), expected);
+    let e = ro
+        .record(None, Record::new(Event::Login, 0).detail("test"))
+        .unwrap_err();
+    assert!(matches!(e, StoreError::OpenedReadOnly(_)), "{e}");
+    // The writers' role, opened read-only, reads the same.
+    let mut c = Config::load(&s.config).unwrap();
+    c.store.url = Some(url.clone());
+    let ro = Store::open_config_read_only(&c.store).unwrap();
+    assert_eq!(read_everything(&ro, None), expected);
+}
