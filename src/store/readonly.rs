@@ -7,9 +7,12 @@
 //! and SQLite reads a `-shm` it may not write into private memory). When the
 //! last writer closed the store, SQLite checkpointed the `-wal` into the file
 //! and deleted both; a reader that may not create them in the directory then
-//! opens the file `immutable` — safe, since every committed change is in the
-//! file itself. A `-wal` still holding changes that this user cannot read is
-//! refused (a read would miss them), naming the file.
+//! opens the file `immutable`: every committed change is in the file itself.
+//! (A writer that starts during such a read appends to a new `-wal` the read
+//! does not see; only its checkpoint, after 1000 pages or at its last close,
+//! rewrites the file under the read, which may then fail as unreadable: run
+//! the command again.) A `-wal` still holding changes that this user cannot
+//! read is refused (a read would miss them), naming the file.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
