@@ -201,6 +201,8 @@ fn a_read_only_store_is_read_whole_and_never_written() {
         );
         seen
     });
+    // SoftHSM, initialized once per process, would not see later tokens.
+    key.0.finalize();
     assert_eq!(seen, expected);
     assert_eq!(fingerprint(&store), before, "the store file changed");
     for ext in ["-wal", "-shm", "-journal"] {
@@ -533,7 +535,23 @@ fn a_wrong_pin_names_the_backing_token_and_warns_of_the_lock() {
         .unwrap();
     // SoftHSM keeps one login per process: the provider must start without it.
     backend.logout().unwrap();
+    backend.finalize();
     drop(backend);
+
+    // Through the CLI (its login is Backend::login).
+    let out = s
+        .cli()
+        .env("P11DERIVE_PIN", "000000")
+        .args(["asset", "create", "x", "--type", "p256"])
+        .output()
+        .unwrap();
+    let e = stderr(&out);
+    assert!(
+        !out.status.success()
+            && e.contains(&format!("backing token {:?} (module {SOFTHSM}) refused the user PIN: wrong PIN; repeated wrong PINs may lock", s.token_label))
+            && e.contains("(CKR_PIN_INCORRECT)"),
+        "{e}"
+    );
 
     // Through the provider: the caller gets the code unchanged, the log the message.
     let p = s.load();
