@@ -10,13 +10,16 @@
 //! group: the set-group-id bit makes the `-wal` and `-shm` files that any
 //! member creates belong to the group too.
 //!
-//! The one `unsafe` call here is `getgrnam_r`, which turns a group name into
-//! its id through the system's group database (files, LDAP…).
+//! The `unsafe` calls here are `getgrnam_r` and `getpwuid_r`, which turn a
+//! group name into its id and a user id into its name through the system's
+//! databases (files, LDAP…), `geteuid`, and `faccessat`, which asks whether
+//! this process may read or write a file (for permission messages).
 
 use std::ffi::CString;
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io;
 use std::mem::MaybeUninit;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -90,11 +93,27 @@ impl Access {
     }
 }
 
+/// Runs a `get*_r` lookup of the user or group database with a buffer for
+/// the strings it returns, grown while the call says it is too small
+/// (`ERANGE`). `call` gives the call's return code, and on success what it
+/// found (copied out of the buffer), if anything.
+fn lookup<T>(
+    mut call: impl FnMut(&mut [libc::c_char]) -> (libc::c_int, Option<T>),
+) -> io::Result<Option<T>> {
+    let mut buf: Vec<libc::c_char> = vec![0; 1024];
+    loop {
+        match call(&mut buf) {
+            (libc::ERANGE, _) if buf.len() < 1 << 20 => buf.resize(buf.len() * 4, 0),
+            (0, found) => return Ok(found),
+            (rc, _) => return Err(io::Error::from_raw_os_error(rc)),
+        }
+    }
+}
+
 /// A group's id by name; `None` when the group database has no such group.
 fn group_id(name: &str) -> io::Result<Option<u32>> {
     let c_name = CString::new(name).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    let mut buf: Vec<libc::c_char> = vec![0; 1024];
-    loop {
+    lookup(|buf| {
         let mut group = MaybeUninit::<libc::group>::uninit();
         let mut found: *mut libc::group = std::ptr::null_mut();
         // SAFETY: every pointer is valid for the call: the NUL-terminated name,
@@ -109,19 +128,60 @@ fn group_id(name: &str) -> io::Result<Option<u32>> {
                 &mut found,
             )
         };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 4, 0);
-            continue;
-        }
-        if rc != 0 {
-            return Err(io::Error::from_raw_os_error(rc));
-        }
-        if found.is_null() {
-            return Ok(None);
-        }
         // SAFETY: on success with a result, `found` points at `group`, which
         // the call filled in.
-        return Ok(Some(unsafe { (*found).gr_gid }));
+        (
+            rc,
+            (rc == 0 && !found.is_null()).then(|| unsafe { (*found).gr_gid }),
+        )
+    })
+}
+
+/// The user this process acts as (its effective uid), by name (the number
+/// itself when the user database has no name for it), and the uid.
+pub fn effective_user() -> (String, u32) {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let name = lookup(|buf| {
+        let mut user = MaybeUninit::<libc::passwd>::uninit();
+        let mut found: *mut libc::passwd = std::ptr::null_mut();
+        // SAFETY: every pointer is valid for the call: the uninitialized
+        // entry the call fills, the buffer with its true length for the
+        // strings it points into, and the result pointer.
+        let rc = unsafe {
+            libc::getpwuid_r(
+                uid,
+                user.as_mut_ptr(),
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut found,
+            )
+        };
+        // SAFETY: on success with a result, `found` points at `user`, whose
+        // name points into `buf` as a NUL-terminated string, copied here.
+        let name = (rc == 0 && !found.is_null())
+            .then(|| unsafe { std::ffi::CStr::from_ptr((*found).pw_name) })
+            .map(|n| n.to_string_lossy().into_owned());
+        (rc, name)
+    });
+    match name {
+        Ok(Some(n)) => (n, uid),
+        _ => (uid.to_string(), uid),
+    }
+}
+
+/// Whether this process, as its effective user and groups, may use `path`
+/// as `mode` says (`libc::R_OK`, `W_OK`, `X_OK`, or'ed); else the system's
+/// reason (`PermissionDenied`, a read-only file system, no such file).
+pub fn may(path: &Path, mode: libc::c_int) -> io::Result<()> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: a NUL-terminated path, valid for the call; nothing is kept.
+    let rc = unsafe { libc::faccessat(libc::AT_FDCWD, c_path.as_ptr(), mode, libc::AT_EACCESS) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -56,6 +56,89 @@ pub(super) fn device(op: &str, rv: sys::CK_RV) -> Error {
     )
 }
 
+/// Why the backing module at `path` did not load (`why`: dlerror's words),
+/// and the fix that reason calls for.
+fn unloadable(path: &Path, why: &str, config_file: &Path) -> String {
+    // dlerror's text starts with the path, already named here.
+    let prefix = format!("{}: ", path.display());
+    let why = why.strip_prefix(&prefix).unwrap_or(why);
+    let fix = if why.contains("No such file or directory") {
+        "no such file: install the module (SoftHSM: apt-get install softhsm2) and set [backend] \
+         module to its path (SoftHSM: module = \"/usr/lib/softhsm/libsofthsm2.so\")"
+            .to_string()
+    } else if why.contains("wrong ELF class") {
+        "the module is built for another word size (32- or 64-bit) than this process: use the \
+         module built for this machine's architecture"
+            .to_string()
+    } else if why.contains("invalid ELF header")
+        || why.contains("file too short")
+        || why.contains("not a dynamic")
+    {
+        "this is not a shared library: [backend] module must name the PKCS#11 module's .so file"
+            .to_string()
+    } else if why.contains("Permission denied") {
+        "this user may not read it: give read access to the file (and search access to its \
+         directories)"
+            .to_string()
+    } else {
+        format!(
+            "a library it needs may be missing or too old: see `ldd {}`",
+            path.display()
+        )
+    };
+    format!(
+        "cannot load the backing PKCS#11 module {}: {why}; {fix}; [backend] module is set in {}",
+        path.display(),
+        config_file.display()
+    )
+}
+
+/// The message for a PIN the backing token refused (`None` for other
+/// codes): which token and module, what repeated attempts cost, and for a
+/// locked PIN how to unlock it. The code's name follows in the error.
+pub(super) fn pin_refused(
+    rv: sys::CK_RV,
+    user_type: sys::CK_USER_TYPE,
+    token: &str,
+    module: &Path,
+) -> Option<String> {
+    let (whose, so) = if user_type == sys::CKU_SO {
+        ("security officer", true)
+    } else {
+        ("user", false)
+    };
+    let on = format!("backing token {token:?} (module {})", module.display());
+    let counts = format!(
+        "repeated wrong PINs may lock the token's {whose} PIN (SoftHSM and most HSMs count \
+         failures): check the PIN before trying again"
+    );
+    Some(match rv {
+        sys::CKR_PIN_INCORRECT => format!("{on} refused the {whose} PIN: wrong PIN; {counts}"),
+        sys::CKR_PIN_LEN_RANGE => format!(
+            "{on} refused the {whose} PIN: its length is outside what the token accepts \
+             (see softhsm2-util --show-slots or pkcs11-tool -T for its minimum and maximum); \
+             {counts}"
+        ),
+        sys::CKR_PIN_LOCKED if so => format!(
+            "the security officer PIN of {on} is locked after too many wrong PINs; on most \
+             tokens (SoftHSM among them) only re-initializing the token resets it, which \
+             destroys its objects, the root among them: restore the root from its backup"
+        ),
+        sys::CKR_PIN_LOCKED => format!(
+            "the user PIN of {on} is locked after too many wrong PINs; the security officer \
+             unlocks it by setting a new user PIN: pkcs11-tool --module {} --token-label {token:?} \
+             --login --login-type so --init-pin (it asks for the SO PIN and the new user PIN)",
+            module.display()
+        ),
+        sys::CKR_PIN_EXPIRED => format!(
+            "the {whose} PIN of {on} has expired; set a new one: pkcs11-tool --module {} \
+             --token-label {token:?} --login --change-pin",
+            module.display()
+        ),
+        _ => return None,
+    })
+}
+
 impl Core {
     /// Loads the module, initializes it and finds the backing token by label.
     /// `config_file` is only used in messages.
@@ -63,13 +146,7 @@ impl Core {
         let module = load_module(&cfg.module).map_err(|e| {
             Error::with(
                 sys::CKR_FUNCTION_FAILED,
-                format!(
-                    "cannot load the backing PKCS#11 module {} ({e}); fix [backend] module in {} \
-                     (for SoftHSM: apt-get install softhsm2, module = \
-                     \"/usr/lib/softhsm/libsofthsm2.so\")",
-                    cfg.module.display(),
-                    config_file.display()
-                ),
+                unloadable(&cfg.module, &e, config_file),
             )
         })?;
         let rv = module.initialize();
@@ -183,7 +260,11 @@ impl Core {
             if label == self.token_label {
                 return Ok(slot);
             }
-            seen.push(format!("{label:?}"));
+            // An uninitialized token (SoftHSM's free slot) is no token to
+            // choose: it is left out of the list.
+            if info.flags & sys::CKF_TOKEN_INITIALIZED != 0 {
+                seen.push(format!("{label:?}"));
+            }
         }
         Err(seen)
     }
@@ -429,8 +510,11 @@ impl Core {
             sys::CKR_PIN_INCORRECT
             | sys::CKR_PIN_LOCKED
             | sys::CKR_PIN_EXPIRED
-            | sys::CKR_PIN_LEN_RANGE
-            | sys::CKR_USER_PIN_NOT_INITIALIZED
+            | sys::CKR_PIN_LEN_RANGE => {
+                let m = pin_refused(rv, user_type, &self.token_label, &self.path);
+                return Err(m.map_or_else(|| Error::rv(rv), |m| Error::with(rv, m)));
+            }
+            sys::CKR_USER_PIN_NOT_INITIALIZED
             | sys::CKR_USER_ANOTHER_ALREADY_LOGGED_IN
             | sys::CKR_USER_TYPE_INVALID
             | sys::CKR_SESSION_READ_ONLY_EXISTS => return Err(Error::rv(rv)),
@@ -498,5 +582,40 @@ impl Core {
         if self.owns_init {
             let _ = self.module.finalize();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locked_pin_message_names_the_token_and_the_unlock() {
+        let m = pin_refused(
+            sys::CKR_PIN_LOCKED,
+            sys::CKU_USER,
+            "custody-root",
+            Path::new("/m.so"),
+        )
+        .unwrap();
+        assert!(
+            m.starts_with(
+                "the user PIN of backing token \"custody-root\" (module /m.so) is locked"
+            ),
+            "{m}"
+        );
+        assert!(m.contains("--login-type so --init-pin"), "{m}");
+        let e = Error::with(sys::CKR_PIN_LOCKED, m);
+        assert!(e.to_string().ends_with("(CKR_PIN_LOCKED)"), "{e}");
+        let m = pin_refused(sys::CKR_PIN_LEN_RANGE, sys::CKU_SO, "t", Path::new("/m")).unwrap();
+        assert!(
+            m.contains("refused the security officer PIN: its length")
+                && m.contains("may lock the token's security officer PIN"),
+            "{m}"
+        );
+        assert_eq!(
+            pin_refused(sys::CKR_DEVICE_ERROR, sys::CKU_USER, "t", Path::new("/m")),
+            None
+        );
     }
 }

@@ -39,9 +39,7 @@ pub(super) fn load_module(path: &Path) -> Result<Module, String> {
     if let Some(m) = map.get(path) {
         return Ok(*m);
     }
-    // SAFETY: loading a PKCS#11 module runs its initializers; the config names
-    // a module the operator trusts with the root, so its code is trusted.
-    let lib = unsafe { libloading::Library::new(path) }.map_err(|e| e.to_string())?;
+    let lib = open_library(path)?;
     let lib: &'static libloading::Library = Box::leak(Box::new(lib));
     // SAFETY: C_GetFunctionList has this signature in every PKCS#11 version.
     let get: libloading::Symbol<
@@ -87,6 +85,33 @@ fn watch_exit() {
     unsafe {
         libc::atexit(mark_exiting);
     }
+}
+
+/// Opens the shared library at `path` (`RTLD_NOW | RTLD_LOCAL`, as
+/// libloading would), or says why not in `dlerror()`'s words (the file
+/// missing, a wrong ELF class, a library it needs…), read on this thread
+/// right after the failed call.
+fn open_library(path: &Path) -> Result<libloading::Library, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| "the path holds a NUL byte".to_string())?;
+    // SAFETY: loading a PKCS#11 module runs its initializers; the config names
+    // a module the operator trusts with the root, so its code is trusted. The
+    // path is NUL-terminated and outlives the call.
+    let handle = unsafe { libc::dlopen(c_path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+    if handle.is_null() {
+        // SAFETY: dlerror returns this thread's last dynamic-linking error as
+        // a NUL-terminated string (or null), valid until the thread's next
+        // dl call; it is copied at once.
+        let why = unsafe {
+            let p = libc::dlerror();
+            (!p.is_null()).then(|| std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned())
+        };
+        return Err(why.unwrap_or_else(|| "dlopen failed and gave no reason".into()));
+    }
+    // SAFETY: `handle` is the live handle dlopen just returned; the Library
+    // owns it from here (and is never dropped: modules stay loaded).
+    Ok(unsafe { libloading::os::unix::Library::from_raw(handle) }.into())
 }
 
 thread_local! {

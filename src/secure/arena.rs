@@ -8,7 +8,7 @@ use zeroize::Zeroize;
 
 use crate::process::{self, PerProcess};
 
-use super::stack::prepare_stacks;
+use super::stack::{prepare_stacks, stack_pair_kib, stacks_at_start_kib};
 /// The allocation unit: one 32-byte key per chunk.
 pub const CHUNK: usize = 32;
 /// The arena's size when nothing configured it (the config's default).
@@ -60,6 +60,22 @@ pub(super) fn memlock_limit_kib() -> u64 {
     // SAFETY: getrlimit writes into `limit`.
     unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) };
     limit.rlim_cur / 1024
+}
+
+/// What RLIMIT_MEMLOCK must allow for an arena of `arena_len` bytes: the
+/// arena and the secret stacks mapped at the start (the README's
+/// "`locked_kib` + 256 KiB"), and how to raise it.
+fn memlock_needed(arena_len: usize) -> String {
+    let arena_kib = (arena_len / 1024) as u64;
+    format!(
+        "raise RLIMIT_MEMLOCK to at least {} KiB ({arena_kib} KiB for [memory] locked_kib plus \
+         {} KiB for the secret stacks, and {} KiB more for each further thread that signs or \
+         encrypts at the same moment; ulimit -l, LimitMEMLOCK= for a systemd service), or give \
+         the process CAP_IPC_LOCK",
+        arena_kib + stacks_at_start_kib(),
+        stacks_at_start_kib(),
+        stack_pair_kib()
+    )
 }
 
 impl Arena {
@@ -115,10 +131,10 @@ impl Arena {
             unmap();
             return Err(format!(
                 "cannot lock {kib} KiB of memory for secrets ({e}; RLIMIT_MEMLOCK is {} KiB): \
-                 raise RLIMIT_MEMLOCK to at least {kib} KiB (ulimit -l, LimitMEMLOCK= for a \
-                 systemd service), lower [memory] locked_kib, or set [memory] allow_unlocked = \
-                 true to run degraded (secrets could then be swapped to disk)",
-                memlock_limit_kib()
+                 {}, lower [memory] locked_kib, or set [memory] allow_unlocked = true to run \
+                 degraded (secrets could then be swapped to disk)",
+                memlock_limit_kib(),
+                memlock_needed(len)
             ));
         }
         let chunks = len / CHUNK;
@@ -215,14 +231,16 @@ pub fn configure(kib: u64, allow_unlocked: bool) -> Result<bool, String> {
             // forbids running unlocked, so it fails closed.
             return Err(format!(
                 "the memory for secrets is not locked and still in use, and [memory] \
-                 allow_unlocked is false: raise RLIMIT_MEMLOCK to at least {kib} KiB and restart"
+                 allow_unlocked is false: {} and restart",
+                memlock_needed(want)
             ));
         }
         if a.in_use > 0 || (a.len == want && (a.locked || allow_unlocked)) {
             DEGRADED.store(!a.locked, Ordering::SeqCst);
             let locked = a.locked;
             drop(slot);
-            prepare_stacks(allow_unlocked || !locked)?;
+            prepare_stacks(allow_unlocked || !locked)
+                .map_err(|e| format!("{e}: {}", memlock_needed(want)))?;
             return Ok(locked);
         }
     }
@@ -232,7 +250,8 @@ pub fn configure(kib: u64, allow_unlocked: bool) -> Result<bool, String> {
     DEGRADED.store(!locked, Ordering::SeqCst);
     *slot = Some(a);
     drop(slot);
-    prepare_stacks(allow_unlocked || !locked)?;
+    prepare_stacks(allow_unlocked || !locked)
+        .map_err(|e| format!("{e}: {}", memlock_needed(want)))?;
     Ok(locked)
 }
 

@@ -43,6 +43,18 @@ impl Depth {
 /// on demand while locked memory allows, otherwise callers wait for one.
 const STACKS_AT_START: usize = 2;
 
+/// The locked memory the secret stacks mapped at the start take, in KiB
+/// (`STACKS_AT_START` of each depth: 256 KiB in a release build).
+pub(super) const fn stacks_at_start_kib() -> u64 {
+    STACKS_AT_START as u64 * stack_pair_kib()
+}
+
+/// One stack of each depth, in KiB: what a further thread computing on
+/// secrets at the same moment may add (128 KiB in a release build).
+pub(super) const fn stack_pair_kib() -> u64 {
+    (Depth::Small.kib() + Depth::Deep.kib()) as u64
+}
+
 /// A stack for computations on secrets: locked, excluded from dumps, wiped
 /// after each use, with an inaccessible guard page below it (stacks grow
 /// down), so library code (k256, hmac, aes…) that copies key bytes into
@@ -87,7 +99,7 @@ impl SecretStack {
                 libc::munmap(base, len + page);
                 return Err(format!(
                     "cannot lock a {} KiB stack for secret computations ({e}; RLIMIT_MEMLOCK is \
-                     {} KiB): raise RLIMIT_MEMLOCK (see [memory] in the configuration reference)",
+                     {} KiB)",
                     depth.kib(),
                     memlock_limit_kib()
                 ));

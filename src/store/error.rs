@@ -12,7 +12,13 @@ pub enum StoreError {
     Foreign(PathBuf),
     Newer(PathBuf, i32),
     Corrupt(PathBuf, String),
+    /// The store may be read but not written by this process's user (a
+    /// command that changes it, or the provider, needs write access).
     ReadOnly(PathBuf),
+    /// This process's user may not open the store as it needs to.
+    Denied(PathBuf, Need),
+    /// A write tried on a store opened for reading only.
+    OpenedReadOnly(PathBuf),
     /// A name or object id that is already taken (`what` says which).
     Duplicate(String),
     /// No asset of that name.
@@ -37,6 +43,37 @@ pub enum StoreError {
     /// The store is not the one the root's anchor names.
     Lineage(PathBuf, String),
     Io(PathBuf, String),
+}
+
+/// The access an open of the store needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Read commands (`Store::open_config_read_only`).
+    Read,
+    /// Commands that change the store, and the provider.
+    ReadWrite,
+}
+
+/// The commands that only read the store, for messages.
+const READ_COMMANDS: &str = "asset list/show/pubkey, audit export/tail/verify, status, verify";
+
+/// "user NAME, uid N" for this process's effective user.
+fn who() -> String {
+    let (name, uid) = crate::files::effective_user();
+    format!("user {name}, uid {uid}")
+}
+
+/// The directory holding a SQLite store file.
+fn dir_of(p: &std::path::Path) -> String {
+    match p.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.display().to_string(),
+        None => ".".into(),
+    }
+}
+
+/// Whether a store location is a PostgreSQL URL (not a file).
+fn is_url(p: &std::path::Path) -> bool {
+    p.to_string_lossy().contains("://")
 }
 
 impl fmt::Display for StoreError {
@@ -69,10 +106,48 @@ impl fmt::Display for StoreError {
                  a backup",
                 p.display()
             ),
+            StoreError::ReadOnly(p) if is_url(p) => write!(
+                f,
+                "store {} is read-only for this connection ({}): commands that change it, and \
+                 the provider, need a database role that may write it; read-only commands \
+                 ({READ_COMMANDS}) still work",
+                p.display(),
+                who()
+            ),
             StoreError::ReadOnly(p) => write!(
                 f,
-                "store {} is read-only; give this process write access to the file and its \
-                 directory",
+                "store {} is read-only for {}: commands that change it, and the provider, need \
+                 read and write access to the file and write access to its directory {} (for \
+                 its -wal and -shm files); read-only commands ({READ_COMMANDS}) still work",
+                p.display(),
+                who(),
+                dir_of(p)
+            ),
+            StoreError::Denied(p, Need::Read) => write!(
+                f,
+                "permission denied: {} ({}). Read-only commands ({READ_COMMANDS}) need read \
+                 access to the store file (and its -wal and -shm files when present) and search \
+                 access to every directory above it; commands that change it, and the provider, \
+                 need read and write access to the file and its directory. Ask the store's owner \
+                 for access (for example through [store] group), or run as a user who has it",
+                p.display(),
+                who()
+            ),
+            StoreError::Denied(p, Need::ReadWrite) => write!(
+                f,
+                "permission denied: {} ({}). Commands that change the store, and the provider, \
+                 need read and write access to the file and write access to its directory {}; \
+                 read-only commands ({READ_COMMANDS}) need read access only. Ask the store's \
+                 owner for access (for example through [store] group), or run as a user who has \
+                 it",
+                p.display(),
+                who(),
+                dir_of(p)
+            ),
+            StoreError::OpenedReadOnly(p) => write!(
+                f,
+                "store {} was opened for reading only, and this needs to write it (a p11derive \
+                 bug: please report it); nothing was written",
                 p.display()
             ),
             StoreError::Duplicate(what) => write!(f, "{what}"),

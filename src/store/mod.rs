@@ -31,6 +31,7 @@ mod migrate;
 mod objects;
 pub mod pg;
 mod pg_tls;
+mod readonly;
 mod schema;
 mod sqlite;
 mod state;
@@ -41,7 +42,7 @@ pub use audit::{
     PENDING_MARK,
 };
 pub use commit::{Refusal, Use};
-pub use error::StoreError;
+pub use error::{Need, StoreError};
 pub use lanes::{parse_lanes_detail, LaneRow};
 pub use migrate::Moved;
 pub use objects::StoredObject;
@@ -67,6 +68,9 @@ pub struct Store {
     /// never wait behind a commit's fsync on `conn` (WAL: readers and the
     /// writer do not block each other).
     reader: Mutex<Box<dyn Db>>,
+    /// Opened for reading only (`open_config_read_only`): nothing is ever
+    /// written, not even the seals `authenticate` would add.
+    read_only: bool,
     /// On PostgreSQL (shared by several hosts): cached assets are checked
     /// against the generation every `assets::POLL` (no LISTEN: PgBouncer's
     /// transaction pooling would not carry it).
@@ -144,6 +148,35 @@ impl Store {
         }
     }
 
+    /// Opens the store a config names for reading only, for the commands
+    /// that only read (asset list/show/pubkey, audit export/tail/verify,
+    /// status, verify): it writes nothing at all, so a user who may only
+    /// read the store (a SQLite file they may read, a PostgreSQL role with
+    /// SELECT) can use it. Every write is refused with
+    /// [`StoreError::OpenedReadOnly`]. A SQLite store of an older schema is
+    /// refused (a read-only open does not migrate).
+    pub fn open_config_read_only(c: &crate::config::StoreSection) -> Result<Store, StoreError> {
+        match &c.url {
+            Some(_) => Store::open_pg_with(&pg::Target::of(c)?, true),
+            None => Store::open_read_only(&c.path),
+        }
+    }
+
+    /// Opens an existing SQLite store for reading only (see
+    /// `open_config_read_only`).
+    pub fn open_read_only(path: &Path) -> Result<Store, StoreError> {
+        let (conn, reader) = readonly::open_file(path)?;
+        let mut store =
+            Store::assemble(path.to_path_buf(), Box::new(conn), Box::new(reader), false);
+        store.read_only = true;
+        Ok(store)
+    }
+
+    /// Whether the store was opened for reading only.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
     /// Creates the store a config names (`p11derive init`): a SQLite file
     /// 0600, or 0660 and owned by `[store] group`.
     pub fn create_config(c: &crate::config::StoreSection) -> Result<Store, StoreError> {
@@ -168,11 +201,25 @@ impl Store {
 
     /// Opens a PostgreSQL store (two connections: writes, and reads).
     pub fn open_pg(target: &pg::Target) -> Result<Store, StoreError> {
+        Store::open_pg_with(target, false)
+    }
+
+    /// Opens a PostgreSQL store; `read_only`: every transaction of both
+    /// connections read-only (`default_transaction_read_only`, set when
+    /// connecting: no statement writes), an older schema refused rather
+    /// than upgraded.
+    fn open_pg_with(target: &pg::Target, read_only: bool) -> Result<Store, StoreError> {
         let mut db = pg::Pg::new(target)?;
+        let mut reader = pg::Pg::new(target)?;
+        if read_only {
+            db.set_read_only();
+            reader.set_read_only();
+        }
         let loc = db.location().to_path_buf();
         schema::identify_pg(&mut db)?;
-        let reader = pg::Pg::new(target)?;
-        Ok(Store::assemble(loc, Box::new(db), Box::new(reader), true))
+        let mut store = Store::assemble(loc, Box::new(db), Box::new(reader), true);
+        store.read_only = read_only;
+        Ok(store)
     }
 
     fn configure(
@@ -194,6 +241,7 @@ impl Store {
             path,
             conn: Mutex::new(conn),
             reader: Mutex::new(reader),
+            read_only: false,
             shared,
             lane: Mutex::new(lanes::LaneHead::default()),
             group: Mutex::new(Group::default()),

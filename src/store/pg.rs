@@ -95,6 +95,8 @@ pub struct Pg {
     lost_in_tx: bool,
     /// The last call found the connection closed (it was dropped).
     dropped: bool,
+    /// Every transaction read-only (`set_read_only`).
+    read_only: bool,
 }
 
 /// The type a parameter is sent as, from what it accepts: the commit
@@ -177,7 +179,26 @@ impl Pg {
             in_tx: false,
             lost_in_tx: false,
             dropped: false,
+            read_only: false,
         })
+    }
+
+    /// From the next connection on, every transaction is read-only on the
+    /// server (`default_transaction_read_only`, sent with the connection's
+    /// startup options: no statement is run for it), and a write
+    /// transaction is refused here before the server is asked.
+    pub fn set_read_only(&mut self) {
+        let options = match self.config.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} -c default_transaction_read_only=on"),
+            _ => "-c default_transaction_read_only=on".to_string(),
+        };
+        self.config.options(&options);
+        self.read_only = true;
+    }
+
+    /// Whether every transaction is read-only (`set_read_only`).
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
     }
 
     pub fn location(&self) -> &Path {
@@ -316,6 +337,10 @@ impl Pg {
                 "lost the connection to PostgreSQL ({})",
                 describe(&e)
             ));
+        }
+        // 25006: read_only_sql_transaction (a write on a read-only open).
+        if self.read_only && e.code().is_some_and(|c| c.code() == "25006") {
+            return StoreError::OpenedReadOnly(self.location.clone());
         }
         self.io(format!("PostgreSQL: {}", describe(&e)))
     }
@@ -526,6 +551,9 @@ impl Db for Pg {
     }
 
     fn begin_write(&mut self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::OpenedReadOnly(self.location.clone()));
+        }
         let begun = self.again(|pg| {
             // Exclusive: every lane commit takes this lock shared
             // (`schema::PG_WRITERS_LOCK`), so none is in flight meanwhile.

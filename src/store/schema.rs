@@ -486,6 +486,17 @@ pub(super) fn identify_pg(db: &mut Pg) -> Result<(), StoreError> {
         .ok_or_else(|| StoreError::Corrupt(loc.clone(), "p11derive_meta is empty".into()))?;
     identify(&loc, app, version)?;
     if version < i64::from(SCHEMA_VERSION) {
+        if db.is_read_only() {
+            return Err(StoreError::Io(
+                loc,
+                format!(
+                    "schema version {version} is older than this p11derive's \
+                     ({SCHEMA_VERSION}), and a read-only command does not upgrade it: run a \
+                     command that changes the store (or load the provider) once with a role \
+                     that may write it"
+                ),
+            ));
+        }
         upgrade_pg(db)?;
     }
     Ok(())

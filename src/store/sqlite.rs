@@ -7,6 +7,8 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::db::{Db, Row, Val};
+use super::error::Need;
+use super::readonly::check_write;
 use super::schema::{identify, migrate, APPLICATION_ID};
 use super::StoreError;
 use crate::files::{self, Access};
@@ -19,12 +21,19 @@ pub(super) fn create_file(path: &Path, access: &Access) -> Result<Connection, St
         return Err(StoreError::Exists(path.to_path_buf()));
     }
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        files::create_dirs(dir, access)
-            .map_err(|e| StoreError::Io(dir.to_path_buf(), e.to_string()))?;
+        files::create_dirs(dir, access).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                StoreError::Denied(path.to_path_buf(), Need::ReadWrite)
+            }
+            _ => StoreError::Io(dir.to_path_buf(), e.to_string()),
+        })?;
     }
     // The file exists, empty, with its mode before SQLite opens it.
     files::create_new(path, access).map_err(|e| match e.kind() {
         std::io::ErrorKind::AlreadyExists => StoreError::Exists(path.to_path_buf()),
+        std::io::ErrorKind::PermissionDenied => {
+            StoreError::Denied(path.to_path_buf(), Need::ReadWrite)
+        }
         _ => StoreError::Io(path.to_path_buf(), e.to_string()),
     })?;
     let conn = Connection::open_with_flags(
@@ -39,12 +48,11 @@ pub(super) fn create_file(path: &Path, access: &Access) -> Result<Connection, St
     Ok(conn)
 }
 
-/// Opens an existing store file, identified before anything could write to
+/// Opens an existing store file for reading and writing (the file and its
+/// directory writable: else `ReadOnly`, or `Denied`), identified before anything could write to
 /// it; its schema version.
 pub(super) fn open_file(path: &Path) -> Result<(Connection, i32), StoreError> {
-    if !path.exists() {
-        return Err(StoreError::Missing(path.to_path_buf()));
-    }
+    check_write(path)?;
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -60,12 +68,7 @@ pub(super) fn open_file(path: &Path) -> Result<(Connection, i32), StoreError> {
     identify(path, app.into(), version.into())?;
     // SQLite falls back to read-only when the file is not writable; the
     // store must be, and nothing is attempted on it otherwise.
-    // A file without write permission is read-only even for root, who
-    // could write it anyway: its owner meant it not to change.
-    let no_write_bits = std::fs::metadata(path)
-        .map(|m| m.permissions().readonly())
-        .unwrap_or(false);
-    if no_write_bits || conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
+    if conn.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
         return Err(StoreError::ReadOnly(path.to_path_buf()));
     }
     Ok((conn, version))
@@ -106,6 +109,9 @@ pub(super) fn configure(
 pub struct Sqlite {
     conn: Connection,
     path: PathBuf,
+    /// Opened for reading only: a write transaction is refused before
+    /// SQLite is asked.
+    read_only: bool,
 }
 
 impl Sqlite {
@@ -113,7 +119,14 @@ impl Sqlite {
         Sqlite {
             conn,
             path: path.to_path_buf(),
+            read_only: false,
         }
+    }
+
+    /// This connection, refusing every write transaction.
+    pub(super) fn read_only(mut self) -> Sqlite {
+        self.read_only = true;
+        self
     }
 
     fn err(&self, e: rusqlite::Error) -> StoreError {
@@ -170,6 +183,9 @@ impl Db for Sqlite {
     }
 
     fn begin_write(&mut self) -> Result<(), StoreError> {
+        if self.read_only {
+            return Err(StoreError::OpenedReadOnly(self.path.clone()));
+        }
         self.conn
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(|e| self.err(e))
@@ -209,6 +225,13 @@ pub(super) fn classify(path: &Path, e: rusqlite::Error) -> StoreError {
                  rolled back: free space there, and p11derive carries on without a restart"
             ),
         ),
+        // SQLite's "unable to open database file" when this user may not
+        // open the file or create its -wal and -shm files beside it.
+        Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied)
+            if files::may(path, libc::R_OK).is_err() =>
+        {
+            StoreError::Denied(p, Need::Read)
+        }
         Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {
             StoreError::Io(p, e.to_string())
         }

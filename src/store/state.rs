@@ -180,7 +180,11 @@ impl Store {
             }
             self.head_in(&mut **conn)?
         };
-        self.seal_unsealed(ak, &sk, &fresh.latest)?;
+        // A store opened for reading only is left as it is (`seal_faults`
+        // names the rows left unsealed).
+        if !self.read_only {
+            self.seal_unsealed(ak, &sk, &fresh.latest)?;
+        }
         let mut g = self.guard();
         g.key = Some(sk);
         g.ak = Some(Arc::new(own));

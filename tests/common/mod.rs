@@ -819,3 +819,24 @@ impl Setup {
         }
     }
 }
+
+/// pkcs11-tool -L through the provider with RLIMIT_MEMLOCK `bytes`, as root
+/// without CAP_IPC_LOCK (which would lock past the limit), so that locking
+/// memory really fails past it.
+pub fn list_with_memlock(s: &Setup, bytes: u64) -> Output {
+    Command::new("prlimit")
+        .arg(format!("--memlock={bytes}:{bytes}"))
+        .args([
+            "setpriv",
+            "--bounding-set",
+            "-ipc_lock",
+            "pkcs11-tool",
+            "--module",
+        ])
+        .arg(module_path())
+        .arg("-L")
+        .env("P11DERIVE_CONF", &s.config)
+        .env("SOFTHSM2_CONF", softhsm_dir().join("softhsm2.conf"))
+        .output()
+        .expect("prlimit and setpriv (util-linux) run")
+}

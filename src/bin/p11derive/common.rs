@@ -273,7 +273,7 @@ pub fn open_store_read_only(config: &Config) -> Result<Store, Failure> {
 
 /// [`open_store_read_only`], with the store's own error.
 pub fn read_only(config: &Config) -> Result<Store, StoreError> {
-    Store::open_config(&config.store)
+    Store::open_config_read_only(&config.store)
 }
 
 /// Opens the backing module and finds the token.

@@ -13,6 +13,9 @@ use serde::Deserialize;
 
 use crate::log::Level;
 
+mod errors;
+pub use errors::Origin;
+
 /// Where the config is looked for when nothing names it.
 pub const DEFAULT_PATH: &str = "/etc/p11derive/p11derive.toml";
 /// The environment variable that names the config file.
@@ -338,27 +341,16 @@ pub fn locate(explicit: Option<&Path>) -> PathBuf {
 }
 
 impl Config {
-    /// Reads and checks the config. The error names the file, the key and the fix.
+    /// Reads and checks the config. The error names the file, the key and
+    /// the fix; its hint follows where `path` came from (`Origin::of`: the
+    /// CLI's `--config`, `P11DERIVE_CONF`, or the default).
     pub fn load(path: &Path) -> Result<Config, String> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            format!(
-                "cannot read config file {}: {e}; create it (see README.md, \"Configuration\") \
-                 or point {ENV_VAR} at the right file",
-                path.display()
-            )
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|e| errors::unreadable(path, &e))?;
         Self::parse(&text, path)
     }
 
     pub fn parse(text: &str, path: &Path) -> Result<Config, String> {
-        let mut config: Config = toml::from_str(text).map_err(|e| {
-            format!(
-                "config file {} is invalid: {}; fix that key (the keys are listed in README.md, \
-                 \"Configuration\")",
-                path.display(),
-                e.to_string().trim().replace('\n', " ")
-            )
-        })?;
+        let mut config: Config = toml::from_str(text).map_err(|e| errors::invalid(path, &e))?;
         config.source = path.to_path_buf();
         config.check()?;
         Ok(config)
