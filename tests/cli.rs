@@ -638,11 +638,15 @@ fn man_pages_and_completions_come_from_the_same_definition() {
 #[test]
 fn the_install_script_puts_pages_and_completions_where_tools_look() {
     let prefix = tempfile::tempdir().unwrap();
+    // This run's CLI and provider (cargo leaves the provider in deps/).
+    let build = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(cli_path(), build.path().join("p11derive")).unwrap();
+    std::os::unix::fs::symlink(module_path(), build.path().join("libp11derive.so")).unwrap();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let o = Command::new("bash")
         .arg(root.join("tools/install.sh"))
         .env("PREFIX", prefix.path())
-        .env("P11DERIVE_BUILD", cli_path().parent().unwrap())
+        .env("P11DERIVE_BUILD", build.path())
         .output()
         .unwrap();
     assert_eq!(code(&o), 0, "{}", output_text(&o));

@@ -493,6 +493,16 @@ fn a_module_that_does_not_load_says_dlerrors_reason_and_the_fix() {
         "{e}"
     );
     assert!(!e.contains("dlopen failed"), "{e}");
+    // A shared library that is no PKCS#11 module (zlib, required on Debian),
+    // and a directory.
+    let e = backend_error(Path::new("/lib/x86_64-linux-gnu/libz.so.1"), "t");
+    assert!(
+        e.contains("exports no C_GetFunctionList") && e.contains("not a PKCS#11 module"),
+        "{e}"
+    );
+    assert!(!e.contains("ldd"), "{e}");
+    let e = backend_error(&dir, "t");
+    assert!(e.contains("this is a directory"), "{e}");
 }
 
 #[test]
@@ -525,7 +535,8 @@ fn a_wrong_pin_names_the_backing_token_and_warns_of_the_lock() {
     assert!(
         m.starts_with(&format!(
             "backing token {:?} (module {SOFTHSM}) refused the user PIN: wrong PIN; repeated \
-             wrong PINs may lock the token's user PIN (SoftHSM and most HSMs count failures)",
+             wrong PINs may lock the token's user PIN (many HSMs count failures and lock it; \
+             SoftHSM does not)",
             s.token_label
         )) && m.ends_with("(CKR_PIN_INCORRECT)"),
         "{m}"

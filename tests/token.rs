@@ -567,7 +567,11 @@ fn cli_lists_assets_and_init_keeps_an_existing_root() {
         .arg(&root)
         .output()
         .unwrap();
-    assert_eq!(import.status.code(), Some(1), "a second root is refused");
+    assert_eq!(
+        import.status.code(),
+        Some(3),
+        "a second root is refused (exit 3)"
+    );
     assert_eq!(
         s.cli()
             .args(["asset", "frobnicate"])

@@ -76,6 +76,13 @@ fn unloadable(path: &Path, why: &str, config_file: &Path) -> String {
     {
         "this is not a shared library: [backend] module must name the PKCS#11 module's .so file"
             .to_string()
+    } else if why.contains("Is a directory") {
+        "this is a directory: [backend] module must name the PKCS#11 module's .so file in it"
+            .to_string()
+    } else if why.contains("C_GetFunctionList") {
+        "this library is not a PKCS#11 module (it exports no C_GetFunctionList): name the HSM \
+         vendor's PKCS#11 library"
+            .to_string()
     } else if why.contains("Permission denied") {
         "this user may not read it: give read access to the file (and search access to its \
          directories)"
@@ -109,8 +116,8 @@ pub(super) fn pin_refused(
     };
     let on = format!("backing token {token:?} (module {})", module.display());
     let counts = format!(
-        "repeated wrong PINs may lock the token's {whose} PIN (SoftHSM and most HSMs count \
-         failures): check the PIN before trying again"
+        "repeated wrong PINs may lock the token's {whose} PIN (many HSMs count failures and \
+         lock it; SoftHSM does not): check the PIN before trying again"
     );
     Some(match rv {
         sys::CKR_PIN_INCORRECT => format!("{on} refused the {whose} PIN: wrong PIN; {counts}"),
@@ -185,20 +192,24 @@ impl Core {
         match backend.find_slot_patiently() {
             Ok(slot) => backend.slot = slot,
             Err(seen) => {
-                let e =
-                    Error::with(
-                        sys::CKR_FUNCTION_FAILED,
-                        format!(
-                        "backing token {:?} not found in module {} (tokens present: {}); create \
-                         it (SoftHSM: softhsm2-util --init-token --free --label {:?}) or fix \
-                         [backend] token_label in {}",
+                let e = Error::with(
+                    sys::CKR_FUNCTION_FAILED,
+                    format!(
+                        "backing token {:?} not found in module {} (tokens present: {}); fix \
+                         [backend] token_label in {}, check that this user may read the token \
+                         (SoftHSM: its token directory and SOFTHSM2_CONF), or create it (SoftHSM: \
+                         softhsm2-util --init-token --free --label {:?})",
                         cfg.token_label,
                         cfg.module.display(),
-                        if seen.is_empty() { "none".to_string() } else { seen.join(", ") },
-                        cfg.token_label,
-                        config_file.display()
+                        if seen.is_empty() {
+                            "none".to_string()
+                        } else {
+                            seen.join(", ")
+                        },
+                        config_file.display(),
+                        cfg.token_label
                     ),
-                    );
+                );
                 backend.finalize();
                 return Err(e);
             }

@@ -44,7 +44,8 @@ pub(super) fn load_module(path: &Path) -> Result<Module, String> {
     // SAFETY: C_GetFunctionList has this signature in every PKCS#11 version.
     let get: libloading::Symbol<
         unsafe extern "C" fn(*mut sys::CK_FUNCTION_LIST_PTR) -> sys::CK_RV,
-    > = unsafe { lib.get(b"C_GetFunctionList\0") }.map_err(|e| e.to_string())?;
+    > = unsafe { lib.get(b"C_GetFunctionList\0") }
+        .map_err(|_| "it exports no C_GetFunctionList".to_string())?;
     let mut fl: sys::CK_FUNCTION_LIST_PTR = ptr::null_mut();
     // SAFETY: `fl` is a valid out-pointer for the duration of the call.
     let rv = unsafe { get(&mut fl) };

@@ -224,8 +224,8 @@ impl Default for StoreSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MemorySection {
-    /// Locked memory p11derive may use for secrets, in KiB: one 4 KiB page
-    /// per secret (the audit key, each cached key). Checked at C_Initialize
+    /// Locked memory p11derive may use for secrets, in KiB: 32-byte chunks
+    /// (the audit key, each cached key, PINs). Checked at C_Initialize
     /// against RLIMIT_MEMLOCK; it also bounds the key cache.
     pub locked_kib: u64,
     /// Run even when memory cannot be locked (secrets could be swapped to

@@ -158,7 +158,15 @@ impl Store {
     pub fn open_config_read_only(c: &crate::config::StoreSection) -> Result<Store, StoreError> {
         match &c.url {
             Some(_) => Store::open_pg_with(&pg::Target::of(c)?, true),
-            None => Store::open_read_only(&c.path),
+            None => {
+                let store = Store::open_read_only(&c.path)?;
+                // Files other users can read are reported as at every
+                // open (nothing is changed: this open writes nothing).
+                if let Ok(access) = Store::access(c) {
+                    files::report(&files::store_files(&c.path), &access);
+                }
+                Ok(store)
+            }
         }
     }
 

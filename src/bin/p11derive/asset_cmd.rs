@@ -255,6 +255,7 @@ fn asset_json(a: &Asset, history: Option<&[VersionRecord]>) -> serde_json::Value
         "min_usable": a.min_usable,
         "object_id": hex(&a.object_id),
         "created_at": a.created_at,
+        "created": p11derive::log::utc_secs(a.created_at.max(0) as u64) + "Z",
         "versions": versions.iter().map(|v| {
             let mut j = serde_json::json!({
                 "version": v.version,

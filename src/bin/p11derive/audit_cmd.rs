@@ -170,7 +170,7 @@ pub fn tail(cli: &Cli, n: usize, asset: Option<&str>) -> Result<(), Failure> {
     for l in newest {
         let r = l.record();
         let line = format!(
-            "{:>8}  {}Z  pid {:<7} {:<12} {:<24} {:<22} {}{}",
+            "{:>8}  {}Z  pid {:<7} {:<12} {:<24} {:<30} {}{}",
             l.place(),
             p11derive::log::utc_secs(r.time_ns / 1_000_000_000),
             r.pid,
@@ -648,6 +648,9 @@ impl Verified {
             },
             match self.pending {
                 0 => String::new(),
+                1 => "; 1 record of a process without a login is pending, sealed at the next \
+                      logged-in operation"
+                    .to_string(),
                 n => format!(
                     "; {n} records of processes without a login are pending, sealed at the next \
                      logged-in operation"

@@ -166,16 +166,6 @@ fn examine_store(config: &Config, r: &mut Report) -> Option<Store> {
             .write(true)
             .open(&config.store.path)
             .is_ok();
-    if !writable {
-        r.problem(
-            format!(
-                "store {location} is read-only for this user: asset list/show, audit \
-                 export/verify and status work, changes and the provider do not"
-            ),
-            "run changes as the user that owns the store, or grant write access to the store \
-             file and its directory (README, \"Sharing the store\")",
-        );
-    }
     let facts = (|| -> Result<_, Failure> {
         let assets = store.all_assets()?;
         let head = store.audit_head()?.map_or(0, |h| h.0);
@@ -198,7 +188,12 @@ fn examine_store(config: &Config, r: &mut Report) -> Option<Store> {
                 "store",
                 format!(
                     "{location} ({kind}, {})\n{} assets{}; {head} audit records{}{}",
-                    if writable { "read-write" } else { "read-only" },
+                    if writable {
+                        "read-write"
+                    } else {
+                        "read-only for this user: the read commands work; changes and the \
+                         provider need write access"
+                    },
                     assets.len(),
                     if states.is_empty() {
                         String::new()
@@ -424,7 +419,7 @@ fn store_fix(e: &StoreError) -> &'static str {
              one (README, \"Backup, restore, start over\")"
         }
         StoreError::Newer(..) => "use the p11derive release that wrote this store, or a newer one",
-        StoreError::ReadOnly(_) | StoreError::Io(..) => {
+        StoreError::ReadOnly(_) | StoreError::Io(..) | StoreError::Denied(..) => {
             "give this user read access to the store file and its directory (write access for \
              changes and the provider; README, \"Sharing the store\")"
         }
