@@ -281,7 +281,7 @@ fn records_of_processes_without_a_login_are_sealed_later() {
     }
     let said = s.audit_verifies();
     assert!(
-        said.contains("1 records of processes without a login are pending"),
+        said.contains("1 record of a process without a login is pending"),
         "{said}"
     );
     // The next logged-in process seals it into the chain.
