@@ -97,6 +97,9 @@ pub struct Pg {
     dropped: bool,
     /// Every transaction read-only (`set_read_only`).
     read_only: bool,
+    /// The config without the read-only startup option, for a server that
+    /// refuses startup options (PgBouncer): used once, if it does.
+    without_options: Option<tokio_postgres::Config>,
 }
 
 /// The type a parameter is sent as, from what it accepts: the commit
@@ -180,6 +183,7 @@ impl Pg {
             lost_in_tx: false,
             dropped: false,
             read_only: false,
+            without_options: None,
         })
     }
 
@@ -188,6 +192,7 @@ impl Pg {
     /// startup options: no statement is run for it), and a write
     /// transaction is refused here before the server is asked.
     pub fn set_read_only(&mut self) {
+        self.without_options = Some(self.config.clone());
         let options = match self.config.get_options() {
             Some(o) if !o.is_empty() => format!("{o} -c default_transaction_read_only=on"),
             _ => "-c default_transaction_read_only=on".to_string(),
@@ -244,6 +249,25 @@ impl Pg {
             let opened = Pg::wait(&self.rt, deadline, self.config.connect(self.tls.clone()));
             let (client, connection) = match opened {
                 Some(Ok(c)) => c,
+                Some(Err(e))
+                    if self.read_only && describe(&e).contains("unsupported startup parameter") =>
+                {
+                    // A pooler (PgBouncer) refuses startup options: connect
+                    // without; writes stay refused here (`begin_write`).
+                    let Some(plain) = self.without_options.take() else {
+                        return Err(
+                            self.io(format!("cannot connect to PostgreSQL ({})", describe(&e)))
+                        );
+                    };
+                    self.config = plain;
+                    crate::log::info(&format!(
+                        "store {}: the server refuses startup options (a pooler such as \
+                         PgBouncer): reading without default_transaction_read_only; p11derive \
+                         itself refuses every write on this read-only open",
+                        self.location.display()
+                    ));
+                    return self.connect(deadline);
+                }
                 Some(Err(e)) => {
                     return Err(self.io(format!(
                         "cannot connect to PostgreSQL ({}); {}; p11derive connects again at the \
@@ -399,6 +423,10 @@ impl Pg {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
+        // Only the lane commit, a write, goes out alone.
+        if self.read_only {
+            return Err(StoreError::OpenedReadOnly(self.location.clone()));
+        }
         let mut typed = Vec::with_capacity(params.len());
         for (i, p) in params.iter().enumerate() {
             let ty = param_type(*p).ok_or_else(|| {
