@@ -241,6 +241,16 @@ pub fn public_key_mac(ak: &Secret32, asset: &str, version: u32, pk: &[u8]) -> [u
     })
 }
 
+/// Whether a version's key data (public key or check value) as the store
+/// holds it carries its MAC under the audit key (a version without key
+/// data has nothing to check). A key swapped in the versions table fails.
+pub fn key_data_verifies(ak: &Secret32, asset: &str, v: &crate::asset::VersionRecord) -> bool {
+    match &v.public_key {
+        None => true,
+        Some(pk) => v.pk_mac.as_deref() == Some(&public_key_mac(ak, asset, v.version, pk)[..]),
+    }
+}
+
 /// The MAC the first record chains from.
 pub const GENESIS: [u8; 32] = [0u8; 32];
 

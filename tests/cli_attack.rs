@@ -2,7 +2,7 @@
 
 mod common;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 use cryptoki::mechanism::Mechanism;
 use serde_json::Value;
@@ -162,36 +162,9 @@ fn verify_in_json_says_when_nothing_verifies() {
 #[test]
 fn a_pin_typed_into_pin_file_dash_on_a_terminal_is_not_echoed() {
     let s = setup(None);
-    let script = r#"
-import os, pty, sys, time
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(sys.argv[1], sys.argv[1:])
-seen = b""
-deadline = time.time() + 60
-while b"PIN" not in seen and time.time() < deadline:
-    try:
-        seen += os.read(fd, 1024)
-    except OSError:
-        break
-os.write(fd, b"123456\r")
-while True:
-    try:
-        chunk = os.read(fd, 1024)
-    except OSError:
-        break
-    if not chunk:
-        break
-    seen += chunk
-_, status = os.waitpid(pid, 0)
-sys.stdout.write(seen.decode(errors="replace"))
-sys.exit(os.waitstatus_to_exitcode(status))
-"#;
-    let o = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(cli_path())
-        .args([
+    let (rc, shown) = on_terminal(
+        &s,
+        &[
             "--pin-file",
             "-",
             "asset",
@@ -199,14 +172,10 @@ sys.exit(os.waitstatus_to_exitcode(status))
             "dash",
             "--type",
             "p256",
-        ])
-        .env("P11DERIVE_CONF", &s.config)
-        .env_remove("P11DERIVE_PIN")
-        .env("SOFTHSM2_CONF", softhsm_dir().join("softhsm2.conf"))
-        .output()
-        .unwrap();
-    let shown = stdout(&o);
-    assert_eq!(code(&o), 0, "{}", output_text(&o));
+        ],
+        &format!("{PIN}\r"),
+    );
+    assert_eq!(rc, 0, "{shown}");
     assert!(shown.contains("User PIN"), "{shown}");
     assert!(!shown.contains(PIN), "the PIN was echoed: {shown}");
 }

@@ -180,6 +180,12 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether this user may open the SQLite store at `path` to change it
+    /// (the rule a read-write open checks first), asked without opening it.
+    pub fn may_write(path: &Path) -> bool {
+        readonly::check_write(path).is_ok()
+    }
+
     /// Whether the store was opened for reading only.
     pub fn is_read_only(&self) -> bool {
         self.read_only

@@ -20,7 +20,7 @@ use std::time::Duration;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::error::Need;
-use super::schema::{identify, SCHEMA_VERSION};
+use super::schema::{identify, too_old_to_read, SCHEMA_VERSION};
 use super::sqlite::{classify, Sqlite};
 use super::StoreError;
 use crate::files;
@@ -142,14 +142,7 @@ pub(super) fn open_file(path: &Path) -> Result<(Sqlite, Sqlite), StoreError> {
     };
     identify(path, app.into(), version.into())?;
     if version < SCHEMA_VERSION {
-        return Err(StoreError::Io(
-            path.to_path_buf(),
-            format!(
-                "schema version {version} is older than this p11derive's ({SCHEMA_VERSION}), and \
-                 a read-only command does not upgrade it: run a command that changes the store \
-                 (or load the provider) once as a user who may write it"
-            ),
-        ));
+        return Err(too_old_to_read(path, version.into()));
     }
     let reader = connect(path, mode)?;
     Ok((

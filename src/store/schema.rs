@@ -471,6 +471,19 @@ pub(super) fn create_pg(db: &mut Pg) -> Result<(), StoreError> {
 
 /// Checks that a PostgreSQL database holds a p11derive schema this build
 /// understands.
+/// A read-only open of a store whose schema is older than this p11derive's:
+/// refused, since upgrading it would write.
+pub(super) fn too_old_to_read(loc: &Path, version: i64) -> StoreError {
+    StoreError::Io(
+        loc.to_path_buf(),
+        format!(
+            "schema version {version} is older than this p11derive's ({SCHEMA_VERSION}), and a \
+             read-only command does not upgrade it: run a command that changes the store (or \
+             load the provider) once as a user or role that may write it"
+        ),
+    )
+}
+
 pub(super) fn identify_pg(db: &mut Pg) -> Result<(), StoreError> {
     let loc = db.location().to_path_buf();
     if !pg::has_schema(db)? {
@@ -487,15 +500,7 @@ pub(super) fn identify_pg(db: &mut Pg) -> Result<(), StoreError> {
     identify(&loc, app, version)?;
     if version < i64::from(SCHEMA_VERSION) {
         if db.is_read_only() {
-            return Err(StoreError::Io(
-                loc,
-                format!(
-                    "schema version {version} is older than this p11derive's \
-                     ({SCHEMA_VERSION}), and a read-only command does not upgrade it: run a \
-                     command that changes the store (or load the provider) once with a role \
-                     that may write it"
-                ),
-            ));
+            return Err(too_old_to_read(&loc, version));
         }
         upgrade_pg(db)?;
     }

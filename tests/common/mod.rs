@@ -840,3 +840,54 @@ pub fn list_with_memlock(s: &Setup, bytes: u64) -> Output {
         .output()
         .expect("prlimit and setpriv (util-linux) run")
 }
+
+/// Runs the CLI on a pseudo-terminal (python3's pty), types `typed` when
+/// it asks, and returns (exit code, everything the terminal showed).
+pub fn on_terminal(s: &Setup, args: &[&str], typed: &str) -> (i32, String) {
+    let script = r#"
+import os, pty, sys, time
+args, typed = sys.argv[2:], sys.argv[1]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(args[0], args)
+seen = b""
+deadline = time.time() + 60
+while b"PIN" not in seen and time.time() < deadline:
+    try:
+        seen += os.read(fd, 1024)
+    except OSError:
+        break
+os.write(fd, typed.encode())
+while True:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    seen += chunk
+_, status = os.waitpid(pid, 0)
+try:
+    import termios
+    echo = termios.tcgetattr(fd)[3] & termios.ECHO
+    seen += b"\n[echo on]" if echo else b"\n[echo off]"
+except Exception:
+    pass
+sys.stdout.write(seen.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let mut cmd = Command::new("python3");
+    cmd.arg("-c")
+        .arg(script)
+        .arg(typed)
+        .arg(cli_path())
+        .args(args);
+    cmd.env("P11DERIVE_CONF", &s.config)
+        .env_remove("P11DERIVE_PIN")
+        .env("SOFTHSM2_CONF", softhsm_dir().join("softhsm2.conf"));
+    let o = cmd.output().expect("python3 runs");
+    (
+        o.status.code().unwrap_or(-1),
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o)),
+    )
+}

@@ -1,6 +1,6 @@
 //! `p11derive audit verify | export | tail`.
 
-use p11derive::audit::{public_key_mac, verify_chain, verify_lane, ChainFault, Event, Record};
+use p11derive::audit::{key_data_verifies, verify_chain, verify_lane, ChainFault, Event, Record};
 use p11derive::derive;
 use p11derive::store::{
     hex, key_digest, parse_lanes_detail, parse_resumes_to, parse_transition_detail, AssetState,
@@ -456,17 +456,12 @@ fn reconcile(
         // What the creation and rotation records say of the asset's identity
         // and keys must be what the store holds.
         let history = store.history(a.rowid)?;
-        for h in &history {
-            if let Some(pk) = &h.public_key {
-                let want = public_key_mac(ak, name, h.version, pk);
-                if h.pk_mac.as_deref() != Some(&want[..]) {
-                    return Err(bad(format!(
-                        "asset {name:?} version {}: its public key carries no valid MAC under the \
-                         audit key (the versions table was changed)",
-                        h.version
-                    )));
-                }
-            }
+        if let Some(h) = history.iter().find(|h| !key_data_verifies(ak, name, h)) {
+            return Err(bad(format!(
+                "asset {name:?} version {}: its public key carries no valid MAC under the audit \
+                 key (the versions table was changed)",
+                h.version
+            )));
         }
         for r in by_asset.get(name).into_iter().flatten() {
             let field = |key: &str| {

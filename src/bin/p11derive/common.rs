@@ -180,15 +180,8 @@ pub fn can_ask() -> bool {
 pub fn read_pin(cli: &Cli, config: &Config) -> Result<SecretBytes, Failure> {
     let token = &config.backend.token_label;
     match cli.pin_file.as_deref() {
-        Some("-") if can_ask() => {
-            // Standard input is the terminal: never show what is typed.
-            let pin = p11derive::secure::prompt_secret(
-                &format!("User PIN of backing token {token:?}: "),
-                MAX_PIN,
-            )
-            .map_err(|e| failed(format!("cannot ask for the PIN: {e}")))?;
-            return nonempty(pin, "the prompt");
-        }
+        // Standard input is the terminal: never show what is typed.
+        Some("-") if can_ask() => return ask(token),
         Some("-") => {
             // Unbuffered: no copy of the PIN in the standard input's buffer.
             let fd = std::os::fd::AsFd::as_fd(&std::io::stdin())
@@ -229,6 +222,11 @@ pub fn read_pin(cli: &Cli, config: &Config) -> Result<SecretBytes, Failure> {
              it from standard input), set P11DERIVE_PIN, or run on a terminal to be asked"
         )));
     }
+    ask(token)
+}
+
+/// The PIN typed at the terminal, without echo.
+fn ask(token: &str) -> Result<SecretBytes, Failure> {
     let pin = p11derive::secure::prompt_secret(
         &format!("User PIN of backing token {token:?}: "),
         MAX_PIN,
@@ -334,21 +332,13 @@ impl Readable {
     /// swapped in the store is refused, never shown or used.
     pub fn checked(&self, a: &Asset, versions: &[VersionRecord]) -> Result<(), Failure> {
         let Some(ak) = &self.ak else { return Ok(()) };
-        for v in versions {
-            let Some(pk) = &v.public_key else { continue };
-            let want = p11derive::audit::public_key_mac(ak, a.id.as_str(), v.version, pk);
-            if v.pk_mac.as_deref() != Some(&want[..]) {
-                return Err(failed(format!(
-                    "asset {:?} version {}: the key data the store holds for it carries no valid \
-                     MAC under the HSM-derived audit key: the versions table was changed outside \
-                     p11derive, so nothing of it is shown or used. Run `p11derive audit verify`, \
-                     and restore the store from a backup (README, \"Backup, restore, start over\")",
-                    a.id.as_str(),
-                    v.version
-                )));
-            }
+        match versions
+            .iter()
+            .find(|v| !p11derive::audit::key_data_verifies(ak, a.id.as_str(), v))
+        {
+            None => Ok(()),
+            Some(v) => Err(failed(key_data_fault(a.id.as_str(), v.version))),
         }
-        Ok(())
     }
 
     /// The versions of `a`, checked as [`Readable::checked`] says.
@@ -357,6 +347,16 @@ impl Readable {
         self.checked(a, &h)?;
         Ok(h)
     }
+}
+
+/// A version whose key data fails its MAC, in words (what it means, what to do).
+pub fn key_data_fault(asset: &str, version: u32) -> String {
+    format!(
+        "asset {asset:?} version {version}: the key data the store holds for it carries no valid \
+         MAC under the HSM-derived audit key: the versions table was changed outside p11derive, \
+         so nothing of it is shown or used. Run `p11derive audit verify`, and restore the store \
+         from a backup (README, \"Backup, restore, start over\")"
+    )
 }
 
 /// The store for a command that only reads: with a PIN given

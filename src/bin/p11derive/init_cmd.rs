@@ -136,6 +136,7 @@ fn init_store(config: &Config, backend: &Backend, done: &mut Done) -> Result<(),
     let fail = |e: p11derive::Error| Failure::Failed(e.to_string());
     let ak = derive::audit_key(backend).map_err(fail)?;
     let anchor = backend.read_anchor().map_err(fail)?;
+    let fp = hex(&derive::root_fingerprint(backend).map_err(fail)?);
     let store = match Store::open_config(&config.store) {
         Ok(s) => {
             s.check_root(&ak)?;
@@ -151,12 +152,11 @@ fn init_store(config: &Config, backend: &Backend, done: &mut Done) -> Result<(),
                 return Err(Failure::Failed(second_store(config, a)));
             }
             let s = Store::create_config(&config.store)?;
-            let fp = derive::root_fingerprint(backend).map_err(fail)?;
             let rec = Record::new(Event::Init, 0).detail(format!(
                 "store created at {} for root {} (fingerprint {})",
                 s.path().display(),
                 config.backend.root_label,
-                hex(&fp)
+                fp
             ));
             s.record(Some(&ak), rec)?;
             done.created = true;
@@ -164,14 +164,14 @@ fn init_store(config: &Config, backend: &Backend, done: &mut Done) -> Result<(),
                 "store {} created for root {:?} (fingerprint {})",
                 s.path().display(),
                 config.backend.root_label,
-                hex(&fp)
+                fp
             ));
             s
         }
         Err(e) => return Err(e.into()),
     };
     done.store = store.path().display().to_string();
-    done.fingerprint = Some(hex(&derive::root_fingerprint(backend).map_err(fail)?));
+    done.fingerprint = Some(fp);
     store.authenticate(&ak, anchor.as_ref())?;
     lifecycle::advance_anchor(&store, backend, false).map_err(fail)
 }

@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use crate::args::Cli;
 use crate::common::{
-    can_ask, failed, lock_memory, login, open_backend, pin_given, print_json, read_only, read_pin,
-    Failure,
+    can_ask, failed, key_data_fault, lock_memory, login, open_backend, pin_given, print_json,
+    read_only, read_pin, Failure,
 };
 
 /// What was found: sections in order (name → facts), and the problems.
@@ -161,11 +161,7 @@ fn examine_store(config: &Config, r: &mut Report) -> Option<Store> {
     } else {
         "SQLite"
     };
-    let writable = config.store.url.is_some()
-        || std::fs::OpenOptions::new()
-            .write(true)
-            .open(&config.store.path)
-            .is_ok();
+    let writable = config.store.url.is_some() || Store::may_write(&config.store.path);
     let facts = (|| -> Result<_, Failure> {
         let assets = store.all_assets()?;
         let head = store.audit_head()?.map_or(0, |h| h.0);
@@ -393,18 +389,12 @@ fn examine_root(
 fn key_data_faults(store: &Store, ak: &p11derive::derive::Secret32) -> Result<(), String> {
     let e = |e: StoreError| e.to_string();
     for a in store.all_assets().map_err(e)? {
-        for v in store.history(a.rowid).map_err(e)? {
-            let Some(pk) = &v.public_key else { continue };
-            let want = p11derive::audit::public_key_mac(ak, a.id.as_str(), v.version, pk);
-            if v.pk_mac.as_deref() != Some(&want[..]) {
-                return Err(format!(
-                    "asset {:?} version {}: the key data the store holds carries no valid MAC \
-                     under the HSM-derived audit key (the versions table was changed outside \
-                     p11derive)",
-                    a.id.as_str(),
-                    v.version
-                ));
-            }
+        let history = store.history(a.rowid).map_err(e)?;
+        if let Some(v) = history
+            .iter()
+            .find(|v| !p11derive::audit::key_data_verifies(ak, a.id.as_str(), v))
+        {
+            return Err(key_data_fault(a.id.as_str(), v.version));
         }
     }
     Ok(())
