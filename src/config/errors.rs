@@ -88,9 +88,50 @@ pub fn invalid(path: &Path, e: &toml::de::Error) -> String {
         None => format!(
             "config file {file} is invalid:\n{}\nFix it there (every key is in README.md, \
              \"Configuration\").",
-            e.to_string().trim_end()
+            masked(e.to_string().trim_end())
         ),
     }
+}
+
+/// TOML's message with any database password in the quoted line masked,
+/// character for character (the caret below stays under the fault): the
+/// `PASSWORD` of `scheme://USER:PASSWORD@` and the value of `password=`.
+fn masked(text: &str) -> String {
+    let mut out: Vec<char> = text.chars().collect();
+    let mut mask = |from: usize, to: usize| {
+        for c in &mut out[from..to] {
+            *c = '*';
+        }
+    };
+    let chars: Vec<char> = text.chars().collect();
+    let ends = |c: char| c.is_whitespace() || c == '"' || c == '\'';
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i..].starts_with(&['/', '/']) {
+            // USER:PASSWORD@ up to the host.
+            let rest = &chars[i + 2..];
+            let end = rest
+                .iter()
+                .position(|&c| ends(c) || c == '/')
+                .unwrap_or(rest.len());
+            if let Some(at) = rest[..end].iter().rposition(|&c| c == '@') {
+                if let Some(colon) = rest[..at].iter().position(|&c| c == ':') {
+                    mask(i + 2 + colon + 1, i + 2 + at);
+                }
+            }
+        }
+        let key: Vec<char> = "password=".chars().collect();
+        if chars[i..].starts_with(&key) {
+            let from = i + key.len();
+            let len = chars[from..]
+                .iter()
+                .position(|&c| ends(c) || c == '&')
+                .unwrap_or(chars.len() - from);
+            mask(from, from + len);
+        }
+        i += 1;
+    }
+    out.into_iter().collect()
 }
 
 #[cfg(test)]
@@ -99,6 +140,28 @@ mod tests {
     use super::*;
 
     const GOOD: &str = "[backend]\nmodule = \"/m.so\"\ntoken_label = \"t\"\n";
+
+    #[test]
+    fn a_database_password_in_the_quoted_line_is_masked() {
+        for (text, hidden) in [
+            (
+                "[backend]\nmodule = \"/m.so\"\ntoken_label = \"t\"\n[store]\nurl = \"postgres://u:Sup3rSecret@h/db\n",
+                "Sup3rSecret",
+            ),
+            (
+                "[backend]\nmodule = \"/m.so\"\ntoken_label = \"t\"\n[store]\nurl = \"postgres://u@h/db?password=hunter22&x=1\" x\n",
+                "hunter22",
+            ),
+        ] {
+            let m = Config::parse(text, Path::new("/etc/p.toml")).unwrap_err();
+            assert!(!m.contains(hidden), "{m}");
+            assert!(m.contains("postgres://u") && m.contains('*'), "{m}");
+        }
+        assert_eq!(
+            masked("x = \"postgres://u:pw@h/d\""),
+            "x = \"postgres://u:**@h/d\""
+        );
+    }
 
     #[test]
     fn a_syntax_error_keeps_tomls_lines_and_caret() {
