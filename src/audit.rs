@@ -37,6 +37,14 @@ pub enum Event {
     /// The heads of the writers' lanes (PostgreSQL), written into the
     /// chain when the anchor moves, so that the anchor covers every lane.
     Lanes,
+    /// A user added, changed, locked, unlocked, given a new secret or
+    /// removed (users mode): a state change.
+    User,
+    /// A policy set or removed (users mode): a state change.
+    Policy,
+    /// A name's failed logins counted, locked out, or cleared (users mode):
+    /// a state change, MACed at once with the service credential.
+    Lockout,
 }
 
 impl Event {
@@ -56,6 +64,9 @@ impl Event {
             Event::Anchor => "anchor",
             Event::Init => "init",
             Event::Lanes => "lanes",
+            Event::User => "user",
+            Event::Policy => "policy",
+            Event::Lockout => "lockout",
         }
     }
 
@@ -75,6 +86,9 @@ impl Event {
             Event::Anchor,
             Event::Init,
             Event::Lanes,
+            Event::User,
+            Event::Policy,
+            Event::Lockout,
         ]
         .into_iter()
         .find(|e| e.name() == s)
@@ -98,6 +112,9 @@ pub struct Record {
     pub rv: u64,
     /// Free text: a transition's name and resulting state, a refusal's reason.
     pub detail: String,
+    /// The user whose call it was (users mode; `None` in pass-through mode
+    /// and in records from before users existed).
+    pub actor: Option<String>,
 }
 
 fn put_opt_u64(out: &mut Vec<u8>, v: Option<u64>) {
@@ -164,6 +181,12 @@ impl Record {
         }
         out.extend_from_slice(&self.rv.to_be_bytes());
         put_bytes(out, self.detail.as_bytes());
+        // After the last field, only when present: a record without an
+        // actor encodes exactly as before users existed.
+        if let Some(a) = &self.actor {
+            out.push(b'u');
+            put_bytes(out, a.as_bytes());
+        }
     }
 
     /// `HMAC(AK, encode(self) || prev_mac)`
@@ -253,6 +276,9 @@ pub fn key_data_verifies(ak: &Secret32, asset: &str, v: &crate::asset::VersionRe
 
 /// The MAC the first record chains from.
 pub const GENESIS: [u8; 32] = [0u8; 32];
+
+/// The events that change state (the ledger's records), as SQL.
+pub const STATE_EVENTS_SQL: &str = "('create', 'transition', 'user', 'policy', 'lockout')";
 
 /// The word a state-change record (create, transition) ends its detail with:
 /// the number of the state change before it (0 for none), so the changes form
@@ -431,7 +457,14 @@ impl Record {
             input_sha256: None,
             rv,
             detail: String::new(),
+            actor: None,
         }
+    }
+
+    /// The user whose call it is (users mode).
+    pub fn actor(mut self, actor: Option<&str>) -> Record {
+        self.actor = actor.map(str::to_string);
+        self
     }
 
     pub fn asset(mut self, asset: &str, version: Option<u32>) -> Record {

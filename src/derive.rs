@@ -173,6 +173,25 @@ pub fn root_fingerprint(prf: &dyn Prf) -> Result<[u8; 16]> {
     Ok(fp)
 }
 
+/// A user's verifier (users mode), in the reserved domain 0x03:
+/// `V = PRF("p11derive-v1" || 0x03 || "user verifier" || str(name) ||
+/// str(salt) || str(secret))`, computed in the HSM, the input built in
+/// locked memory. A copy of the store (salt and `V`) allows no offline
+/// guessing without the HSM's root.
+pub fn user_verifier(prf: &dyn Prf, name: &str, salt: &[u8], secret: &[u8]) -> Result<Secret32> {
+    let len = SCHEME.len() + 1 + 13 + 6 + name.len() + salt.len() + secret.len();
+    let mut x = secure::SecretBytes::with_capacity(len)
+        .map_err(|m| Error::with(crate::ck::CKR_HOST_MEMORY, m))?;
+    x.push(SCHEME.as_bytes());
+    x.push(&[0x03]);
+    x.push(b"user verifier");
+    for part in [name.as_bytes(), salt, secret] {
+        x.push(&(part.len().min(u16::MAX as usize) as u16).to_be_bytes());
+        x.push(part);
+    }
+    prf.prf_secret(x)
+}
+
 /// `AK = Expand(PRF("p11derive-v1" || 0x01 || "audit"), "p11derive-v1 audit mac")`
 pub fn audit_key(prf: &dyn Prf) -> Result<Secret32> {
     let prk = prf.prf(&audit_prk_input())?;

@@ -15,6 +15,12 @@ pub type Secret32 = secure::Secret<32>;
 /// held in host memory.
 pub trait Prf {
     fn prf(&self, input: &[u8]) -> crate::error::Result<Secret32>;
+
+    /// The PRF of an input that holds a secret (a user's secret, for its
+    /// verifier): the input stays in locked memory on its way to the HSM.
+    fn prf_secret(&self, input: secure::SecretBytes) -> crate::error::Result<Secret32> {
+        self.prf(&input)
+    }
 }
 
 /// A valid asset id: 1-64 characters of `A-Z a-z 0-9 . _ -`.

@@ -437,4 +437,9 @@ impl Prf for Backend {
         let input = input.to_vec();
         self.call("the PRF (C_Sign under the root)", move |c| c.prf(&input))
     }
+
+    /// As `prf`, the input moved to the worker in the locked arena.
+    fn prf_secret(&self, input: SecretBytes) -> Result<Secret32> {
+        self.call("the PRF (C_Sign under the root)", move |c| c.prf(&input))
+    }
 }

@@ -39,6 +39,8 @@ pub struct Config {
     pub memory: MemorySection,
     #[serde(default)]
     pub gcm: GcmSection,
+    #[serde(default)]
+    pub users: UsersSection,
     /// The file this was read from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -274,6 +276,95 @@ pub struct PolicySection {
     pub destroy_retires: bool,
 }
 
+/// Users mode: people log in as themselves (`C_Login` with
+/// `name:secret`), with roles and policies; the provider logs in to the
+/// backing HSM with its own service credential.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UsersSection {
+    /// Users mode on (default off: login passes through to the HSM).
+    pub enabled: bool,
+    /// A file (mode 0600 or stricter, owned by the user running the
+    /// process) holding the backing HSM's user PIN, the service credential.
+    pub service_pin_file: Option<PathBuf>,
+    /// Or an environment variable holding it.
+    pub service_pin_env: Option<String>,
+    /// Failed logins in a row after which a name is locked out.
+    pub max_failures: u32,
+    /// How long a lockout lasts (an admin's `user unlock` lifts it sooner).
+    pub lockout_seconds: u64,
+    /// The length a user's secret must have (bytes), as `CK_TOKEN_INFO`
+    /// reports it.
+    pub min_secret_len: u32,
+    pub max_secret_len: u32,
+}
+
+impl Default for UsersSection {
+    fn default() -> Self {
+        UsersSection {
+            enabled: false,
+            service_pin_file: None,
+            service_pin_env: None,
+            max_failures: 5,
+            lockout_seconds: 900,
+            min_secret_len: 8,
+            max_secret_len: 128,
+        }
+    }
+}
+
+impl UsersSection {
+    /// The service credential, read into locked memory: from
+    /// `service_pin_file` (which must be a regular file no one but its
+    /// owner, this process's user, may read or write) or `service_pin_env`.
+    /// The error names the file or variable and the fix.
+    pub fn service_credential(&self, config: &Path) -> Result<crate::secure::SecretBytes, String> {
+        let cfg = config.display();
+        if let Some(path) = &self.service_pin_file {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(path).map_err(|e| {
+                format!(
+                    "config file {cfg}: [users] service_pin_file {}: {e}; create it with the                      backing token's user PIN (mode 0600)",
+                    path.display()
+                )
+            })?;
+            let uid = crate::files::effective_user().1;
+            if !meta.is_file() || meta.mode() & 0o077 != 0 || meta.uid() != uid {
+                return Err(format!(
+                    "config file {cfg}: [users] service_pin_file {} is mode {:o} owned by uid {}                      (this process runs as uid {uid}): the service credential must be a regular                      file only its owner may read; run `chmod 600 {}` and chown it to the                      service's user",
+                    path.display(),
+                    meta.mode() & 0o7777,
+                    meta.uid(),
+                    path.display()
+                ));
+            }
+            let mut f = std::fs::File::open(path).map_err(|e| {
+                format!(
+                    "config file {cfg}: [users] service_pin_file {}: {e}",
+                    path.display()
+                )
+            })?;
+            return crate::secure::read_line_secret(&mut f, 256).map_err(|e| {
+                format!(
+                    "config file {cfg}: [users] service_pin_file {}: {e}",
+                    path.display()
+                )
+            });
+        }
+        if let Some(var) = &self.service_pin_env {
+            return match crate::secure::from_env(var)? {
+                Some(pin) if !pin.is_empty() => Ok(pin),
+                _ => Err(format!(
+                    "config file {cfg}: [users] service_pin_env names {var}, which is not set in                      this process's environment; set it to the backing token's user PIN"
+                )),
+            };
+        }
+        Err(format!(
+            "config file {cfg}: [users] enabled = true needs the service credential: set              service_pin_file = \"/etc/p11derive/service.pin\" (a file, mode 0600, holding the              backing token's user PIN) or service_pin_env = \"P11DERIVE_SERVICE_PIN\""
+        ))
+    }
+}
+
 /// AES-GCM policy.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -417,6 +508,30 @@ impl Config {
         self.store
             .ssl_mode()
             .map_err(|e| format!("config file {file}: {e}"))?;
+        let u = &self.users;
+        if u.enabled && u.service_pin_file.is_none() && u.service_pin_env.is_none() {
+            return Err(format!(
+                "config file {file}: [users] enabled = true needs service_pin_file (a file, mode                  0600, holding the backing token's user PIN) or service_pin_env (a variable                  holding it); a command-line argument is never accepted"
+            ));
+        }
+        if u.max_failures == 0 || u.max_failures > 1000 {
+            return Err(format!(
+                "config file {file}: [users] max_failures = {} is out of range; use 1 to 1000                  (default 5)",
+                u.max_failures
+            ));
+        }
+        if u.lockout_seconds == 0 || u.lockout_seconds > 31 * 86_400 {
+            return Err(format!(
+                "config file {file}: [users] lockout_seconds = {} is out of range; use 1 to                  2678400 (31 days; default 900)",
+                u.lockout_seconds
+            ));
+        }
+        if u.min_secret_len < 1 || u.min_secret_len > u.max_secret_len || u.max_secret_len > 1024 {
+            return Err(format!(
+                "config file {file}: [users] min_secret_len = {} and max_secret_len = {} must                  satisfy 1 <= min <= max <= 1024 (defaults 8 and 128)",
+                u.min_secret_len, u.max_secret_len
+            ));
+        }
         match (self.cache.ttl_seconds, self.cache.ttl_ms) {
             (Some(s), Some(ms)) => {
                 return Err(format!(

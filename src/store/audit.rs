@@ -54,8 +54,8 @@ pub fn parse_transition_detail(detail: &str) -> Option<(AssetState, u32, u32)> {
 }
 
 /// The columns of an audit row before its MAC, in [`Record`] order.
-const AUDIT_COLUMNS: &str =
-    "time_ns, pid, session, event, asset, version, mechanism, input_sha256, rv, detail";
+pub(super) const AUDIT_COLUMNS: &str =
+    "time_ns, pid, session, event, asset, version, mechanism, input_sha256, rv, detail, actor";
 
 /// Reads an audit row. A value no genuine record can hold (an unknown
 /// event, a hash that is not 32 bytes) is an error naming the row, never
@@ -82,6 +82,7 @@ pub(super) fn read_record(r: &Row, first: usize) -> Result<Record, String> {
         input_sha256,
         rv: r.int(first + 8)? as u64,
         detail: r.text(first + 9)?,
+        actor: r.opt_text(first + 10)?,
     })
 }
 
@@ -97,6 +98,7 @@ fn record_params(r: &Record) -> Vec<Val> {
         r.input_sha256.map(|h| h.to_vec()).into(),
         Val::Int(r.rv as i64),
         r.detail.as_str().into(),
+        r.actor.as_deref().into(),
     ]
 }
 
@@ -143,7 +145,7 @@ impl Store {
         }
         let insert = format!(
             "INSERT INTO audit (seq, {AUDIT_COLUMNS}, mac) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
         );
         let mut put = |r: &mut Record| -> Result<(), StoreError> {
             let mac = head.append(ak, r);
@@ -181,7 +183,7 @@ impl Store {
                 tx.execute(
                     &format!(
                         "INSERT INTO audit_pending ({AUDIT_COLUMNS}) \
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
                     ),
                     &record_params(&r),
                 )?;
@@ -263,7 +265,7 @@ impl Store {
                     return Err(format!("a record numbered {seq} (records start at 1)"));
                 }
                 rec.seq = seq as u64;
-                Ok((rec, r.blob(11)?))
+                Ok((rec, r.blob(12)?))
             },
         )
     }

@@ -401,7 +401,7 @@ impl Store {
         let rows = pg.query_alone(
             "SELECT r_ok, r_pos, r_mac, r_gen, r_pending, r_lost, r_change FROM \
              p11derive_lane_append(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-             ?15, ?16, ?17, ?18, ?19)",
+             ?15, ?16, ?17, ?18, ?19, ?20)",
             &[
                 &lock_ms,
                 &id,
@@ -419,6 +419,7 @@ impl Store {
                 &cols.input,
                 &cols.rv,
                 &cols.detail,
+                &cols.actor,
                 &cols.mac,
                 &hold,
                 &hold_mac,
@@ -641,6 +642,7 @@ struct PgColumns {
     input: Vec<Option<Vec<u8>>>,
     rv: Vec<i64>,
     detail: Vec<String>,
+    actor: Vec<Option<String>>,
     mac: Vec<Vec<u8>>,
 }
 
@@ -656,6 +658,7 @@ impl PgColumns {
         self.input.push(r.input_sha256.map(|h| h.to_vec()));
         self.rv.push(r.rv as i64);
         self.detail.push(r.detail.clone());
+        self.actor.push(r.actor.clone());
         self.mac.push(mac.to_vec());
     }
 }

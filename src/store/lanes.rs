@@ -110,7 +110,7 @@ fn unhex32(s: &str) -> Option<[u8; 32]> {
 
 /// The lane columns before the record's, in `LaneRow` order.
 const LANE_COLUMNS: &str = "lane, pos, change, id, time_ns, pid, session, event, asset, version, \
-     mechanism, input_sha256, rv, detail, mac";
+     mechanism, input_sha256, rv, detail, actor, mac";
 
 impl Store {
     /// Every lane record, lane by lane in position order.
@@ -183,7 +183,7 @@ impl Store {
                     at,
                     id: r.int(3)?,
                     record: read_record(r, 4)?,
-                    mac: r.blob(14)?,
+                    mac: r.blob(15)?,
                 })
             },
         )

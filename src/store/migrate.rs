@@ -8,24 +8,38 @@ use super::{first, Store, StoreError};
 /// references, with their columns.
 const TABLES: &[(&str, &str)] = &[
     ("assets", ASSET_ROW_COLUMNS),
+    ("versions", "asset, version, public_key, created_at, pk_mac"),
     (
-        "versions",
-        "asset, version, public_key, created_at, pk_mac",
+        "objects",
+        "id, class, label, object_id, value, application, oid, created_at",
     ),
-    ("objects", "id, class, label, object_id, value, application, oid, created_at"),
     (
         "audit",
-        "seq, time_ns, pid, session, event, asset, version, mechanism, input_sha256, rv, detail, mac",
+        "seq, time_ns, pid, session, event, asset, version, mechanism, input_sha256, rv, detail, \
+         actor, mac",
     ),
     ("gcm_ivs", "asset, version, iv"),
     (
+        "users",
+        "id, name, roles, patterns, salt, verifier, state, created_at, change_seq, state_mac",
+    ),
+    (
+        "logins",
+        "name, failures, locked_until, change_seq, state_mac",
+    ),
+    (
+        "policies",
+        "id, pattern, settings, state, created_at, change_seq, state_mac",
+    ),
+    (
         "audit_lane",
         "lane, pos, change, id, time_ns, pid, session, event, asset, version, mechanism, \
-         input_sha256, rv, detail, mac",
+         input_sha256, rv, detail, actor, mac",
     ),
     (
         "audit_pending",
-        "id, time_ns, pid, session, event, asset, version, mechanism, input_sha256, rv, detail",
+        "id, time_ns, pid, session, event, asset, version, mechanism, input_sha256, rv, detail, \
+         actor",
     ),
 ];
 

@@ -35,6 +35,7 @@ mod readonly;
 mod schema;
 mod sqlite;
 mod state;
+mod users;
 
 pub use crate::asset::{Asset, AssetState, NewAsset, Transition, VersionRecord};
 pub use audit::{
@@ -48,6 +49,7 @@ pub use migrate::Moved;
 pub use objects::StoredObject;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use state::{row_mac, state_key, STATE_KEY_INFO};
+pub use users::{unix_now, LoginRow, PolicyRow, UserRow};
 
 use crate::files::{self, Access};
 use assets::AssetCache;

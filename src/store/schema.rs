@@ -15,7 +15,7 @@ use super::StoreError;
 /// `PRAGMA application_id` of a p11derive store ("P1DR").
 pub const APPLICATION_ID: i32 = 0x5031_4452;
 /// The schema this build writes. Older stores are migrated forward.
-pub const SCHEMA_VERSION: i32 = 9;
+pub const SCHEMA_VERSION: i32 = 10;
 
 /// The columns `audit` and `audit_pending` share (migration 2 -> 3), after
 /// their keys and up to `detail`: a macro, so each migration stays one
@@ -32,6 +32,83 @@ macro_rules! audit_record_columns {
         input_sha256 BLOB,
         rv           INTEGER NOT NULL,
 "
+    };
+}
+
+/// Schema 10 (users mode) in either engine's types: its row id, integer
+/// and bytes types, and the statements that come first.
+macro_rules! users_schema {
+    ($rowid:literal, $int:literal, $bytes:literal, $first:literal) => {
+        concat!(
+            $first,
+            "
+    CREATE INDEX audit_changes ON audit (seq)
+        WHERE event IN ('create', 'transition', 'user', 'policy', 'lockout');
+    CREATE INDEX audit_uses ON audit (asset, time_ns)
+        WHERE event IN ('sign', 'encrypt', 'decrypt');
+    CREATE INDEX audit_actor_uses ON audit (actor, time_ns)
+        WHERE event IN ('sign', 'encrypt', 'decrypt') AND actor IS NOT NULL;
+    CREATE INDEX audit_lane_uses ON audit_lane (asset, time_ns)
+        WHERE event IN ('sign', 'encrypt', 'decrypt');
+    CREATE INDEX audit_lane_actor_uses ON audit_lane (actor, time_ns)
+        WHERE event IN ('sign', 'encrypt', 'decrypt') AND actor IS NOT NULL;
+    CREATE TABLE users (
+        id          ",
+            $rowid,
+            ",
+        name        TEXT NOT NULL UNIQUE,
+        roles       TEXT NOT NULL,
+        patterns    TEXT NOT NULL,
+        salt        ",
+            $bytes,
+            " NOT NULL,
+        verifier    ",
+            $bytes,
+            " NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('active', 'locked', 'removed')),
+        created_at  ",
+            $int,
+            " NOT NULL,
+        change_seq  ",
+            $int,
+            ",
+        state_mac   ",
+            $bytes,
+            "
+    );
+    CREATE TABLE logins (
+        name         TEXT PRIMARY KEY,
+        failures     ",
+            $int,
+            " NOT NULL CHECK (failures >= 0),
+        locked_until ",
+            $int,
+            " NOT NULL,
+        change_seq   ",
+            $int,
+            ",
+        state_mac    ",
+            $bytes,
+            "
+    );
+    CREATE TABLE policies (
+        id          ",
+            $rowid,
+            ",
+        pattern     TEXT NOT NULL UNIQUE,
+        settings    TEXT NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('set', 'removed')),
+        created_at  ",
+            $int,
+            " NOT NULL,
+        change_seq  ",
+            $int,
+            ",
+        state_mac   ",
+            $bytes,
+            "
+    );"
+        )
     };
 }
 
@@ -142,6 +219,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX audit_covers ON audit (seq) WHERE event = 'lanes';"
     ),
+    // 9 -> 10: users, their failed logins and policies (users mode), each
+    // row sealed like an asset's; every record names its user (`actor`,
+    // under the record's MAC); users, policies and lockouts are state
+    // changes; uses are counted by asset and by user for rate limits.
+    users_schema!(
+        "INTEGER PRIMARY KEY",
+        "INTEGER",
+        "BLOB",
+        "ALTER TABLE audit ADD COLUMN actor TEXT;
+    ALTER TABLE audit_pending ADD COLUMN actor TEXT;
+    ALTER TABLE audit_lane ADD COLUMN actor TEXT;
+    DROP INDEX audit_changes;"
+    ),
 ];
 
 /// Upgrades a SQLite store's schema from `from` to `SCHEMA_VERSION`.
@@ -220,6 +310,7 @@ const PG_UPGRADES: &[(i64, &[&str])] = &[
     (6, &[PG_UPGRADE_7, PG_APPEND]),
     (7, &[pg_gcm_ivs!()]),
     (8, &[PG_LANES]),
+    (9, &[PG_USERS, PG_LANE_APPEND_10]),
 ];
 
 /// The schema version `PG_SCHEMA` and `PG_APPEND` create; a new store is
@@ -308,6 +399,66 @@ BEGIN
 END $$;
 "#
 );
+
+/// PostgreSQL schema 9 -> 10 (SQLite migration 9 -> 10): users, logins,
+/// policies; the `actor` column; the state-change and use indexes.
+const PG_USERS: &str = users_schema!(
+    "BIGSERIAL PRIMARY KEY",
+    "BIGINT",
+    "BYTEA",
+    "ALTER TABLE audit ADD COLUMN actor TEXT;
+    ALTER TABLE audit_pending ADD COLUMN actor TEXT;
+    ALTER TABLE audit_lane ADD COLUMN actor TEXT;
+    DROP INDEX audit_changes;"
+);
+
+/// The lane commit function of schema 10: each record's `actor` too, and
+/// users, policies and lockouts count as state changes.
+const PG_LANE_APPEND_10: &str = r#"
+DROP FUNCTION p11derive_lane_append(BIGINT, BIGINT, BIGINT, BYTEA, BIGINT, BIGINT, BIGINT[],
+    BIGINT[], BIGINT[], TEXT[], TEXT[], BIGINT[], BIGINT[], BYTEA[], BIGINT[], TEXT[], BYTEA[],
+    BIGINT[], BYTEA[]);
+CREATE FUNCTION p11derive_lane_append(
+    p_lock_ms BIGINT, p_lane BIGINT, p_pos BIGINT, p_head BYTEA, p_gen BIGINT, p_change BIGINT,
+    p_time_ns BIGINT[], p_pid BIGINT[], p_session BIGINT[], p_event TEXT[], p_asset TEXT[],
+    p_version BIGINT[], p_mechanism BIGINT[], p_input BYTEA[], p_rv BIGINT[],
+    p_detail TEXT[], p_actor TEXT[], p_mac BYTEA[], p_hold BIGINT[], p_hold_mac BYTEA[])
+RETURNS TABLE (r_ok BOOLEAN, r_pos BIGINT, r_mac BYTEA, r_gen BIGINT, r_pending BOOLEAN,
+               r_lost BOOLEAN, r_change BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    s BIGINT; m BYTEA; g BIGINT; p BOOLEAN; l BOOLEAN; c BIGINT;
+BEGIN
+    PERFORM set_config('lock_timeout', p_lock_ms || 'ms', true);
+    PERFORM pg_advisory_xact_lock_shared(1345406034);
+    SELECT a.pos, a.mac INTO s, m FROM audit_lane a WHERE a.lane = p_lane
+        ORDER BY a.pos DESC LIMIT 1;
+    SELECT x.assets INTO g FROM generation x;
+    SELECT EXISTS (SELECT 1 FROM audit_pending) INTO p;
+    SELECT EXISTS (
+        SELECT 1 FROM unnest(p_hold, p_hold_mac) AS h(seq, mac)
+        WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.seq = h.seq AND a.mac = h.mac)
+    ) INTO l;
+    SELECT a.seq INTO c FROM audit a
+        WHERE a.event IN ('create', 'transition', 'user', 'policy', 'lockout')
+        AND a.detail NOT LIKE '[written without the audit key, sealed later] %'
+        ORDER BY a.seq DESC LIMIT 1;
+    IF coalesce(s, 0) <> p_pos OR m IS DISTINCT FROM p_head OR g <> p_gen OR p OR l
+       OR coalesce(c, 0) <> p_change THEN
+        RETURN QUERY SELECT false, coalesce(s, 0), m, g, p, l, coalesce(c, 0);
+        RETURN;
+    END IF;
+    INSERT INTO audit_lane (lane, pos, change, time_ns, pid, session, event, asset, version,
+                            mechanism, input_sha256, rv, detail, actor, mac)
+        SELECT p_lane, p_pos + u.n, p_change, u.t, u.pi, u.se, u.e, u.a, u.v, u.me, u.i, u.r,
+               u.d, u.ac, u.c
+        FROM unnest(p_time_ns, p_pid, p_session, p_event, p_asset, p_version, p_mechanism,
+                    p_input, p_rv, p_detail, p_actor, p_mac)
+             WITH ORDINALITY AS u(t, pi, se, e, a, v, me, i, r, d, ac, c, n);
+    RETURN QUERY SELECT true, p_pos + cardinality(p_time_ns), p_mac[cardinality(p_mac)], g,
+        false, false, coalesce(c, 0);
+END $$;
+"#;
 
 /// The schema a new PostgreSQL store gets (the SQLite schema at version
 /// `SCHEMA_VERSION`, in PostgreSQL's types), and the commit function.
@@ -587,6 +738,7 @@ mod tests {
             "e7c870d281690194b2ceec063a1d783f0b65180fe0a5aed772b783164dde3ea6",
             "aad44d39327ec5f2ff2e621317584be0a33c21622d2934b59f729143e9b15b34",
             "7f80520651bd951951e2d928e98d8c3df6e752e4acb4d7966c7df0a594d9325d",
+            "f0326e28d82b6af4e8356bc4f1c43fcc97203b80b4a8d44d1f9d320fda1baf50",
         ];
         assert_eq!(super::MIGRATIONS.len(), want.len());
         for (i, (sql, want)) in super::MIGRATIONS.iter().zip(want).enumerate() {

@@ -125,6 +125,31 @@ pub(super) struct Guard {
     pub(super) cover_checked: Option<Position>,
 }
 
+impl Guard {
+    /// The state key, once a login gave the audit key.
+    pub(super) fn state_key(&self) -> Option<Arc<Secret32>> {
+        self.key.clone()
+    }
+
+    /// The latest verified state change of a ledger name.
+    pub(super) fn latest_of(&self, name: &str) -> Option<u64> {
+        self.latest.get(name).copied()
+    }
+
+    /// The ledger names starting with `prefix`, without it.
+    pub(super) fn latest_keys(&self, prefix: &str) -> Vec<String> {
+        self.latest
+            .keys()
+            .filter_map(|k| k.strip_prefix(prefix).map(str::to_string))
+            .collect()
+    }
+
+    /// Every ledger name with its latest change.
+    pub(super) fn latest_map(&self) -> HashMap<String, u64> {
+        self.latest.clone()
+    }
+}
+
 /// A place in the chain: a record's number and MAC.
 pub type Position = (u64, [u8; 32]);
 
@@ -576,6 +601,16 @@ impl Store {
         }
     }
 
+    /// `refresh_ledger` into a ledger of the caller's (built afresh).
+    pub(super) fn refresh_ledger_into(
+        &self,
+        db: &mut dyn Db,
+        ak: &Secret32,
+        g: &mut Guard,
+    ) -> Result<(), StoreError> {
+        self.refresh_ledger(db, ak, g)
+    }
+
     /// Verifies the state changes after the ledger's newest into it: each
     /// change's MAC (against the record before it) and its link to the
     /// change before. A change whose link names another, or a verified
@@ -601,7 +636,10 @@ impl Store {
         }
         let rows = self.change_rows(
             db,
-            "WHERE a.event IN ('create', 'transition') AND a.seq > ?1 ORDER BY a.seq",
+            &format!(
+                "WHERE a.event IN {} AND a.seq > ?1 ORDER BY a.seq",
+                crate::audit::STATE_EVENTS_SQL
+            ),
             from,
         )?;
         for (rec, mac, prev) in rows {
@@ -761,8 +799,9 @@ impl Store {
             .rows(
                 db,
                 &format!(
-                    "SELECT MAX(seq) FROM audit WHERE event IN ('create', 'transition') \
-                     AND detail NOT LIKE '{PENDING_MARK}%'"
+                    "SELECT MAX(seq) FROM audit WHERE event IN {} \
+                     AND detail NOT LIKE '{PENDING_MARK}%'",
+                    crate::audit::STATE_EVENTS_SQL
                 ),
                 &[],
                 |r| r.opt_int(0),
@@ -782,13 +821,13 @@ impl Store {
     ) -> Result<Vec<ChangeRow>, StoreError> {
         let sql = format!(
             "SELECT a.seq, a.time_ns, a.pid, a.session, a.event, a.asset, a.version, \
-             a.mechanism, a.input_sha256, a.rv, a.detail, a.mac, p.mac \
+             a.mechanism, a.input_sha256, a.rv, a.detail, a.actor, a.mac, p.mac \
              FROM audit a LEFT JOIN audit p ON p.seq = a.seq - 1 {tail}"
         );
         self.rows(db, &sql, &[Val::Int(param as i64)], |r| {
             let mut rec = super::audit::read_record(r, 1)?;
             rec.seq = r.int(0)?.max(0) as u64;
-            Ok((rec, r.blob(11)?, r.opt_blob(12)?))
+            Ok((rec, r.blob(12)?, r.opt_blob(13)?))
         })
     }
 

@@ -1,0 +1,310 @@
+//! Users mode for the provider and the CLI alike: who a caller is, a secret's verifier, and login with its growing delay and lockout.
+//!
+//! A login reads the name's failed-login row and the user's row (both
+//! sealed, `store::users`), computes the verifier of the secret given in
+//! the backing HSM (`derive::user_verifier`) and compares it in constant
+//! time. A name that is not a user takes exactly the same steps against a
+//! verifier nothing matches, so a caller cannot tell an unknown name from a
+//! wrong secret by the answer, the delay or the records written: both are
+//! counted, delayed and locked out alike.
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use subtle::ConstantTimeEq;
+
+use crate::access::{parse_patterns, Action, Denied, Pattern, Role};
+use crate::audit::{Event, Record};
+use crate::ck::*;
+use crate::config::UsersSection;
+use crate::error::{Error, Result};
+use crate::store::{unix_now, LoginRow, Store, StoreError, UserRow};
+use crate::types::{Prf, Secret32};
+
+/// The user a login established.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub name: String,
+    pub roles: Vec<Role>,
+    pub patterns: Vec<Pattern>,
+}
+
+impl Caller {
+    /// Whether this user may do `action` (on `asset`).
+    pub fn permits(&self, action: Action, asset: Option<&str>) -> std::result::Result<(), Denied> {
+        crate::access::permits(&self.roles, &self.patterns, action, asset)
+    }
+
+    pub fn has(&self, role: Role) -> bool {
+        self.roles.contains(&role)
+    }
+
+    /// The caller as a user row describes it.
+    pub fn of(row: &UserRow) -> std::result::Result<Caller, String> {
+        Ok(Caller {
+            name: row.name.clone(),
+            roles: parse_roles(&row.roles)?,
+            patterns: parse_patterns(&row.patterns)?,
+        })
+    }
+}
+
+/// A user name: 1 to 64 characters of `A-Z a-z 0-9 . _ - @`.
+pub fn check_name(name: &str) -> std::result::Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@');
+    if name.is_empty() || name.len() > 64 || !name.chars().all(ok) {
+        return Err(format!(
+            "user name {name:?} is invalid: use 1 to 64 characters of A-Z a-z 0-9 . _ - @"
+        ));
+    }
+    Ok(())
+}
+
+/// Roles as a comma list (`signer,auditor`), each known, none twice.
+pub fn parse_roles(s: &str) -> std::result::Result<Vec<Role>, String> {
+    let mut roles = Vec::new();
+    for part in s.split(',').map(str::trim) {
+        let r = Role::parse(part).ok_or_else(|| {
+            format!("role {part:?} is unknown: use admin, officer, signer or auditor")
+        })?;
+        if !roles.contains(&r) {
+            roles.push(r);
+        }
+    }
+    roles.sort();
+    Ok(roles)
+}
+
+/// The canonical comma list of roles, as rows store it.
+pub fn roles_text(roles: &[Role]) -> String {
+    let mut r = roles.to_vec();
+    r.sort();
+    r.dedup();
+    r.iter().map(|r| r.name()).collect::<Vec<_>>().join(",")
+}
+
+/// `C_Login`'s PIN in users mode: `name:secret` (split at the first `:`).
+pub fn split_login(pin: &[u8]) -> Option<(&str, &[u8])> {
+    let at = pin.iter().position(|&b| b == b':')?;
+    let name = std::str::from_utf8(&pin[..at]).ok()?;
+    Some((name, &pin[at + 1..]))
+}
+
+/// A secret's length must be within the configured bounds.
+pub fn check_secret(cfg: &UsersSection, secret: &[u8]) -> Result<()> {
+    let n = secret.len();
+    if n < cfg.min_secret_len as usize || n > cfg.max_secret_len as usize {
+        return Err(Error::with(
+            CKR_PIN_LEN_RANGE,
+            format!(
+                "a user's secret must be {} to {} bytes long ([users] min_secret_len, \
+                 max_secret_len); this one is {n}",
+                cfg.min_secret_len, cfg.max_secret_len
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A new user row: a fresh salt from `random` (the backing HSM's RNG) and
+/// the verifier of `secret`.
+pub fn new_row(
+    prf: &dyn Prf,
+    random: &dyn Fn(&mut [u8]) -> Result<()>,
+    name: &str,
+    roles: &[Role],
+    patterns: &[Pattern],
+    secret: &[u8],
+) -> Result<UserRow> {
+    check_name(name).map_err(|m| Error::with(CKR_ARGUMENTS_BAD, m))?;
+    let mut salt = vec![0u8; 16];
+    random(&mut salt)?;
+    let v = crate::derive::user_verifier(prf, name, &salt, secret)?;
+    Ok(UserRow {
+        name: name.to_string(),
+        roles: roles_text(roles),
+        patterns: crate::access::patterns_text(patterns),
+        salt,
+        verifier: v[..].to_vec(),
+        state: "active".into(),
+        created_at: unix_now(),
+    })
+}
+
+/// The same row with a new secret (a fresh salt).
+pub fn with_secret(
+    prf: &dyn Prf,
+    random: &dyn Fn(&mut [u8]) -> Result<()>,
+    row: &UserRow,
+    secret: &[u8],
+) -> Result<UserRow> {
+    let mut salt = vec![0u8; 16];
+    random(&mut salt)?;
+    let v = crate::derive::user_verifier(prf, &row.name, &salt, secret)?;
+    Ok(UserRow {
+        salt,
+        verifier: v[..].to_vec(),
+        ..row.clone()
+    })
+}
+
+/// The delay before a failed login is answered, after `failures` in a row:
+/// 100 ms doubling to 5 s.
+pub fn delay_after(failures: u32) -> std::time::Duration {
+    let ms = 100u64.saturating_mul(1u64 << failures.saturating_sub(1).min(6));
+    std::time::Duration::from_millis(ms.min(5_000))
+}
+
+fn store_err(e: StoreError) -> Error {
+    Error::with(CKR_DEVICE_ERROR, e.to_string())
+}
+
+/// What a login needs besides the name and secret.
+pub struct LoginContext<'a> {
+    pub store: &'a Store,
+    pub prf: &'a dyn Prf,
+    pub ak: &'a Secret32,
+    pub cfg: &'a UsersSection,
+    /// The session (provider) for the records.
+    pub session: Option<u64>,
+    /// `CKU_SO`: the user must hold `admin`.
+    pub admin: bool,
+}
+
+/// Logs in `name` with `secret`: the caller on success; else
+/// `CKR_PIN_INCORRECT` (a wrong secret and an unknown name alike, after
+/// the same work and the same growing delay) or `CKR_PIN_LOCKED` (the name
+/// is locked out, or the user locked by an admin and the secret right).
+/// Every failure is a sealed `lockout` record, written before the answer.
+pub fn login(cx: &LoginContext<'_>, name: &str, secret: &[u8]) -> Result<Caller> {
+    // Names no user can have share one row, so a flood of made-up names
+    // neither grows the store without bound nor escapes the lockout.
+    let key = if check_name(name).is_ok() {
+        name
+    } else {
+        "(invalid-name)"
+    };
+    let now = unix_now();
+    let mut failed = cx.store.login_failures(key).map_err(store_err)?;
+    let base = |rv: CK_RV| {
+        let r = Record::new(Event::LoginFailed, rv).actor(Some(key));
+        match cx.session {
+            Some(s) => r.session(s),
+            None => r,
+        }
+    };
+    if failed.locked_until > now {
+        let rec = base(CKR_PIN_LOCKED).detail(format!(
+            "login refused: locked out until {}",
+            crate::access::format_time(failed.locked_until)
+        ));
+        cx.store.record(Some(cx.ak), rec).map_err(store_err)?;
+        crate::log::warn(&format!(
+            "login: {key:?} is locked out until {} (an admin can lift it: p11derive user unlock)",
+            crate::access::format_time(failed.locked_until)
+        ));
+        return Err(Error::rv(CKR_PIN_LOCKED));
+    }
+    if failed.locked_until != 0 {
+        // A lockout that ran out: a fresh start.
+        failed = LoginRow::default();
+    }
+    let user = cx.store.user(key).map_err(store_err)?;
+    let known = user.as_ref().filter(|u| u.state != "removed");
+    let dummy_salt = [0u8; 16];
+    let (salt, verifier): (&[u8], &[u8]) = match known {
+        Some(u) => (&u.salt, &u.verifier),
+        None => (&dummy_salt, &[]),
+    };
+    let v = crate::derive::user_verifier(cx.prf, key, salt, secret)?;
+    // An empty verifier (no such user) never equals 32 bytes.
+    let right = bool::from(v[..].ct_eq(verifier)) && known.is_some();
+    if right {
+        let u = known.expect("right implies known");
+        let caller = Caller::of(u).map_err(|m| {
+            Error::with(
+                CKR_DEVICE_ERROR,
+                format!("user {key:?}: its row cannot be read: {m}"),
+            )
+        })?;
+        if u.state == "locked" {
+            cx.store
+                .record(
+                    Some(cx.ak),
+                    base(CKR_PIN_LOCKED).detail("login refused: the user is locked by an admin"),
+                )
+                .map_err(store_err)?;
+            return Err(Error::with(
+                CKR_PIN_LOCKED,
+                format!("login: user {key:?} is locked by an admin (p11derive user unlock)"),
+            ));
+        }
+        if cx.admin && !caller.has(Role::Admin) {
+            cx.store
+                .record(
+                    Some(cx.ak),
+                    base(CKR_PIN_INCORRECT)
+                        .detail("security officer login refused: rule=role (admin needed)"),
+                )
+                .map_err(store_err)?;
+            return Err(Error::with(
+                CKR_PIN_INCORRECT,
+                format!(
+                    "login: user {key:?} holds no admin role; a security officer (CKU_SO) login \
+                     needs it"
+                ),
+            ));
+        }
+        if failed.failures > 0 {
+            let rec = Record::new(Event::Lockout, CKR_OK).actor(Some(key));
+            cx.store
+                .put_login_failures(cx.ak, key, &LoginRow::default(), "login succeeded", rec)
+                .map_err(store_err)?;
+        }
+        return Ok(caller);
+    }
+    let failures = failed.failures.saturating_add(1);
+    let locked = failures >= cx.cfg.max_failures;
+    let row = LoginRow {
+        failures,
+        locked_until: if locked {
+            now + cx.cfg.lockout_seconds as i64
+        } else {
+            0
+        },
+    };
+    let rv = if locked {
+        CKR_PIN_LOCKED
+    } else {
+        CKR_PIN_INCORRECT
+    };
+    let what = if locked {
+        "login failed; locked out"
+    } else {
+        "login failed"
+    };
+    let mut rec = Record::new(Event::Lockout, rv).actor(Some(key));
+    if let Some(s) = cx.session {
+        rec = rec.session(s);
+    }
+    cx.store
+        .put_login_failures(cx.ak, key, &row, what, rec)
+        .map_err(store_err)?;
+    crate::log::warn(&format!(
+        "login: failed for {key:?} ({failures} in a row{})",
+        if locked {
+            format!(
+                "; locked out for {} s ([users] max_failures = {})",
+                cx.cfg.lockout_seconds, cx.cfg.max_failures
+            )
+        } else {
+            String::new()
+        }
+    ));
+    std::thread::sleep(delay_after(failures));
+    Err(Error::rv(CKR_PIN_INCORRECT))
+}
+
+/// Shared, so a login's caller can be kept by every session.
+pub type SharedCaller = Arc<Caller>;
