@@ -62,19 +62,34 @@ pub(super) extern "C" fn C_LoginUser(
     username_len: CK_ULONG,
 ) -> CK_RV {
     with_provider("C_LoginUser", |p| {
-        // SAFETY: the user name buffer is readable for `username_len` bytes.
-        if !unsafe { bytes(p_username, username_len) }?.is_empty() {
-            return Err(Error::with(
-                CKR_FUNCTION_NOT_SUPPORTED,
-                "C_LoginUser with a user name: the backing token has no named users; use C_Login",
-            ));
-        }
         if p_pin.is_null() {
             return Err(Error::rv(CKR_ARGUMENTS_BAD));
         }
+        // SAFETY: the user name buffer is readable for `username_len` bytes.
+        let name = unsafe { bytes(p_username, username_len) }?;
         // SAFETY: the PIN buffer is readable for `len` bytes.
         let pin = unsafe { bytes(p_pin, len) }?;
-        p.login(h, user, pin)
+        p.login_user(h, user, pin, name)
+    })
+}
+
+/// PKCS#11 3.0 §5.6: C_SetPIN (users mode: the logged-in user's own secret).
+pub(super) extern "C" fn C_SetPIN(
+    h: CK_SESSION_HANDLE,
+    p_old: CK_UTF8CHAR_PTR,
+    old_len: CK_ULONG,
+    p_new: CK_UTF8CHAR_PTR,
+    new_len: CK_ULONG,
+) -> CK_RV {
+    with_provider("C_SetPIN", |p| {
+        if p_old.is_null() || p_new.is_null() {
+            return Err(Error::rv(CKR_ARGUMENTS_BAD));
+        }
+        // SAFETY: the old PIN buffer is readable for `old_len` bytes.
+        let old = unsafe { bytes(p_old, old_len) }?;
+        // SAFETY: the new PIN buffer is readable for `new_len` bytes.
+        let new = unsafe { bytes(p_new, new_len) }?;
+        p.set_pin(h, old, new)
     })
 }
 

@@ -52,6 +52,22 @@ pub(super) extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, p_info: CK_TOKEN_INFO_
             | CKF_SO_PIN_LOCKED
             | CKF_SO_PIN_TO_BE_CHANGED;
         let (sessions, rw) = p.session_count();
+        // Users mode: PINs are `name:secret`, checked by p11derive; the
+        // backing token's PIN flags are the service credential's.
+        let (pin_flags, min_pin, max_pin) = if p.users_mode() {
+            let u = &p.config.users;
+            (
+                0,
+                2 + u.min_secret_len as CK_ULONG,
+                65 + u.max_secret_len as CK_ULONG,
+            )
+        } else {
+            (
+                backing.flags & pin_flags,
+                backing.min_pin_len,
+                backing.max_pin_len,
+            )
+        };
         *info = CK_TOKEN_INFO {
             label: pad(&p.config.token.label),
             manufacturerID: pad("p11derive"),
@@ -62,13 +78,13 @@ pub(super) extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, p_info: CK_TOKEN_INFO_
                 | CKF_LOGIN_REQUIRED
                 | CKF_USER_PIN_INITIALIZED
                 | CKF_TOKEN_INITIALIZED
-                | (backing.flags & pin_flags),
+                | pin_flags,
             ulMaxSessionCount: CK_EFFECTIVELY_INFINITE,
             ulSessionCount: sessions as CK_ULONG,
             ulMaxRwSessionCount: CK_EFFECTIVELY_INFINITE,
             ulRwSessionCount: rw as CK_ULONG,
-            ulMaxPinLen: backing.max_pin_len,
-            ulMinPinLen: backing.min_pin_len,
+            ulMaxPinLen: max_pin,
+            ulMinPinLen: min_pin,
             ulTotalPublicMemory: CK_UNAVAILABLE_INFORMATION,
             ulFreePublicMemory: CK_UNAVAILABLE_INFORMATION,
             ulTotalPrivateMemory: CK_UNAVAILABLE_INFORMATION,

@@ -48,6 +48,9 @@ pub enum Refusal {
     IvReused,
     /// The asset's row does not verify (the message names it).
     Unverified(String),
+    /// A policy's rule refused it (users mode; the message names the
+    /// policy, the rule and the limit).
+    Policy(String),
 }
 
 /// What a job's commit decided: committed, refused, or failed.
@@ -173,7 +176,10 @@ impl Store {
         // too: the IVs are inserted under the writers' lock, each refused
         // one decided on its own (see docs/security.md, "AES-GCM").
         let ivs = batch.iter().any(|j| j.iv.is_some());
-        let outcome = if self.is_shared() && !ivs {
+        // Uses a policy governs are decided under the writers' lock on
+        // PostgreSQL too: a rate limit is then exact across hosts.
+        let policed = self.is_shared() && self.policed(batch.iter().map(|j| &j.record));
+        let outcome = if self.is_shared() && !ivs && !policed {
             self.commit_batch_pg(ak, &batch)
         } else {
             self.commit_batch_tx(ak, &batch)
@@ -496,6 +502,9 @@ impl Store {
         // Each asset of the batch is read (and its row verified) once.
         let mut rows: std::collections::HashMap<i64, Result<Option<Asset>, StoreError>> =
             std::collections::HashMap::new();
+        // The policies in force as of the ledger just refreshed, and the
+        // uses counted so far in this transaction.
+        let mut limits = super::limits::Limits::new(self.policies_in_tx(&mut *tx)?);
         for job in batch {
             let read = match rows.get(&job.rowid) {
                 Some(r) => r.clone(),
@@ -515,6 +524,12 @@ impl Store {
                 Err(e) => return Err(e),
             };
             let mut decision = decision;
+            if decision.is_ok() && job.record.actor.is_some() {
+                if let Err(why) = limits.decide(self, &mut *tx, &job.record)? {
+                    record = policy_refusal(&job.record, &why);
+                    decision = Err(Refusal::Policy(why));
+                }
+            }
             if let (Ok(()), Some(iv)) = (&decision, &job.iv) {
                 // The primary key (asset, version, iv) answers in one index
                 // probe: nothing inserted means the IV was used before.
@@ -595,6 +610,16 @@ fn refuse_unverified(record: &Record, why: &str) -> (Result<(), Refusal>, Record
     r.rv = crate::ck::CKR_DEVICE_ERROR;
     r.detail = format!("{what} refused at commit: {why}");
     (Err(Refusal::Unverified(why.to_string())), r)
+}
+
+/// The record of a use a policy refused at its commit.
+fn policy_refusal(record: &Record, why: &str) -> Record {
+    let mut r = record.clone();
+    let what = r.event.name();
+    r.event = Event::Refused;
+    r.rv = crate::ck::CKR_FUNCTION_REJECTED;
+    r.detail = format!("{what} refused at commit: {why}");
+    r
 }
 
 /// The record of an encryption refused because its IV was used before

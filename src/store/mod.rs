@@ -27,6 +27,7 @@ mod commit;
 mod db;
 mod error;
 mod lanes;
+mod limits;
 mod migrate;
 mod objects;
 pub mod pg;
@@ -89,6 +90,8 @@ pub struct Store {
     /// The state key, the verified state changes and the newest record
     /// seen (see `state`).
     state: Mutex<state::Guard>,
+    /// The policies in force, parsed (see `users`).
+    policy_cache: Mutex<Option<users::PolicyCache>>,
 }
 
 /// A row type kept in one table: the columns a `SELECT` names, in the order
@@ -267,6 +270,7 @@ impl Store {
             round_trips: std::sync::atomic::AtomicU64::new(0),
             asset_cache: Mutex::new(AssetCache::default()),
             state: Mutex::new(state::Guard::default()),
+            policy_cache: Mutex::new(None),
         }
     }
 

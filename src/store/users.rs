@@ -14,11 +14,14 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use std::sync::Arc;
+
+use crate::access::{Pattern, Policy};
 use crate::audit::{Event, Record, PREV_CHANGE};
 use crate::types::Secret32;
 
 use super::audit::stored_mac;
-use super::db::{Row, Tx, Val};
+use super::db::{Db, Row, Tx, Val};
 use super::state::state_key;
 use super::{first, now, Store, StoreError};
 
@@ -290,6 +293,56 @@ impl Store {
             .collect())
     }
 
+    /// The policies in force (state `set`), verified and parsed; read
+    /// again only when the verified ledger moved.
+    pub fn active_policies(&self) -> Result<Arc<Vec<Policy>>, StoreError> {
+        if let Some(list) = self.cached_policies() {
+            return Ok(list);
+        }
+        let mut conn = self.lock();
+        self.policies_in_tx(&mut **conn)
+    }
+
+    /// The cached policies, if the ledger has not moved since they were read.
+    fn cached_policies(&self) -> Option<Arc<Vec<Policy>>> {
+        let at = self.verified_change();
+        match &*self.policy_cache() {
+            Some((when, list)) if *when == at => Some(list.clone()),
+            _ => None,
+        }
+    }
+
+    /// The policies in force as `db` (a commit's transaction, its ledger
+    /// refreshed) sees them.
+    pub(super) fn policies_in_tx(&self, db: &mut dyn Db) -> Result<Arc<Vec<Policy>>, StoreError> {
+        self.refresh(db)?;
+        if let Some(list) = self.cached_policies() {
+            return Ok(list);
+        }
+        let rows: Vec<PolicyRow> = self
+            .sealed_all_in(db, Kind::Policy)?
+            .iter()
+            .map(|f| PolicyRow::from_fields(f))
+            .collect();
+        let at = self.verified_change();
+        let mut list = Vec::new();
+        for r in rows.iter().filter(|r| r.state == "set") {
+            let pattern = Pattern::parse(&r.pattern).map_err(|m| {
+                StoreError::Corrupt(self.path.clone(), format!("policy {:?}: {m}", r.pattern))
+            })?;
+            list.push(Policy::parse_settings(pattern, &r.settings).map_err(|m| {
+                StoreError::Corrupt(self.path.clone(), format!("policy {:?}: {m}", r.pattern))
+            })?);
+        }
+        let list = Arc::new(list);
+        *self.policy_cache() = Some((at, list.clone()));
+        Ok(list)
+    }
+
+    fn policy_cache(&self) -> std::sync::MutexGuard<'_, Option<PolicyCache>> {
+        self.policy_cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Adds or changes a user (by name) and appends its `user` record
     /// (`base`: the actor and session; `what`: the change, for the
     /// detail), sealing the row to it, in one transaction. Returns the
@@ -478,12 +531,16 @@ impl Store {
     /// Every row of `kind`, each verified; any row the ledger knows and
     /// the table lacks is refused.
     fn sealed_all(&self, kind: Kind) -> Result<Vec<Vec<Vec<u8>>>, StoreError> {
-        self.refused()?;
         let mut conn = self.lock();
-        self.refresh(&mut **conn)?;
+        self.sealed_all_in(&mut **conn, kind)
+    }
+
+    /// `sealed_all` inside the caller's transaction (or connection).
+    fn sealed_all_in(&self, db: &mut dyn Db, kind: Kind) -> Result<Vec<Vec<Vec<u8>>>, StoreError> {
+        self.refused()?;
+        self.refresh(db)?;
         let sql = format!("{} ORDER BY {}", select_sql(kind), name_column(kind));
-        let rows = self.rows(&mut **conn, &sql, &[], |r| read_sealed(kind, r))?;
-        drop(conn);
+        let rows = self.rows(db, &sql, &[], |r| read_sealed(kind, r))?;
         let mut names: std::collections::HashSet<String> = Default::default();
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
@@ -566,7 +623,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let sk = match self.guard().state_key() {
             Some(sk) => sk,
-            None => std::sync::Arc::new(state_key(ak)?),
+            None => Arc::new(state_key(ak)?),
         };
         let mut conn = self.lock();
         let mut tx = Tx::begin(&mut **conn)?;
@@ -593,6 +650,9 @@ impl Store {
         Ok(head.seq)
     }
 }
+
+/// Parsed policies as of a verified state change.
+pub(super) type PolicyCache = (Option<(u64, [u8; 32])>, Arc<Vec<Policy>>);
 
 /// Now, in Unix seconds (for lockouts and policies).
 pub fn unix_now() -> i64 {

@@ -15,6 +15,7 @@ use sha2::Digest;
 use zeroize::Zeroizing;
 
 use super::*;
+use crate::access::{Action, UseKind};
 
 /// An encryption or decryption in progress.
 pub(super) struct CryptOp {
@@ -217,6 +218,7 @@ impl Provider {
                 _ => obj.unwrap,
             };
             self.session_key_use(&obj, mech, Class::Secret, allowed, what)?;
+            self.permit(h, Action::Use(use_kind(what)), None, Some(mech))?;
             return Ok(AesKeys {
                 asset: None,
                 keys: vec![(0, obj.key_ref()?)],
@@ -227,6 +229,9 @@ impl Provider {
         let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
         let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
         check_key_type(&view, mech)?;
+        let kind = use_kind(what);
+        self.permit(h, Action::Use(kind), Some(asset.id.as_str()), Some(mech))?;
+        self.check_policy(h, kind, asset.id.as_str(), Some(view.version), mech)?;
         let allowed = if producing {
             view.may_sign()
         } else {
@@ -552,5 +557,15 @@ impl Provider {
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
         self.crypt_finish(h, &[], out, encrypting, false)
+    }
+}
+
+/// The use an AES operation makes of its key, by its name.
+fn use_kind(what: &str) -> UseKind {
+    match what {
+        "encrypt" => UseKind::Encrypt,
+        "decrypt" => UseKind::Decrypt,
+        "wrap" => UseKind::Wrap,
+        _ => UseKind::Unwrap,
     }
 }

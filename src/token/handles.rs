@@ -73,6 +73,11 @@ impl Provider {
             .asset(key.asset)
             .map_err(store_error)?
             .ok_or_else(|| Error::rv(invalid))?;
+        // Users mode: private objects of assets the user may not use or
+        // manage do not exist for them.
+        if key.class.is_private() && !self.sees_private(asset.id.as_str()) {
+            return Err(Error::rv(invalid));
+        }
         let version = View::resolve(&asset, &key)
             .ok_or_else(|| Error::rv(invalid))?
             .version;
@@ -192,6 +197,7 @@ impl Provider {
         if self.login_state() != Login::User {
             return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
         }
+        self.permit(h, crate::access::Action::Lifecycle, Some(label), None)?;
         self.with_audit(h, |audit| {
             lifecycle::transition(None, &self.store, audit, &asset.id, Transition::Retire)
                 .map_err(|e| e.to_pkcs11())
@@ -219,8 +225,9 @@ impl Provider {
             let assets = self.store.list_assets().map_err(store_error)?;
             let mut handles = Vec::new();
             for asset in &assets {
+                let sees_private = logged_in && self.sees_private(asset.id.as_str());
                 for key in View::keys_of(asset) {
-                    if key.class.is_private() && !logged_in {
+                    if key.class.is_private() && !sees_private {
                         continue;
                     }
                     let Some(mut view) = View::resolve(asset, &key) else {

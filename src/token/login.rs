@@ -31,6 +31,8 @@ pub(super) struct LoginState {
     epoch: AtomicU64,
     /// Serializes login and logout with each other (never held by signing).
     change: Mutex<()>,
+    /// Users mode: who logged in.
+    pub(super) caller: Mutex<Option<Arc<crate::accounts::Caller>>>,
 }
 
 impl Default for LoginState {
@@ -39,6 +41,7 @@ impl Default for LoginState {
             who: AtomicU8::new(Login::None as u8),
             epoch: AtomicU64::new(0),
             change: Mutex::new(()),
+            caller: Mutex::new(None),
         }
     }
 }
@@ -109,6 +112,10 @@ impl Provider {
         if wanted == Login::So && self.read_only_sessions_exist() {
             return Err(Error::rv(CKR_SESSION_READ_ONLY_EXISTS));
         }
+        if self.users_mode() {
+            let (name, secret) = crate::accounts::split_login(pin).unwrap_or(("", pin));
+            return self.finish_named_login(h, wanted, name, secret);
+        }
         let who = if wanted == Login::User {
             "user"
         } else {
@@ -161,6 +168,69 @@ impl Provider {
         }
     }
 
+    /// `C_LoginUser` (PKCS#11 3.0): the user's name apart from the PIN.
+    /// Users mode only (in pass-through mode the backing token has no
+    /// named users, and an empty name is `C_Login`).
+    pub fn login_user(
+        &self,
+        h: CK_SESSION_HANDLE,
+        user: CK_USER_TYPE,
+        pin: &[u8],
+        name: &[u8],
+    ) -> Result<()> {
+        if name.is_empty() {
+            return self.login(h, user, pin);
+        }
+        if !self.users_mode() {
+            return Err(Error::with(
+                CKR_FUNCTION_NOT_SUPPORTED,
+                "C_LoginUser with a user name: users mode is off ([users] enabled), and the \
+                 backing token has no named users; use C_Login",
+            ));
+        }
+        // The name joins the PIN in the form C_Login takes (`name:secret`),
+        // in locked memory.
+        let mut joined = crate::secure::SecretBytes::with_capacity(name.len() + 1 + pin.len())
+            .map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
+        joined.push(name);
+        joined.push(b":");
+        joined.push(pin);
+        self.login(h, user, &joined)
+    }
+
+    /// The rest of a users-mode login, under the login lock: the user's
+    /// secret checked (with lockout), then the login state and its record.
+    fn finish_named_login(
+        &self,
+        h: CK_SESSION_HANDLE,
+        wanted: Login,
+        name: &str,
+        secret: &[u8],
+    ) -> Result<()> {
+        let caller = self.login_named(h, wanted, name, secret)?;
+        let who = caller.name.clone();
+        *lock(&self.login.caller) = Some(Arc::new(caller));
+        self.login.who.store(wanted as u8, Ordering::SeqCst);
+        if wanted == Login::So && self.read_only_sessions_exist() {
+            self.end_login_locked();
+            return Err(Error::rv(CKR_SESSION_READ_ONLY_EXISTS));
+        }
+        let kind = if wanted == Login::User {
+            "user"
+        } else {
+            "security officer"
+        };
+        let rec = Record::new(Event::Login, CKR_OK)
+            .session(h)
+            .detail(format!("{kind} {who}"));
+        if let Err(e) = self.audit(rec) {
+            self.end_login_locked();
+            return Err(e);
+        }
+        log::info(&format!("login: user {who:?} logged in as {kind}"));
+        Ok(())
+    }
+
     pub fn logout(&self, h: CK_SESSION_HANDLE) -> Result<()> {
         self.session(h)?;
         if self.login_state() == Login::None {
@@ -172,7 +242,7 @@ impl Provider {
 
     /// Derives the audit key at a user login if this process has none yet,
     /// straight into a locked, non-dumpable page.
-    fn ensure_audit_key(&self, who: Login) -> Result<()> {
+    pub(super) fn ensure_audit_key(&self, who: Login) -> Result<()> {
         let mut ak = lock(&self.audit.key);
         if ak.is_none() && who == Login::User {
             *ak = Some(Arc::new(derive::audit_key(&self.backend)?));
@@ -182,7 +252,7 @@ impl Provider {
 
     /// Refuses a store whose audit chain another root wrote, before this
     /// process writes anything with its audit key.
-    fn check_root(&self, who: Login) -> Result<()> {
+    pub(super) fn check_root(&self, who: Login) -> Result<()> {
         match (who, self.audit_key()) {
             (Login::User, Some(ak)) => self.store.check_root(&ak).map_err(store_error),
             _ => Ok(()),
@@ -193,7 +263,7 @@ impl Provider {
     /// than the rollback anchor in the backing HSM, then verifies the
     /// store's state changes under the audit key (`Store::authenticate`):
     /// from here on every asset row this process reads is checked.
-    fn check_anchor(&self, who: Login) -> Result<()> {
+    pub(super) fn check_anchor(&self, who: Login) -> Result<()> {
         let Some(ak) = self.audit_key().filter(|_| who == Login::User) else {
             return Ok(());
         };
@@ -263,12 +333,15 @@ impl Provider {
 
     /// Writes an audit record durably (sealed into the chain when this
     /// process has the audit key, else pending). Fails closed.
-    pub(super) fn audit(&self, rec: Record) -> Result<()> {
+    pub(super) fn audit(&self, mut rec: Record) -> Result<()> {
+        if rec.actor.is_none() {
+            rec.actor = self.actor();
+        }
         let ak = self.audit_key();
         self.store
             .record(ak.as_deref(), rec)
             .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("audit record not written: {e}")))?;
-        if ak.is_some() && self.login_state() == Login::User {
+        if ak.is_some() && (self.login_state() == Login::User || self.users_mode()) {
             self.anchor_if_stale();
         }
         Ok(())
@@ -331,7 +404,11 @@ impl Provider {
         }
         // Every derived key is wiped with the login.
         self.keys.clear();
-        if crate::backend::exiting() {
+        *lock(&self.login.caller) = None;
+        if self.users_mode() {
+            // The service credential's backing login stays: records are
+            // still MACed, and the next user's login needs it.
+        } else if crate::backend::exiting() {
             // The backing module's state goes with the process.
         } else if let Err(e) = self.backend.logout() {
             log::warn(&format!("logout: {e}"));

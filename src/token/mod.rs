@@ -43,6 +43,7 @@ mod sign;
 mod stored;
 mod template;
 mod throttle;
+mod users;
 mod wrap;
 
 use crypt::check_key_type;
@@ -140,7 +141,7 @@ impl Provider {
         let backend = Backend::open(&config.backend, &config.source)?;
         let store_index = handles::store_index(store.path());
         mechanisms::warm_up();
-        Ok(Provider {
+        let p = Provider {
             config,
             backend,
             store,
@@ -157,7 +158,11 @@ impl Provider {
                 hsm: crate::backend::HSM_CALLS.load(Ordering::Relaxed),
                 anchor: crate::backend::ANCHOR_CALLS.load(Ordering::Relaxed),
             },
-        })
+        };
+        if p.users_mode() {
+            p.service_login()?;
+        }
+        Ok(p)
     }
 
     /// Ends every session and releases the backing HSM.

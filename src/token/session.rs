@@ -508,6 +508,12 @@ impl Provider {
         mech: &Mechanism,
         template: &[TemplateAttr],
     ) -> Result<CK_OBJECT_HANDLE> {
+        self.permit(
+            h,
+            crate::access::Action::SessionObjects,
+            None,
+            Some(mech.ty),
+        )?;
         let kind = match mech.ty {
             CKM_AES_KEY_GEN => Kind::Aes,
             CKM_GENERIC_SECRET_KEY_GEN => Kind::Generic,
@@ -547,7 +553,9 @@ impl Provider {
     ) -> Result<CK_OBJECT_HANDLE> {
         let what = "C_CreateObject";
         match find(template, CKA_CLASS).and_then(ulong) {
-            Some(CKO_SECRET_KEY) => {}
+            Some(CKO_SECRET_KEY) => {
+                self.permit(h, crate::access::Action::SessionObjects, None, None)?;
+            }
             Some(class @ (CKO_CERTIFICATE | CKO_DATA)) => {
                 return self.create_plain(h, template, class)
             }
@@ -608,6 +616,7 @@ impl Provider {
         public: &[TemplateAttr],
         private: &[TemplateAttr],
     ) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
+        self.permit(h, crate::access::Action::SessionObjects, None, None)?;
         let what = "session key pair generation";
         let params = find(public, CKA_EC_PARAMS)
             .or_else(|| find(private, CKA_EC_PARAMS))

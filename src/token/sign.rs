@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 use super::*;
+use crate::access::{Action, UseKind};
 
 pub(super) struct SignOp {
     /// The login epoch this operation began in.
@@ -257,6 +258,7 @@ impl Provider {
         let (hmac, hasher, signer) = Self::signature_mechanism(mech, Class::Private)?;
         if let Some(obj) = self.session_object(key) {
             self.session_key_use(&obj, mech.ty, signer, obj.sign, "sign")?;
+            self.permit(h, Action::Use(UseKind::Sign), None, Some(mech.ty))?;
             let op = SignOp {
                 epoch,
                 asset: None,
@@ -271,6 +273,11 @@ impl Provider {
         }
         let (okey, asset) = self.signature_key(mech, key)?;
         let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+        if okey.class == signer {
+            let name = asset.id.as_str();
+            self.permit(h, Action::Use(UseKind::Sign), Some(name), Some(mech.ty))?;
+            self.check_policy(h, UseKind::Sign, name, Some(view.version), mech.ty)?;
+        }
         if okey.class != signer || !view.may_sign() {
             self.prune_keys(&asset);
             let why = format!(
@@ -555,6 +562,10 @@ impl Provider {
         iv: Option<&[u8]>,
         rec: Record,
     ) -> Result<()> {
+        let mut rec = rec;
+        if rec.actor.is_none() {
+            rec.actor = self.actor();
+        }
         // A session key has no asset state to re-check: its record is
         // written (durably) before the result leaves, like any other.
         let Some(asset) = asset else {
@@ -612,6 +623,14 @@ impl Provider {
                 CKR_DEVICE_ERROR,
                 format!("{what} result discarded: {why}"),
             )),
+            Err(Refusal::Policy(why)) => {
+                let msg = format!(
+                    "user {:?}: {what} refused by policy at commit (result discarded): {why}",
+                    self.actor().unwrap_or_default()
+                );
+                log::warn(&msg);
+                Err(Error::with(CKR_FUNCTION_REJECTED, msg))
+            }
         }
     }
 }

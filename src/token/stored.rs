@@ -178,6 +178,7 @@ impl Provider {
         class: CK_OBJECT_CLASS,
     ) -> Result<CK_OBJECT_HANDLE> {
         let session = self.session(h)?;
+        self.permit(h, crate::access::Action::CreateAsset, None, None)?;
         let cert = class == CKO_CERTIFICATE;
         let what = if cert {
             "C_CreateObject (certificate)"

@@ -56,6 +56,12 @@ impl Provider {
         if self.login_state() != Login::User {
             return Err(Error::rv(CKR_USER_NOT_LOGGED_IN));
         }
+        self.permit(
+            h,
+            crate::access::Action::CreateAsset,
+            Some(id.as_str()),
+            None,
+        )?;
         let asset = self.with_audit(h, |audit| {
             lifecycle::create(&self.backend, &self.store, audit, id, kt, object_id.clone())
                 .map_err(|e| e.to_pkcs11())
