@@ -195,11 +195,29 @@ const ATTR_NAMES: &[(CK_ATTRIBUTE_TYPE, &str)] = &named!(
 
 /// The name of a mechanism, for messages (hex when unnamed here).
 pub fn mech_name(m: CK_MECHANISM_TYPE) -> String {
-    [&MECH_NAMES[..], &ECDSA_NAMES, &HMAC_NAMES]
+    MECH_TABLES
         .into_iter()
         .find_map(|t| name_in(t, m))
         .map_or_else(|| format!("0x{m:x}"), String::from)
 }
+
+/// The mechanism a name of [`mech_name`]'s tables stands for (`CKM_ECDSA`,
+/// any letter case); the inverse of [`mech_name`] for the named ones.
+pub(crate) fn mech_by_name(name: &str) -> Option<CK_MECHANISM_TYPE> {
+    MECH_TABLES
+        .into_iter()
+        .flatten()
+        .find(|(_, n)| n.eq_ignore_ascii_case(name))
+        .map(|(v, _)| *v)
+}
+
+/// Every mechanism name [`mech_name`] knows, in table order.
+pub(crate) fn mech_names() -> impl Iterator<Item = &'static str> {
+    MECH_TABLES.into_iter().flatten().map(|(_, n)| *n)
+}
+
+/// Every table of mechanism names.
+const MECH_TABLES: [&[(CK_MECHANISM_TYPE, &str)]; 3] = [&MECH_NAMES, &ECDSA_NAMES, &HMAC_NAMES];
 
 /// The mechanisms named beside the ECDSA and HMAC ones.
 const MECH_NAMES: [(CK_MECHANISM_TYPE, &str); 11] = named!(
@@ -256,6 +274,16 @@ mod tests {
         assert_eq!(mech_name(CKM_AES_KEY_WRAP), "CKM_AES_KEY_WRAP");
         // Named nowhere here, so hex.
         assert_eq!(mech_name(0x7fff_fff0), "0x7ffffff0");
+        // Each name leads back to its value, in any letter case.
+        for name in mech_names() {
+            let m = mech_by_name(name).expect(name);
+            assert_eq!(mech_name(m), name);
+            assert_eq!(mech_by_name(&name.to_ascii_lowercase()), Some(m));
+        }
+        assert_eq!(mech_names().count(), 20);
+        assert_eq!(mech_by_name("CKM_ECDSA"), Some(CKM_ECDSA));
+        assert_eq!(mech_by_name("ECDSA"), None);
+        assert_eq!(mech_by_name("CKM_NONESUCH"), None);
         assert_eq!(
             values(HMAC_NAMES),
             [CKM_SHA256_HMAC, CKM_SHA384_HMAC, CKM_SHA512_HMAC]

@@ -17,6 +17,7 @@
 // module is checked by the deny above.
 #[allow(unsafe_code)]
 pub mod abi;
+pub mod access;
 pub mod asset;
 pub mod audit;
 pub mod backend;

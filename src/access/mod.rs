@@ -1,0 +1,345 @@
+//! Who may do what: roles, asset patterns and the role matrix, plus per-pattern policies (pure; no store, no I/O).
+//!
+//! The caller brings everything: the user's roles and patterns, the action,
+//! the asset, the policy and the clock. Nothing here reads a store, the
+//! system time or the backing HSM, so the provider and the CLI decide alike
+//! and the tests inject any time they like. Counting (the rate limits) is
+//! the store's job; this module only names and explains such refusals.
+
+#![forbid(unsafe_code)]
+
+use std::fmt;
+
+mod policy;
+mod time;
+
+pub use policy::{parse_mechanism, Days, Hours, Policy, Rate};
+pub use time::{format_time, parse_time, utc_parts};
+
+/// A role a user holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Role {
+    Admin,
+    Officer,
+    Signer,
+    Auditor,
+}
+
+impl Role {
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Officer, Role::Signer, Role::Auditor];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Officer => "officer",
+            Role::Signer => "signer",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    /// A role by its name, in any letter case.
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL
+            .into_iter()
+            .find(|r| r.name().eq_ignore_ascii_case(s.trim()))
+    }
+
+    /// What the role may do, asset patterns aside (the role matrix).
+    fn grants(self, action: Action) -> bool {
+        use Action::*;
+        match self {
+            Role::Admin => matches!(action, ManageUsers | ManagePolicy | ReadPublic),
+            Role::Officer => matches!(action, CreateAsset | Lifecycle | SeePrivate | ReadPublic),
+            Role::Signer => matches!(action, Use(_) | SeePrivate | SessionObjects | ReadPublic),
+            Role::Auditor => matches!(action, ReadAudit | ReadPublic),
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The most characters a pattern (like an asset id) may have.
+const PATTERN_MAX: usize = 64;
+
+/// An asset pattern: asset-id characters (`A-Z a-z 0-9 . _ -`) plus `*` (any
+/// run of characters, possibly none) and `?` (exactly one); 1 to 64
+/// characters. `*` alone matches every asset.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Pattern(String);
+
+impl Pattern {
+    pub fn parse(s: &str) -> Result<Pattern, String> {
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '*' | '?');
+        if s.is_empty() || s.len() > PATTERN_MAX || !s.chars().all(ok) {
+            return Err(format!(
+                "asset pattern {s:?} is invalid: use 1 to {PATTERN_MAX} characters of \
+                 A-Z a-z 0-9 . _ - plus * (any run) and ? (one character), e.g. \"hot-*\""
+            ));
+        }
+        Ok(Pattern(s.to_string()))
+    }
+
+    /// The pattern that matches every asset.
+    pub fn any() -> Pattern {
+        Pattern("*".into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `asset` matches, in time linear in the asset's length: the
+    /// pattern's pieces between stars are matched leftmost-first, which is
+    /// exact for globs (a later match never leaves more room than the first).
+    pub fn matches(&self, asset: &str) -> bool {
+        let text: Vec<char> = asset.chars().collect();
+        let pieces: Vec<Vec<char>> = self.0.split('*').map(|p| p.chars().collect()).collect();
+        let (first, rest) = match pieces.split_first() {
+            Some(split) => split,
+            None => return false,
+        };
+        let Some((last, middle)) = rest.split_last() else {
+            // No star: the whole asset, character for character.
+            return piece_at(first, &text, 0) && text.len() == first.len();
+        };
+        if text.len() < first.len() + last.len()
+            || !piece_at(first, &text, 0)
+            || !piece_at(last, &text, text.len() - last.len())
+        {
+            return false;
+        }
+        let end = text.len() - last.len();
+        let mut at = first.len();
+        for piece in middle {
+            match (at..)
+                .take_while(|i| i + piece.len() <= end)
+                .find(|&i| piece_at(piece, &text, i))
+            {
+                Some(i) => at = i + piece.len(),
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+/// Whether `piece` (stars removed; `?` any one character) stands in `text` at `at`.
+fn piece_at(piece: &[char], text: &[char], at: usize) -> bool {
+    text.get(at..at + piece.len())
+        .is_some_and(|window| window.iter().zip(piece).all(|(t, p)| *p == '?' || p == t))
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A comma-separated list of patterns (`hot-*,warm-1`); spaces around an
+/// item are ignored, an empty item is refused.
+pub fn parse_patterns(s: &str) -> Result<Vec<Pattern>, String> {
+    s.split(',')
+        .map(|item| {
+            let item = item.trim();
+            if item.is_empty() {
+                Err(format!(
+                    "asset pattern list {s:?} has an empty item: separate patterns with single \
+                     commas, e.g. \"hot-*,warm-1\""
+                ))
+            } else {
+                Pattern::parse(item)
+            }
+        })
+        .collect()
+}
+
+/// Patterns as a person writes them: `hot-*,warm-1`.
+pub fn patterns_text(patterns: &[Pattern]) -> String {
+    let texts: Vec<&str> = patterns.iter().map(Pattern::as_str).collect();
+    texts.join(",")
+}
+
+/// What a caller wants to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Key use on an asset.
+    Use(UseKind),
+    /// Token key creation (`C_GenerateKey[Pair]` with `CKA_TOKEN=true`, `asset create`).
+    CreateAsset,
+    /// rotate, finish, trim, suspend, resume, retire (CLI).
+    Lifecycle,
+    /// Session keys and objects a client makes for itself.
+    SessionObjects,
+    /// List or read a private (key) object of an asset.
+    SeePrivate,
+    ManageUsers,
+    ManagePolicy,
+    /// audit verify, export and tail; status; metrics.
+    ReadAudit,
+    /// Public objects: every logged-in user may.
+    ReadPublic,
+}
+
+/// The kinds of key use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UseKind {
+    Sign,
+    Verify,
+    Encrypt,
+    Decrypt,
+    Wrap,
+    Unwrap,
+}
+
+impl UseKind {
+    pub const ALL: [UseKind; 6] = [
+        UseKind::Sign,
+        UseKind::Verify,
+        UseKind::Encrypt,
+        UseKind::Decrypt,
+        UseKind::Wrap,
+        UseKind::Unwrap,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            UseKind::Sign => "sign",
+            UseKind::Verify => "verify",
+            UseKind::Encrypt => "encrypt",
+            UseKind::Decrypt => "decrypt",
+            UseKind::Wrap => "wrap",
+            UseKind::Unwrap => "unwrap",
+        }
+    }
+}
+
+impl Action {
+    /// Every action (each key use once).
+    pub const ALL: [Action; 14] = [
+        Action::Use(UseKind::Sign),
+        Action::Use(UseKind::Verify),
+        Action::Use(UseKind::Encrypt),
+        Action::Use(UseKind::Decrypt),
+        Action::Use(UseKind::Wrap),
+        Action::Use(UseKind::Unwrap),
+        Action::CreateAsset,
+        Action::Lifecycle,
+        Action::SessionObjects,
+        Action::SeePrivate,
+        Action::ManageUsers,
+        Action::ManagePolicy,
+        Action::ReadAudit,
+        Action::ReadPublic,
+    ];
+
+    /// What the action is, as a verb phrase for messages ("sign", "manage users").
+    pub fn name(&self) -> String {
+        match self {
+            Action::Use(kind) => kind.name(),
+            Action::CreateAsset => "create an asset",
+            Action::Lifecycle => "change an asset's lifecycle",
+            Action::SessionObjects => "make session objects",
+            Action::SeePrivate => "see private objects",
+            Action::ManageUsers => "manage users",
+            Action::ManagePolicy => "manage policies",
+            Action::ReadAudit => "read the audit log",
+            Action::ReadPublic => "read public objects",
+        }
+        .to_string()
+    }
+}
+
+/// Why something was refused: a stable rule name for audit records (`role`,
+/// `pattern`, `mechanism`, `hours`, `days`, `expired`, `asset-rate`,
+/// `user-rate`) and a sentence for a person.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    pub rule: String,
+    pub why: String,
+}
+
+impl Denied {
+    pub fn new(rule: &str, why: impl Into<String>) -> Denied {
+        Denied {
+            rule: rule.to_string(),
+            why: why.into(),
+        }
+    }
+}
+
+impl fmt::Display for Denied {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (rule {})", self.why, self.rule)
+    }
+}
+
+impl std::error::Error for Denied {}
+
+/// Whether a user with `roles` and `patterns` may do `action` on `asset`
+/// (`None` for an action that concerns no asset). Several roles grant the
+/// union of what each grants; an action on an asset also needs one of the
+/// user's patterns to match it. Public objects are open to every logged-in
+/// user, whatever their roles and patterns.
+pub fn permits(
+    roles: &[Role],
+    patterns: &[Pattern],
+    action: Action,
+    asset: Option<&str>,
+) -> Result<(), Denied> {
+    if action == Action::ReadPublic {
+        return Ok(());
+    }
+    if !roles.iter().any(|r| r.grants(action)) {
+        let granting: Vec<&str> = Role::ALL
+            .into_iter()
+            .filter(|r| r.grants(action))
+            .map(Role::name)
+            .collect();
+        let held = if roles.is_empty() {
+            "this user holds no role".to_string()
+        } else {
+            let held: Vec<&str> = roles.iter().map(|r| r.name()).collect();
+            format!("this user holds only {}", held.join(", "))
+        };
+        return Err(Denied::new(
+            "role",
+            format!(
+                "to {} needs the role {}; {held} (an admin can grant roles with `p11derive user roles`)",
+                action.name(),
+                granting.join(" or "),
+            ),
+        ));
+    }
+    match asset {
+        Some(asset) if !patterns.iter().any(|p| p.matches(asset)) => {
+            let held = if patterns.is_empty() {
+                "this user has no asset patterns".to_string()
+            } else {
+                format!("this user's patterns are {}", patterns_text(patterns))
+            };
+            Err(Denied::new(
+                "pattern",
+                format!(
+                    "to {} on asset {asset:?} needs an asset pattern that matches it; {held}",
+                    action.name()
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Whether `roles` together could do everything alone: admin together with
+/// signer or officer (an admin could grant themself any asset). `init` and
+/// `user add` refuse such a combination.
+pub fn too_powerful(roles: &[Role]) -> bool {
+    roles.contains(&Role::Admin)
+        && (roles.contains(&Role::Signer) || roles.contains(&Role::Officer))
+}
+
+#[cfg(test)]
+mod tests;
