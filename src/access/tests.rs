@@ -96,6 +96,12 @@ fn glob_cases() {
         ("?*?", "ab", true),
         ("*.?", "key.1", true),
         ("*.?", "key.10", false),
+        // Not asset ids, but matched by characters all the same.
+        ("*", "é", true),
+        ("?", "é", true),
+        ("h?t-*", "hét-1", true),
+        ("h??t", "hét", false),
+        ("*t", "héé", false),
     ];
     for (p, a, want) in cases {
         assert_eq!(pat(p).matches(a), *want, "{p:?} ~ {a:?}");
