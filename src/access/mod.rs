@@ -96,41 +96,72 @@ impl Pattern {
     /// pattern's pieces between stars are matched leftmost-first, which is
     /// exact for globs (a later match never leaves more room than the first).
     pub fn matches(&self, asset: &str) -> bool {
-        let text: Vec<char> = asset.chars().collect();
-        let pieces: Vec<Vec<char>> = self.0.split('*').map(|p| p.chars().collect()).collect();
-        let (first, rest) = match pieces.split_first() {
-            Some(split) => split,
-            None => return false,
-        };
-        let Some((last, middle)) = rest.split_last() else {
-            // No star: the whole asset, character for character.
-            return piece_at(first, &text, 0) && text.len() == first.len();
-        };
-        if text.len() < first.len() + last.len()
-            || !piece_at(first, &text, 0)
-            || !piece_at(last, &text, text.len() - last.len())
-        {
-            return false;
+        // Asset ids are ASCII: bytes, without allocating; anything else by
+        // characters (so `?` stands for one character, never a byte).
+        if asset.is_ascii() {
+            glob(self.0.as_bytes(), asset.as_bytes())
+        } else {
+            let text: Vec<char> = asset.chars().collect();
+            glob(self.0.as_bytes(), &text)
         }
-        let end = text.len() - last.len();
-        let mut at = first.len();
-        for piece in middle {
-            match (at..)
-                .take_while(|i| i + piece.len() <= end)
-                .find(|&i| piece_at(piece, &text, i))
-            {
-                Some(i) => at = i + piece.len(),
-                None => return false,
-            }
-        }
-        true
     }
 }
 
-/// Whether `piece` (stars removed; `?` any one character) stands in `text` at `at`.
-fn piece_at(piece: &[char], text: &[char], at: usize) -> bool {
+/// A unit of matched text (a byte of ASCII, or a character) against a pattern byte.
+trait Unit: Copy {
+    fn is(self, pattern_byte: u8) -> bool;
+}
+
+impl Unit for u8 {
+    fn is(self, pattern_byte: u8) -> bool {
+        self == pattern_byte
+    }
+}
+
+impl Unit for char {
+    fn is(self, pattern_byte: u8) -> bool {
+        self == char::from(pattern_byte)
+    }
+}
+
+/// A glob over `text`: the pieces between the first and last star are found
+/// leftmost-first, which is exact (an earlier match never leaves less room
+/// for the rest), so the time is at most the text's length times the
+/// pattern's (64), with no backtracking.
+fn glob<T: Unit>(pattern: &[u8], text: &[T]) -> bool {
+    let star = |b: &u8| *b == b'*';
+    let (Some(first_star), Some(last_star)) = (
+        pattern.iter().position(star),
+        pattern.iter().rposition(star),
+    ) else {
+        // No star: the whole text, unit for unit.
+        return text.len() == pattern.len() && piece_at(pattern, text, 0);
+    };
+    let (head, tail) = (&pattern[..first_star], &pattern[last_star + 1..]);
+    if text.len() < head.len() + tail.len()
+        || !piece_at(head, text, 0)
+        || !piece_at(tail, text, text.len() - tail.len())
+    {
+        return false;
+    }
+    let end = text.len() - tail.len();
+    let mut at = head.len();
+    for piece in pattern[first_star..last_star].split(star) {
+        match (at..)
+            .take_while(|i| i + piece.len() <= end)
+            .find(|&i| piece_at(piece, text, i))
+        {
+            Some(i) => at = i + piece.len(),
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Whether `piece` (no stars; `?` any one unit) stands in `text` at `at`.
+fn piece_at<T: Unit>(piece: &[u8], text: &[T], at: usize) -> bool {
     text.get(at..at + piece.len())
-        .is_some_and(|window| window.iter().zip(piece).all(|(t, p)| *p == '?' || p == t))
+        .is_some_and(|window| window.iter().zip(piece).all(|(t, &p)| p == b'?' || t.is(p)))
 }
 
 impl fmt::Display for Pattern {

@@ -41,7 +41,8 @@ impl Rate {
             .unwrap_or(window.len());
         let (number, unit) = window.split_at(split);
         let unit = match unit.to_ascii_lowercase().as_str() {
-            "" if !number.is_empty() => 1,
+            "" if number.is_empty() => return Err(bad("there is no window after '/'")),
+            "" => 1,
             "s" | "sec" => 1,
             "m" | "min" => MINUTE,
             "h" => HOUR,
@@ -271,7 +272,9 @@ impl Policy {
     }
 
     /// The checks that need no counting, at `now_secs` (Unix seconds, UTC):
-    /// mechanism, then expiry, then days, then hours.
+    /// mechanism, then expiry, then days, then hours. Days and hours are
+    /// each checked at that moment: hours past midnight (`22:00-06:00`) with
+    /// `days=mon-fri` allow Monday 23:00 but not Saturday 01:00.
     pub fn check(&self, mechanism: u64, now_secs: i64) -> Result<(), Denied> {
         let p = self.pattern.as_str();
         if !self.mechanisms.is_empty() && !self.mechanisms.contains(&mechanism) {

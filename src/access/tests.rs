@@ -8,11 +8,7 @@ fn pat(s: &str) -> Pattern {
 }
 
 /// Each of `bad` is refused with a message that names it (quoted) and says `hint`.
-fn refuses<T: std::fmt::Debug>(
-    parse: impl Fn(&str) -> Result<T, String>,
-    bad: &[&str],
-    hint: &str,
-) {
+fn refuses<T: fmt::Debug>(parse: impl Fn(&str) -> Result<T, String>, bad: &[&str], hint: &str) {
     for b in bad {
         let e = parse(b).expect_err(b);
         assert!(
@@ -100,6 +96,12 @@ fn glob_cases() {
         ("?*?", "ab", true),
         ("*.?", "key.1", true),
         ("*.?", "key.10", false),
+        // Not asset ids, but matched by characters all the same.
+        ("*", "é", true),
+        ("?", "é", true),
+        ("h?t-*", "hét-1", true),
+        ("h??t", "hét", false),
+        ("*t", "héé", false),
     ];
     for (p, a, want) in cases {
         assert_eq!(pat(p).matches(a), *want, "{p:?} ~ {a:?}");

@@ -47,6 +47,7 @@ fn mechanisms_by_name_or_number() {
 
 #[test]
 fn rates() {
+    refuses(Rate::parse, &["100/"], "there is no window after '/'");
     let cases: &[(&str, u32, u32)] = &[
         ("100/60s", 100, 60),
         ("100/60", 100, 60),
@@ -391,6 +392,11 @@ fn hours_past_midnight_and_days_past_sunday() {
     // Tuesday night is outside the days, even within the hours.
     assert_eq!(rule("2026-12-08T00:00:00Z"), Err("days".into()));
     assert_eq!(rule("2026-12-03T23:59:59Z"), Err("days".into()));
+    // As the documentation of `check` says: each part at the moment of use.
+    let p = Policy::parse_settings(pat("*"), "hours=22:00-06:00 days=mon-fri").unwrap();
+    assert_eq!(p.check(CKM_ECDSA, at("2026-12-07T23:00:00Z")), Ok(()));
+    let d = p.check(CKM_ECDSA, at("2026-12-05T01:00:00Z")).unwrap_err();
+    assert_eq!(d.rule, "days");
 }
 
 #[test]
