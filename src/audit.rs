@@ -504,6 +504,27 @@ mod tests {
             .collect()
     }
 
+    /// A record without a user encodes exactly as records did before users
+    /// existed (their MACs still verify); a user is under the MAC.
+    #[test]
+    fn the_actor_is_under_the_mac_and_absent_changes_nothing() {
+        let mut r = Record::new(Event::Sign, 0).asset("a", Some(1)).detail("d");
+        r.time_ns = 7;
+        r.pid = 9;
+        let plain = r.encode();
+        assert!(plain.ends_with(b"\0\0\0\x01d"), "{plain:?}");
+        let named = r.clone().actor(Some("bob"));
+        let with = named.encode();
+        assert_eq!(&with[..plain.len()], &plain[..]);
+        assert_eq!(&with[plain.len()..], b"u\0\0\0\x03bob");
+        let ak = crate::secure::secret::<32>().unwrap();
+        assert_ne!(r.mac(&ak, &GENESIS), named.mac(&ak, &GENESIS));
+        assert_ne!(
+            named.mac(&ak, &GENESIS),
+            r.clone().actor(Some("eve")).mac(&ak, &GENESIS)
+        );
+    }
+
     #[test]
     fn an_anchor_reads_back_and_the_first_format_still_reads() {
         let a = Anchor {

@@ -141,7 +141,7 @@ fn tampering_with_sqlite3_is_caught_and_named() {
         (
             "insert a forged record",
             format!(
-                "INSERT INTO audit VALUES ({}, 1, 1, NULL, 'sign', 't', 2, 4164, NULL, 0, '', NULL, randomblob(32))",
+                "INSERT INTO audit VALUES ({}, 1, 1, NULL, 'sign', 't', 2, 4164, NULL, 0, '', randomblob(32), NULL)",
                 head + 1
             ),
             format!("record {} does not carry a valid MAC", head + 1),
@@ -167,7 +167,7 @@ fn tampering_with_sqlite3_is_caught_and_named() {
         ),
         (
             "insert a row numbered below 1",
-            "INSERT INTO audit VALUES (-5, 1, 1, NULL, 'sign', 't', 1, 4164, NULL, 0, '', NULL, randomblob(32))".into(),
+            "INSERT INTO audit VALUES (-5, 1, 1, NULL, 'sign', 't', 1, 4164, NULL, 0, '', randomblob(32), NULL)".into(),
             "a record numbered -5".into(),
         ),
         (

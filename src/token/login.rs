@@ -207,7 +207,16 @@ impl Provider {
         name: &str,
         secret: &[u8],
     ) -> Result<()> {
-        let caller = self.login_named(h, wanted, name, secret)?;
+        let caller = match self.login_named(h, wanted, name, secret) {
+            Ok(c) => c,
+            Err(e) => {
+                // A failure is a state change (the name's failed-login
+                // count): the anchor holds it at once, so cutting it from
+                // the log to get more guesses is refused.
+                self.advance_anchor();
+                return Err(e);
+            }
+        };
         let who = caller.name.clone();
         *lock(&self.login.caller) = Some(Arc::new(caller));
         self.login.who.store(wanted as u8, Ordering::SeqCst);
