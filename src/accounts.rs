@@ -178,6 +178,34 @@ pub struct LoginContext<'a> {
 /// is locked out, or the user locked by an admin and the secret right).
 /// Every failure is a sealed `lockout` record, written before the answer.
 pub fn login(cx: &LoginContext<'_>, name: &str, secret: &[u8]) -> Result<Caller> {
+    let (outcome, delay) = login_deferred(cx, name, secret);
+    if let Some(d) = delay {
+        std::thread::sleep(d);
+    }
+    outcome
+}
+
+/// `login` without the delay: the caller sleeps it (the provider, after
+/// releasing its login lock, so logouts and closing sessions go on).
+pub fn login_deferred(
+    cx: &LoginContext<'_>,
+    name: &str,
+    secret: &[u8],
+) -> (Result<Caller>, Option<std::time::Duration>) {
+    match login_now(cx, name, secret) {
+        Err((e, failures)) => (Err(e), (failures > 0).then(|| delay_after(failures))),
+        Ok(c) => (Ok(c), None),
+    }
+}
+
+/// A login's outcome; a failure with the name's failures in a row (0: no
+/// delay, e.g. a store error or a lockout already in force).
+fn login_now(
+    cx: &LoginContext<'_>,
+    name: &str,
+    secret: &[u8],
+) -> std::result::Result<Caller, (Error, u32)> {
+    let plain = |e: Error| (e, 0);
     // Names no user can have share one row, so a flood of made-up names
     // neither grows the store without bound nor escapes the lockout.
     let key = if check_name(name).is_ok() {
@@ -186,7 +214,11 @@ pub fn login(cx: &LoginContext<'_>, name: &str, secret: &[u8]) -> Result<Caller>
         "(invalid-name)"
     };
     let now = unix_now();
-    let mut failed = cx.store.login_failures(key).map_err(store_err)?;
+    let mut failed = cx
+        .store
+        .login_failures(key)
+        .map_err(store_err)
+        .map_err(plain)?;
     let base = |rv: CK_RV| {
         let r = Record::new(Event::LoginFailed, rv).actor(Some(key));
         match cx.session {
@@ -199,46 +231,52 @@ pub fn login(cx: &LoginContext<'_>, name: &str, secret: &[u8]) -> Result<Caller>
             "login refused: locked out until {}",
             crate::access::format_time(failed.locked_until)
         ));
-        cx.store.record(Some(cx.ak), rec).map_err(store_err)?;
+        cx.store
+            .record(Some(cx.ak), rec)
+            .map_err(store_err)
+            .map_err(plain)?;
         crate::log::warn(&format!(
             "login: {key:?} is locked out until {} (an admin can lift it: p11derive user unlock)",
             crate::access::format_time(failed.locked_until)
         ));
-        return Err(Error::rv(CKR_PIN_LOCKED));
+        return Err(plain(Error::rv(CKR_PIN_LOCKED)));
     }
     if failed.locked_until != 0 {
         // A lockout that ran out: a fresh start.
         failed = LoginRow::default();
     }
-    let user = cx.store.user(key).map_err(store_err)?;
+    let user = cx.store.user(key).map_err(store_err).map_err(plain)?;
     let known = user.as_ref().filter(|u| u.state != "removed");
     let dummy_salt = [0u8; 16];
     let (salt, verifier): (&[u8], &[u8]) = match known {
         Some(u) => (&u.salt, &u.verifier),
         None => (&dummy_salt, &[]),
     };
-    let v = crate::derive::user_verifier(cx.prf, key, salt, secret)?;
+    let v = crate::derive::user_verifier(cx.prf, key, salt, secret).map_err(plain)?;
     // An empty verifier (no such user) never equals 32 bytes.
     let right = bool::from(v[..].ct_eq(verifier)) && known.is_some();
     if right {
         let u = known.expect("right implies known");
-        let caller = Caller::of(u).map_err(|m| {
-            Error::with(
-                CKR_DEVICE_ERROR,
-                format!("user {key:?}: its row cannot be read: {m}"),
-            )
-        })?;
+        let caller = Caller::of(u)
+            .map_err(|m| {
+                Error::with(
+                    CKR_DEVICE_ERROR,
+                    format!("user {key:?}: its row cannot be read: {m}"),
+                )
+            })
+            .map_err(plain)?;
         if u.state == "locked" {
             cx.store
                 .record(
                     Some(cx.ak),
                     base(CKR_PIN_LOCKED).detail("login refused: the user is locked by an admin"),
                 )
-                .map_err(store_err)?;
-            return Err(Error::with(
+                .map_err(store_err)
+                .map_err(plain)?;
+            return Err(plain(Error::with(
                 CKR_PIN_LOCKED,
                 format!("login: user {key:?} is locked by an admin (p11derive user unlock)"),
-            ));
+            )));
         }
         if cx.admin && !caller.has(Role::Admin) {
             cx.store
@@ -247,20 +285,22 @@ pub fn login(cx: &LoginContext<'_>, name: &str, secret: &[u8]) -> Result<Caller>
                     base(CKR_PIN_INCORRECT)
                         .detail("security officer login refused: rule=role (admin needed)"),
                 )
-                .map_err(store_err)?;
-            return Err(Error::with(
+                .map_err(store_err)
+                .map_err(plain)?;
+            return Err(plain(Error::with(
                 CKR_PIN_INCORRECT,
                 format!(
                     "login: user {key:?} holds no admin role; a security officer (CKU_SO) login \
                      needs it"
                 ),
-            ));
+            )));
         }
         if failed.failures > 0 {
             let rec = Record::new(Event::Lockout, CKR_OK).actor(Some(key));
             cx.store
                 .put_login_failures(cx.ak, key, &LoginRow::default(), "login succeeded", rec)
-                .map_err(store_err)?;
+                .map_err(store_err)
+                .map_err(plain)?;
         }
         return Ok(caller);
     }
@@ -290,7 +330,8 @@ pub fn login(cx: &LoginContext<'_>, name: &str, secret: &[u8]) -> Result<Caller>
     }
     cx.store
         .put_login_failures(cx.ak, key, &row, what, rec)
-        .map_err(store_err)?;
+        .map_err(store_err)
+        .map_err(plain)?;
     crate::log::warn(&format!(
         "login: failed for {key:?} ({failures} in a row{})",
         if locked {
@@ -302,8 +343,7 @@ pub fn login(cx: &LoginContext<'_>, name: &str, secret: &[u8]) -> Result<Caller>
             String::new()
         }
     ));
-    std::thread::sleep(delay_after(failures));
-    Err(Error::rv(CKR_PIN_INCORRECT))
+    Err((Error::rv(CKR_PIN_INCORRECT), failures))
 }
 
 /// Shared, so a login's caller can be kept by every session.

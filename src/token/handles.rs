@@ -12,6 +12,9 @@ pub(super) struct FindOp {
     /// Each result with whether it is a private object.
     handles: Vec<(CK_OBJECT_HANDLE, bool)>,
     next: usize,
+    /// The login the search began in: its private results are for that
+    /// login (that user) only.
+    epoch: u64,
 }
 
 /// Object handles for the life of the process: assigned on first sight,
@@ -241,15 +244,21 @@ impl Provider {
             }
             handles.extend(self.find_plain(template)?);
             handles.extend(self.find_session_objects(template));
-            s.find.start(FindOp { handles, next: 0 })
+            s.find.start(FindOp {
+                handles,
+                next: 0,
+                epoch: self.login.epoch(),
+            })
         })
     }
 
     pub fn find_next(&self, h: CK_SESSION_HANDLE, max: usize) -> Result<Vec<CK_OBJECT_HANDLE>> {
         self.in_session(h, |s| {
             s.find.with(|find| {
-                // A logout since C_FindObjectsInit hides the private results that remain.
-                let logged_in = self.login_state() == Login::User;
+                // A logout since C_FindObjectsInit hides the private results
+                // that remain, also from a login after it (another user's).
+                let logged_in =
+                    self.login_state() == Login::User && self.login.epoch() == find.epoch;
                 let mut out = Vec::with_capacity(max.min(find.handles.len()));
                 while out.len() < max && find.next < find.handles.len() {
                     let (h, private) = find.handles[find.next];

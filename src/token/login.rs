@@ -114,7 +114,15 @@ impl Provider {
         }
         if self.users_mode() {
             let (name, secret) = crate::accounts::split_login(pin).unwrap_or(("", pin));
-            return self.finish_named_login(h, wanted, name, secret);
+            let (outcome, delay) = self.finish_named_login(h, wanted, name, secret);
+            // The delay after a failure is slept without the login lock
+            // (logouts and closing sessions go on), in this process's turn.
+            drop(serial);
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
+            drop(attempt);
+            return outcome;
         }
         let who = if wanted == Login::User {
             "user"
@@ -206,17 +214,27 @@ impl Provider {
         wanted: Login,
         name: &str,
         secret: &[u8],
-    ) -> Result<()> {
+    ) -> (Result<()>, Option<std::time::Duration>) {
         let caller = match self.login_named(h, wanted, name, secret) {
-            Ok(c) => c,
-            Err(e) => {
+            (Ok(c), _) => c,
+            (Err(e), delay) => {
                 // A failure is a state change (the name's failed-login
                 // count): the anchor holds it at once, so cutting it from
                 // the log to get more guesses is refused.
                 self.advance_anchor();
-                return Err(e);
+                return (Err(e), delay);
             }
         };
+        (self.become_user(h, wanted, caller), None)
+    }
+
+    /// A user's login accepted: the login state, and its record.
+    fn become_user(
+        &self,
+        h: CK_SESSION_HANDLE,
+        wanted: Login,
+        caller: crate::accounts::Caller,
+    ) -> Result<()> {
         let who = caller.name.clone();
         *lock(&self.login.caller) = Some(Arc::new(caller));
         self.login.who.store(wanted as u8, Ordering::SeqCst);

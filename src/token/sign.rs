@@ -427,6 +427,10 @@ impl Provider {
         self.check_public_keys(&asset, points.iter().map(|(v, _)| *v))?;
         let hmac = match hmac {
             Some(m) => {
+                // An HMAC check derives the secret key: a key use.
+                let name = asset.id.as_str();
+                self.permit(h, Action::Use(UseKind::Verify), Some(name), Some(mech.ty))?;
+                self.check_policy(h, UseKind::Verify, name, Some(view.version), mech.ty)?;
                 let epoch = self.login.epoch();
                 Some((m, epoch, self.opening_keys(&view, epoch, Purpose::Key)?))
             }

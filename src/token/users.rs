@@ -77,10 +77,13 @@ impl Provider {
         wanted: Login,
         name: &str,
         secret: &[u8],
-    ) -> Result<Caller> {
-        let ak = self
-            .audit_key()
-            .ok_or_else(|| Error::with(CKR_DEVICE_ERROR, "users mode: no audit key"))?;
+    ) -> (Result<Caller>, Option<std::time::Duration>) {
+        let Some(ak) = self.audit_key() else {
+            return (
+                Err(Error::with(CKR_DEVICE_ERROR, "users mode: no audit key")),
+                None,
+            );
+        };
         let cx = LoginContext {
             store: &self.store,
             prf: &self.backend,
@@ -89,7 +92,7 @@ impl Provider {
             session: Some(h),
             admin: wanted == Login::So,
         };
-        accounts::login(&cx, name, secret)
+        accounts::login_deferred(&cx, name, secret)
     }
 
     /// `C_SetPIN` in users mode: the logged-in user's own secret. `old`
