@@ -202,6 +202,115 @@ fn roles_separate_duties_and_every_refusal_names_user_rule_and_role() {
     // Status is the auditor's, not the signer's.
     u.ok("dave", &["status"]);
     u.refused("bob", &["status"], 3);
+    let tail = u.ok("dave", &["audit", "tail", "-n", "50"]);
+    assert!(
+        String::from_utf8_lossy(&tail.stdout).contains("by bob"),
+        "{}",
+        output_text(&tail)
+    );
+    // Re-anchoring is an admin's act, audited with the admin.
+    u.refused("dave", &["audit", "reanchor", "--yes"], 3);
+    u.ok("alice", &["audit", "reanchor", "--yes"]);
+    assert!(u
+        .records()
+        .iter()
+        .any(|r| r["event"] == "anchor" && r["actor"] == "alice"));
+}
+
+/// Runs the CLI on a pseudo-terminal (python3's pty): waits for each of
+/// `prompts` in turn and types the matching answer (with a newline).
+/// Returns (exit code, everything the terminal showed).
+fn on_terminal_answering(u: &Users, args: &[&str], answers: &[(&str, &str)]) -> (i32, String) {
+    let script = r#"
+import os, pty, sys, time
+n = int(sys.argv[1])
+pairs = sys.argv[2:2 + 2 * n]
+args = sys.argv[2 + 2 * n:]
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(args[0], args)
+seen = b""
+deadline = time.time() + 60
+for i in range(n):
+    prompt, answer = pairs[2 * i].encode(), pairs[2 * i + 1]
+    while seen.count(prompt) < 1 and time.time() < deadline:
+        try:
+            chunk = os.read(fd, 1024)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    seen = seen.replace(prompt, b"<" + prompt + b">", 1)
+    time.sleep(0.05)
+    os.write(fd, (answer + "\n").encode())
+while True:
+    try:
+        chunk = os.read(fd, 1024)
+    except OSError:
+        break
+    if not chunk:
+        break
+    seen += chunk
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(seen.decode(errors="replace"))
+sys.exit(os.waitstatus_to_exitcode(status))
+"#;
+    let mut cmd = std::process::Command::new("python3");
+    cmd.arg("-c").arg(script).arg(answers.len().to_string());
+    for (prompt, answer) in answers {
+        cmd.arg(prompt).arg(answer);
+    }
+    cmd.arg(cli_path())
+        .args(args)
+        .env("P11DERIVE_CONF", &u.s.config)
+        .env_remove("P11DERIVE_PIN")
+        .env("SOFTHSM2_CONF", softhsm_dir().join("softhsm2.conf"));
+    let o = cmd.output().expect("python3 runs");
+    (
+        code(&o),
+        format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o)),
+    )
+}
+
+#[test]
+fn secrets_are_asked_without_echo_and_new_ones_twice() {
+    let u = users_setup();
+    let first = "Secret of the first admin";
+    let again = "The same again";
+    let alice = secret_of("alice");
+    // Two different answers: nothing is created.
+    let (c, shown) = on_terminal_answering(
+        &u,
+        &["init", "--admin", "alice"],
+        &[(first, &alice), (again, "something-else")],
+    );
+    assert_eq!(c, 1, "{shown}");
+    assert!(shown.contains("differ"), "{shown}");
+    assert!(!shown.contains(&alice), "the secret was echoed: {shown}");
+    assert!(!u.s.store.exists(), "a store was created: {shown}");
+    let (c, shown) = on_terminal_answering(
+        &u,
+        &["init", "--admin", "alice"],
+        &[(first, &alice), (again, &alice)],
+    );
+    assert_eq!(c, 0, "{shown}");
+    // The acting user's secret at the prompt, a new user's twice.
+    let dave = secret_of("dave");
+    let (c, shown) = on_terminal_answering(
+        &u,
+        &[
+            "--user", "alice", "user", "add", "dave", "--roles", "auditor",
+        ],
+        &[
+            ("Secret of user \"alice\"", &alice),
+            ("New secret of user \"dave\"", &dave),
+            (again, &dave),
+        ],
+    );
+    assert_eq!(c, 0, "{shown}");
+    assert!(!shown.contains(&dave) && !shown.contains(&alice), "{shown}");
+    u.ok("dave", &["audit", "verify"]);
 }
 
 #[test]

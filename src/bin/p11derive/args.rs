@@ -30,7 +30,12 @@ The config file is --config FILE, else $P11DERIVE_CONF, else /etc/p11derive/p11d
 Commands that change anything, `audit verify` and `status` log in to the backing token with
 its user PIN: from --pin-file FILE (`--pin-file -` reads standard input), else $P11DERIVE_PIN,
 else a prompt on the terminal (no echo). The other read-only commands use the PIN only when it
-is given by file or environment, to verify what they show under the HSM-derived keys.";
+is given by file or environment, to verify what they show under the HSM-derived keys.
+
+In users mode ([users] enabled = true) the CLI logs in to the backing token with the config's
+service credential and every command but `init` acts as a user: --user NAME (or
+$P11DERIVE_USER), whose secret comes from --pin-file, $P11DERIVE_PIN or the prompt. The user's
+roles decide what it may do (`p11derive user --help`).";
 
 #[derive(Parser)]
 #[command(

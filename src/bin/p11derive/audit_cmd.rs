@@ -178,7 +178,7 @@ pub fn tail(cli: &Cli, n: usize, asset: Option<&str>) -> Result<(), Failure> {
     for l in newest {
         let r = l.record();
         let line = format!(
-            "{:>8}  {}Z  pid {:<7} {:<12} {:<24} {:<30} {}{}",
+            "{:>8}  {}Z  pid {:<7} {:<12} {:<24} {:<30} {}{}{}",
             l.place(),
             p11derive::log::utc_secs(r.time_ns / 1_000_000_000),
             r.pid,
@@ -191,6 +191,10 @@ pub fn tail(cli: &Cli, n: usize, asset: Option<&str>) -> Result<(), Failure> {
             p11derive::error::rv_name(r.rv),
             r.mechanism
                 .map(|m| format!("{} ", p11derive::error::mech_name(m)))
+                .unwrap_or_default(),
+            r.actor
+                .as_deref()
+                .map(|a| format!("by {a} "))
                 .unwrap_or_default(),
             r.detail
         );
