@@ -370,6 +370,14 @@ fn failed_logins_are_delayed_counted_and_locked_out_until_an_admin_unlocks() {
     assert!(records
         .iter()
         .any(|r| r["event"] == "lockout" && r["rv_name"] == "CKR_PIN_LOCKED"));
+    // A name locked out before it was a user starts afresh when added.
+    for _ in 0..MAX_FAILURES {
+        let o = u.with_secret("mallory", "guessing-123", &["asset", "list"]);
+        assert_eq!(code(&o), 3);
+    }
+    u.refused("mallory", &["asset", "list"], 3);
+    u.add("mallory", "auditor", None);
+    u.ok("mallory", &["asset", "list"]);
     u.ok("dave", &["audit", "verify"]);
 }
 

@@ -49,6 +49,17 @@ pub fn run(cli: &Cli, c: &UserCommand) -> Result<(), Failure> {
                         .map_err(failed)?;
                 a.store
                     .put_user(a.ak, &row, "user add", a.record(Event::User))?;
+                // Failed logins of the name from before it was a user (someone
+                // guessing) are not the new user's: they start afresh.
+                if a.store.login_failures(name)? != LoginRow::default() {
+                    a.store.put_login_failures(
+                        a.ak,
+                        name,
+                        &LoginRow::default(),
+                        "user add",
+                        a.record(Event::Lockout),
+                    )?;
+                }
                 report(a, cli, &row, "added")
             })
         }
