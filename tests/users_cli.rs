@@ -625,6 +625,10 @@ fn pass_through_mode_is_unchanged_and_users_commands_say_how_to_turn_it_on() {
     );
     let o = cli(&s, &["init", "--admin", "alice"]);
     assert_eq!(code(&o), 2, "{}", output_text(&o));
+    // A --user given there is not silently taken for a restriction.
+    let o = cli(&s, &["--user", "bob", "asset", "rotate", "hot-1"]);
+    assert_eq!(code(&o), 0, "{}", output_text(&o));
+    assert!(stderr(&o).contains("--user is ignored"), "{}", stderr(&o));
     // Records made in pass-through mode carry no actor.
     let o = cli(&s, &["audit", "export"]);
     assert!(!String::from_utf8_lossy(&o.stdout).contains("\"actor\""));

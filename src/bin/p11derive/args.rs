@@ -54,8 +54,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Read the backing token's user PIN from FILE (`-`: standard input) [else
-    /// $P11DERIVE_PIN, else a prompt on the terminal]
+    /// Read the backing token's user PIN (users mode: the --user's secret) from FILE (`-`:
+    /// standard input) [else $P11DERIVE_PIN, else a prompt on the terminal]
     #[arg(long, global = true, value_name = "FILE|-")]
     pub pin_file: Option<String>,
 

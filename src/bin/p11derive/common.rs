@@ -342,6 +342,13 @@ pub fn with_key<T>(
     if config.users.enabled {
         return crate::users::with_user(cli, store, config, want, f);
     }
+    if cli.user.is_some() {
+        eprintln!(
+            "p11derive: note: --user is ignored: users mode is off in {} (the backing token's \
+             user PIN allows everything)",
+            config.source.display()
+        );
+    }
     let pin = read_pin(cli, config)?;
     let backend = open_backend(config)?;
     let result = login(&backend, &pin).and_then(|()| {
