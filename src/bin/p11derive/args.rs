@@ -13,9 +13,10 @@ Exit codes:
   1  the operation failed (config, store, backing HSM, a signature no version verifies);
      the message says why and what to do
   2  the command line is wrong (the message names the argument)
-  3  refused: the asset's state does not allow it, the name or id is taken, or the
-     key type has no such operation
-  4  no such asset";
+  3  refused: the asset's state does not allow it, the name or id is taken, the key
+     type has no such operation, or (users mode) the login failed or the user's roles
+     do not allow it
+  4  no such asset (or user, or policy)";
 
 const ABOUT: &str = "Derived keys from an HSM-held root: the CLI beside the PKCS#11 provider";
 
@@ -29,7 +30,12 @@ The config file is --config FILE, else $P11DERIVE_CONF, else /etc/p11derive/p11d
 Commands that change anything, `audit verify` and `status` log in to the backing token with
 its user PIN: from --pin-file FILE (`--pin-file -` reads standard input), else $P11DERIVE_PIN,
 else a prompt on the terminal (no echo). The other read-only commands use the PIN only when it
-is given by file or environment, to verify what they show under the HSM-derived keys.";
+is given by file or environment, to verify what they show under the HSM-derived keys.
+
+In users mode ([users] enabled = true) the CLI logs in to the backing token with the config's
+service credential and every command but `init` acts as a user: --user NAME (or
+$P11DERIVE_USER), whose secret comes from --pin-file, $P11DERIVE_PIN or the prompt. The user's
+roles decide what it may do (`p11derive user --help`).";
 
 #[derive(Parser)]
 #[command(
@@ -48,10 +54,15 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Read the backing token's user PIN from FILE (`-`: standard input) [else
-    /// $P11DERIVE_PIN, else a prompt on the terminal]
+    /// Read the backing token's user PIN (users mode: the --user's secret) from FILE (`-`:
+    /// standard input) [else $P11DERIVE_PIN, else a prompt on the terminal]
     #[arg(long, global = true, value_name = "FILE|-")]
     pub pin_file: Option<String>,
+
+    /// Users mode: act as this user [default: $P11DERIVE_USER]; the user's secret comes from
+    /// --pin-file, $P11DERIVE_PIN or the prompt
+    #[arg(long, global = true, value_name = "NAME")]
+    pub user: Option<String>,
 
     /// Print JSON (for scripts) instead of text
     #[arg(long, global = true)]
@@ -70,12 +81,22 @@ Examples:
   p11derive init --import-root FILE    import a given root (test vectors, recovery ceremonies)
 
 An existing root and store are kept. `init` refuses to import a second root, and refuses a
-new store for a root that already has one (restore that store instead).")]
+new store for a root that already has one (restore that store instead).
+
+In users mode ([users] enabled = true) init logs in to the HSM with the service credential
+and creates the first admin, whose secret comes from --pin-file, $P11DERIVE_PIN or the prompt
+(asked twice). Run on an existing root and store, it turns pass-through set-ups into users
+mode, keeping every asset and the audit chain:
+  p11derive init --admin alice
+  p11derive init --admin alice --pin-file alice.secret")]
     Init {
         /// Import this 32-byte root (64 hex digits, whitespace ignored, or 32 raw bytes)
         /// instead of generating one inside the HSM
         #[arg(long, value_name = "FILE")]
         import_root: Option<PathBuf>,
+        /// Users mode: the first admin's name (required there)
+        #[arg(long, value_name = "NAME")]
+        admin: Option<String>,
     },
 
     /// What p11derive finds (config, store, backing token, root, anchor, assets) and what is
@@ -115,6 +136,16 @@ Examples:
     /// Move a store (SQLite to PostgreSQL)
     #[command(subcommand, arg_required_else_help = true)]
     Store(StoreCommand),
+
+    /// Users mode: add, list, show, lock, unlock and remove users, set their roles and secrets
+    /// (admins only)
+    #[command(subcommand, arg_required_else_help = true)]
+    User(crate::args_users::UserCommand),
+
+    /// Users mode: set, show and remove the policies of assets and asset patterns (admins
+    /// only; auditors may show)
+    #[command(subcommand, arg_required_else_help = true)]
+    Policy(crate::args_users::PolicyCommand),
 
     /// Print a shell completion script
     #[command(after_help = "\

@@ -8,18 +8,22 @@ use p11derive::derive::{self, AssetId, KeyType};
 use p11derive::lifecycle::{self, Audit};
 use p11derive::store::{hex, Asset, AssetState, Store, StoreError, Transition, VersionRecord};
 
+use p11derive::access::Action;
+
 use crate::args::{AssetCommand, Cli};
 use crate::common::{
     failed, load_config, open_store, print_json, readable_store, refuse_rolled_back, with_key,
     Failure,
 };
+use crate::users::Want;
 
 pub fn run(cli: &Cli, c: &AssetCommand) -> Result<(), Failure> {
     match c {
         AssetCommand::Create { name, key_type, id } => {
             let id_name = asset_id(name)?;
             let kt = key_type.key_type();
-            with_hsm(cli, "create", |store, backend, audit| {
+            let want = Want::on(Action::CreateAsset, name);
+            with_hsm(cli, "create", want, |store, backend, audit| {
                 let object_id = id.clone().map(|i| i.0);
                 Ok((
                     lifecycle::create(backend, store, audit, &id_name, kt, object_id)?,
@@ -40,7 +44,7 @@ pub fn run(cli: &Cli, c: &AssetCommand) -> Result<(), Failure> {
             let grace = *grace;
             let what = if grace { "rotate --grace" } else { "rotate" };
             let id = asset_id(name)?;
-            with_hsm(cli, what, |store, backend, audit| {
+            with_hsm(cli, what, lifecycle_want(name), |store, backend, audit| {
                 let t = Transition::Rotate { grace };
                 Ok((
                     lifecycle::transition(Some(backend), store, audit, &id, t)?,
@@ -108,10 +112,15 @@ fn field(word: &str) -> String {
     word.replace(' ', "_")
 }
 
+/// What a lifecycle change of `asset` needs in users mode.
+fn lifecycle_want(asset: &str) -> Want<'_> {
+    Want::on(Action::Lifecycle, asset)
+}
+
 /// A transition that derives no key (it is still audited, so it logs in).
 fn change(cli: &Cli, name: &str, t: Transition) -> Result<(), Failure> {
     let id = asset_id(name)?;
-    with_hsm(cli, &t.name(), |store, _, audit| {
+    with_hsm(cli, &t.name(), lifecycle_want(name), |store, _, audit| {
         Ok((lifecycle::transition(None, store, audit, &id, t)?, true))
     })
 }
@@ -122,7 +131,7 @@ fn trim(cli: &Cli, name: &str, below: u32) -> Result<(), Failure> {
     let id = asset_id(name)?;
     let already = Cell::new(false);
     let what = Transition::Trim(below).name();
-    with_hsm(cli, &what, |store, _, audit| {
+    with_hsm(cli, &what, lifecycle_want(name), |store, _, audit| {
         if let Some(a) = store.asset_by_name(&id)? {
             if below <= a.min_usable && a.state != AssetState::Retired {
                 already.set(true);
@@ -151,11 +160,12 @@ fn trim(cli: &Cli, name: &str, below: u32) -> Result<(), Failure> {
 fn with_hsm(
     cli: &Cli,
     what: &str,
+    want: Want<'_>,
     f: impl FnOnce(&Store, &Backend, &Audit) -> Result<(Asset, bool), Failure>,
 ) -> Result<(), Failure> {
     let config = load_config(cli)?;
     let store = open_store(&config)?;
-    with_key(cli, &store, &config, |store, backend, ak| {
+    with_key(cli, &store, &config, want, |store, backend, ak, _| {
         store.check_root(ak)?;
         refuse_rolled_back(store, backend, ak)?;
         let done = f(store, backend, &Audit { ak, session: None });

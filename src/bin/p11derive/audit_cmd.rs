@@ -13,9 +13,11 @@ use p11derive::store::StoreError;
 
 use crate::args::Cli;
 use crate::common::{failed, load_config, open_store, open_store_read_only, with_key, Failure};
+use crate::users::{gate, Want};
+use p11derive::access::Action;
 
 fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
-    serde_json::json!({
+    let mut v = serde_json::json!({
         "seq": r.seq,
         "time": rfc3339(r.time_ns),
         "time_ns": r.time_ns,
@@ -31,7 +33,11 @@ fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
         "rv_name": p11derive::error::rv_name(r.rv),
         "detail": r.detail,
         "mac": mac.map(hex),
-    })
+    });
+    if let Some(actor) = &r.actor {
+        v["actor"] = actor.as_str().into();
+    }
+    v
 }
 
 /// A record of the main chain or of a writer's lane, as listed.
@@ -149,6 +155,7 @@ fn rfc3339(time_ns: u64) -> String {
 pub fn export(cli: &Cli, since: Option<u64>, asset: Option<&str>) -> Result<(), Failure> {
     let config = load_config(cli)?;
     let store = open_store_read_only(&config)?;
+    gate(cli, &store, &config, Want::to(Action::ReadAudit))?;
     for l in selected(&store, since, asset)? {
         // A closed pipe (`| head`) ends the export quietly.
         outln!("{}", l.json());
@@ -159,6 +166,7 @@ pub fn export(cli: &Cli, since: Option<u64>, asset: Option<&str>) -> Result<(), 
 pub fn tail(cli: &Cli, n: usize, asset: Option<&str>) -> Result<(), Failure> {
     let config = load_config(cli)?;
     let store = open_store_read_only(&config)?;
+    gate(cli, &store, &config, Want::to(Action::ReadAudit))?;
     let rows = selected(&store, None, asset)?;
     let newest = rows.iter().skip(rows.len().saturating_sub(n));
     if cli.json {
@@ -170,7 +178,7 @@ pub fn tail(cli: &Cli, n: usize, asset: Option<&str>) -> Result<(), Failure> {
     for l in newest {
         let r = l.record();
         let line = format!(
-            "{:>8}  {}Z  pid {:<7} {:<12} {:<24} {:<30} {}{}",
+            "{:>8}  {}Z  pid {:<7} {:<12} {:<24} {:<30} {}{}{}",
             l.place(),
             p11derive::log::utc_secs(r.time_ns / 1_000_000_000),
             r.pid,
@@ -183,6 +191,10 @@ pub fn tail(cli: &Cli, n: usize, asset: Option<&str>) -> Result<(), Failure> {
             p11derive::error::rv_name(r.rv),
             r.mechanism
                 .map(|m| format!("{} ", p11derive::error::mech_name(m)))
+                .unwrap_or_default(),
+            r.actor
+                .as_deref()
+                .map(|a| format!("by {a} "))
                 .unwrap_or_default(),
             r.detail
         );
@@ -287,8 +299,12 @@ pub fn reanchor(cli: &Cli, yes: bool) -> Result<(), Failure> {
     }
     let config = load_config(cli)?;
     let store = open_store(&config)?;
-    with_key(cli, &store, &config, |store, backend, ak| {
+    // Users mode: an admin's act (the store checked against its own chain
+    // for the login; the anchor is judged below).
+    let want = Want::to(Action::ManagePolicy).unanchored();
+    with_key(cli, &store, &config, want, |store, backend, ak, caller| {
         store.check_root(ak)?;
+        let actor = caller.map(|c| c.name.as_str());
         let before = backend.read_anchor().map_err(failed)?;
         let refuse = |m: String| Failure::Failed(format!("audit reanchor: REFUSED: {m}"));
         if let Some(a) = &before {
@@ -338,7 +354,10 @@ pub fn reanchor(cli: &Cli, yes: bool) -> Result<(), Failure> {
             ),
             None => "anchored by an operator; there was no anchor".into(),
         };
-        store.record(Some(ak), Record::new(Event::Anchor, 0).detail(detail))?;
+        store.record(
+            Some(ak),
+            Record::new(Event::Anchor, 0).actor(actor).detail(detail),
+        )?;
         let repaired = before.as_ref().map(|a| Anchor { epoch, ..a.clone() });
         store.authenticate(ak, repaired.as_ref())?;
         let (seq, mac) = store
@@ -371,7 +390,8 @@ pub fn reanchor(cli: &Cli, yes: bool) -> Result<(), Failure> {
 pub fn verify(cli: &Cli) -> Result<(), Failure> {
     let config = load_config(cli)?;
     let store = open_store_read_only(&config)?;
-    with_key(cli, &store, &config, |store, backend, ak| {
+    let want = Want::to(Action::ReadAudit).unanchored();
+    with_key(cli, &store, &config, want, |store, backend, ak, _| {
         let anchor = backend.read_anchor().map_err(failed)?;
         let v = check(store, ak, anchor)?;
         if cli.json {
@@ -581,6 +601,7 @@ pub fn check(
         all.push(m);
     }
     all.extend(store.seal_faults(ak, &expected)?);
+    all.extend(store.subject_faults(ak)?);
     all.extend(replay_uses(&rows, &lanes));
     match all.len() {
         0 => {}

@@ -11,7 +11,10 @@ use p11derive::lifecycle::LifecycleError;
 use p11derive::secure::SecretBytes;
 use p11derive::store::{Asset, Store, StoreError, VersionRecord};
 
+use p11derive::accounts::Caller;
+
 use crate::args::Cli;
+use crate::users::Want;
 
 /// Why a command failed, and so its exit code.
 pub enum Failure {
@@ -179,9 +182,32 @@ pub fn can_ask() -> bool {
 /// `$P11DERIVE_PIN`, else asked on the terminal without echo.
 pub fn read_pin(cli: &Cli, config: &Config) -> Result<SecretBytes, Failure> {
     let token = &config.backend.token_label;
+    read_secret(
+        cli,
+        &format!("User PIN of backing token {token:?}: "),
+        &format!("no PIN for backing token {token:?}"),
+    )
+}
+
+/// The PIN the CLI logs in to the backing HSM with: the service credential
+/// in users mode (never asked for), else the user PIN ([`read_pin`]).
+pub fn hsm_pin(cli: &Cli, config: &Config) -> Result<SecretBytes, Failure> {
+    if config.users.enabled {
+        return config
+            .users
+            .service_credential(&config.source)
+            .map_err(Failure::Failed);
+    }
+    read_pin(cli, config)
+}
+
+/// A secret from `--pin-file FILE` (`-`: standard input, its first line),
+/// else `$P11DERIVE_PIN`, else asked with `prompt` on the terminal without
+/// echo; `missing` says whose secret could not be had.
+pub fn read_secret(cli: &Cli, prompt: &str, missing: &str) -> Result<SecretBytes, Failure> {
     match cli.pin_file.as_deref() {
         // Standard input is the terminal: never show what is typed.
-        Some("-") if can_ask() => return ask(token),
+        Some("-") if can_ask() => return ask(prompt),
         Some("-") => {
             // Unbuffered: no copy of the PIN in the standard input's buffer.
             let fd = std::os::fd::AsFd::as_fd(&std::io::stdin())
@@ -191,24 +217,7 @@ pub fn read_pin(cli: &Cli, config: &Config) -> Result<SecretBytes, Failure> {
                 .map_err(|e| failed(format!("the PIN on standard input (--pin-file -) is {e}")))?;
             return nonempty(pin, "standard input (--pin-file -)");
         }
-        Some(file) => {
-            warn_if_shared(Path::new(file));
-            let mut pin = read_secret_file(Path::new(file), MAX_PIN)
-                .map_err(|e| failed(format!("cannot read PIN file {file}: {e}")))?
-                .ok_or_else(|| {
-                    failed(format!(
-                        "PIN file {file} is longer than {MAX_PIN} bytes: it must hold the PIN only"
-                    ))
-                })?;
-            let len = pin.len()
-                - pin
-                    .iter()
-                    .rev()
-                    .take_while(|&&b| b == b'\n' || b == b'\r')
-                    .count();
-            pin.truncate(len);
-            return nonempty(pin, &format!("PIN file {file}"));
-        }
+        Some(file) => return read_pin_file(Path::new(file), "PIN file", "--pin-file"),
         None => {}
     }
     match p11derive::secure::from_env("P11DERIVE_PIN") {
@@ -218,20 +227,40 @@ pub fn read_pin(cli: &Cli, config: &Config) -> Result<SecretBytes, Failure> {
     }
     if !can_ask() {
         return Err(failed(format!(
-            "no PIN for backing token {token:?}: pass --pin-file FILE (or `--pin-file -` to read \
-             it from standard input), set P11DERIVE_PIN, or run on a terminal to be asked"
+            "{missing}: pass --pin-file FILE (or `--pin-file -` to read it from standard input), \
+             set P11DERIVE_PIN, or run on a terminal to be asked"
         )));
     }
-    ask(token)
+    ask(prompt)
 }
 
-/// The PIN typed at the terminal, without echo.
-fn ask(token: &str) -> Result<SecretBytes, Failure> {
-    let pin = p11derive::secure::prompt_secret(
-        &format!("User PIN of backing token {token:?}: "),
-        MAX_PIN,
-    )
-    .map_err(|e| failed(format!("cannot ask for the PIN: {e}")))?;
+/// A secret held in a file (its trailing newline dropped), read straight
+/// into locked memory; `what` and `option` name it in messages.
+pub fn read_pin_file(path: &Path, what: &str, option: &str) -> Result<SecretBytes, Failure> {
+    let shown = path.display();
+    warn_if_shared(path);
+    let mut pin = read_secret_file(path, MAX_PIN)
+        .map_err(|e| failed(format!("cannot read {what} {shown} ({option}): {e}")))?
+        .ok_or_else(|| {
+            failed(format!(
+                "{what} {shown} ({option}) is longer than {MAX_PIN} bytes: it must hold the \
+                 secret only"
+            ))
+        })?;
+    let len = pin.len()
+        - pin
+            .iter()
+            .rev()
+            .take_while(|&&b| b == b'\n' || b == b'\r')
+            .count();
+    pin.truncate(len);
+    nonempty(pin, &format!("{what} {shown}"))
+}
+
+/// A secret typed at the terminal, without echo.
+pub fn ask(prompt: &str) -> Result<SecretBytes, Failure> {
+    let pin = p11derive::secure::prompt_secret(prompt, MAX_PIN)
+        .map_err(|e| failed(format!("cannot ask for the secret: {e}")))?;
     nonempty(pin, "the prompt")
 }
 
@@ -266,6 +295,10 @@ pub fn open_store(config: &Config) -> Result<Store, Failure> {
 /// Opens the store for a command that only reads it (an auditor may only
 /// read the file).
 pub fn open_store_read_only(config: &Config) -> Result<Store, Failure> {
+    if config.users.enabled {
+        // A login writes its failures (and a refusal its record) at once.
+        return open_store(config);
+    }
     Ok(read_only(config)?)
 }
 
@@ -292,20 +325,35 @@ pub fn refuse_rolled_back(store: &Store, backend: &Backend, ak: &Secret32) -> Re
     Ok(())
 }
 
-/// Logs in to the backing HSM (user PIN) and runs `f` with the store, the
-/// HSM and the audit key, derived through it into the locked arena.
+/// Logs in to the backing HSM and runs `f` with the store, the HSM and the
+/// audit key, derived through it into the locked arena. In pass-through
+/// mode the login is the user PIN's and `f` gets no caller; in users mode
+/// it is the service credential's, then the store is verified, the person
+/// logs in as a user (`--user`) and must be allowed `want`, and `f` gets
+/// that user.
 pub fn with_key<T>(
     cli: &Cli,
     store: &Store,
     config: &Config,
-    f: impl FnOnce(&Store, &Backend, &Secret32) -> Result<T, Failure>,
+    want: Want<'_>,
+    f: impl FnOnce(&Store, &Backend, &Secret32, Option<&Caller>) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
     lock_memory(config)?;
+    if config.users.enabled {
+        return crate::users::with_user(cli, store, config, want, f);
+    }
+    if cli.user.is_some() {
+        eprintln!(
+            "p11derive: note: --user is ignored: users mode is off in {} (the backing token's \
+             user PIN allows everything)",
+            config.source.display()
+        );
+    }
     let pin = read_pin(cli, config)?;
     let backend = open_backend(config)?;
     let result = login(&backend, &pin).and_then(|()| {
         let ak = p11derive::derive::audit_key(&backend).map_err(failed)?;
-        f(store, &backend, &ak)
+        f(store, &backend, &ak, None)
     });
     let _ = backend.logout();
     backend.finalize();
@@ -359,7 +407,7 @@ pub fn key_data_fault(asset: &str, version: u32) -> String {
     )
 }
 
-/// The store for a command that only reads: with a PIN given
+/// The store for a command that only reads: in users mode, or with a PIN given
 /// (`--pin-file`, `$P11DERIVE_PIN`) its rows are verified under the state
 /// key as they are read (the HSM's anchor and the store's state changes
 /// checked first) and each version's key data under the audit key; without
@@ -367,18 +415,24 @@ pub fn key_data_fault(asset: &str, version: u32) -> String {
 pub fn readable_store(cli: &Cli) -> Result<Readable, Failure> {
     let config = load_config(cli)?;
     let store = open_store_read_only(&config)?;
-    if !pin_given(cli) {
+    if !pin_given(cli) && !config.users.enabled {
         eprintln!(
             "p11derive: note: shown as stored, not verified under the HSM-derived keys; give the \
              PIN (--pin-file FILE, --pin-file -, or $P11DERIVE_PIN) to verify it"
         );
         return Ok(Readable { store, ak: None });
     }
-    let ak = with_key(cli, &store, &config, |store, backend, ak| {
-        store.check_root(ak)?;
-        refuse_rolled_back(store, backend, ak)?;
-        Secret32::copy_of(ak).map_err(Failure::Failed)
-    })?;
+    let ak = with_key(
+        cli,
+        &store,
+        &config,
+        Want::read_public(),
+        |store, backend, ak, _| {
+            store.check_root(ak)?;
+            refuse_rolled_back(store, backend, ak)?;
+            Secret32::copy_of(ak).map_err(Failure::Failed)
+        },
+    )?;
     Ok(Readable {
         store,
         ak: Some(ak),

@@ -10,7 +10,14 @@ use p11derive::lifecycle;
 use p11derive::store::{hex, Store, StoreError};
 
 use crate::args::Cli;
-use crate::common::{load_config, lock_memory, print_json, read_pin, read_secret_file, Failure};
+use p11derive::access::{Pattern, Role};
+use p11derive::accounts;
+use p11derive::secure::SecretBytes;
+
+use crate::common::{
+    can_ask, hsm_pin, load_config, lock_memory, pin_given, print_json, read_secret,
+    read_secret_file, Failure,
+};
 
 /// Reads a root to import: 64 hex digits (whitespace ignored) or 32 raw bytes,
 /// into locked memory.
@@ -41,14 +48,54 @@ fn read_root(path: &Path) -> Result<Secret32, Failure> {
     Ok(root)
 }
 
-pub fn init(cli: &Cli, import_root: Option<&Path>) -> Result<(), Failure> {
+/// Users mode: the first admin's name and secret (typed twice on a
+/// terminal), checked before anything is created.
+fn first_admin_secret(
+    cli: &Cli,
+    config: &Config,
+    admin: Option<&str>,
+) -> Result<Option<(String, SecretBytes)>, Failure> {
+    if !config.users.enabled {
+        return match admin {
+            Some(_) => Err(Failure::Usage(format!(
+                "--admin creates the first user of users mode, which is off in {}: set [users] \
+                 enabled = true (README, \"Users mode\"), or leave --admin out",
+                config.source.display()
+            ))),
+            None => Ok(None),
+        };
+    }
+    let name = admin.ok_or_else(|| {
+        Failure::Usage(format!(
+            "users mode is on in {}: name the first admin with --admin NAME (its secret comes \
+             from --pin-file, $P11DERIVE_PIN or the prompt)",
+            config.source.display()
+        ))
+    })?;
+    accounts::check_name(name).map_err(Failure::Usage)?;
+    let secret = if pin_given(cli) || !can_ask() {
+        read_secret(
+            cli,
+            &format!("Secret of the first admin {name:?}: "),
+            &format!("no secret for the first admin {name:?}"),
+        )?
+    } else {
+        crate::user_cmd::ask_twice(&format!("Secret of the first admin {name:?}: "))?
+    };
+    crate::user_cmd::check_length(&config.users, &secret)?;
+    Ok(Some((name.to_string(), secret)))
+}
+
+pub fn init(cli: &Cli, import_root: Option<&Path>, admin: Option<&str>) -> Result<(), Failure> {
     let config = load_config(cli)?;
     lock_memory(&config)?;
     let import = import_root.map(read_root).transpose()?;
-    let pin = read_pin(cli, &config)?;
+    let admin = first_admin_secret(cli, &config, admin)?;
+    let admin = admin.as_ref().map(|(n, s)| (n.as_str(), &s[..]));
+    let pin = hsm_pin(cli, &config)?;
     let backend = crate::common::open_backend(&config)?;
     let mut done = Done::default();
-    let result = init_with(&config, &backend, import.as_deref(), &pin, &mut done);
+    let result = init_with(&config, &backend, import.as_deref(), &pin, admin, &mut done);
     backend.finalize();
     result?;
     if cli.json {
@@ -59,6 +106,7 @@ pub fn init(cli: &Cli, import_root: Option<&Path>) -> Result<(), Failure> {
             "store": done.store,
             "store_created": done.created,
             "root_fingerprint": done.fingerprint,
+            "admin": done.admin,
         }));
     }
     for line in &done.lines {
@@ -75,6 +123,8 @@ struct Done {
     store: String,
     created: bool,
     fingerprint: Option<String>,
+    /// Users mode: the first admin created.
+    admin: Option<String>,
     lines: Vec<String>,
 }
 
@@ -83,6 +133,7 @@ fn init_with(
     backend: &Backend,
     import: Option<&[u8; 32]>,
     pin: &[u8],
+    admin: Option<(&str, &[u8])>,
     done: &mut Done,
 ) -> Result<(), Failure> {
     let fail = |e: p11derive::Error| Failure::Failed(e.to_string());
@@ -124,7 +175,7 @@ fn init_with(
     let result = backend
         .login(p11derive::ck::CKU_USER, pin)
         .map_err(fail)
-        .and_then(|()| init_store(config, backend, done));
+        .and_then(|()| init_store(config, backend, admin, done));
     let _ = backend.logout();
     result
 }
@@ -132,7 +183,12 @@ fn init_with(
 /// The store of `init`: kept when it exists and is this root's; created
 /// (with its first record, which names its lineage, and the HSM's anchor)
 /// only when the root has no store yet.
-fn init_store(config: &Config, backend: &Backend, done: &mut Done) -> Result<(), Failure> {
+fn init_store(
+    config: &Config,
+    backend: &Backend,
+    admin: Option<(&str, &[u8])>,
+    done: &mut Done,
+) -> Result<(), Failure> {
     let fail = |e: p11derive::Error| Failure::Failed(e.to_string());
     let ak = derive::audit_key(backend).map_err(fail)?;
     let anchor = backend.read_anchor().map_err(fail)?;
@@ -173,7 +229,47 @@ fn init_store(config: &Config, backend: &Backend, done: &mut Done) -> Result<(),
     done.store = store.path().display().to_string();
     done.fingerprint = Some(fp);
     store.authenticate(&ak, anchor.as_ref())?;
+    if let Some((name, secret)) = admin {
+        add_first_admin(backend, &store, &ak, name, secret, done)?;
+    }
     lifecycle::advance_anchor(&store, backend, false).map_err(fail)
+}
+
+/// Users mode: the first admin (roles admin, patterns `*`), unless the
+/// store has users already.
+fn add_first_admin(
+    backend: &Backend,
+    store: &Store,
+    ak: &Secret32,
+    name: &str,
+    secret: &[u8],
+    done: &mut Done,
+) -> Result<(), Failure> {
+    if store.has_users()? {
+        return Err(Failure::Refused(format!(
+            "store {} has users already; an admin adds more with `p11derive --user ADMIN user \
+             add NAME --roles ...`",
+            store.path().display()
+        )));
+    }
+    let random = |out: &mut [u8]| backend.random(out);
+    let row = accounts::new_row(
+        backend,
+        &random,
+        name,
+        &[Role::Admin],
+        &[Pattern::any()],
+        secret,
+    )
+    .map_err(|e| Failure::Failed(e.to_string()))?;
+    let rec = Record::new(Event::User, 0).actor(Some("init"));
+    store.put_user(ak, &row, "user add (init)", rec)?;
+    done.lines.push(format!(
+        "user {name:?} added as the first admin (roles admin, patterns *); log in with --user \
+         {name}"
+    ));
+    done.admin = Some(name.to_string());
+    Ok(())
 }
 
 /// Why `init` refuses a new store for a root that already has one.

@@ -10,10 +10,14 @@
 #[macro_use]
 mod common;
 mod args;
+mod args_users;
 mod asset_cmd;
 mod audit_cmd;
 mod init_cmd;
+mod policy_cmd;
 mod status_cmd;
+mod user_cmd;
+mod users;
 mod verify_cmd;
 
 use std::process::ExitCode;
@@ -21,6 +25,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 use args::{AssetCommand, AuditCommand, Cli, Command, StoreCommand};
+use args_users::{PolicyCommand, UserCommand};
 use common::Failure;
 
 fn main() -> ExitCode {
@@ -73,6 +78,21 @@ fn command_path(c: &Command) -> &'static str {
             AuditCommand::Reanchor { .. } => "audit reanchor",
         },
         Command::Store(StoreCommand::Migrate { .. }) => "store migrate",
+        Command::User(u) => match u {
+            UserCommand::Add { .. } => "user add",
+            UserCommand::List => "user list",
+            UserCommand::Show { .. } => "user show",
+            UserCommand::Remove { .. } => "user remove",
+            UserCommand::Lock { .. } => "user lock",
+            UserCommand::Unlock { .. } => "user unlock",
+            UserCommand::ResetSecret { .. } => "user reset-secret",
+            UserCommand::Roles { .. } => "user roles",
+        },
+        Command::Policy(p) => match p {
+            PolicyCommand::Set { .. } => "policy set",
+            PolicyCommand::Show { .. } => "policy show",
+            PolicyCommand::Remove { .. } => "policy remove",
+        },
         Command::Completions { .. } => "completions",
         Command::Man { .. } => "man",
     }
@@ -80,7 +100,9 @@ fn command_path(c: &Command) -> &'static str {
 
 fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Init { import_root } => init_cmd::init(cli, import_root.as_deref()),
+        Command::Init { import_root, admin } => {
+            init_cmd::init(cli, import_root.as_deref(), admin.as_deref())
+        }
         Command::Status => status_cmd::status(cli),
         Command::Asset(a) => asset_cmd::run(cli, a),
         Command::Verify(v) => verify_cmd::verify(cli, v),
@@ -95,6 +117,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Store(StoreCommand::Migrate { from, to }) => {
             init_cmd::store_migrate(cli, from, to.as_deref())
         }
+        Command::User(u) => user_cmd::run(cli, u),
+        Command::Policy(p) => policy_cmd::run(cli, p),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "p11derive", &mut out);

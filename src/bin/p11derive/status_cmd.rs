@@ -8,8 +8,8 @@ use serde_json::{json, Value};
 
 use crate::args::Cli;
 use crate::common::{
-    can_ask, failed, key_data_fault, lock_memory, login, open_backend, pin_given, print_json,
-    read_only, read_pin, Failure,
+    can_ask, failed, hsm_pin, key_data_fault, lock_memory, login, open_backend, pin_given,
+    print_json, read_only, Failure,
 };
 
 /// What was found: sections in order (name → facts), and the problems.
@@ -32,6 +32,14 @@ impl Report {
 }
 
 pub fn status(cli: &Cli) -> Result<(), Failure> {
+    // Users mode: only a user allowed to read the audit log sees it all.
+    if let Ok(config) = Config::load(&config::locate(cli.config.as_deref())) {
+        if config.users.enabled {
+            let store = crate::common::open_store(&config)?;
+            let want = crate::users::Want::to(p11derive::access::Action::ReadAudit);
+            crate::users::gate(cli, &store, &config, want)?;
+        }
+    }
     let mut r = Report::default();
     examine(cli, &mut r);
     if cli.json {
@@ -255,7 +263,7 @@ fn examine_token(cli: &Cli, config: &Config, store: Option<&Store>, r: &mut Repo
         format!("{token:?} (serial {serial}) via {module}"),
         json!({"module": module, "label": token, "found": true, "serial": serial}),
     );
-    if !(pin_given(cli) || can_ask()) {
+    if !(config.users.enabled || pin_given(cli) || can_ask()) {
         r.fact(
             "root",
             "not checked (no PIN: give --pin-file FILE, --pin-file -, or $P11DERIVE_PIN)".into(),
@@ -264,7 +272,7 @@ fn examine_token(cli: &Cli, config: &Config, store: Option<&Store>, r: &mut Repo
         backend.finalize();
         return;
     }
-    let checked = read_pin(cli, config).and_then(|pin| login(&backend, &pin));
+    let checked = hsm_pin(cli, config).and_then(|pin| login(&backend, &pin));
     if let Err(f) = checked {
         r.fact(
             "root",
