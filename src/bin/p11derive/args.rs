@@ -33,9 +33,9 @@ else a prompt on the terminal (no echo). The other read-only commands use the PI
 is given by file or environment, to verify what they show under the HSM-derived keys.
 
 In users mode ([users] enabled = true) the CLI logs in to the backing token with the config's
-service credential and every command but `init` acts as a user: --user NAME (or
-$P11DERIVE_USER), whose secret comes from --pin-file, $P11DERIVE_PIN or the prompt. The user's
-roles decide what it may do (`p11derive user --help`).";
+service credential, and every command on the store except `init` and `store migrate` acts as a
+user: --user NAME (or $P11DERIVE_USER), whose secret comes from --pin-file, $P11DERIVE_PIN or
+the prompt. The user's roles decide what it may do (`p11derive user --help`).";
 
 #[derive(Parser)]
 #[command(
