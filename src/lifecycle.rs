@@ -64,11 +64,13 @@ impl LifecycleError {
 pub struct Audit<'a> {
     pub ak: &'a Secret32,
     pub session: Option<u64>,
+    /// The user whose change it is (users mode).
+    pub actor: Option<&'a str>,
 }
 
 impl Audit<'_> {
     fn base(&self) -> Record {
-        let r = Record::new(Event::Transition, CKR_OK);
+        let r = Record::new(Event::Transition, CKR_OK).actor(self.actor);
         match self.session {
             Some(h) => r.session(h),
             None => r,

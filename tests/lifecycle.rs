@@ -18,7 +18,11 @@ use p11derive::store::{AssetState, Store, StoreError, Transition};
 use common::*;
 
 fn audit(ak: &Secret32) -> lifecycle::Audit<'_> {
-    lifecycle::Audit { ak, session: None }
+    lifecycle::Audit {
+        ak,
+        session: None,
+        actor: None,
+    }
 }
 
 fn base() -> Record {

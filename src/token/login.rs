@@ -383,9 +383,11 @@ impl Provider {
         let ak = self.audit_key().ok_or_else(|| {
             Error::with(CKR_USER_NOT_LOGGED_IN, "no audit key: log in as user first")
         })?;
+        let actor = self.actor();
         f(&lifecycle::Audit {
             ak: &ak,
             session: Some(session),
+            actor: actor.as_deref(),
         })
     }
 

@@ -165,10 +165,15 @@ fn with_hsm(
 ) -> Result<(), Failure> {
     let config = load_config(cli)?;
     let store = open_store(&config)?;
-    with_key(cli, &store, &config, want, |store, backend, ak, _| {
+    with_key(cli, &store, &config, want, |store, backend, ak, caller| {
         store.check_root(ak)?;
         refuse_rolled_back(store, backend, ak)?;
-        let done = f(store, backend, &Audit { ak, session: None });
+        let audit = Audit {
+            ak,
+            session: None,
+            actor: caller.map(|c| c.name.as_str()),
+        };
+        let done = f(store, backend, &audit);
         if let Err(e) = lifecycle::advance_anchor(store, backend, false) {
             eprintln!("p11derive: warning: rollback anchor not advanced: {e}");
         }
