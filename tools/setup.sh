@@ -3,7 +3,7 @@
 # Run as root (or with sudo available). Safe to run again.
 set -euo pipefail
 
-pkgs=(softhsm2 opensc openssl libclang-dev libengine-pkcs11-openssl python3-pykcs11 p11-kit gnutls-bin openjdk-17-jdk-headless sqlite3 postgresql pgbouncer libssl-dev pkg-config ca-certificates binutils gcc g++ python3)  # python3-pykcs11: the README's AES example (tests/readme.rs); g++: libFuzzer, for tools/fuzz.sh; libssl-dev, pkg-config: TLS to PostgreSQL (openssl crate); pgbouncer: tests/pg_conn.rs
+pkgs=(softhsm2 opensc openssl libclang-dev libengine-pkcs11-openssl python3-pykcs11 p11-kit gnutls-bin openjdk-17-jdk-headless sqlite3 postgresql pgbouncer libssl-dev pkg-config ca-certificates binutils gcc g++ python3 meson ninja-build)  # meson, ninja-build: OpenSSL's pkcs11-provider, for conformance/run.sh; python3-pykcs11: the README's AES example (tests/readme.rs); g++: libFuzzer, for tools/fuzz.sh; libssl-dev, pkg-config: TLS to PostgreSQL (openssl crate); pgbouncer: tests/pg_conn.rs
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -29,5 +29,36 @@ if command -v rustup >/dev/null 2>&1; then
     for c in rustfmt clippy; do
         rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c" >/dev/null 2>&1 || true
     done
+fi
+# OpenSSL 3's pkcs11-provider for conformance/run.sh, built from the release
+# tarball in the shared third-party folder ($P11DERIVE_THIRDPARTY, else
+# ../shared/thirdparty next to the repository, else /work/shared/thirdparty)
+# into /opt/pkcs11-provider, outside the repository; skipped once built.
+P11PROV_DIR=${P11PROV_DIR:-/opt/pkcs11-provider}
+P11PROV_VERSION=1.2.0
+if [ ! -f "$P11PROV_DIR/$P11PROV_VERSION/pkcs11.so" ]; then
+    repo=$(cd "$(dirname "$0")/.." && pwd)
+    tarball=""
+    for d in ${P11DERIVE_THIRDPARTY:+"$P11DERIVE_THIRDPARTY"} "$repo/../shared/thirdparty" /work/shared/thirdparty; do
+        if [ -f "$d/pkcs11-provider-$P11PROV_VERSION.tar.gz" ]; then tarball="$d/pkcs11-provider-$P11PROV_VERSION.tar.gz"; break; fi
+    done
+    if [ -z "$tarball" ]; then
+        echo "setup: pkcs11-provider-$P11PROV_VERSION.tar.gz not found (set P11DERIVE_THIRDPARTY to its folder); the conformance run skips OpenSSL's pkcs11-provider"
+    else
+        echo "setup: building pkcs11-provider $P11PROV_VERSION from $tarball into $P11PROV_DIR"
+        build=$(mktemp -d "${TMPDIR:-/tmp}/pkcs11-provider.XXXXXX")
+        tar xzf "$tarball" -C "$build"
+        src="$build/pkcs11-provider-$P11PROV_VERSION"
+        if (cd "$src" && meson setup "$build/out" >"$build/log" 2>&1 && meson compile -C "$build/out" >>"$build/log" 2>&1); then
+            sudo=""
+            [ "$(id -u)" -eq 0 ] || sudo="sudo"
+            $sudo install -D -m 0755 "$build/out/src/pkcs11.so" "$P11PROV_DIR/$P11PROV_VERSION/pkcs11.so"
+            rm -rf "$build"
+        else
+            tail -n 20 "$build/log"
+            echo "setup: building pkcs11-provider failed; the log is $build/log"
+            exit 1
+        fi
+    fi
 fi
 echo "setup: ready ($(cargo --version), $(softhsm2-util --version 2>/dev/null | head -1 | sed 's/^/softhsm /'))"
