@@ -1,22 +1,26 @@
 #!/usr/bin/env bash
 # Conformance: programs no one here wrote (OpenSC pkcs11-tool, OpenSSL with
-# libp11, p11-kit, GnuTLS p11tool, Java SunPKCS11) against the built provider,
-# with SoftHSM as the backing HSM. One PASS/FAIL/SKIP line per check, then the
+# libp11 and with pkcs11-provider, p11-kit, GnuTLS p11tool, Java SunPKCS11)
+# against the built provider, with SoftHSM as the backing HSM; last, a second
+# token in users mode, where the PIN is "name:secret". The build goes to
+# $CARGO_TARGET_DIR when set. One PASS/FAIL/SKIP line per check, then the
 # tally; writes conformance/REPORT.md (client x operation x key type) from the
 # results of this run; exits non-zero when any check fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --quiet || { echo "FAIL build"; echo "0 passed, 1 failed"; exit 1; }
-export P11DERIVE_BIN="$PWD/target/release/p11derive"
-MODULE="$PWD/target/release/libp11derive.so"
+# cargo puts the build in $CARGO_TARGET_DIR when set, else ./target.
+TARGET=${CARGO_TARGET_DIR:-$PWD/target}
+export P11DERIVE_BIN="$TARGET/release/p11derive"
+MODULE="$TARGET/release/libp11derive.so"
 REPORT="$PWD/conformance/REPORT.md"
 # shellcheck source=tools/softhsm-env.sh
 source tools/softhsm-env.sh >/dev/null
 P11KIT_MODULE=/etc/pkcs11/modules/p11derive-conformance-$$.module
-cleanup() { rm -rf "$P11DERIVE_WORK"; rm -f "$P11KIT_MODULE"; }
-trap cleanup EXIT
 W=$P11DERIVE_WORK
+cleanup() { rm -rf "$W" "${UW:-}"; rm -f "$P11KIT_MODULE"; }
+trap cleanup EXIT
 PIN=$P11DERIVE_PIN
 ROWS="$W/rows.tsv"
 : > "$ROWS"
@@ -222,34 +226,123 @@ distinguished_name = dn
 CONF
 eng() { OPENSSL_CONF="$W/openssl.cnf" openssl "$@" </dev/null; }
 E="openssl+libp11"
-for curve in secp256k1 prime256v1; do
-    K=$(kt_name $curve)
-    label="conf-$curve"
-    for obj in "$label" "$label@v1"; do
-        what=alias; [ "$obj" = "$label" ] || what="version object"
-        uri="pkcs11:token=p11derive;object=$obj;type=private;pin-value=$PIN"
-        pre="$W/eng.$curve.$what"; pre=${pre// /-}
-        if [ ! -f "$ENGINE" ]; then skip "$E" "engine" "$K" "libengine-pkcs11-openssl missing"; continue; fi
-        check "$E" "req -x509: a self-signed certificate ($what)" "$K" \
-            eng req -new -x509 -engine pkcs11 -keyform engine -key "$uri" -subj "/CN=$obj" -days 30 -out "$pre.crt"
-        check openssl "verify accepts the engine's self-signed certificate ($what)" "$K" \
-            has ": OK" openssl verify -CAfile "$pre.crt" "$pre.crt"
-        openssl x509 -in "$pre.crt" -pubkey -noout > "$pre.certpub.pem" 2>/dev/null
-        check openssl "the certificate's key is the token's public key ($what)" "$K" \
-            cmp "$pre.certpub.pem" "$W/$curve.pub.pem"
-        check "$E" "dgst -sha256 -sign ($what)" "$K" \
-            eng dgst -sha256 -engine pkcs11 -keyform engine -sign "$uri" -out "$pre.dgst.sig" "$W/msg"
-        check openssl "dgst -verify accepts the engine's signature ($what)" "$K" \
-            openssl dgst -sha256 -verify "$W/$curve.pub.pem" -signature "$pre.dgst.sig" "$W/msg"
-        check "$E" "pkeyutl -sign ($what)" "$K" \
-            eng pkeyutl -sign -engine pkcs11 -keyform engine -inkey "$uri" -in "$W/msg.sha256" -out "$pre.pkeyutl.sig"
-        check openssl "pkeyutl -verify accepts the engine's signature ($what)" "$K" \
-            openssl pkeyutl -verify -pubin -inkey "$W/$curve.pub.pem" -in "$W/msg.sha256" -sigfile "$pre.pkeyutl.sig"
-        check "$E" "public key export ($what)" "$K" \
-            eng pkey -engine pkcs11 -inform engine -in "${uri/type=private/type=public}" -pubout -out "$pre.export.pem"
-        check openssl "the exported public key is the token's ($what)" "$K" cmp "$pre.export.pem" "$W/$curve.pub.pem"
+# cert_checks WHOSE SUFFIX CRT PUB: plain openssl accepts the self-signed
+# certificate CRT, and its public key is PUB (the token's).
+cert_checks() {
+    check openssl "verify accepts $1 self-signed certificate $2" "$K" has ": OK" openssl verify -CAfile "$3" "$3"
+    openssl x509 -in "$3" -pubkey -noout > "${3%.crt}.certpub.pem" 2>/dev/null
+    check openssl "the certificate's key is the token's public key $2" "$K" cmp "${3%.crt}.certpub.pem" "$4"
+}
+# each_object NAME FN: FN CURVE OBJECT WHAT PREFIX for the alias and the
+# version object of each curve's key, with K set; PREFIX names this run's
+# files for them ($W/NAME.CURVE.WHAT).
+each_object() {
+    local curve obj what pre
+    for curve in secp256k1 prime256v1; do
+        K=$(kt_name $curve)
+        for obj in "conf-$curve" "conf-$curve@v1"; do
+            what=alias; [ "$obj" = "conf-$curve" ] || what="version object"
+            pre="$W/$1.$curve.$what"; pre=${pre// /-}
+            "$2" "$curve" "$obj" "$what" "$pre"
+        done
     done
-done
+}
+engine_checks() {
+    local curve=$1 obj=$2 what=$3 pre=$4
+    local uri="pkcs11:token=p11derive;object=$obj;type=private;pin-value=$PIN"
+    if [ ! -f "$ENGINE" ]; then skip "$E" "engine" "$K" "libengine-pkcs11-openssl missing"; return; fi
+    check "$E" "req -x509: a self-signed certificate ($what)" "$K" \
+        eng req -new -x509 -engine pkcs11 -keyform engine -key "$uri" -subj "/CN=$obj" -days 30 -out "$pre.crt"
+    cert_checks "the engine's" "($what)" "$pre.crt" "$W/$curve.pub.pem"
+    check "$E" "dgst -sha256 -sign ($what)" "$K" \
+        eng dgst -sha256 -engine pkcs11 -keyform engine -sign "$uri" -out "$pre.dgst.sig" "$W/msg"
+    check openssl "dgst -verify accepts the engine's signature ($what)" "$K" \
+        openssl dgst -sha256 -verify "$W/$curve.pub.pem" -signature "$pre.dgst.sig" "$W/msg"
+    check "$E" "pkeyutl -sign ($what)" "$K" \
+        eng pkeyutl -sign -engine pkcs11 -keyform engine -inkey "$uri" -in "$W/msg.sha256" -out "$pre.pkeyutl.sig"
+    check openssl "pkeyutl -verify accepts the engine's signature ($what)" "$K" \
+        openssl pkeyutl -verify -pubin -inkey "$W/$curve.pub.pem" -in "$W/msg.sha256" -sigfile "$pre.pkeyutl.sig"
+    check "$E" "public key export ($what)" "$K" \
+        eng pkey -engine pkcs11 -inform engine -in "${uri/type=private/type=public}" -pubout -out "$pre.export.pem"
+    check openssl "the exported public key is the token's ($what)" "$K" cmp "$pre.export.pem" "$W/$curve.pub.pem"
+}
+each_object eng engine_checks
+
+# ---- OpenSSL 3 through pkcs11-provider -------------------------------------------
+# Built by tools/setup.sh from the release tarball; the PIN comes from the
+# config (pkcs11-module-token-pin) or, in users mode below, from the URI.
+P11PROV=${P11PROV_MODULE:-/opt/pkcs11-provider/1.2.0/pkcs11.so}
+# provider_cnf FILE [PIN]: an openssl.cnf loading the default provider and
+# pkcs11-provider over this run's module, with PIN as the token PIN if given.
+provider_cnf() {
+    cat > "$1" <<CONF
+openssl_conf = openssl_init
+[openssl_init]
+providers = provider_sect
+[provider_sect]
+default = default_sect
+pkcs11 = pkcs11_sect
+[default_sect]
+activate = 1
+[pkcs11_sect]
+module = $P11PROV
+pkcs11-module-path = $MODULE
+${2:+pkcs11-module-token-pin = $2}
+activate = 1
+[req]
+distinguished_name = dn
+[dn]
+CONF
+}
+# pubpoint PEM: the public point of an EC public key, whatever its parameters'
+# encoding (pkcs11-provider exports explicit curve parameters).
+pubpoint() { openssl pkey -pubin -in "$1" -text -noout | sed -n '/^pub:/,/^[^ ]/p' | grep '^ '; }
+PV="openssl+pkcs11-provider"
+provider_checks() {
+    local curve=$1 what=$3 pre=$4 uri="pkcs11:token=p11derive;object=$2;type=private"
+    check "$PV" "pkeyutl -sign ($what)" "$K" \
+        prov pkeyutl -sign -inkey "$uri" -in "$W/msg.sha256" -out "$pre.pkeyutl.sig"
+    check openssl "pkeyutl -verify accepts pkcs11-provider's signature ($what)" "$K" \
+        openssl pkeyutl -verify -pubin -inkey "$W/$curve.pub.pem" -in "$W/msg.sha256" -sigfile "$pre.pkeyutl.sig"
+    check "$PV" "dgst -sha256 -sign ($what)" "$K" \
+        prov dgst -sha256 -sign "$uri" -out "$pre.dgst.sig" "$W/msg"
+    check openssl "dgst -verify accepts pkcs11-provider's signature ($what)" "$K" \
+        openssl dgst -sha256 -verify "$W/$curve.pub.pem" -signature "$pre.dgst.sig" "$W/msg"
+}
+provider_cnf "$W/provider.cnf" "$PIN"
+prov() { OPENSSL_CONF="$W/provider.cnf" openssl "$@" </dev/null; }
+if [ ! -f "$P11PROV" ]; then
+    skip "$PV" "provider" - "$P11PROV missing: tools/setup.sh builds it from pkcs11-provider-1.2.0.tar.gz"
+else
+    check "$PV" "storeutl -keys lists every private key object" - \
+        bash -c "OPENSSL_CONF='$W/provider.cnf' openssl storeutl -keys -text 'pkcs11:token=p11derive' </dev/null > '$W/storeutl.out' &&
+            for o in conf-secp256k1 conf-secp256k1@v1 conf-prime256v1 conf-prime256v1@v1; do
+                grep -q \"^URI pkcs11:.*;object=\$o;type=private\$\" '$W/storeutl.out' || { echo \"no \$o\"; cat '$W/storeutl.out'; exit 1; }; done"
+    each_object prov provider_checks
+    for curve in secp256k1 prime256v1; do
+        K=$(kt_name $curve)
+        label="conf-$curve"
+        uri="pkcs11:token=p11derive;object=$label;type=private"
+        pre="$W/prov.$curve"
+        check "$PV" "req -x509: a self-signed certificate" "$K" \
+            prov req -new -x509 -key "$uri" -subj "/CN=$label" -days 30 -out "$pre.crt"
+        cert_checks "pkcs11-provider's" "(alias)" "$pre.crt" "$W/$curve.pub.pem"
+        check "$PV" "pkey -pubout: public key export" "$K" \
+            prov pkey -pubin -in "${uri/type=private/type=public}" -pubout -out "$pre.export.pem"
+        check openssl "the exported public point is the token's" "$K" \
+            bash -c "[ -n \"\$1\" ] && [ \"\$1\" = \"\$2\" ]" _ "$(pubpoint "$pre.export.pem" 2>&1)" "$(pubpoint "$W/$curve.pub.pem" 2>&1)"
+    done
+    provider_cnf "$W/provider-nopin.cnf"
+    check "$PV" "pkeyutl -sign with the PIN as the URI's pin-value" P-256 \
+        env OPENSSL_CONF="$W/provider-nopin.cnf" openssl pkeyutl -sign -in "$W/msg.sha256" -out "$W/prov.pinvalue.sig" \
+        -inkey "pkcs11:token=p11derive;object=conf-prime256v1;type=private;pin-value=$PIN"
+    check openssl "pkeyutl -verify accepts it" P-256 \
+        openssl pkeyutl -verify -pubin -inkey "$W/prime256v1.pub.pem" -in "$W/msg.sha256" -sigfile "$W/prov.pinvalue.sig"
+    # The provider's debug log is where C_Login's return value shows.
+    refuse "$PV" "a wrong PIN is refused (C_Login: CKR_PIN_INCORRECT)" P-256 "Error 160 returned by C_Login" \
+        env PKCS11_PROVIDER_DEBUG=file:/dev/stderr,level:1 OPENSSL_CONF="$W/provider-nopin.cnf" openssl pkeyutl -sign \
+        -inkey "pkcs11:token=p11derive;object=conf-prime256v1;type=private;pin-value=999999" -in "$W/msg.sha256" -out "$W/prov.wrong.sig"
+fi
 
 # ---- Certificates and data objects on the token --------------------------------
 K=P-256
@@ -327,8 +420,123 @@ check $T "--delete-object --type cert" P-256 \
     tool --login --pin "$PIN" --delete-object --type cert --id "$cid"
 check $T "the deleted certificate is gone" P-256 lacks "Certificate Object" tool -O --type cert
 
+# ---- Users mode ----------------------------------------------------------------------
+# A second set-up with users mode on: people log in with "name:secret" as the
+# PIN. An officer creates the assets, the signer signs through each client;
+# a wrong secret and an officer (who may not use keys) are refused.
+UM="(users mode)"
+mkdir -p "$W/users" && chmod 700 "$W/users"
+# Short secrets: libp11 0.4.12 takes a URI's pin-value only up to 32 characters
+# (a longer one makes the whole URI invalid: "private key was not found").
+for u in admin officer1 signer1; do
+    (umask 077 && printf '%s-pw-4711\n' "$u" > "$W/users/$u.secret")
+done
+secret_of() { head -n1 "$W/users/$1.secret"; }
+UW=""
+if P11DERIVE_ADMIN=admin P11DERIVE_ADMIN_SECRET_FILE="$W/users/admin.secret" \
+    source tools/softhsm-env.sh > "$W/users/setup.out" 2>&1; then
+    UW=$P11DERIVE_WORK
+    pass p11derive "init --admin: a users-mode store and its first admin $UM" -
+else
+    fail p11derive "init --admin: a users-mode store and its first admin $UM" - "$W/users/setup.out"
+fi
+# as USER ARGS...: the CLI acting as USER, the secret from its file.
+as() { env -u P11DERIVE_PIN "$P11DERIVE_BIN" --user "$1" --pin-file "$W/users/$1.secret" "${@:2}"; }
+check p11derive "user add: a signer with --secret-file $UM" - \
+    as admin user add signer1 --roles signer --patterns '*' --secret-file "$W/users/signer1.secret"
+check p11derive "user add: an officer $UM" - \
+    as admin user add officer1 --roles officer --patterns '*' --secret-file "$W/users/officer1.secret"
+SIGNER="signer1:$(secret_of signer1)"
+OFFICER="officer1:$(secret_of officer1)"
+WRONG="signer1:not-the-secret"
+provider_cnf "$W/users/provider.cnf"
+for curve in secp256k1 prime256v1; do
+    K=$(kt_name $curve)
+    label="users-$curve"
+    check p11derive "asset create by an officer $UM" "$K" as officer1 asset create "$label" --type "${curve/prime256v1/p256}"
+    uid=$(as signer1 asset show "$label" --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["object_id"])' 2>/dev/null)
+    [ -n "$uid" ] || { fail p11derive "asset show finds $label $UM" "$K"; uid=ff; }
+    check $T "--read-object --type pubkey $UM" "$K" tool --read-object --type pubkey --id "$uid" -o "$W/users/$curve.pub.der"
+    openssl pkey -pubin -inform DER -in "$W/users/$curve.pub.der" -out "$W/users/$curve.pub.pem" 2>/dev/null
+    pre="$W/users/$curve"
+    base="pkcs11:token=p11derive;object=$label;type=private"
+    if [ -f "$ENGINE" ]; then
+        check "$E" "dgst -sha256 -sign, pin-value=signer1:SECRET $UM" "$K" \
+            eng dgst -sha256 -engine pkcs11 -keyform engine -sign "$base;pin-value=$SIGNER" -out "$pre.eng.sig" "$W/msg"
+        check openssl "dgst -verify accepts the engine's signature $UM" "$K" \
+            openssl dgst -sha256 -verify "$pre.pub.pem" -signature "$pre.eng.sig" "$W/msg"
+        check "$E" "dgst -sha256 -sign, pin-value=signer1%3ASECRET $UM" "$K" \
+            eng dgst -sha256 -engine pkcs11 -keyform engine -sign "$base;pin-value=${SIGNER/:/%3A}" -out "$pre.eng2.sig" "$W/msg"
+        check openssl "dgst -verify accepts the engine's signature (%3A) $UM" "$K" \
+            openssl dgst -sha256 -verify "$pre.pub.pem" -signature "$pre.eng2.sig" "$W/msg"
+    else
+        skip "$E" "engine $UM" "$K" "libengine-pkcs11-openssl missing"
+    fi
+    if [ -f "$P11PROV" ]; then
+        check "$PV" "pkeyutl -sign, pin-value=signer1:SECRET $UM" "$K" \
+            env OPENSSL_CONF="$W/users/provider.cnf" openssl pkeyutl -sign -inkey "$base;pin-value=$SIGNER" \
+            -in "$W/msg.sha256" -out "$pre.prov.sig"
+        check openssl "pkeyutl -verify accepts pkcs11-provider's signature $UM" "$K" \
+            openssl pkeyutl -verify -pubin -inkey "$pre.pub.pem" -in "$W/msg.sha256" -sigfile "$pre.prov.sig"
+        check "$PV" "req -x509 signed by signer1 $UM" "$K" \
+            env OPENSSL_CONF="$W/users/provider.cnf" openssl req -new -x509 -key "$base;pin-value=$SIGNER" \
+            -subj "/CN=$label" -days 30 -out "$pre.crt"
+        cert_checks "signer1's" "$UM" "$pre.crt" "$pre.pub.pem"
+    else
+        skip "$PV" "provider $UM" "$K" "$P11PROV missing: tools/setup.sh builds it"
+    fi
+done
+
+# Java needs a certificate with the key's CKA_ID: signer1 signs it (above, or
+# through the engine when pkcs11-provider is missing) and the officer stores it.
+K=P-256
+need_uid() { as signer1 asset show "$1" --json 2>/dev/null | python3 -c 'import json,sys; print(json.load(sys.stdin)["object_id"])' 2>/dev/null; }
+uid=$(need_uid users-prime256v1); uid=${uid:-ff}
+ucert="$W/users/prime256v1.crt"
+[ -s "$ucert" ] || eng req -new -x509 -engine pkcs11 -keyform engine -subj /CN=users-prime256v1 -days 30 \
+    -key "pkcs11:token=p11derive;object=users-prime256v1;type=private;pin-value=$SIGNER" -out "$ucert" >/dev/null 2>&1
+openssl x509 -in "$ucert" -outform DER -out "$W/users/p256.crt.der" 2>/dev/null
+check $T "--write-object --type cert by an officer (--pin officer1:SECRET) $UM" $K \
+    tool --login --pin "$OFFICER" --write-object "$W/users/p256.crt.der" --type cert --id "$uid" --label users-prime256v1
+if command -v java >/dev/null; then
+    printf 'name = p11derive\nlibrary = %s\nslotListIndex = 0\n' "$MODULE" > "$W/users/java.cfg"
+    check "$J" "SHA256withECDSA with the PIN signer1:SECRET, verified by SunEC $UM" $K \
+        has "SunEC verifies: true; changed message verifies: false" \
+        java conformance/java/SignCheck.java "$W/users/java.cfg" "$SIGNER" users-prime256v1
+fi
+
+# Refusals last: each wrong secret is a failed login in a row for signer1.
+base="pkcs11:token=p11derive;object=users-prime256v1;type=private"
+if [ -f "$ENGINE" ]; then
+    refuse "$E" "an officer's name:secret cannot sign $UM" $K "Key function not permitted" \
+        eng dgst -sha256 -engine pkcs11 -keyform engine -sign "$base;pin-value=$OFFICER" -out "$W/users/no.sig" "$W/msg"
+fi
+if [ -f "$P11PROV" ]; then
+    refuse "$PV" "an officer's name:secret cannot sign (C_SignInit: CKR_KEY_FUNCTION_NOT_PERMITTED) $UM" $K \
+        "Error 104 returned by C_SignInit" env PKCS11_PROVIDER_DEBUG=file:/dev/stderr,level:1 \
+        OPENSSL_CONF="$W/users/provider.cnf" openssl pkeyutl -sign -inkey "$base;pin-value=$OFFICER" \
+        -in "$W/msg.sha256" -out "$W/users/no.sig"
+fi
+if command -v java >/dev/null; then
+    refuse "$J" "an officer's name:secret cannot sign $UM" $K "CKR_KEY_FUNCTION_NOT_PERMITTED" \
+        java conformance/java/SignCheck.java "$W/users/java.cfg" "$OFFICER" users-prime256v1
+fi
+if [ -f "$ENGINE" ]; then
+    refuse "$E" "a wrong secret is refused (PIN incorrect) $UM" $K "PIN incorrect" \
+        eng dgst -sha256 -engine pkcs11 -keyform engine -sign "$base;pin-value=$WRONG" -out "$W/users/no.sig" "$W/msg"
+fi
+if [ -f "$P11PROV" ]; then
+    refuse "$PV" "a wrong secret is refused (C_Login: CKR_PIN_INCORRECT) $UM" $K "Error 160 returned by C_Login" \
+        env PKCS11_PROVIDER_DEBUG=file:/dev/stderr,level:1 OPENSSL_CONF="$W/users/provider.cnf" openssl pkeyutl -sign \
+        -inkey "$base;pin-value=$WRONG" -in "$W/msg.sha256" -out "$W/users/no.sig"
+fi
+if command -v java >/dev/null; then
+    refuse "$J" "a wrong secret is refused $UM" $K "CKR_PIN_INCORRECT" \
+        java conformance/java/SignCheck.java "$W/users/java.cfg" "$WRONG" users-prime256v1
+fi
+
 echo
-clients="OpenSC $(dpkg-query -W -f='${Version}' opensc 2>/dev/null), $(openssl version | cut -d' ' -f1-2), libp11 $(dpkg-query -W -f='${Version}' libengine-pkcs11-openssl 2>/dev/null), p11-kit $(dpkg-query -W -f='${Version}' p11-kit 2>/dev/null), GnuTLS $(dpkg-query -W -f='${Version}' gnutls-bin 2>/dev/null), $(java -version 2>&1 | head -1)"
+clients="OpenSC $(dpkg-query -W -f='${Version}' opensc 2>/dev/null), $(openssl version | cut -d' ' -f1-2), libp11 $(dpkg-query -W -f='${Version}' libengine-pkcs11-openssl 2>/dev/null), pkcs11-provider $([ -f "$P11PROV" ] && basename "$(dirname "$P11PROV")" || echo missing), p11-kit $(dpkg-query -W -f='${Version}' p11-kit 2>/dev/null), GnuTLS $(dpkg-query -W -f='${Version}' gnutls-bin 2>/dev/null), $(java -version 2>&1 | head -1)"
 echo "conformance: $clients"
 echo "$passed passed, $failed failed, $skipped skipped"
 python3 - "$ROWS" "$REPORT" "$clients" "$passed" "$failed" "$skipped" <<'PY'
