@@ -259,3 +259,34 @@ fn wrap_and_unwrap_do_not_reach_outside_the_pattern() {
         );
     }
 }
+
+/// Guesses from many threads of one process at once: the process's login
+/// turn lets at most `max_failures` (3) be judged before the name locks.
+#[test]
+fn concurrent_guesses_from_many_threads_get_no_more_than_max_failures() {
+    let _t = turn();
+    let s = cast();
+    let (ctx, slot) = load(&s);
+    let judged = std::sync::atomic::AtomicUsize::new(0);
+    let barrier = std::sync::Barrier::new(8);
+    std::thread::scope(|sc| {
+        for i in 0..8 {
+            let (ctx, judged, barrier) = (&ctx, &judged, &barrier);
+            sc.spawn(move || {
+                let session = ctx.open_rw_session(slot).unwrap();
+                barrier.wait();
+                let pin = format!("bob:thread-{i}-xxxx");
+                if login_rv(&session, UserType::User, &pin) == Err(RvError::PinIncorrect) {
+                    judged.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            });
+        }
+    });
+    let right = attempt(&ctx, slot, "bob:bob-secret-1");
+    ctx.finalize().unwrap();
+    let judged = judged.into_inner();
+    assert!(
+        judged <= 3 && right == Err(RvError::PinLocked),
+        "{judged} of 8 concurrent guesses judged; then the right secret: {right:?}"
+    );
+}
