@@ -200,6 +200,11 @@ pub fn login_deferred(
 
 /// A login's outcome; a failure with the name's failures in a row (0: no
 /// delay, e.g. a store error or a lockout already in force).
+///
+/// The attempt is counted as a failure before the secret is judged, in one
+/// write transaction with the read of the count (so guesses racing in many
+/// processes each take a turn: no more than `max_failures` are ever
+/// judged), and the count cleared again when the secret is right.
 fn login_now(
     cx: &LoginContext<'_>,
     name: &str,
@@ -214,37 +219,56 @@ fn login_now(
         "(invalid-name)"
     };
     let now = unix_now();
-    let mut failed = cx
+    let with_session = |r: Record| match cx.session {
+        Some(s) => r.session(s),
+        None => r,
+    };
+    let (max, lockout) = (cx.cfg.max_failures, cx.cfg.lockout_seconds as i64);
+    let (before, counted) = cx
         .store
-        .login_failures(key)
+        .update_login_failures(
+            cx.ak,
+            key,
+            |row| {
+                if row.locked_until > now {
+                    return None;
+                }
+                // A lockout that ran out: a fresh start.
+                let failures = if row.locked_until != 0 {
+                    1
+                } else {
+                    row.failures.saturating_add(1)
+                };
+                let locked = failures >= max;
+                let next = LoginRow {
+                    failures,
+                    locked_until: if locked { now + lockout } else { 0 },
+                };
+                let what = if locked {
+                    "login attempt (counted until it succeeds); locked out"
+                } else {
+                    "login attempt (counted until it succeeds)"
+                };
+                Some((next, CKR_OK, what.to_string()))
+            },
+            with_session(Record::new(Event::Lockout, CKR_OK).actor(Some(key))),
+        )
         .map_err(store_err)
         .map_err(plain)?;
-    let base = |rv: CK_RV| {
-        let r = Record::new(Event::LoginFailed, rv).actor(Some(key));
-        match cx.session {
-            Some(s) => r.session(s),
-            None => r,
-        }
-    };
-    if failed.locked_until > now {
-        let rec = base(CKR_PIN_LOCKED).detail(format!(
-            "login refused: locked out until {}",
-            crate::access::format_time(failed.locked_until)
-        ));
+    let Some(counted) = counted else {
+        let until = crate::access::format_time(before.locked_until);
+        let rec = with_session(Record::new(Event::LoginFailed, CKR_PIN_LOCKED).actor(Some(key)))
+            .detail(format!("login refused: locked out until {until}"));
         cx.store
             .record(Some(cx.ak), rec)
             .map_err(store_err)
             .map_err(plain)?;
         crate::log::warn(&format!(
-            "login: {key:?} is locked out until {} (an admin can lift it: p11derive user unlock)",
-            crate::access::format_time(failed.locked_until)
+            "login: {key:?} is locked out until {until} (an admin can lift it: p11derive user \
+             unlock)"
         ));
         return Err(plain(Error::rv(CKR_PIN_LOCKED)));
-    }
-    if failed.locked_until != 0 {
-        // A lockout that ran out: a fresh start.
-        failed = LoginRow::default();
-    }
+    };
     let user = cx.store.user(key).map_err(store_err).map_err(plain)?;
     let known = user.as_ref().filter(|u| u.state != "removed");
     let dummy_salt = [0u8; 16];
@@ -255,95 +279,74 @@ fn login_now(
     let v = crate::derive::user_verifier(cx.prf, key, salt, secret).map_err(plain)?;
     // An empty verifier (no such user) never equals 32 bytes.
     let right = bool::from(v[..].ct_eq(verifier)) && known.is_some();
-    if right {
-        let u = known.expect("right implies known");
-        let caller = Caller::of(u)
-            .map_err(|m| {
-                Error::with(
-                    CKR_DEVICE_ERROR,
-                    format!("user {key:?}: its row cannot be read: {m}"),
-                )
-            })
+    // A right secret still fails, exactly like a wrong one (counted, the
+    // same answer and delay), for a user locked by an admin or one asking
+    // for the security officer without `admin`: the answer never confirms
+    // a guess. The log says which, for the operator.
+    let caller = match (right, known) {
+        (true, Some(u)) => Some(Caller::of(u).map_err(|m| {
+            plain(Error::with(
+                CKR_DEVICE_ERROR,
+                format!("user {key:?}: its row cannot be read: {m}"),
+            ))
+        })?),
+        _ => None,
+    };
+    let refused = match (&caller, known) {
+        (Some(_), Some(u)) if u.state == "locked" => Some("the user is locked by an admin"),
+        (Some(c), _) if cx.admin && !c.has(Role::Admin) => {
+            Some("a security officer (CKU_SO) login needs the admin role")
+        }
+        _ => None,
+    };
+    if let (Some(c), None) = (&caller, refused) {
+        let rec = with_session(Record::new(Event::Lockout, CKR_OK).actor(Some(key)));
+        cx.store
+            .update_login_failures(
+                cx.ak,
+                key,
+                |_| Some((LoginRow::default(), CKR_OK, "login succeeded".to_string())),
+                rec,
+            )
+            .map_err(store_err)
             .map_err(plain)?;
-        if u.state == "locked" {
-            cx.store
-                .record(
-                    Some(cx.ak),
-                    base(CKR_PIN_LOCKED).detail("login refused: the user is locked by an admin"),
-                )
-                .map_err(store_err)
-                .map_err(plain)?;
-            return Err(plain(Error::with(
-                CKR_PIN_LOCKED,
-                format!("login: user {key:?} is locked by an admin (p11derive user unlock)"),
-            )));
-        }
-        if cx.admin && !caller.has(Role::Admin) {
-            cx.store
-                .record(
-                    Some(cx.ak),
-                    base(CKR_PIN_INCORRECT)
-                        .detail("security officer login refused: rule=role (admin needed)"),
-                )
-                .map_err(store_err)
-                .map_err(plain)?;
-            return Err(plain(Error::with(
-                CKR_PIN_INCORRECT,
-                format!(
-                    "login: user {key:?} holds no admin role; a security officer (CKU_SO) login \
-                     needs it"
-                ),
-            )));
-        }
-        if failed.failures > 0 {
-            let rec = Record::new(Event::Lockout, CKR_OK).actor(Some(key));
-            cx.store
-                .put_login_failures(cx.ak, key, &LoginRow::default(), "login succeeded", rec)
-                .map_err(store_err)
-                .map_err(plain)?;
-        }
-        return Ok(caller);
+        return Ok(c.clone());
     }
-    let failures = failed.failures.saturating_add(1);
-    let locked = failures >= cx.cfg.max_failures;
-    let row = LoginRow {
-        failures,
-        locked_until: if locked {
-            now + cx.cfg.lockout_seconds as i64
-        } else {
-            0
-        },
-    };
-    let rv = if locked {
-        CKR_PIN_LOCKED
-    } else {
-        CKR_PIN_INCORRECT
-    };
-    let what = if locked {
+    let locked = counted.locked_until > 0;
+    let rec = with_session(
+        Record::new(
+            Event::LoginFailed,
+            if locked {
+                CKR_PIN_LOCKED
+            } else {
+                CKR_PIN_INCORRECT
+            },
+        )
+        .actor(Some(key)),
+    )
+    .detail(if locked {
         "login failed; locked out"
     } else {
         "login failed"
-    };
-    let mut rec = Record::new(Event::Lockout, rv).actor(Some(key));
-    if let Some(s) = cx.session {
-        rec = rec.session(s);
-    }
+    });
     cx.store
-        .put_login_failures(cx.ak, key, &row, what, rec)
+        .record(Some(cx.ak), rec)
         .map_err(store_err)
         .map_err(plain)?;
     crate::log::warn(&format!(
-        "login: failed for {key:?} ({failures} in a row{})",
+        "login: failed for {key:?} ({} in a row{}){}",
+        counted.failures,
         if locked {
             format!(
-                "; locked out for {} s ([users] max_failures = {})",
-                cx.cfg.lockout_seconds, cx.cfg.max_failures
+                "; locked out for {} s ([users] max_failures = {max})",
+                cx.cfg.lockout_seconds
             )
         } else {
             String::new()
-        }
+        },
+        refused.map_or_else(String::new, |why| format!(": {why}"))
     ));
-    Err((Error::rv(CKR_PIN_INCORRECT), failures))
+    Err((Error::rv(CKR_PIN_INCORRECT), counted.failures))
 }
 
 /// Shared, so a login's caller can be kept by every session.

@@ -1,4 +1,4 @@
-//! An independent attack on users mode (store writer, module user without a secret, a user of one role reaching for another's actions, rate limits): each test asserts the attack is refused; a test marked `HOLE:` fails while the hole is open.
+//! An independent attack on users mode (store writer, module user without a secret, a user of one role reaching for another's actions, rate limits): each test asserts the attack is refused; a test whose comment starts `Was a hole:` failed before its fix.
 
 mod common;
 #[path = "attack_users/more.rs"]
@@ -405,9 +405,9 @@ fn the_users_table_emptied_makes_no_new_first_admin() {
         .args(["init", "--admin", "mallory"])
         .output()
         .unwrap();
-    // HOLE: `init --admin` decides "no users yet" from `SELECT COUNT(*) FROM
-    // users` (Store::has_users), unverified: after a store writer's DELETE
-    // it adds a fresh admin while the chain still holds every deleted user.
+    // Was a hole: `init --admin` decided "no users yet" from `SELECT
+    // COUNT(*) FROM users`, so after a store writer's DELETE it added a fresh
+    // admin. Now the verified chain decides (`Store::has_users`).
     let made = out.status.success();
     let so = probe(&s, "mallory:mallory-secret-1", true, "-", 0);
     assert!(
@@ -500,11 +500,10 @@ fn concurrent_guesses_from_many_processes_get_no_more_than_max_failures() {
     }
     // Every one of the n guesses was wrong: bob must be locked out now.
     let locked = !logs_in_new_process(&s, "bob:bob-secret-1");
-    // HOLE: the failed-login count is read before the transaction that
-    // writes count+1 (accounts::login_now reads, Store::put_login_failures
-    // upserts the value computed from the stale read): guesses racing from
-    // several processes overwrite one another's increment, so more than
-    // max_failures guesses are judged and the name may not lock at all.
+    // Was a hole: the failed-login count was read outside the transaction
+    // that wrote count+1, so racing guesses overwrote one another's
+    // increment. Now each attempt is counted (read and written in one write
+    // transaction) before its secret is judged.
     assert!(
         judged <= 3 && locked,
         "{judged} of {n} concurrent guesses were judged (max_failures = 3); bob locked \

@@ -367,9 +367,15 @@ fn failed_logins_are_delayed_counted_and_locked_out_until_an_admin_unlocks() {
     assert!(records
         .iter()
         .any(|r| r["event"] == "lockout" && r["actor"] == "mallory"));
+    // The attempt that reached max_failures locked the name (a lockout
+    // record, the failure count's change), and later ones were refused as
+    // locked out (login-failed records).
+    assert!(records.iter().any(|r| r["event"] == "lockout"
+        && r["actor"] == "bob"
+        && r["detail"].as_str().unwrap_or("").contains("locked out")));
     assert!(records
         .iter()
-        .any(|r| r["event"] == "lockout" && r["rv_name"] == "CKR_PIN_LOCKED"));
+        .any(|r| r["event"] == "login-failed" && r["rv_name"] == "CKR_PIN_LOCKED"));
     // A name locked out before it was a user starts afresh when added.
     for _ in 0..MAX_FAILURES {
         let o = u.with_secret("mallory", "guessing-123", &["asset", "list"]);

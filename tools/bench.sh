@@ -3,7 +3,7 @@
 # behind it, audit durable) and against SoftHSM itself with stored keys of
 # the same types, interleaved in one run, with the ratios.
 #
-#   bash tools/bench.sh [--seconds S] [--write] [--pg-only | --gcm-only | --hosts-only]
+#   bash tools/bench.sh [--seconds S] [--write] [--pg-only | --gcm-only | --hosts-only | --users-only]
 #                       [--reps N] [--delay-ms MS] [--baseline-so PATH [--baseline-bin PATH]]
 #
 # --write puts the tables into docs/benchmarks.md with the machine and date.
@@ -19,6 +19,10 @@
 # on loopback and through an emulated network (tools/netdelay.rs, --delay-ms
 # each way, default 1), each the median of --reps runs (default 3).
 # --hosts-only runs just those (with --write it rewrites just their tables).
+# Users mode (people log in as name:secret; a policy with a rate limit high
+# enough never to refuse, counted at every commit): warm signing at 8
+# threads beside pass-through mode on the same store, --reps runs each,
+# interleaved, medians; --users-only runs just that.
 # --baseline-so runs them also with another build's provider (its CLI from
 # --baseline-bin, default p11derive beside the .so) on a database of its
 # own, interleaved, and puts it beside (docs/benchmarks.md says how to build
@@ -30,11 +34,12 @@ WRITE=0
 PG_ONLY=0
 GCM_ONLY=0
 HOSTS_ONLY=0
+USERS_ONLY=0
 REPS=3
 DELAY_MS=1
 BASE_SO=
 BASE_BIN=
-USAGE="usage: bash tools/bench.sh [--seconds S] [--write] [--pg-only | --gcm-only | --hosts-only] [--reps N] [--delay-ms MS] [--baseline-so PATH [--baseline-bin PATH]]"
+USAGE="usage: bash tools/bench.sh [--seconds S] [--write] [--pg-only | --gcm-only | --hosts-only | --users-only] [--reps N] [--delay-ms MS] [--baseline-so PATH [--baseline-bin PATH]]"
 while [ $# -gt 0 ]; do
     case $1 in
         --seconds) SECONDS_EACH=$2; shift 2 ;;
@@ -42,6 +47,7 @@ while [ $# -gt 0 ]; do
         --pg-only) PG_ONLY=1; shift ;;
         --gcm-only) GCM_ONLY=1; shift ;;
         --hosts-only) HOSTS_ONLY=1; shift ;;
+        --users-only) USERS_ONLY=1; shift ;;
         --reps) REPS=$2; shift 2 ;;
         --delay-ms) DELAY_MS=$2; shift 2 ;;
         --baseline-so) BASE_SO=$(realpath "$2"); shift 2 ;;
@@ -49,8 +55,8 @@ while [ $# -gt 0 ]; do
         *) echo "$USAGE" >&2; exit 2 ;;
     esac
 done
-if [ "$WRITE" = 1 ] && [ "$PG_ONLY$GCM_ONLY" != 00 ]; then
-    echo "bench.sh: --write needs the whole run (it rewrites every table) or --hosts-only (its tables); drop --pg-only / --gcm-only" >&2
+if [ "$WRITE" = 1 ] && [ "$PG_ONLY$GCM_ONLY$USERS_ONLY" != 000 ]; then
+    echo "bench.sh: --write needs the whole run (it rewrites every table) or --hosts-only (its tables); drop --pg-only / --gcm-only / --users-only" >&2
     exit 2
 fi
 if [ -n "$BASE_SO" ]; then
@@ -106,6 +112,49 @@ row() { # SCENARIO KEY THREADS P11DERIVE_LINE SOFTHSM_LINE
     rows+=("| $1 | $2 | $3 | $(field ops_per_s "$d") | $(field p50_us "$d") / $(field p99_us "$d") / $(field p999_us "$d") | $(field ops_per_s "$s") | $(field p50_us "$s") / $(field p99_us "$s") / $(field p999_us "$s") | **${ratio}×** | $(field derivations_per_1k "$d") / $(field anchor_calls_per_1k "$d") / $(field other_hsm_calls_per_1k "$d") | $(field fsyncs_per_1k "$d") | $(field peak_rss_kib "$d") / $(field peak_rss_kib "$s") |")
     echo "${rows[-1]}"
 }
+
+# Users mode on the same store: the service credential in a 0600 file, an
+# admin, a signer, and a policy on bench-* with a rate limit it never reaches.
+users_setup() {
+    chmod 600 "$W/pin"
+    USERS_CONF="$W/users.toml"
+    cp "$P11DERIVE_CONF" "$USERS_CONF"
+    printf '\n[users]\nenabled = true\nservice_pin_file = "%s"\n' "$W/pin" >> "$USERS_CONF"
+    local admin=(env P11DERIVE_CONF="$USERS_CONF" P11DERIVE_USER=bench-admin P11DERIVE_PIN=bench-admin-secret)
+    P11DERIVE_CONF="$USERS_CONF" P11DERIVE_PIN=bench-admin-secret "$P11DERIVE_BIN" init --admin bench-admin >/dev/null
+    printf 'bench-signer-secret\n' > "$W/signer.secret"
+    chmod 600 "$W/signer.secret"
+    "${admin[@]}" "$P11DERIVE_BIN" user add bench-signer --roles signer --patterns 'bench-*' \
+        --secret-file "$W/signer.secret" >/dev/null
+    "${admin[@]}" "$P11DERIVE_BIN" policy set 'bench-*' --mechanisms ECDSA,ECDSA-SHA256,AES-GCM,SHA256-HMAC \
+        --asset-rate 1000000000/60s --user-rate 1000000000/60s >/dev/null
+    printf 'bench-signer:bench-signer-secret' > "$W/user.pin"
+    chmod 600 "$W/user.pin"
+}
+median() { python3 -c "import statistics,sys; print(int(statistics.median(float(x) for x in sys.argv[1:])))" "$@"; }
+usersrows=()
+users_section() {
+    users_setup
+    USERS_HEADER="| key | threads | pass-through ops/s (runs) | users mode ops/s (runs) | users / pass-through (medians) |"
+    echo "$USERS_HEADER"
+    echo "|---|---|---|---|---|"
+    for kt in p256 secp256k1; do
+        local pass=() users=()
+        for _ in $(seq "$REPS"); do
+            pass+=("$(field ops_per_s "$(run "$P11DERIVE" p11derive "bench-$kt" sign 8)")")
+            users+=("$(field ops_per_s "$(P11DERIVE_CONF=$USERS_CONF "$BENCH" --module "$P11DERIVE" --token p11derive \
+                --key "bench-$kt" --op sign --threads 8 --seconds "$SECONDS_EACH" --pin-file "$W/user.pin")")")
+        done
+        local mp mu
+        mp=$(median "${pass[@]}"); mu=$(median "${users[@]}")
+        usersrows+=("| $kt | 8 | $mp (${pass[*]}) | $mu (${users[*]}) | **$(python3 -c "print(f'{$mu / max($mp, 1):.2f}')")×** |")
+        echo "${usersrows[-1]}"
+    done
+}
+if [ "$USERS_ONLY" = 1 ]; then
+    users_section
+    exit 0
+fi
 
 if [ "$GCM_ONLY" = 1 ]; then
     for threads in 1 8; do
@@ -192,6 +241,8 @@ for threads in 1 8; do
     row "HMAC-SHA256 4 KiB" hmac-sha256 "$threads" "$d" "$s"
 done
 
+users_section
+
 if [ "$WRITE" = 1 ]; then
     {
         echo "<!-- bench:begin (written by tools/bench.sh --write; the text after bench:end is kept) -->"
@@ -217,6 +268,17 @@ if [ "$WRITE" = 1 ]; then
         echo "$PG_HEADER"
         echo "|---|---|---|---|---|---|---|---|---|---|"
         printf '%s\n' "${pgrows[@]}"
+        echo
+        echo "### Users mode"
+        echo
+        echo "Warm signing at 8 threads on the SQLite store, logged in as the backing token's user"
+        echo "(pass-through) and as a signer in users mode with a policy on the key (mechanisms, and rate"
+        echo "limits per asset and per user high enough never to refuse, counted at every commit),"
+        echo "$REPS runs each, interleaved; the ratio is of the medians."
+        echo
+        echo "$USERS_HEADER"
+        echo "|---|---|---|---|---|"
+        printf '%s\n' "${usersrows[@]}"
         echo "<!-- bench:end -->"
     } > "$W/table.md"
     write_block bench "$W/table.md"

@@ -239,6 +239,12 @@ impl Store {
             held.extend([a.head, a.change].into_iter().filter(|h| h.0 > 0));
         }
         let change = self.verified_change().map_or(0, |c| c.0);
+        // Users mode: each user as of that state change (a newer one makes
+        // the lane statement write nothing), read before the lane is held.
+        let users: Vec<Result<(), String>> = batch
+            .iter()
+            .map(|j| self.user_refusal(&j.record))
+            .collect::<Result<_, _>>()?;
         let mut lane = self.lane.lock().unwrap_or_else(|e| e.into_inner());
         // The last cover failed: no lane records the anchor cannot cover.
         if lane.uncovered {
@@ -259,7 +265,14 @@ impl Store {
             let mut mac = lane.mac;
             let assets = self.assets_at(&mut lane, generation, change, batch)?;
             for (i, (job, asset)) in batch.iter().zip(assets).enumerate() {
-                let (decision, r) = decide(job.need, job.version, &job.record, asset);
+                let (decision, mut r) = decide(job.need, job.version, &job.record, asset);
+                // Users mode: the user as of the state change this commit is
+                // bound to (a newer one makes the statement write nothing).
+                let mut decision = decision.map_err(Refusal::State);
+                if let (Ok(()), Err(why)) = (&decision, &users[i]) {
+                    r = policy_refusal(&job.record, why);
+                    decision = Err(Refusal::Policy(why.clone()));
+                }
                 let at = LanePlace {
                     lane: id,
                     pos: lane.pos + 1 + i as u64,
@@ -267,7 +280,7 @@ impl Store {
                 };
                 mac = r.lane_mac(ak, &at, &mac);
                 cols.push(&r, &mac);
-                decisions.push(decision.map_err(Refusal::State));
+                decisions.push(decision);
             }
             lane.generation = None;
             match self.append_pg(&lane, generation, change, &cols, &mac, &held)? {
@@ -612,12 +625,25 @@ fn refuse_unverified(record: &Record, why: &str) -> (Result<(), Refusal>, Record
     (Err(Refusal::Unverified(why.to_string())), r)
 }
 
+/// The return code of a use refused at its commit in users mode, by the
+/// rule `why` names: the user no longer logged in as such, a role or
+/// pattern no longer held, or a policy.
+pub fn users_refusal_rv(why: &str) -> u64 {
+    if why.starts_with("rule=user ") {
+        crate::ck::CKR_USER_NOT_LOGGED_IN
+    } else if why.starts_with("rule=role ") || why.starts_with("rule=pattern ") {
+        crate::ck::CKR_KEY_FUNCTION_NOT_PERMITTED
+    } else {
+        crate::ck::CKR_FUNCTION_REJECTED
+    }
+}
+
 /// The record of a use a policy refused at its commit.
 fn policy_refusal(record: &Record, why: &str) -> Record {
     let mut r = record.clone();
     let what = r.event.name();
     r.event = Event::Refused;
-    r.rv = crate::ck::CKR_FUNCTION_REJECTED;
+    r.rv = users_refusal_rv(why);
     r.detail = format!("{what} refused at commit: {why}");
     r
 }

@@ -1,25 +1,96 @@
 //! Policies at the commit (users mode): each use is checked against the policies matching its asset, its rate limits counted from the audit log in the commit's own transaction, so a limit holds exactly across threads, processes and hosts.
+//!
+//! Counting a window's records at every commit would cost in proportion to
+//! the window (a limit of a million a minute reads a million index entries
+//! per batch). So each process keeps, per limited subject, the uses of its
+//! window in 64 time buckets, brought up to date at each commit from the
+//! records appended since (one read of the newest few records, whoever
+//! wrote them). The buckets overlapping the window give an upper bound on
+//! its count: a use well under the limit is allowed on it; only when the
+//! bound reaches the limit are the window's records counted exactly (then
+//! few, or the use would be refused anyway). Records a store writer deletes
+//! stay counted by a running process (never more results, only fewer).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::access::Policy;
+use crate::access::{Pattern, Policy};
 use crate::audit::Record;
 
 use super::db::{Db, Val};
-use super::{first, Store, StoreError};
+use super::{Store, StoreError};
 
 /// The uses that count against a rate limit: results released.
 const USES: &str = "event IN ('sign', 'encrypt', 'decrypt') AND rv = 0";
 
+/// Time buckets per window.
+const BUCKETS: i64 = 64;
+
+/// What a rate limit counts: one asset's uses, or one user's uses of the
+/// assets a pattern matches.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub(super) enum Subject {
+    Asset(String),
+    User(String, Pattern),
+}
+
+impl Subject {
+    fn covers(&self, asset: &str, actor: Option<&str>) -> bool {
+        match self {
+            Subject::Asset(a) => a == asset,
+            Subject::User(u, p) => actor == Some(u.as_str()) && p.matches(asset),
+        }
+    }
+}
+
+/// A subject's uses by time bucket (`width` ns each), from the records up
+/// to the tallies' `head`.
+struct Buckets {
+    width: i64,
+    counts: BTreeMap<i64, u64>,
+    total: u64,
+}
+
+impl Buckets {
+    fn add(&mut self, time_ns: i64, n: u64) {
+        *self
+            .counts
+            .entry(time_ns.div_euclid(self.width))
+            .or_insert(0) += n;
+        self.total += n;
+    }
+
+    /// Forgets the buckets whose every time is at or before `since`.
+    fn prune(&mut self, since: i64) {
+        // Bucket b holds times in [b·w, (b+1)·w): every one is at or
+        // before `since` exactly when b is below the bucket of since + 1.
+        let keep_from = (since + 1).div_euclid(self.width);
+        let kept = self.counts.split_off(&keep_from);
+        let gone: u64 = self.counts.values().sum();
+        self.counts = kept;
+        self.total -= gone;
+    }
+}
+
+/// Each limited subject's buckets, valid while the policies in force are
+/// those of the verified state change `at`, up to main-chain record `head`.
+#[derive(Default)]
+pub(super) struct Tallies {
+    at: Option<(u64, [u8; 32])>,
+    head: u64,
+    /// The latest window start each subject was pruned to: a clock that
+    /// went back starts the tallies afresh.
+    by: HashMap<(Subject, u32), (Buckets, i64)>,
+}
+
 /// One commit's view of the policies and of the uses counted so far.
 pub(super) struct Limits {
     policies: Arc<Vec<Policy>>,
-    /// (policy pattern, asset) -> uses in the window, this batch included.
-    by_asset: HashMap<(String, String), u64>,
-    /// (policy pattern, user) -> uses in the window, this batch included.
-    by_user: HashMap<(String, String), u64>,
+    /// Uses allowed in this batch so far, per subject and window.
+    batch: HashMap<(Subject, u32), u64>,
     now_ns: i64,
+    /// Whether the tallies were brought up to this transaction's records.
+    caught_up: bool,
 }
 
 impl Limits {
@@ -28,11 +99,16 @@ impl Limits {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
+        Limits::at(policies, now_ns)
+    }
+
+    /// As `new`, at the time `now_ns` (tests).
+    pub(super) fn at(policies: Arc<Vec<Policy>>, now_ns: i64) -> Limits {
         Limits {
             policies,
-            by_asset: HashMap::new(),
-            by_user: HashMap::new(),
+            batch: HashMap::new(),
             now_ns,
+            caught_up: false,
         }
     }
 
@@ -49,100 +125,260 @@ impl Limits {
         let (Some(asset), Some(actor)) = (record.asset.as_deref(), record.actor.as_deref()) else {
             return Ok(Ok(()));
         };
+        // The user as the store says now: locked, removed or given other
+        // roles or patterns by an admin since the login, in any process.
+        if let Err(why) = user_may(store, db, actor, record, asset)? {
+            return Ok(Err(why));
+        }
         let policies = self.policies.clone();
         let now = self.now_ns.div_euclid(1_000_000_000);
         let mut counted = Vec::new();
         for p in policies.iter().filter(|p| p.pattern.matches(asset)) {
-            let pat = p.pattern.as_str().to_string();
+            let pat = p.pattern.as_str();
             if let Err(d) = p.check(record.mechanism.unwrap_or(0), now) {
                 return Ok(Err(format!("rule={} policy={pat} {}", d.rule, d.why)));
             }
-            if let Some(r) = p.asset_rate {
-                let since = self.now_ns - i64::from(r.window_secs) * 1_000_000_000;
-                let k = (pat.clone(), asset.to_string());
-                let n = match self.by_asset.get(&k) {
-                    Some(n) => *n,
-                    None => store.asset_uses_since(db, asset, since)?,
-                };
-                self.by_asset.insert(k.clone(), n);
-                if n >= u64::from(r.count) {
-                    let d = p.asset_rate_denied(asset);
+            let limits = [
+                (p.asset_rate, Subject::Asset(asset.to_string())),
+                (
+                    p.user_rate,
+                    Subject::User(actor.to_string(), p.pattern.clone()),
+                ),
+            ];
+            for (rate, subject) in limits {
+                let Some(r) = rate else { continue };
+                let key = (subject, r.window_secs);
+                if !self.under(store, db, &key, u64::from(r.count))? {
+                    let d = match &key.0 {
+                        Subject::Asset(_) => p.asset_rate_denied(asset),
+                        Subject::User(..) => p.user_rate_denied(actor),
+                    };
                     return Ok(Err(format!("rule={} policy={pat} {}", d.rule, d.why)));
                 }
-                counted.push((true, k));
-            }
-            if let Some(r) = p.user_rate {
-                let since = self.now_ns - i64::from(r.window_secs) * 1_000_000_000;
-                let k = (pat.clone(), actor.to_string());
-                let n = match self.by_user.get(&k) {
-                    Some(n) => *n,
-                    None => store
-                        .user_uses_since(db, actor, since)?
-                        .into_iter()
-                        .filter(|(a, _)| p.pattern.matches(a))
-                        .map(|(_, n)| n)
-                        .sum(),
-                };
-                self.by_user.insert(k.clone(), n);
-                if n >= u64::from(r.count) {
-                    let d = p.user_rate_denied(actor);
-                    return Ok(Err(format!("rule={} policy={pat} {}", d.rule, d.why)));
-                }
-                counted.push((false, k));
+                counted.push(key);
             }
         }
-        for (asset_limit, k) in counted {
-            let m = if asset_limit {
-                &mut self.by_asset
-            } else {
-                &mut self.by_user
-            };
-            *m.entry(k).or_insert(0) += 1;
+        for key in counted {
+            *self.batch.entry(key).or_insert(0) += 1;
         }
         Ok(Ok(()))
     }
+
+    /// Whether one more use of `key`'s subject stays under `limit` in its
+    /// window ending now.
+    fn under(
+        &mut self,
+        store: &Store,
+        db: &mut dyn Db,
+        key: &(Subject, u32),
+        limit: u64,
+    ) -> Result<bool, StoreError> {
+        if !self.caught_up {
+            store.catch_up(db)?;
+            self.caught_up = true;
+        }
+        let since = self.now_ns - i64::from(key.1) * 1_000_000_000;
+        let here = self.batch.get(key).copied().unwrap_or(0);
+        let bound = store.upper_bound(db, key, since)?;
+        if bound + here < limit {
+            return Ok(true);
+        }
+        let exact = store.count_uses(db, &key.0, since)?;
+        Ok(exact + here < limit)
+    }
+}
+
+/// Whether `actor` may still make the use `record` stands for with
+/// `asset` (`Err`: `rule=user`, `rule=role` or `rule=pattern` and why).
+fn user_may(
+    store: &Store,
+    db: &mut dyn Db,
+    actor: &str,
+    record: &Record,
+    asset: &str,
+) -> Result<Result<(), String>, StoreError> {
+    use crate::access::{Action, Role, UseKind};
+    use crate::audit::Event;
+    let kind = match record.event {
+        Event::Sign => UseKind::Sign,
+        Event::Verify => UseKind::Verify,
+        Event::Encrypt => UseKind::Encrypt,
+        Event::Decrypt => UseKind::Decrypt,
+        _ => return Ok(Ok(())),
+    };
+    let user = store.user_in_tx(db, actor)?;
+    let Some(u) = user.filter(|u| u.state == "active") else {
+        return Ok(Err(format!(
+            "rule=user user {actor:?} is no longer active (locked or removed by an admin)"
+        )));
+    };
+    let roles: Vec<Role> = u.roles.split(',').filter_map(Role::parse).collect();
+    let patterns = crate::access::parse_patterns(&u.patterns).unwrap_or_default();
+    Ok(
+        crate::access::permits(&roles, &patterns, Action::Use(kind), Some(asset))
+            .map_err(|d| format!("rule={} {}", d.rule, d.why)),
+    )
 }
 
 impl Store {
-    /// Results released with `asset` since `since_ns` (both chains).
-    fn asset_uses_since(
-        &self,
-        db: &mut dyn Db,
-        asset: &str,
-        since_ns: i64,
-    ) -> Result<u64, StoreError> {
-        let mut n = 0;
-        for table in ["audit", "audit_lane"] {
-            let sql = format!(
-                "SELECT COUNT(*) FROM {table} WHERE asset = ?1 AND time_ns > ?2 AND {USES}"
-            );
-            n += self
-                .rows(db, &sql, &[asset.into(), Val::Int(since_ns)], |r| r.int(0))
-                .map(first)?
-                .unwrap_or(0)
-                .max(0) as u64;
-        }
-        Ok(n)
+    /// `user_may` outside a commit's transaction (a lane commit, bound to
+    /// the state change the user was read at).
+    pub(super) fn user_refusal(&self, record: &Record) -> Result<Result<(), String>, StoreError> {
+        let (Some(asset), Some(actor)) = (record.asset.as_deref(), record.actor.as_deref()) else {
+            return Ok(Ok(()));
+        };
+        let mut conn = self.lock();
+        user_may(self, &mut **conn, actor, record, asset)
     }
 
-    /// Results released to `actor` since `since_ns`, by asset (both chains).
-    fn user_uses_since(
+    fn tallies(&self) -> std::sync::MutexGuard<'_, Tallies> {
+        self.tallies.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Brings every tally up to the records `db` (a commit's transaction)
+    /// holds: the main-chain uses appended since (one read by record
+    /// number). Tallies of other policies are dropped.
+    fn catch_up(&self, db: &mut dyn Db) -> Result<(), StoreError> {
+        let head = self.head_in(db)?.map_or(0, |h| h.0);
+        let at = self.verified_change();
+        let mut t = self.tallies();
+        if t.at != at || t.head > head || t.by.is_empty() {
+            t.at = at;
+            t.head = head;
+            t.by.clear();
+            return Ok(());
+        }
+        if t.head == head {
+            return Ok(());
+        }
+        // Every other column in an expression: no index but the record
+        // number's applies (the newest few records).
+        let rows = self.rows(
+            db,
+            "SELECT asset, actor, time_ns FROM audit WHERE seq > ?1 AND seq <= ?2 AND \
+             (event || '') IN ('sign', 'encrypt', 'decrypt') AND (rv + 0) = 0",
+            &[Val::Int(t.head as i64), Val::Int(head as i64)],
+            |r| Ok((r.opt_text(0)?, r.opt_text(1)?, r.int(2)?)),
+        )?;
+        for (asset, actor, time) in rows {
+            let Some(asset) = asset else { continue };
+            for ((subject, _), (b, _)) in t.by.iter_mut() {
+                if subject.covers(&asset, actor.as_deref()) {
+                    b.add(time, 1);
+                }
+            }
+        }
+        t.head = head;
+        Ok(())
+    }
+
+    /// An upper bound on `key`'s uses after `since`, from its buckets (made
+    /// from the store at the first use).
+    fn upper_bound(
         &self,
         db: &mut dyn Db,
-        actor: &str,
-        since_ns: i64,
-    ) -> Result<Vec<(String, u64)>, StoreError> {
+        key: &(Subject, u32),
+        since: i64,
+    ) -> Result<u64, StoreError> {
+        {
+            let mut t = self.tallies();
+            if let Some((b, last)) = t.by.get_mut(key) {
+                if since >= *last {
+                    b.prune(since);
+                    *last = since;
+                    return Ok(b.total);
+                }
+                // The clock went back: count afresh.
+                t.by.remove(key);
+            }
+        }
+        let width = (i64::from(key.1) * 1_000_000_000 / BUCKETS).max(1);
+        let mut b = Buckets {
+            width,
+            counts: BTreeMap::new(),
+            total: 0,
+        };
+        for (time, n) in self.uses_by_bucket(db, &key.0, since, width)? {
+            b.add(time, n);
+        }
+        let total = b.total;
+        self.tallies().by.insert(key.clone(), (b, since));
+        Ok(total)
+    }
+
+    /// `subject`'s uses after `since` in both chains, per bucket of
+    /// `width`: (a time in the bucket, count).
+    fn uses_by_bucket(
+        &self,
+        db: &mut dyn Db,
+        subject: &Subject,
+        since: i64,
+        width: i64,
+    ) -> Result<Vec<(i64, u64)>, StoreError> {
+        let (who, param, pattern) = match subject {
+            Subject::Asset(a) => ("asset", a.as_str(), None),
+            Subject::User(u, p) => ("actor", u.as_str(), Some(p)),
+        };
         let mut out = Vec::new();
         for table in ["audit", "audit_lane"] {
             let sql = format!(
-                "SELECT asset, COUNT(*) FROM {table} WHERE actor = ?1 AND time_ns > ?2 AND {USES} \
-                 GROUP BY asset"
+                "SELECT asset, (time_ns - ?3) / ?4, MIN(time_ns), COUNT(*) FROM {table} \
+                 WHERE {who} = ?1 AND time_ns > ?2 AND {USES} GROUP BY 1, 2"
             );
+            // Buckets counted from `since`'s bucket start, so each group
+            // falls in one bucket of `width`.
+            let start = since.div_euclid(width) * width;
+            let rows = self.rows(
+                db,
+                &sql,
+                &[
+                    param.into(),
+                    Val::Int(since),
+                    Val::Int(start),
+                    Val::Int(width),
+                ],
+                |r| {
+                    Ok((
+                        r.opt_text(0)?.unwrap_or_default(),
+                        r.int(2)?,
+                        r.int(3)?.max(0) as u64,
+                    ))
+                },
+            )?;
             out.extend(
-                self.rows(db, &sql, &[actor.into(), Val::Int(since_ns)], |r| {
-                    Ok((r.opt_text(0)?.unwrap_or_default(), r.int(1)?.max(0) as u64))
-                })?,
+                rows.into_iter()
+                    .filter(|(a, ..)| pattern.is_none_or(|p| p.matches(a)))
+                    .map(|(_, t, n)| (t, n)),
             );
+        }
+        Ok(out)
+    }
+
+    /// `subject`'s uses after `since` in both chains, counted exactly.
+    fn count_uses(
+        &self,
+        db: &mut dyn Db,
+        subject: &Subject,
+        since: i64,
+    ) -> Result<u64, StoreError> {
+        let (who, param, pattern) = match subject {
+            Subject::Asset(a) => ("asset", a.as_str(), None),
+            Subject::User(u, p) => ("actor", u.as_str(), Some(p)),
+        };
+        let mut out = 0;
+        for table in ["audit", "audit_lane"] {
+            let sql = format!(
+                "SELECT asset, COUNT(*) FROM {table} WHERE {who} = ?1 AND time_ns > ?2 AND \
+                 {USES} GROUP BY asset"
+            );
+            let rows = self.rows(db, &sql, &[param.into(), Val::Int(since)], |r| {
+                Ok((r.opt_text(0)?.unwrap_or_default(), r.int(1)?.max(0) as u64))
+            })?;
+            out += rows
+                .into_iter()
+                .filter(|(a, _)| pattern.is_none_or(|p| p.matches(a)))
+                .map(|(_, n)| n)
+                .sum::<u64>();
         }
         Ok(out)
     }
@@ -164,5 +400,99 @@ impl Store {
                 .as_deref()
                 .is_some_and(|a| policies.iter().any(|p| p.pattern.matches(a)))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::Rate;
+    use crate::audit::Event;
+
+    /// With limits close to what the records reach, a batch's decisions
+    /// through the kept buckets are exactly those a fresh count gives, as
+    /// the window slides and records of other assets and users arrive.
+    #[test]
+    fn decisions_through_kept_buckets_equal_fresh_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("s.db")).unwrap();
+        let ak = crate::secure::secret::<32>().unwrap();
+        let mut policy = Policy::new(Pattern::parse("hot-*").unwrap());
+        policy.asset_rate = Some(Rate {
+            count: 9,
+            window_secs: 10,
+        });
+        policy.user_rate = Some(Rate {
+            count: 12,
+            window_secs: 7,
+        });
+        let policies = Arc::new(vec![policy]);
+        for name in ["bob", "eve"] {
+            let row = crate::store::UserRow {
+                name: name.into(),
+                roles: "signer".into(),
+                patterns: "*".into(),
+                salt: vec![0; 16],
+                verifier: vec![0; 32],
+                state: "active".into(),
+                created_at: 0,
+            };
+            store
+                .put_user(&ak, &row, "user add", Record::new(Event::User, 0))
+                .unwrap();
+        }
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) as i64
+        };
+        let sec = 1_000_000_000i64;
+        let mut t = 1_000 * sec;
+        let (mut allowed, mut refused) = (0, 0);
+        for step in 0..600 {
+            t += (next() % 400) * 1_000_000;
+            let asset = ["hot-1", "hot-2", "cold-1"][(next() % 3) as usize];
+            let actor = ["bob", "eve"][(next() % 2) as usize];
+            let mut r = Record::new(Event::Sign, 0)
+                .asset(asset, Some(1))
+                .actor(Some(actor));
+            r.time_ns = t as u64;
+            // The decision as the commit makes it, and by a fresh count.
+            let kept = {
+                let mut conn = store.lock();
+                let mut l = Limits::at(policies.clone(), t);
+                l.decide(&store, &mut **conn, &r).unwrap()
+            };
+            let fresh = {
+                let mut conn = store.lock();
+                let since_a = t - 10 * sec;
+                let since_u = t - 7 * sec;
+                let a = store
+                    .count_uses(&mut **conn, &Subject::Asset(asset.into()), since_a)
+                    .unwrap();
+                let u = store
+                    .count_uses(
+                        &mut **conn,
+                        &Subject::User(actor.into(), Pattern::parse("hot-*").unwrap()),
+                        since_u,
+                    )
+                    .unwrap();
+                !asset.starts_with("hot-") || (a < 9 && u < 12)
+            };
+            assert_eq!(kept.is_ok(), fresh, "step {step}: {kept:?}");
+            if kept.is_err() {
+                r.event = Event::Refused;
+                refused += 1;
+            } else {
+                allowed += 1;
+            }
+            store.record(Some(&ak), r).unwrap();
+        }
+        assert!(
+            allowed > 100 && refused > 50,
+            "{allowed} allowed, {refused} refused"
+        );
     }
 }

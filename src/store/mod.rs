@@ -43,7 +43,7 @@ pub use audit::{
     key_digest, parse_resumes_to, parse_transition_detail, transition_detail, AuditRow,
     PENDING_MARK,
 };
-pub use commit::{Refusal, Use};
+pub use commit::{users_refusal_rv, Refusal, Use};
 pub use error::{Need, StoreError};
 pub use lanes::{parse_lanes_detail, LaneRow};
 pub use migrate::Moved;
@@ -92,6 +92,10 @@ pub struct Store {
     state: Mutex<state::Guard>,
     /// The policies in force, parsed (see `users`).
     policy_cache: Mutex<Option<users::PolicyCache>>,
+    /// Uses counted for rate limits (see `limits`).
+    tallies: Mutex<limits::Tallies>,
+    /// Users as commits read them (see `users`).
+    user_cache: Mutex<users::UserCache>,
 }
 
 /// A row type kept in one table: the columns a `SELECT` names, in the order
@@ -271,6 +275,8 @@ impl Store {
             asset_cache: Mutex::new(AssetCache::default()),
             state: Mutex::new(state::Guard::default()),
             policy_cache: Mutex::new(None),
+            tallies: Mutex::new(limits::Tallies::default()),
+            user_cache: Mutex::new((None, std::collections::HashMap::new())),
         }
     }
 

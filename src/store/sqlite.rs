@@ -116,6 +116,10 @@ pub struct Sqlite {
 
 impl Sqlite {
     pub fn new(path: &Path, conn: Connection) -> Sqlite {
+        // Every statement a commit runs stays prepared (rusqlite keeps 16
+        // by default; a commit under policies runs more than that, and a
+        // statement evicted is parsed again at every batch).
+        conn.set_prepared_statement_cache_capacity(128);
         Sqlite {
             conn,
             path: path.to_path_buf(),

@@ -510,6 +510,12 @@ impl Store {
         Ok(self.verified_change())
     }
 
+    /// The newest state change this process has verified so far (what a
+    /// cache of verified rows is valid for).
+    pub fn ledger_position(&self) -> Option<(u64, [u8; 32])> {
+        self.verified_change()
+    }
+
     /// The newest state change this process has verified so far.
     pub(super) fn verified_change(&self) -> Option<(u64, [u8; 32])> {
         self.guard().upto

@@ -14,6 +14,7 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::access::{Pattern, Policy};
@@ -248,7 +249,17 @@ fn login_fields(name: &str, l: &LoginRow) -> Vec<Vec<u8>> {
 
 impl Store {
     /// Whether the store holds any user (users mode has been set up).
+    /// (After a login, the verified chain decides: a users table emptied
+    /// with SQL still has users, whose rows are then refused as missing.)
     pub fn has_users(&self) -> Result<bool, StoreError> {
+        if self.authenticated() {
+            let mut conn = self.lock();
+            self.refresh(&mut **conn)?;
+            drop(conn);
+            if !self.guard().latest_keys(Kind::User.prefix()).is_empty() {
+                return Ok(true);
+            }
+        }
         let mut conn = self.read_lock();
         let n = self
             .rows(&mut **conn, "SELECT COUNT(*) FROM users", &[], |r| r.int(0))
@@ -277,10 +288,7 @@ impl Store {
     pub fn login_failures(&self, name: &str) -> Result<LoginRow, StoreError> {
         Ok(self
             .sealed_one(Kind::Login, name)?
-            .map(|f| LoginRow {
-                failures: int(&f[1]).clamp(0, u32::MAX.into()) as u32,
-                locked_until: int(&f[2]),
-            })
+            .map(|f| login_row(&f))
             .unwrap_or_default())
     }
 
@@ -358,16 +366,15 @@ impl Store {
             "{what} roles={} patterns={} state={}",
             row.roles, row.patterns, row.state
         );
-        self.put_sealed(
-            ak,
-            Kind::User,
-            &row.name,
-            row.fields(),
-            "INSERT INTO users (name, roles, patterns, salt, verifier, state, created_at) \
+        let w = SealedWrite {
+            kind: Kind::User,
+            name: &row.name,
+            fields: row.fields(),
+            upsert: "INSERT INTO users (name, roles, patterns, salt, verifier, state, created_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO UPDATE SET \
              roles = excluded.roles, patterns = excluded.patterns, salt = excluded.salt, \
              verifier = excluded.verifier, state = excluded.state",
-            &[
+            params: vec![
                 row.name.as_str().into(),
                 row.roles.as_str().into(),
                 row.patterns.as_str().into(),
@@ -376,14 +383,13 @@ impl Store {
                 row.state.as_str().into(),
                 row.created_at.into(),
             ],
-            "UPDATE users SET change_seq = ?1, state_mac = ?2 WHERE name = ?3",
-            detail,
-            base,
-        )
+            seal_sql: "UPDATE users SET change_seq = ?1, state_mac = ?2 WHERE name = ?3",
+        };
+        self.put_sealed(ak, w, detail, base)
     }
 
-    /// Records a name's failed logins (a `lockout` record carrying `rv`
-    /// and `what`), sealed, in one transaction.
+    /// Records a name's failed logins (a `lockout` record carrying the
+    /// base record's `rv` and `what`), sealed, in one transaction.
     pub fn put_login_failures(
         &self,
         ak: &Secret32,
@@ -391,28 +397,10 @@ impl Store {
         row: &LoginRow,
         what: &str,
         base: Record,
-    ) -> Result<u64, StoreError> {
-        let detail = format!(
-            "{what} failures={} locked_until={}",
-            row.failures, row.locked_until
-        );
-        self.put_sealed(
-            ak,
-            Kind::Login,
-            name,
-            login_fields(name, row),
-            "INSERT INTO logins (name, failures, locked_until) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (name) DO UPDATE SET failures = excluded.failures, \
-             locked_until = excluded.locked_until",
-            &[
-                name.into(),
-                Val::Int(row.failures.into()),
-                row.locked_until.into(),
-            ],
-            "UPDATE logins SET change_seq = ?1, state_mac = ?2 WHERE name = ?3",
-            detail,
-            base,
-        )
+    ) -> Result<(), StoreError> {
+        let rv = base.rv;
+        self.update_login_failures(ak, name, |_| Some((*row, rv, what.to_string())), base)
+            .map(drop)
     }
 
     /// Sets or removes a policy (by pattern), appending its `policy`
@@ -425,24 +413,22 @@ impl Store {
         base: Record,
     ) -> Result<u64, StoreError> {
         let detail = format!("{what} state={} {}", row.state, row.settings);
-        self.put_sealed(
-            ak,
-            Kind::Policy,
-            &row.pattern,
-            row.fields(),
-            "INSERT INTO policies (pattern, settings, state, created_at) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (pattern) DO UPDATE SET settings = excluded.settings, \
-             state = excluded.state",
-            &[
+        let w = SealedWrite {
+            kind: Kind::Policy,
+            name: &row.pattern,
+            fields: row.fields(),
+            upsert: "INSERT INTO policies (pattern, settings, state, created_at) \
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (pattern) DO UPDATE SET \
+                     settings = excluded.settings, state = excluded.state",
+            params: vec![
                 row.pattern.as_str().into(),
                 row.settings.as_str().into(),
                 row.state.as_str().into(),
                 row.created_at.into(),
             ],
-            "UPDATE policies SET change_seq = ?1, state_mac = ?2 WHERE pattern = ?3",
-            detail,
-            base,
-        )
+            seal_sql: "UPDATE policies SET change_seq = ?1, state_mac = ?2 WHERE pattern = ?3",
+        };
+        self.put_sealed(ak, w, detail, base)
     }
 
     /// Every user, failed-login and policy row whose seal does not hold,
@@ -606,18 +592,12 @@ impl Store {
         }
     }
 
-    /// Writes a row (`upsert`), appends its state-change record and seals
-    /// the row to it, in one write transaction.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes a row (`w`), appends its state-change record and seals the
+    /// row to it, in one write transaction.
     fn put_sealed(
         &self,
         ak: &Secret32,
-        kind: Kind,
-        name: &str,
-        fields: Vec<Vec<u8>>,
-        upsert: &str,
-        params: &[Val],
-        seal_sql: &str,
+        w: SealedWrite<'_>,
         detail: String,
         base: Record,
     ) -> Result<u64, StoreError> {
@@ -630,7 +610,34 @@ impl Store {
         // Every state change in the store is known first (the row's latest
         // change must be the one this process verified).
         self.refresh(&mut *tx)?;
-        tx.execute(upsert, params)?;
+        let head = self.put_sealed_in(&mut *tx, ak, &sk, w, detail, base)?;
+        self.commit_at(tx, head)?;
+        // The new change is this process's own: the ledger learns it now
+        // (it verifies its MAC like any other).
+        self.refresh(&mut **conn)?;
+        Ok(head.seq)
+    }
+
+    /// `put_sealed`'s writes inside the caller's transaction (its ledger
+    /// refreshed); the new head, to commit at.
+    fn put_sealed_in(
+        &self,
+        tx: &mut dyn Db,
+        ak: &Secret32,
+        sk: &Secret32,
+        w: SealedWrite<'_>,
+        detail: String,
+        base: Record,
+    ) -> Result<crate::audit::Head, StoreError> {
+        let SealedWrite {
+            kind,
+            name,
+            fields,
+            upsert,
+            params,
+            seal_sql,
+        } = w;
+        tx.execute(upsert, &params)?;
         let mut rec = base;
         rec.event = kind.event();
         rec.asset = Some(key(kind, name));
@@ -638,17 +645,124 @@ impl Store {
         rec.detail = format!("{detail} {PREV_CHANGE}{}", self.newest_change(&mut *tx)?);
         let head = self.append_in(&mut *tx, ak, std::slice::from_mut(&mut rec))?;
         let f: Vec<&[u8]> = fields.iter().map(Vec::as_slice).collect();
-        let m = seal(&sk, kind, &f, head.seq, &head.mac);
+        let m = seal(sk, kind, &f, head.seq, &head.mac);
         tx.execute(
             seal_sql,
             &[Val::Int(head.seq as i64), m.to_vec().into(), name.into()],
         )?;
-        self.commit_at(tx, head)?;
-        // The new change is this process's own: the ledger learns it now
-        // (it verifies its MAC like any other).
-        self.refresh(&mut **conn)?;
-        Ok(head.seq)
+        Ok(head)
     }
+
+    /// Reads a name's failed logins and writes what `next` makes of them,
+    /// in one write transaction (so concurrent logins, in any process,
+    /// count every failure: none overwrites another's). `next` gets the
+    /// verified row and returns the new one with the record's return code
+    /// and text, or `None` to write nothing. Returns (row read, row written).
+    pub fn update_login_failures(
+        &self,
+        ak: &Secret32,
+        name: &str,
+        next: impl FnOnce(LoginRow) -> Option<(LoginRow, u64, String)>,
+        base: Record,
+    ) -> Result<(LoginRow, Option<LoginRow>), StoreError> {
+        let sk = match self.guard().state_key() {
+            Some(sk) => sk,
+            None => Arc::new(state_key(ak)?),
+        };
+        self.refused()?;
+        let mut conn = self.lock();
+        let mut tx = Tx::begin(&mut **conn)?;
+        self.refresh(&mut *tx)?;
+        let sql = format!("{} WHERE t.name = ?1", select_sql(Kind::Login));
+        let row = self
+            .rows(&mut *tx, &sql, &[name.into()], |r| {
+                read_sealed(Kind::Login, r)
+            })
+            .map(first)?;
+        let now = self
+            .verify_sealed(Kind::Login, name, row)?
+            .map(|f| login_row(&f))
+            .unwrap_or_default();
+        let Some((after, rv, what)) = next(now) else {
+            return Ok((now, None));
+        };
+        let detail = format!(
+            "{what} failures={} locked_until={}",
+            after.failures, after.locked_until
+        );
+        let mut rec = base;
+        rec.rv = rv;
+        let w = SealedWrite {
+            kind: Kind::Login,
+            name,
+            fields: login_fields(name, &after),
+            upsert: "INSERT INTO logins (name, failures, locked_until) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (name) DO UPDATE SET failures = excluded.failures, \
+                     locked_until = excluded.locked_until",
+            params: vec![
+                name.into(),
+                Val::Int(after.failures.into()),
+                after.locked_until.into(),
+            ],
+            seal_sql: "UPDATE logins SET change_seq = ?1, state_mac = ?2 WHERE name = ?3",
+        };
+        let head = self.put_sealed_in(&mut *tx, ak, &sk, w, detail, rec)?;
+        self.commit_at(tx, head)?;
+        self.refresh(&mut **conn)?;
+        Ok((now, Some(after)))
+    }
+
+    /// A user as the commit of a use sees it (`db`: its transaction, the
+    /// ledger refreshed), verified; read again only when the ledger moved.
+    pub(super) fn user_in_tx(
+        &self,
+        db: &mut dyn Db,
+        name: &str,
+    ) -> Result<Option<UserRow>, StoreError> {
+        let at = self.verified_change();
+        {
+            let mut c = self.user_cache.lock().unwrap_or_else(|e| e.into_inner());
+            if c.0 != at {
+                *c = (at, HashMap::new());
+            }
+            if let Some(u) = c.1.get(name) {
+                return Ok(u.clone());
+            }
+        }
+        let sql = format!("{} WHERE t.name = ?1", select_sql(Kind::User));
+        let row = self
+            .rows(db, &sql, &[name.into()], |r| read_sealed(Kind::User, r))
+            .map(first)?;
+        let user = self
+            .verify_sealed(Kind::User, name, row)?
+            .map(|f| UserRow::from_fields(&f));
+        let mut c = self.user_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if c.0 == at {
+            c.1.insert(name.to_string(), user.clone());
+        }
+        Ok(user)
+    }
+}
+
+/// Users read by commits, as of a verified state change.
+pub(super) type UserCache = (Option<(u64, [u8; 32])>, HashMap<String, Option<UserRow>>);
+
+fn login_row(f: &[Vec<u8>]) -> LoginRow {
+    LoginRow {
+        failures: int(&f[1]).clamp(0, u32::MAX.into()) as u32,
+        locked_until: int(&f[2]),
+    }
+}
+
+/// One sealed row's write: its kind and name, its fields as sealed, the
+/// statement that writes it (and its parameters) and the one that seals it.
+struct SealedWrite<'a> {
+    kind: Kind,
+    name: &'a str,
+    fields: Vec<Vec<u8>>,
+    upsert: &'a str,
+    params: Vec<Val>,
+    seal_sql: &'a str,
 }
 
 /// Parsed policies as of a verified state change.

@@ -24,6 +24,9 @@ impl Login {
     }
 }
 
+/// A logged-in user and the verified state change their row was read at.
+pub(super) type HeldCaller = (Arc<crate::accounts::Caller>, Option<(u64, [u8; 32])>);
+
 /// Who is logged in.
 pub(super) struct LoginState {
     who: AtomicU8,
@@ -31,8 +34,9 @@ pub(super) struct LoginState {
     epoch: AtomicU64,
     /// Serializes login and logout with each other (never held by signing).
     change: Mutex<()>,
-    /// Users mode: who logged in.
-    pub(super) caller: Mutex<Option<Arc<crate::accounts::Caller>>>,
+    /// Users mode: who logged in, as their row was at this verified state
+    /// change (read again once the ledger moves).
+    pub(super) caller: Mutex<Option<HeldCaller>>,
 }
 
 impl Default for LoginState {
@@ -236,7 +240,7 @@ impl Provider {
         caller: crate::accounts::Caller,
     ) -> Result<()> {
         let who = caller.name.clone();
-        *lock(&self.login.caller) = Some(Arc::new(caller));
+        *lock(&self.login.caller) = Some((Arc::new(caller), self.store.ledger_position()));
         self.login.who.store(wanted as u8, Ordering::SeqCst);
         if wanted == Login::So && self.read_only_sessions_exist() {
             self.end_login_locked();

@@ -629,11 +629,11 @@ impl Provider {
             )),
             Err(Refusal::Policy(why)) => {
                 let msg = format!(
-                    "user {:?}: {what} refused by policy at commit (result discarded): {why}",
+                    "user {:?}: {what} refused at commit (result discarded): {why}",
                     self.actor().unwrap_or_default()
                 );
                 log::warn(&msg);
-                Err(Error::with(CKR_FUNCTION_REJECTED, msg))
+                Err(Error::with(crate::store::users_refusal_rv(&why), msg))
             }
         }
     }

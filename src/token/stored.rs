@@ -303,6 +303,8 @@ impl Provider {
         let plain = self
             .plain_object(object)?
             .ok_or(Error::rv(CKR_OBJECT_HANDLE_INVALID))?;
+        // Users mode: who may store token objects may destroy them.
+        self.permit(h, crate::access::Action::CreateAsset, None, None)?;
         let Plain::Stored(o) = &plain else {
             return Err(Error::with(
                 CKR_ACTION_PROHIBITED,

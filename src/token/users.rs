@@ -26,9 +26,38 @@ impl Provider {
         self.config.users.enabled
     }
 
-    /// The user logged in (users mode), if any.
+    /// The user logged in (users mode), if any, as their row is now: an
+    /// admin's lock, removal or change of roles or patterns (a state
+    /// change, in any process) applies from the next call that sees it (and
+    /// the commit of every use checks it again).
     pub(super) fn caller(&self) -> Option<Arc<Caller>> {
-        lock(&self.login.caller).clone()
+        let mut held = lock(&self.login.caller);
+        let (c, at) = held.clone()?;
+        let now = self.store.ledger_position();
+        if now == at {
+            return Some(c);
+        }
+        let fresh = match self.store.user(&c.name) {
+            Ok(Some(u)) if u.state == "active" => Caller::of(&u).ok(),
+            Ok(_) => None,
+            Err(e) => {
+                log::warn(&format!("user {:?}: {e}", c.name));
+                None
+            }
+        };
+        let fresh = Arc::new(fresh.unwrap_or_else(|| {
+            log::warn(&format!(
+                "user {:?} was locked or removed since the login: every use is refused",
+                c.name
+            ));
+            Caller {
+                name: c.name.clone(),
+                roles: Vec::new(),
+                patterns: Vec::new(),
+            }
+        }));
+        *held = Some((fresh.clone(), self.store.ledger_position()));
+        Some(fresh)
     }
 
     /// The name records carry: the logged-in user's (users mode).
@@ -78,6 +107,18 @@ impl Provider {
         name: &str,
         secret: &[u8],
     ) -> (Result<Caller>, Option<std::time::Duration>) {
+        self.check_secret_of(h, name, secret, wanted == Login::So)
+    }
+
+    /// A user's secret checked as a login checks it (counted, delayed,
+    /// locked out): the caller, or the error and the delay to sleep.
+    fn check_secret_of(
+        &self,
+        h: CK_SESSION_HANDLE,
+        name: &str,
+        secret: &[u8],
+        admin: bool,
+    ) -> (Result<Caller>, Option<std::time::Duration>) {
         let Some(ak) = self.audit_key() else {
             return (
                 Err(Error::with(CKR_DEVICE_ERROR, "users mode: no audit key")),
@@ -90,7 +131,7 @@ impl Provider {
             ak: &ak,
             cfg: &self.config.users,
             session: Some(h),
-            admin: wanted == Login::So,
+            admin,
         };
         accounts::login_deferred(&cx, name, secret)
     }
@@ -117,20 +158,21 @@ impl Provider {
         let ak = self
             .audit_key()
             .ok_or_else(|| Error::with(CKR_DEVICE_ERROR, "users mode: no audit key"))?;
+        // The current secret is checked as a login is: counted, delayed and
+        // locked out alike, so C_SetPIN is no way to guess it.
+        let (checked, delay) = self.check_secret_of(h, &caller.name, old, false);
+        if let Err(e) = checked {
+            self.advance_anchor();
+            if let Some(d) = delay {
+                std::thread::sleep(d);
+            }
+            return Err(e);
+        }
         let row = self
             .store
             .user(&caller.name)
             .map_err(store_error)?
             .ok_or(Error::rv(CKR_USER_NOT_LOGGED_IN))?;
-        let v = derive::user_verifier(&self.backend, &caller.name, &row.salt, old)?;
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(&v[..], &row.verifier[..])) {
-            self.audit(
-                Record::new(Event::Refused, CKR_PIN_INCORRECT)
-                    .session(h)
-                    .detail("set-pin refused: the current secret is wrong"),
-            )?;
-            return Err(Error::rv(CKR_PIN_INCORRECT));
-        }
         let random = |out: &mut [u8]| self.backend.random(out);
         let next = accounts::with_secret(&self.backend, &random, &row, new)?;
         let rec = Record::new(Event::User, CKR_OK)

@@ -58,10 +58,8 @@ fn guessing_the_current_secret_through_c_setpin_locks_out() {
     let _ = session.logout();
     drop(session);
     ctx.finalize().unwrap();
-    // HOLE: `Provider::set_pin` compares the old secret with no failure
-    // count, no delay and no lockout (only a `refused` record): a holder of
-    // a logged-in session guesses the user's secret at full speed, then
-    // takes the account over.
+    // Was a hole: `C_SetPIN` compared the old secret with no count, delay
+    // or lockout. Now it is checked as a login is.
     assert!(
         !taken,
         "10 wrong C_SetPIN guesses in {took} ms, then the right one changed bob's secret"
@@ -99,9 +97,8 @@ fn only_an_officer_destroys_stored_objects() {
     }
     drop(session);
     ctx.finalize().unwrap();
-    // HOLE: `destroy_plain` (token/stored.rs) asks for a read-write session
-    // and a login but checks no role: any user destroys an officer's
-    // certificates and data objects.
+    // Was a hole: destroying a stored object checked no role. Now it needs
+    // what storing one needs (officer).
     assert!(
         outcomes.iter().all(|(_, c, d)| !c && !d),
         "(user, created, destroyed note-1): {outcomes:?}"

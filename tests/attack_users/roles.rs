@@ -198,10 +198,8 @@ fn signs_after_admin_change(s: &Setup, change: &[&str]) -> bool {
 fn a_user_locked_by_an_admin_stops_signing_in_a_running_process() {
     let _t = turn();
     let s = cast();
-    // HOLE: a user locked (or removed) by an admin keeps signing in a
-    // process where they are already logged in: the caller (roles, patterns,
-    // state) is read once at C_Login and never again (token/users.rs
-    // `permit` uses the cached `Caller`; the commit checks policies only).
+    // Was a hole: the caller was read once at C_Login. Now the user's row is
+    // read again when the ledger moves, and every use's commit checks it.
     assert!(
         !signs_after_admin_change(&s, &["user", "lock", "bob"]),
         "bob, locked by an admin, signed again in his running session"
@@ -213,7 +211,7 @@ fn a_user_locked_by_an_admin_stops_signing_in_a_running_process() {
 fn a_users_narrowed_patterns_apply_in_a_running_process() {
     let _t = turn();
     let s = cast();
-    // HOLE: as above, with bob's patterns moved from hot-* to cold-*.
+    // Was a hole, as above: bob's patterns moved from hot-* to cold-*.
     assert!(
         !signs_after_admin_change(
             &s,
