@@ -373,7 +373,13 @@ fn c_set_pin_changes_the_users_own_secret_and_login_user_takes_the_name_apart() 
     // The token says logins are needed and how long a PIN may be.
     let info = ctx.get_token_info(slot).unwrap();
     assert!(info.login_required());
+    assert!(info.user_pin_initialized());
     assert!(!info.user_pin_locked());
+    assert_eq!(
+        info.min_pin_length(),
+        2 + 8,
+        "a name, the colon and the shortest secret"
+    );
     ctx.finalize().unwrap();
     // C_LoginUser (3.0) with the name apart, through the raw interface.
     std::env::set_var("P11DERIVE_CONF", &s.config);

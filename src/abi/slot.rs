@@ -56,14 +56,20 @@ pub(super) extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, p_info: CK_TOKEN_INFO_
         // backing token's PIN flags are the service credential's.
         let (pin_flags, min_pin, max_pin) = if p.users_mode() {
             let u = &p.config.users;
+            // A user PIN is initialized once there is a user (the first
+            // admin, made by `p11derive init --admin`).
+            let initialized = match p.store.has_users() {
+                Ok(false) => 0,
+                _ => CKF_USER_PIN_INITIALIZED,
+            };
             (
-                0,
+                initialized,
                 2 + u.min_secret_len as CK_ULONG,
                 65 + u.max_secret_len as CK_ULONG,
             )
         } else {
             (
-                backing.flags & pin_flags,
+                CKF_USER_PIN_INITIALIZED | (backing.flags & pin_flags),
                 backing.min_pin_len,
                 backing.max_pin_len,
             )
@@ -74,11 +80,7 @@ pub(super) extern "C" fn C_GetTokenInfo(slot: CK_SLOT_ID, p_info: CK_TOKEN_INFO_
             model: pad("derived keys"),
             // The backing token's serial: the token p11derive stands for.
             serialNumber: pad(&backing.serial),
-            flags: CKF_RNG
-                | CKF_LOGIN_REQUIRED
-                | CKF_USER_PIN_INITIALIZED
-                | CKF_TOKEN_INITIALIZED
-                | pin_flags,
+            flags: CKF_RNG | CKF_LOGIN_REQUIRED | CKF_TOKEN_INITIALIZED | pin_flags,
             ulMaxSessionCount: CK_EFFECTIVELY_INFINITE,
             ulSessionCount: sessions as CK_ULONG,
             ulMaxRwSessionCount: CK_EFFECTIVELY_INFINITE,

@@ -197,7 +197,7 @@ fn user_may(
     record: &Record,
     asset: &str,
 ) -> Result<Result<(), String>, StoreError> {
-    use crate::access::{Action, Role, UseKind};
+    use crate::access::{Action, UseKind};
     use crate::audit::Event;
     let kind = match record.event {
         Event::Sign => UseKind::Sign,
@@ -207,15 +207,13 @@ fn user_may(
         _ => return Ok(Ok(())),
     };
     let user = store.user_in_tx(db, actor)?;
-    let Some(u) = user.filter(|u| u.state == "active") else {
+    let Some(u) = user.filter(|u| u.active) else {
         return Ok(Err(format!(
             "rule=user user {actor:?} is no longer active (locked or removed by an admin)"
         )));
     };
-    let roles: Vec<Role> = u.roles.split(',').filter_map(Role::parse).collect();
-    let patterns = crate::access::parse_patterns(&u.patterns).unwrap_or_default();
     Ok(
-        crate::access::permits(&roles, &patterns, Action::Use(kind), Some(asset))
+        crate::access::permits(&u.roles, &u.patterns, Action::Use(kind), Some(asset))
             .map_err(|d| format!("rule={} {}", d.rule, d.why)),
     )
 }
@@ -239,29 +237,46 @@ impl Store {
     /// holds: the main-chain uses appended since (one read by record
     /// number). Tallies of other policies are dropped.
     fn catch_up(&self, db: &mut dyn Db) -> Result<(), StoreError> {
-        let head = self.head_in(db)?.map_or(0, |h| h.0);
         let at = self.verified_change();
-        let mut t = self.tallies();
-        if t.at != at || t.head > head || t.by.is_empty() {
+        let from = {
+            let t = self.tallies();
+            (t.at == at && !t.by.is_empty()).then_some(t.head)
+        };
+        let Some(from) = from else {
+            // Tallies of other policies (or none yet): start afresh at the
+            // newest record; each subject is counted at its first use.
+            let head = self.head_in(db)?.map_or(0, |h| h.0);
+            let mut t = self.tallies();
             t.at = at;
             t.head = head;
             t.by.clear();
             return Ok(());
-        }
-        if t.head == head {
-            return Ok(());
-        }
-        // Every other column in an expression: no index but the record
-        // number's applies (the newest few records).
+        };
+        // The records appended since (by number: the newest few), every
+        // event, so the newest number is learnt in the same read.
         let rows = self.rows(
             db,
-            "SELECT asset, actor, time_ns FROM audit WHERE seq > ?1 AND seq <= ?2 AND \
-             (event || '') IN ('sign', 'encrypt', 'decrypt') AND (rv + 0) = 0",
-            &[Val::Int(t.head as i64), Val::Int(head as i64)],
-            |r| Ok((r.opt_text(0)?, r.opt_text(1)?, r.int(2)?)),
+            "SELECT seq, asset, actor, time_ns, event, rv FROM audit WHERE seq > ?1",
+            &[Val::Int(from as i64)],
+            |r| {
+                Ok((
+                    r.int(0)?.max(0) as u64,
+                    r.opt_text(1)?,
+                    r.opt_text(2)?,
+                    r.int(3)?,
+                    r.text(4)?,
+                    r.int(5)?,
+                ))
+            },
         )?;
-        for (asset, actor, time) in rows {
-            let Some(asset) = asset else { continue };
+        let mut t = self.tallies();
+        let mut head = t.head;
+        for (seq, asset, actor, time, event, rv) in rows {
+            head = head.max(seq);
+            let used = rv == 0 && matches!(event.as_str(), "sign" | "encrypt" | "decrypt");
+            let Some(asset) = asset.filter(|_| used) else {
+                continue;
+            };
             for ((subject, _), (b, _)) in t.by.iter_mut() {
                 if subject.covers(&asset, actor.as_deref()) {
                     b.add(time, 1);

@@ -324,6 +324,15 @@ impl Store {
     /// refreshed) sees them.
     pub(super) fn policies_in_tx(&self, db: &mut dyn Db) -> Result<Arc<Vec<Policy>>, StoreError> {
         self.refresh(db)?;
+        self.policies_refreshed(db)
+    }
+
+    /// `policies_in_tx` when the caller has just refreshed the ledger in
+    /// `db` (a commit's transaction).
+    pub(super) fn policies_refreshed(
+        &self,
+        db: &mut dyn Db,
+    ) -> Result<Arc<Vec<Policy>>, StoreError> {
         if let Some(list) = self.cached_policies() {
             return Ok(list);
         }
@@ -712,13 +721,14 @@ impl Store {
         Ok((now, Some(after)))
     }
 
-    /// A user as the commit of a use sees it (`db`: its transaction, the
-    /// ledger refreshed), verified; read again only when the ledger moved.
+    /// What a user is granted as the commit of a use sees it (`db`: its
+    /// transaction, the ledger refreshed), verified; read again only when
+    /// the ledger moved.
     pub(super) fn user_in_tx(
         &self,
         db: &mut dyn Db,
         name: &str,
-    ) -> Result<Option<UserRow>, StoreError> {
+    ) -> Result<Option<Arc<Grants>>, StoreError> {
         let at = self.verified_change();
         {
             let mut c = self.user_cache.lock().unwrap_or_else(|e| e.into_inner());
@@ -735,7 +745,18 @@ impl Store {
             .map(first)?;
         let user = self
             .verify_sealed(Kind::User, name, row)?
-            .map(|f| UserRow::from_fields(&f));
+            .map(|f| UserRow::from_fields(&f))
+            .map(|u| {
+                Arc::new(Grants {
+                    active: u.state == "active",
+                    roles: u
+                        .roles
+                        .split(',')
+                        .filter_map(crate::access::Role::parse)
+                        .collect(),
+                    patterns: crate::access::parse_patterns(&u.patterns).unwrap_or_default(),
+                })
+            });
         let mut c = self.user_cache.lock().unwrap_or_else(|e| e.into_inner());
         if c.0 == at {
             c.1.insert(name.to_string(), user.clone());
@@ -745,7 +766,18 @@ impl Store {
 }
 
 /// Users read by commits, as of a verified state change.
-pub(super) type UserCache = (Option<(u64, [u8; 32])>, HashMap<String, Option<UserRow>>);
+pub(super) type UserCache = (
+    Option<(u64, [u8; 32])>,
+    HashMap<String, Option<Arc<Grants>>>,
+);
+
+/// What a user row grants, parsed: whether the user is active, its roles
+/// and patterns.
+pub(super) struct Grants {
+    pub(super) active: bool,
+    pub(super) roles: Vec<crate::access::Role>,
+    pub(super) patterns: Vec<Pattern>,
+}
 
 fn login_row(f: &[Vec<u8>]) -> LoginRow {
     LoginRow {
