@@ -211,12 +211,30 @@ fn login_now(
     secret: &[u8],
 ) -> std::result::Result<Caller, (Error, u32)> {
     let plain = |e: Error| (e, 0);
-    // Names no user can have share one row, so a flood of made-up names
-    // neither grows the store without bound nor escapes the lockout.
-    let key = if check_name(name).is_ok() {
-        name
-    } else {
-        "(invalid-name)"
+    // The user's row is read first, for every name alike.
+    let user = match check_name(name) {
+        Ok(()) => cx.store.user(name).map_err(store_err).map_err(plain)?,
+        Err(_) => None,
+    };
+    // Failed logins are counted per user; a name that is no user's is
+    // counted in one of 65,536 rows chosen by a keyed hash of it, so
+    // made-up names neither grow the store without bound nor appear in it
+    // (nor does a secret typed where the name goes): records and the log
+    // show such a name only as its digest.
+    let digest = name_digest(cx.ak, name);
+    let (key, actor, shown) = match &user {
+        Some(_) => (name.to_string(), Some(name), format!("{name:?}")),
+        None => (
+            format!("unknown:{}", &digest[..4]),
+            None,
+            format!("an unknown name (digest {})", &digest[..8]),
+        ),
+    };
+    let key = key.as_str();
+    // What records say of a name that is no user's (a user's is the actor).
+    let by = match actor {
+        Some(_) => String::new(),
+        None => format!(" by {shown}"),
     };
     let now = unix_now();
     let with_session = |r: Record| match cx.session {
@@ -245,38 +263,37 @@ fn login_now(
                     locked_until: if locked { now + lockout } else { 0 },
                 };
                 let what = if locked {
-                    "login attempt (counted until it succeeds); locked out"
+                    format!("login attempt{by} (counted until it succeeds); locked out")
                 } else {
-                    "login attempt (counted until it succeeds)"
+                    format!("login attempt{by} (counted until it succeeds)")
                 };
-                Some((next, CKR_OK, what.to_string()))
+                Some((next, CKR_OK, what))
             },
-            with_session(Record::new(Event::Lockout, CKR_OK).actor(Some(key))),
+            with_session(Record::new(Event::Lockout, CKR_OK).actor(actor)),
         )
         .map_err(store_err)
         .map_err(plain)?;
     let Some(counted) = counted else {
         let until = crate::access::format_time(before.locked_until);
-        let rec = with_session(Record::new(Event::LoginFailed, CKR_PIN_LOCKED).actor(Some(key)))
-            .detail(format!("login refused: locked out until {until}"));
+        let rec = with_session(Record::new(Event::LoginFailed, CKR_PIN_LOCKED).actor(actor))
+            .detail(format!("login{by} refused: locked out until {until}"));
         cx.store
             .record(Some(cx.ak), rec)
             .map_err(store_err)
             .map_err(plain)?;
         crate::log::warn(&format!(
-            "login: {key:?} is locked out until {until} (an admin can lift it: p11derive user \
+            "login: {shown} is locked out until {until} (an admin can lift it: p11derive user \
              unlock)"
         ));
         return Err(plain(Error::rv(CKR_PIN_LOCKED)));
     };
-    let user = cx.store.user(key).map_err(store_err).map_err(plain)?;
     let known = user.as_ref().filter(|u| u.state != "removed");
     let dummy_salt = [0u8; 16];
     let (salt, verifier): (&[u8], &[u8]) = match known {
         Some(u) => (&u.salt, &u.verifier),
         None => (&dummy_salt, &[]),
     };
-    let v = crate::derive::user_verifier(cx.prf, key, salt, secret).map_err(plain)?;
+    let v = crate::derive::user_verifier(cx.prf, name, salt, secret).map_err(plain)?;
     // An empty verifier (no such user) never equals 32 bytes.
     let right = bool::from(v[..].ct_eq(verifier)) && known.is_some();
     // A right secret still fails, exactly like a wrong one (counted, the
@@ -287,7 +304,7 @@ fn login_now(
         (true, Some(u)) => Some(Caller::of(u).map_err(|m| {
             plain(Error::with(
                 CKR_DEVICE_ERROR,
-                format!("user {key:?}: its row cannot be read: {m}"),
+                format!("user {name:?}: its row cannot be read: {m}"),
             ))
         })?),
         _ => None,
@@ -300,7 +317,7 @@ fn login_now(
         _ => None,
     };
     if let (Some(c), None) = (&caller, refused) {
-        let rec = with_session(Record::new(Event::Lockout, CKR_OK).actor(Some(key)));
+        let rec = with_session(Record::new(Event::Lockout, CKR_OK).actor(actor));
         cx.store
             .update_login_failures(
                 cx.ak,
@@ -322,19 +339,19 @@ fn login_now(
                 CKR_PIN_INCORRECT
             },
         )
-        .actor(Some(key)),
+        .actor(actor),
     )
     .detail(if locked {
-        "login failed; locked out"
+        format!("login{by} failed; locked out")
     } else {
-        "login failed"
+        format!("login{by} failed")
     });
     cx.store
         .record(Some(cx.ak), rec)
         .map_err(store_err)
         .map_err(plain)?;
     crate::log::warn(&format!(
-        "login: failed for {key:?} ({} in a row{}){}",
+        "login: failed for {shown} ({} in a row{}){}",
         counted.failures,
         if locked {
             format!(
@@ -347,6 +364,22 @@ fn login_now(
         refused.map_or_else(String::new, |why| format!(": {why}"))
     ));
     Err((Error::rv(CKR_PIN_INCORRECT), counted.failures))
+}
+
+/// A name's digest for records and the log (hex of `HMAC(AK, "p11derive-v1
+/// login name" || name)`): the same name always gives the same digest, and
+/// the digest does not give the name back without the audit key.
+fn name_digest(ak: &Secret32, name: &str) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    // On a secret stack: the HMAC's key schedule is the audit key's.
+    let d: [u8; 32] = crate::secure::confined(|| {
+        let mut m =
+            <Hmac<sha2::Sha256> as KeyInit>::new_from_slice(&ak[..]).expect("any key length");
+        m.update(b"p11derive-v1 login name\0");
+        m.update(name.as_bytes());
+        m.finalize().into_bytes().into()
+    });
+    crate::store::hex(&d)
 }
 
 /// Shared, so a login's caller can be kept by every session.

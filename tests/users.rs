@@ -106,6 +106,23 @@ fn cast_on(pg: Option<&str>) -> Setup {
     s
 }
 
+/// `policy set PATTERN --asset-rate RATE` by the admin.
+fn set_rate(s: &Setup, pattern: &str, rate: &str) {
+    ok_as(
+        s,
+        "admin",
+        ADMIN,
+        &["policy", "set", pattern, "--asset-rate", rate],
+    );
+}
+
+/// `C_Login(CKU_USER, pin)`, which must succeed.
+fn user_login(session: &cryptoki::session::Session, pin: &str) {
+    session
+        .login(UserType::User, Some(&AuthPin::from(pin)))
+        .unwrap();
+}
+
 fn tool(s: &Setup, args: &[&str]) -> Output {
     Command::new("pkcs11-tool")
         .arg("--module")
@@ -343,9 +360,7 @@ fn c_set_pin_changes_the_users_own_secret_and_login_user_takes_the_name_apart() 
     let s = cast();
     let (ctx, slot) = load(&s);
     let session = ctx.open_rw_session(slot).unwrap();
-    session
-        .login(UserType::User, Some(&AuthPin::from("bob:bob-secret-1")))
-        .unwrap();
+    user_login(&session, "bob:bob-secret-1");
     // Too short for [users] min_secret_len.
     assert_eq!(
         rv_of(session.set_pin(&AuthPin::from("bob-secret-1"), &AuthPin::from("short"))),
@@ -487,9 +502,7 @@ fn a_policy_refuses_out_of_hours_mechanisms_and_limits_exactly() {
     add_user(&s, "erin", "signer", "*", "erin-secret-1");
     let (ctx, slot) = load(&s);
     let session = ctx.open_rw_session(slot).unwrap();
-    session
-        .login(UserType::User, Some(&AuthPin::from("erin:erin-secret-1")))
-        .unwrap();
+    user_login(&session, "erin:erin-secret-1");
     let cold = private_key(&session, "cold-1");
     let hot = private_key(&session, "hot-1");
     let digest = [7u8; 32];
@@ -544,9 +557,7 @@ fn rate_limit_worker() {
         .unwrap();
     let slot = ctx.get_slots_with_token().unwrap()[0];
     let login = ctx.open_rw_session(slot).unwrap();
-    login
-        .login(UserType::User, Some(&AuthPin::from("erin:erin-secret-1")))
-        .unwrap();
+    user_login(&login, "erin:erin-secret-1");
     let total = std::sync::atomic::AtomicUsize::new(0);
     let refused = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|sc| {
@@ -617,12 +628,7 @@ fn run_workers(configs: &[PathBuf], processes: usize, threads: usize) -> usize {
 /// `configs`' processes and exactly 500 sign records into the log.
 fn exactly_500(s: &Setup, configs: &[PathBuf], processes: usize) {
     add_user(s, "erin", "signer", "*", "erin-secret-1");
-    ok_as(
-        s,
-        "admin",
-        ADMIN,
-        &["policy", "set", "hot-*", "--asset-rate", "500/1h"],
-    );
+    set_rate(s, "hot-*", "500/1h");
     let signed = run_workers(configs, processes, 8);
     assert_eq!(signed, 500, "signatures returned");
     let export = ok_as(s, "dave", "dave-secret-1", &["audit", "export"]);
@@ -655,12 +661,7 @@ fn rate_limits_are_exact_across_hosts_on_postgresql() {
 fn users_and_policies_edited_with_sql_are_refused() {
     let _t = turn();
     let s = cast();
-    ok_as(
-        &s,
-        "admin",
-        ADMIN,
-        &["policy", "set", "hot-*", "--asset-rate", "1/1h"],
-    );
+    set_rate(&s, "hot-*", "1/1h");
     // A signer made admin-and-signer with SQL: the row no longer verifies.
     sqlite(
         &s.store,
@@ -680,18 +681,11 @@ fn users_and_policies_edited_with_sql_are_refused() {
     // The policy deleted with SQL (to lift its limit): every use is
     // refused, naming it, and verify names it.
     let s = cast();
-    ok_as(
-        &s,
-        "admin",
-        ADMIN,
-        &["policy", "set", "hot-*", "--asset-rate", "1/1h"],
-    );
+    set_rate(&s, "hot-*", "1/1h");
     sqlite(&s.store, "DELETE FROM policies");
     let (ctx, slot) = load(&s);
     let session = ctx.open_rw_session(slot).unwrap();
-    session
-        .login(UserType::User, Some(&AuthPin::from("bob:bob-secret-1")))
-        .unwrap();
+    user_login(&session, "bob:bob-secret-1");
     let hot = private_key(&session, "hot-1");
     assert!(session.sign(&Mechanism::Ecdsa, hot, &[3u8; 32]).is_err());
     assert!(s.log().contains("policy \"hot-*\""), "{}", s.log());
@@ -718,17 +712,13 @@ fn a_handle_found_by_another_user_does_not_work_for_a_user_outside_its_pattern()
     add_user(&s, "frank", "signer", "cold-*", "frank-secret-1");
     let (ctx, slot) = load(&s);
     let session = ctx.open_rw_session(slot).unwrap();
-    session
-        .login(UserType::User, Some(&AuthPin::from("frank:frank-secret-1")))
-        .unwrap();
+    user_login(&session, "frank:frank-secret-1");
     let cold = private_key(&session, "cold-1");
     assert!(session.sign(&Mechanism::Ecdsa, cold, &[5u8; 32]).is_ok());
     // A search begun by frank hands bob nothing private after the switch.
     let other = ctx.open_rw_session(slot).unwrap();
     session.logout().unwrap();
-    session
-        .login(UserType::User, Some(&AuthPin::from("bob:bob-secret-1")))
-        .unwrap();
+    user_login(&session, "bob:bob-secret-1");
     // bob (hot-*) holds frank's handle: it names nothing for him.
     assert_eq!(
         rv_of(session.sign(&Mechanism::Ecdsa, cold, &[5u8; 32])),
@@ -741,13 +731,109 @@ fn a_handle_found_by_another_user_does_not_work_for_a_user_outside_its_pattern()
     assert!(find_one(&other, "cold-1", ObjectClass::PRIVATE_KEY).is_none());
     // An auditor may not use even a key of a pattern it holds.
     session.logout().unwrap();
-    session
-        .login(UserType::User, Some(&AuthPin::from("dave:dave-secret-1")))
-        .unwrap();
+    user_login(&session, "dave:dave-secret-1");
     assert_eq!(
         rv_of(session.sign(&Mechanism::Ecdsa, cold, &[5u8; 32])),
         RvError::KeyHandleInvalid
     );
     session.logout().unwrap();
     ctx.finalize().unwrap();
+}
+
+#[test]
+fn a_pass_through_process_on_the_same_store_obeys_the_policies() {
+    let _t = turn();
+    let s = cast();
+    set_rate(&s, "hot-*", "2/1h");
+    // The same store and token, users mode off: the HSM PIN logs in.
+    let plain = s.dir.join("plain.toml");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let text = text.replace("enabled = true", "enabled = false");
+    std::fs::write(&plain, text).unwrap();
+    std::env::set_var("P11DERIVE_CONF", &plain);
+    let ctx = Pkcs11::new(module_path()).unwrap();
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = ctx.get_slots_with_token().unwrap()[0];
+    let session = ctx.open_rw_session(slot).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::from(PIN)))
+        .unwrap();
+    let hot = private_key(&session, "hot-1");
+    let signed = (0..4)
+        .filter(|_| session.sign(&Mechanism::Ecdsa, hot, &[9u8; 32]).is_ok())
+        .count();
+    assert_eq!(
+        signed, 2,
+        "the asset's rate limit binds pass-through processes too"
+    );
+    assert_eq!(
+        rv_of(session.sign(&Mechanism::Ecdsa, hot, &[9u8; 32])),
+        RvError::FunctionRejected
+    );
+    // Another asset, under no policy, signs freely.
+    let cold = private_key(&session, "cold-1");
+    assert!(session.sign(&Mechanism::Ecdsa, cold, &[9u8; 32]).is_ok());
+    ctx.finalize().unwrap();
+}
+
+#[test]
+fn an_officer_locked_by_an_admin_creates_nothing_more_in_an_open_session() {
+    let _t = turn();
+    let s = cast();
+    let (ctx, slot) = load(&s);
+    let session = ctx.open_rw_session(slot).unwrap();
+    user_login(&session, "carol:carol-secret-1");
+    let template = |label: &str| {
+        (
+            vec![
+                Attribute::Token(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+                Attribute::EcParams(vec![
+                    0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+                ]),
+            ],
+            vec![
+                Attribute::Token(true),
+                Attribute::Label(label.as_bytes().to_vec()),
+            ],
+        )
+    };
+    let (public, private) = template("hot-7");
+    session
+        .generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)
+        .unwrap();
+    ok_as(&s, "admin", ADMIN, &["user", "lock", "carol"]);
+    let (public, private) = template("hot-8");
+    assert_eq!(
+        rv_of(session.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)),
+        RvError::ActionProhibited
+    );
+    ctx.finalize().unwrap();
+}
+
+#[test]
+fn a_users_mode_store_migrated_to_postgresql_keeps_its_users_and_takes_new_ones() {
+    let _t = turn();
+    let s = cast();
+    set_rate(&s, "hot-*", "100/1h");
+    let url = pg_database(&pg_admin_url(), "p11derive_users_migrate");
+    let from = format!("sqlite:{}", s.store.display());
+    let out = cli(&s, &["store", "migrate", "--from", &from, "--to", &url]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    s.use_pg(&url);
+    // New users and policies get ids after the copied ones.
+    add_user(&s, "frank", "signer", "cold-*", "frank-secret-1");
+    set_rate(&s, "cold-*", "100/1h");
+    let (ctx, slot) = load(&s);
+    let session = ctx.open_rw_session(slot).unwrap();
+    user_login(&session, "bob:bob-secret-1");
+    let hot = private_key(&session, "hot-1");
+    assert!(session.sign(&Mechanism::Ecdsa, hot, &[4u8; 32]).is_ok());
+    session.logout().unwrap();
+    user_login(&session, "frank:frank-secret-1");
+    let cold = private_key(&session, "cold-1");
+    assert!(session.sign(&Mechanism::Ecdsa, cold, &[4u8; 32]).is_ok());
+    ctx.finalize().unwrap();
+    s.audit_verifies_as("dave", "dave-secret-1");
 }

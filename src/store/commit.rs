@@ -515,15 +515,9 @@ impl Store {
         // Each asset of the batch is read (and its row verified) once.
         let mut rows: std::collections::HashMap<i64, Result<Option<Asset>, StoreError>> =
             std::collections::HashMap::new();
-        // Users mode: the policies in force as of the ledger just
-        // refreshed, and the uses counted so far in this transaction (read
-        // only for a batch with a user's use).
-        let mut limits = match batch.iter().any(|j| j.record.actor.is_some()) {
-            true => Some(super::limits::Limits::new(
-                self.policies_refreshed(&mut *tx)?,
-            )),
-            false => None,
-        };
+        // The policies in force as of the ledger just refreshed (cached per
+        // state change), and the uses counted so far in this transaction.
+        let mut limits = super::limits::Limits::new(self.policies_refreshed(&mut *tx)?);
         for job in batch {
             let read = match rows.get(&job.rowid) {
                 Some(r) => r.clone(),
@@ -543,10 +537,7 @@ impl Store {
                 Err(e) => return Err(e),
             };
             let mut decision = decision;
-            if decision.is_ok() && job.record.actor.is_some() {
-                let limits = limits
-                    .as_mut()
-                    .expect("a batch with a user's use has its limits");
+            if decision.is_ok() && limits.governs(&job.record) {
                 if let Err(why) = limits.decide(self, &mut *tx, &job.record)? {
                     record = policy_refusal(&job.record, &why);
                     decision = Err(Refusal::Policy(why));

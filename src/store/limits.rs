@@ -112,6 +112,16 @@ impl Limits {
         }
     }
 
+    /// Whether `record`'s use has anything to check at its commit: a user's
+    /// use, or a use of an asset a policy governs.
+    pub(super) fn governs(&self, record: &Record) -> bool {
+        record.actor.is_some()
+            || record
+                .asset
+                .as_deref()
+                .is_some_and(|a| self.policies.iter().any(|p| p.pattern.matches(a)))
+    }
+
     /// Whether the use `record` stands for may be released under every
     /// policy matching its asset (`Err`: the rule that refuses it, for the
     /// record and the caller). An allowed use is counted for the rest of
@@ -122,14 +132,20 @@ impl Limits {
         db: &mut dyn Db,
         record: &Record,
     ) -> Result<Result<(), String>, StoreError> {
-        let (Some(asset), Some(actor)) = (record.asset.as_deref(), record.actor.as_deref()) else {
+        let Some(asset) = record.asset.as_deref() else {
             return Ok(Ok(()));
         };
+        let actor = record.actor.as_deref();
         // The user as the store says now: locked, removed or given other
         // roles or patterns by an admin since the login, in any process.
-        if let Err(why) = user_may(store, db, actor, record, asset)? {
-            return Ok(Err(why));
+        if let Some(actor) = actor {
+            if let Err(why) = user_may(store, db, actor, record, asset)? {
+                return Ok(Err(why));
+            }
         }
+        // A policy governs every use of a matching asset, a user's or not
+        // (a pass-through process on the same store obeys it too); only its
+        // per-user limit needs a user.
         let policies = self.policies.clone();
         let now = self.now_ns.div_euclid(1_000_000_000);
         let mut counted = Vec::new();
@@ -139,19 +155,21 @@ impl Limits {
                 return Ok(Err(format!("rule={} policy={pat} {}", d.rule, d.why)));
             }
             let limits = [
-                (p.asset_rate, Subject::Asset(asset.to_string())),
+                (p.asset_rate, Some(Subject::Asset(asset.to_string()))),
                 (
                     p.user_rate,
-                    Subject::User(actor.to_string(), p.pattern.clone()),
+                    actor.map(|a| Subject::User(a.to_string(), p.pattern.clone())),
                 ),
             ];
             for (rate, subject) in limits {
-                let Some(r) = rate else { continue };
+                let (Some(r), Some(subject)) = (rate, subject) else {
+                    continue;
+                };
                 let key = (subject, r.window_secs);
                 if !self.under(store, db, &key, u64::from(r.count))? {
                     let d = match &key.0 {
                         Subject::Asset(_) => p.asset_rate_denied(asset),
-                        Subject::User(..) => p.user_rate_denied(actor),
+                        Subject::User(a, _) => p.user_rate_denied(a),
                     };
                     return Ok(Err(format!("rule={} policy={pat} {}", d.rule, d.why)));
                 }
@@ -398,19 +416,18 @@ impl Store {
         Ok(out)
     }
 
-    /// Whether any of these uses' assets is governed by a policy (users
-    /// mode): such a batch is decided under the writers' lock.
+    /// Whether any of these uses' assets is governed by a policy: such a
+    /// batch is decided under the writers' lock.
     pub(super) fn policed<'a>(&self, records: impl IntoIterator<Item = &'a Record>) -> bool {
-        let mut records = records.into_iter().filter(|r| r.actor.is_some()).peekable();
-        if records.peek().is_none() {
-            return false;
-        }
         let Ok(policies) = self.active_policies() else {
             // Unreadable policies: the ordinary transaction reads them
             // again and refuses what it must.
             return true;
         };
-        records.any(|r| {
+        if policies.is_empty() {
+            return false;
+        }
+        records.into_iter().any(|r| {
             r.asset
                 .as_deref()
                 .is_some_and(|a| policies.iter().any(|p| p.pattern.matches(a)))

@@ -83,7 +83,14 @@ impl Store {
         }
         if dest.is_shared() {
             // Serial ids carry on after the copied ones.
-            for table in ["assets", "objects", "audit_pending", "audit_lane"] {
+            for table in [
+                "assets",
+                "objects",
+                "audit_pending",
+                "audit_lane",
+                "users",
+                "policies",
+            ] {
                 out.query(
                     &format!(
                         "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \

@@ -514,13 +514,36 @@ impl Store {
     fn sealed_one(&self, kind: Kind, name: &str) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
         self.refused()?;
         let mut conn = self.lock();
-        self.refresh(&mut **conn)?;
+        self.sealed_one_in(&mut **conn, kind, name)
+    }
+
+    /// `sealed_one` through `db`. Outside a transaction another process
+    /// may change the row between the ledger's refresh and its read: a row
+    /// sealed to a change newer than the ledger knows is read again after
+    /// another refresh, never taken for tampering at once.
+    fn sealed_one_in(
+        &self,
+        db: &mut dyn Db,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
         let sql = format!("{} WHERE {} = ?1", select_sql(kind), name_column(kind));
-        let row = self
-            .rows(&mut **conn, &sql, &[name.into()], |r| read_sealed(kind, r))
-            .map(first)?;
-        drop(conn);
-        self.verify_sealed(kind, name, row)
+        let mut attempt = 0;
+        loop {
+            self.refresh(db)?;
+            let row = self
+                .rows(db, &sql, &[name.into()], |r| read_sealed(kind, r))
+                .map(first)?;
+            let known = self.guard().latest_of(&key(kind, name));
+            let newer = row
+                .as_ref()
+                .and_then(|r| r.change_seq)
+                .is_some_and(|seq| known.is_none_or(|k| seq > k));
+            if !newer || attempt == 2 {
+                return self.verify_sealed(kind, name, row);
+            }
+            attempt += 1;
+        }
     }
 
     /// Every row of `kind`, each verified; any row the ledger knows and
@@ -682,14 +705,8 @@ impl Store {
         let mut conn = self.lock();
         let mut tx = Tx::begin(&mut **conn)?;
         self.refresh(&mut *tx)?;
-        let sql = format!("{} WHERE t.name = ?1", select_sql(Kind::Login));
-        let row = self
-            .rows(&mut *tx, &sql, &[name.into()], |r| {
-                read_sealed(Kind::Login, r)
-            })
-            .map(first)?;
         let now = self
-            .verify_sealed(Kind::Login, name, row)?
+            .sealed_one_in(&mut *tx, Kind::Login, name)?
             .map(|f| login_row(&f))
             .unwrap_or_default();
         let Some((after, rv, what)) = next(now) else {
@@ -739,12 +756,8 @@ impl Store {
                 return Ok(u.clone());
             }
         }
-        let sql = format!("{} WHERE t.name = ?1", select_sql(Kind::User));
-        let row = self
-            .rows(db, &sql, &[name.into()], |r| read_sealed(Kind::User, r))
-            .map(first)?;
         let user = self
-            .verify_sealed(Kind::User, name, row)?
+            .sealed_one_in(db, Kind::User, name)?
             .map(|f| UserRow::from_fields(&f))
             .map(|u| {
                 Arc::new(Grants {

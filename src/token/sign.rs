@@ -570,6 +570,14 @@ impl Provider {
         if rec.actor.is_none() {
             rec.actor = self.actor();
         }
+        // Users mode: a use whose user logged out meanwhile releases nothing
+        // (its commit would name no one).
+        if self.users_mode() && rec.actor.is_none() {
+            return Err(Error::with(
+                CKR_USER_NOT_LOGGED_IN,
+                "the user logged out during the operation: result discarded",
+            ));
+        }
         // A session key has no asset state to re-check: its record is
         // written (durably) before the result leaves, like any other.
         let Some(asset) = asset else {

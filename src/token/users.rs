@@ -154,6 +154,11 @@ impl Provider {
             Some((n, s)) if n == caller.name => s,
             _ => old,
         };
+        // The new PIN in the same form as the old one: `name:` dropped.
+        let new = match accounts::split_login(new) {
+            Some((n, s)) if n == caller.name => s,
+            _ => new,
+        };
         accounts::check_secret(&self.config.users, new)?;
         let ak = self
             .audit_key()
@@ -204,6 +209,12 @@ impl Provider {
     ) -> Result<()> {
         if !self.users_mode() {
             return Ok(());
+        }
+        if !matches!(action, Action::Use(_)) {
+            // Creation, lifecycle and stored objects have no commit that
+            // checks the user again: the user's row as the store says now
+            // (a lock or narrowing by an admin in another process).
+            self.store.latest_change().map_err(store_error)?;
         }
         let denied = match self.caller() {
             Some(c) => match c.permits(action, asset) {
