@@ -213,7 +213,7 @@ fn a_commit_function_that_writes_nothing_is_caught_at_the_next_anchor_move() {
             p_lock_ms BIGINT, p_lane BIGINT, p_pos BIGINT, p_head BYTEA, p_gen BIGINT, p_change BIGINT,
             p_time_ns BIGINT[], p_pid BIGINT[], p_session BIGINT[], p_event TEXT[],
             p_asset TEXT[], p_version BIGINT[], p_mechanism BIGINT[], p_input BYTEA[],
-            p_rv BIGINT[], p_detail TEXT[], p_mac BYTEA[], p_hold BIGINT[],
+            p_rv BIGINT[], p_detail TEXT[], p_actor TEXT[], p_mac BYTEA[], p_hold BIGINT[],
             p_hold_mac BYTEA[])
          RETURNS TABLE (r_ok BOOLEAN, r_pos BIGINT, r_mac BYTEA, r_gen BIGINT,
                         r_pending BOOLEAN, r_lost BOOLEAN, r_change BIGINT)

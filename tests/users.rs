@@ -837,3 +837,43 @@ fn a_users_mode_store_migrated_to_postgresql_keeps_its_users_and_takes_new_ones(
     ctx.finalize().unwrap();
     s.audit_verifies_as("dave", "dave-secret-1");
 }
+
+#[test]
+fn a_wrong_or_readable_service_credential_fails_c_initialize_and_says_why() {
+    let _t = turn();
+    let s = cast();
+    use std::os::unix::fs::PermissionsExt;
+    let pin_file = s.dir.join("service.pin");
+    let initialize = || {
+        std::env::set_var("P11DERIVE_CONF", &s.config);
+        let ctx = Pkcs11::new(module_path()).unwrap();
+        let r = rv_of(ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)));
+        let _ = ctx.finalize();
+        r
+    };
+    // Others may read it: refused, the log says how to fix it.
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let from = s.log().len();
+    assert_eq!(initialize(), RvError::FunctionFailed);
+    assert!(
+        s.log_since(from).contains("chmod 600"),
+        "{}",
+        s.log_since(from)
+    );
+    // A PIN the backing token refuses: refused, named, never logged.
+    std::fs::write(&pin_file, "999999\n").unwrap();
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let from = s.log().len();
+    assert_eq!(initialize(), RvError::FunctionFailed);
+    let said = s.log_since(from);
+    assert!(said.contains("service credential"), "{said}");
+    assert!(!said.contains("999999"), "{said}");
+    // Put right, the provider starts and bob signs.
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    let (ctx, slot) = load(&s);
+    let session = ctx.open_rw_session(slot).unwrap();
+    user_login(&session, "bob:bob-secret-1");
+    let hot = private_key(&session, "hot-1");
+    assert!(session.sign(&Mechanism::Ecdsa, hot, &[1u8; 32]).is_ok());
+    ctx.finalize().unwrap();
+}

@@ -42,17 +42,17 @@ macro_rules! users_schema {
         concat!(
             $first,
             "
-    CREATE INDEX audit_changes ON audit (seq)
+    CREATE INDEX IF NOT EXISTS audit_changes ON audit (seq)
         WHERE event IN ('create', 'transition', 'user', 'policy', 'lockout');
-    CREATE INDEX audit_uses ON audit (asset, time_ns)
+    CREATE INDEX IF NOT EXISTS audit_uses ON audit (asset, time_ns)
         WHERE event IN ('sign', 'encrypt', 'decrypt');
-    CREATE INDEX audit_actor_uses ON audit (actor, time_ns)
+    CREATE INDEX IF NOT EXISTS audit_actor_uses ON audit (actor, time_ns)
         WHERE event IN ('sign', 'encrypt', 'decrypt') AND actor IS NOT NULL;
-    CREATE INDEX audit_lane_uses ON audit_lane (asset, time_ns)
+    CREATE INDEX IF NOT EXISTS audit_lane_uses ON audit_lane (asset, time_ns)
         WHERE event IN ('sign', 'encrypt', 'decrypt');
-    CREATE INDEX audit_lane_actor_uses ON audit_lane (actor, time_ns)
+    CREATE INDEX IF NOT EXISTS audit_lane_actor_uses ON audit_lane (actor, time_ns)
         WHERE event IN ('sign', 'encrypt', 'decrypt') AND actor IS NOT NULL;
-    CREATE TABLE users (
+    CREATE TABLE IF NOT EXISTS users (
         id          ",
             $rowid,
             ",
@@ -76,7 +76,7 @@ macro_rules! users_schema {
             $bytes,
             "
     );
-    CREATE TABLE logins (
+    CREATE TABLE IF NOT EXISTS logins (
         name         TEXT PRIMARY KEY,
         failures     ",
             $int,
@@ -91,7 +91,7 @@ macro_rules! users_schema {
             $bytes,
             "
     );
-    CREATE TABLE policies (
+    CREATE TABLE IF NOT EXISTS policies (
         id          ",
             $rowid,
             ",
@@ -401,15 +401,18 @@ END $$;
 );
 
 /// PostgreSQL schema 9 -> 10 (SQLite migration 9 -> 10): users, logins,
-/// policies; the `actor` column; the state-change and use indexes.
+/// policies; the `actor` column; the state-change and use indexes. Each
+/// statement tolerates what it makes being there already: a store whose
+/// recorded version an owner set back (its lanes dropped) is upgraded again
+/// and then refused for what it lost, not for the upgrade.
 const PG_USERS: &str = users_schema!(
     "BIGSERIAL PRIMARY KEY",
     "BIGINT",
     "BYTEA",
-    "ALTER TABLE audit ADD COLUMN actor TEXT;
-    ALTER TABLE audit_pending ADD COLUMN actor TEXT;
-    ALTER TABLE audit_lane ADD COLUMN actor TEXT;
-    DROP INDEX audit_changes;"
+    "ALTER TABLE audit ADD COLUMN IF NOT EXISTS actor TEXT;
+    ALTER TABLE audit_pending ADD COLUMN IF NOT EXISTS actor TEXT;
+    ALTER TABLE audit_lane ADD COLUMN IF NOT EXISTS actor TEXT;
+    DROP INDEX IF EXISTS audit_changes;"
 );
 
 /// The lane commit function of schema 10: each record's `actor` too, and
@@ -738,7 +741,7 @@ mod tests {
             "e7c870d281690194b2ceec063a1d783f0b65180fe0a5aed772b783164dde3ea6",
             "aad44d39327ec5f2ff2e621317584be0a33c21622d2934b59f729143e9b15b34",
             "7f80520651bd951951e2d928e98d8c3df6e752e4acb4d7966c7df0a594d9325d",
-            "f0326e28d82b6af4e8356bc4f1c43fcc97203b80b4a8d44d1f9d320fda1baf50",
+            "4f9f94413a9c8ba9bfb3c4b650d2fe85e375d7005271e9cef5e50471bb991cbd",
         ];
         assert_eq!(super::MIGRATIONS.len(), want.len());
         for (i, (sql, want)) in super::MIGRATIONS.iter().zip(want).enumerate() {

@@ -160,7 +160,12 @@ impl Provider {
             },
         };
         if p.users_mode() {
-            p.service_login()?;
+            if let Err(e) = p.service_login() {
+                // C_Initialize answers CKR_FUNCTION_FAILED (the log says
+                // why), and leaves the backing module as it found it.
+                p.backend.finalize();
+                return Err(Error::with(CKR_FUNCTION_FAILED, e.to_string()));
+            }
         }
         Ok(p)
     }
