@@ -95,19 +95,33 @@ pub fn setup_with(root: Option<&[u8; 32]>, init: bool) -> Setup {
     let token_label = format!("backing-{}-{n}", std::process::id() % 100_000);
     let dir = base.join(format!("setup-{n}"));
     std::fs::create_dir_all(&dir).unwrap();
-    let out = Command::new("softhsm2-util")
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            &token_label,
-            "--pin",
-            PIN,
-            "--so-pin",
-            SO_PIN,
-        ])
-        .output()
-        .expect("softhsm2-util runs");
+    // SoftHSM's file-backed slots can be caught mid-write by a concurrent
+    // test (another token being created): "Could not get info about the
+    // token in slot N". Such a scan is tried again, a few times.
+    let init_token = || {
+        Command::new("softhsm2-util")
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                &token_label,
+                "--pin",
+                PIN,
+                "--so-pin",
+                SO_PIN,
+            ])
+            .output()
+            .expect("softhsm2-util runs")
+    };
+    let mut out = init_token();
+    for _ in 0..5 {
+        let raced = String::from_utf8_lossy(&out.stderr).contains("Could not get info");
+        if out.status.success() || !raced {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        out = init_token();
+    }
     assert!(
         out.status.success(),
         "softhsm2-util: {}",
