@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(mech_names().count(), 20);
         assert_eq!(mech_by_name("CKM_ECDSA"), Some(CKM_ECDSA));
         assert_eq!(mech_by_name("ECDSA"), None);
-        assert_eq!(mech_by_name("CKM_NONESUCH"), None);
+        assert_eq!(mech_by_name("NO-SUCH-MECHANISM"), None);
         assert_eq!(
             values(HMAC_NAMES),
             [CKM_SHA256_HMAC, CKM_SHA384_HMAC, CKM_SHA512_HMAC]
