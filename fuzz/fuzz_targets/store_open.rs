@@ -90,6 +90,7 @@ fn populate(path: &Path, prf: &SoftPrf, ak: &Secret32) {
     let audit = Audit {
         ak,
         session: Some(7),
+        actor: None,
     };
     let id = |s: &str| AssetId::new(s).expect("asset id");
     for (name, kt) in [
@@ -408,7 +409,11 @@ fn exercise(store: &Store, f: &Fixture, r: &mut Reader) {
             5 => Transition::Resume,
             _ => Transition::Retire,
         };
-        let audit = Audit { ak, session: None };
+        let audit = Audit {
+            ak,
+            session: None,
+            actor: None,
+        };
         let _ = lifecycle::transition(Some(&f.prf), store, &audit, &a.id, t);
     }
     let _ = store.record(Some(ak), Record::new(Event::Login, CKR_OK));
