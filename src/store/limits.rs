@@ -9,7 +9,8 @@
 //! its count: a use well under the limit is allowed on it; only when the
 //! bound reaches the limit are the window's records counted exactly (then
 //! few, or the use would be refused anyway). Records a store writer deletes
-//! stay counted by a running process (never more results, only fewer).
+//! stay counted by a running process until its next state change (never
+//! more results, only fewer).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
