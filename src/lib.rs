@@ -18,6 +18,7 @@
 #[allow(unsafe_code)]
 pub mod abi;
 pub mod access;
+pub mod approvals;
 pub mod accounts;
 pub mod asset;
 pub mod audit;
