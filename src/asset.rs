@@ -123,6 +123,18 @@ pub enum Transition {
 }
 
 impl Transition {
+    /// The operation a quorum rule names for it (`rotate`, `trim`, …).
+    pub fn operation(&self) -> &'static str {
+        match self {
+            Transition::Rotate { .. } => "rotate",
+            Transition::Finish => "finish",
+            Transition::Trim(_) => "trim",
+            Transition::Suspend => "suspend",
+            Transition::Resume => "resume",
+            Transition::Retire => "retire",
+        }
+    }
+
     pub fn name(&self) -> String {
         match self {
             Transition::Rotate { grace: false } => "rotate".into(),

@@ -45,6 +45,15 @@ pub enum Event {
     /// A name's failed logins counted, locked out, or cleared (users mode):
     /// a state change, MACed at once with the service credential.
     Lockout,
+    /// An approver registered, given other groups or removed: a state change.
+    Approver,
+    /// A quorum rule set or removed: a state change.
+    Quorum,
+    /// A request made, rejected, cancelled or executed (an approved
+    /// signature's approvals consumed): a state change.
+    Request,
+    /// An approval recorded on a request: a state change.
+    Approval,
 }
 
 impl Event {
@@ -67,6 +76,10 @@ impl Event {
             Event::User => "user",
             Event::Policy => "policy",
             Event::Lockout => "lockout",
+            Event::Approver => "approver",
+            Event::Quorum => "quorum",
+            Event::Request => "request",
+            Event::Approval => "approval",
         }
     }
 
@@ -89,6 +102,10 @@ impl Event {
             Event::User,
             Event::Policy,
             Event::Lockout,
+            Event::Approver,
+            Event::Quorum,
+            Event::Request,
+            Event::Approval,
         ]
         .into_iter()
         .find(|e| e.name() == s)
@@ -278,7 +295,8 @@ pub fn key_data_verifies(ak: &Secret32, asset: &str, v: &crate::asset::VersionRe
 pub const GENESIS: [u8; 32] = [0u8; 32];
 
 /// The events that change state (the ledger's records), as SQL.
-pub const STATE_EVENTS_SQL: &str = "('create', 'transition', 'user', 'policy', 'lockout')";
+pub const STATE_EVENTS_SQL: &str = "('create', 'transition', 'user', 'policy', 'lockout', \
+     'approver', 'quorum', 'request', 'approval')";
 
 /// The word a state-change record (create, transition) ends its detail with:
 /// the number of the state change before it (0 for none), so the changes form

@@ -18,8 +18,8 @@
 #[allow(unsafe_code)]
 pub mod abi;
 pub mod access;
-pub mod approvals;
 pub mod accounts;
+pub mod approvals;
 pub mod asset;
 pub mod audit;
 pub mod backend;

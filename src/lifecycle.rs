@@ -53,6 +53,9 @@ impl LifecycleError {
             LifecycleError::Store(e @ (StoreError::Refused(_) | StoreError::Conflict(_))) => {
                 Error::with(CKR_ACTION_PROHIBITED, e.to_string())
             }
+            LifecycleError::Store(e @ StoreError::NeedsApproval(_)) => {
+                Error::with(CKR_FUNCTION_REJECTED, e.to_string())
+            }
             LifecycleError::Store(e) => Error::with(CKR_DEVICE_ERROR, e.to_string()),
             LifecycleError::Derive(e) => e.clone(),
         }
@@ -86,6 +89,23 @@ fn public_key(prf: &dyn Prf, id: &AssetId, kt: KeyType, n: u32) -> Result<Option
     crate::mechanisms::fingerprint(kt, &key)
         .map(Some)
         .ok_or_else(|| Error::with(CKR_GENERAL_ERROR, "derived scalar out of range"))
+}
+
+/// The version a rotation of `id` would make now and its public key (or
+/// check value), derived through the HSM: what an approved rotation's
+/// execution brings to the store.
+pub fn next_version_key(
+    prf: &dyn Prf,
+    store: &Store,
+    id: &AssetId,
+) -> Result<(u32, Option<Vec<u8>>), LifecycleError> {
+    let asset = store
+        .asset_by_name(id)?
+        .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
+    let n = asset.current.checked_add(1).ok_or_else(|| {
+        StoreError::Refused(format!("asset {:?} is at its last version", id.as_str()))
+    })?;
+    Ok((n, public_key(prf, id, asset.key_type, n)?))
 }
 
 /// Registers a new asset at version 1. `object_id` is the creator's `CKA_ID`,

@@ -41,6 +41,8 @@ pub struct Config {
     pub gcm: GcmSection,
     #[serde(default)]
     pub users: UsersSection,
+    #[serde(default)]
+    pub approvals: ApprovalsSection,
     /// The file this was read from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -274,6 +276,36 @@ pub struct PolicySection {
     /// (for good: its id can never be registered again). Default: refused.
     #[serde(default)]
     pub destroy_retires: bool,
+}
+
+/// k-of-n approvals (users mode): how long a request collects approvals,
+/// and whether the approval that completes a quorum runs its operation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApprovalsSection {
+    /// A request's lifetime unless `--expires` says otherwise (`24h`).
+    pub expires: String,
+    /// `manual` (`p11derive request execute ID`) or `on-quorum`.
+    pub execute: ExecuteWhen,
+}
+
+impl Default for ApprovalsSection {
+    fn default() -> Self {
+        ApprovalsSection {
+            expires: "24h".into(),
+            execute: ExecuteWhen::Manual,
+        }
+    }
+}
+
+/// When an approved request's operation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExecuteWhen {
+    /// At `p11derive request execute ID`.
+    Manual,
+    /// As soon as the approval that completes the quorum is recorded.
+    OnQuorum,
 }
 
 /// Users mode: people log in as themselves (`C_Login` with

@@ -317,18 +317,28 @@ impl Store {
     ) -> Result<Asset, StoreError> {
         let mut conn = self.lock();
         let mut tx = Tx::begin(&mut **conn)?;
-        let a = self
-            .asset_by_name_in(&mut *tx, name)?
-            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
-        let change = match a.plan(t, next) {
-            Ok(change) => change,
-            Err(Denied::Refused(why)) => {
-                let why = format!(
-                    "asset {:?} is {}: {} refused: {why}",
-                    name.as_str(),
-                    a.state.name(),
-                    t.name()
-                );
+        // A transition a quorum rule governs runs only as an approved
+        // request's execution (`execute_request`), whoever asks.
+        let rules = self.rules_in(&mut *tx, t.operation(), Some(name.as_str()))?;
+        if !rules.is_empty() {
+            let list: Vec<String> = rules.iter().map(|r| r.describe()).collect();
+            return Err(StoreError::NeedsApproval(format!(
+                "{} of asset {:?} needs approvals (quorum {}): make a request with `p11derive \
+                 request new {} {}` and have approvers sign it",
+                t.name(),
+                name.as_str(),
+                list.join("; "),
+                t.operation(),
+                name.as_str()
+            )));
+        }
+        match self.transition_in(&mut *tx, name, t, next, ak, base.clone(), None) {
+            Ok((after, head)) => {
+                self.commit_at(tx, head)?;
+                self.forget_assets();
+                Ok(after)
+            }
+            Err(StoreError::Refused(why)) => {
                 // The transition rolls back; the refusal itself is audited.
                 drop(tx);
                 drop(conn);
@@ -338,7 +348,39 @@ impl Store {
                 rec.rv = crate::ck::CKR_ACTION_PROHIBITED;
                 rec.detail = why.clone();
                 self.record(Some(ak), rec)?;
-                return Err(StoreError::Refused(why));
+                Err(StoreError::Refused(why))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A transition's writes and record inside the caller's transaction;
+    /// the asset after it and the new head (`tag`: a word for the record's
+    /// detail, e.g. the request it executes). A transition the asset's
+    /// state refuses is `Refused` (nothing written).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn transition_in(
+        &self,
+        tx: &mut dyn Db,
+        name: &AssetId,
+        t: Transition,
+        next: Option<(u32, Option<&[u8]>)>,
+        ak: &Secret32,
+        base: Record,
+        tag: Option<&str>,
+    ) -> Result<(Asset, crate::audit::Head), StoreError> {
+        let a = self
+            .asset_by_name_in(&mut *tx, name)?
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))?;
+        let change = match a.plan(t, next) {
+            Ok(change) => change,
+            Err(Denied::Refused(why)) => {
+                return Err(StoreError::Refused(format!(
+                    "asset {:?} is {}: {} refused: {why}",
+                    name.as_str(),
+                    a.state.name(),
+                    t.name()
+                )));
             }
             Err(Denied::Stale) => {
                 return Err(StoreError::Conflict(format!(
@@ -423,12 +465,13 @@ impl Store {
             }
             _ => transition_detail(&t.name(), &after),
         };
+        if let Some(tag) = tag {
+            rec.detail = format!("{} {tag}", rec.detail);
+        }
         rec.detail = format!("{} {PREV_CHANGE}{prev}", rec.detail);
         let head = self.append_in(&mut *tx, ak, std::slice::from_mut(&mut rec))?;
         self.seal_row(&mut *tx, ak, a.rowid, (head.seq, head.mac))?;
-        self.commit_at(tx, head)?;
-        self.forget_assets();
-        Ok(after)
+        Ok((after, head))
     }
 
     /// An asset's row read afresh (without its versions): the last check

@@ -517,7 +517,10 @@ impl Store {
             std::collections::HashMap::new();
         // The policies in force as of the ledger just refreshed (cached per
         // state change), and the uses counted so far in this transaction.
-        let mut limits = super::limits::Limits::new(self.policies_refreshed(&mut *tx)?);
+        let mut limits = super::limits::Limits::new(
+            self.policies_refreshed(&mut *tx)?,
+            self.active_rules_in(&mut *tx)?,
+        );
         for job in batch {
             let read = match rows.get(&job.rowid) {
                 Some(r) => r.clone(),
@@ -538,9 +541,14 @@ impl Store {
             };
             let mut decision = decision;
             if decision.is_ok() && limits.governs(&job.record) {
-                if let Err(why) = limits.decide(self, &mut *tx, &job.record)? {
-                    record = policy_refusal(&job.record, &why);
-                    decision = Err(Refusal::Policy(why));
+                match limits.decide(self, &mut *tx, &job.record)? {
+                    Err(why) => {
+                        record = policy_refusal(&job.record, &why);
+                        decision = Err(Refusal::Policy(why));
+                    }
+                    Ok(Some(note)) if record.detail.is_empty() => record.detail = note,
+                    Ok(Some(note)) => record.detail = format!("{} {note}", record.detail),
+                    Ok(None) => {}
                 }
             }
             if let (Ok(()), Some(iv)) = (&decision, &job.iv) {
@@ -558,6 +566,11 @@ impl Store {
             }
             records.push(record);
             decisions.push(decision);
+        }
+        // The approvals the batch's signatures use are spent with them.
+        for (row, actor) in std::mem::take(&mut limits.consumed) {
+            let base = Record::new(Event::Request, crate::ck::CKR_OK).actor(actor.as_deref());
+            self.consume_in(&mut *tx, ak, row, base)?;
         }
         let head = self.append_unwatched(&mut *tx, ak, &mut records)?;
         self.commit_at(tx, head)?;

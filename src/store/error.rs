@@ -27,6 +27,9 @@ pub enum StoreError {
     Refused(String),
     /// The asset changed between reading it and committing (retry).
     Conflict(String),
+    /// The operation is governed by a quorum rule: it runs only as an
+    /// approved request (the message says how to make one).
+    NeedsApproval(String),
     /// The backing HSM's root is not the one the store's audit chain was
     /// written with.
     OtherRoot(PathBuf),
@@ -156,6 +159,7 @@ impl fmt::Display for StoreError {
             }
             StoreError::Refused(why) => write!(f, "{why}"),
             StoreError::Conflict(why) => write!(f, "{why}"),
+            StoreError::NeedsApproval(why) => write!(f, "{why}"),
             StoreError::OtherRoot(p) => write!(
                 f,
                 "the audit key derived from the backing HSM's root does not verify the newest \

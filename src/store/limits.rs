@@ -87,6 +87,11 @@ pub(super) struct Tallies {
 /// One commit's view of the policies and of the uses counted so far.
 pub(super) struct Limits {
     policies: Arc<Vec<Policy>>,
+    /// The quorum rules in force (those for `sign` gate signatures).
+    rules: Arc<Vec<crate::approvals::Rule>>,
+    /// Approved signatures' requests this batch uses (each once), to mark
+    /// executed in the batch's transaction.
+    pub(super) consumed: Vec<(super::RequestRow, Option<String>)>,
     /// Uses allowed in this batch so far, per subject and window.
     batch: HashMap<(Subject, u32), u64>,
     now_ns: i64,
@@ -95,18 +100,25 @@ pub(super) struct Limits {
 }
 
 impl Limits {
-    pub(super) fn new(policies: Arc<Vec<Policy>>) -> Limits {
+    pub(super) fn new(
+        policies: Arc<Vec<Policy>>,
+        rules: Arc<Vec<crate::approvals::Rule>>,
+    ) -> Limits {
         let now_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as i64)
             .unwrap_or(0);
-        Limits::at(policies, now_ns)
+        let mut l = Limits::at(policies, now_ns);
+        l.rules = rules;
+        l
     }
 
     /// As `new`, at the time `now_ns` (tests).
     pub(super) fn at(policies: Arc<Vec<Policy>>, now_ns: i64) -> Limits {
         Limits {
             policies,
+            rules: Arc::new(Vec::new()),
+            consumed: Vec::new(),
             batch: HashMap::new(),
             now_ns,
             caught_up: false,
@@ -117,24 +129,25 @@ impl Limits {
     /// use, or a use of an asset a policy governs.
     pub(super) fn governs(&self, record: &Record) -> bool {
         record.actor.is_some()
-            || record
-                .asset
-                .as_deref()
-                .is_some_and(|a| self.policies.iter().any(|p| p.pattern.matches(a)))
+            || record.asset.as_deref().is_some_and(|a| {
+                self.policies.iter().any(|p| p.pattern.matches(a))
+                    || self.rules.iter().any(|r| r.applies("sign", Some(a)))
+            })
     }
 
     /// Whether the use `record` stands for may be released under every
     /// policy matching its asset (`Err`: the rule that refuses it, for the
     /// record and the caller). An allowed use is counted for the rest of
-    /// the batch.
+    /// the batch; a signature that needed approvals names the request whose
+    /// approvals it uses (`Ok(Some(words))`, for its record).
     pub(super) fn decide(
         &mut self,
         store: &Store,
         db: &mut dyn Db,
         record: &Record,
-    ) -> Result<Result<(), String>, StoreError> {
+    ) -> Result<Result<Option<String>, String>, StoreError> {
         let Some(asset) = record.asset.as_deref() else {
-            return Ok(Ok(()));
+            return Ok(Ok(None));
         };
         let actor = record.actor.as_deref();
         // The user as the store says now: locked, removed or given other
@@ -177,10 +190,49 @@ impl Limits {
                 counted.push(key);
             }
         }
+        // A signature of an asset whose quorum rules (or policies) want
+        // approvals: released only on a request approving exactly it, used
+        // once (marked executed in this transaction).
+        let mut note = None;
+        if record.event == crate::audit::Event::Sign {
+            let mut rules: Vec<crate::approvals::Rule> = self
+                .rules
+                .iter()
+                .filter(|r| r.applies("sign", Some(asset)))
+                .cloned()
+                .collect();
+            for p in policies
+                .iter()
+                .filter(|p| p.approvals > 0 && p.pattern.matches(asset))
+            {
+                rules.push(crate::approvals::Rule {
+                    operation: "sign".into(),
+                    pattern: p.pattern.clone(),
+                    approvals: p.approvals,
+                    group: String::new(),
+                });
+            }
+            if !rules.is_empty() {
+                let taken: Vec<String> = self.consumed.iter().map(|(r, _)| r.id.clone()).collect();
+                match store.approved_signature(db, record, asset, &rules, &taken)? {
+                    Ok(row) => {
+                        let by: Vec<String> = row
+                            .verdicts()
+                            .into_iter()
+                            .filter(|v| v.given.verdict == crate::approvals::Verdict::Approve)
+                            .map(|v| v.given.approver)
+                            .collect();
+                        note = Some(format!("approved by request={} ({})", row.id, by.join(",")));
+                        self.consumed.push((row, record.actor.clone()));
+                    }
+                    Err(why) => return Ok(Err(why)),
+                }
+            }
+        }
         for key in counted {
             *self.batch.entry(key).or_insert(0) += 1;
         }
-        Ok(Ok(()))
+        Ok(Ok(note))
     }
 
     /// Whether one more use of `key`'s subject stays under `limit` in its
@@ -420,18 +472,19 @@ impl Store {
     /// Whether any of these uses' assets is governed by a policy: such a
     /// batch is decided under the writers' lock.
     pub(super) fn policed<'a>(&self, records: impl IntoIterator<Item = &'a Record>) -> bool {
-        let Ok(policies) = self.active_policies() else {
-            // Unreadable policies: the ordinary transaction reads them
-            // again and refuses what it must.
+        let (Ok(policies), Ok(rules)) = (self.active_policies(), self.active_rules()) else {
+            // Unreadable policies or rules: the ordinary transaction reads
+            // them again and refuses what it must.
             return true;
         };
-        if policies.is_empty() {
+        if policies.is_empty() && rules.is_empty() {
             return false;
         }
         records.into_iter().any(|r| {
-            r.asset
-                .as_deref()
-                .is_some_and(|a| policies.iter().any(|p| p.pattern.matches(a)))
+            r.asset.as_deref().is_some_and(|a| {
+                policies.iter().any(|p| p.pattern.matches(a))
+                    || rules.iter().any(|q| q.applies("sign", Some(a)))
+            })
         })
     }
 }

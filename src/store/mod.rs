@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod approvals;
 mod assets;
 mod audit;
 mod commit;
@@ -39,6 +40,10 @@ mod state;
 mod users;
 
 pub use crate::asset::{Asset, AssetState, NewAsset, Transition, VersionRecord};
+pub use approvals::{
+    approved_digest_lookup, sign_lookup, subject_of, ApproverRow, Execute, QuorumRow, RequestRow,
+    VerdictLine,
+};
 pub use audit::{
     key_digest, parse_resumes_to, parse_transition_detail, transition_detail, AuditRow,
     PENDING_MARK,
@@ -96,6 +101,8 @@ pub struct Store {
     tallies: Mutex<limits::Tallies>,
     /// Users as commits read them (see `users`).
     user_cache: Mutex<users::UserCache>,
+    /// The quorum rules in force, parsed (see `approvals`).
+    quorum_cache: Mutex<Option<approvals::QuorumCache>>,
 }
 
 /// A row type kept in one table: the columns a `SELECT` names, in the order
@@ -277,6 +284,7 @@ impl Store {
             policy_cache: Mutex::new(None),
             tallies: Mutex::new(limits::Tallies::default()),
             user_cache: Mutex::new((None, std::collections::HashMap::new())),
+            quorum_cache: Mutex::new(None),
         }
     }
 

@@ -15,7 +15,7 @@ use super::StoreError;
 /// `PRAGMA application_id` of a p11derive store ("P1DR").
 pub const APPLICATION_ID: i32 = 0x5031_4452;
 /// The schema this build writes. Older stores are migrated forward.
-pub const SCHEMA_VERSION: i32 = 10;
+pub const SCHEMA_VERSION: i32 = 11;
 
 /// The columns `audit` and `audit_pending` share (migration 2 -> 3), after
 /// their keys and up to `detail`: a macro, so each migration stays one
@@ -32,6 +32,92 @@ macro_rules! audit_record_columns {
         input_sha256 BLOB,
         rv           INTEGER NOT NULL,
 "
+    };
+}
+
+/// Schema 11 (k-of-n approvals) in either engine's types: approvers,
+/// quorum rules and requests, sealed like users; approvers, quorum rules,
+/// requests and approvals are state changes.
+macro_rules! approvals_schema {
+    ($rowid:literal, $int:literal, $bytes:literal) => {
+        concat!(
+            "DROP INDEX IF EXISTS audit_changes;
+    CREATE INDEX IF NOT EXISTS audit_changes ON audit (seq)
+        WHERE event IN ('create', 'transition', 'user', 'policy', 'lockout', 'approver',
+                        'quorum', 'request', 'approval');
+    CREATE TABLE IF NOT EXISTS approvers (
+        id          ",
+            $rowid,
+            ",
+        name        TEXT NOT NULL UNIQUE,
+        key_kind    TEXT NOT NULL CHECK (key_kind IN ('ed25519', 'p256')),
+        public_key  ",
+            $bytes,
+            " NOT NULL,
+        groups      TEXT NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('active', 'removed')),
+        created_at  ",
+            $int,
+            " NOT NULL,
+        change_seq  ",
+            $int,
+            ",
+        state_mac   ",
+            $bytes,
+            "
+    );
+    CREATE TABLE IF NOT EXISTS quorums (
+        id          ",
+            $rowid,
+            ",
+        name        TEXT NOT NULL UNIQUE,
+        operation   TEXT NOT NULL,
+        pattern     TEXT NOT NULL,
+        approvals   ",
+            $int,
+            " NOT NULL CHECK (approvals >= 1),
+        grp         TEXT NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('set', 'removed')),
+        created_at  ",
+            $int,
+            " NOT NULL,
+        change_seq  ",
+            $int,
+            ",
+        state_mac   ",
+            $bytes,
+            "
+    );
+    CREATE TABLE IF NOT EXISTS requests (
+        id           ",
+            $rowid,
+            ",
+        name         TEXT NOT NULL UNIQUE,
+        operation    TEXT NOT NULL,
+        lookup       TEXT NOT NULL,
+        body         ",
+            $bytes,
+            " NOT NULL,
+        requested_by TEXT NOT NULL,
+        created_at   ",
+            $int,
+            " NOT NULL,
+        expires_at   ",
+            $int,
+            " NOT NULL,
+        state        TEXT NOT NULL
+            CHECK (state IN ('pending', 'rejected', 'executed', 'cancelled')),
+        approvals    TEXT NOT NULL,
+        outcome      TEXT NOT NULL,
+        change_seq   ",
+            $int,
+            ",
+        state_mac    ",
+            $bytes,
+            "
+    );
+    CREATE INDEX IF NOT EXISTS requests_open ON requests (lookup) WHERE state = 'pending';"
+        )
     };
 }
 
@@ -232,6 +318,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE audit_lane ADD COLUMN actor TEXT;
     DROP INDEX audit_changes;"
     ),
+    // 10 -> 11: k-of-n approvals: approvers (their public keys), quorum
+    // rules and requests with their approvals, each row sealed like a
+    // user's; their changes are state changes.
+    approvals_schema!("INTEGER PRIMARY KEY", "INTEGER", "BLOB"),
 ];
 
 /// Upgrades a SQLite store's schema from `from` to `SCHEMA_VERSION`.
@@ -311,6 +401,7 @@ const PG_UPGRADES: &[(i64, &[&str])] = &[
     (7, &[pg_gcm_ivs!()]),
     (8, &[PG_LANES]),
     (9, &[PG_USERS, PG_LANE_APPEND_10]),
+    (10, &[PG_APPROVALS, PG_LANE_APPEND_11]),
 ];
 
 /// The schema version `PG_SCHEMA` and `PG_APPEND` create; a new store is
@@ -444,6 +535,56 @@ BEGIN
     ) INTO l;
     SELECT a.seq INTO c FROM audit a
         WHERE a.event IN ('create', 'transition', 'user', 'policy', 'lockout')
+        AND a.detail NOT LIKE '[written without the audit key, sealed later] %'
+        ORDER BY a.seq DESC LIMIT 1;
+    IF coalesce(s, 0) <> p_pos OR m IS DISTINCT FROM p_head OR g <> p_gen OR p OR l
+       OR coalesce(c, 0) <> p_change THEN
+        RETURN QUERY SELECT false, coalesce(s, 0), m, g, p, l, coalesce(c, 0);
+        RETURN;
+    END IF;
+    INSERT INTO audit_lane (lane, pos, change, time_ns, pid, session, event, asset, version,
+                            mechanism, input_sha256, rv, detail, actor, mac)
+        SELECT p_lane, p_pos + u.n, p_change, u.t, u.pi, u.se, u.e, u.a, u.v, u.me, u.i, u.r,
+               u.d, u.ac, u.c
+        FROM unnest(p_time_ns, p_pid, p_session, p_event, p_asset, p_version, p_mechanism,
+                    p_input, p_rv, p_detail, p_actor, p_mac)
+             WITH ORDINALITY AS u(t, pi, se, e, a, v, me, i, r, d, ac, c, n);
+    RETURN QUERY SELECT true, p_pos + cardinality(p_time_ns), p_mac[cardinality(p_mac)], g,
+        false, false, coalesce(c, 0);
+END $$;
+"#;
+
+/// PostgreSQL schema 10 -> 11 (SQLite migration 10 -> 11): approvers,
+/// quorum rules, requests; the state-change index with their events.
+const PG_APPROVALS: &str = approvals_schema!("BIGSERIAL PRIMARY KEY", "BIGINT", "BYTEA");
+
+/// The lane commit function of schema 11: approvers, quorum rules,
+/// requests and approvals count as state changes too.
+const PG_LANE_APPEND_11: &str = r#"
+CREATE OR REPLACE FUNCTION p11derive_lane_append(
+    p_lock_ms BIGINT, p_lane BIGINT, p_pos BIGINT, p_head BYTEA, p_gen BIGINT, p_change BIGINT,
+    p_time_ns BIGINT[], p_pid BIGINT[], p_session BIGINT[], p_event TEXT[], p_asset TEXT[],
+    p_version BIGINT[], p_mechanism BIGINT[], p_input BYTEA[], p_rv BIGINT[],
+    p_detail TEXT[], p_actor TEXT[], p_mac BYTEA[], p_hold BIGINT[], p_hold_mac BYTEA[])
+RETURNS TABLE (r_ok BOOLEAN, r_pos BIGINT, r_mac BYTEA, r_gen BIGINT, r_pending BOOLEAN,
+               r_lost BOOLEAN, r_change BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    s BIGINT; m BYTEA; g BIGINT; p BOOLEAN; l BOOLEAN; c BIGINT;
+BEGIN
+    PERFORM set_config('lock_timeout', p_lock_ms || 'ms', true);
+    PERFORM pg_advisory_xact_lock_shared(1345406034);
+    SELECT a.pos, a.mac INTO s, m FROM audit_lane a WHERE a.lane = p_lane
+        ORDER BY a.pos DESC LIMIT 1;
+    SELECT x.assets INTO g FROM generation x;
+    SELECT EXISTS (SELECT 1 FROM audit_pending) INTO p;
+    SELECT EXISTS (
+        SELECT 1 FROM unnest(p_hold, p_hold_mac) AS h(seq, mac)
+        WHERE NOT EXISTS (SELECT 1 FROM audit a WHERE a.seq = h.seq AND a.mac = h.mac)
+    ) INTO l;
+    SELECT a.seq INTO c FROM audit a
+        WHERE a.event IN ('create', 'transition', 'user', 'policy', 'lockout', 'approver',
+                          'quorum', 'request', 'approval')
         AND a.detail NOT LIKE '[written without the audit key, sealed later] %'
         ORDER BY a.seq DESC LIMIT 1;
     IF coalesce(s, 0) <> p_pos OR m IS DISTINCT FROM p_head OR g <> p_gen OR p OR l

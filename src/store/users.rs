@@ -62,10 +62,14 @@ pub struct PolicyRow {
 
 /// The three kinds of sealed rows besides assets.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(super) enum Kind {
     User,
     Login,
     Policy,
+    /// Approvers, quorum rules and requests (`approvals.rs`).
+    Approver,
+    Quorum,
+    Request,
 }
 
 impl Kind {
@@ -74,6 +78,9 @@ impl Kind {
             Kind::User => "user:",
             Kind::Login => "login:",
             Kind::Policy => "policy:",
+            Kind::Approver => "approver:",
+            Kind::Quorum => "quorum:",
+            Kind::Request => "request:",
         }
     }
 
@@ -82,6 +89,9 @@ impl Kind {
             Kind::User => b"p11derive-v1 user state",
             Kind::Login => b"p11derive-v1 login state",
             Kind::Policy => b"p11derive-v1 policy state",
+            Kind::Approver => b"p11derive-v1 approver state",
+            Kind::Quorum => b"p11derive-v1 quorum state",
+            Kind::Request => b"p11derive-v1 request state",
         }
     }
 
@@ -90,6 +100,9 @@ impl Kind {
             Kind::User => "user",
             Kind::Login => "failed-login count of",
             Kind::Policy => "policy",
+            Kind::Approver => "approver",
+            Kind::Quorum => "quorum rule",
+            Kind::Request => "request",
         }
     }
 
@@ -98,12 +111,15 @@ impl Kind {
             Kind::User => Event::User,
             Kind::Login => Event::Lockout,
             Kind::Policy => Event::Policy,
+            Kind::Approver => Event::Approver,
+            Kind::Quorum => Event::Quorum,
+            Kind::Request => Event::Request,
         }
     }
 }
 
 /// The ledger's name of a row: `user:NAME`, `login:NAME`, `policy:PATTERN`.
-fn key(kind: Kind, name: &str) -> String {
+pub(super) fn key(kind: Kind, name: &str) -> String {
     format!("{}{name}", kind.prefix())
 }
 
@@ -150,6 +166,21 @@ fn select_sql(kind: Kind) -> &'static str {
             "SELECT t.pattern, t.settings, t.state, t.created_at, t.change_seq, t.state_mac, a.mac \
              FROM policies t LEFT JOIN audit a ON a.seq = t.change_seq"
         }
+        Kind::Approver => {
+            "SELECT t.name, t.key_kind, t.public_key, t.groups, t.state, t.created_at, \
+             t.change_seq, t.state_mac, a.mac FROM approvers t \
+             LEFT JOIN audit a ON a.seq = t.change_seq"
+        }
+        Kind::Quorum => {
+            "SELECT t.name, t.operation, t.pattern, t.approvals, t.grp, t.state, t.created_at, \
+             t.change_seq, t.state_mac, a.mac FROM quorums t \
+             LEFT JOIN audit a ON a.seq = t.change_seq"
+        }
+        Kind::Request => {
+            "SELECT t.name, t.operation, t.lookup, t.body, t.requested_by, t.created_at, \
+             t.expires_at, t.state, t.approvals, t.outcome, t.change_seq, t.state_mac, a.mac \
+             FROM requests t LEFT JOIN audit a ON a.seq = t.change_seq"
+        }
     }
 }
 
@@ -166,6 +197,9 @@ fn read_sealed(kind: Kind, r: &Row) -> Result<Sealed, String> {
         Kind::User => 7,
         Kind::Login => 3,
         Kind::Policy => 4,
+        Kind::Approver => 6,
+        Kind::Quorum => 7,
+        Kind::Request => 10,
     };
     let mut fields = Vec::with_capacity(n);
     for i in 0..n {
@@ -185,11 +219,11 @@ fn read_sealed(kind: Kind, r: &Row) -> Result<Sealed, String> {
     })
 }
 
-fn text(b: &[u8]) -> String {
+pub(super) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-fn int(b: &[u8]) -> i64 {
+pub(super) fn int(b: &[u8]) -> i64 {
     b.try_into().map(i64::from_be_bytes).unwrap_or(0)
 }
 
@@ -375,26 +409,7 @@ impl Store {
             "{what} roles={} patterns={} state={}",
             row.roles, row.patterns, row.state
         );
-        let w = SealedWrite {
-            kind: Kind::User,
-            name: &row.name,
-            fields: row.fields(),
-            upsert: "INSERT INTO users (name, roles, patterns, salt, verifier, state, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO UPDATE SET \
-             roles = excluded.roles, patterns = excluded.patterns, salt = excluded.salt, \
-             verifier = excluded.verifier, state = excluded.state",
-            params: vec![
-                row.name.as_str().into(),
-                row.roles.as_str().into(),
-                row.patterns.as_str().into(),
-                row.salt.as_slice().into(),
-                row.verifier.as_slice().into(),
-                row.state.as_str().into(),
-                row.created_at.into(),
-            ],
-            seal_sql: "UPDATE users SET change_seq = ?1, state_mac = ?2 WHERE name = ?3",
-        };
-        self.put_sealed(ak, w, detail, base)
+        self.put_sealed(ak, user_write(row), detail, base)
     }
 
     /// Records a name's failed logins (a `lockout` record carrying the
@@ -422,22 +437,7 @@ impl Store {
         base: Record,
     ) -> Result<u64, StoreError> {
         let detail = format!("{what} state={} {}", row.state, row.settings);
-        let w = SealedWrite {
-            kind: Kind::Policy,
-            name: &row.pattern,
-            fields: row.fields(),
-            upsert: "INSERT INTO policies (pattern, settings, state, created_at) \
-                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (pattern) DO UPDATE SET \
-                     settings = excluded.settings, state = excluded.state",
-            params: vec![
-                row.pattern.as_str().into(),
-                row.settings.as_str().into(),
-                row.state.as_str().into(),
-                row.created_at.into(),
-            ],
-            seal_sql: "UPDATE policies SET change_seq = ?1, state_mac = ?2 WHERE pattern = ?3",
-        };
-        self.put_sealed(ak, w, detail, base)
+        self.put_sealed(ak, policy_write(row), detail, base)
     }
 
     /// Every user, failed-login and policy row whose seal does not hold,
@@ -450,7 +450,14 @@ impl Store {
         self.refresh_ledger_into(&mut **conn, ak, &mut fresh)?;
         let latest = fresh.latest_map();
         let mut faults = Vec::new();
-        for kind in [Kind::User, Kind::Login, Kind::Policy] {
+        for kind in [
+            Kind::User,
+            Kind::Login,
+            Kind::Policy,
+            Kind::Approver,
+            Kind::Quorum,
+            Kind::Request,
+        ] {
             let rows = self.rows(&mut **conn, select_sql(kind), &[], |r| read_sealed(kind, r))?;
             let mut present = std::collections::HashSet::new();
             for row in rows {
@@ -511,7 +518,11 @@ impl Store {
 
     /// One row of `kind` by name, verified against the ledger (brought up
     /// to date first). `None` when the ledger knows no change of it either.
-    fn sealed_one(&self, kind: Kind, name: &str) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
+    pub(super) fn sealed_one(
+        &self,
+        kind: Kind,
+        name: &str,
+    ) -> Result<Option<Vec<Vec<u8>>>, StoreError> {
         self.refused()?;
         let mut conn = self.lock();
         self.sealed_one_in(&mut **conn, kind, name)
@@ -521,7 +532,7 @@ impl Store {
     /// may change the row between the ledger's refresh and its read: a row
     /// sealed to a change newer than the ledger knows is read again after
     /// another refresh, never taken for tampering at once.
-    fn sealed_one_in(
+    pub(super) fn sealed_one_in(
         &self,
         db: &mut dyn Db,
         kind: Kind,
@@ -548,13 +559,17 @@ impl Store {
 
     /// Every row of `kind`, each verified; any row the ledger knows and
     /// the table lacks is refused.
-    fn sealed_all(&self, kind: Kind) -> Result<Vec<Vec<Vec<u8>>>, StoreError> {
+    pub(super) fn sealed_all(&self, kind: Kind) -> Result<Vec<Vec<Vec<u8>>>, StoreError> {
         let mut conn = self.lock();
         self.sealed_all_in(&mut **conn, kind)
     }
 
     /// `sealed_all` inside the caller's transaction (or connection).
-    fn sealed_all_in(&self, db: &mut dyn Db, kind: Kind) -> Result<Vec<Vec<Vec<u8>>>, StoreError> {
+    pub(super) fn sealed_all_in(
+        &self,
+        db: &mut dyn Db,
+        kind: Kind,
+    ) -> Result<Vec<Vec<Vec<u8>>>, StoreError> {
         self.refused()?;
         self.refresh(db)?;
         let sql = format!("{} ORDER BY {}", select_sql(kind), name_column(kind));
@@ -626,7 +641,7 @@ impl Store {
 
     /// Writes a row (`w`), appends its state-change record and seals the
     /// row to it, in one write transaction.
-    fn put_sealed(
+    pub(super) fn put_sealed(
         &self,
         ak: &Secret32,
         w: SealedWrite<'_>,
@@ -652,7 +667,7 @@ impl Store {
 
     /// `put_sealed`'s writes inside the caller's transaction (its ledger
     /// refreshed); the new head, to commit at.
-    fn put_sealed_in(
+    pub(super) fn put_sealed_in(
         &self,
         tx: &mut dyn Db,
         ak: &Secret32,
@@ -671,7 +686,11 @@ impl Store {
         } = w;
         tx.execute(upsert, &params)?;
         let mut rec = base;
-        rec.event = kind.event();
+        // A request's approvals are `approval` records; every other change
+        // is its kind's event.
+        if !(kind == Kind::Request && rec.event == Event::Approval) {
+            rec.event = kind.event();
+        }
         rec.asset = Some(key(kind, name));
         rec.version = None;
         rec.detail = format!("{detail} {PREV_CHANGE}{}", self.newest_change(&mut *tx)?);
@@ -801,13 +820,13 @@ fn login_row(f: &[Vec<u8>]) -> LoginRow {
 
 /// One sealed row's write: its kind and name, its fields as sealed, the
 /// statement that writes it (and its parameters) and the one that seals it.
-struct SealedWrite<'a> {
-    kind: Kind,
-    name: &'a str,
-    fields: Vec<Vec<u8>>,
-    upsert: &'a str,
-    params: Vec<Val>,
-    seal_sql: &'a str,
+pub(super) struct SealedWrite<'a> {
+    pub(super) kind: Kind,
+    pub(super) name: &'a str,
+    pub(super) fields: Vec<Vec<u8>>,
+    pub(super) upsert: &'a str,
+    pub(super) params: Vec<Val>,
+    pub(super) seal_sql: &'a str,
 }
 
 /// Parsed policies as of a verified state change.
@@ -816,4 +835,46 @@ pub(super) type PolicyCache = (Option<(u64, [u8; 32])>, Arc<Vec<Policy>>);
 /// Now, in Unix seconds (for lockouts and policies).
 pub fn unix_now() -> i64 {
     now()
+}
+
+/// The write of a user row.
+pub(super) fn user_write(row: &UserRow) -> SealedWrite<'_> {
+    SealedWrite {
+        kind: Kind::User,
+        name: &row.name,
+        fields: row.fields(),
+        upsert: "INSERT INTO users (name, roles, patterns, salt, verifier, state, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO UPDATE SET \
+         roles = excluded.roles, patterns = excluded.patterns, salt = excluded.salt, \
+         verifier = excluded.verifier, state = excluded.state",
+        params: vec![
+            row.name.as_str().into(),
+            row.roles.as_str().into(),
+            row.patterns.as_str().into(),
+            row.salt.as_slice().into(),
+            row.verifier.as_slice().into(),
+            row.state.as_str().into(),
+            row.created_at.into(),
+        ],
+        seal_sql: "UPDATE users SET change_seq = ?1, state_mac = ?2 WHERE name = ?3",
+    }
+}
+
+/// The write of a policy row.
+pub(super) fn policy_write(row: &PolicyRow) -> SealedWrite<'_> {
+    SealedWrite {
+        kind: Kind::Policy,
+        name: &row.pattern,
+        fields: row.fields(),
+        upsert: "INSERT INTO policies (pattern, settings, state, created_at) \
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT (pattern) DO UPDATE SET \
+                 settings = excluded.settings, state = excluded.state",
+        params: vec![
+            row.pattern.as_str().into(),
+            row.settings.as_str().into(),
+            row.state.as_str().into(),
+            row.created_at.into(),
+        ],
+        seal_sql: "UPDATE policies SET change_seq = ?1, state_mac = ?2 WHERE pattern = ?3",
+    }
 }

@@ -16,7 +16,9 @@ Exit codes:
   3  refused: the asset's state does not allow it, the name or id is taken, the key
      type has no such operation, or (users mode) the login failed or the user's roles
      do not allow it
-  4  no such asset (or user, or policy)";
+  4  no such asset (or user, policy, approver, quorum rule or request)
+  5  the operation needs approvals: a request was recorded (its id is printed) and waits
+     for approvers (`p11derive request --help`)";
 
 const ABOUT: &str = "Derived keys from an HSM-held root: the CLI beside the PKCS#11 provider";
 
@@ -146,6 +148,20 @@ Examples:
     /// only; auditors may show)
     #[command(subcommand, arg_required_else_help = true)]
     Policy(crate::args_users::PolicyCommand),
+
+    /// Users mode: register and remove approvers (their public keys) for k-of-n approvals
+    /// (admins; auditors may list)
+    #[command(subcommand, arg_required_else_help = true)]
+    Approver(crate::args_approvals::ApproverCommand),
+
+    /// Users mode: which operations wait for how many approvals (admins; auditors may list)
+    #[command(subcommand, arg_required_else_help = true)]
+    Quorum(crate::args_approvals::QuorumCommand),
+
+    /// Users mode: requests waiting for approvals: list, show, export, approve, reject, sign,
+    /// execute, cancel; propose a signature (`request new sign`)
+    #[command(subcommand, arg_required_else_help = true)]
+    Request(crate::args_approvals::RequestCommand),
 
     /// Print a shell completion script
     #[command(after_help = "\

@@ -46,6 +46,7 @@ pub fn run(cli: &Cli, c: &AssetCommand) -> Result<(), Failure> {
             let id = asset_id(name)?;
             with_hsm(cli, what, lifecycle_want(name), |store, backend, audit| {
                 let t = Transition::Rotate { grace };
+                gated(cli, store, backend, audit, name, t)?;
                 Ok((
                     lifecycle::transition(Some(backend), store, audit, &id, t)?,
                     true,
@@ -120,9 +121,15 @@ fn lifecycle_want(asset: &str) -> Want<'_> {
 /// A transition that derives no key (it is still audited, so it logs in).
 fn change(cli: &Cli, name: &str, t: Transition) -> Result<(), Failure> {
     let id = asset_id(name)?;
-    with_hsm(cli, &t.name(), lifecycle_want(name), |store, _, audit| {
-        Ok((lifecycle::transition(None, store, audit, &id, t)?, true))
-    })
+    with_hsm(
+        cli,
+        &t.name(),
+        lifecycle_want(name),
+        |store, backend, audit| {
+            gated(cli, store, backend, audit, name, t)?;
+            Ok((lifecycle::transition(None, store, audit, &id, t)?, true))
+        },
+    )
 }
 
 /// `trim N` when versions below N are already unusable: nothing to do
@@ -131,7 +138,7 @@ fn trim(cli: &Cli, name: &str, below: u32) -> Result<(), Failure> {
     let id = asset_id(name)?;
     let already = Cell::new(false);
     let what = Transition::Trim(below).name();
-    with_hsm(cli, &what, lifecycle_want(name), |store, _, audit| {
+    with_hsm(cli, &what, lifecycle_want(name), |store, backend, audit| {
         if let Some(a) = store.asset_by_name(&id)? {
             if below <= a.min_usable && a.state != AssetState::Retired {
                 already.set(true);
@@ -139,6 +146,7 @@ fn trim(cli: &Cli, name: &str, below: u32) -> Result<(), Failure> {
             }
         }
         let t = Transition::Trim(below);
+        gated(cli, store, backend, audit, name, t)?;
         Ok((lifecycle::transition(None, store, audit, &id, t)?, true))
     })
     .map(|()| {
@@ -153,6 +161,31 @@ fn trim(cli: &Cli, name: &str, below: u32) -> Result<(), Failure> {
             );
         }
     })
+}
+
+/// In users mode, a transition a quorum rule governs records a request
+/// instead of running (exit 5); in pass-through mode the store refuses it.
+fn gated(
+    cli: &Cli,
+    store: &Store,
+    backend: &Backend,
+    audit: &Audit<'_>,
+    name: &str,
+    t: Transition,
+) -> Result<(), Failure> {
+    let Some(actor) = audit.actor else {
+        return Ok(());
+    };
+    let config = load_config(cli)?;
+    let cx = crate::approvals_cmd::Ctx {
+        cli,
+        config: &config,
+        store,
+        backend,
+        ak: audit.ak,
+        actor,
+    };
+    crate::approvals_cmd::gate(&cx, crate::approvals_cmd::transition_plan(name, t))
 }
 
 /// A change: refused on a rolled-back store, audited, then the HSM anchor is

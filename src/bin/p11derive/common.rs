@@ -25,6 +25,8 @@ pub enum Failure {
     Failed(String),
     /// 3: refused by the asset's state, a taken name or id, or the key type.
     Refused(String),
+    /// 5: the operation waits for approvals (a request was recorded).
+    Waiting(String),
     /// 4: no such asset.
     NotFound(String),
 }
@@ -36,14 +38,17 @@ impl Failure {
             Failure::Usage(_) => 2,
             Failure::Refused(_) => 3,
             Failure::NotFound(_) => 4,
+            Failure::Waiting(_) => 5,
         }
     }
 
     pub fn message(&self) -> &str {
         match self {
-            Failure::Usage(m) | Failure::Failed(m) | Failure::Refused(m) | Failure::NotFound(m) => {
-                m
-            }
+            Failure::Usage(m)
+            | Failure::Failed(m)
+            | Failure::Refused(m)
+            | Failure::NotFound(m)
+            | Failure::Waiting(m) => m,
         }
     }
 }
@@ -51,10 +56,13 @@ impl Failure {
 impl From<LifecycleError> for Failure {
     fn from(e: LifecycleError) -> Self {
         match e {
-            LifecycleError::Store(e @ (StoreError::Refused(_) | StoreError::Duplicate(_))) => {
-                Failure::Refused(e.to_string())
-            }
+            LifecycleError::Store(
+                e @ (StoreError::Refused(_)
+                | StoreError::Duplicate(_)
+                | StoreError::NeedsApproval(_)),
+            ) => Failure::Refused(e.to_string()),
             LifecycleError::Store(e @ StoreError::NotFound(_)) => Failure::NotFound(e.to_string()),
+            LifecycleError::Store(e @ StoreError::Conflict(_)) => Failure::Refused(e.to_string()),
             e => Failure::Failed(e.to_string()),
         }
     }

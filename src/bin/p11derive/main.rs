@@ -9,7 +9,9 @@
 
 #[macro_use]
 mod common;
+mod approvals_cmd;
 mod args;
+mod args_approvals;
 mod args_users;
 mod asset_cmd;
 mod audit_cmd;
@@ -25,6 +27,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, Parser};
 
 use args::{AssetCommand, AuditCommand, Cli, Command, StoreCommand};
+use args_approvals::{ApproverCommand, QuorumCommand, RequestCommand};
 use args_users::{PolicyCommand, UserCommand};
 use common::Failure;
 
@@ -93,6 +96,27 @@ fn command_path(c: &Command) -> &'static str {
             PolicyCommand::Show { .. } => "policy show",
             PolicyCommand::Remove { .. } => "policy remove",
         },
+        Command::Approver(a) => match a {
+            ApproverCommand::Add { .. } => "approver add",
+            ApproverCommand::List => "approver list",
+            ApproverCommand::Remove { .. } => "approver remove",
+        },
+        Command::Quorum(q) => match q {
+            QuorumCommand::Set { .. } => "quorum set",
+            QuorumCommand::List => "quorum list",
+            QuorumCommand::Remove { .. } => "quorum remove",
+        },
+        Command::Request(r) => match r {
+            RequestCommand::New { .. } => "request new",
+            RequestCommand::List { .. } => "request list",
+            RequestCommand::Show { .. } => "request show",
+            RequestCommand::Export { .. } => "request export",
+            RequestCommand::Approve { .. } => "request approve",
+            RequestCommand::Reject { .. } => "request reject",
+            RequestCommand::Sign { .. } => "request sign",
+            RequestCommand::Execute { .. } => "request execute",
+            RequestCommand::Cancel { .. } => "request cancel",
+        },
         Command::Completions { .. } => "completions",
         Command::Man { .. } => "man",
     }
@@ -119,6 +143,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
         Command::User(u) => user_cmd::run(cli, u),
         Command::Policy(p) => policy_cmd::run(cli, p),
+        Command::Approver(a) => approvals_cmd::approver(cli, a),
+        Command::Quorum(q) => approvals_cmd::quorum_cmd(cli, q),
+        Command::Request(r) => approvals_cmd::request(cli, r),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "p11derive", &mut out);

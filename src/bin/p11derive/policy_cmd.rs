@@ -5,6 +5,7 @@ use p11derive::audit::Event;
 use p11derive::store::{unix_now, PolicyRow};
 use serde_json::json;
 
+use crate::approvals_cmd::{gate, policy_plan, Ctx};
 use crate::args::Cli;
 use crate::args_users::PolicyCommand;
 use crate::common::{failed, print_json, Failure};
@@ -49,6 +50,7 @@ pub fn run(cli: &Cli, c: &PolicyCommand) -> Result<(), Failure> {
                     state: "set".into(),
                     created_at: old.map_or_else(unix_now, |o| o.created_at),
                 };
+                gate(&Ctx::of(cli, a), policy_plan(a.store, &row, what)?)?;
                 a.store
                     .put_policy(a.ak, &row, what, a.record(Event::Policy))?;
                 report(cli, &row, &p, "set")
@@ -102,6 +104,10 @@ pub fn run(cli: &Cli, c: &PolicyCommand) -> Result<(), Failure> {
                     )));
                 }
                 row.state = "removed".into();
+                gate(
+                    &Ctx::of(cli, a),
+                    policy_plan(a.store, &row, "policy remove")?,
+                )?;
                 a.store
                     .put_policy(a.ak, &row, "policy remove", a.record(Event::Policy))?;
                 let p = parse(&row)?;

@@ -10,6 +10,7 @@ use p11derive::secure::SecretBytes;
 use p11derive::store::{unix_now, LoginRow, Store, UserRow};
 use serde_json::json;
 
+use crate::approvals_cmd::{gate, user_plan, Ctx};
 use crate::args::Cli;
 use crate::args_users::UserCommand;
 use crate::common::{ask, can_ask, failed, print_json, read_pin_file, Failure};
@@ -47,6 +48,11 @@ pub fn run(cli: &Cli, c: &UserCommand) -> Result<(), Failure> {
                 let row =
                     accounts::new_row(a.backend, &a.random(), name, &roles, &patterns, &secret)
                         .map_err(failed)?;
+                let guessed = a.store.login_failures(name)? != LoginRow::default();
+                gate(
+                    &Ctx::of(cli, a),
+                    user_plan(a.store, &row, "user add", guessed)?,
+                )?;
                 a.store
                     .put_user(a.ak, &row, "user add", a.record(Event::User))?;
                 // Failed logins of the name from before it was a user (someone
@@ -96,6 +102,10 @@ pub fn run(cli: &Cli, c: &UserCommand) -> Result<(), Failure> {
         UserCommand::Unlock { name } => acting(cli, manage(), true, |a| {
             let mut row = live(a.store, name)?;
             row.state = "active".into();
+            gate(
+                &Ctx::of(cli, a),
+                user_plan(a.store, &row, "user unlock", true)?,
+            )?;
             a.store
                 .put_user(a.ak, &row, "user unlock", a.record(Event::User))?;
             a.store.put_login_failures(
@@ -112,6 +122,10 @@ pub fn run(cli: &Cli, c: &UserCommand) -> Result<(), Failure> {
             let secret = new_secret(&a.config.users, name, secret_file.as_deref())?;
             let row =
                 accounts::with_secret(a.backend, &a.random(), &row, &secret).map_err(failed)?;
+            gate(
+                &Ctx::of(cli, a),
+                user_plan(a.store, &row, "user reset-secret", false)?,
+            )?;
             a.store
                 .put_user(a.ak, &row, "user reset-secret", a.record(Event::User))?;
             report(a, cli, &row, "given a new secret")
@@ -135,6 +149,10 @@ pub fn run(cli: &Cli, c: &UserCommand) -> Result<(), Failure> {
                 row.roles = accounts::roles_text(&roles);
                 row.patterns = access::patterns_text(&patterns);
                 keeps_an_admin(a, &row)?;
+                gate(
+                    &Ctx::of(cli, a),
+                    user_plan(a.store, &row, "user roles", false)?,
+                )?;
                 a.store
                     .put_user(a.ak, &row, "user roles", a.record(Event::User))?;
                 report(a, cli, &row, "given new roles")
@@ -242,6 +260,7 @@ fn change(
         let mut row = live(a.store, name)?;
         edit(&mut row);
         keeps_an_admin(a, &row)?;
+        gate(&Ctx::of(cli, a), user_plan(a.store, &row, what, false)?)?;
         a.store.put_user(a.ak, &row, what, a.record(Event::User))?;
         report(a, cli, &row, done)
     })

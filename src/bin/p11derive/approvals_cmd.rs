@@ -1,0 +1,1241 @@
+//! `p11derive approver | quorum | request …` (users mode): approvers and their keys, quorum rules, and requests that wait for k approvals before their operation runs.
+
+use std::path::Path;
+
+use p11derive::access::{self, parse_mechanism, Action, Pattern, UseKind};
+use p11derive::approvals::keys::{read_signature, sign_with_pem, ApproverKey};
+use p11derive::approvals::quorum::{self, parse_groups, Rule};
+use p11derive::approvals::request::{on_assets, RequestDoc, Verdict};
+use p11derive::asset::Transition;
+use p11derive::audit::{Event, Record};
+use p11derive::derive::Secret32;
+use p11derive::store::{
+    approved_digest_lookup, hex, unix_now, ApproverRow, Execute, PolicyRow, QuorumRow, RequestRow,
+    Store, StoreError, UserRow,
+};
+use p11derive::types::AssetId;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::args::Cli;
+use crate::args_approvals::{ApproverCommand, QuorumCommand, RequestCommand};
+use crate::common::{failed, print_json, Failure};
+use crate::users::{acting, Acting, Want};
+
+/// What a gated command needs to record a request in its place.
+pub struct Ctx<'a> {
+    pub cli: &'a Cli,
+    pub config: &'a p11derive::config::Config,
+    pub store: &'a Store,
+    pub backend: &'a p11derive::backend::Backend,
+    pub ak: &'a Secret32,
+    pub actor: &'a str,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn of(cli: &'a Cli, a: &'a Acting<'a>) -> Ctx<'a> {
+        Ctx {
+            cli,
+            config: a.config,
+            store: a.store,
+            backend: a.backend,
+            ak: a.ak,
+            actor: &a.caller.name,
+        }
+    }
+
+    fn record(&self, event: Event) -> Record {
+        Record::new(event, p11derive::ck::CKR_OK).actor(Some(self.actor))
+    }
+}
+
+/// An operation a command is about to perform, as a request states it.
+pub struct Plan {
+    pub operation: &'static str,
+    /// The asset, or a policy's pattern (`None`: the whole store).
+    pub subject: Option<String>,
+    pub params: Vec<(String, String)>,
+}
+
+fn p(k: &str, v: impl ToString) -> (String, String) {
+    (k.to_string(), v.to_string())
+}
+
+/// Lets the operation `plan` run now when no quorum rule governs it (`Ok`);
+/// otherwise records a request for it, prints its id and bytes, and ends the
+/// command with exit 5.
+pub fn gate(cx: &Ctx<'_>, plan: Plan) -> Result<(), Failure> {
+    let rules = cx
+        .store
+        .rules_for(plan.operation, plan.subject.as_deref())?;
+    if rules.is_empty() {
+        return Ok(());
+    }
+    let expires = expiry(cx.config, None)?;
+    let row = new_request(cx, plan.operation, plan.params, expires)?;
+    let needs: Vec<String> = rules.iter().map(Rule::describe).collect();
+    let doc = row.doc().map_err(failed)?;
+    if cx.cli.json {
+        print_json(&json!({
+            "request": row.id,
+            "operation": row.operation,
+            "status": "pending",
+            "needs": needs,
+            "expires_at": access::format_time(row.expires_at),
+            "bytes": String::from_utf8_lossy(&row.body),
+        }))?;
+    } else {
+        outln!("{}", doc.summary());
+        outln!("needs: {}", needs.join("; "));
+        outln!(
+            "--- the bytes approvers sign (`p11derive request export {}`) ---",
+            row.id
+        );
+        outln!(
+            "{}",
+            String::from_utf8_lossy(&doc.verdict_bytes(Verdict::Approve)).trim_end()
+        );
+    }
+    Err(Failure::Waiting(format!(
+        "{} needs approvals ({}): request {} recorded; approvers sign it (`p11derive request \
+         export {}`, then `request approve`), then `p11derive request execute {}`",
+        plan.operation,
+        needs.join("; "),
+        row.id,
+        row.id,
+        row.id
+    )))
+}
+
+/// Records a new pending request for `operation` with `params`.
+fn new_request(
+    cx: &Ctx<'_>,
+    operation: &str,
+    params: Vec<(String, String)>,
+    lifetime: i64,
+) -> Result<RequestRow, Failure> {
+    let mut id = [0u8; 16];
+    cx.backend.random(&mut id).map_err(failed)?;
+    let store_id = cx
+        .store
+        .store_id()?
+        .ok_or_else(|| failed("the store has no first record (run `p11derive init`)"))?;
+    let now = unix_now();
+    let doc = RequestDoc {
+        store: hex(&store_id),
+        id: hex(&id),
+        operation: operation.to_string(),
+        params,
+        requested_by: cx.actor.to_string(),
+        requested_at: now,
+        expires_at: now + lifetime,
+    };
+    let lookup = if operation == "sign" {
+        let asset = doc.param("asset").unwrap_or_default();
+        let mech = doc
+            .param("mechanism")
+            .and_then(|m| parse_mechanism(m).ok())
+            .unwrap_or(0);
+        let digest = doc.param("digest").and_then(unhex).unwrap_or_default();
+        approved_digest_lookup(asset, mech, &digest)
+    } else {
+        p11derive::store::subject_of(&doc).unwrap_or_default()
+    };
+    let row = RequestRow {
+        id: doc.id.clone(),
+        operation: operation.to_string(),
+        lookup,
+        body: doc.canonical(),
+        requested_by: cx.actor.to_string(),
+        created_at: now,
+        expires_at: doc.expires_at,
+        state: "pending".into(),
+        approvals: String::new(),
+        outcome: String::new(),
+    };
+    cx.store
+        .create_request(cx.ak, &row, cx.record(Event::Request))?;
+    Ok(row)
+}
+
+/// A request's lifetime in seconds: `--expires`, else `[approvals] expires`.
+fn expiry(config: &p11derive::config::Config, given: Option<&str>) -> Result<i64, Failure> {
+    match given {
+        Some(g) => p11derive::approvals::parse_duration(g).map_err(Failure::Usage),
+        None => p11derive::approvals::parse_duration(&config.approvals.expires).map_err(|m| {
+            failed(format!(
+                "config file {}: [approvals] expires: {m}",
+                config.source.display()
+            ))
+        }),
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// The plan of a lifecycle transition.
+pub fn transition_plan(asset: &str, t: Transition) -> Plan {
+    let mut params = vec![p("asset", asset)];
+    match t {
+        Transition::Rotate { grace } => params.push(p("grace", if grace { "yes" } else { "no" })),
+        Transition::Trim(n) => params.push(p("below", n)),
+        _ => {}
+    }
+    Plan {
+        operation: t.operation(),
+        subject: Some(asset.to_string()),
+        params,
+    }
+}
+
+/// The plan of a user's change (`row`: the user after it).
+pub fn user_plan(store: &Store, row: &UserRow, what: &str, clear: bool) -> Result<Plan, Failure> {
+    let basis = store.change_of("user:", &row.name)?;
+    Ok(Plan {
+        operation: "user",
+        subject: None,
+        params: vec![
+            p("user", &row.name),
+            p("change", what),
+            p("roles", &row.roles),
+            p("patterns", &row.patterns),
+            p("state", &row.state),
+            p("salt", hex(&row.salt)),
+            p("verifier", hex(&row.verifier)),
+            p("clear-failures", if clear { "yes" } else { "no" }),
+            p("basis", basis),
+        ],
+    })
+}
+
+/// The plan of a policy's change.
+pub fn policy_plan(store: &Store, row: &PolicyRow, what: &str) -> Result<Plan, Failure> {
+    let basis = store.change_of("policy:", &row.pattern)?;
+    Ok(Plan {
+        operation: "policy",
+        subject: Some(row.pattern.clone()),
+        params: vec![
+            p("pattern", &row.pattern),
+            p("change", what),
+            p("settings", &row.settings),
+            p("state", &row.state),
+            p("basis", basis),
+        ],
+    })
+}
+
+fn approver_plan(store: &Store, row: &ApproverRow, what: &str) -> Result<Plan, Failure> {
+    let basis = store.change_of("approver:", &row.name)?;
+    Ok(Plan {
+        operation: "approver",
+        subject: None,
+        params: vec![
+            p("approver", &row.name),
+            p("change", what),
+            p("kind", &row.key_kind),
+            p("fingerprint", row.fingerprint()),
+            p("key", hex(&row.public_key)),
+            p("groups", &row.groups),
+            p("state", &row.state),
+            p("basis", basis),
+        ],
+    })
+}
+
+fn quorum_plan(store: &Store, row: &QuorumRow, what: &str) -> Result<Plan, Failure> {
+    let basis = store.change_of("quorum:", &row.name)?;
+    Ok(Plan {
+        operation: "quorum",
+        subject: None,
+        params: vec![
+            p("rule-operation", &row.operation),
+            p("pattern", &row.pattern),
+            p("change", what),
+            p("approvals", row.approvals),
+            p("group", &row.group),
+            p("state", &row.state),
+            p("basis", basis),
+        ],
+    })
+}
+
+pub fn approver(cli: &Cli, c: &ApproverCommand) -> Result<(), Failure> {
+    match c {
+        ApproverCommand::Add { name, key, groups } => {
+            p11derive::accounts::check_name(name)
+                .map_err(|m| Failure::Usage(m.replace("user name", "approver name")))?;
+            let text = std::fs::read_to_string(key).map_err(|e| {
+                failed(format!("cannot read the public key {}: {e}", key.display()))
+            })?;
+            let k = ApproverKey::from_pem(&text)
+                .map_err(|m| Failure::Usage(format!("{}: {m}", key.display())))?;
+            let groups = parse_groups(groups.as_deref().unwrap_or("")).map_err(Failure::Usage)?;
+            acting(cli, Want::to(Action::ManageUsers), true, |a| {
+                let old = a.store.approver(name)?;
+                if let Some(o) = &old {
+                    return Err(Failure::Refused(if o.state == "removed" {
+                        format!(
+                            "approver {name:?} was removed; a name is never given to another \
+                             key holder (the audit log names it): choose another name"
+                        )
+                    } else {
+                        format!(
+                            "approver {name:?} is registered already (key {}); remove it first \
+                             to register another key",
+                            &o.fingerprint()[..16]
+                        )
+                    }));
+                }
+                if let Some(o) = a
+                    .store
+                    .approvers()?
+                    .into_iter()
+                    .find(|o| o.state == "active" && o.public_key == k.der())
+                {
+                    return Err(Failure::Refused(format!(
+                        "that key is approver {:?}'s already: one key, one approver (else one \
+                         person's signature would count twice)",
+                        o.name
+                    )));
+                }
+                let row = ApproverRow {
+                    name: name.clone(),
+                    key_kind: k.kind().name().into(),
+                    public_key: k.der().to_vec(),
+                    groups: groups.join(","),
+                    state: "active".into(),
+                    created_at: unix_now(),
+                };
+                let cx = Ctx::of(cli, a);
+                gate(&cx, approver_plan(a.store, &row, "approver add")?)?;
+                a.store
+                    .put_approver(a.ak, &row, "approver add", a.record(Event::Approver))?;
+                approver_report(cli, &row, "registered")
+            })
+        }
+        ApproverCommand::List => {
+            let want = Want::to(Action::ManageUsers).or(Action::ReadAudit);
+            acting(cli, want, false, |a| {
+                let rows: Vec<ApproverRow> = a.store.approvers()?;
+                if cli.json {
+                    let all: Vec<serde_json::Value> = rows.iter().map(approver_json).collect();
+                    return print_json(&serde_json::Value::Array(all));
+                }
+                if rows.is_empty() {
+                    outln!("no approvers: register one with `p11derive approver add NAME --key PUB.pem`");
+                }
+                for r in &rows {
+                    outln!(
+                        "{:<16} {:<8} {}  groups {}  {}",
+                        r.name,
+                        r.key_kind,
+                        r.fingerprint(),
+                        if r.groups.is_empty() { "-" } else { &r.groups },
+                        r.state
+                    );
+                }
+                Ok(())
+            })
+        }
+        ApproverCommand::Remove { name, yes } => {
+            if !yes {
+                return Err(Failure::Usage(format!(
+                    "removing approver {name:?} ends its approvals for good (pending requests \
+                     lose them); confirm with --yes"
+                )));
+            }
+            acting(cli, Want::to(Action::ManageUsers), true, |a| {
+                let mut row = a
+                    .store
+                    .approver(name)?
+                    .filter(|r| r.state == "active")
+                    .ok_or_else(|| Failure::NotFound(format!("no approver {name:?}")))?;
+                row.state = "removed".into();
+                // A rule the remaining approvers cannot meet would block its
+                // operation for good (including changing the rules).
+                let rest: Vec<_> = a
+                    .store
+                    .approvers()?
+                    .iter()
+                    .filter(|r| r.name != *name)
+                    .map(ApproverRow::counted)
+                    .collect();
+                for q in a.store.quorums()?.iter().filter(|q| q.state == "set") {
+                    let rule = q.rule().map_err(failed)?;
+                    if !quorum::satisfiable(&rule, &rest) {
+                        return Err(Failure::Refused(format!(
+                            "removing {name:?} would leave quorum rule {} unmeetable (too few \
+                             approvers): register another approver first, or lower the rule",
+                            rule.describe()
+                        )));
+                    }
+                }
+                let cx = Ctx::of(cli, a);
+                gate(&cx, approver_plan(a.store, &row, "approver remove")?)?;
+                a.store
+                    .put_approver(a.ak, &row, "approver remove", a.record(Event::Approver))?;
+                approver_report(cli, &row, "removed")
+            })
+        }
+    }
+}
+
+fn approver_json(r: &ApproverRow) -> serde_json::Value {
+    json!({
+        "name": r.name,
+        "kind": r.key_kind,
+        "fingerprint": r.fingerprint(),
+        "groups": parse_groups(&r.groups).unwrap_or_default(),
+        "state": r.state,
+        "created_at": access::format_time(r.created_at),
+    })
+}
+
+fn approver_report(cli: &Cli, r: &ApproverRow, done: &str) -> Result<(), Failure> {
+    if cli.json {
+        return print_json(&approver_json(r));
+    }
+    outln!(
+        "approver {:?} {done} ({} key {})",
+        r.name,
+        r.key_kind,
+        r.fingerprint()
+    );
+    Ok(())
+}
+
+/// A rule's pattern: `--assets`, or `*`.
+fn rule_of(
+    operation: &str,
+    assets: Option<&str>,
+    k: u32,
+    group: Option<&str>,
+) -> Result<Rule, Failure> {
+    let pattern = Pattern::parse(assets.unwrap_or("*")).map_err(Failure::Usage)?;
+    Rule::new(operation, pattern, k, group.unwrap_or("")).map_err(Failure::Usage)
+}
+
+pub fn quorum_cmd(cli: &Cli, c: &QuorumCommand) -> Result<(), Failure> {
+    match c {
+        QuorumCommand::Set {
+            operation,
+            assets,
+            approvals,
+            group,
+        } => {
+            let rule = rule_of(
+                operation,
+                assets.as_deref(),
+                (*approvals).max(1),
+                group.as_deref(),
+            )?;
+            if *approvals == 0 {
+                return Err(Failure::Usage(
+                    "--approvals 0 requires nothing: remove the rule with `p11derive quorum \
+                     remove` instead"
+                        .into(),
+                ));
+            }
+            acting(cli, Want::to(Action::ManagePolicy), true, |a| {
+                let approvers: Vec<_> = a
+                    .store
+                    .approvers()?
+                    .iter()
+                    .map(ApproverRow::counted)
+                    .collect();
+                if !quorum::satisfiable(&rule, &approvers) {
+                    return Err(Failure::Refused(format!(
+                        "quorum rule {} could never be met: {} active approver(s){} are \
+                         registered; register approvers first (`p11derive approver add`)",
+                        rule.describe(),
+                        approvers
+                            .iter()
+                            .filter(|x| x.active
+                                && (rule.group.is_empty() || x.groups.contains(&rule.group)))
+                            .count(),
+                        if rule.group.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" of group {}", rule.group)
+                        }
+                    )));
+                }
+                let old = a
+                    .store
+                    .quorums()?
+                    .into_iter()
+                    .find(|q| q.name == rule.key());
+                let row = QuorumRow {
+                    name: rule.key(),
+                    operation: rule.operation.clone(),
+                    pattern: rule.pattern.as_str().to_string(),
+                    approvals: rule.approvals,
+                    group: rule.group.clone(),
+                    state: "set".into(),
+                    created_at: old.as_ref().map_or_else(unix_now, |o| o.created_at),
+                };
+                let cx = Ctx::of(cli, a);
+                gate(&cx, quorum_plan(a.store, &row, "quorum set")?)?;
+                a.store
+                    .put_quorum(a.ak, &row, "quorum set", a.record(Event::Quorum))?;
+                quorum_report(cli, &row, "set")
+            })
+        }
+        QuorumCommand::List => {
+            let want = Want::to(Action::ManagePolicy).or(Action::ReadAudit);
+            acting(cli, want, false, |a| {
+                let rows: Vec<QuorumRow> = a
+                    .store
+                    .quorums()?
+                    .into_iter()
+                    .filter(|q| q.state == "set")
+                    .collect();
+                if cli.json {
+                    return print_json(&serde_json::Value::Array(
+                        rows.iter().map(quorum_json).collect(),
+                    ));
+                }
+                if rows.is_empty() {
+                    outln!("no quorum rules: no operation waits for approvals");
+                }
+                for r in &rows {
+                    outln!("{}", r.rule().map_err(failed)?.describe());
+                }
+                Ok(())
+            })
+        }
+        QuorumCommand::Remove {
+            operation,
+            assets,
+            yes,
+        } => {
+            let rule = rule_of(operation, assets.as_deref(), 1, None)?;
+            if !yes {
+                return Err(Failure::Usage(format!(
+                    "removing the quorum rule for {} on {:?} lets it run without approvals; \
+                     confirm with --yes",
+                    rule.operation,
+                    rule.pattern.as_str()
+                )));
+            }
+            acting(cli, Want::to(Action::ManagePolicy), true, |a| {
+                let mut row = a
+                    .store
+                    .quorums()?
+                    .into_iter()
+                    .find(|q| q.name == rule.key() && q.state == "set")
+                    .ok_or_else(|| {
+                        Failure::NotFound(format!(
+                            "no quorum rule for {} on {:?}",
+                            rule.operation,
+                            rule.pattern.as_str()
+                        ))
+                    })?;
+                row.state = "removed".into();
+                let cx = Ctx::of(cli, a);
+                gate(&cx, quorum_plan(a.store, &row, "quorum remove")?)?;
+                a.store
+                    .put_quorum(a.ak, &row, "quorum remove", a.record(Event::Quorum))?;
+                quorum_report(cli, &row, "removed")
+            })
+        }
+    }
+}
+
+fn quorum_json(r: &QuorumRow) -> serde_json::Value {
+    json!({
+        "operation": r.operation,
+        "pattern": r.pattern,
+        "approvals": r.approvals,
+        "group": if r.group.is_empty() { serde_json::Value::Null } else { r.group.clone().into() },
+        "state": r.state,
+    })
+}
+
+fn quorum_report(cli: &Cli, r: &QuorumRow, done: &str) -> Result<(), Failure> {
+    if cli.json {
+        return print_json(&quorum_json(r));
+    }
+    outln!(
+        "quorum rule {done}: {}",
+        r.rule().map_err(failed)?.describe()
+    );
+    Ok(())
+}
+
+pub fn request(cli: &Cli, c: &RequestCommand) -> Result<(), Failure> {
+    match c {
+        RequestCommand::New {
+            operation,
+            asset,
+            digest,
+            message,
+            mechanism,
+            expires,
+        } => new_sign(
+            cli,
+            operation,
+            asset,
+            digest.as_deref(),
+            message.as_deref(),
+            mechanism.as_deref(),
+            expires.as_deref(),
+        ),
+        RequestCommand::List { all } => acting(cli, Want::read_public(), false, |a| {
+            let now = unix_now();
+            let rows: Vec<RequestRow> = a
+                .store
+                .requests()?
+                .into_iter()
+                .filter(|r| *all || r.status(now) == "pending")
+                .collect();
+            if cli.json {
+                let mut all = Vec::new();
+                for r in &rows {
+                    all.push(request_json(a.store, r, now)?);
+                }
+                return print_json(&serde_json::Value::Array(all));
+            }
+            if rows.is_empty() {
+                outln!("no {}requests", if *all { "" } else { "pending " });
+            }
+            for r in &rows {
+                let approvals = approvals_of(r).len();
+                outln!(
+                    "{}  {:<8} {:<9} by {:<12} {} approval(s)  expires {}  {}",
+                    r.id,
+                    r.operation,
+                    r.status(now),
+                    r.requested_by,
+                    approvals,
+                    access::format_time(r.expires_at),
+                    subject_text(r)
+                );
+            }
+            Ok(())
+        }),
+        RequestCommand::Show { id } => acting(cli, Want::read_public(), false, |a| {
+            let r = find_request(a.store, id)?;
+            let now = unix_now();
+            if cli.json {
+                return print_json(&request_json(a.store, &r, now)?);
+            }
+            let doc = r.doc().map_err(failed)?;
+            outln!("{}", doc.summary());
+            outln!(
+                "status: {}{}",
+                r.status(now),
+                if r.outcome.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", r.outcome)
+                }
+            );
+            for v in r.verdicts() {
+                outln!(
+                    "  {} by {} (key {}) at {}",
+                    v.given.verdict.name(),
+                    v.given.approver,
+                    &v.given.fingerprint[..16.min(v.given.fingerprint.len())],
+                    access::format_time(v.time)
+                );
+            }
+            if r.status(now) == "pending" {
+                let unmet = a.store.unmet(&r)?;
+                if unmet.is_empty() {
+                    outln!("approved: every quorum rule is met");
+                } else {
+                    outln!("still needed: {}", unmet.join("; "));
+                }
+            }
+            Ok(())
+        }),
+        RequestCommand::Export { id, reject, out } => {
+            acting(cli, Want::read_public(), false, |a| {
+                let r = find_request(a.store, id)?;
+                let doc = r.doc().map_err(failed)?;
+                let verdict = if *reject {
+                    Verdict::Reject
+                } else {
+                    Verdict::Approve
+                };
+                let bytes = doc.verdict_bytes(verdict);
+                match out {
+                    Some(path) => {
+                        std::fs::write(path, &bytes)
+                            .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))?;
+                        outln!("{}", doc.summary());
+                        outln!(
+                            "the {} bytes ({} bytes) are in {}: sign them, e.g. `openssl pkeyutl \
+                             -sign -rawin -inkey KEY.pem -in {} -out SIG`",
+                            verdict.name(),
+                            bytes.len(),
+                            path.display(),
+                            path.display()
+                        );
+                    }
+                    None => {
+                        eprintln!("{}", doc.summary());
+                        use std::io::Write;
+                        let mut o = std::io::stdout().lock();
+                        o.write_all(&bytes)
+                            .and_then(|()| o.flush())
+                            .map_err(failed)?;
+                    }
+                }
+                Ok(())
+            })
+        }
+        RequestCommand::Approve {
+            id,
+            approver,
+            signature,
+        } => verdict_cmd(cli, id, approver, Verdict::Approve, &read_sig(signature)?),
+        RequestCommand::Reject {
+            id,
+            approver,
+            signature,
+        } => verdict_cmd(cli, id, approver, Verdict::Reject, &read_sig(signature)?),
+        RequestCommand::Sign {
+            id,
+            key,
+            reject,
+            bytes,
+            out,
+            approver,
+        } => {
+            let verdict = if *reject {
+                Verdict::Reject
+            } else {
+                Verdict::Approve
+            };
+            let pem = read_private_key(key)?;
+            if let Some(bytes) = bytes {
+                // Offline: the exported bytes, checked to be this request's
+                // verdict bytes, signed; nothing else is touched.
+                let b = std::fs::read(bytes)
+                    .map_err(|e| failed(format!("cannot read {}: {e}", bytes.display())))?;
+                let line = format!("verdict: {}\n", verdict.name());
+                let doc = b
+                    .strip_suffix(line.as_bytes())
+                    .ok_or_else(|| {
+                        failed(format!(
+                            "{} does not end with {line:?}: export the bytes with `p11derive \
+                             request export {id}{}`",
+                            bytes.display(),
+                            if *reject { " --reject" } else { "" }
+                        ))
+                    })
+                    .and_then(|d| {
+                        RequestDoc::parse(d)
+                            .map_err(|m| failed(format!("{}: {m}", bytes.display())))
+                    })?;
+                if doc.id != *id {
+                    return Err(failed(format!(
+                        "{} holds request {}, not {id}",
+                        bytes.display(),
+                        doc.id
+                    )));
+                }
+                let (sig, public) = sign_with_pem(&pem, &b)
+                    .map_err(|m| failed(format!("{}: {m}", key.display())))?;
+                let out = out
+                    .as_ref()
+                    .ok_or_else(|| Failure::Usage("--bytes needs --out".into()))?;
+                std::fs::write(out, &sig)
+                    .map_err(|e| failed(format!("cannot write {}: {e}", out.display())))?;
+                outln!("{}", doc.summary());
+                outln!(
+                    "{} signed with key {} into {}",
+                    verdict.name(),
+                    public.fingerprint(),
+                    out.display()
+                );
+                return Ok(());
+            }
+            let approver = approver.as_deref().ok_or_else(|| {
+                Failure::Usage(
+                    "say whose key it is with --approver NAME (or sign offline with --bytes FILE \
+                     --out SIG)"
+                        .into(),
+                )
+            })?;
+            let doc_bytes = acting(cli, Want::read_public(), false, |a| {
+                let r = find_request(a.store, id)?;
+                Ok(r.doc().map_err(failed)?.verdict_bytes(verdict))
+            })?;
+            let (sig, _) = sign_with_pem(&pem, &doc_bytes)
+                .map_err(|m| failed(format!("{}: {m}", key.display())))?;
+            verdict_cmd(cli, id, approver, verdict, &sig)
+        }
+        RequestCommand::Execute { id } => execute(cli, id),
+        RequestCommand::Cancel { id, yes } => {
+            if !yes {
+                return Err(Failure::Usage(format!(
+                    "cancelling request {id} ends it for good; confirm with --yes"
+                )));
+            }
+            acting(cli, Want::read_public(), true, |a| {
+                let r = find_request(a.store, id)?;
+                if r.requested_by != a.caller.name
+                    && a.caller.permits(Action::ManageUsers, None).is_err()
+                {
+                    return Err(Failure::Refused(format!(
+                        "request {id} is {:?}'s: only its requester or an admin may cancel it",
+                        r.requested_by
+                    )));
+                }
+                let r = a.store.cancel_request(
+                    a.ak,
+                    id,
+                    &format!("cancelled by {}", a.caller.name),
+                    unix_now(),
+                    a.record(Event::Request),
+                )?;
+                outln!("request {} cancelled", r.id);
+                Ok(())
+            })
+        }
+    }
+}
+
+fn read_sig(path: &Path) -> Result<Vec<u8>, Failure> {
+    let b = std::fs::read(path)
+        .map_err(|e| failed(format!("cannot read the signature {}: {e}", path.display())))?;
+    read_signature(&b).map_err(|m| Failure::Usage(format!("{}: {m}", path.display())))
+}
+
+fn read_private_key(path: &Path) -> Result<String, Failure> {
+    std::fs::read_to_string(path).map_err(|e| {
+        failed(format!(
+            "cannot read the private key {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn find_request(store: &Store, id: &str) -> Result<RequestRow, Failure> {
+    store.request(&id.to_ascii_lowercase())?.ok_or_else(|| {
+        Failure::NotFound(format!(
+            "no request {id:?} (see `p11derive request list --all`)"
+        ))
+    })
+}
+
+fn approvals_of(r: &RequestRow) -> Vec<String> {
+    r.verdicts()
+        .into_iter()
+        .filter(|v| v.given.verdict == Verdict::Approve)
+        .map(|v| v.given.approver)
+        .collect()
+}
+
+fn subject_text(r: &RequestRow) -> String {
+    r.doc()
+        .ok()
+        .map(|d| {
+            d.params
+                .iter()
+                .filter(|(k, _)| {
+                    matches!(
+                        k.as_str(),
+                        "asset"
+                            | "user"
+                            | "pattern"
+                            | "approver"
+                            | "rule-operation"
+                            | "change"
+                            | "below"
+                    )
+                })
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn request_json(store: &Store, r: &RequestRow, now: i64) -> Result<serde_json::Value, Failure> {
+    let doc = r.doc().map_err(failed)?;
+    let params: serde_json::Map<String, serde_json::Value> = doc
+        .params
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone().into()))
+        .collect();
+    let needs = if r.status(now) == "pending" {
+        store.unmet(r)?
+    } else {
+        Vec::new()
+    };
+    let verdicts: Vec<serde_json::Value> = r
+        .verdicts()
+        .iter()
+        .map(|v| {
+            json!({
+                "verdict": v.given.verdict.name(),
+                "approver": v.given.approver,
+                "fingerprint": v.given.fingerprint,
+                "time": access::format_time(v.time),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "id": r.id,
+        "operation": r.operation,
+        "params": params,
+        "status": r.status(now),
+        "requested_by": r.requested_by,
+        "created_at": access::format_time(r.created_at),
+        "expires_at": access::format_time(r.expires_at),
+        "approvals": approvals_of(r).len(),
+        "verdicts": verdicts,
+        "needs": needs,
+        "outcome": r.outcome,
+    }))
+}
+
+/// `request new sign ASSET …`: a proposal approvers then sign.
+#[allow(clippy::too_many_arguments)]
+fn new_sign(
+    cli: &Cli,
+    operation: &str,
+    asset: &str,
+    digest: Option<&str>,
+    message: Option<&Path>,
+    mechanism: Option<&str>,
+    expires: Option<&str>,
+) -> Result<(), Failure> {
+    if operation != "sign" {
+        return Err(Failure::Usage(format!(
+            "`request new` makes signature proposals only (`request new sign ASSET --digest \
+             HEX`); for {operation:?} run its own command (e.g. `p11derive asset {operation} \
+             NAME`): when a quorum rule governs it, it records the request itself"
+        )));
+    }
+    AssetId::new(asset).map_err(Failure::Usage)?;
+    let mech = match mechanism {
+        Some(m) => parse_mechanism(m).map_err(Failure::Usage)?,
+        None if message.is_some() => p11derive::ck::CKM_ECDSA_SHA256,
+        None => p11derive::ck::CKM_ECDSA,
+    };
+    let digest = match (digest, message) {
+        (Some(h), None) => unhex(h).ok_or_else(|| {
+            Failure::Usage(format!(
+                "--digest {h:?} is not hex (e.g. the 64 hex digits of a SHA-256)"
+            ))
+        })?,
+        (None, Some(path)) => {
+            if mech == p11derive::ck::CKM_ECDSA {
+                return Err(Failure::Usage(
+                    "CKM_ECDSA signs a digest the client computed: give --digest HEX, or \
+                     --message FILE with --mechanism ECDSA-SHA256"
+                        .into(),
+                ));
+            }
+            let m = std::fs::read(path)
+                .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
+            Sha256::digest(&m).to_vec()
+        }
+        _ => {
+            return Err(Failure::Usage(
+                "give the digest to approve: --digest HEX, or --message FILE".into(),
+            ))
+        }
+    };
+    if digest.is_empty() || digest.len() > 64 {
+        return Err(Failure::Usage(format!(
+            "a digest of {} bytes: give the hash the client signs (e.g. 32 bytes)",
+            digest.len()
+        )));
+    }
+    if mech != p11derive::ck::CKM_ECDSA && digest.len() != 32 {
+        return Err(Failure::Usage(format!(
+            "for {} the digest approved is the SHA-256 of the message (32 bytes), not {} bytes",
+            p11derive::error::mech_name(mech),
+            digest.len()
+        )));
+    }
+    acting(
+        cli,
+        Want::on(Action::Use(UseKind::Sign), asset),
+        true,
+        |a| {
+            let lifetime = expiry(a.config, expires)?;
+            let cx = Ctx::of(cli, a);
+            let params = vec![
+                p("asset", asset),
+                p("mechanism", p11derive::error::mech_name(mech)),
+                p("digest", hex(&digest)),
+            ];
+            let row = new_request(&cx, "sign", params, lifetime)?;
+            let needs: Vec<String> = a
+                .store
+                .rules_for("sign", Some(asset))?
+                .iter()
+                .map(Rule::describe)
+                .collect();
+            if cli.json {
+                return print_json(&request_json(a.store, &row, unix_now())?);
+            }
+            let doc = row.doc().map_err(failed)?;
+            outln!("{}", doc.summary());
+            if needs.is_empty() {
+                outln!(
+                    "note: no quorum rule or policy asks for approvals of {asset:?} signatures now"
+                );
+            } else {
+                outln!("needs: {}", needs.join("; "));
+            }
+            outln!(
+                "--- the bytes approvers sign (`p11derive request export {}`) ---",
+                row.id
+            );
+            outln!(
+                "{}",
+                String::from_utf8_lossy(&doc.verdict_bytes(Verdict::Approve)).trim_end()
+            );
+            Ok(())
+        },
+    )
+}
+
+/// Records a verdict (verified in the store's transaction), then, with
+/// `[approvals] execute = "on-quorum"`, runs an approved request at once.
+fn verdict_cmd(
+    cli: &Cli,
+    id: &str,
+    approver: &str,
+    verdict: Verdict,
+    sig: &[u8],
+) -> Result<(), Failure> {
+    let id = id.to_ascii_lowercase();
+    let ready = acting(cli, Want::read_public(), true, |a| {
+        let r = a.store.add_verdict(
+            a.ak,
+            &id,
+            approver,
+            verdict,
+            sig,
+            unix_now(),
+            a.record(Event::Approval),
+        )?;
+        let unmet = if r.state == "pending" {
+            a.store.unmet(&r)?
+        } else {
+            Vec::new()
+        };
+        if cli.json {
+            print_json(&request_json(a.store, &r, unix_now())?)?;
+        } else {
+            outln!(
+                "{} by {approver:?} recorded on request {id} ({})",
+                verdict.name(),
+                r.operation
+            );
+            match (r.state.as_str(), unmet.is_empty()) {
+                ("rejected", _) => outln!("request {id} is rejected: it will never run"),
+                (_, true) if r.operation == "sign" => {
+                    outln!("approved: the next signature of exactly this digest is released")
+                }
+                (_, true) => outln!("approved: run `p11derive request execute {id}`"),
+                (_, false) => outln!("still needed: {}", unmet.join("; ")),
+            }
+        }
+        Ok(r.state == "pending" && unmet.is_empty() && r.operation != "sign")
+    })?;
+    let config = crate::common::load_config(cli)?;
+    if ready && config.approvals.execute == p11derive::config::ExecuteWhen::OnQuorum {
+        return execute(cli, &id);
+    }
+    Ok(())
+}
+
+/// `request execute ID`: the operation the request states, run in one
+/// transaction with its records once every rule is met.
+fn execute(cli: &Cli, id: &str) -> Result<(), Failure> {
+    let id = id.to_ascii_lowercase();
+    // The user executing must be allowed the operation itself.
+    let (row, doc) = {
+        let config = crate::common::load_config(cli)?;
+        let store = crate::common::open_store(&config)?;
+        let r = find_request(&store, &id)?;
+        let d = r.doc().map_err(failed)?;
+        (r, d)
+    };
+    let asset = doc.param("asset").map(str::to_string);
+    let want = match doc.operation.as_str() {
+        op if on_assets(op) => Want::on(Action::Lifecycle, asset.as_deref().unwrap_or("")),
+        "policy" | "quorum" => Want::to(Action::ManagePolicy),
+        _ => Want::to(Action::ManageUsers),
+    };
+    let _ = row;
+    acting(cli, want, true, |a| {
+        let op = prepare(a, &doc)?;
+        let r = a
+            .store
+            .execute_request(a.ak, &id, op, unix_now(), a.record(Event::Request))
+            .map_err(|e| match e {
+                StoreError::Refused(m) => Failure::Refused(m),
+                e => e.into(),
+            })?;
+        if cli.json {
+            return print_json(&request_json(a.store, &r, unix_now())?);
+        }
+        outln!("request {id} executed: {}", r.outcome);
+        Ok(())
+    })
+}
+
+fn param<'d>(doc: &'d RequestDoc, k: &str) -> Result<&'d str, Failure> {
+    doc.param(k)
+        .ok_or_else(|| failed(format!("request {}: no {k:?} parameter", doc.id)))
+}
+
+/// The operation a request's bytes state, made ready to run (a rotation's
+/// new public key derived through the HSM first).
+fn prepare(a: &Acting<'_>, doc: &RequestDoc) -> Result<Execute, Failure> {
+    let basis = || -> Result<u64, Failure> {
+        param(doc, "basis")?
+            .parse()
+            .map_err(|_| failed(format!("request {}: bad basis", doc.id)))
+    };
+    let bytes = |k: &str| -> Result<Vec<u8>, Failure> {
+        unhex(param(doc, k)?).ok_or_else(|| failed(format!("request {}: {k} is not hex", doc.id)))
+    };
+    Ok(match doc.operation.as_str() {
+        op @ ("rotate" | "finish" | "trim" | "suspend" | "resume" | "retire") => {
+            let name = AssetId::new(param(doc, "asset")?).map_err(failed)?;
+            let t = match op {
+                "rotate" => Transition::Rotate {
+                    grace: param(doc, "grace")? == "yes",
+                },
+                "finish" => Transition::Finish,
+                "trim" => Transition::Trim(
+                    param(doc, "below")?
+                        .parse()
+                        .map_err(|_| failed("bad trim"))?,
+                ),
+                "suspend" => Transition::Suspend,
+                "resume" => Transition::Resume,
+                _ => Transition::Retire,
+            };
+            let next = match t {
+                Transition::Rotate { .. } => Some(
+                    p11derive::lifecycle::next_version_key(a.backend, a.store, &name)
+                        .map_err(Failure::from)?,
+                ),
+                _ => None,
+            };
+            Execute::Transition { name, t, next }
+        }
+        "user" => {
+            let name = param(doc, "user")?.to_string();
+            let created_at = a.store.user(&name)?.map_or_else(unix_now, |u| u.created_at);
+            Execute::User {
+                row: UserRow {
+                    name,
+                    roles: param(doc, "roles")?.into(),
+                    patterns: param(doc, "patterns")?.into(),
+                    salt: bytes("salt")?,
+                    verifier: bytes("verifier")?,
+                    state: param(doc, "state")?.into(),
+                    created_at,
+                },
+                what: param(doc, "change")?.into(),
+                basis: basis()?,
+                clear_failures: param(doc, "clear-failures")? == "yes",
+            }
+        }
+        "policy" => {
+            let pattern = param(doc, "pattern")?.to_string();
+            let created_at = a
+                .store
+                .policies()?
+                .into_iter()
+                .find(|p| p.pattern == pattern)
+                .map_or_else(unix_now, |p| p.created_at);
+            Execute::Policy {
+                row: PolicyRow {
+                    pattern,
+                    settings: param(doc, "settings")?.into(),
+                    state: param(doc, "state")?.into(),
+                    created_at,
+                },
+                what: param(doc, "change")?.into(),
+                basis: basis()?,
+            }
+        }
+        "approver" => {
+            let name = param(doc, "approver")?.to_string();
+            let created_at = a
+                .store
+                .approver(&name)?
+                .map_or_else(unix_now, |r| r.created_at);
+            let key = bytes("key")?;
+            ApproverKey::from_der(&key).map_err(failed)?;
+            Execute::Approver {
+                row: ApproverRow {
+                    name,
+                    key_kind: param(doc, "kind")?.into(),
+                    public_key: key,
+                    groups: param(doc, "groups")?.into(),
+                    state: param(doc, "state")?.into(),
+                    created_at,
+                },
+                what: param(doc, "change")?.into(),
+                basis: basis()?,
+            }
+        }
+        "quorum" => {
+            let rule = rule_of(
+                param(doc, "rule-operation")?,
+                Some(param(doc, "pattern")?),
+                param(doc, "approvals")?
+                    .parse()
+                    .map_err(|_| failed("bad approvals"))?,
+                Some(param(doc, "group")?).filter(|g| !g.is_empty()),
+            )?;
+            let created_at = a
+                .store
+                .quorums()?
+                .into_iter()
+                .find(|q| q.name == rule.key())
+                .map_or_else(unix_now, |q| q.created_at);
+            Execute::Quorum {
+                row: QuorumRow {
+                    name: rule.key(),
+                    operation: rule.operation.clone(),
+                    pattern: rule.pattern.as_str().into(),
+                    approvals: rule.approvals,
+                    group: rule.group.clone(),
+                    state: param(doc, "state")?.into(),
+                    created_at,
+                },
+                what: param(doc, "change")?.into(),
+                basis: basis()?,
+            }
+        }
+        "sign" => {
+            return Err(Failure::Refused(format!(
+                "request {} approves a signature: C_Sign of exactly that digest uses it; there is \
+                 nothing to execute",
+                doc.id
+            )))
+        }
+        op => {
+            return Err(Failure::Refused(format!(
+                "request {}: operation {op:?} is not executed by this version of p11derive",
+                doc.id
+            )))
+        }
+    })
+}

@@ -1,0 +1,1039 @@
+//! Approvers, quorum rules and requests (k-of-n approvals, design §6.5): rows sealed like users (`users.rs`), a request's approvals recorded and counted in the transaction that executes it, and an approved signature's approvals consumed in the transaction that commits the signature.
+//!
+//! A request row carries its canonical bytes (`crate::approvals::request`)
+//! and its verdicts, one line each: `VERDICT APPROVER FINGERPRINT TIME
+//! SIGNATURE` (the signature in hex, over the verdict bytes). Each verdict
+//! is verified against the approver's registered key in the transaction
+//! that records it; at execution the approvals are counted again against
+//! the approvers and rules in force then (an approver removed, or whose key
+//! was replaced, no longer counts).
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::access::Pattern;
+use crate::approvals::keys::ApproverKey;
+use crate::approvals::quorum::{self, parse_groups, Approver, Given, Rule};
+use crate::approvals::request::{RequestDoc, Verdict};
+use crate::asset::Transition;
+use crate::audit::{Event, Record};
+use crate::types::AssetId;
+use crate::types::Secret32;
+
+use super::db::{Db, Tx, Val};
+use super::state::state_key;
+use super::users::{int, text, Kind, SealedWrite};
+use super::{hex, Store, StoreError, UserRow};
+
+/// An approver as stored: a name, a public key (SPKI DER) and groups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApproverRow {
+    pub name: String,
+    /// `ed25519` or `p256`.
+    pub key_kind: String,
+    /// SubjectPublicKeyInfo, DER.
+    pub public_key: Vec<u8>,
+    /// Comma list, sorted.
+    pub groups: String,
+    /// `active` or `removed`.
+    pub state: String,
+    pub created_at: i64,
+}
+
+impl ApproverRow {
+    fn fields(&self) -> Vec<Vec<u8>> {
+        vec![
+            self.name.as_bytes().to_vec(),
+            self.key_kind.as_bytes().to_vec(),
+            self.public_key.clone(),
+            self.groups.as_bytes().to_vec(),
+            self.state.as_bytes().to_vec(),
+            self.created_at.to_be_bytes().to_vec(),
+        ]
+    }
+
+    fn from_fields(f: &[Vec<u8>]) -> ApproverRow {
+        ApproverRow {
+            name: text(&f[0]),
+            key_kind: text(&f[1]),
+            public_key: f[2].clone(),
+            groups: text(&f[3]),
+            state: text(&f[4]),
+            created_at: int(&f[5]),
+        }
+    }
+
+    /// SHA-256 of the key's DER, hex: names the key in verdicts.
+    pub fn fingerprint(&self) -> String {
+        hex(&Sha256::digest(&self.public_key))
+    }
+
+    /// The approver as a count needs it.
+    pub fn counted(&self) -> Approver {
+        Approver {
+            name: self.name.clone(),
+            groups: parse_groups(&self.groups).unwrap_or_default(),
+            active: self.state == "active",
+            fingerprint: self.fingerprint(),
+        }
+    }
+}
+
+/// A quorum rule as stored (`name` is `OPERATION:PATTERN`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuorumRow {
+    pub name: String,
+    pub operation: String,
+    pub pattern: String,
+    pub approvals: u32,
+    /// The approver group whose members count (empty: any approver).
+    pub group: String,
+    /// `set` or `removed`.
+    pub state: String,
+    pub created_at: i64,
+}
+
+impl QuorumRow {
+    fn fields(&self) -> Vec<Vec<u8>> {
+        vec![
+            self.name.as_bytes().to_vec(),
+            self.operation.as_bytes().to_vec(),
+            self.pattern.as_bytes().to_vec(),
+            i64::from(self.approvals).to_be_bytes().to_vec(),
+            self.group.as_bytes().to_vec(),
+            self.state.as_bytes().to_vec(),
+            self.created_at.to_be_bytes().to_vec(),
+        ]
+    }
+
+    fn from_fields(f: &[Vec<u8>]) -> QuorumRow {
+        QuorumRow {
+            name: text(&f[0]),
+            operation: text(&f[1]),
+            pattern: text(&f[2]),
+            approvals: int(&f[3]).clamp(0, u32::MAX.into()) as u32,
+            group: text(&f[4]),
+            state: text(&f[5]),
+            created_at: int(&f[6]),
+        }
+    }
+
+    /// The rule, parsed.
+    pub fn rule(&self) -> Result<Rule, String> {
+        Rule::new(
+            &self.operation,
+            Pattern::parse(&self.pattern)?,
+            self.approvals,
+            &self.group,
+        )
+    }
+}
+
+/// A request as stored: its canonical bytes and what became of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestRow {
+    /// The request's id (32 hex digits).
+    pub id: String,
+    pub operation: String,
+    /// What finds it: for a signature, [`sign_lookup`]; else the asset or
+    /// subject, or empty.
+    pub lookup: String,
+    /// The canonical bytes.
+    pub body: Vec<u8>,
+    pub requested_by: String,
+    pub created_at: i64,
+    pub expires_at: i64,
+    /// `pending`, `rejected`, `executed` or `cancelled` (an expired request
+    /// stays `pending`: see [`RequestRow::status`]).
+    pub state: String,
+    /// The verdicts, one line each (see the module's documentation).
+    pub approvals: String,
+    /// What its execution did, or why it was rejected or cancelled.
+    pub outcome: String,
+}
+
+/// One verdict as recorded on a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerdictLine {
+    pub given: Given,
+    pub time: i64,
+    pub signature: Vec<u8>,
+}
+
+impl RequestRow {
+    fn fields(&self) -> Vec<Vec<u8>> {
+        vec![
+            self.id.as_bytes().to_vec(),
+            self.operation.as_bytes().to_vec(),
+            self.lookup.as_bytes().to_vec(),
+            self.body.clone(),
+            self.requested_by.as_bytes().to_vec(),
+            self.created_at.to_be_bytes().to_vec(),
+            self.expires_at.to_be_bytes().to_vec(),
+            self.state.as_bytes().to_vec(),
+            self.approvals.as_bytes().to_vec(),
+            self.outcome.as_bytes().to_vec(),
+        ]
+    }
+
+    fn from_fields(f: &[Vec<u8>]) -> RequestRow {
+        RequestRow {
+            id: text(&f[0]),
+            operation: text(&f[1]),
+            lookup: text(&f[2]),
+            body: f[3].clone(),
+            requested_by: text(&f[4]),
+            created_at: int(&f[5]),
+            expires_at: int(&f[6]),
+            state: text(&f[7]),
+            approvals: text(&f[8]),
+            outcome: text(&f[9]),
+        }
+    }
+
+    /// The canonical bytes, parsed.
+    pub fn doc(&self) -> Result<RequestDoc, String> {
+        RequestDoc::parse(&self.body)
+    }
+
+    /// The verdicts recorded, in order.
+    pub fn verdicts(&self) -> Vec<VerdictLine> {
+        self.approvals
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split(' ');
+                let verdict = Verdict::parse(w.next()?)?;
+                let approver = w.next()?.to_string();
+                let fingerprint = w.next()?.to_string();
+                let time = w.next()?.parse().ok()?;
+                let signature = unhex(w.next()?)?;
+                Some(VerdictLine {
+                    given: Given {
+                        approver,
+                        fingerprint,
+                        verdict,
+                    },
+                    time,
+                    signature,
+                })
+            })
+            .collect()
+    }
+
+    /// `pending`, `expired` (pending past its expiry), `rejected`,
+    /// `executed` or `cancelled`, at `now`.
+    pub fn status(&self, now: i64) -> &str {
+        if self.state == "pending" && now >= self.expires_at {
+            "expired"
+        } else {
+            &self.state
+        }
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// The lookup of a signature's approvals: the asset, the mechanism and the
+/// SHA-256 of the data the signature is computed over (what its audit
+/// record holds): for `CKM_ECDSA` the SHA-256 of the digest approved, for
+/// every other mechanism the digest approved itself (the SHA-256 of the
+/// message).
+pub fn sign_lookup(asset: &str, mechanism: u64, input_sha256: &[u8]) -> String {
+    format!("sign:{asset}:{mechanism:#x}:{}", hex(input_sha256))
+}
+
+/// The lookup of an approved signature of `digest` (see [`sign_lookup`]).
+pub fn approved_digest_lookup(asset: &str, mechanism: u64, digest: &[u8]) -> String {
+    if mechanism == crate::ck::CKM_ECDSA {
+        sign_lookup(asset, mechanism, &Sha256::digest(digest))
+    } else {
+        sign_lookup(asset, mechanism, digest)
+    }
+}
+
+/// An operation a request stands for, ready to run in the transaction that
+/// executes the request (the caller derived what needs the HSM first).
+pub enum Execute {
+    /// A lifecycle transition (`next`: a rotation's new version and its
+    /// public key or check value).
+    Transition {
+        name: AssetId,
+        t: Transition,
+        next: Option<(u32, Option<Vec<u8>>)>,
+    },
+    /// A user's row written as the request states it; `basis`: the change
+    /// the row was at when the request was made (0: none), so a user
+    /// changed since is not overwritten with stale fields.
+    User {
+        row: UserRow,
+        what: String,
+        basis: u64,
+        clear_failures: bool,
+    },
+    Policy {
+        row: super::PolicyRow,
+        what: String,
+        basis: u64,
+    },
+    Approver {
+        row: ApproverRow,
+        what: String,
+        basis: u64,
+    },
+    Quorum {
+        row: QuorumRow,
+        what: String,
+        basis: u64,
+    },
+}
+
+impl Store {
+    /// Every approver, verified (removed ones included: see `state`).
+    pub fn approvers(&self) -> Result<Vec<ApproverRow>, StoreError> {
+        Ok(self
+            .sealed_all(Kind::Approver)?
+            .iter()
+            .map(|f| ApproverRow::from_fields(f))
+            .collect())
+    }
+
+    /// An approver by name, verified.
+    pub fn approver(&self, name: &str) -> Result<Option<ApproverRow>, StoreError> {
+        Ok(self
+            .sealed_one(Kind::Approver, name)?
+            .map(|f| ApproverRow::from_fields(&f)))
+    }
+
+    /// Every quorum rule, verified (removed ones included).
+    pub fn quorums(&self) -> Result<Vec<QuorumRow>, StoreError> {
+        Ok(self
+            .sealed_all(Kind::Quorum)?
+            .iter()
+            .map(|f| QuorumRow::from_fields(f))
+            .collect())
+    }
+
+    /// Every request, verified, newest first.
+    pub fn requests(&self) -> Result<Vec<RequestRow>, StoreError> {
+        let mut all: Vec<RequestRow> = self
+            .sealed_all(Kind::Request)?
+            .iter()
+            .map(|f| RequestRow::from_fields(f))
+            .collect();
+        all.sort_by(|a, b| b.created_at.cmp(&a.created_at).then(a.id.cmp(&b.id)));
+        Ok(all)
+    }
+
+    /// A request by id, verified.
+    pub fn request(&self, id: &str) -> Result<Option<RequestRow>, StoreError> {
+        Ok(self
+            .sealed_one(Kind::Request, id)?
+            .map(|f| RequestRow::from_fields(&f)))
+    }
+
+    /// The latest change of a sealed row (0: none), for a request's basis.
+    pub fn change_of(&self, kind_prefix: &str, name: &str) -> Result<u64, StoreError> {
+        let mut conn = self.lock();
+        self.refresh(&mut **conn)?;
+        drop(conn);
+        Ok(self
+            .guard()
+            .latest_of(&format!("{kind_prefix}{name}"))
+            .unwrap_or(0))
+    }
+
+    /// The rules that govern `operation` on `subject` now (for `sign`, the
+    /// policies' `approvals` too), verified.
+    pub fn rules_for(
+        &self,
+        operation: &str,
+        subject: Option<&str>,
+    ) -> Result<Vec<Rule>, StoreError> {
+        let mut conn = self.lock();
+        self.rules_in(&mut **conn, operation, subject)
+    }
+
+    pub(super) fn rules_in(
+        &self,
+        db: &mut dyn Db,
+        operation: &str,
+        subject: Option<&str>,
+    ) -> Result<Vec<Rule>, StoreError> {
+        let mut out: Vec<Rule> = self
+            .active_rules_in(db)?
+            .iter()
+            .filter(|r| r.applies(operation, subject))
+            .cloned()
+            .collect();
+        if operation == "sign" {
+            if let Some(asset) = subject {
+                for p in self.policies_refreshed(db)?.iter() {
+                    if p.approvals > 0 && p.pattern.matches(asset) {
+                        out.push(Rule {
+                            operation: "sign".into(),
+                            pattern: p.pattern.clone(),
+                            approvals: p.approvals,
+                            group: String::new(),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The quorum rules in force (state `set`), verified and parsed, as
+    /// `db` sees them; read again only when the verified ledger moved.
+    pub(super) fn active_rules_in(&self, db: &mut dyn Db) -> Result<Arc<Vec<Rule>>, StoreError> {
+        self.refresh(db)?;
+        let at = self.verified_change();
+        if let Some((when, list)) = &*self.quorum_cache() {
+            if *when == at {
+                return Ok(list.clone());
+            }
+        }
+        let mut list = Vec::new();
+        for f in self.sealed_all_in(db, Kind::Quorum)? {
+            let row = QuorumRow::from_fields(&f);
+            if row.state != "set" {
+                continue;
+            }
+            list.push(row.rule().map_err(|m| {
+                StoreError::Corrupt(
+                    self.path.clone(),
+                    format!("quorum rule {:?}: {m}", row.name),
+                )
+            })?);
+        }
+        let list = Arc::new(list);
+        *self.quorum_cache() = Some((at, list.clone()));
+        Ok(list)
+    }
+
+    /// The quorum rules in force (see `active_rules_in`).
+    pub(super) fn active_rules(&self) -> Result<Arc<Vec<Rule>>, StoreError> {
+        let mut conn = self.lock();
+        self.active_rules_in(&mut **conn)
+    }
+
+    fn quorum_cache(&self) -> std::sync::MutexGuard<'_, Option<QuorumCache>> {
+        self.quorum_cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The approvers as a count needs them, read in `db`.
+    fn counted_approvers(&self, db: &mut dyn Db) -> Result<Vec<Approver>, StoreError> {
+        Ok(self
+            .sealed_all_in(db, Kind::Approver)?
+            .iter()
+            .map(|f| ApproverRow::from_fields(f).counted())
+            .collect())
+    }
+
+    /// What `row` still lacks under the rules and approvers in force now
+    /// (empty: it may run).
+    pub fn unmet(&self, row: &RequestRow) -> Result<Vec<String>, StoreError> {
+        let mut conn = self.lock();
+        self.unmet_in(&mut **conn, row)
+    }
+
+    fn unmet_in(&self, db: &mut dyn Db, row: &RequestRow) -> Result<Vec<String>, StoreError> {
+        let doc = row.doc().map_err(|m| self.bad_request(&row.id, &m))?;
+        let subject = subject_of(&doc);
+        let rules = self.rules_in(db, &doc.operation, subject.as_deref())?;
+        let approvers = self.counted_approvers(db)?;
+        let given: Vec<Given> = row.verdicts().into_iter().map(|v| v.given).collect();
+        let rules: Vec<&Rule> = rules.iter().collect();
+        Ok(quorum::unmet(&rules, &approvers, &given, &row.requested_by))
+    }
+
+    fn bad_request(&self, id: &str, why: &str) -> StoreError {
+        StoreError::Corrupt(self.path.clone(), format!("request {id}: {why}"))
+    }
+
+    /// Registers, changes or removes an approver, appending its `approver`
+    /// record, sealed, in one transaction.
+    pub fn put_approver(
+        &self,
+        ak: &Secret32,
+        row: &ApproverRow,
+        what: &str,
+        base: Record,
+    ) -> Result<u64, StoreError> {
+        let detail = approver_detail(row, what);
+        self.put_sealed(ak, approver_write(row), detail, base)
+    }
+
+    /// Sets or removes a quorum rule, appending its `quorum` record, sealed.
+    pub fn put_quorum(
+        &self,
+        ak: &Secret32,
+        row: &QuorumRow,
+        what: &str,
+        base: Record,
+    ) -> Result<u64, StoreError> {
+        let detail = quorum_detail(row, what);
+        self.put_sealed(ak, quorum_write(row), detail, base)
+    }
+
+    /// Records a new request (state `pending`), appending its `request`
+    /// record, sealed.
+    pub fn create_request(
+        &self,
+        ak: &Secret32,
+        row: &RequestRow,
+        base: Record,
+    ) -> Result<u64, StoreError> {
+        let detail = request_detail(row, "request new");
+        self.put_sealed(ak, request_write(row), detail, base)
+    }
+
+    /// Records an approver's verdict on a pending, unexpired request, in
+    /// one transaction: the approver must be registered and active, its
+    /// signature must verify over the request's verdict bytes under its
+    /// registered key, and it may give one verdict per request. A
+    /// rejection ends the request. Returns the request as written.
+    pub fn add_verdict(
+        &self,
+        ak: &Secret32,
+        id: &str,
+        approver: &str,
+        verdict: Verdict,
+        signature: &[u8],
+        now: i64,
+        base: Record,
+    ) -> Result<RequestRow, StoreError> {
+        let sk = self.sk(ak)?;
+        self.refused()?;
+        let mut conn = self.lock();
+        let mut tx = Tx::begin(&mut **conn)?;
+        self.refresh(&mut *tx)?;
+        let mut row = self.open_request(&mut *tx, id, now)?;
+        let who = self
+            .sealed_one_in(&mut *tx, Kind::Approver, approver)?
+            .map(|f| ApproverRow::from_fields(&f))
+            .filter(|a| a.state == "active")
+            .ok_or_else(|| {
+                StoreError::Refused(format!(
+                    "{approver:?} is not a registered approver (see `p11derive approver list`)"
+                ))
+            })?;
+        if row.verdicts().iter().any(|v| v.given.approver == approver) {
+            return Err(StoreError::Refused(format!(
+                "approver {approver:?} already gave a verdict on request {id}: each approver \
+                 counts once"
+            )));
+        }
+        let doc = row.doc().map_err(|m| self.bad_request(id, &m))?;
+        let key = ApproverKey::from_der(&who.public_key).map_err(|m| {
+            StoreError::Corrupt(self.path.clone(), format!("approver {approver:?}: {m}"))
+        })?;
+        key.verify(&doc.verdict_bytes(verdict), signature)
+            .map_err(|why| {
+                StoreError::Refused(format!(
+                    "the signature does not verify as approver {approver:?}'s {} of request {id} \
+                 ({why}): sign the bytes `p11derive request export {id}{}` writes, with the \
+                 key registered for {approver:?} (fingerprint {})",
+                    verdict.name(),
+                    if verdict == Verdict::Reject {
+                        " --reject"
+                    } else {
+                        ""
+                    },
+                    who.fingerprint()
+                ))
+            })?;
+        row.approvals.push_str(&format!(
+            "{} {approver} {} {now} {}\n",
+            verdict.name(),
+            who.fingerprint(),
+            hex(signature)
+        ));
+        let mut rec = base;
+        let what = match verdict {
+            Verdict::Approve => {
+                rec.event = Event::Approval;
+                format!("approval by {approver} key={}", &who.fingerprint()[..16])
+            }
+            Verdict::Reject => {
+                rec.event = Event::Request;
+                row.state = "rejected".into();
+                row.outcome = format!("rejected by approver {approver}");
+                format!(
+                    "request rejected by {approver} key={}",
+                    &who.fingerprint()[..16]
+                )
+            }
+        };
+        let detail = request_detail(&row, &what);
+        let head = self.put_sealed_in(&mut *tx, ak, &sk, request_write(&row), detail, rec)?;
+        self.commit_at(tx, head)?;
+        self.refresh(&mut **conn)?;
+        Ok(row)
+    }
+
+    /// Cancels a pending request (its requester, or an admin, changing
+    /// their mind), sealed and audited.
+    pub fn cancel_request(
+        &self,
+        ak: &Secret32,
+        id: &str,
+        why: &str,
+        now: i64,
+        base: Record,
+    ) -> Result<RequestRow, StoreError> {
+        let sk = self.sk(ak)?;
+        self.refused()?;
+        let mut conn = self.lock();
+        let mut tx = Tx::begin(&mut **conn)?;
+        self.refresh(&mut *tx)?;
+        // An expired request may still be cancelled (its state then says so).
+        let _ = now;
+        let mut row = self.open_request(&mut *tx, id, i64::MIN)?;
+        row.state = "cancelled".into();
+        row.outcome = why.to_string();
+        let detail = request_detail(&row, "request cancelled");
+        let head = self.put_sealed_in(&mut *tx, ak, &sk, request_write(&row), detail, base)?;
+        self.commit_at(tx, head)?;
+        self.refresh(&mut **conn)?;
+        Ok(row)
+    }
+
+    /// The request `id` read (verified) in `tx`, refused unless it is
+    /// pending and, at `now`, unexpired.
+    fn open_request(&self, tx: &mut dyn Db, id: &str, now: i64) -> Result<RequestRow, StoreError> {
+        let row = self
+            .sealed_one_in(tx, Kind::Request, id)?
+            .map(|f| RequestRow::from_fields(&f))
+            .ok_or_else(|| StoreError::NotFound(format!("request {id:?}")))?;
+        match row.status(now) {
+            "pending" => Ok(row),
+            "expired" => Err(StoreError::Refused(format!(
+                "request {id} expired at {}: make a new request",
+                crate::access::format_time(row.expires_at)
+            ))),
+            s => Err(StoreError::Refused(format!(
+                "request {id} is {s} ({}): nothing more can be done with it",
+                row.outcome
+            ))),
+        }
+    }
+
+    fn sk(&self, ak: &Secret32) -> Result<Arc<Secret32>, StoreError> {
+        Ok(match self.guard().state_key() {
+            Some(sk) => sk,
+            None => Arc::new(state_key(ak)?),
+        })
+    }
+
+    /// Executes a request whose approvals meet every rule in force, in one
+    /// transaction: the operation `op` (which must be the one the request
+    /// states: the caller built it from the request's bytes), its records,
+    /// and the request marked executed. Refused, changing nothing, when the
+    /// request is not pending, expired, or short of approvals (the message
+    /// says which rule lacks what).
+    pub fn execute_request(
+        &self,
+        ak: &Secret32,
+        id: &str,
+        op: Execute,
+        now: i64,
+        base: Record,
+    ) -> Result<RequestRow, StoreError> {
+        let sk = self.sk(ak)?;
+        self.refused()?;
+        let mut conn = self.lock();
+        let mut tx = Tx::begin(&mut **conn)?;
+        self.refresh(&mut *tx)?;
+        let mut row = self.open_request(&mut *tx, id, now)?;
+        if row.operation == "sign" {
+            return Err(StoreError::Refused(format!(
+                "request {id} approves a signature: it is used by the signature itself \
+                 (C_Sign), not executed"
+            )));
+        }
+        let unmet = self.unmet_in(&mut *tx, &row)?;
+        if !unmet.is_empty() {
+            return Err(StoreError::Refused(format!(
+                "request {id} lacks approvals: {}",
+                unmet.join("; ")
+            )));
+        }
+        let tag = format!("request={id}");
+        let mut base_op = base.clone();
+        base_op.detail = String::new();
+        let outcome = match op {
+            Execute::Transition { name, t, next } => {
+                let next = next.as_ref().map(|(n, pk)| (*n, pk.as_deref()));
+                let (after, _) =
+                    self.transition_in(&mut *tx, &name, t, next, ak, base_op, Some(&tag))?;
+                format!(
+                    "{} done: asset {} is {} at version {}",
+                    t.name(),
+                    name.as_str(),
+                    after.state.name(),
+                    after.current
+                )
+            }
+            Execute::User {
+                row: user,
+                what,
+                basis,
+                clear_failures,
+            } => {
+                self.check_basis(&mut *tx, Kind::User, &user.name, basis)?;
+                let detail = format!(
+                    "{what} roles={} patterns={} state={} {tag}",
+                    user.roles, user.patterns, user.state
+                );
+                self.put_sealed_in(
+                    &mut *tx,
+                    ak,
+                    &sk,
+                    user_write(&user),
+                    detail,
+                    base_op.clone(),
+                )?;
+                if clear_failures {
+                    self.clear_failures_in(&mut *tx, ak, &sk, &user.name, &tag, base_op)?;
+                }
+                format!("{what} done")
+            }
+            Execute::Policy {
+                row: p,
+                what,
+                basis,
+            } => {
+                self.check_basis(&mut *tx, Kind::Policy, &p.pattern, basis)?;
+                let detail = format!("{what} state={} {} {tag}", p.state, p.settings);
+                self.put_sealed_in(&mut *tx, ak, &sk, policy_write(&p), detail, base_op)?;
+                format!("{what} done")
+            }
+            Execute::Approver {
+                row: a,
+                what,
+                basis,
+            } => {
+                self.check_basis(&mut *tx, Kind::Approver, &a.name, basis)?;
+                let detail = format!("{} {tag}", approver_detail(&a, &what));
+                self.put_sealed_in(&mut *tx, ak, &sk, approver_write(&a), detail, base_op)?;
+                format!("{what} done")
+            }
+            Execute::Quorum {
+                row: q,
+                what,
+                basis,
+            } => {
+                self.check_basis(&mut *tx, Kind::Quorum, &q.name, basis)?;
+                let detail = format!("{} {tag}", quorum_detail(&q, &what));
+                self.put_sealed_in(&mut *tx, ak, &sk, quorum_write(&q), detail, base_op)?;
+                format!("{what} done")
+            }
+        };
+        // The operation's own state changes are in the ledger's view of
+        // this transaction only once read: refresh before sealing the request.
+        self.refresh(&mut *tx)?;
+        row.state = "executed".into();
+        row.outcome = outcome;
+        let mut rec = base;
+        rec.event = Event::Request;
+        let detail = request_detail(&row, "request executed");
+        let head = self.put_sealed_in(&mut *tx, ak, &sk, request_write(&row), detail, rec)?;
+        self.commit_at(tx, head)?;
+        self.forget_assets();
+        self.refresh(&mut **conn)?;
+        Ok(row)
+    }
+
+    /// Refuses an execution whose row changed since the request was made.
+    fn check_basis(
+        &self,
+        db: &mut dyn Db,
+        kind: Kind,
+        name: &str,
+        basis: u64,
+    ) -> Result<(), StoreError> {
+        // Verified (refused when tampered with) before it is compared.
+        self.sealed_one_in(db, kind, name)?;
+        let now = self
+            .guard()
+            .latest_of(&super::users::key(kind, name))
+            .unwrap_or(0);
+        if now != basis {
+            return Err(StoreError::Conflict(format!(
+                "{name:?} changed since the request was made (its latest change is record \
+                 {now}, the request was made at record {basis}): cancel it and make a new one"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Consumes the approvals of a signature (`record`, a sign use of
+    /// `asset` its batch allows so far) inside the commit's transaction:
+    /// finds a pending, unexpired request of exactly that asset, mechanism
+    /// and digest whose approvals meet `rules`, other than `taken` (used by
+    /// this batch already). `Ok(Err(why))` when there is none.
+    pub(super) fn approved_signature(
+        &self,
+        db: &mut dyn Db,
+        record: &Record,
+        asset: &str,
+        rules: &[Rule],
+        taken: &[String],
+    ) -> Result<Result<RequestRow, String>, StoreError> {
+        let (Some(mech), Some(input)) = (record.mechanism, record.input_sha256) else {
+            return Ok(Err(
+                "rule=approvals the signature has no digest to approve".into()
+            ));
+        };
+        let lookup = sign_lookup(asset, mech, &input);
+        let ids = self.rows(
+            db,
+            "SELECT name FROM requests WHERE lookup = ?1 AND state = 'pending' ORDER BY name",
+            &[lookup.as_str().into()],
+            |r| r.text(0),
+        )?;
+        let now = super::unix_now();
+        let rule_refs: Vec<&Rule> = rules.iter().collect();
+        let mut why = Vec::new();
+        for id in ids.iter().filter(|id| !taken.contains(id)) {
+            let Some(f) = self.sealed_one_in(db, Kind::Request, id)? else {
+                continue;
+            };
+            let row = RequestRow::from_fields(&f);
+            let Ok(doc) = row.doc() else { continue };
+            // The bytes approvers signed must state this very signature.
+            let states = doc.operation == "sign"
+                && doc.param("asset") == Some(asset)
+                && doc
+                    .param("digest")
+                    .and_then(unhex)
+                    .is_some_and(|d| approved_digest_lookup(asset, mech, &d) == lookup)
+                && doc.param("mechanism").and_then(crate::error::mech_by_name) == Some(mech);
+            if !states || row.state != "pending" {
+                continue;
+            }
+            if now >= row.expires_at {
+                why.push(format!("request {id} expired"));
+                continue;
+            }
+            let approvers = self.counted_approvers(db)?;
+            let given: Vec<Given> = row.verdicts().into_iter().map(|v| v.given).collect();
+            let unmet = quorum::unmet(&rule_refs, &approvers, &given, &row.requested_by);
+            if unmet.is_empty() {
+                return Ok(Ok(row));
+            }
+            why.push(format!(
+                "request {id} lacks approvals: {}",
+                unmet.join("; ")
+            ));
+        }
+        let rules_text: Vec<String> = rules.iter().map(Rule::describe).collect();
+        Ok(Err(if why.is_empty() {
+            format!(
+                "rule=approvals asset {asset:?} signs only digests approved by quorum ({}); no \
+                 request approves this one (sha256 of the input {}): make one with `p11derive \
+                 request new sign {asset} --digest HEX` and have it approved",
+                rules_text.join("; "),
+                hex(&input)
+            )
+        } else {
+            format!(
+                "rule=approvals asset {asset:?} signs only digests approved by quorum ({}): {}",
+                rules_text.join("; "),
+                why.join("; ")
+            )
+        }))
+    }
+
+    /// Marks an approved signature's request executed inside the commit's
+    /// transaction (`note`: what the signature's record says).
+    pub(super) fn consume_in(
+        &self,
+        tx: &mut dyn Db,
+        ak: &Secret32,
+        mut row: RequestRow,
+        base: Record,
+    ) -> Result<(), StoreError> {
+        let sk = self.sk(ak)?;
+        row.state = "executed".into();
+        row.outcome = "its signature was released".into();
+        let mut rec = base;
+        rec.event = Event::Request;
+        let detail = request_detail(&row, "request executed (approvals used by a signature)");
+        self.put_sealed_in(tx, ak, &sk, request_write(&row), detail, rec)?;
+        Ok(())
+    }
+
+    /// A name's failed logins cleared inside `tx` (a user unlocked by a
+    /// request's execution).
+    fn clear_failures_in(
+        &self,
+        tx: &mut dyn Db,
+        ak: &Secret32,
+        sk: &Secret32,
+        name: &str,
+        tag: &str,
+        base: Record,
+    ) -> Result<(), StoreError> {
+        let w = SealedWrite {
+            kind: Kind::Login,
+            name,
+            fields: vec![
+                name.as_bytes().to_vec(),
+                0i64.to_be_bytes().to_vec(),
+                0i64.to_be_bytes().to_vec(),
+            ],
+            upsert: "INSERT INTO logins (name, failures, locked_until) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (name) DO UPDATE SET failures = excluded.failures, \
+                     locked_until = excluded.locked_until",
+            params: vec![name.into(), Val::Int(0), Val::Int(0)],
+            seal_sql: "UPDATE logins SET change_seq = ?1, state_mac = ?2 WHERE name = ?3",
+        };
+        let detail = format!("user unlock failures=0 locked_until=0 {tag}");
+        self.put_sealed_in(tx, ak, sk, w, detail, base)?;
+        Ok(())
+    }
+}
+
+/// Quorum rules as of a verified state change.
+pub(super) type QuorumCache = (Option<(u64, [u8; 32])>, Arc<Vec<Rule>>);
+
+/// What a request's operation is matched against: the asset, or a
+/// policy's pattern; `None` for operations on the whole store.
+pub fn subject_of(doc: &RequestDoc) -> Option<String> {
+    if crate::approvals::request::on_assets(&doc.operation) {
+        doc.param("asset").map(str::to_string)
+    } else if doc.operation == "policy" {
+        doc.param("pattern").map(str::to_string)
+    } else {
+        None
+    }
+}
+
+fn approver_detail(row: &ApproverRow, what: &str) -> String {
+    format!(
+        "{what} kind={} key={} groups={} state={}",
+        row.key_kind,
+        &row.fingerprint()[..16],
+        if row.groups.is_empty() {
+            "-"
+        } else {
+            &row.groups
+        },
+        row.state
+    )
+}
+
+fn quorum_detail(row: &QuorumRow, what: &str) -> String {
+    format!(
+        "{what} operation={} pattern={} approvals={} group={} state={}",
+        row.operation,
+        row.pattern,
+        row.approvals,
+        if row.group.is_empty() {
+            "-"
+        } else {
+            &row.group
+        },
+        row.state
+    )
+}
+
+fn request_detail(row: &RequestRow, what: &str) -> String {
+    format!(
+        "{what} id={} operation={} state={} approvals={}",
+        row.id,
+        row.operation,
+        row.state,
+        row.verdicts()
+            .iter()
+            .filter(|v| v.given.verdict == Verdict::Approve)
+            .count()
+    )
+}
+
+fn approver_write(row: &ApproverRow) -> SealedWrite<'_> {
+    SealedWrite {
+        kind: Kind::Approver,
+        name: &row.name,
+        fields: row.fields(),
+        upsert: "INSERT INTO approvers (name, key_kind, public_key, groups, state, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET \
+                 key_kind = excluded.key_kind, public_key = excluded.public_key, \
+                 groups = excluded.groups, state = excluded.state",
+        params: vec![
+            row.name.as_str().into(),
+            row.key_kind.as_str().into(),
+            row.public_key.as_slice().into(),
+            row.groups.as_str().into(),
+            row.state.as_str().into(),
+            row.created_at.into(),
+        ],
+        seal_sql: "UPDATE approvers SET change_seq = ?1, state_mac = ?2 WHERE name = ?3",
+    }
+}
+
+fn quorum_write(row: &QuorumRow) -> SealedWrite<'_> {
+    SealedWrite {
+        kind: Kind::Quorum,
+        name: &row.name,
+        fields: row.fields(),
+        upsert:
+            "INSERT INTO quorums (name, operation, pattern, approvals, grp, state, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (name) DO UPDATE SET \
+                 approvals = excluded.approvals, grp = excluded.grp, state = excluded.state",
+        params: vec![
+            row.name.as_str().into(),
+            row.operation.as_str().into(),
+            row.pattern.as_str().into(),
+            Val::Int(row.approvals.into()),
+            row.group.as_str().into(),
+            row.state.as_str().into(),
+            row.created_at.into(),
+        ],
+        seal_sql: "UPDATE quorums SET change_seq = ?1, state_mac = ?2 WHERE name = ?3",
+    }
+}
+
+fn request_write(row: &RequestRow) -> SealedWrite<'_> {
+    SealedWrite {
+        kind: Kind::Request,
+        name: &row.id,
+        fields: row.fields(),
+        upsert: "INSERT INTO requests (name, operation, lookup, body, requested_by, created_at, \
+                 expires_at, state, approvals, outcome) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) ON CONFLICT (name) DO UPDATE \
+                 SET state = excluded.state, approvals = excluded.approvals, \
+                 outcome = excluded.outcome",
+        params: vec![
+            row.id.as_str().into(),
+            row.operation.as_str().into(),
+            row.lookup.as_str().into(),
+            row.body.as_slice().into(),
+            row.requested_by.as_str().into(),
+            row.created_at.into(),
+            row.expires_at.into(),
+            row.state.as_str().into(),
+            row.approvals.as_str().into(),
+            row.outcome.as_str().into(),
+        ],
+        seal_sql: "UPDATE requests SET change_seq = ?1, state_mac = ?2 WHERE name = ?3",
+    }
+}
+
+fn user_write(row: &UserRow) -> SealedWrite<'_> {
+    super::users::user_write(row)
+}
+
+fn policy_write(row: &super::PolicyRow) -> SealedWrite<'_> {
+    super::users::policy_write(row)
+}
