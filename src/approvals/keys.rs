@@ -276,7 +276,7 @@ impl ApproverKey {
     }
 }
 
-/// A signature as read from a file: raw binary as is; if the whole file is ASCII text, hex (whitespace ignored) or base64 (standard alphabet, whitespace ignored) decoded. (Write the small hex/base64 decoders yourself or use a well-kept crate such as `base64`; no hand-rolled crypto.)
+/// A signature as read from a file: raw binary as is; if the whole file is ASCII text, hex (an even number of hex digits, either case, tried first; whitespace ignored) or base64 (standard alphabet, padding optional, whitespace ignored) decoded.
 pub fn read_signature(bytes: &[u8]) -> Result<Vec<u8>, String> {
     if bytes.is_empty() {
         return Err("the signature file is empty".to_string());
@@ -298,7 +298,7 @@ pub fn read_signature(bytes: &[u8]) -> Result<Vec<u8>, String> {
     if let Some(decoded) = from_hex(&compact) {
         return Ok(decoded);
     }
-    let decoded = if compact.ends_with('=') || compact.len() % 4 == 0 {
+    let decoded = if compact.ends_with('=') || compact.len().is_multiple_of(4) {
         Base64::decode_vec(&compact)
     } else {
         Base64Unpadded::decode_vec(&compact)
@@ -313,7 +313,7 @@ pub fn read_signature(bytes: &[u8]) -> Result<Vec<u8>, String> {
     }
 }
 
-/// Signs `message` with a private key in PEM: PKCS#8 "PRIVATE KEY" (Ed25519 or P-256) or SEC1 "EC PRIVATE KEY" (P-256); returns the signature (Ed25519: 64 bytes; P-256: DER, ECDSA-SHA256, RFC 6979 deterministic) and the key's public key. Encrypted keys are refused with a message saying to decrypt with `openssl pkey`. The private key material is zeroized after use (use Zeroizing for decoded DER).
+/// Signs `message` with a private key in PEM: PKCS#8 "PRIVATE KEY" (Ed25519 or P-256) or SEC1 "EC PRIVATE KEY" (P-256); returns the signature (Ed25519: 64 bytes; P-256: DER, ECDSA-SHA256, RFC 6979 deterministic) and the key's public key. Encrypted keys are refused with a message saying to decrypt with `openssl pkey`. The private key material (the decoded PEM body and DER, the seed or scalar) is zeroized after use.
 pub fn sign_with_pem(private_pem: &str, message: &[u8]) -> Result<(Vec<u8>, ApproverKey), String> {
     const DECRYPT: &str = "the private key is encrypted; decrypt it first with \
          `openssl pkey -in KEY -out PLAIN` (and keep PLAIN private, or sign with `openssl pkeyutl -sign -rawin` instead)";
@@ -360,10 +360,27 @@ pub fn sign_with_pem(private_pem: &str, message: &[u8]) -> Result<(Vec<u8>, Appr
     })?;
     let oid = info.algorithm.oid;
     if oid == OID_ED25519 {
-        let signing = ed25519_dalek::SigningKey::try_from(info).map_err(|_| {
-            "the Ed25519 \"PRIVATE KEY\" is damaged (bad length, or a public key that does not match)"
-                .to_string()
-        })?;
+        // The key is an OCTET STRING (CurvePrivateKey, RFC 8410) inside the PKCS#8
+        // privateKey; decoded here, so the seed's only copy is zeroized on drop.
+        let seed: Zeroizing<[u8; 32]> =
+            <&der::asn1::OctetStringRef>::from_der(info.private_key.as_bytes())
+                .ok()
+                .and_then(|inner| <[u8; 32]>::try_from(inner.as_bytes()).ok())
+                .map(Zeroizing::new)
+                .ok_or_else(|| {
+                    "the Ed25519 \"PRIVATE KEY\" is damaged (its key is not a 32-byte OCTET STRING)"
+                        .to_string()
+                })?;
+        let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+        if let Some(public) = info.public_key {
+            if public.as_bytes() != Some(signing.verifying_key().as_bytes().as_slice()) {
+                return Err(
+                    "the Ed25519 \"PRIVATE KEY\" holds a public key that does not match its private key; \
+                     the file is damaged"
+                        .to_string(),
+                );
+            }
+        }
         use ed25519_dalek::Signer;
         let sig = signing.sign(message);
         let public = ApproverKey::from_der(
@@ -379,9 +396,10 @@ pub fn sign_with_pem(private_pem: &str, message: &[u8]) -> Result<(Vec<u8>, Appr
         let curve: Option<ObjectIdentifier> =
             info.algorithm.parameters.and_then(|p| p.decode_as().ok());
         if curve != Some(OID_P256) {
-            let name = curve.map_or("an EC key with no named curve".to_string(), |c| {
-                curve_name(&c)
-            });
+            let name = curve.map_or_else(
+                || "an EC key with no named curve".to_string(),
+                |c| curve_name(&c),
+            );
             return Err(format!(
                 "found {name} private key; only Ed25519 and P-256 keys can sign approvals"
             ));
@@ -481,7 +499,12 @@ fn pem_blocks(text: &str) -> Result<Vec<PemBlock>, String> {
 
 /// The error for PEM text that holds no "PUBLIC KEY" block: what it holds, and how to get the public key.
 fn describe_wrong_pem(text: &str, blocks: &[PemBlock]) -> String {
-    let Some(first) = blocks.first() else {
+    // "EC PARAMETERS" precedes the key in `openssl ecparam -genkey` output: name the key.
+    let first = blocks
+        .iter()
+        .find(|b| b.label != "EC PARAMETERS")
+        .or_else(|| blocks.first());
+    let Some(first) = first else {
         let t = text.trim_start();
         if t.starts_with("ssh-ed25519 ") || t.starts_with("ecdsa-sha2-nistp256 ") {
             return "found an OpenSSH public key; convert it with \
@@ -560,7 +583,7 @@ fn to_hex(bytes: &[u8]) -> String {
 
 /// `s` decoded from hex (either case), if it is an even number of hex digits.
 fn from_hex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     s.as_bytes()

@@ -276,7 +276,7 @@ mod tests {
         let good = String::from_utf8(doc().canonical()).unwrap();
         for bad in [
             good.replace("p11derive request v1", "p11derive request v2"),
-            good.replace("asset: ", "asset:  "),
+            good.replace("asset: ", "asset:"),
             good.replace("\n", "\r\n"),
             good.trim_end().to_string(),
             good.replace("2026-12-06T10:00:00Z", "2026-12-06"),

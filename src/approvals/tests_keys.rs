@@ -452,6 +452,26 @@ fn rfc8032_vectors() {
 }
 
 #[test]
+fn pkcs8_v2_public_key_must_match() {
+    let pem_of = |seed: &str, public: &str| {
+        // OneAsymmetricKey v2 (RFC 8410 §10.3): version 1, the seed, [1] the public key.
+        let mut der = hex("3051020101300506032b657004220420");
+        der.extend(hex(seed));
+        der.extend(hex("812100"));
+        der.extend(hex(public));
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            Base64::encode_string(&der)
+        )
+    };
+    let (seed, public, _, signature) = RFC8032[0];
+    let (sig, _) = sign_with_pem(&pem_of(seed, public), b"").unwrap();
+    assert_eq!(sig, hex(signature));
+    let err = sign_with_pem(&pem_of(seed, RFC8032[1].1), b"").unwrap_err();
+    assert!(err.contains("does not match"), "{err}");
+}
+
+#[test]
 fn strict_der() {
     let (_, public, _, _) = RFC8032[0];
     let mut good = hex("302a300506032b6570032100");
@@ -494,7 +514,7 @@ fn strict_der() {
     let err = ApproverKey::from_der(&off).unwrap_err();
     assert!(err.contains("not on the curve"), "{err}");
     // P-384 curve OID with a P-256-sized point: named as P-384.
-    let mut p384 = hex("3055301006072a8648ce3d020106052b81040022034200");
+    let mut p384 = hex("3056301006072a8648ce3d020106052b81040022034200");
     p384.extend(hex(g));
     let err = ApproverKey::from_der(&p384).unwrap_err();
     assert!(err.contains("P-384"), "{err}");

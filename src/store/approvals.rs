@@ -233,7 +233,7 @@ impl RequestRow {
 }
 
 fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -420,7 +420,16 @@ impl Store {
     }
 
     /// The quorum rules in force (see `active_rules_in`).
+    /// Like `active_policies`, the cached list is taken without a refresh
+    /// while the ledger has not moved in this process (what a lane commit
+    /// is checked against), else read afresh.
     pub(super) fn active_rules(&self) -> Result<Arc<Vec<Rule>>, StoreError> {
+        let at = self.verified_change();
+        if let Some((when, list)) = &*self.quorum_cache() {
+            if *when == at {
+                return Ok(list.clone());
+            }
+        }
         let mut conn = self.lock();
         self.active_rules_in(&mut **conn)
     }
@@ -501,6 +510,7 @@ impl Store {
     /// signature must verify over the request's verdict bytes under its
     /// registered key, and it may give one verdict per request. A
     /// rejection ends the request. Returns the request as written.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_verdict(
         &self,
         ak: &Secret32,

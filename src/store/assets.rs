@@ -322,15 +322,25 @@ impl Store {
         let rules = self.rules_in(&mut *tx, t.operation(), Some(name.as_str()))?;
         if !rules.is_empty() {
             let list: Vec<String> = rules.iter().map(|r| r.describe()).collect();
-            return Err(StoreError::NeedsApproval(format!(
-                "{} of asset {:?} needs approvals (quorum {}): make a request with `p11derive \
-                 request new {} {}` and have approvers sign it",
+            let why = format!(
+                "{} of asset {:?} needs approvals (quorum {}): make a request: in users mode \
+                 `p11derive asset {} {}` records one for approvers to sign",
                 t.name(),
                 name.as_str(),
                 list.join("; "),
                 t.operation(),
                 name.as_str()
-            )));
+            );
+            // Nothing changes; the refusal itself is audited.
+            drop(tx);
+            drop(conn);
+            let mut rec = base;
+            rec.event = Event::Refused;
+            rec.asset = Some(name.to_string());
+            rec.rv = crate::ck::CKR_FUNCTION_REJECTED;
+            rec.detail = format!("{} refused: rule=approvals {why}", t.name());
+            self.record(Some(ak), rec)?;
+            return Err(StoreError::NeedsApproval(why));
         }
         match self.transition_in(&mut *tx, name, t, next, ak, base.clone(), None) {
             Ok((after, head)) => {

@@ -472,9 +472,22 @@ impl Store {
     /// Whether any of these uses' assets is governed by a policy: such a
     /// batch is decided under the writers' lock.
     pub(super) fn policed<'a>(&self, records: impl IntoIterator<Item = &'a Record>) -> bool {
-        let (Ok(policies), Ok(rules)) = (self.active_policies(), self.active_rules()) else {
-            // Unreadable policies or rules: the ordinary transaction reads
-            // them again and refuses what it must.
+        // Policies and rules as of one ledger position: the one a lane
+        // commit is then checked against (reading either may move it).
+        let mut read = None;
+        for _ in 0..3 {
+            let at = self.verified_change();
+            let (Ok(policies), Ok(rules)) = (self.active_policies(), self.active_rules()) else {
+                // Unreadable policies or rules: the ordinary transaction
+                // reads them again and refuses what it must.
+                return true;
+            };
+            if self.verified_change() == at {
+                read = Some((policies, rules));
+                break;
+            }
+        }
+        let Some((policies, rules)) = read else {
             return true;
         };
         if policies.is_empty() && rules.is_empty() {

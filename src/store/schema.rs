@@ -883,6 +883,7 @@ mod tests {
             "aad44d39327ec5f2ff2e621317584be0a33c21622d2934b59f729143e9b15b34",
             "7f80520651bd951951e2d928e98d8c3df6e752e4acb4d7966c7df0a594d9325d",
             "4f9f94413a9c8ba9bfb3c4b650d2fe85e375d7005271e9cef5e50471bb991cbd",
+            "ea561232f0cc0129b3be3fba5c957d22c06ff2741c5b3a96b7dbe79163d24856",
         ];
         assert_eq!(super::MIGRATIONS.len(), want.len());
         for (i, (sql, want)) in super::MIGRATIONS.iter().zip(want).enumerate() {
