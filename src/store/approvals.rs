@@ -798,7 +798,7 @@ impl Store {
         asset: &str,
         rules: &[Rule],
         taken: &[String],
-    ) -> Result<Result<RequestRow, String>, StoreError> {
+    ) -> Result<Result<(RequestRow, Vec<String>), String>, StoreError> {
         let (Some(mech), Some(input)) = (record.mechanism, record.input_sha256) else {
             return Ok(Err(
                 "rule=approvals the signature has no digest to approve".into()
@@ -839,7 +839,12 @@ impl Store {
             let given: Vec<Given> = row.verdicts().into_iter().map(|v| v.given).collect();
             let unmet = quorum::unmet(&rule_refs, &approvers, &given, &row.requested_by);
             if unmet.is_empty() {
-                return Ok(Ok(row));
+                // The approvers whose approvals counted, for the record.
+                let by = quorum::counted(&approvers, &given, &row.requested_by)
+                    .iter()
+                    .map(|a| a.name.clone())
+                    .collect();
+                return Ok(Ok((row, by)));
             }
             why.push(format!(
                 "request {id} lacks approvals: {}",

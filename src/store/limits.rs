@@ -215,13 +215,7 @@ impl Limits {
             if !rules.is_empty() {
                 let taken: Vec<String> = self.consumed.iter().map(|(r, _)| r.id.clone()).collect();
                 match store.approved_signature(db, record, asset, &rules, &taken)? {
-                    Ok(row) => {
-                        let by: Vec<String> = row
-                            .verdicts()
-                            .into_iter()
-                            .filter(|v| v.given.verdict == crate::approvals::Verdict::Approve)
-                            .map(|v| v.given.approver)
-                            .collect();
+                    Ok((row, by)) => {
                         note = Some(format!("approved by request={} ({})", row.id, by.join(",")));
                         self.consumed.push((row, record.actor.clone()));
                     }

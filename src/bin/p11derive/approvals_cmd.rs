@@ -413,6 +413,26 @@ fn approver_report(cli: &Cli, r: &ApproverRow, done: &str) -> Result<(), Failure
     Ok(())
 }
 
+/// Refuses a rule (or a policy's `approvals`) the active approvers could
+/// never meet: its operation would be blocked for good.
+pub fn check_meetable(store: &Store, op: &str, pattern: &Pattern, k: u32) -> Result<(), Failure> {
+    let rule = Rule::new(op, pattern.clone(), k, "").map_err(Failure::Usage)?;
+    let approvers: Vec<_> = store
+        .approvers()?
+        .iter()
+        .map(ApproverRow::counted)
+        .collect();
+    if quorum::satisfiable(&rule, &approvers) {
+        return Ok(());
+    }
+    Err(Failure::Refused(format!(
+        "{} could never be met: {} active approver(s) are registered; register approvers \
+         first (`p11derive approver add`)",
+        rule.describe(),
+        approvers.iter().filter(|x| x.active).count()
+    )))
+}
+
 /// A rule's pattern: `--assets`, or `*`.
 fn rule_of(
     operation: &str,

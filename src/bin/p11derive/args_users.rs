@@ -130,7 +130,7 @@ Examples:
         /// From this time on use is refused (2027-01-01 or 2027-01-01T12:00:00Z)
         #[arg(long, value_name = "DATE")]
         expires: Option<String>,
-        /// The approvals a signature needs (stored and shown)
+        /// The approvals each signature needs: K approvers sign its digest first (docs/approvals.md)
         #[arg(long, value_name = "N")]
         approvals: Option<u32>,
     },

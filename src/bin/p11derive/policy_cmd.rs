@@ -39,6 +39,9 @@ pub fn run(cli: &Cli, c: &PolicyCommand) -> Result<(), Failure> {
             p.expires = given(expires, access::parse_time)?;
             p.approvals = approvals.unwrap_or(0);
             acting(cli, Want::to(Action::ManagePolicy), true, |a| {
+                if p.approvals > 0 {
+                    crate::approvals_cmd::check_meetable(a.store, "sign", &p.pattern, p.approvals)?;
+                }
                 let old = existing(a, pattern)?;
                 let what = match &old {
                     Some(o) if o.state != "removed" => "policy set (replaced)",
