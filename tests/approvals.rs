@@ -642,7 +642,15 @@ fn on_quorum_runs_the_operation_with_the_approval_that_completes_the_quorum() {
     let mut text = std::fs::read_to_string(&c.s.config).unwrap();
     text.push_str("\n[approvals]\nexecute = \"on-quorum\"\n");
     std::fs::write(&c.s.config, text).unwrap();
+    // One rule per operation and pattern: the group's is on vault-*, this one on every asset.
     admin(&c.s, &["quorum", "set", "suspend", "--approvals", "2"]);
+    let rules = json_of(&as_user(
+        &c.s,
+        "admin",
+        ADMIN,
+        &["--json", "quorum", "list"],
+    ));
+    assert_eq!(rules.as_array().unwrap().len(), 2, "{rules}");
     let id = c.gated("carol", &["asset", "suspend", "vault-1"]);
     assert_eq!(code(&c.approve(&id, "ben")), 0);
     assert_eq!(c.asset_state("vault-1"), "ACTIVE");
@@ -650,4 +658,248 @@ fn on_quorum_runs_the_operation_with_the_approval_that_completes_the_quorum() {
     assert_eq!(code(&o), 0, "{}", output_text(&o));
     assert_eq!(c.asset_state("vault-1"), "SUSPENDED");
     assert_eq!(c.request(&id)["status"], "executed");
+}
+
+#[test]
+fn once_quorum_and_approver_changes_are_governed_an_admin_cannot_undo_a_rule_alone() {
+    let c = Cast::new();
+    // A rule no group of active approvers can meet is refused.
+    let o = as_user(
+        &c.s,
+        "admin",
+        ADMIN,
+        &["quorum", "set", "retire", "--approvals", "4"],
+    );
+    assert_ne!(code(&o), 0, "{}", output_text(&o));
+    admin(&c.s, &["quorum", "set", "retire", "--approvals", "2"]);
+    admin(&c.s, &["quorum", "set", "approver", "--approvals", "2"]);
+    admin(&c.s, &["quorum", "set", "quorum", "--approvals", "2"]);
+    let json = ["--json"];
+    let gated = |args: &[&str]| {
+        let o = as_user(&c.s, "admin", ADMIN, &[&json[..], args].concat());
+        assert_eq!(code(&o), 5, "{args:?}: {}", output_text(&o));
+        json_of(&o)["request"].as_str().unwrap().to_string()
+    };
+    let id = gated(&["quorum", "remove", "retire", "--yes"]);
+    let rules = json_of(&as_user(
+        &c.s,
+        "admin",
+        ADMIN,
+        &["--json", "quorum", "list"],
+    ));
+    assert!(
+        rules
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["operation"] == "retire"),
+        "{rules}"
+    );
+    // Nor may the admin remove approvers to weaken the quorum.
+    gated(&["approver", "remove", "ann", "--yes"]);
+    let listed = json_of(&as_user(
+        &c.s,
+        "admin",
+        ADMIN,
+        &["--json", "approver", "list"],
+    ));
+    assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
+    // With two approvals the rule goes (executed by the admin).
+    for a in ["ann", "ben"] {
+        assert_eq!(code(&c.approve(&id, a)), 0);
+    }
+    ok_as(&c.s, "admin", ADMIN, &["request", "execute", &id]);
+    expect(&c.s, "carol", &["asset", "retire", "vault-1", "--yes"], 0);
+    assert_eq!(c.asset_state("vault-1"), "RETIRED");
+}
+
+#[test]
+fn only_who_may_run_an_operation_executes_it_and_only_a_signer_proposes_a_signature() {
+    let c = Cast::new();
+    admin(&c.s, &["quorum", "set", "retire", "--approvals", "2"]);
+    let id = c.gated("carol", &["asset", "retire", "vault-1", "--yes"]);
+    for a in ["ann", "ben"] {
+        assert_eq!(code(&c.approve(&id, a)), 0);
+    }
+    // bob (a signer) and the admin may not retire assets, approved or not.
+    expect(&c.s, "bob", &["request", "execute", &id], 3);
+    let o = as_user(&c.s, "admin", ADMIN, &["request", "execute", &id]);
+    assert_eq!(code(&o), 3, "{}", output_text(&o));
+    assert_eq!(c.asset_state("vault-1"), "ACTIVE");
+    assert_eq!(c.request(&id)["status"], "pending");
+    // carol (an officer, not a signer) may not propose signatures.
+    let d = hex(&[9; 32]);
+    expect(
+        &c.s,
+        "carol",
+        &["request", "new", "sign", "vault-1", "--digest", &d],
+        3,
+    );
+    expect(&c.s, "carol", &["request", "execute", &id], 0);
+}
+
+#[test]
+fn an_approved_ecdsa_digest_does_not_release_an_ecdsa_sha256_signature_of_its_message() {
+    let _t = turn();
+    let c = signing();
+    let message = b"pay 5 BTC to mallory";
+    let digest: [u8; 32] = unhex(&sha256_hex(message)).try_into().unwrap();
+    let id = approved_digest(&c, &digest);
+    let p = c.s.load();
+    let session = p.session();
+    session
+        .login(
+            cryptoki::session::UserType::User,
+            Some(&cryptoki::types::AuthPin::from(BOB)),
+        )
+        .expect("bob logs in");
+    let key = private_key(&session, "vault-1");
+    // Same asset and digest, another mechanism: not what was approved.
+    let r = session.sign(&Mechanism::EcdsaSha256, key, message);
+    assert_eq!(rv_of(r), RvError::FunctionRejected);
+    assert_eq!(c.request(&id)["status"], "pending");
+    let sig = session.sign(&Mechanism::Ecdsa, key, &digest).unwrap();
+    assert!(ecdsa_verifies(
+        "p256",
+        &point_of(&c, "vault-1"),
+        &digest,
+        &sig
+    ));
+}
+
+#[test]
+fn a_gated_user_add_runs_once_approved_and_the_new_user_logs_in_with_their_secret() {
+    let c = Cast::new();
+    admin(&c.s, &["quorum", "set", "user", "--approvals", "2"]);
+    let f = c.s.dir.join("erin.secret");
+    std::fs::write(&f, format!("{}\n", secret_of("erin"))).unwrap();
+    let args = ["user", "add", "erin", "--roles", "auditor", "--secret-file"];
+    let o = as_user(
+        &c.s,
+        "admin",
+        ADMIN,
+        &[&["--json"][..], &args, &[f.to_str().unwrap()]].concat(),
+    );
+    assert_eq!(code(&o), 5, "{}", output_text(&o));
+    let id = json_of(&o)["request"].as_str().unwrap().to_string();
+    let bytes = std::fs::read_to_string(c.export(&id, false)).unwrap();
+    assert!(
+        !bytes.contains(&secret_of("erin")),
+        "the secret is in the bytes: {bytes}"
+    );
+    expect(&c.s, "erin", &["audit", "verify"], 3);
+    // Hex and base64 signature files are accepted too.
+    for (a, form) in [("ann", "hex"), ("ben", "base64")] {
+        let signed = c.sign(a, &c.export(&id, false));
+        let text = if form == "hex" {
+            hex(&std::fs::read(&signed).unwrap())
+        } else {
+            let o = Command::new("base64")
+                .arg("-w0")
+                .arg(&signed)
+                .output()
+                .unwrap();
+            String::from_utf8(o.stdout).unwrap()
+        };
+        let sig = c.s.dir.join(format!("{a}.{form}"));
+        std::fs::write(&sig, text).unwrap();
+        let o = c.submit(&id, a, &sig);
+        assert_eq!(code(&o), 0, "{form}: {}", output_text(&o));
+    }
+    ok_as(&c.s, "admin", ADMIN, &["request", "execute", &id]);
+    expect(&c.s, "erin", &["audit", "verify"], 0);
+}
+
+#[test]
+fn a_policy_asking_for_approvals_gates_signatures_like_a_sign_rule() {
+    let _t = turn();
+    let c = Cast::new();
+    admin(&c.s, &["policy", "set", "vault-*", "--approvals", "2"]);
+    let d = [0x42u8; 32];
+    let p = c.s.load();
+    let session = p.session();
+    session
+        .login(
+            cryptoki::session::UserType::User,
+            Some(&cryptoki::types::AuthPin::from(BOB)),
+        )
+        .expect("bob logs in");
+    let key = private_key(&session, "vault-1");
+    assert_eq!(
+        rv_of(session.sign(&Mechanism::Ecdsa, key, &d)),
+        RvError::FunctionRejected
+    );
+    let id = approved_digest(&c, &d);
+    let sig = session.sign(&Mechanism::Ecdsa, key, &d).expect("approved");
+    assert!(ecdsa_verifies("p256", &point_of(&c, "vault-1"), &d, &sig));
+    assert_eq!(c.request(&id)["status"], "executed");
+}
+
+#[test]
+fn a_rule_for_a_group_counts_only_that_groups_approvers() {
+    let c = Cast::new();
+    let (_, public) = keygen(&c.s.dir, "gil", "p256");
+    let key = public.to_str().unwrap();
+    admin(
+        &c.s,
+        &[
+            "approver",
+            "add",
+            "gil",
+            "--key",
+            key,
+            "--groups",
+            "treasury,risk",
+        ],
+    );
+    // Two in treasury cannot be met: gil is its only member.
+    let o = as_user(
+        &c.s,
+        "admin",
+        ADMIN,
+        &[
+            "quorum",
+            "set",
+            "resume",
+            "--approvals",
+            "2",
+            "--group",
+            "treasury",
+        ],
+    );
+    assert_ne!(code(&o), 0, "{}", output_text(&o));
+    admin(
+        &c.s,
+        &[
+            "quorum",
+            "set",
+            "suspend",
+            "--assets",
+            "vault-*",
+            "--approvals",
+            "1",
+            "--group",
+            "treasury",
+        ],
+    );
+    // One rule per operation and pattern: the group's is on vault-*, this one on every asset.
+    admin(&c.s, &["quorum", "set", "suspend", "--approvals", "2"]);
+    let rules = json_of(&as_user(
+        &c.s,
+        "admin",
+        ADMIN,
+        &["--json", "quorum", "list"],
+    ));
+    assert_eq!(rules.as_array().unwrap().len(), 2, "{rules}");
+    let id = c.gated("carol", &["asset", "suspend", "vault-1"]);
+    // Two approvals, none from treasury: the group's rule is unmet.
+    for a in ["ann", "ben"] {
+        assert_eq!(code(&c.approve(&id, a)), 0);
+    }
+    let o = expect(&c.s, "carol", &["request", "execute", &id], 3);
+    assert!(stderr(&o).contains("treasury"), "{}", stderr(&o));
+    assert_eq!(c.asset_state("vault-1"), "ACTIVE");
+    assert_eq!(code(&c.approve(&id, "gil")), 0);
+    expect(&c.s, "carol", &["request", "execute", &id], 0);
+    assert_eq!(c.asset_state("vault-1"), "SUSPENDED");
 }
