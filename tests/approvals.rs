@@ -885,3 +885,22 @@ fn a_rule_for_a_group_counts_only_that_groups_approvers() {
     expect(&c.s, "carol", &["request", "execute", &id], 0);
     assert_eq!(c.asset_state("vault-1"), "SUSPENDED");
 }
+
+#[test]
+fn an_approval_by_an_approver_since_removed_no_longer_counts() {
+    let c = Cast::new();
+    admin(&c.s, &["quorum", "set", "retire", "--approvals", "2"]);
+    let id = c.gated("carol", &["asset", "retire", "vault-1", "--yes"]);
+    for a in ["ann", "ben"] {
+        assert_eq!(code(&c.approve(&id, a)), 0);
+    }
+    admin(&c.s, &["approver", "remove", "ann", "--yes"]);
+    let o = expect(&c.s, "carol", &["request", "execute", &id], 3);
+    assert!(stderr(&o).contains("has 1"), "{}", stderr(&o));
+    assert_eq!(c.asset_state("vault-1"), "ACTIVE");
+    // A removed approver's new approvals are refused.
+    assert_eq!(code(&c.approve(&id, "ann")), 3);
+    assert_eq!(code(&c.approve(&id, "cyd")), 0);
+    expect(&c.s, "carol", &["request", "execute", &id], 0);
+    assert_eq!(c.asset_state("vault-1"), "RETIRED");
+}
