@@ -170,6 +170,14 @@ impl Cast {
         json_of(&o)["id"].as_str().unwrap().to_string()
     }
 
+    /// Each of `approvers` approves request `id`, which must be accepted.
+    fn approved_by(&self, id: &str, approvers: &[&str]) {
+        for a in approvers {
+            let o = self.approve(id, a);
+            assert_eq!(code(&o), 0, "{a}: {}", output_text(&o));
+        }
+    }
+
     /// `request show ID --json`.
     fn request(&self, id: &str) -> Value {
         json_of(&expect(
@@ -421,10 +429,7 @@ fn point_of(c: &Cast, asset: &str) -> Vec<u8> {
 /// A sign request for `digest` on vault-1 by bob, approved by ann and cyd: its id.
 fn approved_digest(c: &Cast, digest: &[u8; 32]) -> String {
     let id = c.new_sign(digest);
-    for a in ["ann", "cyd"] {
-        let o = c.approve(&id, a);
-        assert_eq!(code(&o), 0, "{}", output_text(&o));
-    }
+    c.approved_by(&id, &["ann", "cyd"]);
     id
 }
 
@@ -701,9 +706,7 @@ fn once_quorum_and_approver_changes_are_governed_an_admin_cannot_undo_a_rule_alo
     ));
     assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
     // With two approvals the rule goes (executed by the admin).
-    for a in ["ann", "ben"] {
-        assert_eq!(code(&c.approve(&id, a)), 0);
-    }
+    c.approved_by(&id, &["ann", "ben"]);
     ok_as(&c.s, "admin", ADMIN, &["request", "execute", &id]);
     expect(&c.s, "carol", &["asset", "retire", "vault-1", "--yes"], 0);
     assert_eq!(c.asset_state("vault-1"), "RETIRED");
@@ -714,9 +717,7 @@ fn only_who_may_run_an_operation_executes_it_and_only_a_signer_proposes_a_signat
     let c = Cast::new();
     admin(&c.s, &["quorum", "set", "retire", "--approvals", "2"]);
     let id = c.gated("carol", &["asset", "retire", "vault-1", "--yes"]);
-    for a in ["ann", "ben"] {
-        assert_eq!(code(&c.approve(&id, a)), 0);
-    }
+    c.approved_by(&id, &["ann", "ben"]);
     // bob (a signer) and the admin may not retire assets, approved or not.
     expect(&c.s, "bob", &["request", "execute", &id], 3);
     let o = as_user(&c.s, "admin", ADMIN, &["request", "execute", &id]);
@@ -875,9 +876,7 @@ fn a_rule_for_a_group_counts_only_that_groups_approvers() {
     assert_eq!(rules.as_array().unwrap().len(), 2, "{rules}");
     let id = c.gated("carol", &["asset", "suspend", "vault-1"]);
     // Two approvals, none from treasury: the group's rule is unmet.
-    for a in ["ann", "ben"] {
-        assert_eq!(code(&c.approve(&id, a)), 0);
-    }
+    c.approved_by(&id, &["ann", "ben"]);
     let o = expect(&c.s, "carol", &["request", "execute", &id], 3);
     assert!(stderr(&o).contains("treasury"), "{}", stderr(&o));
     assert_eq!(c.asset_state("vault-1"), "ACTIVE");
@@ -891,9 +890,7 @@ fn an_approval_by_an_approver_since_removed_no_longer_counts() {
     let c = Cast::new();
     admin(&c.s, &["quorum", "set", "retire", "--approvals", "2"]);
     let id = c.gated("carol", &["asset", "retire", "vault-1", "--yes"]);
-    for a in ["ann", "ben"] {
-        assert_eq!(code(&c.approve(&id, a)), 0);
-    }
+    c.approved_by(&id, &["ann", "ben"]);
     admin(&c.s, &["approver", "remove", "ann", "--yes"]);
     let o = expect(&c.s, "carol", &["request", "execute", &id], 3);
     assert!(stderr(&o).contains("has 1"), "{}", stderr(&o));
