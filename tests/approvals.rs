@@ -178,6 +178,11 @@ impl Cast {
         }
     }
 
+    /// `WHAT list --json` (approver, quorum), read by the admin.
+    fn listed(&self, what: &str) -> Value {
+        json_of(&as_user(&self.s, "admin", ADMIN, &["--json", what, "list"]))
+    }
+
     /// `request show ID --json`.
     fn request(&self, id: &str) -> Value {
         json_of(&expect(
@@ -212,15 +217,21 @@ impl Cast {
     }
 }
 
+/// The cast with retirements wanting two approvals, and carol's request to retire vault-1.
+fn retire_waiting() -> (Cast, String) {
+    let c = Cast::new();
+    admin(&c.s, &["quorum", "set", "retire", "--approvals", "2"]);
+    let id = c.gated("carol", &["asset", "retire", "vault-1", "--yes"]);
+    (c, id)
+}
+
 fn admin(s: &Setup, args: &[&str]) {
     ok_as(s, "admin", ADMIN, args);
 }
 
 #[test]
 fn two_of_three_approve_a_retire_which_then_runs_once_with_its_records() {
-    let c = Cast::new();
-    admin(&c.s, &["quorum", "set", "retire", "--approvals", "2"]);
-    let id = c.gated("carol", &["asset", "retire", "vault-1", "--yes"]);
+    let (c, id) = retire_waiting();
     assert_eq!(c.asset_state("vault-1"), "ACTIVE");
     // One approval is not enough.
     let o = c.approve(&id, "ann");
@@ -682,12 +693,7 @@ fn once_quorum_and_approver_changes_are_governed_an_admin_cannot_undo_a_rule_alo
         json_of(&o)["request"].as_str().unwrap().to_string()
     };
     let id = gated(&["quorum", "remove", "retire", "--yes"]);
-    let rules = json_of(&as_user(
-        &c.s,
-        "admin",
-        ADMIN,
-        &["--json", "quorum", "list"],
-    ));
+    let rules = c.listed("quorum");
     assert!(
         rules
             .as_array()
@@ -698,12 +704,7 @@ fn once_quorum_and_approver_changes_are_governed_an_admin_cannot_undo_a_rule_alo
     );
     // Nor may the admin remove approvers to weaken the quorum.
     gated(&["approver", "remove", "ann", "--yes"]);
-    let listed = json_of(&as_user(
-        &c.s,
-        "admin",
-        ADMIN,
-        &["--json", "approver", "list"],
-    ));
+    let listed = c.listed("approver");
     assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
     // With two approvals the rule goes (executed by the admin).
     c.approved_by(&id, &["ann", "ben"]);
@@ -714,9 +715,7 @@ fn once_quorum_and_approver_changes_are_governed_an_admin_cannot_undo_a_rule_alo
 
 #[test]
 fn only_who_may_run_an_operation_executes_it_and_only_a_signer_proposes_a_signature() {
-    let c = Cast::new();
-    admin(&c.s, &["quorum", "set", "retire", "--approvals", "2"]);
-    let id = c.gated("carol", &["asset", "retire", "vault-1", "--yes"]);
+    let (c, id) = retire_waiting();
     c.approved_by(&id, &["ann", "ben"]);
     // bob (a signer) and the admin may not retire assets, approved or not.
     expect(&c.s, "bob", &["request", "execute", &id], 3);
@@ -867,12 +866,7 @@ fn a_rule_for_a_group_counts_only_that_groups_approvers() {
     );
     // One rule per operation and pattern: the group's is on vault-*, this one on every asset.
     admin(&c.s, &["quorum", "set", "suspend", "--approvals", "2"]);
-    let rules = json_of(&as_user(
-        &c.s,
-        "admin",
-        ADMIN,
-        &["--json", "quorum", "list"],
-    ));
+    let rules = c.listed("quorum");
     assert_eq!(rules.as_array().unwrap().len(), 2, "{rules}");
     let id = c.gated("carol", &["asset", "suspend", "vault-1"]);
     // Two approvals, none from treasury: the group's rule is unmet.
@@ -887,9 +881,7 @@ fn a_rule_for_a_group_counts_only_that_groups_approvers() {
 
 #[test]
 fn an_approval_by_an_approver_since_removed_no_longer_counts() {
-    let c = Cast::new();
-    admin(&c.s, &["quorum", "set", "retire", "--approvals", "2"]);
-    let id = c.gated("carol", &["asset", "retire", "vault-1", "--yes"]);
+    let (c, id) = retire_waiting();
     c.approved_by(&id, &["ann", "ben"]);
     admin(&c.s, &["approver", "remove", "ann", "--yes"]);
     let o = expect(&c.s, "carol", &["request", "execute", &id], 3);
