@@ -7,7 +7,7 @@ mod more;
 mod roles;
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
+use std::process::Command;
 
 use common::*;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -18,78 +18,8 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
-const ADMIN: &str = "admin-secret-1";
-
-/// A users-mode store (service credential in a 0600 file, max_failures 3),
-/// its first admin made by `init --admin`.
-/// `users_setup` with the store on PostgreSQL when `pg` names a database.
-fn users_setup_on(pg: Option<&str>) -> Setup {
-    let s = setup_with(None, false);
-    if let Some(url) = pg {
-        s.use_pg(url);
-    }
-    let pin_file = s.dir.join("service.pin");
-    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let mut text = std::fs::read_to_string(&s.config).unwrap();
-    text.push_str(&format!(
-        "\n[users]\nenabled = true\nservice_pin_file = \"{}\"\nmax_failures = 3\nlockout_seconds = 600\n",
-        pin_file.display()
-    ));
-    std::fs::write(&s.config, text).unwrap();
-    let out = s
-        .cli()
-        .env("P11DERIVE_PIN", ADMIN)
-        .args(["init", "--admin", "admin"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "init --admin: {}", output_text(&out));
-    s
-}
-
-fn as_user(s: &Setup, user: &str, secret: &str, args: &[&str]) -> Output {
-    s.cli()
-        .env("P11DERIVE_USER", user)
-        .env("P11DERIVE_PIN", secret)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok_as(s: &Setup, user: &str, secret: &str, args: &[&str]) -> String {
-    let out = as_user(s, user, secret, args);
-    assert!(
-        out.status.success(),
-        "{user}: p11derive {}: {}",
-        args.join(" "),
-        output_text(&out)
-    );
-    output_text(&out)
-}
-
 fn admin(s: &Setup, args: &[&str]) -> String {
     ok_as(s, "admin", ADMIN, args)
-}
-
-fn add_user(s: &Setup, name: &str, roles: &str, patterns: &str, secret: &str) {
-    let file = s.dir.join(format!("{name}.secret"));
-    std::fs::write(&file, format!("{secret}\n")).unwrap();
-    let f = file.to_str().unwrap();
-    admin(
-        s,
-        &[
-            "user",
-            "add",
-            name,
-            "--roles",
-            roles,
-            "--patterns",
-            patterns,
-            "--secret-file",
-            f,
-        ],
-    );
 }
 
 /// bob (signer, hot-*), carol (officer, *), dave (auditor), hot-1 and cold-1.

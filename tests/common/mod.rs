@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod hosts;
+pub mod users;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,8 @@ pub const SOFTHSM: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
 #[allow(unused_imports)]
 pub use hosts::*;
+#[allow(unused_imports)]
+pub use users::*;
 
 /// The provider keeps one state per process: tests that load it take turns.
 static TURN: Mutex<()> = Mutex::new(());
@@ -685,13 +688,18 @@ pub fn mentions_pin(text: &str) -> bool {
 /// In a forked child: the provider loaded and initialized afresh (with
 /// `$P11DERIVE_CONF`), and a user session; errors as text for the parent.
 pub fn child_session() -> Result<(Pkcs11, Session), String> {
+    child_session_as(PIN)
+}
+
+/// `child_session` logged in with `pin` (in users mode, `name:secret`).
+pub fn child_session_as(pin: &str) -> Result<(Pkcs11, Session), String> {
     let ctx = Pkcs11::new(module_path()).map_err(|e| e.to_string())?;
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .map_err(|e| e.to_string())?;
     let slot = ctx.get_slots_with_token().map_err(|e| e.to_string())?[0];
     let session = ctx.open_rw_session(slot).map_err(|e| e.to_string())?;
     session
-        .login(UserType::User, Some(&AuthPin::from(PIN)))
+        .login(UserType::User, Some(&AuthPin::from(pin)))
         .map_err(|e| e.to_string())?;
     Ok((ctx, session))
 }
