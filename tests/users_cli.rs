@@ -428,6 +428,38 @@ fn a_user_row_edited_in_sql_is_refused_and_audit_verify_names_it() {
 fn policies_round_trip_and_are_audited_with_their_admin() {
     let u = users();
     u.team();
+    // A policy's `approvals=2` is refused unless two approvers could meet it.
+    for name in ["ann", "ben"] {
+        let key = u.s.dir.join(format!("{name}.key"));
+        let public = u.s.dir.join(format!("{name}.pub"));
+        for args in [
+            vec![
+                "genpkey",
+                "-algorithm",
+                "ed25519",
+                "-out",
+                key.to_str().unwrap(),
+            ],
+            vec![
+                "pkey",
+                "-in",
+                key.to_str().unwrap(),
+                "-pubout",
+                "-out",
+                public.to_str().unwrap(),
+            ],
+        ] {
+            let o = std::process::Command::new("openssl")
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "openssl {args:?}");
+        }
+        u.ok(
+            "alice",
+            &["approver", "add", name, "--key", public.to_str().unwrap()],
+        );
+    }
     let set = json(&u.ok(
         "alice",
         &[
