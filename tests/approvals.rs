@@ -893,3 +893,87 @@ fn an_approval_by_an_approver_since_removed_no_longer_counts() {
     expect(&c.s, "carol", &["request", "execute", &id], 0);
     assert_eq!(c.asset_state("vault-1"), "RETIRED");
 }
+
+#[test]
+fn a_refused_signature_is_proposed_to_approvers_and_released_once_they_approve() {
+    let _t = turn();
+    let c = signing();
+    let d = [0x3cu8; 32];
+    let p = c.s.load();
+    let (session, key) = bob_session(&p);
+    let sign = |digest: &[u8; 32]| session.sign(&Mechanism::Ecdsa, key, digest);
+    let pending = || -> Vec<Value> {
+        let all = json_of(&expect(&c.s, "dave", &["--json", "request", "list"], 0));
+        all.as_array().unwrap().clone()
+    };
+    assert_eq!(rv_of(sign(&d)), RvError::FunctionRejected);
+    // The provider recorded the proposal: bob's, of exactly this digest.
+    let listed = pending();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let r = &listed[0];
+    assert_eq!(r["operation"], "sign");
+    assert_eq!(r["requested_by"], "bob");
+    assert_eq!(r["params"]["asset"], "vault-1");
+    assert_eq!(r["params"]["mechanism"], "CKM_ECDSA");
+    assert_eq!(r["params"]["digest"], hex(&d));
+    let id = r["id"].as_str().unwrap().to_string();
+    // Trying again proposes nothing more while it is pending.
+    assert_eq!(rv_of(sign(&d)), RvError::FunctionRejected);
+    assert_eq!(pending().len(), 1);
+    let named = c
+        .records()
+        .iter()
+        .any(|r| r["event"] == "refused" && r["detail"].as_str().unwrap_or("").contains(&id));
+    assert!(named, "no refusal names request {id}");
+    c.approved_by(&id, &["ann", "cyd"]);
+    let sig = sign(&d).expect("the proposed digest is signed once approved");
+    assert!(ecdsa_verifies("p256", &point_of(&c, "vault-1"), &d, &sig));
+    assert_eq!(c.request(&id)["status"], "executed");
+    // Used once: the next attempt is refused and proposed afresh.
+    assert_eq!(rv_of(sign(&d)), RvError::FunctionRejected);
+    let again = pending();
+    assert_eq!(again.len(), 1);
+    assert_ne!(again[0]["id"], id.as_str());
+    drop(session);
+    drop(p);
+    assert_eq!(code(&c.audit_verify()), 0);
+}
+
+#[test]
+fn an_expired_request_takes_no_approval_and_releases_no_signature() {
+    let _t = turn();
+    let c = signing();
+    let d = [0x4du8; 32];
+    let args = [
+        "--json",
+        "request",
+        "new",
+        "sign",
+        "vault-1",
+        "--expires",
+        "2s",
+    ];
+    let o = expect(
+        &c.s,
+        "bob",
+        &[&args[..], &["--digest", &hex(&d)]].concat(),
+        0,
+    );
+    let id = json_of(&o)["id"].as_str().unwrap().to_string();
+    let o = c.approve(&id, "ann");
+    assert_eq!(code(&o), 0, "{}", output_text(&o));
+    // cyd signs in time, but submits after the request expired.
+    let bytes = c.export(&id, false);
+    let sig = c.sign("cyd", &bytes);
+    std::thread::sleep(std::time::Duration::from_millis(3_100));
+    let o = c.submit(&id, "cyd", &sig);
+    assert_eq!(code(&o), 3, "{}", output_text(&o));
+    assert!(output_text(&o).contains("expired"), "{}", output_text(&o));
+    assert_eq!(c.request(&id)["status"], "expired");
+    let p = c.s.load();
+    let (session, key) = bob_session(&p);
+    assert_eq!(
+        rv_of(session.sign(&Mechanism::Ecdsa, key, &d)),
+        RvError::FunctionRejected
+    );
+}

@@ -14,12 +14,12 @@ pub use request::{RequestDoc, Verdict};
 
 /// A request's lifetime as written in the config or on the command line:
 /// `90s`, `30m`, `2h`, `1d` (a number and a unit s, m, h or d), from one
-/// minute to 90 days; in seconds.
+/// second to 90 days; in seconds.
 pub fn parse_duration(s: &str) -> Result<i64, String> {
     let bad = || {
         format!(
             "duration {s:?} is invalid: write a number and a unit s, m, h or d (e.g. 30m, 24h, \
-             7d), from 1 minute to 90 days"
+             7d), from 1 second to 90 days"
         )
     };
     let t = s.trim();
@@ -34,7 +34,7 @@ pub fn parse_duration(s: &str) -> Result<i64, String> {
         _ => return Err(bad()),
     };
     n.checked_mul(unit)
-        .filter(|v| (60..=90 * 86_400).contains(v))
+        .filter(|v| (1..=90 * 86_400).contains(v))
         .ok_or_else(bad)
 }
 
@@ -45,7 +45,7 @@ mod duration_tests {
         assert_eq!(super::parse_duration("24h"), Ok(86_400));
         assert_eq!(super::parse_duration("30m"), Ok(1_800));
         assert_eq!(super::parse_duration("7d"), Ok(604_800));
-        for bad in ["", "h", "10", "59s", "91d", "1w", "-1h", "1.5h"] {
+        for bad in ["", "h", "10", "0s", "91d", "1w", "-1h", "1.5h"] {
             assert!(super::parse_duration(bad).is_err(), "{bad}");
         }
     }

@@ -798,11 +798,12 @@ impl Store {
         asset: &str,
         rules: &[Rule],
         taken: &[String],
-    ) -> Result<Result<(RequestRow, Vec<String>), String>, StoreError> {
+    ) -> Result<Result<(RequestRow, Vec<String>), (String, bool)>, StoreError> {
         let (Some(mech), Some(input)) = (record.mechanism, record.input_sha256) else {
-            return Ok(Err(
-                "rule=approvals the signature has no digest to approve".into()
-            ));
+            return Ok(Err((
+                "rule=approvals the signature has no digest to approve".into(),
+                true,
+            )));
         };
         let lookup = sign_lookup(asset, mech, &input);
         let ids = self.rows(
@@ -814,6 +815,9 @@ impl Store {
         let now = super::unix_now();
         let rule_refs: Vec<&Rule> = rules.iter().collect();
         let mut why = Vec::new();
+        // Whether a request for it is pending and unexpired (none is
+        // proposed then).
+        let mut pending = false;
         for id in ids.iter().filter(|id| !taken.contains(id)) {
             let Some(f) = self.sealed_one_in(db, Kind::Request, id)? else {
                 continue;
@@ -835,6 +839,7 @@ impl Store {
                 why.push(format!("request {id} expired"));
                 continue;
             }
+            pending = true;
             let approvers = self.counted_approvers(db)?;
             let given: Vec<Given> = row.verdicts().into_iter().map(|v| v.given).collect();
             let unmet = quorum::unmet(&rule_refs, &approvers, &given, &row.requested_by);
@@ -852,21 +857,112 @@ impl Store {
             ));
         }
         let rules_text: Vec<String> = rules.iter().map(Rule::describe).collect();
-        Ok(Err(if why.is_empty() {
-            format!(
-                "rule=approvals asset {asset:?} signs only digests approved by quorum ({}); no \
-                 request approves this one (sha256 of the input {}): make one with `p11derive \
-                 request new sign {asset} --digest HEX` and have it approved",
-                rules_text.join("; "),
-                hex(&input)
-            )
-        } else {
-            format!(
-                "rule=approvals asset {asset:?} signs only digests approved by quorum ({}): {}",
-                rules_text.join("; "),
-                why.join("; ")
-            )
-        }))
+        Ok(Err((
+            if why.is_empty() {
+                format!(
+                    "rule=approvals asset {asset:?} signs only digests approved by quorum ({}); \
+                     no request approves this one (sha256 of the input {})",
+                    rules_text.join("; "),
+                    hex(&input)
+                )
+            } else {
+                format!(
+                    "rule=approvals asset {asset:?} signs only digests approved by quorum ({}): \
+                     {}",
+                    rules_text.join("; "),
+                    why.join("; ")
+                )
+            },
+            pending,
+        )))
+    }
+
+    /// A new pending request proposing a refused signature (recorded by
+    /// `propose_in` in the same transaction): its id is a hash of the
+    /// signature's lookup, the time, the process and a counter (unique; the
+    /// commit has no HSM random bytes at hand), its lifetime `[approvals]
+    /// expires` as the provider was given it.
+    pub(super) fn proposal(
+        &self,
+        db: &mut dyn Db,
+        record: &Record,
+        asset: &str,
+        mech: u64,
+        digest: &[u8],
+        lookup: String,
+    ) -> Result<RequestRow, StoreError> {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let store = self
+            .store_id_in(db)?
+            .ok_or_else(|| self.bad_request("-", "the store has no first record"))?;
+        let now_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut h = Sha256::new();
+        h.update(b"p11derive-v1 request id");
+        h.update(lookup.as_bytes());
+        h.update(now_ns.to_be_bytes());
+        h.update(std::process::id().to_be_bytes());
+        h.update(n.to_be_bytes());
+        let id = hex(&h.finalize()[..16]);
+        let now = super::unix_now();
+        let doc = RequestDoc {
+            store: hex(&store),
+            id: id.clone(),
+            operation: "sign".into(),
+            params: vec![
+                ("asset".into(), asset.to_string()),
+                ("mechanism".into(), crate::error::mech_name(mech)),
+                ("digest".into(), hex(digest)),
+            ],
+            requested_by: record.actor.clone().unwrap_or_else(|| "-".into()),
+            requested_at: now,
+            expires_at: now + self.request_lifetime(),
+        };
+        Ok(RequestRow {
+            id,
+            operation: "sign".into(),
+            lookup,
+            body: doc.canonical(),
+            requested_by: doc.requested_by.clone(),
+            created_at: now,
+            expires_at: doc.expires_at,
+            state: "pending".into(),
+            approvals: String::new(),
+            outcome: String::new(),
+        })
+    }
+
+    /// Records a proposed signature's request inside the commit's
+    /// transaction.
+    pub(super) fn propose_in(
+        &self,
+        tx: &mut dyn Db,
+        ak: &Secret32,
+        row: RequestRow,
+        base: Record,
+    ) -> Result<(), StoreError> {
+        let sk = self.sk(ak)?;
+        let detail = request_detail(
+            &row,
+            "request new (a signature refused for want of approvals)",
+        );
+        self.put_sealed_in(tx, ak, &sk, request_write(&row), detail, base)?;
+        Ok(())
+    }
+
+    /// How long a request the provider records collects approvals (seconds).
+    pub fn request_lifetime(&self) -> i64 {
+        self.request_lifetime
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets [`Store::request_lifetime`] (`[approvals] expires`).
+    pub fn set_request_lifetime(&self, secs: i64) {
+        self.request_lifetime
+            .store(secs, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Marks an approved signature's request executed inside the commit's

@@ -24,6 +24,9 @@ struct Job {
     /// An AES-GCM encryption's IV: committed only if the version never
     /// used it before (`gcm_ivs`).
     iv: Option<Vec<u8>>,
+    /// A raw `CKM_ECDSA` signature's digest (the data signed): what a
+    /// request the commit records for approvers states.
+    digest: Option<Vec<u8>>,
     record: Record,
     /// The thread waiting for this job's result.
     waiter: std::thread::Thread,
@@ -84,7 +87,23 @@ impl Store {
         need: Use,
         record: Record,
     ) -> JobResult {
-        self.commit_job(ak, rowid, version, need, None, record)
+        self.commit_job(ak, rowid, version, need, None, None, record)
+    }
+
+    /// The commit of a signature, as `commit_use` with `Use::Produce`;
+    /// `digest`: for raw `CKM_ECDSA`, the digest signed, so that a
+    /// signature refused for want of approvals is proposed to approvers
+    /// with the digest they must sign (design §6.5).
+    pub fn commit_sign(
+        &self,
+        ak: &Secret32,
+        rowid: i64,
+        version: u32,
+        digest: Option<&[u8]>,
+        record: Record,
+    ) -> JobResult {
+        let digest = digest.map(<[u8]>::to_vec);
+        self.commit_job(ak, rowid, version, Use::Produce, None, digest, record)
     }
 
     /// The commit of an AES-GCM encryption under IV `iv`, as `commit_use`
@@ -99,10 +118,12 @@ impl Store {
         iv: &[u8],
         record: Record,
     ) -> JobResult {
-        self.commit_job(ak, rowid, version, Use::Produce, Some(iv.to_vec()), record)
+        let iv = Some(iv.to_vec());
+        self.commit_job(ak, rowid, version, Use::Produce, iv, None, record)
     }
 
     /// Queues one job for the group commit and waits for its outcome.
+    #[allow(clippy::too_many_arguments)]
     fn commit_job(
         &self,
         ak: &Secret32,
@@ -110,6 +131,7 @@ impl Store {
         version: u32,
         need: Use,
         iv: Option<Vec<u8>>,
+        digest: Option<Vec<u8>>,
         record: Record,
     ) -> JobResult {
         let mut g = self.group.lock().unwrap_or_else(|e| e.into_inner());
@@ -121,6 +143,7 @@ impl Store {
             version,
             need,
             iv,
+            digest,
             record,
             waiter: std::thread::current(),
         });
@@ -541,7 +564,7 @@ impl Store {
             };
             let mut decision = decision;
             if decision.is_ok() && limits.governs(&job.record) {
-                match limits.decide(self, &mut *tx, &job.record)? {
+                match limits.decide(self, &mut *tx, &job.record, job.digest.as_deref())? {
                     Err(why) => {
                         record = policy_refusal(&job.record, &why);
                         decision = Err(Refusal::Policy(why));
@@ -566,6 +589,11 @@ impl Store {
             }
             records.push(record);
             decisions.push(decision);
+        }
+        // Signatures refused for want of approvals are proposed to approvers.
+        for (row, actor) in std::mem::take(&mut limits.proposed) {
+            let base = Record::new(Event::Request, crate::ck::CKR_OK).actor(actor.as_deref());
+            self.propose_in(&mut *tx, ak, row, base)?;
         }
         // The approvals the batch's signatures use are spent with them.
         for (row, actor) in std::mem::take(&mut limits.consumed) {

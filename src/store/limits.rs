@@ -92,6 +92,9 @@ pub(super) struct Limits {
     /// Approved signatures' requests this batch uses (each once), to mark
     /// executed in the batch's transaction.
     pub(super) consumed: Vec<(super::RequestRow, Option<String>)>,
+    /// Requests this batch records for signatures refused for want of
+    /// approvals (one per asset, mechanism and digest).
+    pub(super) proposed: Vec<(super::RequestRow, Option<String>)>,
     /// Uses allowed in this batch so far, per subject and window.
     batch: HashMap<(Subject, u32), u64>,
     now_ns: i64,
@@ -119,6 +122,7 @@ impl Limits {
             policies,
             rules: Arc::new(Vec::new()),
             consumed: Vec::new(),
+            proposed: Vec::new(),
             batch: HashMap::new(),
             now_ns,
             caught_up: false,
@@ -139,12 +143,16 @@ impl Limits {
     /// policy matching its asset (`Err`: the rule that refuses it, for the
     /// record and the caller). An allowed use is counted for the rest of
     /// the batch; a signature that needed approvals names the request whose
-    /// approvals it uses (`Ok(Some(words))`, for its record).
+    /// approvals it uses (`Ok(Some(words))`, for its record). A signature
+    /// refused for want of approvals is proposed: a request stating it is
+    /// recorded (unless one is pending), with `digest` (raw `CKM_ECDSA`'s
+    /// data) or the SHA-256 of the message as the digest to approve.
     pub(super) fn decide(
         &mut self,
         store: &Store,
         db: &mut dyn Db,
         record: &Record,
+        digest: Option<&[u8]>,
     ) -> Result<Result<Option<String>, String>, StoreError> {
         let Some(asset) = record.asset.as_deref() else {
             return Ok(Ok(None));
@@ -219,7 +227,20 @@ impl Limits {
                         note = Some(format!("approved by request={} ({})", row.id, by.join(",")));
                         self.consumed.push((row, record.actor.clone()));
                     }
-                    Err(why) => return Ok(Err(why)),
+                    Err((why, pending)) => {
+                        let proposed = if pending {
+                            None
+                        } else {
+                            self.propose(store, db, record, asset, digest)?
+                        };
+                        return Ok(Err(match proposed {
+                            Some(id) => format!(
+                                "{why}; request {id} was recorded for approvers (`p11derive \
+                                 request show {id}`): sign again once it is approved"
+                            ),
+                            None => why,
+                        }));
+                    }
                 }
             }
         }
@@ -227,6 +248,37 @@ impl Limits {
             *self.batch.entry(key).or_insert(0) += 1;
         }
         Ok(Ok(note))
+    }
+
+    /// The request proposing a refused signature (its id), unless this
+    /// batch proposed the same one already or its digest is unknown.
+    fn propose(
+        &mut self,
+        store: &Store,
+        db: &mut dyn Db,
+        record: &Record,
+        asset: &str,
+        digest: Option<&[u8]>,
+    ) -> Result<Option<String>, StoreError> {
+        let (Some(mech), Some(input)) = (record.mechanism, record.input_sha256) else {
+            return Ok(None);
+        };
+        let digest = if mech == crate::ck::CKM_ECDSA {
+            match digest {
+                Some(d) => d.to_vec(),
+                None => return Ok(None),
+            }
+        } else {
+            input.to_vec()
+        };
+        let lookup = super::approved_digest_lookup(asset, mech, &digest);
+        if let Some((r, _)) = self.proposed.iter().find(|(r, _)| r.lookup == lookup) {
+            return Ok(Some(r.id.clone()));
+        }
+        let row = store.proposal(db, record, asset, mech, &digest, lookup)?;
+        let id = row.id.clone();
+        self.proposed.push((row, record.actor.clone()));
+        Ok(Some(id))
     }
 
     /// Whether one more use of `key`'s subject stays under `limit` in its
@@ -556,7 +608,7 @@ mod tests {
             let kept = {
                 let mut conn = store.lock();
                 let mut l = Limits::at(policies.clone(), t);
-                l.decide(&store, &mut **conn, &r).unwrap()
+                l.decide(&store, &mut **conn, &r, None).unwrap()
             };
             let fresh = {
                 let mut conn = store.lock();

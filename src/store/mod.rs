@@ -103,6 +103,8 @@ pub struct Store {
     user_cache: Mutex<users::UserCache>,
     /// The quorum rules in force, parsed (see `approvals`).
     quorum_cache: Mutex<Option<approvals::QuorumCache>>,
+    /// How long a request the provider proposes collects approvals.
+    request_lifetime: std::sync::atomic::AtomicI64,
 }
 
 /// A row type kept in one table: the columns a `SELECT` names, in the order
@@ -285,6 +287,7 @@ impl Store {
             tallies: Mutex::new(limits::Tallies::default()),
             user_cache: Mutex::new((None, std::collections::HashMap::new())),
             quorum_cache: Mutex::new(None),
+            request_lifetime: std::sync::atomic::AtomicI64::new(86_400),
         }
     }
 

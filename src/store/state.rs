@@ -300,7 +300,7 @@ impl Store {
         self.store_id_in(&mut **conn)
     }
 
-    fn store_id_in(&self, db: &mut dyn Db) -> Result<Option<[u8; 16]>, StoreError> {
+    pub(super) fn store_id_in(&self, db: &mut dyn Db) -> Result<Option<[u8; 16]>, StoreError> {
         if let Some(id) = self.guard().store_id {
             return Ok(Some(id));
         }

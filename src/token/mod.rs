@@ -132,12 +132,23 @@ fn store_error(e: StoreError) -> Error {
 impl Provider {
     /// Reads the config, opens the store and the backing HSM.
     pub fn open(config: Config) -> Result<Provider> {
+        let lifetime =
+            crate::approvals::parse_duration(&config.approvals.expires).map_err(|m| {
+                Error::with(
+                    CKR_FUNCTION_FAILED,
+                    format!(
+                        "config file {}: [approvals] expires: {m}",
+                        config.source.display()
+                    ),
+                )
+            })?;
         let store = Store::open_config(&config.store).map_err(|e| {
             Error::with(
                 CKR_FUNCTION_FAILED,
                 format!("{e} (config file {})", config.source.display()),
             )
         })?;
+        store.set_request_lifetime(lifetime);
         let backend = Backend::open(&config.backend, &config.source)?;
         let store_index = handles::store_index(store.path());
         mechanisms::warm_up();

@@ -348,7 +348,10 @@ impl Provider {
             None => mechanisms::ecdsa_sign(op.kt, op.key.bytes(), digest)?.to_vec(),
         };
         let rec = op.audit.record(Event::Sign, CKR_OK, Some(op.version));
-        self.confirm(op.asset, op.version, Use::Produce, rec)?;
+        // A raw ECDSA signature's digest goes with its commit: refused for
+        // want of approvals, it is proposed to approvers as this digest.
+        let raw = (rec.mechanism == Some(CKM_ECDSA)).then_some(digest);
+        self.confirm_job(op.asset, op.version, Use::Produce, None, raw, rec)?;
         out[..sig.len()].copy_from_slice(&sig);
         Ok(sig.len())
     }
@@ -542,7 +545,7 @@ impl Provider {
         need: Use,
         rec: Record,
     ) -> Result<()> {
-        self.confirm_job(asset, version, need, None, rec)
+        self.confirm_job(asset, version, need, None, None, rec)
     }
 
     /// `confirm` for an AES-GCM encryption under `iv`: the commit also
@@ -555,7 +558,7 @@ impl Provider {
         iv: &[u8],
         rec: Record,
     ) -> Result<()> {
-        self.confirm_job(asset, version, Use::Produce, Some(iv), rec)
+        self.confirm_job(asset, version, Use::Produce, Some(iv), None, rec)
     }
 
     fn confirm_job(
@@ -564,6 +567,7 @@ impl Provider {
         version: u32,
         need: Use,
         iv: Option<&[u8]>,
+        digest: Option<&[u8]>,
         rec: Record,
     ) -> Result<()> {
         let mut rec = rec;
@@ -588,9 +592,10 @@ impl Provider {
             .ok_or_else(|| Error::with(CKR_USER_NOT_LOGGED_IN, "no audit key in this process"))?;
         let what = rec.event.name();
         let name = rec.asset.clone().unwrap_or_default();
-        let committed = match iv {
-            Some(iv) => self.store.commit_seal(&ak, asset, version, iv, rec),
-            None => self.store.commit_use(&ak, asset, version, need, rec),
+        let committed = match (iv, digest) {
+            (Some(iv), _) => self.store.commit_seal(&ak, asset, version, iv, rec),
+            (None, Some(d)) => self.store.commit_sign(&ak, asset, version, Some(d), rec),
+            (None, None) => self.store.commit_use(&ak, asset, version, need, rec),
         }
         .map_err(|e| {
             if matches!(e, StoreError::RolledBack(..)) {
