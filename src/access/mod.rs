@@ -92,6 +92,53 @@ impl Pattern {
         &self.0
     }
 
+    /// Whether some asset matches both patterns (exact: a search over the
+    /// pairs of positions in the two patterns, at most 65 × 65).
+    pub fn overlaps(&self, other: &Pattern) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        let mut seen = vec![false; (a.len() + 1) * (b.len() + 1)];
+        let mut todo = vec![(0usize, 0usize)];
+        // What a pattern at `i` may do next: skip a star (matching nothing),
+        // or take one character (`None`: any; `Some(c)`: exactly c) and move on.
+        let steps = |p: &[u8], i: usize| -> Vec<(usize, Option<u8>, bool)> {
+            match p.get(i) {
+                None => vec![],
+                Some(b'*') => vec![(i + 1, None, true), (i, None, false)],
+                Some(b'?') => vec![(i + 1, None, false)],
+                Some(&c) => vec![(i + 1, Some(c), false)],
+            }
+        };
+        while let Some((i, j)) = todo.pop() {
+            let k = i * (b.len() + 1) + j;
+            if seen[k] {
+                continue;
+            }
+            seen[k] = true;
+            if i == a.len() && j == b.len() {
+                return true;
+            }
+            let (sa, sb) = (steps(a, i), steps(b, j));
+            for &(ni, _, empty) in &sa {
+                if empty {
+                    todo.push((ni, j));
+                }
+            }
+            for &(nj, _, empty) in &sb {
+                if empty {
+                    todo.push((i, nj));
+                }
+            }
+            for &(ni, ca, _) in sa.iter().filter(|s| !s.2) {
+                for &(nj, cb, _) in sb.iter().filter(|s| !s.2) {
+                    if ca.is_none() || cb.is_none() || ca == cb {
+                        todo.push((ni, nj));
+                    }
+                }
+            }
+        }
+        false
+    }
+
     /// Whether `asset` matches, in time linear in the asset's length: the
     /// pattern's pieces between stars are matched leftmost-first, which is
     /// exact for globs (a later match never leaves more room than the first).

@@ -58,7 +58,18 @@ impl Rule {
     /// Whether the rule governs `operation` on `subject` (an asset, or a
     /// policy's pattern; `None` for operations on the whole store).
     pub fn applies(&self, operation: &str, subject: Option<&str>) -> bool {
-        self.operation == operation && subject.is_none_or(|s| self.pattern.matches(s))
+        if self.operation != operation {
+            return false;
+        }
+        match subject {
+            None => true,
+            // A policy change is governed when the policy's pattern and the
+            // rule's can match a common asset (`c*` against `cold-*`).
+            Some(s) if operation == "policy" => {
+                Pattern::parse(s).map_or(true, |p| p.overlaps(&self.pattern))
+            }
+            Some(s) => self.pattern.matches(s),
+        }
     }
 
     /// `retire on "pay-*": 2 approvals from group treasury`.
@@ -131,7 +142,8 @@ pub struct Given {
 }
 
 /// The approvals that count: by an approver who is still active and still
-/// holds the key that signed, not the requester, once per approver.
+/// holds the key that signed, not the requester, once per approver and
+/// once per key (two names holding one key are one person).
 pub fn counted<'a>(
     approvers: &'a [Approver],
     given: &[Given],
@@ -145,7 +157,9 @@ pub fn counted<'a>(
         if a.active
             && a.fingerprint == g.fingerprint
             && a.name != requester
-            && !out.iter().any(|o| o.name == a.name)
+            && !out
+                .iter()
+                .any(|o| o.name == a.name || o.fingerprint == a.fingerprint)
         {
             out.push(a);
         }
@@ -252,6 +266,28 @@ mod tests {
         assert!(satisfiable(&rule, &people));
         let two = Rule::new("sign", Pattern::parse("*").unwrap(), 2, "cfo").unwrap();
         assert!(!satisfiable(&two, &people));
+    }
+
+    #[test]
+    fn a_policy_rule_governs_every_policy_that_can_cover_its_assets() {
+        let rule = Rule::new("policy", Pattern::parse("cold-*").unwrap(), 2, "").unwrap();
+        for covered in ["c*", "*", "cold-1", "*old-?", "cold-*", "?old*", "*-hot"] {
+            assert!(rule.applies("policy", Some(covered)), "{covered}");
+        }
+        for apart in ["hot-*", "cold", "c", "warm-1", "hot*", "col?"] {
+            assert!(!rule.applies("policy", Some(apart)), "{apart}");
+        }
+    }
+
+    #[test]
+    fn pattern_overlap_is_exact() {
+        let o = |a: &str, b: &str| {
+            Pattern::parse(a)
+                .unwrap()
+                .overlaps(&Pattern::parse(b).unwrap())
+        };
+        assert!(o("a*b", "*b") && o("a?c", "ab*") && o("*", "x") && o("a*", "*z"));
+        assert!(!o("a*", "b*") && !o("a?", "abc") && !o("*a", "*b") && !o("ab", "a"));
     }
 
     #[test]

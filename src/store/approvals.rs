@@ -270,29 +270,24 @@ pub enum Execute {
         t: Transition,
         next: Option<(u32, Option<Vec<u8>>)>,
     },
-    /// A user's row written as the request states it; `basis`: the change
-    /// the row was at when the request was made (0: none), so a user
-    /// changed since is not overwritten with stale fields.
+    /// A user's row written as the request states it (refused when the
+    /// user changed since the request was made: its `basis`).
     User {
         row: UserRow,
         what: String,
-        basis: u64,
         clear_failures: bool,
     },
     Policy {
         row: super::PolicyRow,
         what: String,
-        basis: u64,
     },
     Approver {
         row: ApproverRow,
         what: String,
-        basis: u64,
     },
     Quorum {
         row: QuorumRow,
         what: String,
-        basis: u64,
     },
 }
 
@@ -395,6 +390,15 @@ impl Store {
     /// `db` sees them; read again only when the verified ledger moved.
     pub(super) fn active_rules_in(&self, db: &mut dyn Db) -> Result<Arc<Vec<Rule>>, StoreError> {
         self.refresh(db)?;
+        self.active_rules_refreshed(db)
+    }
+
+    /// `active_rules_in` when the caller has just refreshed the ledger in
+    /// `db` (a commit's transaction): no second refresh on the warm path.
+    pub(super) fn active_rules_refreshed(
+        &self,
+        db: &mut dyn Db,
+    ) -> Result<Arc<Vec<Rule>>, StoreError> {
         let at = self.verified_change();
         if let Some((when, list)) = &*self.quorum_cache() {
             if *when == at {
@@ -478,7 +482,13 @@ impl Store {
         base: Record,
     ) -> Result<u64, StoreError> {
         let detail = approver_detail(row, what);
-        self.put_sealed(ak, approver_write(row), detail, base)
+        self.put_gated(
+            ak,
+            approver_write(row),
+            detail,
+            base,
+            Some(("approver", None)),
+        )
     }
 
     /// Sets or removes a quorum rule, appending its `quorum` record, sealed.
@@ -490,7 +500,7 @@ impl Store {
         base: Record,
     ) -> Result<u64, StoreError> {
         let detail = quorum_detail(row, what);
-        self.put_sealed(ak, quorum_write(row), detail, base)
+        self.put_gated(ak, quorum_write(row), detail, base, Some(("quorum", None)))
     }
 
     /// Records a new request (state `pending`), appending its `request`
@@ -677,6 +687,12 @@ impl Store {
                 unmet.join("; ")
             )));
         }
+        let doc = row.doc().map_err(|m| self.bad_request(id, &m))?;
+        // The operation run is the one the approvers signed: same kind,
+        // same subject, the subject unchanged since the request was made.
+        self.check_states(&mut *tx, &doc, &op)?;
+        // What must hold after any change still holds after this one.
+        self.check_invariants(&mut *tx, &op)?;
         let tag = format!("request={id}");
         let mut base_op = base.clone();
         base_op.detail = String::new();
@@ -696,10 +712,8 @@ impl Store {
             Execute::User {
                 row: user,
                 what,
-                basis,
                 clear_failures,
             } => {
-                self.check_basis(&mut *tx, Kind::User, &user.name, basis)?;
                 let detail = format!(
                     "{what} roles={} patterns={} state={} {tag}",
                     user.roles, user.patterns, user.state
@@ -717,40 +731,22 @@ impl Store {
                 }
                 format!("{what} done")
             }
-            Execute::Policy {
-                row: p,
-                what,
-                basis,
-            } => {
-                self.check_basis(&mut *tx, Kind::Policy, &p.pattern, basis)?;
+            Execute::Policy { row: p, what } => {
                 let detail = format!("{what} state={} {} {tag}", p.state, p.settings);
                 self.put_sealed_in(&mut *tx, ak, &sk, policy_write(&p), detail, base_op)?;
                 format!("{what} done")
             }
-            Execute::Approver {
-                row: a,
-                what,
-                basis,
-            } => {
-                self.check_basis(&mut *tx, Kind::Approver, &a.name, basis)?;
+            Execute::Approver { row: a, what } => {
                 let detail = format!("{} {tag}", approver_detail(&a, &what));
                 self.put_sealed_in(&mut *tx, ak, &sk, approver_write(&a), detail, base_op)?;
                 format!("{what} done")
             }
-            Execute::Quorum {
-                row: q,
-                what,
-                basis,
-            } => {
-                self.check_basis(&mut *tx, Kind::Quorum, &q.name, basis)?;
+            Execute::Quorum { row: q, what } => {
                 let detail = format!("{} {tag}", quorum_detail(&q, &what));
                 self.put_sealed_in(&mut *tx, ak, &sk, quorum_write(&q), detail, base_op)?;
                 format!("{what} done")
             }
         };
-        // The operation's own state changes are in the ledger's view of
-        // this transaction only once read: refresh before sealing the request.
-        self.refresh(&mut *tx)?;
         row.state = "executed".into();
         row.outcome = outcome;
         let mut rec = base;
@@ -763,24 +759,165 @@ impl Store {
         Ok(row)
     }
 
-    /// Refuses an execution whose row changed since the request was made.
+    /// Refuses an `op` other than the one `doc` states, or whose subject
+    /// changed since the request was made (its `basis`: the subject's
+    /// latest change then).
+    fn check_states(
+        &self,
+        db: &mut dyn Db,
+        doc: &RequestDoc,
+        op: &Execute,
+    ) -> Result<(), StoreError> {
+        let (kind, subject, name) = match op {
+            Execute::Transition { name, t, .. } => {
+                (t.operation(), "asset", name.as_str().to_string())
+            }
+            Execute::User { row, .. } => ("user", "user", row.name.clone()),
+            Execute::Policy { row, .. } => ("policy", "pattern", row.pattern.clone()),
+            Execute::Approver { row, .. } => ("approver", "approver", row.name.clone()),
+            Execute::Quorum { row, .. } => ("quorum", "rule", row.name.clone()),
+        };
+        let stated = if kind == "quorum" {
+            match (doc.param("rule-operation"), doc.param("pattern")) {
+                (Some(o), Some(p)) => Some(format!("{o}:{p}")),
+                _ => None,
+            }
+        } else {
+            doc.param(subject).map(str::to_string)
+        };
+        if doc.operation != kind || stated.as_deref() != Some(name.as_str()) {
+            return Err(StoreError::Refused(format!(
+                "request {} states {} of {:?}, not {kind} of {name:?}: nothing was run",
+                doc.id,
+                doc.operation,
+                stated.unwrap_or_default()
+            )));
+        }
+        let basis: u64 = doc
+            .param("basis")
+            .and_then(|b| b.parse().ok())
+            .ok_or_else(|| self.bad_request(&doc.id, "its basis is missing or not a number"))?;
+        match op {
+            Execute::Transition { name, .. } => self.check_basis(db, None, name.as_str(), basis),
+            Execute::User { row, .. } => self.check_basis(db, Some(Kind::User), &row.name, basis),
+            Execute::Policy { row, .. } => {
+                self.check_basis(db, Some(Kind::Policy), &row.pattern, basis)
+            }
+            Execute::Approver { row, .. } => {
+                self.check_basis(db, Some(Kind::Approver), &row.name, basis)
+            }
+            Execute::Quorum { row, .. } => {
+                self.check_basis(db, Some(Kind::Quorum), &row.name, basis)
+            }
+        }
+    }
+
+    /// Refuses a change after which an invariant the direct commands keep
+    /// would no longer hold: a key registered to two active approvers, a
+    /// quorum rule (or a policy's approvals) the active approvers cannot
+    /// meet, no active admin. Judged on the state as verified now with the
+    /// change applied in memory (nothing is read back after a write).
+    fn check_invariants(&self, db: &mut dyn Db, op: &Execute) -> Result<(), StoreError> {
+        let refused = |why: String| Err(StoreError::Refused(format!("{why}: nothing was run")));
+        let mut approvers: Vec<ApproverRow> = self
+            .sealed_all_in(db, Kind::Approver)?
+            .iter()
+            .map(|f| ApproverRow::from_fields(f))
+            .collect();
+        let mut rules: Vec<Rule> = self.active_rules_in(db)?.as_ref().clone();
+        let mut users: Vec<UserRow> = self
+            .sealed_all_in(db, Kind::User)?
+            .iter()
+            .map(|f| UserRow::from_fields_pub(f))
+            .collect();
+        match op {
+            Execute::Approver { row, .. } => {
+                approvers.retain(|a| a.name != row.name);
+                approvers.push(row.clone());
+            }
+            Execute::Quorum { row, .. } => {
+                rules.retain(|r| r.key() != row.name);
+                if row.state == "set" {
+                    rules.push(row.rule().map_err(|m| self.bad_request("-", &m))?);
+                }
+            }
+            Execute::User { row, .. } => {
+                users.retain(|u| u.name != row.name);
+                users.push(row.clone());
+            }
+            _ => {}
+        }
+        let active: Vec<&ApproverRow> = approvers.iter().filter(|a| a.state == "active").collect();
+        for (i, a) in active.iter().enumerate() {
+            if let Some(b) = active[i + 1..]
+                .iter()
+                .find(|b| b.public_key == a.public_key)
+            {
+                return refused(format!(
+                    "approvers {:?} and {:?} would hold the same key: one key, one approver",
+                    a.name, b.name
+                ));
+            }
+        }
+        let counted: Vec<Approver> = approvers.iter().map(ApproverRow::counted).collect();
+        let mut all = rules;
+        let policies = self.policies_in_tx(db)?;
+        all.extend(policies.iter().filter(|p| p.approvals > 0).map(|p| Rule {
+            operation: "sign".into(),
+            pattern: p.pattern.clone(),
+            approvals: p.approvals,
+            group: String::new(),
+        }));
+        if let Some(r) = all.iter().find(|r| !quorum::satisfiable(r, &counted)) {
+            return refused(format!(
+                "afterwards quorum {} could never be met by the active approvers",
+                r.describe()
+            ));
+        }
+        let admin = |u: &UserRow| {
+            u.state == "active"
+                && u.roles
+                    .split(',')
+                    .any(|r| crate::access::Role::parse(r) == Some(crate::access::Role::Admin))
+        };
+        if !users.is_empty() && !users.iter().any(admin) {
+            return refused("afterwards no active admin would be left".into());
+        }
+        Ok(())
+    }
+
+    /// Refuses an execution whose subject changed since the request was
+    /// made (`kind`: a sealed row's kind; `None`: an asset).
     fn check_basis(
         &self,
         db: &mut dyn Db,
-        kind: Kind,
+        kind: Option<Kind>,
         name: &str,
         basis: u64,
     ) -> Result<(), StoreError> {
-        // Verified (refused when tampered with) before it is compared.
-        self.sealed_one_in(db, kind, name)?;
-        let now = self
-            .guard()
-            .latest_of(&super::users::key(kind, name))
-            .unwrap_or(0);
+        let key = match kind {
+            Some(kind) => {
+                // Verified (refused when tampered with) before it is compared.
+                self.sealed_one_in(db, kind, name)?;
+                super::users::key(kind, name)
+            }
+            None => {
+                self.refresh(db)?;
+                name.to_string()
+            }
+        };
+        let now = self.guard().latest_of(&key).unwrap_or(0);
         if now != basis {
+            let what = if basis == 0 {
+                format!("{name:?} was created since the request was made (record {now})")
+            } else {
+                format!(
+                    "{name:?} changed since the request was made (its latest change is record \
+                     {now}, the request was made when it was record {basis})"
+                )
+            };
             return Err(StoreError::Conflict(format!(
-                "{name:?} changed since the request was made (its latest change is record \
-                 {now}, the request was made at record {basis}): cancel it and make a new one"
+                "{what}: cancel the request and make a new one"
             )));
         }
         Ok(())
@@ -798,7 +935,7 @@ impl Store {
         asset: &str,
         rules: &[Rule],
         taken: &[String],
-    ) -> Result<Result<(RequestRow, Vec<String>), (String, bool)>, StoreError> {
+    ) -> Result<SignApproval, StoreError> {
         let (Some(mech), Some(input)) = (record.mechanism, record.input_sha256) else {
             return Ok(Err((
                 "rule=approvals the signature has no digest to approve".into(),
@@ -818,15 +955,25 @@ impl Store {
         // Whether a request for it is pending and unexpired (none is
         // proposed then).
         let mut pending = false;
+        let mut why_tampered = Vec::new();
         for id in ids.iter().filter(|id| !taken.contains(id)) {
-            let Some(f) = self.sealed_one_in(db, Kind::Request, id)? else {
-                continue;
+            let f = match self.sealed_one_in(db, Kind::Request, id) {
+                Ok(Some(f)) => f,
+                Ok(None) => continue,
+                // A request row that does not verify counts for nothing
+                // (and fails no other signature of the batch).
+                Err(StoreError::StateTampered(_, why)) => {
+                    why_tampered.push(why);
+                    continue;
+                }
+                Err(e) => return Err(e),
             };
             let row = RequestRow::from_fields(&f);
             let Ok(doc) = row.doc() else { continue };
             // The bytes approvers signed must state this very signature.
             let states = doc.operation == "sign"
                 && doc.param("asset") == Some(asset)
+                && doc.param("version").and_then(|v| v.parse().ok()) == record.version
                 && doc
                     .param("digest")
                     .and_then(unhex)
@@ -857,6 +1004,9 @@ impl Store {
             ));
         }
         let rules_text: Vec<String> = rules.iter().map(Rule::describe).collect();
+        why.extend(why_tampered);
+        // A tampered row does not get a fresh proposal either.
+        pending |= !why.is_empty() && why.iter().any(|w| !w.contains("expired"));
         Ok(Err((
             if why.is_empty() {
                 format!(
@@ -914,6 +1064,7 @@ impl Store {
             operation: "sign".into(),
             params: vec![
                 ("asset".into(), asset.to_string()),
+                ("version".into(), record.version.unwrap_or(0).to_string()),
                 ("mechanism".into(), crate::error::mech_name(mech)),
                 ("digest".into(), hex(digest)),
             ],
@@ -951,6 +1102,13 @@ impl Store {
         );
         self.put_sealed_in(tx, ak, &sk, request_write(&row), detail, base)?;
         Ok(())
+    }
+
+    /// Approved signatures' requests this process's commits used so far
+    /// (the provider moves the anchor before releasing such a signature).
+    pub fn approvals_spent(&self) -> u64 {
+        self.approvals_spent
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How long a request the provider records collects approvals (seconds).
@@ -1014,6 +1172,11 @@ impl Store {
         Ok(())
     }
 }
+
+/// A signature's approvals as its commit finds them: the request whose
+/// approvals it uses and the approvers who counted, or why none (and
+/// whether a request for it is pending).
+pub(super) type SignApproval = Result<(RequestRow, Vec<String>), (String, bool)>;
 
 /// Quorum rules as of a verified state change.
 pub(super) type QuorumCache = (Option<(u64, [u8; 32])>, Arc<Vec<Rule>>);

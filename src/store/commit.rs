@@ -201,11 +201,14 @@ impl Store {
         let ivs = batch.iter().any(|j| j.iv.is_some());
         // Uses a policy governs are decided under the writers' lock on
         // PostgreSQL too: a rate limit is then exact across hosts.
-        let policed = self.is_shared() && self.policed(batch.iter().map(|j| &j.record));
-        let outcome = if self.is_shared() && !ivs && !policed {
-            self.commit_batch_pg(ak, &batch)
+        let free = if self.is_shared() && !ivs {
+            self.policed(batch.iter().map(|j| &j.record))
         } else {
-            self.commit_batch_tx(ak, &batch)
+            None
+        };
+        let outcome = match free {
+            Some(judged) => self.commit_batch_pg(ak, &batch, judged),
+            None => self.commit_batch_tx(ak, &batch),
         };
         use std::sync::atomic::Ordering::Relaxed;
         self.batches.fetch_add(1, Relaxed);
@@ -246,6 +249,7 @@ impl Store {
         &self,
         ak: &Secret32,
         batch: &[Job],
+        judged: Option<(u64, [u8; 32])>,
     ) -> Result<Vec<Result<(), Refusal>>, StoreError> {
         use std::sync::atomic::Ordering::Relaxed;
         self.refused()?;
@@ -261,7 +265,13 @@ impl Store {
             }
             held.extend([a.head, a.change].into_iter().filter(|h| h.0 > 0));
         }
-        let change = self.verified_change().map_or(0, |c| c.0);
+        // Bound to the state change the batch was judged free of policies
+        // and rules at: if this process learnt a newer one meanwhile (a rule
+        // may have come with it), the ordinary transaction decides.
+        if self.verified_change() != judged {
+            return self.commit_batch_tx(ak, batch);
+        }
+        let change = judged.map_or(0, |c| c.0);
         // Users mode: each user as of that state change (a newer one makes
         // the lane statement write nothing), read before the lane is held.
         let users: Vec<Result<(), String>> = batch
@@ -542,7 +552,7 @@ impl Store {
         // state change), and the uses counted so far in this transaction.
         let mut limits = super::limits::Limits::new(
             self.policies_refreshed(&mut *tx)?,
-            self.active_rules_in(&mut *tx)?,
+            self.active_rules_refreshed(&mut *tx)?,
         );
         for job in batch {
             let read = match rows.get(&job.rowid) {
@@ -596,12 +606,17 @@ impl Store {
             self.propose_in(&mut *tx, ak, row, base)?;
         }
         // The approvals the batch's signatures use are spent with them.
+        let spent = limits.consumed.len() as u64;
         for (row, actor) in std::mem::take(&mut limits.consumed) {
             let base = Record::new(Event::Request, crate::ck::CKR_OK).actor(actor.as_deref());
             self.consume_in(&mut *tx, ak, row, base)?;
         }
         let head = self.append_unwatched(&mut *tx, ak, &mut records)?;
         self.commit_at(tx, head)?;
+        if spent > 0 {
+            self.approvals_spent
+                .fetch_add(spent, std::sync::atomic::Ordering::Relaxed);
+        }
         if let Some(join) = anchor_read {
             let anchor = self.joined_anchor(join)?;
             self.check_against(&mut **conn, anchor.as_ref())?;

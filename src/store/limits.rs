@@ -515,36 +515,37 @@ impl Store {
         Ok(out)
     }
 
-    /// Whether any of these uses' assets is governed by a policy: such a
-    /// batch is decided under the writers' lock.
-    pub(super) fn policed<'a>(&self, records: impl IntoIterator<Item = &'a Record>) -> bool {
-        // Policies and rules as of one ledger position: the one a lane
-        // commit is then checked against (reading either may move it).
-        let mut read = None;
+    /// Whether these uses may take a lane commit on PostgreSQL: `None` when
+    /// any of their assets is governed by a policy or a `sign` quorum rule
+    /// (or they cannot be read): such a batch is decided under the writers'
+    /// lock. Else the state change the policies and rules were read at: the
+    /// lane commit must be bound to exactly it (a newer state change, with
+    /// perhaps a new rule, then makes the lane statement write nothing).
+    pub(super) fn policed<'a>(
+        &self,
+        records: impl IntoIterator<Item = &'a Record>,
+    ) -> Option<Option<(u64, [u8; 32])>> {
+        let assets: Vec<&str> = records
+            .into_iter()
+            .filter_map(|r| r.asset.as_deref())
+            .collect();
+        // Policies and rules as of one ledger position (reading either may
+        // move it).
         for _ in 0..3 {
             let at = self.verified_change();
             let (Ok(policies), Ok(rules)) = (self.active_policies(), self.active_rules()) else {
-                // Unreadable policies or rules: the ordinary transaction
-                // reads them again and refuses what it must.
-                return true;
+                return None;
             };
-            if self.verified_change() == at {
-                read = Some((policies, rules));
-                break;
+            if self.verified_change() != at {
+                continue;
             }
-        }
-        let Some((policies, rules)) = read else {
-            return true;
-        };
-        if policies.is_empty() && rules.is_empty() {
-            return false;
-        }
-        records.into_iter().any(|r| {
-            r.asset.as_deref().is_some_and(|a| {
+            let governed = assets.iter().any(|a| {
                 policies.iter().any(|p| p.pattern.matches(a))
                     || rules.iter().any(|q| q.applies("sign", Some(a)))
-            })
-        })
+            });
+            return (!governed).then_some(at);
+        }
+        None
     }
 }
 

@@ -105,6 +105,8 @@ pub struct Store {
     quorum_cache: Mutex<Option<approvals::QuorumCache>>,
     /// How long a request the provider proposes collects approvals.
     request_lifetime: std::sync::atomic::AtomicI64,
+    /// Approved signatures' requests used by this process's commits so far.
+    approvals_spent: std::sync::atomic::AtomicU64,
 }
 
 /// A row type kept in one table: the columns a `SELECT` names, in the order
@@ -288,6 +290,7 @@ impl Store {
             user_cache: Mutex::new((None, std::collections::HashMap::new())),
             quorum_cache: Mutex::new(None),
             request_lifetime: std::sync::atomic::AtomicI64::new(86_400),
+            approvals_spent: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

@@ -240,6 +240,10 @@ impl UserRow {
         ]
     }
 
+    pub(super) fn from_fields_pub(f: &[Vec<u8>]) -> UserRow {
+        UserRow::from_fields(f)
+    }
+
     fn from_fields(f: &[Vec<u8>]) -> UserRow {
         UserRow {
             name: text(&f[0]),
@@ -412,6 +416,22 @@ impl Store {
         self.put_sealed(ak, user_write(row), detail, base)
     }
 
+    /// `put_user` for an admin's change: refused while a quorum rule
+    /// governs user changes (they run as approved requests).
+    pub fn put_user_gated(
+        &self,
+        ak: &Secret32,
+        row: &UserRow,
+        what: &str,
+        base: Record,
+    ) -> Result<u64, StoreError> {
+        let detail = format!(
+            "{what} roles={} patterns={} state={}",
+            row.roles, row.patterns, row.state
+        );
+        self.put_gated(ak, user_write(row), detail, base, Some(("user", None)))
+    }
+
     /// Records a name's failed logins (a `lockout` record carrying the
     /// base record's `rv` and `what`), sealed, in one transaction.
     pub fn put_login_failures(
@@ -437,7 +457,8 @@ impl Store {
         base: Record,
     ) -> Result<u64, StoreError> {
         let detail = format!("{what} state={} {}", row.state, row.settings);
-        self.put_sealed(ak, policy_write(row), detail, base)
+        let gate = Some(("policy", Some(row.pattern.as_str())));
+        self.put_gated(ak, policy_write(row), detail, base, gate)
     }
 
     /// Every user, failed-login and policy row whose seal does not hold,
@@ -648,6 +669,21 @@ impl Store {
         detail: String,
         base: Record,
     ) -> Result<u64, StoreError> {
+        self.put_gated(ak, w, detail, base, None)
+    }
+
+    /// `put_sealed`, refused (`NeedsApproval`, nothing written) when a
+    /// quorum rule governs `gate` (an operation and its subject) as the
+    /// write transaction sees the rules: such a change runs only as an
+    /// approved request's execution.
+    pub(super) fn put_gated(
+        &self,
+        ak: &Secret32,
+        w: SealedWrite<'_>,
+        detail: String,
+        base: Record,
+        gate: Option<(&str, Option<&str>)>,
+    ) -> Result<u64, StoreError> {
         let sk = match self.guard().state_key() {
             Some(sk) => sk,
             None => Arc::new(state_key(ak)?),
@@ -657,6 +693,17 @@ impl Store {
         // Every state change in the store is known first (the row's latest
         // change must be the one this process verified).
         self.refresh(&mut *tx)?;
+        if let Some((op, subject)) = gate {
+            let rules = self.rules_in(&mut *tx, op, subject)?;
+            if !rules.is_empty() {
+                let list: Vec<String> = rules.iter().map(|r| r.describe()).collect();
+                return Err(StoreError::NeedsApproval(format!(
+                    "{op} change needs approvals now (quorum {}): run the command again to \
+                     record a request for approvers",
+                    list.join("; ")
+                )));
+            }
+        }
         let head = self.put_sealed_in(&mut *tx, ak, &sk, w, detail, base)?;
         self.commit_at(tx, head)?;
         // The new change is this process's own: the ledger learns it now

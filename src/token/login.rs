@@ -338,6 +338,23 @@ impl Provider {
         }
     }
 
+    /// Advances the anchor now, failing when it cannot be written: after a
+    /// commit that used approvals (each usable once), before the result
+    /// leaves, so that a store copy put back cannot offer them again.
+    pub(super) fn anchor_now(&self) -> Result<()> {
+        self.audit.anchored_at_ms.store(now_ms(), Ordering::Relaxed);
+        crate::backend::anchoring(|| lifecycle::advance_anchor(&self.store, &self.backend, false))
+            .map_err(|e| {
+                Error::with(
+                    CKR_DEVICE_ERROR,
+                    format!(
+                        "result discarded: its approvals were used, but the backing HSM's \
+                         rollback anchor could not record it: {e}"
+                    ),
+                )
+            })
+    }
+
     /// After a commit: advances the anchor if it is older than
     /// `[store] anchor_interval_ms`, so that a long-running signer's newest records
     /// cannot be cut from the log unnoticed for longer than that. One caller

@@ -592,6 +592,7 @@ impl Provider {
             .ok_or_else(|| Error::with(CKR_USER_NOT_LOGGED_IN, "no audit key in this process"))?;
         let what = rec.event.name();
         let name = rec.asset.clone().unwrap_or_default();
+        let spent = self.store.approvals_spent();
         let committed = match (iv, digest) {
             (Some(iv), _) => self.store.commit_seal(&ak, asset, version, iv, rec),
             (None, Some(d)) => self.store.commit_sign(&ak, asset, version, Some(d), rec),
@@ -607,7 +608,13 @@ impl Provider {
                 format!("{what} result discarded: its audit record was not written: {e}"),
             )
         })?;
-        self.anchor_if_stale();
+        if committed.is_ok() && self.store.approvals_spent() != spent {
+            // Approvals were used (by this commit, or another thread's):
+            // the anchor holds it before the signature leaves.
+            self.anchor_now()?;
+        } else {
+            self.anchor_if_stale();
+        }
         if let Err(Refusal::State(Some(a))) = &committed {
             self.prune_keys(a);
         }

@@ -182,19 +182,21 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// The plan of a lifecycle transition.
-pub fn transition_plan(asset: &str, t: Transition) -> Plan {
+/// The plan of a lifecycle transition (`basis`: the asset's latest change,
+/// so an asset changed since is not changed again on stale approvals).
+pub fn transition_plan(store: &Store, asset: &str, t: Transition) -> Result<Plan, Failure> {
     let mut params = vec![p("asset", asset)];
     match t {
         Transition::Rotate { grace } => params.push(p("grace", if grace { "yes" } else { "no" })),
         Transition::Trim(n) => params.push(p("below", n)),
         _ => {}
     }
-    Plan {
+    params.push(p("basis", store.change_of("", asset)?));
+    Ok(Plan {
         operation: t.operation(),
         subject: Some(asset.to_string()),
         params,
-    }
+    })
 }
 
 /// The plan of a user's change (`row`: the user after it).
@@ -991,8 +993,16 @@ fn new_sign(
         |a| {
             let lifetime = expiry(a.config, expires)?;
             let cx = Ctx::of(cli, a);
+            // The version that signs now: an approval does not carry over to
+            // another key after a rotation.
+            let current = a
+                .store
+                .asset_by_name(&AssetId::new(asset).map_err(Failure::Usage)?)?
+                .ok_or_else(|| Failure::NotFound(format!("no asset {asset:?}")))?
+                .current;
             let params = vec![
                 p("asset", asset),
+                p("version", current),
                 p("mechanism", p11derive::error::mech_name(mech)),
                 p("digest", hex(&digest)),
             ];
@@ -1123,13 +1133,13 @@ fn param<'d>(doc: &'d RequestDoc, k: &str) -> Result<&'d str, Failure> {
 /// The operation a request's bytes state, made ready to run (a rotation's
 /// new public key derived through the HSM first).
 fn prepare(a: &Acting<'_>, doc: &RequestDoc) -> Result<Execute, Failure> {
-    let basis = || -> Result<u64, Failure> {
-        param(doc, "basis")?
-            .parse()
-            .map_err(|_| failed(format!("request {}: bad basis", doc.id)))
-    };
     let bytes = |k: &str| -> Result<Vec<u8>, Failure> {
-        unhex(param(doc, k)?).ok_or_else(|| failed(format!("request {}: {k} is not hex", doc.id)))
+        unhex(param(doc, k)?).ok_or_else(|| {
+            failed(format!(
+                "request {}: its `{k}` is not hex; cancel it",
+                doc.id
+            ))
+        })
     };
     Ok(match doc.operation.as_str() {
         op @ ("rotate" | "finish" | "trim" | "suspend" | "resume" | "retire") => {
@@ -1139,11 +1149,12 @@ fn prepare(a: &Acting<'_>, doc: &RequestDoc) -> Result<Execute, Failure> {
                     grace: param(doc, "grace")? == "yes",
                 },
                 "finish" => Transition::Finish,
-                "trim" => Transition::Trim(
-                    param(doc, "below")?
-                        .parse()
-                        .map_err(|_| failed("bad trim"))?,
-                ),
+                "trim" => Transition::Trim(param(doc, "below")?.parse().map_err(|_| {
+                    failed(format!(
+                        "request {}: its `below` is not a version number; cancel it",
+                        doc.id
+                    ))
+                })?),
                 "suspend" => Transition::Suspend,
                 "resume" => Transition::Resume,
                 _ => Transition::Retire,
@@ -1171,7 +1182,6 @@ fn prepare(a: &Acting<'_>, doc: &RequestDoc) -> Result<Execute, Failure> {
                     created_at,
                 },
                 what: param(doc, "change")?.into(),
-                basis: basis()?,
                 clear_failures: param(doc, "clear-failures")? == "yes",
             }
         }
@@ -1191,7 +1201,6 @@ fn prepare(a: &Acting<'_>, doc: &RequestDoc) -> Result<Execute, Failure> {
                     created_at,
                 },
                 what: param(doc, "change")?.into(),
-                basis: basis()?,
             }
         }
         "approver" => {
@@ -1212,16 +1221,18 @@ fn prepare(a: &Acting<'_>, doc: &RequestDoc) -> Result<Execute, Failure> {
                     created_at,
                 },
                 what: param(doc, "change")?.into(),
-                basis: basis()?,
             }
         }
         "quorum" => {
             let rule = rule_of(
                 param(doc, "rule-operation")?,
                 Some(param(doc, "pattern")?),
-                param(doc, "approvals")?
-                    .parse()
-                    .map_err(|_| failed("bad approvals"))?,
+                param(doc, "approvals")?.parse().map_err(|_| {
+                    failed(format!(
+                        "request {}: its `approvals` is not a number; cancel it",
+                        doc.id
+                    ))
+                })?,
                 Some(param(doc, "group")?).filter(|g| !g.is_empty()),
             )?;
             let created_at = a
@@ -1241,7 +1252,6 @@ fn prepare(a: &Acting<'_>, doc: &RequestDoc) -> Result<Execute, Failure> {
                     created_at,
                 },
                 what: param(doc, "change")?.into(),
-                basis: basis()?,
             }
         }
         "sign" => {

@@ -185,7 +185,7 @@ fn gated(
         ak: audit.ak,
         actor,
     };
-    crate::approvals_cmd::gate(&cx, crate::approvals_cmd::transition_plan(name, t))
+    crate::approvals_cmd::gate(&cx, crate::approvals_cmd::transition_plan(store, name, t)?)
 }
 
 /// A change: refused on a rolled-back store, audited, then the HSM anchor is

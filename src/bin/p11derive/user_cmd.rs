@@ -54,7 +54,7 @@ pub fn run(cli: &Cli, c: &UserCommand) -> Result<(), Failure> {
                     user_plan(a.store, &row, "user add", guessed)?,
                 )?;
                 a.store
-                    .put_user(a.ak, &row, "user add", a.record(Event::User))?;
+                    .put_user_gated(a.ak, &row, "user add", a.record(Event::User))?;
                 // Failed logins of the name from before it was a user (someone
                 // guessing) are not the new user's: they start afresh.
                 if a.store.login_failures(name)? != LoginRow::default() {
@@ -107,7 +107,7 @@ pub fn run(cli: &Cli, c: &UserCommand) -> Result<(), Failure> {
                 user_plan(a.store, &row, "user unlock", true)?,
             )?;
             a.store
-                .put_user(a.ak, &row, "user unlock", a.record(Event::User))?;
+                .put_user_gated(a.ak, &row, "user unlock", a.record(Event::User))?;
             a.store.put_login_failures(
                 a.ak,
                 name,
@@ -127,7 +127,7 @@ pub fn run(cli: &Cli, c: &UserCommand) -> Result<(), Failure> {
                 user_plan(a.store, &row, "user reset-secret", false)?,
             )?;
             a.store
-                .put_user(a.ak, &row, "user reset-secret", a.record(Event::User))?;
+                .put_user_gated(a.ak, &row, "user reset-secret", a.record(Event::User))?;
             report(a, cli, &row, "given a new secret")
         }),
         UserCommand::Roles {
@@ -154,7 +154,7 @@ pub fn run(cli: &Cli, c: &UserCommand) -> Result<(), Failure> {
                     user_plan(a.store, &row, "user roles", false)?,
                 )?;
                 a.store
-                    .put_user(a.ak, &row, "user roles", a.record(Event::User))?;
+                    .put_user_gated(a.ak, &row, "user roles", a.record(Event::User))?;
                 report(a, cli, &row, "given new roles")
             })
         }
@@ -261,7 +261,8 @@ fn change(
         edit(&mut row);
         keeps_an_admin(a, &row)?;
         gate(&Ctx::of(cli, a), user_plan(a.store, &row, what, false)?)?;
-        a.store.put_user(a.ak, &row, what, a.record(Event::User))?;
+        a.store
+            .put_user_gated(a.ak, &row, what, a.record(Event::User))?;
         report(a, cli, &row, done)
     })
 }
