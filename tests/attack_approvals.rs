@@ -296,6 +296,18 @@ fn tool_sign(c: &Cast, digest: &[u8], tag: &str) -> Output {
 /// process must not find the approvals unused again.
 #[test]
 fn a_store_put_back_right_after_an_approved_signature_does_not_release_a_second_one() {
+    put_back_after_an_approved_signature(0);
+}
+
+/// The same, the copy put back 2.5 s after the signature (longer than `[store]
+/// anchor_interval_ms`) while the signing process stays idle.
+#[test]
+fn a_store_put_back_seconds_after_an_approved_signature_of_an_idle_process_does_not_release_a_second_one(
+) {
+    put_back_after_an_approved_signature(2500);
+}
+
+fn put_back_after_an_approved_signature(wait_ms: u64) {
     let _t = turn();
     let c = signing();
     let d = [0x44u8; 32];
@@ -314,15 +326,18 @@ fn a_store_put_back_right_after_an_approved_signature_does_not_release_a_second_
     // request:ID) but the provider's commit (Store::commit_batch_tx via Provider::confirm_job
     // in src/token/sign.rs) moves the HSM anchor only when it is older than
     // [store] anchor_interval_ms (anchor_if_stale), not synchronously as docs/security.md
-    // ("moves forward at every state change ... synchronously") says. A store writer who
-    // puts back a copy taken after the signer's login within that second finds the request
-    // pending again, and any other process signs the same approved digest a second time.
+    // ("moves forward at every state change ... synchronously") says; and anchor_if_stale runs
+    // only after a commit, so a signing process that then stays idle never moves it. A store
+    // writer who puts back a copy taken after the signer's login finds the request pending
+    // again, and any other process (here pkcs11-tool) signs the same approved digest a second
+    // time; the signing process notices only at its next commit, logout or finalize.
     let second = std::fs::read(c.s.dir.join("again.sig")).unwrap_or_default();
     let released =
         o.status.success() && ecdsa_verifies("p256", &point_of(&c, "vault-1"), &d, &second);
     assert!(
         !released,
-        "FINDING: approvals of request {id} used twice after the store was put back: {}",
+        "FINDING: approvals of request {id} used twice after the store was put back \
+         {wait_ms} ms after the signature: {}",
         output_text(&o)
     );
     drop(session);
@@ -338,6 +353,28 @@ fn point_of(c: &Cast, asset: &str) -> Vec<u8> {
         0,
     ));
     version_keys(&v).last().unwrap().1.clone()
+}
+
+/// The store file put back to its copy from before a CLI execution (the request pending and
+/// approved): the CLI moved the HSM anchor with the execution, so the copy is refused and the
+/// request does not run a second time.
+#[test]
+fn a_store_put_back_after_an_executed_request_does_not_run_it_again() {
+    let (c, id) = retire_waiting();
+    c.approved_by(&id, &["ann", "ben"]);
+    let copy = c.s.dir.join("approved.db");
+    backup(&c.s.store, &copy);
+    expect(&c.s, "carol", &["request", "execute", &id], 0);
+    assert_eq!(c.transitions(), 1);
+    sqlite(&c.s.store, &format!(".restore '{}'", copy.display()));
+    let o = run(&c.s, "carol", &["request", "execute", &id]);
+    assert_eq!(code(&o), 1, "{}", output_text(&o));
+    assert!(stderr(&o).contains("anchor"), "{}", stderr(&o));
+    // Nor does an admin's execution, or a reading, use the copy.
+    let o = as_admin(&c.s, &["request", "execute", &id]);
+    assert_eq!(code(&o), 1, "{}", output_text(&o));
+    let o = run(&c.s, "dave", &["request", "show", &id]);
+    assert_eq!(code(&o), 1, "{}", output_text(&o));
 }
 
 /// An older copy of one request row (pending, approved) put back over the executed row after
@@ -854,11 +891,8 @@ fn a_pass_through_cli_does_not_remove_a_governed_policy_asking_for_approvals() {
                 .args(args)
                 .output()
                 .unwrap();
-        assert!(
-            code(&o) != 0 && code(&o) != 5,
-            "pass-through {args:?}: {}",
-            output_text(&o)
-        );
+        assert_eq!(code(&o), 1, "pass-through {args:?}: {}", output_text(&o));
+        assert!(stderr(&o).contains("users mode only"), "{}", stderr(&o));
     }
     let o = as_admin(&c.s, &["--json", "policy", "show", "vault-*"]);
     assert_eq!(code(&o), 0, "{}", output_text(&o));
@@ -1115,6 +1149,11 @@ fn an_hmac_asset_under_a_sign_rule_macs_only_approved_messages_once() {
         RvError::FunctionRejected
     );
     assert_eq!(rv_of(mac(b"settle batch 43")), RvError::FunctionRejected);
+    // The key itself never leaves: C_WrapKey refuses a derived key.
+    assert_eq!(
+        rv_of(session.wrap_key(&Mechanism::AesKeyWrap, key, key)),
+        RvError::KeyUnextractable
+    );
     mac(&msg).expect("approved MAC");
     assert_eq!(rv_of(mac(&msg)), RvError::FunctionRejected);
     drop(session);
