@@ -1160,3 +1160,117 @@ fn an_hmac_asset_under_a_sign_rule_macs_only_approved_messages_once() {
     drop(p);
     assert_eq!(c.signatures(), 1);
 }
+
+/// Four sessions of one process (threads) race for one approved digest: one signature.
+#[test]
+fn sessions_of_one_process_racing_for_one_approved_digest_get_one_signature() {
+    let _t = turn();
+    let c = signing();
+    let d = [0x71u8; 32];
+    let id = approved_digest(&c, &d);
+    let p = c.s.load();
+    let (first, _) = bob_session(&p);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(4));
+    let got: Vec<Result<Vec<u8>, RvError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let (ctx, slot, barrier) = (p.ctx.clone(), p.slot, barrier.clone());
+                scope.spawn(move || {
+                    let session = ctx.open_rw_session(slot).unwrap();
+                    let key = private_key(&session, "vault-1");
+                    barrier.wait();
+                    session
+                        .sign(&Mechanism::Ecdsa, key, &d)
+                        .map_err(|e| rv_code(&e).unwrap_or(RvError::GeneralError))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let signed = got.iter().filter(|g| g.is_ok()).count();
+    assert_eq!(signed, 1, "{got:?}");
+    assert!(
+        got.iter()
+            .all(|g| g.is_ok() || g == &Err(RvError::FunctionRejected)),
+        "{got:?}"
+    );
+    drop(first);
+    drop(p);
+    assert_eq!(c.request(&id)["status"], "executed");
+    assert_eq!(c.signatures(), 1);
+}
+
+/// Expiries out of range, chosen by the requester, are refused.
+#[test]
+fn a_requester_cannot_choose_an_expiry_out_of_range() {
+    let c = signing();
+    for e in [
+        "100000d",
+        "91d",
+        "-5m",
+        "0s",
+        "59s",
+        "1w",
+        "99999999999999999999d",
+    ] {
+        let o = run(
+            &c.s,
+            "bob",
+            &[
+                "request",
+                "new",
+                "sign",
+                "vault-1",
+                "--digest",
+                &hex(&[1; 32]),
+                "--expires",
+                e,
+            ],
+        );
+        assert_eq!(code(&o), 2, "{e}: {}", output_text(&o));
+    }
+    let o = expect(&c.s, "dave", &["--json", "request", "list", "--all"], 0);
+    assert_eq!(
+        json_of(&o).as_array().map_or(0, Vec::len),
+        0,
+        "{}",
+        output_text(&o)
+    );
+}
+
+/// A rule on a pattern is not escaped by naming the asset otherwise (case, a version label,
+/// spaces).
+#[test]
+fn a_patterned_rule_is_not_escaped_by_another_spelling_of_the_asset() {
+    let c = Cast::new();
+    admin(
+        &c.s,
+        &[
+            "quorum",
+            "set",
+            "retire",
+            "--assets",
+            "vault-*",
+            "--approvals",
+            "2",
+        ],
+    );
+    for name in [
+        "VAULT-1",
+        "Vault-1",
+        "vault-1@v1",
+        " vault-1",
+        "vault-1 ",
+        "./vault-1",
+    ] {
+        let o = run(&c.s, "carol", &["asset", "retire", name, "--yes"]);
+        eprintln!("CODE {name:?} {} {}", code(&o), output_text(&o));
+        assert!(matches!(code(&o), 2..=5), "{name:?}: {}", output_text(&o));
+        assert_eq!(
+            c.asset_state("vault-1"),
+            "ACTIVE",
+            "{name:?}: {}",
+            output_text(&o)
+        );
+    }
+}
