@@ -76,7 +76,12 @@ struct Cast {
 
 impl Cast {
     fn new() -> Cast {
-        let s = users_setup_on(None);
+        Cast::on(None)
+    }
+
+    /// The cast on a SQLite store, or on the PostgreSQL database `pg`.
+    fn on(pg: Option<&str>) -> Cast {
+        let s = users_setup_on(pg);
         add_user(&s, "carol", "officer", "*", &secret_of("carol"));
         add_user(&s, "bob", "signer", "*", &secret_of("bob"));
         add_user(&s, "dave", "auditor", "*", &secret_of("dave"));
@@ -976,4 +981,72 @@ fn an_expired_request_takes_no_approval_and_releases_no_signature() {
         rv_of(session.sign(&Mechanism::Ecdsa, key, &d)),
         RvError::FunctionRejected
     );
+}
+
+/// On PostgreSQL, where uses no rule governs take the lane path: a host
+/// that signed freely is bound by a sign rule another process sets at its
+/// very next signature, and two processes racing for one approved digest
+/// get one signature.
+#[test]
+fn on_postgresql_a_new_sign_rule_binds_a_running_host_and_an_approval_is_used_once() {
+    let _t = turn();
+    let url = pg_database(&pg_admin_url(), "p11derive_approvals_pg");
+    let c = Cast::on(Some(&url));
+    let p = c.s.load();
+    let (session, key) = bob_session(&p);
+    for i in 0..3u8 {
+        session
+            .sign(&Mechanism::Ecdsa, key, &[i; 32])
+            .expect("no rule yet: signed");
+    }
+    admin(
+        &c.s,
+        &[
+            "quorum",
+            "set",
+            "sign",
+            "--assets",
+            "vault-*",
+            "--approvals",
+            "2",
+        ],
+    );
+    let d = [0x61u8; 32];
+    assert_eq!(
+        rv_of(session.sign(&Mechanism::Ecdsa, key, &d)),
+        RvError::FunctionRejected
+    );
+    drop(session);
+    drop(p);
+    // The refusal proposed d; approve that request, then race for it.
+    let listed = json_of(&expect(&c.s, "dave", &["--json", "request", "list"], 0));
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(listed[0]["params"]["digest"], hex(&d));
+    c.approved_by(&id, &["ann", "ben"]);
+    std::env::set_var("P11DERIVE_CONF", &c.s.config);
+    let outs: Vec<PathBuf> = (0..2)
+        .map(|i| c.s.dir.join(format!("pg-child-{i}.out")))
+        .collect();
+    let pids: Vec<_> = outs
+        .iter()
+        .map(|out| {
+            fork_child(out, || {
+                let (_ctx, session) = child_session_as(BOB)?;
+                let key = private_key(&session, "vault-1");
+                Ok(match session.sign(&Mechanism::Ecdsa, key, &d) {
+                    Ok(sig) => format!("signed {}", hex(&sig)),
+                    Err(e) => format!("refused {:?}", rv_code(&e)),
+                })
+            })
+        })
+        .collect();
+    let got: Vec<String> = pids
+        .into_iter()
+        .zip(&outs)
+        .map(|(pid, out)| reap(pid, out, "signer"))
+        .collect();
+    let signed = got.iter().filter(|g| g.starts_with("signed ")).count();
+    assert_eq!(signed, 1, "{got:?}");
+    assert_eq!(c.request(&id)["status"], "executed");
+    assert_eq!(code(&c.audit_verify()), 0);
 }
