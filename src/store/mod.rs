@@ -34,6 +34,7 @@ mod objects;
 pub mod pg;
 mod pg_tls;
 mod readonly;
+mod requests;
 mod schema;
 mod sqlite;
 mod state;

@@ -17,6 +17,7 @@ mod asset_cmd;
 mod audit_cmd;
 mod init_cmd;
 mod policy_cmd;
+mod request_cmd;
 mod status_cmd;
 mod user_cmd;
 mod users;
@@ -145,7 +146,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Policy(p) => policy_cmd::run(cli, p),
         Command::Approver(a) => approvals_cmd::approver(cli, a),
         Command::Quorum(q) => approvals_cmd::quorum_cmd(cli, q),
-        Command::Request(r) => approvals_cmd::request(cli, r),
+        Command::Request(r) => request_cmd::request(cli, r),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "p11derive", &mut out);
