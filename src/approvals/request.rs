@@ -6,6 +6,7 @@
 //! id: 0f3a9c21d4e5b6a7c8d9e0f1a2b3c4d5
 //! operation: retire
 //! asset: payments-1
+//! basis: 12
 //! requested-by: carol
 //! requested-at: 2026-12-05T10:00:00Z
 //! expires-at: 2026-12-06T10:00:00Z
@@ -237,7 +238,10 @@ mod tests {
             store: "5d41402abc4b2a76b9719d911017c592".into(),
             id: "0f3a9c21d4e5b6a7c8d9e0f1a2b3c4d5".into(),
             operation: "retire".into(),
-            params: vec![("asset".into(), "payments-1".into())],
+            params: vec![
+                ("asset".into(), "payments-1".into()),
+                ("basis".into(), "12".into()),
+            ],
             requested_by: "carol".into(),
             requested_at: 1_796_464_800,
             expires_at: 1_796_551_200,
@@ -248,7 +252,7 @@ mod tests {
     fn canonical_bytes_are_the_documented_text() {
         let want = "p11derive request v1\nstore: 5d41402abc4b2a76b9719d911017c592\n\
                     id: 0f3a9c21d4e5b6a7c8d9e0f1a2b3c4d5\noperation: retire\n\
-                    asset: payments-1\nrequested-by: carol\n\
+                    asset: payments-1\nbasis: 12\nrequested-by: carol\n\
                     requested-at: 2026-12-05T10:00:00Z\nexpires-at: 2026-12-06T10:00:00Z\n";
         assert_eq!(String::from_utf8(doc().canonical()).unwrap(), want);
         let v = doc().verdict_bytes(Verdict::Reject);
