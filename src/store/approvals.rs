@@ -685,6 +685,43 @@ impl Store {
 /// whether a request for it is pending).
 pub(super) type SignApproval = Result<(RequestRow, Vec<String>), (String, bool)>;
 
+/// The verdicts on `requests` (rows' fields as read) that do not verify:
+/// an approver it names missing, holding another key, or a signature that
+/// is not that key's over the request's verdict bytes (for `audit verify`).
+pub(super) fn verdict_faults(approvers: &[Vec<Vec<u8>>], requests: &[Vec<Vec<u8>>]) -> Vec<String> {
+    let approvers: Vec<ApproverRow> = approvers
+        .iter()
+        .map(|f| ApproverRow::from_fields(f))
+        .collect();
+    let mut faults = Vec::new();
+    for r in requests.iter().map(|f| RequestRow::from_fields(f)) {
+        let Ok(doc) = r.doc() else {
+            faults.push(format!("request {:?}: its bytes are not a request", r.id));
+            continue;
+        };
+        for v in r.verdicts() {
+            let who = &v.given.approver;
+            let fault = match approvers.iter().find(|a| a.name == *who) {
+                None => Some("no such approver".to_string()),
+                Some(a) if a.fingerprint() != v.given.fingerprint => {
+                    Some("the approver holds another key".into())
+                }
+                Some(a) => ApproverKey::from_der(&a.public_key)
+                    .and_then(|k| k.verify(&doc.verdict_bytes(v.given.verdict), &v.signature))
+                    .err(),
+            };
+            if let Some(why) = fault {
+                faults.push(format!(
+                    "request {:?}: the {} by {who:?} does not verify ({why})",
+                    r.id,
+                    v.given.verdict.name()
+                ));
+            }
+        }
+    }
+    faults
+}
+
 /// Quorum rules as of a verified state change.
 pub(super) type QuorumCache = (Option<(u64, [u8; 32])>, Arc<Vec<Rule>>);
 
@@ -817,4 +854,81 @@ pub(super) fn user_write(row: &UserRow) -> SealedWrite<'_> {
 
 pub(super) fn policy_write(row: &super::PolicyRow) -> SealedWrite<'_> {
     super::users::policy_write(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A verdict sealed into a request row by someone holding the audit
+    /// key, but not signed by the approver it names, is a fault `audit
+    /// verify` reports (the seal alone does not make it an approval).
+    #[test]
+    fn a_sealed_verdict_that_is_no_signature_is_a_fault() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("s.db")).unwrap();
+        let ak = crate::secure::secret::<32>().unwrap();
+        store
+            .record(Some(&ak), Record::new(Event::Init, crate::ck::CKR_OK))
+            .unwrap();
+        // RFC 8032 §7.1 test 1's public key, as SubjectPublicKeyInfo.
+        let mut der = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
+        der.extend(
+            (0..32)
+                .map(|i| {
+                    let h = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+                    u8::from_str_radix(&h[2 * i..2 * i + 2], 16).unwrap()
+                })
+                .collect::<Vec<u8>>(),
+        );
+        let ann = ApproverRow {
+            name: "ann".into(),
+            key_kind: "ed25519".into(),
+            public_key: ApproverKey::from_der(&der).unwrap().der().to_vec(),
+            groups: String::new(),
+            state: "active".into(),
+            created_at: 0,
+        };
+        let base = || Record::new(Event::Approver, crate::ck::CKR_OK);
+        store
+            .put_approver(&ak, &ann, "approver add", base())
+            .unwrap();
+        let doc = RequestDoc {
+            store: "00".repeat(16),
+            id: "11".repeat(16),
+            operation: "retire".into(),
+            params: vec![("asset".into(), "a1".into()), ("basis".into(), "1".into())],
+            requested_by: "carol".into(),
+            requested_at: 0,
+            expires_at: 100,
+        };
+        let mut row = RequestRow {
+            id: doc.id.clone(),
+            operation: "retire".into(),
+            lookup: "a1".into(),
+            body: doc.canonical(),
+            requested_by: "carol".into(),
+            created_at: 0,
+            expires_at: 100,
+            state: "pending".into(),
+            approvals: String::new(),
+            outcome: String::new(),
+        };
+        store.create_request(&ak, &row, base()).unwrap();
+        assert!(store.subject_faults(&ak).unwrap().is_empty());
+        row.id = "22".repeat(16);
+        let mut doc2 = doc.clone();
+        doc2.id = row.id.clone();
+        row.body = doc2.canonical();
+        row.approvals = format!("approve ann {} 5 {}\n", ann.fingerprint(), "ab".repeat(64));
+        store.create_request(&ak, &row, base()).unwrap();
+        let faults = store.subject_faults(&ak).unwrap();
+        assert_eq!(faults.len(), 1, "{faults:?}");
+        assert!(
+            faults[0].contains(&row.id) && faults[0].contains("\"ann\" does not verify"),
+            "{faults:?}"
+        );
+    }
 }

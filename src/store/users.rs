@@ -471,6 +471,7 @@ impl Store {
         self.refresh_ledger_into(&mut **conn, ak, &mut fresh)?;
         let latest = fresh.latest_map();
         let mut faults = Vec::new();
+        let (mut approvers, mut requests) = (Vec::new(), Vec::new());
         for kind in [
             Kind::User,
             Kind::Login,
@@ -481,6 +482,11 @@ impl Store {
         ] {
             let rows = self.rows(&mut **conn, select_sql(kind), &[], |r| read_sealed(kind, r))?;
             let mut present = std::collections::HashSet::new();
+            match kind {
+                Kind::Approver => approvers = rows.iter().map(|r| r.fields.clone()).collect(),
+                Kind::Request => requests = rows.iter().map(|r| r.fields.clone()).collect(),
+                _ => {}
+            }
             for row in rows {
                 present.insert(row.name.clone());
                 if let Err(why) = Self::judge(&sk, kind, &row, latest.get(&key(kind, &row.name))) {
@@ -499,6 +505,9 @@ impl Store {
                 }
             }
         }
+        // Every verdict a request holds verifies, over that request's bytes,
+        // under the key of the approver it names (keys are never replaced).
+        faults.extend(super::approvals::verdict_faults(&approvers, &requests));
         Ok(faults)
     }
 
