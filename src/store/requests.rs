@@ -85,10 +85,7 @@ impl Store {
                 what,
                 clear_failures,
             } => {
-                let detail = format!(
-                    "{what} roles={} patterns={} state={} {tag}",
-                    user.roles, user.patterns, user.state
-                );
+                let detail = format!("{} {tag}", super::users::user_detail(&user, &what));
                 self.put_sealed_in(tx, ak, sk, user_write(&user), detail, base_op.clone())?;
                 if clear_failures {
                     self.clear_failures_in(tx, ak, sk, &user.name, &tag, base_op)?;

@@ -409,10 +409,7 @@ impl Store {
         what: &str,
         base: Record,
     ) -> Result<u64, StoreError> {
-        let detail = format!(
-            "{what} roles={} patterns={} state={}",
-            row.roles, row.patterns, row.state
-        );
+        let detail = user_detail(row, what);
         self.put_sealed(ak, user_write(row), detail, base)
     }
 
@@ -425,10 +422,7 @@ impl Store {
         what: &str,
         base: Record,
     ) -> Result<u64, StoreError> {
-        let detail = format!(
-            "{what} roles={} patterns={} state={}",
-            row.roles, row.patterns, row.state
-        );
+        let detail = user_detail(row, what);
         self.put_gated(ak, user_write(row), detail, base, Some(("user", None)))
     }
 
@@ -891,6 +885,15 @@ pub(super) type PolicyCache = (Option<(u64, [u8; 32])>, Arc<Vec<Policy>>);
 /// Now, in Unix seconds (for lockouts and policies).
 pub fn unix_now() -> i64 {
     now()
+}
+
+/// A user change's record detail: the change and the row's roles,
+/// patterns and state.
+pub(super) fn user_detail(row: &UserRow, what: &str) -> String {
+    format!(
+        "{what} roles={} patterns={} state={}",
+        row.roles, row.patterns, row.state
+    )
 }
 
 /// The write of a user row.
