@@ -9,6 +9,7 @@
 use sha2::Sha256;
 use zeroize::Zeroize;
 
+use super::copy;
 use crate::secure::{self, SecretBytes};
 
 const BASE_ITERATIONS: u32 = 10_000;
@@ -91,12 +92,6 @@ fn feistel(
     out.push(&right);
     out.push(&left);
     Ok(out)
-}
-
-fn copy(bytes: &[u8]) -> Result<SecretBytes, String> {
-    let mut s = SecretBytes::with_capacity(bytes.len())?;
-    s.push(bytes);
-    Ok(s)
 }
 
 #[cfg(test)]

@@ -257,5 +257,12 @@ pub fn split(
     Ok(out)
 }
 
+/// A copy of `bytes` in locked memory.
+fn copy(bytes: &[u8]) -> Result<SecretBytes, String> {
+    let mut s = SecretBytes::with_capacity(bytes.len())?;
+    s.push(bytes);
+    Ok(s)
+}
+
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,7 @@ use sha2::Sha256;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroize;
 
-use super::gf256;
+use super::{copy, gf256};
 use crate::secure::{self, SecretBytes};
 
 /// Where the secret sits on the polynomial.
@@ -123,33 +123,15 @@ fn digest(key: &[u8], secret: &[u8]) -> [u8; DIGEST_LEN] {
     })
 }
 
-fn copy(bytes: &[u8]) -> Result<SecretBytes, String> {
-    let mut s = SecretBytes::with_capacity(bytes.len())?;
-    s.push(bytes);
-    Ok(s)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::cell::Cell;
-
-    /// A deterministic stand-in for the HSM's random bytes.
-    pub(crate) fn counter_random(seed: u8) -> impl Fn(&mut [u8]) -> Result<(), String> {
-        let next = Cell::new(seed);
-        move |buf: &mut [u8]| {
-            for b in buf.iter_mut() {
-                *b = next.get();
-                next.set(next.get().wrapping_mul(13).wrapping_add(101));
-            }
-            Ok(())
-        }
-    }
+    use crate::slip39::tests::random_from;
 
     #[test]
     fn every_threshold_subset_recovers_and_fewer_fail_the_digest() {
         let secret: Vec<u8> = (100..132).collect();
-        let random = counter_random(7);
+        let random = random_from(7);
         let shares = split(3, 5, &secret, &random).unwrap();
         for a in 0..5 {
             for b in a + 1..5 {
@@ -173,7 +155,7 @@ mod tests {
     #[test]
     fn threshold_one_copies_the_secret() {
         let secret = [9u8; 16];
-        let random = counter_random(1);
+        let random = random_from(1);
         let shares = split(1, 1, &secret, &random).unwrap();
         assert_eq!(&shares[0].1[..], &secret[..]);
         assert_eq!(

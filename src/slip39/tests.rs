@@ -5,7 +5,7 @@ use std::cell::Cell;
 use super::*;
 
 /// Deterministic bytes standing in for the HSM's random generator.
-fn random_from(seed: u8) -> impl Fn(&mut [u8]) -> Result<(), String> {
+pub(super) fn random_from(seed: u8) -> impl Fn(&mut [u8]) -> Result<(), String> {
     let state = Cell::new(u32::from(seed).wrapping_mul(2_654_435_761) | 1);
     move |buf: &mut [u8]| {
         for b in buf.iter_mut() {
