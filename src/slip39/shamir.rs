@@ -78,7 +78,7 @@ pub fn split(
         } else {
             let mut value = SecretBytes::with_capacity(secret.len())?;
             value.grow(secret.len());
-            gf256::interpolate(&xs, &ys, x, &mut value);
+            secure::confined(|| gf256::interpolate(&xs, &ys, x, &mut value));
             shares.push((x, value));
         }
     }
@@ -96,10 +96,10 @@ pub fn recover(threshold: u8, shares: &[(u8, &[u8])]) -> Result<SecretBytes, Fai
     let ys: Vec<&[u8]> = shares.iter().map(|(_, y)| *y).collect();
     let mut secret = SecretBytes::with_capacity(len).map_err(Failure::Memory)?;
     secret.grow(len);
-    gf256::interpolate(&xs, &ys, SECRET_X, &mut secret);
+    secure::confined(|| gf256::interpolate(&xs, &ys, SECRET_X, &mut secret));
     let mut digest_share = SecretBytes::with_capacity(len).map_err(Failure::Memory)?;
     digest_share.grow(len);
-    gf256::interpolate(&xs, &ys, DIGEST_X, &mut digest_share);
+    secure::confined(|| gf256::interpolate(&xs, &ys, DIGEST_X, &mut digest_share));
     let mut tag = digest(&digest_share[DIGEST_LEN..], &secret);
     let ok = bool::from(tag.ct_eq(&digest_share[..DIGEST_LEN]));
     tag.zeroize();

@@ -10,7 +10,7 @@ use zeroize::Zeroize;
 
 use super::wordlist::{self, MAX_WORD};
 use super::Error;
-use crate::secure::SecretBytes;
+use crate::secure::{self, SecretBytes};
 
 /// Words before the value: identifier/flags/exponent (2), group and member
 /// parameters (2).
@@ -129,6 +129,11 @@ impl Share {
 
     /// The share as words, single spaces, in locked memory.
     pub fn mnemonic(&self) -> Result<SecretBytes, String> {
+        // On a secret stack: the word indices pass through locals.
+        secure::confined(|| self.encode())
+    }
+
+    fn encode(&self) -> Result<SecretBytes, String> {
         let value_words = (self.value.len() * 8).div_ceil(10);
         let words = HEADER_WORDS + value_words + CHECKSUM_WORDS;
         let mut out = SecretBytes::with_capacity(words * (MAX_WORD + 1))?;
@@ -164,6 +169,10 @@ impl Share {
 
     /// Reads a share from its words (whitespace-separated, any case).
     pub fn from_mnemonic(text: &[u8]) -> Result<Share, Error> {
+        secure::confined(|| Share::decode(text))
+    }
+
+    fn decode(text: &[u8]) -> Result<Share, Error> {
         let count = text
             .split(u8::is_ascii_whitespace)
             .filter(|w| !w.is_empty())
