@@ -23,7 +23,7 @@
 
 mod cipher;
 mod combine;
-pub mod gf256;
+mod gf256;
 mod shamir;
 mod share;
 mod wordlist;
