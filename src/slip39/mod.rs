@@ -10,7 +10,7 @@
 //! - Every secret (master secret, encrypted master secret, share values,
 //!   Feistel halves, a share's words) lives in locked memory
 //!   ([`SecretBytes`]); stack scratch is wiped; arithmetic on share values
-//!   (GF(256), [`gf256`]) runs in constant time.
+//!   (GF(256), `gf256.rs`) runs in constant time.
 //! - Every random byte comes from the caller ([`split`]'s `random`: the
 //!   backing HSM's `C_GenerateRandom` in production).
 //! - A wrong passphrase is not detected: SLIP-39 decrypts any passphrase to
