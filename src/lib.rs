@@ -40,6 +40,7 @@ pub mod objects;
 pub mod process;
 #[allow(unsafe_code)]
 pub mod secure;
+pub mod slip39;
 pub mod store;
 pub mod token;
 pub mod types;

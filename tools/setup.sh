@@ -61,4 +61,11 @@ if [ ! -f "$P11PROV_DIR/$P11PROV_VERSION/pkcs11.so" ]; then
         fi
     fi
 fi
+# The SLIP-39 reference implementation, for tests/slip39_reference.rs (the
+# same python3 as on PATH, which the test runs); pinned.
+SHAMIR_MNEMONIC_VERSION=0.3.0
+if ! python3 -c 'import shamir_mnemonic' >/dev/null 2>&1; then
+    echo "setup: installing shamir-mnemonic $SHAMIR_MNEMONIC_VERSION for python3 ($(command -v python3))"
+    python3 -m pip install -q "shamir-mnemonic==$SHAMIR_MNEMONIC_VERSION"
+fi
 echo "setup: ready ($(cargo --version), $(softhsm2-util --version 2>/dev/null | head -1 | sed 's/^/softhsm /'))"
