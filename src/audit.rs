@@ -54,6 +54,11 @@ pub enum Event {
     Request,
     /// An approval recorded on a request: a state change.
     Approval,
+    /// The root's backup and recovery (design §6.2, §6.3): a ceremony that
+    /// made SLIP-39 shares, a drill that checked shares against the live
+    /// root, a recovery into a backing HSM. Fingerprints, share-set ids and
+    /// thresholds only: nothing a share could be rebuilt from.
+    Root,
 }
 
 impl Event {
@@ -80,6 +85,7 @@ impl Event {
             Event::Quorum => "quorum",
             Event::Request => "request",
             Event::Approval => "approval",
+            Event::Root => "root",
         }
     }
 
@@ -106,6 +112,7 @@ impl Event {
             Event::Quorum,
             Event::Request,
             Event::Approval,
+            Event::Root,
         ]
         .into_iter()
         .find(|e| e.name() == s)

@@ -48,7 +48,7 @@ impl Role {
     fn grants(self, action: Action) -> bool {
         use Action::*;
         match self {
-            Role::Admin => matches!(action, ManageUsers | ManagePolicy | ReadPublic),
+            Role::Admin => matches!(action, ManageUsers | ManagePolicy | ManageRoot | ReadPublic),
             Role::Officer => matches!(action, CreateAsset | Lifecycle | SeePrivate | ReadPublic),
             Role::Signer => matches!(action, Use(_) | SeePrivate | SessionObjects | ReadPublic),
             Role::Auditor => matches!(action, ReadAudit | ReadPublic),
@@ -256,6 +256,8 @@ pub enum Action {
     SeePrivate,
     ManageUsers,
     ManagePolicy,
+    /// The root's recovery into a backing HSM, and its backup drills.
+    ManageRoot,
     /// audit verify, export and tail; status; metrics.
     ReadAudit,
     /// Public objects: every logged-in user may.
@@ -297,7 +299,7 @@ impl UseKind {
 
 impl Action {
     /// Every action (each key use once).
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 15] = [
         Action::Use(UseKind::Sign),
         Action::Use(UseKind::Verify),
         Action::Use(UseKind::Encrypt),
@@ -310,6 +312,7 @@ impl Action {
         Action::SeePrivate,
         Action::ManageUsers,
         Action::ManagePolicy,
+        Action::ManageRoot,
         Action::ReadAudit,
         Action::ReadPublic,
     ];
@@ -324,6 +327,7 @@ impl Action {
             Action::SeePrivate => "see private objects",
             Action::ManageUsers => "manage users",
             Action::ManagePolicy => "manage policies",
+            Action::ManageRoot => "recover the root or drill its backup shares",
             Action::ReadAudit => "read the audit log",
             Action::ReadPublic => "read public objects",
         }

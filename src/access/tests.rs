@@ -172,7 +172,7 @@ fn long_inputs_match_fast() {
 }
 
 /// The role matrix, written out: which role may do each action.
-const MATRIX: [(Action, [bool; 4]); 14] = {
+const MATRIX: [(Action, [bool; 4]); 15] = {
     use Action::*;
     use UseKind::*;
     //               admin  officer signer auditor
@@ -189,6 +189,7 @@ const MATRIX: [(Action, [bool; 4]); 14] = {
         (SeePrivate, [false, true, true, false]),
         (ManageUsers, [true, false, false, false]),
         (ManagePolicy, [true, false, false, false]),
+        (ManageRoot, [true, false, false, false]),
         (ReadAudit, [false, false, false, true]),
         (ReadPublic, [true, true, true, true]),
     ]
@@ -320,6 +321,7 @@ fn action_names() {
             "see private objects",
             "manage users",
             "manage policies",
+            "recover the root or drill its backup shares",
             "read the audit log",
             "read public objects",
         ]

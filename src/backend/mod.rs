@@ -205,6 +205,11 @@ impl Backend {
         self.call("C_CreateObject (root)", move |c| c.import_root(&v))
     }
 
+    /// Withdraws the root just imported (a recovery that could not finish).
+    pub fn destroy_root(&self) -> Result<()> {
+        self.call("C_DestroyObject (root)", |c| c.destroy_root())
+    }
+
     pub fn root_exists(&self) -> Result<bool> {
         self.call("C_FindObjects (root)", |c| c.root_exists())
     }

@@ -87,6 +87,21 @@ impl Core {
         self.create_root(Some(value))
     }
 
+    /// Destroys the root object with the configured label: a recovery that
+    /// imported it and then could not record it takes it back, so nothing
+    /// is left half-done.
+    pub(super) fn destroy_root(&self) -> Result<()> {
+        self.with_session(|h| {
+            for obj in self.find_by_label(h, sys::CKO_SECRET_KEY, &self.root_label)? {
+                let rv = self.module.destroy_object(h, obj);
+                if rv != sys::CKR_OK {
+                    return Err(device("C_DestroyObject (root)", rv));
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Whether a root with the configured label exists (needs a user login).
     pub(super) fn root_exists(&self) -> Result<bool> {
         self.with_session(|h| {

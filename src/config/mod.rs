@@ -287,6 +287,9 @@ pub struct ApprovalsSection {
     pub expires: String,
     /// `manual` (`p11derive request execute ID`) or `on-quorum`.
     pub execute: ExecuteWhen,
+    /// A governed root recovery's cooldown: the time between its
+    /// announcement (the request) and the earliest import (`24h`).
+    pub recover_cooldown: String,
 }
 
 impl Default for ApprovalsSection {
@@ -294,6 +297,7 @@ impl Default for ApprovalsSection {
         ApprovalsSection {
             expires: "24h".into(),
             execute: ExecuteWhen::Manual,
+            recover_cooldown: "24h".into(),
         }
     }
 }
@@ -481,6 +485,13 @@ impl Config {
 
     fn check(&self) -> Result<(), String> {
         let file = self.source.display();
+        for (key, value) in [
+            ("expires", &self.approvals.expires),
+            ("recover_cooldown", &self.approvals.recover_cooldown),
+        ] {
+            crate::approvals::parse_duration(value)
+                .map_err(|m| format!("config file {file}: [approvals] {key}: {m}"))?;
+        }
         let label = &self.token.label;
         if label.is_empty() || label.len() > 32 {
             return Err(format!(

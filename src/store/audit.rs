@@ -247,7 +247,7 @@ impl Store {
 
     /// Chain rows selected by `tail` (which may use `?1` = `param`). A row
     /// numbered below 1 is an error naming it: no genuine record has one.
-    fn chain_rows(&self, tail: &str, param: i64) -> Result<Vec<AuditRow>, StoreError> {
+    pub(super) fn chain_rows(&self, tail: &str, param: i64) -> Result<Vec<AuditRow>, StoreError> {
         let mut conn = self.lock();
         let params: &[Val] = if tail.contains("?1") {
             &[Val::Int(param)]

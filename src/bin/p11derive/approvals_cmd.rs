@@ -70,21 +70,7 @@ pub fn gate(cx: &Ctx<'_>, plan: Plan) -> Result<(), Failure> {
     let expires = expiry(cx.config, None)?;
     let row = new_request(cx, plan.operation, plan.params, expires)?;
     let needs: Vec<String> = rules.iter().map(Rule::describe).collect();
-    let doc = row.doc().map_err(failed)?;
-    if cx.cli.json {
-        print_json(&json!({
-            "request": row.id,
-            "operation": row.operation,
-            "status": "pending",
-            "needs": needs,
-            "expires_at": access::format_time(row.expires_at),
-            "bytes": String::from_utf8_lossy(&row.body),
-        }))?;
-    } else {
-        outln!("{}", doc.summary());
-        outln!("needs: {}", needs.join("; "));
-        print_bytes(&doc);
-    }
+    show_new_request(cx.cli, &row, &needs, json!({}))?;
     Err(Failure::Waiting(format!(
         "{} needs approvals ({}): request {} recorded; approvers sign it (`p11derive request \
          export {}`, then `request approve`), then `p11derive request execute {}`",
@@ -94,6 +80,35 @@ pub fn gate(cx: &Ctx<'_>, plan: Plan) -> Result<(), Failure> {
         row.id,
         row.id
     )))
+}
+
+/// Shows a request just recorded: what it asks, what it needs, the bytes
+/// approvers sign (`--json`: with the fields of `more`).
+pub(crate) fn show_new_request(
+    cli: &Cli,
+    row: &RequestRow,
+    needs: &[String],
+    more: serde_json::Value,
+) -> Result<(), Failure> {
+    let doc = row.doc().map_err(failed)?;
+    if cli.json {
+        let mut v = json!({
+            "request": row.id,
+            "operation": row.operation,
+            "status": "pending",
+            "needs": needs,
+            "expires_at": access::format_time(row.expires_at),
+            "bytes": String::from_utf8_lossy(&row.body),
+        });
+        if let (Some(o), serde_json::Value::Object(m)) = (v.as_object_mut(), more) {
+            o.extend(m);
+        }
+        return print_json(&v);
+    }
+    outln!("{}", doc.summary());
+    outln!("needs: {}", needs.join("; "));
+    print_bytes(&doc);
+    Ok(())
 }
 
 /// Prints the bytes approvers sign to approve `doc`, marked off.

@@ -81,6 +81,15 @@ pub enum Command {
 Examples:
   p11derive init                       generate the root inside the HSM, create the store
   p11derive init --import-root FILE    import a given root (test vectors, recovery ceremonies)
+  p11derive init --backup 3-of-5 --shares-dir /media/ceremony
+                                       a new root, split into 5 SLIP-39 shares (any 3 recover it)
+  p11derive init --group 2-of-3 --group 3-of-5 --groups-needed 2 --shares-terminal --passphrase
+
+With --backup (or --group), the root is made from the HSM's random generator in locked
+memory, split into SLIP-39 mnemonic shares, imported as the usual sensitive, non-extractable
+root, and wiped. The shares go out once: to new files (--shares-dir) or one screen per share
+(--shares-terminal). Without it the root is generated inside the HSM and its backup is the HSM
+vendor's (docs/backup.md says which to choose).
 
 An existing root and store are kept. `init` refuses to import a second root, and refuses a
 new store for a root that already has one (restore that store instead).
@@ -99,6 +108,8 @@ mode, keeping every asset and the audit chain:
         /// Users mode: the first admin's name (required there)
         #[arg(long, value_name = "NAME")]
         admin: Option<String>,
+        #[command(flatten)]
+        backup: crate::args_root::BackupArgs,
     },
 
     /// What p11derive finds (config, store, backing token, root, anchor, assets) and what is
@@ -162,6 +173,11 @@ Examples:
     /// execute, cancel; propose a signature (`request new sign`)
     #[command(subcommand, arg_required_else_help = true)]
     Request(crate::args_approvals::RequestCommand),
+
+    /// The root's SLIP-39 backup shares: recover the root into a (new) backing HSM, or drill
+    /// the shares against the live root
+    #[command(subcommand, arg_required_else_help = true)]
+    Root(crate::args_root::RootCommand),
 
     /// Print a shell completion script
     #[command(after_help = "\

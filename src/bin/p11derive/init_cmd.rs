@@ -10,6 +10,8 @@ use p11derive::lifecycle;
 use p11derive::store::{hex, Store, StoreError};
 
 use crate::args::Cli;
+use crate::args_root::BackupArgs;
+use crate::root_cmd::CeremonyPlan;
 use p11derive::access::{Pattern, Role};
 use p11derive::accounts;
 use p11derive::secure::SecretBytes;
@@ -86,16 +88,27 @@ fn first_admin_secret(
     Ok(Some((name.to_string(), secret)))
 }
 
-pub fn init(cli: &Cli, import_root: Option<&Path>, admin: Option<&str>) -> Result<(), Failure> {
+pub fn init(
+    cli: &Cli,
+    import_root: Option<&Path>,
+    admin: Option<&str>,
+    backup: &BackupArgs,
+) -> Result<(), Failure> {
     let config = load_config(cli)?;
     lock_memory(&config)?;
     let import = import_root.map(read_root).transpose()?;
+    let ceremony = crate::root_cmd::ceremony_plan(backup)?;
     let admin = first_admin_secret(cli, &config, admin)?;
     let admin = admin.as_ref().map(|(n, s)| (n.as_str(), &s[..]));
     let pin = hsm_pin(cli, &config)?;
     let backend = crate::common::open_backend(&config)?;
     let mut done = Done::default();
-    let result = init_with(&config, &backend, import.as_deref(), &pin, admin, &mut done);
+    let root = match (import.as_deref(), &ceremony) {
+        (Some(r), _) => NewRoot::Import(r),
+        (None, Some(c)) => NewRoot::Ceremony(c),
+        (None, None) => NewRoot::Generate,
+    };
+    let result = init_with(&config, &backend, root, &pin, admin, &mut done);
     backend.finalize();
     result?;
     if cli.json {
@@ -107,6 +120,7 @@ pub fn init(cli: &Cli, import_root: Option<&Path>, admin: Option<&str>) -> Resul
             "store_created": done.created,
             "root_fingerprint": done.fingerprint,
             "admin": done.admin,
+            "backup": done.backup,
         }));
     }
     for line in &done.lines {
@@ -125,13 +139,25 @@ struct Done {
     fingerprint: Option<String>,
     /// Users mode: the first admin created.
     admin: Option<String>,
+    /// A ceremony's shares: set id, count, files.
+    backup: Option<serde_json::Value>,
     lines: Vec<String>,
+}
+
+/// Where `init`'s new root (when the token has none) comes from.
+enum NewRoot<'a> {
+    /// Generated inside the HSM (its backup is the HSM vendor's).
+    Generate,
+    /// A given root (test vectors, a recovery by hand).
+    Import(&'a [u8; 32]),
+    /// A backup ceremony: made in locked memory, split into SLIP-39 shares.
+    Ceremony(&'a CeremonyPlan),
 }
 
 fn init_with(
     config: &Config,
     backend: &Backend,
-    import: Option<&[u8; 32]>,
+    root: NewRoot<'_>,
     pin: &[u8],
     admin: Option<(&str, &[u8])>,
     done: &mut Done,
@@ -141,27 +167,80 @@ fn init_with(
     backend.login_admin(pin).map_err(fail)?;
     let label = &config.backend.root_label;
     let token = &config.backend.token_label;
-    match (backend.root_exists().map_err(fail)?, import) {
-        (true, Some(_)) => {
+    let mut ceremony_record = None;
+    match (backend.root_exists().map_err(fail)?, root) {
+        (true, NewRoot::Import(_)) => {
             return Err(Failure::Refused(format!(
                 "backing token {token:?} already holds a root labelled {label:?}; refusing to \
                  import another (a second root would derive different keys)"
             )))
         }
-        (true, None) => {
+        (true, NewRoot::Ceremony(_)) => {
+            return Err(Failure::Refused(format!(
+                "backing token {token:?} already holds a root labelled {label:?}: a backup \
+                 ceremony makes a new root, and an existing root never leaves its HSM, so its \
+                 shares cannot be made now. To back up with shares, make a new root (a new \
+                 [backend] root_label and store) with `init --backup`"
+            )))
+        }
+        (false, NewRoot::Ceremony(cp)) => {
+            if let Ok(s) = Store::open_config(&config.store) {
+                return Err(Failure::Refused(format!(
+                    "store {} exists and belongs to another root: a new root cannot take it \
+                     over. To recover the root of that store, use `p11derive root recover`; for \
+                     a new root, point [store] to a new place",
+                    s.path().display()
+                )));
+            }
+            let c = crate::root_cmd::ceremony(backend, cp)?;
+            if let Err(e) = backend.import_root(c.root.bytes()) {
+                p11derive::backup::remove_share_files(&c.written);
+                return Err(Failure::Failed(format!(
+                    "{e}; the root was not imported{}",
+                    if c.written.is_empty() {
+                        ": the shares shown belong to no root; destroy them".to_string()
+                    } else {
+                        " and its share files were removed".to_string()
+                    }
+                )));
+            }
+            done.root = "generated";
+            done.lines.push(format!(
+                "root {label:?} made from the HSM's random generator, split into {} SLIP-39 \
+                 shares ({}; share set {}), imported into backing token {token:?} (sensitive, \
+                 not extractable); no copy is left outside the HSM",
+                c.shares, c.described, c.identifier
+            ));
+            let files: Vec<String> = c.written.iter().map(|p| p.display().to_string()).collect();
+            if !files.is_empty() {
+                done.lines.push(format!(
+                    "shares written, one per file (0600): {}. Hand each to its custodian, then \
+                     delete it here",
+                    files.join(", ")
+                ));
+            }
+            done.backup = Some(serde_json::json!({
+                "share_set": c.identifier,
+                "shares": c.shares,
+                "plan": c.described,
+                "files": files,
+            }));
+            ceremony_record = Some((c.fingerprint.clone(), c.record(cp), c.written.clone()));
+        }
+        (true, _) => {
             done.root = "kept";
             done.lines.push(format!(
                 "root {label:?} already exists on backing token {token:?}; kept"
             ));
         }
-        (false, Some(root)) => {
+        (false, NewRoot::Import(root)) => {
             backend.import_root(root).map_err(fail)?;
             done.root = "imported";
             done.lines.push(format!(
                 "root {label:?} imported into backing token {token:?} (sensitive, not extractable)"
             ));
         }
-        (false, None) => {
+        (false, NewRoot::Generate) => {
             backend.generate_root().map_err(fail)?;
             done.root = "generated";
             done.lines.push(format!(
@@ -175,7 +254,27 @@ fn init_with(
     let result = backend
         .login(p11derive::ck::CKU_USER, pin)
         .map_err(fail)
-        .and_then(|()| init_store(config, backend, admin, done));
+        .and_then(|()| {
+            let ceremony = match ceremony_record {
+                Some((made, rec, files)) => {
+                    let fp = hex(&derive::root_fingerprint(backend).map_err(fail)?);
+                    if made != fp {
+                        let _ = backend.destroy_root();
+                        p11derive::backup::remove_share_files(&files);
+                        return Err(Failure::Failed(format!(
+                            "the HSM computes fingerprint {fp} for the root just imported, but \
+                             the ceremony computed {made}: the backing HSM's HMAC-SHA256 \
+                             differs from the standard one. The root was taken out of the HSM \
+                             again and the share files removed: the shares shown belong to no \
+                             root; destroy them"
+                        )));
+                    }
+                    Some(rec)
+                }
+                None => None,
+            };
+            init_store(config, backend, admin, ceremony, done)
+        });
     let _ = backend.logout();
     result
 }
@@ -187,6 +286,7 @@ fn init_store(
     config: &Config,
     backend: &Backend,
     admin: Option<(&str, &[u8])>,
+    ceremony: Option<Record>,
     done: &mut Done,
 ) -> Result<(), Failure> {
     let fail = |e: p11derive::Error| Failure::Failed(e.to_string());
@@ -229,6 +329,9 @@ fn init_store(
     done.store = store.path().display().to_string();
     done.fingerprint = Some(fp);
     store.authenticate(&ak, anchor.as_ref())?;
+    if let Some(rec) = ceremony {
+        store.record(Some(&ak), rec)?;
+    }
     if let Some((name, secret)) = admin {
         add_first_admin(backend, &store, &ak, name, secret, done)?;
     }

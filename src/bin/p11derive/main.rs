@@ -12,12 +12,14 @@ mod common;
 mod approvals_cmd;
 mod args;
 mod args_approvals;
+mod args_root;
 mod args_users;
 mod asset_cmd;
 mod audit_cmd;
 mod init_cmd;
 mod policy_cmd;
 mod request_cmd;
+mod root_cmd;
 mod status_cmd;
 mod user_cmd;
 mod users;
@@ -29,6 +31,7 @@ use clap::{CommandFactory, Parser};
 
 use args::{AssetCommand, AuditCommand, Cli, Command, StoreCommand};
 use args_approvals::{ApproverCommand, QuorumCommand, RequestCommand};
+use args_root::RootCommand;
 use args_users::{PolicyCommand, UserCommand};
 use common::Failure;
 
@@ -118,6 +121,10 @@ fn command_path(c: &Command) -> &'static str {
             RequestCommand::Execute { .. } => "request execute",
             RequestCommand::Cancel { .. } => "request cancel",
         },
+        Command::Root(r) => match r {
+            RootCommand::Recover { .. } => "root recover",
+            RootCommand::CheckShares { .. } => "root check-shares",
+        },
         Command::Completions { .. } => "completions",
         Command::Man { .. } => "man",
     }
@@ -125,9 +132,11 @@ fn command_path(c: &Command) -> &'static str {
 
 fn run(cli: &Cli) -> Result<(), Failure> {
     match &cli.command {
-        Command::Init { import_root, admin } => {
-            init_cmd::init(cli, import_root.as_deref(), admin.as_deref())
-        }
+        Command::Init {
+            import_root,
+            admin,
+            backup,
+        } => init_cmd::init(cli, import_root.as_deref(), admin.as_deref(), backup),
         Command::Status => status_cmd::status(cli),
         Command::Asset(a) => asset_cmd::run(cli, a),
         Command::Verify(v) => verify_cmd::verify(cli, v),
@@ -147,6 +156,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Approver(a) => approvals_cmd::approver(cli, a),
         Command::Quorum(q) => approvals_cmd::quorum_cmd(cli, q),
         Command::Request(r) => request_cmd::request(cli, r),
+        Command::Root(r) => root_cmd::run(cli, r),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "p11derive", &mut out);

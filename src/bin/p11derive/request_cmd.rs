@@ -497,11 +497,17 @@ fn verdict_cmd(
                 (_, true) if r.operation == "sign" => {
                     outln!("approved: the next signature of exactly this digest is released")
                 }
+                (_, true) if r.operation == "recover" => outln!(
+                    "approved: the root's recovery runs with its shares: `p11derive root recover \
+                     --request {id} --share FILE ...` (not before its not-before time)"
+                ),
                 (_, true) => outln!("approved: run `p11derive request execute {id}`"),
                 (_, false) => outln!("still needed: {}", unmet.join("; ")),
             }
         }
-        Ok(r.state == "pending" && unmet.is_empty() && r.operation != "sign")
+        Ok(r.state == "pending"
+            && unmet.is_empty()
+            && !matches!(r.operation.as_str(), "sign" | "recover"))
     })?;
     let config = crate::common::load_config(cli)?;
     if ready && config.approvals.execute == p11derive::config::ExecuteWhen::OnQuorum {
@@ -522,6 +528,12 @@ fn execute(cli: &Cli, id: &str) -> Result<(), Failure> {
         let d = r.doc().map_err(failed)?;
         (r, d)
     };
+    if doc.operation == "recover" {
+        return Err(Failure::Refused(format!(
+            "request {id} recovers the root: it runs with the backup shares, not here: \
+             `p11derive root recover --request {id} --share FILE ...` (docs/backup.md)"
+        )));
+    }
     let asset = doc.param("asset").map(str::to_string);
     let want = match doc.operation.as_str() {
         op if on_assets(op) => Want::on(Action::Lifecycle, asset.as_deref().unwrap_or("")),

@@ -8,6 +8,7 @@ use p11derive::ck::{CKR_FUNCTION_REJECTED, CKR_PIN_INCORRECT, CKR_PIN_LOCKED};
 use p11derive::config::Config;
 use p11derive::derive::Secret32;
 use p11derive::store::Store;
+use p11derive::types::Prf;
 
 use crate::args::Cli;
 use crate::common::{
@@ -85,13 +86,8 @@ pub fn with_user<T>(
     want: Want<'_>,
     f: impl FnOnce(&Store, &Backend, &Secret32, Option<&Caller>) -> Result<T, Failure>,
 ) -> Result<T, Failure> {
-    let name = user_name(cli, config)?;
     let service = hsm_pin(cli, config)?;
-    let secret = read_secret(
-        cli,
-        &format!("Secret of user {name:?}: "),
-        &format!("no secret for user {name:?}"),
-    )?;
+    let (name, secret) = who(cli, config)?;
     let backend = open_backend(config)?;
     let result = login(&backend, &service).and_then(|()| {
         let ak = p11derive::derive::audit_key(&backend).map_err(failed)?;
@@ -101,8 +97,7 @@ pub fn with_user<T>(
         } else {
             store.authenticate(&ak, None)?;
         }
-        let admitted = log_in(store, &backend, &ak, config, &name, &secret)
-            .and_then(|caller| permit(cli, store, &ak, &caller, &want).map(|()| caller));
+        let admitted = admit_as(cli, store, &backend, &ak, config, &want, &name, &secret);
         match admitted {
             Ok(caller) => f(store, &backend, &ak, Some(&caller)),
             Err(e) => {
@@ -127,10 +122,51 @@ pub fn gate(cli: &Cli, store: &Store, config: &Config, want: Want<'_>) -> Result
     crate::common::with_key(cli, store, config, want, |_, _, _, _| Ok(()))
 }
 
+/// The person's login as a user (`--user`, its secret) and the role check
+/// for `want`, under `prf` and `ak`: a recovery logs in under the root it
+/// rebuilt, before that root is in any HSM.
+pub fn admit(
+    cli: &Cli,
+    store: &Store,
+    prf: &dyn Prf,
+    ak: &Secret32,
+    config: &Config,
+    want: &Want<'_>,
+) -> Result<Caller, Failure> {
+    let (name, secret) = who(cli, config)?;
+    admit_as(cli, store, prf, ak, config, want, &name, &secret)
+}
+
+/// The user the person names and the secret they give.
+fn who(cli: &Cli, config: &Config) -> Result<(String, p11derive::secure::SecretBytes), Failure> {
+    let name = user_name(cli, config)?;
+    let secret = read_secret(
+        cli,
+        &format!("Secret of user {name:?}: "),
+        &format!("no secret for user {name:?}"),
+    )?;
+    Ok((name, secret))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn admit_as(
+    cli: &Cli,
+    store: &Store,
+    prf: &dyn Prf,
+    ak: &Secret32,
+    config: &Config,
+    want: &Want<'_>,
+    name: &str,
+    secret: &[u8],
+) -> Result<Caller, Failure> {
+    log_in(store, prf, ak, config, name, secret)
+        .and_then(|caller| permit(cli, store, ak, &caller, want).map(|()| caller))
+}
+
 /// The user's login (lockout, delay and records are `accounts::login`'s).
 fn log_in(
     store: &Store,
-    backend: &Backend,
+    prf: &dyn Prf,
     ak: &Secret32,
     config: &Config,
     name: &str,
@@ -139,7 +175,7 @@ fn log_in(
     let cfg = &config.users;
     let cx = LoginContext {
         store,
-        prf: backend,
+        prf,
         ak,
         cfg,
         session: None,

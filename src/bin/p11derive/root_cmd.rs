@@ -1,0 +1,885 @@
+//! The root's SLIP-39 backup in the CLI: the ceremony `init --backup` runs, `root recover` into a (new) backing HSM, and the `root check-shares` drill.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use p11derive::access::{format_time, Action};
+use p11derive::approvals::keys::read_signature;
+use p11derive::approvals::quorum::Rule;
+use p11derive::approvals::request::Verdict;
+use p11derive::audit::{Event, Record};
+use p11derive::backend::Backend;
+use p11derive::backup::{self, HeldRoot};
+use p11derive::ck::{CKR_OK, CKU_USER};
+use p11derive::config::Config;
+use p11derive::derive;
+use p11derive::secure::SecretBytes;
+use p11derive::slip39::{self, Combiner, Plan, Share};
+use p11derive::store::{check_recovery, hex, unix_now, Store, StoreError};
+use subtle::ConstantTimeEq;
+
+use crate::approvals_cmd::{new_request, p, show_new_request, Ctx};
+use crate::args::Cli;
+use crate::args_root::{BackupArgs, RootCommand, SharesIn};
+use crate::common::{
+    can_ask, failed, hsm_pin, load_config, lock_memory, print_json, read_secret_file, Failure,
+};
+use crate::users::Want;
+
+/// The longest passphrase accepted, in bytes.
+const MAX_PASSPHRASE: usize = 1024;
+
+pub fn run(cli: &Cli, c: &RootCommand) -> Result<(), Failure> {
+    match c {
+        RootCommand::Recover {
+            shares,
+            fingerprint,
+            request,
+            approval,
+            bytes_out,
+        } => recover(
+            cli,
+            shares,
+            fingerprint.as_deref(),
+            (request.as_deref(), approval, bytes_out.as_deref()),
+        ),
+        RootCommand::CheckShares { shares } => check_shares(cli, shares),
+    }
+}
+
+// ---------------------------------------------------------------- passphrase
+
+/// A share set's passphrase: from `file` (its first line), asked on the
+/// terminal (`ask`; twice when `twice`), else empty. SLIP-39 allows
+/// printable ASCII only.
+fn passphrase(file: Option<&Path>, ask: bool, twice: bool) -> Result<SecretBytes, Failure> {
+    let mut pass = match (file, ask) {
+        (Some(f), _) => {
+            let mut raw = read_secret_file(f, MAX_PASSPHRASE)
+                .map_err(|e| failed(format!("cannot read passphrase file {}: {e}", f.display())))?
+                .ok_or_else(|| {
+                    failed(format!(
+                        "passphrase file {} is longer than {MAX_PASSPHRASE} bytes",
+                        f.display()
+                    ))
+                })?;
+            let end = raw
+                .iter()
+                .position(|b| *b == b'\n' || *b == b'\r')
+                .unwrap_or(raw.len());
+            raw.truncate(end);
+            raw
+        }
+        (None, true) => {
+            let first = ask_tty("Passphrase of the shares (no echo): ")?;
+            if twice {
+                let again = ask_tty("The passphrase again: ")?;
+                if !bool::from(first.ct_eq(&again)) {
+                    return Err(Failure::Usage(
+                        "the two passphrases differ: nothing was made; run the command again"
+                            .into(),
+                    ));
+                }
+            }
+            first
+        }
+        (None, false) => SecretBytes::with_capacity(1).map_err(failed)?,
+    };
+    if !pass.iter().all(|b| (32..=126).contains(b)) {
+        pass.truncate(0);
+        return Err(Failure::Usage(
+            "the passphrase holds a character other than printable ASCII (space to ~), which \
+             SLIP-39 does not allow"
+                .into(),
+        ));
+    }
+    Ok(pass)
+}
+
+fn ask_tty(prompt: &str) -> Result<SecretBytes, Failure> {
+    p11derive::secure::prompt_secret(prompt, MAX_PASSPHRASE)
+        .map_err(|e| failed(format!("cannot ask: {e}")))
+}
+
+// ---------------------------------------------------------------- ceremony
+
+/// Where a ceremony's shares go.
+pub enum SharesTo {
+    Dir(PathBuf),
+    Terminal,
+}
+
+/// What `init --backup` asked for, checked before anything is made.
+pub struct CeremonyPlan {
+    pub plan: Plan,
+    pub to: SharesTo,
+    pub passphrase: SecretBytes,
+}
+
+/// Reads and checks `init`'s backup options (`None`: no ceremony asked).
+pub fn ceremony_plan(b: &BackupArgs) -> Result<Option<CeremonyPlan>, Failure> {
+    if !b.asked() {
+        if b.shares_dir.is_some()
+            || b.shares_terminal
+            || b.passphrase
+            || b.passphrase_file.is_some()
+        {
+            return Err(Failure::Usage(
+                "--shares-dir, --shares-terminal and --passphrase belong to a backup ceremony: \
+                 add --backup K-of-N (or --group K-of-N ... --groups-needed G)"
+                    .into(),
+            ));
+        }
+        return Ok(None);
+    }
+    let plan =
+        backup::plan(b.backup.as_deref(), &b.group, b.groups_needed).map_err(Failure::Usage)?;
+    let to = match (&b.shares_dir, b.shares_terminal) {
+        (Some(d), false) => {
+            if std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()) {
+                return Err(Failure::Usage(format!(
+                    "--shares-dir {}: the directory is not empty; give a new or empty directory \
+                     (shares are never written over, nor mixed with other files)",
+                    d.display()
+                )));
+            }
+            SharesTo::Dir(d.clone())
+        }
+        (None, true) => {
+            if std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/tty")
+                .is_err()
+            {
+                return Err(Failure::Usage(
+                    "--shares-terminal needs a terminal (/dev/tty); use --shares-dir DIR".into(),
+                ));
+            }
+            SharesTo::Terminal
+        }
+        _ => {
+            return Err(Failure::Usage(
+                "say where the shares go: --shares-dir DIR (one new file per share) or \
+                 --shares-terminal (one screen per share)"
+                    .into(),
+            ))
+        }
+    };
+    let passphrase = passphrase(b.passphrase_file.as_deref(), b.passphrase, true)?;
+    Ok(Some(CeremonyPlan {
+        plan,
+        to,
+        passphrase,
+    }))
+}
+
+/// A ceremony done up to the import: the root (in locked memory) and what
+/// its record says.
+pub struct Ceremony {
+    pub root: HeldRoot,
+    pub fingerprint: String,
+    pub identifier: u16,
+    pub written: Vec<PathBuf>,
+    pub shares: usize,
+    pub described: String,
+}
+
+impl Ceremony {
+    /// The ceremony's audit record: fingerprint, share-set id, thresholds.
+    pub fn record(&self, cp: &CeremonyPlan) -> Record {
+        Record::new(Event::Root, CKR_OK).detail(format!(
+            "root ceremony: {}{}; SLIP-39 share set id={} ({} shares; {}; extendable, iteration \
+             exponent {}; passphrase {}); shares given out {}",
+            p11derive::store::FINGERPRINT_WORD,
+            self.fingerprint,
+            self.identifier,
+            self.shares,
+            self.described,
+            cp.plan.iteration_exponent,
+            if cp.passphrase.is_empty() {
+                "none"
+            } else {
+                "set"
+            },
+            match &cp.to {
+                SharesTo::Dir(d) => format!("as files in {}", d.display()),
+                SharesTo::Terminal => "on the terminal".into(),
+            }
+        ))
+    }
+}
+
+/// The ceremony before the import: a new root from the HSM's generator,
+/// split into shares (checked to combine back to it), given out. Nothing
+/// is in the HSM yet; on failure no share file is left.
+pub fn ceremony(backend: &Backend, cp: &CeremonyPlan) -> Result<Ceremony, Failure> {
+    let random = |b: &mut [u8]| backend.random(b);
+    let root = HeldRoot::generate(&random).map_err(failed)?;
+    let fingerprint = hex(&root.fingerprint().map_err(failed)?);
+    let rng = |b: &mut [u8]| backend.random(b).map_err(|e| e.to_string());
+    let sets = slip39::split(root.bytes(), &cp.passphrase, &cp.plan, &rng).map_err(failed)?;
+    check_split(&root, &sets, &cp.plan, &cp.passphrase)?;
+    let identifier = sets[0][0].identifier;
+    let total: usize = sets.iter().map(Vec::len).sum();
+    let written = match &cp.to {
+        SharesTo::Dir(dir) => {
+            let header = |g: usize, m: usize, s: &Share| {
+                format!(
+                    "# p11derive root share: group {} of {} ({} of {} members needed), member \
+                     {} of {}\n# root fingerprint {fingerprint}, share set {}; a recovery needs \
+                     {} of the {} groups\n# keep it apart from every other share; never store \
+                     it beside the HSM\n",
+                    g + 1,
+                    s.group_count,
+                    s.member_threshold,
+                    sets[g].len(),
+                    m + 1,
+                    sets[g].len(),
+                    s.identifier,
+                    s.group_threshold,
+                    s.group_count,
+                )
+            };
+            backup::write_share_files(dir, &sets, &header).map_err(failed)?
+        }
+        SharesTo::Terminal => {
+            show_on_terminal(&sets, &fingerprint)?;
+            Vec::new()
+        }
+    };
+    Ok(Ceremony {
+        root,
+        fingerprint,
+        identifier,
+        written,
+        shares: total,
+        described: cp.plan.describe(),
+    })
+}
+
+/// The split must combine back to the root (from each group's first
+/// members, as few as the thresholds allow) before any share goes out.
+fn check_split(
+    root: &HeldRoot,
+    sets: &[Vec<Share>],
+    plan: &Plan,
+    passphrase: &[u8],
+) -> Result<(), Failure> {
+    let mut c = Combiner::new();
+    for (g, group) in sets.iter().enumerate().take(plan.groups_needed as usize) {
+        for share in group.iter().take(plan.groups[g].threshold as usize) {
+            let again = Share::from_mnemonic(&share.mnemonic().map_err(failed)?)
+                .map_err(|e| failed(format!("a share made does not read back: {e}")))?;
+            c.add(again)
+                .map_err(|e| failed(format!("a share made does not combine: {e}")))?;
+        }
+    }
+    let back = c
+        .combine(passphrase)
+        .map_err(|e| failed(format!("the shares made do not combine: {e}")))?;
+    if back.len() != 32 || !bool::from(back[..].ct_eq(&root.bytes()[..])) {
+        return Err(failed(
+            "the shares made do not combine back to the root: nothing was given out or imported",
+        ));
+    }
+    Ok(())
+}
+
+/// Shows each share on the terminal, one screen per share, cleared after
+/// the custodian confirms; never on standard output (which may be a log).
+fn show_on_terminal(sets: &[Vec<Share>], fingerprint: &str) -> Result<(), Failure> {
+    let mut tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|e| failed(format!("no terminal to show the shares on (/dev/tty: {e})")))?;
+    let total: usize = sets.iter().map(Vec::len).sum();
+    let io = |e: std::io::Error| failed(format!("terminal: {e}"));
+    let clear = "\x1b[2J\x1b[3J\x1b[H";
+    write!(
+        tty,
+        "{clear}{total} shares follow, one screen each. Only the custodian of each share should \
+         see its screen.\nPress Enter to show share 1."
+    )
+    .map_err(io)?;
+    wait_enter(&mut tty)?;
+    let mut n = 0;
+    for (g, group) in sets.iter().enumerate() {
+        for (m, share) in group.iter().enumerate() {
+            n += 1;
+            write!(
+                tty,
+                "{clear}p11derive root share {n} of {total}: group {} of {} ({} of {} members \
+                 needed), member {}\nroot fingerprint {fingerprint}, share set {}\n\nWrite these \
+                 words down in order and keep them apart from every other share:\n\n",
+                g + 1,
+                share.group_count,
+                share.member_threshold,
+                group.len(),
+                m + 1,
+                share.identifier
+            )
+            .map_err(io)?;
+            let words = share.mnemonic().map_err(failed)?;
+            for (i, w) in words.split(|b| *b == b' ').enumerate() {
+                write!(tty, "{:>4}. ", i + 1).map_err(io)?;
+                tty.write_all(w).map_err(io)?;
+                let pad = 12usize.saturating_sub(w.len());
+                write!(
+                    tty,
+                    "{:pad$}{}",
+                    "",
+                    if i % 4 == 3 { "\n" } else { "" },
+                    pad = pad
+                )
+                .map_err(io)?;
+            }
+            drop(words);
+            write!(
+                tty,
+                "\n\nPress Enter once the words are written down: the screen is then cleared."
+            )
+            .map_err(io)?;
+            wait_enter(&mut tty)?;
+            write!(tty, "{clear}").map_err(io)?;
+            if n < total {
+                write!(
+                    tty,
+                    "Share {n} of {total} done. Hand over to the next custodian, who presses \
+                     Enter to see share {}.",
+                    n + 1
+                )
+                .map_err(io)?;
+                wait_enter(&mut tty)?;
+            }
+        }
+    }
+    writeln!(tty, "{clear}All {total} shares shown.").map_err(io)?;
+    Ok(())
+}
+
+fn wait_enter(tty: &mut std::fs::File) -> Result<(), Failure> {
+    let mut b = [0u8; 1];
+    loop {
+        match tty.read(&mut b) {
+            Ok(0) => {
+                return Err(failed(
+                    "the terminal closed before every share was confirmed: nothing was imported",
+                ))
+            }
+            Ok(_) if b[0] == b'\n' || b[0] == b'\r' => return Ok(()),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(failed(format!("terminal: {e}"))),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- shares in
+
+/// The root rebuilt from shares, with what its records may say of them.
+struct Rebuilt {
+    root: HeldRoot,
+    fingerprint: String,
+    identifier: u16,
+    given: usize,
+}
+
+/// Reads shares (files, or typed one at a time without echo, each checked
+/// as it arrives) until the thresholds are met, then the passphrase, and
+/// rebuilds the root in locked memory.
+fn rebuild(s: &SharesIn) -> Result<Rebuilt, Failure> {
+    let mut c = Combiner::new();
+    let mut given = 0;
+    if s.shares.is_empty() {
+        if !can_ask() {
+            return Err(Failure::Usage(
+                "no shares: give each share file with --share FILE, or run on a terminal to type \
+                 them"
+                    .into(),
+            ));
+        }
+        while !c.ready() {
+            let typed = p11derive::secure::prompt_secret(
+                &format!("Share {} (its words, then Enter; no echo): ", given + 1),
+                4096,
+            )
+            .map_err(|e| failed(format!("cannot ask for a share: {e}")))?;
+            let share = match backup::share_from_text(&typed) {
+                Ok(sh) => sh,
+                Err(e) => {
+                    eprintln!("p11derive: that share was not taken: {e}; type it again");
+                    continue;
+                }
+            };
+            match c.add(share) {
+                Ok(slip39::Added::Accepted) => given += 1,
+                Ok(slip39::Added::Duplicate) => {
+                    eprintln!("p11derive: that share was given already")
+                }
+                Err(e) => eprintln!("p11derive: that share was not taken: {e}"),
+            }
+            eprintln!("p11derive: {}", c.progress());
+        }
+    } else {
+        for f in &s.shares {
+            let share = backup::read_share_file(f).map_err(Failure::Refused)?;
+            match c.add(share) {
+                Ok(slip39::Added::Accepted) => given += 1,
+                Ok(slip39::Added::Duplicate) => {
+                    eprintln!(
+                        "p11derive: share file {} repeats a share given before",
+                        f.display()
+                    )
+                }
+                Err(e) => return Err(Failure::Refused(format!("share file {}: {e}", f.display()))),
+            }
+        }
+        if !c.ready() {
+            return Err(Failure::Refused(format!(
+                "too few shares to rebuild the root: {}. Give more --share files",
+                c.progress()
+            )));
+        }
+    }
+    let identifier = c.identifier().unwrap_or_default();
+    let pass = passphrase(s.passphrase_file.as_deref(), s.passphrase, false)?;
+    let secret = c.combine(&pass).map_err(|e| {
+        Failure::Refused(format!(
+            "the shares do not rebuild a root: {e}. Nothing was imported"
+        ))
+    })?;
+    let root = HeldRoot::from_bytes(&secret).map_err(|e| Failure::Refused(e.to_string()))?;
+    drop(secret);
+    let fingerprint = hex(&root.fingerprint().map_err(failed)?);
+    Ok(Rebuilt {
+        root,
+        fingerprint,
+        identifier,
+        given,
+    })
+}
+
+/// Why the rebuilt root is not the one expected.
+fn wrong_root(got: &str, want: &str, whence: &str) -> Failure {
+    Failure::Refused(format!(
+        "the shares rebuild a root with fingerprint {got}, but {whence} expects {want}: these \
+         are shares of another root, or the passphrase is wrong (SLIP-39 cannot tell a wrong \
+         passphrase: it gives another root; check --passphrase). Nothing was imported"
+    ))
+}
+
+// ---------------------------------------------------------------- recover
+
+fn recover(
+    cli: &Cli,
+    shares: &SharesIn,
+    fingerprint: Option<&str>,
+    (request, approvals, bytes_out): (Option<&str>, &[String], Option<&Path>),
+) -> Result<(), Failure> {
+    let config = load_config(cli)?;
+    lock_memory(&config)?;
+    let given_fp = fingerprint
+        .map(|f| backup::parse_fingerprint(f).map(|b| hex(&b)))
+        .transpose()
+        .map_err(Failure::Usage)?;
+    let approvals = approvals
+        .iter()
+        .map(|a| parse_approval(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let store = match Store::open_config(&config.store) {
+        Ok(s) => Some(s),
+        Err(StoreError::Missing(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let recorded = store
+        .as_ref()
+        .map(|s| s.recorded_fingerprint())
+        .transpose()?
+        .flatten();
+    let (expected, whence) = match (&given_fp, &recorded, &store) {
+        (Some(g), Some(r), Some(s)) if g != r => {
+            return Err(Failure::Refused(format!(
+                "--fingerprint {g} is not the root of store {} (its records name {r})",
+                s.path().display()
+            )))
+        }
+        (_, Some(r), Some(s)) => (r.clone(), format!("store {}", s.path().display())),
+        (Some(g), _, _) => (g.clone(), "--fingerprint".to_string()),
+        (None, None, Some(s)) => {
+            return Err(Failure::Usage(format!(
+                "store {} names no root fingerprint (it predates them): give the root's \
+                 fingerprint with --fingerprint HEX",
+                s.path().display()
+            )))
+        }
+        (None, _, None) => {
+            return Err(Failure::Usage(format!(
+                "no store at {} to check the root against: give the root's fingerprint with \
+                 --fingerprint HEX (printed by `p11derive init` and recorded in the ceremony)",
+                store_place(&config)
+            )))
+        }
+    };
+    let token = config.backend.token_label.clone();
+    let pin = hsm_pin(cli, &config)?;
+    let backend = crate::common::open_backend(&config)?;
+    let result = (|| {
+        backend.login_admin(&pin).map_err(failed)?;
+        if backend.root_exists().map_err(failed)? {
+            return Err(Failure::Refused(format!(
+                "backing token {token:?} already holds a root labelled {:?}: nothing to recover \
+                 into it (`p11derive root check-shares` drills shares against it; a recovery \
+                 needs a token without that root)",
+                config.backend.root_label
+            )));
+        }
+        let r = rebuild(shares)?;
+        if r.fingerprint != expected {
+            return Err(wrong_root(&r.fingerprint, &expected, &whence));
+        }
+        let governance = Governance {
+            request,
+            approvals: &approvals,
+            bytes_out,
+        };
+        recover_into(cli, &config, &backend, &pin, store.as_ref(), r, governance)
+    })();
+    let _ = backend.logout();
+    backend.finalize();
+    result
+}
+
+/// `NAME=FILE` of `--approval`, the signature read.
+fn parse_approval(a: &str) -> Result<(String, Vec<u8>), Failure> {
+    let (name, file) = a.split_once('=').ok_or_else(|| {
+        Failure::Usage(format!(
+            "--approval {a:?}: write NAME=FILE (the approver and their signature file)"
+        ))
+    })?;
+    let bytes = std::fs::read(file)
+        .map_err(|e| failed(format!("cannot read approval signature {file}: {e}")))?;
+    let sig = read_signature(&bytes).map_err(|m| Failure::Usage(format!("{file}: {m}")))?;
+    Ok((name.to_string(), sig))
+}
+
+/// What a governed recovery's run brings: the request it carries out (none:
+/// it announces one), the approvals, where to write the bytes to sign.
+struct Governance<'a> {
+    request: Option<&'a str>,
+    approvals: &'a [(String, Vec<u8>)],
+    bytes_out: Option<&'a Path>,
+}
+
+fn recover_into(
+    cli: &Cli,
+    config: &Config,
+    backend: &Backend,
+    pin: &[u8],
+    store: Option<&Store>,
+    r: Rebuilt,
+    g: Governance<'_>,
+) -> Result<(), Failure> {
+    let Governance {
+        request,
+        approvals,
+        bytes_out,
+    } = g;
+    let token = config.backend.token_label.clone();
+    let ak = derive::audit_key(&r.root).map_err(failed)?;
+    let mut actor: Option<String> = None;
+    let mut governed: Option<String> = None;
+    if let Some(store) = store {
+        // The store must be this root's, whole, before anything is imported.
+        store.check_root(&ak).map_err(|e| {
+            Failure::Refused(format!(
+                "{e}: the store does not verify under the rebuilt root; nothing was imported"
+            ))
+        })?;
+        store.authenticate(&ak, None)?;
+        if config.users.enabled {
+            let want = Want::to(Action::ManageRoot);
+            let caller = crate::users::admit(cli, store, &r.root, &ak, config, &want)?;
+            actor = Some(caller.name.clone());
+        }
+        let rules = store.rules_for("recover", None)?;
+        if !rules.is_empty() {
+            let cx = Ctx {
+                cli,
+                config,
+                store,
+                backend,
+                ak: &ak,
+                actor: actor.as_deref().unwrap_or("-"),
+            };
+            let id = match request {
+                None => return announce(&cx, &r, &rules, bytes_out),
+                Some(id) => id.to_ascii_lowercase(),
+            };
+            approve_and_check(&cx, &id, &r, approvals)?;
+            governed = Some(id);
+        }
+    }
+    // The import, then everything that records it; on failure the root is
+    // taken out of the HSM again.
+    backend.import_root(r.root.bytes()).map_err(failed)?;
+    let fingerprint = r.fingerprint.clone();
+    let Rebuilt {
+        root,
+        identifier,
+        given,
+        ..
+    } = r;
+    drop(root);
+    let done = (|| {
+        let _ = backend.logout();
+        backend.login(CKU_USER, pin).map_err(failed)?;
+        let live = hex(&derive::root_fingerprint(backend).map_err(failed)?);
+        if live != fingerprint {
+            return Err(failed(format!(
+                "the HSM computes fingerprint {live} for the root just imported, not \
+                 {fingerprint}: the backing HSM's HMAC differs; the root was taken out again"
+            )));
+        }
+        let Some(store) = store else { return Ok(()) };
+        let hsm_ak = derive::audit_key(backend).map_err(failed)?;
+        if let Some(id) = &governed {
+            let base = Record::new(Event::Request, CKR_OK).actor(actor.as_deref());
+            store
+                .execute_recovery(&hsm_ak, id, &fingerprint, &token, unix_now(), base)
+                .map_err(refusal)?;
+        }
+        let detail = format!(
+            "root recovered: {}{fingerprint} into backing token {token:?} from {given} shares \
+             of SLIP-39 share set id={identifier}{}",
+            p11derive::store::FINGERPRINT_WORD,
+            governed
+                .as_ref()
+                .map(|id| format!("; request={id}"))
+                .unwrap_or_default()
+        );
+        store.record(
+            Some(&hsm_ak),
+            Record::new(Event::Root, CKR_OK)
+                .actor(actor.as_deref())
+                .detail(detail),
+        )?;
+        p11derive::lifecycle::advance_anchor(store, backend, false).map_err(failed)
+    })();
+    if let Err(e) = done {
+        let _ = backend.destroy_root();
+        return Err(match e {
+            Failure::Failed(m) => Failure::Failed(format!(
+                "{m}; the root imported into backing token {token:?} was taken out again"
+            )),
+            other => other,
+        });
+    }
+    if cli.json {
+        return print_json(&serde_json::json!({
+            "recovered": true,
+            "fingerprint": fingerprint,
+            "token": token,
+            "store": store.map(|s| s.path().display().to_string()),
+            "request": governed,
+            "share_set": identifier,
+        }));
+    }
+    outln!(
+        "root {fingerprint} recovered from {given} shares (set {identifier}) into backing token \
+         {token:?} (sensitive, not extractable)"
+    );
+    match store {
+        Some(s) => outln!(
+            "store {} verified under it; the HSM's rollback anchor now holds its newest record",
+            s.path().display()
+        ),
+        None => outln!(
+            "no store at {}: restore the root's store (its newest backup) where [store] points \
+             before anything else; `p11derive init` makes a new store only for a root that \
+             never had one",
+            store_place(config)
+        ),
+    }
+    Ok(())
+}
+
+/// Where the config's store is, for messages (a PostgreSQL URL without its password).
+fn store_place(config: &Config) -> String {
+    match &config.store.url {
+        Some(u) => p11derive::config::redact(u),
+        None => config.store.path.display().to_string(),
+    }
+}
+
+/// Writes `bytes` to a new file (never over one).
+fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?;
+    f.write_all(bytes)
+        .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))
+}
+
+fn refusal(e: StoreError) -> Failure {
+    match e {
+        StoreError::Refused(m) => Failure::Refused(m),
+        e => e.into(),
+    }
+}
+
+/// The first run of a governed recovery: its request, announced, with the
+/// cooldown before the earliest import in its bytes. Ends with exit 5.
+fn announce(
+    cx: &Ctx<'_>,
+    r: &Rebuilt,
+    rules: &[Rule],
+    bytes_out: Option<&Path>,
+) -> Result<(), Failure> {
+    let cooldown = p11derive::approvals::parse_duration(&cx.config.approvals.recover_cooldown)
+        .map_err(|m| {
+            failed(format!(
+                "config file {}: [approvals] recover_cooldown: {m}",
+                cx.config.source.display()
+            ))
+        })?;
+    let lifetime = crate::approvals_cmd::expiry(cx.config, None)?;
+    let not_before = unix_now() + cooldown;
+    let params = vec![
+        p("fingerprint", &r.fingerprint),
+        p("token", &cx.config.backend.token_label),
+        p("not-before", format_time(not_before)),
+    ];
+    let row = new_request(cx, "recover", params, cooldown + lifetime)?;
+    let needs: Vec<String> = rules.iter().map(Rule::describe).collect();
+    if let Some(out) = bytes_out {
+        let doc = row.doc().map_err(failed)?;
+        write_new(out, &doc.verdict_bytes(Verdict::Approve))?;
+    }
+    show_new_request(
+        cx.cli,
+        &row,
+        &needs,
+        serde_json::json!({"not_before": format_time(not_before)}),
+    )?;
+    Err(Failure::Waiting(format!(
+        "the root's recovery needs approvals ({}): request {} announced; nothing was imported. \
+         Approvers sign the bytes above ({}or `p11derive request export {}` where the store can \
+         be opened); from {} run `p11derive root recover --request {} --approval NAME=SIG ...` \
+         with the shares again",
+        needs.join("; "),
+        row.id,
+        bytes_out
+            .map(|p| format!("written to {}, ", p.display()))
+            .unwrap_or_default(),
+        row.id,
+        format_time(not_before),
+        row.id
+    )))
+}
+
+/// A governed recovery's second run: the approvals given are recorded on
+/// the request (each verified in the store), then the request must be
+/// this recovery's, out of its cooldown, and approved.
+fn approve_and_check(
+    cx: &Ctx<'_>,
+    id: &str,
+    r: &Rebuilt,
+    approvals: &[(String, Vec<u8>)],
+) -> Result<(), Failure> {
+    let row = cx
+        .store
+        .request(id)?
+        .ok_or_else(|| Failure::NotFound(format!("no request {id} in the store")))?;
+    let token = &cx.config.backend.token_label;
+    // What the request names first (the cooldown is judged below, after
+    // the approvals given are recorded: they count on a later run too).
+    check_recovery(&row, &r.fingerprint, token, i64::MAX).map_err(refusal)?;
+    for (name, sig) in approvals {
+        if row.verdicts().iter().any(|v| &v.given.approver == name) {
+            continue;
+        }
+        let base = Record::new(Event::Approval, CKR_OK).actor(Some(cx.actor));
+        cx.store
+            .add_verdict(cx.ak, id, name, Verdict::Approve, sig, unix_now(), base)
+            .map_err(refusal)?;
+    }
+    let row = cx
+        .store
+        .request(id)?
+        .ok_or_else(|| Failure::NotFound(format!("no request {id} in the store")))?;
+    if row.state != "pending" {
+        return Err(Failure::Refused(format!(
+            "request {id} is {} ({}): nothing was imported",
+            row.state, row.outcome
+        )));
+    }
+    check_recovery(&row, &r.fingerprint, token, unix_now()).map_err(refusal)?;
+    let unmet = cx.store.unmet(&row)?;
+    if !unmet.is_empty() {
+        return Err(Failure::Refused(format!(
+            "request {id} lacks approvals: {}; nothing was imported",
+            unmet.join("; ")
+        )));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- drill
+
+fn check_shares(cli: &Cli, shares: &SharesIn) -> Result<(), Failure> {
+    let config = load_config(cli)?;
+    lock_memory(&config)?;
+    let store = crate::common::open_store(&config)?;
+    let r = rebuild(shares)?;
+    let Rebuilt {
+        root,
+        fingerprint,
+        identifier,
+        given,
+    } = r;
+    drop(root);
+    let want = Want::to(Action::ManageRoot).or(Action::ReadAudit);
+    crate::common::with_key(cli, &store, &config, want, |store, backend, ak, caller| {
+        let live = hex(&derive::root_fingerprint(backend).map_err(failed)?);
+        let matched = live == fingerprint;
+        let detail = format!(
+            "root drill: {}{live}; {given} shares of SLIP-39 share set id={identifier} rebuild \
+             {fingerprint}: {}",
+            p11derive::store::FINGERPRINT_WORD,
+            if matched { "match" } else { "MISMATCH" }
+        );
+        store.record(
+            Some(ak),
+            Record::new(Event::Root, CKR_OK)
+                .actor(caller.map(|c| c.name.as_str()))
+                .detail(detail),
+        )?;
+        p11derive::lifecycle::advance_anchor(store, backend, false).map_err(failed)?;
+        if cli.json {
+            print_json(&serde_json::json!({
+                "match": matched,
+                "live_fingerprint": live,
+                "shares_fingerprint": fingerprint,
+                "share_set": identifier,
+                "shares": given,
+            }))?;
+        }
+        if !matched {
+            return Err(match wrong_root(&fingerprint, &live, "the live root") {
+                Failure::Refused(m) => Failure::Failed(m.replace(". Nothing was imported", "")),
+                f => f,
+            });
+        }
+        if !cli.json {
+            outln!(
+                "drill passed: {given} shares of set {identifier} rebuild the live root \
+                 (fingerprint {live}); recorded in the audit log"
+            );
+        }
+        Ok(())
+    })
+}
