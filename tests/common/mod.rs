@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod hosts;
+pub mod memscan;
 pub mod users;
 
 use std::collections::HashSet;

@@ -589,6 +589,10 @@ fn recover_into(
     let token = config.backend.token_label.clone();
     let ak = derive::audit_key(&r.root).map_err(failed)?;
     let mut actor: Option<String> = None;
+    // The store's newest record as found: with the old HSM's anchor lost,
+    // only an operator comparing it with an off-host copy of the log can
+    // tell a stale store copy (docs/backup.md).
+    let mut head = String::new();
     let mut governed: Option<String> = None;
     if let Some(store) = store {
         // The store must be this root's, whole, before anything is imported.
@@ -598,6 +602,7 @@ fn recover_into(
             ))
         })?;
         store.authenticate(&ak, None)?;
+        head = newest_record(store)?;
         if config.users.enabled {
             let want = Want::to(Action::ManageRoot);
             let caller = crate::users::admit(cli, store, &r.root, &ak, config, &want)?;
@@ -652,7 +657,7 @@ fn recover_into(
         }
         let detail = format!(
             "root recovered: {}{fingerprint} into backing token {token:?} from {given} shares \
-             of SLIP-39 share set id={identifier}{}",
+             of SLIP-39 share set id={identifier}; store found at {head}{}",
             p11derive::store::FINGERPRINT_WORD,
             governed
                 .as_ref()
@@ -684,6 +689,7 @@ fn recover_into(
             "store": store.map(|s| s.path().display().to_string()),
             "request": governed,
             "share_set": identifier,
+            "store_head": head,
         }));
     }
     outln!(
@@ -692,7 +698,10 @@ fn recover_into(
     );
     match store {
         Some(s) => outln!(
-            "store {} verified under it; the HSM's rollback anchor now holds its newest record",
+            "store {} verified under it; its newest record before the recovery was {head}: \
+             compare it with your off-host copy of the audit log (a stale store copy cannot be \
+             told apart once the old HSM's anchor is lost). The HSM's rollback anchor now holds \
+             the store's newest record",
             s.path().display()
         ),
         None => outln!(
@@ -711,6 +720,19 @@ fn store_place(config: &Config) -> String {
         Some(u) => p11derive::config::redact(u),
         None => config.store.path.display().to_string(),
     }
+}
+
+/// `record N (TIME)`: the store's newest record, for the operator's check.
+fn newest_record(store: &Store) -> Result<String, Failure> {
+    let Some((seq, _)) = store.audit_head()? else {
+        return Ok("no record".into());
+    };
+    let time = store
+        .audit_rows(seq as i64)?
+        .first()
+        .map(|(r, _)| format_time((r.time_ns / 1_000_000_000) as i64))
+        .unwrap_or_default();
+    Ok(format!("record {seq} ({time})"))
 }
 
 /// Writes `bytes` to a new file (never over one).
