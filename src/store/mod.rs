@@ -55,7 +55,7 @@ pub use error::{Need, StoreError};
 pub use lanes::{parse_lanes_detail, LaneRow};
 pub use migrate::Moved;
 pub use objects::StoredObject;
-pub use recovery::{check_recovery, fingerprint_in, FINGERPRINT_WORD};
+pub use recovery::{check_recovery, fingerprint_in, BackupFacts, FINGERPRINT_WORD};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use state::{row_mac, state_key, STATE_KEY_INFO};
 pub use users::{unix_now, LoginRow, PolicyRow, UserRow};

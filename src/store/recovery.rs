@@ -22,7 +22,40 @@ pub fn fingerprint_in(detail: &str) -> Option<String> {
         .then(|| hex.to_ascii_lowercase())
 }
 
+/// What the store's `root` records say of the root's backup: the newest
+/// ceremony, drill and recovery, each (time in ns, detail).
+#[derive(Debug, Default)]
+pub struct BackupFacts {
+    pub ceremony: Option<(u64, String)>,
+    pub drill: Option<(u64, String)>,
+    pub recovery: Option<(u64, String)>,
+    /// Drills recorded in all.
+    pub drills: usize,
+}
+
 impl Store {
+    /// The root's backup as the store's `root` records tell it (as read:
+    /// `audit verify` checks them with the rest of the chain).
+    pub fn backup_facts(&self) -> Result<BackupFacts, StoreError> {
+        let mut f = BackupFacts::default();
+        for (r, _) in self.chain_rows("WHERE event = 'root' ORDER BY seq DESC", 0)? {
+            let slot = if r.detail.starts_with("root ceremony:") {
+                &mut f.ceremony
+            } else if r.detail.starts_with("root drill:") {
+                f.drills += 1;
+                &mut f.drill
+            } else if r.detail.starts_with("root recovered:") {
+                &mut f.recovery
+            } else {
+                continue;
+            };
+            if slot.is_none() {
+                *slot = Some((r.time_ns, r.detail.clone()));
+            }
+        }
+        Ok(f)
+    }
+
     /// The root fingerprint the store's newest `root` or `init` record
     /// names (unverified until the caller holds the audit key: a recovery
     /// checks the whole store under the rebuilt root before it trusts it).

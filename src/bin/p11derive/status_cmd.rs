@@ -231,7 +231,59 @@ fn examine_store(config: &Config, r: &mut Report) -> Option<Store> {
             r.problem(f.message(), "see the message; README, \"Troubleshooting\"");
         }
     }
+    if let Ok(b) = store.backup_facts() {
+        backup_fact(&b, r);
+    }
     Some(store)
+}
+
+/// The root's backup as the store records it: the ceremony's shares, the
+/// newest drill and recovery (docs/backup.md).
+fn backup_fact(b: &p11derive::store::BackupFacts, r: &mut Report) {
+    let when = |t: u64| p11derive::access::format_time((t / 1_000_000_000) as i64);
+    let after = |d: &str, prefix: &str| d.strip_prefix(prefix).unwrap_or(d).trim().to_string();
+    let mut lines = vec![match &b.ceremony {
+        Some((t, d)) => format!(
+            "SLIP-39 shares made at {}: {}",
+            when(*t),
+            after(d, "root ceremony:")
+        ),
+        None => {
+            "no SLIP-39 shares recorded: the root's backup is the HSM vendor's (docs/backup.md)"
+                .to_string()
+        }
+    }];
+    match &b.drill {
+        Some((t, d)) => lines.push(format!(
+            "last drill at {} ({} in all): {}",
+            when(*t),
+            b.drills,
+            after(d, "root drill:")
+        )),
+        None if b.ceremony.is_some() => {
+            lines.push("no drill yet: `p11derive root check-shares`".to_string())
+        }
+        None => {}
+    }
+    if let Some((t, d)) = &b.recovery {
+        lines.push(format!(
+            "recovered at {}: {}",
+            when(*t),
+            after(d, "root recovered:")
+        ));
+    }
+    let fact = |x: &Option<(u64, String)>| match x {
+        Some((t, d)) => json!({"time": when(*t), "detail": d}),
+        None => Value::Null,
+    };
+    r.fact(
+        "backup",
+        lines.join("\n"),
+        json!({
+            "shares": b.ceremony.is_some(), "ceremony": fact(&b.ceremony),
+            "last_drill": fact(&b.drill), "drills": b.drills, "recovery": fact(&b.recovery),
+        }),
+    );
 }
 
 fn examine_token(cli: &Cli, config: &Config, store: Option<&Store>, r: &mut Report) {
