@@ -269,11 +269,27 @@ fn init_with(
                              root; destroy them"
                         )));
                     }
-                    Some(rec)
+                    Some((rec, files))
                 }
                 None => None,
             };
-            init_store(config, backend, admin, ceremony, done)
+            let files = ceremony.as_ref().map(|(_, f)| f.clone());
+            let result = init_store(config, backend, admin, ceremony.map(|(r, _)| r), done);
+            match (result, files) {
+                // A ceremony whose store could not be made: nothing is left
+                // (no root without its record, no shares of no root).
+                (Err(e), Some(files)) if !done.created => {
+                    let _ = backend.destroy_root();
+                    p11derive::backup::remove_share_files(&files);
+                    Err(Failure::Failed(format!(
+                        "{}; the ceremony's root was taken out of the HSM again and its share \
+                         files removed (shares shown on the terminal belong to no root: destroy \
+                         them); fix the store and run `init --backup` again",
+                        e.message()
+                    )))
+                }
+                (r, _) => r,
+            }
         });
     let _ = backend.logout();
     result

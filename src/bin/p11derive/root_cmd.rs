@@ -595,10 +595,21 @@ fn recover_into(
     let mut head = String::new();
     let mut governed: Option<String> = None;
     if let Some(store) = store {
-        // The store must be this root's, whole, before anything is imported.
+        // The store must be this root's, whole, before anything is imported:
+        // everything `audit verify` checks (every record's MAC and link from
+        // the first, which names the lineage; every sealed row; every asset
+        // against its records), under the rebuilt root.
         store.check_root(&ak).map_err(|e| {
             Failure::Refused(format!(
                 "{e}: the store does not verify under the rebuilt root; nothing was imported"
+            ))
+        })?;
+        crate::audit_cmd::check(store, &ak, None).map_err(|f| {
+            Failure::Refused(format!(
+                "{}: store {} does not verify under the rebuilt root; nothing was imported \
+                 (restore a good copy of the store, or check the shares)",
+                f.message(),
+                store.path().display()
             ))
         })?;
         store.authenticate(&ak, None)?;
@@ -724,7 +735,7 @@ fn store_place(config: &Config) -> String {
 
 /// `record N (TIME)`: the store's newest record, for the operator's check.
 fn newest_record(store: &Store) -> Result<String, Failure> {
-    let Some((seq, _)) = store.audit_head()? else {
+    let Some((seq, mac)) = store.audit_head()? else {
         return Ok("no record".into());
     };
     let time = store
@@ -732,7 +743,7 @@ fn newest_record(store: &Store) -> Result<String, Failure> {
         .first()
         .map(|(r, _)| format_time((r.time_ns / 1_000_000_000) as i64))
         .unwrap_or_default();
-    Ok(format!("record {seq} ({time})"))
+    Ok(format!("record {seq} ({time}, MAC {})", &hex(&mac)[..16]))
 }
 
 /// Writes `bytes` to a new file (never over one).
