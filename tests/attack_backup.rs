@@ -2,8 +2,10 @@
 //! write access to the store, another root's shares, a stale store copy, a user without the
 //! admin role, approvers colluding against the cooldown, and crafted share files. Each test
 //! performs the attack and asserts it is refused with nothing imported (or, where the design
-//! accepts the risk, asserts the documented behaviour and says so). An attack that succeeds is
-//! kept asserting the secure behaviour and marked `#[ignore = "finding: ..."]`.
+//! accepts the risk, asserts the documented behaviour and says so). The five attacks that first
+//! succeeded (a store emptied or cut, a head record MACed under another root, a ceremony failing
+//! at the store, a recovery not naming the store's newest record) are fixed and kept as
+//! regression tests.
 
 mod common;
 
@@ -362,8 +364,6 @@ fn a_store_edited_to_name_another_root_does_not_let_that_roots_shares_in() {
 /// The store's `init` and `root` records deleted (a store right after its ceremony): it then
 /// names no root, and the other root's fingerprint given with `--fingerprint` is taken.
 #[test]
-#[ignore = "finding: with the init/root records deleted, recovery checks nothing under the \
-            rebuilt root (empty chain) and imports another root given with --fingerprint"]
 fn deleting_the_root_records_does_not_let_another_root_in() {
     another_root_after(
         "DELETE FROM audit WHERE event IN ('init', 'root')",
@@ -405,9 +405,6 @@ fn another_root_after(sql: &str, asset: bool, seed: u8) {
 /// The whole audit table emptied on a store with an asset: does anything still tie the store
 /// to its root?
 #[test]
-#[ignore = "finding: with the audit table emptied, recovery verifies nothing (empty chain, no \
-            state change), says the store verified, imports another root given with \
-            --fingerprint and anchors the store to it; `audit verify` then fails (forged asset)"]
 fn emptying_the_audit_table_of_a_store_with_assets_does_not_let_another_root_in() {
     another_root_after("DELETE FROM audit; DELETE FROM audit_pending;", true, 16);
 }
@@ -417,9 +414,6 @@ fn emptying_the_audit_table_of_a_store_with_assets_does_not_let_another_root_in(
 /// state changes: on a store whose records hold no state change yet (right after a ceremony),
 /// nothing else under the real root is checked.
 #[test]
-#[ignore = "finding: recovery verifies only the newest record and the state-change ledger, so a \
-            head record MACed under another root makes that root's shares pass on a store with \
-            no state change"]
 fn a_head_record_maced_under_another_root_does_not_make_the_store_that_roots() {
     let (mut s, shares) = ceremony(false, "");
     let other_root = [9u8; 32];
@@ -574,8 +568,6 @@ fn a_recovery_whose_recording_fails_leaves_no_root_and_the_store_unchanged() {
 /// `init --backup` whose store cannot be made after the shares were written and the root
 /// imported (the store path is a directory).
 #[test]
-#[ignore = "finding: init --backup that fails at the store leaves the root in the token and the \
-            share files on disk (no ceremony record, no store), and says nothing of either"]
 fn a_ceremony_that_fails_at_the_store_leaves_no_root_and_no_share_files() {
     let s = setup_with(None, false);
     std::fs::create_dir_all(&s.store).unwrap();
@@ -644,9 +636,6 @@ fn state_of(s: &Setup) -> String {
 /// The recovery's output should name the store's newest record (seq and MAC) so the operator
 /// can compare it with the off-host export, as the docs' step 4 asks.
 #[test]
-#[ignore = "finding: root recover says the anchor holds the store's newest record but never \
-            names it (seq, MAC), so the operator cannot compare it with the off-host export \
-            from the output"]
 fn the_recovery_output_names_the_stores_newest_record() {
     let (mut s, shares) = ceremony(false, "");
     new_token(&mut s);

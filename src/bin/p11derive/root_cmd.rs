@@ -604,6 +604,15 @@ fn recover_into(
                 "{e}: the store does not verify under the rebuilt root; nothing was imported"
             ))
         })?;
+        if store.audit_head()?.is_none() {
+            return Err(Failure::Refused(format!(
+                "store {} holds no record: `p11derive init` starts every store with one, so its \
+                 records were deleted (or it is not a p11derive store); nothing was imported. \
+                 Restore a good copy of the store, or move it away to recover without one \
+                 (--fingerprint)",
+                store.path().display()
+            )));
+        }
         crate::audit_cmd::check(store, &ak, None).map_err(|f| {
             Failure::Refused(format!(
                 "{}: store {} does not verify under the rebuilt root; nothing was imported \
