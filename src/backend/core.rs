@@ -28,6 +28,9 @@ pub(super) struct Core {
     pub(super) login_session: Mutex<Option<sys::CK_SESSION_HANDLE>>,
     /// The root's handle; present only while a user is logged in.
     pub(super) root: Mutex<Option<sys::CK_OBJECT_HANDLE>>,
+    /// The root this process created (`init`, a ceremony, a recovery):
+    /// the one object `destroy_root` may take back.
+    pub(super) created_root: Mutex<Option<sys::CK_OBJECT_HANDLE>>,
     /// The newest anchor object found or written, and when the anchor was
     /// last looked for: read again with one `C_GetAttributeValue` for a
     /// moment (see `Core::watch_anchor`).
@@ -184,6 +187,7 @@ impl Core {
             idle: Mutex::new(Vec::new()),
             login_session: Mutex::new(None),
             root: Mutex::new(None),
+            created_root: Mutex::new(None),
             anchor_object: Mutex::new(None),
             pin: Mutex::new(None),
             recoveries: AtomicU64::new(0),

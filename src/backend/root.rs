@@ -87,19 +87,24 @@ impl Core {
         self.create_root(Some(value))
     }
 
-    /// Destroys the root object with the configured label: a recovery that
-    /// imported it and then could not record it takes it back, so nothing
-    /// is left half-done.
+    /// Destroys the root this process created (and no other object): a
+    /// recovery or ceremony that imported it and then could not record it
+    /// takes it back, so nothing is left half-done.
     pub(super) fn destroy_root(&self) -> Result<()> {
-        self.with_session(|h| {
-            for obj in self.find_by_label(h, sys::CKO_SECRET_KEY, &self.root_label)? {
-                let rv = self.module.destroy_object(h, obj);
-                if rv != sys::CKR_OK {
-                    return Err(device("C_DestroyObject (root)", rv));
-                }
-            }
-            Ok(())
-        })
+        let created = *self.created_root.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(obj) = created else {
+            return Err(Error::with(
+                sys::CKR_OBJECT_HANDLE_INVALID,
+                "this process created no root to take back",
+            ));
+        };
+        self.with_session(|h| match self.module.destroy_object(h, obj) {
+            sys::CKR_OK => Ok(()),
+            rv => Err(device("C_DestroyObject (root)", rv)),
+        })?;
+        *self.created_root.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *self.root.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
     }
 
     /// Whether a root with the configured label exists (needs a user login).
@@ -156,23 +161,51 @@ impl Core {
             None => template.ulong(sys::CKA_VALUE_LEN, &value_len),
         };
         self.with_session(|h| {
-            let (rv, _) = match value {
+            let (rv, created) = match value {
                 Some(_) => self.module.create_object(h, &mut template),
                 None => self
                     .module
                     .generate_key(h, sys::CKM_GENERIC_SECRET_KEY_GEN, &mut template),
             };
-            match rv {
-                sys::CKR_OK => Ok(()),
-                rv => Err(device(
+            if rv != sys::CKR_OK {
+                return Err(device(
                     if value.is_some() {
                         "C_CreateObject (root)"
                     } else {
                         "C_GenerateKey (root)"
                     },
                     rv,
-                )),
+                ));
             }
+            // Looking for a root and creating one are two calls: another
+            // process (a second recovery, an `init`) may have created one in
+            // between. Two roots under one label would stop every process,
+            // so the one that finds another takes its own back.
+            let roots = self.find_by_label(h, sys::CKO_SECRET_KEY, &self.root_label)?;
+            if roots.len() != 1 {
+                let rv = self.module.destroy_object(h, created);
+                return Err(Error::with(
+                    sys::CKR_FUNCTION_FAILED,
+                    format!(
+                        "another root labelled {:?} was created on backing token {:?} at the \
+                         same time (a second `init` or `root recover`): this one {}; run the \
+                         command once, alone",
+                        self.root_label,
+                        self.token_label,
+                        if rv == sys::CKR_OK {
+                            "was taken back".to_string()
+                        } else {
+                            format!(
+                                "could not be taken back ({}): remove the extra key with the \
+                                 HSM's own tools",
+                                rv_name(rv)
+                            )
+                        }
+                    ),
+                ));
+            }
+            *self.created_root.lock().unwrap_or_else(|e| e.into_inner()) = Some(created);
+            Ok(())
         })
     }
 

@@ -259,14 +259,13 @@ fn init_with(
                 Some((made, rec, files)) => {
                     let fp = hex(&derive::root_fingerprint(backend).map_err(fail)?);
                     if made != fp {
-                        let _ = backend.destroy_root();
+                        let back = crate::root_cmd::take_back(backend, token);
                         p11derive::backup::remove_share_files(&files);
                         return Err(Failure::Failed(format!(
                             "the HSM computes fingerprint {fp} for the root just imported, but \
                              the ceremony computed {made}: the backing HSM's HMAC-SHA256 \
-                             differs from the standard one. The root was taken out of the HSM \
-                             again and the share files removed: the shares shown belong to no \
-                             root; destroy them"
+                             differs from the standard one. {back}; the share files were \
+                             removed: the shares shown belong to no root; destroy them"
                         )));
                     }
                     Some((rec, files))
@@ -279,12 +278,12 @@ fn init_with(
                 // A ceremony whose store could not be made: nothing is left
                 // (no root without its record, no shares of no root).
                 (Err(e), Some(files)) if !done.created => {
-                    let _ = backend.destroy_root();
+                    let back = crate::root_cmd::take_back(backend, token);
                     p11derive::backup::remove_share_files(&files);
                     Err(Failure::Failed(format!(
-                        "{}; the ceremony's root was taken out of the HSM again and its share \
-                         files removed (shares shown on the terminal belong to no root: destroy \
-                         them); fix the store and run `init --backup` again",
+                        "{}; {back}, and its share files were removed (shares shown on the \
+                         terminal belong to no root: destroy them); fix the store and run `init \
+                         --backup` again",
                         e.message()
                     )))
                 }

@@ -488,6 +488,13 @@ fn recover(
         .iter()
         .map(|a| parse_approval(a))
         .collect::<Result<Vec<_>, _>>()?;
+    if let Some(out) = bytes_out.filter(|p| p.exists()) {
+        return Err(Failure::Usage(format!(
+            "--bytes-out {}: the file exists; name a new file (the bytes are never written over \
+             another file)",
+            out.display()
+        )));
+    }
     let store = match Store::open_config(&config.store) {
         Ok(s) => Some(s),
         Err(StoreError::Missing(_)) => None,
@@ -693,13 +700,7 @@ fn recover_into(
         p11derive::lifecycle::advance_anchor(store, backend, false).map_err(failed)
     })();
     if let Err(e) = done {
-        let _ = backend.destroy_root();
-        return Err(match e {
-            Failure::Failed(m) => Failure::Failed(format!(
-                "{m}; the root imported into backing token {token:?} was taken out again"
-            )),
-            other => other,
-        });
+        return Err(noted(e, &take_back(backend, &token)));
     }
     if cli.json {
         return print_json(&serde_json::json!({
@@ -739,6 +740,28 @@ fn store_place(config: &Config) -> String {
     match &config.store.url {
         Some(u) => p11derive::config::redact(u),
         None => config.store.path.display().to_string(),
+    }
+}
+
+/// Takes back the root this process imported; says what became of it.
+pub fn take_back(backend: &Backend, token: &str) -> String {
+    match backend.destroy_root() {
+        Ok(()) => format!("the root imported into backing token {token:?} was taken out again"),
+        Err(e) => format!(
+            "the root imported into backing token {token:?} could NOT be taken out again ({e}): \
+             remove it with the HSM's own tools before anything else"
+        ),
+    }
+}
+
+/// `f` with `note` added to its message, of the same kind.
+pub fn noted(f: Failure, note: &str) -> Failure {
+    match f {
+        Failure::Failed(m) => Failure::Failed(format!("{m}; {note}")),
+        Failure::Usage(m) => Failure::Usage(format!("{m}; {note}")),
+        Failure::Refused(m) => Failure::Refused(format!("{m}; {note}")),
+        Failure::NotFound(m) => Failure::NotFound(format!("{m}; {note}")),
+        Failure::Waiting(m) => Failure::Waiting(format!("{m}; {note}")),
     }
 }
 
@@ -797,16 +820,25 @@ fn announce(
     ];
     let row = new_request(cx, "recover", params, cooldown + lifetime)?;
     let needs: Vec<String> = rules.iter().map(Rule::describe).collect();
-    if let Some(out) = bytes_out {
-        let doc = row.doc().map_err(failed)?;
-        write_new(out, &doc.verdict_bytes(Verdict::Approve))?;
-    }
     show_new_request(
         cx.cli,
         &row,
         &needs,
         serde_json::json!({"not_before": format_time(not_before)}),
     )?;
+    if let Some(out) = bytes_out {
+        let doc = row.doc().map_err(failed)?;
+        write_new(out, &doc.verdict_bytes(Verdict::Approve)).map_err(|f| {
+            noted(
+                f,
+                &format!(
+                    "request {} was recorded: `p11derive root recover --request {}` carries it \
+                     out once approved (the bytes to sign are printed above)",
+                    row.id, row.id
+                ),
+            )
+        })?;
+    }
     Err(Failure::Waiting(format!(
         "the root's recovery needs approvals ({}): request {} announced; nothing was imported. \
          Approvers sign the bytes above ({}or `p11derive request export {}` where the store can \
