@@ -1,0 +1,440 @@
+//! The root's SLIP-39 backup (issue 22), further: interoperability with the SLIP-39 reference
+//! implementation at the command line (in both directions, down to an asset's public key), the
+//! ceremony and a recovery on a terminal, and a governed recovery in users mode with approvals
+//! signed by openssl and a cooldown.
+
+mod common;
+#[path = "common/backup.rs"]
+mod kit;
+#[path = "common/reference.rs"]
+mod reference;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+use kit::*;
+use reference::reference_available;
+
+#[test]
+fn shares_written_by_init_combine_in_the_reference_to_the_same_root_and_keys() {
+    if !reference_available() {
+        return;
+    }
+    let s = setup_with(None, false);
+    let d = s.dir.join("ceremony");
+    let init = ceremony(&s, &d, &["--backup", "2-of-3"], &[]);
+    let fp = init["root_fingerprint"].as_str().unwrap();
+    s.create_asset("btc-ref", "secp256k1");
+    let point = pubkey(&s, "btc-ref");
+
+    let combined = python(
+        "import sys, shamir_mnemonic as s\n\
+         print(s.combine_mnemonics(sys.argv[1:], b'').hex())",
+        &[&words(&share(&d, 1, 1)), &words(&share(&d, 1, 3))],
+    );
+    let root = unhex(&combined);
+    assert_eq!(root.len(), 32);
+    assert_eq!(reference_fingerprint(&root), fp);
+    assert_eq!(reference_point(&root, "btc-ref", 1, "secp256k1"), point);
+    // The test's own combination agrees.
+    assert_eq!(root_of(&[share(&d, 1, 2), share(&d, 1, 3)], b""), root);
+}
+
+#[test]
+fn shares_made_by_the_reference_recover_into_a_fresh_token_without_a_store() {
+    if !reference_available() {
+        return;
+    }
+    let s = setup_with(None, false);
+    let mut root = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut root)
+        .unwrap();
+    let fp = reference_fingerprint(&root);
+    let made = python(
+        "import sys, shamir_mnemonic as s\n\
+         sets = s.generate_mnemonics(2, [(2, 3), (3, 5)], bytes.fromhex(sys.argv[1]), \
+         b'ref pass', extendable=True, iteration_exponent=1)\n\
+         for g, group in enumerate(sets):\n\
+         \x20   for m, words in enumerate(group):\n\
+         \x20       print(g + 1, m + 1, words)",
+        &[&hex(&root)],
+    );
+    let d = s.dir.join("reference");
+    std::fs::create_dir(&d).unwrap();
+    for line in made.lines() {
+        let mut parts = line.splitn(3, ' ');
+        let (g, m) = (parts.next().unwrap(), parts.next().unwrap());
+        let file = d.join(format!("share-g{g}-m{m}.txt"));
+        std::fs::write(file, format!("{}\n", parts.next().unwrap())).unwrap();
+    }
+    let pass = s.dir.join("pass.txt");
+    std::fs::write(&pass, "ref pass\n").unwrap();
+    let quorum = [
+        share(&d, 1, 3),
+        share(&d, 1, 1),
+        share(&d, 2, 5),
+        share(&d, 2, 1),
+        share(&d, 2, 2),
+    ];
+    let with_pass = ["--passphrase-file", pass.to_str().unwrap()];
+    let o = recover(
+        &s,
+        &quorum,
+        &[&with_pass[..], &["--fingerprint", &fp]].concat(),
+    );
+    assert_eq!(code(&o), 0, "{}", output_text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("no store at"));
+    assert!(token_has_root(&s));
+
+    let o = expect_exit(&s, &["--json", "init"], 0);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["root"], "kept", "{v}");
+    assert_eq!(v["root_fingerprint"], fp.as_str(), "{v}");
+    s.create_asset("from-ref", "secp256k1");
+    assert_eq!(
+        pubkey(&s, "from-ref"),
+        reference_point(&root, "from-ref", 1, "secp256k1")
+    );
+}
+
+/// The share words a terminal ceremony showed, one phrase per screen.
+fn shown_shares(screen: &str) -> Vec<String> {
+    screen
+        .split("Write these words down")
+        .skip(1)
+        .map(|part| {
+            let part = part.split("Press Enter").next().unwrap();
+            let tokens: Vec<&str> = part.split_whitespace().collect();
+            let words: Vec<&str> = tokens
+                .windows(2)
+                .filter(|p| p[0].ends_with('.') && p[0][..p[0].len() - 1].parse::<u32>().is_ok())
+                .map(|p| p[1])
+                .collect();
+            words.join(" ")
+        })
+        .collect()
+}
+
+#[test]
+fn a_terminal_ceremony_and_shares_typed_on_a_terminal() {
+    let s = setup_with(None, false);
+    let steps = [
+        ("Press Enter to show share 1", "\n"),
+        ("Press Enter once the words are written down", "\n"),
+        ("presses Enter to see share 2", "\n"),
+        ("Press Enter once the words are written down", "\n"),
+    ];
+    let (rc, screen) = drive_pty(
+        &s,
+        &["init", "--backup", "2-of-2", "--shares-terminal"],
+        &steps,
+    );
+    assert_eq!(rc, 0, "{screen}");
+    assert!(screen.contains("All 2 shares shown"), "{screen}");
+    let shares = shown_shares(&screen);
+    assert_eq!(shares.len(), 2, "{screen}");
+    for sh in &shares {
+        assert_eq!(sh.split(' ').count(), 33, "{sh}");
+    }
+    assert!(token_has_root(&s));
+    s.create_asset("t", "p256");
+    let point = pubkey(&s, "t");
+
+    // The words shown, as files, recover the root.
+    wipe(&s);
+    let files: Vec<PathBuf> = shares
+        .iter()
+        .enumerate()
+        .map(|(i, sh)| {
+            let f = s.dir.join(format!("shown-{i}.txt"));
+            std::fs::write(&f, format!("{sh}\n")).unwrap();
+            f
+        })
+        .collect();
+    let o = recover(&s, &files, &[]);
+    assert_eq!(code(&o), 0, "{}", output_text(&o));
+    assert_eq!(pubkey(&s, "t"), point);
+
+    // Typed on the terminal: a mistyped word is named and the share asked again.
+    wipe(&s);
+    let mut w: Vec<&str> = shares[0].split(' ').collect();
+    let typo = format!("{}q", w[3]);
+    w[3] = &typo;
+    let mistyped = format!("{}\n", w.join(" "));
+    let first = format!("{}\n", shares[0]);
+    let second = format!("{}\n", shares[1]);
+    let steps = [
+        ("Share 1 (", mistyped.as_str()),
+        ("Share 1 (", first.as_str()),
+        ("Share 2 (", second.as_str()),
+    ];
+    let (rc, screen) = drive_pty(&s, &["root", "recover"], &steps);
+    assert_eq!(rc, 0, "{screen}");
+    assert!(
+        screen.contains(&format!("word 4 \"{typo}\" is not a SLIP-39 word")),
+        "{screen}"
+    );
+    assert!(screen.contains("type it again"), "{screen}");
+    assert!(screen.contains("recovered from 2 shares"), "{screen}");
+    // Typed without echo: no run of the words on the screen.
+    for run in shares.iter().flat_map(|sh| word_runs(sh, 3)) {
+        assert!(!screen.contains(&run), "echoed: {run}");
+    }
+    assert_eq!(pubkey(&s, "t"), point);
+    s.audit_verifies();
+}
+
+const ALICE: &str = "alice-secret-1";
+const BOB: &str = "bob-secret-1";
+const CAROL: &str = "carol-secret-1";
+
+fn openssl(args: &[&str]) {
+    let o = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(o.status.success(), "openssl {args:?}: {}", output_text(&o));
+}
+
+/// `approver`'s key (`DIR/NAME.key`) signs `bytes`: the signature file.
+fn sign(dir: &Path, approver: &str, bytes: &Path) -> PathBuf {
+    let sig = PathBuf::from(format!("{}.{approver}.sig", bytes.display()));
+    let key = dir.join(format!("{approver}.key"));
+    openssl(&[
+        "pkeyutl",
+        "-sign",
+        "-rawin",
+        "-inkey",
+        key.to_str().unwrap(),
+        "-in",
+        bytes.to_str().unwrap(),
+        "-out",
+        sig.to_str().unwrap(),
+    ]);
+    sig
+}
+
+/// `root recover` as `user` with the shares and `extra`.
+fn recover_as(s: &Setup, user: &str, secret: &str, files: &[PathBuf], extra: &[&str]) -> Output {
+    let args = [&["root", "recover"][..], &sargs(files), extra].concat();
+    as_user(s, user, secret, &args)
+}
+
+/// The first run of a governed recovery: exit 5, the request id and the bytes to sign.
+fn announce(s: &Setup, files: &[PathBuf], name: &str) -> (String, PathBuf) {
+    let bytes = s.dir.join(name);
+    let o = recover_as(
+        s,
+        "alice",
+        ALICE,
+        files,
+        &["--json", "--bytes-out", bytes.to_str().unwrap()],
+    );
+    assert_eq!(code(&o), 5, "{}", output_text(&o));
+    let v: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", output_text(&o)));
+    assert_eq!(v["operation"], "recover", "{v}");
+    assert_eq!(v["status"], "pending", "{v}");
+    let text = std::fs::read_to_string(&bytes).unwrap();
+    assert!(text.ends_with("verdict: approve\n"), "{text}");
+    (v["request"].as_str().unwrap().to_string(), bytes)
+}
+
+#[test]
+fn a_governed_recovery_waits_for_its_cooldown_and_its_approvals() {
+    let s = setup_with(None, false);
+    let pin_file = s.dir.join("service.pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut text = std::fs::read_to_string(&s.config).unwrap();
+    text.push_str(&format!(
+        "\n[users]\nenabled = true\nservice_pin_file = \"{}\"\nmax_failures = 3\n\
+         lockout_seconds = 600\n\n[approvals]\nrecover_cooldown = \"3s\"\n",
+        pin_file.display()
+    ));
+    std::fs::write(&s.config, text).unwrap();
+    let d = s.dir.join("ceremony");
+    let o = s
+        .cli()
+        .env("P11DERIVE_PIN", ALICE)
+        .args(["--json", "init", "--admin", "alice", "--backup", "2-of-3"])
+        .arg("--shares-dir")
+        .arg(&d)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{}", output_text(&o));
+    let fp = serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["root_fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for name in ["ann", "ben"] {
+        let key = s.dir.join(format!("{name}.key"));
+        let public = s.dir.join(format!("{name}.pub"));
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "ed25519",
+            "-out",
+            key.to_str().unwrap(),
+        ]);
+        let (k, p) = (key.to_str().unwrap(), public.to_str().unwrap());
+        openssl(&["pkey", "-in", k, "-pubout", "-out", p]);
+        ok_as(&s, "alice", ALICE, &["approver", "add", name, "--key", p]);
+    }
+    ok_as(
+        &s,
+        "alice",
+        ALICE,
+        &["quorum", "set", "recover", "--approvals", "2"],
+    );
+    for (name, role, secret) in [("bob", "signer", BOB), ("carol", "officer,auditor", CAROL)] {
+        let file = s.dir.join(format!("{name}.secret"));
+        std::fs::write(&file, format!("{secret}\n")).unwrap();
+        let f = file.to_str().unwrap();
+        let add = [
+            "user",
+            "add",
+            name,
+            "--roles",
+            role,
+            "--patterns",
+            "*",
+            "--secret-file",
+            f,
+        ];
+        ok_as(&s, "alice", ALICE, &add);
+    }
+    ok_as(
+        &s,
+        "carol",
+        CAROL,
+        &["asset", "create", "gov", "--type", "secp256k1"],
+    );
+    let point = pubkey_as_alice(&s, "gov");
+
+    wipe(&s);
+    let files = [share(&d, 1, 1), share(&d, 1, 3)];
+    // A signer may not recover the root.
+    let o = recover_as(&s, "bob", BOB, &files, &[]);
+    assert_eq!(code(&o), 3, "{}", output_text(&o));
+    assert!(!token_has_root(&s));
+
+    // The first request: approved at once, but in its cooldown. The approvals are kept.
+    let (first, bytes) = announce(&s, &files, "first.req");
+    assert!(std::fs::read_to_string(&bytes).unwrap().contains(&fp));
+    let ann = format!("ann={}", sign(&s.dir, "ann", &bytes).display());
+    let ben = format!("ben={}", sign(&s.dir, "ben", &bytes).display());
+    let o = recover_as(
+        &s,
+        "alice",
+        ALICE,
+        &files,
+        &["--request", &first, "--approval", &ann, "--approval", &ben],
+    );
+    assert_eq!(code(&o), 3, "{}", output_text(&o));
+    assert!(stderr(&o).contains("cooldown"), "{}", output_text(&o));
+    assert!(!token_has_root(&s));
+
+    // A second request, after its cooldown: one approval is not enough, two are.
+    let (second, bytes) = announce(&s, &files, "second.req");
+    assert_ne!(second, first);
+    let ann = format!("ann={}", sign(&s.dir, "ann", &bytes).display());
+    let ben = format!("ben={}", sign(&s.dir, "ben", &bytes).display());
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let o = recover_as(
+        &s,
+        "alice",
+        ALICE,
+        &files,
+        &["--request", &second, "--approval", &ann],
+    );
+    assert_eq!(code(&o), 3, "{}", output_text(&o));
+    assert!(
+        stderr(&o).contains("lacks approvals"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!token_has_root(&s));
+    let o = recover_as(
+        &s,
+        "alice",
+        ALICE,
+        &files,
+        &[
+            "--json",
+            "--request",
+            &second,
+            "--approval",
+            &ann,
+            "--approval",
+            &ben,
+        ],
+    );
+    assert_eq!(code(&o), 0, "{}", output_text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["request"], second.as_str(), "{v}");
+    assert_eq!(pubkey_as_alice(&s, "gov"), point);
+
+    // The records: the recovery names its request; each approval was recorded.
+    let records = audit_as_carol(&s);
+    let recovered: Vec<&str> = records
+        .iter()
+        .filter(|r| r["event"] == "root")
+        .filter_map(|r| r["detail"].as_str())
+        .filter(|d| d.starts_with("root recovered:"))
+        .collect();
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert!(
+        recovered[0].ends_with(&format!("request={second}")),
+        "{recovered:?}"
+    );
+    for approver in ["ann", "ben"] {
+        let n = records
+            .iter()
+            .filter(|r| r["event"] == "approval")
+            .filter(|r| {
+                r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(&format!("approval by {approver}")))
+            })
+            .count();
+        assert_eq!(n, 2, "{approver}'s approvals of both requests");
+    }
+
+    // `request execute` does not run a recovery: it names `root recover`.
+    for id in [&first, &second] {
+        let o = as_user(&s, "alice", ALICE, &["request", "execute", id]);
+        assert_eq!(code(&o), 3, "{}", output_text(&o));
+        assert!(stderr(&o).contains("root recover"), "{}", output_text(&o));
+    }
+    // The executed request does not run again, even into an empty token.
+    wipe(&s);
+    let o = recover_as(&s, "alice", ALICE, &files, &["--request", &second]);
+    assert_eq!(code(&o), 3, "{}", output_text(&o));
+    assert!(stderr(&o).contains("executed"), "{}", output_text(&o));
+    assert!(!token_has_root(&s));
+    // The first request, out of its cooldown, holds the approvals given in it.
+    let o = recover_as(&s, "alice", ALICE, &files, &["--request", &first]);
+    assert_eq!(code(&o), 0, "{}", output_text(&o));
+    assert_eq!(pubkey_as_alice(&s, "gov"), point);
+}
+
+fn pubkey_as_alice(s: &Setup, name: &str) -> String {
+    let o = as_user(s, "alice", ALICE, &["asset", "pubkey", name, "--hex"]);
+    assert_eq!(code(&o), 0, "{}", output_text(&o));
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn audit_as_carol(s: &Setup) -> Vec<serde_json::Value> {
+    let o = as_user(s, "carol", CAROL, &["audit", "export"]);
+    assert_eq!(code(&o), 0, "{}", output_text(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
