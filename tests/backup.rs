@@ -69,6 +69,8 @@ fn ceremony_drill_wipe_recover_and_the_old_keys_sign_as_before() {
     let o = cli(&s, &["asset", "pubkey", "btc-1", "--hex"]);
     assert_ne!(code(&o), 0, "{}", output_text(&o));
     assert!(stderr(&o).contains("no root"), "{}", output_text(&o));
+    let why = provider_cannot_sign(&s, "btc-1");
+    assert!(why.starts_with("C_Login"), "{why}");
 
     // Another pair of shares recovers it.
     let o = recover(&s, &[share(&d, 1, 2), share(&d, 1, 3)], &["--json"]);
@@ -85,7 +87,7 @@ fn ceremony_drill_wipe_recover_and_the_old_keys_sign_as_before() {
     provider_signs(&s, "p-1", "p256", &p1);
     let verified = s.audit_verifies();
     assert!(
-        verified.contains("anchor") && verified.contains("present"),
+        verified.contains("anchor at record") && verified.contains("present"),
         "{verified}"
     );
 
@@ -408,4 +410,61 @@ fn no_share_word_or_root_byte_in_the_log_the_store_or_any_output() {
         caught.is_err(),
         "the search does not find words in a share file"
     );
+}
+
+/// What must not stay in a command's memory: the root `files` rebuild, every other run of 4
+/// words of each share; and a control that must be there (the config's path, in the
+/// environment), showing that the scan sees the process.
+fn secrets_of(s: &Setup, files: &[PathBuf]) -> Vec<(String, Vec<u8>)> {
+    let mut n = vec![
+        ("the root".to_string(), root_of(&files[..2], b"")),
+        (
+            "control".to_string(),
+            s.config.to_str().unwrap().as_bytes().to_vec(),
+        ),
+    ];
+    for f in files {
+        for (i, run) in word_runs(&words(f), 4).into_iter().enumerate().step_by(2) {
+            n.push((
+                format!("{} words {}..", f.display(), i + 1),
+                run.into_bytes(),
+            ));
+        }
+    }
+    n
+}
+
+#[test]
+fn no_share_or_root_byte_in_the_process_at_its_end() {
+    let s = setup_with(None, false);
+    let d = s.dir.join("ceremony");
+    let files: Vec<PathBuf> = (1..=3).map(|m| share(&d, 1, m)).collect();
+    let shares = sargs(&files);
+    let runs: [(&str, Vec<&str>); 3] = [
+        ("the ceremony", init_2_of_3(&d).to_vec()),
+        (
+            "a drill",
+            [&["root", "check-shares"][..], &shares[..4]].concat(),
+        ),
+        (
+            "a recovery",
+            [&["root", "recover"][..], &shares[2..]].concat(),
+        ),
+    ];
+    for (what, args) in runs {
+        if what == "a recovery" {
+            wipe(&s);
+        }
+        let (rc, out, found) = scan_at_exit(&s, &args, || secrets_of(&s, &files));
+        assert_eq!(rc, 0, "{what}: {out}");
+        let (control, leaks): (Vec<&String>, Vec<&String>) =
+            found.iter().partition(|f| f.starts_with("control"));
+        assert!(
+            !control.is_empty(),
+            "{what}: the scan does not see the process"
+        );
+        assert!(leaks.is_empty(), "{what} leaves in its memory: {leaks:#?}");
+    }
+    assert!(token_has_root(&s));
+    s.audit_verifies();
 }

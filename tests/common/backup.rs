@@ -310,3 +310,129 @@ pub fn holds_no_secret(what: &str, haystack: &[u8], shares: &[String], root: &[u
         "{what} holds the root's bytes"
     );
 }
+
+/// Runs the CLI with `args` under gdb, stopped at its end (the `exit_group` system call, after
+/// every destructor ran), and searches every readable mapping of that process for the needles
+/// `needles` returns then (when the command's files exist). (exit code, what gdb and the
+/// command printed, the names of the needles found, with where).
+pub fn scan_at_exit(
+    s: &Setup,
+    args: &[&str],
+    needles: impl FnOnce() -> Vec<(String, Vec<u8>)>,
+) -> (i32, String, Vec<String>) {
+    use std::os::unix::fs::FileExt;
+    let stopped = s.dir.join("gdb-stopped");
+    let go = s.dir.join("gdb-go");
+    let _ = std::fs::remove_file(&stopped);
+    let _ = std::fs::remove_file(&go);
+    let script = s.dir.join("at-exit.gdb");
+    std::fs::write(
+        &script,
+        format!(
+            "set pagination off\ncatch syscall exit_group\nrun\npython\nimport gdb, os, time\n\
+             code = int(gdb.parse_and_eval('$rdi'))\npid = gdb.selected_inferior().pid\n\
+             open('{0}.tmp', 'w').write('%d %d' % (pid, code))\nos.rename('{0}.tmp', '{0}')\n\
+             deadline = time.time() + 120\n\
+             while not os.path.exists('{1}') and time.time() < deadline:\n    time.sleep(0.05)\n\
+             end\nkill\n",
+            stopped.display(),
+            go.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("gdb")
+        .args(["-batch", "-nx", "--readnever", "-x"])
+        .arg(&script)
+        .arg("--args")
+        .arg(cli_path())
+        .args(args)
+        .env("P11DERIVE_CONF", &s.config)
+        .env("P11DERIVE_PIN", PIN)
+        .env("SOFTHSM2_CONF", softhsm_dir().join("softhsm2.conf"))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("gdb runs");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !stopped.exists() {
+        assert!(
+            std::time::Instant::now() < until,
+            "gdb never stopped the command"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let stop = std::fs::read_to_string(&stopped).unwrap();
+    let (pid, code) = stop.split_once(' ').unwrap();
+    let needles = needles();
+    let mut heads: std::collections::HashMap<&[u8], Vec<usize>> = Default::default();
+    for (i, (_, n)) in needles.iter().enumerate() {
+        assert!(n.len() >= 4, "a needle of fewer than 4 bytes");
+        heads.entry(&n[..4]).or_default().push(i);
+    }
+    let mut seen = vec![false; needles.len()];
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut found = Vec::new();
+    for line in maps.lines() {
+        let mut parts = line.split_whitespace();
+        let (range, perms) = (parts.next().unwrap(), parts.next().unwrap());
+        let (a, b) = range.split_once('-').unwrap();
+        let a = u64::from_str_radix(a, 16).unwrap();
+        let b = u64::from_str_radix(b, 16).unwrap();
+        if !perms.starts_with('r') || b - a > 1 << 28 {
+            continue;
+        }
+        let mut data = vec![0u8; (b - a) as usize];
+        if mem.read_exact_at(&mut data, a).is_err() {
+            continue;
+        }
+        // One pass: each position's first 4 bytes looked up among the needles'.
+        for at in 0..data.len().saturating_sub(3) {
+            let Some(which) = heads.get(&data[at..at + 4]) else {
+                continue;
+            };
+            for &i in which {
+                let (name, n) = &needles[i];
+                if data[at..].starts_with(n) && !seen[i] {
+                    seen[i] = true;
+                    found.push(format!("{name} at {:#x} in {line}", a + at as u64));
+                }
+            }
+        }
+    }
+    std::fs::write(&go, "").unwrap();
+    let out = child.wait_with_output().expect("gdb ends");
+    (code.parse().unwrap(), output_text(&out), found)
+}
+
+/// The provider, loaded through cryptoki, cannot sign with `label` (no root in the backing
+/// token): the step that failed and why.
+pub fn provider_cannot_sign(s: &Setup, label: &str) -> String {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    let _turn = turn();
+    std::env::set_var("P11DERIVE_CONF", &s.config);
+    let ctx = Pkcs11::new(module_path()).expect("load libp11derive.so");
+    let tried = (|| -> Result<Vec<u8>, String> {
+        let step = |what: &str, e: cryptoki::error::Error| format!("{what}: {e}");
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .map_err(|e| step("C_Initialize", e))?;
+        let slots = ctx
+            .get_slots_with_token()
+            .map_err(|e| step("C_GetSlotList", e))?;
+        let slot = *slots.first().ok_or("no slot")?;
+        let session = ctx
+            .open_rw_session(slot)
+            .map_err(|e| step("C_OpenSession", e))?;
+        let pin = cryptoki::types::AuthPin::from(PIN);
+        session
+            .login(cryptoki::session::UserType::User, Some(&pin))
+            .map_err(|e| step("C_Login", e))?;
+        try_sign(&session, label).map_err(|rv| format!("C_Sign: {rv:?}"))
+    })();
+    let _ = ctx.clone().finalize();
+    match tried {
+        Ok(_) => panic!("the provider signed with {label} without a root"),
+        Err(why) => why,
+    }
+}
