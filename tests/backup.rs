@@ -197,10 +197,7 @@ fn init_2_of_3(dir: &std::path::Path) -> [&str; 5] {
 
 #[test]
 fn each_refusal_has_its_own_message_and_imports_nothing() {
-    let s = setup_with(None, false);
-    let d = s.dir.join("ceremony");
-    let init = ceremony(&s, &d, &["--backup", "2-of-3"], &[]);
-    let fp = init["root_fingerprint"].as_str().unwrap().to_string();
+    let (s, d, fp) = backed_up_2_of_3();
 
     // A ceremony on a token that already holds a root, or where the store exists.
     let d2 = s.dir.join("again");
@@ -215,12 +212,7 @@ fn each_refusal_has_its_own_message_and_imports_nothing() {
     expect_exit(&s, &drill.concat(), 0);
 
     // A second ceremony on a second token: another share set.
-    let other = setup_with(None, false);
-    let od = other.dir.join("ceremony");
-    let ofp = ceremony(&other, &od, &["--backup", "2-of-3"], &[])["root_fingerprint"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (other, od, ofp) = backed_up_2_of_3();
     assert_ne!(ofp, fp);
     // A drill of the other set's shares against this root: a mismatch, exit 1, recorded.
     let drill = [

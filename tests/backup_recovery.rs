@@ -22,10 +22,7 @@ fn shares_written_by_init_combine_in_the_reference_to_the_same_root_and_keys() {
     if !reference_available() {
         return;
     }
-    let s = setup_with(None, false);
-    let d = s.dir.join("ceremony");
-    let init = ceremony(&s, &d, &["--backup", "2-of-3"], &[]);
-    let fp = init["root_fingerprint"].as_str().unwrap();
+    let (s, d, fp) = backed_up_2_of_3();
     s.create_asset("btc-ref", "secp256k1");
     let point = pubkey(&s, "btc-ref");
 
@@ -341,8 +338,25 @@ fn a_governed_recovery_waits_for_its_cooldown_and_its_approvals() {
     assert!(!token_has_root(&s));
 
     // A second request, after its cooldown: one approval is not enough, two are.
+    let first_ann = sign(&s.dir, "ann", &bytes);
     let (second, bytes) = announce(&s, &files, "second.req");
     assert_ne!(second, first);
+    // Approvals over the other request's bytes, or by no registered approver: refused.
+    let stray = [
+        format!("ann={}", first_ann.display()),
+        format!("zed={}", first_ann.display()),
+    ];
+    for a in &stray {
+        let o = recover_as(
+            &s,
+            "alice",
+            ALICE,
+            &files,
+            &["--request", &second, "--approval", a],
+        );
+        assert_eq!(code(&o), 3, "{a}: {}", output_text(&o));
+        assert!(!token_has_root(&s));
+    }
     let ann = format!("ann={}", sign(&s.dir, "ann", &bytes).display());
     let ben = format!("ben={}", sign(&s.dir, "ben", &bytes).display());
     std::thread::sleep(std::time::Duration::from_millis(3500));
@@ -437,4 +451,117 @@ fn audit_as_carol(s: &Setup) -> Vec<serde_json::Value> {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()
+}
+
+#[test]
+fn a_store_edited_to_name_another_roots_fingerprint_does_not_verify_under_that_root() {
+    let (s, _, fp) = backed_up_2_of_3();
+    s.create_asset("kept", "secp256k1");
+    let (_other, od, ofp) = backed_up_2_of_3();
+    wipe(&s);
+    // Whoever holds the other root's shares edits the store to name that root.
+    sqlite(
+        &s.store,
+        &format!("UPDATE audit SET detail = replace(detail, '{fp}', '{ofp}')"),
+    );
+    let theirs = [share(&od, 1, 1), share(&od, 1, 2)];
+    let o = recover(&s, &theirs, &[]);
+    assert_eq!(code(&o), 3, "{}", output_text(&o));
+    assert!(
+        stderr(&o).contains("does not verify under the rebuilt root"),
+        "{}",
+        output_text(&o)
+    );
+    let o = recover(&s, &theirs, &["--fingerprint", &ofp]);
+    assert_eq!(code(&o), 3, "{}", output_text(&o));
+    assert!(!token_has_root(&s));
+}
+
+#[test]
+fn a_terminal_closed_before_every_share_was_confirmed_imports_nothing() {
+    let s = setup_with(None, false);
+    // The first share is shown; the terminal ends (end of file) instead of a confirmation.
+    let steps = [
+        ("Press Enter to show share 1", "\n"),
+        ("Press Enter once the words are written down", "\x04"),
+    ];
+    let args = ["init", "--backup", "2-of-3", "--shares-terminal"];
+    let (rc, screen) = drive_pty(&s, &args, &steps);
+    assert_eq!(rc, 1, "{screen}");
+    assert!(
+        screen.contains("before every share was confirmed: nothing was imported"),
+        "{screen}"
+    );
+    assert!(!token_has_root(&s));
+    assert!(
+        !s.store.exists(),
+        "a store was made for a root never imported"
+    );
+    // The token is still free for a ceremony that ends.
+    let d = s.dir.join("ceremony");
+    ceremony(&s, &d, &["--backup", "2-of-3"], &[]);
+    assert!(token_has_root(&s));
+}
+
+#[test]
+fn a_passphrase_typed_on_the_terminal_twice_at_the_ceremony_and_once_at_recovery() {
+    let s = setup_with(None, false);
+    let d = s.dir.join("ceremony");
+    let args = [
+        "init",
+        "--backup",
+        "2-of-3",
+        "--shares-dir",
+        d.to_str().unwrap(),
+        "--passphrase",
+    ];
+    // Two passphrases that differ: a usage error, nothing made.
+    let steps = [
+        ("Passphrase of the shares (no echo): ", "blue whale 7\n"),
+        ("The passphrase again: ", "blue whale 8\n"),
+    ];
+    let (rc, screen) = drive_pty(&s, &args, &steps);
+    assert_eq!(rc, 2, "{screen}");
+    assert!(screen.contains("the two passphrases differ"), "{screen}");
+    assert!(!screen.contains("blue whale"), "echoed: {screen}");
+    assert!(!token_has_root(&s) && !s.store.exists() && !d.exists());
+
+    let steps = [
+        ("Passphrase of the shares (no echo): ", "blue whale 7\n"),
+        ("The passphrase again: ", "blue whale 7\n"),
+    ];
+    let (rc, screen) = drive_pty(&s, &args, &steps);
+    assert_eq!(rc, 0, "{screen}");
+    s.create_asset("pp", "p256");
+    let point = pubkey(&s, "pp");
+    let files = [share(&d, 1, 2), share(&d, 1, 3)];
+    // The shares with that passphrase give the live root (the HSM's fingerprint, `status`).
+    let live = fingerprint_of(&s);
+    assert_eq!(live.len(), 32);
+    assert_eq!(
+        reference_fingerprint(&root_of(&files, b"blue whale 7")),
+        live
+    );
+    assert_ne!(reference_fingerprint(&root_of(&files, b"")), live);
+    wipe(&s);
+    let shares = sargs(&files);
+    let recover_args = [&["root", "recover"][..], &shares, &["--passphrase"]].concat();
+    let (rc, screen) = drive_pty(&s, &recover_args, &[("Passphrase", "blue whale 8\n")]);
+    assert_eq!(rc, 3, "{screen}");
+    assert!(screen.contains("passphrase is wrong"), "{screen}");
+    assert!(!token_has_root(&s));
+    let (rc, screen) = drive_pty(&s, &recover_args, &[("Passphrase", "blue whale 7\n")]);
+    assert_eq!(rc, 0, "{screen}");
+    assert!(!screen.contains("blue whale"), "echoed: {screen}");
+    assert_eq!(pubkey(&s, "pp"), point);
+}
+
+/// The live root's fingerprint as `status --json` shows it.
+fn fingerprint_of(s: &Setup) -> String {
+    let o = expect_exit(s, &["--json", "status"], 0);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    v["root"]["fingerprint"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }

@@ -436,3 +436,14 @@ pub fn provider_cannot_sign(s: &Setup, label: &str) -> String {
         Err(why) => why,
     }
 }
+
+/// A new backing token whose root is made by `init --backup 2-of-3` into `DIR/ceremony`:
+/// (the setup, the shares directory, the root's fingerprint).
+pub fn backed_up_2_of_3() -> (Setup, PathBuf, String) {
+    let s = setup_with(None, false);
+    let d = s.dir.join("ceremony");
+    let init = ceremony(&s, &d, &["--backup", "2-of-3"], &[]);
+    let fp = init["root_fingerprint"].as_str().unwrap().to_string();
+    assert_eq!(fp.len(), 32, "{init}");
+    (s, d, fp)
+}
