@@ -241,8 +241,12 @@ fn announce(s: &Setup, files: &[PathBuf], name: &str) -> (String, PathBuf) {
     (v["request"].as_str().unwrap().to_string(), bytes)
 }
 
-#[test]
-fn a_governed_recovery_waits_for_its_cooldown_and_its_approvals() {
+/// A users-mode store on a new token whose root is made by `init --admin alice --backup
+/// 2-of-3` (shares in `DIR/ceremony`), with `[approvals] recover_cooldown = COOLDOWN`, the
+/// approvers ann and ben (Ed25519 keys made by openssl, `DIR/NAME.key`), a `recover` rule
+/// wanting both, bob (signer), carol (officer, auditor) and carol's asset `gov`:
+/// (the setup, the shares directory, the root's fingerprint).
+fn governed(cooldown: &str) -> (Setup, PathBuf, String) {
     let s = setup_with(None, false);
     let pin_file = s.dir.join("service.pin");
     std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
@@ -251,7 +255,7 @@ fn a_governed_recovery_waits_for_its_cooldown_and_its_approvals() {
     let mut text = std::fs::read_to_string(&s.config).unwrap();
     text.push_str(&format!(
         "\n[users]\nenabled = true\nservice_pin_file = \"{}\"\nmax_failures = 3\n\
-         lockout_seconds = 600\n\n[approvals]\nrecover_cooldown = \"3s\"\n",
+         lockout_seconds = 600\n\n[approvals]\nrecover_cooldown = \"{cooldown}\"\n",
         pin_file.display()
     ));
     std::fs::write(&s.config, text).unwrap();
@@ -312,10 +316,22 @@ fn a_governed_recovery_waits_for_its_cooldown_and_its_approvals() {
         CAROL,
         &["asset", "create", "gov", "--type", "secp256k1"],
     );
+    (s, d, fp)
+}
+
+#[test]
+fn a_governed_recovery_waits_for_its_cooldown_and_its_approvals() {
+    let (s, d, fp) = governed("3s");
     let point = pubkey_as_alice(&s, "gov");
+    let files = [share(&d, 1, 1), share(&d, 1, 3)];
+    // The drill is for an admin or an auditor, not a signer.
+    let drill = [&["root", "check-shares"][..], &sargs(&files)].concat();
+    for (user, secret, want) in [("alice", ALICE, 0), ("carol", CAROL, 0), ("bob", BOB, 3)] {
+        let o = as_user(&s, user, secret, &drill);
+        assert_eq!(code(&o), want, "{user}: {}", output_text(&o));
+    }
 
     wipe(&s);
-    let files = [share(&d, 1, 1), share(&d, 1, 3)];
     // A signer may not recover the root.
     let o = recover_as(&s, "bob", BOB, &files, &[]);
     assert_eq!(code(&o), 3, "{}", output_text(&o));
@@ -407,6 +423,12 @@ fn a_governed_recovery_waits_for_its_cooldown_and_its_approvals() {
         recovered[0].ends_with(&format!("request={second}")),
         "{recovered:?}"
     );
+    let executed = records.iter().filter(|r| r["event"] == "request").any(|r| {
+        r["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("request executed: root recovered"))
+    });
+    assert!(executed, "no `request executed: root recovered` record");
     for approver in ["ann", "ben"] {
         let n = records
             .iter()
@@ -564,4 +586,47 @@ fn fingerprint_of(s: &Setup) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// The requests in the store, as (id, operation, state) rows read with sqlite3.
+fn request_rows(s: &Setup) -> Vec<String> {
+    let o = Command::new("sqlite3")
+        .arg(&s.store)
+        .arg("SELECT operation, state FROM requests ORDER BY rowid")
+        .output()
+        .expect("sqlite3 runs");
+    assert!(o.status.success(), "{}", output_text(&o));
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+#[ignore = "bug: `root recover --bytes-out FILE` over an existing FILE records a pending \
+            recover request, then exits 1 without naming it"]
+fn an_announcement_whose_bytes_file_exists_records_no_request_or_names_it() {
+    let (s, d, _) = governed("1h");
+    wipe(&s);
+    let files = [share(&d, 1, 1), share(&d, 1, 2)];
+    let taken = s.dir.join("taken.req");
+    std::fs::write(&taken, "someone else's file\n").unwrap();
+    let bytes_out = ["--bytes-out", taken.to_str().unwrap()];
+    let o = recover_as(&s, "alice", ALICE, &files, &bytes_out);
+    let rows = request_rows(&s);
+    assert_eq!(
+        std::fs::read_to_string(&taken).unwrap(),
+        "someone else's file\n"
+    );
+    // Either refused before anything is recorded (a usage error or a failure, no request),
+    // or announced (exit 5) with the request's id shown.
+    match code(&o) {
+        5 => assert!(rows.iter().any(|r| r == "recover|pending"), "{rows:?}"),
+        _ => assert!(
+            rows.is_empty(),
+            "exit {:?} ({}), yet the store holds a request no one was told of: {rows:?}",
+            code(&o),
+            stderr(&o).trim()
+        ),
+    }
 }
