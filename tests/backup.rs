@@ -28,6 +28,8 @@ fn ceremony_drill_wipe_recover_and_the_old_keys_sign_as_before() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
+    let dir_mode = std::fs::metadata(&d).unwrap().permissions().mode();
+    assert_eq!(dir_mode & 0o777, 0o700, "the shares directory made");
     assert_eq!(
         names,
         ["share-g1-m1.txt", "share-g1-m2.txt", "share-g1-m3.txt"]

@@ -167,6 +167,8 @@ fn a_terminal_ceremony_and_shares_typed_on_a_terminal() {
     let steps = [
         ("Share 1 (", mistyped.as_str()),
         ("Share 1 (", first.as_str()),
+        ("Share 2 (", first.as_str()),
+        ("given already", ""),
         ("Share 2 (", second.as_str()),
     ];
     let (rc, screen) = drive_pty(&s, &["root", "recover"], &steps);
@@ -352,6 +354,27 @@ fn a_governed_recovery_waits_for_its_cooldown_and_its_approvals() {
     assert_eq!(code(&o), 3, "{}", output_text(&o));
     assert!(stderr(&o).contains("cooldown"), "{}", output_text(&o));
     assert!(!token_has_root(&s));
+    // The request names its token: carried out into another one, it is refused.
+    let elsewhere = setup_with(None, false);
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    let moved = text.replace(
+        &format!("token_label = \"{}\"", s.token_label),
+        &format!("token_label = \"{}\"", elsewhere.token_label),
+    );
+    assert_ne!(moved, text);
+    std::fs::write(&s.config, &moved).unwrap();
+    let o = recover_as(&s, "alice", ALICE, &files, &["--request", &first]);
+    std::fs::write(&s.config, &text).unwrap();
+    assert_eq!(code(&o), 3, "{}", output_text(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "recovers into backing token {:?}, but the config names token {:?}",
+            s.token_label, elsewhere.token_label
+        )),
+        "{}",
+        output_text(&o)
+    );
+    assert!(!token_has_root(&elsewhere));
 
     // A second request, after its cooldown: one approval is not enough, two are.
     let first_ann = sign(&s.dir, "ann", &bytes);
