@@ -653,3 +653,38 @@ fn an_announcement_whose_bytes_file_exists_records_no_request_or_names_it() {
         ),
     }
 }
+
+#[test]
+#[ignore = "bug: two `root recover` runs at once into one token can both import; the token \
+            then holds 2 roots, one run reports success, the other says the root it imported \
+            was taken out again (it was not)"]
+fn two_recoveries_at_once_into_one_token_leave_one_root() {
+    let (s, d, _) = backed_up_2_of_3();
+    let pair = |a, b| [share(&d, 1, a), share(&d, 1, b)];
+    for attempt in 0..5 {
+        wipe(&s);
+        let start = |files: [PathBuf; 2]| {
+            s.cli()
+                .args(["root", "recover"])
+                .args(share_args(&files))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("p11derive starts")
+        };
+        let (one, two) = (start(pair(1, 2)), start(pair(2, 3)));
+        let outs = [
+            one.wait_with_output().unwrap(),
+            two.wait_with_output().unwrap(),
+        ];
+        let text = format!("{}\n{}", output_text(&outs[0]), output_text(&outs[1]));
+        let recovered = outs.iter().filter(|o| o.status.success()).count();
+        assert_eq!(
+            root_count(&s),
+            1,
+            "attempt {attempt}: roots in the token: {text}"
+        );
+        assert_eq!(recovered, 1, "attempt {attempt}: {text}");
+        s.audit_verifies();
+    }
+}

@@ -128,6 +128,12 @@ pub fn wipe(s: &Setup) {
 /// Whether the backing token holds the root (a secret key labelled `p11derive-root`), as
 /// SoftHSM itself lists it (pkcs11-tool on SoftHSM's module, not the provider).
 pub fn token_has_root(s: &Setup) -> bool {
+    root_count(s) > 0
+}
+
+/// How many secret keys labelled `p11derive-root` the backing token holds (pkcs11-tool on
+/// SoftHSM's module).
+pub fn root_count(s: &Setup) -> usize {
     let o = Command::new("pkcs11-tool")
         .args(["--module", SOFTHSM, "--token-label", &s.token_label])
         .args([
@@ -142,7 +148,12 @@ pub fn token_has_root(s: &Setup) -> bool {
         .output()
         .expect("pkcs11-tool runs");
     assert!(o.status.success(), "pkcs11-tool: {}", output_text(&o));
-    String::from_utf8_lossy(&o.stdout).contains("p11derive-root")
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .filter(|l| {
+            l.trim_start().starts_with("label:") && l.trim_end().ends_with("p11derive-root")
+        })
+        .count()
 }
 
 /// The root the shares in `files` rebuild with `passphrase`, combined in the test with the
