@@ -688,3 +688,46 @@ fn two_recoveries_at_once_into_one_token_leave_one_root() {
         s.audit_verifies();
     }
 }
+
+#[test]
+fn a_recovery_failing_after_the_import_takes_the_root_out_again() {
+    let (s, d, fp) = backed_up_2_of_3();
+    wipe(&s);
+    // Another writer holds the store's write lock for the whole run: the recovery's records
+    // cannot be written after the import.
+    let locked = s.dir.join("locked");
+    let mut holder = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sqlite3, sys, time\n\
+             c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+             c.execute('BEGIN IMMEDIATE')\n\
+             open(sys.argv[2], 'w').write('1')\n\
+             time.sleep(60)",
+        )
+        .arg(&s.store)
+        .arg(&locked)
+        .spawn()
+        .expect("python3 starts");
+    while !locked.exists() {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pair = [share(&d, 1, 1), share(&d, 1, 3)];
+    let o = recover(&s, &pair, &[]);
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(code(&o), 1, "{}", output_text(&o));
+    assert!(
+        stderr(&o).contains("was taken out again"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(root_count(&s), 0, "the root stayed in the token");
+    // Nothing half-written: the same recovery then goes through.
+    let o = recover(&s, &pair, &["--json"]);
+    assert_eq!(code(&o), 0, "{}", output_text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["fingerprint"], fp.as_str());
+    assert_eq!(root_count(&s), 1);
+    s.audit_verifies();
+}
