@@ -11,28 +11,12 @@ use std::process::{Command, Stdio};
 
 use p11derive::slip39::{split, Combiner, Group, Plan, Share};
 
+#[path = "common/reference.rs"]
+mod reference;
+use reference::reference_available;
+
 const MASTER: &str = "8f4b1d2c6a09e3375b8c10fe924d6e21a7c3b05d98e4f1623a0b7c5e8d9f4012";
 const PASSPHRASE: &str = "custody";
-
-fn reference_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import shamir_mnemonic"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let message = "the SLIP-39 reference implementation is not importable by python3 \
-                       (`import shamir_mnemonic` failed): run tools/setup.sh, or \
-                       `python3 -m pip install shamir-mnemonic==0.3.0`";
-        if std::env::var_os("CI").is_some() {
-            panic!("{message}");
-        }
-        // Straight to stderr: the test harness would swallow eprintln!.
-        let _ = writeln!(std::io::stderr(), "skipped: {message}");
-    }
-    ok
-}
 
 /// Runs a python3 snippet with `input` on stdin; its stdout.
 fn python(script: &str, args: &[&str], input: &str) -> String {
