@@ -626,8 +626,6 @@ fn request_rows(s: &Setup) -> Vec<String> {
 }
 
 #[test]
-#[ignore = "bug: `root recover --bytes-out FILE` over an existing FILE records a pending \
-            recover request, then exits 1 without naming it"]
 fn an_announcement_whose_bytes_file_exists_records_no_request_or_names_it() {
     let (s, d, _) = governed("1h");
     wipe(&s);
@@ -655,10 +653,7 @@ fn an_announcement_whose_bytes_file_exists_records_no_request_or_names_it() {
 }
 
 #[test]
-#[ignore = "bug: two `root recover` runs at once into one token can both import; the token \
-            then holds 2 roots, one run reports success, the other says the root it imported \
-            was taken out again (it was not)"]
-fn two_recoveries_at_once_into_one_token_leave_one_root() {
+fn two_recoveries_at_once_into_one_token_never_leave_two_roots() {
     let (s, d, _) = backed_up_2_of_3();
     let pair = |a, b| [share(&d, 1, a), share(&d, 1, b)];
     for attempt in 0..5 {
@@ -679,12 +674,26 @@ fn two_recoveries_at_once_into_one_token_leave_one_root() {
         ];
         let text = format!("{}\n{}", output_text(&outs[0]), output_text(&outs[1]));
         let recovered = outs.iter().filter(|o| o.status.success()).count();
-        assert_eq!(
-            root_count(&s),
-            1,
+        // Never two roots: a run that finds another root beside its own takes its own back
+        // (both may, and then both are refused: run it again, alone).
+        assert!(
+            root_count(&s) <= 1,
             "attempt {attempt}: roots in the token: {text}"
         );
-        assert_eq!(recovered, 1, "attempt {attempt}: {text}");
+        assert_eq!(
+            recovered,
+            root_count(&s),
+            "attempt {attempt}: a run said it recovered, yet the token holds {} roots: {text}",
+            root_count(&s)
+        );
+        if recovered == 0 {
+            assert!(
+                text.contains("at the same time"),
+                "attempt {attempt}: {text}"
+            );
+            let o = recover(&s, &pair(1, 3), &[]);
+            assert_eq!(code(&o), 0, "attempt {attempt}, alone: {}", output_text(&o));
+        }
         s.audit_verifies();
     }
 }

@@ -30,7 +30,7 @@ pub(super) struct Core {
     pub(super) root: Mutex<Option<sys::CK_OBJECT_HANDLE>>,
     /// The root this process created (`init`, a ceremony, a recovery):
     /// the one object `destroy_root` may take back.
-    pub(super) created_root: Mutex<Option<sys::CK_OBJECT_HANDLE>>,
+    pub(super) created_root: Mutex<Option<[u8; 16]>>,
     /// The newest anchor object found or written, and when the anchor was
     /// last looked for: read again with one `C_GetAttributeValue` for a
     /// moment (see `Core::watch_anchor`).

@@ -42,10 +42,24 @@ impl Core {
         class: sys::CK_OBJECT_CLASS,
         label: &str,
     ) -> Result<Vec<sys::CK_OBJECT_HANDLE>> {
+        self.find_labelled(h, class, label, None)
+    }
+
+    /// [`Core::find_by_label`], and with `CKA_ID` equal to `id` when given.
+    fn find_labelled(
+        &self,
+        h: sys::CK_SESSION_HANDLE,
+        class: sys::CK_OBJECT_CLASS,
+        label: &str,
+        id: Option<&[u8]>,
+    ) -> Result<Vec<sys::CK_OBJECT_HANDLE>> {
         let mut template = Template::new();
         template
             .ulong(sys::CKA_CLASS, &class)
             .bytes(sys::CKA_LABEL, label.as_bytes());
+        if let Some(id) = id {
+            template.bytes(sys::CKA_ID, id);
+        }
         let rv = self.module.find_objects_init(h, &mut template);
         if rv != sys::CKR_OK {
             return Err(device("C_FindObjectsInit", rv));
@@ -92,15 +106,27 @@ impl Core {
     /// takes it back, so nothing is left half-done.
     pub(super) fn destroy_root(&self) -> Result<()> {
         let created = *self.created_root.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(obj) = created else {
+        let Some(id) = created else {
             return Err(Error::with(
                 sys::CKR_OBJECT_HANDLE_INVALID,
                 "this process created no root to take back",
             ));
         };
-        self.with_session(|h| match self.module.destroy_object(h, obj) {
-            sys::CKR_OK => Ok(()),
-            rv => Err(device("C_DestroyObject (root)", rv)),
+        self.with_session(|h| {
+            let ours = self.find_labelled(h, sys::CKO_SECRET_KEY, &self.root_label, Some(&id))?;
+            if ours.is_empty() {
+                return Err(Error::with(
+                    sys::CKR_OBJECT_HANDLE_INVALID,
+                    "the root this process created is no longer on the token",
+                ));
+            }
+            for obj in ours {
+                let rv = self.module.destroy_object(h, obj);
+                if rv != sys::CKR_OK {
+                    return Err(device("C_DestroyObject (root)", rv));
+                }
+            }
+            Ok(())
         })?;
         *self.created_root.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *self.root.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -139,11 +165,17 @@ impl Core {
         if let Some(v) = value {
             secret.copy_from_slice(v);
         }
+        // A random CKA_ID names this process's root among any other
+        // created at the same moment (object handles do not outlive a
+        // logout), so that it alone is ever taken back.
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&self.random(16)?);
         let mut template = Template::new();
         template
             .ulong(sys::CKA_CLASS, &class)
             .ulong(sys::CKA_KEY_TYPE, &key_type)
             .bytes(sys::CKA_LABEL, self.root_label.as_bytes())
+            .bytes(sys::CKA_ID, &id)
             .bool(sys::CKA_TOKEN, &yes)
             .bool(sys::CKA_PRIVATE, &yes)
             .bool(sys::CKA_SENSITIVE, &yes)
@@ -204,7 +236,7 @@ impl Core {
                     ),
                 ));
             }
-            *self.created_root.lock().unwrap_or_else(|e| e.into_inner()) = Some(created);
+            *self.created_root.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
             Ok(())
         })
     }
