@@ -3,7 +3,7 @@
 # Run as root (or with sudo available). Safe to run again.
 set -euo pipefail
 
-pkgs=(softhsm2 opensc openssl libclang-dev libengine-pkcs11-openssl python3-pykcs11 p11-kit gnutls-bin openjdk-17-jdk-headless sqlite3 postgresql pgbouncer libssl-dev pkg-config ca-certificates binutils gcc g++ python3 meson ninja-build)  # meson, ninja-build: OpenSSL's pkcs11-provider, for conformance/run.sh; python3-pykcs11: the README's AES example (tests/readme.rs); g++: libFuzzer, for tools/fuzz.sh; libssl-dev, pkg-config: TLS to PostgreSQL (openssl crate); pgbouncer: tests/pg_conn.rs
+pkgs=(softhsm2 opensc openssl libclang-dev libengine-pkcs11-openssl python3-pykcs11 p11-kit gnutls-bin openjdk-17-jdk-headless sqlite3 postgresql pgbouncer libssl-dev pkg-config ca-certificates binutils gcc g++ python3 meson ninja-build gdb)  # gdb: tests/backup.rs stops the CLI at exit to scan its memory; meson, ninja-build: OpenSSL's pkcs11-provider, for conformance/run.sh; python3-pykcs11: the README's AES example (tests/readme.rs); g++: libFuzzer, for tools/fuzz.sh; libssl-dev, pkg-config: TLS to PostgreSQL (openssl crate); pgbouncer: tests/pg_conn.rs
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
