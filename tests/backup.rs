@@ -229,7 +229,7 @@ fn each_refusal_has_its_own_message_and_imports_nothing() {
     // The store exists: a new ceremony would take it over.
     let d3 = s.dir.join("takeover");
     let args = init_2_of_3(&d3);
-    refused(&s, &args, 3, "exists and belongs to another root");
+    refused(&s, &args, 3, "which a new one cannot replace");
     assert!(!token_has_root(&s));
     assert!(!d3.exists() || std::fs::read_dir(&d3).unwrap().count() == 0);
     // A shares directory that is not empty is a usage error (checked before anything).

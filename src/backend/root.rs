@@ -209,6 +209,7 @@ impl Core {
                     rv,
                 ));
             }
+            *self.created_root.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
             // Looking for a root and creating one are two calls: another
             // process (a second recovery, an `init`) may have created one in
             // between. Two roots under one label would stop every process,
@@ -216,6 +217,9 @@ impl Core {
             let roots = self.find_by_label(h, sys::CKO_SECRET_KEY, &self.root_label)?;
             if roots.len() != 1 {
                 let rv = self.module.destroy_object(h, created);
+                if rv == sys::CKR_OK {
+                    *self.created_root.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                }
                 return Err(Error::with(
                     sys::CKR_FUNCTION_FAILED,
                     format!(
@@ -236,7 +240,6 @@ impl Core {
                     ),
                 ));
             }
-            *self.created_root.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
             Ok(())
         })
     }

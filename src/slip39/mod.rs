@@ -163,6 +163,15 @@ impl std::fmt::Display for Error {
                 position,
                 word,
                 suggestion,
+            } if word.is_empty() => write!(
+                f,
+                "word {position} is not a SLIP-39 word (words are separated by spaces only); \
+                 check it against the written share"
+            ),
+            Error::Word {
+                position,
+                word,
+                suggestion,
             } => {
                 write!(f, "word {position} \"{word}\" is not a SLIP-39 word")?;
                 match suggestion {

@@ -303,13 +303,17 @@ fn lookup(position: usize, typed: &[u8]) -> Result<u16, Error> {
     };
     lower.zeroize();
     found.ok_or_else(|| {
-        // Not a SLIP-39 word (so not share material as typed): name it,
-        // cut short, with the word it was probably meant to be.
-        let shown: String = String::from_utf8_lossy(typed)
-            .chars()
-            .take(16)
-            .collect::<String>()
-            .to_lowercase();
+        // Not a SLIP-39 word: named (with the word it was probably meant to
+        // be) only when it looks like one typed wrong, letters no longer
+        // than a word. A longer token may be real words run together (a
+        // comma or another separator between them): its letters are share
+        // material, so only its position is said.
+        let word_like = typed.len() <= MAX_WORD && typed.iter().all(u8::is_ascii_alphabetic);
+        let shown: String = if word_like {
+            String::from_utf8_lossy(typed).to_lowercase()
+        } else {
+            String::new()
+        };
         Error::Word {
             position,
             suggestion: wordlist::suggestion(shown.as_bytes()),

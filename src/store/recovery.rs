@@ -13,10 +13,17 @@ pub const FINGERPRINT_WORD: &str = "fingerprint=";
 /// The fingerprint a detail names: `fingerprint=HEX` (and, in `init`
 /// records made before backups, `(fingerprint HEX)`).
 pub fn fingerprint_in(detail: &str) -> Option<String> {
-    let at = detail
-        .find(FINGERPRINT_WORD)
-        .map(|i| i + FINGERPRINT_WORD.len())
-        .or_else(|| detail.find("(fingerprint ").map(|i| i + 13))?;
+    // At a fixed place: right after a `root` record's "root …: ", or in the
+    // `init` record's closing "(fingerprint HEX)" (the store's path and the
+    // root's label, before them, may hold anything).
+    let at = if detail.starts_with("root ") {
+        let after = detail.find(": ")? + 2;
+        detail[after..].strip_prefix(FINGERPRINT_WORD)?;
+        after + FINGERPRINT_WORD.len()
+    } else {
+        let i = detail.rfind("(fingerprint ")? + 13;
+        (detail.len() == i + 33 && detail.ends_with(')')).then_some(i)?
+    };
     let hex: String = detail[at..].chars().take(32).collect();
     (hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
         .then(|| hex.to_ascii_lowercase())
@@ -64,8 +71,9 @@ impl Store {
         Ok(rows.iter().find_map(|(r, _)| fingerprint_in(&r.detail)))
     }
 
-    /// Marks the approved `recover` request `id` executed, in one
-    /// transaction, refused (changing nothing) unless it is pending and
+    /// Marks the approved `recover` request `id` executed, with the
+    /// recovery's record `recovered`, in one transaction, refused (changing
+    /// nothing) unless it is pending and
     /// unexpired at `now`, names `fingerprint` and `token`, its `not-before`
     /// time (the cooldown after its announcement) has passed, and its
     /// approvals meet the rules in force now.
@@ -73,10 +81,10 @@ impl Store {
         &self,
         ak: &Secret32,
         id: &str,
-        fingerprint: &str,
-        token: &str,
+        (fingerprint, token): (&str, &str),
         now: i64,
         base: Record,
+        recovered: Record,
     ) -> Result<RequestRow, StoreError> {
         self.on_request(ak, id, now, |tx, _, mut row| {
             check_recovery(&row, fingerprint, token, now)?;
@@ -87,6 +95,9 @@ impl Store {
                     unmet.join("; ")
                 )));
             }
+            // The recovery's own record, in this transaction.
+            let mut rec = recovered;
+            self.append_in(tx, ak, std::slice::from_mut(&mut rec))?;
             row.state = "executed".into();
             row.outcome = format!("root {fingerprint} recovered into backing token {token:?}");
             Ok((row, "request executed: root recovered".into(), base))
@@ -154,7 +165,17 @@ mod tests {
             fingerprint_in(&format!("store created at x for root r (fingerprint {fp})")).as_deref(),
             Some(fp)
         );
-        assert_eq!(fingerprint_in("fingerprint=0011"), None);
+        assert_eq!(fingerprint_in("root drill: fingerprint=0011"), None);
         assert_eq!(fingerprint_in("no such word"), None);
+        // A path naming another fingerprint does not shadow the record's own.
+        let other = "ffeeddccbbaa99887766554433221100";
+        assert_eq!(
+            fingerprint_in(&format!(
+                "store created at /x/fingerprint={other}/(fingerprint {other})/s.db for root r \
+                 (fingerprint {fp})"
+            ))
+            .as_deref(),
+            Some(fp)
+        );
     }
 }

@@ -11,7 +11,7 @@ use p11derive::store::{hex, Store, StoreError};
 
 use crate::args::Cli;
 use crate::args_root::BackupArgs;
-use crate::root_cmd::CeremonyPlan;
+use crate::ceremony_cmd::CeremonyPlan;
 use p11derive::access::{Pattern, Role};
 use p11derive::accounts;
 use p11derive::secure::SecretBytes;
@@ -97,7 +97,7 @@ pub fn init(
     let config = load_config(cli)?;
     lock_memory(&config)?;
     let import = import_root.map(read_root).transpose()?;
-    let ceremony = crate::root_cmd::ceremony_plan(backup)?;
+    let ceremony = crate::ceremony_cmd::ceremony_plan(backup)?;
     let admin = first_admin_secret(cli, &config, admin)?;
     let admin = admin.as_ref().map(|(n, s)| (n.as_str(), &s[..]));
     let pin = hsm_pin(cli, &config)?;
@@ -168,7 +168,32 @@ fn init_with(
     let label = &config.backend.root_label;
     let token = &config.backend.token_label;
     let mut ceremony_record = None;
-    match (backend.root_exists().map_err(fail)?, root) {
+    let has_root = backend.root_exists().map_err(fail)?;
+    if !has_root {
+        // A new root only for a store still to be made: a store that exists
+        // has its root, and a lost root comes back with its checks (the
+        // store verified under it, a `recover` quorum) through `root recover`.
+        match Store::open_config(&config.store) {
+            Err(StoreError::Missing(_)) => {}
+            Ok(s) => {
+                return Err(Failure::Refused(format!(
+                    "backing token {token:?} holds no root labelled {label:?}, but store {} \
+                     exists: it belongs to a root, which a new one cannot replace. If that root \
+                     was lost, bring it back with `p11derive root recover` (its SLIP-39 shares), \
+                     or restore the backing HSM from its vendor's backup; to start over, point \
+                     [store] to a new place (README, \"Backup, restore, start over\")",
+                    s.path().display()
+                )))
+            }
+            Err(e) => {
+                return Err(Failure::Failed(format!(
+                    "{e}; no root was made: `init` makes a root only once it knows there is no \
+                     store yet"
+                )))
+            }
+        }
+    }
+    match (has_root, root) {
         (true, NewRoot::Import(_)) => {
             return Err(Failure::Refused(format!(
                 "backing token {token:?} already holds a root labelled {label:?}; refusing to \
@@ -184,16 +209,23 @@ fn init_with(
             )))
         }
         (false, NewRoot::Ceremony(cp)) => {
-            if let Ok(s) = Store::open_config(&config.store) {
-                return Err(Failure::Refused(format!(
-                    "store {} exists and belongs to another root: a new root cannot take it \
-                     over. To recover the root of that store, use `p11derive root recover`; for \
-                     a new root, point [store] to a new place",
-                    s.path().display()
-                )));
-            }
-            let c = crate::root_cmd::ceremony(backend, cp)?;
+            let c = crate::ceremony_cmd::ceremony(backend, cp)?;
             if let Err(e) = backend.import_root(c.root.bytes()) {
+                // The shares go only once the token surely holds no root of
+                // theirs (an import can fail after the HSM made the object).
+                let none = backend.destroy_root().is_ok()
+                    || backend.root_exists().is_ok_and(|there| !there);
+                if !none {
+                    return Err(Failure::Failed(format!(
+                        "{e}; the root may have been created on backing token {token:?} \
+                         despite the error: check with the HSM's own tools{}",
+                        if c.written.is_empty() {
+                            String::new()
+                        } else {
+                            "; the share files are kept until you know".to_string()
+                        }
+                    )));
+                }
                 p11derive::backup::remove_share_files(&c.written);
                 return Err(Failure::Failed(format!(
                     "{e}; the root was not imported{}",
@@ -249,6 +281,7 @@ fn init_with(
             ));
         }
     }
+    let made_root = !has_root;
     // Log in again, now finding the root, to derive through it.
     let _ = backend.logout();
     let result = backend
@@ -275,8 +308,12 @@ fn init_with(
             let files = ceremony.as_ref().map(|(_, f)| f.clone());
             let result = init_store(config, backend, admin, ceremony.map(|(r, _)| r), done);
             match (result, files) {
-                // A ceremony whose store could not be made: nothing is left
-                // (no root without its record, no shares of no root).
+                // A root made here whose store could not be made: nothing is
+                // left (no root without its store, no shares of no root).
+                (Err(e), None) if !done.created && made_root => {
+                    let back = crate::root_cmd::take_back(backend, token);
+                    Err(crate::root_cmd::noted(e, &back))
+                }
                 (Err(e), Some(files)) if !done.created => {
                     let back = crate::root_cmd::take_back(backend, token);
                     p11derive::backup::remove_share_files(&files);

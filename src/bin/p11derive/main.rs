@@ -16,6 +16,7 @@ mod args_root;
 mod args_users;
 mod asset_cmd;
 mod audit_cmd;
+mod ceremony_cmd;
 mod init_cmd;
 mod policy_cmd;
 mod request_cmd;

@@ -1,7 +1,7 @@
 //! The root's SLIP-39 backup in the CLI: the ceremony `init --backup` runs, `root recover` into a (new) backing HSM, and the `root check-shares` drill.
 
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::Write;
+use std::path::Path;
 
 use p11derive::access::{format_time, Action};
 use p11derive::approvals::keys::read_signature;
@@ -14,15 +14,15 @@ use p11derive::ck::{CKR_OK, CKU_USER};
 use p11derive::config::Config;
 use p11derive::derive;
 use p11derive::secure::SecretBytes;
-use p11derive::slip39::{self, Combiner, Plan, Share};
+use p11derive::slip39::{self, Combiner};
 use p11derive::store::{check_recovery, hex, unix_now, Store, StoreError};
 use subtle::ConstantTimeEq;
 
 use crate::approvals_cmd::{new_request, p, show_new_request, Ctx};
 use crate::args::Cli;
-use crate::args_root::{BackupArgs, RootCommand, SharesIn};
+use crate::args_root::{RootCommand, SharesIn};
 use crate::common::{
-    can_ask, failed, hsm_pin, load_config, lock_memory, print_json, read_secret_file, Failure,
+    failed, hsm_pin, load_config, lock_memory, print_json, read_secret_file, Failure,
 };
 use crate::users::Want;
 
@@ -52,7 +52,11 @@ pub fn run(cli: &Cli, c: &RootCommand) -> Result<(), Failure> {
 /// A share set's passphrase: from `file` (its first line), asked on the
 /// terminal (`ask`; twice when `twice`), else empty. SLIP-39 allows
 /// printable ASCII only.
-fn passphrase(file: Option<&Path>, ask: bool, twice: bool) -> Result<SecretBytes, Failure> {
+pub(crate) fn passphrase(
+    file: Option<&Path>,
+    ask: bool,
+    twice: bool,
+) -> Result<SecretBytes, Failure> {
     let mut pass = match (file, ask) {
         (Some(f), _) => {
             let mut raw = read_secret_file(f, MAX_PASSPHRASE)
@@ -101,282 +105,17 @@ fn ask_tty(prompt: &str) -> Result<SecretBytes, Failure> {
         .map_err(|e| failed(format!("cannot ask: {e}")))
 }
 
-// ---------------------------------------------------------------- ceremony
+// ---------------------------------------------------------------- shares in
 
-/// Where a ceremony's shares go.
-pub enum SharesTo {
-    Dir(PathBuf),
-    Terminal,
-}
-
-/// What `init --backup` asked for, checked before anything is made.
-pub struct CeremonyPlan {
-    pub plan: Plan,
-    pub to: SharesTo,
-    pub passphrase: SecretBytes,
-}
-
-/// Reads and checks `init`'s backup options (`None`: no ceremony asked).
-pub fn ceremony_plan(b: &BackupArgs) -> Result<Option<CeremonyPlan>, Failure> {
-    if !b.asked() {
-        if b.shares_dir.is_some()
-            || b.shares_terminal
-            || b.passphrase
-            || b.passphrase_file.is_some()
-        {
-            return Err(Failure::Usage(
-                "--shares-dir, --shares-terminal and --passphrase belong to a backup ceremony: \
-                 add --backup K-of-N (or --group K-of-N ... --groups-needed G)"
-                    .into(),
-            ));
-        }
-        return Ok(None);
-    }
-    let plan =
-        backup::plan(b.backup.as_deref(), &b.group, b.groups_needed).map_err(Failure::Usage)?;
-    let to = match (&b.shares_dir, b.shares_terminal) {
-        (Some(d), false) => {
-            if std::fs::read_dir(d).is_ok_and(|mut e| e.next().is_some()) {
-                return Err(Failure::Usage(format!(
-                    "--shares-dir {}: the directory is not empty; give a new or empty directory \
-                     (shares are never written over, nor mixed with other files)",
-                    d.display()
-                )));
-            }
-            SharesTo::Dir(d.clone())
-        }
-        (None, true) => {
-            if std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open("/dev/tty")
-                .is_err()
-            {
-                return Err(Failure::Usage(
-                    "--shares-terminal needs a terminal (/dev/tty); use --shares-dir DIR".into(),
-                ));
-            }
-            SharesTo::Terminal
-        }
-        _ => {
-            return Err(Failure::Usage(
-                "say where the shares go: --shares-dir DIR (one new file per share) or \
-                 --shares-terminal (one screen per share)"
-                    .into(),
-            ))
-        }
-    };
-    let passphrase = passphrase(b.passphrase_file.as_deref(), b.passphrase, true)?;
-    Ok(Some(CeremonyPlan {
-        plan,
-        to,
-        passphrase,
-    }))
-}
-
-/// A ceremony done up to the import: the root (in locked memory) and what
-/// its record says.
-pub struct Ceremony {
-    pub root: HeldRoot,
-    pub fingerprint: String,
-    pub identifier: u16,
-    pub written: Vec<PathBuf>,
-    pub shares: usize,
-    pub described: String,
-}
-
-impl Ceremony {
-    /// The ceremony's audit record: fingerprint, share-set id, thresholds.
-    pub fn record(&self, cp: &CeremonyPlan) -> Record {
-        Record::new(Event::Root, CKR_OK).detail(format!(
-            "root ceremony: {}{}; SLIP-39 share set id={} ({} shares; {}; extendable, iteration \
-             exponent {}; passphrase {}); shares given out {}",
-            p11derive::store::FINGERPRINT_WORD,
-            self.fingerprint,
-            self.identifier,
-            self.shares,
-            self.described,
-            cp.plan.iteration_exponent,
-            if cp.passphrase.is_empty() {
-                "none"
-            } else {
-                "set"
-            },
-            match &cp.to {
-                SharesTo::Dir(d) => format!("as files in {}", d.display()),
-                SharesTo::Terminal => "on the terminal".into(),
-            }
-        ))
-    }
-}
-
-/// The ceremony before the import: a new root from the HSM's generator,
-/// split into shares (checked to combine back to it), given out. Nothing
-/// is in the HSM yet; on failure no share file is left.
-pub fn ceremony(backend: &Backend, cp: &CeremonyPlan) -> Result<Ceremony, Failure> {
-    let random = |b: &mut [u8]| backend.random(b);
-    let root = HeldRoot::generate(&random).map_err(failed)?;
-    let fingerprint = hex(&root.fingerprint().map_err(failed)?);
-    let rng = |b: &mut [u8]| backend.random(b).map_err(|e| e.to_string());
-    let sets = slip39::split(root.bytes(), &cp.passphrase, &cp.plan, &rng).map_err(failed)?;
-    check_split(&root, &sets, &cp.plan, &cp.passphrase)?;
-    let identifier = sets[0][0].identifier;
-    let total: usize = sets.iter().map(Vec::len).sum();
-    let written = match &cp.to {
-        SharesTo::Dir(dir) => {
-            let header = |g: usize, m: usize, s: &Share| {
-                format!(
-                    "# p11derive root share: group {} of {} ({} of {} members needed), member \
-                     {} of {}\n# root fingerprint {fingerprint}, share set {}; a recovery needs \
-                     {} of the {} groups\n# keep it apart from every other share; never store \
-                     it beside the HSM\n",
-                    g + 1,
-                    s.group_count,
-                    s.member_threshold,
-                    sets[g].len(),
-                    m + 1,
-                    sets[g].len(),
-                    s.identifier,
-                    s.group_threshold,
-                    s.group_count,
-                )
-            };
-            backup::write_share_files(dir, &sets, &header).map_err(failed)?
-        }
-        SharesTo::Terminal => {
-            show_on_terminal(&sets, &fingerprint)?;
-            Vec::new()
-        }
-    };
-    Ok(Ceremony {
-        root,
-        fingerprint,
-        identifier,
-        written,
-        shares: total,
-        described: cp.plan.describe(),
-    })
-}
-
-/// The split must combine back to the root (from each group's first
-/// members, as few as the thresholds allow) before any share goes out.
-fn check_split(
-    root: &HeldRoot,
-    sets: &[Vec<Share>],
-    plan: &Plan,
-    passphrase: &[u8],
-) -> Result<(), Failure> {
-    let mut c = Combiner::new();
-    for (g, group) in sets.iter().enumerate().take(plan.groups_needed as usize) {
-        for share in group.iter().take(plan.groups[g].threshold as usize) {
-            let again = Share::from_mnemonic(&share.mnemonic().map_err(failed)?)
-                .map_err(|e| failed(format!("a share made does not read back: {e}")))?;
-            c.add(again)
-                .map_err(|e| failed(format!("a share made does not combine: {e}")))?;
-        }
-    }
-    let back = c
-        .combine(passphrase)
-        .map_err(|e| failed(format!("the shares made do not combine: {e}")))?;
-    if back.len() != 32 || !bool::from(back[..].ct_eq(&root.bytes()[..])) {
-        return Err(failed(
-            "the shares made do not combine back to the root: nothing was given out or imported",
-        ));
-    }
-    Ok(())
-}
-
-/// Shows each share on the terminal, one screen per share, cleared after
-/// the custodian confirms; never on standard output (which may be a log).
-fn show_on_terminal(sets: &[Vec<Share>], fingerprint: &str) -> Result<(), Failure> {
-    let mut tty = std::fs::OpenOptions::new()
+/// Whether there is a terminal to type shares on (`/dev/tty`, whatever
+/// standard input is: `--pin-file -` may be reading it).
+fn has_tty() -> bool {
+    std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/tty")
-        .map_err(|e| failed(format!("no terminal to show the shares on (/dev/tty: {e})")))?;
-    let total: usize = sets.iter().map(Vec::len).sum();
-    let io = |e: std::io::Error| failed(format!("terminal: {e}"));
-    let clear = "\x1b[2J\x1b[3J\x1b[H";
-    write!(
-        tty,
-        "{clear}{total} shares follow, one screen each. Only the custodian of each share should \
-         see its screen.\nPress Enter to show share 1."
-    )
-    .map_err(io)?;
-    wait_enter(&mut tty)?;
-    let mut n = 0;
-    for (g, group) in sets.iter().enumerate() {
-        for (m, share) in group.iter().enumerate() {
-            n += 1;
-            write!(
-                tty,
-                "{clear}p11derive root share {n} of {total}: group {} of {} ({} of {} members \
-                 needed), member {}\nroot fingerprint {fingerprint}, share set {}\n\nWrite these \
-                 words down in order and keep them apart from every other share:\n\n",
-                g + 1,
-                share.group_count,
-                share.member_threshold,
-                group.len(),
-                m + 1,
-                share.identifier
-            )
-            .map_err(io)?;
-            let words = share.mnemonic().map_err(failed)?;
-            for (i, w) in words.split(|b| *b == b' ').enumerate() {
-                write!(tty, "{:>4}. ", i + 1).map_err(io)?;
-                tty.write_all(w).map_err(io)?;
-                let pad = 12usize.saturating_sub(w.len());
-                write!(
-                    tty,
-                    "{:pad$}{}",
-                    "",
-                    if i % 4 == 3 { "\n" } else { "" },
-                    pad = pad
-                )
-                .map_err(io)?;
-            }
-            drop(words);
-            write!(
-                tty,
-                "\n\nPress Enter once the words are written down: the screen is then cleared."
-            )
-            .map_err(io)?;
-            wait_enter(&mut tty)?;
-            write!(tty, "{clear}").map_err(io)?;
-            if n < total {
-                write!(
-                    tty,
-                    "Share {n} of {total} done. Hand over to the next custodian, who presses \
-                     Enter to see share {}.",
-                    n + 1
-                )
-                .map_err(io)?;
-                wait_enter(&mut tty)?;
-            }
-        }
-    }
-    writeln!(tty, "{clear}All {total} shares shown.").map_err(io)?;
-    Ok(())
+        .is_ok()
 }
-
-fn wait_enter(tty: &mut std::fs::File) -> Result<(), Failure> {
-    let mut b = [0u8; 1];
-    loop {
-        match tty.read(&mut b) {
-            Ok(0) => {
-                return Err(failed(
-                    "the terminal closed before every share was confirmed: nothing was imported",
-                ))
-            }
-            Ok(_) if b[0] == b'\n' || b[0] == b'\r' => return Ok(()),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(failed(format!("terminal: {e}"))),
-        }
-    }
-}
-
-// ---------------------------------------------------------------- shares in
 
 /// The root rebuilt from shares, with what its records may say of them.
 struct Rebuilt {
@@ -393,7 +132,7 @@ fn rebuild(s: &SharesIn) -> Result<Rebuilt, Failure> {
     let mut c = Combiner::new();
     let mut given = 0;
     if s.shares.is_empty() {
-        if !can_ask() {
+        if !has_tty() {
             return Err(Failure::Usage(
                 "no shares: give each share file with --share FILE, or run on a terminal to type \
                  them"
@@ -462,12 +201,18 @@ fn rebuild(s: &SharesIn) -> Result<Rebuilt, Failure> {
 }
 
 /// Why the rebuilt root is not the one expected.
-fn wrong_root(got: &str, want: &str, whence: &str) -> Failure {
-    Failure::Refused(format!(
+fn wrong_root(got: &str, want: &str, whence: &str) -> String {
+    format!(
         "the shares rebuild a root with fingerprint {got}, but {whence} expects {want}: these \
          are shares of another root, or the passphrase is wrong (SLIP-39 cannot tell a wrong \
-         passphrase: it gives another root; check --passphrase). Nothing was imported"
-    ))
+         passphrase: it gives another root; check --passphrase){}",
+        if whence.starts_with("store") {
+            "; or the store is not this root's (replaced or edited): give the fingerprint from \
+             your own records with --fingerprint"
+        } else {
+            ""
+        }
+    )
 }
 
 // ---------------------------------------------------------------- recover
@@ -544,7 +289,10 @@ fn recover(
         }
         let r = rebuild(shares)?;
         if r.fingerprint != expected {
-            return Err(wrong_root(&r.fingerprint, &expected, &whence));
+            return Err(Failure::Refused(format!(
+                "{}. Nothing was imported",
+                wrong_root(&r.fingerprint, &expected, &whence)
+            )));
         }
         let governance = Governance {
             request,
@@ -636,6 +384,13 @@ fn recover_into(
             actor = Some(caller.name.clone());
         }
         let rules = store.rules_for("recover", None)?;
+        if rules.is_empty() && request.is_some() {
+            return Err(Failure::Usage(
+                "--request: no quorum rule governs `recover` in this store, so the recovery \
+                 needs no request; run it without --request and --approval"
+                    .into(),
+            ));
+        }
         if !rules.is_empty() {
             let cx = Ctx {
                 cli,
@@ -652,6 +407,16 @@ fn recover_into(
             approve_and_check(&cx, &id, &r, approvals)?;
             governed = Some(id);
         }
+    }
+    // A token that still holds a rollback anchor (the same token, its root
+    // deleted) takes only the store that anchor knows.
+    if let (Some(store), Some(a)) = (store, backend.read_anchor().map_err(failed)?) {
+        store.check_anchor(&a).map_err(|e| {
+            Failure::Refused(format!(
+                "{e}: backing token {token:?} still holds the rollback anchor of a store this one \
+                 is not (or an older copy of it); nothing was imported"
+            ))
+        })?;
     }
     // The import, then everything that records it; on failure the root is
     // taken out of the HSM again.
@@ -671,17 +436,11 @@ fn recover_into(
         if live != fingerprint {
             return Err(failed(format!(
                 "the HSM computes fingerprint {live} for the root just imported, not \
-                 {fingerprint}: the backing HSM's HMAC differs; the root was taken out again"
+                 {fingerprint}: the backing HSM's HMAC differs"
             )));
         }
-        let Some(store) = store else { return Ok(()) };
+        let Some(store) = store else { return Ok(None) };
         let hsm_ak = derive::audit_key(backend).map_err(failed)?;
-        if let Some(id) = &governed {
-            let base = Record::new(Event::Request, CKR_OK).actor(actor.as_deref());
-            store
-                .execute_recovery(&hsm_ak, id, &fingerprint, &token, unix_now(), base)
-                .map_err(refusal)?;
-        }
         let detail = format!(
             "root recovered: {}{fingerprint} into backing token {token:?} from {given} shares \
              of SLIP-39 share set id={identifier}; store found at {head}{}",
@@ -691,16 +450,35 @@ fn recover_into(
                 .map(|id| format!("; request={id}"))
                 .unwrap_or_default()
         );
-        store.record(
-            Some(&hsm_ak),
-            Record::new(Event::Root, CKR_OK)
-                .actor(actor.as_deref())
-                .detail(detail),
-        )?;
-        p11derive::lifecycle::advance_anchor(store, backend, false).map_err(failed)
+        let rec = Record::new(Event::Root, CKR_OK)
+            .actor(actor.as_deref())
+            .detail(detail);
+        // The recovery's record, and a governed recovery's request marked
+        // executed, in one transaction: either both or neither.
+        match &governed {
+            Some(id) => {
+                let base = Record::new(Event::Request, CKR_OK).actor(actor.as_deref());
+                store
+                    .execute_recovery(&hsm_ak, id, (&fingerprint, &token), unix_now(), base, rec)
+                    .map_err(refusal)?;
+            }
+            None => store.record(Some(&hsm_ak), rec)?,
+        }
+        Ok(Some(store))
     })();
-    if let Err(e) = done {
-        return Err(noted(e, &take_back(backend, &token)));
+    let store_done = match done {
+        Err(e) => return Err(noted(e, &take_back(backend, &token))),
+        Ok(s) => s,
+    };
+    // Recorded: the root stays. The anchor follows the store now, or at the
+    // next change when the HSM refuses it this moment.
+    if let Some(s) = store_done {
+        if let Err(e) = p11derive::lifecycle::advance_anchor(s, backend, false) {
+            eprintln!(
+                "p11derive: warning: the root is recovered and recorded, but the HSM's rollback \
+                 anchor could not be set ({e}); the next command that changes the store sets it"
+            );
+        }
     }
     if cli.json {
         return print_json(&serde_json::json!({
@@ -780,12 +558,10 @@ fn newest_record(store: &Store) -> Result<String, Failure> {
 
 /// Writes `bytes` to a new file (never over one).
 fn write_new(path: &Path, bytes: &[u8]) -> Result<(), Failure> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
+    let mut f = p11derive::files::create_new(path, &p11derive::files::Access::Owner)
         .map_err(|e| failed(format!("cannot create {}: {e}", path.display())))?;
     f.write_all(bytes)
+        .and_then(|()| f.sync_all())
         .map_err(|e| failed(format!("cannot write {}: {e}", path.display())))
 }
 
@@ -885,10 +661,20 @@ fn approve_and_check(
         .store
         .request(id)?
         .ok_or_else(|| Failure::NotFound(format!("no request {id} in the store")))?;
-    if row.state != "pending" {
+    let status = row.status(unix_now()).to_string();
+    if status != "pending" {
         return Err(Failure::Refused(format!(
-            "request {id} is {} ({}): nothing was imported",
-            row.state, row.outcome
+            "request {id} is {status}{}: nothing was imported{}",
+            if row.outcome.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", row.outcome)
+            },
+            if status == "expired" {
+                "; announce the recovery again (run without --request)"
+            } else {
+                ""
+            }
         )));
     }
     check_recovery(&row, &r.fingerprint, token, unix_now()).map_err(refusal)?;
@@ -918,6 +704,10 @@ fn check_shares(cli: &Cli, shares: &SharesIn) -> Result<(), Failure> {
     drop(root);
     let want = Want::to(Action::ManageRoot).or(Action::ReadAudit);
     crate::common::with_key(cli, &store, &config, want, |store, backend, ak, caller| {
+        // Users mode checked the store at the login; pass-through does here,
+        // before the drill's record is written.
+        store.check_root(ak)?;
+        crate::common::refuse_rolled_back(store, backend, ak)?;
         let live = hex(&derive::root_fingerprint(backend).map_err(failed)?);
         let matched = live == fingerprint;
         let detail = format!(
@@ -943,10 +733,10 @@ fn check_shares(cli: &Cli, shares: &SharesIn) -> Result<(), Failure> {
             }))?;
         }
         if !matched {
-            return Err(match wrong_root(&fingerprint, &live, "the live root") {
-                Failure::Refused(m) => Failure::Failed(m.replace(". Nothing was imported", "")),
-                f => f,
-            });
+            return Err(Failure::Failed(format!(
+                "drill failed: {}",
+                wrong_root(&fingerprint, &live, "the live root")
+            )));
         }
         if !cli.json {
             outln!(
