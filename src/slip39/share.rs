@@ -304,11 +304,11 @@ fn lookup(position: usize, typed: &[u8]) -> Result<u16, Error> {
     lower.zeroize();
     found.ok_or_else(|| {
         // Not a SLIP-39 word: named (with the word it was probably meant to
-        // be) only when it looks like one typed wrong, letters no longer
-        // than a word. A longer token may be real words run together (a
-        // comma or another separator between them): its letters are share
-        // material, so only its position is said.
-        let word_like = typed.len() <= MAX_WORD && typed.iter().all(u8::is_ascii_alphabetic);
+        // be) when it looks like one typed wrong: letters only, at most a few
+        // more than the longest word. A token with other characters, or
+        // longer, may be real words run together (a comma between them):
+        // its letters are share material, so only its position is said.
+        let word_like = typed.len() <= MAX_WORD + 4 && typed.iter().all(u8::is_ascii_alphabetic);
         let shown: String = if word_like {
             String::from_utf8_lossy(typed).to_lowercase()
         } else {

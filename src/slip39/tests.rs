@@ -151,6 +151,19 @@ fn a_changed_word_fails_the_checksum_and_an_unknown_word_is_named() {
         e.to_string(),
         "word 11 \"acadmic\" is not a SLIP-39 word (did you mean academic?)"
     );
+    list[10] = original;
+    // Words run together by another separator are share material: only the
+    // position is said, never the letters.
+    let glued = format!("{},{}", list[11], list[12]);
+    let mut joined = list.clone();
+    joined[11] = &glued;
+    let e = Share::from_mnemonic(joined.join(" ").as_bytes()).unwrap_err();
+    let said = e.to_string();
+    assert!(said.starts_with("word 12 is not a SLIP-39 word"), "{said}");
+    assert!(
+        !said.contains(list[11]) && !said.contains(list[12]),
+        "{said}"
+    );
     // Case and spacing do not matter.
     list[10] = original;
     let loud = format!("  {}\n", list.join(" \t ").to_uppercase());
