@@ -292,7 +292,7 @@ fn init_with(
                 Some((made, rec, files)) => {
                     let fp = hex(&derive::root_fingerprint(backend).map_err(fail)?);
                     if made != fp {
-                        let back = crate::root_cmd::take_back(backend, token);
+                        let back = crate::root_cmd::take_back(backend, pin, token);
                         p11derive::backup::remove_share_files(&files);
                         return Err(Failure::Failed(format!(
                             "the HSM computes fingerprint {fp} for the root just imported, but \
@@ -311,11 +311,11 @@ fn init_with(
                 // A root made here whose store could not be made: nothing is
                 // left (no root without its store, no shares of no root).
                 (Err(e), None) if !done.created && made_root => {
-                    let back = crate::root_cmd::take_back(backend, token);
+                    let back = crate::root_cmd::take_back(backend, pin, token);
                     Err(crate::root_cmd::noted(e, &back))
                 }
                 (Err(e), Some(files)) if !done.created => {
-                    let back = crate::root_cmd::take_back(backend, token);
+                    let back = crate::root_cmd::take_back(backend, pin, token);
                     p11derive::backup::remove_share_files(&files);
                     Err(Failure::Failed(format!(
                         "{}; {back}, and its share files were removed (shares shown on the \

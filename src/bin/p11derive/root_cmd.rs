@@ -467,7 +467,7 @@ fn recover_into(
         Ok(Some(store))
     })();
     let store_done = match done {
-        Err(e) => return Err(noted(e, &take_back(backend, &token))),
+        Err(e) => return Err(noted(e, &take_back(backend, pin, &token))),
         Ok(s) => s,
     };
     // Recorded: the root stays. The anchor follows the store now, or at the
@@ -522,7 +522,12 @@ fn store_place(config: &Config) -> String {
 }
 
 /// Takes back the root this process imported; says what became of it.
-pub fn take_back(backend: &Backend, token: &str) -> String {
+pub fn take_back(backend: &Backend, pin: &[u8], token: &str) -> String {
+    // Logged in again without needing the root (a login that failed on
+    // finding two roots left the session logged out, and a private root
+    // cannot be found then).
+    let _ = backend.logout();
+    let _ = backend.login_admin(pin);
     match backend.destroy_root() {
         Ok(()) => format!("the root imported into backing token {token:?} was taken out again"),
         Err(e) => format!(
