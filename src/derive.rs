@@ -68,7 +68,8 @@ fn scalar_in_range(kt: KeyType, k: &[u8; 32]) -> Option<bool> {
     match kt {
         KeyType::Secp256k1 => Some(k256::NonZeroScalar::from_repr((*k).into()).is_some().into()),
         KeyType::P256 => Some(p256::NonZeroScalar::from_repr((*k).into()).is_some().into()),
-        KeyType::Aes256 | KeyType::HmacSha256 => None,
+        // The RFC 8032 seed is any 32 bytes: attempt 0 always stands.
+        KeyType::Ed25519 | KeyType::Aes256 | KeyType::HmacSha256 => None,
     }
 }
 

@@ -120,10 +120,14 @@ pub const HMAC_MECHANISMS: [CK_MECHANISM_TYPE; 3] = values(HMAC_NAMES);
 pub fn mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
     match kt {
         KeyType::Secp256k1 | KeyType::P256 => &EC_MECHANISMS,
+        KeyType::Ed25519 => &EDDSA_MECHANISMS,
         KeyType::Aes256 => &AES_MECHANISMS,
         KeyType::HmacSha256 => &HMAC_MECHANISMS,
     }
 }
+
+/// The mechanisms an Ed25519 key may be used with.
+pub const EDDSA_MECHANISMS: [CK_MECHANISM_TYPE; 1] = [CKM_EDDSA];
 
 /// The mechanisms an EC key of p11derive may be used with.
 pub const EC_MECHANISMS: [CK_MECHANISM_TYPE; 6] = values(ECDSA_NAMES);
@@ -467,6 +471,7 @@ static ATTRIBUTES: &[Attribute] = &[
     attr(CKA_KEY_TYPE, ALL, Identity, |v| {
         Some(Value::Ulong(match v.asset.key_type {
             KeyType::Secp256k1 | KeyType::P256 => CKK_EC,
+            KeyType::Ed25519 => CKK_EC_EDWARDS,
             KeyType::Aes256 => CKK_AES,
             KeyType::HmacSha256 => CKK_GENERIC_SECRET,
         }))
@@ -479,6 +484,7 @@ static ATTRIBUTES: &[Attribute] = &[
     attr(CKA_KEY_GEN_MECHANISM, ALL, Computed, |v| {
         Some(Value::Ulong(match v.asset.key_type {
             KeyType::Secp256k1 | KeyType::P256 => CKM_EC_KEY_PAIR_GEN,
+            KeyType::Ed25519 => CKM_EC_EDWARDS_KEY_PAIR_GEN,
             KeyType::Aes256 => CKM_AES_KEY_GEN,
             KeyType::HmacSha256 => CKM_GENERIC_SECRET_KEY_GEN,
         }))

@@ -54,14 +54,17 @@ impl fmt::Display for AssetId {
 pub enum KeyType {
     Secp256k1,
     P256,
+    /// Ed25519 (RFC 8032; design §6.1): the key is the 32-byte seed.
+    Ed25519,
     Aes256,
     HmacSha256,
 }
 
 impl KeyType {
-    pub const ALL: [KeyType; 4] = [
+    pub const ALL: [KeyType; 5] = [
         KeyType::Secp256k1,
         KeyType::P256,
+        KeyType::Ed25519,
         KeyType::Aes256,
         KeyType::HmacSha256,
     ];
@@ -70,6 +73,7 @@ impl KeyType {
         match self {
             KeyType::Secp256k1 => "secp256k1",
             KeyType::P256 => "p256",
+            KeyType::Ed25519 => "ed25519",
             KeyType::Aes256 => "aes256",
             KeyType::HmacSha256 => "hmac-sha256",
         }
@@ -79,7 +83,14 @@ impl KeyType {
         KeyType::ALL.into_iter().find(|k| k.name() == s)
     }
 
+    /// A key pair (a private and a public key object; a public key
+    /// recorded in the store), as opposed to a secret key.
     pub fn is_ec(self) -> bool {
+        matches!(self, KeyType::Secp256k1 | KeyType::P256 | KeyType::Ed25519)
+    }
+
+    /// An ECDSA curve (a Weierstrass curve with `CKK_EC` keys).
+    pub fn is_ecdsa(self) -> bool {
         matches!(self, KeyType::Secp256k1 | KeyType::P256)
     }
 }

@@ -2,6 +2,7 @@
 //!
 //! - [`ecdsa`]: ECDSA over secp256k1 and P-256 (P-256 signing through
 //!   [`p256_base`]'s constant-time fixed-base multiplication);
+//! - [`eddsa`]: pure Ed25519 (RFC 8032);
 //! - [`digest`]: SHA-1 and SHA-2 digests;
 //! - [`gcm`]: AES-GCM; [`hmac`]: HMAC-SHA-2; [`keywrap`]: AES key wrap;
 //! - [`checkvalue`]: `CKA_CHECK_VALUE` of secret keys.
@@ -9,6 +10,7 @@
 pub mod checkvalue;
 pub mod digest;
 pub mod ecdsa;
+pub mod eddsa;
 pub mod gcm;
 pub mod hmac;
 pub mod keywrap;
@@ -43,6 +45,7 @@ pub fn warm_up() {
 pub fn fingerprint(kt: KeyType, key: &Secret32) -> Option<Vec<u8>> {
     match kt {
         KeyType::Secp256k1 | KeyType::P256 => public_point(kt, key),
+        KeyType::Ed25519 => eddsa::ed25519_public(&key[..]).ok().map(|p| p.to_vec()),
         KeyType::Aes256 => checkvalue::aes_check_value(&key[..])
             .ok()
             .map(|c| c.to_vec()),

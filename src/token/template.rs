@@ -218,6 +218,7 @@ fn identity(class: Class, kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> V
         CKA_KEY_TYPE => {
             let fits = match kt {
                 KeyType::Secp256k1 | KeyType::P256 => given == Some(CKK_EC),
+                KeyType::Ed25519 => given == Some(CKK_EC_EDWARDS),
                 KeyType::Aes256 => given == Some(CKK_AES),
                 KeyType::HmacSha256 => matches!(given, Some(CKK_GENERIC_SECRET | CKK_SHA256_HMAC)),
             };

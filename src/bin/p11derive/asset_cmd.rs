@@ -99,7 +99,7 @@ pub fn words(kt: KeyType) -> Words {
             held: "check value",
             consumes: "verifies",
         },
-        KeyType::Secp256k1 | KeyType::P256 => Words {
+        KeyType::Secp256k1 | KeyType::P256 | KeyType::Ed25519 => Words {
             produce: "sign",
             consume: "verify",
             held: "public key",

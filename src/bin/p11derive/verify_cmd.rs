@@ -1,7 +1,8 @@
-//! `p11derive verify`: which version of an EC asset made a signature.
+//! `p11derive verify`: which version of an EC or Ed25519 asset made a signature.
 
 use clap::ValueEnum;
 use p11derive::derive::KeyType;
+use p11derive::mechanisms::eddsa::ed25519_verify;
 use p11derive::mechanisms::{ecdsa_verify, ECDSA_SIG_LEN};
 use p11derive::store::hex;
 use sha2::Digest;
@@ -41,7 +42,18 @@ pub fn verify(cli: &Cli, v: &VerifyArgs) -> Result<(), Failure> {
         std::fs::read(p).map_err(|e| failed(format!("cannot read {what} {}: {e}", p.display())))
     };
     let sig_bytes = read(&v.signature, "signature file")?;
+    let r = readable_store(cli)?;
+    let a = find(&r.store, &v.asset)?;
+    let eddsa = a.key_type == KeyType::Ed25519;
     let digest = match (&v.message, &v.digest) {
+        // Ed25519 signs the message itself (pure Ed25519, RFC 8032).
+        (Some(m), _) if eddsa => read(m, "message file")?,
+        (None, Some(_)) if eddsa => {
+            return Err(Failure::Usage(format!(
+                "asset {:?} is an Ed25519 key: pure Ed25519 signs the message itself, not a                  digest; give --message FILE",
+                a.id.as_str()
+            )))
+        }
         (Some(m), _) => hash(v.hash, &read(m, "message file")?),
         (None, Some(d)) => unhex(d)
             .filter(|d| (16..=64).contains(&d.len()))
@@ -53,8 +65,6 @@ pub fn verify(cli: &Cli, v: &VerifyArgs) -> Result<(), Failure> {
             })?,
         (None, None) => return Err(Failure::Usage("give --message FILE or --digest HEX".into())),
     };
-    let r = readable_store(cli)?;
-    let a = find(&r.store, &v.asset)?;
     let secret = match a.key_type {
         KeyType::HmacSha256 => Some(
             "an HMAC key: its tags are checked by the token itself (C_Verify with \
@@ -63,15 +73,27 @@ pub fn verify(cli: &Cli, v: &VerifyArgs) -> Result<(), Failure> {
         KeyType::Aes256 => {
             Some("an AES key: it makes no signatures (AES-GCM's tag is checked by C_Decrypt)")
         }
-        KeyType::Secp256k1 | KeyType::P256 => None,
+        KeyType::Secp256k1 | KeyType::P256 | KeyType::Ed25519 => None,
     };
     if let Some(what) = secret {
         return Err(Failure::Refused(format!(
-            "asset {:?} is {what}; `p11derive verify` checks ECDSA signatures of EC assets",
+            "asset {:?} is {what}; `p11derive verify` checks ECDSA and Ed25519 signatures",
             a.id.as_str()
         )));
     }
-    let sig = raw_signature(a.key_type, &sig_bytes).ok_or_else(|| {
+    let sig = if eddsa {
+        (sig_bytes.len() == 64).then(|| sig_bytes.clone())
+    } else {
+        raw_signature(a.key_type, &sig_bytes)
+    };
+    let sig = sig.ok_or_else(|| {
+        if eddsa {
+            return failed(format!(
+                "{} is not an Ed25519 signature: it has {} bytes, not 64",
+                v.signature.display(),
+                sig_bytes.len()
+            ));
+        }
         failed(format!(
             "{} holds neither a DER ECDSA signature nor a raw r||s of {ECDSA_SIG_LEN} bytes \
              ({} bytes)",
@@ -82,8 +104,13 @@ pub fn verify(cli: &Cli, v: &VerifyArgs) -> Result<(), Failure> {
     let history = r.history(&a)?;
     // Newest first: the version that made it is usually the current one.
     let made_by = history.iter().rev().find(|h| {
-        point_of(&a, &history, h.version)
-            .is_ok_and(|p| ecdsa_verify(a.key_type, &p, &digest, &sig).is_ok())
+        point_of(&a, &history, h.version).is_ok_and(|p| {
+            if eddsa {
+                ed25519_verify(&p, &digest, &sig).is_ok()
+            } else {
+                ecdsa_verify(a.key_type, &p, &digest, &sig).is_ok()
+            }
+        })
     });
     let Some(h) = made_by else {
         if cli.json {
