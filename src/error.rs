@@ -220,8 +220,13 @@ pub(crate) fn mech_names() -> impl Iterator<Item = &'static str> {
 const MECH_TABLES: [&[(CK_MECHANISM_TYPE, &str)]; 3] = [&MECH_NAMES, &ECDSA_NAMES, &HMAC_NAMES];
 
 /// The mechanisms named beside the ECDSA and HMAC ones.
-const MECH_NAMES: [(CK_MECHANISM_TYPE, &str); 11] = named!(
+const MECH_NAMES: [(CK_MECHANISM_TYPE, &str); 16] = named!(
     CKM_EC_KEY_PAIR_GEN,
+    CKM_EC_EDWARDS_KEY_PAIR_GEN,
+    CKM_EDDSA,
+    CKM_P11DERIVE_HD_CHILD,
+    CKM_P11DERIVE_ECDSA_RECOVERABLE,
+    CKM_P11DERIVE_BIP340,
     CKM_AES_KEY_GEN,
     CKM_AES_GCM,
     CKM_AES_KEY_WRAP,
@@ -280,7 +285,7 @@ mod tests {
             assert_eq!(mech_name(m), name);
             assert_eq!(mech_by_name(&name.to_ascii_lowercase()), Some(m));
         }
-        assert_eq!(mech_names().count(), 20);
+        assert_eq!(mech_names().count(), 25);
         assert_eq!(mech_by_name("CKM_ECDSA"), Some(CKM_ECDSA));
         assert_eq!(mech_by_name("ECDSA"), None);
         assert_eq!(mech_by_name("NO-SUCH-MECHANISM"), None);

@@ -119,30 +119,67 @@ pub const HMAC_MECHANISMS: [CK_MECHANISM_TYPE; 3] = values(HMAC_NAMES);
 /// The mechanisms a key of type `kt` may be used with.
 pub fn mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
     match kt {
-        KeyType::Secp256k1 | KeyType::P256 => &EC_MECHANISMS,
+        KeyType::Secp256k1 => &SECP256K1_MECHANISMS,
+        KeyType::P256 => &P256_MECHANISMS,
         KeyType::Ed25519 => &EDDSA_MECHANISMS,
         KeyType::Aes256 => &AES_MECHANISMS,
         KeyType::HmacSha256 => &HMAC_MECHANISMS,
     }
 }
 
-/// The mechanisms an Ed25519 key may be used with.
-pub const EDDSA_MECHANISMS: [CK_MECHANISM_TYPE; 1] = [CKM_EDDSA];
-
-/// The mechanisms an EC key of p11derive may be used with.
+/// The ECDSA mechanisms.
 pub const EC_MECHANISMS: [CK_MECHANISM_TYPE; 6] = values(ECDSA_NAMES);
+
+/// The mechanisms a secp256k1 key may be used with: ECDSA, recoverable
+/// ECDSA, BIP-340 Schnorr, and HD child derivation (design §6.1).
+pub const SECP256K1_MECHANISMS: [CK_MECHANISM_TYPE; 9] = {
+    let e = EC_MECHANISMS;
+    [
+        e[0],
+        e[1],
+        e[2],
+        e[3],
+        e[4],
+        e[5],
+        CKM_P11DERIVE_ECDSA_RECOVERABLE,
+        CKM_P11DERIVE_BIP340,
+        CKM_P11DERIVE_HD_CHILD,
+    ]
+};
+
+/// The mechanisms a P-256 key may be used with: ECDSA and HD child
+/// derivation (SLIP-10).
+pub const P256_MECHANISMS: [CK_MECHANISM_TYPE; 7] = {
+    let e = EC_MECHANISMS;
+    [e[0], e[1], e[2], e[3], e[4], e[5], CKM_P11DERIVE_HD_CHILD]
+};
+
+/// The mechanisms an Ed25519 key may be used with: pure Ed25519 and HD
+/// child derivation (SLIP-10, hardened).
+pub const EDDSA_MECHANISMS: [CK_MECHANISM_TYPE; 2] = [CKM_EDDSA, CKM_P11DERIVE_HD_CHILD];
 
 /// The named curves' OIDs (SEC 2 secp256k1, X9.62 prime256v1) and
 /// id-ecPublicKey (RFC 5480).
 const OID_SECP256K1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.10");
 const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
 const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+/// id-Ed25519 (RFC 8410): the key's algorithm and, in PKCS#11 3.0, its
+/// `CKA_EC_PARAMS`.
+const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
 
 /// `CKA_EC_PARAMS` of each curve, the DER of its named-curve OID: a constant
 /// (objects are compared with it byte for byte), checked against the `der`
 /// crate's encoding of the OID by a unit test.
 const DER_OID_SECP256K1: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
 const DER_OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const DER_OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+/// What templates may also name Ed25519 with (design §6.1): the curve name
+/// as a PrintableString (PKCS#11 3.0 allows it), and OpenSC's older OID
+/// 1.3.6.1.4.1.11591.15.1.
+const DER_NAME_ED25519: &[u8] = b"\x13\x0cedwards25519";
+const DER_OID_ED25519_OPENSC: &[u8] = &[
+    0x06, 0x09, 0x2b, 0x06, 0x01, 0x04, 0x01, 0xda, 0x47, 0x0f, 0x01,
+];
 
 fn curve_oid(kt: KeyType) -> Option<ObjectIdentifier> {
     match kt {
@@ -157,6 +194,7 @@ pub fn ec_params(kt: KeyType) -> Option<&'static [u8]> {
     match kt {
         KeyType::Secp256k1 => Some(DER_OID_SECP256K1),
         KeyType::P256 => Some(DER_OID_P256),
+        KeyType::Ed25519 => Some(DER_OID_ED25519),
         _ => None,
     }
 }
@@ -164,9 +202,20 @@ pub fn ec_params(kt: KeyType) -> Option<&'static [u8]> {
 /// The curve named by a `CKA_EC_PARAMS` value; `None` for anything else
 /// (explicit parameters, other curves).
 pub fn curve_from_params(params: &[u8]) -> Option<KeyType> {
-    [KeyType::Secp256k1, KeyType::P256]
+    if params == DER_NAME_ED25519 || params == DER_OID_ED25519_OPENSC {
+        return Some(KeyType::Ed25519);
+    }
+    [KeyType::Secp256k1, KeyType::P256, KeyType::Ed25519]
         .into_iter()
         .find(|&kt| ec_params(kt) == Some(params))
+}
+
+/// The key-pair generation mechanism of a curve.
+pub fn pair_mechanism(kt: KeyType) -> CK_MECHANISM_TYPE {
+    match kt {
+        KeyType::Ed25519 => CKM_EC_EDWARDS_KEY_PAIR_GEN,
+        _ => CKM_EC_KEY_PAIR_GEN,
+    }
 }
 
 /// `CKA_EC_POINT`: the uncompressed point wrapped in a DER OCTET STRING.
@@ -177,9 +226,19 @@ pub fn ec_point_der(point: &[u8]) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-/// `CKA_PUBLIC_KEY_INFO`: the DER SubjectPublicKeyInfo (RFC 5480) of an EC
-/// public point, by the `spki` crate.
+/// `CKA_PUBLIC_KEY_INFO`: the DER SubjectPublicKeyInfo of an EC public point
+/// (RFC 5480) or an Ed25519 key (RFC 8410), by the `spki` crate.
 pub fn spki(kt: KeyType, point: &[u8]) -> Option<Vec<u8>> {
+    if kt == KeyType::Ed25519 {
+        let info = SubjectPublicKeyInfoRef {
+            algorithm: AlgorithmIdentifierRef {
+                oid: OID_ED25519,
+                parameters: None,
+            },
+            subject_public_key: BitStringRef::from_bytes(point).ok()?,
+        };
+        return info.to_der().ok();
+    }
     let curve = curve_oid(kt)?;
     let info = SubjectPublicKeyInfoRef {
         algorithm: AlgorithmIdentifierRef {
@@ -479,7 +538,9 @@ static ATTRIBUTES: &[Attribute] = &[
     attr(CKA_ID, ALL, Given, |v| Some(Value::Bytes(v.object_id()))),
     attr(CKA_START_DATE, ALL, Ignored, empty),
     attr(CKA_END_DATE, ALL, Ignored, empty),
-    attr(CKA_DERIVE, ALL, Ignored, no),
+    // Key pairs derive HD children (CKM_P11DERIVE_HD_CHILD).
+    attr(CKA_DERIVE, BOTH, Ignored, yes),
+    attr(CKA_DERIVE, SEC, Ignored, no),
     attr(CKA_LOCAL, ALL, Computed, yes),
     attr(CKA_KEY_GEN_MECHANISM, ALL, Computed, |v| {
         Some(Value::Ulong(match v.asset.key_type {
@@ -705,8 +766,14 @@ mod tests {
     fn each_key_type_allows_exactly_its_mechanisms() {
         // CKM_ECDSA and CKM_ECDSA_SHA1, _SHA224, _SHA256, _SHA384, _SHA512.
         let ecdsa = [0x1041, 0x1042, 0x1043, 0x1044, 0x1045, 0x1046];
-        assert_eq!(mechanisms_of(KeyType::Secp256k1), ecdsa);
-        assert_eq!(mechanisms_of(KeyType::P256), ecdsa);
+        let hd = CKM_VENDOR_DEFINED | 0x5044_0001;
+        let (recoverable, bip340) = (CKM_VENDOR_DEFINED | 0x5044_0002, CKM_VENDOR_DEFINED | 0x5044_0003);
+        assert_eq!(
+            mechanisms_of(KeyType::Secp256k1),
+            [&ecdsa[..], &[recoverable, bip340, hd]].concat()
+        );
+        assert_eq!(mechanisms_of(KeyType::P256), [&ecdsa[..], &[hd]].concat());
+        assert_eq!(mechanisms_of(KeyType::Ed25519), [0x1057, hd]);
         assert_eq!(
             mechanisms_of(KeyType::Aes256),
             [CKM_AES_GCM, CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_KWP]
@@ -745,5 +812,29 @@ mod tests {
             assert_eq!(curve_from_params(oid), Some(kt));
         }
         assert_eq!(spki(KeyType::Aes256, &point), None);
+    }
+
+    #[test]
+    fn ed25519_encodings_follow_rfc8410_and_pkcs11_3() {
+        assert_eq!(OID_ED25519.to_der().unwrap(), DER_OID_ED25519);
+        let key: Vec<u8> = (1..=32).collect();
+        // SEQUENCE { SEQUENCE { id-Ed25519 }, BIT STRING 0 || key }
+        let mut want = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+        want.extend_from_slice(&key);
+        assert_eq!(spki(KeyType::Ed25519, &key).unwrap(), want);
+        let mut point = vec![0x04, 32];
+        point.extend_from_slice(&key);
+        assert_eq!(ec_point_der(&key), point);
+        // The OID, the curve name, and OpenSC's older OID all name it.
+        let name = der::asn1::PrintableStringRef::new("edwards25519").unwrap().to_der().unwrap();
+        assert_eq!(name, DER_NAME_ED25519);
+        let opensc = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.11591.15.1");
+        assert_eq!(opensc.to_der().unwrap(), DER_OID_ED25519_OPENSC);
+        for params in [DER_OID_ED25519, DER_NAME_ED25519, DER_OID_ED25519_OPENSC] {
+            assert_eq!(curve_from_params(params), Some(KeyType::Ed25519));
+        }
+        assert_eq!(ec_params(KeyType::Ed25519), Some(DER_OID_ED25519));
+        assert_eq!(pair_mechanism(KeyType::Ed25519), CKM_EC_EDWARDS_KEY_PAIR_GEN);
+
     }
 }

@@ -162,7 +162,7 @@ mod tests {
     #[test]
     fn only_pure_ed25519_parameters_pass() {
         check_eddsa_param(&[]).unwrap();
-        let size = std::mem::size_of::<CK_EDDSA_PARAMS>();
+        let size = size_of::<CK_EDDSA_PARAMS>();
         let pure = vec![0u8; size];
         check_eddsa_param(&pure).unwrap();
         let mut ph = pure.clone();

@@ -53,6 +53,13 @@ pub fn fingerprint(kt: KeyType, key: &Secret32) -> Option<Vec<u8>> {
     }
 }
 
+/// Whether `mech` signs a digest the caller computed (raw `CKM_ECDSA`,
+/// recoverable ECDSA) rather than a message: approvals of such a signature
+/// name that digest, not the SHA-256 of the data passed.
+pub fn signs_caller_digest(mech: CK_MECHANISM_TYPE) -> bool {
+    matches!(mech, CKM_ECDSA | CKM_P11DERIVE_ECDSA_RECOVERABLE)
+}
+
 /// What `C_GetMechanismInfo` says of each mechanism p11derive implements.
 pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
     let ec_flags = CKF_EC_F_P | CKF_EC_OID | CKF_EC_UNCOMPRESS;
@@ -81,6 +88,34 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
         (CKM_ECDSA_SHA256, ec(sv)),
         (CKM_ECDSA_SHA384, ec(sv)),
         (CKM_ECDSA_SHA512, ec(sv)),
+        // secp256k1 only (design §6.1; pkcs11-headers/p11derive.h).
+        (CKM_P11DERIVE_ECDSA_RECOVERABLE, ec(sv)),
+        (CKM_P11DERIVE_BIP340, ec(sv)),
+        (
+            CKM_EC_EDWARDS_KEY_PAIR_GEN,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 256,
+                ulMaxKeySize: 256,
+                flags: CKF_GENERATE_KEY_PAIR | CKF_EC_OID,
+            },
+        ),
+        (
+            CKM_EDDSA,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 256,
+                ulMaxKeySize: 256,
+                flags: sv,
+            },
+        ),
+        // HD children of secp256k1, P-256 and Ed25519 keys.
+        (
+            CKM_P11DERIVE_HD_CHILD,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 256,
+                ulMaxKeySize: 256,
+                flags: CKF_DERIVE,
+            },
+        ),
         (CKM_SHA_1, digest),
         (CKM_SHA224, digest),
         (CKM_SHA256, digest),

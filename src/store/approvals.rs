@@ -244,7 +244,8 @@ pub(super) fn unhex(s: &str) -> Option<Vec<u8>> {
 
 /// The lookup of a signature's approvals: the asset, the mechanism and the
 /// SHA-256 of the data the signature is computed over (what its audit
-/// record holds): for `CKM_ECDSA` the SHA-256 of the digest approved, for
+/// record holds): for `CKM_ECDSA` and recoverable ECDSA
+/// ([`crate::mechanisms::signs_caller_digest`]) the SHA-256 of the digest approved, for
 /// every other mechanism the digest approved itself (the SHA-256 of the
 /// message).
 pub fn sign_lookup(asset: &str, mechanism: u64, input_sha256: &[u8]) -> String {
@@ -253,7 +254,7 @@ pub fn sign_lookup(asset: &str, mechanism: u64, input_sha256: &[u8]) -> String {
 
 /// The lookup of an approved signature of `digest` (see [`sign_lookup`]).
 pub fn approved_digest_lookup(asset: &str, mechanism: u64, digest: &[u8]) -> String {
-    if mechanism == crate::ck::CKM_ECDSA {
+    if crate::mechanisms::signs_caller_digest(mechanism) {
         sign_lookup(asset, mechanism, &Sha256::digest(digest))
     } else {
         sign_lookup(asset, mechanism, digest)

@@ -263,7 +263,7 @@ impl Limits {
         let (Some(mech), Some(input)) = (record.mechanism, record.input_sha256) else {
             return Ok(None);
         };
-        let digest = if mech == crate::ck::CKM_ECDSA {
+        let digest = if crate::mechanisms::signs_caller_digest(mech) {
             match digest {
                 Some(d) => d.to_vec(),
                 None => return Ok(None),

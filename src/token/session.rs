@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::secure::SecretBytes;
 
+use super::template::pair_fits;
 use super::*;
 
 /// Session object handles carry this bit, so they never meet the handles
@@ -129,7 +130,7 @@ impl SessionObject {
         match self.kind {
             Kind::Aes => &objects::AES_MECHANISMS,
             Kind::Generic => &objects::HMAC_MECHANISMS,
-            Kind::Ec(_) => &objects::EC_MECHANISMS,
+            Kind::Ec(kt) => objects::mechanisms_of(kt),
         }
     }
 
@@ -159,6 +160,7 @@ impl SessionObject {
             CKA_KEY_TYPE => Some(Value::Ulong(match self.kind {
                 Kind::Aes => CKK_AES,
                 Kind::Generic => CKK_GENERIC_SECRET,
+                Kind::Ec(KeyType::Ed25519) => CKK_EC_EDWARDS,
                 Kind::Ec(_) => CKK_EC,
             })),
             CKA_LOCAL => b(self.local),
@@ -166,7 +168,7 @@ impl SessionObject {
                 (false, _) => CK_UNAVAILABLE_INFORMATION,
                 (true, Kind::Aes) => CKM_AES_KEY_GEN,
                 (true, Kind::Generic) => CKM_GENERIC_SECRET_KEY_GEN,
-                (true, Kind::Ec(_)) => CKM_EC_KEY_PAIR_GEN,
+                (true, Kind::Ec(kt)) => objects::pair_mechanism(kt),
             })),
             CKA_ALLOWED_MECHANISMS => {
                 let mut v = Vec::new();
@@ -608,11 +610,13 @@ impl Provider {
         Ok(self.insert(obj))
     }
 
-    /// `C_GenerateKeyPair` of a session EC key pair: a scalar from the
-    /// backing HSM's RNG (drawn again while out of range), in locked memory.
+    /// `C_GenerateKeyPair` of a session EC key pair: a scalar (drawn again
+    /// while out of range) or an Ed25519 seed from the backing HSM's RNG, in
+    /// locked memory.
     pub(super) fn generate_session_pair(
         &self,
         h: CK_SESSION_HANDLE,
+        mech: CK_MECHANISM_TYPE,
         public: &[TemplateAttr],
         private: &[TemplateAttr],
     ) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
@@ -626,9 +630,10 @@ impl Provider {
         let kt = objects::curve_from_params(params).ok_or_else(|| {
             Error::with(
                 CKR_CURVE_NOT_SUPPORTED,
-                format!("{what}: CKA_EC_PARAMS names no supported curve (secp256k1, P-256)"),
+                format!("{what}: CKA_EC_PARAMS names no supported curve (secp256k1, P-256, Ed25519)"),
             )
         })?;
+        pair_fits(mech, kt, "a session key")?;
         let wp = wish(public, Class::Public, Kind::Ec(kt), what)?;
         let ws = wish(private, Class::Private, Kind::Ec(kt), what)?;
         self.may_make(h, ws.private)?;
@@ -640,7 +645,7 @@ impl Provider {
             scalar.grow(32);
             let mut k = crate::secure::secret::<32>()?;
             k.copy_from_slice(&scalar);
-            if let Some(p) = mechanisms::public_point(kt, &k) {
+            if let Some(p) = mechanisms::fingerprint(kt, &k) {
                 break p;
             }
         };

@@ -5,6 +5,74 @@
 use super::*;
 use crate::access::{Action, UseKind};
 
+/// How a signature mechanism treats its key and input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Alg {
+    /// ECDSA over a digest (hashed by the mechanism, or raw `CKM_ECDSA`).
+    Ecdsa,
+    /// HMAC with a secret key.
+    Hmac(CK_MECHANISM_TYPE),
+    /// Pure Ed25519 over the whole message.
+    EdDsa,
+    /// Recoverable ECDSA over a 32-byte digest: `r || s || v`.
+    Recoverable,
+    /// BIP-340 Schnorr over the whole message.
+    Schnorr,
+}
+
+impl Alg {
+    /// The mechanism's algorithm, the hasher of an ECDSA mechanism that
+    /// hashes, and whether the input is kept whole until the end (HMAC,
+    /// Ed25519 and BIP-340 take the message, not a digest).
+    fn of(mech: &Mechanism) -> Result<(Alg, Option<Hasher>, bool)> {
+        let alg = match mech.ty {
+            m if hmac::hmac_len(m).is_some() => Alg::Hmac(m),
+            CKM_EDDSA => Alg::EdDsa,
+            CKM_P11DERIVE_ECDSA_RECOVERABLE => Alg::Recoverable,
+            CKM_P11DERIVE_BIP340 => Alg::Schnorr,
+            _ => Alg::Ecdsa,
+        };
+        let hasher = match alg {
+            Alg::Ecdsa => mechanisms::ecdsa_hasher(mech.ty)?,
+            _ => None,
+        };
+        if alg == Alg::EdDsa {
+            mechanisms::eddsa::check_eddsa_param(&mech.param)?;
+        } else if !mech.param.is_empty() {
+            return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
+        }
+        let whole = matches!(alg, Alg::Hmac(_) | Alg::EdDsa | Alg::Schnorr);
+        Ok((alg, hasher, whole))
+    }
+
+    fn hmac(self) -> Option<CK_MECHANISM_TYPE> {
+        match self {
+            Alg::Hmac(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The length of a signature.
+    fn sig_len(self) -> usize {
+        match self {
+            Alg::Hmac(m) => hmac::hmac_len(m).unwrap_or(0),
+            Alg::Recoverable => mechanisms::recoverable::RECOVERABLE_SIG_LEN,
+            Alg::Ecdsa | Alg::EdDsa | Alg::Schnorr => ECDSA_SIG_LEN,
+        }
+    }
+
+    /// Verifies a public-key signature (not HMAC) against one public key.
+    fn verify(self, kt: KeyType, point: &[u8], input: &[u8], sig: &[u8]) -> Result<()> {
+        match self {
+            Alg::Ecdsa => mechanisms::ecdsa_verify(kt, point, input, sig),
+            Alg::EdDsa => mechanisms::eddsa::ed25519_verify(point, input, sig),
+            Alg::Recoverable => mechanisms::recoverable::recoverable_verify(point, input, sig),
+            Alg::Schnorr => mechanisms::schnorr::schnorr_verify(point, input, sig),
+            Alg::Hmac(_) => Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),
+        }
+    }
+}
+
 pub(super) struct SignOp {
     /// The login epoch this operation began in.
     epoch: u64,
@@ -15,8 +83,7 @@ pub(super) struct SignOp {
     kt: KeyType,
     /// The key, in the locked arena (a derived one shared with the cache).
     key: KeyRef,
-    /// An HMAC mechanism (secret keys) instead of ECDSA.
-    hmac: Option<CK_MECHANISM_TYPE>,
+    alg: Alg,
     msg: Message,
     /// For the audit record: what signs, how, for which session, and the
     /// SHA-256 of everything given to sign.
@@ -25,7 +92,7 @@ pub(super) struct SignOp {
 
 impl SignOp {
     fn out_len(&self) -> usize {
-        self.hmac.and_then(hmac::hmac_len).unwrap_or(ECDSA_SIG_LEN)
+        self.alg.sig_len()
     }
 }
 
@@ -36,6 +103,7 @@ pub(super) struct VerifyOp {
     /// `None`: a session key.
     asset: Option<i64>,
     kt: KeyType,
+    alg: Alg,
     /// The versions this verification may use and their public points,
     /// newest first.
     points: Vec<(u32, Vec<u8>)>,
@@ -203,23 +271,17 @@ impl Provider {
         self.keys.prune(asset);
     }
 
-    /// What `C_SignInit`/`C_VerifyInit` use: the HMAC mechanism (secret keys)
-    /// or the ECDSA hasher, and the class of key the mechanism needs (`ecdsa`
-    /// is the class an EC key must have for this job).
-    fn signature_mechanism(
-        mech: &Mechanism,
-        ecdsa: Class,
-    ) -> Result<(Option<CK_MECHANISM_TYPE>, Option<Hasher>, Class)> {
-        let hmac = hmac::hmac_len(mech.ty).map(|_| mech.ty);
-        let hasher = match hmac {
-            Some(_) => None,
-            None => mechanisms::ecdsa_hasher(mech.ty)?,
+    /// What `C_SignInit`/`C_VerifyInit` use: the algorithm, the message it
+    /// takes, and the class of key the mechanism needs (`asymmetric` is the
+    /// class a key pair's half must have for this job).
+    fn signature_mechanism(mech: &Mechanism, asymmetric: Class) -> Result<(Alg, Message, Class)> {
+        let (alg, hasher, whole) = Alg::of(mech)?;
+        let class = if alg.hmac().is_some() {
+            Class::Secret
+        } else {
+            asymmetric
         };
-        if !mech.param.is_empty() {
-            return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
-        }
-        let class = if hmac.is_some() { Class::Secret } else { ecdsa };
-        Ok((hmac, hasher, class))
+        Ok((alg, Message::new(hasher, whole), class))
     }
 
     /// Audits a use the asset's state refuses (before the caller learns it).
@@ -255,7 +317,7 @@ impl Provider {
         let session = self.idle_session(h, |s| &mut s.sign)?;
         let epoch = self.login.epoch();
         self.live(epoch)?;
-        let (hmac, hasher, signer) = Self::signature_mechanism(mech, Class::Private)?;
+        let (alg, msg, signer) = Self::signature_mechanism(mech, Class::Private)?;
         if let Some(obj) = self.session_object(key) {
             self.session_key_use(&obj, mech.ty, signer, obj.sign, "sign")?;
             self.permit(h, Action::Use(UseKind::Sign), None, Some(mech.ty))?;
@@ -265,8 +327,8 @@ impl Provider {
                 version: 0,
                 kt: obj.curve(),
                 key: obj.key_ref()?,
-                msg: Message::new(hasher, hmac.is_some()),
-                hmac,
+                alg,
+                msg,
                 audit: OpAudit::new(h, obj.name(), true, mech.ty),
             };
             return self.start_sign(&session, epoch, op);
@@ -304,8 +366,8 @@ impl Provider {
             version: view.version,
             kt: asset.key_type,
             key: KeyRef::Derived(key),
-            msg: Message::new(hasher, hmac.is_some()),
-            hmac,
+            alg,
+            msg,
             audit: OpAudit::new(h, asset.id.to_string(), false, mech.ty),
         };
         self.start_sign(&session, epoch, op)
@@ -343,14 +405,27 @@ impl Provider {
     /// Signs, commits the signature's record, and only then copies it out.
     /// For HMAC, `digest` is the whole message.
     fn complete_sign(&self, op: &SignOp, digest: &[u8], out: &mut [u8]) -> Result<usize> {
-        let sig = match op.hmac {
-            Some(m) => hmac::hmac(m, op.key.bytes(), digest)?,
-            None => mechanisms::ecdsa_sign(op.kt, op.key.bytes(), digest)?.to_vec(),
+        let key = op.key.bytes();
+        let sig = match op.alg {
+            Alg::Hmac(m) => hmac::hmac(m, key, digest)?,
+            Alg::Ecdsa => mechanisms::ecdsa_sign(op.kt, key, digest)?.to_vec(),
+            Alg::EdDsa => mechanisms::eddsa::ed25519_sign(key, digest)?.to_vec(),
+            Alg::Recoverable => mechanisms::recoverable::recoverable_sign(key, digest)?.to_vec(),
+            Alg::Schnorr => {
+                // BIP-340's auxiliary randomness, from the backing HSM's RNG.
+                let mut aux = [0u8; 32];
+                self.backend.random(&mut aux)?;
+                mechanisms::schnorr::schnorr_sign(key, digest, &aux)?.to_vec()
+            }
         };
         let rec = op.audit.record(Event::Sign, CKR_OK, Some(op.version));
-        // A raw ECDSA signature's digest goes with its commit: refused for
-        // want of approvals, it is proposed to approvers as this digest.
-        let raw = (rec.mechanism == Some(CKM_ECDSA)).then_some(digest);
+        // The digest of a mechanism that signs the caller's digest goes with
+        // its commit: refused for want of approvals, it is proposed to
+        // approvers as this digest.
+        let raw = rec
+            .mechanism
+            .is_some_and(mechanisms::signs_caller_digest)
+            .then_some(digest);
         self.confirm_job(op.asset, op.version, Use::Produce, None, raw, rec)?;
         out[..sig.len()].copy_from_slice(&sig);
         Ok(sig.len())
@@ -394,15 +469,17 @@ impl Provider {
         key: CK_OBJECT_HANDLE,
     ) -> Result<()> {
         let session = self.idle_session(h, |s| &mut s.verify)?;
-        let (hmac, hasher, verifier) = Self::signature_mechanism(mech, Class::Public)?;
+        let (alg, msg, verifier) = Self::signature_mechanism(mech, Class::Public)?;
+        let hmac = alg.hmac();
         if let Some(obj) = self.session_object(key) {
             self.session_key_use(&obj, mech.ty, verifier, obj.verify, "verify")?;
             let epoch = self.login.epoch();
             let op = VerifyOp {
                 asset: None,
                 kt: obj.curve(),
+                alg,
                 points: obj.point.iter().map(|p| (0, p.clone())).collect(),
-                msg: Message::new(hasher, hmac.is_some()),
+                msg,
                 hmac: match hmac {
                     Some(m) => Some((m, epoch, vec![(0, obj.key_ref()?)])),
                     None => None,
@@ -442,8 +519,9 @@ impl Provider {
         let op = VerifyOp {
             asset: Some(asset.rowid),
             kt: asset.key_type,
+            alg,
             points,
-            msg: Message::new(hasher, hmac.is_some()),
+            msg,
             hmac,
             audit: OpAudit::new(h, asset.id.to_string(), false, mech.ty),
         };
@@ -510,7 +588,7 @@ impl Provider {
                     self.live(*epoch)?;
                     hmac::hmac_verify(*mech, keys[0].1.bytes(), digest, sig).map(|_| 0)
                 }
-                None => mechanisms::ecdsa_verify(op.kt, &op.points[0].1, digest, sig).map(|_| 0),
+                None => op.alg.verify(op.kt, &op.points[0].1, digest, sig).map(|_| 0),
             };
         };
         let fresh = self.store.fresh_state(rowid).map_err(store_error)?;
@@ -528,7 +606,7 @@ impl Provider {
             });
         }
         self.open_with(&asset, &op.points, |point| {
-            mechanisms::ecdsa_verify(op.kt, point, digest, sig)
+            op.alg.verify(op.kt, point, digest, sig)
         })
     }
 

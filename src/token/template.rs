@@ -7,8 +7,10 @@ use crate::objects::OnCreate;
 use super::*;
 
 impl Provider {
-    /// `C_GenerateKeyPair(CKM_EC_KEY_PAIR_GEN)` with `CKA_TOKEN=true`: registers
-    /// a new asset named by `CKA_LABEL` and returns its alias (public, private).
+    /// `C_GenerateKeyPair` (`CKM_EC_KEY_PAIR_GEN` for secp256k1 and P-256,
+    /// `CKM_EC_EDWARDS_KEY_PAIR_GEN` for Ed25519) with `CKA_TOKEN=true`:
+    /// registers a new asset named by `CKA_LABEL` and returns its alias
+    /// (public, private).
     pub fn generate_key_pair(
         &self,
         h: CK_SESSION_HANDLE,
@@ -17,16 +19,17 @@ impl Provider {
         private: &[TemplateAttr],
     ) -> Result<(CK_OBJECT_HANDLE, CK_OBJECT_HANDLE)> {
         let session = self.session(h)?;
-        if mech.ty != CKM_EC_KEY_PAIR_GEN {
+        if mech.ty != CKM_EC_KEY_PAIR_GEN && mech.ty != CKM_EC_EDWARDS_KEY_PAIR_GEN {
             return Err(Error::rv(CKR_MECHANISM_INVALID));
         }
         if !mech.param.is_empty() {
             return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
         }
         if agreed(public, private, CKA_TOKEN, "CKA_TOKEN")? != Some(&[CK_TRUE as u8][..]) {
-            return self.generate_session_pair(h, public, private);
+            return self.generate_session_pair(h, mech.ty, public, private);
         }
         let spec = KeyPairSpec::from_templates(public, private)?;
+        pair_fits(mech.ty, spec.key_type, spec.asset.as_str())?;
         let asset = self.register(h, &session, &spec.asset, spec.key_type, spec.object_id)?;
         let key = |class| ObjectKey {
             asset: asset.rowid,
@@ -77,6 +80,24 @@ impl Provider {
     }
 }
 
+/// Whether `mech` makes key pairs of curve `kt`: Ed25519 comes from
+/// `CKM_EC_EDWARDS_KEY_PAIR_GEN`, the ECDSA curves from `CKM_EC_KEY_PAIR_GEN`.
+pub(super) fn pair_fits(mech: CK_MECHANISM_TYPE, kt: KeyType, label: &str) -> Result<()> {
+    let want = objects::pair_mechanism(kt);
+    if mech == want {
+        return Ok(());
+    }
+    Err(Error::with(
+        CKR_TEMPLATE_INCONSISTENT,
+        format!(
+            "key pair generation for {label:?}: CKA_EC_PARAMS names {kt}, which {} does not \
+             make; use {}",
+            crate::error::mech_name(mech),
+            crate::error::mech_name(want)
+        ),
+    ))
+}
+
 /// What a `C_GenerateKeyPair` template pair asks for.
 pub(super) struct KeyPairSpec {
     pub(super) asset: AssetId,
@@ -119,7 +140,7 @@ impl KeyPairSpec {
         let params = agreed(public, private, CKA_EC_PARAMS, "CKA_EC_PARAMS")?.ok_or_else(|| {
             Error::with(
                 CKR_TEMPLATE_INCOMPLETE,
-                format!("key pair generation for {label:?}: no CKA_EC_PARAMS; name the curve (secp256k1 or P-256)"),
+                format!("key pair generation for {label:?}: no CKA_EC_PARAMS; name the curve (secp256k1, P-256 or Ed25519)"),
             )
         })?;
         let key_type = objects::curve_from_params(params).ok_or_else(|| {
@@ -127,7 +148,8 @@ impl KeyPairSpec {
                 CKR_CURVE_NOT_SUPPORTED,
                 format!(
                     "key pair generation for {label:?}: CKA_EC_PARAMS {} is not a supported curve; \
-                     use the named curve secp256k1 or P-256 (prime256v1)",
+                     use the named curve secp256k1, P-256 (prime256v1) or Ed25519 (OID \
+                     1.3.101.112, or the name edwards25519)",
                     crate::store::hex(params)
                 ),
             )

@@ -384,12 +384,13 @@ fn new_sign(
             ))
         })?,
         (None, Some(path)) => {
-            if mech == p11derive::ck::CKM_ECDSA {
-                return Err(Failure::Usage(
-                    "CKM_ECDSA signs a digest the client computed: give --digest HEX, or \
-                     --message FILE with --mechanism ECDSA-SHA256"
-                        .into(),
-                ));
+            if p11derive::mechanisms::signs_caller_digest(mech) {
+                return Err(Failure::Usage(format!(
+                    "{} signs a digest the client computed: give --digest HEX, or \
+                     --message FILE with a mechanism that hashes it (e.g. --mechanism \
+                     ECDSA-SHA256)",
+                    p11derive::error::mech_name(mech)
+                )));
             }
             let m = std::fs::read(path)
                 .map_err(|e| failed(format!("cannot read {}: {e}", path.display())))?;
