@@ -3,6 +3,9 @@
 //! - [`ecdsa`]: ECDSA over secp256k1 and P-256 (P-256 signing through
 //!   [`p256_base`]'s constant-time fixed-base multiplication);
 //! - [`eddsa`]: pure Ed25519 (RFC 8032);
+//! - [`recoverable`]: recoverable ECDSA over secp256k1 (`r || s || v`, as
+//!   Ethereum's `ecrecover` takes it);
+//! - [`schnorr`]: BIP-340 Schnorr signatures over secp256k1;
 //! - [`digest`]: SHA-1 and SHA-2 digests;
 //! - [`gcm`]: AES-GCM; [`hmac`]: HMAC-SHA-2; [`keywrap`]: AES key wrap;
 //! - [`checkvalue`]: `CKA_CHECK_VALUE` of secret keys.
@@ -15,6 +18,8 @@ pub mod gcm;
 pub mod hmac;
 pub mod keywrap;
 pub mod p256_base;
+pub mod recoverable;
+pub mod schnorr;
 
 pub use digest::Hasher;
 pub use ecdsa::{ecdsa_hasher, ecdsa_sign, ecdsa_verify, public_point, ECDSA_SIG_LEN};
