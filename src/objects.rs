@@ -767,7 +767,10 @@ mod tests {
         // CKM_ECDSA and CKM_ECDSA_SHA1, _SHA224, _SHA256, _SHA384, _SHA512.
         let ecdsa = [0x1041, 0x1042, 0x1043, 0x1044, 0x1045, 0x1046];
         let hd = CKM_VENDOR_DEFINED | 0x5044_0001;
-        let (recoverable, bip340) = (CKM_VENDOR_DEFINED | 0x5044_0002, CKM_VENDOR_DEFINED | 0x5044_0003);
+        let (recoverable, bip340) = (
+            CKM_VENDOR_DEFINED | 0x5044_0002,
+            CKM_VENDOR_DEFINED | 0x5044_0003,
+        );
         assert_eq!(
             mechanisms_of(KeyType::Secp256k1),
             [&ecdsa[..], &[recoverable, bip340, hd]].concat()
@@ -819,14 +822,19 @@ mod tests {
         assert_eq!(OID_ED25519.to_der().unwrap(), DER_OID_ED25519);
         let key: Vec<u8> = (1..=32).collect();
         // SEQUENCE { SEQUENCE { id-Ed25519 }, BIT STRING 0 || key }
-        let mut want = vec![0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00];
+        let mut want = vec![
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
         want.extend_from_slice(&key);
         assert_eq!(spki(KeyType::Ed25519, &key).unwrap(), want);
         let mut point = vec![0x04, 32];
         point.extend_from_slice(&key);
         assert_eq!(ec_point_der(&key), point);
         // The OID, the curve name, and OpenSC's older OID all name it.
-        let name = der::asn1::PrintableStringRef::new("edwards25519").unwrap().to_der().unwrap();
+        let name = der::asn1::PrintableStringRef::new("edwards25519")
+            .unwrap()
+            .to_der()
+            .unwrap();
         assert_eq!(name, DER_NAME_ED25519);
         let opensc = ObjectIdentifier::new_unwrap("1.3.6.1.4.1.11591.15.1");
         assert_eq!(opensc.to_der().unwrap(), DER_OID_ED25519_OPENSC);
@@ -834,7 +842,9 @@ mod tests {
             assert_eq!(curve_from_params(params), Some(KeyType::Ed25519));
         }
         assert_eq!(ec_params(KeyType::Ed25519), Some(DER_OID_ED25519));
-        assert_eq!(pair_mechanism(KeyType::Ed25519), CKM_EC_EDWARDS_KEY_PAIR_GEN);
-
+        assert_eq!(
+            pair_mechanism(KeyType::Ed25519),
+            CKM_EC_EDWARDS_KEY_PAIR_GEN
+        );
     }
 }

@@ -27,6 +27,14 @@ macro_rules! same_values {
 /// (vendor extensions in `p11derive.h`, or names newer than its binding).
 const OURS_ONLY: &[&str] = &[
     "CKA_P11DERIVE_ASSET_ID",
+    "CKA_P11DERIVE_CHAIN_CODE",
+    "CKA_P11DERIVE_HD_PATH",
+    "CKA_P11DERIVE_XONLY_KEY",
+    "CKA_P11DERIVE_XPUB",
+    "CKM_P11DERIVE_BIP340",
+    "CKM_P11DERIVE_ECDSA_RECOVERABLE",
+    "CKM_P11DERIVE_HD_CHILD",
+    "CKP11D_HARDENED",
     "CKA_P11DERIVE_CURRENT",
     "CKA_P11DERIVE_IS_ALIAS",
     "CKA_P11DERIVE_KEY_TYPE",
@@ -95,6 +103,7 @@ fn every_constant_the_crate_uses_has_the_value_of_an_independent_binding() {
         CKA_WRAP_WITH_TRUSTED,
         CKC_X_509,
         CKF_DECRYPT,
+        CKF_DERIVE,
         CKF_DIGEST,
         CKF_EC_F_P,
         CKF_EC_OID,
@@ -125,6 +134,7 @@ fn every_constant_the_crate_uses_has_the_value_of_an_independent_binding() {
         CKF_WRAP,
         CKK_AES,
         CKK_EC,
+        CKK_EC_EDWARDS,
         CKK_GENERIC_SECRET,
         CKK_SHA256_HMAC,
         CKK_SHA384_HMAC,
@@ -139,7 +149,10 @@ fn every_constant_the_crate_uses_has_the_value_of_an_independent_binding() {
         CKM_ECDSA_SHA256,
         CKM_ECDSA_SHA384,
         CKM_ECDSA_SHA512,
+        CKM_EC_EDWARDS_KEY_PAIR_GEN,
         CKM_EC_KEY_PAIR_GEN,
+        CKM_EDDSA,
+        CKM_VENDOR_DEFINED,
         CKM_GENERIC_SECRET_KEY_GEN,
         CKM_SHA224,
         CKM_SHA256,
@@ -364,6 +377,11 @@ fn every_structure_crossing_the_boundary_has_the_same_layout() {
         ulValueLen
     });
     same_layout!(CK_DATE { year, month, day });
+    same_layout!(CK_EDDSA_PARAMS {
+        phFlag,
+        ulContextDataLen,
+        pContextData
+    });
     same_layout!(CK_MECHANISM {
         mechanism,
         pParameter,

@@ -630,7 +630,9 @@ impl Provider {
         let kt = objects::curve_from_params(params).ok_or_else(|| {
             Error::with(
                 CKR_CURVE_NOT_SUPPORTED,
-                format!("{what}: CKA_EC_PARAMS names no supported curve (secp256k1, P-256, Ed25519)"),
+                format!(
+                    "{what}: CKA_EC_PARAMS names no supported curve (secp256k1, P-256, Ed25519)"
+                ),
             )
         })?;
         pair_fits(mech, kt, "a session key")?;

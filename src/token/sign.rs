@@ -588,7 +588,10 @@ impl Provider {
                     self.live(*epoch)?;
                     hmac::hmac_verify(*mech, keys[0].1.bytes(), digest, sig).map(|_| 0)
                 }
-                None => op.alg.verify(op.kt, &op.points[0].1, digest, sig).map(|_| 0),
+                None => op
+                    .alg
+                    .verify(op.kt, &op.points[0].1, digest, sig)
+                    .map(|_| 0),
             };
         };
         let fresh = self.store.fresh_state(rowid).map_err(store_error)?;

@@ -565,8 +565,15 @@ mod tests {
         let rv_of =
             |pu: &[TemplateAttr], pr: &[TemplateAttr]| rv(KeyPairSpec::from_templates(pu, pr));
         assert_eq!(rv_of(&public, &private), CKR_TEMPLATE_INCOMPLETE);
-        public.push((CKA_EC_PARAMS, vec![0x06, 0x03, 0x2b, 0x65, 0x70]));
+        // secp384r1: not a curve of p11derive.
+        public.push((
+            CKA_EC_PARAMS,
+            vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
+        ));
         assert_eq!(rv_of(&public, &private), CKR_CURVE_NOT_SUPPORTED);
+        // id-Ed25519 is one (design §6.1).
+        public.last_mut().unwrap().1 = vec![0x06, 0x03, 0x2b, 0x65, 0x70];
+        assert_eq!(rv_of(&public, &private), CKR_OK);
         let (public, mut private) = pair();
         private[0].1 = b"hot-2".to_vec();
         assert_eq!(rv_of(&public, &private), CKR_TEMPLATE_INCONSISTENT);
