@@ -18,6 +18,8 @@
 mod ckd;
 mod path;
 mod serial;
+#[cfg(test)]
+mod tests;
 
 pub use ckd::{derive_private, derive_private_from, derive_public, master_public, public_of};
 pub use path::{is_hardened, show_index, Path};
