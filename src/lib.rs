@@ -5,8 +5,9 @@
 //! → [`objects`] (how an asset version looks as PKCS#11 objects, and the
 //! attribute table) → [`mechanisms`] (ECDSA, digests, AES-GCM, HMAC, key
 //! wrap) → [`derive`] (the `p11derive-v1` scheme) → [`backend`] (the chained
-//! PKCS#11 module). Beside that path: the [`store`] (counter state and the
-//! audit chain, in SQLite or PostgreSQL), the lifecycle state machine
+//! PKCS#11 module). Beside that path: HD trees ([`hd`]: BIP-32 and SLIP-10
+//! children of an asset version's key, xpubs), the [`store`] (counter state
+//! and the audit chain, in SQLite or PostgreSQL), the lifecycle state machine
 //! ([`asset`]) and [`lifecycle`], the [`audit`] record format, and locked
 //! memory ([`secure`]). `docs/architecture.md` describes each room.
 
@@ -33,6 +34,7 @@ pub mod error;
 // getgrnam_r, for `[store] group` (and the umask in its unit test).
 #[allow(unsafe_code)]
 pub mod files;
+pub mod hd;
 pub mod lifecycle;
 pub mod log;
 pub mod mechanisms;
