@@ -440,7 +440,12 @@ def make_vector(root_name, root, asset_id, counter, key_type, with_signature=Fal
 
 
 def make_more_type_vector(root_name, root, asset_id, counter, name):
-    """A vector of a section 6.1 type that is not (yet) an asset type."""
+    """A vector of a section 6.1 type ("more lengths and curves").
+
+    `attempts` are the raw L-byte HKDF-Expand outputs; `key` is the last one,
+    for an EC type with its top 8L - b bits cleared (`top_bits_cleared` says
+    whether that changed it). EC types carry the uncompressed public point.
+    """
     prk, raws, key = derive_len(root, asset_id, counter, name)
     L, bits = key_len_and_bits(name)
     v = {
