@@ -3,7 +3,15 @@
 //! `PRK = PRF("p11derive-v1" || 0x00 || str(asset_id) || u32be(counter))`, where
 //! the PRF is HMAC-SHA256 under the root *inside the backing HSM*; then
 //! `K = HKDF-Expand-SHA256(PRK, "p11derive-v1 key " || key_type || u8(attempt), 32)`.
-//! EC scalars outside `[1, n-1]` move on to the next attempt.
+//! EC scalars outside `[1, n-1]` move on to the next attempt. An `ed25519`
+//! key is the RFC 8032 private key (the 32-byte seed) at attempt 0: every
+//! 32 bytes are a seed, so there is no range check and no retry (§6.1).
+//!
+//! Design §6.1 adds the chain code of an asset version,
+//! `CC = HKDF-Expand-SHA256(PRK, "p11derive-v1 chain code", 32)`, which with
+//! the version's key is the master extended key of its HD tree
+//! ([`chain_code_from_prk`], [`derive_version`]), and keys of other lengths
+//! and curves ([`lengths`]).
 
 #![forbid(unsafe_code)]
 
@@ -13,6 +21,10 @@ use sha2::{Digest, Sha256};
 use crate::ck::CKR_GENERAL_ERROR;
 use crate::error::{Error, Result};
 use crate::secure;
+
+pub mod lengths;
+
+pub use lengths::{expand_len, scheme_key_from_prk, Scheme};
 
 pub const SCHEME: &str = "p11derive-v1";
 
@@ -52,10 +64,15 @@ pub fn expand(prk: &[u8; 32], info: &[u8]) -> Result<Secret32> {
 
 /// `"p11derive-v1 key " || key_type || u8(attempt)`
 fn key_info(kt: KeyType, attempt: u8) -> Vec<u8> {
-    let mut info = Vec::with_capacity(32);
+    named_key_info(kt.name(), attempt)
+}
+
+/// `"p11derive-v1 key " || name || u8(attempt)` for any §2/§6.1 type name.
+fn named_key_info(name: &str, attempt: u8) -> Vec<u8> {
+    let mut info = Vec::with_capacity(SCHEME.len() + 5 + name.len() + 1);
     info.extend_from_slice(SCHEME.as_bytes());
     info.extend_from_slice(b" key ");
-    info.extend_from_slice(kt.name().as_bytes());
+    info.extend_from_slice(name.as_bytes());
     info.push(attempt);
     info
 }
@@ -68,13 +85,15 @@ fn scalar_in_range(kt: KeyType, k: &[u8; 32]) -> Option<bool> {
     match kt {
         KeyType::Secp256k1 => Some(k256::NonZeroScalar::from_repr((*k).into()).is_some().into()),
         KeyType::P256 => Some(p256::NonZeroScalar::from_repr((*k).into()).is_some().into()),
-        // The RFC 8032 seed is any 32 bytes: attempt 0 always stands.
+        // The Ed25519 key is the RFC 8032 seed, and any 32 bytes are a seed:
+        // attempt 0 always stands (design §6.1).
         KeyType::Ed25519 | KeyType::Aes256 | KeyType::HmacSha256 => None,
     }
 }
 
-/// Key bytes from an asset version's PRK: the scalar of an EC type (the first
-/// attempt in `[1, n-1]`), or the secret key of a symmetric type.
+/// Key bytes from an asset version's PRK: the scalar of an ECDSA type (the
+/// first attempt in `[1, n-1]`), the RFC 8032 seed of `ed25519` (attempt 0),
+/// or the secret key of a symmetric type (attempt 0).
 pub fn key_from_prk(prk: &[u8; 32], kt: KeyType) -> Result<Secret32> {
     secure::confined(|| {
         let mut attempt: u8 = 0;
@@ -130,6 +149,48 @@ pub fn derive_keys(
         _ => None,
     };
     Ok((key, wrap))
+}
+
+/// The HKDF info of an asset version's chain code (design §6.1, normative).
+pub const CHAIN_CODE_INFO: &[u8] = b"p11derive-v1 chain code";
+
+/// `CC = HKDF-Expand-SHA256(PRK, "p11derive-v1 chain code", 32)`: with the
+/// version's key, the master extended key of the version's HD tree (BIP-32
+/// for `secp256k1`, SLIP-10 for `p256` and `ed25519`; design §6.1).
+pub fn chain_code_from_prk(prk: &[u8; 32]) -> Result<Secret32> {
+    expand(prk, CHAIN_CODE_INFO)
+}
+
+/// Everything an asset version's PRK gives, from one PRF call.
+pub struct VersionKeys {
+    /// The version's key `K` (scalar, seed or secret key).
+    pub key: Secret32,
+    /// The key-wrap subkey `W` ([`wrap_key_from_prk`]): AES assets only.
+    pub wrap: Option<Secret32>,
+    /// The chain code `CC` ([`chain_code_from_prk`]): `secp256k1`, `p256`
+    /// and `ed25519` only.
+    pub chain: Option<Secret32>,
+}
+
+/// Derives an asset version's key, its key-wrap subkey (AES) and its chain
+/// code (EC types) from one PRF call.
+pub fn derive_version(
+    prf: &dyn Prf,
+    asset: &AssetId,
+    counter: u32,
+    kt: KeyType,
+) -> Result<VersionKeys> {
+    let prk = prf.prf(&prk_input(asset, counter))?;
+    let key = key_from_prk(&prk, kt)?;
+    let wrap = match kt {
+        KeyType::Aes256 => Some(wrap_key_from_prk(&prk)?),
+        _ => None,
+    };
+    let chain = match kt {
+        KeyType::Secp256k1 | KeyType::P256 | KeyType::Ed25519 => Some(chain_code_from_prk(&prk)?),
+        KeyType::Aes256 | KeyType::HmacSha256 => None,
+    };
+    Ok(VersionKeys { key, wrap, chain })
 }
 
 /// `ASSET_ID = SHA-256("p11derive-v1 id" || 0x00 || str(asset_id))[0..16]`
@@ -197,4 +258,84 @@ pub fn user_verifier(prf: &dyn Prf, name: &str, salt: &[u8], secret: &[u8]) -> R
 pub fn audit_key(prf: &dyn Prf) -> Result<Secret32> {
     let prk = prf.prf(&audit_prk_input())?;
     expand(&prk, b"p11derive-v1 audit mac")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// HMAC-SHA256 under a root held by the test (the vectors' root A).
+    struct TestPrf([u8; 32]);
+
+    impl Prf for TestPrf {
+        fn prf(&self, input: &[u8]) -> Result<Secret32> {
+            use hmac::{Hmac, KeyInit, Mac};
+            let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(&self.0).unwrap();
+            mac.update(input);
+            let mut out = secure::secret::<32>()?;
+            out.copy_from_slice(&mac.finalize().into_bytes());
+            Ok(out)
+        }
+    }
+
+    fn root_a() -> TestPrf {
+        let mut root = [0u8; 32];
+        for (i, b) in root.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        TestPrf(root)
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// `CC` of the design vector (root A, `vector-1`, counter 1), computed
+    /// with Python's `hmac` as the first HKDF-Expand block.
+    #[test]
+    fn the_chain_code_is_pinned() {
+        assert_eq!(CHAIN_CODE_INFO, b"p11derive-v1 chain code");
+        let asset = AssetId::new("vector-1").unwrap();
+        let v = derive_version(&root_a(), &asset, 1, KeyType::Secp256k1).unwrap();
+        assert_eq!(
+            hex(&v.chain.unwrap()[..]),
+            "b194bd2dcef3c76343036020ed553f5e0ffe99145693c903508452f00d60f8c7"
+        );
+        assert_eq!(
+            hex(&v.key[..]),
+            "7243046b0f3264ca3d6423629a088a968d9fec7d3533100c84d95ca91cfa1702"
+        );
+        assert!(v.wrap.is_none());
+    }
+
+    #[test]
+    fn derive_version_agrees_with_derive_keys() {
+        let prf = root_a();
+        for kt in KeyType::ALL {
+            for counter in [1, 2, 7] {
+                let asset = AssetId::new("some-asset").unwrap();
+                let v = derive_version(&prf, &asset, counter, kt).unwrap();
+                let (key, wrap) = derive_keys(&prf, &asset, counter, kt).unwrap();
+                assert_eq!(&v.key[..], &key[..], "{kt}");
+                assert_eq!(v.wrap.as_deref(), wrap.as_deref(), "{kt}");
+                assert_eq!(v.wrap.is_some(), kt == KeyType::Aes256);
+                assert_eq!(v.chain.is_some(), kt.is_ec(), "{kt}: chain code");
+                let prk = prf.prf(&prk_input(&asset, counter)).unwrap();
+                if let Some(cc) = &v.chain {
+                    assert_eq!(&cc[..], &chain_code_from_prk(&prk).unwrap()[..]);
+                    assert_ne!(&cc[..], &v.key[..]);
+                }
+            }
+        }
+    }
+
+    /// The Ed25519 key is the seed of attempt 0, whatever its bytes.
+    #[test]
+    fn ed25519_uses_attempt_0() {
+        for prk in [[0u8; 32], [0xff; 32], [0x42; 32]] {
+            let k = key_from_prk(&prk, KeyType::Ed25519).unwrap();
+            let k0 = expand(&prk, &key_info(KeyType::Ed25519, 0)).unwrap();
+            assert_eq!(&k[..], &k0[..]);
+        }
+    }
 }
