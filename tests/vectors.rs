@@ -379,13 +379,6 @@ fn scheme_matches_vectors_with_the_root_inside_softhsm() {
     }
 }
 
-/// Whether the provider generates and shows Ed25519 key pairs
-/// (`CKM_EC_EDWARDS_KEY_PAIR_GEN`); until then the provider test skips the
-/// Ed25519 vectors, which the software and SoftHSM paths check.
-// TODO(integrator): set to true once C_GenerateKeyPair accepts
-// CKM_EC_EDWARDS_KEY_PAIR_GEN (today: CKR_MECHANISM_INVALID).
-const PROVIDER_SHOWS_ED25519: bool = false;
-
 #[test]
 fn provider_shows_the_vector_keys_and_signs_deterministically() {
     let _turn = turn();
@@ -397,8 +390,7 @@ fn provider_shows_the_vector_keys_and_signs_deterministically() {
         let ec_counter_1 = v["vectors"].as_array().unwrap().iter().filter(|x| {
             x["root"] == name
                 && x["counter"] == 1
-                && (x.get("public_point").is_some()
-                    || (PROVIDER_SHOWS_ED25519 && x.get("public_key").is_some()))
+                && (x.get("public_point").is_some() || x.get("public_key").is_some())
         });
         let mut seen = 0;
         for vec in ec_counter_1 {
