@@ -651,6 +651,22 @@ static ATTRIBUTES: &[Attribute] = &[
     attr(CKA_P11DERIVE_KEY_TYPE, ALL, Vendor, |v| {
         Some(Value::Bytes(v.asset.key_type.name().as_bytes().to_vec()))
     }),
+    // HD trees (design §6.1): an asset's own objects are the master, the
+    // empty path. The chain code (and the xpub that carries it) is shown on
+    // public objects only (the token computes it: token/hd.rs).
+    attr(CKA_P11DERIVE_HD_PATH, BOTH, Vendor, empty),
+    attr(CKA_P11DERIVE_XONLY_KEY, BOTH, Vendor, |v| {
+        if v.asset.key_type != KeyType::Secp256k1 {
+            return None;
+        }
+        crate::mechanisms::schnorr::xonly(v.public_point()?)
+            .ok()
+            .map(|x| Value::Bytes(x.to_vec()))
+    }),
+    attr(CKA_P11DERIVE_CHAIN_CODE, PUB, Vendor, |_| None),
+    attr(CKA_P11DERIVE_XPUB, PUB, Vendor, |_| None),
+    sensitive(CKA_P11DERIVE_CHAIN_CODE, PRIV),
+    sensitive(CKA_P11DERIVE_XPUB, PRIV),
 ];
 
 /// The table's entry for (class, type), if any.

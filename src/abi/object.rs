@@ -146,6 +146,29 @@ pub(super) extern "C" fn C_GenerateKeyPair(
     })
 }
 
+/// PKCS#11 3.0 §5.14: C_DeriveKey (`CKM_P11DERIVE_HD_CHILD`: an HD child).
+pub(super) extern "C" fn C_DeriveKey(
+    h: CK_SESSION_HANDLE,
+    p_mechanism: CK_MECHANISM_PTR,
+    base: CK_OBJECT_HANDLE,
+    p_template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+    ph_key: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    with_provider("C_DeriveKey", |p| {
+        // SAFETY: caller's mechanism, template and out-parameter.
+        let (mech, template, out_key) = unsafe {
+            (
+                mechanism(p_mechanism)?,
+                template(p_template, count)?,
+                out(ph_key)?,
+            )
+        };
+        *out_key = p.derive_key(h, &mech, base, &template)?;
+        Ok(())
+    })
+}
+
 /// PKCS#11 3.0 §5.7: C_CreateObject.
 pub(super) extern "C" fn C_CreateObject(
     h: CK_SESSION_HANDLE,

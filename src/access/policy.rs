@@ -243,10 +243,14 @@ pub struct Policy {
     pub expires: Option<i64>,
     /// Approvals a signature needs (stored and shown only, for now).
     pub approvals: u32,
+    /// HD paths (design §6.1) a signature's key must lie under: empty allows
+    /// every key; otherwise only HD children whose path starts with one of
+    /// these sign (the asset version's own key is the path `m`).
+    pub paths: Vec<crate::hd::Path>,
 }
 
 /// The keys of [`Policy::settings`], in their order.
-const KEYS: [&str; 7] = [
+const KEYS: [&str; 8] = [
     "mechanisms",
     "asset_rate",
     "user_rate",
@@ -254,6 +258,7 @@ const KEYS: [&str; 7] = [
     "days",
     "expires",
     "approvals",
+    "paths",
 ];
 
 impl Policy {
@@ -268,7 +273,40 @@ impl Policy {
             days: None,
             expires: None,
             approvals: 0,
+            paths: Vec::new(),
         }
+    }
+
+    fn paths_text(&self) -> String {
+        let paths: Vec<String> = self.paths.iter().map(|p| p.to_string()).collect();
+        paths.join(",")
+    }
+
+    /// Whether a signature by the key at `path` of a matching asset's HD tree
+    /// (`m`: the asset version's own key) is allowed: with `paths` set, only
+    /// under one of them.
+    pub fn check_path(&self, path: &crate::hd::Path) -> Result<(), Denied> {
+        if self.paths.is_empty() || self.paths.iter().any(|p| path.starts_with(p)) {
+            return Ok(());
+        }
+        Err(Denied::new(
+            "path",
+            format!(
+                "the policy for {:?} allows signing only with keys under {}; the key at {path} is \
+                 not (derive a child under an allowed path with CKM_P11DERIVE_HD_CHILD)",
+                self.pattern.as_str(),
+                self.paths_text()
+            ),
+        ))
+    }
+
+    /// Whether deriving the child at `path` is allowed: it lies under one of
+    /// `paths`, or on the way to one (an ancestor of an allowed prefix).
+    pub fn check_derive(&self, path: &crate::hd::Path) -> Result<(), Denied> {
+        if self.paths.iter().any(|p| p.starts_with(path)) {
+            return Ok(());
+        }
+        self.check_path(path)
     }
 
     /// The checks that need no counting, at `now_secs` (Unix seconds, UTC):
@@ -352,7 +390,8 @@ impl Policy {
     /// The settings as one line of `key=value` words in a fixed order, unset
     /// ones left out: `mechanisms=CKM_ECDSA,CKM_ECDSA_SHA256 asset_rate=100/60s
     /// user_rate=10/60s hours=09:00-17:00 days=mon-fri
-    /// expires=2027-01-01T00:00:00Z approvals=2`; empty when nothing is set.
+    /// expires=2027-01-01T00:00:00Z approvals=2 paths=m/44'/60'/0'`; empty
+    /// when nothing is set.
     /// [`Policy::parse_settings`] reads it back.
     pub fn settings(&self) -> String {
         let mut words = Vec::new();
@@ -373,6 +412,7 @@ impl Policy {
             "approvals",
             (self.approvals > 0).then(|| self.approvals.to_string()),
         );
+        push("paths", (!self.paths.is_empty()).then(|| self.paths_text()));
         words.join(" ")
     }
 
@@ -419,6 +459,22 @@ impl Policy {
                         .ok_or_else(|| {
                             format!("approvals {value:?} is not a whole number, e.g. approvals=2")
                         })?
+                }
+                "paths" => {
+                    for part in value.split(',') {
+                        let path = crate::hd::Path::parse(part).map_err(|e| {
+                            format!(
+                                "policy setting paths={value}: {e}; write HD path prefixes \
+                                 separated by commas, e.g. paths=m/44'/60'/0',m/86'/0'/0'"
+                            )
+                        })?;
+                        if policy.paths.contains(&path) {
+                            return Err(format!(
+                                "policy setting paths={value} names {path} twice; name it once"
+                            ));
+                        }
+                        policy.paths.push(path);
+                    }
                 }
                 _ => {
                     return Err(format!(

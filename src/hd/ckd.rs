@@ -219,6 +219,8 @@ where
 {
     let mut key = secure::secret::<32>()?;
     let mut chain = secure::secret::<32>()?;
+    // The curves' tables are public: built on an ordinary stack, not here.
+    crate::mechanisms::warm_up();
     let fingerprint = secure::confined_at(Depth::Deep, || {
         let k_par = parent_scalar::<C>(&parent.key)?;
         let point = ProjectivePoint::<C>::mul_by_generator(&*k_par).to_affine();
@@ -323,6 +325,7 @@ where
     AffinePoint<C>: FromSec1Point<C> + ToSec1Point<C>,
     FieldBytesSize<C>: ModulusSize,
 {
+    crate::mechanisms::warm_up();
     secure::confined_at(Depth::Deep, || {
         let k = parent_scalar::<C>(key)?;
         let point = ProjectivePoint::<C>::mul_by_generator(&*k).to_affine();

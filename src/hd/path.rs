@@ -13,6 +13,9 @@ const FORM: &str = "write m, or m/ then indices separated by /, each a decimal n
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Path(Vec<u32>);
 
+/// How an audit record of an HD child's signature begins its detail.
+const RECORD_PREFIX: &str = "path=";
+
 impl Path {
     /// Parses `m`, `m/44'/60'/0'/0/5` (`h` or `H` mark a hardened index as
     /// well as `'`). Each index is below 2^31 before its mark; at most 255.
@@ -113,6 +116,22 @@ impl Path {
     }
 
     /// Whether any index is hardened (so no public derivation reaches it).
+    /// The path an audit record of a signature names (`path=m/…` in its
+    /// detail, as the token writes it for an HD child's signature); the
+    /// empty path `m` (the asset version's own key) otherwise.
+    pub fn of_record_detail(detail: &str) -> Path {
+        detail
+            .strip_prefix(RECORD_PREFIX)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|p| Path::parse(p).ok())
+            .unwrap_or_default()
+    }
+
+    /// How an audit record's detail names this path: `path=m/44'/60'/0'/0/5`.
+    pub fn record_detail(&self) -> String {
+        format!("{RECORD_PREFIX}{self}")
+    }
+
     pub fn any_hardened(&self) -> bool {
         self.0.iter().any(|&i| is_hardened(i))
     }

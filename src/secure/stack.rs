@@ -294,6 +294,16 @@ mod tests {
             key_unwrap(&key[..], &wrapped, padded).unwrap();
         }
         crate::derive::key_from_prk(&key, KeyType::P256).unwrap();
+        // The chain mechanisms and HD children (design §6.1).
+        crate::mechanisms::eddsa::ed25519_sign(&key[..], &[0; 100]).unwrap();
+        crate::mechanisms::recoverable::recoverable_sign(&key[..], &[1; 32]).unwrap();
+        crate::mechanisms::schnorr::schnorr_sign(&key[..], &[1; 32], &[2; 32]).unwrap();
+        let path = crate::hd::Path::parse("m/44'/0'/0'/0/1").unwrap();
+        for kt in [KeyType::Secp256k1, KeyType::P256] {
+            crate::hd::derive_private(kt, &key[..], &[7; 32], &path).unwrap();
+        }
+        let hardened = crate::hd::Path::parse("m/44'/501'").unwrap();
+        crate::hd::derive_private(KeyType::Ed25519, &key[..], &[7; 32], &hardened).unwrap();
         for depth in [Depth::Small, Depth::Deep] {
             let used = MOST_USED[depth as usize].load(std::sync::atomic::Ordering::SeqCst);
             assert!(used > 0, "nothing ran on a {depth:?} stack");

@@ -171,9 +171,16 @@ impl Limits {
         let policies = self.policies.clone();
         let now = self.now_ns.div_euclid(1_000_000_000);
         let mut counted = Vec::new();
+        // The key that signs: an HD child (its record names the path) or the
+        // asset version's own key (the path `m`).
+        let signing = record.event == crate::audit::Event::Sign;
+        let path = crate::hd::Path::of_record_detail(&record.detail);
         for p in policies.iter().filter(|p| p.pattern.matches(asset)) {
             let pat = p.pattern.as_str();
             if let Err(d) = p.check(record.mechanism.unwrap_or(0), now) {
+                return Ok(Err(format!("rule={} policy={pat} {}", d.rule, d.why)));
+            }
+            if let Some(d) = p.check_path(&path).err().filter(|_| signing) {
                 return Ok(Err(format!("rule={} policy={pat} {}", d.rule, d.why)));
             }
             let limits = [
@@ -219,6 +226,15 @@ impl Limits {
                     approvals: p.approvals,
                     group: String::new(),
                 });
+            }
+            if !rules.is_empty() && !path.is_empty() {
+                // A request approves a digest for the asset version's own
+                // key: an approval must never release a child's signature.
+                return Ok(Err(format!(
+                    "rule=approvals signatures of asset {asset:?} need approvals, which name \
+                     the asset version's own key: HD child keys ({path}) cannot sign under an \
+                     approvals rule; sign with the asset's key once the request is approved"
+                )));
             }
             if !rules.is_empty() {
                 let taken: Vec<String> = self.consumed.iter().map(|(r, _)| r.id.clone()).collect();

@@ -151,7 +151,16 @@ impl Provider {
         let (key, asset) = self.object(object, CKR_OBJECT_HANDLE_INVALID)?;
         let mut view = View::resolve(&asset, &key).ok_or(Error::rv(CKR_OBJECT_HANDLE_INVALID))?;
         view.destroy_retires = self.config.policy.destroy_retires;
-        Ok(types.iter().map(|&t| view.attribute(t)).collect())
+        Ok(types
+            .iter()
+            .map(|&t| match t {
+                // Derived inside the backing HSM with the version's key.
+                CKA_P11DERIVE_CHAIN_CODE | CKA_P11DERIVE_XPUB if key.class == Class::Public => {
+                    self.hd_attribute(&view, t)
+                }
+                _ => view.attribute(t),
+            })
+            .collect())
     }
 
     /// `C_DestroyObject`: on an asset's alias, retires the asset where the

@@ -7,7 +7,8 @@
 //! (handles, lookup, attributes, search), `template.rs` (creation
 //! templates), `sign.rs` (signing, verification, the key cache),
 //! `digest.rs`, `crypt.rs` (secret keys, AES-GCM), `wrap.rs` (key wrapping),
-//! `session.rs` (session keys), `stored.rs` (certificates, data objects),
+//! `session.rs` (session keys), `hd.rs` (HD children through
+//! `C_DeriveKey`), `stored.rs` (certificates, data objects),
 //! `ops.rs` (the operation slot every operation runs in), `throttle.rs`
 //! (the growing delay after failed logins).
 
@@ -36,6 +37,7 @@ use sha2::{Digest, Sha256};
 mod crypt;
 mod digest;
 mod handles;
+mod hd;
 mod login;
 mod ops;
 mod session;

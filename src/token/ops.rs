@@ -105,6 +105,8 @@ pub(super) struct OpAudit {
     session_key: bool,
     mech: CK_MECHANISM_TYPE,
     pub input: Sha256,
+    /// The detail of an asset's record: an HD child's path.
+    pub detail: Option<String>,
 }
 
 impl OpAudit {
@@ -120,7 +122,20 @@ impl OpAudit {
             session_key,
             mech,
             input: Sha256::new(),
+            detail: None,
         }
+    }
+
+    /// The use of an HD child of an asset version: its records name the
+    /// asset and the child's path.
+    pub fn child(
+        session: CK_SESSION_HANDLE,
+        child: &super::hd::HdChild,
+        mech: CK_MECHANISM_TYPE,
+    ) -> OpAudit {
+        let mut a = OpAudit::new(session, child.asset_id.clone(), false, mech);
+        a.detail = Some(child.path.record_detail());
+        a
     }
 
     /// The asset id, or the session key's description.
@@ -133,7 +148,11 @@ impl OpAudit {
         let mut r = if self.session_key {
             r.detail(self.asset.clone())
         } else {
-            r.asset(&self.asset, version)
+            let r = r.asset(&self.asset, version);
+            match &self.detail {
+                Some(d) => r.detail(d.clone()),
+                None => r,
+            }
         }
         .session(self.session);
         r.mechanism = Some(self.mech);

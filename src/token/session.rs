@@ -58,6 +58,10 @@ pub(super) struct SessionObject {
     /// The AES-GCM IVs this key has encrypted under: a repeat is refused
     /// (the store's `gcm_ivs` rule, in memory); dropped with the key.
     pub ivs: UsedIvs,
+    /// An HD child (`C_DeriveKey` with `CKM_P11DERIVE_HD_CHILD`): the asset
+    /// version whose tree it belongs to and its place there; its uses obey
+    /// that asset like the asset's own key.
+    pub hd: Option<hd::HdChild>,
 }
 
 /// The GCM IVs a session key has used.
@@ -105,7 +109,10 @@ impl KeyRef {
 impl SessionObject {
     /// For audit records and messages: the key's label, never its value.
     pub fn name(&self) -> String {
-        format!("session key {:?}", String::from_utf8_lossy(&self.label))
+        match &self.hd {
+            Some(c) => format!("HD child {:?}", c.label()),
+            None => format!("session key {:?}", String::from_utf8_lossy(&self.label)),
+        }
     }
 
     /// The curve of an EC key (HMAC keys answer their scheme's type; it is
@@ -139,6 +146,11 @@ impl SessionObject {
         // Key material, as the attribute table says: never revealed.
         if objects::is_sensitive(self.class, ty) {
             return Some(Value::Sensitive);
+        }
+        if let Some(child) = &self.hd {
+            if let Some(v) = child.attribute(self.class, ty) {
+                return Some(v);
+            }
         }
         let b = |v: bool| Some(Value::Bool(v));
         let secret = self.class == Class::Secret;
@@ -499,6 +511,7 @@ impl Provider {
             local,
             check,
             ivs: UsedIvs::default(),
+            hd: None,
         })
     }
 
@@ -671,6 +684,7 @@ impl Provider {
             local: true,
             check: None,
             ivs: UsedIvs::default(),
+            hd: None,
         };
         let pub_h = self.insert(half(Class::Public, wp, None));
         let priv_h = self.insert(half(Class::Private, ws, Some(key)));

@@ -120,13 +120,15 @@ type VerifiedKey = (Vec<u8>, Option<Vec<u8>>);
 /// A cached key and when it was derived.
 type CachedKey = (Arc<Secret32>, std::time::Instant);
 
-/// Which key of an asset version: its key `K` (design §2), or the AES key
+/// Which key of an asset version: its key `K` (design §2), the AES key
 /// wrap subkey `W` derived beside it (`derive::WRAP_INFO`), so that key wrap
-/// and AES-GCM never share key bytes.
+/// and AES-GCM never share key bytes, or the chain code `CC` of a key pair
+/// (design §6.1), the master of its HD tree with `K`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Purpose {
     Key,
     Wrap,
+    Chain,
 }
 
 /// Derived keys kept between operations, and the public keys already
@@ -184,9 +186,9 @@ impl Provider {
         self.purpose_key(view, epoch, Purpose::Key)
     }
 
-    /// The key of an asset version for `purpose`, as `asset_key` does: an
-    /// AES version's derivation (one PRF call) yields `K` and its wrap
-    /// subkey `W` together, and caches both.
+    /// The key of an asset version for `purpose`, as `asset_key` does: one
+    /// derivation (one PRF call) yields `K` with an AES version's wrap
+    /// subkey `W` or a key pair's chain code `CC`, and caches both.
     pub(super) fn purpose_key(
         &self,
         view: &View,
@@ -208,9 +210,9 @@ impl Provider {
             }
         }
         let kt = view.asset.key_type;
-        let (scalar, wrap) = derive::derive_keys(&self.backend, &view.asset.id, view.version, kt)?;
+        let keys = derive::derive_version(&self.backend, &view.asset.id, view.version, kt)?;
         self.keys.derivations.fetch_add(1, Ordering::Relaxed);
-        let derived = mechanisms::fingerprint(kt, &scalar);
+        let derived = mechanisms::fingerprint(kt, &keys.key);
         let recorded = view
             .asset
             .version(view.version)
@@ -228,12 +230,17 @@ impl Provider {
                 ),
             ));
         }
-        let key = Arc::new(scalar);
-        let wrap = wrap.map(Arc::new);
-        let wanted = match (purpose, &wrap) {
+        let key = Arc::new(keys.key);
+        // The second key of the version: W of an AES key, CC of a key pair.
+        let (second, other) = match (keys.wrap, keys.chain) {
+            (Some(w), _) => (Some(Arc::new(w)), Purpose::Wrap),
+            (None, Some(c)) => (Some(Arc::new(c)), Purpose::Chain),
+            (None, None) => (None, Purpose::Wrap),
+        };
+        let wanted = match (purpose, &second) {
             (Purpose::Key, _) => key.clone(),
-            (Purpose::Wrap, Some(w)) => w.clone(),
-            (Purpose::Wrap, None) => return Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),
+            (p, Some(s)) if p == other => s.clone(),
+            _ => return Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),
         };
         if !ttl.is_zero() {
             // Only while the login the key was derived under is still current:
@@ -245,7 +252,7 @@ impl Provider {
                 // stays free for keys in flight (PRF outputs, derivations,
                 // the audit key). When it is full the oldest entry goes.
                 let capacity = (crate::secure::capacity() / 2).max(1);
-                let adding = 1 + usize::from(wrap.is_some());
+                let adding = 1 + usize::from(second.is_some());
                 while !cache.is_empty() && cache.len() + adding > capacity {
                     let oldest = cache.iter().min_by_key(|(_, (_, at))| *at).map(|(k, _)| *k);
                     match oldest {
@@ -256,8 +263,8 @@ impl Provider {
                 let now = std::time::Instant::now();
                 let (rowid, version, _) = slot;
                 cache.insert((rowid, version, Purpose::Key), (key, now));
-                if let Some(w) = wrap {
-                    cache.insert((rowid, version, Purpose::Wrap), (w, now));
+                if let Some(s) = second {
+                    cache.insert((rowid, version, other), (s, now));
                 }
             }
         }
@@ -320,6 +327,20 @@ impl Provider {
         let (alg, msg, signer) = Self::signature_mechanism(mech, Class::Private)?;
         if let Some(obj) = self.session_object(key) {
             self.session_key_use(&obj, mech.ty, signer, obj.sign, "sign")?;
+            if let Some(child) = &obj.hd {
+                self.child_use(h, child, mech.ty, UseKind::Sign)?;
+                let op = SignOp {
+                    epoch,
+                    asset: Some(child.asset),
+                    version: child.version,
+                    kt: obj.curve(),
+                    key: obj.key_ref()?,
+                    alg,
+                    msg,
+                    audit: OpAudit::child(h, child, mech.ty),
+                };
+                return self.start_sign(&session, epoch, op);
+            }
             self.permit(h, Action::Use(UseKind::Sign), None, Some(mech.ty))?;
             let op = SignOp {
                 epoch,
@@ -339,6 +360,9 @@ impl Provider {
             let name = asset.id.as_str();
             self.permit(h, Action::Use(UseKind::Sign), Some(name), Some(mech.ty))?;
             self.check_policy(h, UseKind::Sign, name, Some(view.version), mech.ty)?;
+            // The version's own key is the path `m` of its HD tree.
+            let master = crate::hd::Path::default();
+            self.check_path_policy(h, name, view.version, mech.ty, &master, false)?;
         }
         if okey.class != signer || !view.may_sign() {
             self.prune_keys(&asset);
@@ -371,6 +395,59 @@ impl Provider {
             audit: OpAudit::new(h, asset.id.to_string(), false, mech.ty),
         };
         self.start_sign(&session, epoch, op)
+    }
+
+    /// Whether an HD child may be used now, as its asset version: the user
+    /// may use the asset, its policies allow it (and, to sign, the child's
+    /// path), and the version may still sign (or verify). A refusal by the
+    /// asset's state is audited.
+    fn child_use(
+        &self,
+        h: CK_SESSION_HANDLE,
+        child: &hd::HdChild,
+        mech: CK_MECHANISM_TYPE,
+        kind: UseKind,
+    ) -> Result<()> {
+        let asset = self
+            .store
+            .fresh_state(child.asset)
+            .map_err(store_error)?
+            .ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+        if !asset.is_usable(child.version) {
+            return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
+        }
+        let name = asset.id.as_str();
+        self.permit(h, Action::Use(kind), Some(name), Some(mech))?;
+        self.check_policy(h, kind, name, Some(child.version), mech)?;
+        let sign = kind == UseKind::Sign;
+        if sign {
+            self.check_path_policy(h, name, child.version, mech, &child.path, false)?;
+        }
+        let allowed = if sign {
+            asset.may_sign(child.version)
+        } else {
+            asset.may_verify(child.version)
+        };
+        if !allowed {
+            let why = format!(
+                "HD child {:?} may not {} (asset state {})",
+                child.label(),
+                kind.name(),
+                asset.state.name()
+            );
+            let mut rec = Record::new(Event::Refused, CKR_KEY_FUNCTION_NOT_PERMITTED)
+                .asset(name, Some(child.version))
+                .session(h)
+                .detail(format!(
+                    "{} {} refused: {why}",
+                    child.path.record_detail(),
+                    kind.name()
+                ));
+            rec.mechanism = Some(mech);
+            self.audit(rec)?;
+            return Err(Error::with(CKR_KEY_FUNCTION_NOT_PERMITTED, why));
+        }
+        Ok(())
     }
 
     fn start_sign(&self, session: &Mutex<Session>, epoch: u64, op: SignOp) -> Result<()> {
@@ -474,17 +551,28 @@ impl Provider {
         if let Some(obj) = self.session_object(key) {
             self.session_key_use(&obj, mech.ty, verifier, obj.verify, "verify")?;
             let epoch = self.login.epoch();
+            let child = obj.hd.as_ref();
+            if let Some(c) = child {
+                self.child_use(h, c, mech.ty, UseKind::Verify)?;
+            }
             let op = VerifyOp {
-                asset: None,
+                asset: child.map(|c| c.asset),
                 kt: obj.curve(),
                 alg,
-                points: obj.point.iter().map(|p| (0, p.clone())).collect(),
+                points: obj
+                    .point
+                    .iter()
+                    .map(|p| (child.map_or(0, |c| c.version), p.clone()))
+                    .collect(),
                 msg,
                 hmac: match hmac {
                     Some(m) => Some((m, epoch, vec![(0, obj.key_ref()?)])),
                     None => None,
                 },
-                audit: OpAudit::new(h, obj.name(), true, mech.ty),
+                audit: match child {
+                    Some(c) => OpAudit::child(h, c, mech.ty),
+                    None => OpAudit::new(h, obj.name(), true, mech.ty),
+                },
             };
             let mut s = lock(&session);
             return s.verify.start(op);

@@ -441,6 +441,7 @@ fn settings_text() {
             days: Some(Days(0b1_1111)),
             expires: Some(1_798_761_600),
             approvals: 2,
+            paths: Vec::new(),
         }
     );
     assert_eq!(p.settings(), text);
@@ -457,6 +458,37 @@ fn settings_text() {
     assert_eq!(empty, Policy::new(Pattern::any()));
     assert_eq!(empty.settings(), "");
     assert_eq!(Policy::parse_settings(pat("*"), "approvals=0"), Ok(empty));
+}
+
+#[test]
+fn paths_restrict_signing_to_hd_subtrees() {
+    use crate::hd::Path;
+    let p = Policy::parse_settings(pat("eth-*"), "paths=m/44h/60'/0',m/86'/0'/0'/0").unwrap();
+    assert_eq!(p.settings(), "paths=m/44'/60'/0',m/86'/0'/0'/0");
+    let path = |s: &str| Path::parse(s).unwrap();
+    p.check_path(&path("m/44'/60'/0'/0/7")).unwrap();
+    p.check_path(&path("m/44'/60'/0'")).unwrap();
+    p.check_path(&path("m/86'/0'/0'/0/1")).unwrap();
+    for outside in ["m", "m/44'/0'/0'/0/7", "m/44'/60'/1'", "m/86'/0'/0'/1/0"] {
+        let d = p.check_path(&path(outside)).unwrap_err();
+        assert_eq!(d.rule, "path", "{outside}");
+        assert!(
+            d.why.contains(outside) && d.why.contains("m/44'/60'/0'"),
+            "{}",
+            d.why
+        );
+    }
+    // Deriving on the way to an allowed subtree is allowed; signing there is not.
+    p.check_derive(&path("m/44'")).unwrap();
+    p.check_derive(&path("m/44'/60'/0'/0")).unwrap();
+    assert!(p.check_path(&path("m/44'")).is_err());
+    assert!(p.check_derive(&path("m/45'")).is_err());
+    // Without paths, every key signs.
+    Policy::new(pat("*")).check_path(&path("m")).unwrap();
+    for bad in ["paths=", "paths=x/1", "paths=m/1,m/1", "paths=m/4294967296"] {
+        let e = Policy::parse_settings(pat("*"), bad).unwrap_err();
+        assert!(e.contains("paths"), "{bad}: {e}");
+    }
 }
 
 #[test]
@@ -513,6 +545,7 @@ fn settings_round_trip() {
                                     days: d,
                                     expires: e,
                                     approvals: k,
+                                    paths: Vec::new(),
                                 };
                                 let text = p.settings();
                                 let back = Policy::parse_settings(pat("a?-*"), &text);
