@@ -441,6 +441,70 @@ fn ed25519_rotation_keeps_old_versions_verifying_and_suspension_stops_all() {
 }
 
 #[test]
+fn ed25519_assets_from_the_cli_sign_and_the_cli_verifies() {
+    let _turn = turn();
+    let s = setup(None);
+    s.create_asset("ed-cli", "ed25519");
+    let shown = s.asset_show("ed-cli");
+    assert_eq!(shown["key_type"], "ed25519", "{shown}");
+    let p = s.load();
+    let session = p.user_session();
+    let sk = private_key(&session, "ed-cli");
+    let pk = find_one(&session, "ed-cli", ObjectClass::PUBLIC_KEY).unwrap();
+    let point = point_of(&session, pk);
+    assert_eq!(version_keys(&shown), [(1, point.clone())], "{shown}");
+    let msg = b"signed through PKCS#11, checked by the CLI";
+    let sig = session.sign(&eddsa(), sk, msg).unwrap();
+    assert!(dalek_verifies(&point, msg, &sig));
+
+    let (m, f) = (s.dir.join("cli.msg"), s.dir.join("cli.sig"));
+    std::fs::write(&m, msg).unwrap();
+    std::fs::write(&f, &sig).unwrap();
+    let sig_arg = f.to_str().unwrap();
+    ok(
+        &s,
+        &[
+            "verify",
+            "--asset",
+            "ed-cli",
+            "--signature",
+            sig_arg,
+            "--message",
+            m.to_str().unwrap(),
+        ],
+    );
+    std::fs::write(&m, b"another message").unwrap();
+    let out = cli(
+        &s,
+        &[
+            "verify",
+            "--asset",
+            "ed-cli",
+            "--signature",
+            sig_arg,
+            "--message",
+            m.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "{}", output_text(&out));
+    let out = cli(
+        &s,
+        &[
+            "verify",
+            "--asset",
+            "ed-cli",
+            "--signature",
+            sig_arg,
+            "--digest",
+            &hex(&[1; 32]),
+        ],
+    );
+    assert!(!out.status.success(), "{}", output_text(&out));
+    let said = stderr(&out);
+    assert!(said.contains("not a digest; give --message FILE"), "{said}");
+}
+
+#[test]
 fn ed25519_session_pairs_are_random_and_sign() {
     let _turn = turn();
     let s = setup(None);
