@@ -689,6 +689,19 @@ print(pub.to_bytes().hex(), pub.to_checksum_address(), mine.to_checksum_address(
             rv_of(session.verify(&recoverable, pk, &h, &bad)),
             RvError::SignatureInvalid
         );
+        // v as Ethereum writes it (27/28) is not this mechanism's form.
+        let mut eth_v = sig.clone();
+        eth_v[64] += 27;
+        assert_eq!(
+            rv_of(session.verify(&recoverable, pk, &h, &eth_v)),
+            RvError::SignatureInvalid,
+            "v must be 0 or 1"
+        );
+        assert_eq!(
+            rv_of(session.verify(&recoverable, pk, &h, &sig[..64])),
+            RvError::SignatureLenRange,
+            "r || s without v"
+        );
     }
 
     assert_eq!(
@@ -706,6 +719,15 @@ print(pub.to_bytes().hex(), pub.to_checksum_address(), mine.to_checksum_address(
         rv_of(session.sign(&recoverable, p256, &[1u8; 32])),
         RvError::KeyTypeInconsistent,
         "recoverable ECDSA on a P-256 key"
+    );
+    let (public, private) = ed25519_templates("ed-not-eth", &ED25519_OID, true);
+    let (_, ed) = session
+        .generate_key_pair(&Mechanism::EccEdwardsKeyPairGen, &public, &private)
+        .unwrap();
+    assert_eq!(
+        rv_of(session.sign(&recoverable, ed, &[1u8; 32])),
+        RvError::KeyTypeInconsistent,
+        "recoverable ECDSA on an Ed25519 key"
     );
     let signs = s
         .audit_records(&["--asset", "eth-1"])
@@ -765,6 +787,11 @@ print(coincurve.PublicKeyXOnly(x).verify(sig, msg))";
     assert_eq!(
         rv_of(session.verify(&bip340, pk, &msg, &bad)),
         RvError::SignatureInvalid
+    );
+    assert_eq!(
+        rv_of(session.verify(&bip340, pk, &msg, &sig[..63])),
+        RvError::SignatureLenRange,
+        "a 63-byte BIP-340 signature"
     );
     let (p256, _) = ec_pair(&session, "p256-not-schnorr", &P256);
     assert_eq!(
