@@ -45,6 +45,8 @@ const CKM_VENDOR_DEFINED: CK_MECHANISM_TYPE = 0x8000_0000;
 const CKM_P11DERIVE_HD_CHILD: CK_MECHANISM_TYPE = CKM_VENDOR_DEFINED | 0x5044_0001;
 const CKM_P11DERIVE_ECDSA_RECOVERABLE: CK_MECHANISM_TYPE = CKM_VENDOR_DEFINED | 0x5044_0002;
 const CKM_P11DERIVE_BIP340: CK_MECHANISM_TYPE = CKM_VENDOR_DEFINED | 0x5044_0003;
+/// CKA_P11DERIVE_KEY_TYPE (pkcs11-headers/p11derive.h).
+const CKA_P11DERIVE_KEY_TYPE: cryptoki_sys::CK_ATTRIBUTE_TYPE = 0x8000_0000 | 0x5044_0007;
 /// CKM_EDDSA, as the audit records name the mechanism.
 const CKM_EDDSA: CK_MECHANISM_TYPE = 0x1057;
 
@@ -275,6 +277,12 @@ fn ed25519_assets_from_every_params_form_sign_and_verify_independently() {
                 attr(&session, h, AttributeType::KeyGenMechanism),
                 Attribute::KeyGenMechanism(MechanismType::ECC_EDWARDS_KEY_PAIR_GEN),
                 "{label}"
+            );
+            let kt = AttributeType::VendorDefined(CKA_P11DERIVE_KEY_TYPE);
+            assert_eq!(
+                attr(&session, h, kt),
+                Attribute::VendorDefined((kt, b"ed25519".to_vec())),
+                "{label}: CKA_P11DERIVE_KEY_TYPE"
             );
             let allowed = allowed_mechanisms(&p, h);
             assert!(
