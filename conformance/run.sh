@@ -420,6 +420,71 @@ check $T "--delete-object --type cert" P-256 \
     tool --login --pin "$PIN" --delete-object --type cert --id "$cid"
 check $T "the deleted certificate is gone" P-256 lacks "Certificate Object" tool -O --type cert
 
+# ---- Ed25519 (design §6.1) -----------------------------------------------------------
+# pkcs11-tool registers an asset with the curve name (CKA_EC_PARAMS = OID
+# 1.3.101.112) and signs with CKM_EDDSA; OpenSSL checks the signature over the
+# raw message. This comes after the other OpenSSL clients: libp11 0.4.12
+# finds no private key at all once an Ed25519 key is on a token (SoftHSM's
+# own tokens too), checked last here. pkcs11-tool 0.23 writes an Edwards
+# public key with --read-object as PEM, whatever -o is called, so openssl
+# pkey reads it without -inform (it detects PEM or DER).
+T=pkcs11-tool
+K=Ed25519
+label=conf-ed25519
+check $T "--keypairgen --key-type EC:edwards25519 registers an asset" $K \
+    tool --login --pin "$PIN" --keypairgen --key-type EC:edwards25519 --label "$label"
+need_id id "$label"
+check $T "-O shows the Ed25519 alias (EC_EDWARDS, OID 1.3.101.112)" $K \
+    has "EC_PARAMS: *06032b6570 (OID 1.3.101.112)" tool --login --pin "$PIN" -O --id "$id" --type pubkey
+check $T "-M lists EC-EDWARDS-KEY-PAIR-GEN" - has "EC-EDWARDS-KEY-PAIR-GEN, keySize={256,256}, generate_key_pair" tool -M
+check $T "-M lists EDDSA (sign, verify)" - has "EDDSA, keySize={256,256}, sign, verify" tool -M
+check $T "--read-object --type pubkey (Ed25519 SPKI)" $K \
+    tool --read-object --type pubkey --id "$id" -o "$W/ed25519.pub.out"
+check openssl "reads the exported Ed25519 public key" $K \
+    openssl pkey -pubin -in "$W/ed25519.pub.out" -out "$W/ed25519.pub.pem"
+check $T "--sign -m EDDSA (alias)" $K \
+    tool --login --pin "$PIN" --sign -m EDDSA --id "$id" -i "$W/msg" -o "$W/ed25519.sig"
+check $T "--sign -m EDDSA (version object @v1)" $K \
+    tool --login --pin "$PIN" --sign -m EDDSA --id "${id}00000001" -i "$W/msg" -o "$W/ed25519.v1.sig"
+check openssl "pkeyutl -verify -rawin accepts pkcs11-tool's Ed25519 signature" $K \
+    openssl pkeyutl -verify -rawin -pubin -inkey "$W/ed25519.pub.pem" -in "$W/msg" -sigfile "$W/ed25519.sig"
+check openssl "Ed25519 signatures are deterministic (alias and @v1 sign alike)" $K \
+    cmp "$W/ed25519.sig" "$W/ed25519.v1.sig"
+refuse openssl "rejects the Ed25519 signature over a changed message" $K "Signature Verification Failure" \
+    openssl pkeyutl -verify -rawin -pubin -inkey "$W/ed25519.pub.pem" -in "$W/msg.tampered" -sigfile "$W/ed25519.sig"
+check $T "--verify -m EDDSA" $K verifies -m EDDSA --id "$id" -i "$W/msg" --signature-file "$W/ed25519.sig"
+check $T "--verify -m EDDSA reports a changed message's signature invalid" $K \
+    has "Invalid signature" tool --verify -m EDDSA --id "$id" -i "$W/msg.tampered" --signature-file "$W/ed25519.sig"
+refuse $T "--sign -m ECDSA with an Ed25519 key is refused" $K "CKR_KEY_TYPE_INCONSISTENT" \
+    tool --login --pin "$PIN" --sign -m ECDSA --id "$id" -i "$W/msg.sha256" -o "$W/ed25519.ecdsa.sig"
+
+if [ -f "$P11PROV" ]; then
+    check "$PV" "pkeyutl -sign -rawin with the Ed25519 key" $K \
+        prov pkeyutl -sign -rawin -inkey "pkcs11:token=p11derive;object=$label;type=private" \
+        -in "$W/msg" -out "$W/ed25519.prov.sig"
+    check openssl "pkeyutl -verify -rawin accepts pkcs11-provider's Ed25519 signature" $K \
+        openssl pkeyutl -verify -rawin -pubin -inkey "$W/ed25519.pub.pem" -in "$W/msg" -sigfile "$W/ed25519.prov.sig"
+    check openssl "pkcs11-provider's Ed25519 signature is pkcs11-tool's (deterministic)" $K \
+        cmp "$W/ed25519.sig" "$W/ed25519.prov.sig"
+fi
+# libp11 0.4.12 gives up enumerating private keys at a key type it does not
+# know ("Unable to enumerate private keys"), so with an Ed25519 key on the
+# token it finds none, not even the secp256k1 key it signed with above. Seen
+# with SoftHSM alone as well: a libp11 limitation, recorded as SKIP while it
+# lasts; a libp11 that copes makes this a PASS.
+libp11_uri="pkcs11:token=p11derive;object=conf-secp256k1;type=private;pin-value=$PIN"
+libp11_op="pkeyutl -sign with a secp256k1 key while an Ed25519 key is on the token"
+if [ ! -f "$ENGINE" ]; then
+    skip "$E" "$libp11_op" secp256k1 "libengine-pkcs11-openssl missing"
+elif eng pkeyutl -sign -engine pkcs11 -keyform engine -inkey "$libp11_uri" -in "$W/msg.sha256" \
+    -out "$W/eng.after-ed25519.sig" >"$W/out" 2>&1; then
+    pass "$E" "$libp11_op" secp256k1
+elif grep -q "Unable to enumerate private keys" "$W/out"; then
+    skip "$E" "$libp11_op" secp256k1 "libp11 0.4.12 stops enumerating private keys at an Ed25519 key, with SoftHSM alone too"
+else
+    fail "$E" "$libp11_op" secp256k1 "$W/out"
+fi
+
 # ---- Users mode ----------------------------------------------------------------------
 # A second set-up with users mode on: people log in with "name:secret" as the
 # PIN. An officer creates the assets, the signer signs through each client;
@@ -543,7 +608,7 @@ python3 - "$ROWS" "$REPORT" "$clients" "$passed" "$failed" "$skipped" <<'PY'
 import sys, datetime
 rows_path, out, clients, passed, failed, skipped = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(rows_path) if l.strip()]
-kinds = ["-", "secp256k1", "P-256", "AES-256", "HMAC"]
+kinds = ["-", "secp256k1", "P-256", "Ed25519", "AES-256", "HMAC"]
 order, cells = [], {}
 for client, op, kt, result in rows:
     if client not in order:

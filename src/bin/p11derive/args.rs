@@ -204,6 +204,7 @@ pub enum AssetCommand {
 Key types (case does not matter; other names in parentheses):
   secp256k1    ECDSA as Bitcoin and Ethereum use it (k256)
   p256         ECDSA on NIST P-256 (P-256, prime256v1, secp256r1)
+  ed25519      EdDSA on Curve25519, pure Ed25519 (edwards25519)
   aes256       AES-256 secret key: GCM, key wrap (AES-256, aes)
   hmac-sha256  HMAC secret key (hmac)
 
@@ -430,6 +431,8 @@ pub enum TypeArg {
     Secp256k1,
     #[value(name = "p256", aliases = ["p-256", "prime256v1", "secp256r1"])]
     P256,
+    #[value(name = "ed25519", alias = "edwards25519")]
+    Ed25519,
     #[value(name = "aes256", aliases = ["aes-256", "aes"])]
     Aes256,
     #[value(name = "hmac-sha256", alias = "hmac")]
@@ -441,6 +444,7 @@ impl TypeArg {
         match self {
             TypeArg::Secp256k1 => KeyType::Secp256k1,
             TypeArg::P256 => KeyType::P256,
+            TypeArg::Ed25519 => KeyType::Ed25519,
             TypeArg::Aes256 => KeyType::Aes256,
             TypeArg::HmacSha256 => KeyType::HmacSha256,
         }
@@ -501,6 +505,8 @@ mod tests {
             ("SECP256K1", KeyType::Secp256k1),
             ("AES-256", KeyType::Aes256),
             ("hmac-sha256", KeyType::HmacSha256),
+            ("Ed25519", KeyType::Ed25519),
+            ("edwards25519", KeyType::Ed25519),
         ] {
             let cli = Cli::try_parse_from(["p11derive", "asset", "create", "a", "--type", given])
                 .unwrap_or_else(|e| panic!("{given}: {e}"));

@@ -50,7 +50,8 @@ pub fn verify(cli: &Cli, v: &VerifyArgs) -> Result<(), Failure> {
         (Some(m), _) if eddsa => read(m, "message file")?,
         (None, Some(_)) if eddsa => {
             return Err(Failure::Usage(format!(
-                "asset {:?} is an Ed25519 key: pure Ed25519 signs the message itself, not a                  digest; give --message FILE",
+                "asset {:?} is an Ed25519 key: pure Ed25519 signs the message itself, not a \
+                 digest; give --message FILE",
                 a.id.as_str()
             )))
         }
