@@ -529,3 +529,127 @@ fn wrap_subkeys_are_pinned() {
     let (_, none) = derive::derive_keys(&prf, &asset, 1, KeyType::HmacSha256).unwrap();
     assert!(none.is_none());
 }
+
+/// The chain codes and xpubs of design §6.1 as the independent generator
+/// computed them, served by the CLI (`p11derive asset xpub`) and by the
+/// provider (`CKA_P11DERIVE_CHAIN_CODE`, `CKA_P11DERIVE_XPUB` of the public
+/// objects), with the known root inside SoftHSM.
+#[test]
+fn cli_and_provider_serve_the_vector_chain_codes_and_xpubs() {
+    let _turn = turn();
+    let v = vectors();
+    let s = setup(Some(&root(&v, "A")));
+    let ec: Vec<&Value> = v["vectors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["root"] == "A" && x["counter"] == 1 && x.get("chain_code").is_some())
+        .collect();
+    assert!(ec.len() >= 3, "EC vectors with chain codes on root A");
+    let mut kinds = std::collections::HashSet::new();
+    for vec in &ec {
+        let label = vec["asset_id"].as_str().unwrap();
+        let kt = vec["key_type"].as_str().unwrap();
+        kinds.insert(kt.to_string());
+        s.create_asset(label, kt);
+        let out = s
+            .cli()
+            .args(["--json", "asset", "xpub", label])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{label}: {}", output_text(&out));
+        let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(shown["chain_code"], vec["chain_code"], "{label}");
+        assert_eq!(shown["depth"], 0);
+        assert_eq!(shown["path"], "m");
+        let public = vec
+            .get("public_point")
+            .or_else(|| vec.get("public_key"))
+            .unwrap();
+        assert_eq!(shown["public_key"], *public, "{label}");
+        if kt == "secp256k1" {
+            assert_eq!(shown["xpub"], vec["xpub"], "{label}");
+            let plain = s.cli().args(["asset", "xpub", label]).output().unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&plain.stdout).trim(),
+                vec["xpub"].as_str().unwrap()
+            );
+        } else {
+            assert!(shown["xpub"].is_null(), "{label}: no xpub for {kt}");
+            // Without --json there is no format to print: a usage error.
+            let plain = s.cli().args(["asset", "xpub", label]).output().unwrap();
+            assert_eq!(plain.status.code(), Some(2), "{}", output_text(&plain));
+            assert!(stderr(&plain).contains("--json"), "{}", stderr(&plain));
+        }
+    }
+    assert_eq!(kinds.len(), 3, "secp256k1, p256 and ed25519: {kinds:?}");
+    let p = s.load();
+    let session = p.user_session();
+    let chain_code = AttributeType::VendorDefined(0x8000_0000 | 0x5044_0008);
+    let xpub = AttributeType::VendorDefined(0x8000_0000 | 0x5044_0009);
+    for vec in &ec {
+        let label = vec["asset_id"].as_str().unwrap();
+        let public = find_one(&session, label, ObjectClass::PUBLIC_KEY).unwrap();
+        let attrs = session.get_attributes(public, &[chain_code]).unwrap();
+        assert_eq!(
+            attrs,
+            vec![Attribute::VendorDefined((
+                chain_code,
+                unhex(vec["chain_code"].as_str().unwrap())
+            ))],
+            "{label}"
+        );
+        if vec["key_type"] == "secp256k1" {
+            let attrs = session.get_attributes(public, &[xpub]).unwrap();
+            assert_eq!(
+                attrs,
+                vec![Attribute::VendorDefined((
+                    xpub,
+                    vec["xpub"].as_str().unwrap().as_bytes().to_vec()
+                ))],
+                "{label}"
+            );
+        }
+        // A non-hardened child's xpub: the CLI's, and the provider's on the
+        // child that C_DeriveKey makes of the public object.
+        if vec["key_type"] == "secp256k1" {
+            let out = s
+                .cli()
+                .args(["asset", "xpub", label, "--path", "m/0/1"])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", output_text(&out));
+            let cli_xpub = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert_ne!(cli_xpub, vec["xpub"].as_str().unwrap());
+            // The parameter: an array of CK_ULONG indices.
+            let path: [std::os::raw::c_ulong; 2] = [0, 1];
+            let child = session
+                .derive_key(
+                    &Mechanism::VendorDefined(
+                        cryptoki::mechanism::vendor_defined::VendorDefinedMechanism::new(
+                            cryptoki::mechanism::MechanismType::new_vendor_defined(
+                                0x8000_0000 | 0x5044_0001,
+                            )
+                            .unwrap(),
+                            Some(&path),
+                        ),
+                    ),
+                    public,
+                    &[],
+                )
+                .unwrap();
+            let attrs = session.get_attributes(child, &[xpub]).unwrap();
+            assert_eq!(
+                attrs,
+                vec![Attribute::VendorDefined((xpub, cli_xpub.into_bytes()))]
+            );
+        }
+        // The private object never shows the chain code.
+        let private = find_one(&session, label, ObjectClass::PRIVATE_KEY).unwrap();
+        let e = session.get_attributes(private, &[chain_code]);
+        assert!(
+            e.is_err() || e.as_ref().unwrap().is_empty(),
+            "{label}: {e:?}"
+        );
+    }
+}

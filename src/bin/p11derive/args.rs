@@ -265,6 +265,30 @@ Examples:
         hex: bool,
     },
 
+    /// Print the BIP-32 extended public key (xpub) of an asset version or of a child
+    #[command(after_help = "\
+Every secp256k1, P-256 and Ed25519 asset version is the master of an HD tree (its key and
+its chain code, derived inside the HSM). The xpub (BIP-32, secp256k1) lets a watch-only
+system derive the public keys of non-hardened children; the keys sign here, through
+C_DeriveKey with CKM_P11DERIVE_HD_CHILD. P-256 and Ed25519 have no xpub format: --json
+prints their public key and chain code. A hardened --path is derived with the private key,
+inside this process's locked memory; the key never leaves it. Needs the PIN.
+
+Examples:
+  p11derive asset xpub hot-wallet-1
+  p11derive asset xpub hot-wallet-1 --path \"m/44'/0'/0'\"     (an account's xpub)
+  p11derive asset xpub hot-wallet-1 --version 2 --path m/0/7 --json")]
+    Xpub {
+        /// The asset
+        name: String,
+        /// Which version [default: the current one]
+        #[arg(long, value_name = "N", value_parser = parse_version)]
+        version: Option<u32>,
+        /// A path below the version's key, e.g. m/44'/0'/0' (h or ' marks hardened) [default: m]
+        #[arg(long, value_name = "PATH", value_parser = parse_path)]
+        path: Option<p11derive::hd::Path>,
+    },
+
     /// Make version current+1 the one that signs (or encrypts)
     #[command(after_help = "\
 Without --grace the previous version stops signing at once (it still verifies, or decrypts).
@@ -473,6 +497,10 @@ fn parse_object_id(h: &str) -> Result<ObjectId, String> {
 }
 
 /// A version number, 1 or more.
+fn parse_path(v: &str) -> Result<p11derive::hd::Path, String> {
+    p11derive::hd::Path::parse(v)
+}
+
 fn parse_version(v: &str) -> Result<u32, String> {
     v.parse::<u32>()
         .ok()

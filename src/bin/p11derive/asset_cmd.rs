@@ -40,6 +40,11 @@ pub fn run(cli: &Cli, c: &AssetCommand) -> Result<(), Failure> {
             hex: as_hex,
             ..
         } => pubkey(cli, name, *version, *der, *as_hex),
+        AssetCommand::Xpub {
+            name,
+            version,
+            path,
+        } => crate::xpub_cmd::xpub(cli, name, *version, path.clone().unwrap_or_default()),
         AssetCommand::Rotate { name, grace } => {
             let grace = *grace;
             let what = if grace { "rotate --grace" } else { "rotate" };

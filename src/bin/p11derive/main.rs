@@ -25,6 +25,7 @@ mod status_cmd;
 mod user_cmd;
 mod users;
 mod verify_cmd;
+mod xpub_cmd;
 
 use std::process::ExitCode;
 
@@ -71,6 +72,7 @@ fn command_path(c: &Command) -> &'static str {
             AssetCommand::List => "asset list",
             AssetCommand::Show { .. } => "asset show",
             AssetCommand::Pubkey { .. } => "asset pubkey",
+            AssetCommand::Xpub { .. } => "asset xpub",
             AssetCommand::Rotate { .. } => "asset rotate",
             AssetCommand::Finish { .. } => "asset finish",
             AssetCommand::Trim { .. } => "asset trim",
