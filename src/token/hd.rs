@@ -307,8 +307,14 @@ impl Provider {
             };
             let private = match &obj.key {
                 Some(k) => {
+                    if k.len() != 32 {
+                        return Err(Error::with(
+                            CKR_GENERAL_ERROR,
+                            format!("{}: its key is not 32 bytes", obj.name()),
+                        ));
+                    }
                     let mut key = crate::secure::secret::<32>()?;
-                    key.copy_from_slice(&k[..32.min(k.len())]);
+                    key.copy_from_slice(&k[..]);
                     let mut chain = crate::secure::secret::<32>()?;
                     chain.copy_from_slice(&c.ext.chain);
                     Some(ExtendedPrivate {
