@@ -576,9 +576,10 @@ fn cli_and_provider_serve_the_vector_chain_codes_and_xpubs() {
             );
         } else {
             assert!(shown["xpub"].is_null(), "{label}: no xpub for {kt}");
-            // Without --json there is no format to print: a usage error.
+            // Without --json there is no format to print: the key type
+            // has no such operation (exit 3).
             let plain = s.cli().args(["asset", "xpub", label]).output().unwrap();
-            assert_eq!(plain.status.code(), Some(2), "{}", output_text(&plain));
+            assert_eq!(plain.status.code(), Some(3), "{}", output_text(&plain));
             assert!(stderr(&plain).contains("--json"), "{}", stderr(&plain));
         }
     }

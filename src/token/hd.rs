@@ -432,44 +432,15 @@ impl Provider {
         path: &Path,
         deriving: bool,
     ) -> Result<()> {
-        if !self.users_mode() {
-            return Ok(());
-        }
-        for p in self.policies()?.iter() {
-            if !p.pattern.matches(asset) {
-                continue;
-            }
-            let verdict = if deriving {
+        let what = if deriving { "derive" } else { "sign" };
+        let lead = format!("{} ", path.record_detail());
+        self.policy_gate(h, what, asset, Some(version), mechanism, &lead, |p| {
+            if deriving {
                 p.check_derive(path)
             } else {
                 p.check_path(path)
-            };
-            if let Err(d) = verdict {
-                let what = if deriving { "derive" } else { "sign" };
-                let mut rec = Record::new(Event::Refused, CKR_FUNCTION_REJECTED)
-                    .asset(asset, Some(version))
-                    .session(h)
-                    .detail(format!(
-                        "{what} refused: {} rule={} policy={} {}",
-                        path.record_detail(),
-                        d.rule,
-                        p.pattern.as_str(),
-                        d.why
-                    ));
-                rec.mechanism = Some(mechanism);
-                self.audit(rec)?;
-                let msg = format!(
-                    "user {:?}: {what} refused by policy {:?}: {} ({})",
-                    self.actor().unwrap_or_default(),
-                    p.pattern.as_str(),
-                    d.why,
-                    d.rule
-                );
-                log::warn(&msg);
-                return Err(Error::with(CKR_FUNCTION_REJECTED, msg));
             }
-        }
-        Ok(())
+        })
     }
 }
 

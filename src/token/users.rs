@@ -267,21 +267,39 @@ impl Provider {
         version: Option<u32>,
         mechanism: CK_MECHANISM_TYPE,
     ) -> Result<()> {
+        let now = crate::store::unix_now();
+        let what = kind.name();
+        self.policy_gate(h, what, asset, version, mechanism, "", |p| {
+            p.check(mechanism, now)
+        })
+    }
+
+    /// Users mode: `check` on every policy matching `asset`; the first
+    /// refusal is audited (its detail led by `lead`, then the rule and the
+    /// policy) and returned as `CKR_FUNCTION_REJECTED`, naming the user.
+    pub(super) fn policy_gate(
+        &self,
+        h: CK_SESSION_HANDLE,
+        what: &str,
+        asset: &str,
+        version: Option<u32>,
+        mechanism: CK_MECHANISM_TYPE,
+        lead: &str,
+        check: impl Fn(&Policy) -> std::result::Result<(), Denied>,
+    ) -> Result<()> {
         if !self.users_mode() {
             return Ok(());
         }
-        let now = crate::store::unix_now();
         for p in self.policies()?.iter() {
             if !p.pattern.matches(asset) {
                 continue;
             }
-            if let Err(d) = p.check(mechanism, now) {
+            if let Err(d) = check(p) {
                 let mut rec = Record::new(Event::Refused, CKR_FUNCTION_REJECTED)
                     .asset(asset, version)
                     .session(h)
                     .detail(format!(
-                        "{} refused: rule={} policy={} {}",
-                        kind.name(),
+                        "{lead}{what} refused: rule={} policy={} {}",
                         d.rule,
                         p.pattern.as_str(),
                         d.why
@@ -289,9 +307,8 @@ impl Provider {
                 rec.mechanism = Some(mechanism);
                 self.audit(rec)?;
                 let msg = format!(
-                    "user {:?}: {} refused by policy {:?}: {} ({})",
+                    "user {:?}: {what} refused by policy {:?}: {} ({})",
                     self.actor().unwrap_or_default(),
-                    kind.name(),
                     p.pattern.as_str(),
                     d.why,
                     d.rule

@@ -22,6 +22,7 @@ pub fn run(cli: &Cli, c: &PolicyCommand) -> Result<(), Failure> {
             days,
             expires,
             approvals,
+            paths,
         } => {
             let mut p = Policy::new(Pattern::parse(pattern).map_err(Failure::Usage)?);
             if let Some(list) = mechanisms {
@@ -38,6 +39,12 @@ pub fn run(cli: &Cli, c: &PolicyCommand) -> Result<(), Failure> {
             p.days = given(days, Days::parse)?;
             p.expires = given(expires, access::parse_time)?;
             p.approvals = approvals.unwrap_or(0);
+            if let Some(list) = paths {
+                let words = format!("paths={list}");
+                p.paths = Policy::parse_settings(p.pattern.clone(), &words)
+                    .map_err(|e| Failure::Usage(format!("--paths {list:?}: {e}")))?
+                    .paths;
+            }
             acting(cli, Want::to(Action::ManagePolicy), true, |a| {
                 if p.approvals > 0 {
                     crate::approvals_cmd::check_meetable(a.store, "sign", &p.pattern, p.approvals)?;
@@ -171,6 +178,7 @@ fn policy_json(r: &PolicyRow, p: &Policy) -> serde_json::Value {
         "days": p.days.map(|x| x.to_string()),
         "expires": p.expires.map(access::format_time),
         "approvals": p.approvals,
+        "paths": p.paths.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
         "created": access::format_time(r.created_at),
     })
 }

@@ -25,7 +25,7 @@ pub fn xpub(cli: &Cli, name: &str, version: Option<u32>, path: Path) -> Result<(
         )));
     }
     if a.key_type != KeyType::Secp256k1 && !cli.json {
-        return Err(Failure::Usage(format!(
+        return Err(Failure::Refused(format!(
             "asset {name:?} is {}: an xpub (BIP-32 serialization) exists for secp256k1 only; \
              add --json for its public key and chain code (SLIP-10)",
             a.key_type
