@@ -434,7 +434,7 @@ impl Provider {
     ) -> Result<()> {
         let what = if deriving { "derive" } else { "sign" };
         let lead = format!("{} ", path.record_detail());
-        self.policy_gate(h, what, asset, Some(version), mechanism, &lead, |p| {
+        self.policy_gate(h, what, (asset, Some(version)), mechanism, &lead, |p| {
             if deriving {
                 p.check_derive(path)
             } else {

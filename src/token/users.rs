@@ -269,20 +269,20 @@ impl Provider {
     ) -> Result<()> {
         let now = crate::store::unix_now();
         let what = kind.name();
-        self.policy_gate(h, what, asset, version, mechanism, "", |p| {
+        self.policy_gate(h, what, (asset, version), mechanism, "", |p| {
             p.check(mechanism, now)
         })
     }
 
-    /// Users mode: `check` on every policy matching `asset`; the first
+    /// Users mode: `check` on every policy matching the asset of `subject`
+    /// (with the version, for the record); the first
     /// refusal is audited (its detail led by `lead`, then the rule and the
     /// policy) and returned as `CKR_FUNCTION_REJECTED`, naming the user.
     pub(super) fn policy_gate(
         &self,
         h: CK_SESSION_HANDLE,
         what: &str,
-        asset: &str,
-        version: Option<u32>,
+        (asset, version): (&str, Option<u32>),
         mechanism: CK_MECHANISM_TYPE,
         lead: &str,
         check: impl Fn(&Policy) -> std::result::Result<(), Denied>,
