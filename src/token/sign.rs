@@ -408,9 +408,12 @@ impl Provider {
         mech: CK_MECHANISM_TYPE,
         kind: UseKind,
     ) -> Result<()> {
+        // The asset's row as the asset's own key reads it (verified, served
+        // from the store's cache while nothing changed); the commit reads
+        // it again before the signature leaves.
         let asset = self
             .store
-            .fresh_state(child.asset)
+            .asset(child.asset)
             .map_err(store_error)?
             .ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
         if !asset.is_usable(child.version) {
