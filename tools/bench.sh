@@ -3,7 +3,7 @@
 # behind it, audit durable) and against SoftHSM itself with stored keys of
 # the same types, interleaved in one run, with the ratios.
 #
-#   bash tools/bench.sh [--seconds S] [--write] [--pg-only | --gcm-only | --hosts-only | --users-only]
+#   bash tools/bench.sh [--seconds S] [--write] [--pg-only | --gcm-only | --hosts-only | --users-only | --ed-hd-only]
 #                       [--reps N] [--delay-ms MS] [--baseline-so PATH [--baseline-bin PATH]]
 #
 # --write puts the tables into docs/benchmarks.md with the machine and date.
@@ -23,6 +23,13 @@
 # enough never to refuse, counted at every commit): warm signing at 8
 # threads beside pass-through mode on the same store, --reps runs each,
 # interleaved, medians; --users-only runs just that.
+# Ed25519 and HD children: warm Ed25519 signing (CKM_EDDSA) beside SoftHSM's
+# own Ed25519 key when SoftHSM lists CKM_EC_EDWARDS_KEY_PAIR_GEN and
+# CKM_EDDSA (else the rows say "SoftHSM has no Ed25519"), and warm signing
+# with an HD child (C_DeriveKey with CKM_P11DERIVE_HD_CHILD once per thread:
+# secp256k1 m/44'/0'/0'/0/0, Ed25519 m/44'/501'/0'/0') beside the asset's own
+# key and SoftHSM's stored key of the type; --ed-hd-only runs just those
+# (with --write it rewrites just the HD children's table).
 # --baseline-so runs them also with another build's provider (its CLI from
 # --baseline-bin, default p11derive beside the .so) on a database of its
 # own, interleaved, and puts it beside (docs/benchmarks.md says how to build
@@ -35,11 +42,12 @@ PG_ONLY=0
 GCM_ONLY=0
 HOSTS_ONLY=0
 USERS_ONLY=0
+ED_HD_ONLY=0
 REPS=3
 DELAY_MS=1
 BASE_SO=
 BASE_BIN=
-USAGE="usage: bash tools/bench.sh [--seconds S] [--write] [--pg-only | --gcm-only | --hosts-only | --users-only] [--reps N] [--delay-ms MS] [--baseline-so PATH [--baseline-bin PATH]]"
+USAGE="usage: bash tools/bench.sh [--seconds S] [--write] [--pg-only | --gcm-only | --hosts-only | --users-only | --ed-hd-only] [--reps N] [--delay-ms MS] [--baseline-so PATH [--baseline-bin PATH]]"
 while [ $# -gt 0 ]; do
     case $1 in
         --seconds) SECONDS_EACH=$2; shift 2 ;;
@@ -48,6 +56,7 @@ while [ $# -gt 0 ]; do
         --gcm-only) GCM_ONLY=1; shift ;;
         --hosts-only) HOSTS_ONLY=1; shift ;;
         --users-only) USERS_ONLY=1; shift ;;
+        --ed-hd-only) ED_HD_ONLY=1; shift ;;
         --reps) REPS=$2; shift 2 ;;
         --delay-ms) DELAY_MS=$2; shift 2 ;;
         --baseline-so) BASE_SO=$(realpath "$2"); shift 2 ;;
@@ -56,7 +65,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 if [ "$WRITE" = 1 ] && [ "$PG_ONLY$GCM_ONLY$USERS_ONLY" != 000 ]; then
-    echo "bench.sh: --write needs the whole run (it rewrites every table) or --hosts-only (its tables); drop --pg-only / --gcm-only / --users-only" >&2
+    echo "bench.sh: --write needs the whole run (it rewrites every table), --hosts-only or --ed-hd-only (their tables); drop --pg-only / --gcm-only / --users-only" >&2
     exit 2
 fi
 if [ -n "$BASE_SO" ]; then
@@ -85,13 +94,21 @@ LOG="$W/p11derive.log"
 
 # The keys: derived assets in p11derive, stored keys of the same types in
 # SoftHSM (on the backing token itself).
-for t in secp256k1 p256 aes256 hmac-sha256; do
+for t in secp256k1 p256 ed25519 aes256 hmac-sha256; do
     "$P11DERIVE_BIN" asset create "bench-$t" --type "$t" >/dev/null
 done
 sh() { pkcs11-tool --module "$SOFTHSM" --token-label custody-root --login --pin "$P11DERIVE_PIN" "$@" >/dev/null; }
 sh --keypairgen --key-type EC:secp256k1 --label bench-secp256k1
 sh --keypairgen --key-type EC:prime256v1 --label bench-p256
 sh --keygen --key-type AES:32 --label bench-aes256
+# SoftHSM signs Ed25519 only when built with an OpenSSL that has it: asked
+# at run time (C_GetMechanismList), the rows say so when it has not.
+SOFTHSM_ED25519=0
+if [ "$("$BENCH" --module "$SOFTHSM" --token custody-root --key - --op has-ed25519)" = ed25519=yes ]; then
+    SOFTHSM_ED25519=1
+    "$BENCH" --module "$SOFTHSM" --token custody-root --key bench-ed25519 --op make-ed25519-key \
+        --pin-file "$W/pin" >/dev/null
+fi
 "$BENCH" --module "$SOFTHSM" --token custody-root --key bench-hmac-sha256 --op make-hmac-key \
     --pin-file "$W/pin" >/dev/null
 # Cold first use: with the cache off, every operation derives its key.
@@ -111,6 +128,75 @@ row() { # SCENARIO KEY THREADS P11DERIVE_LINE SOFTHSM_LINE
     ratio=$(python3 -c "print(f'{$(field ops_per_s "$d") / max($(field ops_per_s "$s"), 1):.2f}')")
     rows+=("| $1 | $2 | $3 | $(field ops_per_s "$d") | $(field p50_us "$d") / $(field p99_us "$d") / $(field p999_us "$d") | $(field ops_per_s "$s") | $(field p50_us "$s") / $(field p99_us "$s") / $(field p999_us "$s") | **${ratio}×** | $(field derivations_per_1k "$d") / $(field anchor_calls_per_1k "$d") / $(field other_hsm_calls_per_1k "$d") | $(field fsyncs_per_1k "$d") | $(field peak_rss_kib "$d") / $(field peak_rss_kib "$s") |")
     echo "${rows[-1]}"
+}
+# A row with no SoftHSM figure beside it (SoftHSM has no such key).
+row_alone() { # SCENARIO KEY THREADS P11DERIVE_LINE WHY
+    local d=$4
+    rows+=("| $1 | $2 | $3 | $(field ops_per_s "$d") | $(field p50_us "$d") / $(field p99_us "$d") / $(field p999_us "$d") | $5 | — | — | $(field derivations_per_1k "$d") / $(field anchor_calls_per_1k "$d") / $(field other_hsm_calls_per_1k "$d") | $(field fsyncs_per_1k "$d") | $(field peak_rss_kib "$d") / — |")
+    echo "${rows[-1]}"
+}
+ratio() { python3 -c "print(f'{$1 / max($2, 1):.2f}')"; }
+
+# Warm Ed25519 signing (CKM_EDDSA over 32 bytes), rows of the main table.
+ed25519_rows() {
+    local threads d s
+    for threads in 1 2 8 32; do
+        d=$(run "$P11DERIVE" p11derive bench-ed25519 sign "$threads")
+        if [ "$SOFTHSM_ED25519" = 1 ]; then
+            s=$(run "$SOFTHSM" custody-root bench-ed25519 sign "$threads")
+            row "warm sign (EdDSA)" ed25519 "$threads" "$d" "$s"
+        else
+            row_alone "warm sign (EdDSA)" ed25519 "$threads" "$d" "SoftHSM has no Ed25519"
+        fi
+    done
+}
+
+# Warm signing with an HD child, derived once per thread, beside the
+# asset's own key (same run, one after the other) and SoftHSM's stored key.
+HD_HEADER="| key | child path | threads | own key ops/s | child ops/s | child p50/p99/p99.9 µs | child / own key | SoftHSM ops/s | child / SoftHSM | C_DeriveKey µs (median of threads) | derivations / anchor / other HSM calls per 1k (child) |"
+hdrows=()
+hd_section() {
+    echo "$HD_HEADER"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    local kt path threads o c s so sr
+    for kt in secp256k1 ed25519; do
+        if [ "$kt" = secp256k1 ]; then path="m/44'/0'/0'/0/0"; else path="m/44'/501'/0'/0'"; fi
+        for threads in 1 2 8 32; do
+            o=$(run "$P11DERIVE" p11derive "bench-$kt" sign "$threads")
+            c=$(P11DERIVE_CONF=$P11DERIVE_CONF "$BENCH" --module "$P11DERIVE" --token p11derive \
+                --key "bench-$kt" --op child-sign --path "$path" --threads "$threads" \
+                --seconds "$SECONDS_EACH" --pin-file "$W/pin" --stats-log "$LOG")
+            if [ "$kt" = secp256k1 ] || [ "$SOFTHSM_ED25519" = 1 ]; then
+                s=$(run "$SOFTHSM" custody-root "bench-$kt" sign "$threads")
+                so=$(field ops_per_s "$s")
+                sr="**$(ratio "$(field ops_per_s "$c")" "$so")×**"
+            else
+                so="SoftHSM has no Ed25519"; sr="—"
+            fi
+            hdrows+=("| $kt | \`$path\` | $threads | $(field ops_per_s "$o") | $(field ops_per_s "$c") | $(field p50_us "$c") / $(field p99_us "$c") / $(field p999_us "$c") | **$(ratio "$(field ops_per_s "$c")" "$(field ops_per_s "$o")")×** | $so | $sr | $(field derive_us "$c") | $(field derivations_per_1k "$c") / $(field anchor_calls_per_1k "$c") / $(field other_hsm_calls_per_1k "$c") |")
+            echo "${hdrows[-1]}"
+        done
+    done
+}
+hd_block() { # the HD children's block of docs/benchmarks.md
+    {
+        echo "<!-- bench-hd:begin (written by tools/bench.sh --write or --ed-hd-only --write) -->"
+        echo "- Date: $(date -u '+%Y-%m-%d %H:%M UTC')"
+        echo "- Machine: $(nproc) cores ($(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)), $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
+        echo "- p11derive $(git rev-parse --short HEAD 2>/dev/null || echo unknown), SoftHSM $(dpkg-query -W -f='${Version}' softhsm2 2>/dev/null), ${SECONDS_EACH} s per measurement after 0.5 s of warm-up"
+        if [ "$ED_HD_ONLY" = 1 ]; then # the Ed25519 rows too (a whole run puts them in the main table)
+            echo
+            echo "| scenario | key | threads | p11derive ops/s | p11derive p50/p99/p99.9 µs | SoftHSM ops/s | SoftHSM p50/p99/p99.9 µs | ratio | derivations / anchor / other HSM calls per 1k | fsyncs /1k | peak RSS KiB (p11derive / SoftHSM) |"
+            echo "|---|---|---|---|---|---|---|---|---|---|---|"
+            printf '%s\n' "${rows[@]}"
+        fi
+        echo
+        echo "$HD_HEADER"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|"
+        printf '%s\n' "${hdrows[@]}"
+        echo "<!-- bench-hd:end -->"
+    } > "$W/hd-block.md"
+    write_block bench-hd "$W/hd-block.md"
 }
 
 # Users mode on the same store: the service credential in a 0600 file, an
@@ -153,6 +239,18 @@ users_section() {
 }
 if [ "$USERS_ONLY" = 1 ]; then
     users_section
+    exit 0
+fi
+
+if [ "$ED_HD_ONLY" = 1 ]; then
+    # shellcheck source=tools/bench/hosts.sh
+    source tools/bench/hosts.sh # write_block
+    echo "| scenario | key | threads | p11derive ops/s | p11derive p50/p99/p99.9 µs | SoftHSM ops/s | SoftHSM p50/p99/p99.9 µs | ratio | derivations / anchor / other HSM calls per 1k | fsyncs /1k | peak RSS KiB (p11derive / SoftHSM) |"
+    echo "|---|---|---|---|---|---|---|---|---|---|---|"
+    ed25519_rows
+    echo
+    hd_section
+    [ "$WRITE" = 1 ] && hd_block
     exit 0
 fi
 
@@ -232,6 +330,7 @@ for kt in secp256k1 p256; do
     s=$(run "$SOFTHSM" custody-root "bench-$kt" cold-sign 1)
     row "cold sign (session, find, sign; p11derive derives each time)" "$kt" 1 "$d" "$s"
 done
+ed25519_rows
 for threads in 1 8; do
     d=$(run "$P11DERIVE" p11derive bench-aes256 gcm "$threads")
     s=$(run "$SOFTHSM" custody-root bench-aes256 gcm "$threads")
@@ -240,6 +339,9 @@ for threads in 1 8; do
     s=$(run "$SOFTHSM" custody-root bench-hmac-sha256 hmac "$threads")
     row "HMAC-SHA256 4 KiB" hmac-sha256 "$threads" "$d" "$s"
 done
+
+echo
+hd_section
 
 users_section
 
@@ -283,4 +385,5 @@ if [ "$WRITE" = 1 ]; then
     } > "$W/table.md"
     write_block bench "$W/table.md"
     write_block bench-hosts "$W/hosts-block.md"
+    hd_block
 fi

@@ -4,13 +4,22 @@
 //! given the provider's log, its backing HSM calls and audit fsyncs).
 //!
 //! ```text
-//! p11bench --module M --token LABEL --key LABEL --op sign|cold-sign|gcm|hmac
+//! p11bench --module M --token LABEL --key LABEL --op sign|child-sign|cold-sign|gcm|hmac
 //!          [--threads N] [--seconds S] [--pin-file F] [--stats-log FILE]
-//!          [--start-at UNIX_MS]
+//!          [--start-at UNIX_MS] [--path m/44'/0'/0'/0/0]
+//! p11bench --module M --token LABEL --key LABEL --op has-ed25519|make-ed25519-key|make-hmac-key
 //! ```
 //!
-//! - `sign`: each thread opens a session, then loops `C_SignInit(CKM_ECDSA)`
-//!   + `C_Sign` over a 32-byte digest (warm signing).
+//! - `sign`: each thread opens a session, then loops `C_SignInit` + `C_Sign`
+//!   over a 32-byte digest (warm signing): `CKM_ECDSA` on an EC key,
+//!   `CKM_EDDSA` (the 32 bytes as the message) on an Ed25519 key.
+//! - `child-sign`: each thread opens a session, derives the HD child at
+//!   `--path` of the key once (`C_DeriveKey` with `CKM_P11DERIVE_HD_CHILD`,
+//!   p11derive only), then signs with the child as `sign` does. The line adds
+//!   `derive_us` (the median of the threads' `C_DeriveKey` times).
+//! - `has-ed25519`: prints `ed25519=yes` or `ed25519=no`: whether the token
+//!   lists both `CKM_EC_EDWARDS_KEY_PAIR_GEN` and `CKM_EDDSA`.
+//! - `make-ed25519-key`: generates a token Ed25519 key pair labelled `--key`.
 //! - `cold-sign`: each operation opens a session, finds the key, signs and
 //!   closes the session (with p11derive run with `[cache] ttl_seconds = 0`,
 //!   every operation derives its key through the backing HSM).
@@ -63,9 +72,15 @@ enum Op {
     ColdSign,
     Gcm,
     Hmac,
+    /// Signing with an HD child of the key, derived once per thread.
+    ChildSign,
     /// Creates a token HMAC key (generic secret, sign/verify) labelled
     /// `--key`: pkcs11-tool 0.23 cannot make one that signs.
     MakeHmacKey,
+    /// Creates a token Ed25519 key pair labelled `--key`.
+    MakeEd25519Key,
+    /// Says whether the token signs Ed25519.
+    HasEd25519,
 }
 
 struct Args {
@@ -78,12 +93,16 @@ struct Args {
     pin: Vec<u8>,
     stats_log: Option<String>,
     start_at: Option<u64>,
+    /// The HD path of `child-sign`, as `CK_ULONG` indices.
+    path: Vec<CK_ULONG>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: p11bench --module M --token LABEL --key LABEL --op sign|cold-sign|gcm|hmac \
-         [--threads N] [--seconds S] [--pin-file F] [--stats-log FILE] [--start-at UNIX_MS]"
+        "usage: p11bench --module M --token LABEL --key LABEL \
+         --op sign|child-sign|cold-sign|gcm|hmac|has-ed25519|make-ed25519-key|make-hmac-key \
+         [--threads N] [--seconds S] [--pin-file F] [--stats-log FILE] [--start-at UNIX_MS] \
+         [--path m/44'/0'/0'/0/0]"
     );
     std::process::exit(2)
 }
@@ -98,6 +117,9 @@ fn parse() -> Args {
     };
     let op = match get("--op").as_deref() {
         Some("sign") => Op::Sign,
+        Some("child-sign") => Op::ChildSign,
+        Some("has-ed25519") => Op::HasEd25519,
+        Some("make-ed25519-key") => Op::MakeEd25519Key,
         Some("cold-sign") => Op::ColdSign,
         Some("gcm") => Op::Gcm,
         Some("hmac") => Op::Hmac,
@@ -127,7 +149,45 @@ fn parse() -> Args {
         pin,
         stats_log: get("--stats-log"),
         start_at: get("--start-at").map(|t| t.parse().unwrap_or_else(|_| usage())),
+        path: match (op, get("--path")) {
+            (Op::ChildSign, Some(p)) => parse_path(&p),
+            (Op::ChildSign, None) => {
+                eprintln!("p11bench: --op child-sign needs --path (for example m/44'/0'/0'/0/0)");
+                std::process::exit(2)
+            }
+            _ => Vec::new(),
+        },
     }
+}
+
+/// `m/44'/0'/0'/0/0` as `CK_ULONG` indices (`'` or `h` marks a hardened one).
+fn parse_path(text: &str) -> Vec<CK_ULONG> {
+    let bad = |why: &str| -> ! {
+        eprintln!("p11bench: --path {text:?}: {why}; write it as m/44'/0'/0'/0/0");
+        std::process::exit(2)
+    };
+    let mut parts = text.split('/');
+    if parts.next() != Some("m") {
+        bad("it does not start with m/");
+    }
+    let indices: Vec<CK_ULONG> = parts
+        .map(|part| {
+            let (digits, hardened) = match part.strip_suffix(['\'', 'h']) {
+                Some(d) => (d, true),
+                None => (part, false),
+            };
+            let i: u32 = digits
+                .parse()
+                .ok()
+                .filter(|i| *i < 0x8000_0000)
+                .unwrap_or_else(|| bad(&format!("{part:?} is not an index below 2^31")));
+            CK_ULONG::from(i) | if hardened { CKP11D_HARDENED } else { 0 }
+        })
+        .collect();
+    if indices.is_empty() {
+        bad("it has no index");
+    }
+    indices
 }
 
 fn load(path: &str) -> Module {
@@ -250,14 +310,89 @@ fn find(m: &Module, h: CK_SESSION_HANDLE, label: &str, class: CK_OBJECT_CLASS) -
     found[0]
 }
 
-/// One operation; the IV counter makes each GCM IV unique.
-fn once(m: &Module, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE, op: Op, n: u64, data: &mut [u8]) {
+/// The key's `CKA_KEY_TYPE`.
+fn key_type(m: &Module, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> CK_KEY_TYPE {
+    let mut kt: CK_KEY_TYPE = 0;
+    let mut t = [CK_ATTRIBUTE {
+        type_: CKA_KEY_TYPE,
+        pValue: &mut kt as *mut _ as *mut _,
+        ulValueLen: size_of::<CK_KEY_TYPE>() as _,
+    }];
+    ok(
+        call!(m, C_GetAttributeValue(h, key, t.as_mut_ptr(), 1)),
+        "C_GetAttributeValue(CKA_KEY_TYPE)",
+    );
+    kt
+}
+
+/// The signature mechanism of a key type: ECDSA over the digest, or EdDSA.
+fn sign_mechanism(kt: CK_KEY_TYPE) -> CK_MECHANISM_TYPE {
+    if kt == CKK_EC_EDWARDS {
+        CKM_EDDSA
+    } else {
+        CKM_ECDSA
+    }
+}
+
+/// Whether the token lists both Ed25519 key generation and EdDSA.
+fn has_ed25519(m: &Module, slot: CK_SLOT_ID) -> bool {
+    let mut n: CK_ULONG = 0;
+    ok(
+        call!(m, C_GetMechanismList(slot, ptr::null_mut(), &mut n)),
+        "C_GetMechanismList",
+    );
+    let mut list = vec![0; n as usize];
+    ok(
+        call!(m, C_GetMechanismList(slot, list.as_mut_ptr(), &mut n)),
+        "C_GetMechanismList",
+    );
+    list.truncate(n as usize);
+    list.contains(&CKM_EC_EDWARDS_KEY_PAIR_GEN) && list.contains(&CKM_EDDSA)
+}
+
+/// The HD child at `path` of `key` (a session object), and how long
+/// `C_DeriveKey` took.
+fn derive_child(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    key: CK_OBJECT_HANDLE,
+    path: &[CK_ULONG],
+) -> (CK_OBJECT_HANDLE, Duration) {
+    let mut indices = path.to_vec();
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_P11DERIVE_HD_CHILD,
+        pParameter: indices.as_mut_ptr() as *mut _,
+        ulParameterLen: (indices.len() * size_of::<CK_ULONG>()) as _,
+    };
+    let mut child = 0;
+    let t0 = Instant::now();
+    ok(
+        call!(
+            m,
+            C_DeriveKey(h, &mut mech, key, ptr::null_mut(), 0, &mut child)
+        ),
+        "C_DeriveKey(CKM_P11DERIVE_HD_CHILD)",
+    );
+    (child, t0.elapsed())
+}
+
+/// One operation; the IV counter makes each GCM IV unique. `sign` is the
+/// signature mechanism of the signing ops.
+fn once(
+    m: &Module,
+    h: CK_SESSION_HANDLE,
+    key: CK_OBJECT_HANDLE,
+    op: Op,
+    sign: CK_MECHANISM_TYPE,
+    n: u64,
+    data: &mut [u8],
+) {
     let mut out = [0u8; 4096 + 64];
     let mut len = out.len() as CK_ULONG;
     match op {
-        Op::Sign | Op::ColdSign => {
+        Op::Sign | Op::ColdSign | Op::ChildSign => {
             let mut mech = CK_MECHANISM {
-                mechanism: CKM_ECDSA,
+                mechanism: sign,
                 pParameter: ptr::null_mut(),
                 ulParameterLen: 0,
             };
@@ -284,7 +419,7 @@ fn once(m: &Module, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE, op: Op, n: u64,
             );
             ok(rv, "C_Sign(HMAC)");
         }
-        Op::MakeHmacKey => {}
+        Op::MakeHmacKey | Op::MakeEd25519Key | Op::HasEd25519 => {}
         Op::Gcm => {
             // p11derive refuses an IV used before under the key, in any run:
             // this run's id, then the thread's counter.
@@ -364,6 +499,56 @@ fn make_hmac_key(m: &Module, h: CK_SESSION_HANDLE, label: &str) {
     println!("created HMAC key {label:?}");
 }
 
+fn make_ed25519_key(m: &Module, h: CK_SESSION_HANDLE, label: &str) {
+    let mut t = CK_TRUE;
+    let tp = &mut t as *mut _ as *mut std::ffi::c_void;
+    // DER of the OID 1.3.101.112 (id-Ed25519).
+    let mut params = [0x06u8, 0x03, 0x2b, 0x65, 0x70];
+    let attr = |ty, p: *mut std::ffi::c_void, l| CK_ATTRIBUTE {
+        type_: ty,
+        pValue: p,
+        ulValueLen: l,
+    };
+    let l = label.as_ptr() as *mut _;
+    let mut public = [
+        attr(CKA_EC_PARAMS, params.as_mut_ptr() as *mut _, 5),
+        attr(CKA_LABEL, l, label.len() as _),
+        attr(CKA_TOKEN, tp, 1),
+        attr(CKA_VERIFY, tp, 1),
+    ];
+    let mut private = [
+        attr(CKA_LABEL, l, label.len() as _),
+        attr(CKA_TOKEN, tp, 1),
+        attr(CKA_PRIVATE, tp, 1),
+        attr(CKA_SENSITIVE, tp, 1),
+        attr(CKA_SIGN, tp, 1),
+    ];
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_EC_EDWARDS_KEY_PAIR_GEN,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let (mut pubk, mut privk) = (0, 0);
+    let (np, nq) = (public.len() as CK_ULONG, private.len() as CK_ULONG);
+    ok(
+        call!(
+            m,
+            C_GenerateKeyPair(
+                h,
+                &mut mech,
+                public.as_mut_ptr(),
+                np,
+                private.as_mut_ptr(),
+                nq,
+                &mut pubk,
+                &mut privk
+            )
+        ),
+        "C_GenerateKeyPair(CKM_EC_EDWARDS_KEY_PAIR_GEN)",
+    );
+    println!("created Ed25519 key pair {label:?}");
+}
+
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -429,23 +614,37 @@ fn main() {
         "C_Initialize",
     );
     let slot = slot_of(&m, &a.token);
+    if a.op == Op::HasEd25519 {
+        let yes = has_ed25519(&m, slot);
+        ok(call!(m, C_Finalize(ptr::null_mut())), "C_Finalize");
+        println!("ed25519={}", if yes { "yes" } else { "no" });
+        return;
+    }
     let main = open(&m, slot);
     let rv = call!(
         m,
         C_Login(main, CKU_USER, a.pin.as_ptr() as *mut _, a.pin.len() as _)
     );
     ok(rv, "C_Login");
-    if a.op == Op::MakeHmacKey {
-        make_hmac_key(&m, main, &a.key);
+    if matches!(a.op, Op::MakeHmacKey | Op::MakeEd25519Key) {
+        if a.op == Op::MakeHmacKey {
+            make_hmac_key(&m, main, &a.key);
+        } else {
+            make_ed25519_key(&m, main, &a.key);
+        }
         ok(call!(m, C_Logout(main)), "C_Logout");
         ok(call!(m, C_Finalize(ptr::null_mut())), "C_Finalize");
         return;
     }
     let class = match a.op {
-        Op::Sign | Op::ColdSign => CKO_PRIVATE_KEY,
-        Op::Gcm | Op::Hmac | Op::MakeHmacKey => CKO_SECRET_KEY,
+        Op::Sign | Op::ColdSign | Op::ChildSign => CKO_PRIVATE_KEY,
+        _ => CKO_SECRET_KEY,
     };
     let key = find(&m, main, &a.key, class);
+    let sign = match a.op {
+        Op::Sign | Op::ColdSign | Op::ChildSign => sign_mechanism(key_type(&m, main, key)),
+        _ => 0,
+    };
 
     // A short warm-up (first derivation, caches, page faults), then the run.
     let stop = Arc::new(AtomicBool::new(false));
@@ -453,11 +652,16 @@ fn main() {
     let workers: Vec<_> = (0..a.threads)
         .map(|t| {
             let (m, stop, measuring) = (m.clone(), stop.clone(), measuring.clone());
-            let (op, label) = (a.op, a.key.clone());
+            let (op, label, path) = (a.op, a.key.clone(), a.path.clone());
             std::thread::spawn(move || {
                 let mut data = vec![t as u8; 4096];
                 let mut lat: Vec<u32> = Vec::with_capacity(1 << 20);
                 let session = open(&m, slot);
+                // The child, derived once in this thread's session.
+                let (key, derive) = match op {
+                    Op::ChildSign => derive_child(&m, session, key, &path),
+                    _ => (key, Duration::ZERO),
+                };
                 let mut n: u64 = (t as u64) << 40;
                 let mut all: u64 = 0;
                 while !stop.load(Ordering::Relaxed) {
@@ -466,10 +670,10 @@ fn main() {
                     if op == Op::ColdSign {
                         let h = open(&m, slot);
                         let k = find(&m, h, &label, CKO_PRIVATE_KEY);
-                        once(&m, h, k, op, n, &mut data);
+                        once(&m, h, k, op, sign, n, &mut data);
                         ok(call!(m, C_CloseSession(h)), "C_CloseSession");
                     } else {
-                        once(&m, session, key, op, n, &mut data);
+                        once(&m, session, key, op, sign, n, &mut data);
                     }
                     if measuring.load(Ordering::Relaxed) {
                         lat.push(t0.elapsed().as_nanos().min(u32::MAX as u128) as u32);
@@ -477,7 +681,7 @@ fn main() {
                     all += 1;
                 }
                 ok(call!(m, C_CloseSession(session)), "C_CloseSession");
-                (lat, all)
+                (lat, all, derive)
             })
         })
         .collect();
@@ -505,10 +709,12 @@ fn main() {
     stop.store(true, Ordering::Relaxed);
     let mut lat: Vec<u32> = Vec::new();
     let mut all_ops: u64 = 0;
+    let mut derives = Vec::new();
     for w in workers {
-        let (l, n) = w.join().expect("worker");
+        let (l, n, d) = w.join().expect("worker");
         lat.extend(l);
         all_ops += n;
+        derives.push(d);
     }
     ok(call!(m, C_Logout(main)), "C_Logout");
     ok(call!(m, C_CloseSession(main)), "C_CloseSession");
@@ -525,10 +731,11 @@ fn main() {
         "op={} threads={} ops={} ops_per_s={:.0} p50_us={:.0} p99_us={:.0} p999_us={:.0} peak_rss_kib={}",
         match a.op {
             Op::Sign => "sign",
+            Op::ChildSign => "child-sign",
             Op::ColdSign => "cold-sign",
             Op::Gcm => "gcm-4k",
             Op::Hmac => "hmac-4k",
-            Op::MakeHmacKey => "make-hmac-key",
+            Op::MakeHmacKey | Op::MakeEd25519Key | Op::HasEd25519 => "setup",
         },
         a.threads,
         ops,
@@ -538,6 +745,11 @@ fn main() {
         pct(0.999),
         peak_rss_kib()
     );
+    if a.op == Op::ChildSign {
+        derives.sort_unstable();
+        let mid = derives[derives.len() / 2];
+        line.push_str(&format!(" derive_us={:.0}", mid.as_secs_f64() * 1e6));
+    }
     if let Some(log) = &a.stats_log {
         // The counts cover the whole run: warm-up operations count too.
         if let Some((derived, calls, anchor, fsyncs)) = provider_stats(log) {
