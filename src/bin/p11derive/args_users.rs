@@ -108,7 +108,8 @@ pattern replaces the whole policy (audited, like every change).
 Examples:
   p11derive --user alice policy set 'hot-*' --mechanisms ECDSA,ECDSA-SHA256 \\
       --asset-rate 100/60s --user-rate 10/60s --hours 09:00-17:00 --days mon-fri
-  p11derive --user alice policy set cold-1 --expires 2027-01-01 --approvals 2")]
+  p11derive --user alice policy set cold-1 --expires 2027-01-01 --approvals 2
+  p11derive --user alice policy set 'eth-*' --paths \"m/44'/60'/0'\"")]
     Set {
         /// The asset or asset pattern (`hot-*`, `cold-1`, `*`)
         pattern: String,
@@ -133,6 +134,10 @@ Examples:
         /// The approvals each signature needs: K approvers sign its digest first (docs/approvals.md)
         #[arg(long, value_name = "N")]
         approvals: Option<u32>,
+        /// Comma-separated HD path prefixes whose keys may sign (m/44'/60'/0',m/86'/0'); the
+        /// asset's own key is `m`
+        #[arg(long, value_name = "LIST")]
+        paths: Option<String>,
     },
 
     /// The policies in force (or one pattern's policy)

@@ -22,6 +22,7 @@ pub fn run(cli: &Cli, c: &PolicyCommand) -> Result<(), Failure> {
             days,
             expires,
             approvals,
+            paths,
         } => {
             let mut p = Policy::new(Pattern::parse(pattern).map_err(Failure::Usage)?);
             if let Some(list) = mechanisms {
@@ -38,6 +39,11 @@ pub fn run(cli: &Cli, c: &PolicyCommand) -> Result<(), Failure> {
             p.days = given(days, Days::parse)?;
             p.expires = given(expires, access::parse_time)?;
             p.approvals = approvals.unwrap_or(0);
+            if let Some(list) = paths {
+                p.paths = Policy::parse_settings(p.pattern.clone(), &format!("paths={list}"))
+                    .map_err(|m| Failure::Usage(format!("--paths {list}: {m}")))?
+                    .paths;
+            }
             acting(cli, Want::to(Action::ManagePolicy), true, |a| {
                 if p.approvals > 0 {
                     crate::approvals_cmd::check_meetable(a.store, "sign", &p.pattern, p.approvals)?;
