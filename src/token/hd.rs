@@ -101,12 +101,7 @@ type Naming = (Option<Vec<u8>>, Option<Vec<u8>>);
 /// What a child's template may say: its class and key type must be the
 /// child's, it cannot be a token object, extractable or not sensitive; a
 /// label and an id are the caller's to choose.
-fn child_template(
-    t: &[TemplateAttr],
-    class: Class,
-    kt: KeyType,
-    label: &str,
-) -> Result<Naming> {
+fn child_template(t: &[TemplateAttr], class: Class, kt: KeyType, label: &str) -> Result<Naming> {
     let inconsistent = |why: &str| {
         Err(Error::with(
             CKR_TEMPLATE_INCONSISTENT,
