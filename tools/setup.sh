@@ -68,4 +68,11 @@ if ! python3 -c 'import shamir_mnemonic' >/dev/null 2>&1; then
     echo "setup: installing shamir-mnemonic $SHAMIR_MNEMONIC_VERSION for python3 ($(command -v python3))"
     python3 -m pip install -q "shamir-mnemonic==$SHAMIR_MNEMONIC_VERSION"
 fi
+# The BIP-32/SLIP-10 reference for tests/hd.rs (bip_utils brings the
+# `ecdsa` and PyNaCl verifiers the test also uses); pinned.
+BIP_UTILS_VERSION=2.9.3
+if ! python3 -c 'import bip_utils, ecdsa, nacl.signing' >/dev/null 2>&1; then
+    echo "setup: installing bip-utils $BIP_UTILS_VERSION for python3 ($(command -v python3))"
+    python3 -m pip install -q "bip-utils==$BIP_UTILS_VERSION"
+fi
 echo "setup: ready ($(cargo --version), $(softhsm2-util --version 2>/dev/null | head -1 | sed 's/^/softhsm /'))"
