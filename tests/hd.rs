@@ -824,32 +824,56 @@ fn a_path_policy_limits_which_keys_sign() {
 fn a_path_policy_edited_out_in_sqlite_is_refused() {
     let _t = turn();
     let s = path_cast();
+    // A process already signing with an allowed child when the row is edited.
+    let p = s.load();
+    let running = bob_session(&p);
+    let (private, _) = asset_objects(&running, "eth-1");
+    let child = derive(&running, private, "m/44'/60'/0'/0/1");
+    running
+        .sign(&Mechanism::Ecdsa, child, &[1u8; 32])
+        .expect("allowed before the edit");
+    let signed_before = eth_signed(&s);
+    // Someone with write access to the store removes paths= from the row.
     sqlite(
         &s.store,
         "UPDATE policies SET settings = '' WHERE pattern = 'eth-*'",
     );
+    let edited = "policy \"eth-*\": its row does not verify";
+    // The running process either keeps the policy it verified (its cache
+    // moves only with the store's sealed ledger) or, once the ledger moved,
+    // finds the row edited: either way the edit loosens nothing.
+    let refused = [RvError::FunctionRejected, RvError::DeviceError];
+    let r = rv(running.sign(&Mechanism::Ecdsa, private, &[2u8; 32]));
+    assert!(refused.contains(&r), "the asset's own key: {r:?}");
+    let r = rv(derive_with(&running, private, "m/44'/0'/0'", &[]));
+    assert!(refused.contains(&r), "another subtree: {r:?}");
+    let signed_before =
+        signed_before + usize::from(running.sign(&Mechanism::Ecdsa, child, &[2u8; 32]).is_ok());
+    assert!(s.log().contains(edited), "the edit is logged");
+    drop(running);
+    drop(p);
+    // A new process: logs in, but neither the asset's key nor a child of
+    // another subtree signs.
     let p = s.load();
-    let session = p.session();
-    let login = session.login(
-        cryptoki::session::UserType::User,
-        Some(&cryptoki::types::AuthPin::from("bob:bob-secret-1")),
+    let session = bob_session(&p);
+    let (private, _) = asset_objects(&session, "eth-1");
+    let from = s.log().len();
+    assert_eq!(
+        rv(session.sign(&Mechanism::Ecdsa, private, &[1u8; 32])),
+        RvError::DeviceError
     );
-    if login.is_ok() {
-        let (private, _) = asset_objects(&session, "eth-1");
-        assert!(
-            session
-                .sign(&Mechanism::Ecdsa, private, &[1u8; 32])
-                .is_err(),
-            "the asset's own key signed once the policy row lost paths="
-        );
-    }
+    assert_eq!(
+        rv(derive_with(&session, private, "m/44'/0'/0'", &[])),
+        RvError::DeviceError
+    );
+    assert!(s.log_since(from).contains(edited), "{}", s.log_since(from));
     drop(session);
     drop(p);
-    assert_eq!(eth_signed(&s), 0);
+    assert_eq!(eth_signed(&s), signed_before);
     let out = as_user(&s, "dave", "dave-secret-1", &["audit", "verify"]);
     assert!(
-        !out.status.success(),
-        "audit verify passed: {}",
+        !out.status.success() && output_text(&out).contains("eth-*"),
+        "audit verify: {}",
         output_text(&out)
     );
 }
