@@ -808,6 +808,16 @@ fn a_path_policy_limits_which_keys_sign() {
     );
     assert_eq!(rv_sign, cryptoki_sys::CKR_FUNCTION_REJECTED);
     assert_eq!(out, [0u8; 64], "nothing released");
+    assert!(
+        eth_records(&s).iter().any(|r| {
+            let d = r["detail"].as_str().unwrap_or("");
+            r["event"] == "refused"
+                && d.starts_with("sign refused at commit: rule=path")
+                && d.ends_with("path=m/44'/60'/0'/0/3")
+        }),
+        "the refusal at commit names the rule and the child's path: {:#?}",
+        eth_records(&s)
+    );
     assert_eq!(eth_signed(&s), before);
     // And new signatures with the child stay refused.
     assert_eq!(
@@ -876,4 +886,142 @@ fn a_path_policy_edited_out_in_sqlite_is_refused() {
         "audit verify: {}",
         output_text(&out)
     );
+}
+
+fn openssl(args: &[&str]) {
+    let o = Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(o.status.success(), "openssl {args:?}: {}", output_text(&o));
+}
+
+fn request_status(s: &Setup, id: &str) -> String {
+    let o = as_user(
+        s,
+        "dave",
+        "dave-secret-1",
+        &["--json", "request", "show", id],
+    );
+    let v: Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", output_text(&o)));
+    v["status"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_child_never_signs_under_an_approvals_policy() {
+    let _t = turn();
+    let s = path_cast();
+    // One approver, ann (Ed25519, her key made by openssl).
+    let key = s.dir.join("ann.key");
+    let public = s.dir.join("ann.pub");
+    openssl(&[
+        "genpkey",
+        "-algorithm",
+        "ed25519",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    openssl(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        public.to_str().unwrap(),
+    ]);
+    admin(
+        &s,
+        &["approver", "add", "ann", "--key", public.to_str().unwrap()],
+    );
+    admin(&s, &["policy", "set", "eth-*", "--approvals", "1"]);
+    // bob asks for a signature of d; ann approves it.
+    let d = [0x42u8; 32];
+    let o = as_user(
+        &s,
+        "bob",
+        "bob-secret-1",
+        &[
+            "--json",
+            "request",
+            "new",
+            "sign",
+            "eth-1",
+            "--digest",
+            &hex(&d),
+        ],
+    );
+    assert!(o.status.success(), "request new: {}", output_text(&o));
+    let id = serde_json::from_slice::<Value>(&o.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bytes = s.dir.join("verdict.bytes");
+    let sig = s.dir.join("verdict.sig");
+    ok_as(
+        &s,
+        "carol",
+        "carol-secret-1",
+        &["request", "export", &id, "--out", bytes.to_str().unwrap()],
+    );
+    openssl(&[
+        "pkeyutl",
+        "-sign",
+        "-rawin",
+        "-inkey",
+        key.to_str().unwrap(),
+        "-in",
+        bytes.to_str().unwrap(),
+        "-out",
+        sig.to_str().unwrap(),
+    ]);
+    ok_as(
+        &s,
+        "carol",
+        "carol-secret-1",
+        &[
+            "request",
+            "approve",
+            &id,
+            "--approver",
+            "ann",
+            "--signature",
+            sig.to_str().unwrap(),
+        ],
+    );
+    let approved = request_status(&s, &id);
+    assert_ne!(approved, "executed");
+
+    let p = s.load();
+    let session = bob_session(&p);
+    let (private, _) = asset_objects(&session, "eth-1");
+    let child = derive(&session, private, "m/44'/60'/0'/0/3");
+    assert_eq!(
+        rv(session.sign(&Mechanism::Ecdsa, child, &d)),
+        RvError::FunctionRejected,
+        "an HD child signed an approved digest"
+    );
+    assert!(
+        refused_with(&s, "approvals", "path=m/44'/60'/0'/0/3"),
+        "{:#?}",
+        eth_records(&s)
+    );
+    assert_eq!(
+        request_status(&s, &id),
+        approved,
+        "the approval was consumed"
+    );
+    assert_eq!(eth_signed(&s), 0);
+    // The approval is still there for the asset's own key.
+    let sig = session
+        .sign(&Mechanism::Ecdsa, private, &d)
+        .expect("approved");
+    let (_, public_obj) = asset_objects(&session, "eth-1");
+    assert!(ecdsa_verifies(
+        "secp256k1",
+        &point(&session, public_obj),
+        &d,
+        &sig
+    ));
+    assert_eq!(request_status(&s, &id), "executed");
 }
