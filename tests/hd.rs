@@ -34,19 +34,21 @@ const CKA_P11DERIVE_HD_PATH: u64 = VENDOR | 0x5044_000A;
 const CKA_P11DERIVE_XONLY_KEY: u64 = VENDOR | 0x5044_000B;
 const HARD: u64 = 0x8000_0000;
 const CKM_ECDSA: u64 = 0x1041;
+const CKM_P11DERIVE_ECDSA_RECOVERABLE: u64 = VENDOR | 0x5044_0002;
+const CKM_P11DERIVE_BIP340: u64 = VENDOR | 0x5044_0003;
 
 /// Whether python3 imports bip_utils (and the verifiers it brings). Under
 /// CI a missing reference fails the test.
 fn reference_available() -> bool {
     let ok = Command::new("python3")
-        .args(["-c", "import bip_utils, ecdsa, nacl.signing"])
+        .args(["-c", "import bip_utils, ecdsa, nacl.signing, coincurve"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
         let message = "the BIP-32/SLIP-10 reference is not importable by python3 \
-                       (`import bip_utils, ecdsa, nacl.signing` failed): run tools/setup.sh, \
+                       (`import bip_utils, ecdsa, nacl.signing, coincurve` failed): run tools/setup.sh, \
                        or `python3 -m pip install bip-utils==2.9.3`";
         if std::env::var_os("CI").is_some() {
             panic!("{message}");
@@ -227,6 +229,41 @@ fn asset_objects(s: &Session, label: &str) -> (ObjectHandle, ObjectHandle) {
     (private_key(s, label), public_key(s, label))
 }
 
+fn vendor_sign(s: &Session, key: ObjectHandle, mechanism: u64, data: &[u8]) -> Vec<u8> {
+    let m = Mechanism::VendorDefined(VendorDefinedMechanism::new::<u8>(
+        MechanismType::new_vendor_defined(mechanism).unwrap(),
+        None,
+    ));
+    s.sign(&m, key, data)
+        .unwrap_or_else(|e| panic!("sign with {mechanism:#x}: {e}"))
+}
+
+/// A secp256k1 child's recoverable ECDSA and BIP-340 signatures: recovery
+/// (coincurve) yields the reference's child key, and the BIP-340 signature
+/// verifies under its x coordinate.
+fn ethereum_and_taproot_check(s: &Session, key: ObjectHandle, public: &str) {
+    let digest = [0x17u8; 32];
+    let rec = vendor_sign(s, key, CKM_P11DERIVE_ECDSA_RECOVERABLE, &digest);
+    assert_eq!(rec.len(), 65);
+    assert!(rec[64] <= 1, "v is the recovery id");
+    let got = one(json!({"op": "recover", "signature": hex(&rec), "digest": hex(&digest)}));
+    assert_eq!(got["public"].as_str().unwrap(), public, "ecrecover");
+    let schnorr = vendor_sign(s, key, CKM_P11DERIVE_BIP340, &digest);
+    assert_eq!(schnorr.len(), 64);
+    let xonly = &public[2..66];
+    assert_eq!(hex(&vendor_attr(s, key, CKA_P11DERIVE_XONLY_KEY)), xonly);
+    let verdict = |m: &[u8]| {
+        one(
+            json!({"op": "bip340", "xonly": xonly, "signature": hex(&schnorr),
+                   "message": hex(m)}),
+        )["valid"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(verdict(&digest), "BIP-340 signature of the child");
+    assert!(!verdict(&[0x18u8; 32]), "the verifier is not lax");
+}
+
 /// Signs a digest with CKM_ECDSA; the reference verifies it under `public`.
 fn ecdsa_checks(s: &Session, key: ObjectHandle, curve: &str, public: &str) {
     let digest = [0x5au8; 32];
@@ -341,6 +378,7 @@ fn secp256k1_children_are_bip32_children() {
             "secp256k1",
             want["public"].as_str().unwrap(),
         );
+        ethereum_and_taproot_check(&session, from_private, want["public"].as_str().unwrap());
         // And the same from the master's private key.
         let known = one(private_request("secp256k1", &vec, path));
         assert_eq!(known["public"], want["public"], "{path}");
@@ -382,6 +420,7 @@ fn secp256k1_children_are_bip32_children() {
         "secp256k1",
         answers[0]["public"].as_str().unwrap(),
     );
+    ethereum_and_taproot_check(&session, ours_full, answers[0]["public"].as_str().unwrap());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 """Independent reference for tests/hd.rs: BIP-32 / SLIP-10 children with
-bip_utils 2.9.3, signatures checked with the `ecdsa` and PyNaCl packages
-(both installed with bip_utils). Reads a JSON list of requests on stdin,
+bip_utils 2.9.3, signatures checked with the `ecdsa`, PyNaCl and coincurve
+packages (all installed with bip_utils). Reads a JSON list of requests on stdin,
 prints a JSON list of answers."""
 import json
 import sys
@@ -76,6 +76,18 @@ def answer(r):
         except ecdsa.BadSignatureError:
             ok = False
         return {"valid": bool(ok)}
+    if op == "recover":
+        # Recoverable ECDSA r || s || v over a 32-byte digest: the key
+        # standard recovery yields, uncompressed.
+        from coincurve import PublicKey
+        key = PublicKey.from_signature_and_message(
+            bytes.fromhex(r["signature"]), bytes.fromhex(r["digest"]), hasher=None)
+        return {"public": key.format(compressed=False).hex()}
+    if op == "bip340":
+        from coincurve import PublicKeyXOnly
+        key = PublicKeyXOnly(bytes.fromhex(r["xonly"]))
+        return {"valid": bool(key.verify(bytes.fromhex(r["signature"]),
+                                         bytes.fromhex(r["message"])))}
     raise ValueError("unknown op %r" % op)
 
 
