@@ -786,6 +786,25 @@ fn refused_with(s: &Setup, rule: &str, path: &str) -> bool {
 fn a_path_policy_limits_which_keys_sign() {
     let _t = turn();
     let s = path_cast();
+    // The CLI shows the prefixes, and refuses a malformed one by name.
+    let o = as_user(
+        &s,
+        "dave",
+        "dave-secret-1",
+        &["--json", "policy", "show", "eth-*"],
+    );
+    let shown: Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", output_text(&o)));
+    assert_eq!(shown["paths"], json!(["m/44'/60'/0'"]), "{shown}");
+    assert_eq!(shown["settings"], "paths=m/44'/60'/0'");
+    let o = as_user(
+        &s,
+        "admin",
+        ADMIN,
+        &["policy", "set", "eth-*", "--paths", "m/1,x/2"],
+    );
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("x/2"), "{}", output_text(&o));
     let p = s.load();
     let session = bob_session(&p);
     let (private, _) = asset_objects(&session, "eth-1");

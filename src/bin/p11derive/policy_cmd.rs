@@ -177,6 +177,7 @@ fn policy_json(r: &PolicyRow, p: &Policy) -> serde_json::Value {
         "days": p.days.map(|x| x.to_string()),
         "expires": p.expires.map(access::format_time),
         "approvals": p.approvals,
+        "paths": p.paths.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
         "created": access::format_time(r.created_at),
     })
 }
