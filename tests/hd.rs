@@ -687,6 +687,16 @@ fn refusals_name_the_right_return_codes() {
     assert!(session
         .get_attributes(last, &[AttributeType::Label])
         .is_err());
+    // The chain code is derived inside the backing HSM: none without a login.
+    let public3 = public_key(&session, "k1");
+    assert_ne!(
+        attr_rv(&session, public3, CKA_P11DERIVE_CHAIN_CODE),
+        cryptoki_sys::CKR_OK
+    );
+    assert_eq!(
+        rv(derive_with(&session, public3, "m/0", &[])),
+        RvError::UserNotLoggedIn
+    );
 }
 
 #[test]
