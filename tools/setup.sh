@@ -71,10 +71,11 @@ fi
 # Independent implementations the chain tests (tests/chains.rs) check the
 # provider's signatures with: Ethereum public-key recovery and addresses
 # (eth-keys, Keccak-256 through eth-hash on pycryptodome), BIP-340 Schnorr
-# verification (coincurve, libsecp256k1) and BIP-32/SLIP-10 (bip-utils);
-# pinned, for the python3 on PATH.
+# verification (coincurve, libsecp256k1) and BIP-32/SLIP-10 (bip-utils, for
+# tests/hd.rs, with the ecdsa and PyNaCl verifiers it brings); pinned, for the
+# python3 on PATH.
 CHAIN_PY_PACKAGES=(bip-utils==2.9.3 eth-keys==0.8.0 "eth-hash[pycryptodome]==0.8.0" coincurve==21.0.0)
-if ! python3 -c 'import bip_utils, eth_keys, eth_hash.auto, Crypto.Hash.keccak, coincurve' >/dev/null 2>&1; then
+if ! python3 -c 'import bip_utils, ecdsa, nacl.signing, eth_keys, eth_hash.auto, Crypto.Hash.keccak, coincurve' >/dev/null 2>&1; then
     echo "setup: installing ${CHAIN_PY_PACKAGES[*]} for python3 ($(command -v python3))"
     python3 -m pip install -q "${CHAIN_PY_PACKAGES[@]}"
 fi

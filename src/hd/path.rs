@@ -115,7 +115,6 @@ impl Path {
         self.0.starts_with(&prefix.0)
     }
 
-    /// Whether any index is hardened (so no public derivation reaches it).
     /// The path an audit record of a signature names (`path=m/…` in its
     /// detail, as the token writes it for an HD child's signature); the
     /// empty path `m` (the asset version's own key) otherwise.
@@ -132,6 +131,7 @@ impl Path {
         format!("{RECORD_PREFIX}{self}")
     }
 
+    /// Whether any index is hardened (so no public derivation reaches it).
     pub fn any_hardened(&self) -> bool {
         self.0.iter().any(|&i| is_hardened(i))
     }

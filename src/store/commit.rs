@@ -659,7 +659,7 @@ pub(super) fn decide(
     let what = r.event.name();
     r.event = Event::Refused;
     r.rv = crate::ck::CKR_KEY_FUNCTION_NOT_PERMITTED;
-    r.detail = match &asset {
+    let why = match &asset {
         Some(a) => format!(
             "{what} refused at commit: asset is {} at version {} (min_usable {})",
             a.state.name(),
@@ -668,7 +668,20 @@ pub(super) fn decide(
         ),
         None => format!("{what} refused at commit: asset gone"),
     };
+    r.detail = with_path(record, why);
     (Err(asset), r)
+}
+
+/// A refusal's detail `text`, followed by the HD path (`path=m/…`) the
+/// refused operation's record named, so that a refused signature of an HD
+/// child still says which key it was.
+fn with_path(record: &Record, text: String) -> String {
+    let path = crate::hd::Path::of_record_detail(&record.detail);
+    if path.is_empty() {
+        text
+    } else {
+        format!("{text} {}", path.record_detail())
+    }
 }
 
 /// The refusal of an operation whose asset row does not verify.
@@ -677,7 +690,7 @@ fn refuse_unverified(record: &Record, why: &str) -> (Result<(), Refusal>, Record
     let what = r.event.name();
     r.event = Event::Refused;
     r.rv = crate::ck::CKR_DEVICE_ERROR;
-    r.detail = format!("{what} refused at commit: {why}");
+    r.detail = with_path(record, format!("{what} refused at commit: {why}"));
     (Err(Refusal::Unverified(why.to_string())), r)
 }
 
@@ -700,7 +713,7 @@ fn policy_refusal(record: &Record, why: &str) -> Record {
     let what = r.event.name();
     r.event = Event::Refused;
     r.rv = users_refusal_rv(why);
-    r.detail = format!("{what} refused at commit: {why}");
+    r.detail = with_path(record, format!("{what} refused at commit: {why}"));
     r
 }
 
@@ -845,6 +858,28 @@ mod tests {
         assert_eq!(decision, Err(None));
         assert_eq!(rec.event, Event::Refused);
         assert_eq!(rec.detail, "decrypt refused at commit: asset gone");
+    }
+
+    #[test]
+    fn a_refused_hd_child_signature_still_names_its_path() {
+        let mut r = signed(1);
+        r.detail = "path=m/44'/60'/0'/0/5".into();
+        let (_, rec) = decide(Use::Produce, 1, &r, None);
+        assert_eq!(
+            rec.detail,
+            "sign refused at commit: asset gone path=m/44'/60'/0'/0/5"
+        );
+        let rec = policy_refusal(&r, "rule=approvals no approval");
+        assert_eq!(
+            rec.detail,
+            "sign refused at commit: rule=approvals no approval path=m/44'/60'/0'/0/5"
+        );
+        let (_, rec) = refuse_unverified(&r, "row edited");
+        assert!(
+            rec.detail.ends_with(" path=m/44'/60'/0'/0/5"),
+            "{}",
+            rec.detail
+        );
     }
 
     #[test]
