@@ -127,6 +127,16 @@ pub fn mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
     }
 }
 
+/// The mechanisms of a key of type `kt` but HD derivation (a random session
+/// key pair, which has no chain code).
+pub fn signing_mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
+    let all = mechanisms_of(kt);
+    match all.last() {
+        Some(&CKM_P11DERIVE_HD_CHILD) => &all[..all.len() - 1],
+        _ => all,
+    }
+}
+
 /// The ECDSA mechanisms.
 pub const EC_MECHANISMS: [CK_MECHANISM_TYPE; 6] = values(ECDSA_NAMES);
 
@@ -538,8 +548,17 @@ static ATTRIBUTES: &[Attribute] = &[
     attr(CKA_ID, ALL, Given, |v| Some(Value::Bytes(v.object_id()))),
     attr(CKA_START_DATE, ALL, Ignored, empty),
     attr(CKA_END_DATE, ALL, Ignored, empty),
-    // Key pairs derive HD children (CKM_P11DERIVE_HD_CHILD).
-    attr(CKA_DERIVE, BOTH, Ignored, yes),
+    // Key pairs derive HD children (CKM_P11DERIVE_HD_CHILD): a private key
+    // while its version may sign, a public key (not Ed25519: SLIP-10 has no
+    // public derivation there) while it may verify.
+    attr(CKA_DERIVE, PRIV, Ignored, |v| {
+        Some(Value::Bool(v.may_sign()))
+    }),
+    attr(CKA_DERIVE, PUB, Ignored, |v| {
+        Some(Value::Bool(
+            v.asset.key_type != KeyType::Ed25519 && v.may_verify(),
+        ))
+    }),
     attr(CKA_DERIVE, SEC, Ignored, no),
     attr(CKA_LOCAL, ALL, Computed, yes),
     attr(CKA_KEY_GEN_MECHANISM, ALL, Computed, |v| {

@@ -174,12 +174,19 @@ fn unimplemented_functions_say_so() {
         call!(r, C_SignRecoverInit(session, &mut mech, 1)),
         CKR_FUNCTION_NOT_SUPPORTED
     );
+    // C_DeriveKey is implemented (HD children, CKM_P11DERIVE_HD_CHILD): a
+    // null phKey is the caller's error, said before anything is derived.
+    let mut digest = CK_MECHANISM {
+        mechanism: CKM_SHA256,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
     assert_eq!(
         call!(
             r,
-            C_DeriveKey(session, &mut mech, 1, ptr::null_mut(), 0, ptr::null_mut())
+            C_DeriveKey(session, &mut digest, 1, ptr::null_mut(), 0, ptr::null_mut())
         ),
-        CKR_FUNCTION_NOT_SUPPORTED
+        CKR_ARGUMENTS_BAD
     );
     assert_eq!(
         call!(

@@ -61,39 +61,27 @@ pub fn ed25519_verify(public: &[u8], msg: &[u8], sig: &[u8]) -> Result<()> {
         .map_err(|_| Error::rv(CKR_SIGNATURE_INVALID))
 }
 
-/// The `CKM_EDDSA` parameter: none, or a `CK_EDDSA_PARAMS` that asks for
-/// pure Ed25519 (`phFlag` false, no context). Ed25519ph and Ed25519ctx are
-/// refused: signing them as pure Ed25519 would make signatures no verifier
-/// of those variants accepts.
+/// The `CKM_EDDSA` parameter: none. PKCS#11 3.0 gives a `CK_EDDSA_PARAMS`
+/// only for the other schemes: `phFlag` true is Ed25519ph, false is
+/// Ed25519ctx (even with an empty context, which RFC 8032 forbids there).
+/// Both are refused: signing them as pure Ed25519 would make signatures no
+/// verifier of those schemes accepts.
 pub fn check_eddsa_param(param: &[u8]) -> Result<()> {
     if param.is_empty() {
         return Ok(());
     }
-    let size = size_of::<CK_EDDSA_PARAMS>();
-    if param.len() != size {
-        return Err(Error::with(
-            CKR_MECHANISM_PARAM_INVALID,
-            format!(
-                "CKM_EDDSA: the parameter is {} bytes; give none (pure Ed25519) or a \
-                 CK_EDDSA_PARAMS of {size} bytes",
-                param.len()
-            ),
-        ));
-    }
-    let prehash = param[0] != 0;
-    let at = std::mem::offset_of!(CK_EDDSA_PARAMS, ulContextDataLen);
-    const N: usize = size_of::<CK_ULONG>();
-    let mut len = [0u8; N];
-    len.copy_from_slice(&param[at..at + N]);
-    let context = CK_ULONG::from_ne_bytes(len);
-    if prehash || context != 0 {
-        return Err(Error::with(
-            CKR_MECHANISM_PARAM_INVALID,
-            "CKM_EDDSA: only pure Ed25519 is supported (phFlag false, no context data); \
-             Ed25519ph and Ed25519ctx are not",
-        ));
-    }
-    Ok(())
+    let scheme = if param.len() == size_of::<CK_EDDSA_PARAMS>() && param[0] != 0 {
+        "Ed25519ph"
+    } else {
+        "Ed25519ctx"
+    };
+    Err(Error::with(
+        CKR_MECHANISM_PARAM_INVALID,
+        format!(
+            "CKM_EDDSA: a CK_EDDSA_PARAMS asks for {scheme}, which p11derive does not implement; \
+             give no parameter for pure Ed25519 (RFC 8032)"
+        ),
+    ))
 }
 
 #[cfg(test)]
@@ -163,8 +151,12 @@ mod tests {
     fn only_pure_ed25519_parameters_pass() {
         check_eddsa_param(&[]).unwrap();
         let size = size_of::<CK_EDDSA_PARAMS>();
+        // phFlag false with no context is Ed25519ctx, not pure Ed25519.
         let pure = vec![0u8; size];
-        check_eddsa_param(&pure).unwrap();
+        assert_eq!(
+            check_eddsa_param(&pure).unwrap_err().rv,
+            CKR_MECHANISM_PARAM_INVALID
+        );
         let mut ph = pure.clone();
         ph[0] = 1;
         assert_eq!(

@@ -173,7 +173,11 @@ impl Limits {
         let mut counted = Vec::new();
         // The key that signs: an HD child (its record names the path) or the
         // asset version's own key (the path `m`).
-        let signing = record.event == crate::audit::Event::Sign;
+        // (HMAC keys have no HD tree: `paths=` does not concern them.)
+        let signing = record.event == crate::audit::Event::Sign
+            && record
+                .mechanism
+                .is_none_or(|m| crate::mechanisms::hmac::hmac_len(m).is_none());
         let path = crate::hd::Path::of_record_detail(&record.detail);
         for p in policies.iter().filter(|p| p.pattern.matches(asset)) {
             let pat = p.pattern.as_str();

@@ -12,6 +12,7 @@
 use crate::access::{Action, UseKind};
 use crate::hd::{self, ExtendedPrivate, ExtendedPublic, Path};
 use crate::secure::SecretBytes;
+use zeroize::Zeroize;
 
 use super::session::{Kind, SessionObject, UsedIvs};
 use super::*;
@@ -25,8 +26,12 @@ pub(super) struct HdChild {
     /// The path below the version's master key.
     pub path: Path,
     /// The child's public key (uncompressed SEC1 point, or the Ed25519
-    /// key), chain code, depth, parent fingerprint and child number.
+    /// key), depth, parent fingerprint and child number, and for a public
+    /// child its chain code (a private child's is zero here).
     pub ext: ExtendedPublic,
+    /// A private child's chain code, in the locked arena: with one of its
+    /// non-hardened descendants' private keys it would give this key.
+    pub chain: Option<Arc<Secret32>>,
     pub kt: KeyType,
 }
 
@@ -99,10 +104,13 @@ fn path_param(param: &[u8]) -> Result<Path> {
 type Naming = (Option<Vec<u8>>, Option<Vec<u8>>);
 
 /// What a child's template may say: its class and key type must be the
-/// child's, it cannot be a token object, extractable or not sensitive; a
-/// label and an id are the caller's to choose.
+/// child's, and every property it names must be the one the child has
+/// (a session object, sensitive, never extractable, signing if private,
+/// verifying if public, deriving, destroyable, not modifiable); a label and
+/// an id are the caller's to choose.
 fn child_template(t: &[TemplateAttr], class: Class, kt: KeyType, label: &str) -> Result<Naming> {
-    let inconsistent = |why: &str| {
+    let private = class == Class::Private;
+    let inconsistent = |why: String| {
         Err(Error::with(
             CKR_TEMPLATE_INCONSISTENT,
             format!("HD child {label:?}: {why}"),
@@ -110,19 +118,25 @@ fn child_template(t: &[TemplateAttr], class: Class, kt: KeyType, label: &str) ->
     };
     let (mut given_label, mut id) = (None, None);
     for (ty, value) in t {
-        let is_true = value.first().is_some_and(|&b| b != 0);
-        match *ty {
-            CKA_LABEL => given_label = Some(value.clone()),
-            CKA_ID => id = Some(value.clone()),
+        let fixed = match *ty {
+            CKA_LABEL => {
+                given_label = Some(value.clone());
+                continue;
+            }
+            CKA_ID => {
+                id = Some(value.clone());
+                continue;
+            }
             CKA_CLASS => {
-                let want = if class == Class::Private {
+                let want = if private {
                     CKO_PRIVATE_KEY
                 } else {
                     CKO_PUBLIC_KEY
                 };
                 if ulong(value) != Some(want) {
-                    return inconsistent("CKA_CLASS differs from the base key's class");
+                    return inconsistent("CKA_CLASS differs from the base key's class".into());
                 }
+                continue;
             }
             CKA_KEY_TYPE => {
                 let want = if kt == KeyType::Ed25519 {
@@ -131,23 +145,18 @@ fn child_template(t: &[TemplateAttr], class: Class, kt: KeyType, label: &str) ->
                     CKK_EC
                 };
                 if ulong(value) != Some(want) {
-                    return inconsistent("CKA_KEY_TYPE differs from the base key's type");
+                    return inconsistent("CKA_KEY_TYPE differs from the base key's type".into());
                 }
+                continue;
             }
-            CKA_TOKEN if is_true => {
-                return inconsistent(
-                    "CKA_TOKEN=true: HD children are session objects (derive them again in \
-                     each session; they are the same keys every time)",
-                )
-            }
-            CKA_SENSITIVE if !is_true && class == Class::Private => {
-                return inconsistent("CKA_SENSITIVE=false: derived keys are never revealed")
-            }
-            CKA_EXTRACTABLE if is_true && class == Class::Private => {
-                return inconsistent("CKA_EXTRACTABLE=true: derived keys never leave the token")
-            }
-            CKA_TOKEN | CKA_SENSITIVE | CKA_EXTRACTABLE | CKA_PRIVATE | CKA_SIGN | CKA_VERIFY
-            | CKA_DERIVE | CKA_MODIFIABLE | CKA_COPYABLE | CKA_DESTROYABLE => {}
+            // HD children are session objects: derive them again in each
+            // session (they are the same keys every time).
+            CKA_TOKEN | CKA_MODIFIABLE | CKA_COPYABLE => false,
+            CKA_DESTROYABLE | CKA_DERIVE => true,
+            CKA_SENSITIVE | CKA_PRIVATE | CKA_SIGN if private => true,
+            CKA_EXTRACTABLE | CKA_VERIFY if private => false,
+            CKA_PRIVATE | CKA_SIGN if !private => false,
+            CKA_VERIFY if !private => true,
             other => {
                 return Err(Error::with(
                     CKR_ATTRIBUTE_TYPE_INVALID,
@@ -158,28 +167,44 @@ fn child_template(t: &[TemplateAttr], class: Class, kt: KeyType, label: &str) ->
                     ),
                 ))
             }
+        };
+        if value.first().is_some_and(|&b| b != 0) != fixed {
+            return inconsistent(format!(
+                "{} must be {fixed} (HD children are session objects; a private one is \
+                 sensitive, never extractable, and signs; a public one verifies)",
+                attr_name(*ty)
+            ));
         }
     }
     Ok((given_label, id))
 }
 
-/// A parent to derive from: its public extended key, and for a private
-/// parent its key and chain code in the arena.
+/// The key object a child is derived from: an asset's key object, or an
+/// HD child.
+enum Base {
+    Asset { okey: ObjectKey, asset: Asset },
+    Child(Arc<SessionObject>),
+}
+
+/// What a derivation needs of its base before any secret is touched.
 struct Parent {
     asset: i64,
     version: u32,
     kt: KeyType,
     class: Class,
+    /// The base's path below its version's master key.
     path: Path,
-    ext: ExtendedPublic,
-    private: Option<ExtendedPrivate>,
+    /// The base's object id; a child's default id extends it.
     id: Vec<u8>,
+    base: Base,
 }
 
 impl Provider {
     /// `C_DeriveKey` with `CKM_P11DERIVE_HD_CHILD`: the child along the
     /// parameter's path of an asset's key object (alias: the current
-    /// version) or of an HD child, as a new session object of the same class.
+    /// version) or of an HD child, as a new session object of the same
+    /// class. Every check (the user, the policies' paths, the version's
+    /// state) comes before any key is derived.
     pub fn derive_key(
         &self,
         h: CK_SESSION_HANDLE,
@@ -193,7 +218,7 @@ impl Provider {
         }
         let step = path_param(&mech.param)?;
         let epoch = self.login.epoch();
-        let parent = self.hd_parent(base, epoch)?;
+        let parent = self.hd_parent(base)?;
         let path = parent.path.join(&step).map_err(|e| {
             Error::with(
                 CKR_MECHANISM_PARAM_INVALID,
@@ -232,22 +257,25 @@ impl Provider {
             let mut rec = Record::new(Event::Refused, CKR_KEY_FUNCTION_NOT_PERMITTED)
                 .asset(name, Some(parent.version))
                 .session(h)
-                .detail(format!("derive refused: {} {why}", path.record_detail()));
+                .detail(format!("{} derive refused: {why}", path.record_detail()));
             rec.mechanism = Some(mech.ty);
             self.audit(rec)?;
             return Err(Error::with(CKR_KEY_FUNCTION_NOT_PERMITTED, why));
         }
-        let (ext, key) = match &parent.private {
-            Some(x) => {
-                let child = hd::derive_private_from(parent.kt, x, &step)?;
-                let ext = hd::public_of(parent.kt, &child)?;
-                let mut key =
-                    SecretBytes::with_capacity(32).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
-                key.spare()[..32].copy_from_slice(&child.key[..]);
-                key.grow(32);
-                (ext, Some(Arc::new(key)))
-            }
-            None => (hd::derive_public(parent.kt, &parent.ext, &step)?, None),
+        let (ext, key, chain) = if private {
+            let x = self.parent_private(&parent, epoch)?;
+            let child = hd::derive_private_from(parent.kt, &x, &step)?;
+            let mut ext = hd::public_of(parent.kt, &child)?;
+            // The private child's chain code stays in the arena only.
+            ext.chain.zeroize();
+            let mut key =
+                SecretBytes::with_capacity(32).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
+            key.spare()[..32].copy_from_slice(&child.key[..]);
+            key.grow(32);
+            (ext, Some(Arc::new(key)), Some(Arc::new(child.chain)))
+        } else {
+            let ext = self.parent_public(&parent, epoch)?;
+            (hd::derive_public(parent.kt, &ext, &step)?, None, None)
         };
         self.live(epoch)?;
         let mut rec = Record::new(Event::ObjectCreate, CKR_OK)
@@ -260,12 +288,20 @@ impl Provider {
             ));
         rec.mechanism = Some(mech.ty);
         self.audit(rec)?;
+        // The default id extends the base's with the step's indices, so a
+        // child never shares an id with its parent (clients pair keys by
+        // CKA_ID), while both halves of one child share theirs.
+        let mut default_id = parent.id;
+        for i in step.indices() {
+            default_id.extend_from_slice(&i.to_be_bytes());
+        }
         let child = HdChild {
             asset: parent.asset,
             asset_id: name.to_string(),
             version: parent.version,
             path,
             ext,
+            chain,
             kt: parent.kt,
         };
         let obj = SessionObject {
@@ -275,7 +311,7 @@ impl Provider {
             key,
             point: Some(child.ext.key.clone()),
             label: label.unwrap_or_else(|| child_label.into_bytes()),
-            id: id.unwrap_or(parent.id),
+            id: id.unwrap_or(default_id),
             private,
             extractable: false,
             encrypt: false,
@@ -292,8 +328,9 @@ impl Provider {
         Ok(self.insert(obj))
     }
 
-    /// The key object `base` as the parent of an HD derivation.
-    fn hd_parent(&self, base: CK_OBJECT_HANDLE, epoch: u64) -> Result<Parent> {
+    /// The key object `base` as the parent of an HD derivation (no secret
+    /// touched yet).
+    fn hd_parent(&self, base: CK_OBJECT_HANDLE) -> Result<Parent> {
         if let Some(obj) = self.session_object(base) {
             let Some(c) = &obj.hd else {
                 return Err(Error::with(
@@ -305,77 +342,94 @@ impl Provider {
                     ),
                 ));
             };
-            let private = match &obj.key {
-                Some(k) => {
-                    if k.len() != 32 {
-                        return Err(Error::with(
-                            CKR_GENERAL_ERROR,
-                            format!("{}: its key is not 32 bytes", obj.name()),
-                        ));
-                    }
-                    let mut key = crate::secure::secret::<32>()?;
-                    key.copy_from_slice(&k[..]);
-                    let mut chain = crate::secure::secret::<32>()?;
-                    chain.copy_from_slice(&c.ext.chain);
-                    Some(ExtendedPrivate {
-                        key,
-                        chain,
-                        depth: c.ext.depth,
-                        parent_fingerprint: c.ext.parent_fingerprint,
-                        child_number: c.ext.child_number,
-                    })
-                }
-                None => None,
-            };
             return Ok(Parent {
                 asset: c.asset,
                 version: c.version,
                 kt: c.kt,
                 class: obj.class,
                 path: c.path.clone(),
-                ext: c.ext.clone(),
-                private,
                 id: obj.id.clone(),
+                base: Base::Child(obj.clone()),
             });
         }
         let (okey, asset) = self.object(base, CKR_KEY_HANDLE_INVALID)?;
         let view = View::resolve(&asset, &okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
         check_key_type(&view, CKM_P11DERIVE_HD_CHILD)?;
-        let point = view
-            .public_point()
-            .ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?
-            .to_vec();
-        self.live(epoch)?;
-        let chain = self.version_chain(&view, epoch)?;
-        let mut cc = [0u8; 32];
-        cc.copy_from_slice(&chain[..]);
-        let ext = hd::master_public(&point, &cc);
-        let private = if okey.class == Class::Private {
-            let key = self.asset_key(&view, epoch)?;
-            let mut k = crate::secure::secret::<32>()?;
-            k.copy_from_slice(&key[..]);
-            let mut c = crate::secure::secret::<32>()?;
-            c.copy_from_slice(&chain[..]);
-            Some(ExtendedPrivate {
-                key: k,
-                chain: c,
-                depth: 0,
-                parent_fingerprint: [0; 4],
-                child_number: 0,
-            })
-        } else {
-            None
-        };
+        let (version, kt) = (view.version, asset.key_type);
         Ok(Parent {
             asset: asset.rowid,
-            version: view.version,
-            kt: asset.key_type,
+            version,
+            kt,
             class: okey.class,
             path: Path::default(),
-            ext,
-            private,
-            id: view.object_id(),
+            id: derive::version_object_id(&asset.object_id, version),
+            base: Base::Asset { okey, asset },
         })
+    }
+
+    /// A public parent's extended public key.
+    fn parent_public(&self, parent: &Parent, epoch: u64) -> Result<ExtendedPublic> {
+        match &parent.base {
+            Base::Child(obj) => Ok(obj
+                .hd
+                .as_ref()
+                .ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?
+                .ext
+                .clone()),
+            Base::Asset { okey, asset } => {
+                let view = View::resolve(asset, okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+                let point = view
+                    .public_point()
+                    .ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+                self.live(epoch)?;
+                let chain = self.version_chain(&view, epoch)?;
+                let mut cc = [0u8; 32];
+                cc.copy_from_slice(&chain[..]);
+                let ext = hd::master_public(point, &cc);
+                cc.zeroize();
+                Ok(ext)
+            }
+        }
+    }
+
+    /// A private parent's extended private key, in the locked arena.
+    fn parent_private(&self, parent: &Parent, epoch: u64) -> Result<ExtendedPrivate> {
+        let copy = |from: &[u8]| -> Result<Secret32> {
+            if from.len() != 32 {
+                return Err(Error::with(CKR_GENERAL_ERROR, "an HD key is not 32 bytes"));
+            }
+            let mut s = crate::secure::secret::<32>()?;
+            s.copy_from_slice(from);
+            Ok(s)
+        };
+        match &parent.base {
+            Base::Child(obj) => {
+                let c = obj.hd.as_ref().ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+                let (Some(key), Some(chain)) = (&obj.key, &c.chain) else {
+                    return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
+                };
+                Ok(ExtendedPrivate {
+                    key: copy(key)?,
+                    chain: copy(&chain[..])?,
+                    depth: c.ext.depth,
+                    parent_fingerprint: c.ext.parent_fingerprint,
+                    child_number: c.ext.child_number,
+                })
+            }
+            Base::Asset { okey, asset } => {
+                let view = View::resolve(asset, okey).ok_or(Error::rv(CKR_KEY_HANDLE_INVALID))?;
+                self.live(epoch)?;
+                let chain = self.version_chain(&view, epoch)?;
+                let key = self.asset_key(&view, epoch)?;
+                Ok(ExtendedPrivate {
+                    key: copy(&key[..])?,
+                    chain: copy(&chain[..])?,
+                    depth: 0,
+                    parent_fingerprint: [0; 4],
+                    child_number: 0,
+                })
+            }
+        }
     }
 
     /// The chain code of an asset version (design §6.1), from the key cache
@@ -401,14 +455,39 @@ impl Provider {
     /// the chain code be derived (the caller then sees the attribute as
     /// unavailable).
     pub(super) fn hd_attribute(&self, view: &View, ty: CK_ATTRIBUTE_TYPE) -> Option<Value> {
-        if view.class != Class::Public || !view.asset.key_type.is_ec() {
+        if view.class != Class::Public || !view.asset.key_type.is_ec() || !view.may_verify() {
+            return None;
+        }
+        // The tree's public keys (every deposit address of an xpub) are for
+        // the users who may derive its public children: as C_DeriveKey on
+        // the public object asks.
+        // (Answered as unavailable, not audited: a client reading every
+        // attribute of every object is not refused anything.)
+        let name = view.asset.id.as_str();
+        let may = !self.users_mode()
+            || self
+                .caller()
+                .is_some_and(|c| c.permits(Action::Use(UseKind::Verify), Some(name)).is_ok());
+        if !may {
             return None;
         }
         let xpub = ty == CKA_P11DERIVE_XPUB;
         if xpub && view.asset.key_type != KeyType::Secp256k1 {
             return None;
         }
-        let chain = self.version_chain(view, self.login.epoch()).ok()?;
+        let chain = match self.version_chain(view, self.login.epoch()) {
+            Ok(c) => c,
+            Err(e) => {
+                // Without a login it cannot be derived: not worth a line.
+                if e.rv != CKR_USER_NOT_LOGGED_IN {
+                    log::warn(&format!(
+                        "{:?}: its chain code is unavailable: {e}",
+                        view.label()
+                    ));
+                }
+                return None;
+            }
+        };
         if !xpub {
             return Some(Value::Bytes(chain.to_vec()));
         }

@@ -452,8 +452,11 @@ impl Provider {
             s.decrypt.end();
             s.verify.end_if(|v| v.hmac.is_some());
         }
-        // Every derived key is wiped with the login.
+        // Every derived key is wiped with the login: the key cache, and the
+        // private HD children (derived again after the next login: they are
+        // the same keys every time).
         self.keys.clear();
+        self.drop_private_children(|_| true);
         *lock(&self.login.caller) = None;
         if self.users_mode() {
             // The service credential's backing login stays: records are

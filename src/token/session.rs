@@ -137,7 +137,9 @@ impl SessionObject {
         match self.kind {
             Kind::Aes => &objects::AES_MECHANISMS,
             Kind::Generic => &objects::HMAC_MECHANISMS,
-            Kind::Ec(kt) => objects::mechanisms_of(kt),
+            // Only HD children derive (a random session pair has no chain code).
+            Kind::Ec(kt) if self.hd.is_some() => objects::mechanisms_of(kt),
+            Kind::Ec(kt) => objects::signing_mechanisms_of(kt),
         }
     }
 
@@ -427,7 +429,17 @@ impl Provider {
             return None;
         }
         let obj = self.session_objects.read().get(&h).cloned()?;
-        (!obj.private || self.login_state() == Login::User).then_some(obj)
+        (!obj.private || self.login_state() == Login::User).then_some(())?;
+        self.sees_child(&obj).then_some(obj)
+    }
+
+    /// Users mode: an HD child's private half exists only for users who may
+    /// see its asset's private objects (as the asset's own).
+    fn sees_child(&self, o: &SessionObject) -> bool {
+        match &o.hd {
+            Some(c) if o.private => self.sees_private(&c.asset_id),
+            _ => true,
+        }
     }
 
     /// The visible session objects matching a template.
@@ -440,11 +452,19 @@ impl Provider {
             .session_objects
             .read()
             .iter()
-            .filter(|(_, o)| (logged_in || !o.private) && o.matches(template))
+            .filter(|(_, o)| (logged_in || !o.private) && self.sees_child(o) && o.matches(template))
             .map(|(h, o)| (*h, o.private))
             .collect();
         out.sort_unstable();
         out
+    }
+
+    /// Drops (wipes) the private HD children whose asset version `gone`
+    /// says may no longer hold a key (a logout: all of them).
+    pub(super) fn drop_private_children(&self, gone: impl Fn(&hd::HdChild) -> bool) {
+        self.session_objects
+            .write()
+            .retain(|_, o| !(o.class == Class::Private && o.hd.as_ref().is_some_and(&gone)));
     }
 
     /// Drops (wipes) the session objects of one session, or of all.

@@ -57,7 +57,9 @@ impl Alg {
         match self {
             Alg::Hmac(m) => hmac::hmac_len(m).unwrap_or(0),
             Alg::Recoverable => mechanisms::recoverable::RECOVERABLE_SIG_LEN,
-            Alg::Ecdsa | Alg::EdDsa | Alg::Schnorr => ECDSA_SIG_LEN,
+            Alg::Ecdsa => ECDSA_SIG_LEN,
+            Alg::EdDsa => mechanisms::eddsa::EDDSA_SIG_LEN,
+            Alg::Schnorr => mechanisms::schnorr::SCHNORR_SIG_LEN,
         }
     }
 
@@ -247,7 +249,9 @@ impl Provider {
             // a logout flips the state before it clears the cache, so a key
             // derived across a logout is never cached past it.
             let mut cache = lock(&self.keys.cache);
-            if self.still_logged_in(epoch) {
+            // Only keys of versions that may sign are kept: a chain code read
+            // (or an opening) of an older version derives without caching.
+            if self.still_logged_in(epoch) && view.asset.may_hold_key(view.version) {
                 // Cached keys may fill half the locked arena; the other half
                 // stays free for keys in flight (PRF outputs, derivations,
                 // the audit key). When it is full the oldest entry goes.
@@ -276,6 +280,8 @@ impl Provider {
     /// the store, whichever process made it.
     pub(super) fn prune_keys(&self, asset: &Asset) {
         self.keys.prune(asset);
+        // Private HD children of versions that may no longer sign go too.
+        self.drop_private_children(|c| c.asset == asset.rowid && !asset.may_hold_key(c.version));
     }
 
     /// What `C_SignInit`/`C_VerifyInit` use: the algorithm, the message it
@@ -360,9 +366,12 @@ impl Provider {
             let name = asset.id.as_str();
             self.permit(h, Action::Use(UseKind::Sign), Some(name), Some(mech.ty))?;
             self.check_policy(h, UseKind::Sign, name, Some(view.version), mech.ty)?;
-            // The version's own key is the path `m` of its HD tree.
-            let master = crate::hd::Path::default();
-            self.check_path_policy(h, name, view.version, mech.ty, &master, false)?;
+            // The version's own key is the path `m` of its HD tree (secret
+            // keys have no tree: `paths=` does not concern them).
+            if asset.key_type.is_ec() {
+                let master = crate::hd::Path::default();
+                self.check_path_policy(h, name, view.version, mech.ty, &master, false)?;
+            }
         }
         if okey.class != signer || !view.may_sign() {
             self.prune_keys(&asset);
@@ -421,7 +430,11 @@ impl Provider {
         }
         let name = asset.id.as_str();
         self.permit(h, Action::Use(kind), Some(name), Some(mech))?;
-        self.check_policy(h, kind, name, Some(child.version), mech)?;
+        // A policy's refusal names the child's path, as its uses do.
+        let now = crate::store::unix_now();
+        let lead = format!("{} ", child.path.record_detail());
+        let at = (name, Some(child.version));
+        self.policy_gate(h, kind.name(), at, mech, &lead, |p| p.check(mech, now))?;
         let sign = kind == UseKind::Sign;
         if sign {
             self.check_path_policy(h, name, child.version, mech, &child.path, false)?;
