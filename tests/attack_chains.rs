@@ -1,0 +1,502 @@
+//! An independent attack on the chain-key surfaces of issue 23 (HD children
+//! through `C_DeriveKey`, chain codes and xpubs, recoverable ECDSA and
+//! BIP-340): each test tries to get a key used that what decides key use
+//! should refuse, and asserts the refusal (a passing test = the defence
+//! holds). A test whose comment starts `Was a hole:` failed before its fix.
+
+mod common;
+
+use std::ptr;
+
+use common::*;
+use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use cryptoki_sys::*;
+
+const HARD: u64 = 0x8000_0000;
+const CKM_P11DERIVE_HD_CHILD: CK_MECHANISM_TYPE = 0x8000_0000 | 0x5044_0001;
+const CKM_P11DERIVE_ECDSA_RECOVERABLE: CK_MECHANISM_TYPE = 0x8000_0000 | 0x5044_0002;
+const CKM_P11DERIVE_BIP340: CK_MECHANISM_TYPE = 0x8000_0000 | 0x5044_0003;
+/// CKA_P11DERIVE_CHAIN_CODE (pkcs11-headers/p11derive.h).
+const CKA_P11DERIVE_CHAIN_CODE: CK_ATTRIBUTE_TYPE = 0x8000_0000 | 0x5044_0008;
+
+/// The parameter of CKM_P11DERIVE_HD_CHILD: native CK_ULONGs.
+fn ulongs(path: &[u64]) -> Vec<u8> {
+    path.iter()
+        .flat_map(|&i| (i as CK_ULONG).to_ne_bytes())
+        .collect()
+}
+
+/// `C_DeriveKey` with CKM_P11DERIVE_HD_CHILD and the raw parameter `param`.
+fn derive_raw(
+    r: &Raw,
+    h: CK_SESSION_HANDLE,
+    base: CK_OBJECT_HANDLE,
+    param: &[u8],
+) -> Result<CK_OBJECT_HANDLE, CK_RV> {
+    let mut param = param.to_vec();
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_P11DERIVE_HD_CHILD,
+        pParameter: if param.is_empty() {
+            ptr::null_mut()
+        } else {
+            param.as_mut_ptr().cast()
+        },
+        ulParameterLen: param.len() as CK_ULONG,
+    };
+    let mut out: CK_OBJECT_HANDLE = 0;
+    let rv = call!(
+        r,
+        C_DeriveKey(h, &mut mech, base, ptr::null_mut(), 0, &mut out)
+    );
+    if rv == CKR_OK {
+        Ok(out)
+    } else {
+        Err(rv)
+    }
+}
+
+fn derive(
+    r: &Raw,
+    h: CK_SESSION_HANDLE,
+    base: CK_OBJECT_HANDLE,
+    path: &[u64],
+) -> Result<CK_OBJECT_HANDLE, CK_RV> {
+    derive_raw(r, h, base, &ulongs(path))
+}
+
+fn sign_init(
+    r: &Raw,
+    h: CK_SESSION_HANDLE,
+    mech: CK_MECHANISM_TYPE,
+    key: CK_OBJECT_HANDLE,
+) -> CK_RV {
+    let mut m = CK_MECHANISM {
+        mechanism: mech,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    call!(r, C_SignInit(h, &mut m, key))
+}
+
+/// `C_Sign` of 32 bytes after an init: the signature or the refusal.
+fn sign_now(r: &Raw, h: CK_SESSION_HANDLE, data: &[u8]) -> Result<Vec<u8>, CK_RV> {
+    let mut data = data.to_vec();
+    let mut sig = [0u8; 128];
+    let mut len = sig.len() as CK_ULONG;
+    let rv = call!(
+        r,
+        C_Sign(
+            h,
+            data.as_mut_ptr(),
+            data.len() as CK_ULONG,
+            sig.as_mut_ptr(),
+            &mut len
+        )
+    );
+    if rv == CKR_OK {
+        Ok(sig[..len as usize].to_vec())
+    } else {
+        Err(rv)
+    }
+}
+
+/// Init and sign at once.
+fn sign(
+    r: &Raw,
+    h: CK_SESSION_HANDLE,
+    mech: CK_MECHANISM_TYPE,
+    key: CK_OBJECT_HANDLE,
+    data: &[u8],
+) -> Result<Vec<u8>, CK_RV> {
+    match sign_init(r, h, mech, key) {
+        CKR_OK => sign_now(r, h, data),
+        rv => Err(rv),
+    }
+}
+
+fn verify(r: &Raw, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE, data: &[u8], sig: &[u8]) -> CK_RV {
+    let mut m = CK_MECHANISM {
+        mechanism: CKM_ECDSA,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    let rv = call!(r, C_VerifyInit(h, &mut m, key));
+    if rv != CKR_OK {
+        return rv;
+    }
+    let mut d = data.to_vec();
+    let mut sg = sig.to_vec();
+    call!(
+        r,
+        C_Verify(
+            h,
+            d.as_mut_ptr(),
+            d.len() as CK_ULONG,
+            sg.as_mut_ptr(),
+            sg.len() as CK_ULONG
+        )
+    )
+}
+
+/// Signature records of `asset` made (rv 0) whose detail names an HD path.
+fn child_signatures(s: &Setup, asset: &str) -> usize {
+    s.audit_records(&[])
+        .iter()
+        .filter(|r| {
+            r["event"] == "sign"
+                && r["rv"] == 0
+                && r["asset"] == asset
+                && r["detail"].as_str().is_some_and(|d| d.starts_with("path="))
+        })
+        .count()
+}
+
+/// Pass-through mode: a child derived while its asset signs outlives a
+/// suspension, a rotation without grace, a trim and a retirement made by
+/// another process: a C_Sign whose C_SignInit came before the change
+/// releases nothing, a new C_SignInit is refused, and the log says so.
+#[test]
+fn a_child_does_not_outlive_its_asset_state() {
+    let _turn = turn();
+    let s = setup(None);
+    s.create_asset("hd-life", "secp256k1");
+    let p = s.load();
+    let session = p.user_session();
+    let r = raw();
+    let h = session.handle();
+    let sk = private_key(&session, "hd-life").handle();
+    let child = derive(&r, h, sk, &[44 | HARD, HARD]).expect("derive m/44'/0'");
+    let digest = [9u8; 32];
+    sign(&r, h, CKM_ECDSA, child, &digest).expect("the child signs while its asset may");
+    assert_eq!(child_signatures(&s, "hd-life"), 1);
+
+    // Suspend between C_SignInit and C_Sign.
+    assert_eq!(sign_init(&r, h, CKM_ECDSA, child), CKR_OK);
+    ok(&s, &["asset", "suspend", "hd-life"]);
+    let e = sign_now(&r, h, &digest).expect_err("a suspended asset's child signed");
+    assert_ne!(e, CKR_OK);
+    assert_ne!(
+        sign_init(&r, h, CKM_ECDSA, child),
+        CKR_OK,
+        "init after suspend"
+    );
+    assert!(
+        derive(&r, h, sk, &[44 | HARD, 1 | HARD]).is_err(),
+        "a suspended asset derived a private child"
+    );
+    assert!(
+        derive(&r, h, child, &[1]).is_err(),
+        "a suspended asset's child derived a private grandchild"
+    );
+    assert_eq!(child_signatures(&s, "hd-life"), 1, "nothing released");
+    let refused = s
+        .audit_records(&[])
+        .iter()
+        .filter(|r| {
+            r["event"] == "refused"
+                && r["asset"] == "hd-life"
+                && r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("path=m/44'/0'"))
+        })
+        .count();
+    assert!(refused >= 2, "the refusals name the child's path");
+    ok(&s, &["asset", "resume", "hd-life"]);
+    sign(&r, h, CKM_ECDSA, child, &digest).expect("resumed: the child signs again");
+
+    // Rotation without grace: version 1's child stops at once, even mid-operation.
+    assert_eq!(sign_init(&r, h, CKM_ECDSA, child), CKR_OK);
+    ok(&s, &["asset", "rotate", "hd-life"]);
+    assert!(
+        sign_now(&r, h, &digest).is_err(),
+        "v1 child signed after rotation"
+    );
+    assert_ne!(sign_init(&r, h, CKM_ECDSA, child), CKR_OK);
+    // A grandchild of the v1 child is v1 too.
+    assert!(
+        derive(&r, h, child, &[3]).is_err(),
+        "derived from a v1 child after rotation"
+    );
+
+    // With grace: a v2 child made, then v2 rotated with grace → v2 child signs until finish.
+    let sk2 = private_key(&session, "hd-life").handle();
+    let child2 = derive(&r, h, sk2, &[44 | HARD, 2 | HARD]).expect("a v2 child");
+    ok(&s, &["asset", "rotate", "hd-life", "--grace"]);
+    sign(&r, h, CKM_ECDSA, child2, &digest).expect("grace: the v2 child still signs");
+    assert_eq!(sign_init(&r, h, CKM_ECDSA, child2), CKR_OK);
+    ok(&s, &["asset", "finish", "hd-life"]);
+    assert!(
+        sign_now(&r, h, &digest).is_err(),
+        "v2 child signed after finish"
+    );
+
+    // Trim: a v3 signature checked by v3's public child, whose C_VerifyInit
+    // came before v3 was trimmed away, is not accepted.
+    let sk3 = private_key(&session, "hd-life").handle();
+    let pk3 = find_one(&session, "hd-life", ObjectClass::PUBLIC_KEY)
+        .unwrap()
+        .handle();
+    let child3 = derive(&r, h, sk3, &[7]).expect("a v3 child");
+    let pub3 = derive(&r, h, pk3, &[7]).expect("a v3 public child");
+    let sig3 = sign(&r, h, CKM_ECDSA, child3, &digest).expect("v3 child signs");
+    assert_eq!(
+        verify(&r, h, pub3, &digest, &sig3),
+        CKR_OK,
+        "v3 public child verifies"
+    );
+    let mut m = CK_MECHANISM {
+        mechanism: CKM_ECDSA,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 0,
+    };
+    assert_eq!(call!(r, C_VerifyInit(h, &mut m, pub3)), CKR_OK);
+    ok(&s, &["asset", "rotate", "hd-life"]);
+    ok(&s, &["asset", "trim", "hd-life", "4"]);
+    let mut d = digest;
+    let mut sg = sig3.clone();
+    let rv = call!(
+        r,
+        C_Verify(h, d.as_mut_ptr(), 32, sg.as_mut_ptr(), sg.len() as CK_ULONG)
+    );
+    assert_ne!(rv, CKR_OK, "a trimmed version's child verified");
+    assert_ne!(verify(&r, h, pub3, &digest, &sig3), CKR_OK, "after trim");
+    assert_ne!(sign_init(&r, h, CKM_ECDSA, child3), CKR_OK);
+    assert!(
+        derive(&r, h, pub3, &[1]).is_err(),
+        "derived from a trimmed public child"
+    );
+
+    // Retire mid-operation: the v4 child.
+    let sk4 = private_key(&session, "hd-life").handle();
+    let child4 = derive(&r, h, sk4, &[8]).expect("a v4 child");
+    assert_eq!(sign_init(&r, h, CKM_ECDSA, child4), CKR_OK);
+    ok(&s, &["asset", "retire", "hd-life", "--yes"]);
+    assert!(
+        sign_now(&r, h, &digest).is_err(),
+        "a retired asset's child signed"
+    );
+    assert_ne!(sign_init(&r, h, CKM_ECDSA, child4), CKR_OK);
+    assert!(derive(&r, h, child4, &[1]).is_err());
+
+    // Every signature the log records was made while its version could sign: 4.
+    assert_eq!(
+        child_signatures(&s, "hd-life"),
+        4,
+        "nothing released after a change"
+    );
+    s.audit_verifies();
+}
+
+/// Mechanism confusion and parameter tricks on children: BIP-340 and
+/// recoverable ECDSA on a P-256 or Ed25519 child, multi-part recoverable,
+/// path parameters of 0 or 256 indices, an index of 2^32 or more (64-bit
+/// CK_ULONG), a length that is not a multiple of CK_ULONG, and a hardened
+/// (non-Ed25519-conforming) index on an Ed25519 tree.
+#[test]
+fn mechanism_and_parameter_tricks_are_refused() {
+    let _turn = turn();
+    let s = setup(None);
+    s.create_asset("hd-p256", "p256");
+    s.create_asset("hd-ed", "ed25519");
+    s.create_asset("hd-k1", "secp256k1");
+    let p = s.load();
+    let session = p.user_session();
+    let r = raw();
+    let h = session.handle();
+    let p256 = private_key(&session, "hd-p256").handle();
+    let ed = private_key(&session, "hd-ed").handle();
+    let k1 = private_key(&session, "hd-k1").handle();
+    let c_p256 = derive(&r, h, p256, &[1 | HARD, 2]).expect("p256 child");
+    let c_ed = derive(&r, h, ed, &[1 | HARD]).expect("ed25519 hardened child");
+    let c_k1 = derive(&r, h, k1, &[1 | HARD, 2]).expect("secp256k1 child");
+    let digest = [5u8; 32];
+    for (what, key) in [("p256", c_p256), ("ed25519", c_ed)] {
+        for mech in [CKM_P11DERIVE_BIP340, CKM_P11DERIVE_ECDSA_RECOVERABLE] {
+            assert!(
+                sign(&r, h, mech, key, &digest).is_err(),
+                "{what} child signed with {mech:#x}"
+            );
+        }
+    }
+    assert!(
+        sign(&r, h, CKM_ECDSA, c_ed, &digest).is_err(),
+        "ECDSA on an Ed25519 child"
+    );
+    // Ed25519 (SLIP-10) has hardened children only.
+    assert!(
+        derive(&r, h, ed, &[1]).is_err(),
+        "non-hardened Ed25519 child"
+    );
+    assert!(
+        derive(&r, h, c_ed, &[1]).is_err(),
+        "non-hardened Ed25519 grandchild"
+    );
+
+    // Recoverable ECDSA is single-part: C_SignUpdate refused, nothing signed.
+    assert_eq!(
+        sign_init(&r, h, CKM_P11DERIVE_ECDSA_RECOVERABLE, c_k1),
+        CKR_OK
+    );
+    let mut part = [1u8; 16];
+    let rv = call!(r, C_SignUpdate(h, part.as_mut_ptr(), 16));
+    assert_ne!(rv, CKR_OK, "C_SignUpdate with recoverable ECDSA");
+    // Whatever state the operation is left in, no C_SignFinal signature.
+    let mut sig = [0u8; 65];
+    let mut len: CK_ULONG = 65;
+    assert_ne!(call!(r, C_SignFinal(h, sig.as_mut_ptr(), &mut len)), CKR_OK);
+    // A digest that is not 32 bytes.
+    let _ = call!(r, C_SignFinal(h, ptr::null_mut(), &mut len));
+    assert!(sign(&r, h, CKM_P11DERIVE_ECDSA_RECOVERABLE, c_k1, &[5u8; 31]).is_err());
+    assert!(sign(&r, h, CKM_P11DERIVE_ECDSA_RECOVERABLE, c_k1, &[5u8; 33]).is_err());
+    assert!(sign(&r, h, CKM_P11DERIVE_ECDSA_RECOVERABLE, c_k1, &digest).is_ok());
+
+    // Path parameters.
+    assert_eq!(
+        derive_raw(&r, h, k1, &[]),
+        Err(CKR_MECHANISM_PARAM_INVALID),
+        "0 indices"
+    );
+    assert_eq!(
+        derive(&r, h, k1, &[1; 256]),
+        Err(CKR_MECHANISM_PARAM_INVALID),
+        "256"
+    );
+    assert_eq!(
+        derive_raw(&r, h, k1, &[0u8; 7]),
+        Err(CKR_MECHANISM_PARAM_INVALID),
+        "7 bytes"
+    );
+    if size_of::<CK_ULONG>() == 8 {
+        // 2^32 + 44' would be 44' if the high half were dropped.
+        assert_eq!(
+            derive(&r, h, k1, &[(1 << 32) | 44 | HARD]),
+            Err(CKR_MECHANISM_PARAM_INVALID),
+            "an index of 2^32 or more"
+        );
+    }
+    // 255 levels then 1 more from the child: the joined path is too deep.
+    let deep = derive(&r, h, k1, &[3; 255]).expect("255 levels");
+    assert!(
+        derive(&r, h, deep, &[1]).is_err(),
+        "256 levels through a child"
+    );
+    // A null parameter pointer with a length.
+    let mut mech = CK_MECHANISM {
+        mechanism: CKM_P11DERIVE_HD_CHILD,
+        pParameter: ptr::null_mut(),
+        ulParameterLen: 8,
+    };
+    let mut out: CK_OBJECT_HANDLE = 0;
+    assert_ne!(
+        call!(
+            r,
+            C_DeriveKey(h, &mut mech, k1, ptr::null_mut(), 0, &mut out)
+        ),
+        CKR_OK
+    );
+}
+
+/// Chain codes stay off private objects and private children, and a
+/// search cannot use CKA_P11DERIVE_CHAIN_CODE as an oracle on them; a
+/// private child cannot be found or used without login.
+#[test]
+fn chain_codes_are_not_disclosed_through_private_objects() {
+    let _turn = turn();
+    let s = setup(None);
+    s.create_asset("hd-cc", "secp256k1");
+    let p = s.load();
+    let session = p.user_session();
+    let r = raw();
+    let h = session.handle();
+    let sk = private_key(&session, "hd-cc");
+    let pk = find_one(&session, "hd-cc", ObjectClass::PUBLIC_KEY).unwrap();
+    let read = |obj: CK_OBJECT_HANDLE| -> (CK_RV, CK_ULONG) {
+        let mut buf = [0u8; 64];
+        let mut t = [CK_ATTRIBUTE {
+            type_: CKA_P11DERIVE_CHAIN_CODE,
+            pValue: buf.as_mut_ptr().cast(),
+            ulValueLen: 64,
+        }];
+        let rv = call!(r, C_GetAttributeValue(h, obj, t.as_mut_ptr(), 1));
+        (rv, t[0].ulValueLen)
+    };
+    let (rv, len) = read(pk.handle());
+    assert_eq!(
+        (rv, len),
+        (CKR_OK, 32),
+        "the public object shows its chain code"
+    );
+    let mut cc = [0u8; 32];
+    let mut t = [CK_ATTRIBUTE {
+        type_: CKA_P11DERIVE_CHAIN_CODE,
+        pValue: cc.as_mut_ptr().cast(),
+        ulValueLen: 32,
+    }];
+    assert_eq!(
+        call!(r, C_GetAttributeValue(h, pk.handle(), t.as_mut_ptr(), 1)),
+        CKR_OK
+    );
+    let (rv, len) = read(sk.handle());
+    assert_ne!(rv, CKR_OK, "the private object's chain code");
+    assert_eq!(len, CK_UNAVAILABLE_INFORMATION);
+    let child = derive(&r, h, sk.handle(), &[HARD]).unwrap();
+    let (rv, len) = read(child);
+    assert_ne!(rv, CKR_OK, "a private child's chain code");
+    assert_eq!(len, CK_UNAVAILABLE_INFORMATION);
+    // A search by chain code finds only public objects.
+    let found = session
+        .find_objects(&[Attribute::Class(ObjectClass::PRIVATE_KEY)])
+        .unwrap();
+    assert!(!found.is_empty());
+    let mut class = CKO_PRIVATE_KEY;
+    let mut tmpl = [
+        CK_ATTRIBUTE {
+            type_: CKA_CLASS,
+            pValue: (&mut class as *mut CK_ULONG).cast(),
+            ulValueLen: size_of::<CK_ULONG>() as CK_ULONG,
+        },
+        CK_ATTRIBUTE {
+            type_: CKA_P11DERIVE_CHAIN_CODE,
+            pValue: cc.as_mut_ptr().cast(),
+            ulValueLen: 32,
+        },
+    ];
+    assert_eq!(call!(r, C_FindObjectsInit(h, tmpl.as_mut_ptr(), 2)), CKR_OK);
+    let mut hits = [0 as CK_OBJECT_HANDLE; 8];
+    let mut n: CK_ULONG = 0;
+    assert_eq!(
+        call!(r, C_FindObjects(h, hits.as_mut_ptr(), 8, &mut n)),
+        CKR_OK
+    );
+    assert_eq!(call!(r, C_FindObjectsFinal(h)), CKR_OK);
+    assert_eq!(n, 0, "a private key matched a chain code: an oracle");
+
+    // Logged out: the private child is neither usable nor derivable from,
+    // and the public object's chain code (derived in the HSM) is unavailable.
+    session.logout().unwrap();
+    assert_ne!(
+        sign_init(&r, h, CKM_ECDSA, child),
+        CKR_OK,
+        "child used without login"
+    );
+    assert!(
+        derive(&r, h, child, &[1]).is_err(),
+        "derived from a private child without login"
+    );
+    let (rv, _) = read(pk.handle());
+    assert_ne!(rv, CKR_OK, "chain code without login");
+    // Logged in again (pass-through: same user), fresh session handles work.
+    session
+        .login(UserType::User, Some(&AuthPin::from(PIN)))
+        .unwrap();
+    drop(session);
+    // The child died with its session.
+    let other: Session = p.session();
+    assert_ne!(
+        sign_init(&r, other.handle(), CKM_ECDSA, child),
+        CKR_OK,
+        "a child outlived its session"
+    );
+}
