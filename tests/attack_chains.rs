@@ -500,3 +500,156 @@ fn chain_codes_are_not_disclosed_through_private_objects() {
         "a child outlived its session"
     );
 }
+
+/// `audit export` as the auditor dave (users mode).
+fn records_as_auditor(s: &Setup) -> Vec<serde_json::Value> {
+    let out = as_user(s, "dave", "dave-secret-1", &["audit", "export"]);
+    assert!(out.status.success(), "audit export: {}", output_text(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn signed_as_auditor(s: &Setup) -> usize {
+    records_as_auditor(s)
+        .iter()
+        .filter(|r| r["event"] == "sign" && r["rv"] == 0)
+        .count()
+}
+
+fn login(session: &Session, pin: &str) {
+    session
+        .login(UserType::User, Some(&AuthPin::from(pin)))
+        .unwrap_or_else(|e| panic!("login {pin}: {e}"));
+}
+
+/// Users mode with `paths=m/44'/60'/0'` on hot-*: the master key, an
+/// ancestor derived to reach the allowed prefix, a sibling of the allowed
+/// prefix derived from that ancestor, and a deeper child whose joined path
+/// escapes, all refused; only keys under the prefix sign. Roles: an
+/// auditor or officer cannot derive a private child or sign with one made
+/// by a signer's session after re-login, and a signer limited to hot-*
+/// cannot reach cold-1's private key.
+#[test]
+fn paths_and_roles_hold_for_children() {
+    let _turn = turn();
+    let s = users_setup_on(None);
+    add_user(&s, "bob", "signer", "hot-*", "bob-secret-1");
+    add_user(&s, "carol", "officer", "*", "carol-secret-1");
+    add_user(&s, "dave", "auditor", "*", "dave-secret-1");
+    for a in ["hot-1", "cold-1"] {
+        ok_as(
+            &s,
+            "carol",
+            "carol-secret-1",
+            &["asset", "create", a, "--type", "secp256k1"],
+        );
+    }
+    ok_as(
+        &s,
+        "admin",
+        ADMIN,
+        &["policy", "set", "hot-*", "--paths", "m/44'/60'/0'"],
+    );
+    let p = s.load();
+    let session = p.session();
+    login(&session, "bob:bob-secret-1");
+    let r = raw();
+    let h = session.handle();
+    let digest = [3u8; 32];
+    let sk = private_key(&session, "hot-1").handle();
+    assert!(
+        sign(&r, h, CKM_ECDSA, sk, &digest).is_err(),
+        "master key m signed"
+    );
+    let a44 = derive(&r, h, sk, &[44 | HARD]).expect("an ancestor of the prefix derives");
+    assert!(
+        sign(&r, h, CKM_ECDSA, a44, &digest).is_err(),
+        "ancestor m/44' signed"
+    );
+    assert!(derive(&r, h, a44, &[HARD]).is_err(), "m/44'/0' from m/44'");
+    assert!(
+        derive(&r, h, a44, &[60 | HARD, 1 | HARD]).is_err(),
+        "m/44'/60'/1'"
+    );
+    let a60 = derive(&r, h, a44, &[60 | HARD]).expect("m/44'/60'");
+    assert!(
+        sign(&r, h, CKM_P11DERIVE_BIP340, a60, &digest).is_err(),
+        "m/44'/60' signed"
+    );
+    assert!(
+        derive(&r, h, a60, &[1 | HARD]).is_err(),
+        "m/44'/60'/1' from m/44'/60'"
+    );
+    // 60 without the hardened bit, and 60' with a bit above 2^32 that a
+    // truncation to u32 would drop.
+    assert!(derive(&r, h, a44, &[60, HARD]).is_err(), "m/44'/60/0'");
+    if size_of::<CK_ULONG>() == 8 {
+        assert!(derive(&r, h, a44, &[(1 << 33) | 60 | HARD, HARD]).is_err());
+    }
+    let ok_child = derive(&r, h, a60, &[HARD]).expect("m/44'/60'/0'");
+    sign(&r, h, CKM_ECDSA, ok_child, &digest).expect("the allowed prefix signs");
+    let deeper = derive(&r, h, ok_child, &[0, 5]).expect("below the prefix");
+    sign(&r, h, CKM_P11DERIVE_ECDSA_RECOVERABLE, deeper, &digest).expect("below signs");
+    // The public tree is not restricted, but a public child never signs.
+    let pk = find_one(&session, "hot-1", ObjectClass::PUBLIC_KEY)
+        .unwrap()
+        .handle();
+    let pub_child = derive(&r, h, pk, &[1, 2]).expect("public children are public");
+    assert!(sign(&r, h, CKM_ECDSA, pub_child, &digest).is_err());
+    // cold-1 is outside bob's patterns: no private object, no private child.
+    assert!(find_one(&session, "cold-1", ObjectClass::PRIVATE_KEY).is_none());
+    let cold_pub = find_one(&session, "cold-1", ObjectClass::PUBLIC_KEY)
+        .unwrap()
+        .handle();
+    if let Ok(c) = derive(&r, h, cold_pub, &[1]) {
+        assert!(
+            sign(&r, h, CKM_ECDSA, c, &digest).is_err(),
+            "cold-1 public child signed"
+        );
+    }
+    let signed_before = signed_as_auditor(&s);
+
+    // Another user in the same process, with bob's session objects still there.
+    session.logout().unwrap();
+    for (who, pin) in [
+        ("dave", "dave:dave-secret-1"),
+        ("carol", "carol:carol-secret-1"),
+    ] {
+        login(&session, pin);
+        for key in [ok_child, deeper] {
+            assert!(
+                sign(&r, h, CKM_ECDSA, key, &digest).is_err(),
+                "{who} signed with bob's child"
+            );
+            assert!(
+                derive(&r, h, key, &[1]).is_err(),
+                "{who} derived from bob's child"
+            );
+        }
+        if let Some(k) = find_one(&session, "hot-1", ObjectClass::PRIVATE_KEY) {
+            assert!(
+                derive(&r, h, k.handle(), &[44 | HARD, 60 | HARD, HARD]).is_err(),
+                "{who} derived a private child"
+            );
+        }
+        session.logout().unwrap();
+    }
+    assert_eq!(
+        signed_as_auditor(&s),
+        signed_before,
+        "nothing signed by others"
+    );
+    let refusals = records_as_auditor(&s)
+        .iter()
+        .filter(|r| {
+            r["event"] == "refused"
+                && r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("rule=path"))
+        })
+        .count();
+    assert!(refusals >= 4, "path refusals are audited ({refusals})");
+    ok_as(&s, "dave", "dave-secret-1", &["audit", "verify"]);
+}
