@@ -653,3 +653,161 @@ fn paths_and_roles_hold_for_children() {
     assert!(refusals >= 4, "path refusals are audited ({refusals})");
     ok_as(&s, "dave", "dave-secret-1", &["audit", "verify"]);
 }
+
+fn openssl(args: &[&str]) {
+    let o = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl runs");
+    assert!(o.status.success(), "openssl {args:?}: {}", output_text(&o));
+}
+
+/// A `sign` quorum rule on vault-*: a digest approved for the asset's own
+/// key is not released through an HD child's signature (same digest, same
+/// mechanism), and the approval is not consumed by the attempt: the asset's
+/// own key then signs it once.
+#[test]
+fn an_approval_for_the_asset_key_does_not_release_a_child_signature() {
+    let _turn = turn();
+    let s = users_setup_on(None);
+    add_user(&s, "bob", "signer", "*", "bob-secret-1");
+    add_user(&s, "carol", "officer", "*", "carol-secret-1");
+    add_user(&s, "dave", "auditor", "*", "dave-secret-1");
+    ok_as(
+        &s,
+        "carol",
+        "carol-secret-1",
+        &["asset", "create", "vault-1", "--type", "secp256k1"],
+    );
+    let key = s.dir.join("ann.key");
+    let public = s.dir.join("ann.pub");
+    let (k, pb) = (key.to_str().unwrap(), public.to_str().unwrap());
+    openssl(&["genpkey", "-algorithm", "ed25519", "-out", k]);
+    openssl(&["pkey", "-in", k, "-pubout", "-out", pb]);
+    ok_as(&s, "admin", ADMIN, &["approver", "add", "ann", "--key", pb]);
+    ok_as(
+        &s,
+        "admin",
+        ADMIN,
+        &[
+            "quorum",
+            "set",
+            "sign",
+            "--assets",
+            "vault-*",
+            "--approvals",
+            "1",
+        ],
+    );
+    let digest = [0x42u8; 32];
+    let out = as_user(
+        &s,
+        "bob",
+        "bob-secret-1",
+        &[
+            "--json",
+            "request",
+            "new",
+            "sign",
+            "vault-1",
+            "--digest",
+            &hex(&digest),
+        ],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let id = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bytes = s.dir.join("req.bytes");
+    ok_as(
+        &s,
+        "carol",
+        "carol-secret-1",
+        &["request", "export", &id, "--out", bytes.to_str().unwrap()],
+    );
+    let sig = s.dir.join("req.sig");
+    openssl(&[
+        "pkeyutl",
+        "-sign",
+        "-rawin",
+        "-inkey",
+        k,
+        "-in",
+        bytes.to_str().unwrap(),
+        "-out",
+        sig.to_str().unwrap(),
+    ]);
+    ok_as(
+        &s,
+        "carol",
+        "carol-secret-1",
+        &[
+            "request",
+            "approve",
+            &id,
+            "--approver",
+            "ann",
+            "--signature",
+            sig.to_str().unwrap(),
+        ],
+    );
+    let status = |s: &Setup| -> String {
+        let o = as_user(
+            s,
+            "carol",
+            "carol-secret-1",
+            &["--json", "request", "show", &id],
+        );
+        assert!(o.status.success(), "{}", output_text(&o));
+        serde_json::from_slice::<serde_json::Value>(&o.stdout).unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status(&s), "pending");
+
+    let p = s.load();
+    let session = p.session();
+    login(&session, "bob:bob-secret-1");
+    let r = raw();
+    let h = session.handle();
+    let sk = private_key(&session, "vault-1").handle();
+    // Children on several paths, with the approved mechanism and digest.
+    let mut tried = 0;
+    for path in [&[HARD][..], &[0], &[44 | HARD, 60 | HARD, HARD, 0, 0]] {
+        let Ok(child) = derive(&r, h, sk, path) else {
+            continue; // refusing the derivation is a defence too
+        };
+        tried += 1;
+        for mech in [
+            CKM_ECDSA,
+            CKM_P11DERIVE_ECDSA_RECOVERABLE,
+            CKM_P11DERIVE_BIP340,
+        ] {
+            assert!(
+                sign(&r, h, mech, child, &digest).is_err(),
+                "a child at {path:?} signed the approved digest with {mech:#x}"
+            );
+        }
+    }
+    assert_eq!(
+        tried, 3,
+        "the children were derived (so their signatures were tried)"
+    );
+    assert_eq!(
+        status(&s),
+        "pending",
+        "a child's attempt consumed the approval"
+    );
+    // The asset's own key signs it, once.
+    sign(&r, h, CKM_ECDSA, sk, &digest).expect("the approved digest signs with the asset key");
+    assert_eq!(status(&s), "executed");
+    assert!(sign(&r, h, CKM_ECDSA, sk, &digest).is_err(), "used twice");
+    let made: Vec<serde_json::Value> = records_as_auditor(&s)
+        .into_iter()
+        .filter(|r| r["event"] == "sign" && r["rv"] == 0)
+        .collect();
+    assert_eq!(made.len(), 1, "{made:?}");
+    ok_as(&s, "dave", "dave-secret-1", &["audit", "verify"]);
+}
