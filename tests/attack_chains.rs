@@ -811,3 +811,123 @@ fn an_approval_for_the_asset_key_does_not_release_a_child_signature() {
     assert_eq!(made.len(), 1, "{made:?}");
     ok_as(&s, "dave", "dave-secret-1", &["audit", "verify"]);
 }
+
+/// Loads the provider afresh for `s`, logs bob in and tries the hot-1
+/// master key and a child at m/5 (outside `paths=m/1'`): how many
+/// signatures were released (0 also when the provider refuses to start),
+/// and whether a child under the allowed path signed.
+fn escapes_in_fresh_load(s: &Setup) -> (usize, bool) {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    std::env::set_var("P11DERIVE_CONF", &s.config);
+    let ctx = Pkcs11::new(module_path()).expect("load libp11derive.so");
+    if ctx
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .is_err()
+    {
+        return (0, false);
+    }
+    let slot = ctx.get_slots_with_token().unwrap()[0];
+    let session = ctx.open_rw_session(slot).unwrap();
+    let (mut n, mut allowed) = (0, false);
+    if session
+        .login(UserType::User, Some(&AuthPin::from("bob:bob-secret-1")))
+        .is_ok()
+    {
+        let r = raw();
+        let h = session.handle();
+        if let Some(sk) = find_one(&session, "hot-1", ObjectClass::PRIVATE_KEY) {
+            let sk = sk.handle();
+            n += usize::from(sign(&r, h, CKM_ECDSA, sk, &[1; 32]).is_ok());
+            if let Ok(c) = derive(&r, h, sk, &[5]) {
+                n += usize::from(sign(&r, h, CKM_ECDSA, c, &[1; 32]).is_ok());
+            }
+            // The allowed path, to show the check is not vacuous.
+            if let Ok(c) = derive(&r, h, sk, &[1 | HARD, 2]) {
+                allowed = sign(&r, h, CKM_ECDSA, c, &[1; 32]).is_ok();
+            }
+        }
+    }
+    drop(session);
+    let _ = ctx.finalize();
+    (n, allowed)
+}
+
+/// Someone with write access to the SQLite store loosens `paths=`: the
+/// policy row given another row's settings, deleted, or put back from a
+/// copy taken before `--paths` was set. Each is refused when read (no
+/// escape released), and `audit verify` names the row.
+#[test]
+fn a_paths_policy_edited_in_the_store_is_refused() {
+    let _turn = turn();
+    let s = users_setup_on(None);
+    add_user(&s, "bob", "signer", "hot-*", "bob-secret-1");
+    add_user(&s, "carol", "officer", "*", "carol-secret-1");
+    add_user(&s, "dave", "auditor", "*", "dave-secret-1");
+    ok_as(
+        &s,
+        "carol",
+        "carol-secret-1",
+        &["asset", "create", "hot-1", "--type", "secp256k1"],
+    );
+    let admin = |args: &[&str]| ok_as(&s, "admin", ADMIN, args);
+    admin(&["policy", "set", "hot-*", "--asset-rate", "1000/1h"]);
+    admin(&["policy", "set", "zz-*", "--asset-rate", "1000/1h"]);
+    let before_paths = s.dir.join("before-paths.db");
+    backup(&s.store, &before_paths);
+    admin(&["policy", "set", "hot-*", "--paths", "m/1'"]);
+    let good = s.dir.join("good.db");
+    backup(&s.store, &good);
+    assert_eq!(escapes_in_fresh_load(&s), (0, true), "untampered");
+    let restore = || {
+        sqlite(
+            &s.store,
+            &format!(
+                "ATTACH '{}' AS o; DELETE FROM policies; INSERT INTO policies SELECT * FROM o.policies",
+                good.display()
+            ),
+        )
+    };
+    let tampers = [
+        (
+            "settings swapped",
+            "UPDATE policies SET settings = (SELECT settings FROM policies WHERE pattern = 'zz-*') \
+             WHERE pattern = 'hot-*'"
+                .to_string(),
+        ),
+        (
+            "paths cut from settings",
+            "UPDATE policies SET settings = replace(replace(settings, 'paths=', 'x='), 'm/1''', '') \
+             WHERE pattern = 'hot-*'"
+                .to_string(),
+        ),
+        (
+            "row deleted",
+            "DELETE FROM policies WHERE pattern = 'hot-*'".to_string(),
+        ),
+        (
+            "row put back from before --paths",
+            format!(
+                "ATTACH '{}' AS o; DELETE FROM policies WHERE pattern = 'hot-*'; \
+                 INSERT INTO policies SELECT * FROM o.policies WHERE pattern = 'hot-*'",
+                before_paths.display()
+            ),
+        ),
+    ];
+    for (what, sql) in tampers {
+        sqlite(&s.store, &sql);
+        assert_eq!(
+            escapes_in_fresh_load(&s).0,
+            0,
+            "{what}: a key outside paths= signed"
+        );
+        let out = as_user(&s, "dave", "dave-secret-1", &["audit", "verify"]);
+        assert!(!out.status.success(), "{what}: audit verify passed");
+        restore();
+        // Put right again, the store works (so the next tamper is tried on a good store).
+        assert_eq!(
+            escapes_in_fresh_load(&s),
+            (0, true),
+            "after {what}, restored"
+        );
+    }
+}
