@@ -931,3 +931,172 @@ fn a_paths_policy_edited_in_the_store_is_refused() {
         );
     }
 }
+
+// ------------------------------------------------------------ memory
+
+const MEM_ASSET: &str = "memory-hd";
+/// An arena size no other mapping of the process has (tests/memory.rs uses 72).
+const MEM_ARENA_KIB: usize = 88;
+const MEM_PIN_LEN: usize = 16;
+
+/// Writes a random root and PIN into `dir`, readable by the owner only.
+const MEM_SECRETS: &str = r#"
+import os, secrets, sys
+d = sys.argv[1]
+for name, text in (("root.hex", os.urandom(32).hex()), ("pin", secrets.token_hex(8))):
+    fd = os.open(os.path.join(d, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, text.encode())
+    os.close(fd)
+"#;
+
+/// The Ed25519 master (version 1) of MEM_ASSET and its SLIP-10 child m/7',
+/// key and chain code, XOR the mask, computed independently.
+const MEM_NEEDLES: &str = r#"
+import hashlib, hmac, os, sys
+sys.path.insert(0, sys.argv[1])
+import gen_vectors as g
+d, asset, mask = sys.argv[2], sys.argv[3], bytes.fromhex(sys.argv[4])
+root = bytes.fromhex(open(os.path.join(d, "root.hex")).read())
+_, prk, attempts = g.derive(root, asset, 1, "ed25519")
+k, cc = attempts[-1], g.chain_code(prk)
+i = hmac.new(cc, b"\0" + k + (0x80000007).to_bytes(4, "big"), hashlib.sha512).digest()
+for name, secret in (("master-chain", cc), ("child-key", i[:32]), ("child-chain", i[32:])):
+    print(name, bytes(a ^ b for a, b in zip(secret, mask)).hex())
+"#;
+
+fn run_ok(cmd: &mut std::process::Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(out.status.success(), "{what}: {}", output_text(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// An HD child's key and chain code (and its master's chain code) live only
+/// in locked memory while the child signs, and nowhere once its session is
+/// closed (design §6.5 / docs/security.md "HD trees and chain keys").
+///
+/// Was a hole: the child's chain code was kept in ordinary heap memory (the
+/// `ExtendedPublic` of the session object) and left there after the session
+/// closed; the master's chain code was copied to the ordinary stack.
+#[test]
+fn child_keys_and_chain_codes_stay_in_locked_memory() {
+    use common::memscan::*;
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::types::RawAuthPin;
+    use std::io::Read;
+    let _turn = turn();
+    let dir = softhsm_dir().join("memory-hd");
+    std::fs::create_dir_all(&dir).unwrap();
+    run_ok(
+        std::process::Command::new("python3")
+            .args(["-c", MEM_SECRETS])
+            .arg(&dir),
+        "root and PIN",
+    );
+    let label = format!("memhd-{}", std::process::id() % 100_000);
+    run_ok(
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(
+                "softhsm2-util --init-token --free --label \"$1\" --pin \"$(cat \"$2\")\" \
+                 --so-pin 87654321 >/dev/null",
+            )
+            .arg("sh")
+            .arg(&label)
+            .arg(dir.join("pin")),
+        "softhsm2-util --init-token",
+    );
+    let config = dir.join("p11derive.toml");
+    let text = config_text(&label, &dir.join("state.db"), &dir.join("p11derive.log"));
+    std::fs::write(
+        &config,
+        format!("{text}\n[memory]\nlocked_kib = {MEM_ARENA_KIB}\n\n[cache]\nttl_seconds = 300\n"),
+    )
+    .unwrap();
+    let cli = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(cli_path());
+        cmd.env("P11DERIVE_CONF", &config)
+            .env("SOFTHSM2_CONF", softhsm_dir().join("softhsm2.conf"))
+            .env_remove("P11DERIVE_PIN")
+            .args(args)
+            .arg("--pin-file")
+            .arg(dir.join("pin"));
+        cmd
+    };
+    let root = dir.join("root.hex");
+    run_ok(
+        &mut cli(&["init", "--import-root", root.to_str().unwrap()]),
+        "init",
+    );
+    run_ok(
+        &mut cli(&["asset", "create", MEM_ASSET, "--type", "ed25519"]),
+        "asset create",
+    );
+    let mask = random(32);
+    let vectors = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/vectors");
+    let out = run_ok(
+        std::process::Command::new("python3")
+            .args(["-c", MEM_NEEDLES])
+            .arg(vectors)
+            .arg(&dir)
+            .arg(MEM_ASSET)
+            .arg(hex(&mask)),
+        "masked needles",
+    );
+    let needles = parse_needles(&out);
+    assert_eq!(needles.len(), 3, "{out}");
+
+    std::env::set_var("P11DERIVE_CONF", &config);
+    let ctx = Pkcs11::new(module_path()).expect("load libp11derive.so");
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .expect("C_Initialize");
+    let slot = ctx.get_slots_with_token().unwrap()[0];
+    let keeper = ctx.open_rw_session(slot).unwrap();
+    {
+        let mut pin = vec![0u8; MEM_PIN_LEN];
+        std::fs::File::open(dir.join("pin"))
+            .unwrap()
+            .read_exact(&mut pin)
+            .unwrap();
+        let pin = RawAuthPin::new(Box::new(pin));
+        keeper
+            .login_with_raw(UserType::User, &pin)
+            .expect("C_Login");
+    }
+    let r = raw();
+    let session = ctx.open_rw_session(slot).unwrap();
+    let h = session.handle();
+    let sk = find_one(&session, MEM_ASSET, ObjectClass::PRIVATE_KEY)
+        .unwrap()
+        .handle();
+    let child = derive(&r, h, sk, &[7 | HARD]).expect("m/7'");
+    for _ in 0..5 {
+        sign(&r, h, CKM_EDDSA, child, b"scan me").expect("the child signs");
+    }
+    let arena = locked(MEM_ARENA_KIB);
+    let hits = scan(&needles, &mask);
+    assert!(
+        count(&hits, "child-key") >= 1,
+        "the child's key is in the arena"
+    );
+    for name in ["child-key", "child-chain", "master-chain"] {
+        assert!(
+            outside(&hits, name, &arena).is_empty(),
+            "the {name} found outside locked memory at {:x?}, in\n{}",
+            outside(&hits, name, &arena),
+            where_(&outside(&hits, name, &arena))
+        );
+    }
+    // The session closed: its child is wiped.
+    drop(session);
+    let hits = scan(&needles, &mask);
+    for name in ["child-key", "child-chain"] {
+        assert_eq!(
+            count(&hits, name),
+            0,
+            "the {name} is still in memory after its session closed"
+        );
+    }
+    keeper.logout().unwrap();
+    drop(keeper);
+    ctx.finalize().unwrap();
+}
