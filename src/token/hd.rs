@@ -12,6 +12,7 @@
 use crate::access::{Action, UseKind};
 use crate::hd::{self, ExtendedPrivate, ExtendedPublic, Path};
 use crate::secure::SecretBytes;
+use zeroize::Zeroize;
 
 use super::session::{Kind, SessionObject, UsedIvs};
 use super::*;
@@ -25,8 +26,12 @@ pub(super) struct HdChild {
     /// The path below the version's master key.
     pub path: Path,
     /// The child's public key (uncompressed SEC1 point, or the Ed25519
-    /// key), chain code, depth, parent fingerprint and child number.
+    /// key), chain code, depth, parent fingerprint and child number. A
+    /// private child's chain code is not here (zeros) but in `chain`.
     pub ext: ExtendedPublic,
+    /// A private child's chain code, in the locked arena: with the public
+    /// key it is the child's xpub, which ordinary memory must not hold.
+    pub chain: Option<Secret32>,
     pub kt: KeyType,
 }
 
@@ -237,17 +242,29 @@ impl Provider {
             self.audit(rec)?;
             return Err(Error::with(CKR_KEY_FUNCTION_NOT_PERMITTED, why));
         }
-        let (ext, key) = match &parent.private {
+        let (ext, key, chain) = match &parent.private {
             Some(x) => {
                 let child = hd::derive_private_from(parent.kt, x, &step)?;
-                let ext = hd::public_of(parent.kt, &child)?;
+                // The chain code stays in the arena (`child.chain` moves
+                // into the object); only the public key is copied out.
+                let ext = ExtendedPublic {
+                    key: hd::public_key_of(parent.kt, &child)?,
+                    chain: [0; 32],
+                    depth: child.depth,
+                    parent_fingerprint: child.parent_fingerprint,
+                    child_number: child.child_number,
+                };
                 let mut key =
                     SecretBytes::with_capacity(32).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
                 key.spare()[..32].copy_from_slice(&child.key[..]);
                 key.grow(32);
-                (ext, Some(Arc::new(key)))
+                (ext, Some(Arc::new(key)), Some(child.chain))
             }
-            None => (hd::derive_public(parent.kt, &parent.ext, &step)?, None),
+            None => (
+                hd::derive_public(parent.kt, &parent.ext, &step)?,
+                None,
+                None,
+            ),
         };
         self.live(epoch)?;
         let mut rec = Record::new(Event::ObjectCreate, CKR_OK)
@@ -266,6 +283,7 @@ impl Provider {
             version: parent.version,
             path,
             ext,
+            chain,
             kt: parent.kt,
         };
         let obj = SessionObject {
@@ -316,7 +334,18 @@ impl Provider {
                     let mut key = crate::secure::secret::<32>()?;
                     key.copy_from_slice(&k[..]);
                     let mut chain = crate::secure::secret::<32>()?;
-                    chain.copy_from_slice(&c.ext.chain);
+                    match &c.chain {
+                        Some(cc) => chain.copy_from_slice(&cc[..]),
+                        None => {
+                            return Err(Error::with(
+                                CKR_GENERAL_ERROR,
+                                format!(
+                                    "{}: a private HD child without its chain code",
+                                    obj.name()
+                                ),
+                            ))
+                        }
+                    }
                     Some(ExtendedPrivate {
                         key,
                         chain,
@@ -347,9 +376,17 @@ impl Provider {
             .to_vec();
         self.live(epoch)?;
         let chain = self.version_chain(&view, epoch)?;
-        let mut cc = [0u8; 32];
-        cc.copy_from_slice(&chain[..]);
-        let ext = hd::master_public(&point, &cc);
+        // A private parent's chain code stays in the arena; a public one's
+        // is the one its object shows (CKA_P11DERIVE_CHAIN_CODE).
+        let ext = if okey.class == Class::Private {
+            hd::master_public(&point, &[0; 32])
+        } else {
+            let mut cc = [0u8; 32];
+            cc.copy_from_slice(&chain[..]);
+            let ext = hd::master_public(&point, &cc);
+            cc.zeroize();
+            ext
+        };
         let private = if okey.class == Class::Private {
             let key = self.asset_key(&view, epoch)?;
             let mut k = crate::secure::secret::<32>()?;
