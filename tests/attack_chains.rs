@@ -1100,3 +1100,57 @@ fn child_keys_and_chain_codes_stay_in_locked_memory() {
     drop(keeper);
     ctx.finalize().unwrap();
 }
+
+fn ec_point(r: &Raw, h: CK_SESSION_HANDLE, obj: CK_OBJECT_HANDLE) -> Vec<u8> {
+    let mut buf = [0u8; 128];
+    let mut t = [CK_ATTRIBUTE {
+        type_: CKA_EC_POINT,
+        pValue: buf.as_mut_ptr().cast(),
+        ulValueLen: 128,
+    }];
+    assert_eq!(
+        call!(r, C_GetAttributeValue(h, obj, t.as_mut_ptr(), 1)),
+        CKR_OK
+    );
+    buf[..t[0].ulValueLen as usize].to_vec()
+}
+
+/// The chain code a private child keeps in the arena is the one its
+/// children are derived with: a path taken in steps (private child of a
+/// private child) is the key of the same path taken at once, and of the
+/// public derivation where the path allows one; its signatures verify
+/// with the public child.
+#[test]
+fn a_path_taken_in_steps_is_the_same_key() {
+    let _turn = turn();
+    let s = setup(None);
+    s.create_asset("hd-steps", "secp256k1");
+    s.create_asset("hd-steps-ed", "ed25519");
+    let p = s.load();
+    let session = p.user_session();
+    let r = raw();
+    let h = session.handle();
+    let sk = private_key(&session, "hd-steps").handle();
+    let pk = find_one(&session, "hd-steps", ObjectClass::PUBLIC_KEY)
+        .unwrap()
+        .handle();
+    let at_once = derive(&r, h, sk, &[44 | HARD, 60 | HARD, HARD, 0, 5]).unwrap();
+    let a = derive(&r, h, sk, &[44 | HARD]).unwrap();
+    let b = derive(&r, h, a, &[60 | HARD, HARD]).unwrap();
+    let c = derive(&r, h, b, &[0]).unwrap();
+    let stepped = derive(&r, h, c, &[5]).unwrap();
+    assert_eq!(ec_point(&r, h, at_once), ec_point(&r, h, stepped));
+    let private = derive(&r, h, sk, &[1, 2]).unwrap();
+    let private2 = derive(&r, h, derive(&r, h, sk, &[1]).unwrap(), &[2]).unwrap();
+    let public = derive(&r, h, pk, &[1, 2]).unwrap();
+    assert_eq!(ec_point(&r, h, private), ec_point(&r, h, public));
+    assert_eq!(ec_point(&r, h, private2), ec_point(&r, h, public));
+    let digest = [0x11u8; 32];
+    let sig = sign(&r, h, CKM_ECDSA, private2, &digest).unwrap();
+    assert_eq!(verify(&r, h, public, &digest, &sig), CKR_OK);
+
+    let ed = private_key(&session, "hd-steps-ed").handle();
+    let once = derive(&r, h, ed, &[HARD, 3 | HARD]).unwrap();
+    let two = derive(&r, h, derive(&r, h, ed, &[HARD]).unwrap(), &[3 | HARD]).unwrap();
+    assert_eq!(ec_point(&r, h, once), ec_point(&r, h, two));
+}
