@@ -1154,3 +1154,57 @@ fn a_path_taken_in_steps_is_the_same_key() {
     let two = derive(&r, h, derive(&r, h, ed, &[HARD]).unwrap(), &[3 | HARD]).unwrap();
     assert_eq!(ec_point(&r, h, once), ec_point(&r, h, two));
 }
+
+/// Users mode: children do not multiply a rate limit (the asset's limit
+/// counts the signatures of every key of its tree), and a signer limited to
+/// hot-* cannot derive from cold-1's private key through a handle an
+/// officer's login showed in the same process.
+#[test]
+fn children_share_their_asset_rate_and_guessed_handles_are_refused() {
+    let _turn = turn();
+    let s = users_setup_on(None);
+    add_user(&s, "bob", "signer", "hot-*", "bob-secret-1");
+    add_user(&s, "carol", "officer", "*", "carol-secret-1");
+    add_user(&s, "dave", "auditor", "*", "dave-secret-1");
+    for a in ["hot-1", "cold-1"] {
+        ok_as(
+            &s,
+            "carol",
+            "carol-secret-1",
+            &["asset", "create", a, "--type", "secp256k1"],
+        );
+    }
+    ok_as(
+        &s,
+        "admin",
+        ADMIN,
+        &["policy", "set", "hot-*", "--asset-rate", "3/1h"],
+    );
+    let p = s.load();
+    let session = p.session();
+    let r = raw();
+    let h = session.handle();
+    login(&session, "carol:carol-secret-1");
+    let cold = find_one(&session, "cold-1", ObjectClass::PRIVATE_KEY)
+        .expect("the officer sees cold-1's private key")
+        .handle();
+    session.logout().unwrap();
+    login(&session, "bob:bob-secret-1");
+    assert!(
+        derive(&r, h, cold, &[HARD]).is_err(),
+        "bob derived from cold-1"
+    );
+    assert!(
+        sign(&r, h, CKM_ECDSA, cold, &[1; 32]).is_err(),
+        "bob signed with cold-1"
+    );
+    let sk = private_key(&session, "hot-1").handle();
+    let mut made = 0;
+    for i in 0..6u64 {
+        let c = derive(&r, h, sk, &[i | HARD]).expect("a child");
+        made += usize::from(sign(&r, h, CKM_ECDSA, c, &[2; 32]).is_ok());
+    }
+    made += usize::from(sign(&r, h, CKM_ECDSA, sk, &[2; 32]).is_ok());
+    assert_eq!(made, 3, "children multiplied the asset's rate");
+    assert_eq!(signed_as_auditor(&s), 3);
+}
