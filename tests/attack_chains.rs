@@ -1208,3 +1208,50 @@ fn children_share_their_asset_rate_and_guessed_handles_are_refused() {
     assert_eq!(made, 3, "children multiplied the asset's rate");
     assert_eq!(signed_as_auditor(&s), 3);
 }
+
+/// CKM_EDDSA on an Ed25519 child with a CK_EDDSA_PARAMS that lies: a
+/// context length with no context pointer, Ed25519ph, or a parameter
+/// length that is not the struct's; each refused (the context pointer is
+/// never followed), while the pure form signs.
+#[test]
+fn eddsa_params_that_lie_are_refused_on_children() {
+    let _turn = turn();
+    let s = setup(None);
+    s.create_asset("hd-edp", "ed25519");
+    let p = s.load();
+    let session = p.user_session();
+    let r = raw();
+    let h = session.handle();
+    let ed = private_key(&session, "hd-edp").handle();
+    let child = derive(&r, h, ed, &[5 | HARD]).unwrap();
+    let try_params = |ph: u8, ctx_len: CK_ULONG, len: usize| -> CK_RV {
+        let mut params = CK_EDDSA_PARAMS {
+            phFlag: ph,
+            ulContextDataLen: ctx_len,
+            pContextData: ptr::null_mut(),
+        };
+        let mut m = CK_MECHANISM {
+            mechanism: CKM_EDDSA,
+            pParameter: (&mut params as *mut CK_EDDSA_PARAMS).cast(),
+            ulParameterLen: len as CK_ULONG,
+        };
+        let rv = call!(r, C_SignInit(h, &mut m, child));
+        if rv != CKR_OK {
+            return rv;
+        }
+        match sign_now(&r, h, b"msg") {
+            Ok(_) => CKR_OK,
+            Err(rv) => rv,
+        }
+    };
+    let size = size_of::<CK_EDDSA_PARAMS>();
+    assert_eq!(try_params(0, 0, size), CKR_OK, "pure Ed25519 signs");
+    for (ph, ctx, len, what) in [
+        (0, 1 << 20, size, "context length without a pointer"),
+        (0, CK_ULONG::MAX, size, "context length of CK_ULONG::MAX"),
+        (1, 0, size, "Ed25519ph"),
+        (0, 0, size - 1, "a short parameter"),
+    ] {
+        assert_ne!(try_params(ph, ctx, len), CKR_OK, "{what}");
+    }
+}
