@@ -296,8 +296,22 @@ fn ed25519_child(
 
 // ---- public keys and public derivation --------------------------------------
 
-/// The extended public key of an extended private key (BIP-32's `N`).
+/// The extended public key of an extended private key (BIP-32's `N`). Its
+/// chain code is copied out of the arena: for a key that stays private, use
+/// [`public_key_of`] and keep the chain code where it is.
 pub fn public_of(kt: KeyType, x: &ExtendedPrivate) -> Result<ExtendedPublic> {
+    Ok(ExtendedPublic {
+        key: public_key_of(kt, x)?,
+        chain: *x.chain,
+        depth: x.depth,
+        parent_fingerprint: x.parent_fingerprint,
+        child_number: x.child_number,
+    })
+}
+
+/// The public key of an extended private key (uncompressed SEC1 point, or
+/// the Ed25519 key), without its chain code.
+pub fn public_key_of(kt: KeyType, x: &ExtendedPrivate) -> Result<Vec<u8>> {
     let key = match kt {
         KeyType::Secp256k1 => ec_public::<k256::Secp256k1>(&x.key)?,
         KeyType::P256 => ec_public::<p256::NistP256>(&x.key)?,
@@ -309,13 +323,7 @@ pub fn public_of(kt: KeyType, x: &ExtendedPrivate) -> Result<ExtendedPublic> {
         }),
         _ => return Err(not_hd(kt)),
     };
-    Ok(ExtendedPublic {
-        key,
-        chain: *x.chain,
-        depth: x.depth,
-        parent_fingerprint: x.parent_fingerprint,
-        child_number: x.child_number,
-    })
+    Ok(key)
 }
 
 /// The uncompressed SEC1 point of a scalar, computed on a secret stack.

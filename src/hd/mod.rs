@@ -21,7 +21,9 @@ mod serial;
 #[cfg(test)]
 mod tests;
 
-pub use ckd::{derive_private, derive_private_from, derive_public, master_public, public_of};
+pub use ckd::{
+    derive_private, derive_private_from, derive_public, master_public, public_key_of, public_of,
+};
 pub use path::{is_hardened, show_index, Path};
 pub use serial::{
     compressed, fingerprint_of, hash160, parse_xpub, uncompressed, xpub, XPRV_VERSION, XPUB_VERSION,
