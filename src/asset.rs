@@ -96,6 +96,13 @@ impl Asset {
         self.may_sign(n) || (!self.key_type.is_ec() && self.may_verify(n))
     }
 
+    /// Whether version `n` will never sign again, whatever happens next:
+    /// trimmed, retired, or older than the current version and outside a
+    /// grace window (a suspension alone is not: a resume brings it back).
+    pub fn signs_never_again(&self, n: u32) -> bool {
+        !self.is_usable(n) || (n < self.current && self.grace_version() != Some(n))
+    }
+
     /// The newest version that may still sign during a grace window, i.e.
     /// the previous one while ROTATING (or suspended from ROTATING).
     fn grace_version(&self) -> Option<u32> {
@@ -299,6 +306,28 @@ pub fn as_recorded(state: AssetState, current: u32, min_usable: u32) -> Asset {
 mod tests {
     use super::sample as asset;
     use super::*;
+
+    #[test]
+    fn a_version_that_signs_never_again_is_past_every_state() {
+        use AssetState::*;
+        // min 2, current 4: version 4 may sign again after a suspension; 3
+        // only in a grace window (rotating, or suspended from rotating).
+        let mut s = asset(KeyType::Secp256k1, Suspended, 2, 4);
+        s.resumes_to = Rotating;
+        let cases = [
+            (asset(KeyType::Secp256k1, Active, 2, 4), [true, true, true, false, true]),
+            (asset(KeyType::Secp256k1, Rotating, 2, 4), [true, true, false, false, true]),
+            (asset(KeyType::Secp256k1, Suspended, 2, 4), [true, true, true, false, true]),
+            (s, [true, true, false, false, true]),
+            (asset(KeyType::Secp256k1, Retired, 2, 4), [true; 5]),
+        ];
+        for (a, never) in cases {
+            for n in 1..=5u32 {
+                let want = never[n as usize - 1];
+                assert_eq!(a.signs_never_again(n), want, "{:?} version {n}", a.state);
+            }
+        }
+    }
 
     #[test]
     fn each_state_allows_what_it_should() {

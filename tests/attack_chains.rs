@@ -1245,8 +1245,11 @@ fn eddsa_params_that_lie_are_refused_on_children() {
         }
     };
     let size = size_of::<CK_EDDSA_PARAMS>();
-    assert_eq!(try_params(0, 0, size), CKR_OK, "pure Ed25519 signs");
+    // Pure Ed25519 takes no parameter: a CK_EDDSA_PARAMS with phFlag false
+    // is Ed25519ctx, even with an empty context (PKCS#11 3.0), refused.
+    assert_eq!(try_params(0, 0, 0), CKR_OK, "pure Ed25519 signs");
     for (ph, ctx, len, what) in [
+        (0, 0, size, "Ed25519ctx with an empty context"),
         (0, 1 << 20, size, "context length without a pointer"),
         (0, CK_ULONG::MAX, size, "context length of CK_ULONG::MAX"),
         (1, 0, size, "Ed25519ph"),

@@ -280,8 +280,11 @@ impl Provider {
     /// the store, whichever process made it.
     pub(super) fn prune_keys(&self, asset: &Asset) {
         self.keys.prune(asset);
-        // Private HD children of versions that may no longer sign go too.
-        self.drop_private_children(|c| c.asset == asset.rowid && !asset.may_hold_key(c.version));
+        // Private HD children of versions that will never sign again go too
+        // (a suspended one's stay: its resume brings them back).
+        self.drop_private_children(|c| {
+            c.asset == asset.rowid && asset.signs_never_again(c.version)
+        });
     }
 
     /// What `C_SignInit`/`C_VerifyInit` use: the algorithm, the message it
