@@ -315,9 +315,18 @@ mod tests {
         let mut s = asset(KeyType::Secp256k1, Suspended, 2, 4);
         s.resumes_to = Rotating;
         let cases = [
-            (asset(KeyType::Secp256k1, Active, 2, 4), [true, true, true, false, true]),
-            (asset(KeyType::Secp256k1, Rotating, 2, 4), [true, true, false, false, true]),
-            (asset(KeyType::Secp256k1, Suspended, 2, 4), [true, true, true, false, true]),
+            (
+                asset(KeyType::Secp256k1, Active, 2, 4),
+                [true, true, true, false, true],
+            ),
+            (
+                asset(KeyType::Secp256k1, Rotating, 2, 4),
+                [true, true, false, false, true],
+            ),
+            (
+                asset(KeyType::Secp256k1, Suspended, 2, 4),
+                [true, true, true, false, true],
+            ),
             (s, [true, true, false, false, true]),
             (asset(KeyType::Secp256k1, Retired, 2, 4), [true; 5]),
         ];
