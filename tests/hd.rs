@@ -737,6 +737,10 @@ fn admin(s: &Setup, args: &[&str]) {
 
 /// Users mode: bob signs for `eth-*` under a policy that lets only keys
 /// below m/44'/60'/0' sign.
+fn stdout_text(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 fn path_cast() -> Setup {
     let s = users_setup_on(None);
     add_user(&s, "bob", "signer", "eth-*", "bob-secret-1");
@@ -815,6 +819,20 @@ fn a_path_policy_limits_which_keys_sign() {
     );
     assert!(!o.status.success());
     assert!(stderr(&o).contains("x/2"), "{}", output_text(&o));
+    // An xpub shows a tree's every public key: the signer of eth-* may
+    // print it; the auditor and the officer (no key use) may not.
+    let o = as_user(&s, "bob", "bob-secret-1", &["asset", "xpub", "eth-1"]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(stdout_text(&o).starts_with("xpub"), "{}", output_text(&o));
+    for (who, secret) in [("dave", "dave-secret-1"), ("carol", "carol-secret-1")] {
+        let o = as_user(&s, who, secret, &["asset", "xpub", "eth-1"]);
+        assert!(!o.status.success(), "{who}: {}", output_text(&o));
+        assert!(
+            !stdout_text(&o).contains("xpub"),
+            "{who}: {}",
+            output_text(&o)
+        );
+    }
     let p = s.load();
     let session = bob_session(&p);
     let (private, _) = asset_objects(&session, "eth-1");

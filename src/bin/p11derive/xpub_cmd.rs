@@ -1,6 +1,6 @@
 //! `p11derive asset xpub`: the extended public key of an asset version's HD tree, or of a child (design §6.1).
 
-use p11derive::access::Action;
+use p11derive::access::{Action, UseKind};
 use p11derive::derive::KeyType;
 use p11derive::hd::{self, ExtendedPublic, Path};
 use p11derive::store::hex;
@@ -32,7 +32,10 @@ pub fn xpub(cli: &Cli, name: &str, version: Option<u32>, path: Path) -> Result<(
         )));
     }
     let n = version.unwrap_or(a.current);
-    let want = Want::on(Action::ReadPublic, a.id.as_str());
+    // An xpub shows every public key (every deposit address) of a tree:
+    // in users mode it is for users who may use the asset, as the
+    // provider's CKA_P11DERIVE_XPUB and public derivation are.
+    let want = Want::on(Action::Use(UseKind::Verify), a.id.as_str());
     let ext = with_key(cli, &store, &config, want, |store, backend, ak, _| {
         let history = store.history(a.rowid)?;
         if let Some(v) = history
