@@ -13,9 +13,10 @@
 //! tests/vectors.rs, not here.
 
 mod common;
+#[path = "common/reference.rs"]
+mod reference;
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
@@ -69,25 +70,12 @@ fn eddsa() -> Mechanism<'static> {
 /// check signatures with. Without them the calling test fails under CI and
 /// is skipped with a message elsewhere.
 fn python_libraries_available() -> bool {
-    let ok = Command::new("python3")
-        .args([
-            "-c",
-            "import eth_keys, coincurve; from eth_hash.auto import keccak; keccak(b'')",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let message = "python3 cannot import eth_keys, eth_hash and coincurve (the independent \
-                       secp256k1 checks): run tools/setup.sh, or `python3 -m pip install \
-                       eth-keys==0.8.0 'eth-hash[pycryptodome]==0.8.0' coincurve==21.0.0`";
-        if std::env::var_os("CI").is_some() {
-            panic!("{message}");
-        }
-        let _ = writeln!(std::io::stderr(), "skipped: {message}");
-    }
-    ok
+    reference::python_imports(
+        "import eth_keys, coincurve; from eth_hash.auto import keccak; keccak(b'')",
+        "eth_keys, eth_hash and coincurve (the independent secp256k1 checks)",
+        "`python3 -m pip install eth-keys==0.8.0 'eth-hash[pycryptodome]==0.8.0' \
+         coincurve==21.0.0`",
+    )
 }
 
 /// Runs a python3 snippet with `args`; its stdout, trimmed.

@@ -13,6 +13,8 @@
 //! are skipped with a message elsewhere.
 
 mod common;
+#[path = "common/reference.rs"]
+mod reference;
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
@@ -40,22 +42,11 @@ const CKM_P11DERIVE_BIP340: u64 = VENDOR | 0x5044_0003;
 /// Whether python3 imports bip_utils (and the verifiers it brings). Under
 /// CI a missing reference fails the test.
 fn reference_available() -> bool {
-    let ok = Command::new("python3")
-        .args(["-c", "import bip_utils, ecdsa, nacl.signing, coincurve"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        let message = "the BIP-32/SLIP-10 reference is not importable by python3 \
-                       (`import bip_utils, ecdsa, nacl.signing, coincurve` failed): run tools/setup.sh, \
-                       or `python3 -m pip install bip-utils==2.9.3`";
-        if std::env::var_os("CI").is_some() {
-            panic!("{message}");
-        }
-        let _ = writeln!(std::io::stderr(), "skipped: {message}");
-    }
-    ok
+    reference::python_imports(
+        "import bip_utils, ecdsa, nacl.signing, coincurve",
+        "the BIP-32/SLIP-10 reference",
+        "`python3 -m pip install bip-utils==2.9.3`",
+    )
 }
 
 /// The answers of tests/hd/reference.py to `requests`.

@@ -134,23 +134,6 @@ pub fn wrap_key_from_prk(prk: &[u8; 32]) -> Result<Secret32> {
     expand(prk, WRAP_INFO)
 }
 
-/// Derives an asset version's key, and for an AES asset also its key-wrap
-/// subkey, from one PRF call.
-pub fn derive_keys(
-    prf: &dyn Prf,
-    asset: &AssetId,
-    counter: u32,
-    kt: KeyType,
-) -> Result<(Secret32, Option<Secret32>)> {
-    let prk = prf.prf(&prk_input(asset, counter))?;
-    let key = key_from_prk(&prk, kt)?;
-    let wrap = match kt {
-        KeyType::Aes256 => Some(wrap_key_from_prk(&prk)?),
-        _ => None,
-    };
-    Ok((key, wrap))
-}
-
 /// The HKDF info of an asset version's chain code (design §6.1, normative).
 pub const CHAIN_CODE_INFO: &[u8] = b"p11derive-v1 chain code";
 
@@ -309,18 +292,19 @@ mod tests {
     }
 
     #[test]
-    fn derive_version_agrees_with_derive_keys() {
+    fn derive_version_agrees_with_its_parts() {
         let prf = root_a();
         for kt in KeyType::ALL {
             for counter in [1, 2, 7] {
                 let asset = AssetId::new("some-asset").unwrap();
                 let v = derive_version(&prf, &asset, counter, kt).unwrap();
-                let (key, wrap) = derive_keys(&prf, &asset, counter, kt).unwrap();
+                let prk = prf.prf(&prk_input(&asset, counter)).unwrap();
+                let key = derive_key(&prf, &asset, counter, kt).unwrap();
+                let wrap = (kt == KeyType::Aes256).then(|| wrap_key_from_prk(&prk).unwrap());
                 assert_eq!(&v.key[..], &key[..], "{kt}");
                 assert_eq!(v.wrap.as_deref(), wrap.as_deref(), "{kt}");
                 assert_eq!(v.wrap.is_some(), kt == KeyType::Aes256);
                 assert_eq!(v.chain.is_some(), kt.is_ec(), "{kt}: chain code");
-                let prk = prf.prf(&prk_input(&asset, counter)).unwrap();
                 if let Some(cc) = &v.chain {
                     assert_eq!(&cc[..], &chain_code_from_prk(&prk).unwrap()[..]);
                     assert_ne!(&cc[..], &v.key[..]);

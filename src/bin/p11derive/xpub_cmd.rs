@@ -66,6 +66,7 @@ pub fn xpub(cli: &Cli, name: &str, version: Option<u32>, path: Path) -> Result<(
         let mut cc = [0u8; 32];
         cc.copy_from_slice(&chain[..]);
         let master = hd::master_public(&point, &cc);
+        zeroize::Zeroize::zeroize(&mut cc);
         let ext = if path.is_empty() {
             master
         } else if path.any_hardened() || a.key_type == KeyType::Ed25519 {
