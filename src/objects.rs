@@ -88,14 +88,34 @@ pub struct View<'a> {
 }
 
 /// A computed attribute value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Value {
     Bool(bool),
     Ulong(CK_ULONG),
     Bytes(Vec<u8>),
     /// The attribute exists but is never revealed (`CKR_ATTRIBUTE_SENSITIVE`).
     Sensitive,
+    /// Key material a caller may read (a session key that is neither
+    /// sensitive nor unextractable): written from the locked arena straight
+    /// into the caller's buffer, never copied to the heap; it matches no
+    /// search template.
+    Secret(std::sync::Arc<crate::secure::SecretBytes>),
 }
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Ulong(a), Value::Ulong(b)) => a == b,
+            (Value::Bytes(a), Value::Bytes(b)) => a == b,
+            (Value::Sensitive, Value::Sensitive) => true,
+            (Value::Secret(a), Value::Secret(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Value {}
 
 impl Value {
     /// The bytes a caller receives (CK_BBOOL, native CK_ULONG, raw bytes).
@@ -104,7 +124,7 @@ impl Value {
             Value::Bool(b) => Some(vec![if *b { CK_TRUE as u8 } else { CK_FALSE as u8 }]),
             Value::Ulong(u) => Some(u.to_ne_bytes().to_vec()),
             Value::Bytes(b) => Some(b.clone()),
-            Value::Sensitive => None,
+            Value::Sensitive | Value::Secret(_) => None,
         }
     }
 }

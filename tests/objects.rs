@@ -227,12 +227,6 @@ fn bad_certificates_and_data_objects_are_refused_and_change_nothing() {
     let base = cert_template(&der, "bad", &[1]);
     let cases: Vec<(&str, Vec<Attribute>, RvError, &str)> = vec![
         (
-            "a session certificate",
-            with(base.clone(), Attribute::Token(false)),
-            RvError::TemplateInconsistent,
-            "set CKA_TOKEN=true",
-        ),
-        (
             "not a certificate",
             with(base.clone(), Attribute::Value(b"nope".to_vec())),
             RvError::AttributeValueInvalid,
@@ -277,6 +271,17 @@ fn bad_certificates_and_data_objects_are_refused_and_change_nothing() {
     }
     let ro = p.ctx.open_ro_session(p.slot).unwrap();
     assert_eq!(rv_of(ro.create_object(&base)), RvError::SessionReadOnly);
+    // A session certificate (CKA_TOKEN=false) is no refusal: it lives in
+    // memory, even made in a read-only session (tests/session_objects.rs).
+    let session_cert = ro
+        .create_object(&with(base.clone(), Attribute::Token(false)))
+        .unwrap();
+    assert_eq!(
+        ro.get_attributes(session_cert, &[AttributeType::Token])
+            .unwrap(),
+        vec![Attribute::Token(false)]
+    );
+    ro.destroy_object(session_cert).unwrap();
     session.logout().unwrap();
     assert_eq!(
         rv_of(session.create_object(&base)),

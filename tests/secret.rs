@@ -708,10 +708,19 @@ fn refusals_say_what_is_wrong() {
         );
         assert!(find_one(&session, &label, ObjectClass::SECRET_KEY).is_none());
     }
-    assert_eq!(
-        rv_of(session.generate_key(&Mechanism::AesKeyGen, &[Attribute::Token(true)])),
-        RvError::TemplateIncomplete
-    );
+    // No label: the asset is named "key-" and 16 hex digits (backing RNG).
+    let unnamed = session
+        .generate_key(&Mechanism::AesKeyGen, &[Attribute::Token(true)])
+        .unwrap();
+    match &session
+        .get_attributes(unnamed, &[AttributeType::Label])
+        .unwrap()[..]
+    {
+        [Attribute::Label(l)] => {
+            assert!(l.starts_with(b"key-") && l.len() == 20, "{l:?}")
+        }
+        other => panic!("{other:?}"),
+    }
     // A use the key type never has (pkcs11-tool asks encrypt of generic
     // secrets) is ignored, logged, and the object tells the truth.
     let t = [
@@ -1106,20 +1115,22 @@ fn session_key_refusals_name_the_problem() {
             RvError::TemplateIncomplete,
             "no CKA_VALUE",
         ),
+        // A session key may be non-sensitive (tests/session_objects.rs);
+        // an EC private key names its curve.
         (
-            "not sensitive",
-            with(base(KeyType::AES, vec![1; 16]), Attribute::Sensitive(false)),
-            RvError::TemplateInconsistent,
-            "CKA_SENSITIVE=false",
-        ),
-        (
-            "a private key object",
+            "a private key object without a curve",
             vec![
                 Attribute::Class(ObjectClass::PRIVATE_KEY),
                 Attribute::Value(vec![1]),
             ],
+            RvError::TemplateIncomplete,
+            "no CKA_EC_PARAMS",
+        ),
+        (
+            "a domain parameters object",
+            vec![Attribute::Class(ObjectClass::DOMAIN_PARAMETERS)],
             RvError::TemplateInconsistent,
-            "only session secret keys",
+            "only secret keys, EC keys",
         ),
         (
             "a wrong length",

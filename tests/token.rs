@@ -75,12 +75,6 @@ fn bad_key_pair_templates_are_refused_and_change_nothing() {
     };
     let cases: Vec<(&str, Vec<Attribute>, Vec<Attribute>, RvError)> = vec![
         (
-            "no label",
-            no_label(&public),
-            no_label(&private),
-            RvError::TemplateIncomplete,
-        ),
-        (
             "existing label",
             public.clone(),
             private.clone(),
@@ -179,9 +173,27 @@ fn bad_key_pair_templates_are_refused_and_change_nothing() {
     assert_eq!(rv, RvError::MechanismInvalid, "unknown mechanism");
     assert_eq!(asset_count(&s), 1, "refused requests changed the store");
     let log = s.log();
-    assert!(log.contains("no CKA_LABEL"), "{log}");
     assert!(log.contains("\"kept\" already exists"), "{log}");
     assert!(log.contains("not a supported curve"), "{log}");
+
+    // Without a label, the new asset is named "key-" and 16 hex digits
+    // from the backing HSM's RNG, which CKA_LABEL reads back.
+    let (pu, pr) = generate(&session, &no_label(&public), &no_label(&private)).unwrap();
+    let label = |h| match &session.get_attributes(h, &[AttributeType::Label]).unwrap()[..] {
+        [Attribute::Label(l)] => String::from_utf8(l.clone()).unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let name = label(pu);
+    assert_eq!(label(pr), name);
+    assert!(
+        name.len() == 20
+            && name.starts_with("key-")
+            && name[4..].bytes().all(|c| c.is_ascii_hexdigit()),
+        "{name}"
+    );
+    assert!(s.log().contains("no CKA_LABEL given"));
+    assert_eq!(asset_count(&s), 2);
+    s.asset_show(&name);
 
     // Read-only sessions and public sessions cannot create token objects.
     let ro = p.ctx.open_ro_session(p.slot).unwrap();
@@ -189,7 +201,7 @@ fn bad_key_pair_templates_are_refused_and_change_nothing() {
     assert_eq!(rv_of(generate(&ro, &a, &b)), RvError::SessionReadOnly);
     session.logout().unwrap();
     assert_eq!(rv_of(generate(&session, &a, &b)), RvError::UserNotLoggedIn);
-    assert_eq!(asset_count(&s), 1);
+    assert_eq!(asset_count(&s), 2);
 }
 
 #[test]

@@ -101,20 +101,39 @@ pub(super) unsafe fn out<'a, T>(p: *mut T) -> Result<&'a mut T> {
 pub(super) unsafe fn template(p: *const CK_ATTRIBUTE, n: CK_ULONG) -> Result<Vec<TemplateAttr>> {
     // SAFETY: the caller promises `n` attributes.
     let attrs = unsafe { slice_of(p, n) }?;
-    let read = |a: &CK_ATTRIBUTE| {
-        // SAFETY: each attribute's value is readable for ulValueLen bytes.
-        unsafe { bytes(a.pValue as *const u8, a.ulValueLen) }
-    };
     // Key material never goes to the heap: the CKA_VALUE of anything but a
     // public object (certificate, data) is kept as a mark of its presence;
     // `secret_value` reads it where it is needed.
     let public = attrs.iter().any(|a| {
         a.type_ == CKA_CLASS
-            && read(a).is_ok_and(|v| {
+            // SAFETY: each attribute's value is readable for ulValueLen bytes.
+            && unsafe { bytes(a.pValue as *const u8, a.ulValueLen) }.is_ok_and(|v| {
                 let class = v.try_into().map(CK_ULONG::from_ne_bytes);
                 matches!(class, Ok(CKO_CERTIFICATE | CKO_DATA))
             })
     });
+    // SAFETY: as above.
+    unsafe { template_values(p, n, public) }
+}
+
+/// A caller's template, copied; `CKA_VALUE` only when `keep_value` (the
+/// value of a public object: `C_SetAttributeValue` and `C_CopyObject` of a
+/// data object or certificate), else kept empty as a mark of its presence.
+///
+/// # Safety
+/// As for [`template`].
+pub(super) unsafe fn template_values(
+    p: *const CK_ATTRIBUTE,
+    n: CK_ULONG,
+    keep_value: bool,
+) -> Result<Vec<TemplateAttr>> {
+    // SAFETY: the caller promises `n` attributes.
+    let attrs = unsafe { slice_of(p, n) }?;
+    let read = |a: &CK_ATTRIBUTE| {
+        // SAFETY: each attribute's value is readable for ulValueLen bytes.
+        unsafe { bytes(a.pValue as *const u8, a.ulValueLen) }
+    };
+    let public = keep_value;
     attrs
         .iter()
         .map(|a| {
@@ -146,13 +165,16 @@ pub(super) unsafe fn secret_value(
     }
     // SAFETY: the caller promises `n` attributes.
     let attrs = unsafe { slice_of(p, n) }?;
-    // Only a secret key's value is key material (public objects keep theirs
-    // in the template); checked before anything is copied.
+    // Only a secret or private key's value is key material (public objects
+    // keep theirs in the template); checked before anything is copied.
     let secret_key = attrs.iter().any(|a| {
         a.type_ == CKA_CLASS
             // SAFETY: the value is readable for ulValueLen bytes.
             && unsafe { bytes(a.pValue as *const u8, a.ulValueLen) }.is_ok_and(|v| {
-                v.try_into().map(CK_ULONG::from_ne_bytes).ok() == Some(CKO_SECRET_KEY)
+                matches!(
+                    v.try_into().map(CK_ULONG::from_ne_bytes),
+                    Ok(CKO_SECRET_KEY | CKO_PRIVATE_KEY)
+                )
             })
     });
     let Some(a) = attrs

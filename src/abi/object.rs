@@ -2,6 +2,7 @@
 
 use crate::ck::*;
 use crate::error::Error;
+use crate::objects::Value;
 
 use super::convert::*;
 use super::shape::{value_call, with_provider};
@@ -26,6 +27,14 @@ pub(super) extern "C" fn C_GetAttributeValue(
                 None => {
                     invalid = true;
                     a.ulValueLen = CK_UNAVAILABLE_INFORMATION;
+                    continue;
+                }
+                // Readable key material: from the locked arena to the caller.
+                Some(Value::Secret(key)) => {
+                    // SAFETY: each pValue is writable for its ulValueLen bytes.
+                    if !unsafe { answer_attribute(a, &key) }? {
+                        small = true;
+                    }
                     continue;
                 }
                 Some(v) => v.to_bytes(),
@@ -57,10 +66,29 @@ pub(super) extern "C" fn C_SetAttributeValue(
     count: CK_ULONG,
 ) -> CK_RV {
     with_provider("C_SetAttributeValue", |p| {
+        // A data object's or certificate's CKA_VALUE is public; a key's is
+        // kept off the heap (and refused: key values are read-only).
+        let keep = p.has_public_value(object);
         // SAFETY: caller's template.
-        unsafe { template(p_template, count) }?;
-        p.attribute_values(h, object, &[])?;
-        Err(Error::rv(CKR_ACTION_PROHIBITED))
+        let t = unsafe { template_values(p_template, count, keep) }?;
+        p.set_attribute_value(h, object, &t)
+    })
+}
+
+/// PKCS#11 3.0 §5.7: C_CopyObject.
+pub(super) extern "C" fn C_CopyObject(
+    h: CK_SESSION_HANDLE,
+    object: CK_OBJECT_HANDLE,
+    p_template: CK_ATTRIBUTE_PTR,
+    count: CK_ULONG,
+    ph_new: CK_OBJECT_HANDLE_PTR,
+) -> CK_RV {
+    with_provider("C_CopyObject", |p| {
+        let keep = p.has_public_value(object);
+        // SAFETY: caller's template and out-parameter.
+        let (t, out_obj) = unsafe { (template_values(p_template, count, keep)?, out(ph_new)?) };
+        *out_obj = p.copy_object(h, object, &t)?;
+        Ok(())
     })
 }
 

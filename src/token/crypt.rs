@@ -180,7 +180,8 @@ impl Provider {
         if find(template, CKA_TOKEN) != Some(&[CK_TRUE as u8][..]) {
             return self.generate_session_key(h, mech, template);
         }
-        let spec = SecretKeySpec::from_template(template, key_type)?;
+        let named = self.with_default_label(&[template])?;
+        let spec = SecretKeySpec::from_template(&named[0], key_type)?;
         let asset = self.register(h, &session, &spec.asset, key_type, spec.object_id)?;
         Ok(self.handle_for(ObjectKey {
             asset: asset.rowid,

@@ -142,6 +142,9 @@ impl Provider {
         if let Some(obj) = self.session_object(object) {
             return Ok(types.iter().map(|&t| obj.attribute(t)).collect());
         }
+        if let Some(obj) = self.session_plain(object) {
+            return Ok(types.iter().map(|&t| obj.attribute(object, t)).collect());
+        }
         if Self::is_plain_handle(object) {
             let plain = self
                 .plain_object(object)?
@@ -224,7 +227,7 @@ impl Provider {
         if Self::is_plain_handle(object) {
             self.plain_object(object)?
                 .ok_or(Error::rv(CKR_OBJECT_HANDLE_INVALID))?;
-        } else if self.session_object(object).is_none() {
+        } else if self.session_object(object).is_none() && self.session_plain(object).is_none() {
             self.object(object, CKR_OBJECT_HANDLE_INVALID)?;
         }
         Ok(CK_UNAVAILABLE_INFORMATION)

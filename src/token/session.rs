@@ -44,7 +44,23 @@ pub(super) struct SessionObject {
     pub label: Vec<u8>,
     pub id: Vec<u8>,
     pub private: bool,
+    /// `CKA_SENSITIVE`: whatever it says, the value stays in locked memory;
+    /// it is only readable (`CKA_VALUE`) when false and extractable.
+    pub sensitive: bool,
     pub extractable: bool,
+    /// `CKA_ALWAYS_SENSITIVE`, `CKA_NEVER_EXTRACTABLE`: true only for a key
+    /// made here (`CKA_LOCAL`) that was so from the start.
+    pub always_sensitive: bool,
+    pub never_extractable: bool,
+    /// `CKA_MODIFIABLE`, `CKA_COPYABLE`, `CKA_DESTROYABLE` (HD children,
+    /// derived keys, are neither modifiable nor copyable).
+    pub modifiable: bool,
+    pub copyable: bool,
+    pub destroyable: bool,
+    /// `CKA_START_DATE`, `CKA_END_DATE`, `CKA_SUBJECT` as given (empty by
+    /// default); informational.
+    pub dates: (Vec<u8>, Vec<u8>),
+    pub subject: Vec<u8>,
     pub encrypt: bool,
     pub decrypt: bool,
     pub sign: bool,
@@ -67,10 +83,12 @@ pub(super) struct SessionObject {
 /// The GCM IVs a session key has used.
 pub(super) type UsedIvs = Arc<Mutex<std::collections::HashSet<Vec<u8>>>>;
 
-/// The session objects by handle.
+/// The session objects by handle: keys here, data objects and
+/// certificates in `plain` (see `session_data.rs`); one handle counter.
 #[derive(Default)]
 pub(super) struct SessionObjects {
     table: RwLock<HashMap<CK_OBJECT_HANDLE, Arc<SessionObject>>>,
+    pub plain: RwLock<HashMap<CK_OBJECT_HANDLE, Arc<session_data::SessionPlain>>>,
     next: AtomicU64,
 }
 
@@ -79,12 +97,14 @@ impl SessionObjects {
         self.table.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, HashMap<CK_OBJECT_HANDLE, Arc<SessionObject>>> {
+    pub(super) fn write(
+        &self,
+    ) -> RwLockWriteGuard<'_, HashMap<CK_OBJECT_HANDLE, Arc<SessionObject>>> {
         self.table.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A new handle (session object handles count up from 1 too).
-    fn next_handle(&self) -> CK_OBJECT_HANDLE {
+    pub(super) fn next_handle(&self) -> CK_OBJECT_HANDLE {
         SESSION_BIT | (1 + self.next.fetch_add(1, Ordering::Relaxed))
     }
 }
@@ -143,9 +163,18 @@ impl SessionObject {
         }
     }
 
+    /// Whether `CKA_VALUE` may be read: neither sensitive nor unextractable
+    /// (an HD child, a derived key, never).
+    pub fn readable(&self) -> bool {
+        !self.sensitive && self.extractable && self.hd.is_none() && self.key.is_some()
+    }
+
     /// The value of attribute `ty`; `None` when the object has no such one.
     pub fn attribute(&self, ty: CK_ATTRIBUTE_TYPE) -> Option<Value> {
-        // Key material, as the attribute table says: never revealed.
+        if ty == CKA_VALUE && self.readable() {
+            return self.key.clone().map(Value::Secret);
+        }
+        // Key material, as the attribute table says: not revealed.
         if objects::is_sensitive(self.class, ty) {
             return Some(Value::Sensitive);
         }
@@ -165,12 +194,15 @@ impl SessionObject {
                 Class::Public => CKO_PUBLIC_KEY,
                 Class::Secret => CKO_SECRET_KEY,
             })),
-            CKA_TOKEN | CKA_MODIFIABLE | CKA_COPYABLE | CKA_DERIVE => b(false),
-            CKA_DESTROYABLE => b(true),
+            CKA_TOKEN | CKA_DERIVE => b(false),
+            CKA_MODIFIABLE => b(self.modifiable),
+            CKA_COPYABLE => b(self.copyable),
+            CKA_DESTROYABLE => b(self.destroyable),
             CKA_PRIVATE => b(self.private),
             CKA_LABEL => Some(Value::Bytes(self.label.clone())),
             CKA_ID => Some(Value::Bytes(self.id.clone())),
-            CKA_START_DATE | CKA_END_DATE => Some(Value::Bytes(Vec::new())),
+            CKA_START_DATE => Some(Value::Bytes(self.dates.0.clone())),
+            CKA_END_DATE => Some(Value::Bytes(self.dates.1.clone())),
             CKA_KEY_TYPE => Some(Value::Ulong(match self.kind {
                 Kind::Aes => CKK_AES,
                 Kind::Generic => CKK_GENERIC_SECRET,
@@ -191,9 +223,10 @@ impl SessionObject {
                 }
                 Some(Value::Bytes(v))
             }
-            CKA_SENSITIVE | CKA_ALWAYS_SENSITIVE if !public => b(true),
+            CKA_SENSITIVE if !public => b(self.sensitive),
+            CKA_ALWAYS_SENSITIVE if !public => b(self.always_sensitive),
             CKA_EXTRACTABLE if !public => b(self.extractable),
-            CKA_NEVER_EXTRACTABLE if !public => b(!self.extractable),
+            CKA_NEVER_EXTRACTABLE if !public => b(self.never_extractable),
             CKA_VALUE_LEN if secret => Some(Value::Ulong(
                 self.key.as_ref().map_or(0, |k| k.len()) as CK_ULONG
             )),
@@ -208,7 +241,7 @@ impl SessionObject {
             CKA_WRAP_WITH_TRUSTED if !public => b(false),
             CKA_SIGN_RECOVER | CKA_ALWAYS_AUTHENTICATE if private => b(false),
             CKA_VERIFY_RECOVER if public => b(false),
-            CKA_SUBJECT if ec => Some(Value::Bytes(Vec::new())),
+            CKA_SUBJECT if ec => Some(Value::Bytes(self.subject.clone())),
             CKA_EC_PARAMS => match self.kind {
                 Kind::Ec(kt) => objects::ec_params(kt).map(|p| Value::Bytes(p.to_vec())),
                 _ => None,
@@ -227,6 +260,44 @@ impl SessionObject {
     pub fn matches(&self, template: &[TemplateAttr]) -> bool {
         objects::matches(template, |ty| self.attribute(ty))
     }
+
+    /// The same object, for `C_SetAttributeValue` to change and put in its
+    /// place (the key material and the GCM IVs it used are shared); `None`
+    /// for an HD child, which is neither modifiable nor copyable.
+    pub fn duplicate(&self) -> Option<SessionObject> {
+        if self.hd.is_some() {
+            return None;
+        }
+        Some(SessionObject {
+            owner: self.owner,
+            class: self.class,
+            kind: self.kind,
+            key: self.key.clone(),
+            point: self.point.clone(),
+            label: self.label.clone(),
+            id: self.id.clone(),
+            private: self.private,
+            sensitive: self.sensitive,
+            extractable: self.extractable,
+            always_sensitive: self.always_sensitive,
+            never_extractable: self.never_extractable,
+            modifiable: self.modifiable,
+            copyable: self.copyable,
+            destroyable: self.destroyable,
+            dates: self.dates.clone(),
+            subject: self.subject.clone(),
+            encrypt: self.encrypt,
+            decrypt: self.decrypt,
+            sign: self.sign,
+            verify: self.verify,
+            wrap: self.wrap,
+            unwrap: self.unwrap,
+            local: self.local,
+            check: self.check,
+            ivs: self.ivs.clone(),
+            hd: None,
+        })
+    }
 }
 
 /// What a session key's template asks for, beyond its kind.
@@ -234,7 +305,13 @@ pub(super) struct Wish {
     label: Vec<u8>,
     id: Vec<u8>,
     pub private: bool,
+    sensitive: bool,
     extractable: bool,
+    modifiable: bool,
+    copyable: bool,
+    destroyable: bool,
+    dates: (Vec<u8>, Vec<u8>),
+    subject: Vec<u8>,
     encrypt: bool,
     decrypt: bool,
     sign: bool,
@@ -248,11 +325,73 @@ fn flag(t: &[TemplateAttr], ty: CK_ATTRIBUTE_TYPE, default: bool) -> bool {
     find(t, ty).map_or(default, |v| v.first().is_some_and(|&b| b != 0))
 }
 
+impl Wish {
+    /// The session object this wish describes, of `class` and `kind`, with
+    /// its key material (locked) and EC point. `local`: made here
+    /// (`C_GenerateKey*`), so `CKA_ALWAYS_SENSITIVE` and
+    /// `CKA_NEVER_EXTRACTABLE` can be true; a given or unwrapped value has
+    /// been outside the token.
+    pub(super) fn object(
+        self,
+        owner: CK_SESSION_HANDLE,
+        (class, kind): (Class, Kind),
+        key: Option<Arc<SecretBytes>>,
+        point: Option<Vec<u8>>,
+        local: bool,
+    ) -> SessionObject {
+        SessionObject {
+            owner,
+            class,
+            kind,
+            key,
+            point,
+            label: self.label,
+            id: self.id,
+            private: self.private,
+            sensitive: self.sensitive,
+            extractable: self.extractable,
+            always_sensitive: local && self.sensitive,
+            never_extractable: local && !self.extractable,
+            modifiable: self.modifiable,
+            copyable: self.copyable,
+            destroyable: self.destroyable,
+            dates: self.dates,
+            subject: self.subject,
+            encrypt: self.encrypt,
+            decrypt: self.decrypt,
+            sign: self.sign,
+            verify: self.verify,
+            wrap: self.wrap,
+            unwrap: self.unwrap,
+            local,
+            check: None,
+            ivs: UsedIvs::default(),
+            hd: None,
+        }
+    }
+}
+
+/// The key types a session key of `kind` may name in `CKA_KEY_TYPE`.
+pub(super) fn key_type_fits(kind: Kind, given: Option<CK_ULONG>) -> bool {
+    match kind {
+        Kind::Aes => given == Some(CKK_AES),
+        Kind::Generic => matches!(
+            given,
+            Some(CKK_GENERIC_SECRET | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC)
+        ),
+        // PKCS#11 3.0 names Ed25519 keys CKK_EC_EDWARDS; CKK_EC is accepted
+        // as before.
+        Kind::Ec(KeyType::Ed25519) => matches!(given, Some(CKK_EC_EDWARDS | CKK_EC)),
+        Kind::Ec(_) => given == Some(CKK_EC),
+    }
+}
+
 /// Reads a session key's template: `class` and `kind` are what the call
 /// makes. Refuses what cannot be honoured: a token object (derived keys are
-/// assets: `CKA_TOKEN=true` through `C_GenerateKey*` only), a key that is
-/// not sensitive (session keys stay in locked memory, never revealed),
-/// another class or key type, unknown attributes.
+/// assets: `CKA_TOKEN=true` through `C_GenerateKey*` only), another class
+/// or key type, unknown attributes. `CKA_SENSITIVE` (default true) and
+/// `CKA_EXTRACTABLE` (default false) are honoured: the key stays in locked
+/// memory either way, and its value is readable only when it is neither.
 pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> Result<Wish> {
     let inconsistent = |why: String| {
         Err(Error::with(
@@ -267,11 +406,6 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
             CKA_TOKEN if is_true => {
                 return inconsistent("CKA_TOKEN=true makes a derived asset, which takes no supplied value; use C_GenerateKey or C_GenerateKeyPair".into())
             }
-            CKA_SENSITIVE if !is_true && class != Class::Public => {
-                return inconsistent(
-                    "CKA_SENSITIVE=false: session keys live in locked memory and are never revealed".into(),
-                )
-            }
             CKA_CLASS => {
                 let want = match class {
                     Class::Secret => CKO_SECRET_KEY,
@@ -283,15 +417,7 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
                 }
             }
             CKA_KEY_TYPE => {
-                let ok = match kind {
-                    Kind::Aes => ulong(value) == Some(CKK_AES),
-                    Kind::Generic => matches!(
-                        ulong(value),
-                        Some(CKK_GENERIC_SECRET | CKK_SHA256_HMAC | CKK_SHA384_HMAC | CKK_SHA512_HMAC)
-                    ),
-                    Kind::Ec(_) => ulong(value) == Some(CKK_EC),
-                };
-                if !ok {
+                if !key_type_fits(kind, ulong(value)) {
                     return inconsistent("CKA_KEY_TYPE does not match the mechanism".into());
                 }
             }
@@ -301,7 +427,10 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
             | CKA_END_DATE | CKA_SUBJECT | CKA_SIGN_RECOVER | CKA_VERIFY_RECOVER
             | CKA_ALLOWED_MECHANISMS | CKA_TRUSTED | CKA_WRAP_WITH_TRUSTED | CKA_EC_PARAMS => {}
             CKA_VALUE_LEN if secret => {}
-            CKA_VALUE if secret => {}
+            // Key material (secret value, EC private value), or an imported
+            // public point: the caller reads them.
+            CKA_VALUE if class != Class::Public => {}
+            CKA_EC_POINT if class == Class::Public => {}
             ty => {
                 return Err(Error::with(
                     CKR_ATTRIBUTE_TYPE_INVALID,
@@ -321,7 +450,16 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
         label: find(t, CKA_LABEL).unwrap_or_default().to_vec(),
         id: find(t, CKA_ID).unwrap_or_default().to_vec(),
         private: flag(t, CKA_PRIVATE, class != Class::Public),
+        sensitive: class != Class::Public && flag(t, CKA_SENSITIVE, true),
         extractable: flag(t, CKA_EXTRACTABLE, false),
+        modifiable: flag(t, CKA_MODIFIABLE, true),
+        copyable: flag(t, CKA_COPYABLE, true),
+        destroyable: flag(t, CKA_DESTROYABLE, true),
+        dates: (
+            find(t, CKA_START_DATE).unwrap_or_default().to_vec(),
+            find(t, CKA_END_DATE).unwrap_or_default().to_vec(),
+        ),
+        subject: find(t, CKA_SUBJECT).unwrap_or_default().to_vec(),
         encrypt: flag(t, CKA_ENCRYPT, uses_default(CKA_ENCRYPT)),
         decrypt: flag(t, CKA_DECRYPT, uses_default(CKA_DECRYPT)),
         sign: flag(t, CKA_SIGN, uses_default(CKA_SIGN)),
@@ -330,18 +468,7 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
         unwrap: flag(t, CKA_UNWRAP, uses_default(CKA_UNWRAP)),
         value_len: find(t, CKA_VALUE_LEN).and_then(ulong).map(|n| n as usize),
     };
-    // The uses a key of this kind can have.
-    let can = |ty| match kind {
-        Kind::Aes => matches!(ty, CKA_ENCRYPT | CKA_DECRYPT | CKA_WRAP | CKA_UNWRAP),
-        Kind::Generic => matches!(ty, CKA_SIGN | CKA_VERIFY),
-        Kind::Ec(_) => {
-            ty == if class == Class::Private {
-                CKA_SIGN
-            } else {
-                CKA_VERIFY
-            }
-        }
-    };
+    let can = |ty| can_use(class, kind, ty);
     for (ty, on) in [
         (CKA_ENCRYPT, w.encrypt),
         (CKA_DECRYPT, w.decrypt),
@@ -369,13 +496,33 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
     Ok(w)
 }
 
-/// A valid AES key length, or a generic secret of 1 to MAX_SECRET bytes.
-pub(super) fn check_len(kind: Kind, len: usize, what: &str) -> Result<()> {
-    let ok = match kind {
+/// Whether a key of `class` and `kind` can have the use `ty` (`CKA_SIGN`…).
+pub(super) fn can_use(class: Class, kind: Kind, ty: CK_ATTRIBUTE_TYPE) -> bool {
+    match kind {
+        Kind::Aes => matches!(ty, CKA_ENCRYPT | CKA_DECRYPT | CKA_WRAP | CKA_UNWRAP),
+        Kind::Generic => matches!(ty, CKA_SIGN | CKA_VERIFY),
+        Kind::Ec(_) => {
+            ty == if class == Class::Private {
+                CKA_SIGN
+            } else {
+                CKA_VERIFY
+            }
+        }
+    }
+}
+
+/// The lengths a session secret key of `kind` may have, in bytes: the one
+/// place they are decided (key types added later extend this match).
+pub(super) fn len_fits(kind: Kind, len: usize) -> bool {
+    match kind {
         Kind::Aes => matches!(len, 16 | 24 | 32),
         _ => (1..=MAX_SECRET).contains(&len),
-    };
-    if ok {
+    }
+}
+
+/// A valid AES key length, or a generic secret of 1 to MAX_SECRET bytes.
+pub(super) fn check_len(kind: Kind, len: usize, what: &str) -> Result<()> {
+    if len_fits(kind, len) {
         return Ok(());
     }
     Err(Error::with(
@@ -455,6 +602,7 @@ impl Provider {
             .filter(|(_, o)| (logged_in || !o.private) && self.sees_child(o) && o.matches(template))
             .map(|(h, o)| (*h, o.private))
             .collect();
+        out.extend(self.find_session_plain(template));
         out.sort_unstable();
         out
     }
@@ -472,6 +620,11 @@ impl Provider {
         self.session_objects
             .write()
             .retain(|_, o| owner.is_some_and(|s| s != o.owner));
+        self.session_objects
+            .plain
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, o| owner.is_some_and(|s| s != o.owner));
     }
 
     pub(super) fn destroy_session_object(
@@ -480,9 +633,30 @@ impl Provider {
         object: CK_OBJECT_HANDLE,
     ) -> Result<()> {
         self.session(h)?;
-        self.session_object(object)
-            .ok_or(Error::rv(CKR_OBJECT_HANDLE_INVALID))?;
+        let destroyable = match self.session_object(object) {
+            Some(o) => (o.destroyable, o.name()),
+            None => {
+                let o = self
+                    .session_plain(object)
+                    .ok_or(Error::rv(CKR_OBJECT_HANDLE_INVALID))?;
+                (o.destroyable, o.name())
+            }
+        };
+        if let (false, name) = destroyable {
+            return Err(Error::with(
+                CKR_ACTION_PROHIBITED,
+                format!(
+                    "C_DestroyObject: {name} was made with CKA_DESTROYABLE false; it goes when \
+                     its session closes"
+                ),
+            ));
+        }
         self.session_objects.write().remove(&object);
+        self.session_objects
+            .plain
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&object);
         Ok(())
     }
 
@@ -512,27 +686,9 @@ impl Provider {
             Kind::Aes => Some(checkvalue::aes_check_value(&key)?),
             _ => Some(checkvalue::generic_check_value(&key)),
         };
-        Ok(SessionObject {
-            owner: h,
-            class: Class::Secret,
-            kind,
-            key: Some(Arc::new(key)),
-            point: None,
-            label: w.label,
-            id: w.id,
-            private: w.private,
-            extractable: w.extractable,
-            encrypt: w.encrypt,
-            decrypt: w.decrypt,
-            sign: w.sign,
-            verify: w.verify,
-            wrap: w.wrap,
-            unwrap: w.unwrap,
-            local,
-            check,
-            ivs: UsedIvs::default(),
-            hd: None,
-        })
+        let mut obj = w.object(h, (Class::Secret, kind), Some(Arc::new(key)), None, local);
+        obj.check = check;
+        Ok(obj)
     }
 
     /// `C_GenerateKey` of a session key: random bytes from the backing HSM,
@@ -594,11 +750,14 @@ impl Provider {
             Some(class @ (CKO_CERTIFICATE | CKO_DATA)) => {
                 return self.create_plain(h, template, class)
             }
+            Some(class @ (CKO_PUBLIC_KEY | CKO_PRIVATE_KEY)) => {
+                return self.import_ec(h, template, class, value)
+            }
             Some(_) => {
                 return Err(Error::with(
                     CKR_TEMPLATE_INCONSISTENT,
                     format!(
-                        "{what}: only session secret keys, certificates and data objects can be \
+                        "{what}: only secret keys, EC keys, certificates and data objects can be \
                          created; keys on the token are derived (C_GenerateKey, C_GenerateKeyPair)"
                     ),
                 ))
@@ -669,6 +828,18 @@ impl Provider {
             )
         })?;
         pair_fits(mech, kt, "a session key")?;
+        for (t, ty) in [(public, CKA_EC_POINT), (private, CKA_VALUE)] {
+            if find(t, ty).is_some() {
+                return Err(Error::with(
+                    CKR_ATTRIBUTE_READ_ONLY,
+                    format!(
+                        "{what}: {} is generated; to use a given key, create it with \
+                         C_CreateObject",
+                        attr_name(ty)
+                    ),
+                ));
+            }
+        }
         let wp = wish(public, Class::Public, Kind::Ec(kt), what)?;
         let ws = wish(private, Class::Private, Kind::Ec(kt), what)?;
         self.may_make(h, ws.private)?;
@@ -685,29 +856,11 @@ impl Provider {
             }
         };
         let key = Arc::new(scalar);
-        let half = |class, w: Wish, key: Option<Arc<SecretBytes>>| SessionObject {
-            owner: h,
-            class,
-            kind: Kind::Ec(kt),
-            key,
-            point: Some(point.clone()),
-            label: w.label,
-            id: w.id,
-            private: w.private,
-            extractable: w.extractable,
-            encrypt: false,
-            decrypt: false,
-            sign: w.sign,
-            verify: w.verify,
-            wrap: false,
-            unwrap: false,
-            local: true,
-            check: None,
-            ivs: UsedIvs::default(),
-            hd: None,
-        };
-        let pub_h = self.insert(half(Class::Public, wp, None));
-        let priv_h = self.insert(half(Class::Private, ws, Some(key)));
+        let kind = Kind::Ec(kt);
+        let public = wp.object(h, (Class::Public, kind), None, Some(point.clone()), true);
+        let private = ws.object(h, (Class::Private, kind), Some(key), Some(point), true);
+        let pub_h = self.insert(public);
+        let priv_h = self.insert(private);
         Ok((pub_h, priv_h))
     }
 }

@@ -67,66 +67,73 @@ impl Plain {
         // Common to every object here: public, read-only token objects.
         match ty {
             CKA_TOKEN => return b(true),
-            CKA_PRIVATE | CKA_MODIFIABLE | CKA_COPYABLE => return b(false),
+            CKA_PRIVATE | CKA_MODIFIABLE => return b(false),
             _ => {}
         }
         match self {
             Plain::Profile(id) => match ty {
                 CKA_CLASS => Some(Value::Ulong(CKO_PROFILE)),
-                CKA_DESTROYABLE => b(false),
+                CKA_DESTROYABLE | CKA_COPYABLE => b(false),
                 CKA_LABEL => bytes(b""),
                 CKA_UNIQUE_ID => bytes(format!("profile/{id}").as_bytes()),
                 CKA_PROFILE_ID => Some(Value::Ulong(*id)),
                 _ => None,
             },
-            Plain::Stored(o) => {
-                let common = match ty {
-                    CKA_CLASS => Some(Value::Ulong(o.class)),
-                    CKA_DESTROYABLE => b(true),
-                    CKA_LABEL => bytes(&o.label),
-                    CKA_UNIQUE_ID => bytes(format!("object/{}", o.rowid).as_bytes()),
-                    CKA_VALUE => bytes(&o.value),
-                    _ => None,
-                };
-                if common.is_some() {
-                    return common;
-                }
-                if o.class == CKO_DATA {
-                    return match ty {
-                        CKA_APPLICATION => bytes(o.application.as_deref().unwrap_or_default()),
-                        CKA_OBJECT_ID => bytes(o.oid.as_deref().unwrap_or_default()),
-                        _ => None,
-                    };
-                }
-                let fields = objects::x509_fields(&o.value);
-                let field = |f: fn(&objects::X509Fields) -> &Vec<u8>| {
-                    fields.as_ref().map(|x| Value::Bytes(f(x).clone()))
-                };
-                match ty {
-                    CKA_CERTIFICATE_TYPE => Some(Value::Ulong(CKC_X_509)),
-                    CKA_TRUSTED => b(false),
-                    CKA_CERTIFICATE_CATEGORY => Some(Value::Ulong(0)),
-                    CKA_CHECK_VALUE => {
-                        use sha1::Digest as _;
-                        bytes(&sha1::Sha1::digest(&o.value)[..3])
-                    }
-                    CKA_START_DATE | CKA_END_DATE | CKA_URL => bytes(b""),
-                    CKA_HASH_OF_SUBJECT_PUBLIC_KEY | CKA_HASH_OF_ISSUER_PUBLIC_KEY => bytes(b""),
-                    CKA_JAVA_MIDP_SECURITY_DOMAIN => Some(Value::Ulong(0)),
-                    CKA_NAME_HASH_ALGORITHM => Some(Value::Ulong(CKM_SHA_1)),
-                    CKA_ID => bytes(&o.object_id),
-                    CKA_SUBJECT => field(|x| &x.subject),
-                    CKA_ISSUER => field(|x| &x.issuer),
-                    CKA_SERIAL_NUMBER => field(|x| &x.serial),
-                    CKA_PUBLIC_KEY_INFO => field(|x| &x.spki),
-                    _ => None,
-                }
-            }
+            Plain::Stored(o) => match ty {
+                // A copy (C_CopyObject) may be a session or a token object.
+                CKA_DESTROYABLE | CKA_COPYABLE => b(true),
+                CKA_UNIQUE_ID => bytes(format!("object/{}", o.rowid).as_bytes()),
+                _ => content_attribute(o, ty),
+            },
         }
     }
 
     pub fn matches(&self, template: &[TemplateAttr]) -> bool {
         objects::matches(template, |ty| self.attribute(ty))
+    }
+}
+
+/// What a certificate or data object says of itself, stored or session
+/// object alike (the flags that differ are answered by the caller).
+pub(super) fn content_attribute(o: &StoredObject, ty: CK_ATTRIBUTE_TYPE) -> Option<Value> {
+    let common = match ty {
+        CKA_CLASS => Some(Value::Ulong(o.class)),
+        CKA_LABEL => bytes(&o.label),
+        CKA_VALUE => bytes(&o.value),
+        _ => None,
+    };
+    if common.is_some() {
+        return common;
+    }
+    if o.class == CKO_DATA {
+        return match ty {
+            CKA_APPLICATION => bytes(o.application.as_deref().unwrap_or_default()),
+            CKA_OBJECT_ID => bytes(o.oid.as_deref().unwrap_or_default()),
+            _ => None,
+        };
+    }
+    let fields = objects::x509_fields(&o.value);
+    let field = |f: fn(&objects::X509Fields) -> &Vec<u8>| {
+        fields.as_ref().map(|x| Value::Bytes(f(x).clone()))
+    };
+    match ty {
+        CKA_CERTIFICATE_TYPE => Some(Value::Ulong(CKC_X_509)),
+        CKA_TRUSTED => b(false),
+        CKA_CERTIFICATE_CATEGORY => Some(Value::Ulong(0)),
+        CKA_CHECK_VALUE => {
+            use sha1::Digest as _;
+            bytes(&sha1::Sha1::digest(&o.value)[..3])
+        }
+        CKA_START_DATE | CKA_END_DATE | CKA_URL => bytes(b""),
+        CKA_HASH_OF_SUBJECT_PUBLIC_KEY | CKA_HASH_OF_ISSUER_PUBLIC_KEY => bytes(b""),
+        CKA_JAVA_MIDP_SECURITY_DOMAIN => Some(Value::Ulong(0)),
+        CKA_NAME_HASH_ALGORITHM => Some(Value::Ulong(CKM_SHA_1)),
+        CKA_ID => bytes(&o.object_id),
+        CKA_SUBJECT => field(|x| &x.subject),
+        CKA_ISSUER => field(|x| &x.issuer),
+        CKA_SERIAL_NUMBER => field(|x| &x.serial),
+        CKA_PUBLIC_KEY_INFO => field(|x| &x.spki),
+        _ => None,
     }
 }
 
@@ -178,12 +185,21 @@ impl Provider {
         class: CK_OBJECT_CLASS,
     ) -> Result<CK_OBJECT_HANDLE> {
         let session = self.session(h)?;
-        self.permit(h, crate::access::Action::CreateAsset, None, None)?;
-        let cert = class == CKO_CERTIFICATE;
-        let what = if cert {
-            "C_CreateObject (certificate)"
+        let is_set = |ty| find(template, ty).is_some_and(|v| v.first().is_some_and(|&b| b != 0));
+        // CKA_TOKEN false (the default): a session object, in memory.
+        let token = is_set(CKA_TOKEN);
+        let action = if token {
+            crate::access::Action::CreateAsset
         } else {
-            "C_CreateObject (data object)"
+            crate::access::Action::SessionObjects
+        };
+        self.permit(h, action, None, None)?;
+        let cert = class == CKO_CERTIFICATE;
+        let what = match (cert, token) {
+            (true, true) => "C_CreateObject (certificate)",
+            (false, true) => "C_CreateObject (data object)",
+            (true, false) => "C_CreateObject (session certificate)",
+            (false, false) => "C_CreateObject (session data object)",
         };
         let inconsistent = |why: &str| {
             Err(Error::with(
@@ -191,11 +207,6 @@ impl Provider {
                 format!("{what}: {why}"),
             ))
         };
-        if find(template, CKA_TOKEN) != Some(&[CK_TRUE as u8][..]) {
-            return inconsistent(
-                "certificates and data objects are kept on the token: set CKA_TOKEN=true",
-            );
-        }
         // A public object's value is in the template as given.
         let value: Vec<u8> = find(template, CKA_VALUE).unwrap_or_default().to_vec();
         let fields = if cert {
@@ -229,10 +240,10 @@ impl Provider {
             };
             match (*ty, &fields) {
                 (CKA_CLASS | CKA_TOKEN | CKA_LABEL | CKA_VALUE, _) => {}
-                (CKA_PRIVATE, _) if is_true => {
+                (CKA_PRIVATE, _) if is_true && token => {
                     return inconsistent(
                         "CKA_PRIVATE=true: p11derive keeps no secrets in its store; only public \
-                         objects can be stored",
+                         objects can be stored (a session object, CKA_TOKEN=false, may be private)",
                     )
                 }
                 (CKA_PRIVATE | CKA_MODIFIABLE | CKA_COPYABLE | CKA_DESTROYABLE, _) => {}
@@ -254,7 +265,6 @@ impl Provider {
                 }
             }
         }
-        let ak = self.store_writer(&session)?;
         let new = StoredObject {
             rowid: 0,
             class,
@@ -264,6 +274,10 @@ impl Provider {
             application: find(template, CKA_APPLICATION).map(<[u8]>::to_vec),
             oid: find(template, CKA_OBJECT_ID).map(<[u8]>::to_vec),
         };
+        if !token {
+            return self.insert_plain(h, new, template);
+        }
+        let ak = self.store_writer(&session)?;
         let mut rec = Record::new(Event::ObjectCreate, CKR_OK)
             .session(h)
             .detail(format!(

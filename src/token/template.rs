@@ -28,7 +28,8 @@ impl Provider {
         if agreed(public, private, CKA_TOKEN, "CKA_TOKEN")? != Some(&[CK_TRUE as u8][..]) {
             return self.generate_session_pair(h, mech.ty, public, private);
         }
-        let spec = KeyPairSpec::from_templates(public, private)?;
+        let named = self.with_default_label(&[public, private])?;
+        let spec = KeyPairSpec::from_templates(&named[0], &named[1])?;
         pair_fits(mech.ty, spec.key_type, spec.asset.as_str())?;
         let asset = self.register(h, &session, &spec.asset, spec.key_type, spec.object_id)?;
         let key = |class| ObjectKey {
@@ -40,6 +41,30 @@ impl Provider {
             self.handle_for(key(Class::Public)),
             self.handle_for(key(Class::Private)),
         ))
+    }
+
+    /// Token key templates (a pair's two, or one), each given a
+    /// `CKA_LABEL` when none of them has one: the new asset's name is then
+    /// `key-` and 16 hex digits drawn from the backing HSM's RNG
+    /// (`key-3f9c0a12d4e5b678`), which `CKA_LABEL` reads back.
+    pub(super) fn with_default_label(
+        &self,
+        templates: &[&[TemplateAttr]],
+    ) -> Result<Vec<Vec<TemplateAttr>>> {
+        let mut out: Vec<Vec<TemplateAttr>> = templates.iter().map(|t| t.to_vec()).collect();
+        if templates.iter().any(|t| find(t, CKA_LABEL).is_some()) {
+            return Ok(out);
+        }
+        let mut r = [0u8; 8];
+        self.backend.random(&mut r)?;
+        let name = format!("key-{}", crate::store::hex(&r));
+        log::info(&format!(
+            "token key generation: no CKA_LABEL given; the new asset is named {name:?}"
+        ));
+        for t in &mut out {
+            t.push((CKA_LABEL, name.clone().into_bytes()));
+        }
+        Ok(out)
     }
 
     /// Registers a new asset for `C_GenerateKeyPair` / `C_GenerateKey` once
@@ -272,9 +297,11 @@ fn verdict(class: Class, kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> Ve
         OnCreate::Given => Verdict::Fine,
         OnCreate::Identity => identity(class, kt, ty, value),
         OnCreate::Fixed(v) if is_true != v => Verdict::Cannot(Cannot::Fixed(v)),
-        OnCreate::Fixed(_) | OnCreate::Ignored => asked,
+        // The value every derived key has: honoured, not ignored.
+        OnCreate::Fixed(_) => Verdict::Fine,
+        OnCreate::Ignored => asked,
         OnCreate::Use(k) if k == kt && !is_true => Verdict::Cannot(Cannot::Use),
-        OnCreate::Use(k) if k == kt => asked,
+        OnCreate::Use(k) if k == kt => Verdict::Fine,
         OnCreate::Use(_) if is_true => Verdict::OtherUse,
         OnCreate::Use(_) => Verdict::Fine,
         OnCreate::Mechanisms => {

@@ -1,0 +1,176 @@
+//! `C_CreateObject` of EC keys: a given public point or private value becomes a session key (`CKA_TOKEN=false`) that signs or verifies like a generated one.
+//!
+//! The private value is read by the caller straight into the locked arena,
+//! checked on its curve there, and never stored: the store holds no key
+//! material, so a token key (`CKA_TOKEN=true`) is never imported.
+
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+use crate::secure::SecretBytes;
+
+use super::session::{self, Kind};
+use super::*;
+
+/// A public point of curve `kt` as p11derive keeps it (uncompressed SEC1,
+/// or the 32 bytes of an Ed25519 key), from `CKA_EC_POINT`: the point in a
+/// DER OCTET STRING (PKCS#11) or bare; `None` when it is not on the curve.
+fn public_point(kt: KeyType, given: &[u8]) -> Option<Vec<u8>> {
+    use k256::elliptic_curve::sec1::ToSec1Point;
+    let len = match kt {
+        KeyType::Ed25519 => 32,
+        _ => 65,
+    };
+    // A DER OCTET STRING of a point is 0x04, a one-byte length, the point.
+    let bare = match given {
+        [0x04, n, rest @ ..] if *n as usize == rest.len() && rest.len() <= len => rest,
+        _ => given,
+    };
+    match kt {
+        KeyType::Secp256k1 => {
+            let pk = k256::PublicKey::from_sec1_bytes(bare).ok()?;
+            Some(pk.to_sec1_point(false).as_bytes().to_vec())
+        }
+        KeyType::P256 => {
+            let pk = p256::PublicKey::from_sec1_bytes(bare).ok()?;
+            Some(pk.to_sec1_point(false).as_bytes().to_vec())
+        }
+        KeyType::Ed25519 => {
+            let bytes: [u8; 32] = bare.try_into().ok()?;
+            ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()?;
+            Some(bytes.to_vec())
+        }
+        _ => None,
+    }
+}
+
+impl Provider {
+    /// `C_CreateObject` of `CKO_PUBLIC_KEY` (`CKA_EC_PARAMS`, `CKA_EC_POINT`)
+    /// or `CKO_PRIVATE_KEY` (`CKA_EC_PARAMS`, `CKA_VALUE`, given in `value`,
+    /// already in locked memory) of secp256k1, P-256 or Ed25519.
+    pub(super) fn import_ec(
+        &self,
+        h: CK_SESSION_HANDLE,
+        template: &[TemplateAttr],
+        class: CK_OBJECT_CLASS,
+        value: Option<SecretBytes>,
+    ) -> Result<CK_OBJECT_HANDLE> {
+        let private = class == CKO_PRIVATE_KEY;
+        let what = if private {
+            "C_CreateObject (EC private key)"
+        } else {
+            "C_CreateObject (EC public key)"
+        };
+        if find(template, CKA_TOKEN).is_some_and(|v| v.first().is_some_and(|&b| b != 0)) {
+            return Err(Error::with(
+                CKR_TEMPLATE_INCONSISTENT,
+                format!(
+                    "{what}: CKA_TOKEN=true: p11derive's store holds no imported keys (token \
+                     keys are derived assets); import it as a session object (CKA_TOKEN=false), \
+                     or make an asset with C_GenerateKeyPair"
+                ),
+            ));
+        }
+        self.permit(h, crate::access::Action::SessionObjects, None, None)?;
+        let params = find(template, CKA_EC_PARAMS).ok_or_else(|| {
+            Error::with(
+                CKR_TEMPLATE_INCOMPLETE,
+                format!("{what}: no CKA_EC_PARAMS; name the curve (secp256k1, P-256 or Ed25519)"),
+            )
+        })?;
+        let kt = objects::curve_from_params(params).ok_or_else(|| {
+            Error::with(
+                CKR_CURVE_NOT_SUPPORTED,
+                format!(
+                    "{what}: CKA_EC_PARAMS {} names no supported curve (secp256k1, P-256, \
+                     Ed25519)",
+                    crate::store::hex(params)
+                ),
+            )
+        })?;
+        let kind = Kind::Ec(kt);
+        let key_type = find(template, CKA_KEY_TYPE).and_then(ulong);
+        if key_type.is_none() {
+            return Err(Error::with(
+                CKR_TEMPLATE_INCOMPLETE,
+                format!("{what}: no CKA_KEY_TYPE (CKK_EC, or CKK_EC_EDWARDS for Ed25519)"),
+            ));
+        }
+        if !session::key_type_fits(kind, key_type) {
+            return Err(Error::with(
+                CKR_TEMPLATE_INCONSISTENT,
+                format!(
+                    "{what}: CKA_KEY_TYPE does not fit the curve {kt} (CKK_EC for secp256k1 and \
+                     P-256, CKK_EC_EDWARDS for Ed25519)"
+                ),
+            ));
+        }
+        let obj_class = if private {
+            Class::Private
+        } else {
+            Class::Public
+        };
+        let w = session::wish(template, obj_class, kind, what)?;
+        let invalid =
+            |why: &str| Error::with(CKR_ATTRIBUTE_VALUE_INVALID, format!("{what}: {why}"));
+        if !private {
+            let given = find(template, CKA_EC_POINT).ok_or_else(|| {
+                Error::with(CKR_TEMPLATE_INCOMPLETE, format!("{what}: no CKA_EC_POINT"))
+            })?;
+            let point = public_point(kt, given).ok_or_else(|| {
+                invalid(&format!(
+                    "CKA_EC_POINT is not a point of {kt} (give the DER OCTET STRING of an \
+                     uncompressed or compressed point, or the 32 bytes of an Ed25519 key)"
+                ))
+            })?;
+            self.may_make(h, w.private)?;
+            let obj = w.object(h, (obj_class, kind), None, Some(point), false);
+            return Ok(self.insert(obj));
+        }
+        let given = value.ok_or_else(|| {
+            Error::with(
+                CKR_TEMPLATE_INCOMPLETE,
+                format!("{what}: no CKA_VALUE (the private value)"),
+            )
+        })?;
+        // The scalar (big-endian, left-padded to 32 bytes) or the Ed25519
+        // seed (exactly 32 bytes), in locked memory.
+        let fits = match kt {
+            KeyType::Ed25519 => given.len() == 32,
+            _ => (1..=32).contains(&given.len()),
+        };
+        if !fits {
+            return Err(invalid(&format!(
+                "CKA_VALUE has {} bytes; a {kt} private value is {}",
+                given.len(),
+                if kt == KeyType::Ed25519 {
+                    "a 32-byte seed"
+                } else {
+                    "a scalar of at most 32 bytes"
+                }
+            )));
+        }
+        let mut k = crate::secure::secret::<32>()?;
+        k.fill(0);
+        k[32 - given.len()..].copy_from_slice(&given);
+        drop(given);
+        let point = mechanisms::fingerprint(kt, &k).ok_or_else(|| {
+            invalid(&format!(
+                "CKA_VALUE is not a valid {kt} private key (zero, or not below the curve's order)"
+            ))
+        })?;
+        self.may_make(h, w.private)?;
+        let mut key =
+            SecretBytes::with_capacity(32).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
+        key.push(&k[..]);
+        let obj = w.object(
+            h,
+            (obj_class, kind),
+            Some(Arc::new(key)),
+            Some(point),
+            false,
+        );
+        Ok(self.insert(obj))
+    }
+}
