@@ -704,3 +704,183 @@ fn session_data_objects_and_certificates_live_with_their_session() {
     assert!(!flag(&user, back, AttributeType::Token), "made by `user`");
     user.destroy_object(stored).unwrap();
 }
+
+/// The DER OCTET STRING of a P-256 public point.
+fn p256_point() -> Vec<u8> {
+    use p256::elliptic_curve::sec1::ToSec1Point;
+    let sk = p256::SecretKey::from_slice(&[0x44; 32]).unwrap();
+    let point = sk.public_key().to_sec1_point(false).as_bytes().to_vec();
+    [&[0x04, 65][..], &point].concat()
+}
+
+/// `C_DeriveKey(CKM_P11DERIVE_HD_CHILD, [index])` on `base`.
+fn hd_child(session: &Session, base: ObjectHandle, index: u64) -> ObjectHandle {
+    use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
+    use cryptoki::mechanism::MechanismType;
+    let hd = cryptoki_sys::CKM_VENDOR_DEFINED | 0x5044_0001;
+    let param = [index];
+    let mech = Mechanism::VendorDefined(VendorDefinedMechanism::new(
+        MechanismType::new_vendor_defined(hd).unwrap(),
+        Some(&param),
+    ));
+    session.derive_key(&mech, base, &[]).unwrap()
+}
+
+#[test]
+fn derived_keys_stay_fixed_and_the_log_tells_the_truth() {
+    let _turn = turn();
+    let s = setup(None);
+    let p = s.load();
+    let session = p.user_session();
+    let from = s.log().len();
+    let (_, private) = session
+        .generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[
+                Attribute::Token(true),
+                Attribute::Label(b"hot-1".to_vec()),
+                Attribute::EcParams(SECP256K1.to_vec()),
+                Attribute::Verify(true),
+            ],
+            &[
+                Attribute::Token(true),
+                Attribute::Label(b"hot-1".to_vec()),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Sign(true),
+                Attribute::Derive(true),
+                Attribute::Decrypt(true),
+            ],
+        )
+        .unwrap();
+    let log = s.log_since(from);
+    // What is honoured is not said to be ignored; what is ignored is.
+    for honoured in [
+        "CKA_SENSITIVE ignored",
+        "CKA_PRIVATE ignored",
+        "CKA_SIGN ignored",
+        "CKA_VERIFY ignored",
+        "CKA_EXTRACTABLE ignored",
+        "CKA_DERIVE ignored",
+    ] {
+        assert!(!log.contains(honoured), "{honoured}: {log}");
+    }
+    assert!(log.contains("CKA_DECRYPT ignored"), "{log}");
+
+    // An HD child is a derived key: fixed, whatever a template or copy asks.
+    let child = hd_child(&session, private, 0);
+    assert!(!flag(&session, child, AttributeType::Modifiable));
+    assert!(!flag(&session, child, AttributeType::Copyable));
+    for attrs in [
+        vec![Attribute::Label(b"mine".to_vec())],
+        vec![Attribute::Sensitive(false)],
+        vec![Attribute::Extractable(true)],
+    ] {
+        assert_eq!(
+            rv_of(session.update_attributes(child, &attrs)),
+            RvError::ActionProhibited,
+            "{attrs:?}"
+        );
+        assert_eq!(
+            rv_of(session.copy_object(child, &attrs)),
+            RvError::ActionProhibited,
+            "{attrs:?}"
+        );
+    }
+    assert_eq!(
+        raw_rv(&session, child, cryptoki_sys::CKA_VALUE),
+        cryptoki_sys::CKR_ATTRIBUTE_SENSITIVE
+    );
+    assert_eq!(
+        raw_rv(&session, private, cryptoki_sys::CKA_VALUE),
+        cryptoki_sys::CKR_ATTRIBUTE_SENSITIVE
+    );
+}
+
+#[test]
+fn users_mode_session_objects_follow_its_roles_and_logins() {
+    let _turn = turn();
+    let s = users_setup_on(None);
+    add_user(&s, "sam", "signer", "*", "sam-secret-1");
+    add_user(&s, "ada", "auditor", "*", "ada-secret-1");
+    let p = s.load();
+    let session = p.session();
+    let login = |who: &str| {
+        session
+            .login(
+                cryptoki::session::UserType::User,
+                Some(&cryptoki::types::AuthPin::from(who)),
+            )
+            .unwrap()
+    };
+    login("sam:sam-secret-1");
+    let public_key = session
+        .create_object(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::EcParams(P256.to_vec()),
+            Attribute::EcPoint(p256_point()),
+        ])
+        .unwrap();
+    let key = session
+        .create_object(&secret(
+            &[6; 32],
+            &[Attribute::Sensitive(false), Attribute::Extractable(true)],
+        ))
+        .unwrap();
+    let note = session
+        .create_object(&[
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Private(true),
+            Attribute::Value(b"sam's".to_vec()),
+        ])
+        .unwrap();
+    let copy = session.copy_object(key, &[]).unwrap();
+    assert_eq!(bytes(&session, copy, AttributeType::Value), [6; 32]);
+    session.logout().unwrap();
+    // Private session objects need a login; an auditor makes none.
+    for h in [key, note, copy] {
+        assert_eq!(
+            rv_of(session.get_attributes(h, &[AttributeType::Label])),
+            RvError::ObjectHandleInvalid
+        );
+    }
+    login("ada:ada-secret-1");
+    let public_note = [
+        Attribute::Class(ObjectClass::DATA),
+        Attribute::Value(b"ada's".to_vec()),
+    ];
+    assert_eq!(
+        rv_of(session.create_object(&public_note)),
+        RvError::ActionProhibited
+    );
+    // Another user, logged in later in the same process, does not see
+    // sam's private session objects.
+    for h in [key, note, copy] {
+        assert_eq!(
+            rv_of(session.get_attributes(h, &[AttributeType::Value])),
+            RvError::ObjectHandleInvalid
+        );
+    }
+    assert!(session
+        .find_objects(&[Attribute::Class(ObjectClass::DATA)])
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        rv_of(session.copy_object(key, &[])),
+        RvError::ObjectHandleInvalid,
+        "an auditor copies no key"
+    );
+    // A public one it sees, but makes no copy of (no signer role).
+    assert_eq!(
+        rv_of(session.copy_object(public_key, &[])),
+        RvError::ActionProhibited
+    );
+    session.logout().unwrap();
+    assert_eq!(
+        rv_of(session.create_object(&public_note)),
+        RvError::ActionProhibited,
+        "no login, no session objects in users mode"
+    );
+}

@@ -333,6 +333,7 @@ impl Provider {
             check: None,
             ivs: UsedIvs::default(),
             hd: Some(child),
+            maker: None,
         };
         Ok(self.insert(obj))
     }

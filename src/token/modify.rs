@@ -382,9 +382,7 @@ impl Provider {
                 new.key = Some(Arc::new(copy));
             }
             change_key(&mut new, t, change)?;
-            if obj.class != Class::Public {
-                self.permit(h, crate::access::Action::SessionObjects, None, None)?;
-            }
+            self.permit(h, crate::access::Action::SessionObjects, None, None)?;
             self.may_make(h, new.private)?;
             return Ok(self.insert(new));
         }
@@ -398,6 +396,7 @@ impl Provider {
                     modifiable: false,
                     copyable: true,
                     destroyable: true,
+                    maker: None,
                 }),
                 _ => return Err(self.token_object_refusal(object, change)?),
             },

@@ -78,6 +78,9 @@ pub(super) struct SessionObject {
     /// version whose tree it belongs to and its place there; its uses obey
     /// that asset like the asset's own key.
     pub hd: Option<hd::HdChild>,
+    /// Users mode: who made it (set by `insert`); a private one is that
+    /// user's only.
+    pub maker: Option<String>,
 }
 
 /// The GCM IVs a session key has used.
@@ -296,6 +299,7 @@ impl SessionObject {
             check: self.check,
             ivs: self.ivs.clone(),
             hd: None,
+            maker: self.maker.clone(),
         })
     }
 }
@@ -367,6 +371,7 @@ impl Wish {
             check: None,
             ivs: UsedIvs::default(),
             hd: None,
+            maker: None,
         }
     }
 }
@@ -583,10 +588,17 @@ impl Provider {
     /// Users mode: an HD child's private half exists only for users who may
     /// see its asset's private objects (as the asset's own).
     fn sees_child(&self, o: &SessionObject) -> bool {
-        match &o.hd {
+        let child = match &o.hd {
             Some(c) if o.private => self.sees_private(&c.asset_id),
             _ => true,
-        }
+        };
+        child && self.sees_made(o.private, &o.maker)
+    }
+
+    /// Users mode: a private session object is its maker's only (another
+    /// user logged in later in the same process does not see it).
+    pub(super) fn sees_made(&self, private: bool, maker: &Option<String>) -> bool {
+        !self.users_mode() || !private || maker.is_none() || *maker == self.actor()
     }
 
     /// The visible session objects matching a template.
@@ -661,6 +673,8 @@ impl Provider {
     }
 
     pub(super) fn insert(&self, obj: SessionObject) -> CK_OBJECT_HANDLE {
+        let mut obj = obj;
+        obj.maker = self.actor();
         let h = self.session_objects.next_handle();
         self.session_objects.write().insert(h, Arc::new(obj));
         h

@@ -19,6 +19,8 @@ pub(super) struct SessionPlain {
     pub modifiable: bool,
     pub copyable: bool,
     pub destroyable: bool,
+    /// Users mode: who made it; a private one is that user's only.
+    pub maker: Option<String>,
 }
 
 impl SessionPlain {
@@ -60,6 +62,7 @@ impl SessionPlain {
             modifiable: self.modifiable,
             copyable: self.copyable,
             destroyable: self.destroyable,
+            maker: self.maker.clone(),
         }
     }
 }
@@ -86,6 +89,7 @@ impl Provider {
             modifiable: flag(template, CKA_MODIFIABLE, true),
             copyable: flag(template, CKA_COPYABLE, true),
             destroyable: flag(template, CKA_DESTROYABLE, true),
+            maker: self.actor(),
         };
         let handle = self.session_objects.next_handle();
         self.plain_table().insert(handle, Arc::new(obj));
@@ -114,7 +118,8 @@ impl Provider {
             .unwrap_or_else(|e| e.into_inner())
             .get(&h)
             .cloned()?;
-        (!obj.private || self.login_state() == Login::User).then_some(obj)
+        let visible = !obj.private || self.login_state() == Login::User;
+        (visible && self.sees_made(obj.private, &obj.maker)).then_some(obj)
     }
 
     /// The visible session certificates and data objects matching a template.
@@ -129,7 +134,9 @@ impl Provider {
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|(h, o)| {
-                (logged_in || !o.private) && objects::matches(template, |ty| o.attribute(**h, ty))
+                (logged_in || !o.private)
+                    && self.sees_made(o.private, &o.maker)
+                    && objects::matches(template, |ty| o.attribute(**h, ty))
             })
             .map(|(h, o)| (*h, o.private))
             .collect()

@@ -293,6 +293,12 @@ fn verdict(class: Class, kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> Ve
     let Some(rule) = objects::on_create(class, ty) else {
         return Verdict::Invalid;
     };
+    // EC key pairs derive HD children (an Ed25519 public key does not):
+    // asked true, that is honoured, not ignored.
+    let derives = kt.is_ec() && !(class == Class::Public && kt == KeyType::Ed25519);
+    if ty == CKA_DERIVE && is_true && derives {
+        return Verdict::Fine;
+    }
     match rule {
         OnCreate::Given => Verdict::Fine,
         OnCreate::Identity => identity(class, kt, ty, value),
