@@ -51,6 +51,7 @@ impl fmt::Display for AssetId {
 
 /// The hash of a `CKK_SHA*_HMAC` key type (PKCS#11 3.0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
 pub enum HmacHash {
     Sha1,
     Sha224,
@@ -188,10 +189,18 @@ impl KeyType {
         if let Some(n) = self.fixed_name() {
             return n;
         }
-        NAMED
-            .iter()
-            .find(|(kt, _)| *kt == self)
-            .map_or("invalid-length-secret", |(_, n)| n.as_str())
+        // NAMED lists the fixed types, then per length the generic secret
+        // and the five HMAC types: the index is computed, not searched.
+        let (len, slot) = match self {
+            KeyType::Generic(len) => (len, 0),
+            KeyType::Hmac(h, len) => (len, 1 + h as usize),
+            _ => return "invalid-key-type",
+        };
+        let i = Self::FIXED.len() + 6 * usize::from(len.wrapping_sub(*SECRET_LENS.start())) + slot;
+        match NAMED.get(i) {
+            Some((kt, name)) if *kt == self => name.as_str(),
+            _ => "invalid-length-secret",
+        }
     }
 
     pub fn from_name(s: &str) -> Option<KeyType> {
@@ -255,5 +264,67 @@ impl KeyType {
 impl fmt::Display for KeyType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_type_has_one_name_and_reads_back() {
+        let all: Vec<KeyType> = KeyType::every().collect();
+        assert_eq!(all.len(), 9 + 49 * 6);
+        let mut names = std::collections::HashSet::new();
+        for kt in &all {
+            assert!(names.insert(kt.name()), "{kt:?}");
+            assert_eq!(KeyType::from_name(kt.name()), Some(*kt), "{kt:?}");
+        }
+        // The names of design §2 and the existing store rows are unchanged.
+        for (kt, name) in [
+            (KeyType::Secp256k1, "secp256k1"),
+            (KeyType::P256, "p256"),
+            (KeyType::Ed25519, "ed25519"),
+            (KeyType::Aes256, "aes256"),
+            (KeyType::HmacSha256, "hmac-sha256"),
+            (KeyType::Aes128, "aes128"),
+            (KeyType::P521, "p521"),
+            (KeyType::Generic(16), "generic-secret-16"),
+            (KeyType::Generic(64), "generic-secret-64"),
+            (KeyType::Hmac(HmacHash::Sha1, 20), "sha1-hmac-20"),
+            (KeyType::Hmac(HmacHash::Sha512, 64), "sha512-hmac-64"),
+        ] {
+            assert_eq!(kt.name(), name);
+        }
+        for bad in [
+            "generic-secret-15",
+            "generic-secret-65",
+            "generic-secret-016",
+            "sha384-hmac-8",
+            "md5-hmac-16",
+            "aes512",
+            "",
+        ] {
+            assert_eq!(KeyType::from_name(bad), None, "{bad:?}");
+        }
+        assert_eq!(KeyType::Generic(15).name(), "invalid-length-secret");
+        assert_eq!(
+            KeyType::Hmac(HmacHash::Sha1, 200).name(),
+            "invalid-length-secret"
+        );
+    }
+
+    #[test]
+    fn lengths_and_families() {
+        assert_eq!(KeyType::Aes192.key_len(), 24);
+        assert_eq!(KeyType::P384.key_len(), 48);
+        assert_eq!(KeyType::P521.key_len(), 66);
+        assert_eq!(KeyType::Hmac(HmacHash::Sha384, 40).key_len(), 40);
+        assert!(KeyType::P521.is_ecdsa() && KeyType::P521.is_ec() && !KeyType::P521.is_hd());
+        assert!(KeyType::Generic(33).is_mac() && !KeyType::Generic(33).is_aes());
+        assert!(KeyType::Aes128.is_aes() && !KeyType::Aes128.is_ec());
+        for kt in KeyType::ALL {
+            assert_eq!(kt.key_len(), 32);
+        }
     }
 }

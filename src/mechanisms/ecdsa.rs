@@ -253,4 +253,33 @@ mod tests {
         let e = ecdsa_verify(KeyType::P256, &point, &[0; 32], &[0; 63]).unwrap_err();
         assert_eq!(e.rv, CKR_SIGNATURE_LEN_RANGE);
     }
+
+    #[test]
+    fn p384_and_p521_sign_and_verify() {
+        for (kt, len) in [(KeyType::P384, 48), (KeyType::P521, 66)] {
+            let mut scalar = vec![0x42u8; len];
+            scalar[0] = 1;
+            let point = public_point_of(kt, &scalar).unwrap();
+            assert_eq!(point.len(), 1 + 2 * len);
+            for digest in [[7u8; 20].as_slice(), &[8u8; 32], &[9u8; 48], &[10u8; 64]] {
+                let sig = wide_sign(kt, &scalar, digest).unwrap();
+                assert_eq!(sig.len(), ecdsa_sig_len(kt));
+                assert_eq!(sig, wide_sign(kt, &scalar, digest).unwrap(), "RFC 6979");
+                ecdsa_verify(kt, &point, digest, &sig).unwrap();
+                let mut other = digest.to_vec();
+                other[0] ^= 1;
+                assert_eq!(
+                    ecdsa_verify(kt, &point, &other, &sig).unwrap_err().rv,
+                    CKR_SIGNATURE_INVALID
+                );
+                assert_eq!(
+                    ecdsa_verify(kt, &point, digest, &sig[1..]).unwrap_err().rv,
+                    CKR_SIGNATURE_LEN_RANGE
+                );
+            }
+            // A scalar of the wrong length or out of range signs nothing.
+            assert!(wide_sign(kt, &scalar[1..], &[1; 32]).is_err());
+            assert!(wide_sign(kt, &vec![0xff; len], &[1; 32]).is_err());
+        }
+    }
 }
