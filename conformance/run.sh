@@ -93,7 +93,7 @@ check $T "-L shows the token flags (rng on)" - has "token flags *: login require
 check $T "-L through OpenSC's pkcs11-spy (rewrites CK_INTERFACE)" - \
     has "token label *: p11derive" env PKCS11SPY="$MODULE" PKCS11SPY_OUTPUT="$W/spy.log" \
     pkcs11-tool --module /usr/lib/x86_64-linux-gnu/pkcs11-spy.so -L
-check $T "-M lists ECDSA-SHA256 (sign, verify)" - has "ECDSA-SHA256, keySize={256,256}, sign, verify" tool -M
+check $T "-M lists ECDSA-SHA256 (sign, verify)" - has "ECDSA-SHA256, keySize={256,521}, sign, verify" tool -M
 check $T "-M lists EC key pair generation" - has "ECDSA-KEY-PAIR-GEN" tool -M
 check $T "-M lists AES-GCM (encrypt, decrypt)" - has "AES-GCM, keySize={16,32}, encrypt, decrypt" tool -M
 check $T "-M lists SHA256-HMAC (sign, verify)" - has "SHA256-HMAC, keySize={8,4096}, sign, verify" tool -M
@@ -151,6 +151,34 @@ for curve in secp256k1 prime256v1; do
     check $T "--verify reports a changed message's signature invalid" "$K" \
         has "Invalid signature" tool --verify -m ECDSA-SHA256 --id "$id" --signature-format openssl \
         -i "$W/msg.tampered" --signature-file "$W/$curve.alias.sig"
+done
+
+# P-384 and P-521 (design §6.1): key pairs pkcs11-tool makes, signatures
+# OpenSSL verifies with the exported public key.
+for curve in secp384r1 secp521r1; do
+    case $curve in secp384r1) K=P-384; h=sha384 ;; *) K=P-521; h=sha512 ;; esac
+    M="ECDSA-$(echo "$h" | tr a-z A-Z)"
+    label="conf-$curve"
+    check $T "--keypairgen registers an asset" "$K" \
+        tool --login --pin "$PIN" --keypairgen --key-type "EC:$curve" --label "$label"
+    id=$(object_id "$label" 2>/dev/null)
+    [ -n "$id" ] || { fail $T "asset show finds the new asset" "$K"; continue; }
+    # pkcs11-tool --read-object cannot build a P-384 EVP_PKEY (against
+    # SoftHSM neither): the public key comes from `asset pubkey` (the same
+    # SubjectPublicKeyInfo as CKA_PUBLIC_KEY_INFO).
+    check p11derive "asset pubkey exports the public key (PEM)" "$K" \
+        sh -c '"$1" asset pubkey "$2" > "$3"' - "$P11DERIVE_BIN" "$label" "$W/$curve.pub.pem"
+    check openssl "reads the exported public key" "$K" \
+        openssl pkey -pubin -in "$W/$curve.pub.pem" -noout
+    check $T "--sign -m $M" "$K" \
+        tool --login --pin "$PIN" --sign -m "$M" --id "$id" --signature-format openssl \
+        -i "$W/msg" -o "$W/$curve.sig"
+    check openssl "dgst -$h -verify accepts pkcs11-tool's $M signature" "$K" \
+        openssl dgst -"$h" -verify "$W/$curve.pub.pem" -signature "$W/$curve.sig" "$W/msg"
+    check $T "--verify -m $M" "$K" \
+        verifies -m "$M" --id "$id" --signature-format openssl -i "$W/msg" --signature-file "$W/$curve.sig"
+    refuse openssl "rejects the signature over a changed message" "$K" "Verification failure" \
+        openssl dgst -"$h" -verify "$W/$curve.pub.pem" -signature "$W/$curve.sig" "$W/msg.tampered"
 done
 
 # Rotation (design §3): the alias signs with the new version, the previous

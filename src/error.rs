@@ -217,7 +217,17 @@ pub(crate) fn mech_names() -> impl Iterator<Item = &'static str> {
 }
 
 /// Every table of mechanism names.
-const MECH_TABLES: [&[(CK_MECHANISM_TYPE, &str)]; 3] = [&MECH_NAMES, &ECDSA_NAMES, &HMAC_NAMES];
+const MECH_TABLES: [&[(CK_MECHANISM_TYPE, &str)]; 4] =
+    [&MECH_NAMES, &ECDSA_NAMES, &HMAC_NAMES, &HMAC_KEY_GEN_NAMES];
+
+/// The PKCS#11 3.0 key generation mechanisms of `CKK_SHA*_HMAC` keys.
+const HMAC_KEY_GEN_NAMES: [(CK_MECHANISM_TYPE, &str); 5] = named!(
+    CKM_SHA_1_KEY_GEN,
+    CKM_SHA224_KEY_GEN,
+    CKM_SHA256_KEY_GEN,
+    CKM_SHA384_KEY_GEN,
+    CKM_SHA512_KEY_GEN,
+);
 
 /// The mechanisms named beside the ECDSA and HMAC ones.
 const MECH_NAMES: [(CK_MECHANISM_TYPE, &str); 16] = named!(
@@ -254,8 +264,13 @@ pub const ECDSA_NAMES: [(CK_MECHANISM_TYPE, &str); 6] = named!(
 
 /// The HMAC mechanisms by name: the list [`crate::objects::HMAC_MECHANISMS`] takes,
 /// which HMAC keys allow (pinned by a test in `objects`).
-pub const HMAC_NAMES: [(CK_MECHANISM_TYPE, &str); 3] =
-    named!(CKM_SHA256_HMAC, CKM_SHA384_HMAC, CKM_SHA512_HMAC);
+pub const HMAC_NAMES: [(CK_MECHANISM_TYPE, &str); 5] = named!(
+    CKM_SHA256_HMAC,
+    CKM_SHA384_HMAC,
+    CKM_SHA512_HMAC,
+    CKM_SHA_1_HMAC,
+    CKM_SHA224_HMAC,
+);
 
 #[cfg(test)]
 mod tests {
@@ -285,13 +300,19 @@ mod tests {
             assert_eq!(mech_name(m), name);
             assert_eq!(mech_by_name(&name.to_ascii_lowercase()), Some(m));
         }
-        assert_eq!(mech_names().count(), 25);
+        assert_eq!(mech_names().count(), 32);
         assert_eq!(mech_by_name("CKM_ECDSA"), Some(CKM_ECDSA));
         assert_eq!(mech_by_name("ECDSA"), None);
         assert_eq!(mech_by_name("NO-SUCH-MECHANISM"), None);
         assert_eq!(
             values(HMAC_NAMES),
-            [CKM_SHA256_HMAC, CKM_SHA384_HMAC, CKM_SHA512_HMAC]
+            [
+                CKM_SHA256_HMAC,
+                CKM_SHA384_HMAC,
+                CKM_SHA512_HMAC,
+                CKM_SHA_1_HMAC,
+                CKM_SHA224_HMAC
+            ]
         );
     }
 }

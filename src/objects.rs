@@ -19,7 +19,7 @@ use crate::asset::{Asset, AssetState};
 use crate::ck::*;
 use crate::derive::version_object_id;
 use crate::error::{values, ECDSA_NAMES, HMAC_NAMES};
-use crate::types::KeyType;
+use crate::types::{HmacHash, KeyType};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Class {
@@ -133,17 +133,72 @@ impl Value {
 pub const AES_MECHANISMS: [CK_MECHANISM_TYPE; 3] =
     [CKM_AES_GCM, CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_KWP];
 
-/// The mechanisms an HMAC key of p11derive may be used with.
-pub const HMAC_MECHANISMS: [CK_MECHANISM_TYPE; 3] = values(HMAC_NAMES);
+/// The mechanisms an `aes128` or `aes192` asset may be used with (key wrap
+/// uses the wrap subkey only `aes256` assets have).
+pub const AES_SHORT_MECHANISMS: [CK_MECHANISM_TYPE; 1] = [CKM_AES_GCM];
+
+/// The mechanisms an HMAC key of p11derive may be used with: every HMAC
+/// mechanism (generic secrets, `hmac-sha256`).
+pub const HMAC_MECHANISMS: [CK_MECHANISM_TYPE; 5] = values(HMAC_NAMES);
 
 /// The mechanisms a key of type `kt` may be used with.
 pub fn mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
     match kt {
         KeyType::Secp256k1 => &SECP256K1_MECHANISMS,
         KeyType::P256 => &P256_MECHANISMS,
+        KeyType::P384 | KeyType::P521 => &EC_MECHANISMS,
         KeyType::Ed25519 => &EDDSA_MECHANISMS,
         KeyType::Aes256 => &AES_MECHANISMS,
-        KeyType::HmacSha256 => &HMAC_MECHANISMS,
+        KeyType::Aes128 | KeyType::Aes192 => &AES_SHORT_MECHANISMS,
+        KeyType::HmacSha256 | KeyType::Generic(_) => &HMAC_MECHANISMS,
+        // A CKK_SHA*_HMAC key signs with its own hash only.
+        KeyType::Hmac(hash, _) => {
+            let i = match hash {
+                HmacHash::Sha256 => 0,
+                HmacHash::Sha384 => 1,
+                HmacHash::Sha512 => 2,
+                HmacHash::Sha1 => 3,
+                HmacHash::Sha224 => 4,
+            };
+            &HMAC_MECHANISMS[i..i + 1]
+        }
+    }
+}
+
+/// `CKA_KEY_TYPE` of an asset key type.
+pub fn ckk_of(kt: KeyType) -> CK_KEY_TYPE {
+    match kt {
+        KeyType::Secp256k1 | KeyType::P256 | KeyType::P384 | KeyType::P521 => CKK_EC,
+        KeyType::Ed25519 => CKK_EC_EDWARDS,
+        KeyType::Aes128 | KeyType::Aes192 | KeyType::Aes256 => CKK_AES,
+        KeyType::HmacSha256 | KeyType::Generic(_) => CKK_GENERIC_SECRET,
+        KeyType::Hmac(HmacHash::Sha1, _) => CKK_SHA_1_HMAC,
+        KeyType::Hmac(HmacHash::Sha224, _) => CKK_SHA224_HMAC,
+        KeyType::Hmac(HmacHash::Sha256, _) => CKK_SHA256_HMAC,
+        KeyType::Hmac(HmacHash::Sha384, _) => CKK_SHA384_HMAC,
+        KeyType::Hmac(HmacHash::Sha512, _) => CKK_SHA512_HMAC,
+    }
+}
+
+/// `CKA_KEY_GEN_MECHANISM` of an asset key type.
+pub fn gen_mechanism_of(kt: KeyType) -> CK_MECHANISM_TYPE {
+    match kt {
+        KeyType::Ed25519 => CKM_EC_EDWARDS_KEY_PAIR_GEN,
+        kt if kt.is_ecdsa() => CKM_EC_KEY_PAIR_GEN,
+        kt if kt.is_aes() => CKM_AES_KEY_GEN,
+        KeyType::Hmac(hash, _) => key_gen_of(hash),
+        _ => CKM_GENERIC_SECRET_KEY_GEN,
+    }
+}
+
+/// The PKCS#11 3.0 key generation mechanism of `CKK_SHA*_HMAC` keys.
+pub fn key_gen_of(hash: HmacHash) -> CK_MECHANISM_TYPE {
+    match hash {
+        HmacHash::Sha1 => CKM_SHA_1_KEY_GEN,
+        HmacHash::Sha224 => CKM_SHA224_KEY_GEN,
+        HmacHash::Sha256 => CKM_SHA256_KEY_GEN,
+        HmacHash::Sha384 => CKM_SHA384_KEY_GEN,
+        HmacHash::Sha512 => CKM_SHA512_KEY_GEN,
     }
 }
 
@@ -192,6 +247,8 @@ pub const EDDSA_MECHANISMS: [CK_MECHANISM_TYPE; 2] = [CKM_EDDSA, CKM_P11DERIVE_H
 /// id-ecPublicKey (RFC 5480).
 const OID_SECP256K1: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.10");
 const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const OID_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+const OID_P521: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.35");
 const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 /// id-Ed25519 (RFC 8410): the key's algorithm and, in PKCS#11 3.0, its
 /// `CKA_EC_PARAMS`.
@@ -202,6 +259,8 @@ const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112"
 /// crate's encoding of the OID by a unit test.
 const DER_OID_SECP256K1: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
 const DER_OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const DER_OID_P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+const DER_OID_P521: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23];
 const DER_OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
 /// What templates may also name Ed25519 with (design §6.1): the curve name
 /// as a PrintableString (PKCS#11 3.0 allows it), and OpenSC's older OID
@@ -215,6 +274,8 @@ fn curve_oid(kt: KeyType) -> Option<ObjectIdentifier> {
     match kt {
         KeyType::Secp256k1 => Some(OID_SECP256K1),
         KeyType::P256 => Some(OID_P256),
+        KeyType::P384 => Some(OID_P384),
+        KeyType::P521 => Some(OID_P521),
         _ => None,
     }
 }
@@ -224,6 +285,8 @@ pub fn ec_params(kt: KeyType) -> Option<&'static [u8]> {
     match kt {
         KeyType::Secp256k1 => Some(DER_OID_SECP256K1),
         KeyType::P256 => Some(DER_OID_P256),
+        KeyType::P384 => Some(DER_OID_P384),
+        KeyType::P521 => Some(DER_OID_P521),
         KeyType::Ed25519 => Some(DER_OID_ED25519),
         _ => None,
     }
@@ -235,9 +298,15 @@ pub fn curve_from_params(params: &[u8]) -> Option<KeyType> {
     if params == DER_NAME_ED25519 || params == DER_OID_ED25519_OPENSC {
         return Some(KeyType::Ed25519);
     }
-    [KeyType::Secp256k1, KeyType::P256, KeyType::Ed25519]
-        .into_iter()
-        .find(|&kt| ec_params(kt) == Some(params))
+    [
+        KeyType::Secp256k1,
+        KeyType::P256,
+        KeyType::P384,
+        KeyType::P521,
+        KeyType::Ed25519,
+    ]
+    .into_iter()
+    .find(|&kt| ec_params(kt) == Some(params))
 }
 
 /// The key-pair generation mechanism of a curve.
@@ -250,7 +319,7 @@ pub fn pair_mechanism(kt: KeyType) -> CK_MECHANISM_TYPE {
 
 /// `CKA_EC_POINT`: the uncompressed point wrapped in a DER OCTET STRING.
 pub fn ec_point_der(point: &[u8]) -> Vec<u8> {
-    // A point is at most 65 bytes: always a valid OCTET STRING.
+    // A point is at most 133 bytes (P-521): always a valid OCTET STRING.
     OctetStringRef::new(point)
         .and_then(|o| o.to_der())
         .unwrap_or_default()
@@ -364,11 +433,16 @@ impl<'a> View<'a> {
     }
 
     fn is_aes(&self) -> bool {
+        self.asset.key_type.is_aes()
+    }
+
+    /// An `aes256` asset (the only AES type with a key-wrap subkey).
+    fn wraps(&self) -> bool {
         self.asset.key_type == KeyType::Aes256
     }
 
     fn is_hmac(&self) -> bool {
-        self.asset.key_type == KeyType::HmacSha256
+        self.asset.key_type.is_mac()
     }
 
     /// The versions (and public points) a verification through this object
@@ -558,12 +632,7 @@ static ATTRIBUTES: &[Attribute] = &[
     }),
     // Common key attributes.
     attr(CKA_KEY_TYPE, ALL, Identity, |v| {
-        Some(Value::Ulong(match v.asset.key_type {
-            KeyType::Secp256k1 | KeyType::P256 => CKK_EC,
-            KeyType::Ed25519 => CKK_EC_EDWARDS,
-            KeyType::Aes256 => CKK_AES,
-            KeyType::HmacSha256 => CKK_GENERIC_SECRET,
-        }))
+        Some(Value::Ulong(ckk_of(v.asset.key_type)))
     }),
     attr(CKA_ID, ALL, Given, |v| Some(Value::Bytes(v.object_id()))),
     attr(CKA_START_DATE, ALL, Ignored, empty),
@@ -572,22 +641,17 @@ static ATTRIBUTES: &[Attribute] = &[
     // while its version may sign, a public key (not Ed25519: SLIP-10 has no
     // public derivation there) while it may verify.
     attr(CKA_DERIVE, PRIV, Ignored, |v| {
-        Some(Value::Bool(v.may_sign()))
+        Some(Value::Bool(v.asset.key_type.is_hd() && v.may_sign()))
     }),
     attr(CKA_DERIVE, PUB, Ignored, |v| {
         Some(Value::Bool(
-            v.asset.key_type != KeyType::Ed25519 && v.may_verify(),
+            v.asset.key_type != KeyType::Ed25519 && v.asset.key_type.is_hd() && v.may_verify(),
         ))
     }),
     attr(CKA_DERIVE, SEC, Ignored, no),
     attr(CKA_LOCAL, ALL, Computed, yes),
     attr(CKA_KEY_GEN_MECHANISM, ALL, Computed, |v| {
-        Some(Value::Ulong(match v.asset.key_type {
-            KeyType::Secp256k1 | KeyType::P256 => CKM_EC_KEY_PAIR_GEN,
-            KeyType::Ed25519 => CKM_EC_EDWARDS_KEY_PAIR_GEN,
-            KeyType::Aes256 => CKM_AES_KEY_GEN,
-            KeyType::HmacSha256 => CKM_GENERIC_SECRET_KEY_GEN,
-        }))
+        Some(Value::Ulong(gen_mechanism_of(v.asset.key_type)))
     }),
     attr(CKA_ALLOWED_MECHANISMS, ALL, Mechanisms, mechanisms),
     attr(CKA_SUBJECT, BOTH, Ignored, empty),
@@ -640,7 +704,9 @@ static ATTRIBUTES: &[Attribute] = &[
     // verify; a version that may no longer encrypt (sign) still decrypts
     // (verifies) while usable.
     sensitive(CKA_VALUE, SEC),
-    attr(CKA_VALUE_LEN, SEC, Identity, |_| Some(Value::Ulong(32))),
+    attr(CKA_VALUE_LEN, SEC, Identity, |v| {
+        Some(Value::Ulong(v.asset.key_type.key_len() as CK_ULONG))
+    }),
     attr(CKA_CHECK_VALUE, SEC, Computed, |v| {
         Some(Value::Bytes(v.check_value()?.to_vec()))
     }),
@@ -661,10 +727,10 @@ static ATTRIBUTES: &[Attribute] = &[
         Some(Value::Bool(v.is_hmac() && v.may_verify()))
     }),
     attr(CKA_WRAP, SEC, Ignored, |v| {
-        Some(Value::Bool(v.is_aes() && v.may_sign()))
+        Some(Value::Bool(v.wraps() && v.may_sign()))
     }),
     attr(CKA_UNWRAP, SEC, Ignored, |v| {
-        Some(Value::Bool(v.is_aes() && v.may_verify()))
+        Some(Value::Bool(v.wraps() && v.may_verify()))
     }),
     attr(CKA_TRUSTED, SEC, Ignored, no),
     attr(CKA_WRAP_WITH_TRUSTED, SEC, Ignored, no),
@@ -836,16 +902,38 @@ mod tests {
             mechanisms_of(KeyType::Aes256),
             [CKM_AES_GCM, CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_KWP]
         );
-        assert_eq!(
-            mechanisms_of(KeyType::HmacSha256),
-            [CKM_SHA256_HMAC, CKM_SHA384_HMAC, CKM_SHA512_HMAC]
-        );
+        let hmacs = [
+            CKM_SHA256_HMAC,
+            CKM_SHA384_HMAC,
+            CKM_SHA512_HMAC,
+            CKM_SHA_1_HMAC,
+            CKM_SHA224_HMAC,
+        ];
+        assert_eq!(mechanisms_of(KeyType::HmacSha256), hmacs);
+        assert_eq!(mechanisms_of(KeyType::Generic(17)), hmacs);
+        assert_eq!(mechanisms_of(KeyType::P384), ecdsa);
+        assert_eq!(mechanisms_of(KeyType::P521), ecdsa);
+        assert_eq!(mechanisms_of(KeyType::Aes128), [CKM_AES_GCM]);
+        assert_eq!(mechanisms_of(KeyType::Aes192), [CKM_AES_GCM]);
+        // A CKK_SHA*_HMAC key signs with its own hash only.
+        for (hash, mech) in [
+            (HmacHash::Sha1, CKM_SHA_1_HMAC),
+            (HmacHash::Sha224, CKM_SHA224_HMAC),
+            (HmacHash::Sha256, CKM_SHA256_HMAC),
+            (HmacHash::Sha384, CKM_SHA384_HMAC),
+            (HmacHash::Sha512, CKM_SHA512_HMAC),
+        ] {
+            assert_eq!(mechanisms_of(KeyType::Hmac(hash, 40)), [mech]);
+            assert_eq!(crate::mechanisms::hmac::hmac_mechanism(hash), mech);
+        }
     }
 
     #[test]
     fn der_encodings_match_the_standard_bytes() {
         assert_eq!(OID_SECP256K1.to_der().unwrap(), DER_OID_SECP256K1);
         assert_eq!(OID_P256.to_der().unwrap(), DER_OID_P256);
+        assert_eq!(OID_P384.to_der().unwrap(), DER_OID_P384);
+        assert_eq!(OID_P521.to_der().unwrap(), DER_OID_P521);
         let point: Vec<u8> = std::iter::once(4).chain(1..=64).collect();
         let mut want = vec![0x04, 65];
         want.extend_from_slice(&point);
@@ -870,6 +958,9 @@ mod tests {
             assert_eq!(curve_from_params(oid), Some(kt));
         }
         assert_eq!(spki(KeyType::Aes256, &point), None);
+        for kt in [KeyType::P384, KeyType::P521] {
+            assert_eq!(curve_from_params(ec_params(kt).unwrap()), Some(kt));
+        }
     }
 
     #[test]

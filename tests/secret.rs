@@ -663,8 +663,8 @@ fn refusals_say_what_is_wrong() {
     let cases: Vec<(Mechanism, Vec<Attribute>, RvError, &str)> = vec![
         (
             Mechanism::AesKeyGen,
-            vec![Attribute::ValueLen(16.into())],
-            RvError::TemplateInconsistent,
+            vec![Attribute::ValueLen(20.into())],
+            RvError::AttributeValueInvalid,
             "CKA_VALUE_LEN",
         ),
         (

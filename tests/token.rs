@@ -18,7 +18,8 @@ use common::*;
 
 const SECP256K1: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
 const P256: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-const SECP384R1: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+/// secp224r1 (1.3.132.0.33): no curve of p11derive.
+const SECP224R1: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x21];
 
 fn generate(
     session: &Session,
@@ -86,7 +87,7 @@ fn bad_key_pair_templates_are_refused_and_change_nothing() {
             ("invalid label", a, b, RvError::AttributeValueInvalid)
         },
         {
-            let (a, b) = templates("p384", &SECP384R1);
+            let (a, b) = templates("p224", &SECP224R1);
             ("unsupported curve", a, b, RvError::CurveNotSupported)
         },
         {

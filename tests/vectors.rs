@@ -77,7 +77,7 @@ fn check_vector(prf: &dyn Prf, vec: &Value) {
     let vid = derive::version_object_id(&derive::default_object_id(&asset), counter);
     assert_eq!(hex(&vid), vec["version_id"], "{what}: version id");
     if kt.is_ecdsa() {
-        let point = p11derive::mechanisms::public_point(kt, &key).unwrap();
+        let point = p11derive::mechanisms::public_point_of(kt, &key).unwrap();
         assert_eq!(hex(&point), vec["public_point"], "{what}: public point");
     }
     // Design §6.1: the chain code of an EC version, from the same PRK.
@@ -104,7 +104,7 @@ fn check_vector(prf: &dyn Prf, vec: &Value) {
         assert!(version.chain.is_none(), "{what}: no chain code");
     }
     if kt == KeyType::Secp256k1 {
-        let point = p11derive::mechanisms::public_point(kt, &key).unwrap();
+        let point = p11derive::mechanisms::public_point_of(kt, &key).unwrap();
         let cc = derive::chain_code_from_prk(&prk).unwrap();
         assert_eq!(
             xpub_depth0(&cc[..].try_into().unwrap(), &point),
@@ -238,7 +238,7 @@ fn more_types_match_vectors() {
         let key = derive::scheme_key_from_prk(&prk, scheme).unwrap();
         assert_eq!(hex(&key), m["key"], "{what}: key");
         // The 32-byte types of §2 give the same key either way.
-        if let Some(kt) = KeyType::from_name(name) {
+        if let Some(kt) = KeyType::from_name(name).filter(|kt| KeyType::ALL.contains(kt)) {
             let k = derive::key_from_prk(&prk, kt).unwrap();
             assert_eq!(hex(&k[..]), m["key"], "{what}: key_from_prk");
         }
@@ -654,4 +654,244 @@ fn cli_and_provider_serve_the_vector_chain_codes_and_xpubs() {
             "{label}: {e:?}"
         );
     }
+}
+
+/// The `more_types` vector of (root, type name, counter).
+fn more_vector<'a>(v: &'a Value, root: &str, name: &str, counter: u64) -> Option<&'a Value> {
+    v["more_types"].as_array().unwrap().iter().find(|m| {
+        m["root"] == root
+            && m["asset_id"] == "more-1"
+            && m["key_type"] == name
+            && m["counter"] == counter
+    })
+}
+
+/// The uncompressed point of a P-384 or P-521 scalar, by the curve crates.
+fn nist_point(name: &str, scalar: &[u8]) -> Vec<u8> {
+    use p384::elliptic_curve::sec1::ToSec1Point;
+    match name {
+        "p384" => p384::SecretKey::from_slice(scalar)
+            .unwrap()
+            .public_key()
+            .to_sec1_point(false)
+            .as_bytes()
+            .to_vec(),
+        _ => p521::SecretKey::from_slice(scalar)
+            .unwrap()
+            .public_key()
+            .to_sec1_point(false)
+            .as_bytes()
+            .to_vec(),
+    }
+}
+
+/// Checks asset `more-1` version `counter` of type `asset_type` (derived as
+/// `derivation`) in the provider against the vector key: what the store
+/// records (public point or check value), and a use of the key checked with
+/// RustCrypto crates given the vector's key bytes.
+fn provider_uses_the_more_key(
+    s: &Setup,
+    asset_type: &str,
+    derivation: &str,
+    counter: u64,
+    key: &[u8],
+) {
+    use cryptoki::mechanism::aead::GcmParams;
+    let what = format!("more-1 v{counter} {asset_type} ({derivation})");
+    let shown = s.asset_show("more-1");
+    assert_eq!(shown["key_type"], asset_type, "{what}: asset show");
+    let version = shown["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["version"] == counter)
+        .unwrap();
+    let held = version
+        .get("public_key")
+        .or_else(|| version.get("check_value"))
+        .unwrap_or_else(|| panic!("{what}: no public key or check value in {version}"));
+    let recorded = &unhex(held.as_str().unwrap());
+    let p = s.load();
+    let session = p.user_session();
+    let label = format!("more-1@v{counter}");
+    let message = b"p11derive more_types vector";
+    match derivation {
+        "p384" | "p521" => {
+            let point = nist_point(derivation, key);
+            assert_eq!(hex(recorded), hex(&point), "{what}: recorded point");
+            let public = find_one(&session, &label, ObjectClass::PUBLIC_KEY).unwrap();
+            let attrs = session
+                .get_attributes(public, &[AttributeType::EcPoint])
+                .unwrap();
+            let mut der = vec![0x04, point.len() as u8];
+            if point.len() > 127 {
+                der = vec![0x04, 0x81, point.len() as u8];
+            }
+            der.extend_from_slice(&point);
+            assert!(
+                attrs.contains(&Attribute::EcPoint(der)),
+                "{what}: CKA_EC_POINT"
+            );
+            let private = private_key(&session, &label);
+            let (mech, digest) = if derivation == "p384" {
+                (
+                    Mechanism::EcdsaSha384,
+                    sha2::Sha384::digest(message).to_vec(),
+                )
+            } else {
+                (
+                    Mechanism::EcdsaSha512,
+                    sha2::Sha512::digest(message).to_vec(),
+                )
+            };
+            let sig = session.sign(&mech, private, message).unwrap();
+            use p384::ecdsa::signature::hazmat::PrehashVerifier;
+            if derivation == "p384" {
+                let vk = p384::ecdsa::VerifyingKey::from_sec1_bytes(&point).unwrap();
+                let sig = p384::ecdsa::Signature::from_slice(&sig).unwrap();
+                vk.verify_prehash(&digest, &sig).expect("P-384 signature");
+            } else {
+                let vk = p521::ecdsa::VerifyingKey::from_sec1_bytes(&point).unwrap();
+                let sig = p521::ecdsa::Signature::from_slice(&sig).unwrap();
+                vk.verify_prehash(&digest, &sig).expect("P-521 signature");
+            }
+        }
+        d if d.starts_with("aes") => {
+            use aes::cipher::{BlockCipherEncrypt, KeyInit as _};
+            let mut block = aes::Block::default();
+            match key.len() {
+                16 => aes::Aes128::new_from_slice(key)
+                    .unwrap()
+                    .encrypt_block(&mut block),
+                24 => aes::Aes192::new_from_slice(key)
+                    .unwrap()
+                    .encrypt_block(&mut block),
+                _ => aes::Aes256::new_from_slice(key)
+                    .unwrap()
+                    .encrypt_block(&mut block),
+            }
+            assert_eq!(hex(recorded), hex(&block[..3]), "{what}: check value");
+            let secret = find_one(&session, &label, ObjectClass::SECRET_KEY).unwrap();
+            let attrs = session
+                .get_attributes(secret, &[AttributeType::ValueLen])
+                .unwrap();
+            assert!(
+                attrs.contains(&Attribute::ValueLen((key.len() as u64).into())),
+                "{what}"
+            );
+            // AES-GCM through the provider, opened by the aes-gcm crate with
+            // the vector's key.
+            let mut iv = [7u8; 12];
+            let gcm = GcmParams::new(&mut iv, b"aad", 128.into()).unwrap();
+            let sealed = session
+                .encrypt(&Mechanism::AesGcm(gcm), secret, message)
+                .unwrap();
+            use aes_gcm::aead::AeadInOut;
+            let nonce = aes_gcm::Nonce::<aes_gcm::aead::consts::U12>::from([7u8; 12]);
+            let (body, tag) = sealed.split_at(sealed.len() - 16);
+            let tag = aes_gcm::aead::Tag::<aes_gcm::Aes128Gcm>::try_from(tag).unwrap();
+            let mut buf = body.to_vec();
+            let opened = match key.len() {
+                16 => aes_gcm::Aes128Gcm::new_from_slice(key)
+                    .unwrap()
+                    .decrypt_inout_detached(&nonce, b"aad", buf.as_mut_slice().into(), &tag),
+                32 => aes_gcm::Aes256Gcm::new_from_slice(key)
+                    .unwrap()
+                    .decrypt_inout_detached(&nonce, b"aad", buf.as_mut_slice().into(), &tag),
+                _ => {
+                    type Aes192Gcm = aes_gcm::AesGcm<aes::Aes192, aes_gcm::aead::consts::U12>;
+                    Aes192Gcm::new_from_slice(key)
+                        .unwrap()
+                        .decrypt_inout_detached(&nonce, b"aad", buf.as_mut_slice().into(), &tag)
+                }
+            }
+            .map(|()| buf);
+            assert_eq!(opened.expect("GCM opens with the vector key"), message);
+        }
+        _ => {
+            let check = sha1::Sha1::digest(key);
+            assert_eq!(hex(recorded), hex(&check[..3]), "{what}: check value");
+            let secret = find_one(&session, &label, ObjectClass::SECRET_KEY).unwrap();
+            let attrs = session
+                .get_attributes(secret, &[AttributeType::ValueLen])
+                .unwrap();
+            assert!(
+                attrs.contains(&Attribute::ValueLen((key.len() as u64).into())),
+                "{what}"
+            );
+            let (mech, want) = match asset_type {
+                t if t.starts_with("sha384-hmac") => {
+                    let mut m = <Hmac<sha2::Sha384> as KeyInit>::new_from_slice(key).unwrap();
+                    m.update(message);
+                    (Mechanism::Sha384Hmac, m.finalize().into_bytes().to_vec())
+                }
+                t if t.starts_with("sha1-hmac") => {
+                    let mut m = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(key).unwrap();
+                    m.update(message);
+                    (Mechanism::Sha1Hmac, m.finalize().into_bytes().to_vec())
+                }
+                _ => {
+                    let mut m = <Hmac<sha2::Sha512> as KeyInit>::new_from_slice(key).unwrap();
+                    m.update(message);
+                    (Mechanism::Sha512Hmac, m.finalize().into_bytes().to_vec())
+                }
+            };
+            let tag = session.sign(&mech, secret, message).unwrap();
+            assert_eq!(hex(&tag), hex(&want), "{what}: HMAC with the vector key");
+            session.verify(&mech, secret, message, &want).unwrap();
+        }
+    }
+}
+
+/// Design §6.1 through the real provider: every `more_types` vector of a
+/// new length or curve (and two `CKK_SHA*_HMAC` asset types derived as
+/// `generic-secret-L`), with the vector's root imported into SoftHSM, the
+/// asset made by `p11derive asset create --type` and rotated to counter 2
+/// where the file has a vector there.
+#[test]
+fn provider_derives_the_more_types_vectors() {
+    let _turn = turn();
+    let v = vectors();
+    let cases = [
+        ("A", "aes128", "aes128"),
+        ("A", "aes192", "aes192"),
+        ("B", "aes128", "aes128"),
+        ("A", "generic-secret-16", "generic-secret-16"),
+        ("A", "generic-secret-48", "generic-secret-48"),
+        ("A", "generic-secret-64", "generic-secret-64"),
+        ("A", "generic-secret-32", "generic-secret-32"),
+        ("A", "sha384-hmac-48", "generic-secret-48"),
+        ("A", "sha1-hmac-16", "generic-secret-16"),
+        ("A", "p384", "p384"),
+        ("A", "p521", "p521"),
+        ("B", "p384", "p384"),
+        ("B", "p521", "p521"),
+    ];
+    let mut checked = 0;
+    for (root_name, asset_type, derivation) in cases {
+        let s = setup(Some(&root(&v, root_name)));
+        s.create_asset("more-1", asset_type);
+        for counter in [1, 2] {
+            if counter == 2 {
+                ok(&s, &["asset", "rotate", "more-1"]);
+            }
+            let Some(m) = more_vector(&v, root_name, derivation, counter) else {
+                continue;
+            };
+            let key = unhex(m["key"].as_str().unwrap());
+            provider_uses_the_more_key(&s, asset_type, derivation, counter, &key);
+            checked += 1;
+        }
+    }
+    // Every more_types vector of a new type is among them.
+    let new = v["more_types"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| {
+            let kt = KeyType::from_name(m["key_type"].as_str().unwrap()).unwrap();
+            !KeyType::ALL.contains(&kt)
+        })
+        .count();
+    assert_eq!(checked, new + 2, "every new-type vector, two of them twice");
 }

@@ -14,8 +14,8 @@
 //! - `ed25519`: the RFC 8032 seed is the 32 bytes of attempt 0 (any 32
 //!   bytes are a seed).
 //!
-//! These are the derivations the design fixes; not every one is an asset
-//! type ([`crate::types::KeyType`]) yet.
+//! Every asset type ([`crate::types::KeyType`]) follows one of these
+//! ([`Scheme::from_key_type`]).
 
 #![forbid(unsafe_code)]
 
@@ -98,9 +98,16 @@ impl Scheme {
         match kt {
             KeyType::Secp256k1 => Scheme::Secp256k1,
             KeyType::P256 => Scheme::P256,
+            KeyType::P384 => Scheme::P384,
+            KeyType::P521 => Scheme::P521,
             KeyType::Ed25519 => Scheme::Ed25519,
+            KeyType::Aes128 => Scheme::Aes(16),
+            KeyType::Aes192 => Scheme::Aes(24),
             KeyType::Aes256 => Scheme::Aes(32),
             KeyType::HmacSha256 => Scheme::HmacSha256,
+            // The PKCS#11 key type is the asset's; the derivation is the
+            // generic secret's of that length (design §6.1).
+            KeyType::Generic(len) | KeyType::Hmac(_, len) => Scheme::Generic(len as usize),
         }
     }
 

@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ck::CKR_GENERAL_ERROR;
 use crate::error::{Error, Result};
-use crate::secure;
+use crate::secure::{self, SecretBytes};
 
 pub mod lengths;
 
@@ -87,14 +87,23 @@ fn scalar_in_range(kt: KeyType, k: &[u8; 32]) -> Option<bool> {
         KeyType::P256 => Some(p256::NonZeroScalar::from_repr((*k).into()).is_some().into()),
         // The Ed25519 key is the RFC 8032 seed, and any 32 bytes are a seed:
         // attempt 0 always stands (design §6.1).
-        KeyType::Ed25519 | KeyType::Aes256 | KeyType::HmacSha256 => None,
+        _ => None,
     }
 }
 
 /// Key bytes from an asset version's PRK: the scalar of an ECDSA type (the
 /// first attempt in `[1, n-1]`), the RFC 8032 seed of `ed25519` (attempt 0),
 /// or the secret key of a symmetric type (attempt 0).
+///
+/// Only for the 32-byte types of design §2 and Ed25519 ([`KeyType::ALL`]);
+/// every type has its key from [`scheme_key_from_prk`].
 pub fn key_from_prk(prk: &[u8; 32], kt: KeyType) -> Result<Secret32> {
+    if !KeyType::ALL.contains(&kt) {
+        return Err(Error::with(
+            CKR_GENERAL_ERROR,
+            format!("key_from_prk makes 32-byte keys of design §2; {kt} is derived by scheme_key_from_prk"),
+        ));
+    }
     secure::confined(|| {
         let mut attempt: u8 = 0;
         loop {
@@ -115,10 +124,16 @@ pub fn key_from_prk(prk: &[u8; 32], kt: KeyType) -> Result<Secret32> {
     })
 }
 
-/// Derives the key bytes of (asset, counter, type) with the given PRF.
-pub fn derive_key(prf: &dyn Prf, asset: &AssetId, counter: u32, kt: KeyType) -> Result<Secret32> {
+/// Derives the key bytes of (asset, counter, type) with the given PRF
+/// (design §2 and §6.1: `kt.key_len()` bytes in the locked arena).
+pub fn derive_key(
+    prf: &dyn Prf,
+    asset: &AssetId,
+    counter: u32,
+    kt: KeyType,
+) -> Result<SecretBytes> {
     let prk = prf.prf(&prk_input(asset, counter))?;
-    key_from_prk(&prk, kt)
+    scheme_key_from_prk(&prk, Scheme::from_key_type(kt))
 }
 
 /// The HKDF info of an AES asset version's key-wrap subkey (the project's
@@ -146,8 +161,9 @@ pub fn chain_code_from_prk(prk: &[u8; 32]) -> Result<Secret32> {
 
 /// Everything an asset version's PRK gives, from one PRF call.
 pub struct VersionKeys {
-    /// The version's key `K` (scalar, seed or secret key).
-    pub key: Secret32,
+    /// The version's key `K` (scalar, seed or secret key) of
+    /// `kt.key_len()` bytes.
+    pub key: SecretBytes,
     /// The key-wrap subkey `W` ([`wrap_key_from_prk`]): AES assets only.
     pub wrap: Option<Secret32>,
     /// The chain code `CC` ([`chain_code_from_prk`]): `secp256k1`, `p256`
@@ -164,14 +180,15 @@ pub fn derive_version(
     kt: KeyType,
 ) -> Result<VersionKeys> {
     let prk = prf.prf(&prk_input(asset, counter))?;
-    let key = key_from_prk(&prk, kt)?;
+    let key = scheme_key_from_prk(&prk, Scheme::from_key_type(kt))?;
+    // Key wrap (the project's own subkey) is an `aes256` asset's only.
     let wrap = match kt {
         KeyType::Aes256 => Some(wrap_key_from_prk(&prk)?),
         _ => None,
     };
-    let chain = match kt {
-        KeyType::Secp256k1 | KeyType::P256 | KeyType::Ed25519 => Some(chain_code_from_prk(&prk)?),
-        KeyType::Aes256 | KeyType::HmacSha256 => None,
+    let chain = match kt.is_hd() {
+        true => Some(chain_code_from_prk(&prk)?),
+        false => None,
     };
     Ok(VersionKeys { key, wrap, chain })
 }
@@ -225,8 +242,8 @@ pub fn root_fingerprint(prf: &dyn Prf) -> Result<[u8; 16]> {
 /// guessing without the HSM's root.
 pub fn user_verifier(prf: &dyn Prf, name: &str, salt: &[u8], secret: &[u8]) -> Result<Secret32> {
     let len = SCHEME.len() + 1 + 13 + 6 + name.len() + salt.len() + secret.len();
-    let mut x = secure::SecretBytes::with_capacity(len)
-        .map_err(|m| Error::with(crate::ck::CKR_HOST_MEMORY, m))?;
+    let mut x =
+        SecretBytes::with_capacity(len).map_err(|m| Error::with(crate::ck::CKR_HOST_MEMORY, m))?;
     x.push(SCHEME.as_bytes());
     x.push(&[0x03]);
     x.push(b"user verifier");

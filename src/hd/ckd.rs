@@ -61,7 +61,7 @@ fn rule(kt: KeyType) -> Option<Invalid> {
     match kt {
         KeyType::Secp256k1 => Some(Invalid::Refuse),
         KeyType::P256 | KeyType::Ed25519 => Some(Invalid::Rehash),
-        KeyType::Aes256 | KeyType::HmacSha256 => None,
+        _ => None,
     }
 }
 

@@ -1,4 +1,4 @@
-//! ECDSA over secp256k1 and P-256: RFC 6979 signing (low-S on secp256k1), verification, X9.62 digest truncation, public points.
+//! ECDSA over secp256k1, P-256, P-384 and P-521: RFC 6979 signing (low-S on secp256k1), verification, X9.62 digest truncation, public points.
 
 #![forbid(unsafe_code)]
 
@@ -75,11 +75,69 @@ pub fn ecdsa_sign(kt: KeyType, scalar: &[u8], digest: &[u8]) -> Result<[u8; ECDS
     })
 }
 
+/// The length of an ECDSA signature `r || s` on the curve of `kt`.
+pub fn ecdsa_sig_len(kt: KeyType) -> usize {
+    match kt {
+        KeyType::P384 => 96,
+        KeyType::P521 => 132,
+        _ => ECDSA_SIG_LEN,
+    }
+}
+
+/// Signs a digest with a P-384 or P-521 scalar (48 or 66 bytes): the RFC
+/// 6979 nonce (HMAC with SHA-384 and SHA-512, as the curve crates do) and
+/// the X9.62 digest conversion of RustCrypto's `ecdsa::hazmat`; raw
+/// `r || s`, S as computed (no low-S rule on the NIST curves).
+pub fn wide_sign(kt: KeyType, scalar: &[u8], digest: &[u8]) -> Result<Vec<u8>> {
+    secure::confined_at(secure::Depth::Deep, || {
+        use ecdsa::hazmat::sign_prehashed_rfc6979;
+        let bad_key = || Error::with(CKR_GENERAL_ERROR, "derived scalar out of range");
+        match kt {
+            KeyType::P384 => {
+                let repr = p384::FieldBytes::try_from(scalar).map_err(|_| bad_key())?;
+                let d = Option::<p384::NonZeroScalar>::from(p384::NonZeroScalar::from_repr(repr))
+                    .ok_or_else(bad_key)?;
+                let (sig, _) =
+                    sign_prehashed_rfc6979::<p384::NistP384, sha2::Sha384>(&d, digest, &[]);
+                Ok(sig.to_bytes().to_vec())
+            }
+            KeyType::P521 => {
+                let repr = p521::FieldBytes::try_from(scalar).map_err(|_| bad_key())?;
+                let d = Option::<p521::NonZeroScalar>::from(p521::NonZeroScalar::from_repr(repr))
+                    .ok_or_else(bad_key)?;
+                let (sig, _) =
+                    sign_prehashed_rfc6979::<p521::NistP521, sha2::Sha512>(&d, digest, &[]);
+                Ok(sig.to_bytes().to_vec())
+            }
+            _ => Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),
+        }
+    })
+}
+
+/// The uncompressed SEC1 public point of an EC scalar of any ECDSA curve
+/// (`kt.key_len()` bytes).
+pub fn public_point_of(kt: KeyType, scalar: &[u8]) -> Option<Vec<u8>> {
+    match kt {
+        KeyType::Secp256k1 | KeyType::P256 => public_point(kt, scalar.try_into().ok()?),
+        KeyType::P384 | KeyType::P521 => secure::confined_at(secure::Depth::Deep, || {
+            use p384::elliptic_curve::sec1::ToSec1Point;
+            if kt == KeyType::P384 {
+                let pk = p384::SecretKey::from_slice(scalar).ok()?.public_key();
+                Some(pk.to_sec1_point(false).as_bytes().to_vec())
+            } else {
+                let pk = p521::SecretKey::from_slice(scalar).ok()?.public_key();
+                Some(pk.to_sec1_point(false).as_bytes().to_vec())
+            }
+        }),
+        _ => None,
+    }
+}
+
 /// Verifies `r || s` over a digest against an uncompressed public point.
 /// Any valid signature verifies, high-S ones on secp256k1 included.
 pub fn ecdsa_verify(kt: KeyType, point: &[u8], digest: &[u8], sig: &[u8]) -> Result<()> {
     use k256::ecdsa::signature::hazmat::PrehashVerifier;
-    if sig.len() != ECDSA_SIG_LEN {
+    if sig.len() != ecdsa_sig_len(kt) {
         return Err(Error::rv(CKR_SIGNATURE_LEN_RANGE));
     }
     let z = field_digest(digest);
@@ -103,6 +161,16 @@ pub fn ecdsa_verify(kt: KeyType, point: &[u8], digest: &[u8], sig: &[u8]) -> Res
             let key = p256::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad_point())?;
             let sig = p256::ecdsa::Signature::from_slice(sig).map_err(|_| invalid())?;
             key.verify_prehash(&z, &sig).map_err(|_| invalid())
+        }
+        KeyType::P384 => {
+            let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad_point())?;
+            let sig = p384::ecdsa::Signature::from_slice(sig).map_err(|_| invalid())?;
+            key.verify_prehash(digest, &sig).map_err(|_| invalid())
+        }
+        KeyType::P521 => {
+            let key = p521::ecdsa::VerifyingKey::from_sec1_bytes(point).map_err(|_| bad_point())?;
+            let sig = p521::ecdsa::Signature::from_slice(sig).map_err(|_| invalid())?;
+            key.verify_prehash(digest, &sig).map_err(|_| invalid())
         }
         _ => Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),
     }
@@ -184,5 +252,34 @@ mod tests {
         let point = public_point(KeyType::P256, &scalar).unwrap();
         let e = ecdsa_verify(KeyType::P256, &point, &[0; 32], &[0; 63]).unwrap_err();
         assert_eq!(e.rv, CKR_SIGNATURE_LEN_RANGE);
+    }
+
+    #[test]
+    fn p384_and_p521_sign_and_verify() {
+        for (kt, len) in [(KeyType::P384, 48), (KeyType::P521, 66)] {
+            let mut scalar = vec![0x42u8; len];
+            scalar[0] = 1;
+            let point = public_point_of(kt, &scalar).unwrap();
+            assert_eq!(point.len(), 1 + 2 * len);
+            for digest in [[7u8; 20].as_slice(), &[8u8; 32], &[9u8; 48], &[10u8; 64]] {
+                let sig = wide_sign(kt, &scalar, digest).unwrap();
+                assert_eq!(sig.len(), ecdsa_sig_len(kt));
+                assert_eq!(sig, wide_sign(kt, &scalar, digest).unwrap(), "RFC 6979");
+                ecdsa_verify(kt, &point, digest, &sig).unwrap();
+                let mut other = digest.to_vec();
+                other[0] ^= 1;
+                assert_eq!(
+                    ecdsa_verify(kt, &point, &other, &sig).unwrap_err().rv,
+                    CKR_SIGNATURE_INVALID
+                );
+                assert_eq!(
+                    ecdsa_verify(kt, &point, digest, &sig[1..]).unwrap_err().rv,
+                    CKR_SIGNATURE_LEN_RANGE
+                );
+            }
+            // A scalar of the wrong length or out of range signs nothing.
+            assert!(wide_sign(kt, &scalar[1..], &[1; 32]).is_err());
+            assert!(wide_sign(kt, &vec![0xff; len], &[1; 32]).is_err());
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! HMAC-SHA-256/384/512 (RFC 2104) over the `hmac` crate, with constant-time verification.
+//! HMAC-SHA-1/224/256/384/512 (RFC 2104) over the `hmac` crate, with constant-time verification.
 
 #![forbid(unsafe_code)]
 
@@ -7,14 +7,41 @@ use subtle::ConstantTimeEq;
 
 use crate::ck::*;
 use crate::error::{Error, Result};
+use crate::types::HmacHash;
 
 /// The output length of an HMAC mechanism, `None` for other mechanisms.
 pub fn hmac_len(mech: CK_MECHANISM_TYPE) -> Option<usize> {
     match mech {
+        CKM_SHA_1_HMAC => Some(20),
+        CKM_SHA224_HMAC => Some(28),
         CKM_SHA256_HMAC => Some(32),
         CKM_SHA384_HMAC => Some(48),
         CKM_SHA512_HMAC => Some(64),
         _ => None,
+    }
+}
+
+/// The hash of an HMAC mechanism: a `CKK_SHA*_HMAC` key signs only with
+/// its own (a generic secret with any).
+pub fn hmac_hash(mech: CK_MECHANISM_TYPE) -> Option<HmacHash> {
+    Some(match mech {
+        CKM_SHA_1_HMAC => HmacHash::Sha1,
+        CKM_SHA224_HMAC => HmacHash::Sha224,
+        CKM_SHA256_HMAC => HmacHash::Sha256,
+        CKM_SHA384_HMAC => HmacHash::Sha384,
+        CKM_SHA512_HMAC => HmacHash::Sha512,
+        _ => return None,
+    })
+}
+
+/// The HMAC mechanism of a hash.
+pub fn hmac_mechanism(hash: HmacHash) -> CK_MECHANISM_TYPE {
+    match hash {
+        HmacHash::Sha1 => CKM_SHA_1_HMAC,
+        HmacHash::Sha224 => CKM_SHA224_HMAC,
+        HmacHash::Sha256 => CKM_SHA256_HMAC,
+        HmacHash::Sha384 => CKM_SHA384_HMAC,
+        HmacHash::Sha512 => CKM_SHA512_HMAC,
     }
 }
 
@@ -27,6 +54,8 @@ pub fn hmac(mech: CK_MECHANISM_TYPE, key: &[u8], data: &[u8]) -> Result<Vec<u8>>
             m.finalize().into_bytes().to_vec()
         }
         Ok(match mech {
+            CKM_SHA_1_HMAC => run::<Hmac<sha1::Sha1>>(key, data),
+            CKM_SHA224_HMAC => run::<Hmac<sha2::Sha224>>(key, data),
             CKM_SHA256_HMAC => run::<Hmac<sha2::Sha256>>(key, data),
             CKM_SHA384_HMAC => run::<Hmac<sha2::Sha384>>(key, data),
             CKM_SHA512_HMAC => run::<Hmac<sha2::Sha512>>(key, data),

@@ -22,10 +22,13 @@ pub mod recoverable;
 pub mod schnorr;
 
 pub use digest::Hasher;
-pub use ecdsa::{ecdsa_hasher, ecdsa_sign, ecdsa_verify, public_point, ECDSA_SIG_LEN};
+pub use ecdsa::{
+    ecdsa_hasher, ecdsa_sig_len, ecdsa_sign, ecdsa_verify, public_point, public_point_of,
+    wide_sign, ECDSA_SIG_LEN,
+};
 
 use crate::ck::*;
-use crate::types::{KeyType, Secret32};
+use crate::types::KeyType;
 
 /// Builds the curves' precomputed tables (public data) on an ordinary stack,
 /// so the first signature does not build them on a secret stack: that made
@@ -47,14 +50,15 @@ pub fn warm_up() {
 
 /// What identifies a key without revealing it: the public point of an EC
 /// scalar, the `CKA_CHECK_VALUE` (3 bytes, PKCS#11) of a secret key.
-pub fn fingerprint(kt: KeyType, key: &Secret32) -> Option<Vec<u8>> {
+pub fn fingerprint(kt: KeyType, key: &[u8]) -> Option<Vec<u8>> {
+    if key.len() != kt.key_len() {
+        return None;
+    }
     match kt {
-        KeyType::Secp256k1 | KeyType::P256 => public_point(kt, key),
-        KeyType::Ed25519 => eddsa::ed25519_public(&key[..]).ok().map(|p| p.to_vec()),
-        KeyType::Aes256 => checkvalue::aes_check_value(&key[..])
-            .ok()
-            .map(|c| c.to_vec()),
-        KeyType::HmacSha256 => Some(checkvalue::generic_check_value(&key[..]).to_vec()),
+        KeyType::Ed25519 => eddsa::ed25519_public(key).ok().map(|p| p.to_vec()),
+        kt if kt.is_ecdsa() => public_point_of(kt, key),
+        kt if kt.is_aes() => checkvalue::aes_check_value(key).ok().map(|c| c.to_vec()),
+        _ => Some(checkvalue::generic_check_value(key).to_vec()),
     }
 }
 
@@ -68,10 +72,24 @@ pub fn signs_caller_digest(mech: CK_MECHANISM_TYPE) -> bool {
 /// What `C_GetMechanismInfo` says of each mechanism p11derive implements.
 pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
     let ec_flags = CKF_EC_F_P | CKF_EC_OID | CKF_EC_UNCOMPRESS;
+    // ECDSA on secp256k1, P-256, P-384 and P-521 (bits of the order).
     let ec = |flags| CK_MECHANISM_INFO {
+        ulMinKeySize: 256,
+        ulMaxKeySize: 521,
+        flags: flags | ec_flags,
+    };
+    // secp256k1 only.
+    let k1 = |flags| CK_MECHANISM_INFO {
         ulMinKeySize: 256,
         ulMaxKeySize: 256,
         flags: flags | ec_flags,
+    };
+    // CKM_SHA*_KEY_GEN: token keys of 16 to 64 bytes (in bits, as generic
+    // secrets count them).
+    let hmac_gen = CK_MECHANISM_INFO {
+        ulMinKeySize: 128,
+        ulMaxKeySize: 512,
+        flags: CKF_GENERATE,
     };
     let digest = CK_MECHANISM_INFO {
         ulMinKeySize: 0,
@@ -94,8 +112,8 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
         (CKM_ECDSA_SHA384, ec(sv)),
         (CKM_ECDSA_SHA512, ec(sv)),
         // secp256k1 only (design §6.1; pkcs11-headers/p11derive.h).
-        (CKM_P11DERIVE_ECDSA_RECOVERABLE, ec(sv)),
-        (CKM_P11DERIVE_BIP340, ec(sv)),
+        (CKM_P11DERIVE_ECDSA_RECOVERABLE, k1(sv)),
+        (CKM_P11DERIVE_BIP340, k1(sv)),
         (
             CKM_EC_EDWARDS_KEY_PAIR_GEN,
             CK_MECHANISM_INFO {
@@ -166,9 +184,16 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
                 flags: CKF_WRAP | CKF_UNWRAP,
             },
         ),
+        (CKM_SHA_1_HMAC, hmac),
+        (CKM_SHA224_HMAC, hmac),
         (CKM_SHA256_HMAC, hmac),
         (CKM_SHA384_HMAC, hmac),
         (CKM_SHA512_HMAC, hmac),
+        (CKM_SHA_1_KEY_GEN, hmac_gen),
+        (CKM_SHA224_KEY_GEN, hmac_gen),
+        (CKM_SHA256_KEY_GEN, hmac_gen),
+        (CKM_SHA384_KEY_GEN, hmac_gen),
+        (CKM_SHA512_KEY_GEN, hmac_gen),
     ]
 }
 

@@ -16,6 +16,7 @@ use zeroize::Zeroizing;
 
 use super::*;
 use crate::access::{Action, UseKind};
+use crate::types::HmacHash;
 
 /// An encryption or decryption in progress.
 pub(super) struct CryptOp {
@@ -86,6 +87,68 @@ pub(super) fn check_key_type(view: &View, mech: CK_MECHANISM_TYPE) -> Result<()>
             crate::error::mech_name(mech)
         ),
     ))
+}
+
+/// The key type a token key of `C_GenerateKey` mechanism `mech` has when
+/// the template gives no `CKA_VALUE_LEN` (`None`: not a secret key
+/// generation mechanism p11derive has).
+pub(super) fn secret_gen_default(mech: CK_MECHANISM_TYPE) -> Option<KeyType> {
+    let hmac = |hash: HmacHash| KeyType::Hmac(hash, hash.output_len());
+    Some(match mech {
+        CKM_AES_KEY_GEN => KeyType::Aes256,
+        CKM_GENERIC_SECRET_KEY_GEN => KeyType::HmacSha256,
+        CKM_SHA_1_KEY_GEN => hmac(HmacHash::Sha1),
+        CKM_SHA224_KEY_GEN => hmac(HmacHash::Sha224),
+        CKM_SHA256_KEY_GEN => hmac(HmacHash::Sha256),
+        CKM_SHA384_KEY_GEN => hmac(HmacHash::Sha384),
+        CKM_SHA512_KEY_GEN => hmac(HmacHash::Sha512),
+        _ => return None,
+    })
+}
+
+/// The asset key type of a token key `C_GenerateKey` makes with `mech`:
+/// its default, or the length `CKA_VALUE_LEN` asks (AES 16, 24 or 32
+/// bytes; generic and HMAC keys 16 to 64; a generic secret of 32 is
+/// `hmac-sha256`, as it has always been).
+pub(super) fn secret_key_type(mech: CK_MECHANISM_TYPE, t: &[TemplateAttr]) -> Result<KeyType> {
+    let default = secret_gen_default(mech).ok_or(Error::rv(CKR_MECHANISM_INVALID))?;
+    let Some(raw) = find(t, CKA_VALUE_LEN) else {
+        return Ok(default);
+    };
+    let mech_name = crate::error::mech_name(mech);
+    let len = ulong(raw).ok_or_else(|| {
+        Error::with(
+            CKR_ATTRIBUTE_VALUE_INVALID,
+            format!("{mech_name}: CKA_VALUE_LEN must be a CK_ULONG"),
+        )
+    })?;
+    let secret_len = u8::try_from(len)
+        .ok()
+        .filter(|l| crate::types::SECRET_LENS.contains(l));
+    let kt = match (default, len, secret_len) {
+        (KeyType::Aes256, 16, _) => Some(KeyType::Aes128),
+        (KeyType::Aes256, 24, _) => Some(KeyType::Aes192),
+        (KeyType::Aes256, 32, _) => Some(KeyType::Aes256),
+        (KeyType::Aes256, _, _) => None,
+        (KeyType::HmacSha256, 32, _) => Some(KeyType::HmacSha256),
+        (KeyType::HmacSha256, _, Some(l)) => Some(KeyType::Generic(l)),
+        (KeyType::Hmac(hash, _), _, Some(l)) => Some(KeyType::Hmac(hash, l)),
+        _ => None,
+    };
+    kt.ok_or_else(|| {
+        let allowed = if default.is_aes() {
+            "16, 24 or 32 (AES-128, AES-192, AES-256)"
+        } else {
+            "16 to 64"
+        };
+        Error::with(
+            CKR_ATTRIBUTE_VALUE_INVALID,
+            format!(
+                "{mech_name}: CKA_VALUE_LEN {len} is not a length of a derived key; token keys of \
+                 this mechanism are {allowed} bytes"
+            ),
+        )
+    })
 }
 
 impl Provider {
@@ -159,9 +222,10 @@ impl Provider {
 
     // ---- C_GenerateKey ----------------------------------------------------
 
-    /// `C_GenerateKey` with `CKA_TOKEN=true`: registers an AES-256
-    /// (`CKM_AES_KEY_GEN`) or HMAC-SHA256 (`CKM_GENERIC_SECRET_KEY_GEN`) asset
-    /// named by `CKA_LABEL` and returns its alias.
+    /// `C_GenerateKey` with `CKA_TOKEN=true`: registers an AES
+    /// (`CKM_AES_KEY_GEN`), generic secret (`CKM_GENERIC_SECRET_KEY_GEN`) or
+    /// `CKK_SHA*_HMAC` (`CKM_SHA*_KEY_GEN`) asset of the length
+    /// `CKA_VALUE_LEN` asks, named by `CKA_LABEL`, and returns its alias.
     pub fn generate_key(
         &self,
         h: CK_SESSION_HANDLE,
@@ -169,17 +233,16 @@ impl Provider {
         template: &[TemplateAttr],
     ) -> Result<CK_OBJECT_HANDLE> {
         let session = self.session(h)?;
-        let key_type = match mech.ty {
-            CKM_AES_KEY_GEN => KeyType::Aes256,
-            CKM_GENERIC_SECRET_KEY_GEN => KeyType::HmacSha256,
-            _ => return Err(Error::rv(CKR_MECHANISM_INVALID)),
-        };
+        if secret_gen_default(mech.ty).is_none() {
+            return Err(Error::rv(CKR_MECHANISM_INVALID));
+        }
         if !mech.param.is_empty() {
             return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
         }
         if find(template, CKA_TOKEN) != Some(&[CK_TRUE as u8][..]) {
             return self.generate_session_key(h, mech, template);
         }
+        let key_type = secret_key_type(mech.ty, template)?;
         let named = self.with_default_label(&[template])?;
         let spec = SecretKeySpec::from_template(&named[0], key_type)?;
         let asset = self.register(h, &session, &spec.asset, key_type, spec.object_id)?;

@@ -444,7 +444,7 @@ impl Provider {
 
     /// The chain code of an asset version (design §6.1), from the key cache
     /// or derived through the backing HSM with the version's key.
-    pub(super) fn version_chain(&self, view: &View, epoch: u64) -> Result<Arc<Secret32>> {
+    pub(super) fn version_chain(&self, view: &View, epoch: u64) -> Result<Arc<SecretBytes>> {
         match self.purpose_key(view, epoch, Purpose::Chain) {
             Ok(c) => Ok(c),
             Err(_) if !self.still_logged_in(epoch) || self.login_state() != Login::User => {
@@ -465,7 +465,7 @@ impl Provider {
     /// the chain code be derived (the caller then sees the attribute as
     /// unavailable).
     pub(super) fn hd_attribute(&self, view: &View, ty: CK_ATTRIBUTE_TYPE) -> Option<Value> {
-        if view.class != Class::Public || !view.asset.key_type.is_ec() || !view.may_verify() {
+        if view.class != Class::Public || !view.asset.key_type.is_hd() || !view.may_verify() {
             return None;
         }
         // The tree's public keys (every deposit address of an xpub) are for

@@ -20,11 +20,15 @@ fn public_point(kt: KeyType, given: &[u8]) -> Option<Vec<u8>> {
     use k256::elliptic_curve::sec1::ToSec1Point;
     let len = match kt {
         KeyType::Ed25519 => 32,
-        _ => 65,
+        _ => 1 + 2 * kt.key_len(),
     };
-    // A DER OCTET STRING of a point is 0x04, a one-byte length, the point.
+    // A DER OCTET STRING of a point is 0x04, its length (one byte, or 0x81
+    // and one byte from 128 on: P-521's 133), the point.
     let bare = match given {
-        [0x04, n, rest @ ..] if *n as usize == rest.len() && rest.len() <= len => rest,
+        [0x04, n, rest @ ..] if *n < 0x80 && *n as usize == rest.len() && rest.len() <= len => rest,
+        [0x04, 0x81, n, rest @ ..] if *n >= 0x80 && *n as usize == rest.len() && rest.len() <= len => {
+            rest
+        }
         _ => given,
     };
     match kt {
@@ -34,6 +38,14 @@ fn public_point(kt: KeyType, given: &[u8]) -> Option<Vec<u8>> {
         }
         KeyType::P256 => {
             let pk = p256::PublicKey::from_sec1_bytes(bare).ok()?;
+            Some(pk.to_sec1_point(false).as_bytes().to_vec())
+        }
+        KeyType::P384 => {
+            let pk = p384::PublicKey::from_sec1_bytes(bare).ok()?;
+            Some(pk.to_sec1_point(false).as_bytes().to_vec())
+        }
+        KeyType::P521 => {
+            let pk = p521::PublicKey::from_sec1_bytes(bare).ok()?;
             Some(pk.to_sec1_point(false).as_bytes().to_vec())
         }
         KeyType::Ed25519 => {
@@ -134,36 +146,34 @@ impl Provider {
                 format!("{what}: no CKA_VALUE (the private value)"),
             )
         })?;
-        // The scalar (big-endian, left-padded to 32 bytes) or the Ed25519
-        // seed (exactly 32 bytes), in locked memory.
+        // The scalar (big-endian, left-padded to the curve's length) or the
+        // Ed25519 seed (exactly 32 bytes), in locked memory.
+        let n = kt.key_len();
         let fits = match kt {
-            KeyType::Ed25519 => given.len() == 32,
-            _ => (1..=32).contains(&given.len()),
+            KeyType::Ed25519 => given.len() == n,
+            _ => (1..=n).contains(&given.len()),
         };
         if !fits {
             return Err(invalid(&format!(
                 "CKA_VALUE has {} bytes; a {kt} private value is {}",
                 given.len(),
                 if kt == KeyType::Ed25519 {
-                    "a 32-byte seed"
+                    "a 32-byte seed".to_string()
                 } else {
-                    "a scalar of at most 32 bytes"
+                    format!("a scalar of at most {n} bytes")
                 }
             )));
         }
-        let mut k = crate::secure::secret::<32>()?;
-        k.fill(0);
-        k[32 - given.len()..].copy_from_slice(&given);
+        let mut key = SecretBytes::with_capacity(n).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
+        key.push(&[0u8; 66][..n - given.len()]);
+        key.push(&given);
         drop(given);
-        let point = mechanisms::fingerprint(kt, &k).ok_or_else(|| {
+        let point = mechanisms::fingerprint(kt, &key).ok_or_else(|| {
             invalid(&format!(
                 "CKA_VALUE is not a valid {kt} private key (zero, or not below the curve's order)"
             ))
         })?;
         self.may_make(h, w.private)?;
-        let mut key =
-            SecretBytes::with_capacity(32).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
-        key.push(&k[..]);
         let obj = w.object(
             h,
             (obj_class, kind),

@@ -28,7 +28,7 @@ use crate::error::{attr_name, Error, Result};
 use crate::lifecycle;
 use crate::log;
 use crate::mechanisms::gcm::{self, GcmParams};
-use crate::mechanisms::{self, Hasher, ECDSA_SIG_LEN};
+use crate::mechanisms::{self, Hasher};
 use crate::mechanisms::{checkvalue, hmac, keywrap};
 use crate::objects::{self, Class, ObjectKey, Value, View, Which};
 use crate::store::{Asset, Refusal, Store, StoreError, Transition, Use};

@@ -116,7 +116,7 @@ impl SessionObjects {
 /// or a session key.
 #[derive(Clone)]
 pub(super) enum KeyRef {
-    Derived(Arc<Secret32>),
+    Derived(Arc<SecretBytes>),
     Session(Arc<SecretBytes>),
 }
 
@@ -837,7 +837,8 @@ impl Provider {
             Error::with(
                 CKR_CURVE_NOT_SUPPORTED,
                 format!(
-                    "{what}: CKA_EC_PARAMS names no supported curve (secp256k1, P-256, Ed25519)"
+                    "{what}: CKA_EC_PARAMS names no supported curve (secp256k1, P-256, P-384, \
+                     P-521, Ed25519)"
                 ),
             )
         })?;
@@ -857,15 +858,19 @@ impl Provider {
         let wp = wish(public, Class::Public, Kind::Ec(kt), what)?;
         let ws = wish(private, Class::Private, Kind::Ec(kt), what)?;
         self.may_make(h, ws.private)?;
+        // P-384 and P-521 scalars are 48 and 66 bytes (P-521's top 7 bits
+        // clear, as design §6.1 reads one).
+        let len = kt.key_len();
         let mut scalar =
-            SecretBytes::with_capacity(32).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
+            SecretBytes::with_capacity(len).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
         let point = loop {
             scalar.truncate(0);
-            self.backend.random(&mut scalar.spare()[..32])?;
-            scalar.grow(32);
-            let mut k = crate::secure::secret::<32>()?;
-            k.copy_from_slice(&scalar);
-            if let Some(p) = mechanisms::fingerprint(kt, &k) {
+            self.backend.random(&mut scalar.spare()[..len])?;
+            scalar.grow(len);
+            if kt == KeyType::P521 {
+                scalar[0] &= 0x01;
+            }
+            if let Some(p) = mechanisms::fingerprint(kt, &scalar) {
                 break p;
             }
         };

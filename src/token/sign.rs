@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::access::{Action, UseKind};
+use crate::secure::SecretBytes;
 
 /// How a signature mechanism treats its key and input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,12 +53,12 @@ impl Alg {
         }
     }
 
-    /// The length of a signature.
-    fn sig_len(self) -> usize {
+    /// The length of a signature by a `kt` key.
+    fn sig_len(self, kt: KeyType) -> usize {
         match self {
             Alg::Hmac(m) => hmac::hmac_len(m).unwrap_or(0),
             Alg::Recoverable => mechanisms::recoverable::RECOVERABLE_SIG_LEN,
-            Alg::Ecdsa => ECDSA_SIG_LEN,
+            Alg::Ecdsa => mechanisms::ecdsa_sig_len(kt),
             Alg::EdDsa => mechanisms::eddsa::EDDSA_SIG_LEN,
             Alg::Schnorr => mechanisms::schnorr::SCHNORR_SIG_LEN,
         }
@@ -94,7 +95,7 @@ pub(super) struct SignOp {
 
 impl SignOp {
     fn out_len(&self) -> usize {
-        self.alg.sig_len()
+        self.alg.sig_len(self.kt)
     }
 }
 
@@ -119,8 +120,16 @@ pub(super) struct VerifyOp {
 /// A recorded public key (or check value) and its MAC, verified.
 type VerifiedKey = (Vec<u8>, Option<Vec<u8>>);
 
-/// A cached key and when it was derived.
-type CachedKey = (Arc<Secret32>, std::time::Instant);
+/// A cached key and when it was derived: in the locked arena, of the
+/// asset type's length (16 to 66 bytes; a wrap subkey or chain code 32).
+type CachedKey = (Arc<SecretBytes>, std::time::Instant);
+
+/// A 32-byte secret moved into a locked buffer of the cache's kind.
+fn locked(s: Secret32) -> Result<SecretBytes> {
+    let mut b = SecretBytes::with_capacity(32).map_err(|m| Error::with(CKR_HOST_MEMORY, m))?;
+    b.push(&s[..]);
+    Ok(b)
+}
 
 /// Which key of an asset version: its key `K` (design §2), the AES key
 /// wrap subkey `W` derived beside it (`derive::WRAP_INFO`), so that key wrap
@@ -184,7 +193,7 @@ impl Provider {
     /// against the recorded public key (a store paired with the wrong root
     /// can never sign with keys nobody registered), and cached for
     /// `[cache] ttl_seconds` (or `ttl_ms`).
-    pub(super) fn asset_key(&self, view: &View, epoch: u64) -> Result<Arc<Secret32>> {
+    pub(super) fn asset_key(&self, view: &View, epoch: u64) -> Result<Arc<SecretBytes>> {
         self.purpose_key(view, epoch, Purpose::Key)
     }
 
@@ -196,7 +205,7 @@ impl Provider {
         view: &View,
         epoch: u64,
         purpose: Purpose,
-    ) -> Result<Arc<Secret32>> {
+    ) -> Result<Arc<SecretBytes>> {
         let slot = (view.asset.rowid, view.version, purpose);
         let ttl = self.config.cache.ttl();
         {
@@ -235,8 +244,8 @@ impl Provider {
         let key = Arc::new(keys.key);
         // The second key of the version: W of an AES key, CC of a key pair.
         let (second, other) = match (keys.wrap, keys.chain) {
-            (Some(w), _) => (Some(Arc::new(w)), Purpose::Wrap),
-            (None, Some(c)) => (Some(Arc::new(c)), Purpose::Chain),
+            (Some(w), _) => (Some(Arc::new(locked(w)?)), Purpose::Wrap),
+            (None, Some(c)) => (Some(Arc::new(locked(c)?)), Purpose::Chain),
             (None, None) => (None, Purpose::Wrap),
         };
         let wanted = match (purpose, &second) {
@@ -504,6 +513,9 @@ impl Provider {
         let key = op.key.bytes();
         let sig = match op.alg {
             Alg::Hmac(m) => hmac::hmac(m, key, digest)?,
+            Alg::Ecdsa if matches!(op.kt, KeyType::P384 | KeyType::P521) => {
+                mechanisms::wide_sign(op.kt, key, digest)?
+            }
             Alg::Ecdsa => mechanisms::ecdsa_sign(op.kt, key, digest)?.to_vec(),
             Alg::EdDsa => mechanisms::eddsa::ed25519_sign(key, digest)?.to_vec(),
             Alg::Recoverable => mechanisms::recoverable::recoverable_sign(key, digest)?.to_vec(),

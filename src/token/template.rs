@@ -173,8 +173,8 @@ impl KeyPairSpec {
                 CKR_CURVE_NOT_SUPPORTED,
                 format!(
                     "key pair generation for {label:?}: CKA_EC_PARAMS {} is not a supported curve; \
-                     use the named curve secp256k1, P-256 (prime256v1) or Ed25519 (OID \
-                     1.3.101.112, or the name edwards25519)",
+                     use the named curve secp256k1, P-256 (prime256v1), P-384 (secp384r1), \
+                     P-521 (secp521r1) or Ed25519 (OID 1.3.101.112, or the name edwards25519)",
                     crate::store::hex(params)
                 ),
             )
@@ -264,21 +264,26 @@ fn identity(class: Class, kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> V
         }
         CKA_KEY_TYPE => {
             let fits = match kt {
-                KeyType::Secp256k1 | KeyType::P256 => given == Some(CKK_EC),
-                KeyType::Ed25519 => given == Some(CKK_EC_EDWARDS),
-                KeyType::Aes256 => given == Some(CKK_AES),
+                // As it has been since it was written.
                 KeyType::HmacSha256 => matches!(given, Some(CKK_GENERIC_SECRET | CKK_SHA256_HMAC)),
+                kt => given == Some(objects::ckk_of(kt)),
             };
             (fits, Cannot::KeyType)
         }
-        // Derived secret keys are 32 bytes.
-        _ => (given == Some(32), Cannot::Length),
+        // Derived secret keys have their type's length.
+        _ => (given == Some(kt.key_len() as CK_ULONG), Cannot::Length),
     };
     if fits {
         Verdict::Fine
     } else {
         Verdict::Cannot(why)
     }
+}
+
+/// Whether keys of types `a` and `b` have the same uses (AES keys of any
+/// length; HMAC keys of any type).
+fn same_use(a: KeyType, b: KeyType) -> bool {
+    a == b || (a.is_aes() && b.is_aes()) || (a.is_mac() && b.is_mac())
 }
 
 /// The attribute table's verdict on `ty` = `value` in the template of a
@@ -306,8 +311,8 @@ fn verdict(class: Class, kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> Ve
         // The value every derived key has: honoured, not ignored.
         OnCreate::Fixed(_) => Verdict::Fine,
         OnCreate::Ignored => asked,
-        OnCreate::Use(k) if k == kt && !is_true => Verdict::Cannot(Cannot::Use),
-        OnCreate::Use(k) if k == kt => Verdict::Fine,
+        OnCreate::Use(k) if same_use(k, kt) && !is_true => Verdict::Cannot(Cannot::Use),
+        OnCreate::Use(k) if same_use(k, kt) => Verdict::Fine,
         OnCreate::Use(_) if is_true => Verdict::OtherUse,
         OnCreate::Use(_) => Verdict::Fine,
         OnCreate::Mechanisms => {
@@ -450,7 +455,7 @@ impl SecretKeySpec {
             let why = match why {
                 Cannot::Class => "to another class",
                 Cannot::KeyType => "to another key type",
-                Cannot::Length => "to a length other than 32",
+                Cannot::Length => "to another length than the mechanism's",
                 Cannot::Fixed(true) => "to false (pkcs11-tool: add --sensitive --private)",
                 Cannot::Fixed(false) => "to true",
                 Cannot::Use => "to false",
@@ -460,9 +465,10 @@ impl SecretKeySpec {
                 CKR_TEMPLATE_INCONSISTENT,
                 format!(
                     "{what} for {label:?}: the template sets {} {why} (derived secret keys \
-                     are private, sensitive, never extractable, 32 bytes, and {})",
+                     are private, sensitive, never extractable, {} bytes, and {})",
                     attr_name(ty),
-                    if kt == KeyType::Aes256 {
+                    kt.key_len(),
+                    if kt.is_aes() {
                         "encrypt/decrypt with AES-GCM"
                     } else {
                         "sign/verify with HMAC"
@@ -598,10 +604,10 @@ mod tests {
         let rv_of =
             |pu: &[TemplateAttr], pr: &[TemplateAttr]| rv(KeyPairSpec::from_templates(pu, pr));
         assert_eq!(rv_of(&public, &private), CKR_TEMPLATE_INCOMPLETE);
-        // secp384r1: not a curve of p11derive.
+        // secp224r1 (1.3.132.0.33): not a curve of p11derive.
         public.push((
             CKA_EC_PARAMS,
-            vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22],
+            vec![0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x21],
         ));
         assert_eq!(rv_of(&public, &private), CKR_CURVE_NOT_SUPPORTED);
         // id-Ed25519 is one (design §6.1).

@@ -215,8 +215,10 @@ Examples:
     Create {
         /// The asset's name (its CKA_LABEL; never reused once retired)
         name: String,
-        /// The key type
-        #[arg(long = "type", value_name = "TYPE", ignore_case = true)]
+        /// The key type: secp256k1, p256, p384, p521, ed25519, aes128, aes192, aes256,
+        /// hmac-sha256, generic-secret-L, sha1-hmac-L, sha224-hmac-L, sha256-hmac-L,
+        /// sha384-hmac-L, sha512-hmac-L (L: the key length in bytes, 16 to 64)
+        #[arg(long = "type", value_name = "TYPE", value_parser = parse_type)]
         key_type: TypeArg,
         /// The objects' CKA_ID, in hex (1 to 64 bytes) [default: derived from the name]
         #[arg(long, value_name = "HEX", value_parser = parse_object_id)]
@@ -448,31 +450,38 @@ Examples:
     },
 }
 
-/// `--type`: the names pkcs11-tool, OpenSSL and the design use.
-#[derive(Clone, Copy, ValueEnum)]
-pub enum TypeArg {
-    #[value(name = "secp256k1", alias = "k256")]
-    Secp256k1,
-    #[value(name = "p256", aliases = ["p-256", "prime256v1", "secp256r1"])]
-    P256,
-    #[value(name = "ed25519", alias = "edwards25519")]
-    Ed25519,
-    #[value(name = "aes256", aliases = ["aes-256", "aes"])]
-    Aes256,
-    #[value(name = "hmac-sha256", alias = "hmac")]
-    HmacSha256,
-}
+/// `--type`: an asset key type by its name (any case), or a name
+/// pkcs11-tool or OpenSSL use for it.
+#[derive(Clone, Copy)]
+pub struct TypeArg(KeyType);
 
 impl TypeArg {
     pub fn key_type(self) -> KeyType {
-        match self {
-            TypeArg::Secp256k1 => KeyType::Secp256k1,
-            TypeArg::P256 => KeyType::P256,
-            TypeArg::Ed25519 => KeyType::Ed25519,
-            TypeArg::Aes256 => KeyType::Aes256,
-            TypeArg::HmacSha256 => KeyType::HmacSha256,
-        }
+        self.0
     }
+}
+
+fn parse_type(given: &str) -> Result<TypeArg, String> {
+    let lower = given.to_ascii_lowercase();
+    let name = match lower.as_str() {
+        "k256" => "secp256k1",
+        "p-256" | "prime256v1" | "secp256r1" => "p256",
+        "p-384" | "secp384r1" => "p384",
+        "p-521" | "secp521r1" => "p521",
+        "edwards25519" => "ed25519",
+        "aes-256" | "aes" => "aes256",
+        "aes-128" => "aes128",
+        "aes-192" => "aes192",
+        "hmac" => "hmac-sha256",
+        other => other,
+    };
+    KeyType::from_name(name).map(TypeArg).ok_or_else(|| {
+        format!(
+            "{given:?} is not a key type: use secp256k1, p256, p384, p521, ed25519, aes128, \
+             aes192, aes256, hmac-sha256, generic-secret-L, sha1-hmac-L, sha224-hmac-L, \
+             sha256-hmac-L, sha384-hmac-L or sha512-hmac-L (L: 16 to 64 bytes)"
+        )
+    })
 }
 
 /// `verify --hash`.
@@ -535,6 +544,15 @@ mod tests {
             ("hmac-sha256", KeyType::HmacSha256),
             ("Ed25519", KeyType::Ed25519),
             ("edwards25519", KeyType::Ed25519),
+            ("secp384r1", KeyType::P384),
+            ("P521", KeyType::P521),
+            ("aes128", KeyType::Aes128),
+            ("AES-192", KeyType::Aes192),
+            ("generic-secret-48", KeyType::Generic(48)),
+            (
+                "sha384-hmac-48",
+                KeyType::Hmac(p11derive::types::HmacHash::Sha384, 48),
+            ),
         ] {
             let cli = Cli::try_parse_from(["p11derive", "asset", "create", "a", "--type", given])
                 .unwrap_or_else(|e| panic!("{given}: {e}"));

@@ -92,19 +92,19 @@ pub struct Words {
 
 pub fn words(kt: KeyType) -> Words {
     match kt {
-        KeyType::Aes256 => Words {
+        kt if kt.is_aes() => Words {
             produce: "encrypt",
             consume: "decrypt",
             held: "check value",
             consumes: "decrypts",
         },
-        KeyType::HmacSha256 => Words {
+        kt if kt.is_mac() => Words {
             produce: "sign",
             consume: "verify",
             held: "check value",
             consumes: "verifies",
         },
-        KeyType::Secp256k1 | KeyType::P256 | KeyType::Ed25519 => Words {
+        _ => Words {
             produce: "sign",
             consume: "verify",
             held: "public key",
@@ -289,7 +289,7 @@ pub fn version_status(a: &Asset, n: u32) -> &'static str {
         "current"
     } else if a.may_sign(n) {
         "grace"
-    } else if a.key_type == KeyType::Aes256 {
+    } else if a.key_type.is_aes() {
         "decrypt-only"
     } else {
         "verify-only"

@@ -3,7 +3,7 @@
 use clap::ValueEnum;
 use p11derive::derive::KeyType;
 use p11derive::mechanisms::eddsa::ed25519_verify;
-use p11derive::mechanisms::{ecdsa_verify, ECDSA_SIG_LEN};
+use p11derive::mechanisms::{ecdsa_sig_len, ecdsa_verify};
 use p11derive::store::hex;
 use sha2::Digest;
 
@@ -13,7 +13,7 @@ use crate::common::{failed, print_json, readable_store, unhex, Failure};
 
 /// A signature as raw `r || s`, from raw bytes or DER (`ECDSA-Sig-Value`).
 fn raw_signature(kt: KeyType, bytes: &[u8]) -> Option<Vec<u8>> {
-    if bytes.len() == ECDSA_SIG_LEN {
+    if bytes.len() == ecdsa_sig_len(kt) {
         return Some(bytes.to_vec());
     }
     match kt {
@@ -21,6 +21,12 @@ fn raw_signature(kt: KeyType, bytes: &[u8]) -> Option<Vec<u8>> {
             .ok()
             .map(|s| s.to_bytes().to_vec()),
         KeyType::P256 => p256::ecdsa::Signature::from_der(bytes)
+            .ok()
+            .map(|s| s.to_bytes().to_vec()),
+        KeyType::P384 => p384::ecdsa::Signature::from_der(bytes)
+            .ok()
+            .map(|s| s.to_bytes().to_vec()),
+        KeyType::P521 => p521::ecdsa::Signature::from_der(bytes)
             .ok()
             .map(|s| s.to_bytes().to_vec()),
         _ => None,
@@ -67,14 +73,14 @@ pub fn verify(cli: &Cli, v: &VerifyArgs) -> Result<(), Failure> {
         (None, None) => return Err(Failure::Usage("give --message FILE or --digest HEX".into())),
     };
     let secret = match a.key_type {
-        KeyType::HmacSha256 => Some(
-            "an HMAC key: its tags are checked by the token itself (C_Verify with \
-             CKM_SHA256_HMAC), each check audited",
+        kt if kt.is_mac() => Some(
+            "an HMAC key: its tags are checked by the token itself (C_Verify with its \
+             CKM_SHA*_HMAC mechanism), each check audited",
         ),
-        KeyType::Aes256 => {
+        kt if kt.is_aes() => {
             Some("an AES key: it makes no signatures (AES-GCM's tag is checked by C_Decrypt)")
         }
-        KeyType::Secp256k1 | KeyType::P256 | KeyType::Ed25519 => None,
+        _ => None,
     };
     if let Some(what) = secret {
         return Err(Failure::Refused(format!(
@@ -96,9 +102,9 @@ pub fn verify(cli: &Cli, v: &VerifyArgs) -> Result<(), Failure> {
             ));
         }
         failed(format!(
-            "{} holds neither a DER ECDSA signature nor a raw r||s of {ECDSA_SIG_LEN} bytes \
-             ({} bytes)",
+            "{} holds neither a DER ECDSA signature nor a raw r||s of {} bytes ({} bytes)",
             v.signature.display(),
+            ecdsa_sig_len(a.key_type),
             sig_bytes.len()
         ))
     })?;

@@ -14,13 +14,10 @@ pub fn xpub(cli: &Cli, name: &str, version: Option<u32>, path: Path) -> Result<(
     let config = load_config(cli)?;
     let store = open_store_read_only(&config)?;
     let a = find(&store, name)?;
-    if !matches!(
-        a.key_type,
-        KeyType::Secp256k1 | KeyType::P256 | KeyType::Ed25519
-    ) {
+    if !a.key_type.is_hd() {
         return Err(Failure::Refused(format!(
-            "asset {name:?} is {}, a secret key: only secp256k1, P-256 and Ed25519 assets have \
-             HD trees",
+            "asset {name:?} is {}: only secp256k1, P-256 and Ed25519 assets have HD trees \
+             (design §6.1)",
             a.key_type
         )));
     }
