@@ -10,6 +10,7 @@
 //! - [`gcm`]: AES-GCM; [`hmac`]: HMAC-SHA-2; [`keywrap`]: AES key wrap;
 //! - [`checkvalue`]: `CKA_CHECK_VALUE` of secret keys.
 
+pub mod aes_modes;
 pub mod checkvalue;
 pub mod digest;
 pub mod ecdsa;
