@@ -220,7 +220,7 @@ pub(crate) fn mech_names() -> impl Iterator<Item = &'static str> {
 const MECH_TABLES: [&[(CK_MECHANISM_TYPE, &str)]; 3] = [&MECH_NAMES, &ECDSA_NAMES, &HMAC_NAMES];
 
 /// The mechanisms named beside the ECDSA and HMAC ones.
-const MECH_NAMES: [(CK_MECHANISM_TYPE, &str); 16] = named!(
+const MECH_NAMES: [(CK_MECHANISM_TYPE, &str); 22] = named!(
     CKM_EC_KEY_PAIR_GEN,
     CKM_EC_EDWARDS_KEY_PAIR_GEN,
     CKM_EDDSA,
@@ -231,6 +231,12 @@ const MECH_NAMES: [(CK_MECHANISM_TYPE, &str); 16] = named!(
     CKM_AES_GCM,
     CKM_AES_KEY_WRAP,
     CKM_AES_KEY_WRAP_KWP,
+    CKM_AES_ECB,
+    CKM_AES_CBC,
+    CKM_AES_CBC_PAD,
+    CKM_AES_CTR,
+    CKM_AES_CMAC,
+    CKM_AES_CMAC_GENERAL,
     CKM_GENERIC_SECRET_KEY_GEN,
     CKM_SHA_1,
     CKM_SHA224,
@@ -285,7 +291,7 @@ mod tests {
             assert_eq!(mech_name(m), name);
             assert_eq!(mech_by_name(&name.to_ascii_lowercase()), Some(m));
         }
-        assert_eq!(mech_names().count(), 25);
+        assert_eq!(mech_names().count(), 31);
         assert_eq!(mech_by_name("CKM_ECDSA"), Some(CKM_ECDSA));
         assert_eq!(mech_by_name("ECDSA"), None);
         assert_eq!(mech_by_name("NO-SUCH-MECHANISM"), None);

@@ -39,6 +39,7 @@ mod digest;
 mod handles;
 mod hd;
 mod login;
+mod modes;
 mod ops;
 mod session;
 mod sign;
@@ -79,8 +80,8 @@ pub struct Session {
     sign: OpSlot<SignOp>,
     verify: OpSlot<VerifyOp>,
     digest: OpSlot<digest::DigestOp>,
-    encrypt: OpSlot<crypt::CryptOp>,
-    decrypt: OpSlot<crypt::CryptOp>,
+    encrypt: OpSlot<crypt::Crypt>,
+    decrypt: OpSlot<crypt::Crypt>,
 }
 
 /// The open sessions by handle.

@@ -332,7 +332,11 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
     };
     // The uses a key of this kind can have.
     let can = |ty| match kind {
-        Kind::Aes => matches!(ty, CKA_ENCRYPT | CKA_DECRYPT | CKA_WRAP | CKA_UNWRAP),
+        // AES keys sign and verify with AES-CMAC.
+        Kind::Aes => matches!(
+            ty,
+            CKA_ENCRYPT | CKA_DECRYPT | CKA_WRAP | CKA_UNWRAP | CKA_SIGN | CKA_VERIFY
+        ),
         Kind::Generic => matches!(ty, CKA_SIGN | CKA_VERIFY),
         Kind::Ec(_) => {
             ty == if class == Class::Private {

@@ -268,6 +268,11 @@ fn verdict(class: Class, kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> Ve
     let Some(rule) = objects::on_create(class, ty) else {
         return Verdict::Invalid;
     };
+    // AES keys sign and verify (AES-CMAC) as HMAC keys do.
+    let rule = match rule {
+        OnCreate::Use(KeyType::HmacSha256) if kt == KeyType::Aes256 => OnCreate::Use(kt),
+        rule => rule,
+    };
     match rule {
         OnCreate::Given => Verdict::Fine,
         OnCreate::Identity => identity(class, kt, ty, value),
