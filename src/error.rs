@@ -230,7 +230,7 @@ const HMAC_KEY_GEN_NAMES: [(CK_MECHANISM_TYPE, &str); 5] = named!(
 );
 
 /// The mechanisms named beside the ECDSA and HMAC ones.
-const MECH_NAMES: [(CK_MECHANISM_TYPE, &str); 16] = named!(
+const MECH_NAMES: [(CK_MECHANISM_TYPE, &str); 22] = named!(
     CKM_EC_KEY_PAIR_GEN,
     CKM_EC_EDWARDS_KEY_PAIR_GEN,
     CKM_EDDSA,
@@ -241,6 +241,12 @@ const MECH_NAMES: [(CK_MECHANISM_TYPE, &str); 16] = named!(
     CKM_AES_GCM,
     CKM_AES_KEY_WRAP,
     CKM_AES_KEY_WRAP_KWP,
+    CKM_AES_ECB,
+    CKM_AES_CBC,
+    CKM_AES_CBC_PAD,
+    CKM_AES_CTR,
+    CKM_AES_CMAC,
+    CKM_AES_CMAC_GENERAL,
     CKM_GENERIC_SECRET_KEY_GEN,
     CKM_SHA_1,
     CKM_SHA224,
@@ -300,7 +306,7 @@ mod tests {
             assert_eq!(mech_name(m), name);
             assert_eq!(mech_by_name(&name.to_ascii_lowercase()), Some(m));
         }
-        assert_eq!(mech_names().count(), 32);
+        assert_eq!(mech_names().count(), 37);
         assert_eq!(mech_by_name("CKM_ECDSA"), Some(CKM_ECDSA));
         assert_eq!(mech_by_name("ECDSA"), None);
         assert_eq!(mech_by_name("NO-SUCH-MECHANISM"), None);

@@ -130,8 +130,17 @@ impl Value {
 }
 
 /// The mechanisms an AES key of p11derive may be used with.
-pub const AES_MECHANISMS: [CK_MECHANISM_TYPE; 3] =
-    [CKM_AES_GCM, CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_KWP];
+pub const AES_MECHANISMS: [CK_MECHANISM_TYPE; 9] = [
+    CKM_AES_GCM,
+    CKM_AES_KEY_WRAP,
+    CKM_AES_KEY_WRAP_KWP,
+    CKM_AES_ECB,
+    CKM_AES_CBC,
+    CKM_AES_CBC_PAD,
+    CKM_AES_CTR,
+    CKM_AES_CMAC,
+    CKM_AES_CMAC_GENERAL,
+];
 
 /// The mechanisms an `aes128` or `aes192` asset may be used with (key wrap
 /// uses the wrap subkey only `aes256` assets have).
@@ -720,11 +729,12 @@ static ATTRIBUTES: &[Attribute] = &[
     attr(CKA_DECRYPT, SEC, Use(KeyType::Aes256), |v| {
         Some(Value::Bool(v.is_aes() && v.may_verify()))
     }),
+    // AES keys sign and verify too: AES-CMAC.
     attr(CKA_SIGN, SEC, Use(KeyType::HmacSha256), |v| {
-        Some(Value::Bool(v.is_hmac() && v.may_sign()))
+        Some(Value::Bool((v.is_hmac() || v.is_aes()) && v.may_sign()))
     }),
     attr(CKA_VERIFY, SEC, Use(KeyType::HmacSha256), |v| {
-        Some(Value::Bool(v.is_hmac() && v.may_verify()))
+        Some(Value::Bool((v.is_hmac() || v.is_aes()) && v.may_verify()))
     }),
     attr(CKA_WRAP, SEC, Ignored, |v| {
         Some(Value::Bool(v.wraps() && v.may_sign()))
@@ -900,7 +910,17 @@ mod tests {
         assert_eq!(mechanisms_of(KeyType::Ed25519), [0x1057, hd]);
         assert_eq!(
             mechanisms_of(KeyType::Aes256),
-            [CKM_AES_GCM, CKM_AES_KEY_WRAP, CKM_AES_KEY_WRAP_KWP]
+            [
+                CKM_AES_GCM,
+                CKM_AES_KEY_WRAP,
+                CKM_AES_KEY_WRAP_KWP,
+                CKM_AES_ECB,
+                CKM_AES_CBC,
+                CKM_AES_CBC_PAD,
+                CKM_AES_CTR,
+                CKM_AES_CMAC,
+                CKM_AES_CMAC_GENERAL
+            ]
         );
         let hmacs = [
             CKM_SHA256_HMAC,

@@ -24,10 +24,6 @@ macro_rules! entry_points {
         entry_points!(@fn in_out_call(h: CK_SESSION_HANDLE, p_in: CK_BYTE_PTR, in_len: CK_ULONG,
             p_out: CK_BYTE_PTR, pul_out: CK_ULONG_PTR) $($item)+);
     };
-    (@update $($item:tt)+) => {
-        entry_points!(@fn crypt_update(h: CK_SESSION_HANDLE, p_in: CK_BYTE_PTR, in_len: CK_ULONG,
-            p_out: CK_BYTE_PTR, pul_out: CK_ULONG_PTR) $($item)+);
-    };
     (@input $($item:tt)+) => {
         entry_points!(@fn in_call(h: CK_SESSION_HANDLE, p_in: CK_BYTE_PTR, in_len: CK_ULONG)
             $($item)+);
@@ -154,28 +150,5 @@ pub(super) fn out_call(
     with_provider(name, |p| {
         // SAFETY: caller's output buffer.
         unsafe { output(p_out, pul_out, || f(p, h, None), |o| f(p, h, Some(o))) }
-    })
-}
-
-/// `C_EncryptUpdate`, `C_DecryptUpdate`: GCM keeps the parts and returns no
-/// output until the final call. A null output buffer is a length query
-/// (zero), which leaves the input unconsumed, as for every other call.
-pub(super) fn crypt_update(
-    name: &'static str,
-    h: CK_SESSION_HANDLE,
-    p_in: CK_BYTE_PTR,
-    in_len: CK_ULONG,
-    p_out: CK_BYTE_PTR,
-    pul_out: CK_ULONG_PTR,
-    f: fn(&Provider, CK_SESSION_HANDLE, &[u8], bool) -> Result<usize>,
-) -> CK_RV {
-    with_provider(name, |p| {
-        // SAFETY: caller's input buffer and output length.
-        unsafe {
-            let input = bytes(p_in, in_len)?;
-            let out_len = out(pul_out)?;
-            *out_len = f(p, h, input, !p_out.is_null())? as CK_ULONG;
-        }
-        Ok(())
     })
 }

@@ -7,9 +7,11 @@
 //!   Ethereum's `ecrecover` takes it);
 //! - [`schnorr`]: BIP-340 Schnorr signatures over secp256k1;
 //! - [`digest`]: SHA-1 and SHA-2 digests;
-//! - [`gcm`]: AES-GCM; [`hmac`]: HMAC-SHA-2; [`keywrap`]: AES key wrap;
+//! - [`gcm`]: AES-GCM; [`aes_modes`]: AES-ECB, -CBC, -CBC-PAD, -CTR and
+//!   -CMAC; [`hmac`]: HMAC-SHA-2; [`keywrap`]: AES key wrap;
 //! - [`checkvalue`]: `CKA_CHECK_VALUE` of secret keys.
 
+pub mod aes_modes;
 pub mod checkvalue;
 pub mod digest;
 pub mod ecdsa;
@@ -103,6 +105,13 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
         ulMaxKeySize: 4096,
         flags: sv,
     };
+    // AES keys of 16, 24 or 32 bytes (session keys; derived assets of
+    // the lengths their types have).
+    let aes = |flags| CK_MECHANISM_INFO {
+        ulMinKeySize: 16,
+        ulMaxKeySize: 32,
+        flags,
+    };
     vec![
         (CKM_EC_KEY_PAIR_GEN, ec(CKF_GENERATE_KEY_PAIR)),
         (CKM_ECDSA, ec(sv)),
@@ -160,6 +169,12 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
                 flags: CKF_ENCRYPT | CKF_DECRYPT,
             },
         ),
+        (CKM_AES_ECB, aes(CKF_ENCRYPT | CKF_DECRYPT)),
+        (CKM_AES_CBC, aes(CKF_ENCRYPT | CKF_DECRYPT)),
+        (CKM_AES_CBC_PAD, aes(CKF_ENCRYPT | CKF_DECRYPT)),
+        (CKM_AES_CTR, aes(CKF_ENCRYPT | CKF_DECRYPT)),
+        (CKM_AES_CMAC, aes(sv)),
+        (CKM_AES_CMAC_GENERAL, aes(sv)),
         (
             CKM_GENERIC_SECRET_KEY_GEN,
             CK_MECHANISM_INFO {

@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 use super::*;
 use crate::access::{Action, UseKind};
 use crate::types::HmacHash;
+use crate::mechanisms::aes_modes::Mode;
 
 /// An encryption or decryption in progress.
 pub(super) struct CryptOp {
@@ -53,8 +54,22 @@ fn append_wiped(buf: &mut Zeroizing<Vec<u8>>, data: &[u8]) {
     buf.extend_from_slice(data);
 }
 
+/// What runs in a session's encryption or decryption slot: AES-GCM, or
+/// one of the block modes (`modes.rs`).
+pub(super) enum Crypt {
+    Gcm(CryptOp),
+    Block(modes::BlockOp),
+}
+
+fn gcm_op(op: &mut Crypt) -> Result<&mut CryptOp> {
+    match op {
+        Crypt::Gcm(g) => Ok(g),
+        Crypt::Block(_) => Err(Error::rv(CKR_OPERATION_NOT_INITIALIZED)),
+    }
+}
+
 /// The session's encryption or decryption slot.
-fn crypt_slot(s: &mut Session, encrypting: bool) -> &mut OpSlot<CryptOp> {
+pub(super) fn crypt_slot(s: &mut Session, encrypting: bool) -> &mut OpSlot<Crypt> {
     if encrypting {
         &mut s.encrypt
     } else {
@@ -71,6 +86,9 @@ pub(super) struct AesKeys {
     pub(super) name: String,
     /// A session key's used GCM IVs.
     pub(super) ivs: Option<session::UsedIvs>,
+    /// A public session key (`CKA_PRIVATE` false, its value the caller's):
+    /// usable in a public session, as PKCS#11 has it (block modes).
+    pub(super) public: bool,
 }
 
 /// The mechanism must be one the object's key type supports.
@@ -268,9 +286,10 @@ impl Provider {
         producing: bool,
         epoch: u64,
     ) -> Result<AesKeys> {
-        let what = match (mech, producing) {
-            (CKM_AES_GCM, true) => "encrypt",
-            (CKM_AES_GCM, false) => "decrypt",
+        let block_mode = Mode::of(mech).is_some();
+        let what = match (mech == CKM_AES_GCM || block_mode, producing) {
+            (true, true) => "encrypt",
+            (true, false) => "decrypt",
             (_, true) => "wrap",
             (_, false) => "unwrap",
         };
@@ -288,6 +307,7 @@ impl Provider {
                 keys: vec![(0, obj.key_ref()?)],
                 name: obj.name(),
                 ivs: Some(obj.ivs.clone()),
+                public: !obj.private && obj.hd.is_none(),
             });
         }
         let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;
@@ -313,12 +333,14 @@ impl Provider {
             return Err(Error::with(CKR_KEY_FUNCTION_NOT_PERMITTED, why));
         }
         // Key wrap uses the version's wrap subkey, never the GCM key K.
-        let purpose = if mech == CKM_AES_GCM {
+        // The block modes use a subkey of K (`modes.rs`).
+        let purpose = if mech == CKM_AES_GCM || block_mode {
             Purpose::Key
         } else {
             Purpose::Wrap
         };
-        let keys = if producing {
+        // Block modes have no tag to try keys with: the object's own version.
+        let keys = if producing || block_mode {
             self.live(epoch)?;
             let key = self.purpose_key(&view, epoch, purpose)?;
             vec![(view.version, KeyRef::Derived(key))]
@@ -330,6 +352,7 @@ impl Provider {
             keys,
             name: asset.id.to_string(),
             ivs: None,
+            public: false,
         })
     }
 
@@ -368,6 +391,9 @@ impl Provider {
         key: CK_OBJECT_HANDLE,
         encrypting: bool,
     ) -> Result<()> {
+        if Mode::of(mech.ty).is_some() {
+            return self.block_init(h, mech, key, encrypting);
+        }
         let session = self.idle_session(h, |s| crypt_slot(s, encrypting))?;
         if mech.ty != CKM_AES_GCM {
             return Err(Error::rv(CKR_MECHANISM_INVALID));
@@ -404,7 +430,24 @@ impl Provider {
         let slot = crypt_slot(&mut s, encrypting);
         slot.ensure_idle()?;
         self.live(op.epoch)?;
-        slot.start(op)
+        slot.start(Crypt::Gcm(op))
+    }
+
+    /// Whether the session's running encryption (decryption) is one of the
+    /// block modes.
+    fn block_running(&self, h: CK_SESSION_HANDLE, encrypting: bool) -> Result<bool> {
+        self.in_session(h, |s| {
+            crypt_slot(s, encrypting).with(|op| Ok(matches!(op, Crypt::Block(_))))
+        })
+    }
+
+    /// Ends the running encryption (decryption), if any: a call refused
+    /// before it reached the operation (bad arguments) ends it too.
+    pub fn crypt_end(&self, h: CK_SESSION_HANDLE, encrypting: bool) {
+        let _ = self.in_session(h, |s| {
+            crypt_slot(s, encrypting).end();
+            Ok(())
+        });
     }
 
     /// The output length of finishing with `more` further bytes of input.
@@ -440,6 +483,7 @@ impl Provider {
     ) -> Result<usize> {
         let done = self.in_session(h, |s| {
             crypt_slot(s, encrypting).finish(out, |op| {
+                let op = gcm_op(op)?;
                 self.live(op.epoch)?;
                 if single && op.multi {
                     return Err(Error::rv(CKR_OPERATION_ACTIVE));
@@ -447,9 +491,12 @@ impl Provider {
                 Self::crypt_len(op, data.len(), encrypting)
             })
         })?;
-        let (mut op, out) = match done {
+        let (op, out) = match done {
             Output::Length(len) => return Ok(len),
             Output::Ready(op, out) => (op, out),
+        };
+        let Crypt::Gcm(mut op) = op else {
+            return Err(Error::rv(CKR_OPERATION_NOT_INITIALIZED));
         };
         append_wiped(&mut op.data, data);
         op.audit.input.update(data);
@@ -571,6 +618,7 @@ impl Provider {
     ) -> Result<usize> {
         self.in_session(h, |s| {
             crypt_slot(s, encrypting).with(|op| {
+                let op = gcm_op(op)?;
                 self.live(op.epoch)?;
                 if consume {
                     // The parts are kept until the final call: refuse, before
@@ -597,20 +645,27 @@ impl Provider {
         data: &[u8],
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
+        if self.block_running(h, encrypting)? {
+            return self.block_finish(h, data, out, encrypting, true);
+        }
         self.crypt_finish(h, data, out, encrypting, true)
     }
 
-    /// `C_EncryptUpdate` (`encrypting`) or `C_DecryptUpdate`: the parts are
-    /// kept, all output comes at the end (a decryption releases nothing
-    /// before the tag is checked).
+    /// `C_EncryptUpdate` (`encrypting`) or `C_DecryptUpdate`; `out` `None`
+    /// asks for the output length. GCM keeps the parts, all its output comes
+    /// at the end (a decryption releases nothing before the tag is
+    /// checked); the block modes release the blocks each part completes.
     pub fn crypt_part(
         &self,
         h: CK_SESSION_HANDLE,
         encrypting: bool,
         data: &[u8],
-        consume: bool,
+        out: Option<&mut [u8]>,
     ) -> Result<usize> {
-        self.crypt_update(h, data, encrypting, consume)
+        if self.block_running(h, encrypting)? {
+            return self.block_update(h, encrypting, data, out);
+        }
+        self.crypt_update(h, data, encrypting, out.is_some())
     }
 
     /// `C_EncryptFinal` (`encrypting`) or `C_DecryptFinal`.
@@ -620,6 +675,9 @@ impl Provider {
         encrypting: bool,
         out: Option<&mut [u8]>,
     ) -> Result<usize> {
+        if self.block_running(h, encrypting)? {
+            return self.block_finish(h, &[], out, encrypting, false);
+        }
         self.crypt_finish(h, &[], out, encrypting, false)
     }
 }

@@ -41,6 +41,7 @@ mod hd;
 mod import;
 mod login;
 mod modify;
+mod modes;
 mod ops;
 mod session;
 mod session_data;
@@ -82,8 +83,8 @@ pub struct Session {
     sign: OpSlot<SignOp>,
     verify: OpSlot<VerifyOp>,
     digest: OpSlot<digest::DigestOp>,
-    encrypt: OpSlot<crypt::CryptOp>,
-    decrypt: OpSlot<crypt::CryptOp>,
+    encrypt: OpSlot<crypt::Crypt>,
+    decrypt: OpSlot<crypt::Crypt>,
 }
 
 /// The open sessions by handle.

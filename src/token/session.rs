@@ -504,7 +504,11 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
 /// Whether a key of `class` and `kind` can have the use `ty` (`CKA_SIGN`…).
 pub(super) fn can_use(class: Class, kind: Kind, ty: CK_ATTRIBUTE_TYPE) -> bool {
     match kind {
-        Kind::Aes => matches!(ty, CKA_ENCRYPT | CKA_DECRYPT | CKA_WRAP | CKA_UNWRAP),
+        // AES keys sign and verify with AES-CMAC.
+        Kind::Aes => matches!(
+            ty,
+            CKA_ENCRYPT | CKA_DECRYPT | CKA_WRAP | CKA_UNWRAP | CKA_SIGN | CKA_VERIFY
+        ),
         Kind::Generic => matches!(ty, CKA_SIGN | CKA_VERIFY),
         Kind::Ec(_) => {
             ty == if class == Class::Private {

@@ -5,6 +5,7 @@
 use super::*;
 use crate::access::{Action, UseKind};
 use crate::secure::SecretBytes;
+use crate::mechanisms::aes_modes;
 
 /// How a signature mechanism treats its key and input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +14,9 @@ pub(super) enum Alg {
     Ecdsa,
     /// HMAC with a secret key.
     Hmac(CK_MECHANISM_TYPE),
+    /// AES-CMAC with an AES key (a derived one's CMAC subkey), the MAC
+    /// cut to this many bytes.
+    Cmac(usize),
     /// Pure Ed25519 over the whole message.
     EdDsa,
     /// Recoverable ECDSA over a 32-byte digest: `r || s || v`.
@@ -28,6 +32,9 @@ impl Alg {
     fn of(mech: &Mechanism) -> Result<(Alg, Option<Hasher>, bool)> {
         let alg = match mech.ty {
             m if hmac::hmac_len(m).is_some() => Alg::Hmac(m),
+            CKM_AES_CMAC | CKM_AES_CMAC_GENERAL => {
+                Alg::Cmac(aes_modes::cmac_len(mech.ty, &mech.param)?)
+            }
             CKM_EDDSA => Alg::EdDsa,
             CKM_P11DERIVE_ECDSA_RECOVERABLE => Alg::Recoverable,
             CKM_P11DERIVE_BIP340 => Alg::Schnorr,
@@ -39,16 +46,17 @@ impl Alg {
         };
         if alg == Alg::EdDsa {
             mechanisms::eddsa::check_eddsa_param(&mech.param)?;
-        } else if !mech.param.is_empty() {
+        } else if !matches!(alg, Alg::Cmac(_)) && !mech.param.is_empty() {
             return Err(Error::rv(CKR_MECHANISM_PARAM_INVALID));
         }
-        let whole = matches!(alg, Alg::Hmac(_) | Alg::EdDsa | Alg::Schnorr);
+        let whole = matches!(alg, Alg::Hmac(_) | Alg::Cmac(_) | Alg::EdDsa | Alg::Schnorr);
         Ok((alg, hasher, whole))
     }
 
     fn hmac(self) -> Option<CK_MECHANISM_TYPE> {
         match self {
             Alg::Hmac(m) => Some(m),
+            Alg::Cmac(_) => Some(CKM_AES_CMAC),
             _ => None,
         }
     }
@@ -57,6 +65,7 @@ impl Alg {
     fn sig_len(self, kt: KeyType) -> usize {
         match self {
             Alg::Hmac(m) => hmac::hmac_len(m).unwrap_or(0),
+            Alg::Cmac(len) => len,
             Alg::Recoverable => mechanisms::recoverable::RECOVERABLE_SIG_LEN,
             Alg::Ecdsa => mechanisms::ecdsa_sig_len(kt),
             Alg::EdDsa => mechanisms::eddsa::EDDSA_SIG_LEN,
@@ -71,7 +80,28 @@ impl Alg {
             Alg::EdDsa => mechanisms::eddsa::ed25519_verify(point, input, sig),
             Alg::Recoverable => mechanisms::recoverable::recoverable_verify(point, input, sig),
             Alg::Schnorr => mechanisms::schnorr::schnorr_verify(point, input, sig),
-            Alg::Hmac(_) => Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),
+            Alg::Hmac(_) | Alg::Cmac(_) => Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),
+        }
+    }
+
+    /// Verifies a MAC (HMAC or CMAC) with one secret key.
+    fn mac_verify(self, key: &[u8], msg: &[u8], sig: &[u8]) -> Result<()> {
+        match self {
+            Alg::Hmac(m) => hmac::hmac_verify(m, key, msg, sig),
+            Alg::Cmac(len) => aes_modes::cmac_verify(key, msg, len, sig),
+            _ => Err(Error::rv(CKR_KEY_TYPE_INCONSISTENT)),
+        }
+    }
+
+    /// The key a MAC uses: a derived AES key's CMAC subkey (design:
+    /// `aes_modes::subkey`), any other key as it is.
+    fn mac_key(self, key: KeyRef, derived: bool) -> Result<KeyRef> {
+        match self {
+            Alg::Cmac(_) if derived => Ok(KeyRef::Session(Arc::new(aes_modes::subkey(
+                key.bytes(),
+                aes_modes::CMAC_INFO,
+            )?))),
+            _ => Ok(key),
         }
     }
 }
@@ -410,7 +440,7 @@ impl Provider {
             asset: Some(asset.rowid),
             version: view.version,
             kt: asset.key_type,
-            key: KeyRef::Derived(key),
+            key: alg.mac_key(KeyRef::Derived(key), true)?,
             alg,
             msg,
             audit: OpAudit::new(h, asset.id.to_string(), false, mech.ty),
@@ -516,6 +546,7 @@ impl Provider {
             Alg::Ecdsa if matches!(op.kt, KeyType::P384 | KeyType::P521) => {
                 mechanisms::wide_sign(op.kt, key, digest)?
             }
+            Alg::Cmac(len) => aes_modes::cmac(key, digest, len)?,
             Alg::Ecdsa => mechanisms::ecdsa_sign(op.kt, key, digest)?.to_vec(),
             Alg::EdDsa => mechanisms::eddsa::ed25519_sign(key, digest)?.to_vec(),
             Alg::Recoverable => mechanisms::recoverable::recoverable_sign(key, digest)?.to_vec(),
@@ -631,7 +662,12 @@ impl Provider {
                 self.permit(h, Action::Use(UseKind::Verify), Some(name), Some(mech.ty))?;
                 self.check_policy(h, UseKind::Verify, name, Some(view.version), mech.ty)?;
                 let epoch = self.login.epoch();
-                Some((m, epoch, self.opening_keys(&view, epoch, Purpose::Key)?))
+                let keys = self.opening_keys(&view, epoch, Purpose::Key)?;
+                let keys = keys
+                    .into_iter()
+                    .map(|(v, k)| Ok((v, alg.mac_key(k, true)?)))
+                    .collect::<Result<_>>()?;
+                Some((m, epoch, keys))
             }
             None => None,
         };
@@ -703,9 +739,9 @@ impl Provider {
         let Some(rowid) = op.asset else {
             // A session key: no asset state to honour.
             return match &op.hmac {
-                Some((mech, epoch, keys)) => {
+                Some((_, epoch, keys)) => {
                     self.live(*epoch)?;
-                    hmac::hmac_verify(*mech, keys[0].1.bytes(), digest, sig).map(|_| 0)
+                    op.alg.mac_verify(keys[0].1.bytes(), digest, sig).map(|_| 0)
                 }
                 None => op
                     .alg
@@ -721,10 +757,10 @@ impl Provider {
         if !op.points.iter().any(|(v, _)| asset.is_usable(*v)) {
             return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
         }
-        if let Some((mech, epoch, keys)) = &op.hmac {
+        if let Some((_, epoch, keys)) = &op.hmac {
             self.live(*epoch)?;
             return self.open_with(&asset, keys, |key| {
-                hmac::hmac_verify(*mech, key.bytes(), digest, sig)
+                op.alg.mac_verify(key.bytes(), digest, sig)
             });
         }
         self.open_with(&asset, &op.points, |point| {

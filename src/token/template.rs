@@ -304,6 +304,11 @@ fn verdict(class: Class, kt: KeyType, ty: CK_ATTRIBUTE_TYPE, value: &[u8]) -> Ve
     if ty == CKA_DERIVE && is_true && derives {
         return Verdict::Fine;
     }
+    // AES keys sign and verify (AES-CMAC) as HMAC keys do.
+    let rule = match rule {
+        OnCreate::Use(KeyType::HmacSha256) if kt.is_aes() => OnCreate::Use(kt),
+        rule => rule,
+    };
     match rule {
         OnCreate::Given => Verdict::Fine,
         OnCreate::Identity => identity(class, kt, ty, value),
