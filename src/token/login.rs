@@ -37,6 +37,11 @@ pub(super) struct LoginState {
     /// Users mode: who logged in, as their row was at this verified state
     /// change (read again once the ledger moves).
     pub(super) caller: Mutex<Option<HeldCaller>>,
+    /// The login that closing the application's last session ended without
+    /// the backing HSM's part (moving the rollback anchor, the backing
+    /// logout): done by the next `C_Login` or `C_Finalize` (see
+    /// `settle_closed_login`).
+    closed: Mutex<Option<Login>>,
 }
 
 impl Default for LoginState {
@@ -46,6 +51,7 @@ impl Default for LoginState {
             epoch: AtomicU64::new(0),
             change: Mutex::new(()),
             caller: Mutex::new(None),
+            closed: Mutex::new(None),
         }
     }
 }
@@ -116,6 +122,9 @@ impl Provider {
         if wanted == Login::So && self.read_only_sessions_exist() {
             return Err(Error::rv(CKR_SESSION_READ_ONLY_EXISTS));
         }
+        // Before the PIN reaches the HSM: a backing login still open would
+        // accept any PIN (CKR_USER_ALREADY_LOGGED_IN).
+        self.settle_closed_login();
         if self.users_mode() {
             let (name, secret) = crate::accounts::split_login(pin).unwrap_or(("", pin));
             let (outcome, delay) = self.finish_named_login(h, wanted, name, secret);
@@ -425,24 +434,71 @@ impl Provider {
 
     /// PKCS#11 logs out when the application's last session closes; decided
     /// under the login lock so a concurrent open-and-login is not undone.
+    ///
+    /// Makes no backing HSM call: applications close their sessions from
+    /// exit handlers and destructors (OpenSSL's cleanup through
+    /// pkcs11-provider or libp11), when the backing module may already be
+    /// torn down. The anchor's move and the backing logout wait for the
+    /// next `C_Login` or `C_Finalize` (`settle_closed_login`); until then
+    /// nothing is derived (the provider's login has ended) and the PIN is
+    /// forgotten now.
     pub(super) fn end_login_if_idle(&self) {
         let _serial = lock(&self.login.change);
         if self.sessions.read().is_empty() {
-            self.end_login_locked();
+            let who = self.login_state();
+            if who == Login::None {
+                return;
+            }
+            self.end_login_state();
+            self.backend.forget_pin();
+            let mut closed = lock(&self.login.closed);
+            // A user login left unanchored stays owed through a later SO one.
+            if *closed != Some(Login::User) {
+                *closed = Some(who);
+            }
         }
     }
 
-    /// The logout itself; the caller holds `login.change`. The state flips and
-    /// the epoch moves *before* keys are wiped, so an operation initialized
-    /// concurrently either sees the logout or is wiped here (see `start_sign`
-    /// and `crypt_init`).
-    fn end_login_locked(&self) {
-        if self.login_state() == Login::None {
+    /// The backing HSM's part of a login that closing the last session
+    /// ended: the rollback anchor moved to the records that login made
+    /// (checked first against what this process saw, as at every move),
+    /// then the backing logout. Called with `login.change` held, by
+    /// `C_Login` before the PIN is checked and by `C_Finalize`.
+    pub(super) fn settle_closed_login(&self) {
+        let Some(who) = lock(&self.login.closed).take() else {
             return;
-        }
-        if self.login_state() == Login::User {
+        };
+        if who == Login::User {
             self.advance_anchor();
         }
+        self.end_backing_login();
+    }
+
+    /// `C_Finalize`: settles a login closed with the last session.
+    pub(super) fn settle_at_finalize(&self) {
+        let _serial = lock(&self.login.change);
+        self.settle_closed_login();
+    }
+
+    /// The logout itself; the caller holds `login.change`. The anchor moves
+    /// first, while the backing login can still write it.
+    fn end_login_locked(&self) {
+        let who = self.login_state();
+        if who == Login::None {
+            return;
+        }
+        if who == Login::User {
+            self.advance_anchor();
+        }
+        self.end_login_state();
+        self.end_backing_login();
+    }
+
+    /// The provider's side of a logout: no backing HSM call. The state flips
+    /// and the epoch moves *before* keys are wiped, so an operation
+    /// initialized concurrently either sees the logout or is wiped here (see
+    /// `start_sign` and `crypt_init`).
+    fn end_login_state(&self) {
         self.login.who.store(Login::None as u8, Ordering::SeqCst);
         self.login.epoch.fetch_add(1, Ordering::SeqCst);
         for s in self.sessions.read().values() {
@@ -458,6 +514,11 @@ impl Provider {
         self.keys.clear();
         self.drop_private_children(|_| true);
         *lock(&self.login.caller) = None;
+    }
+
+    /// Ends the backing login (pass-through mode; users mode keeps the
+    /// service credential's).
+    fn end_backing_login(&self) {
         if self.users_mode() {
             // The service credential's backing login stays: records are
             // still MACed, and the next user's login needs it.
