@@ -725,10 +725,10 @@ fn a_signer_does_not_anchor_a_chain_cut_before_its_logout() {
     );
 }
 
-/// A signer returns three signatures and closes its last session (the
-/// implicit logout, which makes no backing HSM call: the anchor's move
-/// waits for `C_Finalize` or the next login). The records of those
-/// signatures are then cut from the tail, once after `C_Finalize` and once
+/// A signer returns three signatures within the anchor interval and closes
+/// its last session (the implicit logout, which leaves the backing logout
+/// for later but not the anchor's move those records are owed). Their
+/// records are then cut from the tail, once after `C_Finalize` and once
 /// between the close and `C_Finalize`: either way the anchor must still
 /// show them missing, to a new process or to `audit verify`.
 #[test]
@@ -742,7 +742,7 @@ fn records_of_a_signer_that_closed_its_last_session_cannot_be_cut_unnoticed() {
         // The first signature moves the anchor (it is older than the
         // interval); the copy taken after it holds what the anchor holds,
         // and the next three, within the interval, are anchored only by
-        // the move the close leaves owed.
+        // the close (or, failing that, C_Finalize).
         try_sign(&session, "a").expect("a signs");
         let before = s.dir.join("before.db");
         backup(&s.store, &before);

@@ -76,6 +76,10 @@ pub(super) struct AuditState {
     key: Mutex<Option<Arc<Secret32>>>,
     /// When the rollback anchor was last advanced (ms since the epoch).
     anchored_at_ms: AtomicU64,
+    /// Whether this process committed records since the anchor last moved
+    /// (set after every commit, cleared when a move starts): what closing
+    /// the last session must still anchor.
+    unanchored: std::sync::atomic::AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -342,7 +346,9 @@ impl Provider {
             log::info("anchor: not moved: the process is exiting (the next login moves it)");
             return;
         }
+        self.audit.unanchored.store(false, Ordering::SeqCst);
         if let Err(e) = lifecycle::advance_anchor(&self.store, &self.backend, periodic) {
+            self.audit.unanchored.store(true, Ordering::SeqCst);
             log::warn(&format!("anchor: {e}"));
         }
     }
@@ -352,8 +358,10 @@ impl Provider {
     /// leaves, so that a store copy put back cannot offer them again.
     pub(super) fn anchor_now(&self) -> Result<()> {
         self.audit.anchored_at_ms.store(now_ms(), Ordering::Relaxed);
+        self.audit.unanchored.store(false, Ordering::SeqCst);
         crate::backend::anchoring(|| lifecycle::advance_anchor(&self.store, &self.backend, false))
             .map_err(|e| {
+                self.audit.unanchored.store(true, Ordering::SeqCst);
                 Error::with(
                     CKR_DEVICE_ERROR,
                     format!(
@@ -369,6 +377,7 @@ impl Provider {
     /// cannot be cut from the log unnoticed for longer than that. One caller
     /// per interval wins the race and pays for the HSM write.
     pub(super) fn anchor_if_stale(&self) {
+        self.audit.unanchored.store(true, Ordering::SeqCst);
         let last = self.audit.anchored_at_ms.load(Ordering::Relaxed);
         let now = now_ms();
         if now.saturating_sub(last) < self.config.store.anchor_interval_ms {
@@ -398,6 +407,7 @@ impl Provider {
         self.store
             .record(ak.as_deref(), rec)
             .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("audit record not written: {e}")))?;
+        self.audit.unanchored.store(true, Ordering::SeqCst);
         if ak.is_some() && (self.login_state() == Login::User || self.users_mode()) {
             self.anchor_if_stale();
         }
@@ -435,19 +445,28 @@ impl Provider {
     /// PKCS#11 logs out when the application's last session closes; decided
     /// under the login lock so a concurrent open-and-login is not undone.
     ///
-    /// Makes no backing HSM call: applications close their sessions from
-    /// exit handlers and destructors (OpenSSL's cleanup through
-    /// pkcs11-provider or libp11), when the backing module may already be
-    /// torn down. The anchor's move and the backing logout wait for the
-    /// next `C_Login` or `C_Finalize` (`settle_closed_login`); until then
-    /// nothing is derived (the provider's login has ended) and the PIN is
-    /// forgotten now.
+    ///
+    /// Applications close their sessions from exit handlers and destructors
+    /// (OpenSSL's cleanup through pkcs11-provider or libp11), when the
+    /// backing module may be torn down, so the backing HSM is called only
+    /// for what cannot wait: the anchor's move, when the login committed
+    /// records the anchor does not hold yet (a process may `_exit` or be
+    /// killed right after, and a move left for later would leave those
+    /// records cuttable), and never once the process runs its exit
+    /// handlers. The backing logout waits for the next `C_Login` or
+    /// `C_Finalize` (`settle_closed_login`); until then nothing is derived
+    /// (the provider's login has ended) and the PIN is forgotten now.
     pub(super) fn end_login_if_idle(&self) {
         let _serial = lock(&self.login.change);
         if self.sessions.read().is_empty() {
             let who = self.login_state();
             if who == Login::None {
                 return;
+            }
+            if crate::backend::exiting() {
+                log::info("logout: the last session closed while the process is exiting: no backing HSM call");
+            } else if who == Login::User && self.audit.unanchored.load(Ordering::SeqCst) {
+                self.advance_anchor();
             }
             self.end_login_state();
             self.backend.forget_pin();
@@ -460,15 +479,15 @@ impl Provider {
     }
 
     /// The backing HSM's part of a login that closing the last session
-    /// ended: the rollback anchor moved to the records that login made
-    /// (checked first against what this process saw, as at every move),
-    /// then the backing logout. Called with `login.change` held, by
-    /// `C_Login` before the PIN is checked and by `C_Finalize`.
+    /// ended: the anchor's move if the close could not make it (the process
+    /// was exiting, or the write failed), then the backing logout. Called
+    /// with `login.change` held, by `C_Login` before the PIN is checked and
+    /// by `C_Finalize`.
     pub(super) fn settle_closed_login(&self) {
         let Some(who) = lock(&self.login.closed).take() else {
             return;
         };
-        if who == Login::User {
+        if who == Login::User && self.audit.unanchored.load(Ordering::SeqCst) {
             self.advance_anchor();
         }
         self.end_backing_login();
