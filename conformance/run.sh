@@ -19,7 +19,7 @@ REPORT="$PWD/conformance/REPORT.md"
 source tools/softhsm-env.sh >/dev/null
 P11KIT_MODULE=/etc/pkcs11/modules/p11derive-conformance-$$.module
 W=$P11DERIVE_WORK
-cleanup() { rm -rf "$W" "${UW:-}"; rm -f "$P11KIT_MODULE"; }
+cleanup() { rm -rf "$(cat "$W/p11t.work" 2>/dev/null)" "$W" "${UW:-}"; rm -f "$P11KIT_MODULE"; }
 trap cleanup EXIT
 PIN=$P11DERIVE_PIN
 ROWS="$W/rows.tsv"
@@ -339,6 +339,80 @@ provider_checks() {
 }
 provider_cnf "$W/provider.cnf" "$PIN"
 prov() { OPENSSL_CONF="$W/provider.cnf" openssl "$@" </dev/null; }
+# same_pub A B: the two PEM public keys hold the same point (EC or Ed25519).
+same_pub() { local a b; a=$(pubpoint "$1" 2>&1); b=$(pubpoint "$2" 2>&1); [ -n "$a" ] && [ "$a" = "$b" ] || { echo "$1: $a"; echo "$2: $b"; return 1; }; }
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# tls13 CRT URI: one TLS 1.3 handshake on 127.0.0.1, on a free port, between
+# openssl s_server, whose key is URI on the token (through pkcs11-provider,
+# no module quirk configured) and whose certificate is CRT, and a plain
+# openssl s_client that trusts only CRT and stops at any verification error;
+# the client sends a line and the server (-rev) sends it back reversed. Each
+# side runs under a timeout; the server serves one connection.
+tls13() {
+    local crt=$1 uri=$2 pre="$W/tls.$RANDOM" port spid line reversed ok=0
+    line="p11derive TLS 1.3 check $(date +%s%N)"
+    reversed=$(python3 -c 'import sys; print(sys.argv[1][::-1])' "$line")
+    port=$(free_port)
+    OPENSSL_CONF="$W/provider.cnf" timeout 60 openssl s_server -accept "127.0.0.1:$port" -tls1_3 -naccept 1 \
+        -rev -cert "$crt" -key "$uri" </dev/null >"$pre.server" 2>&1 &
+    spid=$!
+    for _ in $(seq 150); do
+        grep -q '^ACCEPT' "$pre.server" 2>/dev/null && break
+        kill -0 "$spid" 2>/dev/null || break
+        sleep 0.1
+    done
+    printf '%s\nCLOSE\n' "$line" | timeout 30 openssl s_client -connect "127.0.0.1:$port" -tls1_3 -CAfile "$crt" \
+        -verify_return_error -ign_eof >"$pre.client" 2>&1 || ok=1
+    for _ in $(seq 50); do kill -0 "$spid" 2>/dev/null || break; sleep 0.1; done
+    kill "$spid" 2>/dev/null
+    wait "$spid" 2>/dev/null || ok=1
+    grep -q "New, TLSv1.3" "$pre.client" || ok=1
+    grep -q "Verify return code: 0 (ok)" "$pre.client" || ok=1
+    grep -qF "$reversed" "$pre.client" || ok=1
+    if [ $ok -ne 0 ]; then
+        echo "server:"; tail -n 5 "$pre.server"; echo "client:"; grep -v '^ *[0-9A-F]\{4\} - ' "$pre.client" | tail -n 12
+    fi
+    return $ok
+}
+TLS_CHECK="TLS 1.3: s_server's key on the token (pkcs11: URI), s_client verifies (-CAfile, -verify_return_error) and exchanges a line"
+# provider_all K LABEL PUB: every pkcs11-provider operation with the token's
+# key LABEL of type K (public key PUB, PEM, as pkcs11-tool exported it):
+# storeutl, pkey -pubin, pkeyutl and dgst sign (verified by plain openssl),
+# req -x509 and a TLS 1.3 handshake with that certificate.
+provider_all() {
+    local K=$1 label=$2 pub=$3 pre="$W/prov-all.$2"
+    local uri="pkcs11:token=p11derive;object=$label;type=private" md=-sha256 data="$W/msg.sha256" raw=""
+    if [ "$K" = Ed25519 ]; then md=""; data="$W/msg"; raw=-rawin; fi
+    [ "$K" = P-384 ] && md=-sha384
+    check "$PV" "storeutl -keys finds the key" "$K" has "^URI pkcs11:.*;object=$label;type=private\$" \
+        prov storeutl -keys -text "pkcs11:token=p11derive;object=$label"
+    check "$PV" "pkey -pubin -pubout: the public key" "$K" \
+        prov pkey -pubin -in "${uri/type=private/type=public}" -pubout -out "$pre.export.pem"
+    check openssl "pkcs11-provider's public key is the token's" "$K" same_pub "$pre.export.pem" "$pub"
+    check "$PV" "pkeyutl -sign${raw:+ $raw}" "$K" prov pkeyutl -sign $raw -inkey "$uri" -in "$data" -out "$pre.pkeyutl.sig"
+    check openssl "pkeyutl -verify${raw:+ $raw} accepts pkcs11-provider's signature" "$K" \
+        openssl pkeyutl -verify $raw -pubin -inkey "$pub" -in "$data" -sigfile "$pre.pkeyutl.sig"
+    if prov dgst $md -sign "$uri" -out "$pre.dgst.sig" "$W/msg" >"$W/out" 2>&1; then
+        pass "$PV" "dgst $md -sign" "$K"
+        check openssl "dgst -verify accepts pkcs11-provider's signature" "$K" \
+            openssl dgst $md -verify "$pub" -signature "$pre.dgst.sig" "$W/msg"
+    elif [ "$K" = Ed25519 ] && grep -q "Key type not supported" "$W/out" && ! ed25519_dgst_works; then
+        skip "$PV" "dgst -sign" "$K" "$(openssl version | cut -d' ' -f1-2)'s dgst cannot sign with Ed25519 at all, a software key neither (pkeyutl -rawin does)"
+    else
+        fail "$PV" "dgst $md -sign" "$K" "$W/out"
+    fi
+    check "$PV" "req -x509: a self-signed certificate" "$K" \
+        prov req -new -x509 -key "$uri" -subj "/CN=$label" -days 30 -out "$pre.crt"
+    check openssl "verify accepts the certificate" "$K" has ": OK" openssl verify -CAfile "$pre.crt" "$pre.crt"
+    openssl x509 -in "$pre.crt" -pubkey -noout > "$pre.certpub.pem" 2>/dev/null
+    check openssl "the certificate's key is the token's" "$K" same_pub "$pre.certpub.pem" "$pub"
+    check "$PV" "$TLS_CHECK" "$K" tls13 "$pre.crt" "$uri"
+}
+# Whether this openssl's dgst signs with a software Ed25519 key.
+ed25519_dgst_works() {
+    openssl genpkey -algorithm ed25519 -out "$W/soft-ed25519.pem" >/dev/null 2>&1 &&
+        openssl dgst -sign "$W/soft-ed25519.pem" -out "$W/soft-ed25519.sig" "$W/msg" >/dev/null 2>&1
+}
 if [ ! -f "$P11PROV" ]; then
     skip "$PV" "provider" - "$P11PROV missing: tools/setup.sh builds it from pkcs11-provider-1.2.0.tar.gz"
 else
@@ -359,7 +433,25 @@ else
             prov pkey -pubin -in "${uri/type=private/type=public}" -pubout -out "$pre.export.pem"
         check openssl "the exported public point is the token's" "$K" \
             bash -c "[ -n \"\$1\" ] && [ \"\$1\" = \"\$2\" ]" _ "$(pubpoint "$pre.export.pem" 2>&1)" "$(pubpoint "$W/$curve.pub.pem" 2>&1)"
+        if [ "$curve" = secp256k1 ]; then
+            skip "$PV" "$TLS_CHECK" "$K" "TLS 1.3 has no secp256k1 signature scheme (RFC 8446 4.2.3 lists ECDSA on P-256, P-384 and P-521 only)"
+        else
+            check "$PV" "$TLS_CHECK" "$K" tls13 "$pre.crt" "$uri"
+        fi
     done
+    # P-384: written to pass once p11derive creates P-384 assets; until then
+    # the key pair generation fails, and so does each check.
+    K=P-384
+    if tool --login --pin "$PIN" --keypairgen --key-type EC:secp384r1 --label conf-secp384r1 >"$W/out" 2>&1; then
+        pass $T "--keypairgen --key-type EC:secp384r1 registers an asset" $K
+        check $T "--read-object --type pubkey (SPKI DER)" $K \
+            tool --read-object --type pubkey --label conf-secp384r1 -o "$W/secp384r1.pub.der"
+        openssl pkey -pubin -inform DER -in "$W/secp384r1.pub.der" -out "$W/secp384r1.pub.pem" 2>/dev/null
+        provider_all P-384 conf-secp384r1 "$W/secp384r1.pub.pem"
+    else
+        fail $T "--keypairgen --key-type EC:secp384r1 registers an asset" $K "$W/out"
+        fail "$PV" "every operation and TLS 1.3 with a P-384 key" $K "" "no P-384 key on the token"
+    fi
     provider_cnf "$W/provider-nopin.cnf"
     check "$PV" "pkeyutl -sign with the PIN as the URI's pin-value" P-256 \
         env OPENSSL_CONF="$W/provider-nopin.cnf" openssl pkeyutl -sign -in "$W/msg.sha256" -out "$W/prov.pinvalue.sig" \
@@ -494,6 +586,7 @@ if [ -f "$P11PROV" ]; then
         openssl pkeyutl -verify -rawin -pubin -inkey "$W/ed25519.pub.pem" -in "$W/msg" -sigfile "$W/ed25519.prov.sig"
     check openssl "pkcs11-provider's Ed25519 signature is pkcs11-tool's (deterministic)" $K \
         cmp "$W/ed25519.sig" "$W/ed25519.prov.sig"
+    provider_all Ed25519 "$label" "$W/ed25519.pub.pem"
 fi
 # libp11 0.4.12 gives up enumerating private keys at a key type it does not
 # know ("Unable to enumerate private keys"), so with an Ed25519 key on the
@@ -628,15 +721,66 @@ if command -v java >/dev/null; then
         java conformance/java/SignCheck.java "$W/users/java.cfg" "$WRONG" users-prime256v1
 fi
 
+# ---- google/pkcs11test -------------------------------------------------------------
+# The whole suite against p11derive and, for reference, against SoftHSM alone
+# on a scratch token of its own (its own SOFTHSM2_CONF); each against a fresh
+# set-up, in a subshell, so its keys and objects stay out of the checks above.
+# conformance/pkcs11test.py reads both outputs: the REPORT.md section and the
+# checks (a test failing on p11derive only because it needs RSA, DES or MD5 is
+# named, not counted as a failure).
+PT="google/pkcs11test"
+P11TEST_VERSION=2cbe462
+P11TEST=${P11TEST_BIN:-/opt/pkcs11test/$P11TEST_VERSION/pkcs11test}
+P11TEST_SRC=""
+for d in ${P11DERIVE_THIRDPARTY:+"$P11DERIVE_THIRDPARTY"} "$PWD/../shared/thirdparty" /work/shared/thirdparty; do
+    [ -f "$d/pkcs11test-$P11TEST_VERSION.tar.gz" ] && { P11TEST_SRC="$d/pkcs11test-$P11TEST_VERSION.tar.gz"; break; }
+done
+P11TEST_SECTION="$W/pkcs11test.md"
+if [ ! -x "$P11TEST" ]; then
+    skip "$PT" "suite" - "$P11TEST missing: tools/setup.sh builds it from pkcs11test-$P11TEST_VERSION.tar.gz"
+else
+    (
+        # shellcheck source=tools/softhsm-env.sh
+        source tools/softhsm-env.sh >/dev/null 2>&1 || { echo "softhsm-env failed" > "$W/p11t.p11derive.out"; exit 0; }
+        echo "$P11DERIVE_WORK" > "$W/p11t.work"
+        slot=$(pkcs11-tool --module "$MODULE" -L 2>/dev/null | sed -n 's/^Slot [0-9]* (\(0x[0-9a-f]*\)): .*/\1/p' | head -n1)
+        timeout 120 "$P11TEST" -m "$(basename "$MODULE")" -l "$(dirname "$MODULE")" -s "$((slot))" \
+            -u "$P11DERIVE_PIN" -o 87654321 > "$W/p11t.p11derive.out" 2>&1
+    )
+    mkdir -p "$W/p11t-softhsm/tokens"
+    printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n' \
+        "$W/p11t-softhsm/tokens" > "$W/p11t-softhsm/softhsm2.conf"
+    (
+        export SOFTHSM2_CONF="$W/p11t-softhsm/softhsm2.conf"
+        softhsm2-util --init-token --free --label pkcs11test --pin "$PIN" --so-pin 87654321 >/dev/null
+        slot=$(softhsm2-util --show-slots | awk '/^Slot [0-9]+$/ {s=$2} /Label: *pkcs11test *$/ {print s; exit}')
+        timeout 120 "$P11TEST" -m libsofthsm2.so -l /usr/lib/softhsm -s "$slot" -u "$PIN" -o 87654321 \
+            > "$W/p11t.softhsm.out" 2>&1
+    )
+    rm -rf "$(cat "$W/p11t.work" 2>/dev/null)"
+    python3 conformance/pkcs11test.py "$W/p11t.p11derive.out" "$W/p11t.softhsm.out" "$P11TEST_SECTION" \
+        "$W/p11t.checks" $P11TEST_SRC
+    while IFS=$'\t' read -r verdict check why names; do
+        case $verdict in
+            PASS) pass "$PT" "$check" - ;;
+            FAIL) fail "$PT" "$check" - ;;
+            SKIP)
+                skip "$PT" "$check" - "$why"
+                [ -n "$names" ] && echo "$names" | fold -s -w 100 | sed 's/^/     | /'
+                ;;
+        esac
+    done < "$W/p11t.checks"
+fi
+
 echo
-clients="OpenSC $(dpkg-query -W -f='${Version}' opensc 2>/dev/null), $(openssl version | cut -d' ' -f1-2), libp11 $(dpkg-query -W -f='${Version}' libengine-pkcs11-openssl 2>/dev/null), pkcs11-provider $([ -f "$P11PROV" ] && basename "$(dirname "$P11PROV")" || echo missing), p11-kit $(dpkg-query -W -f='${Version}' p11-kit 2>/dev/null), GnuTLS $(dpkg-query -W -f='${Version}' gnutls-bin 2>/dev/null), $(java -version 2>&1 | head -1)"
+clients="OpenSC $(dpkg-query -W -f='${Version}' opensc 2>/dev/null), $(openssl version | cut -d' ' -f1-2), libp11 $(dpkg-query -W -f='${Version}' libengine-pkcs11-openssl 2>/dev/null), pkcs11-provider $([ -f "$P11PROV" ] && basename "$(dirname "$P11PROV")" || echo missing), p11-kit $(dpkg-query -W -f='${Version}' p11-kit 2>/dev/null), pkcs11test $([ -x "$P11TEST" ] && echo "$P11TEST_VERSION" || echo missing), GnuTLS $(dpkg-query -W -f='${Version}' gnutls-bin 2>/dev/null), $(java -version 2>&1 | head -1)"
 echo "conformance: $clients"
 echo "$passed passed, $failed failed, $skipped skipped"
-python3 - "$ROWS" "$REPORT" "$clients" "$passed" "$failed" "$skipped" <<'PY'
-import sys, datetime
-rows_path, out, clients, passed, failed, skipped = sys.argv[1:]
+python3 - "$ROWS" "$REPORT" "$clients" "$passed" "$failed" "$skipped" "$P11TEST_SECTION" <<'PY'
+import sys, datetime, os
+rows_path, out, clients, passed, failed, skipped, section = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(rows_path) if l.strip()]
-kinds = ["-", "secp256k1", "P-256", "Ed25519", "AES-256", "HMAC"]
+kinds = ["-", "secp256k1", "P-256", "P-384", "Ed25519", "AES-256", "HMAC"]
 order, cells = [], {}
 for client, op, kt, result in rows:
     if client not in order:
@@ -673,6 +817,8 @@ for client in order:
     for op in ops:
         lines.append("| " + op.replace("|", "\\|") + " | " + " | ".join(show(cells[(client, op)].get(k)) for k in used) + " |")
     lines.append("")
+if os.path.exists(section):
+    lines.append(open(section).read())
 open(out, "w").write("\n".join(lines))
 PY
 echo "report: conformance/REPORT.md"

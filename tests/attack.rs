@@ -724,3 +724,58 @@ fn a_signer_does_not_anchor_a_chain_cut_before_its_logout() {
         "three returned signatures lost their records unnoticed"
     );
 }
+
+/// A signer returns three signatures within the anchor interval and closes
+/// its last session (the implicit logout, which leaves the backing logout
+/// for later but not the anchor's move those records are owed). Their
+/// records are then cut from the tail, once after `C_Finalize` and once
+/// between the close and `C_Finalize`: either way the anchor must still
+/// show them missing, to a new process or to `audit verify`.
+#[test]
+fn records_of_a_signer_that_closed_its_last_session_cannot_be_cut_unnoticed() {
+    let _turn = turn();
+    for cut_before_finalize in [false, true] {
+        let s = setup(None);
+        s.create_asset("a", "p256");
+        let p = s.load();
+        let session = p.user_session();
+        // The first signature moves the anchor (it is older than the
+        // interval); the copy taken after it holds what the anchor holds,
+        // and the next three, within the interval, are anchored only by
+        // the close (or, failing that, C_Finalize).
+        try_sign(&session, "a").expect("a signs");
+        let before = s.dir.join("before.db");
+        backup(&s.store, &before);
+        for _ in 0..3 {
+            try_sign(&session, "a").expect("a signs");
+        }
+        let cut = format!(
+            "ATTACH '{}' AS o; DELETE FROM audit WHERE seq > (SELECT max(seq) FROM o.audit);",
+            before.display()
+        );
+        drop(session); // C_CloseSession of the last session: logged out
+        if cut_before_finalize {
+            sqlite(&s.store, &cut);
+        }
+        drop(p); // C_Finalize
+        if !cut_before_finalize {
+            sqlite(&s.store, &cut);
+        }
+        let verify = cli(&s, &["audit", "verify"]);
+        let fresh = new_process_signs(&s, "a");
+        eprintln!(
+            "closed, cut {} C_Finalize: audit verify {:?}; new process {fresh:?}",
+            if cut_before_finalize {
+                "before"
+            } else {
+                "after"
+            },
+            verify.status.code()
+        );
+        assert!(
+            verify.status.code() == Some(1) || fresh.is_err(),
+            "three returned signatures lost their records unnoticed (cut before C_Finalize: \
+             {cut_before_finalize})"
+        );
+    }
+}

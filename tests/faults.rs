@@ -340,6 +340,48 @@ fn after_a_logout_the_provider_never_logs_in_by_itself_and_a_new_login_works() {
     s.audit_verifies();
 }
 
+/// Closing the last session logs the application out without a backing
+/// HSM call when the anchor already holds every record the login made
+/// (applications close sessions from exit handlers, when the backing module
+/// may be gone; an owed anchor move is the one call that cannot wait, see
+/// tests/attack.rs); the backing logout, left for the next login, must not
+/// let that login through with a wrong PIN.
+#[test]
+fn closing_the_last_session_calls_no_backing_hsm_and_the_next_login_checks_the_pin() {
+    let (_turn, s, shim, p, session) = start(&["first"], 300);
+    let first = private_key(&session, "first");
+    // Past the anchor interval, a signature's commit moves the anchor.
+    std::thread::sleep(Duration::from_millis(1100));
+    sign(&session, "first").expect("first signs");
+    let calls = shim.calls();
+    drop(session); // C_CloseSession: the last one, so the login ends
+    assert_eq!(shim.calls(), calls, "C_CloseSession called the backing HSM");
+
+    let other = p.session();
+    assert_eq!(
+        rv_of(other.sign(&Mechanism::Ecdsa, first, &[7u8; 32])),
+        RvError::UserNotLoggedIn
+    );
+    let wrong = other.login(
+        cryptoki::session::UserType::User,
+        Some(&cryptoki::types::AuthPin::from("999999")),
+    );
+    assert_eq!(
+        rv_of(wrong),
+        RvError::PinIncorrect,
+        "a wrong PIN was accepted"
+    );
+    other
+        .login(
+            cryptoki::session::UserType::User,
+            Some(&cryptoki::types::AuthPin::from(PIN)),
+        )
+        .expect("C_Login");
+    sign_ok(&other, "first");
+    drop((other, p)); // C_Finalize
+    s.audit_verifies();
+}
+
 #[test]
 fn a_pin_the_hsm_refuses_when_logging_in_again_is_tried_once_and_forgotten() {
     let (_turn, s, shim, p, session) = start(&["first", "second", "third"], 300);

@@ -3,7 +3,7 @@
 # Run as root (or with sudo available). Safe to run again.
 set -euo pipefail
 
-pkgs=(softhsm2 opensc openssl libclang-dev libengine-pkcs11-openssl python3-pykcs11 p11-kit gnutls-bin openjdk-17-jdk-headless sqlite3 postgresql pgbouncer libssl-dev pkg-config ca-certificates binutils gcc g++ python3 meson ninja-build gdb)  # gdb: tests/backup.rs stops the CLI at exit to scan its memory; meson, ninja-build: OpenSSL's pkcs11-provider, for conformance/run.sh; python3-pykcs11: the README's AES example (tests/readme.rs); g++: libFuzzer, for tools/fuzz.sh; libssl-dev, pkg-config: TLS to PostgreSQL (openssl crate); pgbouncer: tests/pg_conn.rs
+pkgs=(softhsm2 opensc openssl libclang-dev libengine-pkcs11-openssl python3-pykcs11 p11-kit gnutls-bin openjdk-17-jdk-headless sqlite3 postgresql pgbouncer libssl-dev pkg-config ca-certificates binutils gcc g++ make python3 meson ninja-build gdb)  # make, g++: google/pkcs11test, for conformance/run.sh; gdb: tests/backup.rs stops the CLI at exit to scan its memory; meson, ninja-build: OpenSSL's pkcs11-provider, for conformance/run.sh; python3-pykcs11: the README's AES example (tests/readme.rs); g++: libFuzzer, for tools/fuzz.sh; libssl-dev, pkg-config: TLS to PostgreSQL (openssl crate); pgbouncer: tests/pg_conn.rs
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -57,6 +57,35 @@ if [ ! -f "$P11PROV_DIR/$P11PROV_VERSION/pkcs11.so" ]; then
         else
             tail -n 20 "$build/log"
             echo "setup: building pkcs11-provider failed; the log is $build/log"
+            exit 1
+        fi
+    fi
+fi
+# google/pkcs11test for conformance/run.sh, built (make, g++) from the pinned
+# snapshot in the same third-party folder into /opt/pkcs11test, outside the
+# repository; skipped once built.
+P11TEST_DIR=${P11TEST_DIR:-/opt/pkcs11test}
+P11TEST_VERSION=2cbe462
+if [ ! -x "$P11TEST_DIR/$P11TEST_VERSION/pkcs11test" ]; then
+    repo=$(cd "$(dirname "$0")/.." && pwd)
+    tarball=""
+    for d in ${P11DERIVE_THIRDPARTY:+"$P11DERIVE_THIRDPARTY"} "$repo/../shared/thirdparty" /work/shared/thirdparty; do
+        if [ -f "$d/pkcs11test-$P11TEST_VERSION.tar.gz" ]; then tarball="$d/pkcs11test-$P11TEST_VERSION.tar.gz"; break; fi
+    done
+    if [ -z "$tarball" ]; then
+        echo "setup: pkcs11test-$P11TEST_VERSION.tar.gz not found (set P11DERIVE_THIRDPARTY to its folder); the conformance run skips google/pkcs11test"
+    else
+        echo "setup: building google/pkcs11test $P11TEST_VERSION from $tarball into $P11TEST_DIR"
+        build=$(mktemp -d "${TMPDIR:-/tmp}/pkcs11test.XXXXXX")
+        tar xzf "$tarball" -C "$build"
+        if make -C "$build/pkcs11test" -j"$(nproc)" pkcs11test >"$build/log" 2>&1; then
+            sudo=""
+            [ "$(id -u)" -eq 0 ] || sudo="sudo"
+            $sudo install -D -m 0755 "$build/pkcs11test/pkcs11test" "$P11TEST_DIR/$P11TEST_VERSION/pkcs11test"
+            rm -rf "$build"
+        else
+            tail -n 20 "$build/log"
+            echo "setup: building pkcs11test failed; the log is $build/log"
             exit 1
         fi
     fi

@@ -179,6 +179,12 @@ impl Backend {
         self.call("C_Login", move |c| c.login_admin(&pin))
     }
 
+    /// Forgets the PIN kept for logging in again, without calling the
+    /// backing HSM (the login itself ends at `logout`).
+    pub fn forget_pin(&self) {
+        self.calls.core.forget_pin();
+    }
+
     /// Logs out (tried even during the backoff delay: the login must end).
     pub fn logout(&self) -> Result<()> {
         self.calls.core.forget_pin();

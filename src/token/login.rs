@@ -37,6 +37,11 @@ pub(super) struct LoginState {
     /// Users mode: who logged in, as their row was at this verified state
     /// change (read again once the ledger moves).
     pub(super) caller: Mutex<Option<HeldCaller>>,
+    /// The login that closing the application's last session ended without
+    /// the backing HSM's part (moving the rollback anchor, the backing
+    /// logout): done by the next `C_Login` or `C_Finalize` (see
+    /// `settle_closed_login`).
+    closed: Mutex<Option<Login>>,
 }
 
 impl Default for LoginState {
@@ -46,6 +51,7 @@ impl Default for LoginState {
             epoch: AtomicU64::new(0),
             change: Mutex::new(()),
             caller: Mutex::new(None),
+            closed: Mutex::new(None),
         }
     }
 }
@@ -70,6 +76,10 @@ pub(super) struct AuditState {
     key: Mutex<Option<Arc<Secret32>>>,
     /// When the rollback anchor was last advanced (ms since the epoch).
     anchored_at_ms: AtomicU64,
+    /// Whether this process committed records since the anchor last moved
+    /// (set after every commit, cleared when a move starts): what closing
+    /// the last session must still anchor.
+    unanchored: std::sync::atomic::AtomicBool,
 }
 
 fn now_ms() -> u64 {
@@ -116,6 +126,9 @@ impl Provider {
         if wanted == Login::So && self.read_only_sessions_exist() {
             return Err(Error::rv(CKR_SESSION_READ_ONLY_EXISTS));
         }
+        // Before the PIN reaches the HSM: a backing login still open would
+        // accept any PIN (CKR_USER_ALREADY_LOGGED_IN).
+        self.settle_closed_login();
         if self.users_mode() {
             let (name, secret) = crate::accounts::split_login(pin).unwrap_or(("", pin));
             let (outcome, delay) = self.finish_named_login(h, wanted, name, secret);
@@ -333,7 +346,9 @@ impl Provider {
             log::info("anchor: not moved: the process is exiting (the next login moves it)");
             return;
         }
+        self.audit.unanchored.store(false, Ordering::SeqCst);
         if let Err(e) = lifecycle::advance_anchor(&self.store, &self.backend, periodic) {
+            self.audit.unanchored.store(true, Ordering::SeqCst);
             log::warn(&format!("anchor: {e}"));
         }
     }
@@ -343,8 +358,10 @@ impl Provider {
     /// leaves, so that a store copy put back cannot offer them again.
     pub(super) fn anchor_now(&self) -> Result<()> {
         self.audit.anchored_at_ms.store(now_ms(), Ordering::Relaxed);
+        self.audit.unanchored.store(false, Ordering::SeqCst);
         crate::backend::anchoring(|| lifecycle::advance_anchor(&self.store, &self.backend, false))
             .map_err(|e| {
+                self.audit.unanchored.store(true, Ordering::SeqCst);
                 Error::with(
                     CKR_DEVICE_ERROR,
                     format!(
@@ -360,6 +377,7 @@ impl Provider {
     /// cannot be cut from the log unnoticed for longer than that. One caller
     /// per interval wins the race and pays for the HSM write.
     pub(super) fn anchor_if_stale(&self) {
+        self.audit.unanchored.store(true, Ordering::SeqCst);
         let last = self.audit.anchored_at_ms.load(Ordering::Relaxed);
         let now = now_ms();
         if now.saturating_sub(last) < self.config.store.anchor_interval_ms {
@@ -389,6 +407,7 @@ impl Provider {
         self.store
             .record(ak.as_deref(), rec)
             .map_err(|e| Error::with(CKR_DEVICE_ERROR, format!("audit record not written: {e}")))?;
+        self.audit.unanchored.store(true, Ordering::SeqCst);
         if ak.is_some() && (self.login_state() == Login::User || self.users_mode()) {
             self.anchor_if_stale();
         }
@@ -425,24 +444,80 @@ impl Provider {
 
     /// PKCS#11 logs out when the application's last session closes; decided
     /// under the login lock so a concurrent open-and-login is not undone.
+    ///
+    ///
+    /// Applications close their sessions from exit handlers and destructors
+    /// (OpenSSL's cleanup through pkcs11-provider or libp11), when the
+    /// backing module may be torn down, so the backing HSM is called only
+    /// for what cannot wait: the anchor's move, when the login committed
+    /// records the anchor does not hold yet (a process may `_exit` or be
+    /// killed right after, and a move left for later would leave those
+    /// records cuttable), and never once the process runs its exit
+    /// handlers. The backing logout waits for the next `C_Login` or
+    /// `C_Finalize` (`settle_closed_login`); until then nothing is derived
+    /// (the provider's login has ended) and the PIN is forgotten now.
     pub(super) fn end_login_if_idle(&self) {
         let _serial = lock(&self.login.change);
         if self.sessions.read().is_empty() {
-            self.end_login_locked();
+            let who = self.login_state();
+            if who == Login::None {
+                return;
+            }
+            if crate::backend::exiting() {
+                log::info("logout: the last session closed while the process is exiting: no backing HSM call");
+            } else if who == Login::User && self.audit.unanchored.load(Ordering::SeqCst) {
+                self.advance_anchor();
+            }
+            self.end_login_state();
+            self.backend.forget_pin();
+            let mut closed = lock(&self.login.closed);
+            // A user login left unanchored stays owed through a later SO one.
+            if *closed != Some(Login::User) {
+                *closed = Some(who);
+            }
         }
     }
 
-    /// The logout itself; the caller holds `login.change`. The state flips and
-    /// the epoch moves *before* keys are wiped, so an operation initialized
-    /// concurrently either sees the logout or is wiped here (see `start_sign`
-    /// and `crypt_init`).
-    fn end_login_locked(&self) {
-        if self.login_state() == Login::None {
+    /// The backing HSM's part of a login that closing the last session
+    /// ended: the anchor's move if the close could not make it (the process
+    /// was exiting, or the write failed), then the backing logout. Called
+    /// with `login.change` held, by `C_Login` before the PIN is checked and
+    /// by `C_Finalize`.
+    pub(super) fn settle_closed_login(&self) {
+        let Some(who) = lock(&self.login.closed).take() else {
             return;
-        }
-        if self.login_state() == Login::User {
+        };
+        if who == Login::User && self.audit.unanchored.load(Ordering::SeqCst) {
             self.advance_anchor();
         }
+        self.end_backing_login();
+    }
+
+    /// `C_Finalize`: settles a login closed with the last session.
+    pub(super) fn settle_at_finalize(&self) {
+        let _serial = lock(&self.login.change);
+        self.settle_closed_login();
+    }
+
+    /// The logout itself; the caller holds `login.change`. The anchor moves
+    /// first, while the backing login can still write it.
+    fn end_login_locked(&self) {
+        let who = self.login_state();
+        if who == Login::None {
+            return;
+        }
+        if who == Login::User {
+            self.advance_anchor();
+        }
+        self.end_login_state();
+        self.end_backing_login();
+    }
+
+    /// The provider's side of a logout: no backing HSM call. The state flips
+    /// and the epoch moves *before* keys are wiped, so an operation
+    /// initialized concurrently either sees the logout or is wiped here (see
+    /// `start_sign` and `crypt_init`).
+    fn end_login_state(&self) {
         self.login.who.store(Login::None as u8, Ordering::SeqCst);
         self.login.epoch.fetch_add(1, Ordering::SeqCst);
         for s in self.sessions.read().values() {
@@ -458,6 +533,11 @@ impl Provider {
         self.keys.clear();
         self.drop_private_children(|_| true);
         *lock(&self.login.caller) = None;
+    }
+
+    /// Ends the backing login (pass-through mode; users mode keeps the
+    /// service credential's).
+    fn end_backing_login(&self) {
         if self.users_mode() {
             // The service credential's backing login stays: records are
             // still MACed, and the next user's login needs it.

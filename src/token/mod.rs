@@ -217,6 +217,7 @@ impl Provider {
         if self.login_state() == Login::User {
             self.advance_anchor();
         }
+        self.settle_at_finalize();
         self.sessions.write().clear();
         self.backend.finalize();
     }
