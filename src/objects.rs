@@ -128,7 +128,7 @@ pub fn mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
 }
 
 /// The mechanisms of a key of type `kt` but HD derivation (a random session
-/// key pair, which has no chain code).
+/// key pair, which has no chain code; it signs and does ECDH).
 pub fn signing_mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
     let all = mechanisms_of(kt);
     match all.last() {
@@ -141,8 +141,9 @@ pub fn signing_mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
 pub const EC_MECHANISMS: [CK_MECHANISM_TYPE; 6] = values(ECDSA_NAMES);
 
 /// The mechanisms a secp256k1 key may be used with: ECDSA, recoverable
-/// ECDSA, BIP-340 Schnorr, and HD child derivation (design §6.1).
-pub const SECP256K1_MECHANISMS: [CK_MECHANISM_TYPE; 9] = {
+/// ECDSA, BIP-340 Schnorr, ECDH, and HD child derivation (design §6.1;
+/// HD derivation stays last: see `signing_mechanisms_of`).
+pub const SECP256K1_MECHANISMS: [CK_MECHANISM_TYPE; 11] = {
     let e = EC_MECHANISMS;
     [
         e[0],
@@ -153,15 +154,27 @@ pub const SECP256K1_MECHANISMS: [CK_MECHANISM_TYPE; 9] = {
         e[5],
         CKM_P11DERIVE_ECDSA_RECOVERABLE,
         CKM_P11DERIVE_BIP340,
+        CKM_ECDH1_DERIVE,
+        CKM_ECDH1_COFACTOR_DERIVE,
         CKM_P11DERIVE_HD_CHILD,
     ]
 };
 
-/// The mechanisms a P-256 key may be used with: ECDSA and HD child
+/// The mechanisms a P-256 key may be used with: ECDSA, ECDH and HD child
 /// derivation (SLIP-10).
-pub const P256_MECHANISMS: [CK_MECHANISM_TYPE; 7] = {
+pub const P256_MECHANISMS: [CK_MECHANISM_TYPE; 9] = {
     let e = EC_MECHANISMS;
-    [e[0], e[1], e[2], e[3], e[4], e[5], CKM_P11DERIVE_HD_CHILD]
+    [
+        e[0],
+        e[1],
+        e[2],
+        e[3],
+        e[4],
+        e[5],
+        CKM_ECDH1_DERIVE,
+        CKM_ECDH1_COFACTOR_DERIVE,
+        CKM_P11DERIVE_HD_CHILD,
+    ]
 };
 
 /// The mechanisms an Ed25519 key may be used with: pure Ed25519 and HD
@@ -548,9 +561,11 @@ static ATTRIBUTES: &[Attribute] = &[
     attr(CKA_ID, ALL, Given, |v| Some(Value::Bytes(v.object_id()))),
     attr(CKA_START_DATE, ALL, Ignored, empty),
     attr(CKA_END_DATE, ALL, Ignored, empty),
-    // Key pairs derive HD children (CKM_P11DERIVE_HD_CHILD): a private key
-    // while its version may sign, a public key (not Ed25519: SLIP-10 has no
-    // public derivation there) while it may verify.
+    // Key pairs derive HD children (CKM_P11DERIVE_HD_CHILD) and a private
+    // secp256k1 or P-256 key derives ECDH secrets (CKM_ECDH1_DERIVE): a
+    // private key while its version may sign (ECDH is checked and audited
+    // as a signature), a public key (not Ed25519: SLIP-10 has no public
+    // derivation there) while it may verify.
     attr(CKA_DERIVE, PRIV, Ignored, |v| {
         Some(Value::Bool(v.may_sign()))
     }),
@@ -808,9 +823,12 @@ mod tests {
         );
         assert_eq!(
             mechanisms_of(KeyType::Secp256k1),
-            [&ecdsa[..], &[recoverable, bip340, hd]].concat()
+            [&ecdsa[..], &[recoverable, bip340, 0x1050, 0x1051, hd]].concat()
         );
-        assert_eq!(mechanisms_of(KeyType::P256), [&ecdsa[..], &[hd]].concat());
+        assert_eq!(
+            mechanisms_of(KeyType::P256),
+            [&ecdsa[..], &[0x1050, 0x1051, hd]].concat()
+        );
         assert_eq!(mechanisms_of(KeyType::Ed25519), [0x1057, hd]);
         assert_eq!(
             mechanisms_of(KeyType::Aes256),

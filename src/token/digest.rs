@@ -71,6 +71,40 @@ impl Provider {
     }
 }
 
+impl Provider {
+    /// `C_DigestKey`: digests a secret key's value into the running digest.
+    /// Only a session secret key that is not sensitive may be digested; a
+    /// sensitive one (every derived key, every key of an asset) is
+    /// `CKR_KEY_INDIGESTIBLE`, as are keys that are not secret keys. Like
+    /// `C_DigestUpdate`, an error ends the digest.
+    pub fn digest_key(&self, h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> Result<()> {
+        let obj = self.session_object(key);
+        // Else an asset's key object (always sensitive), or no object.
+        let exists = obj.is_some() || self.object(key, CKR_KEY_HANDLE_INVALID).is_ok();
+        self.in_session(h, |s| {
+            s.digest.with(|op| {
+                if !exists {
+                    return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
+                }
+                let value = obj
+                    .as_ref()
+                    .filter(|o| o.class == Class::Secret && !o.sensitive())
+                    .and_then(|o| o.key.as_ref())
+                    .ok_or_else(|| {
+                        Error::with(
+                            CKR_KEY_INDIGESTIBLE,
+                            "C_DigestKey digests only session secret keys that are not \
+                             sensitive: this key's value never leaves the token",
+                        )
+                    })?;
+                op.hasher.update(value);
+                op.multi = true;
+                Ok(())
+            })
+        })
+    }
+}
+
 impl DigestOp {
     /// Writes the digest into `out` (long enough); its length.
     fn finish(self, out: &mut [u8]) -> usize {

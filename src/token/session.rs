@@ -51,6 +51,9 @@ pub(super) struct SessionObject {
     pub verify: bool,
     pub wrap: bool,
     pub unwrap: bool,
+    /// `CKA_DERIVE`: an EC private key that may do ECDH (HD children say
+    /// their own).
+    pub derive: bool,
     /// Made by the token (`C_GenerateKey*`), not given (`C_CreateObject`).
     pub local: bool,
     /// `CKA_CHECK_VALUE` of a secret key.
@@ -115,6 +118,11 @@ impl SessionObject {
         }
     }
 
+    /// `CKA_SENSITIVE` of a private or secret key: every session key is.
+    pub fn sensitive(&self) -> bool {
+        self.class != Class::Public
+    }
+
     /// The curve of an EC key (HMAC keys answer their scheme's type; it is
     /// not used for them).
     pub fn curve(&self) -> KeyType {
@@ -165,7 +173,8 @@ impl SessionObject {
                 Class::Public => CKO_PUBLIC_KEY,
                 Class::Secret => CKO_SECRET_KEY,
             })),
-            CKA_TOKEN | CKA_MODIFIABLE | CKA_COPYABLE | CKA_DERIVE => b(false),
+            CKA_TOKEN | CKA_MODIFIABLE | CKA_COPYABLE => b(false),
+            CKA_DERIVE => b(self.derive),
             CKA_DESTROYABLE => b(true),
             CKA_PRIVATE => b(self.private),
             CKA_LABEL => Some(Value::Bytes(self.label.clone())),
@@ -191,7 +200,7 @@ impl SessionObject {
                 }
                 Some(Value::Bytes(v))
             }
-            CKA_SENSITIVE | CKA_ALWAYS_SENSITIVE if !public => b(true),
+            CKA_SENSITIVE | CKA_ALWAYS_SENSITIVE if !public => b(self.sensitive()),
             CKA_EXTRACTABLE if !public => b(self.extractable),
             CKA_NEVER_EXTRACTABLE if !public => b(!self.extractable),
             CKA_VALUE_LEN if secret => Some(Value::Ulong(
@@ -241,6 +250,7 @@ pub(super) struct Wish {
     verify: bool,
     wrap: bool,
     unwrap: bool,
+    derive: bool,
     pub value_len: Option<usize>,
 }
 
@@ -328,19 +338,18 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
         verify: flag(t, CKA_VERIFY, uses_default(CKA_VERIFY)),
         wrap: flag(t, CKA_WRAP, uses_default(CKA_WRAP)),
         unwrap: flag(t, CKA_UNWRAP, uses_default(CKA_UNWRAP)),
+        derive: flag(t, CKA_DERIVE, false),
         value_len: find(t, CKA_VALUE_LEN).and_then(ulong).map(|n| n as usize),
     };
     // The uses a key of this kind can have.
     let can = |ty| match kind {
         Kind::Aes => matches!(ty, CKA_ENCRYPT | CKA_DECRYPT | CKA_WRAP | CKA_UNWRAP),
         Kind::Generic => matches!(ty, CKA_SIGN | CKA_VERIFY),
-        Kind::Ec(_) => {
-            ty == if class == Class::Private {
-                CKA_SIGN
-            } else {
-                CKA_VERIFY
-            }
+        // A private secp256k1 or P-256 key also derives (ECDH).
+        Kind::Ec(kt) if class == Class::Private => {
+            ty == CKA_SIGN || (ty == CKA_DERIVE && mechanisms::ecdh::Curve::of(kt).is_some())
         }
+        Kind::Ec(_) => ty == CKA_VERIFY,
     };
     for (ty, on) in [
         (CKA_ENCRYPT, w.encrypt),
@@ -349,6 +358,7 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
         (CKA_VERIFY, w.verify),
         (CKA_WRAP, w.wrap),
         (CKA_UNWRAP, w.unwrap),
+        (CKA_DERIVE, w.derive),
     ] {
         if on && !can(ty) {
             // A use this kind of key never has (pkcs11-tool asks encrypt of
@@ -366,6 +376,7 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
     w.verify &= can(CKA_VERIFY);
     w.wrap &= can(CKA_WRAP);
     w.unwrap &= can(CKA_UNWRAP);
+    w.derive &= can(CKA_DERIVE);
     Ok(w)
 }
 
@@ -528,6 +539,7 @@ impl Provider {
             verify: w.verify,
             wrap: w.wrap,
             unwrap: w.unwrap,
+            derive: w.derive,
             local,
             check,
             ivs: UsedIvs::default(),
@@ -701,6 +713,7 @@ impl Provider {
             verify: w.verify,
             wrap: false,
             unwrap: false,
+            derive: w.derive,
             local: true,
             check: None,
             ivs: UsedIvs::default(),

@@ -413,7 +413,7 @@ impl Provider {
     /// may use the asset, its policies allow it (and, to sign, the child's
     /// path), and the version may still sign (or verify). A refusal by the
     /// asset's state is audited.
-    fn child_use(
+    pub(super) fn child_use(
         &self,
         h: CK_SESSION_HANDLE,
         child: &hd::HdChild,
