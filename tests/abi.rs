@@ -591,6 +591,9 @@ fn null_pointers_and_short_buffers() {
         ),
         CKR_ARGUMENTS_BAD
     );
+    // That error ended the signing (every error but CKR_BUFFER_TOO_SMALL
+    // does, PKCS#11 3.0 §5.13): it starts again.
+    assert_eq!(call!(r, C_SignInit(h, &mut mech, private.handle())), CKR_OK);
     // Length query: answered without signing, the operation stays active.
     assert_eq!(
         call!(
