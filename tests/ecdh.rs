@@ -635,6 +635,11 @@ fn digest_key_seed_random_and_operations_ending_on_errors() {
         C_Digest(h, data.as_ptr() as *mut _, 3, out.as_mut_ptr(), &mut len)
     );
     assert_eq!(rv, CKR_BUFFER_TOO_SMALL);
+    // C_Digest made it single-part: C_DigestFinal is refused, and ends it.
+    let rv = call!(r, C_DigestFinal(h, out.as_mut_ptr(), &mut len));
+    assert_eq!(rv, CKR_OPERATION_ACTIVE);
+    assert_eq!(digest_update(&session, b"x"), CKR_OPERATION_NOT_INITIALIZED);
+    digest_init(&session);
     let rv = call!(
         r,
         C_Digest(

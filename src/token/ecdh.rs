@@ -6,8 +6,8 @@
 //! uses it: the user, the policies and the version's state are checked
 //! first, and the use is committed to the audit log (an `Event::Sign`
 //! record with the ECDH mechanism and the SHA-256 of the peer's point) before
-//! the key is made; an asset whose signatures need approvals therefore does
-//! no ECDH. The result is a sensitive session secret key in the locked arena.
+//! the key is made (approvals rules apply to it as to a signature whose
+//! input is the peer's point). The result is a sensitive session secret key in the locked arena.
 
 #![forbid(unsafe_code)]
 
