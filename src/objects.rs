@@ -144,7 +144,15 @@ pub const AES_MECHANISMS: [CK_MECHANISM_TYPE; 9] = [
 
 /// The mechanisms an `aes128` or `aes192` asset may be used with (key wrap
 /// uses the wrap subkey only `aes256` assets have).
-pub const AES_SHORT_MECHANISMS: [CK_MECHANISM_TYPE; 1] = [CKM_AES_GCM];
+pub const AES_SHORT_MECHANISMS: [CK_MECHANISM_TYPE; 7] = [
+    CKM_AES_GCM,
+    CKM_AES_ECB,
+    CKM_AES_CBC,
+    CKM_AES_CBC_PAD,
+    CKM_AES_CTR,
+    CKM_AES_CMAC,
+    CKM_AES_CMAC_GENERAL,
+];
 
 /// The mechanisms an HMAC key of p11derive may be used with: every HMAC
 /// mechanism (generic secrets, `hmac-sha256`).
@@ -155,7 +163,7 @@ pub fn mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
     match kt {
         KeyType::Secp256k1 => &SECP256K1_MECHANISMS,
         KeyType::P256 => &P256_MECHANISMS,
-        KeyType::P384 | KeyType::P521 => &EC_MECHANISMS,
+        KeyType::P384 | KeyType::P521 => &WIDE_EC_MECHANISMS,
         KeyType::Ed25519 => &EDDSA_MECHANISMS,
         KeyType::Aes256 => &AES_MECHANISMS,
         KeyType::Aes128 | KeyType::Aes192 => &AES_SHORT_MECHANISMS,
@@ -212,7 +220,7 @@ pub fn key_gen_of(hash: HmacHash) -> CK_MECHANISM_TYPE {
 }
 
 /// The mechanisms of a key of type `kt` but HD derivation (a random session
-/// key pair, which has no chain code).
+/// key pair, which has no chain code; it signs and does ECDH).
 pub fn signing_mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
     let all = mechanisms_of(kt);
     match all.last() {
@@ -225,8 +233,9 @@ pub fn signing_mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
 pub const EC_MECHANISMS: [CK_MECHANISM_TYPE; 6] = values(ECDSA_NAMES);
 
 /// The mechanisms a secp256k1 key may be used with: ECDSA, recoverable
-/// ECDSA, BIP-340 Schnorr, and HD child derivation (design §6.1).
-pub const SECP256K1_MECHANISMS: [CK_MECHANISM_TYPE; 9] = {
+/// ECDSA, BIP-340 Schnorr, ECDH, and HD child derivation (design §6.1;
+/// HD derivation stays last: see `signing_mechanisms_of`).
+pub const SECP256K1_MECHANISMS: [CK_MECHANISM_TYPE; 11] = {
     let e = EC_MECHANISMS;
     [
         e[0],
@@ -237,15 +246,43 @@ pub const SECP256K1_MECHANISMS: [CK_MECHANISM_TYPE; 9] = {
         e[5],
         CKM_P11DERIVE_ECDSA_RECOVERABLE,
         CKM_P11DERIVE_BIP340,
+        CKM_ECDH1_DERIVE,
+        CKM_ECDH1_COFACTOR_DERIVE,
         CKM_P11DERIVE_HD_CHILD,
     ]
 };
 
-/// The mechanisms a P-256 key may be used with: ECDSA and HD child
-/// derivation (SLIP-10).
-pub const P256_MECHANISMS: [CK_MECHANISM_TYPE; 7] = {
+/// The mechanisms a P-384 or P-521 key may be used with: ECDSA and ECDH
+/// (no HD tree on these curves).
+pub const WIDE_EC_MECHANISMS: [CK_MECHANISM_TYPE; 8] = {
     let e = EC_MECHANISMS;
-    [e[0], e[1], e[2], e[3], e[4], e[5], CKM_P11DERIVE_HD_CHILD]
+    [
+        e[0],
+        e[1],
+        e[2],
+        e[3],
+        e[4],
+        e[5],
+        CKM_ECDH1_DERIVE,
+        CKM_ECDH1_COFACTOR_DERIVE,
+    ]
+};
+
+/// The mechanisms a P-256 key may be used with: ECDSA, ECDH and HD child
+/// derivation (SLIP-10).
+pub const P256_MECHANISMS: [CK_MECHANISM_TYPE; 9] = {
+    let e = EC_MECHANISMS;
+    [
+        e[0],
+        e[1],
+        e[2],
+        e[3],
+        e[4],
+        e[5],
+        CKM_ECDH1_DERIVE,
+        CKM_ECDH1_COFACTOR_DERIVE,
+        CKM_P11DERIVE_HD_CHILD,
+    ]
 };
 
 /// The mechanisms an Ed25519 key may be used with: pure Ed25519 and HD
@@ -646,11 +683,15 @@ static ATTRIBUTES: &[Attribute] = &[
     attr(CKA_ID, ALL, Given, |v| Some(Value::Bytes(v.object_id()))),
     attr(CKA_START_DATE, ALL, Ignored, empty),
     attr(CKA_END_DATE, ALL, Ignored, empty),
-    // Key pairs derive HD children (CKM_P11DERIVE_HD_CHILD): a private key
-    // while its version may sign, a public key (not Ed25519: SLIP-10 has no
-    // public derivation there) while it may verify.
+    // Key pairs derive HD children (CKM_P11DERIVE_HD_CHILD) and a private
+    // secp256k1, P-256, P-384 or P-521 key derives ECDH secrets (CKM_ECDH1_DERIVE): a
+    // private key while its version may sign (ECDH is checked and audited
+    // as a signature), a public key (not Ed25519: SLIP-10 has no public
+    // derivation there) while it may verify.
     attr(CKA_DERIVE, PRIV, Ignored, |v| {
-        Some(Value::Bool(v.asset.key_type.is_hd() && v.may_sign()))
+        let kt = v.asset.key_type;
+        let derives = kt.is_hd() || crate::mechanisms::ecdh::Curve::of(kt).is_some();
+        Some(Value::Bool(derives && v.may_sign()))
     }),
     attr(CKA_DERIVE, PUB, Ignored, |v| {
         Some(Value::Bool(
@@ -904,9 +945,12 @@ mod tests {
         );
         assert_eq!(
             mechanisms_of(KeyType::Secp256k1),
-            [&ecdsa[..], &[recoverable, bip340, hd]].concat()
+            [&ecdsa[..], &[recoverable, bip340, 0x1050, 0x1051, hd]].concat()
         );
-        assert_eq!(mechanisms_of(KeyType::P256), [&ecdsa[..], &[hd]].concat());
+        assert_eq!(
+            mechanisms_of(KeyType::P256),
+            [&ecdsa[..], &[0x1050, 0x1051, hd]].concat()
+        );
         assert_eq!(mechanisms_of(KeyType::Ed25519), [0x1057, hd]);
         assert_eq!(
             mechanisms_of(KeyType::Aes256),
@@ -931,10 +975,19 @@ mod tests {
         ];
         assert_eq!(mechanisms_of(KeyType::HmacSha256), hmacs);
         assert_eq!(mechanisms_of(KeyType::Generic(17)), hmacs);
-        assert_eq!(mechanisms_of(KeyType::P384), ecdsa);
-        assert_eq!(mechanisms_of(KeyType::P521), ecdsa);
-        assert_eq!(mechanisms_of(KeyType::Aes128), [CKM_AES_GCM]);
-        assert_eq!(mechanisms_of(KeyType::Aes192), [CKM_AES_GCM]);
+        let wide: Vec<_> = ecdsa
+            .iter()
+            .copied()
+            .chain([CKM_ECDH1_DERIVE, CKM_ECDH1_COFACTOR_DERIVE])
+            .collect();
+        assert_eq!(mechanisms_of(KeyType::P384), wide);
+        assert_eq!(mechanisms_of(KeyType::P521), wide);
+        assert_eq!(mechanisms_of(KeyType::Aes128), AES_SHORT_MECHANISMS);
+        assert_eq!(mechanisms_of(KeyType::Aes192), AES_SHORT_MECHANISMS);
+        assert!(AES_MECHANISMS
+            .iter()
+            .all(|m| AES_SHORT_MECHANISMS.contains(m)
+                || matches!(*m, CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_KWP)));
         // A CKK_SHA*_HMAC key signs with its own hash only.
         for (hash, mech) in [
             (HmacHash::Sha1, CKM_SHA_1_HMAC),

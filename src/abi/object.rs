@@ -174,7 +174,45 @@ pub(super) extern "C" fn C_GenerateKeyPair(
     })
 }
 
-/// PKCS#11 3.0 §5.14: C_DeriveKey (`CKM_P11DERIVE_HD_CHILD`: an HD child).
+/// Reads a caller's `CK_ECDH1_DERIVE_PARAMS` (the mechanism's parameter).
+///
+/// # Safety
+/// `m` must be the caller's mechanism; its parameter, if its length is that
+/// of the structure, must be readable, and the structure's data pointers
+/// readable for their lengths.
+unsafe fn ecdh_params(m: &CK_MECHANISM) -> crate::error::Result<crate::token::EcdhParams> {
+    let bad = |why: &str| {
+        Error::with(
+            CKR_MECHANISM_PARAM_INVALID,
+            format!("ECDH: {why}; pass a CK_ECDH1_DERIVE_PARAMS as the mechanism's parameter"),
+        )
+    };
+    if m.pParameter.is_null() || m.ulParameterLen as usize != size_of::<CK_ECDH1_DERIVE_PARAMS>() {
+        return Err(bad(&format!(
+            "the parameter has {} bytes, not {}",
+            m.ulParameterLen,
+            size_of::<CK_ECDH1_DERIVE_PARAMS>()
+        )));
+    }
+    // SAFETY: readable for its length (checked above); unaligned read, as a
+    // caller's parameter block need not be aligned.
+    let p = unsafe { std::ptr::read_unaligned(m.pParameter as *const CK_ECDH1_DERIVE_PARAMS) };
+    let data = |ptr: CK_BYTE_PTR, len: CK_ULONG, name: &str| {
+        if ptr.is_null() && len > 0 {
+            return Err(bad(&format!("{name} is NULL with a length of {len}")));
+        }
+        // SAFETY: the caller's buffer, readable for `len` bytes.
+        unsafe { bytes(ptr, len) }.map(<[u8]>::to_vec)
+    };
+    Ok(crate::token::EcdhParams {
+        kdf: p.kdf,
+        shared_data: data(p.pSharedData, p.ulSharedDataLen, "pSharedData")?,
+        public_data: data(p.pPublicData, p.ulPublicDataLen, "pPublicData")?,
+    })
+}
+
+/// PKCS#11 3.0 §5.14: C_DeriveKey (`CKM_P11DERIVE_HD_CHILD`: an HD child;
+/// `CKM_ECDH1_DERIVE`, `CKM_ECDH1_COFACTOR_DERIVE`: an ECDH secret).
 pub(super) extern "C" fn C_DeriveKey(
     h: CK_SESSION_HANDLE,
     p_mechanism: CK_MECHANISM_PTR,
@@ -192,7 +230,14 @@ pub(super) extern "C" fn C_DeriveKey(
                 out(ph_key)?,
             )
         };
-        *out_key = p.derive_key(h, &mech, base, &template)?;
+        *out_key = match mech.ty {
+            CKM_ECDH1_DERIVE | CKM_ECDH1_COFACTOR_DERIVE => {
+                // SAFETY: the caller's mechanism (read above) and its parameter.
+                let params = unsafe { ecdh_params(&*p_mechanism) }?;
+                p.ecdh_derive(h, &mech, &params, base, &template)?
+            }
+            _ => p.derive_key(h, &mech, base, &template)?,
+        };
         Ok(())
     })
 }

@@ -2,7 +2,7 @@
 
 use crate::ck::*;
 use crate::error::Result;
-use crate::token::{Mechanism, Provider};
+use crate::token::{Mechanism, OpKind, Provider};
 
 use super::convert::*;
 use super::{entry, provider};
@@ -44,6 +44,27 @@ macro_rules! entry_points {
 /// `f`, which gets the provider first (`CKR_CRYPTOKI_NOT_INITIALIZED` without).
 pub(super) fn with_provider(name: &str, f: impl FnOnce(&Provider) -> Result<()>) -> CK_RV {
     entry(name, || f(&*provider()?))
+}
+
+/// Runs an entry point that continues or ends an operation (`C_Sign`,
+/// `C_DigestUpdate`, `C_EncryptFinal`…): [`with_provider`], and an error
+/// other than `CKR_BUFFER_TOO_SMALL` ends the operation, whichever layer
+/// found it (a caller's NULL length pointer as much as a failed signature),
+/// as PKCS#11 3.0 §5.12-§5.15 say. (A length query returns `CKR_OK`.)
+pub(super) fn op_call(
+    name: &'static str,
+    h: CK_SESSION_HANDLE,
+    f: impl FnOnce(&Provider) -> Result<()>,
+) -> CK_RV {
+    with_provider(name, |p| {
+        let r = f(p);
+        if r.as_ref().is_err_and(|e| e.rv != CKR_BUFFER_TOO_SMALL) {
+            if let Some(kind) = OpKind::of_entry(name) {
+                p.end_operation(h, kind);
+            }
+        }
+        r
+    })
 }
 
 /// Runs an entry point about `slot`: [`with_provider`], the slot checked
@@ -106,7 +127,7 @@ pub(super) fn in_out_call(
     pul_out: CK_ULONG_PTR,
     f: CryptFn,
 ) -> CK_RV {
-    with_provider(name, |p| {
+    op_call(name, h, |p| {
         // SAFETY: the caller's input buffer and output length.
         let input = unsafe { input_apart(p_in, in_len, p_out, pul_out) }?;
         let input = &*input;
@@ -131,7 +152,7 @@ pub(super) fn in_call(
     in_len: CK_ULONG,
     f: fn(&Provider, CK_SESSION_HANDLE, &[u8]) -> Result<()>,
 ) -> CK_RV {
-    with_provider(name, |p| {
+    op_call(name, h, |p| {
         // SAFETY: the caller's input buffer.
         let input = unsafe { bytes(p_in, in_len) }?;
         f(p, h, input)
@@ -147,7 +168,7 @@ pub(super) fn out_call(
     pul_out: CK_ULONG_PTR,
     f: fn(&Provider, CK_SESSION_HANDLE, Option<&mut [u8]>) -> Result<usize>,
 ) -> CK_RV {
-    with_provider(name, |p| {
+    op_call(name, h, |p| {
         // SAFETY: caller's output buffer.
         unsafe { output(p_out, pul_out, || f(p, h, None), |o| f(p, h, Some(o))) }
     })

@@ -5,7 +5,7 @@ use crate::error::Error;
 use crate::token::Provider;
 
 use super::convert::*;
-use super::shape::with_provider;
+use super::shape::{op_call, with_provider};
 
 entry_points! {
     /// PKCS#11 3.0 §5.13: C_SignInit.
@@ -28,7 +28,7 @@ pub(super) extern "C" fn C_Verify(
     p_sig: CK_BYTE_PTR,
     sig_len: CK_ULONG,
 ) -> CK_RV {
-    with_provider("C_Verify", |p| {
+    op_call("C_Verify", h, |p| {
         // SAFETY: caller's input buffers.
         let (data, sig) = unsafe { (bytes(p_data, data_len)?, bytes(p_sig, sig_len)?) };
         p.verify(h, data, sig)
@@ -63,6 +63,11 @@ entry_points! {
     output C_DigestFinal => Provider::digest_final;
 }
 
+/// PKCS#11 3.0 §5.12: C_DigestKey.
+pub(super) extern "C" fn C_DigestKey(h: CK_SESSION_HANDLE, key: CK_OBJECT_HANDLE) -> CK_RV {
+    with_provider("C_DigestKey", |p| p.digest_key(h, key))
+}
+
 /// PKCS#11 3.0 §5.19: C_SeedRandom.
 pub(super) extern "C" fn C_SeedRandom(
     h: CK_SESSION_HANDLE,
@@ -71,10 +76,8 @@ pub(super) extern "C" fn C_SeedRandom(
 ) -> CK_RV {
     with_provider("C_SeedRandom", |p| {
         // SAFETY: caller's input buffer.
-        unsafe { bytes(p_seed, seed_len) }?;
-        p.session(h)?;
-        // Randomness comes from the backing HSM, which keeps its own seed.
-        Err(Error::rv(CKR_RANDOM_SEED_NOT_SUPPORTED))
+        let seed = unsafe { bytes(p_seed, seed_len) }?;
+        p.seed_random(h, seed)
     })
 }
 

@@ -571,6 +571,22 @@ impl Core {
         }
     }
 
+    /// Gives a caller's seed to the backing HSM's `C_SeedRandom`, which
+    /// mixes it into its own RNG state; a module that takes no seed answers
+    /// `CKR_RANDOM_SEED_NOT_SUPPORTED`.
+    pub(super) fn seed_random(&self, seed: &[u8]) -> Result<()> {
+        self.with_session(|h| match self.module.seed_random(h, seed) {
+            sys::CKR_OK => Ok(()),
+            sys::CKR_RANDOM_SEED_NOT_SUPPORTED | sys::CKR_FUNCTION_NOT_SUPPORTED => {
+                Err(Error::with(
+                    sys::CKR_RANDOM_SEED_NOT_SUPPORTED,
+                    "the backing HSM takes no seed for its RNG (its own entropy stays in use)",
+                ))
+            }
+            rv => Err(device("C_SeedRandom", rv)),
+        })
+    }
+
     /// `n` bytes from the backing HSM's random number generator, in the
     /// locked arena (they may become key material).
     pub(super) fn random(&self, n: usize) -> Result<SecretBytes> {

@@ -201,6 +201,13 @@ impl Backend {
         Ok(())
     }
 
+    /// Passes a caller's seed to the backing HSM's `C_SeedRandom` (it adds
+    /// to the HSM's entropy, never replaces it).
+    pub fn seed_random(&self, seed: &[u8]) -> Result<()> {
+        let seed = zeroize::Zeroizing::new(seed.to_vec());
+        self.call("C_SeedRandom", move |c| c.seed_random(&seed))
+    }
+
     pub fn generate_root(&self) -> Result<()> {
         self.call("C_GenerateKey (root)", |c| c.generate_root())
     }

@@ -415,6 +415,15 @@ impl Module {
         })
     }
 
+    /// `C_SeedRandom(h, seed)`: mixes the caller's seed into the module's RNG.
+    pub(super) fn seed_random(&self, h: sys::CK_SESSION_HANDLE, seed: &[u8]) -> sys::CK_RV {
+        invoke(self.0.C_SeedRandom, |f| {
+            // SAFETY: `seed` is a live buffer of `seed.len()` bytes, only
+            // read (PKCS#11 passes it without `const`).
+            unsafe { f(h, seed.as_ptr() as *mut u8, seed.len() as sys::CK_ULONG) }
+        })
+    }
+
     /// `C_CreateObject(h, template)`; returns the code and the new handle.
     pub(super) fn create_object(
         &self,

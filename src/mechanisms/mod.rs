@@ -6,6 +6,7 @@
 //! - [`recoverable`]: recoverable ECDSA over secp256k1 (`r || s || v`, as
 //!   Ethereum's `ecrecover` takes it);
 //! - [`schnorr`]: BIP-340 Schnorr signatures over secp256k1;
+//! - [`ecdh`]: ECDH key agreement with the X9.63 KDF;
 //! - [`digest`]: SHA-1 and SHA-2 digests;
 //! - [`gcm`]: AES-GCM; [`aes_modes`]: AES-ECB, -CBC, -CBC-PAD, -CTR and
 //!   -CMAC; [`hmac`]: HMAC-SHA-2; [`keywrap`]: AES key wrap;
@@ -14,6 +15,7 @@
 pub mod aes_modes;
 pub mod checkvalue;
 pub mod digest;
+pub mod ecdh;
 pub mod ecdsa;
 pub mod eddsa;
 pub mod gcm;
@@ -146,6 +148,23 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
                 ulMinKeySize: 256,
                 ulMaxKeySize: 256,
                 flags: CKF_DERIVE,
+            },
+        ),
+        // ECDH on secp256k1 and P-256 keys (cofactor 1: both are the same).
+        (
+            CKM_ECDH1_DERIVE,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 256,
+                ulMaxKeySize: 256,
+                flags: CKF_DERIVE | ec_flags,
+            },
+        ),
+        (
+            CKM_ECDH1_COFACTOR_DERIVE,
+            CK_MECHANISM_INFO {
+                ulMinKeySize: 256,
+                ulMaxKeySize: 256,
+                flags: CKF_DERIVE | ec_flags,
             },
         ),
         (CKM_SHA_1, digest),

@@ -16,8 +16,8 @@ use zeroize::Zeroizing;
 
 use super::*;
 use crate::access::{Action, UseKind};
-use crate::types::HmacHash;
 use crate::mechanisms::aes_modes::Mode;
+use crate::types::HmacHash;
 
 /// An encryption or decryption in progress.
 pub(super) struct CryptOp {

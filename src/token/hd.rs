@@ -329,6 +329,7 @@ impl Provider {
             verify: !private,
             wrap: false,
             unwrap: false,
+            derive: true,
             local: false,
             check: None,
             ivs: UsedIvs::default(),

@@ -26,7 +26,9 @@ fn public_point(kt: KeyType, given: &[u8]) -> Option<Vec<u8>> {
     // and one byte from 128 on: P-521's 133), the point.
     let bare = match given {
         [0x04, n, rest @ ..] if *n < 0x80 && *n as usize == rest.len() && rest.len() <= len => rest,
-        [0x04, 0x81, n, rest @ ..] if *n >= 0x80 && *n as usize == rest.len() && rest.len() <= len => {
+        [0x04, 0x81, n, rest @ ..]
+            if *n >= 0x80 && *n as usize == rest.len() && rest.len() <= len =>
+        {
             rest
         }
         _ => given,

@@ -8,7 +8,7 @@
 //! templates), `sign.rs` (signing, verification, the key cache),
 //! `digest.rs`, `crypt.rs` (secret keys, AES-GCM), `wrap.rs` (key wrapping),
 //! `session.rs` (session keys), `hd.rs` (HD children through
-//! `C_DeriveKey`), `stored.rs` (certificates, data objects),
+//! `C_DeriveKey`), `ecdh.rs` (ECDH through `C_DeriveKey`), `stored.rs` (certificates, data objects),
 //! `ops.rs` (the operation slot every operation runs in), `throttle.rs`
 //! (the growing delay after failed logins).
 
@@ -36,12 +36,13 @@ use sha2::{Digest, Sha256};
 
 mod crypt;
 mod digest;
+mod ecdh;
 mod handles;
 mod hd;
 mod import;
 mod login;
-mod modify;
 mod modes;
+mod modify;
 mod ops;
 mod session;
 mod session_data;
@@ -53,6 +54,7 @@ mod users;
 mod wrap;
 
 use crypt::check_key_type;
+pub use ecdh::EcdhParams;
 use handles::FindOp;
 pub use login::Login;
 use login::{AuditState, LoginState};
@@ -70,6 +72,34 @@ pub struct Mechanism {
     pub param: Vec<u8>,
     /// `CKM_AES_GCM`'s parameters, read from the caller's `CK_GCM_PARAMS`.
     pub gcm: Option<GcmParams>,
+}
+
+/// The kinds of operation a session runs one of each at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpKind {
+    Digest,
+    Sign,
+    Verify,
+    Encrypt,
+    Decrypt,
+}
+
+impl OpKind {
+    /// The operation an entry point (`C_DigestFinal`, `C_SignUpdate`…)
+    /// continues or ends, by its name.
+    pub fn of_entry(name: &str) -> Option<OpKind> {
+        let rest = name.strip_prefix("C_")?;
+        [
+            ("Digest", OpKind::Digest),
+            ("Sign", OpKind::Sign),
+            ("Verify", OpKind::Verify),
+            ("Encrypt", OpKind::Encrypt),
+            ("Decrypt", OpKind::Decrypt),
+        ]
+        .into_iter()
+        .find(|(p, _)| rest.starts_with(p) && !rest.ends_with("Init"))
+        .map(|(_, k)| k)
+    }
 }
 
 /// An attribute of a caller's template: its type and value bytes.
@@ -354,5 +384,30 @@ impl Provider {
     pub fn random(&self, h: CK_SESSION_HANDLE, out: &mut [u8]) -> Result<()> {
         self.session(h)?;
         self.backend.random(out)
+    }
+
+    /// Ends the operation of kind `kind` in session `h`, if one runs: the
+    /// entry points call it when they fail before the operation could
+    /// (a caller's bad pointer): every error but `CKR_BUFFER_TOO_SMALL`
+    /// ends an operation (PKCS#11 3.0 §5.12-§5.15).
+    pub fn end_operation(&self, h: CK_SESSION_HANDLE, kind: OpKind) {
+        if let Ok(session) = self.session(h) {
+            let mut s = lock(&session);
+            match kind {
+                OpKind::Digest => s.digest.end(),
+                OpKind::Sign => s.sign.end(),
+                OpKind::Verify => s.verify.end(),
+                OpKind::Encrypt => s.encrypt.end(),
+                OpKind::Decrypt => s.decrypt.end(),
+            }
+        }
+    }
+
+    /// `C_SeedRandom`: the seed goes to the backing HSM's `C_SeedRandom`,
+    /// which mixes it in (it never replaces the HSM's entropy);
+    /// `CKR_RANDOM_SEED_NOT_SUPPORTED` when the HSM takes no seed.
+    pub fn seed_random(&self, h: CK_SESSION_HANDLE, seed: &[u8]) -> Result<()> {
+        self.session(h)?;
+        self.backend.seed_random(seed)
     }
 }

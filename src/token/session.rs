@@ -67,6 +67,9 @@ pub(super) struct SessionObject {
     pub verify: bool,
     pub wrap: bool,
     pub unwrap: bool,
+    /// `CKA_DERIVE`: an EC private key that may do ECDH (HD children say
+    /// their own).
+    pub derive: bool,
     /// Made by the token (`C_GenerateKey*`), not given (`C_CreateObject`).
     pub local: bool,
     /// `CKA_CHECK_VALUE` of a secret key.
@@ -138,6 +141,11 @@ impl SessionObject {
         }
     }
 
+    /// `CKA_SENSITIVE` of a private or secret key: every session key is.
+    pub fn sensitive(&self) -> bool {
+        self.class != Class::Public
+    }
+
     /// The curve of an EC key (HMAC keys answer their scheme's type; it is
     /// not used for them).
     pub fn curve(&self) -> KeyType {
@@ -197,7 +205,8 @@ impl SessionObject {
                 Class::Public => CKO_PUBLIC_KEY,
                 Class::Secret => CKO_SECRET_KEY,
             })),
-            CKA_TOKEN | CKA_DERIVE => b(false),
+            CKA_TOKEN => b(false),
+            CKA_DERIVE => b(self.derive),
             CKA_MODIFIABLE => b(self.modifiable),
             CKA_COPYABLE => b(self.copyable),
             CKA_DESTROYABLE => b(self.destroyable),
@@ -295,6 +304,7 @@ impl SessionObject {
             verify: self.verify,
             wrap: self.wrap,
             unwrap: self.unwrap,
+            derive: self.derive,
             local: self.local,
             check: self.check,
             ivs: self.ivs.clone(),
@@ -322,6 +332,7 @@ pub(super) struct Wish {
     verify: bool,
     wrap: bool,
     unwrap: bool,
+    derive: bool,
     pub value_len: Option<usize>,
 }
 
@@ -367,6 +378,7 @@ impl Wish {
             verify: self.verify,
             wrap: self.wrap,
             unwrap: self.unwrap,
+            derive: self.derive,
             local,
             check: None,
             ivs: UsedIvs::default(),
@@ -471,6 +483,7 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
         verify: flag(t, CKA_VERIFY, uses_default(CKA_VERIFY)),
         wrap: flag(t, CKA_WRAP, uses_default(CKA_WRAP)),
         unwrap: flag(t, CKA_UNWRAP, uses_default(CKA_UNWRAP)),
+        derive: flag(t, CKA_DERIVE, false),
         value_len: find(t, CKA_VALUE_LEN).and_then(ulong).map(|n| n as usize),
     };
     let can = |ty| can_use(class, kind, ty);
@@ -481,6 +494,7 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
         (CKA_VERIFY, w.verify),
         (CKA_WRAP, w.wrap),
         (CKA_UNWRAP, w.unwrap),
+        (CKA_DERIVE, w.derive),
     ] {
         if on && !can(ty) {
             // A use this kind of key never has (pkcs11-tool asks encrypt of
@@ -498,6 +512,7 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
     w.verify &= can(CKA_VERIFY);
     w.wrap &= can(CKA_WRAP);
     w.unwrap &= can(CKA_UNWRAP);
+    w.derive &= can(CKA_DERIVE);
     Ok(w)
 }
 

@@ -4,8 +4,8 @@
 
 use super::*;
 use crate::access::{Action, UseKind};
-use crate::secure::SecretBytes;
 use crate::mechanisms::aes_modes;
+use crate::secure::SecretBytes;
 
 /// How a signature mechanism treats its key and input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -452,7 +452,7 @@ impl Provider {
     /// may use the asset, its policies allow it (and, to sign, the child's
     /// path), and the version may still sign (or verify). A refusal by the
     /// asset's state is audited.
-    fn child_use(
+    pub(super) fn child_use(
         &self,
         h: CK_SESSION_HANDLE,
         child: &hd::HdChild,
