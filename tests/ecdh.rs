@@ -464,6 +464,18 @@ fn ecdh_with_a_session_pair_agrees_with_openssl() {
             )
             .unwrap()
     };
+    // Both ECDH mechanisms are listed, for derivation.
+    let r = raw();
+    for m in [CKM_ECDH1_DERIVE, CKM_ECDH1_COFACTOR_DERIVE] {
+        let mut info = CK_MECHANISM_INFO {
+            ulMinKeySize: 0,
+            ulMaxKeySize: 0,
+            flags: 0,
+        };
+        let rv = call!(r, C_GetMechanismInfo(p.slot.id() as _, m, &mut info));
+        assert_eq!(rv, CKR_OK);
+        assert_eq!(info.flags & (CKF_DERIVE | CKF_SIGN), CKF_DERIVE, "{m:#x}");
+    }
     let (public, private) = pair(true);
     assert!(derives(&session, private));
     let ours = ec_point(&session, public);

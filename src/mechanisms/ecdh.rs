@@ -320,6 +320,31 @@ mod tests {
         assert_eq!(&x[..], &y[..]);
     }
 
+    /// P-384 and P-521 (the arms a helper's new asset types will use): both
+    /// sides of a pair of keys agree, and the secret is a field element long.
+    #[test]
+    fn p384_and_p521_both_sides_agree() {
+        macro_rules! both {
+            ($krate:ident, $curve:expr, $n:expr) => {{
+                use $krate::elliptic_curve::sec1::ToSec1Point;
+                let (mut a, mut b) = ([0u8; $n], [0u8; $n]);
+                a[$n - 1] = 0x11;
+                b[$n - 1] = 0x22;
+                let point = |k: &[u8]| {
+                    let pk = $krate::SecretKey::from_slice(k).unwrap().public_key();
+                    pk.to_sec1_point(false).as_bytes().to_vec()
+                };
+                let (pa, pb) = (point(&a), point(&b));
+                let x = derive($curve, &a, &pb, Kdf::Null, &[], $n).unwrap();
+                let y = derive($curve, &b, &pa, Kdf::Null, &[], $n).unwrap();
+                assert_eq!(&x[..], &y[..]);
+                assert_eq!(x.len(), $curve.field_len());
+            }};
+        }
+        both!(p384, Curve::P384, 48);
+        both!(p521, Curve::P521, 66);
+    }
+
     /// ANSI X9.63 KDF vectors from NIST CAVS 12.0 "ansx963_2001.rsp"
     /// (the SP 800-135 component test), first COUNT of two parameter sets.
     #[test]

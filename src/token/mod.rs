@@ -102,6 +102,19 @@ impl OpKind {
     }
 }
 
+#[cfg(test)]
+#[test]
+fn entry_points_name_their_operation() {
+    assert_eq!(OpKind::of_entry("C_DigestFinal"), Some(OpKind::Digest));
+    assert_eq!(OpKind::of_entry("C_Digest"), Some(OpKind::Digest));
+    assert_eq!(OpKind::of_entry("C_SignUpdate"), Some(OpKind::Sign));
+    assert_eq!(OpKind::of_entry("C_Verify"), Some(OpKind::Verify));
+    assert_eq!(OpKind::of_entry("C_EncryptFinal"), Some(OpKind::Encrypt));
+    assert_eq!(OpKind::of_entry("C_DecryptUpdate"), Some(OpKind::Decrypt));
+    assert_eq!(OpKind::of_entry("C_SignInit"), None);
+    assert_eq!(OpKind::of_entry("C_GenerateRandom"), None);
+}
+
 /// An attribute of a caller's template: its type and value bytes.
 pub type TemplateAttr = (CK_ATTRIBUTE_TYPE, Vec<u8>);
 
