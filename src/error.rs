@@ -306,7 +306,7 @@ mod tests {
             assert_eq!(mech_name(m), name);
             assert_eq!(mech_by_name(&name.to_ascii_lowercase()), Some(m));
         }
-        assert_eq!(mech_names().count(), 37);
+        assert_eq!(mech_names().count(), 38);
         assert_eq!(mech_by_name("CKM_ECDSA"), Some(CKM_ECDSA));
         assert_eq!(mech_by_name("ECDSA"), None);
         assert_eq!(mech_by_name("NO-SUCH-MECHANISM"), None);

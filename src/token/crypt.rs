@@ -307,7 +307,7 @@ impl Provider {
                 keys: vec![(0, obj.key_ref()?)],
                 name: obj.name(),
                 ivs: Some(obj.ivs.clone()),
-                public: !obj.private && obj.hd.is_none(),
+                public: obj.is_public_session_key(),
             });
         }
         let (okey, asset) = self.object(key, CKR_KEY_HANDLE_INVALID)?;

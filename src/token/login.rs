@@ -107,6 +107,12 @@ impl Provider {
         Ok(())
     }
 
+    /// [`Provider::live`] for an operation that began in a login (`Some`);
+    /// one on a public session key (`None`) needs none.
+    pub(super) fn live_if(&self, epoch: Option<u64>) -> Result<()> {
+        epoch.map_or(Ok(()), |e| self.live(e))
+    }
+
     pub fn login(&self, h: CK_SESSION_HANDLE, user: CK_USER_TYPE, pin: &[u8]) -> Result<()> {
         self.session(h)?;
         // One attempt at a time; a failure sleeps in it (see throttle.rs).

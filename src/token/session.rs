@@ -269,6 +269,14 @@ impl SessionObject {
         }
     }
 
+    /// A public (`CKA_PRIVATE` false) session key that is no HD child: as
+    /// PKCS#11 says of public objects, a session may use it without a
+    /// login (its uses are audited all the same, as records the next login
+    /// seals into the chain).
+    pub fn is_public_session_key(&self) -> bool {
+        !self.private && self.hd.is_none()
+    }
+
     pub fn matches(&self, template: &[TemplateAttr]) -> bool {
         objects::matches(template, |ty| self.attribute(ty))
     }

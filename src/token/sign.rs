@@ -107,8 +107,9 @@ impl Alg {
 }
 
 pub(super) struct SignOp {
-    /// The login epoch this operation began in.
-    epoch: u64,
+    /// The login epoch this operation began in; `None` for a public
+    /// session key, which PKCS#11 lets a session use without a login.
+    epoch: Option<u64>,
     /// The asset (row id) and version whose key this is: re-checked against
     /// the store before the signature leaves. `None`: a session key.
     asset: Option<i64>,
@@ -140,9 +141,10 @@ pub(super) struct VerifyOp {
     /// The versions this verification may use and their public points,
     /// newest first.
     points: Vec<(u32, Vec<u8>)>,
-    /// HMAC verification (secret keys): the mechanism, the login epoch and
-    /// the derived keys of the versions it may use, newest first.
-    pub hmac: Option<(CK_MECHANISM_TYPE, u64, VersionKeys)>,
+    /// HMAC verification (secret keys): the mechanism, the login epoch
+    /// (`None`: a public session key, usable without a login) and the
+    /// derived keys of the versions it may use, newest first.
+    pub hmac: Option<(CK_MECHANISM_TYPE, Option<u64>, VersionKeys)>,
     msg: Message,
     audit: OpAudit,
 }
@@ -371,14 +373,19 @@ impl Provider {
     ) -> Result<()> {
         let session = self.idle_session(h, |s| &mut s.sign)?;
         let epoch = self.login.epoch();
-        self.live(epoch)?;
         let (alg, msg, signer) = Self::signature_mechanism(mech, Class::Private)?;
+        let public = self
+            .session_object(key)
+            .is_some_and(|o| o.is_public_session_key());
+        if !public {
+            self.live(epoch)?;
+        }
         if let Some(obj) = self.session_object(key) {
             self.session_key_use(&obj, mech.ty, signer, obj.sign, "sign")?;
             if let Some(child) = &obj.hd {
                 self.child_use(h, child, mech.ty, UseKind::Sign)?;
                 let op = SignOp {
-                    epoch,
+                    epoch: Some(epoch),
                     asset: Some(child.asset),
                     version: child.version,
                     kt: obj.curve(),
@@ -391,7 +398,7 @@ impl Provider {
             }
             self.permit(h, Action::Use(UseKind::Sign), None, Some(mech.ty))?;
             let op = SignOp {
-                epoch,
+                epoch: (!public).then_some(epoch),
                 asset: None,
                 version: 0,
                 kt: obj.curve(),
@@ -436,7 +443,7 @@ impl Provider {
             Err(e) => return Err(e),
         };
         let op = SignOp {
-            epoch,
+            epoch: Some(epoch),
             asset: Some(asset.rowid),
             version: view.version,
             kt: asset.key_type,
@@ -509,11 +516,12 @@ impl Provider {
     }
 
     fn start_sign(&self, session: &Mutex<Session>, epoch: u64, op: SignOp) -> Result<()> {
+        let epoch = op.epoch.map(|_| epoch);
         let mut s = lock(session);
         s.sign.ensure_idle()?;
         // A logout that happened while the key was derived wins: the key is
         // wiped (dropped) here instead of being kept past the logout.
-        self.live(epoch)?;
+        self.live_if(epoch)?;
         s.sign.start(op)
     }
 
@@ -522,7 +530,7 @@ impl Provider {
     pub fn sign(&self, h: CK_SESSION_HANDLE, data: &[u8], out: Option<&mut [u8]>) -> Result<usize> {
         self.in_session(h, |s| {
             let (mut op, out) = match s.sign.finish(out, |op| {
-                self.live(op.epoch)?;
+                self.live_if(op.epoch)?;
                 if op.msg.multi {
                     return Err(Error::rv(CKR_OPERATION_ACTIVE));
                 }
@@ -573,7 +581,7 @@ impl Provider {
     pub fn sign_update(&self, h: CK_SESSION_HANDLE, data: &[u8]) -> Result<()> {
         self.in_session(h, |s| {
             s.sign.with(|op| {
-                self.live(op.epoch)?;
+                self.live_if(op.epoch)?;
                 if !op.msg.update(data) {
                     // Raw CKM_ECDSA signs a digest in one call (single-part only).
                     return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
@@ -587,7 +595,7 @@ impl Provider {
     pub fn sign_final(&self, h: CK_SESSION_HANDLE, out: Option<&mut [u8]>) -> Result<usize> {
         self.in_session(h, |s| {
             let (op, out) = match s.sign.finish(out, |op| {
-                self.live(op.epoch)?;
+                self.live_if(op.epoch)?;
                 if !op.msg.multi_part() {
                     return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
                 }
@@ -628,7 +636,11 @@ impl Provider {
                     .collect(),
                 msg,
                 hmac: match hmac {
-                    Some(m) => Some((m, epoch, vec![(0, obj.key_ref()?)])),
+                    Some(m) => Some((
+                        m,
+                        (!obj.is_public_session_key()).then_some(epoch),
+                        vec![(0, obj.key_ref()?)],
+                    )),
                     None => None,
                 },
                 audit: match child {
@@ -667,7 +679,7 @@ impl Provider {
                     .into_iter()
                     .map(|(v, k)| Ok((v, alg.mac_key(k, true)?)))
                     .collect::<Result<_>>()?;
-                Some((m, epoch, keys))
+                Some((m, Some(epoch), keys))
             }
             None => None,
         };
@@ -740,7 +752,7 @@ impl Provider {
             // A session key: no asset state to honour.
             return match &op.hmac {
                 Some((_, epoch, keys)) => {
-                    self.live(*epoch)?;
+                    self.live_if(*epoch)?;
                     op.alg.mac_verify(keys[0].1.bytes(), digest, sig).map(|_| 0)
                 }
                 None => op
@@ -758,7 +770,7 @@ impl Provider {
             return Err(Error::rv(CKR_KEY_HANDLE_INVALID));
         }
         if let Some((_, epoch, keys)) = &op.hmac {
-            self.live(*epoch)?;
+            self.live_if(*epoch)?;
             return self.open_with(&asset, keys, |key| {
                 op.alg.mac_verify(key.bytes(), digest, sig)
             });
