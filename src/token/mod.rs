@@ -39,6 +39,7 @@ mod digest;
 mod handles;
 mod hd;
 mod login;
+mod message;
 mod modes;
 mod ops;
 mod session;
@@ -53,6 +54,7 @@ use crypt::check_key_type;
 use handles::FindOp;
 pub use login::Login;
 use login::{AuditState, LoginState};
+pub use message::MessageParams;
 use ops::{Message, OpAudit, OpSlot, Output};
 use session::{KeyRef, SessionObjects};
 use sign::{KeyCache, Purpose, SignOp, VerifyOp, VersionKeys};
@@ -82,6 +84,8 @@ pub struct Session {
     digest: OpSlot<digest::DigestOp>,
     encrypt: OpSlot<crypt::Crypt>,
     decrypt: OpSlot<crypt::Crypt>,
+    msg_encrypt: OpSlot<message::MsgOp>,
+    msg_decrypt: OpSlot<message::MsgOp>,
 }
 
 /// The open sessions by handle.
@@ -243,6 +247,8 @@ impl Provider {
             digest: OpSlot::default(),
             encrypt: OpSlot::default(),
             decrypt: OpSlot::default(),
+            msg_encrypt: OpSlot::default(),
+            msg_decrypt: OpSlot::default(),
         };
         self.sessions
             .write()
@@ -342,6 +348,8 @@ impl Provider {
             s.digest.end_if(|_| named(CKF_DIGEST));
             s.encrypt.end_if(|_| named(CKF_ENCRYPT));
             s.decrypt.end_if(|_| named(CKF_DECRYPT));
+            s.msg_encrypt.end_if(|_| named(CKF_MESSAGE_ENCRYPT));
+            s.msg_decrypt.end_if(|_| named(CKF_MESSAGE_DECRYPT));
             s.find.end_if(|_| named(CKF_FIND_OBJECTS));
             Ok(())
         })
