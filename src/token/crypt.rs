@@ -356,6 +356,21 @@ impl Provider {
             return self.block_init(h, mech, key, encrypting);
         }
         let session = self.idle_session(h, |s| crypt_slot(s, encrypting))?;
+        // An RSA mechanism with a secret key: the key cannot serve it,
+        // whatever p11derive implements (RSA is not implemented).
+        let rsa = matches!(mech.ty, CKM_RSA_PKCS | CKM_RSA_PKCS_OAEP | CKM_RSA_X_509);
+        if rsa
+            && (self.session_object(key).is_some()
+                || self.object(key, CKR_KEY_HANDLE_INVALID).is_ok())
+        {
+            return Err(Error::with(
+                CKR_KEY_TYPE_INCONSISTENT,
+                format!(
+                    "{} needs an RSA key; object {key} is not one (p11derive has no RSA keys)",
+                    crate::error::mech_name(mech.ty)
+                ),
+            ));
+        }
         if mech.ty != CKM_AES_GCM {
             return Err(Error::rv(CKR_MECHANISM_INVALID));
         }
