@@ -557,6 +557,12 @@ fn errors_and_length_conventions() {
         t.crypt(CKM_AES_CTR, &wrap, key, &[0; 17], false),
         Err(CKR_ENCRYPTED_DATA_LEN_RANGE)
     );
+    // An RSA mechanism does not fit an AES key; an unknown one is invalid.
+    assert_eq!(
+        t.init(CKM_RSA_PKCS, &[], key, true),
+        CKR_KEY_TYPE_INCONSISTENT
+    );
+    assert_eq!(t.init(0x3e7, &[], key, false), CKR_MECHANISM_INVALID);
     // CKA_ENCRYPT false: no encryption, decryption still.
     let no_enc = t.session_key(&[7; 32], false, true);
     assert_eq!(
