@@ -198,7 +198,7 @@ fn unimplemented_functions_say_so() {
         CKR_FUNCTION_NOT_SUPPORTED
     );
     assert_eq!(
-        call!(r, C_MessageEncryptFinal(session)),
+        call!(r, C_MessageSignFinal(session)),
         CKR_FUNCTION_NOT_SUPPORTED
     );
     assert_eq!(call!(r, C_SessionCancel(session, CKF_SIGN)), CKR_OK);

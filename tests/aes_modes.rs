@@ -557,6 +557,12 @@ fn errors_and_length_conventions() {
         t.crypt(CKM_AES_CTR, &wrap, key, &[0; 17], false),
         Err(CKR_ENCRYPTED_DATA_LEN_RANGE)
     );
+    // An RSA mechanism does not fit an AES key; an unknown one is invalid.
+    assert_eq!(
+        t.init(CKM_RSA_PKCS, &[], key, true),
+        CKR_KEY_TYPE_INCONSISTENT
+    );
+    assert_eq!(t.init(0x3e7, &[], key, false), CKR_MECHANISM_INVALID);
     // CKA_ENCRYPT false: no encryption, decryption still.
     let no_enc = t.session_key(&[7; 32], false, true);
     assert_eq!(
@@ -740,4 +746,184 @@ fn mechanism_info_lists_the_modes() {
             "{m:#x}"
         );
     }
+}
+
+/// A message's output, IV and tag.
+type Sealed = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// One message of the message-based API: `Ok((output, iv, tag))`.
+#[allow(clippy::too_many_arguments)]
+fn message(
+    t: &Open,
+    enc: bool,
+    iv: &[u8],
+    fixed_bits: CK_ULONG,
+    generator: CK_GENERATOR_FUNCTION,
+    tag: &[u8],
+    aad: &[u8],
+    input: &[u8],
+) -> Result<Sealed, CK_RV> {
+    let (mut iv, mut tag) = (iv.to_vec(), tag.to_vec());
+    let mut params = CK_GCM_MESSAGE_PARAMS {
+        pIv: iv.as_mut_ptr(),
+        ulIvLen: iv.len() as CK_ULONG,
+        ulIvFixedBits: fixed_bits,
+        ivGenerator: generator,
+        pTag: tag.as_mut_ptr(),
+        ulTagBits: 8 * tag.len() as CK_ULONG,
+    };
+    let f = if enc {
+        t.r.f.C_EncryptMessage.unwrap()
+    } else {
+        t.r.f.C_DecryptMessage.unwrap()
+    };
+    let mut out = vec![0u8; input.len() + 1];
+    let mut len: CK_ULONG = 0;
+    let pp = &mut params as *mut _ as *mut c_void;
+    let size = size_of::<CK_GCM_MESSAGE_PARAMS>() as CK_ULONG;
+    let (a, al) = (aad.as_ptr() as *mut u8, aad.len() as CK_ULONG);
+    let (i, il) = (input.as_ptr() as *mut u8, input.len() as CK_ULONG);
+    // SAFETY: valid buffers for the calls.
+    let rv = unsafe { f(t.h, pp, size, a, al, i, il, ptr::null_mut(), &mut len) };
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    assert_eq!(len as usize, input.len());
+    len = out.len() as CK_ULONG;
+    // SAFETY: as above.
+    let rv = unsafe { f(t.h, pp, size, a, al, i, il, out.as_mut_ptr(), &mut len) };
+    if rv != CKR_OK {
+        return Err(rv);
+    }
+    out.truncate(len as usize);
+    Ok((out, iv, tag))
+}
+
+/// The PKCS#11 3.0 message API for AES-GCM: generated IVs (counter and
+/// random) written back and distinct per message, round trips, the tag in
+/// `pTag`, a tampered tag refused, each message audited.
+#[test]
+fn gcm_messages_with_generated_ivs() {
+    let _turn = turn();
+    let t = open(true);
+    let asset = t.asset("messages");
+    let value: Vec<u8> = (0..32u8).collect();
+    let session_key = t.session_key(&value, true, true);
+    for key in [asset, session_key] {
+        let mut m = mech(CKM_AES_GCM, &[]);
+        assert_eq!(call!(t.r, C_MessageEncryptInit(t.h, &mut m, key)), CKR_OK);
+        let mut sent = Vec::new();
+        let fixed = [0xf1, 0xf2, 0xf3, 0xf4];
+        for (n, generator) in [
+            CKG_GENERATE_COUNTER,
+            CKG_GENERATE,
+            CKG_GENERATE_RANDOM,
+            CKG_GENERATE_COUNTER,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut iv = [0u8; 12];
+            iv[..4].copy_from_slice(&fixed);
+            let plain = format!("message {n}").into_bytes();
+            let (ct, iv, tag) =
+                message(&t, true, &iv, 32, generator, &[0; 16], b"aad", &plain).unwrap();
+            assert_eq!(&iv[..4], &fixed, "the fixed field is kept");
+            assert_ne!(tag, [0; 16]);
+            sent.push((iv, tag, ct, plain));
+        }
+        // Counter IVs of one operation follow each other.
+        let counter = |iv: &[u8]| u64::from_be_bytes(iv[4..].try_into().unwrap());
+        assert_eq!(counter(&sent[1].0), counter(&sent[0].0).wrapping_add(1));
+        let ivs: std::collections::HashSet<_> = sent.iter().map(|s| s.0.clone()).collect();
+        assert_eq!(ivs.len(), sent.len(), "distinct IVs");
+        // A caller's IV (CKG_NO_GENERATE) is taken as given; twice is refused.
+        let own = [0x77u8; 12];
+        message(&t, true, &own, 0, CKG_NO_GENERATE, &[0; 16], b"", b"x").unwrap();
+        assert_eq!(
+            message(&t, true, &own, 0, CKG_NO_GENERATE, &[0; 16], b"", b"x").err(),
+            Some(CKR_MECHANISM_PARAM_INVALID)
+        );
+        assert_eq!(call!(t.r, C_MessageEncryptFinal(t.h)), CKR_OK);
+        assert_eq!(
+            call!(t.r, C_MessageEncryptFinal(t.h)),
+            CKR_OPERATION_NOT_INITIALIZED
+        );
+
+        assert_eq!(call!(t.r, C_MessageDecryptInit(t.h, &mut m, key)), CKR_OK);
+        for (iv, tag, ct, plain) in &sent {
+            let (back, _, _) = message(&t, false, iv, 0, CKG_NO_GENERATE, tag, b"aad", ct).unwrap();
+            assert_eq!(&back, plain);
+            let mut bad = tag.clone();
+            bad[0] ^= 1;
+            assert_eq!(
+                message(&t, false, iv, 0, CKG_NO_GENERATE, &bad, b"aad", ct).err(),
+                Some(CKR_ENCRYPTED_DATA_INVALID)
+            );
+        }
+        // The operation goes on after a refused message.
+        let (iv, tag, ct, plain) = &sent[0];
+        assert_eq!(
+            &message(&t, false, iv, 0, CKG_NO_GENERATE, tag, b"aad", ct)
+                .unwrap()
+                .0,
+            plain
+        );
+        assert_eq!(call!(t.r, C_MessageDecryptFinal(t.h)), CKR_OK);
+        // The messages are C_Encrypt-compatible: C_Decrypt opens ct ‖ tag.
+        let gcm = CK_GCM_PARAMS {
+            pIv: iv.as_ptr() as *mut u8,
+            ulIvLen: 12,
+            ulIvBits: 96,
+            pAAD: b"aad".as_ptr() as *mut u8,
+            ulAADLen: 3,
+            ulTagBits: 128,
+        };
+        let p = &gcm as *const CK_GCM_PARAMS as *const u8;
+        // SAFETY: the structure's bytes, for the mechanism parameter.
+        let pb = unsafe { std::slice::from_raw_parts(p, size_of::<CK_GCM_PARAMS>()) };
+        let whole = [&ct[..], &tag[..]].concat();
+        assert_eq!(
+            &t.crypt(CKM_AES_GCM, pb, key, &whole, false).unwrap(),
+            plain
+        );
+    }
+    // Bad parameters: a generated IV of another length, odd fixed bits.
+    let mut m = mech(CKM_AES_GCM, &[]);
+    assert_eq!(call!(t.r, C_MessageEncryptInit(t.h, &mut m, asset)), CKR_OK);
+    for (iv, fixed) in [(vec![0u8; 16], 0), (vec![0u8; 12], 12), (vec![0u8; 12], 72)] {
+        assert_eq!(
+            message(
+                &t,
+                true,
+                &iv,
+                fixed,
+                CKG_GENERATE_COUNTER,
+                &[0; 16],
+                b"",
+                b"x"
+            )
+            .err(),
+            Some(CKR_MECHANISM_PARAM_INVALID)
+        );
+    }
+    assert_eq!(call!(t.r, C_MessageEncryptFinal(t.h)), CKR_OK);
+    // Every message was audited with its IV: five per key, two keys.
+    let recs = t.s.audit_records(&[]);
+    let sealed = recs
+        .iter()
+        .filter(|r| {
+            r["event"] == "encrypt" && r["detail"].as_str().is_some_and(|d| d.contains("iv="))
+        })
+        .count();
+    assert!(sealed >= 10, "{sealed}");
+    let mut info = CK_MECHANISM_INFO::default();
+    assert_eq!(
+        call!(t.r, C_GetMechanismInfo(1, CKM_AES_GCM, &mut info)),
+        CKR_OK
+    );
+    assert_eq!(
+        info.flags & (CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT),
+        CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT
+    );
 }

@@ -185,7 +185,8 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
             CK_MECHANISM_INFO {
                 ulMinKeySize: 16,
                 ulMaxKeySize: 32,
-                flags: CKF_ENCRYPT | CKF_DECRYPT,
+                // The message-based API too (token/message.rs).
+                flags: CKF_ENCRYPT | CKF_DECRYPT | CKF_MESSAGE_ENCRYPT | CKF_MESSAGE_DECRYPT,
             },
         ),
         (CKM_AES_ECB, aes(CKF_ENCRYPT | CKF_DECRYPT)),

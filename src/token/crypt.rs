@@ -38,9 +38,34 @@ pub(super) struct CryptOp {
     audit: OpAudit,
 }
 
+impl CryptOp {
+    /// One message of the message-based API (`message.rs`): a single-part
+    /// GCM operation over `data` (plaintext, or ciphertext ‖ tag).
+    pub(super) fn message(
+        epoch: u64,
+        asset: Option<i64>,
+        keys: VersionKeys,
+        params: GcmParams,
+        ivs: Option<session::UsedIvs>,
+        data: &[u8],
+        audit: OpAudit,
+    ) -> CryptOp {
+        CryptOp {
+            epoch,
+            asset,
+            keys,
+            params,
+            ivs,
+            data: Zeroizing::new(data.to_vec()),
+            multi: false,
+            audit,
+        }
+    }
+}
+
 /// The longest IV an encryption may use: each one is recorded (in its
 /// audit record and, under a derived key, in the store's `gcm_ivs`).
-const MAX_RECORDED_IV: usize = 128;
+pub(super) const MAX_RECORDED_IV: usize = 128;
 
 /// Appends to a buffer of caller data that may be secret (plaintext): when it
 /// must grow, the old allocation is wiped, never left behind in freed heap.
@@ -359,7 +384,7 @@ impl Provider {
     /// Tags under 96 bits only for a client `[gcm] short_tag_clients` names
     /// (SP 800-38D, Appendix C: 32- and 64-bit tags are for special
     /// applications, with limits a generic token cannot check).
-    fn check_tag_len(&self, params: &GcmParams) -> Result<()> {
+    pub(super) fn check_tag_len(&self, params: &GcmParams) -> Result<()> {
         if params.tag_len >= 12 {
             return Ok(());
         }
@@ -395,6 +420,21 @@ impl Provider {
             return self.block_init(h, mech, key, encrypting);
         }
         let session = self.idle_session(h, |s| crypt_slot(s, encrypting))?;
+        // An RSA mechanism with a secret key: the key cannot serve it,
+        // whatever p11derive implements (RSA is not implemented).
+        let rsa = matches!(mech.ty, CKM_RSA_PKCS | CKM_RSA_PKCS_OAEP | CKM_RSA_X_509);
+        if rsa
+            && (self.session_object(key).is_some()
+                || self.object(key, CKR_KEY_HANDLE_INVALID).is_ok())
+        {
+            return Err(Error::with(
+                CKR_KEY_TYPE_INCONSISTENT,
+                format!(
+                    "{} needs an RSA key; object {key} is not one (p11derive has no RSA keys)",
+                    crate::error::mech_name(mech.ty)
+                ),
+            ));
+        }
         if mech.ty != CKM_AES_GCM {
             return Err(Error::rv(CKR_MECHANISM_INVALID));
         }
@@ -509,7 +549,7 @@ impl Provider {
 
     /// Seals, commits the record (the version must still encrypt, and never
     /// used this IV), copies.
-    fn complete_encrypt(&self, op: &CryptOp, out: &mut [u8]) -> Result<usize> {
+    pub(super) fn complete_encrypt(&self, op: &CryptOp, out: &mut [u8]) -> Result<usize> {
         let (version, key) = &op.keys[0];
         let iv = &op.params.iv;
         if let Some(ivs) = &op.ivs {
@@ -555,7 +595,7 @@ impl Provider {
     /// Opens with the first key whose tag matches, commits the record (that
     /// version must still decrypt), and only then copies the plaintext out.
     /// A failure is recorded too.
-    fn complete_decrypt(&self, op: &CryptOp, out: &mut [u8]) -> Result<usize> {
+    pub(super) fn complete_decrypt(&self, op: &CryptOp, out: &mut [u8]) -> Result<usize> {
         let Some(rowid) = op.asset else {
             // A session key: no asset state; the outcome is recorded either way.
             let opened = gcm::gcm_open(op.keys[0].1.bytes(), &op.params, &op.data);

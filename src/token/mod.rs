@@ -41,6 +41,7 @@ mod handles;
 mod hd;
 mod import;
 mod login;
+mod message;
 mod modes;
 mod modify;
 mod ops;
@@ -58,6 +59,7 @@ pub use ecdh::EcdhParams;
 use handles::FindOp;
 pub use login::Login;
 use login::{AuditState, LoginState};
+pub use message::MessageParams;
 use ops::{Message, OpAudit, OpSlot, Output};
 use session::{KeyRef, SessionObjects};
 use sign::{KeyCache, Purpose, SignOp, VerifyOp, VersionKeys};
@@ -128,6 +130,8 @@ pub struct Session {
     digest: OpSlot<digest::DigestOp>,
     encrypt: OpSlot<crypt::Crypt>,
     decrypt: OpSlot<crypt::Crypt>,
+    msg_encrypt: OpSlot<message::MsgOp>,
+    msg_decrypt: OpSlot<message::MsgOp>,
 }
 
 /// The open sessions by handle.
@@ -290,6 +294,8 @@ impl Provider {
             digest: OpSlot::default(),
             encrypt: OpSlot::default(),
             decrypt: OpSlot::default(),
+            msg_encrypt: OpSlot::default(),
+            msg_decrypt: OpSlot::default(),
         };
         self.sessions
             .write()
@@ -389,6 +395,8 @@ impl Provider {
             s.digest.end_if(|_| named(CKF_DIGEST));
             s.encrypt.end_if(|_| named(CKF_ENCRYPT));
             s.decrypt.end_if(|_| named(CKF_DECRYPT));
+            s.msg_encrypt.end_if(|_| named(CKF_MESSAGE_ENCRYPT));
+            s.msg_decrypt.end_if(|_| named(CKF_MESSAGE_DECRYPT));
             s.find.end_if(|_| named(CKF_FIND_OBJECTS));
             Ok(())
         })

@@ -64,6 +64,14 @@ impl<T> OpSlot<T> {
         r
     }
 
+    /// The running operation, left running whatever the caller then does
+    /// (the message-based API: a message's error does not end it).
+    pub fn peek(&mut self) -> Result<&mut T> {
+        self.0
+            .as_mut()
+            .ok_or(Error::rv(CKR_OPERATION_NOT_INITIALIZED))
+    }
+
     /// Ends the operation (its keys are dropped, wiped), if one runs.
     pub fn end(&mut self) {
         self.0 = None;
