@@ -730,7 +730,7 @@ fi
 # named, not counted as a failure).
 PT="google/pkcs11test"
 P11TEST_VERSION=2cbe462
-P11TEST=${P11TEST_BIN:-/opt/pkcs11test/$P11TEST_VERSION/pkcs11test}
+P11TEST=${P11TEST_BIN:-${P11TEST_DIR:-/opt/pkcs11test}/$P11TEST_VERSION/pkcs11test}
 P11TEST_SRC=""
 for d in ${P11DERIVE_THIRDPARTY:+"$P11DERIVE_THIRDPARTY"} "$PWD/../shared/thirdparty" /work/shared/thirdparty; do
     [ -f "$d/pkcs11test-$P11TEST_VERSION.tar.gz" ] && { P11TEST_SRC="$d/pkcs11test-$P11TEST_VERSION.tar.gz"; break; }
@@ -780,7 +780,7 @@ python3 - "$ROWS" "$REPORT" "$clients" "$passed" "$failed" "$skipped" "$P11TEST_
 import sys, datetime, os
 rows_path, out, clients, passed, failed, skipped, section = sys.argv[1:]
 rows = [l.rstrip("\n").split("\t") for l in open(rows_path) if l.strip()]
-kinds = ["-", "secp256k1", "P-256", "P-384", "Ed25519", "AES-256", "HMAC"]
+kinds = ["-", "secp256k1", "P-256", "P-384", "P-521", "Ed25519", "AES-256", "HMAC"]
 order, cells = [], {}
 for client, op, kt, result in rows:
     if client not in order:

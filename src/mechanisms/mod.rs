@@ -150,12 +150,13 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
                 flags: CKF_DERIVE,
             },
         ),
-        // ECDH on secp256k1 and P-256 keys (cofactor 1: both are the same).
+        // ECDH on secp256k1, P-256, P-384 and P-521 keys (cofactor 1: both
+        // mechanisms are the same).
         (
             CKM_ECDH1_DERIVE,
             CK_MECHANISM_INFO {
                 ulMinKeySize: 256,
-                ulMaxKeySize: 256,
+                ulMaxKeySize: 521,
                 flags: CKF_DERIVE | ec_flags,
             },
         ),
@@ -163,7 +164,7 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
             CKM_ECDH1_COFACTOR_DERIVE,
             CK_MECHANISM_INFO {
                 ulMinKeySize: 256,
-                ulMaxKeySize: 256,
+                ulMaxKeySize: 521,
                 flags: CKF_DERIVE | ec_flags,
             },
         ),

@@ -114,7 +114,7 @@ impl Provider {
                 }
                 let value = obj
                     .as_ref()
-                    .filter(|o| o.class == Class::Secret && !o.sensitive())
+                    .filter(|o| o.class == Class::Secret && !o.sensitive && o.hd.is_none())
                     .and_then(|o| o.key.as_ref())
                     .ok_or_else(|| {
                         Error::with(

@@ -7,7 +7,9 @@
 //! first, and the use is committed to the audit log (an `Event::Sign`
 //! record with the ECDH mechanism and the SHA-256 of the peer's point) before
 //! the key is made (approvals rules apply to it as to a signature whose
-//! input is the peer's point). The result is a sensitive session secret key in the locked arena.
+//! input is the peer's point). The result is a session secret key in the locked arena, sensitive
+//! unless the template asks otherwise (as pkcs11-provider does to read an
+//! `EVP_PKEY_derive` secret).
 
 #![forbid(unsafe_code)]
 
@@ -117,7 +119,7 @@ impl Provider {
         let no_curve = |name: String| {
             Error::with(
                 CKR_KEY_TYPE_INCONSISTENT,
-                format!("{name}: ECDH needs a secp256k1 or P-256 private key"),
+                format!("{name}: ECDH needs a secp256k1, P-256, P-384 or P-521 private key"),
             )
         };
         if let Some(obj) = self.session_object(base) {

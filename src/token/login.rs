@@ -531,6 +531,8 @@ impl Provider {
             s.sign.end();
             s.encrypt.end();
             s.decrypt.end();
+            s.msg_encrypt.end();
+            s.msg_decrypt.end();
             s.verify.end_if(|v| v.hmac.is_some());
         }
         // Every derived key is wiped with the login: the key cache, and the

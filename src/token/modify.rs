@@ -126,7 +126,18 @@ fn change_key(new: &mut SessionObject, t: &[TemplateAttr], change: Change) -> Re
                 }
                 new.copyable = on;
             }
-            CKA_DERIVE | CKA_WRAP_WITH_TRUSTED if new.attribute(ty).is_some() && !on => {}
+            // A key's derive use: as its kind allows (true only where ECDH
+            // runs), like the other uses.
+            CKA_DERIVE if new.hd.is_none() => {
+                if on && !can_use(new.class, new.kind, CKA_DERIVE) {
+                    return Err(Error::with(
+                        CKR_ATTRIBUTE_VALUE_INVALID,
+                        format!("{name}: CKA_DERIVE=true: this kind of key derives nothing"),
+                    ));
+                }
+                new.derive = on;
+            }
+            CKA_WRAP_WITH_TRUSTED if new.attribute(ty).is_some() && !on => {}
             CKA_PRIVATE if change == Change::Copy => new.private = on,
             CKA_MODIFIABLE if change == Change::Copy => new.modifiable = on,
             CKA_TOKEN if change == Change::Copy && !on => {}

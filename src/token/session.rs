@@ -141,11 +141,6 @@ impl SessionObject {
         }
     }
 
-    /// `CKA_SENSITIVE` of a private or secret key: every session key is.
-    pub fn sensitive(&self) -> bool {
-        self.class != Class::Public
-    }
-
     /// The curve of an EC key (HMAC keys answer their scheme's type; it is
     /// not used for them).
     pub fn curve(&self) -> KeyType {
@@ -533,13 +528,11 @@ pub(super) fn can_use(class: Class, kind: Kind, ty: CK_ATTRIBUTE_TYPE) -> bool {
             CKA_ENCRYPT | CKA_DECRYPT | CKA_WRAP | CKA_UNWRAP | CKA_SIGN | CKA_VERIFY
         ),
         Kind::Generic => matches!(ty, CKA_SIGN | CKA_VERIFY),
-        Kind::Ec(_) => {
-            ty == if class == Class::Private {
-                CKA_SIGN
-            } else {
-                CKA_VERIFY
-            }
+        // A private EC key also derives (ECDH) on the curves ECDH runs on.
+        Kind::Ec(kt) if class == Class::Private => {
+            ty == CKA_SIGN || (ty == CKA_DERIVE && mechanisms::ecdh::Curve::of(kt).is_some())
         }
+        Kind::Ec(_) => ty == CKA_VERIFY,
     }
 }
 

@@ -7,7 +7,7 @@ use crate::objects::OnCreate;
 use super::*;
 
 impl Provider {
-    /// `C_GenerateKeyPair` (`CKM_EC_KEY_PAIR_GEN` for secp256k1 and P-256,
+    /// `C_GenerateKeyPair` (`CKM_EC_KEY_PAIR_GEN` for secp256k1, P-256, P-384 and P-521,
     /// `CKM_EC_EDWARDS_KEY_PAIR_GEN` for Ed25519) with `CKA_TOKEN=true`:
     /// registers a new asset named by `CKA_LABEL` and returns its alias
     /// (public, private).
