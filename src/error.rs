@@ -220,7 +220,7 @@ pub(crate) fn mech_names() -> impl Iterator<Item = &'static str> {
 const MECH_TABLES: [&[(CK_MECHANISM_TYPE, &str)]; 4] =
     [&MECH_NAMES, &ECDSA_NAMES, &HMAC_NAMES, &HMAC_KEY_GEN_NAMES];
 
-/// The PKCS#11 3.0 key generation mechanisms of `CKK_SHA*_HMAC` keys.
+/// The PKCS#11 3.0 key generation mechanisms of `CKK_SHAx_HMAC` keys.
 const HMAC_KEY_GEN_NAMES: [(CK_MECHANISM_TYPE, &str); 5] = named!(
     CKM_SHA_1_KEY_GEN,
     CKM_SHA224_KEY_GEN,

@@ -168,7 +168,7 @@ pub fn mechanisms_of(kt: KeyType) -> &'static [CK_MECHANISM_TYPE] {
         KeyType::Aes256 => &AES_MECHANISMS,
         KeyType::Aes128 | KeyType::Aes192 => &AES_SHORT_MECHANISMS,
         KeyType::HmacSha256 | KeyType::Generic(_) => &HMAC_MECHANISMS,
-        // A CKK_SHA*_HMAC key signs with its own hash only.
+        // A CKK_SHAx_HMAC key signs with its own hash only.
         KeyType::Hmac(hash, _) => {
             let i = match hash {
                 HmacHash::Sha256 => 0,
@@ -208,7 +208,7 @@ pub fn gen_mechanism_of(kt: KeyType) -> CK_MECHANISM_TYPE {
     }
 }
 
-/// The PKCS#11 3.0 key generation mechanism of `CKK_SHA*_HMAC` keys.
+/// The PKCS#11 3.0 key generation mechanism of `CKK_SHAx_HMAC` keys.
 pub fn key_gen_of(hash: HmacHash) -> CK_MECHANISM_TYPE {
     match hash {
         HmacHash::Sha1 => CKM_SHA_1_KEY_GEN,
@@ -988,7 +988,7 @@ mod tests {
             .iter()
             .all(|m| AES_SHORT_MECHANISMS.contains(m)
                 || matches!(*m, CKM_AES_KEY_WRAP | CKM_AES_KEY_WRAP_KWP)));
-        // A CKK_SHA*_HMAC key signs with its own hash only.
+        // A CKK_SHAx_HMAC key signs with its own hash only.
         for (hash, mech) in [
             (HmacHash::Sha1, CKM_SHA_1_HMAC),
             (HmacHash::Sha224, CKM_SHA224_HMAC),

@@ -49,7 +49,7 @@ impl fmt::Display for AssetId {
     }
 }
 
-/// The hash of a `CKK_SHA*_HMAC` key type (PKCS#11 3.0).
+/// The hash of a `CKK_SHAx_HMAC` key type (PKCS#11 3.0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum HmacHash {
@@ -121,7 +121,7 @@ pub enum KeyType {
     P521,
     /// `generic-secret-L`: a `CKK_GENERIC_SECRET` of L bytes.
     Generic(u8),
-    /// `<hash>-hmac-L`: a `CKK_SHA*_HMAC` key of L bytes.
+    /// `<hash>-hmac-L`: a `CKK_SHAx_HMAC` key of L bytes.
     Hmac(HmacHash, u8),
 }
 
@@ -232,7 +232,7 @@ impl KeyType {
     }
 
     /// A key that signs with HMAC: `hmac-sha256`, a generic secret, a
-    /// `CKK_SHA*_HMAC` key.
+    /// `CKK_SHAx_HMAC` key.
     pub fn is_mac(self) -> bool {
         matches!(
             self,

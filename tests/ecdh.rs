@@ -610,6 +610,41 @@ fn digest_key_seed_random_and_operations_ending_on_errors() {
         assert_eq!(call!(r, C_DigestKey(h, k)), CKR_KEY_INDIGESTIBLE);
         assert_eq!(digest_update(&session, b"x"), CKR_OPERATION_NOT_INITIALIZED);
     }
+    // An ECDH result the template makes readable (as pkcs11-provider asks
+    // for EVP_PKEY_derive): its value is OpenSSL's secret, and C_DigestKey
+    // digests exactly that value.
+    let (peer_pem, peer2) = peer_key(&s.dir, "P-256");
+    let ours = ec_point(&session, public_key(&session, "dk"));
+    let want = openssl_secret(&s.dir, &peer_pem, SPKI_P256, &ours);
+    let mut readable = secret_template(32);
+    readable.push((CKA_SENSITIVE, vec![0]));
+    readable.push((CKA_EXTRACTABLE, vec![1]));
+    let open = derive_raw(
+        &session,
+        CKM_ECDH1_DERIVE,
+        key,
+        CKD_NULL,
+        &[],
+        &peer2,
+        &readable,
+        None,
+    )
+    .expect("a readable ECDH result");
+    assert!(!flag_raw(&session, open, CKA_SENSITIVE));
+    assert!(!flag_raw(&session, open, CKA_ALWAYS_SENSITIVE));
+    assert_eq!(get_raw(&session, open, CKA_VALUE), Ok(want.clone()));
+    digest_init(&session);
+    assert_eq!(digest_update(&session, b"before "), CKR_OK);
+    assert_eq!(call!(r, C_DigestKey(h, open)), CKR_OK);
+    assert_eq!(digest_update(&session, b" after"), CKR_OK);
+    let mut got = [0u8; 32];
+    let mut got_len = got.len() as CK_ULONG;
+    assert_eq!(
+        call!(r, C_DigestFinal(h, got.as_mut_ptr(), &mut got_len)),
+        CKR_OK
+    );
+    let expected = sha2::Sha256::digest([&b"before "[..], &want, &b" after"[..]].concat());
+    assert_eq!(&got[..got_len as usize], &expected[..]);
     digest_init(&session);
     assert_eq!(
         call!(r, C_DigestKey(h, 0x7fff_0000)),

@@ -1,4 +1,4 @@
-//! ECDH key agreement (`CKM_ECDH1_DERIVE`, `CKM_ECDH1_COFACTOR_DERIVE`): the shared x-coordinate of an EC scalar and a peer's point, raw (`CKD_NULL`) or through the ANSI X9.63 KDF (`CKD_SHA*_KDF`).
+//! ECDH key agreement (`CKM_ECDH1_DERIVE`, `CKM_ECDH1_COFACTOR_DERIVE`): the shared x-coordinate of an EC scalar and a peer's point, raw (`CKD_NULL`) or through the ANSI X9.63 KDF (`CKD_SHAx_KDF`).
 //!
 //! The curve arithmetic is RustCrypto's (`elliptic_curve::ecdh`); the KDF
 //! is the X9.63 counter construction over the `sha1`/`sha2` hashes. Every
@@ -66,7 +66,7 @@ impl Curve {
 pub enum Kdf {
     /// `CKD_NULL`: the x-coordinate itself.
     Null,
-    /// `CKD_SHA*_KDF`: ANSI X9.63 with this hash.
+    /// `CKD_SHAx_KDF`: ANSI X9.63 with this hash.
     X963(Hash),
 }
 

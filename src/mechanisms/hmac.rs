@@ -21,7 +21,7 @@ pub fn hmac_len(mech: CK_MECHANISM_TYPE) -> Option<usize> {
     }
 }
 
-/// The hash of an HMAC mechanism: a `CKK_SHA*_HMAC` key signs only with
+/// The hash of an HMAC mechanism: a `CKK_SHAx_HMAC` key signs only with
 /// its own (a generic secret with any).
 pub fn hmac_hash(mech: CK_MECHANISM_TYPE) -> Option<HmacHash> {
     Some(match mech {

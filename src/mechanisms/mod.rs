@@ -88,7 +88,7 @@ pub fn mechanism_list() -> Vec<(CK_MECHANISM_TYPE, CK_MECHANISM_INFO)> {
         ulMaxKeySize: 256,
         flags: flags | ec_flags,
     };
-    // CKM_SHA*_KEY_GEN: token keys of 16 to 64 bytes (in bits, as generic
+    // CKM_SHAx_KEY_GEN: token keys of 16 to 64 bytes (in bits, as generic
     // secrets count them).
     let hmac_gen = CK_MECHANISM_INFO {
         ulMinKeySize: 128,

@@ -267,7 +267,7 @@ impl Provider {
 
     /// `C_GenerateKey` with `CKA_TOKEN=true`: registers an AES
     /// (`CKM_AES_KEY_GEN`), generic secret (`CKM_GENERIC_SECRET_KEY_GEN`) or
-    /// `CKK_SHA*_HMAC` (`CKM_SHA*_KEY_GEN`) asset of the length
+    /// `CKK_SHAx_HMAC` (`CKM_SHAx_KEY_GEN`) asset of the length
     /// `CKA_VALUE_LEN` asks, named by `CKA_LABEL`, and returns its alias.
     pub fn generate_key(
         &self,

@@ -75,7 +75,7 @@ pub fn verify(cli: &Cli, v: &VerifyArgs) -> Result<(), Failure> {
     let secret = match a.key_type {
         kt if kt.is_mac() => Some(
             "an HMAC key: its tags are checked by the token itself (C_Verify with its \
-             CKM_SHA*_HMAC mechanism), each check audited",
+             CKM_SHAx_HMAC mechanism), each check audited",
         ),
         kt if kt.is_aes() => {
             Some("an AES key: it makes no signatures (AES-GCM's tag is checked by C_Decrypt)")
