@@ -627,6 +627,93 @@ fn another_users_private_session_key_is_out_of_reach() {
     }
 }
 
+/// Restrictions a caller puts on a session key (`CKA_WRAP_WITH_TRUSTED`, a
+/// narrower `CKA_ALLOWED_MECHANISMS`) are refused, as for token keys, when
+/// the token cannot enforce them; otherwise the key would do what its maker
+/// forbade (be wrapped by any key; encrypt with ECB).
+#[test]
+fn restrictions_a_session_key_cannot_keep_are_refused() {
+    let _turn = turn();
+    let s = setup(None);
+    let p = s.load();
+    let session = p.user_session();
+    let kek = session
+        .create_object(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Value(vec![1; 32]),
+            Attribute::Wrap(true),
+        ])
+        .unwrap();
+    let base = |extra: Vec<Attribute>| {
+        let mut t = vec![
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Value(vec![2; 32]),
+            Attribute::Extractable(true),
+        ];
+        t.extend(extra);
+        t
+    };
+    let gcm_only = Attribute::AllowedMechanisms(vec![cryptoki::mechanism::MechanismType::AES_GCM]);
+    for (what, extra) in [
+        ("wrap with trusted", vec![Attribute::WrapWithTrusted(true)]),
+        ("GCM only", vec![gcm_only.clone()]),
+    ] {
+        let from = s.log().len();
+        assert_eq!(
+            rv_of(session.create_object(&base(extra.clone()))),
+            RvError::TemplateInconsistent,
+            "{what}"
+        );
+        assert!(
+            s.log_since(from).contains("cannot be enforced"),
+            "{what}: the log says why"
+        );
+        let mut gen = extra;
+        gen.push(Attribute::ValueLen(32.into()));
+        assert_eq!(
+            rv_of(session.generate_key(&Mechanism::AesKeyGen, &gen)),
+            RvError::TemplateInconsistent,
+            "{what} (generated)"
+        );
+    }
+    // A session pair's private key that derives (ECDH) but is asked to
+    // allow ECDSA alone: refused, the list would not hold.
+    let p256 = vec![0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    assert_eq!(
+        rv_of(session.generate_key_pair(
+            &Mechanism::EccKeyPairGen,
+            &[Attribute::EcParams(p256), Attribute::Token(false)],
+            &[
+                Attribute::Token(false),
+                Attribute::Derive(true),
+                Attribute::AllowedMechanisms(vec![cryptoki::mechanism::MechanismType::ECDSA]),
+            ],
+        )),
+        RvError::TemplateInconsistent
+    );
+    // False, or the full list, is what the key does: accepted.
+    let k = session
+        .create_object(&base(vec![Attribute::WrapWithTrusted(false)]))
+        .unwrap();
+    session.wrap_key(&Mechanism::AesKeyWrap, kek, k).unwrap();
+    let all = get_bytes(&session, k.handle(), CKA_ALLOWED_MECHANISMS);
+    assert!(!all.is_empty());
+    let value = vec![2u8; 32];
+    let t = [
+        (CKA_CLASS, ulong(CKO_SECRET_KEY)),
+        (CKA_KEY_TYPE, ulong(CKK_AES)),
+        (CKA_VALUE, value),
+        (CKA_ALLOWED_MECHANISMS, all.clone()),
+    ];
+    assert_eq!(create_raw(&session, &t), CKR_OK, "the full list");
+    // The full list cut short by one byte: no array of mechanisms.
+    let mut t = t;
+    t[3].1 = all[..all.len() - 1].to_vec();
+    assert_eq!(create_raw(&session, &t), CKR_TEMPLATE_INCONSISTENT);
+}
+
 /// `C_GetAttributeValue` of one attribute's bytes through the raw table.
 fn get_bytes(s: &Session, h: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE) -> Vec<u8> {
     let r = raw();
@@ -646,6 +733,24 @@ fn get_bytes(s: &Session, h: CK_OBJECT_HANDLE, ty: CK_ATTRIBUTE_TYPE) -> Vec<u8>
         CKR_OK
     );
     v
+}
+
+/// `C_CreateObject` through the raw table: its code.
+fn create_raw(s: &Session, t: &[(CK_ATTRIBUTE_TYPE, Vec<u8>)]) -> CK_RV {
+    let r = raw();
+    let mut t: Vec<CK_ATTRIBUTE> = t
+        .iter()
+        .map(|(ty, v)| CK_ATTRIBUTE {
+            type_: *ty,
+            pValue: v.as_ptr() as *mut _,
+            ulValueLen: v.len() as CK_ULONG,
+        })
+        .collect();
+    let mut out = 0;
+    call!(
+        r,
+        C_CreateObject(s.handle(), t.as_mut_ptr(), t.len() as CK_ULONG, &mut out)
+    )
 }
 
 /// An ECB encryption or a CMAC begun with a derived AES key does not go on
