@@ -161,11 +161,9 @@ impl SessionObject {
 
     pub fn mechanisms(&self) -> &'static [CK_MECHANISM_TYPE] {
         match self.kind {
-            Kind::Aes => &objects::AES_MECHANISMS,
-            Kind::Generic => &objects::HMAC_MECHANISMS,
             // Only HD children derive (a random session pair has no chain code).
             Kind::Ec(kt) if self.hd.is_some() => objects::mechanisms_of(kt),
-            Kind::Ec(kt) => objects::signing_mechanisms_of(kt),
+            kind => kind_mechanisms(kind),
         }
     }
 
@@ -441,6 +439,13 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
                     return inconsistent("CKA_KEY_TYPE does not match the mechanism".into());
                 }
             }
+            // Restrictions a session key cannot enforce are refused, not
+            // dropped: the caller would rely on them.
+            CKA_WRAP_WITH_TRUSTED if is_true => {
+                return inconsistent("CKA_WRAP_WITH_TRUSTED=true cannot be enforced (p11derive \
+                    has no trusted wrapping keys); leave it out or false, and CKA_EXTRACTABLE=false \
+                    keeps the key from being wrapped at all".into())
+            }
             CKA_TOKEN | CKA_SENSITIVE | CKA_LABEL | CKA_ID | CKA_PRIVATE | CKA_EXTRACTABLE
             | CKA_ENCRYPT | CKA_DECRYPT | CKA_SIGN | CKA_VERIFY | CKA_WRAP | CKA_UNWRAP
             | CKA_DERIVE | CKA_MODIFIABLE | CKA_COPYABLE | CKA_DESTROYABLE | CKA_START_DATE
@@ -516,7 +521,49 @@ pub(super) fn wish(t: &[TemplateAttr], class: Class, kind: Kind, what: &str) -> 
     w.wrap &= can(CKA_WRAP);
     w.unwrap &= can(CKA_UNWRAP);
     w.derive &= can(CKA_DERIVE);
+    // A narrower CKA_ALLOWED_MECHANISMS (every one given is looked at)
+    // cannot be enforced either.
+    let narrow = t
+        .iter()
+        .any(|(ty, v)| *ty == CKA_ALLOWED_MECHANISMS && narrower(kind, w.derive, v));
+    if narrow {
+        return inconsistent(format!(
+            "CKA_ALLOWED_MECHANISMS narrower than this kind of key's mechanisms cannot be \
+             enforced; leave it out (the key allows {} mechanisms)",
+            kind_mechanisms(kind).len() + if w.derive { ECDH.len() } else { 0 }
+        ));
+    }
     Ok(w)
+}
+
+/// The mechanisms a private EC key made with `CKA_DERIVE=true` adds.
+const ECDH: [CK_MECHANISM_TYPE; 2] = [CKM_ECDH1_DERIVE, CKM_ECDH1_COFACTOR_DERIVE];
+
+/// The mechanisms a session key of `kind` allows (`CKA_ALLOWED_MECHANISMS`).
+fn kind_mechanisms(kind: Kind) -> &'static [CK_MECHANISM_TYPE] {
+    match kind {
+        Kind::Aes => &objects::AES_MECHANISMS,
+        Kind::Generic => &objects::HMAC_MECHANISMS,
+        Kind::Ec(kt) => objects::signing_mechanisms_of(kt),
+    }
+}
+
+/// Whether a `CKA_ALLOWED_MECHANISMS` value leaves out a mechanism a key of
+/// `kind` (that `derive`s: ECDH) allows, or is no array of mechanism types.
+fn narrower(kind: Kind, derive: bool, value: &[u8]) -> bool {
+    let n = size_of::<CK_MECHANISM_TYPE>();
+    if !value.len().is_multiple_of(n) {
+        return true;
+    }
+    let given: Vec<CK_MECHANISM_TYPE> = value
+        .chunks_exact(n)
+        .filter_map(|c| c.try_into().ok().map(CK_MECHANISM_TYPE::from_ne_bytes))
+        .collect();
+    let ecdh: &[CK_MECHANISM_TYPE] = if derive { &ECDH } else { &[] };
+    kind_mechanisms(kind)
+        .iter()
+        .chain(ecdh)
+        .any(|m| !given.contains(m))
 }
 
 /// Whether a key of `class` and `kind` can have the use `ty` (`CKA_SIGN`…).
