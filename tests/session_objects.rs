@@ -55,7 +55,8 @@ fn flag(session: &Session, h: ObjectHandle, ty: AttributeType) -> bool {
         | Attribute::Copyable(b)
         | Attribute::Destroyable(b)
         | Attribute::Token(b)
-        | Attribute::Private(b) => b,
+        | Attribute::Private(b)
+        | Attribute::Sign(b) => b,
         other => panic!("{other:?}"),
     }
 }
@@ -252,11 +253,16 @@ fn attributes_change_as_the_specification_allows() {
         assert!(s.log_since(from).contains(named), "the log names {named}");
     }
     assert!(!flag(&session, k, AttributeType::Token));
-    // A use this kind of key never has.
+    // A use this kind of key never has (an AES key encrypts, wraps and
+    // signs with AES-CMAC; it derives nothing).
     assert_eq!(
-        rv_of(session.update_attributes(k, &[Attribute::Sign(true)])),
+        rv_of(session.update_attributes(k, &[Attribute::Derive(true)])),
         RvError::AttributeValueInvalid
     );
+    session
+        .update_attributes(k, &[Attribute::Sign(true)])
+        .unwrap();
+    assert!(flag(&session, k, AttributeType::Sign));
     // All or nothing: a refused template changes nothing.
     assert_eq!(
         rv_of(session.update_attributes(
