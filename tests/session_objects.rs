@@ -17,6 +17,8 @@ use cryptoki::types::Ulong;
 const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 const SECP256K1: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
 const ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+const P521: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23];
 
 fn gcm<'a>(iv: &'a mut [u8], aad: &'a [u8]) -> Mechanism<'a> {
     Mechanism::AesGcm(GcmParams::new(iv, aad, Ulong::from(128u64)).unwrap())
@@ -462,6 +464,59 @@ fn ec_keys_import_as_session_keys_that_sign_and_verify() {
     assert_eq!(bytes(&session, public, AttributeType::EcPoint), der(&full));
     let sig = session.sign(&Mechanism::Ecdsa, private, &digest).unwrap();
     assert!(ecdsa_verifies("p256", &full, &digest, &sig));
+
+    // P-384 (a one-byte DER length) and P-521 (133 bytes: the long form
+    // 0x81 0x85), keys the p384/p521 crates made from known scalars.
+    let long_der = |p: &[u8]| [&[0x04, 0x81, p.len() as u8][..], p].concat();
+    let p384_sk = p384::SecretKey::from_slice(&[0x44; 48]).unwrap();
+    let p384_point = {
+        use p384::elliptic_curve::sec1::ToSec1Point;
+        p384_sk
+            .public_key()
+            .to_sec1_point(false)
+            .as_bytes()
+            .to_vec()
+    };
+    let (public, private) = import(P384, KeyType::EC, der(&p384_point), vec![0x44; 48]);
+    let sig = session.sign(&Mechanism::Ecdsa, private, &digest).unwrap();
+    assert_eq!(sig.len(), 96);
+    assert!(ecdsa_verifies("p384", &p384_point, &digest, &sig));
+    session
+        .verify(&Mechanism::Ecdsa, public, &digest, &sig)
+        .unwrap();
+    let mut scalar = vec![0x01];
+    scalar.extend_from_slice(&[0x55; 65]);
+    let p521_sk = p521::SecretKey::from_slice(&scalar).unwrap();
+    let p521_point = {
+        use p521::elliptic_curve::sec1::ToSec1Point;
+        p521_sk
+            .public_key()
+            .to_sec1_point(false)
+            .as_bytes()
+            .to_vec()
+    };
+    let (public, private) = import(P521, KeyType::EC, long_der(&p521_point), scalar.clone());
+    assert_eq!(
+        bytes(&session, public, AttributeType::EcPoint),
+        long_der(&p521_point)
+    );
+    let sig = session.sign(&Mechanism::Ecdsa, private, &digest).unwrap();
+    assert_eq!(sig.len(), 132);
+    assert!(ecdsa_verifies("p521", &p521_point, &digest, &sig));
+    session
+        .verify(&Mechanism::Ecdsa, public, &digest, &sig)
+        .unwrap();
+    // A P-384 scalar longer than 48 bytes: refused.
+    assert_eq!(
+        rv_of(session.create_object(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::KeyType(KeyType::EC),
+            Attribute::EcParams(P384.to_vec()),
+            Attribute::Value(vec![0x44; 49]),
+            Attribute::Sign(true),
+        ])),
+        RvError::AttributeValueInvalid
+    );
 
     // Ed25519 (CKK_EC_EDWARDS): a seed and its public key.
     let seed = [0x33u8; 32];

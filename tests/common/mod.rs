@@ -437,6 +437,16 @@ pub fn ecdsa_verifies(key_type: &str, point: &[u8], digest: &[u8; 32], sig: &[u8
             p256::ecdsa::Signature::from_slice(sig)
                 .is_ok_and(|s| key.verify_prehash(digest, &s).is_ok())
         }
+        "p384" => {
+            let key = p384::ecdsa::VerifyingKey::from_sec1_bytes(point).unwrap();
+            p384::ecdsa::Signature::from_slice(sig)
+                .is_ok_and(|s| key.verify_prehash(digest, &s).is_ok())
+        }
+        "p521" => {
+            let key = p521::ecdsa::VerifyingKey::from_sec1_bytes(point).unwrap();
+            p521::ecdsa::Signature::from_slice(sig)
+                .is_ok_and(|s| key.verify_prehash(digest, &s).is_ok())
+        }
         other => panic!("{other}"),
     }
 }
