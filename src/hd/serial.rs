@@ -1,6 +1,6 @@
 //! Key identifiers (Hash160, fingerprints) and the BIP-32 serialization of extended public keys (`xpub…`, Base58Check).
 
-use k256::elliptic_curve::sec1::{FromSec1Point, ToSec1Point};
+use k256::elliptic_curve::sec1::ToSec1Point;
 use ripemd::Ripemd160;
 use sha2::{Digest, Sha256};
 
@@ -71,21 +71,20 @@ pub fn uncompressed(kt: KeyType, point: &[u8]) -> Result<Vec<u8>> {
 }
 
 fn reencode(kt: KeyType, point: &[u8], compress: bool) -> Result<Vec<u8>> {
+    macro_rules! on {
+        ($krate:ident) => {{
+            let p = $krate::PublicKey::from_sec1_bytes(point).map_err(|_| bad_point(kt))?;
+            Ok(p.to_sec1_point(compress).as_bytes().to_vec())
+        }};
+    }
     match kt {
-        KeyType::Secp256k1 => {
-            let p = k256::AffinePoint::from_sec1_bytes(point).map_err(|_| bad_point(kt))?;
-            Ok(p.to_sec1_point(compress).as_bytes().to_vec())
-        }
-        KeyType::P256 => {
-            let p = p256::AffinePoint::from_sec1_bytes(point).map_err(|_| bad_point(kt))?;
-            Ok(p.to_sec1_point(compress).as_bytes().to_vec())
-        }
+        KeyType::Secp256k1 => on!(k256),
+        KeyType::P256 => on!(p256),
+        KeyType::P384 => on!(p384),
+        KeyType::P521 => on!(p521),
         _ => Err(Error::with(
             CKR_KEY_TYPE_INCONSISTENT,
-            format!(
-                "a {} key has no SEC1 point: HD public keys are secp256k1 or p256",
-                kt.name()
-            ),
+            format!("a {} key has no SEC1 point", kt.name()),
         )),
     }
 }

@@ -105,22 +105,8 @@ fn param_invalid(why: String) -> Error {
 /// send it (the value of `CKA_EC_POINT`), a DER OCTET STRING wrapping it.
 pub fn peer_point(curve: Curve, public: &[u8]) -> Result<&[u8]> {
     let n = curve.field_len();
-    let raw = |p: &[u8]| {
-        (p.len() == 2 * n + 1 && p[0] == 0x04) || (p.len() == n + 1 && matches!(p[0], 2 | 3))
-    };
-    if raw(public) {
-        return Ok(public);
-    }
-    // DER: tag 0x04, a short or one-byte long length, the point.
-    let body = match public {
-        [0x04, len, rest @ ..] if *len < 0x80 && rest.len() == usize::from(*len) => Some(rest),
-        [0x04, 0x81, len, rest @ ..] if *len >= 0x80 && rest.len() == usize::from(*len) => {
-            Some(rest)
-        }
-        _ => None,
-    };
-    match body {
-        Some(p) if raw(p) => Ok(p),
+    match super::sec1_point(public, n) {
+        Some(p) => Ok(p),
         _ => Err(param_invalid(format!(
             "pPublicData has {} bytes, which is no {} point: give the peer's public point \
              uncompressed ({} bytes: 04 || X || Y), compressed ({} bytes), or as the DER OCTET \

@@ -66,6 +66,26 @@ pub fn fingerprint(kt: KeyType, key: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// The SEC1 point of a curve whose field elements are `n` bytes, as clients
+/// give it (`CKA_EC_POINT`, ECDH's `pPublicData`): the bare point
+/// (uncompressed `04 || X || Y`, or compressed) or its DER OCTET STRING.
+/// The bare forms are tried first: a bare uncompressed point whose X starts
+/// with byte `2n - 1` also parses as an OCTET STRING header. `None` when it
+/// is neither; the point is not checked on the curve here.
+pub fn sec1_point(given: &[u8], n: usize) -> Option<&[u8]> {
+    use der::Decode;
+    let bare = |p: &[u8]| {
+        (p.len() == 2 * n + 1 && p[0] == 0x04) || (p.len() == n + 1 && matches!(p[0], 2 | 3))
+    };
+    if bare(given) {
+        return Some(given);
+    }
+    let body = <&der::asn1::OctetStringRef>::from_der(given)
+        .ok()?
+        .as_bytes();
+    bare(body).then_some(body)
+}
+
 /// Whether `mech` signs a digest the caller computed (raw `CKM_ECDSA`,
 /// recoverable ECDSA) rather than a message: approvals of such a signature
 /// name that digest, not the SHA-256 of the data passed.
@@ -240,4 +260,38 @@ pub(crate) fn unhex(s: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
         .collect()
+}
+
+#[cfg(test)]
+mod sec1_tests {
+    use super::*;
+
+    /// A bare uncompressed P-256 point whose X begins with 0x3f reads, as
+    /// DER, like an OCTET STRING of 63 bytes: it is still the bare point.
+    #[test]
+    fn bare_points_come_before_der() {
+        use p256::elliptic_curve::sec1::ToSec1Point;
+        let point = (1u64..)
+            .map(|k| {
+                let mut s = [0u8; 32];
+                s[24..].copy_from_slice(&k.to_be_bytes());
+                let sk = p256::SecretKey::from_slice(&s).unwrap();
+                sk.public_key().to_sec1_point(false).as_bytes().to_vec()
+            })
+            .find(|p| p[1] == 0x3f)
+            .unwrap();
+        assert_eq!(sec1_point(&point, 32), Some(&point[..]));
+        let der = [&[0x04, 65][..], &point].concat();
+        assert_eq!(sec1_point(&der, 32), Some(&point[..]));
+        let compressed = [&[0x02][..], &point[1..33]].concat();
+        assert_eq!(sec1_point(&compressed, 32), Some(&compressed[..]));
+        // P-521's 133-byte point takes DER's long length form.
+        let wide = [&[0x04][..], &[0x01; 132][..]].concat();
+        let der = [&[0x04, 0x81, 133][..], &wide].concat();
+        assert_eq!(sec1_point(&der, 66), Some(&wide[..]));
+        // Neither: a wrong length, a wrong prefix, trailing bytes.
+        assert_eq!(sec1_point(&point[..64], 32), None);
+        assert_eq!(sec1_point(&[&[0x05][..], &point[1..]].concat(), 32), None);
+        assert_eq!(sec1_point(&[&der[..], &[0][..]].concat(), 66), None);
+    }
 }

@@ -17,46 +17,18 @@ use super::*;
 /// or the 32 bytes of an Ed25519 key), from `CKA_EC_POINT`: the point in a
 /// DER OCTET STRING (PKCS#11) or bare; `None` when it is not on the curve.
 fn public_point(kt: KeyType, given: &[u8]) -> Option<Vec<u8>> {
-    use k256::elliptic_curve::sec1::ToSec1Point;
-    let len = match kt {
-        KeyType::Ed25519 => 32,
-        _ => 1 + 2 * kt.key_len(),
-    };
-    // A DER OCTET STRING of a point is 0x04, its length (one byte, or 0x81
-    // and one byte from 128 on: P-521's 133), the point.
-    let bare = match given {
-        [0x04, n, rest @ ..] if *n < 0x80 && *n as usize == rest.len() && rest.len() <= len => rest,
-        [0x04, 0x81, n, rest @ ..]
-            if *n >= 0x80 && *n as usize == rest.len() && rest.len() <= len =>
-        {
-            rest
-        }
-        _ => given,
-    };
-    match kt {
-        KeyType::Secp256k1 => {
-            let pk = k256::PublicKey::from_sec1_bytes(bare).ok()?;
-            Some(pk.to_sec1_point(false).as_bytes().to_vec())
-        }
-        KeyType::P256 => {
-            let pk = p256::PublicKey::from_sec1_bytes(bare).ok()?;
-            Some(pk.to_sec1_point(false).as_bytes().to_vec())
-        }
-        KeyType::P384 => {
-            let pk = p384::PublicKey::from_sec1_bytes(bare).ok()?;
-            Some(pk.to_sec1_point(false).as_bytes().to_vec())
-        }
-        KeyType::P521 => {
-            let pk = p521::PublicKey::from_sec1_bytes(bare).ok()?;
-            Some(pk.to_sec1_point(false).as_bytes().to_vec())
-        }
-        KeyType::Ed25519 => {
-            let bytes: [u8; 32] = bare.try_into().ok()?;
-            ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()?;
-            Some(bytes.to_vec())
-        }
-        _ => None,
+    if kt == KeyType::Ed25519 {
+        // The 32 bytes, bare or in their DER OCTET STRING.
+        let bytes = match given {
+            [0x04, 32, rest @ ..] => rest,
+            _ => given,
+        };
+        let bytes: [u8; 32] = bytes.try_into().ok()?;
+        ed25519_dalek::VerifyingKey::from_bytes(&bytes).ok()?;
+        return Some(bytes.to_vec());
     }
+    let point = mechanisms::sec1_point(given, kt.key_len())?;
+    crate::hd::uncompressed(kt, point).ok()
 }
 
 impl Provider {
