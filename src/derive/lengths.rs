@@ -30,8 +30,10 @@ use crate::error::{Error, Result};
 use crate::secure::{self, SecretBytes};
 use crate::types::KeyType;
 
-/// The lengths `generic-secret-L` may have, in bytes.
-pub const GENERIC_LENS: RangeInclusive<usize> = 16..=64;
+/// The lengths `generic-secret-L` may have, in bytes (the asset types'
+/// [`crate::types::SECRET_LENS`]).
+pub const GENERIC_LENS: RangeInclusive<usize> =
+    (*crate::types::SECRET_LENS.start() as usize)..=(*crate::types::SECRET_LENS.end() as usize);
 
 /// HKDF-Expand-SHA256 allows at most 255 blocks of output.
 const MAX_EXPAND: usize = 255 * 32;

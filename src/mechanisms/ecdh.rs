@@ -18,7 +18,7 @@ use zeroize::Zeroize;
 use crate::ck::*;
 use crate::error::{Error, Result};
 use crate::secure::{self, SecretBytes};
-use crate::types::KeyType;
+use crate::types::{HmacHash as Hash, KeyType};
 
 /// The curves ECDH runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,15 +68,6 @@ pub enum Kdf {
     Null,
     /// `CKD_SHAx_KDF`: ANSI X9.63 with this hash.
     X963(Hash),
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hash {
-    Sha1,
-    Sha224,
-    Sha256,
-    Sha384,
-    Sha512,
 }
 
 impl Kdf {
