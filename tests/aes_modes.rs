@@ -710,6 +710,16 @@ fn derived_assets_use_the_modes_with_audit() {
     assert!(with_iv
         .iter()
         .any(|r| r["detail"].as_str().unwrap().contains("(final)")));
+    // Every record of a use in parts names the operation's IV, not the
+    // chaining block CBC has reached by then (every use here has `iv`).
+    let cbc = |r: &&serde_json::Value| {
+        r["mechanism"] == CKM_AES_CBC && r["detail"].as_str().is_some_and(|d| d.contains("part 2"))
+    };
+    assert!(recs.iter().filter(cbc).count() >= 2);
+    assert!(recs.iter().filter(cbc).all(|r| r["detail"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("iv={}", hex(&iv)))));
     assert!(recs.iter().any(|r| r["event"] == "sign"));
 }
 

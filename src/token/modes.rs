@@ -36,6 +36,10 @@ pub(super) struct BlockOp {
     /// in the locked arena).
     key: KeyRef,
     stream: Stream,
+    /// The operation's IV as the caller gave it (CBC, CTR; ECB has none),
+    /// named by every part's record (the stream's own moves on as it
+    /// chains).
+    iv: Option<[u8; 16]>,
     /// `C_*Update` was called: only `C_*Final` may finish.
     multi: bool,
     /// A single-part length query was answered: only the single-part call
@@ -80,12 +84,14 @@ impl Provider {
             )?)),
             None => key,
         };
+        let stream = Stream::new(params, encrypting)?;
         let op = BlockOp {
             epoch: (!k.public).then_some(epoch),
             asset: k.asset,
             version,
             key,
-            stream: Stream::new(params, encrypting)?,
+            iv: stream.iv().copied(),
+            stream,
             multi: false,
             single: false,
             parts: 0,
@@ -214,7 +220,7 @@ impl Provider {
         if !rec.detail.is_empty() {
             detail.push(rec.detail.clone());
         }
-        if let Some(iv) = op.stream.iv() {
+        if let Some(iv) = &op.iv {
             detail.push(format!("iv={}", crate::store::hex(iv)));
         }
         if !last || op.parts > 1 {
