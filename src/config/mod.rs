@@ -43,6 +43,8 @@ pub struct Config {
     pub users: UsersSection,
     #[serde(default)]
     pub approvals: ApprovalsSection,
+    #[serde(default)]
+    pub metrics: MetricsSection,
     /// The file this was read from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -246,6 +248,33 @@ impl Default for MemorySection {
     }
 }
 
+/// Metrics for Prometheus (docs/operations.md). Off unless `dir` is set for
+/// the per-process files; `p11derive metrics` works either way.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSection {
+    /// The directory where each process that loads the provider keeps its
+    /// own metrics file (`p11derive-PID.prom`, the textfile-collector
+    /// convention) and where `audit verify` leaves its last result
+    /// (`audit-verify.json`). None: no file is written.
+    pub dir: Option<PathBuf>,
+    /// How often a process rewrites its file, in milliseconds.
+    pub interval_ms: u64,
+    /// Whether `p11derive metrics` labels operations with the asset's name
+    /// (false: one series for all assets, for stores with many assets).
+    pub asset_labels: bool,
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        MetricsSection {
+            dir: None,
+            interval_ms: 5_000,
+            asset_labels: true,
+        }
+    }
+}
+
 /// Both fields optional: the TTL is `ttl_ms`, else `ttl_seconds`, else 300 s.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -360,14 +389,18 @@ impl UsersSection {
             use std::os::unix::fs::MetadataExt;
             let meta = std::fs::metadata(path).map_err(|e| {
                 format!(
-                    "config file {cfg}: [users] service_pin_file {}: {e}; create it with the                      backing token's user PIN (mode 0600)",
+                    "config file {cfg}: [users] service_pin_file {}: {e}; create it with the \
+                     backing token's user PIN (mode 0600)",
                     path.display()
                 )
             })?;
             let uid = crate::files::effective_user().1;
             if !meta.is_file() || meta.mode() & 0o077 != 0 || meta.uid() != uid {
                 return Err(format!(
-                    "config file {cfg}: [users] service_pin_file {} is mode {:o} owned by uid {}                      (this process runs as uid {uid}): the service credential must be a regular                      file only its owner may read; run `chmod 600 {}` and chown it to the                      service's user",
+                    "config file {cfg}: [users] service_pin_file {} is mode {:o} owned by uid {} \
+                     (this process runs as uid {uid}): the service credential must be a regular \
+                     file only its owner may read; run `chmod 600 {}` and chown it to the \
+                     service's user",
                     path.display(),
                     meta.mode() & 0o7777,
                     meta.uid(),
@@ -391,12 +424,15 @@ impl UsersSection {
             return match crate::secure::from_env(var)? {
                 Some(pin) if !pin.is_empty() => Ok(pin),
                 _ => Err(format!(
-                    "config file {cfg}: [users] service_pin_env names {var}, which is not set in                      this process's environment; set it to the backing token's user PIN"
+                    "config file {cfg}: [users] service_pin_env names {var}, which is not set in \
+                     this process's environment; set it to the backing token's user PIN"
                 )),
             };
         }
         Err(format!(
-            "config file {cfg}: [users] enabled = true needs the service credential: set              service_pin_file = \"/etc/p11derive/service.pin\" (a file, mode 0600, holding the              backing token's user PIN) or service_pin_env = \"P11DERIVE_SERVICE_PIN\""
+            "config file {cfg}: [users] enabled = true needs the service credential: set \
+             service_pin_file = \"/etc/p11derive/service.pin\" (a file, mode 0600, holding the \
+             backing token's user PIN) or service_pin_env = \"P11DERIVE_SERVICE_PIN\""
         ))
     }
 }
@@ -540,6 +576,12 @@ impl Config {
                 1,
                 5_000,
             ),
+            (
+                "[metrics] interval_ms",
+                self.metrics.interval_ms,
+                100,
+                5_000,
+            ),
         ] {
             if value < least || value > 3_600_000 {
                 return Err(format!(
@@ -554,24 +596,29 @@ impl Config {
         let u = &self.users;
         if u.enabled && u.service_pin_file.is_none() && u.service_pin_env.is_none() {
             return Err(format!(
-                "config file {file}: [users] enabled = true needs service_pin_file (a file, mode                  0600, holding the backing token's user PIN) or service_pin_env (a variable                  holding it); a command-line argument is never accepted"
+                "config file {file}: [users] enabled = true needs service_pin_file (a file, mode \
+                 0600, holding the backing token's user PIN) or service_pin_env (a variable \
+                 holding it); a command-line argument is never accepted"
             ));
         }
         if u.max_failures == 0 || u.max_failures > 1000 {
             return Err(format!(
-                "config file {file}: [users] max_failures = {} is out of range; use 1 to 1000                  (default 5)",
+                "config file {file}: [users] max_failures = {} is out of range; use 1 to 1000 \
+                 (default 5)",
                 u.max_failures
             ));
         }
         if u.lockout_seconds == 0 || u.lockout_seconds > 31 * 86_400 {
             return Err(format!(
-                "config file {file}: [users] lockout_seconds = {} is out of range; use 1 to                  2678400 (31 days; default 900)",
+                "config file {file}: [users] lockout_seconds = {} is out of range; use 1 to \
+                 2678400 (31 days; default 900)",
                 u.lockout_seconds
             ));
         }
         if u.min_secret_len < 1 || u.min_secret_len > u.max_secret_len || u.max_secret_len > 1024 {
             return Err(format!(
-                "config file {file}: [users] min_secret_len = {} and max_secret_len = {} must                  satisfy 1 <= min <= max <= 1024 (defaults 8 and 128)",
+                "config file {file}: [users] min_secret_len = {} and max_secret_len = {} must \
+                 satisfy 1 <= min <= max <= 1024 (defaults 8 and 128)",
                 u.min_secret_len, u.max_secret_len
             ));
         }
