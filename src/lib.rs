@@ -38,6 +38,7 @@ pub mod hd;
 pub mod lifecycle;
 pub mod log;
 pub mod mechanisms;
+pub mod metrics;
 pub mod objects;
 #[allow(unsafe_code)]
 pub mod process;
