@@ -3,7 +3,7 @@
 # Run as root (or with sudo available). Safe to run again.
 set -euo pipefail
 
-pkgs=(softhsm2 opensc openssl libclang-dev libengine-pkcs11-openssl python3-pykcs11 p11-kit gnutls-bin openjdk-17-jdk-headless sqlite3 postgresql pgbouncer libssl-dev pkg-config ca-certificates binutils gcc g++ make python3 meson ninja-build gdb)  # make, g++: google/pkcs11test, for conformance/run.sh; gdb: tests/backup.rs stops the CLI at exit to scan its memory; meson, ninja-build: OpenSSL's pkcs11-provider, for conformance/run.sh; python3-pykcs11: the README's AES example (tests/readme.rs); g++: libFuzzer, for tools/fuzz.sh; libssl-dev, pkg-config: TLS to PostgreSQL (openssl crate); pgbouncer: tests/pg_conn.rs
+pkgs=(softhsm2 opensc openssl libclang-dev libengine-pkcs11-openssl python3-pykcs11 p11-kit gnutls-bin openjdk-17-jdk-headless sqlite3 postgresql pgbouncer libssl-dev pkg-config ca-certificates binutils gcc g++ make python3 meson ninja-build gdb python3-prometheus-client)  # python3-prometheus-client: an independent reader of the metrics text (Debian's python3); make, g++: google/pkcs11test, for conformance/run.sh; gdb: tests/backup.rs stops the CLI at exit to scan its memory; meson, ninja-build: OpenSSL's pkcs11-provider, for conformance/run.sh; python3-pykcs11: the README's AES example (tests/readme.rs); g++: libFuzzer, for tools/fuzz.sh; libssl-dev, pkg-config: TLS to PostgreSQL (openssl crate); pgbouncer: tests/pg_conn.rs
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -16,6 +16,39 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
+# promtool, for tests/operations.rs (`promtool check rules` and `promtool test
+# rules` on docs/prometheus/). Debian ships it only in the prometheus package,
+# whose install starts and enables a Prometheus server: a policy-rc.d that
+# refuses every start (unless one is in place already) keeps it from starting
+# while it installs, and the service is then stopped and disabled, so no
+# Prometheus daemon is left running or starts at the next boot.
+if ! dpkg -s prometheus >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    echo "setup: installing prometheus (for promtool; its server is not started)"
+    policy=/usr/sbin/policy-rc.d
+    own_policy=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\n# tools/setup.sh: no service starts while it installs prometheus\nexit 101\n' | $sudo tee "$policy" >/dev/null
+        $sudo chmod 0755 "$policy"
+        own_policy=1
+    fi
+    installed=1
+    $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null || installed=""
+    [ -z "$own_policy" ] || $sudo rm -f "$policy"
+    if [ -d /run/systemd/system ]; then
+        $sudo systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/prometheus ]; then
+        if $sudo /etc/init.d/prometheus status >/dev/null 2>&1; then
+            $sudo /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+        fi
+        $sudo update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
+    if [ -z "$installed" ]; then
+        echo "setup: installing prometheus failed (apt-get install --no-install-recommends prometheus)"
+        exit 1
+    fi
+fi
 if ! command -v cargo >/dev/null 2>&1; then
     [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
 fi
@@ -108,4 +141,12 @@ if ! python3 -c 'import bip_utils, ecdsa, nacl.signing, eth_keys, eth_hash.auto,
     echo "setup: installing ${CHAIN_PY_PACKAGES[*]} for python3 ($(command -v python3))"
     python3 -m pip install -q "${CHAIN_PY_PACKAGES[@]}"
 fi
-echo "setup: ready ($(cargo --version), $(softhsm2-util --version 2>/dev/null | head -1 | sed 's/^/softhsm /'))"
+# The Prometheus client library's text parser, for the python3 on PATH (the
+# Debian package above serves Debian's own python3 only); pinned to Debian
+# 12's version.
+PROMETHEUS_CLIENT_VERSION=0.16.0
+if ! python3 -c 'import prometheus_client.parser' >/dev/null 2>&1; then
+    echo "setup: installing prometheus-client $PROMETHEUS_CLIENT_VERSION for python3 ($(command -v python3))"
+    python3 -m pip install -q "prometheus-client==$PROMETHEUS_CLIENT_VERSION"
+fi
+echo "setup: ready ($(cargo --version), $(softhsm2-util --version 2>/dev/null | head -1 | sed 's/^/softhsm /'), $(promtool --version 2>/dev/null | head -1 | cut -d' ' -f1-3))"
