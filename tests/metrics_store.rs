@@ -76,8 +76,13 @@ fn counters(text: &str) -> BTreeMap<String, f64> {
 
 /// What the counters must say, counted from `audit export` (every record).
 fn expected(s: &Setup) -> BTreeMap<String, f64> {
+    expected_of(s.audit_records(&[]))
+}
+
+/// What the counters must say about `records` (`audit export`'s lines).
+fn expected_of(records: Vec<serde_json::Value>) -> BTreeMap<String, f64> {
     let mut want = BTreeMap::new();
-    for r in s.audit_records(&[]) {
+    for r in records {
         let event = r["event"].as_str().unwrap();
         *want
             .entry(format!(
@@ -603,4 +608,46 @@ fn the_command_has_its_help_and_man_page() {
     assert!(out.status.success(), "{}", output_text(&out));
     let page = std::fs::read_to_string(dir.path().join("p11derive-metrics.1")).unwrap();
     assert!(page.contains("listen"), "{page}");
+}
+
+#[test]
+fn users_mode_needs_a_reader_of_the_audit_log_and_counts_lockouts() {
+    use common::users::*;
+    let _turn = turn();
+    let s = users_setup_on(None);
+    add_user(&s, "carol", "auditor", "*", "carol-secret-1");
+    add_user(&s, "sam", "signer", "*", "sam-secret-1");
+    // A signer may not read the audit log: refused (exit 3).
+    let out = as_user(&s, "sam", "sam-secret-1", &["metrics"]);
+    assert_eq!(out.status.code(), Some(3), "{}", output_text(&out));
+    // Three wrong secrets lock sam out (max_failures = 3).
+    for _ in 0..3 {
+        let out = as_user(&s, "sam", "wrong-secret", &["asset", "list"]);
+        assert!(!out.status.success());
+    }
+    let out = as_user(&s, "carol", "carol-secret-1", &["metrics"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(value(&text, "p11derive_users_locked_out", ""), Some(1.0));
+    let refusals = family(&text, "p11derive_refusals_total");
+    assert!(
+        refusals
+            .keys()
+            .any(|k| k.starts_with("rule=\"role\"") && k.ends_with("user=\"sam\"")),
+        "{refusals:?}"
+    );
+    // The records up to the head the metrics saw (the export's own login
+    // comes after).
+    let head = value(&text, "p11derive_audit_chain_records", "").unwrap() as u64;
+    let export = as_user(&s, "carol", "carol-secret-1", &["audit", "export"]);
+    assert!(export.status.success(), "{}", output_text(&export));
+    let records = String::from_utf8_lossy(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|r| r["seq"].as_u64().is_some_and(|q| q <= head))
+        .collect();
+    let want = expected_of(records);
+    assert_eq!(counted(&text), want);
+    promtool_accepts(&text);
+    no_digest_in_labels(&text);
 }
