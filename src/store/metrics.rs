@@ -103,6 +103,27 @@ const LANE_TIPS: &str = "WITH RECURSIVE l(lane) AS (
         AND a.pos = (SELECT max(pos) FROM audit_lane b WHERE b.lane = l.lane)
     ORDER BY a.lane";
 
+/// The records `filter` selects in `table`, counted by their labels.
+fn groups_sql(table: &str, filter: &str) -> String {
+    format!(
+        "SELECT event, asset, mechanism, rv, actor, count(*) FROM {table} \
+         WHERE {filter} GROUP BY event, asset, mechanism, rv, actor"
+    )
+}
+
+/// The refusals and lifecycle records `filter` selects, for their detail.
+fn rare_sql(table: &str, filter: &str) -> String {
+    format!(
+        "SELECT event, asset, actor, detail FROM {table} \
+         WHERE {filter} AND event IN ('refused', 'create', 'transition')"
+    )
+}
+
+/// The main chain's records after the last counted one (`?1`), up to the
+/// head (`?2`); a lane's (`?1`) after position `?2` up to `?3`.
+const CHAIN_RANGE: &str = "seq > ?1 AND seq <= ?2";
+const LANE_RANGE: &str = "lane = ?1 AND pos > ?2 AND pos <= ?3";
+
 impl Store {
     /// Whether the place `c` counted up to is still in this store exactly:
     /// the same store, the same record at `seq`, the same lane records.
@@ -158,13 +179,7 @@ impl Store {
         if let Some((seq, mac)) = first(head) {
             if seq > c.seq {
                 let range = [Val::Int(c.seq as i64), Val::Int(seq as i64)];
-                self.add_range(
-                    &mut **db,
-                    &mut next,
-                    "audit",
-                    "seq > ?1 AND seq <= ?2",
-                    &range,
-                )?;
+                self.add_range(&mut **db, &mut next, "audit", CHAIN_RANGE, &range)?;
             }
             next.seq = seq;
             next.mac = hex(&mac);
@@ -177,8 +192,7 @@ impl Store {
                     Val::Int(from as i64),
                     Val::Int(tip.pos as i64),
                 ];
-                let filter = "lane = ?1 AND pos > ?2 AND pos <= ?3";
-                self.add_range(&mut **db, &mut next, "audit_lane", filter, &range)?;
+                self.add_range(&mut **db, &mut next, "audit_lane", LANE_RANGE, &range)?;
             }
             next.lanes.insert(tip.lane, (tip.pos, hex(&tip.mac)));
         }
@@ -194,36 +208,22 @@ impl Store {
         filter: &str,
         params: &[Val],
     ) -> Result<(), StoreError> {
-        let groups = self.rows(
-            db,
-            &format!(
-                "SELECT event, asset, mechanism, rv, actor, count(*) FROM {table} \
-                 WHERE {filter} GROUP BY event, asset, mechanism, rv, actor"
-            ),
-            params,
-            |r| {
-                let key: RecordKey = (
-                    r.text(0)?,
-                    r.opt_text(1)?,
-                    r.opt_int(2)?.map(|m| m as u64),
-                    r.int(3)? as u64,
-                    r.opt_text(4)?,
-                );
-                Ok((key, r.int(5)? as u64))
-            },
-        )?;
+        let groups = self.rows(db, &groups_sql(table, filter), params, |r| {
+            let key: RecordKey = (
+                r.text(0)?,
+                r.opt_text(1)?,
+                r.opt_int(2)?.map(|m| m as u64),
+                r.int(3)? as u64,
+                r.opt_text(4)?,
+            );
+            Ok((key, r.int(5)? as u64))
+        })?;
         for (key, n) in groups {
             *c.records.entry(key).or_default() += n;
         }
-        let rare = self.rows(
-            db,
-            &format!(
-                "SELECT event, asset, actor, detail FROM {table} \
-                 WHERE {filter} AND event IN ('refused', 'create', 'transition')"
-            ),
-            params,
-            |r| Ok((r.text(0)?, r.opt_text(1)?, r.opt_text(2)?, r.text(3)?)),
-        )?;
+        let rare = self.rows(db, &rare_sql(table, filter), params, |r| {
+            Ok((r.text(0)?, r.opt_text(1)?, r.opt_text(2)?, r.text(3)?))
+        })?;
         for (event, asset, actor, detail) in rare {
             if event == "refused" {
                 let (rule, operation) = refusal_labels(&detail);
@@ -384,6 +384,35 @@ mod tests {
         assert_eq!(lifecycle_kind("rotate --grace pk=ff -> ROTATING"), "rotate");
         assert_eq!(lifecycle_kind("trim 3 -> ACTIVE"), "trim");
         assert_eq!(lifecycle_kind(""), "other");
+    }
+
+    /// Counting reads only the new records, by primary key: no statement
+    /// scans a table of records (SQLite's plan of each, on a real store).
+    #[test]
+    fn counting_never_scans_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(Store::create(&path).unwrap());
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        let plan = |sql: &str, n: usize| -> String {
+            let sql = sql.replace("?1", "1").replace("?2", "2").replace("?3", "3");
+            let mut st = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+            let rows = st.query_map([], |r| r.get::<_, String>(3)).unwrap();
+            let plan: Vec<String> = rows.map(Result::unwrap).collect();
+            assert!(plan.len() >= n, "{sql}: {plan:?}");
+            plan.join("\n")
+        };
+        for sql in [
+            groups_sql("audit", CHAIN_RANGE),
+            rare_sql("audit", CHAIN_RANGE),
+            groups_sql("audit_lane", LANE_RANGE),
+            rare_sql("audit_lane", LANE_RANGE),
+            LANE_TIPS.to_string(),
+        ] {
+            let p = plan(&sql, 1);
+            assert!(!p.contains("SCAN audit"), "{sql}:\n{p}");
+            assert!(p.contains("SEARCH"), "{sql}:\n{p}");
+        }
     }
 
     #[test]
