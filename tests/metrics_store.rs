@@ -529,6 +529,8 @@ fn listen_serves_the_metrics_over_http() {
     let (_, _, body) = get("/metrics", "*/*");
     assert_eq!(value(&body, "p11derive_operations_total", sign), Some(5.0));
     assert_eq!(counted(&body), expected(&s));
+    // Logged in once at the start, the anchor read at each scrape.
+    assert_eq!(value(&body, "p11derive_anchor_up", ""), Some(1.0));
 
     let (status, _, _) = get("/other", "*/*");
     assert!(status.contains(" 404"), "{status}");
