@@ -29,6 +29,7 @@ mod db;
 mod error;
 mod lanes;
 mod limits;
+mod metrics;
 mod migrate;
 mod objects;
 pub mod pg;
@@ -53,6 +54,7 @@ pub use audit::{
 pub use commit::{users_refusal_rv, Refusal, Use};
 pub use error::{Need, StoreError};
 pub use lanes::{parse_lanes_detail, LaneRow};
+pub use metrics::{lifecycle_kind, refusal_labels, Counts, Gauges};
 pub use migrate::Moved;
 pub use objects::StoredObject;
 pub use recovery::{check_recovery, fingerprint_in, BackupFacts, FINGERPRINT_WORD};

@@ -179,6 +179,26 @@ Examples:
     #[command(subcommand, arg_required_else_help = true)]
     Root(crate::args_root::RootCommand),
 
+    /// The store's metrics for Prometheus: operations, refusals, lifecycle, audit chain, anchor
+    #[command(after_help = "\
+Prints the store's metrics (docs/operations.md, \"Metrics\") in Prometheus text format 0.0.4
+(what `promtool check metrics` and node_exporter's textfile collector read), or OpenMetrics 1.0
+with --openmetrics. With --listen it serves them over HTTP instead (GET /metrics; the scraper's
+Accept header chooses the format) until stopped.
+
+The metrics are read from the store without the audit key: they are informative, and
+`p11derive audit verify` is the authority on what the log holds. Records are counted
+incrementally: only the records newer than the last count are read (kept in memory with
+--listen, in [metrics] dir/metrics-counts.json otherwise; without [metrics] dir every run counts
+the whole log). With the PIN (--pin-file, $P11DERIVE_PIN) the HSM's rollback anchor is read too
+(p11derive_anchor_*). In users mode the --user must be allowed to read the audit log.
+
+Examples:
+  p11derive metrics > /var/lib/node_exporter/textfile/p11derive.prom.tmp
+  p11derive metrics --openmetrics --no-asset-labels
+  p11derive --pin-file /etc/p11derive/pin metrics --listen 127.0.0.1:9464")]
+    Metrics(MetricsArgs),
+
     /// Print a shell completion script
     #[command(after_help = "\
 Examples:
@@ -374,6 +394,21 @@ pub struct VerifyArgs {
     pub hash: HashArg,
 }
 
+#[derive(Args)]
+pub struct MetricsArgs {
+    /// OpenMetrics 1.0 text (ends with `# EOF`) instead of Prometheus text 0.0.4
+    #[arg(long)]
+    pub openmetrics: bool,
+    /// Leave the asset label out of every series (one series for all assets; also [metrics]
+    /// asset_labels = false)
+    #[arg(long)]
+    pub no_asset_labels: bool,
+    /// Serve the metrics over HTTP at this address (an IP address and port, e.g.
+    /// 127.0.0.1:9464; only this address is bound) until stopped
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen, conflicts_with = "openmetrics")]
+    pub listen: Option<std::net::SocketAddr>,
+}
+
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Check the whole log: every MAC, the HSM anchor, every asset's state against its records
@@ -515,6 +550,13 @@ fn parse_version(v: &str) -> Result<u32, String> {
         .ok()
         .filter(|n| *n >= 1)
         .ok_or_else(|| format!("{v:?} is not a version number (1, 2, ...)"))
+}
+
+/// `--listen`: an IP address and a port.
+fn parse_listen(v: &str) -> Result<std::net::SocketAddr, String> {
+    v.parse().map_err(|_| {
+        format!("{v:?} is not an IP address and port (e.g. 127.0.0.1:9464 or [::1]:9464)")
+    })
 }
 
 /// A record number, 0 or more.

@@ -18,6 +18,7 @@ mod asset_cmd;
 mod audit_cmd;
 mod ceremony_cmd;
 mod init_cmd;
+mod metrics_cmd;
 mod policy_cmd;
 mod request_cmd;
 mod root_cmd;
@@ -128,6 +129,7 @@ fn command_path(c: &Command) -> &'static str {
             RootCommand::Recover { .. } => "root recover",
             RootCommand::CheckShares { .. } => "root check-shares",
         },
+        Command::Metrics(_) => "metrics",
         Command::Completions { .. } => "completions",
         Command::Man { .. } => "man",
     }
@@ -160,6 +162,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Quorum(q) => approvals_cmd::quorum_cmd(cli, q),
         Command::Request(r) => request_cmd::request(cli, r),
         Command::Root(r) => root_cmd::run(cli, r),
+        Command::Metrics(m) => metrics_cmd::metrics(cli, m),
         Command::Completions { shell } => {
             let mut out = Vec::new();
             clap_complete::generate(*shell, &mut Cli::command(), "p11derive", &mut out);
