@@ -461,6 +461,16 @@ impl Store {
         ak: &Secret32,
         latest: &std::collections::BTreeMap<String, (u64, AssetState, u32, u32)>,
     ) -> Result<Vec<String>, StoreError> {
+        let named = self.seal_faults_named(ak, latest)?;
+        Ok(named.into_iter().map(|(_, f)| f).collect())
+    }
+
+    /// [`Store::seal_faults`], each with the asset it names.
+    pub fn seal_faults_named(
+        &self,
+        ak: &Secret32,
+        latest: &std::collections::BTreeMap<String, (u64, AssetState, u32, u32)>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let sk = state_key(ak)?;
         let mut conn = self.lock();
         let rows: Vec<SealedRow> = self.select(&mut **conn, "ORDER BY assets.id", &[])?;
@@ -497,7 +507,7 @@ impl Store {
                 }
             };
             if let Some(f) = fault {
-                faults.push(format!("asset {name:?}: its row {f}"));
+                faults.push((name.to_string(), format!("asset {name:?}: its row {f}")));
             }
         }
         Ok(faults)
