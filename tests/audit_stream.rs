@@ -12,6 +12,7 @@ use std::process::Command;
 
 use p11derive::audit::{Event, Record};
 use p11derive::backend::Backend;
+use p11derive::backup::HeldRoot;
 use p11derive::config::Config;
 use p11derive::store::{Store, Use};
 use p11derive::types::Secret32;
@@ -21,15 +22,15 @@ use common::*;
 /// Records committed by the group commit, over two batches' worth and more.
 const SIGNS: usize = 12_400;
 
-/// The audit key of a setup's root, through its backing token.
-fn keyed(s: &Setup) -> (Backend, Secret32) {
-    let config = Config::load(&s.config).unwrap();
-    let backend = Backend::open(&config.backend, &config.source).unwrap();
-    backend
-        .login(cryptoki_sys::CKU_USER, PIN.as_bytes())
-        .unwrap();
-    let ak = p11derive::derive::audit_key(&backend).unwrap();
-    (backend, ak)
+/// The root the tests' stores are made under (imported at `init`), so the
+/// test holds the audit key without opening the backing token in-process
+/// (SoftHSM, once loaded, would not see the next test's token).
+const ROOT: [u8; 32] = [0x5a; 32];
+
+/// The audit key of [`ROOT`].
+fn root_ak() -> Secret32 {
+    let held = HeldRoot::from_bytes(&ROOT).unwrap();
+    p11derive::derive::audit_key(&held).unwrap()
 }
 
 /// `n` signature records of asset `name` at `version`, committed by 8
@@ -65,7 +66,7 @@ fn commit_signs(store: &Store, ak: &Secret32, name: &str, version: u32, n: usize
 /// as many again (under the new version): three batches and more.
 fn big_log(s: &Setup) -> Secret32 {
     s.create_asset("big", "p256");
-    let (_backend, ak) = keyed(s);
+    let ak = root_ak();
     let store = Store::open_config(&Config::load(&s.config).unwrap().store).unwrap();
     store.authenticate(&ak, None).unwrap();
     commit_signs(&store, &ak, "big", 1, SIGNS / 2);
@@ -126,7 +127,7 @@ fn on_pty(s: &Setup, args: &str) -> String {
 #[test]
 fn a_log_of_several_batches_streams_and_every_fault_is_named() {
     let _turn = turn();
-    let s = setup(None);
+    let s = setup(Some(&ROOT));
     let verified = metrics_dir(&s);
     let ak = big_log(&s);
     let head = newest_seq(&s.store);
@@ -302,10 +303,12 @@ fn a_lane_tampered_past_the_first_batch_is_named_on_postgresql() {
     let url = pg_database(&pg_admin_url(), name);
     let s = setup_with(None, false);
     s.use_pg(&url);
-    s.init();
+    let root = s.dir.join("root.hex");
+    std::fs::write(&root, hex(&ROOT)).unwrap();
+    ok(&s, &["init", "--import-root", root.to_str().unwrap()]);
     let verified = metrics_dir(&s);
     s.create_asset("big", "p256");
-    let (_backend, ak) = keyed(&s);
+    let ak = root_ak();
     let store = Store::open_config(&Config::load(&s.config).unwrap().store).unwrap();
     store.authenticate(&ak, None).unwrap();
     commit_signs(&store, &ak, "big", 1, 7_000);
