@@ -7,7 +7,7 @@
 use std::cell::Cell;
 use std::io::IsTerminal;
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use crate::args::Cli;
 
@@ -38,13 +38,22 @@ impl Progress {
             return Progress::hidden();
         }
         let style = ProgressStyle::with_template(
-            "{prefix} [{bar:30}] {pos}/{len} records, {per_sec}, {elapsed} (about {eta} left)",
+            "{prefix} [{bar:30}] {human_pos}/{human_len} records, {rate}, {elapsed} (about {eta} \
+             left)",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0} records/s", s.per_sec());
+        })
         .progress_chars("=> ");
-        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+        // Drawn from the first stage on, when the total is known (not as
+        // a full bar of 0/0 meanwhile).
+        let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden())
             .with_style(style)
             .with_prefix(what.to_string());
+        if total > 0 {
+            bar.set_draw_target(ProgressDrawTarget::stderr());
+        }
         Progress {
             bar: Some(bar),
             unshown: Cell::new(0),
@@ -73,6 +82,9 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.set_prefix(what.to_string());
             bar.inc_length(more);
+            if bar.is_hidden() {
+                bar.set_draw_target(ProgressDrawTarget::stderr());
+            }
         }
     }
 
