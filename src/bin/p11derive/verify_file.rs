@@ -45,7 +45,7 @@ pub fn json(store_id: &str, tally: &Tally, ok: bool, took: Duration) -> serde_js
 }
 
 /// Writes the file when `[metrics] dir` is set; a failure is a note on
-/// standard error (and in the log), never the verify's.
+/// standard error, never the verify's.
 pub fn write(config: &Config, store: &Store, tally: &Tally, ok: bool, took: Duration) {
     let Some(dir) = config.metrics.dir.as_deref() else {
         return;
@@ -62,7 +62,6 @@ pub fn write(config: &Config, store: &Store, tally: &Tally, ok: bool, took: Dura
              dir writable by this user (or the [store] group), or remove the key",
             path.display()
         );
-        p11derive::log::warn(&note);
         eprintln!("p11derive: note: {note}");
     }
 }
