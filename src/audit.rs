@@ -256,22 +256,59 @@ pub fn verify_lane<'a>(
     lane: u64,
     records: impl IntoIterator<Item = (&'a LanePlace, &'a Record, &'a [u8; 32])>,
 ) -> Result<([u8; 32], u64), ChainFault> {
-    let mut prev = GENESIS;
-    let mut expected = 1u64;
+    let mut check = LaneCheck::new(lane);
     for (at, r, mac) in records {
-        if at.lane != lane || at.pos != expected {
+        check.push(ak, at, r, mac)?;
+    }
+    Ok(check.head())
+}
+
+/// [`verify_lane`]'s running state, for records fed one at a time (a lane
+/// read in batches).
+#[derive(Debug, Clone)]
+pub struct LaneCheck {
+    lane: u64,
+    prev: [u8; 32],
+    expected: u64,
+}
+
+impl LaneCheck {
+    /// Before lane `lane`'s first record.
+    pub fn new(lane: u64) -> LaneCheck {
+        LaneCheck {
+            lane,
+            prev: GENESIS,
+            expected: 1,
+        }
+    }
+
+    /// The next record of the lane: it must be at the next position and
+    /// chain from the record before.
+    pub fn push(
+        &mut self,
+        ak: &Secret32,
+        at: &LanePlace,
+        r: &Record,
+        mac: &[u8; 32],
+    ) -> Result<(), ChainFault> {
+        if at.lane != self.lane || at.pos != self.expected {
             return Err(ChainFault::Gap {
-                expected,
+                expected: self.expected,
                 found: at.pos,
             });
         }
-        if r.lane_mac(ak, at, &prev) != *mac {
+        if r.lane_mac(ak, at, &self.prev) != *mac {
             return Err(ChainFault::BadMac { seq: at.pos });
         }
-        prev = *mac;
-        expected += 1;
+        self.prev = *mac;
+        self.expected += 1;
+        Ok(())
     }
-    Ok((prev, expected - 1))
+
+    /// The last MAC and position checked.
+    pub fn head(&self) -> ([u8; 32], u64) {
+        (self.prev, self.expected - 1)
+    }
 }
 
 /// The MAC a version's recorded public key carries:
@@ -421,22 +458,52 @@ pub fn verify_chain<'a>(
     ak: &Secret32,
     records: impl IntoIterator<Item = (&'a Record, &'a [u8; 32])>,
 ) -> Result<([u8; 32], u64), ChainFault> {
-    let mut prev = GENESIS;
-    let mut expected = 1u64;
+    let mut check = ChainCheck::default();
     for (r, mac) in records {
-        if r.seq != expected {
+        check.push(ak, r, mac)?;
+    }
+    Ok(check.head())
+}
+
+/// [`verify_chain`]'s running state, for records fed one at a time (a log
+/// read in batches): memory for one record, whatever the chain's length.
+#[derive(Debug, Clone)]
+pub struct ChainCheck {
+    prev: [u8; 32],
+    expected: u64,
+}
+
+impl Default for ChainCheck {
+    fn default() -> ChainCheck {
+        ChainCheck {
+            prev: GENESIS,
+            expected: 1,
+        }
+    }
+}
+
+impl ChainCheck {
+    /// The next record: numbered right after the one before and chained
+    /// from its MAC.
+    pub fn push(&mut self, ak: &Secret32, r: &Record, mac: &[u8; 32]) -> Result<(), ChainFault> {
+        if r.seq != self.expected {
             return Err(ChainFault::Gap {
-                expected,
+                expected: self.expected,
                 found: r.seq,
             });
         }
-        if r.mac(ak, &prev) != *mac {
+        if r.mac(ak, &self.prev) != *mac {
             return Err(ChainFault::BadMac { seq: r.seq });
         }
-        prev = *mac;
-        expected += 1;
+        self.prev = *mac;
+        self.expected += 1;
+        Ok(())
     }
-    Ok((prev, expected - 1))
+
+    /// The last MAC and the number of records checked.
+    pub fn head(&self) -> ([u8; 32], u64) {
+        (self.prev, self.expected - 1)
+    }
 }
 
 /// Where the next record joins a chain: the newest record's number and MAC

@@ -304,3 +304,113 @@ impl Store {
         )
     }
 }
+
+/// Rows a streaming reader fetches per query.
+pub const STREAM_BATCH: usize = 5000;
+
+/// The main chain's rows numbered after `after` up to `upto`, in batches of
+/// [`STREAM_BATCH`] read by keyset (`WHERE seq > ? ORDER BY seq LIMIT`):
+/// memory for one batch, whatever the log's length. A read error ends it.
+pub struct ChainRows<'a> {
+    store: &'a Store,
+    after: i64,
+    upto: i64,
+    buf: std::vec::IntoIter<AuditRow>,
+    done: bool,
+}
+
+impl Iterator for ChainRows<'_> {
+    type Item = Result<AuditRow, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(row) = self.buf.next() {
+                return Some(Ok(row));
+            }
+            if self.done {
+                return None;
+            }
+            match self.store.chain_batch(self.after, self.upto, STREAM_BATCH) {
+                Ok(rows) => {
+                    self.done = rows.len() < STREAM_BATCH;
+                    if let Some((r, _)) = rows.last() {
+                        self.after = r.seq as i64;
+                    }
+                    self.buf = rows.into_iter();
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Every row of the main chain numbered up to `upto` (the head read
+    /// when a reader started: writers appending meanwhile are not chased),
+    /// oldest first, in batches. A row numbered below 1 is an error naming
+    /// it, as in [`Store::audit_rows`].
+    pub fn chain_stream(&self, upto: u64) -> ChainRows<'_> {
+        self.chain_stream_from(i64::MIN, upto)
+    }
+
+    /// [`Store::chain_stream`] from the row after `after`.
+    pub fn chain_stream_from(&self, after: i64, upto: u64) -> ChainRows<'_> {
+        ChainRows {
+            store: self,
+            after,
+            upto: i64::try_from(upto).unwrap_or(i64::MAX),
+            buf: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+
+    /// Up to `limit` rows numbered after `after` and up to `upto`, oldest first.
+    pub fn chain_batch(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Result<Vec<AuditRow>, StoreError> {
+        self.chain_rows_with(
+            "WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+            &[Val::Int(after), Val::Int(upto), Val::Int(limit as i64)],
+        )
+    }
+
+    /// Up to `limit` rows numbered below `before`, newest first (`audit
+    /// tail`: the newest rows without reading the log).
+    pub fn chain_newest(&self, before: i64, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
+        self.chain_rows_with(
+            "WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+            &[Val::Int(before), Val::Int(limit as i64)],
+        )
+    }
+
+    /// The MAC of record `seq` as stored (any length; `None`: no such row).
+    pub fn audit_mac(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut conn = self.lock();
+        self.mac_at(&mut **conn, seq)
+    }
+
+    /// Chain rows selected by `tail` with `params`, as [`Store::chain_rows`].
+    fn chain_rows_with(&self, tail: &str, params: &[Val]) -> Result<Vec<AuditRow>, StoreError> {
+        let mut conn = self.lock();
+        self.rows(
+            &mut **conn,
+            &format!("SELECT seq, {AUDIT_COLUMNS}, mac FROM audit {tail}"),
+            params,
+            |r| {
+                let mut rec = read_record(r, 1)?;
+                let seq = r.int(0)?;
+                if seq < 1 {
+                    return Err(format!("a record numbered {seq} (records start at 1)"));
+                }
+                rec.seq = seq as u64;
+                Ok((rec, r.blob(12)?))
+            },
+        )
+    }
+}

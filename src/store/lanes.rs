@@ -486,6 +486,142 @@ impl Store {
     }
 }
 
+/// The orders lanes are streamed in ([`Store::lane_stream`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaneOrder {
+    /// Lane by lane, in position order (each lane's chain).
+    Place,
+    /// By the state change each record was decided under, then lane and
+    /// position (the order `audit verify` replays them in).
+    Change,
+    /// By time, then insertion number (`audit export`'s merge by time).
+    Time,
+}
+
+impl LaneOrder {
+    /// The keyset condition after the key (`?3`.., its length) and the order.
+    fn sql(self) -> (&'static str, usize) {
+        match self {
+            LaneOrder::Place => ("(lane, pos) > (?3, ?4) ORDER BY lane, pos", 2),
+            LaneOrder::Change => (
+                "(change, lane, pos) > (?3, ?4, ?5) ORDER BY change, lane, pos",
+                3,
+            ),
+            LaneOrder::Time => ("(time_ns, id) > (?3, ?4) ORDER BY time_ns, id", 2),
+        }
+    }
+
+    /// A row's key in this order.
+    fn key(self, l: &LaneRow) -> [i64; 3] {
+        let (lane, pos, change) = (l.at.lane as i64, l.at.pos as i64, l.at.change as i64);
+        match self {
+            LaneOrder::Place => [lane, pos, 0],
+            LaneOrder::Change => [change, lane, pos],
+            LaneOrder::Time => [l.record.time_ns as i64, l.id, 0],
+        }
+    }
+}
+
+/// Lane rows in one [`LaneOrder`], in batches read by keyset: memory for
+/// one batch. Only rows inserted up to `max_id` (the newest when the reader
+/// started) and, by time, from `from_ns` on. A read error ends it.
+pub struct LaneRows<'a> {
+    store: &'a Store,
+    order: LaneOrder,
+    key: [i64; 3],
+    max_id: i64,
+    from_ns: i64,
+    buf: std::vec::IntoIter<LaneRow>,
+    done: bool,
+}
+
+impl Iterator for LaneRows<'_> {
+    type Item = Result<LaneRow, StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(row) = self.buf.next() {
+                return Some(Ok(row));
+            }
+            if self.done {
+                return None;
+            }
+            let batch = super::audit::STREAM_BATCH;
+            let (keyset, n) = self.order.sql();
+            let tail = format!("WHERE id <= ?1 AND time_ns >= ?2 AND {keyset} LIMIT {batch}");
+            let mut params = vec![Val::Int(self.max_id), Val::Int(self.from_ns)];
+            params.extend(self.key[..n].iter().map(|k| Val::Int(*k)));
+            let mut conn = self.store.lock();
+            let read = self.store.lane_rows_in(&mut **conn, &tail, &params);
+            drop(conn);
+            match read {
+                Ok(rows) => {
+                    self.done = rows.len() < batch;
+                    if let Some(l) = rows.last() {
+                        self.key = self.order.key(l);
+                    }
+                    self.buf = rows.into_iter();
+                }
+                Err(e) => {
+                    self.done = true;
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
+}
+
+impl Store {
+    /// Every lane row inserted up to `max_id`, from time `from_ns` on, in
+    /// `order`, in batches.
+    pub fn lane_stream(&self, order: LaneOrder, max_id: i64, from_ns: i64) -> LaneRows<'_> {
+        LaneRows {
+            store: self,
+            order,
+            key: [i64::MIN; 3],
+            max_id,
+            from_ns,
+            buf: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+
+    /// The newest lane row's insertion number and the number of lane rows
+    /// (`None`: the lanes are empty, as on SQLite).
+    pub fn lane_extent(&self) -> Result<Option<(i64, u64)>, StoreError> {
+        let mut conn = self.lock();
+        self.rows(
+            &mut **conn,
+            "SELECT MAX(id), COUNT(*) FROM audit_lane",
+            &[],
+            |r| {
+                Ok(r.opt_int(0)?
+                    .map(|m| (m, r.int(1).unwrap_or(0).max(0) as u64)))
+            },
+        )
+        .map(|v| v.into_iter().next().flatten())
+    }
+
+    /// Up to `limit` lane rows before (time, id) `before`, newest first
+    /// (`audit tail`).
+    pub fn lane_newest(
+        &self,
+        before: (i64, i64),
+        limit: usize,
+    ) -> Result<Vec<LaneRow>, StoreError> {
+        let mut conn = self.lock();
+        self.lane_rows_in(
+            &mut **conn,
+            "WHERE (time_ns, id) < (?1, ?2) ORDER BY time_ns DESC, id DESC LIMIT ?3",
+            &[
+                Val::Int(before.0),
+                Val::Int(before.1),
+                Val::Int(limit as i64),
+            ],
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,6 +54,16 @@ impl Store {
     /// process writes to it meanwhile) and the destination is written in one
     /// transaction: it has every row or none. Both are counted afterwards.
     pub fn migrate_into(&self, dest: &Store) -> Result<Moved, StoreError> {
+        self.migrate_into_with(dest, &mut |_, _| {})
+    }
+
+    /// [`Store::migrate_into`], telling `progress` (rows copied, rows in
+    /// all) as it goes.
+    pub fn migrate_into_with(
+        &self,
+        dest: &Store,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<Moved, StoreError> {
         let mut src_conn = self.lock();
         let mut src = Tx::begin(&mut **src_conn)?;
         let mut out_conn = dest.lock();
@@ -66,6 +76,12 @@ impl Store {
                 ))));
             }
         }
+        let mut total = 0u64;
+        for (table, _) in TABLES {
+            total += self.count(&mut *src, table)?.max(0) as u64;
+        }
+        let mut done = 0u64;
+        progress(done, total);
         let mut moved = Vec::new();
         for (table, columns) in TABLES {
             let rows = src.query(&format!("SELECT {columns} FROM {table} ORDER BY 1"), &[])?;
@@ -78,6 +94,8 @@ impl Store {
             );
             for row in &rows {
                 out.execute(&insert, &row.0)?;
+                done += 1;
+                progress(done, total);
             }
             moved.push((*table, rows.len() as u64));
         }

@@ -48,12 +48,12 @@ pub use approvals::{
     VerdictLine,
 };
 pub use audit::{
-    key_digest, parse_resumes_to, parse_transition_detail, transition_detail, AuditRow,
-    PENDING_MARK,
+    key_digest, parse_resumes_to, parse_transition_detail, transition_detail, AuditRow, ChainRows,
+    PENDING_MARK, STREAM_BATCH,
 };
 pub use commit::{users_refusal_rv, Refusal, Use};
 pub use error::{Need, StoreError};
-pub use lanes::{parse_lanes_detail, LaneRow};
+pub use lanes::{parse_lanes_detail, LaneOrder, LaneRow, LaneRows};
 pub use metrics::{lifecycle_kind, refusal_labels, Counts, Gauges};
 pub use migrate::Moved;
 pub use objects::StoredObject;

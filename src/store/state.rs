@@ -461,6 +461,16 @@ impl Store {
         ak: &Secret32,
         latest: &std::collections::BTreeMap<String, (u64, AssetState, u32, u32)>,
     ) -> Result<Vec<String>, StoreError> {
+        let named = self.seal_faults_named(ak, latest)?;
+        Ok(named.into_iter().map(|(_, f)| f).collect())
+    }
+
+    /// [`Store::seal_faults`], each with the asset it names.
+    pub fn seal_faults_named(
+        &self,
+        ak: &Secret32,
+        latest: &std::collections::BTreeMap<String, (u64, AssetState, u32, u32)>,
+    ) -> Result<Vec<(String, String)>, StoreError> {
         let sk = state_key(ak)?;
         let mut conn = self.lock();
         let rows: Vec<SealedRow> = self.select(&mut **conn, "ORDER BY assets.id", &[])?;
@@ -497,7 +507,7 @@ impl Store {
                 }
             };
             if let Some(f) = fault {
-                faults.push(format!("asset {name:?}: its row {f}"));
+                faults.push((name.to_string(), format!("asset {name:?}: its row {f}")));
             }
         }
         Ok(faults)
@@ -640,63 +650,73 @@ impl Store {
                 return Err(StoreError::RolledBack(self.path.clone(), why));
             }
         }
-        let rows = self.change_rows(
-            db,
-            &format!(
-                "WHERE a.event IN {} AND a.seq > ?1 ORDER BY a.seq",
-                crate::audit::STATE_EVENTS_SQL
-            ),
-            from,
-        )?;
-        for (rec, mac, prev) in rows {
-            let tampered = |why: &str| {
-                StoreError::StateTampered(
-                    self.path.clone(),
-                    format!(
-                        "state change record {} ({} of asset {:?}) {why}",
-                        rec.seq,
-                        rec.event.name(),
-                        rec.asset.as_deref().unwrap_or("?")
-                    ),
-                )
-            };
-            let prev = match (rec.seq, prev) {
-                (1, _) => GENESIS,
-                (_, Some(p)) => stored_mac(&p),
-                (_, None) => {
+        // In batches (a store's whole history of state changes is never
+        // held at once: `audit verify` builds a ledger afresh).
+        let batch = super::audit::STREAM_BATCH;
+        let mut after = from;
+        loop {
+            let rows = self.change_rows(
+                db,
+                &format!(
+                    "WHERE a.event IN {} AND a.seq > ?1 ORDER BY a.seq LIMIT {batch}",
+                    crate::audit::STATE_EVENTS_SQL
+                ),
+                after,
+            )?;
+            let full = rows.len() == batch;
+            for (rec, mac, prev) in rows {
+                after = rec.seq;
+                let tampered = |why: &str| {
+                    StoreError::StateTampered(
+                        self.path.clone(),
+                        format!(
+                            "state change record {} ({} of asset {:?}) {why}",
+                            rec.seq,
+                            rec.event.name(),
+                            rec.asset.as_deref().unwrap_or("?")
+                        ),
+                    )
+                };
+                let prev = match (rec.seq, prev) {
+                    (1, _) => GENESIS,
+                    (_, Some(p)) => stored_mac(&p),
+                    (_, None) => {
+                        return Err(tampered(
+                            "follows a deleted record: records were removed from the audit log",
+                        ))
+                    }
+                };
+                if rec.mac(ak, &prev)[..] != mac[..] {
                     return Err(tampered(
-                        "follows a deleted record: records were removed from the audit log",
-                    ))
+                        "does not verify under the audit key: it was changed, forged, or a record \
+                         before it removed",
+                    ));
                 }
-            };
-            if rec.mac(ak, &prev)[..] != mac[..] {
-                return Err(tampered(
-                    "does not verify under the audit key: it was changed, forged, or a record \
-                     before it removed",
-                ));
-            }
-            // Written without the audit key and sealed later (planted in the
-            // pending table): never a state change.
-            if rec.detail.starts_with(PENDING_MARK) {
-                continue;
-            }
-            let linked = g.upto.map_or(0, |u| u.0);
-            match prev_change(&rec.detail) {
-                Some(n) if n != linked => {
-                    return Err(tampered(&format!(
-                        "names state change {n} before it, but the one before it in the log is \
-                         {linked}: a state change was removed from the audit log"
-                    )))
+                // Written without the audit key and sealed later (planted in the
+                // pending table): never a state change.
+                if rec.detail.starts_with(PENDING_MARK) {
+                    continue;
                 }
-                // Records from before links existed.
-                _ => {}
+                let linked = g.upto.map_or(0, |u| u.0);
+                match prev_change(&rec.detail) {
+                    Some(n) if n != linked => {
+                        return Err(tampered(&format!(
+                            "names state change {n} before it, but the one before it in the log is \
+                             {linked}: a state change was removed from the audit log"
+                        )))
+                    }
+                    // Records from before links existed.
+                    _ => {}
+                }
+                if let Some(name) = &rec.asset {
+                    g.latest.insert(name.clone(), rec.seq);
+                }
+                g.upto = Some((rec.seq, stored_mac(&mac)));
             }
-            if let Some(name) = &rec.asset {
-                g.latest.insert(name.clone(), rec.seq);
+            if !full {
+                return Ok(());
             }
-            g.upto = Some((rec.seq, stored_mac(&mac)));
         }
-        Ok(())
     }
 
     /// An asset row as read, verified when this process holds the state

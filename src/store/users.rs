@@ -459,7 +459,18 @@ impl Store {
     /// and every one the chain knows that the store lacks (for `audit
     /// verify`), against a ledger built afresh from the chain.
     pub fn subject_faults(&self, ak: &Secret32) -> Result<Vec<String>, StoreError> {
+        self.subject_faults_counted(ak).map(|(faults, _)| faults)
+    }
+
+    /// [`Store::subject_faults`], and how many rows were judged (those
+    /// present and those the chain knows that are missing: `audit verify`'s
+    /// drift figure).
+    pub fn subject_faults_counted(
+        &self,
+        ak: &Secret32,
+    ) -> Result<(Vec<String>, usize), StoreError> {
         let sk = state_key(ak)?;
+        let mut judged = 0;
         let mut fresh = super::state::Guard::default();
         let mut conn = self.lock();
         self.refresh_ledger_into(&mut **conn, ak, &mut fresh)?;
@@ -482,6 +493,7 @@ impl Store {
                 _ => {}
             }
             for row in rows {
+                judged += 1;
                 present.insert(row.name.clone());
                 if let Err(why) = Self::judge(&sk, kind, &row, latest.get(&key(kind, &row.name))) {
                     faults.push(format!("{} {:?}: {why}", kind.what(), row.name));
@@ -490,6 +502,7 @@ impl Store {
             for (k, seq) in latest.iter() {
                 if let Some(name) = k.strip_prefix(kind.prefix()) {
                     if !present.contains(name) {
+                        judged += 1;
                         faults.push(format!(
                             "{} {name:?}: its row is missing, but its latest change is record \
                              {seq} (the row was deleted outside p11derive)",
@@ -502,7 +515,7 @@ impl Store {
         // Every verdict a request holds verifies, over that request's bytes,
         // under the key of the approver it names (keys are never replaced).
         faults.extend(super::approvals::verdict_faults(&approvers, &requests));
-        Ok(faults)
+        Ok((faults, judged))
     }
 
     /// Whether a row's seal holds and it is sealed to its latest change

@@ -1,18 +1,19 @@
 //! `p11derive audit verify | export | tail`.
 
-use p11derive::audit::{key_data_verifies, verify_chain, verify_lane, ChainFault, Event, Record};
+use p11derive::audit::{key_data_verifies, ChainCheck, ChainFault, Event, LaneCheck, Record};
 use p11derive::derive;
 use p11derive::store::{
     hex, key_digest, parse_lanes_detail, parse_resumes_to, parse_transition_detail, AssetState,
-    AuditRow, LaneRow, Store, PENDING_MARK,
+    LaneOrder, LaneRow, Store, PENDING_MARK, STREAM_BATCH,
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use p11derive::audit::Anchor;
 use p11derive::store::StoreError;
 
 use crate::args::Cli;
 use crate::common::{failed, load_config, open_store, open_store_read_only, with_key, Failure};
+use crate::progress::Progress;
 use crate::users::{gate, Want};
 use p11derive::access::Action;
 
@@ -77,61 +78,81 @@ impl Listed {
     }
 }
 
+/// The newest lane row insertion number and lane rows when a reader
+/// starts (`None`: no lane rows, as on SQLite).
+fn lanes_at_start(store: &Store) -> Result<Option<(i64, u64)>, Failure> {
+    Ok(store.lane_extent()?)
+}
+
+/// Whether a record is one `--asset` selects.
+fn of_asset(r: &Record, asset: Option<&str>) -> bool {
+    asset.is_none() || r.asset.as_deref() == asset
+}
+
 /// The records from `--since` (a main-chain record number: lane records
 /// from that record's time on), of `--asset` if given: the main chain's
-/// and every lane's, merged by time (the lanes of a PostgreSQL store).
-fn selected(
+/// and every lane's, merged by time (the lanes of a PostgreSQL store; the
+/// main chain's record first at equal times), each given to `emit` as it
+/// is read: the main chain in batches by number, the lanes in batches by
+/// (time, insertion number), up to the newest of each when it started.
+fn each_selected(
     store: &Store,
     since: Option<u64>,
     asset: Option<&str>,
-) -> Result<Vec<Listed>, Failure> {
+    progress: &Progress,
+    mut emit: impl FnMut(Listed),
+) -> Result<(), Failure> {
     if let Some(name) = asset {
         known_asset(store, name)?;
     }
+    let upto = store.audit_head()?.map_or(0, |h| h.0);
+    let lanes_at = lanes_at_start(store)?;
     let since = since.map_or(i64::MIN, |s| i64::try_from(s).unwrap_or(i64::MAX));
-    let rows = store.audit_rows(since)?;
+    let first = u64::try_from(since).unwrap_or(1).max(1);
+    progress.stage(
+        "audit export",
+        (upto + 1).saturating_sub(first) + lanes_at.map_or(0, |l| l.1),
+    );
+    let mut main = store
+        .chain_stream_from(since.saturating_sub(1), upto)
+        .peekable();
     let from_ns = match since {
         i64::MIN => 0,
-        _ => rows.first().map_or(u64::MAX, |(r, _)| r.time_ns),
+        _ => match main.peek() {
+            Some(Ok((r, _))) => r.time_ns,
+            Some(Err(_)) => 0,
+            None => u64::MAX,
+        },
     };
-    let mut all: Vec<Listed> = rows.into_iter().map(|(r, m)| Listed::Main(r, m)).collect();
-    let mut lanes: Vec<Listed> = store
-        .lane_rows()?
+    let mut lanes = lanes_at
+        .map(|(max, _)| {
+            let from = i64::try_from(from_ns).unwrap_or(i64::MAX);
+            store.lane_stream(LaneOrder::Time, max, from)
+        })
         .into_iter()
-        .filter(|l| l.record.time_ns >= from_ns)
-        .map(Listed::Lane)
-        .collect();
-    if !lanes.is_empty() {
-        lanes.sort_by_key(|l| match l {
-            Listed::Lane(l) => (l.record.time_ns, l.id),
-            Listed::Main(..) => (0, 0),
-        });
-        all = merge_by_time(all, lanes);
-    }
-    Ok(all
-        .into_iter()
-        .filter(|l| asset.is_none() || l.record().asset.as_deref() == asset)
-        .collect())
-}
-
-/// Two lists each in time order, merged in time order (the first list's
-/// record first at equal times).
-fn merge_by_time(a: Vec<Listed>, b: Vec<Listed>) -> Vec<Listed> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let mut b = b.into_iter().peekable();
-    for x in a {
-        while b
-            .peek()
-            .is_some_and(|y| y.record().time_ns < x.record().time_ns)
-        {
-            out.extend(b.next());
+        .flatten()
+        .peekable();
+    let mut give = |l: Listed| {
+        progress.tick();
+        if of_asset(l.record(), asset) {
+            emit(l);
         }
-        out.push(x);
+    };
+    for row in main {
+        let (r, mac) = row?;
+        while let Some(l) = lanes.next_if(|l| match l {
+            Ok(l) => l.record.time_ns < r.time_ns,
+            Err(_) => true,
+        }) {
+            give(Listed::Lane(l?));
+        }
+        give(Listed::Main(r, mac));
     }
-    out.extend(b);
-    out
+    for l in lanes {
+        give(Listed::Lane(l?));
+    }
+    Ok(())
 }
-
 /// `--asset NAME` must name an asset of the store (retired ones included)
 /// or one its records name; otherwise exit 4, not an empty listing.
 fn known_asset(store: &Store, name: &str) -> Result<(), Failure> {
@@ -156,26 +177,101 @@ pub fn export(cli: &Cli, since: Option<u64>, asset: Option<&str>) -> Result<(), 
     let config = load_config(cli)?;
     let store = open_store_read_only(&config)?;
     gate(cli, &store, &config, Want::to(Action::ReadAudit))?;
-    for l in selected(&store, since, asset)? {
-        // A closed pipe (`| head`) ends the export quietly.
-        outln!("{}", l.json());
+    let progress = Progress::new(cli, "audit export", 0);
+    // A closed pipe (`| head`) ends the export quietly.
+    let done = each_selected(&store, since, asset, &progress, |l| outln!("{}", l.json()));
+    progress.finish();
+    done
+}
+
+/// The newest `n` records of `--asset` (all records without it), oldest
+/// first, as `each_selected` would list them last: the newest of the main
+/// chain and of the lanes, read newest first in batches (never the whole
+/// log), then merged by time.
+fn newest(store: &Store, n: usize, asset: Option<&str>) -> Result<Vec<Listed>, Failure> {
+    if let Some(name) = asset {
+        known_asset(store, name)?;
     }
-    Ok(())
+    let batch = if asset.is_some() {
+        STREAM_BATCH
+    } else {
+        n.clamp(1, STREAM_BATCH)
+    };
+    let mut main: Vec<Listed> = Vec::new();
+    let mut before = i64::MAX;
+    while main.len() < n {
+        let rows = store.chain_newest(before, batch)?;
+        let Some((last, _)) = rows.last() else { break };
+        before = last.seq as i64;
+        let full = rows.len() == batch;
+        main.extend(
+            rows.into_iter()
+                .filter(|(r, _)| of_asset(r, asset))
+                .map(|(r, m)| Listed::Main(r, m)),
+        );
+        if !full {
+            break;
+        }
+    }
+    main.truncate(n);
+    main.reverse();
+    let mut lanes: Vec<Listed> = Vec::new();
+    if lanes_at_start(store)?.is_some() {
+        let mut before = (i64::MAX, i64::MAX);
+        while lanes.len() < n {
+            let rows = store.lane_newest(before, batch)?;
+            let Some(last) = rows.last() else { break };
+            before = (last.record.time_ns as i64, last.id);
+            let full = rows.len() == batch;
+            lanes.extend(
+                rows.into_iter()
+                    .filter(|l| of_asset(&l.record, asset))
+                    .map(Listed::Lane),
+            );
+            if !full {
+                break;
+            }
+        }
+        lanes.truncate(n);
+        lanes.reverse();
+    }
+    let mut all = merge_by_time(main, lanes);
+    let drop = all.len().saturating_sub(n);
+    all.drain(..drop);
+    Ok(all)
+}
+
+/// Two lists each in time order, merged in time order (the first list's
+/// record first at equal times).
+fn merge_by_time(a: Vec<Listed>, b: Vec<Listed>) -> Vec<Listed> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let mut b = b.into_iter().peekable();
+    for x in a {
+        while b
+            .peek()
+            .is_some_and(|y| y.record().time_ns < x.record().time_ns)
+        {
+            out.extend(b.next());
+        }
+        out.push(x);
+    }
+    out.extend(b);
+    out
 }
 
 pub fn tail(cli: &Cli, n: usize, asset: Option<&str>) -> Result<(), Failure> {
     let config = load_config(cli)?;
     let store = open_store_read_only(&config)?;
     gate(cli, &store, &config, Want::to(Action::ReadAudit))?;
-    let rows = selected(&store, None, asset)?;
-    let newest = rows.iter().skip(rows.len().saturating_sub(n));
+    let newest = newest(&store, n, asset)?;
+
     if cli.json {
-        for l in newest {
+        for l in &newest {
             outln!("{}", l.json());
         }
         return Ok(());
     }
-    for l in newest {
+    for l in &newest {
         let r = l.record();
         let line = format!(
             "{:>8}  {}Z  pid {:<7} {:<12} {:<24} {:<30} {}{}{}",
@@ -201,91 +297,6 @@ pub fn tail(cli: &Cli, n: usize, asset: Option<&str>) -> Result<(), Failure> {
         outln!("{}", line.trim_end());
     }
     Ok(())
-}
-
-/// Replays creation and transition records: the state each asset must have.
-/// Records sealed from the pending table are never trusted for state.
-fn replay(rows: &[AuditRow]) -> BTreeMap<String, (u64, AssetState, u32, u32)> {
-    let mut expected = BTreeMap::new();
-    for (r, _) in rows {
-        if matches!(r.event, Event::Create | Event::Transition)
-            && !r.detail.starts_with(PENDING_MARK)
-        {
-            if let (Some(asset), Some(s)) = (&r.asset, parse_transition_detail(&r.detail)) {
-                expected.insert(asset.clone(), (r.seq, s.0, s.1, s.2));
-            }
-        }
-    }
-    expected
-}
-
-/// Every operation record that its place in the chain did not allow: a
-/// signature or encryption by a version that could not produce then, a
-/// decryption by one that could not open, replayed from the state changes
-/// before it (so a row edited and put back between two verifies still shows
-/// as the operations it let through).
-fn replay_uses(rows: &[AuditRow], lanes: &[LaneRow]) -> Vec<String> {
-    let mut state: BTreeMap<&str, p11derive::store::Asset> = BTreeMap::new();
-    let mut faults = Vec::new();
-    // A lane record right after the state change it was decided under (the
-    // newest when it committed: no state change was in flight).
-    let mut order: Vec<(u64, u8, String, &Record)> = rows
-        .iter()
-        .map(|(r, _)| (r.seq, 0, format!("record {}", r.seq), r))
-        .chain(lanes.iter().map(|l| {
-            let place = format!("lane {} record {}", l.at.lane, l.at.pos);
-            (l.at.change, 1, place, &l.record)
-        }))
-        .collect();
-    if !lanes.is_empty() {
-        order.sort_by_key(|o| (o.0, o.1));
-    }
-    for (_, _, place, r) in order {
-        if r.detail.starts_with(PENDING_MARK) {
-            continue;
-        }
-        let Some(name) = r.asset.as_deref() else {
-            continue;
-        };
-        match r.event {
-            Event::Create | Event::Transition => {
-                if let Some((s, current, min)) = parse_transition_detail(&r.detail) {
-                    state.insert(name, p11derive::asset::as_recorded(s, current, min));
-                }
-            }
-            Event::Sign | Event::Encrypt | Event::Decrypt if r.rv == 0 => {
-                let Some(v) = r.version else { continue };
-                let allowed = state.get(name).is_some_and(|a| {
-                    if r.event == Event::Decrypt {
-                        a.may_verify(v)
-                    } else {
-                        a.may_sign(v)
-                    }
-                });
-                if !allowed {
-                    let was = state.get(name).map_or_else(
-                        || "not created".to_string(),
-                        |a| {
-                            format!(
-                                "{} at version {} (min_usable {})",
-                                a.state.name(),
-                                a.current,
-                                a.min_usable
-                            )
-                        },
-                    );
-                    faults.push(format!(
-                        "{place}: {} by {name:?} version {v} while the asset was {was}: the \
-                         state that let it through was not the recorded one (a row changed \
-                         outside p11derive)",
-                        r.event.name()
-                    ));
-                }
-            }
-            _ => {}
-        }
-    }
-    faults
 }
 
 pub fn reanchor(cli: &Cli, yes: bool) -> Result<(), Failure> {
@@ -387,13 +398,190 @@ pub fn reanchor(cli: &Cli, yes: bool) -> Result<(), Failure> {
     })
 }
 
+/// Where a record is, for a fault's message: `record N` of the main chain,
+/// `lane L record P`.
+#[derive(Clone, Copy)]
+enum Place {
+    Main(u64),
+    Lane(u64, u64),
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Main(seq) => write!(f, "record {seq}"),
+            Place::Lane(lane, pos) => write!(f, "lane {lane} record {pos}"),
+        }
+    }
+}
+
+/// What a creation or rotation record says of an asset's keys: its
+/// number, the version, the recorded public key's digest (`pk=`), and for
+/// a creation, its `id=` and key type.
+struct KeyFact {
+    seq: u64,
+    version: Option<u32>,
+    pk: Option<String>,
+    created: Option<(Option<String>, String)>,
+}
+
+/// What the main chain says of the state, gathered while it is read once:
+/// small per asset (never its records), so memory follows the assets, their
+/// versions and the lanes, not the log's length.
+#[derive(Default)]
+struct Facts {
+    /// Each asset's last creation or transition (replayed): (record, state,
+    /// current, min_usable). Records sealed from the pending table are
+    /// never trusted for state.
+    expected: BTreeMap<String, (u64, AssetState, u32, u32)>,
+    /// What each asset's last transition record says `resume` returns to.
+    resumes: BTreeMap<String, Option<AssetState>>,
+    /// Each asset's creation and rotation records, as [`KeyFact`]s.
+    keys: BTreeMap<String, Vec<KeyFact>>,
+    /// The lane heads `lanes` records name: (record, lane, position, MAC),
+    /// in the chain's order.
+    named: Vec<(u64, u64, u64, [u8; 32])>,
+}
+
+impl Facts {
+    /// One record of the verified main chain, in order.
+    fn see(&mut self, r: &Record) {
+        if r.event == Event::Lanes {
+            if let Some((_, heads)) = parse_lanes_detail(&r.detail) {
+                self.named
+                    .extend(heads.into_iter().map(|(l, p, m)| (r.seq, l, p, m)));
+            }
+        }
+        if r.detail.starts_with(PENDING_MARK) {
+            return;
+        }
+        let Some(asset) = r.asset.as_deref() else {
+            return;
+        };
+        if !matches!(r.event, Event::Create | Event::Transition) {
+            return;
+        }
+        if let Some(s) = parse_transition_detail(&r.detail) {
+            self.expected
+                .insert(asset.to_string(), (r.seq, s.0, s.1, s.2));
+        }
+        if r.event == Event::Transition {
+            self.resumes
+                .insert(asset.to_string(), parse_resumes_to(&r.detail));
+        }
+        let field = |key: &str| {
+            r.detail
+                .split(' ')
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_string)
+        };
+        let fact = match r.event {
+            Event::Create => Some(KeyFact {
+                seq: r.seq,
+                version: Some(1),
+                pk: field("pk="),
+                created: Some((
+                    field("id="),
+                    r.detail.split(' ').nth(1).unwrap_or("").to_string(),
+                )),
+            }),
+            Event::Transition if r.detail.starts_with("rotate") => {
+                let pk = field("pk=");
+                (r.version.is_some() && pk.is_some()).then_some(KeyFact {
+                    seq: r.seq,
+                    version: r.version,
+                    pk,
+                    created: None,
+                })
+            }
+            _ => None,
+        };
+        if let Some(f) = fact {
+            self.keys.entry(asset.to_string()).or_default().push(f);
+        }
+    }
+}
+
+/// The replay of operation records against the state replayed before
+/// them: each asset's state as recorded so far, and every use its place
+/// did not allow (a signature or encryption by a version that could not
+/// produce then, a decryption by one that could not open), so a row edited
+/// and put back between two verifies still shows as the operations it let
+/// through.
+#[derive(Default)]
+struct Uses {
+    state: BTreeMap<String, p11derive::store::Asset>,
+    faults: Vec<String>,
+}
+
+impl Uses {
+    /// The next record in replay order: the main chain's in order, each
+    /// lane record right after the state change it was decided under (the
+    /// newest when it committed: no state change was in flight).
+    fn see(&mut self, place: Place, r: &Record) {
+        if r.detail.starts_with(PENDING_MARK) {
+            return;
+        }
+        let Some(name) = r.asset.as_deref() else {
+            return;
+        };
+        match r.event {
+            Event::Create | Event::Transition => {
+                if let Some((s, current, min)) = parse_transition_detail(&r.detail) {
+                    self.state.insert(
+                        name.to_string(),
+                        p11derive::asset::as_recorded(s, current, min),
+                    );
+                }
+            }
+            Event::Sign | Event::Encrypt | Event::Decrypt if r.rv == 0 => {
+                let Some(v) = r.version else { return };
+                let state = self.state.get(name);
+                let allowed = state.is_some_and(|a| {
+                    if r.event == Event::Decrypt {
+                        a.may_verify(v)
+                    } else {
+                        a.may_sign(v)
+                    }
+                });
+                if !allowed {
+                    let was = state.map_or_else(
+                        || "not created".to_string(),
+                        |a| {
+                            format!(
+                                "{} at version {} (min_usable {})",
+                                a.state.name(),
+                                a.current,
+                                a.min_usable
+                            )
+                        },
+                    );
+                    self.faults.push(format!(
+                        "{place}: {} by {name:?} version {v} while the asset was {was}: the \
+                         state that let it through was not the recorded one (a row changed \
+                         outside p11derive)",
+                        r.event.name()
+                    ));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 pub fn verify(cli: &Cli) -> Result<(), Failure> {
     let config = load_config(cli)?;
     let store = open_store_read_only(&config)?;
     let want = Want::to(Action::ReadAudit).unanchored();
     with_key(cli, &store, &config, want, |store, backend, ak, _| {
         let anchor = backend.read_anchor().map_err(failed)?;
-        let v = check(store, ak, anchor)?;
+        let started = std::time::Instant::now();
+        let mut tally = Tally::default();
+        let progress = Progress::new(cli, "audit verify", 0);
+        let checked = check_with(store, ak, anchor, &progress, &mut tally);
+        progress.finish();
+        crate::verify_file::write(&config, store, &tally, checked.is_ok(), started.elapsed());
+        let v = checked?;
         if cli.json {
             return crate::common::print_json(&v.json());
         }
@@ -403,127 +591,132 @@ pub fn verify(cli: &Cli) -> Result<(), Failure> {
 }
 
 /// The first disagreement between the assets and versions tables and the
-/// chain's records, as a message naming the asset.
+/// chain's records, as a message naming the asset; and how many asset rows
+/// were judged (those present and those the chain says are missing) and
+/// which disagree (`audit verify`'s drift).
 fn reconcile(
     store: &Store,
     ak: &derive::Secret32,
-    rows: &[AuditRow],
-    expected: &BTreeMap<String, (u64, AssetState, u32, u32)>,
-) -> Result<(), Failure> {
-    let bad = Failure::Failed;
-    // Each asset's own authenticated records, indexed once.
-    let mut by_asset: BTreeMap<&str, Vec<&Record>> = BTreeMap::new();
-    for (r, _) in rows {
-        if let Some(asset) = r
-            .asset
-            .as_deref()
-            .filter(|_| !r.detail.starts_with(PENDING_MARK))
-        {
-            by_asset.entry(asset).or_default().push(r);
-        }
-    }
+    facts: &Facts,
+) -> Result<(Option<String>, u64, BTreeSet<String>), Failure> {
+    let expected = &facts.expected;
+    let mut faults: Vec<String> = Vec::new();
+    let mut drifted = BTreeSet::new();
+    let mut judged = 0u64;
     let assets = store.all_assets()?;
     for (name, (seq, ..)) in expected {
         if !assets.iter().any(|a| a.id.as_str() == name) {
-            return Err(bad(format!(
+            judged += 1;
+            drifted.insert(name.clone());
+            faults.push(format!(
                 "asset {name:?}, created by record {seq}, is missing from the store (its rows were \
                  deleted; a retired asset's name would come back)"
-            )));
+            ));
         }
     }
     for a in assets {
+        judged += 1;
         let name = a.id.as_str();
-        match expected.get(name) {
-            None => {
-                return Err(bad(format!(
-                    "asset {name:?} is in the store but no record created it (a forged asset?)"
-                )))
-            }
-            Some((seq, state, current, min))
-                if (a.state, a.current, a.min_usable) != (*state, *current, *min) =>
-            {
-                return Err(bad(format!(
-                    "asset {name:?} is {} at version {} (min_usable {}) in the store, but its last \
-                     recorded transition (record {seq}) left it {} at version {current} \
-                     (min_usable {min}): the assets table was changed outside p11derive",
-                    a.state.name(),
-                    a.current,
-                    a.min_usable,
-                    state.name()
-                )))
-            }
-            Some(_) => {}
+        if let Some(f) = reconcile_one(store, ak, facts, &a)? {
+            drifted.insert(name.to_string());
+            faults.push(f);
         }
-        // A suspended asset resumes to what its suspension recorded.
-        if a.state == AssetState::Suspended {
-            let recorded = by_asset
-                .get(name)
-                .and_then(|rs| {
-                    rs.iter()
-                        .rev()
-                        .find(|r| matches!(r.event, Event::Transition))
-                })
-                .and_then(|r| parse_resumes_to(&r.detail));
-            if recorded != Some(a.resumes_to) {
-                return Err(bad(format!(
-                    "asset {name:?} would resume to {} but its suspension recorded {} (the \
-                     assets table was changed)",
-                    a.resumes_to.name(),
-                    recorded.map_or("nothing", AssetState::name)
+    }
+    Ok((faults.into_iter().next(), judged, drifted))
+}
+
+/// The first disagreement between one asset's rows and its records.
+fn reconcile_one(
+    store: &Store,
+    ak: &derive::Secret32,
+    facts: &Facts,
+    a: &p11derive::store::Asset,
+) -> Result<Option<String>, Failure> {
+    let name = a.id.as_str();
+    match facts.expected.get(name) {
+        None => {
+            return Ok(Some(format!(
+                "asset {name:?} is in the store but no record created it (a forged asset?)"
+            )))
+        }
+        Some((seq, state, current, min))
+            if (a.state, a.current, a.min_usable) != (*state, *current, *min) =>
+        {
+            return Ok(Some(format!(
+                "asset {name:?} is {} at version {} (min_usable {}) in the store, but its last \
+                 recorded transition (record {seq}) left it {} at version {current} \
+                 (min_usable {min}): the assets table was changed outside p11derive",
+                a.state.name(),
+                a.current,
+                a.min_usable,
+                state.name()
+            )))
+        }
+        Some(_) => {}
+    }
+    // A suspended asset resumes to what its suspension recorded.
+    if a.state == AssetState::Suspended {
+        let recorded = facts.resumes.get(name).copied().flatten();
+        if recorded != Some(a.resumes_to) {
+            return Ok(Some(format!(
+                "asset {name:?} would resume to {} but its suspension recorded {} (the \
+                 assets table was changed)",
+                a.resumes_to.name(),
+                recorded.map_or("nothing", AssetState::name)
+            )));
+        }
+    }
+    // What the creation and rotation records say of the asset's identity
+    // and keys must be what the store holds.
+    let history = store.history(a.rowid)?;
+    if let Some(h) = history.iter().find(|h| !key_data_verifies(ak, name, h)) {
+        return Ok(Some(format!(
+            "asset {name:?} version {}: its public key carries no valid MAC under the audit \
+             key (the versions table was changed)",
+            h.version
+        )));
+    }
+    for f in facts.keys.get(name).into_iter().flatten() {
+        if let (Some(v), Some(pk)) = (f.version, &f.pk) {
+            let held = history
+                .iter()
+                .find(|h| h.version == v)
+                .and_then(|h| h.public_key.as_deref());
+            if key_digest(held) != *pk {
+                return Ok(Some(format!(
+                    "asset {name:?} version {v}: the public key in the store is not the one \
+                     record {} registered (the versions table was changed)",
+                    f.seq
                 )));
             }
         }
-        // What the creation and rotation records say of the asset's identity
-        // and keys must be what the store holds.
-        let history = store.history(a.rowid)?;
-        if let Some(h) = history.iter().find(|h| !key_data_verifies(ak, name, h)) {
-            return Err(bad(format!(
-                "asset {name:?} version {}: its public key carries no valid MAC under the audit \
-                 key (the versions table was changed)",
-                h.version
-            )));
-        }
-        for r in by_asset.get(name).into_iter().flatten() {
-            let field = |key: &str| {
-                r.detail
-                    .split(' ')
-                    .find_map(|w| w.strip_prefix(key))
-                    .map(str::to_string)
-            };
-            let recorded_pk = field("pk=");
-            let version = match r.event {
-                Event::Create => Some(1),
-                Event::Transition if r.detail.starts_with("rotate") => r.version,
-                _ => None,
-            };
-            if let (Some(v), Some(pk)) = (version, recorded_pk) {
-                let held = history
-                    .iter()
-                    .find(|h| h.version == v)
-                    .and_then(|h| h.public_key.as_deref());
-                if key_digest(held) != pk {
-                    return Err(bad(format!(
-                        "asset {name:?} version {v}: the public key in the store is not the one \
-                         record {} registered (the versions table was changed)",
-                        r.seq
-                    )));
-                }
-            }
-            if r.event == Event::Create {
-                let kt = r.detail.split(' ').nth(1).unwrap_or("");
-                if field("id=").as_deref() != Some(hex(&a.object_id).as_str())
-                    || kt != a.key_type.name()
-                {
-                    return Err(bad(format!(
-                        "asset {name:?}: its CKA_ID or key type in the store differs from its \
-                         creation record {} (the assets table was changed)",
-                        r.seq
-                    )));
-                }
+        if let Some((id, kt)) = &f.created {
+            if id.as_deref() != Some(hex(&a.object_id).as_str()) || kt != a.key_type.name() {
+                return Ok(Some(format!(
+                    "asset {name:?}: its CKA_ID or key type in the store differs from its \
+                     creation record {} (the assets table was changed)",
+                    f.seq
+                )));
             }
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// What a verify run saw, pass or fail (`audit-verify.json`'s figures).
+#[derive(Default)]
+pub struct Tally {
+    /// Main-chain records checked.
+    pub records: u64,
+    /// Lane records checked.
+    pub lane_records: u64,
+    /// The main chain's newest record when the run started.
+    pub head_seq: u64,
+    /// Faults found.
+    pub faults: u64,
+    /// State rows judged against the chain, and those that disagree.
+    pub checked_rows: u64,
+    pub drift_rows: u64,
 }
 
 /// The first fault, as a message naming the record.
@@ -532,22 +725,85 @@ pub fn check(
     ak: &derive::Secret32,
     anchor: Option<Anchor>,
 ) -> Result<Verified, Failure> {
+    check_with(
+        store,
+        ak,
+        anchor,
+        &Progress::hidden(),
+        &mut Tally::default(),
+    )
+}
+
+/// [`check`], drawing `progress` and counting into `tally`.
+pub fn check_with(
+    store: &Store,
+    ak: &derive::Secret32,
+    anchor: Option<Anchor>,
+    progress: &Progress,
+    tally: &mut Tally,
+) -> Result<Verified, Failure> {
+    let checked = check_counted(store, ak, anchor, progress, tally);
+    if checked.is_err() {
+        tally.faults = tally.faults.max(1);
+    }
+    checked
+}
+
+/// The MAC as stored, as the chain's 32 bytes (one of another length reads
+/// as zeros, which no record carries).
+fn mac32(m: &[u8]) -> [u8; 32] {
+    m.try_into().unwrap_or([0u8; 32])
+}
+
+fn check_counted(
+    store: &Store,
+    ak: &derive::Secret32,
+    anchor: Option<Anchor>,
+    progress: &Progress,
+    tally: &mut Tally,
+) -> Result<Verified, Failure> {
     let bad = |m: String| Failure::Failed(format!("audit verify: FAILED: {m}"));
     if let Some(a) = &anchor {
         if let Err(e @ StoreError::Lineage(..)) = store.check_anchor(a) {
             return Err(bad(e.to_string()));
         }
     }
+    // Up to the newest record and lane row now: writers appending
+    // meanwhile are not chased.
+    let upto = store.audit_head()?.map_or(0, |h| h.0);
+    let lanes_at = lanes_at_start(store)?;
+    tally.head_seq = upto;
+    progress.stage("audit verify", upto + lanes_at.map_or(0, |l| l.1));
     // Every row, whatever its seq: a row numbered 0 or below is a gap too.
-    let rows = store
-        .audit_rows(i64::MIN)
-        .map_err(|e| bad(format!("an audit row is malformed: {e}")))?;
-    let macs: Vec<[u8; 32]> = rows
-        .iter()
-        .map(|(_, m)| m.as_slice().try_into().unwrap_or([0u8; 32]))
-        .collect();
-    let (last_mac, count) = verify_chain(ak, rows.iter().map(|(r, _)| r).zip(macs.iter()))
-        .map_err(|f| match f {
+    // Read once, in batches: the chain, the replay of the state, what the
+    // assets' rows are reconciled with, the lane heads named, and the
+    // replay of uses, with each lane record (read in batches by the state
+    // change it was decided under) right after that change.
+    let mut chain = ChainCheck::default();
+    let mut facts = Facts::default();
+    let mut uses = Uses::default();
+    let mut lane_fault: Option<String> = None;
+    let mut by_change = lanes_at
+        .map(|(max, _)| store.lane_stream(LaneOrder::Change, max, i64::MIN))
+        .into_iter()
+        .flatten()
+        .peekable();
+    let mut replay_lanes = |before: u64, uses: &mut Uses, fault: &mut Option<String>| {
+        while let Some(l) = by_change.next_if(|l| match l {
+            Ok(l) => l.at.change < before,
+            Err(_) => true,
+        }) {
+            match l {
+                Ok(l) => uses.see(Place::Lane(l.at.lane, l.at.pos), &l.record),
+                Err(e) => {
+                    fault.get_or_insert(e.to_string());
+                }
+            }
+        }
+    };
+    for row in store.chain_stream(upto) {
+        let (r, m) = row.map_err(|e| bad(format!("an audit row is malformed: {e}")))?;
+        chain.push(ak, &r, &mac32(&m)).map_err(|f| match f {
             ChainFault::Gap { expected, found } => bad(format!(
                 "record {expected} is missing (the next record is {found}): records were deleted \
                  or inserted"
@@ -557,10 +813,21 @@ pub fn check(
                  record before it was removed"
             )),
         })?;
+        tally.records += 1;
+        progress.tick();
+        replay_lanes(r.seq, &mut uses, &mut lane_fault);
+        facts.see(&r);
+        uses.see(Place::Main(r.seq), &r);
+    }
+    replay_lanes(u64::MAX, &mut uses, &mut lane_fault);
+    let (last_mac, count) = chain.head();
     if let Some((seq, mac)) = anchor.as_ref().map(|a| a.head).filter(|h| h.0 > 0) {
-        let held = rows.iter().zip(&macs).find(|((r, _), _)| r.seq == seq);
+        let held = match seq <= count {
+            true => store.audit_mac(seq)?,
+            false => None,
+        };
         match held {
-            Some((_, m)) if *m == mac => {}
+            Some(m) if mac32(&m) == mac => {}
             Some(_) => {
                 return Err(bad(format!(
                     "record {seq}, anchored in the backing HSM, has another MAC in the store: the \
@@ -577,32 +844,43 @@ pub fn check(
         }
     }
     if let Some((seq, mac)) = anchor.as_ref().map(|a| a.change).filter(|c| c.0 > 0) {
-        if !rows
-            .iter()
-            .zip(&macs)
-            .any(|((r, _), m)| r.seq == seq && *m == mac)
-        {
+        let held = match seq <= count {
+            true => store.audit_mac(seq)?,
+            false => None,
+        };
+        if held.is_none_or(|m| mac32(&m) != mac) {
             return Err(bad(format!(
                 "the backing HSM's anchor names state change record {seq}, which the store lacks \
                  (or holds with another MAC): a state change was removed"
             )));
         }
     }
-    let lanes = store
-        .lane_rows()
-        .map_err(|e| bad(format!("an audit lane row is malformed: {e}")))?;
-    let lane_count = check_lanes(ak, &rows, &lanes).map_err(bad)?;
-    let expected = replay(&rows);
-
+    if let Some(e) = lane_fault {
+        return Err(bad(format!("an audit lane row is malformed: {e}")));
+    }
+    let (lane_records, lanes) = check_lanes(
+        store,
+        ak,
+        lanes_at.map(|l| l.0),
+        &facts.named,
+        progress,
+        tally,
+    )
+    .map_err(bad)?;
     // Every fault found: the first disagreement between the tables and the
     // chain, each row whose seal fails, each use its place did not allow.
     let mut all = Vec::new();
-    if let Err(Failure::Failed(m) | Failure::Usage(m)) = reconcile(store, ak, &rows, &expected) {
-        all.push(m);
-    }
-    all.extend(store.seal_faults(ak, &expected)?);
-    all.extend(store.subject_faults(ak)?);
-    all.extend(replay_uses(&rows, &lanes));
+    let (first, judged, mut drifted) = reconcile(store, ak, &facts)?;
+    all.extend(first);
+    let seals = store.seal_faults_named(ak, &facts.expected)?;
+    drifted.extend(seals.iter().map(|(name, _)| name.clone()));
+    all.extend(seals.into_iter().map(|(_, f)| f));
+    let (subjects, subject_rows) = store.subject_faults_counted(ak)?;
+    tally.checked_rows = judged + subject_rows as u64;
+    tally.drift_rows = drifted.len() as u64 + subjects.len() as u64;
+    all.extend(subjects);
+    all.extend(uses.faults);
+    tally.faults = all.len() as u64;
     match all.len() {
         0 => {}
         1 => return Err(bad(all.remove(0))),
@@ -611,9 +889,9 @@ pub fn check(
     Ok(Verified {
         records: count,
         last_mac: hex(&last_mac),
-        lane_records: lane_count.0,
-        lanes: lane_count.1,
-        assets: expected.len(),
+        lane_records,
+        lanes,
+        assets: facts.expected.len(),
         anchor: anchor.map(|a| (a.head.0, a.change.0)),
         pending: store.pending_rows()?.len(),
     })
@@ -677,58 +955,64 @@ impl Verified {
 }
 
 /// Every writer's lane (PostgreSQL) chains from its first record to its
-/// newest, and every lane head a `lanes` record of the (verified) main chain
-/// names is still there with its MAC. Returns (lane records, lanes).
+/// newest (read lane by lane in batches, up to the newest lane row when the
+/// run started, `max_id`), and every lane head a `lanes` record of the
+/// (verified) main chain names (`named`) is still there with its MAC.
+/// Returns (lane records, lanes).
 fn check_lanes(
+    store: &Store,
     ak: &derive::Secret32,
-    rows: &[AuditRow],
-    lanes: &[LaneRow],
+    max_id: Option<i64>,
+    named: &[(u64, u64, u64, [u8; 32])],
+    progress: &Progress,
+    tally: &mut Tally,
 ) -> Result<(usize, usize), String> {
+    let wanted: BTreeSet<(u64, u64)> = named.iter().map(|n| (n.1, n.2)).collect();
     let mut heads: BTreeMap<(u64, u64), [u8; 32]> = BTreeMap::new();
-    let mut n_lanes = 0;
-    for lane in lanes.chunk_by(|a, b| a.at.lane == b.at.lane) {
-        let id = lane[0].at.lane;
-        n_lanes += 1;
-        let macs: Vec<[u8; 32]> = lane
-            .iter()
-            .map(|l| l.mac.as_slice().try_into().unwrap_or([0u8; 32]))
-            .collect();
-        verify_lane(
-            ak,
-            id,
-            lane.iter().zip(&macs).map(|(l, m)| (&l.at, &l.record, m)),
-        )
-        .map_err(|f| match f {
-            ChainFault::Gap { expected, found } => format!(
-                "record {expected} of audit lane {id} is missing (the next one there is {found}): \
-                 records were deleted from the lane"
-            ),
-            ChainFault::BadMac { seq } => format!(
-                "record {seq} of audit lane {id} does not carry a valid MAC: it was changed, \
-                 forged, moved, or a record before it in the lane was removed"
-            ),
-        })?;
-        for (l, m) in lane.iter().zip(macs) {
-            heads.insert((id, l.at.pos), m);
+    let (mut n_records, mut n_lanes) = (0usize, 0usize);
+    let mut lane: Option<LaneCheck> = None;
+    let mut id = 0;
+    let rows = max_id
+        .map(|max| store.lane_stream(LaneOrder::Place, max, i64::MIN))
+        .into_iter()
+        .flatten();
+    for row in rows {
+        let l = row.map_err(|e| format!("an audit lane row is malformed: {e}"))?;
+        if lane.is_none() || id != l.at.lane {
+            id = l.at.lane;
+            n_lanes += 1;
+            lane = Some(LaneCheck::new(id));
+        }
+        let mac = mac32(&l.mac);
+        if let Some(check) = lane.as_mut() {
+            check
+                .push(ak, &l.at, &l.record, &mac)
+                .map_err(|f| match f {
+                    ChainFault::Gap { expected, found } => format!(
+                        "record {expected} of audit lane {id} is missing (the next one there is \
+                         {found}): records were deleted from the lane"
+                    ),
+                    ChainFault::BadMac { seq } => format!(
+                        "record {seq} of audit lane {id} does not carry a valid MAC: it was \
+                         changed, forged, moved, or a record before it in the lane was removed"
+                    ),
+                })?;
+        }
+        if wanted.contains(&(id, l.at.pos)) {
+            heads.insert((id, l.at.pos), mac);
+        }
+        n_records += 1;
+        tally.lane_records += 1;
+        progress.tick();
+    }
+    for (seq, lane, pos, mac) in named {
+        if heads.get(&(*lane, *pos)) != Some(mac) {
+            return Err(format!(
+                "record {seq} names record {pos} of audit lane {lane} as that lane's head, but the \
+                 store lacks it (or holds it with another MAC): records were deleted from the \
+                 lane, or an older copy of the store was restored"
+            ));
         }
     }
-    for (r, _) in rows {
-        if r.event != Event::Lanes {
-            continue;
-        }
-        let Some((_, named)) = parse_lanes_detail(&r.detail) else {
-            continue;
-        };
-        for (lane, pos, mac) in named {
-            if heads.get(&(lane, pos)) != Some(&mac) {
-                return Err(format!(
-                    "record {} names record {pos} of audit lane {lane} as that lane's head, but the \
-                     store lacks it (or holds it with another MAC): records were deleted from the \
-                     lane, or an older copy of the store was restored",
-                    r.seq
-                ));
-            }
-        }
-    }
-    Ok((lanes.len(), n_lanes))
+    Ok((n_records, n_lanes))
 }

@@ -496,7 +496,17 @@ pub fn store_migrate(cli: &Cli, from: &str, to: Option<&str>) -> Result<(), Fail
         Err(StoreError::Exists(_)) => Store::open_pg(&target)?,
         Err(e) => return Err(e.into()),
     };
-    let moved = source.migrate_into(&dest)?;
+    let progress = crate::progress::Progress::new(cli, "store migrate", 0);
+    let mut shown = 0u64;
+    let moved = source.migrate_into_with(&dest, &mut |done, total| {
+        if done == 0 {
+            progress.stage("store migrate", total);
+        }
+        progress.add(done - shown);
+        shown = done;
+    });
+    progress.finish();
+    let moved = moved?;
     if cli.json {
         let copied: serde_json::Map<String, serde_json::Value> = moved
             .iter()

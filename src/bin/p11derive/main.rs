@@ -20,12 +20,14 @@ mod ceremony_cmd;
 mod init_cmd;
 mod metrics_cmd;
 mod policy_cmd;
+mod progress;
 mod request_cmd;
 mod root_cmd;
 mod status_cmd;
 mod user_cmd;
 mod users;
 mod verify_cmd;
+mod verify_file;
 mod xpub_cmd;
 
 use std::process::ExitCode;

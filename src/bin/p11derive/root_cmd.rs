@@ -368,7 +368,11 @@ fn recover_into(
                 store.path().display()
             )));
         }
-        crate::audit_cmd::check(store, &ak, None).map_err(|f| {
+        let progress = crate::progress::Progress::new(cli, "root recover: verifying the store", 0);
+        let tally = &mut crate::audit_cmd::Tally::default();
+        let checked = crate::audit_cmd::check_with(store, &ak, None, &progress, tally);
+        progress.finish();
+        checked.map_err(|f| {
             Failure::Refused(format!(
                 "{}: store {} does not verify under the rebuilt root; nothing was imported \
                  (restore a good copy of the store, or check the shares)",
