@@ -550,6 +550,44 @@ mod tests {
         assert_eq!(call_label(call_index("something new")), "other");
     }
 
+    /// What the instrumentation of one warm signature costs by itself (the
+    /// two entry points, the key lookup, the clock and the histogram), off
+    /// and on: `cargo test --release --lib metrics::process::tests::cost --
+    /// --ignored --nocapture` (docs/benchmarks.md). Ignored: it switches the
+    /// process's metrics on.
+    #[test]
+    #[ignore]
+    fn cost_of_one_warm_signature() {
+        const N: u32 = 2_000_000;
+        let one = || {
+            call_begins(); // C_SignInit
+            key_lookup(true);
+            let clock = OpClock::begin();
+            call_begins(); // C_Sign
+            drop(std::hint::black_box(clock).finishing(Operation::Sign));
+        };
+        for on in [false, true, false, true] {
+            set_enabled(on);
+            let t = Instant::now();
+            for _ in 0..N {
+                one();
+            }
+            let ns = t.elapsed().as_nanos() as f64 / f64::from(N);
+            eprintln!(
+                "metrics {}: {ns:.1} ns per signature",
+                if on { "on" } else { "off" }
+            );
+        }
+        let t = Instant::now();
+        for _ in 0..N {
+            std::hint::black_box(Instant::now());
+        }
+        let ns = t.elapsed().as_nanos() as f64 / f64::from(N);
+        eprintln!("one clock read (Instant::now): {ns:.1} ns");
+        set_enabled(false);
+        reset();
+    }
+
     #[test]
     fn an_operation_outside_a_timed_call_is_not_counted() {
         // No `call_begins` on this thread: the clock stays off.
