@@ -231,12 +231,6 @@ pub fn call_begins() {
     }
 }
 
-/// Nanoseconds since the running provider call began, if it is timed.
-fn in_call() -> Option<u64> {
-    CALL.get()
-        .map(|t| u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX))
-}
-
 /// A key looked up in the key cache: found (`hit`), or derived through the
 /// backing HSM.
 #[inline]
@@ -251,39 +245,44 @@ pub fn key_lookup(hit: bool) {
     }
 }
 
-/// The provider's time on one operation so far (kept in the operation).
+/// The provider's time on one operation so far (kept in the operation):
+/// the sum of its calls' times, each call measured from its start to the
+/// latest point the operation saw of it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OpClock {
-    /// Nanoseconds in the calls before the running one.
-    spent: u64,
+    /// Nanoseconds in the operation's calls before `call`.
+    before: u64,
+    /// Nanoseconds of `call`, as last measured.
+    last: u64,
+    /// When the last call measured began.
+    call: Option<Instant>,
     cold: bool,
     /// Timed at all (metrics on, begun inside a provider call).
     on: bool,
 }
 
 impl OpClock {
-    /// The operation is made (in its `C_*Init`): the init's time so far,
-    /// and whether it derived its key.
+    /// The operation is made (in its `C_*Init`, or in the call of a
+    /// message): the call's time so far, and whether it derived its key.
     #[inline]
     pub fn begin() -> OpClock {
         if !enabled() {
             return OpClock::default();
         }
-        match in_call() {
-            Some(spent) => OpClock {
-                spent,
-                cold: DERIVED.get(),
-                on: true,
-            },
-            None => OpClock::default(),
-        }
+        let mut clock = OpClock {
+            cold: DERIVED.get(),
+            on: CALL.get().is_some(),
+            ..OpClock::default()
+        };
+        clock.measure();
+        clock
     }
 
     /// A `C_*Update` call of the operation ends: its time is added.
     #[inline]
     pub fn part(&mut self) {
         if self.on {
-            self.spent = self.spent.saturating_add(in_call().unwrap_or(0));
+            self.measure();
         }
     }
 
@@ -293,6 +292,27 @@ impl OpClock {
     #[inline]
     pub fn finishing(&self, op: Operation) -> Finishing {
         Finishing { clock: *self, op }
+    }
+
+    fn measure(&mut self) {
+        if let Some(start) = CALL.get() {
+            let ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.advance(start, ns);
+        }
+    }
+
+    /// The call that began at `call` has taken `ns` so far: a call measured
+    /// before is measured again, not counted twice.
+    fn advance(&mut self, call: Instant, ns: u64) {
+        if self.call != Some(call) {
+            self.before = self.before.saturating_add(self.last);
+            self.call = Some(call);
+        }
+        self.last = ns;
+    }
+
+    fn total(&self) -> u64 {
+        self.before.saturating_add(self.last)
     }
 }
 
@@ -306,7 +326,8 @@ impl Drop for Finishing {
     #[inline]
     fn drop(&mut self) {
         if self.clock.on {
-            let total = self.clock.spent.saturating_add(in_call().unwrap_or(0));
+            self.clock.measure();
+            let total = self.clock.total();
             OPERATIONS[self.op as usize][usize::from(self.clock.cold)].observe(total);
         }
     }
@@ -586,6 +607,21 @@ mod tests {
         eprintln!("one clock read (Instant::now): {ns:.1} ns");
         set_enabled(false);
         reset();
+    }
+
+    #[test]
+    fn an_operation_adds_its_calls_and_counts_each_call_once() {
+        let init = Instant::now();
+        let sign = init + std::time::Duration::from_micros(1);
+        let mut clock = OpClock::default();
+        // Made 100 ns into its init, which ended at 150 ns.
+        clock.advance(init, 100);
+        clock.advance(init, 150);
+        assert_eq!(clock.total(), 150);
+        // The call that ends it: 40 ns.
+        clock.advance(sign, 30);
+        clock.advance(sign, 40);
+        assert_eq!(clock.total(), 190);
     }
 
     #[test]
