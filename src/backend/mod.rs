@@ -435,6 +435,7 @@ impl Calls {
             true => "timeout",
             false => rv_name(e.rv),
         });
+        // Labelled by `what` (metrics::process::CALLS names each call).
         crate::metrics::process::backend_call(what, since, failed);
         done
     }
