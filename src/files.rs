@@ -170,6 +170,18 @@ pub fn effective_user() -> (String, u32) {
     }
 }
 
+/// Whether process `pid` exists (one of another user counts): `kill(pid,
+/// 0)`, which sends nothing, fails with `ESRCH` only for no such process.
+/// For the metrics files of processes that ended (`metrics::writer`).
+pub fn process_exists(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// Whether this process, as its effective user and groups, may use `path`
 /// as `mode` says (`libc::R_OK`, `W_OK`, `X_OK`, or'ed); else the system's
 /// reason (`PermissionDenied`, a read-only file system, no such file).

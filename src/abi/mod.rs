@@ -190,7 +190,12 @@ fn initialize() -> Result<()> {
         provider.backend.module_path().display(),
         provider.store.path().display()
     ));
-    *PROVIDER.get().write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(provider));
+    let provider = Arc::new(provider);
+    let weak = Arc::downgrade(&provider);
+    crate::metrics::writer::start(&provider.config, &access, move || {
+        weak.upgrade().map(|p| p.gauges())
+    });
+    *PROVIDER.get().write().unwrap_or_else(|e| e.into_inner()) = Some(provider);
     Ok(())
 }
 
@@ -206,6 +211,7 @@ extern "C" fn C_Finalize(p_reserved: CK_VOID_PTR) -> CK_RV {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .take();
+        crate::metrics::writer::stop();
         taken
             .ok_or(Error::rv(CKR_CRYPTOKI_NOT_INITIALIZED))?
             .finalize();

@@ -43,6 +43,7 @@ macro_rules! entry_points {
 /// Runs an entry point that needs the initialized provider: `entry` around
 /// `f`, which gets the provider first (`CKR_CRYPTOKI_NOT_INITIALIZED` without).
 pub(super) fn with_provider(name: &str, f: impl FnOnce(&Provider) -> Result<()>) -> CK_RV {
+    crate::metrics::process::call_begins();
     entry(name, || f(&*provider()?))
 }
 

@@ -395,8 +395,10 @@ impl Calls {
         what: &'static str,
         pending: Pending<(Result<T>, sys::CK_RV)>,
     ) -> (Result<T>, bool) {
+        let since = pending.since();
         let waited = pending.wait(self.timeout);
-        match waited {
+        let timeout = matches!(waited, Waited::TimedOut);
+        let done = match waited {
             Waited::Done((out, last)) => {
                 let down = out.is_err() && not_answering(last);
                 (out, down)
@@ -428,7 +430,14 @@ impl Calls {
                 )),
                 false,
             ),
-        }
+        };
+        let failed = done.0.as_ref().err().map(|e| match timeout {
+            true => "timeout",
+            false => rv_name(e.rv),
+        });
+        // Labelled by `what` (metrics::process::CALLS names each call).
+        crate::metrics::process::backend_call(what, since, failed);
+        done
     }
 }
 

@@ -48,6 +48,11 @@ pub(super) struct Pending<T> {
 }
 
 impl<T> Pending<T> {
+    /// When the job was handed over.
+    pub(super) fn since(&self) -> Instant {
+        self.since
+    }
+
     /// Waits for the result until `timeout` after the job was handed over.
     pub(super) fn wait(self, timeout: Duration) -> Waited<T> {
         if let Err(e) = self.started {

@@ -206,10 +206,12 @@ impl Store {
         } else {
             None
         };
+        let timer = crate::metrics::process::Timer::start();
         let outcome = match free {
             Some(judged) => self.commit_batch_pg(ak, &batch, judged),
             None => self.commit_batch_tx(ak, &batch),
         };
+        crate::metrics::process::commit(timer, batch.len());
         use std::sync::atomic::Ordering::Relaxed;
         self.batches.fetch_add(1, Relaxed);
         self.batched_records.fetch_add(batch.len() as u64, Relaxed);

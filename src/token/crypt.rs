@@ -550,6 +550,7 @@ impl Provider {
     /// Seals, commits the record (the version must still encrypt, and never
     /// used this IV), copies.
     pub(super) fn complete_encrypt(&self, op: &CryptOp, out: &mut [u8]) -> Result<usize> {
+        let _timed = op.audit.clock.finishing(Operation::Encrypt);
         let (version, key) = &op.keys[0];
         let iv = &op.params.iv;
         if let Some(ivs) = &op.ivs {
@@ -596,6 +597,7 @@ impl Provider {
     /// version must still decrypt), and only then copies the plaintext out.
     /// A failure is recorded too.
     pub(super) fn complete_decrypt(&self, op: &CryptOp, out: &mut [u8]) -> Result<usize> {
+        let _timed = op.audit.clock.finishing(Operation::Decrypt);
         let Some(rowid) = op.asset else {
             // A session key: no asset state; the outcome is recorded either way.
             let opened = gcm::gcm_open(op.keys[0].1.bytes(), &op.params, &op.data);
@@ -671,6 +673,7 @@ impl Provider {
                     append_wiped(&mut op.data, data);
                     op.audit.input.update(data);
                     op.multi = true;
+                    op.audit.clock.part();
                 }
                 Ok(0)
             })

@@ -30,6 +30,7 @@ use crate::log;
 use crate::mechanisms::gcm::{self, GcmParams};
 use crate::mechanisms::{self, Hasher};
 use crate::mechanisms::{checkvalue, hmac, keywrap};
+use crate::metrics::process::{self as proc_metrics, Operation};
 use crate::objects::{self, Class, ObjectKey, Value, View, Which};
 use crate::store::{Asset, Refusal, Store, StoreError, Transition, Use};
 use sha2::{Digest, Sha256};
@@ -356,6 +357,14 @@ impl Provider {
         self.drop_session_objects(None);
         self.end_login_if_idle();
         Ok(())
+    }
+
+    /// The gauges of the process's metrics file (`metrics::writer`).
+    pub fn gauges(&self) -> crate::metrics::process::ProviderGauges {
+        crate::metrics::process::ProviderGauges {
+            keys: self.keys.cached() as u64,
+            sessions: self.sessions.read().len() as u64,
+        }
     }
 
     pub fn session_count(&self) -> (usize, usize) {

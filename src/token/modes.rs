@@ -146,6 +146,7 @@ impl Provider {
                     .get_mut(..done.len())
                     .ok_or(Error::rv(CKR_BUFFER_TOO_SMALL))?;
                 dst.copy_from_slice(&done);
+                op.audit.clock.part();
                 Ok(done.len())
             })
         })
@@ -188,6 +189,7 @@ impl Provider {
         let Crypt::Block(mut op) = op else {
             return Err(Error::rv(CKR_OPERATION_NOT_INITIALIZED));
         };
+        let _timed = op.audit.clock.finishing(Operation::crypt(encrypting));
         if !encrypting {
             op.audit.input.update(data);
         }

@@ -8,6 +8,7 @@ use crate::audit::{Event, Record};
 use crate::ck::*;
 use crate::error::{Error, Result};
 use crate::mechanisms::Hasher;
+use crate::metrics::process::OpClock;
 
 /// One kind of operation in a session (sign, verify, digest, find…): the one
 /// place that answers `CKR_OPERATION_NOT_INITIALIZED` when none runs and
@@ -115,6 +116,8 @@ pub(super) struct OpAudit {
     pub input: Sha256,
     /// The detail of an asset's record: an HD child's path.
     pub detail: Option<String>,
+    /// The provider's time on the operation (`metrics::process`).
+    pub clock: OpClock,
 }
 
 impl OpAudit {
@@ -131,6 +134,7 @@ impl OpAudit {
             mech,
             input: Sha256::new(),
             detail: None,
+            clock: OpClock::begin(),
         }
     }
 

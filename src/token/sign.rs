@@ -194,6 +194,11 @@ impl KeyCache {
         lock(&self.cache).clear();
     }
 
+    /// Keys cached now (expired ones not yet dropped included).
+    pub fn cached(&self) -> usize {
+        lock(&self.cache).len()
+    }
+
     pub fn derivations(&self) -> u64 {
         self.derivations.load(Ordering::Relaxed)
     }
@@ -249,9 +254,11 @@ impl Provider {
                 at.elapsed() < ttl && (*rowid != asset.rowid || asset.may_hold_key(*v))
             });
             if let Some((key, _)) = cache.get(&slot) {
+                proc_metrics::key_lookup(true);
                 return Ok(key.clone());
             }
         }
+        proc_metrics::key_lookup(false);
         let kt = view.asset.key_type;
         let keys = derive::derive_version(&self.backend, &view.asset.id, view.version, kt)?;
         self.keys.derivations.fetch_add(1, Ordering::Relaxed);
@@ -548,6 +555,7 @@ impl Provider {
     /// Signs, commits the signature's record, and only then copies it out.
     /// For HMAC, `digest` is the whole message.
     fn complete_sign(&self, op: &SignOp, digest: &[u8], out: &mut [u8]) -> Result<usize> {
+        let _timed = op.audit.clock.finishing(Operation::Sign);
         let key = op.key.bytes();
         let sig = match op.alg {
             Alg::Hmac(m) => hmac::hmac(m, key, digest)?,
@@ -587,6 +595,7 @@ impl Provider {
                     return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
                 }
                 op.audit.input.update(data);
+                op.audit.clock.part();
                 Ok(())
             })
         })
@@ -708,6 +717,7 @@ impl Provider {
 
     /// Verifies and records the outcome before the caller learns it.
     fn verify_audited(&self, op: &VerifyOp, digest: &[u8], sig: &[u8]) -> Result<()> {
+        let _timed = op.audit.clock.finishing(Operation::Verify);
         let result = self.verify_any(op, digest, sig);
         let rec = match &result {
             Ok(v) => op.audit.record(Event::Verify, CKR_OK, Some(*v)),
@@ -728,6 +738,7 @@ impl Provider {
                     return Err(Error::rv(CKR_FUNCTION_NOT_SUPPORTED));
                 }
                 op.audit.input.update(data);
+                op.audit.clock.part();
                 Ok(())
             })
         })
