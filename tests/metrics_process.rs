@@ -15,6 +15,7 @@ use cryptoki::object::ObjectClass;
 use cryptoki::session::Session;
 use cryptoki::types::Ulong;
 
+use common::metrics::{all_documented, documented, promtool_accepts};
 use common::*;
 
 const INTERVAL_MS: u64 = 100;
@@ -129,41 +130,6 @@ fn written_after(file: &Path, after: f64) -> String {
     }
 }
 
-/// `promtool check metrics` reads the text without a complaint; skipped
-/// (with a note) where promtool is not installed, except under CI.
-fn promtool_accepts(text: &str) {
-    use std::io::Write;
-    let promtool = Path::new("/usr/bin/promtool");
-    if !promtool.exists() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "/usr/bin/promtool missing (run tools/setup.sh)"
-        );
-        eprintln!("promtool not installed: the text is not checked by it");
-        return;
-    }
-    let mut child = std::process::Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn gcm<'a>(iv: &'a mut [u8]) -> Mechanism<'a> {
     Mechanism::AesGcm(GcmParams::new(iv, &[], Ulong::from(128)).unwrap())
 }
@@ -202,6 +168,16 @@ fn the_file_counts_what_the_process_did() {
         assert_eq!(plain, b"metrics");
         let text = written_after(&file, unix_now());
         promtool_accepts(&text);
+        // Every family the file declares is in the operator's guide, and
+        // every family the guide lists for these files is written.
+        all_documented(&text, "The per-process files");
+        let written = common::metrics::declared(&text);
+        for name in documented("The per-process files").keys() {
+            assert!(
+                written.contains_key(name),
+                "{name} is documented but not written\n{text}"
+            );
+        }
 
         let pid = std::process::id().to_string();
         let who = [("pid", pid.as_str())];

@@ -18,6 +18,7 @@ use std::process::{Command, Stdio};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::ObjectClass;
 
+use common::metrics::{all_documented, documented, promtool_accepts};
 use common::*;
 
 /// Samples by their name and labels as printed (`name{a="x",b="y"}`).
@@ -117,38 +118,6 @@ fn counted(text: &str) -> BTreeMap<String, f64> {
                 || k.starts_with("p11derive_operations_total")
         })
         .collect()
-}
-
-/// `promtool check metrics` accepts `text` (Prometheus text format).
-fn promtool_accepts(text: &str) {
-    let promtool = "/usr/bin/promtool";
-    if !std::path::Path::new(promtool).exists() {
-        let message = "promtool is not installed at /usr/bin/promtool: run tools/setup.sh";
-        if std::env::var_os("CI").is_some() {
-            panic!("{message}");
-        }
-        eprintln!("skipped: {message}");
-        return;
-    }
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}\n{text}",
-        output_text(&out)
-    );
 }
 
 /// prometheus_client's OpenMetrics parser (strict) reads `text` whole.
@@ -412,6 +381,72 @@ fn counts_and_gauges_are_those_of_the_log() {
     );
     let (cut, _) = metrics(&s, &[]);
     assert_eq!(counted(&cut), expected(&s));
+}
+
+/// The real `audit verify` leaves its result where `p11derive metrics`
+/// reads it: a pass, then the records written after it counted as
+/// unverified, then a failure with its drift; every documented store metric
+/// is written (users mode's lockouts aside) and documented with its type.
+#[test]
+fn a_real_audit_verify_feeds_the_metrics() {
+    let _turn = turn();
+    let s = setup(None);
+    s.create_asset("w", "p256");
+    let dir = s.dir.join("metrics");
+    std::fs::create_dir_all(&dir).unwrap();
+    metrics_dir(&s, &dir);
+    let p = s.load();
+    sign_and_verify(&p, "w", 2);
+    drop(p);
+    let out = cli(&s, &["audit", "verify"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let (text, _) = metrics(&s, &[]);
+    promtool_accepts(&text);
+    all_documented(&text, "The store's metrics");
+    let written = common::metrics::declared(&text);
+    for name in documented("The store's metrics").keys() {
+        assert!(
+            written.contains_key(name) || name == "p11derive_users_locked_out",
+            "{name} is documented but not written\n{text}"
+        );
+    }
+    let v = |t: &str, n: &str| value(t, n, "");
+    assert_eq!(v(&text, "p11derive_audit_verify_success"), Some(1.0));
+    assert_eq!(v(&text, "p11derive_audit_verify_faults"), Some(0.0));
+    assert_eq!(v(&text, "p11derive_audit_verify_drift_ratio"), Some(0.0));
+    assert_eq!(v(&text, "p11derive_audit_unverified_records"), Some(0.0));
+    let verified = v(&text, "p11derive_audit_verify_records").unwrap();
+    assert_eq!(Some(verified), v(&text, "p11derive_audit_chain_records"));
+
+    // More records: counted as unverified until the next run.
+    let p = s.load();
+    sign_and_verify(&p, "w", 1);
+    drop(p);
+    let (text, _) = metrics(&s, &[]);
+    let head = v(&text, "p11derive_audit_chain_records").unwrap();
+    assert!(head > verified);
+    assert_eq!(
+        v(&text, "p11derive_audit_unverified_records"),
+        Some(head - verified)
+    );
+
+    // A state row changed outside p11derive: the run fails, with drift.
+    sqlite(
+        &s.store,
+        "UPDATE assets SET state = 'SUSPENDED' WHERE name = 'w';",
+    );
+    let out = cli(&s, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
+    let (text, _) = metrics(&s, &[]);
+    assert_eq!(v(&text, "p11derive_audit_verify_success"), Some(0.0));
+    assert!(
+        v(&text, "p11derive_audit_verify_faults").unwrap() >= 1.0,
+        "{text}"
+    );
+    assert!(
+        v(&text, "p11derive_audit_verify_drift_ratio").unwrap() > 0.0,
+        "{text}"
+    );
 }
 
 #[test]

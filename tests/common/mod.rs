@@ -5,6 +5,7 @@
 
 pub mod hosts;
 pub mod memscan;
+pub mod metrics;
 pub mod users;
 
 use std::collections::HashSet;

@@ -309,7 +309,8 @@ fn gauge(e: &mut Exposition, name: &str, help: &str, v: f64) {
 }
 
 /// Writes a counter family from `series` (label values in `names` order);
-/// a family without series is left out.
+/// a family without series still declares itself, so a dashboard or an
+/// alert sees the metric exists before its first sample.
 fn counter<const N: usize>(
     e: &mut Exposition,
     name: &str,
@@ -317,9 +318,6 @@ fn counter<const N: usize>(
     names: [&str; N],
     series: &BTreeMap<[String; N], u64>,
 ) {
-    if series.is_empty() {
-        return;
-    }
     e.family(name, Kind::Counter, help);
     for (values, n) in series {
         let labels: Vec<(&str, &str)> = names
