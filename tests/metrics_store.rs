@@ -446,6 +446,13 @@ fn a_real_audit_verify_feeds_the_metrics() {
     assert!(
         v(&text, "p11derive_audit_verify_drift_ratio").unwrap() > 0.0,
         "{text}"
+    ); // A failed run verifies nothing: the records after the last pass stay
+       // unverified.
+    let head = v(&text, "p11derive_audit_chain_records").unwrap();
+    assert_eq!(
+        v(&text, "p11derive_audit_unverified_records"),
+        Some(head - verified),
+        "{text}"
     );
 }
 

@@ -15,7 +15,7 @@ use super::StoreError;
 /// `PRAGMA application_id` of a p11derive store ("P1DR").
 pub const APPLICATION_ID: i32 = 0x5031_4452;
 /// The schema this build writes. Older stores are migrated forward.
-pub const SCHEMA_VERSION: i32 = 11;
+pub const SCHEMA_VERSION: i32 = 12;
 
 /// The columns `audit` and `audit_pending` share (migration 2 -> 3), after
 /// their keys and up to `detail`: a macro, so each migration stays one
@@ -322,7 +322,15 @@ const MIGRATIONS: &[&str] = &[
     // rules and requests with their approvals, each row sealed like a
     // user's; their changes are state changes.
     approvals_schema!("INTEGER PRIMARY KEY", "INTEGER", "BLOB"),
+    // 11 -> 12: the two orders `audit verify` and `audit export` read the
+    // writers' lanes in, batch by batch, served by an index each (without
+    // them PostgreSQL sorts the whole lane table for every batch).
+    LANE_ORDERS,
 ];
+
+/// Migration 11 -> 12 on both engines (SQLite's lanes stay empty).
+const LANE_ORDERS: &str = "CREATE INDEX audit_lane_change ON audit_lane (change, lane, pos);
+    CREATE INDEX audit_lane_time ON audit_lane (time_ns, id);";
 
 /// Upgrades a SQLite store's schema from `from` to `SCHEMA_VERSION`.
 pub(super) fn migrate(path: &Path, conn: &mut Connection, from: i32) -> Result<(), StoreError> {
@@ -402,6 +410,7 @@ const PG_UPGRADES: &[(i64, &[&str])] = &[
     (8, &[PG_LANES]),
     (9, &[PG_USERS, PG_LANE_APPEND_10]),
     (10, &[PG_APPROVALS, PG_LANE_APPEND_11]),
+    (11, &[LANE_ORDERS]),
 ];
 
 /// The schema version `PG_SCHEMA` and `PG_APPEND` create; a new store is
@@ -884,6 +893,7 @@ mod tests {
             "7f80520651bd951951e2d928e98d8c3df6e752e4acb4d7966c7df0a594d9325d",
             "4f9f94413a9c8ba9bfb3c4b650d2fe85e375d7005271e9cef5e50471bb991cbd",
             "ea561232f0cc0129b3be3fba5c957d22c06ff2741c5b3a96b7dbe79163d24856",
+            "84ee76315d3466abad022f2b94b2b5fdacc07954da6461bfa831b159a63cd060",
         ];
         assert_eq!(super::MIGRATIONS.len(), want.len());
         for (i, (sql, want)) in super::MIGRATIONS.iter().zip(want).enumerate() {

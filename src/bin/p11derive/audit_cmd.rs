@@ -215,26 +215,26 @@ fn newest(store: &Store, n: usize, asset: Option<&str>) -> Result<Vec<Listed>, F
     }
     main.truncate(n);
     main.reverse();
+    // Newest first by the (time_ns, id) index: an empty lane table (SQLite)
+    // ends at the first read.
     let mut lanes: Vec<Listed> = Vec::new();
-    if lanes_at_start(store)?.is_some() {
-        let mut before = (i64::MAX, i64::MAX);
-        while lanes.len() < n {
-            let rows = store.lane_newest(before, batch)?;
-            let Some(last) = rows.last() else { break };
-            before = (last.record.time_ns as i64, last.id);
-            let full = rows.len() == batch;
-            lanes.extend(
-                rows.into_iter()
-                    .filter(|l| of_asset(&l.record, asset))
-                    .map(Listed::Lane),
-            );
-            if !full {
-                break;
-            }
+    let mut before = (i64::MAX, i64::MAX);
+    while lanes.len() < n {
+        let rows = store.lane_newest(before, batch)?;
+        let Some(last) = rows.last() else { break };
+        before = (last.record.time_ns as i64, last.id);
+        let full = rows.len() == batch;
+        lanes.extend(
+            rows.into_iter()
+                .filter(|l| of_asset(&l.record, asset))
+                .map(Listed::Lane),
+        );
+        if !full {
+            break;
         }
-        lanes.truncate(n);
-        lanes.reverse();
     }
+    lanes.truncate(n);
+    lanes.reverse();
     let mut all = merge_by_time(main, lanes);
     let drop = all.len().saturating_sub(n);
     all.drain(..drop);

@@ -474,8 +474,8 @@ fn verify_metrics(s: &mut Scraper, e: &mut Exposition, head_seq: u64) {
     g(
         e,
         "p11derive_audit_unverified_records",
-        "Main-chain records written after the head the last `audit verify` checked.",
-        head_seq.saturating_sub(v.head_seq) as f64,
+        "Main-chain records written after the head the last passing `audit verify` checked.",
+        head_seq.saturating_sub(v.verified_head_seq.unwrap_or(0)) as f64,
     );
 }
 
@@ -487,7 +487,8 @@ struct VerifyResult {
     faults: f64,
     drift_ratio: f64,
     duration_seconds: f64,
-    head_seq: u64,
+    /// The head the last passing run checked (None: no run passed).
+    verified_head_seq: Option<u64>,
     store_id: Option<String>,
 }
 
@@ -512,10 +513,18 @@ fn parse_verify(text: &str) -> Result<VerifyResult, String> {
         faults: num("faults")?,
         drift_ratio: num("drift_ratio")?,
         duration_seconds: num("duration_seconds")?,
-        head_seq: v
-            .get("head_seq")
-            .and_then(serde_json::Value::as_u64)
-            .ok_or("no record number \"head_seq\"")?,
+        verified_head_seq: match v.get("verified_head_seq") {
+            // Written before the field existed: a passing run's head.
+            None => v
+                .get("head_seq")
+                .and_then(serde_json::Value::as_u64)
+                .filter(|_| v.get("ok") == Some(&serde_json::Value::Bool(true))),
+            Some(h) if h.is_null() => None,
+            Some(h) => Some(
+                h.as_u64()
+                    .ok_or("\"verified_head_seq\" is not a record number")?,
+            ),
+        },
         store_id: v
             .get("store_id")
             .and_then(serde_json::Value::as_str)
@@ -535,7 +544,9 @@ fn anchor_metrics(
         None if s.anchor_down => Err("not logged in".to_string()),
         None => return Ok(()),
     };
-    let up = matches!(anchor, Ok(Some(_)));
+    // Read, even if no anchor exists yet (a store no process has anchored):
+    // then it covers nothing.
+    let up = anchor.is_ok();
     if let Err(m) = &anchor {
         eprintln!("p11derive: metrics: cannot read the rollback anchor: {m}");
     }
@@ -545,17 +556,24 @@ fn anchor_metrics(
         "1 if the rollback anchor was read from the backing HSM, 0 if reading it failed.",
         if up { 1.0 } else { 0.0 },
     );
-    let Ok(Some(a)) = anchor else { return Ok(()) };
-    let covered = a.head.0 >= head_seq;
+    let Ok(anchor) = anchor else { return Ok(()) };
+    let anchored = anchor.as_ref().map_or(0, |a| a.head.0);
     gauge(
         e,
         "p11derive_anchor_lag_records",
         "Main-chain records the rollback anchor does not cover yet.",
-        head_seq.saturating_sub(a.head.0) as f64,
+        head_seq.saturating_sub(anchored) as f64,
     );
-    let lag = match (covered, head_time_ns) {
-        (false, Some(newest)) => {
-            let at = s.store.record_time_ns(a.head.0)?.unwrap_or(0);
+    gauge(
+        e,
+        "p11derive_anchor_ahead_records",
+        "Main-chain records the rollback anchor holds that the store lacks (a store rolled back).",
+        anchored.saturating_sub(head_seq) as f64,
+    );
+    let lag = match head_time_ns {
+        Some(newest) if anchored < head_seq => {
+            // No anchor yet: nothing is covered since the first record.
+            let at = s.store.record_time_ns(anchored.max(1))?.unwrap_or(newest);
             newest.saturating_sub(at) as f64 / 1e9
         }
         _ => 0.0,

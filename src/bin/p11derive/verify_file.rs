@@ -19,8 +19,15 @@ use crate::audit_cmd::Tally;
 /// The file's name in `[metrics] dir`.
 pub const FILE: &str = "audit-verify.json";
 
-/// The file's content.
-pub fn json(store_id: &str, tally: &Tally, ok: bool, took: Duration) -> serde_json::Value {
+/// The file's content. `verified` is the newest head a run found nothing
+/// wrong up to: this run's when it passed, else the last passing run's.
+pub fn json(
+    store_id: &str,
+    tally: &Tally,
+    ok: bool,
+    verified: Option<u64>,
+    took: Duration,
+) -> serde_json::Value {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
@@ -35,6 +42,7 @@ pub fn json(store_id: &str, tally: &Tally, ok: bool, took: Duration) -> serde_js
         "records": tally.records,
         "lane_records": tally.lane_records,
         "head_seq": tally.head_seq,
+        "verified_head_seq": if ok { Some(tally.head_seq) } else { verified },
         "faults": tally.faults,
         "checked_rows": tally.checked_rows,
         "drift_rows": tally.drift_rows,
@@ -56,11 +64,18 @@ pub fn write(config: &Config, store: &Store, tally: &Tally, ok: bool, took: Dura
         .flatten()
         .map_or_else(String::new, |id| hex(&id));
     let path = dir.join(FILE);
-    if let Err(e) = put(config, dir, &path, &json(&id, tally, ok, took)) {
+    // A failed run keeps the last passing run's head (of this store).
+    let before = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+        .filter(|v| v.get("store_id").and_then(|i| i.as_str()) == Some(id.as_str()))
+        .and_then(|v| v.get("verified_head_seq").and_then(|h| h.as_u64()));
+    if let Err(e) = put(config, dir, &path, &json(&id, tally, ok, before, took)) {
         let note = format!(
             "cannot write {} ({e}): `p11derive metrics` will not show this verify; make [metrics] \
-             dir writable by this user (or the [store] group), or remove the key",
-            path.display()
+             dir writable by this user (or the [store] group), or remove `dir` from [metrics] in {}",
+            path.display(),
+            config.source.display()
         );
         eprintln!("p11derive: note: {note}");
     }
