@@ -313,7 +313,9 @@ pub const STREAM_BATCH: usize = 5000;
 /// memory for one batch, whatever the log's length. A read error ends it.
 pub struct ChainRows<'a> {
     store: &'a Store,
-    after: i64,
+    /// None: from the very first row, whatever its number (a row numbered
+    /// `i64::MIN` is read, and refused, like any other below 1).
+    after: Option<i64>,
     upto: i64,
     buf: std::vec::IntoIter<AuditRow>,
     done: bool,
@@ -334,7 +336,7 @@ impl Iterator for ChainRows<'_> {
                 Ok(rows) => {
                     self.done = rows.len() < STREAM_BATCH;
                     if let Some((r, _)) = rows.last() {
-                        self.after = r.seq as i64;
+                        self.after = Some(r.seq as i64);
                     }
                     self.buf = rows.into_iter();
                 }
@@ -356,28 +358,36 @@ impl Store {
         self.chain_stream_from(i64::MIN, upto)
     }
 
-    /// [`Store::chain_stream`] from the row after `after`.
+    /// [`Store::chain_stream`] from the row after `after` (`i64::MIN`: from
+    /// the very first row).
     pub fn chain_stream_from(&self, after: i64, upto: u64) -> ChainRows<'_> {
         ChainRows {
             store: self,
-            after,
+            after: (after != i64::MIN).then_some(after),
             upto: i64::try_from(upto).unwrap_or(i64::MAX),
             buf: Vec::new().into_iter(),
             done: false,
         }
     }
 
-    /// Up to `limit` rows numbered after `after` and up to `upto`, oldest first.
+    /// Up to `limit` rows numbered after `after` (None: from the first)
+    /// and up to `upto`, oldest first.
     pub fn chain_batch(
         &self,
-        after: i64,
+        after: Option<i64>,
         upto: i64,
         limit: usize,
     ) -> Result<Vec<AuditRow>, StoreError> {
-        self.chain_rows_with(
-            "WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
-            &[Val::Int(after), Val::Int(upto), Val::Int(limit as i64)],
-        )
+        match after {
+            Some(after) => self.chain_rows_with(
+                "WHERE seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3",
+                &[Val::Int(after), Val::Int(upto), Val::Int(limit as i64)],
+            ),
+            None => self.chain_rows_with(
+                "WHERE seq <= ?1 ORDER BY seq LIMIT ?2",
+                &[Val::Int(upto), Val::Int(limit as i64)],
+            ),
+        }
     }
 
     /// Up to `limit` rows numbered below `before`, newest first (`audit

@@ -29,10 +29,10 @@ pub type RefusalKey = (String, String, Option<String>, Option<String>);
 pub struct Counts {
     /// The store counted: `Store::store_id` in hex ("" for an empty store).
     pub store_id: String,
-    /// The newest main-chain record counted (0: none) and its MAC in hex.
+    /// The newest main-chain record counted (0: none) and its MAC's SHA-256 in hex.
     pub seq: u64,
     pub mac: String,
-    /// Each lane's newest counted record: lane → (position, MAC in hex).
+    /// Each lane's newest counted record: lane → (position, its MAC's SHA-256 in hex).
     pub lanes: BTreeMap<u64, (u64, String)>,
     #[serde(with = "entries")]
     pub records: BTreeMap<RecordKey, u64>,
@@ -136,7 +136,7 @@ impl Store {
         let mut db = self.read_lock();
         if c.seq > 0 {
             let mac = self.mac_at(&mut **db, c.seq)?;
-            if mac.map(|m| hex(&m)).as_deref() != Some(c.mac.as_str()) {
+            if mac.map(|m| mac_digest(&m)).as_deref() != Some(c.mac.as_str()) {
                 return Ok(false);
             }
         }
@@ -150,7 +150,7 @@ impl Store {
                 )?
                 .into_iter()
                 .next();
-            if found.map(|m| hex(&m)).as_deref() != Some(mac.as_str()) {
+            if found.map(|m| mac_digest(&m)).as_deref() != Some(mac.as_str()) {
                 return Ok(false);
             }
         }
@@ -182,7 +182,7 @@ impl Store {
                 self.add_range(&mut **db, &mut next, "audit", CHAIN_RANGE, &range)?;
             }
             next.seq = seq;
-            next.mac = hex(&mac);
+            next.mac = mac_digest(&mac);
         }
         for tip in self.lane_tips(&mut **db)? {
             let from = c.lanes.get(&tip.lane).map_or(0, |(p, _)| *p);
@@ -194,7 +194,7 @@ impl Store {
                 ];
                 self.add_range(&mut **db, &mut next, "audit_lane", LANE_RANGE, &range)?;
             }
-            next.lanes.insert(tip.lane, (tip.pos, hex(&tip.mac)));
+            next.lanes.insert(tip.lane, (tip.pos, mac_digest(&tip.mac)));
         }
         Ok(next)
     }
@@ -230,7 +230,10 @@ impl Store {
                 *c.refusals
                     .entry((rule, operation, asset, actor))
                     .or_default() += 1;
-            } else {
+            } else if !detail.starts_with(PENDING_MARK) {
+                // A create or transition sealed from the pending table is
+                // never a state change (`audit verify` does not trust it):
+                // not counted as one.
                 *c.kinds.entry(lifecycle_kind(&detail)).or_default() += 1;
             }
         }
@@ -325,6 +328,13 @@ pub fn refusal_labels(detail: &str) -> (String, String) {
         .filter(|&i| i > 0)
         .map_or_else(|| "other".to_string(), |i| label_word(words[i - 1]));
     (rule, operation)
+}
+
+/// What the counts file keeps of a record's MAC to know it again: its
+/// SHA-256, so the file (readable by the metrics' users) holds no MAC.
+fn mac_digest(mac: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex(&Sha256::digest(mac))
 }
 
 /// A create or transition record's kind: its detail's first word.

@@ -438,9 +438,13 @@ struct Facts {
     resumes: BTreeMap<String, Option<AssetState>>,
     /// Each asset's creation and rotation records, as [`KeyFact`]s.
     keys: BTreeMap<String, Vec<KeyFact>>,
-    /// The lane heads `lanes` records name: (record, lane, position, MAC),
-    /// in the chain's order.
-    named: Vec<(u64, u64, u64, [u8; 32])>,
+    /// The newest head of each lane that `lanes` records name: lane →
+    /// (record, position, MAC). The lane's own MAC chain covers the older
+    /// heads: a lane that holds its newest named head with that MAC holds
+    /// every earlier one as named (kept whole, this grew with the log).
+    named: BTreeMap<u64, (u64, u64, [u8; 32])>,
+    /// Two `lanes` records that name one lane position with two MACs.
+    named_twice: Option<String>,
 }
 
 impl Facts {
@@ -448,8 +452,23 @@ impl Facts {
     fn see(&mut self, r: &Record) {
         if r.event == Event::Lanes {
             if let Some((_, heads)) = parse_lanes_detail(&r.detail) {
-                self.named
-                    .extend(heads.into_iter().map(|(l, p, m)| (r.seq, l, p, m)));
+                for (lane, pos, mac) in heads {
+                    match self.named.get(&lane) {
+                        Some((seq, p, m)) if *p == pos && *m != mac => {
+                            self.named_twice.get_or_insert_with(|| {
+                                format!(
+                                    "records {seq} and {} name record {pos} of audit lane {lane} \
+                                     with two different MACs: the lane was rewritten",
+                                    r.seq
+                                )
+                            });
+                        }
+                        Some((_, p, _)) if *p >= pos => {}
+                        _ => {
+                            self.named.insert(lane, (r.seq, pos, mac));
+                        }
+                    }
+                }
             }
         }
         if r.detail.starts_with(PENDING_MARK) {
@@ -867,6 +886,9 @@ fn check_counted(
         tally,
     )
     .map_err(bad)?;
+    if let Some(m) = facts.named_twice.take() {
+        return Err(bad(m));
+    }
     // Every fault found: the first disagreement between the tables and the
     // chain, each row whose seal fails, each use its place did not allow.
     let mut all = Vec::new();
@@ -877,7 +899,9 @@ fn check_counted(
     all.extend(seals.into_iter().map(|(_, f)| f));
     let (subjects, subject_rows) = store.subject_faults_counted(ak)?;
     tally.checked_rows = judged + subject_rows as u64;
-    tally.drift_rows = drifted.len() as u64 + subjects.len() as u64;
+    // A request row may fail its seal and its verdicts both: one row, at
+    // most every row checked.
+    tally.drift_rows = (drifted.len() as u64 + subjects.len() as u64).min(tally.checked_rows);
     all.extend(subjects);
     all.extend(uses.faults);
     tally.faults = all.len() as u64;
@@ -963,11 +987,11 @@ fn check_lanes(
     store: &Store,
     ak: &derive::Secret32,
     max_id: Option<i64>,
-    named: &[(u64, u64, u64, [u8; 32])],
+    named: &BTreeMap<u64, (u64, u64, [u8; 32])>,
     progress: &Progress,
     tally: &mut Tally,
 ) -> Result<(usize, usize), String> {
-    let wanted: BTreeSet<(u64, u64)> = named.iter().map(|n| (n.1, n.2)).collect();
+    let wanted: BTreeSet<(u64, u64)> = named.iter().map(|(l, n)| (*l, n.1)).collect();
     let mut heads: BTreeMap<(u64, u64), [u8; 32]> = BTreeMap::new();
     let (mut n_records, mut n_lanes) = (0usize, 0usize);
     let mut lane: Option<LaneCheck> = None;
@@ -1005,7 +1029,7 @@ fn check_lanes(
         tally.lane_records += 1;
         progress.tick();
     }
-    for (seq, lane, pos, mac) in named {
+    for (lane, (seq, pos, mac)) in named {
         if heads.get(&(*lane, *pos)) != Some(mac) {
             return Err(format!(
                 "record {seq} names record {pos} of audit lane {lane} as that lane's head, but the \

@@ -27,7 +27,7 @@ const COUNTS_FILE: &str = "metrics-counts.json";
 /// What `audit verify` leaves in `[metrics] dir`.
 const VERIFY_FILE: &str = "audit-verify.json";
 /// The counts file's format.
-const COUNTS_VERSION: u64 = 1;
+const COUNTS_VERSION: u64 = 2;
 
 /// What a scrape needs: the store, the logged-in backing HSM (with the
 /// PIN), the config's choices, the counts so far.
