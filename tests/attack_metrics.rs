@@ -177,6 +177,14 @@ fn a_row_numbered_i64_min_is_refused() {
         "{}",
         output_text(&out)
     );
+    // `audit export` skips it the same way (each_selected: since
+    // i64::MIN, saturating_sub(1), keyset `seq > i64::MIN`).
+    let out = cli(&s, &["audit", "export"]);
+    assert!(
+        !out.status.success() || stdout_of(&out).contains("forged, never verified"),
+        "export hides the row: {}",
+        output_text(&out)
+    );
 }
 
 /// `p11derive metrics` with `args`, killed after `limit`: (status, stdout,
@@ -491,4 +499,76 @@ fn listen_does_not_buffer_a_huge_header() {
         rss < 48 * 1024,
         "a 64 MiB header held in memory: VmRSS {rss} KiB"
     );
+}
+
+/// The per-process file: a symlink planted under its temporary name (and
+/// under its own name) is not followed; the file is 0600; it holds no PIN
+/// and no 64-hex value; a program name with a quote, backslash and brace
+/// (set through /proc/self/comm, as any calling application may name
+/// itself) still gives a valid exposition.
+#[test]
+fn per_process_file_ignores_planted_symlinks_and_hostile_program_names() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _turn = turn();
+    let s = setup(None);
+    let dir = s.dir.join("metrics");
+    std::fs::create_dir(&dir).unwrap();
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!(
+            "{text}\n[metrics]\ndir = \"{}\"\ninterval_ms = 100\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    s.create_asset("hot", "secp256k1");
+    let victim = s.dir.join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let pid = std::process::id();
+    let file = dir.join(format!("p11derive-{pid}.prom"));
+    std::os::unix::fs::symlink(&victim, dir.join(format!("p11derive-{pid}.prom.tmp"))).unwrap();
+    std::os::unix::fs::symlink(&victim, &file).unwrap();
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    let _ = std::fs::write("/proc/self/comm", "a\"b\\c}{d");
+    let (body, meta) = {
+        let p = s.load();
+        {
+            let session = p.user_session();
+            let key = private_key(&session, "hot");
+            session
+                .sign(&cryptoki::mechanism::Mechanism::Ecdsa, key, &[9u8; 32])
+                .unwrap();
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        let body = std::fs::read_to_string(&file).unwrap_or_default();
+        let meta = std::fs::symlink_metadata(&file).unwrap();
+        drop(p);
+        (body, meta)
+    };
+    let _ = std::fs::write("/proc/self/comm", comm.trim_end());
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert_eq!(
+        std::fs::metadata(&victim).unwrap().mode() & 0o777,
+        0o644,
+        "the victim's mode changed"
+    );
+    assert!(meta.file_type().is_file(), "still a symlink");
+    assert_eq!(meta.mode() & 0o077, 0, "mode {:o}", meta.mode());
+    assert!(body.contains("p11derive_sessions"), "{body}");
+    assert!(
+        body.contains(r#"program="a\"b\\c}{d""#),
+        "the hostile name, escaped: {body}"
+    );
+    assert!(!mentions_pin(&body), "{body}");
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let mut run = 0;
+        for c in line.chars() {
+            run = if c.is_ascii_hexdigit() { run + 1 } else { 0 };
+            assert!(run < 64, "a 64-hex value: {line}");
+        }
+    }
+    well_formed(&body);
+    promtool_accepts(&body);
 }
