@@ -197,6 +197,41 @@ pub fn may(path: &Path, mode: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// A small file p11derive wrote itself (`[metrics] dir`'s results and
+/// counts), read back as text: only a regular file, never through a
+/// symbolic link, opened without blocking (a FIFO planted in its place does
+/// not hang the reader), and at most `limit` bytes (a larger file is an
+/// error, not memory without end).
+pub fn read_small(path: &Path, limit: u64) -> io::Result<String> {
+    use std::io::Read;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{} bytes, more than the {limit} expected", meta.len()),
+        ));
+    }
+    let mut text = String::new();
+    file.take(limit + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > limit {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("more than the {limit} bytes expected"),
+        ));
+    }
+    Ok(text)
+}
+
 /// Creates `path`, which must not exist (`AlreadyExists` otherwise), with
 /// exactly `access`'s mode and group.
 pub fn create_new(path: &Path, access: &Access) -> io::Result<File> {

@@ -171,7 +171,7 @@ fn the_file_counts_what_the_process_did() {
         // Every family the file declares is in the operator's guide, and
         // every family the guide lists for these files is written.
         all_documented(&text, "The per-process files");
-        let written = common::metrics::declared(&text);
+        let written = metrics::declared(&text);
         for name in documented("The per-process files").keys() {
             assert!(
                 written.contains_key(name),

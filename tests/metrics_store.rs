@@ -134,20 +134,7 @@ fn openmetrics_parses(text: &str) {
         from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
         n = sum(len(f.samples) for f in text_string_to_metric_families(sys.stdin.read()))\n\
         print(n)\n";
-    let mut child = Command::new("python3")
-        .args(["-c", script])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = metrics::piped("python3", &["-c", script], text);
     assert!(
         out.status.success(),
         "OpenMetrics parser: {}\n{text}",
@@ -403,7 +390,7 @@ fn a_real_audit_verify_feeds_the_metrics() {
     let (text, _) = metrics(&s, &[]);
     promtool_accepts(&text);
     all_documented(&text, "The store's metrics");
-    let written = common::metrics::declared(&text);
+    let written = metrics::declared(&text);
     for name in documented("The store's metrics").keys() {
         assert!(
             written.contains_key(name) || name == "p11derive_users_locked_out",
@@ -466,13 +453,21 @@ fn audit_verify_result_is_read_from_the_metrics_dir() {
     let (text, _) = metrics(&s, &[]);
     assert!(!text.contains("p11derive_audit_verify"), "no result yet");
     let head = value(&text, "p11derive_audit_chain_records", "").unwrap();
-    std::fs::create_dir_all(&dir).unwrap();
+    // The store's id, as a real run writes it.
+    let out = cli(&s, &["audit", "verify"]);
+    assert!(out.status.success(), "{}", output_text(&out));
     let file = dir.join("audit-verify.json");
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let id = written["store_id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 32, "{written}");
     std::fs::write(
         &file,
-        r#"{"version":1,"time":1733420000.5,"ok":true,"records":2,"lane_records":0,
+        format!(
+            r#"{{"version":1,"time":1733420000.5,"ok":true,"records":2,"lane_records":0,
             "head_seq":1,"faults":0,"checked_rows":1,"drift_rows":0,"drift_ratio":0.0,
-            "duration_seconds":0.12}"#,
+            "duration_seconds":0.12,"store_id":"{id}"}}"#
+        ),
     )
     .unwrap();
     let (text, _) = metrics(&s, &[]);

@@ -20,8 +20,23 @@ pub fn promtool_accepts(text: &str) {
         eprintln!("skipped: promtool is not installed at /usr/bin/promtool");
         return;
     }
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
+    let out = piped(promtool, &["check", "metrics"], text);
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What `program args` prints with `input` on its standard input.
+pub fn piped<P: AsRef<std::ffi::OsStr>>(
+    program: P,
+    args: &[&str],
+    input: &str,
+) -> std::process::Output {
+    let mut child = Command::new(program)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -31,15 +46,9 @@ pub fn promtool_accepts(text: &str) {
         .stdin
         .take()
         .unwrap()
-        .write_all(text.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    child.wait_with_output().unwrap()
 }
 
 /// The metrics docs/operations.md's table under `heading` (a `###` line

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::http::Response;
 use p11derive::backend::Backend;
 use p11derive::config::Config;
 use p11derive::error::{mech_name, rv_name};
@@ -138,7 +139,7 @@ fn once(s: &mut Scraper, openmetrics: bool) -> Result<(), Failure> {
 
 /// Serves `GET /metrics` at `addr` until the process is stopped.
 fn serve(s: &mut Scraper, addr: std::net::SocketAddr) -> Result<(), Failure> {
-    let server = tiny_http::Server::http(addr).map_err(|e| {
+    let listener = std::net::TcpListener::bind(addr).map_err(|e| {
         failed(format!(
             "cannot listen on {addr} (--listen): {e}; give a free port on an address of this \
              host (e.g. 127.0.0.1:9464)"
@@ -151,59 +152,38 @@ fn serve(s: &mut Scraper, addr: std::net::SocketAddr) -> Result<(), Failure> {
             }
         }
     }
-    let bound = server
-        .server_addr()
-        .to_ip()
-        .map_or_else(|| addr.to_string(), |a| a.to_string());
+    let bound = listener
+        .local_addr()
+        .map_or_else(|_| addr.to_string(), |a| a.to_string());
     eprintln!("p11derive: serving the store's metrics at http://{bound}/metrics");
-    for request in server.incoming_requests() {
-        let path = request.url().split('?').next().unwrap_or("");
-        let method = request.method().clone();
-        let response = if path != "/metrics" {
-            text_response(404, "not found: the metrics are at /metrics\n", None)
-        } else if !matches!(method, tiny_http::Method::Get | tiny_http::Method::Head) {
-            let mut r = text_response(405, "method not allowed: use GET\n", None);
-            r.add_header(header("Allow", "GET, HEAD"));
-            r
-        } else {
-            let accept = request
-                .headers()
-                .iter()
-                .find(|h| h.field.equiv("Accept"))
-                .map(|h| h.value.as_str().to_string())
-                .unwrap_or_default();
-            let format = Format::from_accept(&accept);
-            match scrape(s, format) {
-                Ok(text) => text_response(200, &text, Some(format.content_type())),
-                Err(f) => {
-                    eprintln!("p11derive: metrics: {}", f.message());
-                    text_response(500, &format!("{}\n", f.message()), None)
-                }
-            }
-        };
-        if let Err(e) = request.respond(response) {
-            eprintln!("p11derive: metrics: cannot answer a scrape: {e}");
+    let scraper = std::sync::Mutex::new(s);
+    crate::http::serve(listener, |request| {
+        if request.path != "/metrics" {
+            return Response::text(404, "not found: the metrics are at /metrics\n");
         }
-    }
+        if request.method != "GET" && request.method != "HEAD" {
+            let mut r = Response::text(405, "method not allowed: use GET\n");
+            r.allow = Some("GET, HEAD");
+            return r;
+        }
+        let format = Format::from_accept(&request.accept);
+        let mut s = scraper.lock().unwrap_or_else(|e| e.into_inner());
+        match scrape(&mut s, format) {
+            Ok(text) => Response {
+                code: 200,
+                content_type: format.content_type().into(),
+                body: text,
+                allow: None,
+            },
+            Err(f) => {
+                // The detail (paths, the store's words) goes to the log,
+                // not to whoever scrapes.
+                eprintln!("p11derive: metrics: {}", f.message());
+                Response::text(500, "the metrics could not be read: see the server's log\n")
+            }
+        }
+    });
     Ok(())
-}
-
-fn header(name: &str, value: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes())
-        .expect("a valid header name and value")
-}
-
-fn text_response(
-    code: u16,
-    body: &str,
-    content_type: Option<&str>,
-) -> tiny_http::Response<std::io::Cursor<Vec<u8>>> {
-    tiny_http::Response::from_string(body)
-        .with_status_code(code)
-        .with_header(header(
-            "Content-Type",
-            content_type.unwrap_or("text/plain; charset=utf-8"),
-        ))
 }
 
 fn now_seconds() -> f64 {
@@ -402,10 +382,12 @@ fn verify_metrics(s: &mut Scraper, e: &mut Exposition, head_seq: u64) {
         return;
     };
     let path = dir.join(VERIFY_FILE);
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return;
+    let text = match p11derive::files::read_small(&path, 64 * 1024) {
+        Ok(text) => Ok(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => Err(e.to_string()),
     };
-    let v = match parse_verify(&text) {
+    let v = match text.and_then(|t| parse_verify(&t)) {
         Ok(v) => v,
         Err(m) => {
             if !s.told_verify {
@@ -420,19 +402,21 @@ fn verify_metrics(s: &mut Scraper, e: &mut Exposition, head_seq: u64) {
             return;
         }
     };
-    if let Some(id) = &v.store_id {
-        let ours = s.store.store_id_hex().unwrap_or_default();
-        if id.len() == ours.len() && !ours.is_empty() && *id != ours {
-            if !s.told_verify {
-                eprintln!(
-                    "p11derive: note: {} is another store's (store_id {id}): the \
-                     p11derive_audit_verify_* metrics are left out",
-                    path.display()
-                );
-                s.told_verify = true;
-            }
-            return;
+    // Only this store's result counts: a file without the store's id (or
+    // with another's) is not shown as a verify of this store.
+    let ours = s.store.store_id_hex().unwrap_or_default();
+    if v.store_id.as_deref() != Some(ours.as_str()) {
+        if !s.told_verify {
+            eprintln!(
+                "p11derive: note: {} is not a result of this store's (its store_id is {}, this \
+                 store's is {ours}): the p11derive_audit_verify_* metrics are left out until \
+                 `p11derive audit verify` writes it again",
+                path.display(),
+                v.store_id.as_deref().unwrap_or("missing"),
+            );
+            s.told_verify = true;
         }
+        return;
     }
     let g = |e: &mut Exposition, name: &str, help: &str, x: f64| gauge(e, name, help, x);
     g(
@@ -589,7 +573,7 @@ fn anchor_metrics(
 
 /// The counts kept by an earlier run, if the file is there and readable.
 fn read_counts(path: &Path) -> Option<Counts> {
-    let text = std::fs::read_to_string(path).ok()?;
+    let text = p11derive::files::read_small(path, 64 * 1024 * 1024).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     if v.get("version").and_then(serde_json::Value::as_u64) != Some(COUNTS_VERSION) {
         return None;

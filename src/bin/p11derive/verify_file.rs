@@ -65,7 +65,7 @@ pub fn write(config: &Config, store: &Store, tally: &Tally, ok: bool, took: Dura
         .map_or_else(String::new, |id| hex(&id));
     let path = dir.join(FILE);
     // A failed run keeps the last passing run's head (of this store).
-    let before = std::fs::read_to_string(&path)
+    let before = files::read_small(&path, 64 * 1024)
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
         .filter(|v| v.get("store_id").and_then(|i| i.as_str()) == Some(id.as_str()))
