@@ -430,7 +430,12 @@ pub(super) fn render(s: &Snapshot) -> String {
     );
     for op in Operation::ALL {
         for (path, h) in ["warm", "cold"].iter().zip(&OPERATIONS[op as usize]) {
+            // An operation the process never made writes no series: each
+            // would be 20 lines per process for nothing.
             let (buckets, sum, count) = h.snapshot();
+            if count == 0 {
+                continue;
+            }
             let labels = [who[0], who[1], ("operation", op.name()), ("path", path)];
             e.histogram(&labels, &buckets, sum, count);
         }

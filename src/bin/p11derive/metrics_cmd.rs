@@ -168,6 +168,16 @@ fn serve(s: &mut Scraper, addr: std::net::SocketAddr) -> Result<(), Failure> {
         }
         let format = Format::from_accept(&request.accept);
         let mut s = scraper.lock().unwrap_or_else(|e| e.into_inner());
+        // A fresh read-only connection per scrape: one opened before any
+        // writer ran may read the file alone (SQLite `immutable`) and would
+        // never see a later change. (Users mode keeps its one writable
+        // connection, which sees every change.)
+        if !s.config.users.enabled {
+            match crate::common::read_only(&s.config) {
+                Ok(store) => s.store = store,
+                Err(e) => eprintln!("p11derive: metrics: cannot open the store again: {e}"),
+            }
+        }
         match scrape(&mut s, format) {
             Ok(text) => Response {
                 code: 200,
