@@ -50,6 +50,10 @@ fn init_token(label: &str) {
         if out.status.success() || !String::from_utf8_lossy(&out.stderr).contains("Could not get") {
             break;
         }
+        // A scan that failed after the token was made: it is there.
+        if token_dirs(label).len() == 1 {
+            return;
+        }
         std::thread::sleep(std::time::Duration::from_millis(100));
         out = run();
     }
