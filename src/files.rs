@@ -197,6 +197,36 @@ pub fn may(path: &Path, mode: libc::c_int) -> io::Result<()> {
     }
 }
 
+/// Writes `bytes` as `path`, whole: into `temp` (a new file beside it; one
+/// left by a write that failed half-way goes first), synced when `sync`,
+/// then renamed over `path`, so a reader sees the old text or the new,
+/// never part of one, and never writes through a link planted as `temp`.
+/// On failure the temporary file is removed.
+pub fn replace_whole(
+    path: &Path,
+    temp: &Path,
+    access: &Access,
+    bytes: &[u8],
+    sync: bool,
+) -> io::Result<()> {
+    use std::io::Write;
+    match std::fs::remove_file(temp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let written = create_new(temp, access).and_then(|mut f| {
+        f.write_all(bytes)?;
+        if sync {
+            f.sync_all()?;
+        }
+        std::fs::rename(temp, path)
+    });
+    if written.is_err() {
+        let _ = std::fs::remove_file(temp);
+    }
+    written
+}
+
 /// A small file p11derive wrote itself (`[metrics] dir`'s results and
 /// counts), read back as text: only a regular file, never through a
 /// symbolic link, opened without blocking (a FIFO planted in its place does

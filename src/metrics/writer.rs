@@ -12,7 +12,6 @@
 //! The thread lives in a [`PerProcess`] cell: a forked child has none,
 //! and its own `C_Initialize` starts its own.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -249,18 +248,7 @@ impl Job {
             arena_used: used as u64,
             arena_limit: limit as u64,
         });
-        // A temporary file left by a write that failed half-way goes first.
-        match std::fs::remove_file(&self.temp) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-        let written = files::create_new(&self.temp, &self.access)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .and_then(|()| std::fs::rename(&self.temp, &self.file));
-        if written.is_err() {
-            let _ = std::fs::remove_file(&self.temp);
-        }
-        written
+        files::replace_whole(&self.file, &self.temp, &self.access, text.as_bytes(), false)
     }
 }
 

@@ -248,26 +248,12 @@ impl Store {
     /// Chain rows selected by `tail` (which may use `?1` = `param`). A row
     /// numbered below 1 is an error naming it: no genuine record has one.
     pub(super) fn chain_rows(&self, tail: &str, param: i64) -> Result<Vec<AuditRow>, StoreError> {
-        let mut conn = self.lock();
         let params: &[Val] = if tail.contains("?1") {
             &[Val::Int(param)]
         } else {
             &[]
         };
-        self.rows(
-            &mut **conn,
-            &format!("SELECT seq, {AUDIT_COLUMNS}, mac FROM audit {tail}"),
-            params,
-            |r| {
-                let mut rec = read_record(r, 1)?;
-                let seq = r.int(0)?;
-                if seq < 1 {
-                    return Err(format!("a record numbered {seq} (records start at 1)"));
-                }
-                rec.seq = seq as u64;
-                Ok((rec, r.blob(12)?))
-            },
-        )
+        self.chain_rows_with(tail, params)
     }
 
     /// Whether the chain holds record `seq` with exactly this MAC.
@@ -308,21 +294,27 @@ impl Store {
 /// Rows a streaming reader fetches per query.
 pub const STREAM_BATCH: usize = 5000;
 
-/// The main chain's rows numbered after `after` up to `upto`, in batches of
-/// [`STREAM_BATCH`] read by keyset (`WHERE seq > ? ORDER BY seq LIMIT`):
-/// memory for one batch, whatever the log's length. A read error ends it.
-pub struct ChainRows<'a> {
-    store: &'a Store,
-    /// None: from the very first row, whatever its number (a row numbered
-    /// `i64::MIN` is read, and refused, like any other below 1).
-    after: Option<i64>,
-    upto: i64,
-    buf: std::vec::IntoIter<AuditRow>,
+/// Rows read batch by batch by keyset: `fetch` reads the next batch (it
+/// keeps its own place); a batch shorter than [`STREAM_BATCH`] is the last.
+/// Memory for one batch, whatever the log's length. A read error ends it.
+pub struct Batches<'a, T> {
+    fetch: Box<dyn FnMut() -> Result<Vec<T>, StoreError> + 'a>,
+    buf: std::vec::IntoIter<T>,
     done: bool,
 }
 
-impl Iterator for ChainRows<'_> {
-    type Item = Result<AuditRow, StoreError>;
+impl<'a, T> Batches<'a, T> {
+    pub(super) fn new(fetch: impl FnMut() -> Result<Vec<T>, StoreError> + 'a) -> Self {
+        Batches {
+            fetch: Box::new(fetch),
+            buf: Vec::new().into_iter(),
+            done: false,
+        }
+    }
+}
+
+impl<T> Iterator for Batches<'_, T> {
+    type Item = Result<T, StoreError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
@@ -332,12 +324,9 @@ impl Iterator for ChainRows<'_> {
             if self.done {
                 return None;
             }
-            match self.store.chain_batch(self.after, self.upto, STREAM_BATCH) {
+            match (self.fetch)() {
                 Ok(rows) => {
                     self.done = rows.len() < STREAM_BATCH;
-                    if let Some((r, _)) = rows.last() {
-                        self.after = Some(r.seq as i64);
-                    }
                     self.buf = rows.into_iter();
                 }
                 Err(e) => {
@@ -348,6 +337,10 @@ impl Iterator for ChainRows<'_> {
         }
     }
 }
+
+/// The main chain's rows numbered after a place up to the head a reader
+/// started at (`WHERE seq > ? ORDER BY seq LIMIT`).
+pub type ChainRows<'a> = Batches<'a, AuditRow>;
 
 impl Store {
     /// Every row of the main chain numbered up to `upto` (the head read
@@ -361,13 +354,17 @@ impl Store {
     /// [`Store::chain_stream`] from the row after `after` (`i64::MIN`: from
     /// the very first row).
     pub fn chain_stream_from(&self, after: i64, upto: u64) -> ChainRows<'_> {
-        ChainRows {
-            store: self,
-            after: (after != i64::MIN).then_some(after),
-            upto: i64::try_from(upto).unwrap_or(i64::MAX),
-            buf: Vec::new().into_iter(),
-            done: false,
-        }
+        // None: from the very first row, whatever its number (a row numbered
+        // `i64::MIN` is read, and refused, like any other below 1).
+        let mut after = (after != i64::MIN).then_some(after);
+        let upto = i64::try_from(upto).unwrap_or(i64::MAX);
+        Batches::new(move || {
+            let rows = self.chain_batch(after, upto, STREAM_BATCH)?;
+            if let Some((r, _)) = rows.last() {
+                after = Some(r.seq as i64);
+            }
+            Ok(rows)
+        })
     }
 
     /// Up to `limit` rows numbered after `after` (None: from the first)

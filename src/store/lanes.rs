@@ -522,68 +522,29 @@ impl LaneOrder {
     }
 }
 
-/// Lane rows in one [`LaneOrder`], in batches read by keyset: memory for
-/// one batch. Only rows inserted up to `max_id` (the newest when the reader
-/// started) and, by time, from `from_ns` on. A read error ends it.
-pub struct LaneRows<'a> {
-    store: &'a Store,
-    order: LaneOrder,
-    key: [i64; 3],
-    max_id: i64,
-    from_ns: i64,
-    buf: std::vec::IntoIter<LaneRow>,
-    done: bool,
-}
-
-impl Iterator for LaneRows<'_> {
-    type Item = Result<LaneRow, StoreError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        loop {
-            if let Some(row) = self.buf.next() {
-                return Some(Ok(row));
-            }
-            if self.done {
-                return None;
-            }
-            let batch = super::audit::STREAM_BATCH;
-            let (keyset, n) = self.order.sql();
-            let tail = format!("WHERE id <= ?1 AND time_ns >= ?2 AND {keyset} LIMIT {batch}");
-            let mut params = vec![Val::Int(self.max_id), Val::Int(self.from_ns)];
-            params.extend(self.key[..n].iter().map(|k| Val::Int(*k)));
-            let mut conn = self.store.lock();
-            let read = self.store.lane_rows_in(&mut **conn, &tail, &params);
-            drop(conn);
-            match read {
-                Ok(rows) => {
-                    self.done = rows.len() < batch;
-                    if let Some(l) = rows.last() {
-                        self.key = self.order.key(l);
-                    }
-                    self.buf = rows.into_iter();
-                }
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(e));
-                }
-            }
-        }
-    }
-}
+/// Lane rows in one [`LaneOrder`], in batches read by keyset: only rows
+/// inserted up to the newest when the reader started and, by time, from a
+/// time on.
+pub type LaneRows<'a> = super::audit::Batches<'a, LaneRow>;
 
 impl Store {
     /// Every lane row inserted up to `max_id`, from time `from_ns` on, in
     /// `order`, in batches.
     pub fn lane_stream(&self, order: LaneOrder, max_id: i64, from_ns: i64) -> LaneRows<'_> {
-        LaneRows {
-            store: self,
-            order,
-            key: [i64::MIN; 3],
-            max_id,
-            from_ns,
-            buf: Vec::new().into_iter(),
-            done: false,
-        }
+        let batch = super::audit::STREAM_BATCH;
+        let (keyset, n) = order.sql();
+        let tail = format!("WHERE id <= ?1 AND time_ns >= ?2 AND {keyset} LIMIT {batch}");
+        let mut key = [i64::MIN; 3];
+        super::audit::Batches::new(move || {
+            let mut params = vec![Val::Int(max_id), Val::Int(from_ns)];
+            params.extend(key[..n].iter().map(|k| Val::Int(*k)));
+            let mut conn = self.lock();
+            let rows = self.lane_rows_in(&mut **conn, &tail, &params)?;
+            if let Some(l) = rows.last() {
+                key = order.key(l);
+            }
+            Ok(rows)
+        })
     }
 
     /// The newest lane row's insertion number and the number of lane rows

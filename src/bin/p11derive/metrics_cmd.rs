@@ -594,7 +594,6 @@ fn read_counts(path: &Path) -> Option<Counts> {
 /// Keeps the counts in `dir` (temporary file, then rename: a reader never
 /// sees half a file).
 fn write_counts(config: &Config, dir: &Path, c: &Counts) -> Result<(), String> {
-    use std::io::Write;
     let access = p11derive::files::Access::of(config.store.group.as_deref())?;
     let target = dir.join(COUNTS_FILE);
     let cannot = |e: std::io::Error| {
@@ -607,16 +606,5 @@ fn write_counts(config: &Config, dir: &Path, c: &Counts) -> Result<(), String> {
     p11derive::files::create_dirs(dir, &access).map_err(cannot)?;
     let body = serde_json::json!({"version": COUNTS_VERSION, "counts": c}).to_string();
     let tmp: PathBuf = dir.join(format!(".{COUNTS_FILE}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let written = (|| {
-        let mut f = p11derive::files::create_new(&tmp, &access)?;
-        f.write_all(body.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &target)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(cannot(e));
-    }
-    Ok(())
+    p11derive::files::replace_whole(&target, &tmp, &access, body.as_bytes(), true).map_err(cannot)
 }

@@ -6,7 +6,6 @@
 //! file that cannot be written never fails the verify: a note on standard
 //! error names the path.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -86,16 +85,6 @@ fn put(config: &Config, dir: &Path, path: &Path, v: &serde_json::Value) -> Resul
     let access = Access::of(config.store.group.as_deref())?;
     files::create_dirs(dir, &access).map_err(|e| e.to_string())?;
     let tmp: PathBuf = dir.join(format!(".{FILE}.{}.tmp", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    let written = (|| {
-        let mut f = files::create_new(&tmp, &access)?;
-        f.write_all(format!("{v}\n").as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.to_string());
-    }
-    Ok(())
+    files::replace_whole(path, &tmp, &access, format!("{v}\n").as_bytes(), true)
+        .map_err(|e| e.to_string())
 }
