@@ -37,6 +37,19 @@ fn root_ak() -> Secret32 {
 /// threads through the provider's own commit path (`commit_use`, the group
 /// commit; the signing itself left out: it adds nothing to the log).
 fn commit_signs(store: &Store, ak: &Secret32, name: &str, version: u32, n: usize) {
+    commit_signs_by(store, ak, name, version, n, 8);
+}
+
+/// [`commit_signs`] by `threads` threads (the more, the larger the group
+/// commit's batches: the benchmark's fill uses 64).
+fn commit_signs_by(
+    store: &Store,
+    ak: &Secret32,
+    name: &str,
+    version: u32,
+    n: usize,
+    threads: usize,
+) {
     let rowid = store
         .all_assets()
         .unwrap()
@@ -45,9 +58,9 @@ fn commit_signs(store: &Store, ak: &Secret32, name: &str, version: u32, n: usize
         .expect("the asset")
         .rowid;
     std::thread::scope(|t| {
-        for w in 0..8 {
+        for w in 0..threads {
             t.spawn(move || {
-                for i in (w..n).step_by(8) {
+                for i in (w..n).step_by(threads) {
                     let r = Record::new(Event::Sign, 0)
                         .asset(name, Some(version))
                         .session(w as u64 + 1)
@@ -410,13 +423,26 @@ fn fill_a_store_for_the_benchmark() {
         .into_iter()
         .find(|a| a.id.as_str() == asset)
         .expect("the asset");
-    let head = store.audit_head().unwrap().map_or(0, |h| h.0);
-    commit_signs(
-        &store,
-        &ak,
-        &asset,
-        a.current,
-        to.saturating_sub(head) as usize,
-    );
+    let threads: usize = std::env::var("P11DERIVE_FILL_THREADS")
+        .map_or(8, |t| t.parse().expect("P11DERIVE_FILL_THREADS: a number"));
+    // In steps of a million, a line on standard error after each (the
+    // fill's rate; on PostgreSQL the records go to the process's lane, so
+    // the count is the log's records, the main chain's and the lane's).
+    let mut have = log_records(&store);
+    while have < to {
+        let step = (to - have).min(1_000_000);
+        let began = std::time::Instant::now();
+        commit_signs_by(&store, &ak, &asset, a.current, step as usize, threads);
+        have = log_records(&store);
+        eprintln!(
+            "fill: {have} records, {:.0} records/s",
+            step as f64 / began.elapsed().as_secs_f64()
+        );
+    }
     eprintln!("{:?}", store.audit_head().unwrap().map(|h| h.0));
+}
+
+/// The log's records: the main chain's and every lane's.
+fn log_records(store: &Store) -> u64 {
+    store.audit_head().unwrap().map_or(0, |h| h.0) + store.lane_extent().unwrap().map_or(0, |l| l.1)
 }

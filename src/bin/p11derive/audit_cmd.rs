@@ -17,7 +17,7 @@ use crate::progress::Progress;
 use crate::users::{gate, Want};
 use p11derive::access::Action;
 
-fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
+pub(crate) fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
     let mut v = serde_json::json!({
         "seq": r.seq,
         "time": rfc3339(r.time_ns),
@@ -42,7 +42,7 @@ fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
 }
 
 /// A record of the main chain or of a writer's lane, as listed.
-enum Listed {
+pub(crate) enum Listed {
     Main(Record, Vec<u8>),
     Lane(LaneRow),
 }
@@ -55,7 +55,7 @@ impl Listed {
         }
     }
 
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         match self {
             Listed::Main(r, mac) => record_json(r, Some(mac)),
             Listed::Lane(l) => {
@@ -165,7 +165,7 @@ fn known_asset(store: &Store, name: &str) -> Result<(), Failure> {
 }
 
 /// RFC 3339, UTC, with the record's nanoseconds.
-fn rfc3339(time_ns: u64) -> String {
+pub(crate) fn rfc3339(time_ns: u64) -> String {
     format!(
         "{}.{:09}Z",
         p11derive::log::utc_secs(time_ns / 1_000_000_000),
@@ -178,8 +178,24 @@ pub fn export(cli: &Cli, since: Option<u64>, asset: Option<&str>) -> Result<(), 
     let store = open_store_read_only(&config)?;
     gate(cli, &store, &config, Want::to(Action::ReadAudit))?;
     let progress = Progress::new(cli, "audit export", 0);
-    // A closed pipe (`| head`) ends the export quietly.
-    let done = each_selected(&store, since, asset, &progress, |l| outln!("{}", l.json()));
+    // One buffered writer for the whole export (a locked, flushed line per
+    // record cost a system call each). A closed pipe (`| head`) ends the
+    // export quietly, as `outln!` would; any other write error fails it.
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    let mut closed = false;
+    let done = each_selected(&store, since, asset, &progress, |l| {
+        if closed {
+            return;
+        }
+        let put = match &l {
+            Listed::Main(r, mac) => crate::export_line::write(&mut out, r, mac, None),
+            Listed::Lane(l) => crate::export_line::write(&mut out, &l.record, &l.mac, Some(&l.at)),
+        };
+        crate::export_line::settle(put, &mut closed);
+    });
+    if !closed {
+        crate::export_line::settle(std::io::Write::flush(&mut out), &mut closed);
+    }
     progress.finish();
     done
 }

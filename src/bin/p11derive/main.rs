@@ -17,6 +17,7 @@ mod args_users;
 mod asset_cmd;
 mod audit_cmd;
 mod ceremony_cmd;
+mod export_line;
 mod http;
 mod init_cmd;
 mod metrics_cmd;
