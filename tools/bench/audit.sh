@@ -129,7 +129,7 @@ if has_step fill; then
     start=$(date +%s.%N)
     l0=$(load1)
     (cd "$here" && P11DERIVE_FILL_TO=$records P11DERIVE_FILL_ASSET=$asset \
-        cargo test --release --test audit_stream fill_a_store_for_the_benchmark -- --ignored --exact) \
+        cargo test --release --test audit_stream fill_a_store_for_the_benchmark -- --ignored --exact --nocapture) \
         >"$work/fill.log" 2>&1 || { tail -30 "$work/fill.log" >&2; exit 1; }
     end=$(date +%s.%N)
     grep '^fill:' "$work/fill.log" >&2 || true
