@@ -63,12 +63,12 @@ asset=bench-p256
 log() { printf 'audit.sh: %s\n' "$*" >&2; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
-fresh=0
 if [ -z "$work" ]; then
     work=$(mktemp -d "${TMPDIR:-/tmp}/p11derive-audit-bench.XXXXXX")
-    fresh=1
 fi
 mkdir -p "$work"
+fresh=0
+[ -f "$work/p11derive.toml" ] || fresh=1
 export SOFTHSM2_CONF="$work/softhsm2.conf"
 export P11DERIVE_CONF="$work/p11derive.toml"
 db=
@@ -87,7 +87,8 @@ CONF
         db=p11derive_bench_$$
         psql -q "$admin" -c "CREATE DATABASE $db" >/dev/null
         echo "$db" > "$work/database"
-        store="url = \"${admin%/*}/$db\""
+        store="url = \"${admin%/*}/$db\"
+sslmode = \"disable\""
     else
         store="path = \"$work/state.db\""
     fi
@@ -148,7 +149,7 @@ count() {
 if has_step size; then
     n=$(count)
     if [ "$engine" = postgres ]; then
-        psql -q "$dburl" -c "VACUUM ANALYZE audit; VACUUM ANALYZE audit_lane" >/dev/null
+        psql -q "$dburl" -c "VACUUM ANALYZE audit" -c "VACUUM ANALYZE audit_lane" >/dev/null
         read -r a l d < <(psql -qAt -F ' ' "$dburl" -c \
             "SELECT pg_total_relation_size('audit'), pg_total_relation_size('audit_lane'), pg_database_size(current_database())")
         echo "SIZE postgres records $n audit $a audit_lane $l database $d bytes_per_record $(((a + l) / n))"
