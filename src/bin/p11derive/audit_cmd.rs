@@ -17,7 +17,7 @@ use crate::progress::Progress;
 use crate::users::{gate, Want};
 use p11derive::access::Action;
 
-pub(crate) fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
+fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
     let mut v = serde_json::json!({
         "seq": r.seq,
         "time": rfc3339(r.time_ns),
