@@ -24,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 mod approvals;
 mod assets;
 mod audit;
+mod checkpoints;
 mod commit;
 mod db;
 mod error;
@@ -53,7 +54,7 @@ pub use audit::{
 };
 pub use commit::{users_refusal_rv, Refusal, Use};
 pub use error::{Need, StoreError};
-pub use lanes::{parse_lanes_detail, LaneOrder, LaneRow, LaneRows};
+pub use lanes::{parse_lanes_detail, unhex32, LaneOrder, LaneRow, LaneRows};
 pub use metrics::{lifecycle_kind, refusal_labels, Counts, Gauges};
 pub use migrate::Moved;
 pub use objects::StoredObject;

@@ -22,6 +22,7 @@ mod init_cmd;
 mod metrics_cmd;
 mod policy_cmd;
 mod progress;
+mod replay;
 mod request_cmd;
 mod root_cmd;
 mod status_cmd;
