@@ -269,3 +269,93 @@ fn a_passing_verify_writes_a_checkpoint_when_the_interval_has_passed() {
     let v = json(&s, &["audit", "verify", "--from-checkpoint"]);
     assert_eq!(v["checked_records"], 1, "{v}");
 }
+
+/// `n` signatures through an open store (its own writer lane on PostgreSQL).
+fn signs_in(store: &Store, ak: &Secret32, name: &str, n: usize) {
+    let rowid = store
+        .all_assets()
+        .unwrap()
+        .into_iter()
+        .find(|a| a.id.as_str() == name)
+        .unwrap()
+        .rowid;
+    for i in 0..n {
+        let r = Record::new(Event::Sign, 0)
+            .asset(name, Some(1))
+            .detail(format!("lane sign {i}"));
+        store
+            .commit_use(ak, rowid, 1, Use::Produce, r)
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[test]
+fn from_a_checkpoint_the_lanes_resume_at_their_heads_on_postgresql() {
+    let _turn = turn();
+    let name = "p11derive_checkpoint_lanes";
+    let url = pg_database(&pg_admin_url(), name);
+    let s = setup_with(None, false);
+    s.use_pg(&url);
+    let root = s.dir.join("root.hex");
+    std::fs::write(&root, hex(&ROOT)).unwrap();
+    ok(&s, &["init", "--import-root", root.to_str().unwrap()]);
+    s.create_asset("a", "p256");
+    let ak = root_ak();
+    let store = Store::open_config(&Config::load(&s.config).unwrap().store).unwrap();
+    store.authenticate(&ak, None).unwrap();
+    signs_in(&store, &ak, "a", 300);
+    store.cover_lanes(false).unwrap();
+
+    let c = json(&s, &["audit", "checkpoint"]);
+    assert!(c["lanes"].as_u64().unwrap() >= 1, "{c}");
+    // The same writer's lane goes on after its head at the checkpoint.
+    signs_in(&store, &ak, "a", 40);
+    store.cover_lanes(false).unwrap();
+    drop(store);
+
+    let v = json(&s, &["audit", "verify", "--from-checkpoint"]);
+    assert_eq!(v["lane_records"], 40, "only the lanes' new records: {v}");
+    let full = json(&s, &["audit", "verify"]);
+    assert_eq!(full["lane_records"], 340, "{full}");
+
+    let admin = {
+        let admin = pg_admin_url();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        format!("{base}/{name}")
+    };
+    let mut db = postgres::Client::connect(&admin, postgres::NoTls).expect("DBA connects");
+    let lane: i64 = db
+        .query_one("SELECT lane FROM audit_lane WHERE pos = 320", &[])
+        .unwrap()
+        .get(0);
+    // A lane record after the checkpoint changed: named from the checkpoint.
+    db.execute(
+        "UPDATE audit_lane SET rv = 5 WHERE lane = $1 AND pos = 320",
+        &[&lane],
+    )
+    .unwrap();
+    fails(
+        &s,
+        &["--from-checkpoint"],
+        &format!("record 320 of audit lane {lane} does not carry a valid MAC"),
+    );
+    db.execute(
+        "UPDATE audit_lane SET rv = 0 WHERE lane = $1 AND pos = 320",
+        &[&lane],
+    )
+    .unwrap();
+    // One before it: vouched for by the checkpoint; a full verify names it.
+    db.execute(
+        "UPDATE audit_lane SET rv = 5 WHERE lane = $1 AND pos = 100",
+        &[&lane],
+    )
+    .unwrap();
+    let out = cli(&s, &["audit", "verify", "--from-checkpoint"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    fails(
+        &s,
+        &[],
+        &format!("record 100 of audit lane {lane} does not carry a valid MAC"),
+    );
+}
