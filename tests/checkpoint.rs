@@ -359,3 +359,82 @@ fn from_a_checkpoint_the_lanes_resume_at_their_heads_on_postgresql() {
         &format!("record 100 of audit lane {lane} does not carry a valid MAC"),
     );
 }
+
+#[test]
+fn a_full_verify_checks_each_checkpoints_state_and_a_plain_one_starts_at_the_archive() {
+    let _turn = turn();
+    let s = setup(Some(&ROOT));
+    s.create_asset("a", "p256");
+    signs(&s, "a", 4);
+    let c = json(&s, &["audit", "checkpoint"]);
+    let (seq, head) = (
+        c["checkpoint"].as_u64().unwrap(),
+        c["head"].as_u64().unwrap(),
+    );
+    signs(&s, "a", 2);
+
+    // An archive of records 1..=head ending at that checkpoint (its record
+    // MACed under the key, its row beside it): a plain verify starts there.
+    let ak = root_ak();
+    let store = Store::open(&s.store).unwrap();
+    store
+        .record(
+            Some(&ak),
+            Record::new(Event::Archive, 0).detail(format!(
+                "archive records=1..={head} end_checkpoint={seq} sha256={} file=seg-1.jsonl",
+                "00".repeat(32)
+            )),
+        )
+        .unwrap();
+    let archive = store.audit_head().unwrap().unwrap().0;
+    drop(store);
+    sqlite(
+        &s.store,
+        &format!(
+            "INSERT INTO audit_archive VALUES ({archive}, 1, {head}, {seq}, zeroblob(32), \
+             'seg-1.jsonl', (SELECT mac FROM audit WHERE seq = {}));",
+            archive - 1
+        ),
+    );
+    let out = cli(&s, &["audit", "verify"]);
+    let text = output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("records 1..={head} are archived")),
+        "{text}"
+    );
+    assert!(text.contains("4 new records"), "{text}");
+    // The archive row must name an archive record the chain holds.
+    sqlite(
+        &s.store,
+        &format!(
+            "UPDATE audit_archive SET seq = {} WHERE seq = {archive};",
+            archive - 1
+        ),
+    );
+    fails(&s, &[], "holds no such archive record");
+    sqlite(&s.store, "DELETE FROM audit_archive;");
+
+    // A checkpoint written (with the key) from a state the chain does not
+    // hold: its own digest verifies, a full verify's replay does not agree.
+    let store = Store::open(&s.store).unwrap();
+    let rows = store.checkpoints_newest(i64::MAX, 1).unwrap();
+    let mut snap = store.verify_checkpoint(&ak, &rows[0]).unwrap();
+    let (h, mac) = store.audit_head().unwrap().unwrap();
+    snap.head = h;
+    snap.head_mac = hex(&mac);
+    snap.state
+        .get_mut("a")
+        .unwrap()
+        .expected
+        .as_mut()
+        .unwrap()
+        .state = "RETIRED".into();
+    let (forged, _) = store.write_checkpoint(&ak, &snap, None).unwrap();
+    drop(store);
+    fails(
+        &s,
+        &[],
+        &format!("record {forged} (a checkpoint at record {h}) commits to a state digest"),
+    );
+}
