@@ -30,22 +30,7 @@ fn signs(s: &Setup, name: &str, n: usize) {
     let ak = root_ak();
     let store = Store::open_config(&Config::load(&s.config).unwrap().store).unwrap();
     store.authenticate(&ak, None).unwrap();
-    let rowid = store
-        .all_assets()
-        .unwrap()
-        .into_iter()
-        .find(|a| a.id.as_str() == name)
-        .unwrap()
-        .rowid;
-    for i in 0..n {
-        let r = Record::new(Event::Sign, 0)
-            .asset(name, Some(1))
-            .detail(format!("sign {i}"));
-        store
-            .commit_use(&ak, rowid, 1, Use::Produce, r)
-            .unwrap()
-            .unwrap();
-    }
+    signs_in(&store, &ak, name, n);
 }
 
 fn query(store: &Path, sql: &str) -> String {
@@ -272,13 +257,7 @@ fn a_passing_verify_writes_a_checkpoint_when_the_interval_has_passed() {
 
 /// `n` signatures through an open store (its own writer lane on PostgreSQL).
 fn signs_in(store: &Store, ak: &Secret32, name: &str, n: usize) {
-    let rowid = store
-        .all_assets()
-        .unwrap()
-        .into_iter()
-        .find(|a| a.id.as_str() == name)
-        .unwrap()
-        .rowid;
+    let rowid = asset_rowid(store, name);
     for i in 0..n {
         let r = Record::new(Event::Sign, 0)
             .asset(name, Some(1))
@@ -294,12 +273,7 @@ fn signs_in(store: &Store, ak: &Secret32, name: &str, n: usize) {
 fn from_a_checkpoint_the_lanes_resume_at_their_heads_on_postgresql() {
     let _turn = turn();
     let name = "p11derive_checkpoint_lanes";
-    let url = pg_database(&pg_admin_url(), name);
-    let s = setup_with(None, false);
-    s.use_pg(&url);
-    let root = s.dir.join("root.hex");
-    std::fs::write(&root, hex(&ROOT)).unwrap();
-    ok(&s, &["init", "--import-root", root.to_str().unwrap()]);
+    let s = pg_setup_with_root(name, &ROOT);
     s.create_asset("a", "p256");
     let ak = root_ak();
     let store = Store::open_config(&Config::load(&s.config).unwrap().store).unwrap();
