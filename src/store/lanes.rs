@@ -532,21 +532,10 @@ impl Store {
     /// Every lane row inserted up to `max_id`, from time `from_ns` on, in
     /// `order`, in batches.
     pub fn lane_stream(&self, order: LaneOrder, max_id: i64, from_ns: i64) -> LaneRows<'_> {
-        self.lane_stream_after(order, max_id, from_ns, [i64::MIN; 3])
-    }
-
-    /// [`Store::lane_stream`] from the rows after `key` in `order` (by
-    /// change: `[change, lane, pos]`).
-    pub fn lane_stream_after(
-        &self,
-        order: LaneOrder,
-        max_id: i64,
-        from_ns: i64,
-        mut key: [i64; 3],
-    ) -> LaneRows<'_> {
         let batch = super::audit::STREAM_BATCH;
         let (keyset, n) = order.sql();
         let tail = format!("WHERE id <= ?1 AND time_ns >= ?2 AND {keyset} LIMIT {batch}");
+        let mut key = [i64::MIN; 3];
         super::audit::Batches::new(move || {
             let mut params = vec![Val::Int(max_id), Val::Int(from_ns)];
             params.extend(key[..n].iter().map(|k| Val::Int(*k)));

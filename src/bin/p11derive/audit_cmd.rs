@@ -645,26 +645,16 @@ pub fn check_from(
     // Read once, in batches: the chain, the replay of the state, what the
     // assets' rows are reconciled with, the lane heads named, and the
     // replay of uses, with each lane record (read in batches by the state
-    // change it was decided under) right after that change. Resumed, the
-    // lane records after the snapshot's lane heads, from its state change.
-    let skip: BTreeMap<u64, u64> = lane_heads
-        .iter()
-        .flatten()
-        .map(|(l, p, _)| (*l, *p))
-        .collect();
-    let from_change = start.map_or(i64::MIN, |s| i64::try_from(s.change).unwrap_or(i64::MAX));
+    // change it was decided under) right after that change.
     let mut lane_fault: Option<String> = None;
+    // Resumed, the lanes' records are judged as they are read lane by lane
+    // (check_lanes), against the state as of each one's change: never the
+    // rows before the lanes' heads.
     let mut by_change = lanes_at
-        .map(|(max, _)| {
-            let key = [from_change, i64::MIN, i64::MIN];
-            store.lane_stream_after(LaneOrder::Change, max, i64::MIN, key)
-        })
+        .filter(|_| start.is_none())
+        .map(|(max, _)| store.lane_stream(LaneOrder::Change, max, i64::MIN))
         .into_iter()
         .flatten()
-        .filter(|l| match l {
-            Ok(l) => skip.get(&l.at.lane).is_none_or(|p| l.at.pos > *p),
-            Err(_) => true,
-        })
         .peekable();
     let mut replay_lanes = |before: u64, replay: &mut Replay, fault: &mut Option<String>| {
         while let Some(l) = by_change.next_if(|l| match l {
@@ -744,7 +734,7 @@ pub fn check_from(
         ak,
         lanes_at.map(|l| l.0),
         lane_heads.as_deref(),
-        &replay.facts.named,
+        &mut replay,
         progress,
         tally,
     )
@@ -911,10 +901,11 @@ fn check_lanes(
     ak: &derive::Secret32,
     max_id: Option<i64>,
     start: Option<&[(u64, u64, [u8; 32])]>,
-    named: &BTreeMap<u64, (u64, u64, [u8; 32])>,
+    replay: &mut Replay,
     progress: &Progress,
     tally: &mut Tally,
 ) -> Result<(usize, usize, BTreeMap<u64, LaneHead>), String> {
+    let named = replay.facts.named.clone();
     let wanted: BTreeSet<(u64, u64)> = named.iter().map(|(l, n)| (*l, n.1)).collect();
     let mut heads: BTreeMap<(u64, u64), [u8; 32]> = BTreeMap::new();
     let (mut n_records, mut n_lanes) = (0usize, 0usize);
@@ -975,6 +966,9 @@ fn check_lanes(
         if wanted.contains(&(id, l.at.pos)) {
             heads.insert((id, l.at.pos), mac);
         }
+        if start.is_some() {
+            replay.see_lane_decided(id, l.at.pos, l.at.change, &l.record);
+        }
         ends.insert(
             id,
             LaneHead {
@@ -986,7 +980,7 @@ fn check_lanes(
         tally.lane_records += 1;
         progress.tick();
     }
-    for (lane, (seq, pos, mac)) in named {
+    for (lane, (seq, pos, mac)) in &named {
         // Below a resumed lane's head: verified when the checkpoint was.
         if resumed.get(lane).is_some_and(|(p, _)| pos < p) {
             continue;

@@ -158,33 +158,8 @@ impl Uses {
                 }
             }
             Event::Sign | Event::Encrypt | Event::Decrypt if r.rv == 0 => {
-                let Some(v) = r.version else { return };
-                let state = self.state.get(name);
-                let allowed = state.is_some_and(|a| {
-                    if r.event == Event::Decrypt {
-                        a.may_verify(v)
-                    } else {
-                        a.may_sign(v)
-                    }
-                });
-                if !allowed {
-                    let was = state.map_or_else(
-                        || "not created".to_string(),
-                        |a| {
-                            format!(
-                                "{} at version {} (min_usable {})",
-                                a.state.name(),
-                                a.current,
-                                a.min_usable
-                            )
-                        },
-                    );
-                    self.faults.push(format!(
-                        "{place}: {} by {name:?} version {v} while the asset was {was}: the \
-                         state that let it through was not the recorded one (a row changed \
-                         outside p11derive)",
-                        r.event.name()
-                    ));
+                if let Some(f) = judge(place, r, self.state.get(name)) {
+                    self.faults.push(f);
                 }
             }
             _ => {}
@@ -192,11 +167,53 @@ impl Uses {
     }
 }
 
+/// A use (a successful signature, encryption or decryption) against the
+/// state its asset had when it was decided: the fault, if it did not allow it.
+fn judge(place: Place, r: &Record, state: Option<&p11derive::store::Asset>) -> Option<String> {
+    let (Some(name), Some(v)) = (r.asset.as_deref(), r.version) else {
+        return None;
+    };
+    let allowed = state.is_some_and(|a| {
+        if r.event == Event::Decrypt {
+            a.may_verify(v)
+        } else {
+            a.may_sign(v)
+        }
+    });
+    if allowed {
+        return None;
+    }
+    let was = state.map_or_else(
+        || "not created".to_string(),
+        |a| {
+            format!(
+                "{} at version {} (min_usable {})",
+                a.state.name(),
+                a.current,
+                a.min_usable
+            )
+        },
+    );
+    Some(format!(
+        "{place}: {} by {name:?} version {v} while the asset was {was}: the state that let it \
+         through was not the recorded one (a row changed outside p11derive)",
+        r.event.name()
+    ))
+}
+
 /// [`Facts`] and [`Uses`]: the whole replay, fed record by record.
 #[derive(Default)]
 pub struct Replay {
     pub facts: Facts,
     uses: Uses,
+    /// Resumed at a checkpoint: each asset's state there, and its state
+    /// changes since (record, state), so that the lanes' records, read
+    /// lane by lane after the main chain, are judged against the state
+    /// they were decided under. Small: the state changes since the
+    /// checkpoint, not its records.
+    resumed: bool,
+    base: BTreeMap<String, p11derive::store::Asset>,
+    since: BTreeMap<String, Vec<(u64, p11derive::store::Asset)>>,
 }
 
 impl Replay {
@@ -228,6 +245,8 @@ impl Replay {
                 r.facts.keys.insert(name.clone(), a.keys.clone());
             }
         }
+        r.base = r.uses.state.clone();
+        r.resumed = true;
         r
     }
 
@@ -235,6 +254,43 @@ impl Replay {
     pub fn see_main(&mut self, r: &Record) {
         self.facts.see(r);
         self.uses.see(Place::Main(r.seq), r);
+        if !self.resumed || !matches!(r.event, Event::Create | Event::Transition) {
+            return;
+        }
+        let Some(name) = r.asset.as_deref() else {
+            return;
+        };
+        let Some(a) = self.uses.state.get(name) else {
+            return;
+        };
+        let at = self.since.entry(name.to_string()).or_default();
+        if at.last().map(|x| &x.1).or_else(|| self.base.get(name)) != Some(a) {
+            at.push((r.seq, a.clone()));
+        }
+    }
+
+    /// A lane record read after the main chain (a resumed run): judged
+    /// against the state as of `change`, the state change it was decided
+    /// under.
+    pub fn see_lane_decided(&mut self, lane: u64, pos: u64, change: u64, r: &Record) {
+        if r.detail.starts_with(PENDING_MARK)
+            || !matches!(r.event, Event::Sign | Event::Encrypt | Event::Decrypt)
+            || r.rv != 0
+        {
+            return;
+        }
+        let Some(name) = r.asset.as_deref() else {
+            return;
+        };
+        let state = self
+            .since
+            .get(name)
+            .and_then(|h| h.iter().rev().find(|(seq, _)| *seq <= change))
+            .map(|(_, a)| a)
+            .or_else(|| self.base.get(name));
+        if let Some(f) = judge(Place::Lane(lane, pos), r, state) {
+            self.uses.faults.push(f);
+        }
     }
 
     /// A lane record, in replay order (right after the state change it was
