@@ -59,6 +59,14 @@ pub enum Event {
     /// root, a recovery into a backing HSM. Fingerprints, share-set ids and
     /// thresholds only: nothing a share could be rebuilt from.
     Root,
+    /// A verified checkpoint (`audit checkpoint`): the chain head, every
+    /// lane's head and a digest of the replayed state at that point. Not a
+    /// state change.
+    Checkpoint,
+    /// An archive segment written and its rows pruned (`audit archive`):
+    /// the range, the end checkpoint and the segment's hash. Not a state
+    /// change.
+    Archive,
 }
 
 impl Event {
@@ -86,6 +94,8 @@ impl Event {
             Event::Request => "request",
             Event::Approval => "approval",
             Event::Root => "root",
+            Event::Checkpoint => "checkpoint",
+            Event::Archive => "archive",
         }
     }
 
@@ -113,6 +123,8 @@ impl Event {
             Event::Request,
             Event::Approval,
             Event::Root,
+            Event::Checkpoint,
+            Event::Archive,
         ]
         .into_iter()
         .find(|e| e.name() == s)
@@ -305,6 +317,16 @@ impl LaneCheck {
         Ok(())
     }
 
+    /// After record `pos` of lane `lane`, whose MAC is `mac` (a check
+    /// resumed at a checkpoint's lane head).
+    pub fn resume(lane: u64, pos: u64, mac: [u8; 32]) -> LaneCheck {
+        LaneCheck {
+            lane,
+            prev: mac,
+            expected: pos + 1,
+        }
+    }
+
     /// The last MAC and position checked.
     pub fn head(&self) -> ([u8; 32], u64) {
         (self.prev, self.expected - 1)
@@ -483,6 +505,15 @@ impl Default for ChainCheck {
 }
 
 impl ChainCheck {
+    /// After record `seq`, whose MAC is `mac` (a check resumed at a
+    /// checkpoint's head).
+    pub fn resume(seq: u64, mac: [u8; 32]) -> ChainCheck {
+        ChainCheck {
+            prev: mac,
+            expected: seq + 1,
+        }
+    }
+
     /// The next record: numbered right after the one before and chained
     /// from its MAC.
     pub fn push(&mut self, ak: &Secret32, r: &Record, mac: &[u8; 32]) -> Result<(), ChainFault> {

@@ -97,7 +97,8 @@ pub fn parse_lanes_detail(detail: &str) -> Option<(i64, Vec<LaneMark>)> {
     Some((upto, heads))
 }
 
-fn unhex32(s: &str) -> Option<[u8; 32]> {
+/// 64 hex digits as 32 bytes (`None`: anything else).
+pub fn unhex32(s: &str) -> Option<[u8; 32]> {
     if s.len() != 64 {
         return None;
     }
@@ -163,7 +164,7 @@ impl Store {
     }
 
     /// Lane records selected by `tail`.
-    fn lane_rows_in(
+    pub(super) fn lane_rows_in(
         &self,
         db: &mut dyn Db,
         tail: &str,

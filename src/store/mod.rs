@@ -24,6 +24,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 mod approvals;
 mod assets;
 mod audit;
+mod checkpoints;
 mod commit;
 mod db;
 mod error;
@@ -51,9 +52,10 @@ pub use audit::{
     key_digest, parse_resumes_to, parse_transition_detail, transition_detail, AuditRow, ChainRows,
     PENDING_MARK, STREAM_BATCH,
 };
+pub use checkpoints::{CheckpointRow, CHECKPOINT_TRIES};
 pub use commit::{users_refusal_rv, Refusal, Use};
 pub use error::{Need, StoreError};
-pub use lanes::{parse_lanes_detail, LaneOrder, LaneRow, LaneRows};
+pub use lanes::{parse_lanes_detail, unhex32, LaneOrder, LaneRow, LaneRows};
 pub use metrics::{lifecycle_kind, refusal_labels, Counts, Gauges};
 pub use migrate::Moved;
 pub use objects::StoredObject;

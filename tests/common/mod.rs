@@ -186,11 +186,14 @@ pub fn setup(root: Option<&[u8; 32]>) -> Setup {
     setup_with(root, true)
 }
 
+/// (No automatic checkpoints: a test's `audit verify` appends nothing
+/// unless it sets `[audit] checkpoint_interval_s`, as tests/checkpoint.rs does.)
 pub fn config_text(token_label: &str, store: &Path, log: &Path) -> String {
     format!(
         "[token]\nlabel = \"p11derive\"\n\n[backend]\nmodule = \"{SOFTHSM}\"\n\
          token_label = \"{token_label}\"\nroot_label = \"p11derive-root\"\n\n\
-         [store]\npath = \"{}\"\n\n[log]\nfile = \"{}\"\nlevel = \"debug\"\n",
+         [store]\npath = \"{}\"\n\n[log]\nfile = \"{}\"\nlevel = \"debug\"\n\n\
+         [audit]\ncheckpoint_interval_s = 0\n",
         store.display(),
         log.display()
     )
@@ -798,6 +801,29 @@ pub fn pg_admin_url() -> String {
 
 /// A new, empty database on the test server, owned by the unprivileged role
 /// `p11derive`; its URL (password included).
+/// The row id of asset `name` in `store`.
+pub fn asset_rowid(store: &p11derive::store::Store, name: &str) -> i64 {
+    store
+        .all_assets()
+        .unwrap()
+        .into_iter()
+        .find(|a| a.id.as_str() == name)
+        .expect("the asset")
+        .rowid
+}
+
+/// A setup on a fresh PostgreSQL database `name`, initialized under
+/// `root` (imported, so a test holds the audit key without the token).
+pub fn pg_setup_with_root(name: &str, root: &[u8; 32]) -> Setup {
+    let url = pg_database(&pg_admin_url(), name);
+    let s = setup_with(None, false);
+    s.use_pg(&url);
+    let file = s.dir.join("root.hex");
+    std::fs::write(&file, hex(root)).unwrap();
+    ok(&s, &["init", "--import-root", file.to_str().unwrap()]);
+    s
+}
+
 pub fn pg_database(admin: &str, name: &str) -> String {
     let mut c = postgres::Client::connect(admin, postgres::NoTls).expect("connect as admin");
     let (_, rest) = admin.split_once('@').expect("admin URL with a password");

@@ -1,11 +1,9 @@
 //! `p11derive audit verify | export | tail`.
 
 use p11derive::audit::{key_data_verifies, ChainCheck, ChainFault, Event, LaneCheck, Record};
+use p11derive::checkpoint::{parse_checkpoint_detail, state_digest, LaneHead, Snapshot};
 use p11derive::derive;
-use p11derive::store::{
-    hex, key_digest, parse_lanes_detail, parse_resumes_to, parse_transition_detail, AssetState,
-    LaneOrder, LaneRow, Store, PENDING_MARK, STREAM_BATCH,
-};
+use p11derive::store::{hex, key_digest, AssetState, LaneOrder, LaneRow, Store, STREAM_BATCH};
 use std::collections::{BTreeMap, BTreeSet};
 
 use p11derive::audit::Anchor;
@@ -14,6 +12,7 @@ use p11derive::store::StoreError;
 use crate::args::Cli;
 use crate::common::{failed, load_config, open_store, open_store_read_only, with_key, Failure};
 use crate::progress::Progress;
+use crate::replay::{Facts, Replay};
 use crate::users::{gate, Want};
 use p11derive::access::Action;
 
@@ -414,213 +413,38 @@ pub fn reanchor(cli: &Cli, yes: bool) -> Result<(), Failure> {
     })
 }
 
-/// Where a record is, for a fault's message: `record N` of the main chain,
-/// `lane L record P`.
-#[derive(Clone, Copy)]
-enum Place {
-    Main(u64),
-    Lane(u64, u64),
-}
-
-impl std::fmt::Display for Place {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Place::Main(seq) => write!(f, "record {seq}"),
-            Place::Lane(lane, pos) => write!(f, "lane {lane} record {pos}"),
-        }
-    }
-}
-
-/// What a creation or rotation record says of an asset's keys: its
-/// number, the version, the recorded public key's digest (`pk=`), and for
-/// a creation, its `id=` and key type.
-struct KeyFact {
-    seq: u64,
-    version: Option<u32>,
-    pk: Option<String>,
-    created: Option<(Option<String>, String)>,
-}
-
-/// What the main chain says of the state, gathered while it is read once:
-/// small per asset (never its records), so memory follows the assets, their
-/// versions and the lanes, not the log's length.
-#[derive(Default)]
-struct Facts {
-    /// Each asset's last creation or transition (replayed): (record, state,
-    /// current, min_usable). Records sealed from the pending table are
-    /// never trusted for state.
-    expected: BTreeMap<String, (u64, AssetState, u32, u32)>,
-    /// What each asset's last transition record says `resume` returns to.
-    resumes: BTreeMap<String, Option<AssetState>>,
-    /// Each asset's creation and rotation records, as [`KeyFact`]s.
-    keys: BTreeMap<String, Vec<KeyFact>>,
-    /// The newest head of each lane that `lanes` records name: lane →
-    /// (record, position, MAC). The lane's own MAC chain covers the older
-    /// heads: a lane that holds its newest named head with that MAC holds
-    /// every earlier one as named (kept whole, this grew with the log).
-    named: BTreeMap<u64, (u64, u64, [u8; 32])>,
-    /// Two `lanes` records that name one lane position with two MACs.
-    named_twice: Option<String>,
-}
-
-impl Facts {
-    /// One record of the verified main chain, in order.
-    fn see(&mut self, r: &Record) {
-        if r.event == Event::Lanes {
-            if let Some((_, heads)) = parse_lanes_detail(&r.detail) {
-                for (lane, pos, mac) in heads {
-                    match self.named.get(&lane) {
-                        Some((seq, p, m)) if *p == pos && *m != mac => {
-                            self.named_twice.get_or_insert_with(|| {
-                                format!(
-                                    "records {seq} and {} name record {pos} of audit lane {lane} \
-                                     with two different MACs: the lane was rewritten",
-                                    r.seq
-                                )
-                            });
-                        }
-                        Some((_, p, _)) if *p >= pos => {}
-                        _ => {
-                            self.named.insert(lane, (r.seq, pos, mac));
-                        }
-                    }
-                }
-            }
-        }
-        if r.detail.starts_with(PENDING_MARK) {
-            return;
-        }
-        let Some(asset) = r.asset.as_deref() else {
-            return;
-        };
-        if !matches!(r.event, Event::Create | Event::Transition) {
-            return;
-        }
-        if let Some(s) = parse_transition_detail(&r.detail) {
-            self.expected
-                .insert(asset.to_string(), (r.seq, s.0, s.1, s.2));
-        }
-        if r.event == Event::Transition {
-            self.resumes
-                .insert(asset.to_string(), parse_resumes_to(&r.detail));
-        }
-        let field = |key: &str| {
-            r.detail
-                .split(' ')
-                .find_map(|w| w.strip_prefix(key))
-                .map(str::to_string)
-        };
-        let fact = match r.event {
-            Event::Create => Some(KeyFact {
-                seq: r.seq,
-                version: Some(1),
-                pk: field("pk="),
-                created: Some((
-                    field("id="),
-                    r.detail.split(' ').nth(1).unwrap_or("").to_string(),
-                )),
-            }),
-            Event::Transition if r.detail.starts_with("rotate") => {
-                let pk = field("pk=");
-                (r.version.is_some() && pk.is_some()).then_some(KeyFact {
-                    seq: r.seq,
-                    version: r.version,
-                    pk,
-                    created: None,
-                })
-            }
-            _ => None,
-        };
-        if let Some(f) = fact {
-            self.keys.entry(asset.to_string()).or_default().push(f);
-        }
-    }
-}
-
-/// The replay of operation records against the state replayed before
-/// them: each asset's state as recorded so far, and every use its place
-/// did not allow (a signature or encryption by a version that could not
-/// produce then, a decryption by one that could not open), so a row edited
-/// and put back between two verifies still shows as the operations it let
-/// through.
-#[derive(Default)]
-struct Uses {
-    state: BTreeMap<String, p11derive::store::Asset>,
-    faults: Vec<String>,
-}
-
-impl Uses {
-    /// The next record in replay order: the main chain's in order, each
-    /// lane record right after the state change it was decided under (the
-    /// newest when it committed: no state change was in flight).
-    fn see(&mut self, place: Place, r: &Record) {
-        if r.detail.starts_with(PENDING_MARK) {
-            return;
-        }
-        let Some(name) = r.asset.as_deref() else {
-            return;
-        };
-        match r.event {
-            Event::Create | Event::Transition => {
-                if let Some((s, current, min)) = parse_transition_detail(&r.detail) {
-                    self.state.insert(
-                        name.to_string(),
-                        p11derive::asset::as_recorded(s, current, min),
-                    );
-                }
-            }
-            Event::Sign | Event::Encrypt | Event::Decrypt if r.rv == 0 => {
-                let Some(v) = r.version else { return };
-                let state = self.state.get(name);
-                let allowed = state.is_some_and(|a| {
-                    if r.event == Event::Decrypt {
-                        a.may_verify(v)
-                    } else {
-                        a.may_sign(v)
-                    }
-                });
-                if !allowed {
-                    let was = state.map_or_else(
-                        || "not created".to_string(),
-                        |a| {
-                            format!(
-                                "{} at version {} (min_usable {})",
-                                a.state.name(),
-                                a.current,
-                                a.min_usable
-                            )
-                        },
-                    );
-                    self.faults.push(format!(
-                        "{place}: {} by {name:?} version {v} while the asset was {was}: the \
-                         state that let it through was not the recorded one (a row changed \
-                         outside p11derive)",
-                        r.event.name()
-                    ));
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-pub fn verify(cli: &Cli) -> Result<(), Failure> {
+pub fn verify(cli: &Cli, from_checkpoint: bool) -> Result<(), Failure> {
+    use crate::checkpoint_cmd::{verify_in, Mode};
     let config = load_config(cli)?;
     let store = open_store_read_only(&config)?;
     let want = Want::to(Action::ReadAudit).unanchored();
-    with_key(cli, &store, &config, want, |store, backend, ak, _| {
+    with_key(cli, &store, &config, want, |store, backend, ak, caller| {
         let anchor = backend.read_anchor().map_err(failed)?;
         let started = std::time::Instant::now();
         let mut tally = Tally::default();
         let progress = Progress::new(cli, "audit verify", 0);
-        let checked = check_with(store, ak, anchor, &progress, &mut tally);
+        let mode = if from_checkpoint {
+            Mode::FromCheckpoint
+        } else {
+            Mode::Plain
+        };
+        let checked = verify_in(store, ak, anchor.clone(), mode, &progress, &mut tally);
         progress.finish();
         crate::verify_file::write(&config, store, &tally, checked.is_ok(), started.elapsed());
-        let v = checked?;
+        let (v, start) = checked?;
+        let mut json = v.json();
+        let text = v.text();
+        let actor = caller.map(|c| c.name.as_str());
+        crate::checkpoint_cmd::auto(&config, store, backend, ak, anchor.as_ref(), v, actor);
         if cli.json {
-            return crate::common::print_json(&v.json());
+            json["from_checkpoint"] = start.checkpoint.into();
+            json["note"] = start.note.into();
+            return crate::common::print_json(&json);
         }
-        outln!("audit verify: OK: {}", v.text());
+        if let Some(note) = start.note {
+            outln!("audit verify: {note}");
+        }
+        outln!("audit verify: OK: {text}");
         Ok(())
     })
 }
@@ -777,7 +601,7 @@ pub fn check_with(
     progress: &Progress,
     tally: &mut Tally,
 ) -> Result<Verified, Failure> {
-    let checked = check_counted(store, ak, anchor, progress, tally);
+    let checked = check_from(store, ak, anchor, None, progress, tally);
     if checked.is_err() {
         tally.faults = tally.faults.max(1);
     }
@@ -790,10 +614,14 @@ fn mac32(m: &[u8]) -> [u8; 32] {
     m.try_into().unwrap_or([0u8; 32])
 }
 
-fn check_counted(
+/// The chain from `start` on (`None`: from record 1; a snapshot: after its
+/// head, with its head's MAC), every lane from the snapshot's lane heads
+/// on, the replay from its state, then the tables judged against it.
+pub fn check_from(
     store: &Store,
     ak: &derive::Secret32,
     anchor: Option<Anchor>,
+    start: Option<&Snapshot>,
     progress: &Progress,
     tally: &mut Tally,
 ) -> Result<Verified, Failure> {
@@ -803,40 +631,62 @@ fn check_counted(
             return Err(bad(e.to_string()));
         }
     }
+    let (mut chain, mut replay, after, lane_heads) = match start {
+        None => (ChainCheck::default(), Replay::new(), i64::MIN, None),
+        Some(s) => {
+            let (Some(mac), Some(heads)) = (s.head_mac32(), s.lane_heads()) else {
+                return Err(bad(format!(
+                    "the checkpoint at record {} holds a malformed MAC",
+                    s.head
+                )));
+            };
+            (
+                ChainCheck::resume(s.head, mac),
+                Replay::from_snapshot(s),
+                i64::try_from(s.head).unwrap_or(i64::MAX),
+                Some(heads),
+            )
+        }
+    };
     // Up to the newest record and lane row now: writers appending
     // meanwhile are not chased.
     let upto = store.audit_head()?.map_or(0, |h| h.0);
     let lanes_at = lanes_at_start(store)?;
     tally.head_seq = upto;
-    progress.stage("audit verify", upto + lanes_at.map_or(0, |l| l.1));
-    // Every row, whatever its seq: a row numbered 0 or below is a gap too.
+    let first = start.map_or(0, |s| s.head);
+    progress.stage(
+        "audit verify",
+        upto.saturating_sub(first) + lanes_at.map_or(0, |l| l.1),
+    );
     // Read once, in batches: the chain, the replay of the state, what the
     // assets' rows are reconciled with, the lane heads named, and the
     // replay of uses, with each lane record (read in batches by the state
     // change it was decided under) right after that change.
-    let mut chain = ChainCheck::default();
-    let mut facts = Facts::default();
-    let mut uses = Uses::default();
     let mut lane_fault: Option<String> = None;
+    // Resumed, the lanes' records are judged as they are read lane by lane
+    // (check_lanes), against the state as of each one's change: never the
+    // rows before the lanes' heads.
     let mut by_change = lanes_at
+        .filter(|_| start.is_none())
         .map(|(max, _)| store.lane_stream(LaneOrder::Change, max, i64::MIN))
         .into_iter()
         .flatten()
         .peekable();
-    let mut replay_lanes = |before: u64, uses: &mut Uses, fault: &mut Option<String>| {
+    let mut replay_lanes = |before: u64, replay: &mut Replay, fault: &mut Option<String>| {
         while let Some(l) = by_change.next_if(|l| match l {
             Ok(l) => l.at.change < before,
             Err(_) => true,
         }) {
             match l {
-                Ok(l) => uses.see(Place::Lane(l.at.lane, l.at.pos), &l.record),
+                Ok(l) => replay.see_lane(l.at.lane, l.at.pos, &l.record),
                 Err(e) => {
                     fault.get_or_insert(e.to_string());
                 }
             }
         }
     };
-    for row in store.chain_stream(upto) {
+    // Every row, whatever its seq: a row numbered 0 or below is a gap too.
+    for row in store.chain_stream_from(after, upto) {
         let (r, m) = row.map_err(|e| bad(format!("an audit row is malformed: {e}")))?;
         chain.push(ak, &r, &mac32(&m)).map_err(|f| match f {
             ChainFault::Gap { expected, found } => bad(format!(
@@ -850,11 +700,13 @@ fn check_counted(
         })?;
         tally.records += 1;
         progress.tick();
-        replay_lanes(r.seq, &mut uses, &mut lane_fault);
-        facts.see(&r);
-        uses.see(Place::Main(r.seq), &r);
+        replay_lanes(r.seq, &mut replay, &mut lane_fault);
+        replay.see_main(&r);
+        if r.event == Event::Checkpoint {
+            met_checkpoint(store, &r, &mut replay).map_err(bad)?;
+        }
     }
-    replay_lanes(u64::MAX, &mut uses, &mut lane_fault);
+    replay_lanes(u64::MAX, &mut replay, &mut lane_fault);
     let (last_mac, count) = chain.head();
     if let Some((seq, mac)) = anchor.as_ref().map(|a| a.head).filter(|h| h.0 > 0) {
         let held = match seq <= count {
@@ -893,22 +745,24 @@ fn check_counted(
     if let Some(e) = lane_fault {
         return Err(bad(format!("an audit lane row is malformed: {e}")));
     }
-    let (lane_records, lanes) = check_lanes(
+    let (lane_records, lanes, lane_ends) = check_lanes(
         store,
         ak,
         lanes_at.map(|l| l.0),
-        &facts.named,
+        lane_heads.as_deref(),
+        &mut replay,
         progress,
         tally,
     )
     .map_err(bad)?;
-    if let Some(m) = facts.named_twice.take() {
+    if let Some(m) = replay.facts.named_twice.take() {
         return Err(bad(m));
     }
     // Every fault found: the first disagreement between the tables and the
     // chain, each row whose seal fails, each use its place did not allow.
     let mut all = Vec::new();
-    let (first, judged, mut drifted) = reconcile(store, ak, &facts)?;
+    let facts = &replay.facts;
+    let (first, judged, mut drifted) = reconcile(store, ak, facts)?;
     all.extend(first);
     let seals = store.seal_faults_named(ak, &facts.expected)?;
     drifted.extend(seals.iter().map(|(name, _)| name.clone()));
@@ -919,22 +773,65 @@ fn check_counted(
     // most every row checked.
     tally.drift_rows = (drifted.len() as u64 + subjects.len() as u64).min(tally.checked_rows);
     all.extend(subjects);
-    all.extend(uses.faults);
+    let assets = facts.expected.len();
+    all.extend(replay.faults().iter().cloned());
     tally.faults = all.len() as u64;
     match all.len() {
         0 => {}
         1 => return Err(bad(all.remove(0))),
         n => return Err(bad(format!("{n} faults:\n  {}", all.join("\n  ")))),
     }
+    let snapshot = Snapshot {
+        head: count,
+        head_mac: hex(&last_mac),
+        change: store.newest_change_upto(count)?,
+        state: replay.state(),
+        lanes: lane_ends,
+    };
     Ok(Verified {
         records: count,
         last_mac: hex(&last_mac),
         lane_records,
         lanes,
-        assets: facts.expected.len(),
+        assets,
         anchor: anchor.map(|a| (a.head.0, a.change.0)),
         pending: store.pending_rows()?.len(),
+        checked: tally.records,
+        from: start.map(|s| s.head),
+        snapshot,
     })
+}
+
+/// A checkpoint record met in the verified chain: the state digest it
+/// commits to must be the replay's at that point (no state change comes
+/// between its head and it); the lane heads its row holds (when the row is
+/// there and matches the record) are named like a `lanes` record's.
+fn met_checkpoint(store: &Store, r: &Record, replay: &mut Replay) -> Result<(), String> {
+    if r.detail.starts_with(p11derive::store::PENDING_MARK) {
+        return Ok(());
+    }
+    let Some(d) = parse_checkpoint_detail(&r.detail) else {
+        return Err(format!(
+            "record {} is a checkpoint whose detail is not a checkpoint's",
+            r.seq
+        ));
+    };
+    if state_digest(&replay.state()) != d.state {
+        return Err(format!(
+            "record {} (a checkpoint at record {}) commits to a state digest {} but the replay \
+             of the chain up to it gives another: a state change before it was altered, or the \
+             checkpoint was written from a state the chain does not hold",
+            r.seq,
+            d.head,
+            &hex(&d.state)[..16]
+        ));
+    }
+    if let Some(s) = crate::checkpoint_cmd::row_snapshot(store, r.seq, &d) {
+        replay
+            .facts
+            .name_lanes(r.seq, s.lane_heads().into_iter().flatten());
+    }
+    Ok(())
 }
 
 /// What `audit verify` found, all of it good.
@@ -947,6 +844,12 @@ pub struct Verified {
     /// The anchor's (head record, newest state change record), if any.
     pub anchor: Option<(u64, u64)>,
     pub pending: usize,
+    /// Main-chain records this run checked (after `from`, if resumed).
+    pub checked: u64,
+    /// The checkpoint head the run resumed after (`None`: from record 1).
+    pub from: Option<u64>,
+    /// The replay state at the end (what a checkpoint of this run holds).
+    pub snapshot: Snapshot,
 }
 
 impl Verified {
@@ -961,14 +864,24 @@ impl Verified {
             "anchor_record": self.anchor.map(|a| a.0),
             "anchor_change": self.anchor.map(|a| a.1),
             "pending": self.pending,
+            "checked_records": self.checked,
+            "from_head": self.from,
         })
     }
 
     pub fn text(&self) -> String {
+        let records = match self.from {
+            None => format!("{} records", self.records),
+            Some(h) => format!(
+                "{} new records (after the checkpoint's head, record {h}: records 1..={h} were \
+                 verified when it was written)",
+                self.checked
+            ),
+        };
         format!(
-            "{} records chained under the HSM-derived audit key (last MAC {}){}, {} assets \
+            "{} chained under the HSM-derived audit key (last MAC {}){}, {} assets \
              reconciled{}{}",
-            self.records,
+            records,
             &self.last_mac[..16],
             match (self.lane_records, self.lanes) {
                 (0, _) => String::new(),
@@ -1003,25 +916,53 @@ fn check_lanes(
     store: &Store,
     ak: &derive::Secret32,
     max_id: Option<i64>,
-    named: &BTreeMap<u64, (u64, u64, [u8; 32])>,
+    start: Option<&[(u64, u64, [u8; 32])]>,
+    replay: &mut Replay,
     progress: &Progress,
     tally: &mut Tally,
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize, BTreeMap<u64, LaneHead>), String> {
+    let named = replay.facts.named.clone();
     let wanted: BTreeSet<(u64, u64)> = named.iter().map(|(l, n)| (*l, n.1)).collect();
     let mut heads: BTreeMap<(u64, u64), [u8; 32]> = BTreeMap::new();
     let (mut n_records, mut n_lanes) = (0usize, 0usize);
+    // Each lane's newest record checked (a resumed lane's head if none).
+    let mut ends: BTreeMap<u64, LaneHead> = BTreeMap::new();
     let mut lane: Option<LaneCheck> = None;
     let mut id = 0;
-    let rows = max_id
-        .map(|max| store.lane_stream(LaneOrder::Place, max, i64::MIN))
+    // Resumed: each lane after its head at the checkpoint, chained from it.
+    let resumed: BTreeMap<u64, (u64, [u8; 32])> = start
         .into_iter()
-        .flatten();
+        .flatten()
+        .map(|(l, p, m)| (*l, (*p, *m)))
+        .collect();
+    for (l, (p, m)) in &resumed {
+        if wanted.contains(&(*l, *p)) {
+            heads.insert((*l, *p), *m);
+        }
+        ends.insert(
+            *l,
+            LaneHead {
+                pos: *p,
+                mac: hex(m),
+            },
+        );
+    }
+    let rows: Box<dyn Iterator<Item = _>> = match (max_id, start) {
+        (None, _) => Box::new(std::iter::empty()),
+        (Some(max), None) => Box::new(store.lane_stream(LaneOrder::Place, max, i64::MIN)),
+        (Some(max), Some(_)) => Box::new(
+            store.lane_stream_resumed(max, resumed.iter().map(|(l, (p, _))| (*l, *p)).collect()),
+        ),
+    };
     for row in rows {
         let l = row.map_err(|e| format!("an audit lane row is malformed: {e}"))?;
         if lane.is_none() || id != l.at.lane {
             id = l.at.lane;
             n_lanes += 1;
-            lane = Some(LaneCheck::new(id));
+            lane = Some(match resumed.get(&id) {
+                Some((p, m)) => LaneCheck::resume(id, *p, *m),
+                None => LaneCheck::new(id),
+            });
         }
         let mac = mac32(&l.mac);
         if let Some(check) = lane.as_mut() {
@@ -1041,11 +982,25 @@ fn check_lanes(
         if wanted.contains(&(id, l.at.pos)) {
             heads.insert((id, l.at.pos), mac);
         }
+        if start.is_some() {
+            replay.see_lane_decided(id, l.at.pos, l.at.change, &l.record);
+        }
+        ends.insert(
+            id,
+            LaneHead {
+                pos: l.at.pos,
+                mac: hex(&mac),
+            },
+        );
         n_records += 1;
         tally.lane_records += 1;
         progress.tick();
     }
-    for (lane, (seq, pos, mac)) in named {
+    for (lane, (seq, pos, mac)) in &named {
+        // Below a resumed lane's head: verified when the checkpoint was.
+        if resumed.get(lane).is_some_and(|(p, _)| pos < p) {
+            continue;
+        }
         if heads.get(&(*lane, *pos)) != Some(mac) {
             return Err(format!(
                 "record {seq} names record {pos} of audit lane {lane} as that lane's head, but the \
@@ -1054,5 +1009,5 @@ fn check_lanes(
             ));
         }
     }
-    Ok((n_records, n_lanes))
+    Ok((n_records, n_lanes, ends))
 }

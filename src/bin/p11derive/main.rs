@@ -17,12 +17,14 @@ mod args_users;
 mod asset_cmd;
 mod audit_cmd;
 mod ceremony_cmd;
+mod checkpoint_cmd;
 mod export_line;
 mod http;
 mod init_cmd;
 mod metrics_cmd;
 mod policy_cmd;
 mod progress;
+mod replay;
 mod request_cmd;
 mod root_cmd;
 mod status_cmd;
@@ -87,7 +89,8 @@ fn command_path(c: &Command) -> &'static str {
         },
         Command::Verify(_) => "verify",
         Command::Audit(a) => match a {
-            AuditCommand::Verify => "audit verify",
+            AuditCommand::Verify { .. } => "audit verify",
+            AuditCommand::Checkpoint { .. } => "audit checkpoint",
             AuditCommand::Export { .. } => "audit export",
             AuditCommand::Tail { .. } => "audit tail",
             AuditCommand::Reanchor { .. } => "audit reanchor",
@@ -150,7 +153,8 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Asset(a) => asset_cmd::run(cli, a),
         Command::Verify(v) => verify_cmd::verify(cli, v),
         Command::Audit(a) => match a {
-            AuditCommand::Verify => audit_cmd::verify(cli),
+            AuditCommand::Verify { from_checkpoint } => audit_cmd::verify(cli, *from_checkpoint),
+            AuditCommand::Checkpoint { full } => checkpoint_cmd::checkpoint(cli, *full),
             AuditCommand::Export { since, asset } => {
                 audit_cmd::export(cli, *since, asset.as_deref())
             }
