@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 mod approvals;
+mod archive;
 mod assets;
 mod audit;
 mod checkpoints;
@@ -47,6 +48,9 @@ pub use crate::asset::{Asset, AssetState, NewAsset, Transition, VersionRecord};
 pub use approvals::{
     approved_digest_lookup, sign_lookup, subject_of, ApproverRow, Execute, QuorumRow, RequestRow,
     VerdictLine,
+};
+pub use archive::{
+    parse_archive_detail, ArchiveDetail, ArchiveRow, Prune, StoredCheckpoint, OPERATION_EVENTS_SQL,
 };
 pub use audit::{
     key_digest, parse_resumes_to, parse_transition_detail, transition_detail, AuditRow, ChainRows,

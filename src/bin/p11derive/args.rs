@@ -416,9 +416,37 @@ pub enum AuditCommand {
 Needs the PIN (it derives the audit key inside the HSM). Exit status 1 names the first record
 that fails, or lists every fault found.
 
+With --with-archives, the archived history too: every segment alone (its hash, its chain,
+its replay), the segments chained oldest first, every archive record naming a given segment,
+then the store from the last segment's end. A missing, altered or reordered segment is named.
+
+Examples:
+  p11derive audit verify
+  p11derive audit verify --with-archives audit-2026-08.jsonl audit-2026-09.jsonl")]
+    Verify {
+        /// The archive segments `audit archive` wrote, oldest first
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        with_archives: Vec<PathBuf>,
+    },
+
+    /// Move the records before a verified checkpoint to a segment file and remove them from the
+    /// store (audited; the segment is named by its SHA-256)
+    #[command(after_help = "\
+Archives up to the newest verified checkpoint recorded before TIME (write one with
+`p11derive audit checkpoint` first). The segment is written, synced and verified before any
+row is removed; FILE must not exist. Keep every segment: `audit verify --with-archives`
+needs them all. Refused while a policy's rate-limit window reaches back into the range.
+
 Example:
-  p11derive audit verify")]
-    Verify,
+  p11derive audit archive --before 2026-09-01 --to /srv/audit/audit-2026-08.jsonl")]
+    Archive {
+        /// A UTC time (2026-09-01T00:00:00Z) or date (2026-09-01): the checkpoint must be older
+        #[arg(long, value_name = "TIME")]
+        before: String,
+        /// The segment file to write (must not exist)
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
+    },
 
     /// The records as JSON lines (times RFC 3339 UTC, mechanisms and return codes named)
     #[command(after_help = "\
