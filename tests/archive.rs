@@ -12,7 +12,7 @@ use std::process::Output;
 
 use cryptoki::error::RvError;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, ObjectClass};
+use cryptoki::object::Attribute;
 
 use common::*;
 
@@ -92,11 +92,32 @@ fn an_archive_verifies_with_its_segments_and_a_missing_altered_or_reordered_one_
     assert!(!seg1.exists());
 
     activity(&s, "arch", 30);
-    // A provider that saw the newest records keeps working once they are
-    // archived.
-    let p = s.load();
-    let session = p.user_session();
-    try_sign(&session, "arch").unwrap();
+    // A provider process that saw a record the archive removes keeps
+    // working once it is archived.
+    let (ready, go, said) = (s.dir.join("ready"), s.dir.join("go"), s.dir.join("said"));
+    let running = fork_child(&said, || {
+        let (_ctx, session) = child_session()?;
+        try_sign(&session, "arch").map_err(|e| format!("first sign: {e:?}"))?;
+        std::fs::write(&ready, b"").map_err(|e| e.to_string())?;
+        for _ in 0..1200 {
+            if go.exists() {
+                return try_sign(&session, "arch")
+                    .map(|_| "signed".to_string())
+                    .map_err(|e| format!("after the archive: {e:?}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Err("never told to go on".into())
+    });
+    for _ in 0..1200 {
+        if ready.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(ready.exists(), "the running provider did not sign");
+    // More operations after the one it saw: that one is not a pin.
+    activity(&s, "arch-more", 5);
     ok(&s, &["audit", "checkpoint"]);
     let before = rows(&s.store);
     let out = archive(&s, &seg1);
@@ -104,9 +125,8 @@ fn an_archive_verifies_with_its_segments_and_a_missing_altered_or_reordered_one_
     assert!(rows(&s.store) < before, "no row was removed");
     // FILE is never overwritten.
     failed_with(&archive(&s, &seg1), &["exists"]);
-    try_sign(&session, "arch").expect("the provider keeps working after an archive");
-    drop(session);
-    drop(p);
+    std::fs::write(&go, b"").unwrap();
+    assert_eq!(reap(running, &said, "the running provider"), "signed");
     s.audit_verifies();
     let out = with_archives(&s, &[&seg1]);
     assert!(out.status.success(), "{}", output_text(&out));
@@ -152,48 +172,76 @@ fn an_archive_verifies_with_its_segments_and_a_missing_altered_or_reordered_one_
     );
 }
 
+/// A provider process signs (it has then seen that record), `between` runs
+/// while it waits, and it signs again: what that second signature gave.
+fn running_across(s: &Setup, tag: &str, between: impl FnOnce()) -> String {
+    let ready = s.dir.join(format!("{tag}-ready"));
+    let go = s.dir.join(format!("{tag}-go"));
+    let said = s.dir.join(format!("{tag}-said"));
+    let (r, g) = (ready.clone(), go.clone());
+    let pid = fork_child(&said, move || {
+        let (_ctx, session) = child_session()?;
+        let first = try_sign(&session, "victim").map_err(|e| format!("first sign: {e:?}"))?;
+        let _ = first;
+        std::fs::write(&r, b"").map_err(|e| e.to_string())?;
+        for _ in 0..1200 {
+            if g.exists() {
+                return Ok(format!("{:?}", try_sign(&session, "victim").map(|_| ())));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Err("never told to go on".into())
+    });
+    for _ in 0..1200 {
+        if ready.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    between();
+    std::fs::write(&go, b"").unwrap();
+    reap(pid, &said, "the running provider")
+}
+
+fn newest(store: &Path) -> u64 {
+    let out = std::process::Command::new("sqlite3")
+        .arg(store)
+        .arg("SELECT max(seq) FROM audit")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
 #[test]
 fn a_row_removed_without_a_valid_archive_record_is_still_refused() {
     let _turn = turn();
-    let s = setup(None);
-    activity(&s, "victim", 5);
-    let p = s.load();
-    let session = p.user_session();
-    try_sign(&session, "victim").unwrap();
-    let newest: u64 = {
-        let out = std::process::Command::new("sqlite3")
-            .arg(&s.store)
-            .arg("SELECT max(seq) FROM audit")
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
-    // A forged audit_archive row naming the range, without a valid archive
-    // record (its record is a plain sign record), and the seen row removed.
-    sqlite(
-        &s.store,
-        &format!(
-            "INSERT INTO audit_archive (seq, first_seq, last_seq, end_checkpoint, sha256, file, \
-             prev_mac) VALUES ({newest}, 1, {newest}, {newest}, zeroblob(32), 'forged.jsonl', \
-             zeroblob(32)); DELETE FROM audit WHERE seq = {newest};"
-        ),
-    );
-    assert_eq!(try_sign(&session, "victim"), Err(RvError::DeviceError));
-    drop(session);
-    drop(p);
-    failed_with(&cli(&s, &["audit", "verify"]), &["FAILED"]);
-    // The same deletion with no archive row at all is refused too.
-    let t = setup(None);
-    activity(&t, "victim", 5);
-    let p = t.load();
-    let session = p.user_session();
-    try_sign(&session, "victim").unwrap();
-    sqlite(
-        &t.store,
-        "DELETE FROM audit WHERE seq = (SELECT max(seq) FROM audit)",
-    );
-    assert_eq!(try_sign(&session, "victim"), Err(RvError::DeviceError));
-    let _ = ObjectClass::PRIVATE_KEY;
+    for forged in [false, true] {
+        let s = setup(None);
+        activity(&s, "victim", 3);
+        let said = running_across(&s, "attack", || {
+            // The record the running process saw, then others after it.
+            let seen = newest(&s.store);
+            activity(&s, "other", 3);
+            let mut sql = format!("DELETE FROM audit WHERE seq = {seen};");
+            if forged {
+                // An audit_archive row naming the range, whose record is
+                // no valid archive record.
+                let head = newest(&s.store);
+                sql.push_str(&format!(
+                    "INSERT INTO audit_archive (seq, first_seq, last_seq, end_checkpoint, \
+                     sha256, file, prev_mac) VALUES ({head}, 1, {seen}, {head}, zeroblob(32), \
+                     'forged.jsonl', zeroblob(32));"
+                ));
+            }
+            sqlite(&s.store, &sql);
+        });
+        assert_eq!(
+            said,
+            format!("{:?}", Err::<(), _>(RvError::DeviceError)),
+            "forged {forged}"
+        );
+        failed_with(&cli(&s, &["audit", "verify"]), &["FAILED"]);
+    }
 }
 
 /// `P11DERIVE_TEST_CRASH_AT` stops `audit archive` at each step; after each,
