@@ -46,17 +46,6 @@ impl std::fmt::Display for ArchiveDetail {
     }
 }
 
-fn hex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, b) in out.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 /// An archive record's detail, parsed (`None`: not one).
 pub fn parse_archive_detail(detail: &str) -> Option<ArchiveDetail> {
     let rest = detail.strip_prefix("archive records=")?;
@@ -68,7 +57,7 @@ pub fn parse_archive_detail(detail: &str) -> Option<ArchiveDetail> {
         first: first.parse().ok()?,
         last: last.parse().ok()?,
         end_checkpoint: end.parse().ok()?,
-        sha256: hex32(sha)?,
+        sha256: super::unhex32(sha)?,
         file: file.to_string(),
     })
 }

@@ -15,14 +15,16 @@ use std::path::{Path, PathBuf};
 
 use p11derive::audit::{ChainCheck, ChainFault, Event, LaneCheck, LanePlace, Record, GENESIS};
 use p11derive::checkpoint::{parse_checkpoint_detail, Snapshot};
-use p11derive::store::{hex, parse_archive_detail, ArchiveDetail, LaneOrder, Prune, Store};
+use p11derive::store::{
+    hex, parse_archive_detail, unhex32, ArchiveDetail, LaneOrder, Prune, Store,
+};
 use serde_json::{json, Value};
 
 use crate::args::Cli;
 use crate::common::{failed, load_config, open_store, with_key, Failure};
 use crate::progress::Progress;
 use crate::replay::Replay;
-use crate::segment::{parse_record, record_line, unhex32, Item, Reader, Writer};
+use crate::segment::{parse_record, record_line, Item, Reader, Writer};
 use crate::users::Want;
 use p11derive::access::Action;
 

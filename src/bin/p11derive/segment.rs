@@ -15,34 +15,17 @@ use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use p11derive::audit::{Event, LanePlace, Record};
-use p11derive::store::hex;
+use p11derive::store::{hex, unhex32};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 pub const FORMAT: &str = "p11derive-audit-segment";
 pub const VERSION: u64 = 1;
 
-/// A record as a segment line (the fields `audit export` lists, enough to
-/// rebuild the record exactly).
+/// A record as a segment line: the fields `audit export` lists (enough
+/// to rebuild the record exactly).
 pub fn record_line(r: &Record, mac: &[u8]) -> Value {
-    let mut v = json!({
-        "seq": r.seq,
-        "time_ns": r.time_ns,
-        "pid": r.pid,
-        "session": r.session,
-        "event": r.event.name(),
-        "asset": r.asset,
-        "version": r.version,
-        "mechanism": r.mechanism,
-        "input_sha256": r.input_sha256.map(|h| hex(&h)),
-        "rv": r.rv,
-        "detail": r.detail,
-        "mac": hex(mac),
-    });
-    if let Some(actor) = &r.actor {
-        v["actor"] = actor.as_str().into();
-    }
-    v
+    crate::audit_cmd::record_json(r, Some(mac))
 }
 
 /// A lane record as a segment line.
@@ -53,20 +36,6 @@ pub fn lane_line(at: &LanePlace, r: &Record, mac: &[u8]) -> Value {
     v["pos"] = at.pos.into();
     v["change"] = at.change.into();
     v
-}
-
-pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-pub fn unhex32(s: &str) -> Option<[u8; 32]> {
-    unhex(s)?.try_into().ok()
 }
 
 /// The record and MAC a segment line (or a checkpoint's `record`) holds.
