@@ -73,13 +73,18 @@ fn with_archives(s: &Setup, files: &[&Path]) -> Output {
     cli(s, &args)
 }
 
-fn rows(store: &Path) -> u64 {
+/// The number a one-number query on the store answers.
+fn sql_count(store: &Path, sql: &str) -> u64 {
     let out = std::process::Command::new("sqlite3")
         .arg(store)
-        .arg("SELECT count(*) FROM audit")
+        .arg(sql)
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+fn rows(store: &Path) -> u64 {
+    sql_count(store, "SELECT count(*) FROM audit")
 }
 
 fn failed_with(o: &Output, words: &[&str]) {
@@ -105,12 +110,18 @@ fn an_archive_verifies_with_its_segments_and_a_missing_altered_or_reordered_one_
     // working once it is archived.
     let said = running_across(&s, "arch", "arch", || {
         // Operations after the one it saw: that one is not a pin.
+        let seen = newest(&s.store);
         sign_more(&s, "arch", 5);
         ok(&s, &["audit", "checkpoint"]);
         let before = rows(&s.store);
         let out = archive(&s, &seg1);
         assert!(out.status.success(), "{}", output_text(&out));
         assert!(rows(&s.store) < before, "no row was removed");
+        let held = sql_count(
+            &s.store,
+            &format!("SELECT count(*) FROM audit WHERE seq = {seen}"),
+        );
+        assert_eq!(held, 0, "the record the running provider saw was archived");
     });
     assert_eq!(
         said, "Ok(())",
@@ -150,6 +161,14 @@ fn an_archive_verifies_with_its_segments_and_a_missing_altered_or_reordered_one_
     failed_with(
         &with_archives(&s, &[&seg1, &moved]),
         &["renamed.jsonl", "seg2.jsonl"],
+    );
+    // A half-written copy is never taken as a segment.
+    let bytes = std::fs::read(&seg1).unwrap();
+    let half = s.dir.join("seg1-half.jsonl");
+    std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
+    failed_with(
+        &with_archives(&s, &[&half, &seg2]),
+        &["seg1-half.jsonl", "half-written"],
     );
     // One altered byte: named.
     let mut bytes = std::fs::read(&seg1).unwrap();
@@ -194,12 +213,7 @@ fn running_across(s: &Setup, tag: &str, label: &str, between: impl FnOnce()) -> 
 }
 
 fn newest(store: &Path) -> u64 {
-    let out = std::process::Command::new("sqlite3")
-        .arg(store)
-        .arg("SELECT max(seq) FROM audit")
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    sql_count(store, "SELECT max(seq) FROM audit")
 }
 
 #[test]
