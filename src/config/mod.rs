@@ -45,6 +45,8 @@ pub struct Config {
     pub approvals: ApprovalsSection,
     #[serde(default)]
     pub metrics: MetricsSection,
+    #[serde(default)]
+    pub audit: AuditSection,
     /// The file this was read from, for messages.
     #[serde(skip)]
     pub source: PathBuf,
@@ -271,6 +273,24 @@ impl Default for MetricsSection {
             dir: None,
             interval_ms: 5_000,
             asset_labels: true,
+        }
+    }
+}
+
+/// The audit log's upkeep (docs/operations.md, "Checkpoints").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSection {
+    /// A passing `audit verify` writes a verified checkpoint when the
+    /// newest one's record is older than this many seconds (or there is
+    /// none); 0: never automatically (`audit checkpoint` still does).
+    pub checkpoint_interval_s: u64,
+}
+
+impl Default for AuditSection {
+    fn default() -> Self {
+        AuditSection {
+            checkpoint_interval_s: 86_400,
         }
     }
 }

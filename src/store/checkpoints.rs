@@ -2,10 +2,42 @@
 
 use std::collections::BTreeMap;
 
+use crate::audit::{Event, Record, STATE_EVENTS_SQL};
+use crate::checkpoint::{parse_checkpoint_detail, Snapshot};
+use crate::types::Secret32;
+
 use super::audit::{Batches, STREAM_BATCH};
-use super::db::Val;
+use super::db::{Row, Tx, Val};
 use super::lanes::{LaneRow, LaneRows};
-use super::{Store, StoreError};
+use super::{hex, Store, StoreError};
+
+/// One `audit_checkpoint` row as stored (any lengths, any bytes).
+#[derive(Debug, Clone)]
+pub struct CheckpointRow {
+    /// The checkpoint record's number.
+    pub seq: u64,
+    /// The chain head it commits to.
+    pub head_seq: u64,
+    /// The MAC of record `seq - 1`.
+    pub prev_mac: Vec<u8>,
+    /// The snapshot's canonical JSON.
+    pub snapshot: Vec<u8>,
+}
+
+/// How many times a checkpoint is tried again when a state change lands
+/// between its verify and its write.
+pub const CHECKPOINT_TRIES: usize = 3;
+
+fn checkpoint_row(r: &Row) -> Result<CheckpointRow, String> {
+    // Bytes, or text put there by hand (read as its bytes, then judged).
+    let bytes = |i: usize| r.blob(i).or_else(|_| r.text(i).map(String::into_bytes));
+    Ok(CheckpointRow {
+        seq: r.int(0)?.max(0) as u64,
+        head_seq: r.int(1)?.max(0) as u64,
+        prev_mac: bytes(2)?,
+        snapshot: bytes(3)?,
+    })
+}
 
 impl Store {
     /// The lowest lane numbered above `after` holding a row inserted up to
@@ -66,5 +98,166 @@ impl Store {
             }
             Ok(out)
         })
+    }
+}
+
+impl Store {
+    /// The newest state change numbered at most `upto` (0: none).
+    pub fn newest_change_upto(&self, upto: u64) -> Result<u64, StoreError> {
+        let mut conn = self.lock();
+        newest_change_in(self, &mut **conn, upto)
+    }
+
+    /// Writes a checkpoint of `snapshot` (verified by the caller up to its
+    /// head), in one write transaction: refused with
+    /// [`StoreError::Conflict`] (verify the new records and try again) when
+    /// the newest state change is no longer the snapshot's; else its
+    /// `checkpoint` record is appended (MACed, through the normal append
+    /// path) and its row inserted beside it. Returns the record's number
+    /// and MAC.
+    pub fn write_checkpoint(
+        &self,
+        ak: &Secret32,
+        snapshot: &Snapshot,
+        actor: Option<&str>,
+    ) -> Result<(u64, [u8; 32]), StoreError> {
+        let mut conn = self.lock();
+        let mut tx = Tx::begin(&mut **conn)?;
+        let newest = newest_change_in(self, &mut *tx, u64::MAX)?;
+        if newest != snapshot.change {
+            return Err(StoreError::Conflict(format!(
+                "state change record {newest} was written after the checkpoint's verify (which \
+                 saw record {} as the newest): verify the new records and checkpoint again",
+                snapshot.change
+            )));
+        }
+        let mut rec = [Record::new(Event::Checkpoint, 0)
+            .actor(actor)
+            .detail(snapshot.detail().to_string())];
+        let head = self.append_in(&mut *tx, ak, &mut rec)?;
+        let prev = self.mac_at(&mut *tx, head.seq - 1)?.ok_or_else(|| {
+            StoreError::Corrupt(
+                self.path.clone(),
+                format!("record {} is missing under a new checkpoint", head.seq - 1),
+            )
+        })?;
+        tx.execute(
+            "INSERT INTO audit_checkpoint (seq, head_seq, prev_mac, snapshot) \
+             VALUES (?1, ?2, ?3, ?4)",
+            &[
+                Val::Int(head.seq as i64),
+                Val::Int(snapshot.head as i64),
+                Val::Blob(prev),
+                Val::Blob(snapshot.to_bytes()),
+            ],
+        )?;
+        self.commit_at(tx, head)?;
+        Ok((head.seq, head.mac))
+    }
+
+    /// Up to `limit` checkpoint rows numbered below `before`, newest first.
+    pub fn checkpoints_newest(
+        &self,
+        before: i64,
+        limit: usize,
+    ) -> Result<Vec<CheckpointRow>, StoreError> {
+        let mut conn = self.lock();
+        self.rows(
+            &mut **conn,
+            "SELECT seq, head_seq, prev_mac, snapshot FROM audit_checkpoint WHERE seq < ?1 \
+             ORDER BY seq DESC LIMIT ?2",
+            &[Val::Int(before), Val::Int(limit as i64)],
+            checkpoint_row,
+        )
+    }
+
+    /// The checkpoint row beside record `seq`, if any.
+    pub fn checkpoint_at(&self, seq: u64) -> Result<Option<CheckpointRow>, StoreError> {
+        let mut conn = self.lock();
+        self.rows(
+            &mut **conn,
+            "SELECT seq, head_seq, prev_mac, snapshot FROM audit_checkpoint WHERE seq = ?1",
+            &[Val::Int(seq as i64)],
+            checkpoint_row,
+        )
+        .map(|v| v.into_iter().next())
+    }
+
+    /// A checkpoint row judged alone: its record is in the chain, is a
+    /// checkpoint, carries a valid MAC chained from the row's `prev_mac`,
+    /// and its detail's digests are the snapshot's. The snapshot, or why
+    /// not (a message naming the record).
+    pub fn verify_checkpoint(
+        &self,
+        ak: &Secret32,
+        row: &CheckpointRow,
+    ) -> Result<Snapshot, String> {
+        let seq = row.seq;
+        let name = format!("checkpoint record {seq}");
+        let found = self
+            .chain_batch(Some(seq as i64 - 1), seq as i64, 1)
+            .map_err(|e| format!("{name}: {e}"))?;
+        let Some((r, mac)) = found.into_iter().next().filter(|(r, _)| r.seq == seq) else {
+            return Err(format!(
+                "{name} is not in the chain (its audit_checkpoint row is there): the record was \
+                 deleted, or the row forged"
+            ));
+        };
+        let prev: [u8; 32] = row.prev_mac.as_slice().try_into().map_err(|_| {
+            format!(
+                "{name}: its audit_checkpoint row's prev_mac is not 32 bytes (the row was changed)"
+            )
+        })?;
+        if r.event != Event::Checkpoint || r.mac(ak, &prev)[..] != mac[..] {
+            return Err(format!(
+                "{name} does not carry a valid MAC as a checkpoint (its record or its \
+                 audit_checkpoint row was changed or forged)"
+            ));
+        }
+        let Some(d) = parse_checkpoint_detail(&r.detail) else {
+            return Err(format!("{name}: its detail is not a checkpoint's"));
+        };
+        let snapshot = Snapshot::from_bytes(&row.snapshot).map_err(|e| {
+            format!("{name}: {e} (its audit_checkpoint row's snapshot was changed)")
+        })?;
+        if snapshot.detail() != d || row.head_seq != d.head {
+            return Err(format!(
+                "{name}: the snapshot in its audit_checkpoint row does not match the digests \
+                 the record holds (state {}…): the snapshot was changed",
+                &hex(&d.state)[..16]
+            ));
+        }
+        Ok(snapshot)
+    }
+}
+
+/// [`Store::newest_change_upto`] inside a transaction.
+fn newest_change_in(
+    store: &Store,
+    db: &mut dyn super::db::Db,
+    upto: u64,
+) -> Result<u64, StoreError> {
+    store
+        .rows(
+            db,
+            &format!("SELECT MAX(seq) FROM audit WHERE event IN {STATE_EVENTS_SQL} AND seq <= ?1"),
+            &[Val::Int(i64::try_from(upto).unwrap_or(i64::MAX))],
+            |r| r.opt_int(0),
+        )
+        .map(|v| v.into_iter().next().flatten().unwrap_or(0).max(0) as u64)
+}
+
+impl Store {
+    /// The newest `audit_archive` row: (its record's number, the end
+    /// checkpoint's record number) (`None`: nothing archived).
+    pub fn newest_archive(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let mut conn = self.lock();
+        self.rows(
+            &mut **conn,
+            "SELECT seq, end_checkpoint FROM audit_archive ORDER BY seq DESC LIMIT 1",
+            &[],
+            |r| Ok((r.int(0)?.max(0) as u64, r.int(1)?.max(0) as u64)),
+        )
+        .map(|v| v.into_iter().next())
     }
 }

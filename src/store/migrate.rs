@@ -36,6 +36,11 @@ const TABLES: &[(&str, &str)] = &[
         "lane, pos, change, id, time_ns, pid, session, event, asset, version, mechanism, \
          input_sha256, rv, detail, actor, mac",
     ),
+    ("audit_checkpoint", "seq, head_seq, prev_mac, snapshot"),
+    (
+        "audit_archive",
+        "seq, first_seq, last_seq, end_checkpoint, sha256, file, prev_mac",
+    ),
     (
         "audit_pending",
         "id, time_ns, pid, session, event, asset, version, mechanism, input_sha256, rv, detail, \

@@ -56,6 +56,7 @@ pub use audit::{
     key_digest, parse_resumes_to, parse_transition_detail, transition_detail, AuditRow, ChainRows,
     PENDING_MARK, STREAM_BATCH,
 };
+pub use checkpoints::{CheckpointRow, CHECKPOINT_TRIES};
 pub use commit::{users_refusal_rv, Refusal, Use};
 pub use error::{Need, StoreError};
 pub use lanes::{parse_lanes_detail, unhex32, LaneOrder, LaneRow, LaneRows};

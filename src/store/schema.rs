@@ -15,7 +15,7 @@ use super::StoreError;
 /// `PRAGMA application_id` of a p11derive store ("P1DR").
 pub const APPLICATION_ID: i32 = 0x5031_4452;
 /// The schema this build writes. Older stores are migrated forward.
-pub const SCHEMA_VERSION: i32 = 12;
+pub const SCHEMA_VERSION: i32 = 13;
 
 /// The columns `audit` and `audit_pending` share (migration 2 -> 3), after
 /// their keys and up to `detail`: a macro, so each migration stays one
@@ -198,6 +198,49 @@ macro_rules! users_schema {
     };
 }
 
+/// Schema 13 (checkpoints and archive segments) in either engine's types.
+macro_rules! checkpoint_schema {
+    ($int:literal, $bytes:literal) => {
+        concat!(
+            "CREATE TABLE audit_checkpoint (
+        seq       ",
+            $int,
+            " PRIMARY KEY,
+        head_seq  ",
+            $int,
+            " NOT NULL,
+        prev_mac  ",
+            $bytes,
+            " NOT NULL,
+        snapshot  ",
+            $bytes,
+            " NOT NULL
+    );
+    CREATE TABLE audit_archive (
+        seq            ",
+            $int,
+            " PRIMARY KEY,
+        first_seq      ",
+            $int,
+            " NOT NULL,
+        last_seq       ",
+            $int,
+            " NOT NULL,
+        end_checkpoint ",
+            $int,
+            " NOT NULL,
+        sha256         ",
+            $bytes,
+            " NOT NULL,
+        file           TEXT NOT NULL,
+        prev_mac       ",
+            $bytes,
+            " NOT NULL
+    );"
+        )
+    };
+}
+
 /// Each entry upgrades the schema from version `i` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     // 0 -> 1: the initial schema.
@@ -326,6 +369,11 @@ const MIGRATIONS: &[&str] = &[
     // writers' lanes in, batch by batch, served by an index each (without
     // them PostgreSQL sorts the whole lane table for every batch).
     LANE_ORDERS,
+    // 12 -> 13: verified checkpoints (each beside its `checkpoint` record:
+    // the head it commits to, the MAC of the record before it, so the
+    // record verifies alone, and the snapshot whose digests it holds) and
+    // archive segments (beside each `archive` record).
+    checkpoint_schema!("INTEGER", "BLOB"),
 ];
 
 /// Migration 11 -> 12 on both engines (SQLite's lanes stay empty).
@@ -411,6 +459,7 @@ const PG_UPGRADES: &[(i64, &[&str])] = &[
     (9, &[PG_USERS, PG_LANE_APPEND_10]),
     (10, &[PG_APPROVALS, PG_LANE_APPEND_11]),
     (11, &[LANE_ORDERS]),
+    (12, &[checkpoint_schema!("BIGINT", "BYTEA")]),
 ];
 
 /// The schema version `PG_SCHEMA` and `PG_APPEND` create; a new store is
@@ -894,6 +943,7 @@ mod tests {
             "4f9f94413a9c8ba9bfb3c4b650d2fe85e375d7005271e9cef5e50471bb991cbd",
             "ea561232f0cc0129b3be3fba5c957d22c06ff2741c5b3a96b7dbe79163d24856",
             "84ee76315d3466abad022f2b94b2b5fdacc07954da6461bfa831b159a63cd060",
+            "fec8e9c3ae66ee8a2958287744001731afa0980d2a171d7ab09b2fa43fdc1003",
         ];
         assert_eq!(super::MIGRATIONS.len(), want.len());
         for (i, (sql, want)) in super::MIGRATIONS.iter().zip(want).enumerate() {

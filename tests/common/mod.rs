@@ -186,11 +186,14 @@ pub fn setup(root: Option<&[u8; 32]>) -> Setup {
     setup_with(root, true)
 }
 
+/// (No automatic checkpoints: a test's `audit verify` appends nothing
+/// unless it sets `[audit] checkpoint_interval_s`, as tests/checkpoint.rs does.)
 pub fn config_text(token_label: &str, store: &Path, log: &Path) -> String {
     format!(
         "[token]\nlabel = \"p11derive\"\n\n[backend]\nmodule = \"{SOFTHSM}\"\n\
          token_label = \"{token_label}\"\nroot_label = \"p11derive-root\"\n\n\
-         [store]\npath = \"{}\"\n\n[log]\nfile = \"{}\"\nlevel = \"debug\"\n",
+         [store]\npath = \"{}\"\n\n[log]\nfile = \"{}\"\nlevel = \"debug\"\n\n\
+         [audit]\ncheckpoint_interval_s = 0\n",
         store.display(),
         log.display()
     )

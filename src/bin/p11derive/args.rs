@@ -416,17 +416,43 @@ pub enum AuditCommand {
 Needs the PIN (it derives the audit key inside the HSM). Exit status 1 names the first record
 that fails, or lists every fault found.
 
+With --from-checkpoint only the records after the newest checkpoint are verified (its record's
+MAC and its snapshot's digests checked first: one that fails is a FAIL naming it), so the cost
+follows the records since; with no checkpoint yet the whole log is. When records were archived
+(`audit archive`), a plain verify starts at the newest archive's end checkpoint. A passing verify
+writes a checkpoint when the newest is older than [audit] checkpoint_interval_s (default a day;
+0: never).
+
 With --with-archives, the archived history too: every segment alone (its hash, its chain,
 its replay), the segments chained oldest first, every archive record naming a given segment,
 then the store from the last segment's end. A missing, altered or reordered segment is named.
 
 Examples:
   p11derive audit verify
+  p11derive audit verify --from-checkpoint
   p11derive audit verify --with-archives audit-2026-08.jsonl audit-2026-09.jsonl")]
     Verify {
+        /// Only the records after the newest valid checkpoint
+        #[arg(long, conflicts_with = "with_archives")]
+        from_checkpoint: bool,
         /// The archive segments `audit archive` wrote, oldest first
         #[arg(long, value_name = "FILE", num_args = 1..)]
         with_archives: Vec<PathBuf>,
+    },
+
+    /// Verify the log (from the newest valid checkpoint), then write a checkpoint at its head
+    #[command(after_help = "\
+A checkpoint is a record, MACed like the others, committing to the chain head, every writer
+lane's head and a digest of the replayed state; its snapshot is kept beside it. Later verifies
+with --from-checkpoint start there. Needs the PIN, and in users mode the right to read the log.
+
+Examples:
+  p11derive audit checkpoint
+  p11derive audit checkpoint --full --json")]
+    Checkpoint {
+        /// Verify from record 1, not from the newest checkpoint
+        #[arg(long)]
+        full: bool,
     },
 
     /// Move the records before a verified checkpoint to a segment file and remove them from the

@@ -1,7 +1,7 @@
 //! `p11derive audit verify | export | tail`.
 
 use p11derive::audit::{key_data_verifies, ChainCheck, ChainFault, Event, LaneCheck, Record};
-use p11derive::checkpoint::{parse_checkpoint_detail, state_digest, Snapshot};
+use p11derive::checkpoint::{parse_checkpoint_detail, state_digest, LaneHead, Snapshot};
 use p11derive::derive;
 use p11derive::store::{hex, key_digest, AssetState, LaneOrder, LaneRow, Store, STREAM_BATCH};
 use std::collections::{BTreeMap, BTreeSet};
@@ -397,23 +397,38 @@ pub fn reanchor(cli: &Cli, yes: bool) -> Result<(), Failure> {
     })
 }
 
-pub fn verify(cli: &Cli) -> Result<(), Failure> {
+pub fn verify(cli: &Cli, from_checkpoint: bool) -> Result<(), Failure> {
+    use crate::checkpoint_cmd::{verify_in, Mode};
     let config = load_config(cli)?;
     let store = open_store_read_only(&config)?;
     let want = Want::to(Action::ReadAudit).unanchored();
-    with_key(cli, &store, &config, want, |store, backend, ak, _| {
+    with_key(cli, &store, &config, want, |store, backend, ak, caller| {
         let anchor = backend.read_anchor().map_err(failed)?;
         let started = std::time::Instant::now();
         let mut tally = Tally::default();
         let progress = Progress::new(cli, "audit verify", 0);
-        let checked = check_with(store, ak, anchor, &progress, &mut tally);
+        let mode = if from_checkpoint {
+            Mode::FromCheckpoint
+        } else {
+            Mode::Plain
+        };
+        let checked = verify_in(store, ak, anchor.clone(), mode, &progress, &mut tally);
         progress.finish();
         crate::verify_file::write(&config, store, &tally, checked.is_ok(), started.elapsed());
-        let v = checked?;
+        let (v, start) = checked?;
+        let mut json = v.json();
+        let text = v.text();
+        let actor = caller.map(|c| c.name.as_str());
+        crate::checkpoint_cmd::auto(&config, store, backend, ak, anchor.as_ref(), v, actor);
         if cli.json {
-            return crate::common::print_json(&v.json());
+            json["from_checkpoint"] = start.checkpoint.into();
+            json["note"] = start.note.into();
+            return crate::common::print_json(&json);
         }
-        outln!("audit verify: OK: {}", v.text());
+        if let Some(note) = start.note {
+            outln!("audit verify: {note}");
+        }
+        outln!("audit verify: OK: {text}");
         Ok(())
     })
 }
@@ -724,7 +739,7 @@ pub fn check_from(
     if let Some(e) = lane_fault {
         return Err(bad(format!("an audit lane row is malformed: {e}")));
     }
-    let (lane_records, lanes) = check_lanes(
+    let (lane_records, lanes, lane_ends) = check_lanes(
         store,
         ak,
         lanes_at.map(|l| l.0),
@@ -760,6 +775,13 @@ pub fn check_from(
         1 => return Err(bad(all.remove(0))),
         n => return Err(bad(format!("{n} faults:\n  {}", all.join("\n  ")))),
     }
+    let snapshot = Snapshot {
+        head: count,
+        head_mac: hex(&last_mac),
+        change: store.newest_change_upto(count)?,
+        state: replay.state(),
+        lanes: lane_ends,
+    };
     Ok(Verified {
         records: count,
         last_mac: hex(&last_mac),
@@ -768,6 +790,9 @@ pub fn check_from(
         assets,
         anchor: anchor.map(|a| (a.head.0, a.change.0)),
         pending: store.pending_rows()?.len(),
+        checked: tally.records,
+        from: start.map(|s| s.head),
+        snapshot,
     })
 }
 
@@ -795,7 +820,11 @@ fn met_checkpoint(store: &Store, r: &Record, replay: &mut Replay) -> Result<(), 
             &hex(&d.state)[..16]
         ));
     }
-    let _ = store;
+    if let Some(s) = crate::checkpoint_cmd::row_snapshot(store, r.seq, &d) {
+        replay
+            .facts
+            .name_lanes(r.seq, s.lane_heads().into_iter().flatten());
+    }
     Ok(())
 }
 
@@ -809,6 +838,12 @@ pub struct Verified {
     /// The anchor's (head record, newest state change record), if any.
     pub anchor: Option<(u64, u64)>,
     pub pending: usize,
+    /// Main-chain records this run checked (after `from`, if resumed).
+    pub checked: u64,
+    /// The checkpoint head the run resumed after (`None`: from record 1).
+    pub from: Option<u64>,
+    /// The replay state at the end (what a checkpoint of this run holds).
+    pub snapshot: Snapshot,
 }
 
 impl Verified {
@@ -823,14 +858,24 @@ impl Verified {
             "anchor_record": self.anchor.map(|a| a.0),
             "anchor_change": self.anchor.map(|a| a.1),
             "pending": self.pending,
+            "checked_records": self.checked,
+            "from_head": self.from,
         })
     }
 
     pub fn text(&self) -> String {
+        let records = match self.from {
+            None => format!("{} records", self.records),
+            Some(h) => format!(
+                "{} new records (after the checkpoint's head, record {h}: records 1..={h} were \
+                 verified when it was written)",
+                self.checked
+            ),
+        };
         format!(
-            "{} records chained under the HSM-derived audit key (last MAC {}){}, {} assets \
+            "{} chained under the HSM-derived audit key (last MAC {}){}, {} assets \
              reconciled{}{}",
-            self.records,
+            records,
             &self.last_mac[..16],
             match (self.lane_records, self.lanes) {
                 (0, _) => String::new(),
@@ -869,10 +914,12 @@ fn check_lanes(
     named: &BTreeMap<u64, (u64, u64, [u8; 32])>,
     progress: &Progress,
     tally: &mut Tally,
-) -> Result<(usize, usize), String> {
+) -> Result<(usize, usize, BTreeMap<u64, LaneHead>), String> {
     let wanted: BTreeSet<(u64, u64)> = named.iter().map(|(l, n)| (*l, n.1)).collect();
     let mut heads: BTreeMap<(u64, u64), [u8; 32]> = BTreeMap::new();
     let (mut n_records, mut n_lanes) = (0usize, 0usize);
+    // Each lane's newest record checked (a resumed lane's head if none).
+    let mut ends: BTreeMap<u64, LaneHead> = BTreeMap::new();
     let mut lane: Option<LaneCheck> = None;
     let mut id = 0;
     // Resumed: each lane after its head at the checkpoint, chained from it.
@@ -885,6 +932,13 @@ fn check_lanes(
         if wanted.contains(&(*l, *p)) {
             heads.insert((*l, *p), *m);
         }
+        ends.insert(
+            *l,
+            LaneHead {
+                pos: *p,
+                mac: hex(m),
+            },
+        );
     }
     let rows: Box<dyn Iterator<Item = _>> = match (max_id, start) {
         (None, _) => Box::new(std::iter::empty()),
@@ -921,6 +975,13 @@ fn check_lanes(
         if wanted.contains(&(id, l.at.pos)) {
             heads.insert((id, l.at.pos), mac);
         }
+        ends.insert(
+            id,
+            LaneHead {
+                pos: l.at.pos,
+                mac: hex(&mac),
+            },
+        );
         n_records += 1;
         tally.lane_records += 1;
         progress.tick();
@@ -938,5 +999,5 @@ fn check_lanes(
             ));
         }
     }
-    Ok((n_records, n_lanes))
+    Ok((n_records, n_lanes, ends))
 }

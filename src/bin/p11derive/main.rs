@@ -18,6 +18,7 @@ mod args_users;
 mod asset_cmd;
 mod audit_cmd;
 mod ceremony_cmd;
+mod checkpoint_cmd;
 mod http;
 mod init_cmd;
 mod metrics_cmd;
@@ -91,6 +92,7 @@ fn command_path(c: &Command) -> &'static str {
         Command::Audit(a) => match a {
             AuditCommand::Verify { .. } => "audit verify",
             AuditCommand::Archive { .. } => "audit archive",
+            AuditCommand::Checkpoint { .. } => "audit checkpoint",
             AuditCommand::Export { .. } => "audit export",
             AuditCommand::Tail { .. } => "audit tail",
             AuditCommand::Reanchor { .. } => "audit reanchor",
@@ -153,10 +155,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Asset(a) => asset_cmd::run(cli, a),
         Command::Verify(v) => verify_cmd::verify(cli, v),
         Command::Audit(a) => match a {
-            AuditCommand::Verify { with_archives } if !with_archives.is_empty() => {
+            AuditCommand::Verify { with_archives, .. } if !with_archives.is_empty() => {
                 archive_cmd::verify_with_archives(cli, with_archives)
             }
-            AuditCommand::Verify { .. } => audit_cmd::verify(cli),
+            AuditCommand::Verify {
+                from_checkpoint, ..
+            } => audit_cmd::verify(cli, *from_checkpoint),
+            AuditCommand::Checkpoint { full } => checkpoint_cmd::checkpoint(cli, *full),
             AuditCommand::Archive { before, to } => archive_cmd::archive(cli, before, to),
             AuditCommand::Export { since, asset } => {
                 audit_cmd::export(cli, *since, asset.as_deref())
