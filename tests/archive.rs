@@ -305,3 +305,32 @@ fn an_archive_killed_at_every_step_loses_nothing() {
         assert!(out.status.success(), "{step}: {}", output_text(&out));
     }
 }
+
+/// Users mode: archiving removes records, an admin's act (an auditor may
+/// not), and it waits while a rate limit's window reaches back into the
+/// range (the limit counts those records).
+#[test]
+fn an_archive_is_an_admins_act_and_waits_for_rate_limit_windows() {
+    let _turn = turn();
+    let s = users_setup_on(None);
+    add_user(&s, "aud", "auditor", "*", "aud-secret-1");
+    ok_as(
+        &s,
+        "admin",
+        ADMIN,
+        &["policy", "set", "hot-*", "--asset-rate", "3/1h"],
+    );
+    ok_as(&s, "aud", "aud-secret-1", &["audit", "checkpoint"]);
+    let seg = s.dir.join("seg.jsonl");
+    let args = [
+        "audit",
+        "archive",
+        "--before",
+        LATER,
+        "--to",
+        seg.to_str().unwrap(),
+    ];
+    failed_with(&as_user(&s, "aud", "aud-secret-1", &args), &["aud"]);
+    failed_with(&as_user(&s, "admin", ADMIN, &args), &["hot-*", "3/3600s"]);
+    assert!(!seg.exists());
+}
