@@ -85,46 +85,7 @@ pub struct Prune {
     pub lanes: Vec<(u64, u64)>,
 }
 
-/// One `audit_checkpoint` row, as stored.
-#[derive(Debug, Clone)]
-pub struct StoredCheckpoint {
-    pub seq: u64,
-    pub head_seq: u64,
-    pub prev_mac: Vec<u8>,
-    pub snapshot: Vec<u8>,
-}
-
 impl Store {
-    /// The checkpoint row of record `seq`, if there is one.
-    pub fn checkpoint_row(&self, seq: u64) -> Result<Option<StoredCheckpoint>, StoreError> {
-        let mut conn = self.lock();
-        self.rows(
-            &mut **conn,
-            "SELECT seq, head_seq, prev_mac, snapshot FROM audit_checkpoint WHERE seq = ?1",
-            &[Val::Int(seq as i64)],
-            |r| {
-                Ok(StoredCheckpoint {
-                    seq: r.int(0)?.max(0) as u64,
-                    head_seq: r.int(1)?.max(0) as u64,
-                    prev_mac: r.blob(2)?,
-                    snapshot: r.blob(3)?,
-                })
-            },
-        )
-        .map(|v| v.into_iter().next())
-    }
-
-    /// The checkpoint rows' numbers, newest first.
-    pub fn checkpoint_seqs_newest(&self) -> Result<Vec<u64>, StoreError> {
-        let mut conn = self.lock();
-        self.rows(
-            &mut **conn,
-            "SELECT seq FROM audit_checkpoint ORDER BY seq DESC",
-            &[],
-            |r| Ok(r.int(0)?.max(0) as u64),
-        )
-    }
-
     /// [`Store::verified_archive`] for a caller outside the store.
     pub fn verified_archive_row(
         &self,

@@ -126,7 +126,7 @@ fn stored_checkpoint(
     seq: u64,
 ) -> Result<Checkpoint, String> {
     let row = store
-        .checkpoint_row(seq)
+        .checkpoint_at(seq)
         .map_err(|e| e.to_string())?
         .ok_or_else(|| format!("checkpoint {seq} has no audit_checkpoint row"))?;
     let rec = store
@@ -359,13 +359,22 @@ pub fn archive(cli: &Cli, before: &str, to: &Path) -> Result<(), Failure> {
         // The newest checkpoint recorded before the cut that verifies and
         // lies past the previous archive's end.
         let mut end = None;
-        for seq in store.checkpoint_seqs_newest()? {
-            let Ok(c) = stored_checkpoint(store, ak, seq) else {
-                continue;
-            };
-            if c.record.time_ns < cut_ns && c.head() > past {
-                end = Some(c);
-                break;
+        let mut below = i64::MAX;
+        'rows: loop {
+            let rows = store.checkpoints_newest(below, 64)?;
+            let Some(oldest) = rows.last() else { break };
+            below = oldest.seq as i64;
+            for row in rows {
+                let Ok(c) = stored_checkpoint(store, ak, row.seq) else {
+                    continue;
+                };
+                if c.head() <= past {
+                    break 'rows;
+                }
+                if c.record.time_ns < cut_ns {
+                    end = Some(c);
+                    break 'rows;
+                }
             }
         }
         let Some(end) = end else {
