@@ -29,13 +29,7 @@ fn root_ak() -> Secret32 {
 
 /// `n` signature records of `name` at version 1 through the group commit.
 fn commit_signs(store: &Store, ak: &Secret32, name: &str, n: usize) {
-    let rowid = store
-        .all_assets()
-        .unwrap()
-        .into_iter()
-        .find(|a| a.id.as_str() == name)
-        .unwrap()
-        .rowid;
+    let rowid = asset_rowid(store, name);
     std::thread::scope(|t| {
         for w in 0..4 {
             t.spawn(move || {

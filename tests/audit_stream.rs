@@ -37,13 +37,7 @@ fn root_ak() -> Secret32 {
 /// threads through the provider's own commit path (`commit_use`, the group
 /// commit; the signing itself left out: it adds nothing to the log).
 fn commit_signs(store: &Store, ak: &Secret32, name: &str, version: u32, n: usize) {
-    let rowid = store
-        .all_assets()
-        .unwrap()
-        .into_iter()
-        .find(|a| a.id.as_str() == name)
-        .expect("the asset")
-        .rowid;
+    let rowid = asset_rowid(store, name);
     std::thread::scope(|t| {
         for w in 0..8 {
             t.spawn(move || {
@@ -300,12 +294,7 @@ fn a_log_of_several_batches_streams_and_every_fault_is_named() {
 fn a_lane_tampered_past_the_first_batch_is_named_on_postgresql() {
     let _turn = turn();
     let name = "p11derive_audit_stream";
-    let url = pg_database(&pg_admin_url(), name);
-    let s = setup_with(None, false);
-    s.use_pg(&url);
-    let root = s.dir.join("root.hex");
-    std::fs::write(&root, hex(&ROOT)).unwrap();
-    ok(&s, &["init", "--import-root", root.to_str().unwrap()]);
+    let s = pg_setup_with_root(name, &ROOT);
     let verified = metrics_dir(&s);
     s.create_asset("big", "p256");
     let ak = root_ak();

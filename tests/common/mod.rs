@@ -801,6 +801,29 @@ pub fn pg_admin_url() -> String {
 
 /// A new, empty database on the test server, owned by the unprivileged role
 /// `p11derive`; its URL (password included).
+/// The row id of asset `name` in `store`.
+pub fn asset_rowid(store: &p11derive::store::Store, name: &str) -> i64 {
+    store
+        .all_assets()
+        .unwrap()
+        .into_iter()
+        .find(|a| a.id.as_str() == name)
+        .expect("the asset")
+        .rowid
+}
+
+/// A setup on a fresh PostgreSQL database `name`, initialized under
+/// `root` (imported, so a test holds the audit key without the token).
+pub fn pg_setup_with_root(name: &str, root: &[u8; 32]) -> Setup {
+    let url = pg_database(&pg_admin_url(), name);
+    let s = setup_with(None, false);
+    s.use_pg(&url);
+    let file = s.dir.join("root.hex");
+    std::fs::write(&file, hex(root)).unwrap();
+    ok(&s, &["init", "--import-root", file.to_str().unwrap()]);
+    s
+}
+
 pub fn pg_database(admin: &str, name: &str) -> String {
     let mut c = postgres::Client::connect(admin, postgres::NoTls).expect("connect as admin");
     let (_, rest) = admin.split_once('@').expect("admin URL with a password");
