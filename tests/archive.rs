@@ -334,3 +334,65 @@ fn an_archive_is_an_admins_act_and_waits_for_rate_limit_windows() {
     failed_with(&as_user(&s, "admin", ADMIN, &args), &["hot-*", "3/3600s"]);
     assert!(!seg.exists());
 }
+
+/// The root the PostgreSQL store is made under (imported at `init`): the
+/// test holds the audit key to write lane records through the commit path.
+const ROOT: [u8; 32] = [0x5a; 32];
+
+/// `n` signatures through an open store (its own writer lane on PostgreSQL).
+fn lane_signs(store: &p11derive::store::Store, ak: &p11derive::types::Secret32, n: usize) {
+    use p11derive::audit::{Event, Record};
+    let rowid = asset_rowid(store, "a");
+    for i in 0..n {
+        let r = Record::new(Event::Sign, 0)
+            .asset("a", Some(1))
+            .detail(format!("archive lane sign {i}"));
+        store
+            .commit_use(ak, rowid, 1, p11derive::store::Use::Produce, r)
+            .unwrap()
+            .unwrap();
+    }
+    store.cover_lanes(false).unwrap();
+}
+
+#[test]
+fn on_postgresql_an_archive_takes_the_lanes_and_a_running_writer_goes_on() {
+    let _turn = turn();
+    let s = pg_setup_with_root("p11derive_archive_lanes", &ROOT);
+    s.create_asset("a", "p256");
+    let held = p11derive::backup::HeldRoot::from_bytes(&ROOT).unwrap();
+    let ak = p11derive::derive::audit_key(&held).unwrap();
+    let config = p11derive::config::Config::load(&s.config).unwrap();
+    let store = p11derive::store::Store::open_config(&config.store).unwrap();
+    store.authenticate(&ak, None).unwrap();
+    lane_signs(&store, &ak, 200);
+    ok(&s, &["audit", "checkpoint"]);
+    lane_signs(&store, &ak, 30);
+    let url = {
+        let admin = pg_admin_url();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        format!("{base}/p11derive_archive_lanes")
+    };
+    let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let lane_rows = |db: &mut postgres::Client| -> i64 {
+        db.query_one("SELECT count(*) FROM audit_lane", &[])
+            .unwrap()
+            .get(0)
+    };
+    let before = lane_rows(&mut db);
+    let seg = s.dir.join("pg1.jsonl");
+    let out = archive(&s, &seg);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(lane_rows(&mut db) < before, "no lane row was removed");
+    let text = std::fs::read_to_string(&seg).unwrap();
+    assert!(
+        text.contains("\"lane\":"),
+        "the segment holds no lane record"
+    );
+    // The writer whose lane's older rows are gone goes on.
+    lane_signs(&store, &ak, 10);
+    drop(store);
+    s.audit_verifies();
+    let out = with_archives(&s, &[&seg]);
+    assert!(out.status.success(), "{}", output_text(&out));
+}
