@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 mod approvals;
+mod archive;
 mod assets;
 mod audit;
 mod checkpoints;
@@ -48,6 +49,7 @@ pub use approvals::{
     approved_digest_lookup, sign_lookup, subject_of, ApproverRow, Execute, QuorumRow, RequestRow,
     VerdictLine,
 };
+pub use archive::{parse_archive_detail, ArchiveDetail, ArchiveRow, Prune, OPERATION_EVENTS_SQL};
 pub use audit::{
     key_digest, parse_resumes_to, parse_transition_detail, transition_detail, AuditRow, ChainRows,
     PENDING_MARK, STREAM_BATCH,

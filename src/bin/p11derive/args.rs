@@ -423,13 +423,21 @@ follows the records since; with no checkpoint yet the whole log is. When records
 writes a checkpoint when the newest is older than [audit] checkpoint_interval_s (default a day;
 0: never).
 
+With --with-archives, the archived history too: every segment alone (its hash, its chain,
+its replay), the segments chained oldest first, every archive record naming a given segment,
+then the store from the last segment's end. A missing, altered or reordered segment is named.
+
 Examples:
   p11derive audit verify
-  p11derive audit verify --from-checkpoint")]
+  p11derive audit verify --from-checkpoint
+  p11derive audit verify --with-archives audit-2026-08.jsonl audit-2026-09.jsonl")]
     Verify {
         /// Only the records after the newest valid checkpoint
-        #[arg(long)]
+        #[arg(long, conflicts_with = "with_archives")]
         from_checkpoint: bool,
+        /// The archive segments `audit archive` wrote, oldest first
+        #[arg(long, value_name = "FILE", num_args = 1..)]
+        with_archives: Vec<PathBuf>,
     },
 
     /// Verify the log (from the newest valid checkpoint), then write a checkpoint at its head
@@ -445,6 +453,25 @@ Examples:
         /// Verify from record 1, not from the newest checkpoint
         #[arg(long)]
         full: bool,
+    },
+
+    /// Move the records before a verified checkpoint to a segment file and remove them from the
+    /// store (audited; the segment is named by its SHA-256)
+    #[command(after_help = "\
+Archives up to the newest verified checkpoint recorded before TIME (write one with
+`p11derive audit checkpoint` first). The segment is written, synced and verified before any
+row is removed; FILE must not exist. Keep every segment: `audit verify --with-archives`
+needs them all. Refused while a policy's rate-limit window reaches back into the range.
+
+Example:
+  p11derive audit archive --before 2026-09-01 --to /srv/audit/audit-2026-08.jsonl")]
+    Archive {
+        /// A UTC time (2026-09-01T00:00:00Z) or date (2026-09-01): the checkpoint must be older
+        #[arg(long, value_name = "TIME")]
+        before: String,
+        /// The segment file to write (must not exist)
+        #[arg(long, value_name = "FILE")]
+        to: PathBuf,
     },
 
     /// The records as JSON lines (times RFC 3339 UTC, mechanisms and return codes named)

@@ -16,7 +16,7 @@ use crate::replay::{Facts, Replay};
 use crate::users::{gate, Want};
 use p11derive::access::Action;
 
-fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
+pub fn record_json(r: &Record, mac: Option<&[u8]>) -> serde_json::Value {
     let mut v = serde_json::json!({
         "seq": r.seq,
         "time": rfc3339(r.time_ns),

@@ -10,6 +10,7 @@
 #[macro_use]
 mod common;
 mod approvals_cmd;
+mod archive_cmd;
 mod args;
 mod args_approvals;
 mod args_root;
@@ -27,6 +28,7 @@ mod progress;
 mod replay;
 mod request_cmd;
 mod root_cmd;
+mod segment;
 mod status_cmd;
 mod user_cmd;
 mod users;
@@ -90,6 +92,7 @@ fn command_path(c: &Command) -> &'static str {
         Command::Verify(_) => "verify",
         Command::Audit(a) => match a {
             AuditCommand::Verify { .. } => "audit verify",
+            AuditCommand::Archive { .. } => "audit archive",
             AuditCommand::Checkpoint { .. } => "audit checkpoint",
             AuditCommand::Export { .. } => "audit export",
             AuditCommand::Tail { .. } => "audit tail",
@@ -153,8 +156,14 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Command::Asset(a) => asset_cmd::run(cli, a),
         Command::Verify(v) => verify_cmd::verify(cli, v),
         Command::Audit(a) => match a {
-            AuditCommand::Verify { from_checkpoint } => audit_cmd::verify(cli, *from_checkpoint),
+            AuditCommand::Verify { with_archives, .. } if !with_archives.is_empty() => {
+                archive_cmd::verify_with_archives(cli, with_archives)
+            }
+            AuditCommand::Verify {
+                from_checkpoint, ..
+            } => audit_cmd::verify(cli, *from_checkpoint),
             AuditCommand::Checkpoint { full } => checkpoint_cmd::checkpoint(cli, *full),
+            AuditCommand::Archive { before, to } => archive_cmd::archive(cli, before, to),
             AuditCommand::Export { since, asset } => {
                 audit_cmd::export(cli, *since, asset.as_deref())
             }
