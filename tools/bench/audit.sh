@@ -226,6 +226,8 @@ if has_step archive; then
     if "$bin" audit --help 2>&1 | grep -q archive; then
         l=$(load1)
         /usr/bin/time -v -o "$work/time.checkpoint" "$bin" audit checkpoint >&2
+        # --before takes whole seconds: one later than the checkpoint's.
+        sleep 1.1
         before=$(date -u +%Y-%m-%dT%H:%M:%SZ)
         n=$(count)
         /usr/bin/time -v -o "$work/time.archive" "$bin" audit archive --before "$before" --to "$work/segment-1.jsonl" >&2
