@@ -324,3 +324,88 @@ fn a_segment_from_another_store_under_the_same_root_is_refused() {
     failed(&with_archives(&a, &[&seg_b]), "a with b's segment");
     failed(&with_archives(&b, &[&seg_a]), "b with a's segment");
 }
+
+/// A provider process signs (it has then seen that record), `between` runs
+/// while it waits, and it signs again: what that second signature gave.
+fn running_across(s: &Setup, tag: &str, label: &str, between: impl FnOnce()) -> String {
+    let ready = s.dir.join(format!("{tag}-ready"));
+    let go = s.dir.join(format!("{tag}-go"));
+    let said = s.dir.join(format!("{tag}-said"));
+    let (r, g, label) = (ready.clone(), go.clone(), label.to_string());
+    let pid = fork_child(&said, move || {
+        let (_ctx, session) = child_session()?;
+        try_sign(&session, &label).map_err(|e| format!("first sign: {e:?}"))?;
+        std::fs::write(&r, b"").map_err(|e| e.to_string())?;
+        for _ in 0..1200 {
+            if g.exists() {
+                return Ok(format!("{:?}", try_sign(&session, &label).map(|_| ())));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        Err("never told to go on".into())
+    });
+    for _ in 0..1200 {
+        if ready.exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    between();
+    std::fs::write(&go, b"").unwrap();
+    reap(pid, &said, "the running provider")
+}
+
+fn newest(store: &Path) -> u64 {
+    sql_u64(store, "SELECT max(seq) FROM audit")
+}
+
+/// Two stores under the same root (the same audit key): store B's genuine
+/// archive record (and its `audit_archive` row, whose `prev_mac` is B's)
+/// copied over the record at the same number in store A "verifies" in A
+/// (only its MAC against the row's own `prev_mac` is checked), so a
+/// running provider on A takes the record it saw, deleted, as archived.
+#[test]
+#[ignore = "HOLE: store::archive::verified_archive never checks row.prev_mac against this store's record seq-1: another same-root store's archive record hides deletions from check_position/check_continuity"]
+fn a_running_provider_refuses_an_archive_record_from_another_store() {
+    let _turn = turn();
+    const ROOT: [u8; 32] = [0x4d; 32];
+    let a = setup(Some(&ROOT));
+    let b = setup(Some(&ROOT));
+    activity(&b, "k", 12);
+    ok(&b, &["audit", "checkpoint"]);
+    let seg = b.dir.join("b.jsonl");
+    passed(&archive(&b, &seg), "archive b");
+    let ab = sql_u64(&b.store, "SELECT max(seq) FROM audit_archive");
+    let lb = sql_u64(&b.store, "SELECT last_seq FROM audit_archive");
+    activity(&a, "victim", 2);
+    let said = running_across(&a, "fork", "victim", || {
+        let seen = newest(&a.store);
+        assert!(
+            seen <= lb,
+            "record {seen} lies beyond B's archived 1..={lb}"
+        );
+        for _ in 0..ab + 2 - seen {
+            let p = a.load();
+            let session = p.user_session();
+            try_sign(&session, "victim").unwrap();
+        }
+        assert!(newest(&a.store) > ab);
+        sqlite(
+            &a.store,
+            &format!(
+                "ATTACH '{}' AS b; \
+                 DELETE FROM audit WHERE seq = {ab}; \
+                 INSERT INTO audit SELECT * FROM b.audit WHERE seq = {ab}; \
+                 INSERT INTO audit_archive SELECT * FROM b.audit_archive; \
+                 DELETE FROM audit WHERE seq = {seen};",
+                b.store.display()
+            ),
+        );
+    });
+    assert_eq!(
+        said,
+        format!("{:?}", Err::<(), _>(cryptoki::error::RvError::DeviceError)),
+        "the running provider signed on a store that lost the record it saw"
+    );
+    failed(&cli(&a, &["audit", "verify"]), "verify of the forked store");
+}
