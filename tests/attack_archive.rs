@@ -483,3 +483,86 @@ fn from_checkpoint_refuses_a_checkpoint_grafted_from_another_store() {
         "--from-checkpoint verify of A",
     );
 }
+
+/// Two archives: the newest `audit_archive` row deleted (so the older one
+/// looks newest, and plain verify starts at its end), or the newest end
+/// checkpoint's row deleted: refused.
+#[test]
+fn an_older_archive_row_replayed_as_the_newest_or_a_missing_end_row_is_refused() {
+    let _turn = turn();
+    let s = setup(None);
+    activity(&s, "k", 6);
+    ok(&s, &["audit", "checkpoint"]);
+    let seg1 = s.dir.join("seg1.jsonl");
+    passed(&archive(&s, &seg1), "archive 1");
+    activity(&s, "k2", 6);
+    ok(&s, &["audit", "checkpoint"]);
+    let seg2 = s.dir.join("seg2.jsonl");
+    passed(&archive(&s, &seg2), "archive 2");
+    activity(&s, "k3", 1);
+    s.audit_verifies();
+    let copy = s.dir.join("copy.sqlite");
+    backup(&s.store, &copy);
+    let a2 = sql_u64(&s.store, "SELECT max(seq) FROM audit_archive");
+    let c2 = sql_u64(
+        &s.store,
+        &format!("SELECT end_checkpoint FROM audit_archive WHERE seq = {a2}"),
+    );
+    sqlite(
+        &s.store,
+        &format!("DELETE FROM audit_archive WHERE seq = {a2};"),
+    );
+    failed(&cli(&s, &["audit", "verify"]), "newest archive row deleted");
+    std::fs::copy(&copy, &s.store).unwrap();
+    sqlite(
+        &s.store,
+        &format!("DELETE FROM audit_checkpoint WHERE seq = {c2};"),
+    );
+    failed(&cli(&s, &["audit", "verify"]), "end checkpoint row deleted");
+    std::fs::copy(&copy, &s.store).unwrap();
+    passed(&with_archives(&s, &[&seg1, &seg2]), "restored copy");
+}
+
+/// After an archive, a state change the archive pinned (the creation of an
+/// archived key) deleted from the store: a new provider process and `audit
+/// verify` refuse the store (the ledger's links and the anchor).
+#[test]
+fn a_pinned_state_change_deleted_from_an_archived_range_is_refused() {
+    let _turn = turn();
+    for later_change in [false, true] {
+        let s = setup(None);
+        activity(&s, "k", 6);
+        ok(&s, &["audit", "checkpoint"]);
+        let seg = s.dir.join("seg.jsonl");
+        passed(&archive(&s, &seg), "archive");
+        if later_change {
+            activity(&s, "k2", 1);
+        }
+        let last = sql_u64(&s.store, "SELECT last_seq FROM audit_archive");
+        let create = sql_u64(
+            &s.store,
+            &format!("SELECT max(seq) FROM audit WHERE event = 'create' AND seq <= {last}"),
+        );
+        assert!(create > 0, "the create record was pinned");
+        sqlite(
+            &s.store,
+            &format!("DELETE FROM audit WHERE seq = {create};"),
+        );
+        let out = cli(&s, &["audit", "verify"]);
+        assert!(
+            !out.status.success(),
+            "pinned create deleted: {}",
+            output_text(&out)
+        );
+        let p = s.load();
+        let session = p.session();
+        let refused = session
+            .login(
+                cryptoki::session::UserType::User,
+                Some(&cryptoki::types::AuthPin::from(PIN)),
+            )
+            .is_err()
+            || try_sign(&session, "k").is_err();
+        assert!(refused, "later change {later_change}: the provider signed");
+    }
+}
