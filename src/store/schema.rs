@@ -202,7 +202,7 @@ macro_rules! users_schema {
 macro_rules! checkpoint_schema {
     ($int:literal, $bytes:literal) => {
         concat!(
-            "CREATE TABLE audit_checkpoint (
+            "CREATE TABLE IF NOT EXISTS audit_checkpoint (
         seq       ",
             $int,
             " PRIMARY KEY,
@@ -216,7 +216,7 @@ macro_rules! checkpoint_schema {
             $bytes,
             " NOT NULL
     );
-    CREATE TABLE audit_archive (
+    CREATE TABLE IF NOT EXISTS audit_archive (
         seq            ",
             $int,
             " PRIMARY KEY,
@@ -943,7 +943,7 @@ mod tests {
             "4f9f94413a9c8ba9bfb3c4b650d2fe85e375d7005271e9cef5e50471bb991cbd",
             "ea561232f0cc0129b3be3fba5c957d22c06ff2741c5b3a96b7dbe79163d24856",
             "84ee76315d3466abad022f2b94b2b5fdacc07954da6461bfa831b159a63cd060",
-            "fec8e9c3ae66ee8a2958287744001731afa0980d2a171d7ab09b2fa43fdc1003",
+            "5f33158abf52ab59cf1502d9c1366f0ab39edf6ca1c206644e1b18fd5853a2ee",
         ];
         assert_eq!(super::MIGRATIONS.len(), want.len());
         for (i, (sql, want)) in super::MIGRATIONS.iter().zip(want).enumerate() {
