@@ -85,6 +85,28 @@ pub struct Prune {
     pub lanes: Vec<(u64, u64)>,
 }
 
+/// An `audit_archive` row as the engine returns it.
+fn read_archive_row(r: &super::db::Row) -> Result<ArchiveRow, String> {
+    Ok(ArchiveRow {
+        seq: r.int(0)?.max(0) as u64,
+        first: r.int(1)?.max(0) as u64,
+        last: r.int(2)?.max(0) as u64,
+        end_checkpoint: r.int(3)?.max(0) as u64,
+        sha256: r.blob(4)?,
+        file: r.text(5)?,
+        prev_mac: r.blob(6)?,
+    })
+}
+
+/// Whether `e` says the `audit_archive` table does not exist (a store
+/// before schema 13): SQLite's "no such table", PostgreSQL's "relation
+/// ... does not exist" (42P01).
+fn no_archive_table(e: &StoreError) -> bool {
+    let text = e.to_string();
+    text.contains("audit_archive")
+        && (text.contains("no such table") || text.contains("does not exist"))
+}
+
 impl Store {
     /// [`Store::verified_archive`] for a caller outside the store.
     pub fn verified_archive_row(
@@ -108,17 +130,7 @@ impl Store {
             "SELECT seq, first_seq, last_seq, end_checkpoint, sha256, file, prev_mac \
              FROM audit_archive ORDER BY seq",
             &[],
-            |r| {
-                Ok(ArchiveRow {
-                    seq: r.int(0)?.max(0) as u64,
-                    first: r.int(1)?.max(0) as u64,
-                    last: r.int(2)?.max(0) as u64,
-                    end_checkpoint: r.int(3)?.max(0) as u64,
-                    sha256: r.blob(4)?,
-                    file: r.text(5)?,
-                    prev_mac: r.blob(6)?,
-                })
-            },
+            read_archive_row,
         )
     }
 
@@ -164,23 +176,48 @@ impl Store {
 
     /// The main-chain ranges verified archive records name (each record
     /// checked under the audit key this process holds; none without it).
+    /// Verified ranges are kept in memory: a later call reads only the
+    /// rows newer than the newest one verified (a record that verified
+    /// once proves its range was archived, whatever happens to its row).
     pub(super) fn archived_ranges(
         &self,
         db: &mut dyn super::db::Db,
     ) -> Result<Vec<(u64, u64)>, StoreError> {
-        let Some(ak) = self.guard().ak.clone() else {
+        let (ak, known) = {
+            let g = self.guard();
+            (g.ak.clone(), g.archived.clone())
+        };
+        let Some(ak) = ak else {
             return Ok(Vec::new());
         };
-        // Before schema 13 there is no such table: nothing was archived.
-        let Ok(rows) = self.archive_rows_in(db) else {
-            return Ok(Vec::new());
+        let (upto, mut out) = known.unwrap_or_default();
+        let newer = self.rows(
+            db,
+            "SELECT seq, first_seq, last_seq, end_checkpoint, sha256, file, prev_mac \
+             FROM audit_archive WHERE seq > ?1 ORDER BY seq",
+            &[Val::Int(upto as i64)],
+            read_archive_row,
+        );
+        let rows = match newer {
+            Ok(rows) => rows,
+            // Before schema 13 there is no such table: nothing was archived.
+            // Any other failure is the engine's, and is said.
+            Err(e) if no_archive_table(&e) => return Ok(out),
+            Err(e) => return Err(e),
         };
-        let mut out = Vec::new();
+        if rows.is_empty() {
+            return Ok(out);
+        }
+        let mut seen = upto;
         for row in rows {
+            // A row without a verifying record (forged) proves nothing;
+            // it is read again next time, but never counts.
             if let Some(d) = self.verified_archive(db, &ak, &row)? {
                 out.push((d.first, d.last));
+                seen = seen.max(row.seq);
             }
         }
+        self.guard().archived = Some((seen, out.clone()));
         Ok(out)
     }
 
@@ -227,49 +264,170 @@ impl Store {
         Ok((span, held))
     }
 
-    /// In ONE write transaction: appends the archive record `r` (its detail
-    /// an [`ArchiveDetail`]), inserts its `audit_archive` row, and removes
-    /// what `prune` names; `tick` is told of each batch of main-chain
-    /// numbers done, `before_commit` runs last inside the transaction.
-    /// Returns the archive record's number.
+    /// Archives: first finishes the pruning of the newest earlier archive
+    /// (a run stopped after its record committed leaves rows its range no
+    /// longer needs); then, in ONE short write transaction, appends the
+    /// archive record `r` (its detail an [`ArchiveDetail`]) and inserts
+    /// its `audit_archive` row (`before_commit` runs last inside it); then
+    /// removes what `prune` names in many short transactions, each of at
+    /// most [`DELETE_BATCH`] main-chain numbers or lane positions, so
+    /// writers wait at most one batch. `tick` is told of each batch of
+    /// main-chain numbers done (after it committed). A stop at any point is
+    /// safe: rows missing from a range a verified archive record names are
+    /// expected, and the next archive finishes the pruning. Returns the
+    /// archive record's number.
     pub fn commit_archive(
+        &self,
+        ak: &Secret32,
+        r: Record,
+        prune: &Prune,
+        tick: &mut dyn FnMut(u64),
+        before_commit: &mut dyn FnMut(),
+    ) -> Result<u64, StoreError> {
+        self.commit_archive_in(ak, r, prune, DELETE_BATCH, tick, before_commit)
+    }
+
+    fn commit_archive_in(
         &self,
         ak: &Secret32,
         mut r: Record,
         prune: &Prune,
+        batch: u64,
         tick: &mut dyn FnMut(u64),
         before_commit: &mut dyn FnMut(),
     ) -> Result<u64, StoreError> {
         let d = parse_archive_detail(&r.detail).ok_or_else(|| {
             StoreError::Corrupt(self.path.clone(), "an archive record's detail".into())
         })?;
-        let mut conn = self.lock();
-        let mut tx = Tx::begin(&mut **conn)?;
-        let head = self.append_in(&mut *tx, ak, std::slice::from_mut(&mut r))?;
-        let prev_mac = match head.seq {
-            1 => GENESIS.to_vec(),
-            s => self.mac_at(&mut *tx, s - 1)?.ok_or_else(|| {
-                StoreError::Corrupt(self.path.clone(), format!("audit record {} is gone", s - 1))
-            })?,
+        // Each archive finishes the one before it before committing, so
+        // only the newest earlier one can be unfinished.
+        let earlier = {
+            let mut conn = self.lock();
+            let rows = self.archive_rows_in(&mut **conn)?;
+            let mut newest = None;
+            for row in rows.iter().rev() {
+                if let Some(e) = self.verified_archive(&mut **conn, ak, row)? {
+                    newest = Some(e);
+                    break;
+                }
+            }
+            newest
         };
-        tx.execute(
-            "INSERT INTO audit_archive (seq, first_seq, last_seq, end_checkpoint, sha256, file, \
-             prev_mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            &[
-                Val::Int(head.seq as i64),
-                Val::Int(d.first as i64),
-                Val::Int(d.last as i64),
-                Val::Int(d.end_checkpoint as i64),
-                Val::Blob(d.sha256.to_vec()),
-                Val::Text(d.file.clone()),
-                Val::Blob(prev_mac),
-            ],
-        )?;
-        // Pins: record 1 and the range's last; every record not an
-        // operation; the kept ones named (the anchor's); and the record
-        // right before each of those, so each kept record verifies alone.
-        let mut keep: Vec<u64> = vec![1, prune.last];
-        keep.extend(prune.keep.iter().copied());
+        if let Some(e) = earlier {
+            self.prune_main(e.first, e.last, &prune.keep, batch, &mut |_| {})?;
+        }
+        let (seq, lanes) = {
+            let mut conn = self.lock();
+            let mut tx = Tx::begin(&mut **conn)?;
+            let head = self.append_in(&mut *tx, ak, std::slice::from_mut(&mut r))?;
+            let prev_mac = match head.seq {
+                1 => GENESIS.to_vec(),
+                s => self.mac_at(&mut *tx, s - 1)?.ok_or_else(|| {
+                    StoreError::Corrupt(
+                        self.path.clone(),
+                        format!("audit record {} is gone", s - 1),
+                    )
+                })?,
+            };
+            tx.execute(
+                "INSERT INTO audit_archive (seq, first_seq, last_seq, end_checkpoint, sha256, \
+                 file, prev_mac) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                &[
+                    Val::Int(head.seq as i64),
+                    Val::Int(d.first as i64),
+                    Val::Int(d.last as i64),
+                    Val::Int(d.end_checkpoint as i64),
+                    Val::Blob(d.sha256.to_vec()),
+                    Val::Text(d.file.clone()),
+                    Val::Blob(prev_mac),
+                ],
+            )?;
+            // How far each lane may be pruned, read under the writers'
+            // lock: lane heads only move forward, so a later `lanes`
+            // record names each lane at or past what is read here.
+            let lanes = match prune.lanes.is_empty() {
+                true => Vec::new(),
+                false => {
+                    let named = self.named_lane_heads(&mut *tx, ak, prune.keep.first().copied())?;
+                    lane_limits(&prune.lanes, &named)
+                }
+            };
+            before_commit();
+            self.commit_at(tx, head)?;
+            (head.seq, lanes)
+        };
+        self.prune_main(prune.first, prune.last, &prune.keep, batch, tick)?;
+        for (lane, below) in lanes {
+            self.prune_lane(lane, below, batch)?;
+        }
+        Ok(seq)
+    }
+
+    /// Each lane's position the `lanes` records a process checks name: the
+    /// newest one (checked before each cover) and the newest at or before
+    /// the anchor's head `anchored` (checked when the anchor moves); per
+    /// lane the lower of the two. A lane neither names is absent.
+    fn named_lane_heads(
+        &self,
+        db: &mut dyn super::db::Db,
+        ak: &Secret32,
+        anchored: Option<u64>,
+    ) -> Result<Vec<(u64, u64)>, StoreError> {
+        let mut covers: Vec<u64> = Vec::new();
+        let newest = self
+            .rows(
+                db,
+                "SELECT seq FROM audit WHERE event = 'lanes' AND detail LIKE 'lanes upto=%' \
+                 ORDER BY seq DESC LIMIT 1",
+                &[],
+                |r| r.int(0),
+            )?
+            .into_iter()
+            .next();
+        covers.extend(newest.map(|s| s.max(0) as u64));
+        if let Some(h) = anchored.filter(|h| *h > 0) {
+            let at = self
+                .rows(
+                    db,
+                    "SELECT seq FROM audit WHERE event = 'lanes' AND detail LIKE 'lanes upto=%' \
+                     AND seq <= ?1 ORDER BY seq DESC LIMIT 1",
+                    &[Val::Int(h as i64)],
+                    |r| r.int(0),
+                )?
+                .into_iter()
+                .next();
+            covers.extend(at.map(|s| s.max(0) as u64));
+        }
+        covers.sort_unstable();
+        covers.dedup();
+        let Some(newest) = covers.last().copied() else {
+            return Ok(Vec::new());
+        };
+        let (_, _, heads) = self.cover_at(db, ak, newest)?;
+        let mut named: Vec<(u64, u64)> = heads.into_iter().map(|(l, p, _)| (l, p)).collect();
+        for older in covers.iter().filter(|c| **c != newest) {
+            let (_, _, heads) = self.cover_at(db, ak, *older)?;
+            for (l, p, _) in heads {
+                if let Some(n) = named.iter_mut().find(|(nl, _)| *nl == l) {
+                    n.1 = n.1.min(p);
+                }
+            }
+        }
+        Ok(named)
+    }
+
+    /// Removes the main-chain rows `first..=last` but the pins (record 1,
+    /// `last`, `keep`, every record not an operation, and the record right
+    /// before each of those), `batch` numbers per write transaction.
+    fn prune_main(
+        &self,
+        first: u64,
+        last: u64,
+        keep: &[u64],
+        batch: u64,
+        tick: &mut dyn FnMut(u64),
+    ) -> Result<(), StoreError> {
+        let mut keep: Vec<u64> = [1, last].iter().chain(keep).copied().collect();
         let before: Vec<u64> = keep.iter().map(|k| k.saturating_sub(1)).collect();
         keep.extend(before);
         keep.retain(|k| *k > 0);
@@ -285,43 +443,70 @@ impl Store {
              AND event IN {OPERATION_EVENTS_SQL} AND NOT EXISTS (SELECT 1 FROM audit n \
              WHERE n.seq = audit.seq + 1 AND n.event NOT IN {OPERATION_EVENTS_SQL})"
         );
-        let mut at = prune.first;
-        while at <= prune.last {
-            let end = prune.last.min(at.saturating_add(DELETE_BATCH - 1));
-            tx.execute(&delete, &[Val::Int(at as i64), Val::Int(end as i64)])?;
+        let batch = batch.max(1);
+        let mut at = first.max(1);
+        while at <= last {
+            let end = last.min(at.saturating_add(batch - 1));
+            {
+                let mut conn = self.lock();
+                let mut tx = Tx::begin(&mut **conn)?;
+                tx.execute(&delete, &[Val::Int(at as i64), Val::Int(end as i64)])?;
+                self.commit(tx)?;
+            }
             tick(end - at + 1);
             at = end + 1;
         }
-        // The lane heads the anchor's cover names (the newest `lanes`
-        // record at or before the anchor's head) stay too: a process
-        // checks them whenever the anchor moves.
-        let covered: Vec<(u64, u64)> = match prune.keep.first() {
-            Some(h) if *h > 0 => self
-                .rows(
-                    &mut *tx,
-                    "SELECT detail FROM audit WHERE event = 'lanes' AND seq <= ?1 \
-                     ORDER BY seq DESC LIMIT 1",
-                    &[Val::Int(*h as i64)],
-                    |r| r.text(0),
-                )?
-                .first()
-                .and_then(|d| super::parse_lanes_detail(d))
-                .map(|(_, heads)| heads.into_iter().map(|(l, p, _)| (l, p)).collect())
-                .unwrap_or_default(),
-            _ => Vec::new(),
-        };
-        for (lane, end_pos) in &prune.lanes {
-            let named = covered.iter().find(|(l, _)| l == lane).map(|(_, p)| *p);
-            let head_pos = named.map_or(*end_pos, |p| p.min(*end_pos));
-            tx.execute(
-                "DELETE FROM audit_lane WHERE lane = ?1 AND pos < ?2",
-                &[Val::Int(*lane as i64), Val::Int(head_pos as i64)],
-            )?;
-        }
-        before_commit();
-        self.commit_at(tx, head)?;
-        Ok(head.seq)
+        Ok(())
     }
+
+    /// Removes lane `lane`'s rows below position `below`, `batch`
+    /// positions per write transaction (from the lowest still there).
+    fn prune_lane(&self, lane: u64, below: u64, batch: u64) -> Result<(), StoreError> {
+        let lowest = {
+            let mut conn = self.lock();
+            self.rows(
+                &mut **conn,
+                "SELECT MIN(pos) FROM audit_lane WHERE lane = ?1",
+                &[Val::Int(lane as i64)],
+                |r| r.opt_int(0),
+            )?
+            .into_iter()
+            .next()
+            .flatten()
+        };
+        let Some(lowest) = lowest else { return Ok(()) };
+        let batch = batch.max(1);
+        let mut at = lowest.max(0) as u64;
+        while at < below {
+            let end = below.min(at.saturating_add(batch));
+            let mut conn = self.lock();
+            let mut tx = Tx::begin(&mut **conn)?;
+            tx.execute(
+                "DELETE FROM audit_lane WHERE lane = ?1 AND pos >= ?2 AND pos < ?3",
+                &[
+                    Val::Int(lane as i64),
+                    Val::Int(at as i64),
+                    Val::Int(end as i64),
+                ],
+            )?;
+            self.commit(tx)?;
+            at = end;
+        }
+        Ok(())
+    }
+}
+
+/// How far each lane may be pruned: below the lower of its head at the end
+/// checkpoint (`ends`) and the position the `lanes` records a process
+/// checks name (`named`); a lane `named` leaves out keeps every row.
+fn lane_limits(ends: &[(u64, u64)], named: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    ends.iter()
+        .filter_map(|(lane, end)| {
+            let (_, n) = named.iter().find(|(l, _)| l == lane)?;
+            Some((*lane, (*end).min(*n)))
+        })
+        .filter(|(_, below)| *below > 1)
+        .collect()
 }
 
 #[cfg(test)]
@@ -339,5 +524,137 @@ mod tests {
         };
         assert_eq!(parse_archive_detail(&d.to_string()), Some(d));
         assert_eq!(parse_archive_detail("archive records=1..=2"), None);
+    }
+
+    /// Rows of the main chain.
+    fn count(store: &Store) -> u64 {
+        let mut conn = store.lock();
+        store
+            .rows(&mut **conn, "SELECT COUNT(*) FROM audit", &[], |r| r.int(0))
+            .unwrap()[0] as u64
+    }
+
+    fn sign(store: &Store, ak: &Secret32, i: usize) {
+        store
+            .record(
+                Some(ak),
+                Record::new(Event::Sign, crate::ck::CKR_OK).detail(format!("sign {i}")),
+            )
+            .unwrap();
+    }
+
+    fn archive_record(first: u64, last: u64) -> Record {
+        let d = ArchiveDetail {
+            first,
+            last,
+            end_checkpoint: last + 1,
+            sha256: [7; 32],
+            file: format!("seg-{last}.jsonl"),
+        };
+        Record::new(Event::Archive, crate::ck::CKR_OK).detail(d.to_string())
+    }
+
+    /// The archive record commits alone; the rows go in many short write
+    /// transactions, between which a writer appends (it is never held
+    /// for the whole prune); a prune stopped half way leaves a store whose
+    /// continuity holds, and the next archive finishes it first.
+    #[test]
+    fn an_archive_prunes_in_short_transactions_and_the_next_finishes_a_stopped_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::create(&dir.path().join("s.db")).unwrap();
+        let ak = crate::secure::secret::<32>().unwrap();
+        store
+            .record(Some(&ak), Record::new(Event::Init, crate::ck::CKR_OK))
+            .unwrap();
+        store.authenticate(&ak, None).unwrap();
+        for i in 0..40 {
+            sign(&store, &ak, i);
+        }
+        let before = count(&store);
+        let fsyncs = store.fsyncs();
+        let prune = Prune {
+            first: 1,
+            last: 30,
+            keep: Vec::new(),
+            lanes: Vec::new(),
+        };
+        // A stop after the first batch (a kill between transactions).
+        let stopped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store
+                .commit_archive_in(
+                    &ak,
+                    archive_record(1, 30),
+                    &prune,
+                    4,
+                    &mut |_| panic!("stopped"),
+                    &mut || {},
+                )
+                .unwrap()
+        }));
+        assert!(stopped.is_err());
+        let half = count(&store);
+        assert!(half < before + 1, "the first batch removed rows");
+        assert!(half > before + 1 - 26, "the prune stopped half way");
+        store.check_continuity(0).unwrap();
+        // The next archive finishes the first, and a writer goes on between
+        // its batches.
+        for i in 40..60 {
+            sign(&store, &ak, i);
+        }
+        let fsyncs_before = store.fsyncs();
+        let mut batches = 0;
+        let mut n = 100;
+        let prune = Prune {
+            first: 31,
+            last: 50,
+            keep: Vec::new(),
+            lanes: Vec::new(),
+        };
+        store
+            .commit_archive_in(
+                &ak,
+                archive_record(31, 50),
+                &prune,
+                4,
+                &mut |_| {
+                    batches += 1;
+                    n += 1;
+                    sign(&store, &ak, n);
+                },
+                &mut || {},
+            )
+            .unwrap();
+        assert_eq!(batches, 5, "20 numbers in batches of 4");
+        // The earlier range's 8 batches, the record, this range's 5, and
+        // the 5 writes between them: each its own transaction.
+        assert!(store.fsyncs() - fsyncs_before >= 8 + 1 + 5 + 5);
+        assert!(fsyncs < fsyncs_before);
+        store.check_continuity(0).unwrap();
+        let mut conn = store.lock();
+        let left = store
+            .rows(
+                &mut **conn,
+                "SELECT seq FROM audit WHERE seq <= 50 ORDER BY seq",
+                &[],
+                |r| r.int(0),
+            )
+            .unwrap();
+        drop(conn);
+        // Kept: record 1, each range's last and the record before it, and
+        // the records around the first archive record (not an operation).
+        assert!(left.contains(&1) && left.contains(&30) && left.contains(&50));
+        assert!(left.len() < 12, "pruned: {left:?}");
+    }
+
+    /// Lane rows are pruned only below what both the end checkpoint and
+    /// the `lanes` records name; a lane no `lanes` record names (or no
+    /// `lanes` record at all) keeps every row.
+    #[test]
+    fn lane_rows_are_pruned_only_below_the_named_heads() {
+        assert_eq!(lane_limits(&[(1, 50), (2, 9)], &[]), vec![]);
+        assert_eq!(
+            lane_limits(&[(1, 50), (2, 9), (3, 4)], &[(1, 20), (2, 30)]),
+            vec![(1, 20), (2, 9)]
+        );
     }
 }

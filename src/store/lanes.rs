@@ -227,7 +227,7 @@ impl Store {
     }
 
     /// The `lanes` record `seq` of the main chain, verified: what it names.
-    fn cover_at(
+    pub(super) fn cover_at(
         &self,
         db: &mut dyn Db,
         ak: &Secret32,

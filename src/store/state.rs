@@ -123,6 +123,9 @@ pub(super) struct Guard {
     /// The anchored record whose lane heads were last found in place
     /// (`lanes::check_anchored_cover`).
     pub(super) cover_checked: Option<Position>,
+    /// The archived ranges verified so far, and the newest archive
+    /// record among them (`archive::archived_ranges`).
+    pub(super) archived: Option<(u64, Vec<(u64, u64)>)>,
 }
 
 impl Guard {
@@ -608,8 +611,13 @@ impl Store {
         }
         let found = self.mac_at(db, seq)?;
         // A record an archive removed (a verified archive record names its
-        // range) was not taken from under this process.
+        // range) was not taken from under this process: what it holds to
+        // from now on is the head it appends at (so a PostgreSQL lane
+        // commit, which sends it, takes the fast path again).
         if found.is_none() && self.is_archived(db, seq)? {
+            if let Some(h) = head {
+                self.saw(h);
+            }
             return Ok(());
         }
         if found.as_deref() != Some(&mac[..]) {
