@@ -386,7 +386,7 @@ fn a_full_verify_checks_each_checkpoints_state_and_a_plain_one_starts_at_the_arc
             archive - 1
         ),
     );
-    fails(&s, &[], "holds no such archive record");
+    fails(&s, &[], "does not verify as this store's archive record");
     sqlite(&s.store, "DELETE FROM audit_archive;");
 
     // A checkpoint written (with the key) from a state the chain does not

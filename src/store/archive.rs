@@ -162,6 +162,13 @@ impl Store {
                 Err(_) => return Ok(None),
             },
         };
+        // The record before it is this store's (it is always kept: the
+        // record before every kept one is): an archive record copied from
+        // another store of the same root, at the same number, verifies
+        // under its own `prev_mac` but not after this store's record.
+        if row.seq > 1 && self.mac_at(db, row.seq - 1)?.as_deref() != Some(&prev[..]) {
+            return Ok(None);
+        }
         if rec.event != Event::Archive || rec.mac(ak, &prev)[..] != mac[..] {
             return Ok(None);
         }

@@ -214,12 +214,39 @@ impl Store {
                  audit_checkpoint row was changed or forged)"
             ));
         }
+        // It follows this store's record before it (always kept), not the
+        // record before it in another store of the same root it was copied
+        // from.
+        let before = self
+            .audit_mac(seq - 1)
+            .map_err(|e| format!("{name}: {e}"))?;
+        if seq > 1 && before.as_deref() != Some(&prev[..]) {
+            return Err(format!(
+                "{name} does not follow record {} of this store (its audit_checkpoint row's \
+                 prev_mac is another record's): it was copied from another store, or the record \
+                 before it was changed",
+                seq - 1
+            ));
+        }
         let Some(d) = parse_checkpoint_detail(&r.detail) else {
             return Err(format!("{name}: its detail is not a checkpoint's"));
         };
         let snapshot = Snapshot::from_bytes(&row.snapshot).map_err(|e| {
             format!("{name}: {e} (its audit_checkpoint row's snapshot was changed)")
         })?;
+        // The head it commits to, where this store still holds it.
+        if let Some(held) = self
+            .audit_mac(snapshot.head)
+            .map_err(|e| format!("{name}: {e}"))?
+        {
+            if snapshot.head_mac32().map(|m| m.to_vec()) != Some(held) {
+                return Err(format!(
+                    "{name} commits to record {} with another MAC than this store holds there: \
+                     it was copied from another store, or record {} was changed",
+                    snapshot.head, snapshot.head
+                ));
+            }
+        }
         if snapshot.detail() != d || row.head_seq != d.head {
             return Err(format!(
                 "{name}: the snapshot in its audit_checkpoint row does not match the digests \

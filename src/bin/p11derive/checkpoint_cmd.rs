@@ -73,8 +73,36 @@ pub fn start_point(store: &Store, ak: &derive::Secret32, mode: Mode) -> Result<S
             let Some((archive, end)) = store.newest_archive()? else {
                 return Ok(Start::default());
             };
+            // The archive record itself must verify here (MAC, after this
+            // store's record before it) and lie after the head the run
+            // resumes from, so that the run checks it in the chain too: a
+            // row and a record edited to name a later checkpoint would
+            // otherwise skip the records between.
+            let row = store
+                .archive_rows()?
+                .into_iter()
+                .find(|r| r.seq == archive)
+                .filter(|r| r.end_checkpoint == end);
+            let verified = match &row {
+                Some(r) => store.verified_archive_row(ak, r)?,
+                None => None,
+            };
+            if verified.is_none() {
+                return Err(fail(format!(
+                    "the newest audit_archive row names archive record {archive} ending at \
+                     checkpoint record {end}, but that record does not verify as this store's \
+                     archive record: the row or the record was forged or changed"
+                )));
+            }
             let snapshot = verified_row(store, ak, end)?;
             let h = snapshot.head;
+            if archive <= end {
+                return Err(fail(format!(
+                    "archive record {archive} does not come after its end checkpoint, record \
+                     {end}: an archive record is written after the checkpoint that ends its \
+                     segment, so the row or the record was changed"
+                )));
+            }
             Ok(Start {
                 snapshot: Some(snapshot),
                 checkpoint: Some(end),
