@@ -127,8 +127,30 @@ fn an_archive_verifies_with_its_segments_and_a_missing_altered_or_reordered_one_
         said, "Ok(())",
         "the provider keeps working after an archive"
     );
-    // FILE is never overwritten.
-    failed_with(&archive(&s, &seg1), &["exists"]);
+    // FILE is never overwritten; one an archive committed is named as the
+    // only copy of its records.
+    failed_with(
+        &archive(&s, &seg1),
+        &[
+            "exists",
+            "already archived as record",
+            "only copy of records 1..=",
+        ],
+    );
+    assert!(seg1.exists());
+    s.audit_verifies();
+    // A full verify names the archived range and what to run instead.
+    failed_with(
+        &cli(&s, &["audit", "checkpoint", "--full"]),
+        &[
+            "records 1..=",
+            "are archived (archive record",
+            "--with-archives",
+        ],
+    );
+    // A re-anchor verifies from the archive's end checkpoint, as a plain
+    // verify does (records 1.. are not in the store).
+    ok(&s, &["audit", "reanchor", "--yes"]);
     s.audit_verifies();
     let out = with_archives(&s, &[&seg1]);
     assert!(out.status.success(), "{}", output_text(&out));
@@ -285,6 +307,11 @@ fn an_archive_killed_at_every_step_loses_nothing() {
             .collect();
         if step == "committed" {
             assert!(rows(&s.store) < before, "{step}");
+            // The file is the only copy of the archived records: said so.
+            failed_with(
+                &archive(&s, &seg),
+                &["already archived as record", "only copy"],
+            );
             let out = with_archives(&s, &[&seg]);
             assert!(out.status.success(), "{step}: {}", output_text(&out));
             continue;
@@ -293,6 +320,10 @@ fn an_archive_killed_at_every_step_loses_nothing() {
         // What was left on disk is never taken as a segment.
         for f in partials.iter().chain(seg.exists().then_some(&seg)) {
             failed_with(&with_archives(&s, &[f]), &["FAILED"]);
+        }
+        // A file left by an archive that did not commit: never archived.
+        if seg.exists() {
+            failed_with(&archive(&s, &seg), &["never archived", "may be removed"]);
         }
         // A re-run archives (under a new name when the file was left).
         let again = match seg.exists() {

@@ -332,24 +332,72 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The SHA-256 of the whole file at `path` (what `sha256sum` prints).
+fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finalize().into());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// `--to` names a file that is there: after a crash it may be the segment
+/// of an archive that committed (then the only copy of its records) or one
+/// that never did. Says which, by its hash among the verified archive
+/// records `done`.
+fn existing_to(to: &Path, done: &[(u64, ArchiveDetail)]) -> Failure {
+    let sha = match file_sha256(to) {
+        Ok(h) => h,
+        Err(e) => {
+            return Failure::Usage(format!(
+                "{} exists and cannot be read ({e}): an archive never overwrites a file. Name \
+                 a new file with --to",
+                to.display()
+            ))
+        }
+    };
+    match done.iter().find(|(_, d)| d.sha256 == sha) {
+        Some((seq, d)) => Failure::Usage(format!(
+            "{} exists and is already archived as record {seq}: keep this file, it is the only \
+             copy of records {}..={} (sha256 {}). To archive more, name a new file with --to",
+            to.display(),
+            d.first,
+            d.last,
+            hex(&sha)
+        )),
+        None => Failure::Usage(format!(
+            "{} exists, but no archive record of this store names it (sha256 {}): it was never \
+             archived (a segment left by an archive that did not commit, or another file). It \
+             may be removed; or name a new file with --to",
+            to.display(),
+            hex(&sha)
+        )),
+    }
+}
+
 pub fn archive(cli: &Cli, before: &str, to: &Path) -> Result<(), Failure> {
     let cut_s = p11derive::access::parse_time(before).map_err(Failure::Usage)?;
     let cut_ns = u64::try_from(cut_s)
         .unwrap_or(0)
         .saturating_mul(1_000_000_000);
-    if to.exists() {
-        return Err(Failure::Usage(format!(
-            "{} exists: an archive never overwrites a file. Name a new file with --to",
-            to.display()
-        )));
-    }
+    let existing = to.exists();
     let config = load_config(cli)?;
     let store = open_store(&config)?;
     let want = Want::to(Action::ManagePolicy);
     with_key(cli, &store, &config, want, |store, backend, ak, caller| {
         let refuse = |m: String| Failure::Failed(format!("audit archive: REFUSED: {m}"));
-        let anchor = backend.read_anchor().map_err(failed)?;
         let done = verified_archives(store, ak).map_err(refuse)?;
+        if existing {
+            return Err(existing_to(to, &done));
+        }
+        let anchor = backend.read_anchor().map_err(failed)?;
         let prev = done.last().map(|(_, d)| d.clone());
         let start = match &prev {
             None => None,
@@ -469,14 +517,22 @@ pub fn archive(cli: &Cli, before: &str, to: &Path) -> Result<(), Failure> {
         file.sync_all().map_err(io)?;
         drop(file);
         crash_at("synced");
-        if to.exists() {
+        // A hard link never replaces an existing file (unlike a rename).
+        if let Err(e) = std::fs::hard_link(&tmp, to) {
             let _ = std::fs::remove_file(&tmp);
-            return Err(refuse(format!(
-                "{} appeared while the segment was written: nothing was archived",
-                to.display()
-            )));
+            return Err(refuse(match e.kind() {
+                std::io::ErrorKind::AlreadyExists => format!(
+                    "{} appeared while the segment was written: nothing was archived. Name a \
+                     new file with --to",
+                    to.display()
+                ),
+                _ => format!(
+                    "{} cannot be put in place ({e}): nothing was archived",
+                    to.display()
+                ),
+            }));
         }
-        std::fs::rename(&tmp, to).map_err(io)?;
+        std::fs::remove_file(&tmp).map_err(io)?;
         sync_dir(&dir).map_err(io)?;
         crash_at("renamed");
         progress.finish();
@@ -625,7 +681,8 @@ pub fn verify_with_archives(cli: &Cli, files: &[PathBuf]) -> Result<(), Failure>
                 }
                 Some(i) if file_name(&segs[i].path) != d.file => {
                     return Err(bad(format!(
-                        "segment {} is the one archive record {seq} names as {} (records                          {}..={}): it was renamed. Give it under its name",
+                        "segment {} is the one archive record {seq} names as {} (records \
+                         {}..={}): it was renamed. Give it under its name",
                         segs[i].path.display(),
                         d.file,
                         d.first,
