@@ -202,6 +202,33 @@ fn an_archive_verifies_with_its_segments_and_a_missing_altered_or_reordered_one_
         &with_archives(&s, &[&altered, &seg2]),
         &["seg1-altered.jsonl"],
     );
+    // A pin (a row the store keeps in an archived range) altered after the
+    // archive: named, though the store's own part starts after it.
+    let header: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&seg1)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let last = header["last"].as_u64().unwrap();
+    let pin = sql_count(
+        &s.store,
+        &format!("SELECT min(seq) FROM audit WHERE seq > 1 AND seq <= {last}"),
+    );
+    let out = std::process::Command::new("sqlite3")
+        .arg(&s.store)
+        .arg(format!(
+            "UPDATE audit SET detail = detail || ' ' WHERE seq = {pin}"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    failed_with(
+        &with_archives(&s, &[&seg1, &seg2]),
+        &[&format!("record {pin} the store holds"), "seg1.jsonl"],
+    );
 }
 
 /// A provider process signs (it has then seen that record), `between` runs
