@@ -127,8 +127,30 @@ fn an_archive_verifies_with_its_segments_and_a_missing_altered_or_reordered_one_
         said, "Ok(())",
         "the provider keeps working after an archive"
     );
-    // FILE is never overwritten.
-    failed_with(&archive(&s, &seg1), &["exists"]);
+    // FILE is never overwritten; one an archive committed is named as the
+    // only copy of its records.
+    failed_with(
+        &archive(&s, &seg1),
+        &[
+            "exists",
+            "already archived as record",
+            "only copy of records 1..=",
+        ],
+    );
+    assert!(seg1.exists());
+    s.audit_verifies();
+    // A full verify names the archived range and what to run instead.
+    failed_with(
+        &cli(&s, &["audit", "checkpoint", "--full"]),
+        &[
+            "records 1..=",
+            "are archived (archive record",
+            "--with-archives",
+        ],
+    );
+    // A re-anchor verifies from the archive's end checkpoint, as a plain
+    // verify does (records 1.. are not in the store).
+    ok(&s, &["audit", "reanchor", "--yes"]);
     s.audit_verifies();
     let out = with_archives(&s, &[&seg1]);
     assert!(out.status.success(), "{}", output_text(&out));
@@ -179,6 +201,33 @@ fn an_archive_verifies_with_its_segments_and_a_missing_altered_or_reordered_one_
     failed_with(
         &with_archives(&s, &[&altered, &seg2]),
         &["seg1-altered.jsonl"],
+    );
+    // A pin (a row the store keeps in an archived range) altered after the
+    // archive: named, though the store's own part starts after it.
+    let header: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&seg1)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let last = header["last"].as_u64().unwrap();
+    let pin = sql_count(
+        &s.store,
+        &format!("SELECT min(seq) FROM audit WHERE seq > 1 AND seq <= {last}"),
+    );
+    let out = std::process::Command::new("sqlite3")
+        .arg(&s.store)
+        .arg(format!(
+            "UPDATE audit SET detail = detail || ' ' WHERE seq = {pin}"
+        ))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    failed_with(
+        &with_archives(&s, &[&seg1, &seg2]),
+        &[&format!("record {pin} the store holds"), "seg1.jsonl"],
     );
 }
 
@@ -285,6 +334,11 @@ fn an_archive_killed_at_every_step_loses_nothing() {
             .collect();
         if step == "committed" {
             assert!(rows(&s.store) < before, "{step}");
+            // The file is the only copy of the archived records: said so.
+            failed_with(
+                &archive(&s, &seg),
+                &["already archived as record", "only copy"],
+            );
             let out = with_archives(&s, &[&seg]);
             assert!(out.status.success(), "{step}: {}", output_text(&out));
             continue;
@@ -293,6 +347,10 @@ fn an_archive_killed_at_every_step_loses_nothing() {
         // What was left on disk is never taken as a segment.
         for f in partials.iter().chain(seg.exists().then_some(&seg)) {
             failed_with(&with_archives(&s, &[f]), &["FAILED"]);
+        }
+        // A file left by an archive that did not commit: never archived.
+        if seg.exists() {
+            failed_with(&archive(&s, &seg), &["never archived", "may be removed"]);
         }
         // A re-run archives (under a new name when the file was left).
         let again = match seg.exists() {

@@ -198,9 +198,12 @@ fn chain_fault(path: &Path, f: ChainFault) -> String {
 /// from the start checkpoint's head to the end's, each lane from the
 /// start's head to the end's, and the replay from the start snapshot, whose
 /// state digest must be the end checkpoint's `state=`.
+/// With `store`: every row the store still holds in the segment's range
+/// (the pins) must be the segment's record, MAC and all.
 pub fn verify_segment(
     ak: &p11derive::types::Secret32,
     path: &Path,
+    store: Option<&Store>,
     progress: &Progress,
 ) -> Result<Segment, String> {
     let mut rd = Reader::open(path)?;
@@ -232,9 +235,12 @@ pub fn verify_segment(
                 .ok_or_else(|| bad("bad head MAC".into()))?,
         ),
     };
-    let mut replay = start
-        .as_ref()
-        .map_or_else(Replay::new, |s| Replay::from_snapshot(&s.snapshot));
+    // The lanes' records come after the main chain's: each use is judged
+    // against the state as of the change it was decided under.
+    let mut replay = start.as_ref().map_or_else(Replay::new_lanes_after, |s| {
+        Replay::from_snapshot(&s.snapshot)
+    });
+    let mut pinned = store.map(|st| st.chain_stream_from(from as i64, last).peekable());
     let mut lanes: BTreeMap<u64, LaneCheck> = BTreeMap::new();
     let start_lanes: BTreeMap<u64, (u64, [u8; 32])> = start
         .as_ref()
@@ -249,6 +255,21 @@ pub fn verify_segment(
         match item {
             Item::Main(r, mac) => {
                 chain.push(ak, &r, &mac).map_err(|f| chain_fault(path, f))?;
+                if let Some(rows) = pinned.as_mut() {
+                    while let Some(row) =
+                        rows.next_if(|x| x.as_ref().map_or(true, |(p, _)| p.seq <= r.seq))
+                    {
+                        let (p, pmac) = row.map_err(|e| bad(e.to_string()))?;
+                        if p.seq == r.seq && (p != r || pmac.as_slice() != mac.as_slice()) {
+                            return Err(bad(format!(
+                                "record {} the store holds (a pin of the archive) is not the \
+                                 one the segment holds: the store's row was altered after the \
+                                 archive, or the segment is not this store's",
+                                r.seq
+                            )));
+                        }
+                    }
+                }
                 if r.event == Event::Archive {
                     if let Some(d) = parse_archive_detail(&r.detail) {
                         archives.push((r.seq, d));
@@ -267,6 +288,7 @@ pub fn verify_segment(
                 check
                     .push(ak, &at, &r, &mac)
                     .map_err(|f| bad(format!("lane {}: {}", at.lane, chain_fault(path, f))))?;
+                replay.see_lane_decided(at.lane, at.pos, at.change, &r);
             }
         }
     }
@@ -321,6 +343,36 @@ pub fn verify_segment(
     })
 }
 
+/// Of a segment verified in `--with-archives`, what is kept once it passed
+/// (not its snapshots).
+struct Seen {
+    path: PathBuf,
+    first: u64,
+    last: u64,
+    sha256: [u8; 32],
+    /// The end checkpoint's record and MAC.
+    end: (u64, [u8; 32]),
+}
+
+/// The records a segment's header says it holds (main and lanes), for the
+/// progress bar; 0 when it does not say.
+fn segment_items(h: &Value) -> u64 {
+    let (first, last) = (
+        h["first"].as_u64().unwrap_or(1),
+        h["last"].as_u64().unwrap_or(0),
+    );
+    let pos = |c: &Value, lane: &str| c["snapshot"]["lanes"][lane]["pos"].as_u64().unwrap_or(0);
+    let lanes: u64 = h["end"]["snapshot"]["lanes"]
+        .as_object()
+        .map(|m| {
+            m.keys()
+                .map(|l| pos(&h["end"], l).saturating_sub(pos(&h["start"], l)))
+                .sum()
+        })
+        .unwrap_or(0);
+    (last + 1).saturating_sub(first) + lanes
+}
+
 /// Syncs a directory (the rename of a file in it made durable).
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
@@ -332,24 +384,72 @@ fn file_name(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// The SHA-256 of the whole file at `path` (what `sha256sum` prints).
+fn file_sha256(path: &Path) -> std::io::Result<[u8; 32]> {
+    use sha2::{Digest, Sha256};
+    use std::io::Read;
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            return Ok(h.finalize().into());
+        }
+        h.update(&buf[..n]);
+    }
+}
+
+/// `--to` names a file that is there: after a crash it may be the segment
+/// of an archive that committed (then the only copy of its records) or one
+/// that never did. Says which, by its hash among the verified archive
+/// records `done`.
+fn existing_to(to: &Path, done: &[(u64, ArchiveDetail)]) -> Failure {
+    let sha = match file_sha256(to) {
+        Ok(h) => h,
+        Err(e) => {
+            return Failure::Usage(format!(
+                "{} exists and cannot be read ({e}): an archive never overwrites a file. Name \
+                 a new file with --to",
+                to.display()
+            ))
+        }
+    };
+    match done.iter().find(|(_, d)| d.sha256 == sha) {
+        Some((seq, d)) => Failure::Usage(format!(
+            "{} exists and is already archived as record {seq}: keep this file, it is the only \
+             copy of records {}..={} (sha256 {}). To archive more, name a new file with --to",
+            to.display(),
+            d.first,
+            d.last,
+            hex(&sha)
+        )),
+        None => Failure::Usage(format!(
+            "{} exists, but no archive record of this store names it (sha256 {}): it was never \
+             archived (a segment left by an archive that did not commit, or another file). It \
+             may be removed; or name a new file with --to",
+            to.display(),
+            hex(&sha)
+        )),
+    }
+}
+
 pub fn archive(cli: &Cli, before: &str, to: &Path) -> Result<(), Failure> {
     let cut_s = p11derive::access::parse_time(before).map_err(Failure::Usage)?;
     let cut_ns = u64::try_from(cut_s)
         .unwrap_or(0)
         .saturating_mul(1_000_000_000);
-    if to.exists() {
-        return Err(Failure::Usage(format!(
-            "{} exists: an archive never overwrites a file. Name a new file with --to",
-            to.display()
-        )));
-    }
+    let existing = to.exists();
     let config = load_config(cli)?;
     let store = open_store(&config)?;
     let want = Want::to(Action::ManagePolicy);
     with_key(cli, &store, &config, want, |store, backend, ak, caller| {
         let refuse = |m: String| Failure::Failed(format!("audit archive: REFUSED: {m}"));
-        let anchor = backend.read_anchor().map_err(failed)?;
         let done = verified_archives(store, ak).map_err(refuse)?;
+        if existing {
+            return Err(existing_to(to, &done));
+        }
+        let anchor = backend.read_anchor().map_err(failed)?;
         let prev = done.last().map(|(_, d)| d.clone());
         let start = match &prev {
             None => None,
@@ -469,19 +569,31 @@ pub fn archive(cli: &Cli, before: &str, to: &Path) -> Result<(), Failure> {
         file.sync_all().map_err(io)?;
         drop(file);
         crash_at("synced");
-        if to.exists() {
+        // A hard link never replaces an existing file (unlike a rename).
+        if let Err(e) = std::fs::hard_link(&tmp, to) {
             let _ = std::fs::remove_file(&tmp);
-            return Err(refuse(format!(
-                "{} appeared while the segment was written: nothing was archived",
-                to.display()
-            )));
+            return Err(refuse(match e.kind() {
+                std::io::ErrorKind::AlreadyExists => format!(
+                    "{} appeared while the segment was written: nothing was archived. Name a \
+                     new file with --to",
+                    to.display()
+                ),
+                _ => format!(
+                    "{} cannot be put in place ({e}): nothing was archived",
+                    to.display()
+                ),
+            }));
         }
-        std::fs::rename(&tmp, to).map_err(io)?;
+        std::fs::remove_file(&tmp).map_err(io)?;
         sync_dir(&dir).map_err(io)?;
         crash_at("renamed");
         progress.finish();
         // Read back: only a segment that verifies alone lets rows go.
-        let seg = verify_segment(ak, to, &Progress::hidden()).map_err(|m| {
+        let reading = Progress::new(cli, "audit archive: reading back", 0);
+        reading.stage("audit archive: reading back", last - past + n_lanes);
+        let seg = verify_segment(ak, to, None, &reading);
+        reading.finish();
+        let seg = seg.map_err(|m| {
             refuse(format!(
                 "the segment written does not verify ({m}); nothing was removed from the store"
             ))
@@ -556,16 +668,23 @@ pub fn verify_with_archives(cli: &Cli, files: &[PathBuf]) -> Result<(), Failure>
     let want = Want::to(Action::ReadAudit).unanchored();
     with_key(cli, &store, &config, want, |store, backend, ak, _| {
         let bad = |m: String| Failure::Failed(format!("audit verify: FAILED: {m}"));
-        let progress = Progress::new(cli, "audit verify: segments", 0);
-        let mut segs: Vec<Segment> = Vec::new();
-        for f in files {
-            segs.push(verify_segment(ak, f, &progress).map_err(bad)?);
-        }
-        progress.finish();
         let ours = store.store_id()?.map(|i| hex(&i)).unwrap_or_default();
-        // Segments chained: the first from record 1, each from the end of
-        // the one before.
-        for (i, s) in segs.iter().enumerate() {
+        let progress = Progress::new(cli, "audit verify: segments", 0);
+        let mut total = 0;
+        for f in files {
+            total += Reader::open(f)
+                .map(|r| segment_items(&r.header))
+                .unwrap_or(0);
+        }
+        progress.stage("audit verify: segments", total);
+        // Each segment verified alone and chained to the one before (the
+        // first from record 1); of each, only what the checks below need,
+        // and the newest end snapshot (where the store's part starts).
+        let mut segs: Vec<Seen> = Vec::new();
+        let mut start: Option<Snapshot> = None;
+        let mut met: BTreeMap<u64, ArchiveDetail> = BTreeMap::new();
+        for f in files {
+            let s = verify_segment(ak, f, Some(store), &progress).map_err(bad)?;
             if s.store != ours {
                 return Err(bad(format!(
                     "segment {} is of store {}, not of this store {ours}",
@@ -573,13 +692,10 @@ pub fn verify_with_archives(cli: &Cli, files: &[PathBuf]) -> Result<(), Failure>
                     s.store
                 )));
             }
-            let after = match i {
-                0 => None,
-                _ => Some(&segs[i - 1].end),
-            };
+            let after = segs.last();
             let chained = match (after, &s.start) {
                 (None, None) => s.first == 1,
-                (Some(p), Some(st)) => p.record.seq == st.record.seq && p.mac == st.mac,
+                (Some(p), Some(st)) => p.end == (st.record.seq, st.mac),
                 _ => false,
             };
             if !chained {
@@ -591,15 +707,23 @@ pub fn verify_with_archives(cli: &Cli, files: &[PathBuf]) -> Result<(), Failure>
                     s.last,
                     match after {
                         None => "the start of the log (record 1)".to_string(),
-                        Some(_) => format!("segment {}", segs[i - 1].path.display()),
+                        Some(p) => format!("segment {}", p.path.display()),
                     }
                 )));
             }
+            met.extend(s.archives);
+            segs.push(Seen {
+                path: s.path,
+                first: s.first,
+                last: s.last,
+                sha256: s.sha256,
+                end: (s.end.record.seq, s.end.mac),
+            });
+            start = Some(s.end.snapshot);
         }
+        progress.finish();
         // Every archive record met names a given segment, in order; every
         // given segment is named.
-        let mut met: BTreeMap<u64, ArchiveDetail> =
-            segs.iter().flat_map(|s| s.archives.clone()).collect();
         met.extend(verified_archives(store, ak).map_err(bad)?);
         for (k, (seq, d)) in met.iter().enumerate() {
             let given = segs.iter().position(|s| s.sha256 == d.sha256);
@@ -625,7 +749,8 @@ pub fn verify_with_archives(cli: &Cli, files: &[PathBuf]) -> Result<(), Failure>
                 }
                 Some(i) if file_name(&segs[i].path) != d.file => {
                     return Err(bad(format!(
-                        "segment {} is the one archive record {seq} names as {} (records                          {}..={}): it was renamed. Give it under its name",
+                        "segment {} is the one archive record {seq} names as {} (records \
+                         {}..={}): it was renamed. Give it under its name",
                         segs[i].path.display(),
                         d.file,
                         d.first,
@@ -646,7 +771,6 @@ pub fn verify_with_archives(cli: &Cli, files: &[PathBuf]) -> Result<(), Failure>
             )));
         }
         let anchor = backend.read_anchor().map_err(failed)?;
-        let start = segs.last().map(|s| s.end.snapshot.clone());
         let mut tally = crate::audit_cmd::Tally::default();
         let progress = Progress::new(cli, "audit verify", 0);
         let checked =

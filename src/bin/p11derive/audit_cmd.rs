@@ -355,7 +355,16 @@ pub fn reanchor(cli: &Cli, yes: bool) -> Result<(), Failure> {
             head: (0, [0; 32]),
             ..a
         });
-        check(store, ak, known)?;
+        // From the newest archive's end checkpoint when records were
+        // archived (they are not in the store to verify from record 1).
+        crate::checkpoint_cmd::verify_in(
+            store,
+            ak,
+            known,
+            crate::checkpoint_cmd::Mode::Plain,
+            &Progress::hidden(),
+            &mut Tally::default(),
+        )?;
         let head = store.audit_head()?.map_or(0, |h| h.0);
         let epoch = before.as_ref().map_or(0, |a| a.epoch) + 1;
         let lost = match &before {
@@ -576,36 +585,6 @@ pub struct Tally {
     /// State rows judged against the chain, and those that disagree.
     pub checked_rows: u64,
     pub drift_rows: u64,
-}
-
-/// The first fault, as a message naming the record.
-pub fn check(
-    store: &Store,
-    ak: &derive::Secret32,
-    anchor: Option<Anchor>,
-) -> Result<Verified, Failure> {
-    check_with(
-        store,
-        ak,
-        anchor,
-        &Progress::hidden(),
-        &mut Tally::default(),
-    )
-}
-
-/// [`check`], drawing `progress` and counting into `tally`.
-pub fn check_with(
-    store: &Store,
-    ak: &derive::Secret32,
-    anchor: Option<Anchor>,
-    progress: &Progress,
-    tally: &mut Tally,
-) -> Result<Verified, Failure> {
-    let checked = check_from(store, ak, anchor, None, progress, tally);
-    if checked.is_err() {
-        tally.faults = tally.faults.max(1);
-    }
-    checked
 }
 
 /// The MAC as stored, as the chain's 32 bytes (one of another length reads

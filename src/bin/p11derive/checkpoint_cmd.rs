@@ -134,11 +134,26 @@ pub fn verify_in(
         }
         Ok((v, start))
     };
-    let checked = run();
+    let checked = run().map_err(|f| archived_hint(store, f));
     if checked.is_err() {
         tally.faults = tally.faults.max(1);
     }
     checked
+}
+
+/// A failure of a run from record 1 on a store whose older records were
+/// archived (a missing record 2.. is then expected): says so, naming the
+/// archived range and the archive record, and what to run instead.
+fn archived_hint(store: &Store, f: Failure) -> Failure {
+    let Failure::Failed(m) = f else { return f };
+    let newest = store.archive_rows().ok().and_then(|r| r.into_iter().last());
+    match newest {
+        Some(a) if m.contains("is missing") => Failure::Failed(format!(
+            "{m}; records 1..={} are archived (archive record {}): use --with-archives",
+            a.last, a.seq
+        )),
+        _ => Failure::Failed(m),
+    }
 }
 
 /// The archive record `seq` (in the verified chain, up to `upto`) names

@@ -222,6 +222,15 @@ impl Replay {
         Replay::default()
     }
 
+    /// From the start of the chain, keeping the state changes as a
+    /// resumed run does, for lanes read after the main chain (a segment's).
+    pub fn new_lanes_after() -> Replay {
+        Replay {
+            resumed: true,
+            ..Replay::default()
+        }
+    }
+
     /// Resumed at a checkpoint: the state its snapshot holds (an asset
     /// whose recorded state name is not one reads as not created).
     pub fn from_snapshot(s: &Snapshot) -> Replay {

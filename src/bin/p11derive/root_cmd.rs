@@ -370,7 +370,16 @@ fn recover_into(
         }
         let progress = crate::progress::Progress::new(cli, "root recover: verifying the store", 0);
         let tally = &mut crate::audit_cmd::Tally::default();
-        let checked = crate::audit_cmd::check_with(store, &ak, None, &progress, tally);
+        // From the newest archive's end checkpoint when records were
+        // archived, as a plain `audit verify`.
+        let checked = crate::checkpoint_cmd::verify_in(
+            store,
+            &ak,
+            None,
+            crate::checkpoint_cmd::Mode::Plain,
+            &progress,
+            tally,
+        );
         progress.finish();
         checked.map_err(|f| {
             Failure::Refused(format!(

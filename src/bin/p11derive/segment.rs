@@ -22,6 +22,10 @@ use sha2::{Digest, Sha256};
 pub const FORMAT: &str = "p11derive-audit-segment";
 pub const VERSION: u64 = 1;
 
+/// The longest line a segment may hold (a record is a few hundred bytes;
+/// a checkpoint header with many assets and lanes far less than this).
+pub const MAX_LINE: u64 = 16 << 20;
+
 /// A record as a segment line: the fields `audit export` lists (enough
 /// to rebuild the record exactly).
 pub fn record_line(r: &Record, mac: &[u8]) -> Value {
@@ -102,10 +106,12 @@ pub struct Writer {
 
 impl Writer {
     pub fn create(path: &Path) -> std::io::Result<Writer> {
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)?;
+        // Owner-only: a segment holds actors, asset names and input hashes.
+        let mut open = std::fs::OpenOptions::new();
+        open.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+        let file = open.open(path)?;
         Ok(Writer {
             out: BufWriter::with_capacity(1 << 16, file),
             before_trailer: Sha256::new(),
@@ -216,14 +222,20 @@ impl Reader {
         let mut buf = Vec::new();
         loop {
             buf.clear();
-            let n = self
-                .input
+            let n = std::io::Read::take(&mut self.input, MAX_LINE + 1)
                 .read_until(b'\n', &mut buf)
                 .map_err(|e| self.bad(&e.to_string()))?;
             if n == 0 {
                 return Ok(None);
             }
             self.line_no += 1;
+            if n as u64 > MAX_LINE {
+                return Err(self.bad(&format!(
+                    "the line is longer than {} MiB: not a segment line (the file is damaged \
+                     or not a segment)",
+                    MAX_LINE >> 20
+                )));
+            }
             if self.trailer.is_some() {
                 return Err(self.bad("there are lines after its trailer"));
             }
