@@ -236,7 +236,6 @@ fn deleting_the_archive_row_or_editing_the_end_snapshot_is_refused() {
 /// end snapshot from the segment and never judges the store's row, so it
 /// passes over a store whose checkpoint row a plain verify refuses.
 #[test]
-#[ignore = "HOLE (minor): archive_cmd --with-archives never compares the store's audit_checkpoint row of the last segment's end with the segment's copy"]
 fn with_archives_refuses_an_edited_end_checkpoint_row() {
     let _turn = turn();
     let s = setup(None);

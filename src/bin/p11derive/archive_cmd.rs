@@ -30,12 +30,13 @@ use p11derive::access::Action;
 
 /// The steps `P11DERIVE_TEST_CRASH_AT` may name (a test hook: the process
 /// aborts there, as a kill would stop it).
-pub const CRASH_STEPS: [&str; 6] = [
+pub const CRASH_STEPS: [&str; 7] = [
     "written",
     "synced",
     "renamed",
     "verified",
     "transaction",
+    "pruning",
     "committed",
 ];
 
@@ -633,10 +634,17 @@ pub fn archive(cli: &Cli, before: &str, to: &Path) -> Result<(), Failure> {
             .detail(detail.to_string());
         let deleting = Progress::new(cli, "audit archive: removing", 0);
         deleting.stage("audit archive: removing", last - past);
-        let seq =
-            store.commit_archive(ak, record, &prune, &mut |n| deleting.add(n), &mut || {
-                crash_at("transaction")
-            })?;
+        let seq = store.commit_archive(
+            ak,
+            record,
+            &prune,
+            &mut |n| {
+                deleting.add(n);
+                // After a batch of the prune committed, before the next.
+                crash_at("pruning")
+            },
+            &mut || crash_at("transaction"),
+        )?;
         deleting.finish();
         crash_at("committed");
         if cli.json {
@@ -769,6 +777,27 @@ pub fn verify_with_archives(cli: &Cli, files: &[PathBuf]) -> Result<(), Failure>
                 s.last,
                 hex(&s.sha256)
             )));
+        }
+        // The store's own row of the last end checkpoint (what a plain or
+        // --from-checkpoint verify starts from) must verify and hold the
+        // segment's snapshot.
+        if let (Some(last), Some(snap)) = (segs.last(), start.as_ref()) {
+            let seq = last.end.0;
+            let row = store.checkpoint_at(seq)?.ok_or_else(|| {
+                bad(format!(
+                    "checkpoint record {seq}, which ends segment {}, has no audit_checkpoint row \
+                     in the store (it was deleted)",
+                    last.path.display()
+                ))
+            })?;
+            let held = store.verify_checkpoint(ak, &row).map_err(bad)?;
+            if held != *snap {
+                return Err(bad(format!(
+                    "checkpoint record {seq}: the store's audit_checkpoint row holds another \
+                     snapshot than segment {} (the row was changed)",
+                    last.path.display()
+                )));
+            }
         }
         let anchor = backend.read_anchor().map_err(failed)?;
         let mut tally = crate::audit_cmd::Tally::default();
