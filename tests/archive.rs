@@ -11,38 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use cryptoki::error::RvError;
-use cryptoki::mechanism::Mechanism;
-use cryptoki::object::Attribute;
 
+use common::archive::*;
 use common::*;
-
-const SECP256K1: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
-const LATER: &str = "2100-01-01";
-
-/// A key made through the module and `signs` signatures with it.
-fn activity(s: &Setup, label: &str, signs: usize) {
-    let p = s.load();
-    let session = p.user_session();
-    let (_, private) = session
-        .generate_key_pair(
-            &Mechanism::EccKeyPairGen,
-            &[
-                Attribute::Token(true),
-                Attribute::EcParams(SECP256K1.to_vec()),
-                Attribute::Label(label.as_bytes().to_vec()),
-            ],
-            &[
-                Attribute::Token(true),
-                Attribute::Label(label.as_bytes().to_vec()),
-            ],
-        )
-        .unwrap();
-    for i in 0..signs {
-        session
-            .sign(&Mechanism::EcdsaSha256, private, &[i as u8; 10])
-            .unwrap();
-    }
-}
 
 /// `n` more signatures with the existing key `label`.
 fn sign_more(s: &Setup, label: &str, n: usize) {
@@ -53,38 +24,8 @@ fn sign_more(s: &Setup, label: &str, n: usize) {
     }
 }
 
-fn archive(s: &Setup, to: &Path) -> Output {
-    cli(
-        s,
-        &[
-            "audit",
-            "archive",
-            "--before",
-            LATER,
-            "--to",
-            to.to_str().unwrap(),
-        ],
-    )
-}
-
-fn with_archives(s: &Setup, files: &[&Path]) -> Output {
-    let mut args = vec!["audit", "verify", "--with-archives"];
-    args.extend(files.iter().map(|f| f.to_str().unwrap()));
-    cli(s, &args)
-}
-
-/// The number a one-number query on the store answers.
-fn sql_count(store: &Path, sql: &str) -> u64 {
-    let out = std::process::Command::new("sqlite3")
-        .arg(store)
-        .arg(sql)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
 fn rows(store: &Path) -> u64 {
-    sql_count(store, "SELECT count(*) FROM audit")
+    sql_u64(store, "SELECT count(*) FROM audit")
 }
 
 fn failed_with(o: &Output, words: &[&str]) {
@@ -117,7 +58,7 @@ fn an_archive_verifies_with_its_segments_and_a_missing_altered_or_reordered_one_
         let out = archive(&s, &seg1);
         assert!(out.status.success(), "{}", output_text(&out));
         assert!(rows(&s.store) < before, "no row was removed");
-        let held = sql_count(
+        let held = sql_u64(
             &s.store,
             &format!("SELECT count(*) FROM audit WHERE seq = {seen}"),
         );
@@ -213,7 +154,7 @@ fn an_archive_verifies_with_its_segments_and_a_missing_altered_or_reordered_one_
     )
     .unwrap();
     let last = header["last"].as_u64().unwrap();
-    let pin = sql_count(
+    let pin = sql_u64(
         &s.store,
         &format!("SELECT min(seq) FROM audit WHERE seq > 1 AND seq <= {last}"),
     );
@@ -229,40 +170,6 @@ fn an_archive_verifies_with_its_segments_and_a_missing_altered_or_reordered_one_
         &with_archives(&s, &[&seg1, &seg2]),
         &[&format!("record {pin} the store holds"), "seg1.jsonl"],
     );
-}
-
-/// A provider process signs (it has then seen that record), `between` runs
-/// while it waits, and it signs again: what that second signature gave.
-fn running_across(s: &Setup, tag: &str, label: &str, between: impl FnOnce()) -> String {
-    let ready = s.dir.join(format!("{tag}-ready"));
-    let go = s.dir.join(format!("{tag}-go"));
-    let said = s.dir.join(format!("{tag}-said"));
-    let (r, g, label) = (ready.clone(), go.clone(), label.to_string());
-    let pid = fork_child(&said, move || {
-        let (_ctx, session) = child_session()?;
-        try_sign(&session, &label).map_err(|e| format!("first sign: {e:?}"))?;
-        std::fs::write(&r, b"").map_err(|e| e.to_string())?;
-        for _ in 0..1200 {
-            if g.exists() {
-                return Ok(format!("{:?}", try_sign(&session, &label).map(|_| ())));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        Err("never told to go on".into())
-    });
-    for _ in 0..1200 {
-        if ready.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    between();
-    std::fs::write(&go, b"").unwrap();
-    reap(pid, &said, "the running provider")
-}
-
-fn newest(store: &Path) -> u64 {
-    sql_count(store, "SELECT max(seq) FROM audit")
 }
 
 #[test]

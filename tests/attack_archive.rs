@@ -8,69 +8,8 @@ mod common;
 use std::path::Path;
 use std::process::Output;
 
-use cryptoki::mechanism::Mechanism;
-use cryptoki::object::Attribute;
-
+use common::archive::*;
 use common::*;
-
-const SECP256K1: [u8; 7] = [0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
-const LATER: &str = "2100-01-01";
-
-fn activity(s: &Setup, label: &str, signs: usize) {
-    let p = s.load();
-    let session = p.user_session();
-    let (_, private) = session
-        .generate_key_pair(
-            &Mechanism::EccKeyPairGen,
-            &[
-                Attribute::Token(true),
-                Attribute::EcParams(SECP256K1.to_vec()),
-                Attribute::Label(label.as_bytes().to_vec()),
-            ],
-            &[
-                Attribute::Token(true),
-                Attribute::Label(label.as_bytes().to_vec()),
-            ],
-        )
-        .unwrap();
-    for i in 0..signs {
-        session
-            .sign(&Mechanism::EcdsaSha256, private, &[i as u8; 10])
-            .unwrap();
-    }
-}
-
-fn archive(s: &Setup, to: &Path) -> Output {
-    cli(
-        s,
-        &[
-            "audit",
-            "archive",
-            "--before",
-            LATER,
-            "--to",
-            to.to_str().unwrap(),
-        ],
-    )
-}
-
-fn with_archives(s: &Setup, files: &[&Path]) -> Output {
-    let mut args = vec!["audit", "verify", "--with-archives"];
-    args.extend(files.iter().map(|f| f.to_str().unwrap()));
-    cli(s, &args)
-}
-
-fn sql_u64(store: &Path, sql: &str) -> u64 {
-    let out = std::process::Command::new("sqlite3")
-        .arg(store)
-        .arg(sql)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("{sql}: {text:?}"))
-}
 
 fn failed(o: &Output, what: &str) {
     let text = output_text(o);
@@ -320,40 +259,6 @@ fn a_segment_from_another_store_under_the_same_root_is_refused() {
     passed(&with_archives(&a, &[&seg_a]), "a with its own");
     failed(&with_archives(&a, &[&seg_b]), "a with b's segment");
     failed(&with_archives(&b, &[&seg_a]), "b with a's segment");
-}
-
-/// A provider process signs (it has then seen that record), `between` runs
-/// while it waits, and it signs again: what that second signature gave.
-fn running_across(s: &Setup, tag: &str, label: &str, between: impl FnOnce()) -> String {
-    let ready = s.dir.join(format!("{tag}-ready"));
-    let go = s.dir.join(format!("{tag}-go"));
-    let said = s.dir.join(format!("{tag}-said"));
-    let (r, g, label) = (ready.clone(), go.clone(), label.to_string());
-    let pid = fork_child(&said, move || {
-        let (_ctx, session) = child_session()?;
-        try_sign(&session, &label).map_err(|e| format!("first sign: {e:?}"))?;
-        std::fs::write(&r, b"").map_err(|e| e.to_string())?;
-        for _ in 0..1200 {
-            if g.exists() {
-                return Ok(format!("{:?}", try_sign(&session, &label).map(|_| ())));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        Err("never told to go on".into())
-    });
-    for _ in 0..1200 {
-        if ready.exists() {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    between();
-    std::fs::write(&go, b"").unwrap();
-    reap(pid, &said, "the running provider")
-}
-
-fn newest(store: &Path) -> u64 {
-    sql_u64(store, "SELECT max(seq) FROM audit")
 }
 
 /// Two stores under the same root (the same audit key): store B's genuine

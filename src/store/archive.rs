@@ -381,29 +381,9 @@ impl Store {
         anchored: Option<u64>,
     ) -> Result<Vec<(u64, u64)>, StoreError> {
         let mut covers: Vec<u64> = Vec::new();
-        let newest = self
-            .rows(
-                db,
-                "SELECT seq FROM audit WHERE event = 'lanes' AND detail LIKE 'lanes upto=%' \
-                 ORDER BY seq DESC LIMIT 1",
-                &[],
-                |r| r.int(0),
-            )?
-            .into_iter()
-            .next();
-        covers.extend(newest.map(|s| s.max(0) as u64));
+        covers.extend(self.cover_upto(db, u64::MAX)?);
         if let Some(h) = anchored.filter(|h| *h > 0) {
-            let at = self
-                .rows(
-                    db,
-                    "SELECT seq FROM audit WHERE event = 'lanes' AND detail LIKE 'lanes upto=%' \
-                     AND seq <= ?1 ORDER BY seq DESC LIMIT 1",
-                    &[Val::Int(h as i64)],
-                    |r| r.int(0),
-                )?
-                .into_iter()
-                .next();
-            covers.extend(at.map(|s| s.max(0) as u64));
+            covers.extend(self.cover_upto(db, h)?);
         }
         covers.sort_unstable();
         covers.dedup();

@@ -213,17 +213,24 @@ impl Store {
         db: &mut dyn Db,
         ak: &Secret32,
     ) -> Result<Option<(u64, i64, Vec<LaneMark>)>, StoreError> {
-        let seq = self
-            .rows(
-                db,
-                "SELECT seq FROM audit WHERE event = 'lanes' AND detail LIKE 'lanes upto=%' \
-                 ORDER BY seq DESC LIMIT 1",
-                &[],
-                |r| r.int(0),
-            )
-            .map(first)?;
-        let Some(seq) = seq else { return Ok(None) };
-        self.cover_at(db, ak, seq.max(0) as u64).map(Some)
+        let Some(seq) = self.cover_upto(db, u64::MAX)? else {
+            return Ok(None);
+        };
+        self.cover_at(db, ak, seq).map(Some)
+    }
+
+    /// The number of the newest `lanes` record at or before record `seq`
+    /// (unverified: [`Store::cover_at`] verifies it).
+    pub(super) fn cover_upto(&self, db: &mut dyn Db, seq: u64) -> Result<Option<u64>, StoreError> {
+        self.rows(
+            db,
+            "SELECT seq FROM audit WHERE event = 'lanes' AND detail LIKE 'lanes upto=%' \
+             AND seq <= ?1 ORDER BY seq DESC LIMIT 1",
+            &[Val::Int(i64::try_from(seq).unwrap_or(i64::MAX))],
+            |r| r.int(0),
+        )
+        .map(first)
+        .map(|s| s.map(|s| s.max(0) as u64))
     }
 
     /// The `lanes` record `seq` of the main chain, verified: what it names.
@@ -293,18 +300,9 @@ impl Store {
         if seq == 0 || checked == Some(anchor.head) {
             return Ok(());
         }
-        let cover = self
-            .rows(
-                db,
-                "SELECT seq FROM audit WHERE event = 'lanes' AND detail LIKE 'lanes upto=%' \
-                 AND seq <= ?1 ORDER BY seq DESC LIMIT 1",
-                &[Val::Int(seq as i64)],
-                |r| r.int(0),
-            )
-            .map(first)?;
-        if let Some(cover) = cover {
-            let (_, _, heads) = self.cover_at(db, &ak, cover.max(0) as u64)?;
-            self.check_marks(db, cover.max(0) as u64, &heads, anchor.epoch)?;
+        if let Some(cover) = self.cover_upto(db, seq)? {
+            let (_, _, heads) = self.cover_at(db, &ak, cover)?;
+            self.check_marks(db, cover, &heads, anchor.epoch)?;
         }
         self.guard().cover_checked = Some(anchor.head);
         Ok(())

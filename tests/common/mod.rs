@@ -3,6 +3,7 @@
 //! and the built provider loaded through a real client library.
 #![allow(dead_code)]
 
+pub mod archive;
 pub mod hosts;
 pub mod memscan;
 pub mod metrics;
