@@ -32,16 +32,6 @@ pub fn record_line(r: &Record, mac: &[u8]) -> Value {
     crate::audit_cmd::record_json(r, Some(mac))
 }
 
-/// A lane record as a segment line.
-pub fn lane_line(at: &LanePlace, r: &Record, mac: &[u8]) -> Value {
-    let mut v = record_line(r, mac);
-    v["seq"] = Value::Null;
-    v["lane"] = at.lane.into();
-    v["pos"] = at.pos.into();
-    v["change"] = at.change.into();
-    v
-}
-
 /// The record and MAC a segment line (or a checkpoint's `record`) holds.
 pub fn parse_record(v: &Value) -> Result<(Record, [u8; 32]), String> {
     let num = |k: &str| v.get(k).and_then(Value::as_u64);
@@ -102,6 +92,8 @@ pub struct Writer {
     whole: Sha256,
     pub records: u64,
     pub lane_records: u64,
+    /// The buffer each record's line is made in (one allocation).
+    line: Vec<u8>,
 }
 
 impl Writer {
@@ -118,17 +110,39 @@ impl Writer {
             whole: Sha256::new(),
             records: 0,
             lane_records: 0,
+            line: Vec::with_capacity(1024),
         })
     }
 
     fn put(&mut self, v: &Value, hashed: bool) -> std::io::Result<()> {
         let mut b = serde_json::to_vec(v)?;
         b.push(b'\n');
+        self.put_line(&b, hashed)
+    }
+
+    /// One whole line (newline included), hashed and written.
+    fn put_line(&mut self, b: &[u8], hashed: bool) -> std::io::Result<()> {
         if hashed {
-            self.before_trailer.update(&b);
+            self.before_trailer.update(b);
         }
-        self.whole.update(&b);
-        self.out.write_all(&b)
+        self.whole.update(b);
+        self.out.write_all(b)
+    }
+
+    /// A record's line, as `audit export` writes it (the same bytes as
+    /// [`record_line`]'s value, or a lane record's with its place).
+    fn put_record(
+        &mut self,
+        r: &Record,
+        mac: &[u8],
+        at: Option<&LanePlace>,
+    ) -> std::io::Result<()> {
+        let mut b = std::mem::take(&mut self.line);
+        b.clear();
+        crate::export_line::write(&mut b, r, mac, at)?;
+        let put = self.put_line(&b, true);
+        self.line = b;
+        put
     }
 
     pub fn header(&mut self, h: &Value) -> std::io::Result<()> {
@@ -137,12 +151,12 @@ impl Writer {
 
     pub fn main(&mut self, r: &Record, mac: &[u8]) -> std::io::Result<()> {
         self.records += 1;
-        self.put(&record_line(r, mac), true)
+        self.put_record(r, mac, None)
     }
 
     pub fn lane(&mut self, at: &LanePlace, r: &Record, mac: &[u8]) -> std::io::Result<()> {
         self.lane_records += 1;
-        self.put(&lane_line(at, r, mac), true)
+        self.put_record(r, mac, Some(at))
     }
 
     /// Writes the trailer and flushes; the file (not yet synced) and the
