@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::audit::{Event, Record, STATE_EVENTS_SQL};
+use crate::audit::{Event, Record};
 use crate::checkpoint::{parse_checkpoint_detail, Snapshot};
 use crate::types::Secret32;
 
@@ -105,7 +105,7 @@ impl Store {
     /// The newest state change numbered at most `upto` (0: none).
     pub fn newest_change_upto(&self, upto: u64) -> Result<u64, StoreError> {
         let mut conn = self.lock();
-        newest_change_in(self, &mut **conn, upto)
+        self.newest_change_upto_in(&mut **conn, upto)
     }
 
     /// Writes a checkpoint of `snapshot` (verified by the caller up to its
@@ -123,7 +123,7 @@ impl Store {
     ) -> Result<(u64, [u8; 32]), StoreError> {
         let mut conn = self.lock();
         let mut tx = Tx::begin(&mut **conn)?;
-        let newest = newest_change_in(self, &mut *tx, u64::MAX)?;
+        let newest = self.newest_change(&mut *tx)?;
         if newest != snapshot.change {
             return Err(StoreError::Conflict(format!(
                 "state change record {newest} was written after the checkpoint's verify (which \
@@ -256,22 +256,6 @@ impl Store {
         }
         Ok(snapshot)
     }
-}
-
-/// [`Store::newest_change_upto`] inside a transaction.
-fn newest_change_in(
-    store: &Store,
-    db: &mut dyn super::db::Db,
-    upto: u64,
-) -> Result<u64, StoreError> {
-    store
-        .rows(
-            db,
-            &format!("SELECT MAX(seq) FROM audit WHERE event IN {STATE_EVENTS_SQL} AND seq <= ?1"),
-            &[Val::Int(i64::try_from(upto).unwrap_or(i64::MAX))],
-            |r| r.opt_int(0),
-        )
-        .map(|v| v.into_iter().next().flatten().unwrap_or(0).max(0) as u64)
 }
 
 impl Store {

@@ -849,15 +849,25 @@ impl Store {
     /// is never a state change (the ledger skips it), so it is not one here
     /// either: else one planted there would break the next change's link.
     pub(super) fn newest_change(&self, db: &mut dyn Db) -> Result<u64, StoreError> {
+        self.newest_change_upto_in(db, u64::MAX)
+    }
+
+    /// [`Store::newest_change`] among the records numbered at most `upto`
+    /// (a checkpoint's: the state at its head).
+    pub(super) fn newest_change_upto_in(
+        &self,
+        db: &mut dyn Db,
+        upto: u64,
+    ) -> Result<u64, StoreError> {
         let n = self
             .rows(
                 db,
                 &format!(
                     "SELECT MAX(seq) FROM audit WHERE event IN {} \
-                     AND detail NOT LIKE '{PENDING_MARK}%'",
+                     AND detail NOT LIKE '{PENDING_MARK}%' AND seq <= ?1",
                     crate::audit::STATE_EVENTS_SQL
                 ),
-                &[],
+                &[Val::Int(i64::try_from(upto).unwrap_or(i64::MAX))],
                 |r| r.opt_int(0),
             )
             .map(first)?
