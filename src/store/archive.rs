@@ -77,11 +77,13 @@ pub struct ArchiveRow {
 
 /// What one archive removes: main-chain rows `first..=last` but the pins
 /// (`keep`: the anchor's head and newest change at the time), and each
-/// lane's rows below its head at the end checkpoint.
+/// lane's rows below its head at the end checkpoint (and below the heads
+/// the `lanes` records at and before the anchor's head `anchored` name).
 pub struct Prune {
     pub first: u64,
     pub last: u64,
     pub keep: Vec<u64>,
+    pub anchored: Option<u64>,
     pub lanes: Vec<(u64, u64)>,
 }
 
@@ -355,7 +357,7 @@ impl Store {
             let lanes = match prune.lanes.is_empty() {
                 true => Vec::new(),
                 false => {
-                    let named = self.named_lane_heads(&mut *tx, ak, prune.keep.first().copied())?;
+                    let named = self.named_lane_heads(&mut *tx, ak, prune.anchored)?;
                     lane_limits(&prune.lanes, &named)
                 }
             };
@@ -563,6 +565,7 @@ mod tests {
             first: 1,
             last: 30,
             keep: Vec::new(),
+            anchored: None,
             lanes: Vec::new(),
         };
         // A stop after the first batch (a kill between transactions).
@@ -595,6 +598,7 @@ mod tests {
             first: 31,
             last: 50,
             keep: Vec::new(),
+            anchored: None,
             lanes: Vec::new(),
         };
         store

@@ -621,6 +621,7 @@ pub fn archive(cli: &Cli, before: &str, to: &Path) -> Result<(), Failure> {
             first,
             last,
             keep,
+            anchored: anchor.as_ref().map(|a| a.head.0),
             lanes: end
                 .snapshot
                 .lanes
