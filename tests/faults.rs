@@ -94,6 +94,27 @@ impl Shim {
         self.count(b"faultshim_logins\0")
     }
 
+    /// Heals, and waits (at most 2 s) until no call is stuck in the shim.
+    fn heal_and_unstick(&self) {
+        self.heal();
+        let t = Instant::now();
+        while self.stalled() > 0 {
+            assert!(
+                t.elapsed() < Duration::from_secs(2),
+                "stuck calls never ended"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn slow_reads(&self, ms: u64) {
+        self.set(b"faultshim_slow_reads\0", ms)
+    }
+
+    fn overlaps(&self) -> u64 {
+        self.count(b"faultshim_overlaps\0")
+    }
+
     fn drop_sessions(&self) {
         assert_eq!(self.count(b"faultshim_drop_sessions\0"), 0);
     }
@@ -267,15 +288,7 @@ fn a_hung_hsm_times_out_and_the_provider_recovers_when_it_answers() {
         sign_ok(&session, "warm");
     }
 
-    shim.heal();
-    let t = Instant::now();
-    while shim.stalled() > 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(2),
-            "stuck calls never ended"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    shim.heal_and_unstick();
     after_backoff();
     sign_ok(&session, "cold");
     sign_ok(&session, "later");
@@ -411,5 +424,71 @@ fn a_pin_the_hsm_refuses_when_logging_in_again_is_tried_once_and_forgotten() {
     assert_eq!(rv_of(sign(&session, "third")), RvError::DeviceError);
     assert_eq!(shim.logins(), logins, "a forgotten PIN was used");
     drop((session, p)); // C_Finalize
+    s.audit_verifies();
+}
+
+/// Regression (a heap corruption, then SIGSEGV, seen in CI): a commit
+/// begins reading the anchor on a worker, then is refused before it needs
+/// it (a state change edited under the running process). The read must
+/// not be left running into `C_Finalize`: the module must never be
+/// finalized while a call is inside it, and the refusal is still given.
+#[test]
+fn c_finalize_never_overlaps_a_call_a_refused_commit_began() {
+    let (_turn, s, shim, p, session) = start(&["a"], 300);
+    s.create_asset("b", "secp256k1");
+    sqlite(
+        &s.store,
+        "UPDATE audit SET detail = detail || ' edited' WHERE event = 'create' AND asset = 'b';",
+    );
+    shim.slow_reads(400);
+    let from = s.log().len();
+    assert!(
+        sign(&session, "a").is_err(),
+        "signed over an edited state change"
+    );
+    let overlaps = shim.overlaps();
+    drop((session, p)); // C_Finalize at once
+    shim.heal();
+    assert_eq!(
+        shim.overlaps() - overlaps,
+        0,
+        "C_Finalize reached the backing module while a call was inside it; log: {}",
+        s.log_since(from)
+    );
+}
+
+/// `C_Finalize` while a backing call hangs: the provider waits the call
+/// timeout, then leaves the module as it is (never finalized under the
+/// call) and says so; once the HSM answers, the next `C_Initialize` uses
+/// the module as it finds it and signs.
+#[test]
+fn c_finalize_leaves_a_hung_module_unfinalized_and_the_next_initialize_signs() {
+    let (_turn, s, shim, p, session) = start(&["warm", "cold"], 300);
+    shim.stall();
+    assert_eq!(rv_of(sign(&session, "cold")), RvError::DeviceError);
+    let from = s.log().len();
+    let t = Instant::now();
+    drop((session, p)); // C_Finalize under the hung call
+    let waited = t.elapsed();
+    let log = s.log_since(from);
+    assert!(
+        log.contains("still running") && log.contains("not finalized"),
+        "{log}"
+    );
+    assert!(
+        waited < Duration::from_millis(3 * TIMEOUT_MS + 1000),
+        "C_Finalize took {waited:?}"
+    );
+    shim.heal_and_unstick();
+    assert_eq!(
+        shim.overlaps(),
+        0,
+        "C_Finalize reached the module under a call"
+    );
+    let p = s.load();
+    let session = p.user_session();
+    sign_ok(&session, "warm");
+    sign_ok(&session, "cold");
+    drop((session, p));
     s.audit_verifies();
 }

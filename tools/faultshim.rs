@@ -13,6 +13,11 @@
 //! - `faultshim_calls()`: calls that reached the shim (forwarded or failed);
 //! - `faultshim_stalled()`: calls blocked right now;
 //! - `faultshim_logins()`: C_Login calls that reached the shim.
+//! - `faultshim_slow_reads(ms)`: C_GetAttributeValue first sleeps `ms` (a
+//!   slow HSM; 0: none);
+//! - `faultshim_overlaps()`: C_Finalize calls that arrived while another
+//!   call was still inside the module (which PKCS#11 leaves undefined, and
+//!   after which SoftHSM frees what that call uses).
 //!
 //! The test loads the same file (dlopen returns the instance the provider
 //! loaded) to reach these controls. C_Initialize, C_Finalize, C_GetInfo and
@@ -33,6 +38,9 @@ static CALLS: AtomicU64 = AtomicU64::new(0);
 static STALLED: AtomicU64 = AtomicU64::new(0);
 static LOGIN_RV: AtomicU64 = AtomicU64::new(0);
 static LOGINS: AtomicU64 = AtomicU64::new(0);
+static DELAY_MS: AtomicU64 = AtomicU64::new(0);
+static INSIDE: AtomicU64 = AtomicU64::new(0);
+static OVERLAPS: AtomicU64 = AtomicU64::new(0);
 
 struct Table(sys::CK_FUNCTION_LIST);
 // SAFETY: the table is written once, then only read.
@@ -84,7 +92,39 @@ fn before(name: &str) -> Option<sys::CK_RV> {
         }
         STALLED.fetch_sub(1, SeqCst);
     }
+    let delay = DELAY_MS.load(SeqCst);
+    if delay > 0 && name == "C_GetAttributeValue" {
+        std::thread::sleep(std::time::Duration::from_millis(delay));
+    }
     (MODE.load(SeqCst) == FAIL).then(|| FAIL_RV.load(SeqCst))
+}
+
+/// Counts a forwarded call as inside the module until it returns.
+struct Inside;
+
+impl Inside {
+    fn enter() -> Self {
+        INSIDE.fetch_add(1, SeqCst);
+        Inside
+    }
+}
+
+impl Drop for Inside {
+    fn drop(&mut self) {
+        INSIDE.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Forwarded, after noting whether a call is still inside the module.
+unsafe extern "C" fn finalize(reserved: *mut std::ffi::c_void) -> sys::CK_RV {
+    if INSIDE.load(SeqCst) > 0 {
+        OVERLAPS.fetch_add(1, SeqCst);
+    }
+    match real().C_Finalize {
+        // SAFETY: the caller's argument, passed on unchanged.
+        Some(f) => unsafe { f(reserved) },
+        None => sys::CKR_FUNCTION_NOT_SUPPORTED,
+    }
 }
 
 macro_rules! forward {
@@ -92,6 +132,7 @@ macro_rules! forward {
         $(
             #[allow(non_snake_case)]
             unsafe extern "C" fn $name($($a: $t),*) -> sys::CK_RV {
+                let _inside = Inside::enter();
                 if let Some(rv) = before(stringify!($name)) {
                     return rv;
                 }
@@ -108,6 +149,7 @@ macro_rules! forward {
                 .get_or_init(|| {
                     let mut t = *real();
                     t.C_GetFunctionList = Some(C_GetFunctionList);
+                    t.C_Finalize = Some(finalize);
                     $( t.$name = Some($name); )*
                     Table(t)
                 })
@@ -165,6 +207,7 @@ pub extern "C" fn faultshim_stall() {
 #[no_mangle]
 pub extern "C" fn faultshim_heal() {
     LOGIN_RV.store(0, SeqCst);
+    DELAY_MS.store(0, SeqCst);
     MODE.store(PASS, SeqCst);
 }
 
@@ -176,6 +219,16 @@ pub extern "C" fn faultshim_fail_login(rv: u64) {
 #[no_mangle]
 pub extern "C" fn faultshim_logins() -> u64 {
     LOGINS.load(SeqCst)
+}
+
+#[no_mangle]
+pub extern "C" fn faultshim_slow_reads(ms: u64) {
+    DELAY_MS.store(ms, SeqCst);
+}
+
+#[no_mangle]
+pub extern "C" fn faultshim_overlaps() -> u64 {
+    OVERLAPS.load(SeqCst)
 }
 
 #[no_mangle]

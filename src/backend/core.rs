@@ -149,6 +149,26 @@ pub(super) fn pin_refused(
     })
 }
 
+/// The module p11derive initialized in this process and did not finalize
+/// (a call still hung at `C_Finalize`): p11derive still owns its
+/// initialization. A forked child starts without it (its parent owns it).
+static LEFT_INITIALIZED: crate::process::PerProcess<Mutex<Option<PathBuf>>> =
+    crate::process::PerProcess::new(|| Mutex::new(None));
+
+/// Whether p11derive left `module` initialized in this process (and now
+/// takes that back).
+fn left_by_us(module: &Path) -> bool {
+    let mut left = LEFT_INITIALIZED
+        .get()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if left.as_deref() == Some(module) {
+        *left = None;
+        return true;
+    }
+    false
+}
+
 impl Core {
     /// Loads the module, initializes it and finds the backing token by label.
     /// `config_file` is only used in messages.
@@ -163,8 +183,10 @@ impl Core {
         let owns_init = match rv {
             sys::CKR_OK => true,
             // The application (or our parent before a fork) initialized it; use
-            // it as it is and leave finalizing to whoever initialized it.
-            sys::CKR_CRYPTOKI_ALREADY_INITIALIZED => false,
+            // it as it is and leave finalizing to whoever initialized it,
+            // unless that was p11derive in this process, kept from
+            // finalizing it by a call that hung (`leave_initialized`).
+            sys::CKR_CRYPTOKI_ALREADY_INITIALIZED => left_by_us(&cfg.module),
             rv => {
                 return Err(Error::with(
                     sys::CKR_FUNCTION_FAILED,
@@ -602,6 +624,18 @@ impl Core {
                 rv => Err(device("C_GenerateRandom", rv)),
             }
         })
+    }
+
+    /// `C_Finalize` could not finalize the module (a call still hangs in
+    /// it): if p11derive initialized it, the next `Core::open` in this
+    /// process owns it again.
+    pub(super) fn leave_initialized(&self) {
+        if self.owns_init {
+            *LEFT_INITIALIZED
+                .get()
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(self.path.clone());
+        }
     }
 
     /// Closes every session and, if p11derive initialized the module,

@@ -23,6 +23,7 @@ mod workers;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::ck as sys;
 
@@ -240,8 +241,31 @@ impl Backend {
 
     /// Closes every session and, if p11derive initialized the module,
     /// finalizes it; a hung HSM is left to its worker after the timeout.
+    ///
+    /// Calls still running first end: one whose caller stopped waiting (an
+    /// anchor read a refused commit no longer needs, a call past its
+    /// timeout) may still be inside the module, and a module finalized
+    /// under a call frees what the call uses (SoftHSM corrupted the heap).
+    /// If they do not end within the call timeout, the module is left as
+    /// it is, its sessions open and not finalized: the next `C_Initialize`
+    /// in this process uses it as initialized, and finalizes it in turn.
     pub fn finalize(&self) {
         self.calls.core.forget_pin();
+        let deadline = Instant::now() + self.calls.timeout;
+        if !self.calls.workers.settle(deadline) {
+            crate::log::warn(&format!(
+                "backing HSM (token {:?}, module {}): {} call(s) still running after {} ms \
+                 ([backend] call_timeout_ms); the module is not finalized under them and its \
+                 sessions stay open",
+                self.calls.core.token_label,
+                self.calls.core.path.display(),
+                self.calls.workers.busy(),
+                self.calls.timeout.as_millis()
+            ));
+            self.calls.core.leave_initialized();
+            self.calls.workers.close(self.calls.timeout);
+            return;
+        }
         if let Err(e) = self
             .call_now("C_Finalize", |c| {
                 c.finalize();
@@ -271,33 +295,53 @@ impl AnchorWatch {
     /// Starts reading the anchor on a worker and returns at once: a commit
     /// reads it while its transaction is written and fsynced.
     pub fn start(&self) -> AnchorRead {
-        const WHAT: &str = "reading the rollback anchor";
         // Counted with the other backing calls: the anchor's own count is
         // of its moves (`anchoring`).
         let pending = self
             .calls
-            .admit(WHAT)
+            .admit(READING_ANCHOR)
             .map(|()| self.calls.start_now(|c| c.watch_anchor()));
         AnchorRead {
             calls: self.calls.clone(),
-            pending,
+            pending: Some(pending),
         }
     }
 }
 
-/// A read of the anchor under way (`AnchorWatch::start`).
+const READING_ANCHOR: &str = "reading the rollback anchor";
+
+/// A read of the anchor under way (`AnchorWatch::start`). Dropped without
+/// `wait` (a commit refused before it needed the anchor), it still waits
+/// for the read to end and counts its outcome: the backoff then knows how
+/// the call it let through ended, and no call is left running unseen.
 pub struct AnchorRead {
     calls: Calls,
-    pending: Result<Pending<(Result<Option<Anchor>>, sys::CK_RV)>>,
+    pending: Option<Result<AnchorPending>>,
 }
+
+/// The worker's read of the anchor, with the backing code it ended on.
+type AnchorPending = Pending<(Result<Option<Anchor>>, sys::CK_RV)>;
 
 impl AnchorRead {
     /// The anchor read, waited for at most the call timeout after it began.
-    pub fn wait(self) -> Result<Option<Anchor>> {
-        const WHAT: &str = "reading the rollback anchor";
-        let pending = self.pending?;
-        let done = self.calls.finish_now(WHAT, pending);
-        self.calls.account(WHAT, done)
+    pub fn wait(mut self) -> Result<Option<Anchor>> {
+        self.finish().unwrap_or(Ok(None))
+    }
+
+    /// The read's outcome, once (`None` after the first time).
+    fn finish(&mut self) -> Option<Result<Option<Anchor>>> {
+        let pending = match self.pending.take()? {
+            Ok(pending) => pending,
+            Err(refused) => return Some(Err(refused)),
+        };
+        let done = self.calls.finish_now(READING_ANCHOR, pending);
+        Some(self.calls.account(READING_ANCHOR, done))
+    }
+}
+
+impl Drop for AnchorRead {
+    fn drop(&mut self) {
+        let _ = self.finish();
     }
 }
 

@@ -18,12 +18,16 @@ type Job = Box<dyn FnOnce() + Send>;
 pub(super) struct Workers {
     state: Mutex<Queue>,
     wake: Condvar,
+    /// Told when the last running job ends with none queued (`settle`).
+    settled: Condvar,
 }
 
 #[derive(Default)]
 struct Queue {
     jobs: std::collections::VecDeque<Job>,
     idle: usize,
+    /// Jobs a worker is running now, their callers waiting or not.
+    running: usize,
     closed: bool,
     /// Every worker started, to join at `close`.
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -115,9 +119,15 @@ impl Workers {
         let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if let Some(job) = q.jobs.pop_front() {
+                q.running += 1;
                 drop(q);
-                job();
+                // A job that panics still ends here (its result is lost).
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                q.running -= 1;
+                if q.running == 0 && q.jobs.is_empty() {
+                    self.settled.notify_all();
+                }
                 continue;
             }
             if q.closed {
@@ -127,6 +137,36 @@ impl Workers {
             q = self.wake.wait(q).unwrap_or_else(|e| e.into_inner());
             q.idle -= 1;
         }
+    }
+
+    /// Waits until no job is queued or running, at most until `deadline`;
+    /// says whether they all ended. A job whose caller stopped waiting (it
+    /// timed out, or dropped its `Pending`) is still running until it ends:
+    /// the module must not be finalized under it (PKCS#11 leaves a call
+    /// that overlaps `C_Finalize` undefined, and a module may free what
+    /// the call still uses).
+    pub(super) fn settle(&self, deadline: Instant) -> bool {
+        let mut q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if q.running == 0 && q.jobs.is_empty() {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            q = self
+                .settled
+                .wait_timeout(q, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// How many jobs are queued or running now.
+    pub(super) fn busy(&self) -> usize {
+        let q = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        q.running + q.jobs.len()
     }
 
     /// Ends the workers and waits for them: the application may unload the
@@ -245,5 +285,43 @@ impl Backoff {
         let failures = h.failures;
         *h = Health::default();
         failures
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settle_waits_for_a_job_whose_caller_stopped_waiting() {
+        let w = Arc::new(Workers::default());
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        drop(w.start(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }));
+        assert_eq!(w.busy(), 1);
+        assert!(
+            !w.settle(Instant::now() + Duration::from_millis(20)),
+            "settled while the job ran"
+        );
+        assert!(w.settle(Instant::now() + Duration::from_secs(5)));
+        assert!(done.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(w.busy(), 0);
+        w.close(Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_job_that_panics_ends_and_its_worker_serves_on() {
+        let w = Arc::new(Workers::default());
+        let lost = w.start(|| -> u32 { panic!("a job that panics") });
+        assert!(matches!(lost.wait(Duration::from_secs(5)), Waited::Lost));
+        assert!(w.settle(Instant::now() + Duration::from_secs(5)));
+        match w.start(|| 7u32).wait(Duration::from_secs(5)) {
+            Waited::Done(v) => assert_eq!(v, 7),
+            _ => panic!("the next job did not run"),
+        }
+        w.close(Duration::from_secs(1));
     }
 }
