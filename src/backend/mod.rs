@@ -325,7 +325,13 @@ type AnchorPending = Pending<(Result<Option<Anchor>>, sys::CK_RV)>;
 impl AnchorRead {
     /// The anchor read, waited for at most the call timeout after it began.
     pub fn wait(mut self) -> Result<Option<Anchor>> {
-        self.finish().unwrap_or(Ok(None))
+        // Never an absent anchor by default: that would pass any store.
+        self.finish().unwrap_or_else(|| {
+            Err(Error::with(
+                sys::CKR_GENERAL_ERROR,
+                "the rollback anchor's read was already waited for".to_string(),
+            ))
+        })
     }
 
     /// The read's outcome, once (`None` after the first time).
