@@ -569,6 +569,26 @@ fn listen_serves_the_metrics_over_http() {
     // Logged in once at the start, the anchor read at each scrape.
     assert_eq!(value(&body, "p11derive_anchor_up", ""), Some(1.0));
 
+    // HEAD: the header fields of a GET, its length included, and no body.
+    let (status, headers, body) = http(
+        &url,
+        "HEAD /metrics HTTP/1.0\r\nHost: x\r\nAccept: text/plain\r\n\r\n",
+    );
+    assert!(status.contains(" 200"), "{status}");
+    assert!(body.is_empty(), "a body answered HEAD: {body}");
+    let length: usize = headers
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no Content-Length: {headers}"));
+    let (_, _, got) = get("/metrics", "text/plain");
+    // The next scrape may differ only in its timings, not by half.
+    assert!(
+        length > got.len() / 2 && length < got.len() * 2,
+        "HEAD says {length} bytes, GET sent {}",
+        got.len()
+    );
+
     let (status, _, _) = get("/other", "*/*");
     assert!(status.contains(" 404"), "{status}");
     let (status, _, _) = http(

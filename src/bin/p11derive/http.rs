@@ -84,18 +84,12 @@ where
 {
     let _ = conn.set_read_timeout(Some(READ_DEADLINE));
     let _ = conn.set_write_timeout(Some(WRITE_DEADLINE));
-    let response = match read_head(&mut conn) {
-        Ok(Some(request)) => {
-            let mut r = handle(&request);
-            if request.method == "HEAD" {
-                r.body.clear();
-            }
-            r
-        }
-        Ok(None) => Response::text(431, "request header too large\n"),
+    let (response, head_only) = match read_head(&mut conn) {
+        Ok(Some(request)) => (handle(&request), request.method == "HEAD"),
+        Ok(None) => (Response::text(431, "request header too large\n"), false),
         Err(_) => return,
     };
-    let _ = write_response(&mut conn, &response);
+    let _ = write_response(&mut conn, &response, head_only);
 }
 
 /// The request line and the `Accept` header; `None` when the head is longer
@@ -134,7 +128,9 @@ fn read_head(conn: &mut TcpStream) -> std::io::Result<Option<Request>> {
     }))
 }
 
-fn write_response(conn: &mut TcpStream, r: &Response) -> std::io::Result<()> {
+/// Writes `r`; for `HEAD` (`head_only`) the same header fields as a `GET`
+/// gets, its `Content-Length` included (RFC 9110, 9.3.2), and no body.
+fn write_response(conn: &mut impl Write, r: &Response, head_only: bool) -> std::io::Result<()> {
     let reason = match r.code {
         200 => "OK",
         400 => "Bad Request",
@@ -154,6 +150,8 @@ fn write_response(conn: &mut TcpStream, r: &Response) -> std::io::Result<()> {
     }
     head.push_str("\r\n");
     conn.write_all(head.as_bytes())?;
-    conn.write_all(r.body.as_bytes())?;
+    if !head_only {
+        conn.write_all(r.body.as_bytes())?;
+    }
     conn.flush()
 }
