@@ -867,11 +867,7 @@ mod tests {
     #[test]
     fn a_sealed_verdict_that_is_no_signature_is_a_fault() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(&dir.path().join("s.db")).unwrap();
-        let ak = crate::secure::secret::<32>().unwrap();
-        store
-            .record(Some(&ak), Record::new(Event::Init, crate::ck::CKR_OK))
-            .unwrap();
+        let (store, ak) = crate::store::initialized_for_test(dir.path());
         // RFC 8032 §7.1 test 1's public key, as SubjectPublicKeyInfo.
         let mut der = vec![
             0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,

@@ -550,11 +550,7 @@ mod tests {
     #[test]
     fn an_archive_prunes_in_short_transactions_and_the_next_finishes_a_stopped_one() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::create(&dir.path().join("s.db")).unwrap();
-        let ak = crate::secure::secret::<32>().unwrap();
-        store
-            .record(Some(&ak), Record::new(Event::Init, crate::ck::CKR_OK))
-            .unwrap();
+        let (store, ak) = crate::store::initialized_for_test(dir.path());
         store.authenticate(&ak, None).unwrap();
         for i in 0..40 {
             sign(&store, &ak, i);

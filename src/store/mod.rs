@@ -375,3 +375,18 @@ impl Store {
 pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// A new SQLite store at `dir/s.db`, begun with its `init` record, and
+/// the audit key that sealed it (for unit tests).
+#[cfg(test)]
+pub(crate) fn initialized_for_test(dir: &Path) -> (Store, crate::secure::Secret<32>) {
+    let store = Store::create(&dir.join("s.db")).unwrap();
+    let ak = crate::secure::secret::<32>().unwrap();
+    store
+        .record(
+            Some(&ak),
+            crate::audit::Record::new(crate::audit::Event::Init, crate::ck::CKR_OK),
+        )
+        .unwrap();
+    (store, ak)
+}
